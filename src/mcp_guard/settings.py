@@ -1,0 +1,248 @@
+"""The TOML configuration (DESIGN §4), validated by pydantic.
+
+Unknown keys, missing files and bad values raise :class:`mcp_guard.errors.ConfigError` whose message
+names the file, the dotted key and the problem. Relative paths in a config file (policy bundle, audit
+database, file secrets, upstream cwd) are resolved against the directory the config file lives in, so
+a config works whatever directory an agent client launches mcp-guard from. Without a config file the
+built-in defaults are relative to the current directory.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from mcp_guard.errors import ConfigError
+
+__all__ = [
+    "AuditSettings",
+    "PolicySettings",
+    "PrincipalSettings",
+    "SecretSettings",
+    "ServerSettings",
+    "Settings",
+    "UpstreamSettings",
+    "find_config",
+    "load_settings",
+    "parse_settings",
+]
+
+_NAME = r"^[A-Za-z0-9][A-Za-z0-9_-]*$"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerSettings(_Strict):
+    name: str = "mcp-guard"
+    transport: Literal["stdio", "http"] = "stdio"
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)] = 8765
+    principal: str = "local-agent"
+    tool_separator: Annotated[str, Field(min_length=1, max_length=8)] = "__"
+    # Extra Host/Origin values accepted by the HTTP front (DNS-rebinding protection stays on).
+    allowed_hosts: list[str] = []
+    allowed_origins: list[str] = []
+    # Largest HTTP request body accepted by the front, in bytes.
+    max_request_bytes: Annotated[int, Field(gt=0)] = 4 * 1024 * 1024
+    # Require Authorization: Bearer <key> on the HTTP front (keys from [principals.*]).
+    require_auth: bool = True
+    # Idle MCP sessions over HTTP are closed after this many seconds.
+    session_idle_timeout_s: Annotated[float, Field(gt=0)] = 1800.0
+
+    @field_validator("tool_separator")
+    @classmethod
+    def _separator_charset(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9_.\-/]+", v):
+            raise ValueError("must use only letters, digits, '_', '-', '.', '/'")
+        return v
+
+
+class PolicySettings(_Strict):
+    engine: Literal["embedded", "opa"] = "embedded"
+    bundle: str = "policies/rego"
+    decision: str = "mcp_guard/decision"
+    opa_url: str = "http://127.0.0.1:8181"
+    timeout_ms: Annotated[int, Field(gt=0, le=60_000)] = 250
+    push_bundle: bool = False  # opa: upload the bundle's policies and data.json on start
+    hot_reload: bool = True  # re-load the bundle when its files change
+    run_tests_on_reload: bool = True  # a bundle whose test_* rules fail is rejected
+
+
+class AuditSettings(_Strict):
+    path: str = "mcp-guard-audit.db"
+    batch_max: Annotated[int, Field(gt=0)] = 256
+    queue_max: Annotated[int, Field(gt=0)] = 10_000
+
+
+class PrincipalSettings(_Strict):
+    roles: list[str] = []
+    attributes: dict[str, Any] = {}
+    api_key_sha256: str | None = None
+
+    @field_validator("api_key_sha256")
+    @classmethod
+    def _hex64(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", v):
+            raise ValueError("must be 64 hex characters (sha256 of the API key)")
+        return v.lower() if v else v
+
+
+class SecretSettings(_Strict):
+    provider: Literal["env", "file", "command"]
+    # env: variable name; file: a path; command: argv (list) or a single string split on spaces.
+    name: str | list[str]
+    timeout_s: Annotated[float, Field(gt=0)] = 10.0
+    # Principals / tools that may use this secret (empty: no restriction beyond policy obligations).
+    description: str | None = None
+
+    @model_validator(mode="after")
+    def _shape(self) -> SecretSettings:
+        if self.provider == "command":
+            argv = self.name if isinstance(self.name, list) else self.name.split()
+            if not argv:
+                raise ValueError("command secret needs a non-empty argv in 'name'")
+        elif not isinstance(self.name, str) or not self.name:
+            raise ValueError(f"{self.provider} secret needs 'name' to be a non-empty string")
+        return self
+
+    @property
+    def argv(self) -> list[str]:
+        return self.name if isinstance(self.name, list) else self.name.split()
+
+
+class UpstreamSettings(_Strict):
+    transport: Literal["stdio", "http", "sse"] = "stdio"
+    command: str | None = None
+    args: list[str] = []
+    env: dict[str, str] = {}
+    cwd: str | None = None
+    # Variables passed through from the proxy's own environment (beyond the minimal default set).
+    env_passthrough: list[str] = []
+    inject_env: dict[str, str] = {}  # child env var -> secret name
+    url: str | None = None
+    headers: dict[str, str] = {}
+    inject_headers: dict[str, str] = {}  # header -> template using {secret_name}
+    timeout_s: Annotated[float, Field(gt=0)] = 30.0
+    startup_timeout_s: Annotated[float, Field(gt=0)] = 30.0
+    enabled: bool = True
+    pinning: Literal["enforce", "warn", "off"] = "enforce"
+    max_response_bytes: Annotated[int, Field(gt=0)] = 16 * 1024 * 1024
+    restart: bool = True
+    restart_backoff_s: Annotated[float, Field(gt=0)] = 0.5
+    restart_backoff_max_s: Annotated[float, Field(gt=0)] = 30.0
+
+    @model_validator(mode="after")
+    def _transport_fields(self) -> UpstreamSettings:
+        if self.transport == "stdio":
+            if not self.command:
+                raise ValueError("stdio upstream needs 'command'")
+            if self.url or self.headers or self.inject_headers:
+                raise ValueError("stdio upstream takes no 'url', 'headers' or 'inject_headers'")
+        else:
+            if not self.url:
+                raise ValueError(f"{self.transport} upstream needs 'url'")
+            if not re.match(r"^https?://", self.url):
+                raise ValueError("'url' must start with http:// or https://")
+            if self.command or self.args or self.env or self.inject_env:
+                raise ValueError(f"{self.transport} upstream takes no 'command', 'args', 'env' or 'inject_env'")
+        return self
+
+
+class Settings(_Strict):
+    server: ServerSettings = ServerSettings()
+    policy: PolicySettings = PolicySettings()
+    audit: AuditSettings = AuditSettings()
+    principals: dict[str, PrincipalSettings] = {}
+    secrets: dict[str, SecretSettings] = {}
+    upstreams: dict[str, UpstreamSettings] = {}
+    # Where the config came from (set by load_settings; not a TOML key).
+    source: str | None = Field(default=None, exclude=True)
+    base_dir: str | None = Field(default=None, exclude=True)
+
+    @model_validator(mode="after")
+    def _cross_refs(self) -> Settings:
+        sep = self.server.tool_separator
+        for table in ("upstreams", "principals", "secrets"):
+            for name in getattr(self, table):
+                if not re.match(_NAME, name):
+                    raise ValueError(f"{table}.{name}: name must match {_NAME}")
+        for name, up in self.upstreams.items():
+            if sep in name:
+                raise ValueError(f"upstreams.{name}: name contains the tool separator {sep!r}")
+            for var, secret in up.inject_env.items():
+                if secret not in self.secrets:
+                    raise ValueError(f"upstreams.{name}.inject_env.{var}: unknown secret {secret!r}")
+            for header, template in up.inject_headers.items():
+                for ref in re.findall(r"\{([^}]*)\}", template):
+                    if ref not in self.secrets:
+                        raise ValueError(f"upstreams.{name}.inject_headers.{header}: unknown secret {ref!r}")
+        return self
+
+    def resolve_path(self, p: str) -> Path:
+        """A path from the config: absolute, else relative to the config file's directory."""
+        path = Path(os.path.expanduser(p))
+        if path.is_absolute() or self.base_dir is None:
+            return path
+        return Path(self.base_dir) / path
+
+
+def find_config(explicit: str | None) -> Path | None:
+    """--config, else $MCP_GUARD_CONFIG, else ./config/mcp-guard.toml (None if none exists)."""
+    if explicit:
+        return Path(explicit)
+    env = os.environ.get("MCP_GUARD_CONFIG")
+    if env:
+        return Path(env)
+    default = Path("config/mcp-guard.toml")
+    return default if default.exists() else None
+
+
+def _loc(loc: tuple[int | str, ...]) -> str:
+    return ".".join(str(p) for p in loc if not (isinstance(p, str) and p.startswith("function-after")))
+
+
+def _format_validation(file: str, err: ValidationError) -> ConfigError:
+    lines = []
+    for e in err.errors():
+        key = _loc(e["loc"])
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        lines.append(f"{file}: {key}: {msg}" if key else f"{file}: {msg}")
+    ce = ConfigError("\n".join(lines))
+    ce.file, ce.key = file, _loc(err.errors()[0]["loc"]) or None
+    return ce
+
+
+def parse_settings(data: dict[str, Any], *, source: str = "<config>", base_dir: str | None = None) -> Settings:
+    """Validate an already-parsed TOML document."""
+    try:
+        s = Settings.model_validate(data)
+    except ValidationError as e:
+        raise _format_validation(source, e) from None
+    return s.model_copy(update={"source": source, "base_dir": base_dir})
+
+
+def load_settings(path: str | Path | None) -> Settings:
+    """Load and validate a config file; ``None`` means the built-in defaults."""
+    if path is None:
+        return Settings()
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError("config file not found", file=str(p)) from None
+    except OSError as e:
+        raise ConfigError(f"cannot read config file: {e.strerror}", file=str(p)) from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"invalid TOML: {e}", file=str(p)) from None
+    return parse_settings(data, source=str(p), base_dir=str(p.resolve().parent))

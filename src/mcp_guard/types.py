@@ -1,0 +1,192 @@
+"""Core value types shared by every stage: who is calling, what they ask, what policy decided.
+
+All of them are frozen; a stage that changes a call builds a new value with ``dataclasses.replace``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+__all__ = [
+    "REASON_CODES",
+    "Action",
+    "AuditEvent",
+    "Decision",
+    "PolicyInput",
+    "Principal",
+    "SessionInfo",
+    "ToolInfo",
+    "new_id",
+    "utc_now",
+]
+
+Action = Literal[
+    "tools/call",
+    "tools/list",
+    "resources/read",
+    "resources/list",
+    "resources/templates/list",
+    "prompts/get",
+    "prompts/list",
+    "completion/complete",
+    "resources/subscribe",
+]
+
+# Fail-closed reason codes. Each one is the first entry of Decision.reasons when it applies.
+REASON_CODES = (
+    "engine_error",  # engine unreachable, or a builtin raised
+    "timeout",  # engine slower than policy.timeout_ms
+    "policy_undefined",  # the decision rule was undefined for this input
+    "result_invalid",  # decision not an object, or allow not a boolean
+    "audit_unavailable",  # the audit store cannot record the call
+    "tool_changed",  # a pinned tool definition changed and is not approved
+    "unknown_target",  # no such upstream/tool/resource/prompt
+)
+
+
+def new_id() -> str:
+    """A fresh opaque identifier (uuid4 hex) for sessions, decisions and events."""
+    return uuid.uuid4().hex
+
+
+def utc_now() -> str:
+    """The current time as RFC3339 UTC with microseconds, e.g. 2026-11-25T06:31:00.123456Z."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling: a configured principal with its roles and free-form attributes."""
+
+    id: str
+    roles: tuple[str, ...] = ()
+    attributes: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_policy(self) -> dict[str, Any]:
+        return {"id": self.id, "roles": list(self.roles), "attributes": dict(self.attributes)}
+
+
+@dataclass(frozen=True, slots=True)
+class SessionInfo:
+    """One client connection (an MCP session) to mcp-guard."""
+
+    id: str
+    transport: Literal["stdio", "http", "memory"]
+    client_name: str | None = None
+    client_version: str | None = None
+
+    def to_policy(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "transport": self.transport,
+            "client": {"name": self.client_name, "version": self.client_version},
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ToolInfo:
+    """What the policy is told about the targeted tool (DESIGN §5 ``tool_info``)."""
+
+    annotations: Mapping[str, Any] = field(default_factory=dict)
+    definition_sha256: str | None = None
+    pinned: bool = False
+    suspicious: tuple[str, ...] = ()
+
+    def to_policy(self) -> dict[str, Any]:
+        return {
+            "annotations": dict(self.annotations),
+            "definition_sha256": self.definition_sha256,
+            "pinned": self.pinned,
+            "suspicious": list(self.suspicious),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyInput:
+    """The input document a policy is evaluated on (DESIGN §5). ``to_dict`` is the wire form."""
+
+    action: str
+    principal: Principal
+    session: SessionInfo
+    server: str | None = None
+    tool: str | None = None  # tool name, prompt name or resource URI (upstream-local)
+    arguments: Mapping[str, Any] = field(default_factory=dict)
+    tool_info: ToolInfo | None = None
+    time: str = field(default_factory=utc_now)
+    session_calls: int = 0
+    secrets_seen: tuple[str, ...] = ()  # kinds of secret-looking values found in the arguments
+
+    def to_dict(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {
+            "action": self.action,
+            "principal": self.principal.to_policy(),
+            "session": self.session.to_policy(),
+            "server": self.server,
+            "tool": self.tool,
+            "arguments": dict(self.arguments),
+            "context": {
+                "time": self.time,
+                "session_calls": self.session_calls,
+                "secrets_seen": list(self.secrets_seen),
+            },
+        }
+        if self.tool_info is not None:
+            doc["tool_info"] = self.tool_info.to_policy()
+        return doc
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """A policy decision. A deny is a value, never an exception.
+
+    ``reasons`` are human-readable strings the agent sees; for fail-closed denies the first one is
+    a reason code from :data:`REASON_CODES` (e.g. ``"timeout"``), optionally followed by detail.
+    """
+
+    allow: bool
+    reasons: tuple[str, ...] = ()
+    obligations: Mapping[str, Any] = field(default_factory=dict)
+    revision: str | None = None  # the policy bundle revision (hash) that decided
+    decision_id: str = field(default_factory=new_id)
+    code: str | None = None  # fail-closed reason code, None for a policy-made decision
+
+    @classmethod
+    def deny(cls, code: str, detail: str | None = None, *, revision: str | None = None) -> Decision:
+        """A fail-closed deny with a reason code (and optional detail for the agent)."""
+        reasons = (code,) if detail is None else (code, detail)
+        return cls(allow=False, reasons=reasons, revision=revision, code=code)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "allow": self.allow,
+            "reasons": list(self.reasons),
+            "obligations": dict(self.obligations),
+            "revision": self.revision,
+            "decision_id": self.decision_id,
+            "code": self.code,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEvent:
+    """One row of the audit trail (DESIGN §6), before it gets its seq and hashes."""
+
+    kind: str
+    session_id: str | None = None
+    decision_id: str | None = None
+    principal: str | None = None
+    server: str | None = None
+    tool: str | None = None
+    decision: Literal["allow", "deny"] | None = None
+    reasons: tuple[str, ...] | None = None
+    arguments: Mapping[str, Any] | None = None
+    result: Mapping[str, Any] | None = None
+    duration_ms: float | None = None
+    policy_revision: str | None = None
+    details: Mapping[str, Any] | None = None  # kind-specific extras (client info, hashes, errors…)
+    event_id: str = field(default_factory=new_id)
+    ts: str = field(default_factory=utc_now)
