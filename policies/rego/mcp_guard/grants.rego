@@ -1,0 +1,64 @@
+# Role grants: which servers and tools (resources, prompts) each role may use.
+#
+# data.mcp_guard_config.roles.<role>.grants is a list of
+#   {"server": "<glob>", "tools": ["<glob>", ...], "resources": [...], "prompts": [...],
+#    "read_only": bool, "destructive": bool, "secrets": ["<secret name>", ...]}
+# A grant matches when its server glob matches input.server and one of its globs for the action's
+# kind (tools / resources / prompts) matches input.tool. With "read_only": true it only matches
+# tools annotated readOnlyHint == true. With "destructive": true it also lets the role use tools
+# annotated destructiveHint == true. When input.tool is null (a server-level question) a grant
+# matches on the server alone.
+package mcp_guard
+
+import rego.v1
+
+# [role, index] of every grant that matches the request.
+matching_grants contains [role, i] if {
+	some role in effective_roles
+	some i, g in grants_of(role)
+	grant_matches(g)
+}
+
+granted if count(matching_grants) > 0
+
+grants_of(role) := gs if {
+	gs := object.get(config_roles, role, {}).grants
+	is_array(gs)
+} else := []
+
+grant_matches(g) if {
+	is_object(g)
+	is_string(g.server)
+	glob.match(g.server, null, server)
+	target_matches(g)
+	read_only_satisfied(g)
+}
+
+target_matches(g) if {
+	tool
+	glob_any(object.get(g, kind, []), tool)
+}
+
+target_matches(_) if not tool
+
+read_only_satisfied(g) if not object.get(g, "read_only", false) == true
+
+read_only_satisfied(g) if {
+	object.get(g, "read_only", false) == true
+	annotations.readOnlyHint == true
+}
+
+# A matching grant that allows destructive tools.
+destructive_granted if {
+	some [role, i] in matching_grants
+	grants_of(role)[i].destructive == true
+}
+
+# Secret names the matching grants make available to the call (obligations.secrets).
+granted_secrets contains s if {
+	some [role, i] in matching_grants
+	secrets := object.get(grants_of(role)[i], "secrets", [])
+	is_array(secrets)
+	some s in secrets
+	is_string(s)
+}

@@ -1,0 +1,138 @@
+"""The audit database schema (DESIGN §6) and its migrations.
+
+The database holds two tables:
+
+``schema_version``
+    one row per applied migration (``version``, ``description``, ``applied_at``).
+
+``audit_events``
+    the append-only, hash-chained event log. Columns are exactly DESIGN §6 plus ``details``, a JSON
+    column for kind-specific extras (client info, old/new tool hashes, error text). JSON columns
+    (``reasons``, ``arguments``, ``result``, ``details``) hold canonical JSON text (sorted keys, no
+    whitespace). Triggers make UPDATE and DELETE abort, so the table is append-only in the database
+    too, not just in mcp-guard's code. (Someone with write access to the file can still drop the
+    triggers; the hash chain is what makes such tampering *evident*.)
+
+Migrations are an ordered list of :class:`Migration` steps. Opening a database applies every step whose
+version is above the recorded one, each in its own transaction; a database written by a newer
+mcp-guard (a version above :data:`SCHEMA_VERSION`) is refused.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+
+__all__ = [
+    "COLUMNS",
+    "HASH_COLUMNS",
+    "INSERT_SQL",
+    "JSON_COLUMNS",
+    "MIGRATIONS",
+    "SCHEMA_VERSION",
+    "Migration",
+    "current_version",
+]
+
+# Column order of audit_events (also the order of INSERT parameters).
+COLUMNS: tuple[str, ...] = (
+    "seq",
+    "event_id",
+    "ts",
+    "kind",
+    "session_id",
+    "decision_id",
+    "principal",
+    "server",
+    "tool",
+    "decision",
+    "reasons",
+    "arguments",
+    "result",
+    "duration_ms",
+    "policy_revision",
+    "details",
+    "prev_hash",
+    "hash",
+)
+
+# Columns that hold JSON text.
+JSON_COLUMNS: frozenset[str] = frozenset({"reasons", "arguments", "result", "details"})
+
+# Every column that enters a row's hash (all but ``hash`` itself).
+HASH_COLUMNS: tuple[str, ...] = tuple(c for c in COLUMNS if c != "hash")
+
+INSERT_SQL = f"INSERT INTO audit_events ({', '.join(COLUMNS)}) VALUES ({', '.join('?' for _ in COLUMNS)})"
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    """One schema step: run ``statements`` in a transaction, then record ``version``."""
+
+    version: int
+    description: str
+    statements: tuple[str, ...]
+
+
+_V1 = Migration(
+    version=1,
+    description="audit_events: append-only hash-chained log with lookup indexes",
+    statements=(
+        """
+        CREATE TABLE audit_events (
+            seq             INTEGER PRIMARY KEY,
+            event_id        TEXT NOT NULL,
+            ts              TEXT NOT NULL,
+            kind            TEXT NOT NULL,
+            session_id      TEXT,
+            decision_id     TEXT,
+            principal       TEXT,
+            server          TEXT,
+            tool            TEXT,
+            decision        TEXT CHECK (decision IN ('allow', 'deny')),
+            reasons         TEXT,
+            arguments       TEXT,
+            result          TEXT,
+            duration_ms     REAL,
+            policy_revision TEXT,
+            details         TEXT,
+            prev_hash       TEXT NOT NULL,
+            hash            TEXT NOT NULL
+        )
+        """,
+        "CREATE INDEX audit_events_ts ON audit_events (ts)",
+        "CREATE INDEX audit_events_session_id ON audit_events (session_id)",
+        "CREATE INDEX audit_events_decision_id ON audit_events (decision_id)",
+        "CREATE INDEX audit_events_kind ON audit_events (kind)",
+        "CREATE INDEX audit_events_principal ON audit_events (principal)",
+        "CREATE INDEX audit_events_server ON audit_events (server)",
+        """
+        CREATE TRIGGER audit_events_no_update BEFORE UPDATE ON audit_events
+        BEGIN SELECT RAISE(ABORT, 'audit_events is append-only: UPDATE is not allowed'); END
+        """,
+        """
+        CREATE TRIGGER audit_events_no_delete BEFORE DELETE ON audit_events
+        BEGIN SELECT RAISE(ABORT, 'audit_events is append-only: DELETE is not allowed'); END
+        """,
+    ),
+)
+
+MIGRATIONS: tuple[Migration, ...] = (_V1,)
+SCHEMA_VERSION: int = MIGRATIONS[-1].version
+
+CREATE_VERSION_TABLE = """
+CREATE TABLE IF NOT EXISTS schema_version (
+    version     INTEGER PRIMARY KEY,
+    description TEXT NOT NULL,
+    applied_at  TEXT NOT NULL
+)
+"""
+
+
+def current_version(conn: sqlite3.Connection) -> int:
+    """The schema version recorded in a (synchronous, possibly read-only) connection; 0 if none."""
+    try:
+        row = conn.execute("SELECT max(version) FROM schema_version").fetchone()
+    except sqlite3.OperationalError:
+        return 0
+    return int(row[0]) if row and row[0] is not None else 0

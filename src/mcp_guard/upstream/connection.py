@@ -1,0 +1,358 @@
+"""One upstream MCP server: its connection, its catalogue, and its restart loop.
+
+Each :class:`UpstreamConnection` runs in its own task (``run``) and owns one ``ClientSession``
+on the 2025-11-25 handshake. A start failure, crash or hang of one upstream never escapes that
+task: the connection goes ``down`` with a reason, in-flight calls fail fast, and a stdio child is
+restarted with exponential backoff; once it is back its catalogue is fetched again and the
+registry is told so that clients get ``list_changed``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, TypeVar
+
+import anyio
+import httpx2
+import mcp_types as types
+import structlog
+from mcp.client.session import ClientRequestContext, ClientSession
+from mcp.client.sse import sse_client
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.exceptions import MCPError
+from pydantic import BaseModel, TypeAdapter
+
+from mcp_guard.errors import UpstreamError, UpstreamTimeout
+from mcp_guard.settings import UpstreamSettings
+from mcp_guard.upstream.stdio import minimal_environment, open_stdio_transport
+
+__all__ = ["Catalog", "Injections", "UpstreamConnection", "UpstreamHooks"]
+
+log = structlog.get_logger("mcp_guard.upstream")
+
+State = Literal["starting", "ready", "down", "stopped"]
+_RAW = TypeAdapter(dict[str, Any])
+_MAX_PAGES = 1000
+_CLIENT_INFO = types.Implementation(name="mcp-guard", version="0.1.0")
+_M = TypeVar("_M", bound=BaseModel)
+
+
+@dataclass(frozen=True)
+class Injections:
+    """Credentials injected into one upstream: child env vars (stdio) or headers (HTTP)."""
+
+    env: dict[str, str] = field(default_factory=dict)
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+class UpstreamHooks(Protocol):
+    """What an upstream reports to, and asks of, the rest of mcp-guard."""
+
+    async def catalog_changed(self, upstream: str, kinds: frozenset[str]) -> None: ...
+    async def state_changed(self, upstream: str, kind: str, details: dict[str, Any]) -> None: ...
+    async def sampling(
+        self, upstream: str, params: types.CreateMessageRequestParams
+    ) -> types.CreateMessageResult | types.CreateMessageResultWithTools | types.ErrorData: ...
+    async def elicitation(self, upstream: str, params: types.ElicitRequestParams) -> types.ElicitResult | types.ErrorData: ...
+    async def log_message(self, upstream: str, params: types.LoggingMessageNotificationParams) -> None: ...
+    async def resource_updated(self, upstream: str, uri: str) -> None: ...
+
+
+@dataclass
+class Catalog:
+    """What one upstream offers, upstream-local names (namespacing happens in the registry)."""
+
+    tools: list[types.Tool] = field(default_factory=list)
+    resources: list[types.Resource] = field(default_factory=list)
+    templates: list[types.ResourceTemplate] = field(default_factory=list)
+    prompts: list[types.Prompt] = field(default_factory=list)
+    capabilities: types.ServerCapabilities | None = None
+    server_info: types.Implementation | None = None
+
+
+class UpstreamConnection:
+    def __init__(
+        self,
+        name: str,
+        settings: UpstreamSettings,
+        hooks: UpstreamHooks,
+        *,
+        injections: Callable[[], Awaitable[Injections]] | None = None,
+        scrub: Callable[[str], str] = lambda s: s,
+        cwd: str | None = None,
+    ) -> None:
+        self.name = name
+        self.settings = settings
+        self._hooks = hooks
+        self._injections = injections
+        self._scrub = scrub
+        self._cwd = cwd
+        self.state: State = "starting"
+        self.last_error: str | None = None
+        self.restarts = 0
+        self.catalog = Catalog()
+        self._session: ClientSession | None = None
+        self._ready = anyio.Event()
+        self._stop = False
+
+    # ------------------------------------------------------------------ public API
+    @property
+    def session(self) -> ClientSession:
+        if self.state != "ready" or self._session is None:
+            raise UpstreamError(f"upstream {self.name!r} is {self.state}: {self.last_error or 'not connected'}",
+                                upstream=self.name)
+        return self._session
+
+    async def wait_ready(self, timeout: float) -> bool:
+        with anyio.move_on_after(timeout):
+            await self._ready.wait()
+        return self.state == "ready"
+
+    async def request(
+        self,
+        request: types.ClientRequest,
+        *,
+        timeout: float | None = None,
+        on_progress: Callable[[float, float | None, str | None], Awaitable[None]] | None = None,
+    ) -> dict[str, Any]:
+        """Forward one request and return the upstream's raw result dict.
+
+        Raises MCPError for an upstream error response, UpstreamTimeout, or UpstreamError when the
+        upstream is down or dies while the call is in flight.
+        """
+        session = self.session
+        t = timeout if timeout is not None else self.settings.timeout_s
+        try:
+            return await session.send_request(
+                request, _RAW, request_read_timeout_seconds=t, progress_callback=on_progress
+            )
+        except MCPError as e:
+            if self.state != "ready" or session is not self._session:
+                raise UpstreamError(f"upstream {self.name!r} went down during the call: {self.last_error}",
+                                    upstream=self.name) from None
+            if e.error.code == types.REQUEST_TIMEOUT or "timed out" in e.error.message.lower():
+                raise UpstreamTimeout(f"upstream {self.name!r} did not answer within {t:g}s",
+                                      upstream=self.name) from None
+            if _is_closed_error(e):
+                raise UpstreamError(f"upstream {self.name!r} closed the connection during the call",
+                                    upstream=self.name) from None
+            raise
+
+    async def notify(self, notification: types.ClientNotification) -> None:
+        await self.session.send_notification(notification)
+
+    def stop(self) -> None:
+        self._stop = True
+
+    # ------------------------------------------------------------------ lifecycle
+    async def run(self) -> None:
+        """Connect, serve, and reconnect with backoff until cancelled. Never raises."""
+        backoff = self.settings.restart_backoff_s
+        attempt = 0
+        while not self._stop:
+            attempt += 1
+            started = time.monotonic()
+            try:
+                await self._connect_and_serve(first=attempt == 1)
+                reason = self.last_error or "connection closed"
+            except anyio.get_cancelled_exc_class():
+                self._set_down("stopped", "mcp-guard is shutting down")
+                raise
+            except Exception as e:  # noqa: BLE001 - isolation: nothing from one upstream escapes
+                reason = _describe(e)
+            self._set_down("down", reason)
+            was_ready = self.catalog.server_info is not None
+            await self._hooks.state_changed(self.name, "upstream.crash" if was_ready else "upstream.start_failed",
+                                            {"reason": reason, "attempt": attempt})
+            log.warning("upstream.down", upstream=self.name, reason=reason, attempt=attempt)
+            if not self.settings.restart or self._stop:
+                return
+            if time.monotonic() - started > 30:
+                backoff = self.settings.restart_backoff_s
+            await anyio.sleep(backoff)
+            backoff = min(backoff * 2, self.settings.restart_backoff_max_s)
+            self.restarts += 1
+
+    def _set_down(self, state: State, reason: str) -> None:
+        self.state = state
+        self.last_error = reason
+        self._session = None
+        if self._ready.is_set():
+            self._ready = anyio.Event()
+
+    async def _connect_and_serve(self, *, first: bool) -> None:
+        self.state = "starting"
+        inj = await self._injections() if self._injections else Injections()
+        async with self._open_transport(inj) as (read, write, closed):
+            session = ClientSession(
+                read,
+                write,
+                read_timeout_seconds=self.settings.timeout_s,
+                sampling_callback=self._on_sampling,
+                elicitation_callback=self._on_elicitation,
+                logging_callback=self._on_log,
+                message_handler=self._on_message,
+                client_info=_CLIENT_INFO,
+            )
+            async with session:
+                with anyio.fail_after(self.settings.startup_timeout_s):
+                    init = await session.initialize()
+                    catalog = await self._fetch_catalog(session, init.capabilities, frozenset(
+                        {"tools", "resources", "prompts"}))
+                catalog.server_info = init.server_info
+                catalog.capabilities = init.capabilities
+                self.catalog = catalog
+                self._session = session
+                self.state = "ready"
+                self.last_error = None
+                self._ready.set()
+                log.info("upstream.ready", upstream=self.name, tools=len(catalog.tools),
+                         resources=len(catalog.resources), prompts=len(catalog.prompts))
+                await self._hooks.state_changed(
+                    self.name, "upstream.start" if first else "upstream.restart",
+                    {"server_info": init.server_info.model_dump(mode="json", exclude_none=True),
+                     "protocol_version": init.protocol_version, "tools": len(catalog.tools),
+                     "restarts": self.restarts},
+                )
+                await self._hooks.catalog_changed(self.name, frozenset({"tools", "resources", "prompts"}))
+                await closed.wait()
+
+    @contextlib.asynccontextmanager
+    async def _open_transport(self, inj: Injections) -> AsyncIterator[tuple[Any, Any, anyio.Event]]:
+        s = self.settings
+        if s.transport == "stdio":
+            assert s.command is not None
+            env = minimal_environment({**s.env, **inj.env}, s.env_passthrough)
+            async with open_stdio_transport(
+                s.command, s.args, env=env, cwd=self._cwd, max_line_bytes=s.max_response_bytes,
+                name=self.name, scrub=self._scrub,
+            ) as (read, write, exit_info, _proc):
+                closed = anyio.Event()
+
+                async def watch() -> None:
+                    await exit_info.event.wait()
+                    self.last_error = f"process exited with code {exit_info.returncode}"
+                    closed.set()
+
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(watch)
+                    yield read, write, closed
+                    tg.cancel_scope.cancel()
+            return
+        assert s.url is not None
+        headers = {**s.headers, **inj.headers}
+        if s.transport == "sse":
+            async with sse_client(s.url, headers=headers, timeout=s.startup_timeout_s) as (read, write):
+                yield read, write, anyio.Event()
+            return
+        timeout = httpx2.Timeout(s.startup_timeout_s, read=max(s.timeout_s, 300.0))
+        async with (
+            httpx2.AsyncClient(headers=headers, timeout=timeout) as http,
+            streamable_http_client(s.url, http_client=http, max_sse_event_size=s.max_response_bytes) as (read, write),
+        ):
+            yield read, write, anyio.Event()
+
+    # ------------------------------------------------------------------ catalogue
+    async def _fetch_catalog(
+        self, session: ClientSession, caps: types.ServerCapabilities, kinds: frozenset[str]
+    ) -> Catalog:
+        cat = Catalog(tools=self.catalog.tools, resources=self.catalog.resources,
+                      templates=self.catalog.templates, prompts=self.catalog.prompts)
+        if "tools" in kinds:
+            cat.tools = await _paginate(session.list_tools, "tools") if caps.tools else []
+        if "resources" in kinds:
+            cat.resources = await _paginate(session.list_resources, "resources") if caps.resources else []
+            cat.templates = (await _paginate(session.list_resource_templates, "resource_templates")
+                             if caps.resources else [])
+        if "prompts" in kinds:
+            cat.prompts = await _paginate(session.list_prompts, "prompts") if caps.prompts else []
+        return cat
+
+    async def refresh(self, kinds: frozenset[str]) -> None:
+        session = self._session
+        if session is None or self.catalog.capabilities is None:
+            return
+        with anyio.fail_after(self.settings.timeout_s):
+            new = await self._fetch_catalog(session, self.catalog.capabilities, kinds)
+        new.capabilities, new.server_info = self.catalog.capabilities, self.catalog.server_info
+        self.catalog = new
+        await self._hooks.catalog_changed(self.name, kinds)
+
+    # ------------------------------------------------------------------ upstream → us
+    async def _on_message(self, message: types.ServerNotification | Exception) -> None:
+        if isinstance(message, Exception):
+            log.warning("upstream.transport_error", upstream=self.name, error=self._scrub(str(message))[:500])
+            return
+        kinds: frozenset[str] | None = None
+        if isinstance(message, types.ToolListChangedNotification):
+            kinds = frozenset({"tools"})
+        elif isinstance(message, types.ResourceListChangedNotification):
+            kinds = frozenset({"resources"})
+        elif isinstance(message, types.PromptListChangedNotification):
+            kinds = frozenset({"prompts"})
+        elif isinstance(message, types.ResourceUpdatedNotification):
+            await self._hooks.resource_updated(self.name, message.params.uri)
+            return
+        if kinds is not None:
+            # Refresh outside the dispatcher's receive path: listing needs responses to flow.
+            async def refresh() -> None:
+                try:
+                    await self.refresh(kinds)
+                except Exception as e:  # noqa: BLE001 - a failed refresh keeps the old catalogue
+                    log.warning("upstream.refresh_failed", upstream=self.name, error=_describe(e))
+
+            if self._tg is not None:
+                self._tg.start_soon(refresh)
+
+    _tg: anyio.abc.TaskGroup | None = None
+
+    def attach_task_group(self, tg: anyio.abc.TaskGroup) -> None:
+        self._tg = tg
+
+    async def _on_sampling(
+        self, context: ClientRequestContext, params: types.CreateMessageRequestParams
+    ) -> types.CreateMessageResult | types.CreateMessageResultWithTools | types.ErrorData:
+        return await self._hooks.sampling(self.name, params)
+
+    async def _on_elicitation(
+        self, context: ClientRequestContext, params: types.ElicitRequestParams
+    ) -> types.ElicitResult | types.ErrorData:
+        return await self._hooks.elicitation(self.name, params)
+
+    async def _on_log(self, params: types.LoggingMessageNotificationParams) -> None:
+        await self._hooks.log_message(self.name, params)
+
+
+async def _paginate(fn: Callable[..., Awaitable[Any]], attr: str) -> list[Any]:
+    items: list[Any] = []
+    cursor: str | None = None
+    for _ in range(_MAX_PAGES):
+        params = types.PaginatedRequestParams(cursor=cursor) if cursor else None
+        page = await fn(params=params)
+        items.extend(getattr(page, attr))
+        cursor = page.next_cursor
+        if not cursor:
+            break
+    return items
+
+
+def _is_closed_error(e: MCPError) -> bool:
+    msg = e.error.message.lower()
+    return e.error.code == types.CONNECTION_CLOSED or "closed" in msg
+
+
+def _describe(e: BaseException) -> str:
+    if isinstance(e, BaseExceptionGroup):
+        inner = [x for x in e.exceptions if not isinstance(x, anyio.get_cancelled_exc_class())]
+        if inner:
+            return _describe(inner[0])
+    if isinstance(e, FileNotFoundError):
+        return f"command not found: {e.filename or e}"
+    if isinstance(e, TimeoutError):
+        return "timed out during start-up (initialize/list)"
+    if isinstance(e, MCPError):
+        return f"upstream error {e.error.code}: {e.error.message}"
+    return f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
