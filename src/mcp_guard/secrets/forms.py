@@ -5,9 +5,11 @@ a hex dump or a base64 blob. :func:`encoded_forms` lists every spelling of one v
 :class:`~mcp_guard.secrets.redact.Scrubber` looks for:
 
 * raw (the UTF-8 text itself);
-* JSON-escaped, with ``ensure_ascii`` on and off, and with ``/`` escaped as ``\\/``;
-* URL-encoded: ``quote(v, safe="")``, ``quote(v)`` (keeps ``/``), ``quote_plus(v)``, each with upper
-  and lower case percent escapes;
+* JSON-escaped, with ``ensure_ascii`` on and off, with ``/`` escaped as ``\\/``, with ``<>&`` escaped the
+  way Go's ``encoding/json`` does (``\\u003c``), and escaped twice
+  (a JSON document carried inside a JSON string);
+* URL-encoded: ``quote(v, safe="")``, ``quote(v)`` (keeps ``/``), ``quote_plus(v)`` and the
+  ``encodeURIComponent`` flavour (keeps ``!'()*``), each with upper and lower case percent escapes;
 * hex, lower and upper case;
 * base64 (standard and URL-safe alphabets), padded and unpadded, **at all three alignments**.
 
@@ -30,6 +32,7 @@ from urllib.parse import quote, quote_plus
 __all__ = ["base64_cores", "encoded_forms"]
 
 _PERCENT = re.compile(r"%[0-9A-F]{2}")
+_GO_HTML = re.compile(r"[<>&\u2028\u2029]")  # Go's encoding/json escapes these as \u003c, …
 
 
 def base64_cores(raw: bytes, *, urlsafe: bool = False) -> list[str]:
@@ -46,16 +49,18 @@ def base64_cores(raw: bytes, *, urlsafe: bool = False) -> list[str]:
 
 
 def _url_forms(value: str) -> Iterator[str]:
-    for form in (quote(value, safe=""), quote(value), quote_plus(value)):
+    for form in (quote(value, safe=""), quote(value), quote_plus(value), quote(value, safe="!'()*")):
         yield form
         yield _PERCENT.sub(lambda m: m.group(0).lower(), form)
 
 
 def _json_forms(value: str) -> Iterator[str]:
     for ascii_only in (True, False):
-        form = json.dumps(value, ensure_ascii=ascii_only)[1:-1]
-        yield form
-        yield form.replace("/", "\\/")
+        once = json.dumps(value, ensure_ascii=ascii_only)[1:-1]
+        for form in (once, json.dumps(once, ensure_ascii=ascii_only)[1:-1]):
+            yield form
+            yield form.replace("/", "\\/")
+            yield _GO_HTML.sub(lambda m: f"\\u{ord(m.group(0)):04x}", form)
 
 
 def encoded_forms(value: str) -> list[str]:

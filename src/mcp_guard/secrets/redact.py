@@ -24,12 +24,13 @@ Split across blocks
 Binary content
     A string under a ``blob`` or ``data`` key that is valid base64 (embedded resources, images,
     audio) is also decoded, scrubbed as bytes and re-encoded, so a secret anywhere in the payload is
-    caught whatever its alignment; the encoded text is scrubbed as well.
+    caught whatever its alignment; the encoded text is scrubbed as well. Base64 wrapped in lines
+    (MIME, PEM) is decoded too; if something had to be removed it is re-encoded unwrapped.
 
 Short secrets
     Values shorter than :data:`MIN_SECRET_LENGTH` (4) characters are *not* redacted: replacing every
     ``"a"`` of a result is absurd and such a value offers no protection anyway. They are listed in
-    :attr:`Scrubber.skipped` and a warning is logged when the scrubber is built.
+    :attr:`Scrubber.skipped` (the :class:`~mcp_guard.secrets.manager.SecretManager` logs a warning).
 
 Pydantic models (e.g. ``mcp.types.CallToolResult``) are dumped to JSON-able data, scrubbed and
 validated back into the same type.
@@ -39,7 +40,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-import logging
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -53,8 +54,6 @@ __all__ = ["MIN_SECRET_LENGTH", "Scrubber", "marker"]
 MIN_SECRET_LENGTH = 4
 _BASE64_KEYS = frozenset({"blob", "data"})
 _NESTED_TEXT_KEYS = ("content", "resource")
-
-_log = logging.getLogger(__name__)
 
 
 def marker(name: str) -> str:
@@ -83,19 +82,14 @@ class Scrubber:
             names.add(name)
             for form in encoded_forms(value):
                 owners.setdefault(form, name)
-        if skipped:
-            _log.warning(
-                "secrets shorter than %d characters are not redacted: %s",
-                MIN_SECRET_LENGTH,
-                ", ".join(sorted(set(skipped))),
-            )
         self.names: frozenset[str] = frozenset(names)
         self.skipped: tuple[str, ...] = tuple(sorted(set(skipped)))
         self._names = owners
         self._markers = {form: marker(name) for form, name in owners.items()}
         self._bytes_markers = {k.encode("utf-8"): v.encode("utf-8") for k, v in self._markers.items()}
         compiled = compile_literals(owners)
-        self._text_re, self._bytes_re = compiled if compiled else (None, None)
+        self._text_re: re.Pattern[str] | None = compiled[0] if compiled else None
+        self._bytes_re: re.Pattern[bytes] | None = compiled[1] if compiled else None
 
     def __bool__(self) -> bool:
         return self._text_re is not None
@@ -124,6 +118,25 @@ class Scrubber:
         if self._text_re is None:
             return set()
         return {self._names[m.group(0)] for m in self._text_re.finditer(text)}
+
+    def found_in(self, obj: Any) -> set[str]:
+        """Names of the secrets present in any string (value or key) of JSON-able ``obj``."""
+        if self._text_re is None:
+            return set()
+        names: set[str] = set()
+        stack = [obj]
+        while stack:
+            item = stack.pop()
+            if isinstance(item, str):
+                names |= self.found(item)
+            elif isinstance(item, Mapping):
+                stack.extend(item.keys())
+                stack.extend(item.values())
+            elif isinstance(item, list | tuple):
+                stack.extend(item)
+            elif isinstance(item, bytes | bytearray) and self._bytes_re is not None:
+                names |= {self._names[m.group(0).decode("utf-8")] for m in self._bytes_re.finditer(item)}
+        return names
 
     def scrub_texts(self, texts: Sequence[str]) -> list[str]:
         """Scrub consecutive text blocks jointly, so a secret split across blocks is caught too.
@@ -194,8 +207,9 @@ class Scrubber:
         return obj
 
     def _scrub_base64(self, text: str) -> str:
+        compact = "".join(text.split()) if any(c in text for c in " \r\n\t") else text
         try:
-            raw = base64.b64decode(text, validate=True)
+            raw = base64.b64decode(compact, validate=True)
         except (binascii.Error, ValueError):
             return text
         scrubbed = self.scrub_bytes(raw)

@@ -1,0 +1,108 @@
+"""Secrets stages: what the policy and the audit trail learn about credentials in a call.
+
+* :class:`InspectArguments` fills ``ctx.audit_arguments`` with a copy of the arguments from which
+  every known secret value (any encoding) is scrubbed and every well-known credential shape is
+  masked, and ``ctx.secrets_seen`` with the kinds found (``jwt``, ``aws_access_key``, …, and
+  ``injected:<secret>`` when an argument holds the value of a configured secret). The arguments
+  forwarded upstream are not changed. It must run *outside* every stage that records or logs the
+  call (first in the chain): a stage only sees the context it was given, so an audit stage placed
+  before it would record the raw arguments.
+
+* :class:`EnforceSecretObligations` runs after authorize (and before the allow is recorded): if the
+  upstream gets injected secrets, the policy decision must grant every one of them in
+  ``obligations.secrets`` (a list of secret names), otherwise the call is **denied** with reason code
+  ``secret_not_granted``.
+
+  Why deny rather than "run without the credential": a stdio upstream receives its secrets as
+  environment variables of a long-lived child process and an HTTP upstream as headers of a
+  long-lived connection, so a credential cannot be withheld from one call while the next call from
+  someone else uses it. Forwarding the call anyway would let it act with a credential the policy did
+  not grant; the honest behaviour is to refuse it and say why.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import replace
+from typing import Any, Protocol
+
+from mcp_guard.pipeline.context import CallContext, CallNext, Outcome
+from mcp_guard.secrets.redact import Scrubber
+from mcp_guard.secrets.shapes import mask
+from mcp_guard.types import Decision
+
+__all__ = [
+    "INJECTED_PREFIX",
+    "SECRET_NOT_GRANTED",
+    "EnforceSecretObligations",
+    "InspectArguments",
+    "SecretSource",
+    "granted_secrets",
+    "inspect_arguments",
+]
+
+SECRET_NOT_GRANTED = "secret_not_granted"
+INJECTED_PREFIX = "injected:"
+
+
+class SecretSource(Protocol):
+    """What these stages need of :class:`~mcp_guard.secrets.manager.SecretManager`."""
+
+    @property
+    def scrubber(self) -> Scrubber: ...
+
+    def secret_names_for(self, upstream: str) -> set[str]: ...
+
+
+def inspect_arguments(arguments: Any, scrubber: Scrubber) -> tuple[Any, tuple[str, ...]]:
+    """``(audit copy, kinds)``: known secret values scrubbed, credential shapes masked."""
+    found = {INJECTED_PREFIX + name for name in scrubber.found_in(arguments)} if scrubber else set()
+    scrubbed = scrubber.scrub_obj(arguments)
+    masked, kinds = mask(scrubbed)
+    return masked, tuple(sorted(found | set(kinds)))
+
+
+class InspectArguments:
+    def __init__(self, secrets: SecretSource) -> None:
+        self._secrets = secrets
+
+    async def __call__(self, ctx: CallContext, call_next: CallNext) -> Outcome:
+        audit, kinds = inspect_arguments(dict(ctx.arguments), self._secrets.scrubber)
+        seen = tuple(sorted(set(ctx.secrets_seen) | set(kinds)))
+        return await call_next(replace(ctx, audit_arguments=audit, secrets_seen=seen))
+
+
+def granted_secrets(decision: Decision | None) -> set[str] | None:
+    """The secret names a decision grants (``obligations.secrets``); ``None`` if malformed or absent."""
+    if decision is None:
+        return None
+    granted = decision.obligations.get("secrets")
+    if not isinstance(granted, list | tuple) or not all(isinstance(s, str) for s in granted):
+        return None
+    return set(granted)
+
+
+class EnforceSecretObligations:
+    def __init__(self, secrets: SecretSource) -> None:
+        self._secrets = secrets
+
+    async def __call__(self, ctx: CallContext, call_next: CallNext) -> Outcome:
+        needed = self._secrets.secret_names_for(ctx.server)
+        if not needed:
+            return await call_next(ctx)
+        decision = ctx.decision
+        granted = granted_secrets(decision)
+        missing = needed - (granted or set())
+        if decision is None or not decision.allow or missing:
+            detail = (
+                f"upstream {ctx.server!r} runs with secret(s) {_names(missing or needed)} that the policy "
+                "decision does not grant to this call (obligations.secrets)"
+            )
+            return Outcome(
+                decision=Decision.deny(SECRET_NOT_GRANTED, detail, revision=decision.revision if decision else None)
+            )
+        return await call_next(ctx)
+
+
+def _names(names: Iterable[str]) -> str:
+    return ", ".join(sorted(names))
