@@ -49,6 +49,8 @@ class ServerSettings(_Strict):
     # Extra Host/Origin values accepted by the HTTP front (DNS-rebinding protection stays on).
     allowed_hosts: list[str] = []
     allowed_origins: list[str] = []
+    # Items per page in tools/list, resources/list, prompts/list answers (clients follow nextCursor).
+    page_size: Annotated[int, Field(gt=0, le=10_000)] = 500
     # Largest HTTP request body accepted by the front, in bytes.
     max_request_bytes: Annotated[int, Field(gt=0)] = 4 * 1024 * 1024
     # Require Authorization: Bearer <key> on the HTTP front (keys from [principals.*]).

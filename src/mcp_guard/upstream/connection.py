@@ -56,7 +56,9 @@ class UpstreamHooks(Protocol):
     async def sampling(
         self, upstream: str, params: types.CreateMessageRequestParams
     ) -> types.CreateMessageResult | types.CreateMessageResultWithTools | types.ErrorData: ...
-    async def elicitation(self, upstream: str, params: types.ElicitRequestParams) -> types.ElicitResult | types.ErrorData: ...
+    async def elicitation(
+        self, upstream: str, params: types.ElicitRequestParams
+    ) -> types.ElicitResult | types.ErrorData: ...
     async def log_message(self, upstream: str, params: types.LoggingMessageNotificationParams) -> None: ...
     async def resource_updated(self, upstream: str, uri: str) -> None: ...
 
@@ -96,6 +98,7 @@ class UpstreamConnection:
         self.catalog = Catalog()
         self._session: ClientSession | None = None
         self._ready = anyio.Event()
+        self._settled = anyio.Event()  # set once the first attempt has either succeeded or failed
         self._stop = False
 
     # ------------------------------------------------------------------ public API
@@ -110,6 +113,11 @@ class UpstreamConnection:
         with anyio.move_on_after(timeout):
             await self._ready.wait()
         return self.state == "ready"
+
+    async def wait_settled(self, timeout: float) -> None:
+        """Wait until the first start attempt has succeeded or failed (at most ``timeout`` s)."""
+        with anyio.move_on_after(timeout):
+            await self._settled.wait()
 
     async def request(
         self,
@@ -126,19 +134,20 @@ class UpstreamConnection:
         session = self.session
         t = timeout if timeout is not None else self.settings.timeout_s
         try:
-            return await session.send_request(
-                request, _RAW, request_read_timeout_seconds=t, progress_callback=on_progress
-            )
+            # Our own deadline (the SDK's timeout error shares its code, -32001, with ordinary upstream
+            # errors); cancelling the request makes the SDK send notifications/cancelled upstream.
+            with anyio.fail_after(t):
+                return await session.send_request(
+                    request, _RAW, request_read_timeout_seconds=t + 5, progress_callback=on_progress
+                )
+        except TimeoutError:
+            raise UpstreamTimeout(f"upstream {self.name!r} did not answer within {t:g}s", upstream=self.name) from None
         except MCPError as e:
-            if self.state != "ready" or session is not self._session:
-                raise UpstreamError(f"upstream {self.name!r} went down during the call: {self.last_error}",
-                                    upstream=self.name) from None
-            if e.error.code == types.REQUEST_TIMEOUT or "timed out" in e.error.message.lower():
-                raise UpstreamTimeout(f"upstream {self.name!r} did not answer within {t:g}s",
-                                      upstream=self.name) from None
-            if _is_closed_error(e):
-                raise UpstreamError(f"upstream {self.name!r} closed the connection during the call",
-                                    upstream=self.name) from None
+            if self.state != "ready" or session is not self._session or _is_closed_error(e):
+                raise UpstreamError(
+                    f"upstream {self.name!r} went down during the call: {self.last_error or 'connection closed'}",
+                    upstream=self.name,
+                ) from None
             raise
 
     async def notify(self, notification: types.ClientNotification) -> None:
@@ -161,9 +170,10 @@ class UpstreamConnection:
             except anyio.get_cancelled_exc_class():
                 self._set_down("stopped", "mcp-guard is shutting down")
                 raise
-            except Exception as e:  # noqa: BLE001 - isolation: nothing from one upstream escapes
+            except Exception as e:
                 reason = _describe(e)
             self._set_down("down", reason)
+            self._settled.set()
             was_ready = self.catalog.server_info is not None
             await self._hooks.state_changed(self.name, "upstream.crash" if was_ready else "upstream.start_failed",
                                             {"reason": reason, "attempt": attempt})
@@ -190,7 +200,7 @@ class UpstreamConnection:
             session = ClientSession(
                 read,
                 write,
-                read_timeout_seconds=self.settings.timeout_s,
+                read_timeout_seconds=max(self.settings.timeout_s, self.settings.startup_timeout_s),
                 sampling_callback=self._on_sampling,
                 elicitation_callback=self._on_elicitation,
                 logging_callback=self._on_log,
@@ -209,6 +219,7 @@ class UpstreamConnection:
                 self.state = "ready"
                 self.last_error = None
                 self._ready.set()
+                self._settled.set()
                 log.info("upstream.ready", upstream=self.name, tools=len(catalog.tools),
                          resources=len(catalog.resources), prompts=len(catalog.prompts))
                 await self._hooks.state_changed(
@@ -301,7 +312,7 @@ class UpstreamConnection:
             async def refresh() -> None:
                 try:
                     await self.refresh(kinds)
-                except Exception as e:  # noqa: BLE001 - a failed refresh keeps the old catalogue
+                except Exception as e:
                     log.warning("upstream.refresh_failed", upstream=self.name, error=_describe(e))
 
             if self._tg is not None:
@@ -340,8 +351,7 @@ async def _paginate(fn: Callable[..., Awaitable[Any]], attr: str) -> list[Any]:
 
 
 def _is_closed_error(e: MCPError) -> bool:
-    msg = e.error.message.lower()
-    return e.error.code == types.CONNECTION_CLOSED or "closed" in msg
+    return e.error.code == types.CONNECTION_CLOSED and e.error.message == "Connection closed"
 
 
 def _describe(e: BaseException) -> str:

@@ -152,19 +152,24 @@ async def open_stdio_transport(
 
 
 async def _terminate(process: Process, exit_info: ChildExit) -> None:
-    if exit_info.event.is_set():
+    """Close stdin, then SIGTERM, then SIGKILL the child's process group, 2 s apart, until it is gone.
+
+    Waits on the process itself (not on ``exit_info``): this runs while the transport's task group is
+    being cancelled, so the task that fills ``exit_info`` may already be gone.
+    """
+    if exit_info.event.is_set() or process.returncode is not None:
         return
-    with suppress(OSError):
+    with suppress(OSError, anyio.BrokenResourceError, anyio.ClosedResourceError):
         if process.stdin is not None:
             await process.stdin.aclose()
     with anyio.move_on_after(2):
-        await exit_info.event.wait()
+        await process.wait()
         return
     for sig in (signal.SIGTERM, signal.SIGKILL):
         with suppress(ProcessLookupError, PermissionError):
             os.killpg(process.pid, sig)
         with anyio.move_on_after(2):
-            await exit_info.event.wait()
+            await process.wait()
             return
 
 

@@ -1,0 +1,194 @@
+"""The composition root: settings → policy engine, audit store, secrets, upstreams, pipeline, front.
+
+:class:`Guard` owns the task group every upstream runs in. ``Guard.open`` builds the real parts from
+settings; tests can hand in their own engine and sink (see :mod:`mcp_guard.testing`).
+
+The interceptor chain, outermost first (DESIGN §2)::
+
+    RecordOutcome → InspectArguments → Authorize → RecordDecision → SecretsObligation → Redact → Forward
+
+``RecordOutcome`` commits the outcome row before the client is answered; ``RecordDecision`` commits
+the allow row before the upstream sees the call; a deny is recorded by ``RecordOutcome``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import anyio
+import structlog
+from anyio.abc import TaskGroup
+from mcp.server.connection import Connection
+from mcp.server.context import ServerRequestContext
+
+from mcp_guard.frontend.handlers import Handlers
+from mcp_guard.frontend.server import build_server, initialization_options
+from mcp_guard.frontend.sessions import ClientSession, SessionTable
+from mcp_guard.pipeline.audit import EventSink, RecordDecision, RecordOutcome
+from mcp_guard.pipeline.authorize import Authorize, Evaluator
+from mcp_guard.pipeline.chain import build_chain
+from mcp_guard.pipeline.context import Interceptor
+from mcp_guard.pipeline.forward import Forward
+from mcp_guard.pipeline.visibility import Visibility
+from mcp_guard.settings import Settings
+from mcp_guard.types import AuditEvent
+from mcp_guard.upstream.registry import Registry
+
+__all__ = ["Guard"]
+
+log = structlog.get_logger("mcp_guard.app")
+
+
+class Guard:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        engine: Evaluator,
+        sink: EventSink,
+        secrets: Any = None,
+        principal: str | None = None,
+    ) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.sink = sink
+        self.secrets = secrets
+        self.stdio_principal = principal or settings.server.principal
+        injections: Callable[[str], Any] | None = secrets.injections_for if secrets is not None else None
+        scrub: Callable[[str], str] = secrets.scrub_text if secrets is not None else (lambda s: s)
+        self.registry = Registry(settings, self, injections=injections, scrub=scrub)
+        self.visibility = Visibility(engine)
+        self.sessions = SessionTable(settings, self._session_started, self._session_ended)
+        self.chain = build_chain(self._interceptors(), Forward(self.registry))
+        self._tg: TaskGroup | None = None
+
+    # ------------------------------------------------------------------ construction
+    def _interceptors(self) -> list[Interceptor]:
+        stages: list[Interceptor] = [RecordOutcome(self.sink)]
+        if self.secrets is not None:
+            from mcp_guard.pipeline.secrets import InspectArguments
+
+            stages.append(InspectArguments(self.secrets))
+        stages += [Authorize(self.engine), RecordDecision(self.sink)]
+        if self.secrets is not None:
+            from mcp_guard.pipeline.redact import Redact
+            from mcp_guard.pipeline.secrets import SecretsObligation
+
+            stages += [SecretsObligation(self.secrets), Redact(self.secrets)]
+        return stages
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def open(cls, settings: Settings, *, principal: str | None = None) -> AsyncIterator[Guard]:
+        """Build the real engine, audit store and secrets from settings, start upstreams, and yield."""
+        from mcp_guard.audit.store import AuditStore
+        from mcp_guard.policy import open_engine
+        from mcp_guard.secrets.manager import SecretManager
+
+        secrets = SecretManager(settings)
+        async with (
+            AuditStore.open(settings.resolve_path(settings.audit.path), batch_max=settings.audit.batch_max,
+                            queue_max=settings.audit.queue_max) as store,
+            open_engine(settings) as engine,
+        ):
+            store.record_nowait(AuditEvent(kind="config.load", details={
+                "source": settings.source, "upstreams": sorted(settings.upstreams),
+                "principals": sorted(settings.principals)}))
+            store.record_nowait(AuditEvent(kind="policy.load", policy_revision=engine.revision, details={
+                "engine": settings.policy.engine, "bundle": settings.policy.bundle}))
+            guard = cls(settings, engine=engine, sink=store, secrets=secrets, principal=principal)
+            async with guard.running():
+                yield guard
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[Guard]:
+        """Start every upstream in its own task; stop them on exit."""
+        async with anyio.create_task_group() as tg:
+            self._tg = tg
+            self.registry.start(tg)
+            try:
+                yield self
+            finally:
+                self.registry.stop()
+                tg.cancel_scope.cancel()
+
+    def handlers(self, transport: str) -> Handlers:
+        return Handlers(
+            settings=self.settings, registry=self.registry, chain=self.chain, visibility=self.visibility,
+            sink=self.sink, sessions=self.sessions, transport=transport,
+            principal_of=self._stdio_principal if transport != "http" else _http_principal,
+        )
+
+    def server(self, transport: str) -> Any:
+        return build_server(self.handlers(transport))
+
+    def _stdio_principal(self, _ctx: ServerRequestContext[Any, Any]) -> str:
+        return self.stdio_principal
+
+    # ------------------------------------------------------------------ serving
+    async def serve_streams(self, read: Any, write: Any, transport: str = "stdio") -> None:
+        server = self.server(transport)
+        await server.run(read, write, initialization_options(server))
+
+    async def serve_stdio(self) -> None:
+        from mcp_guard.frontend.stdio import stdio_transport
+
+        async with stdio_transport() as (read, write):
+            await self.serve_streams(read, write, "stdio")
+
+    def http_app(self) -> Any:
+        from mcp_guard.frontend.http import build_http_app
+
+        return build_http_app(self)
+
+    async def serve_http(self, host: str | None = None, port: int | None = None,
+                         ready: Callable[[int], None] | None = None) -> None:
+        from mcp_guard.frontend.http import serve_http
+
+        await serve_http(self, host or self.settings.server.host,
+                         self.settings.server.port if port is None else port, ready=ready)
+
+    # ------------------------------------------------------------------ RegistryListener
+    async def catalog_changed(self, upstream: str, kinds: frozenset[str]) -> None:
+        async def send(conn: Connection) -> None:
+            if "tools" in kinds:
+                await conn.send_tool_list_changed()
+            if "resources" in kinds:
+                await conn.send_resource_list_changed()
+            if "prompts" in kinds:
+                await conn.send_prompt_list_changed()
+
+        await self.sessions.broadcast(send)
+
+    async def upstream_event(self, upstream: str, kind: str, details: dict[str, Any]) -> None:
+        self.sink.record_nowait(AuditEvent(kind=kind, server=upstream, details=details))
+
+    async def resource_updated(self, upstream: str, uri: str) -> None:
+        exposed = self.registry.namer.expose_uri(upstream, uri)
+        for sess in list(self.sessions.live.values()):
+            if exposed in sess.subscriptions:
+                await sess.notify(lambda c: c.send_resource_updated(exposed))
+
+    # ------------------------------------------------------------------ sessions
+    def _session_started(self, sess: ClientSession) -> None:
+        log.info("session.start", session_id=sess.id, principal=sess.principal.id, client=sess.info.client_name)
+        self.sink.record_nowait(AuditEvent(
+            kind="session.start", session_id=sess.id, principal=sess.principal.id,
+            details={"transport": sess.info.transport, "client": {"name": sess.info.client_name,
+                                                                  "version": sess.info.client_version},
+                     "roles": list(sess.principal.roles)}))
+
+    def _session_ended(self, sess: ClientSession) -> None:
+        log.info("session.end", session_id=sess.id, principal=sess.principal.id, calls=sess.calls)
+        self.sink.record_nowait(AuditEvent(kind="session.end", session_id=sess.id, principal=sess.principal.id,
+                                           details={"calls": sess.calls}))
+
+
+def _http_principal(ctx: ServerRequestContext[Any, Any]) -> str:
+    request = ctx.request
+    user = getattr(request, "scope", {}).get("user") if request is not None else None
+    name = getattr(user, "username", None)
+    return name if isinstance(name, str) and name else "anonymous"
+

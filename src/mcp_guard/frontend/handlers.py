@@ -1,0 +1,337 @@
+"""The client-facing MCP handlers: list, call, read, get — every one through the guard's pipeline.
+
+Listings are namespaced (see :mod:`mcp_guard.upstream.naming`), filtered by policy visibility and
+paginated by mcp-guard itself (``[server] page_size``; the cursor is an opaque offset). Calls are
+turned into a :class:`~mcp_guard.pipeline.context.CallContext` and run through the interceptor chain,
+whose :class:`~mcp_guard.pipeline.context.Outcome` is mapped back onto the protocol:
+
+* ``tools/call`` denied → an ``isError`` tool result whose text gives the policy's reasons (agents read
+  it and adapt); the upstream being down or timing out → an ``isError`` result saying so; an error
+  the upstream itself answered → that JSON-RPC error, unchanged.
+* ``resources/read`` / ``prompts/get`` / ``completion/complete`` denied → JSON-RPC error ``-32012``
+  with the reasons (these results have no error flag).
+
+The upstream's result dict is returned as it came (``_meta`` kept; structuredContent not re-validated).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import mcp_types as types
+import structlog
+from mcp.server.context import ServerRequestContext
+from mcp.shared.exceptions import MCPError
+
+from mcp_guard.frontend.sessions import ClientSession, RequestDownstream, SessionTable
+from mcp_guard.pipeline.audit import EventSink
+from mcp_guard.pipeline.context import CallContext, CallNext, Outcome
+from mcp_guard.pipeline.forward import DENIED, is_guard_error
+from mcp_guard.pipeline.visibility import ListItem, Visibility
+from mcp_guard.settings import Settings
+from mcp_guard.types import AuditEvent, Decision, ToolInfo
+from mcp_guard.upstream.registry import Registry
+
+__all__ = ["Handlers", "PrincipalResolver"]
+
+log = structlog.get_logger("mcp_guard.frontend")
+
+_T = TypeVar("_T")
+PrincipalResolver = Callable[[ServerRequestContext[Any, Any]], str]
+# _meta keys that never travel upstream: progress is re-issued per hop; the rest may carry client credentials.
+_META_DROP = frozenset({"progressToken", "progress_token"})
+
+
+@dataclass
+class Handlers:
+    settings: Settings
+    registry: Registry
+    chain: CallNext
+    visibility: Visibility
+    sink: EventSink
+    sessions: SessionTable
+    transport: str
+    principal_of: PrincipalResolver
+
+    # ------------------------------------------------------------------ helpers
+    def _session(self, ctx: ServerRequestContext[Any, Any]) -> ClientSession:
+        return self.sessions.for_request(ctx, self.transport, self.principal_of(ctx))
+
+    def _page(self, items: list[_T], params: types.PaginatedRequestParams | None) -> tuple[list[_T], str | None]:
+        size = self.settings.server.page_size
+        start = 0
+        if params is not None and params.cursor:
+            try:
+                start = int(params.cursor)
+                if start < 0 or start > len(items):
+                    raise ValueError
+            except ValueError:
+                raise MCPError(code=types.INVALID_PARAMS, message=f"invalid cursor {params.cursor!r}") from None
+        end = start + size
+        return items[start:end], (str(end) if end < len(items) else None)
+
+    def _list_event(self, sess: ClientSession, kind: str, names: list[str]) -> None:
+        self.sink.record_nowait(AuditEvent(
+            kind=kind, session_id=sess.id, principal=sess.principal.id,
+            details={"visible": names, "count": len(names)},
+        ))
+
+    @staticmethod
+    def _forward_meta(meta: Any) -> dict[str, Any] | None:
+        if meta is None:
+            return None
+        raw = meta.model_dump(by_alias=True, mode="json", exclude_none=True) if hasattr(meta, "model_dump") else dict(meta)
+        kept = {k: v for k, v in raw.items() if k not in _META_DROP}
+        return kept or None
+
+    def _context(
+        self,
+        ctx: ServerRequestContext[Any, Any],
+        sess: ClientSession,
+        *,
+        action: str,
+        server: str,
+        target: str,
+        exposed: str,
+        arguments: dict[str, Any],
+        request: types.ClientRequest,
+        tool_info: ToolInfo | None = None,
+    ) -> CallContext:
+        sess.calls += 1
+        progress = None
+        if ctx.meta is not None and ctx.meta.get("progress_token") is not None:
+            async def progress(p: float, total: float | None, message: str | None) -> None:
+                await ctx.session.report_progress(p, total, message)
+        up = self.settings.upstreams.get(server)
+        return CallContext(
+            action=action, principal=sess.principal, session=sess.info, server=server, target=target,
+            exposed=exposed, arguments=arguments, request=request, tool_info=tool_info,
+            session_calls=sess.calls, progress=progress, timeout_s=up.timeout_s if up else None,
+            downstream=RequestDownstream(sess, ctx, timeout_s=up.timeout_s if up else 60.0),
+        )
+
+    async def _run(self, call: CallContext) -> Outcome:
+        return await self.chain(call)
+
+    async def _unknown(self, sess: ClientSession, action: str, exposed: str, what: str) -> Decision:
+        d = Decision.deny("unknown_target", f"{what} {exposed!r} does not exist (names are '<upstream>"
+                          f"{self.settings.server.tool_separator}<name>'; list them first)")
+        self.sink.record_nowait(AuditEvent(
+            kind="call.decision", session_id=sess.id, decision_id=d.decision_id, principal=sess.principal.id,
+            tool=exposed, decision="deny", reasons=d.reasons, details={"action": action},
+        ))
+        return d
+
+    @staticmethod
+    def _deny_text(d: Decision) -> str:
+        reasons = "; ".join(d.reasons) if d.reasons else "no reason given"
+        return f"Denied by mcp-guard: {reasons} (decision {d.decision_id})"
+
+    def _deny_tool_result(self, d: Decision) -> dict[str, Any]:
+        return {
+            "content": [{"type": "text", "text": self._deny_text(d)}],
+            "isError": True,
+            "_meta": {"mcp-guard/decision": {"allow": False, "reasons": list(d.reasons),
+                                             "decision_id": d.decision_id, "code": d.code}},
+        }
+
+    def _deny_error(self, d: Decision) -> MCPError:
+        return MCPError(code=DENIED, message=self._deny_text(d),
+                        data={"reasons": list(d.reasons), "decision_id": d.decision_id, "code": d.code})
+
+    def _raise_or_result(self, outcome: Outcome) -> dict[str, Any]:
+        if outcome.denied:
+            assert outcome.decision is not None
+            raise self._deny_error(outcome.decision)
+        if outcome.error is not None:
+            raise MCPError.from_error_data(outcome.error)
+        return outcome.result or {}
+
+    # ------------------------------------------------------------------ tools
+    async def list_tools(self, ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
+                         ) -> types.ListToolsResult:
+        sess = self._session(ctx)
+        cat = self.registry.catalog
+        entries = list(cat.tools.values())
+        items: list[ListItem] = [
+            (e.upstream, e.local.name, ToolInfo(annotations=_annotations(e.local), definition_sha256=e.sha256))
+            for e in entries
+        ]
+        ok = await self.visibility.visible("tools/list", sess.principal, sess.info, items, cat.version)
+        tools = [e.exposed for i, e in enumerate(entries) if i in ok]
+        page, cursor = self._page(tools, params)
+        if params is None or not params.cursor:
+            self._list_event(sess, "tools.list", [t.name for t in tools])
+        return types.ListToolsResult(tools=page, next_cursor=cursor)
+
+    async def call_tool(self, ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams
+                        ) -> dict[str, Any]:
+        sess = self._session(ctx)
+        entry = self.registry.find_tool(params.name)
+        if entry is None:
+            return self._deny_tool_result(await self._unknown(sess, "tools/call", params.name, "tool"))
+        arguments = dict(params.arguments or {})
+        request = types.CallToolRequest(params=types.CallToolRequestParams(
+            name=entry.local.name, arguments=arguments, _meta=self._forward_meta(params.meta),
+        ))
+        call = self._context(
+            ctx, sess, action="tools/call", server=entry.upstream, target=entry.local.name, exposed=params.name,
+            arguments=arguments, request=request,
+            tool_info=ToolInfo(annotations=_annotations(entry.local), definition_sha256=entry.sha256),
+        )
+        outcome = await self._run(call)
+        if outcome.denied:
+            assert outcome.decision is not None
+            return self._deny_tool_result(outcome.decision)
+        if outcome.error is not None:
+            if is_guard_error(outcome.error):
+                return {"content": [{"type": "text", "text": f"mcp-guard: {outcome.error.message}"}],
+                        "isError": True}
+            raise MCPError.from_error_data(outcome.error)
+        return outcome.result or {"content": []}
+
+    # ------------------------------------------------------------------ resources
+    async def list_resources(self, ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
+                             ) -> types.ListResourcesResult:
+        sess = self._session(ctx)
+        cat = self.registry.catalog
+        items: list[ListItem] = [(up, _local_uri(self.registry, r.uri), None) for up, r in cat.resources]
+        ok = await self.visibility.visible("resources/list", sess.principal, sess.info, items, cat.version)
+        page, cursor = self._page([r for i, (_, r) in enumerate(cat.resources) if i in ok], params)
+        return types.ListResourcesResult(resources=page, next_cursor=cursor)
+
+    async def list_resource_templates(
+        self, ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
+    ) -> types.ListResourceTemplatesResult:
+        sess = self._session(ctx)
+        cat = self.registry.catalog
+        items: list[ListItem] = [(up, _local_uri(self.registry, t.uri_template), None) for up, t in cat.templates]
+        ok = await self.visibility.visible("resources/templates/list", sess.principal, sess.info, items,
+                                           cat.version)
+        page, cursor = self._page([t for i, (_, t) in enumerate(cat.templates) if i in ok], params)
+        return types.ListResourceTemplatesResult(resource_templates=page, next_cursor=cursor)
+
+    def _route_uri(self, uri: str) -> tuple[str, str]:
+        split = self.registry.namer.split_uri(uri)
+        if split is None or self.registry.connection(split[0]) is None:
+            raise MCPError(code=types.INVALID_PARAMS,
+                           message=f"unknown resource {uri!r}: mcp-guard resource URIs look like "
+                                   f"'mcpg://<upstream>/<uri>'; list them first")
+        return split
+
+    async def read_resource(self, ctx: ServerRequestContext[Any, Any], params: types.ReadResourceRequestParams
+                            ) -> dict[str, Any]:
+        sess = self._session(ctx)
+        server, local = self._route_uri(params.uri)
+        request = types.ReadResourceRequest(params=types.ReadResourceRequestParams(
+            uri=local, _meta=self._forward_meta(params.meta)))
+        call = self._context(ctx, sess, action="resources/read", server=server, target=local, exposed=params.uri,
+                             arguments={"uri": local}, request=request)
+        result = self._raise_or_result(await self._run(call))
+        # Contents name their URIs: expose them under our scheme too, so a client can read them again.
+        for item in result.get("contents") or []:
+            if isinstance(item, dict) and isinstance(item.get("uri"), str):
+                item["uri"] = self.registry.namer.expose_uri(server, item["uri"])
+        return result
+
+    async def subscribe(self, ctx: ServerRequestContext[Any, Any], params: types.SubscribeRequestParams
+                        ) -> types.EmptyResult:
+        sess = self._session(ctx)
+        server, local = self._route_uri(params.uri)
+        request = types.SubscribeRequest(params=types.SubscribeRequestParams(uri=local))
+        call = self._context(ctx, sess, action="resources/subscribe", server=server, target=local,
+                             exposed=params.uri, arguments={"uri": local}, request=request)
+        self._raise_or_result(await self._run(call))
+        sess.subscriptions.add(params.uri)
+        return types.EmptyResult()
+
+    async def unsubscribe(self, ctx: ServerRequestContext[Any, Any], params: types.UnsubscribeRequestParams
+                          ) -> types.EmptyResult:
+        sess = self._session(ctx)
+        sess.subscriptions.discard(params.uri)
+        server, local = self._route_uri(params.uri)
+        still_wanted = any(params.uri in s.subscriptions for s in self.sessions.live.values())
+        conn = self.registry.connection(server)
+        if not still_wanted and conn is not None and conn.state == "ready":
+            try:
+                await conn.request(types.UnsubscribeRequest(params=types.UnsubscribeRequestParams(uri=local)))
+            except Exception as e:
+                log.info("upstream.unsubscribe_failed", upstream=server, uri=local, error=str(e))
+        return types.EmptyResult()
+
+    # ------------------------------------------------------------------ prompts
+    async def list_prompts(self, ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
+                           ) -> types.ListPromptsResult:
+        sess = self._session(ctx)
+        cat = self.registry.catalog
+        entries = list(cat.prompts.values())
+        items: list[ListItem] = [(up, self.registry.namer.split(p.name)[1], None)  # type: ignore[index]
+                                 for up, p in entries]
+        ok = await self.visibility.visible("prompts/list", sess.principal, sess.info, items, cat.version)
+        page, cursor = self._page([p for i, (_, p) in enumerate(entries) if i in ok], params)
+        return types.ListPromptsResult(prompts=page, next_cursor=cursor)
+
+    async def get_prompt(self, ctx: ServerRequestContext[Any, Any], params: types.GetPromptRequestParams
+                         ) -> dict[str, Any]:
+        sess = self._session(ctx)
+        found = self.registry.find_prompt(params.name)
+        if found is None:
+            raise self._deny_error(await self._unknown(sess, "prompts/get", params.name, "prompt"))
+        server, _prompt = found
+        local = params.name[len(server) + len(self.settings.server.tool_separator):]
+        arguments = dict(params.arguments or {})
+        request = types.GetPromptRequest(params=types.GetPromptRequestParams(
+            name=local, arguments=arguments or None, _meta=self._forward_meta(params.meta)))
+        call = self._context(ctx, sess, action="prompts/get", server=server, target=local, exposed=params.name,
+                             arguments=arguments, request=request)
+        return self._raise_or_result(await self._run(call))
+
+    # ------------------------------------------------------------------ completion, logging
+    async def complete(self, ctx: ServerRequestContext[Any, Any], params: types.CompleteRequestParams
+                       ) -> dict[str, Any]:
+        sess = self._session(ctx)
+        ref = params.ref
+        if isinstance(ref, types.PromptReference):
+            split = self.registry.namer.split(ref.name)
+            if split is None or self.registry.connection(split[0]) is None:
+                raise MCPError(code=types.INVALID_PARAMS, message=f"unknown prompt {ref.name!r}")
+            server, local = split
+            new_ref: types.PromptReference | types.ResourceTemplateReference = ref.model_copy(update={"name": local})
+        else:
+            server, local = self._route_uri(ref.uri)
+            new_ref = ref.model_copy(update={"uri": local})
+        request = types.CompleteRequest(params=params.model_copy(update={"ref": new_ref}))
+        call = self._context(ctx, sess, action="completion/complete", server=server, target=local,
+                             exposed=ref.name if isinstance(ref, types.PromptReference) else ref.uri,
+                             arguments={"argument": params.argument.model_dump(mode="json")}, request=request)
+        return self._raise_or_result(await self._run(call))
+
+    async def set_logging_level(self, ctx: ServerRequestContext[Any, Any], params: types.SetLevelRequestParams
+                                ) -> types.EmptyResult:
+        self._session(ctx)
+        for conn in self.registry.connections.values():
+            caps = conn.catalog.capabilities
+            if conn.state == "ready" and caps is not None and caps.logging is not None:
+                try:
+                    await conn.request(types.SetLevelRequest(params=types.SetLevelRequestParams(level=params.level)))
+                except Exception as e:
+                    log.info("upstream.set_level_failed", upstream=conn.name, error=str(e))
+        return types.EmptyResult()
+
+
+def _annotations(tool: types.Tool) -> dict[str, Any]:
+    if tool.annotations is None:
+        return {}
+    dumped: dict[str, Any] = json.loads(tool.annotations.model_dump_json(by_alias=True, exclude_none=True))
+    return dumped
+
+
+def _local_uri(registry: Registry, exposed: str) -> str:
+    split = registry.namer.split_uri(str(exposed))
+    return split[1] if split else str(exposed)
+
+
+AsyncHandler = Callable[..., Awaitable[Any]]

@@ -1,0 +1,243 @@
+"""The upstream registry: every upstream connection, the merged catalogue, and routing.
+
+The registry owns one :class:`~mcp_guard.upstream.connection.UpstreamConnection` per enabled upstream
+and is the ``UpstreamHooks`` they report to. It keeps a merged, namespaced snapshot of what all
+upstreams offer (:class:`MergedCatalog`, rebuilt whenever one upstream's catalogue changes), routes an
+exposed name back to its upstream, and routes upstream→client traffic (sampling, elicitation, log
+messages) to the downstream session whose call caused it.
+
+Correlation of upstream→client requests
+    A stdio upstream's ``sampling/createMessage`` carries nothing that ties it to one of our requests,
+    so the registry tracks which downstream sessions have calls in flight to each upstream. A request
+    from an upstream goes to the session with calls in flight there (the most recent call's request
+    stream). If calls from *several* sessions are in flight to that upstream at once, the request is
+    refused with an error rather than guessed: sending one user's sampling prompt to another user's
+    client would leak data. No session in flight → refused too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import anyio
+import mcp_types as types
+import structlog
+from anyio.abc import TaskGroup
+
+from mcp_guard.settings import Settings
+from mcp_guard.upstream.connection import Injections, UpstreamConnection
+from mcp_guard.upstream.naming import Namer
+
+__all__ = ["Downstream", "ExposedTool", "MergedCatalog", "Registry", "RegistryListener", "tool_sha256"]
+
+log = structlog.get_logger("mcp_guard.upstream")
+
+
+def tool_sha256(tool: types.Tool) -> str:
+    """sha256 of a tool's definition (name, description, schemas, annotations…) as canonical JSON."""
+    doc = tool.model_dump(mode="json", by_alias=True, exclude_none=True)
+    raw = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    return hashlib.sha256(raw).hexdigest()
+
+
+class Downstream(Protocol):
+    """The client session a call came from, as the registry needs it for upstream→client traffic."""
+
+    session_id: str
+
+    async def sampling(
+        self, params: types.CreateMessageRequestParams
+    ) -> types.CreateMessageResult | types.CreateMessageResultWithTools | types.ErrorData: ...
+
+    async def elicitation(self, params: types.ElicitRequestParams) -> types.ElicitResult | types.ErrorData: ...
+
+    async def log_message(self, params: types.LoggingMessageNotificationParams) -> None: ...
+
+
+class RegistryListener(Protocol):
+    """What the rest of mcp-guard is told by the registry."""
+
+    async def catalog_changed(self, upstream: str, kinds: frozenset[str]) -> None: ...
+    async def upstream_event(self, upstream: str, kind: str, details: dict[str, Any]) -> None: ...
+    async def resource_updated(self, upstream: str, uri: str) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ExposedTool:
+    upstream: str
+    local: types.Tool  # as the upstream lists it
+    exposed: types.Tool  # namespaced copy the client sees
+    sha256: str
+
+
+@dataclass
+class MergedCatalog:
+    """A namespaced snapshot of every ready upstream's catalogue (rebuilt on change, read lock-free)."""
+
+    version: int = 0
+    tools: dict[str, ExposedTool] = field(default_factory=dict)
+    resources: list[tuple[str, types.Resource]] = field(default_factory=list)
+    templates: list[tuple[str, types.ResourceTemplate]] = field(default_factory=list)
+    prompts: dict[str, tuple[str, types.Prompt]] = field(default_factory=dict)
+
+
+@dataclass
+class _InFlight:
+    downstream: Downstream
+    count: int = 0
+
+
+class Registry:
+    def __init__(
+        self,
+        settings: Settings,
+        listener: RegistryListener,
+        *,
+        injections: Callable[[str], Awaitable[Injections]] | None = None,
+        scrub: Callable[[str], str] = lambda s: s,
+    ) -> None:
+        self.settings = settings
+        self.namer = Namer(settings.server.tool_separator)
+        self._listener = listener
+        self.catalog = MergedCatalog()
+        self.connections: dict[str, UpstreamConnection] = {}
+        # upstream -> session id -> in-flight record (insertion order = recency of first call)
+        self._inflight: dict[str, dict[str, _InFlight]] = {}
+        for name, up in settings.upstreams.items():
+            if not up.enabled:
+                continue
+            cwd = str(settings.resolve_path(up.cwd)) if up.cwd else settings.base_dir
+            inj = (lambda n=name: injections(n)) if injections is not None else None
+            self.connections[name] = UpstreamConnection(name, up, self, injections=inj, scrub=scrub, cwd=cwd)
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self, tg: TaskGroup) -> None:
+        for conn in self.connections.values():
+            conn.attach_task_group(tg)
+            tg.start_soon(conn.run, name=f"upstream:{conn.name}")
+
+    async def wait_ready(self, timeout: float) -> dict[str, str]:
+        """Wait until every upstream is ready or has failed its first start (at most ``timeout`` s).
+
+        Returns ``{name: problem}`` for the upstreams that are not ready.
+        """
+        async with anyio.create_task_group() as tg:
+            for conn in self.connections.values():
+                tg.start_soon(conn.wait_settled, timeout)
+        return {n: (c.last_error or c.state) for n, c in self.connections.items() if c.state != "ready"}
+
+    def stop(self) -> None:
+        for conn in self.connections.values():
+            conn.stop()
+
+    # ------------------------------------------------------------------ routing
+    def connection(self, upstream: str) -> UpstreamConnection | None:
+        return self.connections.get(upstream)
+
+    def find_tool(self, exposed: str) -> ExposedTool | None:
+        return self.catalog.tools.get(exposed)
+
+    def find_prompt(self, exposed: str) -> tuple[str, types.Prompt] | None:
+        return self.catalog.prompts.get(exposed)
+
+    @contextmanager
+    def in_flight(self, upstream: str, downstream: Downstream | None) -> Iterator[None]:
+        """Mark a call from ``downstream`` as in flight to ``upstream`` (for request correlation)."""
+        if downstream is None:
+            yield
+            return
+        sessions = self._inflight.setdefault(upstream, {})
+        rec = sessions.get(downstream.session_id)
+        if rec is None:
+            rec = sessions[downstream.session_id] = _InFlight(downstream)
+        else:
+            rec.downstream = downstream  # the most recent call's request stream
+        rec.count += 1
+        try:
+            yield
+        finally:
+            rec.count -= 1
+            if rec.count == 0:
+                sessions.pop(downstream.session_id, None)
+
+    def _attribute(self, upstream: str, what: str) -> Downstream | types.ErrorData:
+        sessions = self._inflight.get(upstream) or {}
+        if len(sessions) == 1:
+            return next(iter(sessions.values())).downstream
+        if not sessions:
+            msg = f"mcp-guard: {what} from upstream {upstream!r} arrived while no client call to it is in flight"
+        else:
+            msg = (f"mcp-guard: {what} from upstream {upstream!r} cannot be attributed to one client: "
+                   f"calls from {len(sessions)} sessions are in flight")
+        log.warning("upstream.request_unattributed", upstream=upstream, what=what, sessions=len(sessions))
+        return types.ErrorData(code=types.INVALID_REQUEST, message=msg)
+
+    # ------------------------------------------------------------------ UpstreamHooks
+    async def catalog_changed(self, upstream: str, kinds: frozenset[str]) -> None:
+        self._rebuild()
+        await self._listener.catalog_changed(upstream, kinds)
+
+    async def state_changed(self, upstream: str, kind: str, details: dict[str, Any]) -> None:
+        if kind in ("upstream.crash", "upstream.start_failed"):
+            # Its tools disappear from listings until it is back.
+            self._rebuild()
+            await self._listener.catalog_changed(upstream, frozenset({"tools", "resources", "prompts"}))
+        await self._listener.upstream_event(upstream, kind, details)
+
+    async def sampling(
+        self, upstream: str, params: types.CreateMessageRequestParams
+    ) -> types.CreateMessageResult | types.CreateMessageResultWithTools | types.ErrorData:
+        target = self._attribute(upstream, "sampling/createMessage")
+        if isinstance(target, types.ErrorData):
+            return target
+        return await target.sampling(params)
+
+    async def elicitation(
+        self, upstream: str, params: types.ElicitRequestParams
+    ) -> types.ElicitResult | types.ErrorData:
+        target = self._attribute(upstream, "elicitation/create")
+        if isinstance(target, types.ErrorData):
+            return target
+        return await target.elicitation(params)
+
+    async def log_message(self, upstream: str, params: types.LoggingMessageNotificationParams) -> None:
+        sessions = self._inflight.get(upstream) or {}
+        if len(sessions) != 1:
+            # Not attributable to one client: keep it in our own log only.
+            log.info("upstream.log", upstream=upstream, level=params.level, logger=params.logger,
+                     data=str(params.data)[:2000])
+            return
+        await next(iter(sessions.values())).downstream.log_message(params)
+
+    async def resource_updated(self, upstream: str, uri: str) -> None:
+        await self._listener.resource_updated(upstream, uri)
+
+    # ------------------------------------------------------------------ catalogue
+    def _rebuild(self) -> None:
+        namer = self.namer
+        cat = MergedCatalog(version=self.catalog.version + 1)
+        for name, conn in self.connections.items():
+            if conn.state != "ready":
+                continue
+            c = conn.catalog
+            for tool in c.tools:
+                exposed = namer.expose(name, tool.name)
+                cat.tools[exposed] = ExposedTool(
+                    upstream=name, local=tool, exposed=tool.model_copy(update={"name": exposed}),
+                    sha256=tool_sha256(tool),
+                )
+            for res in c.resources:
+                cat.resources.append((name, res.model_copy(update={"uri": namer.expose_uri(name, str(res.uri))})))
+            for tpl in c.templates:
+                cat.templates.append(
+                    (name, tpl.model_copy(update={"uri_template": namer.expose_uri(name, tpl.uri_template)}))
+                )
+            for prompt in c.prompts:
+                exposed = namer.expose(name, prompt.name)
+                cat.prompts[exposed] = (name, prompt.model_copy(update={"name": exposed}))
+        self.catalog = cat
