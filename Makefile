@@ -1,0 +1,54 @@
+# mcp-guard — two commands on a fresh machine:
+#   make demo   set everything up, then run the scripted tour on the embedded defaults
+#   make test   set everything up, then run lint, type check and the whole test suite (e2e included)
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+PY     := $(BIN)/python
+E2E    := tests/e2e
+
+.PHONY: setup venv peers opa demo test lint typecheck unit e2e bench clean
+
+setup: venv peers opa
+
+venv: $(VENV)/.installed
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $@
+
+# Real npm MCP servers and the MCP Inspector the e2e tests drive (pinned by the lock file).
+peers: $(E2E)/node_modules/.installed
+$(E2E)/node_modules/.installed: $(E2E)/package.json $(E2E)/package-lock.json
+	cd $(E2E) && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+# A real OPA server binary for the OPA-backend tests (built offline from Debian source packages).
+opa:
+	@if [ -x scripts/install-opa.sh ]; then scripts/install-opa.sh; fi
+
+demo: venv
+	$(BIN)/mcp-guard demo
+
+lint: venv
+	$(BIN)/ruff check src tests connectors bench
+
+typecheck: venv
+	$(BIN)/mypy
+
+unit: venv
+	$(BIN)/pytest -q -m "not e2e"
+
+e2e: setup
+	$(BIN)/pytest -q -m e2e
+
+test: setup lint typecheck
+	$(BIN)/pytest -q
+
+bench: setup
+	$(PY) -m bench
+
+clean:
+	rm -rf $(VENV) $(E2E)/node_modules .pytest_cache .mypy_cache .ruff_cache bench/results
