@@ -18,6 +18,7 @@ from mcp_guard.pipeline.secrets import (
     EnforceSecretObligations,
     InspectArguments,
     granted_secrets,
+    strip_meta_credentials,
 )
 from mcp_guard.secrets.manager import SecretManager
 from mcp_guard.settings import parse_settings
@@ -160,3 +161,19 @@ def test_granted_secrets_parsing() -> None:
     assert granted_secrets(Decision(allow=True)) is None
     assert granted_secrets(Decision(allow=True, obligations={"secrets": ["a", "b"]})) == {"a", "b"}
     assert granted_secrets(Decision(allow=True, obligations={"secrets": ("a",)})) == {"a"}
+
+
+def test_client_credentials_in_meta_are_not_forwarded() -> None:
+    meta = {
+        "progressToken": "p-1",
+        "authorization": "Bearer abc",
+        "x-api-key": "whatever",
+        "Cookie": "sid=1",
+        "vendor/trace": {"jwt": "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2ln"},
+        "vendor/locale": "en",
+    }
+    kept, removed = strip_meta_credentials(meta)
+    assert kept == {"progressToken": "p-1", "vendor/locale": "en"}
+    assert removed == ("authorization", "x-api-key", "Cookie", "vendor/trace")
+    assert strip_meta_credentials(None) == (None, ())
+    assert strip_meta_credentials({}) == ({}, ())

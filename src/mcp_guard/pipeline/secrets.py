@@ -22,13 +22,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from typing import Any, Protocol
 
 from mcp_guard.pipeline.context import CallContext, CallNext, Outcome
 from mcp_guard.secrets.redact import Scrubber
-from mcp_guard.secrets.shapes import mask
+from mcp_guard.secrets.shapes import field_kind, mask
 from mcp_guard.types import Decision
 
 __all__ = [
@@ -39,6 +39,7 @@ __all__ = [
     "SecretSource",
     "granted_secrets",
     "inspect_arguments",
+    "strip_meta_credentials",
 ]
 
 SECRET_NOT_GRANTED = "secret_not_granted"
@@ -70,6 +71,25 @@ class InspectArguments:
         audit, kinds = inspect_arguments(dict(ctx.arguments), self._secrets.scrubber)
         seen = tuple(sorted(set(ctx.secrets_seen) | set(kinds)))
         return await call_next(replace(ctx, audit_arguments=audit, secrets_seen=seen))
+
+
+def strip_meta_credentials(meta: Mapping[str, Any] | None) -> tuple[dict[str, Any] | None, tuple[str, ...]]:
+    """A client's ``_meta`` without anything credential-like, and the keys removed.
+
+    No token passthrough: a key named like a credential (``authorization``, ``token``, ``cookie``,
+    ``api_key``, … but not ``progressToken``) or a value holding a credential shape is dropped
+    before the request is forwarded upstream.
+    """
+    if not meta:
+        return (dict(meta) if meta is not None else None), ()
+    kept: dict[str, Any] = {}
+    removed: list[str] = []
+    for key, value in meta.items():
+        if field_kind(key) is not None or mask(value)[1]:
+            removed.append(key)
+        else:
+            kept[key] = value
+    return kept, tuple(removed)
 
 
 def granted_secrets(decision: Decision | None) -> set[str] | None:

@@ -26,9 +26,9 @@ Kinds
 
 Names that describe a credential rather than hold it are not credential fields: those ending in
 ``name``, ``id``, ``type``, ``url``, ``path``, ``ttl``, ``hint``, … and those with a word ``page``,
-``cursor``, ``next``, ``count``, ``max``, … (``secret_name``, ``token_type``, ``next_page_token``,
-``max_tokens``). Pagination tokens are random by design and would otherwise make every paged call
-look like it carries a credential.
+``cursor``, ``next``, ``count``, ``max``, ``progress``, … (``secret_name``, ``token_type``,
+``next_page_token``, ``max_tokens``, MCP's ``progressToken``). Pagination tokens are random by
+design and would otherwise make every paged call look like it carries a credential.
 
 Field names are split into lower-case words (``apiKey``, ``API-KEY`` and ``api_key`` are all
 ``api key``) and matched on the words joined together. Only a string directly under such a key
@@ -126,7 +126,7 @@ _NOT_VALUE_SUFFIXES = frozenset(
     }
 )
 _NOT_VALUE_WORDS = frozenset(
-    {"page", "cursor", "continuation", "next", "sync", "count", "limit", "max", "min", "usage"}
+    {"page", "cursor", "continuation", "next", "sync", "count", "limit", "max", "min", "usage", "progress"}
 )
 _SCHEME = re.compile(r"^(?:bearer|basic|token|digest)\s+", re.IGNORECASE)
 _MIN_RANDOM_LEN = 16
