@@ -44,7 +44,7 @@ from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["KINDS", "find_kinds", "is_credential_field", "looks_random", "mask", "mask_text"]
+__all__ = ["KINDS", "field_kind", "find_kinds", "is_credential_field", "looks_random", "mask", "mask_text"]
 
 KINDS = (
     "aws_access_key",
