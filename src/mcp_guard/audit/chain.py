@@ -2,17 +2,19 @@
 
 Every row carries ``prev_hash`` (the ``hash`` of the row before it) and its own ``hash``::
 
-    hash = sha256( prev_hash  +  canonical_json(row without "hash") ).hexdigest()
+    hash = sha256( prev_hash + ":" + str(seq) + ":" + body ).hexdigest()
 
-where ``prev_hash`` is the 64-character lowercase hex string (ASCII bytes) and ``canonical_json`` is
-JSON with sorted keys, no whitespace, UTF-8 (non-ASCII characters written as themselves) and no NaN
-or Infinity. The row object contains every column except ``hash`` — including ``seq`` and
-``prev_hash`` — with the values exactly as stored in SQLite: the JSON columns (``reasons``,
-``arguments``, ``result``, ``details``) enter as their stored canonical-JSON *text*, ``duration_ms`` as
-a float, absent values as ``null``. Because ``seq`` is hashed, moving or swapping rows is detected,
-and because each row hashes its predecessor's hash, deleting or inserting a row breaks the link.
+``prev_hash`` is a 64-character lowercase hex string and ``seq`` the row's decimal sequence number,
+both ASCII. ``body`` is the canonical JSON (:func:`canonical_json`: sorted keys, no whitespace, UTF-8
+with non-ASCII characters written as themselves, no NaN/Infinity) of an object holding every *other*
+column (:data:`mcp_guard.audit.schema.BODY_COLUMNS`) with its value exactly as stored in SQLite: the
+JSON columns (``reasons``, ``arguments``, ``result``, ``details``) enter as their stored JSON *text*,
+``duration_ms`` as a float, absent values as ``null``.
 
-The first row's ``prev_hash`` is :data:`GENESIS_HASH`, 64 zeros.
+Because ``seq`` is hashed, moving or swapping rows is detected; because each row hashes its
+predecessor's hash, deleting or inserting a row breaks the link to the row after it. The first row's
+``prev_hash`` is :data:`GENESIS_HASH`, 64 zeros. (Keeping ``seq`` and ``prev_hash`` out of the JSON body
+lets the body be serialised by the caller, off the writer's serial path.)
 
 What the chain cannot show on its own: a truncated *tail* (the newest rows deleted), or a log
 rewritten from some row on with freshly computed hashes. For those, anchor the head — the
@@ -24,19 +26,31 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["GENESIS_HASH", "canonical_json", "json_text", "row_hash"]
+__all__ = ["GENESIS_HASH", "canonical_json", "clean_text", "fast_json_text", "json_text", "row_hash"]
 
 GENESIS_HASH = "0" * 64
 
 
+# One encoder each, built once: json.dumps with non-default options builds a new encoder per call.
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
 def canonical_json(value: Any) -> bytes:
     """Canonical JSON bytes: sorted keys, no whitespace, UTF-8, NaN/Infinity rejected (ValueError)."""
-    return json.dumps(
-        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    ).encode("utf-8")
+    return _CANONICAL.encode(value).encode("utf-8")
+
+
+def clean_text(text: str) -> str:
+    """``text`` made storable: lone surrogates (not encodable as UTF-8) become backslash escapes."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
 
 
 def _fallback(obj: object) -> Any:
@@ -51,22 +65,53 @@ def _fallback(obj: object) -> Any:
     return str(obj)
 
 
+_WITH_FALLBACK = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=_fallback
+)
+
+
+def _sanitize(value: Any) -> Any:
+    """A JSON-able copy of ``value`` with non-finite floats as strings and text made storable."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, str):
+        return clean_text(value)
+    if isinstance(value, Mapping):
+        return {clean_text(str(k)): _sanitize(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_sanitize(v) for v in value]
+    if value is None or isinstance(value, (bool, int)):
+        return value
+    return _sanitize(_fallback(value))
+
+
 def json_text(value: Any) -> str | None:
     """The stored form of a JSON column: canonical JSON text, or None for an absent value.
 
-    Raises ValueError for NaN/Infinity and for text that cannot be UTF-8 encoded (lone surrogates).
+    Never raises for odd input: non-finite floats are recorded as strings (``"nan"``), lone
+    surrogates as backslash escapes and other objects by their string form — a record that is
+    slightly rewritten beats a call denied because its record could not be written.
     """
     if value is None:
         return None
-    text = json.dumps(
-        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=_fallback
-    )
-    text.encode("utf-8")  # lone surrogates would fail later, inside the writer; fail here instead
+    try:
+        text = _WITH_FALLBACK.encode(value)
+        text.encode("utf-8")  # lone surrogates would only fail later, in the writer
+    except (ValueError, TypeError):  # NaN/Infinity, lone surrogates, non-string keys of mixed types
+        text = _CANONICAL.encode(_sanitize(value))
     return text
 
 
-def row_hash(prev_hash: str, row: Mapping[str, Any]) -> str:
-    """The chain hash of ``row`` (every column but ``hash``, values as stored) after ``prev_hash``."""
-    h = hashlib.sha256(prev_hash.encode("ascii"))
-    h.update(canonical_json(row))
+def fast_json_text(value: Any) -> str | None:
+    """:func:`json_text` without its safety net: raises ValueError/TypeError on values it would clean.
+
+    The text may hold lone surrogates (only encoding it, e.g. in :func:`canonical_json`, fails).
+    """
+    return None if value is None else _WITH_FALLBACK.encode(value)
+
+
+def row_hash(prev_hash: str, seq: int, body: bytes) -> str:
+    """The chain hash of the row numbered ``seq`` with canonical JSON ``body``, after ``prev_hash``."""
+    h = hashlib.sha256(f"{prev_hash}:{seq}:".encode("ascii"))
+    h.update(body)
     return h.hexdigest()

@@ -23,15 +23,20 @@ from __future__ import annotations
 import sqlite3
 from dataclasses import dataclass
 
+import aiosqlite
+
+from mcp_guard.errors import AuditError
+
 __all__ = [
+    "BODY_COLUMNS",
     "COLUMNS",
-    "HASH_COLUMNS",
     "INSERT_SQL",
     "JSON_COLUMNS",
     "MIGRATIONS",
     "SCHEMA_VERSION",
     "Migration",
     "current_version",
+    "migrate",
 ]
 
 # Column order of audit_events (also the order of INSERT parameters).
@@ -59,8 +64,9 @@ COLUMNS: tuple[str, ...] = (
 # Columns that hold JSON text.
 JSON_COLUMNS: frozenset[str] = frozenset({"reasons", "arguments", "result", "details"})
 
-# Every column that enters a row's hash (all but ``hash`` itself).
-HASH_COLUMNS: tuple[str, ...] = tuple(c for c in COLUMNS if c != "hash")
+# The columns of a row's hashed JSON body (mcp_guard.audit.chain): all but seq, prev_hash and hash,
+# which enter the hash directly.
+BODY_COLUMNS: tuple[str, ...] = tuple(c for c in COLUMNS if c not in ("seq", "prev_hash", "hash"))
 
 INSERT_SQL = f"INSERT INTO audit_events ({', '.join(COLUMNS)}) VALUES ({', '.join('?' for _ in COLUMNS)})"
 
@@ -136,3 +142,39 @@ def current_version(conn: sqlite3.Connection) -> int:
     except sqlite3.OperationalError:
         return 0
     return int(row[0]) if row and row[0] is not None else 0
+
+
+async def migrate(db: aiosqlite.Connection, *, path: str, now: str) -> int:
+    """Bring ``db`` (opened in autocommit mode) up to :data:`SCHEMA_VERSION`; return the version.
+
+    Each step runs in its own ``BEGIN IMMEDIATE`` transaction that re-reads the version first, so two
+    processes opening the same new file cannot both apply a step.
+    """
+    await db.execute(CREATE_VERSION_TABLE)
+    version = 0
+    for step in MIGRATIONS:
+        await db.execute("BEGIN IMMEDIATE")
+        try:
+            rows = list(await db.execute_fetchall("SELECT max(version) FROM schema_version"))
+            version = int(rows[0][0]) if rows and rows[0][0] is not None else 0
+            if version > SCHEMA_VERSION:
+                raise AuditError(
+                    f"{path}: audit database has schema version {version}, newer than this mcp-guard "
+                    f"understands ({SCHEMA_VERSION}); upgrade mcp-guard or use another file"
+                )
+            if version >= step.version:
+                await db.execute("ROLLBACK")
+                continue
+            for statement in step.statements:
+                await db.execute(statement)
+            await db.execute(
+                "INSERT INTO schema_version (version, description, applied_at) VALUES (?, ?, ?)",
+                (step.version, step.description, now),
+            )
+            await db.execute("COMMIT")
+            version = step.version
+        except BaseException:
+            if db.in_transaction:
+                await db.execute("ROLLBACK")
+            raise
+    return version

@@ -1,0 +1,187 @@
+"""``mcp-guard audit tail|verify|export`` (DESIGN §3).
+
+Each reads the database named by ``--db``, else by ``[audit] path`` of the config (relative paths
+resolve against the config file's directory). Exit codes: 0 ok, 1 the chain is broken (verify) or
+the database cannot be read, 2 usage or config error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from mcp_guard.errors import ConfigError
+
+__all__ = ["register"]
+
+
+def register(subparsers: Any) -> None:
+    audit = subparsers.add_parser(
+        "audit", help="read the audit trail: tail, verify, export",
+        description="Read the audit trail the proxy writes (tail it live, verify its hash chain, export it).",
+    )
+    audit.set_defaults(func=lambda _args: _usage(audit))
+    sub = audit.add_subparsers(dest="audit_command", metavar="COMMAND")
+
+    tail = sub.add_parser("tail", help="show recent events, one line each; -f to follow live",
+                          description="Show audit events, one line each (newest last).")
+    _add_source(tail)
+    tail.add_argument("-f", "--follow", action="store_true", help="keep printing new events as they are written")
+    tail.add_argument("-n", "--lines", type=_non_negative, metavar="N",
+                      help="show the last N matching events first (default 20; all of them with --since)")
+    _add_filters(tail)
+    tail.add_argument("--json", action="store_true", help="one JSON object per line")
+    tail.add_argument("--color", "--colour", dest="color", choices=("auto", "always", "never"), default="auto",
+                      help="colour the output (default: auto, only on a terminal and without NO_COLOR)")
+    tail.add_argument("--interval", type=float, default=0.05, metavar="SECONDS", help=argparse.SUPPRESS)
+    tail.set_defaults(func=_tail)
+
+    verify = sub.add_parser("verify", help="check the hash chain; exit 1 naming the first bad row",
+                            description="Walk the hash chain; print the head (seq, hash) to anchor elsewhere.")
+    _add_source(verify)
+    verify.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    verify.set_defaults(func=_verify)
+
+    export = sub.add_parser("export", help="write events as JSON Lines (for a SIEM)",
+                            description="Write audit events as JSON Lines, every column included.")
+    _add_source(export)
+    export.add_argument("--format", choices=("jsonl",), default="jsonl", help="output format (default jsonl)")
+    export.add_argument("--since", metavar="WHEN", help="only events since WHEN (10m, 2h, 1d or RFC3339)")
+    export.add_argument("--after-seq", type=_non_negative, metavar="SEQ",
+                        help="only events after this seq (incremental shipping)")
+    export.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
+    export.set_defaults(func=_export)
+
+
+def _quiet_broken_pipe() -> int:
+    """The reader went away (``| head``): stop quietly, and keep Python's exit flush quiet too."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def _usage(parser: argparse.ArgumentParser) -> int:
+    parser.print_help(sys.stderr)
+    return 2
+
+
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must not be negative")
+    return value
+
+
+def _add_source(parser: argparse.ArgumentParser) -> None:
+    from mcp_guard.cli import add_config_arg
+
+    add_config_arg(parser)
+    parser.add_argument("--db", metavar="PATH", help="the audit database (default: [audit] path of the config)")
+
+
+def _add_filters(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--since", metavar="WHEN", help="only events since WHEN (10m, 2h, 1d or RFC3339)")
+    parser.add_argument("--principal", metavar="ID", help="only events of this principal")
+    parser.add_argument("--server", metavar="NAME", help="only events about this upstream")
+    parser.add_argument("--tool", metavar="NAME", help="only events about this tool (upstream-local name)")
+    parser.add_argument("--decision", choices=("allow", "deny"), help="only decisions of this kind")
+    parser.add_argument("--kind", action="append", default=[], metavar="KIND",
+                        help="only events of this kind (repeatable; 'call.*' matches a prefix)")
+
+
+def _db_path(args: argparse.Namespace) -> Path:
+    if args.db:
+        return Path(args.db)
+    from mcp_guard.cli import load_config
+
+    settings = load_config(args)
+    return settings.resolve_path(settings.audit.path)
+
+
+def _since(text: str | None) -> str | None:
+    if text is None:
+        return None
+    from mcp_guard.audit.reader import parse_since
+
+    try:
+        return parse_since(text)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
+def _tail(args: argparse.Namespace) -> int:
+    from mcp_guard.audit.reader import Filters
+    from mcp_guard.audit.tail import tail, use_colour
+
+    filters = Filters(
+        since=_since(args.since), principal=args.principal, server=args.server, tool=args.tool,
+        decision=args.decision, kinds=tuple(args.kind),
+    )
+    last = args.lines if args.lines is not None else (None if args.since else 20)
+    try:
+        tail(
+            _db_path(args), filters, sys.stdout, last=last, follow=args.follow, as_json=args.json,
+            colour=not args.json and use_colour(sys.stdout, args.color), interval=max(args.interval, 0.001),
+        )
+    except BrokenPipeError:
+        return _quiet_broken_pipe()
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    import json
+
+    from mcp_guard.audit.verify import verify_file
+
+    path = _db_path(args)
+    result = verify_file(path)
+    for warning in result.warnings:
+        print(f"warning: {path}: {warning}", file=sys.stderr)
+    if args.json:
+        print(json.dumps({
+            "ok": result.ok, "rows": result.rows, "bad_seq": result.bad_seq, "problem": result.problem,
+            "head": {"seq": result.head_seq, "hash": result.head_hash},
+            "last_good": {"seq": result.last_good_seq, "hash": result.last_good_hash},
+            "warnings": list(result.warnings),
+        }, sort_keys=True))
+        return 0 if result.ok else 1
+    if result.ok:
+        if result.head_seq is None:
+            print(f"ok: {path}: empty audit log (no rows yet)")
+        else:
+            print(f"ok: {path}: {result.rows} rows, chain intact")
+            print(f"head: seq={result.head_seq} hash={result.head_hash}")
+        return 0
+    print(f"FAILED: {path}: chain broken at seq {result.bad_seq}: {result.problem}")
+    if result.last_good_seq is not None:
+        print(f"last good: seq={result.last_good_seq} hash={result.last_good_hash}")
+    print(f"head: seq={result.head_seq} hash={result.head_hash}")
+    return 1
+
+
+def _export(args: argparse.Namespace) -> int:
+    from mcp_guard.audit.export import export
+    from mcp_guard.audit.reader import Filters
+
+    filters = Filters(since=_since(args.since), after_seq=args.after_seq)
+    path = _db_path(args)
+    if args.output:
+        with open(args.output, "w", encoding="utf-8") as out:
+            count = export(path, out, filters=filters, fmt=args.format)
+    else:
+        try:
+            count = export(path, sys.stdout, filters=filters, fmt=args.format)
+        except BrokenPipeError:
+            return _quiet_broken_pipe()
+    print(f"exported {count} events", file=sys.stderr)
+    return 0
