@@ -5,7 +5,7 @@ settings; tests can hand in their own engine and sink (see :mod:`mcp_guard.testi
 
 The interceptor chain, outermost first (DESIGN §2)::
 
-    RecordOutcome → InspectArguments → Authorize → RecordDecision → SecretsObligation → Redact → Forward
+    InspectArguments → RecordOutcome → Authorize → EnforceSecretObligations → RecordDecision → Redact → Forward
 
 ``RecordOutcome`` commits the outcome row before the client is answered; ``RecordDecision`` commits
 the allow row before the upstream sees the call; a deny is recorded by ``RecordOutcome``.
@@ -58,7 +58,9 @@ class Guard:
         self.stdio_principal = principal or settings.server.principal
         injections: Callable[[str], Any] | None = secrets.injections_for if secrets is not None else None
         scrub: Callable[[str], str] = secrets.scrub_text if secrets is not None else (lambda s: s)
-        self.registry = Registry(settings, self, injections=injections, scrub=scrub)
+        scrub_obj: Callable[[Any], Any] = (lambda o: secrets.scrubber.scrub_obj(o)) if secrets is not None else (
+            lambda o: o)
+        self.registry = Registry(settings, self, injections=injections, scrub=scrub, scrub_obj=scrub_obj)
         self.visibility = Visibility(engine)
         self.sessions = SessionTable(settings, self._session_started, self._session_ended)
         self.chain = build_chain(self._interceptors(), Forward(self.registry))
@@ -66,17 +68,23 @@ class Guard:
 
     # ------------------------------------------------------------------ construction
     def _interceptors(self) -> list[Interceptor]:
-        stages: list[Interceptor] = [RecordOutcome(self.sink)]
+        """The stages, outermost first. Argument inspection comes before anything records the call, so no
+        audit row ever holds a raw secret; the secrets obligation is checked before the allow is recorded."""
+        stages: list[Interceptor] = []
         if self.secrets is not None:
             from mcp_guard.pipeline.secrets import InspectArguments
 
             stages.append(InspectArguments(self.secrets))
-        stages += [Authorize(self.engine), RecordDecision(self.sink)]
+        stages += [RecordOutcome(self.sink), Authorize(self.engine)]
+        if self.secrets is not None:
+            from mcp_guard.pipeline.secrets import EnforceSecretObligations
+
+            stages.append(EnforceSecretObligations(self.secrets))
+        stages.append(RecordDecision(self.sink))
         if self.secrets is not None:
             from mcp_guard.pipeline.redact import Redact
-            from mcp_guard.pipeline.secrets import SecretsObligation
 
-            stages += [SecretsObligation(self.secrets), Redact(self.secrets)]
+            stages.append(Redact(self.secrets))
         return stages
 
     @classmethod
@@ -84,10 +92,13 @@ class Guard:
     async def open(cls, settings: Settings, *, principal: str | None = None) -> AsyncIterator[Guard]:
         """Build the real engine, audit store and secrets from settings, start upstreams, and yield."""
         from mcp_guard.audit.store import AuditStore
+        from mcp_guard.logging import add_processor
+        from mcp_guard.pipeline.redact import scrub_processor
         from mcp_guard.policy import open_engine
         from mcp_guard.secrets.manager import SecretManager
 
         secrets = SecretManager(settings)
+        add_processor(scrub_processor(secrets))
         async with (
             AuditStore.open(settings.resolve_path(settings.audit.path), batch_max=settings.audit.batch_max,
                             queue_max=settings.audit.queue_max) as store,

@@ -45,6 +45,7 @@ REASON_CODES = (
     "audit_unavailable",  # the audit store cannot record the call
     "tool_changed",  # a pinned tool definition changed and is not approved
     "unknown_target",  # no such upstream/tool/resource/prompt
+    "secret_not_granted",  # the upstream's injected credentials are not all in the decision's obligations
 )
 
 

@@ -7,10 +7,10 @@ from pathlib import Path
 import anyio
 import mcp_types as types
 import pytest
-from guard_harness import client_of, make_settings, read_log, recorder_upstream, running_guard, text_of, wait_for
 from mcp.client.session import ClientRequestContext
 from mcp.shared.exceptions import MCPError
 
+from guard_harness import client_of, make_settings, read_log, recorder_upstream, running_guard, text_of, wait_for
 from mcp_guard.testing import FunctionEngine, RecordingSink
 from mcp_guard.types import Decision, PolicyInput
 

@@ -25,11 +25,13 @@ import mcp_types as types
 import structlog
 from mcp.server.context import ServerRequestContext
 from mcp.shared.exceptions import MCPError
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from mcp_guard.frontend.sessions import ClientSession, RequestDownstream, SessionTable
 from mcp_guard.pipeline.audit import EventSink
 from mcp_guard.pipeline.context import CallContext, CallNext, Outcome
 from mcp_guard.pipeline.forward import DENIED, is_guard_error
+from mcp_guard.pipeline.secrets import strip_meta_credentials
 from mcp_guard.pipeline.visibility import ListItem, Visibility
 from mcp_guard.settings import Settings
 from mcp_guard.types import AuditEvent, Decision, ToolInfo
@@ -41,8 +43,11 @@ log = structlog.get_logger("mcp_guard.frontend")
 
 _T = TypeVar("_T")
 PrincipalResolver = Callable[[ServerRequestContext[Any, Any]], str]
-# _meta keys that never travel upstream: progress is re-issued per hop; the rest may carry client credentials.
+# _meta keys that never travel upstream: the progress token is re-issued per hop, and the protocol's
+# reserved ``io.modelcontextprotocol/*`` keys (the 2026-07-28 request envelope: version, client info and
+# capabilities, log level) describe the client's hop, not ours — an upstream on the handshake era refuses them.
 _META_DROP = frozenset({"progressToken", "progress_token"})
+_META_RESERVED_PREFIX = "io.modelcontextprotocol/"
 
 
 @dataclass
@@ -81,11 +86,17 @@ class Handlers:
 
     @staticmethod
     def _forward_meta(meta: Any) -> dict[str, Any] | None:
+        """The client's ``_meta`` as it may travel upstream (hop-by-hop and credential keys removed)."""
         if meta is None:
             return None
-        raw = meta.model_dump(by_alias=True, mode="json", exclude_none=True) if hasattr(meta, "model_dump") else dict(meta)
-        kept = {k: v for k, v in raw.items() if k not in _META_DROP}
-        return kept or None
+        raw = (meta.model_dump(by_alias=True, mode="json", exclude_none=True) if hasattr(meta, "model_dump")
+               else dict(meta))
+        kept = {k: v for k, v in raw.items() if k not in _META_DROP and not k.startswith(_META_RESERVED_PREFIX)}
+        # No token passthrough: credential-named keys and credential-shaped values stay with us.
+        safe, removed = strip_meta_credentials(kept)
+        if removed:
+            log.info("meta.credentials_dropped", keys=list(removed))
+        return safe or None
 
     def _context(
         self,
@@ -142,13 +153,13 @@ class Handlers:
         return MCPError(code=DENIED, message=self._deny_text(d),
                         data={"reasons": list(d.reasons), "decision_id": d.decision_id, "code": d.code})
 
-    def _raise_or_result(self, outcome: Outcome) -> dict[str, Any]:
+    def _raise_or_result(self, ctx: ServerRequestContext[Any, Any], outcome: Outcome) -> dict[str, Any]:
         if outcome.denied:
             assert outcome.decision is not None
             raise self._deny_error(outcome.decision)
         if outcome.error is not None:
             raise MCPError.from_error_data(outcome.error)
-        return outcome.result or {}
+        return _for_client(ctx, outcome.result or {})
 
     # ------------------------------------------------------------------ tools
     async def list_tools(self, ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
@@ -172,7 +183,8 @@ class Handlers:
         sess = self._session(ctx)
         entry = self.registry.find_tool(params.name)
         if entry is None:
-            return self._deny_tool_result(await self._unknown(sess, "tools/call", params.name, "tool"))
+            return _for_client(ctx, self._deny_tool_result(await self._unknown(sess, "tools/call", params.name,
+                                                                               "tool")))
         arguments = dict(params.arguments or {})
         request = types.CallToolRequest(params=types.CallToolRequestParams(
             name=entry.local.name, arguments=arguments, _meta=self._forward_meta(params.meta),
@@ -185,13 +197,13 @@ class Handlers:
         outcome = await self._run(call)
         if outcome.denied:
             assert outcome.decision is not None
-            return self._deny_tool_result(outcome.decision)
+            return _for_client(ctx, self._deny_tool_result(outcome.decision))
         if outcome.error is not None:
             if is_guard_error(outcome.error):
-                return {"content": [{"type": "text", "text": f"mcp-guard: {outcome.error.message}"}],
-                        "isError": True}
+                return _for_client(ctx, {"content": [{"type": "text", "text": f"mcp-guard: {outcome.error.message}"}],
+                                         "isError": True})
             raise MCPError.from_error_data(outcome.error)
-        return outcome.result or {"content": []}
+        return _for_client(ctx, outcome.result or {"content": []})
 
     # ------------------------------------------------------------------ resources
     async def list_resources(self, ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
@@ -230,7 +242,7 @@ class Handlers:
             uri=local, _meta=self._forward_meta(params.meta)))
         call = self._context(ctx, sess, action="resources/read", server=server, target=local, exposed=params.uri,
                              arguments={"uri": local}, request=request)
-        result = self._raise_or_result(await self._run(call))
+        result = self._raise_or_result(ctx, await self._run(call))
         # Contents name their URIs: expose them under our scheme too, so a client can read them again.
         for item in result.get("contents") or []:
             if isinstance(item, dict) and isinstance(item.get("uri"), str):
@@ -244,7 +256,7 @@ class Handlers:
         request = types.SubscribeRequest(params=types.SubscribeRequestParams(uri=local))
         call = self._context(ctx, sess, action="resources/subscribe", server=server, target=local,
                              exposed=params.uri, arguments={"uri": local}, request=request)
-        self._raise_or_result(await self._run(call))
+        self._raise_or_result(ctx, await self._run(call))
         sess.subscriptions.add(params.uri)
         return types.EmptyResult()
 
@@ -287,7 +299,7 @@ class Handlers:
             name=local, arguments=arguments or None, _meta=self._forward_meta(params.meta)))
         call = self._context(ctx, sess, action="prompts/get", server=server, target=local, exposed=params.name,
                              arguments=arguments, request=request)
-        return self._raise_or_result(await self._run(call))
+        return self._raise_or_result(ctx, await self._run(call))
 
     # ------------------------------------------------------------------ completion, logging
     async def complete(self, ctx: ServerRequestContext[Any, Any], params: types.CompleteRequestParams
@@ -307,7 +319,7 @@ class Handlers:
         call = self._context(ctx, sess, action="completion/complete", server=server, target=local,
                              exposed=ref.name if isinstance(ref, types.PromptReference) else ref.uri,
                              arguments={"argument": params.argument.model_dump(mode="json")}, request=request)
-        return self._raise_or_result(await self._run(call))
+        return self._raise_or_result(ctx, await self._run(call))
 
     async def set_logging_level(self, ctx: ServerRequestContext[Any, Any], params: types.SetLevelRequestParams
                                 ) -> types.EmptyResult:
@@ -320,6 +332,20 @@ class Handlers:
                 except Exception as e:
                     log.info("upstream.set_level_failed", upstream=conn.name, error=str(e))
         return types.EmptyResult()
+
+
+def _for_client(ctx: ServerRequestContext[Any, Any], result: dict[str, Any]) -> dict[str, Any]:
+    """An upstream (handshake-era) result, shaped for the client's era.
+
+    2026-07-28 requires ``resultType``, and a cacheable ``resources/read`` result its cache hints: mcp-guard
+    answers per principal, so ``private`` and no lifetime unless the upstream said otherwise.
+    """
+    if ctx.protocol_version in MODERN_PROTOCOL_VERSIONS:
+        result.setdefault("resultType", "complete")
+        if ctx.method == "resources/read":
+            result.setdefault("ttlMs", 0)
+            result.setdefault("cacheScope", "private")
+    return result
 
 
 def _annotations(tool: types.Tool) -> dict[str, Any]:

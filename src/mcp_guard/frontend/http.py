@@ -62,9 +62,22 @@ async def serve_http(guard: Guard, host: str, port: int, *, ready: Callable[[int
     server = uvicorn.Server(config)
     server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]  # the CLI owns signals
 
+    done = anyio.Event()
+
+    async def run() -> None:
+        # Shielded: on cancellation we ask uvicorn to shut down gracefully (below) instead of tearing
+        # its lifespan apart mid-flight.
+        with anyio.CancelScope(shield=True):
+            try:
+                await server.serve()
+            finally:
+                done.set()
+
     async def announce() -> None:
-        while not server.started:  # noqa: ASYNC110 - uvicorn offers no event for this
+        while not server.started and not done.is_set():  # noqa: ASYNC110 - uvicorn offers no event for this
             await anyio.sleep(0.01)
+        if not server.started:
+            return
         bound = port
         for srv in server.servers:
             for sock in srv.sockets:
@@ -74,8 +87,14 @@ async def serve_http(guard: Guard, host: str, port: int, *, ready: Callable[[int
             ready(bound)
 
     async with anyio.create_task_group() as tg:
+        tg.start_soon(run)
         tg.start_soon(announce)
         try:
-            await server.serve()
+            await done.wait()
         finally:
-            tg.cancel_scope.cancel()
+            server.should_exit = True
+            with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+                await done.wait()
+            server.force_exit = True
+    if not server.started:
+        raise OSError(f"the HTTP front could not listen on {host}:{port} (see the log above)")

@@ -34,7 +34,8 @@ class EventSink(Protocol):
 def summarize_result(result: dict[str, Any]) -> dict[str, Any]:
     """is_error, size and sha256 of a result — never its content."""
     raw = json.dumps(result, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-    return {"is_error": bool(result.get("isError", False)), "bytes": len(raw), "sha256": hashlib.sha256(raw).hexdigest()}
+    return {"is_error": bool(result.get("isError", False)), "bytes": len(raw),
+            "sha256": hashlib.sha256(raw).hexdigest()}
 
 
 def decision_event(ctx: CallContext, decision: Decision) -> AuditEvent:

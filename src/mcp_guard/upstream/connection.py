@@ -44,8 +44,8 @@ _M = TypeVar("_M", bound=BaseModel)
 class Injections:
     """Credentials injected into one upstream: child env vars (stdio) or headers (HTTP)."""
 
-    env: dict[str, str] = field(default_factory=dict)
-    headers: dict[str, str] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict, repr=False)
+    headers: dict[str, str] = field(default_factory=dict, repr=False)
 
 
 class UpstreamHooks(Protocol):

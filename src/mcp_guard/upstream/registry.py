@@ -100,10 +100,14 @@ class Registry:
         *,
         injections: Callable[[str], Awaitable[Injections]] | None = None,
         scrub: Callable[[str], str] = lambda s: s,
+        scrub_obj: Callable[[Any], Any] = lambda o: o,
     ) -> None:
         self.settings = settings
         self.namer = Namer(settings.server.tool_separator)
         self._listener = listener
+        # Everything an upstream sends that does not pass through the pipeline (listings, upstream→client
+        # requests, log messages) is scrubbed of injected secret values with this.
+        self._scrub_obj = scrub_obj
         self.catalog = MergedCatalog()
         self.connections: dict[str, UpstreamConnection] = {}
         # upstream -> session id -> in-flight record (insertion order = recency of first call)
@@ -195,7 +199,7 @@ class Registry:
         target = self._attribute(upstream, "sampling/createMessage")
         if isinstance(target, types.ErrorData):
             return target
-        return await target.sampling(params)
+        return await target.sampling(self._scrub_obj(params))
 
     async def elicitation(
         self, upstream: str, params: types.ElicitRequestParams
@@ -203,7 +207,7 @@ class Registry:
         target = self._attribute(upstream, "elicitation/create")
         if isinstance(target, types.ErrorData):
             return target
-        return await target.elicitation(params)
+        return await target.elicitation(self._scrub_obj(params))
 
     async def log_message(self, upstream: str, params: types.LoggingMessageNotificationParams) -> None:
         sessions = self._inflight.get(upstream) or {}
@@ -212,7 +216,7 @@ class Registry:
             log.info("upstream.log", upstream=upstream, level=params.level, logger=params.logger,
                      data=str(params.data)[:2000])
             return
-        await next(iter(sessions.values())).downstream.log_message(params)
+        await next(iter(sessions.values())).downstream.log_message(self._scrub_obj(params))
 
     async def resource_updated(self, upstream: str, uri: str) -> None:
         await self._listener.resource_updated(upstream, uri)
@@ -225,19 +229,19 @@ class Registry:
             if conn.state != "ready":
                 continue
             c = conn.catalog
-            for tool in c.tools:
+            for tool in self._scrub_obj(c.tools):
                 exposed = namer.expose(name, tool.name)
                 cat.tools[exposed] = ExposedTool(
                     upstream=name, local=tool, exposed=tool.model_copy(update={"name": exposed}),
                     sha256=tool_sha256(tool),
                 )
-            for res in c.resources:
+            for res in self._scrub_obj(c.resources):
                 cat.resources.append((name, res.model_copy(update={"uri": namer.expose_uri(name, str(res.uri))})))
-            for tpl in c.templates:
+            for tpl in self._scrub_obj(c.templates):
                 cat.templates.append(
                     (name, tpl.model_copy(update={"uri_template": namer.expose_uri(name, tpl.uri_template)}))
                 )
-            for prompt in c.prompts:
+            for prompt in self._scrub_obj(c.prompts):
                 exposed = namer.expose(name, prompt.name)
                 cat.prompts[exposed] = (name, prompt.model_copy(update={"name": exposed}))
         self.catalog = cat
