@@ -41,9 +41,7 @@ class ToolError(Exception):
     """A tool failed in a way the caller should see (becomes a result with ``isError=true``)."""
 
 
-def obj_schema(
-    props: dict[str, Any], required: Sequence[str] = (), *, additional: bool = False
-) -> dict[str, Any]:
+def obj_schema(props: dict[str, Any], required: Sequence[str] = (), *, additional: bool = False) -> dict[str, Any]:
     """A JSON Schema object with the given properties."""
     return {"type": "object", "properties": props, "required": list(required), "additionalProperties": additional}
 
@@ -108,9 +106,7 @@ def arg_int(
     return value
 
 
-def arg_enum(
-    args: Mapping[str, Any], key: str, choices: Sequence[str], *, default: str | None = None
-) -> str | None:
+def arg_enum(args: Mapping[str, Any], key: str, choices: Sequence[str], *, default: str | None = None) -> str | None:
     """One of ``choices``; ``default`` (possibly ``None``) when absent."""
     value = args.get(key)
     if value is None:

@@ -226,9 +226,7 @@ class TicketsServer:
                     title="Close a ticket",
                     description="Close a ticket, optionally recording a resolution comment. Closing a closed "
                     "ticket changes nothing.",
-                    input_schema=obj_schema(
-                        {"id": _ID, "resolution": {"type": "string", "maxLength": 2000}}, ["id"]
-                    ),
+                    input_schema=obj_schema({"id": _ID, "resolution": {"type": "string", "maxLength": 2000}}, ["id"]),
                     output_schema=obj_schema(
                         {"ticket": TICKET_SCHEMA, "already_closed": {"type": "boolean"}},
                         ["ticket", "already_closed"],
@@ -246,9 +244,7 @@ class TicketsServer:
                     title="Delete a ticket",
                     description="Permanently delete a ticket and its comments. This cannot be undone.",
                     input_schema=obj_schema({"id": _ID}, ["id"]),
-                    output_schema=obj_schema(
-                        {"deleted": {"type": "integer"}, "title": _STR}, ["deleted", "title"]
-                    ),
+                    output_schema=obj_schema({"deleted": {"type": "integer"}, "title": _STR}, ["deleted", "title"]),
                     annotations=types.ToolAnnotations(
                         read_only_hint=False, destructive_hint=True, idempotent_hint=True, open_world_hint=False
                     ),
@@ -284,9 +280,7 @@ class TicketsServer:
             check_no_extra(args, spec.tool.input_schema)
             return await anyio.to_thread.run_sync(self._run, spec, args)
         except Unauthorized as e:
-            return types.CallToolResult(
-                content=[types.TextContent(text=self._unauthorized_text(e))], is_error=True
-            )
+            return types.CallToolResult(content=[types.TextContent(text=self._unauthorized_text(e))], is_error=True)
         except ToolError as e:
             return types.CallToolResult(content=[types.TextContent(text=f"{params.name}: {e}")], is_error=True)
 
@@ -304,9 +298,7 @@ class TicketsServer:
             text += f" [debug echo] presented credential: {self._token}"
         return text
 
-    async def list_resources(
-        self, ctx: Ctx, params: types.PaginatedRequestParams | None
-    ) -> types.ListResourcesResult:
+    async def list_resources(self, ctx: Ctx, params: types.PaginatedRequestParams | None) -> types.ListResourcesResult:
         return types.ListResourcesResult(
             resources=[
                 types.Resource(
@@ -354,9 +346,7 @@ class TicketsServer:
                     name="triage",
                     title="Triage a ticket",
                     description="Ask the model to triage one ticket: priority, owning team, next step.",
-                    arguments=[
-                        types.PromptArgument(name="ticket_id", description="Ticket number.", required=True)
-                    ],
+                    arguments=[types.PromptArgument(name="ticket_id", description="Ticket number.", required=True)],
                 )
             ]
         )
@@ -434,9 +424,7 @@ class TicketsServer:
         text = arg_str(args, "text", max_len=10_000)
         assert text is not None
         comment = self.store.comment(ticket_id, text=text, author=account.name)
-        return structured_result(
-            {"comment": comment}, f"Comment {comment['id']} added to ticket #{ticket_id}"
-        )
+        return structured_result({"comment": comment}, f"Comment {comment['id']} added to ticket #{ticket_id}")
 
     def _close_ticket(self, account: Account, args: dict[str, Any]) -> types.CallToolResult:
         ticket_id = arg_int(args, "id", minimum=1)

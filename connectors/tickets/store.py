@@ -84,42 +84,96 @@ USERS = [
 
 # (title, body, team that usually takes it)
 SAMPLE_ISSUES = [
-    ("Login page returns 502 after deploy", "Since the 14:00 deploy, about 3% of logins on eu-west fail with a 502 "
-     "from the edge. Retrying usually works.", "platform"),
-    ("Invoice PDF shows wrong VAT rate", "Customers in Austria see 19% VAT on their November invoice instead of "
-     "20%. Totals are computed correctly; only the label is wrong.", "billing"),
-    ("Password reset email never arrives", "User reports no reset email after three attempts. Nothing in spam. "
-     "Their domain uses strict DMARC.", "support"),
-    ("Export to CSV truncates at 10,000 rows", "The reports export silently stops at 10,000 rows. The UI "
-     "says the export is complete.", "platform"),
-    ("Customer pasted credentials into a ticket", "The customer included what looks like an AWS key in the "
-     "description: AKIAIOSFODNN7EXAMPLE. Please rotate and scrub.", "security"),
-    ("Dashboard charts blank in Safari 17", "All charts render as empty boxes in Safari 17.1. Chrome and "
-     "Firefox are fine. Console shows a canvas sizing warning.", "platform"),
-    ("Refund requested for duplicate charge", "Order was charged twice on the same card within a minute. "
-     "Customer wants the duplicate refunded.", "billing"),
-    ("SSO login loops back to the sign-in page", "After upgrading the SAML certificate, users are redirected "
-     "to the login page in a loop.", "security"),
-    ("Webhook deliveries delayed by 20 minutes", "Webhook events arrive up to 20 minutes late since Monday. "
-     "Queue depth graphs show a backlog at peak hours.", "platform"),
-    ("Cannot add a second admin to the workspace", "Clicking 'Make admin' shows a spinner that never stops. "
-     "Happens for every member.", "support"),
-    ("API rate limit too low for nightly sync", "The nightly sync hits 429s after 5,000 requests. The "
-     "customer is on the Business plan and expected a higher limit.", "platform"),
-    ("Annual plan renewal charged at monthly price", "Renewal went through at 12x the monthly price instead "
-     "of the discounted annual price.", "billing"),
-    ("Two-factor codes rejected as expired", "TOTP codes are rejected as expired for users whose phones are "
-     "a few seconds behind.", "security"),
-    ("Search does not find tickets by customer email", "Searching by the requester's email returns nothing, "
-     "even for tickets they opened today.", "support"),
-    ("Mobile app crashes when opening attachments", "Android 14 app crashes when opening PDF attachments "
-     "larger than 5 MB.", "platform"),
-    ("Audit log missing role changes", "Role changes made through the API do not appear in the workspace "
-     "audit log.", "security"),
-    ("Tax ID field rejects valid Swiss numbers", "The billing form rejects CHE-123.456.789 MWST as invalid.",
-     "billing"),
-    ("Onboarding checklist stuck at 80%", "The onboarding widget stays at 80% although every step is done.",
-     "support"),
+    (
+        "Login page returns 502 after deploy",
+        "Since the 14:00 deploy, about 3% of logins on eu-west fail with a 502 from the edge. Retrying usually works.",
+        "platform",
+    ),
+    (
+        "Invoice PDF shows wrong VAT rate",
+        "Customers in Austria see 19% VAT on their November invoice instead of "
+        "20%. Totals are computed correctly; only the label is wrong.",
+        "billing",
+    ),
+    (
+        "Password reset email never arrives",
+        "User reports no reset email after three attempts. Nothing in spam. Their domain uses strict DMARC.",
+        "support",
+    ),
+    (
+        "Export to CSV truncates at 10,000 rows",
+        "The reports export silently stops at 10,000 rows. The UI says the export is complete.",
+        "platform",
+    ),
+    (
+        "Customer pasted credentials into a ticket",
+        "The customer included what looks like an AWS key in the "
+        "description: AKIAIOSFODNN7EXAMPLE. Please rotate and scrub.",
+        "security",
+    ),
+    (
+        "Dashboard charts blank in Safari 17",
+        "All charts render as empty boxes in Safari 17.1. Chrome and "
+        "Firefox are fine. Console shows a canvas sizing warning.",
+        "platform",
+    ),
+    (
+        "Refund requested for duplicate charge",
+        "Order was charged twice on the same card within a minute. Customer wants the duplicate refunded.",
+        "billing",
+    ),
+    (
+        "SSO login loops back to the sign-in page",
+        "After upgrading the SAML certificate, users are redirected to the login page in a loop.",
+        "security",
+    ),
+    (
+        "Webhook deliveries delayed by 20 minutes",
+        "Webhook events arrive up to 20 minutes late since Monday. Queue depth graphs show a backlog at peak hours.",
+        "platform",
+    ),
+    (
+        "Cannot add a second admin to the workspace",
+        "Clicking 'Make admin' shows a spinner that never stops. Happens for every member.",
+        "support",
+    ),
+    (
+        "API rate limit too low for nightly sync",
+        "The nightly sync hits 429s after 5,000 requests. The "
+        "customer is on the Business plan and expected a higher limit.",
+        "platform",
+    ),
+    (
+        "Annual plan renewal charged at monthly price",
+        "Renewal went through at 12x the monthly price instead of the discounted annual price.",
+        "billing",
+    ),
+    (
+        "Two-factor codes rejected as expired",
+        "TOTP codes are rejected as expired for users whose phones are a few seconds behind.",
+        "security",
+    ),
+    (
+        "Search does not find tickets by customer email",
+        "Searching by the requester's email returns nothing, even for tickets they opened today.",
+        "support",
+    ),
+    (
+        "Mobile app crashes when opening attachments",
+        "Android 14 app crashes when opening PDF attachments larger than 5 MB.",
+        "platform",
+    ),
+    (
+        "Audit log missing role changes",
+        "Role changes made through the API do not appear in the workspace audit log.",
+        "security",
+    ),
+    (
+        "Tax ID field rejects valid Swiss numbers",
+        "The billing form rejects CHE-123.456.789 MWST as invalid.",
+        "billing",
+    ),
+    ("Onboarding checklist stuck at 80%", "The onboarding widget stays at 80% although every step is done.", "support"),
 ]
 
 COMMENT_LINES = [
@@ -259,9 +313,7 @@ class TicketStore:
     def revoke_all(self) -> int:
         """Revoke every enrolled token (used by tests and operators); returns how many."""
         with self._connect() as conn:
-            return conn.execute(
-                "UPDATE api_tokens SET revoked_at = ? WHERE revoked_at IS NULL", (now(),)
-            ).rowcount
+            return conn.execute("UPDATE api_tokens SET revoked_at = ? WHERE revoked_at IS NULL", (now(),)).rowcount
 
     # -- reads -------------------------------------------------------------------------------------
 
@@ -271,8 +323,19 @@ class TicketStore:
 
     @staticmethod
     def _full(row: sqlite3.Row) -> dict[str, Any]:
-        keys = ("id", "title", "body", "status", "priority", "assignee", "reporter", "created_at",
-                "updated_at", "closed_at", "comment_count")
+        keys = (
+            "id",
+            "title",
+            "body",
+            "status",
+            "priority",
+            "assignee",
+            "reporter",
+            "created_at",
+            "updated_at",
+            "closed_at",
+            "comment_count",
+        )
         return {k: row[k] for k in keys}
 
     _FULL_SELECT = (

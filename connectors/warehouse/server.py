@@ -125,9 +125,7 @@ class WarehouseServer:
         }
         return structured_result(data, _format(res.columns, res.rows, res.truncated))
 
-    async def list_resources(
-        self, ctx: Ctx, params: types.PaginatedRequestParams | None
-    ) -> types.ListResourcesResult:
+    async def list_resources(self, ctx: Ctx, params: types.PaginatedRequestParams | None) -> types.ListResourcesResult:
         return types.ListResourcesResult(
             resources=[
                 types.Resource(

@@ -2,7 +2,7 @@
 
 Read-only is enforced four times, independently (mcp-guard's policy is a fifth layer in front):
 
-1. the statement must start with SELECT or WITH (comments skipped) and be a single statement;
+1. the statement must start with SELECT, WITH or EXPLAIN (comments skipped) and be a single statement;
 2. an SQLite authorizer allows only reading: SELECT, column reads, functions, recursive CTEs — every
    write, PRAGMA, ATTACH, transaction or schema change is refused by the engine itself;
 3. the connection is opened with ``mode=ro`` (the file cannot be written through it) and
@@ -72,20 +72,74 @@ _REGIONS = [
     ("Asia Pacific", "SG", "Kenji Tanaka"),
     ("Latin America", "BR", "Rafael Souza"),
 ]
-_FIRST = ["Northwind", "Blue", "Granite", "Silver", "Apex", "Harbor", "Cedar", "Nimbus", "Orbit", "Quartz",
-          "Summit", "Vertex", "Willow", "Atlas", "Beacon", "Copper", "Delta", "Ember", "Falcon", "Juniper"]
-_SECOND = ["Logistics", "Analytics", "Foods", "Health", "Robotics", "Media", "Energy", "Retail", "Labs",
-           "Finance", "Textiles", "Travel"]
+_FIRST = [
+    "Northwind",
+    "Blue",
+    "Granite",
+    "Silver",
+    "Apex",
+    "Harbor",
+    "Cedar",
+    "Nimbus",
+    "Orbit",
+    "Quartz",
+    "Summit",
+    "Vertex",
+    "Willow",
+    "Atlas",
+    "Beacon",
+    "Copper",
+    "Delta",
+    "Ember",
+    "Falcon",
+    "Juniper",
+]
+_SECOND = [
+    "Logistics",
+    "Analytics",
+    "Foods",
+    "Health",
+    "Robotics",
+    "Media",
+    "Energy",
+    "Retail",
+    "Labs",
+    "Finance",
+    "Textiles",
+    "Travel",
+]
 _SUFFIX = ["Inc", "GmbH", "Ltd", "SA", "Pte", "LLC"]
 _CATEGORIES = {
-    "Hardware": [("Edge Gateway", 899.0), ("Sensor Kit", 149.0), ("Rack Server", 4200.0), ("Smart Camera", 329.0),
-                 ("Thermal Printer", 259.0), ("Barcode Scanner", 119.0)],
-    "Software": [("Analytics Suite", 1200.0), ("Backup Pro", 480.0), ("Fleet Manager", 2200.0),
-                 ("Security Agent", 95.0), ("Reporting Add-on", 310.0), ("API Gateway", 1500.0)],
-    "Services": [("Onboarding Package", 2500.0), ("Premium Support", 1800.0), ("Training Day", 950.0),
-                 ("Migration Service", 6000.0), ("Health Check", 700.0)],
-    "Supplies": [("Label Rolls (x12)", 39.0), ("Cable Pack", 25.0), ("Mounting Kit", 59.0),
-                 ("Battery Pack", 45.0), ("Cleaning Kit", 19.0)],
+    "Hardware": [
+        ("Edge Gateway", 899.0),
+        ("Sensor Kit", 149.0),
+        ("Rack Server", 4200.0),
+        ("Smart Camera", 329.0),
+        ("Thermal Printer", 259.0),
+        ("Barcode Scanner", 119.0),
+    ],
+    "Software": [
+        ("Analytics Suite", 1200.0),
+        ("Backup Pro", 480.0),
+        ("Fleet Manager", 2200.0),
+        ("Security Agent", 95.0),
+        ("Reporting Add-on", 310.0),
+        ("API Gateway", 1500.0),
+    ],
+    "Services": [
+        ("Onboarding Package", 2500.0),
+        ("Premium Support", 1800.0),
+        ("Training Day", 950.0),
+        ("Migration Service", 6000.0),
+        ("Health Check", 700.0),
+    ],
+    "Supplies": [
+        ("Label Rolls (x12)", 39.0),
+        ("Cable Pack", 25.0),
+        ("Mounting Kit", 59.0),
+        ("Battery Pack", 45.0),
+        ("Cleaning Kit", 19.0),
+    ],
 }
 _SEGMENTS = ("enterprise", "mid-market", "smb")
 _STATUSES = ("placed", "shipped", "delivered", "returned", "cancelled")
@@ -102,13 +156,14 @@ def build_database(conn: sqlite3.Connection) -> None:
         "INSERT INTO regions (id, name, country, manager) VALUES (?, ?, ?, ?)",
         [(i + 1, *r) for i, r in enumerate(_REGIONS)],
     )
-    products = []
+    products: list[tuple[int, str, str, str, float]] = []
     for category, items in _CATEGORIES.items():
         for name, price in items:
-            products.append((len(products) + 1, f"{category[:3].upper()}-{len(products) + 1001}", name, category,
-                             price))
+            products.append(
+                (len(products) + 1, f"{category[:3].upper()}-{len(products) + 1001}", name, category, price)
+            )
     conn.executemany("INSERT INTO products VALUES (?, ?, ?, ?, ?)", products)
-    customers = []
+    customers: list[tuple[int, str, str, str, int, str]] = []
     used: set[str] = set()
     start = date(2023, 1, 1)
     while len(customers) < N_CUSTOMERS:
@@ -118,14 +173,16 @@ def build_database(conn: sqlite3.Connection) -> None:
         used.add(base)
         slug = base.lower().replace(" ", "")
         contact = rng.choice(["ops", "finance", "it", "purchasing", "jane.doe", "sam.lee", "a.kumar"])
-        customers.append((
-            len(customers) + 1,
-            f"{base} {rng.choice(_SUFFIX)}",
-            f"{contact}@{slug}.example",
-            rng.choices(_SEGMENTS, weights=(2, 3, 5))[0],
-            rng.randint(1, len(_REGIONS)),
-            (start + timedelta(days=rng.randint(0, 900))).isoformat(),
-        ))
+        customers.append(
+            (
+                len(customers) + 1,
+                f"{base} {rng.choice(_SUFFIX)}",
+                f"{contact}@{slug}.example",
+                rng.choices(_SEGMENTS, weights=(2, 3, 5))[0],
+                rng.randint(1, len(_REGIONS)),
+                (start + timedelta(days=rng.randint(0, 900))).isoformat(),
+            )
+        )
     conn.executemany("INSERT INTO customers VALUES (?, ?, ?, ?, ?, ?)", customers)
     orders = []
     for i in range(N_ORDERS):
@@ -143,12 +200,14 @@ def build_database(conn: sqlite3.Connection) -> None:
 
 # -- read-only access -----------------------------------------------------------------------------
 
-_ALLOWED_ACTIONS = frozenset({
-    sqlite3.SQLITE_SELECT,
-    sqlite3.SQLITE_READ,
-    sqlite3.SQLITE_FUNCTION,
-    sqlite3.SQLITE_RECURSIVE,
-})
+_ALLOWED_ACTIONS = frozenset(
+    {
+        sqlite3.SQLITE_SELECT,
+        sqlite3.SQLITE_READ,
+        sqlite3.SQLITE_FUNCTION,
+        sqlite3.SQLITE_RECURSIVE,
+    }
+)
 # Functions that touch files or extensions (most are absent from Python's sqlite3 build; refuse anyway).
 _DENIED_FUNCTIONS = frozenset({"load_extension", "readfile", "writefile", "edit", "fts3_tokenizer"})
 
@@ -221,8 +280,11 @@ class Warehouse:
     def tables(self) -> list[dict[str, Any]]:
         with self._connect() as conn:
             return [
-                {"name": name, "description": desc,
-                 "row_count": conn.execute(f'SELECT COUNT(*) FROM "{name}"').fetchone()[0]}
+                {
+                    "name": name,
+                    "description": desc,
+                    "row_count": conn.execute(f'SELECT COUNT(*) FROM "{name}"').fetchone()[0],
+                }
                 for name, desc in TABLES.items()
             ]
 
@@ -231,15 +293,25 @@ class Warehouse:
             raise ToolError(f"unknown table {table!r}; tables: {', '.join(TABLES)}")
         with self._connect() as conn:
             cols = [
-                {"name": r[1], "type": r[2], "nullable": not (r[3] or r[5]), "primary_key": bool(r[5]),
-                 "note": COLUMN_NOTES.get((table, r[1]))}
+                {
+                    "name": r[1],
+                    "type": r[2],
+                    "nullable": not (r[3] or r[5]),
+                    "primary_key": bool(r[5]),
+                    "note": COLUMN_NOTES.get((table, r[1])),
+                }
                 for r in conn.execute(f'PRAGMA table_info("{table}")')
             ]
             count = conn.execute(f'SELECT COUNT(*) FROM "{table}"').fetchone()[0]
             cur = conn.execute(f'SELECT * FROM "{table}" ORDER BY rowid LIMIT 3')
             sample = [[_cell(v) for v in row] for row in cur]
-        return {"table": table, "description": TABLES[table], "row_count": count, "columns": cols,
-                "sample_rows": sample}
+        return {
+            "table": table,
+            "description": TABLES[table],
+            "row_count": count,
+            "columns": cols,
+            "sample_rows": sample,
+        }
 
     def ddl(self) -> list[dict[str, str]]:
         with self._connect() as conn:
@@ -262,9 +334,10 @@ class Warehouse:
     def query(self, sql: str, *, limit: int) -> QueryResult:
         """Run one read-only statement; :class:`ToolError` explains any refusal."""
         keyword = first_keyword(sql)
-        if keyword not in ("SELECT", "WITH"):
+        if keyword not in ("SELECT", "WITH", "EXPLAIN"):
             raise ToolError(
-                f"read-only warehouse: only SELECT queries are allowed (got {keyword or 'no statement'})"
+                "read-only warehouse: only SELECT queries (or WITH ... SELECT, EXPLAIN) are allowed "
+                f"(got {keyword or 'no statement'})"
             )
         limit = max(1, min(limit, self.max_rows))
         started = time.monotonic()

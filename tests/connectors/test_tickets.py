@@ -19,7 +19,7 @@ from mcp.shared.exceptions import MCPError
 # otherwise be found as a namespace package called "connectors".
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
-from connectors.tickets import TicketStore, credential_encodings  # noqa: E402
+from connectors.tickets import TicketStore, credential_encodings
 
 pytestmark = pytest.mark.anyio
 
@@ -64,8 +64,14 @@ async def test_listing(tmp_path: Path) -> None:
     async with connect(tickets(tmp_path / "t.db")) as s:
         tools = {t.name: t for t in (await s.list_tools()).tools}
         assert set(tools) == {
-            "list_tickets", "get_ticket", "search_tickets", "create_ticket", "add_comment",
-            "close_ticket", "delete_ticket", "whoami",
+            "list_tickets",
+            "get_ticket",
+            "search_tickets",
+            "create_ticket",
+            "add_comment",
+            "close_ticket",
+            "delete_ticket",
+            "whoami",
         }
         for name in ("list_tickets", "get_ticket", "search_tickets", "whoami"):
             ann = tools[name].annotations
@@ -121,7 +127,9 @@ async def test_ticket_lifecycle(tmp_path: Path) -> None:
         found = (await s.call_tool("search_tickets", {"query": "brigade"})).structured_content
         assert found is not None and [t["id"] for t in found["tickets"]] == [tid]
         assert (await s.call_tool("search_tickets", {"query": "100%_sure"})).structured_content == {
-            "query": "100%_sure", "tickets": [], "count": 0
+            "query": "100%_sure",
+            "tickets": [],
+            "count": 0,
         }
 
         closed = await s.call_tool("close_ticket", {"id": tid, "resolution": "Extinguished."})
@@ -147,15 +155,16 @@ async def test_ticket_lifecycle(tmp_path: Path) -> None:
 
 
 async def test_bad_arguments(tmp_path: Path) -> None:
+    cases: list[tuple[str, dict[str, Any], str]] = [
+        ("get_ticket", {"id": "seven"}, "'id' must be an integer"),
+        ("get_ticket", {}, "missing required argument 'id'"),
+        ("list_tickets", {"status": "lost"}, "'status' must be one of"),
+        ("list_tickets", {"limit": 0}, "'limit' must be >= 1"),
+        ("create_ticket", {"title": "", "body": "x"}, "'title' must be 1 to 200"),
+        ("get_ticket", {"id": 1, "sql": "drop"}, "unknown argument(s): sql"),
+    ]
     async with connect(tickets(tmp_path / "t.db")) as s:
-        for name, args, needle in [
-            ("get_ticket", {"id": "seven"}, "'id' must be an integer"),
-            ("get_ticket", {}, "missing required argument 'id'"),
-            ("list_tickets", {"status": "lost"}, "'status' must be one of"),
-            ("list_tickets", {"limit": 0}, "'limit' must be >= 1"),
-            ("create_ticket", {"title": "", "body": "x"}, "'title' must be 1 to 200"),
-            ("get_ticket", {"id": 1, "sql": "drop"}, "unknown argument(s): sql"),
-        ]:
+        for name, args, needle in cases:
             result = await s.call_tool(name, args)
             assert result.is_error, (name, args)
             assert needle in text_of(result), text_of(result)
@@ -197,8 +206,12 @@ async def test_wrong_token_is_unauthorized(tmp_path: Path) -> None:
     async with connect(tickets(db, "tk_stolen_or_stale")) as s:
         # Listing is metadata and works; every data operation is refused by the backend.
         assert len((await s.list_tools()).tools) == 8
-        for name, args in [("list_tickets", {}), ("get_ticket", {"id": 1}), ("delete_ticket", {"id": 1}),
-                           ("whoami", {})]:
+        for name, args in [
+            ("list_tickets", {}),
+            ("get_ticket", {"id": 1}),
+            ("delete_ticket", {"id": 1}),
+            ("whoami", {}),
+        ]:
             result = await s.call_tool(name, args)
             assert result.is_error
             assert text_of(result).startswith("unauthorized:")
