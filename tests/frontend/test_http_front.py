@@ -7,9 +7,9 @@ from pathlib import Path
 
 import httpx2
 import pytest
+
 from guard_harness import make_settings, recorder_upstream, running_guard, text_of
 from http_harness import http_client, http_front
-
 from mcp_guard.testing import RecordingSink
 
 pytestmark = pytest.mark.anyio
