@@ -1,0 +1,180 @@
+"""The official MCP conformance suite against the first-party conformance fixture, run directly.
+
+`scripts/conformance.py` installs the pinned suite (tests/conformance, `npm ci`) on first use, starts
+tests/conformance/conformance_fixture.py over streamable HTTP, and runs each spec version's requirement set
+(`conformance server --requirements <version>`). The fixture is expected to pass every required scenario of
+both versions; the lists below are the suite's own (0.2.0-alpha.12), so a suite upgrade that changes them
+shows up here instead of silently changing the denominator.
+
+A stdio smoke test covers the fixture's other transport (the one a proxy uses to spawn it as an upstream).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import anyio
+import mcp_types as types
+import pytest
+from mcp.client.session import ClientSession
+from mcp.client.stdio import StdioServerParameters, stdio_client
+
+pytestmark = pytest.mark.e2e
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPT = REPO / "scripts" / "conformance.py"
+FIXTURE = REPO / "tests" / "conformance" / "conformance_fixture.py"
+SUITE_TIMEOUT_S = 900  # npm ci on a cold machine (~20 s here) plus two runs of a few seconds each
+
+EXPECTED_PASSING: dict[str, list[str]] = {
+    "2025-11-25": [
+        "server-initialize",
+        "logging-set-level",
+        "ping",
+        "completion-complete",
+        "tools-list",
+        "tools-call-simple-text",
+        "tools-call-image",
+        "tools-call-audio",
+        "tools-call-embedded-resource",
+        "tools-call-mixed-content",
+        "tools-call-with-logging",
+        "tools-call-error",
+        "tools-call-with-progress",
+        "tools-call-sampling",
+        "tools-call-elicitation",
+        "elicitation-sep1034-defaults",
+        "server-sse-multiple-streams",
+        "elicitation-sep1330-enums",
+        "resources-list",
+        "resources-read-text",
+        "resources-read-binary",
+        "resources-templates-read",
+        "resources-subscribe",
+        "resources-unsubscribe",
+        "prompts-list",
+        "prompts-get-simple",
+        "prompts-get-with-args",
+        "prompts-get-embedded-resource",
+        "prompts-get-with-image",
+        "dns-rebinding-protection",
+    ],
+    "2026-07-28": [
+        "server-stateless",
+        "completion-complete",
+        "tools-list",
+        "tools-call-simple-text",
+        "tools-call-image",
+        "tools-call-audio",
+        "tools-call-embedded-resource",
+        "tools-call-mixed-content",
+        "tools-call-error",
+        "tools-call-with-progress",
+        "server-sse-multiple-streams",
+        "resources-list",
+        "resources-read-text",
+        "resources-read-binary",
+        "resources-templates-read",
+        "sep-2164-resource-not-found",
+        "prompts-list",
+        "prompts-get-simple",
+        "prompts-get-with-args",
+        "prompts-get-embedded-resource",
+        "prompts-get-with-image",
+        "dns-rebinding-protection",
+        "caching",
+        "input-required-result-basic-elicitation",
+        "input-required-result-basic-sampling",
+        "input-required-result-basic-list-roots",
+        "input-required-result-request-state",
+        "input-required-result-multiple-input-requests",
+        "input-required-result-multi-round",
+        "input-required-result-missing-input-response",
+        "input-required-result-non-tool-request",
+        "input-required-result-result-type",
+        "input-required-result-unsupported-methods",
+        "input-required-result-tampered-state",
+        "input-required-result-capability-check",
+        "input-required-result-ignore-extra-params",
+        "input-required-result-validate-input",
+    ],
+}
+
+# Run but never scored by the suite. The fixture passes these too; the tasks extension (SEP-2663) it does
+# not implement (neither does the SDK it is built on), and tasks-status-notifications is skipped by the suite.
+EXPECTED_NOT_SCORED_PASSING: dict[str, list[str]] = {
+    "2025-11-25": ["json-schema-2020-12", "server-session-lifecycle", "server-sse-polling"],
+    "2026-07-28": ["http-custom-header-server-validation", "http-header-validation", "json-schema-2020-12"],
+}
+
+
+@pytest.fixture(scope="module")
+def direct_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    out = tmp_path_factory.mktemp("conformance") / "direct.json"
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--label", "fixture-direct", "--output", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=SUITE_TIMEOUT_S,
+        check=False,
+    )
+    print(proc.stdout)  # the score per spec version (shown with -s / -rA)
+    assert proc.returncode in (0, 1), f"conformance.py could not run (exit {proc.returncode}):\n{proc.stderr}"
+    assert out.exists(), proc.stderr
+    summary: dict[str, Any] = json.loads(out.read_text(encoding="utf-8"))
+    return summary
+
+
+@pytest.mark.parametrize("spec_version", sorted(EXPECTED_PASSING))
+def test_fixture_passes_every_required_scenario(direct_run: dict[str, Any], spec_version: str) -> None:
+    result = direct_run["versions"][spec_version]
+    expected = EXPECTED_PASSING[spec_version]
+    assert sorted(result["required"]) == sorted(expected), "the suite's requirement set changed"
+    failing = {
+        name: result["scenarios"][name]["status"] + " " + json.dumps(result["scenarios"][name]["failures"])[:600]
+        for name in expected
+        if result["scenarios"].get(name, {}).get("status") != "pass"
+    }
+    assert failing == {}
+    assert result["score"] == {"passed": len(expected), "total": len(expected)}
+    assert result["checks"]["failed"] == 0
+    assert result["checks"]["passed"] >= 2 * len(expected)  # every scenario checked something (+ wire schema)
+
+
+@pytest.mark.parametrize("spec_version", sorted(EXPECTED_NOT_SCORED_PASSING))
+def test_fixture_passes_the_unscored_protocol_scenarios(direct_run: dict[str, Any], spec_version: str) -> None:
+    not_scored = direct_run["versions"][spec_version]["not_scored"]
+    for name in EXPECTED_NOT_SCORED_PASSING[spec_version]:
+        assert not_scored.get(name, {}).get("status") == "pass", (name, not_scored.get(name))
+
+
+@pytest.mark.anyio
+async def test_fixture_over_stdio_serves_the_same_names() -> None:
+    params = StdioServerParameters(
+        command=sys.executable, args=[str(FIXTURE), "--transport", "stdio"], env={}, cwd=str(REPO)
+    )
+    with anyio.fail_after(60):
+        async with (
+            stdio_client(params) as (read, write),
+            ClientSession(read, write, read_timeout_seconds=20) as session,
+        ):
+            init = await session.initialize()
+            assert init.server_info.name == "mcp-guard-conformance-fixture"
+            tools = {t.name for t in (await session.list_tools()).tools}
+            assert {"test_simple_text", "test_sampling", "test_input_required_result_elicitation"} <= tools
+            called = await session.call_tool("test_simple_text", {})
+            assert called.content == [
+                types.TextContent(type="text", text="This is a simple text response for testing.")
+            ]
+            read_result = await session.read_resource("test://template/42/data")
+            body = read_result.contents[0]
+            assert isinstance(body, types.TextResourceContents)
+            assert json.loads(body.text)["id"] == "42"
+            prompt = await session.get_prompt("test_prompt_with_arguments", {"arg1": "a", "arg2": "b"})
+            assert isinstance(prompt.messages[0].content, types.TextContent)
+            assert prompt.messages[0].content.text == "Prompt with arguments: arg1='a', arg2='b'"
