@@ -497,21 +497,27 @@ class AuditStore:
         # a checkpoint never blocks the writer or a reader. Failures only let the WAL grow (the
         # writer's own autocheckpoint is the backstop), so they are logged, not raised.
         try:
-            async with aiosqlite.connect(self.path, isolation_level=None, timeout=busy_timeout) as cp:
-                await cp.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
-                committed = self.stats.committed
-                while True:
-                    await anyio.sleep(self._checkpoint_interval)
-                    if self.stats.committed == committed:
-                        continue
-                    committed = self.stats.committed
-                    try:
-                        await cp.execute_fetchall("PRAGMA wal_checkpoint(PASSIVE)")
-                        self.stats.checkpoints += 1
-                    except sqlite3.Error as e:
-                        log.warning("audit.checkpoint_failed", error=str(e))
+            with anyio.CancelScope(shield=True):  # a half-made connection would outlive the loop
+                cp = await aiosqlite.connect(self.path, isolation_level=None, timeout=busy_timeout)
         except sqlite3.Error as e:
             log.warning("audit.checkpointer_failed", error=str(e))
+            return
+        try:
+            await cp.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+            committed = self.stats.committed
+            while True:
+                await anyio.sleep(self._checkpoint_interval)
+                if self.stats.committed == committed:
+                    continue
+                committed = self.stats.committed
+                try:
+                    await cp.execute_fetchall("PRAGMA wal_checkpoint(PASSIVE)")
+                    self.stats.checkpoints += 1
+                except sqlite3.Error as e:
+                    log.warning("audit.checkpoint_failed", error=str(e))
+        finally:
+            with anyio.CancelScope(shield=True):
+                await cp.close()
 
 
 async def _connect(path: Path, busy_timeout: float) -> aiosqlite.Connection:
@@ -522,8 +528,10 @@ async def _connect(path: Path, busy_timeout: float) -> aiosqlite.Connection:
         raise AuditError(f"{path}: cannot create the audit directory: {e.strerror or e}") from None
     started = time.monotonic()
     try:
-        # isolation_level IMMEDIATE: the INSERT of a batch opens its transaction with BEGIN IMMEDIATE
-        db = await aiosqlite.connect(path, isolation_level="IMMEDIATE", timeout=busy_timeout)
+        # isolation_level IMMEDIATE: the INSERT of a batch opens its transaction with BEGIN IMMEDIATE.
+        # Shielded: a connection cancelled half-made would outlive the event loop.
+        with anyio.CancelScope(shield=True):
+            db = await aiosqlite.connect(path, isolation_level="IMMEDIATE", timeout=busy_timeout)
     except sqlite3.Error as e:
         raise AuditError(f"{path}: cannot open the audit database: {e}") from None
     try:
@@ -534,11 +542,11 @@ async def _connect(path: Path, busy_timeout: float) -> aiosqlite.Connection:
         await db.execute("PRAGMA synchronous = NORMAL")
         await db.execute(f"PRAGMA wal_autocheckpoint = {_WAL_BACKSTOP_PAGES}")
         version = await schema.migrate(db, path=str(path), now=utc_now())
-    except sqlite3.Error as e:
-        await db.close()
-        raise AuditError(f"{path}: cannot open the audit database: {e}") from None
-    except BaseException:
-        await db.close()
+    except BaseException as e:
+        with anyio.CancelScope(shield=True):
+            await db.close()
+        if isinstance(e, sqlite3.Error):
+            raise AuditError(f"{path}: cannot open the audit database: {e}") from None
         raise
     log.debug("audit.opened", path=str(path), schema_version=version,
               ms=round((time.monotonic() - started) * 1000, 1))
