@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import mcp_types as types
-from mcp.server.lowlevel import Server
+from mcp.server.lowlevel import NotificationOptions, Server
 from mcp.server.stdio import stdio_server
 
 __all__ = [
@@ -158,6 +158,11 @@ def create_sqlite_atomically(path: Path, build: Callable[[sqlite3.Connection], N
             os.link(tmp, path)
         except FileExistsError:
             return False
+        except OSError:
+            # A filesystem without hard links: a plain rename (a start racing this one may overwrite).
+            if path.exists():
+                return False
+            os.replace(tmp, path)
         return True
     finally:
         tmp.unlink(missing_ok=True)
@@ -170,6 +175,8 @@ def setup_logging(name: str) -> logging.Logger:
     return logging.getLogger(name)
 
 
-async def serve_stdio(server: Server[Any]) -> None:
+async def serve_stdio(server: Server[Any], *, tools_changed: bool = False) -> None:
+    """Serve on stdin/stdout until the client closes the stream."""
+    options = server.create_initialization_options(NotificationOptions(tools_changed=tools_changed))
     async with stdio_server() as (read_stream, write_stream):
-        await server.run(read_stream, write_stream, server.create_initialization_options())
+        await server.run(read_stream, write_stream, options)

@@ -15,6 +15,11 @@ Environment
                              two text blocks, base64, base64url, hex, URL-encoded, JSON-escaped, as a
                              header, in structuredContent and in an embedded resource), and
                              "unauthorized" errors quote it. Lets tests prove a proxy scrubs it.
+    TICKETS_TOOL_OVERRIDES   demo/test hook: path of a JSON file ``{"<tool>": {"description": "…",
+                             "title": "…"}}`` applied to the tool definitions. The file is watched
+                             (polled every 0.2 s, absent = no overrides); when it changes the server
+                             sends ``notifications/tools/list_changed`` — a tool whose definition
+                             changes under a running session ("rug pull"), for pinning demos.
     CONNECTOR_LOG_LEVEL      stderr log level (default WARNING). The token is never logged.
 
 Every tools/call, resources/read and prompts/get is authenticated: a rejected credential gives a tool

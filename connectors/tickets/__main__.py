@@ -48,8 +48,20 @@ def main(argv: list[str] | None = None) -> int:
     debug_echo = os.environ.get("TICKETS_DEBUG_ECHO", "") == "1"
     if debug_echo:
         log.warning("TICKETS_DEBUG_ECHO=1: whoami and errors echo the credential (test hook)")
-    anyio.run(serve_stdio, build_server(TicketsServer(store, token, debug_echo=debug_echo)))
+    overrides = os.environ.get("TICKETS_TOOL_OVERRIDES") or None
+    tickets = TicketsServer(
+        store, token, debug_echo=debug_echo, overrides_path=Path(overrides).expanduser() if overrides else None
+    )
+    anyio.run(_serve, tickets)
     return 0
+
+
+async def _serve(tickets: TicketsServer) -> None:
+    async with anyio.create_task_group() as tg:
+        if tickets.overrides_path is not None:
+            tg.start_soon(tickets.watch_overrides)
+        await serve_stdio(build_server(tickets), tools_changed=True)
+        tg.cancel_scope.cancel()
 
 
 if __name__ == "__main__":

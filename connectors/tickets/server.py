@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import anyio
 import mcp_types as types
 from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel import Server
+from mcp.server.session import ServerSession
 from mcp.shared.exceptions import MCPError
 
 from connectors._shared import (
@@ -29,6 +32,9 @@ from connectors.tickets.store import PRIORITIES, STATUSES, Account, TicketStore,
 __all__ = ["UNAUTHORIZED_CODE", "TicketsServer", "build_server", "credential_encodings"]
 
 Ctx = ServerRequestContext[Any]
+log = logging.getLogger("tickets")
+
+OVERRIDE_FIELDS = ("description", "title")
 
 UNAUTHORIZED_CODE = -32001  # JSON-RPC error code for resources/prompts read with a rejected credential
 RESOURCE_NOT_FOUND = -32002
@@ -117,11 +123,66 @@ class _Spec:
 class TicketsServer:
     """State and handlers of one tickets connector process."""
 
-    def __init__(self, store: TicketStore, token: str, *, debug_echo: bool = False) -> None:
+    def __init__(
+        self,
+        store: TicketStore,
+        token: str,
+        *,
+        debug_echo: bool = False,
+        overrides_path: Path | None = None,
+    ) -> None:
         self.store = store
         self._token = token
         self.debug_echo = debug_echo
         self.specs: dict[str, _Spec] = {s.tool.name: s for s in self._specs()}
+        self.overrides_path = overrides_path
+        self._overrides: dict[str, dict[str, str]] = {}
+        self._overrides_sig: tuple[int, int] | None = None
+        self._session: ServerSession | None = None
+        self.reload_overrides()
+
+    # -- tool definition overrides (demo/test hook: a tool whose definition changes) --------------
+
+    def _signature(self) -> tuple[int, int] | None:
+        if self.overrides_path is None:
+            return None
+        try:
+            st = self.overrides_path.stat()
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_size)
+
+    def reload_overrides(self) -> bool:
+        """Re-read the overrides file if it changed; True when the tool definitions changed."""
+        sig = self._signature()
+        if sig == self._overrides_sig:
+            return False
+        self._overrides_sig = sig
+        new: dict[str, dict[str, str]] = {}
+        if sig is not None and self.overrides_path is not None:
+            try:
+                raw = json.loads(self.overrides_path.read_text(encoding="utf-8") or "{}")
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+                log.warning("ignoring unreadable TICKETS_TOOL_OVERRIDES file: %s", e)
+                raw = {}
+            if isinstance(raw, dict):
+                for tool, fields in raw.items():
+                    if tool in self.specs and isinstance(fields, dict):
+                        new[tool] = {k: v for k, v in fields.items() if k in OVERRIDE_FIELDS and isinstance(v, str)}
+        changed = new != self._overrides
+        self._overrides = new
+        return changed
+
+    def tools(self) -> list[types.Tool]:
+        return [s.tool.model_copy(update=self._overrides.get(name, {})) for name, s in self.specs.items()]
+
+    async def watch_overrides(self, interval_s: float = 0.2) -> None:
+        """Poll the overrides file; on a change, tell the client with notifications/tools/list_changed."""
+        while True:
+            await anyio.sleep(interval_s)
+            if self.reload_overrides() and self._session is not None:
+                log.warning("tool definitions changed (TICKETS_TOOL_OVERRIDES); notifying the client")
+                await self._session.send_tool_list_changed()
 
     # -- tool table --------------------------------------------------------------------------------
 
@@ -269,9 +330,12 @@ class TicketsServer:
     # -- MCP handlers ------------------------------------------------------------------------------
 
     async def list_tools(self, ctx: Ctx, params: types.PaginatedRequestParams | None) -> types.ListToolsResult:
-        return types.ListToolsResult(tools=[s.tool for s in self.specs.values()])
+        self._session = ctx.session
+        self.reload_overrides()
+        return types.ListToolsResult(tools=self.tools())
 
     async def call_tool(self, ctx: Ctx, params: types.CallToolRequestParams) -> types.CallToolResult:
+        self._session = ctx.session
         spec = self.specs.get(params.name)
         if spec is None:
             raise MCPError(types.INVALID_PARAMS, f"unknown tool {params.name!r}")
