@@ -67,7 +67,7 @@ def tamper(path: Path, *statements: str | tuple[str, tuple[Any, ...]]) -> None:
 
 def forged_row(path: Path, seq: int, prev_hash: str, **values: Any) -> tuple[Any, ...]:
     """A row for ``seq`` whose hash is computed correctly after ``prev_hash`` (a careful forger)."""
-    body_values = {c: None for c in schema.BODY_COLUMNS}
+    body_values: dict[str, Any] = dict.fromkeys(schema.BODY_COLUMNS)
     body_values.update({"event_id": "forged", "ts": "2026-01-01T00:00:00.000000Z", "kind": "call.decision"})
     body_values.update(values)
     h = row_hash(prev_hash, seq, canonical_json(body_values))

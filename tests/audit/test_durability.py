@@ -1,0 +1,53 @@
+"""SIGKILL in the middle of a burst loses no event whose record() returned, and the chain verifies."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import anyio
+import pytest
+from audit_testkit import PYTHON, child_env, event, seqs
+
+from mcp_guard.audit import AuditStore
+from mcp_guard.audit.verify import verify_file
+
+pytestmark = pytest.mark.anyio
+
+CHILD = str(Path(__file__).with_name("audit_durability_child.py"))
+
+
+@pytest.mark.parametrize("concurrency", [1, 200])
+async def test_sigkill_mid_burst_keeps_every_acknowledged_event(tmp_path: Path, concurrency: int) -> None:
+    db = tmp_path / "audit.db"
+    process = await anyio.open_process([PYTHON, CHILD, str(db), str(concurrency)], env=child_env())
+    acknowledged: list[int] = []
+    buffer = b""
+    try:
+        assert process.stdout is not None
+        with anyio.fail_after(60):
+            while len(acknowledged) < 3000:
+                buffer += await process.stdout.receive()
+                *complete, buffer = buffer.split(b"\n")
+                acknowledged.extend(int(line) for line in complete)
+        process.send_signal(signal.SIGKILL)  # mid-burst: the recorders are still going
+    finally:
+        if process.returncode is None:
+            process.kill()
+        with anyio.fail_after(10):
+            await process.wait()
+        await process.aclose()
+    assert process.returncode == -signal.SIGKILL
+
+    stored = set(seqs(db))
+    assert len(acknowledged) == len(set(acknowledged))
+    missing = sorted(set(acknowledged) - stored)
+    assert missing == [], f"acknowledged but lost: {missing[:10]}"
+    result = verify_file(db)
+    assert result.ok, result.problem
+    assert result.head_seq == max(stored) == len(stored)
+
+    # The next run continues the chain where the killed one stopped.
+    async with AuditStore.open(db) as store:
+        assert await store.record(event(0)) == len(stored) + 1
+    assert verify_file(db).ok

@@ -1,0 +1,194 @@
+"""tail (filters, formatting, follow from another process) and export."""
+
+from __future__ import annotations
+
+import io
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from anyio.abc import Process
+from audit_testkit import PYTHON, child_env, event
+
+from mcp_guard.audit import AuditStore, schema
+from mcp_guard.audit.chain import GENESIS_HASH, canonical_json, row_hash
+from mcp_guard.audit.export import export
+from mcp_guard.audit.reader import Filters, parse_since
+from mcp_guard.audit.tail import format_line, tail
+from mcp_guard.cli import main
+from mcp_guard.types import AuditEvent
+
+pytestmark = pytest.mark.anyio
+
+OLD = "2020-01-01T00:00:00.000000Z"
+
+
+@pytest.fixture
+async def db(tmp_path: Path) -> Path:
+    path = tmp_path / "audit.db"
+    async with AuditStore.open(path) as store:
+        await store.record(AuditEvent(kind="session.start", session_id="s1", principal="alice", ts=OLD,
+                                      details={"client": {"name": "claude", "version": "1.0"}}))
+        await store.record(event(1))  # alice tickets/create_ticket allow
+        await store.record(event(2, principal="bob", decision="deny", reasons=("destructive", "weekend")))
+        await store.record(event(3, server="files", tool="delete", decision="deny", reasons=("no",)))
+        await store.record(AuditEvent(kind="call.result", principal="alice", server="tickets",
+                                      tool="create_ticket", result={"is_error": False, "bytes": 42, "sha256": "ab"}))
+        await store.record(AuditEvent(kind="upstream.crash", server="files", details={"error": "exit 1"}))
+    return path
+
+
+def run_tail(db: Path, filters: Filters | None = None, *, last: int | None = None, as_json: bool = True,
+             colour: bool = False) -> list[Any]:
+    out = io.StringIO()
+    tail(db, filters or Filters(), out, last=last, follow=False, as_json=as_json, colour=colour)
+    lines = out.getvalue().splitlines()
+    return [json.loads(line) for line in lines] if as_json else lines
+
+
+@pytest.mark.parametrize(
+    ("filters", "expected"),
+    [
+        (Filters(), [1, 2, 3, 4, 5, 6]),
+        (Filters(principal="bob"), [3]),
+        (Filters(server="files"), [4, 6]),
+        (Filters(tool="create_ticket"), [2, 3, 5]),
+        (Filters(decision="deny"), [3, 4]),
+        (Filters(decision="allow", principal="alice"), [2]),
+        (Filters(kinds=("call.result",)), [5]),
+        (Filters(kinds=("call.*",)), [2, 3, 4, 5]),
+        (Filters(kinds=("session.start", "upstream.crash")), [1, 6]),
+        (Filters(since="2021-01-01T00:00:00.000000Z"), [2, 3, 4, 5, 6]),
+    ],
+)
+async def test_tail_filters(db: Path, filters: Filters, expected: list[int]) -> None:
+    assert [e["seq"] for e in run_tail(db, filters)] == expected
+
+
+async def test_tail_last_n(db: Path) -> None:
+    assert [e["seq"] for e in run_tail(db, last=2)] == [5, 6]
+    assert [e["seq"] for e in run_tail(db, Filters(decision="deny"), last=1)] == [4]
+    assert run_tail(db, last=0) == []
+
+
+async def test_tail_json_decodes_json_columns(db: Path) -> None:
+    deny = run_tail(db, Filters(principal="bob"))[0]
+    assert deny["reasons"] == ["destructive", "weekend"]
+    assert deny["arguments"] == {"priority": 2, "title": "ticket 2"}
+    assert set(deny) == set(schema.COLUMNS)
+
+
+async def test_tail_lines_show_decision_and_reasons(db: Path) -> None:
+    lines = run_tail(db, as_json=False)
+    assert len(lines) == 6
+    deny = next(line for line in lines if "bob" in line)
+    assert "DENY" in deny and "destructive; weekend" in deny and "tickets/create_ticket" in deny
+    assert "ALLOW" in lines[1] and "support may create tickets" in lines[1]
+    assert "OK" in lines[4] and "42 bytes" in lines[4]
+    assert "ERROR" in lines[5]
+    assert "claude" in lines[0]
+    assert all("\x1b[" not in line for line in lines)
+    coloured = run_tail(db, Filters(principal="bob"), as_json=False, colour=True)[0]
+    assert "\x1b[31" in coloured and "DENY" in coloured
+
+
+async def test_format_line_keeps_one_line() -> None:
+    row = {c: None for c in schema.COLUMNS} | {
+        "seq": 1, "ts": OLD, "kind": "call.decision", "decision": "deny", "reasons": ["line\nbreak"],
+    }
+    assert "\n" not in format_line(row)
+
+
+def test_parse_since() -> None:
+    now = datetime(2026, 11, 25, 12, 0, 0, tzinfo=UTC)
+    assert parse_since("10m", now=now) == "2026-11-25T11:50:00.000000Z"
+    assert parse_since("2h", now=now) == "2026-11-25T10:00:00.000000Z"
+    assert parse_since("1d", now=now) == "2026-11-24T12:00:00.000000Z"
+    assert parse_since("2026-11-25T13:00:00+02:00") == "2026-11-25T11:00:00.000000Z"
+    assert parse_since("2026-11-25T11:00:00Z") == "2026-11-25T11:00:00.000000Z"
+    for bad in ("yesterday", "10 parsecs", "2026-11-25T11:00:00"):
+        with pytest.raises(ValueError, match="--since"):
+            parse_since(bad)
+
+
+async def test_cli_tail_and_its_errors(db: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["audit", "tail", "--db", str(db), "--decision", "deny", "--json"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert [json.loads(line)["seq"] for line in out] == [3, 4]
+    assert main(["audit", "tail", "--db", str(db), "--since", "whenever"]) == 2
+    assert "--since" in capsys.readouterr().err
+    assert main(["audit", "tail", "--db", str(db.parent / "missing.db")]) == 1
+    assert "no audit database" in capsys.readouterr().err
+    assert main(["audit"]) == 2
+
+
+async def test_export_jsonl_can_be_verified_by_the_receiver(db: Path) -> None:
+    out = io.StringIO()
+    assert export(db, out) == 6
+    events = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [e["seq"] for e in events] == [1, 2, 3, 4, 5, 6]
+    prev = GENESIS_HASH
+    for e in events:  # a SIEM can recompute the chain from the export alone
+        body = {c: e[c] for c in schema.BODY_COLUMNS}
+        for c in schema.JSON_COLUMNS:
+            if body[c] is not None:
+                body[c] = canonical_json(body[c]).decode()
+        assert e["prev_hash"] == prev
+        assert row_hash(prev, e["seq"], canonical_json(body)) == e["hash"]
+        prev = e["hash"]
+
+
+async def test_export_since_and_after_seq(db: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = io.StringIO()
+    assert export(db, out, filters=Filters(after_seq=4)) == 2
+    target = tmp_path / "out.jsonl"
+    assert main(["audit", "export", "--db", str(db), "--format", "jsonl", "--since", "1h", "-o", str(target)]) == 0
+    assert [json.loads(x)["seq"] for x in target.read_text().splitlines()] == [2, 3, 4, 5, 6]
+    assert "exported 5 events" in capsys.readouterr().err
+
+
+async def _read_json_lines(process: Process, want: int, buffer: bytearray) -> list[dict[str, Any]]:
+    assert process.stdout is not None
+    lines: list[dict[str, Any]] = []
+    while len(lines) < want:
+        while b"\n" not in buffer:
+            buffer.extend(await process.stdout.receive())
+        line, _, rest = bytes(buffer).partition(b"\n")
+        buffer[:] = rest
+        lines.append(json.loads(line))
+    return lines
+
+
+async def test_follow_from_another_process_while_the_store_writes(tmp_path: Path) -> None:
+    path = tmp_path / "live.db"
+    async with AuditStore.open(path) as store:
+        for i in range(3):
+            await store.record(event(i))
+        process = await anyio.open_process(
+            [PYTHON, "-m", "mcp_guard", "audit", "tail", "-f", "--json", "-n", "2", "--kind", "call.*",
+             "--db", str(path)],
+            env=child_env(),
+        )
+        buffer = bytearray()
+        try:
+            with anyio.fail_after(20):
+                backlog = await _read_json_lines(process, 2, buffer)
+                assert [e["seq"] for e in backlog] == [2, 3]
+                # Live rows, with a filtered-out kind in between; the writer is never blocked.
+                for i in range(3, 8):
+                    await store.record(event(i))
+                    store.record_nowait(AuditEvent(kind="tools.list", principal="alice"))
+                live = await _read_json_lines(process, 5, buffer)
+                assert [e["decision_id"] for e in live] == [f"dec-{i}" for i in range(3, 8)]
+                assert all(e["kind"] == "call.decision" for e in live)
+                assert store.healthy
+        finally:
+            process.terminate()
+            with anyio.move_on_after(5):
+                await process.wait()
+            if process.returncode is None:
+                process.kill()
+            await process.aclose()
