@@ -26,6 +26,7 @@ from mcp_guard.testing import RecordingSink, allow_all
 REPO = Path(__file__).resolve().parents[1]
 RECORDER = str(REPO / "tests" / "fixtures" / "recorder.py")
 TIMEOUT_S = 20.0
+POLL_S = 0.02  # interval of condition polls (always under a deadline)
 
 
 def recorder_upstream(log: Path | None = None, **env: str) -> dict[str, Any]:
@@ -80,4 +81,4 @@ async def wait_for(predicate: Callable[[], bool], within: float = 10.0) -> None:
     """Poll a condition that another process or task makes true, with a deadline."""
     with anyio.fail_after(within):
         while not predicate():  # noqa: ASYNC110 - state lives in another process or task
-            await anyio.sleep(0.02)
+            await anyio.sleep(POLL_S)

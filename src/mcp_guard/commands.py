@@ -9,10 +9,13 @@ import sys
 from typing import Any
 
 import anyio
+import structlog
 
 from mcp_guard.cli import add_config_arg, load_config
 from mcp_guard.logging import configure_logging
 from mcp_guard.settings import Settings
+
+log = structlog.get_logger("mcp_guard.cli")
 
 __all__ = ["register"]
 
@@ -60,11 +63,20 @@ async def _serve(settings: Settings, transport: str, args: argparse.Namespace) -
                     return
 
         tg.start_soon(on_signal)
+        # Serve once every upstream has started or failed its first start, so a client's first listing
+        # is complete (a client that lists right after initialize would otherwise see a partial catalogue).
+        problems = await guard.registry.wait_ready(_startup_wait(settings))
+        for name, problem in problems.items():
+            log.warning("upstream.unavailable_at_start", upstream=name, problem=problem)
         if transport == "http":
             await guard.serve_http(args.host, args.port)
         else:
             await guard.serve_stdio()
         tg.cancel_scope.cancel()
+
+
+def _startup_wait(settings: Settings) -> float:
+    return max((u.startup_timeout_s for u in settings.upstreams.values()), default=0.0) + 1.0
 
 
 def _print(data: Any, as_json: bool, text: str) -> None:
