@@ -30,8 +30,8 @@ import logging
 import os
 import sys
 import warnings
-from collections.abc import Sequence
-from typing import Any, Literal
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Literal, TypeVar
 
 import anyio
 import mcp_types as types
@@ -50,6 +50,7 @@ from mcp.server.subscriptions import (
     ToolsListChanged,
 )
 from mcp.shared.exceptions import MCPDeprecationWarning, MCPError
+from mcp.shared.message import ServerMessageMetadata
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 # Logging, sampling, elicitation requests and client→server progress are deprecated in the 2026-07-28 era
@@ -289,6 +290,24 @@ COMPLETIONS: dict[tuple[str, str], list[str]] = {
 }
 
 
+# How many question rounds a handshake-era call may take before the fixture gives up (multi_round needs 2).
+MAX_ROUNDS = 8
+
+ParamsT = TypeVar("ParamsT", types.CallToolRequestParams, types.GetPromptRequestParams)
+ResultT = TypeVar(
+    "ResultT", types.CallToolResult | types.InputRequiredResult, types.GetPromptResult | types.InputRequiredResult
+)
+
+
+class Declined(Exception):
+    """Handshake era: the user declined or cancelled an elicitation the call needed."""
+
+    def __init__(self, key: str, action: str) -> None:
+        super().__init__(f"{key}: {action}")
+        self.key = key
+        self.action = action
+
+
 def _text(text: str) -> types.TextContent:
     return types.TextContent(type="text", text=text)
 
@@ -362,8 +381,52 @@ class Fixture:
         handler = getattr(self, f"_tool_{params.name}", None)
         if handler is None or params.name not in {t.name for t in TOOLS}:
             raise MCPError(types.INVALID_PARAMS, f"Unknown tool: {params.name}", {"name": params.name})
-        result: types.CallToolResult | types.InputRequiredResult = await handler(ctx, params)
+        try:
+            return await self._drive(ctx, params, handler)
+        except Declined as exc:
+            return _result(_text(f"Input {exc.key!r} was not given: the user chose {exc.action}"), is_error=True)
+
+    def _modern(self, ctx: Ctx) -> bool:
+        return ctx.session.protocol_version in MODERN_PROTOCOL_VERSIONS
+
+    async def _drive(self, ctx: Ctx, params: ParamsT, step: Callable[[Ctx, ParamsT], Awaitable[ResultT]]) -> ResultT:
+        """Run a handler that may need client input, in either era.
+
+        2026-07-28: an ``InputRequiredResult`` goes back to the client as is; the client answers by retrying.
+        Handshake era: there are no multi-round-trips, so the questions are asked here as server→client
+        requests on this call's stream, and the handler is re-run with the answers (and the requestState it
+        issued) as if the client had retried — the same dialogue, each question asked exactly once.
+        """
+        result = await step(ctx, params)
+        rounds = 0
+        while isinstance(result, types.InputRequiredResult) and not self._modern(ctx):
+            rounds += 1
+            if rounds > MAX_ROUNDS:
+                raise MCPError(types.INTERNAL_ERROR, f"still asking for input after {MAX_ROUNDS} rounds")
+            answers = await self._ask_now(ctx, result.input_requests or {})
+            params = params.model_copy(update={"input_responses": answers, "request_state": result.request_state})
+            result = await step(ctx, params)
         return result
+
+    async def _ask_now(self, ctx: Ctx, requests: dict[str, types.InputRequest]) -> dict[str, types.InputResponse]:
+        """Handshake era: send each input request to the client now and collect the answers."""
+        related = ServerMessageMetadata(related_request_id=ctx.request_id)
+        answers: dict[str, types.InputResponse] = {}
+        for key, request in requests.items():
+            answer: types.InputResponse
+            if isinstance(request, types.ElicitRequest):
+                self._require(ctx, types.ClientCapabilities(elicitation=types.ElicitationCapability()), "elicitation")
+                answer = await ctx.session.send_request(request, types.ElicitResult, metadata=related)
+                if answer.action != "accept":
+                    raise Declined(key, answer.action)
+            elif isinstance(request, types.CreateMessageRequest):
+                self._require(ctx, types.ClientCapabilities(sampling=types.SamplingCapability()), "sampling")
+                answer = await ctx.session.send_request(request, types.CreateMessageResult, metadata=related)
+            else:
+                self._require(ctx, types.ClientCapabilities(roots=types.RootsCapability()), "roots")
+                answer = await ctx.session.send_request(request, types.ListRootsResult, metadata=related)
+            answers[key] = answer
+        return answers
 
     async def _tool_test_simple_text(self, ctx: Ctx, p: types.CallToolRequestParams) -> types.CallToolResult:
         return _result(_text(SIMPLE_TEXT))
@@ -480,14 +543,12 @@ class Fixture:
         self, ctx: Ctx, p: types.CallToolRequestParams
     ) -> types.CallToolResult | types.InputRequiredResult:
         # Progress, then the question: in the 2026-07-28 era as an InputRequiredResult (never an independent
-        # request on the response stream); in the handshake era as an elicitation/create request.
+        # request on the response stream); in the handshake era _drive asks it as elicitation/create.
         await ctx.session.report_progress(50, 100, "Half way")
-        if ctx.session.protocol_version in MODERN_PROTOCOL_VERSIONS:
-            content = _accepted((p.input_responses or {}).get("confirm"))
-            if content is None:
-                return types.InputRequiredResult(input_requests={"confirm": _elicit("Continue?", CONFIRM_SCHEMA)})
-            return _result(_text(f"Streaming complete: {json.dumps(content, sort_keys=True)}"))
-        return await self._elicit_legacy(ctx, "Continue?", CONFIRM_SCHEMA, "Streaming complete")
+        content = _accepted((p.input_responses or {}).get("confirm"))
+        if content is None:
+            return types.InputRequiredResult(input_requests={"confirm": _elicit("Continue?", CONFIRM_SCHEMA)})
+        return _result(_text(f"Streaming complete: {json.dumps(content, sort_keys=True)}"))
 
     async def _tool_test_trigger_tool_change(self, ctx: Ctx, p: types.CallToolRequestParams) -> types.CallToolResult:
         await self.bus.publish(ToolsListChanged())
@@ -610,6 +671,9 @@ class Fixture:
             requests["roots"] = types.ListRootsRequest()
         if not requests:
             return _result(_text("The client declared no capability this tool could ask through."))
+        answered = p.input_responses or {}
+        if p.request_state == "capability-gated" and requests.keys() <= answered.keys():
+            return _result(_text(f"Answers received for: {', '.join(sorted(requests))}"))
         return types.InputRequiredResult(input_requests=requests, request_state="capability-gated")
 
     async def _tool_test_reconnection(self, ctx: Ctx, p: types.CallToolRequestParams) -> types.CallToolResult:
@@ -704,6 +768,14 @@ class Fixture:
         return types.ListPromptsResult(prompts=page, next_cursor=nxt)
 
     async def get_prompt(
+        self, ctx: Ctx, params: types.GetPromptRequestParams
+    ) -> types.GetPromptResult | types.InputRequiredResult:
+        try:
+            return await self._drive(ctx, params, self._get_prompt)
+        except Declined as exc:
+            raise MCPError(types.INVALID_REQUEST, f"Input {exc.key!r} was not given: {exc.action}") from None
+
+    async def _get_prompt(
         self, ctx: Ctx, params: types.GetPromptRequestParams
     ) -> types.GetPromptResult | types.InputRequiredResult:
         args = params.arguments or {}

@@ -178,3 +178,75 @@ async def test_fixture_over_stdio_serves_the_same_names() -> None:
             prompt = await session.get_prompt("test_prompt_with_arguments", {"arg1": "a", "arg2": "b"})
             assert isinstance(prompt.messages[0].content, types.TextContent)
             assert prompt.messages[0].content.text == "Prompt with arguments: arg1='a', arg2='b'"
+
+
+class ScriptedClient:
+    """Answers the fixture's server→client requests the way a user and a model would, and records them."""
+
+    def __init__(self) -> None:
+        self.asked: list[str] = []
+
+    async def elicit(self, context: Any, params: types.ElicitRequestParams) -> types.ElicitResult:
+        assert isinstance(params, types.ElicitRequestFormParams)
+        self.asked.append(f"elicit:{params.message}")
+        props = params.requested_schema.get("properties", {})
+        answer: dict[str, str | int | float | bool | list[str] | None] = {}
+        if "name" in props:
+            answer["name"] = "Alice"
+        if "color" in props:
+            answer["color"] = "green"
+        if "ok" in props:
+            answer["ok"] = True
+        if "context" in props:
+            answer["context"] = "the ticket queue"
+        return types.ElicitResult(action="accept", content=answer)
+
+    async def sample(self, context: Any, params: types.CreateMessageRequestParams) -> types.CreateMessageResult:
+        self.asked.append("sample")
+        return types.CreateMessageResult(role="assistant", content=types.TextContent(text="Paris"), model="scripted")
+
+    async def roots(self, context: Any) -> types.ListRootsResult:
+        self.asked.append("roots")
+        return types.ListRootsResult(roots=[types.Root.model_validate({"uri": "file:///work", "name": "work"})])
+
+
+@pytest.mark.anyio
+async def test_input_required_tools_ask_with_server_requests_in_the_handshake_era() -> None:
+    # A proxy that speaks 2025-11-25 to this fixture sees the multi-round-trip tools as ordinary
+    # server→client requests mid-call: the dialogue a 2026-07-28 client gets as InputRequiredResult rounds.
+    client = ScriptedClient()
+    params = StdioServerParameters(
+        command=sys.executable, args=[str(FIXTURE), "--transport", "stdio"], env={}, cwd=str(REPO)
+    )
+    with anyio.fail_after(60):
+        async with (
+            stdio_client(params) as (read, write),
+            ClientSession(
+                read,
+                write,
+                read_timeout_seconds=20,
+                sampling_callback=client.sample,
+                elicitation_callback=client.elicit,
+                list_roots_callback=client.roots,
+            ) as session,
+        ):
+            await session.initialize()
+
+            async def text_of(tool: str) -> str:
+                result = await session.call_tool(tool, {})
+                assert not result.is_error, result
+                block = result.content[0]
+                assert isinstance(block, types.TextContent)
+                return block.text
+
+            assert await text_of("test_input_required_result_elicitation") == "Hello, Alice!"
+            assert await text_of("test_input_required_result_sampling") == "Model said: Paris"
+            assert await text_of("test_input_required_result_list_roots") == "Client exposed 1 root(s): file:///work"
+            assert (await text_of("test_input_required_result_request_state")).startswith("state-ok")
+            assert await text_of("test_input_required_result_multiple_inputs") == "All inputs received."
+            client.asked.clear()
+            assert await text_of("test_input_required_result_multi_round") == "Alice likes green."
+            assert client.asked == ["elicit:Step 1: What is your name?", "elicit:Step 2: What is your favorite color?"]
+            prompt = await session.get_prompt("test_input_required_result_prompt", {})
+            assert isinstance(prompt.messages[0].content, types.TextContent)
+            assert prompt.messages[0].content.text == "Use the following context: the ticket queue"
