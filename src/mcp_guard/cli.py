@@ -22,6 +22,7 @@ __all__ = ["add_config_arg", "load_config", "main"]
 COMMAND_MODULES: tuple[str, ...] = (
     "mcp_guard.commands",
     "mcp_guard.audit.commands",
+    "mcp_guard.policy.commands",
 )
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2

@@ -1,10 +1,27 @@
-# Explicit denies about the target and the caller. Each message tells the agent what was refused
-# and why, so it can change course instead of retrying. An explicit deny always wins over a grant.
+# Explicit denies about the request, the target and the caller. Each message tells the agent what was
+# refused and why, so it can change course instead of retrying. An explicit deny always wins over a
+# grant (decision.rego).
 package mcp_guard
 
 import rego.v1
 
+# Requests mcp-guard does not know how to judge are refused, whatever the grants say.
+deny contains msg if {
+	not kind
+	msg := sprintf("action '%s' is not governed by this policy", [action])
+}
+
+deny contains "the request names no upstream server" if not server
+
+deny contains msg if {
+	server
+	not tool
+	msg := sprintf("the request to server '%s' names no tool, resource or prompt", [server])
+}
+
 # Destructive tools (annotations.destructiveHint == true) need a grant with "destructive": true.
+# (Only an explicit true counts: annotations are hints from the upstream, the grant lists are the
+# real control.)
 deny contains msg if {
 	kind == "tools"
 	annotations.destructiveHint == true
@@ -46,27 +63,34 @@ deny contains msg if {
 }
 
 secrets_in_arguments_exempt if {
-	exempt := object.get(config, "secrets_in_arguments", {})
 	some r in principal_roles
-	some allowed in object.get(exempt, "allow_roles", [])
-	r == allowed
+	r in object.get(config, ["secrets_in_arguments", "allow_roles"], [])
 }
 
 secrets_in_arguments_exempt if {
-	exempt := object.get(config, "secrets_in_arguments", {})
 	server
-	glob_any(object.get(exempt, "allow_servers", []), server)
+	glob_any(object.get(config, ["secrets_in_arguments", "allow_servers"], []), server)
 }
 
-# Tools blocked for everyone (including admins), e.g. tools that dump the environment.
-# data.mcp_guard_config.blocked: [{"server": glob, "tools": [glob], "reason": string}]
+# Tools blocked for everyone (admins included), e.g. tools that dump the environment.
+# data: "blocked": [{"server": "<glob>", "tools": ["<glob>"], "reason": "..."}]
 deny contains msg if {
+	kind == "tools"
 	some b in object.get(config, "blocked", [])
 	is_object(b)
-	server
-	tool
 	is_string(b.server)
 	glob.match(b.server, null, server)
 	glob_any(object.get(b, "tools", []), tool)
 	msg := sprintf("%s is blocked for everyone: %s", [target, object.get(b, "reason", "listed in blocked")])
+}
+
+# A per-session budget of calls (data: "limits": {"max_session_calls": N}); listing is not counted.
+deny contains msg if {
+	not is_list_action
+	limit := object.get(config, ["limits", "max_session_calls"], null)
+	is_number(limit)
+	calls := object.get(input, ["context", "session_calls"], 0)
+	is_number(calls)
+	calls >= limit
+	msg := sprintf("this session has made %d calls, the limit is %d; start a new session", [calls, limit])
 }

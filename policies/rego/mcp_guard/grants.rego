@@ -1,13 +1,13 @@
-# Role grants: which servers and tools (resources, prompts) each role may use.
+# Role grants: which servers, tools, resources and prompts each role may use.
 #
 # data.mcp_guard_config.roles.<role>.grants is a list of
-#   {"server": "<glob>", "tools": ["<glob>", ...], "resources": [...], "prompts": [...],
+#   {"server": "<glob>", "tools": ["<glob>", ...], "resources": ["<glob>", ...], "prompts": [...],
 #    "read_only": bool, "destructive": bool, "secrets": ["<secret name>", ...]}
 # A grant matches when its server glob matches input.server and one of its globs for the action's
-# kind (tools / resources / prompts) matches input.tool. With "read_only": true it only matches
-# tools annotated readOnlyHint == true. With "destructive": true it also lets the role use tools
-# annotated destructiveHint == true. When input.tool is null (a server-level question) a grant
-# matches on the server alone.
+# kind (tools / resources / prompts) matches input.tool (the tool or prompt name, or the resource
+# URI). With "read_only": true it only matches tools annotated readOnlyHint == true. With
+# "destructive": true it also lets the role use tools annotated destructiveHint == true
+# (denies.rego). Nothing is granted by default.
 package mcp_guard
 
 import rego.v1
@@ -22,7 +22,7 @@ matching_grants contains [role, i] if {
 granted if count(matching_grants) > 0
 
 grants_of(role) := gs if {
-	gs := object.get(config_roles, role, {}).grants
+	gs := object.get(config_roles, [role, "grants"], [])
 	is_array(gs)
 } else := []
 
@@ -30,18 +30,11 @@ grant_matches(g) if {
 	is_object(g)
 	is_string(g.server)
 	glob.match(g.server, null, server)
-	target_matches(g)
+	glob_any(object.get(g, kind, []), tool)
 	read_only_satisfied(g)
 }
 
-target_matches(g) if {
-	tool
-	glob_any(object.get(g, kind, []), tool)
-}
-
-target_matches(_) if not tool
-
-read_only_satisfied(g) if not object.get(g, "read_only", false) == true
+read_only_satisfied(g) if object.get(g, "read_only", false) != true
 
 read_only_satisfied(g) if {
 	object.get(g, "read_only", false) == true
@@ -62,3 +55,6 @@ granted_secrets contains s if {
 	some s in secrets
 	is_string(s)
 }
+
+# The roles whose grants match, for the allow reason.
+granting_roles contains role if some [role, _] in matching_grants

@@ -1,31 +1,43 @@
-# Normalised views of the input document and the bundle's configuration.
+# Normalised views of the input document and of the bundle's configuration (data.json).
 #
-# Every helper here is defensive about types: a malformed input must lead to a deny with a
-# readable reason, never to a builtin type error (which would surface as engine_error) and never
-# to an allow.
+# Every helper is defensive about types: a malformed input leads to a deny with a readable reason,
+# never to a builtin type error (which would surface as engine_error) and never to an allow.
 package mcp_guard
 
 import rego.v1
 
-# Bundle configuration (data.json). Missing sections fall back to empty values.
-config := object.get(data, "mcp_guard_config", {})
+# Bundle configuration (data.json, key "mcp_guard_config"). Missing sections mean "nothing granted".
+config := data.mcp_guard_config if is_object(data.mcp_guard_config)
+
+else := {}
 
 config_roles := object.get(config, "roles", {})
 
-separator := object.get(config, "tool_separator", "__")
+separator := s if {
+	s := object.get(config, "tool_separator", "__")
+	is_string(s)
+} else := "__"
 
 principal_id := input.principal.id if is_string(input.principal.id)
 
 else := "(unknown)"
 
-# Roles declared for the principal (strings only).
+# Roles the proxy reports for the principal (its config), plus roles the bundle itself assigns by
+# principal id (data: "principals": {"<id>": ["<role>", ...]}).
 principal_roles contains r if {
 	is_array(input.principal.roles)
 	some r in input.principal.roles
 	is_string(r)
 }
 
-# The roles whose grants apply: the principal's own, plus the "*" role that applies to everyone.
+principal_roles contains r if {
+	assigned := object.get(object.get(config, "principals", {}), principal_id, [])
+	is_array(assigned)
+	some r in assigned
+	is_string(r)
+}
+
+# The roles whose grants apply: the principal's own, plus "*", which applies to everyone.
 effective_roles contains r if some r in principal_roles
 
 effective_roles contains "*"
@@ -38,22 +50,35 @@ action := input.action if is_string(input.action)
 
 else := ""
 
-# Which grant list an action is checked against.
-kind := "resources" if startswith(action, "resources/")
+# The grant list an action is checked against. Listing actions ask, per item, whether the principal
+# may see it; they use the same grants as the matching call, so nobody sees what they cannot call.
+action_kinds := {
+	"tools/call": "tools",
+	"tools/list": "tools",
+	"resources/read": "resources",
+	"resources/list": "resources",
+	"resources/templates/list": "resources",
+	"resources/subscribe": "resources",
+	"prompts/get": "prompts",
+	"prompts/list": "prompts",
+	"completion/complete": "prompts",
+}
 
-else := "prompts" if startswith(action, "prompts/")
+kind := action_kinds[action]
 
-else := "prompts" if action == "completion/complete"
+list_actions := {"tools/list", "resources/list", "resources/templates/list", "prompts/list"}
 
-else := "tools"
+is_list_action if action in list_actions
 
-# "tickets__create_ticket", or just the server name for a server-level question.
+# "tickets__create_ticket" (tools, prompts) or "tickets ticket://recent" (resources) for messages.
 target := concat(separator, [server, tool]) if {
 	server
 	tool
-}
-
-else := server if server
+	kind != "resources"
+} else := sprintf("%s %s", [server, tool]) if {
+	server
+	tool
+} else := server if server
 
 else := "(no target)"
 
@@ -73,8 +98,8 @@ secrets_seen := [s | some s in input.context.secrets_seen; is_string(s)] if is_a
 
 else := []
 
-# True when a string matches any glob of a list. Globs have no delimiter, so "*" spans dots and
-# slashes; config values that are not strings are ignored.
+# True when a string matches any glob of a list. Globs have no delimiter (null), so "*" spans dots
+# and slashes; config values that are not strings are ignored.
 glob_any(patterns, value) if {
 	is_array(patterns)
 	some p in patterns

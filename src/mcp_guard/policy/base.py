@@ -1,0 +1,92 @@
+"""The policy engine protocol and the one place a raw policy result becomes a :class:`Decision`.
+
+Both backends hand the value of the decision rule to :func:`decision_from_result`, so "what counts as
+a decision" is defined once (DESIGN §5): an object whose ``allow`` is a boolean, with optional
+``reasons`` (a list of strings) and ``obligations`` (an object). Anything else fails closed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Protocol, runtime_checkable
+
+from mcp_guard.types import Decision, PolicyInput
+
+__all__ = [
+    "ENGINE_ERROR",
+    "POLICY_UNDEFINED",
+    "RESULT_INVALID",
+    "TIMEOUT",
+    "PolicyEngine",
+    "RegoEngine",
+    "decision_from_result",
+]
+
+ENGINE_ERROR = "engine_error"
+TIMEOUT = "timeout"
+POLICY_UNDEFINED = "policy_undefined"
+RESULT_INVALID = "result_invalid"
+
+
+@runtime_checkable
+class PolicyEngine(Protocol):
+    """What the proxy needs from a policy engine. ``evaluate`` never raises for a policy problem: an
+    engine failure is a deny with a reason code (``engine_error``, ``timeout``, ``policy_undefined``,
+    ``result_invalid``)."""
+
+    revision: str
+
+    async def evaluate(self, input: PolicyInput) -> Decision: ...
+
+    async def aclose(self) -> None: ...
+
+
+@runtime_checkable
+class RegoEngine(PolicyEngine, Protocol):
+    """A :class:`PolicyEngine` that also takes a raw input document (``policy eval``, tests, bench)."""
+
+    async def evaluate_document(self, document: Mapping[str, Any]) -> Decision: ...
+
+
+def _type_name(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, dict):
+        return "object"
+    return type(value).__name__
+
+
+def decision_from_result(rule: str, result: object, *, revision: str | None) -> Decision:
+    """Validate the value of the decision rule ``rule``. ``result`` is the decoded JSON value."""
+    if not isinstance(result, dict):
+        return Decision.deny(
+            RESULT_INVALID, f"{rule} is {_type_name(result)}, expected an object", revision=revision
+        )
+    allow = result.get("allow")
+    if not isinstance(allow, bool):
+        return Decision.deny(
+            RESULT_INVALID, f"{rule}.allow is {_type_name(allow)}, expected a boolean", revision=revision
+        )
+    reasons = result.get("reasons", [])
+    if not isinstance(reasons, list) or not all(isinstance(r, str) for r in reasons):
+        return Decision.deny(RESULT_INVALID, f"{rule}.reasons must be a list of strings", revision=revision)
+    obligations = result.get("obligations", {})
+    if not isinstance(obligations, dict):
+        return Decision.deny(
+            RESULT_INVALID, f"{rule}.obligations is {_type_name(obligations)}, expected an object",
+            revision=revision,
+        )
+    if not allow and not reasons:
+        reasons = [f"denied by policy ({rule} gave no reason)"]
+    # A deny carries no obligations: nothing is to be done for a call that does not happen.
+    return Decision(
+        allow=allow, reasons=tuple(reasons), obligations=obligations if allow else {}, revision=revision
+    )

@@ -1,0 +1,101 @@
+"""Hot reload: watch the bundle directory and swap in a new bundle when it changes.
+
+Every ``interval`` seconds the watcher re-reads the bundle (a handful of small files) and compares its
+revision with the active one. A changed bundle is loaded, its tests are run (``[policy]
+run_tests_on_reload``) and only then handed to the engine; a bundle that does not parse, whose tests
+fail, or that the engine rejects is refused — the last good bundle stays active — and the same broken
+revision is not retried until the files change again. Every outcome is logged (``policy.reload``) and
+passed to an optional listener (the composition root audits it as ``policy.load``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import anyio
+import structlog
+
+from mcp_guard.errors import PolicyError
+from mcp_guard.policy.bundle import Bundle, load_bundle
+from mcp_guard.policy.runner import run_tests_embedded
+
+__all__ = ["BundleWatcher", "ReloadEvent", "ReloadListener"]
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadEvent:
+    status: Literal["loaded", "rejected"]
+    bundle: str
+    revision: str | None  # the new bundle's revision (None when it could not even be read)
+    active_revision: str  # the revision in force after the event
+    error: str | None = None
+
+
+ReloadListener = Callable[[ReloadEvent], Awaitable[None]]
+Apply = Callable[[Bundle], Awaitable[None]]
+
+
+class BundleWatcher:
+    def __init__(
+        self, root: Path, apply: Apply, *, active_revision: str, interval: float = 1.0, run_tests: bool = True,
+        listener: ReloadListener | None = None,
+    ) -> None:
+        self._root = root
+        self._apply = apply
+        self._active = active_revision
+        self._interval = interval
+        self._run_tests = run_tests
+        self._listener = listener
+        self._last_rejected: str | None = None
+        self._last_read_error: str | None = None
+
+    @property
+    def active_revision(self) -> str:
+        return self._active
+
+    async def run(self) -> None:
+        while True:
+            await anyio.sleep(self._interval)
+            await self.check()
+
+    async def check(self) -> ReloadEvent | None:
+        """Look once; returns the event if something was loaded or refused."""
+        try:
+            bundle = load_bundle(self._root)
+        except PolicyError as e:
+            if str(e) == self._last_read_error:
+                return None
+            self._last_read_error = str(e)
+            return await self._emit(ReloadEvent("rejected", str(self._root), None, self._active, str(e)))
+        self._last_read_error = None
+        if bundle.revision in (self._active, self._last_rejected):
+            return None
+        try:
+            if self._run_tests and bundle.tests:
+                report = run_tests_embedded(bundle)
+                if not report.ok:
+                    failed = [o.rule.ref for o in report.outcomes if o.status != "PASS"]
+                    raise PolicyError(f"{len(failed)} policy test(s) failed: {', '.join(failed[:5])}")
+            await self._apply(bundle)
+        except PolicyError as e:
+            self._last_rejected = bundle.revision
+            return await self._emit(ReloadEvent("rejected", str(self._root), bundle.revision, self._active, str(e)))
+        self._active = bundle.revision
+        return await self._emit(ReloadEvent("loaded", str(self._root), bundle.revision, self._active))
+
+    async def _emit(self, event: ReloadEvent) -> ReloadEvent:
+        if event.status == "loaded":
+            log.info("policy.reload", status="loaded", bundle=event.bundle, revision=event.revision)
+        else:
+            log.warning(
+                "policy.reload", status="rejected", bundle=event.bundle, revision=event.revision,
+                active_revision=event.active_revision, error=event.error,
+            )
+        if self._listener is not None:
+            await self._listener(event)
+        return event

@@ -1,0 +1,183 @@
+"""Run a bundle's Rego unit tests (``test_*`` rules in ``*_test.rego`` files), like ``opa test``.
+
+A test passes when its rule evaluates to ``true`` (with no input, as ``opa test`` runs it; tests set
+their input with ``with input as …``). Anything else fails: ``false`` or undefined is FAIL, an
+evaluation error is ERROR. The embedded runner compiles the bundle with its tests into a fresh regorus
+engine; the OPA runner evaluates each test rule on a real OPA server (see :func:`run_tests_opa`).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import aiohttp
+import anyio
+from opa_client.opa_async import AsyncOpaClient
+
+from mcp_guard.errors import PolicyError
+from mcp_guard.policy.bundle import Bundle, TestRule
+from mcp_guard.policy.embedded import compile_bundle, regorus_message
+
+__all__ = ["TestOutcome", "TestReport", "format_report", "run_tests_embedded", "run_tests_opa"]
+
+Status = Literal["PASS", "FAIL", "ERROR"]
+_UNDEFINED = '"<undefined>"'
+_RULE = "-" * 80
+
+
+@dataclass(frozen=True, slots=True)
+class TestOutcome:
+    rule: TestRule
+    status: Status
+    duration_ns: int
+    message: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.rule.ref, "package": self.rule.package, "rule": self.rule.name, "file": self.rule.file,
+            "status": self.status, "duration_ns": self.duration_ns, "message": self.message,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class TestReport:
+    engine: str
+    bundle: str
+    revision: str
+    outcomes: tuple[TestOutcome, ...] = field(default_factory=tuple)
+
+    @property
+    def passed(self) -> int:
+        return sum(1 for o in self.outcomes if o.status == "PASS")
+
+    @property
+    def failed(self) -> int:
+        return len(self.outcomes) - self.passed
+
+    @property
+    def ok(self) -> bool:
+        return self.failed == 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "engine": self.engine, "bundle": self.bundle, "revision": self.revision,
+            "passed": self.passed, "failed": self.failed, "total": len(self.outcomes),
+            "tests": [o.to_dict() for o in self.outcomes],
+        }
+
+
+def _verdict(value: object) -> tuple[Status, str | None]:
+    if value is True:
+        return "PASS", None
+    if value is None:
+        return "FAIL", "undefined"
+    return "FAIL", f"result {json.dumps(value)}"
+
+
+def run_tests_embedded(bundle: Bundle) -> TestReport:
+    """Every test rule of ``bundle`` on regorus. A test file that does not compile raises PolicyError."""
+    rules = bundle.test_rules()
+    engine = compile_bundle(bundle, include_tests=True)
+    outcomes: list[TestOutcome] = []
+    for rule in rules:
+        start = time.perf_counter_ns()
+        try:
+            raw = engine.eval_rule_as_json(rule.ref)
+        except RuntimeError as e:
+            outcomes.append(TestOutcome(rule, "ERROR", time.perf_counter_ns() - start, regorus_message(e)))
+            continue
+        elapsed = time.perf_counter_ns() - start
+        status, message = _verdict(None if raw == _UNDEFINED else json.loads(raw))
+        outcomes.append(TestOutcome(rule, status, elapsed, message))
+    return TestReport("embedded", str(bundle.root), bundle.revision, tuple(outcomes))
+
+
+async def run_tests_opa(
+    client: AsyncOpaClient, bundle: Bundle, *, bundle_loaded: bool, timeout_s: float = 10.0
+) -> TestReport:
+    """Every test rule of ``bundle`` on a real OPA server.
+
+    The test files are uploaded next to the policies and removed afterwards. With ``bundle_loaded``
+    (``push_bundle = true``) the whole bundle is uploaded with its tests under the ``mcp-guard/``
+    prefix and re-uploaded without them at the end; otherwise only the tests are uploaded (under
+    ``mcp-guard-test/``) and run against the policies OPA already serves.
+    """
+    from mcp_guard.policy.opa import POLICY_ID_PREFIX, delete_policies, push_bundle
+
+    rules = bundle.test_rules()
+    test_prefix = "mcp-guard-test/"
+    outcomes: list[TestOutcome] = []
+    try:
+        if bundle_loaded:
+            await push_bundle(client, bundle, include_tests=True, prefix=POLICY_ID_PREFIX)
+        else:
+            await push_bundle(client, _tests_only(bundle), prefix=test_prefix)
+        for rule in rules:
+            path = rule.package.replace(".", "/")
+            start = time.perf_counter_ns()
+            try:
+                with anyio.fail_after(timeout_s):
+                    body: Mapping[str, Any] = await client.query_rule(
+                        input_data=None, package_path=path, rule_name=rule.name,
+                        query_params={"strict-builtin-errors": "true"},
+                    )
+            except (aiohttp.ClientError, OSError, TimeoutError) as e:
+                outcomes.append(TestOutcome(rule, "ERROR", time.perf_counter_ns() - start, str(e) or "timeout"))
+                continue
+            elapsed = time.perf_counter_ns() - start
+            status, message = _verdict(body.get("result"))
+            outcomes.append(TestOutcome(rule, status, elapsed, message))
+    finally:
+        with anyio.CancelScope(shield=True):
+            try:
+                if bundle_loaded:
+                    await push_bundle(client, bundle, include_tests=False, prefix=POLICY_ID_PREFIX)
+                else:
+                    await delete_policies(client, test_prefix)
+            except (PolicyError, aiohttp.ClientError, OSError):
+                pass
+    return TestReport("opa", str(bundle.root), bundle.revision, tuple(outcomes))
+
+
+def _tests_only(bundle: Bundle) -> Bundle:
+    """The bundle's test files as policies, without data (the server already has the bundle's data)."""
+    return Bundle(
+        root=bundle.root, policies=bundle.tests, tests=(), data_files=(), data={}, revision=bundle.revision
+    )
+
+
+def _duration(ns: int) -> str:
+    if ns < 1_000_000:
+        return f"{ns / 1000:.0f}µs"
+    if ns < 1_000_000_000:
+        return f"{ns / 1e6:.2f}ms"
+    return f"{ns / 1e9:.2f}s"
+
+
+def format_report(report: TestReport) -> str:
+    """The report as ``opa test -v`` prints it: per file, one line per test, then the summary."""
+    lines: list[str] = []
+    current: str | None = None
+    for o in report.outcomes:
+        if o.rule.file != current:
+            if current is not None:
+                lines.append("")
+            current = o.rule.file
+            lines.append(f"{o.rule.file}:")
+        line = f"{o.rule.ref}: {o.status} ({_duration(o.duration_ns)})"
+        if o.message and o.status != "PASS":
+            line += f"\n  {o.message}"
+        lines.append(line)
+    lines.append(_RULE)
+    total = len(report.outcomes)
+    if total == 0:
+        lines.append("no test_* rules found")
+    else:
+        lines.append(f"PASS: {report.passed}/{total}")
+        if report.failed:
+            lines.append(f"FAIL: {report.failed}/{total}")
+    return "\n".join(lines)
