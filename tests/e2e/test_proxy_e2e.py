@@ -116,7 +116,7 @@ async def test_stdio_front_real_upstreams(cfg: Path, tmp_path: Path) -> None:
             await client.call_tool("rec__hang", {})
         log = tmp_path / "rec.log"
         with anyio.fail_after(15):
-            while "cancelled" not in (log.read_text() if log.exists() else ""):
+            while "cancelled" not in (log.read_text() if log.exists() else ""):  # noqa: ASYNC110 - another process
                 await anyio.sleep(POLL_S)
 
     # The audit trail has the calls, each with a decision before its result.
