@@ -200,7 +200,8 @@ def _inspector(*args: str) -> dict[str, Any]:
 
 
 def test_inspector_cli_stdio_and_http(cfg: Path, tmp_path: Path) -> None:
-    argv = guard_argv(cfg)
+    # The Inspector has a --config of its own: hand ours over in the environment instead.
+    argv = ["-e", f"MCP_GUARD_CONFIG={cfg}", *guard_argv(cfg)[:4]]
     listed = _inspector(*argv, "--method", "tools/list")
     assert any(t["name"] == "rec__echo" for t in listed["tools"])
     called = _inspector(*argv, "--method", "tools/call", "--tool-name", "rec__echo", "--tool-arg", "text=inspected")

@@ -37,4 +37,6 @@ class Authorize:
         decision = await self._engine.evaluate(policy_input(ctx))
         if decision.allow is not True:
             return Outcome(decision=decision)
-        return await call_next(replace(ctx, decision=decision))
+        outcome = await call_next(replace(ctx, decision=decision))
+        # The allow travels back too, so outer stages (the outcome row) can name the decision that let it run.
+        return outcome if outcome.decision is not None else replace(outcome, decision=decision)
