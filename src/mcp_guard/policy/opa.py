@@ -111,22 +111,33 @@ async def push_bundle(
             wanted = [(prefix + f.rel, f) for f in files]
             await _put_policies(client, wanted)
             keep = {pid for pid, _ in wanted}
-            for pid in await client.get_policies_list():
-                if pid.startswith(prefix) and pid not in keep:
-                    try:
-                        await client.delete_policy(pid)
-                    except DeletePolicyError as e:
-                        raise PolicyError(f"OPA refused to delete stale policy {pid}: {e.message}") from None
+            stale = [pid for pid in await client.get_policies_list() if pid.startswith(prefix) and pid not in keep]
+            await _delete_policies(client, stale)
     except TimeoutError:
         raise PolicyError(f"OPA did not accept the bundle within {_SETUP_TIMEOUT_S:.0f}s") from None
     except (aiohttp.ClientError, OSError) as e:
         raise PolicyError(f"cannot push the bundle to OPA at {client.root_url}: {e}") from None
 
 
+async def _delete_policies(client: AsyncOpaClient, ids: list[str]) -> None:
+    """Delete policies in an order OPA accepts (a policy others call into can only go after them)."""
+    pending = list(ids)
+    while pending:
+        failed: list[tuple[str, DeletePolicyError]] = []
+        for pid in pending:
+            try:
+                await client.delete_policy(pid)
+            except DeletePolicyError as e:
+                failed.append((pid, e))
+        if len(failed) == len(pending):
+            pid, error = failed[0]
+            raise PolicyError(f"OPA refused to delete policy {pid}: {error.message}")
+        pending = [pid for pid, _ in failed]
+
+
 async def delete_policies(client: AsyncOpaClient, prefix: str) -> None:
-    for pid in await client.get_policies_list():
-        if pid.startswith(prefix):
-            await client.delete_policy(pid)
+    """Delete every policy whose id starts with ``prefix``."""
+    await _delete_policies(client, [pid for pid in await client.get_policies_list() if pid.startswith(prefix)])
 
 
 async def remote_revision(client: AsyncOpaClient) -> str:

@@ -1,0 +1,275 @@
+"""The OPA backend against a real OPA server (``opa run --server``), and parity with the embedded engine.
+
+The binary comes from scripts/install-opa.sh (found via $MCP_GUARD_OPA, then ``opa`` on PATH, then the
+script's cache). Without it these tests FAIL, saying how to build it — set MCP_GUARD_SKIP_OPA=1 to
+skip them deliberately (the reason is printed in the summary).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mcp_guard.errors import PolicyError
+from mcp_guard.policy import open_engine
+from mcp_guard.policy.bundle import load_bundle
+from mcp_guard.policy.embedded import EmbeddedEngine
+from mcp_guard.policy.opa import OpaEngine, connect, push_bundle
+from mcp_guard.policy.runner import run_tests_embedded, run_tests_opa
+from mcp_guard.settings import parse_settings
+from mcp_guard.types import Decision
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "policy"))
+from policy_corpus import corpus  # noqa: E402  (tests/policy is not a package)
+
+pytestmark = [pytest.mark.anyio, pytest.mark.e2e, pytest.mark.opa]
+
+REPO = Path(__file__).resolve().parents[2]
+BUNDLE = REPO / "policies" / "rego"
+POLL_S = 0.05
+
+
+def opa_binary() -> str:
+    if os.environ.get("MCP_GUARD_SKIP_OPA") == "1":
+        pytest.skip("MCP_GUARD_SKIP_OPA=1: real OPA server tests skipped on request")
+    candidates = [os.environ.get("MCP_GUARD_OPA"), shutil.which("opa")]
+    cache = Path(os.environ.get("MCP_GUARD_CACHE", Path.home() / ".cache" / "mcp-guard"))
+    candidates.append(str(cache / "bin" / "opa"))
+    for c in candidates:
+        if c and Path(c).is_file() and os.access(c, os.X_OK):
+            return c
+    pytest.fail(
+        "no opa binary: run scripts/install-opa.sh (builds OPA from Debian source packages), "
+        "or set MCP_GUARD_OPA=/path/to/opa; MCP_GUARD_SKIP_OPA=1 skips these tests"
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class OpaServer:
+    proc: subprocess.Popen[bytes]
+    url: str
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+
+
+def _healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=1) as r:
+            return bool(r.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def start_opa(*paths: Path) -> OpaServer:
+    binary = opa_binary()
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen(
+        [binary, "run", "--server", "--addr", f"127.0.0.1:{port}", "--log-level", "error",
+         "--disable-telemetry", *map(str, paths)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    server = OpaServer(proc, url)
+    deadline = time.monotonic() + 30
+    while not _healthy(url):
+        if proc.poll() is not None:
+            err = proc.stderr.read().decode() if proc.stderr else ""
+            pytest.fail(f"opa exited with {proc.returncode}: {err}")
+        if time.monotonic() > deadline:
+            server.stop()
+            pytest.fail("opa did not become healthy within 30 s")
+        time.sleep(POLL_S)  # polling a condition under a deadline
+    return server
+
+
+@pytest.fixture
+def opa() -> Iterator[OpaServer]:
+    server = start_opa()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def settings_for(url: str, **policy: Any) -> Any:
+    return parse_settings({"policy": {"engine": "opa", "opa_url": url, "bundle": str(BUNDLE), **policy}})
+
+
+def _same(d: Decision) -> tuple[bool, tuple[str, ...], dict[str, Any], str | None]:
+    return d.allow, d.reasons, dict(d.obligations), d.code
+
+
+async def test_parity_with_embedded_on_corpus(opa: OpaServer) -> None:
+    cases = corpus()
+    assert len(cases) >= 60
+    embedded = EmbeddedEngine(load_bundle(BUNDLE))
+    async with open_engine(settings_for(opa.url, push_bundle=True), watch=False) as engine:
+        assert engine.revision == embedded.revision
+        mismatches = []
+        allowed = 0
+        for name, doc in cases:
+            remote = await engine.evaluate_document(doc)
+            local = await embedded.evaluate_document(doc)
+            assert remote.code is None, (name, remote)
+            allowed += remote.allow
+            if _same(remote) != _same(local):
+                mismatches.append((name, _same(remote), _same(local)))
+    assert mismatches == []
+    # the corpus exercises both outcomes in earnest
+    assert 20 <= allowed <= len(cases) - 20
+
+
+async def test_bundle_preloaded_by_opa_run(tmp_path: Path) -> None:
+    server = start_opa(BUNDLE)
+    try:
+        async with open_engine(settings_for(server.url), watch=False) as engine:
+            assert engine.revision.startswith("opa:")
+            doc = corpus()[0][1]
+            d = await engine.evaluate_document(doc)
+            assert d.allow is True and d.revision == engine.revision
+    finally:
+        server.stop()
+
+
+async def test_stopped_server_is_engine_error(opa: OpaServer) -> None:
+    async with open_engine(settings_for(opa.url, push_bundle=True), watch=False) as engine:
+        doc = corpus()[0][1]
+        assert (await engine.evaluate_document(doc)).allow is True
+        opa.stop()
+        d = await engine.evaluate_document(doc)
+    assert d.allow is False and d.code == "engine_error" and d.reasons[0] == "engine_error"
+
+
+async def test_unreachable_at_start_is_policy_error() -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    with pytest.raises(PolicyError, match="OPA"):
+        async with open_engine(settings_for(url, push_bundle=True), watch=False):
+            pass
+
+
+async def test_wrong_package_path_is_policy_undefined(opa: OpaServer) -> None:
+    async with open_engine(settings_for(opa.url, push_bundle=True, decision="no_such/decision"), watch=False) as e:
+        d = await e.evaluate_document(corpus()[0][1])
+    assert d.allow is False and d.code == "policy_undefined"
+
+
+async def test_builtin_error_is_engine_error(opa: OpaServer, tmp_path: Path) -> None:
+    (tmp_path / "p.rego").write_text(
+        "package strict\n\n"
+        "deny contains \"bad number\" if to_number(input.n) > 5\n\n"
+        "decision := {\"allow\": count(deny) == 0}\n"
+    )
+    async with connect(opa.url) as client:
+        await push_bundle(client, load_bundle(tmp_path))
+        engine = OpaEngine(client, decision="strict/decision", timeout_ms=5000)
+        ok = await engine.evaluate_document({"n": "3"})
+        broken = await engine.evaluate_document({"n": "not a number"})
+    # without strict-builtin-errors OPA would make the deny rule undefined and allow the call
+    assert ok.allow is True
+    assert broken.allow is False and broken.code == "engine_error"
+
+
+async def test_result_invalid_from_real_server(opa: OpaServer, tmp_path: Path) -> None:
+    (tmp_path / "p.rego").write_text('package odd\n\ndecision := {"allow": "yes"}\n\nlisty := [1]\n')
+    async with connect(opa.url) as client:
+        await push_bundle(client, load_bundle(tmp_path))
+        d1 = await OpaEngine(client, decision="odd/decision").evaluate_document({})
+        d2 = await OpaEngine(client, decision="odd/listy").evaluate_document({})
+    assert d1.code == "result_invalid" and d2.code == "result_invalid"
+
+
+async def test_timeout(opa: OpaServer, tmp_path: Path) -> None:
+    # a decision that takes OPA seconds, against a 20 ms budget
+    (tmp_path / "slow.rego").write_text(
+        "package slow\n\n"
+        'decision := {"allow": n > 0} if {\n'
+        "\tn := count([x | some x in numbers.range(1, 30000000); x % 7 == 0])\n"
+        "}\n"
+    )
+    async with connect(opa.url) as client:
+        await push_bundle(client, load_bundle(tmp_path))
+        d = await OpaEngine(client, decision="slow/decision", timeout_ms=20).evaluate_document({})
+    assert d.allow is False and d.code == "timeout"
+
+
+async def test_push_rejects_bad_bundle_naming_file(opa: OpaServer, tmp_path: Path) -> None:
+    (tmp_path / "good.rego").write_text('package x\n\ndecision := {"allow": false}\n')
+    (tmp_path / "broken.rego").write_text("package x\n\ndecision := {\n")
+    async with connect(opa.url) as client:
+        with pytest.raises(PolicyError, match=r"broken\.rego"):
+            await push_bundle(client, load_bundle(tmp_path))
+
+
+async def test_push_removes_stale_policies(opa: OpaServer, tmp_path: Path) -> None:
+    (tmp_path / "a.rego").write_text('package x\n\na := 1\n')
+    (tmp_path / "b.rego").write_text('package x\n\nb := 2\n')
+    async with connect(opa.url) as client:
+        await push_bundle(client, load_bundle(tmp_path))
+        assert {"mcp-guard/a.rego", "mcp-guard/b.rego"} <= set(await client.get_policies_list())
+        (tmp_path / "b.rego").unlink()
+        await push_bundle(client, load_bundle(tmp_path))
+        ids = set(await client.get_policies_list())
+    assert "mcp-guard/a.rego" in ids and "mcp-guard/b.rego" not in ids
+
+
+async def test_policy_test_runner_on_real_opa(opa: OpaServer) -> None:
+    bundle = load_bundle(BUNDLE)
+    async with connect(opa.url) as client:
+        report = await run_tests_opa(client, bundle, bundle_loaded=True)
+        # the test files were removed again afterwards
+        ids = await client.get_policies_list()
+    assert report.ok and report.passed == len(bundle.test_rules()) > 50
+    assert not any(pid.endswith("_test.rego") for pid in ids)
+
+
+async def test_policy_test_runner_against_preloaded_server() -> None:
+    bundle = load_bundle(BUNDLE)
+    # OPA serves the policies and data (no tests) itself; the runner adds only the test files
+    server = start_opa(*(f.path for f in bundle.policies + bundle.data_files))
+    try:
+        async with connect(server.url) as client:
+            report = await run_tests_opa(client, bundle, bundle_loaded=False)
+            ids = await client.get_policies_list()
+        assert report.ok, [o for o in report.outcomes if o.status != "PASS"]
+        assert not any(pid.startswith("mcp-guard-test/") for pid in ids)
+    finally:
+        server.stop()
+
+
+def test_policy_test_matches_opa_test() -> None:
+    """`mcp-guard policy test` (embedded) and `opa test` agree test by test on the default bundle."""
+    binary = opa_binary()
+    out = subprocess.run(
+        [binary, "test", "--format", "json", str(BUNDLE)], capture_output=True, text=True, timeout=300, check=False
+    )
+    assert out.returncode == 0, out.stderr
+    opa_results = {f"{r['package']}.{r['name']}": not r.get("fail", False) for r in json.loads(out.stdout)}
+    ours = {o.rule.ref: o.status == "PASS" for o in run_tests_embedded(load_bundle(BUNDLE)).outcomes}
+    assert ours == opa_results
+    assert len(ours) > 50
