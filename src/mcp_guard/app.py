@@ -177,7 +177,7 @@ class Guard:
         self.sink.record_nowait(AuditEvent(kind=kind, server=upstream, details=details))
 
     async def resource_updated(self, upstream: str, uri: str) -> None:
-        exposed = self.registry.namer.expose_uri(upstream, uri)
+        exposed = self.registry.expose_uri(upstream, uri)
         for sess in list(self.sessions.live.values()):
             if exposed in sess.subscriptions:
                 await sess.notify(lambda c: c.send_resource_updated(exposed))

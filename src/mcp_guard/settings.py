@@ -135,6 +135,9 @@ class UpstreamSettings(_Strict):
     startup_timeout_s: Annotated[float, Field(gt=0)] = 30.0
     enabled: bool = True
     pinning: Literal["enforce", "warn", "off"] = "enforce"
+    # false: expose this upstream's tools, prompts and resource URIs under their own names (at most one
+    # upstream; for clients that need exact names). Namespaced names win any collision.
+    namespace: bool = True
     max_response_bytes: Annotated[int, Field(gt=0)] = 16 * 1024 * 1024
     restart: bool = True
     restart_backoff_s: Annotated[float, Field(gt=0)] = 0.5
@@ -175,6 +178,9 @@ class Settings(_Strict):
             for name in getattr(self, table):
                 if not re.match(_NAME, name):
                     raise ValueError(f"{table}.{name}: name must match {_NAME}")
+        bare = [n for n, u in self.upstreams.items() if not u.namespace and u.enabled]
+        if len(bare) > 1:
+            raise ValueError(f"upstreams: at most one upstream may set namespace = false (found {', '.join(bare)})")
         for name, up in self.upstreams.items():
             if sep in name:
                 raise ValueError(f"upstreams.{name}: name contains the tool separator {sep!r}")

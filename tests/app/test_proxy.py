@@ -223,3 +223,24 @@ async def test_child_gets_minimal_environment(tmp_path: Path, monkeypatch: pytes
         env = text_of(await client.call_tool("rec__env", {}))
         assert "PROXY_ONLY_SECRET" not in env and "do-not-leak" not in env
         assert "EXTRA_FOR_CHILD" in env
+
+
+async def test_one_upstream_can_be_exposed_without_namespace(tmp_path: Path) -> None:
+    settings = make_settings({"rec": recorder_upstream() | {"namespace": False}, "b": recorder_upstream()})
+    async with running_guard(settings) as guard, client_of(guard) as client:
+        names = {t.name for t in (await client.list_tools()).tools}
+        assert {"echo", "add", "b__echo"} <= names and "rec__echo" not in names
+        assert text_of(await client.call_tool("echo", {"text": "bare"})) == "bare"
+        assert text_of(await client.call_tool("b__echo", {"text": "spaced"})) == "spaced"
+        uris = {str(r.uri) for r in (await client.list_resources()).resources}
+        assert {"rec://info", "mcpg://b/rec://info"} <= uris
+        assert (await client.read_resource("rec://info")).contents[0].uri == "rec://info"
+        assert "greet" in {p.name for p in (await client.list_prompts()).prompts}
+        assert "Lin" in str((await client.get_prompt("greet", {"name": "Lin"})).messages[0].content)
+
+
+def test_at_most_one_bare_upstream() -> None:
+    from mcp_guard.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="at most one upstream"):
+        make_settings({"a": recorder_upstream() | {"namespace": False}, "b": recorder_upstream() | {"namespace": False}})

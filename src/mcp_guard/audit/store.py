@@ -27,6 +27,7 @@ task turns them into rows of ``audit_events`` (DESIGN §6)::
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import sqlite3
@@ -59,11 +60,18 @@ __all__ = ["AuditStats", "AuditStore"]
 
 log = structlog.get_logger("mcp_guard.audit")
 
-_INSERT = (
-    f"INSERT INTO audit_events (seq, {', '.join(schema.BODY_COLUMNS)}, prev_hash, hash) "
-    f"VALUES ({', '.join('?' for _ in schema.COLUMNS)})"
+_INSERT_INTO = (
+    f"INSERT INTO audit_events (seq, {', '.join(schema.BODY_COLUMNS)}, prev_hash, hash) VALUES "
 )
+_ROW_PARAMS = f"({', '.join('?' for _ in schema.COLUMNS)})"
+_MAX_CHUNK = 512  # rows per INSERT: 512 x 18 parameters stays far below SQLite's 32766
 _HEAD = "SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1"
+
+
+@functools.lru_cache(maxsize=32)
+def _insert_sql(rows: int) -> str:
+    """An INSERT of ``rows`` rows in one statement."""
+    return _INSERT_INTO + ", ".join([_ROW_PARAMS] * rows)
 
 
 async def _read_head(db: aiosqlite.Connection) -> tuple[int, str]:
@@ -442,7 +450,16 @@ class AuditStore:
             h = row_hash(prev, seq, p.body)
             rows.append((seq, *p.values, prev, h))
             p.seq, prev = seq, h
-        await self._db.executemany(_INSERT, rows)  # opens the transaction (BEGIN IMMEDIATE)
+        # Multi-row INSERTs in power-of-two chunks (≤ log2(batch_max)+1 distinct statements, all
+        # cached): binding a chunk is one C loop and executing it one GIL release, where
+        # executemany() takes the GIL back for every row and convoys behind a busy event loop.
+        # The first INSERT opens the transaction (BEGIN IMMEDIATE, from the isolation level).
+        start = 0
+        while start < len(rows):
+            size = min(1 << ((len(rows) - start).bit_length() - 1), _MAX_CHUNK)
+            chunk = rows[start:start + size]
+            await self._db.execute(_insert_sql(size), [v for row in chunk for v in row])
+            start += size
         await self._db.commit()
         self._head = (seq, prev)
 

@@ -210,7 +210,7 @@ class Handlers:
                              ) -> types.ListResourcesResult:
         sess = self._session(ctx)
         cat = self.registry.catalog
-        items: list[ListItem] = [(up, _local_uri(self.registry, r.uri), None) for up, r in cat.resources]
+        items: list[ListItem] = [(up, self._local_uri(str(r.uri)), None) for up, r in cat.resources]
         ok = await self.visibility.visible("resources/list", sess.principal, sess.info, items, cat.version)
         page, cursor = self._page([r for i, (_, r) in enumerate(cat.resources) if i in ok], params)
         return types.ListResourcesResult(resources=page, next_cursor=cursor)
@@ -220,19 +220,23 @@ class Handlers:
     ) -> types.ListResourceTemplatesResult:
         sess = self._session(ctx)
         cat = self.registry.catalog
-        items: list[ListItem] = [(up, _local_uri(self.registry, t.uri_template), None) for up, t in cat.templates]
+        items: list[ListItem] = [(up, self._local_uri(t.uri_template), None) for up, t in cat.templates]
         ok = await self.visibility.visible("resources/templates/list", sess.principal, sess.info, items,
                                            cat.version)
         page, cursor = self._page([t for i, (_, t) in enumerate(cat.templates) if i in ok], params)
         return types.ListResourceTemplatesResult(resource_templates=page, next_cursor=cursor)
 
+    def _local_uri(self, exposed: str) -> str:
+        routed = self.registry.route_uri(exposed)
+        return routed[1] if routed else exposed
+
     def _route_uri(self, uri: str) -> tuple[str, str]:
-        split = self.registry.namer.split_uri(uri)
-        if split is None or self.registry.connection(split[0]) is None:
+        routed = self.registry.route_uri(uri)
+        if routed is None:
             raise MCPError(code=types.INVALID_PARAMS,
                            message=f"unknown resource {uri!r}: mcp-guard resource URIs look like "
                                    f"'mcpg://<upstream>/<uri>'; list them first")
-        return split
+        return routed
 
     async def read_resource(self, ctx: ServerRequestContext[Any, Any], params: types.ReadResourceRequestParams
                             ) -> dict[str, Any]:
@@ -246,7 +250,7 @@ class Handlers:
         # Contents name their URIs: expose them under our scheme too, so a client can read them again.
         for item in result.get("contents") or []:
             if isinstance(item, dict) and isinstance(item.get("uri"), str):
-                item["uri"] = self.registry.namer.expose_uri(server, item["uri"])
+                item["uri"] = self.registry.expose_uri(server, item["uri"])
         return result
 
     async def subscribe(self, ctx: ServerRequestContext[Any, Any], params: types.SubscribeRequestParams
@@ -280,10 +284,9 @@ class Handlers:
         sess = self._session(ctx)
         cat = self.registry.catalog
         entries = list(cat.prompts.values())
-        items: list[ListItem] = [(up, self.registry.namer.split(p.name)[1], None)  # type: ignore[index]
-                                 for up, p in entries]
+        items: list[ListItem] = [(e.upstream, e.local.name, None) for e in entries]
         ok = await self.visibility.visible("prompts/list", sess.principal, sess.info, items, cat.version)
-        page, cursor = self._page([p for i, (_, p) in enumerate(entries) if i in ok], params)
+        page, cursor = self._page([e.exposed for i, e in enumerate(entries) if i in ok], params)
         return types.ListPromptsResult(prompts=page, next_cursor=cursor)
 
     async def get_prompt(self, ctx: ServerRequestContext[Any, Any], params: types.GetPromptRequestParams
@@ -292,8 +295,7 @@ class Handlers:
         found = self.registry.find_prompt(params.name)
         if found is None:
             raise self._deny_error(await self._unknown(sess, "prompts/get", params.name, "prompt"))
-        server, _prompt = found
-        local = params.name[len(server) + len(self.settings.server.tool_separator):]
+        server, local = found.upstream, found.local.name
         arguments = dict(params.arguments or {})
         request = types.GetPromptRequest(params=types.GetPromptRequestParams(
             name=local, arguments=arguments or None, _meta=self._forward_meta(params.meta)))
@@ -307,10 +309,10 @@ class Handlers:
         sess = self._session(ctx)
         ref = params.ref
         if isinstance(ref, types.PromptReference):
-            split = self.registry.namer.split(ref.name)
-            if split is None or self.registry.connection(split[0]) is None:
+            found = self.registry.find_prompt(ref.name)
+            if found is None:
                 raise MCPError(code=types.INVALID_PARAMS, message=f"unknown prompt {ref.name!r}")
-            server, local = split
+            server, local = found.upstream, found.local.name
             new_ref: types.PromptReference | types.ResourceTemplateReference = ref.model_copy(update={"name": local})
         else:
             server, local = self._route_uri(ref.uri)
@@ -353,11 +355,6 @@ def _annotations(tool: types.Tool) -> dict[str, Any]:
         return {}
     dumped: dict[str, Any] = json.loads(tool.annotations.model_dump_json(by_alias=True, exclude_none=True))
     return dumped
-
-
-def _local_uri(registry: Registry, exposed: str) -> str:
-    split = registry.namer.split_uri(str(exposed))
-    return split[1] if split else str(exposed)
 
 
 AsyncHandler = Callable[..., Awaitable[Any]]

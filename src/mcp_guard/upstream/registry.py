@@ -33,7 +33,9 @@ from mcp_guard.settings import Settings
 from mcp_guard.upstream.connection import Injections, UpstreamConnection
 from mcp_guard.upstream.naming import Namer
 
-__all__ = ["Downstream", "ExposedTool", "MergedCatalog", "Registry", "RegistryListener", "tool_sha256"]
+__all__ = [
+    "Downstream", "ExposedPrompt", "ExposedTool", "MergedCatalog", "Registry", "RegistryListener", "tool_sha256",
+]
 
 log = structlog.get_logger("mcp_guard.upstream")
 
@@ -75,6 +77,13 @@ class ExposedTool:
     sha256: str
 
 
+@dataclass(frozen=True, slots=True)
+class ExposedPrompt:
+    upstream: str
+    local: types.Prompt
+    exposed: types.Prompt
+
+
 @dataclass
 class MergedCatalog:
     """A namespaced snapshot of every ready upstream's catalogue (rebuilt on change, read lock-free)."""
@@ -83,7 +92,7 @@ class MergedCatalog:
     tools: dict[str, ExposedTool] = field(default_factory=dict)
     resources: list[tuple[str, types.Resource]] = field(default_factory=list)
     templates: list[tuple[str, types.ResourceTemplate]] = field(default_factory=list)
-    prompts: dict[str, tuple[str, types.Prompt]] = field(default_factory=dict)
+    prompts: dict[str, ExposedPrompt] = field(default_factory=dict)
 
 
 @dataclass
@@ -110,6 +119,9 @@ class Registry:
         self._scrub_obj = scrub_obj
         self.catalog = MergedCatalog()
         self.connections: dict[str, UpstreamConnection] = {}
+        # The one upstream exposed without a namespace, if any (``namespace = false``).
+        self.bare: str | None = next((n for n, u in settings.upstreams.items() if u.enabled and not u.namespace),
+                                     None)
         # upstream -> session id -> in-flight record (insertion order = recency of first call)
         self._inflight: dict[str, dict[str, _InFlight]] = {}
         for name, up in settings.upstreams.items():
@@ -146,8 +158,21 @@ class Registry:
     def find_tool(self, exposed: str) -> ExposedTool | None:
         return self.catalog.tools.get(exposed)
 
-    def find_prompt(self, exposed: str) -> tuple[str, types.Prompt] | None:
+    def find_prompt(self, exposed: str) -> ExposedPrompt | None:
         return self.catalog.prompts.get(exposed)
+
+    def expose_name(self, upstream: str, name: str) -> str:
+        return name if upstream == self.bare else self.namer.expose(upstream, name)
+
+    def expose_uri(self, upstream: str, uri: str) -> str:
+        return uri if upstream == self.bare else self.namer.expose_uri(upstream, uri)
+
+    def route_uri(self, exposed: str) -> tuple[str, str] | None:
+        """``(upstream, upstream-local URI)`` for an exposed resource URI, or None if it routes nowhere."""
+        split = self.namer.split_uri(exposed)
+        if split is not None:
+            return split if split[0] in self.connections else None
+        return (self.bare, exposed) if self.bare is not None else None
 
     @contextmanager
     def in_flight(self, upstream: str, downstream: Downstream | None) -> Iterator[None]:
@@ -223,25 +248,32 @@ class Registry:
 
     # ------------------------------------------------------------------ catalogue
     def _rebuild(self) -> None:
-        namer = self.namer
         cat = MergedCatalog(version=self.catalog.version + 1)
-        for name, conn in self.connections.items():
+        # Namespaced upstreams first: a bare (namespace = false) name that equals a namespaced one is hidden.
+        order = sorted(self.connections.items(), key=lambda kv: kv[0] == self.bare)
+        for name, conn in order:
             if conn.state != "ready":
                 continue
             c = conn.catalog
             for tool in self._scrub_obj(c.tools):
-                exposed = namer.expose(name, tool.name)
+                exposed = self.expose_name(name, tool.name)
+                if exposed in cat.tools:
+                    log.warning("catalog.name_collision", upstream=name, tool=tool.name)
+                    continue
                 cat.tools[exposed] = ExposedTool(
                     upstream=name, local=tool, exposed=tool.model_copy(update={"name": exposed}),
                     sha256=tool_sha256(tool),
                 )
             for res in self._scrub_obj(c.resources):
-                cat.resources.append((name, res.model_copy(update={"uri": namer.expose_uri(name, str(res.uri))})))
+                cat.resources.append((name, res.model_copy(update={"uri": self.expose_uri(name, str(res.uri))})))
             for tpl in self._scrub_obj(c.templates):
                 cat.templates.append(
-                    (name, tpl.model_copy(update={"uri_template": namer.expose_uri(name, tpl.uri_template)}))
+                    (name, tpl.model_copy(update={"uri_template": self.expose_uri(name, tpl.uri_template)}))
                 )
             for prompt in self._scrub_obj(c.prompts):
-                exposed = namer.expose(name, prompt.name)
-                cat.prompts[exposed] = (name, prompt.model_copy(update={"name": exposed}))
+                exposed = self.expose_name(name, prompt.name)
+                if exposed in cat.prompts:
+                    log.warning("catalog.name_collision", upstream=name, prompt=prompt.name)
+                    continue
+                cat.prompts[exposed] = ExposedPrompt(name, prompt, prompt.model_copy(update={"name": exposed}))
         self.catalog = cat
