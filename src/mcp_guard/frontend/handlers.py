@@ -317,7 +317,8 @@ class Handlers:
         else:
             server, local = self._route_uri(ref.uri)
             new_ref = ref.model_copy(update={"uri": local})
-        request = types.CompleteRequest(params=params.model_copy(update={"ref": new_ref}))
+        request = types.CompleteRequest(params=params.model_copy(
+            update={"ref": new_ref, "meta": self._forward_meta(params.meta)}))
         call = self._context(ctx, sess, action="completion/complete", server=server, target=local,
                              exposed=ref.name if isinstance(ref, types.PromptReference) else ref.uri,
                              arguments={"argument": params.argument.model_dump(mode="json")}, request=request)
