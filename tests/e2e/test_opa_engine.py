@@ -33,7 +33,7 @@ from mcp_guard.settings import parse_settings
 from mcp_guard.types import Decision
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "policy"))
-from policy_corpus import corpus  # noqa: E402  (tests/policy is not a package)
+from policy_corpus import corpus
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e, pytest.mark.opa]
 

@@ -1,3 +1,4 @@
+# ruff: noqa: E501  -- a data table: one corpus entry per line reads better than wrapped calls
 """A corpus of policy input documents for the default bundle (policies/rego).
 
 Used by the differential test (embedded regorus vs a real OPA server must decide every input the

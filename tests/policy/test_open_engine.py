@@ -1,0 +1,148 @@
+"""open_engine(settings): engine choice, bundle errors, and hot reload (swap, reject, keep last good)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+import mcp_guard.policy as policy
+from mcp_guard.errors import PolicyError
+from mcp_guard.policy import EmbeddedEngine, PolicyEngine, ReloadEvent, open_engine
+from mcp_guard.settings import Settings, parse_settings
+
+pytestmark = pytest.mark.anyio
+
+V1 = 'package t\n\nimport rego.v1\n\ndecision := {"allow": false, "reasons": ["v1"]}\n'
+V2 = 'package t\n\nimport rego.v1\n\ndecision := {"allow": true, "reasons": ["v2"]}\n'
+TEST_OK = "package t\n\nimport rego.v1\n\ntest_shape if is_boolean(decision.allow)\n"
+
+
+def settings(tmp_path: Path, **policy_keys: object) -> Settings:
+    return parse_settings(
+        {"policy": {"bundle": "bundle", "decision": "t/decision", **policy_keys}}, base_dir=str(tmp_path)
+    )
+
+
+@pytest.fixture
+def bundle(tmp_path: Path) -> Path:
+    d = tmp_path / "bundle"
+    d.mkdir()
+    (d / "t.rego").write_text(V1)
+    (d / "t_test.rego").write_text(TEST_OK)
+    return d
+
+
+@pytest.fixture(autouse=True)
+def fast_reload(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(policy, "RELOAD_INTERVAL_S", 0.02)
+
+
+class Recorder:
+    """Reload listener that records events and lets a test wait for the n-th one."""
+
+    def __init__(self) -> None:
+        self.events: list[ReloadEvent] = []
+        self._changed = anyio.Event()
+
+    async def __call__(self, event: ReloadEvent) -> None:
+        self.events.append(event)
+        self._changed.set()
+        self._changed = anyio.Event()
+
+    async def wait_for(self, n: int) -> None:
+        with anyio.fail_after(10):
+            while True:
+                changed = self._changed
+                if len(self.events) >= n:
+                    return
+                await changed.wait()
+
+
+async def test_embedded_engine_from_settings(tmp_path: Path, bundle: Path) -> None:
+    async with open_engine(settings(tmp_path, hot_reload=False)) as engine:
+        assert isinstance(engine, EmbeddedEngine) and isinstance(engine, PolicyEngine)
+        d = await engine.evaluate_document({})
+        assert d.reasons == ("v1",) and d.revision == engine.revision
+
+
+async def test_broken_bundle_at_start_names_file(tmp_path: Path, bundle: Path) -> None:
+    (bundle / "t.rego").write_text("package t\n\ndecision := {\n")
+    with pytest.raises(PolicyError, match=r"t\.rego:4"):
+        async with open_engine(settings(tmp_path)):
+            pass
+
+
+async def test_hot_reload_swaps_bundle(tmp_path: Path, bundle: Path) -> None:
+    listener = Recorder()
+    events = listener.events
+    async with open_engine(settings(tmp_path), on_reload=listener) as engine:
+        first = engine.revision
+        (bundle / "t.rego").write_text(V2)
+        await listener.wait_for(1)
+        assert events[0].status == "loaded" and events[0].revision == engine.revision != first
+        d = await engine.evaluate_document({})
+        assert d.allow is True and d.reasons == ("v2",) and d.revision == engine.revision
+
+
+async def test_hot_reload_rejects_broken_and_failing_bundles(tmp_path: Path, bundle: Path) -> None:
+    listener = Recorder()
+    events = listener.events
+    async with open_engine(settings(tmp_path), on_reload=listener) as engine:
+        good = engine.revision
+        (bundle / "t.rego").write_text("package t\n\ndecision := {\n")  # does not parse
+        await listener.wait_for(1)
+        assert events[0].status == "rejected" and "t.rego" in (events[0].error or "")
+        assert events[0].active_revision == good == engine.revision
+        (bundle / "t.rego").write_text('package t\n\nimport rego.v1\n\ndecision := {"allow": "no"}\n')  # tests fail
+        await listener.wait_for(2)
+        assert events[1].status == "rejected" and "test(s) failed" in (events[1].error or "")
+        assert "data.t.test_shape" in (events[1].error or "")
+        d = await engine.evaluate_document({})
+        assert d.reasons == ("v1",) and engine.revision == good
+        (bundle / "data.json").write_text("{not json")  # unreadable bundle
+        await listener.wait_for(3)
+        assert events[2].status == "rejected" and events[2].revision is None
+        (bundle / "data.json").unlink()
+        (bundle / "t.rego").write_text(V2)  # fixed: loads
+        await listener.wait_for(4)
+        assert events[3].status == "loaded"
+        assert (await engine.evaluate_document({})).allow is True
+
+
+async def test_failing_tests_ignored_when_run_tests_on_reload_off(tmp_path: Path, bundle: Path) -> None:
+    listener = Recorder()
+    events = listener.events
+    s = settings(tmp_path, run_tests_on_reload=False)
+    async with open_engine(s, on_reload=listener) as engine:
+        (bundle / "t.rego").write_text('package t\n\nimport rego.v1\n\ndecision := {"allow": "no"}\n')
+        await listener.wait_for(1)
+        assert events[0].status == "loaded"
+        assert (await engine.evaluate_document({})).code == "result_invalid"
+
+
+@pytest.mark.parametrize(("keys", "watch"), [({"hot_reload": False}, None), ({}, False)])
+async def test_no_watcher_when_disabled(
+    tmp_path: Path, bundle: Path, monkeypatch: pytest.MonkeyPatch, keys: dict[str, object], watch: bool | None
+) -> None:
+    started: list[object] = []
+    monkeypatch.setattr(policy, "BundleWatcher", lambda *a, **k: started.append(a))
+    async with open_engine(settings(tmp_path, **keys), watch=watch) as engine:
+        assert (await engine.evaluate_document({})).reasons == ("v1",)
+    assert started == []
+
+
+async def test_watcher_started_by_default(tmp_path: Path, bundle: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    started: list[float] = []
+    real = policy.BundleWatcher
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        started.append(kwargs["interval"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(policy, "BundleWatcher", spy)
+    async with open_engine(settings(tmp_path)):
+        pass
+    assert started == [0.02]
