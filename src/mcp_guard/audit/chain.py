@@ -27,7 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 __all__ = ["GENESIS_HASH", "canonical_json", "clean_text", "fast_json_text", "json_text", "row_hash"]
@@ -35,13 +35,36 @@ __all__ = ["GENESIS_HASH", "canonical_json", "clean_text", "fast_json_text", "js
 GENESIS_HASH = "0" * 64
 
 
-# One encoder each, built once: json.dumps with non-default options builds a new encoder per call.
-_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+def _encoder(default: Callable[[Any], Any] | None = None) -> Callable[[Any], str]:
+    """A canonical-JSON encoding function, built once.
+
+    ``JSONEncoder.encode`` builds its C encoder again on every call; for the audit hot path (several
+    encodes per event) the C encoder is built here once, with exactly the arguments ``encode`` would
+    pass, so the output is identical. Without the C accelerator, the public encoder is used.
+    """
+    public = json.JSONEncoder(
+        sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=default
+    )
+    make = getattr(json.encoder, "c_make_encoder", None)
+    basestring = getattr(json.encoder, "c_encode_basestring", None)
+    if make is None or basestring is None:
+        return public.encode
+    c_encode = make(None, public.default, basestring, None, ":", ",", True, False, False)
+
+    def encode(value: Any) -> str:
+        if isinstance(value, str):
+            return basestring(value)  # type: ignore[no-any-return]
+        return "".join(c_encode(value, 0))
+
+    return encode
+
+
+_CANONICAL = _encoder()
 
 
 def canonical_json(value: Any) -> bytes:
     """Canonical JSON bytes: sorted keys, no whitespace, UTF-8, NaN/Infinity rejected (ValueError)."""
-    return _CANONICAL.encode(value).encode("utf-8")
+    return _CANONICAL(value).encode("utf-8")
 
 
 def clean_text(text: str) -> str:
@@ -65,9 +88,7 @@ def _fallback(obj: object) -> Any:
     return str(obj)
 
 
-_WITH_FALLBACK = json.JSONEncoder(
-    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=_fallback
-)
+_WITH_FALLBACK = _encoder(_fallback)
 
 
 def _sanitize(value: Any) -> Any:
@@ -95,10 +116,10 @@ def json_text(value: Any) -> str | None:
     if value is None:
         return None
     try:
-        text = _WITH_FALLBACK.encode(value)
+        text = _WITH_FALLBACK(value)
         text.encode("utf-8")  # lone surrogates would only fail later, in the writer
     except (ValueError, TypeError):  # NaN/Infinity, lone surrogates, non-string keys of mixed types
-        text = _CANONICAL.encode(_sanitize(value))
+        text = _CANONICAL(_sanitize(value))
     return text
 
 
@@ -107,7 +128,7 @@ def fast_json_text(value: Any) -> str | None:
 
     The text may hold lone surrogates (only encoding it, e.g. in :func:`canonical_json`, fails).
     """
-    return None if value is None else _WITH_FALLBACK.encode(value)
+    return None if value is None else _WITH_FALLBACK(value)
 
 
 def row_hash(prev_hash: str, seq: int, body: bytes) -> str:

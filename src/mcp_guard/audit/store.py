@@ -106,30 +106,41 @@ class _Pending:
     abandoned: bool = False  # record() gave up: skip it if it is not written yet
 
 
-def _values(event: AuditEvent, text: Callable[[str | None], str | None], js: Callable[[Any], str | None]
-            ) -> dict[str, Any]:
+# The order of _values() below; checked against the schema at import.
+_VALUE_ORDER = (
+    "event_id", "ts", "kind", "session_id", "decision_id", "principal", "server", "tool", "decision",
+    "reasons", "arguments", "result", "duration_ms", "policy_revision", "details",
+)
+assert _VALUE_ORDER == schema.BODY_COLUMNS, "store._values() is out of step with schema.BODY_COLUMNS"
+
+
+def _values(
+    event: AuditEvent, text: Callable[[str | None], str | None], js: Callable[[Any], str | None]
+) -> tuple[Any, ...]:
+    """The stored values of ``event``'s row body, in BODY_COLUMNS order."""
     duration = event.duration_ms
     if duration is not None:
         duration = float(duration)
         if not math.isfinite(duration):
             duration = None  # SQLite would store NaN as NULL; hash what is stored
-    return {
-        "event_id": text(event.event_id),
-        "ts": text(event.ts),
-        "kind": text(event.kind),
-        "session_id": text(event.session_id),
-        "decision_id": text(event.decision_id),
-        "principal": text(event.principal),
-        "server": text(event.server),
-        "tool": text(event.tool),
-        "decision": event.decision,
-        "reasons": None if event.reasons is None else js(list(event.reasons)),
-        "arguments": js(event.arguments),
-        "result": js(event.result),
-        "duration_ms": duration,
-        "policy_revision": text(event.policy_revision),
-        "details": js(event.details),
-    }
+    reasons = event.reasons
+    return (
+        text(event.event_id),
+        text(event.ts),
+        text(event.kind),
+        text(event.session_id),
+        text(event.decision_id),
+        text(event.principal),
+        text(event.server),
+        text(event.tool),
+        event.decision,
+        None if reasons is None else js(list(reasons)),
+        js(event.arguments),
+        js(event.result),
+        duration,
+        text(event.policy_revision),
+        js(event.details),
+    )
 
 
 def _same(value: str | None) -> str | None:
@@ -140,19 +151,20 @@ def _clean(value: str | None) -> str | None:
     return None if value is None else clean_text(value)
 
 
+_DECISIONS = frozenset({None, "allow", "deny"})
+
+
 def _prepare(event: AuditEvent, done: anyio.Event | None, deadline: float = math.inf) -> _Pending:
     """Turn an event into the exact values its row will hold, and their canonical JSON body."""
-    if event.decision not in (None, "allow", "deny"):
+    if event.decision not in _DECISIONS:
         raise AuditError(f"audit event {event.kind!r}: decision must be 'allow', 'deny' or None")
     try:  # the fast path: plain JSON-able values and valid text
         values = _values(event, _same, fast_json_text)
-        body = canonical_json(values)
+        body = canonical_json(dict(zip(_VALUE_ORDER, values, strict=True)))
     except (ValueError, TypeError):  # NaN/Infinity, lone surrogates, odd keys: record them cleaned up
         values = _values(event, _clean, json_text)
-        body = canonical_json(values)
-    return _Pending(
-        values=tuple(values[c] for c in schema.BODY_COLUMNS), body=body, done=done, deadline=deadline
-    )
+        body = canonical_json(dict(zip(_VALUE_ORDER, values, strict=True)))
+    return _Pending(values=values, body=body, done=done, deadline=deadline)
 
 
 def _file_id(path: Path) -> tuple[int, int]:
