@@ -5,7 +5,8 @@ settings; tests can hand in their own engine and sink (see :mod:`mcp_guard.testi
 
 The interceptor chain, outermost first (DESIGN §2)::
 
-    InspectArguments → RecordOutcome → Authorize → EnforceSecretObligations → RecordDecision → Redact → Forward
+    InspectArguments → RecordOutcome → PinCheck → Authorize → EnforceSecretObligations → RecordDecision
+        → Redact → Forward
 
 ``RecordOutcome`` commits the outcome row before the client is answered; ``RecordDecision`` commits
 the allow row before the upstream sees the call; a deny is recorded by ``RecordOutcome``.
@@ -26,11 +27,13 @@ from mcp.server.context import ServerRequestContext
 from mcp_guard.frontend.handlers import Handlers
 from mcp_guard.frontend.server import build_server, initialization_options
 from mcp_guard.frontend.sessions import ClientSession, SessionTable
+from mcp_guard.pins import PinStore
 from mcp_guard.pipeline.audit import EventSink, RecordDecision, RecordOutcome
 from mcp_guard.pipeline.authorize import Authorize, Evaluator
 from mcp_guard.pipeline.chain import build_chain
 from mcp_guard.pipeline.context import Interceptor
 from mcp_guard.pipeline.forward import Forward
+from mcp_guard.pipeline.pins import PinCheck
 from mcp_guard.pipeline.visibility import Visibility
 from mcp_guard.settings import Settings
 from mcp_guard.types import AuditEvent
@@ -50,6 +53,7 @@ class Guard:
         sink: EventSink,
         secrets: Any = None,
         principal: str | None = None,
+        pins: PinStore | None = None,
     ) -> None:
         self.settings = settings
         self.engine = engine
@@ -60,7 +64,7 @@ class Guard:
         scrub: Callable[[str], str] = secrets.scrub_text if secrets is not None else (lambda s: s)
         scrub_obj: Callable[[Any], Any] = (lambda o: secrets.scrubber.scrub_obj(o)) if secrets is not None else (
             lambda o: o)
-        self.registry = Registry(settings, self, injections=injections, scrub=scrub, scrub_obj=scrub_obj)
+        self.registry = Registry(settings, self, injections=injections, scrub=scrub, scrub_obj=scrub_obj, pins=pins)
         self.visibility = Visibility(engine)
         self.sessions = SessionTable(settings, self._session_started, self._session_ended)
         self.chain = build_chain(self._interceptors(), Forward(self.registry))
@@ -75,7 +79,7 @@ class Guard:
             from mcp_guard.pipeline.secrets import InspectArguments
 
             stages.append(InspectArguments(self.secrets))
-        stages += [RecordOutcome(self.sink), Authorize(self.engine)]
+        stages += [RecordOutcome(self.sink), PinCheck(self.registry), Authorize(self.engine)]
         if self.secrets is not None:
             from mcp_guard.pipeline.secrets import EnforceSecretObligations
 
@@ -109,9 +113,13 @@ class Guard:
                 "principals": sorted(settings.principals)}))
             store.record_nowait(AuditEvent(kind="policy.load", policy_revision=engine.revision, details={
                 "engine": settings.policy.engine, "bundle": settings.policy.bundle}))
-            guard = cls(settings, engine=engine, sink=store, secrets=secrets, principal=principal)
-            async with guard.running():
-                yield guard
+            pins = PinStore(settings.resolve_path(settings.audit.state_path))
+            try:
+                guard = cls(settings, engine=engine, sink=store, secrets=secrets, principal=principal, pins=pins)
+                async with guard.running():
+                    yield guard
+            finally:
+                pins.close()
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[Guard]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 from typing import Any
@@ -36,12 +37,22 @@ def register(sub: Any) -> None:
     check.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for upstreams")
     check.set_defaults(func=_check)
 
-    tools = sub.add_parser("tools", help="the tools a principal may see")
+    tools = sub.add_parser("tools", help="the tools a principal may see; tool pins and approvals")
     add_config_arg(tools)
     tools.add_argument("--principal", help="principal id (default: [server] principal)")
     tools.add_argument("--json", action="store_true", help="machine-readable output")
     tools.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for upstreams")
     tools.set_defaults(func=_tools)
+    tsub = tools.add_subparsers(dest="tools_command", metavar="SUBCOMMAND")
+    pins = tsub.add_parser("pins", help="pinned tool definitions and changes awaiting approval (with a diff)")
+    add_config_arg(pins)
+    pins.add_argument("--json", action="store_true", help="machine-readable output")
+    pins.set_defaults(func=_pins)
+    approve = tsub.add_parser("approve", help="approve the changed definition of a tool")
+    add_config_arg(approve)
+    approve.add_argument("tool", help="exposed tool name, e.g. tickets__delete_ticket")
+    approve.add_argument("--sha", help="approve only the pending definition whose sha256 starts with this")
+    approve.set_defaults(func=_approve)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -73,6 +84,73 @@ async def _serve(settings: Settings, transport: str, args: argparse.Namespace) -
         else:
             await guard.serve_stdio()
         tg.cancel_scope.cancel()
+
+
+def _pin_store(settings: Settings) -> Any:
+    from mcp_guard.pins import PinStore
+
+    return PinStore(settings.resolve_path(settings.audit.state_path))
+
+
+def _pins(args: argparse.Namespace) -> int:
+    settings = load_config(args)
+    store = _pin_store(settings)
+    try:
+        pins, pending = store.pins(), store.pending()
+    finally:
+        store.close()
+    if args.json:
+        print(json.dumps({
+            "pins": [{"server": p.server, "tool": p.tool, "sha256": p.sha256, "pinned_at": p.pinned_at,
+                      "approved_by": p.approved_by} for p in pins],
+            "pending": [{"server": c.server, "tool": c.tool, "sha256": c.sha256, "first_seen": c.first_seen,
+                         "approved_sha256": c.approved.sha256 if c.approved else None, "diff": c.diff()}
+                        for c in pending],
+        }, indent=2))
+        return 1 if pending else 0
+    color = sys.stdout.isatty()
+    sep = settings.server.tool_separator
+    print(f"{len(pins)} pinned tool definitions:")
+    for p in pins:
+        print(f"  {p.server}{sep}{p.tool:40s} {p.sha256[:12]}  {p.pinned_at}  ({p.approved_by})")
+    if not pending:
+        print("no changes awaiting approval")
+        return 0
+    print(f"\n{len(pending)} changed definitions awaiting approval (calls are denied with tool_changed):")
+    for c in pending:
+        print(f"\n  {c.server}{sep}{c.tool}: {c.approved.sha256[:12] if c.approved else '-'} -> {c.sha256[:12]} "
+              f"(first seen {c.first_seen})")
+        for line in c.diff().splitlines():
+            if color and line.startswith("+") and not line.startswith("+++"):
+                line = f"\x1b[32m{line}\x1b[0m"
+            elif color and line.startswith("-") and not line.startswith("---"):
+                line = f"\x1b[31m{line}\x1b[0m"
+            print(f"    {line}")
+        print(f"  approve with: mcp-guard tools approve {c.server}{sep}{c.tool}")
+    return 1
+
+
+def _approve(args: argparse.Namespace) -> int:
+    from mcp_guard.errors import ConfigError
+
+    settings = load_config(args)
+    upstream, sep, tool = args.tool.partition(settings.server.tool_separator)
+    if not sep or upstream not in settings.upstreams:
+        bare = [n for n, u in settings.upstreams.items() if not u.namespace]
+        if not bare:
+            raise ConfigError(f"{args.tool!r} is not '<upstream>{settings.server.tool_separator}<tool>' "
+                              f"with a configured upstream", file=settings.source)
+        upstream, tool = bare[0], args.tool
+    store = _pin_store(settings)
+    try:
+        pin = store.approve(upstream, tool, args.sha, by=f"cli:{os.environ.get('USER', 'operator')}")
+    except KeyError as e:
+        print(f"mcp-guard: {e.args[0]}", file=sys.stderr)
+        return 1
+    finally:
+        store.close()
+    print(f"approved {args.tool}: {pin.sha256[:12]} (the running proxy picks it up on the next listing or call)")
+    return 0
 
 
 def _startup_wait(settings: Settings) -> float:
@@ -117,16 +195,14 @@ def _tools(args: argparse.Namespace) -> int:
 async def _tools_async(settings: Settings, args: argparse.Namespace) -> int:
     from mcp_guard.app import Guard
     from mcp_guard.frontend.sessions import principal_for
-    from mcp_guard.types import SessionInfo, ToolInfo, new_id
+    from mcp_guard.types import SessionInfo, new_id
 
     principal = principal_for(settings, args.principal or settings.server.principal)
     async with Guard.open(settings, principal=principal.id) as guard:
         await guard.registry.wait_ready(args.timeout)
         cat = guard.registry.catalog
-        entries = list(cat.tools.values())
-        items = [(e.upstream, e.local.name, ToolInfo(definition_sha256=e.sha256,
-                  annotations=e.local.annotations.model_dump(by_alias=True, exclude_none=True)
-                  if e.local.annotations else {})) for e in entries]
+        entries = [e for e in cat.tools.values() if not e.hidden]
+        items = [(e.upstream, e.local.name, e.tool_info()) for e in entries]
         ok = await guard.visibility.visible("tools/list", principal, SessionInfo(id=new_id(), transport="memory"),
                                             items, cat.version)
         visible = [e.exposed.name for i, e in enumerate(entries) if i in ok]

@@ -79,6 +79,8 @@ class PolicySettings(_Strict):
 
 class AuditSettings(_Strict):
     path: str = "mcp-guard-audit.db"
+    # Tool pins and pending definition changes (kept apart so the audit log stays append-only).
+    state_path: str = "mcp-guard-state.db"
     batch_max: Annotated[int, Field(gt=0)] = 256
     queue_max: Annotated[int, Field(gt=0)] = 10_000
 

@@ -94,14 +94,16 @@ class ToolInfo:
 
     annotations: Mapping[str, Any] = field(default_factory=dict)
     definition_sha256: str | None = None
-    pinned: bool = False
-    suspicious: tuple[str, ...] = ()
+    pinned: bool = False  # the definition is the approved (pinned) one
+    suspicious: tuple[str, ...] = ()  # kinds of invisible/control characters in the definition
+    changed: bool = False  # the definition differs from the approved one (awaiting `tools approve`)
 
     def to_policy(self) -> dict[str, Any]:
         return {
             "annotations": dict(self.annotations),
             "definition_sha256": self.definition_sha256,
             "pinned": self.pinned,
+            "changed": self.changed,
             "suspicious": list(self.suspicious),
         }
 

@@ -16,7 +16,6 @@ The upstream's result dict is returned as it came (``_meta`` kept; structuredCon
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -165,12 +164,10 @@ class Handlers:
     async def list_tools(self, ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
                          ) -> types.ListToolsResult:
         sess = self._session(ctx)
+        await self.registry.recheck_pins()
         cat = self.registry.catalog
-        entries = list(cat.tools.values())
-        items: list[ListItem] = [
-            (e.upstream, e.local.name, ToolInfo(annotations=_annotations(e.local), definition_sha256=e.sha256))
-            for e in entries
-        ]
+        entries = [e for e in cat.tools.values() if not e.hidden]
+        items: list[ListItem] = [(e.upstream, e.local.name, e.tool_info()) for e in entries]
         ok = await self.visibility.visible("tools/list", sess.principal, sess.info, items, cat.version)
         tools = [e.exposed for i, e in enumerate(entries) if i in ok]
         page, cursor = self._page(tools, params)
@@ -192,7 +189,7 @@ class Handlers:
         call = self._context(
             ctx, sess, action="tools/call", server=entry.upstream, target=entry.local.name, exposed=params.name,
             arguments=arguments, request=request,
-            tool_info=ToolInfo(annotations=_annotations(entry.local), definition_sha256=entry.sha256),
+            tool_info=entry.tool_info(),
         )
         outcome = await self._run(call)
         if outcome.denied:
@@ -349,13 +346,6 @@ def _for_client(ctx: ServerRequestContext[Any, Any], result: dict[str, Any]) -> 
             result.setdefault("ttlMs", 0)
             result.setdefault("cacheScope", "private")
     return result
-
-
-def _annotations(tool: types.Tool) -> dict[str, Any]:
-    if tool.annotations is None:
-        return {}
-    dumped: dict[str, Any] = json.loads(tool.annotations.model_dump_json(by_alias=True, exclude_none=True))
-    return dumped
 
 
 AsyncHandler = Callable[..., Awaitable[Any]]

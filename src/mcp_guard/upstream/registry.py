@@ -29,7 +29,9 @@ import mcp_types as types
 import structlog
 from anyio.abc import TaskGroup
 
+from mcp_guard.pins import PinStore, scan_tool
 from mcp_guard.settings import Settings
+from mcp_guard.types import ToolInfo
 from mcp_guard.upstream.connection import Injections, UpstreamConnection
 from mcp_guard.upstream.naming import Namer
 
@@ -42,8 +44,7 @@ log = structlog.get_logger("mcp_guard.upstream")
 
 def tool_sha256(tool: types.Tool) -> str:
     """sha256 of a tool's definition (name, description, schemas, annotations…) as canonical JSON."""
-    doc = tool.model_dump(mode="json", by_alias=True, exclude_none=True)
-    raw = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    raw = json.dumps(_definition(tool), sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
     return hashlib.sha256(raw).hexdigest()
 
 
@@ -75,6 +76,19 @@ class ExposedTool:
     local: types.Tool  # as the upstream lists it
     exposed: types.Tool  # namespaced copy the client sees
     sha256: str
+    pinned: bool = False  # its definition is the approved one (always False with pinning = "off")
+    changed: bool = False  # its definition differs from the approved one
+    suspicious: tuple[str, ...] = ()  # invisible/control characters found in the definition
+    hidden: bool = False  # changed under pinning = "enforce": not listed, calls denied (tool_changed)
+
+    def tool_info(self) -> ToolInfo:
+        """What the policy is told about this tool."""
+        annotations: dict[str, Any] = (
+            self.local.annotations.model_dump(mode="json", by_alias=True, exclude_none=True)
+            if self.local.annotations is not None else {}
+        )
+        return ToolInfo(annotations=annotations, definition_sha256=self.sha256, pinned=self.pinned,
+                        suspicious=self.suspicious, changed=self.changed)
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +107,7 @@ class MergedCatalog:
     resources: list[tuple[str, types.Resource]] = field(default_factory=list)
     templates: list[tuple[str, types.ResourceTemplate]] = field(default_factory=list)
     prompts: dict[str, ExposedPrompt] = field(default_factory=dict)
+    has_changed_tools: bool = False
 
 
 @dataclass
@@ -110,10 +125,12 @@ class Registry:
         injections: Callable[[str], Awaitable[Injections]] | None = None,
         scrub: Callable[[str], str] = lambda s: s,
         scrub_obj: Callable[[Any], Any] = lambda o: o,
+        pins: PinStore | None = None,
     ) -> None:
         self.settings = settings
         self.namer = Namer(settings.server.tool_separator)
         self._listener = listener
+        self.pins = pins
         # Everything an upstream sends that does not pass through the pipeline (listings, upstream→client
         # requests, log messages) is scrubbed of injected secret values with this.
         self._scrub_obj = scrub_obj
@@ -208,13 +225,32 @@ class Registry:
 
     # ------------------------------------------------------------------ UpstreamHooks
     async def catalog_changed(self, upstream: str, kinds: frozenset[str]) -> None:
-        self._rebuild()
+        await self._emit(self._rebuild())
         await self._listener.catalog_changed(upstream, kinds)
+
+    async def recheck_pins(self) -> bool:
+        """Re-read the pin store for tools awaiting approval; rebuild (and tell clients) if one was approved."""
+        if self.pins is None or not self.catalog.has_changed_tools:
+            return False
+        approved = [e for e in self.catalog.tools.values()
+                    if e.changed and self.pins.observe(e.upstream, e.local.name, e.sha256, _definition(e.local)).pinned]
+        if not approved:
+            return False
+        await self._emit(self._rebuild())
+        for e in approved:
+            await self._listener.upstream_event(e.upstream, "tool.pin_approved", {"tool": e.local.name,
+                                                                                  "sha256": e.sha256})
+        await self._listener.catalog_changed(approved[0].upstream, frozenset({"tools"}))
+        return True
+
+    async def _emit(self, events: list[tuple[str, str, dict[str, Any]]]) -> None:
+        for upstream, kind, details in events:
+            await self._listener.upstream_event(upstream, kind, details)
 
     async def state_changed(self, upstream: str, kind: str, details: dict[str, Any]) -> None:
         if kind in ("upstream.crash", "upstream.start_failed"):
             # Its tools disappear from listings until it is back.
-            self._rebuild()
+            await self._emit(self._rebuild())
             await self._listener.catalog_changed(upstream, frozenset({"tools", "resources", "prompts"}))
         await self._listener.upstream_event(upstream, kind, details)
 
@@ -247,7 +283,26 @@ class Registry:
         await self._listener.resource_updated(upstream, uri)
 
     # ------------------------------------------------------------------ catalogue
-    def _rebuild(self) -> None:
+    def _pin(self, upstream: str, tool: types.Tool, sha: str,
+             events: list[tuple[str, str, dict[str, Any]]]) -> tuple[bool, bool, bool]:
+        """``(pinned, changed, hidden)`` for one tool, recording pin events."""
+        mode = self.settings.upstreams[upstream].pinning
+        if self.pins is None or mode == "off":
+            return False, False, False
+        state = self.pins.observe(upstream, tool.name, sha, _definition(tool))
+        if state.new:
+            events.append((upstream, "tool.pinned", {"tool": tool.name, "sha256": sha}))
+        if state.first_change:
+            events.append((upstream, "tool.pin_changed", {
+                "tool": tool.name, "old_sha256": state.approved_sha256, "new_sha256": sha, "mode": mode}))
+            log.warning("tool.pin_changed", upstream=upstream, tool=tool.name, mode=mode,
+                        hint=f"review with `mcp-guard tools pins`, then `mcp-guard tools approve "
+                             f"{self.expose_name(upstream, tool.name)}`")
+        return state.pinned, state.changed, state.changed and mode == "enforce"
+
+    def _rebuild(self) -> list[tuple[str, str, dict[str, Any]]]:
+        """Rebuild the merged catalogue; returns the pin events to record."""
+        events: list[tuple[str, str, dict[str, Any]]] = []
         cat = MergedCatalog(version=self.catalog.version + 1)
         # Namespaced upstreams first: a bare (namespace = false) name that equals a namespaced one is hidden.
         order = sorted(self.connections.items(), key=lambda kv: kv[0] == self.bare)
@@ -260,9 +315,12 @@ class Registry:
                 if exposed in cat.tools:
                     log.warning("catalog.name_collision", upstream=name, tool=tool.name)
                     continue
+                sha = tool_sha256(tool)
+                pinned, changed, hidden = self._pin(name, tool, sha, events)
+                cat.has_changed_tools |= changed
                 cat.tools[exposed] = ExposedTool(
-                    upstream=name, local=tool, exposed=tool.model_copy(update={"name": exposed}),
-                    sha256=tool_sha256(tool),
+                    upstream=name, local=tool, exposed=tool.model_copy(update={"name": exposed}), sha256=sha,
+                    pinned=pinned, changed=changed, suspicious=scan_tool(tool), hidden=hidden,
                 )
             for res in self._scrub_obj(c.resources):
                 cat.resources.append((name, res.model_copy(update={"uri": self.expose_uri(name, str(res.uri))})))
@@ -277,3 +335,8 @@ class Registry:
                     continue
                 cat.prompts[exposed] = ExposedPrompt(name, prompt, prompt.model_copy(update={"name": exposed}))
         self.catalog = cat
+        return events
+
+
+def _definition(tool: types.Tool) -> dict[str, Any]:
+    return tool.model_dump(mode="json", by_alias=True, exclude_none=True)
