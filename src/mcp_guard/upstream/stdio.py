@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import sys
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
@@ -65,7 +66,10 @@ async def open_stdio_transport(
 
     Raises OSError (e.g. FileNotFoundError) if the command cannot be started.
     """
-    exe = shutil.which(command, path=env.get("PATH")) or command
+    # "python"/"python3" mean mcp-guard's own interpreter (its venv has the SDK and the first-party
+    # connectors); anything else is looked up on the child's PATH.
+    exe = sys.executable if command in ("python", "python3") else (shutil.which(command, path=env.get("PATH"))
+                                                                  or command)
     process = await anyio.open_process(
         [exe, *args], stdin=PIPE, stdout=PIPE, stderr=PIPE, env=dict(env), cwd=cwd, start_new_session=True
     )
