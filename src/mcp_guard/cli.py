@@ -21,6 +21,7 @@ __all__ = ["add_config_arg", "load_config", "main"]
 # Modules that contribute subcommands, in the order they appear in --help.
 COMMAND_MODULES: tuple[str, ...] = (
     "mcp_guard.commands",
+    "mcp_guard.demo",
     "mcp_guard.audit.commands",
     "mcp_guard.policy.commands",
 )

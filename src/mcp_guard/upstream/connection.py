@@ -275,11 +275,11 @@ class UpstreamConnection:
         if "tools" in kinds:
             cat.tools = await _paginate(session.list_tools, "tools") if caps.tools else []
         if "resources" in kinds:
-            cat.resources = await _paginate(session.list_resources, "resources") if caps.resources else []
-            cat.templates = (await _paginate(session.list_resource_templates, "resource_templates")
+            cat.resources = await _optional(session.list_resources, "resources") if caps.resources else []
+            cat.templates = (await _optional(session.list_resource_templates, "resource_templates")
                              if caps.resources else [])
         if "prompts" in kinds:
-            cat.prompts = await _paginate(session.list_prompts, "prompts") if caps.prompts else []
+            cat.prompts = await _optional(session.list_prompts, "prompts") if caps.prompts else []
         return cat
 
     async def refresh(self, kinds: frozenset[str]) -> None:
@@ -348,6 +348,16 @@ async def _paginate(fn: Callable[..., Awaitable[Any]], attr: str) -> list[Any]:
         if not cursor:
             break
     return items
+
+
+async def _optional(fn: Callable[..., Awaitable[Any]], attr: str) -> list[Any]:
+    """A listing the server advertised but may not serve (e.g. no resource templates): empty if not found."""
+    try:
+        return await _paginate(fn, attr)
+    except MCPError as e:
+        if e.error.code == types.METHOD_NOT_FOUND:
+            return []
+        raise
 
 
 def _is_closed_error(e: MCPError) -> bool:
