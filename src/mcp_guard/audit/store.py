@@ -382,9 +382,13 @@ class AuditStore:
                 p.done.set()
 
     def _take_batch(self) -> list[_Pending]:
+        """The next events to commit: as many as wait, up to batch_max, rounded down to a power of
+        two so that the batch is one INSERT statement (see _insert)."""
         batch: list[_Pending] = []
         queue = self._queue
-        while queue and len(batch) < self._batch_max:
+        want = min(self._batch_max, len(queue))
+        want = 1 << (want.bit_length() - 1) if want else 0
+        while queue and len(batch) < want:
             p = queue.popleft()
             if not p.abandoned:
                 batch.append(p)
@@ -462,17 +466,24 @@ class AuditStore:
             h = row_hash(prev, seq, p.body)
             rows.append((seq, *p.values, prev, h))
             p.seq, prev = seq, h
-        # Multi-row INSERTs in power-of-two chunks (≤ log2(batch_max)+1 distinct statements, all
-        # cached): binding a chunk is one C loop and executing it one GIL release, where
-        # executemany() takes the GIL back for every row and convoys behind a busy event loop.
-        # The first INSERT opens the transaction (BEGIN IMMEDIATE, from the isolation level).
-        start = 0
-        while start < len(rows):
-            size = min(1 << ((len(rows) - start).bit_length() - 1), _MAX_CHUNK)
-            chunk = rows[start:start + size]
-            await self._db.execute(_insert_sql(size), [v for row in chunk for v in row])
-            start += size
-        await self._db.commit()
+        # Multi-row INSERTs: binding a whole chunk is one C loop and executing it one GIL release,
+        # where executemany() takes the GIL back for every row and convoys behind a busy event
+        # loop. A batch of one power-of-two size (what _take_batch aims for) is a single statement,
+        # and in autocommit mode a single statement is its own transaction: one trip to the SQLite
+        # thread per batch. Other sizes go in power-of-two chunks (few distinct, cached statements)
+        # inside an explicit transaction.
+        size = len(rows)
+        if size & (size - 1) == 0 and size <= _MAX_CHUNK:
+            await self._db.execute(_insert_sql(size), [v for row in rows for v in row])
+        else:
+            await self._db.execute("BEGIN IMMEDIATE")
+            start = 0
+            while start < len(rows):
+                size = min(1 << ((len(rows) - start).bit_length() - 1), _MAX_CHUNK)
+                chunk = rows[start:start + size]
+                await self._db.execute(_insert_sql(size), [v for row in chunk for v in row])
+                start += size
+            await self._db.execute("COMMIT")
         self._head = (seq, prev)
 
     async def _write_failed(self, batch: list[_Pending], e: Exception) -> None:
@@ -557,10 +568,10 @@ async def _connect(path: Path, busy_timeout: float) -> aiosqlite.Connection:
         raise AuditError(f"{path}: cannot create the audit directory: {e.strerror or e}") from None
     started = time.monotonic()
     try:
-        # isolation_level IMMEDIATE: the INSERT of a batch opens its transaction with BEGIN IMMEDIATE.
-        # Shielded: a connection cancelled half-made would outlive the event loop.
+        # Autocommit (isolation_level None): the store opens its transactions itself, and a batch
+        # written by one statement needs none. Shielded: a half-made connection would outlive the loop.
         with anyio.CancelScope(shield=True):
-            db = await aiosqlite.connect(path, isolation_level="IMMEDIATE", timeout=busy_timeout)
+            db = await aiosqlite.connect(path, isolation_level=None, timeout=busy_timeout)
     except sqlite3.Error as e:
         raise AuditError(f"{path}: cannot open the audit database: {e}") from None
     try:
