@@ -149,7 +149,7 @@ def _client(url: str, who: str) -> Any:
     from mcp.client.streamable_http import streamable_http_client
 
     http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {DEMO_KEYS[who]}"}, timeout=httpx2.Timeout(60.0))
-    return Client(streamable_http_client(url, http_client=http), mode="legacy",  # type: ignore[arg-type]
+    return Client(streamable_http_client(url, http_client=http), mode="legacy",
                   read_timeout_seconds=60.0, client_info=types.Implementation(name=f"demo-agent-{who}",
                                                                                  version="1.0"))
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import mcp_types as types
 import pytest
-from guard_harness import client_of, make_settings, read_log, recorder_upstream, text_of, wait_for
 
+from guard_harness import client_of, make_settings, read_log, recorder_upstream, text_of, wait_for
 from mcp_guard.app import Guard
 from mcp_guard.pins import PinStore, scan_text
 from mcp_guard.testing import FunctionEngine, RecordingSink, allow_all

@@ -243,4 +243,5 @@ def test_at_most_one_bare_upstream() -> None:
     from mcp_guard.errors import ConfigError
 
     with pytest.raises(ConfigError, match="at most one upstream"):
-        make_settings({"a": recorder_upstream() | {"namespace": False}, "b": recorder_upstream() | {"namespace": False}})
+        make_settings({"a": recorder_upstream() | {"namespace": False},
+                       "b": recorder_upstream() | {"namespace": False}})

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import mcp_types as types
 import structlog
@@ -84,7 +84,7 @@ class Handlers:
         ))
 
     @staticmethod
-    def _forward_meta(meta: Any) -> dict[str, Any] | None:
+    def _forward_meta(meta: Any) -> types.RequestParamsMeta | None:
         """The client's ``_meta`` as it may travel upstream (hop-by-hop and credential keys removed)."""
         if meta is None:
             return None
@@ -95,7 +95,7 @@ class Handlers:
         safe, removed = strip_meta_credentials(kept)
         if removed:
             log.info("meta.credentials_dropped", keys=list(removed))
-        return safe or None
+        return cast("types.RequestParamsMeta", safe) if safe else None
 
     def _context(
         self,

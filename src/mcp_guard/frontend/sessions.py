@@ -12,7 +12,7 @@ import contextlib
 import warnings
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import mcp_types as types
@@ -36,7 +36,7 @@ warnings.filterwarnings("ignore", category=MCPDeprecationWarning, module=r"mcp_g
 _STATE_KEY = "mcp_guard.session"
 _NOTIFY_TIMEOUT_S = 5.0
 _SAMPLING_RESULT: TypeAdapter[types.CreateMessageResult | types.CreateMessageResultWithTools] = TypeAdapter(
-    types.CreateMessageResult | types.CreateMessageResultWithTools
+    cast(Any, types.CreateMessageResult | types.CreateMessageResultWithTools)
 )
 
 

@@ -13,7 +13,7 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, TypeVar
+from typing import Any, Literal, Protocol, TypeVar, cast
 
 import anyio
 import httpx2
@@ -22,6 +22,7 @@ import structlog
 from mcp.client.session import ClientRequestContext, ClientSession
 from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.dispatcher import ProgressFnT
 from mcp.shared.exceptions import MCPError
 from pydantic import BaseModel, TypeAdapter
 
@@ -137,8 +138,11 @@ class UpstreamConnection:
             # Our own deadline (the SDK's timeout error shares its code, -32001, with ordinary upstream
             # errors); cancelling the request makes the SDK send notifications/cancelled upstream.
             with anyio.fail_after(t):
+                # A TypeAdapter of a plain dict keeps the upstream's result as it came (the SDK accepts any
+                # TypeAdapter at run time; its annotation only names BaseModel results).
                 return await session.send_request(
-                    request, _RAW, request_read_timeout_seconds=t + 5, progress_callback=on_progress
+                    request, _RAW, request_read_timeout_seconds=t + 5,  # type: ignore[type-var]
+                    progress_callback=cast("ProgressFnT | None", on_progress),
                 )
         except TimeoutError:
             raise UpstreamTimeout(f"upstream {self.name!r} did not answer within {t:g}s", upstream=self.name) from None
