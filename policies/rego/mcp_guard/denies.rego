@@ -7,13 +7,24 @@ import rego.v1
 
 # Requests mcp-guard does not know how to judge are refused, whatever the grants say.
 deny contains msg if {
+	not well_formed
+	some msg in malformed_request
+}
+
+well_formed if {
+	kind
+	server
+	tool
+}
+
+malformed_request contains msg if {
 	not kind
 	msg := sprintf("action '%s' is not governed by this policy", [action])
 }
 
-deny contains "the request names no upstream server" if not server
+malformed_request contains "the request names no upstream server" if not server
 
-deny contains msg if {
+malformed_request contains msg if {
 	server
 	not tool
 	msg := sprintf("the request to server '%s' names no tool, resource or prompt", [server])
@@ -78,8 +89,7 @@ deny contains msg if {
 	kind == "tools"
 	some b in object.get(config, "blocked", [])
 	is_object(b)
-	is_string(b.server)
-	glob.match(b.server, null, server)
+	glob_one(b.server, server)
 	glob_any(object.get(b, "tools", []), tool)
 	msg := sprintf("%s is blocked for everyone: %s", [target, object.get(b, "reason", "listed in blocked")])
 }

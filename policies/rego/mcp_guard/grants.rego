@@ -12,47 +12,40 @@ package mcp_guard
 
 import rego.v1
 
-# [role, index] of every grant that matches the request.
+# [role, index] of every grant that matches the request. (Written without helper functions where
+# possible: this rule is on every request's path.)
 matching_grants contains [role, i] if {
 	some role in effective_roles
 	some i, g in grants_of(role)
-	grant_matches(g)
+	glob_one(g.server, server)
+	glob_any(g[kind], tool)
+	read_only_satisfied(g)
 }
 
 granted if count(matching_grants) > 0
 
 grants_of(role) := gs if {
-	gs := object.get(config_roles, [role, "grants"], [])
+	gs := config_roles[role].grants
 	is_array(gs)
 } else := []
 
-grant_matches(g) if {
-	is_object(g)
-	is_string(g.server)
-	glob.match(g.server, null, server)
-	glob_any(object.get(g, kind, []), tool)
-	read_only_satisfied(g)
-}
-
-read_only_satisfied(g) if object.get(g, "read_only", false) != true
-
-read_only_satisfied(g) if {
-	object.get(g, "read_only", false) == true
+# A read_only grant only matches tools annotated readOnlyHint == true.
+read_only_satisfied(g) := true if {
+	object.get(g, "read_only", false) != true
+} else := true if {
 	annotations.readOnlyHint == true
 }
 
 # A matching grant that allows destructive tools.
 destructive_granted if {
 	some [role, i] in matching_grants
-	grants_of(role)[i].destructive == true
+	config_roles[role].grants[i].destructive == true
 }
 
 # Secret names the matching grants make available to the call (obligations.secrets).
 granted_secrets contains s if {
 	some [role, i] in matching_grants
-	secrets := object.get(grants_of(role)[i], "secrets", [])
-	is_array(secrets)
-	some s in secrets
+	some s in array_or_empty(config_roles[role].grants[i].secrets)
 	is_string(s)
 }
 

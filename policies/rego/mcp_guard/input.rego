@@ -24,23 +24,13 @@ else := "(unknown)"
 
 # Roles the proxy reports for the principal (its config), plus roles the bundle itself assigns by
 # principal id (data: "principals": {"<id>": ["<role>", ...]}).
-principal_roles contains r if {
-	is_array(input.principal.roles)
-	some r in input.principal.roles
-	is_string(r)
-}
-
-principal_roles contains r if {
-	assigned := object.get(object.get(config, "principals", {}), principal_id, [])
-	is_array(assigned)
-	some r in assigned
+principal_roles := {r | some r in array_or_empty(input.principal.roles); is_string(r)} | {r |
+	some r in array_or_empty(object.get(object.get(config, "principals", {}), principal_id, []))
 	is_string(r)
 }
 
 # The roles whose grants apply: the principal's own, plus "*", which applies to everyone.
-effective_roles contains r if some r in principal_roles
-
-effective_roles contains "*"
+effective_roles := principal_roles | {"*"}
 
 server := input.server if is_string(input.server)
 
@@ -98,11 +88,33 @@ secrets_seen := [s | some s in input.context.secrets_seen; is_string(s)] if is_a
 
 else := []
 
+array_or_empty(x) := x if is_array(x)
+
+else := []
+
 # True when a string matches any glob of a list. Globs have no delimiter (null), so "*" spans dots
-# and slashes; config values that are not strings are ignored.
-glob_any(patterns, value) if {
+# and slashes; config values that are not strings are ignored. Exact names and "*" are checked first:
+# they are the common case, and much cheaper than glob.match (these rules are on every request's path).
+glob_any(patterns, value) := true if {
+	is_array(patterns)
+	value in patterns
+} else := true if {
+	is_array(patterns)
+	"*" in patterns
+} else := globs_match(patterns, value)
+
+globs_match(patterns, value) if {
 	is_array(patterns)
 	some p in patterns
 	is_string(p)
 	glob.match(p, null, value)
+}
+
+# One glob (exact and "*" first).
+glob_one(pattern, value) := true if {
+	pattern == value
+} else := true if {
+	pattern == "*"
+} else := glob.match(pattern, null, value) if {
+	is_string(pattern)
 }
