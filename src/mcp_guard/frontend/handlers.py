@@ -200,7 +200,13 @@ class Handlers:
                 return _for_client(ctx, {"content": [{"type": "text", "text": f"mcp-guard: {outcome.error.message}"}],
                                          "isError": True})
             raise MCPError.from_error_data(outcome.error)
-        return _for_client(ctx, outcome.result or {"content": []})
+        result = outcome.result or {"content": []}
+        if outcome.decision is not None:
+            # Correlation for clients and auditors: which decision (and audit rows) this answer belongs to.
+            meta = result.get("_meta")
+            result["_meta"] = {**(meta if isinstance(meta, dict) else {}),
+                               "mcp-guard/decision_id": outcome.decision.decision_id}
+        return _for_client(ctx, result)
 
     # ------------------------------------------------------------------ resources
     async def list_resources(self, ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
