@@ -61,49 +61,40 @@ path_names := {lower(n) | some n in object.get(path_config, "argument_names", []
 	is_string(n)
 }
 
-path_arguments contains [name, value] if {
+# [name, value, path]: the path with backslashes as separators and without a file:// prefix.
+path_arguments contains [name, value, replace(trim_prefix(value, "file://"), "\\", "/")] if {
 	some [name, value] in string_arguments
 	name in path_names
 }
 
-allowed_roots := {r | some r in server_values(object.get(path_config, "allowed_roots", {})); is_string(r)}
+allowed_roots := {trim_suffix(r, "/") | some r in server_values(object.get(path_config, "allowed_roots", {})); is_string(r)}
 
 path_problem contains [name, value, "path must not contain '..' segments"] if {
-	some [name, value] in path_arguments
-	".." in split(normalised_path(value), "/")
+	some [name, value, p] in path_arguments
+	".." in split(p, "/")
 }
 
 path_problem contains [name, value, "path must not contain NUL bytes"] if {
-	some [name, value] in path_arguments
+	some [name, value, _] in path_arguments
 	contains(value, "\u0000")
 }
 
 path_problem contains [name, value, msg] if {
-	some [name, value] in path_arguments
-	not startswith(normalised_path(value), "/")
-	msg := sprintf("'%s' is not an absolute path; use a path under %s", [value, roots_text])
-}
-
-path_problem contains [name, value, msg] if {
-	some [name, value] in path_arguments
-	p := normalised_path(value)
-	startswith(p, "/")
+	some [name, value, p] in path_arguments
 	not under_allowed_root(p)
-	msg := sprintf("'%s' is outside the allowed roots (%s)", [value, roots_text])
+	msg := path_outside_message(value, p)
 }
 
-# Backslashes count as separators, and a file:// URI is judged by its path.
-normalised_path(value) := trim_prefix(replace(value, "\\", "/"), "file://")
+under_allowed_root(p) if p in allowed_roots
 
-under_allowed_root(p) if {
+else if {
 	some root in allowed_roots
-	p == trim_suffix(root, "/")
+	startswith(p, concat("", [root, "/"]))
 }
 
-under_allowed_root(p) if {
-	some root in allowed_roots
-	startswith(p, concat("", [trim_suffix(root, "/"), "/"]))
-}
+path_outside_message(value, p) := sprintf("'%s' is not an absolute path; use a path under %s", [value, roots_text]) if {
+	not startswith(p, "/")
+} else := sprintf("'%s' is outside the allowed roots (%s)", [value, roots_text])
 
 roots_text := concat(", ", sort(allowed_roots)) if count(allowed_roots) > 0
 
@@ -125,41 +116,33 @@ allowed_schemes := {lower(s) | some s in object.get(url_config, "schemes", ["htt
 
 url_names := {lower(n) | some n in object.get(url_config, "argument_names", []); is_string(n)}
 
-url_arguments contains [name, value] if {
+# [name, value, [[match, scheme, authority]]] (no match: an empty list)
+url_arguments contains [name, value, regex.find_all_string_submatch_n(url_pattern, value, 1)] if {
 	some [name, value] in string_arguments
 	name in url_names
 }
 
-url_parts(value) := {"scheme": lower(m[0][1]), "authority": lower(m[0][2])} if {
-	m := regex.find_all_string_submatch_n(url_pattern, value, 1)
-	count(m) == 1
-}
-
 url_problem contains [name, value, msg] if {
-	some [name, value] in url_arguments
-	not url_parts(value)
+	some [name, value, m] in url_arguments
+	count(m) == 0
 	msg := sprintf("'%s' is not an absolute URL (scheme://host/...)", [value])
 }
 
 url_problem contains [name, value, msg] if {
-	some [name, value] in url_arguments
-	parts := url_parts(value)
-	scheme := parts.scheme
+	some [name, value, m] in url_arguments
+	scheme := lower(m[0][1])
 	not scheme in allowed_schemes
 	msg := sprintf("scheme '%s' is not allowed (allowed: %s)", [scheme, concat(", ", sort(allowed_schemes))])
 }
 
-url_problem contains [name, value, "URLs with credentials (user@host) are not allowed"] if {
-	some [name, value] in url_arguments
-	parts := url_parts(value)
-	contains(parts.authority, "@")
+url_problem contains [name, value, msg] if {
+	some [name, value, m] in url_arguments
+	msg := authority_problem(lower(m[0][2]))
 }
 
-url_problem contains [name, value, msg] if {
-	some [name, value] in url_arguments
-	parts := url_parts(value)
-	authority := parts.authority
-	not contains(authority, "@")
+authority_problem(authority) := "URLs with credentials (user@host) are not allowed" if {
+	contains(authority, "@")
+} else := msg if {
 	host := url_host(authority)
 	not host_allowed(host)
 	msg := sprintf("host '%s' is not in the allowlist for server '%s'", [host, server])
@@ -175,9 +158,11 @@ url_host(authority) := h if {
 	h := parts[0]
 }
 
-host_allowed(host) if {
+host_allowed(host) if host in allowed_hosts
+
+else if {
 	some pattern in allowed_hosts
-	glob_one(pattern, host)
+	glob.match(pattern, null, host)
 }
 
 # ---------------------------------------------------------------- SQL
@@ -191,35 +176,34 @@ sql_config := object.get(config, "sql", {})
 
 sql_server if glob_any(object.get(sql_config, "servers", []), server)
 
-# Forbidden words (letters and underscores), as one case-insensitive whole-word pattern.
 sql_forbidden := {lower(k) | some k in object.get(sql_config, "forbidden_keywords", []); is_string(k)}
-
-sql_forbidden_pattern := sprintf(`(?i)\b(%s)\b`, [concat("|", sort(sql_forbidden))]) if count(sql_forbidden) > 0
 
 sql_names := {lower(n) | some n in object.get(sql_config, "argument_names", []); is_string(n)}
 
-# [name, value, statement]: the statement is the value without surrounding whitespace and trailing
-# semicolons.
-sql_arguments contains [name, value, trim_right(trim_space(value), "; \t\r\n")] if {
+# [name, value, statement, words]: the statement is the value without surrounding whitespace and
+# trailing semicolons; its words are its runs of ASCII letters, digits and underscores (what a regex
+# \b...\b delimits), split once here rather than matched keyword by keyword.
+sql_arguments contains [name, value, statement, regex.split(`[^A-Za-z0-9_]+`, statement)] if {
 	some [name, value] in string_arguments
 	name in sql_names
 	sql_server
+	statement := trim_right(trim_space(value), "; \t\r\n")
 }
 
 sql_problem contains [name, value, "only a single SQL statement is allowed (found ';' between statements)"] if {
-	some [name, value, statement] in sql_arguments
+	some [name, value, statement, _] in sql_arguments
 	contains(statement, ";")
 }
 
 sql_problem contains [name, value, msg] if {
-	some [name, value, statement] in sql_arguments
-	not regex.match(`(?is)^(select|with|explain)\b`, statement)
+	some [name, value, _, words] in sql_arguments
+	not lower(words[0]) in {"select", "with", "explain"}
 	msg := "only read-only queries are allowed: the statement must start with SELECT, WITH or EXPLAIN"
 }
 
 sql_problem contains [name, value, msg] if {
-	some [name, value, statement] in sql_arguments
-	found := {upper(m[1]) | some m in regex.find_all_string_submatch_n(sql_forbidden_pattern, statement, -1)}
+	some [name, value, _, words] in sql_arguments
+	found := {upper(w) | some w in words; lower(w) in sql_forbidden}
 	count(found) > 0
 	msg := sprintf("only read-only queries are allowed: found %s", [concat(", ", sort(found))])
 }
