@@ -21,10 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
+import mcp_guard.policy as policy
 from mcp_guard.errors import PolicyError
-from mcp_guard.policy import open_engine
+from mcp_guard.policy import ReloadEvent, open_engine
 from mcp_guard.policy.bundle import load_bundle
 from mcp_guard.policy.embedded import EmbeddedEngine
 from mcp_guard.policy.opa import OpaEngine, connect, push_bundle
@@ -273,3 +275,27 @@ def test_policy_test_matches_opa_test() -> None:
     ours = {o.rule.ref: o.status == "PASS" for o in run_tests_embedded(load_bundle(BUNDLE)).outcomes}
     assert ours == opa_results
     assert len(ours) > 50
+
+
+async def test_hot_reload_pushes_to_opa(opa: OpaServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(policy, "RELOAD_INTERVAL_S", 0.05)
+    (tmp_path / "p.rego").write_text('package live\n\ndecision := {"allow": false, "reasons": ["v1"]}\n')
+    events: list[ReloadEvent] = []
+    changed = anyio.Event()
+
+    async def listener(e: ReloadEvent) -> None:
+        events.append(e)
+        changed.set()
+
+    settings = parse_settings({"policy": {
+        "engine": "opa", "opa_url": opa.url, "bundle": str(tmp_path), "decision": "live/decision",
+        "push_bundle": True, "hot_reload": True,
+    }})
+    async with open_engine(settings, on_reload=listener) as engine:
+        assert (await engine.evaluate_document({})).reasons == ("v1",)
+        (tmp_path / "p.rego").write_text('package live\n\ndecision := {"allow": true, "reasons": ["v2"]}\n')
+        with anyio.fail_after(10):
+            await changed.wait()
+        assert events[0].status == "loaded" and engine.revision == events[0].revision
+        d = await engine.evaluate_document({})
+    assert d.allow is True and d.reasons == ("v2",) and d.revision == events[0].revision
