@@ -299,3 +299,21 @@ async def test_hot_reload_pushes_to_opa(opa: OpaServer, tmp_path: Path, monkeypa
         assert events[0].status == "loaded" and engine.revision == events[0].revision
         d = await engine.evaluate_document({})
     assert d.allow is True and d.reasons == ("v2",) and d.revision == events[0].revision
+
+
+def test_cli_policy_test_and_eval_with_opa_engine(opa: OpaServer, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    from mcp_guard.cli import main
+
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(
+        f'[policy]\nengine = "opa"\nopa_url = "{opa.url}"\nbundle = "{BUNDLE}"\npush_bundle = true\n'
+        "hot_reload = false\n"
+    )
+    assert main(["policy", "test", "-c", str(cfg)]) == 0
+    out = capsys.readouterr().out
+    assert "data.mcp_guard.test_default_deny_without_roles: PASS (" in out and "FAIL" not in out
+    name, doc = corpus()[0]
+    (tmp_path / "in.json").write_text(json.dumps(doc))
+    assert main(["policy", "eval", "-c", str(cfg), "-i", str(tmp_path / "in.json")]) == 0, name
+    assert json.loads(capsys.readouterr().out)["allow"] is True
