@@ -4,13 +4,20 @@
     python bench/bench_policy.py --n 50       # a smoke run
     python bench/bench_policy.py --opa-url http://127.0.0.1:8181   # use a running OPA (bundle is pushed)
 
-Both engines evaluate the default bundle (policies/rego) on the same inputs: the 100-odd documents of
-the differential corpus (tests/policy/policy_corpus.py: allowed and denied calls, listings, argument
-checks, malformed inputs), cycled in order. A latency is one ``await engine.evaluate_document(doc)``
-as the proxy sees it: for the embedded engine JSON encoding, evaluation and decision validation; for
-OPA the HTTP round trip over a kept-alive connection with ``strict-builtin-errors=true`` too. Calls
-are sequential (one in flight), after a warm-up. Without an opa binary (scripts/install-opa.sh) the OPA
-row is reported as skipped. Prints a table and writes the numbers as JSON to bench/results/.
+Both engines evaluate the default bundle (policies/rego) on the same inputs, in two workloads:
+
+* ``typical``: what an agent session mostly sends — allowed calls with ids and short strings
+  (tickets, a SELECT, an allowlisted URL, a path under the root), listing checks and a few denies;
+* ``corpus``: all 100-odd documents of the differential corpus (tests/policy/policy_corpus.py),
+  heavy on argument checks (paths, URLs, SQL), malformed inputs and denies.
+
+Inputs are cycled in order. A latency is one ``await engine.evaluate_document(doc)`` as the proxy
+sees it: for the embedded engine JSON encoding, evaluation and decision validation; for OPA the HTTP
+round trip over a kept-alive connection with ``strict-builtin-errors=true``. Calls are sequential
+(one in flight), after a warm-up. For the embedded engine the CPU time of the evaluating thread is
+reported too: on a busy machine wall time includes waiting for a core, CPU time does not. Without an
+opa binary (scripts/install-opa.sh) the OPA rows are reported as skipped. Prints a table and writes
+the numbers as JSON to bench/results/.
 """
 
 from __future__ import annotations
@@ -41,13 +48,23 @@ BUNDLE = REPO / "policies" / "rego"
 TARGETS_US = {"embedded": 200.0, "opa": 1500.0}  # median targets (issue 3)
 
 
-def load_corpus() -> list[dict[str, Any]]:
+TYPICAL = [
+    "alice list_tickets", "alice get_ticket", "alice create_ticket", "alice close_ticket", "alice ticket resource",
+    "alice triage prompt", "bob get_ticket", "bob sql 0", "bob sql 3", "bob list_tables", "bob describe_table",
+    "bob read path 0", "dev git status", "alice fetch 0", "dev echo", "anyone time",
+    "list alice create_ticket", "list alice delete_ticket", "list bob query", "list alice query", "list resources",
+    "alice delete_ticket", "no roles",
+]
+
+
+def load_workloads() -> dict[str, list[dict[str, Any]]]:
     sys.path.insert(0, str(REPO / "tests" / "policy"))
     try:
         from policy_corpus import corpus
     finally:
         sys.path.pop(0)
-    return [doc for _, doc in corpus()]
+    cases = dict(corpus())
+    return {"typical": [cases[name] for name in TYPICAL], "corpus": list(cases.values())}
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -112,48 +129,59 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait()
 
 
-async def measure(engine: RegoEngine, docs: list[dict[str, Any]], n: int, warmup: int) -> tuple[list[int], int]:
+async def measure(
+    engine: RegoEngine, docs: list[dict[str, Any]], n: int, warmup: int
+) -> tuple[list[int], list[int], int]:
     for i in range(warmup):
         await engine.evaluate_document(docs[i % len(docs)])
-    samples: list[int] = []
+    wall: list[int] = []
+    cpu: list[int] = []
     allowed = 0
-    clock = time.perf_counter_ns
+    clock, cpu_clock = time.perf_counter_ns, time.thread_time_ns
     for i in range(n):
         doc = docs[i % len(docs)]
-        start = clock()
+        start, start_cpu = clock(), cpu_clock()
         decision = await engine.evaluate_document(doc)
-        samples.append(clock() - start)
+        wall.append(clock() - start)
+        cpu.append(cpu_clock() - start_cpu)
         if decision.code is not None:
-            raise RuntimeError(f"engine failed on corpus input {i % len(docs)}: {decision.reasons}")
+            raise RuntimeError(f"engine failed on input {i % len(docs)}: {decision.reasons}")
         allowed += decision.allow
-    return samples, allowed
+    return wall, cpu, allowed
 
 
-async def bench_engine(engine_name: str, docs: list[dict[str, Any]], n: int, warmup: int,
-                       opa_url: str | None) -> dict[str, Any]:
+async def bench_engine(engine_name: str, workloads: dict[str, list[dict[str, Any]]], n: int, warmup: int,
+                       opa_url: str | None) -> list[dict[str, Any]]:
     policy: dict[str, Any] = {"engine": engine_name, "bundle": str(BUNDLE), "hot_reload": False}
     if engine_name == "opa":
         policy.update(opa_url=opa_url, push_bundle=True, timeout_ms=5000)
     settings = parse_settings({"policy": policy})
+    rows = []
     async with open_engine(settings, watch=False) as engine:
-        samples, allowed = await measure(engine, docs, n, warmup)
-        revision = engine.revision
-    return {"engine": engine_name, **summary_us(samples), "allowed": allowed, "revision": revision,
-            "target_median_us": TARGETS_US[engine_name]}
+        for workload, docs in workloads.items():
+            wall, cpu, allowed = await measure(engine, docs, n, warmup)
+            row = {"engine": engine_name, "workload": workload, **summary_us(wall), "allowed": allowed,
+                   "revision": engine.revision, "target_median_us": TARGETS_US[engine_name]}
+            if engine_name == "embedded":
+                row["cpu"] = summary_us(cpu)
+            rows.append(row)
+    return rows
 
 
 def render(rows: list[dict[str, Any]]) -> str:
-    head = f"{'engine':<10} {'n':>7} {'median µs':>10} {'p90 µs':>9} {'p99 µs':>9} {'max µs':>9} {'target':>14}"
+    head = (f"{'engine':<9} {'workload':<8} {'n':>6} {'median µs':>10} {'p90 µs':>8} {'p99 µs':>8} {'max µs':>8} "
+            f"{'cpu median µs':>14} {'target':>12}")
     lines = [head, "-" * len(head)]
     for r in rows:
         if r.get("skipped"):
-            lines.append(f"{r['engine']:<10} skipped: {r['skipped']}")
+            lines.append(f"{r['engine']:<9} skipped: {r['skipped']}")
             continue
         verdict = "ok" if r["median_us"] <= r["target_median_us"] else "MISSED"
         target = f"≤{r['target_median_us']:.0f} {verdict}"
+        cpu = f"{r['cpu']['median_us']:.1f}" if "cpu" in r else "-"
         lines.append(
-            f"{r['engine']:<10} {r['n']:>7} {r['median_us']:>10.1f} {r['p90_us']:>9.1f} {r['p99_us']:>9.1f} "
-            f"{r['max_us']:>9.1f} {target:>14}"
+            f"{r['engine']:<9} {r['workload']:<8} {r['n']:>6} {r['median_us']:>10.1f} {r['p90_us']:>8.1f} "
+            f"{r['p99_us']:>8.1f} {r['max_us']:>8.1f} {cpu:>14} {target:>12}"
         )
     return "\n".join(lines)
 
@@ -167,14 +195,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--no-save", action="store_true", help="do not write bench/results/policy-*.json")
     args = ap.parse_args(argv)
     warmup = min(args.n, 500) if args.warmup is None else args.warmup
-    docs = load_corpus()
+    workloads = load_workloads()
     rows: list[dict[str, Any]] = []
     for name in [e.strip() for e in args.engines.split(",") if e.strip()]:
         if name == "embedded":
-            rows.append(anyio.run(bench_engine, "embedded", docs, args.n, warmup, None))
+            rows += anyio.run(bench_engine, "embedded", workloads, args.n, warmup, None)
         elif name == "opa":
             if args.opa_url:
-                rows.append(anyio.run(bench_engine, "opa", docs, args.n, warmup, args.opa_url))
+                rows += anyio.run(bench_engine, "opa", workloads, args.n, warmup, args.opa_url)
                 continue
             binary = find_opa()
             if binary is None:
@@ -182,7 +210,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 continue
             proc, url = start_opa(binary)
             try:
-                rows.append(anyio.run(bench_engine, "opa", docs, args.n, warmup, url))
+                rows += anyio.run(bench_engine, "opa", workloads, args.n, warmup, url)
             finally:
                 stop(proc)
         else:
@@ -190,9 +218,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(render(rows))
     report = {
         "bench": "policy",
-        "corpus_size": len(docs),
+        "workload_sizes": {k: len(v) for k, v in workloads.items()},
         "warmup": warmup,
-        "machine": {"nproc": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        "machine": {"nproc": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
+                    "loadavg": list(os.getloadavg())},
         "results": rows,
     }
     if not args.no_save:
