@@ -250,3 +250,42 @@ async def test_cancelled_caller_still_gets_its_event_written(db: Path) -> None:
             scope.cancel()
             await store.record(event(7))
     assert [r["decision_id"] for r in rows(db)] == ["dec-7"]
+
+
+async def test_record_waits_its_turn_when_the_queue_is_full(db: Path) -> None:
+    async with AuditStore.open(db, queue_max=4, batch_max=2) as store:
+        got: dict[int, int] = {}
+
+        async def one(i: int) -> None:
+            got[i] = await store.record(event(i))
+
+        async with anyio.create_task_group() as tg:
+            for i in range(50):
+                tg.start_soon(one, i)
+    assert sorted(got.values()) == list(range(1, 51))
+    assert [got[i] for i in range(50)] == list(range(1, 51))  # first come, first committed
+    assert verify_file(db).ok
+
+
+async def test_record_waiting_for_room_is_bounded_too(db: Path) -> None:
+    async with AuditStore.open(db, busy_timeout=3.0, record_timeout=0.3, queue_max=1, batch_max=1) as store:
+        await store.record(event(0))
+        other = sqlite3.connect(db, isolation_level=None)
+        errors: list[str] = []
+
+        async def one(i: int) -> None:
+            try:
+                await store.record(event(i))
+            except AuditError as e:
+                errors.append(str(e))
+
+        try:
+            other.execute("BEGIN EXCLUSIVE")
+            with anyio.fail_after(2):
+                async with anyio.create_task_group() as tg:
+                    for i in range(1, 6):
+                        tg.start_soon(one, i)
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        assert len(errors) == 5 and all("did not commit" in e for e in errors)

@@ -208,7 +208,10 @@ class AuditStore:
         self._inflight: list[_Pending] = []
         self._wakeup = anyio.Event()  # set to wake an idle writer
         self._writer_idle = False
-        self._space = anyio.Event()  # set by the writer when it takes events off a full queue
+        # Events of record() calls that found the queue full, first come first served: the writer
+        # moves them into the queue as it makes room. Their callers simply wait for the commit
+        # (the watchdog bounds the wait), so a full queue costs no extra task wake-ups.
+        self._overflow: deque[_Pending] = deque()
         self._file_id = _file_id(path)
         self._closing = False
         self._broken: str | None = None  # set when the store can never write again
@@ -281,7 +284,7 @@ class AuditStore:
     @property
     def queued(self) -> int:
         """Events waiting for the writer (not counting the transaction in flight)."""
-        return len(self._queue)
+        return len(self._queue) + len(self._overflow)
 
     async def record(self, event: AuditEvent) -> int:
         """Write ``event``; return its ``seq`` once the transaction holding it has committed.
@@ -298,10 +301,10 @@ class AuditStore:
             raise
         except Exception as e:  # an event that cannot be serialised must not pass unrecorded
             raise AuditError(f"audit event {event.kind!r} cannot be serialised: {e}") from e
-        if len(self._queue) >= self._queue_max:
-            await self._wait_for_space(deadline)
-            self._raise_if_unwritable()
-        self._enqueue(pending)
+        if self._overflow or len(self._queue) >= self._queue_max:
+            self._overflow.append(pending)
+        else:
+            self._enqueue(pending)
         done = pending.done
         assert done is not None
         await done.wait()
@@ -350,15 +353,6 @@ class AuditStore:
             self._writer_idle = False
             self._wakeup.set()
 
-    async def _wait_for_space(self, deadline: float) -> None:
-        with anyio.move_on_after(deadline - anyio.current_time()):
-            while len(self._queue) >= self._queue_max:
-                self._raise_if_unwritable()
-                await self._space.wait()
-            return
-        self.stats.expired += 1
-        raise AuditError(f"audit queue stayed full ({self._queue_max} events) for {self._record_timeout:g}s")
-
     def _check_file(self) -> str | None:
         """None if ``path`` still names the file the store opened; else what happened to it."""
         try:
@@ -392,9 +386,11 @@ class AuditStore:
             p = queue.popleft()
             if not p.abandoned:
                 batch.append(p)
-        if not self._space.is_set():
-            self._space.set()
-            self._space = anyio.Event()
+        overflow = self._overflow
+        while overflow and len(queue) < self._queue_max:
+            p = overflow.popleft()
+            if not p.abandoned:
+                queue.append(p)
         return batch
 
     async def _run_writer(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
@@ -421,7 +417,9 @@ class AuditStore:
             reason = self._broken or "audit store closed before this event was written"
             self._fail(self._inflight, reason)
             self._fail(self._queue, reason)
+            self._fail(self._overflow, reason)
             self._queue.clear()
+            self._overflow.clear()
             self._writer_done.set()
 
     async def _commit(self, batch: list[_Pending]) -> None:
@@ -516,12 +514,13 @@ class AuditStore:
             await anyio.sleep(tick)
             now = anyio.current_time()
             expired = [p for p in self._inflight if p.deadline <= now]
-            for p in self._queue:  # record() deadlines grow along the queue: stop at the first live one
-                if p.done is None:
-                    continue
-                if p.deadline > now:
-                    break
-                expired.append(p)
+            for waiting in (self._queue, self._overflow):
+                for p in waiting:  # record() deadlines grow along a queue: stop at the first live one
+                    if p.done is None or p.done.is_set():
+                        continue
+                    if p.deadline > now:
+                        break
+                    expired.append(p)
             for p in expired:
                 if p.done is not None and not p.done.is_set():
                     p.abandoned = True
