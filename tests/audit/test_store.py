@@ -289,3 +289,17 @@ async def test_record_waiting_for_room_is_bounded_too(db: Path) -> None:
             other.execute("ROLLBACK")
             other.close()
         assert len(errors) == 5 and all("did not commit" in e for e in errors)
+
+
+async def test_one_bad_event_does_not_fail_its_batch(db: Path) -> None:
+    async with AuditStore.open(db) as store:
+        for i in range(5):
+            store.record_nowait(event(i))
+        store.record_nowait(event(5, kind=""))  # refused at the door (kind is required)
+        store.record_nowait(event(6, principal=42, server=["not", "text"]))  # stored as text
+        assert await store.record(event(7)) == 7
+        assert store.stats.dropped == 1
+    stored = rows(db)
+    assert [r["decision_id"] for r in stored] == [f"dec-{i}" for i in (0, 1, 2, 3, 4, 6, 7)]
+    assert (stored[5]["principal"], stored[5]["server"]) == ("42", "['not', 'text']")
+    assert verify_file(db).ok

@@ -144,11 +144,13 @@ def _values(
 
 
 def _same(value: str | None) -> str | None:
-    return value
+    if value is None or isinstance(value, str):
+        return value
+    return str(value)  # a stray non-text value must not fail the whole batch when bound
 
 
 def _clean(value: str | None) -> str | None:
-    return None if value is None else clean_text(value)
+    return None if value is None else clean_text(_same(value) or "")
 
 
 _DECISIONS = frozenset({None, "allow", "deny"})
@@ -158,6 +160,8 @@ def _prepare(event: AuditEvent, done: anyio.Event | None, deadline: float = math
     """Turn an event into the exact values its row will hold, and their canonical JSON body."""
     if event.decision not in _DECISIONS:
         raise AuditError(f"audit event {event.kind!r}: decision must be 'allow', 'deny' or None")
+    if not (event.kind and event.event_id and event.ts):  # NOT NULL columns: one bad event must
+        raise AuditError(f"audit event {event.kind!r}: kind, event_id and ts are required")  # not fail a batch
     try:  # the fast path: plain JSON-able values and valid text
         values = _values(event, _same, fast_json_text)
         body = canonical_json(dict(zip(_VALUE_ORDER, values, strict=True)))
@@ -324,8 +328,10 @@ class AuditStore:
             except Exception as e:  # a side-channel event must never break its caller
                 problem = f"audit event cannot be serialised: {e}"
         self.stats.dropped += 1
-        log.error("audit.event_dropped", kind=event.kind, event_id=event.event_id, problem=problem,
-                  dropped=self.stats.dropped)
+        dropped = self.stats.dropped
+        if dropped & (dropped - 1) == 0:  # 1st, 2nd, 4th, 8th… drop: loud, without flooding the log
+            log.error("audit.event_dropped", kind=event.kind, event_id=event.event_id, problem=problem,
+                      dropped=dropped)
 
     async def aclose(self) -> None:
         """Refuse new events, commit the queued ones (within ``close_timeout``), stop the writer."""
