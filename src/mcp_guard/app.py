@@ -98,28 +98,34 @@ class Guard:
         from mcp_guard.audit.store import AuditStore
         from mcp_guard.logging import add_processor
         from mcp_guard.pipeline.redact import scrub_processor
-        from mcp_guard.policy import open_engine
+        from mcp_guard.policy import ReloadEvent, open_engine
         from mcp_guard.secrets.manager import SecretManager
 
         secrets = SecretManager(settings)
         add_processor(scrub_processor(secrets))
-        async with (
-            AuditStore.open(settings.resolve_path(settings.audit.path), batch_max=settings.audit.batch_max,
-                            queue_max=settings.audit.queue_max) as store,
-            open_engine(settings) as engine,
-        ):
-            store.record_nowait(AuditEvent(kind="config.load", details={
-                "source": settings.source, "upstreams": sorted(settings.upstreams),
-                "principals": sorted(settings.principals)}))
-            store.record_nowait(AuditEvent(kind="policy.load", policy_revision=engine.revision, details={
-                "engine": settings.policy.engine, "bundle": settings.policy.bundle}))
-            pins = PinStore(settings.resolve_path(settings.audit.state_path))
-            try:
-                guard = cls(settings, engine=engine, sink=store, secrets=secrets, principal=principal, pins=pins)
-                async with guard.running():
-                    yield guard
-            finally:
-                pins.close()
+        async with AuditStore.open(settings.resolve_path(settings.audit.path), batch_max=settings.audit.batch_max,
+                                   queue_max=settings.audit.queue_max) as store:
+
+            async def on_reload(ev: ReloadEvent) -> None:
+                # Hot reloads are part of the record: which revision decided from when, and rejected bundles.
+                store.record_nowait(AuditEvent(
+                    kind="policy.load" if ev.status == "loaded" else "policy.reload_failed",
+                    policy_revision=ev.active_revision,
+                    details={"bundle": ev.bundle, "revision": ev.revision, "error": ev.error}))
+
+            async with open_engine(settings, on_reload=on_reload) as engine:
+                store.record_nowait(AuditEvent(kind="config.load", details={
+                    "source": settings.source, "upstreams": sorted(settings.upstreams),
+                    "principals": sorted(settings.principals)}))
+                store.record_nowait(AuditEvent(kind="policy.load", policy_revision=engine.revision, details={
+                    "engine": settings.policy.engine, "bundle": settings.policy.bundle}))
+                pins = PinStore(settings.resolve_path(settings.audit.state_path))
+                try:
+                    guard = cls(settings, engine=engine, sink=store, secrets=secrets, principal=principal, pins=pins)
+                    async with guard.running():
+                        yield guard
+                finally:
+                    pins.close()
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[Guard]:
