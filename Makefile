@@ -19,17 +19,22 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	@touch $@
 
-# Real npm MCP servers and the MCP Inspector the e2e tests drive (pinned by the lock file).
-peers: $(E2E)/node_modules/.installed
+# Real npm MCP servers and the MCP Inspector the e2e tests drive, and the official MCP conformance suite
+# with the Node 22 it needs (both pinned by lock files).
+CONF := tests/conformance
+peers: $(E2E)/node_modules/.installed $(CONF)/node_modules/.installed
 $(E2E)/node_modules/.installed: $(E2E)/package.json $(E2E)/package-lock.json
 	cd $(E2E) && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+$(CONF)/node_modules/.installed: $(CONF)/package.json $(CONF)/package-lock.json
+	cd $(CONF) && npm ci --no-audit --no-fund --loglevel=error
 	@touch $@
 
 # A real OPA server binary for the OPA-backend tests (built offline from Debian source packages).
 opa:
 	@if [ -x scripts/install-opa.sh ]; then scripts/install-opa.sh; fi
 
-demo: venv
+demo: venv $(E2E)/node_modules/.installed
 	$(BIN)/mcp-guard demo
 
 lint: venv
