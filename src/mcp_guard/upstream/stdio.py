@@ -12,14 +12,17 @@ Differs from the SDK's ``stdio_client`` where a proxy needs it to:
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import signal
 import sys
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from subprocess import PIPE
+from types import TracebackType
 from typing import Any
 
 import anyio
@@ -73,54 +76,9 @@ async def open_stdio_transport(
     process = await anyio.open_process(
         [exe, *args], stdin=PIPE, stdout=PIPE, stderr=PIPE, env=dict(env), cwd=cwd, start_new_session=True
     )
-    read_send, read_recv = anyio.create_memory_object_stream[SessionMessage | Exception](64)
-    write_send, write_recv = anyio.create_memory_object_stream[SessionMessage](64)
+    read_stream = _ChildReadStream(process, name, max_line_bytes)
+    write_stream = _ChildWriteStream(process, read_stream)
     exit_info = ChildExit()
-
-    async def reader() -> None:
-        assert process.stdout is not None
-        buf = bytearray()
-        discarding = False
-        try:
-            async for chunk in process.stdout:
-                start = 0
-                while True:
-                    nl = chunk.find(b"\n", start)
-                    if nl < 0:
-                        if not discarding:
-                            buf += chunk[start:]
-                            if len(buf) > max_line_bytes:
-                                buf.clear()
-                                discarding = True
-                                await read_send.send(
-                                    ValueError(f"{name}: message larger than {max_line_bytes} bytes discarded")
-                                )
-                        break
-                    if discarding:
-                        discarding = False
-                    else:
-                        buf += chunk[start:nl]
-                        if len(buf) > max_line_bytes:
-                            await read_send.send(
-                                ValueError(f"{name}: message larger than {max_line_bytes} bytes discarded")
-                            )
-                        elif buf.strip():
-                            await read_send.send(_parse(bytes(buf), name))
-                    buf.clear()
-                    start = nl + 1
-        except (anyio.ClosedResourceError, anyio.BrokenResourceError, anyio.EndOfStream):
-            pass
-        finally:
-            read_send.close()
-
-    async def writer() -> None:
-        assert process.stdin is not None
-        try:
-            async for msg in write_recv:
-                data = msg.message.model_dump_json(by_alias=True, exclude_unset=True).encode() + b"\n"
-                await process.stdin.send(data)
-        except (anyio.ClosedResourceError, anyio.BrokenResourceError, OSError):
-            read_send.close()
 
     async def stderr_pump() -> None:
         assert process.stderr is not None
@@ -139,20 +97,153 @@ async def open_stdio_transport(
         exit_info.returncode = await process.wait()
         exit_info.event.set()
         # stdout may stay open in a grandchild; the session must still see the end.
-        read_send.close()
+        await read_stream.end()
 
     async with anyio.create_task_group() as tg:
-        tg.start_soon(reader)
-        tg.start_soon(writer)
         tg.start_soon(stderr_pump)
         tg.start_soon(waiter)
         try:
-            yield read_recv, write_send, exit_info, process
+            yield read_stream, write_stream, exit_info, process
         finally:
             with anyio.CancelScope(shield=True):
-                write_send.close()
+                await write_stream.aclose()
                 await _terminate(process, exit_info)
             tg.cancel_scope.cancel()
+
+
+class _ChildReadStream:
+    """The SDK's ``ReadStream`` over the child's stdout: the session's read loop reads, frames and parses
+    in its own task (no reader task, no memory stream in between). A line over ``max_line_bytes`` is
+    discarded and surfaced as a ``ValueError`` item."""
+
+    def __init__(self, process: Process, name: str, max_line_bytes: int) -> None:
+        assert process.stdout is not None
+        self._stdout = process.stdout
+        self._name = name
+        self._max = max_line_bytes
+        self._buf = bytearray()
+        self._pending: deque[SessionMessage | Exception] = deque()
+        self._discarding = False
+        self._eof = False
+
+    async def receive(self) -> SessionMessage | Exception:
+        pending = self._pending
+        while not pending:
+            if self._eof:
+                raise anyio.EndOfStream
+            try:
+                chunk = await self._stdout.receive()
+            except (anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError):
+                self._eof = True
+                continue
+            self._feed(chunk)
+        return pending.popleft()
+
+    def _feed(self, chunk: bytes) -> None:
+        buf, start = self._buf, 0
+        while True:
+            nl = chunk.find(b"\n", start)
+            if nl < 0:
+                if not self._discarding:
+                    buf += chunk[start:]
+                    if len(buf) > self._max:
+                        buf.clear()
+                        self._discarding = True
+                        self._pending.append(self._too_large())
+                return
+            if self._discarding:
+                self._discarding = False
+            elif buf:
+                buf += chunk[start:nl]
+                if len(buf) > self._max:
+                    self._pending.append(self._too_large())
+                elif buf.strip():
+                    self._pending.append(_parse(bytes(buf), self._name))
+                buf.clear()
+            elif nl - start > self._max:
+                self._pending.append(self._too_large())
+            else:
+                line = chunk[start:nl]
+                if line.strip():
+                    self._pending.append(_parse(line, self._name))
+            start = nl + 1
+
+    def _too_large(self) -> ValueError:
+        return ValueError(f"{self._name}: message larger than {self._max} bytes discarded")
+
+    async def end(self) -> None:
+        """No more messages (the child exited or its stdin broke): wake a pending ``receive``."""
+        if not self._eof:
+            self._eof = True
+            with suppress(Exception):
+                await self._stdout.aclose()
+
+    def __aiter__(self) -> _ChildReadStream:
+        return self
+
+    async def __anext__(self) -> SessionMessage | Exception:
+        try:
+            return await self.receive()
+        except anyio.EndOfStream:
+            raise StopAsyncIteration from None
+
+    async def aclose(self) -> None:
+        await self.end()
+
+    async def __aenter__(self) -> _ChildReadStream:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.aclose()
+
+
+class _ChildWriteStream:
+    """The SDK's ``WriteStream`` onto the child's stdin: serialise and write in the sender's task, waiting
+    only under back-pressure. If the child's stdin is gone the message is dropped and the read side
+    ends, so the session sees the upstream close (in-flight calls fail fast) rather than hang."""
+
+    def __init__(self, process: Process, reader: _ChildReadStream) -> None:
+        assert process.stdin is not None
+        self._stdin = process.stdin
+        # anyio's wrapper yields to the loop after every write; the asyncio writer underneath does not
+        # need to (its write() is one non-blocking os.write when the pipe has room).
+        self._raw: asyncio.StreamWriter | None = getattr(process.stdin, "_stream", None)
+        if not isinstance(self._raw, asyncio.StreamWriter):
+            self._raw = None
+        self._reader = reader
+        self._closed = False
+        self._broken = False
+
+    async def send(self, item: SessionMessage) -> None:
+        if self._closed:
+            raise anyio.ClosedResourceError
+        if self._broken:
+            return
+        data = item.message.model_dump_json(by_alias=True, exclude_unset=True).encode() + b"\n"
+        raw = self._raw
+        try:
+            if raw is None:
+                await self._stdin.send(data)
+            elif raw.transport.is_closing():
+                raise BrokenPipeError("the upstream's stdin is closed")
+            else:
+                raw.write(data)
+                if raw.transport.get_write_buffer_size():
+                    await raw.drain()
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError, OSError, RuntimeError):
+            self._broken = True
+            await self._reader.end()
+
+    async def aclose(self) -> None:
+        self._closed = True
+
+    async def __aenter__(self) -> _ChildWriteStream:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.aclose()
 
 
 async def _terminate(process: Process, exit_info: ChildExit) -> None:

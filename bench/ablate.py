@@ -1,0 +1,111 @@
+"""Run ``mcp-guard`` with parts of the hot path switched off, to measure what each part costs.
+
+    python bench/ablate.py no-audit-wait,no-secrets -- run --config cfg.toml
+
+Not a product feature and never used by ``make bench`` for the headline numbers: a diagnostic that
+answers "how much of the added latency is X?" by monkeypatching X away in this process only.
+
+Switches (comma-separated):
+
+* ``no-audit-wait``  calls queue their audit rows but do not wait for the commit (ordering guarantee off)
+* ``no-audit``       nothing is recorded at all
+* ``no-secrets``     the guard runs without the secrets manager (no argument inspection, no redaction)
+* ``no-policy``      every call is allowed without asking the engine
+* ``sdk-front``      the SDK's threaded stdio server transport instead of mcp-guard's asyncio one
+* ``sdk-upstream``   the SDK's ``stdio_client`` (threads, anyio process) for stdio upstreams
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+SWITCHES = ("no-audit-wait", "no-audit", "no-secrets", "no-policy", "sdk-front", "sdk-upstream")
+
+
+def apply(switches: set[str]) -> None:
+    unknown = switches - set(SWITCHES)
+    if unknown:
+        raise SystemExit(f"unknown switch(es): {', '.join(sorted(unknown))}; known: {', '.join(SWITCHES)}")
+    from mcp_guard.audit.store import AuditStore
+
+    if "no-audit" in switches:
+        async def record_nothing(self: Any, event: Any) -> int:
+            return 0
+
+        AuditStore.record = record_nothing  # type: ignore[method-assign]
+        AuditStore.record_nowait = lambda self, event: None  # type: ignore[method-assign]
+    elif "no-audit-wait" in switches:
+        async def record_queued(self: Any, event: Any) -> int:
+            self.record_nowait(event)
+            return 0
+
+        AuditStore.record = record_queued  # type: ignore[method-assign]
+    if "no-secrets" in switches:
+        import mcp_guard.app as app
+
+        original = app.Guard.__init__
+
+        def without_secrets(self: Any, settings: Any, **kw: Any) -> None:
+            kw["secrets"] = None
+            original(self, settings, **kw)
+
+        app.Guard.__init__ = without_secrets  # type: ignore[method-assign]
+    if "no-policy" in switches:
+        from mcp_guard.pipeline import authorize
+        from mcp_guard.types import Decision
+
+        class AllowAll:
+            def __init__(self, engine: Any) -> None:
+                self._engine = engine
+
+            async def __call__(self, ctx: Any, call_next: Any) -> Any:
+                from dataclasses import replace
+
+                d = Decision(allow=True, reasons=("ablation",), revision=getattr(self._engine, "revision", None))
+                return await call_next(replace(ctx, decision=d))
+
+        import mcp_guard.app as app
+
+        setattr(authorize, "Authorize", AllowAll)  # noqa: B010 - a monkeypatch, on purpose
+        setattr(app, "Authorize", AllowAll)  # noqa: B010
+    if "sdk-front" in switches:
+        from mcp.server.stdio import stdio_server
+
+        import mcp_guard.frontend.stdio as front
+
+        setattr(front, "stdio_transport", lambda *a, **k: stdio_server())  # noqa: B010
+    if "sdk-upstream" in switches:
+        from contextlib import asynccontextmanager
+
+        import anyio
+        from mcp.client.stdio import StdioServerParameters, stdio_client
+
+        import mcp_guard.upstream.connection as conn
+        from mcp_guard.upstream.stdio import ChildExit
+
+        @asynccontextmanager
+        async def sdk_transport(command: str, args: Any, *, env: Any, cwd: Any = None, **_: Any) -> Any:
+            params = StdioServerParameters(command=command, args=list(args), env=dict(env), cwd=cwd)
+            async with stdio_client(params) as (read, write):
+                yield read, write, ChildExit(event=anyio.Event()), None
+
+        setattr(conn, "open_stdio_transport", sdk_transport)  # noqa: B010
+
+
+def main() -> int:
+    if len(sys.argv) < 2:
+        print(__doc__, file=sys.stderr)
+        return 2
+    switches = {s for s in sys.argv[1].split(",") if s}
+    rest = sys.argv[2:]
+    if rest[:1] == ["--"]:
+        rest = rest[1:]
+    apply(switches)
+    from mcp_guard.cli import main as guard_main
+
+    return guard_main(rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
