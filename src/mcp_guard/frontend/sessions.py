@@ -30,9 +30,6 @@ __all__ = ["ClientSession", "RequestDownstream", "SessionTable", "principal_for"
 
 log = structlog.get_logger("mcp_guard.frontend")
 
-# Forwarding an upstream's log message is part of the 2025-11-25 protocol we serve, deprecated or not.
-warnings.filterwarnings("ignore", category=MCPDeprecationWarning, module=r"mcp_guard\.")
-
 _STATE_KEY = "mcp_guard.session"
 _NOTIFY_TIMEOUT_S = 5.0
 _SAMPLING_RESULT: TypeAdapter[types.CreateMessageResult | types.CreateMessageResultWithTools] = TypeAdapter(
@@ -165,8 +162,19 @@ class RequestDownstream:
         except ValueError as e:
             return types.ErrorData(code=types.INTERNAL_ERROR, message=f"client sent an invalid elicit result: {e}")
 
+    async def list_roots(self) -> types.ListRootsResult | types.ErrorData:
+        raw = await self._request("roots/list", {})
+        if isinstance(raw, types.ErrorData):
+            return raw
+        try:
+            return types.ListRootsResult.model_validate(raw, by_name=False)
+        except ValueError as e:
+            return types.ErrorData(code=types.INTERNAL_ERROR, message=f"client sent an invalid roots result: {e}")
+
     async def log_message(self, params: types.LoggingMessageNotificationParams) -> None:
-        with anyio.move_on_after(_NOTIFY_TIMEOUT_S), contextlib.suppress(Exception):
+        with anyio.move_on_after(_NOTIFY_TIMEOUT_S), contextlib.suppress(Exception), warnings.catch_warnings():
+            # Forwarding an upstream's log message is part of the 2025-11-25 protocol, deprecated or not.
+            warnings.simplefilter("ignore", MCPDeprecationWarning)
             await self._ctx.session.send_log_message(
                 params.level, params.data, params.logger, related_request_id=self._ctx.request_id
             )
