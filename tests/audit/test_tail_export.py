@@ -118,6 +118,11 @@ async def test_cli_tail_and_its_errors(db: Path, capsys: pytest.CaptureFixture[s
     assert main(["audit", "tail", "--db", str(db), "--decision", "deny", "--json"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert [json.loads(line)["seq"] for line in out] == [3, 4]
+    assert main(["audit", "tail", "--db", str(db), "-n", "3"]) == 0
+    readable = capsys.readouterr().out.splitlines()
+    assert len(readable) == 3 and "\x1b[" not in "".join(readable)  # not a terminal: no colour
+    assert main(["audit", "tail", "--db", str(db), "-n", "1", "--color", "always"]) == 0
+    assert "\x1b[" in capsys.readouterr().out
     assert main(["audit", "tail", "--db", str(db), "--since", "whenever"]) == 2
     assert "--since" in capsys.readouterr().err
     assert main(["audit", "tail", "--db", str(db.parent / "missing.db")]) == 1
@@ -192,3 +197,48 @@ async def test_follow_from_another_process_while_the_store_writes(tmp_path: Path
             if process.returncode is None:
                 process.kill()
             await process.aclose()
+
+
+async def test_follow_waits_for_the_database_to_appear(tmp_path: Path) -> None:
+    path = tmp_path / "later.db"
+    process = await anyio.open_process(
+        [PYTHON, "-m", "mcp_guard", "audit", "tail", "-f", "--json", "--db", str(path)], env=child_env()
+    )
+    buffer = bytearray()
+    try:
+        with anyio.fail_after(20):
+            async with AuditStore.open(path) as store:
+                await store.record(event(1))
+                first = await _read_json_lines(process, 1, buffer)
+        assert first[0]["decision_id"] == "dec-1"
+    finally:
+        process.terminate()
+        with anyio.move_on_after(5):
+            await process.wait()
+        if process.returncode is None:
+            process.kill()
+        await process.aclose()
+
+
+async def test_verify_and_export_while_the_store_writes(tmp_path: Path) -> None:
+    from mcp_guard.audit.verify import verify_file
+
+    path = tmp_path / "busy.db"
+    async with AuditStore.open(path) as store:
+        for i in range(200):
+            store.record_nowait(event(i))
+        await store.record(event(200))
+
+        async def keep_writing() -> None:
+            for i in range(201, 2000):
+                await store.record(event(i))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(keep_writing)
+            for _ in range(5):
+                result = await anyio.to_thread.run_sync(verify_file, path)
+                assert result.ok, result.problem
+                out = io.StringIO()
+                count = await anyio.to_thread.run_sync(export, path, out)
+                assert count >= 201
+                assert [json.loads(x)["seq"] for x in out.getvalue().splitlines()] == list(range(1, count + 1))
