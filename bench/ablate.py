@@ -13,6 +13,9 @@ Switches (comma-separated):
 * ``no-policy``      every call is allowed without asking the engine
 * ``sdk-front``      the SDK's threaded stdio server transport instead of mcp-guard's asyncio one
 * ``sdk-upstream``   the SDK's ``stdio_client`` (threads, anyio process) for stdio upstreams
+* ``json-response``  the HTTP front answers POSTs with a JSON body instead of an SSE stream
+* ``httptools``      uvicorn parses HTTP with httptools (C) instead of h11 (pure Python); needs httptools
+* ``uvloop``         the event loop is uvloop's; needs uvloop
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-SWITCHES = ("no-audit-wait", "no-audit", "no-secrets", "no-policy", "sdk-front", "sdk-upstream")
+SWITCHES = ("no-audit-wait", "no-audit", "no-secrets", "no-policy", "sdk-front", "sdk-upstream", "json-response",
+            "httptools", "uvloop")
 
 
 def apply(switches: set[str]) -> None:
@@ -91,6 +95,36 @@ def apply(switches: set[str]) -> None:
                 yield read, write, ChildExit(event=anyio.Event()), None
 
         setattr(conn, "open_stdio_transport", sdk_transport)  # noqa: B010
+    if "json-response" in switches:
+        from mcp.server.lowlevel import Server
+
+        original_app = Server.streamable_http_app
+
+        def json_app(self: Any, **kw: Any) -> Any:
+            kw["json_response"] = True
+            return original_app(self, **kw)
+
+        setattr(Server, "streamable_http_app", json_app)  # noqa: B010
+    if "httptools" in switches:
+        import uvicorn
+
+        original_config = uvicorn.Config.__init__
+
+        def httptools_config(self: Any, *a: Any, **kw: Any) -> None:
+            kw["http"] = "httptools"
+            original_config(self, *a, **kw)
+
+        setattr(uvicorn.Config, "__init__", httptools_config)  # noqa: B010
+    if "uvloop" in switches:
+        import anyio
+
+        original_run = anyio.run
+
+        def uvloop_run(fn: Any, *args: Any, **kw: Any) -> Any:
+            kw.setdefault("backend_options", {"use_uvloop": True})
+            return original_run(fn, *args, **kw)
+
+        setattr(anyio, "run", uvloop_run)  # noqa: B010 - mcp_guard.commands calls anyio.run
 
 
 def main() -> int:

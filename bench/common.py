@@ -183,8 +183,11 @@ def write_config(
     return cfg
 
 
-def proxy_argv(cfg: Path, *more: str, log_level: str = "warning") -> list[str]:
-    return [sys.executable, "-m", "mcp_guard", "run", "--config", str(cfg), "--log-level", log_level, *more]
+def proxy_argv(cfg: Path, *more: str, log_level: str = "warning", ablate: str | None = None) -> list[str]:
+    """``mcp-guard run`` (with ``ablate``, under bench/ablate.py with those switches: diagnostics only)."""
+    launcher = [sys.executable, "-m", "mcp_guard"] if ablate is None else [
+        sys.executable, str(Path(__file__).resolve().parent / "ablate.py"), ablate, "--"]
+    return [*launcher, "run", "--config", str(cfg), "--log-level", log_level, *more]
 
 
 # ---------------------------------------------------------------------- processes
@@ -207,11 +210,12 @@ def stop_process(proc: subprocess.Popen[Any], timeout: float = 10.0) -> None:
 
 
 @contextmanager
-def http_proxy(cfg: Path, log_file: Path, *, within: float = 60.0) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+def http_proxy(cfg: Path, log_file: Path, *, within: float = 60.0,
+               ablate: str | None = None) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
     """``mcp-guard run --transport http --port 0``; yields ``(process, url)`` once it is listening."""
     with log_file.open("w") as err:
         proc = subprocess.Popen(
-            proxy_argv(cfg, "--transport", "http", "--port", "0", log_level="info"),
+            proxy_argv(cfg, "--transport", "http", "--port", "0", log_level="info", ablate=ablate),
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err, cwd=REPO, env=child_env(),
             preexec_fn=raise_fd_limit,
         )

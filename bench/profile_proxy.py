@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import io
 import pstats
 import signal
 import sys
@@ -59,9 +60,15 @@ def main() -> int:
         pass
     finally:
         profiler.stop()
-        args.out.write_text(profiler.output_text(unicode=True, color=False, show_all=False))
-        html = args.out.with_suffix(".html")
-        html.write_text(profiler.output_html())
+        from pyinstrument.renderers import PstatsRenderer
+
+        pst = args.out.with_suffix(".pstats")
+        pst.write_bytes(profiler.output(PstatsRenderer()).encode("utf-8", "surrogateescape"))
+        flat = io.StringIO()
+        pstats.Stats(str(pst), stream=flat).sort_stats("tottime").print_stats(40)
+        args.out.write_text(profiler.output_text(unicode=True, color=False, show_all=False)
+                            + "\n\nSelf time by function (wall clock, idle in epoll included):\n" + flat.getvalue())
+        args.out.with_suffix(".html").write_text(profiler.output_html())
     return 0
 
 
