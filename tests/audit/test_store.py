@@ -6,6 +6,7 @@ import math
 import os
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -303,3 +304,17 @@ async def test_one_bad_event_does_not_fail_its_batch(db: Path) -> None:
     assert [r["decision_id"] for r in stored] == [f"dec-{i}" for i in (0, 1, 2, 3, 4, 6, 7)]
     assert (stored[5]["principal"], stored[5]["server"]) == ("42", "['not', 'text']")
     assert verify_file(db).ok
+
+
+async def test_file_removed_while_a_batch_is_written_fails_that_batch(db: Path) -> None:
+    async with AuditStore.open(db) as store:
+        await store.record(event(0))
+        original = store._insert
+
+        async def insert_then_lose_the_file(batch: list[Any]) -> None:
+            await original(batch)
+            os.unlink(db)  # the rows just committed went into a file nobody will read
+
+        store._insert = insert_then_lose_the_file  # type: ignore[method-assign]
+        with anyio.fail_after(2), pytest.raises(AuditError, match="removed"):
+            await store.record(event(1))

@@ -456,6 +456,12 @@ class AuditStore:
         except (sqlite3.Error, OSError, ValueError) as e:  # ValueError: aiosqlite "Connection closed"
             await self._write_failed(batch, e)
             return
+        gone = self._check_file()
+        if gone is not None:  # removed while the batch was written: its rows went with the file
+            self._broken = gone
+            log.error("audit.store_broken", problem=gone)
+            self._fail(batch, gone)
+            return
         self._last_error = None
         self.stats.committed += len(batch)
         self.stats.batches += 1
