@@ -113,10 +113,7 @@ def tail(
     KeyboardInterrupt; a closed output pipe raises BrokenPipeError.
     """
     p = Path(path)
-    if follow:
-        while not p.is_file():
-            sleep(max(interval, 0.2))
-    conn = connect_readonly(p)
+    conn = _wait_and_connect(p, sleep) if follow else connect_readonly(p)
     printed = 0
 
     def emit(row: sqlite3.Row) -> None:
@@ -157,3 +154,17 @@ def tail(
 
 def _head(conn: sqlite3.Connection) -> int:
     return int(conn.execute("SELECT coalesce(max(seq), 0) FROM audit_events").fetchone()[0])
+
+
+def _wait_and_connect(path: Path, sleep: Callable[[float], None], *, schema_grace: float = 10.0) -> sqlite3.Connection:
+    """Follow mode: wait for the proxy to create the database, and (briefly) for its schema."""
+    while not path.is_file():
+        sleep(0.2)
+    deadline = time.monotonic() + schema_grace
+    while True:
+        try:
+            return connect_readonly(path)
+        except AuditError:
+            if time.monotonic() >= deadline:  # not a database being created: not ours at all
+                raise
+            sleep(0.1)
