@@ -24,6 +24,7 @@ from anyio.abc import TaskGroup
 from mcp.server.connection import Connection
 from mcp.server.context import ServerRequestContext
 
+from mcp_guard.frontend.bridge import Bridge
 from mcp_guard.frontend.handlers import Handlers
 from mcp_guard.frontend.server import build_server, initialization_options
 from mcp_guard.frontend.sessions import ClientSession, SessionTable
@@ -68,6 +69,7 @@ class Guard:
         self.visibility = Visibility(engine)
         self.sessions = SessionTable(settings, self._session_started, self._session_ended)
         self.chain = build_chain(self._interceptors(), Forward(self.registry))
+        self.bridge = Bridge()  # upstream→client requests for 2026-07-28 clients (InputRequiredResult rounds)
         self._tg: TaskGroup | None = None
 
     # ------------------------------------------------------------------ construction
@@ -132,6 +134,7 @@ class Guard:
         """Start every upstream in its own task; stop them on exit."""
         async with anyio.create_task_group() as tg:
             self._tg = tg
+            self.bridge.attach(tg)
             self.registry.start(tg)
             try:
                 yield self
@@ -143,7 +146,7 @@ class Guard:
         return Handlers(
             settings=self.settings, registry=self.registry, chain=self.chain, visibility=self.visibility,
             sink=self.sink, sessions=self.sessions, transport=transport,
-            principal_of=self._stdio_principal if transport != "http" else _http_principal,
+            principal_of=self._stdio_principal if transport != "http" else _http_principal, bridge=self.bridge,
         )
 
     def server(self, transport: str) -> Any:

@@ -26,6 +26,7 @@ from mcp.server.context import ServerRequestContext
 from mcp.shared.exceptions import MCPError
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
+from mcp_guard.frontend.bridge import Bridge
 from mcp_guard.frontend.sessions import ClientSession, RequestDownstream, SessionTable
 from mcp_guard.pipeline.audit import EventSink
 from mcp_guard.pipeline.context import CallContext, CallNext, Outcome
@@ -59,6 +60,7 @@ class Handlers:
     sessions: SessionTable
     transport: str
     principal_of: PrincipalResolver
+    bridge: Bridge | None = None  # 2026-07-28 clients: upstream→client requests as InputRequiredResult rounds
 
     # ------------------------------------------------------------------ helpers
     def _session(self, ctx: ServerRequestContext[Any, Any]) -> ClientSession:
@@ -126,6 +128,14 @@ class Handlers:
     async def _run(self, call: CallContext) -> Outcome:
         return await self.chain(call)
 
+    async def _run_for(self, ctx: ServerRequestContext[Any, Any], sess: ClientSession, call: CallContext,
+                       params: Any) -> Outcome | dict[str, Any]:
+        """Run a call that may need the client's input; for a 2026-07-28 client that is an InputRequiredResult
+        dict (returned as is) until its retries complete the call (see mcp_guard.frontend.bridge)."""
+        if sess.modern and self.bridge is not None:
+            return await self.bridge.run(ctx, sess, call, params, self._run)
+        return await self._run(call)
+
     async def _unknown(self, sess: ClientSession, action: str, exposed: str, what: str) -> Decision:
         d = Decision.deny("unknown_target", f"{what} {exposed!r} does not exist (names are '<upstream>"
                           f"{self.settings.server.tool_separator}<name>'; list them first)")
@@ -191,7 +201,9 @@ class Handlers:
             arguments=arguments, request=request,
             tool_info=entry.tool_info(),
         )
-        outcome = await self._run(call)
+        outcome = await self._run_for(ctx, sess, call, params)
+        if isinstance(outcome, dict):
+            return outcome
         if outcome.denied:
             assert outcome.decision is not None
             return _for_client(ctx, self._deny_tool_result(outcome.decision))
@@ -249,7 +261,10 @@ class Handlers:
             uri=local, _meta=self._forward_meta(params.meta)))
         call = self._context(ctx, sess, action="resources/read", server=server, target=local, exposed=params.uri,
                              arguments={"uri": local}, request=request)
-        result = self._raise_or_result(ctx, await self._run(call))
+        outcome = await self._run_for(ctx, sess, call, params)
+        if isinstance(outcome, dict):
+            return outcome
+        result = self._raise_or_result(ctx, outcome)
         # Contents name their URIs: expose them under our scheme too, so a client can read them again.
         for item in result.get("contents") or []:
             if isinstance(item, dict) and isinstance(item.get("uri"), str):
@@ -304,7 +319,10 @@ class Handlers:
             name=local, arguments=arguments or None, _meta=self._forward_meta(params.meta)))
         call = self._context(ctx, sess, action="prompts/get", server=server, target=local, exposed=params.name,
                              arguments=arguments, request=request)
-        return self._raise_or_result(ctx, await self._run(call))
+        outcome = await self._run_for(ctx, sess, call, params)
+        if isinstance(outcome, dict):
+            return outcome
+        return self._raise_or_result(ctx, outcome)
 
     # ------------------------------------------------------------------ completion, logging
     async def complete(self, ctx: ServerRequestContext[Any, Any], params: types.CompleteRequestParams

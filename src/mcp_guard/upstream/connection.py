@@ -61,6 +61,7 @@ class UpstreamHooks(Protocol):
         self, upstream: str, params: types.ElicitRequestParams
     ) -> types.ElicitResult | types.ErrorData: ...
     async def log_message(self, upstream: str, params: types.LoggingMessageNotificationParams) -> None: ...
+    async def list_roots(self, upstream: str) -> types.ListRootsResult | types.ErrorData: ...
     async def resource_updated(self, upstream: str, uri: str) -> None: ...
 
 
@@ -207,6 +208,7 @@ class UpstreamConnection:
                 read_timeout_seconds=max(self.settings.timeout_s, self.settings.startup_timeout_s),
                 sampling_callback=self._on_sampling,
                 elicitation_callback=self._on_elicitation,
+                list_roots_callback=self._on_list_roots,
                 logging_callback=self._on_log,
                 message_handler=self._on_message,
                 client_info=_CLIENT_INFO,
@@ -336,6 +338,9 @@ class UpstreamConnection:
         self, context: ClientRequestContext, params: types.ElicitRequestParams
     ) -> types.ElicitResult | types.ErrorData:
         return await self._hooks.elicitation(self.name, params)
+
+    async def _on_list_roots(self, context: ClientRequestContext) -> types.ListRootsResult | types.ErrorData:
+        return await self._hooks.list_roots(self.name)
 
     async def _on_log(self, params: types.LoggingMessageNotificationParams) -> None:
         await self._hooks.log_message(self.name, params)

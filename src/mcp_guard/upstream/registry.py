@@ -61,6 +61,8 @@ class Downstream(Protocol):
 
     async def log_message(self, params: types.LoggingMessageNotificationParams) -> None: ...
 
+    async def list_roots(self) -> types.ListRootsResult | types.ErrorData: ...
+
 
 class RegistryListener(Protocol):
     """What the rest of mcp-guard is told by the registry."""
@@ -211,10 +213,21 @@ class Registry:
             if rec.count == 0:
                 sessions.pop(downstream.session_id, None)
 
+    def _candidates(self, upstream: str) -> list[_InFlight]:
+        """The in-flight calls an upstream→client message may belong to.
+
+        A bridged 2026-07-28 call that is *parked* (its questions are with the client, between two of its
+        requests; see mcp_guard.frontend.bridge) is not a candidate while another call is being served,
+        so a client that abandons a call does not make every later request to that upstream ambiguous.
+        """
+        recs = list((self._inflight.get(upstream) or {}).values())
+        active = [r for r in recs if not getattr(r.downstream, "parked", False)]
+        return active or recs
+
     def _attribute(self, upstream: str, what: str) -> Downstream | types.ErrorData:
-        sessions = self._inflight.get(upstream) or {}
+        sessions = self._candidates(upstream)
         if len(sessions) == 1:
-            return next(iter(sessions.values())).downstream
+            return sessions[0].downstream
         if not sessions:
             msg = f"mcp-guard: {what} from upstream {upstream!r} arrived while no client call to it is in flight"
         else:
@@ -270,14 +283,20 @@ class Registry:
             return target
         return await target.elicitation(self._scrub_obj(params))
 
+    async def list_roots(self, upstream: str) -> types.ListRootsResult | types.ErrorData:
+        target = self._attribute(upstream, "roots/list")
+        if isinstance(target, types.ErrorData):
+            return target
+        return await target.list_roots()
+
     async def log_message(self, upstream: str, params: types.LoggingMessageNotificationParams) -> None:
-        sessions = self._inflight.get(upstream) or {}
+        sessions = self._candidates(upstream)
         if len(sessions) != 1:
             # Not attributable to one client: keep it in our own log only.
             log.info("upstream.log", upstream=upstream, level=params.level, logger=params.logger,
                      data=str(params.data)[:2000])
             return
-        await next(iter(sessions.values())).downstream.log_message(self._scrub_obj(params))
+        await sessions[0].downstream.log_message(self._scrub_obj(params))
 
     async def resource_updated(self, upstream: str, uri: str) -> None:
         await self._listener.resource_updated(upstream, uri)

@@ -1,0 +1,498 @@
+"""Upstream→client requests for 2026-07-28 clients, bridged as ``InputRequiredResult`` rounds (SEP-2322).
+
+Upstreams are spoken to on the 2025-11-25 handshake, where a server that needs the client's help mid-call
+(``sampling/createMessage``, ``elicitation/create``, ``roots/list``) sends a request back and waits. A
+2026-07-28 client has no back channel: each request is answered once, and a server that needs input
+answers with an ``InputRequiredResult`` (``resultType: "input_required"``, ``inputRequests`` keyed by
+the server, an opaque ``requestState``); the client fulfils the requests and *retries* the original
+request with ``inputResponses`` and the echoed ``requestState``.
+
+:class:`Bridge` joins the two. A modern client's ``tools/call`` / ``prompts/get`` / ``resources/read``
+runs through the pipeline in a background task (the guard's task group), with a :class:`BridgeDownstream`
+as its downstream. When the upstream asks the client something, the question is parked on the pending
+call instead of being sent; the client's request is answered with an ``InputRequiredResult`` carrying
+every question asked so far, and the retry delivers the answers to the upstream requests still waiting
+for them, then waits for the next event: the final result, or more questions (another round)::
+
+    client ──tools/call──► Bridge ──(pipeline, once)──► upstream
+           ◄─input_required {elicitation-1}─┘    ◄── elicitation/create (waits)
+    client ──tools/call + inputResponses + requestState──► answer delivered ──► upstream continues
+           ◄──────────────── result ◄──────────────────────────────────────────── result
+
+Rules
+    * The policy/audit pipeline runs once per logical call, at the first round; retries do not re-run it.
+    * ``requestState`` is ``mg1.<call id>.<round>.<mac>``: HMAC-SHA256 under a per-process random key over
+      the call id, the round, and a digest binding the principal, method, upstream, target and arguments.
+      An altered token, one replayed by another principal or for other arguments, an answered (stale)
+      round, or a call that is no longer pending is refused with ``-32602`` and a message saying which.
+    * Questions that arrive together are batched into one round: after the first question the bridge
+      waits until ``settle_s`` pass without another one (at most ``settle_max_s``). An upstream sending
+      concurrent requests emits them back to back (well under a millisecond apart on a pipe, a few ms over
+      HTTP), so 20 ms of quiet separates a burst from a sequential dialogue while adding nothing a person
+      or model answering the question could notice; the cap bounds the delay if an upstream trickles.
+    * Capabilities are the request's own (``_meta`` clientCapabilities). A question the client did not
+      declare it can answer is refused to the upstream at once with ``-32021`` and
+      ``data.requiredCapabilities``; an upstream that cannot go on without it fails the call with that
+      error, which reaches the client as such (HTTP 400 on the modern HTTP path).
+    * Pending calls are bounded: at most ``max_pending`` (``max_per_principal`` per principal) at once, and
+      a call whose client does not come back within ``pending_ttl_s`` of its last round expires: its open
+      questions are answered with an error, and the upstream call is cancelled ``grace_s`` later if it
+      has not ended. The upstream's own ``timeout_s`` keeps running while the client answers.
+    * Between rounds a call is *parked*: the registry does not attribute new upstream→client requests to a
+      parked call while another call to that upstream is being served (see ``Registry._attribute``).
+
+Deployment note: the key is per process, so pending calls do not survive a restart and a replicated
+deployment needs sticky routing of retries to the replica that issued the state.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import dataclasses
+import hashlib
+import hmac
+import json
+import math
+import secrets
+import warnings
+from collections.abc import Callable
+from typing import Any, cast
+
+import anyio
+import mcp_types as types
+import structlog
+from anyio.abc import TaskGroup
+from mcp.server.context import ServerRequestContext
+from mcp.shared.exceptions import MCPDeprecationWarning, MCPError
+from pydantic import TypeAdapter, ValidationError
+
+from mcp_guard.frontend.sessions import ClientSession
+from mcp_guard.pipeline.context import CallContext, CallNext, Outcome
+from mcp_guard.types import new_id
+
+__all__ = ["Bridge", "BridgeDownstream", "missing_capability"]
+
+log = structlog.get_logger("mcp_guard.frontend")
+
+_NOTIFY_TIMEOUT_S = 5.0
+_TOKEN_PREFIX = "mg1"
+_MAC_CONTEXT = b"mcp-guard/request-state/v1\x00"
+_KEY_PREFIX = {"elicitation/create": "elicitation", "sampling/createMessage": "sampling", "roots/list": "roots"}
+_ANSWER: dict[str, TypeAdapter[Any]] = {
+    "elicitation/create": TypeAdapter(types.ElicitResult),
+    "sampling/createMessage": TypeAdapter(cast(Any, types.CreateMessageResult | types.CreateMessageResultWithTools)),
+    "roots/list": TypeAdapter(types.ListRootsResult),
+}
+_Answer = types.ElicitResult | types.CreateMessageResult | types.CreateMessageResultWithTools | types.ListRootsResult
+
+
+def missing_capability(method: str, params: dict[str, Any], caps: types.ClientCapabilities | None
+                       ) -> dict[str, Any] | None:
+    """The ``requiredCapabilities`` a client lacks to answer ``method`` with ``params`` (None: it can)."""
+    if method == "sampling/createMessage":
+        sampling = caps.sampling if caps is not None else None
+        if sampling is None:
+            return {"sampling": {}}
+        if (params.get("tools") or params.get("toolChoice")) and sampling.tools is None:
+            return {"sampling": {"tools": {}}}
+        if params.get("includeContext") not in (None, "none") and sampling.context is None:
+            return {"sampling": {"context": {}}}
+        return None
+    if method == "elicitation/create":
+        elicitation = caps.elicitation if caps is not None else None
+        if elicitation is None:
+            return {"elicitation": {}}
+        if params.get("mode") == "url":
+            return {"elicitation": {"url": {}}} if elicitation.url is None else None
+        # An empty elicitation capability means form mode; one that names only url does not include it.
+        if elicitation.form is None and elicitation.url is not None:
+            return {"elicitation": {"form": {}}}
+        return None
+    if method == "roots/list":
+        return {"roots": {}} if caps is None or caps.roots is None else None
+    return {method: {}}
+
+
+@dataclasses.dataclass(eq=False)
+class _Ask:
+    """One upstream→client request, waiting for the client's answer."""
+
+    key: str
+    method: str
+    params: dict[str, Any]
+    answered: anyio.Event = dataclasses.field(default_factory=anyio.Event)
+    answer: _Answer | types.ErrorData | None = None
+    sent: bool = False  # already included in an InputRequiredResult
+
+    def resolve(self, answer: _Answer | types.ErrorData) -> None:
+        if not self.answered.is_set():
+            self.answer = answer
+            self.answered.set()
+
+    def wire(self) -> dict[str, Any]:
+        return {"method": self.method, "params": self.params}
+
+
+class _Pending:
+    """One bridged logical call: the background pipeline run, its open questions, and its rounds."""
+
+    def __init__(self, call_id: str, principal: str, binding: bytes, timeout_s: float) -> None:
+        self.id = call_id
+        self.principal = principal
+        self.binding = binding
+        self.timeout_s = timeout_s
+        self.round = 0  # rounds answered with an InputRequiredResult so far
+        self.asks: dict[str, _Ask] = {}  # open (unanswered) questions, in arrival order
+        self.seq = 0
+        self.final: Outcome | None = None
+        self.closed = False  # expired, or its final result was handed out
+        self.busy = True  # a client request of this call is being served (False: parked between rounds)
+        self.ctx: ServerRequestContext[Any, Any] | None = None
+        self.caps: types.ClientCapabilities | None = None
+        self.deadline = math.inf  # when a parked call expires
+        self.scope: anyio.CancelScope | None = None
+        self._changed = anyio.Event()
+
+    def changed(self) -> anyio.Event:
+        return self._changed
+
+    def notify(self) -> None:
+        self._changed.set()
+        self._changed = anyio.Event()
+
+    def fail_asks(self, message: str) -> None:
+        for ask in list(self.asks.values()):
+            ask.resolve(types.ErrorData(code=types.INVALID_REQUEST, message=message))
+        self.asks.clear()
+
+
+class BridgeDownstream:
+    """The registry's :class:`~mcp_guard.upstream.registry.Downstream` for one bridged call."""
+
+    def __init__(self, pending: _Pending) -> None:
+        self.session_id = pending.id
+        self._p = pending
+
+    @property
+    def parked(self) -> bool:
+        """True between rounds: the call's questions are with the client, no request of it is being served."""
+        return not self._p.busy
+
+    async def _ask(self, method: str, params: dict[str, Any]) -> _Answer | types.ErrorData:
+        p = self._p
+        if p.closed or p.final is not None:
+            return types.ErrorData(code=types.INVALID_REQUEST,
+                                   message=f"mcp-guard: {method} arrived after the client's call ended")
+        missing = missing_capability(method, params, p.caps)
+        if missing is not None:
+            log.info("bridge.capability_missing", call=p.id, method=method, required=missing)
+            return types.ErrorData(
+                code=types.MISSING_REQUIRED_CLIENT_CAPABILITY,
+                message=f"The client did not declare the capability {method} needs: "
+                        f"{json.dumps(missing, separators=(',', ':'))}",
+                data={"requiredCapabilities": missing},
+            )
+        p.seq += 1
+        ask = _Ask(key=f"{_KEY_PREFIX.get(method, 'input')}-{p.seq}", method=method, params=params)
+        p.asks[ask.key] = ask
+        p.notify()
+        try:
+            await ask.answered.wait()
+        finally:
+            if p.asks.get(ask.key) is ask:  # the upstream gave up (cancelled) before an answer came
+                del p.asks[ask.key]
+                p.notify()
+        assert ask.answer is not None
+        return ask.answer
+
+    async def sampling(
+        self, params: types.CreateMessageRequestParams
+    ) -> types.CreateMessageResult | types.CreateMessageResultWithTools | types.ErrorData:
+        answer = await self._ask("sampling/createMessage", _dump(params))
+        if isinstance(answer, types.ErrorData | types.CreateMessageResult | types.CreateMessageResultWithTools):
+            return answer
+        return types.ErrorData(code=types.INTERNAL_ERROR, message="mcp-guard: mismatched answer to sampling")
+
+    async def elicitation(self, params: types.ElicitRequestParams) -> types.ElicitResult | types.ErrorData:
+        answer = await self._ask("elicitation/create", _dump(params))
+        if isinstance(answer, types.ErrorData | types.ElicitResult):
+            return answer
+        return types.ErrorData(code=types.INTERNAL_ERROR, message="mcp-guard: mismatched answer to elicitation")
+
+    async def list_roots(self) -> types.ListRootsResult | types.ErrorData:
+        answer = await self._ask("roots/list", {})
+        if isinstance(answer, types.ErrorData | types.ListRootsResult):
+            return answer
+        return types.ErrorData(code=types.INTERNAL_ERROR, message="mcp-guard: mismatched answer to roots/list")
+
+    async def log_message(self, params: types.LoggingMessageNotificationParams) -> None:
+        ctx = self._p.ctx
+        if ctx is None:  # between rounds: no client request to carry it
+            log.info("upstream.log", call=self._p.id, level=params.level, logger=params.logger,
+                     data=str(params.data)[:2000])
+            return
+        with anyio.move_on_after(_NOTIFY_TIMEOUT_S), contextlib.suppress(Exception), warnings.catch_warnings():
+            # Relaying an upstream's log message is deprecated in 2026-07-28 but still allowed (opt-in per request).
+            warnings.simplefilter("ignore", MCPDeprecationWarning)
+            await ctx.session.send_log_message(params.level, params.data, params.logger,
+                                               related_request_id=ctx.request_id)
+
+    async def progress(self, progress: float, total: float | None, message: str | None) -> None:
+        """Upstream progress, relayed on the round being served (dropped between rounds)."""
+        ctx = self._p.ctx
+        if ctx is None:
+            return
+        with anyio.move_on_after(_NOTIFY_TIMEOUT_S), contextlib.suppress(Exception):
+            await ctx.session.report_progress(progress, total, message)
+
+
+class Bridge:
+    """Pending bridged calls of 2026-07-28 clients (see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        settle_s: float = 0.02,
+        settle_max_s: float = 0.2,
+        pending_ttl_s: float = 300.0,
+        grace_s: float = 10.0,
+        max_pending: int = 1024,
+        max_per_principal: int = 64,
+        key: bytes | None = None,
+        clock: Callable[[], float] = anyio.current_time,
+    ) -> None:
+        self.settle_s = settle_s
+        self.settle_max_s = settle_max_s
+        self.pending_ttl_s = pending_ttl_s
+        self.grace_s = grace_s
+        self.max_pending = max_pending
+        self.max_per_principal = max_per_principal
+        self._key = key if key is not None else secrets.token_bytes(32)
+        self._clock = clock
+        self._tg: TaskGroup | None = None
+        self.calls: dict[str, _Pending] = {}
+
+    def attach(self, tg: TaskGroup) -> None:
+        """The task group bridged calls run in (the guard's; cancelled on shutdown)."""
+        self._tg = tg
+
+    # ------------------------------------------------------------------ entry point
+    async def run(self, ctx: ServerRequestContext[Any, Any], sess: ClientSession, call: CallContext, params: Any,
+                  run: CallNext) -> Outcome | dict[str, Any]:
+        """Run ``call`` for a 2026-07-28 client: its final :class:`Outcome`, or an ``InputRequiredResult`` dict.
+
+        ``params`` are the request's params (``request_state`` / ``input_responses`` read from them);
+        ``run`` is the pipeline. A retry (``request_state`` set) resumes its pending call instead.
+        """
+        binding = _binding(call)
+        state = getattr(params, "request_state", None)
+        if state is None:
+            pending = self._start(call, binding, run)
+        else:
+            pending = self._resume(state, binding, getattr(params, "input_responses", None))
+        return await self._serve_round(pending, ctx)
+
+    # ------------------------------------------------------------------ starting and resuming
+    def _start(self, call: CallContext, binding: bytes, run: CallNext) -> _Pending:
+        if self._tg is None:
+            raise MCPError(code=types.INTERNAL_ERROR, message="mcp-guard: the input-required bridge is not running")
+        if len(self.calls) >= self.max_pending:
+            raise MCPError(code=types.INTERNAL_ERROR,
+                           message=f"mcp-guard: too many calls waiting for client input ({self.max_pending}); "
+                                   "retry later")
+        if sum(1 for p in self.calls.values() if p.principal == call.principal.id) >= self.max_per_principal:
+            raise MCPError(code=types.INTERNAL_ERROR,
+                           message=f"mcp-guard: principal {call.principal.id!r} has {self.max_per_principal} calls "
+                                   "waiting for input already; answer or abandon some first")
+        pending = _Pending(new_id(), call.principal.id, binding, call.timeout_s or 60.0)
+        downstream = BridgeDownstream(pending)
+        bridged = dataclasses.replace(call, downstream=downstream, progress=downstream.progress)
+        self.calls[pending.id] = pending
+        self._tg.start_soon(self._drive, pending, bridged, run, name=f"bridge:{pending.id}")
+        return pending
+
+    def _resume(self, token: str, binding: bytes, responses: Any) -> _Pending:
+        parsed = _parse(token)
+        if parsed is None:
+            raise _bad_state("requestState is malformed or was not issued by this mcp-guard")
+        call_id, rnd, mac = parsed
+        pending = self.calls.get(call_id)
+        if not hmac.compare_digest(mac, self._mac(call_id, rnd, binding)):
+            if pending is not None and hmac.compare_digest(mac, self._mac(call_id, rnd, pending.binding)):
+                raise _bad_state("requestState belongs to another request: the principal, method, name or "
+                                 "arguments of this retry differ from those of the call that issued it")
+            raise _bad_state("requestState failed its integrity check (altered, or issued by another "
+                             "mcp-guard process)")
+        if pending is None or pending.closed:
+            raise _bad_state("requestState names a call that is no longer pending (it ended, expired, or "
+                             "mcp-guard restarted); send the request again without requestState")
+        if rnd != pending.round:
+            raise _bad_state(f"requestState is stale: round {rnd} of this call was already answered "
+                             f"(the current round is {pending.round})")
+        if pending.busy:
+            raise MCPError(code=types.INVALID_REQUEST,
+                           message="mcp-guard: another retry of this call is being served; wait for its answer")
+        self._deliver(pending, responses)
+        return pending
+
+    def _deliver(self, pending: _Pending, responses: Any) -> None:
+        """Check every answer to an open question first, then hand them all to the waiting upstream requests."""
+        if responses is None:
+            return
+        if not isinstance(responses, dict):
+            raise MCPError(code=types.INVALID_PARAMS, message="inputResponses must be an object")
+        answers: dict[str, _Answer] = {}
+        for key, ask in pending.asks.items():
+            if not ask.sent or key not in responses:
+                continue  # unknown keys are ignored; a missing one is asked again next round
+            raw = responses[key]
+            if hasattr(raw, "model_dump"):
+                raw = raw.model_dump(by_alias=True, mode="json", exclude_none=True)
+            try:
+                answers[key] = _ANSWER[ask.method].validate_python(raw, by_name=False)
+            except ValidationError as e:
+                raise MCPError(code=types.INVALID_PARAMS,
+                               message=f"inputResponses[{key!r}] is not a valid {ask.method} result: "
+                                       f"{e.errors()[0].get('msg', 'invalid')}",
+                               data={"key": key}) from None
+        for key, answer in answers.items():
+            pending.asks.pop(key).resolve(answer)
+        if answers:
+            pending.notify()
+
+    # ------------------------------------------------------------------ the background call
+    async def _drive(self, pending: _Pending, call: CallContext, run: CallNext) -> None:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._watch, pending)
+            with anyio.CancelScope() as scope:
+                pending.scope = scope
+                try:
+                    outcome = await run(call)
+                except Exception as e:  # the pipeline's stages turn failures into outcomes; this is a bug
+                    log.exception("bridge.call_failed", call=pending.id)
+                    outcome = Outcome(error=types.ErrorData(code=types.INTERNAL_ERROR,
+                                                            message=f"mcp-guard internal error: {type(e).__name__}"))
+            if scope.cancelled_caught:
+                outcome = Outcome(error=types.ErrorData(
+                    code=types.INTERNAL_ERROR,
+                    message="mcp-guard: the call was cancelled after its client stopped answering"))
+            pending.final = outcome
+            pending.fail_asks("mcp-guard: the call ended before the client answered")
+            pending.notify()
+
+    async def _watch(self, pending: _Pending) -> None:
+        """Expire the call if its client does not come back within ``pending_ttl_s`` of its last round."""
+        while not pending.closed:
+            changed = pending.changed()
+            remaining = pending.deadline - self._clock()
+            if remaining <= 0:
+                self._expire(pending)
+                return
+            with anyio.move_on_after(remaining):
+                await changed.wait()
+
+    def _expire(self, pending: _Pending) -> None:
+        log.info("bridge.expired", call=pending.id, round=pending.round, open=list(pending.asks),
+                 finished=pending.final is not None)
+        self._close(pending)
+        pending.fail_asks(f"mcp-guard: the client did not answer within {self.pending_ttl_s:g}s")
+        if pending.final is None and pending.scope is not None:
+            pending.scope.deadline = self._clock() + self.grace_s
+        pending.notify()
+
+    def _close(self, pending: _Pending) -> None:
+        pending.closed = True
+        self.calls.pop(pending.id, None)
+        pending.notify()
+
+    # ------------------------------------------------------------------ rounds
+    async def _serve_round(self, pending: _Pending, ctx: ServerRequestContext[Any, Any]) -> Outcome | dict[str, Any]:
+        pending.busy, pending.ctx, pending.deadline = True, ctx, math.inf
+        pending.caps = ctx.session.client_capabilities
+        pending.notify()
+        try:
+            with anyio.fail_after(pending.timeout_s + 10):
+                await self._until(pending, lambda: pending.final is not None or bool(pending.asks))
+            if pending.final is None:
+                await self._settle(pending)
+        except TimeoutError:
+            raise MCPError(code=types.INTERNAL_ERROR,
+                           message=f"mcp-guard: the upstream neither answered nor asked anything within "
+                                   f"{pending.timeout_s + 10:g}s") from None
+        finally:
+            pending.busy, pending.ctx = False, None
+            if not pending.closed:
+                pending.deadline = self._clock() + self.pending_ttl_s
+            pending.notify()
+        if pending.final is not None:
+            self._close(pending)
+            return pending.final
+        pending.round += 1
+        for ask in pending.asks.values():
+            ask.sent = True
+        log.info("bridge.input_required", call=pending.id, round=pending.round, keys=list(pending.asks))
+        return {
+            "resultType": "input_required",
+            "inputRequests": {key: ask.wire() for key, ask in pending.asks.items()},
+            "requestState": self._seal(pending),
+        }
+
+    @staticmethod
+    async def _until(pending: _Pending, condition: Callable[[], bool]) -> None:
+        while True:
+            changed = pending.changed()
+            if condition():
+                return
+            await changed.wait()
+
+    async def _settle(self, pending: _Pending) -> None:
+        """Let questions that arrive together join this round (see the module docstring)."""
+        end = self._clock() + self.settle_max_s
+        while pending.final is None:
+            changed = pending.changed()
+            window = min(self.settle_s, end - self._clock())
+            if window <= 0:
+                return
+            with anyio.move_on_after(window) as quiet:
+                await changed.wait()
+            if quiet.cancelled_caught:
+                return
+
+    # ------------------------------------------------------------------ requestState
+    def _mac(self, call_id: str, rnd: int, binding: bytes) -> bytes:
+        msg = _MAC_CONTEXT + f"{call_id}.{rnd}".encode() + b"\x00" + binding
+        return hmac.new(self._key, msg, hashlib.sha256).digest()
+
+    def _seal(self, pending: _Pending) -> str:
+        mac = base64.urlsafe_b64encode(self._mac(pending.id, pending.round, pending.binding)).rstrip(b"=").decode()
+        return f"{_TOKEN_PREFIX}.{pending.id}.{pending.round}.{mac}"
+
+
+def _parse(token: Any) -> tuple[str, int, bytes] | None:
+    if not isinstance(token, str) or len(token) > 256:
+        return None
+    parts = token.split(".")
+    if len(parts) != 4 or parts[0] != _TOKEN_PREFIX or not parts[2].isdigit():
+        return None
+    try:
+        mac = base64.urlsafe_b64decode(parts[3] + "=" * (-len(parts[3]) % 4))
+    except ValueError:
+        return None
+    return parts[1], int(parts[2]), mac
+
+
+def _binding(call: CallContext) -> bytes:
+    """What a requestState is bound to: who asked, what, of which upstream, with which arguments."""
+    doc = [call.principal.id, call.action, call.server, call.target, dict(call.arguments)]
+    raw = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    return hashlib.sha256(raw.encode()).digest()
+
+
+def _bad_state(message: str) -> MCPError:
+    return MCPError(code=types.INVALID_PARAMS, message=f"mcp-guard: {message}")
+
+
+def _dump(params: Any) -> dict[str, Any]:
+    dumped: dict[str, Any] = params.model_dump(by_alias=True, mode="json", exclude_none=True)
+    return dumped

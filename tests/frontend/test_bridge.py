@@ -1,0 +1,379 @@
+"""The input-required bridge: upstream→client requests as InputRequiredResult rounds for 2026-07-28 clients.
+
+Unit tests drive :class:`Bridge` with a fake pipeline (an async function that asks through the call's
+downstream, as the registry would) and a fake request context; the last tests go through the real
+guard: a recorder upstream on the handshake era, an SDK client on 2026-07-28 over the HTTP front.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import anyio
+import mcp_types as types
+import pytest
+from mcp.shared.exceptions import MCPError
+
+from guard_harness import make_settings, recorder_upstream, running_guard, text_of
+from http_harness import http_client, http_front
+from mcp_guard.frontend.bridge import Bridge, BridgeDownstream, missing_capability
+from mcp_guard.pipeline.context import CallContext, Outcome
+from mcp_guard.testing import RecordingSink
+from mcp_guard.types import Principal, SessionInfo
+
+pytestmark = pytest.mark.anyio
+
+ALL_CAPS = types.ClientCapabilities(sampling=types.SamplingCapability(), elicitation=types.ElicitationCapability(),
+                                    roots=types.RootsCapability())
+ELICIT = types.ElicitRequestFormParams(message="Name?", requested_schema={
+    "type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]})
+SAMPLE = types.CreateMessageRequestParams(
+    messages=[types.SamplingMessage(role="user", content=types.TextContent(type="text", text="Hi"))], max_tokens=5)
+ACCEPT = {"action": "accept", "content": {"name": "Ada"}}
+SAMPLED = {"role": "assistant", "content": {"type": "text", "text": "Hello"}, "model": "m", "stopReason": "endTurn"}
+
+Pipeline = Callable[[BridgeDownstream], Awaitable[dict[str, Any]]]
+
+
+def _ctx(caps: types.ClientCapabilities | None = ALL_CAPS) -> Any:
+    async def noop(*_a: Any, **_k: Any) -> None:
+        return None
+
+    return SimpleNamespace(session=SimpleNamespace(client_capabilities=caps, report_progress=noop,
+                                                   send_log_message=noop), request_id=1)
+
+
+def _call(principal: str = "alice", arguments: dict[str, Any] | None = None) -> CallContext:
+    return CallContext(
+        action="tools/call", principal=Principal(id=principal), session=SessionInfo(id="s", transport="http"),
+        server="up", target="tool", exposed="up__tool", arguments=arguments or {"x": 1},
+        request=types.CallToolRequest(params=types.CallToolRequestParams(name="tool")), timeout_s=10.0,
+    )
+
+
+def _params(state: str | None = None, responses: dict[str, Any] | None = None) -> Any:
+    return SimpleNamespace(request_state=state, input_responses=responses)
+
+
+class Runs:
+    """A fake pipeline: counts its runs and hands the bridged downstream to ``body``."""
+
+    def __init__(self, body: Pipeline) -> None:
+        self.body = body
+        self.count = 0
+        self.ended = anyio.Event()
+
+    async def __call__(self, call: CallContext) -> Outcome:
+        self.count += 1
+        try:
+            assert isinstance(call.downstream, BridgeDownstream)
+            return Outcome(result=await self.body(call.downstream))
+        finally:
+            self.ended.set()
+
+
+@asynccontextmanager
+async def _bridge(**kwargs: Any) -> AsyncIterator[Bridge]:
+    bridge = Bridge(**kwargs)
+    async with anyio.create_task_group() as tg:
+        bridge.attach(tg)
+        yield bridge
+        tg.cancel_scope.cancel()
+
+
+async def _round(bridge: Bridge, runs: Runs, *, state: str | None = None, responses: dict[str, Any] | None = None,
+                 call: CallContext | None = None, caps: types.ClientCapabilities | None = ALL_CAPS
+                 ) -> Outcome | dict[str, Any]:
+    with anyio.fail_after(10):
+        return await bridge.run(_ctx(caps), None, call or _call(), _params(state, responses), runs)  # type: ignore[arg-type]
+
+
+async def _until(condition: Callable[[], bool]) -> None:
+    with anyio.fail_after(10):
+        while not condition():  # noqa: ASYNC110 - the state is changed by another task
+            await anyio.sleep(0.005)
+
+
+def _text_result(text: str) -> dict[str, Any]:
+    return {"content": [{"type": "text", "text": text}]}
+
+
+async def ask_name(d: BridgeDownstream) -> dict[str, Any]:
+    answer = await d.elicitation(ELICIT)
+    assert isinstance(answer, types.ElicitResult), answer
+    return _text_result(f"hello {(answer.content or {}).get('name')}")
+
+
+# ---------------------------------------------------------------------------------------------------- rounds
+async def test_no_question_means_the_final_result_at_once() -> None:
+    async def body(d: BridgeDownstream) -> dict[str, Any]:
+        return _text_result("done")
+
+    async with _bridge() as bridge:
+        out = await _round(bridge, runs := Runs(body))
+        assert isinstance(out, Outcome) and out.result == _text_result("done")
+        assert runs.count == 1 and not bridge.calls
+
+
+async def test_question_becomes_input_required_and_retry_completes_the_same_call() -> None:
+    async with _bridge() as bridge:
+        runs = Runs(ask_name)
+        first = await _round(bridge, runs)
+        assert isinstance(first, dict) and first["resultType"] == "input_required"
+        assert first["inputRequests"] == {"elicitation-1": {"method": "elicitation/create", "params": {
+            "mode": "form", "message": "Name?", "requestedSchema": ELICIT.requested_schema}}}
+        assert isinstance(first["requestState"], str)
+        final = await _round(bridge, runs, state=first["requestState"], responses={"elicitation-1": ACCEPT})
+        assert isinstance(final, Outcome) and final.result == _text_result("hello Ada")
+        assert runs.count == 1, "the pipeline (policy, audit) runs once per logical call"
+        assert not bridge.calls
+
+
+async def test_questions_asked_together_share_one_round() -> None:
+    async def body(d: BridgeDownstream) -> dict[str, Any]:
+        got: dict[str, Any] = {}
+
+        async def elicit() -> None:
+            got["e"] = await d.elicitation(ELICIT)
+
+        async def sample() -> None:
+            got["s"] = await d.sampling(SAMPLE)
+
+        async def roots() -> None:
+            got["r"] = await d.list_roots()
+
+        async with anyio.create_task_group() as tg:
+            # One after the other, each once the previous one is parked: a burst, not a single tick.
+            for n, ask in enumerate((elicit, sample, roots), start=1):
+                tg.start_soon(ask)
+                await _until(lambda n=n: len(d._p.asks) == n)  # type: ignore[misc]
+        return _text_result(f"{got['e'].content['name']} {got['s'].content.text} {len(got['r'].roots)}")
+
+    async with _bridge(settle_s=0.5, settle_max_s=5) as bridge:
+        runs = Runs(body)
+        first = await _round(bridge, runs)
+        assert isinstance(first, dict)
+        methods = {k: v["method"] for k, v in first["inputRequests"].items()}
+        assert sorted(methods.values()) == ["elicitation/create", "roots/list", "sampling/createMessage"]
+        answers = {k: {"elicitation/create": ACCEPT, "sampling/createMessage": SAMPLED,
+                       "roots/list": {"roots": [{"uri": "file:///w"}]}}[m] for k, m in methods.items()}
+        final = await _round(bridge, runs, state=first["requestState"], responses=answers)
+        assert isinstance(final, Outcome) and final.result == _text_result("Ada Hello 1")
+
+
+async def test_sequential_questions_take_one_round_each_with_a_new_state() -> None:
+    async def body(d: BridgeDownstream) -> dict[str, Any]:
+        first = await d.elicitation(ELICIT)
+        second = await d.sampling(SAMPLE)
+        assert isinstance(first, types.ElicitResult) and isinstance(second, types.CreateMessageResult)
+        return _text_result("both")
+
+    async with _bridge() as bridge:
+        runs = Runs(body)
+        r1 = await _round(bridge, runs)
+        assert isinstance(r1, dict) and list(r1["inputRequests"]) == ["elicitation-1"]
+        r2 = await _round(bridge, runs, state=r1["requestState"], responses={"elicitation-1": ACCEPT})
+        assert isinstance(r2, dict) and list(r2["inputRequests"]) == ["sampling-2"]
+        assert r2["requestState"] != r1["requestState"]
+        with pytest.raises(MCPError) as stale:  # an answered round cannot be replayed
+            await _round(bridge, runs, state=r1["requestState"], responses={"elicitation-1": ACCEPT})
+        assert stale.value.error.code == types.INVALID_PARAMS and "stale" in stale.value.error.message
+        r3 = await _round(bridge, runs, state=r2["requestState"], responses={"sampling-2": SAMPLED})
+        assert isinstance(r3, Outcome) and r3.result == _text_result("both")
+
+
+async def test_a_missing_answer_is_asked_again_and_extra_keys_are_ignored() -> None:
+    async with _bridge() as bridge:
+        runs = Runs(ask_name)
+        r1 = await _round(bridge, runs)
+        assert isinstance(r1, dict)
+        r2 = await _round(bridge, runs, state=r1["requestState"], responses={"other": ACCEPT})
+        assert isinstance(r2, dict) and list(r2["inputRequests"]) == ["elicitation-1"]
+        final = await _round(bridge, runs, state=r2["requestState"],
+                             responses={"elicitation-1": ACCEPT, "unknown": {"action": "decline"}})
+        assert isinstance(final, Outcome) and final.result == _text_result("hello Ada")
+
+
+async def test_an_invalid_answer_is_refused_without_using_up_the_round() -> None:
+    async with _bridge() as bridge:
+        runs = Runs(ask_name)
+        r1 = await _round(bridge, runs)
+        assert isinstance(r1, dict)
+        with pytest.raises(MCPError) as bad:
+            await _round(bridge, runs, state=r1["requestState"], responses={"elicitation-1": {"action": "maybe"}})
+        assert bad.value.error.code == types.INVALID_PARAMS and "elicitation-1" in bad.value.error.message
+        final = await _round(bridge, runs, state=r1["requestState"], responses={"elicitation-1": ACCEPT})
+        assert isinstance(final, Outcome) and final.result == _text_result("hello Ada")
+
+
+# ---------------------------------------------------------------------------------------------------- state
+async def test_a_tampered_state_is_refused() -> None:
+    async with _bridge() as bridge:
+        runs = Runs(ask_name)
+        r1 = await _round(bridge, runs)
+        assert isinstance(r1, dict)
+        state: str = r1["requestState"]
+        flipped = state[:-2] + ("A" if state[-2] != "A" else "B") + state[-1]
+        for bad in (state + "-TAMPERED", flipped, "not-a-state", state.replace(".1.", ".2.")):
+            with pytest.raises(MCPError) as e:
+                await _round(bridge, runs, state=bad, responses={"elicitation-1": ACCEPT})
+            assert e.value.error.code == types.INVALID_PARAMS, bad
+            assert "integrity" in e.value.error.message or "malformed" in e.value.error.message, bad
+        assert runs.count == 1 and len(bridge.calls) == 1
+
+
+async def test_a_state_is_bound_to_principal_and_arguments() -> None:
+    async with _bridge() as bridge:
+        runs = Runs(ask_name)
+        r1 = await _round(bridge, runs)
+        assert isinstance(r1, dict)
+        for other in (_call(principal="mallory"), _call(arguments={"x": 2})):
+            with pytest.raises(MCPError) as e:
+                await _round(bridge, runs, state=r1["requestState"], responses={"elicitation-1": ACCEPT}, call=other)
+            assert e.value.error.code == types.INVALID_PARAMS
+            assert "belongs to another request" in e.value.error.message
+        final = await _round(bridge, runs, state=r1["requestState"], responses={"elicitation-1": ACCEPT})
+        assert isinstance(final, Outcome)
+
+
+async def test_a_state_from_another_process_key_is_refused() -> None:
+    async with _bridge() as one, _bridge() as two:
+        runs = Runs(ask_name)
+        r1 = await _round(one, runs)
+        assert isinstance(r1, dict)
+        with pytest.raises(MCPError) as e:
+            await _round(two, runs, state=r1["requestState"], responses={"elicitation-1": ACCEPT})
+        assert "integrity" in e.value.error.message
+
+
+# ---------------------------------------------------------------------------------------------------- capabilities
+@pytest.mark.parametrize(("method", "params", "caps", "missing"), [
+    ("sampling/createMessage", {}, types.ClientCapabilities(), {"sampling": {}}),
+    ("sampling/createMessage", {"tools": [{"name": "t"}]}, types.ClientCapabilities(
+        sampling=types.SamplingCapability()), {"sampling": {"tools": {}}}),
+    ("elicitation/create", {"mode": "form"}, None, {"elicitation": {}}),
+    ("elicitation/create", {"mode": "url", "url": "https://x"}, types.ClientCapabilities(
+        elicitation=types.ElicitationCapability()), {"elicitation": {"url": {}}}),
+    ("roots/list", {}, types.ClientCapabilities(sampling=types.SamplingCapability()), {"roots": {}}),
+    ("elicitation/create", {"mode": "form"}, ALL_CAPS, None),
+    ("sampling/createMessage", {}, ALL_CAPS, None),
+])
+def test_missing_capability(method: str, params: dict[str, Any], caps: types.ClientCapabilities | None,
+                            missing: dict[str, Any] | None) -> None:
+    assert missing_capability(method, params, caps) == missing
+
+
+async def test_an_undeclared_capability_is_refused_to_the_upstream_with_32021() -> None:
+    seen: list[Any] = []
+
+    async def body(d: BridgeDownstream) -> dict[str, Any]:
+        answer = await d.sampling(SAMPLE)
+        seen.append(answer)
+        return _text_result("fallback")
+
+    async with _bridge() as bridge:
+        out = await _round(bridge, Runs(body), caps=types.ClientCapabilities(elicitation=types.ElicitationCapability()))
+        assert isinstance(out, Outcome) and out.result == _text_result("fallback")
+        assert isinstance(seen[0], types.ErrorData)
+        assert seen[0].code == types.MISSING_REQUIRED_CLIENT_CAPABILITY
+        assert seen[0].data == {"requiredCapabilities": {"sampling": {}}}
+
+
+# ---------------------------------------------------------------------------------------------------- bounds
+async def test_an_abandoned_call_expires_and_its_upstream_request_fails() -> None:
+    answers: list[Any] = []
+
+    async def body(d: BridgeDownstream) -> dict[str, Any]:
+        answers.append(await d.elicitation(ELICIT))
+        return _text_result("gave up")
+
+    async with _bridge(pending_ttl_s=0.05) as bridge:
+        runs = Runs(body)
+        r1 = await _round(bridge, runs)
+        assert isinstance(r1, dict)
+        with anyio.fail_after(10):
+            await runs.ended.wait()
+        assert isinstance(answers[0], types.ErrorData) and "did not answer" in answers[0].message
+        assert not bridge.calls
+        with pytest.raises(MCPError) as e:
+            await _round(bridge, runs, state=r1["requestState"], responses={"elicitation-1": ACCEPT})
+        assert "no longer pending" in e.value.error.message
+
+
+async def test_a_stuck_upstream_is_cancelled_after_the_grace_period() -> None:
+    async def body(d: BridgeDownstream) -> dict[str, Any]:
+        await d.elicitation(ELICIT)
+        await anyio.sleep_forever()  # an upstream that ignores the failed question
+        raise AssertionError
+
+    async with _bridge(pending_ttl_s=0.05, grace_s=0.05) as bridge:
+        runs = Runs(body)
+        assert isinstance(await _round(bridge, runs), dict)
+        with anyio.fail_after(10):
+            await runs.ended.wait()
+        assert not bridge.calls
+
+
+async def test_pending_calls_are_bounded_per_principal() -> None:
+    async with _bridge(max_per_principal=1) as bridge:
+        assert isinstance(await _round(bridge, Runs(ask_name)), dict)
+        with pytest.raises(MCPError) as e:
+            await _round(bridge, Runs(ask_name))
+        assert "waiting for input" in e.value.error.message
+        assert isinstance(await _round(bridge, Runs(ask_name), call=_call(principal="bob")), dict)
+
+
+async def test_downstream_is_parked_between_rounds_only() -> None:
+    parked: list[bool] = []
+
+    async def body(d: BridgeDownstream) -> dict[str, Any]:
+        parked.append(d.parked)
+        await d.elicitation(ELICIT)
+        parked.append(d.parked)
+        return _text_result("ok")
+
+    async with _bridge() as bridge:
+        runs = Runs(body)
+        r1 = await _round(bridge, runs)
+        assert isinstance(r1, dict)
+        call = next(iter(bridge.calls.values()))
+        assert BridgeDownstream(call).parked
+        await _round(bridge, runs, state=r1["requestState"], responses={"elicitation-1": ACCEPT})
+        assert parked == [False, False]
+
+
+# ---------------------------------------------------------------------------------------------------- through the guard
+def _settings(tmp_path: Path):  # type: ignore[no-untyped-def]
+    return make_settings({"rec": recorder_upstream()}, server={"require_auth": False})
+
+
+async def test_modern_client_answers_an_upstream_elicitation_through_the_proxy(tmp_path: Path) -> None:
+    asked: list[str] = []
+
+    async def on_elicit(context: Any, params: types.ElicitRequestParams) -> types.ElicitResult:
+        asked.append(params.message)
+        return types.ElicitResult(action="accept", content={"answer": "forty-two"})
+
+    sink = RecordingSink()
+    async with running_guard(_settings(tmp_path), sink=sink) as guard, http_front(guard) as url, \
+            http_client(url, mode="2026-07-28", elicitation_callback=on_elicit) as client:
+        r = await client.call_tool("rec__elicit", {"message": "The answer?"})
+        assert json.loads(text_of(r)) == {"action": "accept", "content": {"answer": "forty-two"}}
+        assert asked == ["The answer?"]
+        assert not guard.bridge.calls
+    decisions = [e for e in sink.of_kind("call.decision") if e.tool == "elicit"]
+    assert len(decisions) == 1, "one decision per logical call, however many rounds"
+
+
+async def test_modern_client_without_sampling_gets_32021(tmp_path: Path) -> None:
+    async with running_guard(_settings(tmp_path)) as guard, http_front(guard) as url, \
+            http_client(url, mode="2026-07-28") as client:
+        with pytest.raises(MCPError) as e:
+            await client.call_tool("rec__sample", {"prompt": "hi"})
+        assert e.value.error.code == types.MISSING_REQUIRED_CLIENT_CAPABILITY
+        assert not guard.bridge.calls
