@@ -284,6 +284,37 @@ async def test_an_undeclared_capability_is_refused_to_the_upstream_with_32021() 
         assert seen[0].data == {"requiredCapabilities": {"sampling": {}}}
 
 
+async def test_an_undeclared_question_asked_with_others_waits_until_they_are_answered() -> None:
+    got: dict[str, Any] = {}
+
+    async def body(d: BridgeDownstream) -> dict[str, Any]:
+        async def elicit() -> None:
+            got["e"] = await d.elicitation(ELICIT)
+
+        async def sample() -> None:
+            got["s"] = await d.sampling(SAMPLE)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(elicit)
+            await _until(lambda: len(d._p.asks) == 1)
+            tg.start_soon(sample)
+        return _text_result("done")
+
+    sampling_only = types.ClientCapabilities(sampling=types.SamplingCapability())
+    async with _bridge(settle_s=0.5, settle_max_s=5) as bridge:
+        runs = Runs(body)
+        r1 = await _round(bridge, runs, caps=sampling_only)
+        assert isinstance(r1, dict)
+        assert [v["method"] for v in r1["inputRequests"].values()] == ["sampling/createMessage"]
+        assert "e" not in got, "held, not refused, while an answerable question is open"
+        final = await _round(bridge, runs, state=r1["requestState"], responses={"sampling-2": SAMPLED},
+                             caps=sampling_only)
+        assert isinstance(final, Outcome) and final.result == _text_result("done")
+        assert isinstance(got["s"], types.CreateMessageResult)
+        assert isinstance(got["e"], types.ErrorData) and got["e"].code == types.MISSING_REQUIRED_CLIENT_CAPABILITY
+        assert got["e"].data == {"requiredCapabilities": {"elicitation": {}}}
+
+
 # ---------------------------------------------------------------------------------------------------- bounds
 async def test_an_abandoned_call_expires_and_its_upstream_request_fails() -> None:
     answers: list[Any] = []

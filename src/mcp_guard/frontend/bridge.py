@@ -31,9 +31,11 @@ Rules
       HTTP), so 20 ms of quiet separates a burst from a sequential dialogue while adding nothing a person
       or model answering the question could notice; the cap bounds the delay if an upstream trickles.
     * Capabilities are the request's own (``_meta`` clientCapabilities). A question the client did not
-      declare it can answer is refused to the upstream at once with ``-32021`` and
-      ``data.requiredCapabilities``; an upstream that cannot go on without it fails the call with that
-      error, which reaches the client as such (HTTP 400 on the modern HTTP path).
+      declare it can answer is never put to it: it is refused to the upstream with ``-32021`` and
+      ``data.requiredCapabilities`` as soon as no answerable question of the call is open (questions
+      asked together with it are put to the client first, so an upstream asking several things at once
+      still gets every answer the client can give); an upstream that cannot go on without it fails the
+      call with that error, which reaches the client as such (HTTP 400 on the modern HTTP path).
     * Pending calls are bounded: at most ``max_pending`` (``max_per_principal`` per principal) at once, and
       a call whose client does not come back within ``pending_ttl_s`` of its last round expires: its open
       questions are answered with an error, and the upstream call is cancelled ``grace_s`` later if it
@@ -124,6 +126,7 @@ class _Ask:
     answered: anyio.Event = dataclasses.field(default_factory=anyio.Event)
     answer: _Answer | types.ErrorData | None = None
     sent: bool = False  # already included in an InputRequiredResult
+    missing: dict[str, Any] | None = None  # capabilities the client lacks for it: held, then refused
 
     def resolve(self, answer: _Answer | types.ErrorData) -> None:
         if not self.answered.is_set():
@@ -161,6 +164,23 @@ class _Pending:
         self._changed.set()
         self._changed = anyio.Event()
 
+    def askable(self) -> list[_Ask]:
+        """Open questions the client declared it can answer."""
+        return [a for a in self.asks.values() if a.missing is None]
+
+    def refuse_held(self) -> None:
+        """Refuse the questions the client cannot answer (``-32021`` to the upstream)."""
+        for ask in [a for a in self.asks.values() if a.missing is not None]:
+            del self.asks[ask.key]
+            log.info("bridge.capability_missing", call=self.id, method=ask.method, required=ask.missing)
+            ask.resolve(types.ErrorData(
+                code=types.MISSING_REQUIRED_CLIENT_CAPABILITY,
+                message=f"The client did not declare the capability {ask.method} needs: "
+                        f"{json.dumps(ask.missing, separators=(',', ':'))}",
+                data={"requiredCapabilities": ask.missing},
+            ))
+        self.notify()
+
     def fail_asks(self, message: str) -> None:
         for ask in list(self.asks.values()):
             ask.resolve(types.ErrorData(code=types.INVALID_REQUEST, message=message))
@@ -184,18 +204,12 @@ class BridgeDownstream:
         if p.closed or p.final is not None:
             return types.ErrorData(code=types.INVALID_REQUEST,
                                    message=f"mcp-guard: {method} arrived after the client's call ended")
-        missing = missing_capability(method, params, p.caps)
-        if missing is not None:
-            log.info("bridge.capability_missing", call=p.id, method=method, required=missing)
-            return types.ErrorData(
-                code=types.MISSING_REQUIRED_CLIENT_CAPABILITY,
-                message=f"The client did not declare the capability {method} needs: "
-                        f"{json.dumps(missing, separators=(',', ':'))}",
-                data={"requiredCapabilities": missing},
-            )
         p.seq += 1
-        ask = _Ask(key=f"{_KEY_PREFIX.get(method, 'input')}-{p.seq}", method=method, params=params)
+        ask = _Ask(key=f"{_KEY_PREFIX.get(method, 'input')}-{p.seq}", method=method, params=params,
+                   missing=missing_capability(method, params, p.caps))
         p.asks[ask.key] = ask
+        if ask.missing is not None and not p.busy and not p.askable():
+            p.refuse_held()  # parked with nothing the client could answer: no round will hold it
         p.notify()
         try:
             await ask.answered.wait()
@@ -413,9 +427,13 @@ class Bridge:
         pending.notify()
         try:
             with anyio.fail_after(pending.timeout_s + 10):
-                await self._until(pending, lambda: pending.final is not None or bool(pending.asks))
-            if pending.final is None:
-                await self._settle(pending)
+                while True:
+                    await self._until(pending, lambda: pending.final is not None or bool(pending.asks))
+                    if pending.final is None:
+                        await self._settle(pending)
+                    if pending.final is not None or pending.askable():
+                        break
+                    pending.refuse_held()  # only questions the client cannot answer: refuse, wait for more
         except TimeoutError:
             raise MCPError(code=types.INTERNAL_ERROR,
                            message=f"mcp-guard: the upstream neither answered nor asked anything within "
@@ -429,12 +447,14 @@ class Bridge:
             self._close(pending)
             return pending.final
         pending.round += 1
-        for ask in pending.asks.values():
+        asks = pending.askable()
+        for ask in asks:
             ask.sent = True
-        log.info("bridge.input_required", call=pending.id, round=pending.round, keys=list(pending.asks))
+        log.info("bridge.input_required", call=pending.id, round=pending.round, keys=[a.key for a in asks],
+                 held=len(pending.asks) - len(asks))
         return {
             "resultType": "input_required",
-            "inputRequests": {key: ask.wire() for key, ask in pending.asks.items()},
+            "inputRequests": {ask.key: ask.wire() for ask in asks},
             "requestState": self._seal(pending),
         }
 
