@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from test_conformance import EXPECTED_PASSING
 
 pytestmark = pytest.mark.e2e
