@@ -70,7 +70,7 @@ def forged_row(path: Path, seq: int, prev_hash: str, **values: Any) -> tuple[Any
     body_values: dict[str, Any] = dict.fromkeys(schema.BODY_COLUMNS)
     body_values.update({"event_id": "forged", "ts": "2026-01-01T00:00:00.000000Z", "kind": "call.decision"})
     body_values.update(values)
-    h = row_hash(prev_hash, seq, canonical_json(body_values))
+    h = row_hash(prev_hash, seq, canonical_json([body_values[c] for c in schema.BODY_COLUMNS]))
     return (seq, *(body_values[c] for c in schema.BODY_COLUMNS), prev_hash, h)
 
 

@@ -5,11 +5,15 @@ Every row carries ``prev_hash`` (the ``hash`` of the row before it) and its own 
     hash = sha256( prev_hash + ":" + str(seq) + ":" + body ).hexdigest()
 
 ``prev_hash`` is a 64-character lowercase hex string and ``seq`` the row's decimal sequence number,
-both ASCII. ``body`` is the canonical JSON (:func:`canonical_json`: sorted keys, no whitespace, UTF-8
-with non-ASCII characters written as themselves, no NaN/Infinity) of an object holding every *other*
-column (:data:`mcp_guard.audit.schema.BODY_COLUMNS`) with its value exactly as stored in SQLite: the
-JSON columns (``reasons``, ``arguments``, ``result``, ``details``) enter as their stored JSON *text*,
-``duration_ms`` as a float, absent values as ``null``.
+both ASCII. ``body`` is the canonical JSON (:func:`canonical_json`: no whitespace, UTF-8 with
+non-ASCII characters written as themselves, no NaN/Infinity) of an *array* of every other column's
+value, in the order of :data:`mcp_guard.audit.schema.BODY_COLUMNS` (``event_id, ts, kind, session_id,
+decision_id, principal, server, tool, decision, reasons, arguments, result, duration_ms,
+policy_revision, details``), each exactly as stored in SQLite: the JSON columns (``reasons``,
+``arguments``, ``result``, ``details``) as their stored JSON *text*, ``duration_ms`` as a float,
+absent values as ``null``. (An array rather than an object: it is the writer's hot path, and an
+array encodes in a third of the time. A migration that adds a column must therefore keep it out of
+the body, or mark which body layout each row uses.)
 
 Because ``seq`` is hashed, moving or swapping rows is detected; because each row hashes its
 predecessor's hash, deleting or inserting a row breaks the link to the row after it. The first row's

@@ -165,10 +165,10 @@ def _prepare(event: AuditEvent, done: asyncio.Future[None] | None, deadline: flo
         raise AuditError(f"audit event {event.kind!r}: kind, event_id and ts are required")  # not fail a batch
     try:  # the fast path: plain JSON-able values and valid text
         values = _values(event, _same, fast_json_text)
-        body = canonical_json(dict(zip(_VALUE_ORDER, values, strict=True)))
+        body = canonical_json(values)
     except (ValueError, TypeError):  # NaN/Infinity, lone surrogates, odd keys: record them cleaned up
         values = _values(event, _clean, json_text)
-        body = canonical_json(dict(zip(_VALUE_ORDER, values, strict=True)))
+        body = canonical_json(values)
     return _Pending(values=values, body=body, done=done, deadline=deadline)
 
 

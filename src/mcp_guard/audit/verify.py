@@ -72,7 +72,7 @@ def verify_chain(conn: sqlite3.Connection) -> VerifyResult:
                 missing = str(expected_seq) if seq == expected_seq + 1 else f"{expected_seq}–{seq - 1}"
                 return bad(expected_seq, f"row {missing} missing: deleted from the chain (found row {seq} next)")
             try:
-                body = canonical_json(dict(zip(schema.BODY_COLUMNS, values, strict=True)))
+                body = canonical_json(values)
                 computed = row_hash(prev if stored_prev is None else str(stored_prev), seq, body)
             except (TypeError, ValueError, UnicodeError) as e:
                 return bad(seq, f"row {seq} was altered: its values cannot be hashed ({e})")
