@@ -8,6 +8,7 @@ guard: a recorder upstream on the handshake era, an SDK client on 2026-07-28 ove
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -407,4 +408,57 @@ async def test_modern_client_without_sampling_gets_32021(tmp_path: Path) -> None
         with pytest.raises(MCPError) as e:
             await client.call_tool("rec__sample", {"prompt": "hi"})
         assert e.value.error.code == types.MISSING_REQUIRED_CLIENT_CAPABILITY
+        assert not guard.bridge.calls
+
+
+CONFORMANCE_FIXTURE = str(Path(__file__).resolve().parents[1] / "conformance" / "conformance_fixture.py")
+
+
+def _fixture_settings():  # type: ignore[no-untyped-def]
+    up = {"command": sys.executable, "args": [CONFORMANCE_FIXTURE, "--transport", "stdio"], "namespace": False,
+          "timeout_s": 10.0, "startup_timeout_s": 15.0}
+    return make_settings({"conf": up}, server={"require_auth": False})
+
+
+class Answers:
+    """A client that answers every kind of question and records what it was asked."""
+
+    def __init__(self) -> None:
+        self.asked: list[str] = []
+
+    async def elicit(self, context: Any, params: types.ElicitRequestParams) -> types.ElicitResult:
+        self.asked.append("elicit")
+        return types.ElicitResult(action="accept", content={"name": "Ada", "color": "teal"})
+
+    async def sample(self, context: Any, params: types.CreateMessageRequestParams) -> types.CreateMessageResult:
+        self.asked.append("sample")
+        return types.CreateMessageResult(role="assistant", content=types.TextContent(type="text", text="Paris"),
+                                         model="scripted")
+
+    async def roots(self, context: Any) -> types.ListRootsResult:
+        self.asked.append("roots")
+        return types.ListRootsResult(roots=[types.Root.model_validate({"uri": "file:///work", "name": "work"})])
+
+    def callbacks(self) -> dict[str, Any]:
+        return {"elicitation_callback": self.elicit, "sampling_callback": self.sample,
+                "list_roots_callback": self.roots}
+
+
+@pytest.mark.parametrize("mode", ["legacy", "2026-07-28"])
+async def test_roots_sampling_and_elicitation_reach_the_client_in_both_eras(mode: str) -> None:
+    # Legacy: forwarded as server→client requests on the call's stream. 2026-07-28: InputRequiredResult rounds,
+    # driven by the SDK client's own retry loop. Either way the handshake-era upstream gets its answers.
+    answers = Answers()
+    async with running_guard(_fixture_settings()) as guard, http_front(guard) as url, \
+            http_client(url, mode=mode, **answers.callbacks()) as client:
+        r = await client.call_tool("test_input_required_result_list_roots", {})
+        assert text_of(r) == "Client exposed 1 root(s): file:///work"
+        r = await client.call_tool("test_input_required_result_multiple_inputs", {})
+        assert text_of(r) == "All inputs received."
+        r = await client.call_tool("test_input_required_result_multi_round", {})
+        assert text_of(r) == "Ada likes teal."
+        p = await client.get_prompt("test_input_required_result_prompt", {})
+        assert isinstance(p.messages[0].content, types.TextContent)
+        assert p.messages[0].content.text.startswith("Use the following context:")
+        assert answers.asked == ["roots", "elicit", "sample", "roots", "elicit", "elicit", "elicit"]
         assert not guard.bridge.calls
