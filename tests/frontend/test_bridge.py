@@ -24,6 +24,7 @@ from guard_harness import make_settings, recorder_upstream, running_guard, text_
 from http_harness import http_client, http_front
 from mcp_guard.frontend.bridge import Bridge, BridgeDownstream, missing_capability
 from mcp_guard.pipeline.context import CallContext, Outcome
+from mcp_guard.settings import Settings
 from mcp_guard.testing import RecordingSink
 from mcp_guard.types import Principal, SessionInfo
 
@@ -380,8 +381,9 @@ async def test_downstream_is_parked_between_rounds_only() -> None:
 
 
 # ---------------------------------------------------------------------------------------------------- through the guard
-def _settings(tmp_path: Path):  # type: ignore[no-untyped-def]
-    return make_settings({"rec": recorder_upstream()}, server={"require_auth": False})
+def _settings(tmp_path: Path) -> Settings:
+    settings: Settings = make_settings({"rec": recorder_upstream()}, server={"require_auth": False})
+    return settings
 
 
 async def test_modern_client_answers_an_upstream_elicitation_through_the_proxy(tmp_path: Path) -> None:
@@ -414,10 +416,11 @@ async def test_modern_client_without_sampling_gets_32021(tmp_path: Path) -> None
 CONFORMANCE_FIXTURE = str(Path(__file__).resolve().parents[1] / "conformance" / "conformance_fixture.py")
 
 
-def _fixture_settings():  # type: ignore[no-untyped-def]
+def _fixture_settings() -> Settings:
     up = {"command": sys.executable, "args": [CONFORMANCE_FIXTURE, "--transport", "stdio"], "namespace": False,
           "timeout_s": 10.0, "startup_timeout_s": 15.0}
-    return make_settings({"conf": up}, server={"require_auth": False})
+    settings: Settings = make_settings({"conf": up}, server={"require_auth": False})
+    return settings
 
 
 class Answers:
