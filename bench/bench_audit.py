@@ -9,7 +9,7 @@ Scenarios (each on a fresh database file, in one process with the store, as in t
   events/s over N events.
 * ``throughput record_nowait()``: one producer queueing N events as fast as the queue takes them,
   then one record() to wait for the last commit; events/s.
-* ``latency open loop``: events arrive at a fixed rate (``--rate``), each in its own task calling
+* ``latency open loop``: events arrive at fixed rates (``--rate``), each in its own task calling
   record(); the commit wait (call → return) as median / p99. This is the wait the pipeline adds to a
   call while other calls are being recorded.
 * ``latency closed loop C=…``: the same wait with C recorders saturating the store.
@@ -169,15 +169,16 @@ async def run(args: argparse.Namespace, directory: Path) -> dict[str, Any]:
     """
     n = args.n
     events = make_events(n)
-    open_n = min(n, max(1, int(args.rate * args.seconds)))
     scenarios: list[tuple[str, str, Callable[[Path], Any]]] = [
         (f"throughput record() C={args.concurrency}", "events_per_s",
          lambda p: closed_loop(p, events, args.concurrency, args.batch_max)),
         ("throughput record_nowait()", "events_per_s",
          lambda p: nowait_burst(p, events, args.batch_max, args.queue_max)),
-        (f"latency open loop {args.rate:g}/s", "wait_median_ms",
-         lambda p: open_loop(p, events[:open_n], args.rate, args.batch_max)),
     ]
+    for rate in args.rate:
+        open_n = min(n, max(1, int(rate * args.seconds)))
+        scenarios.append((f"latency open loop {rate:g}/s", "wait_median_ms",
+                          lambda p, rate=rate, k=open_n: open_loop(p, events[:k], rate, args.batch_max)))
     for c in (1, 16, 64):
         scenarios.append((f"latency closed loop C={c}", "wait_median_ms",
                           lambda p, c=c: closed_loop(p, events[: max(1, n // 4)], c, args.batch_max)))
@@ -214,7 +215,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=200_000, help="events per throughput run (default 200000)")
     parser.add_argument("--concurrency", type=int, default=256, help="recorders in the throughput run")
-    parser.add_argument("--rate", type=float, default=5_000, help="open-loop arrival rate, events/s")
+    parser.add_argument("--rate", type=float, nargs="+", default=[5_000, 10_000],
+                        help="open-loop arrival rates, events/s (default 5000 10000)")
     parser.add_argument("--seconds", type=float, default=5.0, help="open-loop duration")
     parser.add_argument("--repeat", type=int, default=3, help="runs per scenario; the best is reported")
     parser.add_argument("--batch-max", type=int, default=256)
