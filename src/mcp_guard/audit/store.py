@@ -4,25 +4,30 @@ Callers hand :class:`AuditStore` finished :class:`~mcp_guard.types.AuditEvent` v
 task turns them into rows of ``audit_events`` (DESIGN §6)::
 
     record(event) ──┐                                  ┌─► each record(): its seq, or AuditError
-    record(event) ──┼─► bounded queue ─► writer task ──┤   BEGIN IMMEDIATE; read the chain head;
-    record_nowait ──┘    (queue_max)    ≤ batch_max    └─► INSERT the batch; COMMIT
+    record(event) ──┼─► bounded queue ─► writer task ──┤   number + hash the batch, then one
+    record_nowait ──┘    (queue_max)    ≤ batch_max    └─► multi-row INSERT = one transaction
                                         per transaction
 
 * **Group commit.** While one transaction is in flight new events queue up; the next transaction
-  takes all of them (up to ``batch_max``). Load makes transactions bigger, not the queue longer.
+  takes all of them (up to ``batch_max``, rounded down to a power of two so that a batch is a
+  single INSERT statement). Load makes transactions bigger, not the queue longer. A record() that
+  finds the queue full (``queue_max``) waits its turn; a record_nowait() is dropped and counted.
 * **Ordering.** :meth:`AuditStore.record` returns only after the transaction holding its event has
   committed. In WAL mode with ``synchronous=NORMAL`` a commit is in the WAL file before ``record``
   returns, so it survives the process being killed; only an OS crash or power loss can take back
-  the newest transactions. WAL checkpoints (which do fsync) run on a second connection so that the
-  writer never waits for one.
-* **The chain** (:mod:`mcp_guard.audit.chain`) is continued from the newest row read *inside* each
-  write transaction: reopening a database — or, by mistake, a second writer on the same file —
-  keeps it intact. Callers serialise the row body; the writer only numbers and hashes.
+  the newest transactions. WAL checkpoints (which fsync) run on a second connection, so the writer
+  never waits for one.
+* **The chain** (:mod:`mcp_guard.audit.chain`) continues from the newest row, read when the store
+  opens and then kept in memory. Rows carry explicit ``seq`` values, so if another process appended
+  to the file meanwhile, the INSERT collides with its rows: the writer re-reads the head and
+  chains on from there instead of forking the chain. (Rows deleted from the end behind the writer's
+  back leave a gap that ``audit verify`` reports.) Callers serialise the row body; the writer only
+  numbers and hashes.
 * **Failure is loud and bounded.** An event that cannot be committed (disk full, database locked
   by another writer past ``busy_timeout``, file removed or replaced, writer gone) makes ``record``
   raise :class:`~mcp_guard.errors.AuditError` within ``record_timeout``, so the pipeline can deny
   the call. SQLite keeps writing into a file that was unlinked from under it, so the writer compares
-  the path's inode with the one it opened before every transaction.
+  the path's inode with the one it opened before and after every transaction.
 """
 
 from __future__ import annotations
