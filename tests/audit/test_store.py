@@ -318,3 +318,21 @@ async def test_file_removed_while_a_batch_is_written_fails_that_batch(db: Path) 
         store._insert = insert_then_lose_the_file  # type: ignore[method-assign]
         with anyio.fail_after(2), pytest.raises(AuditError, match="removed"):
             await store.record(event(1))
+
+
+async def test_writer_crash_fails_waiters_and_later_calls_without_taking_the_app_down(db: Path) -> None:
+    async with AuditStore.open(db) as store:
+        await store.record(event(0))
+
+        async def crash(batch: list[Any]) -> None:
+            raise RuntimeError("bug in the writer")
+
+        store._commit = crash  # type: ignore[method-assign]
+        with anyio.fail_after(2), pytest.raises(AuditError, match="writer failed"):
+            await store.record(event(1))
+        assert not store.healthy
+        with anyio.fail_after(2), pytest.raises(AuditError, match="writer failed"):
+            await store.record(event(2))
+        store.record_nowait(event(3))
+        assert store.stats.dropped == 1
+    assert len(rows(db)) == 1
