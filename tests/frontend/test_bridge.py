@@ -27,6 +27,7 @@ from mcp_guard.pipeline.context import CallContext, Outcome
 from mcp_guard.settings import Settings
 from mcp_guard.testing import RecordingSink
 from mcp_guard.types import Principal, SessionInfo
+from mcp_guard.upstream.registry import Registry
 
 pytestmark = pytest.mark.anyio
 
@@ -465,3 +466,42 @@ async def test_roots_sampling_and_elicitation_reach_the_client_in_both_eras(mode
         assert p.messages[0].content.text.startswith("Use the following context:")
         assert answers.asked == ["roots", "elicit", "sample", "roots", "elicit", "elicit", "elicit"]
         assert not guard.bridge.calls
+
+
+class FakeDownstream:
+    """A downstream as the registry sees it; records the sampling requests routed to it."""
+
+    def __init__(self, session_id: str, principal_id: str, parked: bool = False) -> None:
+        self.session_id = session_id
+        self.principal_id = principal_id
+        self.parked = parked
+        self.got: list[str] = []
+
+    async def sampling(self, params: types.CreateMessageRequestParams) -> types.CreateMessageResult:
+        self.got.append("sampling")
+        return types.CreateMessageResult(role="assistant", content=types.TextContent(type="text", text="ok"),
+                                         model="m")
+
+    async def elicitation(self, params: types.ElicitRequestParams) -> types.ElicitResult:
+        raise AssertionError("not used")
+
+    async def list_roots(self) -> types.ListRootsResult:
+        raise AssertionError("not used")
+
+    async def log_message(self, params: types.LoggingMessageNotificationParams) -> None:
+        return None
+
+
+@pytest.mark.parametrize(("parked_principal", "routed"), [("alice", True), ("bob", False)])
+async def test_a_parked_call_does_not_block_attribution_within_its_principal_only(
+        parked_principal: str, routed: bool) -> None:
+    registry = Registry(make_settings({}), SimpleNamespace())
+    parked = FakeDownstream("parked-call", parked_principal, parked=True)
+    served = FakeDownstream("served-call", "alice")
+    with registry.in_flight("up", parked), registry.in_flight("up", served):
+        answer = await registry.sampling("up", SAMPLE)
+    assert parked.got == []
+    if routed:
+        assert isinstance(answer, types.CreateMessageResult) and served.got == ["sampling"]
+    else:  # another principal's call might be the one asking: refuse rather than guess
+        assert isinstance(answer, types.ErrorData) and served.got == []

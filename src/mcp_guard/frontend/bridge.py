@@ -41,7 +41,8 @@ Rules
       questions are answered with an error, and the upstream call is cancelled ``grace_s`` later if it
       has not ended. The upstream's own ``timeout_s`` keeps running while the client answers.
     * Between rounds a call is *parked*: the registry does not attribute new upstream→client requests to a
-      parked call while another call to that upstream is being served (see ``Registry._attribute``).
+      parked call while a call of the same principal to that upstream is being served (a parked call of
+      another principal keeps such a request ambiguous, hence refused; see ``Registry._candidates``).
 
 Deployment note: the key is per process, so pending calls do not survive a restart and a replicated
 deployment needs sticky routing of retries to the replica that issued the state.
@@ -192,6 +193,7 @@ class BridgeDownstream:
 
     def __init__(self, pending: _Pending) -> None:
         self.session_id = pending.id
+        self.principal_id = pending.principal
         self._p = pending
 
     @property

@@ -123,6 +123,7 @@ class RequestDownstream:
 
     def __init__(self, session: ClientSession, ctx: ServerRequestContext[Any, Any], timeout_s: float) -> None:
         self.session_id = session.id
+        self.principal_id = session.principal.id
         self._session = session
         self._ctx = ctx
         self._timeout_s = timeout_s

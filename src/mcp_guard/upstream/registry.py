@@ -217,12 +217,18 @@ class Registry:
         """The in-flight calls an upstream→client message may belong to.
 
         A bridged 2026-07-28 call that is *parked* (its questions are with the client, between two of its
-        requests; see mcp_guard.frontend.bridge) is not a candidate while another call is being served,
-        so a client that abandons a call does not make every later request to that upstream ambiguous.
+        requests; see mcp_guard.frontend.bridge) is not a candidate while a call of the same principal is
+        being served, so a client that abandons a call does not make its later requests to that upstream
+        ambiguous. A parked call of another principal stays a candidate: never guess across principals.
         """
         recs = list((self._inflight.get(upstream) or {}).values())
         active = [r for r in recs if not getattr(r.downstream, "parked", False)]
-        return active or recs
+        if not active:
+            return recs
+        served = {getattr(r.downstream, "principal_id", None) for r in active}
+        parked = [r for r in recs if getattr(r.downstream, "parked", False)]
+        return active + [r for r in parked
+                         if None in served or getattr(r.downstream, "principal_id", None) not in served]
 
     def _attribute(self, upstream: str, what: str) -> Downstream | types.ErrorData:
         sessions = self._candidates(upstream)
