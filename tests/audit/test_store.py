@@ -336,3 +336,17 @@ async def test_writer_crash_fails_waiters_and_later_calls_without_taking_the_app
         store.record_nowait(event(3))
         assert store.stats.dropped == 1
     assert len(rows(db)) == 1
+
+
+async def test_from_settings_uses_the_audit_table(tmp_path: Path) -> None:
+    from mcp_guard.settings import load_settings
+
+    config = tmp_path / "conf" / "mcp-guard.toml"
+    config.parent.mkdir()
+    config.write_text('[audit]\npath = "data/audit.db"\nbatch_max = 8\nqueue_max = 16\n')
+    async with AuditStore.from_settings(load_settings(config)) as store:
+        assert store.path == tmp_path / "conf" / "data" / "audit.db"
+        for i in range(20):
+            store.record_nowait(event(i))
+        assert store.stats.dropped == 4  # queue_max
+    assert store.stats.largest_batch == 8  # batch_max

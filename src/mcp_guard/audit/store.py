@@ -40,10 +40,10 @@ import sqlite3
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiosqlite
 import anyio
@@ -61,6 +61,9 @@ from mcp_guard.audit.chain import (
 )
 from mcp_guard.errors import AuditError
 from mcp_guard.types import AuditEvent, utc_now
+
+if TYPE_CHECKING:
+    from mcp_guard.settings import Settings
 
 __all__ = ["AuditStats", "AuditStore"]
 
@@ -183,7 +186,7 @@ def _file_id(path: Path) -> tuple[int, int]:
 
 
 class AuditStore:
-    """The append-only, hash-chained audit log. Create one with :meth:`open`::
+    """The append-only, hash-chained audit log. Create one with :meth:`open` (or :meth:`from_settings`)::
 
         async with AuditStore.open(settings.resolve_path(settings.audit.path),
                                    batch_max=settings.audit.batch_max,
@@ -274,6 +277,15 @@ class AuditStore:
         finally:
             with anyio.CancelScope(shield=True):
                 await db.close()
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> AbstractAsyncContextManager[AuditStore]:
+        """:meth:`open` on ``[audit] path`` (resolved against the config file), ``batch_max``, ``queue_max``."""
+        return cls.open(
+            settings.resolve_path(settings.audit.path),
+            batch_max=settings.audit.batch_max,
+            queue_max=settings.audit.queue_max,
+        )
 
     # ------------------------------------------------------------------ the API
 
