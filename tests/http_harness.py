@@ -2,34 +2,31 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+import json
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
-import anyio
 import httpx2
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
 from mcp_guard.app import Guard
+from mcp_guard.frontend.http import http_served
 
 
-@asynccontextmanager
-async def http_front(guard: Guard) -> AsyncIterator[str]:
-    """Yield the front's /mcp URL while it serves."""
-    port: list[int] = []
-    ready = anyio.Event()
+def http_front(guard: Guard) -> AbstractAsyncContextManager[str]:
+    """Serve the guard's HTTP front on a free loopback port; yields its /mcp URL."""
+    return http_served(guard)
 
-    def on_ready(p: int) -> None:
-        port.append(p)
-        ready.set()
 
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(lambda: guard.serve_http("127.0.0.1", 0, ready=on_ready))
-        with anyio.fail_after(10):
-            await ready.wait()
-        yield f"http://127.0.0.1:{port[0]}/mcp"
-        tg.cancel_scope.cancel()
+def sse_answer(r: httpx2.Response) -> dict[str, Any]:
+    """The JSON-RPC response in a streamable-HTTP answer, whether a JSON body or an SSE stream."""
+    if r.headers.get("content-type", "").startswith("application/json"):
+        return dict(r.json())
+    for line in r.text.splitlines():
+        if line.startswith("data:") and '"id"' in line:
+            return dict(json.loads(line[5:]))
+    raise AssertionError(f"no JSON-RPC response in the body: {r.text[:500]}")
 
 
 def http_client(url: str, key: str | None = None, *, mode: str = "legacy", **kwargs: Any) -> Client:

@@ -114,6 +114,7 @@ def _main(args: argparse.Namespace) -> int:
 
 async def _story(settings: Settings, show: Show) -> int:
     from mcp_guard.app import Guard
+    from mcp_guard.frontend.http import http_served
 
     show.title("mcp-guard demo: policy, secrets and audit in front of every tool call")
     show.say("Starting mcp-guard on config/demo.toml with four upstreams: tickets (needs an API token),")
@@ -122,21 +123,9 @@ async def _story(settings: Settings, show: Show) -> int:
         problems = await guard.registry.wait_ready(60)
         for name, problem in problems.items():
             show.say(f"upstream {name} is down: {problem}")
-        ready = anyio.Event()
-        port: list[int] = []
-
-        def on_ready(p: int) -> None:
-            port.append(p)
-            ready.set()
-
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(lambda: guard.serve_http("127.0.0.1", 0, ready=on_ready))
-            with anyio.fail_after(30):
-                await ready.wait()
-            url = f"http://127.0.0.1:{port[0]}/mcp"
+        async with http_served(guard) as url:
             show.say(f"Listening on {url} — agents authenticate with API keys (Authorization: Bearer …).")
             await _scenes(url, settings, show, guard)
-            tg.cancel_scope.cancel()
     _epilogue(settings, show)
     if show.failures:
         print(f"\n{len(show.failures)} step(s) did not go as expected: " + "; ".join(show.failures))

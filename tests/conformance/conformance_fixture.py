@@ -952,7 +952,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     app = server.streamable_http_app(host=args.host, event_store=MemoryEventStore(), retry_interval=100)
     print(f"conformance fixture serving http://{args.host}:{args.port}/mcp", file=sys.stderr, flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", http="h11")  # httptools keeps header spaces
     return 0
 
 

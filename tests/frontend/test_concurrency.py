@@ -4,7 +4,6 @@ every audit row belongs to the request that caused it."""
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +12,7 @@ import httpx2
 import pytest
 
 from guard_harness import make_settings, recorder_upstream, running_guard
-from http_harness import http_front
+from http_harness import http_front, sse_answer
 from mcp_guard.testing import FunctionEngine, RecordingSink
 from mcp_guard.types import Decision, PolicyInput
 
@@ -32,13 +31,6 @@ def _decide(i: PolicyInput) -> Decision:
     return Decision(allow=True, reasons=(f"allowed {text} for {i.principal.id}",))
 
 
-def _answer(r: httpx2.Response) -> dict[str, Any]:
-    if r.headers.get("content-type", "").startswith("application/json"):
-        return dict(r.json())
-    for line in r.text.splitlines():
-        if line.startswith("data:") and '"id"' in line:
-            return dict(json.loads(line[5:]))
-    raise AssertionError(r.text[:300])
 
 
 async def test_thousand_concurrent_calls_stay_correlated(tmp_path: Path) -> None:
@@ -72,7 +64,7 @@ async def test_thousand_concurrent_calls_stay_correlated(tmp_path: Path) -> None
                 r = await http.post(url, headers=h, json={"jsonrpc": "2.0", "id": n, "method": "tools/call",
                                                           "params": {"name": f"{upstream}__echo",
                                                                      "arguments": {"text": text}}})
-            answers[text] = (principal, _answer(r))
+            answers[text] = (principal, sse_answer(r))
 
         async with anyio.create_task_group() as tg:
             for n in range(1000):

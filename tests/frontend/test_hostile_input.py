@@ -11,7 +11,7 @@ import httpx2
 import pytest
 
 from guard_harness import REPO, make_settings, recorder_upstream, running_guard
-from http_harness import http_front
+from http_harness import http_front, sse_answer
 
 pytestmark = pytest.mark.anyio
 
@@ -33,24 +33,12 @@ async def _session(http: httpx2.AsyncClient, url: str) -> dict[str, str]:
     return h
 
 
-def _answer(r: httpx2.Response) -> dict[str, Any]:
-    """The JSON-RPC response in a JSON or SSE body."""
-    import json
-
-    if r.headers.get("content-type", "").startswith("application/json"):
-        return dict(r.json())
-    for line in r.text.splitlines():
-        if line.startswith("data:") and '"id"' in line:
-            return dict(json.loads(line[5:]))
-    raise AssertionError(f"no response in body: {r.text[:500]}")
-
-
 async def _call(http: httpx2.AsyncClient, url: str, h: dict[str, str], rid: int, name: str,
                 args: dict[str, Any]) -> dict[str, Any]:
     r = await http.post(url, json={"jsonrpc": "2.0", "id": rid, "method": "tools/call",
                                    "params": {"name": name, "arguments": args}}, headers=h)
     assert r.status_code == 200, r.text[:300]
-    return _answer(r)
+    return sse_answer(r)
 
 
 async def test_malformed_client_requests_get_clear_errors(tmp_path: Path) -> None:
@@ -66,9 +54,9 @@ async def test_malformed_client_requests_get_clear_errors(tmp_path: Path) -> Non
         r = await http.post(url, content=b"{not json", headers=h)
         assert r.status_code == 400 and r.json()["error"]["code"] == -32700
         r = await http.post(url, json={"jsonrpc": "2.0", "id": 3, "method": "no/such/method"}, headers=h)
-        assert _answer(r)["error"]["code"] == -32601
+        assert sse_answer(r)["error"]["code"] == -32601
         r = await http.post(url, json={"jsonrpc": "2.0", "id": 4, "method": "tools/call", "params": {}}, headers=h)
-        assert _answer(r)["error"]["code"] == -32602
+        assert sse_answer(r)["error"]["code"] == -32602
         for name in ("echo", "rec__", "__echo", "rec__no_such_tool", "x" * 10_000):
             res = (await _call(http, url, h, 5, name, {}))["result"]
             assert res["isError"] and "does not exist" in res["content"][0]["text"]

@@ -8,7 +8,7 @@ the configured port plus ``[server] allowed_hosts`` / ``allowed_origins``. Reque
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -22,7 +22,7 @@ from mcp_guard.types import AuditEvent
 if TYPE_CHECKING:
     from mcp_guard.app import Guard
 
-__all__ = ["build_http_app", "serve_http"]
+__all__ = ["build_http_app", "http_served", "serve_http"]
 
 log = structlog.get_logger("mcp_guard.frontend")
 
@@ -54,10 +54,30 @@ def build_http_app(guard: Guard) -> Any:
     return BearerAuth(app, digests, on_reject=rejected, required=s.require_auth)
 
 
+@contextlib.asynccontextmanager
+async def http_served(guard: Guard, host: str = "127.0.0.1", port: int = 0) -> AsyncIterator[str]:
+    """Serve the HTTP front in the background while the block runs; yields its ``/mcp`` URL."""
+    ready = anyio.Event()
+    bound: list[int] = []
+
+    def on_ready(p: int) -> None:
+        bound.append(p)
+        ready.set()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(lambda: serve_http(guard, host, port, ready=on_ready))
+        with anyio.fail_after(30):
+            await ready.wait()
+        yield f"http://{host}:{bound[0]}/mcp"
+        tg.cancel_scope.cancel()
+
+
 async def serve_http(guard: Guard, host: str, port: int, *, ready: Callable[[int], None] | None = None) -> None:
     """Serve until cancelled. ``ready(port)`` is called once listening (port 0 picks a free one)."""
     app = build_http_app(guard)
-    config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
+    # http="h11" whatever else is installed: httptools keeps trailing spaces in header values, which breaks
+    # the protocol's Mcp-Name header validation.
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, http="h11",
                             lifespan="on", timeout_graceful_shutdown=2, loop="none")
     server = uvicorn.Server(config)
     server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]  # the CLI owns signals
