@@ -140,6 +140,9 @@ class UpstreamSettings(_Strict):
     # false: expose this upstream's tools, prompts and resource URIs under their own names (at most one
     # upstream; for clients that need exact names). Namespaced names win any collision.
     namespace: bool = True
+    # Forward the upstream's roots/list requests to the client (declares the roots capability upstream).
+    # Off by default: some servers (server-filesystem) replace their allowed directories with client roots.
+    forward_roots: bool = False
     max_response_bytes: Annotated[int, Field(gt=0)] = 16 * 1024 * 1024
     restart: bool = True
     restart_backoff_s: Annotated[float, Field(gt=0)] = 0.5

@@ -245,3 +245,11 @@ def test_at_most_one_bare_upstream() -> None:
     with pytest.raises(ConfigError, match="at most one upstream"):
         make_settings({"a": recorder_upstream() | {"namespace": False},
                        "b": recorder_upstream() | {"namespace": False}})
+
+
+async def test_roots_are_not_offered_to_upstreams_unless_opted_in(tmp_path: Path) -> None:
+    settings = make_settings({"rec": recorder_upstream(RECORDER_LOG_METHODS="*", RECORDER_LOG=str(tmp_path / "l"))})
+    async with running_guard(settings) as guard, client_of(guard) as client:
+        await client.call_tool("rec__echo", {"text": "x"})
+    init = next(e for e in read_log(tmp_path / "l") if e.get("method") == "initialize")
+    assert "roots" not in init["params"]["capabilities"] and "sampling" in init["params"]["capabilities"]

@@ -68,7 +68,7 @@ def proxy_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         f"[policy]\nbundle = {_toml(str(tmp / 'policy'))}\n\n"
         f"[audit]\npath = {_toml(str(tmp / 'audit.db'))}\n\n"
         f"[upstreams.conf]\ncommand = {_toml(sys.executable)}\n"
-        f"args = [{_toml(str(FIXTURE))}, \"--transport\", \"stdio\"]\nnamespace = false\n",
+        f"args = [{_toml(str(FIXTURE))}, \"--transport\", \"stdio\"]\nnamespace = false\nforward_roots = true\n",
         encoding="utf-8",
     )
     out = tmp / "proxy.json"

@@ -419,6 +419,7 @@ CONFORMANCE_FIXTURE = str(Path(__file__).resolve().parents[1] / "conformance" / 
 
 def _fixture_settings() -> Settings:
     up = {"command": sys.executable, "args": [CONFORMANCE_FIXTURE, "--transport", "stdio"], "namespace": False,
+          "forward_roots": True,
           "timeout_s": 10.0, "startup_timeout_s": 15.0}
     settings: Settings = make_settings({"conf": up}, server={"require_auth": False})
     return settings

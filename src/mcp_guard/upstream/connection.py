@@ -208,7 +208,9 @@ class UpstreamConnection:
                 read_timeout_seconds=max(self.settings.timeout_s, self.settings.startup_timeout_s),
                 sampling_callback=self._on_sampling,
                 elicitation_callback=self._on_elicitation,
-                list_roots_callback=self._on_list_roots,
+                # Roots are opt-in per upstream: a server that trusts client roots (server-filesystem does)
+                # would otherwise let a client widen its sandbox.
+                list_roots_callback=self._on_list_roots if self.settings.forward_roots else None,
                 logging_callback=self._on_log,
                 message_handler=self._on_message,
                 client_info=_CLIENT_INFO,
