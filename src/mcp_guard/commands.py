@@ -202,10 +202,10 @@ async def _tools_async(settings: Settings, args: argparse.Namespace) -> int:
         await guard.registry.wait_ready(args.timeout)
         cat = guard.registry.catalog
         entries = [e for e in cat.tools.values() if not e.hidden]
-        items = [(e.upstream, e.local.name, e.tool_info()) for e in entries]
-        ok = await guard.visibility.visible("tools/list", principal, SessionInfo(id=new_id(), transport="memory"),
-                                            items, cat.version)
-        visible = [e.exposed.name for i, e in enumerate(entries) if i in ok]
+        shown = await guard.visibility.filter("tools/list", principal, SessionInfo(id=new_id(), transport="memory"),
+                                              entries, lambda e: (e.upstream, e.local.name, e.tool_info()),
+                                              cat.version)
+        visible = [e.exposed.name for e in shown]
         _print({"principal": principal.id, "roles": list(principal.roles), "tools": visible}, args.json,
                f"principal {principal.id} (roles: {', '.join(principal.roles) or 'none'}) sees "
                f"{len(visible)} of {len(entries)} tools:\n" + "\n".join(f"  {n}" for n in visible))

@@ -32,7 +32,7 @@ from mcp_guard.pipeline.audit import EventSink
 from mcp_guard.pipeline.context import CallContext, CallNext, Outcome
 from mcp_guard.pipeline.forward import DENIED, is_guard_error
 from mcp_guard.pipeline.secrets import strip_meta_credentials
-from mcp_guard.pipeline.visibility import ListItem, Visibility
+from mcp_guard.pipeline.visibility import Visibility
 from mcp_guard.settings import Settings
 from mcp_guard.types import AuditEvent, Decision, ToolInfo
 from mcp_guard.upstream.registry import Registry
@@ -176,10 +176,10 @@ class Handlers:
         sess = self._session(ctx)
         await self.registry.recheck_pins()
         cat = self.registry.catalog
-        entries = [e for e in cat.tools.values() if not e.hidden]
-        items: list[ListItem] = [(e.upstream, e.local.name, e.tool_info()) for e in entries]
-        ok = await self.visibility.visible("tools/list", sess.principal, sess.info, items, cat.version)
-        tools = [e.exposed for i, e in enumerate(entries) if i in ok]
+        entries = await self.visibility.filter(
+            "tools/list", sess.principal, sess.info, [e for e in cat.tools.values() if not e.hidden],
+            lambda e: (e.upstream, e.local.name, e.tool_info()), cat.version)
+        tools = [e.exposed for e in entries]
         page, cursor = self._page(tools, params)
         if params is None or not params.cursor:
             self._list_event(sess, "tools.list", [t.name for t in tools])
@@ -225,9 +225,9 @@ class Handlers:
                              ) -> types.ListResourcesResult:
         sess = self._session(ctx)
         cat = self.registry.catalog
-        items: list[ListItem] = [(up, self._local_uri(str(r.uri)), None) for up, r in cat.resources]
-        ok = await self.visibility.visible("resources/list", sess.principal, sess.info, items, cat.version)
-        page, cursor = self._page([r for i, (_, r) in enumerate(cat.resources) if i in ok], params)
+        shown = await self.visibility.filter("resources/list", sess.principal, sess.info, cat.resources,
+                                             lambda e: (e[0], self._local_uri(str(e[1].uri)), None), cat.version)
+        page, cursor = self._page([r for _, r in shown], params)
         return types.ListResourcesResult(resources=page, next_cursor=cursor)
 
     async def list_resource_templates(
@@ -235,10 +235,10 @@ class Handlers:
     ) -> types.ListResourceTemplatesResult:
         sess = self._session(ctx)
         cat = self.registry.catalog
-        items: list[ListItem] = [(up, self._local_uri(t.uri_template), None) for up, t in cat.templates]
-        ok = await self.visibility.visible("resources/templates/list", sess.principal, sess.info, items,
-                                           cat.version)
-        page, cursor = self._page([t for i, (_, t) in enumerate(cat.templates) if i in ok], params)
+        shown = await self.visibility.filter("resources/templates/list", sess.principal, sess.info, cat.templates,
+                                             lambda e: (e[0], self._local_uri(e[1].uri_template), None),
+                                             cat.version)
+        page, cursor = self._page([t for _, t in shown], params)
         return types.ListResourceTemplatesResult(resource_templates=page, next_cursor=cursor)
 
     def _local_uri(self, exposed: str) -> str:
@@ -301,10 +301,9 @@ class Handlers:
                            ) -> types.ListPromptsResult:
         sess = self._session(ctx)
         cat = self.registry.catalog
-        entries = list(cat.prompts.values())
-        items: list[ListItem] = [(e.upstream, e.local.name, None) for e in entries]
-        ok = await self.visibility.visible("prompts/list", sess.principal, sess.info, items, cat.version)
-        page, cursor = self._page([e.exposed for i, e in enumerate(entries) if i in ok], params)
+        shown = await self.visibility.filter("prompts/list", sess.principal, sess.info, list(cat.prompts.values()),
+                                             lambda e: (e.upstream, e.local.name, None), cat.version)
+        page, cursor = self._page([e.exposed for e in shown], params)
         return types.ListPromptsResult(prompts=page, next_cursor=cursor)
 
     async def get_prompt(self, ctx: ServerRequestContext[Any, Any], params: types.GetPromptRequestParams

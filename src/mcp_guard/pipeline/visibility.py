@@ -9,8 +9,8 @@ catalogue version and policy revision, so a listing costs one dict lookup until 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import anyio
 
@@ -23,6 +23,7 @@ _CACHE_MAX = 4096
 
 # (upstream, upstream-local name or URI, tool info or None)
 ListItem = tuple[str, str, ToolInfo | None]
+_E = TypeVar("_E")
 
 
 class Visibility:
@@ -61,3 +62,16 @@ class Visibility:
             self._cache.clear()
         self._cache[key] = result
         return result
+
+    async def filter(
+        self,
+        action: str,
+        principal: Principal,
+        session: SessionInfo,
+        entries: Sequence[_E],
+        item: Callable[[_E], ListItem],
+        catalog_version: int,
+    ) -> list[_E]:
+        """The ``entries`` the principal may see, in order; ``item`` says what the policy is asked about each."""
+        ok = await self.visible(action, principal, session, [item(e) for e in entries], catalog_version)
+        return [e for i, e in enumerate(entries) if i in ok]
