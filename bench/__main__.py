@@ -11,6 +11,7 @@ Sections (each also runs on its own: ``python bench/bench_<name>.py --help``):
   policy      policy evaluation alone, both engines (bench/bench_policy.py)
   audit       audit store throughput and commit wait alone (bench/bench_audit.py)
   memory      proxy RSS with 1,000 open HTTP sessions, and with 20 upstreams
+  breakdown   (opt-in: --only breakdown, or --all) the stdio path with pipeline parts switched off
 
 Prints the tables, a markdown summary against the targets of issue 8, and writes everything as JSON
 (plus the markdown) to bench/results/.
@@ -28,9 +29,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import bench_latency, bench_memory, bench_throughput, common
+from bench import bench_breakdown, bench_latency, bench_memory, bench_throughput, common
 
 SECTIONS = ("latency", "throughput", "policy", "audit", "memory")
+OPT_IN = ("breakdown",)
 HERE = Path(__file__).resolve().parent
 
 # issue 8 targets
@@ -71,6 +73,8 @@ def run_sections(sections: list[str], quick: bool, save: bool) -> dict[str, Any]
         "audit": lambda: _sub_bench("bench_audit.py", ["--n", "500", "--seconds", "0.2", "--repeat", "1"] if quick
                                     else [], "bench_audit-*.json", save and not quick, 1200),
         "memory": lambda: bench_memory.run(n_sessions=20, n_upstreams=2) if quick else bench_memory.run(),
+        "breakdown": lambda: bench_breakdown.run(variants=("", "no-audit,no-secrets,no-policy"), calls=50, block=25,
+                                                 warmup=10) if quick else bench_breakdown.run(),
     }
     failed: list[str] = []
     for name in sections:
@@ -88,7 +92,7 @@ def run_sections(sections: list[str], quick: bool, save: bool) -> dict[str, Any]
 
 def tables(report: dict[str, Any]) -> str:
     out: list[str] = []
-    for name in SECTIONS:
+    for name in (*SECTIONS, *OPT_IN):
         if name not in report:
             continue
         section = report[name]
@@ -101,6 +105,8 @@ def tables(report: dict[str, Any]) -> str:
             out.append(bench_throughput.table(section))
         elif name == "memory":
             out.append(bench_memory.table(section))
+        elif name == "breakdown":
+            out.append(bench_breakdown.table(section))
         else:
             out.append(section.get("stdout", "").rstrip())
             if section.get("exit_code"):
@@ -134,7 +140,8 @@ def markdown(report: dict[str, Any]) -> str:
         if row["clients"] == 32 and row["era"] == "legacy":
             good = row["calls_per_s"] >= TARGET_CALLS_PER_S and row["p99_ms"] < TARGET_P99_MS
             target = f"≥ {TARGET_CALLS_PER_S:,.0f}/s with p99 < {TARGET_P99_MS:g} ms: {_ok(good)}"
-        lines.append(f"| HTTP, {row['clients']} clients ({era}) | {row['calls_per_s']:,.0f} calls/s, "
+        lines.append(f"| HTTP front, {row['clients']} clients ({era}; stdio upstream) | "
+                     f"{row['calls_per_s']:,.0f} calls/s, "
                      f"p50 {row['median_ms']:.1f} ms, p99 {row['p99_ms']:.1f} ms, {row['errors']} errors | {target} |")
     pol = report.get("policy", {}).get("report", {})
     for row in pol.get("results", []):
@@ -165,6 +172,17 @@ def markdown(report: dict[str, Any]) -> str:
         u = mem["upstreams"]
         lines.append(f"| proxy RSS, {u['upstreams']} stdio upstreams | {u['rss_mb']:.0f} MB (+ "
                      f"{u['children_rss_mb']:.0f} MB in the {u['children']} upstream processes) | |")
+    bd = report.get("breakdown", {})
+    if bd.get("rows"):
+        base = bd["rows"][0]
+        lines += ["", f"Where the stdio path's time goes ({bd['policy']} bundle; each row is the proxy with that part "
+                  "switched off or changed, run side by side):", "",
+                  "| variant | added median | added p99 | proxy CPU/call |", "|---|---|---|---|"]
+        for r in bd["rows"]:
+            cpu = r.get("proxy_cpu_us_per_call", float("nan"))
+            delta = "" if r is base else f" ({cpu - base.get('proxy_cpu_us_per_call', 0.0):+.0f})"
+            lines.append(f"| {r['path']} | {r['added_median_ms']:.2f} ms | {r['added_p99_ms']:.2f} ms | "
+                         f"{cpu:.0f} µs{delta} |")
     lines += ["", "Policy on the latency/throughput paths: the default bundle (policies/rego; its per-session call "
               "budget lifted for the run), principal `local-agent` (role developer) calling `everything__echo` of the "
               "recorder test upstream; the allow-all rows use a one-rule bundle. Audit: both commits on the path "
@@ -175,12 +193,15 @@ def markdown(report: dict[str, Any]) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny counts (smoke run)")
-    parser.add_argument("--only", help=f"comma-separated sections ({', '.join(SECTIONS)})")
+    parser.add_argument("--only", help=f"comma-separated sections ({', '.join((*SECTIONS, *OPT_IN))})")
+    parser.add_argument("--all", action="store_true", help="every section, the opt-in ones too")
     parser.add_argument("--no-save", action="store_true", help="do not write bench/results/")
     parser.add_argument("--out", type=Path, help="also write the combined JSON report here")
     args = parser.parse_args()
     sections = [s.strip() for s in args.only.split(",")] if args.only else list(SECTIONS)
-    unknown = set(sections) - set(SECTIONS)
+    if args.all:
+        sections = [*SECTIONS, *OPT_IN]
+    unknown = set(sections) - {*SECTIONS, *OPT_IN}
     if unknown:
         parser.error(f"unknown section(s): {', '.join(sorted(unknown))}")
     report = run_sections(sections, args.quick, save=not args.no_save)

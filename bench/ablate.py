@@ -16,6 +16,10 @@ Switches (comma-separated):
 * ``json-response``  the HTTP front answers POSTs with a JSON body instead of an SSE stream
 * ``httptools``      uvicorn parses HTTP with httptools (C) instead of h11 (pure Python); needs httptools
 * ``uvloop``         the event loop is uvloop's; needs uvloop
+* ``inline-audit``   the audit writer commits on the event loop's thread (a plain sqlite3 connection)
+                     instead of a trip through aiosqlite's worker thread
+* ``audit-fast-path`` with inline-audit: a record() that finds the writer idle and the queue empty
+                     commits its own row in the caller's task (no writer wake-up, no future)
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import sys
 from typing import Any
 
 SWITCHES = ("no-audit-wait", "no-audit", "no-secrets", "no-policy", "sdk-front", "sdk-upstream", "json-response",
-            "httptools", "uvloop")
+            "httptools", "uvloop", "inline-audit", "audit-fast-path")
 
 
 def apply(switches: set[str]) -> None:
@@ -95,6 +99,48 @@ def apply(switches: set[str]) -> None:
                 yield read, write, ChildExit(event=anyio.Event()), None
 
         setattr(conn, "open_stdio_transport", sdk_transport)  # noqa: B010
+    if "inline-audit" in switches:
+        import sqlite3
+
+        from mcp_guard.audit import store as store_mod
+        from mcp_guard.audit.chain import row_hash
+
+        def inline_insert(self: Any, batch: Any) -> Any:
+            conn = getattr(self, "_bench_inline", None)
+            if conn is None:
+                conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+                conn.execute("PRAGMA synchronous = NORMAL")
+                conn.execute("PRAGMA busy_timeout = 5000")
+                self._bench_inline = conn
+            seq, prev = self._head
+            rows = []
+            for p in batch:
+                seq += 1
+                h = row_hash(prev, seq, p.body)
+                rows.append((seq, *p.values, prev, h))
+                p.seq, prev = seq, h
+            conn.execute("BEGIN IMMEDIATE")
+            for row in rows:
+                conn.execute(store_mod._insert_sql(1), list(row))
+            conn.execute("COMMIT")
+            self._head = (seq, prev)
+
+        async def insert(self: Any, batch: Any) -> None:
+            inline_insert(self, batch)
+
+        setattr(store_mod.AuditStore, "_insert", insert)  # noqa: B010
+        if "audit-fast-path" in switches:
+            slow_record = store_mod.AuditStore.record
+
+            async def fast_record(self: Any, event: Any) -> int:
+                if self._writer_idle and not self._queue and not self._overflow and self._broken is None:
+                    pending = store_mod._prepare(event, None)
+                    inline_insert(self, [pending])
+                    self.stats.committed += 1
+                    return int(pending.seq)
+                return int(await slow_record(self, event))
+
+            setattr(store_mod.AuditStore, "record", fast_record)  # noqa: B010
     if "json-response" in switches:
         from mcp.server.lowlevel import Server
 

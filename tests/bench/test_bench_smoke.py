@@ -22,7 +22,7 @@ pytestmark = pytest.mark.e2e  # starts real processes (proxies, upstreams, OPA w
 @pytest.fixture(scope="module")
 def report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     out = tmp_path_factory.mktemp("bench") / "report.json"
-    proc = subprocess.run([sys.executable, "-m", "bench", "--quick", "--no-save", "--out", str(out)],
+    proc = subprocess.run([sys.executable, "-m", "bench", "--quick", "--all", "--no-save", "--out", str(out)],
                           cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
     assert out.exists(), f"no report; exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     data: dict[str, Any] = json.loads(out.read_text())
@@ -33,7 +33,7 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 def test_every_section_ran(report: dict[str, Any]) -> None:
     assert report["failed"] == []
-    for section in ("latency", "throughput", "policy", "audit", "memory"):
+    for section in ("latency", "throughput", "policy", "audit", "memory", "breakdown"):
         assert "error" not in report[section], report[section]
 
 
@@ -68,3 +68,10 @@ def test_memory_reports_rss(report: dict[str, Any]) -> None:
     assert sessions["rss_mb"] > 0
     assert upstreams["children"] == upstreams["upstreams"] == 2
     assert upstreams["answered"] == 2
+
+
+def test_breakdown_runs_the_ablated_proxy(report: dict[str, Any]) -> None:
+    rows = report["breakdown"]["rows"]
+    assert [r["path"] for r in rows] == ["(none: the real proxy)", "no-audit,no-secrets,no-policy"]
+    for r in rows:
+        assert r["calls"] == report["breakdown"]["calls"]

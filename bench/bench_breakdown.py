@@ -1,0 +1,108 @@
+"""Where the added latency goes: the stdio call path with parts of the pipeline switched off.
+
+    python bench/bench_breakdown.py
+    python bench/bench_breakdown.py --variants ",no-audit,inline-audit;audit-fast-path"
+
+Each variant is ``mcp-guard run`` under bench/ablate.py with some switches (see that file: e.g.
+``no-policy``, ``no-audit``, ``inline-audit``, ``uvloop``); all variants run at once and are called in
+interleaved blocks, like bench_latency, so they share the machine's noise. A diagnostic: the headline
+numbers come from bench_latency, which runs the unmodified proxy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench import common
+from bench.bench_latency import TEXT, _interleave, _row
+from bench.rawclient import CallTemplate, StdioClient
+
+DEFAULT_VARIANTS = (
+    "",  # the real proxy
+    "no-policy",
+    "no-audit",
+    "no-audit-wait",
+    "no-secrets",
+    "no-audit,no-secrets,no-policy",
+    "inline-audit,audit-fast-path",
+    "uvloop",
+)
+
+
+async def _run(directory: Path, variants: tuple[str, ...], policy: str, calls: int, block: int,
+               warmup: int) -> list[dict[str, Any]]:
+    env = common.child_env()
+    direct = await StdioClient.spawn([sys.executable, str(common.RECORDER)], env=env, cwd=str(common.REPO))
+    proxies: dict[str, StdioClient] = {}
+    logs = []
+    try:
+        await direct.initialize()
+        for i, v in enumerate(variants):
+            cfg = common.write_config(directory / f"v{i}", {common.UPSTREAM: common.recorder_upstream()},
+                                      policy=policy)
+            log = (directory / f"v{i}.log").open("w")
+            logs.append(log)
+            c = await StdioClient.spawn(common.proxy_argv(cfg, ablate=v or None), env=env, cwd=str(common.REPO),
+                                        stderr=log)
+            await c.initialize()
+            proxies[v or "(none: the real proxy)"] = c
+        t_direct = CallTemplate("echo", {"text": TEXT})
+        t_proxy = CallTemplate(f"{common.UPSTREAM}__echo", {"text": TEXT})
+
+        def caller(c: StdioClient) -> Any:
+            return lambda: c.call(t_proxy)
+
+        d_lat, p_lat, cpu = await _interleave(lambda: direct.call(t_direct),
+                                              {k: (caller(c), c.proc.pid) for k, c in proxies.items()},
+                                              calls, block, warmup)
+    finally:
+        await direct.close()
+        for c in proxies.values():
+            await c.close()
+        for log in logs:
+            log.close()
+    return [_row(k, d_lat, p_lat[k], cpu[k]) for k in proxies]
+
+
+def run(variants: tuple[str, ...] = DEFAULT_VARIANTS, policy: str = "default", calls: int = 2000, block: int = 50,
+        warmup: int = 200) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="bench-breakdown-") as tmp:
+        rows = asyncio.run(_run(Path(tmp), variants, policy, calls, block, warmup))
+    return {"policy": policy, "calls": calls, "rows": rows}
+
+
+def table(result: dict[str, Any]) -> str:
+    lines = [f"{'switched off / changed':<36}{'added p50':>11}{'added p99':>11}{'CPU/call':>10}{'Δ CPU':>9}"]
+    base = result["rows"][0].get("proxy_cpu_us_per_call", 0.0)
+    for r in result["rows"]:
+        cpu = r.get("proxy_cpu_us_per_call", float("nan"))
+        lines.append(f"{r['path']:<36}{r['added_median_ms']:>8.3f} ms{r['added_p99_ms']:>8.3f} ms"
+                     f"{cpu:>7.0f} µs{cpu - base:>+7.0f} µs")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--variants", help="';'-separated switch sets (',' inside a set); '' is the real proxy")
+    parser.add_argument("--policy", choices=("default", "allow-all"), default="default")
+    parser.add_argument("--calls", type=int, default=2000)
+    parser.add_argument("--no-save", action="store_true")
+    args = parser.parse_args()
+    variants = tuple(args.variants.split(";")) if args.variants is not None else DEFAULT_VARIANTS
+    result = run(variants, args.policy, args.calls)
+    print(table(result))
+    if not args.no_save:
+        print(f"wrote {common.save('bench_breakdown', {'machine': common.machine_info(), **result})}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
