@@ -74,7 +74,8 @@ def run_sections(sections: list[str], quick: bool, save: bool) -> dict[str, Any]
                                     else [], "bench_audit-*.json", save and not quick, 1200),
         "memory": lambda: bench_memory.run(n_sessions=20, n_upstreams=2) if quick else bench_memory.run(),
         "breakdown": lambda: bench_breakdown.run(variants=("", "no-audit,no-secrets,no-policy"), calls=50, block=25,
-                                                 warmup=10) if quick else bench_breakdown.run(),
+                                                 warmup=10, http_variants=("", "json-response"))
+        if quick else bench_breakdown.run(),
     }
     failed: list[str] = []
     for name in sections:
@@ -182,6 +183,15 @@ def markdown(report: dict[str, Any]) -> str:
             cpu = r.get("proxy_cpu_us_per_call", float("nan"))
             delta = "" if r is base else f" ({cpu - base.get('proxy_cpu_us_per_call', 0.0):+.0f})"
             lines.append(f"| {r['path']} | {r['added_median_ms']:.2f} ms | {r['added_p99_ms']:.2f} ms | "
+                         f"{cpu:.0f} µs{delta} |")
+    if bd.get("http_rows"):
+        base = bd["http_rows"][0]
+        lines += ["", "HTTP front (stdio upstream, one client), with the changes proposed for the HTTP front:", "",
+                  "| variant | proxied median | proxied p99 | proxy CPU/call |", "|---|---|---|---|"]
+        for r in bd["http_rows"]:
+            cpu = r.get("proxy_cpu_us_per_call", float("nan"))
+            delta = "" if r is base else f" ({cpu - base.get('proxy_cpu_us_per_call', 0.0):+.0f})"
+            lines.append(f"| {r['path']} | {r['proxy_median_ms']:.2f} ms | {r['proxy_p99_ms']:.2f} ms | "
                          f"{cpu:.0f} µs{delta} |")
     lines += ["", "Policy on the latency/throughput paths: the default bundle (policies/rego; its per-session call "
               "budget lifted for the run), principal `local-agent` (role developer) calling `everything__echo` of the "

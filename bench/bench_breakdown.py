@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import sys
 import tempfile
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import common
-from bench.bench_latency import TEXT, _interleave, _row
+from bench.bench_latency import TEXT, _interleave, _row, http_clients
 from bench.rawclient import CallTemplate, StdioClient
 
 DEFAULT_VARIANTS = (
@@ -35,6 +36,7 @@ DEFAULT_VARIANTS = (
     "inline-audit,audit-fast-path",
     "uvloop",
 )
+HTTP_VARIANTS = ("", "json-response", "httptools", "uvloop", "json-response,httptools,uvloop")
 
 
 async def _run(directory: Path, variants: tuple[str, ...], policy: str, calls: int, block: int,
@@ -72,20 +74,48 @@ async def _run(directory: Path, variants: tuple[str, ...], policy: str, calls: i
     return [_row(k, d_lat, p_lat[k], cpu[k]) for k in proxies]
 
 
+def _run_http(directory: Path, variants: tuple[str, ...], policy: str, calls: int, block: int,
+              warmup: int) -> list[dict[str, Any]]:
+    """The HTTP front (stdio recorder upstream) under each variant; the direct column is the recorder over
+    HTTP, so only the proxied columns compare."""
+    with ExitStack() as stack:
+        _up, up_url = stack.enter_context(common.http_upstream(directory / "http-upstream.log"))
+        urls: dict[str, tuple[str, int]] = {}
+        for i, v in enumerate(variants):
+            cfg = common.write_config(directory / f"h{i}", {common.UPSTREAM: common.recorder_upstream()},
+                                      policy=policy)
+            proc, url = stack.enter_context(common.http_proxy(cfg, directory / f"h{i}.log", ablate=v or None))
+            urls[v or "(none: the real proxy)"] = (url, proc.pid)
+        rows = asyncio.run(http_clients(up_url, urls, calls, block, warmup))
+    for r in rows:
+        r["path"] = r["path"].rsplit("policy ", 1)[1]
+    return rows
+
+
 def run(variants: tuple[str, ...] = DEFAULT_VARIANTS, policy: str = "default", calls: int = 2000, block: int = 50,
-        warmup: int = 200) -> dict[str, Any]:
+        warmup: int = 200, http_variants: tuple[str, ...] = HTTP_VARIANTS) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bench-breakdown-") as tmp:
         rows = asyncio.run(_run(Path(tmp), variants, policy, calls, block, warmup))
-    return {"policy": policy, "calls": calls, "rows": rows}
+        http_rows = _run_http(Path(tmp), http_variants, policy, calls, block, warmup) if http_variants else []
+    return {"policy": policy, "calls": calls, "rows": rows, "http_rows": http_rows}
 
 
 def table(result: dict[str, Any]) -> str:
-    lines = [f"{'switched off / changed':<36}{'added p50':>11}{'added p99':>11}{'CPU/call':>10}{'Δ CPU':>9}"]
+    lines = [f"stdio front → stdio upstream\n{'switched off / changed':<36}{'added p50':>11}{'added p99':>11}"
+             f"{'CPU/call':>10}{'Δ CPU':>9}"]
     base = result["rows"][0].get("proxy_cpu_us_per_call", 0.0)
     for r in result["rows"]:
         cpu = r.get("proxy_cpu_us_per_call", float("nan"))
         lines.append(f"{r['path']:<36}{r['added_median_ms']:>8.3f} ms{r['added_p99_ms']:>8.3f} ms"
                      f"{cpu:>7.0f} µs{cpu - base:>+7.0f} µs")
+    if result.get("http_rows"):
+        lines.append(f"HTTP front → stdio upstream (one client, sequential)\n{'changed':<36}{'proxy p50':>11}"
+                     f"{'proxy p99':>11}{'CPU/call':>10}{'Δ CPU':>9}")
+        base = result["http_rows"][0].get("proxy_cpu_us_per_call", 0.0)
+        for r in result["http_rows"]:
+            cpu = r.get("proxy_cpu_us_per_call", float("nan"))
+            lines.append(f"{r['path']:<36}{r['proxy_median_ms']:>8.3f} ms{r['proxy_p99_ms']:>8.3f} ms"
+                         f"{cpu:>7.0f} µs{cpu - base:>+7.0f} µs")
     return "\n".join(lines)
 
 
