@@ -1,7 +1,7 @@
 """Where the added latency goes: the stdio call path with parts of the pipeline switched off.
 
     python bench/bench_breakdown.py
-    python bench/bench_breakdown.py --variants ",no-audit,inline-audit;audit-fast-path"
+    python bench/bench_breakdown.py --variants ";sdk-front;sdk-upstream" --http-variants -
 
 Each variant is ``mcp-guard run`` under bench/ablate.py with some switches (see that file: e.g.
 ``no-policy``, ``no-audit``, ``inline-audit``, ``uvloop``); all variants run at once and are called in
@@ -122,12 +122,15 @@ def table(result: dict[str, Any]) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--variants", help="';'-separated switch sets (',' inside a set); '' is the real proxy")
+    parser.add_argument("--http-variants", help="the same for the HTTP front ('-' for none)")
     parser.add_argument("--policy", choices=("default", "allow-all"), default="default")
     parser.add_argument("--calls", type=int, default=2000)
     parser.add_argument("--no-save", action="store_true")
     args = parser.parse_args()
     variants = tuple(args.variants.split(";")) if args.variants is not None else DEFAULT_VARIANTS
-    result = run(variants, args.policy, args.calls)
+    http_variants = HTTP_VARIANTS if args.http_variants is None else (
+        () if args.http_variants == "-" else tuple(args.http_variants.split(";")))
+    result = run(variants, args.policy, args.calls, http_variants=http_variants)
     print(table(result))
     if not args.no_save:
         print(f"wrote {common.save('bench_breakdown', {'machine': common.machine_info(), **result})}")
