@@ -2,6 +2,7 @@
 
     python bench/bench_breakdown.py
     python bench/bench_breakdown.py --variants ";sdk-front;sdk-upstream" --http-variants -
+    python bench/bench_breakdown.py --throughput 32 --policy allow-all --variants ";json-response,uvloop"
 
 Each variant is ``mcp-guard run`` under bench/ablate.py with some switches (see that file: e.g.
 ``no-policy``, ``no-audit``, ``inline-audit``, ``uvloop``); all variants run at once and are called in
@@ -35,8 +36,11 @@ DEFAULT_VARIANTS = (
     "no-audit,no-secrets,no-policy",
     "inline-audit,audit-fast-path",
     "uvloop",
+    "gc-tune",
+    "inline-audit,audit-fast-path,uvloop,gc-tune",
 )
-HTTP_VARIANTS = ("", "json-response", "httptools", "uvloop", "json-response,httptools,uvloop")
+HTTP_VARIANTS = ("", "json-response", "httptools", "uvloop", "gc-tune",
+                 "json-response,httptools,uvloop,inline-audit,audit-fast-path,gc-tune")
 
 
 async def _run(directory: Path, variants: tuple[str, ...], policy: str, calls: int, block: int,
@@ -100,6 +104,34 @@ def run(variants: tuple[str, ...] = DEFAULT_VARIANTS, policy: str = "default", c
     return {"policy": policy, "calls": calls, "rows": rows, "http_rows": http_rows}
 
 
+def throughput(variants: tuple[str, ...], clients: int = 32, duration: float = 6.0, warmup: float = 1.0,
+               policy: str = "default") -> list[dict[str, Any]]:
+    """bench_throughput's load (``clients`` HTTP sessions, closed loop) against the HTTP front under each
+    variant, one after the other."""
+    from bench.bench_throughput import load
+
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench-breakdown-tp-") as tmp:
+        for i, v in enumerate(variants):
+            cfg = common.write_config(Path(tmp) / f"t{i}", {common.UPSTREAM: common.recorder_upstream()},
+                                      policy=policy)
+            with common.http_proxy(cfg, Path(tmp) / f"t{i}.log", ablate=v or None) as (_proc, url):
+                row = load(url, clients, duration, warmup)
+            row["variant"] = v or "(none: the real proxy)"
+            row["policy"] = policy
+            rows.append(row)
+            print(f"  {row['variant']}: {row['calls_per_s']:.0f} calls/s", file=sys.stderr)
+    return rows
+
+
+def throughput_table(rows: list[dict[str, Any]]) -> str:
+    lines = [f"{'variant':<66}{'policy':>10}{'calls/s':>9}{'p50':>10}{'p99':>10}{'errors':>7}"]
+    for r in rows:
+        lines.append(f"{r['variant']:<66}{r['policy']:>10}{r['calls_per_s']:>9.0f}{r['median_ms']:>7.1f} ms"
+                     f"{r['p99_ms']:>7.1f} ms{r['errors']:>7}")
+    return "\n".join(lines)
+
+
 def table(result: dict[str, Any]) -> str:
     lines = [f"stdio front → stdio upstream\n{'switched off / changed':<36}{'added p50':>11}{'added p99':>11}"
              f"{'CPU/call':>10}{'Δ CPU':>9}"]
@@ -125,8 +157,19 @@ def main() -> int:
     parser.add_argument("--http-variants", help="the same for the HTTP front ('-' for none)")
     parser.add_argument("--policy", choices=("default", "allow-all"), default="default")
     parser.add_argument("--calls", type=int, default=2000)
+    parser.add_argument("--throughput", type=int, metavar="CLIENTS",
+                        help="instead: HTTP throughput at CLIENTS clients under each --variants set")
+    parser.add_argument("--duration", type=float, default=6.0, help="with --throughput: seconds per variant")
     parser.add_argument("--no-save", action="store_true")
     args = parser.parse_args()
+    if args.throughput:
+        tp_variants = tuple(args.variants.split(";")) if args.variants is not None else HTTP_VARIANTS
+        rows = throughput(tp_variants, args.throughput, args.duration, policy=args.policy)
+        print(throughput_table(rows))
+        if not args.no_save:
+            saved = common.save("bench_breakdown_throughput", {"machine": common.machine_info(), "rows": rows})
+            print(f"wrote {saved}")
+        return 0
     variants = tuple(args.variants.split(";")) if args.variants is not None else DEFAULT_VARIANTS
     http_variants = HTTP_VARIANTS if args.http_variants is None else (
         () if args.http_variants == "-" else tuple(args.http_variants.split(";")))
