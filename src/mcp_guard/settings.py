@@ -203,7 +203,7 @@ class Settings(_Strict):
         path = Path(os.path.expanduser(p))
         if path.is_absolute() or self.base_dir is None:
             return path
-        return Path(self.base_dir) / path
+        return Path(os.path.normpath(Path(self.base_dir) / path))
 
 
 def find_config(explicit: str | None) -> Path | None:
