@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import signal
@@ -59,8 +60,28 @@ def _run(args: argparse.Namespace) -> int:
     settings = load_config(args)
     configure_logging(args.log_level)
     transport = args.transport or settings.server.transport
-    anyio.run(_serve, settings, transport, args)
+    # uvloop where available (a dependency on Linux/macOS): about 0.2 ms less per proxied call (bench/).
+    anyio.run(_serve, settings, transport, args, backend_options={"use_uvloop": _has_uvloop()})
     return 0
+
+
+def _has_uvloop() -> bool:
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _tune_gc() -> None:
+    """Move start-up objects out of the collector's way and collect the young generation less often.
+
+    A proxy allocates many short-lived objects per call; with the default thresholds young-generation
+    collections run every few calls and show up as the p99 tail under load (bench/bench_breakdown.py).
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
 
 
 async def _serve(settings: Settings, transport: str, args: argparse.Namespace) -> None:
@@ -79,6 +100,7 @@ async def _serve(settings: Settings, transport: str, args: argparse.Namespace) -
         problems = await guard.registry.wait_ready(_startup_wait(settings))
         for name, problem in problems.items():
             log.warning("upstream.unavailable_at_start", upstream=name, problem=problem)
+        _tune_gc()
         if transport == "http":
             await guard.serve_http(args.host, args.port)
         else:
