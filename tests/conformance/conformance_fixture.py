@@ -409,24 +409,38 @@ class Fixture:
         return result
 
     async def _ask_now(self, ctx: Ctx, requests: dict[str, types.InputRequest]) -> dict[str, types.InputResponse]:
-        """Handshake era: send each input request to the client now and collect the answers."""
+        """Handshake era: send the input requests to the client now, all at once (as the 2026-07-28 era
+        presents them together), and collect the answers."""
         related = ServerMessageMetadata(related_request_id=ctx.request_id)
         answers: dict[str, types.InputResponse] = {}
-        for key, request in requests.items():
+        declined: list[Declined] = []
+
+        async def ask(key: str, request: types.InputRequest) -> None:
             answer: types.InputResponse
             if isinstance(request, types.ElicitRequest):
-                self._require(ctx, types.ClientCapabilities(elicitation=types.ElicitationCapability()), "elicitation")
                 answer = await ctx.session.send_request(request, types.ElicitResult, metadata=related)
                 if answer.action != "accept":
-                    raise Declined(key, answer.action)
+                    declined.append(Declined(key, answer.action))
+                    return
             elif isinstance(request, types.CreateMessageRequest):
-                self._require(ctx, types.ClientCapabilities(sampling=types.SamplingCapability()), "sampling")
                 answer = await ctx.session.send_request(request, types.CreateMessageResult, metadata=related)
             else:
-                self._require(ctx, types.ClientCapabilities(roots=types.RootsCapability()), "roots")
                 answer = await ctx.session.send_request(request, types.ListRootsResult, metadata=related)
             answers[key] = answer
-        return answers
+
+        for request in requests.values():  # every capability is checked before anything is asked
+            if isinstance(request, types.ElicitRequest):
+                self._require(ctx, types.ClientCapabilities(elicitation=types.ElicitationCapability()), "elicitation")
+            elif isinstance(request, types.CreateMessageRequest):
+                self._require(ctx, types.ClientCapabilities(sampling=types.SamplingCapability()), "sampling")
+            else:
+                self._require(ctx, types.ClientCapabilities(roots=types.RootsCapability()), "roots")
+        async with anyio.create_task_group() as tg:
+            for key, request in requests.items():
+                tg.start_soon(ask, key, request)
+        if declined:
+            raise declined[0]
+        return {key: answers[key] for key in requests if key in answers}
 
     async def _tool_test_simple_text(self, ctx: Ctx, p: types.CallToolRequestParams) -> types.CallToolResult:
         return _result(_text(SIMPLE_TEXT))

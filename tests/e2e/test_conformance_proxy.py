@@ -46,9 +46,6 @@ CANNOT_PASS_THROUGH_PROXY: dict[str, dict[str, str]] = {
                             "upstream, which only knows the capabilities mcp-guard declared at initialize",
         "input-required-result-basic-elicitation": "the suite requires the upstream's own inputRequests key "
                                                    "('user_name'); a handshake-era elicitation/create has no key",
-        "input-required-result-multiple-input-requests": "the fixture asks its three questions one after another "
-                                                         "in the handshake era; a proxy can only batch questions "
-                                                         "the upstream asks together",
     },
 }
 
