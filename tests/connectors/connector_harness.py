@@ -18,6 +18,7 @@ from mcp.client.stdio import StdioServerParameters, stdio_client
 REPO = Path(__file__).resolve().parents[2]
 FIXTURES = REPO / "tests" / "fixtures"
 READ_TIMEOUT_S = 20.0
+POLL_S = 0.02  # interval of condition polls (always under a deadline)
 
 
 def fixture_params(name: str, *args: str, env: dict[str, str] | None = None) -> StdioServerParameters:
@@ -50,4 +51,4 @@ async def wait_until(predicate: Callable[[], bool], *, within: float = 10.0) -> 
     """Poll a condition another process makes true (e.g. a line in its log file), with a deadline."""
     with anyio.fail_after(within):
         while not predicate():  # noqa: ASYNC110 -- the state lives in another process; no event to await
-            await anyio.sleep(0.02)
+            await anyio.sleep(POLL_S)

@@ -96,10 +96,13 @@ async def _round(bridge: Bridge, runs: Runs, *, state: str | None = None, respon
         return await bridge.run(_ctx(caps), None, call or _call(), _params(state, responses), runs)  # type: ignore[arg-type]
 
 
+POLL_S = 0.005  # interval of condition polls (always under a deadline)
+
+
 async def _until(condition: Callable[[], bool]) -> None:
     with anyio.fail_after(10):
         while not condition():  # noqa: ASYNC110 - the state is changed by another task
-            await anyio.sleep(0.005)
+            await anyio.sleep(POLL_S)
 
 
 def _text_result(text: str) -> dict[str, Any]:

@@ -14,6 +14,8 @@ from mcp_guard.secrets.providers import CommandProvider, EnvProvider, FileProvid
 
 pytestmark = pytest.mark.anyio
 
+POLL_S = 0.05  # interval of condition polls (always under a deadline)
+
 REF = SecretRef("tickets_token", "tickets")
 PY = sys.executable
 
@@ -124,10 +126,10 @@ async def test_command_timeout_kills_the_process_group(tmp_path: Path) -> None:
     marker = tmp_path / "child-pid"
     # The command starts a grandchild that holds stdout open and would outlive a plain kill.
     script = (
-        "import subprocess, sys, time; "
-        f"c = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
+        "import signal, subprocess, sys; "
+        f"c = subprocess.Popen([sys.executable, '-c', 'import signal; signal.pause()']); "
         f"open({str(marker)!r}, 'w').write(str(c.pid)); "
-        "print('starting', file=sys.stderr, flush=True); time.sleep(60)"
+        "print('starting', file=sys.stderr, flush=True); signal.pause()"
     )
     p = CommandProvider([PY, "-c", script], timeout_s=3)
     with anyio.fail_after(30), pytest.raises(SecretError) as info:
@@ -137,7 +139,7 @@ async def test_command_timeout_kills_the_process_group(tmp_path: Path) -> None:
     child = int(marker.read_text())
     with anyio.fail_after(10):
         while _alive(child):  # noqa: ASYNC110 - another process's death has no event to wait on
-            await anyio.sleep(0.05)
+            await anyio.sleep(POLL_S)
 
 
 def _alive(pid: int) -> bool:
