@@ -17,7 +17,6 @@ import os
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
-from types import TracebackType
 from typing import Any
 
 import anyio
@@ -25,6 +24,8 @@ import mcp_types as types
 import structlog
 from mcp.server.stdio import stdio_server
 from mcp.shared.message import SessionMessage
+
+from mcp_guard.streams import LineReadStream, LineWriteStream, encode_line
 
 __all__ = ["MAX_LINE_BYTES", "stdio_transport"]
 
@@ -35,7 +36,7 @@ MAX_LINE_BYTES = 64 * 1024 * 1024
 _validate = types.jsonrpc_message_adapter.validate_json
 
 
-class _LineReadStream:
+class _LineReadStream(LineReadStream):
     """The SDK's ``ReadStream`` over an asyncio ``StreamReader``: one JSON-RPC message per line."""
 
     def __init__(self, reader: asyncio.StreamReader, max_line_bytes: int) -> None:
@@ -67,27 +68,13 @@ class _LineReadStream:
             except ValueError as exc:
                 return exc
 
-    def __aiter__(self) -> _LineReadStream:
-        return self
-
-    async def __anext__(self) -> SessionMessage | Exception:
-        try:
-            return await self.receive()
-        except anyio.EndOfStream:
-            raise StopAsyncIteration from None
 
     async def aclose(self) -> None:
         self._closed = True
 
-    async def __aenter__(self) -> _LineReadStream:
-        return self
-
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> None:
-        await self.aclose()
 
 
-class _LineWriteStream:
+class _LineWriteStream(LineWriteStream):
     """The SDK's ``WriteStream`` onto an asyncio pipe transport: serialise, write, wait only under
     back-pressure. ``write`` appends a whole line to the transport at once, so concurrent senders
     never interleave."""
@@ -100,7 +87,7 @@ class _LineWriteStream:
     async def send(self, item: SessionMessage) -> None:
         if self._closed:
             raise anyio.ClosedResourceError
-        data = item.message.model_dump_json(by_alias=True, exclude_unset=True).encode() + b"\n"
+        data = encode_line(item)
         if self._transport.is_closing():
             return  # the client is gone; what it would have got is dropped, as a closed pipe would
         self._writer.write(data)
@@ -111,12 +98,6 @@ class _LineWriteStream:
     async def aclose(self) -> None:
         self._closed = True
 
-    async def __aenter__(self) -> _LineWriteStream:
-        return self
-
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> None:
-        await self.aclose()
 
 
 @asynccontextmanager

@@ -22,7 +22,6 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from subprocess import PIPE
-from types import TracebackType
 from typing import Any
 
 import anyio
@@ -30,6 +29,8 @@ import mcp_types as types
 import structlog
 from anyio.abc import Process
 from mcp.shared.message import SessionMessage
+
+from mcp_guard.streams import LineReadStream, LineWriteStream, encode_line
 
 __all__ = ["MINIMAL_ENV_VARS", "ChildExit", "minimal_environment", "open_stdio_transport"]
 
@@ -111,7 +112,7 @@ async def open_stdio_transport(
             tg.cancel_scope.cancel()
 
 
-class _ChildReadStream:
+class _ChildReadStream(LineReadStream):
     """The SDK's ``ReadStream`` over the child's stdout: the session's read loop reads, frames and parses
     in its own task (no reader task, no memory stream in between). A line over ``max_line_bytes`` is
     discarded and surfaced as a ``ValueError`` item."""
@@ -178,27 +179,13 @@ class _ChildReadStream:
             with suppress(Exception):
                 await self._stdout.aclose()
 
-    def __aiter__(self) -> _ChildReadStream:
-        return self
-
-    async def __anext__(self) -> SessionMessage | Exception:
-        try:
-            return await self.receive()
-        except anyio.EndOfStream:
-            raise StopAsyncIteration from None
 
     async def aclose(self) -> None:
         await self.end()
 
-    async def __aenter__(self) -> _ChildReadStream:
-        return self
-
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> None:
-        await self.aclose()
 
 
-class _ChildWriteStream:
+class _ChildWriteStream(LineWriteStream):
     """The SDK's ``WriteStream`` onto the child's stdin: serialise and write in the sender's task, waiting
     only under back-pressure. If the child's stdin is gone the message is dropped and the read side
     ends, so the session sees the upstream close (in-flight calls fail fast) rather than hang."""
@@ -220,7 +207,7 @@ class _ChildWriteStream:
             raise anyio.ClosedResourceError
         if self._broken:
             return
-        data = item.message.model_dump_json(by_alias=True, exclude_unset=True).encode() + b"\n"
+        data = encode_line(item)
         raw = self._raw
         try:
             if raw is None:
@@ -238,12 +225,6 @@ class _ChildWriteStream:
     async def aclose(self) -> None:
         self._closed = True
 
-    async def __aenter__(self) -> _ChildWriteStream:
-        return self
-
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> None:
-        await self.aclose()
 
 
 async def _terminate(process: Process, exit_info: ChildExit) -> None:
