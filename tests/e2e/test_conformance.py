@@ -112,11 +112,10 @@ EXPECTED_NOT_SCORED_PASSING: dict[str, list[str]] = {
 }
 
 
-@pytest.fixture(scope="module")
-def direct_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    out = tmp_path_factory.mktemp("conformance") / "direct.json"
+def run_suite(out: Path, label: str, *extra: str) -> dict[str, Any]:
+    """Run scripts/conformance.py (both spec versions), print its score, and return its JSON summary."""
     proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--label", "fixture-direct", "--output", str(out)],
+        [sys.executable, str(SCRIPT), "--label", label, "--output", str(out), *extra],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -128,6 +127,11 @@ def direct_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     assert out.exists(), proc.stderr
     summary: dict[str, Any] = json.loads(out.read_text(encoding="utf-8"))
     return summary
+
+
+@pytest.fixture(scope="module")
+def direct_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    return run_suite(tmp_path_factory.mktemp("conformance") / "direct.json", "fixture-direct")
 
 
 @pytest.mark.parametrize("spec_version", sorted(EXPECTED_PASSING))

@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import json
 import shlex
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
-from test_conformance import EXPECTED_PASSING
+from test_conformance import EXPECTED_PASSING, run_suite
 
 pytestmark = pytest.mark.e2e
 
@@ -70,20 +69,7 @@ def proxy_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     )
     out = tmp / "proxy.json"
     command = shlex.join([sys.executable, "-m", "mcp_guard", "run", "--transport", "http", "--config", str(config)])
-    proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--label", "mcp-guard-proxy", "--output", str(out),
-         "--command", command + " --port {port}"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=SUITE_TIMEOUT_S,
-        check=False,
-    )
-    print(proc.stdout)  # the score per spec version (shown with -s / -rA)
-    assert proc.returncode in (0, 1), f"conformance.py could not run (exit {proc.returncode}):\n{proc.stderr}"
-    assert out.exists(), proc.stderr
-    summary: dict[str, Any] = json.loads(out.read_text(encoding="utf-8"))
-    return summary
+    return run_suite(out, "mcp-guard-proxy", "--command", command + " --port {port}")
 
 
 @pytest.mark.parametrize("spec_version", sorted(EXPECTED_PASSING))
