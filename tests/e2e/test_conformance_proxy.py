@@ -26,9 +26,7 @@ from test_conformance import EXPECTED_PASSING, run_suite
 pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parents[2]
-SCRIPT = REPO / "scripts" / "conformance.py"
 FIXTURE = REPO / "tests" / "conformance" / "conformance_fixture.py"
-SUITE_TIMEOUT_S = 900
 
 ALLOW_ALL = """package mcp_guard
 
