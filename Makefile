@@ -39,6 +39,7 @@ demo: venv $(E2E)/node_modules/.installed
 
 lint: venv
 	$(BIN)/ruff check src tests connectors bench
+	$(BIN)/ruff format --check src tests connectors bench
 
 typecheck: venv
 	$(BIN)/mypy

@@ -46,8 +46,9 @@ def _sub_bench(script: str, args: list[str], pattern: str, save: bool, timeout: 
     """Run another helper's bench script as it is meant to be run; keep its table and its JSON."""
     started = time.time()
     argv = [sys.executable, str(HERE / script), *args, *([] if save else ["--no-save"])]
-    out = subprocess.run(argv, capture_output=True, text=True, cwd=common.REPO, env=common.child_env(),
-                         timeout=timeout, check=False)
+    out = subprocess.run(
+        argv, capture_output=True, text=True, cwd=common.REPO, env=common.child_env(), timeout=timeout, check=False
+    )
     result: dict[str, Any] = {"argv": argv[1:], "exit_code": out.returncode, "stdout": out.stdout}
     if out.returncode != 0:
         result["stderr"] = out.stderr[-3000:]
@@ -61,21 +62,44 @@ def _sub_bench(script: str, args: list[str], pattern: str, save: bool, timeout: 
 
 
 def run_sections(sections: list[str], quick: bool, save: bool) -> dict[str, Any]:
-    report: dict[str, Any] = {"machine": common.machine_info(), "quick": quick,
-                              "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    report: dict[str, Any] = {
+        "machine": common.machine_info(),
+        "quick": quick,
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
     jobs: dict[str, Callable[[], dict[str, Any]]] = {
-        "latency": lambda: bench_latency.run(calls=100, block=25, warmup=20) if quick else bench_latency.run(
-            calls=3000, block=50, warmup=300),
-        "throughput": lambda: bench_throughput.run(levels=(1, 8), duration=0.5, warmup=0.2, modern_at=8,
-                                                   max_calls=50) if quick else bench_throughput.run(),
-        "policy": lambda: _sub_bench("bench_policy.py", ["--n", "50" if quick else "5000"], "policy-*.json",
-                                     save and not quick, 600),
-        "audit": lambda: _sub_bench("bench_audit.py", ["--n", "500", "--seconds", "0.2", "--repeat", "1"] if quick
-                                    else [], "bench_audit-*.json", save and not quick, 1200),
+        "latency": lambda: (
+            bench_latency.run(calls=100, block=25, warmup=20)
+            if quick
+            else bench_latency.run(calls=3000, block=50, warmup=300)
+        ),
+        "throughput": lambda: (
+            bench_throughput.run(levels=(1, 8), duration=0.5, warmup=0.2, modern_at=8, max_calls=50)
+            if quick
+            else bench_throughput.run()
+        ),
+        "policy": lambda: _sub_bench(
+            "bench_policy.py", ["--n", "50" if quick else "5000"], "policy-*.json", save and not quick, 600
+        ),
+        "audit": lambda: _sub_bench(
+            "bench_audit.py",
+            ["--n", "500", "--seconds", "0.2", "--repeat", "1"] if quick else [],
+            "bench_audit-*.json",
+            save and not quick,
+            1200,
+        ),
         "memory": lambda: bench_memory.run(n_sessions=20, n_upstreams=2) if quick else bench_memory.run(),
-        "breakdown": lambda: bench_breakdown.run(variants=("", "no-audit,no-secrets,no-policy"), calls=50, block=25,
-                                                 warmup=10, http_variants=("", "json-response"))
-        if quick else bench_breakdown.run(),
+        "breakdown": lambda: (
+            bench_breakdown.run(
+                variants=("", "no-audit,no-secrets,no-policy"),
+                calls=50,
+                block=25,
+                warmup=10,
+                http_variants=("", "json-response"),
+            )
+            if quick
+            else bench_breakdown.run()
+        ),
     }
     failed: list[str] = []
     for name in sections:
@@ -121,9 +145,13 @@ def _ok(good: bool) -> str:
 
 def markdown(report: dict[str, Any]) -> str:
     m = report["machine"]
-    lines = [f"Machine: {m['nproc']} CPUs ({m['cpu']}), {m['mem_gb']} GB, Python {m['python']}, {m['platform']}; "
-             f"{report['when']}{' — QUICK RUN, numbers not meaningful' if report['quick'] else ''}.", "",
-             "| measure | result | target |", "|---|---|---|"]
+    lines = [
+        f"Machine: {m['nproc']} CPUs ({m['cpu']}), {m['mem_gb']} GB, Python {m['python']}, {m['platform']}; "
+        f"{report['when']}{' — QUICK RUN, numbers not meaningful' if report['quick'] else ''}.",
+        "",
+        "| measure | result | target |",
+        "|---|---|---|",
+    ]
     lat = report.get("latency", {})
     for row in lat.get("rows", []):
         target = ""
@@ -133,7 +161,8 @@ def markdown(report: dict[str, Any]) -> str:
             f"| added latency, {row['path']} | median {row['added_median_ms']:.2f} ms, "
             f"p99 {row['added_p99_ms']:.2f} ms "
             f"(direct {row['direct_median_ms']:.2f} → proxied {row['proxy_median_ms']:.2f} ms; proxy CPU "
-            f"{row.get('proxy_cpu_us_per_call', float('nan')):.0f} µs/call) | {target} |")
+            f"{row.get('proxy_cpu_us_per_call', float('nan')):.0f} µs/call) | {target} |"
+        )
     tp = report.get("throughput", {})
     for row in tp.get("rows", []):
         era = "2025-11-25 sessions" if row["era"] == "legacy" else "2026-07-28 stateless"
@@ -141,9 +170,11 @@ def markdown(report: dict[str, Any]) -> str:
         if row["clients"] == 32 and row["era"] == "legacy":
             good = row["calls_per_s"] >= TARGET_CALLS_PER_S and row["p99_ms"] < TARGET_P99_MS
             target = f"≥ {TARGET_CALLS_PER_S:,.0f}/s with p99 < {TARGET_P99_MS:g} ms: {_ok(good)}"
-        lines.append(f"| HTTP front, {row['clients']} clients ({era}; stdio upstream) | "
-                     f"{row['calls_per_s']:,.0f} calls/s, "
-                     f"p50 {row['median_ms']:.1f} ms, p99 {row['p99_ms']:.1f} ms, {row['errors']} errors | {target} |")
+        lines.append(
+            f"| HTTP front, {row['clients']} clients ({era}; stdio upstream) | "
+            f"{row['calls_per_s']:,.0f} calls/s, "
+            f"p50 {row['median_ms']:.1f} ms, p99 {row['p99_ms']:.1f} ms, {row['errors']} errors | {target} |"
+        )
     pol = report.get("policy", {}).get("report", {})
     for row in pol.get("results", []):
         if row.get("skipped"):
@@ -151,8 +182,10 @@ def markdown(report: dict[str, Any]) -> str:
             continue
         tgt = row.get("target_median_us")
         verdict = f"≤ {tgt:g} µs median: {_ok(row['median_us'] <= tgt)}" if tgt else ""
-        lines.append(f"| policy eval, {row['engine']} ({row.get('workload', 'corpus')}) | median "
-                     f"{row['median_us']:.0f} µs, p99 {row['p99_us']:.0f} µs | {verdict} |")
+        lines.append(
+            f"| policy eval, {row['engine']} ({row.get('workload', 'corpus')}) | median "
+            f"{row['median_us']:.0f} µs, p99 {row['p99_us']:.0f} µs | {verdict} |"
+        )
     aud = report.get("audit", {}).get("report", {}).get("results", {})
     for name, row in aud.items():
         if not isinstance(row, dict) or ("events_per_s" not in row and "wait_median_ms" not in row):
@@ -166,37 +199,56 @@ def markdown(report: dict[str, Any]) -> str:
     mem = report.get("memory", {})
     if "sessions" in mem:
         s = mem["sessions"]
-        lines.append(f"| proxy RSS, {s['sessions']:,} open HTTP sessions (GET streams open) | {s['rss_mb']:.0f} MB "
-                     f"(idle {s['rss_before_mb']:.0f} MB, {s['per_session_kb']:.0f} KB/session) | "
-                     f"≤ {TARGET_RSS_MB:g} MB: {_ok(s['rss_mb'] <= TARGET_RSS_MB)} |")
+        lines.append(
+            f"| proxy RSS, {s['sessions']:,} open HTTP sessions (GET streams open) | {s['rss_mb']:.0f} MB "
+            f"(idle {s['rss_before_mb']:.0f} MB, {s['per_session_kb']:.0f} KB/session) | "
+            f"≤ {TARGET_RSS_MB:g} MB: {_ok(s['rss_mb'] <= TARGET_RSS_MB)} |"
+        )
     if "upstreams" in mem:
         u = mem["upstreams"]
-        lines.append(f"| proxy RSS, {u['upstreams']} stdio upstreams | {u['rss_mb']:.0f} MB (+ "
-                     f"{u['children_rss_mb']:.0f} MB in the {u['children']} upstream processes) | |")
+        lines.append(
+            f"| proxy RSS, {u['upstreams']} stdio upstreams | {u['rss_mb']:.0f} MB (+ "
+            f"{u['children_rss_mb']:.0f} MB in the {u['children']} upstream processes) | |"
+        )
     bd = report.get("breakdown", {})
     if bd.get("rows"):
         base = bd["rows"][0]
-        lines += ["", f"Where the stdio path's time goes ({bd['policy']} bundle; each row is the proxy with that part "
-                  "switched off or changed, run side by side):", "",
-                  "| variant | added median | added p99 | proxy CPU/call |", "|---|---|---|---|"]
+        lines += [
+            "",
+            f"Where the stdio path's time goes ({bd['policy']} bundle; each row is the proxy with that part "
+            "switched off or changed, run side by side):",
+            "",
+            "| variant | added median | added p99 | proxy CPU/call |",
+            "|---|---|---|---|",
+        ]
         for r in bd["rows"]:
             cpu = r.get("proxy_cpu_us_per_call", float("nan"))
             delta = "" if r is base else f" ({cpu - base.get('proxy_cpu_us_per_call', 0.0):+.0f})"
-            lines.append(f"| {r['path']} | {r['added_median_ms']:.2f} ms | {r['added_p99_ms']:.2f} ms | "
-                         f"{cpu:.0f} µs{delta} |")
+            lines.append(
+                f"| {r['path']} | {r['added_median_ms']:.2f} ms | {r['added_p99_ms']:.2f} ms | {cpu:.0f} µs{delta} |"
+            )
     if bd.get("http_rows"):
         base = bd["http_rows"][0]
-        lines += ["", "HTTP front (stdio upstream, one client), with the changes proposed for the HTTP front:", "",
-                  "| variant | proxied median | proxied p99 | proxy CPU/call |", "|---|---|---|---|"]
+        lines += [
+            "",
+            "HTTP front (stdio upstream, one client), with the changes proposed for the HTTP front:",
+            "",
+            "| variant | proxied median | proxied p99 | proxy CPU/call |",
+            "|---|---|---|---|",
+        ]
         for r in bd["http_rows"]:
             cpu = r.get("proxy_cpu_us_per_call", float("nan"))
             delta = "" if r is base else f" ({cpu - base.get('proxy_cpu_us_per_call', 0.0):+.0f})"
-            lines.append(f"| {r['path']} | {r['proxy_median_ms']:.2f} ms | {r['proxy_p99_ms']:.2f} ms | "
-                         f"{cpu:.0f} µs{delta} |")
-    lines += ["", "Policy on the latency/throughput paths: the default bundle (policies/rego; its per-session call "
-              "budget lifted for the run), principal `local-agent` (role developer) calling `everything__echo` of the "
-              "recorder test upstream; the allow-all rows use a one-rule bundle. Audit: both commits on the path "
-              "(decision row before forwarding, outcome row before answering)."]
+            lines.append(
+                f"| {r['path']} | {r['proxy_median_ms']:.2f} ms | {r['proxy_p99_ms']:.2f} ms | {cpu:.0f} µs{delta} |"
+            )
+    lines += [
+        "",
+        "Policy on the latency/throughput paths: the default bundle (policies/rego; its per-session call "
+        "budget lifted for the run), principal `local-agent` (role developer) calling `everything__echo` of the "
+        "recorder test upstream; the allow-all rows use a one-rule bundle. Audit: both commits on the path "
+        "(decision row before forwarding, outcome row before answering).",
+    ]
     return "\n".join(lines)
 
 

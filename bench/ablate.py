@@ -29,8 +29,20 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-SWITCHES = ("no-audit-wait", "no-audit", "no-secrets", "no-policy", "sdk-front", "sdk-upstream", "json-response",
-            "httptools", "uvloop", "inline-audit", "audit-fast-path", "gc-tune")
+SWITCHES = (
+    "no-audit-wait",
+    "no-audit",
+    "no-secrets",
+    "no-policy",
+    "sdk-front",
+    "sdk-upstream",
+    "json-response",
+    "httptools",
+    "uvloop",
+    "inline-audit",
+    "audit-fast-path",
+    "gc-tune",
+)
 
 
 def apply(switches: set[str]) -> None:
@@ -40,12 +52,14 @@ def apply(switches: set[str]) -> None:
     from mcp_guard.audit.store import AuditStore
 
     if "no-audit" in switches:
+
         async def record_nothing(self: Any, event: Any) -> int:
             return 0
 
         AuditStore.record = record_nothing  # type: ignore[method-assign]
         AuditStore.record_nowait = lambda self, event: None  # type: ignore[method-assign]
     elif "no-audit-wait" in switches:
+
         async def record_queued(self: Any, event: Any) -> int:
             self.record_nowait(event)
             return 0

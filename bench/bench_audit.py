@@ -59,7 +59,8 @@ def make_events(n: int) -> list[AuditEvent]:
             decision="allow" if i % 2 == 0 else None,
             reasons=("support may create tickets",) if i % 2 == 0 else None,
             arguments={"title": f"printer on floor {i % 9} is on fire", "priority": "high", "labels": ["hw", "p1"]}
-            if i % 2 == 0 else None,
+            if i % 2 == 0
+            else None,
             result={"is_error": False, "bytes": 512 + i % 100, "sha256": "ab" * 32} if i % 2 else None,
             duration_ms=1.25 + (i % 10) / 10,
             policy_revision="3f2a9c1e",
@@ -92,10 +93,15 @@ async def closed_loop(path: Path, events: list[AuditEvent], concurrency: int, ba
         elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
         stats = store.stats
     return {
-        "events": len(events), "concurrency": concurrency, "seconds": elapsed,
-        "events_per_s": len(events) / elapsed, "events_per_cpu_s": len(events) / cpu, "batches": stats.batches,
+        "events": len(events),
+        "concurrency": concurrency,
+        "seconds": elapsed,
+        "events_per_s": len(events) / elapsed,
+        "events_per_cpu_s": len(events) / cpu,
+        "batches": stats.batches,
         "mean_batch": stats.committed / max(stats.batches, 1),
-        "wait_median_ms": statistics.median(waits) * 1000, "wait_p99_ms": percentile(waits, 0.99) * 1000,
+        "wait_median_ms": statistics.median(waits) * 1000,
+        "wait_p99_ms": percentile(waits, 0.99) * 1000,
     }
 
 
@@ -112,9 +118,13 @@ async def nowait_burst(path: Path, events: list[AuditEvent], batch_max: int, que
         elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
         stats = store.stats
     return {
-        "events": len(events), "seconds": elapsed, "events_per_s": len(events) / elapsed,
+        "events": len(events),
+        "seconds": elapsed,
+        "events_per_s": len(events) / elapsed,
         "events_per_cpu_s": len(events) / cpu,
-        "batches": stats.batches, "mean_batch": stats.committed / max(stats.batches, 1), "dropped": stats.dropped,
+        "batches": stats.batches,
+        "mean_batch": stats.committed / max(stats.batches, 1),
+        "dropped": stats.dropped,
     }
 
 
@@ -147,10 +157,15 @@ async def open_loop(path: Path, events: list[AuditEvent], rate: float, batch_max
         elapsed = time.perf_counter() - started
         stats = store.stats
     return {
-        "events": len(events), "target_rate": rate, "achieved_rate": len(events) / elapsed,
-        "batches": stats.batches, "mean_batch": stats.committed / max(stats.batches, 1),
-        "wait_median_ms": statistics.median(waits) * 1000, "wait_p99_ms": percentile(waits, 0.99) * 1000,
-        "wait_max_ms": max(waits) * 1000, "start_lag_median_ms": statistics.median(lag) * 1000,
+        "events": len(events),
+        "target_rate": rate,
+        "achieved_rate": len(events) / elapsed,
+        "batches": stats.batches,
+        "mean_batch": stats.committed / max(stats.batches, 1),
+        "wait_median_ms": statistics.median(waits) * 1000,
+        "wait_p99_ms": percentile(waits, 0.99) * 1000,
+        "wait_max_ms": max(waits) * 1000,
+        "start_lag_median_ms": statistics.median(lag) * 1000,
         "failed": failed,
     }
 
@@ -170,18 +185,34 @@ async def run(args: argparse.Namespace, directory: Path) -> dict[str, Any]:
     n = args.n
     events = make_events(n)
     scenarios: list[tuple[str, str, Callable[[Path], Any]]] = [
-        (f"throughput record() C={args.concurrency}", "events_per_s",
-         lambda p: closed_loop(p, events, args.concurrency, args.batch_max)),
-        ("throughput record_nowait()", "events_per_s",
-         lambda p: nowait_burst(p, events, args.batch_max, args.queue_max)),
+        (
+            f"throughput record() C={args.concurrency}",
+            "events_per_s",
+            lambda p: closed_loop(p, events, args.concurrency, args.batch_max),
+        ),
+        (
+            "throughput record_nowait()",
+            "events_per_s",
+            lambda p: nowait_burst(p, events, args.batch_max, args.queue_max),
+        ),
     ]
     for rate in args.rate:
         open_n = min(n, max(1, int(rate * args.seconds)))
-        scenarios.append((f"latency open loop {rate:g}/s", "wait_median_ms",
-                          lambda p, rate=rate, k=open_n: open_loop(p, events[:k], rate, args.batch_max)))
+        scenarios.append(
+            (
+                f"latency open loop {rate:g}/s",
+                "wait_median_ms",
+                lambda p, rate=rate, k=open_n: open_loop(p, events[:k], rate, args.batch_max),
+            )
+        )
     for c in (1, 16, 64):
-        scenarios.append((f"latency closed loop C={c}", "wait_median_ms",
-                          lambda p, c=c: closed_loop(p, events[: max(1, n // 4)], c, args.batch_max)))
+        scenarios.append(
+            (
+                f"latency closed loop C={c}",
+                "wait_median_ms",
+                lambda p, c=c: closed_loop(p, events[: max(1, n // 4)], c, args.batch_max),
+            )
+        )
     results: dict[str, Any] = {}
     for i, (name, key, scenario) in enumerate(scenarios):
         runs = [await scenario(fresh(directory, f"s{i}")) for _ in range(args.repeat)]
@@ -215,8 +246,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=200_000, help="events per throughput run (default 200000)")
     parser.add_argument("--concurrency", type=int, default=256, help="recorders in the throughput run")
-    parser.add_argument("--rate", type=float, nargs="+", default=[5_000, 10_000],
-                        help="open-loop arrival rates, events/s (default 5000 10000)")
+    parser.add_argument(
+        "--rate",
+        type=float,
+        nargs="+",
+        default=[5_000, 10_000],
+        help="open-loop arrival rates, events/s (default 5000 10000)",
+    )
     parser.add_argument("--seconds", type=float, default=5.0, help="open-loop duration")
     parser.add_argument("--repeat", type=int, default=3, help="runs per scenario; the best is reported")
     parser.add_argument("--batch-max", type=int, default=256)
@@ -229,8 +265,10 @@ def main() -> int:
 
     import structlog
 
-    structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr),
-                        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    structlog.configure(
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
+    )
     with tempfile.TemporaryDirectory(prefix="bench-audit-") as tmp:
         directory = args.dir or Path(tmp)
         directory.mkdir(parents=True, exist_ok=True)
@@ -239,8 +277,11 @@ def main() -> int:
     print(f"chain verified: {results['verify']['ok']} ({results['verify']['rows']} rows)")
     load = os.getloadavg()
     report = {
-        "bench": "audit", "when": datetime.now(UTC).isoformat(timespec="seconds"),
-        "python": platform.python_version(), "cpus": os.cpu_count(), "loadavg_before_after": list(load),
+        "bench": "audit",
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "loadavg_before_after": list(load),
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "results": results,
     }

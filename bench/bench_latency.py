@@ -52,9 +52,12 @@ def _row(name: str, direct: list[float], proxied: list[float], cpu_s: float | No
     d, p = common.summary_ms(direct), common.summary_ms(proxied)
     row = {
         "path": name,
-        "direct_median_ms": d["median_ms"], "direct_p99_ms": d["p99_ms"],
-        "proxy_median_ms": p["median_ms"], "proxy_p99_ms": p["p99_ms"],
-        "added_median_ms": p["median_ms"] - d["median_ms"], "added_p99_ms": p["p99_ms"] - d["p99_ms"],
+        "direct_median_ms": d["median_ms"],
+        "direct_p99_ms": d["p99_ms"],
+        "proxy_median_ms": p["median_ms"],
+        "proxy_p99_ms": p["p99_ms"],
+        "added_median_ms": p["median_ms"] - d["median_ms"],
+        "added_p99_ms": p["p99_ms"] - d["p99_ms"],
         "calls": p["n"],
     }
     if cpu_s is not None and proxied:
@@ -89,8 +92,9 @@ async def _interleave(
     return d_lat, p_lat, cpu
 
 
-async def stdio_paths(tmp: Path, calls: int, block: int, warmup: int,
-                      policies: tuple[str, ...]) -> list[dict[str, Any]]:
+async def stdio_paths(
+    tmp: Path, calls: int, block: int, warmup: int, policies: tuple[str, ...]
+) -> list[dict[str, Any]]:
     env = common.child_env()
     direct = await StdioClient.spawn([sys.executable, str(common.RECORDER)], env=env, cwd=str(common.REPO))
     proxies: dict[str, StdioClient] = {}
@@ -112,7 +116,9 @@ async def stdio_paths(tmp: Path, calls: int, block: int, warmup: int,
         d_lat, p_lat, cpu = await _interleave(
             lambda: direct.call(t_direct),
             {pol: (proxy_call(c), c.proc.pid) for pol, c in proxies.items()},
-            calls, block, warmup,
+            calls,
+            block,
+            warmup,
         )
     finally:
         await direct.close()
@@ -129,8 +135,9 @@ async def _http_session(url: str, api_key: str | None) -> HttpClient:
     return c
 
 
-async def http_clients(upstream_url: str, proxy_urls: dict[str, tuple[str, int]], calls: int, block: int,
-                       warmup: int) -> list[dict[str, Any]]:
+async def http_clients(
+    upstream_url: str, proxy_urls: dict[str, tuple[str, int]], calls: int, block: int, warmup: int
+) -> list[dict[str, Any]]:
     direct = await _http_session(upstream_url, None)
     proxies = {pol: await _http_session(url, common.API_KEY) for pol, (url, _pid) in proxy_urls.items()}
     try:
@@ -143,7 +150,9 @@ async def http_clients(upstream_url: str, proxy_urls: dict[str, tuple[str, int]]
         d_lat, p_lat, cpu = await _interleave(
             lambda: direct.call(t_direct, ()),
             {pol: (proxy_call(c), proxy_urls[pol][1]) for pol, c in proxies.items()},
-            calls, block, warmup,
+            calls,
+            block,
+            warmup,
         )
     finally:
         await direct.close()
@@ -157,15 +166,23 @@ def http_paths(tmp: Path, calls: int, block: int, warmup: int, policies: tuple[s
         _up, up_url = stack.enter_context(common.http_upstream(tmp / "http-upstream.log"))
         proxy_urls: dict[str, tuple[str, int]] = {}
         for pol in policies:
-            cfg = common.write_config(tmp / f"http-{pol}", {common.UPSTREAM: {"transport": "http", "url": up_url,
-                                                                               "timeout_s": 30}}, policy=pol)
+            cfg = common.write_config(
+                tmp / f"http-{pol}",
+                {common.UPSTREAM: {"transport": "http", "url": up_url, "timeout_s": 30}},
+                policy=pol,
+            )
             proc, url = stack.enter_context(common.http_proxy(cfg, tmp / f"http-{pol}.log"))
             proxy_urls[pol] = (url, proc.pid)
         return asyncio.run(http_clients(up_url, proxy_urls, calls, block, warmup))
 
 
-def run(calls: int = 3000, block: int = 50, warmup: int = 200, policies: tuple[str, ...] = POLICIES,
-        transports: tuple[str, ...] = ("stdio", "http")) -> dict[str, Any]:
+def run(
+    calls: int = 3000,
+    block: int = 50,
+    warmup: int = 200,
+    policies: tuple[str, ...] = POLICIES,
+    transports: tuple[str, ...] = ("stdio", "http"),
+) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="bench-latency-") as tmp:
         if "stdio" in transports:
@@ -176,8 +193,14 @@ def run(calls: int = 3000, block: int = 50, warmup: int = 200, policies: tuple[s
 
 
 def table(result: dict[str, Any]) -> str:
-    cols = [("direct p50", "direct_median_ms"), ("direct p99", "direct_p99_ms"), ("proxy p50", "proxy_median_ms"),
-            ("proxy p99", "proxy_p99_ms"), ("added p50", "added_median_ms"), ("added p99", "added_p99_ms")]
+    cols = [
+        ("direct p50", "direct_median_ms"),
+        ("direct p99", "direct_p99_ms"),
+        ("proxy p50", "proxy_median_ms"),
+        ("proxy p99", "proxy_p99_ms"),
+        ("added p50", "added_median_ms"),
+        ("added p99", "added_p99_ms"),
+    ]
     lines = [f"{'path':<34}" + "".join(f"{h:>12}" for h, _ in cols) + f"{'proxy CPU/call':>16}"]
     for r in result["rows"]:
         cpu = f"{r['proxy_cpu_us_per_call']:.0f} µs" if "proxy_cpu_us_per_call" in r else "-"
@@ -194,8 +217,9 @@ def main() -> int:
     parser.add_argument("--transport", choices=("stdio", "http"), action="append")
     parser.add_argument("--no-save", action="store_true")
     args = parser.parse_args()
-    result = run(args.calls, args.block, args.warmup, tuple(args.policy or POLICIES),
-                 tuple(args.transport or ("stdio", "http")))
+    result = run(
+        args.calls, args.block, args.warmup, tuple(args.policy or POLICIES), tuple(args.transport or ("stdio", "http"))
+    )
     print(table(result))
     if not args.no_save:
         print(f"wrote {common.save('bench_latency', {'machine': common.machine_info(), **result})}")

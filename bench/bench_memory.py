@@ -70,22 +70,30 @@ def sessions(directory: Path, n: int, policy: str = "default") -> dict[str, Any]
             after = common.rss_mb(proc.pid)
             for s in streams:
                 await s.close()
-            return {"sessions": n, "rss_before_mb": base, "rss_mb": after,
-                    "per_session_kb": (after - base) * 1024 / max(n, 1), "setup_s": took,
-                    "target_mb": TARGET_MB, "open_connections": len(streams)}
+            return {
+                "sessions": n,
+                "rss_before_mb": base,
+                "rss_mb": after,
+                "per_session_kb": (after - base) * 1024 / max(n, 1),
+                "setup_s": took,
+                "target_mb": TARGET_MB,
+                "open_connections": len(streams),
+            }
 
         return asyncio.run(go())
 
 
 def upstreams(directory: Path, n: int, policy: str = "default") -> dict[str, Any]:
     names = [f"{common.UPSTREAM}{i:02d}" if i else common.UPSTREAM for i in range(n)]
-    cfg = common.write_config(directory / "upstreams", {name: common.recorder_upstream() for name in names},
-                              policy=policy)
+    cfg = common.write_config(
+        directory / "upstreams", {name: common.recorder_upstream() for name in names}, policy=policy
+    )
 
     async def go() -> dict[str, Any]:
         with (directory / "upstreams.log").open("w") as err:
-            c = await StdioClient.spawn(common.proxy_argv(cfg), env=common.child_env(), cwd=str(common.REPO),
-                                        stderr=err)
+            c = await StdioClient.spawn(
+                common.proxy_argv(cfg), env=common.child_env(), cwd=str(common.REPO), stderr=err
+            )
             try:
                 await c.initialize()
                 ok = 0
@@ -95,8 +103,13 @@ def upstreams(directory: Path, n: int, policy: str = "default") -> dict[str, Any
                     ok += "result" in answer
                 pid = c.proc.pid
                 children = common.children_of(pid)
-                return {"upstreams": n, "rss_mb": common.rss_mb(pid), "children": len(children),
-                        "children_rss_mb": sum(common.rss_mb(p) for p in children), "answered": ok}
+                return {
+                    "upstreams": n,
+                    "rss_mb": common.rss_mb(pid),
+                    "children": len(children),
+                    "children_rss_mb": sum(common.rss_mb(p) for p in children),
+                    "answered": ok,
+                }
             finally:
                 await c.close(timeout=30)
 
@@ -105,19 +118,24 @@ def upstreams(directory: Path, n: int, policy: str = "default") -> dict[str, Any
 
 def run(n_sessions: int = 1000, n_upstreams: int = 20, policy: str = "default") -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bench-memory-") as tmp:
-        return {"sessions": sessions(Path(tmp), n_sessions, policy),
-                "upstreams": upstreams(Path(tmp), n_upstreams, policy)}
+        return {
+            "sessions": sessions(Path(tmp), n_sessions, policy),
+            "upstreams": upstreams(Path(tmp), n_upstreams, policy),
+        }
 
 
 def table(result: dict[str, Any]) -> str:
     s, u = result["sessions"], result["upstreams"]
-    return "\n".join([
-        f"{s['sessions']} HTTP sessions (each with its GET stream open): proxy RSS {s['rss_mb']:.0f} MB "
-        f"(idle {s['rss_before_mb']:.0f} MB, +{s['per_session_kb']:.0f} KB/session; target ≤{s['target_mb']:.0f} MB); "
-        f"opened in {s['setup_s']:.1f} s",
-        f"{u['upstreams']} stdio upstreams: proxy RSS {u['rss_mb']:.0f} MB "
-        f"(the {u['children']} upstream processes: {u['children_rss_mb']:.0f} MB together)",
-    ])
+    return "\n".join(
+        [
+            f"{s['sessions']} HTTP sessions (each with its GET stream open): proxy RSS {s['rss_mb']:.0f} MB "
+            f"(idle {s['rss_before_mb']:.0f} MB, +{s['per_session_kb']:.0f} KB/session; "
+            f"target ≤{s['target_mb']:.0f} MB); "
+            f"opened in {s['setup_s']:.1f} s",
+            f"{u['upstreams']} stdio upstreams: proxy RSS {u['rss_mb']:.0f} MB "
+            f"(the {u['children']} upstream processes: {u['children_rss_mb']:.0f} MB together)",
+        ]
+    )
 
 
 def main() -> int:

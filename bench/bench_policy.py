@@ -49,11 +49,29 @@ TARGETS_US = {"embedded": 200.0, "opa": 1500.0}  # median targets (issue 3)
 
 
 TYPICAL = [
-    "alice list_tickets", "alice get_ticket", "alice create_ticket", "alice close_ticket", "alice ticket resource",
-    "alice triage prompt", "bob get_ticket", "bob sql 0", "bob sql 3", "bob list_tables", "bob describe_table",
-    "bob read path 0", "dev git status", "alice fetch 0", "dev echo", "anyone time",
-    "list alice create_ticket", "list alice delete_ticket", "list bob query", "list alice query", "list resources",
-    "alice delete_ticket", "no roles",
+    "alice list_tickets",
+    "alice get_ticket",
+    "alice create_ticket",
+    "alice close_ticket",
+    "alice ticket resource",
+    "alice triage prompt",
+    "bob get_ticket",
+    "bob sql 0",
+    "bob sql 3",
+    "bob list_tables",
+    "bob describe_table",
+    "bob read path 0",
+    "dev git status",
+    "alice fetch 0",
+    "dev echo",
+    "anyone time",
+    "list alice create_ticket",
+    "list alice delete_ticket",
+    "list bob query",
+    "list alice query",
+    "list resources",
+    "alice delete_ticket",
+    "no roles",
 ]
 
 
@@ -102,7 +120,9 @@ def start_opa(binary: str, within: float = 30.0) -> tuple[subprocess.Popen[bytes
     url = f"http://127.0.0.1:{port}"
     proc = subprocess.Popen(
         [binary, "run", "--server", "--addr", f"127.0.0.1:{port}", "--log-level", "error", "--disable-telemetry"],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:
@@ -150,8 +170,9 @@ async def measure(
     return wall, cpu, allowed
 
 
-async def bench_engine(engine_name: str, workloads: dict[str, list[dict[str, Any]]], n: int, warmup: int,
-                       opa_url: str | None) -> list[dict[str, Any]]:
+async def bench_engine(
+    engine_name: str, workloads: dict[str, list[dict[str, Any]]], n: int, warmup: int, opa_url: str | None
+) -> list[dict[str, Any]]:
     policy: dict[str, Any] = {"engine": engine_name, "bundle": str(BUNDLE), "hot_reload": False}
     if engine_name == "opa":
         policy.update(opa_url=opa_url, push_bundle=True, timeout_ms=5000)
@@ -160,8 +181,14 @@ async def bench_engine(engine_name: str, workloads: dict[str, list[dict[str, Any
     async with open_engine(settings, watch=False) as engine:
         for workload, docs in workloads.items():
             wall, cpu, allowed = await measure(engine, docs, n, warmup)
-            row = {"engine": engine_name, "workload": workload, **summary_us(wall), "allowed": allowed,
-                   "revision": engine.revision, "target_median_us": TARGETS_US[engine_name]}
+            row = {
+                "engine": engine_name,
+                "workload": workload,
+                **summary_us(wall),
+                "allowed": allowed,
+                "revision": engine.revision,
+                "target_median_us": TARGETS_US[engine_name],
+            }
             if engine_name == "embedded":
                 row["cpu"] = summary_us(cpu)
             rows.append(row)
@@ -169,8 +196,10 @@ async def bench_engine(engine_name: str, workloads: dict[str, list[dict[str, Any
 
 
 def render(rows: list[dict[str, Any]]) -> str:
-    head = (f"{'engine':<9} {'workload':<8} {'n':>6} {'median µs':>10} {'p90 µs':>8} {'p99 µs':>8} {'max µs':>8} "
-            f"{'cpu median µs':>14} {'target':>12}")
+    head = (
+        f"{'engine':<9} {'workload':<8} {'n':>6} {'median µs':>10} {'p90 µs':>8} {'p99 µs':>8} {'max µs':>8} "
+        f"{'cpu median µs':>14} {'target':>12}"
+    )
     lines = [head, "-" * len(head)]
     for r in rows:
         if r.get("skipped"):
@@ -220,8 +249,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "bench": "policy",
         "workload_sizes": {k: len(v) for k, v in workloads.items()},
         "warmup": warmup,
-        "machine": {"nproc": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
-                    "loadavg": list(os.getloadavg())},
+        "machine": {
+            "nproc": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "loadavg": list(os.getloadavg()),
+        },
         "results": rows,
     }
     if not args.no_save:

@@ -30,14 +30,27 @@ PROFILER = Path(__file__).resolve().parent / "profile_proxy.py"
 
 
 def _profiled(cfg: Path, out: Path, cprofile: bool, *run_args: str, log_level: str = "warning") -> list[str]:
-    return [sys.executable, str(PROFILER), "--out", str(out), *(["--cprofile"] if cprofile else []), "--",
-            "run", "--config", str(cfg), "--log-level", log_level, *run_args]
+    return [
+        sys.executable,
+        str(PROFILER),
+        "--out",
+        str(out),
+        *(["--cprofile"] if cprofile else []),
+        "--",
+        "run",
+        "--config",
+        str(cfg),
+        "--log-level",
+        log_level,
+        *run_args,
+    ]
 
 
 async def _stdio(cfg: Path, out: Path, calls: int, cprofile: bool, log: Path) -> None:
     with log.open("w") as err:
-        c = await StdioClient.spawn(_profiled(cfg, out, cprofile), env=common.child_env(), cwd=str(common.REPO),
-                                    stderr=err)
+        c = await StdioClient.spawn(
+            _profiled(cfg, out, cprofile), env=common.child_env(), cwd=str(common.REPO), stderr=err
+        )
         try:
             await c.initialize()
             t = CallTemplate(f"{common.UPSTREAM}__echo", {"text": "hello from the benchmark"})
@@ -47,21 +60,27 @@ async def _stdio(cfg: Path, out: Path, calls: int, cprofile: bool, log: Path) ->
             await c.close(timeout=120)
 
 
-def profile_stdio(directory: Path, out: Path, calls: int = 3000, cprofile: bool = False,
-                  policy: str = "default") -> Path:
+def profile_stdio(
+    directory: Path, out: Path, calls: int = 3000, cprofile: bool = False, policy: str = "default"
+) -> Path:
     cfg = common.write_config(directory / "stdio", {common.UPSTREAM: common.recorder_upstream()}, policy=policy)
     asyncio.run(_stdio(cfg, out, calls, cprofile, directory / "stdio.log"))
     return out
 
 
-def profile_http(directory: Path, out: Path, seconds: float = 8.0, clients: int = 32, cprofile: bool = False,
-                 policy: str = "default") -> tuple[Path, dict[str, Any]]:
+def profile_http(
+    directory: Path, out: Path, seconds: float = 8.0, clients: int = 32, cprofile: bool = False, policy: str = "default"
+) -> tuple[Path, dict[str, Any]]:
     cfg = common.write_config(directory / "http", {common.UPSTREAM: common.recorder_upstream()}, policy=policy)
     log = directory / "http.log"
     with log.open("w") as err:
         proc = subprocess.Popen(
             _profiled(cfg, out, cprofile, "--transport", "http", "--port", "0", log_level="info"),
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err, cwd=common.REPO, env=common.child_env(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            cwd=common.REPO,
+            env=common.child_env(),
         )
         try:
             url = common.wait_for_log_url(proc, log, '"http.listening"', 60)
@@ -87,12 +106,19 @@ def main() -> int:
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     with tempfile.TemporaryDirectory(prefix="bench-profile-") as tmp:
         if args.only in (None, "stdio"):
-            out = profile_stdio(Path(tmp), common.RESULTS / f"profile-stdio-{stamp}.txt", args.calls, args.cprofile,
-                                args.policy)
+            out = profile_stdio(
+                Path(tmp), common.RESULTS / f"profile-stdio-{stamp}.txt", args.calls, args.cprofile, args.policy
+            )
             print(f"stdio profile: {out}")
         if args.only in (None, "http"):
-            out, row = profile_http(Path(tmp), common.RESULTS / f"profile-http-{stamp}.txt", args.seconds,
-                                    args.clients, args.cprofile, args.policy)
+            out, row = profile_http(
+                Path(tmp),
+                common.RESULTS / f"profile-http-{stamp}.txt",
+                args.seconds,
+                args.clients,
+                args.cprofile,
+                args.policy,
+            )
             print(f"HTTP profile: {out} ({row['calls_per_s']:.0f} calls/s under the profiler)")
     return 0
 

@@ -33,17 +33,45 @@ LEVELS = (1, 8, 32, 128)
 LOADGEN = Path(__file__).resolve().parent / "loadgen.py"
 
 
-def load(url: str, clients: int, duration: float, warmup: float, era: str = "legacy",
-         max_calls: int | None = None, api_key: str | None = common.API_KEY,
-         tool: str = f"{common.UPSTREAM}__echo") -> dict[str, Any]:
-    argv = [sys.executable, str(LOADGEN), "--url", url, "--clients", str(clients), "--duration", str(duration),
-            "--warmup", str(warmup), "--era", era, "--tool", tool]
+def load(
+    url: str,
+    clients: int,
+    duration: float,
+    warmup: float,
+    era: str = "legacy",
+    max_calls: int | None = None,
+    api_key: str | None = common.API_KEY,
+    tool: str = f"{common.UPSTREAM}__echo",
+) -> dict[str, Any]:
+    argv = [
+        sys.executable,
+        str(LOADGEN),
+        "--url",
+        url,
+        "--clients",
+        str(clients),
+        "--duration",
+        str(duration),
+        "--warmup",
+        str(warmup),
+        "--era",
+        era,
+        "--tool",
+        tool,
+    ]
     if api_key:
         argv += ["--api-key", api_key]
     if max_calls is not None:
         argv += ["--max-calls", str(max_calls)]
-    out = subprocess.run(argv, capture_output=True, text=True, cwd=common.REPO, env=common.child_env(),
-                         timeout=duration + warmup + 120, check=False)
+    out = subprocess.run(
+        argv,
+        capture_output=True,
+        text=True,
+        cwd=common.REPO,
+        env=common.child_env(),
+        timeout=duration + warmup + 120,
+        check=False,
+    )
     if out.returncode != 0:
         raise RuntimeError(f"loadgen failed ({out.returncode}):\n{out.stderr[-3000:]}")
     return dict(json.loads(out.stdout.strip().splitlines()[-1]))
@@ -57,8 +85,14 @@ def _cpu(pids: list[int]) -> float:
     return total
 
 
-def run(levels: tuple[int, ...] = LEVELS, duration: float = 8.0, warmup: float = 2.0, policy: str = "default",
-        modern_at: int | None = 32, max_calls: int | None = None) -> dict[str, Any]:
+def run(
+    levels: tuple[int, ...] = LEVELS,
+    duration: float = 8.0,
+    warmup: float = 2.0,
+    policy: str = "default",
+    modern_at: int | None = 32,
+    max_calls: int | None = None,
+) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="bench-throughput-") as tmp:
         cfg = common.write_config(Path(tmp), {common.UPSTREAM: common.recorder_upstream()}, policy=policy)
@@ -83,13 +117,17 @@ def run(levels: tuple[int, ...] = LEVELS, duration: float = 8.0, warmup: float =
 
 
 def table(result: dict[str, Any]) -> str:
-    lines = [f"{'clients':>8} {'era':>11} {'calls/s':>9} {'p50':>10} {'p90':>10} {'p99':>10} {'errors':>7} "
-             f"{'proxy CPU':>10} {'upstream CPU':>13}"]
+    lines = [
+        f"{'clients':>8} {'era':>11} {'calls/s':>9} {'p50':>10} {'p90':>10} {'p99':>10} {'errors':>7} "
+        f"{'proxy CPU':>10} {'upstream CPU':>13}"
+    ]
     for r in result["rows"]:
         era = "2025-11-25" if r["era"] == "legacy" else "2026-07-28"
-        lines.append(f"{r['clients']:>8} {era:>11} {r['calls_per_s']:>9.0f} {r['median_ms']:>7.2f} ms "
-                     f"{r['p90_ms']:>7.2f} ms {r['p99_ms']:>7.2f} ms {r['errors']:>7} {r['proxy_cpu_pct']:>9.0f}% "
-                     f"{r['upstream_cpu_pct']:>12.0f}%")
+        lines.append(
+            f"{r['clients']:>8} {era:>11} {r['calls_per_s']:>9.0f} {r['median_ms']:>7.2f} ms "
+            f"{r['p90_ms']:>7.2f} ms {r['p99_ms']:>7.2f} ms {r['errors']:>7} {r['proxy_cpu_pct']:>9.0f}% "
+            f"{r['upstream_cpu_pct']:>12.0f}%"
+        )
     return "\n".join(lines)
 
 

@@ -167,12 +167,21 @@ def write_config(
     directory.mkdir(parents=True, exist_ok=True)
     bundle = write_bundle(directory, policy)
     lines = [
-        "[server]", f"principal = {json.dumps(PRINCIPAL)}",
-        *(f"{k} = {toml_value(v)}" for k, v in (server_extra or {}).items()), "",
-        "[policy]", f"bundle = {json.dumps(str(bundle))}", "hot_reload = false", "",
-        "[audit]", f"path = {json.dumps(str(directory / f'{name}-audit.db'))}", "",
-        f"[principals.{PRINCIPAL}]", 'roles = ["developer"]',
-        f'api_key_sha256 = "{hashlib.sha256(API_KEY.encode()).hexdigest()}"', "",
+        "[server]",
+        f"principal = {json.dumps(PRINCIPAL)}",
+        *(f"{k} = {toml_value(v)}" for k, v in (server_extra or {}).items()),
+        "",
+        "[policy]",
+        f"bundle = {json.dumps(str(bundle))}",
+        "hot_reload = false",
+        "",
+        "[audit]",
+        f"path = {json.dumps(str(directory / f'{name}-audit.db'))}",
+        "",
+        f"[principals.{PRINCIPAL}]",
+        'roles = ["developer"]',
+        f'api_key_sha256 = "{hashlib.sha256(API_KEY.encode()).hexdigest()}"',
+        "",
     ]
     for up, table in upstreams.items():
         lines.append(f"[upstreams.{up}]")
@@ -185,8 +194,11 @@ def write_config(
 
 def proxy_argv(cfg: Path, *more: str, log_level: str = "warning", ablate: str | None = None) -> list[str]:
     """``mcp-guard run`` (with ``ablate``, under bench/ablate.py with those switches: diagnostics only)."""
-    launcher = [sys.executable, "-m", "mcp_guard"] if ablate is None else [
-        sys.executable, str(Path(__file__).resolve().parent / "ablate.py"), ablate, "--"]
+    launcher = (
+        [sys.executable, "-m", "mcp_guard"]
+        if ablate is None
+        else [sys.executable, str(Path(__file__).resolve().parent / "ablate.py"), ablate, "--"]
+    )
     return [*launcher, "run", "--config", str(cfg), "--log-level", log_level, *more]
 
 
@@ -210,13 +222,18 @@ def stop_process(proc: subprocess.Popen[Any], timeout: float = 10.0) -> None:
 
 
 @contextmanager
-def http_proxy(cfg: Path, log_file: Path, *, within: float = 60.0,
-               ablate: str | None = None) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+def http_proxy(
+    cfg: Path, log_file: Path, *, within: float = 60.0, ablate: str | None = None
+) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
     """``mcp-guard run --transport http --port 0``; yields ``(process, url)`` once it is listening."""
     with log_file.open("w") as err:
         proc = subprocess.Popen(
             proxy_argv(cfg, "--transport", "http", "--port", "0", log_level="info", ablate=ablate),
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err, cwd=REPO, env=child_env(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            cwd=REPO,
+            env=child_env(),
             preexec_fn=raise_fd_limit,
         )
         try:
@@ -232,7 +249,11 @@ def http_upstream(log_file: Path, *, within: float = 30.0) -> Iterator[tuple[sub
     with log_file.open("w") as err:
         proc = subprocess.Popen(
             [sys.executable, str(Path(__file__).resolve().parent / "http_upstream.py"), "--port", "0"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err, cwd=REPO, env=child_env(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            cwd=REPO,
+            env=child_env(),
             preexec_fn=raise_fd_limit,
         )
         try:

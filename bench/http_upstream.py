@@ -49,8 +49,7 @@ async def serve(host: str, port: int, json_response: bool) -> None:
     for srv in userver.servers:
         for sock in srv.sockets:
             bound = sock.getsockname()[1]
-    print(json.dumps({"event": "upstream.listening", "url": f"http://{host}:{bound}/mcp"}), file=sys.stderr,
-          flush=True)
+    print(json.dumps({"event": "upstream.listening", "url": f"http://{host}:{bound}/mcp"}), file=sys.stderr, flush=True)
     await task
 
 

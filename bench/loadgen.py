@@ -26,8 +26,17 @@ from bench.common import raise_fd_limit, summary_ms
 from bench.rawclient import CallTemplate, HttpClient, ProtocolError, check_result, modern_meta
 
 
-async def run(url: str, era: str, clients: int, duration: float, warmup: float, tool: str, text: str,
-              api_key: str | None, max_calls: int | None) -> dict[str, Any]:
+async def run(
+    url: str,
+    era: str,
+    clients: int,
+    duration: float,
+    warmup: float,
+    tool: str,
+    text: str,
+    api_key: str | None,
+    max_calls: int | None,
+) -> dict[str, Any]:
     template = CallTemplate(tool, {"text": text}, meta=modern_meta() if era == "modern" else None)
     latencies: list[float] = []
     errors: list[str] = []
@@ -65,9 +74,14 @@ async def run(url: str, era: str, clients: int, duration: float, warmup: float, 
     for c in conns:
         await c.close()
     return {
-        "clients": clients, "era": era, "seconds": elapsed, "calls": len(latencies),
+        "clients": clients,
+        "era": era,
+        "seconds": elapsed,
+        "calls": len(latencies),
         "calls_per_s": len(latencies) / elapsed if elapsed > 0 else float("nan"),
-        "errors": len(errors), "first_error": errors[0] if errors else None, "setup_s": setup_s,
+        "errors": len(errors),
+        "first_error": errors[0] if errors else None,
+        "setup_s": setup_s,
         **summary_ms(latencies),
     }
 
@@ -85,8 +99,19 @@ def main() -> int:
     parser.add_argument("--max-calls", type=int, help="stop after this many measured calls (smoke runs)")
     args = parser.parse_args()
     raise_fd_limit()
-    result = asyncio.run(run(args.url, args.era, args.clients, args.duration, args.warmup, args.tool, args.text,
-                             args.api_key, args.max_calls))
+    result = asyncio.run(
+        run(
+            args.url,
+            args.era,
+            args.clients,
+            args.duration,
+            args.warmup,
+            args.tool,
+            args.text,
+            args.api_key,
+            args.max_calls,
+        )
+    )
     print(json.dumps(result))
     return 0
 

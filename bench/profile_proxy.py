@@ -66,8 +66,11 @@ def main() -> int:
         pst.write_bytes(profiler.output(PstatsRenderer()).encode("utf-8", "surrogateescape"))
         flat = io.StringIO()
         pstats.Stats(str(pst), stream=flat).sort_stats("tottime").print_stats(40)
-        args.out.write_text(profiler.output_text(unicode=True, color=False, show_all=False)
-                            + "\n\nSelf time by function (wall clock, idle in epoll included):\n" + flat.getvalue())
+        args.out.write_text(
+            profiler.output_text(unicode=True, color=False, show_all=False)
+            + "\n\nSelf time by function (wall clock, idle in epoll included):\n"
+            + flat.getvalue()
+        )
         args.out.with_suffix(".html").write_text(profiler.output_html())
     return 0
 

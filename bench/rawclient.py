@@ -78,12 +78,17 @@ class StdioClient:
         self._next_id = 0
 
     @classmethod
-    async def spawn(cls, argv: Sequence[str], *, env: Mapping[str, str] | None = None, cwd: str | None = None,
-                    stderr: Any = None) -> StdioClient:
+    async def spawn(
+        cls, argv: Sequence[str], *, env: Mapping[str, str] | None = None, cwd: str | None = None, stderr: Any = None
+    ) -> StdioClient:
         proc = await asyncio.create_subprocess_exec(
-            *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            *argv,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
             stderr=stderr if stderr is not None else asyncio.subprocess.DEVNULL,
-            env=dict(env) if env is not None else None, cwd=cwd, limit=64 * 1024 * 1024,
+            env=dict(env) if env is not None else None,
+            cwd=cwd,
+            limit=64 * 1024 * 1024,
         )
         return cls(proc)
 
@@ -249,8 +254,9 @@ class HttpClient:
         except (ValueError, ProtocolError) as e:
             raise ProtocolError(f"HTTP {status}: {e}") from None
 
-    async def request(self, method: str, params: Mapping[str, Any] | None = None,
-                      extra: Sequence[str] = ()) -> dict[str, Any]:
+    async def request(
+        self, method: str, params: Mapping[str, Any] | None = None, extra: Sequence[str] = ()
+    ) -> dict[str, Any]:
         rid = self.next_id()
         p = dict(params or {})
         if self.era == "modern":
@@ -282,8 +288,13 @@ class HttpClient:
         if self._writer is None:
             await self.connect()
         assert self._reader is not None and self._writer is not None
-        lines = [f"GET {self.path} HTTP/1.1", f"Host: {self.host}:{self.port}", "Accept: text/event-stream",
-                 f"mcp-session-id: {self.session_id}", f"mcp-protocol-version: {LEGACY_VERSION}"]
+        lines = [
+            f"GET {self.path} HTTP/1.1",
+            f"Host: {self.host}:{self.port}",
+            "Accept: text/event-stream",
+            f"mcp-session-id: {self.session_id}",
+            f"mcp-protocol-version: {LEGACY_VERSION}",
+        ]
         lines += [h for h in self._base if h.startswith("Authorization:")]
         self._writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
         status_line = await self._reader.readline()

@@ -34,8 +34,14 @@ def recorder_upstream(log: Path | None = None, **env: str) -> dict[str, Any]:
     e = {k: str(v) for k, v in env.items()}
     if log is not None:
         e["RECORDER_LOG"] = str(log)
-    return {"command": sys.executable, "args": [RECORDER], "env": e, "timeout_s": 10.0,
-            "restart_backoff_s": 0.1, "startup_timeout_s": 15.0}
+    return {
+        "command": sys.executable,
+        "args": [RECORDER],
+        "env": e,
+        "timeout_s": 10.0,
+        "restart_backoff_s": 0.1,
+        "startup_timeout_s": 15.0,
+    }
 
 
 def make_settings(upstreams: dict[str, dict[str, Any]], **sections: Any) -> Settings:
@@ -44,8 +50,12 @@ def make_settings(upstreams: dict[str, dict[str, Any]], **sections: Any) -> Sett
 
 @asynccontextmanager
 async def running_guard(
-    settings: Settings, *, engine: Evaluator | None = None, sink: RecordingSink | None = None,
-    wait: bool = True, principal: str | None = None,
+    settings: Settings,
+    *,
+    engine: Evaluator | None = None,
+    sink: RecordingSink | None = None,
+    wait: bool = True,
+    principal: str | None = None,
 ) -> AsyncIterator[Guard]:
     guard = Guard(settings, engine=engine or allow_all(), sink=sink or RecordingSink(), principal=principal)
     async with guard.running():
@@ -58,8 +68,10 @@ async def running_guard(
 @asynccontextmanager
 async def client_of(guard: Guard, **session_kwargs: Any) -> AsyncIterator[ClientSession]:
     session_kwargs.setdefault("read_timeout_seconds", TIMEOUT_S)
-    async with create_client_server_memory_streams() as (client_streams, server_streams), \
-            anyio.create_task_group() as tg:
+    async with (
+        create_client_server_memory_streams() as (client_streams, server_streams),
+        anyio.create_task_group() as tg,
+    ):
         tg.start_soon(guard.serve_streams, server_streams[0], server_streams[1], "stdio")
         async with ClientSession(client_streams[0], client_streams[1], **session_kwargs) as session:
             await session.initialize()

@@ -37,7 +37,7 @@ from mcp_guard.pipeline.forward import Forward
 from mcp_guard.pipeline.pins import PinCheck
 from mcp_guard.pipeline.visibility import Visibility
 from mcp_guard.settings import Settings
-from mcp_guard.types import AuditEvent
+from mcp_guard.types import AuditEvent, EventKind
 from mcp_guard.upstream.registry import Registry
 
 __all__ = ["Guard"]
@@ -63,8 +63,9 @@ class Guard:
         self.stdio_principal = principal or settings.server.principal
         injections: Callable[[str], Any] | None = secrets.injections_for if secrets is not None else None
         scrub: Callable[[str], str] = secrets.scrub_text if secrets is not None else (lambda s: s)
-        scrub_obj: Callable[[Any], Any] = (lambda o: secrets.scrubber.scrub_obj(o)) if secrets is not None else (
-            lambda o: o)
+        scrub_obj: Callable[[Any], Any] = (
+            (lambda o: secrets.scrubber.scrub_obj(o)) if secrets is not None else (lambda o: o)
+        )
         self.registry = Registry(settings, self, injections=injections, scrub=scrub, scrub_obj=scrub_obj, pins=pins)
         self.visibility = Visibility(engine)
         self.sessions = SessionTable(settings, self._session_started, self._session_ended)
@@ -105,22 +106,40 @@ class Guard:
 
         secrets = SecretManager(settings)
         add_processor(scrub_processor(secrets))
-        async with AuditStore.open(settings.resolve_path(settings.audit.path), batch_max=settings.audit.batch_max,
-                                   queue_max=settings.audit.queue_max) as store:
+        async with AuditStore.open(
+            settings.resolve_path(settings.audit.path),
+            batch_max=settings.audit.batch_max,
+            queue_max=settings.audit.queue_max,
+        ) as store:
 
             async def on_reload(ev: ReloadEvent) -> None:
                 # Hot reloads are part of the record: which revision decided from when, and rejected bundles.
-                store.record_nowait(AuditEvent(
-                    kind="policy.load" if ev.status == "loaded" else "policy.reload_failed",
-                    policy_revision=ev.active_revision,
-                    details={"bundle": ev.bundle, "revision": ev.revision, "error": ev.error}))
+                store.record_nowait(
+                    AuditEvent(
+                        kind=EventKind.POLICY_LOAD if ev.status == "loaded" else EventKind.POLICY_RELOAD_FAILED,
+                        policy_revision=ev.active_revision,
+                        details={"bundle": ev.bundle, "revision": ev.revision, "error": ev.error},
+                    )
+                )
 
             async with open_engine(settings, on_reload=on_reload) as engine:
-                store.record_nowait(AuditEvent(kind="config.load", details={
-                    "source": settings.source, "upstreams": sorted(settings.upstreams),
-                    "principals": sorted(settings.principals)}))
-                store.record_nowait(AuditEvent(kind="policy.load", policy_revision=engine.revision, details={
-                    "engine": settings.policy.engine, "bundle": settings.policy.bundle}))
+                store.record_nowait(
+                    AuditEvent(
+                        kind=EventKind.CONFIG_LOAD,
+                        details={
+                            "source": settings.source,
+                            "upstreams": sorted(settings.upstreams),
+                            "principals": sorted(settings.principals),
+                        },
+                    )
+                )
+                store.record_nowait(
+                    AuditEvent(
+                        kind=EventKind.POLICY_LOAD,
+                        policy_revision=engine.revision,
+                        details={"engine": settings.policy.engine, "bundle": settings.policy.bundle},
+                    )
+                )
                 pins = PinStore(settings.resolve_path(settings.audit.state_path))
                 try:
                     guard = cls(settings, engine=engine, sink=store, secrets=secrets, principal=principal, pins=pins)
@@ -144,9 +163,15 @@ class Guard:
 
     def handlers(self, transport: str) -> Handlers:
         return Handlers(
-            settings=self.settings, registry=self.registry, chain=self.chain, visibility=self.visibility,
-            sink=self.sink, sessions=self.sessions, transport=transport,
-            principal_of=self._stdio_principal if transport != "http" else _http_principal, bridge=self.bridge,
+            settings=self.settings,
+            registry=self.registry,
+            chain=self.chain,
+            visibility=self.visibility,
+            sink=self.sink,
+            sessions=self.sessions,
+            transport=transport,
+            principal_of=self._stdio_principal if transport != "http" else _http_principal,
+            bridge=self.bridge,
         )
 
     def server(self, transport: str) -> Any:
@@ -171,12 +196,14 @@ class Guard:
 
         return build_http_app(self)
 
-    async def serve_http(self, host: str | None = None, port: int | None = None,
-                         ready: Callable[[int], None] | None = None) -> None:
+    async def serve_http(
+        self, host: str | None = None, port: int | None = None, ready: Callable[[int], None] | None = None
+    ) -> None:
         from mcp_guard.frontend.http import serve_http
 
-        await serve_http(self, host or self.settings.server.host,
-                         self.settings.server.port if port is None else port, ready=ready)
+        await serve_http(
+            self, host or self.settings.server.host, self.settings.server.port if port is None else port, ready=ready
+        )
 
     # ------------------------------------------------------------------ RegistryListener
     async def catalog_changed(self, upstream: str, kinds: frozenset[str]) -> None:
@@ -191,7 +218,7 @@ class Guard:
         await self.sessions.broadcast(send)
 
     async def upstream_event(self, upstream: str, kind: str, details: dict[str, Any]) -> None:
-        self.sink.record_nowait(AuditEvent(kind=kind, server=upstream, details=details))
+        self.sink.record_nowait(AuditEvent(kind=EventKind(kind), server=upstream, details=details))
 
     async def resource_updated(self, upstream: str, uri: str) -> None:
         exposed = self.registry.expose_uri(upstream, uri)
@@ -202,16 +229,29 @@ class Guard:
     # ------------------------------------------------------------------ sessions
     def _session_started(self, sess: ClientSession) -> None:
         log.info("session.start", session_id=sess.id, principal=sess.principal.id, client=sess.info.client_name)
-        self.sink.record_nowait(AuditEvent(
-            kind="session.start", session_id=sess.id, principal=sess.principal.id,
-            details={"transport": sess.info.transport, "client": {"name": sess.info.client_name,
-                                                                  "version": sess.info.client_version},
-                     "roles": list(sess.principal.roles)}))
+        self.sink.record_nowait(
+            AuditEvent(
+                kind=EventKind.SESSION_START,
+                session_id=sess.id,
+                principal=sess.principal.id,
+                details={
+                    "transport": sess.info.transport,
+                    "client": {"name": sess.info.client_name, "version": sess.info.client_version},
+                    "roles": list(sess.principal.roles),
+                },
+            )
+        )
 
     def _session_ended(self, sess: ClientSession) -> None:
         log.info("session.end", session_id=sess.id, principal=sess.principal.id, calls=sess.calls)
-        self.sink.record_nowait(AuditEvent(kind="session.end", session_id=sess.id, principal=sess.principal.id,
-                                           details={"calls": sess.calls}))
+        self.sink.record_nowait(
+            AuditEvent(
+                kind=EventKind.SESSION_END,
+                session_id=sess.id,
+                principal=sess.principal.id,
+                details={"calls": sess.calls},
+            )
+        )
 
 
 def _http_principal(ctx: ServerRequestContext[Any, Any]) -> str:
@@ -219,4 +259,3 @@ def _http_principal(ctx: ServerRequestContext[Any, Any]) -> str:
     user = getattr(request, "scope", {}).get("user") if request is not None else None
     name = getattr(user, "username", None)
     return name if isinstance(name, str) and name else "anonymous"
-

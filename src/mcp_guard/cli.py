@@ -31,7 +31,9 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 def add_config_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--config", "-c", metavar="FILE",
+        "--config",
+        "-c",
+        metavar="FILE",
         help="config file (default: $MCP_GUARD_CONFIG, else ./config/mcp-guard.toml, else built-in defaults)",
     )
 

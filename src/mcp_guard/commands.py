@@ -88,6 +88,7 @@ async def _serve(settings: Settings, transport: str, args: argparse.Namespace) -
     from mcp_guard.app import Guard
 
     async with Guard.open(settings, principal=args.principal) as guard, anyio.create_task_group() as tg:
+
         async def on_signal() -> None:
             with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
                 async for _ in signals:
@@ -122,13 +123,34 @@ def _pins(args: argparse.Namespace) -> int:
     finally:
         store.close()
     if args.json:
-        print(json.dumps({
-            "pins": [{"server": p.server, "tool": p.tool, "sha256": p.sha256, "pinned_at": p.pinned_at,
-                      "approved_by": p.approved_by} for p in pins],
-            "pending": [{"server": c.server, "tool": c.tool, "sha256": c.sha256, "first_seen": c.first_seen,
-                         "approved_sha256": c.approved.sha256 if c.approved else None, "diff": c.diff()}
-                        for c in pending],
-        }, indent=2))
+        print(
+            json.dumps(
+                {
+                    "pins": [
+                        {
+                            "server": p.server,
+                            "tool": p.tool,
+                            "sha256": p.sha256,
+                            "pinned_at": p.pinned_at,
+                            "approved_by": p.approved_by,
+                        }
+                        for p in pins
+                    ],
+                    "pending": [
+                        {
+                            "server": c.server,
+                            "tool": c.tool,
+                            "sha256": c.sha256,
+                            "first_seen": c.first_seen,
+                            "approved_sha256": c.approved.sha256 if c.approved else None,
+                            "diff": c.diff(),
+                        }
+                        for c in pending
+                    ],
+                },
+                indent=2,
+            )
+        )
         return 1 if pending else 0
     color = sys.stdout.isatty()
     sep = settings.server.tool_separator
@@ -140,8 +162,10 @@ def _pins(args: argparse.Namespace) -> int:
         return 0
     print(f"\n{len(pending)} changed definitions awaiting approval (calls are denied with tool_changed):")
     for c in pending:
-        print(f"\n  {c.server}{sep}{c.tool}: {c.approved.sha256[:12] if c.approved else '-'} -> {c.sha256[:12]} "
-              f"(first seen {c.first_seen})")
+        print(
+            f"\n  {c.server}{sep}{c.tool}: {c.approved.sha256[:12] if c.approved else '-'} -> {c.sha256[:12]} "
+            f"(first seen {c.first_seen})"
+        )
         for line in c.diff().splitlines():
             if color and line.startswith("+") and not line.startswith("+++"):
                 line = f"\x1b[32m{line}\x1b[0m"
@@ -160,8 +184,10 @@ def _approve(args: argparse.Namespace) -> int:
     if not sep or upstream not in settings.upstreams:
         bare = [n for n, u in settings.upstreams.items() if not u.namespace]
         if not bare:
-            raise ConfigError(f"{args.tool!r} is not '<upstream>{settings.server.tool_separator}<tool>' "
-                              f"with a configured upstream", file=settings.source)
+            raise ConfigError(
+                f"{args.tool!r} is not '<upstream>{settings.server.tool_separator}<tool>' with a configured upstream",
+                file=settings.source,
+            )
         upstream, tool = bare[0], args.tool
     store = _pin_store(settings)
     try:
@@ -194,10 +220,15 @@ async def _check_async(settings: Settings, args: argparse.Namespace) -> int:
 
     async with Guard.open(settings) as guard:
         problems = await guard.registry.wait_ready(args.timeout)
-        report: dict[str, Any] = {"config": settings.source, "policy_revision": getattr(guard.engine, "revision", None),
-                                  "upstreams": {}}
-        lines = [f"config: {settings.source or '(built-in defaults)'}",
-                 f"policy: {settings.policy.engine} engine, revision {report['policy_revision']}"]
+        report: dict[str, Any] = {
+            "config": settings.source,
+            "policy_revision": getattr(guard.engine, "revision", None),
+            "upstreams": {},
+        }
+        lines = [
+            f"config: {settings.source or '(built-in defaults)'}",
+            f"policy: {settings.policy.engine} engine, revision {report['policy_revision']}",
+        ]
         for name, conn in guard.registry.connections.items():
             tools = [t.name for t in conn.catalog.tools] if conn.state == "ready" else []
             report["upstreams"][name] = {"state": conn.state, "error": problems.get(name), "tools": tools}
@@ -224,13 +255,21 @@ async def _tools_async(settings: Settings, args: argparse.Namespace) -> int:
         await guard.registry.wait_ready(args.timeout)
         cat = guard.registry.catalog
         entries = [e for e in cat.tools.values() if not e.hidden]
-        shown = await guard.visibility.filter("tools/list", principal, SessionInfo(id=new_id(), transport="memory"),
-                                              entries, lambda e: (e.upstream, e.local.name, e.tool_info()),
-                                              cat.version)
+        shown = await guard.visibility.filter(
+            "tools/list",
+            principal,
+            SessionInfo(id=new_id(), transport="memory"),
+            entries,
+            lambda e: (e.upstream, e.local.name, e.tool_info()),
+            cat.version,
+        )
         visible = [e.exposed.name for e in shown]
-        _print({"principal": principal.id, "roles": list(principal.roles), "tools": visible}, args.json,
-               f"principal {principal.id} (roles: {', '.join(principal.roles) or 'none'}) sees "
-               f"{len(visible)} of {len(entries)} tools:\n" + "\n".join(f"  {n}" for n in visible))
+        _print(
+            {"principal": principal.id, "roles": list(principal.roles), "tools": visible},
+            args.json,
+            f"principal {principal.id} (roles: {', '.join(principal.roles) or 'none'}) sees "
+            f"{len(visible)} of {len(entries)} tools:\n" + "\n".join(f"  {n}" for n in visible),
+        )
     return 0
 
 

@@ -9,15 +9,17 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any, Literal
 
 __all__ = [
-    "REASON_CODES",
     "Action",
     "AuditEvent",
     "Decision",
+    "EventKind",
     "PolicyInput",
     "Principal",
+    "ReasonCode",
     "SessionInfo",
     "ToolInfo",
     "new_id",
@@ -36,17 +38,47 @@ Action = Literal[
     "resources/subscribe",
 ]
 
-# Fail-closed reason codes. Each one is the first entry of Decision.reasons when it applies.
-REASON_CODES = (
-    "engine_error",  # engine unreachable, or a builtin raised
-    "timeout",  # engine slower than policy.timeout_ms
-    "policy_undefined",  # the decision rule was undefined for this input
-    "result_invalid",  # decision not an object, or allow not a boolean
-    "audit_unavailable",  # the audit store cannot record the call
-    "tool_changed",  # a pinned tool definition changed and is not approved
-    "unknown_target",  # no such upstream/tool/resource/prompt
-    "secret_not_granted",  # the upstream's injected credentials are not all in the decision's obligations
-)
+
+class ReasonCode(StrEnum):
+    """Why mcp-guard itself denied a call (fail closed). One enum, used wherever such a deny is made.
+
+    Each one is :attr:`Decision.code` and the first entry of :attr:`Decision.reasons` when it applies; a
+    policy-made deny has no code. docs/architecture.md lists them with the stage that makes each.
+    """
+
+    ENGINE_ERROR = "engine_error"  # engine unreachable, or a builtin raised
+    TIMEOUT = "timeout"  # engine slower than policy.timeout_ms
+    POLICY_UNDEFINED = "policy_undefined"  # the decision rule was undefined for this input
+    RESULT_INVALID = "result_invalid"  # decision not an object, or allow not a boolean
+    AUDIT_UNAVAILABLE = "audit_unavailable"  # the audit store cannot record the call
+    TOOL_CHANGED = "tool_changed"  # a pinned tool definition changed and is not approved
+    UNKNOWN_TARGET = "unknown_target"  # no such upstream/tool/resource/prompt
+    SECRET_NOT_GRANTED = "secret_not_granted"  # the upstream's injected credentials are not all granted
+    OBLIGATION_UNKNOWN = "obligation_unknown"  # the decision carries an obligation no handler knows
+    OBLIGATION_INVALID = "obligation_invalid"  # a known obligation whose value is malformed
+
+
+class EventKind(StrEnum):
+    """Every kind of audit row (DESIGN §6 ``kind``). Rows are built in :mod:`mcp_guard.audit.events`."""
+
+    CONFIG_LOAD = "config.load"
+    CONFIG_RELOAD = "config.reload"
+    POLICY_LOAD = "policy.load"
+    POLICY_RELOAD_FAILED = "policy.reload_failed"
+    SESSION_START = "session.start"
+    SESSION_END = "session.end"
+    TOOLS_LIST = "tools.list"
+    CALL_DECISION = "call.decision"
+    CALL_RESULT = "call.result"
+    CALL_ERROR = "call.error"
+    AUTH_REJECT = "auth.reject"
+    UPSTREAM_START = "upstream.start"
+    UPSTREAM_RESTART = "upstream.restart"
+    UPSTREAM_CRASH = "upstream.crash"
+    UPSTREAM_START_FAILED = "upstream.start_failed"
+    TOOL_PINNED = "tool.pinned"
+    TOOL_PIN_CHANGED = "tool.pin_changed"
+    TOOL_PIN_APPROVED = "tool.pin_approved"
 
 
 def new_id() -> str:
@@ -147,7 +179,7 @@ class Decision:
     """A policy decision. A deny is a value, never an exception.
 
     ``reasons`` are human-readable strings the agent sees; for fail-closed denies the first one is
-    a reason code from :data:`REASON_CODES` (e.g. ``"timeout"``), optionally followed by detail.
+    a :class:`ReasonCode` (e.g. ``"timeout"``), optionally followed by detail.
     """
 
     allow: bool
@@ -155,12 +187,12 @@ class Decision:
     obligations: Mapping[str, Any] = field(default_factory=dict)
     revision: str | None = None  # the policy bundle revision (hash) that decided
     decision_id: str = field(default_factory=new_id)
-    code: str | None = None  # fail-closed reason code, None for a policy-made decision
+    code: ReasonCode | None = None  # fail-closed reason code, None for a policy-made decision
 
     @classmethod
-    def deny(cls, code: str, detail: str | None = None, *, revision: str | None = None) -> Decision:
+    def deny(cls, code: ReasonCode, detail: str | None = None, *, revision: str | None = None) -> Decision:
         """A fail-closed deny with a reason code (and optional detail for the agent)."""
-        reasons = (code,) if detail is None else (code, detail)
+        reasons = (str(code),) if detail is None else (str(code), detail)
         return cls(allow=False, reasons=reasons, revision=revision, code=code)
 
     def to_dict(self) -> dict[str, Any]:
@@ -176,9 +208,12 @@ class Decision:
 
 @dataclass(frozen=True, slots=True)
 class AuditEvent:
-    """One row of the audit trail (DESIGN §6), before it gets its seq and hashes."""
+    """One row of the audit trail (DESIGN §6), before it gets its seq and hashes.
 
-    kind: str
+    Built by the constructors in :mod:`mcp_guard.audit.events`, which fill every column a kind has.
+    """
+
+    kind: EventKind
     session_id: str | None = None
     decision_id: str | None = None
     principal: str | None = None

@@ -152,16 +152,20 @@ async def test_progress_and_logging_forwarded(tmp_path: Path) -> None:
 async def test_sampling_and_elicitation_reach_the_calling_client(tmp_path: Path) -> None:
     settings = make_settings({"rec": recorder_upstream()})
 
-    async def sampling(ctx: ClientRequestContext, params: types.CreateMessageRequestParams
-                       ) -> types.CreateMessageResult:
-        return types.CreateMessageResult(role="assistant", content=types.TextContent(text="model says 42"),
-                                         model="test-model")
+    async def sampling(
+        ctx: ClientRequestContext, params: types.CreateMessageRequestParams
+    ) -> types.CreateMessageResult:
+        return types.CreateMessageResult(
+            role="assistant", content=types.TextContent(text="model says 42"), model="test-model"
+        )
 
     async def elicit(ctx: ClientRequestContext, params: types.ElicitRequestParams) -> types.ElicitResult:
         return types.ElicitResult(action="accept", content={"answer": "yes"})
 
-    async with running_guard(settings) as guard, \
-            client_of(guard, sampling_callback=sampling, elicitation_callback=elicit) as client:
+    async with (
+        running_guard(settings) as guard,
+        client_of(guard, sampling_callback=sampling, elicitation_callback=elicit) as client,
+    ):
         r = await client.call_tool("rec__sample", {"prompt": "what?"})
         assert "model says 42" in text_of(r), text_of(r)
         r = await client.call_tool("rec__elicit", {"message": "ok?"})
@@ -201,10 +205,12 @@ async def test_crash_restart_and_isolation(tmp_path: Path) -> None:
 
 
 async def test_missing_command_leaves_others_serving(tmp_path: Path) -> None:
-    settings = make_settings({
-        "good": recorder_upstream(),
-        "bad": {"command": "/nonexistent/mcp-server-xyz", "restart_backoff_s": 5},
-    })
+    settings = make_settings(
+        {
+            "good": recorder_upstream(),
+            "bad": {"command": "/nonexistent/mcp-server-xyz", "restart_backoff_s": 5},
+        }
+    )
     async with running_guard(settings, wait=False) as guard:
         problems = await guard.registry.wait_ready(10)
         assert set(problems) == {"bad"} and "not found" in problems["bad"]
@@ -243,8 +249,9 @@ def test_at_most_one_bare_upstream() -> None:
     from mcp_guard.errors import ConfigError
 
     with pytest.raises(ConfigError, match="at most one upstream"):
-        make_settings({"a": recorder_upstream() | {"namespace": False},
-                       "b": recorder_upstream() | {"namespace": False}})
+        make_settings(
+            {"a": recorder_upstream() | {"namespace": False}, "b": recorder_upstream() | {"namespace": False}}
+        )
 
 
 async def test_roots_are_not_offered_to_upstreams_unless_opted_in(tmp_path: Path) -> None:

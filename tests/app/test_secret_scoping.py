@@ -30,8 +30,11 @@ def _grant_all(i: PolicyInput) -> Decision:
 @pytest.fixture
 def http_upstream(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     log = tmp_path / "headers.log"
-    proc = subprocess.Popen([sys.executable, str(REPO / "tests" / "fixtures" / "http_recorder.py"), "--log",
-                             str(log)], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "tests" / "fixtures" / "http_recorder.py"), "--log", str(log)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert proc.stdout is not None
     line = proc.stdout.readline()
     assert line.startswith("PORT "), line
@@ -44,10 +47,14 @@ async def test_each_upstream_gets_only_its_own_secret(tmp_path: Path, monkeypatc
     monkeypatch.setenv("MG_A_TOKEN", A_SECRET)
     monkeypatch.setenv("MG_B_TOKEN", B_SECRET)
     settings = make_settings(
-        {"a": recorder_upstream() | {"inject_env": {"A_TOKEN": "a_token"}},
-         "b": recorder_upstream() | {"inject_env": {"B_TOKEN": "b_token"}}},
-        secrets={"a_token": {"provider": "env", "name": "MG_A_TOKEN"},
-                 "b_token": {"provider": "env", "name": "MG_B_TOKEN"}},
+        {
+            "a": recorder_upstream() | {"inject_env": {"A_TOKEN": "a_token"}},
+            "b": recorder_upstream() | {"inject_env": {"B_TOKEN": "b_token"}},
+        },
+        secrets={
+            "a_token": {"provider": "env", "name": "MG_A_TOKEN"},
+            "b_token": {"provider": "env", "name": "MG_B_TOKEN"},
+        },
     )
     from mcp_guard.app import Guard
     from mcp_guard.testing import RecordingSink
@@ -74,25 +81,36 @@ async def test_client_authorization_never_reaches_http_upstream(
     url, log = http_upstream
     monkeypatch.setenv("MG_H_TOKEN", A_SECRET)
     settings = make_settings(
-        {"h": {"transport": "http", "url": url, "inject_headers": {"Authorization": "Bearer {a_token}"},
-               "timeout_s": 10}},
+        {
+            "h": {
+                "transport": "http",
+                "url": url,
+                "inject_headers": {"Authorization": "Bearer {a_token}"},
+                "timeout_s": 10,
+            }
+        },
         secrets={"a_token": {"provider": "env", "name": "MG_H_TOKEN"}},
         principals={"alice": {"roles": ["x"], "api_key_sha256": hashlib.sha256(CLIENT_KEY.encode()).hexdigest()}},
     )
     from mcp_guard.app import Guard
     from mcp_guard.testing import RecordingSink
 
-    guard = Guard(settings, engine=FunctionEngine(
-        lambda i: Decision(allow=True, obligations={"secrets": ["a_token"]})), sink=RecordingSink(),
-        secrets=SecretManager(settings))
+    guard = Guard(
+        settings,
+        engine=FunctionEngine(lambda i: Decision(allow=True, obligations={"secrets": ["a_token"]})),
+        sink=RecordingSink(),
+        secrets=SecretManager(settings),
+    )
     async with guard.running():
         assert not await guard.registry.wait_ready(20)
         async with http_front(guard) as front, http_client(front, CLIENT_KEY) as client:
-            r = await client.call_tool("h__echo", {"text": "hello"},
-                                       meta={"authorization": f"Bearer {CLIENT_KEY}", "trace": "t-1"})
+            r = await client.call_tool(
+                "h__echo", {"text": "hello"}, meta={"authorization": f"Bearer {CLIENT_KEY}", "trace": "t-1"}
+            )
             assert text_of(r) == "hello"
-            forwarded = text_of(await client.call_tool("h__meta", {}, meta={"authorization": f"Bearer {CLIENT_KEY}",
-                                                                             "trace": "t-1"}))
+            forwarded = text_of(
+                await client.call_tool("h__meta", {}, meta={"authorization": f"Bearer {CLIENT_KEY}", "trace": "t-1"})
+            )
             assert "t-1" in forwarded and CLIENT_KEY not in forwarded and "authorization" not in forwarded
             await wait_for(lambda: log.exists())
     seen = [json.loads(line) for line in log.read_text().splitlines()]

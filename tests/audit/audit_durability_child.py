@@ -24,10 +24,18 @@ async def main(path: str, concurrency: int) -> None:
             n = 0
             while True:
                 n += 1
-                seq = await store.record(AuditEvent(
-                    kind="call.decision", principal=f"agent-{worker}", server="tickets", tool="create_ticket",
-                    decision="allow", reasons=("ok",), arguments={"n": n}, details={"worker": worker},
-                ))
+                seq = await store.record(
+                    AuditEvent(
+                        kind="call.decision",
+                        principal=f"agent-{worker}",
+                        server="tickets",
+                        tool="create_ticket",
+                        decision="allow",
+                        reasons=("ok",),
+                        arguments={"n": n},
+                        details={"worker": worker},
+                    )
+                )
                 os.write(1, f"{seq}\n".encode())  # unbuffered: printed means the parent can read it
 
         async with anyio.create_task_group() as tg:
@@ -36,6 +44,8 @@ async def main(path: str, concurrency: int) -> None:
 
 
 if __name__ == "__main__":
-    structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr),
-                        wrapper_class=structlog.make_filtering_bound_logger(logging.INFO))
+    structlog.configure(
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
+    )
     anyio.run(main, sys.argv[1], int(sys.argv[2]))

@@ -89,10 +89,15 @@ async def test_rows_hold_the_event_and_chain_links(db: Path) -> None:
 
 async def test_odd_values_are_recorded_and_still_verify(db: Path) -> None:
     async with AuditStore.open(db) as store:
-        await store.record(event(
-            1, tool="bad\udc80name", arguments={"x": math.nan, "y": (1, 2), "z": {3}, "b": b"\xff", 1: "int key"},
-            duration_ms=math.inf, details={"text": "caf\u00e9 \U0001f600"},
-        ))
+        await store.record(
+            event(
+                1,
+                tool="bad\udc80name",
+                arguments={"x": math.nan, "y": (1, 2), "z": {3}, "b": b"\xff", 1: "int key"},
+                duration_ms=math.inf,
+                details={"text": "caf\u00e9 \U0001f600"},
+            )
+        )
     (row,) = rows(db)
     assert row["tool"] == "bad\\udc80name"
     assert row["duration_ms"] is None

@@ -30,19 +30,34 @@ OLD = "2020-01-01T00:00:00.000000Z"
 async def db(tmp_path: Path) -> Path:
     path = tmp_path / "audit.db"
     async with AuditStore.open(path) as store:
-        await store.record(AuditEvent(kind="session.start", session_id="s1", principal="alice", ts=OLD,
-                                      details={"client": {"name": "claude", "version": "1.0"}}))
+        await store.record(
+            AuditEvent(
+                kind="session.start",
+                session_id="s1",
+                principal="alice",
+                ts=OLD,
+                details={"client": {"name": "claude", "version": "1.0"}},
+            )
+        )
         await store.record(event(1))  # alice tickets/create_ticket allow
         await store.record(event(2, principal="bob", decision="deny", reasons=("destructive", "weekend")))
         await store.record(event(3, server="files", tool="delete", decision="deny", reasons=("no",)))
-        await store.record(AuditEvent(kind="call.result", principal="alice", server="tickets",
-                                      tool="create_ticket", result={"is_error": False, "bytes": 42, "sha256": "ab"}))
+        await store.record(
+            AuditEvent(
+                kind="call.result",
+                principal="alice",
+                server="tickets",
+                tool="create_ticket",
+                result={"is_error": False, "bytes": 42, "sha256": "ab"},
+            )
+        )
         await store.record(AuditEvent(kind="upstream.crash", server="files", details={"error": "exit 1"}))
     return path
 
 
-def run_tail(db: Path, filters: Filters | None = None, *, last: int | None = None, as_json: bool = True,
-             colour: bool = False) -> list[Any]:
+def run_tail(
+    db: Path, filters: Filters | None = None, *, last: int | None = None, as_json: bool = True, colour: bool = False
+) -> list[Any]:
     out = io.StringIO()
     tail(db, filters or Filters(), out, last=last, follow=False, as_json=as_json, colour=colour)
     lines = out.getvalue().splitlines()
@@ -97,7 +112,11 @@ async def test_tail_lines_show_decision_and_reasons(db: Path) -> None:
 
 async def test_format_line_keeps_one_line() -> None:
     row = {c: None for c in schema.COLUMNS} | {
-        "seq": 1, "ts": OLD, "kind": "call.decision", "decision": "deny", "reasons": ["line\nbreak"],
+        "seq": 1,
+        "ts": OLD,
+        "kind": "call.decision",
+        "decision": "deny",
+        "reasons": ["line\nbreak"],
     }
     assert "\n" not in format_line(row)
 
@@ -173,8 +192,21 @@ async def test_follow_from_another_process_while_the_store_writes(tmp_path: Path
         for i in range(3):
             await store.record(event(i))
         process = await anyio.open_process(
-            [PYTHON, "-m", "mcp_guard", "audit", "tail", "-f", "--json", "-n", "2", "--kind", "call.*",
-             "--db", str(path)],
+            [
+                PYTHON,
+                "-m",
+                "mcp_guard",
+                "audit",
+                "tail",
+                "-f",
+                "--json",
+                "-n",
+                "2",
+                "--kind",
+                "call.*",
+                "--db",
+                str(path),
+            ],
             env=child_env(),
         )
         buffer = bytearray()

@@ -59,7 +59,7 @@ async def test_edited_row_is_named(db: Path) -> None:
 
 
 async def test_edited_json_column_is_named(db: Path) -> None:
-    tamper(db, "UPDATE audit_events SET arguments = '{\"priority\":0,\"title\":\"nothing to see\"}' WHERE seq = 3")
+    tamper(db, 'UPDATE audit_events SET arguments = \'{"priority":0,"title":"nothing to see"}\' WHERE seq = 3')
     assert verify_file(db).bad_seq == 3
 
 

@@ -22,8 +22,14 @@ pytestmark = pytest.mark.e2e  # starts real processes (proxies, upstreams, OPA w
 @pytest.fixture(scope="module")
 def report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     out = tmp_path_factory.mktemp("bench") / "report.json"
-    proc = subprocess.run([sys.executable, "-m", "bench", "--quick", "--all", "--no-save", "--out", str(out)],
-                          cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--all", "--no-save", "--out", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert out.exists(), f"no report; exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     data: dict[str, Any] = json.loads(out.read_text())
     assert proc.returncode == 0, f"failed sections {data.get('failed')}:\n{proc.stderr[-3000:]}"
@@ -39,8 +45,9 @@ def test_every_section_ran(report: dict[str, Any]) -> None:
 
 def test_latency_measures_direct_and_proxied_paths(report: dict[str, Any]) -> None:
     rows = report["latency"]["rows"]
-    assert {r["path"] for r in rows} == {f"{t}, policy {p}" for t in ("stdio → stdio", "HTTP → HTTP")
-                                         for p in ("default", "allow-all")}
+    assert {r["path"] for r in rows} == {
+        f"{t}, policy {p}" for t in ("stdio → stdio", "HTTP → HTTP") for p in ("default", "allow-all")
+    }
     for r in rows:
         assert r["calls"] == report["latency"]["calls"]
         assert r["direct_median_ms"] > 0 and r["proxy_median_ms"] > 0

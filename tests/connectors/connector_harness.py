@@ -30,9 +30,7 @@ def fixture_params(name: str, *args: str, env: dict[str, str] | None = None) -> 
 
 def module_params(module: str, *args: str, env: dict[str, str] | None = None) -> StdioServerParameters:
     """`python -m <module> args...` from the repo root."""
-    return StdioServerParameters(
-        command=sys.executable, args=["-m", module, *args], env=env or {}, cwd=str(REPO)
-    )
+    return StdioServerParameters(command=sys.executable, args=["-m", module, *args], env=env or {}, cwd=str(REPO))
 
 
 @asynccontextmanager

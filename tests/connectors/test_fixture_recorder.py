@@ -110,16 +110,12 @@ async def test_sampling_and_elicitation_callbacks() -> None:
         content = params.messages[0].content
         assert isinstance(content, types.TextContent)
         prompts.append(content.text)
-        return types.CreateMessageResult(
-            role="assistant", content=types.TextContent(text="sampled!"), model="m"
-        )
+        return types.CreateMessageResult(role="assistant", content=types.TextContent(text="sampled!"), model="m")
 
     async def elicitation(ctx: ClientRequestContext, params: types.ElicitRequestParams) -> types.ElicitResult:
         return types.ElicitResult(action="accept", content={"answer": f"re: {params.message}"})
 
-    async with connect(
-        fixture_params("recorder"), sampling_callback=sampling, elicitation_callback=elicitation
-    ) as s:
+    async with connect(fixture_params("recorder"), sampling_callback=sampling, elicitation_callback=elicitation) as s:
         assert _text(await s.call_tool("sample", {"prompt": "write a haiku"})) == "sampled!"
         assert prompts == ["write a haiku"]
         answer = json.loads(_text(await s.call_tool("elicit", {"message": "your name?"})))

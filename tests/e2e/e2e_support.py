@@ -38,12 +38,21 @@ def need_node_peers() -> None:
 
 
 def toml_value(v: Any) -> str:
-    return json.dumps(v) if not isinstance(v, dict) else "{ " + ", ".join(
-        f"{json.dumps(k)} = {toml_value(x)}" for k, x in v.items()) + " }"
+    return (
+        json.dumps(v)
+        if not isinstance(v, dict)
+        else "{ " + ", ".join(f"{json.dumps(k)} = {toml_value(x)}" for k, x in v.items()) + " }"
+    )
 
 
-def write_config(tmp: Path, upstreams: dict[str, dict[str, Any]], *, extra: str = "",
-                 secrets_allowed: list[str] | None = None, bundle: Path | None = None) -> Path:
+def write_config(
+    tmp: Path,
+    upstreams: dict[str, dict[str, Any]],
+    *,
+    extra: str = "",
+    secrets_allowed: list[str] | None = None,
+    bundle: Path | None = None,
+) -> Path:
     """A config file (allow-all bundle unless given) with an HTTP key for principal 'agent'."""
     if bundle is None:
         bundle = tmp / "bundle"
@@ -51,11 +60,19 @@ def write_config(tmp: Path, upstreams: dict[str, dict[str, Any]], *, extra: str 
         (bundle / "allow.rego").write_text(ALLOW_ALL_REGO)
         (bundle / "data.json").write_text(json.dumps({"e2e_secrets": secrets_allowed or []}))
     lines = [
-        "[server]", 'principal = "agent"', "",
-        "[policy]", f"bundle = {json.dumps(str(bundle))}", "",
-        "[audit]", f"path = {json.dumps(str(tmp / 'audit.db'))}", "",
-        "[principals.agent]", 'roles = ["developer"]',
-        f'api_key_sha256 = "{hashlib.sha256(API_KEY.encode()).hexdigest()}"', "",
+        "[server]",
+        'principal = "agent"',
+        "",
+        "[policy]",
+        f"bundle = {json.dumps(str(bundle))}",
+        "",
+        "[audit]",
+        f"path = {json.dumps(str(tmp / 'audit.db'))}",
+        "",
+        "[principals.agent]",
+        'roles = ["developer"]',
+        f'api_key_sha256 = "{hashlib.sha256(API_KEY.encode()).hexdigest()}"',
+        "",
     ]
     for name, table in upstreams.items():
         lines.append(f"[upstreams.{name}]")
@@ -67,8 +84,11 @@ def write_config(tmp: Path, upstreams: dict[str, dict[str, Any]], *, extra: str 
 
 
 def everything() -> dict[str, Any]:
-    return {"command": shutil.which("node") or "node", "args": [str(NODE_BIN / "mcp-server-everything")],
-            "timeout_s": 30}
+    return {
+        "command": shutil.which("node") or "node",
+        "args": [str(NODE_BIN / "mcp-server-everything")],
+        "timeout_s": 30,
+    }
 
 
 def time_server() -> dict[str, Any]:
@@ -79,8 +99,7 @@ def recorder(log: Path | None = None, **env: str) -> dict[str, Any]:
     e = dict(env)
     if log is not None:
         e["RECORDER_LOG"] = str(log)
-    return {"command": sys.executable, "args": [str(RECORDER)], "env": e, "restart_backoff_s": 0.2,
-            "timeout_s": 10}
+    return {"command": sys.executable, "args": [str(RECORDER)], "env": e, "restart_backoff_s": 0.2, "timeout_s": 10}
 
 
 def guard_argv(cfg: Path, *more: str) -> list[str]:
@@ -91,9 +110,13 @@ def guard_argv(cfg: Path, *more: str) -> list[str]:
 def http_guard(cfg: Path, log_file: Path) -> Iterator[str]:
     """Start `mcp-guard run --transport http --port 0`; yield its /mcp URL (read from its log)."""
     err = log_file.open("w")
-    proc = subprocess.Popen(guard_argv(cfg, "--transport", "http", "--port", "0", "--log-level", "info"),
-                            stdout=subprocess.DEVNULL, stderr=err, cwd=REPO,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    proc = subprocess.Popen(
+        guard_argv(cfg, "--transport", "http", "--port", "0", "--log-level", "info"),
+        stdout=subprocess.DEVNULL,
+        stderr=err,
+        cwd=REPO,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
     try:
         url = _wait_for_url(proc, log_file)
         yield url

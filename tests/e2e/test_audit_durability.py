@@ -18,14 +18,22 @@ from e2e_support import API_KEY, POLL_S, REPO, _wait_for_url, guard_argv, record
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
 
-H = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json",
-     "Authorization": f"Bearer {API_KEY}"}
+H = {
+    "Accept": "application/json, text/event-stream",
+    "Content-Type": "application/json",
+    "Authorization": f"Bearer {API_KEY}",
+}
 
 
 def _start(cfg: Path, log: Path) -> subprocess.Popen[bytes]:
     err = log.open("w")
-    return subprocess.Popen(guard_argv(cfg, "--transport", "http", "--port", "0"), stdout=subprocess.DEVNULL,
-                            stderr=err, cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    return subprocess.Popen(
+        guard_argv(cfg, "--transport", "http", "--port", "0"),
+        stdout=subprocess.DEVNULL,
+        stderr=err,
+        cwd=REPO,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
 
 
 def _answer(r: httpx2.Response) -> dict[str, Any] | None:
@@ -36,16 +44,33 @@ def _answer(r: httpx2.Response) -> dict[str, Any] | None:
 
 
 async def _session(http: httpx2.AsyncClient, url: str) -> dict[str, str]:
-    r = await http.post(url, headers=H, json={"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
-        "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "burst", "version": "0"}}})
+    r = await http.post(
+        url,
+        headers=H,
+        json={
+            "jsonrpc": "2.0",
+            "id": 0,
+            "method": "initialize",
+            "params": {
+                "protocolVersion": "2025-11-25",
+                "capabilities": {},
+                "clientInfo": {"name": "burst", "version": "0"},
+            },
+        },
+    )
     h = {**H, "mcp-session-id": r.headers["mcp-session-id"], "mcp-protocol-version": "2025-11-25"}
     await http.post(url, headers=h, json={"jsonrpc": "2.0", "method": "notifications/initialized"})
     return h
 
 
 def _verify(db: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "mcp_guard", "audit", "verify", "--db", str(db)],
-                          capture_output=True, text=True, timeout=60, cwd=REPO)
+    return subprocess.run(
+        [sys.executable, "-m", "mcp_guard", "audit", "verify", "--db", str(db)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
 
 
 async def test_sigkill_under_load_loses_no_answered_call(tmp_path: Path) -> None:
@@ -62,9 +87,16 @@ async def test_sigkill_under_load_loses_no_answered_call(tmp_path: Path) -> None
             async def call(n: int) -> None:
                 text = f"burst-{n}"
                 try:
-                    r = await http.post(url, headers=sessions[n % 5], json={
-                        "jsonrpc": "2.0", "id": n, "method": "tools/call",
-                        "params": {"name": "rec__echo", "arguments": {"text": text}}})
+                    r = await http.post(
+                        url,
+                        headers=sessions[n % 5],
+                        json={
+                            "jsonrpc": "2.0",
+                            "id": n,
+                            "method": "tools/call",
+                            "params": {"name": "rec__echo", "arguments": {"text": text}},
+                        },
+                    )
                     ans = _answer(r)
                 except (httpx2.HTTPError, ValueError):
                     return
@@ -90,8 +122,12 @@ async def test_sigkill_under_load_loses_no_answered_call(tmp_path: Path) -> None
     v = _verify(db)
     assert v.returncode == 0, v.stdout + v.stderr
     conn = sqlite3.connect(db)
-    decisions = {json.loads(a)["text"]: d for d, a in conn.execute(
-        "SELECT decision_id, arguments FROM audit_events WHERE kind = 'call.decision' AND decision = 'allow'")}
+    decisions = {
+        json.loads(a)["text"]: d
+        for d, a in conn.execute(
+            "SELECT decision_id, arguments FROM audit_events WHERE kind = 'call.decision' AND decision = 'allow'"
+        )
+    }
     results = {d for (d,) in conn.execute("SELECT decision_id FROM audit_events WHERE kind = 'call.result'")}
     conn.close()
     missing = [t for t in answered if t not in decisions or decisions[t] not in results]
@@ -103,8 +139,16 @@ async def test_sigkill_under_load_loses_no_answered_call(tmp_path: Path) -> None
         url = _wait_for_url(proc, tmp_path / "guard2.log")
         async with httpx2.AsyncClient(timeout=60) as http:
             h = await _session(http, url)
-            r = await http.post(url, headers=h, json={"jsonrpc": "2.0", "id": 1, "method": "tools/call",
-                                                      "params": {"name": "rec__echo", "arguments": {"text": "after"}}})
+            r = await http.post(
+                url,
+                headers=h,
+                json={
+                    "jsonrpc": "2.0",
+                    "id": 1,
+                    "method": "tools/call",
+                    "params": {"name": "rec__echo", "arguments": {"text": "after"}},
+                },
+            )
             assert (_answer(r) or {})["result"]["content"][0]["text"] == "after"
     finally:
         proc.terminate()

@@ -40,9 +40,9 @@ CANNOT_PASS_THROUGH_PROXY: dict[str, dict[str, str]] = {
     "2025-11-25": {},
     "2026-07-28": {
         "server-stateless": "test_missing_capability: per-request clientCapabilities cannot reach a handshake-era "
-                            "upstream, which only knows the capabilities mcp-guard declared at initialize",
+        "upstream, which only knows the capabilities mcp-guard declared at initialize",
         "input-required-result-basic-elicitation": "the suite requires the upstream's own inputRequests key "
-                                                   "('user_name'); a handshake-era elicitation/create has no key",
+        "('user_name'); a handshake-era elicitation/create has no key",
     },
 }
 
@@ -58,11 +58,11 @@ def proxy_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     (tmp / "policy" / "allow.rego").write_text(ALLOW_ALL, encoding="utf-8")
     config = tmp / "proxy.toml"
     config.write_text(
-        "[server]\ntransport = \"http\"\nrequire_auth = false\n\n"
+        '[server]\ntransport = "http"\nrequire_auth = false\n\n'
         f"[policy]\nbundle = {_toml(str(tmp / 'policy'))}\n\n"
         f"[audit]\npath = {_toml(str(tmp / 'audit.db'))}\n\n"
         f"[upstreams.conf]\ncommand = {_toml(sys.executable)}\n"
-        f"args = [{_toml(str(FIXTURE))}, \"--transport\", \"stdio\"]\nnamespace = false\nforward_roots = true\n",
+        f'args = [{_toml(str(FIXTURE))}, "--transport", "stdio"]\nnamespace = false\nforward_roots = true\n',
         encoding="utf-8",
     )
     out = tmp / "proxy.json"
@@ -82,8 +82,10 @@ def test_proxy_passes_what_the_fixture_passes(proxy_run: dict[str, Any], spec_ve
         for name in expected
         if status[name] != "pass"
     }
-    print(f"{spec_version} through mcp-guard: {result['score']['passed']}/{result['score']['total']} "
-          f"(direct: {len(EXPECTED_PASSING[spec_version])}/{len(EXPECTED_PASSING[spec_version])})")
+    print(
+        f"{spec_version} through mcp-guard: {result['score']['passed']}/{result['score']['total']} "
+        f"(direct: {len(EXPECTED_PASSING[spec_version])}/{len(EXPECTED_PASSING[spec_version])})"
+    )
     assert failing == {}
     now_passing = sorted(name for name in impossible if status.get(name) == "pass")
     assert now_passing == [], f"listed as impossible through a proxy but passing now: {now_passing}"

@@ -21,8 +21,14 @@ def test_demo_story() -> None:
     need_node_peers()
     token = "tkt_demo-e2e-Z3kq9PxLw2vR8sT1"
     env = {**os.environ, "MCP_GUARD_DEMO_TICKETS_TOKEN": token, "NO_COLOR": "1"}
-    out = subprocess.run([sys.executable, "-m", "mcp_guard", "demo", "--fast"], capture_output=True, text=True,
-                         timeout=300, cwd=REPO, env=env)
+    out = subprocess.run(
+        [sys.executable, "-m", "mcp_guard", "demo", "--fast"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+        env=env,
+    )
     text = out.stdout
     assert out.returncode == 0, text[-4000:] + out.stderr[-3000:]
     assert "unexpected" not in text

@@ -93,9 +93,19 @@ def start_opa(*paths: Path) -> OpaServer:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     proc = subprocess.Popen(
-        [binary, "run", "--server", "--addr", f"127.0.0.1:{port}", "--log-level", "error",
-         "--disable-telemetry", *map(str, paths)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        [
+            binary,
+            "run",
+            "--server",
+            "--addr",
+            f"127.0.0.1:{port}",
+            "--log-level",
+            "error",
+            "--disable-telemetry",
+            *map(str, paths),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
     server = OpaServer(proc, url)
     deadline = time.monotonic() + 30
@@ -184,8 +194,8 @@ async def test_wrong_package_path_is_policy_undefined(opa: OpaServer) -> None:
 async def test_builtin_error_is_engine_error(opa: OpaServer, tmp_path: Path) -> None:
     (tmp_path / "p.rego").write_text(
         "package strict\n\n"
-        "deny contains \"bad number\" if to_number(input.n) > 5\n\n"
-        "decision := {\"allow\": count(deny) == 0}\n"
+        'deny contains "bad number" if to_number(input.n) > 5\n\n'
+        'decision := {"allow": count(deny) == 0}\n'
     )
     async with connect(opa.url) as client:
         await push_bundle(client, load_bundle(tmp_path))
@@ -229,8 +239,8 @@ async def test_push_rejects_bad_bundle_naming_file(opa: OpaServer, tmp_path: Pat
 
 
 async def test_push_removes_stale_policies(opa: OpaServer, tmp_path: Path) -> None:
-    (tmp_path / "a.rego").write_text('package x\n\na := 1\n')
-    (tmp_path / "b.rego").write_text('package x\n\nb := 2\n')
+    (tmp_path / "a.rego").write_text("package x\n\na := 1\n")
+    (tmp_path / "b.rego").write_text("package x\n\nb := 2\n")
     async with connect(opa.url) as client:
         await push_bundle(client, load_bundle(tmp_path))
         assert {"mcp-guard/a.rego", "mcp-guard/b.rego"} <= set(await client.get_policies_list())
@@ -287,10 +297,18 @@ async def test_hot_reload_pushes_to_opa(opa: OpaServer, tmp_path: Path, monkeypa
         events.append(e)
         changed.set()
 
-    settings = parse_settings({"policy": {
-        "engine": "opa", "opa_url": opa.url, "bundle": str(tmp_path), "decision": "live/decision",
-        "push_bundle": True, "hot_reload": True,
-    }})
+    settings = parse_settings(
+        {
+            "policy": {
+                "engine": "opa",
+                "opa_url": opa.url,
+                "bundle": str(tmp_path),
+                "decision": "live/decision",
+                "push_bundle": True,
+                "hot_reload": True,
+            }
+        }
+    )
     async with open_engine(settings, on_reload=listener) as engine:
         assert (await engine.evaluate_document({})).reasons == ("v1",)
         (tmp_path / "p.rego").write_text('package live\n\ndecision := {"allow": true, "reasons": ["v2"]}\n')
@@ -301,8 +319,9 @@ async def test_hot_reload_pushes_to_opa(opa: OpaServer, tmp_path: Path, monkeypa
     assert d.allow is True and d.reasons == ("v2",) and d.revision == events[0].revision
 
 
-def test_cli_policy_test_and_eval_with_opa_engine(opa: OpaServer, tmp_path: Path,
-                                                  capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_policy_test_and_eval_with_opa_engine(
+    opa: OpaServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from mcp_guard.cli import main
 
     cfg = tmp_path / "c.toml"

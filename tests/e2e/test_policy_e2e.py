@@ -36,9 +36,16 @@ def _bundle(tmp: Path) -> Path:
 
 def _client(cfg: Path, principal: str) -> Client:
     argv = guard_argv(cfg, "--principal", principal)
-    return Client(StdioServerParameters(command=argv[0], args=argv[1:], cwd=str(REPO),
-                                        env={"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/")}),
-                  mode="legacy", read_timeout_seconds=60)
+    return Client(
+        StdioServerParameters(
+            command=argv[0],
+            args=argv[1:],
+            cwd=str(REPO),
+            env={"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/")},
+        ),
+        mode="legacy",
+        read_timeout_seconds=60,
+    )
 
 
 async def test_roles_shape_what_each_principal_sees_and_calls(tmp_path: Path) -> None:

@@ -45,8 +45,9 @@ def _text(result: types.CallToolResult) -> str:
 
 
 async def _sampling(ctx: ClientRequestContext, params: types.CreateMessageRequestParams) -> types.CreateMessageResult:
-    return types.CreateMessageResult(role="assistant", content=types.TextContent(text="sampled-by-e2e-client"),
-                                     model="e2e-model")
+    return types.CreateMessageResult(
+        role="assistant", content=types.TextContent(text="sampled-by-e2e-client"), model="e2e-model"
+    )
 
 
 async def _elicit(ctx: ClientRequestContext, params: types.ElicitRequestParams) -> types.ElicitResult:
@@ -55,8 +56,12 @@ async def _elicit(ctx: ClientRequestContext, params: types.ElicitRequestParams) 
 
 def _stdio_client(cfg: Path, **kw: Any) -> Client:
     argv = guard_argv(cfg)
-    params = StdioServerParameters(command=argv[0], args=argv[1:], cwd=str(REPO),
-                                   env={"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/")})
+    params = StdioServerParameters(
+        command=argv[0],
+        args=argv[1:],
+        cwd=str(REPO),
+        env={"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/")},
+    )
     kw.setdefault("read_timeout_seconds", 60.0)
     return Client(params, mode=kw.pop("mode", "legacy"), **kw)
 
@@ -80,8 +85,9 @@ async def _wait_tools(client: Client, prefix: str, within: float = 60.0) -> list
 @pytest.fixture
 def cfg(tmp_path: Path) -> Path:
     need_node_peers()
-    return write_config(tmp_path, {"everything": everything(), "time": time_server(),
-                                   "rec": recorder(tmp_path / "rec.log")})
+    return write_config(
+        tmp_path, {"everything": everything(), "time": time_server(), "rec": recorder(tmp_path / "rec.log")}
+    )
 
 
 async def test_stdio_front_real_upstreams(cfg: Path, tmp_path: Path) -> None:
@@ -102,8 +108,9 @@ async def test_stdio_front_real_upstreams(cfg: Path, tmp_path: Path) -> None:
         r = await client.call_tool("time__get_current_time", {"timezone": "UTC"})
         assert not r.is_error and "UTC" in _text(r)
 
-        r = await client.call_tool("everything__trigger-long-running-operation", {"duration": 1, "steps": 4},
-                                   progress_callback=on_progress)
+        r = await client.call_tool(
+            "everything__trigger-long-running-operation", {"duration": 1, "steps": 4}, progress_callback=on_progress
+        )
         assert not r.is_error and len(progress) >= 3
 
         r = await client.call_tool("everything__trigger-sampling-request", {"prompt": "hello?"})
@@ -130,11 +137,14 @@ async def test_stdio_front_real_upstreams(cfg: Path, tmp_path: Path) -> None:
 
 async def test_upstream_killed_hangs_and_missing_command(tmp_path: Path) -> None:
     need_node_peers()
-    cfg = write_config(tmp_path, {
-        "a": recorder(tmp_path / "a.log"),
-        "b": recorder() | {"timeout_s": 1.5},
-        "ghost": {"command": "/definitely/not/an/mcp-server", "restart_backoff_s": 30},
-    })
+    cfg = write_config(
+        tmp_path,
+        {
+            "a": recorder(tmp_path / "a.log"),
+            "b": recorder() | {"timeout_s": 1.5},
+            "ghost": {"command": "/definitely/not/an/mcp-server", "restart_backoff_s": 30},
+        },
+    )
     async with _stdio_client(cfg) as client:
         await _wait_tools(client, "b__")
         names = {t.name for t in await _wait_tools(client, "a__")}
@@ -174,8 +184,9 @@ async def test_http_front_both_eras(cfg: Path, tmp_path: Path, mode: str) -> Non
             await _wait_tools(client, "everything__")
             r = await client.call_tool("everything__get-sum", {"a": 19, "b": 23})
             assert "42" in _text(r)
-            r = await client.call_tool("time__convert_time", {"source_timezone": "UTC", "time": "12:00",
-                                                              "target_timezone": "Europe/Paris"})
+            r = await client.call_tool(
+                "time__convert_time", {"source_timezone": "UTC", "time": "12:00", "target_timezone": "Europe/Paris"}
+            )
             assert not r.is_error, _text(r)
             resources = (await client.list_resources()).resources
             assert resources and all(str(x.uri).startswith("mcpg://") for x in resources)
@@ -185,16 +196,20 @@ async def test_http_front_both_eras(cfg: Path, tmp_path: Path, mode: str) -> Non
             simple = next(p for p in prompts if p.name == "everything__simple-prompt")
             assert (await client.get_prompt(simple.name)).messages
         async with httpx2.AsyncClient(timeout=10) as http:
-            r = await http.post(url, json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"},
-                                headers={"Accept": "application/json, text/event-stream"})
+            r = await http.post(
+                url,
+                json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"},
+                headers={"Accept": "application/json, text/event-stream"},
+            )
             assert r.status_code == 401
 
 
 def _inspector(*args: str) -> dict[str, Any]:
     node = shutil.which("node")
     assert node, "node is required for the Inspector CLI"
-    out = subprocess.run([node, str(INSPECTOR_CLI), "--cli", *args], capture_output=True, text=True, timeout=120,
-                         cwd=REPO)
+    out = subprocess.run(
+        [node, str(INSPECTOR_CLI), "--cli", *args], capture_output=True, text=True, timeout=120, cwd=REPO
+    )
     assert out.returncode == 0, out.stderr[-3000:] + out.stdout[-3000:]
     return dict(json.loads(out.stdout))
 
@@ -207,7 +222,17 @@ def test_inspector_cli_stdio_and_http(cfg: Path, tmp_path: Path) -> None:
     called = _inspector(*argv, "--method", "tools/call", "--tool-name", "rec__echo", "--tool-arg", "text=inspected")
     assert called["content"][0]["text"] == "inspected"
     with http_guard(cfg, tmp_path / "guard.log") as url:
-        called = _inspector(url, "--transport", "http", "--header", f"Authorization: Bearer {API_KEY}",
-                            "--method", "tools/call", "--tool-name", "time__get_current_time",
-                            "--tool-arg", "timezone=UTC")
+        called = _inspector(
+            url,
+            "--transport",
+            "http",
+            "--header",
+            f"Authorization: Bearer {API_KEY}",
+            "--method",
+            "tools/call",
+            "--tool-name",
+            "time__get_current_time",
+            "--tool-arg",
+            "timezone=UTC",
+        )
         assert not called.get("isError") and "UTC" in called["content"][0]["text"]

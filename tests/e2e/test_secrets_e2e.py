@@ -20,31 +20,46 @@ TOKEN = "tkt_e2e-Secret+Value/42=="
 
 
 def _tickets(tmp: Path, **env: str) -> dict[str, object]:
-    return {"command": "python", "args": ["-m", "connectors.tickets"], "cwd": str(REPO),
-            "env": {"TICKETS_DB": str(tmp / "tickets.db"), "TICKETS_DEBUG_ECHO": "1", **env},
-            "inject_env": {"TICKETS_TOKEN": "tickets_token"}}
+    return {
+        "command": "python",
+        "args": ["-m", "connectors.tickets"],
+        "cwd": str(REPO),
+        "env": {"TICKETS_DB": str(tmp / "tickets.db"), "TICKETS_DEBUG_ECHO": "1", **env},
+        "inject_env": {"TICKETS_TOKEN": "tickets_token"},
+    }
 
 
 async def test_token_never_reaches_the_agent_or_the_record(tmp_path: Path) -> None:
     extra = '\n[secrets.tickets_token]\nprovider = "env"\nname = "E2E_TICKETS_TOKEN"\n'
-    cfg = write_config(tmp_path, {
-        "tickets": _tickets(tmp_path),
-        # Same connector, but its backend expects another token: every call fails, quoting ours.
-        "badtickets": _tickets(tmp_path, TICKETS_EXPECTED_TOKEN="some-other-token-entirely",
-                               TICKETS_DB=str(tmp_path / "bad.db")),
-    }, extra=extra, secrets_allowed=["tickets_token"])
+    cfg = write_config(
+        tmp_path,
+        {
+            "tickets": _tickets(tmp_path),
+            # Same connector, but its backend expects another token: every call fails, quoting ours.
+            "badtickets": _tickets(
+                tmp_path, TICKETS_EXPECTED_TOKEN="some-other-token-entirely", TICKETS_DB=str(tmp_path / "bad.db")
+            ),
+        },
+        extra=extra,
+        secrets_allowed=["tickets_token"],
+    )
     stderr_log = tmp_path / "guard.stderr"
     argv = guard_argv(cfg)
-    params = StdioServerParameters(command=argv[0], args=argv[1:], cwd=str(REPO),
-                                   env={"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/"),
-                                        "E2E_TICKETS_TOKEN": TOKEN})
+    params = StdioServerParameters(
+        command=argv[0],
+        args=argv[1:],
+        cwd=str(REPO),
+        env={"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/"), "E2E_TICKETS_TOKEN": TOKEN},
+    )
     seen: list[str] = []
     with stderr_log.open("w") as errf:
         from mcp.client.session import ClientSession
         from mcp.client.stdio import stdio_client
 
-        async with stdio_client(params, errlog=errf) as (read, write), \
-                ClientSession(read, write, read_timeout_seconds=60) as client:
+        async with (
+            stdio_client(params, errlog=errf) as (read, write),
+            ClientSession(read, write, read_timeout_seconds=60) as client,
+        ):
             await client.initialize()
             tools = await client.list_tools()
             seen.append(tools.model_dump_json())

@@ -31,12 +31,16 @@ from mcp_guard.upstream.registry import Registry
 
 pytestmark = pytest.mark.anyio
 
-ALL_CAPS = types.ClientCapabilities(sampling=types.SamplingCapability(), elicitation=types.ElicitationCapability(),
-                                    roots=types.RootsCapability())
-ELICIT = types.ElicitRequestFormParams(message="Name?", requested_schema={
-    "type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]})
+ALL_CAPS = types.ClientCapabilities(
+    sampling=types.SamplingCapability(), elicitation=types.ElicitationCapability(), roots=types.RootsCapability()
+)
+ELICIT = types.ElicitRequestFormParams(
+    message="Name?",
+    requested_schema={"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]},
+)
 SAMPLE = types.CreateMessageRequestParams(
-    messages=[types.SamplingMessage(role="user", content=types.TextContent(type="text", text="Hi"))], max_tokens=5)
+    messages=[types.SamplingMessage(role="user", content=types.TextContent(type="text", text="Hi"))], max_tokens=5
+)
 ACCEPT = {"action": "accept", "content": {"name": "Ada"}}
 SAMPLED = {"role": "assistant", "content": {"type": "text", "text": "Hello"}, "model": "m", "stopReason": "endTurn"}
 
@@ -47,15 +51,22 @@ def _ctx(caps: types.ClientCapabilities | None = ALL_CAPS) -> Any:
     async def noop(*_a: Any, **_k: Any) -> None:
         return None
 
-    return SimpleNamespace(session=SimpleNamespace(client_capabilities=caps, report_progress=noop,
-                                                   send_log_message=noop), request_id=1)
+    return SimpleNamespace(
+        session=SimpleNamespace(client_capabilities=caps, report_progress=noop, send_log_message=noop), request_id=1
+    )
 
 
 def _call(principal: str = "alice", arguments: dict[str, Any] | None = None) -> CallContext:
     return CallContext(
-        action="tools/call", principal=Principal(id=principal), session=SessionInfo(id="s", transport="http"),
-        server="up", target="tool", exposed="up__tool", arguments=arguments or {"x": 1},
-        request=types.CallToolRequest(params=types.CallToolRequestParams(name="tool")), timeout_s=10.0,
+        action="tools/call",
+        principal=Principal(id=principal),
+        session=SessionInfo(id="s", transport="http"),
+        server="up",
+        target="tool",
+        exposed="up__tool",
+        arguments=arguments or {"x": 1},
+        request=types.CallToolRequest(params=types.CallToolRequestParams(name="tool")),
+        timeout_s=10.0,
     )
 
 
@@ -89,9 +100,15 @@ async def _bridge(**kwargs: Any) -> AsyncIterator[Bridge]:
         tg.cancel_scope.cancel()
 
 
-async def _round(bridge: Bridge, runs: Runs, *, state: str | None = None, responses: dict[str, Any] | None = None,
-                 call: CallContext | None = None, caps: types.ClientCapabilities | None = ALL_CAPS
-                 ) -> Outcome | dict[str, Any]:
+async def _round(
+    bridge: Bridge,
+    runs: Runs,
+    *,
+    state: str | None = None,
+    responses: dict[str, Any] | None = None,
+    call: CallContext | None = None,
+    caps: types.ClientCapabilities | None = ALL_CAPS,
+) -> Outcome | dict[str, Any]:
     with anyio.fail_after(10):
         return await bridge.run(_ctx(caps), None, call or _call(), _params(state, responses), runs)  # type: ignore[arg-type]
 
@@ -131,8 +148,12 @@ async def test_question_becomes_input_required_and_retry_completes_the_same_call
         runs = Runs(ask_name)
         first = await _round(bridge, runs)
         assert isinstance(first, dict) and first["resultType"] == "input_required"
-        assert first["inputRequests"] == {"elicitation-1": {"method": "elicitation/create", "params": {
-            "mode": "form", "message": "Name?", "requestedSchema": ELICIT.requested_schema}}}
+        assert first["inputRequests"] == {
+            "elicitation-1": {
+                "method": "elicitation/create",
+                "params": {"mode": "form", "message": "Name?", "requestedSchema": ELICIT.requested_schema},
+            }
+        }
         assert isinstance(first["requestState"], str)
         final = await _round(bridge, runs, state=first["requestState"], responses={"elicitation-1": ACCEPT})
         assert isinstance(final, Outcome) and final.result == _text_result("hello Ada")
@@ -166,8 +187,14 @@ async def test_questions_asked_together_share_one_round() -> None:
         assert isinstance(first, dict)
         methods = {k: v["method"] for k, v in first["inputRequests"].items()}
         assert sorted(methods.values()) == ["elicitation/create", "roots/list", "sampling/createMessage"]
-        answers = {k: {"elicitation/create": ACCEPT, "sampling/createMessage": SAMPLED,
-                       "roots/list": {"roots": [{"uri": "file:///w"}]}}[m] for k, m in methods.items()}
+        answers = {
+            k: {
+                "elicitation/create": ACCEPT,
+                "sampling/createMessage": SAMPLED,
+                "roots/list": {"roots": [{"uri": "file:///w"}]},
+            }[m]
+            for k, m in methods.items()
+        }
         final = await _round(bridge, runs, state=first["requestState"], responses=answers)
         assert isinstance(final, Outcome) and final.result == _text_result("Ada Hello 1")
 
@@ -200,8 +227,12 @@ async def test_a_missing_answer_is_asked_again_and_extra_keys_are_ignored() -> N
         assert isinstance(r1, dict)
         r2 = await _round(bridge, runs, state=r1["requestState"], responses={"other": ACCEPT})
         assert isinstance(r2, dict) and list(r2["inputRequests"]) == ["elicitation-1"]
-        final = await _round(bridge, runs, state=r2["requestState"],
-                             responses={"elicitation-1": ACCEPT, "unknown": {"action": "decline"}})
+        final = await _round(
+            bridge,
+            runs,
+            state=r2["requestState"],
+            responses={"elicitation-1": ACCEPT, "unknown": {"action": "decline"}},
+        )
         assert isinstance(final, Outcome) and final.result == _text_result("hello Ada")
 
 
@@ -258,19 +289,31 @@ async def test_a_state_from_another_process_key_is_refused() -> None:
 
 
 # ---------------------------------------------------------------------------------------------------- capabilities
-@pytest.mark.parametrize(("method", "params", "caps", "missing"), [
-    ("sampling/createMessage", {}, types.ClientCapabilities(), {"sampling": {}}),
-    ("sampling/createMessage", {"tools": [{"name": "t"}]}, types.ClientCapabilities(
-        sampling=types.SamplingCapability()), {"sampling": {"tools": {}}}),
-    ("elicitation/create", {"mode": "form"}, None, {"elicitation": {}}),
-    ("elicitation/create", {"mode": "url", "url": "https://x"}, types.ClientCapabilities(
-        elicitation=types.ElicitationCapability()), {"elicitation": {"url": {}}}),
-    ("roots/list", {}, types.ClientCapabilities(sampling=types.SamplingCapability()), {"roots": {}}),
-    ("elicitation/create", {"mode": "form"}, ALL_CAPS, None),
-    ("sampling/createMessage", {}, ALL_CAPS, None),
-])
-def test_missing_capability(method: str, params: dict[str, Any], caps: types.ClientCapabilities | None,
-                            missing: dict[str, Any] | None) -> None:
+@pytest.mark.parametrize(
+    ("method", "params", "caps", "missing"),
+    [
+        ("sampling/createMessage", {}, types.ClientCapabilities(), {"sampling": {}}),
+        (
+            "sampling/createMessage",
+            {"tools": [{"name": "t"}]},
+            types.ClientCapabilities(sampling=types.SamplingCapability()),
+            {"sampling": {"tools": {}}},
+        ),
+        ("elicitation/create", {"mode": "form"}, None, {"elicitation": {}}),
+        (
+            "elicitation/create",
+            {"mode": "url", "url": "https://x"},
+            types.ClientCapabilities(elicitation=types.ElicitationCapability()),
+            {"elicitation": {"url": {}}},
+        ),
+        ("roots/list", {}, types.ClientCapabilities(sampling=types.SamplingCapability()), {"roots": {}}),
+        ("elicitation/create", {"mode": "form"}, ALL_CAPS, None),
+        ("sampling/createMessage", {}, ALL_CAPS, None),
+    ],
+)
+def test_missing_capability(
+    method: str, params: dict[str, Any], caps: types.ClientCapabilities | None, missing: dict[str, Any] | None
+) -> None:
     assert missing_capability(method, params, caps) == missing
 
 
@@ -313,8 +356,9 @@ async def test_an_undeclared_question_asked_with_others_waits_until_they_are_ans
         assert isinstance(r1, dict)
         assert [v["method"] for v in r1["inputRequests"].values()] == ["sampling/createMessage"]
         assert "e" not in got, "held, not refused, while an answerable question is open"
-        final = await _round(bridge, runs, state=r1["requestState"], responses={"sampling-2": SAMPLED},
-                             caps=sampling_only)
+        final = await _round(
+            bridge, runs, state=r1["requestState"], responses={"sampling-2": SAMPLED}, caps=sampling_only
+        )
         assert isinstance(final, Outcome) and final.result == _text_result("done")
         assert isinstance(got["s"], types.CreateMessageResult)
         assert isinstance(got["e"], types.ErrorData) and got["e"].code == types.MISSING_REQUIRED_CLIENT_CAPABILITY
@@ -398,8 +442,11 @@ async def test_modern_client_answers_an_upstream_elicitation_through_the_proxy(t
         return types.ElicitResult(action="accept", content={"answer": "forty-two"})
 
     sink = RecordingSink()
-    async with running_guard(_settings(tmp_path), sink=sink) as guard, http_front(guard) as url, \
-            http_client(url, mode="2026-07-28", elicitation_callback=on_elicit) as client:
+    async with (
+        running_guard(_settings(tmp_path), sink=sink) as guard,
+        http_front(guard) as url,
+        http_client(url, mode="2026-07-28", elicitation_callback=on_elicit) as client,
+    ):
         r = await client.call_tool("rec__elicit", {"message": "The answer?"})
         assert json.loads(text_of(r)) == {"action": "accept", "content": {"answer": "forty-two"}}
         assert asked == ["The answer?"]
@@ -409,8 +456,11 @@ async def test_modern_client_answers_an_upstream_elicitation_through_the_proxy(t
 
 
 async def test_modern_client_without_sampling_gets_32021(tmp_path: Path) -> None:
-    async with running_guard(_settings(tmp_path)) as guard, http_front(guard) as url, \
-            http_client(url, mode="2026-07-28") as client:
+    async with (
+        running_guard(_settings(tmp_path)) as guard,
+        http_front(guard) as url,
+        http_client(url, mode="2026-07-28") as client,
+    ):
         with pytest.raises(MCPError) as e:
             await client.call_tool("rec__sample", {"prompt": "hi"})
         assert e.value.error.code == types.MISSING_REQUIRED_CLIENT_CAPABILITY
@@ -421,9 +471,14 @@ CONFORMANCE_FIXTURE = str(Path(__file__).resolve().parents[1] / "conformance" / 
 
 
 def _fixture_settings() -> Settings:
-    up = {"command": sys.executable, "args": [CONFORMANCE_FIXTURE, "--transport", "stdio"], "namespace": False,
-          "forward_roots": True,
-          "timeout_s": 10.0, "startup_timeout_s": 15.0}
+    up = {
+        "command": sys.executable,
+        "args": [CONFORMANCE_FIXTURE, "--transport", "stdio"],
+        "namespace": False,
+        "forward_roots": True,
+        "timeout_s": 10.0,
+        "startup_timeout_s": 15.0,
+    }
     settings: Settings = make_settings({"conf": up}, server={"require_auth": False})
     return settings
 
@@ -440,16 +495,20 @@ class Answers:
 
     async def sample(self, context: Any, params: types.CreateMessageRequestParams) -> types.CreateMessageResult:
         self.asked.append("sample")
-        return types.CreateMessageResult(role="assistant", content=types.TextContent(type="text", text="Paris"),
-                                         model="scripted")
+        return types.CreateMessageResult(
+            role="assistant", content=types.TextContent(type="text", text="Paris"), model="scripted"
+        )
 
     async def roots(self, context: Any) -> types.ListRootsResult:
         self.asked.append("roots")
         return types.ListRootsResult(roots=[types.Root.model_validate({"uri": "file:///work", "name": "work"})])
 
     def callbacks(self) -> dict[str, Any]:
-        return {"elicitation_callback": self.elicit, "sampling_callback": self.sample,
-                "list_roots_callback": self.roots}
+        return {
+            "elicitation_callback": self.elicit,
+            "sampling_callback": self.sample,
+            "list_roots_callback": self.roots,
+        }
 
 
 @pytest.mark.parametrize("mode", ["legacy", "2026-07-28"])
@@ -457,8 +516,11 @@ async def test_roots_sampling_and_elicitation_reach_the_client_in_both_eras(mode
     # Legacy: forwarded as server→client requests on the call's stream. 2026-07-28: InputRequiredResult rounds,
     # driven by the SDK client's own retry loop. Either way the handshake-era upstream gets its answers.
     answers = Answers()
-    async with running_guard(_fixture_settings()) as guard, http_front(guard) as url, \
-            http_client(url, mode=mode, **answers.callbacks()) as client:
+    async with (
+        running_guard(_fixture_settings()) as guard,
+        http_front(guard) as url,
+        http_client(url, mode=mode, **answers.callbacks()) as client,
+    ):
         r = await client.call_tool("test_input_required_result_list_roots", {})
         assert text_of(r) == "Client exposed 1 root(s): file:///work"
         r = await client.call_tool("test_input_required_result_multiple_inputs", {})
@@ -483,8 +545,7 @@ class FakeDownstream:
 
     async def sampling(self, params: types.CreateMessageRequestParams) -> types.CreateMessageResult:
         self.got.append("sampling")
-        return types.CreateMessageResult(role="assistant", content=types.TextContent(type="text", text="ok"),
-                                         model="m")
+        return types.CreateMessageResult(role="assistant", content=types.TextContent(type="text", text="ok"), model="m")
 
     async def elicitation(self, params: types.ElicitRequestParams) -> types.ElicitResult:
         raise AssertionError("not used")
@@ -498,7 +559,8 @@ class FakeDownstream:
 
 @pytest.mark.parametrize(("parked_principal", "routed"), [("alice", True), ("bob", False)])
 async def test_a_parked_call_does_not_block_attribution_within_its_principal_only(
-        parked_principal: str, routed: bool) -> None:
+    parked_principal: str, routed: bool
+) -> None:
     registry = Registry(make_settings({}), SimpleNamespace())
     parked = FakeDownstream("parked-call", parked_principal, parked=True)
     served = FakeDownstream("served-call", "alice")

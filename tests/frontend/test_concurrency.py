@@ -31,25 +31,38 @@ def _decide(i: PolicyInput) -> Decision:
     return Decision(allow=True, reasons=(f"allowed {text} for {i.principal.id}",))
 
 
-
-
 async def test_thousand_concurrent_calls_stay_correlated(tmp_path: Path) -> None:
     settings = make_settings(
         {"a": recorder_upstream(), "b": recorder_upstream()},
-        principals={p: {"roles": ["r"], "api_key_sha256": hashlib.sha256(k.encode()).hexdigest()}
-                    for p, k in KEYS.items()},
+        principals={
+            p: {"roles": ["r"], "api_key_sha256": hashlib.sha256(k.encode()).hexdigest()} for p, k in KEYS.items()
+        },
     )
     sink = RecordingSink()
     answers: dict[str, tuple[str, dict[str, Any]]] = {}  # text -> (principal, JSON-RPC response)
-    async with running_guard(settings, engine=FunctionEngine(_decide), sink=sink) as guard, \
-            http_front(guard) as url, httpx2.AsyncClient(timeout=120, limits=httpx2.Limits(max_connections=64)) as http:
+    async with (
+        running_guard(settings, engine=FunctionEngine(_decide), sink=sink) as guard,
+        http_front(guard) as url,
+        httpx2.AsyncClient(timeout=120, limits=httpx2.Limits(max_connections=64)) as http,
+    ):
         sessions: list[tuple[str, dict[str, str]]] = []
         for principal, key in KEYS.items():
             for _ in range(2):
                 h = {**H, "Authorization": f"Bearer {key}"}
-                r = await http.post(url, headers=h, json={"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
-                    "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": principal,
-                                                                                       "version": "0"}}})
+                r = await http.post(
+                    url,
+                    headers=h,
+                    json={
+                        "jsonrpc": "2.0",
+                        "id": 0,
+                        "method": "initialize",
+                        "params": {
+                            "protocolVersion": "2025-11-25",
+                            "capabilities": {},
+                            "clientInfo": {"name": principal, "version": "0"},
+                        },
+                    },
+                )
                 h = {**h, "mcp-session-id": r.headers["mcp-session-id"], "mcp-protocol-version": "2025-11-25"}
                 await http.post(url, headers=h, json={"jsonrpc": "2.0", "method": "notifications/initialized"})
                 sessions.append((principal, h))
@@ -61,9 +74,16 @@ async def test_thousand_concurrent_calls_stay_correlated(tmp_path: Path) -> None
             upstream = "a" if n % 3 else "b"
             text = f"call-{n}-{principal}" + ("-deny" if n % 4 == 0 else "")
             async with limiter:
-                r = await http.post(url, headers=h, json={"jsonrpc": "2.0", "id": n, "method": "tools/call",
-                                                          "params": {"name": f"{upstream}__echo",
-                                                                     "arguments": {"text": text}}})
+                r = await http.post(
+                    url,
+                    headers=h,
+                    json={
+                        "jsonrpc": "2.0",
+                        "id": n,
+                        "method": "tools/call",
+                        "params": {"name": f"{upstream}__echo", "arguments": {"text": text}},
+                    },
+                )
             answers[text] = (principal, sse_answer(r))
 
         async with anyio.create_task_group() as tg:
@@ -75,8 +95,11 @@ async def test_thousand_concurrent_calls_stay_correlated(tmp_path: Path) -> None
     results = {e.decision_id: e for e in sink.of_kind("call.result")}
     for text, (principal, resp) in answers.items():
         res = resp["result"]
-        did = res["_meta"]["mcp-guard/decision_id"] if "decision_id" not in res.get("_meta", {}).get(
-            "mcp-guard/decision", {}) else res["_meta"]["mcp-guard/decision"]["decision_id"]
+        did = (
+            res["_meta"]["mcp-guard/decision_id"]
+            if "decision_id" not in res.get("_meta", {}).get("mcp-guard/decision", {})
+            else res["_meta"]["mcp-guard/decision"]["decision_id"]
+        )
         row = decisions[did]
         assert row.principal == principal and row.arguments is not None and row.arguments["text"] == text
         if text.endswith("-deny"):

@@ -16,8 +16,12 @@ from http_harness import http_front, sse_answer
 pytestmark = pytest.mark.anyio
 
 H = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
-INIT = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-    "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "raw", "version": "0"}}}
+INIT = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "raw", "version": "0"}},
+}
 ROGUE = str(REPO / "tests" / "fixtures" / "rogue.py")
 
 
@@ -33,22 +37,28 @@ async def _session(http: httpx2.AsyncClient, url: str) -> dict[str, str]:
     return h
 
 
-async def _call(http: httpx2.AsyncClient, url: str, h: dict[str, str], rid: int, name: str,
-                args: dict[str, Any]) -> dict[str, Any]:
-    r = await http.post(url, json={"jsonrpc": "2.0", "id": rid, "method": "tools/call",
-                                   "params": {"name": name, "arguments": args}}, headers=h)
+async def _call(
+    http: httpx2.AsyncClient, url: str, h: dict[str, str], rid: int, name: str, args: dict[str, Any]
+) -> dict[str, Any]:
+    r = await http.post(
+        url,
+        json={"jsonrpc": "2.0", "id": rid, "method": "tools/call", "params": {"name": name, "arguments": args}},
+        headers=h,
+    )
     assert r.status_code == 200, r.text[:300]
     return sse_answer(r)
 
 
 async def test_malformed_client_requests_get_clear_errors(tmp_path: Path) -> None:
     settings = make_settings({"rec": recorder_upstream()}, server={"require_auth": False})
-    async with running_guard(settings) as guard, http_front(guard) as url, \
-            httpx2.AsyncClient(timeout=30) as http:
+    async with running_guard(settings) as guard, http_front(guard) as url, httpx2.AsyncClient(timeout=30) as http:
         h = await _session(http, url)
         deep = "[" * 50_000 + "]" * 50_000
-        body = '{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"rec__echo","arguments":{"x":' \
-            + deep + '}}}'
+        body = (
+            '{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"rec__echo","arguments":{"x":'
+            + deep
+            + "}}}"
+        )
         r = await http.post(url, content=body, headers=h)
         assert r.status_code == 400 and r.json()["error"]["code"] == -32700
         r = await http.post(url, content=b"{not json", headers=h)
@@ -72,8 +82,7 @@ async def test_misbehaving_upstream_cannot_mix_answers(tmp_path: Path) -> None:
         {"rogue": _rogue(max_response_bytes=1024 * 1024), "rec": recorder_upstream()},
         server={"require_auth": False},
     )
-    async with running_guard(settings) as guard, http_front(guard) as url, \
-            httpx2.AsyncClient(timeout=30) as http:
+    async with running_guard(settings) as guard, http_front(guard) as url, httpx2.AsyncClient(timeout=30) as http:
         h = await _session(http, url)
         results: dict[int, dict[str, Any]] = {}
 

@@ -29,15 +29,22 @@ def _settings(tmp_path: Path, **server: object):  # type: ignore[no-untyped-def]
     )
 
 
-INIT = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-    "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "raw", "version": "0"}}}
+INIT = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "raw", "version": "0"}},
+}
 HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
 
 
 async def test_missing_and_wrong_keys_are_401_and_audited(tmp_path: Path) -> None:
     sink = RecordingSink()
-    async with running_guard(_settings(tmp_path), sink=sink) as guard, http_front(guard) as url, \
-            httpx2.AsyncClient(timeout=10) as http:
+    async with (
+        running_guard(_settings(tmp_path), sink=sink) as guard,
+        http_front(guard) as url,
+        httpx2.AsyncClient(timeout=10) as http,
+    ):
         r = await http.post(url, json=INIT, headers=HEADERS)
         assert r.status_code == 401
         r = await http.post(url, json=INIT, headers={**HEADERS, "Authorization": "Bearer wrong-key-abc"})
@@ -65,15 +72,25 @@ async def test_principal_reaches_policy_and_sessions_are_bound(tmp_path: Path) -
             r = await http.post(url, json=INIT, headers={**HEADERS, "Authorization": f"Bearer {ALICE_KEY}"})
             sid = r.headers["mcp-session-id"]
             call = {"jsonrpc": "2.0", "id": 2, "method": "tools/list", "params": {}}
-            r2 = await http.post(url, json=call, headers={**HEADERS, "Authorization": f"Bearer {BOB_KEY}",
-                                                          "mcp-session-id": sid,
-                                                          "mcp-protocol-version": "2025-11-25"})
+            r2 = await http.post(
+                url,
+                json=call,
+                headers={
+                    **HEADERS,
+                    "Authorization": f"Bearer {BOB_KEY}",
+                    "mcp-session-id": sid,
+                    "mcp-protocol-version": "2025-11-25",
+                },
+            )
             assert r2.status_code == 404
 
 
 async def test_dns_rebinding_protection(tmp_path: Path) -> None:
-    async with running_guard(_settings(tmp_path)) as guard, http_front(guard) as url, \
-            httpx2.AsyncClient(timeout=10) as http:
+    async with (
+        running_guard(_settings(tmp_path)) as guard,
+        http_front(guard) as url,
+        httpx2.AsyncClient(timeout=10) as http,
+    ):
         auth = {"Authorization": f"Bearer {ALICE_KEY}"}
         r = await http.post(url, json=INIT, headers={**HEADERS, **auth, "Host": "evil.example:80"})
         assert r.status_code in (403, 421)
@@ -83,8 +100,11 @@ async def test_dns_rebinding_protection(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("mode", ["legacy", "2026-07-28", "auto"])
 async def test_both_protocol_eras(tmp_path: Path, mode: str) -> None:
-    async with running_guard(_settings(tmp_path)) as guard, http_front(guard) as url, \
-            http_client(url, BOB_KEY, mode=mode) as client:
+    async with (
+        running_guard(_settings(tmp_path)) as guard,
+        http_front(guard) as url,
+        http_client(url, BOB_KEY, mode=mode) as client,
+    ):
         tools = (await client.list_tools()).tools
         assert "rec__echo" in {t.name for t in tools}
         r = await client.call_tool("rec__add", {"a": 20, "b": 22})
@@ -96,8 +116,11 @@ async def test_both_protocol_eras(tmp_path: Path, mode: str) -> None:
 
 
 async def test_oversized_request_is_refused(tmp_path: Path) -> None:
-    async with running_guard(_settings(tmp_path, max_request_bytes=2048)) as guard, http_front(guard) as url, \
-            httpx2.AsyncClient(timeout=10) as http:
+    async with (
+        running_guard(_settings(tmp_path, max_request_bytes=2048)) as guard,
+        http_front(guard) as url,
+        httpx2.AsyncClient(timeout=10) as http,
+    ):
         big = {**INIT, "params": {**INIT["params"], "pad": "x" * 10_000}}  # type: ignore[dict-item]
         r = await http.post(url, json=big, headers={**HEADERS, "Authorization": f"Bearer {ALICE_KEY}"})
         assert r.status_code == 413

@@ -42,7 +42,7 @@ def test_data_json_mounted_at_its_directory(tmp_path: Path) -> None:
     write(tmp_path, "p.rego", "package p\n")
     write(tmp_path, "data.json", '{"top": {"a": 1}}')
     write(tmp_path, "top/data.json", '{"b": 2}')
-    write(tmp_path, "x/y/data.json", '[1, 2]')
+    write(tmp_path, "x/y/data.json", "[1, 2]")
     b = load_bundle(tmp_path)
     assert b.data == {"top": {"a": 1, "b": 2}, "x": {"y": [1, 2]}}
     assert len(b.data_files) == 3
@@ -99,11 +99,15 @@ def test_revision_changes_with_any_file(tmp_path: Path) -> None:
 
 def test_test_rules_discovered(tmp_path: Path) -> None:
     write(tmp_path, "p.rego", "package p\n")
-    write(tmp_path, "a_test.rego", (
-        "package a.b\n\nimport rego.v1\n\n"
-        "test_one if true\n\ntest_two := true\n\ntest_one if false\n\n"
-        "helper_test_x := 1\n\n  test_indented_is_not_a_head := 1\n"
-    ))
+    write(
+        tmp_path,
+        "a_test.rego",
+        (
+            "package a.b\n\nimport rego.v1\n\n"
+            "test_one if true\n\ntest_two := true\n\ntest_one if false\n\n"
+            "helper_test_x := 1\n\n  test_indented_is_not_a_head := 1\n"
+        ),
+    )
     b = load_bundle(tmp_path)
     assert [r.ref for r in b.test_rules()] == ["data.a.b.test_one", "data.a.b.test_two"]
     write(tmp_path, "nopkg_test.rego", "test_x if true\n")

@@ -10,8 +10,9 @@ from mcp_guard.policy.base import decision_from_result
 
 
 def test_allow_with_reasons_and_obligations() -> None:
-    d = decision_from_result("data.p.d", {"allow": True, "reasons": ["ok"], "obligations": {"secrets": ["s"]}},
-                             revision="r1")
+    d = decision_from_result(
+        "data.p.d", {"allow": True, "reasons": ["ok"], "obligations": {"secrets": ["s"]}}, revision="r1"
+    )
     assert d.allow is True and d.reasons == ("ok",) and d.obligations == {"secrets": ["s"]}
     assert d.revision == "r1" and d.code is None
 

@@ -26,11 +26,17 @@ def engine_for(tmp_path: Path, rego: str, *, decision: str = "t/decision", timeo
     return EmbeddedEngine(load_bundle(tmp_path), decision=decision, timeout_ms=timeout_ms)
 
 
-def policy_input(principal: str, roles: tuple[str, ...], server: str, tool: str, annotations: dict[str, bool],
-                 **arguments: object) -> PolicyInput:
+def policy_input(
+    principal: str, roles: tuple[str, ...], server: str, tool: str, annotations: dict[str, bool], **arguments: object
+) -> PolicyInput:
     return PolicyInput(
-        action="tools/call", principal=Principal(principal, roles), session=SessionInfo("s", "stdio"),
-        server=server, tool=tool, arguments=arguments, tool_info=ToolInfo(annotations=annotations),
+        action="tools/call",
+        principal=Principal(principal, roles),
+        session=SessionInfo("s", "stdio"),
+        server=server,
+        tool=tool,
+        arguments=arguments,
+        tool_info=ToolInfo(annotations=annotations),
     )
 
 
@@ -81,10 +87,10 @@ async def test_set_valued_reasons_are_accepted_as_list(tmp_path: Path) -> None:
 
 
 async def test_builtin_error_is_engine_error(tmp_path: Path) -> None:
-    engine = engine_for(tmp_path, (
-        'package t\n\ndeny contains "big" if to_number(input.n) > 5\n\n'
-        'decision := {"allow": count(deny) == 0}\n'
-    ))
+    engine = engine_for(
+        tmp_path,
+        ('package t\n\ndeny contains "big" if to_number(input.n) > 5\n\ndecision := {"allow": count(deny) == 0}\n'),
+    )
     assert (await engine.evaluate_document({"n": "3"})).allow is True
     d = await engine.evaluate_document({"n": "three"})
     assert d.allow is False and d.code == "engine_error"
@@ -153,6 +159,6 @@ async def test_reload_swaps_and_keeps_last_good(tmp_path: Path) -> None:
 
 async def test_test_files_are_not_loaded_for_decisions(tmp_path: Path) -> None:
     (tmp_path / "t_test.rego").write_text('package t\n\ndecision := {"allow": true}\n')
-    engine = engine_for(tmp_path, 'package t\n\nother := 1\n')
+    engine = engine_for(tmp_path, "package t\n\nother := 1\n")
     d = await engine.evaluate_document({})
     assert d.code == "policy_undefined"

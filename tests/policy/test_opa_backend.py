@@ -53,8 +53,11 @@ async def _handler(request: web.Request) -> web.StreamResponse:
         needs = fake.reject.get(pid)
         if needs and needs not in fake.policies:
             problem = {"message": f"undefined function {needs}", "location": {"file": pid, "row": 3, "col": 2}}
-            err = {"code": "invalid_parameter", "message": "error(s) occurred while compiling module(s)",
-                   "errors": [problem]}
+            err = {
+                "code": "invalid_parameter",
+                "message": "error(s) occurred while compiling module(s)",
+                "errors": [problem],
+            }
             return web.json_response(err, status=400)
         fake.policies[pid] = await request.text()
         return web.json_response({})

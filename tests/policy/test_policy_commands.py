@@ -16,8 +16,12 @@ BUNDLE = REPO / "policies" / "rego"
 
 def doc(principal: str, server: str, tool: str, annotations: dict[str, bool], **arguments: object) -> dict[str, object]:
     return {
-        "action": "tools/call", "principal": {"id": principal, "roles": [], "attributes": {}},
-        "server": server, "tool": tool, "arguments": arguments, "tool_info": {"annotations": annotations},
+        "action": "tools/call",
+        "principal": {"id": principal, "roles": [], "attributes": {}},
+        "server": server,
+        "tool": tool,
+        "arguments": arguments,
+        "tool_info": {"annotations": annotations},
         "context": {"session_calls": 1},
     }
 
@@ -53,8 +57,9 @@ def test_eval_deny_exit_1(tmp_path: Path, config: Path, capsys: pytest.CaptureFi
 
 
 def test_eval_reads_stdin(config: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("sys.stdin", io.StringIO(json.dumps(doc("bob", "warehouse", "query", {"readOnlyHint": True},
-                                                                sql="select 1"))))
+    monkeypatch.setattr(
+        "sys.stdin", io.StringIO(json.dumps(doc("bob", "warehouse", "query", {"readOnlyHint": True}, sql="select 1")))
+    )
     rc, out, _ = run(capsys, "policy", "eval", "-c", str(config), "--input", "-")
     assert rc == 0 and json.loads(out)["reasons"] == ["role 'analyst' allows warehouse__query"]
 
@@ -70,8 +75,9 @@ def test_eval_fail_closed_deny_exit_1(tmp_path: Path, capsys: pytest.CaptureFixt
 
 
 @pytest.mark.parametrize(("content", "message"), [("{oops", "input is not JSON"), ("[1]", "must be a JSON object")])
-def test_eval_bad_input_exit_2(tmp_path: Path, config: Path, capsys: pytest.CaptureFixture[str],
-                               content: str, message: str) -> None:
+def test_eval_bad_input_exit_2(
+    tmp_path: Path, config: Path, capsys: pytest.CaptureFixture[str], content: str, message: str
+) -> None:
     f = tmp_path / "in.json"
     f.write_text(content)
     rc, out, err = run(capsys, "policy", "eval", "-c", str(config), "-i", str(f))

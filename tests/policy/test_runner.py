@@ -14,13 +14,13 @@ from mcp_guard.policy.runner import format_report, run_tests_embedded
 
 REPO = Path(__file__).resolve().parents[2]
 
-POLICY = 'package t\n\nimport rego.v1\n\ndouble(n) := n * 2\n\nboom := to_number(input.s)\n'
+POLICY = "package t\n\nimport rego.v1\n\ndouble(n) := n * 2\n\nboom := to_number(input.s)\n"
 TESTS = (
     "package t\n\nimport rego.v1\n\n"
     "test_double if double(2) == 4\n\n"
     "test_double_wrong if double(2) == 5\n\n"
-    "test_with_input if boom == 3 with input as {\"s\": \"3\"}\n\n"
-    "test_error if boom == 3 with input as {\"s\": \"x\"}\n\n"
+    'test_with_input if boom == 3 with input as {"s": "3"}\n\n'
+    'test_error if boom == 3 with input as {"s": "x"}\n\n'
     "test_not_bool := 7\n"
 )
 

@@ -19,38 +19,60 @@ __all__ = ["register"]
 
 def register(subparsers: Any) -> None:
     audit = subparsers.add_parser(
-        "audit", help="read the audit trail: tail, verify, export",
+        "audit",
+        help="read the audit trail: tail, verify, export",
         description="Read the audit trail the proxy writes (tail it live, verify its hash chain, export it).",
     )
     audit.set_defaults(func=lambda _args: _usage(audit))
     sub = audit.add_subparsers(dest="audit_command", metavar="COMMAND")
 
-    tail = sub.add_parser("tail", help="show recent events, one line each; -f to follow live",
-                          description="Show audit events, one line each (newest last).")
+    tail = sub.add_parser(
+        "tail",
+        help="show recent events, one line each; -f to follow live",
+        description="Show audit events, one line each (newest last).",
+    )
     _add_source(tail)
     tail.add_argument("-f", "--follow", action="store_true", help="keep printing new events as they are written")
-    tail.add_argument("-n", "--lines", type=_non_negative, metavar="N",
-                      help="show the last N matching events first (default 20; all of them with --since)")
+    tail.add_argument(
+        "-n",
+        "--lines",
+        type=_non_negative,
+        metavar="N",
+        help="show the last N matching events first (default 20; all of them with --since)",
+    )
     _add_filters(tail)
     tail.add_argument("--json", action="store_true", help="one JSON object per line")
-    tail.add_argument("--color", "--colour", dest="color", choices=("auto", "always", "never"), default="auto",
-                      help="colour the output (default: auto, only on a terminal and without NO_COLOR)")
+    tail.add_argument(
+        "--color",
+        "--colour",
+        dest="color",
+        choices=("auto", "always", "never"),
+        default="auto",
+        help="colour the output (default: auto, only on a terminal and without NO_COLOR)",
+    )
     tail.add_argument("--interval", type=float, default=0.05, metavar="SECONDS", help=argparse.SUPPRESS)
     tail.set_defaults(func=_tail)
 
-    verify = sub.add_parser("verify", help="check the hash chain; exit 1 naming the first bad row",
-                            description="Walk the hash chain; print the head (seq, hash) to anchor elsewhere.")
+    verify = sub.add_parser(
+        "verify",
+        help="check the hash chain; exit 1 naming the first bad row",
+        description="Walk the hash chain; print the head (seq, hash) to anchor elsewhere.",
+    )
     _add_source(verify)
     verify.add_argument("--json", action="store_true", help="print the result as one JSON object")
     verify.set_defaults(func=_verify)
 
-    export = sub.add_parser("export", help="write events as JSON Lines (for a SIEM)",
-                            description="Write audit events as JSON Lines, every column included.")
+    export = sub.add_parser(
+        "export",
+        help="write events as JSON Lines (for a SIEM)",
+        description="Write audit events as JSON Lines, every column included.",
+    )
     _add_source(export)
     export.add_argument("--format", choices=("jsonl",), default="jsonl", help="output format (default jsonl)")
     export.add_argument("--since", metavar="WHEN", help="only events since WHEN (10m, 2h, 1d or RFC3339)")
-    export.add_argument("--after-seq", type=_non_negative, metavar="SEQ",
-                        help="only events after this seq (incremental shipping)")
+    export.add_argument(
+        "--after-seq", type=_non_negative, metavar="SEQ", help="only events after this seq (incremental shipping)"
+    )
     export.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
     export.set_defaults(func=_export)
 
@@ -95,8 +117,13 @@ def _add_filters(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--server", metavar="NAME", help="only events about this upstream")
     parser.add_argument("--tool", metavar="NAME", help="only events about this tool (upstream-local name)")
     parser.add_argument("--decision", choices=("allow", "deny"), help="only decisions of this kind")
-    parser.add_argument("--kind", action="append", default=[], metavar="KIND",
-                        help="only events of this kind (repeatable; 'call.*' matches a prefix)")
+    parser.add_argument(
+        "--kind",
+        action="append",
+        default=[],
+        metavar="KIND",
+        help="only events of this kind (repeatable; 'call.*' matches a prefix)",
+    )
 
 
 def _db_path(args: argparse.Namespace) -> Path:
@@ -124,14 +151,24 @@ def _tail(args: argparse.Namespace) -> int:
     from mcp_guard.audit.tail import tail, use_colour
 
     filters = Filters(
-        since=_since(args.since), principal=args.principal, server=args.server, tool=args.tool,
-        decision=args.decision, kinds=tuple(args.kind),
+        since=_since(args.since),
+        principal=args.principal,
+        server=args.server,
+        tool=args.tool,
+        decision=args.decision,
+        kinds=tuple(args.kind),
     )
     last = args.lines if args.lines is not None else (None if args.since else 20)
     try:
         tail(
-            _db_path(args), filters, sys.stdout, last=last, follow=args.follow, as_json=args.json,
-            colour=not args.json and use_colour(sys.stdout, args.color), interval=max(args.interval, 0.001),
+            _db_path(args),
+            filters,
+            sys.stdout,
+            last=last,
+            follow=args.follow,
+            as_json=args.json,
+            colour=not args.json and use_colour(sys.stdout, args.color),
+            interval=max(args.interval, 0.001),
         )
     except BrokenPipeError:
         return _quiet_broken_pipe()
@@ -148,12 +185,20 @@ def _verify(args: argparse.Namespace) -> int:
     for warning in result.warnings:
         print(f"warning: {path}: {warning}", file=sys.stderr)
     if args.json:
-        print(json.dumps({
-            "ok": result.ok, "rows": result.rows, "bad_seq": result.bad_seq, "problem": result.problem,
-            "head": {"seq": result.head_seq, "hash": result.head_hash},
-            "last_good": {"seq": result.last_good_seq, "hash": result.last_good_hash},
-            "warnings": list(result.warnings),
-        }, sort_keys=True))
+        print(
+            json.dumps(
+                {
+                    "ok": result.ok,
+                    "rows": result.rows,
+                    "bad_seq": result.bad_seq,
+                    "problem": result.problem,
+                    "head": {"seq": result.head_seq, "hash": result.head_hash},
+                    "last_good": {"seq": result.last_good_seq, "hash": result.last_good_hash},
+                    "warnings": list(result.warnings),
+                },
+                sort_keys=True,
+            )
+        )
         return 0 if result.ok else 1
     if result.ok:
         if result.head_seq is None:

@@ -69,9 +69,7 @@ __all__ = ["AuditStats", "AuditStore"]
 
 log = structlog.get_logger("mcp_guard.audit")
 
-_INSERT_INTO = (
-    f"INSERT INTO audit_events (seq, {', '.join(schema.BODY_COLUMNS)}, prev_hash, hash) VALUES "
-)
+_INSERT_INTO = f"INSERT INTO audit_events (seq, {', '.join(schema.BODY_COLUMNS)}, prev_hash, hash) VALUES "
 _ROW_PARAMS = f"({', '.join('?' for _ in schema.COLUMNS)})"
 _MAX_CHUNK = 512  # rows per INSERT: 512 x 18 parameters stays far below SQLite's 32766
 _HEAD = "SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1"
@@ -86,6 +84,8 @@ def _insert_sql(rows: int) -> str:
 async def _read_head(db: aiosqlite.Connection) -> tuple[int, str]:
     rows = list(await db.execute_fetchall(_HEAD))
     return (int(rows[0][0]), str(rows[0][1])) if rows else (0, GENESIS_HASH)
+
+
 _WAL_BACKSTOP_PAGES = 16384  # the writer checkpoints itself only if the checkpointer falls this far behind
 
 
@@ -117,8 +117,21 @@ class _Pending:
 
 # The order of _values() below; checked against the schema at import.
 _VALUE_ORDER = (
-    "event_id", "ts", "kind", "session_id", "decision_id", "principal", "server", "tool", "decision",
-    "reasons", "arguments", "result", "duration_ms", "policy_revision", "details",
+    "event_id",
+    "ts",
+    "kind",
+    "session_id",
+    "decision_id",
+    "principal",
+    "server",
+    "tool",
+    "decision",
+    "reasons",
+    "arguments",
+    "result",
+    "duration_ms",
+    "policy_revision",
+    "details",
 )
 assert _VALUE_ORDER == schema.BODY_COLUMNS, "store._values() is out of step with schema.BODY_COLUMNS"
 
@@ -263,8 +276,14 @@ class AuditStore:
         db = await _connect(p, busy_timeout)
         try:
             store = cls(
-                db, p, await _read_head(db), batch_max=batch_max, queue_max=queue_max, record_timeout=record_timeout,
-                close_timeout=close_timeout, checkpoint_interval=checkpoint_interval,
+                db,
+                p,
+                await _read_head(db),
+                batch_max=batch_max,
+                queue_max=queue_max,
+                record_timeout=record_timeout,
+                close_timeout=close_timeout,
+                checkpoint_interval=checkpoint_interval,
             )
             async with anyio.create_task_group() as tg:
                 await tg.start(store._run_writer)
@@ -350,8 +369,7 @@ class AuditStore:
         self.stats.dropped += 1
         dropped = self.stats.dropped
         if dropped & (dropped - 1) == 0:  # 1st, 2nd, 4th, 8th… drop: loud, without flooding the log
-            log.error("audit.event_dropped", kind=event.kind, event_id=event.event_id, problem=problem,
-                      dropped=dropped)
+            log.error("audit.event_dropped", kind=event.kind, event_id=event.event_id, problem=problem, dropped=dropped)
 
     async def aclose(self) -> None:
         """Refuse new events, commit the queued ones (within ``close_timeout``), stop the writer."""
@@ -510,7 +528,7 @@ class AuditStore:
             start = 0
             while start < len(rows):
                 size = min(1 << ((len(rows) - start).bit_length() - 1), _MAX_CHUNK)
-                chunk = rows[start:start + size]
+                chunk = rows[start : start + size]
                 await self._db.execute(_insert_sql(size), [v for row in chunk for v in row])
                 start += size
             await self._db.execute("COMMIT")
@@ -620,6 +638,5 @@ async def _connect(path: Path, busy_timeout: float) -> aiosqlite.Connection:
         if isinstance(e, sqlite3.Error):
             raise AuditError(f"{path}: cannot open the audit database: {e}") from None
         raise
-    log.debug("audit.opened", path=str(path), schema_version=version,
-              ms=round((time.monotonic() - started) * 1000, 1))
+    log.debug("audit.opened", path=str(path), schema_version=version, ms=round((time.monotonic() - started) * 1000, 1))
     return db

@@ -35,8 +35,11 @@ def use_colour(stream: TextIO, choice: str = "auto") -> bool:
 
 
 def _short(value: Any, limit: int = 160) -> str:
-    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, sort_keys=True,
-                                                            separators=(",", ":"))
+    text = (
+        value
+        if isinstance(value, str)
+        else json.dumps(value, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+    )
     text = " ".join(text.split())  # one line, whatever the content
     return text if len(text) <= limit else text[: limit - 1] + "…"
 

@@ -58,14 +58,21 @@ def verify_chain(conn: sqlite3.Connection) -> VerifyResult:
 
         def bad(seq: int, problem: str) -> VerifyResult:
             return VerifyResult(
-                ok=False, rows=checked, head_seq=head_seq, head_hash=head_hash, bad_seq=seq,
-                problem=problem, last_good_seq=good[0], last_good_hash=good[1], warnings=warnings,
+                ok=False,
+                rows=checked,
+                head_seq=head_seq,
+                head_hash=head_hash,
+                bad_seq=seq,
+                problem=problem,
+                last_good_seq=good[0],
+                last_good_hash=good[1],
+                warnings=warnings,
             )
 
         cursor = conn.execute(f"SELECT {columns} FROM audit_events ORDER BY seq")
         for row in cursor:
             checked += 1
-            seq, values, stored_prev, stored_hash = row[0], row[1:1 + n_body], row[-2], row[-1]
+            seq, values, stored_prev, stored_hash = row[0], row[1 : 1 + n_body], row[-2], row[-1]
             if not isinstance(seq, int) or seq < expected_seq:
                 return bad(seq, f"row {seq!r} is not part of the chain (seq must count up from 1)")
             if seq > expected_seq:
@@ -93,8 +100,15 @@ def verify_chain(conn: sqlite3.Connection) -> VerifyResult:
             prev_prev, prev = prev, stored_hash
             good = (seq, stored_hash)
             expected_seq += 1
-        return VerifyResult(ok=True, rows=checked, head_seq=head_seq, head_hash=head_hash,
-                            last_good_seq=good[0], last_good_hash=good[1], warnings=warnings)
+        return VerifyResult(
+            ok=True,
+            rows=checked,
+            head_seq=head_seq,
+            head_hash=head_hash,
+            last_good_seq=good[0],
+            last_good_hash=good[1],
+            warnings=warnings,
+        )
     except sqlite3.Error as e:
         raise AuditError(f"cannot read the audit database: {e}") from None
     finally:
@@ -113,9 +127,7 @@ def verify_file(path: str | Path) -> VerifyResult:
 
 def _schema_warnings(conn: sqlite3.Connection) -> tuple[str, ...]:
     try:
-        names: set[Any] = {
-            r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")
-        }
+        names: set[Any] = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")}
     except sqlite3.Error:
         return ()
     missing = [t for t in _TRIGGERS if t not in names]

@@ -91,9 +91,15 @@ def _client(scope: Scope) -> str | None:
 
 async def _unauthorized(send: Send, message: str) -> None:
     body = json.dumps({"jsonrpc": "2.0", "id": None, "error": {"code": -32001, "message": message}}).encode()
-    await send({
-        "type": "http.response.start", "status": 401,
-        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                    (b"www-authenticate", b'Bearer realm="mcp-guard"')],
-    })
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 401,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"www-authenticate", b'Bearer realm="mcp-guard"'),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body})

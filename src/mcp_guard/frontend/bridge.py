@@ -90,8 +90,9 @@ _ANSWER: dict[str, TypeAdapter[Any]] = {
 _Answer = types.ElicitResult | types.CreateMessageResult | types.CreateMessageResultWithTools | types.ListRootsResult
 
 
-def missing_capability(method: str, params: dict[str, Any], caps: types.ClientCapabilities | None
-                       ) -> dict[str, Any] | None:
+def missing_capability(
+    method: str, params: dict[str, Any], caps: types.ClientCapabilities | None
+) -> dict[str, Any] | None:
     """The ``requiredCapabilities`` a client lacks to answer ``method`` with ``params`` (None: it can)."""
     if method == "sampling/createMessage":
         sampling = caps.sampling if caps is not None else None
@@ -174,12 +175,14 @@ class _Pending:
         for ask in [a for a in self.asks.values() if a.missing is not None]:
             del self.asks[ask.key]
             log.info("bridge.capability_missing", call=self.id, method=ask.method, required=ask.missing)
-            ask.resolve(types.ErrorData(
-                code=types.MISSING_REQUIRED_CLIENT_CAPABILITY,
-                message=f"The client did not declare the capability {ask.method} needs: "
-                        f"{json.dumps(ask.missing, separators=(',', ':'))}",
-                data={"requiredCapabilities": ask.missing},
-            ))
+            ask.resolve(
+                types.ErrorData(
+                    code=types.MISSING_REQUIRED_CLIENT_CAPABILITY,
+                    message=f"The client did not declare the capability {ask.method} needs: "
+                    f"{json.dumps(ask.missing, separators=(',', ':'))}",
+                    data={"requiredCapabilities": ask.missing},
+                )
+            )
         self.notify()
 
     def fail_asks(self, message: str) -> None:
@@ -204,11 +207,16 @@ class BridgeDownstream:
     async def _ask(self, method: str, params: dict[str, Any]) -> _Answer | types.ErrorData:
         p = self._p
         if p.closed or p.final is not None:
-            return types.ErrorData(code=types.INVALID_REQUEST,
-                                   message=f"mcp-guard: {method} arrived after the client's call ended")
+            return types.ErrorData(
+                code=types.INVALID_REQUEST, message=f"mcp-guard: {method} arrived after the client's call ended"
+            )
         p.seq += 1
-        ask = _Ask(key=f"{_KEY_PREFIX.get(method, 'input')}-{p.seq}", method=method, params=params,
-                   missing=missing_capability(method, params, p.caps))
+        ask = _Ask(
+            key=f"{_KEY_PREFIX.get(method, 'input')}-{p.seq}",
+            method=method,
+            params=params,
+            missing=missing_capability(method, params, p.caps),
+        )
         p.asks[ask.key] = ask
         if ask.missing is not None and not p.busy and not p.askable():
             p.refuse_held()  # parked with nothing the client could answer: no round will hold it
@@ -245,14 +253,16 @@ class BridgeDownstream:
     async def log_message(self, params: types.LoggingMessageNotificationParams) -> None:
         ctx = self._p.ctx
         if ctx is None:  # between rounds: no client request to carry it
-            log.info("upstream.log", call=self._p.id, level=params.level, logger=params.logger,
-                     data=str(params.data)[:2000])
+            log.info(
+                "upstream.log", call=self._p.id, level=params.level, logger=params.logger, data=str(params.data)[:2000]
+            )
             return
         with anyio.move_on_after(_NOTIFY_TIMEOUT_S), contextlib.suppress(Exception), warnings.catch_warnings():
             # Relaying an upstream's log message is deprecated in 2026-07-28 but still allowed (opt-in per request).
             warnings.simplefilter("ignore", MCPDeprecationWarning)
-            await ctx.session.send_log_message(params.level, params.data, params.logger,
-                                               related_request_id=ctx.request_id)
+            await ctx.session.send_log_message(
+                params.level, params.data, params.logger, related_request_id=ctx.request_id
+            )
 
     async def progress(self, progress: float, total: float | None, message: str | None) -> None:
         """Upstream progress, relayed on the round being served (dropped between rounds)."""
@@ -294,8 +304,9 @@ class Bridge:
         self._tg = tg
 
     # ------------------------------------------------------------------ entry point
-    async def run(self, ctx: ServerRequestContext[Any, Any], sess: ClientSession, call: CallContext, params: Any,
-                  run: CallNext) -> Outcome | dict[str, Any]:
+    async def run(
+        self, ctx: ServerRequestContext[Any, Any], sess: ClientSession, call: CallContext, params: Any, run: CallNext
+    ) -> Outcome | dict[str, Any]:
         """Run ``call`` for a 2026-07-28 client: its final :class:`Outcome`, or an ``InputRequiredResult`` dict.
 
         ``params`` are the request's params (``request_state`` / ``input_responses`` read from them);
@@ -314,13 +325,16 @@ class Bridge:
         if self._tg is None:
             raise MCPError(code=types.INTERNAL_ERROR, message="mcp-guard: the input-required bridge is not running")
         if len(self.calls) >= self.max_pending:
-            raise MCPError(code=types.INTERNAL_ERROR,
-                           message=f"mcp-guard: too many calls waiting for client input ({self.max_pending}); "
-                                   "retry later")
+            raise MCPError(
+                code=types.INTERNAL_ERROR,
+                message=f"mcp-guard: too many calls waiting for client input ({self.max_pending}); retry later",
+            )
         if sum(1 for p in self.calls.values() if p.principal == call.principal.id) >= self.max_per_principal:
-            raise MCPError(code=types.INTERNAL_ERROR,
-                           message=f"mcp-guard: principal {call.principal.id!r} has {self.max_per_principal} calls "
-                                   "waiting for input already; answer or abandon some first")
+            raise MCPError(
+                code=types.INTERNAL_ERROR,
+                message=f"mcp-guard: principal {call.principal.id!r} has {self.max_per_principal} calls "
+                "waiting for input already; answer or abandon some first",
+            )
         pending = _Pending(new_id(), call.principal.id, binding, call.timeout_s or 60.0)
         downstream = BridgeDownstream(pending)
         bridged = dataclasses.replace(call, downstream=downstream, progress=downstream.progress)
@@ -336,19 +350,28 @@ class Bridge:
         pending = self.calls.get(call_id)
         if not hmac.compare_digest(mac, self._mac(call_id, rnd, binding)):
             if pending is not None and hmac.compare_digest(mac, self._mac(call_id, rnd, pending.binding)):
-                raise _bad_state("requestState belongs to another request: the principal, method, name or "
-                                 "arguments of this retry differ from those of the call that issued it")
-            raise _bad_state("requestState failed its integrity check (altered, or issued by another "
-                             "mcp-guard process)")
+                raise _bad_state(
+                    "requestState belongs to another request: the principal, method, name or "
+                    "arguments of this retry differ from those of the call that issued it"
+                )
+            raise _bad_state(
+                "requestState failed its integrity check (altered, or issued by another mcp-guard process)"
+            )
         if pending is None or pending.closed:
-            raise _bad_state("requestState names a call that is no longer pending (it ended, expired, or "
-                             "mcp-guard restarted); send the request again without requestState")
+            raise _bad_state(
+                "requestState names a call that is no longer pending (it ended, expired, or "
+                "mcp-guard restarted); send the request again without requestState"
+            )
         if rnd != pending.round:
-            raise _bad_state(f"requestState is stale: round {rnd} of this call was already answered "
-                             f"(the current round is {pending.round})")
+            raise _bad_state(
+                f"requestState is stale: round {rnd} of this call was already answered "
+                f"(the current round is {pending.round})"
+            )
         if pending.busy:
-            raise MCPError(code=types.INVALID_REQUEST,
-                           message="mcp-guard: another retry of this call is being served; wait for its answer")
+            raise MCPError(
+                code=types.INVALID_REQUEST,
+                message="mcp-guard: another retry of this call is being served; wait for its answer",
+            )
         self._deliver(pending, responses)
         return pending
 
@@ -368,10 +391,12 @@ class Bridge:
             try:
                 answers[key] = _ANSWER[ask.method].validate_python(raw, by_name=False)
             except ValidationError as e:
-                raise MCPError(code=types.INVALID_PARAMS,
-                               message=f"inputResponses[{key!r}] is not a valid {ask.method} result: "
-                                       f"{e.errors()[0].get('msg', 'invalid')}",
-                               data={"key": key}) from None
+                raise MCPError(
+                    code=types.INVALID_PARAMS,
+                    message=f"inputResponses[{key!r}] is not a valid {ask.method} result: "
+                    f"{e.errors()[0].get('msg', 'invalid')}",
+                    data={"key": key},
+                ) from None
         for key, answer in answers.items():
             pending.asks.pop(key).resolve(answer)
         if answers:
@@ -387,12 +412,18 @@ class Bridge:
                     outcome = await run(call)
                 except Exception as e:  # the pipeline's stages turn failures into outcomes; this is a bug
                     log.exception("bridge.call_failed", call=pending.id)
-                    outcome = Outcome(error=types.ErrorData(code=types.INTERNAL_ERROR,
-                                                            message=f"mcp-guard internal error: {type(e).__name__}"))
+                    outcome = Outcome(
+                        error=types.ErrorData(
+                            code=types.INTERNAL_ERROR, message=f"mcp-guard internal error: {type(e).__name__}"
+                        )
+                    )
             if scope.cancelled_caught:
-                outcome = Outcome(error=types.ErrorData(
-                    code=types.INTERNAL_ERROR,
-                    message="mcp-guard: the call was cancelled after its client stopped answering"))
+                outcome = Outcome(
+                    error=types.ErrorData(
+                        code=types.INTERNAL_ERROR,
+                        message="mcp-guard: the call was cancelled after its client stopped answering",
+                    )
+                )
             pending.final = outcome
             pending.fail_asks("mcp-guard: the call ended before the client answered")
             pending.notify()
@@ -409,8 +440,13 @@ class Bridge:
                 await changed.wait()
 
     def _expire(self, pending: _Pending) -> None:
-        log.info("bridge.expired", call=pending.id, round=pending.round, open=list(pending.asks),
-                 finished=pending.final is not None)
+        log.info(
+            "bridge.expired",
+            call=pending.id,
+            round=pending.round,
+            open=list(pending.asks),
+            finished=pending.final is not None,
+        )
         self._close(pending)
         pending.fail_asks(f"mcp-guard: the client did not answer within {self.pending_ttl_s:g}s")
         if pending.final is None and pending.scope is not None:
@@ -437,9 +473,11 @@ class Bridge:
                         break
                     pending.refuse_held()  # only questions the client cannot answer: refuse, wait for more
         except TimeoutError:
-            raise MCPError(code=types.INTERNAL_ERROR,
-                           message=f"mcp-guard: the upstream neither answered nor asked anything within "
-                                   f"{pending.timeout_s + 10:g}s") from None
+            raise MCPError(
+                code=types.INTERNAL_ERROR,
+                message=f"mcp-guard: the upstream neither answered nor asked anything within "
+                f"{pending.timeout_s + 10:g}s",
+            ) from None
         finally:
             pending.busy, pending.ctx = False, None
             if not pending.closed:
@@ -452,8 +490,13 @@ class Bridge:
         asks = pending.askable()
         for ask in asks:
             ask.sent = True
-        log.info("bridge.input_required", call=pending.id, round=pending.round, keys=[a.key for a in asks],
-                 held=len(pending.asks) - len(asks))
+        log.info(
+            "bridge.input_required",
+            call=pending.id,
+            round=pending.round,
+            keys=[a.key for a in asks],
+            held=len(pending.asks) - len(asks),
+        )
         return {
             "resultType": "input_required",
             "inputRequests": {ask.key: ask.wire() for ask in asks},

@@ -34,7 +34,7 @@ from mcp_guard.pipeline.forward import DENIED, is_guard_error
 from mcp_guard.pipeline.secrets import strip_meta_credentials
 from mcp_guard.pipeline.visibility import Visibility
 from mcp_guard.settings import Settings
-from mcp_guard.types import AuditEvent, Decision, ToolInfo
+from mcp_guard.types import AuditEvent, Decision, EventKind, ReasonCode, ToolInfo
 from mcp_guard.upstream.registry import Registry
 
 __all__ = ["Handlers", "PrincipalResolver"]
@@ -79,19 +79,26 @@ class Handlers:
         end = start + size
         return items[start:end], (str(end) if end < len(items) else None)
 
-    def _list_event(self, sess: ClientSession, kind: str, names: list[str]) -> None:
-        self.sink.record_nowait(AuditEvent(
-            kind=kind, session_id=sess.id, principal=sess.principal.id,
-            details={"visible": names, "count": len(names)},
-        ))
+    def _list_event(self, sess: ClientSession, kind: EventKind, names: list[str]) -> None:
+        self.sink.record_nowait(
+            AuditEvent(
+                kind=kind,
+                session_id=sess.id,
+                principal=sess.principal.id,
+                details={"visible": names, "count": len(names)},
+            )
+        )
 
     @staticmethod
     def _forward_meta(meta: Any) -> types.RequestParamsMeta | None:
         """The client's ``_meta`` as it may travel upstream (hop-by-hop and credential keys removed)."""
         if meta is None:
             return None
-        raw = (meta.model_dump(by_alias=True, mode="json", exclude_none=True) if hasattr(meta, "model_dump")
-               else dict(meta))
+        raw = (
+            meta.model_dump(by_alias=True, mode="json", exclude_none=True)
+            if hasattr(meta, "model_dump")
+            else dict(meta)
+        )
         kept = {k: v for k, v in raw.items() if k not in _META_DROP and not k.startswith(_META_RESERVED_PREFIX)}
         # No token passthrough: credential-named keys and credential-shaped values stay with us.
         safe, removed = strip_meta_credentials(kept)
@@ -115,21 +122,33 @@ class Handlers:
         sess.calls += 1
         progress = None
         if ctx.meta is not None and ctx.meta.get("progress_token") is not None:
+
             async def progress(p: float, total: float | None, message: str | None) -> None:
                 await ctx.session.report_progress(p, total, message)
+
         up = self.settings.upstreams.get(server)
         return CallContext(
-            action=action, principal=sess.principal, session=sess.info, server=server, target=target,
-            exposed=exposed, arguments=arguments, request=request, tool_info=tool_info,
-            session_calls=sess.calls, progress=progress, timeout_s=up.timeout_s if up else None,
+            action=action,
+            principal=sess.principal,
+            session=sess.info,
+            server=server,
+            target=target,
+            exposed=exposed,
+            arguments=arguments,
+            request=request,
+            tool_info=tool_info,
+            session_calls=sess.calls,
+            progress=progress,
+            timeout_s=up.timeout_s if up else None,
             downstream=RequestDownstream(sess, ctx, timeout_s=up.timeout_s if up else 60.0),
         )
 
     async def _run(self, call: CallContext) -> Outcome:
         return await self.chain(call)
 
-    async def _run_for(self, ctx: ServerRequestContext[Any, Any], sess: ClientSession, call: CallContext,
-                       params: Any) -> Outcome | dict[str, Any]:
+    async def _run_for(
+        self, ctx: ServerRequestContext[Any, Any], sess: ClientSession, call: CallContext, params: Any
+    ) -> Outcome | dict[str, Any]:
         """Run a call that may need the client's input; for a 2026-07-28 client that is an InputRequiredResult
         dict (returned as is) until its retries complete the call (see mcp_guard.frontend.bridge)."""
         if sess.modern and self.bridge is not None:
@@ -137,12 +156,23 @@ class Handlers:
         return await self._run(call)
 
     async def _unknown(self, sess: ClientSession, action: str, exposed: str, what: str) -> Decision:
-        d = Decision.deny("unknown_target", f"{what} {exposed!r} does not exist (names are '<upstream>"
-                          f"{self.settings.server.tool_separator}<name>'; list them first)")
-        self.sink.record_nowait(AuditEvent(
-            kind="call.decision", session_id=sess.id, decision_id=d.decision_id, principal=sess.principal.id,
-            tool=exposed, decision="deny", reasons=d.reasons, details={"action": action},
-        ))
+        d = Decision.deny(
+            ReasonCode.UNKNOWN_TARGET,
+            f"{what} {exposed!r} does not exist (names are '<upstream>"
+            f"{self.settings.server.tool_separator}<name>'; list them first)",
+        )
+        self.sink.record_nowait(
+            AuditEvent(
+                kind=EventKind.CALL_DECISION,
+                session_id=sess.id,
+                decision_id=d.decision_id,
+                principal=sess.principal.id,
+                tool=exposed,
+                decision="deny",
+                reasons=d.reasons,
+                details={"action": action},
+            )
+        )
         return d
 
     @staticmethod
@@ -154,13 +184,22 @@ class Handlers:
         return {
             "content": [{"type": "text", "text": self._deny_text(d)}],
             "isError": True,
-            "_meta": {"mcp-guard/decision": {"allow": False, "reasons": list(d.reasons),
-                                             "decision_id": d.decision_id, "code": d.code}},
+            "_meta": {
+                "mcp-guard/decision": {
+                    "allow": False,
+                    "reasons": list(d.reasons),
+                    "decision_id": d.decision_id,
+                    "code": d.code,
+                }
+            },
         }
 
     def _deny_error(self, d: Decision) -> MCPError:
-        return MCPError(code=DENIED, message=self._deny_text(d),
-                        data={"reasons": list(d.reasons), "decision_id": d.decision_id, "code": d.code})
+        return MCPError(
+            code=DENIED,
+            message=self._deny_text(d),
+            data={"reasons": list(d.reasons), "decision_id": d.decision_id, "code": d.code},
+        )
 
     def _raise_or_result(self, ctx: ServerRequestContext[Any, Any], outcome: Outcome) -> dict[str, Any]:
         if outcome.denied:
@@ -171,34 +210,52 @@ class Handlers:
         return _for_client(ctx, outcome.result or {})
 
     # ------------------------------------------------------------------ tools
-    async def list_tools(self, ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
-                         ) -> types.ListToolsResult:
+    async def list_tools(
+        self, ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
+    ) -> types.ListToolsResult:
         sess = self._session(ctx)
         await self.registry.recheck_pins()
         cat = self.registry.catalog
         entries = await self.visibility.filter(
-            "tools/list", sess.principal, sess.info, [e for e in cat.tools.values() if not e.hidden],
-            lambda e: (e.upstream, e.local.name, e.tool_info()), cat.version)
+            "tools/list",
+            sess.principal,
+            sess.info,
+            [e for e in cat.tools.values() if not e.hidden],
+            lambda e: (e.upstream, e.local.name, e.tool_info()),
+            cat.version,
+        )
         tools = [e.exposed for e in entries]
         page, cursor = self._page(tools, params)
         if params is None or not params.cursor:
-            self._list_event(sess, "tools.list", [t.name for t in tools])
+            self._list_event(sess, EventKind.TOOLS_LIST, [t.name for t in tools])
         return types.ListToolsResult(tools=page, next_cursor=cursor)
 
-    async def call_tool(self, ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams
-                        ) -> dict[str, Any]:
+    async def call_tool(
+        self, ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams
+    ) -> dict[str, Any]:
         sess = self._session(ctx)
         entry = self.registry.find_tool(params.name)
         if entry is None:
-            return _for_client(ctx, self._deny_tool_result(await self._unknown(sess, "tools/call", params.name,
-                                                                               "tool")))
+            return _for_client(
+                ctx, self._deny_tool_result(await self._unknown(sess, "tools/call", params.name, "tool"))
+            )
         arguments = dict(params.arguments or {})
-        request = types.CallToolRequest(params=types.CallToolRequestParams(
-            name=entry.local.name, arguments=arguments, _meta=self._forward_meta(params.meta),
-        ))
+        request = types.CallToolRequest(
+            params=types.CallToolRequestParams(
+                name=entry.local.name,
+                arguments=arguments,
+                _meta=self._forward_meta(params.meta),
+            )
+        )
         call = self._context(
-            ctx, sess, action="tools/call", server=entry.upstream, target=entry.local.name, exposed=params.name,
-            arguments=arguments, request=request,
+            ctx,
+            sess,
+            action="tools/call",
+            server=entry.upstream,
+            target=entry.local.name,
+            exposed=params.name,
+            arguments=arguments,
+            request=request,
             tool_info=entry.tool_info(),
         )
         outcome = await self._run_for(ctx, sess, call, params)
@@ -209,24 +266,34 @@ class Handlers:
             return _for_client(ctx, self._deny_tool_result(outcome.decision))
         if outcome.error is not None:
             if is_guard_error(outcome.error):
-                return _for_client(ctx, {"content": [{"type": "text", "text": f"mcp-guard: {outcome.error.message}"}],
-                                         "isError": True})
+                return _for_client(
+                    ctx, {"content": [{"type": "text", "text": f"mcp-guard: {outcome.error.message}"}], "isError": True}
+                )
             raise MCPError.from_error_data(outcome.error)
         result = outcome.result or {"content": []}
         if outcome.decision is not None:
             # Correlation for clients and auditors: which decision (and audit rows) this answer belongs to.
             meta = result.get("_meta")
-            result["_meta"] = {**(meta if isinstance(meta, dict) else {}),
-                               "mcp-guard/decision_id": outcome.decision.decision_id}
+            result["_meta"] = {
+                **(meta if isinstance(meta, dict) else {}),
+                "mcp-guard/decision_id": outcome.decision.decision_id,
+            }
         return _for_client(ctx, result)
 
     # ------------------------------------------------------------------ resources
-    async def list_resources(self, ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
-                             ) -> types.ListResourcesResult:
+    async def list_resources(
+        self, ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
+    ) -> types.ListResourcesResult:
         sess = self._session(ctx)
         cat = self.registry.catalog
-        shown = await self.visibility.filter("resources/list", sess.principal, sess.info, cat.resources,
-                                             lambda e: (e[0], self._local_uri(str(e[1].uri)), None), cat.version)
+        shown = await self.visibility.filter(
+            "resources/list",
+            sess.principal,
+            sess.info,
+            cat.resources,
+            lambda e: (e[0], self._local_uri(str(e[1].uri)), None),
+            cat.version,
+        )
         page, cursor = self._page([r for _, r in shown], params)
         return types.ListResourcesResult(resources=page, next_cursor=cursor)
 
@@ -235,9 +302,14 @@ class Handlers:
     ) -> types.ListResourceTemplatesResult:
         sess = self._session(ctx)
         cat = self.registry.catalog
-        shown = await self.visibility.filter("resources/templates/list", sess.principal, sess.info, cat.templates,
-                                             lambda e: (e[0], self._local_uri(e[1].uri_template), None),
-                                             cat.version)
+        shown = await self.visibility.filter(
+            "resources/templates/list",
+            sess.principal,
+            sess.info,
+            cat.templates,
+            lambda e: (e[0], self._local_uri(e[1].uri_template), None),
+            cat.version,
+        )
         page, cursor = self._page([t for _, t in shown], params)
         return types.ListResourceTemplatesResult(resource_templates=page, next_cursor=cursor)
 
@@ -248,19 +320,31 @@ class Handlers:
     def _route_uri(self, uri: str) -> tuple[str, str]:
         routed = self.registry.route_uri(uri)
         if routed is None:
-            raise MCPError(code=types.INVALID_PARAMS,
-                           message=f"unknown resource {uri!r}: mcp-guard resource URIs look like "
-                                   f"'mcpg://<upstream>/<uri>'; list them first")
+            raise MCPError(
+                code=types.INVALID_PARAMS,
+                message=f"unknown resource {uri!r}: mcp-guard resource URIs look like "
+                f"'mcpg://<upstream>/<uri>'; list them first",
+            )
         return routed
 
-    async def read_resource(self, ctx: ServerRequestContext[Any, Any], params: types.ReadResourceRequestParams
-                            ) -> dict[str, Any]:
+    async def read_resource(
+        self, ctx: ServerRequestContext[Any, Any], params: types.ReadResourceRequestParams
+    ) -> dict[str, Any]:
         sess = self._session(ctx)
         server, local = self._route_uri(params.uri)
-        request = types.ReadResourceRequest(params=types.ReadResourceRequestParams(
-            uri=local, _meta=self._forward_meta(params.meta)))
-        call = self._context(ctx, sess, action="resources/read", server=server, target=local, exposed=params.uri,
-                             arguments={"uri": local}, request=request)
+        request = types.ReadResourceRequest(
+            params=types.ReadResourceRequestParams(uri=local, _meta=self._forward_meta(params.meta))
+        )
+        call = self._context(
+            ctx,
+            sess,
+            action="resources/read",
+            server=server,
+            target=local,
+            exposed=params.uri,
+            arguments={"uri": local},
+            request=request,
+        )
         outcome = await self._run_for(ctx, sess, call, params)
         if isinstance(outcome, dict):
             return outcome
@@ -271,19 +355,29 @@ class Handlers:
                 item["uri"] = self.registry.expose_uri(server, item["uri"])
         return result
 
-    async def subscribe(self, ctx: ServerRequestContext[Any, Any], params: types.SubscribeRequestParams
-                        ) -> types.EmptyResult:
+    async def subscribe(
+        self, ctx: ServerRequestContext[Any, Any], params: types.SubscribeRequestParams
+    ) -> types.EmptyResult:
         sess = self._session(ctx)
         server, local = self._route_uri(params.uri)
         request = types.SubscribeRequest(params=types.SubscribeRequestParams(uri=local))
-        call = self._context(ctx, sess, action="resources/subscribe", server=server, target=local,
-                             exposed=params.uri, arguments={"uri": local}, request=request)
+        call = self._context(
+            ctx,
+            sess,
+            action="resources/subscribe",
+            server=server,
+            target=local,
+            exposed=params.uri,
+            arguments={"uri": local},
+            request=request,
+        )
         self._raise_or_result(ctx, await self._run(call))
         sess.subscriptions.add(params.uri)
         return types.EmptyResult()
 
-    async def unsubscribe(self, ctx: ServerRequestContext[Any, Any], params: types.UnsubscribeRequestParams
-                          ) -> types.EmptyResult:
+    async def unsubscribe(
+        self, ctx: ServerRequestContext[Any, Any], params: types.UnsubscribeRequestParams
+    ) -> types.EmptyResult:
         sess = self._session(ctx)
         sess.subscriptions.discard(params.uri)
         server, local = self._route_uri(params.uri)
@@ -297,35 +391,55 @@ class Handlers:
         return types.EmptyResult()
 
     # ------------------------------------------------------------------ prompts
-    async def list_prompts(self, ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
-                           ) -> types.ListPromptsResult:
+    async def list_prompts(
+        self, ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
+    ) -> types.ListPromptsResult:
         sess = self._session(ctx)
         cat = self.registry.catalog
-        shown = await self.visibility.filter("prompts/list", sess.principal, sess.info, list(cat.prompts.values()),
-                                             lambda e: (e.upstream, e.local.name, None), cat.version)
+        shown = await self.visibility.filter(
+            "prompts/list",
+            sess.principal,
+            sess.info,
+            list(cat.prompts.values()),
+            lambda e: (e.upstream, e.local.name, None),
+            cat.version,
+        )
         page, cursor = self._page([e.exposed for e in shown], params)
         return types.ListPromptsResult(prompts=page, next_cursor=cursor)
 
-    async def get_prompt(self, ctx: ServerRequestContext[Any, Any], params: types.GetPromptRequestParams
-                         ) -> dict[str, Any]:
+    async def get_prompt(
+        self, ctx: ServerRequestContext[Any, Any], params: types.GetPromptRequestParams
+    ) -> dict[str, Any]:
         sess = self._session(ctx)
         found = self.registry.find_prompt(params.name)
         if found is None:
             raise self._deny_error(await self._unknown(sess, "prompts/get", params.name, "prompt"))
         server, local = found.upstream, found.local.name
         arguments = dict(params.arguments or {})
-        request = types.GetPromptRequest(params=types.GetPromptRequestParams(
-            name=local, arguments=arguments or None, _meta=self._forward_meta(params.meta)))
-        call = self._context(ctx, sess, action="prompts/get", server=server, target=local, exposed=params.name,
-                             arguments=arguments, request=request)
+        request = types.GetPromptRequest(
+            params=types.GetPromptRequestParams(
+                name=local, arguments=arguments or None, _meta=self._forward_meta(params.meta)
+            )
+        )
+        call = self._context(
+            ctx,
+            sess,
+            action="prompts/get",
+            server=server,
+            target=local,
+            exposed=params.name,
+            arguments=arguments,
+            request=request,
+        )
         outcome = await self._run_for(ctx, sess, call, params)
         if isinstance(outcome, dict):
             return outcome
         return self._raise_or_result(ctx, outcome)
 
     # ------------------------------------------------------------------ completion, logging
-    async def complete(self, ctx: ServerRequestContext[Any, Any], params: types.CompleteRequestParams
-                       ) -> dict[str, Any]:
+    async def complete(
+        self, ctx: ServerRequestContext[Any, Any], params: types.CompleteRequestParams
+    ) -> dict[str, Any]:
         sess = self._session(ctx)
         ref = params.ref
         if isinstance(ref, types.PromptReference):
@@ -337,15 +451,24 @@ class Handlers:
         else:
             server, local = self._route_uri(ref.uri)
             new_ref = ref.model_copy(update={"uri": local})
-        request = types.CompleteRequest(params=params.model_copy(
-            update={"ref": new_ref, "meta": self._forward_meta(params.meta)}))
-        call = self._context(ctx, sess, action="completion/complete", server=server, target=local,
-                             exposed=ref.name if isinstance(ref, types.PromptReference) else ref.uri,
-                             arguments={"argument": params.argument.model_dump(mode="json")}, request=request)
+        request = types.CompleteRequest(
+            params=params.model_copy(update={"ref": new_ref, "meta": self._forward_meta(params.meta)})
+        )
+        call = self._context(
+            ctx,
+            sess,
+            action="completion/complete",
+            server=server,
+            target=local,
+            exposed=ref.name if isinstance(ref, types.PromptReference) else ref.uri,
+            arguments={"argument": params.argument.model_dump(mode="json")},
+            request=request,
+        )
         return self._raise_or_result(ctx, await self._run(call))
 
-    async def set_logging_level(self, ctx: ServerRequestContext[Any, Any], params: types.SetLevelRequestParams
-                                ) -> types.EmptyResult:
+    async def set_logging_level(
+        self, ctx: ServerRequestContext[Any, Any], params: types.SetLevelRequestParams
+    ) -> types.EmptyResult:
         self._session(ctx)
         for conn in self.registry.connections.values():
             caps = conn.catalog.capabilities

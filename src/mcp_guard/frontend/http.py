@@ -17,7 +17,7 @@ import uvicorn
 from mcp.server.transport_security import TransportSecuritySettings
 
 from mcp_guard.frontend.auth import BearerAuth
-from mcp_guard.types import AuditEvent
+from mcp_guard.types import AuditEvent, EventKind
 
 if TYPE_CHECKING:
     from mcp_guard.app import Guard
@@ -31,8 +31,7 @@ def _security(guard: Guard) -> TransportSecuritySettings:
     s = guard.settings.server
     hosts = ["127.0.0.1:*", "localhost:*", "[::1]:*", *s.allowed_hosts]
     origins = ["http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*", *s.allowed_origins]
-    return TransportSecuritySettings(enable_dns_rebinding_protection=True, allowed_hosts=hosts,
-                                     allowed_origins=origins)
+    return TransportSecuritySettings(enable_dns_rebinding_protection=True, allowed_hosts=hosts, allowed_origins=origins)
 
 
 def build_http_app(guard: Guard) -> Any:
@@ -48,8 +47,9 @@ def build_http_app(guard: Guard) -> Any:
 
     def rejected(reason: str, client: str | None) -> None:
         log.warning("http.unauthorized", reason=reason, client=client)
-        guard.sink.record_nowait(AuditEvent(kind="auth.reject", decision="deny", reasons=(reason,),
-                                            details={"client": client}))
+        guard.sink.record_nowait(
+            AuditEvent(kind=EventKind.AUTH_REJECT, decision="deny", reasons=(reason,), details={"client": client})
+        )
 
     return BearerAuth(app, digests, on_reject=rejected, required=s.require_auth)
 
@@ -77,8 +77,17 @@ async def serve_http(guard: Guard, host: str, port: int, *, ready: Callable[[int
     app = build_http_app(guard)
     # http="h11" whatever else is installed: httptools keeps trailing spaces in header values, which breaks
     # the protocol's Mcp-Name header validation.
-    config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, http="h11",
-                            lifespan="on", timeout_graceful_shutdown=2, loop="none")
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level="warning",
+        access_log=False,
+        http="h11",
+        lifespan="on",
+        timeout_graceful_shutdown=2,
+        loop="none",
+    )
     server = uvicorn.Server(config)
     server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]  # the CLI owns signals
 

@@ -95,8 +95,9 @@ class SessionTable:
             client_name=client.name if client else None,
             client_version=client.version if client else None,
         )
-        sess = ClientSession(info=info, principal=principal_for(self._settings, principal_id),
-                             connection=conn, modern=modern)
+        sess = ClientSession(
+            info=info, principal=principal_for(self._settings, principal_id), connection=conn, modern=modern
+        )
         conn.state[_STATE_KEY] = sess
         if not modern:
             # Stateless requests are sessions of one request: not worth a start/end pair each.
@@ -144,8 +145,9 @@ class RequestDownstream:
     async def sampling(
         self, params: types.CreateMessageRequestParams
     ) -> types.CreateMessageResult | types.CreateMessageResultWithTools | types.ErrorData:
-        raw = await self._request("sampling/createMessage", params.model_dump(by_alias=True, mode="json",
-                                                                              exclude_none=True))
+        raw = await self._request(
+            "sampling/createMessage", params.model_dump(by_alias=True, mode="json", exclude_none=True)
+        )
         if isinstance(raw, types.ErrorData):
             return raw
         try:
@@ -154,8 +156,9 @@ class RequestDownstream:
             return types.ErrorData(code=types.INTERNAL_ERROR, message=f"client sent an invalid sampling result: {e}")
 
     async def elicitation(self, params: types.ElicitRequestParams) -> types.ElicitResult | types.ErrorData:
-        raw = await self._request("elicitation/create", params.model_dump(by_alias=True, mode="json",
-                                                                          exclude_none=True))
+        raw = await self._request(
+            "elicitation/create", params.model_dump(by_alias=True, mode="json", exclude_none=True)
+        )
         if isinstance(raw, types.ErrorData):
             return raw
         try:

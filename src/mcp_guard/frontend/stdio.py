@@ -68,10 +68,8 @@ class _LineReadStream(LineReadStream):
             except ValueError as exc:
                 return exc
 
-
     async def aclose(self) -> None:
         self._closed = True
-
 
 
 class _LineWriteStream(LineWriteStream):
@@ -97,7 +95,6 @@ class _LineWriteStream(LineWriteStream):
 
     async def aclose(self) -> None:
         self._closed = True
-
 
 
 @asynccontextmanager

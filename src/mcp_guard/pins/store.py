@@ -114,7 +114,9 @@ class PinStore:
         try:
             self._db.execute(
                 "INSERT OR REPLACE INTO tool_pins (server, tool, sha256, definition, pinned_at, approved_by) "
-                "VALUES (?, ?, ?, ?, ?, ?)", (server, tool, row[0], row[1], now, by))
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (server, tool, row[0], row[1], now, by),
+            )
             self._db.execute("DELETE FROM tool_pending WHERE server=? AND tool=?", (server, tool))
             self._db.execute("COMMIT")
         except BaseException:
@@ -124,13 +126,15 @@ class PinStore:
 
     def pins(self) -> list[Pin]:
         rows = self._db.execute(
-            "SELECT server, tool, sha256, definition, pinned_at, approved_by FROM tool_pins ORDER BY server, tool")
+            "SELECT server, tool, sha256, definition, pinned_at, approved_by FROM tool_pins ORDER BY server, tool"
+        )
         return [Pin(r[0], r[1], r[2], json.loads(r[3]), r[4], r[5]) for r in rows]
 
     def pending(self) -> list[PendingChange]:
         pins = {(p.server, p.tool): p for p in self.pins()}
         rows = self._db.execute(
-            "SELECT server, tool, sha256, definition, first_seen FROM tool_pending ORDER BY server, tool, first_seen")
+            "SELECT server, tool, sha256, definition, first_seen FROM tool_pending ORDER BY server, tool, first_seen"
+        )
         return [PendingChange(r[0], r[1], r[2], json.loads(r[3]), r[4], pins.get((r[0], r[1]))) for r in rows]
 
 

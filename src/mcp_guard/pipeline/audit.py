@@ -18,7 +18,7 @@ import structlog
 
 from mcp_guard.errors import AuditError
 from mcp_guard.pipeline.context import CallContext, CallNext, Outcome
-from mcp_guard.types import AuditEvent, Decision
+from mcp_guard.types import AuditEvent, Decision, EventKind, ReasonCode
 
 __all__ = ["EventSink", "RecordDecision", "RecordOutcome", "decision_event", "summarize_result"]
 
@@ -34,13 +34,16 @@ class EventSink(Protocol):
 def summarize_result(result: dict[str, Any]) -> dict[str, Any]:
     """is_error, size and sha256 of a result — never its content."""
     raw = json.dumps(result, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-    return {"is_error": bool(result.get("isError", False)), "bytes": len(raw),
-            "sha256": hashlib.sha256(raw).hexdigest()}
+    return {
+        "is_error": bool(result.get("isError", False)),
+        "bytes": len(raw),
+        "sha256": hashlib.sha256(raw).hexdigest(),
+    }
 
 
 def decision_event(ctx: CallContext, decision: Decision) -> AuditEvent:
     return AuditEvent(
-        kind="call.decision",
+        kind=EventKind.CALL_DECISION,
         session_id=ctx.session.id,
         decision_id=decision.decision_id,
         principal=ctx.principal.id,
@@ -52,7 +55,8 @@ def decision_event(ctx: CallContext, decision: Decision) -> AuditEvent:
         policy_revision=decision.revision,
         duration_ms=round((time.perf_counter() - ctx.started) * 1000, 3),
         details={"action": ctx.action, "call_id": ctx.call_id, "obligations": dict(decision.obligations)}
-        if decision.obligations else {"action": ctx.action, "call_id": ctx.call_id},
+        if decision.obligations
+        else {"action": ctx.action, "call_id": ctx.call_id},
     )
 
 
@@ -67,8 +71,12 @@ class RecordDecision:
             await self._sink.record(decision_event(ctx, decision))
         except AuditError as e:
             log.error("audit.unavailable", error=str(e), call_id=ctx.call_id)
-            return Outcome(decision=Decision.deny("audit_unavailable", "the audit store cannot record this call",
-                                                  revision=decision.revision), error=None)
+            return Outcome(
+                decision=Decision.deny(
+                    ReasonCode.AUDIT_UNAVAILABLE, "the audit store cannot record this call", revision=decision.revision
+                ),
+                error=None,
+            )
         return await call_next(ctx)
 
 
@@ -81,7 +89,7 @@ class RecordOutcome:
         try:
             if outcome.denied:
                 assert outcome.decision is not None
-                if outcome.decision.code != "audit_unavailable":
+                if outcome.decision.code != ReasonCode.AUDIT_UNAVAILABLE:
                     await self._sink.record(decision_event(ctx, outcome.decision))
                 return outcome
             decision = ctx.decision if ctx.decision is not None else outcome.decision
@@ -95,19 +103,32 @@ class RecordOutcome:
                 "policy_revision": decision.revision if decision else None,
             }
             if outcome.error is not None:
-                await self._sink.record(AuditEvent(
-                    kind="call.error", **common,
-                    result={"code": outcome.error.code, "message": outcome.error.message},
-                    details={"action": ctx.action, "call_id": ctx.call_id}))
+                await self._sink.record(
+                    AuditEvent(
+                        kind=EventKind.CALL_ERROR,
+                        **common,
+                        result={"code": outcome.error.code, "message": outcome.error.message},
+                        details={"action": ctx.action, "call_id": ctx.call_id},
+                    )
+                )
             else:
-                await self._sink.record(AuditEvent(
-                    kind="call.result", **common, result=summarize_result(outcome.result or {}),
-                    details={"action": ctx.action, "call_id": ctx.call_id}))
+                await self._sink.record(
+                    AuditEvent(
+                        kind=EventKind.CALL_RESULT,
+                        **common,
+                        result=summarize_result(outcome.result or {}),
+                        details={"action": ctx.action, "call_id": ctx.call_id},
+                    )
+                )
         except AuditError as e:
             log.error("audit.unavailable", error=str(e), call_id=ctx.call_id)
             if outcome.denied:
                 return outcome
-            return Outcome(decision=Decision.deny(
-                "audit_unavailable", "the call ran but its outcome could not be recorded; result withheld",
-                revision=ctx.decision.revision if ctx.decision else None))
+            return Outcome(
+                decision=Decision.deny(
+                    ReasonCode.AUDIT_UNAVAILABLE,
+                    "the call ran but its outcome could not be recorded; result withheld",
+                    revision=ctx.decision.revision if ctx.decision else None,
+                )
+            )
         return outcome

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from mcp_guard.pipeline.context import CallContext, CallNext, Outcome
-from mcp_guard.types import Decision
+from mcp_guard.types import Decision, ReasonCode
 from mcp_guard.upstream.registry import Registry
 
 __all__ = ["PinCheck"]
@@ -34,9 +34,11 @@ class PinCheck:
             entry = self._registry.find_tool(ctx.exposed)
             if entry is not None and not entry.hidden:
                 return await call_next(replace(ctx, tool_info=entry.tool_info()))
-        return Outcome(decision=Decision.deny(
-            "tool_changed",
-            f"the definition of {ctx.exposed!r} changed since it was approved (now "
-            f"{(info.definition_sha256 or '')[:12]}); an operator must review it (`mcp-guard tools pins`) and "
-            f"approve it (`mcp-guard tools approve {ctx.exposed}`)",
-        ))
+        return Outcome(
+            decision=Decision.deny(
+                ReasonCode.TOOL_CHANGED,
+                f"the definition of {ctx.exposed!r} changed since it was approved (now "
+                f"{(info.definition_sha256 or '')[:12]}); an operator must review it (`mcp-guard tools pins`) and "
+                f"approve it (`mcp-guard tools approve {ctx.exposed}`)",
+            )
+        )

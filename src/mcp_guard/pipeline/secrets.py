@@ -29,7 +29,7 @@ from typing import Any, Protocol
 from mcp_guard.pipeline.context import CallContext, CallNext, Outcome
 from mcp_guard.secrets.redact import Scrubber
 from mcp_guard.secrets.shapes import field_kind, mask
-from mcp_guard.types import Decision
+from mcp_guard.types import Decision, ReasonCode
 
 __all__ = [
     "INJECTED_PREFIX",
@@ -42,7 +42,7 @@ __all__ = [
     "strip_meta_credentials",
 ]
 
-SECRET_NOT_GRANTED = "secret_not_granted"
+SECRET_NOT_GRANTED = ReasonCode.SECRET_NOT_GRANTED
 INJECTED_PREFIX = "injected:"
 
 

@@ -48,9 +48,16 @@ class Visibility:
 
         async def check(i: int, item: ListItem) -> None:
             server, name, info = item
-            d = await self._engine.evaluate(PolicyInput(
-                action=action, principal=principal, session=session, server=server, tool=name, tool_info=info,
-            ))
+            d = await self._engine.evaluate(
+                PolicyInput(
+                    action=action,
+                    principal=principal,
+                    session=session,
+                    server=server,
+                    tool=name,
+                    tool_info=info,
+                )
+            )
             if d.allow is True:
                 allowed.add(i)
 

@@ -20,10 +20,6 @@ from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontext
 import anyio
 
 from mcp_guard.policy.base import (
-    ENGINE_ERROR,
-    POLICY_UNDEFINED,
-    RESULT_INVALID,
-    TIMEOUT,
     PolicyEngine,
     RegoEngine,
     decision_from_result,
@@ -35,10 +31,6 @@ from mcp_guard.policy.reload import BundleWatcher, ReloadEvent, ReloadListener
 from mcp_guard.settings import Settings
 
 __all__ = [
-    "ENGINE_ERROR",
-    "POLICY_UNDEFINED",
-    "RESULT_INVALID",
-    "TIMEOUT",
     "Bundle",
     "BundleWatcher",
     "EmbeddedEngine",
@@ -104,8 +96,12 @@ async def _open_engine(
         async with anyio.create_task_group() as tg:
             if watching:
                 watcher = BundleWatcher(
-                    root, apply, active_revision=revision, interval=RELOAD_INTERVAL_S,
-                    run_tests=p.run_tests_on_reload, listener=on_reload,
+                    root,
+                    apply,
+                    active_revision=revision,
+                    interval=RELOAD_INTERVAL_S,
+                    run_tests=p.run_tests_on_reload,
+                    listener=on_reload,
                 )
                 tg.start_soon(watcher.run)
             try:

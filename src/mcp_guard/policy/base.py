@@ -10,22 +10,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Protocol, runtime_checkable
 
-from mcp_guard.types import Decision, PolicyInput
+from mcp_guard.types import Decision, PolicyInput, ReasonCode
 
 __all__ = [
-    "ENGINE_ERROR",
-    "POLICY_UNDEFINED",
-    "RESULT_INVALID",
-    "TIMEOUT",
     "PolicyEngine",
     "RegoEngine",
     "decision_from_result",
 ]
-
-ENGINE_ERROR = "engine_error"
-TIMEOUT = "timeout"
-POLICY_UNDEFINED = "policy_undefined"
-RESULT_INVALID = "result_invalid"
 
 
 @runtime_checkable
@@ -68,25 +59,24 @@ def decision_from_result(rule: str, result: object, *, revision: str | None) -> 
     """Validate the value of the decision rule ``rule``. ``result`` is the decoded JSON value."""
     if not isinstance(result, dict):
         return Decision.deny(
-            RESULT_INVALID, f"{rule} is {_type_name(result)}, expected an object", revision=revision
+            ReasonCode.RESULT_INVALID, f"{rule} is {_type_name(result)}, expected an object", revision=revision
         )
     allow = result.get("allow")
     if not isinstance(allow, bool):
         return Decision.deny(
-            RESULT_INVALID, f"{rule}.allow is {_type_name(allow)}, expected a boolean", revision=revision
+            ReasonCode.RESULT_INVALID, f"{rule}.allow is {_type_name(allow)}, expected a boolean", revision=revision
         )
     reasons = result.get("reasons", [])
     if not isinstance(reasons, list) or not all(isinstance(r, str) for r in reasons):
-        return Decision.deny(RESULT_INVALID, f"{rule}.reasons must be a list of strings", revision=revision)
+        return Decision.deny(ReasonCode.RESULT_INVALID, f"{rule}.reasons must be a list of strings", revision=revision)
     obligations = result.get("obligations", {})
     if not isinstance(obligations, dict):
         return Decision.deny(
-            RESULT_INVALID, f"{rule}.obligations is {_type_name(obligations)}, expected an object",
+            ReasonCode.RESULT_INVALID,
+            f"{rule}.obligations is {_type_name(obligations)}, expected an object",
             revision=revision,
         )
     if not allow and not reasons:
         reasons = [f"denied by policy ({rule} gave no reason)"]
     # A deny carries no obligations: nothing is to be done for a call that does not happen.
-    return Decision(
-        allow=allow, reasons=tuple(reasons), obligations=obligations if allow else {}, revision=revision
-    )
+    return Decision(allow=allow, reasons=tuple(reasons), obligations=obligations if allow else {}, revision=revision)

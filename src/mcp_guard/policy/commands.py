@@ -58,9 +58,7 @@ def _settings(args: argparse.Namespace) -> Settings:
 
     settings = load_config(args)
     if args.engine:
-        settings = settings.model_copy(
-            update={"policy": settings.policy.model_copy(update={"engine": args.engine})}
-        )
+        settings = settings.model_copy(update={"policy": settings.policy.model_copy(update={"engine": args.engine})})
     return settings
 
 

@@ -28,14 +28,9 @@ import regorus
 import structlog
 
 from mcp_guard.errors import PolicyError
-from mcp_guard.policy.base import (
-    ENGINE_ERROR,
-    POLICY_UNDEFINED,
-    TIMEOUT,
-    decision_from_result,
-)
+from mcp_guard.policy.base import decision_from_result
 from mcp_guard.policy.bundle import Bundle, rule_ref
-from mcp_guard.types import Decision, PolicyInput
+from mcp_guard.types import Decision, PolicyInput, ReasonCode
 
 __all__ = ["EmbeddedEngine", "compile_bundle", "regorus_message"]
 
@@ -121,7 +116,7 @@ class EmbeddedEngine:
         try:
             payload = json.dumps(document, allow_nan=False)
         except (TypeError, ValueError) as e:
-            return Decision.deny(ENGINE_ERROR, f"policy input is not JSON: {e}", revision=revision)
+            return Decision.deny(ReasonCode.ENGINE_ERROR, f"policy input is not JSON: {e}", revision=revision)
         engine = self._engine
         start = time.perf_counter_ns()
         try:
@@ -130,18 +125,20 @@ class EmbeddedEngine:
         except RuntimeError as e:
             message = regorus_message(e)
             if message == _NO_RULE:
-                return Decision.deny(POLICY_UNDEFINED, f"{self._rule} is not defined", revision=revision)
+                return Decision.deny(ReasonCode.POLICY_UNDEFINED, f"{self._rule} is not defined", revision=revision)
             log.warning("policy.engine_error", engine="embedded", rule=self._rule, error=message)
-            return Decision.deny(ENGINE_ERROR, message, revision=revision)
+            return Decision.deny(ReasonCode.ENGINE_ERROR, message, revision=revision)
         elapsed = time.perf_counter_ns() - start
         if elapsed > self._timeout_ns:
             return Decision.deny(
-                TIMEOUT,
+                ReasonCode.TIMEOUT,
                 f"policy evaluation took {elapsed / 1e6:.1f} ms, over the {self._timeout_ns // 1_000_000} ms budget",
                 revision=revision,
             )
         if raw == _UNDEFINED:
-            return Decision.deny(POLICY_UNDEFINED, f"{self._rule} is undefined for this input", revision=revision)
+            return Decision.deny(
+                ReasonCode.POLICY_UNDEFINED, f"{self._rule} is undefined for this input", revision=revision
+            )
         return decision_from_result(self._rule, json.loads(raw), revision=revision)
 
     async def aclose(self) -> None:

@@ -35,9 +35,9 @@ from opa_client.errors import DeletePolicyError, RegoParseError
 from opa_client.opa_async import AsyncOpaClient
 
 from mcp_guard.errors import PolicyError
-from mcp_guard.policy.base import ENGINE_ERROR, POLICY_UNDEFINED, TIMEOUT, decision_from_result
+from mcp_guard.policy.base import decision_from_result
 from mcp_guard.policy.bundle import Bundle, BundleFile, rule_ref
-from mcp_guard.types import Decision, PolicyInput
+from mcp_guard.types import Decision, PolicyInput, ReasonCode
 
 __all__ = ["POLICY_ID_PREFIX", "OpaEngine", "connect", "push_bundle", "remote_revision"]
 
@@ -103,9 +103,7 @@ async def push_bundle(
         with anyio.fail_after(_SETUP_TIMEOUT_S):
             for key, value in bundle.data.items():
                 if not isinstance(value, dict):
-                    raise PolicyError(
-                        f"{bundle.root}: data key {key!r} must be an object to be pushed to OPA"
-                    )
+                    raise PolicyError(f"{bundle.root}: data key {key!r} must be an object to be pushed to OPA")
                 await client.update_or_create_data(value, key)
             files = bundle.policies + (bundle.tests if include_tests else ())
             wanted = [(prefix + f.rel, f) for f in files]
@@ -160,7 +158,11 @@ class OpaEngine:
     """:class:`~mcp_guard.policy.base.PolicyEngine` backed by an OPA server."""
 
     def __init__(
-        self, client: AsyncOpaClient, *, decision: str = "mcp_guard/decision", timeout_ms: int = 250,
+        self,
+        client: AsyncOpaClient,
+        *,
+        decision: str = "mcp_guard/decision",
+        timeout_ms: int = 250,
         revision: str = "",
     ) -> None:
         self._client = client
@@ -186,31 +188,37 @@ class OpaEngine:
         try:
             json.dumps(document, allow_nan=False)
         except (TypeError, ValueError) as e:
-            return Decision.deny(ENGINE_ERROR, f"policy input is not JSON: {e}", revision=revision)
+            return Decision.deny(ReasonCode.ENGINE_ERROR, f"policy input is not JSON: {e}", revision=revision)
         try:
             with anyio.fail_after(self._timeout_s):
                 body = await self._client.query_rule(
-                    input_data=dict(document), package_path=self._package, rule_name=self._name,
+                    input_data=dict(document),
+                    package_path=self._package,
+                    rule_name=self._name,
                     query_params=_QUERY_PARAMS,
                 )
         except TimeoutError:
             return Decision.deny(
-                TIMEOUT, f"OPA did not answer within {self._timeout_s * 1000:.0f} ms", revision=revision
+                ReasonCode.TIMEOUT, f"OPA did not answer within {self._timeout_s * 1000:.0f} ms", revision=revision
             )
         except aiohttp.ClientResponseError as e:
             log.warning("policy.engine_error", engine="opa", rule=self._rule, status=e.status, error=e.message)
             return Decision.deny(
-                ENGINE_ERROR, f"OPA answered HTTP {e.status} ({e.message}) for {self._rule}", revision=revision
+                ReasonCode.ENGINE_ERROR,
+                f"OPA answered HTTP {e.status} ({e.message}) for {self._rule}",
+                revision=revision,
             )
         except (aiohttp.ClientError, OSError) as e:
             log.warning("policy.engine_error", engine="opa", rule=self._rule, error=str(e))
             return Decision.deny(
-                ENGINE_ERROR, f"OPA unreachable at {self._client.root_url}: {e}", revision=revision
+                ReasonCode.ENGINE_ERROR, f"OPA unreachable at {self._client.root_url}: {e}", revision=revision
             )
         except ValueError as e:  # a 200 whose body is not JSON
-            return Decision.deny(ENGINE_ERROR, f"OPA sent an unreadable answer: {e}", revision=revision)
+            return Decision.deny(ReasonCode.ENGINE_ERROR, f"OPA sent an unreadable answer: {e}", revision=revision)
         if not isinstance(body, dict) or "result" not in body:
-            return Decision.deny(POLICY_UNDEFINED, f"{self._rule} is undefined for this input", revision=revision)
+            return Decision.deny(
+                ReasonCode.POLICY_UNDEFINED, f"{self._rule} is undefined for this input", revision=revision
+            )
         return decision_from_result(self._rule, body["result"], revision=revision)
 
     async def aclose(self) -> None:

@@ -42,7 +42,13 @@ Apply = Callable[[Bundle], Awaitable[None]]
 
 class BundleWatcher:
     def __init__(
-        self, root: Path, apply: Apply, *, active_revision: str, interval: float = 1.0, run_tests: bool = True,
+        self,
+        root: Path,
+        apply: Apply,
+        *,
+        active_revision: str,
+        interval: float = 1.0,
+        run_tests: bool = True,
         listener: ReloadListener | None = None,
     ) -> None:
         self._root = root
@@ -93,8 +99,12 @@ class BundleWatcher:
             log.info("policy.reload", status="loaded", bundle=event.bundle, revision=event.revision)
         else:
             log.warning(
-                "policy.reload", status="rejected", bundle=event.bundle, revision=event.revision,
-                active_revision=event.active_revision, error=event.error,
+                "policy.reload",
+                status="rejected",
+                bundle=event.bundle,
+                revision=event.revision,
+                active_revision=event.active_revision,
+                error=event.error,
             )
         if self._listener is not None:
             await self._listener(event)

@@ -38,8 +38,13 @@ class TestOutcome:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "name": self.rule.ref, "package": self.rule.package, "rule": self.rule.name, "file": self.rule.file,
-            "status": self.status, "duration_ns": self.duration_ns, "message": self.message,
+            "name": self.rule.ref,
+            "package": self.rule.package,
+            "rule": self.rule.name,
+            "file": self.rule.file,
+            "status": self.status,
+            "duration_ns": self.duration_ns,
+            "message": self.message,
         }
 
 
@@ -64,8 +69,12 @@ class TestReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "engine": self.engine, "bundle": self.bundle, "revision": self.revision,
-            "passed": self.passed, "failed": self.failed, "total": len(self.outcomes),
+            "engine": self.engine,
+            "bundle": self.bundle,
+            "revision": self.revision,
+            "passed": self.passed,
+            "failed": self.failed,
+            "total": len(self.outcomes),
             "tests": [o.to_dict() for o in self.outcomes],
         }
 
@@ -122,7 +131,9 @@ async def run_tests_opa(
             try:
                 with anyio.fail_after(timeout_s):
                     body: Mapping[str, Any] = await client.query_rule(
-                        input_data=None, package_path=path, rule_name=rule.name,
+                        input_data=None,
+                        package_path=path,
+                        rule_name=rule.name,
                         query_params={"strict-builtin-errors": "true"},
                     )
             except (aiohttp.ClientError, OSError, TimeoutError) as e:
@@ -145,9 +156,7 @@ async def run_tests_opa(
 
 def _tests_only(bundle: Bundle) -> Bundle:
     """The bundle's test files as policies, without data (the server already has the bundle's data)."""
-    return Bundle(
-        root=bundle.root, policies=bundle.tests, tests=(), data_files=(), data={}, revision=bundle.revision
-    )
+    return Bundle(root=bundle.root, policies=bundle.tests, tests=(), data_files=(), data={}, revision=bundle.revision)
 
 
 def _duration(ns: int) -> str:

@@ -107,8 +107,9 @@ class UpstreamConnection:
     @property
     def session(self) -> ClientSession:
         if self.state != "ready" or self._session is None:
-            raise UpstreamError(f"upstream {self.name!r} is {self.state}: {self.last_error or 'not connected'}",
-                                upstream=self.name)
+            raise UpstreamError(
+                f"upstream {self.name!r} is {self.state}: {self.last_error or 'not connected'}", upstream=self.name
+            )
         return self._session
 
     async def wait_ready(self, timeout: float) -> bool:
@@ -142,7 +143,9 @@ class UpstreamConnection:
                 # A TypeAdapter of a plain dict keeps the upstream's result as it came (the SDK accepts any
                 # TypeAdapter at run time; its annotation only names BaseModel results).
                 return await session.send_request(
-                    request, _RAW, request_read_timeout_seconds=t + 5,  # type: ignore[type-var]
+                    request,
+                    _RAW,
+                    request_read_timeout_seconds=t + 5,  # type: ignore[type-var]
                     progress_callback=cast("ProgressFnT | None", on_progress),
                 )
         except TimeoutError:
@@ -180,8 +183,11 @@ class UpstreamConnection:
             self._set_down("down", reason)
             self._settled.set()
             was_ready = self.catalog.server_info is not None
-            await self._hooks.state_changed(self.name, "upstream.crash" if was_ready else "upstream.start_failed",
-                                            {"reason": reason, "attempt": attempt})
+            await self._hooks.state_changed(
+                self.name,
+                "upstream.crash" if was_ready else "upstream.start_failed",
+                {"reason": reason, "attempt": attempt},
+            )
             log.warning("upstream.down", upstream=self.name, reason=reason, attempt=attempt)
             if not self.settings.restart or self._stop:
                 return
@@ -218,8 +224,9 @@ class UpstreamConnection:
             async with session:
                 with anyio.fail_after(self.settings.startup_timeout_s):
                     init = await session.initialize()
-                    catalog = await self._fetch_catalog(session, init.capabilities, frozenset(
-                        {"tools", "resources", "prompts"}))
+                    catalog = await self._fetch_catalog(
+                        session, init.capabilities, frozenset({"tools", "resources", "prompts"})
+                    )
                 catalog.server_info = init.server_info
                 catalog.capabilities = init.capabilities
                 self.catalog = catalog
@@ -228,13 +235,22 @@ class UpstreamConnection:
                 self.last_error = None
                 self._ready.set()
                 self._settled.set()
-                log.info("upstream.ready", upstream=self.name, tools=len(catalog.tools),
-                         resources=len(catalog.resources), prompts=len(catalog.prompts))
+                log.info(
+                    "upstream.ready",
+                    upstream=self.name,
+                    tools=len(catalog.tools),
+                    resources=len(catalog.resources),
+                    prompts=len(catalog.prompts),
+                )
                 await self._hooks.state_changed(
-                    self.name, "upstream.start" if first else "upstream.restart",
-                    {"server_info": init.server_info.model_dump(mode="json", exclude_none=True),
-                     "protocol_version": init.protocol_version, "tools": len(catalog.tools),
-                     "restarts": self.restarts},
+                    self.name,
+                    "upstream.start" if first else "upstream.restart",
+                    {
+                        "server_info": init.server_info.model_dump(mode="json", exclude_none=True),
+                        "protocol_version": init.protocol_version,
+                        "tools": len(catalog.tools),
+                        "restarts": self.restarts,
+                    },
                 )
                 await self._hooks.catalog_changed(self.name, frozenset({"tools", "resources", "prompts"}))
                 await closed.wait()
@@ -246,8 +262,13 @@ class UpstreamConnection:
             assert s.command is not None
             env = minimal_environment({**s.env, **inj.env}, s.env_passthrough)
             async with open_stdio_transport(
-                s.command, s.args, env=env, cwd=self._cwd, max_line_bytes=s.max_response_bytes,
-                name=self.name, scrub=self._scrub,
+                s.command,
+                s.args,
+                env=env,
+                cwd=self._cwd,
+                max_line_bytes=s.max_response_bytes,
+                name=self.name,
+                scrub=self._scrub,
             ) as (read, write, exit_info, _proc):
                 closed = anyio.Event()
 
@@ -278,14 +299,19 @@ class UpstreamConnection:
     async def _fetch_catalog(
         self, session: ClientSession, caps: types.ServerCapabilities, kinds: frozenset[str]
     ) -> Catalog:
-        cat = Catalog(tools=self.catalog.tools, resources=self.catalog.resources,
-                      templates=self.catalog.templates, prompts=self.catalog.prompts)
+        cat = Catalog(
+            tools=self.catalog.tools,
+            resources=self.catalog.resources,
+            templates=self.catalog.templates,
+            prompts=self.catalog.prompts,
+        )
         if "tools" in kinds:
             cat.tools = await _paginate(session.list_tools, "tools") if caps.tools else []
         if "resources" in kinds:
             cat.resources = await _optional(session.list_resources, "resources") if caps.resources else []
-            cat.templates = (await _optional(session.list_resource_templates, "resource_templates")
-                             if caps.resources else [])
+            cat.templates = (
+                await _optional(session.list_resource_templates, "resource_templates") if caps.resources else []
+            )
         if "prompts" in kinds:
             cat.prompts = await _optional(session.list_prompts, "prompts") if caps.prompts else []
         return cat

@@ -44,7 +44,7 @@ class Namer:
         """``(upstream, original URI)`` of an exposed resource URI, or None if it is not one of ours."""
         if not exposed.startswith(_PREFIX):
             return None
-        upstream, slash, uri = exposed[len(_PREFIX):].partition("/")
+        upstream, slash, uri = exposed[len(_PREFIX) :].partition("/")
         if not slash or not upstream or not uri:
             return None
         return upstream, uri

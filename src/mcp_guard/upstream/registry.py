@@ -36,7 +36,13 @@ from mcp_guard.upstream.connection import Injections, UpstreamConnection
 from mcp_guard.upstream.naming import Namer
 
 __all__ = [
-    "Downstream", "ExposedPrompt", "ExposedTool", "MergedCatalog", "Registry", "RegistryListener", "tool_sha256",
+    "Downstream",
+    "ExposedPrompt",
+    "ExposedTool",
+    "MergedCatalog",
+    "Registry",
+    "RegistryListener",
+    "tool_sha256",
 ]
 
 log = structlog.get_logger("mcp_guard.upstream")
@@ -87,10 +93,16 @@ class ExposedTool:
         """What the policy is told about this tool."""
         annotations: dict[str, Any] = (
             self.local.annotations.model_dump(mode="json", by_alias=True, exclude_none=True)
-            if self.local.annotations is not None else {}
+            if self.local.annotations is not None
+            else {}
         )
-        return ToolInfo(annotations=annotations, definition_sha256=self.sha256, pinned=self.pinned,
-                        suspicious=self.suspicious, changed=self.changed)
+        return ToolInfo(
+            annotations=annotations,
+            definition_sha256=self.sha256,
+            pinned=self.pinned,
+            suspicious=self.suspicious,
+            changed=self.changed,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,8 +151,7 @@ class Registry:
         self.catalog = MergedCatalog()
         self.connections: dict[str, UpstreamConnection] = {}
         # The one upstream exposed without a namespace, if any (``namespace = false``).
-        self.bare: str | None = next((n for n, u in settings.upstreams.items() if u.enabled and not u.namespace),
-                                     None)
+        self.bare: str | None = next((n for n, u in settings.upstreams.items() if u.enabled and not u.namespace), None)
         # upstream -> session id -> in-flight record (insertion order = recency of first call)
         self._inflight: dict[str, dict[str, _InFlight]] = {}
         for name, up in settings.upstreams.items():
@@ -227,8 +238,9 @@ class Registry:
             return recs
         served = {getattr(r.downstream, "principal_id", None) for r in active}
         parked = [r for r in recs if getattr(r.downstream, "parked", False)]
-        return active + [r for r in parked
-                         if None in served or getattr(r.downstream, "principal_id", None) not in served]
+        return active + [
+            r for r in parked if None in served or getattr(r.downstream, "principal_id", None) not in served
+        ]
 
     def _attribute(self, upstream: str, what: str) -> Downstream | types.ErrorData:
         sessions = self._candidates(upstream)
@@ -237,8 +249,10 @@ class Registry:
         if not sessions:
             msg = f"mcp-guard: {what} from upstream {upstream!r} arrived while no client call to it is in flight"
         else:
-            msg = (f"mcp-guard: {what} from upstream {upstream!r} cannot be attributed to one client: "
-                   f"calls from {len(sessions)} sessions are in flight")
+            msg = (
+                f"mcp-guard: {what} from upstream {upstream!r} cannot be attributed to one client: "
+                f"calls from {len(sessions)} sessions are in flight"
+            )
         log.warning("upstream.request_unattributed", upstream=upstream, what=what, sessions=len(sessions))
         return types.ErrorData(code=types.INVALID_REQUEST, message=msg)
 
@@ -251,14 +265,18 @@ class Registry:
         """Re-read the pin store for tools awaiting approval; rebuild (and tell clients) if one was approved."""
         if self.pins is None or not self.catalog.has_changed_tools:
             return False
-        approved = [e for e in self.catalog.tools.values()
-                    if e.changed and self.pins.observe(e.upstream, e.local.name, e.sha256, _definition(e.local)).pinned]
+        approved = [
+            e
+            for e in self.catalog.tools.values()
+            if e.changed and self.pins.observe(e.upstream, e.local.name, e.sha256, _definition(e.local)).pinned
+        ]
         if not approved:
             return False
         await self._emit(self._rebuild())
         for e in approved:
-            await self._listener.upstream_event(e.upstream, "tool.pin_approved", {"tool": e.local.name,
-                                                                                  "sha256": e.sha256})
+            await self._listener.upstream_event(
+                e.upstream, "tool.pin_approved", {"tool": e.local.name, "sha256": e.sha256}
+            )
         await self._listener.catalog_changed(approved[0].upstream, frozenset({"tools"}))
         return True
 
@@ -299,8 +317,13 @@ class Registry:
         sessions = self._candidates(upstream)
         if len(sessions) != 1:
             # Not attributable to one client: keep it in our own log only.
-            log.info("upstream.log", upstream=upstream, level=params.level, logger=params.logger,
-                     data=str(params.data)[:2000])
+            log.info(
+                "upstream.log",
+                upstream=upstream,
+                level=params.level,
+                logger=params.logger,
+                data=str(params.data)[:2000],
+            )
             return
         await sessions[0].downstream.log_message(self._scrub_obj(params))
 
@@ -308,8 +331,9 @@ class Registry:
         await self._listener.resource_updated(upstream, uri)
 
     # ------------------------------------------------------------------ catalogue
-    def _pin(self, upstream: str, tool: types.Tool, sha: str,
-             events: list[tuple[str, str, dict[str, Any]]]) -> tuple[bool, bool, bool]:
+    def _pin(
+        self, upstream: str, tool: types.Tool, sha: str, events: list[tuple[str, str, dict[str, Any]]]
+    ) -> tuple[bool, bool, bool]:
         """``(pinned, changed, hidden)`` for one tool, recording pin events."""
         mode = self.settings.upstreams[upstream].pinning
         if self.pins is None or mode == "off":
@@ -318,11 +342,21 @@ class Registry:
         if state.new:
             events.append((upstream, "tool.pinned", {"tool": tool.name, "sha256": sha}))
         if state.first_change:
-            events.append((upstream, "tool.pin_changed", {
-                "tool": tool.name, "old_sha256": state.approved_sha256, "new_sha256": sha, "mode": mode}))
-            log.warning("tool.pin_changed", upstream=upstream, tool=tool.name, mode=mode,
-                        hint=f"review with `mcp-guard tools pins`, then `mcp-guard tools approve "
-                             f"{self.expose_name(upstream, tool.name)}`")
+            events.append(
+                (
+                    upstream,
+                    "tool.pin_changed",
+                    {"tool": tool.name, "old_sha256": state.approved_sha256, "new_sha256": sha, "mode": mode},
+                )
+            )
+            log.warning(
+                "tool.pin_changed",
+                upstream=upstream,
+                tool=tool.name,
+                mode=mode,
+                hint=f"review with `mcp-guard tools pins`, then `mcp-guard tools approve "
+                f"{self.expose_name(upstream, tool.name)}`",
+            )
         return state.pinned, state.changed, state.changed and mode == "enforce"
 
     def _rebuild(self) -> list[tuple[str, str, dict[str, Any]]]:
@@ -344,8 +378,14 @@ class Registry:
                 pinned, changed, hidden = self._pin(name, tool, sha, events)
                 cat.has_changed_tools |= changed
                 cat.tools[exposed] = ExposedTool(
-                    upstream=name, local=tool, exposed=tool.model_copy(update={"name": exposed}), sha256=sha,
-                    pinned=pinned, changed=changed, suspicious=scan_tool(tool), hidden=hidden,
+                    upstream=name,
+                    local=tool,
+                    exposed=tool.model_copy(update={"name": exposed}),
+                    sha256=sha,
+                    pinned=pinned,
+                    changed=changed,
+                    suspicious=scan_tool(tool),
+                    hidden=hidden,
                 )
             for res in self._scrub_obj(c.resources):
                 cat.resources.append((name, res.model_copy(update={"uri": self.expose_uri(name, str(res.uri))})))

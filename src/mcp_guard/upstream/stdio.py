@@ -72,8 +72,9 @@ async def open_stdio_transport(
     """
     # "python"/"python3" mean mcp-guard's own interpreter (its venv has the SDK and the first-party
     # connectors); anything else is looked up on the child's PATH.
-    exe = sys.executable if command in ("python", "python3") else (shutil.which(command, path=env.get("PATH"))
-                                                                  or command)
+    exe = (
+        sys.executable if command in ("python", "python3") else (shutil.which(command, path=env.get("PATH")) or command)
+    )
     process = await anyio.open_process(
         [exe, *args], stdin=PIPE, stdout=PIPE, stderr=PIPE, env=dict(env), cwd=cwd, start_new_session=True
     )
@@ -179,10 +180,8 @@ class _ChildReadStream(LineReadStream):
             with suppress(Exception):
                 await self._stdout.aclose()
 
-
     async def aclose(self) -> None:
         await self.end()
-
 
 
 class _ChildWriteStream(LineWriteStream):
@@ -224,7 +223,6 @@ class _ChildWriteStream(LineWriteStream):
 
     async def aclose(self) -> None:
         self._closed = True
-
 
 
 async def _terminate(process: Process, exit_info: ChildExit) -> None:

@@ -1,0 +1,219 @@
+"""The one place audit rows are built: a constructor per :class:`~mcp_guard.types.EventKind` family.
+
+Why one module: a row's columns (``principal``, ``server``, ``tool``, ``decision``, …) are what
+``audit tail`` filters on and what the console shows, so every kind must fill the columns it has —
+a pin event that names its tool only in ``details`` is invisible to ``audit tail --tool``. Writing each
+row shape once, here, keeps that contract in one place (docs/architecture.md, "The audit row").
+
+Constructors take plain values (no pipeline or frontend types), so every layer may call them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from mcp_guard.types import AuditEvent, Decision, EventKind, Principal, SessionInfo
+
+__all__ = [
+    "auth_reject",
+    "call_decision",
+    "call_error",
+    "call_result",
+    "config_event",
+    "listing",
+    "pin_event",
+    "policy_load",
+    "policy_reload_failed",
+    "session_end",
+    "session_start",
+    "summarize_result",
+    "upstream_event",
+]
+
+
+def summarize_result(result: Mapping[str, Any]) -> dict[str, Any]:
+    """is_error, size and sha256 of a result — never its content."""
+    raw = json.dumps(result, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    return {
+        "is_error": bool(result.get("isError", False)),
+        "bytes": len(raw),
+        "sha256": hashlib.sha256(raw).hexdigest(),
+    }
+
+
+def call_decision(
+    decision: Decision,
+    *,
+    session_id: str | None,
+    principal: str,
+    action: str,
+    server: str | None,
+    tool: str | None,
+    arguments: Mapping[str, Any] | None = None,
+    call_id: str | None = None,
+    duration_ms: float | None = None,
+) -> AuditEvent:
+    """The row that records what governed a call (allow or deny), with its obligations."""
+    details: dict[str, Any] = {"action": action}
+    if call_id is not None:
+        details["call_id"] = call_id
+    if decision.obligations:
+        details["obligations"] = dict(decision.obligations)
+    return AuditEvent(
+        kind=EventKind.CALL_DECISION,
+        session_id=session_id,
+        decision_id=decision.decision_id,
+        principal=principal,
+        server=server,
+        tool=tool,
+        decision="allow" if decision.allow else "deny",
+        reasons=decision.reasons,
+        arguments=arguments,
+        policy_revision=decision.revision,
+        duration_ms=duration_ms,
+        details=details,
+    )
+
+
+def _outcome_row(
+    kind: EventKind,
+    decision: Decision | None,
+    *,
+    session_id: str | None,
+    principal: str,
+    action: str,
+    server: str | None,
+    tool: str | None,
+    call_id: str | None,
+    duration_ms: float | None,
+    result: Mapping[str, Any],
+) -> AuditEvent:
+    return AuditEvent(
+        kind=kind,
+        session_id=session_id,
+        decision_id=decision.decision_id if decision else None,
+        principal=principal,
+        server=server,
+        tool=tool,
+        result=result,
+        duration_ms=duration_ms,
+        policy_revision=decision.revision if decision else None,
+        details={"action": action, "call_id": call_id} if call_id is not None else {"action": action},
+    )
+
+
+def call_result(
+    decision: Decision | None,
+    result: Mapping[str, Any],
+    *,
+    session_id: str | None,
+    principal: str,
+    action: str,
+    server: str | None,
+    tool: str | None,
+    call_id: str | None = None,
+    duration_ms: float | None = None,
+) -> AuditEvent:
+    """How an allowed call ended with a result: its summary (never its content) and the governing decision."""
+    return _outcome_row(
+        EventKind.CALL_RESULT,
+        decision,
+        session_id=session_id,
+        principal=principal,
+        action=action,
+        server=server,
+        tool=tool,
+        call_id=call_id,
+        duration_ms=duration_ms,
+        result=summarize_result(result),
+    )
+
+
+def call_error(
+    decision: Decision | None,
+    code: int,
+    message: str,
+    *,
+    session_id: str | None,
+    principal: str,
+    action: str,
+    server: str | None,
+    tool: str | None,
+    call_id: str | None = None,
+    duration_ms: float | None = None,
+) -> AuditEvent:
+    """How an allowed call ended with an error (the upstream's, or mcp-guard's own -3201x)."""
+    return _outcome_row(
+        EventKind.CALL_ERROR,
+        decision,
+        session_id=session_id,
+        principal=principal,
+        action=action,
+        server=server,
+        tool=tool,
+        call_id=call_id,
+        duration_ms=duration_ms,
+        result={"code": code, "message": message},
+    )
+
+
+def listing(kind: EventKind, session: SessionInfo, principal: Principal, names: list[str]) -> AuditEvent:
+    """What a principal was shown by a listing (``tools.list``)."""
+    return AuditEvent(
+        kind=kind, session_id=session.id, principal=principal.id, details={"visible": names, "count": len(names)}
+    )
+
+
+def session_start(session: SessionInfo, principal: Principal) -> AuditEvent:
+    return AuditEvent(
+        kind=EventKind.SESSION_START,
+        session_id=session.id,
+        principal=principal.id,
+        details={
+            "transport": session.transport,
+            "client": {"name": session.client_name, "version": session.client_version},
+            "roles": list(principal.roles),
+        },
+    )
+
+
+def session_end(session: SessionInfo, principal: Principal, calls: int) -> AuditEvent:
+    return AuditEvent(
+        kind=EventKind.SESSION_END, session_id=session.id, principal=principal.id, details={"calls": calls}
+    )
+
+
+def auth_reject(reason: str, client: str | None) -> AuditEvent:
+    """An HTTP request refused before any MCP processing (never with the credential it carried)."""
+    return AuditEvent(kind=EventKind.AUTH_REJECT, decision="deny", reasons=(reason,), details={"client": client})
+
+
+def config_event(kind: EventKind, source: str | None, **details: Any) -> AuditEvent:
+    """``config.load`` / ``config.reload``: which file, and what it configured or changed."""
+    return AuditEvent(kind=kind, details={"source": source, **details})
+
+
+def policy_load(revision: str | None, **details: Any) -> AuditEvent:
+    """A bundle became the active policy (at start or on reload): which revision decides from now on."""
+    return AuditEvent(kind=EventKind.POLICY_LOAD, policy_revision=revision, details=details)
+
+
+def policy_reload_failed(active_revision: str | None, **details: Any) -> AuditEvent:
+    """A rejected bundle: the active revision stays, the error is on record."""
+    return AuditEvent(kind=EventKind.POLICY_RELOAD_FAILED, policy_revision=active_revision, details=details)
+
+
+def upstream_event(kind: EventKind, server: str, details: Mapping[str, Any]) -> AuditEvent:
+    """An upstream's life cycle (start, restart, crash, start_failed)."""
+    return AuditEvent(kind=kind, server=server, details=dict(details))
+
+
+def pin_event(kind: EventKind, server: str, tool: str, *, principal: str | None = None, **details: Any) -> AuditEvent:
+    """A tool pin was made, changed or approved; ``tool`` fills its column so ``audit tail --tool`` finds it.
+
+    ``principal`` is who approved (an operator), when one did.
+    """
+    return AuditEvent(kind=kind, server=server, tool=tool, principal=principal, details={"tool": tool, **details})
