@@ -3,13 +3,8 @@
 :class:`Guard` owns the task group every upstream runs in. ``Guard.open`` builds the real parts from
 settings; tests can hand in their own engine and sink (see :mod:`mcp_guard.testing`).
 
-The interceptor chain, outermost first (DESIGN §2)::
-
-    InspectArguments → RecordOutcome → PinCheck → Authorize → EnforceSecretObligations → RecordDecision
-        → Redact → Forward
-
-``RecordOutcome`` commits the outcome row before the client is answered; ``RecordDecision`` commits
-the allow row before the upstream sees the call; a deny is recorded by ``RecordOutcome``.
+The pipeline every call runs through is built by :func:`mcp_guard.pipeline.build.build_pipeline`, which
+documents the stage order.
 """
 
 from __future__ import annotations
@@ -29,12 +24,10 @@ from mcp_guard.frontend.handlers import Handlers
 from mcp_guard.frontend.server import build_server, initialization_options
 from mcp_guard.frontend.sessions import ClientSession, SessionTable
 from mcp_guard.pins import PinStore
-from mcp_guard.pipeline.audit import EventSink, RecordDecision, RecordOutcome
-from mcp_guard.pipeline.authorize import Authorize, Evaluator
-from mcp_guard.pipeline.chain import build_chain
-from mcp_guard.pipeline.context import Interceptor
-from mcp_guard.pipeline.forward import Forward
-from mcp_guard.pipeline.pins import PinCheck
+from mcp_guard.pipeline.audit import EventSink
+from mcp_guard.pipeline.authorize import Evaluator
+from mcp_guard.pipeline.build import build_pipeline
+from mcp_guard.pipeline.secret_source import NO_SECRETS, SecretSource
 from mcp_guard.pipeline.visibility import Visibility
 from mcp_guard.settings import Settings
 from mcp_guard.types import AuditEvent, EventKind
@@ -52,7 +45,7 @@ class Guard:
         *,
         engine: Evaluator,
         sink: EventSink,
-        secrets: Any = None,
+        secrets: SecretSource = NO_SECRETS,
         principal: str | None = None,
         pins: PinStore | None = None,
     ) -> None:
@@ -61,39 +54,21 @@ class Guard:
         self.sink = sink
         self.secrets = secrets
         self.stdio_principal = principal or settings.server.principal
-        injections: Callable[[str], Any] | None = secrets.injections_for if secrets is not None else None
-        scrub: Callable[[str], str] = secrets.scrub_text if secrets is not None else (lambda s: s)
-        scrub_obj: Callable[[Any], Any] = (
-            (lambda o: secrets.scrubber.scrub_obj(o)) if secrets is not None else (lambda o: o)
+        self.registry = Registry(
+            settings,
+            self,
+            injections=secrets.injections_for,
+            scrub=lambda s: secrets.scrubber.scrub_text(s),  # the scrubber is replaced as values resolve
+            scrub_obj=lambda o: secrets.scrubber.scrub_obj(o),
+            pins=pins,
         )
-        self.registry = Registry(settings, self, injections=injections, scrub=scrub, scrub_obj=scrub_obj, pins=pins)
         self.visibility = Visibility(engine)
         self.sessions = SessionTable(settings, self._session_started, self._session_ended)
-        self.chain = build_chain(self._interceptors(), Forward(self.registry))
+        self.chain = build_pipeline(engine=engine, sink=sink, registry=self.registry, secrets=secrets)
         self.bridge = Bridge()  # upstream→client requests for 2026-07-28 clients (InputRequiredResult rounds)
         self._tg: TaskGroup | None = None
 
     # ------------------------------------------------------------------ construction
-    def _interceptors(self) -> list[Interceptor]:
-        """The stages, outermost first. Argument inspection comes before anything records the call, so no
-        audit row ever holds a raw secret; the secrets obligation is checked before the allow is recorded."""
-        stages: list[Interceptor] = []
-        if self.secrets is not None:
-            from mcp_guard.pipeline.secrets import InspectArguments
-
-            stages.append(InspectArguments(self.secrets))
-        stages += [RecordOutcome(self.sink), PinCheck(self.registry), Authorize(self.engine)]
-        if self.secrets is not None:
-            from mcp_guard.pipeline.secrets import EnforceSecretObligations
-
-            stages.append(EnforceSecretObligations(self.secrets))
-        stages.append(RecordDecision(self.sink))
-        if self.secrets is not None:
-            from mcp_guard.pipeline.redact import Redact
-
-            stages.append(Redact(self.secrets))
-        return stages
-
     @classmethod
     @contextlib.asynccontextmanager
     async def open(cls, settings: Settings, *, principal: str | None = None) -> AsyncIterator[Guard]:

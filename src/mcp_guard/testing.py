@@ -1,4 +1,5 @@
-"""Helpers shipped for tests (ours and users'): a recording audit sink and simple policy engines.
+"""Helpers shipped for tests (ours and users'): a recording audit sink, simple policy engines, and a
+recording stand-in for the upstream end of the pipeline.
 
 These are real implementations of the small protocols the pipeline depends on, kept in memory; they
 are meant for unit tests of the pipeline and front, never for production wiring.
@@ -11,28 +12,45 @@ from collections.abc import Callable
 import anyio
 
 from mcp_guard.errors import AuditError
+from mcp_guard.pipeline.context import CallContext, Outcome
 from mcp_guard.types import AuditEvent, Decision, PolicyInput
 
-__all__ = ["FunctionEngine", "RecordingSink", "allow_all"]
+__all__ = ["FunctionEngine", "RecordingSink", "RecordingUpstream", "allow_all"]
 
 
 class RecordingSink:
-    """An in-memory audit sink. ``fail = True`` makes ``record`` raise AuditError (store down)."""
+    """An in-memory audit sink that can play a store that is down.
+
+    ``fail = True`` makes every write fail; ``fail_when`` (a predicate on the event) makes only the
+    matching writes fail — e.g. the allow row, to play a store that is down for one write and back for
+    the next. A failed ``record`` raises AuditError and a failed ``record_nowait`` drops the event;
+    either way the event lands in ``refused``, not ``events``.
+    """
 
     def __init__(self) -> None:
         self.events: list[AuditEvent] = []
+        self.refused: list[AuditEvent] = []
         self.fail = False
+        self.fail_when: Callable[[AuditEvent], bool] | None = None
         self.changed = anyio.Event()
 
+    def _refuses(self, event: AuditEvent) -> bool:
+        if self.fail or (self.fail_when is not None and self.fail_when(event)):
+            self.refused.append(event)
+            return True
+        return False
+
     async def record(self, event: AuditEvent) -> int:
-        if self.fail:
+        if self._refuses(event):
             raise AuditError("recording sink set to fail")
-        self.record_nowait(event)
+        self._append(event)
         return len(self.events)
 
     def record_nowait(self, event: AuditEvent) -> None:
-        if self.fail:
-            return
+        if not self._refuses(event):
+            self._append(event)
+
+    def _append(self, event: AuditEvent) -> None:
         self.events.append(event)
         self.changed.set()
         self.changed = anyio.Event()
@@ -63,3 +81,15 @@ class FunctionEngine:
 
 def allow_all() -> FunctionEngine:
     return FunctionEngine(lambda _i: Decision(allow=True, reasons=("test: allow all",), revision="test"))
+
+
+class RecordingUpstream:
+    """The end of a pipeline under test (in place of ``Forward``): records each call, answers ``outcome``."""
+
+    def __init__(self, outcome: Outcome | None = None) -> None:
+        self.seen: list[CallContext] = []
+        self.outcome = outcome or Outcome(result={"content": [{"type": "text", "text": "ok"}], "isError": False})
+
+    async def __call__(self, ctx: CallContext) -> Outcome:
+        self.seen.append(ctx)
+        return self.outcome

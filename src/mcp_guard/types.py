@@ -144,7 +144,7 @@ class ToolInfo:
 class PolicyInput:
     """The input document a policy is evaluated on (DESIGN §5). ``to_dict`` is the wire form."""
 
-    action: str
+    action: Action
     principal: Principal
     session: SessionInfo
     server: str | None = None

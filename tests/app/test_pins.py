@@ -53,7 +53,7 @@ async def test_rug_pull_hides_and_denies_until_approved(tmp_path: Path) -> None:
             names = {t.name for t in (await client.list_tools()).tools}
             assert "rec__echo" not in names and "rec__add" in names
             r = await client.call_tool("rec__echo", {"text": "after"})
-            assert r.is_error and "tool_changed" in text_of(r) and "tools approve rec__echo" in text_of(r)
+            assert r.is_error and "tool_changed" in text_of(r) and "tools approve" not in text_of(r)
             assert [e["arguments"].get("text") for e in read_log(log) if e.get("name") == "echo"] == ["before"]
 
             ev = sink.of_kind("tool.pin_changed")[0]

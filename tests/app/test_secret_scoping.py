@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from guard_harness import REPO, client_of, make_settings, recorder_upstream, text_of, wait_for
+from guard_harness import REPO, client_of, make_settings, read_log, recorder_upstream, text_of, wait_for
 from http_harness import http_client, http_front
 from mcp_guard.secrets.manager import SecretManager
 from mcp_guard.testing import FunctionEngine
@@ -71,6 +71,36 @@ async def test_each_upstream_gets_only_its_own_secret(tmp_path: Path, monkeypatc
     # And what did come back was scrubbed.
     assert A_SECRET not in env_a and "[REDACTED:a_token]" in env_a
     assert B_SECRET not in env_b and "[REDACTED:b_token]" in env_b
+
+
+@pytest.mark.parametrize(
+    "obligations", [{}, {"secrets": ["a_token"]}], ids=["no-secrets-obligation", "other-upstream's-secret"]
+)
+async def test_an_upstream_whose_secret_is_not_granted_is_not_called(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, obligations: dict[str, list[str]]
+) -> None:
+    """The secrets obligation handler, through the built pipeline: no grant (or a grant of another
+    upstream's secret) for an upstream that runs with a secret is a deny, recorded, never forwarded."""
+    monkeypatch.setenv("MG_B_TOKEN", B_SECRET)
+    settings = make_settings(
+        {"b": recorder_upstream(tmp_path / "b.log") | {"inject_env": {"B_TOKEN": "b_token"}}},
+        secrets={"b_token": {"provider": "env", "name": "MG_B_TOKEN"}},
+    )
+    from mcp_guard.app import Guard
+    from mcp_guard.testing import RecordingSink
+
+    sink = RecordingSink()
+    engine = FunctionEngine(lambda i: Decision(allow=True, obligations=obligations, revision="r1"))
+    guard = Guard(settings, engine=engine, sink=sink, secrets=SecretManager(settings))
+    async with guard.running():
+        assert not await guard.registry.wait_ready(20)
+        async with client_of(guard) as client:
+            r = await client.call_tool("b__echo", {"text": "hi"})
+    assert r.is_error and "secret_not_granted" in text_of(r) and "b_token" in text_of(r)
+    assert read_log(tmp_path / "b.log") == []
+    (row,) = sink.of_kind("call.decision")
+    assert row.decision == "deny" and row.reasons is not None and row.reasons[0] == "secret_not_granted"
+    assert row.policy_revision == "r1"
 
 
 async def test_client_authorization_never_reaches_http_upstream(

@@ -1,4 +1,4 @@
-"""InspectArguments (audit copy + secrets_seen for the policy) and the secrets obligation."""
+"""InspectArguments (audit copy + secrets_seen for the policy) and the ``secrets`` obligation handler."""
 
 from __future__ import annotations
 
@@ -13,16 +13,17 @@ import pytest
 from mcp_guard.pipeline.authorize import Authorize
 from mcp_guard.pipeline.chain import build_chain
 from mcp_guard.pipeline.context import CallContext, Outcome
+from mcp_guard.pipeline.obligations import EnforceObligations
+from mcp_guard.pipeline.secret_source import NO_SECRETS
 from mcp_guard.pipeline.secrets import (
-    SECRET_NOT_GRANTED,
-    EnforceSecretObligations,
     InspectArguments,
+    SecretsObligation,
     granted_secrets,
     strip_meta_credentials,
 )
 from mcp_guard.secrets.manager import SecretManager
 from mcp_guard.settings import parse_settings
-from mcp_guard.types import Decision, PolicyInput, Principal, SessionInfo
+from mcp_guard.types import Decision, PolicyInput, Principal, ReasonCode, SessionInfo
 
 pytestmark = pytest.mark.anyio
 
@@ -117,50 +118,84 @@ async def test_clean_arguments_are_copied_with_no_kinds(manager: SecretManager) 
     assert terminal.seen[0].secrets_seen == ()
 
 
-# --------------------------------------------------------------------------- obligation
+async def test_without_secrets_configured_shapes_are_still_masked() -> None:
+    """The null SecretSource: nothing injected to find, but the audit copy still hides credential shapes."""
+    terminal = _Recorder()
+    await InspectArguments(NO_SECRETS)(_ctx(arguments={"note": f"key {AWS}", "n": 1}), terminal)
+    assert terminal.seen[0].arguments == {"note": f"key {AWS}", "n": 1}
+    assert terminal.seen[0].audit_arguments == {"note": "key [REDACTED:aws_access_key]", "n": 1}
+    assert terminal.seen[0].secrets_seen == ("aws_access_key",)
+
+
+# --------------------------------------------------------------------------- the secrets obligation
+def _obligations(manager: SecretManager) -> EnforceObligations:
+    return EnforceObligations([SecretsObligation(manager)])
+
+
 @pytest.mark.parametrize(
     "obligations",
-    [{}, {"secrets": []}, {"secrets": ["other"]}, {"secrets": "tickets_token"}, {"secrets": [1]}],
-    ids=["absent", "empty", "other", "not-a-list", "not-strings"],
+    [{}, {"secrets": []}, {"secrets": ["other"]}],
+    ids=["absent", "empty", "other"],
 )
 async def test_upstream_with_secrets_needs_them_granted(manager: SecretManager, obligations: dict[str, Any]) -> None:
     terminal = _Recorder()
     ctx = _ctx(decision=Decision(allow=True, obligations=obligations, revision="rev1"))
-    outcome = await EnforceSecretObligations(manager)(ctx, terminal)
+    outcome = await _obligations(manager)(ctx, terminal)
     assert terminal.seen == []  # never reached the upstream
     assert outcome.denied
     assert outcome.decision is not None
-    assert outcome.decision.code == SECRET_NOT_GRANTED
-    assert outcome.decision.reasons[0] == SECRET_NOT_GRANTED
+    assert outcome.decision.code == ReasonCode.SECRET_NOT_GRANTED
+    assert outcome.decision.reasons[0] == ReasonCode.SECRET_NOT_GRANTED
     assert "tickets_token" in outcome.decision.reasons[1] and "'tickets'" in outcome.decision.reasons[1]
     assert outcome.decision.revision == "rev1"
     assert TOKEN not in repr(outcome)
 
 
+@pytest.mark.parametrize("server", ["tickets", "open"])
+@pytest.mark.parametrize("value", ["tickets_token", [1], {"tickets_token": True}, None], ids=repr)
+async def test_a_malformed_grant_is_obligation_invalid(manager: SecretManager, server: str, value: Any) -> None:
+    """Not a list of names: a policy bug, refused whatever the upstream (with or without secrets)."""
+    terminal = _Recorder()
+    ctx = _ctx(server, decision=Decision(allow=True, obligations={"secrets": value}, revision="rev1"))
+    outcome = await _obligations(manager)(ctx, terminal)
+    assert terminal.seen == []
+    assert outcome.decision is not None and outcome.decision.code == ReasonCode.OBLIGATION_INVALID
+    assert outcome.decision.reasons[1].startswith("obligations.secrets must be a list of secret names, got ")
+    assert outcome.decision.revision == "rev1"
+
+
 async def test_granted_secrets_let_the_call_through(manager: SecretManager) -> None:
     terminal = _Recorder()
     ctx = _ctx(decision=Decision(allow=True, obligations={"secrets": ["tickets_token", "extra"]}))
-    outcome = await EnforceSecretObligations(manager)(ctx, terminal)
+    outcome = await _obligations(manager)(ctx, terminal)
     assert not outcome.denied and len(terminal.seen) == 1
 
 
-async def test_upstream_without_secrets_needs_no_obligation(manager: SecretManager) -> None:
+@pytest.mark.parametrize("obligations", [{}, {"secrets": []}], ids=["absent", "empty"])
+async def test_upstream_without_secrets_needs_no_obligation(
+    manager: SecretManager, obligations: dict[str, Any]
+) -> None:
     terminal = _Recorder()
-    outcome = await EnforceSecretObligations(manager)(_ctx("open", decision=Decision(allow=True)), terminal)
+    ctx = _ctx("open", decision=Decision(allow=True, obligations=obligations))
+    outcome = await _obligations(manager)(ctx, terminal)
     assert not outcome.denied and len(terminal.seen) == 1
 
 
-async def test_no_decision_at_all_is_a_deny(manager: SecretManager) -> None:
+async def test_no_decision_at_all_never_reaches_the_upstream(manager: SecretManager) -> None:
+    """The stage sits after Authorize; without an allow in the context it refuses to run at all."""
     terminal = _Recorder()
-    outcome = await EnforceSecretObligations(manager)(_ctx(), terminal)
-    assert outcome.denied and terminal.seen == []
+    with pytest.raises(AssertionError):
+        await _obligations(manager)(_ctx(), terminal)
+    assert terminal.seen == []
 
 
 def test_granted_secrets_parsing() -> None:
     assert granted_secrets(None) is None
-    assert granted_secrets(Decision(allow=True)) is None
-    assert granted_secrets(Decision(allow=True, obligations={"secrets": ["a", "b"]})) == {"a", "b"}
-    assert granted_secrets(Decision(allow=True, obligations={"secrets": ("a",)})) == {"a"}
+    assert granted_secrets("a") is None
+    assert granted_secrets(["a", 1]) is None
+    assert granted_secrets(["a", "b"]) == {"a", "b"}
+    assert granted_secrets(("a",)) == {"a"}
+    assert granted_secrets([]) == set()
 
 
 def test_client_credentials_in_meta_are_not_forwarded() -> None:

@@ -34,7 +34,7 @@ from mcp_guard.pipeline.forward import DENIED, is_guard_error
 from mcp_guard.pipeline.secrets import strip_meta_credentials
 from mcp_guard.pipeline.visibility import Visibility
 from mcp_guard.settings import Settings
-from mcp_guard.types import AuditEvent, Decision, EventKind, ReasonCode, ToolInfo
+from mcp_guard.types import Action, AuditEvent, Decision, EventKind, ReasonCode, ToolInfo
 from mcp_guard.upstream.registry import Registry
 
 __all__ = ["Handlers", "PrincipalResolver"]
@@ -111,7 +111,7 @@ class Handlers:
         ctx: ServerRequestContext[Any, Any],
         sess: ClientSession,
         *,
-        action: str,
+        action: Action,
         server: str,
         target: str,
         exposed: str,
@@ -202,9 +202,8 @@ class Handlers:
         )
 
     def _raise_or_result(self, ctx: ServerRequestContext[Any, Any], outcome: Outcome) -> dict[str, Any]:
-        if outcome.denied:
-            assert outcome.decision is not None
-            raise self._deny_error(outcome.decision)
+        if outcome.denial is not None:
+            raise self._deny_error(outcome.denial)
         if outcome.error is not None:
             raise MCPError.from_error_data(outcome.error)
         return _for_client(ctx, outcome.result or {})
@@ -261,9 +260,8 @@ class Handlers:
         outcome = await self._run_for(ctx, sess, call, params)
         if isinstance(outcome, dict):
             return outcome
-        if outcome.denied:
-            assert outcome.decision is not None
-            return _for_client(ctx, self._deny_tool_result(outcome.decision))
+        if outcome.denial is not None:
+            return _for_client(ctx, self._deny_tool_result(outcome.denial))
         if outcome.error is not None:
             if is_guard_error(outcome.error):
                 return _for_client(

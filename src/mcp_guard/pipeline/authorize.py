@@ -30,6 +30,10 @@ def policy_input(ctx: CallContext) -> PolicyInput:
 
 
 class Authorize:
+    """Inside ``call_next``: obligations, ``RecordDecision``, redact and the upstream — reached only with an
+    explicit ``allow: true``, given the context with ``decision`` set to that allow. The allow also travels
+    back on the outcome (``Outcome.decision``) so the outcome row names the decision that let the call run."""
+
     def __init__(self, engine: Evaluator) -> None:
         self._engine = engine
 
@@ -38,5 +42,5 @@ class Authorize:
         if decision.allow is not True:
             return Outcome(decision=decision)
         outcome = await call_next(replace(ctx, decision=decision))
-        # The allow travels back too, so outer stages (the outcome row) can name the decision that let it run.
+        # A stage inside may have replaced the allow with its own deny (obligations); that one governs then.
         return outcome if outcome.decision is not None else replace(outcome, decision=decision)

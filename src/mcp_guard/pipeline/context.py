@@ -1,15 +1,18 @@
-"""What flows through the interceptor chain: a frozen :class:`CallContext` in, an :class:`Outcome` out."""
+"""What flows through the interceptor chain: a frozen :class:`CallContext` in, an :class:`Outcome` out.
+
+The stage order is written once, in :mod:`mcp_guard.pipeline.build`.
+"""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import mcp_types as types
 
-from mcp_guard.types import Decision, Principal, SessionInfo, ToolInfo, new_id
+from mcp_guard.types import Action, Decision, Principal, ReasonCode, SessionInfo, ToolInfo, new_id
 
 __all__ = ["CallContext", "CallNext", "Interceptor", "Outcome", "ProgressFn"]
 
@@ -20,7 +23,7 @@ ProgressFn = Callable[[float, float | None, str | None], Awaitable[None]]
 class CallContext:
     """One client request that targets an upstream (tools/call, resources/read, prompts/get, …)."""
 
-    action: str
+    action: Action
     principal: Principal
     session: SessionInfo
     server: str
@@ -42,15 +45,50 @@ class CallContext:
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """How a call ended: a raw upstream result, an error for the client, or a deny."""
+    """How a call ended: a raw upstream result, an error for the client, or a deny.
+
+    ``decision`` is always the decision that **governed** the call: the policy's allow for a call that
+    went through (so the outcome row names its decision id and policy revision), or the deny that
+    stopped it — the policy's own, or a fail-closed one a stage made in its place (``tool_changed``,
+    ``secret_not_granted``, ``obligation_unknown``, …, none of which follows a recorded allow).
+
+    ``override`` is set only when mcp-guard refused a call *after* its governing decision allowed it:
+    today that is ``audit_unavailable`` (the allow row could not be written, so the call was not
+    forwarded; or the outcome row could not be written, so the result is withheld). It is a deny made
+    by :meth:`fail_closed`, carrying the governing decision's id and policy revision, so the answer the
+    client gets, the log line and any row written for it all name the same decision. Stages tell this
+    case apart by the field, never by comparing reason strings.
+    """
 
     result: dict[str, Any] | None = None
     error: types.ErrorData | None = None
     decision: Decision | None = None
+    override: Decision | None = None
 
     @property
     def denied(self) -> bool:
-        return self.decision is not None and not self.decision.allow
+        return self.denial is not None
+
+    @property
+    def denial(self) -> Decision | None:
+        """The deny the client is answered with: the override if any, else a denying governing decision."""
+        if self.override is not None:
+            return self.override
+        if self.decision is not None and not self.decision.allow:
+            return self.decision
+        return None
+
+    @classmethod
+    def fail_closed(cls, governing: Decision | None, code: ReasonCode, detail: str) -> Outcome:
+        """Refuse a call its ``governing`` decision allowed; nothing of a result survives.
+
+        The override shares the governing decision's id and revision (one call, one decision id). With no
+        governing decision at all the deny governs itself.
+        """
+        deny = Decision.deny(code, detail, revision=governing.revision if governing else None)
+        if governing is None:
+            return cls(decision=deny)
+        return cls(decision=governing, override=replace(deny, decision_id=governing.decision_id))
 
 
 CallNext = Callable[[CallContext], Awaitable[Outcome]]

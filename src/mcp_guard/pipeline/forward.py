@@ -22,6 +22,9 @@ def is_guard_error(error: types.ErrorData) -> bool:
 
 
 class Forward:
+    """The terminal (no ``call_next``): one request to the upstream, bounded by ``ctx.timeout_s``
+    (else the upstream's own ``timeout_s``)."""
+
     def __init__(self, registry: Registry) -> None:
         self._registry = registry
 

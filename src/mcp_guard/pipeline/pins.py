@@ -1,9 +1,12 @@
 """The pin-check stage: a tool whose definition changed since it was approved is not called.
 
 Under ``pinning = "enforce"`` (the default) such a call is denied with ``tool_changed`` until an operator
-approves the new definition (``mcp-guard tools approve <server><sep><tool>``); the store is re-read first,
-so an approval made while the proxy runs takes effect on the next call. Under ``"warn"`` the call goes on
-(the change was recorded when it was first seen, and the policy input says ``pinned: false``).
+approves the new definition; the store is re-read first, so an approval made while the proxy runs takes
+effect on the next call. Under ``"warn"`` the call goes on (the change was recorded when it was first
+seen, and the policy input says ``pinned: false``).
+
+The agent is told that the tool changed and awaits operator review — not how to approve it: that advice
+(``mcp-guard tools pins`` / ``mcp-guard tools approve …``) is for operators and goes to the log.
 
 It runs before the policy: the deny reason is then exactly ``tool_changed``, whatever the policy would
 have said about an unpinned tool.
@@ -13,14 +16,21 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import structlog
+
 from mcp_guard.pipeline.context import CallContext, CallNext, Outcome
 from mcp_guard.types import Decision, ReasonCode
 from mcp_guard.upstream.registry import Registry
 
 __all__ = ["PinCheck"]
 
+log = structlog.get_logger("mcp_guard.pins")
+
 
 class PinCheck:
+    """Inside ``call_next``: authorize, obligations, ``RecordDecision``, redact and the upstream — reached
+    unless the targeted tool's definition changed since its approval (under ``pinning = "enforce"``)."""
+
     def __init__(self, registry: Registry) -> None:
         self._registry = registry
 
@@ -34,11 +44,19 @@ class PinCheck:
             entry = self._registry.find_tool(ctx.exposed)
             if entry is not None and not entry.hidden:
                 return await call_next(replace(ctx, tool_info=entry.tool_info()))
+        sha = (info.definition_sha256 or "")[:12]
+        log.warning(
+            "pin.call_denied",
+            upstream=ctx.server,
+            tool=ctx.target,
+            sha256=sha,
+            call_id=ctx.call_id,
+            hint=f"review with `mcp-guard tools pins`, then `mcp-guard tools approve {ctx.exposed}`",
+        )
         return Outcome(
             decision=Decision.deny(
                 ReasonCode.TOOL_CHANGED,
-                f"the definition of {ctx.exposed!r} changed since it was approved (now "
-                f"{(info.definition_sha256 or '')[:12]}); an operator must review it (`mcp-guard tools pins`) and "
-                f"approve it (`mcp-guard tools approve {ctx.exposed}`)",
+                f"the definition of {ctx.exposed!r} changed since it was approved (now {sha}); "
+                "calls to it are refused until an operator has reviewed the change",
             )
         )

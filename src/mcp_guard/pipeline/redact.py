@@ -60,6 +60,8 @@ def redact_outcome(outcome: Outcome, scrubber: Scrubber) -> Outcome:
 
 
 class Redact:
+    """Inside ``call_next``: only the upstream (``Forward``); what it returns is scrubbed on the way out."""
+
     def __init__(self, secrets: ScrubberSource) -> None:
         self._secrets = secrets
 

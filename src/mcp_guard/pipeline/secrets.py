@@ -1,17 +1,19 @@
-"""Secrets stages: what the policy and the audit trail learn about credentials in a call.
+"""Secrets in the pipeline: what the policy and the audit trail learn about credentials, and their grant.
 
-* :class:`InspectArguments` fills ``ctx.audit_arguments`` with a copy of the arguments from which
-  every known secret value (any encoding) is scrubbed and every well-known credential shape is
+* :class:`InspectArguments` (a stage) fills ``ctx.audit_arguments`` with a copy of the arguments from
+  which every known secret value (any encoding) is scrubbed and every well-known credential shape is
   masked, and ``ctx.secrets_seen`` with the kinds found (``jwt``, ``aws_access_key``, …, and
   ``injected:<secret>`` when an argument holds the value of a configured secret). The arguments
   forwarded upstream are not changed. It must run *outside* every stage that records or logs the
   call (first in the chain): a stage only sees the context it was given, so an audit stage placed
   before it would record the raw arguments.
 
-* :class:`EnforceSecretObligations` runs after authorize (and before the allow is recorded): if the
-  upstream gets injected secrets, the policy decision must grant every one of them in
-  ``obligations.secrets`` (a list of secret names), otherwise the call is **denied** with reason code
-  ``secret_not_granted``.
+* :class:`SecretsObligation` (the ``secrets`` handler of
+  :class:`~mcp_guard.pipeline.obligations.EnforceObligations`): if the upstream gets injected secrets,
+  the policy decision must grant every one of them in ``obligations.secrets`` (a list of secret
+  names), otherwise the call is **denied** with reason code ``secret_not_granted``. It runs whether or
+  not the key is present (``always``): a decision that grants nothing grants nothing. A value that is
+  not a list of strings is ``obligation_invalid``.
 
   Why deny rather than "run without the credential": a stdio upstream receives its secrets as
   environment variables of a long-lived child process and an HTTP upstream as headers of a
@@ -24,35 +26,25 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
-from typing import Any, Protocol
+from typing import Any
 
 from mcp_guard.pipeline.context import CallContext, CallNext, Outcome
+from mcp_guard.pipeline.obligations import ABSENT, Refusal, invalid
+from mcp_guard.pipeline.secret_source import SecretSource
 from mcp_guard.secrets.redact import Scrubber
 from mcp_guard.secrets.shapes import field_kind, mask
-from mcp_guard.types import Decision, ReasonCode
+from mcp_guard.types import ReasonCode
 
 __all__ = [
     "INJECTED_PREFIX",
-    "SECRET_NOT_GRANTED",
-    "EnforceSecretObligations",
     "InspectArguments",
-    "SecretSource",
+    "SecretsObligation",
     "granted_secrets",
     "inspect_arguments",
     "strip_meta_credentials",
 ]
 
-SECRET_NOT_GRANTED = ReasonCode.SECRET_NOT_GRANTED
 INJECTED_PREFIX = "injected:"
-
-
-class SecretSource(Protocol):
-    """What these stages need of :class:`~mcp_guard.secrets.manager.SecretManager`."""
-
-    @property
-    def scrubber(self) -> Scrubber: ...
-
-    def secret_names_for(self, upstream: str) -> set[str]: ...
 
 
 def inspect_arguments(arguments: Any, scrubber: Scrubber) -> tuple[Any, tuple[str, ...]]:
@@ -64,6 +56,9 @@ def inspect_arguments(arguments: Any, scrubber: Scrubber) -> tuple[Any, tuple[st
 
 
 class InspectArguments:
+    """Inside ``call_next``: every other stage and the upstream, all given the context with
+    ``audit_arguments`` and ``secrets_seen`` filled (the arguments themselves unchanged)."""
+
     def __init__(self, secrets: SecretSource) -> None:
         self._secrets = secrets
 
@@ -92,36 +87,34 @@ def strip_meta_credentials(meta: Mapping[str, Any] | None) -> tuple[dict[str, An
     return kept, tuple(removed)
 
 
-def granted_secrets(decision: Decision | None) -> set[str] | None:
-    """The secret names a decision grants (``obligations.secrets``); ``None`` if malformed or absent."""
-    if decision is None:
+def granted_secrets(value: object) -> set[str] | None:
+    """The secret names an ``obligations.secrets`` value grants; ``None`` if it is not a list of strings."""
+    if not isinstance(value, list | tuple) or not all(isinstance(s, str) for s in value):
         return None
-    granted = decision.obligations.get("secrets")
-    if not isinstance(granted, list | tuple) or not all(isinstance(s, str) for s in granted):
-        return None
-    return set(granted)
+    return set(value)
 
 
-class EnforceSecretObligations:
+class SecretsObligation:
+    """The ``secrets`` obligation: an upstream's injected secrets must all be granted to the call."""
+
+    name = "secrets"
+    always = True  # an upstream that runs with secrets needs the grant even when the decision names none
+
     def __init__(self, secrets: SecretSource) -> None:
         self._secrets = secrets
 
-    async def __call__(self, ctx: CallContext, call_next: CallNext) -> Outcome:
-        needed = self._secrets.secret_names_for(ctx.server)
-        if not needed:
-            return await call_next(ctx)
-        decision = ctx.decision
-        granted = granted_secrets(decision)
-        missing = needed - (granted or set())
-        if decision is None or not decision.allow or missing:
-            detail = (
-                f"upstream {ctx.server!r} runs with secret(s) {_names(missing or needed)} that the policy "
-                "decision does not grant to this call (obligations.secrets)"
-            )
-            return Outcome(
-                decision=Decision.deny(SECRET_NOT_GRANTED, detail, revision=decision.revision if decision else None)
-            )
-        return await call_next(ctx)
+    async def enforce(self, ctx: CallContext, value: object) -> Refusal | None:
+        granted = set() if value is ABSENT else granted_secrets(value)
+        if granted is None:
+            return invalid(self.name, "a list of secret names", value)
+        missing = self._secrets.secret_names_for(ctx.server) - granted
+        if not missing:
+            return None
+        return Refusal(
+            ReasonCode.SECRET_NOT_GRANTED,
+            f"upstream {ctx.server!r} runs with secret(s) {_names(missing)} that the policy "
+            "decision does not grant to this call (obligations.secrets)",
+        )
 
 
 def _names(names: Iterable[str]) -> str:

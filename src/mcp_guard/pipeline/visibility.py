@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import anyio
 
 from mcp_guard.pipeline.authorize import Evaluator
-from mcp_guard.types import PolicyInput, Principal, SessionInfo, ToolInfo
+from mcp_guard.types import Action, PolicyInput, Principal, SessionInfo, ToolInfo
 
 __all__ = ["ListItem", "Visibility"]
 
@@ -33,7 +33,7 @@ class Visibility:
 
     async def visible(
         self,
-        action: str,
+        action: Action,
         principal: Principal,
         session: SessionInfo,
         items: Sequence[ListItem],
@@ -72,7 +72,7 @@ class Visibility:
 
     async def filter(
         self,
-        action: str,
+        action: Action,
         principal: Principal,
         session: SessionInfo,
         entries: Sequence[_E],

@@ -1,0 +1,66 @@
+"""The one place the stage order of the pipeline is written.
+
+Every request that targets an upstream runs through these stages, outermost first::
+
+    InspectArguments → RecordOutcome → PinCheck → Authorize → EnforceObligations → RecordDecision
+        → Redact → Forward
+
+* :class:`~mcp_guard.pipeline.secrets.InspectArguments` — the audit copy of the arguments (secrets
+  scrubbed, credential shapes masked) and ``secrets_seen``; first, so no stage can record raw arguments.
+* :class:`~mcp_guard.pipeline.audit.RecordOutcome` — records how the call ended (every deny, the result
+  summary or the error) before the client is answered; withholds a result it cannot record.
+* :class:`~mcp_guard.pipeline.pins.PinCheck` — ``tool_changed`` for a changed, unapproved tool; before
+  the policy, so that is the reason whatever the policy would say.
+* :class:`~mcp_guard.pipeline.authorize.Authorize` — nothing goes further without ``allow: true``.
+* :class:`~mcp_guard.pipeline.obligations.EnforceObligations` — every obligation of the allow is
+  enforced by its handler (:func:`obligation_handlers`) or the call is denied; before the allow is
+  recorded, so a refused call has a deny row and no allow row.
+* :class:`~mcp_guard.pipeline.audit.RecordDecision` — the allow row is committed before the upstream
+  sees the call; if it cannot be, the call is not forwarded (``audit_unavailable``).
+* :class:`~mcp_guard.pipeline.redact.Redact` — injected secret values are scrubbed from whatever comes back.
+* :class:`~mcp_guard.pipeline.forward.Forward` — the request to the upstream.
+
+Each stage's docstring states what runs inside its ``call_next``; :class:`~mcp_guard.pipeline.context.Outcome`
+documents what comes back out.
+"""
+
+from __future__ import annotations
+
+from mcp_guard.pipeline.audit import EventSink, RecordDecision, RecordOutcome
+from mcp_guard.pipeline.authorize import Authorize, Evaluator
+from mcp_guard.pipeline.chain import build_chain
+from mcp_guard.pipeline.context import CallNext, Interceptor
+from mcp_guard.pipeline.forward import Forward
+from mcp_guard.pipeline.obligations import EnforceObligations, ObligationHandler
+from mcp_guard.pipeline.pins import PinCheck
+from mcp_guard.pipeline.redact import Redact
+from mcp_guard.pipeline.secret_source import SecretSource
+from mcp_guard.pipeline.secrets import InspectArguments, SecretsObligation
+from mcp_guard.upstream.registry import Registry
+
+__all__ = ["build_pipeline", "obligation_handlers", "pipeline_stages"]
+
+
+def obligation_handlers(secrets: SecretSource) -> list[ObligationHandler]:
+    """Every obligation mcp-guard enforces, in the order they run; a key not handled here is a deny."""
+    return [SecretsObligation(secrets)]
+
+
+def pipeline_stages(
+    *, engine: Evaluator, sink: EventSink, registry: Registry, secrets: SecretSource
+) -> list[Interceptor]:
+    """The stages, outermost first (the order in the module docstring)."""
+    return [
+        InspectArguments(secrets),
+        RecordOutcome(sink),
+        PinCheck(registry),
+        Authorize(engine),
+        EnforceObligations(obligation_handlers(secrets)),
+        RecordDecision(sink),
+        Redact(secrets),
+    ]
+
+
+def build_pipeline(*, engine: Evaluator, sink: EventSink, registry: Registry, secrets: SecretSource) -> CallNext:
+    """The whole pipeline: :func:`pipeline_stages` ending in :class:`~mcp_guard.pipeline.forward.Forward`."""
+    return build_chain(pipeline_stages(engine=engine, sink=sink, registry=registry, secrets=secrets), Forward(registry))

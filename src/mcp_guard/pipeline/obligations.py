@@ -1,0 +1,124 @@
+"""The obligations stage: every key of ``decision.obligations`` is enforced by its handler, or the call is denied.
+
+An allow from policy may come with obligations (DESIGN §8: ``secrets``, later ``approval``,
+``rate_limit``, ``labels``, ``redact``, ``upstream_scopes``). An obligation is a condition of the allow,
+so one that mcp-guard cannot enforce must not be dropped silently: :class:`EnforceObligations` hands
+each key to the :class:`ObligationHandler` registered under that name and
+
+* denies with ``obligation_unknown`` (naming the keys) when a key has no handler — before any handler
+  runs, so nothing is done for a call that will not happen;
+* denies with whatever :class:`Refusal` a handler returns — ``obligation_invalid`` for a malformed value,
+  or the handler's own code (``secret_not_granted``, …);
+* runs a handler whose :attr:`~ObligationHandler.always` is true even when its key is absent (it is then
+  given :data:`ABSENT`): the secrets handler must refuse an upstream that runs with injected credentials
+  when the decision grants none.
+
+Handlers run in registration order and the first refusal stops the call. The deny replaces the allow
+as the call's governing decision (no allow row was written yet: this stage runs before
+``RecordDecision``), carries the policy revision, and is recorded by ``RecordOutcome`` like every deny.
+
+Adding an obligation = one small module with a handler class, and one entry in
+:func:`mcp_guard.pipeline.build.obligation_handlers`.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import Enum
+from typing import Final, Protocol
+
+import structlog
+
+from mcp_guard.pipeline.context import CallContext, CallNext, Outcome
+from mcp_guard.types import Decision, ReasonCode
+
+__all__ = ["ABSENT", "EnforceObligations", "ObligationHandler", "Refusal", "invalid"]
+
+log = structlog.get_logger("mcp_guard.obligations")
+
+
+class _Absent(Enum):
+    ABSENT = "absent"
+
+
+ABSENT: Final = _Absent.ABSENT
+"""The value an ``always`` handler is given when the decision does not carry its key."""
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """Why a handler will not let the call go on: a fail-closed reason code and detail for the agent."""
+
+    code: ReasonCode
+    detail: str
+
+
+class ObligationHandler(Protocol):
+    """Enforces one obligation key. ``enforce`` returns None to let the call go on, or a :class:`Refusal`."""
+
+    @property
+    def name(self) -> str:
+        """The key of ``decision.obligations`` this handler enforces."""
+        ...
+
+    @property
+    def always(self) -> bool:
+        """Run even when the key is absent (then ``value`` is :data:`ABSENT`)."""
+        ...
+
+    async def enforce(self, ctx: CallContext, value: object) -> Refusal | None: ...
+
+
+def invalid(name: str, expected: str, value: object) -> Refusal:
+    """The refusal for a malformed obligation value (a policy bug: fail closed and say what was expected)."""
+    return Refusal(ReasonCode.OBLIGATION_INVALID, f"obligations.{name} must be {expected}, got {type(value).__name__}")
+
+
+class EnforceObligations:
+    """Inside ``call_next``: ``RecordDecision`` → ``Redact`` → ``Forward`` — reached only if every obligation
+    of the allow (``ctx.decision``) is known and its handler, and every ``always`` handler, let it through."""
+
+    def __init__(self, handlers: Sequence[ObligationHandler]) -> None:
+        twice = sorted(name for name, n in Counter(h.name for h in handlers).items() if n > 1)
+        if twice:
+            raise ValueError(f"obligation handlers registered twice: {', '.join(twice)}")
+        self._handlers = tuple(handlers)
+        self._known = frozenset(h.name for h in handlers)
+
+    async def __call__(self, ctx: CallContext, call_next: CallNext) -> Outcome:
+        decision = ctx.decision
+        assert decision is not None and decision.allow, "EnforceObligations runs after an allow"
+        refusal = await self._check(ctx, decision)
+        if refusal is None:
+            return await call_next(ctx)
+        log.warning(
+            "obligation.refused",
+            code=str(refusal.code),
+            detail=refusal.detail,
+            call_id=ctx.call_id,
+            policy_decision_id=decision.decision_id,
+            policy_revision=decision.revision,
+        )
+        return Outcome(decision=Decision.deny(refusal.code, refusal.detail, revision=decision.revision))
+
+    async def _check(self, ctx: CallContext, decision: Decision) -> Refusal | None:
+        unknown = sorted(set(decision.obligations) - self._known)
+        if unknown:
+            names = ", ".join(repr(k) for k in unknown)
+            return Refusal(
+                ReasonCode.OBLIGATION_UNKNOWN,
+                f"the policy decision carries obligation(s) {names} that mcp-guard has no handler for",
+            )
+        for handler in self._handlers:
+            if handler.name in decision.obligations:
+                value: object = decision.obligations[handler.name]
+            elif handler.always:
+                value = ABSENT
+            else:
+                continue
+            refusal = await handler.enforce(ctx, value)
+            if refusal is not None:
+                return refusal
+        return None
