@@ -11,7 +11,6 @@ import json
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -23,13 +22,12 @@ from mcp.shared.exceptions import MCPError
 
 from guard_harness import make_settings, recorder_upstream, running_guard, text_of
 from http_harness import http_client, http_front
-from mcp_guard.channel import ELICITATION, ROOTS, SAMPLING, ClientMethod
+from mcp_guard.channel import ELICITATION, ROOTS, SAMPLING
 from mcp_guard.frontend.input_required import BridgedCallChannel, InputRequiredBridge, missing_capability
 from mcp_guard.pipeline.context import CallContext, Outcome
 from mcp_guard.settings import Settings
 from mcp_guard.testing import RecordingSink
 from mcp_guard.types import Principal, SessionInfo
-from mcp_guard.upstream.registry import Registry
 
 pytestmark = pytest.mark.anyio
 
@@ -534,39 +532,3 @@ async def test_roots_sampling_and_elicitation_reach_the_client_in_both_eras(mode
         assert p.messages[0].content.text.startswith("Use the following context:")
         assert answers.asked == ["roots", "elicit", "sample", "roots", "elicit", "elicit", "elicit"]
         assert not guard.bridge.calls
-
-
-class FakeChannel:
-    """A client channel as the registry sees it; records the requests routed to it."""
-
-    def __init__(self, channel_id: str, principal_id: str, parked: bool = False) -> None:
-        self.channel_id = channel_id
-        self.principal_id = principal_id
-        self.parked = parked
-        self.got: list[str] = []
-
-    async def request(self, method: ClientMethod, params: dict[str, Any]) -> dict[str, Any] | types.ErrorData:
-        self.got.append(method)
-        return SAMPLED
-
-    async def notify_log(self, params: types.LoggingMessageNotificationParams) -> None:
-        raise AssertionError("not used")
-
-    async def progress(self, progress: float, total: float | None, message: str | None) -> None:
-        raise AssertionError("not used")
-
-
-@pytest.mark.parametrize(("parked_principal", "routed"), [("alice", True), ("bob", False)])
-async def test_a_parked_call_does_not_block_attribution_within_its_principal_only(
-    parked_principal: str, routed: bool
-) -> None:
-    registry = Registry(make_settings({}), SimpleNamespace())
-    parked = FakeChannel("parked-call", parked_principal, parked=True)
-    served = FakeChannel("served-call", "alice")
-    with registry.in_flight("up", parked), registry.in_flight("up", served):
-        answer = await SAMPLING.ask(partial(registry.client_request, "up"), SAMPLE)
-    assert parked.got == []
-    if routed:
-        assert isinstance(answer, types.CreateMessageResult) and served.got == ["sampling/createMessage"]
-    else:  # another principal's call might be the one asking: refuse rather than guess
-        assert isinstance(answer, types.ErrorData) and served.got == []
