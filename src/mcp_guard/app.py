@@ -71,9 +71,8 @@ class Guard:
         self.visibility = Visibility(engine)
         self.sessions = SessionTable(settings, self._session_started, self._session_ended)
         self.chain = build_chain(self._interceptors(), Forward(self.registry))
-        self.bridge = (
-            InputRequiredBridge()
-        )  # upstream→client requests for 2026-07-28 clients (InputRequiredResult rounds)
+        # Upstream→client requests for 2026-07-28 clients (InputRequiredResult rounds).
+        self.bridge = InputRequiredBridge()
         self._tg: TaskGroup | None = None
 
     # ------------------------------------------------------------------ construction

@@ -60,9 +60,8 @@ class Handlers:
     sessions: SessionTable
     transport: str
     principal_of: PrincipalResolver
-    bridge: InputRequiredBridge | None = (
-        None  # 2026-07-28 clients: upstream→client requests as InputRequiredResult rounds
-    )
+    # 2026-07-28 clients: upstream→client requests as InputRequiredResult rounds.
+    bridge: InputRequiredBridge | None = None
 
     # ------------------------------------------------------------------ helpers
     def _session(self, ctx: ServerRequestContext[Any, Any]) -> DownstreamSession:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
+from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -127,7 +128,7 @@ class SessionTable:
                 tg.start_soon(s.notify, fn)
 
 
-class RequestScopedChannel:
+class RequestScopedChannel(ABC):
     """Log and progress of an upstream, on the client request that is being served (if any).
 
     Both front channels send these the same way: on a request's own stream, at most
@@ -138,8 +139,9 @@ class RequestScopedChannel:
     channel_id: str
     principal_id: str
 
+    @abstractmethod
     def _carrier(self) -> ServerRequestContext[Any, Any] | None:
-        raise NotImplementedError
+        """The client request that carries log and progress now (None: there is none)."""
 
     async def notify_log(self, params: types.LoggingMessageNotificationParams) -> None:
         ctx = self._carrier()

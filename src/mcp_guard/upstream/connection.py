@@ -226,7 +226,7 @@ class UpstreamConnection:
                 read_timeout_seconds=max(self.settings.timeout_s, self.settings.startup_timeout_s),
                 sampling_callback=self._on_sampling,
                 elicitation_callback=self._on_elicitation,
-                # Roots are opt-in per upstream: a server that trusts client roots (server-filesystem does)
+                # Roots are opt-in per upstream: an upstream that trusts client roots (server-filesystem does)
                 # would otherwise let a client widen its sandbox.
                 list_roots_callback=self._on_list_roots if self.settings.forward_roots else None,
                 logging_callback=self._on_log,
@@ -404,7 +404,7 @@ async def _paginate(fn: Callable[..., Awaitable[Any]], attr: str) -> list[Any]:
 
 
 async def _optional(fn: Callable[..., Awaitable[Any]], attr: str) -> list[Any]:
-    """A listing the server advertised but may not serve (e.g. no resource templates): empty if not found."""
+    """A listing the upstream advertised but may not serve (e.g. no resource templates): empty if not found."""
     try:
         return await _paginate(fn, attr)
     except MCPError as e:
