@@ -19,10 +19,11 @@ from anyio.abc import TaskGroup
 from mcp.server.connection import Connection
 from mcp.server.context import ServerRequestContext
 
-from mcp_guard.frontend.bridge import Bridge
+from mcp_guard.audit import events
 from mcp_guard.frontend.handlers import Handlers
+from mcp_guard.frontend.input_required import InputRequiredBridge
 from mcp_guard.frontend.server import build_server, initialization_options
-from mcp_guard.frontend.sessions import ClientSession, SessionTable
+from mcp_guard.frontend.sessions import DownstreamSession, SessionTable
 from mcp_guard.pins import PinStore
 from mcp_guard.pipeline.audit import EventSink
 from mcp_guard.pipeline.authorize import Evaluator
@@ -65,7 +66,8 @@ class Guard:
         self.visibility = Visibility(engine)
         self.sessions = SessionTable(settings, self._session_started, self._session_ended)
         self.chain = build_pipeline(engine=engine, sink=sink, registry=self.registry, secrets=secrets)
-        self.bridge = Bridge()  # upstream→client requests for 2026-07-28 clients (InputRequiredResult rounds)
+        # Upstream→client requests for 2026-07-28 clients (InputRequiredResult rounds).
+        self.bridge = InputRequiredBridge()
         self._tg: TaskGroup | None = None
 
     # ------------------------------------------------------------------ construction
@@ -192,8 +194,11 @@ class Guard:
 
         await self.sessions.broadcast(send)
 
-    async def upstream_event(self, upstream: str, kind: str, details: dict[str, Any]) -> None:
-        self.sink.record_nowait(AuditEvent(kind=EventKind(kind), server=upstream, details=details))
+    async def upstream_event(self, upstream: str, kind: EventKind, details: dict[str, Any]) -> None:
+        self.sink.record_nowait(events.upstream_event(kind, upstream, details))
+
+    async def pin_event(self, upstream: str, kind: EventKind, tool: str, details: dict[str, Any]) -> None:
+        self.sink.record_nowait(events.pin_event(kind, upstream, tool, **details))
 
     async def resource_updated(self, upstream: str, uri: str) -> None:
         exposed = self.registry.expose_uri(upstream, uri)
@@ -202,7 +207,7 @@ class Guard:
                 await sess.notify(lambda c: c.send_resource_updated(exposed))
 
     # ------------------------------------------------------------------ sessions
-    def _session_started(self, sess: ClientSession) -> None:
+    def _session_started(self, sess: DownstreamSession) -> None:
         log.info("session.start", session_id=sess.id, principal=sess.principal.id, client=sess.info.client_name)
         self.sink.record_nowait(
             AuditEvent(
@@ -217,7 +222,7 @@ class Guard:
             )
         )
 
-    def _session_ended(self, sess: ClientSession) -> None:
+    def _session_ended(self, sess: DownstreamSession) -> None:
         log.info("session.end", session_id=sess.id, principal=sess.principal.id, calls=sess.calls)
         self.sink.record_nowait(
             AuditEvent(

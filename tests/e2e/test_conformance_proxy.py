@@ -7,7 +7,7 @@ version's requirement set against the proxy's URL and writes the summary this te
 
 Expected: every scenario the fixture passes directly (tests/e2e/test_conformance.py), except the ones listed in
 ``CANNOT_PASS_THROUGH_PROXY`` — mcp-guard talks to upstreams on the 2025-11-25 handshake and bridges their
-server→client requests into InputRequiredResult rounds for 2026-07-28 clients (mcp_guard.frontend.bridge);
+server→client requests into InputRequiredResult rounds for 2026-07-28 clients (mcp_guard.frontend.input_required);
 tests/conformance/README.md explains why those few cannot pass that way. If one of them starts passing, the
 test says so, so the list cannot go stale.
 """

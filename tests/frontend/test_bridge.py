@@ -1,7 +1,7 @@
 """The input-required bridge: upstream→client requests as InputRequiredResult rounds for 2026-07-28 clients.
 
-Unit tests drive :class:`Bridge` with a fake pipeline (an async function that asks through the call's
-downstream, as the registry would) and a fake request context; the last tests go through the real
+Unit tests drive :class:`InputRequiredBridge` with a fake pipeline (an async function that asks through
+the call's client channel, as the registry would) and a fake request context; the last tests go through the real
 guard: a recorder upstream on the handshake era, an SDK client on 2026-07-28 over the HTTP front.
 """
 
@@ -22,12 +22,12 @@ from mcp.shared.exceptions import MCPError
 
 from guard_harness import make_settings, recorder_upstream, running_guard, text_of
 from http_harness import http_client, http_front
-from mcp_guard.frontend.bridge import Bridge, BridgeDownstream, missing_capability
+from mcp_guard.channel import ELICITATION, ROOTS, SAMPLING
+from mcp_guard.frontend.input_required import BridgedCallChannel, InputRequiredBridge, missing_capability
 from mcp_guard.pipeline.context import CallContext, Outcome
 from mcp_guard.settings import Settings
 from mcp_guard.testing import RecordingSink
 from mcp_guard.types import Principal, SessionInfo
-from mcp_guard.upstream.registry import Registry
 
 pytestmark = pytest.mark.anyio
 
@@ -44,7 +44,7 @@ SAMPLE = types.CreateMessageRequestParams(
 ACCEPT = {"action": "accept", "content": {"name": "Ada"}}
 SAMPLED = {"role": "assistant", "content": {"type": "text", "text": "Hello"}, "model": "m", "stopReason": "endTurn"}
 
-Pipeline = Callable[[BridgeDownstream], Awaitable[dict[str, Any]]]
+Pipeline = Callable[[BridgedCallChannel], Awaitable[dict[str, Any]]]
 
 
 def _ctx(caps: types.ClientCapabilities | None = ALL_CAPS) -> Any:
@@ -75,7 +75,7 @@ def _params(state: str | None = None, responses: dict[str, Any] | None = None) -
 
 
 class Runs:
-    """A fake pipeline: counts its runs and hands the bridged downstream to ``body``."""
+    """A fake pipeline: counts its runs and hands the bridged call's channel to ``body``."""
 
     def __init__(self, body: Pipeline) -> None:
         self.body = body
@@ -85,15 +85,15 @@ class Runs:
     async def __call__(self, call: CallContext) -> Outcome:
         self.count += 1
         try:
-            assert isinstance(call.downstream, BridgeDownstream)
+            assert isinstance(call.downstream, BridgedCallChannel)
             return Outcome(result=await self.body(call.downstream))
         finally:
             self.ended.set()
 
 
 @asynccontextmanager
-async def _bridge(**kwargs: Any) -> AsyncIterator[Bridge]:
-    bridge = Bridge(**kwargs)
+async def _bridge(**kwargs: Any) -> AsyncIterator[InputRequiredBridge]:
+    bridge = InputRequiredBridge(**kwargs)
     async with anyio.create_task_group() as tg:
         bridge.attach(tg)
         yield bridge
@@ -101,7 +101,7 @@ async def _bridge(**kwargs: Any) -> AsyncIterator[Bridge]:
 
 
 async def _round(
-    bridge: Bridge,
+    bridge: InputRequiredBridge,
     runs: Runs,
     *,
     state: str | None = None,
@@ -126,15 +126,15 @@ def _text_result(text: str) -> dict[str, Any]:
     return {"content": [{"type": "text", "text": text}]}
 
 
-async def ask_name(d: BridgeDownstream) -> dict[str, Any]:
-    answer = await d.elicitation(ELICIT)
+async def ask_name(d: BridgedCallChannel) -> dict[str, Any]:
+    answer = await ELICITATION.ask(d.request, ELICIT)
     assert isinstance(answer, types.ElicitResult), answer
     return _text_result(f"hello {(answer.content or {}).get('name')}")
 
 
 # ---------------------------------------------------------------------------------------------------- rounds
 async def test_no_question_means_the_final_result_at_once() -> None:
-    async def body(d: BridgeDownstream) -> dict[str, Any]:
+    async def body(d: BridgedCallChannel) -> dict[str, Any]:
         return _text_result("done")
 
     async with _bridge() as bridge:
@@ -162,17 +162,17 @@ async def test_question_becomes_input_required_and_retry_completes_the_same_call
 
 
 async def test_questions_asked_together_share_one_round() -> None:
-    async def body(d: BridgeDownstream) -> dict[str, Any]:
+    async def body(d: BridgedCallChannel) -> dict[str, Any]:
         got: dict[str, Any] = {}
 
         async def elicit() -> None:
-            got["e"] = await d.elicitation(ELICIT)
+            got["e"] = await ELICITATION.ask(d.request, ELICIT)
 
         async def sample() -> None:
-            got["s"] = await d.sampling(SAMPLE)
+            got["s"] = await SAMPLING.ask(d.request, SAMPLE)
 
         async def roots() -> None:
-            got["r"] = await d.list_roots()
+            got["r"] = await ROOTS.ask(d.request, None)
 
         async with anyio.create_task_group() as tg:
             # One after the other, each once the previous one is parked: a burst, not a single tick.
@@ -200,9 +200,9 @@ async def test_questions_asked_together_share_one_round() -> None:
 
 
 async def test_sequential_questions_take_one_round_each_with_a_new_state() -> None:
-    async def body(d: BridgeDownstream) -> dict[str, Any]:
-        first = await d.elicitation(ELICIT)
-        second = await d.sampling(SAMPLE)
+    async def body(d: BridgedCallChannel) -> dict[str, Any]:
+        first = await ELICITATION.ask(d.request, ELICIT)
+        second = await SAMPLING.ask(d.request, SAMPLE)
         assert isinstance(first, types.ElicitResult) and isinstance(second, types.CreateMessageResult)
         return _text_result("both")
 
@@ -320,8 +320,8 @@ def test_missing_capability(
 async def test_an_undeclared_capability_is_refused_to_the_upstream_with_32021() -> None:
     seen: list[Any] = []
 
-    async def body(d: BridgeDownstream) -> dict[str, Any]:
-        answer = await d.sampling(SAMPLE)
+    async def body(d: BridgedCallChannel) -> dict[str, Any]:
+        answer = await SAMPLING.ask(d.request, SAMPLE)
         seen.append(answer)
         return _text_result("fallback")
 
@@ -336,12 +336,12 @@ async def test_an_undeclared_capability_is_refused_to_the_upstream_with_32021() 
 async def test_an_undeclared_question_asked_with_others_waits_until_they_are_answered() -> None:
     got: dict[str, Any] = {}
 
-    async def body(d: BridgeDownstream) -> dict[str, Any]:
+    async def body(d: BridgedCallChannel) -> dict[str, Any]:
         async def elicit() -> None:
-            got["e"] = await d.elicitation(ELICIT)
+            got["e"] = await ELICITATION.ask(d.request, ELICIT)
 
         async def sample() -> None:
-            got["s"] = await d.sampling(SAMPLE)
+            got["s"] = await SAMPLING.ask(d.request, SAMPLE)
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(elicit)
@@ -369,8 +369,8 @@ async def test_an_undeclared_question_asked_with_others_waits_until_they_are_ans
 async def test_an_abandoned_call_expires_and_its_upstream_request_fails() -> None:
     answers: list[Any] = []
 
-    async def body(d: BridgeDownstream) -> dict[str, Any]:
-        answers.append(await d.elicitation(ELICIT))
+    async def body(d: BridgedCallChannel) -> dict[str, Any]:
+        answers.append(await ELICITATION.ask(d.request, ELICIT))
         return _text_result("gave up")
 
     async with _bridge(pending_ttl_s=0.05) as bridge:
@@ -387,8 +387,8 @@ async def test_an_abandoned_call_expires_and_its_upstream_request_fails() -> Non
 
 
 async def test_a_stuck_upstream_is_cancelled_after_the_grace_period() -> None:
-    async def body(d: BridgeDownstream) -> dict[str, Any]:
-        await d.elicitation(ELICIT)
+    async def body(d: BridgedCallChannel) -> dict[str, Any]:
+        await ELICITATION.ask(d.request, ELICIT)
         await anyio.sleep_forever()  # an upstream that ignores the failed question
         raise AssertionError
 
@@ -409,12 +409,12 @@ async def test_pending_calls_are_bounded_per_principal() -> None:
         assert isinstance(await _round(bridge, Runs(ask_name), call=_call(principal="bob")), dict)
 
 
-async def test_downstream_is_parked_between_rounds_only() -> None:
+async def test_channel_is_parked_between_rounds_only() -> None:
     parked: list[bool] = []
 
-    async def body(d: BridgeDownstream) -> dict[str, Any]:
+    async def body(d: BridgedCallChannel) -> dict[str, Any]:
         parked.append(d.parked)
-        await d.elicitation(ELICIT)
+        await ELICITATION.ask(d.request, ELICIT)
         parked.append(d.parked)
         return _text_result("ok")
 
@@ -423,7 +423,7 @@ async def test_downstream_is_parked_between_rounds_only() -> None:
         r1 = await _round(bridge, runs)
         assert isinstance(r1, dict)
         call = next(iter(bridge.calls.values()))
-        assert BridgeDownstream(call).parked
+        assert BridgedCallChannel(call).parked
         await _round(bridge, runs, state=r1["requestState"], responses={"elicitation-1": ACCEPT})
         assert parked == [False, False]
 
@@ -532,42 +532,3 @@ async def test_roots_sampling_and_elicitation_reach_the_client_in_both_eras(mode
         assert p.messages[0].content.text.startswith("Use the following context:")
         assert answers.asked == ["roots", "elicit", "sample", "roots", "elicit", "elicit", "elicit"]
         assert not guard.bridge.calls
-
-
-class FakeDownstream:
-    """A downstream as the registry sees it; records the sampling requests routed to it."""
-
-    def __init__(self, session_id: str, principal_id: str, parked: bool = False) -> None:
-        self.session_id = session_id
-        self.principal_id = principal_id
-        self.parked = parked
-        self.got: list[str] = []
-
-    async def sampling(self, params: types.CreateMessageRequestParams) -> types.CreateMessageResult:
-        self.got.append("sampling")
-        return types.CreateMessageResult(role="assistant", content=types.TextContent(type="text", text="ok"), model="m")
-
-    async def elicitation(self, params: types.ElicitRequestParams) -> types.ElicitResult:
-        raise AssertionError("not used")
-
-    async def list_roots(self) -> types.ListRootsResult:
-        raise AssertionError("not used")
-
-    async def log_message(self, params: types.LoggingMessageNotificationParams) -> None:
-        return None
-
-
-@pytest.mark.parametrize(("parked_principal", "routed"), [("alice", True), ("bob", False)])
-async def test_a_parked_call_does_not_block_attribution_within_its_principal_only(
-    parked_principal: str, routed: bool
-) -> None:
-    registry = Registry(make_settings({}), SimpleNamespace())
-    parked = FakeDownstream("parked-call", parked_principal, parked=True)
-    served = FakeDownstream("served-call", "alice")
-    with registry.in_flight("up", parked), registry.in_flight("up", served):
-        answer = await registry.sampling("up", SAMPLE)
-    assert parked.got == []
-    if routed:
-        assert isinstance(answer, types.CreateMessageResult) and served.got == ["sampling"]
-    else:  # another principal's call might be the one asking: refuse rather than guess
-        assert isinstance(answer, types.ErrorData) and served.got == []

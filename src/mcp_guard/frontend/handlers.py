@@ -26,8 +26,8 @@ from mcp.server.context import ServerRequestContext
 from mcp.shared.exceptions import MCPError
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
-from mcp_guard.frontend.bridge import Bridge
-from mcp_guard.frontend.sessions import ClientSession, RequestDownstream, SessionTable
+from mcp_guard.frontend.input_required import InputRequiredBridge
+from mcp_guard.frontend.sessions import DownstreamSession, RequestChannel, SessionTable
 from mcp_guard.pipeline.audit import EventSink
 from mcp_guard.pipeline.context import CallContext, CallNext, Outcome
 from mcp_guard.pipeline.forward import DENIED, is_guard_error
@@ -60,10 +60,11 @@ class Handlers:
     sessions: SessionTable
     transport: str
     principal_of: PrincipalResolver
-    bridge: Bridge | None = None  # 2026-07-28 clients: upstream→client requests as InputRequiredResult rounds
+    # 2026-07-28 clients: upstream→client requests as InputRequiredResult rounds.
+    bridge: InputRequiredBridge | None = None
 
     # ------------------------------------------------------------------ helpers
-    def _session(self, ctx: ServerRequestContext[Any, Any]) -> ClientSession:
+    def _session(self, ctx: ServerRequestContext[Any, Any]) -> DownstreamSession:
         return self.sessions.for_request(ctx, self.transport, self.principal_of(ctx))
 
     def _page(self, items: list[_T], params: types.PaginatedRequestParams | None) -> tuple[list[_T], str | None]:
@@ -79,7 +80,7 @@ class Handlers:
         end = start + size
         return items[start:end], (str(end) if end < len(items) else None)
 
-    def _list_event(self, sess: ClientSession, kind: EventKind, names: list[str]) -> None:
+    def _list_event(self, sess: DownstreamSession, kind: EventKind, names: list[str]) -> None:
         self.sink.record_nowait(
             AuditEvent(
                 kind=kind,
@@ -109,7 +110,7 @@ class Handlers:
     def _context(
         self,
         ctx: ServerRequestContext[Any, Any],
-        sess: ClientSession,
+        sess: DownstreamSession,
         *,
         action: Action,
         server: str,
@@ -120,13 +121,9 @@ class Handlers:
         tool_info: ToolInfo | None = None,
     ) -> CallContext:
         sess.calls += 1
-        progress = None
-        if ctx.meta is not None and ctx.meta.get("progress_token") is not None:
-
-            async def progress(p: float, total: float | None, message: str | None) -> None:
-                await ctx.session.report_progress(p, total, message)
-
         up = self.settings.upstreams.get(server)
+        channel = RequestChannel(sess, ctx, timeout_s=up.timeout_s if up else 60.0)
+        wants_progress = ctx.meta is not None and ctx.meta.get("progress_token") is not None
         return CallContext(
             action=action,
             principal=sess.principal,
@@ -138,24 +135,24 @@ class Handlers:
             request=request,
             tool_info=tool_info,
             session_calls=sess.calls,
-            progress=progress,
+            progress=channel.progress if wants_progress else None,
             timeout_s=up.timeout_s if up else None,
-            downstream=RequestDownstream(sess, ctx, timeout_s=up.timeout_s if up else 60.0),
+            downstream=channel,
         )
 
     async def _run(self, call: CallContext) -> Outcome:
         return await self.chain(call)
 
     async def _run_for(
-        self, ctx: ServerRequestContext[Any, Any], sess: ClientSession, call: CallContext, params: Any
+        self, ctx: ServerRequestContext[Any, Any], sess: DownstreamSession, call: CallContext, params: Any
     ) -> Outcome | dict[str, Any]:
         """Run a call that may need the client's input; for a 2026-07-28 client that is an InputRequiredResult
-        dict (returned as is) until its retries complete the call (see mcp_guard.frontend.bridge)."""
+        dict (returned as is) until its retries complete the call (see mcp_guard.frontend.input_required)."""
         if sess.modern and self.bridge is not None:
             return await self.bridge.run(ctx, sess, call, params, self._run)
         return await self._run(call)
 
-    async def _unknown(self, sess: ClientSession, action: str, exposed: str, what: str) -> Decision:
+    async def _unknown(self, sess: DownstreamSession, action: str, exposed: str, what: str) -> Decision:
         d = Decision.deny(
             ReasonCode.UNKNOWN_TARGET,
             f"{what} {exposed!r} does not exist (names are '<upstream>"

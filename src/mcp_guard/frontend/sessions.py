@@ -1,18 +1,23 @@
 """Client sessions: who is connected, as whom, and how to reach them.
 
-A :class:`ClientSession` is created the first time a client connection sends a request (``initialize``
-on the handshake era; every request is its own connection on the stateless 2026-07-28 era) and is
-kept on the SDK connection's per-connection state. Its end is registered on the connection's exit
-stack, so ``session.end`` is recorded however the connection closes.
+A :class:`DownstreamSession` is created the first time a client connection sends a request
+(``initialize`` on the handshake era; every request is its own connection on the stateless 2026-07-28
+era) and is kept on the SDK connection's per-connection state. Its end is registered on the connection's
+exit stack, so ``session.end`` is recorded however the connection closes.
+
+:class:`RequestChannel` is the :class:`~mcp_guard.channel.ClientChannel` of one handshake-era client
+request: upstream→client traffic rides that request's own stream. :class:`RequestScopedChannel` is what
+it shares with the input-required bridge's channel (log and progress on a client request, bounded).
 """
 
 from __future__ import annotations
 
 import contextlib
 import warnings
+from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
 import anyio
 import mcp_types as types
@@ -20,21 +25,23 @@ import structlog
 from mcp.server.connection import Connection
 from mcp.server.context import ServerRequestContext
 from mcp.shared.exceptions import MCPDeprecationWarning, MCPError
+from mcp.shared.message import ServerMessageMetadata
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
-from pydantic import TypeAdapter
+from pydantic import RootModel, ValidationError
 
+from mcp_guard.channel import NOTIFY_TIMEOUT_S, REQUEST_TYPES, ClientMethod, log_locally
 from mcp_guard.settings import Settings
 from mcp_guard.types import Principal, SessionInfo, new_id
 
-__all__ = ["ClientSession", "RequestDownstream", "SessionTable", "principal_for"]
+__all__ = ["DownstreamSession", "RequestChannel", "RequestScopedChannel", "SessionTable", "principal_for"]
 
 log = structlog.get_logger("mcp_guard.frontend")
 
 _STATE_KEY = "mcp_guard.session"
-_NOTIFY_TIMEOUT_S = 5.0
-_SAMPLING_RESULT: TypeAdapter[types.CreateMessageResult | types.CreateMessageResultWithTools] = TypeAdapter(
-    cast(Any, types.CreateMessageResult | types.CreateMessageResultWithTools)
-)
+
+
+class _RawResult(RootModel[dict[str, Any]]):
+    """A client's result kept as it came (the SDK validates it against the method's result type first)."""
 
 
 def principal_for(settings: Settings, principal_id: str) -> Principal:
@@ -46,7 +53,9 @@ def principal_for(settings: Settings, principal_id: str) -> Principal:
 
 
 @dataclass(eq=False)
-class ClientSession:
+class DownstreamSession:
+    """One client connection to mcp-guard (not to be confused with the SDK's client sessions upstream)."""
+
     info: SessionInfo
     principal: Principal
     connection: Connection
@@ -62,7 +71,7 @@ class ClientSession:
         """Send a standalone notification; a slow or gone client never blocks the caller for long."""
         if self.modern or not self.connection.has_standalone_channel:
             return
-        with anyio.move_on_after(_NOTIFY_TIMEOUT_S), contextlib.suppress(Exception):
+        with anyio.move_on_after(NOTIFY_TIMEOUT_S), contextlib.suppress(Exception):
             await fn(self.connection)
 
 
@@ -72,19 +81,19 @@ class SessionTable:
     def __init__(
         self,
         settings: Settings,
-        on_start: Callable[[ClientSession], None],
-        on_end: Callable[[ClientSession], None],
+        on_start: Callable[[DownstreamSession], None],
+        on_end: Callable[[DownstreamSession], None],
     ) -> None:
         self._settings = settings
         self._on_start = on_start
         self._on_end = on_end
-        self.live: dict[str, ClientSession] = {}
+        self.live: dict[str, DownstreamSession] = {}
 
-    def for_request(self, ctx: ServerRequestContext[Any, Any], transport: str, principal_id: str) -> ClientSession:
-        conn: Connection = ctx.session._connection
+    def for_request(self, ctx: ServerRequestContext[Any, Any], transport: str, principal_id: str) -> DownstreamSession:
+        conn = _connection_of(ctx)
         existing = conn.state.get(_STATE_KEY)
         if existing is not None:
-            sess: ClientSession = existing
+            sess: DownstreamSession = existing
             return sess
         params = conn.client_params
         client = params.client_info if params is not None else None
@@ -95,7 +104,7 @@ class SessionTable:
             client_name=client.name if client else None,
             client_version=client.version if client else None,
         )
-        sess = ClientSession(
+        sess = DownstreamSession(
             info=info, principal=principal_for(self._settings, principal_id), connection=conn, modern=modern
         )
         conn.state[_STATE_KEY] = sess
@@ -106,7 +115,7 @@ class SessionTable:
             self._on_start(sess)
         return sess
 
-    def _end(self, sess: ClientSession) -> None:
+    def _end(self, sess: DownstreamSession) -> None:
         self.live.pop(sess.id, None)
         self._on_end(sess)
 
@@ -119,66 +128,91 @@ class SessionTable:
                 tg.start_soon(s.notify, fn)
 
 
-class RequestDownstream:
-    """One in-flight client request, as the registry sees it for upstream→client traffic."""
+class RequestScopedChannel(ABC):
+    """Log and progress of an upstream, on the client request that is being served (if any).
 
-    def __init__(self, session: ClientSession, ctx: ServerRequestContext[Any, Any], timeout_s: float) -> None:
-        self.session_id = session.id
+    Both front channels send these the same way: on a request's own stream, at most
+    :data:`~mcp_guard.channel.NOTIFY_TIMEOUT_S` per message, dropped (never raised) if the client is slow
+    or gone. Subclasses say which request carries them now (:meth:`_carrier`).
+    """
+
+    channel_id: str
+    principal_id: str
+
+    @abstractmethod
+    def _carrier(self) -> ServerRequestContext[Any, Any] | None:
+        """The client request that carries log and progress now (None: there is none)."""
+
+    async def notify_log(self, params: types.LoggingMessageNotificationParams) -> None:
+        ctx = self._carrier()
+        if ctx is None:  # a bridged call between rounds: no client request to carry it
+            log_locally(params, call=self.channel_id)
+            return
+        with anyio.move_on_after(NOTIFY_TIMEOUT_S), contextlib.suppress(Exception), warnings.catch_warnings():
+            # Relaying an upstream's log message is part of the 2025-11-25 protocol; deprecated in 2026-07-28 but
+            # still allowed there (the SDK sends it only if the request opted in).
+            warnings.simplefilter("ignore", MCPDeprecationWarning)
+            await ctx.session.send_log_message(
+                params.level, params.data, params.logger, related_request_id=ctx.request_id
+            )
+
+    async def progress(self, progress: float, total: float | None, message: str | None) -> None:
+        ctx = self._carrier()
+        if ctx is None:
+            return
+        with anyio.move_on_after(NOTIFY_TIMEOUT_S), contextlib.suppress(Exception):
+            await ctx.session.report_progress(progress, total, message)
+
+
+class RequestChannel(RequestScopedChannel):
+    """One in-flight handshake-era client request, as upstream→client traffic reaches it."""
+
+    def __init__(self, session: DownstreamSession, ctx: ServerRequestContext[Any, Any], timeout_s: float) -> None:
+        self.channel_id = session.id
         self.principal_id = session.principal.id
-        self._session = session
+        self._modern = session.modern
         self._ctx = ctx
         self._timeout_s = timeout_s
 
-    async def _request(self, method: str, params: dict[str, Any]) -> dict[str, Any] | types.ErrorData:
-        outbound = self._ctx.session._request_outbound
-        if self._session.modern or not outbound.can_send_request:
+    @property
+    def parked(self) -> bool:
+        return False  # its request is being served for as long as the call is in flight
+
+    def _carrier(self) -> ServerRequestContext[Any, Any] | None:
+        return self._ctx
+
+    async def request(self, method: ClientMethod, params: dict[str, Any]) -> dict[str, Any] | types.ErrorData:
+        session = self._ctx.session
+        if self._modern or not session.can_send_request:
             return types.ErrorData(
                 code=types.INVALID_REQUEST,
                 message=f"mcp-guard: the client's connection cannot carry {method} (no back channel on this "
                 f"protocol era/transport)",
             )
         try:
-            return await outbound.send_raw_request(method, params, {"timeout": self._timeout_s})
+            request = types.server_request_adapter.validate_python({"method": method, "params": params})
+        except ValidationError as e:
+            return types.ErrorData(code=types.INTERNAL_ERROR, message=f"mcp-guard: cannot relay {method}: {e}")
+        try:
+            answer = await session.send_request(
+                request,
+                _RawResult,
+                request_read_timeout_seconds=self._timeout_s,
+                metadata=ServerMessageMetadata(related_request_id=self._ctx.request_id),  # on this request's stream
+            )
         except MCPError as e:
             return e.error
+        except ValidationError as e:  # the SDK checks the client's result against the method's result type
+            return REQUEST_TYPES[method].invalid(e)
+        return answer.root
 
-    async def sampling(
-        self, params: types.CreateMessageRequestParams
-    ) -> types.CreateMessageResult | types.CreateMessageResultWithTools | types.ErrorData:
-        raw = await self._request(
-            "sampling/createMessage", params.model_dump(by_alias=True, mode="json", exclude_none=True)
-        )
-        if isinstance(raw, types.ErrorData):
-            return raw
-        try:
-            return _SAMPLING_RESULT.validate_python(raw, by_name=False)
-        except ValueError as e:
-            return types.ErrorData(code=types.INTERNAL_ERROR, message=f"client sent an invalid sampling result: {e}")
 
-    async def elicitation(self, params: types.ElicitRequestParams) -> types.ElicitResult | types.ErrorData:
-        raw = await self._request(
-            "elicitation/create", params.model_dump(by_alias=True, mode="json", exclude_none=True)
-        )
-        if isinstance(raw, types.ErrorData):
-            return raw
-        try:
-            return types.ElicitResult.model_validate(raw, by_name=False)
-        except ValueError as e:
-            return types.ErrorData(code=types.INTERNAL_ERROR, message=f"client sent an invalid elicit result: {e}")
+def _connection_of(ctx: ServerRequestContext[Any, Any]) -> Connection:
+    """The SDK connection a request arrived on (its per-connection state, exit stack, standalone channel).
 
-    async def list_roots(self) -> types.ListRootsResult | types.ErrorData:
-        raw = await self._request("roots/list", {})
-        if isinstance(raw, types.ErrorData):
-            return raw
-        try:
-            return types.ListRootsResult.model_validate(raw, by_name=False)
-        except ValueError as e:
-            return types.ErrorData(code=types.INTERNAL_ERROR, message=f"client sent an invalid roots result: {e}")
-
-    async def log_message(self, params: types.LoggingMessageNotificationParams) -> None:
-        with anyio.move_on_after(_NOTIFY_TIMEOUT_S), contextlib.suppress(Exception), warnings.catch_warnings():
-            # Forwarding an upstream's log message is part of the 2025-11-25 protocol, deprecated or not.
-            warnings.simplefilter("ignore", MCPDeprecationWarning)
-            await self._ctx.session.send_log_message(
-                params.level, params.data, params.logger, related_request_id=self._ctx.request_id
-            )
+    The SDK (mcp 2.3.0) has no public accessor for it on a lowlevel handler's ``ServerRequestContext``:
+    ``ServerSession`` keeps it private and only the (not yet constructed) ``Context`` exposes
+    ``.connection``. This is the one place mcp-guard reads a private SDK attribute.
+    """
+    conn: Connection = ctx.session._connection
+    return conn

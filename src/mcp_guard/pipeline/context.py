@@ -12,6 +12,7 @@ from typing import Any
 
 import mcp_types as types
 
+from mcp_guard.channel import ClientChannel
 from mcp_guard.types import Action, Decision, Principal, ReasonCode, SessionInfo, ToolInfo, new_id
 
 __all__ = ["CallContext", "CallNext", "Interceptor", "Outcome", "ProgressFn"]
@@ -40,7 +41,7 @@ class CallContext:
     timeout_s: float | None = None
     call_id: str = field(default_factory=new_id)
     started: float = field(default_factory=time.perf_counter)
-    downstream: Any = None  # the front's request context (for correlation of upstream→client requests)
+    downstream: ClientChannel | None = None  # the client the call came from (for upstream→client traffic)
 
 
 @dataclass(frozen=True, slots=True)

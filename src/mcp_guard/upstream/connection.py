@@ -13,7 +13,7 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, TypeVar, cast
+from typing import Any, Literal, Protocol, TypeVar
 
 import anyio
 import httpx2
@@ -26,8 +26,10 @@ from mcp.shared.dispatcher import ProgressFnT
 from mcp.shared.exceptions import MCPError
 from pydantic import BaseModel, TypeAdapter
 
+from mcp_guard.channel import ELICITATION, ROOTS, SAMPLING, ClientMethod
 from mcp_guard.errors import UpstreamError, UpstreamTimeout
 from mcp_guard.settings import UpstreamSettings
+from mcp_guard.types import EventKind
 from mcp_guard.upstream.stdio import minimal_environment, open_stdio_transport
 
 __all__ = ["Catalog", "Injections", "UpstreamConnection", "UpstreamHooks"]
@@ -50,18 +52,17 @@ class Injections:
 
 
 class UpstreamHooks(Protocol):
-    """What an upstream reports to, and asks of, the rest of mcp-guard."""
+    """What an upstream reports to, and asks of, the rest of mcp-guard (the registry)."""
 
     async def catalog_changed(self, upstream: str, kinds: frozenset[str]) -> None: ...
-    async def state_changed(self, upstream: str, kind: str, details: dict[str, Any]) -> None: ...
-    async def sampling(
-        self, upstream: str, params: types.CreateMessageRequestParams
-    ) -> types.CreateMessageResult | types.CreateMessageResultWithTools | types.ErrorData: ...
-    async def elicitation(
-        self, upstream: str, params: types.ElicitRequestParams
-    ) -> types.ElicitResult | types.ErrorData: ...
-    async def log_message(self, upstream: str, params: types.LoggingMessageNotificationParams) -> None: ...
-    async def list_roots(self, upstream: str) -> types.ListRootsResult | types.ErrorData: ...
+    async def state_changed(self, upstream: str, kind: EventKind, details: dict[str, Any]) -> None: ...
+    async def client_request(
+        self, upstream: str, method: ClientMethod, params: dict[str, Any]
+    ) -> dict[str, Any] | types.ErrorData:
+        """An upstream→client request, to the client whose call caused it (see mcp_guard.channel)."""
+        ...
+
+    async def client_log(self, upstream: str, params: types.LoggingMessageNotificationParams) -> None: ...
     async def resource_updated(self, upstream: str, uri: str) -> None: ...
 
 
@@ -136,6 +137,7 @@ class UpstreamConnection:
         """
         session = self.session
         t = timeout if timeout is not None else self.settings.timeout_s
+        progress = self._scrubbed_progress(on_progress) if on_progress is not None else None
         try:
             # Our own deadline (the SDK's timeout error shares its code, -32001, with ordinary upstream
             # errors); cancelling the request makes the SDK send notifications/cancelled upstream.
@@ -146,7 +148,7 @@ class UpstreamConnection:
                     request,
                     _RAW,
                     request_read_timeout_seconds=t + 5,  # type: ignore[type-var]
-                    progress_callback=cast("ProgressFnT | None", on_progress),
+                    progress_callback=progress,
                 )
         except TimeoutError:
             raise UpstreamTimeout(f"upstream {self.name!r} did not answer within {t:g}s", upstream=self.name) from None
@@ -157,6 +159,16 @@ class UpstreamConnection:
                     upstream=self.name,
                 ) from None
             raise
+
+    def _scrubbed_progress(
+        self, on_progress: Callable[[float, float | None, str | None], Awaitable[None]]
+    ) -> ProgressFnT:
+        """Progress for the client, its message scrubbed of injected secret values like all upstream→client traffic."""
+
+        async def relay(progress: float, total: float | None, message: str | None) -> None:
+            await on_progress(progress, total, self._scrub(message) if message else message)
+
+        return relay
 
     async def notify(self, notification: types.ClientNotification) -> None:
         await self.session.send_notification(notification)
@@ -185,7 +197,7 @@ class UpstreamConnection:
             was_ready = self.catalog.server_info is not None
             await self._hooks.state_changed(
                 self.name,
-                "upstream.crash" if was_ready else "upstream.start_failed",
+                EventKind.UPSTREAM_CRASH if was_ready else EventKind.UPSTREAM_START_FAILED,
                 {"reason": reason, "attempt": attempt},
             )
             log.warning("upstream.down", upstream=self.name, reason=reason, attempt=attempt)
@@ -214,7 +226,7 @@ class UpstreamConnection:
                 read_timeout_seconds=max(self.settings.timeout_s, self.settings.startup_timeout_s),
                 sampling_callback=self._on_sampling,
                 elicitation_callback=self._on_elicitation,
-                # Roots are opt-in per upstream: a server that trusts client roots (server-filesystem does)
+                # Roots are opt-in per upstream: an upstream that trusts client roots (server-filesystem does)
                 # would otherwise let a client widen its sandbox.
                 list_roots_callback=self._on_list_roots if self.settings.forward_roots else None,
                 logging_callback=self._on_log,
@@ -244,7 +256,7 @@ class UpstreamConnection:
                 )
                 await self._hooks.state_changed(
                     self.name,
-                    "upstream.start" if first else "upstream.restart",
+                    EventKind.UPSTREAM_START if first else EventKind.UPSTREAM_RESTART,
                     {
                         "server_info": init.server_info.model_dump(mode="json", exclude_none=True),
                         "protocol_version": init.protocol_version,
@@ -357,21 +369,25 @@ class UpstreamConnection:
     def attach_task_group(self, tg: anyio.abc.TaskGroup) -> None:
         self._tg = tg
 
+    # The SDK takes one callback per upstream→client request; each is the same relay (see mcp_guard.channel).
     async def _on_sampling(
         self, context: ClientRequestContext, params: types.CreateMessageRequestParams
     ) -> types.CreateMessageResult | types.CreateMessageResultWithTools | types.ErrorData:
-        return await self._hooks.sampling(self.name, params)
+        return await SAMPLING.ask(self._to_client, params)
 
     async def _on_elicitation(
         self, context: ClientRequestContext, params: types.ElicitRequestParams
     ) -> types.ElicitResult | types.ErrorData:
-        return await self._hooks.elicitation(self.name, params)
+        return await ELICITATION.ask(self._to_client, params)
 
     async def _on_list_roots(self, context: ClientRequestContext) -> types.ListRootsResult | types.ErrorData:
-        return await self._hooks.list_roots(self.name)
+        return await ROOTS.ask(self._to_client, None)
+
+    async def _to_client(self, method: ClientMethod, params: dict[str, Any]) -> dict[str, Any] | types.ErrorData:
+        return await self._hooks.client_request(self.name, method, params)
 
     async def _on_log(self, params: types.LoggingMessageNotificationParams) -> None:
-        await self._hooks.log_message(self.name, params)
+        await self._hooks.client_log(self.name, params)
 
 
 async def _paginate(fn: Callable[..., Awaitable[Any]], attr: str) -> list[Any]:
@@ -388,7 +404,7 @@ async def _paginate(fn: Callable[..., Awaitable[Any]], attr: str) -> list[Any]:
 
 
 async def _optional(fn: Callable[..., Awaitable[Any]], attr: str) -> list[Any]:
-    """A listing the server advertised but may not serve (e.g. no resource templates): empty if not found."""
+    """A listing the upstream advertised but may not serve (e.g. no resource templates): empty if not found."""
     try:
         return await _paginate(fn, attr)
     except MCPError as e:

@@ -3,12 +3,12 @@
 The registry owns one :class:`~mcp_guard.upstream.connection.UpstreamConnection` per enabled upstream
 and is the ``UpstreamHooks`` they report to. It keeps a merged, namespaced snapshot of what all
 upstreams offer (:class:`MergedCatalog`, rebuilt whenever one upstream's catalogue changes), routes an
-exposed name back to its upstream, and routes upstream→client traffic (sampling, elicitation, log
-messages) to the downstream session whose call caused it.
+exposed name back to its upstream, and routes upstream→client traffic (sampling, elicitation, roots,
+log messages) to the :class:`~mcp_guard.channel.ClientChannel` of the call that caused it.
 
 Correlation of upstream→client requests
     A stdio upstream's ``sampling/createMessage`` carries nothing that ties it to one of our requests,
-    so the registry tracks which downstream sessions have calls in flight to each upstream. A request
+    so the registry tracks which client channels have calls in flight to each upstream. A request
     from an upstream goes to the session with calls in flight there (the most recent call's request
     stream). If calls from *several* sessions are in flight to that upstream at once, the request is
     refused with an error rather than guessed: sending one user's sampling prompt to another user's
@@ -22,24 +22,25 @@ import json
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import anyio
 import mcp_types as types
 import structlog
 from anyio.abc import TaskGroup
 
+from mcp_guard.channel import ClientChannel, ClientMethod, log_locally
 from mcp_guard.pins import PinStore, scan_tool
 from mcp_guard.settings import Settings
-from mcp_guard.types import ToolInfo
+from mcp_guard.types import EventKind, ToolInfo
 from mcp_guard.upstream.connection import Injections, UpstreamConnection
 from mcp_guard.upstream.naming import Namer
 
 __all__ = [
-    "Downstream",
     "ExposedPrompt",
     "ExposedTool",
     "MergedCatalog",
+    "PinEvent",
     "Registry",
     "RegistryListener",
     "tool_sha256",
@@ -54,28 +55,26 @@ def tool_sha256(tool: types.Tool) -> str:
     return hashlib.sha256(raw).hexdigest()
 
 
-class Downstream(Protocol):
-    """The client session a call came from, as the registry needs it for upstream→client traffic."""
-
-    session_id: str
-
-    async def sampling(
-        self, params: types.CreateMessageRequestParams
-    ) -> types.CreateMessageResult | types.CreateMessageResultWithTools | types.ErrorData: ...
-
-    async def elicitation(self, params: types.ElicitRequestParams) -> types.ElicitResult | types.ErrorData: ...
-
-    async def log_message(self, params: types.LoggingMessageNotificationParams) -> None: ...
-
-    async def list_roots(self) -> types.ListRootsResult | types.ErrorData: ...
-
-
 class RegistryListener(Protocol):
     """What the rest of mcp-guard is told by the registry."""
 
     async def catalog_changed(self, upstream: str, kinds: frozenset[str]) -> None: ...
-    async def upstream_event(self, upstream: str, kind: str, details: dict[str, Any]) -> None: ...
+    async def upstream_event(self, upstream: str, kind: EventKind, details: dict[str, Any]) -> None:
+        """An upstream's life cycle: ``upstream.start`` / ``restart`` / ``crash`` / ``start_failed``."""
+        ...
+
+    async def pin_event(self, upstream: str, kind: EventKind, tool: str, details: dict[str, Any]) -> None:
+        """``tool.pinned`` / ``tool.pin_changed`` / ``tool.pin_approved`` of one tool (upstream-local name)."""
+        ...
+
     async def resource_updated(self, upstream: str, uri: str) -> None: ...
+
+
+class PinEvent(NamedTuple):
+    upstream: str
+    kind: EventKind
+    tool: str
+    details: dict[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,7 +125,7 @@ class MergedCatalog:
 
 @dataclass
 class _InFlight:
-    downstream: Downstream
+    channel: ClientChannel  # the most recent call's
     count: int = 0
 
 
@@ -205,55 +204,53 @@ class Registry:
         return (self.bare, exposed) if self.bare is not None else None
 
     @contextmanager
-    def in_flight(self, upstream: str, downstream: Downstream | None) -> Iterator[None]:
-        """Mark a call from ``downstream`` as in flight to ``upstream`` (for request correlation)."""
-        if downstream is None:
+    def in_flight(self, upstream: str, channel: ClientChannel | None) -> Iterator[None]:
+        """Mark a call from ``channel`` as in flight to ``upstream`` (for request correlation)."""
+        if channel is None:
             yield
             return
-        sessions = self._inflight.setdefault(upstream, {})
-        rec = sessions.get(downstream.session_id)
+        calls = self._inflight.setdefault(upstream, {})
+        rec = calls.get(channel.channel_id)
         if rec is None:
-            rec = sessions[downstream.session_id] = _InFlight(downstream)
+            rec = calls[channel.channel_id] = _InFlight(channel)
         else:
-            rec.downstream = downstream  # the most recent call's request stream
+            rec.channel = channel  # the most recent call's request stream
         rec.count += 1
         try:
             yield
         finally:
             rec.count -= 1
             if rec.count == 0:
-                sessions.pop(downstream.session_id, None)
+                calls.pop(channel.channel_id, None)
 
-    def _candidates(self, upstream: str) -> list[_InFlight]:
-        """The in-flight calls an upstream→client message may belong to.
+    def _candidates(self, upstream: str) -> list[ClientChannel]:
+        """The client channels an upstream→client message may belong to.
 
         A bridged 2026-07-28 call that is *parked* (its questions are with the client, between two of its
-        requests; see mcp_guard.frontend.bridge) is not a candidate while a call of the same principal is
-        being served, so a client that abandons a call does not make its later requests to that upstream
-        ambiguous. A parked call of another principal stays a candidate: never guess across principals.
+        requests; see mcp_guard.frontend.input_required) is not a candidate while a call of the same
+        principal is being served, so a client that abandons a call does not make its later requests to
+        that upstream ambiguous. A parked call of another principal stays a candidate: never guess across
+        principals.
         """
-        recs = list((self._inflight.get(upstream) or {}).values())
-        active = [r for r in recs if not getattr(r.downstream, "parked", False)]
+        channels = [r.channel for r in (self._inflight.get(upstream) or {}).values()]
+        active = [c for c in channels if not c.parked]
         if not active:
-            return recs
-        served = {getattr(r.downstream, "principal_id", None) for r in active}
-        parked = [r for r in recs if getattr(r.downstream, "parked", False)]
-        return active + [
-            r for r in parked if None in served or getattr(r.downstream, "principal_id", None) not in served
-        ]
+            return channels
+        served = {c.principal_id for c in active}
+        return active + [c for c in channels if c.parked and c.principal_id not in served]
 
-    def _attribute(self, upstream: str, what: str) -> Downstream | types.ErrorData:
-        sessions = self._candidates(upstream)
-        if len(sessions) == 1:
-            return sessions[0].downstream
-        if not sessions:
+    def _attribute(self, upstream: str, what: str) -> ClientChannel | types.ErrorData:
+        candidates = self._candidates(upstream)
+        if len(candidates) == 1:
+            return candidates[0]
+        if not candidates:
             msg = f"mcp-guard: {what} from upstream {upstream!r} arrived while no client call to it is in flight"
         else:
             msg = (
                 f"mcp-guard: {what} from upstream {upstream!r} cannot be attributed to one client: "
-                f"calls from {len(sessions)} sessions are in flight"
+                f"calls from {len(candidates)} sessions are in flight"
             )
-        log.warning("upstream.request_unattributed", upstream=upstream, what=what, sessions=len(sessions))
+        log.warning("upstream.request_unattributed", upstream=upstream, what=what, sessions=len(candidates))
         return types.ErrorData(code=types.INVALID_REQUEST, message=msg)
 
     # ------------------------------------------------------------------ UpstreamHooks
@@ -273,80 +270,59 @@ class Registry:
         if not approved:
             return False
         await self._emit(self._rebuild())
-        for e in approved:
-            await self._listener.upstream_event(
-                e.upstream, "tool.pin_approved", {"tool": e.local.name, "sha256": e.sha256}
-            )
+        await self._emit(
+            [PinEvent(e.upstream, EventKind.TOOL_PIN_APPROVED, e.local.name, {"sha256": e.sha256}) for e in approved]
+        )
         await self._listener.catalog_changed(approved[0].upstream, frozenset({"tools"}))
         return True
 
-    async def _emit(self, events: list[tuple[str, str, dict[str, Any]]]) -> None:
-        for upstream, kind, details in events:
-            await self._listener.upstream_event(upstream, kind, details)
+    async def _emit(self, events: list[PinEvent]) -> None:
+        for ev in events:
+            await self._listener.pin_event(ev.upstream, ev.kind, ev.tool, ev.details)
 
-    async def state_changed(self, upstream: str, kind: str, details: dict[str, Any]) -> None:
-        if kind in ("upstream.crash", "upstream.start_failed"):
+    async def state_changed(self, upstream: str, kind: EventKind, details: dict[str, Any]) -> None:
+        if kind in (EventKind.UPSTREAM_CRASH, EventKind.UPSTREAM_START_FAILED):
             # Its tools disappear from listings until it is back.
             await self._emit(self._rebuild())
             await self._listener.catalog_changed(upstream, frozenset({"tools", "resources", "prompts"}))
         await self._listener.upstream_event(upstream, kind, details)
 
-    async def sampling(
-        self, upstream: str, params: types.CreateMessageRequestParams
-    ) -> types.CreateMessageResult | types.CreateMessageResultWithTools | types.ErrorData:
-        target = self._attribute(upstream, "sampling/createMessage")
+    async def client_request(
+        self, upstream: str, method: ClientMethod, params: dict[str, Any]
+    ) -> dict[str, Any] | types.ErrorData:
+        """An upstream→client request: to the one client channel it can be attributed to, scrubbed."""
+        target = self._attribute(upstream, method)
         if isinstance(target, types.ErrorData):
             return target
-        return await target.sampling(self._scrub_obj(params))
+        scrubbed: dict[str, Any] = self._scrub_obj(params)
+        return await target.request(method, scrubbed)
 
-    async def elicitation(
-        self, upstream: str, params: types.ElicitRequestParams
-    ) -> types.ElicitResult | types.ErrorData:
-        target = self._attribute(upstream, "elicitation/create")
-        if isinstance(target, types.ErrorData):
-            return target
-        return await target.elicitation(self._scrub_obj(params))
-
-    async def list_roots(self, upstream: str) -> types.ListRootsResult | types.ErrorData:
-        target = self._attribute(upstream, "roots/list")
-        if isinstance(target, types.ErrorData):
-            return target
-        return await target.list_roots()
-
-    async def log_message(self, upstream: str, params: types.LoggingMessageNotificationParams) -> None:
-        sessions = self._candidates(upstream)
-        if len(sessions) != 1:
-            # Not attributable to one client: keep it in our own log only.
-            log.info(
-                "upstream.log",
-                upstream=upstream,
-                level=params.level,
-                logger=params.logger,
-                data=str(params.data)[:2000],
-            )
+    async def client_log(self, upstream: str, params: types.LoggingMessageNotificationParams) -> None:
+        candidates = self._candidates(upstream)
+        if len(candidates) != 1:
+            log_locally(params, upstream=upstream)  # not attributable to one client
             return
-        await sessions[0].downstream.log_message(self._scrub_obj(params))
+        await candidates[0].notify_log(self._scrub_obj(params))
 
     async def resource_updated(self, upstream: str, uri: str) -> None:
         await self._listener.resource_updated(upstream, uri)
 
     # ------------------------------------------------------------------ catalogue
-    def _pin(
-        self, upstream: str, tool: types.Tool, sha: str, events: list[tuple[str, str, dict[str, Any]]]
-    ) -> tuple[bool, bool, bool]:
+    def _pin(self, upstream: str, tool: types.Tool, sha: str, events: list[PinEvent]) -> tuple[bool, bool, bool]:
         """``(pinned, changed, hidden)`` for one tool, recording pin events."""
         mode = self.settings.upstreams[upstream].pinning
         if self.pins is None or mode == "off":
             return False, False, False
         state = self.pins.observe(upstream, tool.name, sha, _definition(tool))
         if state.new:
-            events.append((upstream, "tool.pinned", {"tool": tool.name, "sha256": sha}))
+            events.append(PinEvent(upstream, EventKind.TOOL_PINNED, tool.name, {"sha256": sha}))
         if state.first_change:
             events.append(
-                (
+                PinEvent(
                     upstream,
-                    "tool.pin_changed",
-                    {"tool": tool.name, "old_sha256": state.approved_sha256, "new_sha256": sha, "mode": mode},
+                    EventKind.TOOL_PIN_CHANGED,
+                    tool.name,
+                    {"old_sha256": state.approved_sha256, "new_sha256": sha, "mode": mode},
                 )
             )
             log.warning(
@@ -359,9 +335,9 @@ class Registry:
             )
         return state.pinned, state.changed, state.changed and mode == "enforce"
 
-    def _rebuild(self) -> list[tuple[str, str, dict[str, Any]]]:
+    def _rebuild(self) -> list[PinEvent]:
         """Rebuild the merged catalogue; returns the pin events to record."""
-        events: list[tuple[str, str, dict[str, Any]]] = []
+        events: list[PinEvent] = []
         cat = MergedCatalog(version=self.catalog.version + 1)
         # Namespaced upstreams first: a bare (namespace = false) name that equals a namespaced one is hidden.
         order = sorted(self.connections.items(), key=lambda kv: kv[0] == self.bare)

@@ -7,14 +7,15 @@ answers with an ``InputRequiredResult`` (``resultType: "input_required"``, ``inp
 the server, an opaque ``requestState``); the client fulfils the requests and *retries* the original
 request with ``inputResponses`` and the echoed ``requestState``.
 
-:class:`Bridge` joins the two. A modern client's ``tools/call`` / ``prompts/get`` / ``resources/read``
-runs through the pipeline in a background task (the guard's task group), with a :class:`BridgeDownstream`
-as its downstream. When the upstream asks the client something, the question is parked on the pending
-call instead of being sent; the client's request is answered with an ``InputRequiredResult`` carrying
-every question asked so far, and the retry delivers the answers to the upstream requests still waiting
-for them, then waits for the next event: the final result, or more questions (another round)::
+:class:`InputRequiredBridge` joins the two. A modern client's ``tools/call`` / ``prompts/get`` /
+``resources/read`` runs through the pipeline in a background task (the guard's task group), with a
+:class:`BridgedCallChannel` as its client channel (see :mod:`mcp_guard.channel`). When the upstream asks
+the client something, the question is parked on the pending call instead of being sent; the client's
+request is answered with an ``InputRequiredResult`` carrying every question asked so far, and the retry
+delivers the answers to the upstream requests still waiting for them, then waits for the next event: the
+final result, or more questions (another round)::
 
-    client ──tools/call──► Bridge ──(pipeline, once)──► upstream
+    client ──tools/call──► bridge ──(pipeline, once)──► upstream
            ◄─input_required {elicitation-1}─┘    ◄── elicitation/create (waits)
     client ──tools/call + inputResponses + requestState──► answer delivered ──► upstream continues
            ◄──────────────── result ◄──────────────────────────────────────────── result
@@ -51,43 +52,36 @@ deployment needs sticky routing of retries to the replica that issued the state.
 from __future__ import annotations
 
 import base64
-import contextlib
 import dataclasses
 import hashlib
 import hmac
 import json
 import math
 import secrets
-import warnings
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any
 
 import anyio
 import mcp_types as types
 import structlog
 from anyio.abc import TaskGroup
 from mcp.server.context import ServerRequestContext
-from mcp.shared.exceptions import MCPDeprecationWarning, MCPError
-from pydantic import TypeAdapter, ValidationError
+from mcp.shared.exceptions import MCPError
+from pydantic import ValidationError
 
-from mcp_guard.frontend.sessions import ClientSession
+from mcp_guard.channel import REQUEST_TYPES, ClientMethod
+from mcp_guard.frontend.sessions import DownstreamSession, RequestScopedChannel
 from mcp_guard.pipeline.context import CallContext, CallNext, Outcome
 from mcp_guard.types import new_id
 
-__all__ = ["Bridge", "BridgeDownstream", "missing_capability"]
+__all__ = ["BridgedCallChannel", "InputRequiredBridge", "missing_capability"]
 
 log = structlog.get_logger("mcp_guard.frontend")
 
-_NOTIFY_TIMEOUT_S = 5.0
 _TOKEN_PREFIX = "mg1"
 _MAC_CONTEXT = b"mcp-guard/request-state/v1\x00"
-_KEY_PREFIX = {"elicitation/create": "elicitation", "sampling/createMessage": "sampling", "roots/list": "roots"}
-_ANSWER: dict[str, TypeAdapter[Any]] = {
-    "elicitation/create": TypeAdapter(types.ElicitResult),
-    "sampling/createMessage": TypeAdapter(cast(Any, types.CreateMessageResult | types.CreateMessageResultWithTools)),
-    "roots/list": TypeAdapter(types.ListRootsResult),
-}
-_Answer = types.ElicitResult | types.CreateMessageResult | types.CreateMessageResultWithTools | types.ListRootsResult
+_KEY_PREFIX = {ClientMethod.ELICITATION: "elicitation", ClientMethod.SAMPLING: "sampling", ClientMethod.ROOTS: "roots"}
+_Answer = dict[str, Any] | types.ErrorData
 
 
 def missing_capability(
@@ -123,14 +117,14 @@ class _Ask:
     """One upstream→client request, waiting for the client's answer."""
 
     key: str
-    method: str
+    method: ClientMethod
     params: dict[str, Any]
     answered: anyio.Event = dataclasses.field(default_factory=anyio.Event)
-    answer: _Answer | types.ErrorData | None = None
+    answer: _Answer | None = None
     sent: bool = False  # already included in an InputRequiredResult
     missing: dict[str, Any] | None = None  # capabilities the client lacks for it: held, then refused
 
-    def resolve(self, answer: _Answer | types.ErrorData) -> None:
+    def resolve(self, answer: _Answer) -> None:
         if not self.answered.is_set():
             self.answer = answer
             self.answered.set()
@@ -191,11 +185,15 @@ class _Pending:
         self.asks.clear()
 
 
-class BridgeDownstream:
-    """The registry's :class:`~mcp_guard.upstream.registry.Downstream` for one bridged call."""
+class BridgedCallChannel(RequestScopedChannel):
+    """The :class:`~mcp_guard.channel.ClientChannel` of one bridged call: questions wait for a round.
+
+    Log and progress ride the round being served (dropped between rounds, when no client request of the
+    call is open).
+    """
 
     def __init__(self, pending: _Pending) -> None:
-        self.session_id = pending.id
+        self.channel_id = pending.id
         self.principal_id = pending.principal
         self._p = pending
 
@@ -204,7 +202,11 @@ class BridgeDownstream:
         """True between rounds: the call's questions are with the client, no request of it is being served."""
         return not self._p.busy
 
-    async def _ask(self, method: str, params: dict[str, Any]) -> _Answer | types.ErrorData:
+    def _carrier(self) -> ServerRequestContext[Any, Any] | None:
+        return self._p.ctx
+
+    async def request(self, method: ClientMethod, params: dict[str, Any]) -> _Answer:
+        """Park the question on the call; the answer comes with a retry (or an error when the call ends)."""
         p = self._p
         if p.closed or p.final is not None:
             return types.ErrorData(
@@ -230,50 +232,8 @@ class BridgeDownstream:
         assert ask.answer is not None
         return ask.answer
 
-    async def sampling(
-        self, params: types.CreateMessageRequestParams
-    ) -> types.CreateMessageResult | types.CreateMessageResultWithTools | types.ErrorData:
-        answer = await self._ask("sampling/createMessage", _dump(params))
-        if isinstance(answer, types.ErrorData | types.CreateMessageResult | types.CreateMessageResultWithTools):
-            return answer
-        return types.ErrorData(code=types.INTERNAL_ERROR, message="mcp-guard: mismatched answer to sampling")
 
-    async def elicitation(self, params: types.ElicitRequestParams) -> types.ElicitResult | types.ErrorData:
-        answer = await self._ask("elicitation/create", _dump(params))
-        if isinstance(answer, types.ErrorData | types.ElicitResult):
-            return answer
-        return types.ErrorData(code=types.INTERNAL_ERROR, message="mcp-guard: mismatched answer to elicitation")
-
-    async def list_roots(self) -> types.ListRootsResult | types.ErrorData:
-        answer = await self._ask("roots/list", {})
-        if isinstance(answer, types.ErrorData | types.ListRootsResult):
-            return answer
-        return types.ErrorData(code=types.INTERNAL_ERROR, message="mcp-guard: mismatched answer to roots/list")
-
-    async def log_message(self, params: types.LoggingMessageNotificationParams) -> None:
-        ctx = self._p.ctx
-        if ctx is None:  # between rounds: no client request to carry it
-            log.info(
-                "upstream.log", call=self._p.id, level=params.level, logger=params.logger, data=str(params.data)[:2000]
-            )
-            return
-        with anyio.move_on_after(_NOTIFY_TIMEOUT_S), contextlib.suppress(Exception), warnings.catch_warnings():
-            # Relaying an upstream's log message is deprecated in 2026-07-28 but still allowed (opt-in per request).
-            warnings.simplefilter("ignore", MCPDeprecationWarning)
-            await ctx.session.send_log_message(
-                params.level, params.data, params.logger, related_request_id=ctx.request_id
-            )
-
-    async def progress(self, progress: float, total: float | None, message: str | None) -> None:
-        """Upstream progress, relayed on the round being served (dropped between rounds)."""
-        ctx = self._p.ctx
-        if ctx is None:
-            return
-        with anyio.move_on_after(_NOTIFY_TIMEOUT_S), contextlib.suppress(Exception):
-            await ctx.session.report_progress(progress, total, message)
-
-
-class Bridge:
+class InputRequiredBridge:
     """Pending bridged calls of 2026-07-28 clients (see the module docstring)."""
 
     def __init__(
@@ -305,7 +265,12 @@ class Bridge:
 
     # ------------------------------------------------------------------ entry point
     async def run(
-        self, ctx: ServerRequestContext[Any, Any], sess: ClientSession, call: CallContext, params: Any, run: CallNext
+        self,
+        ctx: ServerRequestContext[Any, Any],
+        sess: DownstreamSession,
+        call: CallContext,
+        params: types.InputResponseRequestParams,
+        run: CallNext,
     ) -> Outcome | dict[str, Any]:
         """Run ``call`` for a 2026-07-28 client: its final :class:`Outcome`, or an ``InputRequiredResult`` dict.
 
@@ -313,11 +278,10 @@ class Bridge:
         ``run`` is the pipeline. A retry (``request_state`` set) resumes its pending call instead.
         """
         binding = _binding(call)
-        state = getattr(params, "request_state", None)
-        if state is None:
+        if params.request_state is None:
             pending = self._start(call, binding, run)
         else:
-            pending = self._resume(state, binding, getattr(params, "input_responses", None))
+            pending = self._resume(params.request_state, binding, params.input_responses)
         return await self._serve_round(pending, ctx)
 
     # ------------------------------------------------------------------ starting and resuming
@@ -336,8 +300,8 @@ class Bridge:
                 "waiting for input already; answer or abandon some first",
             )
         pending = _Pending(new_id(), call.principal.id, binding, call.timeout_s or 60.0)
-        downstream = BridgeDownstream(pending)
-        bridged = dataclasses.replace(call, downstream=downstream, progress=downstream.progress)
+        channel = BridgedCallChannel(pending)
+        bridged = dataclasses.replace(call, downstream=channel, progress=channel.progress)
         self.calls[pending.id] = pending
         self._tg.start_soon(self._drive, pending, bridged, run, name=f"bridge:{pending.id}")
         return pending
@@ -385,11 +349,8 @@ class Bridge:
         for key, ask in pending.asks.items():
             if not ask.sent or key not in responses:
                 continue  # unknown keys are ignored; a missing one is asked again next round
-            raw = responses[key]
-            if hasattr(raw, "model_dump"):
-                raw = raw.model_dump(by_alias=True, mode="json", exclude_none=True)
             try:
-                answers[key] = _ANSWER[ask.method].validate_python(raw, by_name=False)
+                answers[key] = REQUEST_TYPES[ask.method].normalize(responses[key])
             except ValidationError as e:
                 raise MCPError(
                     code=types.INVALID_PARAMS,
@@ -556,8 +517,3 @@ def _binding(call: CallContext) -> bytes:
 
 def _bad_state(message: str) -> MCPError:
     return MCPError(code=types.INVALID_PARAMS, message=f"mcp-guard: {message}")
-
-
-def _dump(params: Any) -> dict[str, Any]:
-    dumped: dict[str, Any] = params.model_dump(by_alias=True, mode="json", exclude_none=True)
-    return dumped

@@ -1,0 +1,162 @@
+"""The client channel: how upstream→client traffic reaches the client whose call caused it.
+
+An upstream on the 2025-11-25 handshake may, while one of our calls to it is in flight, ask the client
+something (``sampling/createMessage``, ``elicitation/create``, ``roots/list``), send it a log message, or
+report progress. That traffic takes one path::
+
+    UpstreamConnection ──(method, params)──► Registry ──attribute, scrub──► ClientChannel ──► client
+
+* the connection hands every upstream→client request to one hook, keyed by :class:`ClientMethod`, and
+  checks the client's answer with the matching :class:`ClientRequestType` (the one place answers are
+  validated into SDK types and the one place their error texts are written);
+* the registry attributes it to the in-flight call it belongs to (never guessing across principals, see
+  ``Registry._candidates``) and scrubs injected secret values from the params, once;
+* a :class:`ClientChannel` delivers it: on the handshake era as a request on the client's own request
+  stream (``mcp_guard.frontend.sessions.RequestChannel``); on the 2026-07-28 era as a question of an
+  ``InputRequiredResult`` round (``mcp_guard.frontend.input_required.BridgedCallChannel``).
+
+This module sits below ``upstream`` and ``frontend`` (it imports neither), so both can name the seam.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, Generic, Protocol, TypeVar, cast
+
+import mcp_types as types
+import structlog
+from pydantic import BaseModel, TypeAdapter, ValidationError
+
+__all__ = [
+    "ELICITATION",
+    "NOTIFY_TIMEOUT_S",
+    "REQUEST_TYPES",
+    "ROOTS",
+    "SAMPLING",
+    "ClientChannel",
+    "ClientMethod",
+    "ClientRequestType",
+    "SendToClient",
+    "log_locally",
+]
+
+log = structlog.get_logger("mcp_guard.channel")
+
+NOTIFY_TIMEOUT_S = 5.0
+"""How long a log or progress notification to a client may take: a slow or gone client never blocks the
+upstream (or the call) that produced it for longer."""
+
+_T = TypeVar("_T")
+
+
+class ClientMethod(StrEnum):
+    """The upstream→client requests mcp-guard relays (its upstream sessions declare these capabilities)."""
+
+    SAMPLING = "sampling/createMessage"
+    ELICITATION = "elicitation/create"
+    ROOTS = "roots/list"
+
+
+SendToClient = Callable[[ClientMethod, dict[str, Any]], Awaitable[dict[str, Any] | types.ErrorData]]
+"""One upstream→client request on its way: ``(method, params)`` to the client's raw answer or an error."""
+
+
+class ClientChannel(Protocol):
+    """The client a call came from, as upstream→client traffic sees it.
+
+    What the registry needs to attribute traffic (``channel_id``, ``principal_id``, ``parked``) and to
+    deliver it (``request``, ``notify_log``, ``progress``). Nothing here raises: a client that cannot be
+    reached is an :class:`~mcp_types.ErrorData` for the upstream, or a notification dropped.
+    """
+
+    @property
+    def channel_id(self) -> str:
+        """What in-flight calls are counted by: the client session, or the one bridged call."""
+        ...
+
+    @property
+    def principal_id(self) -> str:
+        """Who the client is (attribution never crosses principals)."""
+        ...
+
+    @property
+    def parked(self) -> bool:
+        """True while no request of this client is being served (a bridged call between rounds)."""
+        ...
+
+    async def request(self, method: ClientMethod, params: dict[str, Any]) -> dict[str, Any] | types.ErrorData:
+        """Ask the client; its raw answer, or an error to hand back to the upstream."""
+        ...
+
+    async def notify_log(self, params: types.LoggingMessageNotificationParams) -> None:
+        """Relay an upstream's log message (bounded by :data:`NOTIFY_TIMEOUT_S`; dropped if undeliverable)."""
+        ...
+
+    async def progress(self, progress: float, total: float | None, message: str | None) -> None:
+        """Relay an upstream's progress on the call (bounded by :data:`NOTIFY_TIMEOUT_S`)."""
+        ...
+
+
+@dataclass(frozen=True)
+class ClientRequestType(Generic[_T]):
+    """One kind of upstream→client request: its method and what a valid answer is.
+
+    ``ask`` is what an upstream session's callback runs: the request goes out as a plain dict through
+    ``send`` (the registry, then a channel), and the answer comes back checked into SDK types.
+    """
+
+    method: ClientMethod
+    noun: str  # for error texts: "client sent an invalid <noun> result"
+    answer: TypeAdapter[_T]
+
+    async def ask(self, send: SendToClient, params: BaseModel | None) -> _T | types.ErrorData:
+        raw = await send(self.method, _dump(params))
+        return self.parse(raw)
+
+    def parse(self, raw: dict[str, Any] | types.ErrorData) -> _T | types.ErrorData:
+        """The client's answer as an SDK result, or an ``INTERNAL_ERROR`` saying why it is not one."""
+        if isinstance(raw, types.ErrorData):
+            return raw
+        try:
+            return self.answer.validate_python(raw, by_name=False)
+        except ValidationError as e:
+            return self.invalid(e)
+
+    def invalid(self, error: ValidationError) -> types.ErrorData:
+        return types.ErrorData(code=types.INTERNAL_ERROR, message=f"client sent an invalid {self.noun} result: {error}")
+
+    def normalize(self, raw: Any) -> dict[str, Any]:
+        """A valid answer as a wire dict (raises ``ValidationError`` if it is not valid)."""
+        if isinstance(raw, BaseModel):
+            raw = raw.model_dump(by_alias=True, mode="json", exclude_none=True)
+        checked = self.answer.validate_python(raw, by_name=False)
+        wire: dict[str, Any] = self.answer.dump_python(checked, by_alias=True, mode="json", exclude_none=True)
+        return wire
+
+
+SAMPLING: ClientRequestType[types.CreateMessageResult | types.CreateMessageResultWithTools] = ClientRequestType(
+    ClientMethod.SAMPLING,
+    "sampling",
+    TypeAdapter(cast(Any, types.CreateMessageResult | types.CreateMessageResultWithTools)),
+)
+ELICITATION: ClientRequestType[types.ElicitResult] = ClientRequestType(
+    ClientMethod.ELICITATION, "elicit", TypeAdapter(types.ElicitResult)
+)
+ROOTS: ClientRequestType[types.ListRootsResult] = ClientRequestType(
+    ClientMethod.ROOTS, "roots", TypeAdapter(types.ListRootsResult)
+)
+REQUEST_TYPES: dict[ClientMethod, ClientRequestType[Any]] = {t.method: t for t in (SAMPLING, ELICITATION, ROOTS)}
+
+
+def log_locally(params: types.LoggingMessageNotificationParams, **where: Any) -> None:
+    """An upstream log message no client can be sent: kept in mcp-guard's own log only."""
+    log.info("upstream.log", **where, level=params.level, logger=params.logger, data=str(params.data)[:2000])
+
+
+def _dump(params: BaseModel | None) -> dict[str, Any]:
+    if params is None:
+        return {}
+    dumped: dict[str, Any] = params.model_dump(by_alias=True, mode="json", exclude_none=True)
+    return dumped

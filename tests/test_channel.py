@@ -1,0 +1,83 @@
+"""The client channel's typed adapters: one check of a client's answer per upstream→client request type."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import mcp_types as types
+import pytest
+from pydantic import ValidationError
+
+from mcp_guard.channel import ELICITATION, REQUEST_TYPES, ROOTS, SAMPLING, ClientMethod, ClientRequestType
+
+pytestmark = pytest.mark.anyio
+
+SAMPLED = {"role": "assistant", "content": {"type": "text", "text": "Hello"}, "model": "m", "stopReason": "endTurn"}
+SAMPLE = types.CreateMessageRequestParams(
+    messages=[types.SamplingMessage(role="user", content=types.TextContent(type="text", text="Hi"))], max_tokens=5
+)
+
+
+def test_every_relayed_method_has_one_request_type() -> None:
+    assert set(REQUEST_TYPES) == set(ClientMethod)
+    assert all(t.method is m for m, t in REQUEST_TYPES.items())
+
+
+@pytest.mark.parametrize(
+    ("kind", "raw", "model"),
+    [
+        (SAMPLING, SAMPLED, types.CreateMessageResult),
+        (ELICITATION, {"action": "accept", "content": {"name": "Ada"}}, types.ElicitResult),
+        (ROOTS, {"roots": [{"uri": "file:///w"}]}, types.ListRootsResult),
+    ],
+)
+def test_a_valid_answer_becomes_its_sdk_type(kind: ClientRequestType[Any], raw: dict[str, Any], model: type) -> None:
+    assert isinstance(kind.parse(raw), model)
+
+
+@pytest.mark.parametrize(
+    ("kind", "raw", "text"),
+    [
+        (SAMPLING, {"role": "assistant"}, "client sent an invalid sampling result: "),
+        (ELICITATION, {"action": "maybe"}, "client sent an invalid elicit result: "),
+        (ROOTS, {"roots": "file:///w"}, "client sent an invalid roots result: "),
+    ],
+)
+def test_an_invalid_answer_is_an_internal_error_for_the_upstream(
+    kind: ClientRequestType[Any], raw: dict[str, Any], text: str
+) -> None:
+    answer = kind.parse(raw)
+    assert isinstance(answer, types.ErrorData)
+    assert answer.code == types.INTERNAL_ERROR and answer.message.startswith(text)
+
+
+def test_an_error_from_the_way_to_the_client_is_passed_on_unchanged() -> None:
+    refused = types.ErrorData(code=types.INVALID_REQUEST, message="no back channel")
+    assert SAMPLING.parse(refused) is refused
+
+
+async def test_ask_sends_the_method_and_wire_params_and_checks_the_answer() -> None:
+    sent: list[tuple[ClientMethod, dict[str, Any]]] = []
+
+    async def send(method: ClientMethod, params: dict[str, Any]) -> dict[str, Any] | types.ErrorData:
+        sent.append((method, params))
+        return SAMPLED if method is ClientMethod.SAMPLING else {"roots": []}
+
+    answer = await SAMPLING.ask(send, SAMPLE)
+    assert isinstance(answer, types.CreateMessageResult) and answer.model == "m"
+    assert sent == [
+        (
+            ClientMethod.SAMPLING,
+            {"messages": [{"role": "user", "content": {"type": "text", "text": "Hi"}}], "maxTokens": 5},
+        )
+    ]
+    assert await ROOTS.ask(send, None) == types.ListRootsResult(roots=[])
+    assert sent[-1] == (ClientMethod.ROOTS, {}), "roots/list has no params: an empty object"
+
+
+def test_normalize_gives_the_wire_form_of_a_valid_answer_only() -> None:
+    model = types.ElicitResult(action="accept", content={"name": "Ada"})
+    assert ELICITATION.normalize(model) == {"action": "accept", "content": {"name": "Ada"}}
+    assert SAMPLING.normalize(SAMPLED) == SAMPLED
+    with pytest.raises(ValidationError):
+        ELICITATION.normalize({"action": "maybe"})

@@ -1,0 +1,189 @@
+"""The registry's half of the client channel (attribution, scrubbing) and what it tells its listener.
+
+No upstream process runs here: in-flight calls are marked with fake client channels, and a catalogue is
+set on a connection by hand, as the connection would after listing its upstream.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import mcp_types as types
+import pytest
+
+from guard_harness import make_settings, recorder_upstream
+from mcp_guard.channel import ClientMethod
+from mcp_guard.pins import PinStore
+from mcp_guard.secrets.redact import Scrubber, marker
+from mcp_guard.types import EventKind
+from mcp_guard.upstream.connection import Catalog
+from mcp_guard.upstream.registry import Registry
+
+pytestmark = pytest.mark.anyio
+
+SECRET = "s3cret-value-0123456789"
+ELICIT = {"mode": "form", "message": f"Token is {SECRET}?", "requestedSchema": {"type": "object", "properties": {}}}
+LOG = types.LoggingMessageNotificationParams(level="warning", logger="up", data=f"using {SECRET}")
+
+
+class FakeChannel:
+    """A client channel that records what reaches it."""
+
+    def __init__(self, channel_id: str, principal_id: str = "alice", *, parked: bool = False) -> None:
+        self.channel_id = channel_id
+        self.principal_id = principal_id
+        self.parked = parked
+        self.requests: list[tuple[ClientMethod, dict[str, Any]]] = []
+        self.logs: list[types.LoggingMessageNotificationParams] = []
+
+    async def request(self, method: ClientMethod, params: dict[str, Any]) -> dict[str, Any] | types.ErrorData:
+        self.requests.append((method, params))
+        return {"action": "decline"}
+
+    async def notify_log(self, params: types.LoggingMessageNotificationParams) -> None:
+        self.logs.append(params)
+
+    async def progress(self, progress: float, total: float | None, message: str | None) -> None:
+        raise AssertionError("progress does not pass through the registry")
+
+
+class Listener:
+    """A RegistryListener that records every call."""
+
+    def __init__(self) -> None:
+        self.upstream_events: list[tuple[str, EventKind, dict[str, Any]]] = []
+        self.pin_events: list[tuple[str, EventKind, str, dict[str, Any]]] = []
+        self.catalogs: list[tuple[str, frozenset[str]]] = []
+
+    async def catalog_changed(self, upstream: str, kinds: frozenset[str]) -> None:
+        self.catalogs.append((upstream, kinds))
+
+    async def upstream_event(self, upstream: str, kind: EventKind, details: dict[str, Any]) -> None:
+        self.upstream_events.append((upstream, kind, details))
+
+    async def pin_event(self, upstream: str, kind: EventKind, tool: str, details: dict[str, Any]) -> None:
+        self.pin_events.append((upstream, kind, tool, details))
+
+    async def resource_updated(self, upstream: str, uri: str) -> None:
+        raise AssertionError("not used")
+
+
+def _registry(listener: Listener | None = None, **upstreams: dict[str, Any]) -> Registry:
+    return Registry(
+        make_settings(upstreams),
+        listener or Listener(),
+        scrub_obj=Scrubber([("token", SECRET)]).scrub_obj,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------- requests
+async def test_a_request_goes_to_the_one_call_in_flight_scrubbed() -> None:
+    registry = _registry()
+    alice = FakeChannel("s1")
+    with registry.in_flight("up", alice), registry.in_flight("other", FakeChannel("s2", "bob")):
+        answer = await registry.client_request("up", ClientMethod.ELICITATION, ELICIT)
+    assert answer == {"action": "decline"}
+    assert alice.requests == [(ClientMethod.ELICITATION, {**ELICIT, "message": f"Token is {marker('token')}?"})]
+
+
+async def test_a_request_with_no_call_in_flight_is_refused() -> None:
+    answer = await _registry().client_request("up", ClientMethod.SAMPLING, {})
+    assert isinstance(answer, types.ErrorData) and answer.code == types.INVALID_REQUEST
+    assert "sampling/createMessage from upstream 'up' arrived while no client call to it is in flight" in answer.message
+
+
+async def test_a_request_is_never_guessed_between_two_sessions() -> None:
+    registry = _registry()
+    one, two = FakeChannel("s1", "alice"), FakeChannel("s2", "alice")
+    with registry.in_flight("up", one), registry.in_flight("up", two):
+        answer = await registry.client_request("up", ClientMethod.ROOTS, {})
+    assert isinstance(answer, types.ErrorData) and answer.code == types.INVALID_REQUEST
+    assert "cannot be attributed to one client: calls from 2 sessions are in flight" in answer.message
+    assert one.requests == two.requests == []
+
+
+async def test_calls_of_one_session_count_once_and_the_latest_stream_is_used() -> None:
+    registry = _registry()
+    first, latest = FakeChannel("s1"), FakeChannel("s1")
+    with registry.in_flight("up", first), registry.in_flight("up", latest):
+        await registry.client_request("up", ClientMethod.ROOTS, {})
+        with registry.in_flight("up", FakeChannel("s2")):
+            pass  # another session's call that has ended does not make later requests ambiguous
+        await registry.client_request("up", ClientMethod.ROOTS, {})
+    assert first.requests == [] and len(latest.requests) == 2
+    assert isinstance(await registry.client_request("up", ClientMethod.ROOTS, {}), types.ErrorData), "all ended"
+
+
+@pytest.mark.parametrize(("parked_principal", "routed"), [("alice", True), ("bob", False)])
+async def test_a_parked_call_yields_only_to_its_own_principal(parked_principal: str, routed: bool) -> None:
+    registry = _registry()
+    parked = FakeChannel("call-1", parked_principal, parked=True)
+    served = FakeChannel("s1", "alice")
+    with registry.in_flight("up", parked), registry.in_flight("up", served):
+        answer = await registry.client_request("up", ClientMethod.ELICITATION, ELICIT)
+    assert parked.requests == []
+    assert (served.requests != []) is routed
+    assert isinstance(answer, types.ErrorData) is not routed
+
+
+async def test_only_parked_calls_are_still_candidates() -> None:
+    registry = _registry()
+    parked = FakeChannel("call-1", parked=True)
+    with registry.in_flight("up", parked):
+        await registry.client_request("up", ClientMethod.ELICITATION, ELICIT)
+    assert len(parked.requests) == 1, "a parked call alone is the one the upstream is asking for"
+
+
+# ---------------------------------------------------------------------------------------------------- log
+async def test_a_log_message_goes_to_the_one_call_in_flight_scrubbed() -> None:
+    registry = _registry()
+    alice = FakeChannel("s1")
+    with registry.in_flight("up", alice):
+        await registry.client_log("up", LOG)
+    assert [m.data for m in alice.logs] == [f"using {marker('token')}"]
+
+
+async def test_an_unattributable_log_message_stays_in_our_log() -> None:
+    registry = _registry()
+    one, two = FakeChannel("s1"), FakeChannel("s2")
+    with registry.in_flight("up", one), registry.in_flight("up", two):
+        await registry.client_log("up", LOG)
+    assert one.logs == two.logs == []
+
+
+# ---------------------------------------------------------------------------------------------------- listener
+async def test_upstream_life_cycle_events_reach_the_listener_typed() -> None:
+    listener = Listener()
+    registry = _registry(listener, up=recorder_upstream())
+    await registry.state_changed("up", EventKind.UPSTREAM_CRASH, {"reason": "exit 1"})
+    assert listener.upstream_events == [("up", EventKind.UPSTREAM_CRASH, {"reason": "exit 1"})]
+    assert listener.catalogs == [("up", frozenset({"tools", "resources", "prompts"}))]
+
+
+async def test_pin_events_name_their_tool(tmp_path: Path) -> None:
+    listener = Listener()
+    registry = _registry(listener, up=recorder_upstream())
+    pins = registry.pins = PinStore(tmp_path / "state.db")
+    conn = registry.connections["up"]
+    conn.state = "ready"
+    schema = {"type": "object", "properties": {}}
+    try:
+        conn.catalog = Catalog(tools=[types.Tool(name="t", description="v1", input_schema=schema)])
+        await registry.catalog_changed("up", frozenset({"tools"}))
+        conn.catalog = Catalog(tools=[types.Tool(name="t", description="v2", input_schema=schema)])
+        await registry.catalog_changed("up", frozenset({"tools"}))
+        changed_tool = registry.find_tool("up__t")
+        assert changed_tool is not None and changed_tool.hidden  # enforce: hidden until approved
+        pins.approve("up", "t")
+        assert await registry.recheck_pins()
+    finally:
+        pins.close()
+    kinds = [(kind, tool) for _, kind, tool, _ in listener.pin_events]
+    assert kinds == [
+        (EventKind.TOOL_PINNED, "t"),
+        (EventKind.TOOL_PIN_CHANGED, "t"),
+        (EventKind.TOOL_PIN_APPROVED, "t"),
+    ]
+    changed = listener.pin_events[1][3]
+    assert changed["old_sha256"] != changed["new_sha256"] and changed["mode"] == "enforce"
