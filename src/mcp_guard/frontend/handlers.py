@@ -26,7 +26,10 @@ from mcp.server.context import ServerRequestContext
 from mcp.shared.exceptions import MCPError
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
+from mcp_guard.audit import events
+from mcp_guard.errors import AuditError
 from mcp_guard.frontend.input_required import InputRequiredBridge
+from mcp_guard.frontend.listing import PROMPTS, RESOURCES, TEMPLATES, TOOLS, Listing, visible
 from mcp_guard.frontend.sessions import DownstreamSession, RequestChannel, SessionTable
 from mcp_guard.pipeline.audit import EventSink
 from mcp_guard.pipeline.context import CallContext, CallNext, Outcome
@@ -34,7 +37,7 @@ from mcp_guard.pipeline.forward import DENIED, is_guard_error
 from mcp_guard.pipeline.secrets import strip_meta_credentials
 from mcp_guard.pipeline.visibility import Visibility
 from mcp_guard.settings import Settings
-from mcp_guard.types import Action, AuditEvent, Decision, EventKind, ReasonCode, ToolInfo
+from mcp_guard.types import Action, Decision, ReasonCode, ToolInfo
 from mcp_guard.upstream.registry import Registry
 
 __all__ = ["Handlers", "PrincipalResolver"]
@@ -63,6 +66,26 @@ class Handlers:
     # 2026-07-28 clients: upstream→client requests as InputRequiredResult rounds.
     bridge: InputRequiredBridge | None = None
 
+    def routes(self) -> dict[str, AsyncHandler]:
+        """The route table: each protocol method mcp-guard serves → its handler (the SDK ``Server``'s hooks).
+
+        Listings share one path (:meth:`_listed`); requests that reach an upstream share one pipeline run.
+        Calls and reads return the upstream's raw result dict, which the SDK passes through unvalidated.
+        """
+        return {
+            "on_list_tools": self.list_tools,
+            "on_call_tool": self.call_tool,
+            "on_list_resources": self.list_resources,
+            "on_list_resource_templates": self.list_resource_templates,
+            "on_read_resource": self.read_resource,
+            "on_subscribe_resource": self.subscribe,
+            "on_unsubscribe_resource": self.unsubscribe,
+            "on_list_prompts": self.list_prompts,
+            "on_get_prompt": self.get_prompt,
+            "on_completion": self.complete,
+            "on_set_logging_level": self.set_logging_level,
+        }
+
     # ------------------------------------------------------------------ helpers
     def _session(self, ctx: ServerRequestContext[Any, Any]) -> DownstreamSession:
         return self.sessions.for_request(ctx, self.transport, self.principal_of(ctx))
@@ -79,16 +102,6 @@ class Handlers:
                 raise MCPError(code=types.INVALID_PARAMS, message=f"invalid cursor {params.cursor!r}") from None
         end = start + size
         return items[start:end], (str(end) if end < len(items) else None)
-
-    def _list_event(self, sess: DownstreamSession, kind: EventKind, names: list[str]) -> None:
-        self.sink.record_nowait(
-            AuditEvent(
-                kind=kind,
-                session_id=sess.id,
-                principal=sess.principal.id,
-                details={"visible": names, "count": len(names)},
-            )
-        )
 
     @staticmethod
     def _forward_meta(meta: Any) -> types.RequestParamsMeta | None:
@@ -152,24 +165,19 @@ class Handlers:
             return await self.bridge.run(ctx, sess, call, params, self._run)
         return await self._run(call)
 
-    async def _unknown(self, sess: DownstreamSession, action: str, exposed: str, what: str) -> Decision:
+    async def _unknown(self, sess: DownstreamSession, action: Action, exposed: str, what: str) -> Decision:
         d = Decision.deny(
             ReasonCode.UNKNOWN_TARGET,
             f"{what} {exposed!r} does not exist (names are '<upstream>"
             f"{self.settings.server.tool_separator}<name>'; list them first)",
         )
-        self.sink.record_nowait(
-            AuditEvent(
-                kind=EventKind.CALL_DECISION,
-                session_id=sess.id,
-                decision_id=d.decision_id,
-                principal=sess.principal.id,
-                tool=exposed,
-                decision="deny",
-                reasons=d.reasons,
-                details={"action": action},
-            )
+        row = events.call_decision(
+            d, session_id=sess.id, principal=sess.principal.id, action=action, server=None, tool=exposed
         )
+        try:
+            await self.sink.record(row)  # the deny is answered only once its row is committed, like a call's
+        except AuditError as e:
+            log.error("audit.unavailable", error=str(e), decision_id=d.decision_id)
         return d
 
     @staticmethod
@@ -205,27 +213,43 @@ class Handlers:
             raise MCPError.from_error_data(outcome.error)
         return _for_client(ctx, outcome.result or {})
 
-    # ------------------------------------------------------------------ tools
+    # ------------------------------------------------------------------ listings
+    async def _listed(
+        self, listing: Listing[Any], ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
+    ) -> tuple[list[Any], str | None]:
+        """One page of what the caller may see of one kind; the first page of an audited kind is recorded."""
+        sess = self._session(ctx)
+        items = await visible(listing, self.registry, self.visibility, sess.principal, sess.info)
+        page, cursor = self._page(items, params)
+        if listing.event is not None and (params is None or not params.cursor):
+            self.sink.record_nowait(events.listing(listing.event, sess.info, sess.principal, [i.name for i in items]))
+        return page, cursor
+
     async def list_tools(
         self, ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
     ) -> types.ListToolsResult:
-        sess = self._session(ctx)
-        await self.registry.recheck_pins()
-        cat = self.registry.catalog
-        entries = await self.visibility.filter(
-            "tools/list",
-            sess.principal,
-            sess.info,
-            [e for e in cat.tools.values() if not e.hidden],
-            lambda e: (e.upstream, e.local.name, e.tool_info()),
-            cat.version,
-        )
-        tools = [e.exposed for e in entries]
-        page, cursor = self._page(tools, params)
-        if params is None or not params.cursor:
-            self._list_event(sess, EventKind.TOOLS_LIST, [t.name for t in tools])
+        page, cursor = await self._listed(TOOLS, ctx, params)
         return types.ListToolsResult(tools=page, next_cursor=cursor)
 
+    async def list_resources(
+        self, ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
+    ) -> types.ListResourcesResult:
+        page, cursor = await self._listed(RESOURCES, ctx, params)
+        return types.ListResourcesResult(resources=page, next_cursor=cursor)
+
+    async def list_resource_templates(
+        self, ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
+    ) -> types.ListResourceTemplatesResult:
+        page, cursor = await self._listed(TEMPLATES, ctx, params)
+        return types.ListResourceTemplatesResult(resource_templates=page, next_cursor=cursor)
+
+    async def list_prompts(
+        self, ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
+    ) -> types.ListPromptsResult:
+        page, cursor = await self._listed(PROMPTS, ctx, params)
+        return types.ListPromptsResult(prompts=page, next_cursor=cursor)
+
+    # ------------------------------------------------------------------ tools
     async def call_tool(
         self, ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams
     ) -> dict[str, Any]:
@@ -276,42 +300,6 @@ class Handlers:
         return _for_client(ctx, result)
 
     # ------------------------------------------------------------------ resources
-    async def list_resources(
-        self, ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
-    ) -> types.ListResourcesResult:
-        sess = self._session(ctx)
-        cat = self.registry.catalog
-        shown = await self.visibility.filter(
-            "resources/list",
-            sess.principal,
-            sess.info,
-            cat.resources,
-            lambda e: (e[0], self._local_uri(str(e[1].uri)), None),
-            cat.version,
-        )
-        page, cursor = self._page([r for _, r in shown], params)
-        return types.ListResourcesResult(resources=page, next_cursor=cursor)
-
-    async def list_resource_templates(
-        self, ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
-    ) -> types.ListResourceTemplatesResult:
-        sess = self._session(ctx)
-        cat = self.registry.catalog
-        shown = await self.visibility.filter(
-            "resources/templates/list",
-            sess.principal,
-            sess.info,
-            cat.templates,
-            lambda e: (e[0], self._local_uri(e[1].uri_template), None),
-            cat.version,
-        )
-        page, cursor = self._page([t for _, t in shown], params)
-        return types.ListResourceTemplatesResult(resource_templates=page, next_cursor=cursor)
-
-    def _local_uri(self, exposed: str) -> str:
-        routed = self.registry.route_uri(exposed)
-        return routed[1] if routed else exposed
-
     def _route_uri(self, uri: str) -> tuple[str, str]:
         routed = self.registry.route_uri(uri)
         if routed is None:
@@ -386,22 +374,6 @@ class Handlers:
         return types.EmptyResult()
 
     # ------------------------------------------------------------------ prompts
-    async def list_prompts(
-        self, ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
-    ) -> types.ListPromptsResult:
-        sess = self._session(ctx)
-        cat = self.registry.catalog
-        shown = await self.visibility.filter(
-            "prompts/list",
-            sess.principal,
-            sess.info,
-            list(cat.prompts.values()),
-            lambda e: (e.upstream, e.local.name, None),
-            cat.version,
-        )
-        page, cursor = self._page([e.exposed for e in shown], params)
-        return types.ListPromptsResult(prompts=page, next_cursor=cursor)
-
     async def get_prompt(
         self, ctx: ServerRequestContext[Any, Any], params: types.GetPromptRequestParams
     ) -> dict[str, Any]:

@@ -16,6 +16,8 @@ __all__ = ["build_server", "initialization_options"]
 
 
 def build_server(h: Handlers) -> Server[Any]:
+    # The SDK types each hook's result; ours return the upstream's raw dicts, which it passes through as they are.
+    routes: dict[str, Any] = dict(h.routes())
     with warnings.catch_warnings():
         # logging/setLevel is deprecated in the 2026-07-28 era but part of the 2025-11-25 protocol we serve.
         warnings.simplefilter("ignore", MCPDeprecationWarning)
@@ -24,17 +26,7 @@ def build_server(h: Handlers) -> Server[Any]:
             version=__version__,
             instructions="mcp-guard: tools of several upstream servers, named '<upstream>"
             f"{h.settings.server.tool_separator}<tool>'. Every call is checked by policy and audited.",
-            on_list_tools=h.list_tools,
-            on_call_tool=h.call_tool,  # type: ignore[arg-type]  # returns the upstream's raw result dict
-            on_list_resources=h.list_resources,
-            on_list_resource_templates=h.list_resource_templates,
-            on_read_resource=h.read_resource,  # type: ignore[arg-type]
-            on_subscribe_resource=h.subscribe,
-            on_unsubscribe_resource=h.unsubscribe,
-            on_list_prompts=h.list_prompts,
-            on_get_prompt=h.get_prompt,  # type: ignore[arg-type]
-            on_completion=h.complete,  # type: ignore[arg-type]
-            on_set_logging_level=h.set_logging_level,
+            **routes,
         )
     # No OpenTelemetry span per message on the hot path (it is a no-op without an exporter anyway).
     server.middleware = []
