@@ -328,11 +328,17 @@ def test_every_kind_fits_160_columns_with_the_tool_name_whole(kind: EventKind, d
     assert f"tickets/{LONG_TOOL}" in coloured
 
 
-def test_deny_reasons_are_shortened_to_make_room() -> None:
+def test_deny_reasons_get_the_room_before_duration_and_revision() -> None:
     line = format_line(row(EventKind.CALL_DECISION, decision="deny", principal="bob", tool="create_ticket"))
-    assert "  bob → tickets/create_ticket  destructive tools need" in line
-    assert "…" in line and line.endswith("  12345.7ms  rev 7c1e2b9f0a3d")  # reasons cut, not the short pieces
+    assert "  bob → tickets/create_ticket  destructive tools need the admin role outside the" in line
+    assert line.endswith("…") and "rev " not in line
     assert len(line) == LINE_WIDTH
+
+
+def test_duration_and_revision_are_kept_whole_when_there_is_room() -> None:
+    values = {"principal": "bob", "tool": "create_ticket", "reasons": ["weekend"], "result": None, "details": None}
+    line = format_line(row(EventKind.CALL_DECISION, decision="deny", **values))
+    assert line.endswith("  bob → tickets/create_ticket  weekend  12345.7ms  rev 7c1e2b9f0a3d")
 
 
 def test_with_little_room_the_reasons_win_over_duration_and_revision() -> None:

@@ -63,6 +63,7 @@ _KIND_WIDTH = max(len(kind) for kind in EventKind)
 _VERDICT_WIDTH = len(_ALERT_MARK) + max(len(w) for w in (*_ALERTS.values(), "ALLOW", "DENY", "ERROR", "OK"))
 _GAP = "  "
 _MIN_PIECE = 12  # a shortened piece keeps at least this much, else it is left out
+_FIRST_PIECE = 60  # room the first piece (a deny's reasons) gets before duration and revision give way
 _MIN_WHO = 8  # a principal is shortened to no less than this
 
 _Piece = tuple[str, str | None]  # text and its colour name
@@ -158,18 +159,20 @@ def _fit(who: str, target: str, flexible: list[_Piece], fixed: list[_Piece], roo
     """``principal → server/tool`` and the pieces after it, within ``room`` columns.
 
     The target is never cut. When room is short, in this order: the short pieces (revision, then
-    duration) are left out, the principal is shortened (to :data:`_MIN_WHO`), and the flexible
-    pieces (reasons, outcome, details) are shortened with ``…`` or left out, the first one last.
+    duration) give way to the first flexible piece (up to :data:`_FIRST_PIECE` of it), the principal
+    is shortened (to :data:`_MIN_WHO`) to keep :data:`_MIN_PIECE` of it, and the flexible pieces
+    (reasons, outcome, details) are shortened with ``…`` or left out, the first one last.
     """
     arrow = f" → {target}" if target else ""
     fixed = list(fixed)
-    first = min(len(flexible[0][0]), _MIN_PIECE) + len(_GAP) if flexible else 0
+    first = min(len(flexible[0][0]), _FIRST_PIECE) + len(_GAP) if flexible else 0
 
     def spare() -> int:
         return room - len(who) - len(arrow) - sum(len(_GAP) + len(t) for t, _ in fixed) - first
 
     while fixed and spare() < 0:
         fixed.pop()
+    first = min(first, _MIN_PIECE + len(_GAP))
     if spare() < 0:
         who = _shorten(who, max(len(who) + spare(), _MIN_WHO))
     left = room - len(who) - len(arrow) - sum(len(_GAP) + len(t) for t, _ in fixed)
