@@ -12,7 +12,7 @@ Two entry points, both chosen by ``[audit] backend`` (today ``"sqlite"``)::
 How an event travels (modules in brackets)::
 
     events.py constructors ─► AuditWriter.record ─► queue ─► writer task ─► AuditBackend.append
-    (one per EventKind)       [writer]              group commit            [backend: the protocol;
+    (one per event family)    [writer]              group commit            [backend: the protocol;
                               stored values + hashed body                    sqlite: the SQLite file]
                               made here, off the serial path                one transaction: head,
                                                                             number + hash (chain), insert
@@ -29,8 +29,10 @@ What can go wrong, and what you get (:mod:`mcp_guard.errors`)::
                        newer than this mcp-guard, or cannot be read (open_sink, open_reader)
 
 A backend is one module: an :class:`AuditBackend` (append a numbered, hashed batch in one
-transaction; report when it can never write again) and an :class:`AuditReader`, registered below.
-Everything else here is private to the package: import from ``mcp_guard.audit``.
+transaction; report when it can never write again) and an :class:`AuditReader`, registered in the two
+tables below (and its name added to ``[audit] backend`` in :mod:`mcp_guard.settings`). Other packages
+use the names in ``__all__``; the submodules are this package's implementation (the ``audit``
+commands and the tests reach into them).
 """
 
 from __future__ import annotations
