@@ -49,22 +49,22 @@ def apply(switches: set[str]) -> None:
     unknown = switches - set(SWITCHES)
     if unknown:
         raise SystemExit(f"unknown switch(es): {', '.join(sorted(unknown))}; known: {', '.join(SWITCHES)}")
-    from mcp_guard.audit.store import AuditStore
+    from mcp_guard.audit import AuditWriter
 
     if "no-audit" in switches:
 
         async def record_nothing(self: Any, event: Any) -> int:
             return 0
 
-        AuditStore.record = record_nothing  # type: ignore[method-assign]
-        AuditStore.record_nowait = lambda self, event: None  # type: ignore[method-assign]
+        AuditWriter.record = record_nothing  # type: ignore[method-assign]
+        AuditWriter.record_nowait = lambda self, event: None  # type: ignore[method-assign]
     elif "no-audit-wait" in switches:
 
         async def record_queued(self: Any, event: Any) -> int:
             self.record_nowait(event)
             return 0
 
-        AuditStore.record = record_queued  # type: ignore[method-assign]
+        AuditWriter.record = record_queued  # type: ignore[method-assign]
     if "no-secrets" in switches:
         import mcp_guard.app as app
 
@@ -118,45 +118,43 @@ def apply(switches: set[str]) -> None:
     if "inline-audit" in switches:
         import sqlite3
 
-        from mcp_guard.audit import store as store_mod
-        from mcp_guard.audit.chain import row_hash
+        from mcp_guard.audit import sqlite as sqlite_mod
+        from mcp_guard.audit import writer as writer_mod
+        from mcp_guard.audit.chain import chain_rows
 
-        def inline_insert(self: Any, batch: Any) -> Any:
+        def inline_insert(self: Any, batch: Any) -> int:
             conn = getattr(self, "_bench_inline", None)
             if conn is None:
                 conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
                 conn.execute("PRAGMA synchronous = NORMAL")
                 conn.execute("PRAGMA busy_timeout = 5000")
                 self._bench_inline = conn
-            seq, prev = self._head
-            rows = []
-            for p in batch:
-                seq += 1
-                h = row_hash(prev, seq, p.body)
-                rows.append((seq, *p.values, prev, h))
-                p.seq, prev = seq, h
+            first = self._head.seq + 1
+            rows, head = chain_rows(self._head, batch)
             conn.execute("BEGIN IMMEDIATE")
             for row in rows:
-                conn.execute(store_mod._insert_sql(1), list(row))
+                conn.execute(sqlite_mod._insert_sql(1), list(row))
             conn.execute("COMMIT")
-            self._head = (seq, prev)
+            self._head = head
+            self.appended += len(rows)
+            return first
 
-        async def insert(self: Any, batch: Any) -> None:
-            inline_insert(self, batch)
+        async def insert(self: Any, batch: Any) -> int:
+            return inline_insert(self, batch)
 
-        setattr(store_mod.AuditStore, "_insert", insert)  # noqa: B010
+        setattr(sqlite_mod.SqliteBackend, "_insert", insert)  # noqa: B010
         if "audit-fast-path" in switches:
-            slow_record = store_mod.AuditStore.record
+            slow_record = writer_mod.AuditWriter.record
 
             async def fast_record(self: Any, event: Any) -> int:
                 if self._writer_idle and not self._queue and not self._overflow and self._broken is None:
-                    pending = store_mod._prepare(event, None)
-                    inline_insert(self, [pending])
+                    pending = writer_mod._prepare(event, None)
+                    seq = inline_insert(self.backend, [pending])
                     self.stats.committed += 1
-                    return int(pending.seq)
+                    return seq
                 return int(await slow_record(self, event))
 
-            setattr(store_mod.AuditStore, "record", fast_record)  # noqa: B010
+            setattr(writer_mod.AuditWriter, "record", fast_record)  # noqa: B010
     if "gc-tune" in switches:
         import gc
 

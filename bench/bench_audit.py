@@ -39,7 +39,7 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 
-from mcp_guard.audit import AuditStore
+from mcp_guard.audit import open_sqlite_sink
 from mcp_guard.audit.verify import verify_file
 from mcp_guard.errors import AuditError
 from mcp_guard.types import AuditEvent
@@ -77,7 +77,7 @@ def percentile(values: list[float], q: float) -> float:
 
 async def closed_loop(path: Path, events: list[AuditEvent], concurrency: int, batch_max: int) -> dict[str, Any]:
     waits: list[float] = []
-    async with AuditStore.open(path, batch_max=batch_max) as store:
+    async with open_sqlite_sink(path, batch_max=batch_max) as store:
         it = iter(events)
 
         async def recorder() -> None:
@@ -106,7 +106,7 @@ async def closed_loop(path: Path, events: list[AuditEvent], concurrency: int, ba
 
 
 async def nowait_burst(path: Path, events: list[AuditEvent], batch_max: int, queue_max: int) -> dict[str, Any]:
-    async with AuditStore.open(path, batch_max=batch_max, queue_max=queue_max) as store:
+    async with open_sqlite_sink(path, batch_max=batch_max, queue_max=queue_max) as store:
         started, cpu = time.perf_counter(), time.process_time()
         for ev in events[:-1]:
             # Back-pressure by polling: the store has no "space available" event to wait on, and
@@ -132,7 +132,7 @@ async def open_loop(path: Path, events: list[AuditEvent], rate: float, batch_max
     waits: list[float] = []
     lag: list[float] = []
     failed = 0
-    async with AuditStore.open(path, batch_max=batch_max) as store:
+    async with open_sqlite_sink(path, batch_max=batch_max) as store:
 
         async def one(ev: AuditEvent, due: float) -> None:
             nonlocal failed

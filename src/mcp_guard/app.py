@@ -75,7 +75,7 @@ class Guard:
     @contextlib.asynccontextmanager
     async def open(cls, settings: Settings, *, principal: str | None = None) -> AsyncIterator[Guard]:
         """Build the real engine, audit store and secrets from settings, start upstreams, and yield."""
-        from mcp_guard.audit.store import AuditStore
+        from mcp_guard.audit import open_sink
         from mcp_guard.logging import add_processor
         from mcp_guard.pipeline.redact import scrub_processor
         from mcp_guard.policy import ReloadEvent, open_engine
@@ -83,11 +83,7 @@ class Guard:
 
         secrets = SecretManager(settings)
         add_processor(scrub_processor(secrets))
-        async with AuditStore.open(
-            settings.resolve_path(settings.audit.path),
-            batch_max=settings.audit.batch_max,
-            queue_max=settings.audit.queue_max,
-        ) as store:
+        async with open_sink(settings) as store:
 
             async def on_reload(ev: ReloadEvent) -> None:
                 # Hot reloads are part of the record: which revision decided from when, and rejected bundles.

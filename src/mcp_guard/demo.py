@@ -251,17 +251,14 @@ async def _scenes(url: str, settings: Settings, show: Show, guard: Any) -> None:
 
 
 def _epilogue(settings: Settings, show: Show) -> None:
-    from mcp_guard.audit.reader import Filters, connect_readonly, iter_rows, row_to_dict
+    from mcp_guard.audit import open_reader, row_to_dict
     from mcp_guard.audit.tail import format_line
     from mcp_guard.audit.verify import verify_file
 
     db = settings.resolve_path(settings.audit.path)
     show.title("7. The audit trail of this run (mcp-guard audit tail)")
-    conn = connect_readonly(db)
-    try:
-        rows = [row_to_dict(r) for r in iter_rows(conn, Filters())]
-    finally:
-        conn.close()
+    with open_reader(settings) as reader:
+        rows = [row_to_dict(r) for r in reader.rows()]
     for e in rows:
         if str(e["kind"]).startswith(("call.", "tool.pin_changed", "session.start")):
             print("   " + format_line(e, colour=show.color))

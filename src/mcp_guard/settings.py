@@ -78,6 +78,8 @@ class PolicySettings(_Strict):
 
 
 class AuditSettings(_Strict):
+    # Where the audit log lives (mcp_guard.audit.open_sink / open_reader); "sqlite": the file at `path`.
+    backend: Literal["sqlite"] = "sqlite"
     path: str = "mcp-guard-audit.db"
     # Tool pins and pending definition changes (kept apart so the audit log stays append-only).
     state_path: str = "mcp-guard-state.db"

@@ -13,12 +13,12 @@ import sys
 import anyio
 import structlog
 
-from mcp_guard.audit import AuditStore
+from mcp_guard.audit import open_sqlite_sink
 from mcp_guard.types import AuditEvent
 
 
 async def main(path: str, concurrency: int) -> None:
-    async with AuditStore.open(path) as store:
+    async with open_sqlite_sink(path) as store:
 
         async def recorder(worker: int) -> None:
             n = 0

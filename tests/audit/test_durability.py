@@ -9,7 +9,7 @@ import anyio
 import pytest
 from audit_testkit import PYTHON, child_env, event, seqs
 
-from mcp_guard.audit import AuditStore
+from mcp_guard.audit import open_sqlite_sink
 from mcp_guard.audit.verify import verify_file
 
 pytestmark = pytest.mark.anyio
@@ -52,6 +52,6 @@ async def test_sigkill_mid_burst_keeps_every_acknowledged_event(tmp_path: Path, 
     assert result.head_seq == max(stored) == len(stored)
 
     # The next run continues the chain where the killed one stopped.
-    async with AuditStore.open(db) as store:
+    async with open_sqlite_sink(db) as store:
         assert await store.record(event(0)) == len(stored) + 1
     assert verify_file(db).ok

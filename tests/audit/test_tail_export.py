@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -11,15 +12,16 @@ from typing import Any
 import anyio
 import pytest
 from anyio.abc import Process
-from audit_testkit import PYTHON, child_env, event
+from audit_testkit import PYTHON, MemoryBackend, MemoryReader, child_env, event
 
-from mcp_guard.audit import AuditStore, schema
+from mcp_guard.audit import AuditWriter, open_sqlite_sink, schema
 from mcp_guard.audit.chain import GENESIS_HASH, canonical_json, row_hash
 from mcp_guard.audit.export import export
 from mcp_guard.audit.reader import Filters, parse_since
-from mcp_guard.audit.tail import format_line, tail
+from mcp_guard.audit.sqlite import open_sqlite_reader
+from mcp_guard.audit.tail import LINE_WIDTH, format_line, tail
 from mcp_guard.cli import main
-from mcp_guard.types import AuditEvent
+from mcp_guard.types import AuditEvent, EventKind
 
 pytestmark = pytest.mark.anyio
 
@@ -29,7 +31,7 @@ OLD = "2020-01-01T00:00:00.000000Z"
 @pytest.fixture
 async def db(tmp_path: Path) -> Path:
     path = tmp_path / "audit.db"
-    async with AuditStore.open(path) as store:
+    async with open_sqlite_sink(path) as store:
         await store.record(
             AuditEvent(
                 kind="session.start",
@@ -59,7 +61,8 @@ def run_tail(
     db: Path, filters: Filters | None = None, *, last: int | None = None, as_json: bool = True, colour: bool = False
 ) -> list[Any]:
     out = io.StringIO()
-    tail(db, filters or Filters(), out, last=last, follow=False, as_json=as_json, colour=colour)
+    with open_sqlite_reader(db) as reader:
+        tail(reader, filters or Filters(), out, last=last, follow=False, as_json=as_json, colour=colour)
     lines = out.getvalue().splitlines()
     return [json.loads(line) for line in lines] if as_json else lines
 
@@ -147,11 +150,17 @@ async def test_cli_tail_and_its_errors(db: Path, capsys: pytest.CaptureFixture[s
     assert main(["audit", "tail", "--db", str(db.parent / "missing.db")]) == 1
     assert "no audit database" in capsys.readouterr().err
     assert main(["audit"]) == 2
+    with pytest.raises(SystemExit) as usage:  # a typo in --kind would otherwise match nothing, silently
+        main(["audit", "tail", "--db", str(db), "--kind", "call.decisoin"])
+    assert usage.value.code == 2 and "not an event kind" in capsys.readouterr().err
+    assert main(["audit", "tail", "--db", str(db), "--kind", "upstream.*", "--json"]) == 0
+    assert [json.loads(line)["seq"] for line in capsys.readouterr().out.splitlines()] == [6]
 
 
 async def test_export_jsonl_can_be_verified_by_the_receiver(db: Path) -> None:
     out = io.StringIO()
-    assert export(db, out) == 6
+    with open_sqlite_reader(db) as reader:
+        assert export(reader, out) == 6
     events = [json.loads(line) for line in out.getvalue().splitlines()]
     assert [e["seq"] for e in events] == [1, 2, 3, 4, 5, 6]
     prev = GENESIS_HASH
@@ -167,7 +176,8 @@ async def test_export_jsonl_can_be_verified_by_the_receiver(db: Path) -> None:
 
 async def test_export_since_and_after_seq(db: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = io.StringIO()
-    assert export(db, out, filters=Filters(after_seq=4)) == 2
+    with open_sqlite_reader(db) as reader:
+        assert export(reader, out, filters=Filters(after_seq=4)) == 2
     target = tmp_path / "out.jsonl"
     assert main(["audit", "export", "--db", str(db), "--format", "jsonl", "--since", "1h", "-o", str(target)]) == 0
     assert [json.loads(x)["seq"] for x in target.read_text().splitlines()] == [2, 3, 4, 5, 6]
@@ -188,7 +198,7 @@ async def _read_json_lines(process: Process, want: int, buffer: bytearray) -> li
 
 async def test_follow_from_another_process_while_the_store_writes(tmp_path: Path) -> None:
     path = tmp_path / "live.db"
-    async with AuditStore.open(path) as store:
+    async with open_sqlite_sink(path) as store:
         for i in range(3):
             await store.record(event(i))
         process = await anyio.open_process(
@@ -239,7 +249,7 @@ async def test_follow_waits_for_the_database_to_appear(tmp_path: Path) -> None:
     buffer = bytearray()
     try:
         with anyio.fail_after(20):
-            async with AuditStore.open(path) as store:
+            async with open_sqlite_sink(path) as store:
                 await store.record(event(1))
                 first = await _read_json_lines(process, 1, buffer)
         assert first[0]["decision_id"] == "dec-1"
@@ -252,11 +262,16 @@ async def test_follow_waits_for_the_database_to_appear(tmp_path: Path) -> None:
         await process.aclose()
 
 
+def export_file(path: Path, out: io.StringIO) -> int:
+    with open_sqlite_reader(path) as reader:
+        return export(reader, out)
+
+
 async def test_verify_and_export_while_the_store_writes(tmp_path: Path) -> None:
     from mcp_guard.audit.verify import verify_file
 
     path = tmp_path / "busy.db"
-    async with AuditStore.open(path) as store:
+    async with open_sqlite_sink(path) as store:
         for i in range(200):
             store.record_nowait(event(i))
         await store.record(event(200))
@@ -271,6 +286,143 @@ async def test_verify_and_export_while_the_store_writes(tmp_path: Path) -> None:
                 result = await anyio.to_thread.run_sync(verify_file, path)
                 assert result.ok, result.problem
                 out = io.StringIO()
-                count = await anyio.to_thread.run_sync(export, path, out)
+                count = await anyio.to_thread.run_sync(export_file, path, out)
                 assert count >= 201
                 assert [json.loads(x)["seq"] for x in out.getvalue().splitlines()] == list(range(1, count + 1))
+
+
+# ---------------------------------------------------------------------------------------------- the one-line view
+
+LONG_TOOL = "search_tickets_by_customer_and_priority_including_archived"  # 58 characters
+VERDICT_AT = len("2026-11-25T06:31:00.123Z  #123456  ") + max(len(k) for k in EventKind) + 2
+
+
+def row(kind: EventKind, **values: Any) -> dict[str, Any]:
+    """A decoded row as tail gets it, with long values everywhere a column can hold one."""
+    base: dict[str, Any] = {c: None for c in schema.COLUMNS} | {
+        "seq": 123456,
+        "ts": "2026-11-25T06:31:00.123456Z",
+        "kind": kind.value,
+        "principal": "support-agent-with-a-long-name",
+        "server": "tickets",
+        "tool": LONG_TOOL,
+        "reasons": ["destructive tools need the admin role outside the change freeze, ask an operator"] * 2,
+        "result": {"is_error": False, "bytes": 512, "sha256": "ab" * 32},
+        "details": {"action": "tools/call", "error": "x" * 200, "old": "ab" * 32, "new": "cd" * 32},
+        "duration_ms": 12345.678,
+        "policy_revision": "7c1e2b9f0a3d4c5e6f708192a3b4c5d6e7f8091a",
+    }
+    return base | values
+
+
+@pytest.mark.parametrize("kind", list(EventKind))
+@pytest.mark.parametrize("decision", [None, "allow", "deny"])
+def test_every_kind_fits_160_columns_with_the_tool_name_whole(kind: EventKind, decision: str | None) -> None:
+    line = format_line(row(kind, decision=decision))
+    assert len(line) <= LINE_WIDTH == 160
+    assert f"tickets/{LONG_TOOL}" in line
+    assert line.startswith("2026-11-25T06:31:00.123Z  #123456  " + kind.value)
+    assert line[VERDICT_AT - 2 : VERDICT_AT] == "  " and line[VERDICT_AT] != " "  # the kind column holds every kind
+    coloured = format_line(row(kind, decision=decision), colour=True)
+    assert len(re.sub(r"\x1b\[[0-9;]*m", "", coloured)) <= LINE_WIDTH
+    assert f"tickets/{LONG_TOOL}" in coloured
+
+
+def test_deny_reasons_get_the_room_before_duration_and_revision() -> None:
+    line = format_line(row(EventKind.CALL_DECISION, decision="deny", principal="bob", tool="create_ticket"))
+    assert "  bob → tickets/create_ticket  destructive tools need the admin role outside the" in line
+    assert line.endswith("…") and "rev " not in line
+    assert len(line) == LINE_WIDTH
+
+
+def test_duration_and_revision_are_kept_whole_when_there_is_room() -> None:
+    values = {"principal": "bob", "tool": "create_ticket", "reasons": ["weekend"], "result": None, "details": None}
+    line = format_line(row(EventKind.CALL_DECISION, decision="deny", **values))
+    assert line.endswith("  bob → tickets/create_ticket  weekend  12345.7ms  rev 7c1e2b9f0a3d")
+
+
+def test_with_little_room_the_reasons_win_over_duration_and_revision() -> None:
+    line = format_line(row(EventKind.CALL_DECISION, decision="deny", principal="bob"))
+    assert line.endswith(f"bob → tickets/{LONG_TOOL}  destructive tool…")
+
+
+def test_a_very_long_target_shortens_the_principal_never_the_tool() -> None:
+    tool = "t" * 80
+    line = format_line(row(EventKind.CALL_DECISION, decision="deny", tool=tool))
+    assert f"tickets/{tool}" in line
+    assert "support…" in line  # the principal gave way first
+
+
+@pytest.mark.parametrize(
+    ("kind", "word"), [(EventKind.POLICY_RELOAD_FAILED, "REJECTED"), (EventKind.TOOL_PIN_CHANGED, "CHANGED")]
+)
+def test_rejected_reloads_and_pin_changes_stand_out(kind: EventKind, word: str) -> None:
+    plain = format_line(row(kind))
+    assert plain[VERDICT_AT:].startswith(f"!{word} ")  # a marker where there is no colour
+    coloured = format_line(row(kind), colour=True)
+    assert f"\x1b[1;7;33m{word}" in coloured and f"!{word}" not in coloured
+    for other in (EventKind.TOOL_PIN_APPROVED, EventKind.POLICY_LOAD, EventKind.CALL_RESULT):
+        assert "!" not in format_line(row(other))[VERDICT_AT : VERDICT_AT + 2]
+        assert "\x1b[1;7;33m" not in format_line(row(other), colour=True)
+
+
+@pytest.mark.parametrize(
+    ("kind", "decision", "verdict"),
+    [
+        (EventKind.CALL_ERROR, None, "ERROR"),
+        (EventKind.UPSTREAM_CRASH, None, "ERROR"),
+        (EventKind.UPSTREAM_START_FAILED, None, "ERROR"),
+        (EventKind.AUTH_REJECT, "deny", "DENY"),
+        (EventKind.CALL_RESULT, None, "OK"),
+        (EventKind.SESSION_START, None, "·"),
+    ],
+)
+def test_verdicts(kind: EventKind, decision: str | None, verdict: str) -> None:
+    assert format_line(row(kind, decision=decision))[VERDICT_AT:].split()[0] == verdict
+
+
+def test_details_skip_what_the_columns_show_and_shorten_digests() -> None:
+    line = format_line(
+        row(
+            EventKind.TOOL_PIN_CHANGED,
+            principal=None,
+            reasons=None,
+            result=None,
+            duration_ms=None,
+            details={"tool": LONG_TOOL, "old": "ab" * 32},
+        )
+    )
+    assert line.endswith(f"  - → tickets/{LONG_TOOL}  old=abababababab…")
+
+
+def test_tail_reads_through_any_reader_and_follows_it() -> None:
+    backend = MemoryBackend()
+
+    async def write(first: int, n: int) -> None:
+        async with AuditWriter.running(backend) as writer:
+            for i in range(first, first + n):
+                await writer.record(event(i))
+
+    anyio.run(write, 0, 3)
+    polls = 0
+
+    def sleep(_: float) -> None:  # each poll: the proxy writes two rows, and the third poll ends it
+        nonlocal polls
+        polls += 1
+        if polls == 3:
+            raise KeyboardInterrupt
+        anyio.run(write, 10 * polls, 2)
+
+    out = io.StringIO()
+    printed = tail(
+        MemoryReader(backend.rows), Filters(), out, last=2, follow=True, as_json=True, colour=False, sleep=sleep
+    )
+    assert printed == 6
+    assert [json.loads(line)["decision_id"] for line in out.getvalue().splitlines()] == [
+        "dec-1",
+        "dec-2",
+        "dec-10",
+        "dec-11",
+        "dec-20",
+        "dec-21",
+    ]

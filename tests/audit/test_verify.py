@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from audit_testkit import INSERT_ANY, event, forged_row, rows, tamper
 
-from mcp_guard.audit import AuditStore
+from mcp_guard.audit import open_sqlite_sink
 from mcp_guard.audit.verify import verify_file
 from mcp_guard.cli import main
 from mcp_guard.errors import AuditError
@@ -21,7 +21,7 @@ N = 10
 @pytest.fixture
 async def db(tmp_path: Path) -> Path:
     path = tmp_path / "audit.db"
-    async with AuditStore.open(path) as store:
+    async with open_sqlite_sink(path) as store:
         for i in range(N):
             await store.record(event(i))
     return path
@@ -125,7 +125,7 @@ async def test_appended_row_with_a_bad_hash_is_named(db: Path) -> None:
 
 async def test_empty_database_verifies(tmp_path: Path) -> None:
     path = tmp_path / "empty.db"
-    async with AuditStore.open(path):
+    async with open_sqlite_sink(path):
         pass
     result = verify_file(path)
     assert result.ok and result.rows == 0 and result.head_seq is None

@@ -31,12 +31,49 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
 
-__all__ = ["GENESIS_HASH", "canonical_json", "clean_text", "fast_json_text", "json_text", "row_hash"]
+__all__ = [
+    "GENESIS",
+    "GENESIS_HASH",
+    "ChainHead",
+    "RowBody",
+    "canonical_json",
+    "chain_rows",
+    "clean_text",
+    "fast_json_text",
+    "json_text",
+    "row_hash",
+]
 
 GENESIS_HASH = "0" * 64
+
+
+@dataclass(frozen=True, slots=True)
+class ChainHead:
+    """The newest row of a chain: the ``seq`` and ``hash`` the next row continues from."""
+
+    seq: int
+    hash: str
+
+
+GENESIS = ChainHead(0, GENESIS_HASH)  # the head of an empty log
+
+
+class RowBody(Protocol):
+    """One event ready to be chained: its stored values and their canonical JSON body."""
+
+    @property
+    def values(self) -> tuple[Any, ...]:
+        """The row's ``schema.BODY_COLUMNS`` values, exactly as they will be stored."""
+        ...
+
+    @property
+    def body(self) -> bytes:
+        """The canonical JSON of :attr:`values` (:func:`canonical_json`)."""
+        ...
 
 
 def _encoder(default: Callable[[Any], Any] | None = None) -> Callable[[Any], str]:
@@ -140,3 +177,18 @@ def row_hash(prev_hash: str, seq: int, body: bytes) -> str:
     h = hashlib.sha256(f"{prev_hash}:{seq}:".encode("ascii"))
     h.update(body)
     return h.hexdigest()
+
+
+def chain_rows(head: ChainHead, batch: Sequence[RowBody]) -> tuple[list[tuple[Any, ...]], ChainHead]:
+    """Number and hash ``batch`` after ``head``: the rows in ``schema.COLUMNS`` order and the new head.
+
+    Every backend stores exactly these tuples, so a log verifies the same whatever stored it.
+    """
+    seq, prev = head.seq, head.hash
+    rows: list[tuple[Any, ...]] = []
+    for p in batch:
+        seq += 1
+        h = row_hash(prev, seq, p.body)
+        rows.append((seq, *p.values, prev, h))
+        prev = h
+    return rows, ChainHead(seq, prev)

@@ -1,7 +1,8 @@
 """``mcp-guard audit tail|verify|export`` (DESIGN §3).
 
-Each reads the database named by ``--db``, else by ``[audit] path`` of the config (relative paths
-resolve against the config file's directory). Exit codes: 0 ok, 1 the chain is broken (verify) or
+Each reads the SQLite file named by ``--db``, else the log ``[audit]`` of the config names (through
+:func:`mcp_guard.audit.open_reader`, so any backend; a relative ``path`` resolves against the config
+file's directory). Exit codes: 0 ok, 1 the chain is broken (verify) or
 the database cannot be read, 2 usage or config error.
 """
 
@@ -9,10 +10,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
-from typing import Any
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING, Any
 
 from mcp_guard.errors import ConfigError
+
+if TYPE_CHECKING:
+    from mcp_guard.audit.reader import AuditReader
 
 __all__ = ["register"]
 
@@ -121,18 +125,32 @@ def _add_filters(parser: argparse.ArgumentParser) -> None:
         "--kind",
         action="append",
         default=[],
+        type=_kind,
         metavar="KIND",
         help="only events of this kind (repeatable; 'call.*' matches a prefix)",
     )
 
 
-def _db_path(args: argparse.Namespace) -> Path:
+def _open_reader(args: argparse.Namespace, *, wait: bool = False) -> AbstractContextManager[AuditReader]:
+    """``--db PATH`` (an SQLite audit file), else the log ``[audit]`` of the config names."""
+    from mcp_guard.audit import open_reader
+    from mcp_guard.audit.sqlite import open_sqlite_reader
+
     if args.db:
-        return Path(args.db)
+        return open_sqlite_reader(args.db, wait=wait)
     from mcp_guard.cli import load_config
 
-    settings = load_config(args)
-    return settings.resolve_path(settings.audit.path)
+    return open_reader(load_config(args), wait=wait)
+
+
+def _kind(text: str) -> str:
+    """A ``--kind`` value: an event kind, or a prefix ending in ``*`` that matches one."""
+    from mcp_guard.types import EventKind
+
+    kinds = [k.value for k in EventKind]
+    if text in kinds or (text.endswith("*") and any(k.startswith(text[:-1]) for k in kinds)):
+        return text
+    raise argparse.ArgumentTypeError(f"{text!r} is not an event kind (one of: {', '.join(kinds)}; or a prefix*)")
 
 
 def _since(text: str | None) -> str | None:
@@ -160,16 +178,17 @@ def _tail(args: argparse.Namespace) -> int:
     )
     last = args.lines if args.lines is not None else (None if args.since else 20)
     try:
-        tail(
-            _db_path(args),
-            filters,
-            sys.stdout,
-            last=last,
-            follow=args.follow,
-            as_json=args.json,
-            colour=not args.json and use_colour(sys.stdout, args.color),
-            interval=max(args.interval, 0.001),
-        )
+        with _open_reader(args, wait=args.follow) as reader:
+            tail(
+                reader,
+                filters,
+                sys.stdout,
+                last=last,
+                follow=args.follow,
+                as_json=args.json,
+                colour=not args.json and use_colour(sys.stdout, args.color),
+                interval=max(args.interval, 0.001),
+            )
     except BrokenPipeError:
         return _quiet_broken_pipe()
     return 0
@@ -178,10 +197,11 @@ def _tail(args: argparse.Namespace) -> int:
 def _verify(args: argparse.Namespace) -> int:
     import json
 
-    from mcp_guard.audit.verify import verify_file
+    from mcp_guard.audit.verify import verify_chain
 
-    path = _db_path(args)
-    result = verify_file(path)
+    with _open_reader(args) as reader:
+        path = reader.location
+        result = verify_chain(reader)
     for warning in result.warnings:
         print(f"warning: {path}: {warning}", file=sys.stderr)
     if args.json:
@@ -219,14 +239,14 @@ def _export(args: argparse.Namespace) -> int:
     from mcp_guard.audit.reader import Filters
 
     filters = Filters(since=_since(args.since), after_seq=args.after_seq)
-    path = _db_path(args)
-    if args.output:
-        with open(args.output, "w", encoding="utf-8") as out:
-            count = export(path, out, filters=filters, fmt=args.format)
-    else:
-        try:
-            count = export(path, sys.stdout, filters=filters, fmt=args.format)
-        except BrokenPipeError:
-            return _quiet_broken_pipe()
+    with _open_reader(args) as reader:
+        if args.output:
+            with open(args.output, "w", encoding="utf-8") as out:
+                count = export(reader, out, filters=filters, fmt=args.format)
+        else:
+            try:
+                count = export(reader, sys.stdout, filters=filters, fmt=args.format)
+            except BrokenPipeError:
+                return _quiet_broken_pipe()
     print(f"exported {count} events", file=sys.stderr)
     return 0

@@ -8,30 +8,23 @@ incremental shipping simple: remember the last ``seq`` exported and pass it next
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import TextIO
 
-from mcp_guard.audit.reader import Filters, connect_readonly, iter_rows, row_to_dict
+from mcp_guard.audit.reader import AuditReader, Filters, row_to_dict
 
 __all__ = ["FORMATS", "export"]
 
 FORMATS = ("jsonl",)
 
 
-def export(path: str | Path, out: TextIO, *, filters: Filters | None = None, fmt: str = "jsonl") -> int:
-    """Write the matching events of the database at ``path`` to ``out``; return how many."""
-    filters = filters if filters is not None else Filters()
+def export(reader: AuditReader, out: TextIO, *, filters: Filters | None = None, fmt: str = "jsonl") -> int:
+    """Write the matching events ``reader`` sees to ``out``; return how many."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r} (supported: {', '.join(FORMATS)})")
-    conn = connect_readonly(path)
     count = 0
-    try:
-        conn.execute("BEGIN")  # one consistent snapshot, even while the proxy writes
-        for row in iter_rows(conn, filters):
+    with reader.snapshot():  # one consistent snapshot, even while the proxy writes
+        for row in reader.rows(filters):
             out.write(json.dumps(row_to_dict(row), ensure_ascii=False, sort_keys=True) + "\n")
             count += 1
-        conn.rollback()
-    finally:
-        conn.close()
     out.flush()
     return count

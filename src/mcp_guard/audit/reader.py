@@ -1,53 +1,78 @@
-"""Reading the audit database from another process: read-only connections, filters, row decoding.
+"""The readers' seam: what ``audit tail``, ``verify`` and ``export`` need from an audit database.
 
-Readers never write and never hold a transaction open for long; in WAL mode they do not block the
-writer (nor it them). ``tail``, ``export`` and ``verify`` are built on these helpers.
+They run in another process than the proxy and never write. Each gets an :class:`AuditReader` from
+:func:`mcp_guard.audit.open_reader` (chosen by ``[audit] backend``) and asks it three things::
+
+    tail     head() ─► rows(filters, last=N) ─► poll head(); rows(after_seq=old, until_seq=new) …
+    verify   snapshot(): head(), rows() ─► walk the chain          (+ schema_warnings())
+    export   snapshot(): rows(filters) ─► JSON Lines
+
+Rows come back in ``seq`` order as tuples of the *stored* values in ``schema.COLUMNS`` order (JSON
+columns as their stored text: verify hashes exactly what is stored); :func:`row_to_dict` decodes one
+for display and export. A backend's reader raises :class:`~mcp_guard.errors.AuditError` naming its
+:attr:`~AuditReader.location` when the database cannot be read.
+
+This module also holds what every backend's reader shares: :class:`Filters` and :func:`parse_since`.
 """
 
 from __future__ import annotations
 
 import json
 import re
-import sqlite3
-import urllib.parse
 from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from mcp_guard.audit import schema
-from mcp_guard.errors import AuditError
+from mcp_guard.audit.chain import ChainHead
 
-__all__ = ["Filters", "connect_readonly", "iter_rows", "parse_since", "row_to_dict"]
+__all__ = ["AuditReader", "Filters", "parse_since", "row_to_dict"]
 
-_SELECT = f"SELECT {', '.join(schema.COLUMNS)} FROM audit_events"
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|d)$")
 _UNITS = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
 
 
-def connect_readonly(path: str | Path) -> sqlite3.Connection:
-    """A read-only connection to the audit database at ``path`` (AuditError if there is none)."""
-    p = Path(path)
-    if not p.is_file():
-        raise AuditError(f"{p}: no audit database here (is [audit] path right? has the proxy run?)")
-    uri = f"file:{urllib.parse.quote(str(p.resolve()))}?mode=ro"
-    try:
-        conn = sqlite3.connect(uri, uri=True, timeout=5.0)
-        conn.execute("PRAGMA busy_timeout = 5000")
-        version = schema.current_version(conn)
-    except sqlite3.Error as e:
-        raise AuditError(f"{p}: cannot read the audit database: {e}") from None
-    if version == 0:
-        conn.close()
-        raise AuditError(f"{p}: not an mcp-guard audit database (no schema_version table)")
-    if version > schema.SCHEMA_VERSION:
-        conn.close()
-        raise AuditError(
-            f"{p}: audit database has schema version {version}, newer than this mcp-guard understands "
-            f"({schema.SCHEMA_VERSION})"
-        )
-    return conn
+@dataclass(frozen=True, slots=True)
+class Filters:
+    """Which rows to read. Empty fields match everything; ``kinds`` entries may end in ``*``."""
+
+    since: str | None = None  # stored-form timestamp (parse_since)
+    after_seq: int | None = None  # rows with seq > after_seq
+    until_seq: int | None = None  # rows with seq <= until_seq
+    principal: str | None = None
+    server: str | None = None
+    tool: str | None = None
+    decision: str | None = None
+    kinds: tuple[str, ...] = ()
+
+
+class AuditReader(Protocol):
+    """A read-only view of one audit log. Open one with :func:`mcp_guard.audit.open_reader`."""
+
+    @property
+    def location(self) -> str:
+        """The database in messages: a file path, a DSN without its password."""
+        ...
+
+    def head(self) -> ChainHead | None:
+        """The newest row's ``(seq, hash)``; None for an empty log."""
+        ...
+
+    def rows(self, filters: Filters | None = None, *, last: int | None = None) -> Iterator[tuple[Any, ...]]:
+        """Stored rows matching ``filters`` in ``seq`` order; with ``last``, only the newest ``last``."""
+        ...
+
+    def snapshot(self) -> AbstractContextManager[None]:
+        """One read transaction: every read inside sees the same rows, even while the proxy writes."""
+        ...
+
+    def schema_warnings(self) -> tuple[str, ...]:
+        """Signs that someone changed the schema (the append-only triggers are gone); else empty."""
+        ...
+
+    def close(self) -> None: ...
 
 
 def parse_since(text: str, *, now: datetime | None = None) -> str:
@@ -72,67 +97,6 @@ def parse_since(text: str, *, now: datetime | None = None) -> str:
     return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-@dataclass(frozen=True, slots=True)
-class Filters:
-    """Which rows to read. Empty fields match everything; ``kinds`` entries may end in ``*``."""
-
-    since: str | None = None  # stored-form timestamp (parse_since)
-    after_seq: int | None = None  # rows with seq > after_seq
-    until_seq: int | None = None  # rows with seq <= until_seq
-    principal: str | None = None
-    server: str | None = None
-    tool: str | None = None
-    decision: str | None = None
-    kinds: tuple[str, ...] = ()
-
-    def where(self) -> tuple[str, list[Any]]:
-        """The SQL WHERE clause (with leading ``WHERE``, or empty) and its parameters."""
-        clauses: list[str] = []
-        params: list[Any] = []
-        if self.since is not None:
-            clauses.append("ts >= ?")
-            params.append(self.since)
-        if self.after_seq is not None:
-            clauses.append("seq > ?")
-            params.append(self.after_seq)
-        if self.until_seq is not None:
-            clauses.append("seq <= ?")
-            params.append(self.until_seq)
-        for column in ("principal", "server", "tool", "decision"):
-            value = getattr(self, column)
-            if value is not None:
-                clauses.append(f"{column} = ?")
-                params.append(value)
-        if self.kinds:
-            alternatives = []
-            for kind in self.kinds:
-                if kind.endswith("*"):
-                    alternatives.append("substr(kind, 1, ?) = ?")
-                    params.extend((len(kind) - 1, kind[:-1]))
-                else:
-                    alternatives.append("kind = ?")
-                    params.append(kind)
-            clauses.append(f"({' OR '.join(alternatives)})")
-        return (f" WHERE {' AND '.join(clauses)}" if clauses else ""), params
-
-
-def iter_rows(
-    conn: sqlite3.Connection, filters: Filters = Filters(), *, last: int | None = None
-) -> Iterator[sqlite3.Row]:
-    """Matching rows in ``seq`` order; with ``last``, only the newest ``last`` of them."""
-    where, params = filters.where()
-    conn.row_factory = sqlite3.Row
-    if last is not None:
-        sql = f"SELECT * FROM ({_SELECT}{where} ORDER BY seq DESC LIMIT ?) ORDER BY seq"
-        params = [*params, max(last, 0)]
-    else:
-        sql = f"{_SELECT}{where} ORDER BY seq"
-    try:
-        yield from conn.execute(sql, params)
-    except sqlite3.Error as e:
-        raise AuditError(f"cannot read the audit database: {e}") from None
-
-
 def _json(text: Any) -> Any:
     if text is None:
         return None
@@ -142,8 +106,8 @@ def _json(text: Any) -> Any:
         return text  # not JSON (a tampered row?): show what is there
 
 
-def row_to_dict(row: sqlite3.Row | Sequence[Any]) -> dict[str, Any]:
-    """A row as a plain object, JSON columns decoded: the ``--json`` / export form."""
+def row_to_dict(row: Sequence[Any]) -> dict[str, Any]:
+    """A stored row as a plain object, JSON columns decoded: the ``--json`` / export form."""
     out = dict(zip(schema.COLUMNS, tuple(row), strict=True))
     for column in schema.JSON_COLUMNS:
         out[column] = _json(out[column])

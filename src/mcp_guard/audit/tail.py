@@ -1,27 +1,74 @@
 """``mcp-guard audit tail``: the audit trail as one line per event, optionally followed live.
 
-Follow mode polls for ``seq > last`` on a read-only connection every ``interval`` seconds. Each poll
-is a short read transaction; in WAL mode it neither blocks the proxy's writer nor waits for it.
+A line has fixed columns, then who did what to which tool, then whatever room is left::
+
+    2026-11-25T06:31:00.123Z  #42      call.decision          DENY       bob → github/delete_repo  no; weekend  0.8ms
+    2026-11-25T06:31:02.004Z  #43      tool.pin_changed       !CHANGED   - → tickets/search  new=cdcdcdcdcdcd… old=…
+    │                         │        │                      │          │                 └ reasons, outcome,
+    │                         │        │                      │          │                   details, ms, revision
+    │                         │        │                      │          └ principal → server/tool (never cut)
+    │                         │        │                      └ ALLOW DENY OK ERROR · (or an alert: see below)
+    │                         │        └ kind, wide enough for every EventKind
+    │                         └ seq
+    └ UTC, to the millisecond, RFC3339 (paste it into --since)
+
+Lines fit :data:`LINE_WIDTH` columns: the reasons, outcome and details are shortened (``…``) to make
+room, the tool name never is. Events an operator must not miss — a rejected policy reload, a changed
+tool definition — stand out: in colour on a terminal, with a ``!`` before their verdict without.
+
+Follow mode polls the reader's head every ``interval`` seconds and prints the rows after the last
+one printed; each poll is a short read, which in WAL mode neither blocks the proxy's writer nor
+waits for it.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import sqlite3
+import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
-from pathlib import Path
 from typing import Any, TextIO
 
-from mcp_guard.audit.reader import Filters, connect_readonly, iter_rows, row_to_dict
-from mcp_guard.errors import AuditError
+from mcp_guard.audit.reader import AuditReader, Filters, row_to_dict
+from mcp_guard.types import EventKind
 
-__all__ = ["format_line", "tail", "use_colour"]
+__all__ = ["LINE_WIDTH", "format_line", "tail", "use_colour"]
+
+LINE_WIDTH = 160
 
 _RESET = "\x1b[0m"
-_COLOURS = {"green": "\x1b[32m", "red": "\x1b[31;1m", "yellow": "\x1b[33m", "dim": "\x1b[2m", "bold": "\x1b[1m"}
+_COLOURS = {
+    "green": "\x1b[32m",
+    "red": "\x1b[31;1m",
+    "yellow": "\x1b[33m",
+    "dim": "\x1b[2m",
+    "bold": "\x1b[1m",
+    "alert": "\x1b[1;33m",  # the kind of an event not to miss
+    "alert_mark": "\x1b[1;7;33m",  # its verdict: reverse video
+}
+
+# Events an operator must not miss, and the word that says why.
+_ALERTS: dict[str, str] = {
+    EventKind.POLICY_RELOAD_FAILED: "REJECTED",
+    EventKind.TOOL_PIN_CHANGED: "CHANGED",
+}
+_ALERT_MARK = "!"  # before an alert's verdict when there is no colour to show it
+_FAILURES = frozenset({EventKind.CALL_ERROR, EventKind.UPSTREAM_CRASH, EventKind.UPSTREAM_START_FAILED})
+
+_TIME_WIDTH = len("2026-11-25T06:31:00.123Z")
+_SEQ_WIDTH = len("#123456")
+_KIND_WIDTH = max(len(kind) for kind in EventKind)
+_VERDICT_WIDTH = len(_ALERT_MARK) + max(len(w) for w in (*_ALERTS.values(), "ALLOW", "DENY", "ERROR", "OK"))
+_GAP = "  "
+_MIN_PIECE = 12  # a shortened piece keeps at least this much, else it is left out
+_FIRST_PIECE = 60  # room the first piece (a deny's reasons) gets before duration and revision give way
+_MIN_WHO = 8  # a principal is shortened to no less than this
+
+_Piece = tuple[str, str | None]  # text and its colour name
+_DIGEST = re.compile(r"^[0-9a-f]{40,}$")  # sha256/sha1 hex: the first 12 characters identify it
+_HIDDEN_DETAILS = ("action", "call_id")  # the same on every call row: noise in a one-line view
 
 
 def use_colour(stream: TextIO, choice: str = "auto") -> bool:
@@ -34,72 +81,142 @@ def use_colour(stream: TextIO, choice: str = "auto") -> bool:
     return bool(isatty and isatty())
 
 
-def _short(value: Any, limit: int = 160) -> str:
+def _one_line(value: Any) -> str:
     text = (
         value
         if isinstance(value, str)
         else json.dumps(value, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
     )
-    text = " ".join(text.split())  # one line, whatever the content
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    return " ".join(text.split())  # one line, whatever the content
+
+
+def _shorten(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: max(limit - 1, 0)] + "…"
+
+
+def _value(value: Any) -> str:
+    if isinstance(value, str):
+        return _shorten(value, 13) if _DIGEST.match(value) else value
+    return _one_line(value)
+
+
+def _pairs(mapping: dict[str, Any]) -> str:
+    """``key=value`` pairs: shorter than JSON, and long hex digests cut to what identifies them."""
+    return " ".join(f"{k}={_value(v)}" for k, v in mapping.items())
 
 
 def _verdict(event: dict[str, Any]) -> tuple[str, str]:
     """The at-a-glance word for an event and its colour."""
     kind = event["kind"] or ""
-    result = event["result"] if isinstance(event["result"], dict) else {}
+    if kind in _ALERTS:
+        return _ALERTS[kind], "alert_mark"
     if event["decision"] == "allow":
         return "ALLOW", "green"
     if event["decision"] == "deny":
         return "DENY", "red"
-    if kind == "call.error" or kind.endswith((".crash", ".failed", ".error")):
+    if kind in _FAILURES:
         return "ERROR", "red"
-    if kind == "call.result":
+    if kind == EventKind.CALL_RESULT:
+        result = event["result"] if isinstance(event["result"], dict) else {}
         return ("ERROR", "red") if result.get("is_error") else ("OK", "green")
     return "·", "dim"
 
 
-def format_line(event: dict[str, Any], *, colour: bool = False) -> str:
-    """One readable line: time, seq, kind, verdict, who → what, then the reasons or the outcome."""
-
-    def c(text: str, name: str) -> str:
-        return f"{_COLOURS[name]}{text}{_RESET}" if colour else text
-
-    ts = str(event["ts"] or "")
-    when = ts.replace("T", " ").rstrip("Z")[:23]  # date and time to the millisecond, UTC
-    verdict, hue = _verdict(event)
-    target = "/".join(p for p in (event["server"], event["tool"]) if p)
-    who = event["principal"] or "-"
-    parts = [
-        c(when, "dim"),
-        c(f"#{event['seq']}", "dim"),
-        f"{(event['kind'] or '?'):<14}",
-        c(f"{verdict:<5}", hue),
-        f"{who} → {target}" if target else who,
-    ]
+def _extras(event: dict[str, Any], verdict: str) -> tuple[list[_Piece], list[_Piece]]:
+    """What follows the target: (pieces that may be shortened, short pieces kept whole), with colours."""
+    flexible: list[_Piece] = []
     reasons = event["reasons"]
     if reasons:
         shown = "; ".join(str(r) for r in reasons) if isinstance(reasons, list) else str(reasons)
-        parts.append(c(_short(shown), "red" if verdict == "DENY" else "yellow"))
+        flexible.append((_one_line(shown), "red" if verdict == "DENY" else "yellow"))
     result = event["result"]
-    if isinstance(result, dict) and event["kind"] == "call.result":
-        parts.append(f"{result.get('bytes', '?')} bytes")
+    if isinstance(result, dict) and event["kind"] == EventKind.CALL_RESULT:
+        flexible.append((f"{result.get('bytes', '?')} bytes", None))
+    elif isinstance(result, dict):
+        flexible.append((_pairs(result), None))
     elif result is not None:
-        parts.append(_short(result))
+        flexible.append((_one_line(result), None))
     details = event["details"]
     if isinstance(details, dict):
-        extra = {k: v for k, v in details.items() if k not in ("action", "call_id")}
+        extra = {
+            k: v
+            for k, v in details.items()
+            if k not in _HIDDEN_DETAILS and not (k == "tool" and v == event["tool"])  # already in its column
+        }
         if extra:
-            parts.append(c(_short(extra, 120), "dim"))
-    if event["duration_ms"] is not None:
-        parts.append(c(f"{event['duration_ms']:.1f}ms", "dim"))
+            flexible.append((_one_line(_pairs(extra)), "alert" if event["kind"] in _ALERTS else "dim"))
+    elif details is not None:
+        flexible.append((_one_line(details), "dim"))
+    fixed: list[_Piece] = []
+    if isinstance(event["duration_ms"], (int, float)):
+        fixed.append((f"{event['duration_ms']:.1f}ms", "dim"))
     if event["policy_revision"] and event["decision"]:
-        parts.append(c(f"rev {str(event['policy_revision'])[:12]}", "dim"))
-    return "  ".join(parts)
+        fixed.append((f"rev {str(event['policy_revision'])[:12]}", "dim"))
+    return flexible, fixed
+
+
+def _fit(who: str, target: str, flexible: list[_Piece], fixed: list[_Piece], room: int) -> tuple[str, list[_Piece]]:
+    """``principal → server/tool`` and the pieces after it, within ``room`` columns.
+
+    The target is never cut. When room is short, in this order: the short pieces (revision, then
+    duration) give way to the first flexible piece (up to :data:`_FIRST_PIECE` of it), the principal
+    is shortened (to :data:`_MIN_WHO`) to keep :data:`_MIN_PIECE` of it, and the flexible pieces
+    (reasons, outcome, details) are shortened with ``…`` or left out, the first one last.
+    """
+    arrow = f" → {target}" if target else ""
+    fixed = list(fixed)
+    first = min(len(flexible[0][0]), _FIRST_PIECE) + len(_GAP) if flexible else 0
+
+    def spare() -> int:
+        return room - len(who) - len(arrow) - sum(len(_GAP) + len(t) for t, _ in fixed) - first
+
+    while fixed and spare() < 0:
+        fixed.pop()
+    first = min(first, _MIN_PIECE + len(_GAP))
+    if spare() < 0:
+        who = _shorten(who, max(len(who) + spare(), _MIN_WHO))
+    left = room - len(who) - len(arrow) - sum(len(_GAP) + len(t) for t, _ in fixed)
+    kept: list[_Piece] = []
+    for text, hue in flexible:
+        space = left - len(_GAP)
+        if len(text) <= space:
+            kept.append((text, hue))
+            left -= len(_GAP) + len(text)
+            continue
+        if space >= min(len(text), _MIN_PIECE):
+            kept.append((_shorten(text, space), hue))
+        break
+    return who + arrow, kept + fixed
+
+
+def format_line(event: dict[str, Any], *, colour: bool = False, width: int = LINE_WIDTH) -> str:
+    """One line of at most ``width`` columns (unless the server/tool name alone is too long for it)."""
+
+    def c(text: str, name: str | None) -> str:
+        return f"{_COLOURS[name]}{text}{_RESET}" if colour and name else text
+
+    ts = str(event["ts"] or "")
+    when = ts[:23] + "Z" if len(ts) > 23 and ts.endswith("Z") else ts  # to the millisecond, UTC
+    kind = str(event["kind"] or "?")
+    verdict, hue = _verdict(event)
+    alert = kind in _ALERTS
+    shown_verdict = verdict if colour or not alert else _ALERT_MARK + verdict
+    columns = [
+        c(f"{when:<{_TIME_WIDTH}}", "dim"),
+        c(f"{'#' + str(event['seq']):<{_SEQ_WIDTH}}", "dim"),
+        c(f"{kind:<{_KIND_WIDTH}}", "alert" if alert else None),
+        c(f"{shown_verdict:<{_VERDICT_WIDTH}}", hue),
+    ]
+    used = sum(len(_GAP) + n for n in (len(when), _SEQ_WIDTH, max(len(kind), _KIND_WIDTH), _VERDICT_WIDTH))
+    target = "/".join(str(p) for p in (event["server"], event["tool"]) if p)
+    who = _one_line(event["principal"]) if event["principal"] else "-"
+    flexible, fixed = _extras(event, verdict)
+    who_what, pieces = _fit(who, target, flexible, fixed, width - used)
+    return _GAP.join([*columns, who_what, *(c(text, name) for text, name in pieces)])
 
 
 def tail(
-    path: str | Path,
+    reader: AuditReader,
     filters: Filters,
     out: TextIO,
     *,
@@ -112,14 +229,12 @@ def tail(
 ) -> int:
     """Print the matching events (the newest ``last`` of them, or all); with ``follow``, keep going.
 
-    Returns the number of events printed. Follow mode waits for the database to appear and ends on
-    KeyboardInterrupt; a closed output pipe raises BrokenPipeError.
+    Returns the number of events printed. Follow mode ends on KeyboardInterrupt; a closed output
+    pipe raises BrokenPipeError; a log that cannot be read raises AuditError.
     """
-    p = Path(path)
-    conn = _wait_and_connect(p, sleep) if follow else connect_readonly(p)
     printed = 0
 
-    def emit(row: sqlite3.Row) -> None:
+    def emit(row: Sequence[Any]) -> None:
         nonlocal printed
         event = row_to_dict(row)
         if as_json:
@@ -128,46 +243,28 @@ def tail(
             out.write(format_line(event, colour=colour) + "\n")
         printed += 1
 
+    def head_seq() -> int:
+        head = reader.head()
+        return head.seq if head else 0
+
     try:
         # The backlog is everything up to the head seen now; following resumes after it, so a burst
         # in between is neither skipped nor printed twice.
-        head = _head(conn)
-        for row in iter_rows(conn, replace(filters, until_seq=head), last=last):
+        head = head_seq()
+        for row in reader.rows(replace(filters, until_seq=head), last=last):
             emit(row)
         out.flush()
         if not follow:
             return printed
         while True:
             sleep(interval)
-            new_head = _head(conn)
+            new_head = head_seq()
             if new_head <= head:
                 continue
             # Rows up to new_head that the filters skip still move the cursor past them.
-            for row in iter_rows(conn, replace(filters, after_seq=head, until_seq=new_head)):
+            for row in reader.rows(replace(filters, after_seq=head, until_seq=new_head)):
                 emit(row)
             out.flush()
             head = new_head
     except KeyboardInterrupt:
         return printed
-    except sqlite3.Error as e:
-        raise AuditError(f"{p}: cannot read the audit database: {e}") from None
-    finally:
-        conn.close()
-
-
-def _head(conn: sqlite3.Connection) -> int:
-    return int(conn.execute("SELECT coalesce(max(seq), 0) FROM audit_events").fetchone()[0])
-
-
-def _wait_and_connect(path: Path, sleep: Callable[[float], None], *, schema_grace: float = 10.0) -> sqlite3.Connection:
-    """Follow mode: wait for the proxy to create the database, and (briefly) for its schema."""
-    while not path.is_file():
-        sleep(0.2)
-    deadline = time.monotonic() + schema_grace
-    while True:
-        try:
-            return connect_readonly(path)
-        except AuditError:
-            if time.monotonic() >= deadline:  # not a database being created: not ours at all
-                raise
-            sleep(0.1)

@@ -14,26 +14,22 @@ that its newest rows were cut off.
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from mcp_guard.audit import schema
 from mcp_guard.audit.chain import GENESIS_HASH, canonical_json, row_hash
-from mcp_guard.audit.reader import connect_readonly
-from mcp_guard.errors import AuditError
+from mcp_guard.audit.reader import AuditReader
+from mcp_guard.audit.sqlite import open_sqlite_reader
 
 __all__ = ["VerifyResult", "verify_chain", "verify_file"]
-
-_TRIGGERS = ("audit_events_no_update", "audit_events_no_delete")
 
 
 @dataclass(frozen=True, slots=True)
 class VerifyResult:
     ok: bool
     rows: int  # rows checked (up to and including the first bad one)
-    head_seq: int | None  # the newest row in the file (None if empty)
+    head_seq: int | None  # the newest row in the log (None if empty)
     head_hash: str | None
     bad_seq: int | None = None  # the first row that does not belong (or the first missing seq)
     problem: str | None = None
@@ -42,16 +38,16 @@ class VerifyResult:
     warnings: tuple[str, ...] = field(default=())
 
 
-def verify_chain(conn: sqlite3.Connection) -> VerifyResult:
-    """Verify the chain read through ``conn`` (one read transaction, so a live writer is fine)."""
-    warnings = _schema_warnings(conn)
-    columns = ", ".join(("seq", *schema.BODY_COLUMNS, "prev_hash", "hash"))
+def verify_chain(reader: AuditReader) -> VerifyResult:
+    """Verify the chain ``reader`` sees (one snapshot, so a live writer is fine).
+
+    Raises :class:`~mcp_guard.errors.AuditError` if the log cannot be read.
+    """
+    warnings = reader.schema_warnings()
     n_body = len(schema.BODY_COLUMNS)
-    conn.row_factory = None
-    try:
-        conn.execute("BEGIN")  # one snapshot for the walk and the head
-        head = conn.execute("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1").fetchone()
-        head_seq, head_hash = (int(head[0]), str(head[1])) if head else (None, None)
+    with reader.snapshot():  # one snapshot for the walk and the head
+        head = reader.head()
+        head_seq, head_hash = (head.seq, head.hash) if head else (None, None)
         expected_seq, prev, prev_prev = 1, GENESIS_HASH, None
         checked = 0
         good: tuple[int | None, str | None] = (None, None)
@@ -69,8 +65,7 @@ def verify_chain(conn: sqlite3.Connection) -> VerifyResult:
                 warnings=warnings,
             )
 
-        cursor = conn.execute(f"SELECT {columns} FROM audit_events ORDER BY seq")
-        for row in cursor:
+        for row in reader.rows():
             checked += 1
             seq, values, stored_prev, stored_hash = row[0], row[1 : 1 + n_body], row[-2], row[-1]
             if not isinstance(seq, int) or seq < expected_seq:
@@ -109,28 +104,9 @@ def verify_chain(conn: sqlite3.Connection) -> VerifyResult:
             last_good_hash=good[1],
             warnings=warnings,
         )
-    except sqlite3.Error as e:
-        raise AuditError(f"cannot read the audit database: {e}") from None
-    finally:
-        if conn.in_transaction:
-            conn.rollback()
 
 
 def verify_file(path: str | Path) -> VerifyResult:
-    """Open ``path`` read-only and verify its chain."""
-    conn = connect_readonly(path)
-    try:
-        return verify_chain(conn)
-    finally:
-        conn.close()
-
-
-def _schema_warnings(conn: sqlite3.Connection) -> tuple[str, ...]:
-    try:
-        names: set[Any] = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")}
-    except sqlite3.Error:
-        return ()
-    missing = [t for t in _TRIGGERS if t not in names]
-    if missing:
-        return (f"append-only trigger(s) missing: {', '.join(missing)} — someone changed the schema",)
-    return ()
+    """Open the SQLite audit file at ``path`` read-only and verify its chain."""
+    with open_sqlite_reader(path) as reader:
+        return verify_chain(reader)

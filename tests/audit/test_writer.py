@@ -1,19 +1,21 @@
-"""AuditStore: group commit, commit-before-return, the chain across reopen, and loud failure."""
+"""AuditWriter: group commit, commit-before-return, bounded waits and loud failure.
+
+Most tests run the writer over the real SQLite backend (open_sqlite_sink); the ones at the end run it
+over an in-memory backend, to pin down the backend contract a second backend must keep."""
 
 from __future__ import annotations
 
 import math
-import os
 import sqlite3
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
-from audit_testkit import event, rows, seqs
+from audit_testkit import MemoryBackend, MemoryReader, event, rows, seqs
 
-from mcp_guard.audit import AuditStore, schema
-from mcp_guard.audit.verify import verify_file
+from mcp_guard.audit import AuditWriter, open_sqlite_sink
+from mcp_guard.audit.verify import verify_chain, verify_file
 from mcp_guard.errors import AuditError
 
 pytestmark = pytest.mark.anyio
@@ -25,7 +27,7 @@ def db(tmp_path: Path) -> Path:
 
 
 async def test_record_returns_seq_after_commit_visible_to_another_connection(db: Path) -> None:
-    async with AuditStore.open(db) as store:
+    async with open_sqlite_sink(db) as store:
 
         async def one(i: int) -> None:
             seq = await store.record(event(i))
@@ -45,7 +47,7 @@ async def test_record_returns_seq_after_commit_visible_to_another_connection(db:
 
 
 async def test_group_commit_puts_many_events_in_one_transaction(db: Path) -> None:
-    async with AuditStore.open(db, batch_max=256) as store:
+    async with open_sqlite_sink(db, batch_max=256) as store:
         for i in range(1000):  # queued without yielding: the writer has not run yet
             store.record_nowait(event(i))
         seq = await store.record(event(1000))
@@ -59,7 +61,7 @@ async def test_group_commit_puts_many_events_in_one_transaction(db: Path) -> Non
 
 
 async def test_concurrent_recorders_share_transactions(db: Path) -> None:
-    async with AuditStore.open(db) as store:
+    async with open_sqlite_sink(db) as store:
         got: list[int] = []
 
         async def one(i: int) -> None:
@@ -73,22 +75,8 @@ async def test_concurrent_recorders_share_transactions(db: Path) -> None:
         assert store.stats.largest_batch > 1
 
 
-async def test_rows_hold_the_event_and_chain_links(db: Path) -> None:
-    async with AuditStore.open(db) as store:
-        await store.record(event(1, decision="deny", reasons=("no", "weekend"), result={"is_error": True}))
-        await store.record(event(2, reasons=None, arguments=None, duration_ms=None))
-    first, second = rows(db)
-    assert first["kind"] == "call.decision" and first["decision"] == "deny"
-    assert first["reasons"] == '["no","weekend"]'
-    assert first["result"] == '{"is_error":true}'
-    assert first["arguments"] == '{"priority":1,"title":"ticket 1"}'
-    assert first["prev_hash"] == "0" * 64
-    assert second["prev_hash"] == first["hash"]
-    assert second["reasons"] is None and second["duration_ms"] is None
-
-
 async def test_odd_values_are_recorded_and_still_verify(db: Path) -> None:
-    async with AuditStore.open(db) as store:
+    async with open_sqlite_sink(db) as store:
         await store.record(
             event(
                 1,
@@ -106,59 +94,20 @@ async def test_odd_values_are_recorded_and_still_verify(db: Path) -> None:
 
 
 async def test_invalid_decision_is_refused(db: Path) -> None:
-    async with AuditStore.open(db) as store:
+    async with open_sqlite_sink(db) as store:
         with pytest.raises(AuditError, match="decision"):
             await store.record(event(1, decision="maybe"))
 
 
-async def test_reopen_continues_the_chain(db: Path) -> None:
-    for round_ in range(3):
-        async with AuditStore.open(db) as store:
-            for i in range(10):
-                await store.record(event(round_ * 10 + i))
-    assert seqs(db) == list(range(1, 31))
-    result = verify_file(db)
-    assert result.ok and result.head_seq == 30
-
-
-async def test_two_writers_on_one_file_keep_one_chain(db: Path) -> None:
-    async with AuditStore.open(db) as a, AuditStore.open(db) as b:
-        for i in range(20):
-            await (a if i % 2 else b).record(event(i))
-        assert verify_file(db).ok
-    assert seqs(db) == list(range(1, 21))
-    assert verify_file(db).ok
-
-
-async def test_schema_version_is_recorded_and_newer_versions_refused(db: Path) -> None:
-    async with AuditStore.open(db):
-        pass
-    conn = sqlite3.connect(db, isolation_level=None)
-    assert schema.current_version(conn) == schema.SCHEMA_VERSION
-    conn.execute("INSERT INTO schema_version VALUES (99, 'from the future', 'now')")
-    conn.close()
-    with pytest.raises(AuditError, match="newer"):
-        async with AuditStore.open(db):
-            pass
-
-
-async def test_not_a_database_is_refused(tmp_path: Path) -> None:
-    path = tmp_path / "notes.db"
-    path.write_bytes(b"this is not sqlite\n" * 100)
-    with pytest.raises(AuditError, match="cannot open"):
-        async with AuditStore.open(path):
-            pass
-
-
 async def test_close_flushes_queued_events(db: Path) -> None:
-    async with AuditStore.open(db) as store:
+    async with open_sqlite_sink(db) as store:
         for i in range(500):
             store.record_nowait(event(i))
     assert len(rows(db)) == 500
 
 
 async def test_record_after_close_raises(db: Path) -> None:
-    async with AuditStore.open(db) as store:
+    async with open_sqlite_sink(db) as store:
         await store.record(event(0))
     assert not store.healthy
     with anyio.fail_after(2), pytest.raises(AuditError, match="closed"):
@@ -168,76 +117,15 @@ async def test_record_after_close_raises(db: Path) -> None:
 
 
 async def test_record_nowait_drops_and_counts_when_the_queue_is_full(db: Path) -> None:
-    async with AuditStore.open(db, queue_max=3) as store:
+    async with open_sqlite_sink(db, queue_max=3) as store:
         for i in range(10):
             store.record_nowait(event(i))  # no await in between: the writer cannot drain
         assert store.stats.dropped == 7
     assert len(rows(db)) == 3
 
 
-async def test_removed_file_fails_record_promptly(db: Path) -> None:
-    async with AuditStore.open(db) as store:
-        await store.record(event(0))
-        assert store.healthy
-        for suffix in ("", "-wal", "-shm"):
-            os.unlink(f"{db}{suffix}")
-        assert not store.healthy
-        with anyio.fail_after(2), pytest.raises(AuditError, match="removed"):
-            await store.record(event(1))
-        with anyio.fail_after(2), pytest.raises(AuditError, match="removed"):
-            await store.record(event(2))  # broken for good
-        store.record_nowait(event(3))
-        assert store.stats.dropped == 1
-        assert "removed" in (store.problem or "")
-
-
-async def test_replaced_file_fails_record(db: Path, tmp_path: Path) -> None:
-    async with AuditStore.open(db) as store:
-        await store.record(event(0))
-        other = tmp_path / "other.db"
-        sqlite3.connect(other).close()
-        os.replace(other, db)
-        with anyio.fail_after(2), pytest.raises(AuditError, match="replaced"):
-            await store.record(event(1))
-        assert not store.healthy
-
-
-async def test_disk_full_fails_record_then_recovers(db: Path) -> None:
-    async with AuditStore.open(db) as store:
-        await store.record(event(0))
-        # Simulate a full disk: SQLite may not grow the file by a single page (SQLITE_FULL).
-        (pages,) = next(iter(await store._db.execute_fetchall("PRAGMA page_count")))
-        await store._db.execute(f"PRAGMA max_page_count = {pages}")
-        big = {"blob": "x" * 200_000}
-        with anyio.fail_after(2), pytest.raises(AuditError, match="full"):
-            await store.record(event(1, arguments=big))
-        assert not store.healthy
-        await store._db.execute("PRAGMA max_page_count = 1073741823")
-        seq = await store.record(event(2, arguments=big))
-        assert store.healthy
-    assert seq == 2  # the failed event left no row and no gap
-    assert verify_file(db).ok
-
-
-async def test_locked_database_fails_record_within_busy_timeout(db: Path) -> None:
-    async with AuditStore.open(db, busy_timeout=0.2) as store:
-        await store.record(event(0))
-        other = sqlite3.connect(db, isolation_level=None)
-        try:
-            other.execute("BEGIN EXCLUSIVE")  # another writer holds the lock
-            with anyio.fail_after(3), pytest.raises(AuditError, match="locked"):
-                await store.record(event(1))
-            assert not store.healthy
-        finally:
-            other.execute("ROLLBACK")
-            other.close()
-        assert await store.record(event(2)) == 2
-        assert store.healthy
-    assert verify_file(db).ok
-
-
 async def test_record_wait_is_bounded_even_when_sqlite_waits_longer(db: Path) -> None:
-    async with AuditStore.open(db, busy_timeout=3.0, record_timeout=0.3) as store:
+    async with open_sqlite_sink(db, busy_timeout=3.0, record_timeout=0.3) as store:
         await store.record(event(0))
         other = sqlite3.connect(db, isolation_level=None)
         try:
@@ -251,7 +139,7 @@ async def test_record_wait_is_bounded_even_when_sqlite_waits_longer(db: Path) ->
 
 
 async def test_cancelled_caller_still_gets_its_event_written(db: Path) -> None:
-    async with AuditStore.open(db) as store:
+    async with open_sqlite_sink(db) as store:
         with anyio.CancelScope() as scope:
             scope.cancel()
             await store.record(event(7))
@@ -259,7 +147,7 @@ async def test_cancelled_caller_still_gets_its_event_written(db: Path) -> None:
 
 
 async def test_record_waits_its_turn_when_the_queue_is_full(db: Path) -> None:
-    async with AuditStore.open(db, queue_max=4, batch_max=2) as store:
+    async with open_sqlite_sink(db, queue_max=4, batch_max=2) as store:
         got: dict[int, int] = {}
 
         async def one(i: int) -> None:
@@ -274,7 +162,7 @@ async def test_record_waits_its_turn_when_the_queue_is_full(db: Path) -> None:
 
 
 async def test_record_waiting_for_room_is_bounded_too(db: Path) -> None:
-    async with AuditStore.open(db, busy_timeout=3.0, record_timeout=0.3, queue_max=1, batch_max=1) as store:
+    async with open_sqlite_sink(db, busy_timeout=3.0, record_timeout=0.3, queue_max=1, batch_max=1) as store:
         await store.record(event(0))
         other = sqlite3.connect(db, isolation_level=None)
         errors: list[str] = []
@@ -298,7 +186,7 @@ async def test_record_waiting_for_room_is_bounded_too(db: Path) -> None:
 
 
 async def test_one_bad_event_does_not_fail_its_batch(db: Path) -> None:
-    async with AuditStore.open(db) as store:
+    async with open_sqlite_sink(db) as store:
         for i in range(5):
             store.record_nowait(event(i))
         store.record_nowait(event(5, kind=""))  # refused at the door (kind is required)
@@ -311,22 +199,8 @@ async def test_one_bad_event_does_not_fail_its_batch(db: Path) -> None:
     assert verify_file(db).ok
 
 
-async def test_file_removed_while_a_batch_is_written_fails_that_batch(db: Path) -> None:
-    async with AuditStore.open(db) as store:
-        await store.record(event(0))
-        original = store._insert
-
-        async def insert_then_lose_the_file(batch: list[Any]) -> None:
-            await original(batch)
-            os.unlink(db)  # the rows just committed went into a file nobody will read
-
-        store._insert = insert_then_lose_the_file  # type: ignore[method-assign]
-        with anyio.fail_after(2), pytest.raises(AuditError, match="removed"):
-            await store.record(event(1))
-
-
 async def test_writer_crash_fails_waiters_and_later_calls_without_taking_the_app_down(db: Path) -> None:
-    async with AuditStore.open(db) as store:
+    async with open_sqlite_sink(db) as store:
         await store.record(event(0))
 
         async def crash(batch: list[Any]) -> None:
@@ -343,15 +217,60 @@ async def test_writer_crash_fails_waiters_and_later_calls_without_taking_the_app
     assert len(rows(db)) == 1
 
 
-async def test_from_settings_uses_the_audit_table(tmp_path: Path) -> None:
-    from mcp_guard.settings import load_settings
+# ---------------------------------------------------------------------------------------------- the seam
 
-    config = tmp_path / "conf" / "mcp-guard.toml"
-    config.parent.mkdir()
-    config.write_text('[audit]\npath = "data/audit.db"\nbatch_max = 8\nqueue_max = 16\n')
-    async with AuditStore.from_settings(load_settings(config)) as store:
-        assert store.path == tmp_path / "conf" / "data" / "audit.db"
-        for i in range(20):
-            store.record_nowait(event(i))
-        assert store.stats.dropped == 4  # queue_max
-    assert store.stats.largest_batch == 8  # batch_max
+
+async def test_any_backend_gets_numbered_hashed_batches_that_verify() -> None:
+    backend = MemoryBackend()
+    async with AuditWriter.running(backend, batch_max=64) as writer:
+        for i in range(100):
+            writer.record_nowait(event(i))
+        assert await writer.record(event(100)) == 101
+    assert backend.batches == [64, 32, 4, 1]  # power-of-two batches: one statement each
+    assert [r[0] for r in backend.rows] == list(range(1, 102))
+    result = verify_chain(MemoryReader(backend.rows))
+    assert result.ok and result.head_seq == 101
+
+
+async def test_a_failed_transaction_fails_its_batch_only() -> None:
+    backend = MemoryBackend()
+    async with AuditWriter.running(backend) as writer:
+        await writer.record(event(0))
+        backend.fail_next = AuditError("memory: audit write failed: disk I/O error")
+        with anyio.fail_after(2), pytest.raises(AuditError, match="disk I/O"):
+            await writer.record(event(1))
+        assert writer.problem == "memory: audit write failed: disk I/O error"
+        assert await writer.record(event(2)) == 2  # nothing of the failed batch was stored: no gap
+        assert writer.healthy
+        assert writer.stats.failed == 1
+    assert verify_chain(MemoryReader(backend.rows)).ok
+
+
+async def test_a_backend_problem_breaks_the_writer_for_good() -> None:
+    backend = MemoryBackend()
+    async with AuditWriter.running(backend) as writer:
+        await writer.record(event(0))
+        backend.gone = "memory: the database is gone"
+        assert writer.problem == "memory: the database is gone"
+        with anyio.fail_after(2), pytest.raises(AuditError, match="gone"):
+            await writer.record(event(1))
+        backend.gone = None  # once broken, always broken: the writer does not trust it again
+        with anyio.fail_after(2), pytest.raises(AuditError, match="gone"):
+            await writer.record(event(2))
+    assert len(backend.rows) == 1
+
+
+async def test_a_backend_bug_stops_the_writer_and_fails_every_waiter() -> None:
+    backend = MemoryBackend()
+    async with AuditWriter.running(backend) as writer:
+        backend.fail_next = KeyError("bug")
+        with anyio.fail_after(2), pytest.raises(AuditError, match="writer failed: KeyError"):
+            await writer.record(event(0))
+        with anyio.fail_after(2), pytest.raises(AuditError, match="writer failed"):
+            await writer.record(event(1))
+        assert not writer.healthy
+
+
+async def test_writer_limits_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="positive"):
+        AuditWriter(MemoryBackend(), batch_max=0)

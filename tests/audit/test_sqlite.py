@@ -1,0 +1,291 @@
+"""The SQLite backend: stored rows, the chain across reopen and writers, the inode check, loud failure;
+and its reader (the AuditReader protocol on SQLite)."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from audit_testkit import event, rows, seqs, tamper
+
+from mcp_guard.audit import AuditWriter, Filters, open_sqlite_sink, schema
+from mcp_guard.audit.chain import GENESIS, ChainHead, canonical_json
+from mcp_guard.audit.sqlite import SqliteBackend, open_sqlite, open_sqlite_reader
+from mcp_guard.audit.verify import verify_file
+from mcp_guard.errors import AuditError
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    return tmp_path / "audit" / "audit.db"  # the directory does not exist yet: open creates it
+
+
+def sqlite_backend(writer: AuditWriter) -> SqliteBackend:
+    assert isinstance(writer.backend, SqliteBackend)
+    return writer.backend
+
+
+async def test_rows_hold_the_event_and_chain_links(db: Path) -> None:
+    async with open_sqlite_sink(db) as store:
+        await store.record(event(1, decision="deny", reasons=("no", "weekend"), result={"is_error": True}))
+        await store.record(event(2, reasons=None, arguments=None, duration_ms=None))
+    first, second = rows(db)
+    assert first["kind"] == "call.decision" and first["decision"] == "deny"
+    assert first["reasons"] == '["no","weekend"]'
+    assert first["result"] == '{"is_error":true}'
+    assert first["arguments"] == '{"priority":1,"title":"ticket 1"}'
+    assert first["prev_hash"] == "0" * 64
+    assert second["prev_hash"] == first["hash"]
+    assert second["reasons"] is None and second["duration_ms"] is None
+
+
+async def test_reopen_continues_the_chain(db: Path) -> None:
+    for round_ in range(3):
+        async with open_sqlite_sink(db) as store:
+            for i in range(10):
+                await store.record(event(round_ * 10 + i))
+    assert seqs(db) == list(range(1, 31))
+    result = verify_file(db)
+    assert result.ok and result.head_seq == 30
+
+
+async def test_two_writers_on_one_file_keep_one_chain(db: Path) -> None:
+    async with open_sqlite_sink(db) as a, open_sqlite_sink(db) as b:
+        for i in range(20):
+            await (a if i % 2 else b).record(event(i))
+        assert verify_file(db).ok
+    assert seqs(db) == list(range(1, 21))
+    assert verify_file(db).ok
+
+
+async def test_schema_version_is_recorded_and_newer_versions_refused(db: Path) -> None:
+    async with open_sqlite_sink(db):
+        pass
+    conn = sqlite3.connect(db, isolation_level=None)
+    assert schema.current_version(conn) == schema.SCHEMA_VERSION
+    conn.execute("INSERT INTO schema_version VALUES (99, 'from the future', 'now')")
+    conn.close()
+    with pytest.raises(AuditError, match="newer"):
+        async with open_sqlite_sink(db):
+            pass
+
+
+async def test_not_a_database_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "notes.db"
+    path.write_bytes(b"this is not sqlite\n" * 100)
+    with pytest.raises(AuditError, match="cannot open"):
+        async with open_sqlite_sink(path):
+            pass
+
+
+async def test_removed_file_fails_record_promptly(db: Path) -> None:
+    async with open_sqlite_sink(db) as store:
+        await store.record(event(0))
+        assert store.healthy
+        for suffix in ("", "-wal", "-shm"):
+            os.unlink(f"{db}{suffix}")
+        assert not store.healthy
+        with anyio.fail_after(2), pytest.raises(AuditError, match="removed"):
+            await store.record(event(1))
+        with anyio.fail_after(2), pytest.raises(AuditError, match="removed"):
+            await store.record(event(2))  # broken for good
+        store.record_nowait(event(3))
+        assert store.stats.dropped == 1
+        assert "removed" in (store.problem or "")
+
+
+async def test_replaced_file_fails_record(db: Path, tmp_path: Path) -> None:
+    async with open_sqlite_sink(db) as store:
+        await store.record(event(0))
+        other = tmp_path / "other.db"
+        sqlite3.connect(other).close()
+        os.replace(other, db)
+        with anyio.fail_after(2), pytest.raises(AuditError, match="replaced"):
+            await store.record(event(1))
+        assert not store.healthy
+
+
+async def test_disk_full_fails_record_then_recovers(db: Path) -> None:
+    async with open_sqlite_sink(db) as store:
+        backend = sqlite_backend(store)
+        await store.record(event(0))
+        # Simulate a full disk: SQLite may not grow the file by a single page (SQLITE_FULL).
+        (pages,) = next(iter(await backend._db.execute_fetchall("PRAGMA page_count")))
+        await backend._db.execute(f"PRAGMA max_page_count = {pages}")
+        big = {"blob": "x" * 200_000}
+        with anyio.fail_after(2), pytest.raises(AuditError, match="full"):
+            await store.record(event(1, arguments=big))
+        assert not store.healthy
+        await backend._db.execute("PRAGMA max_page_count = 1073741823")
+        seq = await store.record(event(2, arguments=big))
+        assert store.healthy
+    assert seq == 2  # the failed event left no row and no gap
+    assert verify_file(db).ok
+
+
+async def test_locked_database_fails_record_within_busy_timeout(db: Path) -> None:
+    async with open_sqlite_sink(db, busy_timeout=0.2) as store:
+        await store.record(event(0))
+        other = sqlite3.connect(db, isolation_level=None)
+        try:
+            other.execute("BEGIN EXCLUSIVE")  # another writer holds the lock
+            with anyio.fail_after(3), pytest.raises(AuditError, match="locked"):
+                await store.record(event(1))
+            assert not store.healthy
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        assert await store.record(event(2)) == 2
+        assert store.healthy
+    assert verify_file(db).ok
+
+
+async def test_file_removed_while_a_batch_is_written_fails_that_batch(db: Path) -> None:
+    async with open_sqlite_sink(db) as store:
+        await store.record(event(0))
+        backend = sqlite_backend(store)
+        original = backend.append
+
+        async def append_then_lose_the_file(batch: Any) -> int:
+            first = await original(batch)
+            os.unlink(db)  # the rows just committed went into a file nobody will read
+            return first
+
+        backend.append = append_then_lose_the_file  # type: ignore[method-assign]
+        with anyio.fail_after(2), pytest.raises(AuditError, match="removed"):
+            await store.record(event(1))
+
+
+# ---------------------------------------------------------------------------------------------- the backend
+
+
+async def test_backend_appends_numbered_batches_and_chains_on_after_another_writer(db: Path) -> None:
+    async with open_sqlite(db) as a, open_sqlite(db) as b:
+        assert await a.read_head() == GENESIS
+        assert await a.append([_body(1), _body(2)]) == 1
+        # b opened before a wrote: its cached head is stale, the explicit seq collides, b chains on.
+        assert await b.append([_body(3)]) == 3
+        assert await a.append([_body(4)]) == 4
+        head = await a.read_head()
+    stored = rows(db)
+    assert [r["seq"] for r in stored] == [1, 2, 3, 4]
+    assert head == ChainHead(4, stored[-1]["hash"])
+    assert verify_file(db).ok
+
+
+async def test_backend_problem_is_the_inode_check(db: Path, tmp_path: Path) -> None:
+    async with open_sqlite(db) as backend:
+        assert backend.problem() is None
+        other = tmp_path / "other.db"
+        sqlite3.connect(other).close()
+        os.replace(other, db)
+        assert "replaced" in (backend.problem() or "")
+        # SQLite still commits, into the file it opened that no path names any more: only the
+        # inode check tells that the row is lost.
+        assert await backend.append([_body(1)]) == 1
+        assert "replaced" in (backend.problem() or "")
+
+
+@dataclass(frozen=True)
+class _Body:
+    values: tuple[Any, ...]
+    body: bytes
+
+
+def _body(i: int) -> _Body:
+    stored = dict.fromkeys(schema.BODY_COLUMNS) | {"event_id": f"e{i}", "ts": "2026-01-01T00:00:00Z", "kind": "x"}
+    values = tuple(stored[c] for c in schema.BODY_COLUMNS)
+    return _Body(values, canonical_json(values))
+
+
+# ---------------------------------------------------------------------------------------------- the reader
+
+
+@pytest.fixture
+async def written(db: Path) -> Path:
+    async with open_sqlite_sink(db) as store:
+        for i in range(5):
+            await store.record(event(i, principal="bob" if i % 2 else "alice", reasons=("r",)))
+    return db
+
+
+async def test_reader_head_and_rows_in_stored_form(written: Path) -> None:
+    with open_sqlite_reader(written) as reader:
+        assert reader.location == str(written)
+        stored = list(reader.rows())
+        head = reader.head()
+    assert [r[0] for r in stored] == [1, 2, 3, 4, 5]
+    assert head == ChainHead(5, stored[-1][-1])
+    as_dict = dict(zip(schema.COLUMNS, stored[0], strict=True))
+    assert as_dict["reasons"] == '["r"]'  # JSON columns as stored text: what verify hashes
+    assert tuple(stored[0]) == tuple(rows(written)[0])
+
+
+async def test_reader_filters_and_last(written: Path) -> None:
+    with open_sqlite_reader(written) as reader:
+        assert [r[0] for r in reader.rows(Filters(after_seq=1, until_seq=4))] == [2, 3, 4]
+        assert [r[0] for r in reader.rows(Filters(principal="bob"))] == [2, 4]
+        assert [r[0] for r in reader.rows(Filters(kinds=("call.*",)), last=2)] == [4, 5]
+        assert list(reader.rows(last=0)) == []
+
+
+async def test_reader_snapshot_holds_still_while_the_proxy_writes(written: Path) -> None:
+    with open_sqlite_reader(written) as reader:
+        with reader.snapshot():
+            before = reader.head()
+            async with open_sqlite_sink(written) as store:
+                await store.record(event(99))  # committed: a fresh read outside the snapshot sees it
+            assert reader.head() == before
+            assert len(list(reader.rows())) == 5
+        head = reader.head()
+        assert head is not None and head.seq == 6
+
+
+async def test_reader_of_an_empty_log_has_no_head(db: Path) -> None:
+    async with open_sqlite_sink(db):
+        pass
+    with open_sqlite_reader(db) as reader:
+        assert reader.head() is None
+        assert list(reader.rows()) == []
+        assert reader.schema_warnings() == ()
+
+
+async def test_reader_refuses_what_is_not_an_audit_log(tmp_path: Path) -> None:
+    with pytest.raises(AuditError, match="no audit database here"):
+        open_sqlite_reader(tmp_path / "missing.db").__enter__()
+    plain = tmp_path / "plain.db"
+    sqlite3.connect(plain).close()
+    with pytest.raises(AuditError, match="not an mcp-guard audit database"):
+        open_sqlite_reader(plain).__enter__()
+
+
+def test_reader_waits_for_the_log_to_appear(db: Path) -> None:
+    slept: list[float] = []
+
+    def create_on_first_sleep(seconds: float) -> None:
+        # The proxy starts while the reader waits: the file and its schema appear between polls.
+        if not slept:
+            anyio.run(_create, db)
+        slept.append(seconds)
+
+    with open_sqlite_reader(db, wait=True, sleep=create_on_first_sleep) as reader:
+        assert reader.head() is not None
+    assert slept
+
+
+async def _create(db: Path) -> None:
+    async with open_sqlite_sink(db) as store:
+        await store.record(event(0))
+
+
+async def test_reader_reports_missing_triggers(written: Path) -> None:
+    tamper(written)
+    with open_sqlite_reader(written) as reader:
+        assert any("trigger" in w for w in reader.schema_warnings())
