@@ -26,6 +26,7 @@ from mcp.server.context import ServerRequestContext
 from mcp.shared.exceptions import MCPError
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
+from mcp_guard.frontend.auth import PrincipalResolver
 from mcp_guard.frontend.bridge import Bridge
 from mcp_guard.frontend.sessions import ClientSession, RequestDownstream, SessionTable
 from mcp_guard.pipeline.audit import EventSink
@@ -34,15 +35,15 @@ from mcp_guard.pipeline.forward import DENIED, is_guard_error
 from mcp_guard.pipeline.secrets import strip_meta_credentials
 from mcp_guard.pipeline.visibility import Visibility
 from mcp_guard.settings import Settings
-from mcp_guard.types import AuditEvent, Decision, EventKind, ReasonCode, ToolInfo
-from mcp_guard.upstream.registry import Registry
+from mcp_guard.types import AuditEvent, Decision, EventKind, Principal, ReasonCode, SessionInfo, ToolInfo
+from mcp_guard.upstream.registry import ExposedTool, Registry
 
 __all__ = ["Handlers", "PrincipalResolver"]
 
 log = structlog.get_logger("mcp_guard.frontend")
 
 _T = TypeVar("_T")
-PrincipalResolver = Callable[[ServerRequestContext[Any, Any]], str]
+VisibleTools = Callable[[Principal, SessionInfo], Awaitable[list[ExposedTool]]]
 # _meta keys that never travel upstream: the progress token is re-issued per hop, and the protocol's
 # reserved ``io.modelcontextprotocol/*`` keys (the 2026-07-28 request envelope: version, client info and
 # capabilities, log level) describe the client's hop, not ours — an upstream on the handshake era refuses them.
@@ -60,6 +61,7 @@ class Handlers:
     sessions: SessionTable
     transport: str
     principal_of: PrincipalResolver
+    visible_tools: VisibleTools  # what a principal's tools/list shows (Guard.visible_tools)
     bridge: Bridge | None = None  # 2026-07-28 clients: upstream→client requests as InputRequiredResult rounds
 
     # ------------------------------------------------------------------ helpers
@@ -214,17 +216,7 @@ class Handlers:
         self, ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
     ) -> types.ListToolsResult:
         sess = self._session(ctx)
-        await self.registry.recheck_pins()
-        cat = self.registry.catalog
-        entries = await self.visibility.filter(
-            "tools/list",
-            sess.principal,
-            sess.info,
-            [e for e in cat.tools.values() if not e.hidden],
-            lambda e: (e.upstream, e.local.name, e.tool_info()),
-            cat.version,
-        )
-        tools = [e.exposed for e in entries]
+        tools = [e.exposed for e in await self.visible_tools(sess.principal, sess.info)]
         page, cursor = self._page(tools, params)
         if params is None or not params.cursor:
             self._list_event(sess, EventKind.TOOLS_LIST, [t.name for t in tools])

@@ -23,6 +23,7 @@ from mcp.shared.exceptions import MCPDeprecationWarning, MCPError
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import TypeAdapter
 
+from mcp_guard.frontend.auth import principal_for
 from mcp_guard.settings import Settings
 from mcp_guard.types import Principal, SessionInfo, new_id
 
@@ -35,14 +36,6 @@ _NOTIFY_TIMEOUT_S = 5.0
 _SAMPLING_RESULT: TypeAdapter[types.CreateMessageResult | types.CreateMessageResultWithTools] = TypeAdapter(
     cast(Any, types.CreateMessageResult | types.CreateMessageResultWithTools)
 )
-
-
-def principal_for(settings: Settings, principal_id: str) -> Principal:
-    """The configured principal (roles, attributes); an unconfigured id gets no roles."""
-    p = settings.principals.get(principal_id)
-    if p is None:
-        return Principal(id=principal_id)
-    return Principal(id=principal_id, roles=tuple(p.roles), attributes=dict(p.attributes))
 
 
 @dataclass(eq=False)

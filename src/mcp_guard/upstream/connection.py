@@ -28,7 +28,7 @@ from pydantic import BaseModel, TypeAdapter
 
 from mcp_guard.errors import UpstreamError, UpstreamTimeout
 from mcp_guard.settings import UpstreamSettings
-from mcp_guard.upstream.stdio import minimal_environment, open_stdio_transport
+from mcp_guard.upstream.stdio import StderrTail, minimal_environment, open_stdio_transport
 
 __all__ = ["Catalog", "Injections", "UpstreamConnection", "UpstreamHooks"]
 
@@ -98,6 +98,7 @@ class UpstreamConnection:
         self.last_error: str | None = None
         self.restarts = 0
         self.catalog = Catalog()
+        self.stderr_tail = StderrTail()  # a stdio child's last stderr lines (why it failed), across restarts
         self._session: ClientSession | None = None
         self._ready = anyio.Event()
         self._settled = anyio.Event()  # set once the first attempt has either succeeded or failed
@@ -269,6 +270,7 @@ class UpstreamConnection:
                 max_line_bytes=s.max_response_bytes,
                 name=self.name,
                 scrub=self._scrub,
+                stderr_tail=self.stderr_tail,
             ) as (read, write, exit_info, _proc):
                 closed = anyio.Event()
 
