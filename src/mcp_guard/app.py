@@ -368,10 +368,9 @@ class ConfigReload:
 
 def _policy_reload_event(ev: Any) -> AuditEvent:
     """The row for one hot-reload attempt (``ev`` is a policy ReloadEvent): loaded, or refused."""
-    fields = {"bundle": ev.bundle, "revision": ev.revision, "error": ev.error}
     if ev.status == "loaded":
-        return events.policy_load(ev.active_revision, **fields)
-    return events.policy_reload_failed(ev.active_revision, **fields)
+        return events.policy_load(ev.active_revision, bundle=ev.bundle, reload=True)
+    return events.policy_reload_failed(ev.active_revision, bundle=ev.bundle, revision=ev.revision, error=ev.error)
 
 
 def _check_paths(settings: Settings) -> None:

@@ -105,7 +105,7 @@ async def _open_engine(
         reloadable = p.engine == "embedded" or p.push_bundle
         watching = (p.hot_reload if watch is None else watch) and reloadable
         async with anyio.create_task_group() as tg:
-            if reloadable:
+            if watching or (reloadable and on_watcher is not None):
                 watcher = BundleWatcher(
                     root,
                     apply,
