@@ -73,7 +73,7 @@ def _log_events(path: Path, event: str) -> list[dict[str, Any]]:
 
 async def _until(condition: Callable[[], Any]) -> Any:
     with anyio.fail_after(TIMEOUT_S):
-        while not (value := condition()):
+        while not (value := condition()):  # noqa: ASYNC110 - the state lives in another process
             await anyio.sleep(POLL_S)
         return value
 
