@@ -292,7 +292,7 @@ async def _scenes(url: str, settings: Settings, show: Show, config: str) -> None
         r = await c.call_tool("tickets__search_tickets", {"query": "vpn"})
         show.check(r.is_error and "tool_changed" in _text(r), "a changed tool must be denied with tool_changed")
         show.denied(r)
-        show.say("The agent is told only that the tool changed; the operator reviews the diff and approves:")
+        show.say("An operator reviews the diff and approves the new definition (or fixes the server):")
         show.dim(f"mcp-guard tools pins -c {config}\nmcp-guard tools approve tickets__search_tickets -c {config}")
 
 
@@ -326,12 +326,13 @@ def _epilogue(settings: Settings, show: Show) -> None:
 
 def _next_steps(show: Show, config: str) -> None:
     """Commands to run after the demo, verbatim, on the state it leaves behind (its databases in demo/)."""
-    show.title("Try it yourself (each command works as printed, on the state this run left)")
+    show.title("Try it yourself: each command works as printed")
     for cmd, what in (
         (f"mcp-guard tools pins -c {config}", "the pinned definitions and the change awaiting approval"),
-        (f"mcp-guard tools approve tickets__search_tickets -c {config}", "approve it (audited: tool.pin_approved)"),
+        (f"mcp-guard tools approve tickets__search_tickets -c {config}", "approve it (audited as tool.pin_approved)"),
         (f"mcp-guard audit tail -c {config} --tool search_tickets", "that tool's story in the audit trail"),
-        (f"mcp-guard audit verify -c {config}", "the chain still verifies"),
+        (f"mcp-guard audit verify -c {config}", "the chain still verifies, approval included"),
     ):
-        show.say(f"{cmd:70s} # {what}")
+        show.dim(f"# {what}")
+        show.say(cmd)
     print()
