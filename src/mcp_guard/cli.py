@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from typing import TypeVar
 
 from mcp_guard.errors import ConfigError, MCPGuardError, PolicyError, SecretError
+from mcp_guard.logging import configure_logging
 from mcp_guard.settings import CONFIG_ENV, DEFAULT_CONFIG, Settings, find_config, load_settings
 
 __all__ = ["add_config_arg", "config_hint", "load_config", "main"]
@@ -102,6 +103,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if func is None:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
+    # Warnings and errors only, on stderr, until a command asks for more (`run --log-level`): the debug
+    # and info lines of the parts a command uses are not its output.
+    configure_logging("warning")
     try:
         return int(func(args))
     except KeyboardInterrupt:

@@ -309,7 +309,6 @@ def _approve(args: argparse.Namespace) -> int:
             )
         upstream, tool = bare[0], args.tool
     operator = os.environ.get("USER") or "operator"
-    configure_logging("warning")
     return anyio.run(_approve_audited, settings, upstream, tool, args, operator)
 
 
