@@ -135,6 +135,7 @@ async def test_sighup_reloads_policy_reports_config_changes_and_keeps_serving(tm
         row = (await _until(lambda: _rows(db, "config.reload")))[0]
         assert row["details"]["source"] == str(cfg)
         assert row["details"]["restart_required"] == ["server.name"]
+        assert row["details"]["status"] == "restart_required" and logged["status"] == "restart_required"
         assert row["details"]["policy_revision"] == logged["policy_revision"]
         loads = await _until(lambda: [r for r in _rows(db, "policy.load") if r["policy_revision"] != first])
         assert loads[0]["policy_revision"] == logged["policy_revision"] and loads[0]["details"]["reload"] is True

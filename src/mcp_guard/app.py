@@ -119,11 +119,12 @@ class Guard:
     async def open(cls, settings: Settings, *, principal: str | None = None) -> AsyncIterator[Guard]:
         """Build the real engine, audit store and secrets from settings, start upstreams, and yield.
 
-        Start-up is ordered so that a configuration that cannot work creates nothing: the policy engine
-        comes first (the bundle compiles, OPA answers), then the ``[audit]`` paths are checked, and only
-        then are the audit and state databases opened. A failure raises :class:`ConfigError` or
-        :class:`PolicyError` naming the file and key; there is nothing to clean up (removing an audit
-        database that a failed start made would mean deleting audit files, which mcp-guard never does).
+        Start-up is ordered so that a configuration that cannot work creates nothing: the paths it names
+        are checked (the bundle directory, both ``[audit]`` files), the policy engine is built (the
+        bundle compiles, OPA answers), and only then are the audit and state databases opened. A failure
+        raises :class:`ConfigError` or :class:`PolicyError` naming the file and key. Validating first
+        rather than removing what a failed start made: cleaning up would mean deleting an audit file,
+        which mcp-guard never does.
         """
         from mcp_guard.logging import add_processor
         from mcp_guard.pipeline.redact import scrub_processor
@@ -237,12 +238,7 @@ class Guard:
             result.policy = "not reloadable"
             result.policy_revision = getattr(self.engine, "revision", None)
         fields = result.as_details()
-        if result.error is not None:
-            log.warning("config.reload", status="rejected", **fields)
-        elif result.changed:
-            log.warning("config.reload", status="restart_required", **fields)
-        else:
-            log.info("config.reload", status="ok", **fields)
+        (log.info if result.status == "ok" else log.warning)("config.reload", source=result.source, **fields)
         self.sink.record_nowait(events.config_event(EventKind.CONFIG_RELOAD, result.source, **fields))
         return result
 
@@ -355,8 +351,16 @@ class ConfigReload:
     policy_revision: str | None = None  # the revision in force afterwards
     error: str | None = None  # the config file could not be read or is invalid (nothing changed)
 
+    @property
+    def status(self) -> str:
+        """``rejected`` (the config file is unusable), ``restart_required`` (it changed), else ``ok``."""
+        if self.error is not None:
+            return "rejected"
+        return "restart_required" if self.changed else "ok"
+
     def as_details(self) -> dict[str, Any]:
         details: dict[str, Any] = {
+            "status": self.status,
             "policy": self.policy,
             "policy_revision": self.policy_revision,
             "restart_required": self.changed,

@@ -95,13 +95,10 @@ def _listen(settings: Settings, args: argparse.Namespace) -> socket.socket:
 
     host = args.host or settings.server.host
     port = settings.server.port if args.port is None else args.port
-    try:
+    if args.host is None and args.port is None:
         return bind_socket(host, port, source=settings.source)
-    except ConfigError as e:
-        if args.host is None and args.port is None:
-            raise
-        # The address came from the command line, not from a key of the file.
-        raise ConfigError(str(e).split(": ", 2)[-1], key="--host/--port") from None
+    # The address came (at least partly) from the command line, not from keys of the file.
+    return bind_socket(host, port, keys=("--host", "--port"))
 
 
 def _has_uvloop() -> bool:

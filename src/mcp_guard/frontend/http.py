@@ -64,16 +64,20 @@ def build_http_app(front: HttpFront) -> Any:
     return BearerAuth(app, front.digests, on_reject=front.on_reject, required=s.require_auth)
 
 
-def bind_socket(host: str, port: int, *, source: str | None = None) -> socket.socket:
+def bind_socket(
+    host: str, port: int, *, source: str | None = None, keys: tuple[str, str] = ("server.host", "server.port")
+) -> socket.socket:
     """A listening TCP socket on ``host:port`` (0 picks a free port).
 
-    Raises :class:`ConfigError` naming the address and the ``[server]`` keys (and config file) when it
-    cannot listen there — a port in use, a host that is not an address of this machine.
+    Raises :class:`ConfigError` naming the address, the config file ``source`` and the key the address
+    came from (``keys`` = host key, port key) when it cannot listen there — a port in use, a host that
+    is not an address of this machine.
     """
+    host_key, port_key = keys
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as e:
-        raise ConfigError(f"cannot listen on {host}:{port}: {e.strerror}", file=source, key="server.host") from None
+        raise ConfigError(f"cannot listen on {host}:{port}: {e.strerror}", file=source, key=host_key) from None
     family, _, _, _, addr = infos[0]
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
@@ -84,7 +88,7 @@ def bind_socket(host: str, port: int, *, source: str | None = None) -> socket.so
         sock.listen(2048)
     except OSError as e:
         sock.close()
-        key = "server.port" if e.errno in (errno.EADDRINUSE, errno.EACCES) else "server.host"
+        key = port_key if e.errno in (errno.EADDRINUSE, errno.EACCES) else host_key
         what = "address already in use" if e.errno == errno.EADDRINUSE else (e.strerror or str(e))
         raise ConfigError(f"cannot listen on {host}:{port}: {what}", file=source, key=key) from None
     sock.set_inheritable(True)
