@@ -11,12 +11,11 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
 from mcp_guard.app import Guard
-from mcp_guard.frontend.http import http_served
 
 
 def http_front(guard: Guard) -> AbstractAsyncContextManager[str]:
     """Serve the guard's HTTP front on a free loopback port; yields its /mcp URL."""
-    return http_served(guard)
+    return guard.http_served()
 
 
 def sse_answer(r: httpx2.Response) -> dict[str, Any]:

@@ -3,6 +3,12 @@
 :class:`Guard` owns the task group every upstream runs in. ``Guard.open`` builds the real parts from
 settings; tests can hand in their own engine and sink (see :mod:`mcp_guard.testing`).
 
+This is the only composition root: no module imports it but the CLI commands that build a Guard
+(``commands``, ``demo``). Every part below gets what it needs as arguments — the HTTP front an
+:class:`~mcp_guard.frontend.http.HttpFront`, the handlers a principal resolver from
+:mod:`mcp_guard.frontend.auth` and :meth:`Guard.visible_tools` — and ``tests/test_layers.py`` keeps
+the import layers in order.
+
 The pipeline every call runs through is built by :func:`mcp_guard.pipeline.build.build_pipeline`, which
 documents the stage order.
 """
@@ -10,18 +16,26 @@ documents the stage order.
 from __future__ import annotations
 
 import contextlib
+import os
+import socket
+import sqlite3
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import anyio
+import mcp_types as types
 import structlog
 from anyio.abc import TaskGroup
 from mcp.server.connection import Connection
-from mcp.server.context import ServerRequestContext
 
 from mcp_guard.audit import events
+from mcp_guard.errors import AuditError, ConfigError
+from mcp_guard.frontend.auth import http_principal, key_digests, stdio_principal
 from mcp_guard.frontend.handlers import Handlers
 from mcp_guard.frontend.input_required import InputRequiredBridge
+from mcp_guard.frontend.listing import TOOLS, visible
 from mcp_guard.frontend.server import build_server, initialization_options
 from mcp_guard.frontend.sessions import DownstreamSession, SessionTable
 from mcp_guard.pins import PinStore
@@ -30,11 +44,16 @@ from mcp_guard.pipeline.authorize import Evaluator
 from mcp_guard.pipeline.build import build_pipeline
 from mcp_guard.pipeline.secret_source import NO_SECRETS, SecretSource
 from mcp_guard.pipeline.visibility import Visibility
-from mcp_guard.settings import Settings
-from mcp_guard.types import AuditEvent, EventKind
+from mcp_guard.settings import Settings, changed_keys, load_settings
+from mcp_guard.types import AuditEvent, EventKind, Principal, SessionInfo, new_id
 from mcp_guard.upstream.registry import Registry
 
-__all__ = ["Guard"]
+if TYPE_CHECKING:
+    from mcp_guard.audit import AuditWriter
+    from mcp_guard.frontend.http import HttpFront
+    from mcp_guard.policy import BundleWatcher
+
+__all__ = ["ConfigReload", "Guard"]
 
 log = structlog.get_logger("mcp_guard.app")
 
@@ -68,14 +87,23 @@ class Guard:
         self.chain = build_pipeline(engine=engine, sink=sink, registry=self.registry, secrets=secrets)
         # Upstream→client requests for 2026-07-28 clients (InputRequiredResult rounds).
         self.bridge = InputRequiredBridge()
+        # Re-reads the policy bundle on request (SIGHUP); set by open() when the engine can take a new bundle.
+        self.policy_watcher: BundleWatcher | None = None
         self._tg: TaskGroup | None = None
 
     # ------------------------------------------------------------------ construction
     @classmethod
     @contextlib.asynccontextmanager
     async def open(cls, settings: Settings, *, principal: str | None = None) -> AsyncIterator[Guard]:
-        """Build the real engine, audit store and secrets from settings, start upstreams, and yield."""
-        from mcp_guard.audit import open_sink
+        """Build the real engine, audit store and secrets from settings, start upstreams, and yield.
+
+        Start-up is ordered so that a configuration that cannot work creates nothing: the paths it names
+        are checked (the bundle directory, both ``[audit]`` files), the policy engine is built (the
+        bundle compiles, OPA answers), and only then are the audit and state databases opened. A failure
+        raises :class:`ConfigError` or :class:`PolicyError` naming the file and key. Validating first
+        rather than removing what a failed start made: cleaning up would mean deleting an audit file,
+        which mcp-guard never does.
+        """
         from mcp_guard.logging import add_processor
         from mcp_guard.pipeline.redact import scrub_processor
         from mcp_guard.policy import ReloadEvent, open_engine
@@ -83,43 +111,38 @@ class Guard:
 
         secrets = SecretManager(settings)
         add_processor(scrub_processor(secrets))
-        async with open_sink(settings) as store:
+        sink: EventSink | None = None  # the audit store, once it is open (the engine is opened first)
+        watchers: list[BundleWatcher] = []
 
-            async def on_reload(ev: ReloadEvent) -> None:
-                # Hot reloads are part of the record: which revision decided from when, and rejected bundles.
-                store.record_nowait(
-                    AuditEvent(
-                        kind=EventKind.POLICY_LOAD if ev.status == "loaded" else EventKind.POLICY_RELOAD_FAILED,
-                        policy_revision=ev.active_revision,
-                        details={"bundle": ev.bundle, "revision": ev.revision, "error": ev.error},
-                    )
-                )
+        async def on_reload(ev: ReloadEvent) -> None:
+            # Hot reloads are part of the record: which revision decided from when, and rejected bundles.
+            if sink is not None:
+                sink.record_nowait(_policy_reload_event(ev))
 
-            async with open_engine(settings, on_reload=on_reload) as engine:
-                store.record_nowait(
-                    AuditEvent(
-                        kind=EventKind.CONFIG_LOAD,
-                        details={
-                            "source": settings.source,
-                            "upstreams": sorted(settings.upstreams),
-                            "principals": sorted(settings.principals),
-                        },
-                    )
+        async with contextlib.AsyncExitStack() as stack:
+            _check_paths(settings)
+            engine = await stack.enter_async_context(
+                open_engine(settings, on_reload=on_reload, on_watcher=watchers.append)
+            )
+            store = await stack.enter_async_context(_open_audit(settings))
+            sink = store
+            store.record_nowait(
+                events.config_event(
+                    EventKind.CONFIG_LOAD,
+                    settings.source,
+                    upstreams=sorted(settings.upstreams),
+                    principals=sorted(settings.principals),
                 )
-                store.record_nowait(
-                    AuditEvent(
-                        kind=EventKind.POLICY_LOAD,
-                        policy_revision=engine.revision,
-                        details={"engine": settings.policy.engine, "bundle": settings.policy.bundle},
-                    )
-                )
-                pins = PinStore(settings.resolve_path(settings.audit.state_path))
-                try:
-                    guard = cls(settings, engine=engine, sink=store, secrets=secrets, principal=principal, pins=pins)
-                    async with guard.running():
-                        yield guard
-                finally:
-                    pins.close()
+            )
+            store.record_nowait(
+                events.policy_load(engine.revision, engine=settings.policy.engine, bundle=settings.policy.bundle)
+            )
+            pins = _open_pins(settings)
+            stack.callback(pins.close)
+            guard = cls(settings, engine=engine, sink=store, secrets=secrets, principal=principal, pins=pins)
+            guard.policy_watcher = watchers[0] if watchers else None
+            async with guard.running():
+                yield guard
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[Guard]:
@@ -143,15 +166,49 @@ class Guard:
             sink=self.sink,
             sessions=self.sessions,
             transport=transport,
-            principal_of=self._stdio_principal if transport != "http" else _http_principal,
+            principal_of=http_principal if transport == "http" else stdio_principal(self.stdio_principal),
             bridge=self.bridge,
         )
 
     def server(self, transport: str) -> Any:
         return build_server(self.handlers(transport))
 
-    def _stdio_principal(self, _ctx: ServerRequestContext[Any, Any]) -> str:
-        return self.stdio_principal
+    async def visible_tools(self, principal: Principal, session: SessionInfo | None = None) -> list[types.Tool]:
+        """The tools ``principal`` may see, in catalogue order: exactly what its ``tools/list`` answers (the
+        same :func:`~mcp_guard.frontend.listing.visible`), for ``mcp-guard tools``. ``session`` is the client
+        session the policy is told about (none for the CLI)."""
+        session = session or SessionInfo(id=new_id(), transport="memory")
+        return await visible(TOOLS, self.registry, self.visibility, principal, session)
+
+    # ------------------------------------------------------------------ reload (SIGHUP)
+    async def reload(self) -> ConfigReload:
+        """Reload what can be reloaded while serving, and say what cannot.
+
+        The policy bundle is re-read now (tests run, a bad bundle is refused and the old one stays; the
+        watcher audits ``policy.load`` / ``policy.reload_failed``). The config file is re-read and
+        compared with the running one: every change is reported as needing a restart, since upstreams,
+        principals, paths and the front are built once at start. Logged as ``config.reload`` and audited
+        as a ``config.reload`` row.
+        """
+        result = ConfigReload(source=self.settings.source)
+        if self.settings.source and self.settings.base_dir is not None:
+            try:
+                new = load_settings(self.settings.source)
+            except ConfigError as e:
+                result.error = str(e)
+            else:
+                result.changed = changed_keys(self.settings, new)
+        if self.policy_watcher is not None:
+            ev = await self.policy_watcher.check()
+            result.policy = "unchanged" if ev is None else ev.status
+            result.policy_revision = self.policy_watcher.active_revision
+        else:
+            result.policy = "not reloadable"
+            result.policy_revision = getattr(self.engine, "revision", None)
+        fields = result.as_details()
+        (log.info if result.status == "ok" else log.warning)("config.reload", source=result.source, **fields)
+        self.sink.record_nowait(events.config_event(EventKind.CONFIG_RELOAD, result.source, **fields))
+        return result
 
     # ------------------------------------------------------------------ serving
     async def serve_streams(self, read: Any, write: Any, transport: str = "stdio") -> None:
@@ -164,19 +221,50 @@ class Guard:
         async with stdio_transport() as (read, write):
             await self.serve_streams(read, write, "stdio")
 
+    def http_front(self) -> HttpFront:
+        """What the HTTP front serves: the MCP server for HTTP clients, ``[server]``, the API-key digests,
+        and a refused request logged and audited (``auth.reject``)."""
+        from mcp_guard.frontend.http import HttpFront
+
+        return HttpFront(
+            server=self.server("http"),
+            settings=self.settings.server,
+            digests=key_digests(self.settings),
+            on_reject=self._auth_rejected,
+        )
+
     def http_app(self) -> Any:
         from mcp_guard.frontend.http import build_http_app
 
-        return build_http_app(self)
+        return build_http_app(self.http_front())
+
+    def http_served(self, host: str = "127.0.0.1", port: int = 0) -> contextlib.AbstractAsyncContextManager[str]:
+        """Serve the HTTP front in the background while the block runs; yields its ``/mcp`` URL."""
+        from mcp_guard.frontend.http import http_served
+
+        return http_served(self.http_front(), host, port)
 
     async def serve_http(
-        self, host: str | None = None, port: int | None = None, ready: Callable[[int], None] | None = None
+        self,
+        host: str | None = None,
+        port: int | None = None,
+        ready: Callable[[int], None] | None = None,
+        sock: socket.socket | None = None,
     ) -> None:
+        """Serve HTTP until cancelled, on ``sock`` if given (bound before start-up), else on host:port."""
         from mcp_guard.frontend.http import serve_http
 
         await serve_http(
-            self, host or self.settings.server.host, self.settings.server.port if port is None else port, ready=ready
+            self.http_front(),
+            host or self.settings.server.host,
+            self.settings.server.port if port is None else port,
+            ready=ready,
+            sock=sock,
         )
+
+    def _auth_rejected(self, reason: str, client: str | None) -> None:
+        log.warning("http.unauthorized", reason=reason, client=client)
+        self.sink.record_nowait(events.auth_reject(reason, client))
 
     # ------------------------------------------------------------------ RegistryListener
     async def catalog_changed(self, upstream: str, kinds: frozenset[str]) -> None:
@@ -194,7 +282,9 @@ class Guard:
         self.sink.record_nowait(events.upstream_event(kind, upstream, details))
 
     async def pin_event(self, upstream: str, kind: EventKind, tool: str, details: dict[str, Any]) -> None:
-        self.sink.record_nowait(events.pin_event(kind, upstream, tool, **details))
+        # The proxy noticed it (first use, a change, or an approval made with `mcp-guard tools approve`,
+        # which recorded its own row with source "cli"): source "proxy" tells the two apart.
+        self.sink.record_nowait(events.pin_event(kind, upstream, tool, source="proxy", **details))
 
     async def resource_updated(self, upstream: str, uri: str) -> None:
         exposed = self.registry.expose_uri(upstream, uri)
@@ -205,33 +295,99 @@ class Guard:
     # ------------------------------------------------------------------ sessions
     def _session_started(self, sess: DownstreamSession) -> None:
         log.info("session.start", session_id=sess.id, principal=sess.principal.id, client=sess.info.client_name)
-        self.sink.record_nowait(
-            AuditEvent(
-                kind=EventKind.SESSION_START,
-                session_id=sess.id,
-                principal=sess.principal.id,
-                details={
-                    "transport": sess.info.transport,
-                    "client": {"name": sess.info.client_name, "version": sess.info.client_version},
-                    "roles": list(sess.principal.roles),
-                },
-            )
-        )
+        self.sink.record_nowait(events.session_start(sess.info, sess.principal))
 
     def _session_ended(self, sess: DownstreamSession) -> None:
         log.info("session.end", session_id=sess.id, principal=sess.principal.id, calls=sess.calls)
-        self.sink.record_nowait(
-            AuditEvent(
-                kind=EventKind.SESSION_END,
-                session_id=sess.id,
-                principal=sess.principal.id,
-                details={"calls": sess.calls},
-            )
-        )
+        self.sink.record_nowait(events.session_end(sess.info, sess.principal, sess.calls))
 
 
-def _http_principal(ctx: ServerRequestContext[Any, Any]) -> str:
-    request = ctx.request
-    user = getattr(request, "scope", {}).get("user") if request is not None else None
-    name = getattr(user, "username", None)
-    return name if isinstance(name, str) and name else "anonymous"
+@dataclass
+class ConfigReload:
+    """What a reload (SIGHUP) did: the policy outcome, and the config changes that wait for a restart."""
+
+    source: str | None
+    changed: list[str] = field(default_factory=list)  # dotted config keys that differ from the running config
+    policy: str = "unchanged"  # "loaded" | "rejected" | "unchanged" | "not reloadable"
+    policy_revision: str | None = None  # the revision in force afterwards
+    error: str | None = None  # the config file could not be read or is invalid (nothing changed)
+
+    @property
+    def status(self) -> str:
+        """``rejected`` (the config file is unusable), ``restart_required`` (it changed), else ``ok``."""
+        if self.error is not None:
+            return "rejected"
+        return "restart_required" if self.changed else "ok"
+
+    def as_details(self) -> dict[str, Any]:
+        details: dict[str, Any] = {
+            "status": self.status,
+            "policy": self.policy,
+            "policy_revision": self.policy_revision,
+            "restart_required": self.changed,
+        }
+        if self.error is not None:
+            details["error"] = self.error
+        return details
+
+
+def _policy_reload_event(ev: Any) -> AuditEvent:
+    """The row for one hot-reload attempt (``ev`` is a policy ReloadEvent): loaded, or refused."""
+    if ev.status == "loaded":
+        return events.policy_load(ev.active_revision, bundle=ev.bundle, reload=True)
+    return events.policy_reload_failed(ev.active_revision, bundle=ev.bundle, revision=ev.revision, error=ev.error)
+
+
+def _check_paths(settings: Settings) -> None:
+    """The paths the config names are usable, checked before anything is created: the policy bundle is a
+    directory (when mcp-guard loads it), both ``[audit]`` files can be opened for writing."""
+    p = settings.policy
+    if p.engine == "embedded" or p.push_bundle:
+        bundle = settings.resolve_path(p.bundle)
+        if not bundle.is_dir():
+            what = "is not a directory" if bundle.exists() else "no such directory"
+            raise ConfigError(f"policy bundle {bundle}: {what}", file=settings.source, key="policy.bundle")
+    for key, value in (("audit.path", settings.audit.path), ("audit.state_path", settings.audit.state_path)):
+        path = settings.resolve_path(value)
+        problem = _unwritable(path)
+        if problem is not None:
+            raise ConfigError(f"{path}: {problem}", file=settings.source, key=key)
+
+
+def _unwritable(path: Path) -> str | None:
+    """Why ``path`` cannot be opened (created if missing, with its directories) for writing, or None."""
+    if path.is_dir():
+        return "is a directory"
+    if path.exists():
+        return None if os.access(path, os.R_OK | os.W_OK) else "is not writable"
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        return f"cannot be created: {parent} is not a directory"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"cannot be created: {parent} is not writable"
+    return None
+
+
+@contextlib.asynccontextmanager
+async def _open_audit(settings: Settings) -> AsyncIterator[AuditWriter]:
+    """The audit sink ``[audit]`` names; a database that cannot be opened as one is a config error."""
+    from mcp_guard.audit import open_sink
+
+    async with contextlib.AsyncExitStack() as stack:
+        try:
+            store = await stack.enter_async_context(open_sink(settings))
+        except AuditError as e:
+            raise ConfigError(str(e), file=settings.source, key="audit.path") from None
+        yield store
+
+
+def _open_pins(settings: Settings) -> PinStore:
+    path = settings.resolve_path(settings.audit.state_path)
+    try:
+        return PinStore(path)
+    except (sqlite3.Error, OSError) as e:
+        raise ConfigError(
+            f"{path}: cannot open the state database: {e}", file=settings.source, key="audit.state_path"
+        ) from None

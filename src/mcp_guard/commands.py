@@ -1,4 +1,9 @@
-"""Subcommands of the proxy itself: ``run``, ``check``, ``tools``."""
+"""Subcommands of the proxy itself: ``run``, ``check``, ``tools`` (with ``tools pins`` / ``tools approve``).
+
+Signals while ``run`` serves: SIGTERM and SIGINT stop it; SIGHUP reloads what can be reloaded
+(:meth:`mcp_guard.app.Guard.reload`: the policy bundle now, config changes reported as needing a
+restart) and keeps serving.
+"""
 
 from __future__ import annotations
 
@@ -7,19 +12,32 @@ import gc
 import json
 import os
 import signal
+import socket
 import sys
-from typing import Any
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import structlog
 
-from mcp_guard.cli import add_config_arg, load_config
+from mcp_guard.cli import add_config_arg, config_hint, load_config
+from mcp_guard.errors import ConfigError
 from mcp_guard.logging import configure_logging
 from mcp_guard.settings import Settings
+from mcp_guard.types import AuditEvent, EventKind
+
+if TYPE_CHECKING:
+    from mcp_guard.app import Guard
+    from mcp_guard.audit import AuditWriter
+    from mcp_guard.pins import PinStore
+    from mcp_guard.pins.store import PendingChange, Pin
 
 log = structlog.get_logger("mcp_guard.cli")
 
 __all__ = ["register"]
+
+STDERR_LINES_SHOWN = 10  # of a failed upstream, in `mcp-guard check`
 
 
 def register(sub: Any) -> None:
@@ -47,7 +65,7 @@ def register(sub: Any) -> None:
     tsub = tools.add_subparsers(dest="tools_command", metavar="SUBCOMMAND")
     pins = tsub.add_parser("pins", help="pinned tool definitions and changes awaiting approval (with a diff)")
     add_config_arg(pins)
-    pins.add_argument("--json", action="store_true", help="machine-readable output")
+    pins.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output")
     pins.set_defaults(func=_pins)
     approve = tsub.add_parser("approve", help="approve the changed definition of a tool")
     add_config_arg(approve)
@@ -56,13 +74,31 @@ def register(sub: Any) -> None:
     approve.set_defaults(func=_approve)
 
 
+# ---------------------------------------------------------------------------------------------- run
 def _run(args: argparse.Namespace) -> int:
     settings = load_config(args)
     configure_logging(args.log_level)
     transport = args.transport or settings.server.transport
-    # uvloop where available (a dependency on Linux/macOS): about 0.2 ms less per proxied call (bench/).
-    anyio.run(_serve, settings, transport, args, backend_options={"use_uvloop": _has_uvloop()})
+    # The port is taken before anything else starts: in use, it is a one-line error and nothing is created.
+    sock = _listen(settings, args) if transport == "http" else None
+    try:
+        # uvloop where available (a dependency on Linux/macOS): about 0.2 ms less per proxied call (bench/).
+        anyio.run(_serve, settings, transport, args, sock, backend_options={"use_uvloop": _has_uvloop()})
+    finally:
+        if sock is not None:
+            sock.close()
     return 0
+
+
+def _listen(settings: Settings, args: argparse.Namespace) -> socket.socket:
+    from mcp_guard.frontend.http import bind_socket
+
+    host = args.host or settings.server.host
+    port = settings.server.port if args.port is None else args.port
+    if args.host is None and args.port is None:
+        return bind_socket(host, port, source=settings.source)
+    # The address came (at least partly) from the command line, not from keys of the file.
+    return bind_socket(host, port, keys=("--host", "--port"))
 
 
 def _has_uvloop() -> bool:
@@ -84,32 +120,111 @@ def _tune_gc() -> None:
     gc.set_threshold(50_000, 20, 100)
 
 
-async def _serve(settings: Settings, transport: str, args: argparse.Namespace) -> None:
+async def _serve(settings: Settings, transport: str, args: argparse.Namespace, sock: socket.socket | None) -> None:
     from mcp_guard.app import Guard
 
-    async with Guard.open(settings, principal=args.principal) as guard, anyio.create_task_group() as tg:
-
-        async def on_signal() -> None:
-            with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
-                async for _ in signals:
-                    tg.cancel_scope.cancel()
-                    return
-
-        tg.start_soon(on_signal)
-        # Serve once every upstream has started or failed its first start, so a client's first listing
-        # is complete (a client that lists right after initialize would otherwise see a partial catalogue).
-        problems = await guard.registry.wait_ready(_startup_wait(settings))
-        for name, problem in problems.items():
-            log.warning("upstream.unavailable_at_start", upstream=name, problem=problem)
-        _tune_gc()
-        if transport == "http":
-            await guard.serve_http(args.host, args.port)
-        else:
-            await guard.serve_stdio()
-        tg.cancel_scope.cancel()
+    # Listening from the start, so a signal during start-up is handled (not the default: death by SIGHUP).
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        async with Guard.open(settings, principal=args.principal) as guard, anyio.create_task_group() as tg:
+            tg.start_soon(_on_signals, signals, guard, tg.cancel_scope)
+            # Serve once every upstream has started or failed its first start, so a client's first listing
+            # is complete (a client that lists right after initialize would otherwise see a partial catalogue).
+            problems = await guard.registry.wait_ready(_startup_wait(settings))
+            for name, problem in problems.items():
+                log.warning("upstream.unavailable_at_start", upstream=name, problem=problem)
+            _tune_gc()
+            if transport == "http":
+                await guard.serve_http(args.host, args.port, sock=sock)
+            else:
+                await guard.serve_stdio()
+            tg.cancel_scope.cancel()
 
 
-def _pin_store(settings: Settings) -> Any:
+async def _on_signals(signals: AsyncIterator[int], guard: Guard, scope: anyio.CancelScope) -> None:
+    """SIGHUP: reload and keep serving; SIGTERM / SIGINT: stop."""
+    async for signum in signals:
+        if signum != signal.SIGHUP:
+            log.info("shutdown", signal=signal.Signals(signum).name)
+            scope.cancel()
+            return
+        try:
+            await guard.reload()
+        except Exception as e:  # the top-level handler of a signal: a failed reload must not stop the proxy
+            log.error("config.reload_failed", error=f"{type(e).__name__}: {e}")
+
+
+def _startup_wait(settings: Settings) -> float:
+    return max((u.startup_timeout_s for u in settings.upstreams.values()), default=0.0) + 1.0
+
+
+def _print(data: Any, as_json: bool, text: str) -> None:
+    print(json.dumps(data, indent=2) if as_json else text)
+
+
+# -------------------------------------------------------------------------------------------- check
+def _check(args: argparse.Namespace) -> int:
+    settings = load_config(args)
+    configure_logging("warning")
+    return anyio.run(_check_async, settings, args)
+
+
+async def _check_async(settings: Settings, args: argparse.Namespace) -> int:
+    from mcp_guard.app import Guard
+
+    async with Guard.open(settings) as guard:
+        problems = await guard.registry.wait_ready(args.timeout)
+        report: dict[str, Any] = {
+            "config": settings.source,
+            "policy_revision": getattr(guard.engine, "revision", None),
+            "upstreams": {},
+        }
+        lines = [
+            f"config: {settings.source or '(built-in defaults)'}",
+            f"policy: {settings.policy.engine} engine, revision {report['policy_revision']}",
+        ]
+        for name, conn in guard.registry.connections.items():
+            ready = conn.state == "ready"
+            tools = [t.name for t in conn.catalog.tools] if ready else []
+            stderr = [] if ready else list(conn.stderr_tail)[-STDERR_LINES_SHOWN:]
+            report["upstreams"][name] = {"state": conn.state, "error": problems.get(name), "tools": tools}
+            if not ready:
+                report["upstreams"][name]["stderr"] = stderr
+            mark = "ok  " if ready else "DOWN"
+            detail = f"{len(tools)} tools: {', '.join(tools)}" if ready else problems.get(name, "")
+            lines.append(f"  [{mark}] {name}: {detail}")
+            if stderr:
+                lines.append(f"         last stderr lines of {name}:")
+                lines += [f"           | {line}" for line in stderr]
+        _print(report, args.json, "\n".join(lines))
+        return 1 if problems else 0
+
+
+# -------------------------------------------------------------------------------------------- tools
+def _tools(args: argparse.Namespace) -> int:
+    settings = load_config(args)
+    configure_logging("warning")
+    return anyio.run(_tools_async, settings, args)
+
+
+async def _tools_async(settings: Settings, args: argparse.Namespace) -> int:
+    from mcp_guard.app import Guard
+    from mcp_guard.frontend.auth import principal_for
+
+    principal = principal_for(settings, args.principal or settings.server.principal)
+    async with Guard.open(settings, principal=principal.id) as guard:
+        await guard.registry.wait_ready(args.timeout)
+        total = sum(1 for e in guard.registry.catalog.tools.values() if not e.hidden)
+        visible = [t.name for t in await guard.visible_tools(principal)]
+        _print(
+            {"principal": principal.id, "roles": list(principal.roles), "tools": visible},
+            args.json,
+            f"principal {principal.id} (roles: {', '.join(principal.roles) or 'none'}) sees "
+            f"{len(visible)} of {total} tools:\n" + "\n".join(f"  {n}" for n in visible),
+        )
+    return 0
+
+
+def _pin_store(settings: Settings) -> PinStore:
     from mcp_guard.pins import PinStore
 
     return PinStore(settings.resolve_path(settings.audit.state_path))
@@ -117,12 +232,15 @@ def _pin_store(settings: Settings) -> Any:
 
 def _pins(args: argparse.Namespace) -> int:
     settings = load_config(args)
-    store = _pin_store(settings)
-    try:
-        pins, pending = store.pins(), store.pending()
-    finally:
-        store.close()
-    if args.json:
+    pins: list[Pin] = []
+    pending: list[PendingChange] = []
+    if settings.resolve_path(settings.audit.state_path).exists():  # reading creates nothing
+        store = _pin_store(settings)
+        try:
+            pins, pending = store.pins(), store.pending()
+        finally:
+            store.close()
+    if getattr(args, "json", False):
         print(
             json.dumps(
                 {
@@ -172,13 +290,11 @@ def _pins(args: argparse.Namespace) -> int:
             elif color and line.startswith("-") and not line.startswith("---"):
                 line = f"\x1b[31m{line}\x1b[0m"
             print(f"    {line}")
-        print(f"  approve with: mcp-guard tools approve {c.server}{sep}{c.tool}")
+        print(f"  approve with: mcp-guard tools approve {c.server}{sep}{c.tool}{config_hint(settings)}")
     return 1
 
 
 def _approve(args: argparse.Namespace) -> int:
-    from mcp_guard.errors import ConfigError
-
     settings = load_config(args)
     upstream, sep, tool = args.tool.partition(settings.server.tool_separator)
     if not sep or upstream not in settings.upstreams:
@@ -189,88 +305,51 @@ def _approve(args: argparse.Namespace) -> int:
                 file=settings.source,
             )
         upstream, tool = bare[0], args.tool
-    store = _pin_store(settings)
-    try:
-        pin = store.approve(upstream, tool, args.sha, by=f"cli:{os.environ.get('USER', 'operator')}")
-    except KeyError as e:
-        print(f"mcp-guard: {e.args[0]}", file=sys.stderr)
-        return 1
-    finally:
-        store.close()
+    operator = os.environ.get("USER") or "operator"
+    return anyio.run(_approve_audited, settings, upstream, tool, args, operator)
+
+
+async def _approve_audited(
+    settings: Settings, upstream: str, tool: str, args: argparse.Namespace, operator: str
+) -> int:
+    """Approve in the pin store and record who did it. The audit store is opened first, so an approval
+    is never made that could not be recorded; the row is committed before the command reports success."""
+    async with _audit_sink(settings) as sink:
+        store = _pin_store(settings)
+        try:
+            previous = {p.tool: p.sha256 for p in store.pins() if p.server == upstream}.get(tool)
+            pin = store.approve(upstream, tool, args.sha, by=f"cli:{operator}")
+        except KeyError as e:
+            print(f"mcp-guard: {e.args[0]}", file=sys.stderr)
+            return 1
+        finally:
+            store.close()
+        await sink.record(_approval_event(pin, previous, operator))
     print(f"approved {args.tool}: {pin.sha256[:12]} (the running proxy picks it up on the next listing or call)")
     return 0
 
 
-def _startup_wait(settings: Settings) -> float:
-    return max((u.startup_timeout_s for u in settings.upstreams.values()), default=0.0) + 1.0
+def _approval_event(pin: Pin, previous: str | None, operator: str) -> AuditEvent:
+    from mcp_guard.audit.events import pin_event
+
+    # source "cli": the operator's act; the running proxy adds a row with source "proxy" when it applies it.
+    return pin_event(
+        EventKind.TOOL_PIN_APPROVED,
+        pin.server,
+        pin.tool,
+        principal=operator,
+        source="cli",
+        sha256=pin.sha256,
+        previous_sha256=previous,
+        approved_by=pin.approved_by,
+    )
 
 
-def _print(data: Any, as_json: bool, text: str) -> None:
-    print(json.dumps(data, indent=2) if as_json else text)
+def _audit_sink(settings: Settings) -> AbstractAsyncContextManager[AuditWriter]:
+    """The audit sink of ``settings``, as an async context manager (the one place the CLI opens it)."""
+    from mcp_guard.audit import open_sink
 
-
-def _check(args: argparse.Namespace) -> int:
-    settings = load_config(args)
-    configure_logging("warning")
-    return anyio.run(_check_async, settings, args)
-
-
-async def _check_async(settings: Settings, args: argparse.Namespace) -> int:
-    from mcp_guard.app import Guard
-
-    async with Guard.open(settings) as guard:
-        problems = await guard.registry.wait_ready(args.timeout)
-        report: dict[str, Any] = {
-            "config": settings.source,
-            "policy_revision": getattr(guard.engine, "revision", None),
-            "upstreams": {},
-        }
-        lines = [
-            f"config: {settings.source or '(built-in defaults)'}",
-            f"policy: {settings.policy.engine} engine, revision {report['policy_revision']}",
-        ]
-        for name, conn in guard.registry.connections.items():
-            tools = [t.name for t in conn.catalog.tools] if conn.state == "ready" else []
-            report["upstreams"][name] = {"state": conn.state, "error": problems.get(name), "tools": tools}
-            mark = "ok  " if conn.state == "ready" else "DOWN"
-            detail = f"{len(tools)} tools: {', '.join(tools)}" if conn.state == "ready" else problems.get(name, "")
-            lines.append(f"  [{mark}] {name}: {detail}")
-        _print(report, args.json, "\n".join(lines))
-        return 1 if problems else 0
-
-
-def _tools(args: argparse.Namespace) -> int:
-    settings = load_config(args)
-    configure_logging("warning")
-    return anyio.run(_tools_async, settings, args)
-
-
-async def _tools_async(settings: Settings, args: argparse.Namespace) -> int:
-    from mcp_guard.app import Guard
-    from mcp_guard.frontend.sessions import principal_for
-    from mcp_guard.types import SessionInfo, new_id
-
-    principal = principal_for(settings, args.principal or settings.server.principal)
-    async with Guard.open(settings, principal=principal.id) as guard:
-        await guard.registry.wait_ready(args.timeout)
-        cat = guard.registry.catalog
-        entries = [e for e in cat.tools.values() if not e.hidden]
-        shown = await guard.visibility.filter(
-            "tools/list",
-            principal,
-            SessionInfo(id=new_id(), transport="memory"),
-            entries,
-            lambda e: (e.upstream, e.local.name, e.tool_info()),
-            cat.version,
-        )
-        visible = [e.exposed.name for e in shown]
-        _print(
-            {"principal": principal.id, "roles": list(principal.roles), "tools": visible},
-            args.json,
-            f"principal {principal.id} (roles: {', '.join(principal.roles) or 'none'}) sees "
-            f"{len(visible)} of {len(entries)} tools:\n" + "\n".join(f"  {n}" for n in visible),
-        )
-    return 0
+    return open_sink(settings)
 
 
 if __name__ == "__main__":  # pragma: no cover

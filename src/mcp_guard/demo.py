@@ -16,6 +16,7 @@ import os
 import secrets
 import shutil
 import sys
+import textwrap
 import time
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ __all__ = ["register"]
 DEMO_KEYS = {"alice": "alice-demo-key", "bob": "bob-demo-key", "carol": "carol-demo-key"}
 FILES_ROOT = Path("/tmp/mcp-guard-demo/files")
 POLL_S = 0.05
+WIDTH = 110  # narration is wrapped (at word boundaries) to this many columns
 
 
 def register(sub: Any) -> None:
@@ -67,8 +69,19 @@ class Show:
     def ok(self, text: str) -> None:
         print("   " + self._c("32", "✔ ") + text)
 
-    def denied(self, text: str) -> None:
-        print("   " + self._c("1;31", "✘ DENIED ") + text)
+    def denied(self, r: types.CallToolResult) -> None:
+        """A denial as the agent got it: the reason code of a fail-closed deny (or "by policy"), each
+        reason in full (wrapped, never cut), then the decision id that finds it in the audit trail."""
+        reasons, code, decision_id = _denial(r)
+        head = f"✘ DENIED [{code}] " if code else "✘ DENIED by policy: "
+        first, *more = reasons or ["(no reason given)"]
+        for i, line in enumerate(_wrap(first, WIDTH - 3 - len(head))):
+            print("   " + (self._c("1;31", head) if i == 0 else " " * len(head)) + line)
+        for reason in more:
+            for i, line in enumerate(_wrap(reason, WIDTH - 3 - len(head) - 2)):
+                print("   " + " " * len(head) + ("· " if i == 0 else "  ") + line)
+        if decision_id:
+            self.dim(f"decision {decision_id}")
 
     def dim(self, text: str) -> None:
         for line in text.splitlines():
@@ -86,6 +99,40 @@ def _text(r: types.CallToolResult) -> str:
     return "\n".join(c.text for c in r.content if isinstance(c, types.TextContent))
 
 
+def _clip(text: str, limit: int) -> str:
+    """``text`` cut to at most ``limit`` characters at a word boundary, with `` …`` when cut."""
+    if len(text) <= limit:
+        return text
+    cut = text[: limit - 2]
+    space = max(cut.rfind(" "), cut.rfind("\n"))
+    return (cut[:space] if space > limit // 2 else cut).rstrip() + " …"
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    return textwrap.wrap(text, max(width, 40), break_long_words=False, break_on_hyphens=False) or [""]
+
+
+def _denial(r: types.CallToolResult) -> tuple[list[str], str | None, str | None]:
+    """``(reasons, reason code, decision id)`` of a denied call, from the decision mcp-guard attaches to
+    the result (``_meta["mcp-guard/decision"]``); a fail-closed code is not repeated among the reasons."""
+    meta = (r.meta or {}).get("mcp-guard/decision")
+    if not isinstance(meta, dict):
+        return [_text(r)], None, None
+    code = meta.get("code") or None
+    reasons = [str(x) for x in meta.get("reasons") or []]
+    if code and reasons and reasons[0] == code:
+        reasons = reasons[1:]
+    return reasons, code, meta.get("decision_id")
+
+
+def _config_arg(cfg: Path) -> str:
+    """How a person at this shell names the demo config: relative to the current directory if under it."""
+    try:
+        return str(cfg.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(cfg.resolve())
+
+
 def _prepare(settings: Settings) -> None:
     """A fresh demo directory each run: databases, pins, the credential, the filesystem sandbox."""
     demo_dir = settings.resolve_path("../demo")
@@ -100,7 +147,8 @@ def _prepare(settings: Settings) -> None:
 def _main(args: argparse.Namespace) -> int:
     from mcp_guard.logging import configure_logging
 
-    cfg = Path(args.config) if args.config else Path(__file__).resolve().parents[2] / "config" / "demo.toml"
+    given = getattr(args, "config", None)
+    cfg = Path(given) if given else Path(__file__).resolve().parents[2] / "config" / "demo.toml"
     if not cfg.exists():
         raise ConfigError("demo config not found (run from the mcp-guard checkout, or pass --config)", file=str(cfg))
     settings = load_settings(cfg)
@@ -110,24 +158,24 @@ def _main(args: argparse.Namespace) -> int:
         color=tty and not args.no_color and not os.environ.get("NO_COLOR"), pace=0.0 if (args.fast or not tty) else 0.7
     )
     _prepare(settings)
-    return anyio.run(_story, settings, show)
+    return anyio.run(_story, settings, show, _config_arg(cfg))
 
 
-async def _story(settings: Settings, show: Show) -> int:
+async def _story(settings: Settings, show: Show, config: str) -> int:
     from mcp_guard.app import Guard
-    from mcp_guard.frontend.http import http_served
 
     show.title("mcp-guard demo: policy, secrets and audit in front of every tool call")
-    show.say("Starting mcp-guard on config/demo.toml with four upstreams: tickets (needs an API token),")
+    show.say(f"Starting mcp-guard on {config} with four upstreams: tickets (needs an API token),")
     show.say("warehouse (read-only SQL), files (npm server-filesystem) and time (PyPI mcp-server-time).")
     async with Guard.open(settings) as guard:
         problems = await guard.registry.wait_ready(60)
         for name, problem in problems.items():
             show.say(f"upstream {name} is down: {problem}")
-        async with http_served(guard) as url:
+        async with guard.http_served() as url:
             show.say(f"Listening on {url} — agents authenticate with API keys (Authorization: Bearer …).")
-            await _scenes(url, settings, show, guard)
+            await _scenes(url, settings, show, config)
     _epilogue(settings, show)
+    _next_steps(show, config)
     if show.failures:
         print(f"\n{len(show.failures)} step(s) did not go as expected: " + "; ".join(show.failures))
         return 1
@@ -147,7 +195,7 @@ def _client(url: str, who: str) -> Any:
     )
 
 
-async def _scenes(url: str, settings: Settings, show: Show, guard: Any) -> None:
+async def _scenes(url: str, settings: Settings, show: Show, config: str) -> None:
     token = os.environ["MCP_GUARD_DEMO_TICKETS_TOKEN"]
 
     show.title("1. Each agent sees only what its principal may use")
@@ -171,39 +219,39 @@ async def _scenes(url: str, settings: Settings, show: Show, guard: Any) -> None:
             "JOIN customers cu ON cu.id = o.customer_id JOIN regions r ON r.id = cu.region_id "
             "GROUP BY r.name ORDER BY revenue DESC LIMIT 3"
         )
-        show.agent("bob", f"warehouse__query  {sql[:78]}…")
+        show.agent("bob", f"warehouse__query  {_clip(sql, 80)}")
         r = await c.call_tool("warehouse__query", {"sql": sql})
-        show.check(not r.is_error, f"the warehouse query should succeed: {_text(r)[:200]}")
+        show.check(not r.is_error, f"the warehouse query should succeed: {_clip(_text(r), 200)}")
         if not r.is_error:
             show.ok("allowed by role 'analyst'")
             rows = (r.structured_content or {}).get("rows") or []
-            show.dim("\n".join(str(row) for row in rows[:3]) or _text(r)[:300])
+            show.dim("\n".join(str(row) for row in rows[:3]) or _clip(_text(r), 300))
         show.agent("bob", "warehouse__query  DELETE FROM orders")
         r = await c.call_tool("warehouse__query", {"sql": "DELETE FROM orders"})
         show.check(r.is_error and "Denied" in _text(r), "a DELETE must be denied by the SQL rule")
-        show.denied(_text(r)[:240])
+        show.denied(r)
 
     show.title("3. A destructive ticket action, denied with the policy's reason")
     async with _client(url, "alice") as c:
         show.agent("alice", "tickets__delete_ticket  {id: 3}")
         r = await c.call_tool("tickets__delete_ticket", {"id": 3})
         show.check(r.is_error and "Denied" in _text(r), "alice (support) must not delete tickets")
-        show.denied(_text(r)[:300])
+        show.denied(r)
 
     show.title("4. A path escape, denied before the filesystem server sees it")
     async with _client(url, "carol") as c:
         ok_path = str(FILES_ROOT / "q3-plan.md")
         show.agent("carol", f"files__read_text_file  {ok_path}")
         r = await c.call_tool("files__read_text_file", {"path": ok_path})
-        show.check(not r.is_error, f"reading inside the allowed root should work: {_text(r)[:200]}")
+        show.check(not r.is_error, f"reading inside the allowed root should work: {_clip(_text(r), 200)}")
         if not r.is_error:
             show.ok("allowed: inside /tmp/mcp-guard-demo/files")
-            show.dim(_text(r)[:200])
+            show.dim(_clip(_text(r), 200))
         bad = str(FILES_ROOT) + "/../../../etc/passwd"
         show.agent("carol", f"files__read_text_file  {bad}")
         r = await c.call_tool("files__read_text_file", {"path": bad})
         show.check(r.is_error and "Denied" in _text(r), "a '..' path escape must be denied")
-        show.denied(_text(r)[:300])
+        show.denied(r)
 
     show.title("5. A call that uses an injected credential the agent never sees")
     async with _client(url, "alice") as c:
@@ -212,7 +260,7 @@ async def _scenes(url: str, settings: Settings, show: Show, guard: Any) -> None:
             "tickets__create_ticket",
             {"title": "VPN drops every hour", "body": "Since Monday, for the whole Lyon office.", "priority": "high"},
         )
-        show.check(not r.is_error, f"creating a ticket with the injected token should work: {_text(r)[:200]}")
+        show.check(not r.is_error, f"creating a ticket with the injected token should work: {_clip(_text(r), 200)}")
         if not r.is_error:
             show.ok("the tickets connector authenticated with the token mcp-guard injected into its env only")
         show.agent("alice", "tickets__whoami  (this demo connector echoes its credential back, to prove scrubbing)")
@@ -223,7 +271,7 @@ async def _scenes(url: str, settings: Settings, show: Show, guard: Any) -> None:
             "the token must come back only as [REDACTED:tickets_token]",
         )
         show.ok("every echo of the token (raw, base64, hex, URL-encoded, split across blocks) came back as:")
-        show.dim(_text(r)[:400])
+        show.dim(_clip(_text(r), 400))
 
     show.title("6. A tool whose definition changes under the agent (a rug pull)")
     async with _client(url, "alice") as c:
@@ -243,11 +291,9 @@ async def _scenes(url: str, settings: Settings, show: Show, guard: Any) -> None:
         show.agent("alice", "tickets__search_tickets  {query: 'vpn'}")
         r = await c.call_tool("tickets__search_tickets", {"query": "vpn"})
         show.check(r.is_error and "tool_changed" in _text(r), "a changed tool must be denied with tool_changed")
-        show.denied(_text(r)[:300])
-        show.say(
-            "An operator reviews the diff with `mcp-guard tools pins` and approves with "
-            "`mcp-guard tools approve tickets__search_tickets`."
-        )
+        show.denied(r)
+        show.say("An operator reviews the diff and approves the new definition (or fixes the server):")
+        show.dim(f"mcp-guard tools pins -c {config}\nmcp-guard tools approve tickets__search_tickets -c {config}")
 
 
 def _epilogue(settings: Settings, show: Show) -> None:
@@ -272,4 +318,18 @@ def _epilogue(settings: Settings, show: Show) -> None:
     if result.ok:
         show.ok(f"{result.rows} rows, chain intact; head #{result.head_seq} {result.head_hash}")
         show.say("Anchor that head hash somewhere an attacker cannot write to detect a truncated tail later.")
+    print()
+
+
+def _next_steps(show: Show, config: str) -> None:
+    """Commands to run after the demo, verbatim, on the state it leaves behind (its databases in demo/)."""
+    show.title("Try it yourself: each command works as printed")
+    for cmd, what in (
+        (f"mcp-guard tools pins -c {config}", "the pinned definitions and the change awaiting approval"),
+        (f"mcp-guard tools approve tickets__search_tickets -c {config}", "approve it (audited as tool.pin_approved)"),
+        (f"mcp-guard audit tail -c {config} --tool search_tickets", "that tool's story in the audit trail"),
+        (f"mcp-guard audit verify -c {config}", "the chain still verifies, approval included"),
+    ):
+        show.dim(f"# {what}")
+        show.say(cmd)
     print()

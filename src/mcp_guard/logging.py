@@ -17,6 +17,18 @@ __all__ = ["add_processor", "configure_logging"]
 _extra: list[Any] = []
 
 
+class _Stderr:
+    """Whatever ``sys.stderr`` is when a line is written, not when logging was configured: a caller that
+    swaps stderr (a test capturing output, a tool redirecting it) never leaves the log writing to a
+    closed file."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 def _build(level: int, json_output: bool) -> None:
     renderer: Any = structlog.processors.JSONRenderer() if json_output else structlog.dev.ConsoleRenderer(colors=True)
     structlog.configure(
@@ -28,7 +40,7 @@ def _build(level: int, json_output: bool) -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(file=_Stderr()),  # type: ignore[arg-type]  # write+flush suffice
         cache_logger_on_first_use=False,
     )
 

@@ -20,6 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from mcp_guard.errors import ConfigError
 
 __all__ = [
+    "CONFIG_ENV",
+    "DEFAULT_CONFIG",
     "AuditSettings",
     "PolicySettings",
     "PrincipalSettings",
@@ -27,6 +29,7 @@ __all__ = [
     "ServerSettings",
     "Settings",
     "UpstreamSettings",
+    "changed_keys",
     "find_config",
     "load_settings",
     "parse_settings",
@@ -208,15 +211,30 @@ class Settings(_Strict):
         return Path(os.path.normpath(Path(self.base_dir) / path))
 
 
-def find_config(explicit: str | None) -> Path | None:
-    """--config, else $MCP_GUARD_CONFIG, else ./config/mcp-guard.toml (None if none exists)."""
+DEFAULT_CONFIG = Path("config") / "mcp-guard.toml"
+CONFIG_ENV = "MCP_GUARD_CONFIG"
+
+
+def find_config(explicit: str | None) -> Path:
+    """The config file to use (DESIGN §3): ``--config``, else ``$MCP_GUARD_CONFIG``, else
+    ``./config/mcp-guard.toml``.
+
+    Raises :class:`ConfigError` saying where it looked when none of them names a file. There is no
+    silent fallback to built-in defaults: they would look for ``policies/rego`` and create the audit
+    database in whatever directory the command happens to run in. (``load_settings(None)`` still gives
+    the defaults to code that wants them.)
+    """
     if explicit:
         return Path(explicit)
-    env = os.environ.get("MCP_GUARD_CONFIG")
+    env = os.environ.get(CONFIG_ENV)
     if env:
         return Path(env)
-    default = Path("config/mcp-guard.toml")
-    return default if default.exists() else None
+    if DEFAULT_CONFIG.exists():
+        return DEFAULT_CONFIG
+    raise ConfigError(
+        f"no config file: no --config given, ${CONFIG_ENV} is not set, and {DEFAULT_CONFIG} does not exist "
+        f"in {Path.cwd()}"
+    )
 
 
 def _loc(loc: tuple[int | str, ...]) -> str:
@@ -224,15 +242,16 @@ def _loc(loc: tuple[int | str, ...]) -> str:
 
 
 def _format_validation(file: str, err: ValidationError) -> ConfigError:
-    lines = []
+    """One line naming the file and, for every problem, the dotted key and what is wrong with it."""
+    problems = []
     for e in err.errors():
         key = _loc(e["loc"])
-        msg = e["msg"].removeprefix("Value error, ")
+        msg = " ".join(e["msg"].removeprefix("Value error, ").split())
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
-        lines.append(f"{file}: {key}: {msg}" if key else f"{file}: {msg}")
-    ce = ConfigError("\n".join(lines))
-    ce.file, ce.key = file, _loc(err.errors()[0]["loc"]) or None
+        problems.append(f"{key}: {msg}" if key else msg)
+    ce = ConfigError("; ".join(problems), file=file)
+    ce.key = _loc(err.errors()[0]["loc"]) or None
     return ce
 
 
@@ -261,3 +280,23 @@ def load_settings(path: str | Path | None) -> Settings:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"invalid TOML: {e}", file=str(p)) from None
     return parse_settings(data, source=str(p), base_dir=str(p.resolve().parent))
+
+
+def changed_keys(old: Settings, new: Settings) -> list[str]:
+    """The dotted keys whose values differ between two configs, sorted (a table added or removed is
+    its own key, e.g. ``upstreams.git``). What a reload reports as waiting for a restart."""
+    changed: list[str] = []
+
+    def walk(prefix: str, a: Any, b: Any) -> None:
+        if isinstance(a, dict) and isinstance(b, dict):
+            for k in sorted(set(a) | set(b)):
+                key = f"{prefix}.{k}" if prefix else str(k)
+                if k not in a or k not in b:
+                    changed.append(key)
+                else:
+                    walk(key, a[k], b[k])
+        elif a != b:
+            changed.append(prefix)
+
+    walk("", old.model_dump(mode="json"), new.model_dump(mode="json"))
+    return changed

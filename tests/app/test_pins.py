@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import mcp_types as types
@@ -70,6 +71,13 @@ async def test_rug_pull_hides_and_denies_until_approved(tmp_path: Path) -> None:
             assert "rec__echo" in {t.name for t in (await client.list_tools()).tools}
             assert text_of(await client.call_tool("rec__echo", {"text": "approved"})) == "approved"
     pins.close()
+    # Pin rows fill their columns (audit tail --tool finds them); the proxy's approval row says it is the
+    # proxy applying an approval (the CLI that made it records its own row, with source "cli").
+    changed_row = sink.of_kind("tool.pin_changed")[0]
+    assert (changed_row.server, changed_row.tool) == ("rec", "echo")
+    approved = sink.of_kind("tool.pin_approved")
+    assert [(e.server, e.tool) for e in approved] == [("rec", "echo")]
+    assert approved[0].details is not None and approved[0].details["source"] == "proxy"
 
 
 async def test_pins_survive_restart_and_warn_mode(tmp_path: Path) -> None:
@@ -105,11 +113,17 @@ async def test_suspicious_description_reaches_policy(tmp_path: Path) -> None:
             assert r.is_error and "zero_width" in text_of(r) and "ansi_escape" in text_of(r)
 
 
-def test_pins_and_approve_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_pins_and_approve_cli(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     from mcp_guard.cli import main
 
+    monkeypatch.setenv("USER", "olga")
     cfg = tmp_path / "g.toml"
-    cfg.write_text(f'[audit]\nstate_path = "{tmp_path / "state.db"}"\n\n[upstreams.tickets]\ncommand = "true"\n')
+    cfg.write_text(
+        f'[audit]\npath = "{tmp_path / "audit.db"}"\nstate_path = "{tmp_path / "state.db"}"\n\n'
+        '[upstreams.tickets]\ncommand = "true"\n'
+    )
     store = PinStore(tmp_path / "state.db")
     store.observe("tickets", "delete_ticket", "a" * 64, {"name": "delete_ticket", "description": "Delete."})
     store.observe("tickets", "delete_ticket", "b" * 64, {"name": "delete_ticket", "description": "Delete all!"})
@@ -121,3 +135,23 @@ def test_pins_and_approve_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert main(["tools", "approve", "tickets__delete_ticket", "--config", str(cfg)]) == 0
     assert main(["tools", "pins", "--config", str(cfg)]) == 0
     assert "bbbbbbbbbbbb" in capsys.readouterr().out
+
+    # The approval is on record although no proxy ran: who approved what, with the tool's columns filled.
+    assert main(["audit", "tail", "--json", "--tool", "delete_ticket", "-c", str(cfg)]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["kind"] for r in rows] == ["tool.pin_approved"]
+    row = rows[0]
+    assert (row["server"], row["tool"], row["principal"]) == ("tickets", "delete_ticket", "olga")
+    assert row["details"]["source"] == "cli" and row["details"]["approved_by"] == "cli:olga"
+    assert (row["details"]["sha256"], row["details"]["previous_sha256"]) == ("b" * 64, "a" * 64)
+    assert main(["audit", "verify", "-c", str(cfg)]) == 0  # the CLI's row continues the chain
+
+
+def test_reading_pins_creates_no_state_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from mcp_guard.cli import main
+
+    cfg = tmp_path / "g.toml"
+    cfg.write_text('[audit]\nstate_path = "state/pins.db"\n')
+    assert main(["tools", "pins", "-c", str(cfg)]) == 0
+    assert "0 pinned tool definitions" in capsys.readouterr().out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["g.toml"]

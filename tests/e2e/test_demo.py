@@ -4,6 +4,7 @@ call, scrubbing, the rug pull, and a verified audit chain — with the token now
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -37,10 +38,27 @@ def test_demo_story() -> None:
     assert "tool_changed" in text and "[REDACTED:tickets_token]" in text
     assert "chain intact" in text
     assert token not in text and token not in out.stderr
+    assert "DENIED Denied" not in text  # the verdict is not stuttered
     demo = REPO / "demo"
     for f in demo.iterdir():
         if f.suffix in (".db", ".db-wal") or f.name.endswith("-wal"):
             assert_no_secret(f.read_bytes(), token)
+
+    # The closing hints work verbatim on the state the demo left (pins exits 1: a change awaits approval).
+    hints = [line.strip() for line in text.split("Try it yourself", 1)[1].splitlines()]
+    hints = [h for h in hints if h.startswith("mcp-guard ")]
+    assert any("tools approve tickets__search_tickets -c config/demo.toml" in h for h in hints), hints
+    for hint in hints:
+        run = subprocess.run(
+            [sys.executable, "-m", "mcp_guard", *shlex.split(hint)[1:]],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=REPO,
+            env=env,
+        )
+        assert run.returncode == (1 if " tools pins " in f" {hint} " else 0), (hint, run.stdout, run.stderr)
+        assert "Traceback" not in run.stderr, hint
 
 
 def test_every_config_and_catalog_snippet_loads() -> None:

@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import hashlib
+import socket
 from pathlib import Path
+from typing import Any
 
 import httpx2
+import mcp_types as types
 import pytest
+from mcp.server.lowlevel import Server
 
 from guard_harness import make_settings, recorder_upstream, running_guard, text_of
-from http_harness import http_client, http_front
+from http_harness import http_client, http_front, sse_answer
+from mcp_guard.errors import ConfigError
+from mcp_guard.frontend.http import HttpFront, bind_socket, http_served
+from mcp_guard.settings import ServerSettings
 from mcp_guard.testing import RecordingSink
 
 pytestmark = pytest.mark.anyio
@@ -124,3 +131,38 @@ async def test_oversized_request_is_refused(tmp_path: Path) -> None:
         big = {**INIT, "params": {**INIT["params"], "pad": "x" * 10_000}}  # type: ignore[dict-item]
         r = await http.post(url, json=big, headers={**HEADERS, "Authorization": f"Bearer {ALICE_KEY}"})
         assert r.status_code == 413
+
+
+async def test_the_front_serves_what_it_is_handed_no_guard_needed() -> None:
+    """The HTTP front depends on its arguments only: an MCP server, [server] settings, key digests, a
+    callback for refusals (the composition root hands it a Guard's; here a bare SDK server)."""
+    server: Server[Any] = Server("bare", on_list_tools=_no_tools)
+    refused: list[tuple[str, str | None]] = []
+    front = HttpFront(
+        server=server,
+        settings=ServerSettings(),
+        digests={"alice": hashlib.sha256(ALICE_KEY.encode()).hexdigest()},
+        on_reject=lambda reason, client: refused.append((reason, client)),
+    )
+    async with http_served(front) as url, httpx2.AsyncClient(timeout=10) as http:
+        r = await http.post(url, json=INIT, headers=HEADERS)
+        assert r.status_code == 401
+        r = await http.post(url, json=INIT, headers={**HEADERS, "Authorization": f"Bearer {ALICE_KEY}"})
+        assert r.status_code == 200 and sse_answer(r)["result"]["serverInfo"]["name"] == "bare"
+    assert [reason for reason, _ in refused] == ["missing_key"]
+
+
+async def _no_tools(ctx: Any, params: Any) -> types.ListToolsResult:
+    return types.ListToolsResult(tools=[])
+
+
+def test_a_port_in_use_is_a_config_error_naming_the_port() -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(ConfigError) as info:
+            bind_socket("127.0.0.1", port, source="guard.toml")
+    assert str(info.value) == f"guard.toml: server.port: cannot listen on 127.0.0.1:{port}: address already in use"
+    with bind_socket("127.0.0.1", 0) as free:
+        assert free.getsockname()[1] != 0

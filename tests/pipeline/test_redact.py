@@ -175,6 +175,7 @@ def _logger(manager: SecretManager) -> tuple[Any, io.StringIO]:
     logger = structlog.wrap_logger(
         structlog.PrintLogger(buf),
         processors=[scrub_processor(manager), structlog.processors.JSONRenderer()],
+        wrapper_class=structlog.make_filtering_bound_logger(0),  # not the level an earlier test configured
     )
     return logger, buf
 

@@ -171,6 +171,8 @@ else if {
 # On those servers a SQL argument must be one statement that starts with SELECT, WITH or EXPLAIN and
 # contains none of the forbidden keywords as a word (so WITH ... DELETE and SELECT ... INTO are
 # refused too). Conservative on purpose: a forbidden word inside a string literal is refused as well.
+# Each problem is stated once: a statement with forbidden keywords is refused naming them (which says
+# why a DELETE is not read-only); "must start with ..." is the reason only when none was found.
 
 sql_config := object.get(config, "sql", {})
 
@@ -197,13 +199,17 @@ sql_problem contains [name, value, "only a single SQL statement is allowed (foun
 
 sql_problem contains [name, value, msg] if {
 	some [name, value, _, words] in sql_arguments
+	count(sql_keywords_found(words)) == 0
 	not lower(words[0]) in {"select", "with", "explain"}
 	msg := "only read-only queries are allowed: the statement must start with SELECT, WITH or EXPLAIN"
 }
 
 sql_problem contains [name, value, msg] if {
 	some [name, value, _, words] in sql_arguments
-	found := {upper(w) | some w in words; lower(w) in sql_forbidden}
+	found := sql_keywords_found(words)
 	count(found) > 0
 	msg := sprintf("only read-only queries are allowed: found %s", [concat(", ", sort(found))])
 }
+
+# The forbidden keywords among a statement's words, upper case.
+sql_keywords_found(words) := {upper(w) | some w in words; lower(w) in sql_forbidden}

@@ -136,13 +136,19 @@ test_sql_read_only_allowed if {
 }
 
 test_sql_writes_denied if {
-	denied_with(sql("DELETE FROM orders"), "must start with SELECT, WITH or EXPLAIN")
 	denied_with(sql("DELETE FROM orders"), "found DELETE")
+	denied_with(sql("VALUES (1)"), "must start with SELECT, WITH or EXPLAIN")
 	denied_with(sql("update orders set x = 1"), "found UPDATE")
 	denied_with(sql("WITH d AS (DELETE FROM orders RETURNING *) SELECT * FROM d"), "found DELETE")
 	denied_with(sql("SELECT * INTO backup FROM orders"), "found INTO")
 	denied_with(sql("select 1; attach database 'x' as y"), "found ATTACH")
 	denied_with(sql("PRAGMA table_info(orders)"), "found PRAGMA")
+}
+
+# One reason per problem: a DELETE is refused once, naming DELETE, not a second time for how it starts.
+test_sql_reason_stated_once if {
+	d := decision with input as sql("DELETE FROM orders")
+	d.reasons == ["argument 'sql' of warehouse__query: only read-only queries are allowed: found DELETE"]
 }
 
 test_sql_single_statement if {

@@ -1,4 +1,11 @@
-"""HTTP front authentication: ``Authorization: Bearer <key>`` → a configured principal.
+"""Who is calling: HTTP API-key authentication, and one principal resolver per transport.
+
+A request's principal is found in two steps: a *resolver* names the principal id for the transport
+(:func:`stdio_principal` — whoever launched mcp-guard; :func:`http_principal` — whoever
+:class:`BearerAuth` authenticated), and :func:`principal_for` turns that id into the configured
+:class:`~mcp_guard.types.Principal` (roles, attributes).
+
+HTTP front authentication: ``Authorization: Bearer <key>`` → a configured principal.
 
 Keys are never stored: each ``[principals.<id>]`` may carry ``api_key_sha256``; a request's key is
 hashed and compared with every configured digest in constant time (``hmac.compare_digest``, no early
@@ -17,16 +24,65 @@ import hashlib
 import hmac
 import json
 from collections.abc import Callable
+from typing import Any
 
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from mcp.server.auth.provider import AccessToken
+from mcp.server.context import ServerRequestContext
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-__all__ = ["BearerAuth", "key_digest"]
+from mcp_guard.settings import Settings
+from mcp_guard.types import Principal
+
+__all__ = [
+    "ANONYMOUS",
+    "BearerAuth",
+    "PrincipalResolver",
+    "http_principal",
+    "key_digest",
+    "key_digests",
+    "principal_for",
+    "stdio_principal",
+]
+
+ANONYMOUS = "anonymous"
+
+# The principal id of the client that sent a request, as its transport knows it.
+PrincipalResolver = Callable[[ServerRequestContext[Any, Any]], str]
 
 
 def key_digest(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
+
+
+def key_digests(settings: Settings) -> dict[str, str]:
+    """principal id → sha256 of its API key, for every principal that has one (what :class:`BearerAuth` checks)."""
+    return {pid: p.api_key_sha256 for pid, p in settings.principals.items() if p.api_key_sha256}
+
+
+def principal_for(settings: Settings, principal_id: str) -> Principal:
+    """The configured principal (roles, attributes); an unconfigured id gets no roles."""
+    p = settings.principals.get(principal_id)
+    if p is None:
+        return Principal(id=principal_id)
+    return Principal(id=principal_id, roles=tuple(p.roles), attributes=dict(p.attributes))
+
+
+def stdio_principal(principal_id: str) -> PrincipalResolver:
+    """A stdio client is whoever launched mcp-guard: one configured id for every request."""
+
+    def resolve(_ctx: ServerRequestContext[Any, Any]) -> str:
+        return principal_id
+
+    return resolve
+
+
+def http_principal(ctx: ServerRequestContext[Any, Any]) -> str:
+    """The principal :class:`BearerAuth` put on the request's ASGI scope (``anonymous`` if none)."""
+    request = ctx.request
+    user = getattr(request, "scope", {}).get("user") if request is not None else None
+    name = getattr(user, "username", None)
+    return name if isinstance(name, str) and name else ANONYMOUS
 
 
 class BearerAuth:
@@ -37,7 +93,7 @@ class BearerAuth:
         *,
         on_reject: Callable[[str, str | None], None],
         required: bool = True,
-        anonymous_principal: str = "anonymous",
+        anonymous_principal: str = ANONYMOUS,
     ) -> None:
         """``digests`` maps principal id → sha256 hex of its API key."""
         self.app = app

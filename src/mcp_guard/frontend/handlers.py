@@ -28,6 +28,7 @@ from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from mcp_guard.audit import events
 from mcp_guard.errors import AuditError
+from mcp_guard.frontend.auth import PrincipalResolver
 from mcp_guard.frontend.input_required import InputRequiredBridge
 from mcp_guard.frontend.listing import PROMPTS, RESOURCES, TEMPLATES, TOOLS, Listing, visible
 from mcp_guard.frontend.sessions import DownstreamSession, RequestChannel, SessionTable
@@ -45,7 +46,6 @@ __all__ = ["Handlers", "PrincipalResolver"]
 log = structlog.get_logger("mcp_guard.frontend")
 
 _T = TypeVar("_T")
-PrincipalResolver = Callable[[ServerRequestContext[Any, Any]], str]
 # _meta keys that never travel upstream: the progress token is re-issued per hop, and the protocol's
 # reserved ``io.modelcontextprotocol/*`` keys (the 2026-07-28 request envelope: version, client info and
 # capabilities, log level) describe the client's hop, not ours — an upstream on the handshake era refuses them.

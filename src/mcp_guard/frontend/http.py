@@ -3,59 +3,100 @@
 Host and Origin checks stay on whatever the bind address: the allowed values are the loopback names on
 the configured port plus ``[server] allowed_hosts`` / ``allowed_origins``. Request bodies are capped at
 ``[server] max_request_bytes``; idle sessions close after ``session_idle_timeout_s``.
+
+The front is handed what it serves as an :class:`HttpFront` (the composition root builds one): it knows
+nothing of the rest of mcp-guard. The listening socket can be bound before anything else starts
+(:func:`bind_socket`), so a port in use is a start-up error that leaves nothing behind.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import socket
 from collections.abc import AsyncIterator, Callable
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any
 
 import anyio
 import structlog
 import uvicorn
+from mcp.server.lowlevel import Server
 from mcp.server.transport_security import TransportSecuritySettings
 
+from mcp_guard.errors import ConfigError
 from mcp_guard.frontend.auth import BearerAuth
-from mcp_guard.types import AuditEvent, EventKind
+from mcp_guard.settings import ServerSettings
 
-if TYPE_CHECKING:
-    from mcp_guard.app import Guard
-
-__all__ = ["build_http_app", "http_served", "serve_http"]
+__all__ = ["HttpFront", "bind_socket", "build_http_app", "http_served", "serve_http"]
 
 log = structlog.get_logger("mcp_guard.frontend")
 
+# (reason, client address) of a refused request; the caller logs and audits it.
+OnReject = Callable[[str, str | None], None]
 
-def _security(guard: Guard) -> TransportSecuritySettings:
-    s = guard.settings.server
+
+@dataclass(frozen=True)
+class HttpFront:
+    """Everything the HTTP front needs: the MCP server it exposes, the ``[server]`` settings, the API-key
+    digests it authenticates against (principal id → sha256 hex), and who hears of a refused request."""
+
+    server: Server[Any]
+    settings: ServerSettings
+    digests: dict[str, str]
+    on_reject: OnReject
+
+
+def _security(s: ServerSettings) -> TransportSecuritySettings:
     hosts = ["127.0.0.1:*", "localhost:*", "[::1]:*", *s.allowed_hosts]
     origins = ["http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*", *s.allowed_origins]
     return TransportSecuritySettings(enable_dns_rebinding_protection=True, allowed_hosts=hosts, allowed_origins=origins)
 
 
-def build_http_app(guard: Guard) -> Any:
-    s = guard.settings.server
-    server = guard.server("http")
-    app = server.streamable_http_app(
-        transport_security=_security(guard),
+def build_http_app(front: HttpFront) -> Any:
+    s = front.settings
+    app = front.server.streamable_http_app(
+        transport_security=_security(s),
         max_request_body_size=s.max_request_bytes,
         session_idle_timeout=s.session_idle_timeout_s,
         host=s.host,
     )
-    digests = {pid: p.api_key_sha256 for pid, p in guard.settings.principals.items() if p.api_key_sha256}
+    return BearerAuth(app, front.digests, on_reject=front.on_reject, required=s.require_auth)
 
-    def rejected(reason: str, client: str | None) -> None:
-        log.warning("http.unauthorized", reason=reason, client=client)
-        guard.sink.record_nowait(
-            AuditEvent(kind=EventKind.AUTH_REJECT, decision="deny", reasons=(reason,), details={"client": client})
-        )
 
-    return BearerAuth(app, digests, on_reject=rejected, required=s.require_auth)
+def bind_socket(
+    host: str, port: int, *, source: str | None = None, keys: tuple[str, str] = ("server.host", "server.port")
+) -> socket.socket:
+    """A listening TCP socket on ``host:port`` (0 picks a free port).
+
+    Raises :class:`ConfigError` naming the address, the config file ``source`` and the key the address
+    came from (``keys`` = host key, port key) when it cannot listen there — a port in use, a host that
+    is not an address of this machine.
+    """
+    host_key, port_key = keys
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as e:
+        raise ConfigError(f"cannot listen on {host}:{port}: {e.strerror}", file=source, key=host_key) from None
+    family, _, _, _, addr = infos[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind(addr)
+        sock.listen(2048)
+    except OSError as e:
+        sock.close()
+        key = port_key if e.errno in (errno.EADDRINUSE, errno.EACCES) else host_key
+        what = "address already in use" if e.errno == errno.EADDRINUSE else (e.strerror or str(e))
+        raise ConfigError(f"cannot listen on {host}:{port}: {what}", file=source, key=key) from None
+    sock.set_inheritable(True)
+    return sock
 
 
 @contextlib.asynccontextmanager
-async def http_served(guard: Guard, host: str = "127.0.0.1", port: int = 0) -> AsyncIterator[str]:
+async def http_served(front: HttpFront, host: str = "127.0.0.1", port: int = 0) -> AsyncIterator[str]:
     """Serve the HTTP front in the background while the block runs; yields its ``/mcp`` URL."""
     ready = anyio.Event()
     bound: list[int] = []
@@ -65,16 +106,29 @@ async def http_served(guard: Guard, host: str = "127.0.0.1", port: int = 0) -> A
         ready.set()
 
     async with anyio.create_task_group() as tg:
-        tg.start_soon(lambda: serve_http(guard, host, port, ready=on_ready))
+        tg.start_soon(lambda: serve_http(front, host, port, ready=on_ready))
         with anyio.fail_after(30):
             await ready.wait()
         yield f"http://{host}:{bound[0]}/mcp"
         tg.cancel_scope.cancel()
 
 
-async def serve_http(guard: Guard, host: str, port: int, *, ready: Callable[[int], None] | None = None) -> None:
-    """Serve until cancelled. ``ready(port)`` is called once listening (port 0 picks a free one)."""
-    app = build_http_app(guard)
+async def serve_http(
+    front: HttpFront,
+    host: str,
+    port: int,
+    *,
+    ready: Callable[[int], None] | None = None,
+    sock: socket.socket | None = None,
+) -> None:
+    """Serve until cancelled. ``ready(port)`` is called once listening (port 0 picks a free one).
+
+    ``sock``, when given, is an already listening socket (see :func:`bind_socket`); it is served instead
+    of binding ``host:port`` and closed when serving ends.
+    """
+    if sock is None:
+        sock = bind_socket(host, port)
+    app = build_http_app(front)
     # http="h11" whatever else is installed: httptools keeps trailing spaces in header values, which breaks
     # the protocol's Mcp-Name header validation.
     config = uvicorn.Config(
@@ -92,13 +146,14 @@ async def serve_http(guard: Guard, host: str, port: int, *, ready: Callable[[int
     server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]  # the CLI owns signals
 
     done = anyio.Event()
+    listening = sock
 
     async def run() -> None:
         # Shielded: on cancellation we ask uvicorn to shut down gracefully (below) instead of tearing
         # its lifespan apart mid-flight.
         with anyio.CancelScope(shield=True):
             try:
-                await server.serve()
+                await server.serve(sockets=[listening])
             finally:
                 done.set()
 
@@ -107,23 +162,23 @@ async def serve_http(guard: Guard, host: str, port: int, *, ready: Callable[[int
             await anyio.sleep(0.01)
         if not server.started:
             return
-        bound = port
-        for srv in server.servers:
-            for sock in srv.sockets:
-                bound = sock.getsockname()[1]
+        bound = int(listening.getsockname()[1])
         log.info("http.listening", url=f"http://{host}:{bound}/mcp")
         if ready is not None:
             ready(bound)
 
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(run)
-        tg.start_soon(announce)
-        try:
-            await done.wait()
-        finally:
-            server.should_exit = True
-            with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(run)
+            tg.start_soon(announce)
+            try:
                 await done.wait()
-            server.force_exit = True
+            finally:
+                server.should_exit = True
+                with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+                    await done.wait()
+                server.force_exit = True
+    finally:
+        listening.close()
     if not server.started:
-        raise OSError(f"the HTTP front could not listen on {host}:{port} (see the log above)")
+        raise OSError(f"the HTTP front could not serve on {host}:{port} (see the log above)")

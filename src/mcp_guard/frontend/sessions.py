@@ -30,6 +30,7 @@ from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import RootModel, ValidationError
 
 from mcp_guard.channel import NOTIFY_TIMEOUT_S, REQUEST_TYPES, ClientMethod, log_locally
+from mcp_guard.frontend.auth import principal_for
 from mcp_guard.settings import Settings
 from mcp_guard.types import Principal, SessionInfo, new_id
 
@@ -42,14 +43,6 @@ _STATE_KEY = "mcp_guard.session"
 
 class _RawResult(RootModel[dict[str, Any]]):
     """A client's result kept as it came (the SDK validates it against the method's result type first)."""
-
-
-def principal_for(settings: Settings, principal_id: str) -> Principal:
-    """The configured principal (roles, attributes); an unconfigured id gets no roles."""
-    p = settings.principals.get(principal_id)
-    if p is None:
-        return Principal(id=principal_id)
-    return Principal(id=principal_id, roles=tuple(p.roles), attributes=dict(p.attributes))
 
 
 @dataclass(eq=False)

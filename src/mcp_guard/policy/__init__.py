@@ -49,19 +49,29 @@ RELOAD_INTERVAL_S = 1.0
 
 
 def open_engine(
-    settings: Settings, *, on_reload: ReloadListener | None = None, watch: bool | None = None
+    settings: Settings,
+    *,
+    on_reload: ReloadListener | None = None,
+    watch: bool | None = None,
+    on_watcher: Callable[[BundleWatcher], None] | None = None,
 ) -> AbstractAsyncContextManager[RegoEngine]:
     """The engine ``[policy]`` asks for, as an async context manager.
 
     ``on_reload`` is awaited after every hot-reload attempt (loaded or rejected); ``watch`` overrides
-    ``[policy] hot_reload`` (one-shot commands pass ``False``).
+    ``[policy] hot_reload`` (one-shot commands pass ``False``). ``on_watcher`` receives the engine's
+    :class:`BundleWatcher` when the engine can take a new bundle (embedded, or OPA with ``push_bundle``),
+    polling or not, so a caller can ask for a reload now (``BundleWatcher.check``, e.g. on SIGHUP).
     """
-    return _open_engine(settings, on_reload=on_reload, watch=watch)
+    return _open_engine(settings, on_reload=on_reload, watch=watch, on_watcher=on_watcher)
 
 
 @asynccontextmanager
 async def _open_engine(
-    settings: Settings, *, on_reload: ReloadListener | None, watch: bool | None
+    settings: Settings,
+    *,
+    on_reload: ReloadListener | None,
+    watch: bool | None,
+    on_watcher: Callable[[BundleWatcher], None] | None = None,
 ) -> AsyncIterator[RegoEngine]:
     p = settings.policy
     root = settings.resolve_path(p.bundle)
@@ -92,9 +102,10 @@ async def _open_engine(
 
             engine, apply = opa, apply_opa
         stack.push_async_callback(engine.aclose)
-        watching = (p.hot_reload if watch is None else watch) and (p.engine == "embedded" or p.push_bundle)
+        reloadable = p.engine == "embedded" or p.push_bundle
+        watching = (p.hot_reload if watch is None else watch) and reloadable
         async with anyio.create_task_group() as tg:
-            if watching:
+            if watching or (reloadable and on_watcher is not None):
                 watcher = BundleWatcher(
                     root,
                     apply,
@@ -103,7 +114,10 @@ async def _open_engine(
                     run_tests=p.run_tests_on_reload,
                     listener=on_reload,
                 )
-                tg.start_soon(watcher.run)
+                if on_watcher is not None:
+                    on_watcher(watcher)
+                if watching:
+                    tg.start_soon(watcher.run)
             try:
                 yield engine
             finally:

@@ -30,7 +30,7 @@ from mcp_guard.channel import ELICITATION, ROOTS, SAMPLING, ClientMethod
 from mcp_guard.errors import UpstreamError, UpstreamTimeout
 from mcp_guard.settings import UpstreamSettings
 from mcp_guard.types import EventKind
-from mcp_guard.upstream.stdio import minimal_environment, open_stdio_transport
+from mcp_guard.upstream.stdio import StderrTail, minimal_environment, open_stdio_transport
 
 __all__ = ["Catalog", "Injections", "UpstreamConnection", "UpstreamHooks"]
 
@@ -99,6 +99,7 @@ class UpstreamConnection:
         self.last_error: str | None = None
         self.restarts = 0
         self.catalog = Catalog()
+        self.stderr_tail = StderrTail()  # a stdio child's last stderr lines (why it failed), across restarts
         self._session: ClientSession | None = None
         self._ready = anyio.Event()
         self._settled = anyio.Event()  # set once the first attempt has either succeeded or failed
@@ -281,6 +282,7 @@ class UpstreamConnection:
                 max_line_bytes=s.max_response_bytes,
                 name=self.name,
                 scrub=self._scrub,
+                stderr_tail=self.stderr_tail,
             ) as (read, write, exit_info, _proc):
                 closed = anyio.Event()
 

@@ -5,7 +5,9 @@ Differs from the SDK's ``stdio_client`` where a proxy needs it to:
 * the child gets a *minimal* environment (a few safe variables) plus what the config gives it —
   never the proxy's own environment, which may hold other upstreams' credentials;
 * a line longer than ``max_line_bytes`` is discarded (bounded memory) and surfaced as an error;
-* the child's stderr is forwarded to our structured log, line by line, through a scrubber;
+* the child's stderr is forwarded to our structured log, line by line, through a scrubber, and its
+  last lines are kept (:class:`StderrTail`) so ``mcp-guard check`` can say *why* a child failed
+  (``No module named …``) rather than only that its connection closed;
 * ``exited`` tells the owner when (and with what code) the child died, so in-flight calls can fail
   fast and the upstream can be restarted.
 """
@@ -32,12 +34,32 @@ from mcp.shared.message import SessionMessage
 
 from mcp_guard.streams import LineReadStream, LineWriteStream, encode_line
 
-__all__ = ["MINIMAL_ENV_VARS", "ChildExit", "minimal_environment", "open_stdio_transport"]
+__all__ = [
+    "MINIMAL_ENV_VARS",
+    "STDERR_TAIL_LINES",
+    "ChildExit",
+    "StderrTail",
+    "minimal_environment",
+    "open_stdio_transport",
+]
 
 log = structlog.get_logger("mcp_guard.upstream")
 
 # What a child may inherit from the proxy's environment without being told to.
 MINIMAL_ENV_VARS = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "TZ", "SYSTEMROOT", "USER", "LOGNAME", "TERM")
+STDERR_TAIL_LINES = 20
+_STDERR_LINE_MAX = 2000  # characters of one stderr line kept (log and tail)
+_STDERR_DRAIN_S = 1.0  # after the child is gone, how long its last stderr output may take to arrive
+
+
+class StderrTail(deque[str]):
+    """The last :data:`STDERR_TAIL_LINES` lines a child wrote to stderr, already scrubbed of secrets.
+
+    One per upstream, kept across restarts: the lines before a crash are what explains it.
+    """
+
+    def __init__(self, maxlen: int = STDERR_TAIL_LINES) -> None:
+        super().__init__(maxlen=maxlen)
 
 
 def minimal_environment(extra: Mapping[str, str] = {}, passthrough: Sequence[str] = ()) -> dict[str, str]:
@@ -65,9 +87,12 @@ async def open_stdio_transport(
     max_line_bytes: int = 16 * 1024 * 1024,
     name: str = "upstream",
     scrub: Callable[[str], str] = lambda s: s,
+    stderr_tail: StderrTail | None = None,
 ) -> AsyncIterator[tuple[Any, Any, ChildExit, Process]]:
     """Start ``command`` and yield ``(read_stream, write_stream, exit_info, process)``.
 
+    Every stderr line is logged and appended to ``stderr_tail`` (scrubbed). The tail is complete when
+    the block has exited: the child's last output is drained (for at most a second) before returning.
     Raises OSError (e.g. FileNotFoundError) if the command cannot be started.
     """
     # "python"/"python3" mean mcp-guard's own interpreter (its venv has the SDK and the first-party
@@ -81,19 +106,30 @@ async def open_stdio_transport(
     read_stream = _ChildReadStream(process, name, max_line_bytes)
     write_stream = _ChildWriteStream(process, read_stream)
     exit_info = ChildExit()
+    tail = stderr_tail if stderr_tail is not None else StderrTail()
+    stderr_done = anyio.Event()
+
+    def emit(raw: bytes) -> None:
+        if raw.strip():
+            line = scrub(raw.decode(errors="replace").rstrip())[:_STDERR_LINE_MAX]
+            tail.append(line)
+            log.info("upstream.stderr", upstream=name, line=line)
 
     async def stderr_pump() -> None:
         assert process.stderr is not None
         buf = b""
-        with suppress(anyio.ClosedResourceError, anyio.BrokenResourceError, anyio.EndOfStream):
-            async for chunk in process.stderr:
-                buf += chunk
-                *lines, buf = buf.split(b"\n")
-                for line in lines:
-                    if line.strip():
-                        log.info("upstream.stderr", upstream=name, line=scrub(line.decode(errors="replace"))[:2000])
-                if len(buf) > 65536:
-                    buf = b""
+        try:
+            with suppress(anyio.ClosedResourceError, anyio.BrokenResourceError, anyio.EndOfStream):
+                async for chunk in process.stderr:
+                    buf += chunk
+                    *lines, buf = buf.split(b"\n")
+                    for line in lines:
+                        emit(line)
+                    if len(buf) > 65536:
+                        buf = b""
+            emit(buf)  # a last line without a newline
+        finally:
+            stderr_done.set()
 
     async def waiter() -> None:
         exit_info.returncode = await process.wait()
@@ -110,6 +146,9 @@ async def open_stdio_transport(
             with anyio.CancelScope(shield=True):
                 await write_stream.aclose()
                 await _terminate(process, exit_info)
+                # The child is gone: what it said last (often why it died) is still in the pipe.
+                with anyio.move_on_after(_STDERR_DRAIN_S):
+                    await stderr_done.wait()
             tg.cancel_scope.cancel()
 
 

@@ -1,0 +1,44 @@
+"""Finding the config (DESIGN §3), validation errors on one line, and what differs between two configs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mcp_guard.errors import ConfigError
+from mcp_guard.settings import changed_keys, find_config, load_settings, parse_settings
+
+
+def test_find_config_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MCP_GUARD_CONFIG", raising=False)
+    with pytest.raises(ConfigError, match=r"no config file: no --config given, \$MCP_GUARD_CONFIG is not set"):
+        find_config(None)
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "mcp-guard.toml").write_text("")
+    assert find_config(None) == Path("config/mcp-guard.toml")
+    monkeypatch.setenv("MCP_GUARD_CONFIG", "from-env.toml")
+    assert find_config(None) == Path("from-env.toml")
+    assert find_config("given.toml") == Path("given.toml")
+
+
+def test_validation_errors_are_one_line_naming_file_and_keys(tmp_path: Path) -> None:
+    cfg = tmp_path / "g.toml"
+    cfg.write_text('[server]\nport = "x"\nprot = 1\n[upstreams.a]\ntransport = "http"\n')
+    with pytest.raises(ConfigError) as info:
+        load_settings(cfg)
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith(f"{cfg}: server.port: ")
+    assert "; server.prot: unknown key" in message and "upstreams.a: http upstream needs 'url'" in message
+    assert info.value.file == str(cfg) and info.value.key == "server.port"
+
+
+def test_changed_keys() -> None:
+    old = parse_settings({"server": {"port": 1}, "principals": {"ann": {"roles": ["a"]}}})
+    new = parse_settings(
+        {"server": {"port": 2}, "principals": {"ann": {"roles": ["a", "b"]}, "bob": {}}, "policy": {"timeout_ms": 9}}
+    )
+    assert changed_keys(old, new) == ["policy.timeout_ms", "principals.ann.roles", "principals.bob", "server.port"]
+    assert changed_keys(old, old) == []
