@@ -71,7 +71,9 @@ def apply(switches: set[str]) -> None:
         original = app.Guard.__init__
 
         def without_secrets(self: Any, settings: Any, **kw: Any) -> None:
-            kw["secrets"] = None
+            from mcp_guard.pipeline.secret_source import NO_SECRETS
+
+            kw["secrets"] = NO_SECRETS
             original(self, settings, **kw)
 
         app.Guard.__init__ = without_secrets  # type: ignore[method-assign]
@@ -89,10 +91,10 @@ def apply(switches: set[str]) -> None:
                 d = Decision(allow=True, reasons=("ablation",), revision=getattr(self._engine, "revision", None))
                 return await call_next(replace(ctx, decision=d))
 
-        import mcp_guard.app as app
+        import mcp_guard.pipeline.build as build
 
         setattr(authorize, "Authorize", AllowAll)  # noqa: B010 - a monkeypatch, on purpose
-        setattr(app, "Authorize", AllowAll)  # noqa: B010
+        setattr(build, "Authorize", AllowAll)  # noqa: B010
     if "sdk-front" in switches:
         from mcp.server.stdio import stdio_server
 
