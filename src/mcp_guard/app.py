@@ -30,6 +30,7 @@ from mcp_guard.pipeline.build import build_pipeline
 from mcp_guard.pipeline.secret_source import NO_SECRETS, SecretSource
 from mcp_guard.pipeline.visibility import Visibility
 from mcp_guard.settings import Settings
+from mcp_guard.state import MemoryState, StateStore, open_state
 from mcp_guard.types import AuditEvent, EventKind
 from mcp_guard.upstream.registry import Registry
 
@@ -48,6 +49,7 @@ class Guard:
         secrets: SecretSource = NO_SECRETS,
         principal: str | None = None,
         pins: PinStore | None = None,
+        state: StateStore | None = None,
     ) -> None:
         self.settings = settings
         self.engine = engine
@@ -64,7 +66,9 @@ class Guard:
         )
         self.visibility = Visibility(engine)
         self.sessions = SessionTable(settings, self._session_started, self._session_ended)
-        self.chain = build_pipeline(engine=engine, sink=sink, registry=self.registry, secrets=secrets)
+        # Rate-limit counters: the shared store from Guard.open; a Guard built directly (tests) counts in memory.
+        self.state: StateStore = state if state is not None else MemoryState()
+        self.chain = build_pipeline(engine=engine, sink=sink, registry=self.registry, secrets=secrets, state=self.state)
         self.bridge = Bridge()  # upstream→client requests for 2026-07-28 clients (InputRequiredResult rounds)
         self._tg: TaskGroup | None = None
 
@@ -117,9 +121,18 @@ class Guard:
                 )
                 pins = PinStore(settings.resolve_path(settings.audit.state_path))
                 try:
-                    guard = cls(settings, engine=engine, sink=store, secrets=secrets, principal=principal, pins=pins)
-                    async with guard.running():
-                        yield guard
+                    async with open_state(settings) as state:
+                        guard = cls(
+                            settings,
+                            engine=engine,
+                            sink=store,
+                            secrets=secrets,
+                            principal=principal,
+                            pins=pins,
+                            state=state,
+                        )
+                        async with guard.running():
+                            yield guard
                 finally:
                     pins.close()
 

@@ -137,7 +137,6 @@ class Handlers:
             arguments=arguments,
             request=request,
             tool_info=tool_info,
-            session_calls=sess.calls,
             progress=progress,
             timeout_s=up.timeout_s if up else None,
             downstream=RequestDownstream(sess, ctx, timeout_s=up.timeout_s if up else 60.0),
