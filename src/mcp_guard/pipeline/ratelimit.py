@@ -38,6 +38,11 @@ before evaluation (one store read per call). Keys a policy builds some other way
 are enforced all the same but have no usage entry. With no declarations nothing is read: a bundle
 without limits pays nothing. Declarations are read from the loaded bundle of the embedded engine;
 with the OPA engine mcp-guard does not hold the bundle's data, and ``context.usage`` is empty.
+(Rejected alternative: the usage of the keys this principal's previous decision named. It shows nothing
+on the first call to a tool, after a restart, or for a key shared with other principals, so a tiered
+rule could be walked around by alternating tools.)
+
+A call cancelled by the client after it was counted stays counted: it may have reached the upstream.
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from fnmatch import fnmatchcase
 from functools import partial
 from typing import Any, Final, Protocol, TypeGuard, runtime_checkable
 
@@ -149,7 +155,7 @@ class RateLimitObligation:
 
 def _limited(admission: Admission) -> Refusal:
     seconds = whole_seconds(admission.retry_after_s)
-    full = "; ".join(f"{lim.key!r} allows {lim.limit} per {lim.window_s:g} s" for lim in admission.full)
+    full = "; ".join(f"{lim.key!r} allows {lim.limit} per {_seconds(lim.window_s)} s" for lim in admission.full)
     return Refusal(
         ReasonCode.RATE_LIMITED, f"rate limit reached: {full}; retry after {seconds} s (retry_after_s={seconds})"
     )
@@ -167,6 +173,10 @@ class RateDeclaration:
 
     def key(self, ctx: CallContext) -> str:
         return "|".join([self.name, *(KEY_FIELDS[f](ctx) for f in self.by)])
+
+    def applies_to(self, action: str) -> bool:
+        """Whether the declaration's ``actions`` (names or globs, as in limits.rego) cover ``action``."""
+        return any(fnmatchcase(action, pattern) for pattern in self.actions)
 
 
 def declared_rates(data: Mapping[str, Any]) -> tuple[tuple[RateDeclaration, ...], list[str]]:
@@ -251,7 +261,7 @@ class DeclaredUsage:
 
     def buckets(self, ctx: CallContext) -> dict[Bucket, str]:
         """The buckets declared for this call, each with the key the policy sees."""
-        return {(d.key(ctx), d.window_s): d.key(ctx) for d in self.declarations() if ctx.action in d.actions}
+        return {(d.key(ctx), d.window_s): d.key(ctx) for d in self.declarations() if d.applies_to(ctx.action)}
 
     async def usage(self, ctx: CallContext) -> Mapping[str, int]:
         wanted = self.buckets(ctx)
@@ -279,6 +289,10 @@ def _type(v: object) -> str:
     return {bool: "boolean", int: "number", float: "number", str: "string", list: "array", dict: "object"}.get(
         type(v), type(v).__name__
     )
+
+
+def _seconds(window_s: float) -> str:
+    return str(int(window_s)) if window_s.is_integer() else f"{window_s:g}"
 
 
 def _shown(v: object) -> str:
