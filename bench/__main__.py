@@ -244,8 +244,9 @@ def markdown(report: dict[str, Any]) -> str:
             )
     lines += [
         "",
-        "Policy on the latency/throughput paths: the default bundle (policies/rego; its per-session call "
-        "budget lifted for the run), principal `local-agent` (role developer) calling `everything__echo` of the "
+        "Policy on the latency/throughput paths: the default bundle (policies/rego; its per-tool rate "
+        "limit raised for the run, calls still counted), principal `local-agent` (role developer) calling "
+        "`everything__echo` of the "
         "recorder test upstream; the allow-all rows use a one-rule bundle. Audit: both commits on the path "
         "(decision row before forwarding, outcome row before answering).",
     ]

@@ -70,8 +70,9 @@ def apply(switches: set[str]) -> None:
 
         original = app.Guard.__init__
 
+        from mcp_guard.pipeline.secret_source import NO_SECRETS
+
         def without_secrets(self: Any, settings: Any, **kw: Any) -> None:
-            from mcp_guard.pipeline.secret_source import NO_SECRETS
 
             kw["secrets"] = NO_SECRETS
             original(self, settings, **kw)
@@ -82,7 +83,7 @@ def apply(switches: set[str]) -> None:
         from mcp_guard.types import Decision
 
         class AllowAll:
-            def __init__(self, engine: Any) -> None:
+            def __init__(self, engine: Any, *_usage: Any) -> None:  # Authorize's signature (usage source ignored)
                 self._engine = engine
 
             async def __call__(self, ctx: Any, call_next: Any) -> Any:

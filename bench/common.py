@@ -135,8 +135,8 @@ def recorder_upstream(**extra: Any) -> dict[str, Any]:
 
 
 def write_bundle(directory: Path, policy: str) -> Path:
-    """The bundle the bench runs with: ``default`` (policies/rego, session-call limit lifted so a long run is
-    not cut off by the per-session budget) or ``allow-all``."""
+    """The bundle the bench runs with: ``default`` (policies/rego, its per-tool rate limit raised so a long run
+    is not cut off — calls are still counted, so its cost is measured) or ``allow-all``."""
     bundle = directory / f"bundle-{policy}"
     if bundle.exists():
         shutil.rmtree(bundle)
@@ -149,7 +149,8 @@ def write_bundle(directory: Path, policy: str) -> Path:
         raise ValueError(f"unknown policy {policy!r} (default | allow-all)")
     shutil.copytree(DEFAULT_BUNDLE, bundle, ignore=shutil.ignore_patterns("*_test.rego"))
     data = json.loads((bundle / "data.json").read_text())
-    data.setdefault("mcp_guard_config", {}).setdefault("limits", {})["max_session_calls"] = 10**9
+    for declaration in data.get("mcp_guard_config", {}).get("limits", {}).get("rate", []):
+        declaration["limit"] = 10**9
     (bundle / "data.json").write_text(json.dumps(data, indent=1))
     return bundle
 

@@ -34,6 +34,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "mcp_guard.secrets",
             "mcp_guard.pins",
             "mcp_guard.channel",
+            "mcp_guard.state",
             "mcp_guard.upstream",
         ),
     ),

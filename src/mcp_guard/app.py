@@ -31,7 +31,7 @@ from anyio.abc import TaskGroup
 from mcp.server.connection import Connection
 
 from mcp_guard.audit import events
-from mcp_guard.errors import AuditError, ConfigError
+from mcp_guard.errors import AuditError, ConfigError, StateError
 from mcp_guard.frontend.auth import http_principal, key_digests, stdio_principal
 from mcp_guard.frontend.handlers import Handlers
 from mcp_guard.frontend.input_required import InputRequiredBridge
@@ -45,6 +45,7 @@ from mcp_guard.pipeline.build import build_pipeline
 from mcp_guard.pipeline.secret_source import NO_SECRETS, SecretSource
 from mcp_guard.pipeline.visibility import Visibility
 from mcp_guard.settings import Settings, changed_keys, load_settings
+from mcp_guard.state import MemoryState, StateStore, open_state
 from mcp_guard.types import AuditEvent, EventKind, Principal, SessionInfo, new_id
 from mcp_guard.upstream.registry import Registry
 
@@ -68,6 +69,7 @@ class Guard:
         secrets: SecretSource = NO_SECRETS,
         principal: str | None = None,
         pins: PinStore | None = None,
+        state: StateStore | None = None,
     ) -> None:
         self.settings = settings
         self.engine = engine
@@ -84,7 +86,9 @@ class Guard:
         )
         self.visibility = Visibility(engine)
         self.sessions = SessionTable(settings, self._session_started, self._session_ended)
-        self.chain = build_pipeline(engine=engine, sink=sink, registry=self.registry, secrets=secrets)
+        # Rate-limit counters: the shared store from Guard.open; a Guard built directly (tests) counts in memory.
+        self.state: StateStore = state if state is not None else MemoryState()
+        self.chain = build_pipeline(engine=engine, sink=sink, registry=self.registry, secrets=secrets, state=self.state)
         # Upstream→client requests for 2026-07-28 clients (InputRequiredResult rounds).
         self.bridge = InputRequiredBridge()
         # Re-reads the policy bundle on request (SIGHUP); set by open() when the engine can take a new bundle.
@@ -139,7 +143,10 @@ class Guard:
             )
             pins = _open_pins(settings)
             stack.callback(pins.close)
-            guard = cls(settings, engine=engine, sink=store, secrets=secrets, principal=principal, pins=pins)
+            state = await stack.enter_async_context(_open_state(settings))
+            guard = cls(
+                settings, engine=engine, sink=store, secrets=secrets, principal=principal, pins=pins, state=state
+            )
             guard.policy_watcher = watchers[0] if watchers else None
             async with guard.running():
                 yield guard
@@ -381,6 +388,19 @@ async def _open_audit(settings: Settings) -> AsyncIterator[AuditWriter]:
         except AuditError as e:
             raise ConfigError(str(e), file=settings.source, key="audit.path") from None
         yield store
+
+
+@contextlib.asynccontextmanager
+async def _open_state(settings: Settings) -> AsyncIterator[StateStore]:
+    """The shared state store (rate-limit counters); one that cannot be opened is a config error."""
+    async with contextlib.AsyncExitStack() as stack:
+        try:
+            state = await stack.enter_async_context(open_state(settings))
+        except StateError as e:
+            raise ConfigError(
+                f"cannot open the state store: {e}", file=settings.source, key="audit.state_path"
+            ) from None
+        yield state
 
 
 def _open_pins(settings: Settings) -> PinStore:

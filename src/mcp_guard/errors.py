@@ -9,7 +9,8 @@ context a person needs to act on it (the file, key, upstream or secret involved)
     ├── SecretError            a secret cannot be resolved (names secret + upstream)
     ├── UpstreamError          an upstream is down, crashed, timed out or misbehaved
     │   └── UpstreamTimeout    a call exceeded the upstream's timeout_s
-    └── AuditError             the audit store cannot write or read
+    ├── AuditError             the audit store cannot write or read
+    └── StateError             the state store (rate-limit counters, …) cannot answer
 
 A policy *deny* is not an error: it is a :class:`mcp_guard.types.Decision` value.
 """
@@ -22,6 +23,7 @@ __all__ = [
     "MCPGuardError",
     "PolicyError",
     "SecretError",
+    "StateError",
     "UpstreamError",
     "UpstreamTimeout",
 ]
@@ -68,3 +70,15 @@ class UpstreamTimeout(UpstreamError):
 
 class AuditError(MCPGuardError):
     """The audit store cannot write (or read) events."""
+
+
+class StateError(MCPGuardError):
+    """The state store (:mod:`mcp_guard.state`) cannot answer: unreachable, unwritable or too slow.
+
+    Whatever needed the state fails closed (a call is denied with ``state_unavailable``). ``cause`` is the
+    short reason without paths or addresses (``database is locked``, ``timed out after 1000 ms``), fit to
+    be told to a client; the message names the store for the operator's log."""
+
+    def __init__(self, message: str, *, cause: str) -> None:
+        self.cause = cause
+        super().__init__(message)

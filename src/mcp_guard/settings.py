@@ -84,8 +84,11 @@ class AuditSettings(_Strict):
     # Where the audit log lives (mcp_guard.audit.open_sink / open_reader); "sqlite": the file at `path`.
     backend: Literal["sqlite"] = "sqlite"
     path: str = "mcp-guard-audit.db"
-    # Tool pins and pending definition changes (kept apart so the audit log stays append-only).
+    # Tool pins, pending definition changes and rate-limit counters (kept apart so the audit log stays
+    # append-only); shared by every mcp-guard process using the same file.
     state_path: str = "mcp-guard-state.db"
+    # Longest wait for the state store per operation; past it the call is denied (state_unavailable).
+    state_timeout_ms: Annotated[int, Field(gt=0, le=60_000)] = 1000
     batch_max: Annotated[int, Field(gt=0)] = 256
     queue_max: Annotated[int, Field(gt=0)] = 10_000
 

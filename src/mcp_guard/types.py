@@ -56,6 +56,8 @@ class ReasonCode(StrEnum):
     SECRET_NOT_GRANTED = "secret_not_granted"  # the upstream's injected credentials are not all granted
     OBLIGATION_UNKNOWN = "obligation_unknown"  # the decision carries an obligation no handler knows
     OBLIGATION_INVALID = "obligation_invalid"  # a known obligation whose value is malformed
+    RATE_LIMITED = "rate_limited"  # a limit of obligations.rate_limit has no room ("retry after N s")
+    STATE_UNAVAILABLE = "state_unavailable"  # the state store (rate-limit counters) cannot answer
 
 
 class EventKind(StrEnum):
@@ -152,8 +154,9 @@ class PolicyInput:
     arguments: Mapping[str, Any] = field(default_factory=dict)
     tool_info: ToolInfo | None = None
     time: str = field(default_factory=utc_now)
-    session_calls: int = 0
     secrets_seen: tuple[str, ...] = ()  # kinds of secret-looking values found in the arguments
+    # Rate-limit key → hits in its window now, for the keys the bundle declares (mcp_guard.pipeline.ratelimit).
+    usage: Mapping[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         doc: dict[str, Any] = {
@@ -165,8 +168,8 @@ class PolicyInput:
             "arguments": dict(self.arguments),
             "context": {
                 "time": self.time,
-                "session_calls": self.session_calls,
                 "secrets_seen": list(self.secrets_seen),
+                "usage": dict(self.usage),
             },
         }
         if self.tool_info is not None:

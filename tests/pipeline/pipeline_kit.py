@@ -14,6 +14,7 @@ from mcp_guard.pipeline.chain import build_chain
 from mcp_guard.pipeline.context import CallContext, CallNext
 from mcp_guard.pipeline.secret_source import NO_SECRETS, SecretSource
 from mcp_guard.settings import Settings, parse_settings
+from mcp_guard.state import MemoryState, StateStore
 from mcp_guard.testing import RecordingUpstream
 from mcp_guard.types import Principal, SessionInfo
 from mcp_guard.upstream.registry import Registry
@@ -44,10 +45,13 @@ def pipeline(
     secrets: SecretSource = NO_SECRETS,
     settings: Settings = SETTINGS,
     upstream: RecordingUpstream | None = None,
+    state: StateStore | None = None,
 ) -> tuple[CallNext, RecordingUpstream]:
     """``(call, upstream)``: every stage build_pipeline uses, in its order, in front of ``upstream``."""
     up = upstream or RecordingUpstream()
-    stages = pipeline_stages(engine=engine, sink=sink, registry=registry(settings), secrets=secrets)
+    stages = pipeline_stages(
+        engine=engine, sink=sink, registry=registry(settings), secrets=secrets, state=state or MemoryState()
+    )
     return build_chain(stages, up), up
 
 

@@ -19,6 +19,7 @@ import mcp_guard.pipeline.build as build
 from guard_harness import client_of, make_settings, read_log, recorder_upstream, running_guard, text_of
 from mcp_guard.app import Guard
 from mcp_guard.pipeline.secret_source import NO_SECRETS
+from mcp_guard.state import MemoryState
 from mcp_guard.testing import FunctionEngine, RecordingSink, allow_all
 from mcp_guard.types import AuditEvent, Decision, EventKind, ReasonCode
 
@@ -33,7 +34,9 @@ def test_the_documented_order_is_the_built_order() -> None:
     drawn = re.search(r"::\n\n(.*?)\n\n", build.__doc__, re.S)
     assert drawn is not None
     documented = [name.strip() for name in drawn.group(1).replace("\n", " ").split("→")]
-    stages = build.pipeline_stages(engine=allow_all(), sink=RecordingSink(), registry=registry(), secrets=NO_SECRETS)
+    stages = build.pipeline_stages(
+        engine=allow_all(), sink=RecordingSink(), registry=registry(), secrets=NO_SECRETS, state=MemoryState()
+    )
     assert documented == [type(s).__name__ for s in stages] + ["Forward"]
 
 

@@ -11,10 +11,11 @@ from pipeline_kit import call_ctx, pipeline
 
 from mcp_guard.pipeline.build import obligation_handlers
 from mcp_guard.pipeline.context import CallContext, Outcome
-from mcp_guard.pipeline.obligations import ABSENT, EnforceObligations, ObligationHandler, Refusal, invalid
+from mcp_guard.pipeline.obligations import ABSENT, EnforceObligations, ObligationHandler, Refusal, Undo, invalid
 from mcp_guard.pipeline.secret_source import NO_SECRETS
 from mcp_guard.policy.bundle import load_bundle
 from mcp_guard.policy.embedded import EmbeddedEngine
+from mcp_guard.state import MemoryState
 from mcp_guard.testing import FunctionEngine, RecordingSink, RecordingUpstream
 from mcp_guard.types import Decision, EventKind, PolicyInput, Principal, ReasonCode, SessionInfo, ToolInfo
 
@@ -101,7 +102,7 @@ def test_a_key_registered_twice_is_a_wiring_error() -> None:
 
 # --------------------------------------------------------------------------- in the pipeline: recorded
 async def test_an_unknown_obligation_is_a_recorded_deny_and_no_allow_row() -> None:
-    allow = Decision(allow=True, reasons=("ok",), obligations={"rate_limit": [{"limit": 5}]}, revision="rev-9")
+    allow = Decision(allow=True, reasons=("ok",), obligations={"teleport": [{"to": "mars"}]}, revision="rev-9")
     sink = RecordingSink()
     call, upstream = pipeline(FunctionEngine(lambda _i: allow), sink)
     outcome = await call(call_ctx())
@@ -111,7 +112,7 @@ async def test_an_unknown_obligation_is_a_recorded_deny_and_no_allow_row() -> No
     (row,) = sink.events  # the deny row only: the allow was never recorded, so no call appears allowed
     assert (row.kind, row.decision) == (EventKind.CALL_DECISION, "deny")
     assert row.reasons is not None and row.reasons[0] == ReasonCode.OBLIGATION_UNKNOWN
-    assert "'rate_limit'" in row.reasons[1]
+    assert "'teleport'" in row.reasons[1]
     assert row.decision_id == outcome.decision.decision_id and row.policy_revision == "rev-9"
 
 
@@ -151,8 +152,47 @@ async def test_every_obligation_the_default_bundle_emits_has_a_handler(
         )
     )
     assert d.allow is True, d.reasons
-    known = {h.name for h in obligation_handlers(NO_SECRETS)}
+    handlers = obligation_handlers(NO_SECRETS, MemoryState())
+    known = {h.name for h in handlers}
     assert set(d.obligations) <= known, f"the default bundle emits {sorted(set(d.obligations) - known)}"
+    assert "rate_limit" in d.obligations  # the default bundle limits every principal per tool
     ctx = replace(call_ctx(server=server, tool=tool), decision=d)
-    outcome, upstream = await _run(obligation_handlers(NO_SECRETS), ctx)
+    outcome, upstream = await _run(handlers, ctx)
     assert not outcome.denied and len(upstream.seen) == 1
+
+
+# --------------------------------------------------------------------------- undo
+@dataclass
+class _Counts:
+    """A handler with an effect (like the rate limiter): it counts the call and can take it back."""
+
+    name: str = "counts"
+    always: bool = True
+    counted: int = 0
+
+    async def enforce(self, ctx: CallContext, value: object) -> Refusal | Undo | None:
+        self.counted += 1
+
+        async def take_back() -> None:
+            self.counted -= 1
+
+        return Undo(take_back)
+
+
+async def test_an_effect_stays_when_the_call_is_forwarded() -> None:
+    counts = _Counts()
+    outcome, upstream = await _run([counts], _allowed())
+    assert not outcome.denied and len(upstream.seen) == 1 and counts.counted == 1
+
+
+async def test_an_effect_is_taken_back_when_a_later_handler_refuses() -> None:
+    counts = _Counts()
+    outcome, upstream = await _run([counts, _Handler("n", limit=0)], _allowed(n=1))
+    assert outcome.denied and upstream.seen == [] and counts.counted == 0
+
+
+async def test_an_effect_is_taken_back_when_the_allow_cannot_be_recorded() -> None:
+    counts = _Counts()
+    not_recorded = Outcome.fail_closed(Decision(allow=True), ReasonCode.AUDIT_UNAVAILABLE, "store down")
+    outcome = await EnforceObligations([counts])(_allowed(), RecordingUpstream(not_recorded))
+    assert outcome.denied and counts.counted == 0

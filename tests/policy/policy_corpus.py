@@ -29,7 +29,7 @@ def make_input(
     annotations: Any = None,
     suspicious: Any = None,
     secrets_seen: Any = None,
-    session_calls: Any = 1,
+    usage: Any = None,
 ) -> dict[str, Any]:
     return {
         "action": action,
@@ -44,7 +44,7 @@ def make_input(
             "pinned": True,
             "suspicious": suspicious or [],
         },
-        "context": {"time": "2026-11-25T12:00:00Z", "session_calls": session_calls, "secrets_seen": secrets_seen or []},
+        "context": {"time": "2026-11-25T12:00:00Z", "secrets_seen": secrets_seen or [], "usage": usage or {}},
     }
 
 
@@ -219,7 +219,7 @@ def _build() -> list[tuple[str, dict[str, Any]]]:
     add("list resources", make_input("alice", "tickets", "ticket://recent", action="resources/list"))
     add("list templates", make_input("alice", "tickets", "ticket://{id}", action="resources/templates/list"))
     add("list prompts bob", make_input("bob", "tickets", "triage", action="prompts/list"))
-    add("list at session limit", make_input("alice", "tickets", "get_ticket", action="tools/list", session_calls=5000))
+    add("list with usage", make_input("alice", "tickets", "get_ticket", action="tools/list", usage={"x": 5000}))
     # caller and request edge cases
     add("no roles", make_input("mallory", "tickets", "list_tickets", annotations=RO))
     add("roles from input", make_input("dave", "warehouse", "list_tables", roles=["analyst"], annotations=RO))
@@ -245,11 +245,14 @@ def _build() -> list[tuple[str, dict[str, Any]]]:
             "alice", "tickets", "create_ticket", {"title": "t", "body": "AKIA..."}, secrets_seen=["aws_access_key"]
         ),
     )
-    add("session limit", make_input("alice", "tickets", "get_ticket", {"id": 1}, annotations=RO, session_calls=1000))
+    # rate limits: the obligation's keys (built with concat, the same in both engines) and usage input
     add(
-        "session calls not number",
-        make_input("alice", "tickets", "get_ticket", {"id": 1}, annotations=RO, session_calls="many"),
+        "rate limit usage",
+        make_input("alice", "tickets", "get_ticket", {"id": 1}, annotations=RO, usage={"tool_calls|alice": 9}),
     )
+    add("usage not object", make_input("alice", "tickets", "get_ticket", {"id": 1}, annotations=RO, usage="many"))
+    add("rate key with separators", make_input("a|{server}", "time", "get_current_time", annotations=RO))
+    add("rate limit on a resource read", make_input("alice", "tickets", "ticket://1", action="resources/read"))
     add(
         "annotations not object",
         make_input("alice", "tickets", "delete_ticket", {"id": 1}, annotations=["destructiveHint"]),

@@ -46,7 +46,10 @@ async def test_default_bundle_allows_with_obligations() -> None:
     d = await engine.evaluate(request)
     assert d.allow is True and d.code is None
     assert d.reasons == ("role 'support' allows tickets__get_ticket",)
-    assert d.obligations == {"secrets": ["tickets_token"]}
+    assert d.obligations == {
+        "secrets": ["tickets_token"],
+        "rate_limit": [{"key": "tool_calls|alice|tickets|get_ticket", "limit": 300, "window_s": 60}],
+    }
     assert d.revision == engine.revision == load_bundle(BUNDLE).revision
 
 

@@ -22,7 +22,7 @@ def doc(principal: str, server: str, tool: str, annotations: dict[str, bool], **
         "tool": tool,
         "arguments": arguments,
         "tool_info": {"annotations": annotations},
-        "context": {"session_calls": 1},
+        "context": {"usage": {}},
     }
 
 
@@ -45,7 +45,10 @@ def test_eval_allow_exit_0(tmp_path: Path, config: Path, capsys: pytest.CaptureF
     rc, out, _ = run(capsys, "policy", "eval", "--config", str(config), "--input", str(f))
     result = json.loads(out)
     assert rc == 0 and result["allow"] is True
-    assert result["obligations"] == {"secrets": ["tickets_token"]}
+    assert result["obligations"] == {
+        "secrets": ["tickets_token"],
+        "rate_limit": [{"key": "tool_calls|alice|tickets|get_ticket", "limit": 300, "window_s": 60}],
+    }
     assert len(result["revision"]) == 64 and result["code"] is None
 
 

@@ -36,4 +36,5 @@ not_granted_reason := sprintf("no role of principal '%s' allows %s", [principal_
 
 # Obligations the proxy must honour on an allowed request:
 #   secrets: the names of the configured secrets the call may use (union over matching grants).
-obligations := {"secrets": sort(granted_secrets)}
+#   rate_limit: the limits that apply to the call (limits.rego), when any does.
+obligations := object.union({"secrets": sort(granted_secrets)}, rate_limit_obligation)

@@ -14,7 +14,10 @@ test_allow_has_reason_and_obligations if {
 	d := decision with input as call_ro("alice", "tickets", "list_tickets", {})
 	d.allow == true
 	d.reasons == ["role 'support' allows tickets__list_tickets"]
-	d.obligations == {"secrets": ["tickets_token"]}
+	d.obligations == {
+		"secrets": ["tickets_token"],
+		"rate_limit": [{"key": "tool_calls|alice|tickets|list_tickets", "limit": 300, "window_s": 60}],
+	}
 }
 
 test_deny_has_empty_obligations if {

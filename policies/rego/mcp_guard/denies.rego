@@ -93,14 +93,3 @@ deny contains msg if {
 	glob_any(object.get(b, "tools", []), tool)
 	msg := sprintf("%s is blocked for everyone: %s", [target, object.get(b, "reason", "listed in blocked")])
 }
-
-# A per-session budget of calls (data: "limits": {"max_session_calls": N}); listing is not counted.
-deny contains msg if {
-	not is_list_action
-	limit := object.get(config, ["limits", "max_session_calls"], null)
-	is_number(limit)
-	calls := object.get(input, ["context", "session_calls"], 0)
-	is_number(calls)
-	calls >= limit
-	msg := sprintf("this session has made %d calls, the limit is %d; start a new session", [calls, limit])
-}

@@ -59,11 +59,3 @@ test_missing_server_or_target_denied if {
 	denied_with(request("tools/call", "local-agent", [], null, "echo", {}, {}), "names no upstream server")
 	denied_with(request("tools/call", "local-agent", [], "everything", null, {}, {}), "names no tool")
 }
-
-test_session_call_limit if {
-	inp := object.union(call("alice", "tickets", "get_ticket", {"id": 1}), {"context": {"session_calls": 1000}})
-	denied_with(inp, "this session has made 1000 calls, the limit is 1000")
-	allowed(object.union(inp, {"context": {"session_calls": 999}}))
-	# listing is not a call
-	allowed(object.union(inp, {"action": "tools/list", "arguments": {}}))
-}

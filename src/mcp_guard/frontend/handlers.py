@@ -147,7 +147,6 @@ class Handlers:
             arguments=arguments,
             request=request,
             tool_info=tool_info,
-            session_calls=sess.calls,
             progress=channel.progress if wants_progress else None,
             timeout_s=up.timeout_s if up else None,
             downstream=channel,

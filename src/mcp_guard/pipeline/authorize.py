@@ -1,21 +1,38 @@
-"""The authorize stage: nothing reaches an upstream without an explicit allow from policy."""
+"""The authorize stage: nothing reaches an upstream without an explicit allow from policy.
+
+Before asking the policy it reads ``context.usage`` (rate-limit usage of the keys the bundle declares,
+:class:`~mcp_guard.pipeline.ratelimit.DeclaredUsage`); if that read fails the call is denied
+``state_unavailable`` without asking the policy — a tiered rule must not see a usage it does not have.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import replace
 from typing import Protocol
 
-from mcp_guard.pipeline.context import CallContext, CallNext, Outcome
-from mcp_guard.types import Decision, PolicyInput
+import structlog
 
-__all__ = ["Authorize", "Evaluator", "policy_input"]
+from mcp_guard.errors import StateError
+from mcp_guard.pipeline.context import CallContext, CallNext, Outcome
+from mcp_guard.types import Decision, PolicyInput, ReasonCode
+
+__all__ = ["Authorize", "Evaluator", "UsageSource", "policy_input"]
+
+log = structlog.get_logger("mcp_guard.authorize")
 
 
 class Evaluator(Protocol):
     async def evaluate(self, input: PolicyInput) -> Decision: ...
 
 
-def policy_input(ctx: CallContext) -> PolicyInput:
+class UsageSource(Protocol):
+    """``context.usage`` for a call: ``{rate-limit key: hits in its window}``. May raise StateError."""
+
+    async def usage(self, ctx: CallContext) -> Mapping[str, int]: ...
+
+
+def policy_input(ctx: CallContext, usage: Mapping[str, int] | None = None) -> PolicyInput:
     return PolicyInput(
         action=ctx.action,
         principal=ctx.principal,
@@ -24,8 +41,8 @@ def policy_input(ctx: CallContext) -> PolicyInput:
         tool=ctx.target,
         arguments=ctx.arguments,
         tool_info=ctx.tool_info,
-        session_calls=ctx.session_calls,
         secrets_seen=ctx.secrets_seen,
+        usage=usage or {},
     )
 
 
@@ -34,11 +51,18 @@ class Authorize:
     explicit ``allow: true``, given the context with ``decision`` set to that allow. The allow also travels
     back on the outcome (``Outcome.decision``) so the outcome row names the decision that let the call run."""
 
-    def __init__(self, engine: Evaluator) -> None:
+    def __init__(self, engine: Evaluator, usage: UsageSource | None = None) -> None:
         self._engine = engine
+        self._usage = usage
 
     async def __call__(self, ctx: CallContext, call_next: CallNext) -> Outcome:
-        decision = await self._engine.evaluate(policy_input(ctx))
+        try:
+            usage = await self._usage.usage(ctx) if self._usage is not None else {}
+        except StateError as e:
+            log.error("ratelimit.state_unavailable", error=str(e), call_id=ctx.call_id, stage="usage")
+            detail = f"the rate-limit usage of this call cannot be read ({e.cause}); an uncountable call is refused"
+            return Outcome(decision=Decision.deny(ReasonCode.STATE_UNAVAILABLE, detail))
+        decision = await self._engine.evaluate(policy_input(ctx, usage))
         if decision.allow is not True:
             return Outcome(decision=decision)
         outcome = await call_next(replace(ctx, decision=decision))

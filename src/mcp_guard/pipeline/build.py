@@ -11,7 +11,9 @@ Every request that targets an upstream runs through these stages, outermost firs
   summary or the error) before the client is answered; withholds a result it cannot record.
 * :class:`~mcp_guard.pipeline.pins.PinCheck` — ``tool_changed`` for a changed, unapproved tool; before
   the policy, so that is the reason whatever the policy would say.
-* :class:`~mcp_guard.pipeline.authorize.Authorize` — nothing goes further without ``allow: true``.
+* :class:`~mcp_guard.pipeline.authorize.Authorize` — nothing goes further without ``allow: true``; the
+  policy input carries ``context.usage`` for the rate-limit keys the bundle declares
+  (:class:`~mcp_guard.pipeline.ratelimit.DeclaredUsage`).
 * :class:`~mcp_guard.pipeline.obligations.EnforceObligations` — every obligation of the allow is
   enforced by its handler (:func:`obligation_handlers`) or the call is denied; before the allow is
   recorded, so a refused call has a deny row and no allow row.
@@ -27,40 +29,54 @@ documents what comes back out.
 from __future__ import annotations
 
 from mcp_guard.pipeline.audit import EventSink, RecordDecision, RecordOutcome
-from mcp_guard.pipeline.authorize import Authorize, Evaluator
+from mcp_guard.pipeline.authorize import Authorize, Evaluator, UsageSource
 from mcp_guard.pipeline.chain import build_chain
 from mcp_guard.pipeline.context import CallNext, Interceptor
 from mcp_guard.pipeline.forward import Forward
 from mcp_guard.pipeline.obligations import EnforceObligations, ObligationHandler
 from mcp_guard.pipeline.pins import PinCheck
+from mcp_guard.pipeline.ratelimit import DeclaredUsage, RateLimitObligation, bundle_data_of
 from mcp_guard.pipeline.redact import Redact
 from mcp_guard.pipeline.secret_source import SecretSource
 from mcp_guard.pipeline.secrets import InspectArguments, SecretsObligation
+from mcp_guard.state.base import StateStore
 from mcp_guard.upstream.registry import Registry
 
-__all__ = ["build_pipeline", "obligation_handlers", "pipeline_stages"]
+__all__ = ["build_pipeline", "obligation_handlers", "pipeline_stages", "usage_source"]
 
 
-def obligation_handlers(secrets: SecretSource) -> list[ObligationHandler]:
-    """Every obligation mcp-guard enforces, in the order they run; a key not handled here is a deny."""
-    return [SecretsObligation(secrets)]
+def obligation_handlers(secrets: SecretSource, state: StateStore) -> list[ObligationHandler]:
+    """Every obligation mcp-guard enforces, in the order they run; a key not handled here is a deny.
+
+    ``rate_limit`` stays last: it counts the call, so every other obligation must have let it through
+    first (a call refused by a later handler would be counted and then taken back)."""
+    return [SecretsObligation(secrets), RateLimitObligation(state)]
+
+
+def usage_source(engine: Evaluator, state: StateStore) -> UsageSource | None:
+    """``context.usage`` from the declarations in the engine's bundle; None when the engine holds no bundle."""
+    data = bundle_data_of(engine)
+    return DeclaredUsage(state, data) if data is not None else None
 
 
 def pipeline_stages(
-    *, engine: Evaluator, sink: EventSink, registry: Registry, secrets: SecretSource
+    *, engine: Evaluator, sink: EventSink, registry: Registry, secrets: SecretSource, state: StateStore
 ) -> list[Interceptor]:
     """The stages, outermost first (the order in the module docstring)."""
     return [
         InspectArguments(secrets),
         RecordOutcome(sink),
         PinCheck(registry),
-        Authorize(engine),
-        EnforceObligations(obligation_handlers(secrets)),
+        Authorize(engine, usage_source(engine, state)),
+        EnforceObligations(obligation_handlers(secrets, state)),
         RecordDecision(sink),
         Redact(secrets),
     ]
 
 
-def build_pipeline(*, engine: Evaluator, sink: EventSink, registry: Registry, secrets: SecretSource) -> CallNext:
+def build_pipeline(
+    *, engine: Evaluator, sink: EventSink, registry: Registry, secrets: SecretSource, state: StateStore
+) -> CallNext:
     """The whole pipeline: :func:`pipeline_stages` ending in :class:`~mcp_guard.pipeline.forward.Forward`."""
-    return build_chain(pipeline_stages(engine=engine, sink=sink, registry=registry, secrets=secrets), Forward(registry))
+    stages = pipeline_stages(engine=engine, sink=sink, registry=registry, secrets=secrets, state=state)
+    return build_chain(stages, Forward(registry))

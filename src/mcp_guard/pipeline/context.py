@@ -34,7 +34,6 @@ class CallContext:
     request: types.ClientRequest  # the request to forward, already de-namespaced
     tool_info: ToolInfo | None = None
     decision: Decision | None = None
-    session_calls: int = 0
     secrets_seen: tuple[str, ...] = ()
     audit_arguments: Mapping[str, Any] | None = None  # arguments with secret-looking values masked
     progress: ProgressFn | None = None

@@ -17,6 +17,13 @@ Handlers run in registration order and the first refusal stops the call. The den
 as the call's governing decision (no allow row was written yet: this stage runs before
 ``RecordDecision``), carries the policy revision, and is recorded by ``RecordOutcome`` like every deny.
 
+A handler that lets the call through *and changes shared state for it* (the rate limiter counts the
+call) returns an :class:`Undo` instead of None. The undos are run, last first, when the call is not
+forwarded after all: a later handler refuses it, or ``RecordDecision`` cannot record the allow
+(its ``audit_unavailable`` override — inside this stage nothing else stops a call before the upstream).
+A call that was forwarded keeps its effects, whatever the upstream answered; so does a cancelled call
+(it may have reached the upstream). An undo never raises: it logs its own failure.
+
 Adding an obligation = one small module with a handler class, and one entry in
 :func:`mcp_guard.pipeline.build.obligation_handlers`.
 """
@@ -24,7 +31,7 @@ Adding an obligation = one small module with a handler class, and one entry in
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import Final, Protocol
@@ -34,7 +41,7 @@ import structlog
 from mcp_guard.pipeline.context import CallContext, CallNext, Outcome
 from mcp_guard.types import Decision, ReasonCode
 
-__all__ = ["ABSENT", "EnforceObligations", "ObligationHandler", "Refusal", "invalid"]
+__all__ = ["ABSENT", "EnforceObligations", "ObligationHandler", "Refusal", "Undo", "invalid"]
 
 log = structlog.get_logger("mcp_guard.obligations")
 
@@ -55,8 +62,17 @@ class Refusal:
     detail: str
 
 
+@dataclass(frozen=True, slots=True)
+class Undo:
+    """A handler let the call through and did something for it; ``run`` takes it back if the call is not
+    forwarded after all. ``run`` never raises."""
+
+    run: Callable[[], Awaitable[None]]
+
+
 class ObligationHandler(Protocol):
-    """Enforces one obligation key. ``enforce`` returns None to let the call go on, or a :class:`Refusal`."""
+    """Enforces one obligation key. ``enforce`` returns None to let the call go on, an :class:`Undo` to let it
+    go on with an effect to take back if it is not forwarded, or a :class:`Refusal`."""
 
     @property
     def name(self) -> str:
@@ -68,7 +84,7 @@ class ObligationHandler(Protocol):
         """Run even when the key is absent (then ``value`` is :data:`ABSENT`)."""
         ...
 
-    async def enforce(self, ctx: CallContext, value: object) -> Refusal | None: ...
+    async def enforce(self, ctx: CallContext, value: object) -> Refusal | Undo | None: ...
 
 
 def invalid(name: str, expected: str, value: object) -> Refusal:
@@ -90,9 +106,12 @@ class EnforceObligations:
     async def __call__(self, ctx: CallContext, call_next: CallNext) -> Outcome:
         decision = ctx.decision
         assert decision is not None and decision.allow, "EnforceObligations runs after an allow"
-        refusal = await self._check(ctx, decision)
+        refusal, undos = await self._check(ctx, decision)
         if refusal is None:
-            return await call_next(ctx)
+            outcome = await call_next(ctx)
+            if _not_forwarded(outcome):
+                await _undo(undos)
+            return outcome
         log.warning(
             "obligation.refused",
             code=str(refusal.code),
@@ -103,14 +122,15 @@ class EnforceObligations:
         )
         return Outcome(decision=Decision.deny(refusal.code, refusal.detail, revision=decision.revision))
 
-    async def _check(self, ctx: CallContext, decision: Decision) -> Refusal | None:
+    async def _check(self, ctx: CallContext, decision: Decision) -> tuple[Refusal | None, list[Undo]]:
         unknown = sorted(set(decision.obligations) - self._known)
         if unknown:
             names = ", ".join(repr(k) for k in unknown)
             return Refusal(
                 ReasonCode.OBLIGATION_UNKNOWN,
                 f"the policy decision carries obligation(s) {names} that mcp-guard has no handler for",
-            )
+            ), []
+        undos: list[Undo] = []
         for handler in self._handlers:
             if handler.name in decision.obligations:
                 value: object = decision.obligations[handler.name]
@@ -118,7 +138,20 @@ class EnforceObligations:
                 value = ABSENT
             else:
                 continue
-            refusal = await handler.enforce(ctx, value)
-            if refusal is not None:
-                return refusal
-        return None
+            result = await handler.enforce(ctx, value)
+            if isinstance(result, Refusal):
+                await _undo(undos)
+                return result, []
+            if result is not None:
+                undos.append(result)
+        return None, undos
+
+
+def _not_forwarded(outcome: Outcome) -> bool:
+    """Whether a call the obligations let through was stopped before the upstream (RecordDecision's override)."""
+    return outcome.override is not None and outcome.override.code is ReasonCode.AUDIT_UNAVAILABLE
+
+
+async def _undo(undos: Sequence[Undo]) -> None:
+    for undo in reversed(undos):
+        await undo.run()

@@ -1,0 +1,248 @@
+"""The SQLite :class:`~mcp_guard.state.base.StateStore`: the state file (``[audit] state_path``) shared by every
+``mcp-guard`` process on the host.
+
+Tables beside the tool pins (:mod:`mcp_guard.pins.store`), in the same WAL-mode file::
+
+    rate_hits   (key, window_s, ts, hit)   one row per counted hit; primary key (key, window_s, ts, hit)
+    rate_counts (key, window_s, n)         n = rows of the bucket in rate_hits, kept in the same transactions
+
+``rate_counts`` makes the admission check O(1) whatever the limit (a bucket of 10⁶ allowed hits is not
+scanned per call); expired hits are deleted as the bucket is next used, so pruning is amortised O(1).
+
+Safety with several processes: every write (:meth:`SQLiteState.admit`, :meth:`SQLiteState.release`) is
+one ``BEGIN IMMEDIATE`` transaction — the file's write lock is taken before the first read, so two
+processes can never both see room for the last slot. Reads (:meth:`SQLiteState.usage`) are one
+snapshot. Before each operation the store checks that the path still names the file it has open
+(device and inode): if the file was replaced or removed it re-opens it, so every process counts in the
+same file, and a path that can no longer be opened (made a directory, unreadable) is an error rather
+than a silent private copy.
+
+Off the event loop: each operation is one function run in a worker thread (``anyio.to_thread``), under a
+lock (one connection per store), bounded by ``timeout_s`` — the wait for the lock, SQLite's busy timeout
+and the await all share one deadline. On timeout the await gives up (:class:`~mcp_guard.errors.StateError`)
+and the thread, if still running, rolls back instead of committing once past the deadline, so a call
+reported as failed is (but for a microsecond race) not counted either.
+
+Durability: ``synchronous = NORMAL`` in WAL mode — a power loss may forget the last few counted hits
+(never admit a call twice); a crash of the process loses nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TypeVar
+
+import anyio
+
+from mcp_guard.errors import StateError
+from mcp_guard.state.base import Admission, Bucket, Limit, Ticket, buckets_of, retry_after
+from mcp_guard.types import new_id
+
+__all__ = ["SQLiteState"]
+
+_T = TypeVar("_T")
+
+_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS rate_hits (
+        key TEXT NOT NULL, window_s REAL NOT NULL, ts REAL NOT NULL, hit TEXT NOT NULL,
+        PRIMARY KEY (key, window_s, ts, hit)) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS rate_counts (
+        key TEXT NOT NULL, window_s REAL NOT NULL, n INTEGER NOT NULL,
+        PRIMARY KEY (key, window_s)) WITHOUT ROWID""",
+)
+
+
+class _Expired(Exception):
+    """The caller's deadline passed inside the worker thread (the transaction is rolled back)."""
+
+
+class SQLiteState:
+    """The state store in one SQLite file. ``clock`` (wall-clock seconds) is injectable for tests."""
+
+    def __init__(self, path: str | Path, *, timeout_s: float = 1.0, clock: Callable[[], float] = time.time) -> None:
+        self.path = Path(path)
+        self.timeout_s = timeout_s
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._db: sqlite3.Connection | None = None
+        self._ident: tuple[int, int] | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        """Open the file (creating it and its tables); StateError if it cannot be."""
+        await self._run(lambda _db, _deadline: None, "open")
+
+    async def aclose(self) -> None:
+        with self._lock:
+            self._close()
+
+    def _close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+        self._db, self._ident = None, None
+
+    def _connection(self) -> sqlite3.Connection:
+        """The open connection, re-opened if the path no longer names the file it has open."""
+        if self._db is not None and self._ident == _identity(self.path):
+            return self._db
+        self._close()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            for stmt in _SCHEMA:
+                db.execute(stmt)
+        except BaseException:
+            db.close()
+            raise
+        self._db, self._ident = db, _identity(self.path)
+        return db
+
+    # ------------------------------------------------------------------ running one operation
+    async def _run(self, op: Callable[[sqlite3.Connection, float], _T], what: str) -> _T:
+        deadline = time.monotonic() + self.timeout_s
+        try:
+            with anyio.fail_after(self.timeout_s):
+                return await anyio.to_thread.run_sync(self._locked, op, deadline, what, abandon_on_cancel=True)
+        except TimeoutError:
+            cause = f"no answer within {self.timeout_s * 1000:.0f} ms"
+            raise StateError(f"the state store {self.path} cannot {what}: {cause}", cause=cause) from None
+
+    def _locked(self, op: Callable[[sqlite3.Connection, float], _T], deadline: float, what: str) -> _T:
+        if not self._lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            raise StateError(f"the state store {self.path} cannot {what}: busy", cause="busy")
+        try:
+            db = self._connection()
+            db.execute(f"PRAGMA busy_timeout = {max(1, int((deadline - time.monotonic()) * 1000))}")
+            return op(db, deadline)
+        except _Expired:
+            cause = f"no answer within {self.timeout_s * 1000:.0f} ms"
+            raise StateError(f"the state store {self.path} cannot {what}: {cause}", cause=cause) from None
+        except (sqlite3.Error, OSError) as e:
+            self._close()  # re-open next time: the file may have been repaired or replaced
+            cause = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+            raise StateError(f"the state store {self.path} cannot {what}: {e}", cause=cause) from e
+        finally:
+            self._lock.release()
+
+    # ------------------------------------------------------------------ counters
+    async def admit(self, limits: Sequence[Limit]) -> Admission:
+        tightest = buckets_of(limits)
+
+        def op(db: sqlite3.Connection, deadline: float) -> Admission:
+            with _immediate(db, deadline):
+                now = self._clock()  # read under the write lock: hit times follow commit order
+                counts = {b: _prune(db, b, now) for b in tightest}
+                full = tuple(lim for lim in limits if counts[lim.bucket] >= lim.limit)
+                if full:
+                    wait = max(
+                        retry_after(_nth_oldest(db, f.bucket, counts[f.bucket] - f.limit), f.window_s, now)
+                        for f in full
+                    )
+                    return Admission(False, counts, full, wait)
+                hit = new_id()
+                for (key, window_s), n in counts.items():
+                    db.execute(
+                        "INSERT INTO rate_hits (key, window_s, ts, hit) VALUES (?, ?, ?, ?)", (key, window_s, now, hit)
+                    )
+                    _set_count(db, (key, window_s), n + 1)
+                return Admission(True, {b: n + 1 for b, n in counts.items()}, ticket=Ticket(hit, now, tuple(tightest)))
+
+        return await self._run(op, "count this call")
+
+    async def release(self, ticket: Ticket) -> None:
+        def op(db: sqlite3.Connection, deadline: float) -> None:
+            with _immediate(db, deadline):
+                for key, window_s in ticket.buckets:
+                    cur = db.execute(
+                        "DELETE FROM rate_hits WHERE key=? AND window_s=? AND ts=? AND hit=?",
+                        (key, window_s, ticket.ts, ticket.hit),
+                    )
+                    if cur.rowcount:
+                        db.execute(
+                            "UPDATE rate_counts SET n = max(n - ?, 0) WHERE key=? AND window_s=?",
+                            (cur.rowcount, key, window_s),
+                        )
+
+        await self._run(op, "take back a counted call")
+
+    async def usage(self, buckets: Sequence[Bucket]) -> dict[Bucket, int]:
+        def op(db: sqlite3.Connection, _deadline: float) -> dict[Bucket, int]:
+            db.execute("BEGIN")  # one read snapshot for every bucket
+            try:
+                now = self._clock()
+                return {b: _live_count(db, b, now) for b in buckets}
+            finally:
+                db.execute("COMMIT")
+
+        return await self._run(op, "read usage")
+
+
+# ---------------------------------------------------------------------- SQL helpers (inside the thread)
+class _immediate:
+    """``BEGIN IMMEDIATE`` … ``COMMIT`` (rolled back on error, or when the caller's deadline has passed)."""
+
+    def __init__(self, db: sqlite3.Connection, deadline: float) -> None:
+        self._db, self._deadline = db, deadline
+
+    def __enter__(self) -> None:
+        self._db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is None and time.monotonic() <= self._deadline:
+            self._db.execute("COMMIT")
+            return
+        self._db.execute("ROLLBACK")
+        if exc_type is None:
+            raise _Expired
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return (st.st_dev, st.st_ino)
+
+
+def _prune(db: sqlite3.Connection, bucket: Bucket, now: float) -> int:
+    """Delete the bucket's hits that left the window; its count of hits in the window."""
+    key, window_s = bucket
+    pruned = db.execute("DELETE FROM rate_hits WHERE key=? AND window_s=? AND ts <= ?", (key, window_s, now - window_s))
+    row = db.execute("SELECT n FROM rate_counts WHERE key=? AND window_s=?", (key, window_s)).fetchone()
+    n = max(0, (int(row[0]) if row else 0) - pruned.rowcount)
+    if pruned.rowcount:
+        _set_count(db, bucket, n)
+    return n
+
+
+def _set_count(db: sqlite3.Connection, bucket: Bucket, n: int) -> None:
+    db.execute(
+        "INSERT INTO rate_counts (key, window_s, n) VALUES (?, ?, ?) "
+        "ON CONFLICT (key, window_s) DO UPDATE SET n = excluded.n",
+        (*bucket, n),
+    )
+
+
+def _nth_oldest(db: sqlite3.Connection, bucket: Bucket, n: int) -> float:
+    """The time of the bucket's ``n``-th oldest hit (0 = oldest); the hit whose expiry makes room."""
+    row = db.execute(
+        "SELECT ts FROM rate_hits WHERE key=? AND window_s=? ORDER BY ts LIMIT 1 OFFSET ?", (*bucket, max(0, n))
+    ).fetchone()
+    return float(row[0]) if row else 0.0
+
+
+def _live_count(db: sqlite3.Connection, bucket: Bucket, now: float) -> int:
+    """Hits in the window now: the bucket's count less its expired hits not yet pruned (one statement)."""
+    row = db.execute(
+        "SELECT coalesce((SELECT n FROM rate_counts WHERE key=?1 AND window_s=?2), 0)"
+        " - (SELECT count(*) FROM rate_hits WHERE key=?1 AND window_s=?2 AND ts <= ?3)",
+        (*bucket, now - bucket[1]),
+    ).fetchone()
+    return max(0, int(row[0]))

@@ -1,0 +1,168 @@
+"""SQLiteState: one file shared by several processes, and every way the file can fail is a StateError."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import anyio
+import pytest
+
+from mcp_guard.errors import StateError
+from mcp_guard.pins import PinStore
+from mcp_guard.settings import parse_settings
+from mcp_guard.state import Limit, SQLiteState, open_state
+
+pytestmark = pytest.mark.anyio
+
+SRC = Path(__file__).resolve().parents[2] / "src"
+
+_WORKER = """
+import anyio, json, sys
+from mcp_guard.state import Limit, SQLiteState
+
+async def main(path, n):
+    store = SQLiteState(path, timeout_s=30.0)
+    await store.start()
+    admitted = 0
+    for _ in range(n):
+        admitted += (await store.admit([Limit("shared", 25, 3600.0), Limit("other", 1000, 60.0)])).admitted
+    await store.aclose()
+    print(json.dumps(admitted))
+
+anyio.run(main, sys.argv[1], int(sys.argv[2]))
+"""
+
+
+def replace_with_directory(path: Path) -> None:
+    """Make the state file unusable the way an operator's mistake would: a directory where the file was."""
+    for leftover in path.parent.glob(path.name + "*"):
+        leftover.unlink()
+    path.mkdir()
+
+
+def _admitted_by_workers(path: Path, workers: int, attempts: int) -> list[int]:
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _WORKER, str(path), str(attempts)],
+            stdout=subprocess.PIPE,
+            env={"PYTHONPATH": str(SRC)},
+        )
+        for _ in range(workers)
+    ]
+    outputs = [p.communicate(timeout=120)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0] * workers
+    return [int(json.loads(o)) for o in outputs]
+
+
+async def test_several_processes_on_one_file_admit_exactly_the_limit(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    store = SQLiteState(path)
+    await store.start()  # create the tables once, as the proxy does at start
+    admitted = await anyio.to_thread.run_sync(_admitted_by_workers, path, 4, 20)
+    assert sum(admitted) == 25  # 80 attempts, 25 slots, no slot given twice
+    usage = await store.usage([("shared", 3600.0), ("other", 60.0)])
+    assert usage == {("shared", 3600.0): 25, ("other", 60.0): 25}  # all or nothing: the same 25 in both
+    await store.aclose()
+
+
+async def test_it_shares_the_file_with_the_pins(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    pins = PinStore(path)
+    store = SQLiteState(path)
+    await store.start()
+    assert (await store.admit([Limit("k", 1, 60.0)])).admitted
+    assert pins.observe("srv", "tool", "a" * 64, {"name": "tool"}).new
+    tables = {r[0] for r in sqlite3.connect(path).execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert {"rate_hits", "rate_counts", "tool_pins", "tool_pending"} <= tables
+    pins.close()
+    await store.aclose()
+
+
+async def test_a_file_replaced_by_a_directory_is_a_stated_error_and_repair_is_noticed(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    store = SQLiteState(path)
+    await store.start()
+    assert (await store.admit([Limit("k", 5, 60.0)])).admitted
+
+    replace_with_directory(path)
+    with pytest.raises(StateError) as err:
+        await store.admit([Limit("k", 5, 60.0)])
+    assert "unable to open database file" in err.value.cause and str(path) not in err.value.cause
+    assert str(path) in str(err.value)  # the operator's message names the file
+    with pytest.raises(StateError):
+        await store.usage([("k", 60.0)])
+
+    path.rmdir()  # repaired (an empty file: the counters start again)
+    assert (await store.admit([Limit("k", 5, 60.0)])).admitted
+    await store.aclose()
+
+
+async def test_a_locked_file_is_a_timeout_and_counts_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    store = SQLiteState(path, timeout_s=0.2)
+    await store.start()
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+    started = time.monotonic()
+    with pytest.raises(StateError) as err:
+        await store.admit([Limit("k", 5, 60.0)])
+    assert time.monotonic() - started < 2.0  # bounded by the store's timeout, not SQLite's default
+    assert err.value.cause in {"database is locked", "no answer within 200 ms"}
+    holder.execute("ROLLBACK")
+    holder.close()
+    assert await store.usage([("k", 60.0)]) == {("k", 60.0): 0}
+    await store.aclose()
+
+
+async def test_past_the_deadline_the_worker_rolls_back_instead_of_counting(tmp_path: Path) -> None:
+    """The await gives up at the timeout; the worker thread, still inside the transaction, must not commit."""
+    release = threading.Event()
+    entered = threading.Event()
+
+    def slow_clock() -> float:
+        if not release.is_set():
+            entered.set()
+            release.wait(30)
+        return time.time()
+
+    store = SQLiteState(tmp_path / "state.db", timeout_s=0.2, clock=slow_clock)
+    await store.start()
+    release_after_timeout = anyio.Event()
+
+    async def let_go() -> None:
+        await release_after_timeout.wait()
+        release.set()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(let_go)
+        with pytest.raises(StateError) as err:
+            await store.admit([Limit("k", 5, 60.0)])
+        assert entered.is_set() and err.value.cause == "no answer within 200 ms"
+        release_after_timeout.set()
+    # usage waits for the abandoned worker (one connection, one lock), then sees nothing counted
+    store.timeout_s = 30.0
+    assert await store.usage([("k", 60.0)]) == {("k", 60.0): 0}
+    await store.aclose()
+
+
+async def test_open_state_uses_the_state_path_and_timeout(tmp_path: Path) -> None:
+    settings = parse_settings({"audit": {"state_path": "s/state.db", "state_timeout_ms": 250}}, base_dir=str(tmp_path))
+    async with open_state(settings) as state:
+        assert isinstance(state, SQLiteState)
+        assert state.path == tmp_path / "s" / "state.db" and state.timeout_s == 0.25
+        assert (await state.admit([Limit("k", 1, 1.0)])).admitted
+    assert (tmp_path / "s" / "state.db").exists()
+
+
+async def test_open_state_on_an_unusable_path_is_a_state_error(tmp_path: Path) -> None:
+    (tmp_path / "state.db").mkdir()
+    settings = parse_settings({"audit": {"state_path": "state.db"}}, base_dir=str(tmp_path))
+    with pytest.raises(StateError, match=r"state\.db"):
+        async with open_state(settings):
+            pass
