@@ -1,15 +1,12 @@
 """The OPA backend against a real OPA server (``opa run --server``), and parity with the embedded engine.
 
-The binary comes from scripts/install-opa.sh (found via $MCP_GUARD_OPA, then ``opa`` on PATH, then the
-script's cache). Without it these tests FAIL, saying how to build it — set MCP_GUARD_SKIP_OPA=1 to
-skip them deliberately (the reason is printed in the summary).
+The binary comes from scripts/install-opa.sh (see tests/policy/opa_support.py: without it these tests
+FAIL, saying how to build it; MCP_GUARD_SKIP_OPA=1 skips them deliberately).
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -35,6 +32,7 @@ from mcp_guard.settings import parse_settings
 from mcp_guard.types import Decision
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "policy"))
+from opa_support import opa_binary
 from policy_corpus import corpus
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e, pytest.mark.opa]
@@ -42,21 +40,6 @@ pytestmark = [pytest.mark.anyio, pytest.mark.e2e, pytest.mark.opa]
 REPO = Path(__file__).resolve().parents[2]
 BUNDLE = REPO / "policies" / "rego"
 POLL_S = 0.05
-
-
-def opa_binary() -> str:
-    if os.environ.get("MCP_GUARD_SKIP_OPA") == "1":
-        pytest.skip("MCP_GUARD_SKIP_OPA=1: real OPA server tests skipped on request")
-    candidates = [os.environ.get("MCP_GUARD_OPA"), shutil.which("opa")]
-    cache = Path(os.environ.get("MCP_GUARD_CACHE", Path.home() / ".cache" / "mcp-guard"))
-    candidates.append(str(cache / "bin" / "opa"))
-    for c in candidates:
-        if c and Path(c).is_file() and os.access(c, os.X_OK):
-            return c
-    pytest.fail(
-        "no opa binary: run scripts/install-opa.sh (builds OPA from Debian source packages), "
-        "or set MCP_GUARD_OPA=/path/to/opa; MCP_GUARD_SKIP_OPA=1 skips these tests"
-    )
 
 
 def free_port() -> int:

@@ -76,6 +76,7 @@ class LintCode(StrEnum):
     IMPORT = "import"
     KEYWORD = "keyword"
     RULE_AS_VARIABLE = "rule-as-variable"
+    UNDECLARED_LOCAL = "undeclared-local"  # only with strict_locals (the default bundle's own rule)
 
 
 @dataclass(frozen=True, slots=True)
@@ -470,9 +471,12 @@ class _Ctx:
 
 
 class _Checker:
-    def __init__(self, modules: list[_Module], *, embedded: bool, table: BuiltinTable) -> None:
+    def __init__(
+        self, modules: list[_Module], *, embedded: bool, table: BuiltinTable, strict_locals: bool = False
+    ) -> None:
         self.modules = modules
         self.embedded = embedded
+        self.strict_locals = strict_locals
         self.table = table
         self.findings: list[Finding] = []
         self.defs: list[_RuleDef] = []
@@ -594,7 +598,7 @@ class _Checker:
         dynamic_free = {d.static for d in self.defs if d.kind in ("complete", "set", "function")}
         reported: set[tuple[str, ...]] = set()
         for d in self.defs:
-            for prefix in (d.static[:i] for i in range(len(d.module.package) + 1, len(d.static))):
+            for prefix in (d.static[:i] for i in range(1, len(d.static))):
                 if prefix in dynamic_free and prefix not in reported:
                     reported.add(prefix)
                     self.add(
@@ -655,7 +659,7 @@ class _Checker:
                     path.pop()
                     continue
                 if state.get(nxt) == 1:
-                    cycle = [*path[path.index(nxt):], nxt]
+                    cycle = [*path[path.index(nxt) :], nxt]
                     key = frozenset(cycle)
                     if key not in reported:
                         reported.add(key)
@@ -854,6 +858,18 @@ class _Checker:
             return target[0].arity
         return None
 
+    @staticmethod
+    def _data_path(ctx: _Ctx, name: list[str]) -> str:
+        if name[0] in ctx.module.imports:
+            return ".".join((*ctx.module.imports[name[0]], *name[1:]))
+        return ".".join(("data", *ctx.module.package, *name))
+
+    @staticmethod
+    def _arity_of(target: Builtin | list[_RuleDef] | None) -> int | None:
+        if isinstance(target, Builtin):
+            return None if target.variadic is not None else target.arity
+        return target[0].arity if target else None
+
     def _pattern_vars(self, expr: Node) -> list[tuple[str, Node]]:
         """Variables a pattern (var, array or object of patterns) would bind; ``_`` excluded."""
         tag, body = _tag(expr)
@@ -993,6 +1009,8 @@ class _Checker:
         chain = _ref_chain(target)
         root_tag, root = _tag(chain[0]) if chain else ("", {})
         ok = replaces_function = False
+        name: list[str] | None = None
+        resolved: Builtin | list[_RuleDef] | None = None
         if root_tag == "Var" and str(root["value"]) in ROOTS:
             ok = True
         else:
@@ -1000,6 +1018,16 @@ class _Checker:
             resolved = self._resolve_function(ctx, name) if name else None
             replaces_function = isinstance(resolved, Builtin) or bool(resolved)
             ok = replaces_function or bool(name and self._is_rule_or_import(ctx, name[0]))
+            if ok and not replaces_function and name:
+                full = self._data_path(ctx, name)
+                self.add(
+                    ctx.module,
+                    mod["span"],
+                    LintCode.WITH_TARGET,
+                    f"with {'.'.join(name)} as …: regorus cannot replace a rule named without its data path "
+                    f"(an error when evaluated; OPA accepts it); write with {full} as …",
+                    ctx.rule,
+                )
         if not ok:
             self.add(
                 ctx.module,
@@ -1009,8 +1037,19 @@ class _Checker:
                 ctx.rule,
             )
         replacement = _dotted(mod["as"]) if replaces_function else None
-        if replacement and scope.lookup(replacement[0]) is None and self._resolve_function(ctx, replacement):
-            return  # a function replaced by another function
+        if replacement and scope.lookup(replacement[0]) is None:
+            other = self._resolve_function(ctx, replacement)
+            if other:  # a function replaced by another function: the arities must match
+                if name and self._arity_of(resolved) != self._arity_of(other):
+                    text = ".".join(name)
+                    self.add(
+                        ctx.module,
+                        mod["span"],
+                        LintCode.ARITY,
+                        f"{text}: arity mismatch (replaced by {'.'.join(replacement)})",
+                        ctx.rule,
+                    )
+                return
         self._expr(ctx, mod["as"], scope)
 
     def _statement(self, ctx: _Ctx, expr: Node, scope: _Scope) -> None:
@@ -1090,6 +1129,8 @@ class _Checker:
             if name == "_":
                 return
             if declare or self._free(ctx, scope, name):
+                if not declare:
+                    self._undeclared_local(ctx, name, body["span"], scope)
                 scope.bound[name] = ty
                 scope.mark_used(name)
                 return
@@ -1124,6 +1165,19 @@ class _Checker:
                 body.get("span", {"line": 0, "col": 0}),
                 LintCode.TYPE,
                 f"match error: {have} here, the value is {ty}",
+                ctx.rule,
+            )
+
+    def _undeclared_local(self, ctx: _Ctx, name: str, span: Node, scope: _Scope) -> None:
+        """``strict_locals``: a new variable must be declared (``some``, ``:=``, ``some … in``), so that a
+        rule or function added later under the same name cannot take it over."""
+        if self.strict_locals and not self._declared(scope, name):
+            self.add(
+                ctx.module,
+                span,
+                LintCode.UNDECLARED_LOCAL,
+                f"var {name} is bound here without a declaration; declare it with `some {name}` so a rule named "
+                f"{name} added later cannot take it over",
                 ctx.rule,
             )
 
@@ -1289,6 +1343,15 @@ class _Checker:
             path = ctx.module.imports[name]
             if path[0] == "data":
                 self.add_dep(ctx, path[1:])
+                if self.functions_at(path[1:]):
+                    text = ".".join(path)
+                    self.add(
+                        ctx.module,
+                        span,
+                        LintCode.UNDEFINED_REF,
+                        f"undefined ref: {text} (a function used as a value)",
+                        ctx.rule,
+                    )
             return ANY
         scope.mark_used(name)
         if self._assigned_below(scope, name):
@@ -1426,6 +1489,7 @@ class _Checker:
             if name == "_" and not negated:
                 return ANY
             if not negated and self._free(ctx, scope, name):
+                self._undeclared_local(ctx, name, body["span"], scope)
                 scope.bound[name] = ANY
                 scope.mark_used(name)
                 return ANY
@@ -1732,12 +1796,19 @@ def _module(raw: Node) -> _Module | None:
     return m
 
 
-def lint_modules(raw_modules: list[Node], *, embedded: bool = True, table: BuiltinTable | None = None) -> list[Finding]:
+def lint_modules(
+    raw_modules: list[Node],
+    *,
+    embedded: bool = True,
+    strict_locals: bool = False,
+    table: BuiltinTable | None = None,
+) -> list[Finding]:
     """Check the modules of one compilation unit (as ``Engine.get_ast_as_json`` lists them).
 
-    ``embedded`` adds the findings only the embedded engine has (builtins regorus lacks)."""
+    ``embedded`` adds the findings only the embedded engine has (builtins regorus lacks);
+    ``strict_locals`` also requires every new variable to be declared (see :class:`LintCode`)."""
     modules = [m for m in (_module(r) for r in raw_modules) if m is not None]
-    checker = _Checker(modules, embedded=embedded, table=table or builtin_table())
+    checker = _Checker(modules, embedded=embedded, table=table or builtin_table(), strict_locals=strict_locals)
     checker.collect()
     for m in modules:
         for alias in m.imports:
@@ -1761,9 +1832,9 @@ def _import_alias(m: _Module, imp: Node) -> str:
     return m.text(imp["as"]) if imp.get("as") else path[-1]
 
 
-def lint_ast(ast_json: str, *, embedded: bool = True) -> list[Finding]:
+def lint_ast(ast_json: str, *, embedded: bool = True, strict_locals: bool = False) -> list[Finding]:
     """:func:`lint_modules` on the JSON text ``regorus.Engine.get_ast_as_json()`` returns."""
-    return lint_modules(json.loads(ast_json), embedded=embedded)
+    return lint_modules(json.loads(ast_json), embedded=embedded, strict_locals=strict_locals)
 
 
 class PolicyCheckError(PolicyError):
