@@ -374,7 +374,7 @@ class _RuleDef:
         return f"{self.module.file}:{self.line}"
 
 
-def _ref_chain(expr: Node) -> tuple[Node, list[tuple[Any, Node | None]]] | None:
+def _ref_chain(expr: Node) -> tuple[Node, list[tuple[Any, Node | None]]]:
     """``a.b[c]`` → (the root node, [(segment, index expr or None)]); a constant segment is its value,
     a non-constant one is ``_NO_KEY`` with its expression."""
     segments: list[tuple[Any, Node | None]] = []
@@ -397,10 +397,7 @@ def _ref_chain(expr: Node) -> tuple[Node, list[tuple[Any, Node | None]]] | None:
 
 
 def _head_path(refr: Node) -> tuple[str | None, ...]:
-    chain = _ref_chain(refr)
-    if chain is None:  # pragma: no cover - the parser only produces refs here
-        return ()
-    root, segments = chain
+    root, segments = _ref_chain(refr)
     tag, body = _tag(root)
     first = str(body.get("value")) if tag == "Var" else "?"
     return (first, *(str(s) if s is not _NO_KEY and isinstance(s, str) else None for s, _ in segments))
@@ -408,10 +405,7 @@ def _head_path(refr: Node) -> tuple[str | None, ...]:
 
 def _dotted(expr: Node) -> list[str] | None:
     """``glob.match`` / ``data.x.f`` as segments, or None if the call target is not a plain dotted name."""
-    chain = _ref_chain(expr)
-    if chain is None:  # pragma: no cover
-        return None
-    root, segments = chain
+    root, segments = _ref_chain(expr)
     tag, body = _tag(root)
     if tag != "Var" or any(s is _NO_KEY or not isinstance(s, str) for s, _ in segments):
         return None
@@ -724,11 +718,9 @@ class _Checker:
             self._expr(ctx, arg, scope)
 
     def _check_head(self, ctx: _Ctx, htag: str, head: Node, scope: _Scope, assign: Node | None) -> Ty:
-        chain = _ref_chain(head["refr"])
-        if chain is not None:
-            for _, index in chain[1]:
-                if index is not None:
-                    self._expr(ctx, index, scope)
+        for _, index in _ref_chain(head["refr"])[1]:
+            if index is not None:
+                self._expr(ctx, index, scope)
         if htag == "Set" and head.get("key") is not None:
             return SetT(self._expr(ctx, head["key"], scope))
         if assign is not None:
@@ -860,8 +852,6 @@ class _Checker:
 
     @staticmethod
     def _data_path(ctx: _Ctx, name: list[str]) -> str:
-        if name[0] in ctx.module.imports:
-            return ".".join((*ctx.module.imports[name[0]], *name[1:]))
         return ".".join(("data", *ctx.module.package, *name))
 
     @staticmethod
@@ -1006,8 +996,7 @@ class _Checker:
 
     def _with(self, ctx: _Ctx, mod: Node, scope: _Scope) -> None:
         target = mod["refr"]
-        chain = _ref_chain(target)
-        root_tag, root = _tag(chain[0]) if chain else ("", {})
+        root_tag, root = _tag(_ref_chain(target)[0])
         ok = replaces_function = False
         name: list[str] | None = None
         resolved: Builtin | list[_RuleDef] | None = None
@@ -1018,7 +1007,7 @@ class _Checker:
             resolved = self._resolve_function(ctx, name) if name else None
             replaces_function = isinstance(resolved, Builtin) or bool(resolved)
             ok = replaces_function or bool(name and self._is_rule_or_import(ctx, name[0]))
-            if ok and not replaces_function and name:
+            if ok and not replaces_function and name and name[0] in self.package_names(ctx.module):
                 full = self._data_path(ctx, name)
                 self.add(
                     ctx.module,
@@ -1384,9 +1373,7 @@ class _Checker:
         return self._rule_type(path)
 
     def _ref(self, ctx: _Ctx, expr: Node, scope: _Scope, *, negated: bool) -> Ty:
-        chain = _ref_chain(expr)
-        assert chain is not None
-        root, segments = chain
+        root, segments = _ref_chain(expr)
         rtag, rbody = _tag(root)
         ty: Ty
         static_path: list[str] | None = None
@@ -1423,8 +1410,8 @@ class _Checker:
                 static_path.append(seg)
                 consumed += 1
             self.add_dep(ctx, static_path)
-            ty, consumed = self._data_type(ctx, static_path, consumed, rbody["span"])
-        text_parts = [self._root_text(root, static_path, consumed)]
+            ty = self._data_type(ctx, static_path, rbody["span"])
+        text_parts = [self._root_text(root, static_path)]
         for seg, index in segments[consumed:]:
             if index is not None:
                 key_ty = self._index(ctx, index, scope, negated=negated)
@@ -1447,13 +1434,14 @@ class _Checker:
             ty = nxt
         return ty
 
-    def _root_text(self, root: Node, static_path: list[str] | None, consumed: int) -> str:
+    @staticmethod
+    def _root_text(root: Node, static_path: list[str] | None) -> str:
         if static_path is not None:
             return "data." + ".".join(static_path) if static_path else "data"
         tag, body = _tag(root)
         return str(body["value"]) if tag == "Var" else f"<{tag.lower()}>"
 
-    def _data_type(self, ctx: _Ctx, path: list[str], consumed: int, span: Node) -> tuple[Ty, int]:
+    def _data_type(self, ctx: _Ctx, path: list[str], span: Node) -> Ty:
         """The type of ``data.<path>``: a rule's when the path names a (single-segment) rule."""
         for pkg, names in self.by_package.items():
             n = len(pkg)
@@ -1468,7 +1456,7 @@ class _Checker:
                         f"undefined ref: data.{'.'.join(full)} (a function used as a value)",
                         ctx.rule,
                     )
-                    return ANY, consumed
+                    return ANY
                 ty = self._rule_type(full)
                 for seg in path[n + 1 :]:
                     nxt = select(ty, seg, STRING)
@@ -1476,10 +1464,10 @@ class _Checker:
                         self.add(
                             ctx.module, span, LintCode.UNDEFINED_REF, f"undefined ref: data.{'.'.join(path)}", ctx.rule
                         )
-                        return ANY, consumed
+                        return ANY
                     ty = nxt
-                return ty, consumed
-        return ANY, consumed
+                return ty
+        return ANY
 
     def _index(self, ctx: _Ctx, index: Node, scope: _Scope, *, negated: bool) -> Ty:
         """A non-constant ref index: a new variable there is bound (not inside ``not``)."""
