@@ -100,6 +100,15 @@ class EmbeddedEngine:
     def rule(self) -> str:
         return self._rule
 
+    @property
+    def ready(self) -> bool:
+        """Always: a loaded bundle is compiled in-process (a bundle that cannot load never starts)."""
+        return True
+
+    @property
+    def problem(self) -> str | None:
+        return None
+
     def _check_rule_exists(self) -> None:
         package = self._rule.rsplit(".", 1)[0]
         if package not in self._engine.get_packages():
