@@ -461,6 +461,16 @@ BROKEN: list[BrokenBundle] = [
         why="only rego.v1 exists",
     ),
     broken(
+        "unknown-future-keyword",
+        """
+        import future.keywords.when  # <- here
+        """,
+        code="import",
+        rule=None,
+        effect="load-only",
+        why="future.keywords has contains, every, if and in",
+    ),
+    broken(
         "duplicate-import-alias",
         """
         import data.site.roles

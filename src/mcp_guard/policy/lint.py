@@ -10,8 +10,9 @@ OPA's compiler that regorus skips or only does when a rule happens to be evaluat
 
 * name resolution: a function used as a value; a ``some`` variable named like a rule or import (OPA
   declares a new local, regorus reads the rule); an import alias that is also a rule (OPA and regorus
-  pick different ones); ``input``/``data`` shadowed by arguments, ``some`` or imports; a called
-  function shadowed by a local variable; keywords as package segments; ``import rego.vN``;
+  pick different ones); ``with rule as …`` on a bare rule name (regorus cannot replace it);
+  ``input``/``data`` shadowed by arguments, ``some`` or imports; a called function shadowed by a local
+  variable; a keyword after a dot (``input.default``); ``import rego.vN``; duplicate import aliases;
 * safety: variables used but bound nowhere (also inside ``not``, comprehensions, ``every``, ``with``
   values and rule heads), ``_`` where a value is needed, declared-but-unused ``some``/``every``
   variables, ``:=`` after a use or a declaration of the same name, ``:=`` to a non-variable;
@@ -112,6 +113,7 @@ KEYWORDS = frozenset(
     | {"some", "true", "with"}
 )
 ROOTS = frozenset({"input", "data"})
+FUTURE_KEYWORDS = frozenset({"contains", "every", "if", "in"})
 _ARITH_BUILTIN = {"Add": "plus", "Sub": "minus", "Mul": "mul", "Div": "div", "Mod": "rem"}
 _SET_OPS = {"Union": "or", "Intersection": "and"}
 
@@ -534,6 +536,14 @@ class _Checker:
             if path[:1] == ["rego"] and path != ["rego", "v1"]:
                 self.add(m, span, LintCode.IMPORT, f"invalid import `{text}`, must be `rego.v1`")
                 continue
+            if path[:1] == ["future"] and not _valid_future_import(path):
+                self.add(
+                    m,
+                    span,
+                    LintCode.IMPORT,
+                    f"invalid import `{text}`: the future keywords are {', '.join(sorted(FUTURE_KEYWORDS))}",
+                )
+                continue
             if path[:1] not in (["data"], ["input"]):
                 continue
             alias = m.text(imp["as"]) if imp.get("as") else path[-1]
@@ -939,7 +949,8 @@ class _Checker:
             self.add(ctx.module, span, LintCode.REDECLARED_VAR, f"var {name} referenced above", ctx.rule)
         elif how == "some" and name in scope.some_vars:
             self.add(ctx.module, span, LintCode.REDECLARED_VAR, f"var {name} declared above", ctx.rule)
-        scope.declared[name] = how
+        if how != "every":  # every's variables belong to its own body, not to this query
+            scope.declared[name] = how
 
     def describe_name(self, module: _Module, name: str) -> str:
         defs = self.package_names(module).get(name)
@@ -1743,6 +1754,11 @@ def _children(body: Node) -> Iterator[Node]:
                     for part in item:
                         if isinstance(part, dict) and _tag(part)[0]:
                             yield part
+
+
+def _valid_future_import(path: list[str]) -> bool:
+    """``future.keywords`` or ``future.keywords.<keyword>`` (no-ops in Rego v1, still parsed)."""
+    return path[:2] == ["future", "keywords"] and (len(path) == 2 or (len(path) == 3 and path[2] in FUTURE_KEYWORDS))
 
 
 def _dot_keywords(node: Any) -> Iterator[tuple[Node, str]]:
