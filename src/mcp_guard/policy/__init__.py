@@ -26,6 +26,8 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from functools import partial
+from typing import Any
 
 import anyio
 import structlog
@@ -91,7 +93,7 @@ async def _open_engine(
     gate = p.run_tests_on_start if run_tests is None else run_tests
     engine: RegoEngine
     apply: Callable[[Bundle], Awaitable[None]]
-    maintain: Callable[[], Coroutine[None, None, None]] | None = None
+    maintain: Callable[[], Coroutine[Any, Any, None]] | None = None
     async with AsyncExitStack() as stack:
         if p.engine == "embedded":
             bundle = load_bundle(root)
@@ -127,11 +129,7 @@ async def _open_engine(
                     await on_reload(ReloadEvent("loaded", source, opa.revision, opa.revision))
 
             engine, revision, apply = opa, opa.revision, opa.install
-
-            async def maintain_opa() -> None:
-                await opa.maintain(recovered)
-
-            maintain = maintain_opa
+            maintain = partial(opa.maintain, recovered)  # reconnects whenever OPA has gone away
         stack.push_async_callback(engine.aclose)
         watching = (p.hot_reload if watch is None else watch) and (p.engine == "embedded" or p.push_bundle)
         async with anyio.create_task_group() as tg:
