@@ -77,6 +77,7 @@ class PolicySettings(_Strict):
     timeout_ms: Annotated[int, Field(gt=0, le=60_000)] = 250
     push_bundle: bool = False  # opa: upload the bundle's policies and data.json on start
     hot_reload: bool = True  # re-load the bundle when its files change
+    run_tests_on_start: bool = True  # a bundle whose test_* rules fail does not start (exit 2)
     run_tests_on_reload: bool = True  # a bundle whose test_* rules fail is rejected
 
 

@@ -1,16 +1,14 @@
 """The OPA backend against a real OPA server (``opa run --server``), and parity with the embedded engine.
 
-The binary comes from scripts/install-opa.sh (found via $MCP_GUARD_OPA, then ``opa`` on PATH, then the
-script's cache). Without it these tests FAIL, saying how to build it — set MCP_GUARD_SKIP_OPA=1 to
-skip them deliberately (the reason is printed in the summary).
+The binary comes from scripts/install-opa.sh (see tests/policy/opa_support.py: without it these tests
+FAIL, saying how to build it; MCP_GUARD_SKIP_OPA=1 skips them deliberately).
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -25,6 +23,7 @@ import anyio
 import pytest
 
 import mcp_guard.policy as policy
+import mcp_guard.policy.opa as opa_module
 from mcp_guard.errors import PolicyError
 from mcp_guard.policy import ReloadEvent, open_engine
 from mcp_guard.policy.bundle import load_bundle
@@ -35,6 +34,7 @@ from mcp_guard.settings import parse_settings
 from mcp_guard.types import Decision
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "policy"))
+from opa_support import opa_binary
 from policy_corpus import corpus
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e, pytest.mark.opa]
@@ -42,21 +42,6 @@ pytestmark = [pytest.mark.anyio, pytest.mark.e2e, pytest.mark.opa]
 REPO = Path(__file__).resolve().parents[2]
 BUNDLE = REPO / "policies" / "rego"
 POLL_S = 0.05
-
-
-def opa_binary() -> str:
-    if os.environ.get("MCP_GUARD_SKIP_OPA") == "1":
-        pytest.skip("MCP_GUARD_SKIP_OPA=1: real OPA server tests skipped on request")
-    candidates = [os.environ.get("MCP_GUARD_OPA"), shutil.which("opa")]
-    cache = Path(os.environ.get("MCP_GUARD_CACHE", Path.home() / ".cache" / "mcp-guard"))
-    candidates.append(str(cache / "bin" / "opa"))
-    for c in candidates:
-        if c and Path(c).is_file() and os.access(c, os.X_OK):
-            return c
-    pytest.fail(
-        "no opa binary: run scripts/install-opa.sh (builds OPA from Debian source packages), "
-        "or set MCP_GUARD_OPA=/path/to/opa; MCP_GUARD_SKIP_OPA=1 skips these tests"
-    )
 
 
 def free_port() -> int:
@@ -88,9 +73,9 @@ def _healthy(url: str) -> bool:
         return False
 
 
-def start_opa(*paths: Path) -> OpaServer:
+def start_opa(*paths: Path, port: int | None = None) -> OpaServer:
     binary = opa_binary()
-    port = free_port()
+    port = port or free_port()
     url = f"http://127.0.0.1:{port}"
     proc = subprocess.Popen(
         [
@@ -178,11 +163,120 @@ async def test_stopped_server_is_engine_error(opa: OpaServer) -> None:
     assert d.allow is False and d.code == "engine_error" and d.reasons[0] == "engine_error"
 
 
-async def test_unreachable_at_start_is_policy_error() -> None:
-    url = f"http://127.0.0.1:{free_port()}"
-    with pytest.raises(PolicyError, match="OPA"):
-        async with open_engine(settings_for(url, push_bundle=True), watch=False):
+@pytest.fixture
+def fast_reconnect(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(opa_module, "RECONNECT_MIN_S", 0.05)
+    monkeypatch.setattr(opa_module, "RECONNECT_MAX_S", 0.2)
+
+
+async def wait_ready(engine: Any) -> None:
+    """Poll the engine's readiness (it changes when another process, OPA, comes up), with a deadline."""
+    with anyio.fail_after(30):
+        while not engine.ready:  # noqa: ASYNC110 - the state lives in another process
+            await anyio.sleep(POLL_S)
+
+
+async def start_opa_async(port: int) -> OpaServer:
+    return await anyio.to_thread.run_sync(lambda: start_opa(port=port))
+
+
+async def test_down_at_start_denies_then_recovers_and_repushes_after_a_restart(fast_reconnect: None) -> None:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    doc = corpus()[0][1]
+    events: list[ReloadEvent] = []
+
+    async def listener(e: ReloadEvent) -> None:
+        events.append(e)
+
+    async with open_engine(settings_for(url, push_bundle=True, hot_reload=False), on_reload=listener) as engine:
+        # started although OPA is down: not ready, every decision an engine_error naming the problem
+        assert engine.ready is False and url in (engine.problem or "")
+        d = await engine.evaluate_document(doc)
+        assert d.allow is False and d.code == "engine_error" and "is not ready" in d.reasons[1]
+        server = await start_opa_async(port)
+        try:
+            await wait_ready(engine)  # reconnected and pushed the bundle by itself
+            assert engine.problem is None and engine.revision == load_bundle(BUNDLE).revision
+            assert (await engine.evaluate_document(doc)).allow is True
+            assert [e.status for e in events] == ["loaded"] and events[0].revision == engine.revision
+            # OPA restarts empty: the next query finds the connection gone, the bundle is pushed again
+            server.stop()
+            assert (await engine.evaluate_document(doc)).code == "engine_error"
+            assert engine.ready is False
+            server = await start_opa_async(port)
+            await wait_ready(engine)
+            assert (await engine.evaluate_document(doc)).allow is True
+            assert len(events) == 2
+        finally:
+            server.stop()
+
+
+async def test_down_at_start_without_push_recovers_to_what_opa_serves(fast_reconnect: None) -> None:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    async with open_engine(settings_for(url), watch=False) as engine:
+        assert engine.ready is False and engine.revision == ""
+        assert (await engine.evaluate_document(corpus()[0][1])).code == "engine_error"
+        server = await anyio.to_thread.run_sync(lambda: start_opa(BUNDLE, port=port))
+        try:
+            await wait_ready(engine)
+            assert engine.revision.startswith("opa:")
+            assert (await engine.evaluate_document(corpus()[0][1])).allow is True
+        finally:
+            server.stop()
+
+
+async def test_bundle_opa_rejects_at_start_is_policy_error(opa: OpaServer, tmp_path: Path) -> None:
+    """Only an unreachable OPA is tolerated at start; a bundle OPA refuses is a start-up error."""
+    (tmp_path / "p.rego").write_text('package p\n\ndecision := {"allow": nofunc(1)}\n')
+    s = parse_settings({"policy": {"engine": "opa", "opa_url": opa.url, "bundle": str(tmp_path), "push_bundle": True}})
+    with pytest.raises(PolicyError, match=r"p\.rego: OPA rejected the policy: .*undefined function nofunc"):
+        async with open_engine(s, watch=False):
             pass
+
+
+async def test_proxy_starts_with_opa_down_denies_audited_and_recovers(fast_reconnect: None, tmp_path: Path) -> None:
+    """Through the whole proxy: up with OPA stopped, engine_error denies audited, then allows, no restart."""
+    from guard_harness import client_of, make_settings, recorder_upstream, text_of
+    from mcp_guard.app import Guard
+
+    port = free_port()
+    settings = make_settings(
+        {"everything": recorder_upstream()},
+        policy={
+            "engine": "opa",
+            "opa_url": f"http://127.0.0.1:{port}",
+            "bundle": str(BUNDLE),
+            "push_bundle": True,
+            "hot_reload": False,
+        },
+        audit={"path": str(tmp_path / "audit.db"), "state_path": str(tmp_path / "state.db")},
+    )
+    async with Guard.open(settings) as guard:
+        assert not (await guard.registry.wait_ready(20))
+        async with client_of(guard) as client:
+            denied = await client.call_tool("everything__echo", {"text": "hi"})
+            assert denied.is_error and "engine_error" in text_of(denied)
+            server = await start_opa_async(port)
+            try:
+                with anyio.fail_after(30):
+                    while True:  # polling a condition under a deadline
+                        result = await client.call_tool("everything__echo", {"text": "hi"})
+                        if not result.is_error:
+                            break
+                        await anyio.sleep(POLL_S)
+                assert "hi" in text_of(result)
+            finally:
+                server.stop()
+    with sqlite3.connect(tmp_path / "audit.db") as db:
+        rows = db.execute(
+            "SELECT decision, reasons FROM audit_events WHERE kind = 'call.decision' ORDER BY seq"
+        ).fetchall()
+        kinds = [k for (k,) in db.execute("SELECT kind FROM audit_events ORDER BY seq")]
+    assert rows[0][0] == "deny" and json.loads(rows[0][1])[0] == "engine_error"
+    assert rows[-1][0] == "allow"
+    assert kinds.count("policy.load") >= 2  # at start (not ready), and when OPA came back
 
 
 async def test_wrong_package_path_is_policy_undefined(opa: OpaServer) -> None:

@@ -101,10 +101,14 @@ async def test_builtin_error_is_engine_error(tmp_path: Path) -> None:
     assert "Stack backtrace" not in d.reasons[1]
 
 
-async def test_unknown_function_is_engine_error(tmp_path: Path) -> None:
-    engine = engine_for(tmp_path, 'package t\n\ndecision := {"allow": crypto.x509.parse_certificates("x") != []}\n')
-    d = await engine.evaluate_document({})
-    assert d.allow is False and d.code == "engine_error"
+def test_builtin_regorus_lacks_is_refused_at_load(tmp_path: Path) -> None:
+    """Once an engine_error on every call; now the static check refuses the bundle, naming where."""
+    with pytest.raises(
+        PolicyError,
+        match=r"t\.rego:3:\d+: builtin crypto\.x509\.parse_certificates is not implemented by the embedded "
+        r"engine \(regorus\); use engine = \"opa\" \(in rule data\.t\.decision\)",
+    ):
+        engine_for(tmp_path, 'package t\n\ndecision := {"allow": crypto.x509.parse_certificates("x") != []}\n')
 
 
 async def test_non_json_input_is_engine_error(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ import anyio
 import pytest
 from aiohttp import web
 
+import mcp_guard.policy.opa as opa_module
 from mcp_guard.errors import PolicyError
 from mcp_guard.policy.bundle import load_bundle
 from mcp_guard.policy.opa import OpaEngine, connect, push_bundle
@@ -198,3 +200,95 @@ async def test_push_to_unreachable_server_is_policy_error(tmp_path: Path) -> Non
     async with connect(f"http://127.0.0.1:{port}") as client:
         with pytest.raises(PolicyError, match="cannot push the bundle"):
             await push_bundle(client, bundle)
+
+
+# ------------------------------------------------------------------ readiness: OPA down and back
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@asynccontextmanager
+async def fake_opa_on(port: int) -> AsyncIterator[FakeOpa]:
+    fake = FakeOpa(url=f"http://127.0.0.1:{port}")
+    app = web.Application()
+    app[FAKE] = fake
+    app.router.add_route("*", "/{tail:.*}", _handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        yield fake
+    finally:
+        fake.release.set()
+        await runner.cleanup()
+
+
+async def wait_ready(engine: OpaEngine) -> None:
+    with anyio.fail_after(10):
+        while not engine.ready:  # noqa: ASYNC110 - the state changes when the fake server comes up
+            await anyio.sleep(0.01)
+
+
+@pytest.fixture
+def fast_reconnect(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(opa_module, "RECONNECT_MIN_S", 0.01)
+    monkeypatch.setattr(opa_module, "RECONNECT_MAX_S", 0.05)
+
+
+async def test_refused_connection_makes_the_engine_not_ready() -> None:
+    async with connect(f"http://127.0.0.1:{closed_port()}") as client:
+        engine = OpaEngine(client, revision="rev1")
+        assert engine.ready is True
+        d = await engine.evaluate_document({})
+        assert d.code == "engine_error" and "OPA unreachable" in d.reasons[1]
+        assert engine.ready is False and "OPA unreachable" in (engine.problem or "")
+        d = await engine.evaluate_document({})  # no network while not ready
+        assert d.code == "engine_error" and "is not ready: OPA unreachable" in d.reasons[1] and d.revision == "rev1"
+
+
+async def test_maintain_reconnects_and_pushes_the_bundle(fast_reconnect: None, tmp_path: Path) -> None:
+    port = closed_port()
+    bundle = load_bundle(_bundle(tmp_path))
+    recovered: list[str] = []
+
+    async def on_recovered() -> None:
+        recovered.append(engine.revision)
+
+    async with connect(f"http://127.0.0.1:{port}") as client, anyio.create_task_group() as tg:
+        engine = OpaEngine(client, bundle=bundle, ready=False, revision=bundle.revision)
+        assert (await engine.evaluate_document({})).code == "engine_error"
+        tg.start_soon(engine.maintain, on_recovered)
+        async with fake_opa_on(port) as fake:
+            fake.answer = (200, {"result": {"allow": True}})
+            await wait_ready(engine)
+            assert set(fake.policies) == {"mcp-guard/a.rego", "mcp-guard/z.rego"} and fake.data == {"cfg": {"k": 1}}
+            assert (await engine.evaluate_document({})).allow is True
+        assert recovered == [bundle.revision]
+        # the server goes away: the next query notices, the engine is not ready until it is back
+        assert (await engine.evaluate_document({})).code == "engine_error" and not engine.ready
+        async with fake_opa_on(port) as fake:
+            fake.answer = (200, {"result": {"allow": True}})
+            await wait_ready(engine)
+            assert "mcp-guard/a.rego" in fake.policies  # pushed again: a restarted OPA has lost it
+        tg.cancel_scope.cancel()
+    assert recovered == [bundle.revision, bundle.revision]
+
+
+async def test_bundle_rejected_on_reconnect_keeps_denying_with_the_reason(fast_reconnect: None, tmp_path: Path) -> None:
+    port = closed_port()
+    bundle = load_bundle(_bundle(tmp_path))
+    async with connect(f"http://127.0.0.1:{port}") as client, anyio.create_task_group() as tg:
+        engine = OpaEngine(client, bundle=bundle, ready=False)
+        tg.start_soon(engine.maintain)
+        async with fake_opa_on(port) as fake:
+            fake.reject = {"mcp-guard/a.rego": "never-there"}
+            with anyio.fail_after(10):
+                while "OPA rejected the policy" not in (engine.problem or ""):  # noqa: ASYNC110
+                    await anyio.sleep(0.01)
+            d = await engine.evaluate_document({})
+            assert not engine.ready and d.code == "engine_error" and "undefined function never-there" in d.reasons[1]
+        tg.cancel_scope.cancel()

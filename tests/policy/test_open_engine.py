@@ -10,7 +10,7 @@ import pytest
 
 import mcp_guard.policy as policy
 from mcp_guard.errors import PolicyError
-from mcp_guard.policy import EmbeddedEngine, PolicyEngine, ReloadEvent, open_engine
+from mcp_guard.policy import EmbeddedEngine, EngineHealth, PolicyEngine, ReloadEvent, open_engine
 from mcp_guard.settings import Settings, parse_settings
 
 pytestmark = pytest.mark.anyio
@@ -146,3 +146,42 @@ async def test_watcher_started_by_default(tmp_path: Path, bundle: Path, monkeypa
     async with open_engine(settings(tmp_path)):
         pass
     assert started == [0.02]
+
+
+# ------------------------------------------------------------------------ start-up gates and health
+
+FAILING_TEST = 'package t\n\nimport rego.v1\n\ntest_reason if decision.reasons == ["v2"]\n'
+
+
+async def test_failing_tests_stop_start_naming_the_test(tmp_path: Path, bundle: Path) -> None:
+    (bundle / "t2_test.rego").write_text(FAILING_TEST)
+    with pytest.raises(PolicyError) as info:
+        async with open_engine(settings(tmp_path)):
+            pass
+    message = str(info.value)
+    assert "\n" not in message
+    assert message == f"{bundle}: 1 policy test(s) failed: data.t.test_reason (t2_test.rego) FAIL: undefined"
+
+
+async def test_failing_tests_start_when_run_tests_on_start_off(tmp_path: Path, bundle: Path) -> None:
+    (bundle / "t2_test.rego").write_text(FAILING_TEST)
+    async with open_engine(settings(tmp_path, run_tests_on_start=False)) as engine:
+        assert (await engine.evaluate_document({})).reasons == ("v1",)
+
+
+async def test_bundle_failing_the_static_check_does_not_start(tmp_path: Path, bundle: Path) -> None:
+    (bundle / "t.rego").write_text(
+        'package t\n\ndecision := {"allow": false, "reasons": [msg]} if {\n\tmsg := sprintf("%s", input.x)\n'
+        "\tstartswith(msg)\n}\n"
+    )
+    with pytest.raises(
+        PolicyError, match=r"t\.rego:5:\d+: startswith: arity mismatch .* \(in rule data\.t\.decision\)"
+    ):
+        async with open_engine(settings(tmp_path)):
+            pass
+
+
+async def test_embedded_engine_is_always_ready(tmp_path: Path, bundle: Path) -> None:
+    async with open_engine(settings(tmp_path, hot_reload=False)) as engine:
+        assert isinstance(engine, EngineHealth)
+        assert engine.ready is True and engine.problem is None

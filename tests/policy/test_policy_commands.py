@@ -133,3 +133,98 @@ def test_test_missing_dir_exit_2(tmp_path: Path, config: Path, capsys: pytest.Ca
 def test_policy_without_subcommand_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     rc, _, _ = run(capsys, "policy")
     assert rc == 2
+
+
+# ----------------------------------------------------------------------------------- policy check
+
+SHADOWING = {
+    "p.rego": "package t\n\nx contains leaf if {\n\twalk(input, [at, leaf])\n}\n",
+    "helpers.rego": "package t\n\nat(a, b) := a\n",
+}
+
+
+def bundle_dir(tmp_path: Path, files: dict[str, str]) -> Path:
+    root = tmp_path / "bundle"
+    root.mkdir()
+    for rel, text in files.items():
+        (root / rel).write_text(text)
+    return root
+
+
+def test_check_clean_bundle_exit_0(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rc, out, _ = run(capsys, "policy", "check", "-c", str(config))
+    assert rc == 0
+    files = len(list(BUNDLE.rglob("*.rego")))  # policies and their tests
+    assert files >= 11
+    assert out.strip() == f"{BUNDLE}: {files} file(s) checked, 0 error(s), 0 warning(s)"
+
+
+def test_check_lists_findings_with_file_line_and_rule(
+    tmp_path: Path, config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = bundle_dir(tmp_path, SHADOWING)
+    rc, out, _ = run(capsys, "policy", "check", "-c", str(config), str(root))
+    first, summary = out.strip().splitlines()
+    assert rc == 1
+    assert first.startswith(f"{root / 'p.rego'}:4:18: undefined ref: data.t.at")
+    assert first.endswith("(in rule data.t.x) [error: undefined-ref]")
+    assert summary == f"{root}: 2 file(s) checked, 1 error(s), 0 warning(s)"
+    rc, out, _ = run(capsys, "policy", "check", "-c", str(config), "--json", str(root))
+    report = json.loads(out)
+    assert rc == 1 and report["ok"] is False
+    assert [(f["line"], f["code"], f["rule"]) for f in report["findings"]] == [(4, "undefined-ref", "data.t.x")]
+
+
+def test_check_engine_and_strict_options(tmp_path: Path, config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root = bundle_dir(
+        tmp_path, {"p.rego": 'package t\n\nh := crypto.sha256("a")\n\nx contains v if walk(input, [_, v])\n'}
+    )
+    rc, out, _ = run(capsys, "policy", "check", "-c", str(config), str(root))
+    assert rc == 1 and "builtin crypto.sha256 is not implemented by the embedded engine" in out
+    rc, out, _ = run(capsys, "policy", "check", "-c", str(config), "--engine", "opa", str(root))
+    assert rc == 0 and "0 error(s)" in out
+    rc, out, _ = run(capsys, "policy", "check", "-c", str(config), "--engine", "opa", "--strict", str(root))
+    assert rc == 1 and "declare it with `some v`" in out
+
+
+def test_check_unparsable_bundle_exit_1(tmp_path: Path, config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root = bundle_dir(tmp_path, {"p.rego": "package t\n\nx := {\n"})
+    rc, out, _ = run(capsys, "policy", "check", "-c", str(config), str(root))
+    assert rc == 1 and "p.rego:4" in out and out.strip().endswith("[error: parse]")
+
+
+def test_check_sees_findings_only_the_tests_bring(
+    tmp_path: Path, config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = bundle_dir(tmp_path, {"p.rego": "package t\n\nx := 1\n", "p_test.rego": "package t\n\ntest_x if y == 1\n"})
+    rc, out, _ = run(capsys, "policy", "check", "-c", str(config), str(root))
+    assert rc == 1 and f"{root / 'p_test.rego'}:3:11: var y is unsafe (in rule data.t.test_x)" in out
+
+
+def test_test_command_refuses_a_bundle_failing_the_check(
+    tmp_path: Path, config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = bundle_dir(tmp_path, {**SHADOWING, "p_test.rego": "package t\n\ntest_x if count(x) == 0\n"})
+    rc, out, err = run(capsys, "policy", "test", "-c", str(config), str(root))
+    assert rc == 2 and out == ""
+    assert f"{root / 'p.rego'}:4:18: undefined ref: data.t.at" in err
+    assert "the bundle fails the static check; no test was run" in err
+
+
+def test_eval_is_not_blocked_by_failing_tests(tmp_path: Path, config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Tests gate starting the proxy, not looking at one decision (that is how a failing test is debugged)."""
+    root = bundle_dir(
+        tmp_path,
+        {
+            "p.rego": 'package t\n\ndecision := {"allow": true}\n',
+            "p_test.rego": "package t\n\ntest_denies if not decision.allow\n",
+        },
+    )
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[policy]\nbundle = "{root}"\ndecision = "t/decision"\nhot_reload = false\n')
+    f = tmp_path / "in.json"
+    f.write_text("{}")
+    rc, out, _ = run(capsys, "policy", "eval", "-c", str(cfg), "-i", str(f))
+    assert rc == 0 and json.loads(out)["allow"] is True
+    rc, out, _ = run(capsys, "policy", "test", "-c", str(cfg))
+    assert rc == 1 and "data.t.test_denies: FAIL" in out

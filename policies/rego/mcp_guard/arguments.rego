@@ -7,10 +7,16 @@ package mcp_guard
 import rego.v1
 
 # [name, value] for every string in the arguments, however deeply nested.
+#
+# Every local variable of this bundle is declared (`some`, `:=`, `some ... in`): an undeclared one
+# in an output position, like walk's [path, leaf], would silently become a reference to any rule or
+# function of the same name added to the package later, switching this rule off. mcp-guard's load-time
+# check rejects such a collision, and tests/policy/test_lint.py keeps this bundle fully declared.
 string_arguments contains [name, leaf] if {
-	walk(arguments, [at, leaf])
+	some path, leaf
+	walk(arguments, [path, leaf])
 	is_string(leaf)
-	keys := [k | some k in at; is_string(k)]
+	keys := [k | some k in path; is_string(k)]
 	count(keys) > 0
 	name := lower(keys[count(keys) - 1])
 }

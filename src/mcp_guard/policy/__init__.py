@@ -5,35 +5,53 @@
     async with open_engine(settings) as engine:
         decision = await engine.evaluate(policy_input)   # never raises for a policy problem
         decision.revision                                # the bundle revision that decided
+        engine.ready, engine.problem                     # EngineHealth, for /readyz
 
 ``[policy] engine`` picks :class:`EmbeddedEngine` or :class:`OpaEngine`; ``[policy] bundle`` is the
-bundle directory (``.rego`` files and ``data.json``). A bundle that does not parse raises
-:class:`~mcp_guard.errors.PolicyError` naming the file. With ``hot_reload`` the bundle is watched and
-re-loaded on change (:mod:`mcp_guard.policy.reload`).
+bundle directory (``.rego`` files and ``data.json``). Start-up refuses, with a one-line
+:class:`~mcp_guard.errors.PolicyError` naming the file (and rule, or test):
+
+* a bundle that does not parse, or that fails the static check OPA's compiler would fail
+  (:mod:`mcp_guard.policy.lint`; embedded engine — OPA checks a pushed bundle itself);
+* a bundle whose ``test_*`` rules fail, with ``run_tests_on_start`` (the bundle mcp-guard loads:
+  embedded, or pushed to OPA);
+* a bundle OPA rejects when it is pushed.
+
+OPA being unreachable is *not* a start-up failure: the engine starts not ready, denies with
+``engine_error``, and reconnects by itself (:meth:`OpaEngine.maintain`). With ``hot_reload`` the
+bundle is watched and re-loaded on change (:mod:`mcp_guard.policy.reload`).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from functools import partial
+from typing import Any
 
 import anyio
+import structlog
 
 from mcp_guard.policy.base import (
+    EngineHealth,
+    EngineUnavailable,
     PolicyEngine,
     RegoEngine,
     decision_from_result,
 )
 from mcp_guard.policy.bundle import Bundle, load_bundle, rule_ref
 from mcp_guard.policy.embedded import EmbeddedEngine
-from mcp_guard.policy.opa import OpaEngine, connect, push_bundle, remote_revision
+from mcp_guard.policy.opa import OpaEngine, OpaUnavailable, connect
 from mcp_guard.policy.reload import BundleWatcher, ReloadEvent, ReloadListener
+from mcp_guard.policy.runner import gate_tests
 from mcp_guard.settings import Settings
 
 __all__ = [
     "Bundle",
     "BundleWatcher",
     "EmbeddedEngine",
+    "EngineHealth",
+    "EngineUnavailable",
     "OpaEngine",
     "PolicyEngine",
     "RegoEngine",
@@ -45,6 +63,8 @@ __all__ = [
     "rule_ref",
 ]
 
+log = structlog.get_logger(__name__)
+
 RELOAD_INTERVAL_S = 1.0
 
 
@@ -54,15 +74,18 @@ def open_engine(
     on_reload: ReloadListener | None = None,
     watch: bool | None = None,
     on_watcher: Callable[[BundleWatcher], None] | None = None,
+    run_tests: bool | None = None,
 ) -> AbstractAsyncContextManager[RegoEngine]:
     """The engine ``[policy]`` asks for, as an async context manager.
 
-    ``on_reload`` is awaited after every hot-reload attempt (loaded or rejected); ``watch`` overrides
-    ``[policy] hot_reload`` (one-shot commands pass ``False``). ``on_watcher`` receives the engine's
-    :class:`BundleWatcher` when the engine can take a new bundle (embedded, or OPA with ``push_bundle``),
-    polling or not, so a caller can ask for a reload now (``BundleWatcher.check``, e.g. on SIGHUP).
+    ``on_reload`` is awaited after every hot-reload attempt (loaded or rejected), and when an OPA that
+    was unreachable has the policy again; ``watch`` overrides ``[policy] hot_reload`` and ``run_tests``
+    ``[policy] run_tests_on_start`` (one-shot commands such as ``policy eval`` pass ``False`` for both).
+    ``on_watcher`` receives the engine's :class:`BundleWatcher` when the engine can take a new bundle
+    (embedded, or OPA with ``push_bundle``), polling or not, so a caller can ask for a reload now
+    (``BundleWatcher.check``, e.g. on SIGHUP).
     """
-    return _open_engine(settings, on_reload=on_reload, watch=watch, on_watcher=on_watcher)
+    return _open_engine(settings, on_reload=on_reload, watch=watch, on_watcher=on_watcher, run_tests=run_tests)
 
 
 @asynccontextmanager
@@ -72,15 +95,20 @@ async def _open_engine(
     on_reload: ReloadListener | None,
     watch: bool | None,
     on_watcher: Callable[[BundleWatcher], None] | None = None,
+    run_tests: bool | None = None,
 ) -> AsyncIterator[RegoEngine]:
     p = settings.policy
     root = settings.resolve_path(p.bundle)
+    gate = p.run_tests_on_start if run_tests is None else run_tests
     engine: RegoEngine
     apply: Callable[[Bundle], Awaitable[None]]
+    maintain: Callable[[], Coroutine[Any, Any, None]] | None = None
     async with AsyncExitStack() as stack:
         if p.engine == "embedded":
             bundle = load_bundle(root)
             embedded = EmbeddedEngine(bundle, decision=p.decision, timeout_ms=p.timeout_ms)
+            if gate and bundle.tests:
+                gate_tests(bundle)
 
             async def apply_embedded(new: Bundle) -> None:
                 embedded.reload(new)
@@ -88,23 +116,35 @@ async def _open_engine(
             engine, revision, apply = embedded, bundle.revision, apply_embedded
         else:
             client = await stack.enter_async_context(connect(p.opa_url))
-            if p.push_bundle:
-                pushed = load_bundle(root)
-                await push_bundle(client, pushed)
-                revision = pushed.revision
-            else:
-                revision = await remote_revision(client)
-            opa = OpaEngine(client, decision=p.decision, timeout_ms=p.timeout_ms, revision=revision)
+            pushed = load_bundle(root) if p.push_bundle else None
+            if pushed is not None and gate and pushed.tests:
+                gate_tests(pushed, embedded=False)
+            opa = OpaEngine(
+                client,
+                decision=p.decision,
+                timeout_ms=p.timeout_ms,
+                revision=pushed.revision if pushed else "",
+                bundle=pushed,
+                ready=False,
+            )
+            try:
+                await opa.connect()
+            except OpaUnavailable as e:
+                log.warning("policy.start_not_ready", engine="opa", problem=str(e))
 
-            async def apply_opa(new: Bundle) -> None:
-                await push_bundle(client, new)
-                opa.revision = new.revision
+            async def recovered() -> None:
+                if on_reload is not None:
+                    source = str(root) if pushed is not None else p.opa_url
+                    await on_reload(ReloadEvent("loaded", source, opa.revision, opa.revision))
 
-            engine, apply = opa, apply_opa
+            engine, revision, apply = opa, opa.revision, opa.install
+            maintain = partial(opa.maintain, recovered)  # reconnects whenever OPA has gone away
         stack.push_async_callback(engine.aclose)
         reloadable = p.engine == "embedded" or p.push_bundle
         watching = (p.hot_reload if watch is None else watch) and reloadable
         async with anyio.create_task_group() as tg:
+            if maintain is not None:
+                tg.start_soon(maintain)
             if watching or (reloadable and on_watcher is not None):
                 watcher = BundleWatcher(
                     root,
@@ -112,6 +152,7 @@ async def _open_engine(
                     active_revision=revision,
                     interval=RELOAD_INTERVAL_S,
                     run_tests=p.run_tests_on_reload,
+                    embedded=p.engine == "embedded",
                     listener=on_reload,
                 )
                 if on_watcher is not None:

@@ -10,13 +10,21 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Protocol, runtime_checkable
 
+from mcp_guard.errors import PolicyError
 from mcp_guard.types import Decision, PolicyInput, ReasonCode
 
 __all__ = [
+    "EngineHealth",
+    "EngineUnavailable",
     "PolicyEngine",
     "RegoEngine",
     "decision_from_result",
 ]
+
+
+class EngineUnavailable(PolicyError):
+    """The engine could not be reached (connection refused or reset, a setup timeout). Not a verdict on
+    the bundle: the same request may succeed later, so callers retry rather than reject."""
 
 
 @runtime_checkable
@@ -37,6 +45,18 @@ class RegoEngine(PolicyEngine, Protocol):
     """A :class:`PolicyEngine` that also takes a raw input document (``policy eval``, tests, bench)."""
 
     async def evaluate_document(self, document: Mapping[str, Any]) -> Decision: ...
+
+
+@runtime_checkable
+class EngineHealth(Protocol):
+    """Whether an engine can decide right now (for ``/readyz``). An engine that is not ready still
+    answers every evaluation, with an ``engine_error`` deny; ``problem`` says why, for operators."""
+
+    @property
+    def ready(self) -> bool: ...
+
+    @property
+    def problem(self) -> str | None: ...
 
 
 def _type_name(value: object) -> str:

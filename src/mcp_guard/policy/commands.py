@@ -1,10 +1,16 @@
-"""``mcp-guard policy eval`` and ``mcp-guard policy test`` (DESIGN §3).
+"""``mcp-guard policy eval``, ``policy test`` and ``policy check`` (DESIGN §3).
 
 * ``policy eval --input FILE|-`` evaluates one input document (DESIGN §5) with the configured engine
   and prints the decision JSON; exit 0 on allow, 1 on deny (fail-closed denies included).
 * ``policy test [DIR]`` runs the ``test_*`` rules of a bundle (default: the configured one) with the
   configured engine (or ``--engine``) and prints one line per test like ``opa test -v``; exit 1 if any
-  test fails. ``--json`` prints the report as JSON instead.
+  test fails. ``--json`` prints the report as JSON instead. A bundle that fails the static check is
+  not tested: every finding is listed and the exit code is 2.
+* ``policy check [DIR]`` parses the bundle (policies and tests) and runs the static check the embedded
+  engine runs at load (:mod:`mcp_guard.policy.lint`), listing every finding as
+  ``file:line:col: message (in rule …)``; exit 0 when there is no error (warnings allowed), 1 when
+  there is one. ``--engine opa`` leaves out what only the embedded engine lacks; ``--strict`` also
+  requires every local variable to be declared; ``--json`` prints the findings as JSON. For CI.
 """
 
 from __future__ import annotations
@@ -19,7 +25,9 @@ import anyio
 
 from mcp_guard.errors import PolicyError
 from mcp_guard.policy import open_engine
-from mcp_guard.policy.bundle import load_bundle
+from mcp_guard.policy.bundle import Bundle, load_bundle
+from mcp_guard.policy.embedded import compile_bundle
+from mcp_guard.policy.lint import Finding, PolicyCheckError, lint_ast
 from mcp_guard.policy.opa import connect
 from mcp_guard.policy.runner import TestReport, format_report, run_tests_embedded, run_tests_opa
 from mcp_guard.settings import Settings
@@ -46,6 +54,14 @@ def register(subparsers: Any) -> None:
     te.add_argument("--json", action="store_true", help="print the report as JSON")
     add_config_arg(te)
     te.set_defaults(func=cmd_test)
+
+    ch = sub.add_parser("check", help="parse a bundle and run the static check (what OPA's compiler rejects)")
+    ch.add_argument("dir", nargs="?", metavar="DIR", help="bundle directory (default: [policy] bundle)")
+    ch.add_argument("--engine", choices=("embedded", "opa"), help="override [policy] engine")
+    ch.add_argument("--strict", action="store_true", help="also require every local variable to be declared")
+    ch.add_argument("--json", action="store_true", help="print the findings as JSON")
+    add_config_arg(ch)
+    ch.set_defaults(func=cmd_check)
 
 
 def _usage(parser: argparse.ArgumentParser) -> int:
@@ -82,7 +98,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     document = _read_input(args.input)
 
     async def run() -> dict[str, Any]:
-        async with open_engine(settings, watch=False) as engine:
+        async with open_engine(settings, watch=False, run_tests=False) as engine:
             decision = await engine.evaluate_document(document)
             return decision.to_dict()
 
@@ -91,13 +107,23 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0 if result["allow"] is True else 1
 
 
+def _print_findings(findings: list[Finding], *, file: Any = None) -> None:
+    for f in findings:
+        print(f"{f} [{f.severity}: {f.code}]", file=file or sys.stdout)
+
+
 def cmd_test(args: argparse.Namespace) -> int:
     settings = _settings(args)
     root = Path(args.dir) if args.dir else settings.resolve_path(settings.policy.bundle)
     bundle = load_bundle(root)
     report: TestReport
     if settings.policy.engine == "embedded":
-        report = run_tests_embedded(bundle)
+        try:
+            report = run_tests_embedded(bundle)
+        except PolicyCheckError as e:
+            _print_findings(list(e.findings), file=sys.stderr)
+            print(f"mcp-guard: error: {root}: the bundle fails the static check; no test was run", file=sys.stderr)
+            return 2
     else:
 
         async def run() -> TestReport:
@@ -110,3 +136,42 @@ def cmd_test(args: argparse.Namespace) -> int:
     else:
         print(format_report(report))
     return 0 if report.ok else 1
+
+
+def bundle_findings(bundle: Bundle, *, embedded: bool, strict_locals: bool = False) -> list[Finding]:
+    """The static check on the policies alone (what the engine loads) and with the tests (what the test
+    runner loads), each finding once."""
+    seen: set[tuple[str, int, int, str]] = set()
+    found: list[Finding] = []
+    for include_tests in (False, True) if bundle.tests else (False,):
+        engine = compile_bundle(bundle, include_tests=include_tests, check=False)
+        for f in lint_ast(engine.get_ast_as_json(), embedded=embedded, strict_locals=strict_locals):
+            key = (f.file, f.line, f.col, f.message)
+            if key not in seen:
+                seen.add(key)
+                found.append(f)
+    return sorted(found, key=lambda f: (f.severity != "error", f.file, f.line, f.col))
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    root = Path(args.dir) if args.dir else settings.resolve_path(settings.policy.bundle)
+    try:
+        bundle = load_bundle(root)
+        findings = bundle_findings(bundle, embedded=settings.policy.engine == "embedded", strict_locals=args.strict)
+    except PolicyError as e:  # does not even parse: that is this command's finding
+        if args.json:
+            print(json.dumps({"bundle": str(root), "ok": False, "error": str(e), "findings": []}, indent=2))
+        else:
+            print(f"{e} [error: parse]")
+        return 1
+    errors = sum(1 for f in findings if f.severity == "error")
+    if args.json:
+        doc = {"bundle": str(root), "ok": errors == 0, "findings": [f.to_dict() for f in findings]}
+        print(json.dumps(doc, indent=2))
+    else:
+        _print_findings(findings)
+        warnings = len(findings) - errors
+        files = len(bundle.policies) + len(bundle.tests)
+        print(f"{root}: {files} file(s) checked, {errors} error(s), {warnings} warning(s)")
+    return 0 if errors == 0 else 1

@@ -30,6 +30,7 @@ import structlog
 from mcp_guard.errors import PolicyError
 from mcp_guard.policy.base import decision_from_result
 from mcp_guard.policy.bundle import Bundle, rule_ref
+from mcp_guard.policy.lint import check_compiled
 from mcp_guard.types import Decision, PolicyInput, ReasonCode
 
 __all__ = ["EmbeddedEngine", "compile_bundle", "regorus_message"]
@@ -53,9 +54,15 @@ def regorus_message(exc: BaseException) -> str:
     return f"{where.group(1)}: {what.group(1).strip()}" if where else what.group(1).strip()
 
 
-def compile_bundle(bundle: Bundle, *, include_tests: bool = False) -> regorus.Engine:
+def compile_bundle(
+    bundle: Bundle, *, include_tests: bool = False, check: bool = True, embedded: bool = True
+) -> regorus.Engine:
     """A regorus engine loaded with the bundle's policies (and tests) and data. A file that does not
-    parse raises :class:`PolicyError` naming it (``file:line:col: problem``)."""
+    parse raises :class:`PolicyError` naming it (``file:line:col: problem``); one that parses but that
+    OPA's compiler would reject raises :class:`~mcp_guard.policy.lint.PolicyCheckError` naming
+    ``file:line:col`` and the rule (``check=False`` skips that, for tests of the check itself).
+    ``embedded`` also rejects builtins regorus does not implement (False when the bundle is compiled
+    only to run its tests for an OPA deployment)."""
     engine = regorus.Engine()
     engine.set_rego_v0(False)
     files = bundle.policies + (bundle.tests if include_tests else ())
@@ -64,6 +71,8 @@ def compile_bundle(bundle: Bundle, *, include_tests: bool = False) -> regorus.En
             engine.add_policy(str(f.path), f.text)
         except RuntimeError as e:
             raise PolicyError(f"policy does not compile: {regorus_message(e)}") from None
+    if check:
+        check_compiled(engine, embedded=embedded)
     if bundle.data:
         try:
             engine.add_data_json(json.dumps(dict(bundle.data)))
@@ -90,6 +99,15 @@ class EmbeddedEngine:
     @property
     def rule(self) -> str:
         return self._rule
+
+    @property
+    def ready(self) -> bool:
+        """Always: a loaded bundle is compiled in-process (a bundle that cannot load never starts)."""
+        return True
+
+    @property
+    def problem(self) -> str | None:
+        return None
 
     def _check_rule_exists(self) -> None:
         package = self._rule.rsplit(".", 1)[0]

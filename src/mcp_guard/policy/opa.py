@@ -17,13 +17,21 @@ With ``[policy] push_bundle = true`` the bundle's policies are uploaded (``PUT /
 reload; policies a previous push left behind under the ``mcp-guard/`` id prefix are removed. Policies
 are sent exactly as written (Rego v1), never through the client's v0→v1 rewriting. Without a push the
 engine uses whatever OPA already serves, and the revision is a hash of the policies OPA reports.
+
+**OPA down is not a crash.** The engine has a readiness state (:attr:`OpaEngine.ready`,
+:attr:`OpaEngine.problem`). If OPA cannot be reached at start, or a query finds the connection refused
+or reset, the engine is *not ready*: every evaluation is an ``engine_error`` deny naming the problem,
+without waiting on the network, and :meth:`OpaEngine.maintain` (a task for the engine's lifetime)
+reconnects with backoff — pushing the bundle again when it is configured to, since a restarted OPA has
+lost it — and the engine is ready again with no restart. OPA *rejecting* the bundle is not an outage:
+at start it is a :class:`~mcp_guard.errors.PolicyError`, like a bundle the embedded engine refuses.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import urlsplit
@@ -35,17 +43,33 @@ from opa_client.errors import DeletePolicyError, RegoParseError
 from opa_client.opa_async import AsyncOpaClient
 
 from mcp_guard.errors import PolicyError
-from mcp_guard.policy.base import decision_from_result
+from mcp_guard.policy.base import EngineUnavailable, decision_from_result
 from mcp_guard.policy.bundle import Bundle, BundleFile, rule_ref
 from mcp_guard.types import Decision, PolicyInput, ReasonCode
 
-__all__ = ["POLICY_ID_PREFIX", "OpaEngine", "connect", "push_bundle", "remote_revision"]
+__all__ = [
+    "POLICY_ID_PREFIX",
+    "RECONNECT_MAX_S",
+    "RECONNECT_MIN_S",
+    "OpaEngine",
+    "OpaUnavailable",
+    "connect",
+    "push_bundle",
+    "remote_revision",
+]
 
 log = structlog.get_logger(__name__)
 
 POLICY_ID_PREFIX = "mcp-guard/"
 _QUERY_PARAMS = {"strict-builtin-errors": "true"}
 _SETUP_TIMEOUT_S = 30.0
+# Reconnection backoff while OPA is unreachable (module attributes so tests can shorten them).
+RECONNECT_MIN_S = 0.25
+RECONNECT_MAX_S = 5.0
+
+
+class OpaUnavailable(EngineUnavailable):
+    """OPA could not be reached (refused, reset, DNS, no answer within the setup timeout)."""
 
 
 def _split_url(url: str) -> tuple[str, int, bool]:
@@ -112,9 +136,9 @@ async def push_bundle(
             stale = [pid for pid in await client.get_policies_list() if pid.startswith(prefix) and pid not in keep]
             await _delete_policies(client, stale)
     except TimeoutError:
-        raise PolicyError(f"OPA did not accept the bundle within {_SETUP_TIMEOUT_S:.0f}s") from None
+        raise OpaUnavailable(f"OPA did not accept the bundle within {_SETUP_TIMEOUT_S:.0f}s") from None
     except (aiohttp.ClientError, OSError) as e:
-        raise PolicyError(f"cannot push the bundle to OPA at {client.root_url}: {e}") from None
+        raise OpaUnavailable(f"cannot push the bundle to OPA at {client.root_url}: {e}") from None
 
 
 async def _delete_policies(client: AsyncOpaClient, ids: list[str]) -> None:
@@ -149,13 +173,18 @@ async def remote_revision(client: AsyncOpaClient) -> str:
                 h.update(f"{pid}\0{len(raw)}\0{raw}".encode())
             return "opa:" + h.hexdigest()
     except TimeoutError:
-        raise PolicyError(f"OPA at {client.root_url} did not answer within {_SETUP_TIMEOUT_S:.0f}s") from None
+        raise OpaUnavailable(f"OPA at {client.root_url} did not answer within {_SETUP_TIMEOUT_S:.0f}s") from None
     except (aiohttp.ClientError, OSError) as e:
-        raise PolicyError(f"cannot reach OPA at {client.root_url}: {e}") from None
+        raise OpaUnavailable(f"cannot reach OPA at {client.root_url}: {e}") from None
 
 
 class OpaEngine:
-    """:class:`~mcp_guard.policy.base.PolicyEngine` backed by an OPA server."""
+    """:class:`~mcp_guard.policy.base.PolicyEngine` backed by an OPA server.
+
+    ``bundle`` is the bundle this engine pushes (``push_bundle``), or None when OPA serves its own.
+    An engine built with ``ready=False`` decides nothing until :meth:`connect` succeeds (directly or
+    through :meth:`maintain`); the default, ``ready=True``, is for a client known to be set up.
+    """
 
     def __init__(
         self,
@@ -164,6 +193,8 @@ class OpaEngine:
         decision: str = "mcp_guard/decision",
         timeout_ms: int = 250,
         revision: str = "",
+        bundle: Bundle | None = None,
+        ready: bool = True,
     ) -> None:
         self._client = client
         self._rule = rule_ref(decision)
@@ -171,6 +202,11 @@ class OpaEngine:
         self._package, self._name = package, name
         self._timeout_s = timeout_ms / 1000
         self.revision = revision
+        self._bundle = bundle
+        self._ready = ready
+        self._problem: str | None = None if ready else "not connected to OPA yet"
+        self._lock = anyio.Lock()  # one push/reconnect at a time
+        self._down = anyio.Event()  # set when the engine goes from ready to not ready
 
     @property
     def client(self) -> AsyncOpaClient:
@@ -180,11 +216,98 @@ class OpaEngine:
     def rule(self) -> str:
         return self._rule
 
+    @property
+    def ready(self) -> bool:
+        return self._ready
+
+    @property
+    def problem(self) -> str | None:
+        return self._problem
+
+    @property
+    def bundle(self) -> Bundle | None:
+        return self._bundle
+
+    # ------------------------------------------------------------------ readiness
+
+    async def connect(self) -> None:
+        """Make OPA serve the policy: push the bundle (when this engine has one) or read the revision
+        of what OPA serves. Ready afterwards. Raises :class:`OpaUnavailable` when OPA cannot be
+        reached (the engine is then not ready) and :class:`PolicyError` when OPA rejects the bundle."""
+        async with self._lock:
+            try:
+                if self._bundle is not None:
+                    await push_bundle(self._client, self._bundle)
+                    self.revision = self._bundle.revision
+                else:
+                    self.revision = await remote_revision(self._client)
+            except OpaUnavailable as e:
+                self.mark_unavailable(str(e))
+                raise
+            self._mark_ready()
+
+    async def install(self, bundle: Bundle) -> None:
+        """Push a new bundle (hot reload); it is also what a reconnection pushes from now on."""
+        async with self._lock:
+            try:
+                await push_bundle(self._client, bundle)
+            except OpaUnavailable as e:
+                self.mark_unavailable(str(e))
+                raise
+            self._bundle, self.revision = bundle, bundle.revision
+            self._mark_ready()
+
+    def mark_unavailable(self, problem: str) -> None:
+        """OPA cannot be reached: deny until :meth:`maintain` has reconnected."""
+        self._problem = problem
+        if self._ready:
+            self._ready = False
+            log.warning("policy.opa_unavailable", url=str(self._client.root_url), problem=problem)
+            self._down.set()
+
+    def _mark_ready(self) -> None:
+        if not self._ready:
+            log.info("policy.opa_ready", url=str(self._client.root_url), revision=self.revision)
+        self._ready, self._problem = True, None
+
+    async def maintain(self, on_recovered: Callable[[], Awaitable[None]] | None = None) -> None:
+        """Keep the engine ready for as long as it runs (start it in a task): whenever OPA has become
+        unreachable, reconnect with backoff (``RECONNECT_MIN_S`` doubling to ``RECONNECT_MAX_S``),
+        pushing the bundle again if the engine has one. ``on_recovered`` is awaited after each
+        reconnection."""
+        delay = RECONNECT_MIN_S
+        while True:
+            if self._ready:
+                down = self._down
+                await down.wait()
+                self._down = anyio.Event()
+                delay = RECONNECT_MIN_S
+                continue
+            try:
+                await self.connect()
+            except OpaUnavailable:
+                pass  # the problem is recorded; try again later
+            except PolicyError as e:  # OPA is back but refuses the bundle: keep denying, say why
+                self._problem = str(e)
+                log.error("policy.opa_rejected_bundle", url=str(self._client.root_url), error=str(e))
+            else:
+                if on_recovered is not None:
+                    await on_recovered()
+                continue
+            await anyio.sleep(delay)
+            delay = min(delay * 2, RECONNECT_MAX_S)
+
     async def evaluate(self, input: PolicyInput) -> Decision:
         return await self.evaluate_document(input.to_dict())
 
     async def evaluate_document(self, document: Mapping[str, Any]) -> Decision:
         revision = self.revision
+        if not self._ready:
+            return Decision.deny(
+                ReasonCode.ENGINE_ERROR,
+                f"OPA at {self._client.root_url} is not ready: {self._problem}",
+                revision=revision,
+            )
         try:
             json.dumps(document, allow_nan=False)
         except (TypeError, ValueError) as e:
@@ -208,11 +331,15 @@ class OpaEngine:
                 f"OPA answered HTTP {e.status} ({e.message}) for {self._rule}",
                 revision=revision,
             )
-        except (aiohttp.ClientError, OSError) as e:
-            log.warning("policy.engine_error", engine="opa", rule=self._rule, error=str(e))
+        except (aiohttp.ClientConnectionError, OSError) as e:
+            # refused or reset: OPA is down or restarted (and may have lost a pushed bundle)
+            self.mark_unavailable(f"OPA unreachable at {self._client.root_url}: {e}")
             return Decision.deny(
                 ReasonCode.ENGINE_ERROR, f"OPA unreachable at {self._client.root_url}: {e}", revision=revision
             )
+        except aiohttp.ClientError as e:
+            log.warning("policy.engine_error", engine="opa", rule=self._rule, error=str(e))
+            return Decision.deny(ReasonCode.ENGINE_ERROR, f"OPA request failed: {e}", revision=revision)
         except ValueError as e:  # a 200 whose body is not JSON
             return Decision.deny(ReasonCode.ENGINE_ERROR, f"OPA sent an unreadable answer: {e}", revision=revision)
         if not isinstance(body, dict) or "result" not in body:

@@ -4,7 +4,9 @@ Every ``interval`` seconds the watcher re-reads the bundle (a handful of small f
 revision with the active one. A changed bundle is loaded, its tests are run (``[policy]
 run_tests_on_reload``) and only then handed to the engine; a bundle that does not parse, whose tests
 fail, or that the engine rejects is refused — the last good bundle stays active — and the same broken
-revision is not retried until the files change again. Every outcome is logged (``policy.reload``) and
+revision is not retried until the files change again — except when the engine could not be reached
+(OPA down, :class:`~mcp_guard.policy.base.EngineUnavailable`): that is not a verdict on the bundle, so
+the same revision is tried again on the next look. Every outcome is logged (``policy.reload``) and
 passed to an optional listener (the composition root audits it as ``policy.load``).
 """
 
@@ -19,8 +21,9 @@ import anyio
 import structlog
 
 from mcp_guard.errors import PolicyError
+from mcp_guard.policy.base import EngineUnavailable
 from mcp_guard.policy.bundle import Bundle, load_bundle
-from mcp_guard.policy.runner import run_tests_embedded
+from mcp_guard.policy.runner import gate_tests
 
 __all__ = ["BundleWatcher", "ReloadEvent", "ReloadListener"]
 
@@ -49,6 +52,7 @@ class BundleWatcher:
         active_revision: str,
         interval: float = 1.0,
         run_tests: bool = True,
+        embedded: bool = True,
         listener: ReloadListener | None = None,
     ) -> None:
         self._root = root
@@ -56,9 +60,11 @@ class BundleWatcher:
         self._active = active_revision
         self._interval = interval
         self._run_tests = run_tests
+        self._embedded = embedded
         self._listener = listener
         self._last_rejected: str | None = None
         self._last_read_error: str | None = None
+        self._last_unavailable: tuple[str, str] | None = None
 
     @property
     def active_revision(self) -> str:
@@ -83,15 +89,19 @@ class BundleWatcher:
             return None
         try:
             if self._run_tests and bundle.tests:
-                report = run_tests_embedded(bundle)
-                if not report.ok:
-                    failed = [o.rule.ref for o in report.outcomes if o.status != "PASS"]
-                    raise PolicyError(f"{len(failed)} policy test(s) failed: {', '.join(failed[:5])}")
+                gate_tests(bundle, embedded=self._embedded)
             await self._apply(bundle)
+        except EngineUnavailable as e:
+            # not the bundle's fault: try this revision again next time, but report it once
+            if self._last_unavailable == (bundle.revision, str(e)):
+                return None
+            self._last_unavailable = (bundle.revision, str(e))
+            return await self._emit(ReloadEvent("rejected", str(self._root), bundle.revision, self._active, str(e)))
         except PolicyError as e:
             self._last_rejected = bundle.revision
             return await self._emit(ReloadEvent("rejected", str(self._root), bundle.revision, self._active, str(e)))
         self._active = bundle.revision
+        self._last_unavailable = None
         return await self._emit(ReloadEvent("loaded", str(self._root), bundle.revision, self._active))
 
     async def _emit(self, event: ReloadEvent) -> ReloadEvent:

@@ -22,7 +22,7 @@ from mcp_guard.errors import PolicyError
 from mcp_guard.policy.bundle import Bundle, TestRule
 from mcp_guard.policy.embedded import compile_bundle, regorus_message
 
-__all__ = ["TestOutcome", "TestReport", "format_report", "run_tests_embedded", "run_tests_opa"]
+__all__ = ["TestOutcome", "TestReport", "format_report", "gate_tests", "run_tests_embedded", "run_tests_opa"]
 
 Status = Literal["PASS", "FAIL", "ERROR"]
 _UNDEFINED = '"<undefined>"'
@@ -87,10 +87,12 @@ def _verdict(value: object) -> tuple[Status, str | None]:
     return "FAIL", f"result {json.dumps(value)}"
 
 
-def run_tests_embedded(bundle: Bundle) -> TestReport:
-    """Every test rule of ``bundle`` on regorus. A test file that does not compile raises PolicyError."""
+def run_tests_embedded(bundle: Bundle, *, embedded: bool = True) -> TestReport:
+    """Every test rule of ``bundle`` on regorus. A test file that does not compile, or fails the static
+    check, raises PolicyError. ``embedded=False`` (a bundle meant for OPA) lets policies call builtins
+    regorus lacks: tests that reach one then report an ERROR instead of the check refusing the bundle."""
     rules = bundle.test_rules()
-    engine = compile_bundle(bundle, include_tests=True)
+    engine = compile_bundle(bundle, include_tests=True, embedded=embedded)
     outcomes: list[TestOutcome] = []
     for rule in rules:
         start = time.perf_counter_ns()
@@ -103,6 +105,21 @@ def run_tests_embedded(bundle: Bundle) -> TestReport:
         status, message = _verdict(None if raw == _UNDEFINED else json.loads(raw))
         outcomes.append(TestOutcome(rule, status, elapsed, message))
     return TestReport("embedded", str(bundle.root), bundle.revision, tuple(outcomes))
+
+
+def gate_tests(bundle: Bundle, *, embedded: bool = True, shown: int = 5) -> TestReport:
+    """Run the bundle's tests (regorus) as a gate: raises :class:`PolicyError` naming the failing tests
+    in one line, so a bundle whose tests fail is not started (``run_tests_on_start``) or swapped in
+    (``run_tests_on_reload``)."""
+    report = run_tests_embedded(bundle, embedded=embedded)
+    failed = [o for o in report.outcomes if o.status != "PASS"]
+    if failed:
+        names = "; ".join(
+            f"{o.rule.ref} ({o.rule.file}) {o.status}" + (f": {o.message}" if o.message else "") for o in failed[:shown]
+        )
+        more = f"; and {len(failed) - shown} more" if len(failed) > shown else ""
+        raise PolicyError(f"{bundle.root}: {len(failed)} policy test(s) failed: {names}{more}")
+    return report
 
 
 async def run_tests_opa(
