@@ -51,7 +51,7 @@ def add_config_arg(parser: argparse.ArgumentParser) -> None:
 
 
 def load_config(args: argparse.Namespace) -> Settings:
-    """The settings named by ``--config`` wherever it was given (or found by the DESIGN §3 rules)."""
+    """The settings named by ``--config`` wherever it was given (or found by the rules of docs/architecture.md §8.1)."""
     return load_settings(find_config(getattr(args, "config", None)))
 
 

@@ -61,7 +61,7 @@ class ReasonCode(StrEnum):
 
 
 class EventKind(StrEnum):
-    """Every kind of audit row (DESIGN §6 ``kind``). Rows are built in :mod:`mcp_guard.audit.events`."""
+    """Every kind of audit row (docs/architecture.md §6, ``kind``). Rows are built in :mod:`mcp_guard.audit.events`."""
 
     CONFIG_LOAD = "config.load"
     CONFIG_RELOAD = "config.reload"
@@ -124,7 +124,7 @@ class SessionInfo:
 
 @dataclass(frozen=True, slots=True)
 class ToolInfo:
-    """What the policy is told about the targeted tool (DESIGN §5 ``tool_info``)."""
+    """What the policy is told about the targeted tool (docs/architecture.md §8.3, ``tool_info``)."""
 
     annotations: Mapping[str, Any] = field(default_factory=dict)
     definition_sha256: str | None = None
@@ -144,7 +144,7 @@ class ToolInfo:
 
 @dataclass(frozen=True, slots=True)
 class PolicyInput:
-    """The input document a policy is evaluated on (DESIGN §5). ``to_dict`` is the wire form."""
+    """The input document a policy is evaluated on (docs/architecture.md §8.3). ``to_dict`` is the wire form."""
 
     action: Action
     principal: Principal
@@ -211,7 +211,7 @@ class Decision:
 
 @dataclass(frozen=True, slots=True)
 class AuditEvent:
-    """One row of the audit trail (DESIGN §6), before it gets its seq and hashes.
+    """One row of the audit trail (docs/architecture.md §6), before it gets its seq and hashes.
 
     Built by the constructors in :mod:`mcp_guard.audit.events`, which fill every column a kind has.
     """

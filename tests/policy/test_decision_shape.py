@@ -1,4 +1,4 @@
-"""decision_from_result: what counts as a decision (DESIGN §5), everything else fails closed."""
+"""decision_from_result: what counts as a decision (docs/architecture.md §8.3), everything else fails closed."""
 
 from __future__ import annotations
 

@@ -15,8 +15,8 @@ which the rows get their ``seq`` and their place in the hash chain::
 Why the backend, not the writer, numbers the rows: ``seq`` and ``prev_hash`` must come from the chain
 head *as of the commit*. Another process may append to the same log, so only code inside the
 transaction can know the head. A backend either serialises writers before it reads the head (a lock
-held to the commit: PostgreSQL's ``pg_advisory_xact_lock``, DESIGN "seq is assigned inside the chain
-lock") or writes optimistically from a cached head and, when the explicit ``seq`` collides with a
+held to the commit: PostgreSQL's ``pg_advisory_xact_lock``; docs/architecture.md §6, "seq is assigned
+inside the chain lock") or writes optimistically from a cached head and, when the explicit ``seq`` collides with a
 row it did not know about, re-reads the head and chains on from there (SQLite: one writer lock per
 file makes the collision the only case). Either way no two rows share a ``seq`` and the chain never
 forks.

@@ -1,4 +1,4 @@
-"""The audit database schema (DESIGN §6) and its migrations.
+"""The audit database schema (docs/architecture.md §6) and its migrations.
 
 The database holds two tables:
 
@@ -6,7 +6,7 @@ The database holds two tables:
     one row per applied migration (``version``, ``description``, ``applied_at``).
 
 ``audit_events``
-    the append-only, hash-chained event log. Columns are exactly DESIGN §6 plus ``details``, a JSON
+    the append-only, hash-chained event log. Columns are exactly docs/architecture.md §6 plus ``details``, a JSON
     column for kind-specific extras (client info, old/new tool hashes, error text). JSON columns
     (``reasons``, ``arguments``, ``result``, ``details``) hold canonical JSON text (sorted keys, no
     whitespace). Triggers make UPDATE and DELETE abort, so the table is append-only in the database

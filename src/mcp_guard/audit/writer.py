@@ -2,7 +2,7 @@
 
 Callers hand :class:`AuditWriter` finished :class:`~mcp_guard.types.AuditEvent` values; the writer
 task hands batches of them to an :class:`~mcp_guard.audit.backend.AuditBackend`, which numbers,
-hashes and commits each batch in one transaction (DESIGN §6)::
+hashes and commits each batch in one transaction (docs/architecture.md §6)::
 
     record(event) ──┐                                  ┌─► each record(): its seq, or AuditError
     record(event) ──┼─► bounded queue ─► writer task ──┤

@@ -1,6 +1,6 @@
 """The obligations stage: every key of ``decision.obligations`` is enforced by its handler, or the call is denied.
 
-An allow from policy may come with obligations (DESIGN §8: ``secrets``, later ``approval``,
+An allow from policy may come with obligations (docs/architecture.md §8.4: ``secrets``, later ``approval``,
 ``rate_limit``, ``labels``, ``redact``, ``upstream_scopes``). An obligation is a condition of the allow,
 so one that mcp-guard cannot enforce must not be dropped silently: :class:`EnforceObligations` hands
 each key to the :class:`ObligationHandler` registered under that name and

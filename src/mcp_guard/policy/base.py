@@ -1,7 +1,7 @@
 """The policy engine protocol and the one place a raw policy result becomes a :class:`Decision`.
 
 Both backends hand the value of the decision rule to :func:`decision_from_result`, so "what counts as
-a decision" is defined once (DESIGN §5): an object whose ``allow`` is a boolean, with optional
+a decision" is defined once (docs/architecture.md §8.3): an object whose ``allow`` is a boolean, with optional
 ``reasons`` (a list of strings) and ``obligations`` (an object). Anything else fails closed.
 """
 

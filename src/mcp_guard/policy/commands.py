@@ -1,6 +1,6 @@
-"""``mcp-guard policy eval``, ``policy test`` and ``policy check`` (DESIGN §3).
+"""``mcp-guard policy eval``, ``policy test`` and ``policy check`` (docs/architecture.md §8.1).
 
-* ``policy eval --input FILE|-`` evaluates one input document (DESIGN §5) with the configured engine
+* ``policy eval --input FILE|-`` evaluates one input document (docs/architecture.md §8.3) with the configured engine
   and prints the decision JSON; exit 0 on allow, 1 on deny (fail-closed denies included).
 * ``policy test [DIR]`` runs the ``test_*`` rules of a bundle (default: the configured one) with the
   configured engine (or ``--engine``) and prints one line per test like ``opa test -v``; exit 1 if any
