@@ -1,4 +1,4 @@
-"""Finding the config (docs/architecture.md §8.1), validation errors on one line, and what differs between two configs."""
+"""Finding the config (docs/architecture.md §8.1), one-line validation errors, what differs between two configs."""
 
 from __future__ import annotations
 
