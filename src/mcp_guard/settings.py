@@ -15,7 +15,7 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from mcp_guard.errors import ConfigError
 
@@ -78,13 +78,31 @@ class PolicySettings(_Strict):
 
 
 class AuditSettings(_Strict):
-    # Where the audit log lives (mcp_guard.audit.open_sink / open_reader); "sqlite": the file at `path`.
-    backend: Literal["sqlite"] = "sqlite"
+    # Where the audit log lives (mcp_guard.audit.open_sink / open_reader): "sqlite", the file at `path`;
+    # "postgres", table audit_events in the default schema of the database `dsn` names (one hash
+    # chain for every replica on it). The DSN is kept out of reprs: it may hold a password.
+    backend: Literal["sqlite", "postgres"] = "sqlite"
     path: str = "mcp-guard-audit.db"
+    dsn: Annotated[str | None, Field(validate_default=True, repr=False)] = None
     # Tool pins and pending definition changes (kept apart so the audit log stays append-only).
     state_path: str = "mcp-guard-state.db"
     batch_max: Annotated[int, Field(gt=0)] = 256
     queue_max: Annotated[int, Field(gt=0)] = 10_000
+
+    @field_validator("dsn")
+    @classmethod
+    def _dsn_iff_postgres(cls, v: str | None, info: ValidationInfo) -> str | None:
+        # Messages never quote the DSN: it may hold a password.
+        backend = info.data.get("backend")
+        if backend == "postgres":
+            if not v:
+                raise ValueError('required with backend = "postgres" (e.g. "postgresql://mcp_guard@db.example/audit")')
+            from mcp_guard.audit.postgres import check_dsn  # psycopg is imported only for this backend
+
+            check_dsn(v)
+        elif v is not None and backend is not None:
+            raise ValueError(f'only used with backend = "postgres" (backend is "{backend}")')
+        return v
 
 
 class PrincipalSettings(_Strict):
