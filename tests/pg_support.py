@@ -20,7 +20,6 @@ database's DSN), ``pg_admin`` (a superuser connection to that database, for tamp
 from __future__ import annotations
 
 import contextlib
-from contextlib import asynccontextmanager
 import glob
 import os
 import pwd
@@ -30,6 +29,7 @@ import subprocess
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any

@@ -3,6 +3,7 @@ writers, append-only in the database, schema versions, and bounded failure (down
 
 from __future__ import annotations
 
+import itertools
 import socket
 import time
 import uuid
@@ -16,7 +17,6 @@ import anyio
 import psycopg
 import pytest
 from audit_testkit import PYTHON, child_env, event
-from pg_support import PgServer, hanging_proxy, start_cluster
 from psycopg import conninfo
 
 from mcp_guard.audit import AuditWriter, open_reader, open_sink, schema
@@ -34,6 +34,7 @@ from mcp_guard.audit.postgres import (
 from mcp_guard.audit.verify import verify_chain
 from mcp_guard.errors import AuditError, ConfigError
 from mcp_guard.settings import load_settings
+from pg_support import PgServer, hanging_proxy, start_cluster
 
 pytestmark = pytest.mark.anyio
 
@@ -173,7 +174,7 @@ async def test_two_writers_with_interleaved_batches_keep_one_chain(pg_dsn: str) 
     assert [r["seq"] for r in rows] == list(range(1, 603))
     who = [r["principal"] for r in rows]
     assert who.count("writer-a") == who.count("writer-b") == 301
-    switches = sum(1 for x, y in zip(who, who[1:], strict=False) if x != y)
+    switches = sum(1 for x, y in itertools.pairwise(who) if x != y)
     assert switches > 4, "the two writers' batches should interleave"
     result = verify(pg_dsn)
     assert result.ok, result.problem
@@ -337,29 +338,29 @@ async def test_a_server_that_is_down_fails_open_promptly_without_the_password(pg
 
 
 async def test_a_hung_server_fails_record_within_its_timeout_and_the_writer_recovers(pg_dsn: str) -> None:
-    async with hanging_proxy(pg_dsn) as proxy:
-        async with (
-            open_postgres(proxy.dsn(pg_dsn), timeout=1.0) as backend,
-            AuditWriter.running(backend, record_timeout=0.5) as store,
-        ):
-            assert await store.record(event(1)) == 1
-            proxy.hang()
-            started = time.monotonic()
-            with pytest.raises(AuditError, match="did not commit within"):
-                await store.record(event(2))
-            assert time.monotonic() - started < 1.5  # record_timeout, plus a watchdog tick
-            with anyio.fail_after(5):  # the backend gives up on the hung connection after its timeout
-                while backend.reconnects == 0 and "no answer" not in (store.problem or ""):
-                    await anyio.sleep(0.05)
-            proxy.recover()
-            with anyio.fail_after(10):
-                while True:  # the next batches go out on a new connection
-                    try:
-                        seq = await store.record(event(3))
-                        break
-                    except AuditError:
-                        await anyio.sleep(0.1)
-            assert store.healthy
+    async with (
+        hanging_proxy(pg_dsn) as proxy,
+        open_postgres(proxy.dsn(pg_dsn), timeout=1.0) as backend,
+        AuditWriter.running(backend, record_timeout=0.5) as store,
+    ):
+        assert await store.record(event(1)) == 1
+        proxy.hang()
+        started = time.monotonic()
+        with pytest.raises(AuditError, match="did not commit within"):
+            await store.record(event(2))
+        assert time.monotonic() - started < 1.5  # record_timeout, plus a watchdog tick
+        with anyio.fail_after(5):  # the backend gives up on the hung connection after its timeout
+            while "no answer" not in (store.problem or ""):  # noqa: ASYNC110 - no event for it
+                await anyio.sleep(0.05)
+        proxy.recover()
+        with anyio.fail_after(10):
+            while True:  # the next batches go out on a new connection
+                try:
+                    seq = await store.record(event(3))
+                    break
+                except AuditError:
+                    await anyio.sleep(0.1)
+        assert store.healthy
     result = verify(pg_dsn)
     assert result.ok, result.problem
     assert result.head_seq == seq
