@@ -29,6 +29,7 @@ and it leaves the target as it was: the copy is one transaction.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,7 +73,7 @@ def migrate_log(source: AuditReader, dsn: str, *, timeout: float = 10.0) -> Migr
         raise AuditError(
             f"{source.location}: source chain broken at seq {checked.bad_seq}: {checked.problem}; nothing copied"
         )
-    anyio.run(_prepare_schema, dsn, timeout)
+    _prepare_schema(dsn, timeout)
     head = ChainHead(checked.head_seq, str(checked.head_hash)) if checked.head_seq is not None else None
     try:
         copied, already = _copy(source, dsn, head, timeout)
@@ -88,9 +89,19 @@ def migrate_log(source: AuditReader, dsn: str, *, timeout: float = 10.0) -> Migr
     return MigrateResult(source=source.location, target=target, copied=copied, already=already, head=head)
 
 
-async def _prepare_schema(dsn: str, timeout: float) -> None:
-    async with open_postgres(dsn, timeout=timeout):
-        pass  # opening creates or migrates the schema
+def _prepare_schema(dsn: str, timeout: float) -> None:
+    """Create or migrate the target's schema the way the proxy does (:func:`open_postgres`).
+
+    In an event loop of its own, on a helper thread: the caller may already run one (a test, or an
+    application embedding the command).
+    """
+
+    async def prepare() -> None:
+        async with open_postgres(dsn, timeout=timeout):
+            pass
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mcp-guard-migrate") as pool:
+        pool.submit(anyio.run, prepare).result()
 
 
 def _copy(source: AuditReader, dsn: str, head: ChainHead | None, timeout: float) -> tuple[int, int]:
