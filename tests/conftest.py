@@ -7,6 +7,7 @@ and ``pg_admin`` from tests/pg_support.py.
 from __future__ import annotations
 
 import pytest
+
 from pg_support import pg_admin, pg_dsn, pg_server
 
 __all__ = ["pg_admin", "pg_dsn", "pg_server"]

@@ -10,7 +10,8 @@ Where the server comes from, first that works:
    root — and stopped when the session ends.
 
 If none works the tests that need PostgreSQL **fail** with the reasons; they are never skipped
-(``.ci/run`` installs Debian's ``postgresql`` where the binaries are missing).
+(``.ci/run`` installs Debian's ``postgresql`` where the binaries are missing). ``MCP_GUARD_TEST_PG=throwaway``
+skips 1 and 2: the suite then runs as on a machine where no server runs.
 
 Each test gets its own database (random name, dropped afterwards), so chains, advisory locks and
 NOTIFY channels of different tests never meet. Fixtures: ``pg_server`` (session), ``pg_dsn`` (a fresh
@@ -42,6 +43,7 @@ from psycopg import conninfo
 
 LOCAL_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 ENV_DSN = "MCP_GUARD_TEST_PG_DSN"
+ENV_MODE = "MCP_GUARD_TEST_PG"  # "throwaway": always start a cluster of our own
 
 
 @dataclass
@@ -161,15 +163,18 @@ def find_server() -> PgServer:
     """The first server that works (see the module docstring); pytest.fail naming every reason if none."""
     reasons: list[str] = []
     env = os.environ.get(ENV_DSN)
-    if env:
+    if os.environ.get(ENV_MODE) == "throwaway":
+        reasons.append(f"${ENV_MODE}=throwaway: no other server tried")
+    elif env:
         problem = _usable(env)
         if problem is None:
             return PgServer(env, f"${ENV_DSN}")
         pytest.fail(f"${ENV_DSN} is set but unusable: {problem}", pytrace=False)
-    problem = _usable(LOCAL_DSN)
-    if problem is None:
-        return PgServer(LOCAL_DSN, "127.0.0.1:5432")
-    reasons.append(f"127.0.0.1:5432: {problem}")
+    else:
+        problem = _usable(LOCAL_DSN)
+        if problem is None:
+            return PgServer(LOCAL_DSN, "127.0.0.1:5432")
+        reasons.append(f"127.0.0.1:5432: {problem}")
     try:
         server = start_cluster()
     except Exception as e:
