@@ -557,7 +557,8 @@ class PostgresReader:
             if self._listener is None or self._listener.closed:
                 self._listener = psycopg.connect(**connect_args(self._dsn, self._timeout, writer=False))
                 self._listener.execute(f"LISTEN {CHANNEL}")
-                self._schema = str(self._listener.execute("SELECT current_schema()").fetchone()[0])  # type: ignore[index]
+                row = self._listener.execute("SELECT current_schema()").fetchone()
+                self._schema = str(row[0]) if row else None
                 return
             deadline = time.monotonic() + timeout
             while (left := deadline - time.monotonic()) > 0:
