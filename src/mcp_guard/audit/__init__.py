@@ -26,8 +26,9 @@ What can go wrong, and what you get (:mod:`mcp_guard.errors`)::
     ├── ConfigError    ``[audit] backend`` names no backend (file and key ``audit.backend``)
     └── AuditError     the sink cannot commit an event: record() raises within record_timeout, so
                        the pipeline denies the call (``audit_unavailable``); the file was removed or
-                       replaced (the sink is broken for good); the database cannot be opened, is
-                       newer than this mcp-guard, or cannot be read (open_sink, open_reader)
+                       replaced (the sink is broken for good); PostgreSQL is down or hangs (each batch
+                       fails within its timeout; the next one reconnects); the database cannot be
+                       opened, is newer than this mcp-guard, or cannot be read (open_sink, open_reader)
 
 A backend is one module: an :class:`AuditBackend` (append a numbered, hashed batch in one
 transaction; report when it can never write again) and an :class:`AuditReader`, registered in the two
