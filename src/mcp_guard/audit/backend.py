@@ -23,8 +23,8 @@ forks.
 
 Opening a backend is an async context manager of the backend's own module (``open_sqlite``,
 ``open_postgres``): it creates or migrates the schema, reads the head and runs any background work
-(WAL checkpoints) until the block ends. The writer is entered inside that block, so the writer's final flush happens while
-the backend is still open.
+(WAL checkpoints) until the block ends. The writer is entered inside that block, so the writer's
+final flush happens while the backend is still open.
 """
 
 from __future__ import annotations

@@ -51,7 +51,6 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager, AbstractContextManager, asynccontextmanager, contextmanager
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -76,6 +75,7 @@ __all__ = [
     "PostgresReader",
     "backend_from_settings",
     "chain_lock_sql",
+    "check_dsn",
     "connect_args",
     "open_postgres",
     "open_postgres_reader",
@@ -96,18 +96,9 @@ _TRIGGERS = ("audit_events_append_only", "audit_events_notify")
 # ---------------------------------------------------------------------------------------------- schema
 
 
-@dataclass(frozen=True, slots=True)
-class Migration:
-    """One schema step: run ``statements`` in a transaction, then record ``version``."""
-
-    version: int
-    description: str
-    statements: tuple[str, ...]
-
-
 _TEXT = 'TEXT COLLATE "C"'  # byte order, like SQLite: ts compares as the stored text
 
-_V1 = Migration(
+_V1 = schema.Migration(  # the PostgreSQL spelling of SQLite's version 1
     version=1,
     description="audit_events: append-only hash-chained log with lookup indexes",
     statements=(
@@ -164,7 +155,7 @@ _V1 = Migration(
     ),
 )
 
-MIGRATIONS: tuple[Migration, ...] = (_V1,)
+MIGRATIONS: tuple[schema.Migration, ...] = (_V1,)
 SCHEMA_VERSION: int = MIGRATIONS[-1].version
 
 _CREATE_VERSION_TABLE = """
@@ -276,7 +267,7 @@ async def _migrate(conn: psycopg.AsyncConnection[Any], location: str) -> int:
     return version
 
 
-async def _apply(conn: psycopg.AsyncConnection[Any], step: Migration, location: str) -> int:
+async def _apply(conn: psycopg.AsyncConnection[Any], step: schema.Migration, location: str) -> int:
     """Apply ``step`` unless the schema has it already; return the schema's version."""
     version = await _version(conn)
     if version > SCHEMA_VERSION:
