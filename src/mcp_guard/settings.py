@@ -1,4 +1,4 @@
-"""The TOML configuration (DESIGN §4), validated by pydantic.
+"""The TOML configuration (docs/architecture.md §8.2), validated by pydantic.
 
 Unknown keys, missing files and bad values raise :class:`mcp_guard.errors.ConfigError` whose message
 names the file, the dotted key and the problem. Relative paths in a config file (policy bundle, audit
@@ -15,7 +15,7 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from mcp_guard.errors import ConfigError
 
@@ -82,9 +82,12 @@ class PolicySettings(_Strict):
 
 
 class AuditSettings(_Strict):
-    # Where the audit log lives (mcp_guard.audit.open_sink / open_reader); "sqlite": the file at `path`.
-    backend: Literal["sqlite"] = "sqlite"
+    # Where the audit log lives (mcp_guard.audit.open_sink / open_reader): "sqlite", the file at `path`;
+    # "postgres", table audit_events in the default schema of the database `dsn` names (one hash
+    # chain for every replica on it). The DSN is kept out of reprs: it may hold a password.
+    backend: Literal["sqlite", "postgres"] = "sqlite"
     path: str = "mcp-guard-audit.db"
+    dsn: Annotated[str | None, Field(validate_default=True, repr=False)] = None
     # Tool pins, pending definition changes and rate-limit counters (kept apart so the audit log stays
     # append-only); shared by every mcp-guard process using the same file.
     state_path: str = "mcp-guard-state.db"
@@ -92,6 +95,21 @@ class AuditSettings(_Strict):
     state_timeout_ms: Annotated[int, Field(gt=0, le=60_000)] = 1000
     batch_max: Annotated[int, Field(gt=0)] = 256
     queue_max: Annotated[int, Field(gt=0)] = 10_000
+
+    @field_validator("dsn")
+    @classmethod
+    def _dsn_iff_postgres(cls, v: str | None, info: ValidationInfo) -> str | None:
+        # Messages never quote the DSN: it may hold a password.
+        backend = info.data.get("backend")
+        if backend == "postgres":
+            if not v:
+                raise ValueError('required with backend = "postgres" (e.g. "postgresql://mcp_guard@db.example/audit")')
+            from mcp_guard.audit.postgres import check_dsn  # psycopg is imported only for this backend
+
+            check_dsn(v)
+        elif v is not None and backend is not None:
+            raise ValueError(f'only used with backend = "postgres" (backend is "{backend}")')
+        return v
 
 
 class PrincipalSettings(_Strict):
@@ -220,7 +238,7 @@ CONFIG_ENV = "MCP_GUARD_CONFIG"
 
 
 def find_config(explicit: str | None) -> Path:
-    """The config file to use (DESIGN §3): ``--config``, else ``$MCP_GUARD_CONFIG``, else
+    """The config file to use (docs/architecture.md §8.1): ``--config``, else ``$MCP_GUARD_CONFIG``, else
     ``./config/mcp-guard.toml``.
 
     Raises :class:`ConfigError` saying where it looked when none of them names a file. There is no
