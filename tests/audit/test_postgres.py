@@ -440,10 +440,12 @@ def test_redact_dsn_never_shows_the_password() -> None:
     ],
 )
 def test_dsn_config_errors_name_file_and_key_never_the_password(tmp_path: Path, audit: str, message: str) -> None:
+    """Settings check that a DSN is given iff the backend is postgres; the backend, when it opens, that libpq
+    can parse it (settings never import the driver)."""
     path = tmp_path / "mcp-guard.toml"
     path.write_text(f"[audit]\n{audit}\n")
-    with pytest.raises(ConfigError) as err:
-        load_settings(path)
+    with pytest.raises(ConfigError) as err, open_reader(load_settings(path)):
+        pass
     assert (err.value.file, err.value.key) == (str(path), "audit.dsn")
     assert str(err.value).startswith(f"{path}: audit.dsn: ") and message in str(err.value)
     assert "s3cr3t" not in str(err.value)

@@ -61,7 +61,7 @@ from psycopg import conninfo, pq
 from mcp_guard.audit import schema
 from mcp_guard.audit.chain import GENESIS, ChainHead, RowBody, chain_rows
 from mcp_guard.audit.reader import Filters
-from mcp_guard.errors import AuditError
+from mcp_guard.errors import AuditError, ConfigError
 from mcp_guard.types import utc_now
 
 if TYPE_CHECKING:
@@ -435,9 +435,14 @@ def backend_from_settings(settings: Settings) -> AbstractAsyncContextManager[Pos
 
 
 def _dsn(settings: Settings) -> str:
+    """``[audit] dsn``, checked: a config error naming the file and key (never the DSN) unless libpq parses it."""
     dsn = settings.audit.dsn
     if not dsn:  # the settings model requires it with backend = "postgres"; this is the backstop
         raise AuditError('[audit] dsn is required with backend = "postgres"')
+    try:
+        check_dsn(dsn)
+    except ValueError as e:
+        raise ConfigError(str(e), file=settings.source, key="audit.dsn") from None
     return dsn
 
 
