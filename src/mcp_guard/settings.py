@@ -18,11 +18,13 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mcp_guard.errors import ConfigError
+from mcp_guard.secrets.redact import DEFAULT_MIN_FRAGMENT, MIN_FRAGMENT_FLOOR
 
 __all__ = [
     "AuditSettings",
     "PolicySettings",
     "PrincipalSettings",
+    "RedactionSettings",
     "SecretSettings",
     "ServerSettings",
     "Settings",
@@ -83,6 +85,21 @@ class AuditSettings(_Strict):
     state_path: str = "mcp-guard-state.db"
     batch_max: Annotated[int, Field(gt=0)] = 256
     queue_max: Annotated[int, Field(gt=0)] = 10_000
+    # Call arguments larger than this (canonical JSON, bytes) are stored as sha256 + size + a preview.
+    max_arguments_bytes: Annotated[int, Field(ge=1024)] = 64 * 1024
+
+
+class RedactionSettings(_Strict):
+    # Runs of at least this many characters of an injected secret are scrubbed too, not only whole values
+    # (a truncated token in an error text or a log line); 0 turns fragments off.
+    min_fragment_chars: Annotated[int, Field(ge=0)] = DEFAULT_MIN_FRAGMENT
+
+    @field_validator("min_fragment_chars")
+    @classmethod
+    def _not_too_short(cls, v: int) -> int:
+        if 0 < v < MIN_FRAGMENT_FLOOR:
+            raise ValueError(f"must be 0 (off) or at least {MIN_FRAGMENT_FLOOR}: shorter runs match ordinary words")
+        return v
 
 
 class PrincipalSettings(_Strict):
@@ -169,6 +186,7 @@ class Settings(_Strict):
     server: ServerSettings = ServerSettings()
     policy: PolicySettings = PolicySettings()
     audit: AuditSettings = AuditSettings()
+    redaction: RedactionSettings = RedactionSettings()
     principals: dict[str, PrincipalSettings] = {}
     secrets: dict[str, SecretSettings] = {}
     upstreams: dict[str, UpstreamSettings] = {}
