@@ -336,3 +336,14 @@ def test_a_text_made_of_anchors_costs_bounded_python_work(monkeypatch: pytest.Mo
     out = s.scrub_text(text)
     assert out.count(marker("simple")) == 1 and SIMPLE not in out
     assert len(set(looked_at)) < MISS_BUDGET + len(text) // 4096 + 50
+
+
+def test_a_word_of_a_passphrase_is_not_a_fragment_until_it_is_long() -> None:
+    s = Scrubber([("pass", "other-upstream-secret-77")])
+    assert s.scrub_text("the upstream said no") == "the upstream said no"
+    assert s.scrub_text("Upstream or UPSTREAM") == "Upstream or UPSTREAM"
+    assert s.scrub_text("see other-upstream") == f"see {marker('pass')}"
+    assert s.scrub_text("x stream-secret y") == f"x {marker('pass')} y"
+    s = Scrubber([("pass", "correcthorsebatterystaple")])
+    assert s.scrub_text("battery staple") == "battery staple"
+    assert s.scrub_text("...horsebatterystap") == f"...{marker('pass')}", "16 letters and more are a fragment"

@@ -117,7 +117,8 @@ class Finder(Generic[_S]):
       left of it;
     * an *anchor* is a short piece of a *source*: where it is found the match is extended left and right
       while the text agrees with the source around one of the anchor's occurrences in it, and kept if
-      it spans ``min_run`` units (characters, or bytes).
+      it spans ``min_run`` units (characters, or bytes) — ``2 * min_run`` if it reads like a word
+      (:func:`_wordlike`).
 
     Every place the pattern matches is looked at (a match may start left of where its literal was found,
     so the leftmost literal does not make the leftmost match); overlapping matches are merged, so what is
@@ -197,8 +198,15 @@ class Finder(Generic[_S]):
                 k += 1
                 r += 1
             runs[key] = k
-            if k - i >= self._min:
+            if k - i >= self._min and (k - i >= 2 * self._min or not _wordlike(text[i:k])):
                 out.append((i, k, self._owners[idx]))
+
+
+def _wordlike(run: str | bytes) -> bool:
+    """Letters only, in one case or Capitalised: a piece of a secret made of words, which ordinary text holds
+    too. Such a run is kept only from twice ``min_run`` on; anything with a digit, a symbol, a space or
+    mixed case is a fragment from ``min_run`` on."""
+    return run.isalpha() and (run.islower() or run.isupper() or run.istitle())
 
 
 def _merge(spans: list[Span]) -> list[Span]:

@@ -23,8 +23,11 @@ Fragments
     text goes on agreeing with the value, and kept if it spans ``min_fragment`` characters. Anchors start,
     where the value allows, with characters the regex already starts with (so positions the scan skips
     stay skipped) and with characters rare in text (not spaces, quotes or frequent lowercase letters).
-    Fragments of the other encodings (hex, base64, URL) are not looked for; fragments of a value are
-    looked for in decoded base64 blobs like everything else. ``min_fragment = 0`` turns fragments off.
+    A run made only of letters in one case (or Capitalised) — a word of a passphrase-like secret, which
+    ordinary text holds too — counts only from twice ``min_fragment`` on; one with a digit, a symbol, a
+    space or mixed case from ``min_fragment`` on. Fragments of the other encodings (hex, base64, URL) are
+    not looked for; fragments of a value are looked for in decoded base64 blobs like everything else.
+    ``min_fragment = 0`` turns fragments off.
 
 Split across blocks
     An upstream can leak a value in pieces: a tool result whose first text block ends in ``"sk-ab"``
