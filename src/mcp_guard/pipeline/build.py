@@ -50,13 +50,14 @@ def pipeline_stages(
     *, engine: Evaluator, sink: EventSink, registry: Registry, secrets: SecretSource
 ) -> list[Interceptor]:
     """The stages, outermost first (the order in the module docstring)."""
+    bound = registry.settings.audit.max_arguments_bytes
     return [
         InspectArguments(secrets),
-        RecordOutcome(sink),
+        RecordOutcome(sink, max_arguments_bytes=bound),
         PinCheck(registry),
         Authorize(engine),
         EnforceObligations(obligation_handlers(secrets)),
-        RecordDecision(sink),
+        RecordDecision(sink, max_arguments_bytes=bound),
         Redact(secrets),
     ]
 
