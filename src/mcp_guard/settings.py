@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from mcp_guard.errors import ConfigError
 from mcp_guard.secrets.redact import DEFAULT_MIN_FRAGMENT, MIN_FRAGMENT_FLOOR
+from mcp_guard.upstream.naming import Namer
 
 __all__ = [
     "AuditSettings",
@@ -204,9 +205,19 @@ class Settings(_Strict):
         bare = [n for n, u in self.upstreams.items() if not u.namespace and u.enabled]
         if len(bare) > 1:
             raise ValueError(f"upstreams: at most one upstream may set namespace = false (found {', '.join(bare)})")
+        namer = Namer(sep)
         for name, up in self.upstreams.items():
-            if sep in name:
-                raise ValueError(f"upstreams.{name}: name contains the tool separator {sep!r}")
+            ambiguous = namer.ambiguity(name)
+            if ambiguous is not None:
+                exposed, other, tool = ambiguous
+                also = f"; upstream {other!r} is configured too" if other in self.upstreams else ""
+                raise ValueError(
+                    f"upstreams.{name}: with the tool separator {sep!r} its tools' names are ambiguous: "
+                    f"its tool 'echo' would be {exposed!r}, which reads as upstream {other!r}'s tool {tool!r}"
+                    f"{also}. The first {sep!r} in '<upstream>{sep}' must be the one the separator adds "
+                    f"(so a name can neither contain it nor end with a start of it that it continues); rename "
+                    f"the upstream or change [server] tool_separator"
+                )
             for var, secret in up.inject_env.items():
                 if secret not in self.secrets:
                     raise ValueError(f"upstreams.{name}.inject_env.{var}: unknown secret {secret!r}")
