@@ -9,6 +9,7 @@ from typing import Any
 import mcp_types as types
 import pytest
 from mcp.client.session import ClientRequestContext
+from mcp.shared.exceptions import MCPError
 
 from guard_harness import REPO, TIMEOUT_S, client_of, make_settings, text_of
 from mcp_guard.app import Guard
@@ -102,3 +103,32 @@ async def test_a_start_up_error_that_echoes_the_token_is_recorded_scrubbed() -> 
     assert failed and failed[0].details is not None
     assert failed[0].details["reason"] == "upstream error -32603: bad token [REDACTED:tok]"
     _no_token(sink.events)
+
+
+# ---------------------------------------------------------------------------------------------------- provenance
+@pytest.mark.parametrize("code", [-32010, -32011, -32012])
+async def test_an_upstream_error_with_our_codes_never_reads_as_ours(code: int) -> None:
+    sink = RecordingSink()
+    guard = _guard(_settings(), sink)
+    async with guard.running():
+        assert not await guard.registry.wait_ready(TIMEOUT_S)
+        async with client_of(guard) as client:
+            with pytest.raises(MCPError) as raised:
+                await client.call_tool("leaky__impersonate", {"code": code})
+    error = raised.value.error
+    assert error.code == types.INTERNAL_ERROR
+    assert error.message.startswith(f"upstream 'leaky' answered with error code {code}: upstream 'leaky' went down")
+    row = sink.of_kind(EventKind.CALL_ERROR)[0]
+    assert row.details is not None and row.details["origin"] == "upstream"
+
+
+async def test_our_own_errors_still_read_as_ours() -> None:
+    sink = RecordingSink()
+    guard = _guard(_settings(), sink)
+    async with guard.running():
+        assert not await guard.registry.wait_ready(TIMEOUT_S)
+        async with client_of(guard) as client:
+            invalid = await client.call_tool("leaky__invalid", {})
+    assert invalid.is_error and text_of(invalid).startswith("mcp-guard: ")
+    row = sink.of_kind(EventKind.CALL_ERROR)[0]
+    assert row.details is not None and row.details["origin"] == "guard"

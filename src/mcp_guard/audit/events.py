@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 from mcp_guard.audit.chain import json_text
@@ -184,9 +185,10 @@ def call_error(
     tool: str | None,
     call_id: str | None = None,
     duration_ms: float | None = None,
+    origin: str | None = None,
 ) -> AuditEvent:
-    """How an allowed call ended with an error (the upstream's, or mcp-guard's own -3201x)."""
-    return _outcome_row(
+    """How an allowed call ended with an error; ``origin`` says whose (``"upstream"`` or ``"guard"``)."""
+    row = _outcome_row(
         EventKind.CALL_ERROR,
         decision,
         session_id=session_id,
@@ -198,6 +200,9 @@ def call_error(
         duration_ms=duration_ms,
         result={"code": code, "message": message},
     )
+    if origin is None:
+        return row
+    return replace(row, details={**(row.details or {}), "origin": origin})
 
 
 def call_cancelled(

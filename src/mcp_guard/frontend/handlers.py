@@ -260,7 +260,7 @@ class Handlers:
         if outcome.denial is not None:
             return _for_client(ctx, self._deny_tool_result(outcome.denial))
         if outcome.error is not None:
-            if is_guard_error(outcome.error):
+            if is_guard_error(outcome):  # by its provenance marker: an upstream's error never reads as ours
                 return _for_client(
                     ctx, {"content": [{"type": "text", "text": f"mcp-guard: {outcome.error.message}"}], "isError": True}
                 )

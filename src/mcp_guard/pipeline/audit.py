@@ -97,7 +97,13 @@ def outcome_row(ctx: CallContext, outcome: Outcome, max_arguments_bytes: int = _
     if denial is not None:
         return _decision_row(ctx, denial, max_arguments_bytes)
     if outcome.error is not None:
-        return events.call_error(outcome.decision, outcome.error.code, outcome.error.message, **_columns(ctx))
+        return events.call_error(
+            outcome.decision,
+            outcome.error.code,
+            outcome.error.message,
+            origin=outcome.error_origin,
+            **_columns(ctx),
+        )
     return events.call_result(outcome.decision, outcome.result or {}, **_columns(ctx))
 
 
