@@ -130,5 +130,6 @@ async def test_our_own_errors_still_read_as_ours() -> None:
         async with client_of(guard) as client:
             invalid = await client.call_tool("leaky__invalid", {})
     assert invalid.is_error and text_of(invalid).startswith("mcp-guard: ")
+    assert invalid.meta == {"mcp-guard/error": {"code": -32010, "origin": "guard"}}
     row = sink.of_kind(EventKind.CALL_ERROR)[0]
     assert row.details is not None and row.details["origin"] == "guard"

@@ -5,10 +5,14 @@ is an :meth:`Outcome.guard_error <mcp_guard.pipeline.context.Outcome.guard_error
 answered is an upstream error (``ErrorOrigin.UPSTREAM``), whatever its code or text. The front tells them
 apart by that marker (:func:`is_guard_error`). An upstream error that uses a code of mcp-guard's own range
 (:data:`GUARD_CODES`) is re-coded (``INTERNAL_ERROR``, its message saying which upstream answered which
-code), so a client that tells errors apart by code cannot be fooled either.
+code), so a client that tells errors apart by code cannot be fooled either; and the ``_meta`` keys mcp-guard
+writes (:data:`GUARD_META_PREFIX`) are removed from an upstream's result, so its result cannot carry a
+forged decision.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import mcp_types as types
 from mcp.shared.exceptions import MCPError
@@ -20,11 +24,13 @@ from mcp_guard.upstream.registry import Registry
 __all__ = [
     "DENIED",
     "GUARD_CODES",
+    "GUARD_META_PREFIX",
     "UPSTREAM_TIMEOUT",
     "UPSTREAM_UNAVAILABLE",
     "Forward",
     "is_guard_error",
     "upstream_error",
+    "upstream_result",
 ]
 
 # JSON-RPC error codes mcp-guard itself answers with (server-defined range).
@@ -33,11 +39,22 @@ UPSTREAM_TIMEOUT = -32011  # upstream did not answer within its timeout_s
 DENIED = -32012  # policy (or a fail-closed stage) denied a resources/read, prompts/get, …
 GUARD_CODES = range(-32019, -32009)
 """-32019 … -32010: mcp-guard's own; never passed on from an upstream."""
+GUARD_META_PREFIX = "mcp-guard/"
+"""``_meta`` keys mcp-guard writes on its answers (``mcp-guard/decision``…); never passed on from an upstream."""
 
 
 def is_guard_error(outcome: Outcome) -> bool:
     """Whether ``outcome`` ends in an error mcp-guard made (by its marker, never by its code or text)."""
     return outcome.error is not None and outcome.error_origin is ErrorOrigin.GUARD
+
+
+def upstream_result(result: dict[str, Any]) -> dict[str, Any]:
+    """An upstream's result without ``_meta`` keys of mcp-guard's own (the same dict if it has none)."""
+    meta = result.get("_meta")
+    if not isinstance(meta, dict) or not any(isinstance(k, str) and k.startswith(GUARD_META_PREFIX) for k in meta):
+        return result
+    kept = {k: v for k, v in meta.items() if not (isinstance(k, str) and k.startswith(GUARD_META_PREFIX))}
+    return {**result, "_meta": kept}
 
 
 def upstream_error(server: str, error: types.ErrorData) -> types.ErrorData:
@@ -71,4 +88,4 @@ class Forward:
             return Outcome.guard_error(UPSTREAM_UNAVAILABLE, str(e))
         except MCPError as e:
             return Outcome(error=upstream_error(ctx.server, e.error), error_origin=ErrorOrigin.UPSTREAM)
-        return Outcome(result=result)
+        return Outcome(result=upstream_result(result))
