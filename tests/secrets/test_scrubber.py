@@ -335,7 +335,8 @@ def test_a_text_made_of_anchors_costs_bounded_python_work(monkeypatch: pytest.Mo
     monkeypatch.setattr(Finder, "_candidates", counting)
     out = s.scrub_text(text)
     assert out.count(marker("simple")) == 1 and SIMPLE not in out
-    assert len(set(looked_at)) < MISS_BUDGET + len(text) // 4096 + 50
+    assert len(set(looked_at)) < MISS_BUDGET + len(text) // 256 + 50
+    assert len(text) // ANCHOR_LENGTH > 10 * (MISS_BUDGET + len(text) // 256), "the flood is far over budget"
 
 
 def test_a_word_of_a_passphrase_is_not_a_fragment_until_it_is_long() -> None:
