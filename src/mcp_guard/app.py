@@ -111,10 +111,12 @@ class Guard:
         from mcp_guard.logging import add_processor
         from mcp_guard.pipeline.redact import scrub_processor
         from mcp_guard.policy import ReloadEvent, open_engine
+        from mcp_guard.secrets.log_filter import install_log_filter
         from mcp_guard.secrets.manager import SecretManager
 
         secrets = SecretManager(settings)
         add_processor(scrub_processor(secrets))
+        install_log_filter(lambda: secrets.scrubber)  # the SDK's, httpx's and uvicorn's stdlib log records
         sink: EventSink | None = None  # the audit store, once it is open (the engine is opened first)
         watchers: list[BundleWatcher] = []
 

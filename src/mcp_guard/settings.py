@@ -18,6 +18,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from mcp_guard.errors import ConfigError
+from mcp_guard.upstream.naming import Namer
 
 __all__ = [
     "CONFIG_ENV",
@@ -25,6 +26,7 @@ __all__ = [
     "AuditSettings",
     "PolicySettings",
     "PrincipalSettings",
+    "RedactionSettings",
     "SecretSettings",
     "ServerSettings",
     "Settings",
@@ -95,6 +97,8 @@ class AuditSettings(_Strict):
     state_timeout_ms: Annotated[int, Field(gt=0, le=60_000)] = 1000
     batch_max: Annotated[int, Field(gt=0)] = 256
     queue_max: Annotated[int, Field(gt=0)] = 10_000
+    # Call arguments larger than this (canonical JSON, bytes) are stored as sha256 + size + a preview.
+    max_arguments_bytes: Annotated[int, Field(ge=1024)] = 64 * 1024
 
     @field_validator("dsn")
     @classmethod
@@ -108,6 +112,25 @@ class AuditSettings(_Strict):
             # the backend opens: settings sit below it and never import psycopg.
         elif v is not None and backend is not None:
             raise ValueError(f'only used with backend = "postgres" (backend is "{backend}")')
+        return v
+
+
+DEFAULT_MIN_FRAGMENT = 8
+"""Runs of a secret at least this long are scrubbed wherever they appear."""
+MIN_FRAGMENT_FLOOR = 6
+"""The smallest ``min_fragment`` accepted: shorter runs would redact ordinary words."""
+
+
+class RedactionSettings(_Strict):
+    # Runs of at least this many characters of an injected secret are scrubbed too, not only whole values
+    # (a truncated token in an error text or a log line); 0 turns fragments off.
+    min_fragment_chars: Annotated[int, Field(ge=0)] = DEFAULT_MIN_FRAGMENT
+
+    @field_validator("min_fragment_chars")
+    @classmethod
+    def _not_too_short(cls, v: int) -> int:
+        if 0 < v < MIN_FRAGMENT_FLOOR:
+            raise ValueError(f"must be 0 (off) or at least {MIN_FRAGMENT_FLOOR}: shorter runs match ordinary words")
         return v
 
 
@@ -195,6 +218,7 @@ class Settings(_Strict):
     server: ServerSettings = ServerSettings()
     policy: PolicySettings = PolicySettings()
     audit: AuditSettings = AuditSettings()
+    redaction: RedactionSettings = RedactionSettings()
     principals: dict[str, PrincipalSettings] = {}
     secrets: dict[str, SecretSettings] = {}
     upstreams: dict[str, UpstreamSettings] = {}
@@ -212,9 +236,19 @@ class Settings(_Strict):
         bare = [n for n, u in self.upstreams.items() if not u.namespace and u.enabled]
         if len(bare) > 1:
             raise ValueError(f"upstreams: at most one upstream may set namespace = false (found {', '.join(bare)})")
+        namer = Namer(sep)
         for name, up in self.upstreams.items():
-            if sep in name:
-                raise ValueError(f"upstreams.{name}: name contains the tool separator {sep!r}")
+            ambiguous = namer.ambiguity(name)
+            if ambiguous is not None:
+                exposed, other, tool = ambiguous
+                also = f"; upstream {other!r} is configured too" if other in self.upstreams else ""
+                raise ValueError(
+                    f"upstreams.{name}: with the tool separator {sep!r} its tools' names are ambiguous: "
+                    f"its tool 'echo' would be {exposed!r}, which reads as upstream {other!r}'s tool {tool!r}"
+                    f"{also}. The first {sep!r} in '<upstream>{sep}' must be the one the separator adds "
+                    f"(so a name can neither contain it nor end with a start of it that it continues); rename "
+                    f"the upstream or change [server] tool_separator"
+                )
             for var, secret in up.inject_env.items():
                 if secret not in self.secrets:
                     raise ValueError(f"upstreams.{name}.inject_env.{var}: unknown secret {secret!r}")
