@@ -70,12 +70,27 @@ class Histogram:
         self._n = len(ordered) + 1  # the buckets, +Inf included
         self.series: dict[LabelValues, list[float]] = {}
 
-    def observe(self, key: LabelValues, value: float) -> None:
+    def series_for(self, key: LabelValues) -> list[float]:
+        """``key``'s series, made empty if new: ``[count of each bucket…, +Inf count, sum]``. A hot path may
+        keep it and update it in place as :meth:`observe` does."""
         series = self.series.get(key)
         if series is None:
             series = self.series[key] = [0.0] * (self._n + 1)
+        return series
+
+    def observe(self, key: LabelValues, value: float) -> None:
+        series = self.series.get(key) or self.series_for(key)
         series[bisect_left(self.bounds, value)] += 1  # the first bucket whose bound is >= value ("le")
         series[-1] += value
+
+    def add(self, key: LabelValues, buckets: Sequence[float], total: float) -> None:
+        """Add bucket counts (not cumulative, ``+Inf`` last) and their sum, kept elsewhere, to ``key``'s series."""
+        if len(buckets) != self._n:
+            raise ValueError(f"{len(buckets)} bucket counts for {self._n} buckets")
+        series = self.series_for(key)
+        for i, n in enumerate(buckets):
+            series[i] += n
+        series[-1] += total
 
     def count(self, key: LabelValues) -> int:
         """How many values were observed for ``key`` (0 if none)."""

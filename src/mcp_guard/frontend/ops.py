@@ -196,23 +196,24 @@ def readiness(src: OpsSources) -> Readiness:
 
 
 def _calls(page: Page, m: CallMetrics) -> None:
+    counts = m.snapshot()
     page.counter(
         "mcp_guard_calls_total",
         "tools/call requests through the pipeline, by upstream, tool, decision and reason code.",
         m.CALLS_LABELS,
-        m.calls,
+        counts.calls,
     )
     page.counter(
         "mcp_guard_requests_total",
         "Every request through the pipeline (tools/call, resources/read, prompts/get, ...), by action.",
         m.REQUESTS_LABELS,
-        m.requests,
+        counts.requests,
     )
     page.histogram(
         "mcp_guard_call_duration_seconds",
         "Time a request spent in the pipeline, upstream call and audit commits included.",
         m.DURATION_LABELS,
-        m.duration,
+        counts.duration,
     )
     page.counter(
         "mcp_guard_call_errors_total",

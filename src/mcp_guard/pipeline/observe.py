@@ -6,9 +6,10 @@ the client is answered with — the policy's deny, a fail-closed deny, an audit 
 upstream's answer — and the time the whole pipeline took. The audit wait every call pays (its rows are
 committed before it goes on) is timed by :class:`TimedSink`, the sink the two audit stages write through.
 
-Recording is a ``dict`` entry bumped in place and a histogram bucket: no locks (everything that records
-or reads runs on the proxy's one event loop), no strings built, nothing formatted until a scrape
-(:mod:`mcp_guard.metrics`, :mod:`mcp_guard.frontend.ops`).
+Recording a request is one ``dict`` lookup (its slot: a list of bucket counts and a sum), a ``bisect`` and
+two additions: no locks (everything that records or reads runs on the proxy's one event loop), no strings
+built, nothing formatted until a scrape sums the slots into families (:mod:`mcp_guard.metrics`,
+:mod:`mcp_guard.frontend.ops`).
 
 Label values are bounded, so a scrape stays small whatever clients and upstreams do:
 
@@ -27,6 +28,9 @@ Label values are bounded, so a scrape stays small whatever clients and upstreams
 from __future__ import annotations
 
 import time
+from bisect import bisect_left
+from dataclasses import dataclass
+from time import perf_counter
 from typing import Final
 
 from mcp_guard.metrics import Histogram
@@ -40,6 +44,7 @@ __all__ = [
     "MAX_TOOL_LABELS",
     "OTHER",
     "POLICY",
+    "CallCounts",
     "CallMetrics",
     "Observe",
     "TimedSink",
@@ -54,14 +59,29 @@ CALL_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 
 # Seconds. A group commit takes ~0.1-1 ms on SQLite; record() gives up after 5 s.
 AUDIT_WAIT_BUCKETS: Final = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0)
 
-_ALLOW: Final = ("allow", "")
-_ERROR: Final = ("error", "")
+_TOOLS_CALL: Final = "tools/call"
+
+# (server, action, tool label, decision, reason): one series of every family below. The tool label is ""
+# for actions other than tools/call, so a resource URI never becomes part of a key.
+SlotKey = tuple[str, str, str, str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class CallCounts:
+    """The call families at one moment (:meth:`CallMetrics.snapshot`), keyed as the ``*_LABELS`` say."""
+
+    calls: dict[tuple[str, ...], int]  # CALLS_LABELS
+    requests: dict[tuple[str, ...], int]  # REQUESTS_LABELS
+    duration: Histogram  # DURATION_LABELS
 
 
 class CallMetrics:
     """The counters and histograms of calls (one per Guard), bumped by :class:`Observe` and :class:`TimedSink`.
 
-    Keys are label-value tuples, in the order of the ``*_LABELS`` class attributes.
+    Recording touches one *slot* per distinct (server, action, tool, decision, reason): a list holding the
+    duration sum and bucket counts (its count is the number of requests). :attr:`calls`, :attr:`requests`
+    and :attr:`duration` are views summed from the slots when a scrape asks, keyed by label-value tuples
+    in the order of the ``*_LABELS`` class attributes.
     """
 
     CALLS_LABELS: Final = ("server", "tool", "decision", "reason")
@@ -69,15 +89,56 @@ class CallMetrics:
     DURATION_LABELS: Final = ("server", "action", "decision")
 
     def __init__(self, *, max_tool_labels: int = MAX_TOOL_LABELS) -> None:
-        self.calls: dict[tuple[str, ...], int] = {}  # tools/call only
-        self.requests: dict[tuple[str, ...], int] = {}  # every pipeline request, tools/call included
-        self.duration = Histogram(CALL_BUCKETS)
+        self._bounds = CALL_BUCKETS
+        self._slots: dict[SlotKey, list[float]] = {}  # key -> [duration sum, bucket counts…, +Inf count]
         self.errors: dict[tuple[str, ...], int] = {}  # allowed calls that ended in an error (not an isError result)
         self.rate_limited: dict[tuple[str, ...], int] = {}
         self.audit_wait = Histogram(AUDIT_WAIT_BUCKETS)
         self.started = time.time()
         self._max_tools = max_tool_labels
         self._tools: dict[str, dict[str, str]] = {}  # server -> tool name -> its label
+
+    # ------------------------------------------------------------------ recording (the hot path)
+    def observe(self, ctx: CallContext, outcome: Outcome, seconds: float) -> None:
+        """One request through the pipeline, as the client is answered (``Outcome.denial``, inlined)."""
+        denial = outcome.override
+        if denial is None:
+            governing = outcome.decision
+            if governing is not None and not governing.allow:
+                denial = governing
+        if denial is None:
+            if outcome.error is not None:
+                self.errors[(ctx.server,)] = self.errors.get((ctx.server,), 0) + 1
+            self._record(ctx, "allow", "", seconds)
+            return
+        code = denial.code
+        if code is ReasonCode.RATE_LIMITED:
+            self.rate_limited[(ctx.server,)] = self.rate_limited.get((ctx.server,), 0) + 1
+        self._record(ctx, "deny", code or POLICY, seconds)
+
+    def observe_error(self, ctx: CallContext, seconds: float) -> None:
+        """A request whose pipeline raised (a bug: stages answer with values)."""
+        self._record(ctx, "error", "", seconds)
+
+    def _record(self, ctx: CallContext, decision: str, reason: str, seconds: float) -> None:
+        action = ctx.action
+        key = (ctx.server, action, ctx.target if action == _TOOLS_CALL else "", decision, reason)
+        slot = self._slots.get(key)
+        if slot is None:
+            slot = self._slot(key)
+        slot[bisect_left(self._bounds, seconds) + 1] += 1
+        slot[0] += seconds
+
+    def _slot(self, key: SlotKey) -> list[float]:
+        """The slot of a key seen for the first time — or of a tool past the cap, every time (its calls go to
+        the ``other`` slot and its name is not remembered, so neither the slots nor the names grow)."""
+        server, action, tool, decision, reason = key
+        if action == _TOOLS_CALL:
+            key = (server, action, self.tool_label(server, tool), decision, reason)
+        slot = self._slots.get(key)
+        if slot is None:
+            slot = self._slots[key] = [0.0, *([0] * (len(self._bounds) + 1))]
+        return slot
 
     def tool_label(self, server: str, tool: str) -> str:
         """``tool`` itself while the upstream has fewer than the cap of named series, else :data:`OTHER`."""
@@ -91,31 +152,37 @@ class CallMetrics:
             label = known[tool] = tool
         return label
 
-    def observe(self, ctx: CallContext, outcome: Outcome, seconds: float) -> None:
-        """One request through the pipeline, as the client is answered."""
-        denial = outcome.denial
-        if denial is None:
-            decision, reason = _ALLOW
-            if outcome.error is not None:
-                self.errors[(ctx.server,)] = self.errors.get((ctx.server,), 0) + 1
-        else:
-            decision, reason = "deny", (denial.code or POLICY)
-            if denial.code is ReasonCode.RATE_LIMITED:
-                self.rate_limited[(ctx.server,)] = self.rate_limited.get((ctx.server,), 0) + 1
-        self._count(ctx, decision, reason, seconds)
+    # ------------------------------------------------------------------ views (scrape time)
+    def snapshot(self) -> CallCounts:
+        """The families summed from the slots, in one pass (what a scrape reads)."""
+        calls: dict[tuple[str, ...], int] = {}
+        requests: dict[tuple[str, ...], int] = {}
+        duration = Histogram(self._bounds)
+        for (server, action, tool, decision, reason), slot in list(self._slots.items()):
+            buckets = slot[1:]
+            n = int(sum(buckets))
+            if action == _TOOLS_CALL:
+                k = (server, tool, decision, reason)
+                calls[k] = calls.get(k, 0) + n
+            k = (server, action, decision, reason)
+            requests[k] = requests.get(k, 0) + n
+            duration.add((server, action, decision), buckets, slot[0])
+        return CallCounts(calls, requests, duration)
 
-    def observe_error(self, ctx: CallContext, seconds: float) -> None:
-        """A request whose pipeline raised (a bug: stages answer with values)."""
-        self._count(ctx, *_ERROR, seconds)
+    @property
+    def calls(self) -> dict[tuple[str, ...], int]:
+        """tools/call requests by (server, tool, decision, reason)."""
+        return self.snapshot().calls
 
-    def _count(self, ctx: CallContext, decision: str, reason: str, seconds: float) -> None:
-        server, action = ctx.server, ctx.action
-        if action == "tools/call":
-            key = (server, self.tool_label(server, ctx.target), decision, reason)
-            self.calls[key] = self.calls.get(key, 0) + 1
-        rkey = (server, action, decision, reason)
-        self.requests[rkey] = self.requests.get(rkey, 0) + 1
-        self.duration.observe((server, action, decision), seconds)
+    @property
+    def requests(self) -> dict[tuple[str, ...], int]:
+        """Every pipeline request (tools/call included) by (server, action, decision, reason)."""
+        return self.snapshot().requests
+
+    @property
+    def duration(self) -> Histogram:
+        """Pipeline time by (server, action, decision)."""
+        return self.snapshot().duration
 
     def timed(self, sink: EventSink) -> TimedSink:
         """``sink`` with every ``record()`` wait observed in :attr:`audit_wait`."""
@@ -130,18 +197,21 @@ class TimedSink:
     ``record_nowait`` passes straight through.
     """
 
-    __slots__ = ("_histogram", "_sink")
+    __slots__ = ("_bounds", "_series", "_sink")
 
     def __init__(self, sink: EventSink, histogram: Histogram) -> None:
         self._sink = sink
-        self._histogram = histogram
+        self._bounds = histogram.bounds
+        self._series = histogram.series_for(())  # the one series, updated in place (Histogram.observe, inlined)
 
     async def record(self, event: AuditEvent) -> int:
-        started = time.perf_counter()
+        started = perf_counter()
         try:
             return await self._sink.record(event)
         finally:
-            self._histogram.observe((), time.perf_counter() - started)
+            waited = perf_counter() - started
+            self._series[bisect_left(self._bounds, waited)] += 1
+            self._series[-1] += waited
 
     def record_nowait(self, event: AuditEvent) -> None:
         self._sink.record_nowait(event)
@@ -163,11 +233,11 @@ class Observe:
         self._metrics = metrics
 
     async def __call__(self, ctx: CallContext, call_next: CallNext) -> Outcome:
-        started = time.perf_counter()
+        started = perf_counter()
         try:
             outcome = await call_next(ctx)
         except Exception:
-            self._metrics.observe_error(ctx, time.perf_counter() - started)
+            self._metrics.observe_error(ctx, perf_counter() - started)
             raise
-        self._metrics.observe(ctx, outcome, time.perf_counter() - started)
+        self._metrics.observe(ctx, outcome, perf_counter() - started)
         return outcome
