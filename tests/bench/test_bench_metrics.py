@@ -1,6 +1,6 @@
 """bench/bench_metrics.py runs (tiny counts) and reports every row; and the no-metrics ablation removes what it says.
 
-No timing is asserted here (tests/pipeline/test_observe.py has the one loose bound); this keeps the bench from rotting.
+No timing is asserted (speed is shown by the bench itself); this keeps it from rotting.
 """
 
 from __future__ import annotations
