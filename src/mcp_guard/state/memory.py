@@ -155,9 +155,7 @@ class MemoryState:
             have = f.labels.get(label)
             if have is None:
                 continue
-            have.n, have.origin, have.latest = take_back_label(
-                have.n, have.origin, have.latest, gone, f.history, label
-            )
+            have.n, have.origin, have.latest = take_back_label(have.n, have.origin, have.latest, gone, f.history, label)
             if have.n <= 0:
                 del f.labels[label]
 

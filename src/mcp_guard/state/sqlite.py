@@ -260,7 +260,8 @@ class SQLiteState:
                 if row is None or flow_expired(float(row[1]), now, bounds):
                     _delete_flows(db, [ref.id])
                     live = db.execute(
-                        "SELECT count(*) FROM flows WHERE principal=? AND seen > ?", (ref.principal, now - bounds.idle_s)
+                        "SELECT count(*) FROM flows WHERE principal=? AND seen > ?",
+                        (ref.principal, now - bounds.idle_s),
                     ).fetchone()[0]
                     full = too_many_flows(ref.principal, int(live), bounds)
                     if full is not None:
