@@ -13,7 +13,7 @@ input. A bundle that never mentions flows pays nothing. Scenarios:
   with the embedded engine and the SQLite state store, calls alternating ``tickets__get_ticket`` (labels
   the flow private) and ``time__get_current_time`` (no label), one session, as principal ``local-agent``:
   - ``pipeline, bundle without flows``: the shipped bundle with flows.rego and its data removed (so
-    mcp-guard reads no flow),
+    mcp-guard reads no flow); both bundles with the per-tool rate limit raised,
   - ``pipeline, default bundle``: the shipped bundle (flows.rego, the trifecta rule, labels);
   - ``pipeline, default bundle, memory store``: the same with the in-memory store (the store's share).
 
@@ -95,25 +95,25 @@ async def _filled(store: StateStore) -> StateStore:
 
 
 # ---------------------------------------------------------------------- the pipeline
-def _bundle_without_flows(tmp: Path) -> Path:
-    """The shipped bundle with flows.rego, its tests and its data removed, and decision.rego not using it."""
-    root = tmp / "no-flows"
+def _bundle(tmp: Path, *, flows: bool) -> Path:
+    """The shipped bundle with its per-tool rate limit raised (a long run is not cut off; calls still count),
+    and without flows: flows.rego, its tests and its data removed, decision.rego not using it."""
+    root = tmp / ("flows" if flows else "no-flows")
     shutil.copytree(BUNDLE, root)
-    for f in ("flows.rego", "flows_test.rego"):
-        (root / "mcp_guard" / f).unlink()
     data = json.loads((root / "data.json").read_text())
-    del data["mcp_guard_config"]["flows"]
-    (root / "data.json").write_text(json.dumps(data))
-    decision = root / "mcp_guard" / "decision.rego"
-    text = decision.read_text()
-    text = text.replace(
-        'object.union(object.union({"secrets": sort(granted_secrets)}, rate_limit_obligation), labels_obligation)',
-        'object.union({"secrets": sort(granted_secrets)}, rate_limit_obligation)',
-    )
-    text = re.sub(r"^#   labels:.*\n", "", text, flags=re.M)
-    decision.write_text(text)
+    data["mcp_guard_config"]["limits"]["rate"][0]["limit"] = 10**9
     for test in root.rglob("*_test.rego"):
         test.unlink()
+    if not flows:
+        (root / "mcp_guard" / "flows.rego").unlink()
+        del data["mcp_guard_config"]["flows"]
+        decision = root / "mcp_guard" / "decision.rego"
+        text = decision.read_text().replace(
+            'object.union(object.union({"secrets": sort(granted_secrets)}, rate_limit_obligation), labels_obligation)',
+            'object.union({"secrets": sort(granted_secrets)}, rate_limit_obligation)',
+        )
+        decision.write_text(re.sub(r"^#   labels:.*\n", "", text, flags=re.M))
+    (root / "data.json").write_text(json.dumps(data))
     return root
 
 
@@ -182,7 +182,7 @@ async def with_sqlite(directory: Path, name: str) -> SQLiteState:
 
 async def run(args: argparse.Namespace, directory: Path) -> dict[str, Any]:
     n = args.n
-    no_flows = _bundle_without_flows(directory)
+    no_flows, with_flows = _bundle(directory, flows=False), _bundle(directory, flows=True)
     results: dict[str, Any] = {}
 
     async def store_read(kind: str) -> dict[str, Any]:
@@ -212,8 +212,8 @@ async def run(args: argparse.Namespace, directory: Path) -> dict[str, Any]:
         ("flow read (memory)", lambda: store_read("memory")),
         ("record_call (memory)", lambda: store_record("memory")),
         ("pipeline, bundle without flows", lambda: pipeline_sqlite(no_flows)),
-        ("pipeline, default bundle", lambda: pipeline_sqlite(BUNDLE)),
-        ("pipeline, default, memory store", lambda: pipeline_run(BUNDLE, MemoryState(), n)),
+        ("pipeline, default bundle", lambda: pipeline_sqlite(with_flows)),
+        ("pipeline, default, memory store", lambda: pipeline_run(with_flows, MemoryState(), n)),
     ]
     for name, scenario in scenarios:
         runs = [await scenario() for _ in range(args.repeat)]

@@ -372,7 +372,8 @@ class _immediate:
 
 def _history(db: sqlite3.Connection, flow_id: str) -> tuple[FlowCall, ...]:
     rows = db.execute("SELECT call FROM flow_calls WHERE flow_id=? ORDER BY n", (flow_id,)).fetchall()
-    return tuple(FlowCall.from_json(json.loads(r[0])) for r in rows)
+    docs = json.loads("[" + ",".join(r[0] for r in rows) + "]")  # one parse for the whole history
+    return tuple(FlowCall.from_json(d) for d in docs)
 
 
 def _delete_flows(db: sqlite3.Connection, ids: Sequence[str]) -> None:
