@@ -10,12 +10,12 @@ input. A bundle that never mentions flows pays nothing. Scenarios:
 * store alone, SQLite (a fresh file; the flow holds a full 32-call history and two labels) and the
   in-memory floor: ``flow read``, ``record_call``;
 * the pipeline stages in front of a recording upstream (no network, no audit store: a RecordingSink),
-  with the embedded engine and the SQLite state store, calls alternating ``tickets__get_ticket`` (labels
-  the flow private) and ``time__get_current_time`` (no label), one session, as principal ``local-agent``:
-  - ``pipeline, bundle without flows``: the shipped bundle with flows.rego and its data removed (so
-    mcp-guard reads no flow); both bundles with the per-tool rate limit raised,
-  - ``pipeline, default bundle``: the shipped bundle (flows.rego, the trifecta rule, labels);
-  - ``pipeline, default bundle, memory store``: the same with the in-memory store (the store's share).
+  with the embedded engine, calls alternating ``tickets__get_ticket`` (labels the flow private) and
+  ``time__get_current_time`` (no label), a new session every 200 calls, as principal ``local-agent``:
+  ``flows`` is the shipped bundle (flows.rego, the trifecta rule, labels), ``no flows`` the same with
+  flows.rego and its data removed (mcp-guard then reads no flow), both with the per-tool rate limit
+  raised; each on the SQLite state store (rate-limit counters and flows in one file) and on the
+  in-memory one (what is left is the policy's share: flows.rego and the larger input).
 
 Prints a table and writes JSON to bench/results/.
 """
@@ -211,9 +211,10 @@ async def run(args: argparse.Namespace, directory: Path) -> dict[str, Any]:
         ("record_call (SQLite)", lambda: store_record("sqlite")),
         ("flow read (memory)", lambda: store_read("memory")),
         ("record_call (memory)", lambda: store_record("memory")),
-        ("pipeline, bundle without flows", lambda: pipeline_sqlite(no_flows)),
-        ("pipeline, default bundle", lambda: pipeline_sqlite(with_flows)),
-        ("pipeline, default, memory store", lambda: pipeline_run(with_flows, MemoryState(), n)),
+        ("pipeline, no flows, SQLite", lambda: pipeline_sqlite(no_flows)),
+        ("pipeline, flows, SQLite", lambda: pipeline_sqlite(with_flows)),
+        ("pipeline, no flows, memory", lambda: pipeline_run(no_flows, MemoryState(), n)),
+        ("pipeline, flows, memory", lambda: pipeline_run(with_flows, MemoryState(), n)),
     ]
     for name, scenario in scenarios:
         runs = [await scenario() for _ in range(args.repeat)]
