@@ -20,6 +20,7 @@ from mcp_guard.state import (
     SQLiteState,
     StateStore,
 )
+from mcp_guard.state import sqlite as sqlite_state
 from mcp_guard.state.base import PURGE_EVERY_S
 
 pytestmark = pytest.mark.anyio
@@ -209,6 +210,34 @@ async def test_expired_flows_are_purged_by_later_writes(tmp_path: Path, clock: C
     finally:
         db.close()
     assert counts == [1, 0, 1]  # only f-new's row and its one call
+
+
+async def test_a_backlog_of_expired_flows_drains_faster_than_flows_are_made(
+    tmp_path: Path, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite_state, "_PURGE_BATCH", 2)
+    many = FlowBounds(idle_s=IDLE_S, per_principal=100)
+    store = SQLiteState(tmp_path / "state.db", timeout_s=5.0, clock=clock, flows=many)
+    await store.start()
+    try:
+        for i in range(5):
+            await record(store, call(f"d{i}"), FlowRef(f"f-old-{i}", "alice"))
+        clock.now += max(IDLE_S, PURGE_EVERY_S) + 1
+        left = []
+        for i in range(4):  # each write makes one flow; while batches come back full, each write purges again
+            await record(store, call(f"n{i}"), FlowRef(f"f-new-{i}", "bob"))
+            left.append(_rows(tmp_path / "state.db", "SELECT count(*) FROM flows WHERE id LIKE 'f-old-%'"))
+    finally:
+        await store.aclose()
+    assert left == [3, 1, 0, 0]
+
+
+def _rows(path: Path, sql: str) -> int:
+    db = sqlite3.connect(path)
+    try:
+        return int(db.execute(sql).fetchone()[0])
+    finally:
+        db.close()
 
 
 async def test_two_stores_on_one_file_share_flows(tmp_path: Path, clock: Clock) -> None:

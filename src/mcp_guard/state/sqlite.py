@@ -338,10 +338,11 @@ class SQLiteState:
         await self._run(op, "take a call back from its flow")
 
     def _purge(self, db: sqlite3.Connection, now: float) -> None:
-        """Delete a batch of expired flows (inside a write transaction, at most every PURGE_EVERY_S seconds)."""
+        """Delete a batch of expired flows (inside a write transaction, at most every PURGE_EVERY_S seconds —
+        or at the next write again while batches come back full, so a backlog drains faster than flows can
+        be created: each write creates at most one)."""
         if now - self._purged < PURGE_EVERY_S:
             return
-        self._purged = now
         expired = [
             str(r[0])
             for r in db.execute(
@@ -349,6 +350,7 @@ class SQLiteState:
             ).fetchall()
         ]
         _delete_flows(db, expired)
+        self._purged = now if len(expired) < _PURGE_BATCH else 0.0
 
 
 # ---------------------------------------------------------------------- SQL helpers (inside the thread)
