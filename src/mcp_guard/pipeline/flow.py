@@ -46,7 +46,8 @@ the policy as ``input.context.flow`` = ``{"id", "labels": [sorted names], "label
 "tool", "action", "decision", "labels", "decision_id", "time"}, …]}`` (the last 32 calls, oldest first).
 ``labeled_by`` outlives the history, so a rule can always name the call that tainted a flow. When the
 call ends in a deny (the policy's, or any stage's), the stage appends it to the history with decision
-``deny`` and no labels. Listings have no flow.
+``deny`` and no labels — except a ``state_unavailable`` or ``flow_limit`` deny, whose store just failed
+to take a record. Listings have no flow.
 
 **Fail closed.** A flow that cannot be read or written (``[audit] state_timeout_ms``, unwritable file)
 is a deny ``state_unavailable``, recorded; a flow that would grow past its bounds (live flows per
@@ -101,6 +102,8 @@ MAX_CORRELATION_CHARS: Final = 128
 MAX_LABELS: Final = 16  # labels in one obligation
 _LABEL: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:/-]{0,63}")
 _FLOW_WORDS: Final = re.compile(r"\b(?:flow|labels)\b")
+# Denies whose flow could not take a record a moment ago: not tried again for the history.
+_UNRECORDABLE: Final = frozenset({ReasonCode.STATE_UNAVAILABLE, ReasonCode.FLOW_LIMIT})
 
 
 # ---------------------------------------------------------------------- what a flow is
@@ -199,7 +202,7 @@ class TrackFlow:
             return Outcome(decision=Decision.deny(ReasonCode.STATE_UNAVAILABLE, detail))
         outcome = await call_next(replace(ctx, flow=flow))
         denial = outcome.denial
-        if denial is not None and denial.code is not ReasonCode.STATE_UNAVAILABLE:
+        if denial is not None and denial.code not in _UNRECORDABLE:
             await self._record_deny(ctx, ref, denial)
         return outcome
 
