@@ -97,6 +97,8 @@ class AuditSettings(_Strict):
     state_path: str = "mcp-guard-state.db"
     # Longest wait for the state store per operation; past it the call is denied (state_unavailable).
     state_timeout_ms: Annotated[int, Field(gt=0, le=60_000)] = 1000
+    # A session information flow (mcp_guard.pipeline.flow) unused this long is forgotten, labels and all.
+    flow_idle_ttl_s: Annotated[int, Field(gt=0, le=30 * 24 * 3600)] = 3600
     batch_max: Annotated[int, Field(gt=0)] = 256
     queue_max: Annotated[int, Field(gt=0)] = 10_000
     # Call arguments larger than this (canonical JSON, bytes) are stored as sha256 + size + a preview.

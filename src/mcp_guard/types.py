@@ -57,7 +57,8 @@ class ReasonCode(StrEnum):
     OBLIGATION_UNKNOWN = "obligation_unknown"  # the decision carries an obligation no handler knows
     OBLIGATION_INVALID = "obligation_invalid"  # a known obligation whose value is malformed
     RATE_LIMITED = "rate_limited"  # a limit of obligations.rate_limit has no room ("retry after N s")
-    STATE_UNAVAILABLE = "state_unavailable"  # the state store (rate-limit counters) cannot answer
+    STATE_UNAVAILABLE = "state_unavailable"  # the state store (rate-limit counters, flows) cannot answer
+    FLOW_LIMIT = "flow_limit"  # the call's flow cannot take it: too many live flows or labels (state.FlowBounds)
 
 
 class EventKind(StrEnum):
@@ -108,12 +109,16 @@ class Principal:
 
 @dataclass(frozen=True, slots=True)
 class SessionInfo:
-    """One client connection (an MCP session) to mcp-guard."""
+    """One client connection (an MCP session) to mcp-guard.
+
+    ``stateless``: a 2026-07-28 client, each of whose requests is a session of its own (so a flow is not
+    the session: :mod:`mcp_guard.pipeline.flow`)."""
 
     id: str
     transport: Literal["stdio", "http", "memory"]
     client_name: str | None = None
     client_version: str | None = None
+    stateless: bool = False
 
     def to_policy(self) -> dict[str, Any]:
         return {
@@ -158,6 +163,9 @@ class PolicyInput:
     secrets_seen: tuple[str, ...] = ()  # kinds of secret-looking values found in the arguments
     # Rate-limit key → hits in its window now, for the keys the bundle declares (mcp_guard.pipeline.ratelimit).
     usage: Mapping[str, int] = field(default_factory=dict)
+    # The call's information flow ({id, labels, labeled_by, history}); None when the bundle does not use
+    # flows, and for listings (mcp_guard.pipeline.flow).
+    flow: Mapping[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         doc: dict[str, Any] = {
@@ -173,6 +181,8 @@ class PolicyInput:
                 "usage": dict(self.usage),
             },
         }
+        if self.flow is not None:
+            doc["context"]["flow"] = dict(self.flow)
         if self.tool_info is not None:
             doc["tool_info"] = self.tool_info.to_policy()
         return doc

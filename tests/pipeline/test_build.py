@@ -100,11 +100,13 @@ async def test_store_down_after_forwarding_the_result_is_withheld(tmp_path: Path
 
 
 async def test_an_unknown_obligation_is_denied_recorded_and_never_forwarded(tmp_path: Path) -> None:
-    engine = FunctionEngine(lambda _i: Decision(allow=True, obligations={"labels": ["private"]}, revision=REVISION))
+    engine = FunctionEngine(
+        lambda _i: Decision(allow=True, obligations={"watermark": {"text": "x"}}, revision=REVISION)
+    )
     sink = RecordingSink()
     async with _guard(tmp_path, sink, engine) as guard, client_of(guard) as client:
         r = await client.call_tool("rec__echo", {"text": "x"})
-    assert r.is_error and "obligation_unknown" in text_of(r) and "'labels'" in text_of(r)
+    assert r.is_error and "obligation_unknown" in text_of(r) and "'watermark'" in text_of(r)
     assert _echoes(tmp_path) == []
     assert _allow_rows(sink) == []
     (deny,) = sink.of_kind(EventKind.CALL_DECISION)

@@ -27,7 +27,19 @@ from mcp_guard.pipeline.ratelimit import (
 )
 from mcp_guard.policy.bundle import load_bundle
 from mcp_guard.policy.embedded import EmbeddedEngine
-from mcp_guard.state import Admission, Bucket, Limit, MemoryState, SQLiteState, Ticket
+from mcp_guard.state import (
+    Admission,
+    Bucket,
+    Flow,
+    FlowCall,
+    FlowFull,
+    FlowRef,
+    FlowTicket,
+    Limit,
+    MemoryState,
+    SQLiteState,
+    Ticket,
+)
 from mcp_guard.testing import FunctionEngine, RecordingSink, RecordingUpstream, allow_all
 from mcp_guard.types import Decision, EventKind, PolicyInput, Principal, ReasonCode, SessionInfo
 
@@ -46,10 +58,21 @@ class Clock:
 
 
 class DownStore:
-    """A state store that cannot answer (and counts how often it was asked)."""
+    """A state store whose counters cannot answer (and counts how often they were asked); its flows work
+    (they are tests/pipeline/test_flow.py's subject)."""
 
     def __init__(self) -> None:
         self.asked = 0
+        self._flows = MemoryState()
+
+    async def flow(self, flow_id: str) -> Flow:
+        return await self._flows.flow(flow_id)
+
+    async def record_call(self, ref: FlowRef, call: FlowCall) -> FlowTicket | FlowFull:
+        return await self._flows.record_call(ref, call)
+
+    async def unrecord_call(self, ticket: FlowTicket) -> None:
+        await self._flows.unrecord_call(ticket)
 
     async def admit(self, limits: Sequence[Limit]) -> Admission:
         self.asked += 1

@@ -49,6 +49,7 @@ async def test_default_bundle_allows_with_obligations() -> None:
     assert d.obligations == {
         "secrets": ["tickets_token"],
         "rate_limit": [{"key": "tool_calls|alice|tickets|get_ticket", "limit": 300, "window_s": 60}],
+        "labels": ["private"],
     }
     assert d.revision == engine.revision == load_bundle(BUNDLE).revision
 

@@ -48,6 +48,7 @@ def test_eval_allow_exit_0(tmp_path: Path, config: Path, capsys: pytest.CaptureF
     assert result["obligations"] == {
         "secrets": ["tickets_token"],
         "rate_limit": [{"key": "tool_calls|alice|tickets|get_ticket", "limit": 300, "window_s": 60}],
+        "labels": ["private"],
     }
     assert len(result["revision"]) == 64 and result["code"] is None
 

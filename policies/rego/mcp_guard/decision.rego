@@ -37,4 +37,5 @@ not_granted_reason := sprintf("no role of principal '%s' allows %s", [principal_
 # Obligations the proxy must honour on an allowed request:
 #   secrets: the names of the configured secrets the call may use (union over matching grants).
 #   rate_limit: the limits that apply to the call (limits.rego), when any does.
-obligations := object.union({"secrets": sort(granted_secrets)}, rate_limit_obligation)
+#   labels: what the call adds to its information flow (flows.rego), when it adds anything.
+obligations := object.union(object.union({"secrets": sort(granted_secrets)}, rate_limit_obligation), labels_obligation)

@@ -17,6 +17,7 @@ test_allow_has_reason_and_obligations if {
 	d.obligations == {
 		"secrets": ["tickets_token"],
 		"rate_limit": [{"key": "tool_calls|alice|tickets|list_tickets", "limit": 300, "window_s": 60}],
+		"labels": ["private"],
 	}
 }
 

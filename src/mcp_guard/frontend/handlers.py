@@ -34,6 +34,7 @@ from mcp_guard.frontend.listing import PROMPTS, RESOURCES, TEMPLATES, TOOLS, Lis
 from mcp_guard.frontend.sessions import DownstreamSession, RequestChannel, SessionTable
 from mcp_guard.pipeline.audit import EventSink
 from mcp_guard.pipeline.context import CallContext, CallNext, Outcome
+from mcp_guard.pipeline.flow import FLOW_META_KEY, correlation_id
 from mcp_guard.pipeline.forward import DENIED, is_guard_error
 from mcp_guard.pipeline.secrets import strip_meta_credentials
 from mcp_guard.pipeline.visibility import Visibility
@@ -49,7 +50,8 @@ _T = TypeVar("_T")
 # _meta keys that never travel upstream: the progress token is re-issued per hop, and the protocol's
 # reserved ``io.modelcontextprotocol/*`` keys (the 2026-07-28 request envelope: version, client info and
 # capabilities, log level) describe the client's hop, not ours — an upstream on the handshake era refuses them.
-_META_DROP = frozenset({"progressToken", "progress_token"})
+# The flow correlation id is mcp-guard's own (mcp_guard.pipeline.flow).
+_META_DROP = frozenset({"progressToken", "progress_token", FLOW_META_KEY})
 _META_RESERVED_PREFIX = "io.modelcontextprotocol/"
 
 
@@ -150,6 +152,7 @@ class Handlers:
             progress=channel.progress if wants_progress else None,
             timeout_s=up.timeout_s if up else None,
             downstream=channel,
+            correlation_id=correlation_id(ctx.meta) if sess.modern else None,
         )
 
     async def _run(self, call: CallContext) -> Outcome:

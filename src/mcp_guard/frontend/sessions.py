@@ -96,6 +96,7 @@ class SessionTable:
             transport=transport,  # type: ignore[arg-type]
             client_name=client.name if client else None,
             client_version=client.version if client else None,
+            stateless=modern,
         )
         sess = DownstreamSession(
             info=info, principal=principal_for(self._settings, principal_id), connection=conn, modern=modern

@@ -43,6 +43,7 @@ def policy_input(ctx: CallContext, usage: Mapping[str, int] | None = None) -> Po
         tool_info=ctx.tool_info,
         secrets_seen=ctx.secrets_seen,
         usage=usage or {},
+        flow=ctx.flow.to_policy() if ctx.flow is not None else None,
     )
 
 

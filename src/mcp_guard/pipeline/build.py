@@ -2,7 +2,7 @@
 
 Every request that targets an upstream runs through these stages, outermost first::
 
-    Observe → InspectArguments → RecordOutcome → PinCheck → Authorize → EnforceObligations
+    Observe → InspectArguments → RecordOutcome → TrackFlow → PinCheck → Authorize → EnforceObligations
         → RecordDecision → Redact → Forward
 
 * :class:`~mcp_guard.pipeline.observe.Observe` — counts and times every request as the client is answered
@@ -13,6 +13,9 @@ Every request that targets an upstream runs through these stages, outermost firs
   scrubbed, credential shapes masked) and ``secrets_seen``; first, so no stage can record raw arguments.
 * :class:`~mcp_guard.pipeline.audit.RecordOutcome` — records how the call ended (every deny, the result
   summary or the error) before the client is answered; withholds a result it cannot record.
+* :class:`~mcp_guard.pipeline.flow.TrackFlow` — reads the call's information flow for the policy
+  (``context.flow``) when the bundle uses flows, and appends a denied call to it; inside RecordOutcome so
+  its own ``state_unavailable`` deny is recorded, outside PinCheck so every deny reaches the history.
 * :class:`~mcp_guard.pipeline.pins.PinCheck` — ``tool_changed`` for a changed, unapproved tool; before
   the policy, so that is the reason whatever the policy would say.
 * :class:`~mcp_guard.pipeline.authorize.Authorize` — nothing goes further without ``allow: true``; the
@@ -36,6 +39,7 @@ from mcp_guard.pipeline.audit import EventSink, RecordDecision, RecordOutcome
 from mcp_guard.pipeline.authorize import Authorize, Evaluator, UsageSource
 from mcp_guard.pipeline.chain import build_chain
 from mcp_guard.pipeline.context import CallNext, Interceptor
+from mcp_guard.pipeline.flow import FlowUse, LabelsObligation, TrackFlow
 from mcp_guard.pipeline.forward import Forward
 from mcp_guard.pipeline.obligations import EnforceObligations, ObligationHandler
 from mcp_guard.pipeline.observe import CallMetrics, Observe
@@ -53,9 +57,10 @@ __all__ = ["build_pipeline", "obligation_handlers", "pipeline_stages", "usage_so
 def obligation_handlers(secrets: SecretSource, state: StateStore) -> list[ObligationHandler]:
     """Every obligation mcp-guard enforces, in the order they run; a key not handled here is a deny.
 
+    ``labels`` records the allowed call in its flow (taken back if the call is not forwarded after all).
     ``rate_limit`` stays last: it counts the call, so every other obligation must have let it through
     first (a call refused by a later handler would be counted and then taken back)."""
-    return [SecretsObligation(secrets), RateLimitObligation(state)]
+    return [SecretsObligation(secrets), LabelsObligation(state), RateLimitObligation(state)]
 
 
 def usage_source(engine: Evaluator, state: StateStore) -> UsageSource | None:
@@ -82,6 +87,7 @@ def pipeline_stages(
         Observe(metrics),
         InspectArguments(secrets),
         RecordOutcome(audit, max_arguments_bytes=bound),
+        TrackFlow(state, FlowUse(engine)),
         PinCheck(registry),
         Authorize(engine, usage_source(engine, state)),
         EnforceObligations(obligation_handlers(secrets, state)),

@@ -14,6 +14,7 @@ from typing import Any
 import mcp_types as types
 
 from mcp_guard.channel import ClientChannel
+from mcp_guard.state.base import Flow
 from mcp_guard.types import Action, Decision, Principal, ReasonCode, SessionInfo, ToolInfo, new_id
 
 __all__ = ["CallContext", "CallNext", "ErrorOrigin", "Interceptor", "Outcome", "ProgressFn"]
@@ -42,6 +43,8 @@ class CallContext:
     call_id: str = field(default_factory=new_id)
     started: float = field(default_factory=time.perf_counter)
     downstream: ClientChannel | None = None  # the client the call came from (for upstream→client traffic)
+    correlation_id: str | None = None  # a stateless client's flow correlation id (mcp_guard.pipeline.flow)
+    flow: Flow | None = None  # the call's flow as read before policy (None: the bundle does not use flows)
 
 
 class ErrorOrigin(StrEnum):

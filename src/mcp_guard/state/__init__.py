@@ -1,11 +1,12 @@
-"""Shared state between calls and processes: rate-limit counters (later approvals and flows).
+"""Shared state between calls and processes: rate-limit counters and information flows (later approvals).
 
 ``open_state(settings)`` is the one place a backend is chosen::
 
     async with open_state(settings) as state:
         admission = await state.admit([Limit("alice|tickets", 5, 60.0)])
 
-Today the backend is SQLite in ``[audit] state_path`` (the file the tool pins live in); a PostgreSQL
+Today the backend is SQLite in ``[audit] state_path`` (the file the tool pins live in), flows expiring
+after ``[audit] flow_idle_ttl_s``; a PostgreSQL
 backend (``[audit] backend = "postgres"``, the scale-out issue) implements the same
 :class:`~mcp_guard.state.base.StateStore` protocol. Every operation is bounded by
 ``[audit] state_timeout_ms`` and raises :class:`~mcp_guard.errors.StateError` when it cannot answer.
@@ -17,18 +18,49 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from mcp_guard.settings import Settings
-from mcp_guard.state.base import Admission, Bucket, Limit, StateStore, Ticket
+from mcp_guard.state.base import (
+    Admission,
+    Bucket,
+    Flow,
+    FlowBounds,
+    FlowCall,
+    FlowFull,
+    FlowRef,
+    FlowTicket,
+    LabelOrigin,
+    Limit,
+    StateStore,
+    Ticket,
+)
 from mcp_guard.state.memory import MemoryState
 from mcp_guard.state.sqlite import SQLiteState
 
-__all__ = ["Admission", "Bucket", "Limit", "MemoryState", "SQLiteState", "StateStore", "Ticket", "open_state"]
+__all__ = [
+    "Admission",
+    "Bucket",
+    "Flow",
+    "FlowBounds",
+    "FlowCall",
+    "FlowFull",
+    "FlowRef",
+    "FlowTicket",
+    "LabelOrigin",
+    "Limit",
+    "MemoryState",
+    "SQLiteState",
+    "StateStore",
+    "Ticket",
+    "open_state",
+]
 
 
 @asynccontextmanager
 async def open_state(settings: Settings) -> AsyncIterator[StateStore]:
     """The configured state store, opened (tables created) and closed on exit; StateError if it cannot open."""
     store = SQLiteState(
-        settings.resolve_path(settings.audit.state_path), timeout_s=settings.audit.state_timeout_ms / 1000
+        settings.resolve_path(settings.audit.state_path),
+        timeout_s=settings.audit.state_timeout_ms / 1000,
+        flows=FlowBounds(idle_s=float(settings.audit.flow_idle_ttl_s)),
     )
     await store.start()
     try:

@@ -2,9 +2,9 @@
 
 mcp-guard keeps state that outlives a request and must be the same for every process serving one
 deployment (several ``mcp-guard run`` processes on one host today; replicas on PostgreSQL with the
-scale-out issue). Today that is **rate-limit counters**; approvals and flow labels will join this
-protocol (one protocol, several backends: :mod:`mcp_guard.state.sqlite`, :mod:`mcp_guard.state.memory`,
-later PostgreSQL), chosen in one place (:func:`mcp_guard.state.open_state`).
+scale-out issue). Today that is **rate-limit counters** and **information flows**; approvals will join
+this protocol (one protocol, several backends: :mod:`mcp_guard.state.sqlite`,
+:mod:`mcp_guard.state.memory`, later PostgreSQL), chosen in one place (:func:`mcp_guard.state.open_state`).
 
 Counters
 --------
@@ -27,6 +27,30 @@ Every call is atomic in the backend, across processes and replicas:
 Time is the store's clock (wall-clock seconds, the same for every process on a host; a PostgreSQL
 backend uses the database's clock so replicas agree). Tests inject a clock.
 
+Flows
+-----
+A *flow* (:mod:`mcp_guard.pipeline.flow` says what one is: an MCP session, or a stateless client's
+principal + client + correlation id) is the labels its calls acquired and its recent calls. The store
+keeps, per flow id:
+
+* its **labels**, each with how many recorded calls added it and the first (``origin``) and latest of
+  them — a label is present while that count is above zero, so taking back one call
+  (:meth:`StateStore.unrecord_call`) never removes a label another call also added;
+* its **history**: the last :attr:`FlowBounds.history` calls, oldest first, allowed or denied;
+* its principal and the time of its last recorded call: a flow unused for :attr:`FlowBounds.idle_s`
+  seconds is gone (read as empty; its rows are deleted as the store next writes), so the next call
+  under the same id starts a fresh flow.
+
+:meth:`StateStore.flow` reads one flow (one snapshot); :meth:`StateStore.record_call` appends a call
+and adds its labels, atomically (creating the flow, or a fresh one in place of an expired one);
+:meth:`StateStore.unrecord_call` takes a recorded call back (it was not forwarded after all).
+
+Bounded size: at most :attr:`FlowBounds.history` calls and :attr:`FlowBounds.labels` distinct labels per
+flow, at most :attr:`FlowBounds.per_principal` live flows per principal. A call that would exceed a
+bound is not recorded: :meth:`StateStore.record_call` answers :class:`FlowFull` (the caller denies).
+Refusing rather than evicting is deliberate: evicting the oldest flow would let a client wash a
+flow's labels away by opening many flows.
+
 Every method is bounded by the store's timeout and raises :class:`~mcp_guard.errors.StateError` when
 the store cannot answer (unreachable, unwritable, timed out): callers deny (fail closed), never skip.
 """
@@ -34,11 +58,27 @@ the store cannot answer (unreachable, unwritable, timed out): callers deny (fail
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Protocol
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
 
-__all__ = ["Admission", "Bucket", "Limit", "StateStore", "Ticket", "buckets_of", "retry_after", "whole_seconds"]
+__all__ = [
+    "Admission",
+    "Bucket",
+    "Flow",
+    "FlowBounds",
+    "FlowCall",
+    "FlowFull",
+    "FlowRef",
+    "FlowTicket",
+    "LabelOrigin",
+    "Limit",
+    "StateStore",
+    "Ticket",
+    "buckets_of",
+    "retry_after",
+    "whole_seconds",
+]
 
 Bucket = tuple[str, float]
 """A counter's name: ``(key, window_s)``."""
@@ -83,6 +123,121 @@ class Admission:
     ticket: Ticket | None = None
 
 
+# ---------------------------------------------------------------------- flows
+@dataclass(frozen=True, slots=True)
+class FlowBounds:
+    """How long a flow lives unused and how large it may grow (see the module docstring, Flows)."""
+
+    idle_s: float = 3600.0
+    history: int = 32
+    labels: int = 64
+    per_principal: int = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class FlowRef:
+    """Which flow a call belongs to: its opaque id and the principal it counts against."""
+
+    id: str
+    principal: str
+
+
+@dataclass(frozen=True, slots=True)
+class FlowCall:
+    """One call in a flow's history (``context.flow.history[i]`` in the policy input)."""
+
+    decision_id: str
+    action: str
+    server: str
+    tool: str
+    decision: Literal["allow", "deny"]
+    labels: tuple[str, ...]
+    time: str  # RFC3339 UTC
+
+    def to_policy(self) -> dict[str, Any]:
+        return {
+            "server": self.server,
+            "tool": self.tool,
+            "action": self.action,
+            "decision": self.decision,
+            "labels": list(self.labels),
+            "decision_id": self.decision_id,
+            "time": self.time,
+        }
+
+    def to_json(self) -> dict[str, Any]:
+        return self.to_policy()
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any]) -> FlowCall:
+        return cls(
+            decision_id=str(doc["decision_id"]),
+            action=str(doc["action"]),
+            server=str(doc["server"]),
+            tool=str(doc["tool"]),
+            decision="allow" if doc["decision"] == "allow" else "deny",
+            labels=tuple(str(x) for x in doc["labels"]),
+            time=str(doc["time"]),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class LabelOrigin:
+    """A call that added a label to its flow: the decision that allowed it, where it went, when."""
+
+    decision_id: str
+    server: str
+    tool: str
+    time: str
+
+    @classmethod
+    def of(cls, call: FlowCall) -> LabelOrigin:
+        return cls(call.decision_id, call.server, call.tool, call.time)
+
+    def to_policy(self) -> dict[str, Any]:
+        return {"decision_id": self.decision_id, "server": self.server, "tool": self.tool, "time": self.time}
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any]) -> LabelOrigin:
+        return cls(str(doc["decision_id"]), str(doc["server"]), str(doc["tool"]), str(doc["time"]))
+
+
+@dataclass(frozen=True, slots=True)
+class Flow:
+    """A flow as the policy sees it (``input.context.flow``): an unknown or expired flow is empty."""
+
+    id: str
+    labels: Mapping[str, LabelOrigin] = field(default_factory=dict)  # label → the first call that added it
+    history: tuple[FlowCall, ...] = ()  # oldest first, at most FlowBounds.history
+
+    def to_policy(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "labels": sorted(self.labels),
+            "labeled_by": {label: origin.to_policy() for label, origin in sorted(self.labels.items())},
+            "history": [c.to_policy() for c in self.history],
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class FlowTicket:
+    """What :meth:`StateStore.unrecord_call` needs to take one recorded call back.
+
+    ``generation`` names the flow's lifetime: a ticket for a flow that has since expired and started
+    again under the same id changes nothing."""
+
+    flow_id: str
+    generation: str
+    call: FlowCall
+
+
+@dataclass(frozen=True, slots=True)
+class FlowFull:
+    """:meth:`StateStore.record_call` did not record the call: a bound of :class:`FlowBounds` would be exceeded."""
+
+    reason: str
+
+
 class StateStore(Protocol):
     """The shared state of a deployment (see the module docstring). Every method may raise StateError."""
 
@@ -96,6 +251,18 @@ class StateStore(Protocol):
 
     async def usage(self, buckets: Sequence[Bucket]) -> dict[Bucket, int]:
         """Each bucket's number of hits in its window now (0 for a bucket never counted)."""
+        ...
+
+    async def flow(self, flow_id: str) -> Flow:
+        """The flow as it is now: its labels and recent calls (empty when unknown or idle past its TTL)."""
+        ...
+
+    async def record_call(self, ref: FlowRef, call: FlowCall) -> FlowTicket | FlowFull:
+        """Append ``call`` to the flow's history and add its labels, atomically; the flow's idle time restarts."""
+        ...
+
+    async def unrecord_call(self, ticket: FlowTicket) -> None:
+        """Take a recorded call back: its history entry, and one count of each of its labels."""
         ...
 
     async def aclose(self) -> None: ...
@@ -117,3 +284,56 @@ def retry_after(oldest_blocking_ts: float, window_s: float, now: float) -> float
 def whole_seconds(seconds: float) -> int:
     """``seconds`` rounded up to a whole second, at least 1: a retry after that many seconds finds room."""
     return max(1, math.ceil(seconds - 1e-9))
+
+
+# ---------------------------------------------------------------------- flow helpers (every backend)
+PURGE_EVERY_S = 60.0
+"""How often (at most) a backend deletes the rows of expired flows, as part of a write."""
+
+
+def flow_expired(seen: float, now: float, bounds: FlowBounds) -> bool:
+    """Whether a flow last used at ``seen`` is gone at ``now`` (idle for ``bounds.idle_s`` or longer)."""
+    return seen <= now - bounds.idle_s
+
+
+def too_many_flows(principal: str, live: int, bounds: FlowBounds) -> FlowFull | None:
+    if live < bounds.per_principal:
+        return None
+    return FlowFull(
+        f"principal {principal!r} already has {live} live flows (at most {bounds.per_principal}); "
+        f"a flow ends {bounds.idle_s:g} s after its last call"
+    )
+
+
+def too_many_labels(present: int, adding: int, bounds: FlowBounds) -> FlowFull | None:
+    if present + adding <= bounds.labels:
+        return None
+    return FlowFull(
+        f"the flow would hold {present + adding} distinct labels (at most {bounds.labels}); "
+        "the policy labels calls with too many different names"
+    )
+
+
+def replacement(history: Sequence[FlowCall], label: str, gone: str, *, newest: bool) -> LabelOrigin | None:
+    """Another allowed call in ``history`` that added ``label`` (not ``gone``): the oldest, or the newest."""
+    calls = reversed(history) if newest else iter(history)
+    for c in calls:
+        if c.decision_id != gone and c.decision == "allow" and label in c.labels:
+            return LabelOrigin.of(c)
+    return None
+
+
+def take_back_label(
+    n: int, origin: LabelOrigin, latest: LabelOrigin, gone: str, history: Sequence[FlowCall], label: str
+) -> tuple[int, LabelOrigin, LabelOrigin]:
+    """A label's count, origin and latest after the call ``gone`` (one of its adders) is taken back.
+
+    The count is exact, so the label stays while another recorded call added it. When ``gone`` was the
+    origin (or latest), another adder takes its place: from the history if one is there, else the other
+    end (the origin/latest pair only names the first and last adders, not every one)."""
+    n -= 1
+    if origin.decision_id == gone:
+        origin = replacement(history, label, gone, newest=False) or (latest if latest.decision_id != gone else origin)
+    if latest.decision_id == gone:
+        latest = replacement(history, label, gone, newest=True) or origin
+    return n, origin, latest

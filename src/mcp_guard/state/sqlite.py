@@ -5,9 +5,14 @@ Tables beside the tool pins (:mod:`mcp_guard.pins.store`), in the same WAL-mode 
 
     rate_hits   (key, window_s, ts, hit)   one row per counted hit; primary key (key, window_s, ts, hit)
     rate_counts (key, window_s, n)         n = rows of the bucket in rate_hits, kept in the same transactions
+    flows       (id, principal, generation, seen, next_n)   one row per flow; seen = its last recorded call
+    flow_labels (flow_id, label, n, origin, latest)         n = recorded calls that added the label
+    flow_calls  (flow_id, n, decision_id, call)             the history, at most FlowBounds.history rows
 
 ``rate_counts`` makes the admission check O(1) whatever the limit (a bucket of 10⁶ allowed hits is not
 scanned per call); expired hits are deleted as the bucket is next used, so pruning is amortised O(1).
+A flow costs one indexed read (:meth:`SQLiteState.flow`) and one small write per recorded call; rows of
+expired flows are deleted in batches by the writes (at most every ``PURGE_EVERY_S`` seconds).
 
 Safety with several processes: every write (:meth:`SQLiteState.admit`, :meth:`SQLiteState.release`) is
 one ``BEGIN IMMEDIATE`` transaction — the file's write lock is taken before the first read, so two
@@ -29,6 +34,7 @@ Durability: ``synchronous = NORMAL`` in WAL mode — a power loss may forget the
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import threading
@@ -40,7 +46,26 @@ from typing import TypeVar
 import anyio
 
 from mcp_guard.errors import StateError
-from mcp_guard.state.base import Admission, Bucket, Limit, Ticket, buckets_of, retry_after
+from mcp_guard.state.base import (
+    PURGE_EVERY_S,
+    Admission,
+    Bucket,
+    Flow,
+    FlowBounds,
+    FlowCall,
+    FlowFull,
+    FlowRef,
+    FlowTicket,
+    LabelOrigin,
+    Limit,
+    Ticket,
+    buckets_of,
+    flow_expired,
+    retry_after,
+    take_back_label,
+    too_many_flows,
+    too_many_labels,
+)
 from mcp_guard.types import new_id
 
 __all__ = ["SQLiteState"]
@@ -54,7 +79,19 @@ _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS rate_counts (
         key TEXT NOT NULL, window_s REAL NOT NULL, n INTEGER NOT NULL,
         PRIMARY KEY (key, window_s)) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS flows (
+        id TEXT NOT NULL PRIMARY KEY, principal TEXT NOT NULL, generation TEXT NOT NULL, seen REAL NOT NULL,
+        next_n INTEGER NOT NULL) WITHOUT ROWID""",
+    "CREATE INDEX IF NOT EXISTS flows_by_principal ON flows (principal, seen)",
+    "CREATE INDEX IF NOT EXISTS flows_by_seen ON flows (seen)",
+    """CREATE TABLE IF NOT EXISTS flow_labels (
+        flow_id TEXT NOT NULL, label TEXT NOT NULL, n INTEGER NOT NULL, origin TEXT NOT NULL, latest TEXT NOT NULL,
+        PRIMARY KEY (flow_id, label)) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS flow_calls (
+        flow_id TEXT NOT NULL, n INTEGER NOT NULL, decision_id TEXT NOT NULL, call TEXT NOT NULL,
+        PRIMARY KEY (flow_id, n)) WITHOUT ROWID""",
 )
+_PURGE_BATCH = 1000  # expired flows deleted per purge (the rest wait for the next one)
 
 
 class _Expired(Exception):
@@ -64,10 +101,19 @@ class _Expired(Exception):
 class SQLiteState:
     """The state store in one SQLite file. ``clock`` (wall-clock seconds) is injectable for tests."""
 
-    def __init__(self, path: str | Path, *, timeout_s: float = 1.0, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        timeout_s: float = 1.0,
+        clock: Callable[[], float] = time.time,
+        flows: FlowBounds | None = None,
+    ) -> None:
         self.path = Path(path)
         self.timeout_s = timeout_s
         self._clock = clock
+        self.bounds = flows or FlowBounds()
+        self._purged = 0.0
         self._lock = threading.Lock()
         self._db: sqlite3.Connection | None = None
         self._ident: tuple[int, int] | None = None
@@ -183,6 +229,129 @@ class SQLiteState:
 
         return await self._run(op, "read usage")
 
+    # ------------------------------------------------------------------ flows
+    async def flow(self, flow_id: str) -> Flow:
+        def op(db: sqlite3.Connection, _deadline: float) -> Flow:
+            db.execute("BEGIN")  # one read snapshot
+            try:
+                row = db.execute("SELECT seen FROM flows WHERE id=?", (flow_id,)).fetchone()
+                if row is None or flow_expired(float(row[0]), self._clock(), self.bounds):
+                    return Flow(flow_id)
+                labels = {
+                    str(label): LabelOrigin.from_json(json.loads(origin))
+                    for label, origin in db.execute(
+                        "SELECT label, origin FROM flow_labels WHERE flow_id=?", (flow_id,)
+                    ).fetchall()
+                }
+                return Flow(flow_id, labels, _history(db, flow_id))
+            finally:
+                db.execute("COMMIT")
+
+        return await self._run(op, "read the flow")
+
+    async def record_call(self, ref: FlowRef, call: FlowCall) -> FlowTicket | FlowFull:
+        bounds = self.bounds
+
+        def op(db: sqlite3.Connection, deadline: float) -> FlowTicket | FlowFull:
+            with _immediate(db, deadline):
+                now = self._clock()
+                self._purge(db, now)
+                row = db.execute("SELECT generation, seen, next_n FROM flows WHERE id=?", (ref.id,)).fetchone()
+                if row is None or flow_expired(float(row[1]), now, bounds):
+                    _delete_flows(db, [ref.id])
+                    live = db.execute(
+                        "SELECT count(*) FROM flows WHERE principal=? AND seen > ?",
+                        (ref.principal, now - bounds.idle_s),
+                    ).fetchone()[0]
+                    full = too_many_flows(ref.principal, int(live), bounds)
+                    if full is not None:
+                        return full
+                    generation, n, present = new_id(), 0, set[str]()
+                else:
+                    generation, n = str(row[0]), int(row[2])
+                    present = {
+                        str(r[0]) for r in db.execute("SELECT label FROM flow_labels WHERE flow_id=?", (ref.id,))
+                    }
+                labels = list(dict.fromkeys(call.labels))
+                full = too_many_labels(len(present), len(set(labels) - present), bounds)
+                if full is not None:
+                    return full
+                db.execute(
+                    "INSERT INTO flows (id, principal, generation, seen, next_n) VALUES (?, ?, ?, ?, ?) "
+                    "ON CONFLICT (id) DO UPDATE SET seen = excluded.seen, next_n = excluded.next_n",
+                    (ref.id, ref.principal, generation, now, n + 1),
+                )
+                db.execute(
+                    "INSERT INTO flow_calls (flow_id, n, decision_id, call) VALUES (?, ?, ?, ?)",
+                    (ref.id, n, call.decision_id, json.dumps(call.to_json())),
+                )
+                db.execute("DELETE FROM flow_calls WHERE flow_id=? AND n <= ?", (ref.id, n - bounds.history))
+                origin = json.dumps(LabelOrigin.of(call).to_policy())
+                for label in labels:
+                    if label in present:
+                        db.execute(
+                            "UPDATE flow_labels SET n = n + 1, latest = ? WHERE flow_id=? AND label=?",
+                            (origin, ref.id, label),
+                        )
+                    else:
+                        db.execute(
+                            "INSERT INTO flow_labels (flow_id, label, n, origin, latest) VALUES (?, ?, 1, ?, ?)",
+                            (ref.id, label, origin, origin),
+                        )
+                return FlowTicket(ref.id, generation, call)
+
+        return await self._run(op, "record the call in its flow")
+
+    async def unrecord_call(self, ticket: FlowTicket) -> None:
+        def op(db: sqlite3.Connection, deadline: float) -> None:
+            with _immediate(db, deadline):
+                row = db.execute("SELECT generation FROM flows WHERE id=?", (ticket.flow_id,)).fetchone()
+                if row is None or row[0] != ticket.generation:
+                    return
+                gone = ticket.call.decision_id
+                db.execute("DELETE FROM flow_calls WHERE flow_id=? AND decision_id=?", (ticket.flow_id, gone))
+                history: list[FlowCall] | None = None
+                for label in dict.fromkeys(ticket.call.labels):
+                    have = db.execute(
+                        "SELECT n, origin, latest FROM flow_labels WHERE flow_id=? AND label=?", (ticket.flow_id, label)
+                    ).fetchone()
+                    if have is None:
+                        continue
+                    if int(have[0]) <= 1:
+                        db.execute("DELETE FROM flow_labels WHERE flow_id=? AND label=?", (ticket.flow_id, label))
+                        continue
+                    if history is None:
+                        history = list(_history(db, ticket.flow_id))
+                    n, origin, latest = take_back_label(
+                        int(have[0]),
+                        LabelOrigin.from_json(json.loads(have[1])),
+                        LabelOrigin.from_json(json.loads(have[2])),
+                        gone,
+                        history,
+                        label,
+                    )
+                    db.execute(
+                        "UPDATE flow_labels SET n = ?, origin = ?, latest = ? WHERE flow_id=? AND label=?",
+                        (n, json.dumps(origin.to_policy()), json.dumps(latest.to_policy()), ticket.flow_id, label),
+                    )
+
+        await self._run(op, "take a call back from its flow")
+
+    def _purge(self, db: sqlite3.Connection, now: float) -> None:
+        """Delete a batch of expired flows (inside a write transaction, at most every PURGE_EVERY_S seconds —
+        or at the next write again while batches come back full, so a backlog drains faster than flows can
+        be created: each write creates at most one)."""
+        if now - self._purged < PURGE_EVERY_S:
+            return
+        expired = [
+            str(r[0])
+            for r in db.execute(
+                "SELECT id FROM flows WHERE seen <= ? LIMIT ?", (now - self.bounds.idle_s, _PURGE_BATCH)
+            ).fetchall()
+        ]
+        _delete_flows(db, expired)
+        self._purged = now if len(expired) < _PURGE_BATCH else 0.0
+
 
 # ---------------------------------------------------------------------- SQL helpers (inside the thread)
 class _immediate:
@@ -201,6 +370,19 @@ class _immediate:
         self._db.execute("ROLLBACK")
         if exc_type is None:
             raise _Expired
+
+
+def _history(db: sqlite3.Connection, flow_id: str) -> tuple[FlowCall, ...]:
+    rows = db.execute("SELECT call FROM flow_calls WHERE flow_id=? ORDER BY n", (flow_id,)).fetchall()
+    docs = json.loads("[" + ",".join(r[0] for r in rows) + "]")  # one parse for the whole history
+    return tuple(FlowCall.from_json(d) for d in docs)
+
+
+def _delete_flows(db: sqlite3.Connection, ids: Sequence[str]) -> None:
+    for flow_id in ids:
+        db.execute("DELETE FROM flow_calls WHERE flow_id=?", (flow_id,))
+        db.execute("DELETE FROM flow_labels WHERE flow_id=?", (flow_id,))
+        db.execute("DELETE FROM flows WHERE id=?", (flow_id,))
 
 
 def _identity(path: Path) -> tuple[int, int] | None:
