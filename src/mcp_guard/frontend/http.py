@@ -1,4 +1,4 @@
-"""The streamable-HTTP front: ``/mcp`` behind API-key auth and DNS-rebinding protection.
+"""The streamable-HTTP front: ``/mcp`` behind authentication (API keys, JWTs) and DNS-rebinding protection.
 
 Host and Origin checks stay on whatever the bind address: the allowed values are the loopback names on
 the configured port plus ``[server] allowed_hosts`` / ``allowed_origins``. Request bodies are capped at
@@ -25,26 +25,26 @@ from mcp.server.lowlevel import Server
 from mcp.server.transport_security import TransportSecuritySettings
 
 from mcp_guard.errors import ConfigError
-from mcp_guard.frontend.auth import BearerAuth
+from mcp_guard.frontend.auth import BearerAuth, OnReject
+from mcp_guard.frontend.oauth import ResourceServer
 from mcp_guard.settings import ServerSettings
 
 __all__ = ["HttpFront", "bind_socket", "build_http_app", "http_served", "serve_http"]
 
 log = structlog.get_logger("mcp_guard.frontend")
 
-# (reason, client address) of a refused request; the caller logs and audits it.
-OnReject = Callable[[str, str | None], None]
-
 
 @dataclass(frozen=True)
 class HttpFront:
     """Everything the HTTP front needs: the MCP server it exposes, the ``[server]`` settings, the API-key
-    digests it authenticates against (principal id → sha256 hex), and who hears of a refused request."""
+    digests it authenticates against (principal id → sha256 hex), who hears of a refused request, and the
+    OAuth resource server of ``[auth]`` (None: API keys only)."""
 
     server: Server[Any]
     settings: ServerSettings
     digests: dict[str, str]
     on_reject: OnReject
+    oauth: ResourceServer | None = None
 
 
 def _security(s: ServerSettings) -> TransportSecuritySettings:
@@ -60,8 +60,9 @@ def build_http_app(front: HttpFront) -> Any:
         max_request_body_size=s.max_request_bytes,
         session_idle_timeout=s.session_idle_timeout_s,
         host=s.host,
+        custom_starlette_routes=front.oauth.routes() if front.oauth else None,
     )
-    return BearerAuth(app, front.digests, on_reject=front.on_reject, required=s.require_auth)
+    return BearerAuth(app, front.digests, on_reject=front.on_reject, required=s.require_auth, oauth=front.oauth)
 
 
 def bind_socket(
@@ -171,6 +172,8 @@ async def serve_http(
         async with anyio.create_task_group() as tg:
             tg.start_soon(run)
             tg.start_soon(announce)
+            if front.oauth is not None:
+                tg.start_soon(front.oauth.verifier.keys.warm)  # the IdP's keys now; unreachable is only logged
             try:
                 await done.wait()
             finally:
@@ -178,6 +181,7 @@ async def serve_http(
                 with anyio.CancelScope(shield=True), anyio.move_on_after(5):
                     await done.wait()
                 server.force_exit = True
+                tg.cancel_scope.cancel()  # a key fetch still in flight is not waited for
     finally:
         listening.close()
     if not server.started:

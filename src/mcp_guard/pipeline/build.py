@@ -39,6 +39,7 @@ from mcp_guard.pipeline.ratelimit import DeclaredUsage, RateLimitObligation, bun
 from mcp_guard.pipeline.redact import Redact
 from mcp_guard.pipeline.secret_source import SecretSource
 from mcp_guard.pipeline.secrets import InspectArguments, SecretsObligation
+from mcp_guard.pipeline.stepup import StepUpObligation
 from mcp_guard.state.base import StateStore
 from mcp_guard.upstream.registry import Registry
 
@@ -49,8 +50,9 @@ def obligation_handlers(secrets: SecretSource, state: StateStore) -> list[Obliga
     """Every obligation mcp-guard enforces, in the order they run; a key not handled here is a deny.
 
     ``rate_limit`` stays last: it counts the call, so every other obligation must have let it through
-    first (a call refused by a later handler would be counted and then taken back)."""
-    return [SecretsObligation(secrets), RateLimitObligation(state)]
+    first (a call refused by a later handler would be counted and then taken back). ``step_up`` belongs on a
+    deny (the front turns it into a scope challenge); on an allow its handler refuses the call."""
+    return [SecretsObligation(secrets), StepUpObligation(), RateLimitObligation(state)]
 
 
 def usage_source(engine: Evaluator, state: StateStore) -> UsageSource | None:
