@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from mcp_guard.errors import ConfigError
 
@@ -221,11 +221,13 @@ class AuthSettings(_Strict):
                 raise ValueError(f"{scope!r} is not an OAuth scope token (RFC 6749 §3.3)")
         return v
 
-    @model_validator(mode="after")
-    def _ages(self) -> AuthSettings:
-        if self.jwks_max_age_s < self.jwks_refresh_s:
-            raise ValueError("jwks_max_age_s must be at least jwks_refresh_s")
-        return self
+    @field_validator("jwks_max_age_s")
+    @classmethod
+    def _max_age(cls, v: float, info: ValidationInfo) -> float:
+        refresh = info.data.get("jwks_refresh_s")
+        if refresh is not None and v < refresh:
+            raise ValueError(f"must be at least jwks_refresh_s ({refresh})")
+        return v
 
 
 class PrincipalSettings(_Strict):

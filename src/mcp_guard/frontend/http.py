@@ -33,6 +33,11 @@ __all__ = ["HttpFront", "bind_socket", "build_http_app", "http_served", "serve_h
 
 log = structlog.get_logger("mcp_guard.frontend")
 
+# Request heads (request line and headers) up to this size reach the app: an oversized Authorization header
+# (a 1 MB "token") is then answered 401 and audited by the auth layer instead of being dropped unrecorded by
+# the HTTP parser. Bigger heads are still dropped by the parser (uvicorn logs them).
+MAX_HEAD_BYTES = 2 * 1024 * 1024
+
 
 @dataclass(frozen=True)
 class HttpFront:
@@ -139,6 +144,7 @@ async def serve_http(
         log_level="warning",
         access_log=False,
         http="h11",
+        h11_max_incomplete_event_size=MAX_HEAD_BYTES,
         lifespan="on",
         timeout_graceful_shutdown=2,
         loop="none",
