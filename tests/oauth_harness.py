@@ -67,7 +67,11 @@ def b64url(data: bytes) -> str:
 def unsigned(header: dict[str, Any], claims: dict[str, Any], signature: bytes = b"") -> str:
     """A compact JWS assembled by hand (for alg 'none' and other tokens no library would sign)."""
     return ".".join(
-        [b64url(json.dumps(header).encode()), b64url(json.dumps(claims).encode()), b64url(signature) if signature else ""]
+        [
+            b64url(json.dumps(header).encode()),
+            b64url(json.dumps(claims).encode()),
+            b64url(signature) if signature else "",
+        ]
     )
 
 
@@ -166,4 +170,3 @@ def auth_settings(**overrides: Any) -> AuthSettings:
     }
     doc.update(overrides)
     return AuthSettings.model_validate(doc)
-

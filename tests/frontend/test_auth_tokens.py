@@ -113,7 +113,11 @@ BAD: list[tuple[str, Any, AuthFailure]] = [
     ("an algorithm outside the allowlist", lambda idp: idp.token(alg="RS512"), AuthFailure.ALG_NOT_ALLOWED),
     ("a key of the wrong type for alg", lambda idp: idp.token(alg="ES256", kid="rsa-1"), AuthFailure.UNKNOWN_KID),
     ("tampered payload", lambda idp: _tampered(idp), AuthFailure.BAD_SIGNATURE),
-    ("signed by another key under the issuer's kid", lambda idp: idp.token(key=rsa_key("other")), AuthFailure.BAD_SIGNATURE),
+    (
+        "signed by another key under the issuer's kid",
+        lambda idp: idp.token(key=rsa_key("other")),
+        AuthFailure.BAD_SIGNATURE,
+    ),
     ("garbage", lambda idp: "not.a.jwt", AuthFailure.MALFORMED),
     ("header not JSON", lambda idp: "aGVsbG8.eyJ9.c2ln", AuthFailure.MALFORMED),
     ("header kid not a string", lambda idp: unsigned({"alg": "RS256", "kid": 5}, {}, b"sig"), AuthFailure.MALFORMED),

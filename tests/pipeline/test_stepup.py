@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
-
-from mcp_guard.pipeline.stepup import step_up_scopes
-from mcp_guard.testing import FunctionEngine, RecordingSink
-from mcp_guard.types import Decision, ReasonCode
 from pipeline_kit import call_ctx, pipeline
+
+from mcp_guard.pipeline.stepup import STEP_UP, step_up_scopes
+from mcp_guard.policy.base import DENY_OBLIGATIONS
+from mcp_guard.policy.bundle import load_bundle
+from mcp_guard.policy.embedded import EmbeddedEngine
+from mcp_guard.testing import FunctionEngine, RecordingSink
+from mcp_guard.types import Decision, PolicyInput, Principal, ReasonCode, SessionInfo
 
 pytestmark = pytest.mark.anyio
 
@@ -66,3 +70,31 @@ async def test_an_allow_carrying_step_up_is_refused() -> None:
     assert "belongs on a deny" in outcome.decision.reasons[1]
     (row,) = sink.events
     assert row.decision == "deny"
+
+
+STEP_UP_REGO = """package mcp_guard
+
+import rego.v1
+
+decision := {"allow": true, "reasons": ["ok"], "obligations": {}} if "tickets:write" in input.principal.scopes
+
+else := {
+	"allow": false,
+	"reasons": ["needs tickets:write"],
+	"obligations": {"step_up": {"scopes": ["tickets:write"]}, "secrets": ["ignored on a deny"]},
+}
+"""
+
+
+async def test_a_rego_deny_keeps_its_step_up_through_the_engine(tmp_path: Path) -> None:
+    assert STEP_UP in DENY_OBLIGATIONS  # the policy layer keeps it on a deny, and only it
+    (tmp_path / "p.rego").write_text(STEP_UP_REGO)
+    engine = EmbeddedEngine(load_bundle(tmp_path))
+
+    def ask(*scopes: str) -> PolicyInput:
+        return PolicyInput("tools/call", Principal("alice", scopes=scopes), SessionInfo("s", "http"), "t", "x")
+
+    denied = await engine.evaluate(ask("tickets:read"))
+    assert denied.obligations == {"step_up": {"scopes": ["tickets:write"]}}
+    assert step_up_scopes(denied) == ("tickets:write",)
+    assert (await engine.evaluate(ask("tickets:write"))).allow is True
