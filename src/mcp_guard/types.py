@@ -138,6 +138,7 @@ class AuthInfo:
     issuer: str | None = None
     client_id: str | None = None  # the OAuth client the token was issued to (azp, else client_id)
     token_id_sha256: str | None = None
+    expires_at: int | None = None  # the token's exp (how long mcp-guard may remember it verified)
 
     def to_policy(self) -> dict[str, Any]:
         return {"method": self.method, "issuer": self.issuer, "client_id": self.client_id}

@@ -341,3 +341,61 @@ async def test_key_miss_is_a_value() -> None:
     s = auth_settings()
     cache = JwksCache(s, transport=idp.transport, clock=Clock())
     assert await cache.key("nope", "RS256") == KeyMiss(AuthFailure.UNKNOWN_KID)
+
+
+# ---------------------------------------------------------------------------------------------- remembered tokens
+
+
+def _counting(v: JwtVerifier) -> list[str]:
+    """Record each key lookup the verifier makes (a token it does not remember needs one)."""
+    lookups: list[str] = []
+    real = v.keys.key
+
+    async def key(kid: str | None, alg: str) -> Any:
+        lookups.append(str(kid))
+        return await real(kid, alg)
+
+    v.keys.key = key  # type: ignore[method-assign]
+    return lookups
+
+
+async def test_a_verified_token_is_remembered_until_its_expiry_and_no_longer() -> None:
+    idp, wall = FakeIdP(), Clock()
+    wall.now = time.time()
+    s = auth_settings()
+    v = JwtVerifier(s, JwksCache(s, transport=idp.transport, clock=Clock()), clock=wall)
+    lookups = _counting(v)
+    token = idp.token(exp=int(wall.now) + 30)
+    for _ in range(3):
+        assert isinstance(await v.verify(token), Principal)
+    assert len(lookups) == 1  # verified once, then remembered
+    wall.advance(31)  # past its exp: never served from memory (the signature and claims are checked again)
+    await v.verify(token)
+    assert len(lookups) == 2
+    refused = idp.token(aud="https://elsewhere.test")
+    for _ in range(2):
+        assert await reason_of(v, refused) is AuthFailure.BAD_AUDIENCE
+    assert len(lookups) == 4  # refusals are not remembered
+
+
+async def test_a_remembered_token_is_refused_once_its_keys_expire() -> None:
+    idp, clock = FakeIdP(), Clock()
+    v = verifier(idp, clock, jwks_refresh_s=300, jwks_max_age_s=600)
+    token = idp.token()
+    assert isinstance(await v.verify(token), Principal)
+    idp.up = False
+    clock.advance(601)
+    assert await reason_of(v, token) is AuthFailure.IDP_UNREACHABLE
+
+
+async def test_a_rotation_forgets_remembered_tokens() -> None:
+    idp, clock = FakeIdP(), Clock()
+    v = verifier(idp, clock)
+    lookups = _counting(v)
+    token = idp.token()
+    await v.verify(token)
+    clock.advance(31)
+    idp.keys.append(public_jwk(rsa_key("b"), "rsa-2"))
+    await v.verify(idp.token(key=rsa_key("b"), kid="rsa-2"))  # a new key set is fetched
+    await v.verify(token)
+    assert lookups == ["rsa-1", "rsa-2", "rsa-1"]

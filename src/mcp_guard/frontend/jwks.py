@@ -153,10 +153,17 @@ class JwksCache:
         self._lock = anyio.Lock()
         self._last_attempt = -math.inf
         self.fetches = 0  # fetch attempts made, successful or not
+        self.generation = 0  # changes whenever the key set in force is replaced or dropped
 
     @property
     def has_keys(self) -> bool:
         return self._keys is not None
+
+    def trusted(self) -> bool:
+        """Whether the key set in force may still be relied on (held, and within ``jwks_max_age_s``), without
+        any network: what a token verified earlier with it needs to stay good."""
+        keys = self._keys
+        return keys is not None and self._clock() - keys.fetched_at <= self._s.jwks_max_age_s
 
     async def key(self, kid: str | None, alg: str) -> PyJWK | KeyMiss:
         """The key that verifies a token with this ``kid`` and ``alg`` (fetching or refreshing if due)."""
@@ -187,6 +194,7 @@ class JwksCache:
         if keys is not None and self._clock() - keys.fetched_at > self._s.jwks_max_age_s:
             log.error("auth.jwks_expired", issuer=self._s.issuer, age_s=round(self._clock() - keys.fetched_at))
             self._keys = keys = None
+            self.generation += 1
         return keys
 
     async def _refresh(self, *, due: Callable[[_KeySet | None], bool]) -> _KeySet | None:
@@ -211,6 +219,7 @@ class JwksCache:
                 )
                 return self._keys
             self._keys = keys
+            self.generation += 1
             log.info("auth.jwks_loaded", issuer=self._s.issuer, keys=sum(len(v) for v in keys.by_kid.values()))
             return keys
 

@@ -18,6 +18,11 @@ Claims → :class:`~mcp_guard.types.Principal`: ``sub`` → id; ``[auth] roles_c
 A claim name is looked up as written first (``https://example.com/roles``), then as a dotted path
 (``realm_access.roles``).
 
+A token that verified is remembered (by its sha256) for :data:`CACHE_TTL_S` at most, never past its ``exp``, and
+only while the same key set is in force, so a client presenting it again (every request of a session) costs a
+hash and a lookup instead of a signature check; at most :data:`CACHE_SIZE` tokens are remembered. (The keys'
+refresh then happens on the next token that is not remembered.)
+
 A refusal (:class:`Rejection`) carries what may be recorded about the token — its ``alg`` and ``kid``, and the
 issuer, subject and client only when the signature verified (claims of an unverified token are whatever the
 sender wrote). Never the token.
@@ -25,9 +30,13 @@ sender wrote). Never the token.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
+import json
 import re
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,7 +47,10 @@ from mcp_guard.frontend.jwks import JwksCache, KeyMiss
 from mcp_guard.settings import AuthSettings
 from mcp_guard.types import AuthFailure, AuthInfo, AuthMethod, Principal
 
-__all__ = ["JwtVerifier", "Rejection", "looks_like_jwt"]
+__all__ = ["CACHE_SIZE", "CACHE_TTL_S", "JwtVerifier", "Rejection", "looks_like_jwt"]
+
+CACHE_TTL_S = 60.0
+CACHE_SIZE = 4096
 
 _JWS = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
 _MAX_ID = 256  # longest sub / client id / kid / alg mcp-guard records
@@ -47,12 +59,20 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 def looks_like_jwt(value: str) -> bool:
     """Whether a bearer value has the JWS compact form (three base64url segments, the first a JSON object)."""
+    return _header(value) is not None
+
+
+def _header(value: str) -> dict[str, Any] | None:
+    """The JOSE header of a compact JWS, or None if ``value`` is not one (decoded here: PyJWT's own parse
+    decodes and checks every segment, character by character, which is most of its cost)."""
     if not _JWS.fullmatch(value):
-        return False
+        return None
+    head = value.split(".", 1)[0]
     try:
-        return isinstance(jwt.get_unverified_header(value), dict)
-    except jwt_errors.PyJWTError:
-        return False
+        doc = json.loads(base64.urlsafe_b64decode(head + "=" * (-len(head) % 4)))
+    except (ValueError, binascii.Error, RecursionError):
+        return None
+    return doc if isinstance(doc, dict) else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,9 +128,11 @@ _AUTHENTIC = frozenset(
 class JwtVerifier:
     """Validates access tokens of ``[auth] issuer`` with keys from ``keys`` (see the module docstring)."""
 
-    def __init__(self, settings: AuthSettings, keys: JwksCache) -> None:
+    def __init__(self, settings: AuthSettings, keys: JwksCache, *, clock: Callable[[], float] = time.time) -> None:
         self._s = settings
         self._keys = keys
+        self._clock = clock  # wall clock, as exp is
+        self._verified: dict[bytes, tuple[Principal, float, int]] = {}  # sha256 → (principal, until, key generation)
         self._algorithms = frozenset(settings.algorithms)
         self._options: Any = {
             "require": ["exp", "iss", "aud", "sub"],
@@ -131,9 +153,27 @@ class JwtVerifier:
 
     async def verify(self, token: str) -> Principal | Rejection:
         """The token's principal (before configured roles are merged in), or why it is refused."""
-        try:
-            header = jwt.get_unverified_header(token)
-        except jwt_errors.PyJWTError:
+        digest = hashlib.sha256(token.encode()).digest()
+        known = self._verified.get(digest)
+        if known is not None:
+            principal, until, generation = known
+            if self._clock() < until and generation == self._keys.generation and self._keys.trusted():
+                return principal
+            del self._verified[digest]
+        result = await self._verify(token)
+        if isinstance(result, Principal):
+            self._remember(digest, result)
+        return result
+
+    def _remember(self, digest: bytes, principal: Principal) -> None:
+        until = min(self._clock() + CACHE_TTL_S, float(principal.auth.expires_at or 0))
+        if len(self._verified) >= CACHE_SIZE:
+            self._verified.pop(next(iter(self._verified)))
+        self._verified[digest] = (principal, until, self._keys.generation)
+
+    async def _verify(self, token: str) -> Principal | Rejection:
+        header = _header(token)
+        if header is None:
             return Rejection(AuthFailure.MALFORMED, "jwt")
         alg, kid = header.get("alg"), header.get("kid")
         if not isinstance(alg, str) or not (kid is None or isinstance(kid, str)):
@@ -173,6 +213,7 @@ class JwtVerifier:
             issuer=str(claims["iss"]),
             client_id=_client_of(claims),
             token_id_sha256=hashlib.sha256(jti.encode()).hexdigest() if isinstance(jti, str) else None,
+            expires_at=int(claims["exp"]),
         )
         attributes = {}
         for name in self._s.attribute_claims:
