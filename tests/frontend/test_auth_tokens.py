@@ -319,6 +319,34 @@ async def test_a_hanging_idp_is_bounded_by_the_timeout() -> None:
         assert await reason_of(v, idp.token()) is AuthFailure.IDP_UNREACHABLE
 
 
+async def test_a_stale_refresh_in_flight_holds_up_only_the_request_that_started_it() -> None:
+    idp, clock = FakeIdP(), Clock()
+    v = verifier(idp, clock, http_timeout_s=5)
+    assert isinstance(await v.verify(idp.token()), Principal)
+    idp.hang = True
+    clock.advance(301)  # stale: the next key lookup refreshes, and the IdP never answers
+    done: list[str] = []
+    fetching = anyio.Event()
+
+    async def first() -> None:
+        assert isinstance(await v.verify(idp.token(jti="first")), Principal)  # after the 5 s timeout
+        done.append("first")
+
+    async def second() -> None:
+        with anyio.fail_after(10):
+            while len(idp.requests) < 3:  # noqa: ASYNC110 - discovery, keys, then the first request's refresh
+                await anyio.sleep(0.01)
+        fetching.set()
+        assert isinstance(await v.verify(idp.token(jti="second")), Principal)  # the held keys, at once
+        done.append("second")
+
+    with anyio.fail_after(20):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(first)
+            tg.start_soon(second)
+    assert fetching.is_set() and done == ["second", "first"] and idp.fetches_of("/jwks") == 2
+
+
 async def test_an_oversized_or_odd_jwks_is_refused() -> None:
     idp = FakeIdP()
     idp.keys = [{"kty": "RSA", "n": "x" * 1_100_000, "e": "AQAB", "kid": "big"}]

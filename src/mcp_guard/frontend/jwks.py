@@ -11,18 +11,19 @@ issuer exactly (OIDC Discovery §4.3), or it is not used.
 How long they are trusted (times from ``[auth]``):
 
 * keys fetched less than ``jwks_refresh_s`` ago are used as they are — no network on the request path;
-* older keys are re-fetched before use; if the IdP does not answer they keep working ...
+* older keys are re-fetched by the first request that needs them (the others keep using them meanwhile, never
+  queueing behind a slow IdP); if the IdP does not answer they keep working ...
 * ... until ``jwks_max_age_s`` after the last successful fetch; then they are dropped and every token is
   refused (``idp_unreachable``) until the IdP answers again — fail closed;
 * a token whose ``kid`` is not in the set triggers a re-fetch (a key rotation), and stays refused if the new
   set does not have it either.
 
-Every fetch, whatever triggers it, is rate-limited to one per ``jwks_min_interval_s`` and single-flight
-(concurrent requests wait for the fetch in progress), so tokens with random ``kid`` values cannot make
-mcp-guard hammer the IdP. Each HTTP request is bounded by ``http_timeout_s`` and each answer by
-:data:`MAX_DOCUMENT_BYTES`. Symmetric keys (``kty: oct``) are never taken from a JWKS; a key must fit the
-algorithm (RSA for RS*/PS*, the matching EC curve for ES*, Ed25519/Ed448 for EdDSA) and, when it names an
-``alg``, name this one.
+Every fetch, whatever triggers it, is rate-limited to one per ``jwks_min_interval_s`` and single-flight (a
+request that needs the fetch — no keys yet, an unknown ``kid`` — waits for the one in progress), so tokens with
+random ``kid`` values cannot make mcp-guard hammer the IdP. Each HTTP request is bounded by ``http_timeout_s``
+and each answer by :data:`MAX_DOCUMENT_BYTES`. Symmetric keys (``kty: oct``) are never taken from a JWKS; a key
+must fit the algorithm (RSA for RS*/PS*, the matching EC curve for ES*, Ed25519/Ed448 for EdDSA) and, when it
+names an ``alg``, name this one.
 """
 
 from __future__ import annotations
@@ -174,7 +175,7 @@ class JwksCache:
         if found is not None:
             return found
         # Not in the set: perhaps the IdP rotated its keys since we fetched them.
-        keys = await self._refresh(due=lambda k: True)
+        keys = await self._refresh(due=lambda k: True)  # waits: the key may come with the fetch in flight
         found = keys.find(kid, alg) if keys is not None else None
         if found is not None:
             return found
@@ -189,7 +190,8 @@ class JwksCache:
         keys = self._keys
         if keys is None or self._clock() - keys.fetched_at >= self._s.jwks_refresh_s:
             keys = await self._refresh(
-                due=lambda k: k is None or self._clock() - k.fetched_at >= self._s.jwks_refresh_s
+                due=lambda k: k is None or self._clock() - k.fetched_at >= self._s.jwks_refresh_s,
+                wait=keys is None,  # stale keys still serve while another request refreshes them
             )
         if keys is not None and self._clock() - keys.fetched_at > self._s.jwks_max_age_s:
             log.error("auth.jwks_expired", issuer=self._s.issuer, age_s=round(self._clock() - keys.fetched_at))
@@ -197,8 +199,13 @@ class JwksCache:
             self.generation += 1
         return keys
 
-    async def _refresh(self, *, due: Callable[[_KeySet | None], bool]) -> _KeySet | None:
-        """Fetch the JWKS if still ``due`` once the lock is ours and the rate limit allows; the set in force after."""
+    async def _refresh(self, *, due: Callable[[_KeySet | None], bool], wait: bool = True) -> _KeySet | None:
+        """Fetch the JWKS if still ``due`` once the lock is ours and the rate limit allows; the set in force after.
+
+        ``wait=False``: if a fetch is already in flight, do not queue behind it — use the keys held now.
+        """
+        if not wait and self._lock.locked():
+            return self._keys
         attempts = self.fetches
         async with self._lock:
             if self.fetches != attempts or not due(self._keys):
