@@ -2,8 +2,10 @@
 
     python bench/bench_audit.py            # the full run (about a minute)
     python bench/bench_audit.py --n 2000   # a smoke run
+    python bench/bench_audit.py --dsn postgresql://postgres@127.0.0.1/bench   # the PostgreSQL backend
 
-Scenarios (each on a fresh database file, in one process with the store, as in the proxy):
+Scenarios (each on a fresh database file — or, with ``--dsn``, a fresh schema of that PostgreSQL
+database — in one process with the store, as in the proxy):
 
 * ``throughput record()``: C concurrent recorders, each awaiting record() in a loop (closed loop);
   events/s over N events.
@@ -31,7 +33,8 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -39,8 +42,8 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 
-from mcp_guard.audit import open_sqlite_sink
-from mcp_guard.audit.verify import verify_file
+from mcp_guard.audit import AuditWriter, open_sqlite_sink
+from mcp_guard.audit.verify import verify_chain, verify_file
 from mcp_guard.errors import AuditError
 from mcp_guard.types import AuditEvent
 
@@ -75,9 +78,9 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-async def closed_loop(path: Path, events: list[AuditEvent], concurrency: int, batch_max: int) -> dict[str, Any]:
+async def closed_loop(path: Path | str, events: list[AuditEvent], concurrency: int, batch_max: int) -> dict[str, Any]:
     waits: list[float] = []
-    async with open_sqlite_sink(path, batch_max=batch_max) as store:
+    async with open_store(path, batch_max=batch_max) as store:
         it = iter(events)
 
         async def recorder() -> None:
@@ -105,8 +108,8 @@ async def closed_loop(path: Path, events: list[AuditEvent], concurrency: int, ba
     }
 
 
-async def nowait_burst(path: Path, events: list[AuditEvent], batch_max: int, queue_max: int) -> dict[str, Any]:
-    async with open_sqlite_sink(path, batch_max=batch_max, queue_max=queue_max) as store:
+async def nowait_burst(path: Path | str, events: list[AuditEvent], batch_max: int, queue_max: int) -> dict[str, Any]:
+    async with open_store(path, batch_max=batch_max, queue_max=queue_max) as store:
         started, cpu = time.perf_counter(), time.process_time()
         for ev in events[:-1]:
             # Back-pressure by polling: the store has no "space available" event to wait on, and
@@ -128,11 +131,11 @@ async def nowait_burst(path: Path, events: list[AuditEvent], batch_max: int, que
     }
 
 
-async def open_loop(path: Path, events: list[AuditEvent], rate: float, batch_max: int) -> dict[str, Any]:
+async def open_loop(path: Path | str, events: list[AuditEvent], rate: float, batch_max: int) -> dict[str, Any]:
     waits: list[float] = []
     lag: list[float] = []
     failed = 0
-    async with open_sqlite_sink(path, batch_max=batch_max) as store:
+    async with open_store(path, batch_max=batch_max) as store:
 
         async def one(ev: AuditEvent, due: float) -> None:
             nonlocal failed
@@ -170,7 +173,33 @@ async def open_loop(path: Path, events: list[AuditEvent], rate: float, batch_max
     }
 
 
-def fresh(directory: Path, name: str) -> Path:
+def open_store(target: Path | str, **kwargs: Any) -> AbstractAsyncContextManager[AuditWriter]:
+    """A store on a SQLite file (a Path) or on a PostgreSQL DSN (a str)."""
+    return open_sqlite_sink(target, **kwargs) if isinstance(target, Path) else _pg_store(target, **kwargs)
+
+
+@asynccontextmanager
+async def _pg_store(dsn: str, **kwargs: Any) -> AsyncIterator[AuditWriter]:
+    from mcp_guard.audit.postgres import open_postgres
+
+    async with open_postgres(dsn) as backend, AuditWriter.running(backend, **kwargs) as store:
+        yield store
+
+
+def fresh_schema(dsn: str, name: str) -> str:
+    """``dsn`` pointed at a new, empty schema ``name`` (dropped first if a run left it)."""
+    import psycopg
+    from psycopg import conninfo
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f"DROP SCHEMA IF EXISTS {name} CASCADE")
+        conn.execute(f"CREATE SCHEMA {name}")
+    return conninfo.make_conninfo(dsn, options=f"-csearch_path={name}")
+
+
+def fresh(directory: Path, name: str, dsn: str | None = None) -> Path | str:
+    if dsn:
+        return fresh_schema(dsn, f"bench_audit_{name}")
     path = directory / f"{name}.db"
     for suffix in ("", "-wal", "-shm"):
         Path(f"{path}{suffix}").unlink(missing_ok=True)
@@ -215,11 +244,19 @@ async def run(args: argparse.Namespace, directory: Path) -> dict[str, Any]:
         )
     results: dict[str, Any] = {}
     for i, (name, key, scenario) in enumerate(scenarios):
-        runs = [await scenario(fresh(directory, f"s{i}")) for _ in range(args.repeat)]
+        runs = [await scenario(fresh(directory, f"s{i}", args.dsn)) for _ in range(args.repeat)]
         best = (max if key == "events_per_s" else min)(runs, key=lambda r: r[key])
         results[name] = {**best, "runs": runs, f"median_of_runs_{key}": statistics.median(r[key] for r in runs)}
         print(f"  done: {name}", file=sys.stderr)
-    check = verify_file(directory / "s0.db")
+    if args.dsn:
+        from psycopg import conninfo
+
+        from mcp_guard.audit.postgres import open_postgres_reader
+
+        with open_postgres_reader(conninfo.make_conninfo(args.dsn, options="-csearch_path=bench_audit_s0")) as reader:
+            check = verify_chain(reader)
+    else:
+        check = verify_file(directory / "s0.db")
     results["verify"] = {"ok": check.ok, "rows": check.rows}
     return results
 
@@ -258,6 +295,7 @@ def main() -> int:
     parser.add_argument("--batch-max", type=int, default=256)
     parser.add_argument("--queue-max", type=int, default=10_000)
     parser.add_argument("--dir", type=Path, help="where the databases go (default: a temporary directory)")
+    parser.add_argument("--dsn", help="measure the PostgreSQL backend on this database (one schema per scenario)")
     parser.add_argument("--no-save", action="store_true", help="do not write bench/results/*.json")
     args = parser.parse_args()
 
@@ -278,6 +316,7 @@ def main() -> int:
     load = os.getloadavg()
     report = {
         "bench": "audit",
+        "backend": "postgres" if args.dsn else "sqlite",
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "python": platform.python_version(),
         "cpus": os.cpu_count(),

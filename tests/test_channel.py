@@ -2,13 +2,27 @@
 
 from __future__ import annotations
 
+import typing
 from typing import Any
 
 import mcp_types as types
 import pytest
 from pydantic import ValidationError
 
-from mcp_guard.channel import ELICITATION, REQUEST_TYPES, ROOTS, SAMPLING, ClientMethod, ClientRequestType
+from mcp_guard.channel import (
+    ELICITATION,
+    REQUEST_TYPES,
+    ROOTS,
+    SAMPLING,
+    Ask,
+    ClientMethod,
+    ClientRequestType,
+    LogMessage,
+    Progress,
+    ResourceUpdated,
+    ToClient,
+    scrub_message,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -81,3 +95,25 @@ def test_normalize_gives_the_wire_form_of_a_valid_answer_only() -> None:
     assert SAMPLING.normalize(SAMPLED) == SAMPLED
     with pytest.raises(ValidationError):
         ELICITATION.normalize({"action": "maybe"})
+
+
+# ---------------------------------------------------------------------------------------------------- scrubbing
+def test_scrub_message_passes_every_field_the_upstream_wrote_and_nothing_else() -> None:
+    async def relay(progress: float, total: float | None, message: str | None) -> None: ...
+
+    seen: list[Any] = []
+
+    def scrub(value: Any) -> Any:
+        seen.append(value)
+        return "scrubbed" if isinstance(value, str) else value
+
+    progress = scrub_message(Progress(1, 2, "secret", relay), scrub)
+    assert progress == Progress(1, 2, "scrubbed", relay) and relay not in seen
+    assert scrub_message(ResourceUpdated("mem://secret"), scrub) == ResourceUpdated("scrubbed")
+    ask = scrub_message(Ask(ClientMethod.ROOTS, {"k": "v"}), lambda v: {"k": "w"} if isinstance(v, dict) else v)
+    assert ask == Ask(ClientMethod.ROOTS, {"k": "w"})
+
+
+def test_every_kind_of_upstream_to_client_message_is_a_to_client_member() -> None:
+    """A kind added to ToClient is scrubbed by scrub_message with no change there (it walks the fields)."""
+    assert set(typing.get_args(ToClient)) == {Ask, LogMessage, Progress, ResourceUpdated}

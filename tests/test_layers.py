@@ -20,7 +20,18 @@ PACKAGE = "mcp_guard"
 # matches a module decides its layer, so "mcp_guard.audit.commands" is CLI while "mcp_guard.audit" is not.
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     # Plain values and plumbing every layer may use: no configuration, no I/O policy.
-    ("foundation", ("mcp_guard", "mcp_guard.types", "mcp_guard.errors", "mcp_guard.logging", "mcp_guard.streams")),
+    # upstream.naming is pure name arithmetic (how exposed names are formed), which settings validation uses.
+    (
+        "foundation",
+        (
+            "mcp_guard",
+            "mcp_guard.types",
+            "mcp_guard.errors",
+            "mcp_guard.logging",
+            "mcp_guard.streams",
+            "mcp_guard.upstream.naming",
+        ),
+    ),
     # The validated TOML configuration.
     ("settings", ("mcp_guard.settings",)),
     # The parts the proxy is made of, each usable on its own: policy engines, the audit store and its

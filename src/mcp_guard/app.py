@@ -114,10 +114,12 @@ class Guard:
         from mcp_guard.logging import add_processor
         from mcp_guard.pipeline.redact import scrub_processor
         from mcp_guard.policy import ReloadEvent, open_engine
+        from mcp_guard.secrets.log_filter import install_log_filter
         from mcp_guard.secrets.manager import SecretManager
 
         secrets = SecretManager(settings)
         add_processor(scrub_processor(secrets))
+        install_log_filter(lambda: secrets.scrubber)  # the SDK's, httpx's and uvicorn's stdlib log records
         sink: EventSink | None = None  # the audit store, once it is open (the engine is opened first)
         watchers: list[BundleWatcher] = []
 
@@ -356,14 +358,18 @@ def _policy_reload_event(ev: Any) -> AuditEvent:
 
 def _check_paths(settings: Settings) -> None:
     """The paths the config names are usable, checked before anything is created: the policy bundle is a
-    directory (when mcp-guard loads it), both ``[audit]`` files can be opened for writing."""
+    directory (when mcp-guard loads it), the ``[audit]`` files (the log when it is SQLite, the state file)
+    can be opened for writing."""
     p = settings.policy
     if p.engine == "embedded" or p.push_bundle:
         bundle = settings.resolve_path(p.bundle)
         if not bundle.is_dir():
             what = "is not a directory" if bundle.exists() else "no such directory"
             raise ConfigError(f"policy bundle {bundle}: {what}", file=settings.source, key="policy.bundle")
-    for key, value in (("audit.path", settings.audit.path), ("audit.state_path", settings.audit.state_path)):
+    files = [("audit.state_path", settings.audit.state_path)]
+    if settings.audit.backend == "sqlite":
+        files.insert(0, ("audit.path", settings.audit.path))
+    for key, value in files:
         path = settings.resolve_path(value)
         problem = _unwritable(path)
         if problem is not None:
@@ -395,7 +401,8 @@ async def _open_audit(settings: Settings) -> AsyncIterator[AuditWriter]:
         try:
             store = await stack.enter_async_context(open_sink(settings))
         except AuditError as e:
-            raise ConfigError(str(e), file=settings.source, key="audit.path") from None
+            key = "audit.dsn" if settings.audit.backend == "postgres" else "audit.path"
+            raise ConfigError(str(e), file=settings.source, key=key) from None
         yield store
 
 

@@ -1,19 +1,25 @@
 """The client channel: how upstream→client traffic reaches the client whose call caused it.
 
 An upstream on the 2025-11-25 handshake may, while one of our calls to it is in flight, ask the client
-something (``sampling/createMessage``, ``elicitation/create``, ``roots/list``), send it a log message, or
-report progress. That traffic takes one path::
+something (``sampling/createMessage``, ``elicitation/create``, ``roots/list``), send it a log message,
+report progress, or say that a subscribed resource changed. That traffic takes one path::
 
-    UpstreamConnection ──(method, params)──► Registry ──attribute, scrub──► ClientChannel ──► client
+    UpstreamConnection ──ToClient message──► Registry.to_client ──scrub, attribute──► ClientChannel ──► client
 
-* the connection hands every upstream→client request to one hook, keyed by :class:`ClientMethod`, and
-  checks the client's answer with the matching :class:`ClientRequestType` (the one place answers are
-  validated into SDK types and the one place their error texts are written);
-* the registry attributes it to the in-flight call it belongs to (never guessing across principals, see
-  ``Registry._candidates``) and scrubs injected secret values from the params, once;
+* the connection turns everything an upstream sends towards a client into one :data:`ToClient` message
+  (:class:`Ask`, :class:`LogMessage`, :class:`Progress`, :class:`ResourceUpdated`) and hands it to one hook;
+  for an :class:`Ask` it checks the client's answer with the matching :class:`ClientRequestType` (the one
+  place answers are validated into SDK types and the one place their error texts are written);
+* ``Registry.to_client`` is the choke point: every message is scrubbed of injected secret values there,
+  once, by :func:`scrub_message` (every field of every kind, so a kind added later is scrubbed too), and
+  only then attributed to the in-flight call it belongs to (never guessing across principals, see
+  ``Registry._candidates``) and delivered;
 * a :class:`ClientChannel` delivers it: on the handshake era as a request on the client's own request
   stream (``mcp_guard.frontend.sessions.RequestChannel``); on the 2026-07-28 era as a question of an
   ``InputRequiredResult`` round (``mcp_guard.frontend.input_required.BridgedCallChannel``).
+
+List-changed notifications carry nothing to the client but the fact (the catalogue they make the registry
+fetch is scrubbed when it is merged).
 
 This module sits below ``upstream`` and ``frontend`` (it imports neither), so both can name the seam.
 """
@@ -21,7 +27,7 @@ This module sits below ``upstream`` and ``frontend`` (it imports neither), so bo
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields, replace
 from enum import StrEnum
 from typing import Any, Generic, Protocol, TypeVar, cast
 
@@ -35,11 +41,19 @@ __all__ = [
     "REQUEST_TYPES",
     "ROOTS",
     "SAMPLING",
+    "Ask",
     "ClientChannel",
     "ClientMethod",
     "ClientRequestType",
+    "LogMessage",
+    "Notice",
+    "Progress",
+    "ProgressRelay",
+    "ResourceUpdated",
     "SendToClient",
+    "ToClient",
     "log_locally",
+    "scrub_message",
 ]
 
 log = structlog.get_logger("mcp_guard.channel")
@@ -61,6 +75,56 @@ class ClientMethod(StrEnum):
 
 SendToClient = Callable[[ClientMethod, dict[str, Any]], Awaitable[dict[str, Any] | types.ErrorData]]
 """One upstream→client request on its way: ``(method, params)`` to the client's raw answer or an error."""
+
+ProgressRelay = Callable[[float, float | None, str | None], Awaitable[None]]
+"""Where the progress of one call goes: ``(progress, total, message)`` for the client that asked for it."""
+
+_NOT_PAYLOAD = {"payload": False}  # field metadata: not something the upstream wrote (never scrubbed)
+
+
+@dataclass(frozen=True, slots=True)
+class Ask:
+    """An upstream→client request (sampling, elicitation, roots): answered by the one client it belongs to."""
+
+    method: ClientMethod
+    params: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class LogMessage:
+    """An upstream's log message (``notifications/message``)."""
+
+    params: types.LoggingMessageNotificationParams
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """Progress an upstream reports on one of our calls, for the client that asked for progress on it."""
+
+    progress: float
+    total: float | None
+    message: str | None
+    relay: ProgressRelay = field(metadata=_NOT_PAYLOAD)
+
+
+@dataclass(frozen=True, slots=True)
+class ResourceUpdated:
+    """A resource the upstream serves has changed (``notifications/resources/updated``)."""
+
+    uri: str
+
+
+Notice = LogMessage | Progress | ResourceUpdated
+"""Upstream→client traffic that expects no answer."""
+ToClient = Ask | Notice
+"""Everything an upstream sends towards a client (see the module docstring)."""
+_M = TypeVar("_M", bound=ToClient)
+
+
+def scrub_message(message: _M, scrub_obj: Callable[[Any], Any]) -> _M:
+    """``message`` with every field the upstream wrote passed through ``scrub_obj`` (one scrub per message)."""
+    changes = {f.name: scrub_obj(getattr(message, f.name)) for f in fields(message) if f.metadata.get("payload", True)}
+    return replace(message, **changes)
 
 
 class ClientChannel(Protocol):

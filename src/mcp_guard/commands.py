@@ -184,7 +184,8 @@ async def _check_async(settings: Settings, args: argparse.Namespace) -> int:
         ]
         for name, conn in guard.registry.connections.items():
             ready = conn.state == "ready"
-            tools = [t.name for t in conn.catalog.tools] if ready else []
+            # From the merged catalogue, which is scrubbed of injected secrets (a connection's own is raw).
+            tools = [e.local.name for e in guard.registry.catalog.tools.values() if e.upstream == name] if ready else []
             stderr = [] if ready else list(conn.stderr_tail)[-STDERR_LINES_SHOWN:]
             report["upstreams"][name] = {"state": conn.state, "error": problems.get(name), "tools": tools}
             if not ready:

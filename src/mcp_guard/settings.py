@@ -1,4 +1,4 @@
-"""The TOML configuration (DESIGN §4), validated by pydantic.
+"""The TOML configuration (docs/architecture.md §8.2), validated by pydantic.
 
 Unknown keys, missing files and bad values raise :class:`mcp_guard.errors.ConfigError` whose message
 names the file, the dotted key and the problem. Relative paths in a config file (policy bundle, audit
@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from mcp_guard.errors import ConfigError
+from mcp_guard.upstream.naming import Namer
 
 __all__ = [
     "CONFIG_ENV",
@@ -28,6 +29,7 @@ __all__ = [
     "AuthSettings",
     "PolicySettings",
     "PrincipalSettings",
+    "RedactionSettings",
     "SecretSettings",
     "ServerSettings",
     "Settings",
@@ -85,9 +87,12 @@ class PolicySettings(_Strict):
 
 
 class AuditSettings(_Strict):
-    # Where the audit log lives (mcp_guard.audit.open_sink / open_reader); "sqlite": the file at `path`.
-    backend: Literal["sqlite"] = "sqlite"
+    # Where the audit log lives (mcp_guard.audit.open_sink / open_reader): "sqlite", the file at `path`;
+    # "postgres", table audit_events in the default schema of the database `dsn` names (one hash
+    # chain for every replica on it). The DSN is kept out of reprs: it may hold a password.
+    backend: Literal["sqlite", "postgres"] = "sqlite"
     path: str = "mcp-guard-audit.db"
+    dsn: Annotated[str | None, Field(validate_default=True, repr=False)] = None
     # Tool pins, pending definition changes and rate-limit counters (kept apart so the audit log stays
     # append-only); shared by every mcp-guard process using the same file.
     state_path: str = "mcp-guard-state.db"
@@ -95,6 +100,41 @@ class AuditSettings(_Strict):
     state_timeout_ms: Annotated[int, Field(gt=0, le=60_000)] = 1000
     batch_max: Annotated[int, Field(gt=0)] = 256
     queue_max: Annotated[int, Field(gt=0)] = 10_000
+    # Call arguments larger than this (canonical JSON, bytes) are stored as sha256 + size + a preview.
+    max_arguments_bytes: Annotated[int, Field(ge=1024)] = 64 * 1024
+
+    @field_validator("dsn")
+    @classmethod
+    def _dsn_iff_postgres(cls, v: str | None, info: ValidationInfo) -> str | None:
+        # Messages never quote the DSN: it may hold a password.
+        backend = info.data.get("backend")
+        if backend == "postgres":
+            if not v:
+                raise ValueError('required with backend = "postgres" (e.g. "postgresql://mcp_guard@db.example/audit")')
+            # Whether libpq can parse it is the audit component's to say (mcp_guard.audit.postgres), when
+            # the backend opens: settings sit below it and never import psycopg.
+        elif v is not None and backend is not None:
+            raise ValueError(f'only used with backend = "postgres" (backend is "{backend}")')
+        return v
+
+
+DEFAULT_MIN_FRAGMENT = 8
+"""Runs of a secret at least this long are scrubbed wherever they appear."""
+MIN_FRAGMENT_FLOOR = 6
+"""The smallest ``min_fragment`` accepted: shorter runs would redact ordinary words."""
+
+
+class RedactionSettings(_Strict):
+    # Runs of at least this many characters of an injected secret are scrubbed too, not only whole values
+    # (a truncated token in an error text or a log line); 0 turns fragments off.
+    min_fragment_chars: Annotated[int, Field(ge=0)] = DEFAULT_MIN_FRAGMENT
+
+    @field_validator("min_fragment_chars")
+    @classmethod
+    def _not_too_short(cls, v: int) -> int:
+        if 0 < v < MIN_FRAGMENT_FLOOR:
+            raise ValueError(f"must be 0 (off) or at least {MIN_FRAGMENT_FLOOR}: shorter runs match ordinary words")
+        return v
 
 
 # The JWS algorithms [auth] may allow: asymmetric only. "none" and HS* are never accepted (an HMAC "key"
@@ -314,6 +354,7 @@ class Settings(_Strict):
     server: ServerSettings = ServerSettings()
     policy: PolicySettings = PolicySettings()
     audit: AuditSettings = AuditSettings()
+    redaction: RedactionSettings = RedactionSettings()
     principals: dict[str, PrincipalSettings] = {}
     auth: AuthSettings | None = None
     secrets: dict[str, SecretSettings] = {}
@@ -332,9 +373,19 @@ class Settings(_Strict):
         bare = [n for n, u in self.upstreams.items() if not u.namespace and u.enabled]
         if len(bare) > 1:
             raise ValueError(f"upstreams: at most one upstream may set namespace = false (found {', '.join(bare)})")
+        namer = Namer(sep)
         for name, up in self.upstreams.items():
-            if sep in name:
-                raise ValueError(f"upstreams.{name}: name contains the tool separator {sep!r}")
+            ambiguous = namer.ambiguity(name)
+            if ambiguous is not None:
+                exposed, other, tool = ambiguous
+                also = f"; upstream {other!r} is configured too" if other in self.upstreams else ""
+                raise ValueError(
+                    f"upstreams.{name}: with the tool separator {sep!r} its tools' names are ambiguous: "
+                    f"its tool 'echo' would be {exposed!r}, which reads as upstream {other!r}'s tool {tool!r}"
+                    f"{also}. The first {sep!r} in '<upstream>{sep}' must be the one the separator adds "
+                    f"(so a name can neither contain it nor end with a start of it that it continues); rename "
+                    f"the upstream or change [server] tool_separator"
+                )
             for var, secret in up.inject_env.items():
                 if secret not in self.secrets:
                     raise ValueError(f"upstreams.{name}.inject_env.{var}: unknown secret {secret!r}")
@@ -357,7 +408,7 @@ CONFIG_ENV = "MCP_GUARD_CONFIG"
 
 
 def find_config(explicit: str | None) -> Path:
-    """The config file to use (DESIGN §3): ``--config``, else ``$MCP_GUARD_CONFIG``, else
+    """The config file to use (docs/architecture.md §8.1): ``--config``, else ``$MCP_GUARD_CONFIG``, else
     ``./config/mcp-guard.toml``.
 
     Raises :class:`ConfigError` saying where it looked when none of them names a file. There is no

@@ -101,6 +101,7 @@ class EventKind(StrEnum):
     CALL_DECISION = "call.decision"
     CALL_RESULT = "call.result"
     CALL_ERROR = "call.error"
+    CALL_CANCELLED = "call.cancelled"  # cancelled after its decision (client cancel, session end, shutdown)
     AUTH_REJECT = "auth.reject"
     UPSTREAM_START = "upstream.start"
     UPSTREAM_RESTART = "upstream.restart"

@@ -66,8 +66,8 @@ def _with_backend(settings: Settings, backend: str) -> Settings:
 
 
 async def test_open_sink_and_open_reader_refuse_a_backend_they_do_not_have(config: Path) -> None:
-    settings = _with_backend(load_settings(config), "postgres")
-    with pytest.raises(ConfigError, match="unknown audit backend 'postgres'") as err:
+    settings = _with_backend(load_settings(config), "cassandra")
+    with pytest.raises(ConfigError, match="unknown audit backend 'cassandra'") as err:
         async with open_sink(settings):
             pass
     assert (err.value.file, err.value.key) == (str(config), "audit.backend")

@@ -6,15 +6,19 @@ the allow row (the call was then not forwarded) — and a result that cannot be 
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
+import anyio
 import mcp_types as types
 import pytest
 from pipeline_kit import call_ctx, pipeline
 from structlog.testing import capture_logs
 
-from mcp_guard.audit.events import summarize_result
+from mcp_guard.audit.chain import json_text
+from mcp_guard.audit.events import PREVIEW_CHARS, TRUNCATED_KEY, summarize_result
 from mcp_guard.pipeline.context import Outcome
+from mcp_guard.settings import parse_settings
 from mcp_guard.testing import FunctionEngine, RecordingSink, RecordingUpstream
 from mcp_guard.types import AuditEvent, Decision, EventKind, ReasonCode
 
@@ -168,3 +172,87 @@ async def test_a_deny_whose_row_cannot_be_written_is_still_the_deny() -> None:
     assert outcome.decision is deny and outcome.override is None and upstream.seen == []
     (line,) = [e for e in logs if e["event"] == "audit.unavailable"]
     assert line["decision_id"] == deny.decision_id
+
+
+# --------------------------------------------------------------------------- bounded arguments
+async def test_huge_arguments_are_stored_as_size_digest_and_preview() -> None:
+    engine, _ = _allowing()
+    sink = RecordingSink()
+    call, upstream = pipeline(engine, sink)
+    huge = {"text": "x" * (10 * 1024 * 1024), "password": "hunter2"}
+    await call(call_ctx(arguments=huge))
+    assert upstream.seen[0].arguments == huge, "the upstream still gets the call as it was made"
+    stored = sink.events[0].arguments
+    assert stored is not None and set(stored) == {TRUNCATED_KEY}
+    bounded = stored[TRUNCATED_KEY]
+    audit_copy = json_text({"password": "[REDACTED:password]", "text": huge["text"]})
+    assert audit_copy is not None
+    assert bounded["bytes"] == len(audit_copy.encode()) > 10 * 1024 * 1024
+    assert bounded["sha256"] == hashlib.sha256(audit_copy.encode()).hexdigest()
+    assert bounded["preview"] == audit_copy[:PREVIEW_CHARS] and "hunter2" not in bounded["preview"]
+    assert len(json_text(stored) or "") < 2 * PREVIEW_CHARS
+
+
+async def test_the_bound_is_the_configured_one_and_applies_to_deny_rows_too() -> None:
+    settings = parse_settings(
+        {"upstreams": {"rec": {"command": "never-started"}}, "audit": {"max_arguments_bytes": 2048}}, source="<t>"
+    )
+    sink = RecordingSink()
+    deny = FunctionEngine(lambda _i: Decision(allow=False, reasons=("no",)))
+    call, _ = pipeline(deny, sink, settings=settings)
+    await call(call_ctx(arguments={"text": "y" * 1000}))
+    await call(call_ctx(arguments={"text": "é" * 1100}))  # 1,100 characters, 2,200 bytes of UTF-8
+    small, large = (e.arguments for e in sink.events)
+    assert small == {"text": "y" * 1000}
+    assert large is not None and large[TRUNCATED_KEY]["bytes"] > 2048
+
+
+# --------------------------------------------------------------------------- cancellation
+async def test_a_call_cancelled_after_its_allow_row_gets_a_cancelled_row() -> None:
+    engine, made = _allowing()
+    sink = RecordingSink()
+    started = anyio.Event()
+
+    class Hanging(RecordingUpstream):
+        async def __call__(self, ctx: Any) -> Outcome:
+            started.set()
+            await anyio.sleep_forever()
+            raise AssertionError("unreachable")
+
+    call, _ = pipeline(engine, sink, upstream=Hanging())
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(call, call_ctx())
+            await started.wait()
+            tg.cancel_scope.cancel()
+    allow, cancelled = sink.events
+    assert _is_allow_row(allow) and cancelled.kind == EventKind.CALL_CANCELLED
+    assert (cancelled.decision_id, cancelled.policy_revision) == (made[0].decision_id, REVISION)
+    assert allow.details is not None and cancelled.details == {
+        "action": "tools/call",
+        "call_id": allow.details["call_id"],
+    }
+
+
+async def test_a_cancelled_row_that_cannot_be_written_is_logged_and_the_cancellation_goes_on() -> None:
+    engine, made = _allowing()
+    sink = RecordingSink()
+    sink.fail_when = lambda e: e.kind == EventKind.CALL_CANCELLED
+    started = anyio.Event()
+
+    class Hanging(RecordingUpstream):
+        async def __call__(self, ctx: Any) -> Outcome:
+            started.set()
+            await anyio.sleep_forever()
+            raise AssertionError("unreachable")
+
+    call, _ = pipeline(engine, sink, upstream=Hanging())
+    with capture_logs() as logs, anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(call, call_ctx())
+            await started.wait()
+            tg.cancel_scope.cancel()
+    assert [e.kind for e in sink.refused] == [EventKind.CALL_CANCELLED]
+    unavailable = [e for e in logs if e["event"] == "audit.unavailable"]
+    assert unavailable and unavailable[0]["stage"] == "cancelled"
+    assert unavailable[0]["decision_id"] == made[0].decision_id

@@ -153,3 +153,17 @@ async def test_file_secret_rotation_is_picked_up_on_restart(settings: Settings, 
 async def test_unknown_upstream_is_an_error(settings: Settings) -> None:
     with pytest.raises(SecretError, match="unknown upstream"):
         await SecretManager(settings).injections_for("nope")
+
+
+@pytest.mark.parametrize(("configured", "scrubbed"), [(None, True), (0, False), (16, False)])
+async def test_fragment_length_comes_from_the_redaction_settings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, configured: int | None, scrubbed: bool
+) -> None:
+    monkeypatch.setenv("MG_A_TOKEN", A_TOKEN)
+    data = _settings(tmp_path).model_dump()
+    if configured is not None:
+        data["redaction"] = {"min_fragment_chars": configured}
+    m = SecretManager(parse_settings(data, base_dir=str(tmp_path)))
+    await m.injections_for("alpha")
+    tail = A_TOKEN[-10:]  # 10 characters: a fragment at the default length, not at 16
+    assert (m.scrub_text(f"token ends {tail}") == "token ends [REDACTED:a_token]") is scrubbed

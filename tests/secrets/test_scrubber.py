@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import json
+import random
+import string
 from typing import Any
 from urllib.parse import quote, quote_plus
 
@@ -13,8 +15,16 @@ from pydantic import SecretStr
 from secret_checks import assert_no_secret, secret_spellings
 
 from mcp_guard.secrets.forms import base64_cores, encoded_forms
-from mcp_guard.secrets.matcher import compile_literals
-from mcp_guard.secrets.redact import MIN_SECRET_LENGTH, Scrubber, marker
+from mcp_guard.secrets.matcher import MISS_BUDGET, Finder, compile_literals
+from mcp_guard.secrets.redact import (
+    ANCHOR_LENGTH,
+    DEFAULT_MIN_FRAGMENT,
+    MIN_FRAGMENT_FLOOR,
+    MIN_SECRET_LENGTH,
+    Scrubber,
+    anchor_offsets,
+    marker,
+)
 
 TOKEN = "tok-9f8e7d6c5b4a/+=AbCdEf!'()*<>&é"  # characters every encoding treats specially
 SIMPLE = "sk-live-4f7Qz9XwPp2LmN8v"
@@ -157,7 +167,8 @@ def test_split_across_embedded_resources(scrubber: Scrubber) -> None:
 
 
 def test_no_false_join_when_blocks_only_look_like_a_prefix(scrubber: Scrubber) -> None:
-    result = _text_blocks("sk-live-", "nothing")
+    # 7 characters: shorter than a fragment worth scrubbing (DEFAULT_MIN_FRAGMENT), so only a join would match.
+    result = _text_blocks("sk-live", "nothing")
     assert scrubber.scrub_obj(result) == result
 
 
@@ -225,3 +236,115 @@ def test_many_secrets_scale() -> None:
     s = Scrubber([(f"s{i}", f"secret-value-{i:04d}-xyzzy") for i in range(300)])
     text = "lorem ipsum " * 1000 + "secret-value-0299-xyzzy"
     assert s.scrub_text(text).endswith("[REDACTED:s299]")
+
+
+# ---------------------------------------------------------------------------------------------------- fragments
+def test_a_truncated_secret_is_scrubbed_from_either_end(scrubber: Scrubber) -> None:
+    for piece in (SIMPLE[:DEFAULT_MIN_FRAGMENT], SIMPLE[-12:], SIMPLE[3 : 3 + DEFAULT_MIN_FRAGMENT], SIMPLE[:-1]):
+        out = scrubber.scrub_text(f"error near {piece!r}, giving up")
+        assert piece not in out and out == f"error near '{marker('simple')}', giving up", piece
+
+
+def test_runs_shorter_than_the_fragment_length_stay() -> None:
+    s = Scrubber([("simple", SIMPLE)])
+    short = SIMPLE[5 : 5 + DEFAULT_MIN_FRAGMENT - 1]
+    assert s.scrub_text(f"x {short} y") == f"x {short} y"
+
+
+def test_the_sdk_parse_error_text_loses_the_secret_tail() -> None:
+    """The SDK quotes invalid input through pydantic, which keeps the head and the tail of the line."""
+    s = Scrubber([("token", "tk_live_9f8e7d6c5b4a39281706f5e4d3c2b1a0")])
+    text = (
+        "Failed to parse JSON response: 1 validation error for JSONRPCMessage\n  Invalid JSON: EOF "
+        '[type=json_invalid, input_value=\'{"jsonrpc":"2.0","id":1,...7d6c5b4a39281706f5e4d3c2b1a0\', '
+        "input_type=str]"
+    )
+    out = s.scrub_text(text)
+    assert "39281706f5e4d3c2b1a0" not in out and marker("token") in out
+    assert out.startswith("Failed to parse JSON response: 1 validation error")
+
+
+def test_fragments_of_the_json_spelling_and_in_bytes_and_blobs() -> None:
+    value = 'pa"ss\\word-0123456789'
+    s = Scrubber([("pw", value)])
+    escaped = json.dumps(value)[1:-1]
+    assert s.scrub_text(f"<{escaped[2:14]}>") == f"<{marker('pw')}>"
+    assert s.scrub_bytes(b"..." + value[4:].encode() + b"...") == b"..." + marker("pw").encode() + b"..."
+    blob = base64.b64encode(b"header:" + value[6:].encode()).decode()
+    out = s.scrub_obj({"data": blob})
+    assert value[6:].encode() not in base64.b64decode(out["data"])
+
+
+def test_a_fragment_split_across_blocks_is_caught(scrubber: Scrubber) -> None:
+    tail = SIMPLE[-12:]
+    out = scrubber.scrub_obj(_text_blocks("... " + tail[:5], tail[5:] + " ..."))
+    assert [c["text"] for c in out["content"]] == [f"... {marker('simple')}", " ..."]
+
+
+def test_fragments_can_be_turned_off_and_are_never_shorter_than_the_floor() -> None:
+    s = Scrubber([("simple", SIMPLE)], min_fragment=0)
+    assert s.scrub_text(SIMPLE[-12:]) == SIMPLE[-12:]
+    assert s.scrub_text(SIMPLE) == marker("simple")
+    with pytest.raises(ValueError, match="at least"):
+        Scrubber([("simple", SIMPLE)], min_fragment=MIN_FRAGMENT_FLOOR - 1)
+
+
+@pytest.mark.parametrize("min_fragment", [MIN_FRAGMENT_FLOOR, DEFAULT_MIN_FRAGMENT, 12])
+def test_every_long_enough_run_of_random_secrets_is_found(min_fragment: int) -> None:
+    """Property, over random values and texts (fixed seed): any run of ``min_fragment`` characters or more of
+    a value, anywhere in a text, is gone; and the full value in any listed encoding still is."""
+    rng = random.Random(20)
+    alphabet = string.ascii_letters + string.digits + "-_.~+/="
+    for _ in range(60):
+        values = ["".join(rng.choices(alphabet, k=rng.randint(min_fragment + 1, 64))) for _ in range(3)]
+        s = Scrubber([(f"s{i}", v) for i, v in enumerate(values)], min_fragment=min_fragment)
+        value = rng.choice(values)
+        length = rng.randint(min_fragment, len(value))
+        start = rng.randint(0, len(value) - length)
+        run = value[start : start + length]
+        noise = "".join(rng.choices(string.printable, k=200))
+        cut = rng.randint(0, len(noise))
+        out = s.scrub_text(noise[:cut] + run + noise[cut:])
+        assert run not in out, (values, run)
+        assert "[REDACTED:s" in out
+
+
+def test_anchors_cover_every_window() -> None:
+    rng = random.Random(7)
+    for _ in range(200):
+        value = "".join(rng.choices(string.ascii_lowercase + "-", k=rng.randint(9, 50)))
+        offsets = anchor_offsets(value, DEFAULT_MIN_FRAGMENT, set())
+        for w in range(len(value) - DEFAULT_MIN_FRAGMENT + 1):
+            assert any(w <= p <= w + DEFAULT_MIN_FRAGMENT - ANCHOR_LENGTH for p in offsets), (value, w)
+
+
+def test_a_text_made_of_anchors_costs_bounded_python_work(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An upstream that knows the value could flood a result with its short anchors; past a budget of misses
+    only whole forms are looked for, and whole values in the rest of the text are still scrubbed."""
+    s = Scrubber([("simple", SIMPLE)])
+    anchors = {SIMPLE[p : p + ANCHOR_LENGTH] for p in anchor_offsets(SIMPLE, DEFAULT_MIN_FRAGMENT, set())}
+    flood = " ".join(sorted(anchors)) + " "
+    text = flood * 20_000 + SIMPLE + flood
+    looked_at: list[int] = []
+    real = Finder._candidates
+
+    def counting(self: Finder[str], text: str, start: int, *rest: Any) -> None:
+        looked_at.append(start)
+        real(self, text, start, *rest)
+
+    monkeypatch.setattr(Finder, "_candidates", counting)
+    out = s.scrub_text(text)
+    assert out.count(marker("simple")) == 1 and SIMPLE not in out
+    assert len(set(looked_at)) < MISS_BUDGET + len(text) // 256 + 50
+    assert len(text) // ANCHOR_LENGTH > 10 * (MISS_BUDGET + len(text) // 256), "the flood is far over budget"
+
+
+def test_a_word_of_a_passphrase_is_not_a_fragment_until_it_is_long() -> None:
+    s = Scrubber([("pass", "other-upstream-secret-77")])
+    assert s.scrub_text("the upstream said no") == "the upstream said no"
+    assert s.scrub_text("Upstream or UPSTREAM") == "Upstream or UPSTREAM"
+    assert s.scrub_text("see other-upstream") == f"see {marker('pass')}"
+    assert s.scrub_text("x stream-secret y") == f"x {marker('pass')} y"
+    s = Scrubber([("pass", "correcthorsebatterystaple")])
+    assert s.scrub_text("battery staple") == "battery staple"
+    assert s.scrub_text("...horsebatterystap") == f"...{marker('pass')}", "16 letters and more are a fragment"

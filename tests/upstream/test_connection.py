@@ -9,11 +9,15 @@ from typing import Any
 
 import mcp_types as types
 import pytest
+import structlog
+from mcp.shared.exceptions import MCPError
+from pydantic import ValidationError
 
 from guard_harness import make_settings, recorder_upstream
-from mcp_guard.channel import ClientMethod
+from mcp_guard.channel import Ask, ClientMethod, LogMessage, Notice, Progress, ResourceUpdated
+from mcp_guard.errors import UpstreamError
 from mcp_guard.types import EventKind
-from mcp_guard.upstream.connection import UpstreamConnection
+from mcp_guard.upstream.connection import UpstreamConnection, _describe
 
 pytestmark = pytest.mark.anyio
 
@@ -28,20 +32,17 @@ class Hooks:
     def __init__(self, answer: dict[str, Any] | types.ErrorData) -> None:
         self.answer = answer
         self.requests: list[tuple[str, ClientMethod, dict[str, Any]]] = []
-        self.logs: list[tuple[str, types.LoggingMessageNotificationParams]] = []
+        self.notices: list[tuple[str, Notice]] = []
 
     async def catalog_changed(self, upstream: str, kinds: frozenset[str]) -> None: ...
     async def state_changed(self, upstream: str, kind: EventKind, details: dict[str, Any]) -> None: ...
-    async def resource_updated(self, upstream: str, uri: str) -> None: ...
 
-    async def client_request(
-        self, upstream: str, method: ClientMethod, params: dict[str, Any]
-    ) -> dict[str, Any] | types.ErrorData:
-        self.requests.append((upstream, method, params))
-        return self.answer
-
-    async def client_log(self, upstream: str, params: types.LoggingMessageNotificationParams) -> None:
-        self.logs.append((upstream, params))
+    async def to_client(self, upstream: str, message: Ask | Notice) -> Any:
+        if isinstance(message, Ask):
+            self.requests.append((upstream, message.method, message.params))
+            return self.answer
+        self.notices.append((upstream, message))
+        return None
 
 
 def _connection(hooks: Hooks, scrub: Any = lambda s: s) -> UpstreamConnection:
@@ -73,21 +74,109 @@ async def test_an_invalid_client_answer_reaches_the_upstream_as_an_internal_erro
     assert answer.message.startswith("client sent an invalid elicit result: ")
 
 
-async def test_log_messages_go_to_the_one_log_hook() -> None:
+async def test_log_messages_go_to_the_one_hook() -> None:
     hooks = Hooks({})
     params = types.LoggingMessageNotificationParams(level="info", data="x")
     await _connection(hooks)._on_log(params)
-    assert hooks.logs == [("up", params)]
+    assert hooks.notices == [("up", LogMessage(params))]
 
 
-async def test_progress_messages_are_scrubbed_on_their_way_to_the_client() -> None:
-    got: list[tuple[float, float | None, str | None]] = []
+async def test_progress_goes_to_the_one_hook_with_the_calls_relay() -> None:
+    """Progress is not scrubbed here but where all upstream→client traffic is (Registry.to_client)."""
 
-    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
-        got.append((progress, total, message))
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None: ...
 
-    conn = _connection(Hooks({}), scrub=lambda s: s.replace("s3cret", "[REDACTED:token]"))
-    relay = conn._scrubbed_progress(on_progress)
-    await relay(1, 2, "using s3cret")
+    hooks = Hooks({})
+    relay = _connection(hooks)._progress_relay(on_progress)
+    await relay(1, 2, "half")
     await relay(2, 2, None)
-    assert got == [(1, 2, "using [REDACTED:token]"), (2, 2, None)]
+    assert hooks.notices == [("up", Progress(1, 2, "half", on_progress)), ("up", Progress(2, 2, None, on_progress))]
+
+
+async def test_resource_updates_go_to_the_one_hook() -> None:
+    hooks = Hooks({})
+    note = types.ResourceUpdatedNotification(params=types.ResourceUpdatedNotificationParams(uri="mem://1"))
+    await _connection(hooks)._on_message(note)
+    assert hooks.notices == [("up", ResourceUpdated("mem://1"))]
+
+
+# ---------------------------------------------------------------------------------------------------- invalid answers
+TOKEN = "tk_live_9f8e7d6c5b4a39281706f5e4d3c2b1a0"
+
+
+class FailingSession:
+    """A ClientSession whose requests fail the way the SDK fails them."""
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+    async def send_request(self, *args: Any, **kwargs: Any) -> Any:
+        raise self.error
+
+
+def _ready(error: BaseException) -> UpstreamConnection:
+    conn = _connection(Hooks({}))
+    conn.state = "ready"
+    conn._session = FailingSession(error)  # type: ignore[assignment]
+    return conn
+
+
+def _invalid_result() -> ValidationError:
+    try:
+        types.CallToolResult.model_validate({"content": [{"type": "text", "text": 12}], "note": "x" * 60 + TOKEN})
+    except ValidationError as e:
+        return e
+    raise AssertionError("valid")
+
+
+REQUEST = types.CallToolRequest(params=types.CallToolRequestParams(name="t", arguments={}))
+
+
+@pytest.mark.parametrize(
+    ("error", "says"),
+    [
+        (_invalid_result(), "sent an invalid result (12 validation error(s): content.0.TextContent.text: string_type"),
+        (
+            MCPError(code=types.PARSE_ERROR, message=f"Failed to parse JSON response: input_value='...{TOKEN[-20:]}'"),
+            "sent an answer that is not valid JSON-RPC (its text is withheld)",
+        ),
+        (
+            MCPError(code=types.PARSE_ERROR, message=f"Failed to parse SSE message: ...{TOKEN[-20:]}"),
+            "sent an answer that is not valid JSON-RPC (its text is withheld)",
+        ),
+    ],
+    ids=["invalid-result", "invalid-json-response", "invalid-sse-message"],
+)
+async def test_an_answer_the_sdk_cannot_parse_is_described_in_our_own_words(error: BaseException, says: str) -> None:
+    with pytest.raises(UpstreamError) as raised:
+        await _ready(error).request(REQUEST)
+    message = str(raised.value)
+    assert message.startswith(f"upstream 'up' {says}"), message
+    assert TOKEN[-8:] not in message and raised.value.__cause__ is None and raised.value.__suppress_context__
+
+
+async def test_an_error_the_upstream_answered_itself_passes_through() -> None:
+    own = MCPError(code=-32001, message="no such ticket")
+    with pytest.raises(MCPError) as raised:
+        await _ready(own).request(REQUEST)
+    assert raised.value is own
+
+
+async def test_an_unparseable_line_is_logged_without_its_text() -> None:
+    conn = _connection(Hooks({}))
+    try:
+        types.jsonrpc_message_adapter.validate_json('{"jsonrpc":"2.0","method":"x","params":"' + TOKEN)
+    except ValidationError as e:
+        error = e
+    with structlog.testing.capture_logs() as logs:
+        await conn._on_message(error)
+    assert logs[0]["event"] == "upstream.transport_error" and TOKEN[-8:] not in str(logs)
+
+
+def test_life_cycle_reasons_are_bounded_and_do_not_quote_parse_errors() -> None:
+    assert TOKEN[-8:] not in _describe(_invalid_result())
+    assert _describe(_invalid_result()).startswith("invalid answer during start-up (12 validation error(s)")
+    long = MCPError(code=-32603, message="x" * 10_000)
+    assert len(_describe(long)) < 600
+    sdk = MCPError(code=types.PARSE_ERROR, message=f"Failed to parse JSON response: {TOKEN}")
+    assert TOKEN not in _describe(sdk)

@@ -1,5 +1,8 @@
 """The registry's half of the client channel (attribution, scrubbing) and what it tells its listener.
 
+``Registry.to_client`` is the one way upstream→client traffic leaves the registry: each kind of message
+is shown here to arrive scrubbed, and life-cycle details to reach the listener (the audit) scrubbed.
+
 No upstream process runs here: in-flight calls are marked with fake client channels, and a catalogue is
 set on a connection by hand, as the connection would after listing its upstream.
 """
@@ -13,7 +16,7 @@ import mcp_types as types
 import pytest
 
 from guard_harness import make_settings, recorder_upstream
-from mcp_guard.channel import ClientMethod
+from mcp_guard.channel import Ask, ClientMethod, LogMessage, Progress, ResourceUpdated
 from mcp_guard.pins import PinStore
 from mcp_guard.secrets.redact import Scrubber, marker
 from mcp_guard.types import EventKind
@@ -45,7 +48,7 @@ class FakeChannel:
         self.logs.append(params)
 
     async def progress(self, progress: float, total: float | None, message: str | None) -> None:
-        raise AssertionError("progress does not pass through the registry")
+        raise AssertionError("progress goes to the relay of the call that asked for it")
 
 
 class Listener:
@@ -55,6 +58,7 @@ class Listener:
         self.upstream_events: list[tuple[str, EventKind, dict[str, Any]]] = []
         self.pin_events: list[tuple[str, EventKind, str, dict[str, Any]]] = []
         self.catalogs: list[tuple[str, frozenset[str]]] = []
+        self.updated: list[tuple[str, str]] = []
 
     async def catalog_changed(self, upstream: str, kinds: frozenset[str]) -> None:
         self.catalogs.append((upstream, kinds))
@@ -66,7 +70,7 @@ class Listener:
         self.pin_events.append((upstream, kind, tool, details))
 
     async def resource_updated(self, upstream: str, uri: str) -> None:
-        raise AssertionError("not used")
+        self.updated.append((upstream, uri))
 
 
 def _registry(listener: Listener | None = None, **upstreams: dict[str, Any]) -> Registry:
@@ -82,13 +86,13 @@ async def test_a_request_goes_to_the_one_call_in_flight_scrubbed() -> None:
     registry = _registry()
     alice = FakeChannel("s1")
     with registry.in_flight("up", alice), registry.in_flight("other", FakeChannel("s2", "bob")):
-        answer = await registry.client_request("up", ClientMethod.ELICITATION, ELICIT)
+        answer = await registry.to_client("up", Ask(ClientMethod.ELICITATION, ELICIT))
     assert answer == {"action": "decline"}
     assert alice.requests == [(ClientMethod.ELICITATION, {**ELICIT, "message": f"Token is {marker('token')}?"})]
 
 
 async def test_a_request_with_no_call_in_flight_is_refused() -> None:
-    answer = await _registry().client_request("up", ClientMethod.SAMPLING, {})
+    answer = await _registry().to_client("up", Ask(ClientMethod.SAMPLING, {}))
     assert isinstance(answer, types.ErrorData) and answer.code == types.INVALID_REQUEST
     assert "sampling/createMessage from upstream 'up' arrived while no client call to it is in flight" in answer.message
 
@@ -97,7 +101,7 @@ async def test_a_request_is_never_guessed_between_two_sessions() -> None:
     registry = _registry()
     one, two = FakeChannel("s1", "alice"), FakeChannel("s2", "alice")
     with registry.in_flight("up", one), registry.in_flight("up", two):
-        answer = await registry.client_request("up", ClientMethod.ROOTS, {})
+        answer = await registry.to_client("up", Ask(ClientMethod.ROOTS, {}))
     assert isinstance(answer, types.ErrorData) and answer.code == types.INVALID_REQUEST
     assert "cannot be attributed to one client: calls from 2 sessions are in flight" in answer.message
     assert one.requests == two.requests == []
@@ -107,12 +111,12 @@ async def test_calls_of_one_session_count_once_and_the_latest_stream_is_used() -
     registry = _registry()
     first, latest = FakeChannel("s1"), FakeChannel("s1")
     with registry.in_flight("up", first), registry.in_flight("up", latest):
-        await registry.client_request("up", ClientMethod.ROOTS, {})
+        await registry.to_client("up", Ask(ClientMethod.ROOTS, {}))
         with registry.in_flight("up", FakeChannel("s2")):
             pass  # another session's call that has ended does not make later requests ambiguous
-        await registry.client_request("up", ClientMethod.ROOTS, {})
+        await registry.to_client("up", Ask(ClientMethod.ROOTS, {}))
     assert first.requests == [] and len(latest.requests) == 2
-    assert isinstance(await registry.client_request("up", ClientMethod.ROOTS, {}), types.ErrorData), "all ended"
+    assert isinstance(await registry.to_client("up", Ask(ClientMethod.ROOTS, {})), types.ErrorData), "all ended"
 
 
 @pytest.mark.parametrize(("parked_principal", "routed"), [("alice", True), ("bob", False)])
@@ -121,7 +125,7 @@ async def test_a_parked_call_yields_only_to_its_own_principal(parked_principal: 
     parked = FakeChannel("call-1", parked_principal, parked=True)
     served = FakeChannel("s1", "alice")
     with registry.in_flight("up", parked), registry.in_flight("up", served):
-        answer = await registry.client_request("up", ClientMethod.ELICITATION, ELICIT)
+        answer = await registry.to_client("up", Ask(ClientMethod.ELICITATION, ELICIT))
     assert parked.requests == []
     assert (served.requests != []) is routed
     assert isinstance(answer, types.ErrorData) is not routed
@@ -131,7 +135,7 @@ async def test_only_parked_calls_are_still_candidates() -> None:
     registry = _registry()
     parked = FakeChannel("call-1", parked=True)
     with registry.in_flight("up", parked):
-        await registry.client_request("up", ClientMethod.ELICITATION, ELICIT)
+        await registry.to_client("up", Ask(ClientMethod.ELICITATION, ELICIT))
     assert len(parked.requests) == 1, "a parked call alone is the one the upstream is asking for"
 
 
@@ -140,7 +144,7 @@ async def test_a_log_message_goes_to_the_one_call_in_flight_scrubbed() -> None:
     registry = _registry()
     alice = FakeChannel("s1")
     with registry.in_flight("up", alice):
-        await registry.client_log("up", LOG)
+        await registry.to_client("up", LogMessage(LOG))
     assert [m.data for m in alice.logs] == [f"using {marker('token')}"]
 
 
@@ -148,7 +152,7 @@ async def test_an_unattributable_log_message_stays_in_our_log() -> None:
     registry = _registry()
     one, two = FakeChannel("s1"), FakeChannel("s2")
     with registry.in_flight("up", one), registry.in_flight("up", two):
-        await registry.client_log("up", LOG)
+        await registry.to_client("up", LogMessage(LOG))
     assert one.logs == two.logs == []
 
 
@@ -187,3 +191,111 @@ async def test_pin_events_name_their_tool(tmp_path: Path) -> None:
     ]
     changed = listener.pin_events[1][3]
     assert changed["old_sha256"] != changed["new_sha256"] and changed["mode"] == "enforce"
+
+
+# ---------------------------------------------------------------------------------------------------- scrubbing
+# One test per kind of upstream→client traffic: the secret (and a fragment of it) never reaches the client.
+FRAGMENT = SECRET[-12:]
+
+
+async def test_sampling_request_arrives_scrubbed() -> None:
+    registry = _registry()
+    alice = FakeChannel("s1")
+    params = {"messages": [{"role": "user", "content": {"type": "text", "text": f"key {SECRET}"}}], "maxTokens": 5}
+    with registry.in_flight("up", alice):
+        await registry.to_client("up", Ask(ClientMethod.SAMPLING, {**params, "systemPrompt": f"..{FRAGMENT}"}))
+    sent = alice.requests[0][1]
+    assert sent["messages"][0]["content"]["text"] == f"key {marker('token')}"
+    assert sent["systemPrompt"] == f"..{marker('token')}"
+
+
+async def test_roots_request_arrives_scrubbed() -> None:
+    registry = _registry()
+    alice = FakeChannel("s1")
+    with registry.in_flight("up", alice):
+        await registry.to_client("up", Ask(ClientMethod.ROOTS, {"_meta": {"note": SECRET}}))
+    assert alice.requests == [(ClientMethod.ROOTS, {"_meta": {"note": marker("token")}})]
+
+
+async def test_elicitation_request_arrives_scrubbed_keys_included() -> None:
+    registry = _registry()
+    alice = FakeChannel("s1")
+    schema = {"type": "object", "properties": {SECRET: {"type": "string", "description": FRAGMENT}}}
+    with registry.in_flight("up", alice):
+        await registry.to_client("up", Ask(ClientMethod.ELICITATION, {**ELICIT, "requestedSchema": schema}))
+    assert SECRET not in str(alice.requests) and FRAGMENT not in str(alice.requests)
+
+
+async def test_log_message_arrives_scrubbed_logger_and_structured_data_included() -> None:
+    registry = _registry()
+    alice = FakeChannel("s1")
+    params = types.LoggingMessageNotificationParams(level="error", logger=f"db:{SECRET}", data={"dsn": f"..{FRAGMENT}"})
+    with registry.in_flight("up", alice):
+        await registry.to_client("up", LogMessage(params))
+    assert alice.logs[0].logger == f"db:{marker('token')}" and alice.logs[0].data == {"dsn": f"..{marker('token')}"}
+
+
+async def test_an_unattributable_log_message_is_scrubbed_for_our_own_log(monkeypatch: pytest.MonkeyPatch) -> None:
+    kept: list[types.LoggingMessageNotificationParams] = []
+    monkeypatch.setattr("mcp_guard.upstream.registry.log_locally", lambda params, **_: kept.append(params))
+    await _registry().to_client("up", LogMessage(LOG))
+    assert kept[0].data == f"using {marker('token')}"
+
+
+async def test_progress_arrives_scrubbed_at_the_calls_relay() -> None:
+    got: list[tuple[float, float | None, str | None]] = []
+
+    async def relay(progress: float, total: float | None, message: str | None) -> None:
+        got.append((progress, total, message))
+
+    registry = _registry()
+    await registry.to_client("up", Progress(1, 3, f"copying with {SECRET}", relay=relay))
+    await registry.to_client("up", Progress(2, 3, f"...{FRAGMENT}", relay=relay))
+    await registry.to_client("up", Progress(3, 3, None, relay=relay))
+    assert got == [(1, 3, f"copying with {marker('token')}"), (2, 3, f"...{marker('token')}"), (3, 3, None)]
+
+
+async def test_resource_update_reaches_the_listener_scrubbed() -> None:
+    listener = Listener()
+    await _registry(listener).to_client("up", ResourceUpdated(f"file:///tmp/{SECRET}.txt"))
+    assert listener.updated == [("up", f"file:///tmp/{marker('token')}.txt")]
+
+
+async def test_a_catalogue_refreshed_after_list_changed_is_scrubbed() -> None:
+    """list_changed carries nothing to the client but the fact; what it makes the registry fetch is merged
+    scrubbed."""
+    registry = _registry(up=recorder_upstream())
+    conn = registry.connections["up"]
+    conn.state = "ready"
+    schema = {"type": "object", "properties": {"q": {"type": "string", "default": SECRET}}}
+    conn.catalog = Catalog(
+        tools=[types.Tool(name="t", description=f"uses {FRAGMENT}", input_schema=schema)],
+        prompts=[types.Prompt(name="p", description=SECRET)],
+        resources=[types.Resource(uri=f"mem://{SECRET}", name="r")],
+    )
+    await registry.catalog_changed("up", frozenset({"tools", "prompts", "resources"}))
+    merged = str(registry.catalog)
+    assert SECRET not in merged and FRAGMENT not in merged and marker("token") in merged
+
+
+# ---------------------------------------------------------------------------------------------------- life cycle
+async def test_handshake_data_reaches_the_audit_listener_scrubbed() -> None:
+    listener = Listener()
+    registry = _registry(listener, up=recorder_upstream())
+    details = {"server_info": {"name": "up", "version": SECRET}, "protocol_version": "2025-11-25", "tools": 1}
+    await registry.state_changed("up", EventKind.UPSTREAM_START, details)
+    scrubbed = {**details, "server_info": {"name": "up", "version": marker("token")}}
+    assert listener.upstream_events == [("up", EventKind.UPSTREAM_START, scrubbed)]
+
+
+async def test_a_start_up_error_reaches_the_audit_listener_and_the_cli_scrubbed() -> None:
+    listener = Listener()
+    registry = _registry(listener, up=recorder_upstream())
+    reason = f"upstream error -32603: bad credentials ...{FRAGMENT}"
+    await registry.state_changed("up", EventKind.UPSTREAM_START_FAILED, {"reason": reason, "attempt": 1})
+    said = f"upstream error -32603: bad credentials ...{marker('token')}"
+    assert listener.upstream_events[0][2] == {"reason": said, "attempt": 1}
+    conn = registry.connections["up"]
+    conn.state, conn.last_error = "down", reason
+    conn._settled.set()
+    assert await registry.wait_ready(1) == {"up": said}

@@ -1,6 +1,6 @@
 """The audit trail: a hash-chained, append-only log of every decision and outcome.
 
-Two entry points, both chosen by ``[audit] backend`` (today ``"sqlite"``)::
+Two entry points, both chosen by ``[audit] backend`` (``"sqlite"`` or ``"postgres"``)::
 
     async with open_sink(settings) as sink:       # the proxy: AuditWriter over the backend
         seq = await sink.record(event)            # returns once committed; AuditError if it cannot
@@ -13,11 +13,12 @@ How an event travels (modules in brackets)::
 
     events.py constructors ─► AuditWriter.record ─► queue ─► writer task ─► AuditBackend.append
     (one per event family)    [writer]              group commit            [backend: the protocol;
-                              stored values + hashed body                    sqlite: the SQLite file]
-                              made here, off the serial path                one transaction: head,
+                              stored values + hashed body                    sqlite: the SQLite file;
+                              made here, off the serial path                 postgres: PostgreSQL]
+                                                                            one transaction: head,
                                                                             number + hash (chain), insert
     audit tail / verify / export ◄── AuditReader (rows, head, snapshot) ◄── the same database
-    [tail, verify, export]           [reader: the protocol; sqlite: SqliteReader]
+    [tail, verify, export]           [reader: the protocol; SqliteReader, PostgresReader]
 
 What can go wrong, and what you get (:mod:`mcp_guard.errors`)::
 
@@ -25,8 +26,9 @@ What can go wrong, and what you get (:mod:`mcp_guard.errors`)::
     ├── ConfigError    ``[audit] backend`` names no backend (file and key ``audit.backend``)
     └── AuditError     the sink cannot commit an event: record() raises within record_timeout, so
                        the pipeline denies the call (``audit_unavailable``); the file was removed or
-                       replaced (the sink is broken for good); the database cannot be opened, is
-                       newer than this mcp-guard, or cannot be read (open_sink, open_reader)
+                       replaced (the sink is broken for good); PostgreSQL is down or hangs (each batch
+                       fails within its timeout; the next one reconnects); the database cannot be
+                       opened, is newer than this mcp-guard, or cannot be read (open_sink, open_reader)
 
 A backend is one module: an :class:`AuditBackend` (append a numbered, hashed batch in one
 transaction; report when it can never write again) and an :class:`AuditReader`, registered in the two
@@ -66,9 +68,22 @@ __all__ = [
 _Opener = Callable[[Settings], AbstractAsyncContextManager[AuditBackend]]
 _ReaderOpener = Callable[..., AbstractContextManager[AuditReader]]
 
+
+def _postgres_backend(settings: Settings) -> AbstractAsyncContextManager[AuditBackend]:
+    from mcp_guard.audit import postgres  # psycopg is imported only when the backend is used
+
+    return postgres.backend_from_settings(settings)
+
+
+def _postgres_reader(settings: Settings, *, wait: bool = False) -> AbstractContextManager[AuditReader]:
+    from mcp_guard.audit import postgres
+
+    return postgres.reader_from_settings(settings, wait=wait)
+
+
 # ``[audit] backend`` -> how to open it. A new backend is one module plus one line in each table.
-_BACKENDS: dict[str, _Opener] = {"sqlite": sqlite.backend_from_settings}
-_READERS: dict[str, _ReaderOpener] = {"sqlite": sqlite.reader_from_settings}
+_BACKENDS: dict[str, _Opener] = {"sqlite": sqlite.backend_from_settings, "postgres": _postgres_backend}
+_READERS: dict[str, _ReaderOpener] = {"sqlite": sqlite.reader_from_settings, "postgres": _postgres_reader}
 
 
 def _chosen(settings: Settings, known: Collection[str]) -> str:

@@ -4,7 +4,7 @@ The writer (:mod:`mcp_guard.audit.writer`) owns everything about *when* rows are
 queue, batching, deadlines, failure bookkeeping. A backend owns *how*: one transaction per batch in
 which the rows get their ``seq`` and their place in the hash chain::
 
-    AuditWriter                                   AuditBackend (sqlite.py; postgres.py next)
+    AuditWriter                                   AuditBackend (sqlite.py, postgres.py)
     ───────────                                   ──────────────────────────────────────────
     batch of RowBody ───── append(batch) ──────►  in ONE transaction: take the chain head,
     (values + hashed body,                        number and hash the rows (chain.chain_rows),
@@ -21,10 +21,10 @@ row it did not know about, re-reads the head and chains on from there (SQLite: o
 file makes the collision the only case). Either way no two rows share a ``seq`` and the chain never
 forks.
 
-Opening a backend is an async context manager of the backend's own module (``open_sqlite``): it
-creates or migrates the schema, reads the head and runs any background work (WAL checkpoints) until
-the block ends. The writer is entered inside that block, so the writer's final flush happens while
-the backend is still open.
+Opening a backend is an async context manager of the backend's own module (``open_sqlite``,
+``open_postgres``): it creates or migrates the schema, reads the head and runs any background work
+(WAL checkpoints) until the block ends. The writer is entered inside that block, so the writer's
+final flush happens while the backend is still open.
 """
 
 from __future__ import annotations

@@ -1,15 +1,18 @@
-"""``mcp-guard audit tail|verify|export`` (DESIGN §3).
+"""``mcp-guard audit tail|verify|export|migrate`` (docs/architecture.md §8.1).
 
-Each reads the SQLite file named by ``--db``, else the log ``[audit]`` of the config names (through
-:func:`mcp_guard.audit.open_reader`, so any backend; a relative ``path`` resolves against the config
-file's directory). Exit codes: 0 ok, 1 the chain is broken (verify) or
-the database cannot be read, 2 usage or config error.
+Each reads the SQLite file named by ``--db``, the PostgreSQL log named by ``--dsn``, else the log
+``[audit]`` of the config names (through :func:`mcp_guard.audit.open_reader`, so any backend; a
+relative ``path`` resolves against the config file's directory). ``migrate --to DSN`` copies the
+SQLite log (``--db``, else ``[audit] path``) into PostgreSQL (:mod:`mcp_guard.audit.migrate`).
+Exit codes: 0 ok, 1 the chain is broken (verify), a migrate was refused or the database cannot be
+read, 2 usage or config error.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
@@ -24,8 +27,11 @@ __all__ = ["register"]
 def register(subparsers: Any) -> None:
     audit = subparsers.add_parser(
         "audit",
-        help="read the audit trail: tail, verify, export",
-        description="Read the audit trail the proxy writes (tail it live, verify its hash chain, export it).",
+        help="read the audit trail: tail, verify, export; migrate it to PostgreSQL",
+        description=(
+            "Read the audit trail the proxy writes (tail it live, verify its hash chain, export it), "
+            "or copy a SQLite log into PostgreSQL."
+        ),
     )
     audit.set_defaults(func=lambda _args: _usage(audit))
     sub = audit.add_subparsers(dest="audit_command", metavar="COMMAND")
@@ -54,7 +60,7 @@ def register(subparsers: Any) -> None:
         default="auto",
         help="colour the output (default: auto, only on a terminal and without NO_COLOR)",
     )
-    tail.add_argument("--interval", type=float, default=0.05, metavar="SECONDS", help=argparse.SUPPRESS)
+    tail.add_argument("--interval", type=float, metavar="SECONDS", help=argparse.SUPPRESS)  # poll (safety net)
     tail.set_defaults(func=_tail)
 
     verify = sub.add_parser(
@@ -79,6 +85,28 @@ def register(subparsers: Any) -> None:
     )
     export.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
     export.set_defaults(func=_export)
+
+    migrate = sub.add_parser(
+        "migrate",
+        help="copy a SQLite audit log into PostgreSQL, its chain verified before and after",
+        description=(
+            "Copy the SQLite audit log (--db, else [audit] path of the config) into the PostgreSQL "
+            "database DSN, rows unchanged (seq, prev_hash, hash), so its chain and head stay the same. "
+            "A broken source chain is refused; a non-empty target only if it holds a prefix of the "
+            "source chain (an earlier migrate), and then only the missing rows are copied."
+        ),
+    )
+    from mcp_guard.cli import add_config_arg
+
+    add_config_arg(migrate)
+    migrate.add_argument("--db", metavar="PATH", help="the SQLite audit file (default: [audit] path of the config)")
+    migrate.add_argument(
+        "--to",
+        required=True,
+        metavar="DSN",
+        help="the PostgreSQL database (postgresql://user@host:port/dbname; password via PGPASSWORD or .pgpass)",
+    )
+    migrate.set_defaults(func=_migrate)
 
 
 def _quiet_broken_pipe() -> int:
@@ -112,7 +140,9 @@ def _add_source(parser: argparse.ArgumentParser) -> None:
     from mcp_guard.cli import add_config_arg
 
     add_config_arg(parser)
-    parser.add_argument("--db", metavar="PATH", help="the audit database (default: [audit] path of the config)")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--db", metavar="PATH", help="a SQLite audit file (default: the log [audit] names)")
+    where.add_argument("--dsn", metavar="DSN", help="a PostgreSQL audit log (postgresql://user@host:port/dbname)")
 
 
 def _add_filters(parser: argparse.ArgumentParser) -> None:
@@ -132,12 +162,16 @@ def _add_filters(parser: argparse.ArgumentParser) -> None:
 
 
 def _open_reader(args: argparse.Namespace, *, wait: bool = False) -> AbstractContextManager[AuditReader]:
-    """``--db PATH`` (an SQLite audit file), else the log ``[audit]`` of the config names."""
+    """``--db PATH`` (SQLite), ``--dsn DSN`` (PostgreSQL), else the log ``[audit]`` of the config names."""
     from mcp_guard.audit import open_reader
     from mcp_guard.audit.sqlite import open_sqlite_reader
 
     if args.db:
         return open_sqlite_reader(args.db, wait=wait)
+    if args.dsn:
+        from mcp_guard.audit.postgres import open_postgres_reader
+
+        return open_postgres_reader(_checked_dsn(args.dsn, "--dsn"), wait=wait)
     from mcp_guard.cli import load_config
 
     return open_reader(load_config(args), wait=wait)
@@ -179,6 +213,7 @@ def _tail(args: argparse.Namespace) -> int:
     last = args.lines if args.lines is not None else (None if args.since else 20)
     try:
         with _open_reader(args, wait=args.follow) as reader:
+            sleep, interval = _pacing(reader, args.interval)
             tail(
                 reader,
                 filters,
@@ -187,11 +222,38 @@ def _tail(args: argparse.Namespace) -> int:
                 follow=args.follow,
                 as_json=args.json,
                 colour=not args.json and use_colour(sys.stdout, args.color),
-                interval=max(args.interval, 0.001),
+                interval=interval,
+                sleep=sleep,
             )
     except BrokenPipeError:
         return _quiet_broken_pipe()
     return 0
+
+
+POLL_S = 0.05  # follow mode: how often a reader that cannot be woken is polled
+SAFETY_POLL_S = 1.0  # ... and one that can (NOTIFY), in case a wake-up is lost
+
+
+def _pacing(reader: AuditReader, interval: float | None) -> tuple[Callable[[float], None], float]:
+    """How ``tail -f`` waits between polls: on the reader's wake-ups if it has them, else by sleeping."""
+    import time
+
+    from mcp_guard.audit.reader import WakingReader
+
+    if isinstance(reader, WakingReader):
+        return reader.wait_for_rows, max(interval if interval is not None else SAFETY_POLL_S, 0.001)
+    return time.sleep, max(interval if interval is not None else POLL_S, 0.001)
+
+
+def _checked_dsn(dsn: str, option: str) -> str:
+    """``dsn`` if libpq can parse it; else a usage error naming ``option`` (never the DSN: a password)."""
+    from mcp_guard.audit.postgres import check_dsn
+
+    try:
+        check_dsn(dsn)
+    except ValueError as e:
+        raise ConfigError(f"{option}: {e}") from None
+    return dsn
 
 
 def _verify(args: argparse.Namespace) -> int:
@@ -249,4 +311,27 @@ def _export(args: argparse.Namespace) -> int:
             except BrokenPipeError:
                 return _quiet_broken_pipe()
     print(f"exported {count} events", file=sys.stderr)
+    return 0
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    from mcp_guard.audit.migrate import migrate_log
+    from mcp_guard.audit.sqlite import open_sqlite_reader
+
+    dsn = _checked_dsn(args.to, "--to")
+    if args.db:
+        path = args.db
+    else:
+        from mcp_guard.cli import load_config
+
+        settings = load_config(args)
+        path = str(settings.resolve_path(settings.audit.path))
+    with open_sqlite_reader(path) as source:
+        result = migrate_log(source, dsn)
+    if result.head is None:
+        print(f"ok: {result.source} is empty: nothing to copy (schema ready in {result.target})")
+        return 0
+    kept = f", {result.already} already there" if result.already else ""
+    print(f"ok: copied {result.copied} rows from {result.source} to {result.target}{kept}; chain verified")
+    print(f"head: seq={result.head.seq} hash={result.head.hash}")
     return 0

@@ -13,12 +13,18 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
+from mcp_guard.audit.chain import json_text
 from mcp_guard.types import AuditEvent, Decision, EventKind, Principal, SessionInfo
 
 __all__ = [
+    "PREVIEW_CHARS",
+    "TRUNCATED_KEY",
     "auth_reject",
+    "bound_arguments",
+    "call_cancelled",
     "call_decision",
     "call_error",
     "call_result",
@@ -32,6 +38,36 @@ __all__ = [
     "summarize_result",
     "upstream_event",
 ]
+
+
+TRUNCATED_KEY = "mcp-guard/truncated"
+"""The one key of an ``arguments`` column that stands for arguments too large to store."""
+PREVIEW_CHARS = 1024
+"""How much of too-large arguments (their canonical JSON text) is kept as a preview."""
+
+
+def bound_arguments(arguments: Mapping[str, Any] | None, max_bytes: int | None) -> Mapping[str, Any] | None:
+    """``arguments`` as an audit row may store them: as they are up to ``max_bytes`` of canonical JSON, else
+    ``{"mcp-guard/truncated": {"bytes", "sha256", "preview"}}`` — so one huge call cannot fill the disk.
+
+    The digest and the preview are of the arguments given (for a call row, the audit copy: secrets already
+    scrubbed and credential shapes masked), so neither can hold a secret the full text did not.
+    """
+    if arguments is None or max_bytes is None:
+        return arguments
+    text = json_text(arguments) or ""
+    if len(text) * 4 <= max_bytes:  # a character is at most 4 bytes of UTF-8: cannot be too large
+        return arguments
+    raw = text.encode("utf-8", "backslashreplace")
+    if len(raw) <= max_bytes:
+        return arguments
+    return {
+        TRUNCATED_KEY: {
+            "bytes": len(raw),
+            "sha256": hashlib.sha256(raw).hexdigest(),
+            "preview": text[:PREVIEW_CHARS],
+        }
+    }
 
 
 def summarize_result(result: Mapping[str, Any]) -> dict[str, Any]:
@@ -55,8 +91,13 @@ def call_decision(
     arguments: Mapping[str, Any] | None = None,
     call_id: str | None = None,
     duration_ms: float | None = None,
+    max_arguments_bytes: int | None = None,
 ) -> AuditEvent:
-    """The row that records what governed a call (allow or deny), with its obligations."""
+    """The row that records what governed a call (allow or deny), with its obligations.
+
+    Arguments over ``max_arguments_bytes`` (``[audit] max_arguments_bytes``) are stored bounded
+    (:func:`bound_arguments`); ``None`` stores them as they are.
+    """
     details: dict[str, Any] = {"action": action}
     if call_id is not None:
         details["call_id"] = call_id
@@ -71,7 +112,7 @@ def call_decision(
         tool=tool,
         decision="allow" if decision.allow else "deny",
         reasons=decision.reasons,
-        arguments=arguments,
+        arguments=bound_arguments(arguments, max_arguments_bytes),
         policy_revision=decision.revision,
         duration_ms=duration_ms,
         details=details,
@@ -89,7 +130,7 @@ def _outcome_row(
     tool: str | None,
     call_id: str | None,
     duration_ms: float | None,
-    result: Mapping[str, Any],
+    result: Mapping[str, Any] | None,
 ) -> AuditEvent:
     return AuditEvent(
         kind=kind,
@@ -144,9 +185,10 @@ def call_error(
     tool: str | None,
     call_id: str | None = None,
     duration_ms: float | None = None,
+    origin: str | None = None,
 ) -> AuditEvent:
-    """How an allowed call ended with an error (the upstream's, or mcp-guard's own -3201x)."""
-    return _outcome_row(
+    """How an allowed call ended with an error; ``origin`` says whose (``"upstream"`` or ``"guard"``)."""
+    row = _outcome_row(
         EventKind.CALL_ERROR,
         decision,
         session_id=session_id,
@@ -157,6 +199,36 @@ def call_error(
         call_id=call_id,
         duration_ms=duration_ms,
         result={"code": code, "message": message},
+    )
+    if origin is None:
+        return row
+    return replace(row, details={**(row.details or {}), "origin": origin})
+
+
+def call_cancelled(
+    decision: Decision | None,
+    *,
+    session_id: str | None,
+    principal: str,
+    action: str,
+    server: str | None,
+    tool: str | None,
+    call_id: str | None = None,
+    duration_ms: float | None = None,
+) -> AuditEvent:
+    """How an allowed call ended when it was cancelled before it ended otherwise (the client cancelled it,
+    its session closed, mcp-guard shut down): the outcome row it would otherwise never get."""
+    return _outcome_row(
+        EventKind.CALL_CANCELLED,
+        decision,
+        session_id=session_id,
+        principal=principal,
+        action=action,
+        server=server,
+        tool=tool,
+        call_id=call_id,
+        duration_ms=duration_ms,
+        result=None,
     )
 
 

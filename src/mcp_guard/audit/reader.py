@@ -4,6 +4,7 @@ They run in another process than the proxy and never write. Each gets an :class:
 :func:`mcp_guard.audit.open_reader` (chosen by ``[audit] backend``) and asks it three things::
 
     tail     head() ─► rows(filters, last=N) ─► poll head(); rows(after_seq=old, until_seq=new) …
+             (a WakingReader sleeps in wait_for_rows() between polls: woken by each commit)
     verify   snapshot(): head(), rows() ─► walk the chain          (+ schema_warnings())
     export   snapshot(): rows(filters) ─► JSON Lines
 
@@ -23,12 +24,12 @@ from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from mcp_guard.audit import schema
 from mcp_guard.audit.chain import ChainHead
 
-__all__ = ["AuditReader", "Filters", "parse_since", "row_to_dict"]
+__all__ = ["AuditReader", "Filters", "WakingReader", "parse_since", "row_to_dict"]
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|d)$")
 _UNITS = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
@@ -73,6 +74,16 @@ class AuditReader(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class WakingReader(Protocol):
+    """A reader that can sleep until the log grows (PostgreSQL: LISTEN/NOTIFY), so ``tail -f`` need
+    not poll often: it waits on :meth:`wait_for_rows` and polls only as a safety net."""
+
+    def wait_for_rows(self, timeout: float) -> None:
+        """Return when rows may have been committed since the last call, or after ``timeout`` s."""
+        ...
 
 
 def parse_since(text: str, *, now: datetime | None = None) -> str:

@@ -137,12 +137,16 @@ def _values(
 
 def _same(value: str | None) -> str | None:
     if value is None or isinstance(value, str):
+        if value and "\x00" in value:  # PostgreSQL text cannot hold NUL: one such value would fail
+            raise ValueError("NUL in a text column")  # its whole batch there; _clean escapes it
         return value
-    return str(value)  # a stray non-text value must not fail the whole batch when bound
+    return _same(str(value))  # a stray non-text value must not fail the whole batch when bound
 
 
 def _clean(value: str | None) -> str | None:
-    return None if value is None else clean_text(_same(value) or "")
+    if value is None:
+        return None
+    return clean_text(value if isinstance(value, str) else str(value)).replace("\x00", "\\x00")
 
 
 _DECISIONS = frozenset({None, "allow", "deny"})

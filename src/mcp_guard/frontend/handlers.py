@@ -287,10 +287,10 @@ class Handlers:
             note_denial(ctx, outcome.denial)
             return _for_client(ctx, self._deny_tool_result(outcome.denial))
         if outcome.error is not None:
-            if is_guard_error(outcome.error):
-                return _for_client(
-                    ctx, {"content": [{"type": "text", "text": f"mcp-guard: {outcome.error.message}"}], "isError": True}
-                )
+            if is_guard_error(outcome):  # by its provenance marker: an upstream's error never reads as ours
+                text = f"mcp-guard: {outcome.error.message}"
+                marker = {"mcp-guard/error": {"code": outcome.error.code, "origin": outcome.error_origin}}
+                return _for_client(ctx, {"content": [{"type": "text", "text": text}], "isError": True, "_meta": marker})
             raise MCPError.from_error_data(outcome.error)
         result = outcome.result or {"content": []}
         if outcome.decision is not None:

@@ -6,7 +6,13 @@
   ``audit_unavailable`` deny instead.
 * :class:`RecordDecision` (the last stage to act before the upstream sees the call) writes the allow row,
   with its obligations, and waits for its commit before the call is forwarded. If the store cannot
-  write, the call is not forwarded and is denied with ``audit_unavailable``.
+  write, the call is not forwarded and is denied with ``audit_unavailable``. If the call is cancelled from
+  then on (the client cancels it, its session closes, mcp-guard shuts down), it writes ``call.cancelled``
+  — shielded from the cancellation, bounded by :data:`CANCEL_RECORD_TIMEOUT_S` — so an allow row always
+  has an outcome row.
+
+Arguments are recorded as :func:`~mcp_guard.audit.events.bound_arguments` allows: beyond
+``[audit] max_arguments_bytes`` only their size, digest and a preview.
 
 Both failures are *overrides* (:meth:`Outcome.fail_closed <mcp_guard.pipeline.context.Outcome.fail_closed>`):
 ``Outcome.decision`` stays the policy's allow, ``Outcome.override`` is the ``audit_unavailable`` deny
@@ -26,16 +32,22 @@ from __future__ import annotations
 import time
 from typing import Protocol, TypedDict
 
+import anyio
 import structlog
 
 from mcp_guard.audit import events
 from mcp_guard.errors import AuditError
 from mcp_guard.pipeline.context import CallContext, CallNext, Outcome
+from mcp_guard.settings import AuditSettings
 from mcp_guard.types import AuditEvent, Decision, ReasonCode
 
-__all__ = ["EventSink", "RecordDecision", "RecordOutcome", "outcome_row"]
+__all__ = ["CANCEL_RECORD_TIMEOUT_S", "EventSink", "RecordDecision", "RecordOutcome", "outcome_row"]
 
 log = structlog.get_logger("mcp_guard.audit")
+
+CANCEL_RECORD_TIMEOUT_S = 5.0
+"""How long a cancelled call may wait for its ``call.cancelled`` row (the cancellation waits with it)."""
+_MAX_ARGUMENTS_BYTES: int = AuditSettings.model_fields["max_arguments_bytes"].default
 
 
 class EventSink(Protocol):
@@ -68,13 +80,13 @@ def _columns(ctx: CallContext) -> _CallColumns:
     }
 
 
-def _decision_row(ctx: CallContext, decision: Decision) -> AuditEvent:
-    """A ``call.decision`` row; arguments as the audit may hold them (masked by InspectArguments)."""
+def _decision_row(ctx: CallContext, decision: Decision, max_arguments_bytes: int) -> AuditEvent:
+    """A ``call.decision`` row; arguments as the audit may hold them (masked by InspectArguments, bounded)."""
     arguments = ctx.audit_arguments if ctx.audit_arguments is not None else ctx.arguments
-    return events.call_decision(decision, arguments=arguments, **_columns(ctx))
+    return events.call_decision(decision, arguments=arguments, max_arguments_bytes=max_arguments_bytes, **_columns(ctx))
 
 
-def outcome_row(ctx: CallContext, outcome: Outcome) -> AuditEvent:
+def outcome_row(ctx: CallContext, outcome: Outcome, max_arguments_bytes: int = _MAX_ARGUMENTS_BYTES) -> AuditEvent:
     """The row that says how a call ended.
 
     A denied call: its ``call.decision`` deny row (for an override, the override — which carries the
@@ -83,9 +95,15 @@ def outcome_row(ctx: CallContext, outcome: Outcome) -> AuditEvent:
     """
     denial = outcome.denial
     if denial is not None:
-        return _decision_row(ctx, denial)
+        return _decision_row(ctx, denial, max_arguments_bytes)
     if outcome.error is not None:
-        return events.call_error(outcome.decision, outcome.error.code, outcome.error.message, **_columns(ctx))
+        return events.call_error(
+            outcome.decision,
+            outcome.error.code,
+            outcome.error.message,
+            origin=outcome.error_origin,
+            **_columns(ctx),
+        )
     return events.call_result(outcome.decision, outcome.result or {}, **_columns(ctx))
 
 
@@ -101,37 +119,57 @@ def _unavailable(ctx: CallContext, stage: str, error: AuditError, decision: Deci
 
 
 class RecordDecision:
-    """Inside ``call_next``: ``Redact`` → ``Forward`` — reached only once the allow row is committed."""
+    """Inside ``call_next``: ``Redact`` → ``Forward`` — reached only once the allow row is committed.
 
-    def __init__(self, sink: EventSink) -> None:
+    A cancellation from the moment the allow row is on its way to the store is recorded as
+    ``call.cancelled`` (the allow row may commit although its writer was cancelled) and re-raised.
+    """
+
+    def __init__(self, sink: EventSink, *, max_arguments_bytes: int = _MAX_ARGUMENTS_BYTES) -> None:
         self._sink = sink
+        self._max_arguments_bytes = max_arguments_bytes
 
     async def __call__(self, ctx: CallContext, call_next: CallNext) -> Outcome:
         decision = ctx.decision
         assert decision is not None and decision.allow, "RecordDecision runs after an allow"
         try:
-            await self._sink.record(_decision_row(ctx, decision))
-        except AuditError as e:
-            _unavailable(ctx, "decision", e, decision)
-            return Outcome.fail_closed(
-                decision,
-                ReasonCode.AUDIT_UNAVAILABLE,
-                "the audit store cannot record this call, so it was not forwarded",
-            )
-        return await call_next(ctx)
+            try:
+                await self._sink.record(_decision_row(ctx, decision, self._max_arguments_bytes))
+            except AuditError as e:
+                _unavailable(ctx, "decision", e, decision)
+                return Outcome.fail_closed(
+                    decision,
+                    ReasonCode.AUDIT_UNAVAILABLE,
+                    "the audit store cannot record this call, so it was not forwarded",
+                )
+            return await call_next(ctx)
+        except anyio.get_cancelled_exc_class():
+            await self._record_cancelled(ctx, decision)
+            raise
+
+    async def _record_cancelled(self, ctx: CallContext, decision: Decision) -> None:
+        """The ``call.cancelled`` row, written in the cancel path: shielded, and bounded in time."""
+        with anyio.move_on_after(CANCEL_RECORD_TIMEOUT_S, shield=True) as scope:
+            try:
+                await self._sink.record(events.call_cancelled(decision, **_columns(ctx)))
+            except AuditError as e:
+                _unavailable(ctx, "cancelled", e, decision)
+        if scope.cancelled_caught:
+            _unavailable(ctx, "cancelled", AuditError("timed out recording the cancellation"), decision)
 
 
 class RecordOutcome:
     """Inside ``call_next``: pin-check, authorize, obligations, ``RecordDecision``, redact and the upstream;
     what they return is recorded (:func:`outcome_row`) before it is returned."""
 
-    def __init__(self, sink: EventSink) -> None:
+    def __init__(self, sink: EventSink, *, max_arguments_bytes: int = _MAX_ARGUMENTS_BYTES) -> None:
         self._sink = sink
+        self._max_arguments_bytes = max_arguments_bytes
 
     async def __call__(self, ctx: CallContext, call_next: CallNext) -> Outcome:
         outcome = await call_next(ctx)
         try:
-            await self._sink.record(outcome_row(ctx, outcome))
+            await self._sink.record(outcome_row(ctx, outcome, self._max_arguments_bytes))
         except AuditError as e:
             _unavailable(ctx, "outcome", e, outcome.decision)
             if outcome.denied:

@@ -65,13 +65,14 @@ def pipeline_stages(
     *, engine: Evaluator, sink: EventSink, registry: Registry, secrets: SecretSource, state: StateStore
 ) -> list[Interceptor]:
     """The stages, outermost first (the order in the module docstring)."""
+    bound = registry.settings.audit.max_arguments_bytes
     return [
         InspectArguments(secrets),
-        RecordOutcome(sink),
+        RecordOutcome(sink, max_arguments_bytes=bound),
         PinCheck(registry),
         Authorize(engine, usage_source(engine, state)),
         EnforceObligations(obligation_handlers(secrets, state)),
-        RecordDecision(sink),
+        RecordDecision(sink, max_arguments_bytes=bound),
         Redact(secrets),
     ]
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
+from enum import StrEnum
 from typing import Any
 
 import mcp_types as types
@@ -15,7 +16,7 @@ import mcp_types as types
 from mcp_guard.channel import ClientChannel
 from mcp_guard.types import Action, Decision, Principal, ReasonCode, SessionInfo, ToolInfo, new_id
 
-__all__ = ["CallContext", "CallNext", "Interceptor", "Outcome", "ProgressFn"]
+__all__ = ["CallContext", "CallNext", "ErrorOrigin", "Interceptor", "Outcome", "ProgressFn"]
 
 ProgressFn = Callable[[float, float | None, str | None], Awaitable[None]]
 
@@ -43,6 +44,14 @@ class CallContext:
     downstream: ClientChannel | None = None  # the client the call came from (for upstream→client traffic)
 
 
+class ErrorOrigin(StrEnum):
+    """Who wrote an :attr:`Outcome.error` — said by the stage that made it, never read off its code or text
+    (an upstream may answer with any code and any words, mcp-guard's included)."""
+
+    UPSTREAM = "upstream"  # the upstream answered with this error
+    GUARD = "guard"  # mcp-guard made it: the upstream is down, timed out, or answered with something invalid
+
+
 @dataclass(frozen=True, slots=True)
 class Outcome:
     """How a call ended: a raw upstream result, an error for the client, or a deny.
@@ -58,12 +67,21 @@ class Outcome:
     by :meth:`fail_closed`, carrying the governing decision's id and policy revision, so the answer the
     client gets, the log line and any row written for it all name the same decision. Stages tell this
     case apart by the field, never by comparing reason strings.
+
+    ``error_origin`` says who wrote ``error``; an error is the upstream's unless the stage that made it
+    says otherwise (:meth:`guard_error`), so nothing an upstream sends can pass for mcp-guard's own.
     """
 
     result: dict[str, Any] | None = None
     error: types.ErrorData | None = None
     decision: Decision | None = None
     override: Decision | None = None
+    error_origin: ErrorOrigin = ErrorOrigin.UPSTREAM
+
+    @classmethod
+    def guard_error(cls, code: int, message: str) -> Outcome:
+        """An error mcp-guard itself answers with (the client is told it is mcp-guard's)."""
+        return cls(error=types.ErrorData(code=code, message=message), error_origin=ErrorOrigin.GUARD)
 
     @property
     def denied(self) -> bool:

@@ -1,24 +1,71 @@
-"""The end of the chain: send the (de-namespaced) request to its upstream and wrap how it ended."""
+"""The end of the chain: send the (de-namespaced) request to its upstream and wrap how it ended.
+
+Provenance: an error mcp-guard makes (the upstream is down, timed out, answered with something invalid)
+is an :meth:`Outcome.guard_error <mcp_guard.pipeline.context.Outcome.guard_error>`; an error the upstream
+answered is an upstream error (``ErrorOrigin.UPSTREAM``), whatever its code or text. The front tells them
+apart by that marker (:func:`is_guard_error`). An upstream error that uses a code of mcp-guard's own range
+(:data:`GUARD_CODES`) is re-coded (``INTERNAL_ERROR``, its message saying which upstream answered which
+code), so a client that tells errors apart by code cannot be fooled either; and the ``_meta`` keys mcp-guard
+writes (:data:`GUARD_META_PREFIX`) are removed from an upstream's result, so its result cannot carry a
+forged decision.
+"""
 
 from __future__ import annotations
+
+from typing import Any
 
 import mcp_types as types
 from mcp.shared.exceptions import MCPError
 
 from mcp_guard.errors import UpstreamError, UpstreamTimeout
-from mcp_guard.pipeline.context import CallContext, Outcome
+from mcp_guard.pipeline.context import CallContext, ErrorOrigin, Outcome
 from mcp_guard.upstream.registry import Registry
 
-__all__ = ["DENIED", "UPSTREAM_TIMEOUT", "UPSTREAM_UNAVAILABLE", "Forward", "is_guard_error"]
+__all__ = [
+    "DENIED",
+    "GUARD_CODES",
+    "GUARD_META_PREFIX",
+    "UPSTREAM_TIMEOUT",
+    "UPSTREAM_UNAVAILABLE",
+    "Forward",
+    "is_guard_error",
+    "upstream_error",
+    "upstream_result",
+]
 
 # JSON-RPC error codes mcp-guard itself answers with (server-defined range).
-UPSTREAM_UNAVAILABLE = -32010  # upstream down, crashed, or closed mid-call
+UPSTREAM_UNAVAILABLE = -32010  # upstream down, crashed, closed mid-call, or answered with something invalid
 UPSTREAM_TIMEOUT = -32011  # upstream did not answer within its timeout_s
 DENIED = -32012  # policy (or a fail-closed stage) denied a resources/read, prompts/get, …
+GUARD_CODES = range(-32019, -32009)
+"""-32019 … -32010: mcp-guard's own; never passed on from an upstream."""
+GUARD_META_PREFIX = "mcp-guard/"
+"""``_meta`` keys mcp-guard writes on its answers (``mcp-guard/decision``…); never passed on from an upstream."""
 
 
-def is_guard_error(error: types.ErrorData) -> bool:
-    return error.code in (UPSTREAM_UNAVAILABLE, UPSTREAM_TIMEOUT, DENIED)
+def is_guard_error(outcome: Outcome) -> bool:
+    """Whether ``outcome`` ends in an error mcp-guard made (by its marker, never by its code or text)."""
+    return outcome.error is not None and outcome.error_origin is ErrorOrigin.GUARD
+
+
+def upstream_result(result: dict[str, Any]) -> dict[str, Any]:
+    """An upstream's result without ``_meta`` keys of mcp-guard's own (the same dict if it has none)."""
+    meta = result.get("_meta")
+    if not isinstance(meta, dict) or not any(isinstance(k, str) and k.startswith(GUARD_META_PREFIX) for k in meta):
+        return result
+    kept = {k: v for k, v in meta.items() if not (isinstance(k, str) and k.startswith(GUARD_META_PREFIX))}
+    return {**result, "_meta": kept}
+
+
+def upstream_error(server: str, error: types.ErrorData) -> types.ErrorData:
+    """An error ``server`` answered with, as the client may get it: re-coded if it uses one of ours."""
+    if error.code not in GUARD_CODES:
+        return error
+    return types.ErrorData(
+        code=types.INTERNAL_ERROR,
+        message=f"upstream {server!r} answered with error code {error.code}: {error.message}",
+        data=error.data,
+    )
 
 
 class Forward:
@@ -31,14 +78,14 @@ class Forward:
     async def __call__(self, ctx: CallContext) -> Outcome:
         conn = self._registry.connection(ctx.server)
         if conn is None:
-            return Outcome(error=types.ErrorData(code=UPSTREAM_UNAVAILABLE, message=f"unknown upstream {ctx.server!r}"))
+            return Outcome.guard_error(UPSTREAM_UNAVAILABLE, f"unknown upstream {ctx.server!r}")
         try:
             with self._registry.in_flight(ctx.server, ctx.downstream):
                 result = await conn.request(ctx.request, timeout=ctx.timeout_s, on_progress=ctx.progress)
         except UpstreamTimeout as e:
-            return Outcome(error=types.ErrorData(code=UPSTREAM_TIMEOUT, message=str(e)))
+            return Outcome.guard_error(UPSTREAM_TIMEOUT, str(e))
         except UpstreamError as e:
-            return Outcome(error=types.ErrorData(code=UPSTREAM_UNAVAILABLE, message=str(e)))
+            return Outcome.guard_error(UPSTREAM_UNAVAILABLE, str(e))
         except MCPError as e:
-            return Outcome(error=e.error)
-        return Outcome(result=result)
+            return Outcome(error=upstream_error(ctx.server, e.error), error_origin=ErrorOrigin.UPSTREAM)
+        return Outcome(result=upstream_result(result))

@@ -5,6 +5,10 @@ asking the policy, once per item, with the list action (``"tools/list"`` …), t
 upstream-local name (or URI) and, for tools, its ``tool_info``. Only items with an explicit allow are
 shown; an engine failure hides the item (fail closed). Answers are cached per principal (id and roles),
 catalogue version and policy revision, so a listing costs one dict lookup until something changes.
+
+A listing during which the engine *failed* for any item (``engine_error``, ``timeout``, or an exception)
+is answered — with those items hidden — but never cached: an OPA that is briefly down would otherwise
+hide tools until the catalogue or the policy next changed. A deny the policy made is cached like an allow.
 """
 
 from __future__ import annotations
@@ -13,13 +17,18 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import anyio
+import structlog
 
 from mcp_guard.pipeline.authorize import Evaluator
-from mcp_guard.types import Action, PolicyInput, Principal, SessionInfo, ToolInfo
+from mcp_guard.types import Action, Decision, PolicyInput, Principal, ReasonCode, SessionInfo, ToolInfo
 
-__all__ = ["ListItem", "Visibility"]
+__all__ = ["FAILED_EVALUATION", "ListItem", "Visibility"]
+
+log = structlog.get_logger("mcp_guard.visibility")
 
 _CACHE_MAX = 4096
+FAILED_EVALUATION = frozenset({ReasonCode.ENGINE_ERROR, ReasonCode.TIMEOUT})
+"""Reason codes of a decision the engine did not reach: the same question may be answered otherwise soon."""
 
 # (upstream, upstream-local name or URI, tool info or None)
 ListItem = tuple[str, str, ToolInfo | None]
@@ -45,26 +54,29 @@ class Visibility:
         if hit is not None:
             return hit
         allowed: set[int] = set()
+        failed: list[str] = []
 
         async def check(i: int, item: ListItem) -> None:
             server, name, info = item
-            d = await self._engine.evaluate(
-                PolicyInput(
-                    action=action,
-                    principal=principal,
-                    session=session,
-                    server=server,
-                    tool=name,
-                    tool_info=info,
-                )
+            query = PolicyInput(
+                action=action, principal=principal, session=session, server=server, tool=name, tool_info=info
             )
+            try:
+                d = await self._engine.evaluate(query)
+            except Exception as e:  # an engine must answer with a deny; one that raises hides the item too
+                d = Decision.deny(ReasonCode.ENGINE_ERROR, f"{type(e).__name__}: {e}")
             if d.allow is True:
                 allowed.add(i)
+            elif d.code in FAILED_EVALUATION:
+                failed.append(d.code)
 
         async with anyio.create_task_group() as tg:
             for i, item in enumerate(items):
                 tg.start_soon(check, i, item)
         result = frozenset(allowed)
+        if failed:
+            log.warning("visibility.not_cached", action=action, principal=principal.id, failed=len(failed))
+            return result
         if len(self._cache) >= _CACHE_MAX:
             self._cache.clear()
         self._cache[key] = result

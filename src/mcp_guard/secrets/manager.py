@@ -51,6 +51,7 @@ class SecretManager:
         if providers:
             self._providers.update(providers)
         self._values: dict[str, list[str]] = {}  # secret -> values seen, newest last
+        self._min_fragment = settings.redaction.min_fragment_chars
         self._scrubber = Scrubber()
 
     # ------------------------------------------------------------------ which secret goes where
@@ -147,7 +148,9 @@ class SecretManager:
             seen.remove(value)
         seen.append(value)
         del seen[:-_MAX_OLD_VALUES]
-        self._scrubber = Scrubber((name, v) for name, vs in sorted(self._values.items()) for v in vs)
+        self._scrubber = Scrubber(
+            ((name, v) for name, vs in sorted(self._values.items()) for v in vs), min_fragment=self._min_fragment
+        )
         if self._scrubber.skipped:
             log.warning("secrets.too_short_to_scrub", secrets=list(self._scrubber.skipped))
 

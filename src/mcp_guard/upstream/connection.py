@@ -13,7 +13,7 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, TypeVar
+from typing import Any, Literal, Protocol, TypeVar, overload
 
 import anyio
 import httpx2
@@ -24,10 +24,22 @@ from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.dispatcher import ProgressFnT
 from mcp.shared.exceptions import MCPError
-from pydantic import BaseModel, TypeAdapter
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from mcp_guard.channel import ELICITATION, ROOTS, SAMPLING, ClientMethod
+from mcp_guard.channel import (
+    ELICITATION,
+    ROOTS,
+    SAMPLING,
+    Ask,
+    ClientMethod,
+    LogMessage,
+    Notice,
+    Progress,
+    ProgressRelay,
+    ResourceUpdated,
+)
 from mcp_guard.errors import UpstreamError, UpstreamTimeout
+from mcp_guard.secrets.describe import describe_invalid, is_parse_error
 from mcp_guard.settings import UpstreamSettings
 from mcp_guard.types import EventKind
 from mcp_guard.upstream.stdio import StderrTail, minimal_environment, open_stdio_transport
@@ -41,6 +53,9 @@ _RAW = TypeAdapter(dict[str, Any])
 _MAX_PAGES = 1000
 _CLIENT_INFO = types.Implementation(name="mcp-guard", version="0.1.0")
 _M = TypeVar("_M", bound=BaseModel)
+# The SDK's own texts for an answer it could not parse (they quote the answer: never passed on).
+_SDK_PARSE_FAILURES = ("Failed to parse JSON response", "Failed to parse SSE message")
+_MAX_REASON = 500  # characters of an upstream's own error text kept in a life-cycle reason
 
 
 @dataclass(frozen=True)
@@ -56,14 +71,14 @@ class UpstreamHooks(Protocol):
 
     async def catalog_changed(self, upstream: str, kinds: frozenset[str]) -> None: ...
     async def state_changed(self, upstream: str, kind: EventKind, details: dict[str, Any]) -> None: ...
-    async def client_request(
-        self, upstream: str, method: ClientMethod, params: dict[str, Any]
-    ) -> dict[str, Any] | types.ErrorData:
-        """An upstream→client request, to the client whose call caused it (see mcp_guard.channel)."""
+    @overload
+    async def to_client(self, upstream: str, message: Ask) -> dict[str, Any] | types.ErrorData: ...
+    @overload
+    async def to_client(self, upstream: str, message: Notice) -> None: ...
+    async def to_client(self, upstream: str, message: Ask | Notice) -> dict[str, Any] | types.ErrorData | None:
+        """Everything the upstream sends towards a client, on its one way there (see mcp_guard.channel):
+        an :class:`~mcp_guard.channel.Ask` gets the client's raw answer (or an error), a notice nothing."""
         ...
-
-    async def client_log(self, upstream: str, params: types.LoggingMessageNotificationParams) -> None: ...
-    async def resource_updated(self, upstream: str, uri: str) -> None: ...
 
 
 @dataclass
@@ -134,11 +149,12 @@ class UpstreamConnection:
         """Forward one request and return the upstream's raw result dict.
 
         Raises MCPError for an upstream error response, UpstreamTimeout, or UpstreamError when the
-        upstream is down or dies while the call is in flight.
+        upstream is down, dies while the call is in flight, or answers with something that is not valid
+        MCP (said in mcp-guard's own words: the parser's text would quote the answer).
         """
         session = self.session
         t = timeout if timeout is not None else self.settings.timeout_s
-        progress = self._scrubbed_progress(on_progress) if on_progress is not None else None
+        progress = self._progress_relay(on_progress) if on_progress is not None else None
         try:
             # Our own deadline (the SDK's timeout error shares its code, -32001, with ordinary upstream
             # errors); cancelling the request makes the SDK send notifications/cancelled upstream.
@@ -153,21 +169,29 @@ class UpstreamConnection:
                 )
         except TimeoutError:
             raise UpstreamTimeout(f"upstream {self.name!r} did not answer within {t:g}s", upstream=self.name) from None
+        except ValidationError as e:
+            # The SDK checks the result against the protocol version; its error quotes the result.
+            raise UpstreamError(
+                f"upstream {self.name!r} sent an invalid result ({describe_invalid(e)})", upstream=self.name
+            ) from None
         except MCPError as e:
             if self.state != "ready" or session is not self._session or _is_closed_error(e):
                 raise UpstreamError(
                     f"upstream {self.name!r} went down during the call: {self.last_error or 'connection closed'}",
                     upstream=self.name,
                 ) from None
+            if _is_sdk_parse_failure(e):
+                raise UpstreamError(
+                    f"upstream {self.name!r} sent an answer that is not valid JSON-RPC (its text is withheld)",
+                    upstream=self.name,
+                ) from None
             raise
 
-    def _scrubbed_progress(
-        self, on_progress: Callable[[float, float | None, str | None], Awaitable[None]]
-    ) -> ProgressFnT:
-        """Progress for the client, its message scrubbed of injected secret values like all upstream→client traffic."""
+    def _progress_relay(self, on_progress: ProgressRelay) -> ProgressFnT:
+        """Progress for the client, on the one way upstream→client traffic takes (mcp_guard.channel)."""
 
         async def relay(progress: float, total: float | None, message: str | None) -> None:
-            await on_progress(progress, total, self._scrub(message) if message else message)
+            await self._hooks.to_client(self.name, Progress(progress, total, message, relay=on_progress))
 
         return relay
 
@@ -343,7 +367,8 @@ class UpstreamConnection:
     # ------------------------------------------------------------------ upstream → us
     async def _on_message(self, message: types.ServerNotification | Exception) -> None:
         if isinstance(message, Exception):
-            log.warning("upstream.transport_error", upstream=self.name, error=self._scrub(str(message))[:500])
+            error = describe_invalid(message) if is_parse_error(message) else self._scrub(str(message))[:_MAX_REASON]
+            log.warning("upstream.transport_error", upstream=self.name, error=error)
             return
         kinds: frozenset[str] | None = None
         if isinstance(message, types.ToolListChangedNotification):
@@ -353,7 +378,7 @@ class UpstreamConnection:
         elif isinstance(message, types.PromptListChangedNotification):
             kinds = frozenset({"prompts"})
         elif isinstance(message, types.ResourceUpdatedNotification):
-            await self._hooks.resource_updated(self.name, message.params.uri)
+            await self._hooks.to_client(self.name, ResourceUpdated(message.params.uri))
             return
         if kinds is not None:
             # Refresh outside the dispatcher's receive path: listing needs responses to flow.
@@ -386,10 +411,10 @@ class UpstreamConnection:
         return await ROOTS.ask(self._to_client, None)
 
     async def _to_client(self, method: ClientMethod, params: dict[str, Any]) -> dict[str, Any] | types.ErrorData:
-        return await self._hooks.client_request(self.name, method, params)
+        return await self._hooks.to_client(self.name, Ask(method, params))
 
     async def _on_log(self, params: types.LoggingMessageNotificationParams) -> None:
-        await self._hooks.client_log(self.name, params)
+        await self._hooks.to_client(self.name, LogMessage(params))
 
 
 async def _paginate(fn: Callable[..., Awaitable[Any]], attr: str) -> list[Any]:
@@ -419,7 +444,17 @@ def _is_closed_error(e: MCPError) -> bool:
     return e.error.code == types.CONNECTION_CLOSED and e.error.message == "Connection closed"
 
 
+def _is_sdk_parse_failure(e: MCPError) -> bool:
+    """The SDK's stand-in error for an answer it could not parse (its message quotes the answer)."""
+    return e.error.code == types.PARSE_ERROR and e.error.message.startswith(_SDK_PARSE_FAILURES)
+
+
 def _describe(e: BaseException) -> str:
+    """Why an upstream went down, for its life-cycle event and log line (bounded; parse errors unquoted).
+
+    Upstream-written text (an error message) may still hold a secret: the registry scrubs every life-cycle
+    detail before it becomes an audit row (``Registry.state_changed``).
+    """
     if isinstance(e, BaseExceptionGroup):
         inner = [x for x in e.exceptions if not isinstance(x, anyio.get_cancelled_exc_class())]
         if inner:
@@ -428,6 +463,11 @@ def _describe(e: BaseException) -> str:
         return f"command not found: {e.filename or e}"
     if isinstance(e, TimeoutError):
         return "timed out during start-up (initialize/list)"
+    if is_parse_error(e):
+        return f"invalid answer during start-up ({describe_invalid(e)})"
     if isinstance(e, MCPError):
-        return f"upstream error {e.error.code}: {e.error.message}"
-    return f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+        if _is_sdk_parse_failure(e):
+            return "an answer during start-up was not valid JSON-RPC (its text is withheld)"
+        return f"upstream error {e.error.code}: {e.error.message[:_MAX_REASON]}"
+    text = str(e)[:_MAX_REASON]
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__

@@ -1,9 +1,13 @@
 """Namespacing: how upstream-local names and URIs are exposed to clients, and back.
 
 Tools and prompts
-    ``<upstream><separator><name>`` (separator ``__`` by default). Upstream names may not contain the
-    separator (the config loader refuses it), so the *first* separator in an exposed name always ends
-    the upstream part: two upstreams can never produce the same exposed name.
+    ``<upstream><separator><name>`` (separator ``__`` by default), read back up to the *first* separator.
+    That gives back the upstream for every tool name (tool names are the upstream's to choose, separator
+    included) exactly when the separator first occurs in ``<upstream><separator>`` at its end
+    (:meth:`Namer.ambiguity`). An upstream name that contains the separator fails that, and so does one
+    that ends with the start of a separator that continues itself: upstream ``a_`` with tool ``echo`` and
+    upstream ``a`` with tool ``_echo`` would both be ``a___echo``. The config loader refuses such names,
+    so exposure is injective: two (upstream, name) pairs never share an exposed name.
 
 Resources and resource templates
     ``mcpg://<upstream>/<original URI>`` — the original URI is kept verbatim after the first ``/``
@@ -27,6 +31,18 @@ class Namer:
 
     def expose(self, upstream: str, name: str) -> str:
         return f"{upstream}{self.separator}{name}"
+
+    def ambiguity(self, upstream: str) -> tuple[str, str, str] | None:
+        """Why ``upstream``'s names would not read back as its own, or ``None`` if they always do.
+
+        The reason is an example: ``(exposed, upstream read, name read)`` — the exposed name of its tool
+        ``echo`` and what :meth:`split` makes of it.
+        """
+        first = (upstream + self.separator).find(self.separator)
+        if first == len(upstream):
+            return None
+        exposed = self.expose(upstream, "echo")
+        return exposed, exposed[:first], exposed[first + len(self.separator) :]
 
     def split(self, exposed: str) -> tuple[str, str] | None:
         """``(upstream, name)`` of an exposed tool/prompt name, or None if it has no namespace."""

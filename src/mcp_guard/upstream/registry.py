@@ -4,7 +4,14 @@ The registry owns one :class:`~mcp_guard.upstream.connection.UpstreamConnection`
 and is the ``UpstreamHooks`` they report to. It keeps a merged, namespaced snapshot of what all
 upstreams offer (:class:`MergedCatalog`, rebuilt whenever one upstream's catalogue changes), routes an
 exposed name back to its upstream, and routes upstream→client traffic (sampling, elicitation, roots,
-log messages) to the :class:`~mcp_guard.channel.ClientChannel` of the call that caused it.
+log messages, progress, resource updates) to the :class:`~mcp_guard.channel.ClientChannel` of the call
+that caused it.
+
+What an upstream wrote never leaves the registry unscrubbed (injected secret values, and fragments of
+them): its catalogue when merged (:meth:`Registry._rebuild`), its traffic towards clients in
+:meth:`Registry.to_client`, and its life-cycle details (handshake data, start-up errors) in
+:meth:`Registry.state_changed` — the one place they become ``upstream.*`` audit events — and
+:meth:`Registry.wait_ready` (what the CLI prints).
 
 Correlation of upstream→client requests
     A stdio upstream's ``sampling/createMessage`` carries nothing that ties it to one of our requests,
@@ -22,14 +29,23 @@ import json
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol, assert_never, overload
 
 import anyio
 import mcp_types as types
 import structlog
 from anyio.abc import TaskGroup
 
-from mcp_guard.channel import ClientChannel, ClientMethod, log_locally
+from mcp_guard.channel import (
+    Ask,
+    ClientChannel,
+    LogMessage,
+    Notice,
+    Progress,
+    ResourceUpdated,
+    log_locally,
+    scrub_message,
+)
 from mcp_guard.pins import PinStore, scan_tool
 from mcp_guard.settings import Settings
 from mcp_guard.types import EventKind, ToolInfo
@@ -145,7 +161,7 @@ class Registry:
         self._listener = listener
         self.pins = pins
         # Everything an upstream sends that does not pass through the pipeline (listings, upstream→client
-        # requests, log messages) is scrubbed of injected secret values with this.
+        # traffic, life-cycle details) is scrubbed of injected secret values with this.
         self._scrub_obj = scrub_obj
         self.catalog = MergedCatalog()
         self.connections: dict[str, UpstreamConnection] = {}
@@ -174,7 +190,9 @@ class Registry:
         async with anyio.create_task_group() as tg:
             for conn in self.connections.values():
                 tg.start_soon(conn.wait_settled, timeout)
-        return {n: (c.last_error or c.state) for n, c in self.connections.items() if c.state != "ready"}
+        problems = {n: (c.last_error or c.state) for n, c in self.connections.items() if c.state != "ready"}
+        scrubbed: dict[str, str] = self._scrub_obj(problems)  # start-up errors may echo a credential
+        return scrubbed
 
     def stop(self) -> None:
         for conn in self.connections.values():
@@ -278,34 +296,45 @@ class Registry:
 
     async def _emit(self, events: list[PinEvent]) -> None:
         for ev in events:
-            await self._listener.pin_event(ev.upstream, ev.kind, ev.tool, ev.details)
+            await self._listener.pin_event(ev.upstream, ev.kind, ev.tool, self._scrub_obj(ev.details))
 
     async def state_changed(self, upstream: str, kind: EventKind, details: dict[str, Any]) -> None:
+        """An upstream's life cycle, told to the listener (an ``upstream.*`` audit event) scrubbed: its
+        handshake data (``serverInfo``) and its start-up errors are the upstream's own words."""
         if kind in (EventKind.UPSTREAM_CRASH, EventKind.UPSTREAM_START_FAILED):
             # Its tools disappear from listings until it is back.
             await self._emit(self._rebuild())
             await self._listener.catalog_changed(upstream, frozenset({"tools", "resources", "prompts"}))
-        await self._listener.upstream_event(upstream, kind, details)
+        await self._listener.upstream_event(upstream, kind, self._scrub_obj(details))
 
-    async def client_request(
-        self, upstream: str, method: ClientMethod, params: dict[str, Any]
-    ) -> dict[str, Any] | types.ErrorData:
-        """An upstream→client request: to the one client channel it can be attributed to, scrubbed."""
-        target = self._attribute(upstream, method)
-        if isinstance(target, types.ErrorData):
-            return target
-        scrubbed: dict[str, Any] = self._scrub_obj(params)
-        return await target.request(method, scrubbed)
-
-    async def client_log(self, upstream: str, params: types.LoggingMessageNotificationParams) -> None:
-        candidates = self._candidates(upstream)
-        if len(candidates) != 1:
-            log_locally(params, upstream=upstream)  # not attributable to one client
-            return
-        await candidates[0].notify_log(self._scrub_obj(params))
-
-    async def resource_updated(self, upstream: str, uri: str) -> None:
-        await self._listener.resource_updated(upstream, uri)
+    @overload
+    async def to_client(self, upstream: str, message: Ask) -> dict[str, Any] | types.ErrorData: ...
+    @overload
+    async def to_client(self, upstream: str, message: Notice) -> None: ...
+    async def to_client(self, upstream: str, message: Ask | Notice) -> dict[str, Any] | types.ErrorData | None:
+        """The one way upstream→client traffic leaves the registry: scrubbed here, once, whatever its kind,
+        then delivered — a request or a log message to the one client channel it can be attributed to,
+        progress to the call that asked for it, a resource update to the subscribed sessions."""
+        message = scrub_message(message, self._scrub_obj)
+        if isinstance(message, Ask):
+            target = self._attribute(upstream, message.method)
+            if isinstance(target, types.ErrorData):
+                return target
+            return await target.request(message.method, message.params)
+        if isinstance(message, LogMessage):
+            candidates = self._candidates(upstream)
+            if len(candidates) != 1:
+                log_locally(message.params, upstream=upstream)  # not attributable to one client
+                return None
+            await candidates[0].notify_log(message.params)
+            return None
+        if isinstance(message, Progress):
+            await message.relay(message.progress, message.total, message.message)
+            return None
+        if isinstance(message, ResourceUpdated):
+            await self._listener.resource_updated(upstream, message.uri)
+            return None
+        assert_never(message)
 
     # ------------------------------------------------------------------ catalogue
     def _pin(self, upstream: str, tool: types.Tool, sha: str, events: list[PinEvent]) -> tuple[bool, bool, bool]:

@@ -32,6 +32,7 @@ import structlog
 from anyio.abc import Process
 from mcp.shared.message import SessionMessage
 
+from mcp_guard.secrets.describe import describe_invalid
 from mcp_guard.streams import LineReadStream, LineWriteStream, encode_line
 
 __all__ = [
@@ -290,5 +291,6 @@ def _parse(line: bytes, name: str) -> SessionMessage | Exception:
     try:
         return SessionMessage(types.jsonrpc_message_adapter.validate_json(line, by_name=False))
     except ValueError as exc:
-        log.warning("upstream.bad_message", upstream=name, error=str(exc)[:300])
+        # The parser's text quotes the line (a token in it included): say what was wrong in our own words.
+        log.warning("upstream.bad_message", upstream=name, error=describe_invalid(exc))
         return exc
