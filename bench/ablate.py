@@ -11,6 +11,7 @@ Switches (comma-separated):
 * ``no-audit``       nothing is recorded at all
 * ``no-secrets``     the guard runs without the secrets manager (no argument inspection, no redaction)
 * ``no-policy``      every call is allowed without asking the engine
+* ``no-metrics``     no Observe stage and no audit-wait timer: calls are not counted (/metrics shows none)
 * ``sdk-front``      the SDK's threaded stdio server transport instead of mcp-guard's asyncio one
 * ``sdk-upstream``   the SDK's ``stdio_client`` (threads, anyio process) for stdio upstreams
 * ``json-response``  the HTTP front answers POSTs with a JSON body instead of an SSE stream
@@ -34,6 +35,7 @@ SWITCHES = (
     "no-audit",
     "no-secrets",
     "no-policy",
+    "no-metrics",
     "sdk-front",
     "sdk-upstream",
     "json-response",
@@ -96,6 +98,17 @@ def apply(switches: set[str]) -> None:
 
         setattr(authorize, "Authorize", AllowAll)  # noqa: B010 - a monkeypatch, on purpose
         setattr(build, "Authorize", AllowAll)  # noqa: B010
+    if "no-metrics" in switches:
+        import mcp_guard.pipeline.build as build_mod
+        from mcp_guard.pipeline.observe import CallMetrics, Observe
+
+        original_stages = build_mod.pipeline_stages
+
+        def without_metrics(**kw: Any) -> Any:
+            return [s for s in original_stages(**kw) if not isinstance(s, Observe)]
+
+        setattr(CallMetrics, "timed", lambda self, sink: sink)  # noqa: B010 - the audit stages get the bare sink
+        setattr(build_mod, "pipeline_stages", without_metrics)  # noqa: B010
     if "sdk-front" in switches:
         from mcp.server.stdio import stdio_server
 

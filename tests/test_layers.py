@@ -30,6 +30,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "mcp_guard.logging",
             "mcp_guard.streams",
             "mcp_guard.upstream.naming",
+            "mcp_guard.metrics",
         ),
     ),
     # The validated TOML configuration.

@@ -43,6 +43,7 @@ from mcp_guard.pins import PinStore
 from mcp_guard.pipeline.audit import EventSink
 from mcp_guard.pipeline.authorize import Evaluator
 from mcp_guard.pipeline.build import build_pipeline
+from mcp_guard.pipeline.observe import CallMetrics
 from mcp_guard.pipeline.secret_source import NO_SECRETS, SecretSource
 from mcp_guard.pipeline.visibility import Visibility
 from mcp_guard.settings import Settings, changed_keys, load_settings
@@ -53,6 +54,7 @@ from mcp_guard.upstream.registry import Registry
 if TYPE_CHECKING:
     from mcp_guard.audit import AuditWriter
     from mcp_guard.frontend.http import HttpFront
+    from mcp_guard.frontend.ops import OpsSources
     from mcp_guard.policy import BundleWatcher
 
 __all__ = ["ConfigReload", "Guard"]
@@ -89,7 +91,11 @@ class Guard:
         self.sessions = SessionTable(settings, self._session_started, self._session_ended)
         # Rate-limit counters: the shared store from Guard.open; a Guard built directly (tests) counts in memory.
         self.state: StateStore = state if state is not None else MemoryState()
-        self.chain = build_pipeline(engine=engine, sink=sink, registry=self.registry, secrets=secrets, state=self.state)
+        # Calls counted by the pipeline's Observe stage; /metrics reads them (frontend/ops.py).
+        self.metrics = CallMetrics()
+        self.chain = build_pipeline(
+            engine=engine, sink=sink, registry=self.registry, secrets=secrets, state=self.state, metrics=self.metrics
+        )
         # Upstream→client requests for 2026-07-28 clients (InputRequiredResult rounds).
         self.bridge = InputRequiredBridge()
         # [auth]: the HTTP front as an OAuth resource server (one JWKS cache for every front of this guard).
@@ -248,6 +254,23 @@ class Guard:
             digests=key_digests(self.settings),
             on_reject=self._auth_rejected,
             oauth=self.oauth,
+            ops=self.ops_sources(),
+        )
+
+    def ops_sources(self) -> OpsSources:
+        """What ``/healthz``, ``/readyz`` and ``/metrics`` read: this Guard's parts, at request time."""
+        from mcp_guard.frontend.ops import OpsSources
+
+        return OpsSources(
+            calls=self.metrics,
+            engine=self.engine,
+            engine_name=self.settings.policy.engine,
+            audit=self.sink,
+            audit_backend=self.settings.audit.backend,
+            upstreams=lambda: self.registry.connections.values(),
+            session_transports=lambda: [s.info.transport for s in self.sessions.live.values()],
+            scrub=lambda text: self.secrets.scrubber.scrub_text(text),
+            metrics=self.settings.server.metrics,
         )
 
     def http_app(self) -> Any:

@@ -65,6 +65,8 @@ class ServerSettings(_Strict):
     require_auth: bool = True
     # Idle MCP sessions over HTTP are closed after this many seconds.
     session_idle_timeout_s: Annotated[float, Field(gt=0)] = 1800.0
+    # Serve Prometheus metrics at /metrics on the HTTP front (no credentials; /healthz and /readyz stay on).
+    metrics: bool = True
 
     @field_validator("tool_separator")
     @classmethod

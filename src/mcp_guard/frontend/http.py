@@ -2,7 +2,8 @@
 
 Host and Origin checks stay on whatever the bind address: the allowed values are the loopback names on
 the configured port plus ``[server] allowed_hosts`` / ``allowed_origins``. Request bodies are capped at
-``[server] max_request_bytes``; idle sessions close after ``session_idle_timeout_s``.
+``[server] max_request_bytes``; idle sessions close after ``session_idle_timeout_s``. ``/healthz``,
+``/readyz`` and ``/metrics`` are answered in front of all that (:mod:`mcp_guard.frontend.ops`).
 
 The front is handed what it serves as an :class:`HttpFront` (the composition root builds one): it knows
 nothing of the rest of mcp-guard. The listening socket can be bound before anything else starts
@@ -27,6 +28,7 @@ from mcp.server.transport_security import TransportSecuritySettings
 from mcp_guard.errors import ConfigError
 from mcp_guard.frontend.auth import BearerAuth, OnReject
 from mcp_guard.frontend.oauth import ResourceServer
+from mcp_guard.frontend.ops import OpsSources, with_ops_routes
 from mcp_guard.settings import ServerSettings
 
 __all__ = ["HttpFront", "bind_socket", "build_http_app", "http_served", "serve_http"]
@@ -50,6 +52,7 @@ class HttpFront:
     digests: dict[str, str]
     on_reject: OnReject
     oauth: ResourceServer | None = None
+    ops: OpsSources | None = None  # what /healthz, /readyz and /metrics read (none: not served)
 
 
 def _security(s: ServerSettings) -> TransportSecuritySettings:
@@ -67,7 +70,8 @@ def build_http_app(front: HttpFront) -> Any:
         host=s.host,
         custom_starlette_routes=front.oauth.routes() if front.oauth else None,
     )
-    return BearerAuth(app, front.digests, on_reject=front.on_reject, required=s.require_auth, oauth=front.oauth)
+    authed = BearerAuth(app, front.digests, on_reject=front.on_reject, required=s.require_auth, oauth=front.oauth)
+    return with_ops_routes(authed, front.ops, _security(s).allowed_hosts)
 
 
 def bind_socket(

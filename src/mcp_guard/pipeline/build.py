@@ -2,9 +2,13 @@
 
 Every request that targets an upstream runs through these stages, outermost first::
 
-    InspectArguments → RecordOutcome → PinCheck → Authorize → EnforceObligations → RecordDecision
-        → Redact → Forward
+    Observe → InspectArguments → RecordOutcome → PinCheck → Authorize → EnforceObligations
+        → RecordDecision → Redact → Forward
 
+* :class:`~mcp_guard.pipeline.observe.Observe` — counts and times every request as the client is answered
+  (``/metrics``); outermost, so every other stage and the upstream call run inside it. The two audit
+  stages write through :meth:`CallMetrics.timed <mcp_guard.pipeline.observe.CallMetrics.timed>`, which
+  times the commit wait.
 * :class:`~mcp_guard.pipeline.secrets.InspectArguments` — the audit copy of the arguments (secrets
   scrubbed, credential shapes masked) and ``secrets_seen``; first, so no stage can record raw arguments.
 * :class:`~mcp_guard.pipeline.audit.RecordOutcome` — records how the call ended (every deny, the result
@@ -34,6 +38,7 @@ from mcp_guard.pipeline.chain import build_chain
 from mcp_guard.pipeline.context import CallNext, Interceptor
 from mcp_guard.pipeline.forward import Forward
 from mcp_guard.pipeline.obligations import EnforceObligations, ObligationHandler
+from mcp_guard.pipeline.observe import CallMetrics, Observe
 from mcp_guard.pipeline.pins import PinCheck
 from mcp_guard.pipeline.ratelimit import DeclaredUsage, RateLimitObligation, bundle_data_of
 from mcp_guard.pipeline.redact import Redact
@@ -62,24 +67,40 @@ def usage_source(engine: Evaluator, state: StateStore) -> UsageSource | None:
 
 
 def pipeline_stages(
-    *, engine: Evaluator, sink: EventSink, registry: Registry, secrets: SecretSource, state: StateStore
+    *,
+    engine: Evaluator,
+    sink: EventSink,
+    registry: Registry,
+    secrets: SecretSource,
+    state: StateStore,
+    metrics: CallMetrics | None = None,
 ) -> list[Interceptor]:
-    """The stages, outermost first (the order in the module docstring)."""
+    """The stages, outermost first (the order in the module docstring). ``metrics`` is where the calls are
+    counted (the Guard's, read by ``/metrics``); without one they are counted in a private instance."""
+    metrics = metrics if metrics is not None else CallMetrics()
+    audit = metrics.timed(sink)
     bound = registry.settings.audit.max_arguments_bytes
     return [
+        Observe(metrics),
         InspectArguments(secrets),
-        RecordOutcome(sink, max_arguments_bytes=bound),
+        RecordOutcome(audit, max_arguments_bytes=bound),
         PinCheck(registry),
         Authorize(engine, usage_source(engine, state)),
         EnforceObligations(obligation_handlers(secrets, state)),
-        RecordDecision(sink, max_arguments_bytes=bound),
+        RecordDecision(audit, max_arguments_bytes=bound),
         Redact(secrets),
     ]
 
 
 def build_pipeline(
-    *, engine: Evaluator, sink: EventSink, registry: Registry, secrets: SecretSource, state: StateStore
+    *,
+    engine: Evaluator,
+    sink: EventSink,
+    registry: Registry,
+    secrets: SecretSource,
+    state: StateStore,
+    metrics: CallMetrics | None = None,
 ) -> CallNext:
     """The whole pipeline: :func:`pipeline_stages` ending in :class:`~mcp_guard.pipeline.forward.Forward`."""
-    stages = pipeline_stages(engine=engine, sink=sink, registry=registry, secrets=secrets, state=state)
+    stages = pipeline_stages(engine=engine, sink=sink, registry=registry, secrets=secrets, state=state, metrics=metrics)
     return build_chain(stages, Forward(registry))
