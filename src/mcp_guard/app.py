@@ -32,10 +32,11 @@ from mcp.server.connection import Connection
 
 from mcp_guard.audit import events
 from mcp_guard.errors import AuditError, ConfigError, StateError
-from mcp_guard.frontend.auth import http_principal, key_digests, stdio_principal
+from mcp_guard.frontend.auth import Rejection, http_principal, key_digests, stdio_principal
 from mcp_guard.frontend.handlers import Handlers
 from mcp_guard.frontend.input_required import InputRequiredBridge
 from mcp_guard.frontend.listing import TOOLS, visible
+from mcp_guard.frontend.oauth import ResourceServer
 from mcp_guard.frontend.server import build_server, initialization_options
 from mcp_guard.frontend.sessions import DownstreamSession, SessionTable
 from mcp_guard.pins import PinStore
@@ -97,6 +98,8 @@ class Guard:
         )
         # Upstream→client requests for 2026-07-28 clients (InputRequiredResult rounds).
         self.bridge = InputRequiredBridge()
+        # [auth]: the HTTP front as an OAuth resource server (one JWKS cache for every front of this guard).
+        self.oauth = ResourceServer(settings.auth) if settings.auth is not None else None
         # Re-reads the policy bundle on request (SIGHUP); set by open() when the engine can take a new bundle.
         self.policy_watcher: BundleWatcher | None = None
         self._tg: TaskGroup | None = None
@@ -181,7 +184,11 @@ class Guard:
             sink=self.sink,
             sessions=self.sessions,
             transport=transport,
-            principal_of=http_principal if transport == "http" else stdio_principal(self.stdio_principal),
+            principal_of=(
+                http_principal(self.settings)
+                if transport == "http"
+                else stdio_principal(self.settings, self.stdio_principal)
+            ),
             bridge=self.bridge,
         )
 
@@ -238,7 +245,7 @@ class Guard:
 
     def http_front(self) -> HttpFront:
         """What the HTTP front serves: the MCP server for HTTP clients, ``[server]``, the API-key digests,
-        and a refused request logged and audited (``auth.reject``)."""
+        a refused request logged and audited (``auth.reject``), and ``[auth]``'s resource server."""
         from mcp_guard.frontend.http import HttpFront
 
         return HttpFront(
@@ -246,6 +253,7 @@ class Guard:
             settings=self.settings.server,
             digests=key_digests(self.settings),
             on_reject=self._auth_rejected,
+            oauth=self.oauth,
             ops=self.ops_sources(),
         )
 
@@ -294,9 +302,10 @@ class Guard:
             sock=sock,
         )
 
-    def _auth_rejected(self, reason: str, client: str | None) -> None:
-        log.warning("http.unauthorized", reason=reason, client=client)
-        self.sink.record_nowait(events.auth_reject(reason, client))
+    def _auth_rejected(self, rejection: Rejection, client: str | None) -> None:
+        details = rejection.details()
+        log.warning("http.unauthorized", reason=str(rejection.reason), client=client, **details)
+        self.sink.record_nowait(events.auth_reject(rejection.reason, client, **details))
 
     # ------------------------------------------------------------------ RegistryListener
     async def catalog_changed(self, upstream: str, kinds: frozenset[str]) -> None:

@@ -14,6 +14,7 @@ import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
@@ -23,7 +24,9 @@ from mcp_guard.upstream.naming import Namer
 __all__ = [
     "CONFIG_ENV",
     "DEFAULT_CONFIG",
+    "JWT_ALGORITHMS",
     "AuditSettings",
+    "AuthSettings",
     "PolicySettings",
     "PrincipalSettings",
     "RedactionSettings",
@@ -138,6 +141,139 @@ class RedactionSettings(_Strict):
         return v
 
 
+# The JWS algorithms [auth] may allow: asymmetric only. "none" and HS* are never accepted (an HMAC "key"
+# taken from a JWKS would be a public value), so they cannot even be configured.
+JWT_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA")
+_LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+def _http_url(v: str, *, what: str) -> str:
+    """An absolute http(s) URL; plain http only to a loopback host (tests, a local IdP)."""
+    try:
+        u = urlsplit(v)
+        host = u.hostname
+    except ValueError as e:
+        raise ValueError(f"{what} is not a URL ({e})") from None
+    if re.search(r'[\s"\\<>]', v):
+        raise ValueError(f"{what} must not contain spaces, quotes, backslashes or angle brackets, got {v!r}")
+    if u.scheme not in ("http", "https") or not host:
+        raise ValueError(f"{what} must be an absolute https:// URL, got {v!r}")
+    if u.scheme == "http" and host not in _LOOPBACK:
+        raise ValueError(f"{what} must use https (plain http only to a loopback host), got {v!r}")
+    if u.fragment:
+        raise ValueError(f"{what} must not have a #fragment (RFC 8707), got {v!r}")
+    return v
+
+
+def _claim_path(v: str) -> str:
+    if not v or any(not part for part in v.split(".")):
+        raise ValueError(f"claim name must be a name or a dotted path like 'realm_access.roles', got {v!r}")
+    return v
+
+
+class AuthSettings(_Strict):
+    """``[auth]``: the HTTP front as an OAuth 2.1 resource server for JWT access tokens of one issuer.
+
+    API keys of ``[principals.*]`` keep working beside it (see :mod:`mcp_guard.frontend.auth`).
+    """
+
+    # The token issuer: `iss` must equal it exactly; its keys are found through
+    # <issuer>/.well-known/openid-configuration (or oauth-authorization-server) unless jwks_url is given.
+    issuer: str
+    # mcp-guard's own resource URL as clients reach it (RFC 8707), e.g. "https://guard.example/mcp": `aud`
+    # must name it, and the protected-resource metadata announces it.
+    audience: str
+    jwks_url: str | None = None
+    # Announced in the protected-resource metadata (RFC 9728); default: [issuer].
+    authorization_servers: list[str] = []
+    # Claim → principal.roles (a list of strings, or one string); a dotted path reaches into objects.
+    roles_claim: str = "roles"
+    # Claim → principal.scopes: a space-separated string ("scope") or a list ("scp").
+    scope_claim: str = "scope"
+    # Claims copied into principal.attributes under the same name (absent ones are left out).
+    attribute_claims: list[str] = []
+    # Signature algorithms accepted (asymmetric only; a token's alg outside this list is refused).
+    algorithms: list[str] = ["RS256", "PS256", "ES256", "EdDSA"]
+    # Clock skew tolerated on exp, nbf and iat, in seconds.
+    leeway_s: Annotated[int, Field(ge=0, le=300)] = 30
+    # Accept only RFC 9068 access tokens (header typ "at+jwt").
+    require_at_jwt: bool = False
+    # Scopes every request's token must carry (else 403 insufficient_scope); also the 401's scope hint.
+    required_scopes: list[str] = []
+    # Scopes announced in the protected-resource metadata.
+    scopes_supported: list[str] = []
+    resource_name: str | None = None
+    # Each request to the IdP (discovery, JWKS) is bounded by this.
+    http_timeout_s: Annotated[float, Field(gt=0, le=60)] = 5.0
+    # Keys fetched longer ago than this are re-fetched before use (kept if the IdP does not answer) ...
+    jwks_refresh_s: Annotated[float, Field(gt=0)] = 300.0
+    # ... and dropped this long after the last successful fetch: then tokens are refused until it answers.
+    jwks_max_age_s: Annotated[float, Field(gt=0)] = 6 * 3600.0
+    # At most one fetch per this many seconds, whatever triggers it (an unknown kid, stale keys, failures).
+    jwks_min_interval_s: Annotated[float, Field(ge=0)] = 30.0
+    # A longer Authorization header is refused before it is parsed.
+    max_token_bytes: Annotated[int, Field(gt=0, le=1024 * 1024)] = 16 * 1024
+
+    @field_validator("issuer")
+    @classmethod
+    def _issuer(cls, v: str) -> str:
+        return _http_url(v, what="issuer")
+
+    @field_validator("audience")
+    @classmethod
+    def _audience(cls, v: str) -> str:
+        return _http_url(v, what="audience")
+
+    @field_validator("jwks_url")
+    @classmethod
+    def _jwks_url(cls, v: str | None) -> str | None:
+        return None if v is None else _http_url(v, what="jwks_url")
+
+    @field_validator("authorization_servers")
+    @classmethod
+    def _servers(cls, v: list[str]) -> list[str]:
+        return [_http_url(s, what="an authorization server") for s in v]
+
+    @field_validator("roles_claim", "scope_claim")
+    @classmethod
+    def _claim(cls, v: str) -> str:
+        return _claim_path(v)
+
+    @field_validator("attribute_claims")
+    @classmethod
+    def _claims(cls, v: list[str]) -> list[str]:
+        return [_claim_path(c) for c in v]
+
+    @field_validator("algorithms")
+    @classmethod
+    def _algorithms(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("must name at least one algorithm")
+        bad = [a for a in v if a not in JWT_ALGORITHMS]
+        if bad:
+            raise ValueError(
+                f"{', '.join(repr(a) for a in bad)} not allowed: asymmetric algorithms only "
+                f"({', '.join(JWT_ALGORITHMS)}); 'none' and HS* are never accepted"
+            )
+        return v
+
+    @field_validator("required_scopes", "scopes_supported")
+    @classmethod
+    def _scopes(cls, v: list[str]) -> list[str]:
+        for scope in v:
+            if not re.fullmatch(r"[\x21\x23-\x5B\x5D-\x7E]+", scope):
+                raise ValueError(f"{scope!r} is not an OAuth scope token (RFC 6749 §3.3)")
+        return v
+
+    @field_validator("jwks_max_age_s")
+    @classmethod
+    def _max_age(cls, v: float, info: ValidationInfo) -> float:
+        refresh = info.data.get("jwks_refresh_s")
+        if refresh is not None and v < refresh:
+            raise ValueError(f"must be at least jwks_refresh_s ({refresh})")
+        return v
+
+
 class PrincipalSettings(_Strict):
     roles: list[str] = []
     attributes: dict[str, Any] = {}
@@ -224,6 +360,7 @@ class Settings(_Strict):
     audit: AuditSettings = AuditSettings()
     redaction: RedactionSettings = RedactionSettings()
     principals: dict[str, PrincipalSettings] = {}
+    auth: AuthSettings | None = None
     secrets: dict[str, SecretSettings] = {}
     upstreams: dict[str, UpstreamSettings] = {}
     # Where the config came from (set by load_settings; not a TOML key).

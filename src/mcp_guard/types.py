@@ -15,6 +15,9 @@ from typing import Any, Literal
 __all__ = [
     "Action",
     "AuditEvent",
+    "AuthFailure",
+    "AuthInfo",
+    "AuthMethod",
     "Decision",
     "EventKind",
     "PolicyInput",
@@ -61,6 +64,31 @@ class ReasonCode(StrEnum):
     FLOW_LIMIT = "flow_limit"  # the call's flow cannot take it: too many live flows or labels (state.FlowBounds)
 
 
+class AuthFailure(StrEnum):
+    """Why the HTTP front refused a request's credentials (the ``reasons`` of an ``auth.reject`` row).
+
+    The client is told none of this (every refusal is the same 401; a missing required scope is a 403 scope
+    challenge); the audit row and the log are.
+    """
+
+    MISSING_KEY = "missing_key"  # no Authorization header where credentials are required
+    MALFORMED_AUTHORIZATION = "malformed_authorization"  # an Authorization header that is not "Bearer <value>"
+    INVALID_KEY = "invalid_key"  # a bearer that is no configured API key (and not a JWT mcp-guard accepts)
+    OVERSIZED = "oversized"  # the Authorization header is longer than [auth] max_token_bytes
+    MALFORMED = "malformed"  # not a well-formed JWS, or its header/claims have the wrong shape
+    ALG_NOT_ALLOWED = "alg_not_allowed"  # "none", HS*, or any algorithm outside [auth] algorithms
+    UNKNOWN_KID = "unknown_kid"  # no key of the issuer's JWKS (even after a refresh) has this kid
+    BAD_SIGNATURE = "bad_signature"  # the signature does not verify with the issuer's key
+    BAD_TYPE = "bad_type"  # typ is not at+jwt while [auth] require_at_jwt is set
+    EXPIRED = "expired"  # exp is past (beyond the leeway)
+    NOT_YET_VALID = "not_yet_valid"  # nbf or iat is in the future (beyond the leeway)
+    BAD_ISSUER = "bad_issuer"  # iss is not [auth] issuer
+    BAD_AUDIENCE = "bad_audience"  # aud does not name [auth] audience (a token for another resource)
+    MISSING_CLAIM = "missing_claim"  # exp, iss, aud or sub is absent, or sub is not a usable id
+    IDP_UNREACHABLE = "idp_unreachable"  # no usable key: the issuer's JWKS cannot be fetched and none is cached
+    INSUFFICIENT_SCOPE = "insufficient_scope"  # a valid token without every scope of [auth] required_scopes (403)
+
+
 class EventKind(StrEnum):
     """Every kind of audit row (docs/architecture.md §6, ``kind``). Rows are built in :mod:`mcp_guard.audit.events`."""
 
@@ -95,16 +123,54 @@ def utc_now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+# How a principal proved who it is: an HTTP API key, a JWT access token from [auth] issuer, the stdio launcher,
+# or nothing (HTTP with require_auth = false, a principal named on the command line).
+AuthMethod = Literal["api_key", "jwt", "stdio", "none"]
+
+
+@dataclass(frozen=True, slots=True)
+class AuthInfo:
+    """How the principal of a request authenticated (policy input ``principal.auth``).
+
+    ``token_id_sha256`` (sha256 of the access token's ``jti``) lets an auditor correlate the rows of one
+    token without the token; it is audit-only and not part of the policy input.
+    """
+
+    method: AuthMethod = "none"
+    issuer: str | None = None
+    client_id: str | None = None  # the OAuth client the token was issued to (azp, else client_id)
+    token_id_sha256: str | None = None
+    expires_at: int | None = None  # the token's exp (how long mcp-guard may remember it verified)
+
+    def to_policy(self) -> dict[str, Any]:
+        return {"method": self.method, "issuer": self.issuer, "client_id": self.client_id}
+
+    def to_audit(self) -> dict[str, Any]:
+        doc = self.to_policy()
+        if self.token_id_sha256 is not None:
+            doc["token_id_sha256"] = self.token_id_sha256
+        return doc
+
+
 @dataclass(frozen=True, slots=True)
 class Principal:
-    """Who is calling: a configured principal with its roles and free-form attributes."""
+    """Who is calling: its id, roles and free-form attributes, the OAuth scopes its token carries, and how it
+    authenticated (docs/architecture.md §8.3, ``principal``)."""
 
     id: str
     roles: tuple[str, ...] = ()
     attributes: Mapping[str, Any] = field(default_factory=dict)
+    scopes: tuple[str, ...] = ()
+    auth: AuthInfo = field(default_factory=AuthInfo)
 
     def to_policy(self) -> dict[str, Any]:
-        return {"id": self.id, "roles": list(self.roles), "attributes": dict(self.attributes)}
+        return {
+            "id": self.id,
+            "roles": list(self.roles),
+            "attributes": dict(self.attributes),
+            "scopes": list(self.scopes),
+            "auth": self.auth.to_policy(),
+        }
 
 
 @dataclass(frozen=True, slots=True)

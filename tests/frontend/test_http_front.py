@@ -142,7 +142,7 @@ async def test_the_front_serves_what_it_is_handed_no_guard_needed() -> None:
         server=server,
         settings=ServerSettings(),
         digests={"alice": hashlib.sha256(ALICE_KEY.encode()).hexdigest()},
-        on_reject=lambda reason, client: refused.append((reason, client)),
+        on_reject=lambda rejection, client: refused.append((rejection.reason, client)),
     )
     async with http_served(front) as url, httpx2.AsyncClient(timeout=10) as http:
         r = await http.post(url, json=INIT, headers=HEADERS)

@@ -44,7 +44,7 @@ class Relay:
     async def call_tool(
         self, ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams
     ) -> dict[str, Any]:
-        channel = RequestChannel(self.sessions.for_request(ctx, "stdio", "alice"), ctx, timeout_s=10.0)
+        channel = RequestChannel(self.sessions.for_request(ctx, "stdio", Principal("alice")), ctx, timeout_s=10.0)
         self.channels.append(channel)
         if params.name == "log":
             await channel.notify_log(LOG)

@@ -24,6 +24,12 @@ def test_deny_without_reasons_gets_one_and_drops_obligations() -> None:
     assert d.obligations == {}
 
 
+def test_a_deny_keeps_only_step_up() -> None:
+    obligations = {"secrets": ["s"], "step_up": {"scopes": ["tickets:write"]}}
+    d = decision_from_result("data.p.d", {"allow": False, "reasons": ["r"], "obligations": obligations}, revision=None)
+    assert d.allow is False and d.obligations == {"step_up": {"scopes": ["tickets:write"]}}
+
+
 def test_minimal_allow() -> None:
     d = decision_from_result("data.p.d", {"allow": True}, revision=None)
     assert d.allow is True and d.reasons == () and d.obligations == {}

@@ -240,6 +240,8 @@ def listing(kind: EventKind, session: SessionInfo, principal: Principal, names: 
 
 
 def session_start(session: SessionInfo, principal: Principal) -> AuditEvent:
+    """A client session began: who (principal, roles, scopes) and how it authenticated — the method, the
+    token's issuer and client, the sha256 of its ``jti`` — never the credential."""
     return AuditEvent(
         kind=EventKind.SESSION_START,
         session_id=session.id,
@@ -248,6 +250,8 @@ def session_start(session: SessionInfo, principal: Principal) -> AuditEvent:
             "transport": session.transport,
             "client": {"name": session.client_name, "version": session.client_version},
             "roles": list(principal.roles),
+            "scopes": list(principal.scopes),
+            "auth": principal.auth.to_audit(),
         },
     )
 
@@ -258,9 +262,19 @@ def session_end(session: SessionInfo, principal: Principal, calls: int) -> Audit
     )
 
 
-def auth_reject(reason: str, client: str | None) -> AuditEvent:
-    """An HTTP request refused before any MCP processing (never with the credential it carried)."""
-    return AuditEvent(kind=EventKind.AUTH_REJECT, decision="deny", reasons=(reason,), details={"client": client})
+def auth_reject(reason: str, client: str | None, *, subject: str | None = None, **details: Any) -> AuditEvent:
+    """An HTTP request refused before any MCP processing, with why (an ``AuthFailure``) — never the credential.
+
+    ``subject`` (the principal column) and ``details`` (method, alg, kid, issuer, client_id) are what the front
+    may know about the credential: who a token names only when its signature verified.
+    """
+    return AuditEvent(
+        kind=EventKind.AUTH_REJECT,
+        principal=subject,
+        decision="deny",
+        reasons=(str(reason),),
+        details={"client": client, **details},
+    )
 
 
 def config_event(kind: EventKind, source: str | None, **details: Any) -> AuditEvent:

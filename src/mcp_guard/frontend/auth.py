@@ -1,21 +1,33 @@
-"""Who is calling: HTTP API-key authentication, and one principal resolver per transport.
+"""Who is calling: HTTP authentication (API keys, JWT access tokens) and one principal resolver per transport.
 
-A request's principal is found in two steps: a *resolver* names the principal id for the transport
-(:func:`stdio_principal` — whoever launched mcp-guard; :func:`http_principal` — whoever
-:class:`BearerAuth` authenticated), and :func:`principal_for` turns that id into the configured
-:class:`~mcp_guard.types.Principal` (roles, attributes).
+A request's :class:`~mcp_guard.types.Principal` is found in two steps: the transport establishes who the
+caller is — the stdio launcher (:func:`stdio_principal`), or the credential :class:`BearerAuth` checked on
+the HTTP front (:func:`http_principal`) — and :func:`with_configured` merges in what ``[principals.<id>]``
+says about that id: its roles join the token's, its attributes override the token's attributes of the same
+name (the operator's file is the more deliberate statement). The principal is resolved for every request,
+so a session whose client stepped up to a token with more scopes is decided on the new token.
 
-HTTP front authentication: ``Authorization: Bearer <key>`` → a configured principal.
+HTTP credentials, ``Authorization: Bearer <value>``, each a configured option:
 
-Keys are never stored: each ``[principals.<id>]`` may carry ``api_key_sha256``; a request's key is
-hashed and compared with every configured digest in constant time (``hmac.compare_digest``, no early
-exit), so timing reveals neither which principal matched nor how much of a digest did. An unknown,
-missing or malformed key is answered ``401`` before any MCP processing and recorded (without the key).
+* **API key** — ``[principals.<id>] api_key_sha256``. Keys are never stored: the value is hashed and
+  compared with every configured digest in constant time (``hmac.compare_digest``, no early exit), so timing
+  reveals neither which principal matched nor how much of a digest did.
+* **JWT access token** — with ``[auth]`` configured, a value that is no API key and has the JWS compact form
+  (three base64url segments, the first a JSON object) is validated as an access token of ``[auth] issuer``
+  (:mod:`mcp_guard.frontend.tokens`). Telling the two apart this way is robust in both directions: an API key
+  is recognised by its digest whatever it looks like, and a JWT can only ever be accepted by signature.
 
-On success the principal rides the ASGI scope as an ``AuthenticatedUser`` — the form the SDK's session
-manager binds a session to, so another principal presenting that session's id is answered 404.
-The client's ``Authorization`` header never goes further than this check: upstreams are reached
-through mcp-guard's own client sessions, which never copy client headers (no token passthrough).
+A missing, malformed, unknown or invalid credential is answered ``401`` before any MCP processing — the same
+answer whatever was wrong (with ``[auth]``: ``WWW-Authenticate: Bearer resource_metadata="…"``, see
+:mod:`mcp_guard.frontend.oauth`) — and the reason (:class:`~mcp_guard.types.AuthFailure`) is handed to
+``on_reject`` to be logged and audited, without the credential. Only the MCP endpoint is guarded here; the
+discovery document is public by design, and every other route must authenticate for itself.
+
+On success the principal rides the ASGI scope as a :class:`PrincipalUser` — an ``AuthenticatedUser``, the form
+the SDK's session manager binds a session to: (client id, issuer, subject) for a token, the principal id for
+a key — so another principal presenting that session's id is answered 404. The client's ``Authorization``
+header never goes further than this check: upstreams are reached through mcp-guard's own client sessions,
+which never copy client headers (no token passthrough).
 """
 
 from __future__ import annotations
@@ -24,6 +36,7 @@ import hashlib
 import hmac
 import json
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
@@ -31,24 +44,34 @@ from mcp.server.auth.provider import AccessToken
 from mcp.server.context import ServerRequestContext
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from mcp_guard.frontend.oauth import ResourceServer
+from mcp_guard.frontend.stepup import StepUpGate
+from mcp_guard.frontend.tokens import Rejection, looks_like_jwt
 from mcp_guard.settings import Settings
-from mcp_guard.types import Principal
+from mcp_guard.types import AuthFailure, AuthInfo, Principal
 
 __all__ = [
     "ANONYMOUS",
     "BearerAuth",
+    "OnReject",
     "PrincipalResolver",
+    "PrincipalUser",
+    "Rejection",
     "http_principal",
     "key_digest",
     "key_digests",
     "principal_for",
     "stdio_principal",
+    "with_configured",
 ]
 
 ANONYMOUS = "anonymous"
+DEFAULT_MAX_HEADER_BYTES = 16 * 1024  # without [auth]: the longest Authorization header looked at
 
-# The principal id of the client that sent a request, as its transport knows it.
-PrincipalResolver = Callable[[ServerRequestContext[Any, Any]], str]
+# The principal of the client that sent a request, as its transport knows it.
+PrincipalResolver = Callable[[ServerRequestContext[Any, Any]], Principal]
+# A refused request: why (never the credential), and the client's address. The caller logs and audits it.
+OnReject = Callable[[Rejection, str | None], None]
 
 
 def key_digest(key: str) -> str:
@@ -60,47 +83,89 @@ def key_digests(settings: Settings) -> dict[str, str]:
     return {pid: p.api_key_sha256 for pid, p in settings.principals.items() if p.api_key_sha256}
 
 
-def principal_for(settings: Settings, principal_id: str) -> Principal:
-    """The configured principal (roles, attributes); an unconfigured id gets no roles."""
-    p = settings.principals.get(principal_id)
+def with_configured(settings: Settings, principal: Principal) -> Principal:
+    """``principal`` with ``[principals.<its id>]`` merged in: roles joined, configured attributes winning."""
+    p = settings.principals.get(principal.id)
     if p is None:
-        return Principal(id=principal_id)
-    return Principal(id=principal_id, roles=tuple(p.roles), attributes=dict(p.attributes))
+        return principal
+    roles = tuple(dict.fromkeys([*p.roles, *principal.roles]))
+    return replace(principal, roles=roles, attributes={**principal.attributes, **p.attributes})
 
 
-def stdio_principal(principal_id: str) -> PrincipalResolver:
-    """A stdio client is whoever launched mcp-guard: one configured id for every request."""
+def principal_for(settings: Settings, principal_id: str, *, auth: AuthInfo | None = None) -> Principal:
+    """The configured principal (roles, attributes); an unconfigured id gets no roles."""
+    return with_configured(settings, Principal(id=principal_id, auth=auth or AuthInfo()))
 
-    def resolve(_ctx: ServerRequestContext[Any, Any]) -> str:
-        return principal_id
+
+def stdio_principal(settings: Settings, principal_id: str) -> PrincipalResolver:
+    """A stdio client is whoever launched mcp-guard: one configured principal for every request."""
+    principal = principal_for(settings, principal_id, auth=AuthInfo(method="stdio"))
+
+    def resolve(_ctx: ServerRequestContext[Any, Any]) -> Principal:
+        return principal
 
     return resolve
 
 
-def http_principal(ctx: ServerRequestContext[Any, Any]) -> str:
-    """The principal :class:`BearerAuth` put on the request's ASGI scope (``anonymous`` if none)."""
-    request = ctx.request
-    user = getattr(request, "scope", {}).get("user") if request is not None else None
-    name = getattr(user, "username", None)
-    return name if isinstance(name, str) and name else ANONYMOUS
+def http_principal(settings: Settings) -> PrincipalResolver:
+    """The principal :class:`BearerAuth` put on the request's ASGI scope, with its configuration merged in
+    (``anonymous`` if none)."""
+    anonymous = principal_for(settings, ANONYMOUS)
+
+    def resolve(ctx: ServerRequestContext[Any, Any]) -> Principal:
+        request = ctx.request
+        user = getattr(request, "scope", {}).get("user") if request is not None else None
+        return with_configured(settings, user.principal) if isinstance(user, PrincipalUser) else anonymous
+
+    return resolve
+
+
+class PrincipalUser(AuthenticatedUser):
+    """The principal a request authenticated as (``scope["user"]``). Its access token is the SDK's session
+    binding — (client id, issuer, subject) of a JWT, the principal id of an API key — never the credential."""
+
+    def __init__(self, principal: Principal) -> None:
+        a = principal.auth
+        jwt = a.method == "jwt"
+        super().__init__(
+            AccessToken(
+                token="<redacted>",
+                client_id=(a.client_id or principal.id) if jwt else principal.id,
+                scopes=list(principal.scopes),
+                subject=principal.id if jwt else None,
+                claims={"iss": a.issuer} if jwt and a.issuer else None,
+            )
+        )
+        self.principal = principal
 
 
 class BearerAuth:
+    """Guards the MCP endpoint (``mcp_path`` and below); every other path passes through untouched.
+
+    Inside: the MCP app, reached only with a :class:`PrincipalUser` on the scope — and, for a JWT-authenticated
+    POST, through a :class:`~mcp_guard.frontend.stepup.StepUpGate`, so a policy's step-up deny becomes a 403.
+    """
+
     def __init__(
         self,
         app: ASGIApp,
         digests: dict[str, str],
         *,
-        on_reject: Callable[[str, str | None], None],
+        on_reject: OnReject,
         required: bool = True,
         anonymous_principal: str = ANONYMOUS,
+        oauth: ResourceServer | None = None,
+        mcp_path: str = "/mcp",
     ) -> None:
-        """``digests`` maps principal id → sha256 hex of its API key."""
+        """``digests`` maps principal id → sha256 hex of its API key; ``oauth`` is ``[auth]`` (None: keys only)."""
         self.app = app
         self._digests = [(pid, bytes.fromhex(d)) for pid, d in digests.items()]
         self._on_reject = on_reject
         self._required = required
         self._anonymous = anonymous_principal
+        self._oauth = oauth
+        self._path = mcp_path.rstrip("/")
+        self._max_header = oauth.settings.max_token_bytes + len("Bearer ") if oauth else DEFAULT_MAX_HEADER_BYTES
 
     def _match(self, key: str) -> str | None:
         got = hashlib.sha256(key.encode()).digest()
@@ -110,34 +175,67 @@ class BearerAuth:
                 found = pid
         return found
 
+    async def authenticate(self, header: str | None) -> Principal | Rejection:
+        """The principal an ``Authorization`` header value proves, or why it proves none."""
+        if header is None:
+            if self._required:
+                return Rejection(AuthFailure.MISSING_KEY)
+            return Principal(id=self._anonymous)
+        if len(header) > self._max_header:
+            return Rejection(AuthFailure.OVERSIZED)
+        value = header[7:].strip() if header[:7].lower() == "bearer " else ""
+        if not value:
+            return Rejection(AuthFailure.MALFORMED_AUTHORIZATION)
+        pid = self._match(value)
+        if pid is not None:
+            return Principal(id=pid, auth=AuthInfo(method="api_key"))
+        if self._oauth is not None and looks_like_jwt(value):
+            return await self._oauth.verifier.verify(value)
+        return Rejection(AuthFailure.INVALID_KEY, "api_key")
+
+    def _guards(self, path: str) -> bool:
+        return path == self._path or path.startswith(self._path + "/")
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or not self._guards(scope.get("path", "")):
             await self.app(scope, receive, send)
             return
-        header = None
-        for k, v in scope.get("headers") or []:
-            if k.lower() == b"authorization":
-                header = v.decode("latin-1")
-                break
-        principal: str | None = None
-        if header is not None and header[:7].lower() == "bearer " and header[7:].strip():
-            principal = self._match(header[7:].strip())
-            if principal is None:
-                self._on_reject("invalid_key", _client(scope))
-                await _unauthorized(send, "invalid API key")
+        header = next(
+            (v.decode("latin-1") for k, v in scope.get("headers") or [] if k.lower() == b"authorization"), None
+        )
+        result = await self.authenticate(header)
+        if isinstance(result, Rejection):
+            self._on_reject(result, _client(scope))
+            await self._unauthorized(send, result, presented=header is not None)
+            return
+        app = self.app
+        if self._oauth is not None and result.auth.method == "jwt":
+            missing = [s for s in self._oauth.settings.required_scopes if s not in result.scopes]
+            if missing:
+                self._on_reject(_insufficient(result), _client(scope))
+                await _send(send, 403, "insufficient scope", self._oauth.insufficient_scope(missing))
                 return
-        elif header is not None:
-            self._on_reject("malformed_authorization", _client(scope))
-            await _unauthorized(send, "Authorization must be 'Bearer <key>'")
-            return
-        elif self._required:
-            self._on_reject("missing_key", _client(scope))
-            await _unauthorized(send, "missing Authorization: Bearer <key>")
-            return
+            if scope.get("method") == "POST":
+                app = StepUpGate(app, self._oauth.insufficient_scope)
+        scope["user"] = PrincipalUser(result)
+        await app(scope, receive, send)
+
+    async def _unauthorized(self, send: Send, rejection: Rejection, *, presented: bool) -> None:
+        if rejection.reason is AuthFailure.MISSING_KEY:
+            message = "authentication required: Authorization: Bearer <credentials>"
+        elif rejection.reason is AuthFailure.MALFORMED_AUTHORIZATION:
+            message = "Authorization must be 'Bearer <credentials>'"
         else:
-            principal = self._anonymous
-        scope["user"] = AuthenticatedUser(AccessToken(token="<redacted>", client_id=principal, scopes=[]))
-        await self.app(scope, receive, send)
+            message = "invalid credentials"
+        challenge = self._oauth.unauthorized(presented=presented) if self._oauth else 'Bearer realm="mcp-guard"'
+        await _send(send, 401, message, challenge)
+
+
+def _insufficient(principal: Principal) -> Rejection:
+    a = principal.auth
+    return Rejection(
+        AuthFailure.INSUFFICIENT_SCOPE, "jwt", issuer=a.issuer, subject=principal.id, client_id=a.client_id
+    )
 
 
 def _client(scope: Scope) -> str | None:
@@ -145,16 +243,16 @@ def _client(scope: Scope) -> str | None:
     return f"{client[0]}:{client[1]}" if client else None
 
 
-async def _unauthorized(send: Send, message: str) -> None:
+async def _send(send: Send, status: int, message: str, challenge: str) -> None:
     body = json.dumps({"jsonrpc": "2.0", "id": None, "error": {"code": -32001, "message": message}}).encode()
     await send(
         {
             "type": "http.response.start",
-            "status": 401,
+            "status": status,
             "headers": [
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(body)).encode()),
-                (b"www-authenticate", b'Bearer realm="mcp-guard"'),
+                (b"www-authenticate", challenge.encode()),
             ],
         }
     )

@@ -32,6 +32,7 @@ from mcp_guard.frontend.auth import PrincipalResolver
 from mcp_guard.frontend.input_required import InputRequiredBridge
 from mcp_guard.frontend.listing import PROMPTS, RESOURCES, TEMPLATES, TOOLS, Listing, visible
 from mcp_guard.frontend.sessions import DownstreamSession, RequestChannel, SessionTable
+from mcp_guard.frontend.stepup import note_denial
 from mcp_guard.pipeline.audit import EventSink
 from mcp_guard.pipeline.context import CallContext, CallNext, Outcome
 from mcp_guard.pipeline.flow import FLOW_META_KEY, correlation_id
@@ -141,7 +142,7 @@ class Handlers:
         wants_progress = ctx.meta is not None and ctx.meta.get("progress_token") is not None
         return CallContext(
             action=action,
-            principal=sess.principal,
+            principal=self.principal_of(ctx),  # this request's credentials (a session may step up its token)
             session=sess.info,
             server=server,
             target=target,
@@ -210,6 +211,7 @@ class Handlers:
 
     def _raise_or_result(self, ctx: ServerRequestContext[Any, Any], outcome: Outcome) -> dict[str, Any]:
         if outcome.denial is not None:
+            note_denial(ctx, outcome.denial)
             raise self._deny_error(outcome.denial)
         if outcome.error is not None:
             raise MCPError.from_error_data(outcome.error)
@@ -221,10 +223,11 @@ class Handlers:
     ) -> tuple[list[Any], str | None]:
         """One page of what the caller may see of one kind; the first page of an audited kind is recorded."""
         sess = self._session(ctx)
-        items = await visible(listing, self.registry, self.visibility, sess.principal, sess.info)
+        principal = self.principal_of(ctx)
+        items = await visible(listing, self.registry, self.visibility, principal, sess.info)
         page, cursor = self._page(items, params)
         if listing.event is not None and (params is None or not params.cursor):
-            self.sink.record_nowait(events.listing(listing.event, sess.info, sess.principal, [i.name for i in items]))
+            self.sink.record_nowait(events.listing(listing.event, sess.info, principal, [i.name for i in items]))
         return page, cursor
 
     async def list_tools(
@@ -284,6 +287,7 @@ class Handlers:
         if isinstance(outcome, dict):
             return outcome
         if outcome.denial is not None:
+            note_denial(ctx, outcome.denial)
             return _for_client(ctx, self._deny_tool_result(outcome.denial))
         if outcome.error is not None:
             if is_guard_error(outcome):  # by its provenance marker: an upstream's error never reads as ours

@@ -1,4 +1,4 @@
-"""The streamable-HTTP front: ``/mcp`` behind API-key auth and DNS-rebinding protection.
+"""The streamable-HTTP front: ``/mcp`` behind authentication (API keys, JWTs) and DNS-rebinding protection.
 
 Host and Origin checks stay on whatever the bind address: the allowed values are the loopback names on
 the configured port plus ``[server] allowed_hosts`` / ``allowed_origins``. Request bodies are capped at
@@ -26,7 +26,8 @@ from mcp.server.lowlevel import Server
 from mcp.server.transport_security import TransportSecuritySettings
 
 from mcp_guard.errors import ConfigError
-from mcp_guard.frontend.auth import BearerAuth
+from mcp_guard.frontend.auth import BearerAuth, OnReject
+from mcp_guard.frontend.oauth import ResourceServer
 from mcp_guard.frontend.ops import OpsSources, with_ops_routes
 from mcp_guard.settings import ServerSettings
 
@@ -34,19 +35,23 @@ __all__ = ["HttpFront", "bind_socket", "build_http_app", "http_served", "serve_h
 
 log = structlog.get_logger("mcp_guard.frontend")
 
-# (reason, client address) of a refused request; the caller logs and audits it.
-OnReject = Callable[[str, str | None], None]
+# Request heads (request line and headers) up to this size reach the app: an oversized Authorization header
+# (a 1 MB "token") is then answered 401 and audited by the auth layer instead of being dropped unrecorded by
+# the HTTP parser. Bigger heads are still dropped by the parser (uvicorn logs them).
+MAX_HEAD_BYTES = 2 * 1024 * 1024
 
 
 @dataclass(frozen=True)
 class HttpFront:
     """Everything the HTTP front needs: the MCP server it exposes, the ``[server]`` settings, the API-key
-    digests it authenticates against (principal id → sha256 hex), and who hears of a refused request."""
+    digests it authenticates against (principal id → sha256 hex), who hears of a refused request, and the
+    OAuth resource server of ``[auth]`` (None: API keys only)."""
 
     server: Server[Any]
     settings: ServerSettings
     digests: dict[str, str]
     on_reject: OnReject
+    oauth: ResourceServer | None = None
     ops: OpsSources | None = None  # what /healthz, /readyz and /metrics read (none: not served)
 
 
@@ -63,8 +68,9 @@ def build_http_app(front: HttpFront) -> Any:
         max_request_body_size=s.max_request_bytes,
         session_idle_timeout=s.session_idle_timeout_s,
         host=s.host,
+        custom_starlette_routes=front.oauth.routes() if front.oauth else None,
     )
-    authed = BearerAuth(app, front.digests, on_reject=front.on_reject, required=s.require_auth)
+    authed = BearerAuth(app, front.digests, on_reject=front.on_reject, required=s.require_auth, oauth=front.oauth)
     return with_ops_routes(authed, front.ops, _security(s).allowed_hosts)
 
 
@@ -142,6 +148,7 @@ async def serve_http(
         log_level="warning",
         access_log=False,
         http="h11",
+        h11_max_incomplete_event_size=MAX_HEAD_BYTES,
         lifespan="on",
         timeout_graceful_shutdown=2,
         loop="none",
@@ -175,6 +182,8 @@ async def serve_http(
         async with anyio.create_task_group() as tg:
             tg.start_soon(run)
             tg.start_soon(announce)
+            if front.oauth is not None:
+                tg.start_soon(front.oauth.verifier.keys.warm)  # the IdP's keys now; unreachable is only logged
             try:
                 await done.wait()
             finally:
@@ -182,6 +191,7 @@ async def serve_http(
                 with anyio.CancelScope(shield=True), anyio.move_on_after(5):
                     await done.wait()
                 server.force_exit = True
+                tg.cancel_scope.cancel()  # a key fetch still in flight is not waited for
     finally:
         listening.close()
     if not server.started:

@@ -50,7 +50,7 @@ class DownstreamSession:
     """One client connection to mcp-guard (not to be confused with the SDK's client sessions upstream)."""
 
     info: SessionInfo
-    principal: Principal
+    principal: Principal  # who opened it; each request is decided on its own credentials (Handlers.principal_of)
     connection: Connection
     modern: bool
     calls: int = 0
@@ -82,7 +82,10 @@ class SessionTable:
         self._on_end = on_end
         self.live: dict[str, DownstreamSession] = {}
 
-    def for_request(self, ctx: ServerRequestContext[Any, Any], transport: str, principal_id: str) -> DownstreamSession:
+    def for_request(
+        self, ctx: ServerRequestContext[Any, Any], transport: str, principal: Principal
+    ) -> DownstreamSession:
+        """The client session ``ctx`` belongs to, opened by ``principal`` if it is new."""
         conn = _connection_of(ctx)
         existing = conn.state.get(_STATE_KEY)
         if existing is not None:
@@ -98,9 +101,7 @@ class SessionTable:
             client_version=client.version if client else None,
             stateless=modern,
         )
-        sess = DownstreamSession(
-            info=info, principal=principal_for(self._settings, principal_id), connection=conn, modern=modern
-        )
+        sess = DownstreamSession(info=info, principal=principal, connection=conn, modern=modern)
         conn.state[_STATE_KEY] = sess
         if not modern:
             # Stateless requests are sessions of one request: not worth a start/end pair each.

@@ -48,6 +48,7 @@ from mcp_guard.pipeline.ratelimit import DeclaredUsage, RateLimitObligation, bun
 from mcp_guard.pipeline.redact import Redact
 from mcp_guard.pipeline.secret_source import SecretSource
 from mcp_guard.pipeline.secrets import InspectArguments, SecretsObligation
+from mcp_guard.pipeline.stepup import StepUpObligation
 from mcp_guard.state.base import StateStore
 from mcp_guard.upstream.registry import Registry
 
@@ -59,8 +60,9 @@ def obligation_handlers(secrets: SecretSource, state: StateStore) -> list[Obliga
 
     ``labels`` records the allowed call in its flow (taken back if the call is not forwarded after all).
     ``rate_limit`` stays last: it counts the call, so every other obligation must have let it through
-    first (a call refused by a later handler would be counted and then taken back)."""
-    return [SecretsObligation(secrets), LabelsObligation(state), RateLimitObligation(state)]
+    first (a call refused by a later handler would be counted and then taken back). ``step_up`` belongs on a
+    deny (the front turns it into a scope challenge); on an allow its handler refuses the call."""
+    return [SecretsObligation(secrets), StepUpObligation(), LabelsObligation(state), RateLimitObligation(state)]
 
 
 def usage_source(engine: Evaluator, state: StateStore) -> UsageSource | None:

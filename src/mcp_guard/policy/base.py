@@ -14,12 +14,18 @@ from mcp_guard.errors import PolicyError
 from mcp_guard.types import Decision, PolicyInput, ReasonCode
 
 __all__ = [
+    "DENY_OBLIGATIONS",
     "EngineHealth",
     "EngineUnavailable",
     "PolicyEngine",
     "RegoEngine",
     "decision_from_result",
 ]
+
+
+# Obligation keys a deny keeps (every other one is dropped from a deny): step_up turns a deny into the HTTP
+# front's 403 scope challenge (mcp_guard.pipeline.stepup).
+DENY_OBLIGATIONS = frozenset({"step_up"})
 
 
 class EngineUnavailable(PolicyError):
@@ -98,5 +104,7 @@ def decision_from_result(rule: str, result: object, *, revision: str | None) -> 
         )
     if not allow and not reasons:
         reasons = [f"denied by policy ({rule} gave no reason)"]
-    # A deny carries no obligations: nothing is to be done for a call that does not happen.
-    return Decision(allow=allow, reasons=tuple(reasons), obligations=obligations if allow else {}, revision=revision)
+    # A deny carries no obligations — nothing is to be done for a call that does not happen — but those that say
+    # how the deny is answered (step_up: a scope challenge on the HTTP front).
+    kept = obligations if allow else {k: v for k, v in obligations.items() if k in DENY_OBLIGATIONS}
+    return Decision(allow=allow, reasons=tuple(reasons), obligations=kept, revision=revision)
