@@ -60,7 +60,7 @@ from psycopg import conninfo, pq
 
 from mcp_guard.audit import schema
 from mcp_guard.audit.chain import GENESIS, ChainHead, RowBody, chain_rows
-from mcp_guard.audit.reader import Filters
+from mcp_guard.audit.reader import Filters, where_clause
 from mcp_guard.errors import AuditError, ConfigError
 from mcp_guard.types import utc_now
 
@@ -453,38 +453,7 @@ _ITERSIZE = 2000  # rows per server-side cursor fetch
 
 
 def _where(filters: Filters) -> tuple[str, list[Any]]:
-    """The SQL WHERE clause of ``filters`` (with leading ``WHERE``, or empty) and its parameters."""
-    clauses: list[str] = []
-    params: list[Any] = []
-    if filters.since is not None:
-        clauses.append("ts >= %s")
-        params.append(filters.since)
-    if filters.after_seq is not None:
-        clauses.append("seq > %s")
-        params.append(filters.after_seq)
-    if filters.until_seq is not None:
-        clauses.append("seq <= %s")
-        params.append(filters.until_seq)
-    for column, value in (
-        ("principal", filters.principal),
-        ("server", filters.server),
-        ("tool", filters.tool),
-        ("decision", filters.decision),
-    ):
-        if value is not None:
-            clauses.append(f"{column} = %s")
-            params.append(value)
-    if filters.kinds:
-        alternatives = []
-        for kind in filters.kinds:
-            if kind.endswith("*"):
-                alternatives.append("left(kind, %s) = %s")
-                params.extend((len(kind) - 1, kind[:-1]))
-            else:
-                alternatives.append("kind = %s")
-                params.append(kind)
-        clauses.append(f"({' OR '.join(alternatives)})")
-    return (f" WHERE {' AND '.join(clauses)}" if clauses else ""), params
+    return where_clause(filters, placeholder="%s", kind_prefix="left(kind, %s) = %s")
 
 
 class PostgresReader:

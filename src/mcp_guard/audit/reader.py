@@ -29,7 +29,7 @@ from typing import Any, Protocol, runtime_checkable
 from mcp_guard.audit import schema
 from mcp_guard.audit.chain import ChainHead
 
-__all__ = ["AuditReader", "Filters", "WakingReader", "parse_since", "row_to_dict"]
+__all__ = ["AuditReader", "Filters", "WakingReader", "parse_since", "row_to_dict", "where_clause"]
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|d)$")
 _UNITS = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
@@ -47,6 +47,40 @@ class Filters:
     tool: str | None = None
     decision: str | None = None
     kinds: tuple[str, ...] = ()
+
+
+def where_clause(filters: Filters, *, placeholder: str, kind_prefix: str) -> tuple[str, list[Any]]:
+    """The SQL WHERE clause of ``filters`` (with leading ``WHERE``, or empty) and its parameters.
+
+    Written once for every SQL backend; the dialect is its ``placeholder`` (``?``, ``%s``) and
+    ``kind_prefix``, its "the first N characters of kind equal X" with two placeholders, N then X.
+    """
+    clauses: list[str] = []
+    params: list[Any] = []
+    for clause, value in (("ts >=", filters.since), ("seq >", filters.after_seq), ("seq <=", filters.until_seq)):
+        if value is not None:
+            clauses.append(f"{clause} {placeholder}")
+            params.append(value)
+    for column, text in (
+        ("principal", filters.principal),
+        ("server", filters.server),
+        ("tool", filters.tool),
+        ("decision", filters.decision),
+    ):
+        if text is not None:
+            clauses.append(f"{column} = {placeholder}")
+            params.append(text)
+    if filters.kinds:
+        alternatives = []
+        for kind in filters.kinds:
+            if kind.endswith("*"):
+                alternatives.append(kind_prefix)
+                params.extend((len(kind) - 1, kind[:-1]))
+            else:
+                alternatives.append(f"kind = {placeholder}")
+                params.append(kind)
+        clauses.append(f"({' OR '.join(alternatives)})")
+    return (f" WHERE {' AND '.join(clauses)}" if clauses else ""), params
 
 
 class AuditReader(Protocol):

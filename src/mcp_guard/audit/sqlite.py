@@ -42,7 +42,7 @@ import structlog
 
 from mcp_guard.audit import schema
 from mcp_guard.audit.chain import GENESIS, ChainHead, RowBody, chain_rows
-from mcp_guard.audit.reader import Filters
+from mcp_guard.audit.reader import Filters, where_clause
 from mcp_guard.errors import AuditError
 from mcp_guard.types import utc_now
 
@@ -265,38 +265,7 @@ _SELECT = f"SELECT {', '.join(schema.COLUMNS)} FROM audit_events"
 
 
 def _where(filters: Filters) -> tuple[str, list[Any]]:
-    """The SQL WHERE clause of ``filters`` (with leading ``WHERE``, or empty) and its parameters."""
-    clauses: list[str] = []
-    params: list[Any] = []
-    if filters.since is not None:
-        clauses.append("ts >= ?")
-        params.append(filters.since)
-    if filters.after_seq is not None:
-        clauses.append("seq > ?")
-        params.append(filters.after_seq)
-    if filters.until_seq is not None:
-        clauses.append("seq <= ?")
-        params.append(filters.until_seq)
-    for column, value in (
-        ("principal", filters.principal),
-        ("server", filters.server),
-        ("tool", filters.tool),
-        ("decision", filters.decision),
-    ):
-        if value is not None:
-            clauses.append(f"{column} = ?")
-            params.append(value)
-    if filters.kinds:
-        alternatives = []
-        for kind in filters.kinds:
-            if kind.endswith("*"):
-                alternatives.append("substr(kind, 1, ?) = ?")
-                params.extend((len(kind) - 1, kind[:-1]))
-            else:
-                alternatives.append("kind = ?")
-                params.append(kind)
-        clauses.append(f"({' OR '.join(alternatives)})")
-    return (f" WHERE {' AND '.join(clauses)}" if clauses else ""), params
+    return where_clause(filters, placeholder="?", kind_prefix="substr(kind, 1, ?) = ?")
 
 
 class SqliteReader:
