@@ -124,6 +124,29 @@ async def test_format_line_keeps_one_line() -> None:
     assert "\n" not in format_line(row)
 
 
+def test_format_line_escapes_what_clients_and_upstreams_chose() -> None:
+    """A tool name with a newline and an OSC sequence cannot forge a line or reach the operator's terminal."""
+    hostile = "echo\n2026-11-30T00:00:00.000Z  #99  call.decision  ALLOW\x1b]0;pwned\x07\u202e"
+    row = {c: None for c in schema.COLUMNS} | {
+        "seq": 1,
+        "ts": OLD,
+        "kind": "call.decision",
+        "decision": "deny",
+        "server": "up\r",
+        "tool": hostile,
+        "principal": "eve\x1b[2J",
+        "reasons": ["bad\x9b31m"],
+        "details": json.dumps({"client": "\x1b[31mred"}),
+    }
+    for colour in (False, True):
+        line = format_line(row, colour=colour)
+        assert "\n" not in line and "\r" not in line and "\x07" not in line and "\u202e" not in line
+        assert "\x9b" not in line
+        # The only ESC bytes are the colours format_line itself adds.
+        assert re.sub(r"\x1b\[[0-9;]*m", "", line).count("\x1b") == 0
+        assert "\\x1b]0;pwned\\x07" in line and "\\x0a" in line and "up\\x0d" in line and "eve\\x1b" in line
+
+
 def test_parse_since() -> None:
     now = datetime(2026, 11, 25, 12, 0, 0, tzinfo=UTC)
     assert parse_since("10m", now=now) == "2026-11-25T11:50:00.000000Z"

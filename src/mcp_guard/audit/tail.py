@@ -68,6 +68,9 @@ _MIN_WHO = 8  # a principal is shortened to no less than this
 
 _Piece = tuple[str, str | None]  # text and its colour name
 _DIGEST = re.compile(r"^[0-9a-f]{40,}$")  # sha256/sha1 hex: the first 12 characters identify it
+# What a client or an upstream could use to forge a line or drive the operator's terminal: C0/C1 controls
+# (ESC starts colour and OSC sequences; CR/LF start lines), DEL, line/paragraph separators, bidi overrides.
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 _HIDDEN_DETAILS = ("action", "call_id")  # the same on every call row: noise in a one-line view
 
 
@@ -79,6 +82,23 @@ def use_colour(stream: TextIO, choice: str = "auto") -> bool:
         return False
     isatty = getattr(stream, "isatty", None)
     return bool(isatty and isatty())
+
+
+def _escaped(char: re.Match[str]) -> str:
+    code = ord(char.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def _safe(value: Any) -> Any:
+    """``value`` with every string in it escaped for display: names, reasons and details are chosen by
+    clients and upstreams, and must not forge a line or send control sequences to the operator's terminal."""
+    if isinstance(value, str):
+        return _UNSAFE.sub(_escaped, value)
+    if isinstance(value, dict):
+        return {_safe(k): _safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_safe(v) for v in value]
+    return value
 
 
 def _one_line(value: Any) -> str:
@@ -190,7 +210,11 @@ def _fit(who: str, target: str, flexible: list[_Piece], fixed: list[_Piece], roo
 
 
 def format_line(event: dict[str, Any], *, colour: bool = False, width: int = LINE_WIDTH) -> str:
-    """One line of at most ``width`` columns (unless the server/tool name alone is too long for it)."""
+    """One line of at most ``width`` columns (unless the server/tool name alone is too long for it).
+
+    Every untrusted field is escaped first (``\\x1b`` for ESC, ``\\x0a`` for a newline, …): the only
+    control sequences on the line are the colours this function adds."""
+    event = _safe(event)
 
     def c(text: str, name: str | None) -> str:
         return f"{_COLOURS[name]}{text}{_RESET}" if colour and name else text
