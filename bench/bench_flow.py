@@ -50,7 +50,7 @@ from mcp_guard.policy.bundle import load_bundle
 from mcp_guard.policy.embedded import EmbeddedEngine
 from mcp_guard.settings import parse_settings
 from mcp_guard.state import FlowCall, FlowRef, MemoryState, SQLiteState, StateStore
-from mcp_guard.testing import RecordingSink, RecordingUpstream
+from mcp_guard.testing import RecordingSink, RecordingUpstream, idle_registry
 from mcp_guard.types import Principal, SessionInfo, ToolInfo
 from mcp_guard.upstream.registry import Registry
 
@@ -118,23 +118,10 @@ def _bundle(tmp: Path, *, flows: bool) -> Path:
 
 
 def _registry() -> Registry:
-    class _Listener:
-        async def catalog_changed(self, upstream: str, kinds: frozenset[str]) -> None:
-            return None
-
-        async def upstream_event(self, upstream: str, kind: str, details: dict[str, Any]) -> None:
-            return None
-
-        async def resource_updated(self, upstream: str, uri: str) -> None:
-            return None
-
-        async def pin_event(self, *args: Any, **kwargs: Any) -> None:
-            return None
-
     settings = parse_settings(
         {"upstreams": {"tickets": {"command": "never"}, "time": {"command": "never"}}}, source="<b>"
     )
-    return Registry(settings, _Listener())  # type: ignore[arg-type]
+    return idle_registry(settings)
 
 
 def _ctx(server: str, tool: str, args: dict[str, Any]) -> CallContext:

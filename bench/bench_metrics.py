@@ -51,24 +51,12 @@ from mcp_guard.pipeline.observe import CallMetrics, Observe, TimedSink
 from mcp_guard.pipeline.secret_source import NO_SECRETS
 from mcp_guard.settings import parse_settings
 from mcp_guard.state import MemoryState
-from mcp_guard.testing import RecordingSink, allow_all
+from mcp_guard.testing import RecordingSink, allow_all, idle_registry
 from mcp_guard.types import AuditEvent, Decision, EventKind, Principal, ReasonCode, SessionInfo
-from mcp_guard.upstream.registry import Registry
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SETTINGS = parse_settings({"upstreams": {"rec": {"command": "never-started"}}}, source="<bench>")
 RESULT = Outcome(result={"content": [{"type": "text", "text": "ok"}], "isError": False}, decision=Decision(allow=True))
-
-
-class _Listener:
-    async def catalog_changed(self, upstream: str, kinds: frozenset[str]) -> None:
-        return None
-
-    async def upstream_event(self, upstream: str, kind: str, details: dict[str, Any]) -> None:
-        return None
-
-    async def resource_updated(self, upstream: str, uri: str) -> None:
-        return None
 
 
 class _NullSink:
@@ -124,7 +112,7 @@ def _pipeline(observe: bool) -> Any:
     stages = pipeline_stages(
         engine=allow_all(),
         sink=_NullSink(),
-        registry=Registry(SETTINGS, _Listener()),
+        registry=idle_registry(SETTINGS),
         secrets=NO_SECRETS,
         state=MemoryState(),
         metrics=metrics,

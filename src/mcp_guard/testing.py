@@ -8,14 +8,39 @@ are meant for unit tests of the pipeline and front, never for production wiring.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import anyio
 
 from mcp_guard.errors import AuditError
 from mcp_guard.pipeline.context import CallContext, Outcome
-from mcp_guard.types import AuditEvent, Decision, PolicyInput
+from mcp_guard.settings import Settings
+from mcp_guard.types import AuditEvent, Decision, EventKind, PolicyInput
+from mcp_guard.upstream.registry import Registry
 
-__all__ = ["FunctionEngine", "RecordingSink", "RecordingUpstream", "allow_all"]
+__all__ = ["FunctionEngine", "NullListener", "RecordingSink", "RecordingUpstream", "allow_all", "idle_registry"]
+
+
+class NullListener:
+    """A :class:`~mcp_guard.upstream.registry.RegistryListener` that hears nothing."""
+
+    async def catalog_changed(self, upstream: str, kinds: frozenset[str]) -> None:
+        return None
+
+    async def upstream_event(self, upstream: str, kind: EventKind, details: dict[str, Any]) -> None:
+        return None
+
+    async def pin_event(self, upstream: str, kind: EventKind, tool: str, details: dict[str, Any]) -> None:
+        return None
+
+    async def resource_updated(self, upstream: str, uri: str) -> None:
+        return None
+
+
+def idle_registry(settings: Settings) -> Registry:
+    """A registry for ``settings`` that is never started: what PinCheck and Forward consult in pipeline
+    tests and benches, with no upstream running."""
+    return Registry(settings, NullListener())
 
 
 class RecordingSink:

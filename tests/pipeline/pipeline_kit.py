@@ -15,27 +15,16 @@ from mcp_guard.pipeline.context import CallContext, CallNext
 from mcp_guard.pipeline.secret_source import NO_SECRETS, SecretSource
 from mcp_guard.settings import Settings, parse_settings
 from mcp_guard.state import MemoryState, StateStore
-from mcp_guard.testing import RecordingUpstream
+from mcp_guard.testing import RecordingUpstream, idle_registry
 from mcp_guard.types import Principal, SessionInfo
 from mcp_guard.upstream.registry import Registry
 
 SETTINGS = parse_settings({"upstreams": {"rec": {"command": "never-started"}}}, source="<test>")
 
 
-class _Listener:
-    async def catalog_changed(self, upstream: str, kinds: frozenset[str]) -> None:
-        return None
-
-    async def upstream_event(self, upstream: str, kind: str, details: dict[str, Any]) -> None:
-        return None
-
-    async def resource_updated(self, upstream: str, uri: str) -> None:
-        return None
-
-
 def registry(settings: Settings = SETTINGS) -> Registry:
     """A registry for ``settings`` that is never started: what PinCheck consults, with no upstream running."""
-    return Registry(settings, _Listener())
+    return idle_registry(settings)
 
 
 def pipeline(
