@@ -22,6 +22,7 @@ from mcp_guard.types import AuditEvent, Decision, EventKind, Principal, SessionI
 __all__ = [
     "PREVIEW_CHARS",
     "TRUNCATED_KEY",
+    "approval_event",
     "auth_reject",
     "bound_arguments",
     "call_cancelled",
@@ -303,3 +304,45 @@ def pin_event(kind: EventKind, server: str, tool: str, *, principal: str | None 
     ``principal`` is who approved (an operator), when one did.
     """
     return AuditEvent(kind=kind, server=server, tool=tool, principal=principal, details={"tool": tool, **details})
+
+
+def approval_event(
+    kind: EventKind,
+    approval: Mapping[str, Any],
+    *,
+    principal: str | None,
+    decision_id: str | None = None,
+    session_id: str | None = None,
+    **details: Any,
+) -> AuditEvent:
+    """A step of a human approval (requested, granted, denied, expired, executed).
+
+    ``approval`` is the approval's JSON form (``Approval.to_dict``); its server, tool and policy revision fill
+    their columns, its id, requester, status and expiry go in ``details``. ``principal`` is who acted: the
+    requester for requested/expired/executed, the approver for granted/denied.
+    """
+    body = {
+        "approval_id": approval["id"],
+        "requester": approval["principal"],
+        "status": approval["status"],
+        "expires_at": approval["expires_at"],
+        "action": approval["action"],
+        **details,
+    }
+    return AuditEvent(
+        kind=kind,
+        session_id=session_id,
+        decision_id=decision_id if decision_id is not None else approval.get("decision_id"),
+        principal=principal,
+        server=approval["server"],
+        tool=approval["tool"],
+        decision=(
+            "allow"
+            if kind in (EventKind.APPROVAL_GRANTED, EventKind.APPROVAL_EXECUTED)
+            else "deny"
+            if kind in (EventKind.APPROVAL_DENIED, EventKind.APPROVAL_EXPIRED)
+            else None
+        ),
+        policy_revision=approval.get("policy_revision"),
+        details=body,
+    )
