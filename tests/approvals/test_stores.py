@@ -129,7 +129,7 @@ async def test_deny_and_unknown(store: ApprovalStore) -> None:
 async def test_expiry_is_the_stores_clock(store: ApprovalStore) -> None:
     a, _ = await store.request(_req(ttl_s=0.2))
     with anyio.fail_after(10):
-        while (got := await store.get(a.id)) is not None and got.status is Status.PENDING:
+        while (got := await store.get(a.id)) is not None and got.status is Status.PENDING:  # noqa: ASYNC110 - the store (or another task) changes it
             await anyio.sleep(0.02)
     assert got is not None and got.status is Status.EXPIRED
     assert await store.decide(a.id, Verdict.GRANT, "bob", None) is None, "too late to approve"
@@ -145,7 +145,7 @@ async def test_a_granted_approval_expires_unused(store: ApprovalStore) -> None:
     a, _ = await store.request(_req(ttl_s=0.2))
     await store.decide(a.id, Verdict.GRANT, "bob", None)
     with anyio.fail_after(10):
-        while (got := await store.get(a.id)) is not None and got.status is Status.GRANTED:
+        while (got := await store.get(a.id)) is not None and got.status is Status.GRANTED:  # noqa: ASYNC110 - the store (or another task) changes it
             await anyio.sleep(0.02)
     assert got is not None and got.status is Status.EXPIRED
     assert await store.consume(a.id) is None
