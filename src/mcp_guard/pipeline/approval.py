@@ -199,12 +199,9 @@ class ApprovalObligation:
             current = await self._store.get(approval.id)
             if current is None or current.status is not Status.PENDING:
                 return await self._settled(ctx, approval, current)
-            params = {
-                "mode": "url",
-                "message": self._waiting_text(approval),
-                "url": self.url_of(approval.id),
-                "elicitationId": approval.id,
-            }
+            # no elicitationId: 2026-07-28 removed it (the inputRequests key names the question); the URL
+            # names the approval
+            params = {"mode": "url", "message": self._waiting_text(approval), "url": self.url_of(approval.id)}
             answer: dict[str, Any] | types.ErrorData | None = None
             with anyio.move_on_after(max(current.expires_at - time.time(), 0.0) + self.poll_s):
                 answer = await ctx.downstream.request(ClientMethod.ELICITATION, params)
