@@ -173,3 +173,20 @@ async def test_postgres_unreachable_raises_state_error() -> None:
     with pytest.raises(StateError) as e:
         await store.start()
     assert "password" not in str(e.value)
+
+
+async def test_two_postgres_handles_see_each_other(pg_dsn: str) -> None:
+    """Two replicas on one DSN: an approval granted through one releases the call parked on the other."""
+    replica_a, replica_b = PostgresApprovals(pg_dsn, timeout_s=5), PostgresApprovals(pg_dsn, timeout_s=5)
+    await replica_a.start()
+    await replica_b.start()
+    try:
+        a, _ = await replica_a.request(_req())
+        same, created = await replica_b.request(_req())
+        assert not created and same.id == a.id, "one approval per binding across replicas"
+        assert await replica_b.decide(a.id, Verdict.GRANT, "bob", None) is not None
+        got = await replica_a.get(a.id)
+        assert got is not None and got.status is Status.GRANTED
+    finally:
+        await replica_a.aclose()
+        await replica_b.aclose()
