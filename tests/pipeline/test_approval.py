@@ -355,3 +355,23 @@ async def test_the_handler_is_registered_before_labels_and_rate_limit() -> None:
     enforce = next(s for s in stages if isinstance(s, EnforceObligations))
     names = [h.name for h in enforce._handlers]
     assert names.index("approval") < names.index("labels") < names.index("rate_limit") == len(names) - 1
+
+
+async def test_operators_see_the_audit_copy_of_the_arguments_bounded() -> None:
+    rig = Rig()
+    ctx = replace(
+        call_ctx(tool="delete", arguments={"token": "s3cret-value", "blob": "x" * 500}),
+        audit_arguments={"token": "***", "blob": "x" * 500},
+    )
+    handler = ApprovalObligation(rig.store, rig.sink, poll_s=0.01, max_arguments_bytes=100)
+    chain = build_chain(
+        [Authorize(rig.engine, None), EnforceObligations(obligation_handlers(NO_SECRETS, rig.state, handler))],
+        rig.upstream,
+    )
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(chain, ctx)
+        [approval_id] = await rig.pending()
+        shown = await rig.store.get(approval_id)
+        tg.cancel_scope.cancel()
+    assert shown is not None and "s3cret" not in str(shown.to_dict())
+    assert set(shown.arguments) == {"mcp-guard/truncated"}

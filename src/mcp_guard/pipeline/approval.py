@@ -108,8 +108,10 @@ class ApprovalObligation:
         base_url: str = "http://127.0.0.1:8080",
         poll_s: float = 0.5,
         progress_s: float = 5.0,
+        max_arguments_bytes: int | None = None,
     ) -> None:
         self._store = store
+        self._max_arguments_bytes = max_arguments_bytes
         self._sink = sink
         self._base_url = base_url.rstrip("/")
         self.poll_s = poll_s
@@ -152,7 +154,8 @@ class ApprovalObligation:
                 arguments=ctx.arguments,
                 revision=decision.revision,
             ),
-            arguments=ctx.audit_arguments if ctx.audit_arguments is not None else {},
+            # what operators are shown: the audit copy (secrets masked), bounded like an audit row's
+            arguments=events.bound_arguments(ctx.audit_arguments or {}, self._max_arguments_bytes) or {},
             policy_revision=decision.revision,
             reason=spec.reason,
             approvers=spec.approvers,

@@ -105,6 +105,7 @@ def pipeline_stages(
         approvals if approvals is not None else MemoryApprovals(),
         audit,
         base_url=registry.settings.console.url_base(registry.settings.server),
+        max_arguments_bytes=bound,
     )
     return [
         Observe(metrics),
