@@ -27,7 +27,7 @@ import anyio
 import httpx2
 import mcp_types as types
 import pytest
-from e2e_support import API_KEY, REPO, _wait_for_url, guard_argv, recorder, write_config
+from e2e_support import API_KEY, REPO, _wait_for_url, guard_argv, http_guard, recorder, write_config
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
@@ -257,4 +257,35 @@ async def test_approvals_from_the_cli_and_the_api_for_clients_of_both_eras(tmp_p
     granted = next(p for k, p, d in rows if k == "approval.granted" and d["approval_id"] == first)
     assert granted == "bob"
     code, out, err = await _cli(cfg, "audit", "verify")
+    assert code == 0, out + err
+
+
+def _pg_replica(tmp: Path, dsn: str) -> Path:
+    """A replica's config (its own state file and recorder log) whose audit log and approvals are on ``dsn``."""
+    tmp.mkdir()
+    cfg = _config(tmp, _free_port())
+    text = cfg.read_text()
+    old = f"[audit]\npath = {json.dumps(str(tmp / 'audit.db'))}\n"
+    assert old in text
+    cfg.write_text(text.replace(old, f'[audit]\nbackend = "postgres"\ndsn = {json.dumps(dsn)}\n'))
+    return cfg
+
+
+async def test_on_postgres_an_approval_made_on_another_replica_releases_the_call(pg_dsn: str, tmp_path: Path) -> None:
+    replica_a, replica_b = _pg_replica(tmp_path / "a", pg_dsn), _pg_replica(tmp_path / "b", pg_dsn)
+    with (
+        http_guard(replica_a, tmp_path / "guard-a.log") as url_a,
+        http_guard(replica_b, tmp_path / "guard-b.log") as url_b,
+    ):
+        async with _calling(url_a, "legacy", "via-pg") as results:
+            approval_id = await _new_pending(replica_b, set())  # replica b's config sees replica a's approval
+            admin_b = url_b.removesuffix("/mcp") + f"/admin/api/approvals/{approval_id}/approve"
+            async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {BOB_KEY}"}, timeout=30) as http:
+                r = await http.post(admin_b, json={"comment": "approved on replica b"})
+            assert r.status_code == 200, r.text
+        [result] = results
+        assert not result.is_error and "via-pg" in _text(result), _text(result)
+    assert _echoes(tmp_path / "a" / "rec.log") == ["via-pg"]
+    assert not (tmp_path / "a" / "audit.db").exists() and not (tmp_path / "b" / "audit.db").exists()
+    code, out, err = await _cli(replica_a, "audit", "verify")
     assert code == 0, out + err
