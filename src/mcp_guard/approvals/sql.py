@@ -41,6 +41,7 @@ COLUMNS = (
     "executed_at",
 )
 _SELECT = ", ".join(COLUMNS)
+_INSERTED = (*COLUMNS[:11], "decision_id", "session_id")  # given by the request (the rest: the clock, later steps)
 _OPEN = "('pending', 'granted')"
 
 
@@ -77,11 +78,10 @@ class Statements:
 
     @property
     def insert(self) -> str:
-        cols = [c for c in COLUMNS if c not in ("created_at", "expires_at", "decided_by", "decided_at", "comment")]
-        cols = [c for c in cols if c != "executed_at"]
-        values = ", ".join([self.p] * len(cols))
+        """A pending approval: the :data:`_INSERTED` columns, then created_at = now, expires_at = now + ttl."""
+        values = ", ".join([self.p] * len(_INSERTED))
         return (
-            f"INSERT INTO approvals ({', '.join(cols)}, created_at, expires_at) "
+            f"INSERT INTO approvals ({', '.join(_INSERTED)}, created_at, expires_at) "
             f"VALUES ({values}, {self.now}, {self.now} + {self.p}) {self._ret()}"
         )
 
@@ -125,7 +125,7 @@ class Statements:
 
 
 def insert_params(approval_id: str, req: ApprovalRequest) -> tuple[Any, ...]:
-    """Parameters of :attr:`Statements.insert`, in its column order."""
+    """Parameters of :attr:`Statements.insert`: the :data:`_INSERTED` columns in order, then ``ttl_s``."""
     return (
         approval_id,
         str(Status.PENDING),
