@@ -16,12 +16,12 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
 import anyio
 
-from mcp_guard.approvals import OPEN, Approval, Status, Verdict, open_approvals
+from mcp_guard.approvals import OPEN, Approval, ApprovalStore, Status, Verdict, open_approvals
 from mcp_guard.approvals.decide import ApprovalNotFound, DecisionRefused, decide
 from mcp_guard.cli import add_config_arg, load_config
 from mcp_guard.errors import ConfigError
@@ -32,6 +32,7 @@ from mcp_guard.types import AuthInfo, Principal
 __all__ = ["OPERATOR_ENV", "register"]
 
 OPERATOR_ENV = "MCP_GUARD_OPERATOR"
+_T = TypeVar("_T")
 
 
 def register(sub: Any) -> None:
@@ -93,7 +94,8 @@ def _show(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _read(settings: Settings, fn: Any) -> Any:
+async def _read(settings: Settings, fn: Callable[[ApprovalStore], Awaitable[_T]]) -> _T:
+    """``fn`` on the configured approval store, opened for this command only."""
     async with open_approvals(settings) as store:
         return await fn(store)
 
