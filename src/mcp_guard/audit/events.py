@@ -14,7 +14,7 @@ import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import replace
-from typing import Any
+from typing import Any, Literal
 
 from mcp_guard.audit.chain import json_text
 from mcp_guard.types import AuditEvent, Decision, EventKind, Principal, SessionInfo
@@ -306,6 +306,15 @@ def pin_event(kind: EventKind, server: str, tool: str, *, principal: str | None 
     return AuditEvent(kind=kind, server=server, tool=tool, principal=principal, details={"tool": tool, **details})
 
 
+_APPROVAL_DECISION: dict[EventKind, Literal["allow", "deny"]] = {
+    EventKind.APPROVAL_GRANTED: "allow",
+    EventKind.APPROVAL_EXECUTED: "allow",
+    EventKind.APPROVAL_DENIED: "deny",
+    EventKind.APPROVAL_EXPIRED: "deny",
+}
+"""The ``decision`` column of an approval step that lets a call go on or stops it (requested: none yet)."""
+
+
 def approval_event(
     kind: EventKind,
     approval: Mapping[str, Any],
@@ -336,13 +345,7 @@ def approval_event(
         principal=principal,
         server=approval["server"],
         tool=approval["tool"],
-        decision=(
-            "allow"
-            if kind in (EventKind.APPROVAL_GRANTED, EventKind.APPROVAL_EXECUTED)
-            else "deny"
-            if kind in (EventKind.APPROVAL_DENIED, EventKind.APPROVAL_EXPIRED)
-            else None
-        ),
+        decision=_APPROVAL_DECISION.get(kind),
         policy_revision=approval.get("policy_revision"),
         details=body,
     )
