@@ -48,6 +48,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "mcp_guard.channel",
             "mcp_guard.state",
             "mcp_guard.upstream",
+            "mcp_guard.approvals",
         ),
     ),
     # The interceptor chain that governs one call, over the services.
@@ -66,6 +67,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "mcp_guard.demo",
             "mcp_guard.audit.commands",
             "mcp_guard.policy.commands",
+            "mcp_guard.approvals.commands",
             "mcp_guard.testing",
         ),
     ),

@@ -42,3 +42,15 @@ def test_changed_keys() -> None:
     )
     assert changed_keys(old, new) == ["policy.timeout_ms", "principals.ann.roles", "principals.bob", "server.port"]
     assert changed_keys(old, old) == []
+
+
+def test_console_section_roles_and_base_url() -> None:
+    s = parse_settings({"server": {"host": "::1", "port": 9000}}, source="<t>")
+    assert (s.console.operator_role, s.console.viewer_role) == ("operator", "viewer")
+    assert s.console.url_base(s.server) == "http://[::1]:9000"
+    s = parse_settings({"console": {"base_url": "https://guard.example/", "operator_role": "secops"}}, source="<t>")
+    assert s.console.url_base(s.server) == "https://guard.example" and s.console.operator_role == "secops"
+    with pytest.raises(ConfigError, match=r"console\.base_url"):
+        parse_settings({"console": {"base_url": "guard.example"}}, source="<t>")
+    with pytest.raises(ConfigError, match=r"console\.colour"):
+        parse_settings({"console": {"colour": "red"}}, source="<t>")

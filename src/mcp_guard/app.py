@@ -30,6 +30,7 @@ import structlog
 from anyio.abc import TaskGroup
 from mcp.server.connection import Connection
 
+from mcp_guard.approvals import ApprovalStore, MemoryApprovals, open_approvals
 from mcp_guard.audit import events
 from mcp_guard.errors import AuditError, ConfigError, StateError
 from mcp_guard.frontend.auth import Rejection, http_principal, key_digests, stdio_principal
@@ -53,6 +54,7 @@ from mcp_guard.upstream.registry import Registry
 
 if TYPE_CHECKING:
     from mcp_guard.audit import AuditWriter
+    from mcp_guard.frontend.admin import AdminApi
     from mcp_guard.frontend.http import HttpFront
     from mcp_guard.frontend.ops import OpsSources
     from mcp_guard.policy import BundleWatcher
@@ -73,6 +75,7 @@ class Guard:
         principal: str | None = None,
         pins: PinStore | None = None,
         state: StateStore | None = None,
+        approvals: ApprovalStore | None = None,
     ) -> None:
         self.settings = settings
         self.engine = engine
@@ -93,8 +96,16 @@ class Guard:
         self.state: StateStore = state if state is not None else MemoryState()
         # Calls counted by the pipeline's Observe stage; /metrics reads them (frontend/ops.py).
         self.metrics = CallMetrics()
+        # Human approvals parked calls wait on: the shared store from Guard.open; in memory for a Guard built directly.
+        self.approvals: ApprovalStore = approvals if approvals is not None else MemoryApprovals()
         self.chain = build_pipeline(
-            engine=engine, sink=sink, registry=self.registry, secrets=secrets, state=self.state, metrics=self.metrics
+            engine=engine,
+            sink=sink,
+            registry=self.registry,
+            secrets=secrets,
+            state=self.state,
+            metrics=self.metrics,
+            approvals=self.approvals,
         )
         # Upstream→client requests for 2026-07-28 clients (InputRequiredResult rounds).
         self.bridge = InputRequiredBridge()
@@ -155,8 +166,16 @@ class Guard:
             pins = _open_pins(settings)
             stack.callback(pins.close)
             state = await stack.enter_async_context(_open_state(settings))
+            approvals = await stack.enter_async_context(_open_approvals(settings))
             guard = cls(
-                settings, engine=engine, sink=store, secrets=secrets, principal=principal, pins=pins, state=state
+                settings,
+                engine=engine,
+                sink=store,
+                secrets=secrets,
+                principal=principal,
+                pins=pins,
+                state=state,
+                approvals=approvals,
             )
             guard.policy_watcher = watchers[0] if watchers else None
             async with guard.running():
@@ -255,7 +274,18 @@ class Guard:
             on_reject=self._auth_rejected,
             oauth=self.oauth,
             ops=self.ops_sources(),
+            admin=self.admin_api(),
         )
+
+    def admin_api(self) -> AdminApi:
+        """The ``/admin/api`` routes: approvals, authenticated like ``/mcp`` (``[console]`` roles)."""
+        from mcp_guard.frontend.admin import AdminApi, AdminAuth
+        from mcp_guard.frontend.auth import BearerAuth
+
+        # The same credential check as the MCP endpoint (keys, [auth] tokens); credentials always required.
+        authn = BearerAuth(_no_app, key_digests(self.settings), on_reject=self._auth_rejected, oauth=self.oauth)
+        auth = AdminAuth(authenticate=authn.authenticate, settings=self.settings, on_reject=self._auth_rejected)
+        return AdminApi(auth=auth, approvals=self.approvals, sink=self.sink)
 
     def ops_sources(self) -> OpsSources:
         """What ``/healthz``, ``/readyz`` and ``/metrics`` read: this Guard's parts, at request time."""
@@ -440,6 +470,23 @@ async def _open_state(settings: Settings) -> AsyncIterator[StateStore]:
                 f"cannot open the state store: {e}", file=settings.source, key="audit.state_path"
             ) from None
         yield state
+
+
+@contextlib.asynccontextmanager
+async def _open_approvals(settings: Settings) -> AsyncIterator[ApprovalStore]:
+    """The approval store (``[audit] state_path`` or ``dsn``); one that cannot be opened is a config error."""
+    async with contextlib.AsyncExitStack() as stack:
+        try:
+            approvals = await stack.enter_async_context(open_approvals(settings))
+        except StateError as e:
+            key = "audit.dsn" if settings.audit.backend == "postgres" else "audit.state_path"
+            raise ConfigError(f"cannot open the approval store: {e}", file=settings.source, key=key) from None
+        yield approvals
+
+
+async def _no_app(scope: Any, receive: Any, send: Any) -> None:
+    """The admin API uses BearerAuth only to authenticate; nothing is ever served through it."""
+    raise AssertionError("not served")
 
 
 def _open_pins(settings: Settings) -> PinStore:

@@ -27,6 +27,7 @@ __all__ = [
     "JWT_ALGORITHMS",
     "AuditSettings",
     "AuthSettings",
+    "ConsoleSettings",
     "PolicySettings",
     "PrincipalSettings",
     "RedactionSettings",
@@ -354,6 +355,32 @@ class UpstreamSettings(_Strict):
         return self
 
 
+class ConsoleSettings(_Strict):
+    """``[console]``: who may use the admin API (and, later, the console), and where approvals are shown.
+
+    A principal whose roles include ``operator_role`` acts (approves, denies); ``viewer_role`` only reads.
+    ``base_url`` is the public address of this mcp-guard's HTTP front, used in the link a 2026-07-28 client is
+    given to an approval (default: ``http://<[server] host>:<[server] port>``)."""
+
+    operator_role: Annotated[str, Field(min_length=1)] = "operator"
+    viewer_role: Annotated[str, Field(min_length=1)] = "viewer"
+    base_url: str | None = None
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, v: str | None) -> str | None:
+        if v is not None and not re.match(r"^https?://[^\s/]+", v):
+            raise ValueError("must be an http(s) URL, e.g. https://guard.example")
+        return v
+
+    def url_base(self, server: ServerSettings) -> str:
+        """Where the HTTP front is reached from outside (for links to approvals)."""
+        if self.base_url is not None:
+            return self.base_url.rstrip("/")
+        host = f"[{server.host}]" if ":" in server.host else server.host
+        return f"http://{host}:{server.port}"
+
+
 class Settings(_Strict):
     server: ServerSettings = ServerSettings()
     policy: PolicySettings = PolicySettings()
@@ -363,6 +390,7 @@ class Settings(_Strict):
     auth: AuthSettings | None = None
     secrets: dict[str, SecretSettings] = {}
     upstreams: dict[str, UpstreamSettings] = {}
+    console: ConsoleSettings = ConsoleSettings()
     # Where the config came from (set by load_settings; not a TOML key).
     source: str | None = Field(default=None, exclude=True)
     base_dir: str | None = Field(default=None, exclude=True)

@@ -62,6 +62,10 @@ class ReasonCode(StrEnum):
     RATE_LIMITED = "rate_limited"  # a limit of obligations.rate_limit has no room ("retry after N s")
     STATE_UNAVAILABLE = "state_unavailable"  # the state store (rate-limit counters, flows) cannot answer
     FLOW_LIMIT = "flow_limit"  # the call's flow cannot take it: too many live flows or labels (state.FlowBounds)
+    APPROVAL_PENDING = "approval_pending"  # the call waits for a human approval that has not been given (yet)
+    APPROVAL_DENIED = "approval_denied"  # an approver denied the call's approval
+    APPROVAL_EXPIRED = "approval_expired"  # the call's approval was not decided before its expiry
+    APPROVAL_USED = "approval_used"  # the approval was consumed by another identical call first
 
 
 class AuthFailure(StrEnum):
@@ -111,6 +115,11 @@ class EventKind(StrEnum):
     TOOL_PINNED = "tool.pinned"
     TOOL_PIN_CHANGED = "tool.pin_changed"
     TOOL_PIN_APPROVED = "tool.pin_approved"
+    APPROVAL_REQUESTED = "approval.requested"  # a call parked for a human approval
+    APPROVAL_GRANTED = "approval.granted"
+    APPROVAL_DENIED = "approval.denied"
+    APPROVAL_EXPIRED = "approval.expired"
+    APPROVAL_EXECUTED = "approval.executed"  # the approved call was let through (the approval consumed)
 
 
 def new_id() -> str:

@@ -14,7 +14,7 @@ import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import replace
-from typing import Any
+from typing import Any, Literal
 
 from mcp_guard.audit.chain import json_text
 from mcp_guard.types import AuditEvent, Decision, EventKind, Principal, SessionInfo
@@ -22,6 +22,7 @@ from mcp_guard.types import AuditEvent, Decision, EventKind, Principal, SessionI
 __all__ = [
     "PREVIEW_CHARS",
     "TRUNCATED_KEY",
+    "approval_event",
     "auth_reject",
     "bound_arguments",
     "call_cancelled",
@@ -303,3 +304,48 @@ def pin_event(kind: EventKind, server: str, tool: str, *, principal: str | None 
     ``principal`` is who approved (an operator), when one did.
     """
     return AuditEvent(kind=kind, server=server, tool=tool, principal=principal, details={"tool": tool, **details})
+
+
+_APPROVAL_DECISION: dict[EventKind, Literal["allow", "deny"]] = {
+    EventKind.APPROVAL_GRANTED: "allow",
+    EventKind.APPROVAL_EXECUTED: "allow",
+    EventKind.APPROVAL_DENIED: "deny",
+    EventKind.APPROVAL_EXPIRED: "deny",
+}
+"""The ``decision`` column of an approval step that lets a call go on or stops it (requested: none yet)."""
+
+
+def approval_event(
+    kind: EventKind,
+    approval: Mapping[str, Any],
+    *,
+    principal: str | None,
+    decision_id: str | None = None,
+    session_id: str | None = None,
+    **details: Any,
+) -> AuditEvent:
+    """A step of a human approval (requested, granted, denied, expired, executed).
+
+    ``approval`` is the approval's JSON form (``Approval.to_dict``); its server, tool and policy revision fill
+    their columns, its id, requester, status and expiry go in ``details``. ``principal`` is who acted: the
+    requester for requested/expired/executed, the approver for granted/denied.
+    """
+    body = {
+        "approval_id": approval["id"],
+        "requester": approval["principal"],
+        "status": approval["status"],
+        "expires_at": approval["expires_at"],
+        "action": approval["action"],
+        **details,
+    }
+    return AuditEvent(
+        kind=kind,
+        session_id=session_id,
+        decision_id=decision_id if decision_id is not None else approval.get("decision_id"),
+        principal=principal,
+        server=approval["server"],
+        tool=approval["tool"],
+        decision=_APPROVAL_DECISION.get(kind),
+        policy_revision=approval.get("policy_revision"),
+        details=body,
+    )

@@ -26,6 +26,7 @@ from mcp.server.lowlevel import Server
 from mcp.server.transport_security import TransportSecuritySettings
 
 from mcp_guard.errors import ConfigError
+from mcp_guard.frontend.admin import AdminApi
 from mcp_guard.frontend.auth import BearerAuth, OnReject
 from mcp_guard.frontend.oauth import ResourceServer
 from mcp_guard.frontend.ops import OpsSources, with_ops_routes
@@ -53,6 +54,7 @@ class HttpFront:
     on_reject: OnReject
     oauth: ResourceServer | None = None
     ops: OpsSources | None = None  # what /healthz, /readyz and /metrics read (none: not served)
+    admin: AdminApi | None = None  # the /admin/api routes (none: not served)
 
 
 def _security(s: ServerSettings) -> TransportSecuritySettings:
@@ -68,10 +70,16 @@ def build_http_app(front: HttpFront) -> Any:
         max_request_body_size=s.max_request_bytes,
         session_idle_timeout=s.session_idle_timeout_s,
         host=s.host,
-        custom_starlette_routes=front.oauth.routes() if front.oauth else None,
+        custom_starlette_routes=_routes(front),
     )
     authed = BearerAuth(app, front.digests, on_reject=front.on_reject, required=s.require_auth, oauth=front.oauth)
     return with_ops_routes(authed, front.ops, _security(s).allowed_hosts)
+
+
+def _routes(front: HttpFront) -> list[Any] | None:
+    """Routes served beside ``/mcp``: the OAuth metadata (public) and the admin API (authenticates itself)."""
+    routes = [*(front.oauth.routes() if front.oauth else []), *(front.admin.routes() if front.admin else [])]
+    return routes or None
 
 
 def bind_socket(

@@ -35,6 +35,9 @@ documents what comes back out.
 
 from __future__ import annotations
 
+from mcp_guard.approvals.base import ApprovalStore
+from mcp_guard.approvals.memory import MemoryApprovals
+from mcp_guard.pipeline.approval import ApprovalObligation
 from mcp_guard.pipeline.audit import EventSink, RecordDecision, RecordOutcome
 from mcp_guard.pipeline.authorize import Authorize, Evaluator, UsageSource
 from mcp_guard.pipeline.chain import build_chain
@@ -55,14 +58,25 @@ from mcp_guard.upstream.registry import Registry
 __all__ = ["build_pipeline", "obligation_handlers", "pipeline_stages", "usage_source"]
 
 
-def obligation_handlers(secrets: SecretSource, state: StateStore) -> list[ObligationHandler]:
+def obligation_handlers(
+    secrets: SecretSource, state: StateStore, approval: ObligationHandler | None = None
+) -> list[ObligationHandler]:
     """Every obligation mcp-guard enforces, in the order they run; a key not handled here is a deny.
 
     ``labels`` records the allowed call in its flow (taken back if the call is not forwarded after all).
     ``rate_limit`` stays last: it counts the call, so every other obligation must have let it through
     first (a call refused by a later handler would be counted and then taken back). ``step_up`` belongs on a
-    deny (the front turns it into a scope challenge); on an allow its handler refuses the call."""
-    return [SecretsObligation(secrets), StepUpObligation(), LabelsObligation(state), RateLimitObligation(state)]
+    deny (the front turns it into a scope challenge); on an allow its handler refuses the call. ``approval``
+    (:func:`pipeline_stages` always gives one) parks the call until a person decides: before ``labels`` and
+    ``rate_limit``, so a call waiting for approval neither labels its flow nor counts against a limit."""
+    approvals = [approval] if approval is not None else []
+    return [
+        SecretsObligation(secrets),
+        StepUpObligation(),
+        *approvals,
+        LabelsObligation(state),
+        RateLimitObligation(state),
+    ]
 
 
 def usage_source(engine: Evaluator, state: StateStore) -> UsageSource | None:
@@ -79,12 +93,20 @@ def pipeline_stages(
     secrets: SecretSource,
     state: StateStore,
     metrics: CallMetrics | None = None,
+    approvals: ApprovalStore | None = None,
 ) -> list[Interceptor]:
     """The stages, outermost first (the order in the module docstring). ``metrics`` is where the calls are
-    counted (the Guard's, read by ``/metrics``); without one they are counted in a private instance."""
+    counted (the Guard's, read by ``/metrics``); without one they are counted in a private instance.
+    ``approvals`` is where parked calls wait (the Guard's shared store); without one, in memory."""
     metrics = metrics if metrics is not None else CallMetrics()
     audit = metrics.timed(sink)
     bound = registry.settings.audit.max_arguments_bytes
+    approval = ApprovalObligation(
+        approvals if approvals is not None else MemoryApprovals(),
+        audit,
+        base_url=registry.settings.console.url_base(registry.settings.server),
+        max_arguments_bytes=bound,
+    )
     return [
         Observe(metrics),
         InspectArguments(secrets),
@@ -92,7 +114,7 @@ def pipeline_stages(
         TrackFlow(state, FlowUse(engine)),
         PinCheck(registry),
         Authorize(engine, usage_source(engine, state)),
-        EnforceObligations(obligation_handlers(secrets, state)),
+        EnforceObligations(obligation_handlers(secrets, state, approval)),
         RecordDecision(audit, max_arguments_bytes=bound),
         Redact(secrets),
     ]
@@ -106,7 +128,16 @@ def build_pipeline(
     secrets: SecretSource,
     state: StateStore,
     metrics: CallMetrics | None = None,
+    approvals: ApprovalStore | None = None,
 ) -> CallNext:
     """The whole pipeline: :func:`pipeline_stages` ending in :class:`~mcp_guard.pipeline.forward.Forward`."""
-    stages = pipeline_stages(engine=engine, sink=sink, registry=registry, secrets=secrets, state=state, metrics=metrics)
+    stages = pipeline_stages(
+        engine=engine,
+        sink=sink,
+        registry=registry,
+        secrets=secrets,
+        state=state,
+        metrics=metrics,
+        approvals=approvals,
+    )
     return build_chain(stages, Forward(registry))

@@ -1,0 +1,138 @@
+"""Approvals in PostgreSQL (``[audit] backend = "postgres"``): table ``approvals`` in the DSN's default schema.
+
+Every replica on one DSN sees the same approvals, so an approval granted on one (or by the CLI) releases a call
+parked on another: the waiting call polls the row. Each transition is one statement of
+:mod:`mcp_guard.approvals.sql` (autocommit, ``UPDATE … WHERE <state> RETURNING``), so concurrent approvers and
+replicas serialise on the row; "now" is the server's ``now()``, one clock for every replica.
+
+One connection per store, used under a lock and re-opened after a failure; every operation is bounded by
+``timeout_s`` (client side, and the server's ``statement_timeout``/``lock_timeout`` match it) and raises
+:class:`~mcp_guard.errors.StateError` when it cannot answer. The DSN's password never appears in a message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+import anyio
+import psycopg
+
+from mcp_guard.approvals.base import Approval, ApprovalRequest, Status, Verdict
+from mcp_guard.approvals.sql import Statements, ddl, from_row, insert_params
+from mcp_guard.audit.postgres import connect_args, redact_dsn
+from mcp_guard.errors import StateError
+from mcp_guard.types import new_id
+
+__all__ = ["PostgresApprovals"]
+
+_T = TypeVar("_T")
+_SQL = Statements(p="%s", now="(EXTRACT(EPOCH FROM now())::float8)")
+_LOCK_KEY = 0x6D63_7061  # advisory lock serialising the table's creation between replicas starting together
+
+
+class PostgresApprovals:
+    """The approval store in PostgreSQL."""
+
+    def __init__(self, dsn: str, *, timeout_s: float = 1.0) -> None:
+        self._dsn = dsn
+        self.timeout_s = timeout_s
+        self._conn: psycopg.AsyncConnection[Any] | None = None
+        self._lock = anyio.Lock()
+
+    @property
+    def location(self) -> str:
+        return redact_dsn(self._dsn)
+
+    async def start(self) -> None:
+        """Connect and create the table (idempotent)."""
+
+        async def create(conn: psycopg.AsyncConnection[Any]) -> None:
+            async with conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
+                for statement in ddl("double precision"):
+                    await conn.execute(statement.encode())
+
+        await self._run(create)
+
+    async def aclose(self) -> None:
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            with anyio.move_on_after(self.timeout_s, shield=True):
+                await conn.close()
+
+    # ------------------------------------------------------------------ the protocol
+    async def request(self, req: ApprovalRequest) -> tuple[Approval, bool]:
+        async def run(conn: psycopg.AsyncConnection[Any]) -> tuple[Approval, bool]:
+            async with conn.transaction():
+                # one request per binding at a time: two identical calls on two replicas share one approval
+                await conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (req.binding,))
+                row = await (await conn.execute(_SQL.find_open.encode(), (req.binding, req.principal))).fetchone()
+                if row is not None:
+                    return from_row(row), False
+                inserted = await (await conn.execute(_SQL.insert.encode(), insert_params(new_id(), req))).fetchone()
+                assert inserted is not None
+                return from_row(inserted), True
+
+        return await self._run(run)
+
+    async def get(self, approval_id: str) -> Approval | None:
+        return await self._one(_SQL.get, (approval_id,))
+
+    async def list(self, statuses: Sequence[Status] | None = None, limit: int = 200) -> list[Approval]:
+        params: tuple[Any, ...] = (*(str(s) for s in statuses or ()), limit)
+
+        async def run(conn: psycopg.AsyncConnection[Any]) -> list[Approval]:
+            return [from_row(r) for r in await (await conn.execute(_SQL.list(statuses).encode(), params)).fetchall()]
+
+        return await self._run(run)
+
+    async def decide(self, approval_id: str, verdict: Verdict, by: str, comment: str | None) -> Approval | None:
+        return await self._one(_SQL.decide, (str(verdict), by, comment, approval_id))
+
+    async def consume(self, approval_id: str) -> Approval | None:
+        return await self._one(_SQL.consume, (approval_id,))
+
+    async def restore(self, approval_id: str) -> None:
+        async def run(conn: psycopg.AsyncConnection[Any]) -> None:
+            await conn.execute(_SQL.restore.encode(), (approval_id,))
+
+        await self._run(run)
+
+    async def expire(self, approval_id: str) -> Approval | None:
+        return await self._one(_SQL.expire, (approval_id,))
+
+    # ------------------------------------------------------------------ plumbing
+    async def _one(self, statement: str, params: tuple[Any, ...]) -> Approval | None:
+        async def run(conn: psycopg.AsyncConnection[Any]) -> Approval | None:
+            row = await (await conn.execute(statement.encode(), params)).fetchone()
+            return None if row is None else from_row(row)
+
+        return await self._run(run)
+
+    async def _run(self, fn: Callable[[psycopg.AsyncConnection[Any]], Awaitable[_T]]) -> _T:
+        """``fn(connection)`` under the lock, bounded by ``timeout_s``; the connection is dropped after a failure."""
+        try:
+            with anyio.fail_after(self.timeout_s):
+                async with self._lock:
+                    if self._conn is None or self._conn.closed:
+                        self._conn = await psycopg.AsyncConnection.connect(**connect_args(self._dsn, self.timeout_s))
+                    try:
+                        return await fn(self._conn)
+                    except BaseException:
+                        await self._drop()
+                        raise
+        except TimeoutError:
+            ms = f"{self.timeout_s * 1000:.0f} ms"
+            raise StateError(
+                f"approval store {self.location}: timed out after {ms}", cause=f"timed out after {ms}"
+            ) from None
+        except psycopg.Error as e:
+            cause = type(e).__name__
+            raise StateError(f"approval store {self.location}: {cause}: {e}", cause=cause) from None
+
+    async def _drop(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with anyio.move_on_after(1, shield=True):
+                await conn.close()
