@@ -39,6 +39,7 @@ Action = Literal[
     "prompts/list",
     "completion/complete",
     "resources/subscribe",
+    "tools/result",  # a tools/call result, asked about by the result policy (mcp_guard.pipeline.result_policy)
 ]
 
 
@@ -62,6 +63,7 @@ class ReasonCode(StrEnum):
     RATE_LIMITED = "rate_limited"  # a limit of obligations.rate_limit has no room ("retry after N s")
     STATE_UNAVAILABLE = "state_unavailable"  # the state store (rate-limit counters, flows) cannot answer
     FLOW_LIMIT = "flow_limit"  # the call's flow cannot take it: too many live flows or labels (state.FlowBounds)
+    RESULT_WITHHELD = "result_withheld"  # the result policy denied a tools/call result (the call ran)
 
 
 class AuthFailure(StrEnum):
@@ -232,6 +234,9 @@ class PolicyInput:
     # The call's information flow ({id, labels, labeled_by, history}); None when the bundle does not use
     # flows, and for listings (mcp_guard.pipeline.flow).
     flow: Mapping[str, Any] | None = None
+    # For action "tools/result": {is_error, content, structured_content, truncated} of the upstream's (scrubbed,
+    # bounded) result (mcp_guard.pipeline.result_policy); None for every other action.
+    result: Mapping[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         doc: dict[str, Any] = {
@@ -251,6 +256,8 @@ class PolicyInput:
             doc["context"]["flow"] = dict(self.flow)
         if self.tool_info is not None:
             doc["tool_info"] = self.tool_info.to_policy()
+        if self.result is not None:
+            doc["result"] = dict(self.result)
         return doc
 
 
