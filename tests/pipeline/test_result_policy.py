@@ -141,11 +141,11 @@ def test_the_result_document_is_bounded_and_says_when_it_was_cut() -> None:
 
 # ---------------------------------------------------------------------- allow: redaction
 async def test_redact_replaces_pointers_their_mirrors_and_pattern_matches() -> None:
-    e = engine(
-        allow(redact={"pointers": ["/structuredContent/card", "/structuredContent/holder/1"], "patterns": ["[0-9]{13,19}"]})
-    )
+    pointers = ["/structuredContent/card", "/structuredContent/holder/1"]
+    e = engine(allow(redact={"pointers": pointers, "patterns": ["[0-9]{13,19}"]}))
     structured = {"card": "5500-0000-0000-0004", "holder": ["Ann", "Ann Example"], "note": f"backup {CARD}"}
-    upstream = text_result(f'{{"card": "5500-0000-0000-0004", "holder": "Ann Example"}} and {CARD}', structured=structured)
+    mirrored = '{"card": "5500-0000-0000-0004", "holder": "Ann Example"}'
+    upstream = text_result(f"{mirrored} and {CARD}", structured=structured)
     out, sink = await run(e, upstream)
     assert out.result is not None and not out.denied
     text = out.result["content"][0]["text"]

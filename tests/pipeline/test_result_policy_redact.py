@@ -41,7 +41,14 @@ def test_patterns_that_can_backtrack_catastrophically_are_refused(pattern: str) 
 
 @pytest.mark.parametrize(
     "pattern",
-    [r"[0-9]{13,19}", r"\b(?:[0-9][ -]?){12,18}[0-9]\b", r"[\w.+-]+@[\w-]+\.[\w.]+", r"(ab|cd)+", r"[(+]+x", r"\(a+\)+"],
+    [
+        r"[0-9]{13,19}",
+        r"\b(?:[0-9][ -]?){12,18}[0-9]\b",
+        r"[\w.+-]+@[\w-]+\.[\w.]+",
+        r"(ab|cd)+",
+        r"[(+]+x",
+        r"\(a+\)+",
+    ],
 )
 def test_ordinary_patterns_are_accepted(pattern: str) -> None:
     assert risky_pattern(pattern) is None
@@ -93,7 +100,8 @@ def test_patterns_reach_text_embedded_resources_and_structured_strings_but_not_k
 
 
 def test_short_pointer_values_are_not_mirrored_into_the_text() -> None:
-    result = {"content": [{"type": "text", "text": '{"pin": 42, "code": "A-77"}'}], "structuredContent": {"pin": 42, "code": "A-77"}}
+    text = '{"pin": 42, "code": "A-77"}'
+    result = {"content": [{"type": "text", "text": text}], "structuredContent": {"pin": 42, "code": "A-77"}}
     done = redact_result(result, spec(pointers=["/structuredContent/pin", "/structuredContent/code"]))
     assert done.result["structuredContent"] == {"pin": MARKER, "code": MARKER}
     assert done.result["content"][0]["text"] == f'{{"pin": 42, "code": "{MARKER}"}}'
