@@ -138,7 +138,7 @@ def _unavailable(ctx: CallContext, stage: str, error: AuditError, decision: Deci
 
 
 class RecordDecision:
-    """Inside ``call_next``: ``Redact`` → ``Forward`` — reached only once the allow row is committed.
+    """Inside ``call_next``: ``ResultPolicy`` → ``Redact`` → ``Forward`` — reached only once the allow row is committed.
 
     A cancellation from the moment the allow row is on its way to the store is recorded as
     ``call.cancelled`` (the allow row may commit although its writer was cancelled) and re-raised.
@@ -178,8 +178,8 @@ class RecordDecision:
 
 
 class RecordOutcome:
-    """Inside ``call_next``: pin-check, authorize, obligations, ``RecordDecision``, redact and the upstream;
-    what they return is recorded (:func:`outcome_row`) before it is returned."""
+    """Inside ``call_next``: pin-check, authorize, obligations, ``RecordDecision``, the result policy, redact and
+    the upstream; what they return is recorded (:func:`outcome_row`) before it is returned."""
 
     def __init__(self, sink: EventSink, *, max_arguments_bytes: int = _MAX_ARGUMENTS_BYTES) -> None:
         self._sink = sink

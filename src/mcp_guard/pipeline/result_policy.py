@@ -107,7 +107,8 @@ class ResultUse:
     presence only costs a read."""
 
     def __init__(self, engine: object, *, forced: bool = False) -> None:
-        self._engine = engine
+        # Checked once: isinstance against a runtime-checkable protocol costs microseconds, too much per call.
+        self._holder = engine if isinstance(engine, _HasBundle) else None
         self._forced = forced
         self._seen: object = None
         self._uses = False
@@ -115,9 +116,9 @@ class ResultUse:
     def __call__(self) -> bool:
         if self._forced:
             return True
-        if not isinstance(self._engine, _HasBundle):
+        if self._holder is None:
             return False
-        bundle = self._engine.bundle
+        bundle = self._holder.bundle
         if bundle is None:
             return False
         if bundle is not self._seen:
@@ -284,7 +285,7 @@ class ResultPolicy:
         if not plan.redact:
             return replace(outcome, verdict=ResultVerdict(decision))
         redaction = redact_result(result, plan.redact)
-        log.info("result.redacted", call_id=ctx.call_id, result_decision_id=decision.decision_id, **redaction.counts())
+        log.debug("result.redacted", call_id=ctx.call_id, result_decision_id=decision.decision_id, **redaction.counts())
         return replace(outcome, result=redaction.result, verdict=ResultVerdict(decision, redacted=redaction.counts()))
 
     async def _label(self, ctx: CallContext, decision: Decision, labels: tuple[str, ...]) -> Refusal | None:
