@@ -359,3 +359,31 @@ def test_bundle_detection_looks_for_the_action_name() -> None:
     assert not bundle_uses_results({"a.rego": 'x if input.action == "tools/call"', "data.json": "{}"})
     assert ResultUse(object(), forced=True)()
     assert not ResultUse(object())()
+
+
+async def test_a_withheld_result_keeps_the_calls_own_labels_and_joins_the_history_as_a_deny() -> None:
+    def decide(i: PolicyInput) -> Decision:
+        if i.action == "tools/result":
+            return Decision(allow=False, reasons=("not this",), revision="r1")
+        return Decision(allow=True, obligations={"labels": ["untrusted"]}, revision="r1")
+
+    state = MemoryState()
+    out, _sink = await run(FunctionEngine(decide), text_result("x"), state=state)
+    assert out.denial is not None and out.decision is not None
+    flow = await state.flow(flow_ref(call_ctx()).id)
+    assert set(flow.labels) == {"untrusted"}, "the call reached the upstream: its labels are not taken back"
+    assert [(c.decision, c.decision_id) for c in flow.history] == [
+        ("allow", out.decision.decision_id),
+        ("deny", out.decision.decision_id),
+    ]
+
+
+async def test_the_configured_bound_is_what_the_policy_sees() -> None:
+    policy = {"result_policy": True, "result_max_bytes": 1024}
+    small = parse_settings({"upstreams": {"rec": {"command": "never-started"}}, "policy": policy}, source="t")
+    e = engine(allow())
+    out, _ = await run(e, text_result("y" * 5000), settings=small)
+    (asked,) = result_inputs(e)
+    assert asked.result is not None and asked.result["truncated"] is True
+    assert len(asked.result["content"][0]["text"]) == 1024
+    assert out.result is not None and out.result["content"][0]["text"] == "y" * 5000, "the client gets it all"

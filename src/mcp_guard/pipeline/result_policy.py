@@ -270,6 +270,10 @@ class ResultPolicy:
             return outcome
         if not self._uses():
             return outcome
+        return await self._judge(ctx, outcome, result)
+
+    async def _judge(self, ctx: CallContext, outcome: Outcome, result: dict[str, Any]) -> Outcome:
+        """Ask the policy about ``result`` and pass it on (obligations applied) or withhold it."""
         governing = ctx.decision
         assert governing is not None and governing.allow, "ResultPolicy runs after an allow"
         decision = await self._engine.evaluate(result_input(ctx, result, self._max_bytes))
