@@ -8,6 +8,7 @@ the default bundle plus the shipped example result rule (policies/examples/resul
 * a result carrying a private key (the recorder's ``env`` tool showing a key it was started with; a key in the
   arguments would be refused before the call ran) is withheld: the client gets a deny naming the call's
   decision, the audit has the call's allow row and a ``call.result`` row that says withheld;
+* a stateless 2026-07-28 client's result is redacted the same way;
 * ``audit verify`` passes over the whole story.
 """
 
@@ -154,10 +155,16 @@ async def test_results_are_redacted_labelled_and_withheld(tmp_path: Path) -> Non
         async with _client(url) as fresh:  # a new session is a new flow: nothing private in it
             _decision_id(await fresh.call_tool("social__echo", {"text": "hello from a clean flow"}))
 
+        async with _client(url, "2026-07-28") as stateless:  # the other protocol era: the same result rule
+            receipt = await stateless.call_tool("notes__echo", {"text": f"receipt: {CARD.replace(' ', '-')}"})
+            _decision_id(receipt)
+            assert _text(receipt) == "receipt: [redacted]"
+
     # the upstream saw everything (the policy judged what came back, not what went out)
     assert _echoes(tmp_path / "notes.log") == [
         f"paid with card {CARD}, thanks",
         "CONFIDENTIAL: merger plan",
+        f"receipt: {CARD.replace(' ', '-')}",
     ]
     assert _echoes(tmp_path / "social.log") == ["hello from a clean flow"]
 
