@@ -5,7 +5,8 @@
 
 * **pointers** — RFC 6901 JSON pointers into the result, each starting with ``/structuredContent/``. The
   value a pointer names is replaced by :data:`MARKER` (not removed: a required field of the tool's
-  ``outputSchema`` stays present). A pointer that names nothing in this result changes nothing. A server
+  ``outputSchema`` stays present; its type may not — a client validating structured content may reject the
+  result, which is the safe failure). A pointer that names nothing in this result changes nothing. A server
   usually repeats its structured content as JSON in a text block, so every string or number a pointer
   replaced (its text at least :data:`MIN_MIRROR_CHARS` long) is also replaced wherever it appears verbatim
   in the result's text — otherwise the pointer would hide the value in one place and show it in another.
