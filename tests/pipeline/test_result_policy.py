@@ -8,6 +8,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import anyio
 import mcp_types as types
 import pytest
 from pipeline_kit import call_ctx, pipeline
@@ -387,3 +388,25 @@ async def test_the_configured_bound_is_what_the_policy_sees() -> None:
     assert asked.result is not None and asked.result["truncated"] is True
     assert len(asked.result["content"][0]["text"]) == 1024
     assert out.result is not None and out.result["content"][0]["text"] == "y" * 5000, "the client gets it all"
+
+
+async def test_a_call_cancelled_while_its_result_is_judged_is_recorded_as_cancelled() -> None:
+    """ResultPolicy runs inside RecordDecision: a cancellation while the policy judges the result gets the
+    ``call.cancelled`` row every allowed call is owed."""
+    reached = anyio.Event()
+
+    class Slow:
+        async def evaluate(self, input: PolicyInput) -> Decision:
+            if input.action == "tools/result":
+                reached.set()
+                await anyio.sleep_forever()
+            return Decision(allow=True, revision="r1")
+
+    sink = RecordingSink()
+    call, _ = pipeline(Slow(), sink, settings=ON, upstream=RecordingUpstream(text_result("x")))
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(call, call_ctx())
+            await reached.wait()
+            tg.cancel_scope.cancel()
+    assert sink.kinds() == [EventKind.CALL_DECISION, EventKind.CALL_CANCELLED]
