@@ -87,6 +87,11 @@ class PolicySettings(_Strict):
     hot_reload: bool = True  # re-load the bundle when its files change
     run_tests_on_start: bool = True  # a bundle whose test_* rules fail does not start (exit 2)
     run_tests_on_reload: bool = True  # a bundle whose test_* rules fail is rejected
+    # The result policy (mcp_guard.pipeline.result_policy) asks about every tools/call result when the bundle
+    # mentions "tools/result"; true asks even when it does not (OPA serving policies mcp-guard does not hold).
+    result_policy: bool = False
+    # The most of a result's text (and, separately, of its structuredContent as JSON) the result policy sees.
+    result_max_bytes: Annotated[int, Field(ge=1024, le=16 * 1024 * 1024)] = 64 * 1024
 
 
 class AuditSettings(_Strict):

@@ -39,6 +39,7 @@ Action = Literal[
     "prompts/list",
     "completion/complete",
     "resources/subscribe",
+    "tools/result",  # a tools/call result, asked about by the result policy (mcp_guard.pipeline.result_policy)
 ]
 
 
@@ -66,6 +67,7 @@ class ReasonCode(StrEnum):
     APPROVAL_DENIED = "approval_denied"  # an approver denied the call's approval
     APPROVAL_EXPIRED = "approval_expired"  # the call's approval was not decided before its expiry
     APPROVAL_USED = "approval_used"  # the approval was consumed by another identical call first
+    RESULT_WITHHELD = "result_withheld"  # the result policy denied a tools/call result (the call ran)
 
 
 class AuthFailure(StrEnum):
@@ -241,6 +243,9 @@ class PolicyInput:
     # The call's information flow ({id, labels, labeled_by, history}); None when the bundle does not use
     # flows, and for listings (mcp_guard.pipeline.flow).
     flow: Mapping[str, Any] | None = None
+    # For action "tools/result": {is_error, content, structured_content, truncated} of the upstream's (scrubbed,
+    # bounded) result (mcp_guard.pipeline.result_policy); None for every other action.
+    result: Mapping[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         doc: dict[str, Any] = {
@@ -260,6 +265,8 @@ class PolicyInput:
             doc["context"]["flow"] = dict(self.flow)
         if self.tool_info is not None:
             doc["tool_info"] = self.tool_info.to_policy()
+        if self.result is not None:
+            doc["result"] = dict(self.result)
         return doc
 
 

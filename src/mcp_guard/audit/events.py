@@ -29,11 +29,13 @@ __all__ = [
     "call_decision",
     "call_error",
     "call_result",
+    "call_withheld",
     "config_event",
     "listing",
     "pin_event",
     "policy_load",
     "policy_reload_failed",
+    "result_decision_doc",
     "session_end",
     "session_start",
     "summarize_result",
@@ -158,9 +160,18 @@ def call_result(
     tool: str | None,
     call_id: str | None = None,
     duration_ms: float | None = None,
+    result_decision: Decision | None = None,
+    redacted: Mapping[str, int] | None = None,
 ) -> AuditEvent:
-    """How an allowed call ended with a result: its summary (never its content) and the governing decision."""
-    return _outcome_row(
+    """How an allowed call ended with a result: its summary (never its content) and the governing decision.
+
+    When the result policy was asked: ``details.result_decision`` (:func:`result_decision_doc`) and, if
+    ``obligations.redact`` replaced anything, ``result.redacted`` (counts by kind; the summary is of the
+    result the client got)."""
+    summary = summarize_result(result)
+    if redacted:
+        summary["redacted"] = dict(redacted)
+    row = _outcome_row(
         EventKind.CALL_RESULT,
         decision,
         session_id=session_id,
@@ -170,8 +181,62 @@ def call_result(
         tool=tool,
         call_id=call_id,
         duration_ms=duration_ms,
-        result=summarize_result(result),
+        result=summary,
     )
+    if result_decision is None:
+        return row
+    return replace(row, details={**(row.details or {}), "result_decision": result_decision_doc(result_decision)})
+
+
+def call_withheld(
+    decision: Decision | None,
+    summary: Mapping[str, Any],
+    *,
+    denial: Decision,
+    result_decision: Decision,
+    session_id: str | None,
+    principal: str,
+    action: str,
+    server: str | None,
+    tool: str | None,
+    call_id: str | None = None,
+    duration_ms: float | None = None,
+) -> AuditEvent:
+    """How an allowed call ended whose result the result policy withheld: a ``call.result`` row with
+    ``decision = "deny"``, the reasons the client was given (``denial``), ``result.withheld = true`` beside
+    the summary of the withheld result, and the ``tools/result`` decision in ``details.result_decision``.
+    ``decision_id`` is the governing (call) decision's, like every outcome row of the call."""
+    row = _outcome_row(
+        EventKind.CALL_RESULT,
+        decision,
+        session_id=session_id,
+        principal=principal,
+        action=action,
+        server=server,
+        tool=tool,
+        call_id=call_id,
+        duration_ms=duration_ms,
+        result={**summary, "withheld": True},
+    )
+    return replace(
+        row,
+        decision="deny",
+        reasons=denial.reasons,
+        policy_revision=denial.revision,
+        details={**(row.details or {}), "result_decision": result_decision_doc(result_decision)},
+    )
+
+
+def result_decision_doc(decision: Decision) -> dict[str, Any]:
+    """A ``tools/result`` decision as an outcome row holds it (``details.result_decision``)."""
+    return {
+        "decision_id": decision.decision_id,
+        "allow": decision.allow,
+        "reasons": list(decision.reasons),
+        "obligations": dict(decision.obligations),
+        "policy_revision": decision.revision,
+        "code": decision.code,
+    }
 
 
 def call_error(

@@ -91,9 +91,20 @@ def outcome_row(ctx: CallContext, outcome: Outcome, max_arguments_bytes: int = _
 
     A denied call: its ``call.decision`` deny row (for an override, the override — which carries the
     governing decision's id and revision). A call that ran: ``call.error`` or ``call.result`` naming
-    the governing decision.
+    the governing decision. A call that ran and whose result the result policy withheld: a ``call.result``
+    row saying so (:func:`~mcp_guard.audit.events.call_withheld`), not a second ``call.decision`` row —
+    the allow row stands, the call did run.
     """
     denial = outcome.denial
+    verdict = outcome.verdict
+    if denial is not None and verdict is not None and verdict.withheld is not None:
+        return events.call_withheld(
+            outcome.decision,
+            verdict.withheld,
+            denial=denial,
+            result_decision=verdict.decision,
+            **_columns(ctx),
+        )
     if denial is not None:
         return _decision_row(ctx, denial, max_arguments_bytes)
     if outcome.error is not None:
@@ -102,6 +113,14 @@ def outcome_row(ctx: CallContext, outcome: Outcome, max_arguments_bytes: int = _
             outcome.error.code,
             outcome.error.message,
             origin=outcome.error_origin,
+            **_columns(ctx),
+        )
+    if verdict is not None:
+        return events.call_result(
+            outcome.decision,
+            outcome.result or {},
+            result_decision=verdict.decision,
+            redacted=verdict.redacted,
             **_columns(ctx),
         )
     return events.call_result(outcome.decision, outcome.result or {}, **_columns(ctx))
@@ -119,7 +138,7 @@ def _unavailable(ctx: CallContext, stage: str, error: AuditError, decision: Deci
 
 
 class RecordDecision:
-    """Inside ``call_next``: ``Redact`` → ``Forward`` — reached only once the allow row is committed.
+    """Inside ``call_next``: ``ResultPolicy`` → ``Redact`` → ``Forward`` — reached only once the allow row is committed.
 
     A cancellation from the moment the allow row is on its way to the store is recorded as
     ``call.cancelled`` (the allow row may commit although its writer was cancelled) and re-raised.
@@ -159,8 +178,8 @@ class RecordDecision:
 
 
 class RecordOutcome:
-    """Inside ``call_next``: pin-check, authorize, obligations, ``RecordDecision``, redact and the upstream;
-    what they return is recorded (:func:`outcome_row`) before it is returned."""
+    """Inside ``call_next``: pin-check, authorize, obligations, ``RecordDecision``, the result policy, redact and
+    the upstream; what they return is recorded (:func:`outcome_row`) before it is returned."""
 
     def __init__(self, sink: EventSink, *, max_arguments_bytes: int = _MAX_ARGUMENTS_BYTES) -> None:
         self._sink = sink

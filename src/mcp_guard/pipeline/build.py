@@ -3,7 +3,7 @@
 Every request that targets an upstream runs through these stages, outermost first::
 
     Observe → InspectArguments → RecordOutcome → TrackFlow → PinCheck → Authorize → EnforceObligations
-        → RecordDecision → Redact → Forward
+        → RecordDecision → ResultPolicy → Redact → Forward
 
 * :class:`~mcp_guard.pipeline.observe.Observe` — counts and times every request as the client is answered
   (``/metrics``); outermost, so every other stage and the upstream call run inside it. The two audit
@@ -26,6 +26,11 @@ Every request that targets an upstream runs through these stages, outermost firs
   recorded, so a refused call has a deny row and no allow row.
 * :class:`~mcp_guard.pipeline.audit.RecordDecision` — the allow row is committed before the upstream
   sees the call; if it cannot be, the call is not forwarded (``audit_unavailable``).
+* :class:`~mcp_guard.pipeline.result_policy.ResultPolicy` — a ``tools/call`` result is put to the policy
+  (``action = "tools/result"``) when the bundle has a result rule: allowed (labels, redaction) or withheld.
+  Outside ``Redact``, so the policy never sees an injected secret; inside ``RecordDecision`` and
+  ``RecordOutcome``, so it only judges a recorded, forwarded call and its verdict is what the outcome row
+  records.
 * :class:`~mcp_guard.pipeline.redact.Redact` — injected secret values are scrubbed from whatever comes back.
 * :class:`~mcp_guard.pipeline.forward.Forward` — the request to the upstream.
 
@@ -49,6 +54,7 @@ from mcp_guard.pipeline.observe import CallMetrics, Observe
 from mcp_guard.pipeline.pins import PinCheck
 from mcp_guard.pipeline.ratelimit import DeclaredUsage, RateLimitObligation, bundle_data_of
 from mcp_guard.pipeline.redact import Redact
+from mcp_guard.pipeline.result_policy import ResultPolicy, ResultUse
 from mcp_guard.pipeline.secret_source import SecretSource
 from mcp_guard.pipeline.secrets import InspectArguments, SecretsObligation
 from mcp_guard.pipeline.stepup import StepUpObligation
@@ -107,6 +113,7 @@ def pipeline_stages(
         base_url=registry.settings.console.url_base(registry.settings.server),
         max_arguments_bytes=bound,
     )
+    policy = registry.settings.policy
     return [
         Observe(metrics),
         InspectArguments(secrets),
@@ -116,6 +123,7 @@ def pipeline_stages(
         Authorize(engine, usage_source(engine, state)),
         EnforceObligations(obligation_handlers(secrets, state, approval)),
         RecordDecision(audit, max_arguments_bytes=bound),
+        ResultPolicy(engine, state, ResultUse(engine, forced=policy.result_policy), max_bytes=policy.result_max_bytes),
         Redact(secrets),
     ]
 

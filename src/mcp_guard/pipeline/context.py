@@ -17,7 +17,7 @@ from mcp_guard.channel import ClientChannel
 from mcp_guard.state.base import Flow
 from mcp_guard.types import Action, Decision, Principal, ReasonCode, SessionInfo, ToolInfo, new_id
 
-__all__ = ["CallContext", "CallNext", "ErrorOrigin", "Interceptor", "Outcome", "ProgressFn"]
+__all__ = ["CallContext", "CallNext", "ErrorOrigin", "Interceptor", "Outcome", "ProgressFn", "ResultVerdict"]
 
 ProgressFn = Callable[[float, float | None, str | None], Awaitable[None]]
 
@@ -56,6 +56,18 @@ class ErrorOrigin(StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
+class ResultVerdict:
+    """What the result policy (:mod:`mcp_guard.pipeline.result_policy`) decided about a ``tools/call`` result,
+    for the outcome row: the ``tools/result`` decision as the engine returned it (its own decision id), and
+    either what ``obligations.redact`` replaced in the delivered result or the summary (is_error, bytes,
+    sha256 — never content) of the result withheld from the client."""
+
+    decision: Decision
+    withheld: Mapping[str, Any] | None = None  # summary of the withheld result; None: the result was delivered
+    redacted: Mapping[str, int] | None = None  # replacements made by obligations.redact, by kind
+
+
+@dataclass(frozen=True, slots=True)
 class Outcome:
     """How a call ended: a raw upstream result, an error for the client, or a deny.
 
@@ -73,6 +85,9 @@ class Outcome:
 
     ``error_origin`` says who wrote ``error``; an error is the upstream's unless the stage that made it
     says otherwise (:meth:`guard_error`), so nothing an upstream sends can pass for mcp-guard's own.
+
+    ``verdict`` is set when the result policy was asked about the result (then a withheld result is an
+    override too: the call ran, its result is not shown).
     """
 
     result: dict[str, Any] | None = None
@@ -80,6 +95,7 @@ class Outcome:
     decision: Decision | None = None
     override: Decision | None = None
     error_origin: ErrorOrigin = ErrorOrigin.UPSTREAM
+    verdict: ResultVerdict | None = None
 
     @classmethod
     def guard_error(cls, code: int, message: str) -> Outcome:

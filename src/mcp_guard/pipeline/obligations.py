@@ -93,8 +93,9 @@ def invalid(name: str, expected: str, value: object) -> Refusal:
 
 
 class EnforceObligations:
-    """Inside ``call_next``: ``RecordDecision`` → ``Redact`` → ``Forward`` — reached only if every obligation
-    of the allow (``ctx.decision``) is known and its handler, and every ``always`` handler, let it through."""
+    """Inside ``call_next``: ``RecordDecision`` → ``ResultPolicy`` → ``Redact`` → ``Forward`` — reached only if
+    every obligation of the allow (``ctx.decision``) is known and its handler, and every ``always`` handler, let
+    it through."""
 
     def __init__(self, handlers: Sequence[ObligationHandler]) -> None:
         twice = sorted(name for name, n in Counter(h.name for h in handlers).items() if n > 1)
