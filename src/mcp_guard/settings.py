@@ -67,6 +67,9 @@ class ServerSettings(_Strict):
     session_idle_timeout_s: Annotated[float, Field(gt=0)] = 1800.0
     # Serve Prometheus metrics at /metrics on the HTTP front (no credentials; /healthz and /readyz stay on).
     metrics: bool = True
+    # `mcp-guard run` writes its process id here while it serves (removed at exit; a file naming another
+    # live process is a start-up error); `mcp-guard reload` signals that process. Relative to the config file.
+    pid_file: str | None = None
 
     @field_validator("tool_separator")
     @classmethod

@@ -137,7 +137,7 @@ class Handlers:
         tool_info: ToolInfo | None = None,
     ) -> CallContext:
         sess.calls += 1
-        up = self.settings.upstreams.get(server)
+        up = self.registry.settings.upstreams.get(server)  # the live table (a config reload replaces it)
         channel = RequestChannel(sess, ctx, timeout_s=up.timeout_s if up else 60.0)
         wants_progress = ctx.meta is not None and ctx.meta.get("progress_token") is not None
         return CallContext(
