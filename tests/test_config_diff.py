@@ -63,5 +63,5 @@ def test_the_effective_config_is_validated_as_a_whole() -> None:
     # Valid on its own with its own separator, but ambiguous under the running one (a restart-only key).
     old = _settings(server={"tool_separator": "_"})
     new = _settings(server={"tool_separator": "__"}, upstreams={"my_tools": _up("m")})
-    with pytest.raises(ConfigError, match="upstreams.my_tools"):
+    with pytest.raises(ConfigError, match=r"upstreams\.my_tools"):
         plan_reload(old, new)

@@ -49,6 +49,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "mcp_guard.channel",
             "mcp_guard.state",
             "mcp_guard.upstream",
+            "mcp_guard.telemetry",
         ),
     ),
     # The interceptor chain that governs one call, over the services.

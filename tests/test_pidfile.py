@@ -26,9 +26,9 @@ def test_refused_while_another_live_process_holds_it(tmp_path: Path) -> None:
     other = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
     try:
         path.write_text(f"{other.pid}\n")
-        with pytest.raises(ConfigError, match=rf"server.pid_file: .*process {other.pid}, which is running"):
-            with pid_file_held(path, source="g.toml"):
-                pass
+        refused = pytest.raises(ConfigError, match=rf"server\.pid_file: .*process {other.pid}, which is running")
+        with refused, pid_file_held(path, source="g.toml"):
+            pass
         assert read_pid(path) == other.pid  # left alone
     finally:
         other.communicate(b"")

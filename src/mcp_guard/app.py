@@ -56,10 +56,13 @@ from mcp_guard.pipeline.secret_source import NO_SECRETS, SecretSource
 from mcp_guard.pipeline.visibility import Visibility
 from mcp_guard.settings import Settings, load_settings
 from mcp_guard.state import MemoryState, StateStore, open_state
+from mcp_guard.telemetry import INSTRUMENTATION, open_tracing
 from mcp_guard.types import AuditEvent, EventKind, Principal, SessionInfo, new_id
 from mcp_guard.upstream.registry import Registry
 
 if TYPE_CHECKING:
+    from opentelemetry.trace import Tracer
+
     from mcp_guard.audit import AuditWriter
     from mcp_guard.frontend.http import HttpFront
     from mcp_guard.frontend.ops import OpsSources
@@ -81,6 +84,7 @@ class Guard:
         principal: str | None = None,
         pins: PinStore | None = None,
         state: StateStore | None = None,
+        tracer: Tracer | None = None,
     ) -> None:
         self.settings = settings
         self.engine = engine
@@ -101,8 +105,15 @@ class Guard:
         self.state: StateStore = state if state is not None else MemoryState()
         # Calls counted by the pipeline's Observe stage; /metrics reads them (frontend/ops.py).
         self.metrics = CallMetrics()
+        # Traces on (mcp_guard.telemetry): the pipeline gets its tracing stage; off, it has none.
         self.chain = build_pipeline(
-            engine=engine, sink=sink, registry=self.registry, secrets=secrets, state=self.state, metrics=self.metrics
+            engine=engine,
+            sink=sink,
+            registry=self.registry,
+            secrets=secrets,
+            state=self.state,
+            metrics=self.metrics,
+            tracer=tracer,
         )
         # Upstream→client requests for 2026-07-28 clients (InputRequiredResult rounds).
         self.bridge = InputRequiredBridge()
@@ -130,6 +141,7 @@ class Guard:
         rather than removing what a failed start made: cleaning up would mean deleting an audit file,
         which mcp-guard never does.
         """
+        from mcp_guard import __version__
         from mcp_guard.logging import add_processor
         from mcp_guard.pipeline.redact import scrub_processor
         from mcp_guard.policy import ReloadEvent, open_engine
@@ -149,6 +161,7 @@ class Guard:
 
         async with contextlib.AsyncExitStack() as stack:
             _check_paths(settings)
+            tracing = stack.enter_context(open_tracing(settings))  # None unless traces are on
             engine = await stack.enter_async_context(
                 open_engine(settings, on_reload=on_reload, on_watcher=watchers.append)
             )
@@ -169,7 +182,14 @@ class Guard:
             stack.callback(pins.close)
             state = await stack.enter_async_context(_open_state(settings))
             guard = cls(
-                settings, engine=engine, sink=store, secrets=secrets, principal=principal, pins=pins, state=state
+                settings,
+                engine=engine,
+                sink=store,
+                secrets=secrets,
+                principal=principal,
+                pins=pins,
+                state=state,
+                tracer=tracing.get_tracer(INSTRUMENTATION, __version__) if tracing is not None else None,
             )
             guard.policy_watcher = watchers[0] if watchers else None
             async with guard.running():

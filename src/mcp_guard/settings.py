@@ -33,6 +33,7 @@ __all__ = [
     "SecretSettings",
     "ServerSettings",
     "Settings",
+    "TelemetrySettings",
     "UpstreamSettings",
     "changed_keys",
     "find_config",
@@ -357,6 +358,14 @@ class UpstreamSettings(_Strict):
         return self
 
 
+class TelemetrySettings(_Strict):
+    """``[telemetry]``: OpenTelemetry traces (mcp_guard.telemetry). Off unless ``traces = true`` or the
+    standard ``OTEL_TRACES_EXPORTER`` variable names an exporter; the exporter itself is configured by the
+    standard ``OTEL_*`` variables (endpoint, headers, sampler, batch sizes, service name)."""
+
+    traces: bool = False
+
+
 class Settings(_Strict):
     server: ServerSettings = ServerSettings()
     policy: PolicySettings = PolicySettings()
@@ -366,6 +375,7 @@ class Settings(_Strict):
     auth: AuthSettings | None = None
     secrets: dict[str, SecretSettings] = {}
     upstreams: dict[str, UpstreamSettings] = {}
+    telemetry: TelemetrySettings = TelemetrySettings()
     # Where the config came from (set by load_settings; not a TOML key).
     source: str | None = Field(default=None, exclude=True)
     base_dir: str | None = Field(default=None, exclude=True)

@@ -35,6 +35,8 @@ documents what comes back out.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from mcp_guard.pipeline.audit import EventSink, RecordDecision, RecordOutcome
 from mcp_guard.pipeline.authorize import Authorize, Evaluator, UsageSource
 from mcp_guard.pipeline.chain import build_chain
@@ -52,7 +54,10 @@ from mcp_guard.pipeline.stepup import StepUpObligation
 from mcp_guard.state.base import StateStore
 from mcp_guard.upstream.registry import Registry
 
-__all__ = ["build_pipeline", "obligation_handlers", "pipeline_stages", "usage_source"]
+if TYPE_CHECKING:
+    from opentelemetry.trace import Tracer
+
+__all__ = ["build_pipeline", "obligation_handlers", "pipeline_stages", "traced_stages", "usage_source"]
 
 
 def obligation_handlers(secrets: SecretSource, state: StateStore) -> list[ObligationHandler]:
@@ -79,13 +84,15 @@ def pipeline_stages(
     secrets: SecretSource,
     state: StateStore,
     metrics: CallMetrics | None = None,
+    tracer: Tracer | None = None,
 ) -> list[Interceptor]:
     """The stages, outermost first (the order in the module docstring). ``metrics`` is where the calls are
-    counted (the Guard's, read by ``/metrics``); without one they are counted in a private instance."""
+    counted (the Guard's, read by ``/metrics``); without one they are counted in a private instance.
+    ``tracer`` (traces on, mcp_guard.telemetry) adds the tracing stage: see :func:`traced_stages`."""
     metrics = metrics if metrics is not None else CallMetrics()
     audit = metrics.timed(sink)
     bound = registry.settings.audit.max_arguments_bytes
-    return [
+    stages: list[Interceptor] = [
         Observe(metrics),
         InspectArguments(secrets),
         RecordOutcome(audit, max_arguments_bytes=bound),
@@ -96,6 +103,16 @@ def pipeline_stages(
         RecordDecision(audit, max_arguments_bytes=bound),
         Redact(secrets),
     ]
+    return stages if tracer is None else traced_stages(stages, tracer)
+
+
+def traced_stages(stages: list[Interceptor], tracer: Tracer) -> list[Interceptor]:
+    """With traces on: :class:`~mcp_guard.pipeline.trace.TraceCall` outermost (the call's span, child of the
+    client's trace context), and every stage inside a span of its own. Imported here, only now: with traces
+    off the pipeline neither imports OpenTelemetry nor runs one instruction for it."""
+    from mcp_guard.pipeline.trace import TraceCall, traced_stage
+
+    return [TraceCall(tracer), *(traced_stage(s, tracer) for s in stages)]
 
 
 def build_pipeline(
@@ -106,7 +123,16 @@ def build_pipeline(
     secrets: SecretSource,
     state: StateStore,
     metrics: CallMetrics | None = None,
+    tracer: Tracer | None = None,
 ) -> CallNext:
-    """The whole pipeline: :func:`pipeline_stages` ending in :class:`~mcp_guard.pipeline.forward.Forward`."""
-    stages = pipeline_stages(engine=engine, sink=sink, registry=registry, secrets=secrets, state=state, metrics=metrics)
-    return build_chain(stages, Forward(registry))
+    """The whole pipeline: :func:`pipeline_stages` ending in :class:`~mcp_guard.pipeline.forward.Forward`
+    (inside a CLIENT span that hands the upstream its trace context, when traces are on)."""
+    stages = pipeline_stages(
+        engine=engine, sink=sink, registry=registry, secrets=secrets, state=state, metrics=metrics, tracer=tracer
+    )
+    forward: CallNext = Forward(registry)
+    if tracer is not None:
+        from mcp_guard.pipeline.trace import traced_forward
+
+        forward = traced_forward(forward, tracer)
+    return build_chain(stages, forward)
