@@ -114,6 +114,7 @@ class Guard:
             state=self.state,
             metrics=self.metrics,
             tracer=tracer,
+            stage_metrics=settings.telemetry.stage_metrics,
         )
         # Upstream→client requests for 2026-07-28 clients (InputRequiredResult rounds).
         self.bridge = InputRequiredBridge()
@@ -127,6 +128,7 @@ class Guard:
         self.keys = KeyRing(key_digests(settings))
         self._resolvers: dict[str, PrincipalResolver] = {}
         self._reload_lock = anyio.Lock()
+        self.reload_counts: dict[tuple[str, ...], int] = {}  # by status, for /metrics
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -272,6 +274,7 @@ class Guard:
         else:
             result.policy = "not reloadable"
             result.policy_revision = getattr(self.engine, "revision", None)
+        self.reload_counts[(result.status,)] = self.reload_counts.get((result.status,), 0) + 1
         fields = result.as_details()
         (log.info if result.status == "ok" else log.warning)("config.reload", source=result.source, **fields)
         self.sink.record_nowait(events.config_event(EventKind.CONFIG_RELOAD, result.source, **fields))
@@ -350,6 +353,8 @@ class Guard:
             session_transports=lambda: [s.info.transport for s in self.sessions.live.values()],
             scrub=lambda text: self.secrets.scrubber.scrub_text(text),
             metrics=self.settings.server.metrics,
+            reloads=self.reload_counts,
+            # approvals_pending: the approvals part hands its counter here when it exists.
         )
 
     def http_app(self) -> Any:

@@ -364,6 +364,9 @@ class TelemetrySettings(_Strict):
     standard ``OTEL_*`` variables (endpoint, headers, sampler, batch sizes, service name)."""
 
     traces: bool = False
+    # Time every pipeline stage (mcp_guard_stage_duration_seconds on /metrics). Off by default: the wrapper
+    # around each stage costs a few microseconds per stage per call (bench/bench_stage_metrics.py).
+    stage_metrics: bool = False
 
 
 class Settings(_Strict):

@@ -85,10 +85,12 @@ def pipeline_stages(
     state: StateStore,
     metrics: CallMetrics | None = None,
     tracer: Tracer | None = None,
+    stage_metrics: bool = False,
 ) -> list[Interceptor]:
     """The stages, outermost first (the order in the module docstring). ``metrics`` is where the calls are
     counted (the Guard's, read by ``/metrics``); without one they are counted in a private instance.
-    ``tracer`` (traces on, mcp_guard.telemetry) adds the tracing stage: see :func:`traced_stages`."""
+    ``tracer`` (traces on, mcp_guard.telemetry) adds the tracing stage: see :func:`traced_stages`.
+    ``stage_metrics`` (``[telemetry] stage_metrics``) times every stage but ``Observe`` into ``metrics.stages``."""
     metrics = metrics if metrics is not None else CallMetrics()
     audit = metrics.timed(sink)
     bound = registry.settings.audit.max_arguments_bytes
@@ -103,6 +105,8 @@ def pipeline_stages(
         RecordDecision(audit, max_arguments_bytes=bound),
         Redact(secrets),
     ]
+    if stage_metrics:
+        stages = [stages[0], *(metrics.time_stage(s) for s in stages[1:])]
     return stages if tracer is None else traced_stages(stages, tracer)
 
 
@@ -124,13 +128,24 @@ def build_pipeline(
     state: StateStore,
     metrics: CallMetrics | None = None,
     tracer: Tracer | None = None,
+    stage_metrics: bool = False,
 ) -> CallNext:
     """The whole pipeline: :func:`pipeline_stages` ending in :class:`~mcp_guard.pipeline.forward.Forward`
     (inside a CLIENT span that hands the upstream its trace context, when traces are on)."""
+    metrics = metrics if metrics is not None else CallMetrics()
     stages = pipeline_stages(
-        engine=engine, sink=sink, registry=registry, secrets=secrets, state=state, metrics=metrics, tracer=tracer
+        engine=engine,
+        sink=sink,
+        registry=registry,
+        secrets=secrets,
+        state=state,
+        metrics=metrics,
+        tracer=tracer,
+        stage_metrics=stage_metrics,
     )
     forward: CallNext = Forward(registry)
+    if stage_metrics:
+        forward = metrics.time_forward(forward)
     if tracer is not None:
         from mcp_guard.pipeline.trace import traced_forward
 
