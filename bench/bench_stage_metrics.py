@@ -87,12 +87,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=60_000, help="calls per variant")
     parser.add_argument("--blocks", type=int, default=12)
+    parser.add_argument("--no-save", action="store_true", help="print only; write no JSON")
     args = parser.parse_args()
     results = anyio.run(run, args)
     off = results["off"]["median_ns"]
     print(f"{'variant':<16}{'µs/call':>10}{'added µs':>10}")
     for name, r in results.items():
         print(f"{name:<16}{r['median_ns'] / 1e3:>10.1f}{(r['median_ns'] - off) / 1e3:>10.1f}")
+    if args.no_save:
+        return
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"stage_metrics-{datetime.now(UTC):%Y%m%dT%H%M%S}.json"
     out.write_text(

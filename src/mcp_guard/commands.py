@@ -1,8 +1,9 @@
 """Subcommands of the proxy itself: ``run``, ``check``, ``tools`` (with ``tools pins`` / ``tools approve``).
 
-Signals while ``run`` serves: SIGTERM and SIGINT stop it; SIGHUP reloads what can be reloaded
-(:meth:`mcp_guard.app.Guard.reload`: the policy bundle now, config changes reported as needing a
-restart) and keeps serving.
+Signals while ``run`` serves: SIGTERM and SIGINT stop it; SIGHUP reloads (:meth:`mcp_guard.app.Guard.reload`:
+upstreams, principals and secrets applied, the policy bundle re-read, other changed keys reported as needing
+a restart, a bad config rejected whole) and keeps serving. ``[server] pid_file`` is held while serving, so
+``mcp-guard reload`` (:mod:`mcp_guard.ops_commands`) can find the process.
 """
 
 from __future__ import annotations
