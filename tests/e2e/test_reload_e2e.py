@@ -108,12 +108,29 @@ async def test_reload_applies_upstreams_and_keys_and_rejects_a_broken_config(tmp
         names = await _until_tools(url, API_KEY, {"a__echo", "b__echo"}, set())
         assert "c__echo" not in names
 
-        # c added, b removed, agent's key rotated; a unchanged.
+        # c added, b removed while a call on the unchanged a is in flight: it completes.
+        async with http_client(url, API_KEY) as client, anyio.create_task_group() as tg:
+            slow: list[Any] = []
+
+            async def call_slow() -> None:
+                slow.append(await client.call_tool("a__slow", {"seconds": 2.0, "steps": 1}))
+
+            tg.start_soon(call_slow)
+            with anyio.fail_after(TIMEOUT_S):
+                while '"slow"' not in _text(tmp_path / "a.log"):  # noqa: ASYNC110 - another process writes it
+                    await anyio.sleep(POLL_S)
+            _config(tmp_path, {"a": a, "c": recorder()})
+            done = await anyio.to_thread.run_sync(_reload, cfg)
+            assert done.returncode == 0, done.stdout + done.stderr
+            assert f"pid {pid}" in done.stdout and "upstreams added: c" in done.stdout
+            assert "upstreams removed: b" in done.stdout and "principals changed" not in done.stdout
+        assert not slow[0].is_error and [c.text for c in slow[0].content if hasattr(c, "text")] == ["slept 2.0s"]
+
+        # The agent's key rotated.
         _config(tmp_path, {"a": a, "c": recorder()}, key=NEW_KEY)
         done = _reload(cfg)
         assert done.returncode == 0, done.stdout + done.stderr
-        assert f"pid {pid}" in done.stdout and "upstreams added: c" in done.stdout
-        assert "upstreams removed: b" in done.stdout and "principals changed: agent" in done.stdout
+        assert "principals changed: agent" in done.stdout and "upstreams" not in done.stdout
 
         assert _status(url, API_KEY) == 401
         assert _status(url, NEW_KEY) == 200
@@ -127,11 +144,11 @@ async def test_reload_applies_upstreams_and_keys_and_rejects_a_broken_config(tmp
         cfg.write_text(good + "\n[upstreams.d]\ncommand = 'python'\nnot_a_key = 1\n")
         refused = _reload(cfg)
         assert refused.returncode == 2 and "upstreams.d.not_a_key: unknown key" in refused.stderr
-        assert len(_reload_rows(tmp_path / "audit.db")) == 1
+        assert len(_reload_rows(tmp_path / "audit.db")) == 2
         # ... and rejected whole by the proxy when SIGHUP comes some other way.
         os.kill(pid, signal.SIGHUP)
         with anyio.fail_after(TIMEOUT_S):
-            while len(_reload_rows(tmp_path / "audit.db")) < 2:  # noqa: ASYNC110 - written by another process
+            while len(_reload_rows(tmp_path / "audit.db")) < 3:  # noqa: ASYNC110 - written by another process
                 await anyio.sleep(POLL_S)
 
         # A valid file whose new upstream's secret the proxy cannot resolve: signalled, rejected, reported.
@@ -150,10 +167,11 @@ async def test_reload_applies_upstreams_and_keys_and_rejects_a_broken_config(tmp
         assert {"a__echo", "c__echo"} <= names and "d__echo" not in names
 
         rows = _reload_rows(tmp_path / "audit.db")
-        assert [r["status"] for r in rows] == ["ok", "rejected", "rejected"]
-        assert "upstreams.d.not_a_key: unknown key" in rows[1]["error"] and "secrets.tok" in rows[2]["error"]
+        assert [r["status"] for r in rows] == ["ok", "ok", "rejected", "rejected"]
+        assert "upstreams.d.not_a_key: unknown key" in rows[2]["error"] and "secrets.tok" in rows[3]["error"]
         assert rows[0]["upstreams_added"] == ["c"] and rows[0]["upstreams_removed"] == ["b"]
-        assert rows[0]["principals_changed"] == ["agent"] and rows[0]["pid"] == pid
+        assert rows[1]["principals_changed"] == ["agent"] and rows[1]["upstreams_changed"] == []
+        assert rows[0]["pid"] == rows[1]["pid"] == pid
         assert NEW_KEY not in json.dumps(rows)
 
     assert not pid_file.exists()  # removed by the proxy as it exited (http_guard waited for the exit)
@@ -165,3 +183,7 @@ def test_reload_without_a_running_proxy_says_so(tmp_path: Path) -> None:
     done = _reload(cfg)
     assert done.returncode == 1 and "guard.pid does not exist: is mcp-guard running" in done.stderr
     assert not (tmp_path / "guard.pid").exists()
+
+
+def _text(path: Path) -> str:
+    return path.read_text() if path.exists() else ""
