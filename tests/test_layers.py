@@ -31,10 +31,11 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "mcp_guard.streams",
             "mcp_guard.upstream.naming",
             "mcp_guard.metrics",
+            "mcp_guard.pidfile",
         ),
     ),
     # The validated TOML configuration.
-    ("settings", ("mcp_guard.settings",)),
+    ("settings", ("mcp_guard.settings", "mcp_guard.config_diff")),
     # The parts the proxy is made of, each usable on its own: policy engines, the audit store and its
     # readers, secrets, tool pins, the client channel seam, upstream connections and their registry. (Among
     # themselves they may import each other: secrets hands upstreams their Injections.)
@@ -49,6 +50,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "mcp_guard.state",
             "mcp_guard.upstream",
             "mcp_guard.approvals",
+            "mcp_guard.telemetry",
         ),
     ),
     # The interceptor chain that governs one call, over the services.
@@ -69,6 +71,8 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "mcp_guard.policy.commands",
             "mcp_guard.approvals.commands",
             "mcp_guard.testing",
+            "mcp_guard.ops_commands",
+            "mcp_guard.scaffold",
         ),
     ),
 )

@@ -32,8 +32,16 @@ from mcp.server.connection import Connection
 
 from mcp_guard.approvals import ApprovalStore, MemoryApprovals, open_approvals
 from mcp_guard.audit import events
+from mcp_guard.config_diff import ReloadPlan, plan_reload
 from mcp_guard.errors import AuditError, ConfigError, StateError
-from mcp_guard.frontend.auth import Rejection, http_principal, key_digests, stdio_principal
+from mcp_guard.frontend.auth import (
+    KeyRing,
+    PrincipalResolver,
+    Rejection,
+    http_principal,
+    key_digests,
+    stdio_principal,
+)
 from mcp_guard.frontend.handlers import Handlers
 from mcp_guard.frontend.input_required import InputRequiredBridge
 from mcp_guard.frontend.listing import TOOLS, visible
@@ -47,12 +55,15 @@ from mcp_guard.pipeline.build import build_pipeline
 from mcp_guard.pipeline.observe import CallMetrics
 from mcp_guard.pipeline.secret_source import NO_SECRETS, SecretSource
 from mcp_guard.pipeline.visibility import Visibility
-from mcp_guard.settings import Settings, changed_keys, load_settings
+from mcp_guard.settings import Settings, load_settings
 from mcp_guard.state import MemoryState, StateStore, open_state
+from mcp_guard.telemetry import INSTRUMENTATION, open_tracing
 from mcp_guard.types import AuditEvent, EventKind, Principal, SessionInfo, new_id
 from mcp_guard.upstream.registry import Registry
 
 if TYPE_CHECKING:
+    from opentelemetry.trace import Tracer
+
     from mcp_guard.audit import AuditWriter
     from mcp_guard.frontend.admin import AdminApi
     from mcp_guard.frontend.http import HttpFront
@@ -76,6 +87,7 @@ class Guard:
         pins: PinStore | None = None,
         state: StateStore | None = None,
         approvals: ApprovalStore | None = None,
+        tracer: Tracer | None = None,
     ) -> None:
         self.settings = settings
         self.engine = engine
@@ -98,6 +110,7 @@ class Guard:
         self.metrics = CallMetrics()
         # Human approvals parked calls wait on: the shared store from Guard.open; in memory for a Guard built directly.
         self.approvals: ApprovalStore = approvals if approvals is not None else MemoryApprovals()
+        # Traces on (mcp_guard.telemetry): the pipeline gets its tracing stage; off, it has none.
         self.chain = build_pipeline(
             engine=engine,
             sink=sink,
@@ -106,6 +119,8 @@ class Guard:
             state=self.state,
             metrics=self.metrics,
             approvals=self.approvals,
+            tracer=tracer,
+            stage_metrics=settings.telemetry.stage_metrics,
         )
         # Upstream→client requests for 2026-07-28 clients (InputRequiredResult rounds).
         self.bridge = InputRequiredBridge()
@@ -114,6 +129,12 @@ class Guard:
         # Re-reads the policy bundle on request (SIGHUP); set by open() when the engine can take a new bundle.
         self.policy_watcher: BundleWatcher | None = None
         self._tg: TaskGroup | None = None
+        # What a config reload replaces in place (docs/architecture.md §10): the API keys the HTTP front
+        # checks, and the principal resolvers (roles, attributes of [principals.*]) built from settings.
+        self.keys = KeyRing(key_digests(settings))
+        self._resolvers: dict[str, PrincipalResolver] = {}
+        self._reload_lock = anyio.Lock()
+        self.reload_counts: dict[tuple[str, ...], int] = {}  # by status, for /metrics
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -128,6 +149,7 @@ class Guard:
         rather than removing what a failed start made: cleaning up would mean deleting an audit file,
         which mcp-guard never does.
         """
+        from mcp_guard import __version__
         from mcp_guard.logging import add_processor
         from mcp_guard.pipeline.redact import scrub_processor
         from mcp_guard.policy import ReloadEvent, open_engine
@@ -147,6 +169,7 @@ class Guard:
 
         async with contextlib.AsyncExitStack() as stack:
             _check_paths(settings)
+            tracing = stack.enter_context(open_tracing(settings))  # None unless traces are on
             engine = await stack.enter_async_context(
                 open_engine(settings, on_reload=on_reload, on_watcher=watchers.append)
             )
@@ -176,6 +199,7 @@ class Guard:
                 pins=pins,
                 state=state,
                 approvals=approvals,
+                tracer=tracing.get_tracer(INSTRUMENTATION, __version__) if tracing is not None else None,
             )
             guard.policy_watcher = watchers[0] if watchers else None
             async with guard.running():
@@ -203,13 +227,20 @@ class Guard:
             sink=self.sink,
             sessions=self.sessions,
             transport=transport,
-            principal_of=(
+            principal_of=lambda ctx: self._principal_resolver(transport)(ctx),
+            bridge=self.bridge,
+        )
+
+    def _principal_resolver(self, transport: str) -> PrincipalResolver:
+        """The resolver of ``transport`` for the principals configured now (rebuilt after a reload)."""
+        resolver = self._resolvers.get(transport)
+        if resolver is None:
+            resolver = self._resolvers[transport] = (
                 http_principal(self.settings)
                 if transport == "http"
                 else stdio_principal(self.settings, self.stdio_principal)
-            ),
-            bridge=self.bridge,
-        )
+            )
+        return resolver
 
     def server(self, transport: str) -> Any:
         return build_server(self.handlers(transport))
@@ -223,22 +254,27 @@ class Guard:
 
     # ------------------------------------------------------------------ reload (SIGHUP)
     async def reload(self) -> ConfigReload:
-        """Reload what can be reloaded while serving, and say what cannot.
+        """Reload while serving (SIGHUP, ``mcp-guard reload``), and say what waits for a restart.
 
-        The policy bundle is re-read now (tests run, a bad bundle is refused and the old one stays; the
-        watcher audits ``policy.load`` / ``policy.reload_failed``). The config file is re-read and
-        compared with the running one: every change is reported as needing a restart, since upstreams,
-        principals, paths and the front are built once at start. Logged as ``config.reload`` and audited
-        as a ``config.reload`` row.
+        The config file is re-read whole. Its ``[upstreams]``, ``[principals]`` and ``[secrets]`` are
+        applied (:meth:`_apply_config`); any other changed key is reported as needing a restart. A file
+        that does not parse or validate, or names a secret that cannot be resolved, is rejected whole:
+        nothing changes. The policy bundle is re-read as well (tests run, a bad bundle is refused and
+        the old one stays; the watcher audits ``policy.load`` / ``policy.reload_failed``). Logged and
+        audited as ``config.reload`` — names of what changed, never a value.
         """
+        async with self._reload_lock:
+            return await self._reload()
+
+    async def _reload(self) -> ConfigReload:
         result = ConfigReload(source=self.settings.source)
         if self.settings.source and self.settings.base_dir is not None:
             try:
-                new = load_settings(self.settings.source)
+                result.plan = await self._apply_config(load_settings(self.settings.source))
             except ConfigError as e:
                 result.error = str(e)
             else:
-                result.changed = changed_keys(self.settings, new)
+                result.changed = list(result.plan.restart_required)
         if self.policy_watcher is not None:
             ev = await self.policy_watcher.check()
             result.policy = "unchanged" if ev is None else ev.status
@@ -246,10 +282,45 @@ class Guard:
         else:
             result.policy = "not reloadable"
             result.policy_revision = getattr(self.engine, "revision", None)
+        self.reload_counts[(result.status,)] = self.reload_counts.get((result.status,), 0) + 1
         fields = result.as_details()
         (log.info if result.status == "ok" else log.warning)("config.reload", source=result.source, **fields)
         self.sink.record_nowait(events.config_event(EventKind.CONFIG_RELOAD, result.source, **fields))
         return result
+
+    async def _apply_config(self, new: Settings) -> ReloadPlan:
+        """Check ``new`` completely, then apply its reloadable tables; raise :class:`ConfigError` having
+        changed nothing if it cannot be applied.
+
+        Secrets first: a candidate :class:`~mcp_guard.secrets.manager.SecretManager` resolves every secret
+        an enabled upstream injects (one that fails rejects the reload); a secret whose value rotated
+        restarts the upstreams that inject it. Then the API keys and principal resolvers are swapped, and
+        the registry stops the removed and changed upstreams and starts the added and changed ones —
+        the connections of unchanged upstreams, and the calls in flight on them, are not touched.
+        """
+        from mcp_guard.secrets.manager import SecretManager
+
+        plan = plan_reload(self.settings, new)
+        manager = self.secrets if isinstance(self.secrets, SecretManager) else None
+        candidate: SecretManager | None = None
+        if manager is not None:
+            candidate = manager.reconfigured(plan.effective)
+            problems = await candidate.resolve_used()
+            if problems:
+                name = next(iter(problems))
+                raise ConfigError(
+                    f"secret {name!r} cannot be resolved: {problems[name]}", file=new.source, key=f"secrets.{name}"
+                )
+            plan = plan_reload(self.settings, new, rotated=manager.rotated(candidate))
+        elif plan.secrets_changed or any(u.inject_env or u.inject_headers for u in new.upstreams.values()):
+            raise ConfigError("this guard was built without a secret manager: secrets need a restart", file=new.source)
+        if manager is not None and candidate is not None:
+            manager.adopt(candidate)
+        self.settings = plan.effective
+        self.keys.replace(key_digests(plan.effective))
+        self._resolvers.clear()
+        await self.registry.reconfigure(plan.effective, stop=plan.stopped, start=plan.started)
+        return plan
 
     # ------------------------------------------------------------------ serving
     async def serve_streams(self, read: Any, write: Any, transport: str = "stdio") -> None:
@@ -270,7 +341,7 @@ class Guard:
         return HttpFront(
             server=self.server("http"),
             settings=self.settings.server,
-            digests=key_digests(self.settings),
+            digests=self.keys,
             on_reject=self._auth_rejected,
             oauth=self.oauth,
             ops=self.ops_sources(),
@@ -301,6 +372,8 @@ class Guard:
             session_transports=lambda: [s.info.transport for s in self.sessions.live.values()],
             scrub=lambda text: self.secrets.scrubber.scrub_text(text),
             metrics=self.settings.server.metrics,
+            reloads=self.reload_counts,
+            approvals_pending=lambda: self.metrics.approvals_waiting,
         )
 
     def http_app(self) -> Any:
@@ -378,10 +451,11 @@ class ConfigReload:
     """What a reload (SIGHUP) did: the policy outcome, and the config changes that wait for a restart."""
 
     source: str | None
-    changed: list[str] = field(default_factory=list)  # dotted config keys that differ from the running config
+    changed: list[str] = field(default_factory=list)  # dotted keys that changed but wait for a restart
     policy: str = "unchanged"  # "loaded" | "rejected" | "unchanged" | "not reloadable"
     policy_revision: str | None = None  # the revision in force afterwards
     error: str | None = None  # the config file could not be read or is invalid (nothing changed)
+    plan: ReloadPlan | None = None  # what was applied (None: rejected, or no config file)
 
     @property
     def status(self) -> str:
@@ -393,8 +467,10 @@ class ConfigReload:
     def as_details(self) -> dict[str, Any]:
         details: dict[str, Any] = {
             "status": self.status,
+            "pid": os.getpid(),  # which process reloaded (`mcp-guard reload` waits for its own row)
             "policy": self.policy,
             "policy_revision": self.policy_revision,
+            **(self.plan.details() if self.plan is not None else {}),
             "restart_required": self.changed,
         }
         if self.error is not None:

@@ -33,6 +33,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "mcp_guard.audit.commands",
     "mcp_guard.policy.commands",
     "mcp_guard.approvals.commands",
+    "mcp_guard.ops_commands",
 )
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130

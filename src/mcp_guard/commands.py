@@ -1,8 +1,9 @@
 """Subcommands of the proxy itself: ``run``, ``check``, ``tools`` (with ``tools pins`` / ``tools approve``).
 
-Signals while ``run`` serves: SIGTERM and SIGINT stop it; SIGHUP reloads what can be reloaded
-(:meth:`mcp_guard.app.Guard.reload`: the policy bundle now, config changes reported as needing a
-restart) and keeps serving.
+Signals while ``run`` serves: SIGTERM and SIGINT stop it; SIGHUP reloads (:meth:`mcp_guard.app.Guard.reload`:
+upstreams, principals and secrets applied, the policy bundle re-read, other changed keys reported as needing
+a restart, a bad config rejected whole) and keeps serving. ``[server] pid_file`` is held while serving, so
+``mcp-guard reload`` (:mod:`mcp_guard.ops_commands`) can find the process.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import signal
 import socket
 import sys
 from collections.abc import AsyncIterator
-from contextlib import AbstractAsyncContextManager
+from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -82,12 +83,24 @@ def _run(args: argparse.Namespace) -> int:
     # The port is taken before anything else starts: in use, it is a one-line error and nothing is created.
     sock = _listen(settings, args) if transport == "http" else None
     try:
-        # uvloop where available (a dependency on Linux/macOS): about 0.2 ms less per proxied call (bench/).
-        anyio.run(_serve, settings, transport, args, sock, backend_options={"use_uvloop": _has_uvloop()})
+        with _pid_file(settings):
+            # uvloop where available (a dependency on Linux/macOS): about 0.2 ms less per proxied call (bench/).
+            anyio.run(_serve, settings, transport, args, sock, backend_options={"use_uvloop": _has_uvloop()})
     finally:
         if sock is not None:
             sock.close()
     return 0
+
+
+def _pid_file(settings: Settings) -> AbstractContextManager[None]:
+    """``[server] pid_file`` held while serving (what ``mcp-guard reload`` signals), if configured."""
+    from contextlib import nullcontext
+
+    from mcp_guard.pidfile import pid_file_held
+
+    if settings.server.pid_file is None:
+        return nullcontext()
+    return pid_file_held(settings.resolve_path(settings.server.pid_file), source=settings.source)
 
 
 def _listen(settings: Settings, args: argparse.Namespace) -> socket.socket:

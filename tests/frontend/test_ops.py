@@ -320,3 +320,27 @@ def test_readiness_without_http_lists_what_it_read() -> None:
     assert list(r.body["upstreams"]) == ["a", "b"]
     assert r.body["upstreams"]["b"] == {"state": "down", "up": False, "restarts": 2, "problem": "exit 1"}
     assert json.loads(json.dumps(r.body)) == r.body
+
+
+def test_metrics_show_reloads_stage_times_and_the_approvals_hook() -> None:
+    from mcp_guard.frontend.ops import metrics_text
+
+    calls = CallMetrics()
+    calls.stages.observe(("Authorize",), 0.0002)
+    base: dict[str, Any] = {
+        "calls": calls,
+        "engine": HealthEngine(),
+        "engine_name": "embedded",
+        "audit": RecordingSink(),
+        "audit_backend": "sqlite",
+        "upstreams": lambda: [],
+        "session_transports": lambda: [],
+        "scrub": lambda s: s,
+    }
+    without = parse(metrics_text(OpsSources(**base)))
+    assert "mcp_guard_approvals_pending" not in without and "mcp_guard_config_reloads_total" not in without
+    page = parse(metrics_text(OpsSources(**base, approvals_pending=lambda: 3, reloads={("ok",): 2, ("rejected",): 1})))
+    assert value_of(page, "mcp_guard_approvals_pending") == 3
+    assert value_of(page, "mcp_guard_config_reloads_total", status="ok") == 2
+    assert value_of(page, "mcp_guard_config_reloads_total", status="rejected") == 1
+    assert value_of(page, "mcp_guard_stage_duration_seconds_count", stage="Authorize") == 1

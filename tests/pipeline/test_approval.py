@@ -26,6 +26,7 @@ from mcp_guard.pipeline.build import obligation_handlers, pipeline_stages
 from mcp_guard.pipeline.chain import build_chain
 from mcp_guard.pipeline.context import CallContext, CallNext, Outcome
 from mcp_guard.pipeline.obligations import EnforceObligations
+from mcp_guard.pipeline.observe import CallMetrics
 from mcp_guard.pipeline.secret_source import NO_SECRETS
 from mcp_guard.state import MemoryState
 from mcp_guard.testing import FunctionEngine, RecordingSink, RecordingUpstream
@@ -51,9 +52,10 @@ class Rig:
     upstream: RecordingUpstream = field(default_factory=RecordingUpstream)
     engine: FunctionEngine = field(default_factory=_engine)
     state: MemoryState = field(default_factory=MemoryState)
+    metrics: CallMetrics = field(default_factory=CallMetrics)
 
     def chain(self) -> CallNext:
-        handler = ApprovalObligation(self.store, self.sink, poll_s=0.01, progress_s=0.05)
+        handler = ApprovalObligation(self.store, self.sink, poll_s=0.01, progress_s=0.05, metrics=self.metrics)
         stages = [
             RecordOutcome(self.sink),
             Authorize(self.engine, None),
@@ -137,6 +139,25 @@ async def test_granted_call_runs_once_and_every_step_is_audited() -> None:
     assert requested.tool == "delete" and requested.policy_revision == "rev1"
     got = await rig.store.get(approval_id)
     assert got is not None and got.status is Status.EXECUTED
+
+
+async def test_a_parked_call_counts_as_waiting_until_it_is_decided() -> None:
+    """``mcp_guard_approvals_pending`` reads this count: one while the call is parked, none once decided."""
+    rig = Rig()
+    seen: list[int] = []
+
+    async def run() -> None:
+        await rig.call()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(run)
+        (approval_id,) = await rig.pending()
+        with anyio.fail_after(10):
+            while rig.metrics.approvals_waiting == 0:  # noqa: ASYNC110 - the parked call changes it
+                await anyio.sleep(0.005)
+        seen.append(rig.metrics.approvals_waiting)
+        await decide(rig.store, rig.sink, approval_id, Verdict.GRANT, BOB, source="test")
+    assert seen == [1] and rig.metrics.approvals_waiting == 0
 
 
 async def test_the_same_call_again_needs_a_new_approval_and_a_deny_names_it() -> None:

@@ -181,3 +181,64 @@ def test_repeated_calls_reuse_one_slot_and_resources_share_theirs() -> None:
     assert len(m._slots) == 2
     assert m.calls == {("rec", "echo", "allow", ""): 5_000}
     assert m.requests[("rec", "resources/read", "allow", "")] == 50
+
+
+STAGE_NAMES = (
+    "InspectArguments",
+    "RecordOutcome",
+    "TrackFlow",
+    "PinCheck",
+    "Authorize",
+    "EnforceObligations",
+    "RecordDecision",
+    "Redact",
+)
+
+
+async def test_stage_metrics_time_each_stage_s_own_work_and_the_upstream_apart(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With a clock that only the upstream moves (5 s per request), every stage's own time is 0 and Forward's
+    is 5 s: a stage is not charged for the stages inside it nor for the upstream."""
+    from mcp_guard.pipeline import observe
+
+    clock = [100.0]
+    monkeypatch.setattr(observe, "perf_counter", lambda: clock[0])
+    upstream = RecordingUpstream()
+
+    async def slow_upstream(ctx: CallContext) -> Outcome:
+        clock[0] += 5.0
+        return await upstream(ctx)
+
+    m = CallMetrics()
+    stages = pipeline_stages(
+        engine=FunctionEngine(_decide),
+        sink=RecordingSink(),
+        registry=registry(),
+        secrets=NO_SECRETS,
+        state=MemoryState(),
+        metrics=m,
+        stage_metrics=True,
+    )
+    assert isinstance(stages[0], Observe) and all(isinstance(s, observe.StageTimer) for s in stages[1:])
+    call = build_chain(stages, m.time_forward(slow_upstream))
+    for tool in ("echo", "echo", "secret_tool"):
+        await call(call_ctx(tool=tool))
+
+    assert m.stages.count(("Forward",)) == 2 and m.stages.series_for(("Forward",))[-1] == 10.0
+    for name in STAGE_NAMES:
+        series = m.stages.series_for((name,))
+        assert series[-1] == 0.0, name  # own time only
+    # The policy denied secret_tool: the stages inside Authorize never saw it.
+    assert m.stages.count(("Authorize",)) == 3 and m.stages.count(("RecordDecision",)) == 2
+    assert m.duration.count(("rec", "tools/call", "allow")) == 2  # Observe still counts every request
+
+
+def test_stage_metrics_are_off_by_default() -> None:
+    from mcp_guard.pipeline import observe
+
+    sink, state = RecordingSink(), MemoryState()
+    stages = pipeline_stages(
+        engine=FunctionEngine(_decide), sink=sink, registry=registry(), secrets=NO_SECRETS, state=state
+    )
+    assert not any(isinstance(s, observe.StageTimer) for s in stages)

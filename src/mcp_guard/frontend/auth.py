@@ -53,6 +53,7 @@ from mcp_guard.types import AuthFailure, AuthInfo, Principal
 __all__ = [
     "ANONYMOUS",
     "BearerAuth",
+    "KeyRing",
     "OnReject",
     "PrincipalResolver",
     "PrincipalUser",
@@ -81,6 +82,27 @@ def key_digest(key: str) -> str:
 def key_digests(settings: Settings) -> dict[str, str]:
     """principal id → sha256 of its API key, for every principal that has one (what :class:`BearerAuth` checks)."""
     return {pid: p.api_key_sha256 for pid, p in settings.principals.items() if p.api_key_sha256}
+
+
+class KeyRing:
+    """The API-key digests :class:`BearerAuth` checks (principal id → sha256 hex), replaceable while serving:
+    a config reload swaps in the new ``[principals.*]`` keys, and the next request is checked against them."""
+
+    def __init__(self, digests: dict[str, str]) -> None:
+        self._entries: list[tuple[str, bytes]] = []
+        self.replace(digests)
+
+    def replace(self, digests: dict[str, str]) -> None:
+        self._entries = [(pid, bytes.fromhex(d)) for pid, d in digests.items()]
+
+    def match(self, key: str) -> str | None:
+        """The principal whose key this is, compared in constant time against every digest."""
+        got = hashlib.sha256(key.encode()).digest()
+        found: str | None = None
+        for pid, want in self._entries:
+            if hmac.compare_digest(got, want):
+                found = pid
+        return found
 
 
 def with_configured(settings: Settings, principal: Principal) -> Principal:
@@ -149,7 +171,7 @@ class BearerAuth:
     def __init__(
         self,
         app: ASGIApp,
-        digests: dict[str, str],
+        digests: dict[str, str] | KeyRing,
         *,
         on_reject: OnReject,
         required: bool = True,
@@ -159,7 +181,7 @@ class BearerAuth:
     ) -> None:
         """``digests`` maps principal id → sha256 hex of its API key; ``oauth`` is ``[auth]`` (None: keys only)."""
         self.app = app
-        self._digests = [(pid, bytes.fromhex(d)) for pid, d in digests.items()]
+        self._keys = digests if isinstance(digests, KeyRing) else KeyRing(digests)
         self._on_reject = on_reject
         self._required = required
         self._anonymous = anonymous_principal
@@ -168,12 +190,7 @@ class BearerAuth:
         self._max_header = oauth.settings.max_token_bytes + len("Bearer ") if oauth else DEFAULT_MAX_HEADER_BYTES
 
     def _match(self, key: str) -> str | None:
-        got = hashlib.sha256(key.encode()).digest()
-        found: str | None = None
-        for pid, want in self._digests:
-            if hmac.compare_digest(got, want):
-                found = pid
-        return found
+        return self._keys.match(key)
 
     async def authenticate(self, header: str | None) -> Principal | Rejection:
         """The principal an ``Authorization`` header value proves, or why it proves none."""

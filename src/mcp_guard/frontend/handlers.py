@@ -137,7 +137,7 @@ class Handlers:
         tool_info: ToolInfo | None = None,
     ) -> CallContext:
         sess.calls += 1
-        up = self.settings.upstreams.get(server)
+        up = self.registry.settings.upstreams.get(server)  # the live table (a config reload replaces it)
         channel = RequestChannel(sess, ctx, timeout_s=up.timeout_s if up else 60.0)
         wants_progress = ctx.meta is not None and ctx.meta.get("progress_token") is not None
         return CallContext(
@@ -154,6 +154,7 @@ class Handlers:
             timeout_s=up.timeout_s if up else None,
             downstream=channel,
             correlation_id=correlation_id(ctx.meta) if sess.modern else None,
+            trace_context=_http_trace_context(ctx),
         )
 
     async def _run(self, call: CallContext) -> Outcome:
@@ -468,3 +469,13 @@ def _for_client(ctx: ServerRequestContext[Any, Any], result: dict[str, Any]) -> 
 
 
 AsyncHandler = Callable[..., Awaitable[Any]]
+
+
+def _http_trace_context(ctx: ServerRequestContext[Any, Any]) -> dict[str, str] | None:
+    """The W3C ``traceparent`` / ``tracestate`` headers of the HTTP request behind ``ctx`` (None without)."""
+    headers = getattr(ctx.request, "headers", None)
+    parent = headers.get("traceparent") if headers is not None else None
+    if not parent:
+        return None
+    state = headers.get("tracestate") if headers is not None else None
+    return {"traceparent": parent, "tracestate": state} if state else {"traceparent": parent}

@@ -27,7 +27,7 @@ from mcp.server.transport_security import TransportSecuritySettings
 
 from mcp_guard.errors import ConfigError
 from mcp_guard.frontend.admin import AdminApi
-from mcp_guard.frontend.auth import BearerAuth, OnReject
+from mcp_guard.frontend.auth import BearerAuth, KeyRing, OnReject
 from mcp_guard.frontend.oauth import ResourceServer
 from mcp_guard.frontend.ops import OpsSources, with_ops_routes
 from mcp_guard.settings import ServerSettings
@@ -50,7 +50,7 @@ class HttpFront:
 
     server: Server[Any]
     settings: ServerSettings
-    digests: dict[str, str]
+    digests: dict[str, str] | KeyRing
     on_reject: OnReject
     oauth: ResourceServer | None = None
     ops: OpsSources | None = None  # what /healthz, /readyz and /metrics read (none: not served)

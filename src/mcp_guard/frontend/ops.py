@@ -39,7 +39,7 @@ import json
 import os
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Protocol, runtime_checkable
 
@@ -120,6 +120,11 @@ class OpsSources:
     session_transports: Callable[[], Iterable[str]]
     scrub: Callable[[str], str]  # injected secret values out of a text (the Guard's scrubber)
     metrics: bool = True  # [server] metrics: serve /metrics
+    # The approvals part's count of calls waiting for an approval (mcp_guard_approvals_pending). Synchronous:
+    # a scrape never waits on a database, so the part keeps the number at hand. None: no approvals part.
+    approvals_pending: Callable[[], int] | None = None
+    # Config reloads by status (ok, restart_required, rejected): the Guard's counter, read at scrape time.
+    reloads: Mapping[tuple[str, ...], int] | None = None
 
 
 # ---------------------------------------------------------------------------------------------- texts
@@ -222,6 +227,12 @@ def _calls(page: Page, m: CallMetrics) -> None:
         m.errors,
     )
     page.counter("mcp_guard_rate_limit_denials_total", "Requests denied rate_limited.", ("server",), m.rate_limited)
+    page.histogram(
+        "mcp_guard_stage_duration_seconds",
+        "Each pipeline stage's own time per request (Forward: the upstream request); [telemetry] stage_metrics.",
+        ("stage",),
+        m.stages,
+    )
 
 
 def _audit_metrics(page: Page, src: OpsSources) -> None:
@@ -313,6 +324,24 @@ def _process_metrics(page: Page, started: float) -> None:
     page.gauge("process_open_fds", "Number of open file descriptors.", (), {(): fds})
 
 
+def _operations_metrics(page: Page, src: OpsSources) -> None:
+    """What the operators' own actions and queues look like: reloads, approvals waiting."""
+    if src.reloads is not None:
+        page.counter(
+            "mcp_guard_config_reloads_total",
+            "Config reloads (SIGHUP, mcp-guard reload) by outcome: ok, restart_required, rejected.",
+            ("status",),
+            {k: v for k, v in src.reloads.items()},
+        )
+    if src.approvals_pending is not None:
+        page.gauge(
+            "mcp_guard_approvals_pending",
+            "Calls waiting for an approval.",
+            (),
+            {(): src.approvals_pending()},
+        )
+
+
 def metrics_text(src: OpsSources) -> str:
     """The ``/metrics`` page: call counters, then the parts' gauges read now."""
     page = Page()
@@ -322,6 +351,7 @@ def metrics_text(src: OpsSources) -> str:
     _audit_metrics(page, src)
     _policy_metrics(page, src)
     _upstream_metrics(page, src)
+    _operations_metrics(page, src)
     sessions = Counter(src.session_transports())
     sessions.setdefault("http", 0)
     page.gauge(

@@ -47,6 +47,7 @@ from mcp_guard.errors import AuditError, StateError
 from mcp_guard.pipeline.audit import EventSink
 from mcp_guard.pipeline.context import CallContext
 from mcp_guard.pipeline.obligations import Refusal, Undo
+from mcp_guard.pipeline.observe import CallMetrics
 from mcp_guard.types import EventKind, ReasonCode
 
 __all__ = ["MAX_TTL_S", "ApprovalObligation", "ApprovalSpec", "parse_approval"]
@@ -109,8 +110,10 @@ class ApprovalObligation:
         poll_s: float = 0.5,
         progress_s: float = 5.0,
         max_arguments_bytes: int | None = None,
+        metrics: CallMetrics | None = None,
     ) -> None:
         self._store = store
+        self._metrics = metrics if metrics is not None else CallMetrics()
         self._max_arguments_bytes = max_arguments_bytes
         self._sink = sink
         self._base_url = base_url.rstrip("/")
@@ -175,9 +178,13 @@ class ApprovalObligation:
         """The approval once granted, or the refusal it ended in."""
         if approval.status is Status.GRANTED:
             return approval
-        if ctx.session.stateless and ctx.downstream is not None:
-            return await self._ask_client(ctx, approval)
-        return await self._poll(ctx, approval)
+        self._metrics.approvals_waiting += 1  # mcp_guard_approvals_pending
+        try:
+            if ctx.session.stateless and ctx.downstream is not None:
+                return await self._ask_client(ctx, approval)
+            return await self._poll(ctx, approval)
+        finally:
+            self._metrics.approvals_waiting -= 1
 
     async def _poll(self, ctx: CallContext, approval: Approval) -> Approval | Refusal:
         """2025-11-25: wait for the decision, polling the store, with progress notifications."""

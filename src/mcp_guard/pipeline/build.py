@@ -40,6 +40,8 @@ documents what comes back out.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from mcp_guard.approvals.base import ApprovalStore
 from mcp_guard.approvals.memory import MemoryApprovals
 from mcp_guard.pipeline.approval import ApprovalObligation
@@ -61,7 +63,10 @@ from mcp_guard.pipeline.stepup import StepUpObligation
 from mcp_guard.state.base import StateStore
 from mcp_guard.upstream.registry import Registry
 
-__all__ = ["build_pipeline", "obligation_handlers", "pipeline_stages", "usage_source"]
+if TYPE_CHECKING:
+    from opentelemetry.trace import Tracer
+
+__all__ = ["build_pipeline", "obligation_handlers", "pipeline_stages", "traced_stages", "usage_source"]
 
 
 def obligation_handlers(
@@ -100,10 +105,14 @@ def pipeline_stages(
     state: StateStore,
     metrics: CallMetrics | None = None,
     approvals: ApprovalStore | None = None,
+    tracer: Tracer | None = None,
+    stage_metrics: bool = False,
 ) -> list[Interceptor]:
     """The stages, outermost first (the order in the module docstring). ``metrics`` is where the calls are
     counted (the Guard's, read by ``/metrics``); without one they are counted in a private instance.
-    ``approvals`` is where parked calls wait (the Guard's shared store); without one, in memory."""
+    ``approvals`` is where parked calls wait (the Guard's shared store); without one, in memory.
+    ``tracer`` (traces on, mcp_guard.telemetry) adds the tracing stage: see :func:`traced_stages`.
+    ``stage_metrics`` (``[telemetry] stage_metrics``) times every stage but ``Observe`` into ``metrics.stages``."""
     metrics = metrics if metrics is not None else CallMetrics()
     audit = metrics.timed(sink)
     bound = registry.settings.audit.max_arguments_bytes
@@ -112,9 +121,10 @@ def pipeline_stages(
         audit,
         base_url=registry.settings.console.url_base(registry.settings.server),
         max_arguments_bytes=bound,
+        metrics=metrics,
     )
     policy = registry.settings.policy
-    return [
+    stages: list[Interceptor] = [
         Observe(metrics),
         InspectArguments(secrets),
         RecordOutcome(audit, max_arguments_bytes=bound),
@@ -126,6 +136,18 @@ def pipeline_stages(
         ResultPolicy(engine, state, ResultUse(engine, forced=policy.result_policy), max_bytes=policy.result_max_bytes),
         Redact(secrets),
     ]
+    if stage_metrics:
+        stages = [stages[0], *(metrics.time_stage(s) for s in stages[1:])]
+    return stages if tracer is None else traced_stages(stages, tracer)
+
+
+def traced_stages(stages: list[Interceptor], tracer: Tracer) -> list[Interceptor]:
+    """With traces on: :class:`~mcp_guard.pipeline.trace.TraceCall` outermost (the call's span, child of the
+    client's trace context), and every stage inside a span of its own. Imported here, only now: with traces
+    off the pipeline neither imports OpenTelemetry nor runs one instruction for it."""
+    from mcp_guard.pipeline.trace import TraceCall, traced_stage
+
+    return [TraceCall(tracer), *(traced_stage(s, tracer) for s in stages)]
 
 
 def build_pipeline(
@@ -137,8 +159,12 @@ def build_pipeline(
     state: StateStore,
     metrics: CallMetrics | None = None,
     approvals: ApprovalStore | None = None,
+    tracer: Tracer | None = None,
+    stage_metrics: bool = False,
 ) -> CallNext:
-    """The whole pipeline: :func:`pipeline_stages` ending in :class:`~mcp_guard.pipeline.forward.Forward`."""
+    """The whole pipeline: :func:`pipeline_stages` ending in :class:`~mcp_guard.pipeline.forward.Forward`
+    (inside a CLIENT span that hands the upstream its trace context, when traces are on)."""
+    metrics = metrics if metrics is not None else CallMetrics()
     stages = pipeline_stages(
         engine=engine,
         sink=sink,
@@ -147,5 +173,14 @@ def build_pipeline(
         state=state,
         metrics=metrics,
         approvals=approvals,
+        tracer=tracer,
+        stage_metrics=stage_metrics,
     )
-    return build_chain(stages, Forward(registry))
+    forward: CallNext = Forward(registry)
+    if stage_metrics:
+        forward = metrics.time_forward(forward)
+    if tracer is not None:
+        from mcp_guard.pipeline.trace import traced_forward
+
+        forward = traced_forward(forward, tracer)
+    return build_chain(stages, forward)

@@ -45,6 +45,9 @@ class CallContext:
     downstream: ClientChannel | None = None  # the client the call came from (for upstream→client traffic)
     correlation_id: str | None = None  # a stateless client's flow correlation id (mcp_guard.pipeline.flow)
     flow: Flow | None = None  # the call's flow as read before policy (None: the bundle does not use flows)
+    # W3C trace context (traceparent, tracestate) of the client's HTTP request, if it sent one; the tracing
+    # stage (mcp_guard.pipeline.trace) prefers the request's `_meta`.
+    trace_context: Mapping[str, str] | None = None
 
 
 class ErrorOrigin(StrEnum):

@@ -35,7 +35,7 @@ from typing import Final
 
 from mcp_guard.metrics import Histogram
 from mcp_guard.pipeline.audit import EventSink
-from mcp_guard.pipeline.context import CallContext, CallNext, Outcome
+from mcp_guard.pipeline.context import CallContext, CallNext, Interceptor, Outcome
 from mcp_guard.types import AuditEvent, ReasonCode
 
 __all__ = [
@@ -47,6 +47,7 @@ __all__ = [
     "CallCounts",
     "CallMetrics",
     "Observe",
+    "StageTimer",
     "TimedSink",
 ]
 
@@ -58,6 +59,27 @@ POLICY: Final = "policy"  # the reason label of a deny the policy made (no Reaso
 CALL_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 # Seconds. A group commit takes ~0.1-1 ms on SQLite; record() gives up after 5 s.
 AUDIT_WAIT_BUCKETS: Final = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0)
+# Seconds. A stage's own work is microseconds (a policy evaluation ~0.1 ms); the upstream request (Forward)
+# and the audit stages' commit waits reach into seconds.
+STAGE_BUCKETS: Final = (
+    0.00001,
+    0.000025,
+    0.00005,
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.1,
+    0.5,
+    2.5,
+    10.0,
+    60.0,
+)
+FORWARD: Final = "Forward"  # the stage label of the upstream request
 
 _TOOLS_CALL: Final = "tools/call"
 
@@ -94,6 +116,10 @@ class CallMetrics:
         self.errors: dict[tuple[str, ...], int] = {}  # allowed calls that ended in an error (not an isError result)
         self.rate_limited: dict[tuple[str, ...], int] = {}
         self.audit_wait = Histogram(AUDIT_WAIT_BUCKETS)
+        # Each stage's own time by (stage,), when [telemetry] stage_metrics wraps the stages (time_stage).
+        self.stages = Histogram(STAGE_BUCKETS)
+        # Calls of this process parked on a human approval right now (the approval obligation keeps it).
+        self.approvals_waiting = 0
         self.started = time.time()
         self._max_tools = max_tool_labels
         self._tools: dict[str, dict[str, str]] = {}  # server -> tool name -> its label
@@ -184,6 +210,25 @@ class CallMetrics:
         """Pipeline time by (server, action, decision)."""
         return self.snapshot().duration
 
+    def time_stage(self, stage: Interceptor) -> Interceptor:
+        """``stage`` timed into :attr:`stages` under its class name (see :class:`StageTimer`)."""
+        return StageTimer(stage, self.stages.series_for((type(stage).__name__,)), self.stages.bounds)
+
+    def time_forward(self, forward: CallNext) -> CallNext:
+        """The upstream request timed into :attr:`stages` as ``Forward``."""
+        series, bounds = self.stages.series_for((FORWARD,)), self.stages.bounds
+
+        async def timed(ctx: CallContext) -> Outcome:
+            started = perf_counter()
+            try:
+                return await forward(ctx)
+            finally:
+                took = perf_counter() - started
+                series[bisect_left(bounds, took)] += 1
+                series[-1] += took
+
+        return timed
+
     def timed(self, sink: EventSink) -> TimedSink:
         """``sink`` with every ``record()`` wait observed in :attr:`audit_wait`."""
         return TimedSink(sink, self.audit_wait)
@@ -215,6 +260,41 @@ class TimedSink:
 
     def record_nowait(self, event: AuditEvent) -> None:
         self._sink.record_nowait(event)
+
+
+class StageTimer:
+    """One stage, timed: its **own** time — from entering it to its return, minus the time spent in its
+    ``call_next`` (the stages inside it and the upstream request) — observed in one histogram series.
+
+    Only in the pipeline with ``[telemetry] stage_metrics = true``: each wrapper is an extra coroutine frame
+    and a closure per call (a few microseconds per stage; bench/bench_stage_metrics.py).
+    """
+
+    __slots__ = ("_bounds", "_series", "_stage")
+
+    def __init__(self, stage: Interceptor, series: list[float], bounds: tuple[float, ...]) -> None:
+        self._stage = stage
+        self._series = series
+        self._bounds = bounds
+
+    async def __call__(self, ctx: CallContext, call_next: CallNext) -> Outcome:
+        inner = 0.0
+
+        async def timed_next(c: CallContext) -> Outcome:
+            nonlocal inner
+            entered = perf_counter()
+            try:
+                return await call_next(c)
+            finally:
+                inner += perf_counter() - entered
+
+        started = perf_counter()
+        try:
+            return await self._stage(ctx, timed_next)
+        finally:
+            own = perf_counter() - started - inner
+            self._series[bisect_left(self._bounds, own)] += 1
+            self._series[-1] += own
 
 
 class Observe:

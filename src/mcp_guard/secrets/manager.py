@@ -139,6 +139,44 @@ class SecretManager:
             log.warning("secrets.unavailable", upstream=upstream, problem=problem)
         return problems
 
+    # ------------------------------------------------------------------ reload (docs/architecture.md §10)
+    def reconfigured(self, settings: Settings) -> SecretManager:
+        """A manager for ``settings`` that has resolved nothing yet: the candidate of a config reload,
+        checked with :meth:`resolve_used` before :meth:`adopt` makes it live. Its providers scrub what they
+        report (a command's stderr) with this manager's scrubber, which knows every value seen so far."""
+        providers = {
+            name: build_provider(s, resolve_path=settings.resolve_path, cwd=settings.base_dir, scrub=self.scrub_text)
+            for name, s in settings.secrets.items()
+        }
+        return SecretManager(settings, providers=providers)
+
+    async def resolve_used(self) -> dict[str, str]:
+        """Resolve every secret an enabled upstream injects; ``{secret: problem}`` for those that fail
+        (a reload is refused when one does: an upstream would start without its credential)."""
+        names: set[str] = set()
+        for up in self._settings.upstreams.values():
+            if up.enabled:
+                names |= _secret_names(up)
+        _, errors = await self._resolve_many(names, None)
+        return {name: str(err) for name, err in sorted(errors.items())}
+
+    def rotated(self, candidate: SecretManager) -> frozenset[str]:
+        """Secrets whose newest value in ``candidate`` differs from the newest value here."""
+        return frozenset(
+            name
+            for name, values in candidate._values.items()
+            if values and self._values.get(name, [None])[-1] != values[-1]
+        )
+
+    def adopt(self, candidate: SecretManager) -> None:
+        """Serve ``candidate``'s configuration from now on. Values resolved before stay scrubbed (a rotated
+        secret's old value may still be echoed by a tool), the candidate's are added."""
+        self._settings = candidate._settings
+        self._providers = dict(candidate._providers)
+        for name, values in candidate._values.items():
+            for value in values:
+                self._remember(name, value)
+
     # ------------------------------------------------------------------ scrubbing
     def _remember(self, secret: str, value: str) -> None:
         seen = self._values.setdefault(secret, [])

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol, assert_never, overload
@@ -47,7 +47,7 @@ from mcp_guard.channel import (
     scrub_message,
 )
 from mcp_guard.pins import PinStore, scan_tool
-from mcp_guard.settings import Settings
+from mcp_guard.settings import Settings, UpstreamSettings
 from mcp_guard.types import EventKind, ToolInfo
 from mcp_guard.upstream.connection import Injections, UpstreamConnection
 from mcp_guard.upstream.naming import Namer
@@ -139,6 +139,25 @@ class MergedCatalog:
     has_changed_tools: bool = False
 
 
+_STOP_WAIT_S = 10.0  # longest wait for a stopped upstream's task (its child is killed within the SDK's grace)
+
+
+class _Run:
+    """One connection's task: its cancel scope (to stop it alone) and when it ended."""
+
+    def __init__(self, conn: UpstreamConnection) -> None:
+        self.conn = conn
+        self.scope = anyio.CancelScope()
+        self.done = anyio.Event()
+
+    async def run(self) -> None:
+        try:
+            with self.scope:
+                await self.conn.run()
+        finally:
+            self.done.set()
+
+
 @dataclass
 class _InFlight:
     channel: ClientChannel  # the most recent call's
@@ -169,18 +188,64 @@ class Registry:
         self.bare: str | None = next((n for n, u in settings.upstreams.items() if u.enabled and not u.namespace), None)
         # upstream -> session id -> in-flight record (insertion order = recency of first call)
         self._inflight: dict[str, dict[str, _InFlight]] = {}
+        self._injections = injections
+        self._scrub_text = scrub
+        # What runs each connection's task, so one can be stopped while the others serve (a config reload).
+        self._tg: TaskGroup | None = None
+        self._runs: dict[str, _Run] = {}
         for name, up in settings.upstreams.items():
-            if not up.enabled:
-                continue
-            cwd = str(settings.resolve_path(up.cwd)) if up.cwd else settings.base_dir
-            inj = (lambda n=name: injections(n)) if injections is not None else None
-            self.connections[name] = UpstreamConnection(name, up, self, injections=inj, scrub=scrub, cwd=cwd)
+            if up.enabled:
+                self.connections[name] = self._connection(name, up, settings)
+
+    def _connection(self, name: str, up: UpstreamSettings, settings: Settings) -> UpstreamConnection:
+        cwd = str(settings.resolve_path(up.cwd)) if up.cwd else settings.base_dir
+        injections = self._injections
+        inj = (lambda: injections(name)) if injections is not None else None
+        return UpstreamConnection(name, up, self, injections=inj, scrub=self._scrub_text, cwd=cwd)
 
     # ------------------------------------------------------------------ lifecycle
     def start(self, tg: TaskGroup) -> None:
+        self._tg = tg
         for conn in self.connections.values():
-            conn.attach_task_group(tg)
-            tg.start_soon(conn.run, name=f"upstream:{conn.name}")
+            self._launch(conn)
+
+    def _launch(self, conn: UpstreamConnection) -> None:
+        """Run ``conn`` in the registry's task group under its own cancel scope (stoppable alone)."""
+        assert self._tg is not None
+        run = self._runs[conn.name] = _Run(conn)
+        conn.attach_task_group(self._tg)
+        self._tg.start_soon(run.run, name=f"upstream:{conn.name}")
+
+    async def reconfigure(self, settings: Settings, *, stop: Sequence[str], start: Sequence[str]) -> None:
+        """Apply a config reload (:mod:`mcp_guard.config_diff`): the connections of ``stop`` end (their
+        in-flight calls fail with "went down"), those of ``start`` are made from ``settings`` and started,
+        every other connection — and its sessions and in-flight calls — is left alone.
+
+        A stopped connection is waited for (bounded) before its successor starts, so a changed upstream
+        never runs twice at once. Clients are told the catalogue changed.
+        """
+        stopping = [self._runs.pop(n) for n in stop if n in self._runs]
+        for n in stop:
+            conn = self.connections.pop(n, None)
+            if conn is not None:
+                conn.stop()
+        for run in stopping:
+            run.scope.cancel()
+        with anyio.move_on_after(_STOP_WAIT_S):
+            for run in stopping:
+                await run.done.wait()
+        self.settings = settings
+        self.bare = next((n for n, u in settings.upstreams.items() if u.enabled and not u.namespace), None)
+        for n in start:
+            up = settings.upstreams.get(n)
+            if up is None or not up.enabled:
+                continue
+            conn = self.connections[n] = self._connection(n, up, settings)
+            if self._tg is not None:
+                self._launch(conn)
+        if stop:
+            await self._emit(self._rebuild())
+            await self._listener.catalog_changed(stop[0], frozenset({"tools", "resources", "prompts"}))
 
     async def wait_ready(self, timeout: float) -> dict[str, str]:
         """Wait until every upstream is ready or has failed its first start (at most ``timeout`` s).
