@@ -86,6 +86,9 @@ class PolicySettings(_Strict):
     hot_reload: bool = True  # re-load the bundle when its files change
     run_tests_on_start: bool = True  # a bundle whose test_* rules fail does not start (exit 2)
     run_tests_on_reload: bool = True  # a bundle whose test_* rules fail is rejected
+    # Site data: JSON files deep-merged over the bundle's data.json, in order (objects merge, anything
+    # else replaces); relative to the config file; checked by the bundle's data.schema.json.
+    data_overlay: list[str] = []
 
 
 class AuditSettings(_Strict):

@@ -4,11 +4,18 @@ A test passes when its rule evaluates to ``true`` (with no input, as ``opa test`
 their input with ``with input as …``). Anything else fails: ``false`` or undefined is FAIL, an
 evaluation error is ERROR. The embedded runner compiles the bundle with its tests into a fresh regorus
 engine; the OPA runner evaluates each test rule on a real OPA server (see :func:`run_tests_opa`).
+
+Tests run on the bundle's own ``data.json`` documents, never on a site's ``[policy] data_overlay``: they
+test the rules as shipped, so site values cannot make a shipped test fail (the overlay is checked by the
+bundle's ``data.schema.json`` instead). On the embedded engine a failing test is explained
+(:mod:`mcp_guard.policy.explain`: the failing expression, its file:line and values), its ``print()``
+output is kept, and ``coverage=True`` measures line coverage (:mod:`mcp_guard.policy.coverage`).
 """
 
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -20,7 +27,9 @@ from opa_client.opa_async import AsyncOpaClient
 
 from mcp_guard.errors import PolicyError
 from mcp_guard.policy.bundle import Bundle, TestRule
+from mcp_guard.policy.coverage import CoverageReport, coverage_from_regorus, format_coverage
 from mcp_guard.policy.embedded import compile_bundle, regorus_message
+from mcp_guard.policy.explain import Explanation, explain_failure
 
 __all__ = ["TestOutcome", "TestReport", "format_report", "gate_tests", "run_tests_embedded", "run_tests_opa"]
 
@@ -35,6 +44,13 @@ class TestOutcome:
     status: Status
     duration_ns: int
     message: str | None = None
+    explanation: Explanation | None = None  # the failing expression (embedded engine, FAIL only)
+    output: tuple[str, ...] = ()  # what the test print()ed (embedded engine, kept for failures)
+
+    @property
+    def detail(self) -> str | None:
+        """The one-line why: the explanation when there is one, else the message."""
+        return str(self.explanation) if self.explanation is not None else self.message
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -45,6 +61,8 @@ class TestOutcome:
             "status": self.status,
             "duration_ns": self.duration_ns,
             "message": self.message,
+            "explanation": self.explanation.to_dict() if self.explanation is not None else None,
+            "output": list(self.output),
         }
 
 
@@ -54,6 +72,7 @@ class TestReport:
     bundle: str
     revision: str
     outcomes: tuple[TestOutcome, ...] = field(default_factory=tuple)
+    coverage: CoverageReport | None = None
 
     @property
     def passed(self) -> int:
@@ -76,6 +95,7 @@ class TestReport:
             "failed": self.failed,
             "total": len(self.outcomes),
             "tests": [o.to_dict() for o in self.outcomes],
+            **({"coverage": self.coverage.to_dict()} if self.coverage is not None else {}),
         }
 
 
@@ -87,35 +107,58 @@ def _verdict(value: object) -> tuple[Status, str | None]:
     return "FAIL", f"result {json.dumps(value)}"
 
 
-def run_tests_embedded(bundle: Bundle, *, embedded: bool = True) -> TestReport:
-    """Every test rule of ``bundle`` on regorus. A test file that does not compile, or fails the static
-    check, raises PolicyError. ``embedded=False`` (a bundle meant for OPA) lets policies call builtins
-    regorus lacks: tests that reach one then report an ERROR instead of the check refusing the bundle."""
-    rules = bundle.test_rules()
-    engine = compile_bundle(bundle, include_tests=True, embedded=embedded)
-    outcomes: list[TestOutcome] = []
-    for rule in rules:
-        start = time.perf_counter_ns()
-        try:
-            raw = engine.eval_rule_as_json(rule.ref)
-        except RuntimeError as e:
-            outcomes.append(TestOutcome(rule, "ERROR", time.perf_counter_ns() - start, regorus_message(e)))
-            continue
+def run_tests_embedded(
+    bundle: Bundle,
+    *,
+    embedded: bool = True,
+    pattern: re.Pattern[str] | None = None,
+    coverage: bool = False,
+    explain: bool = True,
+) -> TestReport:
+    """Every test rule of ``bundle`` (those whose ``data.<package>.<name>`` matches ``pattern``) on
+    regorus. A test file that does not compile, or fails the static check, raises PolicyError.
+    ``embedded=False`` (a bundle meant for OPA) lets policies call builtins regorus lacks: tests that
+    reach one then report an ERROR instead of the check refusing the bundle."""
+    rules = [r for r in bundle.test_rules() if pattern is None or pattern.search(r.ref)]
+    shipped = bundle.without_overlays()
+    engine = compile_bundle(shipped, include_tests=True, embedded=embedded)
+    engine.set_gather_prints(True)
+    if coverage:
+        engine.set_enable_coverage(True)
+    paths = {f.rel: str(f.path) for f in shipped.tests}
+    outcomes = [_run_one(engine, rule, paths.get(rule.file, rule.file), explain) for rule in rules]
+    report = None
+    if coverage:
+        policies = {str(f.path): f.rel for f in shipped.policies}
+        report = coverage_from_regorus(engine.get_coverage_report_as_json(), policies)
+    return TestReport("embedded", str(bundle.root), bundle.revision, tuple(outcomes), report)
+
+
+def _run_one(engine: Any, rule: TestRule, path: str, explain: bool) -> TestOutcome:
+    start = time.perf_counter_ns()
+    try:
+        raw = engine.eval_rule_as_json(rule.ref)
+    except RuntimeError as e:
         elapsed = time.perf_counter_ns() - start
-        status, message = _verdict(None if raw == _UNDEFINED else json.loads(raw))
-        outcomes.append(TestOutcome(rule, status, elapsed, message))
-    return TestReport("embedded", str(bundle.root), bundle.revision, tuple(outcomes))
+        return TestOutcome(rule, "ERROR", elapsed, regorus_message(e), output=tuple(engine.take_prints()))
+    elapsed = time.perf_counter_ns() - start
+    output = tuple(line.replace(path, rule.file, 1) for line in engine.take_prints())
+    status, message = _verdict(None if raw == _UNDEFINED else json.loads(raw))
+    if status == "PASS":
+        return TestOutcome(rule, status, elapsed)
+    why = explain_failure(engine, path, rule.file, rule.package, rule.name) if explain else None
+    return TestOutcome(rule, status, elapsed, message, why, output)
 
 
-def gate_tests(bundle: Bundle, *, embedded: bool = True, shown: int = 5) -> TestReport:
+def gate_tests(bundle: Bundle, *, embedded: bool = True, shown: int = 3) -> TestReport:
     """Run the bundle's tests (regorus) as a gate: raises :class:`PolicyError` naming the failing tests
-    in one line, so a bundle whose tests fail is not started (``run_tests_on_start``) or swapped in
-    (``run_tests_on_reload``)."""
+    and why each failed (the failing expression and its file:line), in one line, so a bundle whose
+    tests fail is not started (``run_tests_on_start``) or swapped in (``run_tests_on_reload``)."""
     report = run_tests_embedded(bundle, embedded=embedded)
     failed = [o for o in report.outcomes if o.status != "PASS"]
     if failed:
         names = "; ".join(
-            f"{o.rule.ref} ({o.rule.file}) {o.status}" + (f": {o.message}" if o.message else "") for o in failed[:shown]
+            f"{o.rule.ref} ({o.rule.file}) {o.status}" + (f": {o.detail}" if o.detail else "") for o in failed[:shown]
         )
         more = f"; and {len(failed) - shown} more" if len(failed) > shown else ""
         raise PolicyError(f"{bundle.root}: {len(failed)} policy test(s) failed: {names}{more}")
@@ -123,7 +166,12 @@ def gate_tests(bundle: Bundle, *, embedded: bool = True, shown: int = 5) -> Test
 
 
 async def run_tests_opa(
-    client: AsyncOpaClient, bundle: Bundle, *, bundle_loaded: bool, timeout_s: float = 10.0
+    client: AsyncOpaClient,
+    bundle: Bundle,
+    *,
+    bundle_loaded: bool,
+    timeout_s: float = 10.0,
+    pattern: re.Pattern[str] | None = None,
 ) -> TestReport:
     """Every test rule of ``bundle`` on a real OPA server.
 
@@ -134,12 +182,12 @@ async def run_tests_opa(
     """
     from mcp_guard.policy.opa import POLICY_ID_PREFIX, delete_policies, push_bundle
 
-    rules = bundle.test_rules()
+    rules = [r for r in bundle.test_rules() if pattern is None or pattern.search(r.ref)]
     test_prefix = "mcp-guard-test/"
     outcomes: list[TestOutcome] = []
     try:
         if bundle_loaded:
-            await push_bundle(client, bundle, include_tests=True, prefix=POLICY_ID_PREFIX)
+            await push_bundle(client, bundle.without_overlays(), include_tests=True, prefix=POLICY_ID_PREFIX)
         else:
             await push_bundle(client, _tests_only(bundle), prefix=test_prefix)
         for rule in rules:
@@ -184,20 +232,29 @@ def _duration(ns: int) -> str:
     return f"{ns / 1e9:.2f}s"
 
 
-def format_report(report: TestReport) -> str:
-    """The report as ``opa test -v`` prints it: per file, one line per test, then the summary."""
+def format_report(report: TestReport, *, verbose: bool = True) -> str:
+    """The report as ``opa test`` prints it: per file, one line per test (``verbose``; otherwise only the
+    tests that did not pass), each failure with why it failed and what it printed, then the coverage
+    (when measured) and the summary."""
     lines: list[str] = []
     current: str | None = None
     for o in report.outcomes:
+        if o.status == "PASS" and not verbose:
+            continue
         if o.rule.file != current:
             if current is not None:
                 lines.append("")
             current = o.rule.file
             lines.append(f"{o.rule.file}:")
         line = f"{o.rule.ref}: {o.status} ({_duration(o.duration_ns)})"
-        if o.message and o.status != "PASS":
-            line += f"\n  {o.message}"
+        if o.detail and o.status != "PASS":
+            line += f"\n  {o.detail}"
         lines.append(line)
+        lines.extend(f"  | {text}" for text in o.output)
+    if report.coverage is not None:
+        if lines:
+            lines.append("")
+        lines.append(format_coverage(report.coverage))
     lines.append(_RULE)
     total = len(report.outcomes)
     if total == 0:
