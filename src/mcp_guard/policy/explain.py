@@ -153,9 +153,14 @@ def _describe(
     prefix = [src.text(s["span"]) for s in before]
 
     def value_of(expr: Node) -> str:
-        text = f"{_VALUE} := v if {{\n" + "\n".join([*prefix, f"v := {src.text(expr['span'])} {mods}"]) + "\n}\n"
+        # a multi-value rule: the statements before may iterate (`some x in xs`), giving several values
+        text = f"{_VALUE} contains v if {{\n" + "\n".join([*prefix, f"v := {src.text(expr['span'])} {mods}"]) + "\n}\n"
         compiled, value = _eval(engine, module, f"{src.header()}\n{text}", f"data.{package}.{_VALUE}")
-        return _show(value) if compiled else "?"
+        if not compiled or not isinstance(value, list):
+            return "?"
+        if len(value) <= 1:
+            return _show(value[0] if value else None)
+        return "one of " + _show(value)
 
     values: list[tuple[str, str]] = []
     reason = "undefined"

@@ -1,0 +1,104 @@
+"""explain_failure: the first statement of a failing test body that does not hold, with file:line and values."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mcp_guard.policy.bundle import load_bundle
+from mcp_guard.policy.runner import run_tests_embedded
+
+POLICY = """package t
+
+import rego.v1
+
+allow if input.a == 1
+
+double(x) := x * 2
+"""
+
+TESTS = """package t
+
+import rego.v1
+
+test_compare if {
+	d := {"allow": true}
+	d.allow == false
+}
+
+test_not if {
+	x := 1
+	not allow with input as {"a": x}
+}
+
+test_undefined_call if {
+	allow with input as {"a": 2}
+}
+
+test_assign_undefined if {
+	y := input.nope
+	y == 1
+}
+
+test_multiline if {
+	double(2) == 4
+	double(
+		3,
+	) == 7
+}
+
+test_later_binding if {
+	y == 2
+	y = double(1)
+	y == 3
+}
+
+test_value := 7
+
+test_iteration if {
+	some n in [1, 2, 3]
+	n > 5
+}
+"""
+
+
+def explained(tmp_path: Path) -> dict[str, str | None]:
+    (tmp_path / "t.rego").write_text(POLICY)
+    (tmp_path / "t_test.rego").write_text(TESTS)
+    report = run_tests_embedded(load_bundle(tmp_path))
+    assert report.passed == 0
+    return {o.rule.name: str(o.explanation) if o.explanation else None for o in report.outcomes}
+
+
+def test_each_kind_of_statement(tmp_path: Path) -> None:
+    why = explained(tmp_path)
+    assert why["test_compare"] == "t_test.rego:7:5: false: d.allow == false (left = true, right = false)"
+    assert why["test_not"] == 't_test.rego:12:5: held (under `not`): not allow with input as {"a": x}'
+    assert why["test_undefined_call"] == 't_test.rego:16:5: undefined: allow with input as {"a": 2}'
+    assert why["test_assign_undefined"] == "t_test.rego:20:5: undefined: y := input.nope (input.nope = undefined)"
+    assert why["test_multiline"] == "t_test.rego:26:5: false: double( 3, ) == 7 (left = 6, right = 7)"
+    assert why["test_iteration"] == "t_test.rego:41:5: false: n > 5 (left = one of [1, 2, 3], right = 5)"
+
+
+def test_a_prefix_that_cannot_compile_alone_is_skipped_never_blamed(tmp_path: Path) -> None:
+    """`y == 2` reads y before `y = …` binds it (OPA re-orders): that prefix alone does not compile, and the
+    explanation names the statement that failed, not the one before it."""
+    why = explained(tmp_path)
+    assert why["test_later_binding"] == "t_test.rego:34:5: false: y == 3 (left = 2, right = 3)"
+
+
+def test_a_rule_without_a_body_has_no_explanation_but_its_value(tmp_path: Path) -> None:
+    (tmp_path / "t.rego").write_text(POLICY)
+    (tmp_path / "t_test.rego").write_text(TESTS)
+    outcome = next(o for o in run_tests_embedded(load_bundle(tmp_path)).outcomes if o.rule.name == "test_value")
+    assert outcome.explanation is None and outcome.detail == "result 7"
+
+
+def test_print_output_of_a_failing_test_is_kept(tmp_path: Path) -> None:
+    (tmp_path / "t.rego").write_text(POLICY)
+    (tmp_path / "t_test.rego").write_text(
+        'package t\n\nimport rego.v1\n\ntest_p if {\n\tprint("seen", 1)\n\tfalse\n}\n\ntest_q if print("quiet")\n'
+    )
+    report = run_tests_embedded(load_bundle(tmp_path))
+    out = {o.rule.name: o.output for o in report.outcomes}
+    assert out["test_p"] == ("t_test.rego:6: seen 1",)
+    assert out["test_q"] == ()  # a passing test's output is not kept
