@@ -16,6 +16,10 @@
   requires every local variable to be declared; ``--json`` prints the findings as JSON. The
   configured ``[policy] data_overlay`` files are merged over the bundle's data and checked against its
   ``data.schema.json``: a violation is a finding (``[error: schema]``) naming the file and the key. For CI.
+* ``policy fmt [--check] [DIR]`` puts the bundle's ``.rego`` files in OPA's canonical format with OPA's
+  own formatter (:mod:`mcp_guard.policy.fmt`; exit 2 without an ``opa`` binary). ``--check`` only lists
+  the files that would change (exit 1 if any). After writing, the static check runs again: a rewrite
+  the embedded engine would evaluate differently is listed and the exit code is 1.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from mcp_guard.errors import PolicyError
 from mcp_guard.policy import open_engine
 from mcp_guard.policy.bundle import Bundle, load_bundle
 from mcp_guard.policy.embedded import compile_bundle
+from mcp_guard.policy.fmt import format_bundle
 from mcp_guard.policy.lint import Finding, PolicyCheckError, lint_ast
 from mcp_guard.policy.opa import connect
 from mcp_guard.policy.overlay import configured_overlays
@@ -74,6 +79,12 @@ def register(subparsers: Any) -> None:
     ch.add_argument("--json", action="store_true", help="print the findings as JSON")
     add_config_arg(ch)
     ch.set_defaults(func=cmd_check)
+
+    fm = sub.add_parser("fmt", help="format .rego files canonically (runs OPA's formatter)")
+    fm.add_argument("dir", nargs="?", metavar="DIR", help="bundle directory (default: [policy] bundle)")
+    fm.add_argument("--check", action="store_true", help="only list files that are not formatted (exit 1 if any)")
+    add_config_arg(fm)
+    fm.set_defaults(func=cmd_fmt)
 
 
 def _usage(parser: argparse.ArgumentParser) -> int:
@@ -219,3 +230,30 @@ def cmd_check(args: argparse.Namespace) -> int:
         files = len(bundle.policies) + len(bundle.tests)
         print(f"{root}: {files} file(s) checked, {errors} error(s), {warnings} warning(s)")
     return 0 if errors == 0 else 1
+
+
+def cmd_fmt(args: argparse.Namespace) -> int:
+    from mcp_guard.cli import load_config
+
+    settings = load_config(args)
+    root = Path(args.dir) if args.dir else settings.resolve_path(settings.policy.bundle)
+    result = format_bundle(root, write=not args.check)
+    for path in result.changed:
+        print(path)
+    if args.check:
+        if result.changed:
+            print(
+                f"{root}: {len(result.changed)} file(s) not in canonical format (mcp-guard policy fmt)", file=sys.stderr
+            )
+        return 1 if result.changed else 0
+    if not result.changed:
+        return 0
+    bundle = load_bundle(root)
+    errors = [
+        f for f in bundle_findings(bundle, embedded=settings.policy.engine == "embedded") if f.severity == "error"
+    ]
+    if errors:
+        _print_findings(errors, file=sys.stderr)
+        print(f"mcp-guard: {root}: formatted, but the bundle now fails the static check", file=sys.stderr)
+        return 1
+    return 0
