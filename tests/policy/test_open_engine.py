@@ -252,3 +252,34 @@ async def test_hot_reload_applies_an_edited_overlay_and_rejects_a_bad_one(tmp_pa
             events[1].error or ""
         )
         assert engine.revision == good and (await engine.evaluate_document({})).reasons == ("two",)
+
+
+async def test_default_bundle_starts_with_site_data_that_drops_the_demo(tmp_path: Path) -> None:
+    """The shipped tests run on the shipped data: a site that removes the demo's principals and roles and
+    moves the roots still passes the start-up test gate, and its own data decides."""
+    repo = Path(__file__).resolve().parents[2]
+    (tmp_path / "site.json").write_text(
+        '{"mcp_guard_config": {"principals": {"alice": null, "bob": null, "carol": ["analyst"]}, "roles": {"support": null},'
+        ' "paths": {"allowed_roots": {"files": ["/data/site"], "filesystem": null}}}}'
+    )
+    s = parse_settings(
+        {"policy": {"bundle": str(repo / "policies" / "rego"), "data_overlay": ["site.json"], "hot_reload": False}},
+        base_dir=str(tmp_path),
+    )
+
+    def read(principal: str, path: str) -> dict[str, Any]:
+        return {
+            "action": "tools/call",
+            "principal": {"id": principal, "roles": [], "attributes": {}},
+            "server": "files",
+            "tool": "read_text_file",
+            "arguments": {"path": path},
+            "tool_info": {"annotations": {"readOnlyHint": True}},
+        }
+
+    async with open_engine(s) as engine:  # run_tests_on_start is on
+        data = engine.bundle.data["mcp_guard_config"]  # type: ignore[attr-defined]
+        assert set(data["principals"]) == {"carol", "local-agent"} and "support" not in data["roles"]
+        assert (await engine.evaluate_document(read("carol", "/data/site/a.txt"))).allow is True
+        assert (await engine.evaluate_document(read("carol", "/srv/agent-workspace/a.txt"))).allow is False
+        assert (await engine.evaluate_document(read("bob", "/data/site/a.txt"))).allow is False  # bob is gone

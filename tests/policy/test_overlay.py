@@ -19,9 +19,11 @@ def test_objects_merge_and_arrays_replace() -> None:
     assert BASE["c"]["roots"]["files"] == ["/a"]  # the base is not modified
 
 
-def test_a_scalar_replaces_an_object_and_null_is_a_value() -> None:
-    assert deep_merge(BASE, {"c": {"roots": None}})["c"]["roots"] is None
-    assert deep_merge({"a": 1}, {"a": {"b": 2}}) == {"a": {"b": 2}}
+def test_null_removes_a_key_and_an_object_replaces_a_scalar() -> None:
+    """RFC 7386 (JSON Merge Patch): how a site drops a shipped role or principal."""
+    assert deep_merge(BASE, {"c": {"roots": None, "gone": None}})["c"] == {"hosts": ["x", "y"], "n": 1}
+    assert deep_merge({"a": 1}, {"a": {"b": 2, "c": None}}) == {"a": {"b": 2}}
+    assert deep_merge({"a": {"b": 1}}, {"a": 3}) == {"a": 3}
 
 
 def test_provenance_names_the_last_file_that_set_a_key() -> None:

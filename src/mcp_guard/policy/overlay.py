@@ -1,9 +1,10 @@
 """Site data over a bundle's ``data.json`` without forking the bundle: ``[policy] data_overlay``.
 
-Each overlay file is a JSON object merged over the bundle's data document, in the order listed:
-objects merge key by key, recursively; anything else (arrays, strings, numbers, ``null``) replaces
-what was there. Arrays replace rather than append so that a site can *narrow* a list (allowed roots,
-hosts) — appending could only ever widen it. The merged document is what the engine evaluates and
+Each overlay file is a JSON object merged over the bundle's data document, in the order listed, as a
+JSON Merge Patch (RFC 7386): objects merge key by key, recursively; ``null`` removes the key (a site
+can drop a shipped role or principal); anything else (arrays, strings, numbers) replaces what was
+there. Arrays replace rather than append so that a site can *narrow* a list (allowed roots, hosts) —
+appending could only ever widen it. The merged document is what the engine evaluates and
 what is pushed to OPA; it is validated by the bundle's ``data.schema.json`` (:mod:`.schema`), and
 which file set a key is kept (:func:`provenance`) so a schema error names the file to fix.
 """
@@ -27,12 +28,15 @@ def configured_overlays(settings: Settings) -> tuple[Path, ...]:
 
 
 def deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
-    """``over`` merged into a copy of ``base``: objects recursively, everything else replaced."""
+    """``over`` merged into a copy of ``base`` (RFC 7386): objects recursively, ``null`` deletes,
+    everything else replaced."""
     out = dict(base)
     for key, value in over.items():
         old = out.get(key)
-        if isinstance(old, Mapping) and isinstance(value, Mapping):
-            out[key] = deep_merge(old, value)
+        if value is None:
+            out.pop(key, None)
+        elif isinstance(value, Mapping):
+            out[key] = deep_merge(old if isinstance(old, Mapping) else {}, value)
         else:
             out[key] = value
     return out
