@@ -15,6 +15,8 @@ from mcp_guard.settings import Settings, parse_settings
 
 pytestmark = pytest.mark.anyio
 
+REPO = Path(__file__).resolve().parents[2]
+
 V1 = 'package t\n\nimport rego.v1\n\ndecision := {"allow": false, "reasons": ["v1"]}\n'
 V2 = 'package t\n\nimport rego.v1\n\ndecision := {"allow": true, "reasons": ["v2"]}\n'
 TEST_OK = "package t\n\nimport rego.v1\n\ntest_shape if is_boolean(decision.allow)\n"
@@ -257,13 +259,12 @@ async def test_hot_reload_applies_an_edited_overlay_and_rejects_a_bad_one(tmp_pa
 async def test_default_bundle_starts_with_site_data_that_drops_the_demo(tmp_path: Path) -> None:
     """The shipped tests run on the shipped data: a site that removes the demo's principals and roles and
     moves the roots still passes the start-up test gate, and its own data decides."""
-    repo = Path(__file__).resolve().parents[2]
     (tmp_path / "site.json").write_text(
-        '{"mcp_guard_config": {"principals": {"alice": null, "bob": null, "carol": ["analyst"]}, "roles": {"support": null},'
-        ' "paths": {"allowed_roots": {"files": ["/data/site"], "filesystem": null}}}}'
+        '{"mcp_guard_config": {"principals": {"alice": null, "bob": null, "carol": ["analyst"]},'
+        ' "roles": {"support": null}, "paths": {"allowed_roots": {"files": ["/data/site"], "filesystem": null}}}}'
     )
     s = parse_settings(
-        {"policy": {"bundle": str(repo / "policies" / "rego"), "data_overlay": ["site.json"], "hot_reload": False}},
+        {"policy": {"bundle": str(REPO / "policies" / "rego"), "data_overlay": ["site.json"], "hot_reload": False}},
         base_dir=str(tmp_path),
     )
 
