@@ -112,3 +112,19 @@ def test_no_schema_no_check(tmp_path: Path) -> None:
     (tmp_path / "p.rego").write_text("package p\n\nx := 1\n")
     (tmp_path / "data.json").write_text('{"anything": {"goes": 1}}')
     assert load_bundle(tmp_path).schema is None
+
+
+def test_a_verdict_is_remembered_per_revision_and_place(tmp_path: Path) -> None:
+    """Validation runs once per revision (the watcher re-reads every second); a refused revision stays
+    refused, and the same content elsewhere is named where it is."""
+    first = site(tmp_path, {"pathz": {}})
+    for _ in range(2):
+        with pytest.raises(DataSchemaError, match=rf"^{first}: data.mcp_guard_config.pathz"):
+            load_bundle(BUNDLE, overlays=[first])
+    other = tmp_path / "other"
+    other.mkdir()
+    second = site(other, {"pathz": {}})
+    with pytest.raises(DataSchemaError, match=rf"^{second}: "):
+        load_bundle(BUNDLE, overlays=[second])
+    first.write_text(json.dumps({"mcp_guard_config": {"paths": {"argument_names": []}}}))
+    assert load_bundle(BUNDLE, overlays=[first]).data["mcp_guard_config"]["paths"]["argument_names"] == []

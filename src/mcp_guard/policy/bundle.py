@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -28,7 +29,7 @@ from typing import Any
 
 from mcp_guard.errors import PolicyError
 from mcp_guard.policy.overlay import deep_merge, read_overlay
-from mcp_guard.policy.schema import SCHEMA_FILE, load_schema, validate_data
+from mcp_guard.policy.schema import SCHEMA_FILE, DataSchemaError, validate_data
 
 __all__ = ["Bundle", "BundleFile", "TestRule", "load_bundle", "rule_ref"]
 
@@ -185,14 +186,15 @@ def load_bundle(root: str | Path, *, overlays: Sequence[str | Path] = ()) -> Bun
         layers.append((str(path), doc))
         merged = deep_merge(merged, doc)
     schema = _schema_file(base)
-    if schema is not None:
-        validate_data(load_schema(schema.path, schema.text), schema.path, merged, layers)
     h = hashlib.sha256()
     signed = sorted(policies + tests + data_files + ([schema] if schema else []), key=lambda f: f.rel)
     for f in signed + over_files:
         raw = f.text.encode("utf-8")
         h.update(f"{f.rel}\0{len(raw)}\0".encode())
         h.update(raw)
+    if schema is not None:  # the paths too: an error message names the files
+        where = "\0".join([str(base), *(str(f.path) for f in over_files)])
+        _check_data(f"{h.hexdigest()}\0{where}", schema, merged, layers)
     return Bundle(
         root=base,
         policies=tuple(policies),
@@ -204,6 +206,30 @@ def load_bundle(root: str | Path, *, overlays: Sequence[str | Path] = ()) -> Bun
         base_data=data if over_files else None,
         schema=schema,
     )
+
+
+_VERDICTS: OrderedDict[str, str | None] = OrderedDict()  # revision + paths -> schema error (None: valid)
+_VERDICTS_SIZE = 16
+
+
+def _check_data(
+    key: str, schema: BundleFile, data: Mapping[str, Any], layers: list[tuple[str, Mapping[str, Any]]]
+) -> None:
+    """Validate once per revision (which covers schema, data and overlays) and place: the watcher
+    re-reads an unchanged — or unchanged and still invalid — bundle every second."""
+    if key not in _VERDICTS:
+        try:
+            validate_data(schema.text, schema.path, data, layers)
+            _VERDICTS[key] = None
+        except DataSchemaError as e:
+            _VERDICTS[key] = str(e)
+        if len(_VERDICTS) > _VERDICTS_SIZE:
+            _VERDICTS.popitem(last=False)
+    else:
+        _VERDICTS.move_to_end(key)
+    error = _VERDICTS[key]
+    if error is not None:
+        raise DataSchemaError(error)
 
 
 def _data_name(base: Path, data_files: list[BundleFile]) -> str:

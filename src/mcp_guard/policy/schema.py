@@ -14,7 +14,9 @@ the offending key and the key's path in ``data`` (``data.mcp_guard_config.paths.
 
 from __future__ import annotations
 
+import hashlib
 import json
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -33,6 +35,27 @@ SCHEMA_FILE = "data.schema.json"
 
 class DataSchemaError(PolicyError):
     """The bundle's data (with the overlays) violates its ``data.schema.json``, or the schema is invalid."""
+
+
+_VALIDATORS: OrderedDict[str, Any] = OrderedDict()  # sha256 of a schema's text -> its checked validator
+_CACHE_SIZE = 8
+
+
+def validator_for(path: Path, text: str) -> Any:
+    """A validator for the schema ``text``, checked against its meta-schema once per distinct text: the
+    meta-schema check costs ~0.1 s of CPU, and the bundle watcher re-reads the bundle every second."""
+    key = hashlib.sha256(text.encode("utf-8")).hexdigest()
+    cached = _VALIDATORS.get(key)
+    if cached is not None:
+        _VALIDATORS.move_to_end(key)
+        return cached
+    schema = load_schema(path, text)
+    cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
+    validator = cls(schema)
+    _VALIDATORS[key] = validator
+    if len(_VALIDATORS) > _CACHE_SIZE:
+        _VALIDATORS.popitem(last=False)
+    return validator
 
 
 def load_schema(path: Path, text: str) -> dict[str, Any]:
@@ -76,16 +99,17 @@ def _describe(error: jsonschema.exceptions.ValidationError) -> tuple[list[str | 
 
 
 def validate_data(
-    schema: Mapping[str, Any],
+    schema_text: str,
     schema_file: Path,
     data: Mapping[str, Any],
     layers: Sequence[tuple[str, Mapping[str, Any]]],
 ) -> None:
-    """Validate the merged ``data``. ``layers`` are the documents it was merged from (name, document),
-    the bundle's data first, to say which file set the offending key. Raises one line: ``FILE: data.a.b:
-    problem (per SCHEMA)``, for the first error in document order."""
-    cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
-    errors = sorted(cls(schema).iter_errors(dict(data)), key=lambda e: [str(p) for p in e.absolute_path])
+    """Validate the merged ``data`` against the schema ``schema_text`` (the file ``schema_file``).
+    ``layers`` are the documents it was merged from (name, document), the bundle's data first, to say
+    which file set the offending key. Raises one line: ``FILE: data.a.b: problem (per SCHEMA)``, for the
+    first error in document order."""
+    validator = validator_for(schema_file, schema_text)
+    errors = sorted(validator.iter_errors(dict(data)), key=lambda e: [str(p) for p in e.absolute_path])
     if not errors:
         return
     path, message = _describe(errors[0])
