@@ -92,17 +92,38 @@ async def test_a_mask_outside_input_and_result_is_refused(
     assert "export_mask" in capsys.readouterr().err
 
 
-def test_a_recorded_input_is_used_and_pointer_escapes_apply() -> None:
+def test_the_recorded_policy_input_and_answer_are_used_and_pointer_escapes_apply() -> None:
+    """A row with the policy record (details.policy, written for replay): the input it saw with the audited
+    arguments put back, and the policy's own answer — here an allow a later stage refused."""
     row = {
         "kind": "call.decision",
         "decision_id": "d",
-        "decision": "allow",
-        "reasons": [],
+        "decision": "deny",
+        "reasons": ["rate_limited"],
         "ts": "2026-01-01T00:00:00Z",
-        "input": {"arguments": {"a/b": "secret", "list": ["x", "y"]}, "principal": {"id": "alice"}},
-        "details": {"action": "tools/call"},
+        "arguments": {"a/b": "secret", "list": ["x", "y"]},
+        "details": {
+            "action": "tools/call",
+            "policy": {
+                "allow": True,
+                "reasons": ["ok"],
+                "obligations": {"labels": ["private"]},
+                "input": {"action": "tools/call", "principal": {"id": "alice", "roles": ["support"]}},
+            },
+        },
     }
     e = opa_event(row, masks=[Mask("remove", "/input/arguments/a~1b"), Mask("upsert", "/input/arguments/list/1", "*")])
-    assert e["mcp_guard"]["input"] == "recorded" and e["input"]["arguments"] == {"list": ["x", "*"]}
-    assert row["input"]["arguments"]["a/b"] == "secret"  # the row itself is untouched
+    assert e["mcp_guard"]["input"] == "recorded" and e["mcp_guard"]["decision"] == "deny"
+    assert e["input"] == {
+        "action": "tools/call",
+        "principal": {"id": "alice", "roles": ["support"]},
+        "arguments": {"list": ["x", "*"]},
+    }
+    assert e["result"] == {"allow": True, "reasons": ["ok"], "obligations": {"labels": ["private"]}}
+    assert row["arguments"]["a/b"] == "secret" and row["arguments"]["list"] == ["x", "y"]  # the row is untouched
     assert "metrics" not in e
+    unreplayable = {
+        **row,
+        "details": {"action": "tools/call", "policy": {"unreplayable": {"reason": "input_too_large"}}},
+    }
+    assert opa_event(unreplayable)["mcp_guard"]["input"] == "reconstructed"

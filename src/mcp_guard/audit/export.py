@@ -9,10 +9,16 @@ pipeline built for OPA ingests mcp-guard unchanged: ``decision_id``, ``path`` (t
 ``[policy] decision``), ``input``, ``result``, ``bundles`` (``{"mcp-guard": {"revision": …}}``, the
 policy revision that decided), ``timestamp``, ``labels`` (``app``, ``version``), ``metrics``
 (``timer_mcp_guard_decision_ns``, the row's ``duration_ms``) and, under ``mcp_guard``, the row's
-``seq``/``event_id``/``hash`` to tie a line back to the hash chain. When the row carries the full policy
-input (an ``input`` column) that is the ``input``; otherwise it is rebuilt from the row — action,
-principal id, session id, server, tool and the audited arguments (already scrubbed of secrets) — and
-``mcp_guard.input`` says ``"reconstructed"``. ``result`` is ``{allow, reasons, obligations?}``.
+``seq``/``event_id``/``hash`` to tie a line back to the hash chain and ``decision``, what governed the
+call (a stage may have refused what the policy allowed).
+
+When the row keeps what the policy was asked and answered (``details.policy``, written for ``policy
+replay``: the input without ``arguments``, and the policy's own ``allow``/``reasons``/``obligations``),
+``input`` is that document with the row's audited ``arguments`` put back (the audit copy: secrets
+scrubbed, credential shapes masked) and ``result`` is the policy's answer; ``mcp_guard.input`` says
+``"recorded"``. Older rows, and rows whose input was too large to keep, get an ``input`` rebuilt from
+the columns — action, principal id, session id, server, tool, arguments — (``"reconstructed"``) and a
+``result`` of ``{allow, reasons, obligations?}`` from the row.
 
 Masking follows OPA's ``system.log.mask``: each rule is a JSON pointer under ``/input`` or ``/result``
 that is removed (listed in the event's ``erased``), or an ``upsert`` that replaces the value (listed
@@ -103,14 +109,21 @@ def _child(node: Any, token: str) -> Any:
     return None
 
 
-def _recorded_input(value: Any) -> dict[str, Any] | None:
-    """The row's full policy input, when the log has that column (a copy: masking edits it)."""
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError:
-            return None
-    return json.loads(json.dumps(value)) if isinstance(value, dict) else None
+_POLICY_RECORD = "policy"  # the details key of audit.events.call_decision's policy record (policy replay)
+
+
+def _recorded(row: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """(input, result) from the row's policy record, copied (masking edits them), or None."""
+    record = (row.get("details") or {}).get(_POLICY_RECORD)
+    if not isinstance(record, Mapping) or not isinstance(record.get("input"), Mapping):
+        return None
+    doc: dict[str, Any] = json.loads(json.dumps(record["input"]))
+    if row.get("arguments") is not None:
+        doc["arguments"] = json.loads(json.dumps(row["arguments"]))
+    result: dict[str, Any] = {"allow": record.get("allow") is True, "reasons": list(record.get("reasons") or [])}
+    if record.get("obligations"):
+        result["obligations"] = json.loads(json.dumps(record["obligations"]))
+    return doc, result
 
 
 def _reconstructed_input(row: Mapping[str, Any]) -> dict[str, Any]:
@@ -121,7 +134,7 @@ def _reconstructed_input(row: Mapping[str, Any]) -> dict[str, Any]:
         "session": {"id": row.get("session_id")},
         "server": row.get("server"),
         "tool": row.get("tool"),
-        "arguments": row.get("arguments"),
+        "arguments": json.loads(json.dumps(row.get("arguments"))),
     }
     return {k: v for k, v in doc.items() if v is not None}
 
@@ -129,14 +142,18 @@ def _reconstructed_input(row: Mapping[str, Any]) -> dict[str, Any]:
 def opa_event(row: Mapping[str, Any], *, path: str = DEFAULT_PATH, masks: Sequence[Mask] = ()) -> dict[str, Any]:
     """A ``call.decision`` row (decoded, :func:`row_to_dict`) as an OPA decision-log event, masked."""
     details = row.get("details") or {}
-    recorded = _recorded_input(row.get("input"))
-    result: dict[str, Any] = {"allow": row.get("decision") == "allow", "reasons": list(row.get("reasons") or [])}
-    if details.get("obligations"):
-        result["obligations"] = details["obligations"]
+    recorded = _recorded(row)
+    if recorded is not None:
+        doc, result = recorded
+    else:
+        doc = _reconstructed_input(row)
+        result = {"allow": row.get("decision") == "allow", "reasons": list(row.get("reasons") or [])}
+        if details.get("obligations"):
+            result["obligations"] = json.loads(json.dumps(details["obligations"]))
     event: dict[str, Any] = {
         "decision_id": row.get("decision_id"),
         "path": path,
-        "input": recorded if recorded is not None else _reconstructed_input(row),
+        "input": doc,
         "result": result,
         "bundles": {"mcp-guard": {"revision": row.get("policy_revision") or ""}},
         "timestamp": row.get("ts"),
@@ -146,6 +163,7 @@ def opa_event(row: Mapping[str, Any], *, path: str = DEFAULT_PATH, masks: Sequen
             "event_id": row.get("event_id"),
             "hash": row.get("hash"),
             "input": "recorded" if recorded is not None else "reconstructed",
+            "decision": row.get("decision"),
         },
     }
     if row.get("duration_ms") is not None:
