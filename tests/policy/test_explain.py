@@ -102,3 +102,68 @@ def test_print_output_of_a_failing_test_is_kept(tmp_path: Path) -> None:
     out = {o.rule.name: o.output for o in report.outcomes}
     assert out["test_p"] == ("t_test.rego:6: seen 1",)
     assert out["test_q"] == ()  # a passing test's output is not kept
+
+
+HELPERS = """package t
+
+import rego.v1
+
+decision := {"allow": input.a == 1, "reasons": [sprintf("a is %v", [input.a])]}
+
+denied_with(inp, fragment) if {
+	d := decision with input as inp
+	d.allow == false
+	some r in d.reasons
+	contains(r, fragment)
+}
+
+allowed(inp) if {
+	d := decision with input as inp
+	d.allow == true
+}
+
+allowed(inp) if inp.bypass
+"""
+
+HELPER_TESTS = """package t
+
+import rego.v1
+
+test_denied_reason if {
+	inp := {"a": 2}
+	denied_with(inp, "is 3")
+}
+
+test_denied_but_allowed if {
+	denied_with({"a": 1}, "x") with data.unused as 1
+}
+
+test_two_definitions if {
+	allowed({"a": 5})
+}
+"""
+
+
+def helper_explanations(tmp_path: Path) -> dict[str, str | None]:
+    (tmp_path / "t.rego").write_text(HELPERS)
+    (tmp_path / "t_test.rego").write_text(HELPER_TESTS)
+    report = run_tests_embedded(load_bundle(tmp_path))
+    return {o.rule.name: str(o.explanation) if o.explanation else None for o in report.outcomes}
+
+
+def test_the_search_goes_into_a_called_function(tmp_path: Path) -> None:
+    """A helper's failing statement is named too, with the arguments bound (also through `with`)."""
+    why = helper_explanations(tmp_path)
+    assert why["test_denied_reason"] == (
+        't_test.rego:7:5: undefined: denied_with(inp, "is 3"); in it, '
+        't.rego:11:5: false: contains(r, fragment) (r = "a is 2", fragment = "is 3")'
+    )
+    assert why["test_denied_but_allowed"] == (
+        't_test.rego:11:5: undefined: denied_with({"a": 1}, "x") with data.unused as 1; in it, '
+        "t.rego:9:5: false: d.allow == false (left = true, right = false)"
+    )
+
+
+def test_a_function_with_several_definitions_is_not_entered(tmp_path: Path) -> None:
+    why = helper_explanations(tmp_path)
+    assert why["test_two_definitions"] == 't_test.rego:15:5: undefined: allowed({"a": 5})'

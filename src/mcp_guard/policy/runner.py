@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -29,7 +29,7 @@ from mcp_guard.errors import PolicyError
 from mcp_guard.policy.bundle import Bundle, TestRule
 from mcp_guard.policy.coverage import CoverageReport, coverage_from_regorus, format_coverage
 from mcp_guard.policy.embedded import compile_bundle, regorus_message
-from mcp_guard.policy.explain import Explanation, explain_failure
+from mcp_guard.policy.explain import Explainer, Explanation
 
 __all__ = ["TestOutcome", "TestReport", "format_report", "gate_tests", "run_tests_embedded", "run_tests_opa"]
 
@@ -126,7 +126,17 @@ def run_tests_embedded(
     if coverage:
         engine.set_enable_coverage(True)
     paths = {f.rel: str(f.path) for f in shipped.tests}
-    outcomes = [_run_one(engine, rule, paths.get(rule.file, rule.file), explain) for rule in rules]
+    rels = {str(f.path): f.rel for f in shipped.policies + shipped.tests}
+    explainer: list[Explainer] = []  # made at the first failure (it reads the AST once)
+
+    def why(rule: TestRule) -> Explanation | None:
+        if not explain:
+            return None
+        if not explainer:
+            explainer.append(Explainer(engine, rels))
+        return explainer[0].test(paths.get(rule.file, rule.file), rule.name)
+
+    outcomes = [_run_one(engine, rule, paths.get(rule.file, rule.file), why) for rule in rules]
     report = None
     if coverage:
         policies = {str(f.path): f.rel for f in shipped.policies}
@@ -134,7 +144,7 @@ def run_tests_embedded(
     return TestReport("embedded", str(bundle.root), bundle.revision, tuple(outcomes), report)
 
 
-def _run_one(engine: Any, rule: TestRule, path: str, explain: bool) -> TestOutcome:
+def _run_one(engine: Any, rule: TestRule, path: str, why: Callable[[TestRule], Explanation | None]) -> TestOutcome:
     start = time.perf_counter_ns()
     try:
         raw = engine.eval_rule_as_json(rule.ref)
@@ -146,8 +156,7 @@ def _run_one(engine: Any, rule: TestRule, path: str, explain: bool) -> TestOutco
     status, message = _verdict(None if raw == _UNDEFINED else json.loads(raw))
     if status == "PASS":
         return TestOutcome(rule, status, elapsed)
-    why = explain_failure(engine, path, rule.file, rule.package, rule.name) if explain else None
-    return TestOutcome(rule, status, elapsed, message, why, output)
+    return TestOutcome(rule, status, elapsed, message, why(rule), output)
 
 
 def gate_tests(bundle: Bundle, *, embedded: bool = True, shown: int = 3) -> TestReport:
