@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from mcp_guard.policy.bundle import load_bundle
-from mcp_guard.policy.runner import run_tests_embedded
+from mcp_guard.policy.runner import format_report, run_tests_embedded
 
 POLICY = """package t
 
@@ -93,15 +93,17 @@ def test_a_rule_without_a_body_has_no_explanation_but_its_value(tmp_path: Path) 
     assert outcome.explanation is None and outcome.detail == "result 7"
 
 
-def test_print_output_of_a_failing_test_is_kept(tmp_path: Path) -> None:
+def test_print_output_is_kept_and_shown_like_opa_test(tmp_path: Path) -> None:
     (tmp_path / "t.rego").write_text(POLICY)
     (tmp_path / "t_test.rego").write_text(
         'package t\n\nimport rego.v1\n\ntest_p if {\n\tprint("seen", 1)\n\tfalse\n}\n\ntest_q if print("quiet")\n'
     )
     report = run_tests_embedded(load_bundle(tmp_path))
     out = {o.rule.name: o.output for o in report.outcomes}
-    assert out["test_p"] == ("t_test.rego:6: seen 1",)
-    assert out["test_q"] == ()  # a passing test's output is not kept
+    assert out == {"test_p": ("t_test.rego:6: seen 1",), "test_q": ("t_test.rego:10: quiet",)}
+    quiet, verbose = format_report(report, verbose=False), format_report(report, verbose=True)
+    assert "| t_test.rego:6: seen 1" in quiet and "quiet" not in quiet  # a passing test's output only with -v
+    assert "| t_test.rego:10: quiet" in verbose
 
 
 HELPERS = """package t

@@ -153,7 +153,7 @@ class Explainer:
         try:
             probe.add_policy(f"{src.file}#explain", f"{src.header()}\n{text}")
             raw = probe.eval_rule_as_json(f"data.{src.package}.{rule}")
-        except RuntimeError:
+        except (RuntimeError, ValueError):  # a prefix that does not compile alone, or evaluates to an error
             return False, None
         return True, None if raw == _UNDEFINED else json.loads(raw)
 

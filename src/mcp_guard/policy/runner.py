@@ -45,7 +45,7 @@ class TestOutcome:
     duration_ns: int
     message: str | None = None
     explanation: Explanation | None = None  # the failing expression (embedded engine, FAIL only)
-    output: tuple[str, ...] = ()  # what the test print()ed (embedded engine, kept for failures)
+    output: tuple[str, ...] = ()  # what the test print()ed (embedded engine)
 
     @property
     def detail(self) -> str | None:
@@ -150,12 +150,13 @@ def _run_one(engine: Any, rule: TestRule, path: str, why: Callable[[TestRule], E
         raw = engine.eval_rule_as_json(rule.ref)
     except RuntimeError as e:
         elapsed = time.perf_counter_ns() - start
-        return TestOutcome(rule, "ERROR", elapsed, regorus_message(e), output=tuple(engine.take_prints()))
+        output = tuple(line.replace(path, rule.file, 1) for line in engine.take_prints())
+        return TestOutcome(rule, "ERROR", elapsed, regorus_message(e), output=output)
     elapsed = time.perf_counter_ns() - start
     output = tuple(line.replace(path, rule.file, 1) for line in engine.take_prints())
     status, message = _verdict(None if raw == _UNDEFINED else json.loads(raw))
     if status == "PASS":
-        return TestOutcome(rule, status, elapsed)
+        return TestOutcome(rule, status, elapsed, output=output)
     return TestOutcome(rule, status, elapsed, message, why(rule), output)
 
 
@@ -259,7 +260,7 @@ def format_report(report: TestReport, *, verbose: bool = True) -> str:
         if o.detail and o.status != "PASS":
             line += f"\n  {o.detail}"
         lines.append(line)
-        lines.extend(f"  | {text}" for text in o.output)
+        lines.extend(f"  | {text}" for text in o.output)  # a passing test's only with verbose, as opa test -v
     if report.coverage is not None:
         if lines:
             lines.append("")
