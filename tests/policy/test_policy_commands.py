@@ -316,3 +316,13 @@ def test_eval_uses_the_overlay(tmp_path: Path, capsys: pytest.CaptureFixture[str
     )
     rc, out, _ = run(capsys, "policy", "eval", "-c", str(cfg), "-i", str(f))
     assert rc == 1 and "outside the allowed roots (/data/site)" in out
+
+
+def test_a_bad_overlay_does_not_fail_the_tests(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`policy test` tests the rules as shipped: the site's data is `policy check`'s and start-up's concern."""
+    (tmp_path / "site.json").write_text(json.dumps({"mcp_guard_config": {"pathz": {}}}))
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[policy]\nbundle = "{BUNDLE}"\ndata_overlay = ["site.json"]\n')
+    rc, out, _ = run(capsys, "policy", "test", "-c", str(cfg))
+    assert rc == 0 and "PASS: " in out
+    assert run(capsys, "policy", "check", "-c", str(cfg))[0] == 1

@@ -162,9 +162,10 @@ def cmd_test(args: argparse.Namespace) -> int:
         raise PolicyError("--threshold needs --coverage")
     if args.coverage and settings.policy.engine != "embedded":
         raise PolicyError("--coverage is measured by the embedded engine only (leave out --engine opa)")
-    # the overlays are read (and schema-checked) because OPA may be re-pushed the whole bundle; the tests
-    # themselves run on the bundle's own data (runner.run_tests_embedded)
-    bundle = load_bundle(root, overlays=configured_overlays(settings))
+    # Tests run on the bundle's own data (runner.run_tests_embedded), so the site's overlays are read only
+    # when the whole bundle is re-pushed to OPA after the run (it must get the site's data back).
+    repush = settings.policy.engine == "opa" and settings.policy.push_bundle
+    bundle = load_bundle(root, overlays=configured_overlays(settings) if repush else ())
     report: TestReport
     if settings.policy.engine == "embedded":
         try:
