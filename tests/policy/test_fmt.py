@@ -15,7 +15,7 @@ from opa_support import opa_binary
 from mcp_guard.cli import main
 from mcp_guard.policy.fmt import find_opa
 
-pytestmark = pytest.mark.opa
+pytestmark = [pytest.mark.e2e, pytest.mark.opa]
 
 REPO = Path(__file__).resolve().parents[2]
 BUNDLE = REPO / "policies" / "rego"
