@@ -468,3 +468,20 @@ async def test_overlay_is_pushed_to_opa_and_survives_a_test_run(opa: OpaServer, 
             report = await run_tests_opa(client, merged, bundle_loaded=True)
         assert report.ok, report.outcomes
         assert (await engine.evaluate_document({})).reasons == ("site",)
+
+
+def test_cli_policy_test_on_opa_explains_a_failure_regorus_reproduces(
+    opa: OpaServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from mcp_guard.cli import main
+
+    root = tmp_path / "bundle"
+    root.mkdir()
+    (root / "t.rego").write_text('package t\n\ndecision := {"allow": false, "reasons": ["v1"]}\n')
+    (root / "t_test.rego").write_text('package t\n\ntest_reason if decision.reasons == ["v2"]\n\ntest_ok if true\n')
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[policy]\nengine = "opa"\nopa_url = "{opa.url}"\nbundle = "{root}"\npush_bundle = true\n')
+    assert main(["policy", "test", "-c", str(cfg)]) == 1
+    out = capsys.readouterr().out
+    assert "data.t.test_reason: FAIL" in out
+    assert 't_test.rego:3:16: false: decision.reasons == ["v2"] (left = ["v1"], right = ["v2"])' in out

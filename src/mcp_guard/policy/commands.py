@@ -4,7 +4,8 @@
   and prints the decision JSON; exit 0 on allow, 1 on deny (fail-closed denies included).
 * ``policy test [DIR]`` runs the ``test_*`` rules of a bundle (default: the configured one) with the
   configured engine (or ``--engine``) and prints each failure with why it failed (the failing
-  expression, file:line and values; :mod:`mcp_guard.policy.explain`) like ``opa test --explain fails``;
+  expression, file:line and values; :mod:`mcp_guard.policy.explain`) like ``opa test --explain fails``
+  (with ``--engine opa``, a failure regorus reproduces is explained by regorus);
   ``-v`` lists every test with its time, ``-r REGEX`` runs the tests whose ``data.pkg.test_name``
   matches, ``--coverage`` adds per-file and total line coverage and ``--threshold N`` (percent) makes a
   lower total exit 1. Exit 1 if any test fails. ``--json`` prints the report as JSON instead. A bundle
@@ -41,7 +42,13 @@ from mcp_guard.policy.fmt import format_bundle
 from mcp_guard.policy.lint import Finding, PolicyCheckError, lint_ast
 from mcp_guard.policy.opa import connect
 from mcp_guard.policy.overlay import configured_overlays
-from mcp_guard.policy.runner import TestReport, format_report, run_tests_embedded, run_tests_opa
+from mcp_guard.policy.runner import (
+    TestReport,
+    explain_opa_failures,
+    format_report,
+    run_tests_embedded,
+    run_tests_opa,
+)
 from mcp_guard.policy.schema import DataSchemaError
 from mcp_guard.settings import Settings
 
@@ -180,7 +187,7 @@ def cmd_test(args: argparse.Namespace) -> int:
             async with connect(settings.policy.opa_url) as client:
                 return await run_tests_opa(client, bundle, bundle_loaded=settings.policy.push_bundle, pattern=pattern)
 
-        report = anyio.run(run)
+        report = explain_opa_failures(anyio.run(run), bundle)
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
     else:

@@ -18,7 +18,7 @@ import json
 import re
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import aiohttp
@@ -31,7 +31,15 @@ from mcp_guard.policy.coverage import CoverageReport, coverage_from_regorus, for
 from mcp_guard.policy.embedded import compile_bundle, regorus_message
 from mcp_guard.policy.explain import Explainer, Explanation
 
-__all__ = ["TestOutcome", "TestReport", "format_report", "gate_tests", "run_tests_embedded", "run_tests_opa"]
+__all__ = [
+    "TestOutcome",
+    "TestReport",
+    "explain_opa_failures",
+    "format_report",
+    "gate_tests",
+    "run_tests_embedded",
+    "run_tests_opa",
+]
 
 Status = Literal["PASS", "FAIL", "ERROR"]
 _UNDEFINED = '"<undefined>"'
@@ -227,6 +235,23 @@ async def run_tests_opa(
             except (PolicyError, aiohttp.ClientError, OSError):
                 pass
     return TestReport("opa", str(bundle.root), bundle.revision, tuple(outcomes))
+
+
+def explain_opa_failures(report: TestReport, bundle: Bundle) -> TestReport:
+    """``report`` (from OPA, which only says "undefined") with each FAIL explained by regorus, when regorus
+    fails that test too — the explanation is then of the same failure; otherwise the OPA outcome is kept
+    as it is. A bundle regorus cannot compile is left unexplained."""
+    failed = {o.rule.ref for o in report.outcomes if o.status == "FAIL"}
+    if not failed:
+        return report
+    pattern = re.compile("^(?:" + "|".join(re.escape(ref) for ref in sorted(failed)) + ")$")
+    try:
+        local = run_tests_embedded(bundle, embedded=False, pattern=pattern)
+    except PolicyError:
+        return report
+    why = {o.rule.ref: o.explanation for o in local.outcomes if o.status == "FAIL" and o.explanation is not None}
+    outcomes = tuple(replace(o, explanation=why.get(o.rule.ref)) if o.status == "FAIL" else o for o in report.outcomes)
+    return replace(report, outcomes=outcomes)
 
 
 def _tests_only(bundle: Bundle) -> Bundle:
