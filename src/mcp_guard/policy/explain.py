@@ -17,7 +17,8 @@ statement's ``with`` values are evaluated, bound as constants, and the function'
 same way (:attr:`Explanation.inner`), up to :data:`MAX_DEPTH` calls deep. Values pass through JSON there,
 so a set argument arrives as an array — a diagnostic may then differ, the test verdict never does.
 
-It runs only for failing tests, and only on the embedded engine (the OPA runner says "undefined").
+It runs only for failing tests, on regorus (for ``--engine opa``, only for a failure regorus reproduces:
+:func:`mcp_guard.policy.runner.explain_opa_failures`).
 """
 
 from __future__ import annotations
