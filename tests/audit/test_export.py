@@ -86,6 +86,8 @@ async def test_a_mask_outside_input_and_result_is_refused(
 ) -> None:
     assert main(["audit", "export", "--db", str(db), "--format", "opa", "--mask", "/decision_id"]) == 2
     assert "--mask: '/decision_id' is not a JSON pointer under /input or /result" in capsys.readouterr().err
+    assert main(["audit", "export", "--db", str(db), "--mask", "/input/x"]) == 2
+    assert "--mask applies to --format opa" in capsys.readouterr().err
     cfg = tmp_path / "c.toml"
     cfg.write_text(f'[audit]\npath = "{db}"\nexport_mask = ["input/x"]\n')
     assert main(["audit", "export", "-c", str(cfg), "--format", "opa"]) == 2

@@ -313,6 +313,8 @@ def _export(args: argparse.Namespace) -> int:
     from mcp_guard.audit.reader import Filters
 
     filters = Filters(since=_since(args.since), after_seq=args.after_seq)
+    if args.mask and args.format != "opa":
+        raise ConfigError("--mask applies to --format opa (jsonl is the raw, verifiable trail)")
     shape = _opa_export_options(args) if args.format == "opa" else {}
     with _open_reader(args) as reader:
         if args.output:
