@@ -175,6 +175,19 @@ STARTUP_ERRORS: dict[str, Callable[[Path, int], Case]] = {
         ["run", "-c", str(d / "guard.toml")],
         [f"{d / 'guard.toml'}: policy.bundle", str(d / "policies"), "no such directory"],
     ),
+    "data overlay with a misspelt key": lambda d, _: (
+        {
+            "guard.toml": f'[policy]\nbundle = "{BUNDLE}"\ndata_overlay = ["site.json"]\n',
+            "site.json": '{"mcp_guard_config": {"paths": {"allowed_root": {"files": ["/data"]}}}}',
+        },
+        ["run", "-c", str(d / "guard.toml")],
+        [f"{d / 'site.json'}: data.mcp_guard_config.paths.allowed_root: unknown key", "data.schema.json"],
+    ),
+    "data overlay missing": lambda d, _: (
+        {"guard.toml": f'[policy]\nbundle = "{BUNDLE}"\ndata_overlay = ["site.json"]\n'},
+        ["run", "-c", str(d / "guard.toml")],
+        [f"{d / 'site.json'}: policy.data_overlay file not found"],
+    ),
     "audit path unwritable": lambda d, _: (
         {
             "guard.toml": f'[policy]\nbundle = "{BUNDLE}"\n[audit]\npath = "blocker/audit.db"\n',

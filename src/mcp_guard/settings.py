@@ -96,6 +96,30 @@ class PolicySettings(_Strict):
     result_policy: bool = False
     # The most of a result's text (and, separately, of its structuredContent as JSON) the result policy sees.
     result_max_bytes: Annotated[int, Field(ge=1024, le=16 * 1024 * 1024)] = 64 * 1024
+    # Site data: JSON files deep-merged over the bundle's data.json, in order (objects merge, anything
+    # else replaces); relative to the config file; checked by the bundle's data.schema.json.
+    data_overlay: list[str] = []
+
+
+class MaskRule(_Strict):
+    """One ``[audit] export_mask`` entry in table form (OPA's ``system.log.mask`` shape): ``remove`` the
+    value at ``path``, or ``upsert`` it with ``value``. A plain string entry is a ``remove``."""
+
+    op: Literal["remove", "upsert"] = "remove"
+    path: str
+    value: Any = None
+
+    @field_validator("path")
+    @classmethod
+    def _pointer(cls, v: str) -> str:
+        return mask_pointer(v)
+
+
+def mask_pointer(v: str) -> str:
+    # OPA masks only the decision's input and result: a JSON pointer (RFC 6901) under one of them.
+    if not (v.startswith("/input/") or v.startswith("/result/") or v in ("/input", "/result")):
+        raise ValueError(f"{v!r} is not a JSON pointer under /input or /result (e.g. /input/arguments/password)")
+    return v
 
 
 class AuditSettings(_Strict):
@@ -116,6 +140,14 @@ class AuditSettings(_Strict):
     queue_max: Annotated[int, Field(gt=0)] = 10_000
     # Call arguments larger than this (canonical JSON, bytes) are stored as sha256 + size + a preview.
     max_arguments_bytes: Annotated[int, Field(ge=1024)] = 64 * 1024
+    # `audit export --format opa`: JSON pointers into each decision's input/result removed (or, in table
+    # form {op = "upsert", path, value}, replaced) before it leaves (mcp_guard.audit.export).
+    export_mask: list[str | MaskRule] = []
+
+    @field_validator("export_mask")
+    @classmethod
+    def _mask_pointers(cls, v: list[str | MaskRule]) -> list[str | MaskRule]:
+        return [mask_pointer(m) if isinstance(m, str) else m for m in v]
 
     @field_validator("dsn")
     @classmethod

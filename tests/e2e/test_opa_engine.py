@@ -423,10 +423,65 @@ def test_cli_policy_test_and_eval_with_opa_engine(
         f'[policy]\nengine = "opa"\nopa_url = "{opa.url}"\nbundle = "{BUNDLE}"\npush_bundle = true\n'
         "hot_reload = false\n"
     )
-    assert main(["policy", "test", "-c", str(cfg)]) == 0
+    assert main(["policy", "test", "-v", "-c", str(cfg)]) == 0
     out = capsys.readouterr().out
     assert "data.mcp_guard.test_default_deny_without_roles: PASS (" in out and "FAIL" not in out
+    assert main(["policy", "test", "-v", "-r", "test_default_deny", "-c", str(cfg)]) == 0
+    out = capsys.readouterr().out
+    assert "test_default_deny_without_roles: PASS" in out and "test_path_" not in out
     name, doc = corpus()[0]
     (tmp_path / "in.json").write_text(json.dumps(doc))
     assert main(["policy", "eval", "-c", str(cfg), "-i", str(tmp_path / "in.json")]) == 0, name
     assert json.loads(capsys.readouterr().out)["allow"] is True
+
+
+async def test_overlay_is_pushed_to_opa_and_survives_a_test_run(opa: OpaServer, tmp_path: Path) -> None:
+    """OPA decides with data.json merged with [policy] data_overlay; its tests run on the shipped data,
+    and the merged data is what OPA holds again afterwards."""
+    bundle_dir = tmp_path / "bundle"
+    bundle_dir.mkdir()
+    (bundle_dir / "p.rego").write_text(
+        'package site\n\ndecision := {"allow": data.site.open == true, "reasons": [data.site.name]}\n'
+    )
+    (bundle_dir / "p_test.rego").write_text('package site\n\ntest_shipped if decision.reasons == ["shipped"]\n')
+    (bundle_dir / "data.json").write_text('{"site": {"open": false, "name": "shipped"}}')
+    (tmp_path / "site.json").write_text('{"site": {"open": true, "name": "site"}}')
+    settings = parse_settings(
+        {
+            "policy": {
+                "engine": "opa",
+                "opa_url": opa.url,
+                "bundle": "bundle",
+                "decision": "site/decision",
+                "push_bundle": True,
+                "hot_reload": False,
+                "data_overlay": ["site.json"],
+            }
+        },
+        base_dir=str(tmp_path),
+    )
+    async with open_engine(settings) as engine:  # run_tests_on_start: the shipped test passes
+        d = await engine.evaluate_document({})
+        assert d.allow is True and d.reasons == ("site",)
+        merged = load_bundle(bundle_dir, overlays=[tmp_path / "site.json"])
+        async with connect(opa.url) as client:
+            report = await run_tests_opa(client, merged, bundle_loaded=True)
+        assert report.ok, report.outcomes
+        assert (await engine.evaluate_document({})).reasons == ("site",)
+
+
+def test_cli_policy_test_on_opa_explains_a_failure_regorus_reproduces(
+    opa: OpaServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from mcp_guard.cli import main
+
+    root = tmp_path / "bundle"
+    root.mkdir()
+    (root / "t.rego").write_text('package t\n\ndecision := {"allow": false, "reasons": ["v1"]}\n')
+    (root / "t_test.rego").write_text('package t\n\ntest_reason if decision.reasons == ["v2"]\n\ntest_ok if true\n')
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[policy]\nengine = "opa"\nopa_url = "{opa.url}"\nbundle = "{root}"\npush_bundle = true\n')
+    assert main(["policy", "test", "-c", str(cfg)]) == 1
+    out = capsys.readouterr().out
+    assert "data.t.test_reason: FAIL" in out
+    assert 't_test.rego:3:16: false: decision.reasons == ["v2"] (left = ["v1"], right = ["v2"])' in out

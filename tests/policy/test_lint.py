@@ -234,6 +234,33 @@ def test_opa_only_builtins_pass_when_not_embedded(tmp_path: Path) -> None:
     assert finding.code == LintCode.EMBEDDED_BUILTIN
 
 
+ELSE_VALUE = """package t
+
+k(v) if v == 3
+
+h(v) if {
+	v == 1
+} else := k(v)
+
+a := h(4)
+"""
+
+
+def test_function_else_with_a_computed_value_is_refused_for_the_embedded_engine(tmp_path: Path) -> None:
+    """`opa fmt` turns `h(v) := true if … else := k(v)` into this; regorus then says h(4) is true, OPA undefined."""
+    bundle = write(tmp_path, {"p.rego": ELSE_VALUE})
+    engine = compile_bundle(bundle, check=False)
+    assert engine.eval_rule_as_json("data.t.a") == "true"  # the divergence the check exists for
+    [finding] = lint_ast(engine.get_ast_as_json())
+    assert finding.code == LintCode.ELSE_VALUE and (finding.line, finding.rule) == (7, "data.t.h")
+    assert lint_ast(engine.get_ast_as_json(), embedded=False) == []  # OPA evaluates it correctly
+    safe = ELSE_VALUE.replace("} else := k(v)", "} else if {\n\tk(v)\n}").replace("a := h(4)", "a := h(3)")
+    ok = compile_bundle(write(tmp_path / "ok", {"p.rego": safe}))
+    assert ok.eval_rule_as_json("data.t.a") == "true"
+    constant = ELSE_VALUE.replace("} else := k(v)", "} else := false")
+    assert lint_ast(compile_bundle(write(tmp_path / "c", {"p.rego": constant}), check=False).get_ast_as_json()) == []
+
+
 def test_embedded_missing_builtins_match_the_installed_regorus() -> None:
     table = builtin_table()
     raw = json.loads((REPO / "src" / "mcp_guard" / "policy" / "builtins.json").read_text())

@@ -15,6 +15,8 @@ from mcp_guard.settings import Settings, parse_settings
 
 pytestmark = pytest.mark.anyio
 
+REPO = Path(__file__).resolve().parents[2]
+
 V1 = 'package t\n\nimport rego.v1\n\ndecision := {"allow": false, "reasons": ["v1"]}\n'
 V2 = 'package t\n\nimport rego.v1\n\ndecision := {"allow": true, "reasons": ["v2"]}\n'
 TEST_OK = "package t\n\nimport rego.v1\n\ntest_shape if is_boolean(decision.allow)\n"
@@ -160,7 +162,10 @@ async def test_failing_tests_stop_start_naming_the_test(tmp_path: Path, bundle: 
             pass
     message = str(info.value)
     assert "\n" not in message
-    assert message == f"{bundle}: 1 policy test(s) failed: data.t.test_reason (t2_test.rego) FAIL: undefined"
+    assert message == (
+        f"{bundle}: 1 policy test(s) failed: data.t.test_reason (t2_test.rego) FAIL: "
+        't2_test.rego:5:16: false: decision.reasons == ["v2"] (left = ["v1"], right = ["v2"])'
+    )
 
 
 async def test_failing_tests_start_when_run_tests_on_start_off(tmp_path: Path, bundle: Path) -> None:
@@ -185,3 +190,97 @@ async def test_embedded_engine_is_always_ready(tmp_path: Path, bundle: Path) -> 
     async with open_engine(settings(tmp_path, hot_reload=False)) as engine:
         assert isinstance(engine, EngineHealth)
         assert engine.ready is True and engine.problem is None
+
+
+# ------------------------------------------------------------------------ data_overlay and data.schema.json
+
+DATA_POLICY = (
+    'package t\n\nimport rego.v1\n\ndecision := {"allow": data.site.open == true, "reasons": [data.site.name]}\n'
+)
+DATA_SCHEMA = (
+    '{"type": "object", "properties": {"site": {"type": "object", "additionalProperties": false,'
+    ' "properties": {"open": {"type": "boolean"}, "name": {"type": "string"}, "tags": {"type": "array"}}}}}'
+)
+
+
+@pytest.fixture
+def data_bundle(tmp_path: Path) -> Path:
+    d = tmp_path / "bundle"
+    d.mkdir()
+    (d / "t.rego").write_text(DATA_POLICY)
+    (d / "data.json").write_text('{"site": {"open": false, "name": "shipped", "tags": ["a", "b"]}}')
+    (d / "data.schema.json").write_text(DATA_SCHEMA)
+    # the shipped test sees the shipped data, whatever the site's overlay says
+    (d / "t_test.rego").write_text('package t\n\nimport rego.v1\n\ntest_shipped if decision.reasons == ["shipped"]\n')
+    return d
+
+
+async def test_overlay_is_merged_at_start_and_tests_keep_the_shipped_data(tmp_path: Path, data_bundle: Path) -> None:
+    (tmp_path / "site.json").write_text('{"site": {"open": true}}')
+    async with open_engine(settings(tmp_path, data_overlay=["site.json"], hot_reload=False)) as engine:
+        d = await engine.evaluate_document({})
+        assert d.allow is True and d.reasons == ("shipped",)  # open from the overlay, name deep-merged from data.json
+
+
+async def test_schema_violation_stops_start_naming_the_overlay_and_key(tmp_path: Path, data_bundle: Path) -> None:
+    (tmp_path / "site.json").write_text('{"site": {"opne": true}}')
+    with pytest.raises(PolicyError) as info:
+        async with open_engine(settings(tmp_path, data_overlay=["site.json"])):
+            pass
+    message = str(info.value)
+    assert message.startswith(f"{tmp_path / 'site.json'}: data.site.opne: unknown key") and "\n" not in message
+
+
+async def test_missing_overlay_stops_start(tmp_path: Path, data_bundle: Path) -> None:
+    with pytest.raises(PolicyError, match=r"site\.json: policy.data_overlay file not found"):
+        async with open_engine(settings(tmp_path, data_overlay=["site.json"])):
+            pass
+
+
+async def test_hot_reload_applies_an_edited_overlay_and_rejects_a_bad_one(tmp_path: Path, data_bundle: Path) -> None:
+    site = tmp_path / "site.json"
+    site.write_text('{"site": {"name": "one"}}')
+    listener = Recorder()
+    events = listener.events
+    async with open_engine(settings(tmp_path, data_overlay=["site.json"]), on_reload=listener) as engine:
+        assert (await engine.evaluate_document({})).reasons == ("one",)
+        site.write_text('{"site": {"name": "two"}}')
+        await listener.wait_for(1)
+        assert events[0].status == "loaded" and (await engine.evaluate_document({})).reasons == ("two",)
+        good = engine.revision
+        site.write_text('{"site": {"name": 3}}')  # the schema wants a string
+        await listener.wait_for(2)
+        assert events[1].status == "rejected" and f"{site}: data.site.name: 3 is not of type 'string'" in (
+            events[1].error or ""
+        )
+        assert engine.revision == good and (await engine.evaluate_document({})).reasons == ("two",)
+
+
+async def test_default_bundle_starts_with_site_data_that_drops_the_demo(tmp_path: Path) -> None:
+    """The shipped tests run on the shipped data: a site that removes the demo's principals and roles and
+    moves the roots still passes the start-up test gate, and its own data decides."""
+    (tmp_path / "site.json").write_text(
+        '{"mcp_guard_config": {"principals": {"alice": null, "bob": null, "carol": ["analyst"]},'
+        ' "roles": {"support": null}, "paths": {"allowed_roots": {"files": ["/data/site"], "filesystem": null}}}}'
+    )
+    s = parse_settings(
+        {"policy": {"bundle": str(REPO / "policies" / "rego"), "data_overlay": ["site.json"], "hot_reload": False}},
+        base_dir=str(tmp_path),
+    )
+
+    def read(principal: str, path: str) -> dict[str, Any]:
+        return {
+            "action": "tools/call",
+            "principal": {"id": principal, "roles": [], "attributes": {}},
+            "server": "files",
+            "tool": "read_text_file",
+            "arguments": {"path": path},
+            "tool_info": {"annotations": {"readOnlyHint": True}},
+        }
+
+    async with open_engine(s) as engine:  # run_tests_on_start is on
+        data = engine.bundle.data["mcp_guard_config"]  # type: ignore[attr-defined]
+        assert set(data["principals"]) == {"carol", "local-agent"} and "support" not in data["roles"]
+        assert (await engine.evaluate_document(read("carol", "/data/site/a.txt"))).allow is True
+        assert (await engine.evaluate_document(read("carol", "/srv/agent-workspace/a.txt"))).allow is False
+        assert (await engine.evaluate_document(read("bob", "/data/site/a.txt"))).allow is False  # bob is gone

@@ -104,7 +104,7 @@ def test_eval_broken_bundle_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture
 
 
 def test_test_default_bundle_exit_0(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    rc, out, _ = run(capsys, "policy", "test", "-c", str(config))
+    rc, out, _ = run(capsys, "policy", "test", "-v", "-c", str(config))
     assert rc == 0
     assert "data.mcp_guard.test_default_deny_without_roles: PASS (" in out
     assert out.rstrip().splitlines()[-1].startswith("PASS: ")
@@ -229,3 +229,100 @@ def test_eval_is_not_blocked_by_failing_tests(tmp_path: Path, config: Path, caps
     assert rc == 0 and json.loads(out)["allow"] is True
     rc, out, _ = run(capsys, "policy", "test", "-c", str(cfg))
     assert rc == 1 and "data.t.test_denies: FAIL" in out
+
+
+# ------------------------------------------------------------------ policy test: -r, -v, explain, coverage
+
+EXPLAINED = {
+    "p.rego": "package t\n\nallow if input.a == 1\n\nunused if input.z == 9\n",
+    "p_test.rego": (
+        'package t\n\ntest_ok if allow with input as {"a": 1}\n\n'
+        'test_bad if {\n\td := {"allow": true}\n\td.allow == false\n}\n'
+    ),
+}
+
+
+def test_test_explains_a_failure_without_verbose(
+    tmp_path: Path, config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = bundle_dir(tmp_path, EXPLAINED)
+    rc, out, _ = run(capsys, "policy", "test", "-c", str(config), str(root))
+    assert rc == 1
+    assert "test_ok" not in out  # only failures without -v
+    assert "data.t.test_bad: FAIL" in out
+    assert "p_test.rego:7:" in out and "false: d.allow == false (left = true, right = false)" in out
+
+
+def test_test_run_regex_selects_tests(tmp_path: Path, config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root = bundle_dir(tmp_path, EXPLAINED)
+    rc, out, _ = run(capsys, "policy", "test", "-v", "-r", "test_o", "-c", str(config), str(root))
+    assert rc == 0 and "data.t.test_ok: PASS" in out and "test_bad" not in out and "PASS: 1/1" in out
+    rc, _, err = run(capsys, "policy", "test", "-r", "(", "-c", str(config), str(root))
+    assert rc == 2 and "--run" in err
+
+
+def test_test_coverage_and_threshold(tmp_path: Path, config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root = bundle_dir(tmp_path, EXPLAINED)
+    rc, out, err = run(
+        capsys, "policy", "test", "-r", "ok", "--coverage", "--threshold", "60", "-c", str(config), str(root)
+    )
+    assert "p.rego" in out and "50.00%" in out and "not covered: 5" in out
+    assert rc == 1 and "below the threshold 60%" in err
+    rc, out, _ = run(
+        capsys, "policy", "test", "-r", "ok", "--coverage", "--threshold", "50", "-c", str(config), str(root)
+    )
+    assert rc == 0
+    rc, out, _ = run(capsys, "policy", "test", "-r", "ok", "--coverage", "--json", "-c", str(config), str(root))
+    cov = json.loads(out)["coverage"]
+    assert cov["coverage"] == 50.0 and cov["files"][0]["not_covered"] == [5]
+    rc, _, err = run(capsys, "policy", "test", "--threshold", "50", "-c", str(config), str(root))
+    assert rc == 2 and "--threshold needs --coverage" in err
+
+
+def test_default_bundle_coverage_is_kept_high(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The shipped tests exercise (nearly) every line of the shipped rules; CI can hold a bundle to it."""
+    rc, out, _ = run(capsys, "policy", "test", "--coverage", "--threshold", "95", "-c", str(config))
+    assert rc == 0 and "total" in out
+
+
+# ------------------------------------------------------------------ data_overlay and data.schema.json
+
+
+def test_check_names_the_overlay_and_the_misspelt_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    site = tmp_path / "site.json"
+    site.write_text(json.dumps({"mcp_guard_config": {"paths": {"allowed_root": {"files": ["/data"]}}}}))
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[policy]\nbundle = "{BUNDLE}"\ndata_overlay = ["site.json"]\n')
+    rc, out, _ = run(capsys, "policy", "check", "-c", str(cfg))
+    assert rc == 1
+    assert f"{site}: data.mcp_guard_config.paths.allowed_root: unknown key" in out and "[error: schema]" in out
+    site.write_text(json.dumps({"mcp_guard_config": {"paths": {"allowed_roots": {"files": ["/data"]}}}}))
+    rc, out, _ = run(capsys, "policy", "check", "-c", str(cfg))
+    assert rc == 0, out
+
+
+def test_eval_uses_the_overlay(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "site.json").write_text(
+        json.dumps({"mcp_guard_config": {"paths": {"allowed_roots": {"files": ["/data/site"]}}}})
+    )
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[policy]\nbundle = "{BUNDLE}"\ndata_overlay = ["site.json"]\nhot_reload = false\n')
+    f = tmp_path / "in.json"
+    f.write_text(json.dumps(doc("bob", "files", "read_text_file", {"readOnlyHint": True}, path="/data/site/a.txt")))
+    rc, out, _ = run(capsys, "policy", "eval", "-c", str(cfg), "-i", str(f))
+    assert rc == 0, out
+    f.write_text(
+        json.dumps(doc("bob", "files", "read_text_file", {"readOnlyHint": True}, path="/srv/agent-workspace/a"))
+    )
+    rc, out, _ = run(capsys, "policy", "eval", "-c", str(cfg), "-i", str(f))
+    assert rc == 1 and "outside the allowed roots (/data/site)" in out
+
+
+def test_a_bad_overlay_does_not_fail_the_tests(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`policy test` tests the rules as shipped: the site's data is `policy check`'s and start-up's concern."""
+    (tmp_path / "site.json").write_text(json.dumps({"mcp_guard_config": {"pathz": {}}}))
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[policy]\nbundle = "{BUNDLE}"\ndata_overlay = ["site.json"]\n')
+    rc, out, _ = run(capsys, "policy", "test", "-c", str(cfg))
+    assert rc == 0 and "PASS: " in out
+    assert run(capsys, "policy", "check", "-c", str(cfg))[0] == 1

@@ -34,6 +34,7 @@ test_dotdot_inside_a_name_is_fine if {
 
 test_path_outside_roots_denied if {
 	denied_with(fs("bob", "read_text_file", {"path": "/etc/passwd"}), "'/etc/passwd' is outside the allowed roots (/srv/agent-workspace, /tmp/mcp-guard-demo/files)")
+
 	# a sibling directory that shares the root's prefix is outside
 	denied_with(fs("bob", "read_text_file", {"path": "/srv/agent-workspace-evil/x"}), "outside the allowed roots")
 }

@@ -30,9 +30,9 @@ grants_of(role) := gs if {
 } else := []
 
 # A read_only grant only matches tools annotated readOnlyHint == true.
-read_only_satisfied(g) := true if {
+read_only_satisfied(g) if {
 	object.get(g, "read_only", false) != true
-} else := true if {
+} else if {
 	annotations.readOnlyHint == true
 }
 

@@ -95,13 +95,15 @@ else := []
 # True when a string matches any glob of a list. Globs have no delimiter (null), so "*" spans dots
 # and slashes; config values that are not strings are ignored. Exact names and "*" are checked first:
 # they are the common case, and much cheaper than glob.match (these rules are on every request's path).
-glob_any(patterns, value) := true if {
+glob_any(patterns, value) if {
 	is_array(patterns)
 	value in patterns
-} else := true if {
+} else if {
 	is_array(patterns)
 	"*" in patterns
-} else := globs_match(patterns, value)
+} else if {
+	globs_match(patterns, value)
+}
 
 globs_match(patterns, value) if {
 	is_array(patterns)
@@ -111,10 +113,11 @@ globs_match(patterns, value) if {
 }
 
 # One glob (exact and "*" first).
-glob_one(pattern, value) := true if {
+glob_one(pattern, value) if {
 	pattern == value
-} else := true if {
+} else if {
 	pattern == "*"
-} else := glob.match(pattern, null, value) if {
+} else if {
 	is_string(pattern)
+	glob.match(pattern, null, value)
 }

@@ -78,7 +78,19 @@ def register(subparsers: Any) -> None:
         description="Write audit events as JSON Lines, every column included.",
     )
     _add_source(export)
-    export.add_argument("--format", choices=("jsonl",), default="jsonl", help="output format (default jsonl)")
+    export.add_argument(
+        "--format",
+        choices=("jsonl", "opa"),
+        default="jsonl",
+        help="jsonl: every column of every event (default); opa: decisions as OPA decision logs, masked",
+    )
+    export.add_argument(
+        "--mask",
+        action="append",
+        default=[],
+        metavar="POINTER",
+        help="with --format opa: remove this JSON pointer (/input/... or /result/...); adds to [audit] export_mask",
+    )
     export.add_argument("--since", metavar="WHEN", help="only events since WHEN (10m, 2h, 1d or RFC3339)")
     export.add_argument(
         "--after-seq", type=_non_negative, metavar="SEQ", help="only events after this seq (incremental shipping)"
@@ -301,17 +313,42 @@ def _export(args: argparse.Namespace) -> int:
     from mcp_guard.audit.reader import Filters
 
     filters = Filters(since=_since(args.since), after_seq=args.after_seq)
+    if args.mask and args.format != "opa":
+        raise ConfigError("--mask applies to --format opa (jsonl is the raw, verifiable trail)")
+    shape = _opa_export_options(args) if args.format == "opa" else {}
     with _open_reader(args) as reader:
         if args.output:
             with open(args.output, "w", encoding="utf-8") as out:
-                count = export(reader, out, filters=filters, fmt=args.format)
+                count = export(reader, out, filters=filters, fmt=args.format, **shape)
         else:
             try:
-                count = export(reader, sys.stdout, filters=filters, fmt=args.format)
+                count = export(reader, sys.stdout, filters=filters, fmt=args.format, **shape)
             except BrokenPipeError:
                 return _quiet_broken_pipe()
     print(f"exported {count} events", file=sys.stderr)
     return 0
+
+
+def _opa_export_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The decision path and masks of ``--format opa``: ``--mask`` plus, when the log is the config's
+    (no ``--db``/``--dsn``), ``[audit] export_mask`` and ``[policy] decision``."""
+    from mcp_guard.audit.export import DEFAULT_PATH, parse_masks
+    from mcp_guard.settings import mask_pointer
+
+    masks: list[Any] = []
+    path = DEFAULT_PATH
+    if not args.db and not args.dsn:
+        from mcp_guard.cli import load_config
+
+        settings = load_config(args)
+        masks += settings.audit.export_mask
+        path = settings.policy.decision
+    for pointer in args.mask:
+        try:
+            masks.append(mask_pointer(pointer))
+        except ValueError as e:
+            raise ConfigError(f"--mask: {e}") from None
+    return {"path": path, "masks": parse_masks(masks)}
 
 
 def _migrate(args: argparse.Namespace) -> int:

@@ -8,9 +8,11 @@
         engine.ready, engine.problem                     # EngineHealth, for /readyz
 
 ``[policy] engine`` picks :class:`EmbeddedEngine` or :class:`OpaEngine`; ``[policy] bundle`` is the
-bundle directory (``.rego`` files and ``data.json``). Start-up refuses, with a one-line
+bundle directory (``.rego`` files and ``data.json``), ``[policy] data_overlay`` the site's JSON merged
+over its data (:mod:`mcp_guard.policy.overlay`). Start-up refuses, with a one-line
 :class:`~mcp_guard.errors.PolicyError` naming the file (and rule, or test):
 
+* data that the bundle's ``data.schema.json`` rejects, naming the file and the key;
 * a bundle that does not parse, or that fails the static check OPA's compiler would fail
   (:mod:`mcp_guard.policy.lint`; embedded engine — OPA checks a pushed bundle itself);
 * a bundle whose ``test_*`` rules fail, with ``run_tests_on_start`` (the bundle mcp-guard loads:
@@ -42,6 +44,7 @@ from mcp_guard.policy.base import (
 from mcp_guard.policy.bundle import Bundle, load_bundle, rule_ref
 from mcp_guard.policy.embedded import EmbeddedEngine
 from mcp_guard.policy.opa import OpaEngine, OpaUnavailable, connect
+from mcp_guard.policy.overlay import configured_overlays
 from mcp_guard.policy.reload import BundleWatcher, ReloadEvent, ReloadListener
 from mcp_guard.policy.runner import gate_tests
 from mcp_guard.settings import Settings
@@ -99,13 +102,14 @@ async def _open_engine(
 ) -> AsyncIterator[RegoEngine]:
     p = settings.policy
     root = settings.resolve_path(p.bundle)
+    overlays = configured_overlays(settings)
     gate = p.run_tests_on_start if run_tests is None else run_tests
     engine: RegoEngine
     apply: Callable[[Bundle], Awaitable[None]]
     maintain: Callable[[], Coroutine[Any, Any, None]] | None = None
     async with AsyncExitStack() as stack:
         if p.engine == "embedded":
-            bundle = load_bundle(root)
+            bundle = load_bundle(root, overlays=overlays)
             embedded = EmbeddedEngine(bundle, decision=p.decision, timeout_ms=p.timeout_ms)
             if gate and bundle.tests:
                 gate_tests(bundle)
@@ -116,7 +120,7 @@ async def _open_engine(
             engine, revision, apply = embedded, bundle.revision, apply_embedded
         else:
             client = await stack.enter_async_context(connect(p.opa_url))
-            pushed = load_bundle(root) if p.push_bundle else None
+            pushed = load_bundle(root, overlays=overlays) if p.push_bundle else None
             if pushed is not None and gate and pushed.tests:
                 gate_tests(pushed, embedded=False)
             opa = OpaEngine(
@@ -154,6 +158,7 @@ async def _open_engine(
                     run_tests=p.run_tests_on_reload,
                     embedded=p.engine == "embedded",
                     listener=on_reload,
+                    overlays=overlays,
                 )
                 if on_watcher is not None:
                     on_watcher(watcher)

@@ -6,10 +6,14 @@ Layout follows ``opa run``/``opa test`` conventions so the same directory works 
   unit tests (``test_*`` rules) and are loaded only to run tests;
 * every ``data.json`` is mounted at the path of its directory relative to the bundle root
   (``<root>/data.json`` at ``data``, ``<root>/a/b/data.json`` at ``data.a.b``);
-* hidden files and directories (``.git``, editor swap files…) are ignored.
+* hidden files and directories (``.git``, editor swap files…) are ignored;
+* ``data.schema.json`` at the root, when present, is the JSON Schema the data must satisfy
+  (:mod:`mcp_guard.policy.schema`), checked after the site's ``[policy] data_overlay`` files are merged
+  over the data (:mod:`mcp_guard.policy.overlay`).
 
-The bundle's *revision* is a sha256 over the relative path and bytes of every file it loaded (tests
-included), so any edit changes it and every decision can name the exact policy that made it.
+The bundle's *revision* is a sha256 over the relative path and bytes of every file it loaded (tests,
+schema and overlays included), so any edit changes it and every decision can name the exact policy and
+data that made it.
 """
 
 from __future__ import annotations
@@ -17,12 +21,15 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from mcp_guard.errors import PolicyError
+from mcp_guard.policy.overlay import deep_merge, read_overlay
+from mcp_guard.policy.schema import SCHEMA_FILE, DataSchemaError, validate_data
 
 __all__ = ["Bundle", "BundleFile", "TestRule", "load_bundle", "rule_ref"]
 
@@ -62,10 +69,19 @@ class Bundle:
     data_files: tuple[BundleFile, ...]
     data: Mapping[str, Any] = field(default_factory=dict)
     revision: str = ""
+    overlays: tuple[BundleFile, ...] = ()  # [policy] data_overlay files, in merge order (path: absolute)
+    base_data: Mapping[str, Any] | None = None  # the data before the overlays (None: there are none)
+    schema: BundleFile | None = None  # data.schema.json, already checked against ``data``
 
     @property
     def files(self) -> tuple[BundleFile, ...]:
         return self.policies + self.tests + self.data_files
+
+    def without_overlays(self) -> Bundle:
+        """The bundle with its own data only: what its tests run on (site values must not fail them)."""
+        if self.base_data is None:
+            return self
+        return replace(self, data=self.base_data, overlays=(), base_data=None)
 
     def test_rules(self) -> list[TestRule]:
         """Every ``test_*`` rule of the test files, in file order (names are de-duplicated)."""
@@ -131,10 +147,11 @@ def _mount(data: dict[str, Any], prefix: tuple[str, ...], doc: Any, file: Path) 
     node[last] = doc
 
 
-def load_bundle(root: str | Path) -> Bundle:
-    """Read a bundle directory. Raises :class:`PolicyError` naming the file for unreadable or invalid
-    files (a ``data.json`` that is not JSON, a bundle without policies). Rego syntax is checked by the
-    engine that compiles it."""
+def load_bundle(root: str | Path, *, overlays: Sequence[str | Path] = ()) -> Bundle:
+    """Read a bundle directory, merge ``overlays`` (``[policy] data_overlay``, resolved paths) over its
+    data and validate the result against its ``data.schema.json``. Raises :class:`PolicyError` naming
+    the file (and key) for unreadable or invalid files (a ``data.json`` that is not JSON, a bundle
+    without policies, data the schema rejects). Rego syntax is checked by the engine that compiles it."""
     base = Path(root)
     if not base.is_dir():
         raise PolicyError(f"{base}: policy bundle directory not found")
@@ -159,16 +176,67 @@ def load_bundle(root: str | Path) -> Bundle:
             data_files.append(f)
     if not policies:
         raise PolicyError(f"{base}: no .rego policy files in the bundle")
+    layers: list[tuple[str, Mapping[str, Any]]] = [(_data_name(base, data_files), data)]
+    merged: dict[str, Any] = data
+    over_files: list[BundleFile] = []
+    for p in overlays:
+        path = Path(p)
+        text, doc = read_overlay(path)
+        over_files.append(BundleFile(rel=f"overlay:{len(over_files)}:{path.name}", path=path, text=text))
+        layers.append((str(path), doc))
+        merged = deep_merge(merged, doc)
+    schema = _schema_file(base)
     h = hashlib.sha256()
-    for f in sorted(policies + tests + data_files, key=lambda f: f.rel):
+    signed = sorted(policies + tests + data_files + ([schema] if schema else []), key=lambda f: f.rel)
+    for f in signed + over_files:
         raw = f.text.encode("utf-8")
         h.update(f"{f.rel}\0{len(raw)}\0".encode())
         h.update(raw)
+    if schema is not None:  # the paths too: an error message names the files
+        where = "\0".join([str(base), *(str(f.path) for f in over_files)])
+        _check_data(f"{h.hexdigest()}\0{where}", schema, merged, layers)
     return Bundle(
         root=base,
         policies=tuple(policies),
         tests=tuple(tests),
         data_files=tuple(data_files),
-        data=data,
+        data=merged,
         revision=h.hexdigest(),
+        overlays=tuple(over_files),
+        base_data=data if over_files else None,
+        schema=schema,
     )
+
+
+_VERDICTS: OrderedDict[str, str | None] = OrderedDict()  # revision + paths -> schema error (None: valid)
+_VERDICTS_SIZE = 16
+
+
+def _check_data(
+    key: str, schema: BundleFile, data: Mapping[str, Any], layers: list[tuple[str, Mapping[str, Any]]]
+) -> None:
+    """Validate once per revision (which covers schema, data and overlays) and place: the watcher
+    re-reads an unchanged — or unchanged and still invalid — bundle every second."""
+    if key not in _VERDICTS:
+        try:
+            validate_data(schema.text, schema.path, data, layers)
+            _VERDICTS[key] = None
+        except DataSchemaError as e:
+            _VERDICTS[key] = str(e)
+        if len(_VERDICTS) > _VERDICTS_SIZE:
+            _VERDICTS.popitem(last=False)
+    else:
+        _VERDICTS.move_to_end(key)
+    error = _VERDICTS[key]
+    if error is not None:
+        raise DataSchemaError(error)
+
+
+def _data_name(base: Path, data_files: list[BundleFile]) -> str:
+    """How a schema error names the bundle's own data: its data.json, or the bundle when there are several."""
+    return str(data_files[0].path) if len(data_files) == 1 else f"{base} (data.json)"
+
+
+def _schema_file(base: Path) -> BundleFile | None:
+    path = base / SCHEMA_FILE
+    return _read(path, base) if path.is_file() else None

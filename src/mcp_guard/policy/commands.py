@@ -3,20 +3,31 @@
 * ``policy eval --input FILE|-`` evaluates one input document (docs/architecture.md §8.3) with the configured engine
   and prints the decision JSON; exit 0 on allow, 1 on deny (fail-closed denies included).
 * ``policy test [DIR]`` runs the ``test_*`` rules of a bundle (default: the configured one) with the
-  configured engine (or ``--engine``) and prints one line per test like ``opa test -v``; exit 1 if any
-  test fails. ``--json`` prints the report as JSON instead. A bundle that fails the static check is
-  not tested: every finding is listed and the exit code is 2.
+  configured engine (or ``--engine``) and prints each failure with why it failed (the failing
+  expression, file:line and values; :mod:`mcp_guard.policy.explain`) like ``opa test --explain fails``
+  (with ``--engine opa``, a failure regorus reproduces is explained by regorus);
+  ``-v`` lists every test with its time, ``-r REGEX`` runs the tests whose ``data.pkg.test_name``
+  matches, ``--coverage`` adds per-file and total line coverage and ``--threshold N`` (percent) makes a
+  lower total exit 1. Exit 1 if any test fails. ``--json`` prints the report as JSON instead. A bundle
+  that fails the static check is not tested: every finding is listed and the exit code is 2.
 * ``policy check [DIR]`` parses the bundle (policies and tests) and runs the static check the embedded
   engine runs at load (:mod:`mcp_guard.policy.lint`), listing every finding as
   ``file:line:col: message (in rule …)``; exit 0 when there is no error (warnings allowed), 1 when
   there is one. ``--engine opa`` leaves out what only the embedded engine lacks; ``--strict`` also
-  requires every local variable to be declared; ``--json`` prints the findings as JSON. For CI.
+  requires every local variable to be declared; ``--json`` prints the findings as JSON. The
+  configured ``[policy] data_overlay`` files are merged over the bundle's data and checked against its
+  ``data.schema.json``: a violation is a finding (``[error: schema]``) naming the file and the key. For CI.
+* ``policy fmt [--check] [DIR]`` puts the bundle's ``.rego`` files in OPA's canonical format with OPA's
+  own formatter (:mod:`mcp_guard.policy.fmt`; exit 2 without an ``opa`` binary). ``--check`` only lists
+  the files that would change (exit 1 if any). After writing, the static check runs again: a rewrite
+  the embedded engine would evaluate differently is listed and the exit code is 1.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -27,9 +38,18 @@ from mcp_guard.errors import PolicyError
 from mcp_guard.policy import open_engine
 from mcp_guard.policy.bundle import Bundle, load_bundle
 from mcp_guard.policy.embedded import compile_bundle
+from mcp_guard.policy.fmt import format_bundle
 from mcp_guard.policy.lint import Finding, PolicyCheckError, lint_ast
 from mcp_guard.policy.opa import connect
-from mcp_guard.policy.runner import TestReport, format_report, run_tests_embedded, run_tests_opa
+from mcp_guard.policy.overlay import configured_overlays
+from mcp_guard.policy.runner import (
+    TestReport,
+    explain_opa_failures,
+    format_report,
+    run_tests_embedded,
+    run_tests_opa,
+)
+from mcp_guard.policy.schema import DataSchemaError
 from mcp_guard.settings import Settings
 
 __all__ = ["register"]
@@ -52,6 +72,10 @@ def register(subparsers: Any) -> None:
     te.add_argument("dir", nargs="?", metavar="DIR", help="bundle directory (default: [policy] bundle)")
     te.add_argument("--engine", choices=("embedded", "opa"), help="override [policy] engine")
     te.add_argument("--json", action="store_true", help="print the report as JSON")
+    te.add_argument("-r", "--run", metavar="REGEX", help="only the tests whose data.<package>.<name> matches")
+    te.add_argument("-v", "--verbose", action="store_true", help="list every test with its result and time")
+    te.add_argument("--coverage", action="store_true", help="per-file and total line coverage (embedded engine)")
+    te.add_argument("--threshold", type=_percent, metavar="N", help="with --coverage: exit 1 below N percent")
     add_config_arg(te)
     te.set_defaults(func=cmd_test)
 
@@ -62,6 +86,12 @@ def register(subparsers: Any) -> None:
     ch.add_argument("--json", action="store_true", help="print the findings as JSON")
     add_config_arg(ch)
     ch.set_defaults(func=cmd_check)
+
+    fm = sub.add_parser("fmt", help="format .rego files canonically (runs OPA's formatter)")
+    fm.add_argument("dir", nargs="?", metavar="DIR", help="bundle directory (default: [policy] bundle)")
+    fm.add_argument("--check", action="store_true", help="only list files that are not formatted (exit 1 if any)")
+    add_config_arg(fm)
+    fm.set_defaults(func=cmd_fmt)
 
 
 def _usage(parser: argparse.ArgumentParser) -> int:
@@ -112,14 +142,41 @@ def _print_findings(findings: list[Finding], *, file: Any = None) -> None:
         print(f"{f} [{f.severity}: {f.code}]", file=file or sys.stdout)
 
 
+def _percent(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 <= value <= 100:
+        raise argparse.ArgumentTypeError(f"a percentage is between 0 and 100, not {text}")
+    return value
+
+
+def _pattern(text: str | None) -> re.Pattern[str] | None:
+    if text is None:
+        return None
+    try:
+        return re.compile(text)
+    except re.error as e:
+        raise PolicyError(f"--run: {text!r} is not a regular expression: {e}") from None
+
+
 def cmd_test(args: argparse.Namespace) -> int:
     settings = _settings(args)
     root = Path(args.dir) if args.dir else settings.resolve_path(settings.policy.bundle)
-    bundle = load_bundle(root)
+    pattern = _pattern(args.run)
+    if args.threshold is not None and not args.coverage:
+        raise PolicyError("--threshold needs --coverage")
+    if args.coverage and settings.policy.engine != "embedded":
+        raise PolicyError("--coverage is measured by the embedded engine only (leave out --engine opa)")
+    # Tests run on the bundle's own data (runner.run_tests_embedded), so the site's overlays are read only
+    # when the whole bundle is re-pushed to OPA after the run (it must get the site's data back).
+    repush = settings.policy.engine == "opa" and settings.policy.push_bundle
+    bundle = load_bundle(root, overlays=configured_overlays(settings) if repush else ())
     report: TestReport
     if settings.policy.engine == "embedded":
         try:
-            report = run_tests_embedded(bundle)
+            report = run_tests_embedded(bundle, pattern=pattern, coverage=args.coverage)
         except PolicyCheckError as e:
             _print_findings(list(e.findings), file=sys.stderr)
             print(f"mcp-guard: error: {root}: the bundle fails the static check; no test was run", file=sys.stderr)
@@ -128,14 +185,20 @@ def cmd_test(args: argparse.Namespace) -> int:
 
         async def run() -> TestReport:
             async with connect(settings.policy.opa_url) as client:
-                return await run_tests_opa(client, bundle, bundle_loaded=settings.policy.push_bundle)
+                return await run_tests_opa(client, bundle, bundle_loaded=settings.policy.push_bundle, pattern=pattern)
 
-        report = anyio.run(run)
+        report = explain_opa_failures(anyio.run(run), bundle)
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
     else:
-        print(format_report(report))
-    return 0 if report.ok else 1
+        print(format_report(report, verbose=args.verbose))
+    below = args.threshold is not None and report.coverage is not None and report.coverage.percent < args.threshold
+    if below and report.coverage is not None:
+        print(
+            f"mcp-guard: coverage {report.coverage.percent:.2f}% is below the threshold {args.threshold:g}%",
+            file=sys.stderr,
+        )
+    return 0 if report.ok and not below else 1
 
 
 def bundle_findings(bundle: Bundle, *, embedded: bool, strict_locals: bool = False) -> list[Finding]:
@@ -157,13 +220,13 @@ def cmd_check(args: argparse.Namespace) -> int:
     settings = _settings(args)
     root = Path(args.dir) if args.dir else settings.resolve_path(settings.policy.bundle)
     try:
-        bundle = load_bundle(root)
+        bundle = load_bundle(root, overlays=configured_overlays(settings))
         findings = bundle_findings(bundle, embedded=settings.policy.engine == "embedded", strict_locals=args.strict)
     except PolicyError as e:  # does not even parse: that is this command's finding
         if args.json:
             print(json.dumps({"bundle": str(root), "ok": False, "error": str(e), "findings": []}, indent=2))
         else:
-            print(f"{e} [error: parse]")
+            print(f"{e} [error: {'schema' if isinstance(e, DataSchemaError) else 'parse'}]")
         return 1
     errors = sum(1 for f in findings if f.severity == "error")
     if args.json:
@@ -175,3 +238,30 @@ def cmd_check(args: argparse.Namespace) -> int:
         files = len(bundle.policies) + len(bundle.tests)
         print(f"{root}: {files} file(s) checked, {errors} error(s), {warnings} warning(s)")
     return 0 if errors == 0 else 1
+
+
+def cmd_fmt(args: argparse.Namespace) -> int:
+    from mcp_guard.cli import load_config
+
+    settings = load_config(args)
+    root = Path(args.dir) if args.dir else settings.resolve_path(settings.policy.bundle)
+    result = format_bundle(root, write=not args.check)
+    for path in result.changed:
+        print(path)
+    if args.check:
+        if result.changed:
+            print(
+                f"{root}: {len(result.changed)} file(s) not in canonical format (mcp-guard policy fmt)", file=sys.stderr
+            )
+        return 1 if result.changed else 0
+    if not result.changed:
+        return 0
+    bundle = load_bundle(root)
+    errors = [
+        f for f in bundle_findings(bundle, embedded=settings.policy.engine == "embedded") if f.severity == "error"
+    ]
+    if errors:
+        _print_findings(errors, file=sys.stderr)
+        print(f"mcp-guard: {root}: formatted, but the bundle now fails the static check", file=sys.stderr)
+        return 1
+    return 0

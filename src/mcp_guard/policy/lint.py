@@ -78,6 +78,7 @@ class LintCode(StrEnum):
     KEYWORD = "keyword"
     RULE_AS_VARIABLE = "rule-as-variable"
     UNDECLARED_LOCAL = "undeclared-local"  # only with strict_locals (the default bundle's own rule)
+    ELSE_VALUE = "else-value"  # embedded only: regorus evaluates it differently from OPA
 
 
 @dataclass(frozen=True, slots=True)
@@ -710,6 +711,28 @@ class _Checker:
             scope = self._query(ctx, b["query"]["stmts"], args_scope)
             assign = b.get("assign") if b.get("is_else") else head.get("assign")
             self._check_head(ctx, htag, head, scope, assign)
+            self._check_else_value(ctx, htag, head, b)
+
+    def _check_else_value(self, ctx: _Ctx, htag: str, head: Node, body: Node) -> None:
+        """``f(x) if {…} else := g(x)`` — a function whose head has no value (so ``true``) and an else
+        with a computed one: when that value is undefined OPA leaves ``f`` undefined, regorus returns
+        ``true`` (a silent fail-open for a check written this way). ``opa fmt`` produces this shape from
+        ``f(x) := true if {…} else := g(x)``, so it is refused for the embedded engine; a constant else
+        value, or ``else if {g(x)}``, behaves the same on both."""
+        if not self.embedded or htag != "Func" or head.get("assign") is not None or not body.get("is_else"):
+            return
+        assign = body.get("assign")
+        if assign is None or self._ground_literal(assign["value"]):
+            return
+        self.add(
+            ctx.module,
+            body["span"],
+            LintCode.ELSE_VALUE,
+            "a function without a head value (true) whose else has a computed value: when that value is "
+            "undefined regorus returns true where OPA is undefined; write `else if { … }` or give the "
+            "head a value (`:= true if`)",
+            ctx.rule,
+        )
 
     def _bind_arg(self, ctx: _Ctx, arg: Node, scope: _Scope) -> None:
         for name, span in self._pattern_vars(arg):

@@ -1,9 +1,11 @@
 """Hot reload: watch the bundle directory and swap in a new bundle when it changes.
 
-Every ``interval`` seconds the watcher re-reads the bundle (a handful of small files) and compares its
-revision with the active one. A changed bundle is loaded, its tests are run (``[policy]
-run_tests_on_reload``) and only then handed to the engine; a bundle that does not parse, whose tests
-fail, or that the engine rejects is refused — the last good bundle stays active — and the same broken
+Every ``interval`` seconds the watcher re-reads the bundle (a handful of small files) and the site's
+``data_overlay`` files, merges and schema-checks them (:func:`~mcp_guard.policy.bundle.load_bundle`), and
+compares the revision with the active one: an edited overlay is a new revision like an edited policy.
+A changed bundle is loaded, its tests are run (``[policy] run_tests_on_reload``) and only then handed
+to the engine; a bundle that does not parse, whose data (overlays included) its schema rejects, whose
+tests fail, or that the engine rejects is refused — the last good bundle stays active — and the same broken
 revision is not retried until the files change again — except when the engine could not be reached
 (OPA down, :class:`~mcp_guard.policy.base.EngineUnavailable`): that is not a verdict on the bundle, so
 the same revision is tried again on the next look. Every outcome is logged (``policy.reload``) and
@@ -12,7 +14,7 @@ passed to an optional listener (the composition root audits it as ``policy.load`
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -54,8 +56,10 @@ class BundleWatcher:
         run_tests: bool = True,
         embedded: bool = True,
         listener: ReloadListener | None = None,
+        overlays: Sequence[Path] = (),
     ) -> None:
         self._root = root
+        self._overlays = tuple(overlays)  # [policy] data_overlay: re-read (and re-validated) on every look
         self._apply = apply
         self._active = active_revision
         self._interval = interval
@@ -78,7 +82,7 @@ class BundleWatcher:
     async def check(self) -> ReloadEvent | None:
         """Look once; returns the event if something was loaded or refused."""
         try:
-            bundle = load_bundle(self._root)
+            bundle = load_bundle(self._root, overlays=self._overlays)
         except PolicyError as e:
             if str(e) == self._last_read_error:
                 return None
