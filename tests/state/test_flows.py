@@ -1,4 +1,4 @@
-"""The flow part of the StateStore contract, run against every backend (in-memory and SQLite) with an
+"""The flow part of the StateStore contract, run against every backend (in-memory, SQLite and PostgreSQL) with an
 injected clock: labels counted per adder, a bounded history, the idle TTL, the bounds, taking a call back."""
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from mcp_guard.state import (
     FlowRef,
     FlowTicket,
     MemoryState,
+    PostgresState,
     SQLiteState,
     StateStore,
 )
@@ -46,10 +47,16 @@ def clock() -> Clock:
 Factory = Callable[[], StateStore]
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
 async def store(request: pytest.FixtureRequest, tmp_path: Path, clock: Clock) -> AsyncIterator[StateStore]:
     if request.param == "memory":
         yield MemoryState(clock=clock, flows=BOUNDS)
+        return
+    if request.param == "postgres":  # a real server (tests/pg_support.py), a fresh database per test
+        pg = PostgresState(request.getfixturevalue("pg_dsn"), timeout_s=5.0, clock=clock, flows=BOUNDS)
+        await pg.start()
+        yield pg
+        await pg.aclose()
         return
     sqlite = SQLiteState(tmp_path / "state.db", timeout_s=5.0, clock=clock, flows=BOUNDS)
     await sqlite.start()

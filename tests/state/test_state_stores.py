@@ -1,4 +1,4 @@
-"""The StateStore contract, run against every backend (in-memory and SQLite) with an injected clock.
+"""The StateStore contract, run against every backend (in-memory, SQLite and PostgreSQL) with an injected clock.
 
 Sliding-window edges are checked at exact instants: a hit at ``t`` counts in ``[t, t + window_s)``.
 """
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from mcp_guard.state import Limit, MemoryState, SQLiteState, StateStore
+from mcp_guard.state import Limit, MemoryState, PostgresState, SQLiteState, StateStore
 
 pytestmark = pytest.mark.anyio
 
@@ -30,10 +30,16 @@ def clock() -> Clock:
     return Clock()
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
 async def store(request: pytest.FixtureRequest, tmp_path: Path, clock: Clock) -> AsyncIterator[StateStore]:
     if request.param == "memory":
         yield MemoryState(clock=clock)
+        return
+    if request.param == "postgres":  # a real server (tests/pg_support.py), a fresh database per test
+        pg = PostgresState(request.getfixturevalue("pg_dsn"), timeout_s=5.0, clock=clock)
+        await pg.start()
+        yield pg
+        await pg.aclose()
         return
     sqlite = SQLiteState(tmp_path / "state.db", timeout_s=5.0, clock=clock)
     await sqlite.start()

@@ -5,10 +5,10 @@
     async with open_state(settings) as state:
         admission = await state.admit([Limit("alice|tickets", 5, 60.0)])
 
-Today the backend is SQLite in ``[audit] state_path`` (the file the tool pins live in), flows expiring
-after ``[audit] flow_idle_ttl_s``; a PostgreSQL
-backend (``[audit] backend = "postgres"``, the scale-out issue) implements the same
-:class:`~mcp_guard.state.base.StateStore` protocol. Every operation is bounded by
+The backend follows the audit log's: SQLite in ``[audit] state_path`` (the file the tool pins live in)
+with ``[audit] backend = "sqlite"``; PostgreSQL on ``[audit] dsn`` with ``backend = "postgres"``
+(:mod:`mcp_guard.state.postgres`: every replica on that database shares the counters and flows). Flows
+expire after ``[audit] flow_idle_ttl_s``. Every operation is bounded by
 ``[audit] state_timeout_ms`` and raises :class:`~mcp_guard.errors.StateError` when it cannot answer.
 """
 
@@ -33,6 +33,7 @@ from mcp_guard.state.base import (
     Ticket,
 )
 from mcp_guard.state.memory import MemoryState
+from mcp_guard.state.postgres import PostgresState
 from mcp_guard.state.sqlite import SQLiteState
 
 __all__ = [
@@ -47,6 +48,7 @@ __all__ = [
     "LabelOrigin",
     "Limit",
     "MemoryState",
+    "PostgresState",
     "SQLiteState",
     "StateStore",
     "Ticket",
@@ -57,11 +59,13 @@ __all__ = [
 @asynccontextmanager
 async def open_state(settings: Settings) -> AsyncIterator[StateStore]:
     """The configured state store, opened (tables created) and closed on exit; StateError if it cannot open."""
-    store = SQLiteState(
-        settings.resolve_path(settings.audit.state_path),
-        timeout_s=settings.audit.state_timeout_ms / 1000,
-        flows=FlowBounds(idle_s=float(settings.audit.flow_idle_ttl_s)),
-    )
+    timeout_s = settings.audit.state_timeout_ms / 1000
+    flows = FlowBounds(idle_s=float(settings.audit.flow_idle_ttl_s))
+    store: SQLiteState | PostgresState
+    if settings.audit.backend == "postgres" and settings.audit.dsn:
+        store = PostgresState(settings.audit.dsn, timeout_s=timeout_s, flows=flows)
+    else:
+        store = SQLiteState(settings.resolve_path(settings.audit.state_path), timeout_s=timeout_s, flows=flows)
     await store.start()
     try:
         yield store
