@@ -17,12 +17,12 @@ from mcp_guard.state import (
     FlowRef,
     FlowTicket,
     MemoryState,
-    PostgresState,
     SQLiteState,
     StateStore,
 )
 from mcp_guard.state import sqlite as sqlite_state
 from mcp_guard.state.base import PURGE_EVERY_S
+from mcp_guard.state.postgres import PostgresState
 
 pytestmark = pytest.mark.anyio
 

@@ -15,8 +15,8 @@ import pytest
 
 from mcp_guard.errors import StateError
 from mcp_guard.settings import parse_settings
-from mcp_guard.state import FlowBounds, FlowCall, FlowFull, FlowRef, FlowTicket, Limit, PostgresState, open_state
-from mcp_guard.state.postgres import lock_key
+from mcp_guard.state import FlowBounds, FlowCall, FlowFull, FlowRef, FlowTicket, Limit, open_state
+from mcp_guard.state.postgres import PostgresState, lock_key
 from pg_support import hanging_proxy
 
 pytestmark = pytest.mark.anyio
@@ -25,7 +25,8 @@ SRC = Path(__file__).resolve().parents[2] / "src"
 
 _WORKER = """
 import anyio, json, sys
-from mcp_guard.state import Limit, PostgresState
+from mcp_guard.state import Limit
+from mcp_guard.state.postgres import PostgresState
 
 async def main(dsn, n):
     store = PostgresState(dsn, timeout_s=30.0)

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from mcp_guard.state import Limit, MemoryState, PostgresState, SQLiteState, StateStore
+from mcp_guard.state import Limit, MemoryState, SQLiteState, StateStore
+from mcp_guard.state.postgres import PostgresState
 
 pytestmark = pytest.mark.anyio
 

@@ -33,7 +33,6 @@ from mcp_guard.state.base import (
     Ticket,
 )
 from mcp_guard.state.memory import MemoryState
-from mcp_guard.state.postgres import PostgresState
 from mcp_guard.state.sqlite import SQLiteState
 
 __all__ = [
@@ -48,7 +47,6 @@ __all__ = [
     "LabelOrigin",
     "Limit",
     "MemoryState",
-    "PostgresState",
     "SQLiteState",
     "StateStore",
     "Ticket",
@@ -61,12 +59,15 @@ async def open_state(settings: Settings) -> AsyncIterator[StateStore]:
     """The configured state store, opened (tables created) and closed on exit; StateError if it cannot open."""
     timeout_s = settings.audit.state_timeout_ms / 1000
     flows = FlowBounds(idle_s=float(settings.audit.flow_idle_ttl_s))
-    store: SQLiteState | PostgresState
+    store: StateStore
     if settings.audit.backend == "postgres" and settings.audit.dsn:
-        store = PostgresState(settings.audit.dsn, timeout_s=timeout_s, flows=flows)
+        from mcp_guard.state.postgres import PostgresState  # psycopg only when it is used
+
+        store = pg = PostgresState(settings.audit.dsn, timeout_s=timeout_s, flows=flows)
+        await pg.start()
     else:
-        store = SQLiteState(settings.resolve_path(settings.audit.state_path), timeout_s=timeout_s, flows=flows)
-    await store.start()
+        store = lite = SQLiteState(settings.resolve_path(settings.audit.state_path), timeout_s=timeout_s, flows=flows)
+        await lite.start()
     try:
         yield store
     finally:
