@@ -19,18 +19,26 @@ connection dies, so a SIGKILLed replica holds nothing.
 are held, so hit times follow lock order and every replica's counters use one clock, whatever the hosts'
 clocks say. Tests inject a clock (its value is sent instead).
 
-**Round trips.** Each operation is pipelined (psycopg pipeline mode): an admission is two round trips
-(BEGIN + locks + one statement that prunes the buckets and reads their counts; then the INSERT of the
-hits + COMMIT — or COMMIT alone when refused), a flow read is one statement, a recorded call two round
-trips. A replica keeps a few connections (:data:`POOL_SIZE`), so concurrent calls do not queue behind
-one another's round trips.
+**Round trips.** A transaction's statements are sent as one simple-protocol query (parameters bound
+client-side by psycopg's own quoting): an admission is **one** round trip (BEGIN, the locks, one statement
+that prunes, counts and — only if every bucket has room — inserts the hits, COMMIT), a recorded call or a
+taken-back one two (read under the locks, decide in Python, write + COMMIT), a read (``usage``, ``flow``)
+one statement. A replica keeps a few connections (:data:`POOL_SIZE`), so concurrent calls do not queue
+behind one another's round trips.
+
+**Durability.** Counter transactions commit with ``synchronous_commit = off`` (no wait for the WAL flush):
+a crash of the *database server* may forget the last fraction of a second of counted hits — a few calls
+more may then be admitted, never a call twice — the same trade as the SQLite store's ``synchronous =
+NORMAL``. Flows commit synchronously: a label lost in a crash could let a call through that the policy
+would deny.
 
 **Bounded.** Every operation — waiting for a connection, connecting, the locks and statements — shares
 one deadline of ``timeout_s``; the server's ``statement_timeout`` and ``lock_timeout`` match it. Past
 it the operation raises :class:`~mcp_guard.errors.StateError` (the caller denies ``state_unavailable``)
 and its connection is closed, which rolls back an unfinished transaction. As with the audit backend, a
-connection lost after COMMIT was sent leaves the outcome unknown: a call may be denied although its hit
-was counted (it then only costs room until it leaves the window), never the other way round.
+connection lost after COMMIT was sent (for an admission: once its one round trip is on the wire) leaves
+the outcome unknown: a call may be denied although its hit was counted (it then only costs room until it
+leaves the window), never the other way round.
 
 Expired flows are deleted by later writes (at most every ``PURGE_EVERY_S`` seconds per replica) with
 ``FOR UPDATE SKIP LOCKED``, so a purge never waits on, or deadlocks with, a replica using the flow.
@@ -40,7 +48,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
@@ -101,34 +108,42 @@ _SCHEMA = (
         decision_id TEXT NOT NULL, call TEXT NOT NULL, PRIMARY KEY (flow_id, n))""",
 )
 
+_Statement = tuple[str, "dict[str, Any] | None"]
+_BEGIN_ASYNC_COMMIT = "BEGIN; SET LOCAL synchronous_commit = off"
+
 _NOW = "coalesce(%(now)s::float8, extract(epoch FROM clock_timestamp())::float8)"
 
-# Per bucket (arrays of key, window, tightest limit): prune the hits that left the window (a side effect:
-# a data-modifying WITH runs to completion), and read the count in the window and — for a full bucket —
-# the time of the hit whose leaving makes room. The count's predicate excludes what the DELETE removes,
-# so the statement's one snapshot needs no second look.
-_ADMIT_READ = f"""
+# Per bucket (arrays of key, window, tightest limit): prune the hits that left the window (a data-modifying
+# WITH runs to completion whether read or not), count the hits in the window and — for a full bucket — find
+# the time of the hit whose leaving makes room; then, only if no bucket is full, insert this call's hit
+# in every bucket. One statement, under the buckets' locks: the counts' predicate excludes what the DELETE
+# removes, and `c` (referenced twice) is computed once, so the decision and the insert see the same counts.
+_ADMIT = f"""
 WITH now AS (SELECT {_NOW} AS t),
 b AS (SELECT * FROM unnest(%(keys)s::text[], %(windows)s::float8[], %(limits)s::int[]) AS b (key, window_s, lim)),
 gone AS (
     DELETE FROM rate_hits h USING b, now
     WHERE h.key = b.key AND h.window_s = b.window_s AND h.ts <= now.t - b.window_s
+),
+c AS (
+    SELECT b.key, b.window_s, b.lim, now.t, c.n, o.ts
+    FROM b CROSS JOIN now
+    CROSS JOIN LATERAL (
+        SELECT count(*)::int AS n FROM rate_hits h
+        WHERE h.key = b.key AND h.window_s = b.window_s AND h.ts > now.t - b.window_s
+    ) c
+    LEFT JOIN LATERAL (
+        SELECT h.ts FROM rate_hits h
+        WHERE h.key = b.key AND h.window_s = b.window_s AND h.ts > now.t - b.window_s
+        ORDER BY h.ts OFFSET greatest(c.n - b.lim, 0) LIMIT 1
+    ) o ON true
+),
+ins AS (
+    INSERT INTO rate_hits (key, window_s, ts, hit)
+    SELECT c.key, c.window_s, c.t, %(hit)s FROM c WHERE NOT EXISTS (SELECT 1 FROM c AS f WHERE f.n >= f.lim)
+    RETURNING 1
 )
-SELECT b.key, b.window_s, now.t, c.n, o.ts
-FROM b CROSS JOIN now
-CROSS JOIN LATERAL (
-    SELECT count(*)::int AS n FROM rate_hits h
-    WHERE h.key = b.key AND h.window_s = b.window_s AND h.ts > now.t - b.window_s
-) c
-LEFT JOIN LATERAL (
-    SELECT h.ts FROM rate_hits h
-    WHERE h.key = b.key AND h.window_s = b.window_s AND h.ts > now.t - b.window_s
-    ORDER BY h.ts OFFSET greatest(c.n - b.lim, 0) LIMIT 1
-) o ON true
-"""
-_ADMIT_WRITE = """
-INSERT INTO rate_hits (key, window_s, ts, hit)
-SELECT k, w, %(ts)s, %(hit)s FROM unnest(%(keys)s::text[], %(windows)s::float8[]) AS b (k, w)
+SELECT c.key, c.window_s, c.t, c.n, c.ts, (SELECT count(*) FROM ins) > 0 FROM c
 """
 _RELEASE = """
 DELETE FROM rate_hits h USING unnest(%(keys)s::text[], %(windows)s::float8[]) AS b (k, w)
@@ -171,7 +186,7 @@ ON CONFLICT (flow_id, label) DO UPDATE SET n = flow_labels.n + 1, latest = exclu
 _PURGE = """
 DELETE FROM flows WHERE id IN (
     SELECT id FROM flows WHERE seen <= %(before)s ORDER BY seen LIMIT %(batch)s FOR UPDATE SKIP LOCKED
-)
+) RETURNING id
 """
 
 
@@ -255,6 +270,7 @@ class PostgresState:
     async def admit(self, limits: Sequence[Limit]) -> Admission:
         tightest = buckets_of(limits)
         buckets = list(tightest)
+        hit = new_id()
         params = {
             "now": self._now(),
             "keys": [k for k, _ in buckets],
@@ -263,19 +279,20 @@ class PostgresState:
         }
 
         async def op(conn: Conn) -> Admission:
-            async with conn.pipeline(), conn.transaction():
-                await _lock(conn, (lock_key("rate", *b) for b in buckets))
-                rows = await (await conn.execute(_ADMIT_READ, params)).fetchall()
-                found = {(str(r[0]), float(r[1])): r for r in rows}
-                counts = {b: int(found[b][3]) for b in buckets}
-                now = float(rows[0][2]) if rows else time.time()
-                full = tuple(lim for lim in limits if counts[lim.bucket] >= lim.limit)
-                if full:
-                    wait = max(retry_after(float(found[f.bucket][4] or 0.0), f.window_s, now) for f in full)
-                    return Admission(False, counts, full, wait)
-                hit = new_id()
-                await conn.execute(_ADMIT_WRITE, {**params, "ts": now, "hit": hit})
-            return Admission(True, {b: n + 1 for b, n in counts.items()}, ticket=Ticket(hit, now, tuple(buckets)))
+            # One round trip: BEGIN, the locks, check-and-count, COMMIT (asynchronous: see the docstring).
+            locks = _locks(lock_key("rate", *b) for b in buckets)
+            *_, rows, _commit = await _script(
+                conn, [(_BEGIN_ASYNC_COMMIT, None), *locks, (_ADMIT, params | {"hit": hit}), ("COMMIT", None)]
+            )
+            found = {(str(r[0]), float(r[1])): r for r in rows}
+            now = float(rows[0][2])
+            if rows[0][5]:  # counted in every bucket
+                usage = {b: int(found[b][3]) + 1 for b in buckets}
+                return Admission(True, usage, ticket=Ticket(hit, now, tuple(buckets)))
+            counts = {b: int(found[b][3]) for b in buckets}
+            full = tuple(lim for lim in limits if counts[lim.bucket] >= lim.limit)
+            wait = max(retry_after(float(found[f.bucket][4] or 0.0), f.window_s, now) for f in full)
+            return Admission(False, counts, full, wait)
 
         if not buckets:
             return Admission(True, {}, ticket=Ticket(new_id(), 0.0, ()))
@@ -290,7 +307,7 @@ class PostgresState:
         }
 
         async def op(conn: Conn) -> None:
-            await conn.execute(_RELEASE, params)  # one statement: atomic by itself
+            await _script(conn, [(_BEGIN_ASYNC_COMMIT, None), (_RELEASE, params), ("COMMIT", None)])
 
         if ticket.buckets:
             await self._run(op, "take back a counted call")
@@ -325,113 +342,129 @@ class PostgresState:
         params: dict[str, Any] = {"now": self._now(), "id": ref.id, "principal": ref.principal, "idle": bounds.idle_s}
 
         async def op(conn: Conn) -> FlowTicket | FlowFull:
-            async with conn.pipeline(), conn.transaction():
-                await _lock(conn, [lock_key("principal", ref.principal), lock_key("flow", ref.id)])
-                row = await (await conn.execute(_RECORD_READ, params)).fetchone()
-                assert row is not None  # the LEFT JOIN from `now` always yields one row
-                now = float(row[0])
-                fresh = row[1] is None or flow_expired(float(row[2]), now, bounds)
-                if fresh:
-                    full = too_many_flows(ref.principal, int(row[4] or 0), bounds)
-                    if full is not None:
-                        return full
-                    generation, n, present = new_id(), 0, set[str]()
-                else:
-                    generation, n, present = str(row[1]), int(row[3]), {str(x) for x in row[5]}
-                full = too_many_labels(len(present), len(set(labels) - present), bounds)
-                if full is not None:
-                    return full
-                purge = await self._write_call(
-                    conn, ref, call, labels, now=now, generation=generation, n=n, fresh=fresh
-                )
-            if purge is not None and purge.rowcount >= _PURGE_BATCH:
+            locks = _locks([lock_key("principal", ref.principal), lock_key("flow", ref.id)])
+            [*_, rows] = await _script(conn, [("BEGIN", None), *locks, (_RECORD_READ, params)])  # round trip 1
+            row = rows[0]  # the LEFT JOIN from `now` always yields one row
+            now = float(row[0])
+            fresh = row[1] is None or flow_expired(float(row[2]), now, bounds)
+            if fresh:
+                generation, n, present = new_id(), 0, set[str]()
+                full = too_many_flows(ref.principal, int(row[4] or 0), bounds)
+            else:
+                generation, n, present = str(row[1]), int(row[3]), {str(x) for x in row[5]}
+                full = None
+            full = full or too_many_labels(len(present), len(set(labels) - present), bounds)
+            if full is not None:
+                await conn.execute("COMMIT")
+                return full
+            writes = self._call_writes(ref, call, labels, now=now, generation=generation, n=n, fresh=fresh)
+            results = await _script(conn, [*writes, ("COMMIT", None)])  # round trip 2
+            if len(writes) > 0 and writes[-1][0] == _PURGE and len(results[-2]) >= _PURGE_BATCH:
                 self._purged = 0.0  # a backlog: purge again at the next write, so it drains faster than it grows
             return FlowTicket(ref.id, generation, call)
 
         return await self._run(op, "record the call in its flow")
 
-    async def _write_call(
-        self,
-        conn: Conn,
-        ref: FlowRef,
-        call: FlowCall,
-        labels: list[str],
-        *,
-        now: float,
-        generation: str,
-        n: int,
-        fresh: bool,
-    ) -> psycopg.AsyncCursor[Any] | None:
-        """The writes of a recorded call (queued in the pipeline; the transaction's COMMIT sends them), and the
-        purge of expired flows when one is due (its cursor: how many it deleted is known after the COMMIT)."""
+    def _call_writes(
+        self, ref: FlowRef, call: FlowCall, labels: list[str], *, now: float, generation: str, n: int, fresh: bool
+    ) -> list[_Statement]:
+        """The writes of a recorded call, and — when one is due — the purge of expired flows, last (its rows,
+        the ids it deleted, tell whether a backlog remains)."""
+        writes: list[_Statement] = []
         if fresh:  # an expired flow's rows go (cascading to its labels and calls); a fresh one starts
-            await conn.execute("DELETE FROM flows WHERE id = %s", (ref.id,))
-        await conn.execute(
-            _UPSERT_FLOW,
-            {"id": ref.id, "principal": ref.principal, "generation": generation, "now": now, "next": n + 1},
-        )
-        await conn.execute(
-            "INSERT INTO flow_calls (flow_id, n, decision_id, call) VALUES (%s, %s, %s, %s)",
-            (ref.id, n, call.decision_id, json.dumps(call.to_json())),
-        )
-        await conn.execute("DELETE FROM flow_calls WHERE flow_id = %s AND n <= %s", (ref.id, n - self.bounds.history))
+            writes.append(("DELETE FROM flows WHERE id = %(id)s", {"id": ref.id}))
+        writes += [
+            (
+                _UPSERT_FLOW,
+                {"id": ref.id, "principal": ref.principal, "generation": generation, "now": now, "next": n + 1},
+            ),
+            (
+                "INSERT INTO flow_calls (flow_id, n, decision_id, call) VALUES (%(id)s, %(n)s, %(did)s, %(call)s)",
+                {"id": ref.id, "n": n, "did": call.decision_id, "call": json.dumps(call.to_json())},
+            ),
+            (
+                "DELETE FROM flow_calls WHERE flow_id = %(id)s AND n <= %(n)s",
+                {"id": ref.id, "n": n - self.bounds.history},
+            ),
+        ]
         if labels:
             origin = json.dumps(LabelOrigin.of(call).to_policy())
-            await conn.execute(_ADD_LABELS, {"id": ref.id, "origin": origin, "labels": labels})
-        if now - self._purged < PURGE_EVERY_S:
-            return None
-        self._purged = now
-        return await conn.execute(_PURGE, {"before": now - self.bounds.idle_s, "batch": _PURGE_BATCH})
+            writes.append((_ADD_LABELS, {"id": ref.id, "origin": origin, "labels": labels}))
+        if now - self._purged >= PURGE_EVERY_S:
+            self._purged = now
+            writes.append((_PURGE, {"before": now - self.bounds.idle_s, "batch": _PURGE_BATCH}))
+        return writes
 
     async def unrecord_call(self, ticket: FlowTicket) -> None:
         gone = ticket.call.decision_id
         labels = list(dict.fromkeys(ticket.call.labels))
 
         async def op(conn: Conn) -> None:
-            async with conn.pipeline(), conn.transaction():
-                await _lock(conn, [lock_key("flow", ticket.flow_id)])
-                gen = await conn.execute("SELECT generation FROM flows WHERE id = %s", (ticket.flow_id,))
-                have = await conn.execute(
-                    "SELECT label, n, origin, latest FROM flow_labels WHERE flow_id = %s AND label = ANY(%s)",
-                    (ticket.flow_id, labels),
-                )
-                hist = await conn.execute(
-                    "SELECT call FROM flow_calls WHERE flow_id = %s AND decision_id <> %s ORDER BY n",
-                    (ticket.flow_id, gone),
-                )
-                row = await gen.fetchone()
-                if row is None or row[0] != ticket.generation:
-                    return
-                history = [FlowCall.from_json(json.loads(r[0])) for r in await hist.fetchall()]
-                await conn.execute(
-                    "DELETE FROM flow_calls WHERE flow_id = %s AND decision_id = %s", (ticket.flow_id, gone)
-                )
-                for label, n, origin, latest in await have.fetchall():
-                    await _take_back(conn, ticket.flow_id, str(label), int(n), origin, latest, gone, history)
+            key = {"id": ticket.flow_id, "gone": gone, "labels": labels}
+            *_, gen, have, hist = await _script(  # round trip 1
+                conn,
+                [
+                    ("BEGIN", None),
+                    *_locks([lock_key("flow", ticket.flow_id)]),
+                    ("SELECT generation FROM flows WHERE id = %(id)s", key),
+                    (
+                        "SELECT label, n, origin, latest FROM flow_labels"
+                        " WHERE flow_id = %(id)s AND label = ANY(%(labels)s::text[])",
+                        key,
+                    ),
+                    ("SELECT call FROM flow_calls WHERE flow_id = %(id)s AND decision_id <> %(gone)s ORDER BY n", key),
+                ],
+            )
+            if not gen or gen[0][0] != ticket.generation:
+                await conn.execute("COMMIT")
+                return
+            history = [FlowCall.from_json(json.loads(r[0])) for r in hist]
+            writes: list[_Statement] = [
+                ("DELETE FROM flow_calls WHERE flow_id = %(id)s AND decision_id = %(gone)s", key)
+            ]
+            for label, n, origin, latest in have:
+                writes.append(_take_back(ticket.flow_id, str(label), int(n), origin, latest, gone, history))
+            await _script(conn, [*writes, ("COMMIT", None)])  # round trip 2
 
         await self._run(op, "take a call back from its flow")
 
 
-async def _take_back(
-    conn: Conn, flow_id: str, label: str, n: int, origin: str, latest: str, gone: str, history: list[FlowCall]
-) -> None:
-    """One count of ``label`` taken back (the row deleted at zero), origin and latest re-credited."""
+def _take_back(
+    flow_id: str, label: str, n: int, origin: str, latest: str, gone: str, history: list[FlowCall]
+) -> _Statement:
+    """The statement taking one count of ``label`` back (the row deleted at zero), origin and latest re-credited."""
+    key: dict[str, Any] = {"id": flow_id, "label": label}
     if n <= 1:
-        await conn.execute("DELETE FROM flow_labels WHERE flow_id = %s AND label = %s", (flow_id, label))
-        return
+        return ("DELETE FROM flow_labels WHERE flow_id = %(id)s AND label = %(label)s", key)
     n, first, last = take_back_label(
         n, LabelOrigin.from_json(json.loads(origin)), LabelOrigin.from_json(json.loads(latest)), gone, history, label
     )
-    await conn.execute(
-        "UPDATE flow_labels SET n = %s, origin = %s, latest = %s WHERE flow_id = %s AND label = %s",
-        (n, json.dumps(first.to_policy()), json.dumps(last.to_policy()), flow_id, label),
+    return (
+        "UPDATE flow_labels SET n = %(n)s, origin = %(origin)s, latest = %(latest)s"
+        " WHERE flow_id = %(id)s AND label = %(label)s",
+        key | {"n": n, "origin": json.dumps(first.to_policy()), "latest": json.dumps(last.to_policy())},
     )
 
 
-async def _lock(conn: Conn, keys: Iterable[int]) -> None:
-    """Take the transaction's advisory locks in ascending key order (no two transactions can wait in a cycle)."""
-    for key in sorted(set(keys)):
-        await conn.execute("SELECT pg_advisory_xact_lock(%s::bigint)", (key,))
+def _locks(keys: Iterable[int]) -> list[_Statement]:
+    """The transaction's advisory locks, in ascending key order (no two transactions can wait in a cycle)."""
+    return [(f"SELECT pg_advisory_xact_lock({key})", None) for key in sorted(set(keys))]
+
+
+async def _script(conn: Conn, statements: Sequence[_Statement]) -> list[list[tuple[Any, ...]]]:
+    """``statements`` sent as one simple-protocol query — one round trip — and the rows each returned.
+
+    Parameters are bound client-side (``ClientCursor.mogrify``: psycopg's quoting, never string pasting),
+    because the simple protocol that carries several statements takes no parameters."""
+    binder = psycopg.AsyncClientCursor(conn)
+    sql = "; ".join(binder.mogrify(q, p) if p is not None else q for q, p in statements)
+    cur = conn.cursor()
+    await cur.execute(sql, prepare=False)
+    results: list[list[tuple[Any, ...]]] = []
+    while True:
+        results.append(await cur.fetchall() if cur.description is not None else [])
+        if not cur.nextset():
+            return results
 
 
 async def _close(conn: Conn) -> None:
