@@ -392,6 +392,7 @@ async def test_three_replicas_behind_haproxy_survive_losing_one(pg_dsn: str, tmp
     assert all(t >= load.killed_at for *_, t in load.errors), load.errors  # no error before the kill
     _every_session_kept_its_replica_until_it_was_gone(callers_seen, killed=guards[0].name)
     _every_answered_call_has_its_rows(pg_dsn, load)
+    _each_tool_was_pinned_once_for_the_deployment(pg_dsn)
     await _the_chain_verifies(tmp_path / "g2" / "mcp-guard.toml", pg_dsn)
 
 
@@ -473,6 +474,14 @@ def _every_answered_call_has_its_rows(dsn: str, load: Load) -> None:
     recorded = {(int(a["a"]), int(a["b"])) for did, a in decisions.items() if did in outcomes}
     answered = {(a, b) for _, a, b, _ in load.answered}
     assert answered <= recorded, sorted(answered - recorded)[:10]
+
+
+def _each_tool_was_pinned_once_for_the_deployment(dsn: str) -> None:
+    """The replicas share one pin store: each tool pinned by exactly one of them (one tool.pinned row)."""
+    pins = {str(r[0]) for r in _rows(dsn, "SELECT tool FROM tool_pins WHERE server = 'rec'")}
+    pinned = [str(r[0]) for r in _rows(dsn, "SELECT tool FROM audit_events WHERE kind = 'tool.pinned'")]
+    assert {"echo", "add"} <= pins
+    assert sorted(pinned) == sorted(pins)
 
 
 async def _the_chain_verifies(cfg: Path, dsn: str) -> None:
