@@ -66,7 +66,11 @@ class PostgresPinStore:
         self._timeout = timeout
         self.location = redact_dsn(dsn)
         self._conn: psycopg.Connection[Any] | None = None
-        self._create_tables()
+        try:
+            self._create_tables()
+        except BaseException:
+            self.close()
+            raise
 
     def _connection(self) -> psycopg.Connection[Any]:
         if self._conn is None or self._conn.closed or self._conn.broken:
