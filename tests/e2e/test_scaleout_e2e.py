@@ -492,3 +492,19 @@ async def _the_chain_verifies(cfg: Path, dsn: str) -> None:
     result = json.loads(done.stdout)
     rows = _rows(dsn, "SELECT count(*) FROM audit_events")[0][0]
     assert result["ok"] and result["rows"] == rows and result["warnings"] == []
+
+
+# ---------------------------------------------------------------------------------------------- deploy/ as shipped
+def test_the_shipped_haproxy_config_is_valid() -> None:
+    done = subprocess.run([haproxy_binary(), "-c", "-f", str(TEMPLATE)], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_the_shipped_nginx_config_is_valid(tmp_path: Path) -> None:
+    nginx = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
+    if nginx is None:
+        pytest.fail("no nginx binary: apt-get install nginx-light (.ci/run installs it)")
+    argv = [nginx, "-t", "-c", str(REPO / "deploy" / "nginx.conf"), "-p", f"{tmp_path}/"]
+    argv += ["-g", f"pid {tmp_path}/nginx.pid; error_log {tmp_path}/error.log;"]
+    done = subprocess.run(argv, capture_output=True, text=True, check=False)
+    assert done.returncode == 0 and "syntax is ok" in done.stderr, done.stderr

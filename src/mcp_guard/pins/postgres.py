@@ -14,8 +14,11 @@ Races between replicas are settled by the database, each in one statement or tra
 * approving replaces the pin and clears the tool's pending rows in one transaction.
 
 Synchronous (like the SQLite store: calls happen when catalogues change, never per call), on one
-autocommit connection that is re-made when the server dropped it; every statement is bounded by the
-server-side ``statement_timeout`` and ``lock_timeout`` of :func:`mcp_guard.audit.postgres.connect_args`.
+autocommit connection that is re-made when the server dropped it. Bounded by the server-side
+``statement_timeout`` and ``lock_timeout`` of :func:`mcp_guard.audit.postgres.connect_args` (a slow or
+locked server), libpq's ``connect_timeout`` and ``tcp_user_timeout`` (a server gone from the network) —
+not against a peer that acknowledges bytes but never answers (a wedged proxy in between): the
+synchronous interface has no client-side deadline, as the SQLite store's has none against a wedged disk.
 """
 
 from __future__ import annotations
@@ -74,7 +77,10 @@ class PostgresPinStore:
 
     def _connection(self) -> psycopg.Connection[Any]:
         if self._conn is None or self._conn.closed or self._conn.broken:
-            self._conn = psycopg.connect(**connect_args(self._dsn, self._timeout))
+            # tcp_user_timeout: a server that vanished from the network (unacknowledged data) fails the call
+            # after the timeout instead of blocking the caller until TCP gives up (minutes).
+            args = connect_args(self._dsn, self._timeout) | {"tcp_user_timeout": int(self._timeout * 1000)}
+            self._conn = psycopg.connect(**args)
         return self._conn
 
     def _create_tables(self) -> None:
