@@ -62,6 +62,8 @@ def test_three_replica_processes_never_admit_past_the_limit(pg_dsn: str, pg_admi
     assert sum(int(json.loads(o)) for o in outputs) == 25
     rows = pg_admin.execute("SELECT key, count(*) FROM rate_hits GROUP BY key ORDER BY key").fetchall()
     assert rows == [("other", 25), ("shared", 25)]  # refused calls counted nowhere
+    kept = pg_admin.execute("SELECT key, n FROM rate_counts ORDER BY key").fetchall()
+    assert kept == [("other", 25), ("shared", 25)]  # the kept counts agree with the log
 
 
 async def test_hit_times_come_from_the_database_clock(pg_dsn: str, pg_admin: psycopg.Connection[Any]) -> None:

@@ -4,6 +4,7 @@ Chosen by :func:`mcp_guard.state.open_state` when ``[audit] backend = "postgres"
 default schema of ``[audit] dsn``, beside ``audit_events``::
 
     rate_hits   (key, window_s, ts, hit)                   one row per counted hit (the exact sliding log)
+    rate_counts (key, window_s, n)                         n = the bucket's rows in rate_hits (same transactions)
     flows       (id, principal, generation, seen, next_n)  one row per flow; seen = its last recorded call
     flow_labels (flow_id → flows, label, n, origin, latest)  n = recorded calls that added the label
     flow_calls  (flow_id → flows, n, decision_id, call)    the history, at most FlowBounds.history rows
@@ -19,12 +20,15 @@ connection dies, so a SIGKILLed replica holds nothing.
 are held, so hit times follow lock order and every replica's counters use one clock, whatever the hosts'
 clocks say. Tests inject a clock (its value is sent instead).
 
-**Round trips.** A transaction's statements are sent as one simple-protocol query (parameters bound
-client-side by psycopg's own quoting): an admission is **one** round trip (BEGIN, the locks, one statement
-that prunes, counts and — only if every bucket has room — inserts the hits, COMMIT), a recorded call or a
-taken-back one two (read under the locks, decide in Python, write + COMMIT), a read (``usage``, ``flow``)
-one statement. A replica keeps a few connections (:data:`POOL_SIZE`), so concurrent calls do not queue
-behind one another's round trips.
+**Round trips.** An admission is **one** round trip: one call of the server-side function
+``mcp_guard_admit`` (created with the tables) that takes the locks and runs one query — prune, count, and
+only if every bucket has room insert the hits — as its own transaction; being a function, its plan is
+cached by the server, which matters: planning a statement of that size costs more than running it. A
+recorded or taken-back call is two round trips (read under the locks, decide in Python, write + COMMIT;
+each sent as one simple-protocol query, parameters bound client-side by psycopg's own quoting); a read
+(``usage``, ``flow``) is one statement. Counts are kept per bucket (``rate_counts``, updated in the same
+transactions), so an admission costs the same whatever the limit. A replica keeps a few connections
+(:data:`POOL_SIZE`), so concurrent calls do not queue behind one another's round trips.
 
 **Durability.** Counter transactions commit with ``synchronous_commit = off`` (no wait for the WAL flush):
 a crash of the *database server* may forget the last fraction of a second of counted hits — a few calls
@@ -36,7 +40,7 @@ would deny.
 one deadline of ``timeout_s``; the server's ``statement_timeout`` and ``lock_timeout`` match it. Past
 it the operation raises :class:`~mcp_guard.errors.StateError` (the caller denies ``state_unavailable``)
 and its connection is closed, which rolls back an unfinished transaction. As with the audit backend, a
-connection lost after COMMIT was sent (for an admission: once its one round trip is on the wire) leaves
+connection lost after COMMIT was sent (for an admission: once its one statement is on the wire) leaves
 the outcome unknown: a call may be denied although its hit was counted (it then only costs room until it
 leaves the window), never the other way round.
 
@@ -95,6 +99,9 @@ _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS rate_hits (
         key TEXT COLLATE "C" NOT NULL, window_s DOUBLE PRECISION NOT NULL, ts DOUBLE PRECISION NOT NULL,
         hit TEXT NOT NULL, PRIMARY KEY (key, window_s, ts, hit))""",
+    """CREATE TABLE IF NOT EXISTS rate_counts (
+        key TEXT COLLATE "C" NOT NULL, window_s DOUBLE PRECISION NOT NULL, n INTEGER NOT NULL,
+        PRIMARY KEY (key, window_s))""",
     """CREATE TABLE IF NOT EXISTS flows (
         id TEXT COLLATE "C" PRIMARY KEY, principal TEXT COLLATE "C" NOT NULL, generation TEXT NOT NULL,
         seen DOUBLE PRECISION NOT NULL, next_n BIGINT NOT NULL)""",
@@ -113,46 +120,90 @@ _BEGIN_ASYNC_COMMIT = "BEGIN; SET LOCAL synchronous_commit = off"
 
 _NOW = "coalesce(%(now)s::float8, extract(epoch FROM clock_timestamp())::float8)"
 
-# Per bucket (arrays of key, window, tightest limit): prune the hits that left the window (a data-modifying
-# WITH runs to completion whether read or not), count the hits in the window and — for a full bucket — find
-# the time of the hit whose leaving makes room; then, only if no bucket is full, insert this call's hit
-# in every bucket. One statement, under the buckets' locks: the counts' predicate excludes what the DELETE
-# removes, and `c` (referenced twice) is computed once, so the decision and the insert see the same counts.
-_ADMIT = f"""
-WITH now AS (SELECT {_NOW} AS t),
-b AS (SELECT * FROM unnest(%(keys)s::text[], %(windows)s::float8[], %(limits)s::int[]) AS b (key, window_s, lim)),
-gone AS (
-    DELETE FROM rate_hits h USING b, now
-    WHERE h.key = b.key AND h.window_s = b.window_s AND h.ts <= now.t - b.window_s
-),
-c AS (
-    SELECT b.key, b.window_s, b.lim, now.t, c.n, o.ts
-    FROM b CROSS JOIN now
-    CROSS JOIN LATERAL (
-        SELECT count(*)::int AS n FROM rate_hits h
-        WHERE h.key = b.key AND h.window_s = b.window_s AND h.ts > now.t - b.window_s
-    ) c
+# Per bucket (arrays of key, window, tightest limit), in one statement under the buckets' locks: prune the
+# hits that left the window; the count in the window is the bucket's kept count less what was pruned (O(1)
+# whatever the limit — no scan of the window's hits); only if no bucket is full, insert this call's hit in
+# every bucket; store the new counts; and for a refused call find the time of the hit whose leaving makes
+# room. Data-modifying WITHs run to completion whether read or not, and all parts see the snapshot from
+# before the statement, hence the `ts > now - window` filter of the last scan.
+# The admission, as a function so that it is one statement — its own transaction, one round trip, its plan
+# cached by the server (a statement this size costs milliseconds to plan). Under the buckets' locks (taken in
+# the order given: ascending), in one query: prune the hits that left the window; the count in the window is
+# the bucket's kept count less what was pruned (O(1) whatever the limit — no scan of the window's hits); only
+# if no bucket is full, insert this call's hit in every bucket; store the new counts; for a refused call, find
+# the time of the hit whose leaving makes room. Data-modifying WITHs run to completion whether read or not, and
+# every part sees the snapshot from before the query, hence the `ts > now - window` filter of the last scan.
+# "now" is a scalar subquery so that the prune's ts bound is an index condition. The counters commit
+# asynchronously (set_config(..., true) lasts until the statement's transaction commits).
+_ADMIT_FUNCTION = """
+CREATE OR REPLACE FUNCTION mcp_guard_admit(
+    p_locks bigint[], p_keys text[], p_windows float8[], p_limits int[], p_hit text, p_now float8
+) RETURNS TABLE (r_key text, r_window_s float8, r_t float8, r_n int, r_oldest float8, r_admitted boolean)
+LANGUAGE plpgsql
+SET plan_cache_mode = force_generic_plan  -- index lookups by key whatever the values: plan once per session
+AS $fn$
+DECLARE
+    lock_id bigint;
+BEGIN
+    PERFORM set_config('synchronous_commit', 'off', true);
+    FOREACH lock_id IN ARRAY p_locks LOOP
+        PERFORM pg_advisory_xact_lock(lock_id);
+    END LOOP;
+    RETURN QUERY
+    WITH now AS (SELECT coalesce(p_now, extract(epoch FROM clock_timestamp())::float8) AS t),
+    b AS (SELECT * FROM unnest(p_keys, p_windows, p_limits) AS b (key, window_s, lim)),
+    gone AS (
+        DELETE FROM rate_hits h USING b  -- `now` as a scalar subquery: the ts bound is then an index condition
+        WHERE h.key = b.key AND h.window_s = b.window_s AND h.ts <= (SELECT t FROM now) - b.window_s
+        RETURNING h.key, h.window_s
+    ),
+    c AS (
+        SELECT b.key, b.window_s, b.lim, now.t, greatest(coalesce(rc.n, 0)
+            - (SELECT count(*) FROM gone g WHERE g.key = b.key AND g.window_s = b.window_s), 0)::int AS n
+        FROM b CROSS JOIN now LEFT JOIN rate_counts rc ON rc.key = b.key AND rc.window_s = b.window_s
+    ),
+    ok AS (SELECT NOT EXISTS (SELECT 1 FROM c WHERE c.n >= c.lim) AS admitted),
+    ins AS (
+        INSERT INTO rate_hits (key, window_s, ts, hit)
+        SELECT c.key, c.window_s, c.t, p_hit FROM c CROSS JOIN ok WHERE ok.admitted
+    ),
+    counted AS (
+        INSERT INTO rate_counts (key, window_s, n)
+        SELECT c.key, c.window_s, c.n + ok.admitted::int FROM c CROSS JOIN ok
+        ON CONFLICT (key, window_s) DO UPDATE SET n = excluded.n
+    )
+    SELECT c.key, c.window_s, c.t, c.n, o.ts, ok.admitted
+    FROM c CROSS JOIN ok
     LEFT JOIN LATERAL (
         SELECT h.ts FROM rate_hits h
-        WHERE h.key = b.key AND h.window_s = b.window_s AND h.ts > now.t - b.window_s
-        ORDER BY h.ts OFFSET greatest(c.n - b.lim, 0) LIMIT 1
+        WHERE NOT ok.admitted AND h.key = c.key AND h.window_s = c.window_s AND h.ts > c.t - c.window_s
+        ORDER BY h.ts OFFSET greatest(c.n - c.lim, 0) LIMIT 1
     ) o ON true
-),
-ins AS (
-    INSERT INTO rate_hits (key, window_s, ts, hit)
-    SELECT c.key, c.window_s, c.t, %(hit)s FROM c WHERE NOT EXISTS (SELECT 1 FROM c AS f WHERE f.n >= f.lim)
-    RETURNING 1
+    ;
+END
+$fn$
+"""
+_ADMIT = """
+SELECT * FROM mcp_guard_admit(
+    %(locks)s::bigint[], %(keys)s::text[], %(windows)s::float8[], %(limits)s::int[], %(hit)s::text, %(now)s::float8
 )
-SELECT c.key, c.window_s, c.t, c.n, c.ts, (SELECT count(*) FROM ins) > 0 FROM c
 """
 _RELEASE = """
-DELETE FROM rate_hits h USING unnest(%(keys)s::text[], %(windows)s::float8[]) AS b (k, w)
-WHERE h.key = b.k AND h.window_s = b.w AND h.ts = %(ts)s AND h.hit = %(hit)s
+WITH d AS (
+    DELETE FROM rate_hits h USING unnest(%(keys)s::text[], %(windows)s::float8[]) AS b (k, w)
+    WHERE h.key = b.k AND h.window_s = b.w AND h.ts = %(ts)s AND h.hit = %(hit)s
+    RETURNING h.key, h.window_s
+)
+UPDATE rate_counts rc SET n = greatest(rc.n - 1, 0) FROM d WHERE rc.key = d.key AND rc.window_s = d.window_s
 """
+# The kept count less the hits that left the window but are not pruned yet (one statement: one snapshot).
 _USAGE = f"""
 WITH now AS (SELECT {_NOW} AS t)
-SELECT (SELECT count(*) FROM rate_hits h WHERE h.key = b.k AND h.window_s = b.w AND h.ts > now.t - b.w)::int
+SELECT greatest(coalesce(rc.n, 0) - (
+    SELECT count(*) FROM rate_hits h WHERE h.key = b.k AND h.window_s = b.w AND h.ts <= now.t - b.w
+), 0)::int
 FROM unnest(%(keys)s::text[], %(windows)s::float8[]) WITH ORDINALITY AS b (k, w, i) CROSS JOIN now
+LEFT JOIN rate_counts rc ON rc.key = b.k AND rc.window_s = b.w
 ORDER BY b.i
 """
 _FLOW_READ = f"""
@@ -228,7 +279,7 @@ class PostgresState:
         await conn.execute(f"SELECT pg_advisory_lock({key})")  # concurrent CREATE IF NOT EXISTS can collide
         try:
             async with conn.transaction():
-                for statement in _SCHEMA:
+                for statement in (*_SCHEMA, _ADMIT_FUNCTION):
                     await conn.execute(statement)
         finally:
             await conn.execute(f"SELECT pg_advisory_unlock({key})")
@@ -272,18 +323,16 @@ class PostgresState:
         buckets = list(tightest)
         hit = new_id()
         params = {
-            "now": self._now(),
+            "locks": sorted({lock_key("rate", *b) for b in buckets}),  # ascending: no lock cycles
             "keys": [k for k, _ in buckets],
             "windows": [w for _, w in buckets],
             "limits": list(tightest.values()),
+            "hit": hit,
+            "now": self._now(),
         }
 
         async def op(conn: Conn) -> Admission:
-            # One round trip: BEGIN, the locks, check-and-count, COMMIT (asynchronous: see the docstring).
-            locks = _locks(lock_key("rate", *b) for b in buckets)
-            *_, rows, _commit = await _script(
-                conn, [(_BEGIN_ASYNC_COMMIT, None), *locks, (_ADMIT, params | {"hit": hit}), ("COMMIT", None)]
-            )
+            rows = await (await conn.execute(_ADMIT, params)).fetchall()  # one statement: one round trip
             found = {(str(r[0]), float(r[1])): r for r in rows}
             now = float(rows[0][2])
             if rows[0][5]:  # counted in every bucket
@@ -307,7 +356,9 @@ class PostgresState:
         }
 
         async def op(conn: Conn) -> None:
-            await _script(conn, [(_BEGIN_ASYNC_COMMIT, None), (_RELEASE, params), ("COMMIT", None)])
+            # Under the buckets' locks: an admission computing a count must not overwrite this decrement.
+            locks = _locks(lock_key("rate", *b) for b in ticket.buckets)
+            await _script(conn, [(_BEGIN_ASYNC_COMMIT, None), *locks, (_RELEASE, params), ("COMMIT", None)])
 
         if ticket.buckets:
             await self._run(op, "take back a counted call")
