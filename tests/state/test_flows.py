@@ -286,3 +286,16 @@ async def test_an_unusable_file_is_a_state_error_for_every_flow_method(tmp_path:
             await sqlite.unrecord_call(t)
     finally:
         await sqlite.aclose()
+
+
+async def test_labels_and_ids_with_quotes_braces_and_unicode_round_trip(store: StateStore) -> None:
+    """Names are data, never syntax: the PostgreSQL store binds them client-side into one script."""
+    odd = ['a,b"}{\\', "it's\u200b%(id)s", "{}", "NULL"]  # BOUNDS.labels == 4
+    ref = FlowRef("f-'\"; DROP TABLE flows; --", "o'brien")
+    t = await record(store, call("d'1", *odd[:2]), ref)
+    await record(store, call("d2", *odd[2:]), ref)
+    f = await store.flow(ref.id)
+    assert set(f.labels) == set(odd)
+    assert [c.decision_id for c in f.history] == ["d'1", "d2"]
+    await store.unrecord_call(t)
+    assert set((await store.flow(ref.id)).labels) == set(odd[2:])

@@ -157,3 +157,13 @@ async def test_a_lowered_limit_waits_for_enough_hits_to_leave(store: StateStore,
 async def test_unknown_buckets_have_no_usage(store: StateStore) -> None:
     assert await store.usage([("never", 1.0), ("seen", 2.0)]) == {("never", 1.0): 0, ("seen", 2.0): 0}
     assert await store.usage([]) == {}
+
+
+async def test_keys_with_quotes_braces_and_unicode_are_plain_data(store: StateStore) -> None:
+    odd = Limit('tool_calls|o\'brien|"x"|{a,b}|\\|ü|%(hit)s', 1, 60.0)
+    first = await store.admit([odd])
+    assert first.admitted and first.ticket is not None
+    assert not (await store.admit([odd])).admitted
+    await store.release(first.ticket)
+    assert await store.usage([odd.bucket]) == {odd.bucket: 0}
+    assert (await store.admit([odd])).admitted
