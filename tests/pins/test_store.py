@@ -139,3 +139,29 @@ def test_open_pins_follows_the_audit_backend(pg_dsn: str, tmp_path: Path) -> Non
     finally:
         pg.close()
     assert not (tmp_path / "mcp-guard-state.db").exists()
+
+
+def test_postgres_replicas_starting_together_create_the_tables_once(pg_dsn: str) -> None:
+    opened: list[PostgresPinStore] = []
+    errors: list[BaseException] = []
+    start = threading.Barrier(4)
+
+    def open_one() -> None:
+        start.wait()
+        try:
+            opened.append(PostgresPinStore(pg_dsn))
+        except BaseException as e:  # collected: the assertion below names it
+            errors.append(e)
+
+    threads = [threading.Thread(target=open_one) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    try:
+        assert errors == [] and len(opened) == 4
+        assert opened[0].observe("rec", "echo", "aaa1", V1).new
+        assert not opened[3].observe("rec", "echo", "aaa1", V1).new
+    finally:
+        for store in opened:
+            store.close()

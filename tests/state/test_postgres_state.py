@@ -182,3 +182,16 @@ def test_lock_keys_are_stable_signed_bigints_that_tell_kinds_apart() -> None:
     assert lock_key("rate", "k", 60.0) != lock_key("rate", "k", 6.0)
     assert lock_key("flow", "x") != lock_key("principal", "x")
     assert all(-(2**63) <= lock_key("flow", str(i)) < 2**63 for i in range(100))
+
+
+async def test_replicas_starting_together_create_the_tables_once(pg_dsn: str) -> None:
+    stores = [PostgresState(pg_dsn, timeout_s=10.0) for _ in range(4)]
+    try:
+        async with anyio.create_task_group() as tg:
+            for s in stores:
+                tg.start_soon(s.start)
+        admitted = [await s.admit([Limit("k", 2, 60.0)]) for s in stores]
+    finally:
+        for s in stores:
+            await s.aclose()
+    assert [a.admitted for a in admitted] == [True, True, False, False]
