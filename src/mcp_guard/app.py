@@ -48,7 +48,7 @@ from mcp_guard.frontend.listing import TOOLS, visible
 from mcp_guard.frontend.oauth import ResourceServer
 from mcp_guard.frontend.server import build_server, initialization_options
 from mcp_guard.frontend.sessions import DownstreamSession, SessionTable
-from mcp_guard.pins import PinStore
+from mcp_guard.pins import PinBackend, open_pins
 from mcp_guard.pipeline.audit import EventSink
 from mcp_guard.pipeline.authorize import Evaluator
 from mcp_guard.pipeline.build import build_pipeline
@@ -84,7 +84,7 @@ class Guard:
         sink: EventSink,
         secrets: SecretSource = NO_SECRETS,
         principal: str | None = None,
-        pins: PinStore | None = None,
+        pins: PinBackend | None = None,
         state: StateStore | None = None,
         approvals: ApprovalStore | None = None,
         tracer: Tracer | None = None,
@@ -542,9 +542,8 @@ async def _open_state(settings: Settings) -> AsyncIterator[StateStore]:
         try:
             state = await stack.enter_async_context(open_state(settings))
         except StateError as e:
-            raise ConfigError(
-                f"cannot open the state store: {e}", file=settings.source, key="audit.state_path"
-            ) from None
+            key = "audit.dsn" if settings.audit.backend == "postgres" else "audit.state_path"
+            raise ConfigError(f"cannot open the state store: {e}", file=settings.source, key=key) from None
         yield state
 
 
@@ -565,11 +564,17 @@ async def _no_app(scope: Any, receive: Any, send: Any) -> None:
     raise AssertionError("not served")
 
 
-def _open_pins(settings: Settings) -> PinStore:
-    path = settings.resolve_path(settings.audit.state_path)
+def _open_pins(settings: Settings) -> PinBackend:
+    """The pin store ``[audit]`` names (mcp_guard.pins.open_pins); one that cannot be opened is a config error."""
+    import psycopg
+
     try:
-        return PinStore(path)
+        return open_pins(settings)
     except (sqlite3.Error, OSError) as e:
+        path = settings.resolve_path(settings.audit.state_path)
         raise ConfigError(
             f"{path}: cannot open the state database: {e}", file=settings.source, key="audit.state_path"
         ) from None
+    except psycopg.Error as e:
+        why = " ".join(str(e).split()) or type(e).__name__
+        raise ConfigError(f"cannot open the pin store: {why}", file=settings.source, key="audit.dsn") from None

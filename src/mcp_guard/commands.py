@@ -31,7 +31,7 @@ from mcp_guard.types import AuditEvent, EventKind
 if TYPE_CHECKING:
     from mcp_guard.app import Guard
     from mcp_guard.audit import AuditWriter
-    from mcp_guard.pins import PinStore
+    from mcp_guard.pins import PinBackend
     from mcp_guard.pins.store import PendingChange, Pin
 
 log = structlog.get_logger("mcp_guard.cli")
@@ -238,17 +238,25 @@ async def _tools_async(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def _pin_store(settings: Settings) -> PinStore:
-    from mcp_guard.pins import PinStore
+def _pin_store(settings: Settings) -> PinBackend:
+    """The pin store; a PostgreSQL one that cannot be reached is a one-line error naming ``audit.dsn``."""
+    import psycopg
 
-    return PinStore(settings.resolve_path(settings.audit.state_path))
+    from mcp_guard.pins import open_pins
+
+    try:
+        return open_pins(settings)
+    except psycopg.Error as e:
+        why = " ".join(str(e).split()) or type(e).__name__
+        raise ConfigError(f"cannot open the pin store: {why}", file=settings.source, key="audit.dsn") from None
 
 
 def _pins(args: argparse.Namespace) -> int:
     settings = load_config(args)
     pins: list[Pin] = []
     pending: list[PendingChange] = []
-    if settings.resolve_path(settings.audit.state_path).exists():  # reading creates nothing
+    if settings.audit.backend == "postgres" or settings.resolve_path(settings.audit.state_path).exists():
+        # reading creates no file (on PostgreSQL the tables are made if missing, as every replica would)
         store = _pin_store(settings)
         try:
             pins, pending = store.pins(), store.pending()

@@ -131,6 +131,8 @@ class AuditSettings(_Strict):
     dsn: Annotated[str | None, Field(validate_default=True, repr=False)] = None
     # Tool pins, pending definition changes and rate-limit counters (kept apart so the audit log stays
     # append-only); shared by every mcp-guard process using the same file.
+    # With backend = "postgres" they live in the `dsn` database instead (shared by every replica) and this
+    # file is not used.
     state_path: str = "mcp-guard-state.db"
     # Longest wait for the state store per operation; past it the call is denied (state_unavailable).
     state_timeout_ms: Annotated[int, Field(gt=0, le=60_000)] = 1000

@@ -1,4 +1,4 @@
-"""The flow part of the StateStore contract, run against every backend (in-memory and SQLite) with an
+"""The flow part of the StateStore contract, run against every backend (in-memory, SQLite and PostgreSQL) with an
 injected clock: labels counted per adder, a bounded history, the idle TTL, the bounds, taking a call back."""
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from mcp_guard.state import (
 )
 from mcp_guard.state import sqlite as sqlite_state
 from mcp_guard.state.base import PURGE_EVERY_S
+from mcp_guard.state.postgres import PostgresState
 
 pytestmark = pytest.mark.anyio
 
@@ -46,10 +47,16 @@ def clock() -> Clock:
 Factory = Callable[[], StateStore]
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
 async def store(request: pytest.FixtureRequest, tmp_path: Path, clock: Clock) -> AsyncIterator[StateStore]:
     if request.param == "memory":
         yield MemoryState(clock=clock, flows=BOUNDS)
+        return
+    if request.param == "postgres":  # a real server (tests/pg_support.py), a fresh database per test
+        pg = PostgresState(request.getfixturevalue("pg_dsn"), timeout_s=5.0, clock=clock, flows=BOUNDS)
+        await pg.start()
+        yield pg
+        await pg.aclose()
         return
     sqlite = SQLiteState(tmp_path / "state.db", timeout_s=5.0, clock=clock, flows=BOUNDS)
     await sqlite.start()
@@ -279,3 +286,16 @@ async def test_an_unusable_file_is_a_state_error_for_every_flow_method(tmp_path:
             await sqlite.unrecord_call(t)
     finally:
         await sqlite.aclose()
+
+
+async def test_labels_and_ids_with_quotes_braces_and_unicode_round_trip(store: StateStore) -> None:
+    """Names are data, never syntax: the PostgreSQL store binds them client-side into one script."""
+    odd = ['a,b"}{\\', "it's\u200b%(id)s", "{}", "NULL"]  # BOUNDS.labels == 4
+    ref = FlowRef("f-'\"; DROP TABLE flows; --", "o'brien")
+    t = await record(store, call("d'1", *odd[:2]), ref)
+    await record(store, call("d2", *odd[2:]), ref)
+    f = await store.flow(ref.id)
+    assert set(f.labels) == set(odd)
+    assert [c.decision_id for c in f.history] == ["d'1", "d2"]
+    await store.unrecord_call(t)
+    assert set((await store.flow(ref.id)).labels) == set(odd[2:])

@@ -1,4 +1,4 @@
-"""The StateStore contract, run against every backend (in-memory and SQLite) with an injected clock.
+"""The StateStore contract, run against every backend (in-memory, SQLite and PostgreSQL) with an injected clock.
 
 Sliding-window edges are checked at exact instants: a hit at ``t`` counts in ``[t, t + window_s)``.
 """
@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from mcp_guard.state import Limit, MemoryState, SQLiteState, StateStore
+from mcp_guard.state.postgres import PostgresState
 
 pytestmark = pytest.mark.anyio
 
@@ -30,10 +31,16 @@ def clock() -> Clock:
     return Clock()
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
 async def store(request: pytest.FixtureRequest, tmp_path: Path, clock: Clock) -> AsyncIterator[StateStore]:
     if request.param == "memory":
         yield MemoryState(clock=clock)
+        return
+    if request.param == "postgres":  # a real server (tests/pg_support.py), a fresh database per test
+        pg = PostgresState(request.getfixturevalue("pg_dsn"), timeout_s=5.0, clock=clock)
+        await pg.start()
+        yield pg
+        await pg.aclose()
         return
     sqlite = SQLiteState(tmp_path / "state.db", timeout_s=5.0, clock=clock)
     await sqlite.start()
@@ -150,3 +157,13 @@ async def test_a_lowered_limit_waits_for_enough_hits_to_leave(store: StateStore,
 async def test_unknown_buckets_have_no_usage(store: StateStore) -> None:
     assert await store.usage([("never", 1.0), ("seen", 2.0)]) == {("never", 1.0): 0, ("seen", 2.0): 0}
     assert await store.usage([]) == {}
+
+
+async def test_keys_with_quotes_braces_and_unicode_are_plain_data(store: StateStore) -> None:
+    odd = Limit('tool_calls|o\'brien|"x"|{a,b}|\\|ü|%(hit)s', 1, 60.0)
+    first = await store.admit([odd])
+    assert first.admitted and first.ticket is not None
+    assert not (await store.admit([odd])).admitted
+    await store.release(first.ticket)
+    assert await store.usage([odd.bucket]) == {odd.bucket: 0}
+    assert (await store.admit([odd])).admitted

@@ -84,12 +84,15 @@ class PinStore:
     def observe(self, server: str, tool: str, sha256: str, definition: dict[str, Any]) -> PinState:
         row = self._db.execute("SELECT sha256 FROM tool_pins WHERE server=? AND tool=?", (server, tool)).fetchone()
         if row is None:
-            self._db.execute(
-                "INSERT INTO tool_pins (server, tool, sha256, definition, pinned_at, approved_by) "
+            # OR IGNORE: another process may pin the tool between the read and here; it then won the race.
+            cur = self._db.execute(
+                "INSERT OR IGNORE INTO tool_pins (server, tool, sha256, definition, pinned_at, approved_by) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
                 (server, tool, sha256, _dump(definition), utc_now(), "first-use"),
             )
-            return PinState(pinned=True, changed=False, approved_sha256=sha256, new=True)
+            if cur.rowcount == 1:
+                return PinState(pinned=True, changed=False, approved_sha256=sha256, new=True)
+            row = self._db.execute("SELECT sha256 FROM tool_pins WHERE server=? AND tool=?", (server, tool)).fetchone()
         approved = str(row[0])
         if approved == sha256:
             return PinState(pinned=True, changed=False, approved_sha256=approved)

@@ -5,10 +5,10 @@
     async with open_state(settings) as state:
         admission = await state.admit([Limit("alice|tickets", 5, 60.0)])
 
-Today the backend is SQLite in ``[audit] state_path`` (the file the tool pins live in), flows expiring
-after ``[audit] flow_idle_ttl_s``; a PostgreSQL
-backend (``[audit] backend = "postgres"``, the scale-out issue) implements the same
-:class:`~mcp_guard.state.base.StateStore` protocol. Every operation is bounded by
+The backend follows the audit log's: SQLite in ``[audit] state_path`` (the file the tool pins live in)
+with ``[audit] backend = "sqlite"``; PostgreSQL on ``[audit] dsn`` with ``backend = "postgres"``
+(:mod:`mcp_guard.state.postgres`: every replica on that database shares the counters and flows). Flows
+expire after ``[audit] flow_idle_ttl_s``. Every operation is bounded by
 ``[audit] state_timeout_ms`` and raises :class:`~mcp_guard.errors.StateError` when it cannot answer.
 """
 
@@ -57,12 +57,17 @@ __all__ = [
 @asynccontextmanager
 async def open_state(settings: Settings) -> AsyncIterator[StateStore]:
     """The configured state store, opened (tables created) and closed on exit; StateError if it cannot open."""
-    store = SQLiteState(
-        settings.resolve_path(settings.audit.state_path),
-        timeout_s=settings.audit.state_timeout_ms / 1000,
-        flows=FlowBounds(idle_s=float(settings.audit.flow_idle_ttl_s)),
-    )
-    await store.start()
+    timeout_s = settings.audit.state_timeout_ms / 1000
+    flows = FlowBounds(idle_s=float(settings.audit.flow_idle_ttl_s))
+    store: StateStore
+    if settings.audit.backend == "postgres" and settings.audit.dsn:
+        from mcp_guard.state.postgres import PostgresState  # psycopg only when it is used
+
+        store = pg = PostgresState(settings.audit.dsn, timeout_s=timeout_s, flows=flows)
+        await pg.start()
+    else:
+        store = lite = SQLiteState(settings.resolve_path(settings.audit.state_path), timeout_s=timeout_s, flows=flows)
+        await lite.start()
     try:
         yield store
     finally:

@@ -46,7 +46,7 @@ from mcp_guard.channel import (
     log_locally,
     scrub_message,
 )
-from mcp_guard.pins import PinStore, scan_tool
+from mcp_guard.pins import PinBackend, scan_tool
 from mcp_guard.settings import Settings, UpstreamSettings
 from mcp_guard.types import EventKind, ToolInfo
 from mcp_guard.upstream.connection import Injections, UpstreamConnection
@@ -173,7 +173,7 @@ class Registry:
         injections: Callable[[str], Awaitable[Injections]] | None = None,
         scrub: Callable[[str], str] = lambda s: s,
         scrub_obj: Callable[[Any], Any] = lambda o: o,
-        pins: PinStore | None = None,
+        pins: PinBackend | None = None,
     ) -> None:
         self.settings = settings
         self.namer = Namer(settings.server.tool_separator)
