@@ -111,6 +111,8 @@ class EventKind(StrEnum):
     TOOL_PINNED = "tool.pinned"
     TOOL_PIN_CHANGED = "tool.pin_changed"
     TOOL_PIN_APPROVED = "tool.pin_approved"
+    POLICY_SHADOW_DIFF = "policy.shadow_diff"  # the shadow bundle decided a call differently (never enforced)
+    POLICY_ROLLBACK = "policy.rollback"  # an operator pinned an earlier bundle revision (or cleared the pin)
 
 
 def new_id() -> str:

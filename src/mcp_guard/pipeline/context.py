@@ -15,11 +15,24 @@ import mcp_types as types
 
 from mcp_guard.channel import ClientChannel
 from mcp_guard.state.base import Flow
-from mcp_guard.types import Action, Decision, Principal, ReasonCode, SessionInfo, ToolInfo, new_id
+from mcp_guard.types import Action, Decision, PolicyInput, Principal, ReasonCode, SessionInfo, ToolInfo, new_id
 
-__all__ = ["CallContext", "CallNext", "ErrorOrigin", "Interceptor", "Outcome", "ProgressFn"]
+__all__ = ["CallContext", "CallNext", "ErrorOrigin", "Interceptor", "Outcome", "PolicyVerdict", "ProgressFn"]
 
 ProgressFn = Callable[[float, float | None, str | None], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyVerdict:
+    """What the policy was asked and what it said, exactly: the input document the engine saw (with its
+    recorded context — time, usage, flow) and the engine's own decision, before any stage replaced it.
+
+    ``Authorize`` sets it on the context it passes inward and on the outcome it returns, so the decision row
+    can keep the input for ``policy replay`` and a shadow bundle can be asked the same question.
+    """
+
+    input: PolicyInput
+    decision: Decision
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +58,7 @@ class CallContext:
     downstream: ClientChannel | None = None  # the client the call came from (for upstream→client traffic)
     correlation_id: str | None = None  # a stateless client's flow correlation id (mcp_guard.pipeline.flow)
     flow: Flow | None = None  # the call's flow as read before policy (None: the bundle does not use flows)
+    verdict: PolicyVerdict | None = None  # set by Authorize for the stages inside it (the allow row keeps it)
 
 
 class ErrorOrigin(StrEnum):
@@ -80,6 +94,7 @@ class Outcome:
     decision: Decision | None = None
     override: Decision | None = None
     error_origin: ErrorOrigin = ErrorOrigin.UPSTREAM
+    verdict: PolicyVerdict | None = None  # the policy's input and own decision, when the policy was asked
 
     @classmethod
     def guard_error(cls, code: int, message: str) -> Outcome:

@@ -63,6 +63,8 @@ def register(subparsers: Any) -> None:
     add_config_arg(ch)
     ch.set_defaults(func=cmd_check)
 
+    register_lifecycle(sub)
+
 
 def _usage(parser: argparse.ArgumentParser) -> int:
     parser.print_help(sys.stderr)
@@ -175,3 +177,49 @@ def cmd_check(args: argparse.Namespace) -> int:
         files = len(bundle.policies) + len(bundle.tests)
         print(f"{root}: {files} file(s) checked, {errors} error(s), {warnings} warning(s)")
     return 0 if errors == 0 else 1
+
+
+# ---------------------------------------------------------------------------------------------- life cycle
+# policy replay | history | rollback (docs/architecture.md §3 "Policies": replay, shadow, signing, history).
+
+
+def register_lifecycle(sub: Any) -> None:
+    """``policy replay``, ``policy history`` and ``policy rollback``."""
+    from mcp_guard.cli import add_config_arg
+
+    rp = sub.add_parser(
+        "replay", help="re-decide recorded calls with a candidate bundle; exit 1 when a decision would change"
+    )
+    rp.add_argument("--bundle", required=True, metavar="DIR", help="the candidate bundle directory")
+    rp.add_argument("--since", metavar="WHEN", help="only decisions since WHEN (10m, 2h, 7d or RFC3339)")
+    rp.add_argument("--principal", metavar="ID", help="only this principal's decisions")
+    rp.add_argument("--json", action="store_true", help="print the report as JSON")
+    add_config_arg(rp)
+    rp.set_defaults(func=cmd_replay)
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    """Replay the configured audit log's decisions (:mod:`mcp_guard.policy.replay`) against ``--bundle``."""
+    from mcp_guard.audit import Filters, open_reader, parse_since, row_to_dict
+    from mcp_guard.cli import load_config
+    from mcp_guard.errors import ConfigError
+    from mcp_guard.policy.embedded import EmbeddedEngine
+    from mcp_guard.policy.replay import REPLAY_TIMEOUT_MS, format_report, replay_rows
+    from mcp_guard.types import EventKind
+
+    settings = load_config(args)
+    try:
+        since = parse_since(args.since) if args.since else None
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    candidate = EmbeddedEngine(
+        load_bundle(Path(args.bundle)), decision=settings.policy.decision, timeout_ms=REPLAY_TIMEOUT_MS
+    )
+    filters = Filters(since=since, principal=args.principal, kinds=(str(EventKind.CALL_DECISION),))
+    with open_reader(settings) as reader, reader.snapshot():
+        report = replay_rows((row_to_dict(r) for r in reader.rows(filters)), candidate)
+    if args.json:
+        print(json.dumps({"bundle": str(args.bundle), **report.to_dict()}, indent=2, ensure_ascii=False))
+    else:
+        print(format_report(report))
+    return 1 if report.changed else 0
