@@ -45,6 +45,7 @@ from mcp_guard.pipeline.authorize import Evaluator
 from mcp_guard.pipeline.build import build_pipeline
 from mcp_guard.pipeline.observe import CallMetrics
 from mcp_guard.pipeline.secret_source import NO_SECRETS, SecretSource
+from mcp_guard.pipeline.shadow import ShadowStats
 from mcp_guard.pipeline.visibility import Visibility
 from mcp_guard.settings import Settings, changed_keys, load_settings
 from mcp_guard.state import MemoryState, StateStore, open_state
@@ -73,6 +74,7 @@ class Guard:
         principal: str | None = None,
         pins: PinStore | None = None,
         state: StateStore | None = None,
+        shadow: Evaluator | None = None,
     ) -> None:
         self.settings = settings
         self.engine = engine
@@ -93,8 +95,17 @@ class Guard:
         self.state: StateStore = state if state is not None else MemoryState()
         # Calls counted by the pipeline's Observe stage; /metrics reads them (frontend/ops.py).
         self.metrics = CallMetrics()
+        # [policy] shadow_bundle: the candidate every decided call is also asked (never enforced), its counters.
+        self.shadow_stats = ShadowStats()
         self.chain = build_pipeline(
-            engine=engine, sink=sink, registry=self.registry, secrets=secrets, state=self.state, metrics=self.metrics
+            engine=engine,
+            sink=sink,
+            registry=self.registry,
+            secrets=secrets,
+            state=self.state,
+            metrics=self.metrics,
+            shadow=shadow,
+            shadow_stats=self.shadow_stats,
         )
         # Upstream→client requests for 2026-07-28 clients (InputRequiredResult rounds).
         self.bridge = InputRequiredBridge()
@@ -120,6 +131,7 @@ class Guard:
         from mcp_guard.logging import add_processor
         from mcp_guard.pipeline.redact import scrub_processor
         from mcp_guard.policy import ReloadEvent, open_engine
+        from mcp_guard.policy.shadow import load_shadow
         from mcp_guard.secrets.log_filter import install_log_filter
         from mcp_guard.secrets.manager import SecretManager
 
@@ -139,6 +151,7 @@ class Guard:
             engine = await stack.enter_async_context(
                 open_engine(settings, on_reload=on_reload, on_watcher=watchers.append)
             )
+            shadow = load_shadow(settings)  # before any database opens: a broken candidate creates nothing
             store = await stack.enter_async_context(_open_audit(settings))
             sink = store
             store.record_nowait(
@@ -156,7 +169,14 @@ class Guard:
             stack.callback(pins.close)
             state = await stack.enter_async_context(_open_state(settings))
             guard = cls(
-                settings, engine=engine, sink=store, secrets=secrets, principal=principal, pins=pins, state=state
+                settings,
+                engine=engine,
+                sink=store,
+                secrets=secrets,
+                principal=principal,
+                pins=pins,
+                state=state,
+                shadow=shadow,
             )
             guard.policy_watcher = watchers[0] if watchers else None
             async with guard.running():
@@ -271,6 +291,7 @@ class Guard:
             session_transports=lambda: [s.info.transport for s in self.sessions.live.values()],
             scrub=lambda text: self.secrets.scrubber.scrub_text(text),
             metrics=self.settings.server.metrics,
+            shadow=self.shadow_stats,
         )
 
     def http_app(self) -> Any:

@@ -86,6 +86,9 @@ class PolicySettings(_Strict):
     hot_reload: bool = True  # re-load the bundle when its files change
     run_tests_on_start: bool = True  # a bundle whose test_* rules fail does not start (exit 2)
     run_tests_on_reload: bool = True  # a bundle whose test_* rules fail is rejected
+    # A candidate bundle every call is also decided by (embedded engine), never enforced; disagreements are
+    # audited as policy.shadow_diff and counted on /metrics (mcp_guard.pipeline.shadow). Read at start.
+    shadow_bundle: str | None = None
 
 
 class AuditSettings(_Strict):
