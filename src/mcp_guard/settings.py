@@ -33,6 +33,8 @@ __all__ = [
     "SecretSettings",
     "ServerSettings",
     "Settings",
+    "SigningKey",
+    "SigningSettings",
     "UpstreamSettings",
     "changed_keys",
     "find_config",
@@ -76,6 +78,33 @@ class ServerSettings(_Strict):
         return v
 
 
+class SigningKey(_Strict):
+    # A PEM public key file (relative to the config file) and the one algorithm tokens under it must use
+    # (asymmetric only: a verifying key that could also sign would not be a public key).
+    path: str
+    algorithm: Literal["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"] = (
+        "RS256"
+    )
+
+
+class SigningSettings(_Strict):
+    # [policy.signing]: bundles must carry an OPA-format .signatures.json signed by one of these keys
+    # (mcp_guard.policy.signing). keyid = "pub.pem" (algorithm from the key: RSA → RS256, EC → ES256/384/512,
+    # Ed25519 → EdDSA) or keyid = { path = "pub.pem", algorithm = "PS256" }.
+    keys: dict[str, str | SigningKey]
+    scope: str | None = None  # when set, the signature's `scope` claim must equal it
+
+    @field_validator("keys")
+    @classmethod
+    def _some_keys(cls, v: dict[str, str | SigningKey]) -> dict[str, str | SigningKey]:
+        if not v:
+            raise ValueError("at least one key id = public key file is required")
+        for keyid, key in v.items():
+            if not keyid or (isinstance(key, str) and not key):
+                raise ValueError(f"key {keyid!r}: an empty key id or path")
+        return v
+
+
 class PolicySettings(_Strict):
     engine: Literal["embedded", "opa"] = "embedded"
     bundle: str = "policies/rego"
@@ -89,6 +118,9 @@ class PolicySettings(_Strict):
     # A candidate bundle every call is also decided by (embedded engine), never enforced; disagreements are
     # audited as policy.shadow_diff and counted on /metrics (mcp_guard.pipeline.shadow). Read at start.
     shadow_bundle: str | None = None
+    # Signed bundles: when set, a bundle (and a shadow bundle) without a valid signature is refused at start
+    # and at reload (mcp_guard.policy.signing).
+    signing: SigningSettings | None = None
 
 
 class AuditSettings(_Strict):

@@ -44,6 +44,7 @@ from mcp_guard.policy.embedded import EmbeddedEngine
 from mcp_guard.policy.opa import OpaEngine, OpaUnavailable, connect
 from mcp_guard.policy.reload import BundleWatcher, ReloadEvent, ReloadListener
 from mcp_guard.policy.runner import gate_tests
+from mcp_guard.policy.signing import bundle_loader
 from mcp_guard.settings import Settings
 
 __all__ = [
@@ -100,12 +101,13 @@ async def _open_engine(
     p = settings.policy
     root = settings.resolve_path(p.bundle)
     gate = p.run_tests_on_start if run_tests is None else run_tests
+    load = bundle_loader(settings)  # with [policy.signing], every load verifies the bundle's signature
     engine: RegoEngine
     apply: Callable[[Bundle], Awaitable[None]]
     maintain: Callable[[], Coroutine[Any, Any, None]] | None = None
     async with AsyncExitStack() as stack:
         if p.engine == "embedded":
-            bundle = load_bundle(root)
+            bundle = load(root)
             embedded = EmbeddedEngine(bundle, decision=p.decision, timeout_ms=p.timeout_ms)
             if gate and bundle.tests:
                 gate_tests(bundle)
@@ -116,7 +118,7 @@ async def _open_engine(
             engine, revision, apply = embedded, bundle.revision, apply_embedded
         else:
             client = await stack.enter_async_context(connect(p.opa_url))
-            pushed = load_bundle(root) if p.push_bundle else None
+            pushed = load(root) if p.push_bundle else None
             if pushed is not None and gate and pushed.tests:
                 gate_tests(pushed, embedded=False)
             opa = OpaEngine(
@@ -154,6 +156,7 @@ async def _open_engine(
                     run_tests=p.run_tests_on_reload,
                     embedded=p.engine == "embedded",
                     listener=on_reload,
+                    load=load,
                 )
                 if on_watcher is not None:
                     on_watcher(watcher)

@@ -54,8 +54,10 @@ class BundleWatcher:
         run_tests: bool = True,
         embedded: bool = True,
         listener: ReloadListener | None = None,
+        load: Callable[[Path], Bundle] = load_bundle,
     ) -> None:
         self._root = root
+        self._load = load  # load_bundle, or with [policy.signing] the loader that also verifies the signature
         self._apply = apply
         self._active = active_revision
         self._interval = interval
@@ -78,7 +80,7 @@ class BundleWatcher:
     async def check(self) -> ReloadEvent | None:
         """Look once; returns the event if something was loaded or refused."""
         try:
-            bundle = load_bundle(self._root)
+            bundle = self._load(self._root)
         except PolicyError as e:
             if str(e) == self._last_read_error:
                 return None

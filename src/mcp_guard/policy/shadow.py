@@ -12,8 +12,8 @@ describe one candidate revision.
 from __future__ import annotations
 
 from mcp_guard.errors import ConfigError, PolicyError
-from mcp_guard.policy.bundle import load_bundle
 from mcp_guard.policy.embedded import EmbeddedEngine
+from mcp_guard.policy.signing import bundle_loader
 from mcp_guard.settings import Settings
 
 __all__ = ["load_shadow"]
@@ -30,7 +30,7 @@ def load_shadow(settings: Settings) -> EmbeddedEngine | None:
             f"{root}: shadow bundle directory not found", file=settings.source, key="policy.shadow_bundle"
         )
     try:
-        bundle = load_bundle(root)
+        bundle = bundle_loader(settings)(root)
         return EmbeddedEngine(bundle, decision=p.decision, timeout_ms=p.timeout_ms)
     except PolicyError as e:
         raise PolicyError(f"policy.shadow_bundle: {e}") from None
