@@ -115,7 +115,7 @@ def test_opa_sign_with_keyid_scope_and_es256(tmp_path: Path, ec_key: ec.Elliptic
     bundle = make_bundle(tmp_path / "b")
     opa_sign(bundle, private, alg="ES256", claims={"keyid": "site", "scope": "prod"})
     load(tmp_path, bundle, {"site": str(public), "other": str(public)}, scope="prod")
-    with pytest.raises(PolicyError, match="scope is 'prod', .*requires 'staging'"):
+    with pytest.raises(PolicyError, match=r"scope is 'prod', .*requires 'staging'"):
         load(tmp_path, bundle, {"site": str(public)}, scope="staging")
 
 
@@ -170,7 +170,7 @@ def test_wrong_key_unknown_keyid_wrong_alg_and_missing_fields(tmp_path: Path, rs
     with pytest.raises(PolicyError, match="does not verify with key 'k'"):
         load(tmp_path, bundle, {"k": str(public)})
     own_sign(bundle, rsa_key, keyid="nobody")
-    with pytest.raises(PolicyError, match="key 'nobody', which .* does not hold"):
+    with pytest.raises(PolicyError, match=r"key 'nobody', which .* does not hold"):
         load(tmp_path, bundle, {"k": str(public)})
     own_sign(bundle, rsa_key, alg="PS256", keyid="k")  # a valid PS256 signature, but the key is RS256's
     with pytest.raises(PolicyError, match="signed with 'PS256', but key 'k' verifies only RS256"):
@@ -179,7 +179,7 @@ def test_wrong_key_unknown_keyid_wrong_alg_and_missing_fields(tmp_path: Path, rs
     with pytest.raises(PolicyError, match="'HS256'"):
         load(tmp_path, bundle, {"k": str(public)})
     own_sign(bundle, rsa_key)  # no keyid, two keys configured: which one is not guessed
-    with pytest.raises(PolicyError, match="names no key id and .* has 2 keys"):
+    with pytest.raises(PolicyError, match=r"names no key id and .* has 2 keys"):
         load(tmp_path, bundle, {"k": str(public), "j": str(public)})
     own_sign(bundle, rsa_key, keyid="k")
     with pytest.raises(PolicyError, match="scope is None"):
