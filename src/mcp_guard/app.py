@@ -57,6 +57,7 @@ if TYPE_CHECKING:
     from mcp_guard.frontend.http import HttpFront
     from mcp_guard.frontend.ops import OpsSources
     from mcp_guard.policy import BundleWatcher
+    from mcp_guard.policy.bundle import Bundle
 
 __all__ = ["ConfigReload", "Guard"]
 
@@ -131,6 +132,7 @@ class Guard:
         from mcp_guard.logging import add_processor
         from mcp_guard.pipeline.redact import scrub_processor
         from mcp_guard.policy import ReloadEvent, open_engine
+        from mcp_guard.policy.history import PinnedSource, activation_for, open_history, record_activation
         from mcp_guard.policy.shadow import load_shadow
         from mcp_guard.secrets.log_filter import install_log_filter
         from mcp_guard.secrets.manager import SecretManager
@@ -146,10 +148,21 @@ class Guard:
             if sink is not None:
                 sink.record_nowait(_policy_reload_event(ev))
 
+        # Bundle history and rollback (policy/history.py): a pinned revision in the store wins over the bundle
+        # directory until `policy rollback --clear`; every bundle that becomes active is kept.
+        history = open_history(settings)
+        pinned = PinnedSource(history)
+
+        async def on_activate(bundle: Bundle) -> None:
+            await record_activation(history, bundle, activation_for(bundle, pinned, "reload", settings.policy.bundle))
+
         async with contextlib.AsyncExitStack() as stack:
+            stack.callback(pinned.close)
             _check_paths(settings)
             engine = await stack.enter_async_context(
-                open_engine(settings, on_reload=on_reload, on_watcher=watchers.append)
+                open_engine(
+                    settings, on_reload=on_reload, on_watcher=watchers.append, source=pinned, on_activate=on_activate
+                )
             )
             shadow = load_shadow(settings)  # before any database opens: a broken candidate creates nothing
             store = await stack.enter_async_context(_open_audit(settings))
@@ -168,6 +181,13 @@ class Guard:
             pins = _open_pins(settings)
             stack.callback(pins.close)
             state = await stack.enter_async_context(_open_state(settings))
+            started: Bundle | None = getattr(
+                engine, "bundle", None
+            )  # None: an OPA whose bundle mcp-guard does not hold
+            if started is not None:
+                await record_activation(
+                    history, started, activation_for(started, pinned, "start", settings.policy.bundle)
+                )
             guard = cls(
                 settings,
                 engine=engine,

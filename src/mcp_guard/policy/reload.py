@@ -55,9 +55,11 @@ class BundleWatcher:
         embedded: bool = True,
         listener: ReloadListener | None = None,
         load: Callable[[Path], Bundle] = load_bundle,
+        before_check: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self._root = root
         self._load = load  # load_bundle, or with [policy.signing] the loader that also verifies the signature
+        self._before_check = before_check  # e.g. re-read the pinned revision (policy/history.PinnedSource)
         self._apply = apply
         self._active = active_revision
         self._interval = interval
@@ -79,6 +81,8 @@ class BundleWatcher:
 
     async def check(self) -> ReloadEvent | None:
         """Look once; returns the event if something was loaded or refused."""
+        if self._before_check is not None:
+            await self._before_check()
         try:
             bundle = self._load(self._root)
         except PolicyError as e:

@@ -51,6 +51,7 @@ __all__ = [
     "BundleLoader",
     "BundleVerifier",
     "VerifiedKey",
+    "bundle_files",
     "bundle_loader",
     "canonical_json_hash",
     "load_verifier",
@@ -177,7 +178,7 @@ def bundle_loader(settings: Settings) -> BundleLoader:
     return load_signed
 
 
-def _bundle_files(root: Path) -> list[str]:
+def bundle_files(root: Path) -> list[str]:
     """Every file a signature must cover (module docstring), ``/``-separated and relative to ``root``."""
     names: list[str] = []
     for path in sorted(root.rglob("*")):
@@ -283,7 +284,7 @@ class BundleVerifier:
                 raise PolicyError(f"{where}: {name} is listed twice")
             listed[name] = (entry["hash"].lower(), algorithm)
         loaded = {f.rel: f.text.encode("utf-8") for f in bundle.files}
-        present = _bundle_files(bundle.root)
+        present = bundle_files(bundle.root)
         for name in present:
             if name not in listed:
                 raise PolicyError(f"{bundle.root / name}: not covered by the bundle signature (a file was added)")
