@@ -11,7 +11,7 @@ import mcp_types as types
 import pytest
 
 from mcp_guard.audit import open_sqlite_sink, row_to_dict
-from mcp_guard.audit.events import POLICY_KEY, TRUNCATED_KEY, UNREPLAYABLE_KEY, policy_record
+from mcp_guard.audit.events import POLICY_KEY, TRUNCATED_KEY, UNREPLAYABLE_KEY, policy_record, recorded_input
 from mcp_guard.audit.sqlite import open_sqlite_reader
 from mcp_guard.audit.verify import verify_chain
 from mcp_guard.cli import main
@@ -102,8 +102,9 @@ async def test_decision_rows_keep_the_input_and_the_chain_still_verifies(tmp_pat
     decisions = rows(db)
     assert len(decisions) == 4
     record = decisions[0]["details"][POLICY_KEY]
-    assert record["allow"] is True and "arguments" not in record["input"]
-    assert record["input"]["tool"] == "write" and record["input"]["context"]["time"]
+    recorded = recorded_input(record)
+    assert record["allow"] is True and recorded is not None and "arguments" not in recorded
+    assert recorded["tool"] == "write" and recorded["context"]["time"]
     assert decisions[2]["details"][POLICY_KEY] == {**decisions[2]["details"][POLICY_KEY], "allow": False}
     with open_sqlite_reader(db) as reader:
         assert verify_chain(reader).ok
@@ -139,7 +140,7 @@ async def test_deny_to_allow_is_a_change(tmp_path: Path) -> None:
 def test_an_oversized_input_is_kept_as_a_digest_and_marked_unreplayable() -> None:
     document = {"action": "tools/call", "principal": {"id": "a", "attributes": {"blob": "x" * 5000}}, "arguments": {}}
     record = policy_record(document, Decision(allow=True), 1024)
-    assert "input" not in record
+    assert recorded_input(record) is None
     assert record[UNREPLAYABLE_KEY]["reason"] == "input_too_large" and len(record[UNREPLAYABLE_KEY]["sha256"]) == 64
     assert "x" * 100 not in json.dumps(record)
 

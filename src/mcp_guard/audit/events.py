@@ -36,6 +36,7 @@ __all__ = [
     "policy_reload_failed",
     "policy_rollback",
     "policy_shadow_diff",
+    "recorded_input",
     "session_end",
     "session_start",
     "summarize_result",
@@ -75,8 +76,10 @@ def bound_arguments(arguments: Mapping[str, Any] | None, max_bytes: int | None) 
 
 POLICY_KEY = "policy"
 """The key of a ``call.decision`` row's ``details`` that keeps what the policy was asked and said (replay)."""
+INPUT_KEY = "input_json"
+"""In that record: the input document without ``arguments``, as canonical JSON text (see :func:`policy_record`)."""
 UNREPLAYABLE_KEY = "unreplayable"
-"""Set in that record instead of ``input`` when the input was over the bound (its size and digest are kept)."""
+"""Set in that record instead of the input when the input was over the bound (its size and digest are kept)."""
 
 
 def policy_record(document: Mapping[str, Any], decision: Decision, max_bytes: int | None) -> dict[str, Any]:
@@ -85,22 +88,43 @@ def policy_record(document: Mapping[str, Any], decision: Decision, max_bytes: in
     The policy's own verdict (``allow``, ``reasons``, ``obligations`` of an allow — before any stage replaced
     it) and the input document it saw **without** ``arguments``: replay takes those from the row's
     ``arguments`` column, the audit copy (secrets scrubbed, credential shapes masked, bounded), so a raw
-    argument is never stored twice or at all. The rest of the input (principal, session, tool_info, context
-    with the recorded time, usage and flow) is kept as it was when it fits in ``max_bytes`` of canonical
-    JSON; beyond that only its size and sha256 are kept and the row is marked unreplayable, never cut.
+    argument is never stored. The rest of the input (principal, session, tool_info, context with the
+    recorded time, usage and flow) is kept when it fits in ``max_bytes``; beyond that only its size and
+    sha256 are kept and the row is marked unreplayable, never cut.
+
+    The input is kept as canonical JSON *text* (``input_json``; :func:`recorded_input` reads it back): its
+    size must be measured by serialising it anyway, and the writer then stores a string at the cost of an
+    escape instead of serialising the whole document a second time on the call's path.
     """
     record: dict[str, Any] = {"allow": decision.allow, "reasons": list(decision.reasons)}
     if decision.allow and decision.obligations:
         record["obligations"] = dict(decision.obligations)
-    rest = {k: v for k, v in document.items() if k != "arguments"}
-    bounded = bound_arguments(rest, max_bytes)
-    if bounded is rest:
-        record["input"] = rest
+    text = json_text({k: v for k, v in document.items() if k != "arguments"}) or "{}"
+    if max_bytes is None or len(text) * 4 <= max_bytes:
+        record[INPUT_KEY] = text
+        return record
+    raw = text.encode("utf-8", "backslashreplace")
+    if len(raw) <= max_bytes:
+        record[INPUT_KEY] = text
     else:
-        digest = dict(bounded[TRUNCATED_KEY]) if bounded else {}
-        digest.pop("preview", None)
-        record[UNREPLAYABLE_KEY] = {"reason": "input_too_large", **digest}
+        record[UNREPLAYABLE_KEY] = {
+            "reason": "input_too_large",
+            "bytes": len(raw),
+            "sha256": hashlib.sha256(raw).hexdigest(),
+        }
     return record
+
+
+def recorded_input(record: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The input document (without ``arguments``) a :func:`policy_record` kept; None if it kept none."""
+    text = record.get(INPUT_KEY)
+    if not isinstance(text, str):
+        return None
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        return None
+    return doc if isinstance(doc, dict) else None
 
 
 def summarize_result(result: Mapping[str, Any]) -> dict[str, Any]:

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from mcp_guard.audit.events import POLICY_KEY, TRUNCATED_KEY, UNREPLAYABLE_KEY
+from mcp_guard.audit.events import POLICY_KEY, TRUNCATED_KEY, UNREPLAYABLE_KEY, recorded_input
 from mcp_guard.policy.embedded import EmbeddedEngine
 from mcp_guard.types import Decision
 
@@ -136,12 +136,13 @@ def _input_of(row: Mapping[str, Any]) -> tuple[dict[str, Any] | None, Mapping[st
     record = details.get(POLICY_KEY) if isinstance(details, dict) else None
     if not isinstance(record, dict) or not isinstance(record.get("allow"), bool):
         return None, None, Skip.NO_INPUT
-    if UNREPLAYABLE_KEY in record or not isinstance(record.get("input"), dict):
+    recorded = recorded_input(record)
+    if UNREPLAYABLE_KEY in record or recorded is None:
         return None, record, Skip.INPUT_TOO_LARGE
     arguments = row.get("arguments")
     if isinstance(arguments, dict) and TRUNCATED_KEY in arguments:
         return None, record, Skip.ARGUMENTS_TRUNCATED
-    document = dict(record["input"])
+    document = recorded
     document["arguments"] = arguments if isinstance(arguments, dict) else {}
     return document, record, None
 
