@@ -15,7 +15,12 @@ bundle directory (``.rego`` files and ``data.json``). Start-up refuses, with a o
   (:mod:`mcp_guard.policy.lint`; embedded engine — OPA checks a pushed bundle itself);
 * a bundle whose ``test_*`` rules fail, with ``run_tests_on_start`` (the bundle mcp-guard loads:
   embedded, or pushed to OPA);
-* a bundle OPA rejects when it is pushed.
+* a bundle OPA rejects when it is pushed;
+* with ``[policy.signing]``, a bundle whose ``.signatures.json`` does not verify
+  (:mod:`mcp_guard.policy.signing`; at every reload too).
+
+A revision pinned by ``mcp-guard policy rollback`` is loaded instead of the bundle directory until the pin
+is cleared (:mod:`mcp_guard.policy.history`, ``source=``).
 
 OPA being unreachable is *not* a start-up failure: the engine starts not ready, denies with
 ``engine_error``, and reconnects by itself (:meth:`OpaEngine.maintain`). With ``hot_reload`` the
