@@ -122,6 +122,17 @@ class PolicySettings(_Strict):
     # and at reload (mcp_guard.policy.signing).
     signing: SigningSettings | None = None
 
+    @model_validator(mode="after")
+    def _signing_needs_a_loaded_bundle(self) -> PolicySettings:
+        # A signature mcp-guard never checks must not read as protection: with engine = "opa" and no
+        # push_bundle, OPA loads its own bundles (and verifies them with its own bundle signing config).
+        if self.signing is not None and self.engine == "opa" and not self.push_bundle:
+            raise ValueError(
+                'signing: only applies to a bundle mcp-guard loads (engine = "embedded", or "opa" with '
+                "push_bundle = true); configure signature verification in OPA's own bundle config instead"
+            )
+        return self
+
 
 class AuditSettings(_Strict):
     # Where the audit log lives (mcp_guard.audit.open_sink / open_reader): "sqlite", the file at `path`;

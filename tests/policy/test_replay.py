@@ -10,7 +10,7 @@ from typing import Any
 import mcp_types as types
 import pytest
 
-from mcp_guard.audit import open_sqlite_sink, row_to_dict
+from mcp_guard.audit import Filters, open_reader, open_sink, open_sqlite_sink, row_to_dict
 from mcp_guard.audit.events import POLICY_KEY, TRUNCATED_KEY, UNREPLAYABLE_KEY, policy_record, recorded_input
 from mcp_guard.audit.sqlite import open_sqlite_reader
 from mcp_guard.audit.verify import verify_chain
@@ -22,7 +22,7 @@ from mcp_guard.pipeline.secret_source import NO_SECRETS
 from mcp_guard.policy.bundle import load_bundle
 from mcp_guard.policy.embedded import EmbeddedEngine
 from mcp_guard.policy.replay import Change, Skip, compare, replay_rows
-from mcp_guard.settings import parse_settings
+from mcp_guard.settings import Settings, parse_settings
 from mcp_guard.state import MemoryState
 from mcp_guard.testing import RecordingUpstream, idle_registry
 from mcp_guard.types import Decision, EventKind, Principal, SessionInfo
@@ -72,9 +72,10 @@ def call_ctx(tool: str, arguments: dict[str, Any]) -> CallContext:
     )
 
 
-async def record_calls(db: Path, current: Path, calls: list[tuple[str, dict[str, Any]]]) -> None:
-    """The calls through every real stage (in front of a recording upstream), audited to a SQLite file."""
-    async with open_sqlite_sink(db) as sink:
+async def record_calls(db: Path | Settings, current: Path, calls: list[tuple[str, dict[str, Any]]]) -> None:
+    """The calls through every real stage (in front of a recording upstream), audited to a SQLite file (or the
+    audit store a Settings names)."""
+    async with open_sqlite_sink(db) if isinstance(db, Path) else open_sink(db) as sink:
         stages = pipeline_stages(
             engine=engine(current), sink=sink, registry=idle_registry(SETTINGS), secrets=NO_SECRETS, state=MemoryState()
         )
@@ -191,3 +192,21 @@ async def test_cli_replay_prints_a_table_and_json_and_exits_1_on_change(
     assert doc["rows"] == 0 and doc["changed"] == []
     assert main(["policy", "replay", "--bundle", str(current), "-c", str(config), "--since", "1d"]) == 0
     assert "0 would change" in capsys.readouterr().out
+
+
+async def test_replay_reads_a_postgresql_audit_log_and_it_verifies(tmp_path: Path, pg_dsn: str) -> None:
+    """The input rides in the hashed details column, so the PostgreSQL backend needs no migration for it."""
+    settings = parse_settings(
+        {"audit": {"backend": "postgres", "dsn": pg_dsn}, "upstreams": {"rec": {"command": "never-started"}}},
+        source="<test>",
+    )
+    await record_calls(settings, bundle(tmp_path / "cur", CURRENT), CALLS)
+    with open_reader(settings) as reader, reader.snapshot():
+        rows = [row_to_dict(r) for r in reader.rows(Filters(kinds=(str(EventKind.CALL_DECISION),)))]
+        assert verify_chain(reader).ok
+    report = replay_rows(rows, engine(bundle(tmp_path / "cand", CANDIDATE)))
+    assert report.replayed == 4 and [c.change for c in report.changed] == [
+        Change.ALLOW_TO_DENY,
+        Change.REASONS,
+        Change.ALLOW_TO_DENY,
+    ]

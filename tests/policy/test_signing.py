@@ -206,6 +206,10 @@ def test_key_config_errors_name_the_key(tmp_path: Path, ec_key: ec.EllipticCurve
         load(tmp_path, bundle, {"k3": {"path": str(public), "algorithm": "RS256"}})
     with pytest.raises(ConfigError, match="signing"):
         settings_for(tmp_path, bundle, {})
+    opa = {"engine": "opa", "signing": {"keys": {"k": "k.pem"}}}
+    with pytest.raises(ConfigError, match="only applies to a bundle mcp-guard loads"):
+        parse_settings({"policy": opa, "upstreams": {}}, source="c.toml")
+    parse_settings({"policy": {**opa, "push_bundle": True}, "upstreams": {}}, source="c.toml")
 
 
 # ------------------------------------------------------------------------------------- start and reload
