@@ -180,6 +180,10 @@ def test_cli_history_and_rollback_are_audited(tmp_path: Path, capsys: pytest.Cap
     assert main(["policy", "rollback", "ffffff00", "-c", str(cfg)]) == 2
     assert "no stored bundle revision" in capsys.readouterr().err
     assert main(["policy", "rollback", "-c", str(cfg)]) == 2
+    opa_cfg = tmp_path / "opa.toml"
+    opa_cfg.write_text(cfg.read_text().replace("[policy]\n", '[policy]\nengine = "opa"\n'))
+    assert main(["policy", "rollback", r1[:10], "-c", str(opa_cfg)]) == 2
+    assert "OPA loads its own bundles" in capsys.readouterr().err
 
     with open_sqlite_reader(tmp_path / "audit.db") as reader:
         rows = [r for r in reader.rows() if r[3] == EventKind.POLICY_ROLLBACK]

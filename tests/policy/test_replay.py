@@ -192,6 +192,22 @@ async def test_cli_replay_prints_a_table_and_json_and_exits_1_on_change(
     assert doc["rows"] == 0 and doc["changed"] == []
     assert main(["policy", "replay", "--bundle", str(current), "-c", str(config), "--since", "1d"]) == 0
     assert "0 would change" in capsys.readouterr().out
+    config.write_text(config.read_text().replace(str(db), str(tmp_path / "elsewhere.db")))
+    assert main(["policy", "replay", "--bundle", str(current), "-c", str(config)]) == 2  # not 1: nothing compared
+    assert "no audit database" in capsys.readouterr().err
+
+
+async def test_secrets_never_reach_the_stored_input(tmp_path: Path) -> None:
+    """The row keeps the audit copy of the arguments (credential shapes masked), and no raw copy elsewhere."""
+    db = tmp_path / "audit.db"
+    key = "AKIA" + "IOSFODNN7EXAMPLE"
+    await record_calls(db, bundle(tmp_path / "cur", CURRENT), [("write", {"path": "/tmp/x", "note": key})])
+    for f in tmp_path.glob("audit.db*"):  # the file and any WAL left beside it
+        assert key.encode() not in f.read_bytes()
+    (row,) = rows(db)
+    assert key not in json.dumps(row) and row["arguments"]["path"] == "/tmp/x"
+    report = replay_rows([row], engine(bundle(tmp_path / "cand", CANDIDATE)))
+    assert report.replayed == 1 and not report.changed
 
 
 async def test_replay_reads_a_postgresql_audit_log_and_it_verifies(tmp_path: Path, pg_dsn: str) -> None:

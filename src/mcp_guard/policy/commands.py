@@ -222,7 +222,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     """Replay the configured audit log's decisions (:mod:`mcp_guard.policy.replay`) against ``--bundle``."""
     from mcp_guard.audit import Filters, open_reader, parse_since, row_to_dict
     from mcp_guard.cli import load_config
-    from mcp_guard.errors import ConfigError
+    from mcp_guard.errors import AuditError, ConfigError
     from mcp_guard.policy.embedded import EmbeddedEngine
     from mcp_guard.policy.replay import REPLAY_TIMEOUT_MS, format_report, replay_rows
     from mcp_guard.types import EventKind
@@ -236,8 +236,11 @@ def cmd_replay(args: argparse.Namespace) -> int:
         load_bundle(Path(args.bundle)), decision=settings.policy.decision, timeout_ms=REPLAY_TIMEOUT_MS
     )
     filters = Filters(since=since, principal=args.principal, kinds=(str(EventKind.CALL_DECISION),))
-    with open_reader(settings) as reader, reader.snapshot():
-        report = replay_rows((row_to_dict(r) for r in reader.rows(filters)), candidate)
+    try:
+        with open_reader(settings) as reader, reader.snapshot():
+            report = replay_rows((row_to_dict(r) for r in reader.rows(filters)), candidate)
+    except AuditError as e:  # exit 2, not 1: 1 means "a decision would change" to a CI gate
+        raise ConfigError(str(e)) from None
     if args.json:
         print(json.dumps({"bundle": str(args.bundle), **report.to_dict()}, indent=2, ensure_ascii=False))
     else:
@@ -291,6 +294,12 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     if args.clear == (args.revision is not None):
         raise ConfigError("policy rollback: give either a revision or --clear")
     settings = load_config(args)
+    if settings.policy.engine == "opa" and not settings.policy.push_bundle:
+        raise ConfigError(
+            'policy rollback: OPA loads its own bundles here (engine = "opa" without push_bundle); roll back there',
+            file=settings.source,
+            key="policy.engine",
+        )
     store = open_history(settings)
     operator = args.operator or os.environ.get("MCP_GUARD_OPERATOR") or default_actor()
     previous = store.pinned()
