@@ -158,6 +158,7 @@ class Guard:
 
         async with contextlib.AsyncExitStack() as stack:
             stack.callback(pinned.close)
+            stack.callback(history.close)
             _check_paths(settings)
             engine = await stack.enter_async_context(
                 open_engine(

@@ -4,7 +4,7 @@ wins over the bundle directory — at reload and at the next start — until cle
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -54,12 +54,19 @@ def ask(tool: str) -> PolicyInput:
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
-def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], HistoryStore]:
+def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[], HistoryStore]]:
     """Both backends; PostgreSQL from tests/pg_support.py (fails, never skips, when it is absent)."""
-    if request.param == "sqlite":
-        return lambda: SqliteHistory(tmp_path / "state.db")
-    dsn = request.getfixturevalue("pg_dsn")
-    return lambda: PostgresHistory(dsn)
+    made: list[HistoryStore] = []
+    dsn = request.getfixturevalue("pg_dsn") if request.param == "postgres" else None
+
+    def make() -> HistoryStore:
+        store: HistoryStore = SqliteHistory(tmp_path / "state.db") if dsn is None else PostgresHistory(dsn)
+        made.append(store)
+        return store
+
+    yield make
+    for store in made:
+        store.close()
 
 
 def test_store_round_trip(make_store: Callable[[], HistoryStore], tmp_path: Path) -> None:

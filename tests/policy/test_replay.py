@@ -197,13 +197,17 @@ async def test_cli_replay_prints_a_table_and_json_and_exits_1_on_change(
     assert "no audit database" in capsys.readouterr().err
 
 
+def holding(directory: Path, text: str) -> list[Path]:
+    """The audit files (the database and any WAL beside it) whose bytes hold ``text``."""
+    return [f for f in directory.glob("audit.db*") if text.encode() in f.read_bytes()]
+
+
 async def test_secrets_never_reach_the_stored_input(tmp_path: Path) -> None:
     """The row keeps the audit copy of the arguments (credential shapes masked), and no raw copy elsewhere."""
     db = tmp_path / "audit.db"
     key = "AKIA" + "IOSFODNN7EXAMPLE"
     await record_calls(db, bundle(tmp_path / "cur", CURRENT), [("write", {"path": "/tmp/x", "note": key})])
-    for f in tmp_path.glob("audit.db*"):  # the file and any WAL left beside it
-        assert key.encode() not in f.read_bytes()
+    assert holding(tmp_path, key) == []
     (row,) = rows(db)
     assert key not in json.dumps(row) and row["arguments"]["path"] == "/tmp/x"
     report = replay_rows([row], engine(bundle(tmp_path / "cand", CANDIDATE)))

@@ -19,7 +19,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
@@ -31,6 +31,9 @@ from mcp_guard.policy.lint import Finding, PolicyCheckError, lint_ast
 from mcp_guard.policy.opa import connect
 from mcp_guard.policy.runner import TestReport, format_report, run_tests_embedded, run_tests_opa
 from mcp_guard.settings import Settings
+
+if TYPE_CHECKING:
+    from mcp_guard.policy.history import HistoryStore
 
 __all__ = ["register"]
 
@@ -254,8 +257,11 @@ def cmd_history(args: argparse.Namespace) -> int:
     from mcp_guard.policy.history import open_history
 
     store = open_history(load_config(args))
-    activations = store.activations(args.limit if args.limit > 0 else None)
-    pin = store.pinned()
+    try:
+        activations = store.activations(args.limit if args.limit > 0 else None)
+        pin = store.pinned()
+    finally:
+        store.close()
     if args.json:
         doc = {
             "store": store.location,
@@ -281,15 +287,9 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     so a revision that can no longer start is refused now rather than by every proxy later. The audit row is
     written before the pin: a rollback that could not be recorded does not happen.
     """
-    import os
-    import tempfile
-
-    from mcp_guard.audit import events, open_sink
     from mcp_guard.cli import load_config
     from mcp_guard.errors import ConfigError
-    from mcp_guard.policy.history import default_actor, materialize, open_history
-    from mcp_guard.policy.runner import gate_tests
-    from mcp_guard.policy.signing import bundle_loader
+    from mcp_guard.policy.history import open_history
 
     if args.clear == (args.revision is not None):
         raise ConfigError("policy rollback: give either a revision or --clear")
@@ -301,6 +301,21 @@ def cmd_rollback(args: argparse.Namespace) -> int:
             key="policy.engine",
         )
     store = open_history(settings)
+    try:
+        return _rollback(args, settings, store)
+    finally:
+        store.close()
+
+
+def _rollback(args: argparse.Namespace, settings: Settings, store: HistoryStore) -> int:
+    import os
+    import tempfile
+
+    from mcp_guard.audit import events, open_sink
+    from mcp_guard.policy.history import default_actor, materialize
+    from mcp_guard.policy.runner import gate_tests
+    from mcp_guard.policy.signing import bundle_loader
+
     operator = args.operator or os.environ.get("MCP_GUARD_OPERATOR") or default_actor()
     previous = store.pinned()
     revision: str | None = None

@@ -32,12 +32,14 @@ the tamper-evident one).
 from __future__ import annotations
 
 import base64
+import contextlib
 import getpass
 import json
 import shutil
 import socket
 import sqlite3
 import tempfile
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -314,11 +316,15 @@ _PG_DDL = (
 
 class PostgresHistory:
     """The history in the audit database's default schema (``[audit] backend = "postgres"``): one history
-    and one pin for every replica."""
+    and one pin for every replica. One connection, kept between calls (a proxy looks for the pin every
+    second), opened on first use and dropped on any connection error (the next call opens a new one);
+    calls are serialised by a lock (the proxy's worker threads, the CLI)."""
 
     def __init__(self, dsn: str, *, timeout: float = STORE_TIMEOUT_S) -> None:
         self._dsn = dsn
         self._timeout = timeout
+        self._conn: Any = None
+        self._lock = threading.Lock()
 
     @property
     def location(self) -> str:
@@ -326,25 +332,45 @@ class PostgresHistory:
 
         return redact_dsn(self._dsn)
 
+    def _connection(self) -> Any:
+        import psycopg
+
+        if self._conn is None or self._conn.closed:
+            conn = psycopg.connect(self._dsn, connect_timeout=max(1, int(self._timeout)), autocommit=True)
+            conn.execute(f"SET statement_timeout = {int(self._timeout * 1000)}")
+            self._conn = conn
+        return self._conn
+
     def _run(self, statements: list[tuple[str, tuple[Any, ...]]], *, write: bool) -> list[tuple[Any, ...]]:
         import psycopg
 
-        try:
-            with psycopg.connect(self._dsn, connect_timeout=max(1, int(self._timeout)), autocommit=False) as conn:
-                conn.execute(f"SET statement_timeout = {int(self._timeout * 1000)}")
+        with self._lock:
+            try:
+                conn = self._connection()
                 rows: list[tuple[Any, ...]] = []
-                if write:
-                    for ddl in _PG_DDL:
-                        conn.execute(ddl)
-                for sql, params in statements:
-                    cur = conn.execute(sql, params)
-                    if cur.description is not None:
-                        rows = list(cur.fetchall())
+                with conn.transaction():
+                    if write:
+                        for ddl in _PG_DDL:
+                            conn.execute(ddl)
+                    for sql, params in statements:
+                        cur = conn.execute(sql, params)
+                        if cur.description is not None:
+                            rows = list(cur.fetchall())
                 return rows
-        except psycopg.errors.UndefinedTable:
-            return []
-        except psycopg.Error as e:
-            raise PolicyError(f"{self.location}: bundle history unavailable: {str(e).strip()}") from None
+            except psycopg.errors.UndefinedTable:
+                return []  # nothing written yet (the transaction was rolled back; the connection stays usable)
+            except psycopg.Error as e:
+                if isinstance(e, psycopg.OperationalError):
+                    self.close_quietly()
+                raise PolicyError(f"{self.location}: bundle history unavailable: {str(e).strip()}") from None
+
+    def close_quietly(self) -> None:
+        import psycopg
+
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(psycopg.Error, OSError):  # closing a broken connection: nothing to report
+                conn.close()
 
     def record(self, activation: Activation, files: Mapping[str, bytes]) -> None:
         a = activation
@@ -399,7 +425,8 @@ class PostgresHistory:
         return Pin(*rows[0]) if rows else None
 
     def close(self) -> None:
-        return None
+        with self._lock:
+            self.close_quietly()
 
 
 def open_history(settings: Settings) -> HistoryStore:
