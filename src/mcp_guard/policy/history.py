@@ -431,7 +431,7 @@ class PostgresHistory:
 
 def open_history(settings: Settings) -> HistoryStore:
     """The history store of this configuration (module docstring): PostgreSQL with the postgres audit backend,
-    else the SQLite state file. Opening connects to nothing; each call does."""
+    else the SQLite state file. Opening connects to nothing: the first call does."""
     if settings.audit.backend == "postgres" and settings.audit.dsn:
         return PostgresHistory(settings.audit.dsn)
     return SqliteHistory(settings.resolve_path(settings.audit.state_path))
