@@ -206,3 +206,28 @@ def test_a_stored_revision_that_no_longer_loads_is_not_pinned(tmp_path: Path) ->
     store.record(Activation(r1, "t", "start", "ops", "b"), broken)  # as if someone wrote into the store
     assert main(["policy", "rollback", r1[:8], "-c", str(config(tmp_path, root))]) == 2
     assert store.pinned() is None
+
+
+class DownStore(SqliteHistory):
+    """A store that cannot be reached (every call fails as the real ones do)."""
+
+    def pinned(self) -> None:  # type: ignore[override]
+        raise PolicyError("state.db: bundle history unavailable: disk I/O error")
+
+    def record(self, activation: Activation, files: object) -> None:  # type: ignore[override]
+        raise PolicyError("state.db: bundle history unavailable: disk I/O error")
+
+
+async def test_an_unreachable_store_never_stops_a_bundle(tmp_path: Path) -> None:
+    """History is a record, not a gate: the pin keeps its last known state, a failed record is logged."""
+    root = tmp_path / "b"
+    r1 = write_bundle(root, "read")
+    store = DownStore(tmp_path / "state.db")
+    source = PinnedSource(store)
+    await source.refresh()
+    assert source.pin is None and source.root_for(root) == root
+    await record_activation(store, load_bundle(root), Activation(r1, "t", "start", "ops", "b"))  # does not raise
+    settings = parse_settings({"policy": {"bundle": str(root)}, "upstreams": {}}, source="<test>")
+    async with open_engine(settings, watch=False, run_tests=False, source=source) as engine:
+        assert engine.revision == r1
+    source.close()

@@ -244,3 +244,24 @@ async def test_start_refuses_a_tampered_bundle_and_reload_keeps_the_good_one(
     (bundle / "p.rego").write_text(POLICY)  # restored: the signature holds again
     async with open_engine(settings, watch=False, run_tests=False) as engine:
         assert engine.revision == good
+
+
+async def test_a_signature_that_lands_after_its_files_is_picked_up(tmp_path: Path, rsa_key: rsa.RSAPrivateKey) -> None:
+    """A deploy writes the files, then .signatures.json: the look in between refuses, the next one loads (the
+    refusal is not remembered against the revision, whose files did not change)."""
+    _, public = write_key(tmp_path, "k", rsa_key)
+    bundle = make_bundle(tmp_path / "b")
+    own_sign(bundle, rsa_key, keyid="k")
+    settings = settings_for(tmp_path, bundle, {"k": str(public)})
+    applied: list[str] = []
+
+    async def apply(b: Any) -> None:
+        applied.append(b.revision)
+
+    watcher = BundleWatcher(bundle, apply, active_revision=load_bundle(bundle).revision, load=bundle_loader(settings))
+    (bundle / "p.rego").write_text(POLICY + "# v2\n")
+    refused = await watcher.check()
+    assert refused is not None and refused.status == "rejected" and applied == []
+    own_sign(bundle, rsa_key, keyid="k")
+    loaded = await watcher.check()
+    assert loaded is not None and loaded.status == "loaded" and applied == [load_bundle(bundle).revision]
