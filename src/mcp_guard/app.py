@@ -182,9 +182,9 @@ class Guard:
             pins = _open_pins(settings)
             stack.callback(pins.close)
             state = await stack.enter_async_context(_open_state(settings))
-            started: Bundle | None = getattr(
-                engine, "bundle", None
-            )  # None: an OPA whose bundle mcp-guard does not hold
+            # The start is kept in the bundle history now that the state store opened (a failed start creates
+            # nothing); no bundle: an OPA whose bundle mcp-guard does not hold.
+            started: Bundle | None = getattr(engine, "bundle", None)
             if started is not None:
                 await record_activation(
                     history, started, activation_for(started, pinned, "start", settings.policy.bundle)
