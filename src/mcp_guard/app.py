@@ -54,6 +54,7 @@ from mcp_guard.pipeline.authorize import Evaluator
 from mcp_guard.pipeline.build import build_pipeline
 from mcp_guard.pipeline.observe import CallMetrics
 from mcp_guard.pipeline.secret_source import NO_SECRETS, SecretSource
+from mcp_guard.pipeline.shadow import ShadowStats
 from mcp_guard.pipeline.visibility import Visibility
 from mcp_guard.settings import Settings, load_settings
 from mcp_guard.state import MemoryState, StateStore, open_state
@@ -69,6 +70,7 @@ if TYPE_CHECKING:
     from mcp_guard.frontend.http import HttpFront
     from mcp_guard.frontend.ops import OpsSources
     from mcp_guard.policy import BundleWatcher
+    from mcp_guard.policy.bundle import Bundle
 
 __all__ = ["ConfigReload", "Guard"]
 
@@ -88,6 +90,7 @@ class Guard:
         state: StateStore | None = None,
         approvals: ApprovalStore | None = None,
         tracer: Tracer | None = None,
+        shadow: Evaluator | None = None,
     ) -> None:
         self.settings = settings
         self.engine = engine
@@ -111,6 +114,8 @@ class Guard:
         # Human approvals parked calls wait on: the shared store from Guard.open; in memory for a Guard built directly.
         self.approvals: ApprovalStore = approvals if approvals is not None else MemoryApprovals()
         # Traces on (mcp_guard.telemetry): the pipeline gets its tracing stage; off, it has none.
+        # [policy] shadow_bundle: the candidate every decided call is also asked (never enforced), its counters.
+        self.shadow_stats = ShadowStats()
         self.chain = build_pipeline(
             engine=engine,
             sink=sink,
@@ -121,6 +126,8 @@ class Guard:
             approvals=self.approvals,
             tracer=tracer,
             stage_metrics=settings.telemetry.stage_metrics,
+            shadow=shadow,
+            shadow_stats=self.shadow_stats,
         )
         # Upstream→client requests for 2026-07-28 clients (InputRequiredResult rounds).
         self.bridge = InputRequiredBridge()
@@ -153,6 +160,8 @@ class Guard:
         from mcp_guard.logging import add_processor
         from mcp_guard.pipeline.redact import scrub_processor
         from mcp_guard.policy import ReloadEvent, open_engine
+        from mcp_guard.policy.history import PinnedSource, activation_for, open_history, record_activation
+        from mcp_guard.policy.shadow import load_shadow
         from mcp_guard.secrets.log_filter import install_log_filter
         from mcp_guard.secrets.manager import SecretManager
 
@@ -167,12 +176,25 @@ class Guard:
             if sink is not None:
                 sink.record_nowait(_policy_reload_event(ev))
 
+        # Bundle history and rollback (policy/history.py): a pinned revision in the store wins over the bundle
+        # directory until `policy rollback --clear`; every bundle that becomes active is kept.
+        history = open_history(settings)
+        pinned = PinnedSource(history)
+
+        async def on_activate(bundle: Bundle) -> None:
+            await record_activation(history, bundle, activation_for(bundle, pinned, "reload", settings.policy.bundle))
+
         async with contextlib.AsyncExitStack() as stack:
+            stack.callback(pinned.close)
+            stack.callback(history.close)
             _check_paths(settings)
             tracing = stack.enter_context(open_tracing(settings))  # None unless traces are on
             engine = await stack.enter_async_context(
-                open_engine(settings, on_reload=on_reload, on_watcher=watchers.append)
+                open_engine(
+                    settings, on_reload=on_reload, on_watcher=watchers.append, source=pinned, on_activate=on_activate
+                )
             )
+            shadow = load_shadow(settings)  # before any database opens: a broken candidate creates nothing
             store = await stack.enter_async_context(_open_audit(settings))
             sink = store
             store.record_nowait(
@@ -190,6 +212,13 @@ class Guard:
             stack.callback(pins.close)
             state = await stack.enter_async_context(_open_state(settings))
             approvals = await stack.enter_async_context(_open_approvals(settings))
+            # The start is kept in the bundle history now that the state store opened (a failed start creates
+            # nothing); no bundle: an OPA whose bundle mcp-guard does not hold.
+            started: Bundle | None = getattr(engine, "bundle", None)
+            if started is not None:
+                await record_activation(
+                    history, started, activation_for(started, pinned, "start", settings.policy.bundle)
+                )
             guard = cls(
                 settings,
                 engine=engine,
@@ -200,6 +229,7 @@ class Guard:
                 state=state,
                 approvals=approvals,
                 tracer=tracing.get_tracer(INSTRUMENTATION, __version__) if tracing is not None else None,
+                shadow=shadow,
             )
             guard.policy_watcher = watchers[0] if watchers else None
             async with guard.running():
@@ -374,6 +404,7 @@ class Guard:
             metrics=self.settings.server.metrics,
             reloads=self.reload_counts,
             approvals_pending=lambda: self.metrics.approvals_waiting,
+            shadow=self.shadow_stats,
         )
 
     def http_app(self) -> Any:

@@ -34,6 +34,8 @@ __all__ = [
     "SecretSettings",
     "ServerSettings",
     "Settings",
+    "SigningKey",
+    "SigningSettings",
     "TelemetrySettings",
     "UpstreamSettings",
     "changed_keys",
@@ -81,6 +83,33 @@ class ServerSettings(_Strict):
         return v
 
 
+class SigningKey(_Strict):
+    # A PEM public key file (relative to the config file) and the one algorithm tokens under it must use
+    # (asymmetric only: a verifying key that could also sign would not be a public key).
+    path: str
+    algorithm: Literal["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"] = (
+        "RS256"
+    )
+
+
+class SigningSettings(_Strict):
+    # [policy.signing]: bundles must carry an OPA-format .signatures.json signed by one of these keys
+    # (mcp_guard.policy.signing). keyid = "pub.pem" (algorithm from the key: RSA → RS256, EC → ES256/384/512,
+    # Ed25519 → EdDSA) or keyid = { path = "pub.pem", algorithm = "PS256" }.
+    keys: dict[str, str | SigningKey]
+    scope: str | None = None  # when set, the signature's `scope` claim must equal it
+
+    @field_validator("keys")
+    @classmethod
+    def _some_keys(cls, v: dict[str, str | SigningKey]) -> dict[str, str | SigningKey]:
+        if not v:
+            raise ValueError("at least one key id = public key file is required")
+        for keyid, key in v.items():
+            if not keyid or (isinstance(key, str) and not key):
+                raise ValueError(f"key {keyid!r}: an empty key id or path")
+        return v
+
+
 class PolicySettings(_Strict):
     engine: Literal["embedded", "opa"] = "embedded"
     bundle: str = "policies/rego"
@@ -99,6 +128,23 @@ class PolicySettings(_Strict):
     # Site data: JSON files deep-merged over the bundle's data.json, in order (objects merge, anything
     # else replaces); relative to the config file; checked by the bundle's data.schema.json.
     data_overlay: list[str] = []
+    # A candidate bundle every call is also decided by (embedded engine), never enforced; disagreements are
+    # audited as policy.shadow_diff and counted on /metrics (mcp_guard.pipeline.shadow). Read at start.
+    shadow_bundle: str | None = None
+    # Signed bundles: when set, a bundle (and a shadow bundle) without a valid signature is refused at start
+    # and at reload (mcp_guard.policy.signing).
+    signing: SigningSettings | None = None
+
+    @model_validator(mode="after")
+    def _signing_needs_a_loaded_bundle(self) -> PolicySettings:
+        # A signature mcp-guard never checks must not read as protection: with engine = "opa" and no
+        # push_bundle, OPA loads its own bundles (and verifies them with its own bundle signing config).
+        if self.signing is not None and self.engine == "opa" and not self.push_bundle:
+            raise ValueError(
+                'signing: only applies to a bundle mcp-guard loads (engine = "embedded", or "opa" with '
+                "push_bundle = true); configure signature verification in OPA's own bundle config instead"
+            )
+        return self
 
 
 class MaskRule(_Strict):

@@ -122,6 +122,8 @@ class EventKind(StrEnum):
     APPROVAL_DENIED = "approval.denied"
     APPROVAL_EXPIRED = "approval.expired"
     APPROVAL_EXECUTED = "approval.executed"  # the approved call was let through (the approval consumed)
+    POLICY_SHADOW_DIFF = "policy.shadow_diff"  # the shadow bundle decided a call differently (never enforced)
+    POLICY_ROLLBACK = "policy.rollback"  # an operator pinned an earlier bundle revision (or cleared the pin)
 
 
 def new_id() -> str:

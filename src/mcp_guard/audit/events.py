@@ -34,7 +34,11 @@ __all__ = [
     "listing",
     "pin_event",
     "policy_load",
+    "policy_record",
     "policy_reload_failed",
+    "policy_rollback",
+    "policy_shadow_diff",
+    "recorded_input",
     "result_decision_doc",
     "session_end",
     "session_start",
@@ -73,6 +77,59 @@ def bound_arguments(arguments: Mapping[str, Any] | None, max_bytes: int | None) 
     }
 
 
+POLICY_KEY = "policy"
+"""The key of a ``call.decision`` row's ``details`` that keeps what the policy was asked and said (replay)."""
+INPUT_KEY = "input_json"
+"""In that record: the input document without ``arguments``, as canonical JSON text (see :func:`policy_record`)."""
+UNREPLAYABLE_KEY = "unreplayable"
+"""Set in that record instead of the input when the input was over the bound (its size and digest are kept)."""
+
+
+def policy_record(document: Mapping[str, Any], decision: Decision, max_bytes: int | None) -> dict[str, Any]:
+    """What a decision row keeps of the policy question (``details.policy``), for ``mcp-guard policy replay``.
+
+    The policy's own verdict (``allow``, ``reasons``, ``obligations`` of an allow — before any stage replaced
+    it) and the input document it saw **without** ``arguments``: replay takes those from the row's
+    ``arguments`` column, the audit copy (secrets scrubbed, credential shapes masked, bounded), so a raw
+    argument is never stored. The rest of the input (principal, session, tool_info, context with the
+    recorded time, usage and flow) is kept when it fits in ``max_bytes``; beyond that only its size and
+    sha256 are kept and the row is marked unreplayable, never cut.
+
+    The input is kept as canonical JSON *text* (``input_json``; :func:`recorded_input` reads it back): its
+    size must be measured by serialising it anyway, and the writer then stores a string at the cost of an
+    escape instead of serialising the whole document a second time on the call's path.
+    """
+    record: dict[str, Any] = {"allow": decision.allow, "reasons": list(decision.reasons)}
+    if decision.allow and decision.obligations:
+        record["obligations"] = dict(decision.obligations)
+    text = json_text({k: v for k, v in document.items() if k != "arguments"}) or "{}"
+    if max_bytes is None or len(text) * 4 <= max_bytes:
+        record[INPUT_KEY] = text
+        return record
+    raw = text.encode("utf-8", "backslashreplace")
+    if len(raw) <= max_bytes:
+        record[INPUT_KEY] = text
+    else:
+        record[UNREPLAYABLE_KEY] = {
+            "reason": "input_too_large",
+            "bytes": len(raw),
+            "sha256": hashlib.sha256(raw).hexdigest(),
+        }
+    return record
+
+
+def recorded_input(record: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The input document (without ``arguments``) a :func:`policy_record` kept; None if it kept none."""
+    text = record.get(INPUT_KEY)
+    if not isinstance(text, str):
+        return None
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
 def summarize_result(result: Mapping[str, Any]) -> dict[str, Any]:
     """is_error, size and sha256 of a result — never its content."""
     raw = json.dumps(result, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
@@ -95,17 +152,22 @@ def call_decision(
     call_id: str | None = None,
     duration_ms: float | None = None,
     max_arguments_bytes: int | None = None,
+    policy: Mapping[str, Any] | None = None,
 ) -> AuditEvent:
     """The row that records what governed a call (allow or deny), with its obligations.
 
     Arguments over ``max_arguments_bytes`` (``[audit] max_arguments_bytes``) are stored bounded
-    (:func:`bound_arguments`); ``None`` stores them as they are.
+    (:func:`bound_arguments`); ``None`` stores them as they are. ``policy`` is the policy question and its
+    own answer (:func:`policy_record`), kept in ``details.policy`` when the policy was asked — inside the
+    hashed row, so a replayed input is as tamper-evident as the decision.
     """
     details: dict[str, Any] = {"action": action}
     if call_id is not None:
         details["call_id"] = call_id
     if decision.obligations:
         details["obligations"] = dict(decision.obligations)
+    if policy is not None:
+        details[POLICY_KEY] = policy
     return AuditEvent(
         kind=EventKind.CALL_DECISION,
         session_id=session_id,
@@ -351,6 +413,42 @@ def config_event(kind: EventKind, source: str | None, **details: Any) -> AuditEv
 def policy_load(revision: str | None, **details: Any) -> AuditEvent:
     """A bundle became the active policy (at start or on reload): which revision decides from now on."""
     return AuditEvent(kind=EventKind.POLICY_LOAD, policy_revision=revision, details=details)
+
+
+def policy_shadow_diff(
+    *,
+    decision_id: str | None,
+    session_id: str | None,
+    principal: str | None,
+    server: str | None,
+    tool: str | None,
+    enforced: Decision,
+    shadow: Decision,
+    change: str,
+) -> AuditEvent:
+    """The shadow bundle decided a call differently from the enforcing one; ``decision`` is the enforced
+    decision (what happened), ``details`` hold both and the kind of ``change`` (allow→deny, …)."""
+    return AuditEvent(
+        kind=EventKind.POLICY_SHADOW_DIFF,
+        session_id=session_id,
+        decision_id=decision_id,
+        principal=principal,
+        server=server,
+        tool=tool,
+        decision="allow" if enforced.allow else "deny",
+        reasons=enforced.reasons,
+        policy_revision=enforced.revision,
+        details={
+            "change": change,
+            "enforced": {"allow": enforced.allow, "reasons": list(enforced.reasons), "revision": enforced.revision},
+            "shadow": {"allow": shadow.allow, "reasons": list(shadow.reasons), "revision": shadow.revision},
+        },
+    )
+
+
+def policy_rollback(revision: str | None, *, principal: str | None, **details: Any) -> AuditEvent:
+    """An operator pinned bundle revision ``revision`` (None: cleared the pin, the bundle directory rules again)."""
+    return AuditEvent(kind=EventKind.POLICY_ROLLBACK, principal=principal, policy_revision=revision, details=details)
 
 
 def policy_reload_failed(active_revision: str | None, **details: Any) -> AuditEvent:

@@ -71,7 +71,8 @@ _DIGEST = re.compile(r"^[0-9a-f]{40,}$")  # sha256/sha1 hex: the first 12 charac
 # What a client or an upstream could use to forge a line or drive the operator's terminal: C0/C1 controls
 # (ESC starts colour and OSC sequences; CR/LF start lines), DEL, line/paragraph separators, bidi overrides.
 _UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]")
-_HIDDEN_DETAILS = ("action", "call_id")  # the same on every call row: noise in a one-line view
+# The same on every call row, or (policy: the replay input, events.policy_record) too big for a one-line view.
+_HIDDEN_DETAILS = ("action", "call_id", "policy")
 
 
 def use_colour(stream: TextIO, choice: str = "auto") -> bool:

@@ -49,7 +49,9 @@ from mcp_guard import __version__
 from mcp_guard.audit import AuditStats
 from mcp_guard.metrics import CONTENT_TYPE, Page
 from mcp_guard.pipeline.observe import CallMetrics
+from mcp_guard.pipeline.shadow import ShadowStats
 from mcp_guard.policy import EngineHealth
+from mcp_guard.policy.replay import Change
 from mcp_guard.secrets.shapes import mask_text
 
 __all__ = [
@@ -125,6 +127,7 @@ class OpsSources:
     approvals_pending: Callable[[], int] | None = None
     # Config reloads by status (ok, restart_required, rejected): the Guard's counter, read at scrape time.
     reloads: Mapping[tuple[str, ...], int] | None = None
+    shadow: ShadowStats | None = None  # [policy] shadow_bundle counters (mcp_guard.pipeline.shadow)
 
 
 # ---------------------------------------------------------------------------------------------- texts
@@ -271,6 +274,32 @@ def _policy_metrics(page: Page, src: OpsSources) -> None:
         "The policy bundle revision in force (always 1).",
         ("engine", "revision"),
         {(src.engine_name, str(policy["revision"] or "")): 1},
+    )
+    _shadow_metrics(page, src.shadow)
+
+
+def _shadow_metrics(page: Page, shadow: ShadowStats | None) -> None:
+    """The shadow bundle's counters, only when one is configured (``change`` is a closed set: replay.Change)."""
+    if shadow is None or not shadow.enabled:
+        return
+    page.counter(
+        "mcp_guard_policy_shadow_decisions_total",
+        "Calls the shadow bundle decided as well (never enforced).",
+        ("revision",),
+        {(shadow.revision or "",): shadow.decided},
+    )
+    diffs = {change: shadow.diffs.get(change, 0) for change in (str(c) for c in Change)}
+    page.counter(
+        "mcp_guard_policy_shadow_diffs_total",
+        "Calls the shadow bundle decided differently from the enforcing one, by kind of change.",
+        ("change",),
+        {(c,): n for c, n in diffs.items()},
+    )
+    page.counter(
+        "mcp_guard_policy_shadow_errors_total",
+        "Shadow evaluations that failed (engine error, timeout); never propagated to the call.",
+        (),
+        {(): shadow.errors},
     )
 
 

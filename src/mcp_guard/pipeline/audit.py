@@ -37,7 +37,7 @@ import structlog
 
 from mcp_guard.audit import events
 from mcp_guard.errors import AuditError
-from mcp_guard.pipeline.context import CallContext, CallNext, Outcome
+from mcp_guard.pipeline.context import CallContext, CallNext, Outcome, PolicyVerdict
 from mcp_guard.settings import AuditSettings
 from mcp_guard.types import AuditEvent, Decision, ReasonCode
 
@@ -80,10 +80,22 @@ def _columns(ctx: CallContext) -> _CallColumns:
     }
 
 
-def _decision_row(ctx: CallContext, decision: Decision, max_arguments_bytes: int) -> AuditEvent:
-    """A ``call.decision`` row; arguments as the audit may hold them (masked by InspectArguments, bounded)."""
+def _decision_row(
+    ctx: CallContext, decision: Decision, max_arguments_bytes: int, verdict: PolicyVerdict | None = None
+) -> AuditEvent:
+    """A ``call.decision`` row; arguments as the audit may hold them (masked by InspectArguments, bounded).
+
+    With the policy's ``verdict`` (the policy was asked), the row keeps the question and the policy's own
+    answer for replay (:func:`~mcp_guard.audit.events.policy_record`, bounded by the same limit)."""
     arguments = ctx.audit_arguments if ctx.audit_arguments is not None else ctx.arguments
-    return events.call_decision(decision, arguments=arguments, max_arguments_bytes=max_arguments_bytes, **_columns(ctx))
+    policy = (
+        events.policy_record(verdict.input.to_dict(), verdict.decision, max_arguments_bytes)
+        if verdict is not None
+        else None
+    )
+    return events.call_decision(
+        decision, arguments=arguments, max_arguments_bytes=max_arguments_bytes, policy=policy, **_columns(ctx)
+    )
 
 
 def outcome_row(ctx: CallContext, outcome: Outcome, max_arguments_bytes: int = _MAX_ARGUMENTS_BYTES) -> AuditEvent:
@@ -96,17 +108,17 @@ def outcome_row(ctx: CallContext, outcome: Outcome, max_arguments_bytes: int = _
     the allow row stands, the call did run.
     """
     denial = outcome.denial
-    verdict = outcome.verdict
-    if denial is not None and verdict is not None and verdict.withheld is not None:
+    judged = outcome.result_verdict
+    if denial is not None and judged is not None and judged.withheld is not None:
         return events.call_withheld(
             outcome.decision,
-            verdict.withheld,
+            judged.withheld,
             denial=denial,
-            result_decision=verdict.decision,
+            result_decision=judged.decision,
             **_columns(ctx),
         )
     if denial is not None:
-        return _decision_row(ctx, denial, max_arguments_bytes)
+        return _decision_row(ctx, denial, max_arguments_bytes, outcome.verdict)
     if outcome.error is not None:
         return events.call_error(
             outcome.decision,
@@ -115,12 +127,12 @@ def outcome_row(ctx: CallContext, outcome: Outcome, max_arguments_bytes: int = _
             origin=outcome.error_origin,
             **_columns(ctx),
         )
-    if verdict is not None:
+    if judged is not None:
         return events.call_result(
             outcome.decision,
             outcome.result or {},
-            result_decision=verdict.decision,
-            redacted=verdict.redacted,
+            result_decision=judged.decision,
+            redacted=judged.redacted,
             **_columns(ctx),
         )
     return events.call_result(outcome.decision, outcome.result or {}, **_columns(ctx))
@@ -153,7 +165,7 @@ class RecordDecision:
         assert decision is not None and decision.allow, "RecordDecision runs after an allow"
         try:
             try:
-                await self._sink.record(_decision_row(ctx, decision, self._max_arguments_bytes))
+                await self._sink.record(_decision_row(ctx, decision, self._max_arguments_bytes, ctx.verdict))
             except AuditError as e:
                 _unavailable(ctx, "decision", e, decision)
                 return Outcome.fail_closed(

@@ -14,7 +14,7 @@ from typing import Protocol
 import structlog
 
 from mcp_guard.errors import StateError
-from mcp_guard.pipeline.context import CallContext, CallNext, Outcome
+from mcp_guard.pipeline.context import CallContext, CallNext, Outcome, PolicyVerdict
 from mcp_guard.types import Decision, PolicyInput, ReasonCode
 
 __all__ = ["Authorize", "Evaluator", "UsageSource", "policy_input"]
@@ -50,7 +50,11 @@ def policy_input(ctx: CallContext, usage: Mapping[str, int] | None = None) -> Po
 class Authorize:
     """Inside ``call_next``: obligations, ``RecordDecision``, redact and the upstream — reached only with an
     explicit ``allow: true``, given the context with ``decision`` set to that allow. The allow also travels
-    back on the outcome (``Outcome.decision``) so the outcome row names the decision that let the call run."""
+    back on the outcome (``Outcome.decision``) so the outcome row names the decision that let the call run.
+
+    The input the policy saw and its own decision travel as a :class:`PolicyVerdict` (``ctx.verdict`` inward,
+    ``Outcome.verdict`` outward, allow or deny): the decision row keeps it for ``policy replay``, and the
+    shadow stage asks a candidate bundle the same question."""
 
     def __init__(self, engine: Evaluator, usage: UsageSource | None = None) -> None:
         self._engine = engine
@@ -63,9 +67,13 @@ class Authorize:
             log.error("ratelimit.state_unavailable", error=str(e), call_id=ctx.call_id, stage="usage")
             detail = f"the rate-limit usage of this call cannot be read ({e.cause}); an uncountable call is refused"
             return Outcome(decision=Decision.deny(ReasonCode.STATE_UNAVAILABLE, detail))
-        decision = await self._engine.evaluate(policy_input(ctx, usage))
+        asked = policy_input(ctx, usage)
+        decision = await self._engine.evaluate(asked)
+        verdict = PolicyVerdict(asked, decision)
         if decision.allow is not True:
-            return Outcome(decision=decision)
-        outcome = await call_next(replace(ctx, decision=decision))
+            return Outcome(decision=decision, verdict=verdict)
+        outcome = await call_next(replace(ctx, decision=decision, verdict=verdict))
         # A stage inside may have replaced the allow with its own deny (obligations); that one governs then.
-        return outcome if outcome.decision is not None else replace(outcome, decision=decision)
+        if outcome.decision is not None:
+            return replace(outcome, verdict=verdict)
+        return replace(outcome, decision=decision, verdict=verdict)

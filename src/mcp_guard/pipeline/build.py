@@ -2,8 +2,8 @@
 
 Every request that targets an upstream runs through these stages, outermost first::
 
-    Observe → InspectArguments → RecordOutcome → TrackFlow → PinCheck → Authorize → EnforceObligations
-        → RecordDecision → ResultPolicy → Redact → Forward
+    Observe → InspectArguments → RecordOutcome → TrackFlow → PinCheck → ShadowPolicy → Authorize
+        → EnforceObligations → RecordDecision → ResultPolicy → Redact → Forward
 
 * :class:`~mcp_guard.pipeline.observe.Observe` — counts and times every request as the client is answered
   (``/metrics``); outermost, so every other stage and the upstream call run inside it. The two audit
@@ -18,6 +18,10 @@ Every request that targets an upstream runs through these stages, outermost firs
   its own ``state_unavailable`` deny is recorded, outside PinCheck so every deny reaches the history.
 * :class:`~mcp_guard.pipeline.pins.PinCheck` — ``tool_changed`` for a changed, unapproved tool; before
   the policy, so that is the reason whatever the policy would say.
+* :class:`~mcp_guard.pipeline.shadow.ShadowPolicy` — asks the ``[policy] shadow_bundle`` candidate the
+  question ``Authorize`` asked, after the call, and audits a disagreement (``policy.shadow_diff``); right
+  outside Authorize because only the verdict coming back out of it holds the exact input and the policy's own
+  answer for allows and denies alike; never changes the outcome (a pass-through without a candidate).
 * :class:`~mcp_guard.pipeline.authorize.Authorize` — nothing goes further without ``allow: true``; the
   policy input carries ``context.usage`` for the rate-limit keys the bundle declares
   (:class:`~mcp_guard.pipeline.ratelimit.DeclaredUsage`).
@@ -59,6 +63,7 @@ from mcp_guard.pipeline.redact import Redact
 from mcp_guard.pipeline.result_policy import ResultPolicy, ResultUse
 from mcp_guard.pipeline.secret_source import SecretSource
 from mcp_guard.pipeline.secrets import InspectArguments, SecretsObligation
+from mcp_guard.pipeline.shadow import ShadowPolicy, ShadowStats
 from mcp_guard.pipeline.stepup import StepUpObligation
 from mcp_guard.state.base import StateStore
 from mcp_guard.upstream.registry import Registry
@@ -107,12 +112,15 @@ def pipeline_stages(
     approvals: ApprovalStore | None = None,
     tracer: Tracer | None = None,
     stage_metrics: bool = False,
+    shadow: Evaluator | None = None,
+    shadow_stats: ShadowStats | None = None,
 ) -> list[Interceptor]:
     """The stages, outermost first (the order in the module docstring). ``metrics`` is where the calls are
     counted (the Guard's, read by ``/metrics``); without one they are counted in a private instance.
     ``approvals`` is where parked calls wait (the Guard's shared store); without one, in memory.
     ``tracer`` (traces on, mcp_guard.telemetry) adds the tracing stage: see :func:`traced_stages`.
-    ``stage_metrics`` (``[telemetry] stage_metrics``) times every stage but ``Observe`` into ``metrics.stages``."""
+    ``stage_metrics`` (``[telemetry] stage_metrics``) times every stage but ``Observe`` into ``metrics.stages``.
+    ``shadow`` is the ``[policy] shadow_bundle`` candidate (None: none), counted in ``shadow_stats``."""
     metrics = metrics if metrics is not None else CallMetrics()
     audit = metrics.timed(sink)
     bound = registry.settings.audit.max_arguments_bytes
@@ -130,6 +138,7 @@ def pipeline_stages(
         RecordOutcome(audit, max_arguments_bytes=bound),
         TrackFlow(state, FlowUse(engine)),
         PinCheck(registry),
+        ShadowPolicy(shadow, sink, shadow_stats),
         Authorize(engine, usage_source(engine, state)),
         EnforceObligations(obligation_handlers(secrets, state, approval)),
         RecordDecision(audit, max_arguments_bytes=bound),
@@ -161,6 +170,8 @@ def build_pipeline(
     approvals: ApprovalStore | None = None,
     tracer: Tracer | None = None,
     stage_metrics: bool = False,
+    shadow: Evaluator | None = None,
+    shadow_stats: ShadowStats | None = None,
 ) -> CallNext:
     """The whole pipeline: :func:`pipeline_stages` ending in :class:`~mcp_guard.pipeline.forward.Forward`
     (inside a CLIENT span that hands the upstream its trace context, when traces are on)."""
@@ -175,6 +186,8 @@ def build_pipeline(
         approvals=approvals,
         tracer=tracer,
         stage_metrics=stage_metrics,
+        shadow=shadow,
+        shadow_stats=shadow_stats,
     )
     forward: CallNext = Forward(registry)
     if stage_metrics:

@@ -15,11 +15,33 @@ import mcp_types as types
 
 from mcp_guard.channel import ClientChannel
 from mcp_guard.state.base import Flow
-from mcp_guard.types import Action, Decision, Principal, ReasonCode, SessionInfo, ToolInfo, new_id
+from mcp_guard.types import Action, Decision, PolicyInput, Principal, ReasonCode, SessionInfo, ToolInfo, new_id
 
-__all__ = ["CallContext", "CallNext", "ErrorOrigin", "Interceptor", "Outcome", "ProgressFn", "ResultVerdict"]
+__all__ = [
+    "CallContext",
+    "CallNext",
+    "ErrorOrigin",
+    "Interceptor",
+    "Outcome",
+    "PolicyVerdict",
+    "ProgressFn",
+    "ResultVerdict",
+]
 
 ProgressFn = Callable[[float, float | None, str | None], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyVerdict:
+    """What the policy was asked and what it said, exactly: the input document the engine saw (with its
+    recorded context — time, usage, flow) and the engine's own decision, before any stage replaced it.
+
+    ``Authorize`` sets it on the context it passes inward and on the outcome it returns, so the decision row
+    can keep the input for ``policy replay`` and a shadow bundle can be asked the same question.
+    """
+
+    input: PolicyInput
+    decision: Decision
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +70,7 @@ class CallContext:
     # W3C trace context (traceparent, tracestate) of the client's HTTP request, if it sent one; the tracing
     # stage (mcp_guard.pipeline.trace) prefers the request's `_meta`.
     trace_context: Mapping[str, str] | None = None
+    verdict: PolicyVerdict | None = None  # set by Authorize for the stages inside it (the allow row keeps it)
 
 
 class ErrorOrigin(StrEnum):
@@ -89,8 +112,9 @@ class Outcome:
     ``error_origin`` says who wrote ``error``; an error is the upstream's unless the stage that made it
     says otherwise (:meth:`guard_error`), so nothing an upstream sends can pass for mcp-guard's own.
 
-    ``verdict`` is set when the result policy was asked about the result (then a withheld result is an
-    override too: the call ran, its result is not shown).
+    ``result_verdict`` is set when the result policy was asked about the result (then a withheld result is
+    an override too: the call ran, its result is not shown). ``verdict`` is the call's own policy question
+    and answer (set by ``Authorize``), which the deny row keeps for replay.
     """
 
     result: dict[str, Any] | None = None
@@ -98,7 +122,8 @@ class Outcome:
     decision: Decision | None = None
     override: Decision | None = None
     error_origin: ErrorOrigin = ErrorOrigin.UPSTREAM
-    verdict: ResultVerdict | None = None
+    result_verdict: ResultVerdict | None = None  # the result policy's verdict (ResultPolicy), when it judged
+    verdict: PolicyVerdict | None = None  # the policy's input and own decision, when the policy was asked
 
     @classmethod
     def guard_error(cls, code: int, message: str) -> Outcome:

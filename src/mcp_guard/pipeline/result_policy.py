@@ -19,7 +19,7 @@ scrubbed, credential shapes masked — and ``context.flow`` as the call's own de
 
 A withheld result is an *override* (:class:`~mcp_guard.pipeline.context.Outcome`): the governing
 decision stays the call's allow (its row is written, the call did run), the deny the client gets carries
-the call's decision id and the result decision's revision. ``Outcome.verdict`` carries the result
+the call's decision id and the result decision's revision. ``Outcome.result_verdict`` carries the result
 decision (its own id) to the outcome row (``details.result_decision``). Labels a result decision added
 stay even if the result is withheld afterwards (a later obligation failed, the outcome row could not be
 written): stricter, never looser.
@@ -287,10 +287,12 @@ class ResultPolicy:
         if refusal is not None:
             return self._withhold(ctx, governing, decision, result, refusal.code, (refusal.detail,))
         if not plan.redact:
-            return replace(outcome, verdict=ResultVerdict(decision))
+            return replace(outcome, result_verdict=ResultVerdict(decision))
         redaction = redact_result(result, plan.redact)
         log.debug("result.redacted", call_id=ctx.call_id, result_decision_id=decision.decision_id, **redaction.counts())
-        return replace(outcome, result=redaction.result, verdict=ResultVerdict(decision, redacted=redaction.counts()))
+        return replace(
+            outcome, result=redaction.result, result_verdict=ResultVerdict(decision, redacted=redaction.counts())
+        )
 
     async def _label(self, ctx: CallContext, decision: Decision, labels: tuple[str, ...]) -> Refusal | None:
         """Add the result decision's labels to the call's flow (one history entry, action ``tools/result``)."""
@@ -346,4 +348,4 @@ class ResultPolicy:
             policy_revision=decision.revision,
         )
         verdict = ResultVerdict(decision, withheld=summarize_result(result))
-        return Outcome(decision=governing, override=override, verdict=verdict)
+        return Outcome(decision=governing, override=override, result_verdict=verdict)

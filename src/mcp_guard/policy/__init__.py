@@ -17,7 +17,12 @@ over its data (:mod:`mcp_guard.policy.overlay`). Start-up refuses, with a one-li
   (:mod:`mcp_guard.policy.lint`; embedded engine — OPA checks a pushed bundle itself);
 * a bundle whose ``test_*`` rules fail, with ``run_tests_on_start`` (the bundle mcp-guard loads:
   embedded, or pushed to OPA);
-* a bundle OPA rejects when it is pushed.
+* a bundle OPA rejects when it is pushed;
+* with ``[policy.signing]``, a bundle whose ``.signatures.json`` does not verify
+  (:mod:`mcp_guard.policy.signing`; at every reload too).
+
+A revision pinned by ``mcp-guard policy rollback`` is loaded instead of the bundle directory until the pin
+is cleared (:mod:`mcp_guard.policy.history`, ``source=``).
 
 OPA being unreachable is *not* a start-up failure: the engine starts not ready, denies with
 ``engine_error``, and reconnects by itself (:meth:`OpaEngine.maintain`). With ``hot_reload`` the
@@ -29,6 +34,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -43,10 +49,11 @@ from mcp_guard.policy.base import (
 )
 from mcp_guard.policy.bundle import Bundle, load_bundle, rule_ref
 from mcp_guard.policy.embedded import EmbeddedEngine
+from mcp_guard.policy.history import PinnedSource
 from mcp_guard.policy.opa import OpaEngine, OpaUnavailable, connect
-from mcp_guard.policy.overlay import configured_overlays
 from mcp_guard.policy.reload import BundleWatcher, ReloadEvent, ReloadListener
 from mcp_guard.policy.runner import gate_tests
+from mcp_guard.policy.signing import bundle_loader
 from mcp_guard.settings import Settings
 
 __all__ = [
@@ -70,6 +77,22 @@ log = structlog.get_logger(__name__)
 
 RELOAD_INTERVAL_S = 1.0
 
+ActivateListener = Callable[[Bundle], Awaitable[None]]
+
+
+def _recording(
+    apply: Callable[[Bundle], Awaitable[None]], on_activate: ActivateListener | None
+) -> Callable[[Bundle], Awaitable[None]]:
+    """``apply``, then ``on_activate`` with the bundle it made active (not called when apply refused it)."""
+    if on_activate is None:
+        return apply
+
+    async def apply_and_record(bundle: Bundle) -> None:
+        await apply(bundle)
+        await on_activate(bundle)
+
+    return apply_and_record
+
 
 def open_engine(
     settings: Settings,
@@ -78,6 +101,8 @@ def open_engine(
     watch: bool | None = None,
     on_watcher: Callable[[BundleWatcher], None] | None = None,
     run_tests: bool | None = None,
+    source: PinnedSource | None = None,
+    on_activate: ActivateListener | None = None,
 ) -> AbstractAsyncContextManager[RegoEngine]:
     """The engine ``[policy]`` asks for, as an async context manager.
 
@@ -87,8 +112,21 @@ def open_engine(
     ``on_watcher`` receives the engine's :class:`BundleWatcher` when the engine can take a new bundle
     (embedded, or OPA with ``push_bundle``), polling or not, so a caller can ask for a reload now
     (``BundleWatcher.check``, e.g. on SIGHUP).
+
+    ``source`` (:class:`~mcp_guard.policy.history.PinnedSource`) substitutes a pinned revision's files for the
+    bundle directory (a rollback); it is refreshed before the first load and before every reload look.
+    ``on_activate`` is awaited with each bundle a reload made active (the composition root keeps it in the
+    bundle history).
     """
-    return _open_engine(settings, on_reload=on_reload, watch=watch, on_watcher=on_watcher, run_tests=run_tests)
+    return _open_engine(
+        settings,
+        on_reload=on_reload,
+        watch=watch,
+        on_watcher=on_watcher,
+        run_tests=run_tests,
+        source=source,
+        on_activate=on_activate,
+    )
 
 
 @asynccontextmanager
@@ -99,17 +137,25 @@ async def _open_engine(
     watch: bool | None,
     on_watcher: Callable[[BundleWatcher], None] | None = None,
     run_tests: bool | None = None,
+    source: PinnedSource | None = None,
+    on_activate: ActivateListener | None = None,
 ) -> AsyncIterator[RegoEngine]:
     p = settings.policy
     root = settings.resolve_path(p.bundle)
-    overlays = configured_overlays(settings)
     gate = p.run_tests_on_start if run_tests is None else run_tests
+    load_dir = bundle_loader(settings)  # with [policy.signing], every load verifies the bundle's signature
+    if source is not None:
+        await source.refresh()
+
+    def load(where: Path) -> Bundle:
+        return load_dir(source.root_for(where) if source is not None else where)
+
     engine: RegoEngine
     apply: Callable[[Bundle], Awaitable[None]]
     maintain: Callable[[], Coroutine[Any, Any, None]] | None = None
     async with AsyncExitStack() as stack:
         if p.engine == "embedded":
-            bundle = load_bundle(root, overlays=overlays)
+            bundle = load(root)
             embedded = EmbeddedEngine(bundle, decision=p.decision, timeout_ms=p.timeout_ms)
             if gate and bundle.tests:
                 gate_tests(bundle)
@@ -120,7 +166,7 @@ async def _open_engine(
             engine, revision, apply = embedded, bundle.revision, apply_embedded
         else:
             client = await stack.enter_async_context(connect(p.opa_url))
-            pushed = load_bundle(root, overlays=overlays) if p.push_bundle else None
+            pushed = load(root) if p.push_bundle else None
             if pushed is not None and gate and pushed.tests:
                 gate_tests(pushed, embedded=False)
             opa = OpaEngine(
@@ -144,6 +190,7 @@ async def _open_engine(
             engine, revision, apply = opa, opa.revision, opa.install
             maintain = partial(opa.maintain, recovered)  # reconnects whenever OPA has gone away
         stack.push_async_callback(engine.aclose)
+        apply = _recording(apply, on_activate)
         reloadable = p.engine == "embedded" or p.push_bundle
         watching = (p.hot_reload if watch is None else watch) and reloadable
         async with anyio.create_task_group() as tg:
@@ -158,7 +205,8 @@ async def _open_engine(
                     run_tests=p.run_tests_on_reload,
                     embedded=p.engine == "embedded",
                     listener=on_reload,
-                    overlays=overlays,
+                    load=load,
+                    before_check=source.refresh if source is not None else None,
                 )
                 if on_watcher is not None:
                     on_watcher(watcher)

@@ -30,7 +30,7 @@ import json
 import re
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
@@ -51,6 +51,9 @@ from mcp_guard.policy.runner import (
 )
 from mcp_guard.policy.schema import DataSchemaError
 from mcp_guard.settings import Settings
+
+if TYPE_CHECKING:
+    from mcp_guard.policy.history import HistoryStore
 
 __all__ = ["register"]
 
@@ -92,6 +95,8 @@ def register(subparsers: Any) -> None:
     fm.add_argument("--check", action="store_true", help="only list files that are not formatted (exit 1 if any)")
     add_config_arg(fm)
     fm.set_defaults(func=cmd_fmt)
+
+    register_lifecycle(sub)
 
 
 def _usage(parser: argparse.ArgumentParser) -> int:
@@ -264,4 +269,182 @@ def cmd_fmt(args: argparse.Namespace) -> int:
         _print_findings(errors, file=sys.stderr)
         print(f"mcp-guard: {root}: formatted, but the bundle now fails the static check", file=sys.stderr)
         return 1
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- life cycle
+# policy replay | history | rollback (docs/architecture.md §3 "Policies": replay, shadow, signing, history).
+
+
+def register_lifecycle(sub: Any) -> None:
+    """``policy replay``, ``policy history`` and ``policy rollback``."""
+    from mcp_guard.cli import add_config_arg
+
+    rp = sub.add_parser(
+        "replay", help="re-decide recorded calls with a candidate bundle; exit 1 when a decision would change"
+    )
+    rp.add_argument("--bundle", required=True, metavar="DIR", help="the candidate bundle directory")
+    rp.add_argument("--since", metavar="WHEN", help="only decisions since WHEN (10m, 2h, 7d or RFC3339)")
+    rp.add_argument("--principal", metavar="ID", help="only this principal's decisions")
+    rp.add_argument("--json", action="store_true", help="print the report as JSON")
+    add_config_arg(rp)
+    rp.set_defaults(func=cmd_replay)
+
+    hi = sub.add_parser("history", help="list activated bundle revisions, newest first, and the pinned one")
+    hi.add_argument("--limit", type=int, default=50, metavar="N", help="at most N activations (default 50)")
+    hi.add_argument("--json", action="store_true", help="print the history as JSON")
+    add_config_arg(hi)
+    hi.set_defaults(func=cmd_history)
+
+    ro = sub.add_parser(
+        "rollback", help="pin a stored bundle revision (running proxies load it without a file edit); --clear unpins"
+    )
+    ro.add_argument("revision", nargs="?", metavar="REV", help="a revision from `policy history` (6+ hex characters)")
+    ro.add_argument("--clear", action="store_true", help="remove the pin: the bundle directory rules again")
+    ro.add_argument(
+        "--as",
+        dest="operator",
+        metavar="PRINCIPAL",
+        help="who rolls back (default $MCP_GUARD_OPERATOR, else user@host)",
+    )
+    add_config_arg(ro)
+    ro.set_defaults(func=cmd_rollback)
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    """Replay the configured audit log's decisions (:mod:`mcp_guard.policy.replay`) against ``--bundle``."""
+    from mcp_guard.audit import Filters, open_reader, parse_since, row_to_dict
+    from mcp_guard.cli import load_config
+    from mcp_guard.errors import AuditError, ConfigError
+    from mcp_guard.policy.embedded import EmbeddedEngine
+    from mcp_guard.policy.replay import REPLAY_TIMEOUT_MS, format_report, replay_rows
+    from mcp_guard.types import EventKind
+
+    settings = load_config(args)
+    try:
+        since = parse_since(args.since) if args.since else None
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    candidate = EmbeddedEngine(
+        load_bundle(Path(args.bundle), overlays=configured_overlays(settings)),
+        decision=settings.policy.decision,
+        timeout_ms=REPLAY_TIMEOUT_MS,
+    )
+    filters = Filters(since=since, principal=args.principal, kinds=(str(EventKind.CALL_DECISION),))
+    try:
+        with open_reader(settings) as reader, reader.snapshot():
+            report = replay_rows((row_to_dict(r) for r in reader.rows(filters)), candidate)
+    except AuditError as e:  # exit 2, not 1: 1 means "a decision would change" to a CI gate
+        raise ConfigError(str(e)) from None
+    if args.json:
+        print(json.dumps({"bundle": str(args.bundle), **report.to_dict()}, indent=2, ensure_ascii=False))
+    else:
+        print(format_report(report))
+    return 1 if report.changed else 0
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    """The bundle history (:mod:`mcp_guard.policy.history`): activations newest first, the pin marked."""
+    from mcp_guard.cli import load_config
+    from mcp_guard.policy.history import open_history
+
+    store = open_history(load_config(args))
+    try:
+        activations = store.activations(args.limit if args.limit > 0 else None)
+        pin = store.pinned()
+    finally:
+        store.close()
+    if args.json:
+        doc = {
+            "store": store.location,
+            "pinned": None if pin is None else {"revision": pin.revision, "ts": pin.ts, "actor": pin.actor},
+            "activations": [a.to_dict() for a in activations],
+        }
+        print(json.dumps(doc, indent=2))
+        return 0
+    if pin is not None:
+        print(f"pinned: {pin.revision} by {pin.actor or '-'} at {pin.ts} (the bundle directory is set aside)")
+    print(f"{'REVISION':<14}{'ACTIVATED':<29}{'SOURCE':<10}{'BY':<28}BUNDLE")
+    for a in activations:
+        print(f"{a.revision[:12]:<14}{a.ts:<29}{a.source:<10}{(a.actor or '-')[:27]:<28}{a.bundle or '-'}")
+    if not activations:
+        print(f"(no activation recorded in {store.location})")
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    """Pin ``REV`` (or clear the pin) in the history store, audited as ``policy.rollback``.
+
+    The stored revision is loaded here first exactly as a proxy will load it (signature, static check, tests),
+    so a revision that can no longer start is refused now rather than by every proxy later. The audit row is
+    written before the pin: a rollback that could not be recorded does not happen.
+    """
+    from mcp_guard.cli import load_config
+    from mcp_guard.errors import ConfigError
+    from mcp_guard.policy.history import open_history
+
+    if args.clear == (args.revision is not None):
+        raise ConfigError("policy rollback: give either a revision or --clear")
+    settings = load_config(args)
+    if settings.policy.engine == "opa" and not settings.policy.push_bundle:
+        raise ConfigError(
+            'policy rollback: OPA loads its own bundles here (engine = "opa" without push_bundle); roll back there',
+            file=settings.source,
+            key="policy.engine",
+        )
+    store = open_history(settings)
+    try:
+        return _rollback(args, settings, store)
+    finally:
+        store.close()
+
+
+def _rollback(args: argparse.Namespace, settings: Settings, store: HistoryStore) -> int:
+    import os
+    import tempfile
+
+    from mcp_guard.audit import events, open_sink
+    from mcp_guard.policy.history import default_actor, materialize
+    from mcp_guard.policy.runner import gate_tests
+    from mcp_guard.policy.signing import bundle_loader
+
+    operator = args.operator or os.environ.get("MCP_GUARD_OPERATOR") or default_actor()
+    previous = store.pinned()
+    revision: str | None = None
+    if not args.clear:
+        revision = store.resolve(args.revision)
+        files = store.files(revision)
+        if files is None:  # pragma: no cover - resolve found it in the same table
+            raise PolicyError(f"{store.location}: revision {revision} has no stored files")
+        with tempfile.TemporaryDirectory(prefix="mcp-guard-rollback-") as tmp:
+            bundle = bundle_loader(settings)(materialize(files, Path(tmp) / "bundle"))
+            if bundle.revision != revision:
+                raise PolicyError(f"{store.location}: the stored files of {revision} give revision {bundle.revision}")
+            embedded = settings.policy.engine == "embedded"
+            if embedded:
+                compile_bundle(bundle)
+            if settings.policy.run_tests_on_reload and bundle.tests:
+                gate_tests(bundle, embedded=embedded)
+
+    async def audit() -> None:
+        async with open_sink(settings) as sink:
+            await sink.record(
+                events.policy_rollback(
+                    revision,
+                    principal=operator,
+                    previous_pin=previous.revision if previous else None,
+                    cleared=args.clear,
+                    store=store.location,
+                )
+            )
+
+    anyio.run(audit)
+    store.pin(revision, operator)
+    if revision is None:
+        print("pin cleared: running proxies load the bundle directory at their next look (or on SIGHUP)")
+    else:
+        print(
+            f"pinned {revision} (by {operator}): running proxies load it at their next look (within a second "
+            "with hot_reload, else on SIGHUP) and at every start until `mcp-guard policy rollback --clear`"
+        )
     return 0

@@ -14,7 +14,7 @@ passed to an optional listener (the composition root audits it as ``policy.load`
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -56,10 +56,12 @@ class BundleWatcher:
         run_tests: bool = True,
         embedded: bool = True,
         listener: ReloadListener | None = None,
-        overlays: Sequence[Path] = (),
+        load: Callable[[Path], Bundle] = load_bundle,
+        before_check: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self._root = root
-        self._overlays = tuple(overlays)  # [policy] data_overlay: re-read (and re-validated) on every look
+        self._load = load  # load_bundle, or with [policy.signing] the loader that also verifies the signature
+        self._before_check = before_check  # e.g. re-read the pinned revision (policy/history.PinnedSource)
         self._apply = apply
         self._active = active_revision
         self._interval = interval
@@ -81,8 +83,10 @@ class BundleWatcher:
 
     async def check(self) -> ReloadEvent | None:
         """Look once; returns the event if something was loaded or refused."""
+        if self._before_check is not None:
+            await self._before_check()
         try:
-            bundle = load_bundle(self._root, overlays=self._overlays)
+            bundle = self._load(self._root)
         except PolicyError as e:
             if str(e) == self._last_read_error:
                 return None
