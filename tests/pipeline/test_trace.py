@@ -36,9 +36,11 @@ STAGES = [
     "RecordOutcome",
     "TrackFlow",
     "PinCheck",
+    "ShadowPolicy",
     "Authorize",
     "EnforceObligations",
     "RecordDecision",
+    "ResultPolicy",
     "Redact",
 ]
 
