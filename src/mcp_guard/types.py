@@ -12,6 +12,8 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Literal
 
+from mcp_guard.urlhost import url_table
+
 __all__ = [
     "Action",
     "AuditEvent",
@@ -245,6 +247,8 @@ class PolicyInput:
                 "time": self.time,
                 "secrets_seen": list(self.secrets_seen),
                 "usage": dict(self.usage),
+                # Every URL-looking string argument → its WHATWG parse (mcp_guard.urlhost): hosts for the policy.
+                "urls": url_table(self.arguments),
             },
         }
         if self.flow is not None:
