@@ -41,6 +41,7 @@ Action = Literal[
     "prompts/list",
     "completion/complete",
     "resources/subscribe",
+    "resources/unsubscribe",
 ]
 
 
