@@ -326,6 +326,10 @@ class UpstreamSettings(_Strict):
     startup_timeout_s: Annotated[float, Field(gt=0)] = 30.0
     enabled: bool = True
     pinning: Literal["enforce", "warn", "off"] = "enforce"
+    # A tool first seen after this upstream's first catalogue (list_changed, a restart): "review" = pending
+    # like a changed definition (hidden and denied under enforce until `tools approve`); "trust" = pinned on
+    # first use. The first catalogue after mcp-guard starts is always pinned on first use.
+    new_tools: Literal["review", "trust"] = "review"
     # false: expose this upstream's tools, prompts and resource URIs under their own names (at most one
     # upstream; for clients that need exact names). Namespaced names win any collision.
     namespace: bool = True
