@@ -1,0 +1,67 @@
+"""The JSON-RPC error answered for a line the stdio front cannot decode, so the client never waits forever.
+
+The SDK's dispatcher drops a message the transport could not parse (it has no id to answer). A client that
+sent a request in that line would then wait for its answer until it gives up, so the stdio transport
+answers every undecodable line itself: ``-32700`` (not JSON, nested deeper than the parser allows, larger
+than the line limit) or ``-32600`` (JSON, but not a JSON-RPC message). The answer carries the request's id
+when one can be read from the line's top level — a client matches answers by id — and ``null`` otherwise,
+as JSON-RPC prescribes for an unreadable request. The text never quotes the input.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import mcp_types as types
+
+__all__ = ["ID_SCAN_CHARS", "answer_for", "oversized_answer", "top_level_id"]
+
+ID_SCAN_CHARS = 65536  # the id is looked for in this much of a line (clients put it near the start)
+_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|[{}\[\]]')
+_ID_VALUE = re.compile(r'\s*:\s*("(?:[^"\\]|\\.){0,200}"|-?\d{1,18})(?=\s*[,}])')
+
+
+def top_level_id(line: bytes) -> str | int | None:
+    """The ``id`` member of the line's outermost object, if its start can be read; else None."""
+    text = line[:ID_SCAN_CHARS].decode("utf-8", errors="replace")
+    depth = 0
+    for token in _TOKEN.finditer(text):
+        t = token.group()
+        if t in "{[":
+            depth += 1
+        elif t in "}]":
+            depth -= 1
+        elif depth == 1 and t == '"id"':
+            m = _ID_VALUE.match(text, token.end())
+            if m is not None:
+                value: Any = json.loads(m.group(1))
+                return value if isinstance(value, str | int) else None
+    return None
+
+
+def answer_for(line: bytes, error: Exception) -> types.JSONRPCError:
+    """The answer to one line that did not decode as a JSON-RPC message."""
+    try:
+        json.loads(line)
+    except (ValueError, RecursionError):
+        code, message = types.PARSE_ERROR, "Parse error: the message is not JSON mcp-guard can read"
+        if "recursion limit" in str(error):
+            message = "Parse error: the message nests deeper than mcp-guard reads"
+    else:
+        code, message = types.INVALID_REQUEST, "Invalid request: the message is JSON but not a JSON-RPC message"
+    return types.JSONRPCError(
+        jsonrpc="2.0", id=top_level_id(line), error=types.ErrorData(code=code, message=f"mcp-guard: {message}")
+    )
+
+
+def oversized_answer(head: bytes, limit: int) -> types.JSONRPCError:
+    """The answer to a line longer than the transport's limit (read no further than ``head``)."""
+    return types.JSONRPCError(
+        jsonrpc="2.0",
+        id=top_level_id(head),
+        error=types.ErrorData(
+            code=types.PARSE_ERROR, message=f"mcp-guard: Parse error: the message is larger than {limit} bytes"
+        ),
+    )
