@@ -67,6 +67,11 @@ class ServerSettings(_Strict):
     session_idle_timeout_s: Annotated[float, Field(gt=0)] = 1800.0
     # Serve Prometheus metrics at /metrics on the HTTP front (no credentials; /healthz and /readyz stay on).
     metrics: bool = True
+    # Slowloris bounds on the HTTP front: a connection must finish its request head within this many seconds
+    # of opening (or of its previous response); at most this many connections may be mid-head at once (one
+    # more closes the oldest).
+    http_head_timeout_s: Annotated[float, Field(gt=0)] = 10.0
+    http_max_pending_heads: Annotated[int, Field(gt=0)] = 64
 
     @field_validator("tool_separator")
     @classmethod
