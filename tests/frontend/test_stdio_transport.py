@@ -9,7 +9,7 @@ import mcp_types as types
 import pytest
 
 from mcp_guard.frontend.stdio import _LineReadStream
-from mcp_guard.frontend.undecodable import top_level_id
+from mcp_guard.lineid import top_level_id
 
 pytestmark = pytest.mark.anyio
 
