@@ -101,3 +101,13 @@ async def test_more_half_open_connections_than_the_cap_close_the_oldest(tmp_path
             assert (await healthz(host, port)).startswith(b"HTTP/1.1 200")  # a real client still gets in
         for s in streams:
             await s.aclose()
+
+
+async def test_an_unauthenticated_request_with_an_unsent_body_is_closed_after_its_401(tmp_path: Path) -> None:
+    """The head is complete, so the head timeout no longer applies; the 401 is the end of it."""
+    head = b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n{"
+    async with front(tmp_path, http_head_timeout_s=60) as (host, port), await anyio.connect_tcp(host, port) as s:
+        await s.send(head)
+        with anyio.fail_after(10):
+            assert (await s.receive()).startswith(b"HTTP/1.1 401")
+            assert await closed_by_server(s)

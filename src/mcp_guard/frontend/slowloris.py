@@ -10,7 +10,8 @@ headers would hold sockets for ever. :func:`guarded_h11` makes a protocol class 
   (a real client's head arrives in milliseconds, so the oldest pending connection is the slow one).
 
 A connection whose head is complete is the application's: unauthenticated requests are answered 401 at
-once by the bearer-auth layer, so they do not linger either.
+once by the bearer-auth layer, and a connection answered before the body it announced arrived is closed
+after the answer (uvicorn would wait for that body for ever), so they do not linger either.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ class HeadLimits:
     pending: dict[Any, None] = field(default_factory=dict)
     closed_slow: int = 0  # connections closed for a late head (for tests and the log)
     evicted: int = 0  # connections closed to stay within max_pending
+    closed_unread: int = 0  # connections closed after an answer given before their body arrived
 
 
 def guarded_h11(limits: HeadLimits) -> type[H11Protocol]:
@@ -55,6 +57,13 @@ def guarded_h11(limits: HeadLimits) -> type[H11Protocol]:
                 self._head_done()
 
         def on_response_complete(self) -> None:
+            if self.conn.their_state is h11.SEND_BODY and not self.transport.is_closing():
+                # Answered before its body arrived (a 401 to a request that announced a large body): the
+                # connection would wait for that body for ever. It has had its answer; close it.
+                limits.closed_unread += 1
+                super().on_response_complete()
+                self.transport.close()
+                return
             super().on_response_complete()
             # (a pipelined request may already have been read by the call above: its head is complete)
             if not self.transport.is_closing() and self.conn.their_state is h11.IDLE:
