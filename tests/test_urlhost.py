@@ -76,3 +76,10 @@ def test_url_table_records_failures_with_no_host() -> None:
 def test_url_table_is_bounded() -> None:
     table = url_table({"u": [f"https://h{i}.example/" for i in range(MAX_URLS + 50)]})
     assert len(table) == MAX_URLS
+
+
+def test_a_label_the_idna_tables_refuse_is_a_failure_never_another_host() -> None:
+    """Node accepts https://xn--ls8h.la/ (an emoji label); the idna package refuses it: a deny, not a guess."""
+    with pytest.raises(UrlError):
+        parse_url("https://xn--ls8h.la/")
+    assert url_table({"url": "https://xn--ls8h.la/"})["https://xn--ls8h.la/"]["host"] is None
