@@ -41,10 +41,25 @@ _TAB_OR_NEWLINE = str.maketrans("", "", "\t\n\r")
 _FORBIDDEN_HOST = frozenset("\x00\t\n\r #/:<>?@[\\]^|")
 _FORBIDDEN_DOMAIN = _FORBIDDEN_HOST | frozenset(chr(c) for c in range(0x20)) | {"%", "\x7f"}
 _HEX = frozenset("0123456789abcdefABCDEF")
+_SPECIAL_STOP = re.compile(r"[/?#\\]")
+_OPAQUE_STOP = re.compile(r"[/?#]")
+_FORBIDDEN_DOMAIN_RE = re.compile("[" + re.escape("".join(sorted(_FORBIDDEN_DOMAIN))) + "]")
 
 
 class UrlError(ValueError):
     """The URL Standard's parser would fail on this input."""
+
+
+class NoScheme(UrlError):
+    """Not an absolute URL at all (no ``scheme:`` at the start)."""
+
+
+def _clean(text: str) -> str:
+    """The parser's first steps: strip leading/trailing C0 controls and spaces, drop tabs and newlines."""
+    s = text.strip(_C0_OR_SPACE)
+    if "\t" in s or "\n" in s or "\r" in s:
+        s = s.translate(_TAB_OR_NEWLINE)
+    return s
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,10 +77,10 @@ class ParsedUrl:
 
 def parse_url(text: str) -> ParsedUrl:
     """Parse an absolute URL as WHATWG parsers do, far enough to know its host. Raises :class:`UrlError`."""
-    s = text.strip(_C0_OR_SPACE).translate(_TAB_OR_NEWLINE)
+    s = _clean(text)
     m = _SCHEME.match(s)
     if m is None:
-        raise UrlError("no scheme (not an absolute URL)")
+        raise NoScheme("no scheme (not an absolute URL)")
     scheme = m.group()[:-1].lower()
     rest = s[m.end() :]
     special = scheme in SPECIAL_SCHEMES
@@ -104,15 +119,14 @@ def _parse_file(rest: str) -> ParsedUrl:
 
 def _authority_end(rest: str, special: bool) -> int:
     """Index where the authority ends: the first ``/ ? #`` (and ``\\`` for special schemes)."""
-    stops = "/?#\\" if special else "/?#"
-    for i, ch in enumerate(rest):
-        if ch in stops:
-            return i
-    return len(rest)
+    m = (_SPECIAL_STOP if special else _OPAQUE_STOP).search(rest)
+    return m.start() if m else len(rest)
 
 
 def _split_port(host_port: str, scheme: str) -> tuple[str, int | None]:
     """Split ``host:port`` at the first colon outside brackets; the default port of the scheme is none."""
+    if "[" not in host_port and ":" not in host_port:
+        return host_port, None
     in_brackets = False
     for i, ch in enumerate(host_port):
         if ch == "[":
@@ -144,7 +158,7 @@ def parse_host(text: str, *, special: bool = True) -> str:
         return "".join(ch if 0x20 < ord(ch) < 0x7F else _percent_encode(ch) for ch in text)
     decoded = unquote_to_bytes(text).decode("utf-8", errors="replace")
     ascii_domain = _domain_to_ascii(decoded)
-    if any(ch in _FORBIDDEN_DOMAIN for ch in ascii_domain):
+    if _FORBIDDEN_DOMAIN_RE.search(ascii_domain):
         raise UrlError("forbidden domain code point")
     if _ends_in_number(ascii_domain):
         return _serialize_ipv4(_parse_ipv4(ascii_domain))
@@ -183,6 +197,8 @@ def _ends_in_number(domain: str) -> bool:
     last = parts[-1]
     if last and last.isascii() and last.isdigit():
         return True
+    if last[:2] not in ("0x", "0X"):
+        return False  # neither decimal nor hex: the IPv4 number parser would fail on it
     try:
         _parse_ipv4_number(last)
     except UrlError:
@@ -349,11 +365,11 @@ def url_table(arguments: Any) -> dict[str, dict[str, Any]]:
 
 
 def _entry(text: str) -> dict[str, Any] | None:
-    if _SCHEME.match(text.strip(_C0_OR_SPACE).translate(_TAB_OR_NEWLINE)) is None:
-        return None
     try:
         return parse_url(text).to_policy()
+    except NoScheme:
+        return None
     except UrlError as exc:
-        scheme = _SCHEME.match(text.strip(_C0_OR_SPACE).translate(_TAB_OR_NEWLINE))
+        scheme = _SCHEME.match(_clean(text))
         name = scheme.group()[:-1].lower() if scheme else None
         return {"scheme": name, "host": None, "port": None, "userinfo": False, "error": str(exc)}
