@@ -235,3 +235,26 @@ def test_approve_without_sha_takes_the_only_pending_definition(tmp_path: Path) -
     with pytest.raises(ApprovalRefused, match="no pending change"):
         store.approve("up", "t")
     store.close()
+
+
+def test_approve_cli_refuses_without_the_reviewed_hash_when_several_are_pending(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from mcp_guard.cli import main
+
+    cfg = tmp_path / "g.toml"
+    cfg.write_text(
+        f'[audit]\npath = "{tmp_path / "audit.db"}"\nstate_path = "{tmp_path / "state.db"}"\n\n'
+        '[upstreams.tickets]\ncommand = "true"\n'
+    )
+    store = PinStore(tmp_path / "state.db")
+    store.observe("tickets", "t", "a" * 64, {"v": 0})
+    store.observe("tickets", "t", "b" * 64, {"v": 1})  # reviewed
+    store.observe("tickets", "t", "c" * 64, {"v": 2})  # appeared after the review
+    store.close()
+    assert main(["tools", "approve", "tickets__t", "--config", str(cfg)]) == 1
+    err = capsys.readouterr().err
+    assert "2 pending definitions" in err and "bbbbbbbbbbbb" in err and "cccccccccccc" in err and "--sha" in err
+    assert main(["tools", "approve", "tickets__t", "--sha", "bbbbbbbbbbbb", "--config", str(cfg)]) == 0
+    assert "approved tickets__t: bbbbbbbbbbbb" in capsys.readouterr().out
+    assert [p.sha256 for p in PinStore(tmp_path / "state.db").pins()] == ["b" * 64]
