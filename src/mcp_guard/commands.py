@@ -71,7 +71,11 @@ def register(sub: Any) -> None:
     approve = tsub.add_parser("approve", help="approve the changed definition of a tool")
     add_config_arg(approve)
     approve.add_argument("tool", help="exposed tool name, e.g. tickets__delete_ticket")
-    approve.add_argument("--sha", help="approve only the pending definition whose sha256 starts with this")
+    approve.add_argument(
+        "--sha",
+        help="the pending definition you reviewed: at least 8 hex digits of its sha256 "
+        "(required when several are pending)",
+    )
     approve.set_defaults(func=_approve)
 
 

@@ -74,6 +74,11 @@ class ServerSettings(_Strict):
     # `mcp-guard run` writes its process id here while it serves (removed at exit; a file naming another
     # live process is a start-up error); `mcp-guard reload` signals that process. Relative to the config file.
     pid_file: str | None = None
+    # Slowloris bounds on the HTTP front: a connection must finish its request head within this many seconds
+    # of opening (or of its previous response); at most this many connections may be mid-head at once (one
+    # more closes the oldest).
+    http_head_timeout_s: Annotated[float, Field(gt=0)] = 10.0
+    http_max_pending_heads: Annotated[int, Field(gt=0)] = 64
 
     @field_validator("tool_separator")
     @classmethod
@@ -416,6 +421,10 @@ class UpstreamSettings(_Strict):
     startup_timeout_s: Annotated[float, Field(gt=0)] = 30.0
     enabled: bool = True
     pinning: Literal["enforce", "warn", "off"] = "enforce"
+    # A tool first seen after this upstream's first catalogue (list_changed, a restart): "review" = pending
+    # like a changed definition (hidden and denied under enforce until `tools approve`); "trust" = pinned on
+    # first use. The first catalogue after mcp-guard starts is always pinned on first use.
+    new_tools: Literal["review", "trust"] = "review"
     # false: expose this upstream's tools, prompts and resource URIs under their own names (at most one
     # upstream; for clients that need exact names). Namespaced names win any collision.
     namespace: bool = True

@@ -12,6 +12,8 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Literal
 
+from mcp_guard.urlhost import url_table
+
 __all__ = [
     "Action",
     "AuditEvent",
@@ -40,6 +42,7 @@ Action = Literal[
     "completion/complete",
     "resources/subscribe",
     "tools/result",  # a tools/call result, asked about by the result policy (mcp_guard.pipeline.result_policy)
+    "resources/unsubscribe",
 ]
 
 
@@ -261,6 +264,8 @@ class PolicyInput:
                 "time": self.time,
                 "secrets_seen": list(self.secrets_seen),
                 "usage": dict(self.usage),
+                # Every URL-looking string argument → its WHATWG parse (mcp_guard.urlhost): hosts for the policy.
+                "urls": url_table(self.arguments),
             },
         }
         if self.flow is not None:

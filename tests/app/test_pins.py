@@ -11,6 +11,7 @@ import pytest
 from guard_harness import client_of, make_settings, read_log, recorder_upstream, text_of, wait_for
 from mcp_guard.app import Guard
 from mcp_guard.pins import PinStore, scan_text
+from mcp_guard.pins.store import ApprovalRefused
 from mcp_guard.testing import FunctionEngine, RecordingSink, allow_all
 from mcp_guard.types import Decision, PolicyInput
 
@@ -155,3 +156,105 @@ def test_reading_pins_creates_no_state_file(tmp_path: Path, capsys: pytest.Captu
     assert main(["tools", "pins", "-c", str(cfg)]) == 0
     assert "0 pinned tool definitions" in capsys.readouterr().out
     assert sorted(p.name for p in tmp_path.iterdir()) == ["g.toml"]
+
+
+async def test_a_tool_that_appears_mid_session_waits_for_approval(tmp_path: Path) -> None:
+    """Trust on first use covers an upstream's first catalogue only: a tool added later is pending."""
+    log = tmp_path / "rec.log"
+    pins = PinStore(tmp_path / "state.db")
+    sink = RecordingSink()
+    async with _guard(make_settings({"rec": recorder_upstream(log)}), pins, sink).running() as guard:
+        assert not await guard.registry.wait_ready(20)
+        async with client_of(guard) as client:
+            await client.call_tool("rec__grow", {"name": "late"})
+            await wait_for(lambda: "tool.pin_changed" in sink.kinds())
+            ev = sink.of_kind("tool.pin_changed")[0]
+            assert ev.tool == "tool_late" and ev.details is not None and ev.details["new_tool"] is True
+            assert ev.details["old_sha256"] is None
+            assert "rec__tool_late" not in {t.name for t in (await client.list_tools()).tools}
+            r = await client.call_tool("rec__tool_late", {})
+            assert r.is_error and "tool_changed" in text_of(r) and "appeared after start-up" in text_of(r)
+            assert not [e for e in read_log(log) if e.get("name") == "tool_late"]
+            [pending] = pins.pending()
+            assert pending.approved is None and pending.tool == "tool_late"
+            other = PinStore(tmp_path / "state.db")
+            other.approve("rec", "tool_late", pending.sha256[:12])
+            other.close()
+            assert text_of(await client.call_tool("rec__tool_late", {})) == "tool_late"
+    pins.close()
+
+
+async def test_new_tools_trust_pins_mid_session_tools_on_first_use(tmp_path: Path) -> None:
+    pins = PinStore(tmp_path / "state.db")
+    sink = RecordingSink()
+    settings = make_settings({"rec": recorder_upstream() | {"new_tools": "trust"}})
+    async with _guard(settings, pins, sink).running() as guard:
+        assert not await guard.registry.wait_ready(20)
+        async with client_of(guard) as client:
+            await client.call_tool("rec__grow", {"name": "late"})
+            await wait_for(lambda: any(e.tool == "tool_late" for e in sink.of_kind("tool.pinned")))
+            assert text_of(await client.call_tool("rec__tool_late", {})) == "tool_late"
+    assert not pins.pending()
+    pins.close()
+
+
+def test_a_pending_new_tool_is_not_trusted_by_restarting(tmp_path: Path) -> None:
+    store = PinStore(tmp_path / "s.db")
+    first = store.observe("up", "late", "a" * 64, {"name": "late"}, trust_new=False)
+    assert first.changed and not first.pinned and first.approved_sha256 is None
+    # the next process sees it in the upstream's first catalogue: still pending, not pinned on first use
+    again = store.observe("up", "late", "a" * 64, {"name": "late"}, trust_new=True)
+    assert again.changed and not again.pinned
+    assert store.pins() == []
+    store.close()
+
+
+def test_approve_names_the_reviewed_hash(tmp_path: Path) -> None:
+    store = PinStore(tmp_path / "s.db")
+    store.observe("up", "t", "0" * 64, {"v": 0})
+    reviewed, newer = "1" * 64, "2" * 64
+    store.observe("up", "t", reviewed, {"v": 1})
+    store.observe("up", "t", newer, {"v": 2})
+    with pytest.raises(ApprovalRefused, match=r"2 pending definitions .*--sha"):
+        store.approve("up", "t")
+    with pytest.raises(ApprovalRefused, match="at least 8 hex digits"):
+        store.approve("up", "t", "1111")
+    with pytest.raises(ApprovalRefused, match="matches no pending"):
+        store.approve("up", "t", "3" * 12)
+    assert [p.sha256 for p in store.pins()] == ["0" * 64]  # nothing approved by a refusal
+    pin = store.approve("up", "t", reviewed[:12])
+    assert pin.sha256 == reviewed  # the reviewed one, not the newest
+    store.close()
+
+
+def test_approve_without_sha_takes_the_only_pending_definition(tmp_path: Path) -> None:
+    store = PinStore(tmp_path / "s.db")
+    store.observe("up", "t", "0" * 64, {"v": 0})
+    store.observe("up", "t", "1" * 64, {"v": 1})
+    assert store.approve("up", "t").sha256 == "1" * 64
+    with pytest.raises(ApprovalRefused, match="no pending change"):
+        store.approve("up", "t")
+    store.close()
+
+
+def test_approve_cli_refuses_without_the_reviewed_hash_when_several_are_pending(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from mcp_guard.cli import main
+
+    cfg = tmp_path / "g.toml"
+    cfg.write_text(
+        f'[audit]\npath = "{tmp_path / "audit.db"}"\nstate_path = "{tmp_path / "state.db"}"\n\n'
+        '[upstreams.tickets]\ncommand = "true"\n'
+    )
+    store = PinStore(tmp_path / "state.db")
+    store.observe("tickets", "t", "a" * 64, {"v": 0})
+    store.observe("tickets", "t", "b" * 64, {"v": 1})  # reviewed
+    store.observe("tickets", "t", "c" * 64, {"v": 2})  # appeared after the review
+    store.close()
+    assert main(["tools", "approve", "tickets__t", "--config", str(cfg)]) == 1
+    err = capsys.readouterr().err
+    assert "2 pending definitions" in err and "bbbbbbbbbbbb" in err and "cccccccccccc" in err and "--sha" in err
+    assert main(["tools", "approve", "tickets__t", "--sha", "bbbbbbbbbbbb", "--config", str(cfg)]) == 0
+    assert "approved tickets__t: bbbbbbbbbbbb" in capsys.readouterr().out
+    assert [p.sha256 for p in PinStore(tmp_path / "state.db").pins()] == ["b" * 64]

@@ -180,6 +180,23 @@ async def test_backend_appends_numbered_batches_and_chains_on_after_another_writ
     assert verify_file(db).ok
 
 
+async def test_three_backends_appending_at_once_share_one_chain_and_refuse_nothing(db: Path) -> None:
+    """Writers on one file in step: a stale head or an invalidated snapshot never fails a batch."""
+    appended: list[int] = []
+    async with open_sqlite(db) as a, open_sqlite(db) as b, open_sqlite(db) as c:
+
+        async def write(backend: SqliteBackend, base: int) -> None:
+            for i in range(60):
+                appended.append(await backend.append([_body(base + i)]))
+
+        async with anyio.create_task_group() as tg:
+            for n, backend in enumerate((a, b, c)):
+                tg.start_soon(write, backend, n * 1000)
+    assert sorted(appended) == list(range(1, 181))
+    assert [r["seq"] for r in rows(db)] == list(range(1, 181))
+    assert verify_file(db).ok
+
+
 async def test_backend_problem_is_the_inode_check(db: Path, tmp_path: Path) -> None:
     async with open_sqlite(db) as backend:
         assert backend.problem() is None

@@ -11,6 +11,7 @@ import pytest
 
 from mcp_guard.pins import PinBackend, PinStore, open_pins
 from mcp_guard.pins.postgres import PostgresPinStore
+from mcp_guard.pins.store import ApprovalRefused
 from mcp_guard.settings import parse_settings
 
 V1 = {"name": "echo", "description": "echo text", "inputSchema": {"type": "object"}}
@@ -77,19 +78,42 @@ def test_a_changed_definition_is_pending_once_until_approved(opener: Opener) -> 
     assert not store.observe("rec", "echo", "aaa1", V1).pinned  # the old definition is now the change
 
 
-def test_approve_by_hash_prefix_and_none_pending_is_a_key_error(opener: Opener) -> None:
+def test_an_approval_names_exactly_one_reviewed_definition_on_every_backend(opener: Opener) -> None:
+    """``tools approve`` approves what the operator reviewed: a hash prefix of 8+ hex digits matching exactly
+    one pending definition, or no hash when only one is pending — the same rule on SQLite and PostgreSQL."""
     store = opener()
-    store.observe("rec", "echo", "aaa1", V1)
-    store.observe("rec", "echo", "bbb2", V2)
-    store.observe("rec", "echo", "ccc3", V3)
-    with pytest.raises(KeyError, match="no pending change for rec/echo"):
-        store.approve("rec", "echo", "zzz")
-    assert store.approve("rec", "echo", "bb").sha256 == "bbb2"
+    a1, b2, b3 = "a1" * 32, "b2c3d4e5" + "0" * 56, "b2c3d4e5" + "f" * 56
+    store.observe("rec", "echo", a1, V1)
+    store.observe("rec", "echo", b2, V2)
+    store.observe("rec", "echo", b3, V3)
+    with pytest.raises(ApprovalRefused, match="name the one you reviewed with --sha"):
+        store.approve("rec", "echo")  # two pending: which one was reviewed?
+    with pytest.raises(ApprovalRefused, match="at least 8 hex digits"):
+        store.approve("rec", "echo", "b2c3")
+    with pytest.raises(ApprovalRefused, match="matches more than one"):
+        store.approve("rec", "echo", "b2c3d4e5")
+    with pytest.raises(ApprovalRefused, match="matches no"):
+        store.approve("rec", "echo", "deadbeef")
+    assert len(store.pending()) == 2, "a refused approval approves nothing"
+    assert store.approve("rec", "echo", "B2C3D4E5FFFF").sha256 == b3
     assert store.pending() == []  # approving clears every pending definition of the tool
-    with pytest.raises(KeyError):
+    with pytest.raises(KeyError, match="no pending change for rec/echo"):
         store.approve("rec", "echo")
     with pytest.raises(KeyError):
         store.approve("other", "tool")
+
+
+def test_a_tool_not_trusted_on_first_use_waits_until_approved_and_a_restart_does_not_trust_it(
+    opener: Opener,
+) -> None:
+    store = opener()
+    state = store.observe("rec", "late", "c" * 64, V1, trust_new=False)
+    assert (state.pinned, state.changed, state.approved_sha256, state.first_change) == (False, True, None, True)
+    # the next process (a restart) would trust a first sighting, but this tool is already awaiting review
+    assert not store.observe("rec", "late", "c" * 64, V1).pinned
+    assert [p.sha256 for p in store.pending()] == ["c" * 64]
+    store.approve("rec", "late")
+    assert store.observe("rec", "late", "c" * 64, V1).pinned
 
 
 def test_listings_are_ordered_by_server_then_tool(opener: Opener) -> None:

@@ -73,6 +73,16 @@ async def test_an_upstream_error_with_one_of_our_codes_is_re_coded_and_says_whos
     )
 
 
+@pytest.mark.parametrize(
+    "message",
+    ["mcp-guard: upstream down", "Denied by mcp-guard: policy", "\u200b MCP-GUARD: x", "\uff4d\uff43\uff50-guard: x"],
+)
+async def test_an_upstream_error_worded_like_ours_says_whose_it_is(message: str) -> None:
+    outcome = await _forward(MCPError.from_error_data(types.ErrorData(code=-32001, message=message)))
+    assert not is_guard_error(outcome) and outcome.error is not None
+    assert outcome.error.code == -32001 and outcome.error.message == f"upstream 'rec' answered: {message}"
+
+
 async def test_a_result_is_a_result() -> None:
     outcome = await _forward({"content": []})
     assert outcome == Outcome(result={"content": []}) and not is_guard_error(outcome)

@@ -60,6 +60,19 @@ def test_eval_deny_exit_1(tmp_path: Path, config: Path, capsys: pytest.CaptureFi
     assert rc == 1 and json.loads(out)["allow"] is False
 
 
+def test_eval_fills_in_url_hosts_the_way_the_proxy_does(
+    tmp_path: Path, config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An input written by hand has no context.urls: eval adds the WHATWG reading, as the proxy would."""
+    f = tmp_path / "in.json"
+    for url, allow in (("https://docs.python.org/3/", True), ("https://169.254.169.254\\.example.com/", False)):
+        f.write_text(json.dumps(doc("alice", "fetch", "fetch", {"readOnlyHint": True}, url=url)))
+        rc, out, _ = run(capsys, "policy", "eval", "-c", str(config), "-i", str(f))
+        result = json.loads(out)
+        assert result["allow"] is allow and rc == (0 if allow else 1), result
+    assert any("host '169.254.169.254'" in r for r in result["reasons"])
+
+
 def test_eval_reads_stdin(config: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(
         "sys.stdin", io.StringIO(json.dumps(doc("bob", "warehouse", "query", {"readOnlyHint": True}, sql="select 1")))

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import anyio
 import pytest
 
+from guard_harness import client_of, make_settings, running_guard, text_of
 from mcp_guard.upstream.stdio import STDERR_TAIL_LINES, StderrTail, minimal_environment, open_stdio_transport
 
 pytestmark = pytest.mark.anyio
@@ -53,3 +55,31 @@ async def test_one_tail_spans_restarts() -> None:
             with anyio.fail_after(20):
                 await exit_info.event.wait()
     assert list(tail) == ["first", "second"]
+
+
+ROGUE = str(Path(__file__).resolve().parents[1] / "fixtures" / "rogue.py")
+
+
+@pytest.mark.parametrize(
+    ("tool", "says"),
+    [
+        ("huge", "larger than 65536 bytes"),
+        ("truncated", "not valid JSON-RPC"),
+        ("deep", "not valid JSON-RPC"),
+    ],
+)
+async def test_an_oversized_or_malformed_answer_fails_its_call_at_once(tool: str, says: str) -> None:
+    """Not at the per-call timeout (300 s here): the deadline below is far shorter than that."""
+    rogue = {
+        "command": sys.executable,
+        "args": [ROGUE],
+        "env": {"ROGUE_HUGE_BYTES": str(1 << 20)},
+        "timeout_s": 300.0,
+        "max_response_bytes": 65536,
+    }
+    async with running_guard(make_settings({"rogue": rogue})) as guard, client_of(guard) as client:
+        with anyio.fail_after(60):
+            r = await client.call_tool(f"rogue__{tool}", {})
+            assert r.is_error and text_of(r).startswith("mcp-guard: ") and says in text_of(r), text_of(r)
+            assert "x" * 100 not in text_of(r) and "[[[[" not in text_of(r)  # the answer's text is withheld
+            assert text_of(await client.call_tool("rogue__ok", {"text": "still fine"})) == "still fine"

@@ -111,10 +111,15 @@ else := "none are configured for this server"
 # "urls": {"argument_names": [names], "schemes": ["https"], "allowed_hosts": {"<server glob>": [host globs]}}
 # A URL argument must be an absolute URL with an allowed scheme, no user@ part, and a host matching
 # one of the server's host globs ("*.example.com" matches any subdomain, not example.com itself).
+#
+# Hosts are never read from the text here: mcp-guard parses every URL-looking string argument the way
+# WHATWG URL parsers (browsers, Node's fetch) do and puts the result in input.context.urls
+# ({"<value>": {"scheme", "host", "port", "userinfo"[, "error"]}}; hosts lower-case, IPv4 dotted decimal,
+# IPv6 in brackets). A regular expression would read "https://169.254.169.254\.example.com/" as a
+# subdomain of example.com; the upstream's HTTP client reads 169.254.169.254. A URL argument with no entry
+# (an input built without mcp-guard) is denied.
 
 url_config := object.get(config, "urls", {})
-
-url_pattern := `^([a-zA-Z][a-zA-Z0-9+.-]*)://([^/?#]*)`
 
 allowed_hosts := {lower(h) | some h in server_values(object.get(url_config, "allowed_hosts", {})); is_string(h)}
 
@@ -122,46 +127,44 @@ allowed_schemes := {lower(s) | some s in object.get(url_config, "schemes", ["htt
 
 url_names := {lower(n) | some n in object.get(url_config, "argument_names", []); is_string(n)}
 
-# [name, value, [[match, scheme, authority]]] (no match: an empty list)
-url_arguments contains [name, value, regex.find_all_string_submatch_n(url_pattern, value, 1)] if {
+# [name, value, parse]: the parse is the proxy's entry for the value, or null when there is none.
+url_arguments contains [name, value, parsed_url(value)] if {
 	some [name, value] in string_arguments
 	name in url_names
 }
 
-url_problem contains [name, value, msg] if {
-	some [name, value, m] in url_arguments
-	count(m) == 0
-	msg := sprintf("'%s' is not an absolute URL (scheme://host/...)", [value])
-}
+parsed_url(value) := p if {
+	p := input.context.urls[value]
+	is_object(p)
+} else := null
 
 url_problem contains [name, value, msg] if {
-	some [name, value, m] in url_arguments
-	scheme := lower(m[0][1])
-	not scheme in allowed_schemes
-	msg := sprintf("scheme '%s' is not allowed (allowed: %s)", [scheme, concat(", ", sort(allowed_schemes))])
+	some [name, value, p] in url_arguments
+	msg := url_problem_of(value, p)
 }
 
-url_problem contains [name, value, msg] if {
-	some [name, value, m] in url_arguments
-	msg := authority_problem(lower(m[0][2]))
-}
-
-authority_problem(authority) := "URLs with credentials (user@host) are not allowed" if {
-	contains(authority, "@")
+# The first problem of one URL; undefined when the URL is acceptable.
+url_problem_of(value, p) := sprintf("'%s' is not an absolute URL (scheme://host/...)", [value]) if {
+	not is_object(p)
+} else := sprintf("'%s' is not a valid URL: %s", [value, p.error]) if {
+	is_string(p.error)
 } else := msg if {
-	host := url_host(authority)
-	not host_allowed(host)
-	msg := sprintf("host '%s' is not in the allowlist for server '%s'", [host, server])
+	scheme := object.get(p, "scheme", "")
+	not scheme in allowed_schemes
+	msg := sprintf("scheme '%v' is not allowed (allowed: %s)", [scheme, concat(", ", sort(allowed_schemes))])
+} else := "URLs with credentials (user@host) are not allowed" if {
+	object.get(p, "userinfo", true) != false
+} else := sprintf("'%s' has no host", [value]) if {
+	not url_host_of(p)
+} else := msg if {
+	not host_allowed(p.host)
+	msg := sprintf("host '%s' is not in the allowlist for server '%s'", [p.host, server])
 }
 
-# The host of an authority, without the port; an IPv6 literal keeps its brackets.
-url_host(authority) := h if {
-	startswith(authority, "[")
-	parts := split(authority, "]")
-	h := concat("", [parts[0], "]"])
-} else := h if {
-	parts := split(authority, ":")
-	h := parts[0]
+# The parsed host of a URL entry, when it has a non-empty one.
+url_host_of(p) := p.host if {
+	is_string(p.host)
+	p.host != ""
 }
 
 host_allowed(host) if host in allowed_hosts

@@ -85,33 +85,51 @@ test_git_repo_path_confined if {
 
 fetch(principal, url) := request("tools/call", principal, [], "fetch", "fetch", {"url": url}, {"readOnlyHint": true})
 
+# A fetch call with the URL's parse in context.urls.
+fetch_parsed(url, parse) := with_urls(fetch("alice", url), {url: parse})
+
 test_url_allowlisted_host if {
-	allowed(fetch("alice", "https://docs.python.org/3/library/json.html"))
-	allowed(fetch("alice", "https://en.wikipedia.org/wiki/Rego"))
-	allowed(fetch("alice", "https://EXAMPLE.com:443/x?y=1#z"))
+	allowed(fetch_parsed("https://docs.python.org/3/library/json.html", https_at("docs.python.org")))
+	allowed(fetch_parsed("https://en.wikipedia.org/wiki/Rego", https_at("en.wikipedia.org")))
+	allowed(fetch_parsed("https://EXAMPLE.com:443/x?y=1#z", https_at("example.com")))
 }
 
 test_url_host_not_allowlisted if {
-	denied_with(fetch("alice", "https://evil.example.net/"), "host 'evil.example.net' is not in the allowlist for server 'fetch'")
-	denied_with(fetch("alice", "https://example.com.evil.net/"), "host 'example.com.evil.net'")
-	denied_with(fetch("alice", "https://169.254.169.254/latest/meta-data"), "host '169.254.169.254'")
-	denied_with(fetch("alice", "https://[::1]:8080/"), "host '[::1]'")
+	denied_with(fetch_parsed("https://evil.example.net/", https_at("evil.example.net")), "host 'evil.example.net' is not in the allowlist for server 'fetch'")
+	denied_with(fetch_parsed("https://example.com.evil.net/", https_at("example.com.evil.net")), "host 'example.com.evil.net'")
+	denied_with(fetch_parsed("https://169.254.169.254/latest/meta-data", https_at("169.254.169.254")), "host '169.254.169.254'")
+	denied_with(fetch_parsed("https://[::1]:8080/", https_at("[::1]")), "host '[::1]'")
+}
+
+# The host is the parser's, never the text's: a WHATWG parser reads this as 169.254.169.254.
+test_url_host_is_read_from_the_parse_not_the_text if {
+	url := "https://169.254.169.254\\.example.com/"
+	denied_with(fetch_parsed(url, https_at("169.254.169.254")), "host '169.254.169.254'")
+	denied_with(fetch_parsed("https://0x7f.1/", https_at("127.0.0.1")), "host '127.0.0.1'")
 }
 
 test_url_scheme_must_be_https if {
-	denied_with(fetch("alice", "http://docs.python.org/"), "scheme 'http' is not allowed (allowed: https)")
-	denied_with(fetch("alice", "file:///etc/passwd"), "scheme 'file' is not allowed")
+	denied_with(fetch_parsed("http://docs.python.org/", url_parse("http", "docs.python.org", false)), "scheme 'http' is not allowed (allowed: https)")
+	denied_with(fetch_parsed("file:///etc/passwd", url_parse("file", "", false)), "scheme 'file' is not allowed")
 }
 
 test_url_credentials_denied if {
-	denied_with(fetch("alice", "https://user:pw@docs.python.org/"), "URLs with credentials")
-	denied_with(fetch("alice", "https://docs.python.org@evil.net/"), "URLs with credentials")
+	denied_with(fetch_parsed("https://user:pw@docs.python.org/", url_parse("https", "docs.python.org", true)), "URLs with credentials")
+	denied_with(fetch_parsed("https://docs.python.org@evil.net/", url_parse("https", "evil.net", true)), "URLs with credentials")
 }
 
 test_url_must_be_absolute if {
 	denied_with(fetch("alice", "//evil.net/x"), "is not an absolute URL")
-	denied_with(fetch("alice", " https://docs.python.org/"), "is not an absolute URL")
 	denied_with(fetch("alice", "docs.python.org"), "is not an absolute URL")
+	# a URL the proxy did not parse (an input built by hand) is never trusted
+	denied_with(fetch("alice", "https://docs.python.org/"), "is not an absolute URL")
+}
+
+test_url_parse_failures_and_missing_hosts_are_denied if {
+	bad := object.union(url_parse("https", null, false), {"error": "IPv4 address out of range"})
+	denied_with(fetch_parsed("https://256.1.1.1/", bad), "is not a valid URL: IPv4 address out of range")
+	denied_with(fetch_parsed("https:///", url_parse("https", "", false)), "has no host")
+	denied_with(fetch_parsed("https://x/", {"scheme": "https", "host": "docs.python.org"}), "URLs with credentials")
 }
 
 test_url_rules_apply_to_url_named_arguments_only if {

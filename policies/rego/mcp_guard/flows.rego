@@ -99,12 +99,14 @@ egress_exempt(rule) if {
 	}
 }
 
-url_host_exempt(m, hosts) if {
-	count(m) > 0
-	authority := lower(m[0][2])
-	not contains(authority, "@")
-	glob_any(hosts, url_host(authority))
+url_host_exempt(p, hosts) if {
+	is_object(p)
+	not url_failed(p)
+	object.get(p, "userinfo", true) == false
+	glob_any(hosts, url_host_of(p))
 }
+
+url_failed(p) if is_string(p.error)
 
 # ---------------------------------------------------------------- the trifecta rule
 

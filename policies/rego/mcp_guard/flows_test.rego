@@ -18,7 +18,8 @@ origin_of("private") := private_origin
 
 origin_of("untrusted") := untrusted_origin
 
-fetch_call(url) := call_ro("alice", "fetch", "fetch", {"url": url})
+# A fetch call whose URL's parse (context.urls) names host.
+fetch_call(url, host) := with_urls(call_ro("alice", "fetch", "fetch", {"url": url}), {url: https_at(host)})
 
 # local-agent (developer) may use every tool of "everything"; annotated openWorldHint it is an egress sink.
 post_call := request("tools/call", "local-agent", [], "everything", "echo", {"message": "hi"}, {"openWorldHint": true})
@@ -37,7 +38,7 @@ test_reading_tickets_labels_the_flow_private if {
 }
 
 test_fetching_labels_the_flow_untrusted if {
-	labels_of(fetch_call("https://example.com/page")) == ["untrusted"]
+	labels_of(fetch_call("https://example.com/page", "example.com")) == ["untrusted"]
 }
 
 test_open_world_tools_are_untrusted_input if {
@@ -69,9 +70,9 @@ test_labels_are_the_union_of_matching_rules if {
 
 test_annotation_rules_need_every_named_hint if {
 	rules := [{"tools": ["*"], "annotations": {"readOnlyHint": true, "openWorldHint": true}, "labels": ["untrusted"]}]
-	open_world := request("tools/call", "alice", [], "fetch", "fetch", {"url": "https://example.com/"}, {"readOnlyHint": true, "openWorldHint": true})
+	open_world := with_urls(request("tools/call", "alice", [], "fetch", "fetch", {"url": "https://example.com/"}, {"readOnlyHint": true, "openWorldHint": true}), {"https://example.com/": https_at("example.com")})
 	labels_of(open_world) == ["untrusted"] with data.mcp_guard_config.flows.labels as rules
-	d := decision with input as fetch_call("https://example.com/") with data.mcp_guard_config.flows.labels as rules
+	d := decision with input as fetch_call("https://example.com/", "example.com") with data.mcp_guard_config.flows.labels as rules
 	not d.obligations.labels # readOnlyHint only
 }
 
@@ -87,7 +88,7 @@ test_a_malformed_label_rule_is_an_invalid_obligation_not_silence if {
 # ---------------------------------------------------------------- egress sinks
 
 test_fetch_and_open_world_tools_are_egress_sinks if {
-	flow_egress with input as fetch_call("https://example.com/")
+	flow_egress with input as fetch_call("https://example.com/", "example.com")
 	flow_egress with input as post_call
 	not flow_egress with input as call_ro("alice", "tickets", "get_ticket", {"id": 1})
 	not flow_egress with input as request("tools/list", "local-agent", [], "everything", "echo", {}, {"openWorldHint": true})
@@ -95,11 +96,15 @@ test_fetch_and_open_world_tools_are_egress_sinks if {
 
 test_except_hosts_exempts_calls_whose_every_url_goes_there if {
 	egress := [{"server": "fetch", "tools": ["fetch"], "except_hosts": ["docs.internal", "*.corp.example"]}]
-	not flow_egress with input as fetch_call("https://docs.internal/a?q=1") with data.mcp_guard_config.flows.egress as egress
-	not flow_egress with input as fetch_call("https://wiki.corp.example/") with data.mcp_guard_config.flows.egress as egress
-	flow_egress with input as fetch_call("https://example.com/") with data.mcp_guard_config.flows.egress as egress
-	flow_egress with input as fetch_call("https://user@docs.internal/") with data.mcp_guard_config.flows.egress as egress
-	two := call_ro("alice", "fetch", "fetch", {"url": "https://docs.internal/", "href": "https://example.com/"})
+	not flow_egress with input as fetch_call("https://docs.internal/a?q=1", "docs.internal") with data.mcp_guard_config.flows.egress as egress
+	not flow_egress with input as fetch_call("https://wiki.corp.example/", "wiki.corp.example") with data.mcp_guard_config.flows.egress as egress
+	flow_egress with input as fetch_call("https://example.com/", "example.com") with data.mcp_guard_config.flows.egress as egress
+	flow_egress with input as with_urls(call_ro("alice", "fetch", "fetch", {"url": "https://user@docs.internal/"}), {"https://user@docs.internal/": url_parse("https", "docs.internal", true)}) with data.mcp_guard_config.flows.egress as egress
+	two := with_urls(call_ro("alice", "fetch", "fetch", {"url": "https://docs.internal/", "href": "https://example.com/"}), {"https://docs.internal/": https_at("docs.internal"), "https://example.com/": https_at("example.com")})
+	backslash := "https://evil.net\\.wiki.corp.example/"
+	flow_egress with input as fetch_call(backslash, "evil.net") with data.mcp_guard_config.flows.egress as egress
+	unparsed := call_ro("alice", "fetch", "fetch", {"url": "https://docs.internal/"})
+	flow_egress with input as unparsed with data.mcp_guard_config.flows.egress as egress
 	flow_egress with input as two with data.mcp_guard_config.flows.egress as egress
 	no_url := call_ro("alice", "fetch", "fetch", {"q": "x"})
 	flow_egress with input as no_url with data.mcp_guard_config.flows.egress as egress
@@ -115,7 +120,7 @@ test_egress_after_private_and_untrusted_is_denied_naming_the_tainting_decisions 
 	contains(r, "everything__echo is an egress sink")
 	contains(r, "'private' (decision d-private-1: tickets get_ticket)")
 	contains(r, "'untrusted' (decision d-untrusted-2: fetch fetch)")
-	denied_with(in_flow(fetch_call("https://example.com/"), ["private", "untrusted"]), "d-private-1")
+	denied_with(in_flow(fetch_call("https://example.com/", "example.com"), ["private", "untrusted"]), "d-private-1")
 }
 
 test_one_leg_of_the_trifecta_is_not_enough if {

@@ -73,3 +73,10 @@ test_granted_secrets_only_from_matching_grants if {
 	granted_secrets == {"tickets_token"} with input as call_ro("bob", "tickets", "get_ticket", {})
 	count(granted_secrets) == 0 with input as call_ro("bob", "warehouse", "query", {"sql": "select 1"})
 }
+
+# resources/unsubscribe reaches an upstream (mcp-guard forwards it when the last subscriber leaves): it is
+# decided like the read and the subscribe it undoes.
+test_unsubscribe_is_granted_like_a_read if {
+	allowed(request("resources/unsubscribe", "alice", [], "tickets", "ticket://recent", {}, {}))
+	denied_with(request("resources/unsubscribe", "alice", [], "warehouse", "warehouse://schema", {}, {}), "warehouse warehouse://schema")
+}

@@ -32,3 +32,11 @@ denied_with(inp, fragment) if {
 	some r in d.reasons
 	contains(r, fragment)
 }
+
+# input.context.urls as mcp-guard fills it (mcp_guard.urlhost, held to WHATWG by a corpus checked against Node),
+# written out by hand for the URLs a test uses.
+with_urls(inp, urls) := object.union(inp, {"context": object.union(inp.context, {"urls": urls})})
+
+url_parse(scheme, host, userinfo) := {"scheme": scheme, "host": host, "port": null, "userinfo": userinfo}
+
+https_at(host) := url_parse("https", host, false)

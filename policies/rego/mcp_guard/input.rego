@@ -49,6 +49,7 @@ action_kinds := {
 	"resources/list": "resources",
 	"resources/templates/list": "resources",
 	"resources/subscribe": "resources",
+	"resources/unsubscribe": "resources",
 	"prompts/get": "prompts",
 	"prompts/list": "prompts",
 	"completion/complete": "prompts",

@@ -8,10 +8,11 @@ Writing (:func:`open_sqlite`, the :class:`~mcp_guard.audit.backend.AuditBackend`
   second connection every ``checkpoint_interval``, so the writer never waits for one.
 * **The chain head** is read when the file opens and then kept in memory. Rows carry explicit
   ``seq`` values, so if another process appended to the file meanwhile, the INSERT collides with its
-  rows (SQLite lets one writer at a time hold the file, so the collision is the only way to learn of
-  it): the backend rolls back, re-reads the head and chains on from there instead of forking the
-  chain. (Rows deleted from the end behind the writer's back leave a gap that ``audit verify``
-  reports.)
+  rows (or fails SQLITE_BUSY: the other commit invalidated its read snapshot) — the only ways to learn
+  of another writer. From then on the backend is *shared*: each batch runs ``BEGIN IMMEDIATE`` (the
+  file's write lock, waited for up to ``busy_timeout``), reads the head inside that transaction, chains
+  and inserts, and commits — so several processes append one chain, none refused. (Rows deleted from
+  the end behind the writer's back leave a gap that ``audit verify`` reports.)
 * **One statement per batch.** A batch of a power-of-two size is one multi-row INSERT, which in
   autocommit mode is its own transaction: one trip to the SQLite thread per batch.
 * **The inode check.** SQLite keeps writing into a file that was unlinked from under it, so
@@ -79,6 +80,14 @@ def _file_id(path: Path) -> tuple[int, int]:
     return (st.st_dev, st.st_ino)
 
 
+def _is_busy(e: sqlite3.OperationalError) -> bool:
+    """SQLITE_BUSY / SQLITE_LOCKED: another connection holds or changed the file (not a broken file)."""
+    code = getattr(e, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in (5, 6)  # SQLITE_BUSY (incl. BUSY_SNAPSHOT), SQLITE_LOCKED
+    return "locked" in str(e) or "busy" in str(e)
+
+
 async def _read_head(db: aiosqlite.Connection) -> ChainHead:
     rows = list(await db.execute_fetchall(_HEAD))
     return ChainHead(int(rows[0][0]), str(rows[0][1])) if rows else GENESIS
@@ -94,6 +103,9 @@ class SqliteBackend:
         self._db = db
         self.path = path
         self._head = head  # the newest committed row, as far as this connection knows
+        # True once another process was seen writing this file: then every batch takes the write lock
+        # first and reads the head inside its transaction (_insert_locked).
+        self._shared = False
         self._file_id = _file_id(path)
         self.appended = 0  # rows committed through this backend (paces the checkpointer)
         self.checkpoints = 0
@@ -110,18 +122,41 @@ class SqliteBackend:
 
     async def append(self, batch: Sequence[RowBody]) -> int:
         try:
-            try:
-                return await self._insert(batch)
-            except sqlite3.IntegrityError:
-                # Our idea of the chain head is stale: another process appended to this file. Continue
-                # the chain from the real head rather than fork it (once; twice means something else).
-                await self._rollback()
-                log.warning("audit.foreign_writer", path=str(self.path), head_seq=self._head.seq)
-                self._head = await _read_head(self._db)
-                return await self._insert(batch)
+            if not self._shared:
+                try:
+                    return await self._insert(batch)
+                except (sqlite3.IntegrityError, sqlite3.OperationalError) as e:
+                    if isinstance(e, sqlite3.OperationalError) and not _is_busy(e):
+                        raise
+                    # Another process appends to this file: our head is stale (IntegrityError on seq), or
+                    # its commit invalidated our read snapshot (SQLITE_BUSY). From now on every batch is
+                    # chained under the file's write lock.
+                    await self._rollback()
+                    self._shared = True
+                    log.warning("audit.foreign_writer", path=str(self.path), head_seq=self._head.seq)
+            return await self._insert_locked(batch)
         except (sqlite3.Error, OSError, ValueError) as e:  # ValueError: aiosqlite "Connection closed"
             await self._rollback()
             raise AuditError(f"{self.path}: audit write failed: {e}") from None
+
+    async def _insert_locked(self, batch: Sequence[RowBody]) -> int:
+        """The several-writers path: ``BEGIN IMMEDIATE`` takes the file's write lock (waiting up to
+        ``busy_timeout`` for another process's transaction), the head is read inside the transaction, and
+        the batch is numbered, chained and inserted before ``COMMIT`` lets the next writer in."""
+        await self._db.execute("BEGIN IMMEDIATE")
+        self._head = await _read_head(self._db)
+        rows, head = chain_rows(self._head, batch)
+        first = self._head.seq + 1
+        start = 0
+        while start < len(rows):
+            size = min(1 << ((len(rows) - start).bit_length() - 1), _MAX_CHUNK)
+            chunk = rows[start : start + size]
+            await self._db.execute(_insert_sql(size), [v for row in chunk for v in row])
+            start += size
+        await self._db.execute("COMMIT")
+        self._head = head
+        self.appended += len(rows)
+        return first
 
     def problem(self) -> str | None:
         """None if ``path`` still names the file that was opened; else what happened to it."""

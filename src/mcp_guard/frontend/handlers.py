@@ -368,16 +368,32 @@ class Handlers:
     async def unsubscribe(
         self, ctx: ServerRequestContext[Any, Any], params: types.UnsubscribeRequestParams
     ) -> types.EmptyResult:
+        """The session stops getting updates at once. The upstream is told only when this session held the
+        subscription (its subscribe was decided) and no other session still does — and then as a
+        ``resources/unsubscribe`` call through the pipeline: decided and audited like every request that
+        reaches an upstream. A deny leaves the upstream subscribed (its updates reach no one)."""
         sess = self._session(ctx)
-        sess.subscriptions.discard(params.uri)
         server, local = self._route_uri(params.uri)
-        still_wanted = any(params.uri in s.subscriptions for s in self.sessions.live.values())
-        conn = self.registry.connection(server)
-        if not still_wanted and conn is not None and conn.state == "ready":
-            try:
-                await conn.request(types.UnsubscribeRequest(params=types.UnsubscribeRequestParams(uri=local)))
-            except Exception as e:
-                log.info("upstream.unsubscribe_failed", upstream=server, uri=local, error=str(e))
+        held = params.uri in sess.subscriptions
+        sess.subscriptions.discard(params.uri)
+        if not held or any(params.uri in s.subscriptions for s in self.sessions.live.values()):
+            return types.EmptyResult()
+        request = types.UnsubscribeRequest(params=types.UnsubscribeRequestParams(uri=local))
+        call = self._context(
+            ctx,
+            sess,
+            action="resources/unsubscribe",
+            server=server,
+            target=local,
+            exposed=params.uri,
+            arguments={"uri": local},
+            request=request,
+        )
+        outcome = await self._run(call)
+        if outcome.denial is not None:
+            log.info("upstream.unsubscribe_denied", upstream=server, uri=local, reasons=list(outcome.denial.reasons))
+        elif outcome.error is not None:
+            log.info("upstream.unsubscribe_failed", upstream=server, uri=local, error=outcome.error.message)
         return types.EmptyResult()
 
     # ------------------------------------------------------------------ prompts
@@ -443,14 +459,11 @@ class Handlers:
     async def set_logging_level(
         self, ctx: ServerRequestContext[Any, Any], params: types.SetLevelRequestParams
     ) -> types.EmptyResult:
-        self._session(ctx)
-        for conn in self.registry.connections.values():
-            caps = conn.catalog.capabilities
-            if conn.state == "ready" and caps is not None and caps.logging is not None:
-                try:
-                    await conn.request(types.SetLevelRequest(params=types.SetLevelRequestParams(level=params.level)))
-                except Exception as e:
-                    log.info("upstream.set_level_failed", upstream=conn.name, error=str(e))
+        """Kept for this session only: upstreams are shared by every session and principal, so one client's
+        level is not theirs to change. Log messages relayed to this session below the level are dropped
+        (:class:`~mcp_guard.frontend.sessions.RequestChannel`); no upstream is contacted, so there is nothing
+        to decide or record."""
+        self._session(ctx).log_level = params.level
         return types.EmptyResult()
 
 

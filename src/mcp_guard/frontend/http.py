@@ -2,7 +2,9 @@
 
 Host and Origin checks stay on whatever the bind address: the allowed values are the loopback names on
 the configured port plus ``[server] allowed_hosts`` / ``allowed_origins``. Request bodies are capped at
-``[server] max_request_bytes``; idle sessions close after ``session_idle_timeout_s``. ``/healthz``,
+``[server] max_request_bytes``; idle sessions close after ``session_idle_timeout_s``; a request head must
+arrive within ``http_head_timeout_s`` and at most ``http_max_pending_heads`` connections may be mid-head
+(:mod:`mcp_guard.frontend.slowloris`). ``/healthz``,
 ``/readyz`` and ``/metrics`` are answered in front of all that (:mod:`mcp_guard.frontend.ops`).
 
 The front is handed what it serves as an :class:`HttpFront` (the composition root builds one): it knows
@@ -30,6 +32,7 @@ from mcp_guard.frontend.admin import AdminApi
 from mcp_guard.frontend.auth import BearerAuth, KeyRing, OnReject
 from mcp_guard.frontend.oauth import ResourceServer
 from mcp_guard.frontend.ops import OpsSources, with_ops_routes
+from mcp_guard.frontend.slowloris import HeadLimits, guarded_h11
 from mcp_guard.settings import ServerSettings
 
 __all__ = ["HttpFront", "bind_socket", "build_http_app", "http_served", "serve_http"]
@@ -147,15 +150,15 @@ async def serve_http(
     if sock is None:
         sock = bind_socket(host, port)
     app = build_http_app(front)
-    # http="h11" whatever else is installed: httptools keeps trailing spaces in header values, which breaks
-    # the protocol's Mcp-Name header validation.
+    # h11 whatever else is installed (httptools keeps trailing spaces in header values, which breaks the
+    # protocol's Mcp-Name header validation), with head timeouts and a cap on half-open connections.
     config = uvicorn.Config(
         app,
         host=host,
         port=port,
         log_level="warning",
         access_log=False,
-        http="h11",
+        http=guarded_h11(HeadLimits(front.settings.http_head_timeout_s, front.settings.http_max_pending_heads)),
         h11_max_incomplete_event_size=MAX_HEAD_BYTES,
         lifespan="on",
         timeout_graceful_shutdown=2,

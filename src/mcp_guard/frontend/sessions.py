@@ -34,6 +34,11 @@ from mcp_guard.frontend.auth import principal_for
 from mcp_guard.settings import Settings
 from mcp_guard.types import Principal, SessionInfo, new_id
 
+# logging/setLevel's levels, least severe first (RFC 5424 order, as MCP names them).
+LOG_LEVELS: tuple[types.LoggingLevel, ...] = (
+    "debug", "info", "notice", "warning", "error", "critical", "alert", "emergency",
+)  # fmt: skip
+
 __all__ = ["DownstreamSession", "RequestChannel", "RequestScopedChannel", "SessionTable", "principal_for"]
 
 log = structlog.get_logger("mcp_guard.frontend")
@@ -55,6 +60,8 @@ class DownstreamSession:
     modern: bool
     calls: int = 0
     subscriptions: set[str] = field(default_factory=set)  # exposed resource URIs
+    # logging/setLevel: relayed upstream log messages below it are dropped for this session (None: all pass).
+    log_level: types.LoggingLevel | None = None
 
     @property
     def id(self) -> str:
@@ -138,7 +145,14 @@ class RequestScopedChannel(ABC):
     def _carrier(self) -> ServerRequestContext[Any, Any] | None:
         """The client request that carries log and progress now (None: there is none)."""
 
+    def _log_level(self) -> types.LoggingLevel | None:
+        """The least severe level the client asked for (logging/setLevel); None: every message."""
+        return None
+
     async def notify_log(self, params: types.LoggingMessageNotificationParams) -> None:
+        wanted = self._log_level()
+        if wanted is not None and LOG_LEVELS.index(params.level) < LOG_LEVELS.index(wanted):
+            return
         ctx = self._carrier()
         if ctx is None:  # a bridged call between rounds: no client request to carry it
             log_locally(params, call=self.channel_id)
@@ -166,6 +180,7 @@ class RequestChannel(RequestScopedChannel):
         self.channel_id = session.id
         self.principal_id = session.principal.id
         self._modern = session.modern
+        self._session = session
         self._ctx = ctx
         self._timeout_s = timeout_s
 
@@ -175,6 +190,9 @@ class RequestChannel(RequestScopedChannel):
 
     def _carrier(self) -> ServerRequestContext[Any, Any] | None:
         return self._ctx
+
+    def _log_level(self) -> types.LoggingLevel | None:
+        return self._session.log_level
 
     async def request(self, method: ClientMethod, params: dict[str, Any]) -> dict[str, Any] | types.ErrorData:
         session = self._ctx.session

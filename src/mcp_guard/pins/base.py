@@ -20,9 +20,12 @@ __all__ = ["PinBackend"]
 class PinBackend(Protocol):
     """Approved tool definitions and pending changes (see :mod:`mcp_guard.pins.store` for the semantics)."""
 
-    def observe(self, server: str, tool: str, sha256: str, definition: dict[str, Any]) -> PinState:
-        """Pin a first sighting (trust on first use), or say whether ``sha256`` is the approved definition;
-        a different one is recorded as pending."""
+    def observe(
+        self, server: str, tool: str, sha256: str, definition: dict[str, Any], *, trust_new: bool = True
+    ) -> PinState:
+        """Pin a first sighting (trust on first use) when ``trust_new`` and no definition of the tool is already
+        pending, or say whether ``sha256`` is the approved definition; a different one — or a first sighting
+        not trusted — is recorded as pending."""
         ...
 
     def approve(self, server: str, tool: str, sha256: str | None = None, *, by: str = "operator") -> Pin:

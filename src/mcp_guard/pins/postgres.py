@@ -29,7 +29,7 @@ from typing import Any
 import psycopg
 
 from mcp_guard.audit.postgres import connect_args, redact_dsn
-from mcp_guard.pins.store import PendingChange, Pin, PinState
+from mcp_guard.pins.store import PendingChange, Pin, PinState, reviewed
 from mcp_guard.types import utc_now
 
 __all__ = ["PostgresPinStore"]
@@ -99,12 +99,26 @@ class PostgresPinStore:
         if conn is not None:
             conn.close()
 
-    def observe(self, server: str, tool: str, sha256: str, definition: dict[str, Any]) -> PinState:
+    def observe(
+        self, server: str, tool: str, sha256: str, definition: dict[str, Any], *, trust_new: bool = True
+    ) -> PinState:
         conn = self._connection()
         text = _canonical(definition)
-        if conn.execute(_PIN_FIRST, (server, tool, sha256, text, utc_now())).fetchone() is not None:
-            return PinState(pinned=True, changed=False, approved_sha256=sha256, new=True)
         row = conn.execute("SELECT sha256 FROM tool_pins WHERE server = %s AND tool = %s", (server, tool)).fetchone()
+        if row is None and trust_new:
+            # A tool already awaiting review (seen mid-session earlier, on any replica) is not trusted by a restart.
+            pending = conn.execute("SELECT 1 FROM tool_pending WHERE server = %s AND tool = %s", (server, tool))
+            trust_new = pending.fetchone() is None
+        if row is None and not trust_new:
+            cur = conn.execute(_ADD_PENDING, (server, tool, sha256, text, utc_now()))
+            return PinState(pinned=False, changed=True, approved_sha256=None, first_change=cur.rowcount == 1)
+        if row is None:
+            if conn.execute(_PIN_FIRST, (server, tool, sha256, text, utc_now())).fetchone() is not None:
+                return PinState(pinned=True, changed=False, approved_sha256=sha256, new=True)
+            # another replica pinned it between the read and here: it won the race
+            row = conn.execute(
+                "SELECT sha256 FROM tool_pins WHERE server = %s AND tool = %s", (server, tool)
+            ).fetchone()
         approved = str(row[0]) if row else None
         if approved is None or approved == sha256:  # (None: an approval replaced the row meanwhile — never deleted)
             return PinState(pinned=True, changed=False, approved_sha256=approved or sha256)
@@ -113,15 +127,13 @@ class PostgresPinStore:
 
     def approve(self, server: str, tool: str, sha256: str | None = None, *, by: str = "operator") -> Pin:
         conn = self._connection()
-        query = "SELECT sha256, definition FROM tool_pending WHERE server = %s AND tool = %s"
-        args: tuple[str, ...] = (server, tool)
-        if sha256:
-            query += " AND starts_with(sha256, %s)"
-            args += (sha256,)
         with conn.transaction():
-            row = conn.execute(query + " ORDER BY first_seen DESC LIMIT 1 FOR UPDATE", args).fetchone()
-            if row is None:
-                raise KeyError(f"no pending change for {server}/{tool}")
+            rows = conn.execute(
+                "SELECT sha256, definition FROM tool_pending WHERE server = %s AND tool = %s "
+                "ORDER BY first_seen FOR UPDATE",
+                (server, tool),
+            ).fetchall()
+            row = reviewed(server, tool, [(str(r[0]), str(r[1])) for r in rows], sha256)
             now = utc_now()
             conn.execute(_APPROVE, (server, tool, row[0], row[1], now, by))
             conn.execute("DELETE FROM tool_pending WHERE server = %s AND tool = %s", (server, tool))

@@ -1,8 +1,9 @@
 """The pin store: the approved definition of every upstream tool, and definitions awaiting approval.
 
 Kept in its own SQLite file (``[audit] state_path``, beside the audit database) so the audit log stays
-append-only. The first time a tool is seen its definition hash is pinned (trust on first use). A later
-definition with another hash is recorded as *pending*: the tool is hidden and its calls denied with
+append-only. The first time a tool is seen in an upstream's first catalogue its definition hash is pinned
+(trust on first use); a tool that appears later is recorded as *pending* unless ``new_tools = "trust"``.
+A later definition with another hash is recorded as *pending* too: the tool is hidden and its calls denied with
 ``tool_changed`` (``pinning = "enforce"``) until an operator runs ``mcp-guard tools approve``.
 
 Operations are small synchronous SQLite statements: they run when an upstream's catalogue changes and
@@ -20,7 +21,37 @@ from typing import Any
 
 from mcp_guard.types import utc_now
 
-__all__ = ["PendingChange", "Pin", "PinState", "PinStore"]
+__all__ = ["MIN_SHA_PREFIX", "ApprovalRefused", "PendingChange", "Pin", "PinState", "PinStore", "reviewed"]
+
+MIN_SHA_PREFIX = 8  # hex digits of a sha256 an approval must name (``tools pins`` shows 12)
+
+
+class ApprovalRefused(KeyError):
+    """An approval that would not name exactly the reviewed pending definition (a KeyError for old callers)."""
+
+
+def reviewed(server: str, tool: str, rows: list[tuple[str, str]], sha256: str | None) -> tuple[str, str]:
+    """The pending ``(sha256, definition)`` an approval names, of ``rows`` (oldest first) — every backend's one
+    rule: the one whose sha256 starts with ``sha256`` (at least :data:`MIN_SHA_PREFIX` hex digits, matching
+    exactly one), or without ``sha256`` the only one. Otherwise :class:`ApprovalRefused` naming what is pending."""
+    if not rows:
+        raise ApprovalRefused(f"no pending change for {server}/{tool}")
+    listed = ", ".join(r[0][:12] for r in rows)
+    if sha256 is None:
+        if len(rows) > 1:
+            raise ApprovalRefused(
+                f"{len(rows)} pending definitions of {server}/{tool} ({listed}): name the one you reviewed with --sha"
+            )
+        return rows[0]
+    wanted = sha256.lower()
+    if len(wanted) < MIN_SHA_PREFIX or any(c not in "0123456789abcdef" for c in wanted):
+        raise ApprovalRefused(f"--sha must be at least {MIN_SHA_PREFIX} hex digits of a pending sha256")
+    matches = [r for r in rows if r[0].startswith(wanted)]
+    if len(matches) != 1:
+        what = "matches no" if not matches else "matches more than one"
+        raise ApprovalRefused(f"--sha {sha256} {what} pending definition of {server}/{tool} (pending: {listed})")
+    return matches[0]
+
 
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS tool_pins (
@@ -81,8 +112,21 @@ class PinStore:
     def close(self) -> None:
         self._db.close()
 
-    def observe(self, server: str, tool: str, sha256: str, definition: dict[str, Any]) -> PinState:
+    def observe(
+        self, server: str, tool: str, sha256: str, definition: dict[str, Any], *, trust_new: bool = True
+    ) -> PinState:
+        """What the store says of a definition seen now. A tool with no pin is pinned on first use when
+        ``trust_new``; otherwise it is recorded as pending (``changed``, no approved hash) like a change."""
         row = self._db.execute("SELECT sha256 FROM tool_pins WHERE server=? AND tool=?", (server, tool)).fetchone()
+        if row is None and trust_new:
+            # A tool already awaiting review (seen mid-session earlier) is not trusted by restarting the proxy.
+            trust_new = (
+                self._db.execute("SELECT 1 FROM tool_pending WHERE server=? AND tool=?", (server, tool)).fetchone()
+                is None
+            )
+        if row is None and not trust_new:
+            first = self._add_pending(server, tool, sha256, definition)
+            return PinState(pinned=False, changed=True, approved_sha256=None, first_change=first)
         if row is None:
             # OR IGNORE: another process may pin the tool between the read and here; it then won the race.
             cur = self._db.execute(
@@ -96,22 +140,26 @@ class PinStore:
         approved = str(row[0])
         if approved == sha256:
             return PinState(pinned=True, changed=False, approved_sha256=approved)
+        first = self._add_pending(server, tool, sha256, definition)
+        return PinState(pinned=False, changed=True, approved_sha256=approved, first_change=first)
+
+    def _add_pending(self, server: str, tool: str, sha256: str, definition: dict[str, Any]) -> bool:
+        """Record a definition awaiting approval; True the first time this one is seen."""
         cur = self._db.execute(
             "INSERT OR IGNORE INTO tool_pending (server, tool, sha256, definition, first_seen) VALUES (?, ?, ?, ?, ?)",
             (server, tool, sha256, _dump(definition), utc_now()),
         )
-        return PinState(pinned=False, changed=True, approved_sha256=approved, first_change=cur.rowcount == 1)
+        return cur.rowcount == 1
 
     def approve(self, server: str, tool: str, sha256: str | None = None, *, by: str = "operator") -> Pin:
-        """Approve the pending definition (the newest, or the one with ``sha256``). KeyError if none."""
-        q = "SELECT sha256, definition FROM tool_pending WHERE server=? AND tool=?"
-        args: tuple[str, ...] = (server, tool)
-        if sha256:
-            q += " AND sha256 LIKE ?"
-            args += (sha256 + "%",)
-        row = self._db.execute(q + " ORDER BY first_seen DESC LIMIT 1", args).fetchone()
-        if row is None:
-            raise KeyError(f"no pending change for {server}/{tool}")
+        """Approve the pending definition the operator reviewed: the one whose sha256 starts with ``sha256``
+        (at least :data:`MIN_SHA_PREFIX` hex digits, matching exactly one pending definition), or — without
+        ``sha256`` — the only one. Several pending definitions and no hash, an ambiguous or unknown hash: a
+        :class:`ApprovalRefused` naming what is pending, and nothing approved."""
+        rows = self._db.execute(
+            "SELECT sha256, definition FROM tool_pending WHERE server=? AND tool=? ORDER BY first_seen", (server, tool)
+        ).fetchall()
+        row = reviewed(server, tool, [(str(r[0]), str(r[1])) for r in rows], sha256)
         now = utc_now()
         self._db.execute("BEGIN IMMEDIATE")
         try:

@@ -5,13 +5,16 @@ is an :meth:`Outcome.guard_error <mcp_guard.pipeline.context.Outcome.guard_error
 answered is an upstream error (``ErrorOrigin.UPSTREAM``), whatever its code or text. The front tells them
 apart by that marker (:func:`is_guard_error`). An upstream error that uses a code of mcp-guard's own range
 (:data:`GUARD_CODES`) is re-coded (``INTERNAL_ERROR``, its message saying which upstream answered which
-code), so a client that tells errors apart by code cannot be fooled either; and the ``_meta`` keys mcp-guard
+code), so a client that tells errors apart by code cannot be fooled either; one whose text starts like ours
+("mcp-guard: …") is prefixed with the upstream's name; and the ``_meta`` keys mcp-guard
 writes (:data:`GUARD_META_PREFIX`) are removed from an upstream's result, so its result cannot carry a
 forged decision.
 """
 
 from __future__ import annotations
 
+import re
+import unicodedata
 from typing import Any
 
 import mcp_types as types
@@ -57,10 +60,25 @@ def upstream_result(result: dict[str, Any]) -> dict[str, Any]:
     return {**result, "_meta": kept}
 
 
+_INVISIBLE_HEAD = re.compile(r"^[\s\x00-\x1f\x7f-\x9f\u200b-\u200f\u2060\ufeff]*")
+
+
+def claims_to_be_ours(message: str) -> bool:
+    """Whether a text starts the way mcp-guard's own errors do ("mcp-guard: …", "Denied by mcp-guard: …"),
+    after invisible characters and compatibility forms (fullwidth letters) are taken away."""
+    head = unicodedata.normalize("NFKC", _INVISIBLE_HEAD.sub("", message[:200])).casefold()
+    return head.startswith(("mcp-guard", "mcp guard", "denied by mcp-guard"))
+
+
 def upstream_error(server: str, error: types.ErrorData) -> types.ErrorData:
-    """An error ``server`` answered with, as the client may get it: re-coded if it uses one of ours."""
+    """An error ``server`` answered with, as the client may get it: re-coded if it uses one of our codes,
+    and said to be the upstream's if its text reads as one of ours."""
     if error.code not in GUARD_CODES:
-        return error
+        if not claims_to_be_ours(error.message):
+            return error
+        return types.ErrorData(
+            code=error.code, message=f"upstream {server!r} answered: {error.message}", data=error.data
+        )
     return types.ErrorData(
         code=types.INTERNAL_ERROR,
         message=f"upstream {server!r} answered with error code {error.code}: {error.message}",

@@ -45,6 +45,12 @@ class PinCheck:
             if entry is not None and not entry.hidden:
                 return await call_next(replace(ctx, tool_info=entry.tool_info()))
         sha = (info.definition_sha256 or "")[:12]
+        entry = self._registry.find_tool(ctx.exposed)
+        what = (
+            f"{ctx.exposed!r} appeared after start-up and has not been approved (definition {sha})"
+            if entry is not None and entry.new
+            else f"the definition of {ctx.exposed!r} changed since it was approved (now {sha})"
+        )
         log.warning(
             "pin.call_denied",
             upstream=ctx.server,
@@ -56,7 +62,6 @@ class PinCheck:
         return Outcome(
             decision=Decision.deny(
                 ReasonCode.TOOL_CHANGED,
-                f"the definition of {ctx.exposed!r} changed since it was approved (now {sha}); "
-                "calls to it are refused until an operator has reviewed the change",
+                f"{what}; calls to it are refused until an operator has reviewed it",
             )
         )

@@ -51,6 +51,7 @@ from mcp_guard.policy.runner import (
 )
 from mcp_guard.policy.schema import DataSchemaError
 from mcp_guard.settings import Settings
+from mcp_guard.urlhost import url_table
 
 if TYPE_CHECKING:
     from mcp_guard.policy.history import HistoryStore
@@ -131,6 +132,7 @@ def _read_input(name: str) -> dict[str, Any]:
 def cmd_eval(args: argparse.Namespace) -> int:
     settings = _settings(args)
     document = _read_input(args.input)
+    _add_url_table(document)
 
     async def run() -> dict[str, Any]:
         async with open_engine(settings, watch=False, run_tests=False) as engine:
@@ -140,6 +142,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
     result = anyio.run(run)
     print(json.dumps(result, indent=2))
     return 0 if result["allow"] is True else 1
+
+
+def _add_url_table(document: dict[str, Any]) -> None:
+    """Fill ``context.urls`` as the proxy does (mcp_guard.urlhost) unless the document brings its own."""
+    context = document.get("context")
+    if context is None:
+        context = document["context"] = {}
+    if isinstance(context, dict) and "urls" not in context:
+        context["urls"] = url_table(document.get("arguments", {}))
 
 
 def _print_findings(findings: list[Finding], *, file: Any = None) -> None:

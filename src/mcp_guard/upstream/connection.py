@@ -42,7 +42,7 @@ from mcp_guard.errors import UpstreamError, UpstreamTimeout
 from mcp_guard.secrets.describe import describe_invalid, is_parse_error
 from mcp_guard.settings import UpstreamSettings
 from mcp_guard.types import EventKind
-from mcp_guard.upstream.stdio import StderrTail, minimal_environment, open_stdio_transport
+from mcp_guard.upstream.stdio import StderrTail, minimal_environment, open_stdio_transport, undecodable_reason
 
 __all__ = ["Catalog", "Injections", "UpstreamConnection", "UpstreamHooks"]
 
@@ -180,6 +180,8 @@ class UpstreamConnection:
                     f"upstream {self.name!r} went down during the call: {self.last_error or 'connection closed'}",
                     upstream=self.name,
                 ) from None
+            if (reason := undecodable_reason(e.error)) is not None:
+                raise UpstreamError(f"upstream {self.name!r} sent {reason}", upstream=self.name) from None
             if _is_sdk_parse_failure(e):
                 raise UpstreamError(
                     f"upstream {self.name!r} sent an answer that is not valid JSON-RPC (its text is withheld)",

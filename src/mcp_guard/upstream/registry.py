@@ -103,6 +103,7 @@ class ExposedTool:
     changed: bool = False  # its definition differs from the approved one
     suspicious: tuple[str, ...] = ()  # invisible/control characters found in the definition
     hidden: bool = False  # changed under pinning = "enforce": not listed, calls denied (tool_changed)
+    new: bool = False  # never approved: appeared after its upstream's first catalogue (new_tools = "review")
 
     def tool_info(self) -> ToolInfo:
         """What the policy is told about this tool."""
@@ -186,6 +187,8 @@ class Registry:
         self.connections: dict[str, UpstreamConnection] = {}
         # The one upstream exposed without a namespace, if any (``namespace = false``).
         self.bare: str | None = next((n for n, u in settings.upstreams.items() if u.enabled and not u.namespace), None)
+        # Upstreams whose first catalogue has been pinned: a tool they list later is new (``new_tools``).
+        self._baselined: set[str] = set()
         # upstream -> session id -> in-flight record (insertion order = recency of first call)
         self._inflight: dict[str, dict[str, _InFlight]] = {}
         self._injections = injections
@@ -348,7 +351,8 @@ class Registry:
         approved = [
             e
             for e in self.catalog.tools.values()
-            if e.changed and self.pins.observe(e.upstream, e.local.name, e.sha256, _definition(e.local)).pinned
+            if e.changed
+            and self.pins.observe(e.upstream, e.local.name, e.sha256, _definition(e.local), trust_new=False).pinned
         ]
         if not approved:
             return False
@@ -402,23 +406,23 @@ class Registry:
         assert_never(message)
 
     # ------------------------------------------------------------------ catalogue
-    def _pin(self, upstream: str, tool: types.Tool, sha: str, events: list[PinEvent]) -> tuple[bool, bool, bool]:
-        """``(pinned, changed, hidden)`` for one tool, recording pin events."""
-        mode = self.settings.upstreams[upstream].pinning
+    def _pin(self, upstream: str, tool: types.Tool, sha: str, events: list[PinEvent]) -> tuple[bool, bool, bool, bool]:
+        """``(pinned, changed, hidden, new)`` for one tool, recording pin events. A tool with no pin is
+        trusted on first use only in its upstream's first catalogue (or with ``new_tools = "trust"``)."""
+        up = self.settings.upstreams[upstream]
+        mode = up.pinning
         if self.pins is None or mode == "off":
-            return False, False, False
-        state = self.pins.observe(upstream, tool.name, sha, _definition(tool))
+            return False, False, False, False
+        trust_new = upstream not in self._baselined or up.new_tools == "trust"
+        state = self.pins.observe(upstream, tool.name, sha, _definition(tool), trust_new=trust_new)
+        new = state.changed and state.approved_sha256 is None
         if state.new:
             events.append(PinEvent(upstream, EventKind.TOOL_PINNED, tool.name, {"sha256": sha}))
         if state.first_change:
-            events.append(
-                PinEvent(
-                    upstream,
-                    EventKind.TOOL_PIN_CHANGED,
-                    tool.name,
-                    {"old_sha256": state.approved_sha256, "new_sha256": sha, "mode": mode},
-                )
-            )
+            details: dict[str, Any] = {"old_sha256": state.approved_sha256, "new_sha256": sha, "mode": mode}
+            if new:
+                details["new_tool"] = True
+            events.append(PinEvent(upstream, EventKind.TOOL_PIN_CHANGED, tool.name, details))
             log.warning(
                 "tool.pin_changed",
                 upstream=upstream,
@@ -427,7 +431,7 @@ class Registry:
                 hint=f"review with `mcp-guard tools pins`, then `mcp-guard tools approve "
                 f"{self.expose_name(upstream, tool.name)}`",
             )
-        return state.pinned, state.changed, state.changed and mode == "enforce"
+        return state.pinned, state.changed, state.changed and mode == "enforce", new
 
     def _rebuild(self) -> list[PinEvent]:
         """Rebuild the merged catalogue; returns the pin events to record."""
@@ -445,7 +449,7 @@ class Registry:
                     log.warning("catalog.name_collision", upstream=name, tool=tool.name)
                     continue
                 sha = tool_sha256(tool)
-                pinned, changed, hidden = self._pin(name, tool, sha, events)
+                pinned, changed, hidden, new = self._pin(name, tool, sha, events)
                 cat.has_changed_tools |= changed
                 cat.tools[exposed] = ExposedTool(
                     upstream=name,
@@ -456,7 +460,9 @@ class Registry:
                     changed=changed,
                     suspicious=scan_tool(tool),
                     hidden=hidden,
+                    new=new,
                 )
+            self._baselined.add(name)
             for res in self._scrub_obj(c.resources):
                 cat.resources.append((name, res.model_copy(update={"uri": self.expose_uri(name, str(res.uri))})))
             for tpl in self._scrub_obj(c.templates):

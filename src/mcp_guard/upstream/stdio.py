@@ -4,7 +4,8 @@ Differs from the SDK's ``stdio_client`` where a proxy needs it to:
 
 * the child gets a *minimal* environment (a few safe variables) plus what the config gives it —
   never the proxy's own environment, which may hold other upstreams' credentials;
-* a line longer than ``max_line_bytes`` is discarded (bounded memory) and surfaced as an error;
+* a line longer than ``max_line_bytes`` is discarded (bounded memory) and, like a line that does not
+  parse, fails the request it answers at once when its id can be read (:func:`undecodable_reason`);
 * the child's stderr is forwarded to our structured log, line by line, through a scrubber, and its
   last lines are kept (:class:`StderrTail`) so ``mcp-guard check`` can say *why* a child failed
   (``No module named …``) rather than only that its connection closed;
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import shutil
 import signal
 import sys
@@ -32,6 +34,7 @@ import structlog
 from anyio.abc import Process
 from mcp.shared.message import SessionMessage
 
+from mcp_guard.lineid import ID_SCAN_CHARS, top_level_id
 from mcp_guard.secrets.describe import describe_invalid
 from mcp_guard.streams import LineReadStream, LineWriteStream, encode_line
 
@@ -42,6 +45,7 @@ __all__ = [
     "StderrTail",
     "minimal_environment",
     "open_stdio_transport",
+    "undecodable_reason",
 ]
 
 log = structlog.get_logger("mcp_guard.upstream")
@@ -189,29 +193,31 @@ class _ChildReadStream(LineReadStream):
                 if not self._discarding:
                     buf += chunk[start:]
                     if len(buf) > self._max:
+                        self._pending.append(self._too_large(bytes(buf[:ID_SCAN_CHARS])))
                         buf.clear()
                         self._discarding = True
-                        self._pending.append(self._too_large())
                 return
             if self._discarding:
                 self._discarding = False
             elif buf:
                 buf += chunk[start:nl]
                 if len(buf) > self._max:
-                    self._pending.append(self._too_large())
+                    self._pending.append(self._too_large(bytes(buf[:ID_SCAN_CHARS])))
                 elif buf.strip():
                     self._pending.append(_parse(bytes(buf), self._name))
                 buf.clear()
             elif nl - start > self._max:
-                self._pending.append(self._too_large())
+                self._pending.append(self._too_large(chunk[start : start + ID_SCAN_CHARS]))
             else:
                 line = chunk[start:nl]
                 if line.strip():
                     self._pending.append(_parse(line, self._name))
             start = nl + 1
 
-    def _too_large(self) -> ValueError:
-        return ValueError(f"{self._name}: message larger than {self._max} bytes discarded")
+    def _too_large(self, head: bytes) -> SessionMessage | Exception:
+        reason = f"a message larger than {self._max} bytes (max_response_bytes), discarded"
+        log.warning("upstream.message_too_large", upstream=self._name, limit=self._max)
+        return _failed_answer(head, reason) or ValueError(f"{self._name}: {reason}")
 
     async def end(self) -> None:
         """No more messages (the child exited or its stdin broke): wake a pending ``receive``."""
@@ -292,5 +298,29 @@ def _parse(line: bytes, name: str) -> SessionMessage | Exception:
         return SessionMessage(types.jsonrpc_message_adapter.validate_json(line, by_name=False))
     except ValueError as exc:
         # The parser's text quotes the line (a token in it included): say what was wrong in our own words.
-        log.warning("upstream.bad_message", upstream=name, error=describe_invalid(exc))
-        return exc
+        reason = describe_invalid(exc)
+        log.warning("upstream.bad_message", upstream=name, error=reason)
+        return _failed_answer(line[:ID_SCAN_CHARS], f"an answer that is not valid JSON-RPC ({reason})") or exc
+
+
+# An undecodable answer that names the id of a request is turned into an error answer to that request, so the
+# call fails now rather than at its timeout. It is marked with this process's nonce (an upstream cannot forge
+# the mark), and UpstreamConnection.request turns it into mcp-guard's own UpstreamError.
+_UNDECODABLE_KEY = "mcp-guard/undecodable"
+_UNDECODABLE_NONCE = secrets.token_hex(16)
+
+
+def _failed_answer(head: bytes, reason: str) -> SessionMessage | None:
+    rid = top_level_id(head)
+    if rid is None:
+        return None
+    error = types.ErrorData(code=types.INTERNAL_ERROR, message=reason, data={_UNDECODABLE_KEY: _UNDECODABLE_NONCE})
+    return SessionMessage(types.JSONRPCError(jsonrpc="2.0", id=rid, error=error))
+
+
+def undecodable_reason(error: types.ErrorData) -> str | None:
+    """What was wrong with an answer this transport could not decode (None: a real error of the upstream)."""
+    data = error.data
+    if isinstance(data, dict) and data.get(_UNDECODABLE_KEY) == _UNDECODABLE_NONCE:
+        return error.message
+    return None

@@ -1,0 +1,88 @@
+"""Handlers: every client request that reaches an upstream is decided and recorded; the others stay local."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import mcp_types as types
+import pytest
+
+from guard_harness import client_of, make_settings, read_log, recorder_upstream, running_guard, wait_for
+from mcp_guard.testing import FunctionEngine, RecordingSink
+from mcp_guard.types import Decision, EventKind, PolicyInput
+
+pytestmark = [pytest.mark.anyio, pytest.mark.filterwarnings("ignore::mcp.shared.exceptions.MCPDeprecationWarning")]
+
+URI = "mcpg://rec/rec://info"
+
+
+def methods(log: Path) -> list[str]:
+    return [e["method"] for e in read_log(log) if "method" in e]
+
+
+def decided(sink: RecordingSink, action: str) -> list[Any]:
+    return [e for e in sink.events if e.kind == EventKind.CALL_DECISION and (e.details or {}).get("action") == action]
+
+
+async def test_set_level_stays_with_the_session_and_filters_its_log_messages(tmp_path: Path) -> None:
+    """logging/setLevel never reaches an upstream (shared by every session); the session's level filters."""
+    log = tmp_path / "calls"
+    settings = make_settings({"rec": recorder_upstream(log, RECORDER_LOG_METHODS="*")})
+    seen: list[types.LoggingMessageNotificationParams] = []
+
+    async def on_log(params: types.LoggingMessageNotificationParams) -> None:
+        seen.append(params)
+
+    async with running_guard(settings) as guard, client_of(guard, logging_callback=on_log) as client:
+        await client.set_logging_level("error")
+        await client.call_tool("rec__log", {"level": "info", "message": "quiet"})
+        await client.call_tool("rec__log", {"level": "error", "message": "loud"})
+        await wait_for(lambda: any("loud" in str(p.data) for p in seen))
+    assert [str(p.data) for p in seen] == ["loud"]  # the info message, relayed first, was dropped
+    assert "logging/setLevel" not in methods(log)
+
+
+async def test_unsubscribe_without_a_subscription_never_reaches_the_upstream(tmp_path: Path) -> None:
+    log = tmp_path / "calls"
+    sink = RecordingSink()
+    settings = make_settings({"rec": recorder_upstream(log, RECORDER_LOG_METHODS="*")})
+    async with running_guard(settings, sink=sink) as guard, client_of(guard) as client:
+        await client.unsubscribe_resource(URI)
+        await client.call_tool("rec__echo", {"text": "after"})  # the upstream's log is ordered: this comes after
+    await wait_for(lambda: "tools/call" in methods(log))
+    assert "resources/unsubscribe" not in methods(log)
+    assert not decided(sink, "resources/unsubscribe")
+
+
+async def test_unsubscribe_reaches_the_upstream_only_through_the_pipeline(tmp_path: Path) -> None:
+    log = tmp_path / "calls"
+    sink = RecordingSink()
+    settings = make_settings({"rec": recorder_upstream(log, RECORDER_LOG_METHODS="*")})
+    async with running_guard(settings, sink=sink) as guard, client_of(guard) as client:
+        await client.subscribe_resource(URI)
+        await client.unsubscribe_resource(URI)
+    assert methods(log).count("resources/unsubscribe") == 1
+    [row] = decided(sink, "resources/unsubscribe")
+    assert row.decision == "allow" and row.tool == "rec://info"
+
+
+async def test_a_denied_unsubscribe_is_recorded_and_not_forwarded(tmp_path: Path) -> None:
+    log = tmp_path / "calls"
+    sink = RecordingSink()
+
+    def decide(i: PolicyInput) -> Decision:
+        return Decision(allow=i.action != "resources/unsubscribe", reasons=("test",), revision="t")
+
+    settings = make_settings({"rec": recorder_upstream(log, RECORDER_LOG_METHODS="*")})
+    async with (
+        running_guard(settings, sink=sink, engine=FunctionEngine(decide)) as guard,
+        client_of(guard) as client,
+    ):
+        await client.subscribe_resource(URI)
+        await client.unsubscribe_resource(URI)  # the session's own subscription ends whatever the policy says
+        await client.call_tool("rec__echo", {"text": "after"})
+    await wait_for(lambda: "tools/call" in methods(log))
+    assert "resources/subscribe" in methods(log) and "resources/unsubscribe" not in methods(log)
+    [row] = decided(sink, "resources/unsubscribe")
+    assert row.decision == "deny"
