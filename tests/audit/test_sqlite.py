@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,8 +16,8 @@ import pytest
 from audit_testkit import event, rows, seqs, tamper
 
 from mcp_guard.audit import AuditWriter, Filters, open_sqlite_sink, schema
-from mcp_guard.audit.chain import GENESIS, ChainHead, canonical_json
 from mcp_guard.audit import sqlite as audit_sqlite
+from mcp_guard.audit.chain import GENESIS, ChainHead, canonical_json
 from mcp_guard.audit.sqlite import SqliteBackend, open_sqlite, open_sqlite_reader
 from mcp_guard.audit.verify import verify_file
 from mcp_guard.errors import AuditError
@@ -205,16 +207,17 @@ async def test_a_locked_file_hands_the_batch_to_the_thread_which_waits_for_the_l
         other = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
         other.execute("BEGIN IMMEDIATE")  # another process holds the write lock
 
-        async def release_once_declined() -> None:
-            with anyio.fail_after(10):
-                while backend.inline_declined == 0:
-                    await anyio.sleep(0.001)  # polling under a deadline
+        def release_once_declined() -> None:  # in a thread: the loop is busy with the record() under test
+            deadline = time.monotonic() + 20
+            while backend.inline_declined == 0 and time.monotonic() < deadline:
+                time.sleep(0.001)  # polling another thread's progress under a deadline
             other.execute("ROLLBACK")
 
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(release_once_declined)
-            with anyio.fail_after(20):
-                assert await store.record(event(1)) == 2
+        releaser = threading.Thread(target=release_once_declined)
+        releaser.start()
+        with anyio.fail_after(30):
+            assert await store.record(event(1)) == 2
+        releaser.join()
         other.close()
         assert backend.inline_declined == 1 and backend.inline_batches == 1  # event 0 inline, event 1 not
     assert seqs(db) == [1, 2] and verify_file(db).ok
