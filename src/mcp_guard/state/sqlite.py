@@ -52,7 +52,9 @@ import os
 import sqlite3
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
@@ -108,6 +110,7 @@ _SCHEMA = (
         PRIMARY KEY (flow_id, n)) WITHOUT ROWID""",
 )
 _PURGE_BATCH = 1000  # expired flows deleted per purge (the rest wait for the next one)
+FLOW_CACHE_SIZE = 1024  # flows kept in memory per store (see _FlowCache)
 CHECKPOINT_EVERY = 1000  # operations between WAL checkpoints (each run in the worker thread)
 _BUSY_CODES = frozenset({5, 6})  # SQLITE_BUSY, SQLITE_LOCKED (primary codes, any extended variant)
 
@@ -123,6 +126,70 @@ class _Expired(Exception):
     """The caller's deadline passed inside the worker thread (the transaction is rolled back)."""
 
 
+@dataclass(frozen=True, slots=True)
+class _CachedFlow:
+    """A flow as this store last read or wrote it: its row's generation and ``seen``, each history call's ``n``."""
+
+    generation: str
+    seen: float
+    ns: tuple[int, ...]
+    flow: Flow
+
+    def plus(self, call: FlowCall, n: int, now: float, keep: int) -> _CachedFlow:
+        """The flow after ``call`` was recorded as number ``n`` — the same rows record_call leaves in the file:
+        calls numbered above ``n - keep`` stay, a label not yet present gets ``call`` as its origin."""
+        pairs = [(i, c) for i, c in zip((*self.ns, n), (*self.flow.history, call), strict=True) if i > n - keep]
+        labels = dict(self.flow.labels)
+        for label in call.labels:
+            labels.setdefault(label, LabelOrigin.of(call))
+        history = tuple(c for _, c in pairs)
+        return _CachedFlow(self.generation, now, tuple(i for i, _ in pairs), Flow(self.flow.id, labels, history))
+
+
+class _FlowCache:
+    """The flows this process read or wrote, valid while no other connection has written the file.
+
+    Why it is exact: ``PRAGMA data_version`` changes whenever another connection (another process, the
+    pin store) commits to the file, and only then; every write of this store's own connection updates
+    or drops the entries it touches after it committed. So while the version is the one the entries
+    were taken at, an entry is what the file holds — and at the first different version every entry
+    is dropped. Expiry is still checked against the clock on every read. Bounded: least recently used
+    entries beyond ``size`` are dropped (0 turns the cache off). Used only under the store's lock."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._entries: OrderedDict[str, _CachedFlow] = OrderedDict()
+        self._version: int | None = None
+
+    def get(self, db: sqlite3.Connection, flow_id: str) -> _CachedFlow | None:
+        if self._size <= 0:
+            return None
+        version = int(db.execute("PRAGMA data_version").fetchone()[0])
+        if version != self._version:
+            self._entries.clear()
+            self._version = version
+            return None
+        entry = self._entries.get(flow_id)
+        if entry is not None:
+            self._entries.move_to_end(flow_id)
+        return entry
+
+    def put(self, flow_id: str, entry: _CachedFlow) -> None:
+        if self._size <= 0 or self._version is None:
+            return
+        self._entries[flow_id] = entry
+        self._entries.move_to_end(flow_id)
+        while len(self._entries) > self._size:
+            self._entries.popitem(last=False)
+
+    def drop(self, flow_id: str) -> None:
+        self._entries.pop(flow_id, None)
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self._version = None
+
+
 class SQLiteState:
     """The state store in one SQLite file. ``clock`` (wall-clock seconds) is injectable for tests."""
 
@@ -134,6 +201,7 @@ class SQLiteState:
         clock: Callable[[], float] = time.time,
         flows: FlowBounds | None = None,
         inline: bool = True,
+        flow_cache: int = FLOW_CACHE_SIZE,
     ) -> None:
         self.path = Path(path)
         self.timeout_s = timeout_s
@@ -146,7 +214,8 @@ class SQLiteState:
         self._busy_ms = -1  # the connection's busy_timeout as last set (-1: unknown)
         self._inline = inline  # False: every operation in the worker thread (tests of the thread path)
         self._since_checkpoint = 0
-        self.stats = {"inline": 0, "thread": 0, "busy": 0, "checkpoints": 0}
+        self.stats = {"inline": 0, "thread": 0, "busy": 0, "checkpoints": 0, "flow_hits": 0}
+        self._flows = _FlowCache(flow_cache)
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -161,6 +230,7 @@ class SQLiteState:
         if self._db is not None:
             self._db.close()
         self._db, self._ident, self._busy_ms = None, None, -1
+        self._flows.clear()
 
     def _connection(self) -> sqlite3.Connection:
         """The open connection, re-opened if the path no longer names the file it has open."""
@@ -323,10 +393,14 @@ class SQLiteState:
     # ------------------------------------------------------------------ flows
     async def flow(self, flow_id: str) -> Flow:
         def op(db: sqlite3.Connection, _deadline: float) -> Flow:
+            cached = self._flows.get(db, flow_id)
+            if cached is not None:
+                self.stats["flow_hits"] += 1
+                return Flow(flow_id) if flow_expired(cached.seen, self._clock(), self.bounds) else cached.flow
             db.execute("BEGIN")  # one read snapshot
             try:
-                row = db.execute("SELECT seen FROM flows WHERE id=?", (flow_id,)).fetchone()
-                if row is None or flow_expired(float(row[0]), self._clock(), self.bounds):
+                row = db.execute("SELECT generation, seen FROM flows WHERE id=?", (flow_id,)).fetchone()
+                if row is None or flow_expired(float(row[1]), self._clock(), self.bounds):
                     return Flow(flow_id)
                 labels = {
                     str(label): LabelOrigin.from_json(json.loads(origin))
@@ -334,7 +408,10 @@ class SQLiteState:
                         "SELECT label, origin FROM flow_labels WHERE flow_id=?", (flow_id,)
                     ).fetchall()
                 }
-                return Flow(flow_id, labels, _history(db, flow_id))
+                ns, history = _history_with_ns(db, flow_id)
+                flow = Flow(flow_id, labels, history)
+                self._flows.put(flow_id, _CachedFlow(str(row[0]), float(row[1]), ns, flow))
+                return flow
             finally:
                 db.execute("COMMIT")
 
@@ -344,6 +421,7 @@ class SQLiteState:
         bounds = self.bounds
 
         def op(db: sqlite3.Connection, deadline: float) -> FlowTicket | FlowFull:
+            cached = self._flows.get(db, ref.id)  # inside the lock, before the write: current or None
             with _immediate(db, deadline):
                 now = self._clock()
                 self._purge(db, now)
@@ -358,6 +436,7 @@ class SQLiteState:
                     if full is not None:
                         return full
                     generation, n, present = new_id(), 0, set[str]()
+                    cached = _CachedFlow(generation, now, (), Flow(ref.id))  # a fresh flow: fully known
                 else:
                     generation, n = str(row[0]), int(row[2])
                     present = {
@@ -389,12 +468,19 @@ class SQLiteState:
                             "INSERT INTO flow_labels (flow_id, label, n, origin, latest) VALUES (?, ?, 1, ?, ?)",
                             (ref.id, label, origin, origin),
                         )
-                return FlowTicket(ref.id, generation, call)
+                ticket = FlowTicket(ref.id, generation, call)
+            # Committed: the cached flow (if it is this generation's) plus this call is what the file now holds.
+            if cached is not None and cached.generation == generation:
+                self._flows.put(ref.id, cached.plus(call, n, now, bounds.history))
+            else:
+                self._flows.drop(ref.id)
+            return ticket
 
         return await self._run(op, "record the call in its flow")
 
     async def unrecord_call(self, ticket: FlowTicket) -> None:
         def op(db: sqlite3.Connection, deadline: float) -> None:
+            self._flows.drop(ticket.flow_id)  # rare: the next read goes to the file
             with _immediate(db, deadline):
                 row = db.execute("SELECT generation FROM flows WHERE id=?", (ticket.flow_id,)).fetchone()
                 if row is None or row[0] != ticket.generation:
@@ -461,6 +547,13 @@ class _immediate:
         self._db.execute("ROLLBACK")
         if exc_type is None:
             raise _Expired
+
+
+def _history_with_ns(db: sqlite3.Connection, flow_id: str) -> tuple[tuple[int, ...], tuple[FlowCall, ...]]:
+    """The flow's history and each call's ``n`` (numbers can have gaps where a call was taken back)."""
+    rows = db.execute("SELECT n, call FROM flow_calls WHERE flow_id=? ORDER BY n", (flow_id,)).fetchall()
+    docs = json.loads("[" + ",".join(r[1] for r in rows) + "]")
+    return tuple(int(r[0]) for r in rows), tuple(FlowCall.from_json(d) for d in docs)
 
 
 def _history(db: sqlite3.Connection, flow_id: str) -> tuple[FlowCall, ...]:
