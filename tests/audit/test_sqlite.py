@@ -238,6 +238,7 @@ async def test_inline_takes_only_one_statement_and_stops_when_checkpoints_fall_b
 ) -> None:
     async with open_sqlite(db, checkpoint_interval=3600) as backend:
         assert backend.append_now([_body(i) for i in range(3)]) is None  # not a power of two: two statements
+        assert backend.append_now([_body(i) for i in range(64)]) is None  # a burst: the thread inserts it
         monkeypatch.setattr(audit_sqlite, "_INLINE_BACKLOG_ROWS", 4)
         assert backend.append_now([_body(i) for i in range(4)]) == 1
         assert backend.append_now([_body(5)]) == 5

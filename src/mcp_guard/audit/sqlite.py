@@ -21,7 +21,8 @@ Writing (:func:`open_sqlite`, the :class:`~mcp_guard.audit.backend.AuditBackend`
 * **Inline first** (:meth:`SqliteBackend.append_now`). A batch is first written on the event loop, by a
   second plain connection with ``busy_timeout`` 0 and no automatic checkpoint: an uncontended WAL
   append of one statement takes tens of microseconds, less than the hop to the aiosqlite thread and
-  back it replaces. Whenever it would wait or fails — another process holds the file's lock, the chain
+  back it replaces (batches up to 32 rows; a burst's bigger batches are inserted by the thread, in
+  parallel with the loop). Whenever it would wait or fails — another process holds the file's lock, the chain
   head is stale, the disk is full, a batch that is not one statement, the checkpointer has fallen
   behind — nothing of it is committed (one statement is its own transaction) and the writer hands the
   same batch to :meth:`SqliteBackend.append`, the thread path, which waits, retries or reports as
@@ -75,6 +76,7 @@ _MAX_CHUNK = 512  # rows per INSERT: 512 x 18 parameters stays far below SQLite'
 _HEAD = "SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1"
 _WAL_BACKSTOP_PAGES = 16384  # the writer checkpoints itself only if the checkpointer falls this far behind
 _TRIGGERS = ("audit_events_no_update", "audit_events_no_delete")
+_INLINE_MAX_ROWS = 32  # larger batches go to the thread: their insert then overlaps the loop's work
 _INLINE_BACKLOG_ROWS = 50_000  # rows since the last checkpoint past which inline writes stop (see append_now)
 
 
@@ -143,13 +145,15 @@ class SqliteBackend:
         """Commit ``batch`` on the calling thread without waiting: its first ``seq``, or None when it was not
         committed (nothing of it stored) and :meth:`append` must take it — see the module docstring.
 
-        Only a batch of one statement (a power-of-two size up to ``_MAX_CHUNK``): in autocommit mode that
-        statement is its whole transaction, so a failure leaves nothing behind. Declines while the WAL
+        Only a small batch of one statement (a power-of-two size up to ``_INLINE_MAX_ROWS``): in autocommit
+        mode that statement is its whole transaction, so a failure leaves nothing behind; and a big batch
+        (a burst) is better inserted by the thread, in parallel with the loop's work (sqlite3 releases the
+        GIL), than on the loop — the thread hop is small against it. Declines while the WAL
         checkpointer is far behind, so that the thread connection's automatic checkpoint (the backstop)
         gets its turn instead of the loop."""
         fast = self._fast
         size = len(batch)
-        if fast is None or size & (size - 1) or size > _MAX_CHUNK:
+        if fast is None or size & (size - 1) or size > _INLINE_MAX_ROWS:
             return None
         if self.appended - self._checkpointed_at > _INLINE_BACKLOG_ROWS:
             return None
