@@ -12,7 +12,9 @@ Tables beside the tool pins (:mod:`mcp_guard.pins.store`), in the same WAL-mode 
 ``rate_counts`` makes the admission check O(1) whatever the limit (a bucket of 10⁶ allowed hits is not
 scanned per call); expired hits are deleted as the bucket is next used, so pruning is amortised O(1).
 A flow costs one indexed read (:meth:`SQLiteState.flow`) and one small write per recorded call; rows of
-expired flows are deleted in batches by the writes (at most every ``PURGE_EVERY_S`` seconds).
+expired flows are deleted in batches by the writes (at most every ``PURGE_EVERY_S`` seconds). The read
+is usually served from memory: :class:`_FlowCache` keeps the flows this store read or wrote, exact
+because ``PRAGMA data_version`` tells when any other connection has committed (then it starts over).
 
 Safety with several processes: every write (:meth:`SQLiteState.admit`, :meth:`SQLiteState.release`) is
 one ``BEGIN IMMEDIATE`` transaction — the file's write lock is taken before the first read, so two
