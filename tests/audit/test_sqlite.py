@@ -223,6 +223,21 @@ async def test_a_locked_file_hands_the_batch_to_the_thread_which_waits_for_the_l
     assert seqs(db) == [1, 2] and verify_file(db).ok
 
 
+async def test_inline_batches_leave_the_loop_to_others_between_them(db: Path) -> None:
+    """Inline commits do not yield by themselves: the writer must, after each, or a backlog would freeze the loop."""
+    async with open_sqlite_sink(db, batch_max=16) as store:
+        backend = sqlite_backend(store)
+        await store.record(event(0))
+        for i in range(1, 2001):
+            store.record_nowait(event(i))
+        await anyio.lowlevel.checkpoint()  # the writer runs at most a batch or two before we are back
+        assert 0 < backend.inline_batches < 10 and store.queued > 1900
+        with anyio.fail_after(30):
+            assert await store.record(event(2001)) == 2002
+        assert backend.inline_batches > 100  # the backlog went inline, 16 at a time
+    assert verify_file(db).ok
+
+
 async def test_a_stale_head_inline_is_declined_and_the_thread_chains_on(db: Path) -> None:
     async with open_sqlite(db) as a, open_sqlite(db) as b:
         assert a.append_now([_body(1), _body(2)]) == 1

@@ -161,6 +161,25 @@ async def test_a_busy_inline_attempt_changes_nothing_and_the_thread_retries_it(t
     await store.aclose()
 
 
+async def test_any_other_error_inline_is_the_answer_not_a_retry(tmp_path: Path) -> None:
+    """Fail closed on the inline path too: an error that is not contention is a StateError at once."""
+    calls = 0
+
+    def broken_disk() -> float:
+        nonlocal calls
+        calls += 1
+        error = sqlite3.OperationalError("disk I/O error")
+        error.sqlite_errorcode = 10  # SQLITE_IOERR
+        raise error
+
+    store = SQLiteState(tmp_path / "state.db", clock=broken_disk)
+    await store.start()
+    with pytest.raises(StateError) as err:
+        await store.admit([Limit("k", 5, 60.0)])
+    assert err.value.cause == "disk I/O error" and calls == 1 and store.stats["thread"] == 1
+    await store.aclose()
+
+
 async def test_a_lock_held_by_another_process_moves_the_call_to_the_thread_which_waits_for_it(tmp_path: Path) -> None:
     path = tmp_path / "state.db"
     store = SQLiteState(path, timeout_s=30.0)
