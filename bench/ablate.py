@@ -21,6 +21,8 @@ Switches (comma-separated):
                      instead of a trip through aiosqlite's worker thread
 * ``gc-tune``        fewer young-generation collections (gc.set_threshold(50_000, 20, 100)) and the start-up
                      heap frozen out of them (gc.freeze())
+* ``thread-state``   the state store as before issue #19: every operation in its worker thread, no flow cache
+* ``thread-audit``   the audit writer as before issue #19: every batch through aiosqlite's worker thread
 * ``audit-fast-path`` with inline-audit: a record() that finds the writer idle and the queue empty
                      commits its own row in the caller's task (no writer wake-up, no future)
 """
@@ -44,6 +46,8 @@ SWITCHES = (
     "inline-audit",
     "audit-fast-path",
     "gc-tune",
+    "thread-state",
+    "thread-audit",
 )
 
 
@@ -171,6 +175,19 @@ def apply(switches: set[str]) -> None:
                 return int(await slow_record(self, event))
 
             setattr(writer_mod.AuditWriter, "record", fast_record)  # noqa: B010
+    if "thread-state" in switches:
+        from mcp_guard.state.sqlite import SQLiteState
+
+        original_state_init = SQLiteState.__init__
+
+        def threaded_state(self: Any, *a: Any, **kw: Any) -> None:
+            original_state_init(self, *a, **{**kw, "inline": False, "flow_cache": 0})
+
+        setattr(SQLiteState, "__init__", threaded_state)  # noqa: B010
+    if "thread-audit" in switches:
+        from mcp_guard.audit import sqlite as sqlite_backend_mod
+
+        setattr(sqlite_backend_mod.SqliteBackend, "append_now", lambda self, batch: None)  # noqa: B010
     if "gc-tune" in switches:
         import gc
 

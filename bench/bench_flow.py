@@ -8,7 +8,8 @@ write (``record_call``: the allowed call, or the deny); the policy also evaluate
 input. A bundle that never mentions flows pays nothing. Scenarios:
 
 * store alone, SQLite (a fresh file; the flow holds a full 32-call history and two labels) and the
-  in-memory floor: ``flow read``, ``record_call``;
+  in-memory floor: ``flow read``, ``record_call``; ``uncached`` reads the file every time (the store's
+  flow cache off), what a flow read costs after another process wrote the file;
 * the pipeline stages in front of a recording upstream (no network, no audit store: a RecordingSink),
   with the embedded engine, calls alternating ``tickets__get_ticket`` (labels the flow private) and
   ``time__get_current_time`` (no label), a new session every 200 calls, as principal ``local-agent``:
@@ -50,6 +51,7 @@ from mcp_guard.policy.bundle import load_bundle
 from mcp_guard.policy.embedded import EmbeddedEngine
 from mcp_guard.settings import parse_settings
 from mcp_guard.state import FlowCall, FlowRef, MemoryState, SQLiteState, StateStore
+from mcp_guard.state.sqlite import FLOW_CACHE_SIZE
 from mcp_guard.testing import RecordingSink, RecordingUpstream, idle_registry
 from mcp_guard.types import Principal, SessionInfo, ToolInfo
 from mcp_guard.upstream.registry import Registry
@@ -161,8 +163,8 @@ async def pipeline_run(bundle: Path, state: StateStore, n: int) -> dict[str, Any
     return {**await timed(n, one), "tracks_flows": FlowUse(engine)()}
 
 
-async def with_sqlite(directory: Path, name: str) -> SQLiteState:
-    store = SQLiteState(directory / f"{name}.db", timeout_s=30.0)
+async def with_sqlite(directory: Path, name: str, flow_cache: int = FLOW_CACHE_SIZE) -> SQLiteState:
+    store = SQLiteState(directory / f"{name}.db", timeout_s=30.0, flow_cache=flow_cache)
     await store.start()
     return store
 
@@ -173,7 +175,9 @@ async def run(args: argparse.Namespace, directory: Path) -> dict[str, Any]:
     results: dict[str, Any] = {}
 
     async def store_read(kind: str) -> dict[str, Any]:
-        store = await _filled(MemoryState() if kind == "memory" else await with_sqlite(directory, f"r{time.time_ns()}"))
+        cache = 0 if kind == "sqlite-uncached" else FLOW_CACHE_SIZE
+        fresh = MemoryState() if kind == "memory" else await with_sqlite(directory, f"r{time.time_ns()}", cache)
+        store = await _filled(fresh)
         try:
             return await timed(n, lambda _i: store.flow(REF.id))
         finally:
@@ -195,6 +199,7 @@ async def run(args: argparse.Namespace, directory: Path) -> dict[str, Any]:
 
     scenarios: list[tuple[str, Callable[[], Awaitable[dict[str, Any]]]]] = [
         ("flow read (SQLite)", lambda: store_read("sqlite")),
+        ("flow read (SQLite, uncached)", lambda: store_read("sqlite-uncached")),
         ("record_call (SQLite)", lambda: store_record("sqlite")),
         ("flow read (memory)", lambda: store_read("memory")),
         ("record_call (memory)", lambda: store_record("memory")),

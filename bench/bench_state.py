@@ -6,13 +6,16 @@
 A rate-limited call with declared limits costs one ``usage`` read (before the policy) and one ``admit``
 (after it); a call whose decision carries no ``rate_limit`` and a bundle with no declarations cost
 nothing. Scenarios, each on a fresh SQLite file, awaited from the event loop as the pipeline does
-(worker thread, one connection per store):
+(one connection per store):
 
-* ``admit 1 limit`` / ``admit 3 limits``: one caller, back to back; the wait per call.
+* ``admit 1 limit`` / ``admit 3 limits``: one caller, back to back; the wait per call (inline on the loop:
+  the store runs an uncontended transaction there and only moves to its worker thread when it would wait).
+* ``admit 1 limit, thread``: the same with every operation in the worker thread (``inline=False``, what
+  every call paid before): the cost of the thread hop.
 * ``usage 2 keys``: the read that fills ``context.usage``.
 * ``admit C=16``: 16 tasks of one process admitting at once (they queue on the store's connection).
 * ``admit 4 processes``: four processes on one file, each one caller (``BEGIN IMMEDIATE`` contention).
-* ``memory admit``: the in-process store, for the floor (no thread hop, no SQLite).
+* ``memory admit``: the in-process store, for the floor (no SQLite).
 
 Prints a table and writes JSON to bench/results/.
 """
@@ -115,8 +118,10 @@ def processes(path: Path, n: int, workers: int) -> dict[str, Any]:
     return summary(waits, time.perf_counter() - started, len(waits))
 
 
-async def with_sqlite(directory: Path, name: str, run: Callable[[SQLiteState], Awaitable[dict[str, Any]]]) -> Any:
-    store = SQLiteState(directory / f"{name}.db", timeout_s=30.0)
+async def with_sqlite(
+    directory: Path, name: str, run: Callable[[SQLiteState], Awaitable[dict[str, Any]]], *, inline: bool = True
+) -> Any:
+    store = SQLiteState(directory / f"{name}.db", timeout_s=30.0, inline=inline)
     await store.start()
     try:
         return await run(store)
@@ -131,6 +136,12 @@ async def run(args: argparse.Namespace, directory: Path) -> dict[str, Any]:
         (
             "admit 1 limit",
             lambda: with_sqlite(directory, "a1", lambda s: sequential(s, n, lambda x: x.admit(LIMITS_1))),
+        ),
+        (
+            "admit 1 limit, thread",
+            lambda: with_sqlite(
+                directory, "a1t", lambda s: sequential(s, n, lambda x: x.admit(LIMITS_1)), inline=False
+            ),
         ),
         (
             "admit 3 limits",

@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import json
 import os
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
@@ -147,6 +148,9 @@ class StdioClient:
 
 
 # ---------------------------------------------------------------------- HTTP
+IDLE_RECONNECT_S = 3.0  # below uvicorn's default keep-alive timeout (5 s)
+
+
 class HttpClient:
     """One keep-alive HTTP/1.1 connection speaking streamable HTTP (one MCP session on the legacy era)."""
 
@@ -160,6 +164,7 @@ class HttpClient:
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._next_id = 0
+        self._used = 0.0  # time.monotonic() of the last exchange on the open connection
         base = [
             f"POST {self.path} HTTP/1.1",
             f"Host: {self.host}:{self.port}",
@@ -188,8 +193,14 @@ class HttpClient:
         return ("\r\n".join(lines) + "\r\n").encode()
 
     async def _exchange(self, head: bytes, body: bytes) -> tuple[int, dict[str, str], bytes]:
+        if self._writer is not None and time.monotonic() - self._used > IDLE_RECONNECT_S:
+            # uvicorn closes a keep-alive connection idle for 5 s; a path waiting for its turn in an
+            # interleaved run (another path's long warm-up on a loaded machine) would find it closed.
+            self._writer.close()
+            self._writer = None
         if self._writer is None:
             await self.connect()
+        self._used = time.monotonic()
         assert self._reader is not None and self._writer is not None
         self._writer.write(head + b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
         status_line = await self._reader.readline()

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,7 @@ import pytest
 from audit_testkit import event, rows, seqs, tamper
 
 from mcp_guard.audit import AuditWriter, Filters, open_sqlite_sink, schema
+from mcp_guard.audit import sqlite as audit_sqlite
 from mcp_guard.audit.chain import GENESIS, ChainHead, canonical_json
 from mcp_guard.audit.sqlite import SqliteBackend, open_sqlite, open_sqlite_reader
 from mcp_guard.audit.verify import verify_file
@@ -118,12 +121,15 @@ async def test_disk_full_fails_record_then_recovers(db: Path) -> None:
         await store.record(event(0))
         # Simulate a full disk: SQLite may not grow the file by a single page (SQLITE_FULL).
         (pages,) = next(iter(await backend._db.execute_fetchall("PRAGMA page_count")))
-        await backend._db.execute(f"PRAGMA max_page_count = {pages}")
+        await backend._db.execute(f"PRAGMA max_page_count = {pages}")  # a per-connection limit: both of them
+        assert backend._fast is not None
+        backend._fast.execute(f"PRAGMA max_page_count = {pages}")
         big = {"blob": "x" * 200_000}
         with anyio.fail_after(2), pytest.raises(AuditError, match="full"):
             await store.record(event(1, arguments=big))
         assert not store.healthy
         await backend._db.execute("PRAGMA max_page_count = 1073741823")
+        backend._fast.execute("PRAGMA max_page_count = 1073741823")
         seq = await store.record(event(2, arguments=big))
         assert store.healthy
     assert seq == 2  # the failed event left no row and no gap
@@ -159,8 +165,103 @@ async def test_file_removed_while_a_batch_is_written_fails_that_batch(db: Path) 
             return first
 
         backend.append = append_then_lose_the_file  # type: ignore[method-assign]
+        store._append_now = None  # the thread path (the writer took append_now when it started)
         with anyio.fail_after(2), pytest.raises(AuditError, match="removed"):
             await store.record(event(1))
+
+
+async def test_file_removed_while_a_batch_is_written_inline_fails_that_batch(db: Path) -> None:
+    async with open_sqlite_sink(db) as store:
+        await store.record(event(0))
+        backend = sqlite_backend(store)
+        original = backend.append_now
+
+        def append_now_then_lose_the_file(batch: Any) -> int | None:
+            first = original(batch)
+            assert first is not None
+            os.unlink(db)
+            return first
+
+        store._append_now = append_now_then_lose_the_file
+        with anyio.fail_after(2), pytest.raises(AuditError, match="removed"):
+            await store.record(event(1))
+
+
+# ---------------------------------------------------------------------------------------------- inline commits
+
+
+async def test_an_uncontended_record_commits_inline_before_it_returns(db: Path) -> None:
+    async with open_sqlite_sink(db) as store:
+        backend = sqlite_backend(store)
+        for i in range(5):
+            seq = await store.record(event(i))
+            assert seqs(db) == list(range(1, seq + 1))  # committed (another connection sees it) before return
+        assert backend.inline_batches == store.stats.batches and backend.inline_declined == 0
+    assert verify_file(db).ok
+
+
+async def test_a_locked_file_hands_the_batch_to_the_thread_which_waits_for_the_lock(db: Path) -> None:
+    async with open_sqlite_sink(db, busy_timeout=30.0) as store:
+        backend = sqlite_backend(store)
+        await store.record(event(0))
+        other = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
+        other.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+
+        def release_once_declined() -> None:  # in a thread: the loop is busy with the record() under test
+            deadline = time.monotonic() + 20
+            while backend.inline_declined == 0 and time.monotonic() < deadline:
+                time.sleep(0.001)  # polling another thread's progress under a deadline
+            other.execute("ROLLBACK")
+
+        releaser = threading.Thread(target=release_once_declined)
+        releaser.start()
+        with anyio.fail_after(30):
+            assert await store.record(event(1)) == 2
+        releaser.join()
+        other.close()
+        assert backend.inline_declined == 1 and backend.inline_batches == 1  # event 0 inline, event 1 not
+    assert seqs(db) == [1, 2] and verify_file(db).ok
+
+
+async def test_inline_batches_leave_the_loop_to_others_between_them(db: Path) -> None:
+    """Inline commits do not yield by themselves: the writer must, after each, or a backlog would freeze the loop."""
+    async with open_sqlite_sink(db, batch_max=16) as store:
+        backend = sqlite_backend(store)
+        await store.record(event(0))
+        for i in range(1, 2001):
+            store.record_nowait(event(i))
+        await anyio.lowlevel.checkpoint()  # the writer runs at most a batch or two before we are back
+        assert 0 < backend.inline_batches < 10 and store.queued > 1900
+        with anyio.fail_after(30):
+            assert await store.record(event(2001)) == 2002
+        assert backend.inline_batches > 100  # the backlog went inline, 16 at a time
+    assert verify_file(db).ok
+
+
+async def test_a_stale_head_inline_is_declined_and_the_thread_chains_on(db: Path) -> None:
+    async with open_sqlite(db) as a, open_sqlite(db) as b:
+        assert a.append_now([_body(1), _body(2)]) == 1
+        assert b.append_now([_body(3)]) is None  # b's head is stale: the explicit seq collides, nothing stored
+        assert await b.append([_body(3)]) == 3
+        assert b.append_now([_body(4)]) == 4
+        assert a.append_now([_body(5)]) is None
+    assert seqs(db) == [1, 2, 3, 4] and verify_file(db).ok
+
+
+async def test_inline_takes_only_one_statement_and_stops_when_checkpoints_fall_behind(
+    db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with open_sqlite(db, checkpoint_interval=3600) as backend:
+        assert backend.append_now([_body(i) for i in range(3)]) is None  # not a power of two: two statements
+        assert backend.append_now([_body(i) for i in range(64)]) is None  # a burst: the thread inserts it
+        monkeypatch.setattr(audit_sqlite, "_INLINE_BACKLOG_ROWS", 4)
+        assert backend.append_now([_body(i) for i in range(4)]) == 1
+        assert backend.append_now([_body(5)]) == 5
+        assert backend.append_now([_body(6)]) is None  # 5 rows since the last checkpoint: the thread's turn
+        assert await backend.append([_body(6)]) == 6
+    async with open_sqlite(db, inline=False) as plain:
+        assert plain.append_now([_body(7)]) is None
+    assert seqs(db) == list(range(1, 7)) and verify_file(db).ok
 
 
 # ---------------------------------------------------------------------------------------------- the backend

@@ -17,6 +17,7 @@ from mcp_guard.errors import StateError
 from mcp_guard.pins import PinStore
 from mcp_guard.settings import parse_settings
 from mcp_guard.state import Limit, SQLiteState, open_state
+from mcp_guard.state import sqlite as state_sqlite
 
 pytestmark = pytest.mark.anyio
 
@@ -120,6 +121,90 @@ async def test_a_locked_file_is_a_timeout_and_counts_nothing(tmp_path: Path) -> 
     await store.aclose()
 
 
+async def test_an_uncontended_store_answers_on_the_loop_and_checkpoints_in_the_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(state_sqlite, "CHECKPOINT_EVERY", 10)
+    store = SQLiteState(tmp_path / "state.db")
+    await store.start()  # opening the file is a thread operation
+    assert store.stats["thread"] == 1
+    for _ in range(9):
+        assert (await store.admit([Limit("k", 100, 60.0)])).admitted
+    assert store.stats["inline"] == 9 and store.stats["thread"] == 1 and store.stats["checkpoints"] == 0
+    assert await store.usage([("k", 60.0)]) == {("k", 60.0): 9}  # the tenth: checkpoint due, so the thread
+    assert store.stats["thread"] == 2 and store.stats["checkpoints"] == 1
+    assert (await store.admit([Limit("k", 100, 60.0)])).admitted  # back on the loop
+    assert store.stats["inline"] == 10
+    await store.aclose()
+
+
+async def test_a_busy_inline_attempt_changes_nothing_and_the_thread_retries_it(tmp_path: Path) -> None:
+    """SQLITE_BUSY inside the inline transaction (after BEGIN IMMEDIATE, before the count): rolled back, and the
+    same admission runs in the thread once — counted exactly once."""
+    calls = 0
+
+    def busy_once() -> float:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            busy = sqlite3.OperationalError("database is locked")
+            busy.sqlite_errorcode = 5  # SQLITE_BUSY
+            raise busy
+        return time.time()
+
+    store = SQLiteState(tmp_path / "state.db", clock=busy_once)
+    await store.start()
+    admission = await store.admit([Limit("k", 5, 60.0), Limit("j", 5, 60.0)])
+    assert admission.admitted and admission.usage == {("k", 60.0): 1, ("j", 60.0): 1}
+    assert store.stats["busy"] == 1 and store.stats["thread"] == 2 and store.stats["inline"] == 0
+    assert await store.usage([("k", 60.0), ("j", 60.0)]) == {("k", 60.0): 1, ("j", 60.0): 1}
+    await store.aclose()
+
+
+async def test_any_other_error_inline_is_the_answer_not_a_retry(tmp_path: Path) -> None:
+    """Fail closed on the inline path too: an error that is not contention is a StateError at once."""
+    calls = 0
+
+    def broken_disk() -> float:
+        nonlocal calls
+        calls += 1
+        error = sqlite3.OperationalError("disk I/O error")
+        error.sqlite_errorcode = 10  # SQLITE_IOERR
+        raise error
+
+    store = SQLiteState(tmp_path / "state.db", clock=broken_disk)
+    await store.start()
+    with pytest.raises(StateError) as err:
+        await store.admit([Limit("k", 5, 60.0)])
+    assert err.value.cause == "disk I/O error" and calls == 1 and store.stats["thread"] == 1
+    await store.aclose()
+
+
+async def test_a_lock_held_by_another_process_moves_the_call_to_the_thread_which_waits_for_it(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    store = SQLiteState(path, timeout_s=30.0)
+    await store.start()
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN IMMEDIATE")
+    released = threading.Event()
+
+    def release_when_busy() -> None:
+        deadline = time.monotonic() + 30
+        while store.stats["busy"] == 0 and time.monotonic() < deadline:
+            time.sleep(0.001)  # polling another thread's progress under a deadline, not a fixed wait
+        holder.execute("ROLLBACK")
+        released.set()
+
+    releaser = threading.Thread(target=release_when_busy)
+    releaser.start()
+    admission = await store.admit([Limit("k", 5, 60.0)])
+    releaser.join()
+    holder.close()
+    assert released.is_set() and admission.admitted and store.stats["busy"] == 1
+    assert await store.usage([("k", 60.0)]) == {("k", 60.0): 1}
+    await store.aclose()
+
+
 async def test_past_the_deadline_the_worker_rolls_back_instead_of_counting(tmp_path: Path) -> None:
     """The await gives up at the timeout; the worker thread, still inside the transaction, must not commit."""
     release = threading.Event()
@@ -131,7 +216,7 @@ async def test_past_the_deadline_the_worker_rolls_back_instead_of_counting(tmp_p
             release.wait(30)
         return time.time()
 
-    store = SQLiteState(tmp_path / "state.db", timeout_s=0.2, clock=slow_clock)
+    store = SQLiteState(tmp_path / "state.db", timeout_s=0.2, clock=slow_clock, inline=False)
     await store.start()
     release_after_timeout = anyio.Event()
 

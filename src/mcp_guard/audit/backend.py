@@ -30,11 +30,11 @@ final flush happens while the backend is still open.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from mcp_guard.audit.chain import ChainHead, RowBody
 
-__all__ = ["AuditBackend"]
+__all__ = ["AuditBackend", "InlineAppend"]
 
 
 class AuditBackend(Protocol):
@@ -68,3 +68,18 @@ class AuditBackend(Protocol):
         :meth:`append` error, and the next batch may succeed.
         """
         ...
+
+
+@runtime_checkable
+class InlineAppend(Protocol):
+    """Optional for a backend: commit a batch on the event loop when that needs no waiting.
+
+    The writer offers every batch to :meth:`append_now` first and falls back to
+    :meth:`AuditBackend.append` when it answers None. The contract is the same as ``append``'s, plus:
+    it never blocks on a lock or a network (it declines instead), and a None answer means nothing of
+    the batch was committed and nothing about the backend changed, so ``append`` can take the same
+    batch. Why: a thread or network hop per transaction costs more than a small local commit itself
+    (the SQLite backend implements it; PostgreSQL, a network database, does not).
+    """
+
+    def append_now(self, batch: Sequence[RowBody]) -> int | None: ...

@@ -19,6 +19,16 @@ Writing (:func:`open_sqlite`, the :class:`~mcp_guard.audit.backend.AuditBackend`
   :meth:`SqliteBackend.problem` compares the path's inode with the one opened; the writer asks
   before and after every transaction.
 * ``busy_timeout`` bounds how long a transaction waits for another process's lock before it fails.
+* **Inline first** (:meth:`SqliteBackend.append_now`). A batch is first written on the event loop, by a
+  second plain connection with ``busy_timeout`` 0 and no automatic checkpoint: an uncontended WAL
+  append of one statement takes tens of microseconds, less than the hop to the aiosqlite thread and
+  back it replaces (batches up to 32 rows; a burst's bigger batches are inserted by the thread, in
+  parallel with the loop). Whenever it would wait or fails — another process holds the file's lock, the chain
+  head is stale, the disk is full, a batch that is not one statement, the checkpointer has fallen
+  behind — nothing of it is committed (one statement is its own transaction) and the writer hands the
+  same batch to :meth:`SqliteBackend.append`, the thread path, which waits, retries or reports as
+  before. Same file, same durability (WAL, ``synchronous=NORMAL``), same single-statement transaction;
+  the loop never waits for a lock and never fsyncs (checkpoints stay on the checkpointer's connection).
 
 Reading (:func:`open_sqlite_reader`, an :class:`~mcp_guard.audit.reader.AuditReader` for ``tail``,
 ``verify`` and ``export``): read-only connections that never hold a transaction open for long; in WAL
@@ -67,6 +77,8 @@ _MAX_CHUNK = 512  # rows per INSERT: 512 x 18 parameters stays far below SQLite'
 _HEAD = "SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1"
 _WAL_BACKSTOP_PAGES = 16384  # the writer checkpoints itself only if the checkpointer falls this far behind
 _TRIGGERS = ("audit_events_no_update", "audit_events_no_delete")
+_INLINE_MAX_ROWS = 32  # larger batches go to the thread: their insert then overlaps the loop's work
+_INLINE_BACKLOG_ROWS = 50_000  # rows since the last checkpoint past which inline writes stop (see append_now)
 
 
 @functools.lru_cache(maxsize=32)
@@ -99,8 +111,11 @@ async def _read_head(db: aiosqlite.Connection) -> ChainHead:
 class SqliteBackend:
     """An open audit file the writer appends to. Create one with :func:`open_sqlite`."""
 
-    def __init__(self, db: aiosqlite.Connection, path: Path, head: ChainHead) -> None:
+    def __init__(
+        self, db: aiosqlite.Connection, path: Path, head: ChainHead, fast: sqlite3.Connection | None = None
+    ) -> None:
         self._db = db
+        self._fast = fast  # the inline connection (append_now); None: every batch goes through the thread
         self.path = path
         self._head = head  # the newest committed row, as far as this connection knows
         # True once another process was seen writing this file: then every batch takes the write lock
@@ -109,6 +124,9 @@ class SqliteBackend:
         self._file_id = _file_id(path)
         self.appended = 0  # rows committed through this backend (paces the checkpointer)
         self.checkpoints = 0
+        self._checkpointed_at = 0  # `appended` at the last successful checkpoint
+        self.inline_batches = 0  # batches committed by append_now (the benchmark and tests read it)
+        self.inline_declined = 0  # batches append_now tried and handed to append (locked, stale head, full…)
 
     @property
     def location(self) -> str:
@@ -156,6 +174,37 @@ class SqliteBackend:
         await self._db.execute("COMMIT")
         self._head = head
         self.appended += len(rows)
+        return first
+
+    def append_now(self, batch: Sequence[RowBody]) -> int | None:
+        """Commit ``batch`` on the calling thread without waiting: its first ``seq``, or None when it was not
+        committed (nothing of it stored) and :meth:`append` must take it — see the module docstring.
+
+        Only a small batch of one statement (a power-of-two size up to ``_INLINE_MAX_ROWS``): in autocommit
+        mode that statement is its whole transaction, so a failure leaves nothing behind; and a big batch
+        (a burst) is better inserted by the thread, in parallel with the loop's work (sqlite3 releases the
+        GIL), than on the loop — the thread hop is small against it. Declines while the WAL
+        checkpointer is far behind, so that the thread connection's automatic checkpoint (the backstop)
+        gets its turn instead of the loop."""
+        fast = self._fast
+        size = len(batch)
+        if fast is None or self._shared or size & (size - 1) or size > _INLINE_MAX_ROWS:
+            # (shared: another process writes this file too — every batch then takes the locked path)
+            return None
+        if self.appended - self._checkpointed_at > _INLINE_BACKLOG_ROWS:
+            return None
+        first = self._head.seq + 1
+        rows, head = chain_rows(self._head, batch)
+        try:
+            fast.execute(_insert_sql(size), [v for row in rows for v in row])
+        except sqlite3.Error:
+            if fast.in_transaction:  # not expected for one autocommit statement; never leave one open
+                fast.rollback()
+            self.inline_declined += 1
+            return None
+        self._head = head
+        self.appended += size
+        self.inline_batches += 1
         return first
 
     def problem(self) -> str | None:
@@ -224,6 +273,7 @@ class SqliteBackend:
                 try:
                     await cp.execute_fetchall("PRAGMA wal_checkpoint(PASSIVE)")
                     self.checkpoints += 1
+                    self._checkpointed_at = appended
                 except sqlite3.Error as e:
                     log.warning("audit.checkpoint_failed", error=str(e))
         finally:
@@ -233,18 +283,21 @@ class SqliteBackend:
 
 @asynccontextmanager
 async def open_sqlite(
-    path: str | Path, *, busy_timeout: float = 1.0, checkpoint_interval: float = 1.0
+    path: str | Path, *, busy_timeout: float = 1.0, checkpoint_interval: float = 1.0, inline: bool = True
 ) -> AsyncIterator[SqliteBackend]:
     """Open (create, migrate) the audit file at ``path``; checkpoint its WAL until the block ends.
 
     ``busy_timeout`` (s) is how long a transaction waits for another process's lock before it
-    fails; ``checkpoint_interval`` (s) paces the background WAL checkpoints. Raises
+    fails; ``checkpoint_interval`` (s) paces the background WAL checkpoints; ``inline`` False writes
+    every batch through the aiosqlite thread (no :meth:`SqliteBackend.append_now`). Raises
     :class:`AuditError` if ``path`` cannot be opened as an audit database.
     """
     p = Path(path)
     db = await _connect(p, busy_timeout)
+    fast: sqlite3.Connection | None = None
     try:
-        backend = SqliteBackend(db, p, await _read_head(db))
+        fast = _connect_inline(p) if inline else None
+        backend = SqliteBackend(db, p, await _read_head(db), fast)
         async with anyio.create_task_group() as tg:
             tg.start_soon(backend._run_checkpointer, busy_timeout, checkpoint_interval)
             try:
@@ -252,8 +305,23 @@ async def open_sqlite(
             finally:
                 tg.cancel_scope.cancel()
     finally:
+        if fast is not None:
+            fast.close()
         with anyio.CancelScope(shield=True):
             await db.close()
+
+
+def _connect_inline(path: Path) -> sqlite3.Connection:
+    """The connection :meth:`SqliteBackend.append_now` writes with: never waits for a lock (busy_timeout 0),
+    never checkpoints (the checkpointer's connection does), the same durability as the thread's."""
+    try:
+        fast = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=0.0)
+        fast.execute("PRAGMA busy_timeout = 0")
+        fast.execute("PRAGMA synchronous = NORMAL")
+        fast.execute("PRAGMA wal_autocheckpoint = 0")
+    except sqlite3.Error as e:
+        raise AuditError(f"{path}: cannot open the audit database: {e}") from None
+    return fast
 
 
 def backend_from_settings(settings: Settings) -> AbstractAsyncContextManager[SqliteBackend]:

@@ -14,6 +14,9 @@ Nothing here knows which database is behind the backend. The guarantees:
 * **Group commit.** While one transaction is in flight new events queue up; the next transaction
   takes all of them (up to ``batch_max``, rounded down to a power of two so that a backend can
   write a batch as a single statement). Load makes transactions bigger, not the queue longer. A
+  backend that can commit on the loop without waiting (:class:`~mcp_guard.audit.backend.InlineAppend`,
+  SQLite) is offered each batch first: no thread hop, and one writer wake-up per batch, not per event —
+  events recorded while the writer waits for its turn on the loop form the next batch. A
   record() that finds the queue full (``queue_max``) waits its turn; a record_nowait() is dropped
   and counted.
 * **Ordering.** :meth:`AuditWriter.record` returns only after the transaction holding its event has
@@ -48,7 +51,7 @@ import structlog
 from anyio.abc import TaskStatus
 
 from mcp_guard.audit import schema
-from mcp_guard.audit.backend import AuditBackend
+from mcp_guard.audit.backend import AuditBackend, InlineAppend
 from mcp_guard.audit.chain import canonical_json, clean_text, fast_json_text, json_text
 from mcp_guard.errors import AuditError
 from mcp_guard.types import AuditEvent
@@ -191,6 +194,8 @@ class AuditWriter:
         if batch_max < 1 or queue_max < 1:
             raise ValueError("batch_max and queue_max must be positive")
         self.backend = backend
+        # Offered every batch first (a commit on the loop, no thread hop); None: always backend.append.
+        self._append_now = backend.append_now if isinstance(backend, InlineAppend) else None
         self._batch_max = batch_max
         self._queue_max = queue_max
         self._record_timeout = record_timeout
@@ -408,7 +413,10 @@ class AuditWriter:
             self._fail(batch, self._broken)
             return
         try:
-            first = await self.backend.append(batch)
+            first = self._append_now(batch) if self._append_now is not None else None
+            inline = first is not None
+            if first is None:
+                first = await self.backend.append(batch)
         except AuditError as e:  # nothing of the batch committed
             gone = self.backend.problem()
             if gone is not None:
@@ -432,6 +440,8 @@ class AuditWriter:
             p.seq = first + i
             if p.done is not None and not p.done.done():
                 p.done.set_result(None)
+        if inline:  # an inline commit did not yield: let the woken callers (and new events) in before the next
+            await anyio.lowlevel.checkpoint()
 
     async def _run_watchdog(self) -> None:
         """Expire record() calls past their deadline, whatever the backend is stuck on."""

@@ -12,7 +12,9 @@ Tables beside the tool pins (:mod:`mcp_guard.pins.store`), in the same WAL-mode 
 ``rate_counts`` makes the admission check O(1) whatever the limit (a bucket of 10⁶ allowed hits is not
 scanned per call); expired hits are deleted as the bucket is next used, so pruning is amortised O(1).
 A flow costs one indexed read (:meth:`SQLiteState.flow`) and one small write per recorded call; rows of
-expired flows are deleted in batches by the writes (at most every ``PURGE_EVERY_S`` seconds).
+expired flows are deleted in batches by the writes (at most every ``PURGE_EVERY_S`` seconds). The read
+is usually served from memory: :class:`_FlowCache` keeps the flows this store read or wrote, exact
+because ``PRAGMA data_version`` tells when any other connection has committed (then it starts over).
 
 Safety with several processes: every write (:meth:`SQLiteState.admit`, :meth:`SQLiteState.release`) is
 one ``BEGIN IMMEDIATE`` transaction — the file's write lock is taken before the first read, so two
@@ -22,11 +24,24 @@ snapshot. Before each operation the store checks that the path still names the f
 same file, and a path that can no longer be opened (made a directory, unreadable) is an error rather
 than a silent private copy.
 
-Off the event loop: each operation is one function run in a worker thread (``anyio.to_thread``), under a
-lock (one connection per store), bounded by ``timeout_s`` — the wait for the lock, SQLite's busy timeout
-and the await all share one deadline. On timeout the await gives up (:class:`~mcp_guard.errors.StateError`)
-and the thread, if still running, rolls back instead of committing once past the deadline, so a call
-reported as failed is (but for a microsecond race) not counted either.
+Inline first, a worker thread when it would wait. Each operation is one small function over the store's
+one connection, under a lock. It first runs **on the event loop** with SQLite's ``busy_timeout`` at 0: an
+uncontended transaction on a WAL file takes tens of microseconds, far less than the hop to a worker
+thread and back that it used to pay (four per governed call). Whenever it would have to *wait* — another
+process holds the file's write lock (``SQLITE_BUSY``), an operation of this store is still running in a
+thread, the connection must be (re-)opened, or a WAL checkpoint is due — it runs instead in a worker
+thread (``anyio.to_thread``), bounded by ``timeout_s``: the wait for the lock, SQLite's busy timeout and
+the await all share one deadline. A busy inline attempt has changed nothing (``BEGIN IMMEDIATE`` takes
+the lock before the first read; a read snapshot is ended), so the retry in the thread is the same
+transaction, with the same all-or-nothing guarantee. On timeout the await gives up
+(:class:`~mcp_guard.errors.StateError`) and the thread, if still running, rolls back instead of
+committing once past the deadline, so a call reported as failed is (but for a microsecond race) not
+counted either.
+
+The loop never fsyncs: the connection's automatic WAL checkpoint is off, and every
+``CHECKPOINT_EVERY`` operations one runs in the worker thread followed by a passive checkpoint. What
+the loop can still wait on is the page cache (a WAL append without fsync); a disk so stalled that
+even that blocks would stall the thread path's callers as well.
 
 Durability: ``synchronous = NORMAL`` in WAL mode — a power loss may forget the last few counted hits
 (never admit a call twice); a crash of the process loses nothing.
@@ -39,11 +54,14 @@ import os
 import sqlite3
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
 import anyio
+import structlog
 
 from mcp_guard.errors import StateError
 from mcp_guard.state.base import (
@@ -72,6 +90,8 @@ __all__ = ["SQLiteState"]
 
 _T = TypeVar("_T")
 
+log = structlog.get_logger("mcp_guard.state")
+
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS rate_hits (
         key TEXT NOT NULL, window_s REAL NOT NULL, ts REAL NOT NULL, hit TEXT NOT NULL,
@@ -92,10 +112,84 @@ _SCHEMA = (
         PRIMARY KEY (flow_id, n)) WITHOUT ROWID""",
 )
 _PURGE_BATCH = 1000  # expired flows deleted per purge (the rest wait for the next one)
+FLOW_CACHE_SIZE = 1024  # flows kept in memory per store (see _FlowCache)
+CHECKPOINT_EVERY = 1000  # operations between WAL checkpoints (each run in the worker thread)
+_BUSY_CODES = frozenset({5, 6})  # SQLITE_BUSY, SQLITE_LOCKED (primary codes, any extended variant)
+
+
+class _Wait:
+    """The answer of an inline attempt that would have had to wait (see :meth:`SQLiteState._try_inline`)."""
+
+
+_WAIT = _Wait()
 
 
 class _Expired(Exception):
     """The caller's deadline passed inside the worker thread (the transaction is rolled back)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _CachedFlow:
+    """A flow as this store last read or wrote it: its row's generation and ``seen``, each history call's ``n``."""
+
+    generation: str
+    seen: float
+    ns: tuple[int, ...]
+    flow: Flow
+
+    def plus(self, call: FlowCall, n: int, now: float, keep: int) -> _CachedFlow:
+        """The flow after ``call`` was recorded as number ``n`` — the same rows record_call leaves in the file:
+        calls numbered above ``n - keep`` stay, a label not yet present gets ``call`` as its origin."""
+        pairs = [(i, c) for i, c in zip((*self.ns, n), (*self.flow.history, call), strict=True) if i > n - keep]
+        labels = dict(self.flow.labels)
+        for label in call.labels:
+            labels.setdefault(label, LabelOrigin.of(call))
+        history = tuple(c for _, c in pairs)
+        return _CachedFlow(self.generation, now, tuple(i for i, _ in pairs), Flow(self.flow.id, labels, history))
+
+
+class _FlowCache:
+    """The flows this process read or wrote, valid while no other connection has written the file.
+
+    Why it is exact: ``PRAGMA data_version`` changes whenever another connection (another process, the
+    pin store) commits to the file, and only then; every write of this store's own connection updates
+    or drops the entries it touches after it committed. So while the version is the one the entries
+    were taken at, an entry is what the file holds — and at the first different version every entry
+    is dropped. Expiry is still checked against the clock on every read. Bounded: least recently used
+    entries beyond ``size`` are dropped (0 turns the cache off). Used only under the store's lock."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._entries: OrderedDict[str, _CachedFlow] = OrderedDict()
+        self._version: int | None = None
+
+    def get(self, db: sqlite3.Connection, flow_id: str) -> _CachedFlow | None:
+        if self._size <= 0:
+            return None
+        version = int(db.execute("PRAGMA data_version").fetchone()[0])
+        if version != self._version:
+            self._entries.clear()
+            self._version = version
+            return None
+        entry = self._entries.get(flow_id)
+        if entry is not None:
+            self._entries.move_to_end(flow_id)
+        return entry
+
+    def put(self, flow_id: str, entry: _CachedFlow) -> None:
+        if self._size <= 0 or self._version is None:
+            return
+        self._entries[flow_id] = entry
+        self._entries.move_to_end(flow_id)
+        while len(self._entries) > self._size:
+            self._entries.popitem(last=False)
+
+    def drop(self, flow_id: str) -> None:
+        self._entries.pop(flow_id, None)
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self._version = None
 
 
 class SQLiteState:
@@ -108,6 +202,8 @@ class SQLiteState:
         timeout_s: float = 1.0,
         clock: Callable[[], float] = time.time,
         flows: FlowBounds | None = None,
+        inline: bool = True,
+        flow_cache: int = FLOW_CACHE_SIZE,
     ) -> None:
         self.path = Path(path)
         self.timeout_s = timeout_s
@@ -117,6 +213,11 @@ class SQLiteState:
         self._lock = threading.Lock()
         self._db: sqlite3.Connection | None = None
         self._ident: tuple[int, int] | None = None
+        self._busy_ms = -1  # the connection's busy_timeout as last set (-1: unknown)
+        self._inline = inline  # False: every operation in the worker thread (tests of the thread path)
+        self._since_checkpoint = 0
+        self.stats = {"inline": 0, "thread": 0, "busy": 0, "checkpoints": 0, "flow_hits": 0}
+        self._flows = _FlowCache(flow_cache)
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -130,7 +231,8 @@ class SQLiteState:
     def _close(self) -> None:
         if self._db is not None:
             self._db.close()
-        self._db, self._ident = None, None
+        self._db, self._ident, self._busy_ms = None, None, -1
+        self._flows.clear()
 
     def _connection(self) -> sqlite3.Connection:
         """The open connection, re-opened if the path no longer names the file it has open."""
@@ -142,6 +244,7 @@ class SQLiteState:
         try:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("PRAGMA wal_autocheckpoint=0")  # checkpoints run in the thread (_locked), never inline
             for stmt in _SCHEMA:
                 db.execute(stmt)
         except BaseException:
@@ -152,6 +255,10 @@ class SQLiteState:
 
     # ------------------------------------------------------------------ running one operation
     async def _run(self, op: Callable[[sqlite3.Connection, float], _T], what: str) -> _T:
+        if self._inline and self._since_checkpoint < CHECKPOINT_EVERY:
+            value = self._try_inline(op, what)
+            if not isinstance(value, _Wait):
+                return value
         deadline = time.monotonic() + self.timeout_s
         try:
             with anyio.fail_after(self.timeout_s):
@@ -160,22 +267,78 @@ class SQLiteState:
             cause = f"no answer within {self.timeout_s * 1000:.0f} ms"
             raise StateError(f"the state store {self.path} cannot {what}: {cause}", cause=cause) from None
 
+    def _try_inline(self, op: Callable[[sqlite3.Connection, float], _T], what: str) -> _T | _Wait:
+        """Run ``op`` on the event loop if it can finish without waiting: its value; else :data:`_WAIT`
+        with nothing changed, and the caller runs it in the worker thread.
+
+        It would wait when this store's lock is held (an operation still in a thread), when the
+        connection must be (re-)opened, or when another process holds the file's lock (SQLITE_BUSY
+        at busy_timeout 0: the attempt is rolled back). Any other error is the operation's answer."""
+        if not self._lock.acquire(blocking=False):
+            return _WAIT
+        try:
+            db = self._db
+            if db is None or self._ident != _identity(self.path):
+                return _WAIT
+            if self._busy_ms != 0:
+                db.execute("PRAGMA busy_timeout = 0")
+                self._busy_ms = 0
+            try:
+                value = op(db, time.monotonic() + self.timeout_s)
+            except sqlite3.OperationalError as e:
+                if (getattr(e, "sqlite_errorcode", 0) & 0xFF) not in _BUSY_CODES:
+                    raise
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                self.stats["busy"] += 1
+                return _WAIT
+            self._since_checkpoint += 1
+            self.stats["inline"] += 1
+            return value
+        except _Expired:
+            cause = f"no answer within {self.timeout_s * 1000:.0f} ms"
+            raise StateError(f"the state store {self.path} cannot {what}: {cause}", cause=cause) from None
+        except (sqlite3.Error, OSError) as e:
+            raise self._failed(e, what) from e
+        finally:
+            self._lock.release()
+
     def _locked(self, op: Callable[[sqlite3.Connection, float], _T], deadline: float, what: str) -> _T:
         if not self._lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
             raise StateError(f"the state store {self.path} cannot {what}: busy", cause="busy")
         try:
             db = self._connection()
-            db.execute(f"PRAGMA busy_timeout = {max(1, int((deadline - time.monotonic()) * 1000))}")
-            return op(db, deadline)
+            self._busy_ms = max(1, int((deadline - time.monotonic()) * 1000))
+            db.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
+            value = op(db, deadline)
+            self.stats["thread"] += 1
+            self._checkpoint(db)
+            return value
         except _Expired:
             cause = f"no answer within {self.timeout_s * 1000:.0f} ms"
             raise StateError(f"the state store {self.path} cannot {what}: {cause}", cause=cause) from None
         except (sqlite3.Error, OSError) as e:
-            self._close()  # re-open next time: the file may have been repaired or replaced
-            cause = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
-            raise StateError(f"the state store {self.path} cannot {what}: {e}", cause=cause) from e
+            raise self._failed(e, what) from e
         finally:
             self._lock.release()
+
+    def _checkpoint(self, db: sqlite3.Connection) -> None:
+        """Every CHECKPOINT_EVERY operations (in the thread, after an operation): copy the WAL back into the
+        file. PASSIVE: it never waits for readers or writers; a failure only lets the WAL grow until the next."""
+        self._since_checkpoint += 1
+        if self._since_checkpoint < CHECKPOINT_EVERY:
+            return
+        self._since_checkpoint = 0
+        try:
+            db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            self.stats["checkpoints"] += 1
+        except sqlite3.Error as e:
+            log.warning("state.checkpoint_failed", path=str(self.path), error=str(e))
+
+    def _failed(self, e: sqlite3.Error | OSError, what: str) -> StateError:
+        self._close()  # re-open next time: the file may have been repaired or replaced
+        cause = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        return StateError(f"the state store {self.path} cannot {what}: {e}", cause=cause)
 
     # ------------------------------------------------------------------ counters
     async def admit(self, limits: Sequence[Limit]) -> Admission:
@@ -232,10 +395,14 @@ class SQLiteState:
     # ------------------------------------------------------------------ flows
     async def flow(self, flow_id: str) -> Flow:
         def op(db: sqlite3.Connection, _deadline: float) -> Flow:
+            cached = self._flows.get(db, flow_id)
+            if cached is not None:
+                self.stats["flow_hits"] += 1
+                return Flow(flow_id) if flow_expired(cached.seen, self._clock(), self.bounds) else cached.flow
             db.execute("BEGIN")  # one read snapshot
             try:
-                row = db.execute("SELECT seen FROM flows WHERE id=?", (flow_id,)).fetchone()
-                if row is None or flow_expired(float(row[0]), self._clock(), self.bounds):
+                row = db.execute("SELECT generation, seen FROM flows WHERE id=?", (flow_id,)).fetchone()
+                if row is None or flow_expired(float(row[1]), self._clock(), self.bounds):
                     return Flow(flow_id)
                 labels = {
                     str(label): LabelOrigin.from_json(json.loads(origin))
@@ -243,7 +410,10 @@ class SQLiteState:
                         "SELECT label, origin FROM flow_labels WHERE flow_id=?", (flow_id,)
                     ).fetchall()
                 }
-                return Flow(flow_id, labels, _history(db, flow_id))
+                ns, history = _history_with_ns(db, flow_id)
+                flow = Flow(flow_id, labels, history)
+                self._flows.put(flow_id, _CachedFlow(str(row[0]), float(row[1]), ns, flow))
+                return flow
             finally:
                 db.execute("COMMIT")
 
@@ -253,6 +423,7 @@ class SQLiteState:
         bounds = self.bounds
 
         def op(db: sqlite3.Connection, deadline: float) -> FlowTicket | FlowFull:
+            cached = self._flows.get(db, ref.id)  # inside the lock, before the write: current or None
             with _immediate(db, deadline):
                 now = self._clock()
                 self._purge(db, now)
@@ -267,6 +438,7 @@ class SQLiteState:
                     if full is not None:
                         return full
                     generation, n, present = new_id(), 0, set[str]()
+                    cached = _CachedFlow(generation, now, (), Flow(ref.id))  # a fresh flow: fully known
                 else:
                     generation, n = str(row[0]), int(row[2])
                     present = {
@@ -298,12 +470,19 @@ class SQLiteState:
                             "INSERT INTO flow_labels (flow_id, label, n, origin, latest) VALUES (?, ?, 1, ?, ?)",
                             (ref.id, label, origin, origin),
                         )
-                return FlowTicket(ref.id, generation, call)
+                ticket = FlowTicket(ref.id, generation, call)
+            # Committed: the cached flow (if it is this generation's) plus this call is what the file now holds.
+            if cached is not None and cached.generation == generation:
+                self._flows.put(ref.id, cached.plus(call, n, now, bounds.history))
+            else:
+                self._flows.drop(ref.id)
+            return ticket
 
         return await self._run(op, "record the call in its flow")
 
     async def unrecord_call(self, ticket: FlowTicket) -> None:
         def op(db: sqlite3.Connection, deadline: float) -> None:
+            self._flows.drop(ticket.flow_id)  # rare: the next read goes to the file
             with _immediate(db, deadline):
                 row = db.execute("SELECT generation FROM flows WHERE id=?", (ticket.flow_id,)).fetchone()
                 if row is None or row[0] != ticket.generation:
@@ -370,6 +549,13 @@ class _immediate:
         self._db.execute("ROLLBACK")
         if exc_type is None:
             raise _Expired
+
+
+def _history_with_ns(db: sqlite3.Connection, flow_id: str) -> tuple[tuple[int, ...], tuple[FlowCall, ...]]:
+    """The flow's history and each call's ``n`` (numbers can have gaps where a call was taken back)."""
+    rows = db.execute("SELECT n, call FROM flow_calls WHERE flow_id=? ORDER BY n", (flow_id,)).fetchall()
+    docs = json.loads("[" + ",".join(r[1] for r in rows) + "]")
+    return tuple(int(r[0]) for r in rows), tuple(FlowCall.from_json(d) for d in docs)
 
 
 def _history(db: sqlite3.Connection, flow_id: str) -> tuple[FlowCall, ...]:
