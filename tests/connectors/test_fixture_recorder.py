@@ -155,7 +155,7 @@ async def test_pagination() -> None:
             cursor = page.next_cursor
             if cursor is None:
                 break
-        assert pages == 3 and len(names) == 13 + 120 and len(set(names)) == len(names)
+        assert pages == 3 and len(names) == 14 + 120 and len(set(names)) == len(names)  # 14 base tools (grow incl.)
         resources = await s.list_resources()
         assert resources.next_cursor is not None
         assert _text(await s.call_tool("tool_0119", {})) == "tool_0119"

@@ -121,6 +121,7 @@ test_url_credentials_denied if {
 test_url_must_be_absolute if {
 	denied_with(fetch("alice", "//evil.net/x"), "is not an absolute URL")
 	denied_with(fetch("alice", "docs.python.org"), "is not an absolute URL")
+
 	# a URL the proxy did not parse (an input built by hand) is never trusted
 	denied_with(fetch("alice", "https://docs.python.org/"), "is not an absolute URL")
 }

@@ -188,8 +188,7 @@ class SqliteBackend:
         gets its turn instead of the loop."""
         fast = self._fast
         size = len(batch)
-        if fast is None or self._shared or size & (size - 1) or size > _INLINE_MAX_ROWS:
-            # (shared: another process writes this file too — every batch then takes the locked path)
+        if fast is None or size & (size - 1) or size > _INLINE_MAX_ROWS:
             return None
         if self.appended - self._checkpointed_at > _INLINE_BACKLOG_ROWS:
             return None
