@@ -89,6 +89,8 @@ class Guard:
             scrub=lambda s: secrets.scrubber.scrub_text(s),  # the scrubber is replaced as values resolve
             scrub_obj=lambda o: secrets.scrubber.scrub_obj(o),
             pins=pins,
+            pooled=secrets.pooled_upstreams(),
+            principal_injections=secrets.injections_for_principal,
         )
         self.visibility = Visibility(engine)
         self.sessions = SessionTable(settings, self._session_started, self._session_ended)

@@ -25,10 +25,12 @@ __all__ = [
     "CONFIG_ENV",
     "DEFAULT_CONFIG",
     "JWT_ALGORITHMS",
+    "PRINCIPAL_PLACEHOLDER",
     "AuditSettings",
     "AuthSettings",
     "ConsoleSettings",
     "PolicySettings",
+    "PoolSettings",
     "PrincipalSettings",
     "RedactionSettings",
     "SecretSettings",
@@ -315,6 +317,26 @@ class SecretSettings(_Strict):
     def argv(self) -> list[str]:
         return self.name if isinstance(self.name, list) else self.name.split()
 
+    @property
+    def per_principal(self) -> bool:
+        """Whether this secret has one value per calling principal: its ``name`` (env variable, path, or an
+        argv element) contains ``{principal}`` (mcp_guard.secrets.per_principal)."""
+        parts = self.name if isinstance(self.name, list) else [self.name]
+        return any(PRINCIPAL_PLACEHOLDER in p for p in parts)
+
+
+PRINCIPAL_PLACEHOLDER = "{principal}"
+"""In a secret's ``name``: replaced by the calling principal's id (a per-principal secret)."""
+
+
+class PoolSettings(_Strict):
+    """``[upstreams.X] pool``: the per-principal connections of an upstream whose injected secrets are per
+    principal (mcp_guard.upstream.pool). ``max`` children at once (the least recently used idle one makes
+    room); a child unused for ``idle_s`` seconds is stopped."""
+
+    max: Annotated[int, Field(gt=0, le=10_000)] = 16
+    idle_s: Annotated[float, Field(gt=0)] = 300.0
+
 
 class UpstreamSettings(_Strict):
     transport: Literal["stdio", "http", "sse"] = "stdio"
@@ -342,6 +364,8 @@ class UpstreamSettings(_Strict):
     restart: bool = True
     restart_backoff_s: Annotated[float, Field(gt=0)] = 0.5
     restart_backoff_max_s: Annotated[float, Field(gt=0)] = 30.0
+    # One connection per principal when an injected secret is per principal (ignored otherwise).
+    pool: PoolSettings = PoolSettings()
 
     @model_validator(mode="after")
     def _transport_fields(self) -> UpstreamSettings:

@@ -26,8 +26,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol, assert_never, overload
 
@@ -46,11 +46,13 @@ from mcp_guard.channel import (
     log_locally,
     scrub_message,
 )
+from mcp_guard.errors import UpstreamError
 from mcp_guard.pins import PinStore, scan_tool
 from mcp_guard.settings import Settings
 from mcp_guard.types import EventKind, ToolInfo
 from mcp_guard.upstream.connection import Injections, UpstreamConnection
 from mcp_guard.upstream.naming import Namer
+from mcp_guard.upstream.pool import UpstreamPool
 
 __all__ = [
     "ExposedPrompt",
@@ -155,6 +157,8 @@ class Registry:
         scrub: Callable[[str], str] = lambda s: s,
         scrub_obj: Callable[[Any], Any] = lambda o: o,
         pins: PinStore | None = None,
+        pooled: Collection[str] = (),
+        principal_injections: Callable[[str, str], Awaitable[Injections]] | None = None,
     ) -> None:
         self.settings = settings
         self.namer = Namer(settings.server.tool_separator)
@@ -169,10 +173,17 @@ class Registry:
         self.bare: str | None = next((n for n, u in settings.upstreams.items() if u.enabled and not u.namespace), None)
         # upstream -> session id -> in-flight record (insertion order = recency of first call)
         self._inflight: dict[str, dict[str, _InFlight]] = {}
+        # Upstreams with a per-principal secret: one connection per principal (mcp_guard.upstream.pool).
+        self.pools: dict[str, UpstreamPool] = {}
         for name, up in settings.upstreams.items():
             if not up.enabled:
                 continue
             cwd = str(settings.resolve_path(up.cwd)) if up.cwd else settings.base_dir
+            if name in pooled and principal_injections is not None:
+                self.pools[name] = UpstreamPool(
+                    name, up, self, injections=_bound(principal_injections, name), scrub=scrub, cwd=cwd
+                )
+                continue
             inj = (lambda n=name: injections(n)) if injections is not None else None
             self.connections[name] = UpstreamConnection(name, up, self, injections=inj, scrub=scrub, cwd=cwd)
 
@@ -181,6 +192,8 @@ class Registry:
         for conn in self.connections.values():
             conn.attach_task_group(tg)
             tg.start_soon(conn.run, name=f"upstream:{conn.name}")
+        for pool in self.pools.values():
+            pool.start(tg)
 
     async def wait_ready(self, timeout: float) -> dict[str, str]:
         """Wait until every upstream is ready or has failed its first start (at most ``timeout`` s).
@@ -197,6 +210,8 @@ class Registry:
     def stop(self) -> None:
         for conn in self.connections.values():
             conn.stop()
+        for pool in self.pools.values():
+            pool.stop()
 
     # ------------------------------------------------------------------ routing
     def connection(self, upstream: str) -> UpstreamConnection | None:
@@ -218,7 +233,7 @@ class Registry:
         """``(upstream, upstream-local URI)`` for an exposed resource URI, or None if it routes nowhere."""
         split = self.namer.split_uri(exposed)
         if split is not None:
-            return split if split[0] in self.connections else None
+            return split if split[0] in self.connections or split[0] in self.pools else None
         return (self.bare, exposed) if self.bare is not None else None
 
     @contextmanager
@@ -241,7 +256,7 @@ class Registry:
             if rec.count == 0:
                 calls.pop(channel.channel_id, None)
 
-    def _candidates(self, upstream: str) -> list[ClientChannel]:
+    def _candidates(self, upstream: str, principal: str | None = None) -> list[ClientChannel]:
         """The client channels an upstream→client message may belong to.
 
         A bridged 2026-07-28 call that is *parked* (its questions are with the client, between two of its
@@ -251,14 +266,16 @@ class Registry:
         principals.
         """
         channels = [r.channel for r in (self._inflight.get(upstream) or {}).values()]
+        if principal is not None:  # a pooled upstream's connection serves one principal only
+            channels = [c for c in channels if c.principal_id == principal]
         active = [c for c in channels if not c.parked]
         if not active:
             return channels
         served = {c.principal_id for c in active}
         return active + [c for c in channels if c.parked and c.principal_id not in served]
 
-    def _attribute(self, upstream: str, what: str) -> ClientChannel | types.ErrorData:
-        candidates = self._candidates(upstream)
+    def _attribute(self, upstream: str, what: str, principal: str | None = None) -> ClientChannel | types.ErrorData:
+        candidates = self._candidates(upstream, principal)
         if len(candidates) == 1:
             return candidates[0]
         if not candidates:
@@ -270,6 +287,50 @@ class Registry:
             )
         log.warning("upstream.request_unattributed", upstream=upstream, what=what, sessions=len(candidates))
         return types.ErrorData(code=types.INVALID_REQUEST, message=msg)
+
+    # ------------------------------------------------------------------ per-principal connections
+    @asynccontextmanager
+    async def lease(self, upstream: str, principal: str) -> AsyncIterator[UpstreamConnection | None]:
+        """The connection a call of ``principal`` to ``upstream`` goes to (None for an unknown upstream):
+        the shared one, or for a pooled upstream the principal's own, started on demand (UpstreamError if it
+        cannot start)."""
+        pool = self.pools.get(upstream)
+        if pool is None:
+            yield self.connections.get(upstream)
+            return
+        async with pool.lease(principal) as conn:
+            yield conn
+
+    async def credential_problem(self, upstream: str, principal: str) -> str | None:
+        """Why ``principal`` has no credential for pooled ``upstream`` (None: it has, or it is not pooled)."""
+        pool = self.pools.get(upstream)
+        return await pool.credential_problem(principal) if pool is not None else None
+
+    async def prepare_listing(self, principal: str) -> None:
+        """Before a listing: start ``principal``'s own connection of each pooled upstream it has a credential
+        for, so the listing holds what its own child offers. A failure only logs: the listing goes on."""
+
+        async def one(pool: UpstreamPool) -> None:
+            if await pool.credential_problem(principal) is not None:
+                return
+            try:
+                await pool.ensure(principal)
+            except UpstreamError as e:
+                log.warning("upstream.pool_unavailable", upstream=pool.name, principal=principal, error=str(e))
+
+        if self.pools:
+            async with anyio.create_task_group() as tg:
+                for pool in self.pools.values():
+                    tg.start_soon(one, pool)
+
+    async def to_client_of(
+        self, upstream: str, principal: str, message: Ask | Notice
+    ) -> dict[str, Any] | types.ErrorData | None:
+        """Upstream→client traffic of ``principal``'s own connection: offered only to that principal's sessions."""
+        if isinstance(message, Ask):
+            return await self.to_client(upstream, message, principal=principal)
+        await self.to_client(upstream, message, principal=principal)
+        return None
 
     # ------------------------------------------------------------------ UpstreamHooks
     async def catalog_changed(self, upstream: str, kinds: frozenset[str]) -> None:
@@ -308,21 +369,25 @@ class Registry:
         await self._listener.upstream_event(upstream, kind, self._scrub_obj(details))
 
     @overload
-    async def to_client(self, upstream: str, message: Ask) -> dict[str, Any] | types.ErrorData: ...
+    async def to_client(
+        self, upstream: str, message: Ask, *, principal: str | None = None
+    ) -> dict[str, Any] | types.ErrorData: ...
     @overload
-    async def to_client(self, upstream: str, message: Notice) -> None: ...
-    async def to_client(self, upstream: str, message: Ask | Notice) -> dict[str, Any] | types.ErrorData | None:
+    async def to_client(self, upstream: str, message: Notice, *, principal: str | None = None) -> None: ...
+    async def to_client(
+        self, upstream: str, message: Ask | Notice, *, principal: str | None = None
+    ) -> dict[str, Any] | types.ErrorData | None:
         """The one way upstream→client traffic leaves the registry: scrubbed here, once, whatever its kind,
         then delivered — a request or a log message to the one client channel it can be attributed to,
         progress to the call that asked for it, a resource update to the subscribed sessions."""
         message = scrub_message(message, self._scrub_obj)
         if isinstance(message, Ask):
-            target = self._attribute(upstream, message.method)
+            target = self._attribute(upstream, message.method, principal)
             if isinstance(target, types.ErrorData):
                 return target
             return await target.request(message.method, message.params)
         if isinstance(message, LogMessage):
-            candidates = self._candidates(upstream)
+            candidates = self._candidates(upstream, principal)
             if len(candidates) != 1:
                 log_locally(message.params, upstream=upstream)  # not attributable to one client
                 return None
@@ -369,7 +434,8 @@ class Registry:
         events: list[PinEvent] = []
         cat = MergedCatalog(version=self.catalog.version + 1)
         # Namespaced upstreams first: a bare (namespace = false) name that equals a namespaced one is hidden.
-        order = sorted(self.connections.items(), key=lambda kv: kv[0] == self.bare)
+        sources: dict[str, UpstreamConnection | UpstreamPool] = {**self.connections, **self.pools}
+        order = sorted(sources.items(), key=lambda kv: kv[0] == self.bare)
         for name, conn in order:
             if conn.state != "ready":
                 continue
@@ -406,6 +472,17 @@ class Registry:
                 cat.prompts[exposed] = ExposedPrompt(name, prompt, prompt.model_copy(update={"name": exposed}))
         self.catalog = cat
         return events
+
+
+def _bound(
+    injections: Callable[[str, str], Awaitable[Injections]], upstream: str
+) -> Callable[[str], Awaitable[Injections]]:
+    """``injections`` of one upstream, by principal."""
+
+    async def of(principal: str) -> Injections:
+        return await injections(upstream, principal)
+
+    return of
 
 
 def _definition(tool: types.Tool) -> dict[str, Any]:

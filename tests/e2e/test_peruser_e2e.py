@@ -1,0 +1,208 @@
+"""Per-user upstream credentials, end to end: a real `mcp-guard run --transport http` with three API-key
+principals in front of a stdio upstream (tests/fixtures/credential_reporter.py) whose token is a
+per-principal secret (``name = "E2E_PEERTOKEN_{principal}"``).
+
+Each principal's calls reach a child of its own that holds only its own token (the upstream reports a hash,
+compared with the hash of the token given to that principal); the pool starts one child per principal and
+stops it when idle (audited ``upstream.pool_start`` / ``upstream.pool_stop``); a principal without a token is
+denied ``credential_missing`` and gets no child; no token appears in a result, the audit database or the log.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx2
+import mcp_types as types
+import pytest
+from e2e_support import POLL_S, REPO, _wait_for_url, guard_argv, write_config
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+
+pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
+
+sys.path.insert(0, str(REPO / "tests" / "secrets"))
+from secret_checks import assert_no_secret  # noqa: E402
+
+REPORTER = REPO / "tests" / "fixtures" / "credential_reporter.py"
+KEYS = {"alice": "e2e-alice-key-5a1f90c3", "bob": "e2e-bob-key-8c2e41d7", "carol": "e2e-carol-key-3b7d02e9"}
+TOKENS = {"alice": "ghp_aliceOwnToken+9f3K/2b==", "bob": "ghp_bobsOwnToken-7Qx1Lm0Zp"}  # carol has none
+IDLE_S = 3.0
+DEADLINE_S = 60.0
+
+
+def _config(tmp: Path) -> Path:
+    principals = "".join(
+        f'\n[principals.{p}]\nroles = ["developer"]\napi_key_sha256 = "{hashlib.sha256(k.encode()).hexdigest()}"\n'
+        for p, k in KEYS.items()
+    )
+    extra = principals + '\n[secrets.peer_token]\nprovider = "env"\nname = "E2E_PEERTOKEN_{principal}"\n'
+    upstream = {
+        "command": sys.executable,
+        "args": [str(REPORTER)],
+        "inject_env": {"UPSTREAM_TOKEN": "peer_token"},
+        "pool": {"max": 4, "idle_s": IDLE_S},
+        "timeout_s": 20,
+    }
+    return write_config(tmp, {"rep": upstream}, extra=extra, secrets_allowed=["peer_token"])
+
+
+@contextmanager
+def _guard(cfg: Path, log_file: Path) -> Iterator[str]:
+    """The HTTP front, with each principal's token in mcp-guard's own environment; its /mcp URL."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **{f"E2E_PEERTOKEN_{p}": t for p, t in TOKENS.items()}}
+    err = log_file.open("w")
+    proc = subprocess.Popen(
+        guard_argv(cfg, "--transport", "http", "--port", "0", "--log-level", "info"),
+        stdout=subprocess.DEVNULL,
+        stderr=err,
+        cwd=REPO,
+        env=env,
+    )
+    try:
+        yield _wait_for_url(proc, log_file)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        err.close()
+
+
+def _client(url: str, principal: str) -> Client:
+    http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {KEYS[principal]}"}, timeout=httpx2.Timeout(60.0))
+    return Client(streamable_http_client(url, http_client=http), read_timeout_seconds=60.0)
+
+
+def _sha(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _rows(audit: Path) -> list[dict[str, Any]]:
+    db = sqlite3.connect(audit)
+    try:
+        rows = db.execute("SELECT kind, principal, server, decision, reasons, details FROM audit_events ORDER BY seq")
+        return [
+            {
+                "kind": k,
+                "principal": p,
+                "server": s,
+                "decision": d,
+                "reasons": json.loads(r) if r else [],
+                "details": json.loads(x) if x else {},
+            }
+            for k, p, s, d, r, x in rows.fetchall()
+        ]
+    finally:
+        db.close()
+
+
+def _pool_rows(audit: Path, kind: str) -> list[dict[str, Any]]:
+    return [r for r in _rows(audit) if r["kind"] == kind]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is gone for our purpose (mcp-guard reaps its children when the transport closes).
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
+
+
+async def _until(what: str, check: Any) -> None:
+    with anyio.fail_after(DEADLINE_S):
+        while not check():
+            await anyio.sleep(POLL_S)
+
+
+async def _whoami(client: Client) -> dict[str, Any]:
+    r = await client.call_tool("rep__whoami", {})
+    assert not r.is_error, r
+    assert isinstance(r.structured_content, dict)
+    return r.structured_content
+
+
+async def test_each_principal_reaches_its_own_child_with_its_own_token(tmp_path: Path) -> None:
+    cfg = _config(tmp_path)
+    log_file = tmp_path / "guard.log"
+    audit = tmp_path / "audit.db"
+    seen: list[str] = []
+    with _guard(cfg, log_file) as url:
+        async with _client(url, "alice") as alice, _client(url, "bob") as bob, _client(url, "carol") as carol:
+            # Listing starts the caller's own child (on demand): its tools are listed.
+            listed = await alice.list_tools()
+            assert "rep__whoami" in {t.name for t in listed.tools}
+            a1 = await _whoami(alice)
+            again = await _whoami(alice)
+            if not any(r["principal"] == "alice" for r in _pool_rows(audit, "upstream.pool_stop")):
+                assert again["pid"] == a1["pid"], "alice's second call went to another child"
+            b1 = await _whoami(bob)
+            assert a1["sha256"] == again["sha256"] == _sha(TOKENS["alice"])
+            assert b1["sha256"] == _sha(TOKENS["bob"])
+            assert b1["pid"] not in (a1["pid"], again["pid"]), "alice and bob share one upstream process"
+
+            # What a child says about its credential comes back scrubbed, whoever's it is.
+            for client, who in ((alice, "alice"), (bob, "bob")):
+                leaked = await client.call_tool("rep__leak", {})
+                text = leaked.model_dump_json()
+                assert "[REDACTED:peer_token]" in text, text
+                seen.append(text)
+
+            # Carol has no token: denied with a reason that says so, and no child is started for her.
+            denied = await carol.call_tool("rep__whoami", {})
+            assert denied.is_error
+            seen.append(denied.model_dump_json())
+            seen.append((await carol.list_tools()).model_dump_json())
+            carol_rows = [r for r in _rows(audit) if r["principal"] == "carol" and r["kind"] == "call.decision"]
+            assert carol_rows and carol_rows[-1]["decision"] == "deny"
+            assert carol_rows[-1]["reasons"][0] == "credential_missing", carol_rows[-1]
+            assert "E2E_PEERTOKEN_carol" in " ".join(carol_rows[-1]["reasons"])
+
+            starts = _pool_rows(audit, "upstream.pool_start")
+            assert {r["principal"] for r in starts} == {"alice", "bob"}, starts
+            assert all(r["server"] == "rep" for r in starts)
+
+            # Idle children are stopped (audited), their processes gone.
+            await _until(
+                "both idle children stopped",
+                lambda: {r["principal"] for r in _pool_rows(audit, "upstream.pool_stop")} >= {"alice", "bob"},
+            )
+            stops = _pool_rows(audit, "upstream.pool_stop")
+            assert {r["details"]["reason"] for r in stops} == {"idle"}, stops
+            await _until("the children exited", lambda: not any(_alive(x["pid"]) for x in (a1, again, b1)))
+
+            # The next call starts a new child for alice, again with her own token only.
+            starts_before = len(_pool_rows(audit, "upstream.pool_start"))
+            a2 = await _whoami(alice)
+            assert a2["sha256"] == _sha(TOKENS["alice"]) and a2["pid"] not in (a1["pid"], again["pid"])
+            assert [r["principal"] for r in _pool_rows(audit, "upstream.pool_start")[starts_before:]] == ["alice"]
+
+    verify = subprocess.run(
+        [sys.executable, "-m", "mcp_guard", "audit", "verify", "--config", str(cfg)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
+    )
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    blobs = [s.encode() for s in seen] + [log_file.read_bytes()]
+    blobs += [p.read_bytes() for p in tmp_path.glob("audit.db*")]
+    for token in TOKENS.values():
+        for blob in blobs:
+            assert_no_secret(blob, token)
