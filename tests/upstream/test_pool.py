@@ -17,10 +17,11 @@ import pytest
 
 from mcp_guard.channel import Ask, Notice
 from mcp_guard.errors import SecretError, UpstreamError
-from mcp_guard.settings import UpstreamSettings
+from mcp_guard.settings import UpstreamSettings, parse_settings
 from mcp_guard.types import EventKind
 from mcp_guard.upstream.connection import Injections
 from mcp_guard.upstream.pool import UpstreamPool
+from mcp_guard.upstream.registry import Registry
 
 pytestmark = pytest.mark.anyio
 
@@ -158,3 +159,66 @@ async def test_an_idle_child_is_stopped_and_a_busy_one_is_not() -> None:
                 await anyio.sleep(0.02)
         assert [d["principal"] for d in hooks.of(EventKind.UPSTREAM_POOL_STOP)] == ["bob", "alice"]
         tg.cancel_scope.cancel()
+
+
+class Channel:
+    """A client channel of one principal that records the requests reaching it."""
+
+    def __init__(self, channel_id: str, principal_id: str) -> None:
+        self.channel_id = channel_id
+        self.principal_id = principal_id
+        self.parked = False
+        self.requests: list[Any] = []
+
+    async def request(self, method: Any, params: dict[str, Any]) -> dict[str, Any] | types.ErrorData:
+        self.requests.append((method, params))
+        return {"action": "decline"}
+
+
+class Listener:
+    async def catalog_changed(self, upstream: str, kinds: frozenset[str]) -> None:
+        pass
+
+    async def upstream_event(self, upstream: str, kind: EventKind, details: dict[str, Any]) -> None:
+        pass
+
+    async def pin_event(self, upstream: str, kind: EventKind, tool: str, details: dict[str, Any]) -> None:
+        pass
+
+    async def resource_updated(self, upstream: str, uri: str) -> None:
+        pass
+
+
+def _registry() -> Registry:
+    settings = parse_settings(
+        {
+            "secrets": {"tok": {"provider": "env", "name": "TOK_{principal}"}},
+            "upstreams": {"rep": {"command": sys.executable, "inject_env": {"UPSTREAM_TOKEN": "tok"}}},
+        }
+    )
+
+    async def injections(upstream: str, principal: str) -> Injections:
+        return await _injections(principal)
+
+    return Registry(settings, Listener(), pooled={"rep"}, principal_injections=injections)
+
+
+async def test_a_childs_request_goes_only_to_its_own_principals_session() -> None:
+    """Bob's session is the only one with a call in flight: alice's child still may not ask it anything."""
+    registry = _registry()
+    assert registry.connection("rep") is None and "rep" in registry.pools
+    bob = Channel("s-bob", "bob")
+    ask = Ask("elicitation/create", {"mode": "form", "message": "?", "requestedSchema": {"type": "object"}})
+    with registry.in_flight("rep", bob):  # type: ignore[arg-type]
+        refused = await registry.to_client_of("rep", "alice", ask)
+        answered = await registry.to_client_of("rep", "bob", ask)
+    assert isinstance(refused, types.ErrorData) and answered == {"action": "decline"}
+    assert len(bob.requests) == 1
+
+
+async def test_the_registry_answers_credential_problems_of_pooled_upstreams_only() -> None:
+    registry = _registry()
+    problem = await registry.credential_problem("rep", "carol")
+    assert problem is not None and "TOK_carol" in problem
+    assert await registry.credential_problem("rep", "alice") is None
+    assert await registry.credential_problem("other", "carol") is None
