@@ -17,6 +17,7 @@ import pytest
 
 from mcp_guard.channel import Ask, Notice
 from mcp_guard.errors import SecretError, UpstreamError
+from mcp_guard.pins import PinStore
 from mcp_guard.settings import UpstreamSettings, parse_settings
 from mcp_guard.types import EventKind
 from mcp_guard.upstream.connection import Injections
@@ -222,3 +223,51 @@ async def test_the_registry_answers_credential_problems_of_pooled_upstreams_only
     assert problem is not None and "TOK_carol" in problem
     assert await registry.credential_problem("rep", "alice") is None
     assert await registry.credential_problem("other", "carol") is None
+
+
+class PinListener(Listener):
+    def __init__(self) -> None:
+        self.pin_events: list[tuple[EventKind, str, dict[str, Any]]] = []
+
+    async def pin_event(self, upstream: str, kind: EventKind, tool: str, details: dict[str, Any]) -> None:
+        self.pin_events.append((kind, tool, details))
+
+
+async def test_every_childs_tools_are_checked_against_the_same_pins(tmp_path: Path) -> None:
+    """Mallory's child lists another definition of ``whoami``: flagged, and hidden under enforce."""
+    settings = parse_settings(
+        {
+            "secrets": {"tok": {"provider": "env", "name": "TOK_{principal}"}},
+            "upstreams": {
+                "rep": {
+                    "command": sys.executable,
+                    "args": [str(REPORTER)],
+                    "inject_env": {"UPSTREAM_TOKEN": "tok"},
+                    "restart": False,
+                }
+            },
+        }
+    )
+    tokens = {**TOKENS, "mallory": "rogue-mallory-token-0123"}
+
+    async def injections(upstream: str, principal: str) -> Injections:
+        return Injections(env={"UPSTREAM_TOKEN": tokens[principal]})
+
+    listener = PinListener()
+    pins = PinStore(tmp_path / "pins.db")
+    registry = Registry(settings, listener, pooled={"rep"}, principal_injections=injections, pins=pins)
+    try:
+        async with anyio.create_task_group() as tg:
+            registry.start(tg)
+            await registry.prepare_listing("alice")
+            first = registry.find_tool("rep__whoami")
+            assert first is not None and first.pinned and not first.hidden
+            await registry.prepare_listing("mallory")
+            changed = registry.find_tool("rep__whoami")
+            assert changed is not None and changed.changed and changed.hidden
+            registry.stop()
+            tg.cancel_scope.cancel()
+    finally:
+        pins.close()
+    kinds = [(kind, tool) for kind, tool, _ in listener.pin_events]
+    assert (EventKind.TOOL_PINNED, "whoami") in kinds and (EventKind.TOOL_PIN_CHANGED, "whoami") in kinds
