@@ -24,7 +24,7 @@ from typing import Any
 import anyio
 import httpx2
 import pytest
-from e2e_support import POLL_S, REPO, _wait_for_url, guard_argv, write_config
+from e2e_support import API_KEY, POLL_S, REPO, _wait_for_url, guard_argv, write_config
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
@@ -192,10 +192,10 @@ async def test_each_principal_reaches_its_own_child_with_its_own_token(tmp_path:
             assert a2["sha256"] == _sha(TOKENS["alice"]) and a2["pid"] not in (a1["pid"], again["pid"])
             assert [r["principal"] for r in _pool_rows(audit, "upstream.pool_start")[starts_before:]] == ["alice"]
 
-    _verify_and_scan(cfg, tmp_path, [*seen, log_file.read_text()])
+    _verify_and_scan(cfg, tmp_path, [*seen, log_file.read_text()], list(TOKENS.values()))
 
 
-def _verify_and_scan(cfg: Path, tmp: Path, seen: list[str]) -> None:
+def _verify_and_scan(cfg: Path, tmp: Path, seen: list[str], tokens: list[str]) -> None:
     """``audit verify`` passes on the chain, and no token is in what the clients saw, the log or the audit files."""
     verify = subprocess.run(
         [sys.executable, "-m", "mcp_guard", "audit", "verify", "--config", str(cfg)],
@@ -206,6 +206,94 @@ def _verify_and_scan(cfg: Path, tmp: Path, seen: list[str]) -> None:
     )
     assert verify.returncode == 0, verify.stdout + verify.stderr
     blobs = [s.encode() for s in seen] + [p.read_bytes() for p in tmp.glob("audit.db*")]
-    for token in TOKENS.values():
+    for token in tokens:
         for blob in blobs:
             assert_no_secret(blob, token)
+
+
+# ------------------------------------------------------------------------------------------- with the real IdP
+# The test IdP's clients (tests/e2e/test_oauth_e2e.CLIENTS; sub = client id): each has a token file. The
+# API-key principal "agent" of write_config has none.
+FILE_TOKENS = {"alice-agent": "ghp_aliceFileToken/1Qw9==", "carol-agent": "ghp_carolFileToken-8Zx2"}
+
+
+async def _idp_token(issuer: str, resource: str, client_id: str) -> str:
+    from test_oauth_e2e import SECRET
+
+    async with httpx2.AsyncClient(timeout=10) as http:
+        r = await http.post(
+            f"{issuer}/token",
+            data={"grant_type": "client_credentials", "resource": resource, "scope": "tools:read"},
+            auth=(client_id, SECRET[client_id]),
+        )
+    assert r.status_code == 200, r.text
+    return str(r.json()["access_token"])
+
+
+def _bearer(url: str, token: str) -> Client:
+    http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=httpx2.Timeout(60.0))
+    return Client(streamable_http_client(url, http_client=http), read_timeout_seconds=60.0)
+
+
+@contextmanager
+def _idp_stack(tmp: Path) -> Iterator[tuple[str, str, Path, Path]]:
+    """The test IdP and mcp-guard as its resource server, each subject's token a file under ``tmp/tokens``:
+    ``(issuer, /mcp url, config, log file)``."""
+    from test_oauth_e2e import _free_port, _start_idp
+
+    tokens_dir = tmp / "tokens"
+    tokens_dir.mkdir()
+    for sub, token in FILE_TOKENS.items():
+        (tokens_dir / sub).write_text(token + "\n")
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}/mcp"
+    idp, issuer = _start_idp(url, _free_port())
+    log_file = tmp / "guard.log"
+    extra = (
+        f'\n[auth]\nissuer = "{issuer}"\naudience = "{url}"\nroles_claim = "groups"\n'
+        f'\n[secrets.peer_token]\nprovider = "file"\nname = "{tokens_dir}/{{principal}}"\n'
+    )
+    upstream = {"command": sys.executable, "args": [str(REPORTER)], "inject_env": {"UPSTREAM_TOKEN": "peer_token"}}
+    cfg = write_config(tmp, {"rep": upstream}, extra=extra, secrets_allowed=["peer_token"])
+    guard: subprocess.Popen[bytes] | None = None
+    try:
+        with log_file.open("w") as err:
+            guard = subprocess.Popen(
+                guard_argv(cfg, "--transport", "http", "--port", str(port), "--log-level", "info"),
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+                cwd=REPO,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+            assert _wait_for_url(guard, log_file) == url
+            yield issuer, url, cfg, log_file
+    finally:
+        for proc in (guard, idp):
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+
+
+async def test_idp_subjects_get_their_own_file_credentials(tmp_path: Path) -> None:
+    """Principals from IdP tokens (sub = client id, with a '-'): one token file per subject under a directory;
+    a principal without a file (the API-key one) is denied; neither file tokens nor the clients' bearer tokens
+    reach the record."""
+    audit = tmp_path / "audit.db"
+    with _idp_stack(tmp_path) as (issuer, url, cfg, log_file):
+        bearer = {sub: await _idp_token(issuer, url, sub) for sub in FILE_TOKENS}
+        async with _bearer(url, bearer["alice-agent"]) as alice, _bearer(url, bearer["carol-agent"]) as carol:
+            a = await _whoami(alice)
+            c = await _whoami(carol)
+        assert a["sha256"] == _sha(FILE_TOKENS["alice-agent"]) and c["sha256"] == _sha(FILE_TOKENS["carol-agent"])
+        assert a["pid"] != c["pid"]
+        async with _bearer(url, API_KEY) as agent:
+            denied = await agent.call_tool("rep__whoami", {})
+        assert denied.is_error
+        agent_rows = [r for r in _rows(audit) if r["principal"] == "agent" and r["kind"] == "call.decision"]
+        assert agent_rows and agent_rows[-1]["reasons"][0] == "credential_missing", agent_rows
+        assert {r["principal"] for r in _pool_rows(audit, "upstream.pool_start")} == set(FILE_TOKENS)
+    _verify_and_scan(cfg, tmp_path, [log_file.read_text()], [*FILE_TOKENS.values(), *bearer.values()])

@@ -301,6 +301,15 @@ class Registry:
         async with pool.lease(principal) as conn:
             yield conn
 
+    async def find_tool_for(self, exposed: str, principal: str) -> ExposedTool | None:
+        """:meth:`find_tool`, and if the name is unknown while pooled upstreams exist, again once the caller's
+        own children of them are started (their catalogue is unknown until some principal's child listed it)."""
+        found = self.find_tool(exposed)
+        if found is not None or not self.pools:
+            return found
+        await self.prepare_listing(principal)
+        return self.find_tool(exposed)
+
     async def credential_problem(self, upstream: str, principal: str) -> str | None:
         """Why ``principal`` has no credential for pooled ``upstream`` (None: it has, or it is not pooled)."""
         pool = self.pools.get(upstream)
