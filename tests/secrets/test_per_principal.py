@@ -134,3 +134,15 @@ async def test_every_principals_value_stays_scrubbed(manager: SecretManager, mon
     scrubbed = manager.scrub_text(text)
     assert not any(v in scrubbed for v in values.values())
     assert scrubbed.count("[REDACTED:gh]") == len(values)
+
+
+async def test_an_http_upstreams_headers_carry_the_callers_own_value(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MG_GH_alice", ALICE)
+    monkeypatch.setenv("MG_GH_bob", BOB)
+    web = {"transport": "http", "url": "https://gh.example/mcp", "inject_headers": {"Authorization": "Bearer {gh}"}}
+    manager = SecretManager(_settings(tmp_path, web=web))
+    assert "web" in manager.pooled_upstreams()
+    assert (await manager.injections_for_principal("web", "alice")).headers == {"Authorization": f"Bearer {ALICE}"}
+    assert (await manager.injections_for_principal("web", "bob")).headers == {"Authorization": f"Bearer {BOB}"}

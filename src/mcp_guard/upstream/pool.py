@@ -265,4 +265,7 @@ class UpstreamPool:
             async with self._lock:
                 for child in list(self._children.values()):
                     if child.busy == 0 and now - child.last_used >= idle_s:
-                        await self._stop_child(child, "idle")
+                        try:
+                            await self._stop_child(child, "idle")
+                        except Exception as e:  # the reaper must outlive one failed report
+                            log.warning("upstream.pool_reap_failed", upstream=self.name, error=str(e))
