@@ -364,7 +364,7 @@ class UpstreamSettings(_Strict):
     restart: bool = True
     restart_backoff_s: Annotated[float, Field(gt=0)] = 0.5
     restart_backoff_max_s: Annotated[float, Field(gt=0)] = 30.0
-    # One connection per principal when an injected secret is per principal (ignored otherwise).
+    # One connection per principal when an injected secret is per principal (set on any other: a config error).
     pool: PoolSettings = PoolSettings()
 
     @model_validator(mode="after")
@@ -454,7 +454,18 @@ class Settings(_Strict):
                 for ref in re.findall(r"\{([^}]*)\}", template):
                     if ref not in self.secrets:
                         raise ValueError(f"upstreams.{name}.inject_headers.{header}: unknown secret {ref!r}")
+            if "pool" in up.model_fields_set and not self._per_principal_injected(up):
+                raise ValueError(
+                    f"upstreams.{name}.pool: only an upstream that injects a per-principal secret "
+                    "({principal} in the secret's name) runs one connection per principal"
+                )
         return self
+
+    def _per_principal_injected(self, up: UpstreamSettings) -> bool:
+        names = set(up.inject_env.values())
+        for template in up.inject_headers.values():
+            names.update(re.findall(r"\{([^}]*)\}", template))
+        return any(n in self.secrets and self.secrets[n].per_principal for n in names)
 
     def resolve_path(self, p: str) -> Path:
         """A path from the config: absolute, else relative to the config file's directory."""

@@ -58,9 +58,9 @@ def test_a_name_with_the_placeholder_is_per_principal() -> None:
 
 def test_pool_bounds_are_validated(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="pool"):
-        _settings(tmp_path, bad={"command": "x", "pool": {"max": 0}})
+        _settings(tmp_path, bad={"command": "x", "inject_env": {"G": "gh"}, "pool": {"max": 0}})
     with pytest.raises(ConfigError, match="pool"):
-        _settings(tmp_path, bad={"command": "x", "pool": {"idle_s": -1}})
+        _settings(tmp_path, bad={"command": "x", "inject_env": {"G": "gh"}, "pool": {"idle_s": -1}})
     assert _settings(tmp_path).upstreams["github"].pool.max == 16
 
 
@@ -146,3 +146,12 @@ async def test_an_http_upstreams_headers_carry_the_callers_own_value(
     assert "web" in manager.pooled_upstreams()
     assert (await manager.injections_for_principal("web", "alice")).headers == {"Authorization": f"Bearer {ALICE}"}
     assert (await manager.injections_for_principal("web", "bob")).headers == {"Authorization": f"Bearer {BOB}"}
+
+
+def test_a_pool_on_an_upstream_without_per_principal_secrets_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"upstreams.plain2.pool: only an upstream that injects a per-principal"):
+        _settings(tmp_path, plain2={"command": "x", "inject_env": {"S": "shared"}, "pool": {"max": 2}})
+    assert (
+        _settings(tmp_path, ok={"command": "x", "inject_env": {"G": "gh"}, "pool": {"max": 2}}).upstreams["ok"].pool.max
+        == 2
+    )
