@@ -271,3 +271,22 @@ async def test_every_childs_tools_are_checked_against_the_same_pins(tmp_path: Pa
         pins.close()
     kinds = [(kind, tool) for kind, tool, _ in listener.pin_events]
     assert (EventKind.TOOL_PINNED, "whoami") in kinds and (EventKind.TOOL_PIN_CHANGED, "whoami") in kinds
+
+
+async def test_concurrent_first_calls_of_one_principal_start_one_child() -> None:
+    hooks, clock = Hooks(), Clock()
+    reports: list[dict[str, Any]] = []
+
+    async def call() -> None:
+        reports.append(await _whoami(pool, "alice"))
+
+    async with anyio.create_task_group() as tg:
+        pool = _pool(hooks, clock)
+        pool.start(tg)
+        async with anyio.create_task_group() as calls:
+            for _ in range(5):
+                calls.start_soon(call)
+        assert len({r["pid"] for r in reports}) == 1 and len(reports) == 5
+        assert [d["principal"] for d in hooks.of(EventKind.UPSTREAM_POOL_START)] == ["alice"]
+        pool.stop()
+        tg.cancel_scope.cancel()
