@@ -104,6 +104,8 @@ class Guard:
             scrub=lambda s: secrets.scrubber.scrub_text(s),  # the scrubber is replaced as values resolve
             scrub_obj=lambda o: secrets.scrubber.scrub_obj(o),
             pins=pins,
+            pooled=secrets.pooled_upstreams(),
+            principal_injections=secrets.injections_for_principal,
         )
         self.visibility = Visibility(engine)
         self.sessions = SessionTable(settings, self._session_started, self._session_ended)
@@ -349,7 +351,9 @@ class Guard:
         self.settings = plan.effective
         self.keys.replace(key_digests(plan.effective))
         self._resolvers.clear()
-        await self.registry.reconfigure(plan.effective, stop=plan.stopped, start=plan.started)
+        await self.registry.reconfigure(
+            plan.effective, stop=plan.stopped, start=plan.started, pooled=self.secrets.pooled_upstreams()
+        )
         return plan
 
     # ------------------------------------------------------------------ serving

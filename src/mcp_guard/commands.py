@@ -213,6 +213,9 @@ async def _check_async(settings: Settings, args: argparse.Namespace) -> int:
             if stderr:
                 lines.append(f"         last stderr lines of {name}:")
                 lines += [f"           | {line}" for line in stderr]
+        for name in guard.registry.pools:  # per-principal credentials: nothing to start without a principal
+            report["upstreams"][name] = {"state": "pooled", "error": None, "tools": []}
+            lines.append(f"  [pool] {name}: one connection per principal, started on its first use (not checked)")
         _print(report, args.json, "\n".join(lines))
         return 1 if problems else 0
 
@@ -231,8 +234,9 @@ async def _tools_async(settings: Settings, args: argparse.Namespace) -> int:
     principal = principal_for(settings, args.principal or settings.server.principal)
     async with Guard.open(settings, principal=principal.id) as guard:
         await guard.registry.wait_ready(args.timeout)
-        total = sum(1 for e in guard.registry.catalog.tools.values() if not e.hidden)
         visible = [t.name for t in await guard.visible_tools(principal)]
+        # After the listing: it starts the principal's own connections of pooled upstreams.
+        total = sum(1 for e in guard.registry.catalog.tools.values() if not e.hidden)
         _print(
             {"principal": principal.id, "roles": list(principal.roles), "tools": visible},
             args.json,

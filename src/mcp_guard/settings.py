@@ -25,10 +25,12 @@ __all__ = [
     "CONFIG_ENV",
     "DEFAULT_CONFIG",
     "JWT_ALGORITHMS",
+    "PRINCIPAL_PLACEHOLDER",
     "AuditSettings",
     "AuthSettings",
     "ConsoleSettings",
     "PolicySettings",
+    "PoolSettings",
     "PrincipalSettings",
     "RedactionSettings",
     "SecretSettings",
@@ -404,6 +406,26 @@ class SecretSettings(_Strict):
     def argv(self) -> list[str]:
         return self.name if isinstance(self.name, list) else self.name.split()
 
+    @property
+    def per_principal(self) -> bool:
+        """Whether this secret has one value per calling principal: its ``name`` (env variable, path, or an
+        argv element) contains ``{principal}`` (mcp_guard.secrets.per_principal)."""
+        parts = self.name if isinstance(self.name, list) else [self.name]
+        return any(PRINCIPAL_PLACEHOLDER in p for p in parts)
+
+
+PRINCIPAL_PLACEHOLDER = "{principal}"
+"""In a secret's ``name``: replaced by the calling principal's id (a per-principal secret)."""
+
+
+class PoolSettings(_Strict):
+    """``[upstreams.X] pool``: the per-principal connections of an upstream whose injected secrets are per
+    principal (mcp_guard.upstream.pool). ``max`` children at once (the least recently used idle one makes
+    room); a child unused for ``idle_s`` seconds is stopped."""
+
+    max: Annotated[int, Field(gt=0, le=10_000)] = 16
+    idle_s: Annotated[float, Field(gt=0)] = 300.0
+
 
 class UpstreamSettings(_Strict):
     transport: Literal["stdio", "http", "sse"] = "stdio"
@@ -435,6 +457,8 @@ class UpstreamSettings(_Strict):
     restart: bool = True
     restart_backoff_s: Annotated[float, Field(gt=0)] = 0.5
     restart_backoff_max_s: Annotated[float, Field(gt=0)] = 30.0
+    # One connection per principal when an injected secret is per principal (set on any other: a config error).
+    pool: PoolSettings = PoolSettings()
 
     @model_validator(mode="after")
     def _transport_fields(self) -> UpstreamSettings:
@@ -535,7 +559,18 @@ class Settings(_Strict):
                 for ref in re.findall(r"\{([^}]*)\}", template):
                     if ref not in self.secrets:
                         raise ValueError(f"upstreams.{name}.inject_headers.{header}: unknown secret {ref!r}")
+            if "pool" in up.model_fields_set and not self._per_principal_injected(up):
+                raise ValueError(
+                    f"upstreams.{name}.pool: only an upstream that injects a per-principal secret "
+                    "({principal} in the secret's name) runs one connection per principal"
+                )
         return self
+
+    def _per_principal_injected(self, up: UpstreamSettings) -> bool:
+        names = set(up.inject_env.values())
+        for template in up.inject_headers.values():
+            names.update(re.findall(r"\{([^}]*)\}", template))
+        return any(n in self.secrets and self.secrets[n].per_principal for n in names)
 
     def resolve_path(self, p: str) -> Path:
         """A path from the config: absolute, else relative to the config file's directory."""

@@ -71,6 +71,7 @@ class ReasonCode(StrEnum):
     APPROVAL_EXPIRED = "approval_expired"  # the call's approval was not decided before its expiry
     APPROVAL_USED = "approval_used"  # the approval was consumed by another identical call first
     RESULT_WITHHELD = "result_withheld"  # the result policy denied a tools/call result (the call ran)
+    CREDENTIAL_MISSING = "credential_missing"  # a per-principal secret of the upstream has no value for the caller
 
 
 class AuthFailure(StrEnum):
@@ -117,6 +118,8 @@ class EventKind(StrEnum):
     UPSTREAM_RESTART = "upstream.restart"
     UPSTREAM_CRASH = "upstream.crash"
     UPSTREAM_START_FAILED = "upstream.start_failed"
+    UPSTREAM_POOL_START = "upstream.pool_start"  # a per-principal connection of a pooled upstream started
+    UPSTREAM_POOL_STOP = "upstream.pool_stop"  # … and stopped (idle, evicted to make room, or exited)
     TOOL_PINNED = "tool.pinned"
     TOOL_PIN_CHANGED = "tool.pin_changed"
     TOOL_PIN_APPROVED = "tool.pin_approved"

@@ -457,8 +457,12 @@ def policy_reload_failed(active_revision: str | None, **details: Any) -> AuditEv
 
 
 def upstream_event(kind: EventKind, server: str, details: Mapping[str, Any]) -> AuditEvent:
-    """An upstream's life cycle (start, restart, crash, start_failed)."""
-    return AuditEvent(kind=kind, server=server, details=dict(details))
+    """An upstream's life cycle (start, restart, crash, start_failed; pool_start, pool_stop). A per-principal
+    connection's events name its principal (mcp_guard.upstream.pool), in the row's ``principal`` column too."""
+    principal = details.get("principal")
+    return AuditEvent(
+        kind=kind, server=server, principal=principal if isinstance(principal, str) else None, details=dict(details)
+    )
 
 
 def pin_event(kind: EventKind, server: str, tool: str, *, principal: str | None = None, **details: Any) -> AuditEvent:

@@ -260,7 +260,9 @@ class Handlers:
         self, ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams
     ) -> dict[str, Any]:
         sess = self._session(ctx)
-        entry = self.registry.find_tool(params.name)
+        # A pooled upstream's tools are known once some principal's child listed them: a first call (no
+        # listing before it) starts the caller's own child and looks again.
+        entry = await self.registry.find_tool_for(params.name, self.principal_of(ctx).id)
         if entry is None:
             return _for_client(
                 ctx, self._deny_tool_result(await self._unknown(sess, "tools/call", params.name, "tool"))

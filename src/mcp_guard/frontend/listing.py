@@ -81,6 +81,7 @@ async def visible(
     listing: Listing[_E], registry: Registry, visibility: Visibility, principal: Principal, session: SessionInfo
 ) -> list[Any]:
     """The exposed entries of one kind that ``principal`` may see, in catalogue order."""
+    await registry.prepare_listing(principal.id)  # the caller's own connections of pooled upstreams
     if listing.pins:
         await registry.recheck_pins()
     cat = registry.catalog

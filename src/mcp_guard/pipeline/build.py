@@ -61,7 +61,7 @@ from mcp_guard.pipeline.pins import PinCheck
 from mcp_guard.pipeline.ratelimit import DeclaredUsage, RateLimitObligation, bundle_data_of
 from mcp_guard.pipeline.redact import Redact
 from mcp_guard.pipeline.result_policy import ResultPolicy, ResultUse
-from mcp_guard.pipeline.secret_source import SecretSource
+from mcp_guard.pipeline.secret_source import CredentialCheck, SecretSource
 from mcp_guard.pipeline.secrets import InspectArguments, SecretsObligation
 from mcp_guard.pipeline.shadow import ShadowPolicy, ShadowStats
 from mcp_guard.pipeline.stepup import StepUpObligation
@@ -75,7 +75,11 @@ __all__ = ["build_pipeline", "obligation_handlers", "pipeline_stages", "traced_s
 
 
 def obligation_handlers(
-    secrets: SecretSource, state: StateStore, approval: ObligationHandler | None = None
+    secrets: SecretSource,
+    state: StateStore,
+    approval: ObligationHandler | None = None,
+    *,
+    credentials: CredentialCheck | None = None,
 ) -> list[ObligationHandler]:
     """Every obligation mcp-guard enforces, in the order they run; a key not handled here is a deny.
 
@@ -87,7 +91,7 @@ def obligation_handlers(
     ``rate_limit``, so a call waiting for approval neither labels its flow nor counts against a limit."""
     approvals = [approval] if approval is not None else []
     return [
-        SecretsObligation(secrets),
+        SecretsObligation(secrets, credentials),
         StepUpObligation(),
         *approvals,
         LabelsObligation(state),
@@ -140,7 +144,7 @@ def pipeline_stages(
         PinCheck(registry),
         ShadowPolicy(shadow, sink, shadow_stats),
         Authorize(engine, usage_source(engine, state)),
-        EnforceObligations(obligation_handlers(secrets, state, approval)),
+        EnforceObligations(obligation_handlers(secrets, state, approval, credentials=registry)),
         RecordDecision(audit, max_arguments_bytes=bound),
         ResultPolicy(engine, state, ResultUse(engine, forced=policy.result_policy), max_bytes=policy.result_max_bytes),
         Redact(secrets),

@@ -94,12 +94,13 @@ class Forward:
         self._registry = registry
 
     async def __call__(self, ctx: CallContext) -> Outcome:
-        conn = self._registry.connection(ctx.server)
-        if conn is None:
-            return Outcome.guard_error(UPSTREAM_UNAVAILABLE, f"unknown upstream {ctx.server!r}")
         try:
-            with self._registry.in_flight(ctx.server, ctx.downstream):
-                result = await conn.request(ctx.request, timeout=ctx.timeout_s, on_progress=ctx.progress)
+            # The caller's own connection when the upstream runs one per principal (mcp_guard.upstream.pool).
+            async with self._registry.lease(ctx.server, ctx.principal.id) as conn:
+                if conn is None:
+                    return Outcome.guard_error(UPSTREAM_UNAVAILABLE, f"unknown upstream {ctx.server!r}")
+                with self._registry.in_flight(ctx.server, ctx.downstream):
+                    result = await conn.request(ctx.request, timeout=ctx.timeout_s, on_progress=ctx.progress)
         except UpstreamTimeout as e:
             return Outcome.guard_error(UPSTREAM_TIMEOUT, str(e))
         except UpstreamError as e:

@@ -17,7 +17,7 @@ from typing import Protocol
 from mcp_guard.secrets.redact import Scrubber
 from mcp_guard.upstream.connection import Injections
 
-__all__ = ["NO_SECRETS", "NoSecrets", "SecretSource"]
+__all__ = ["NO_SECRETS", "CredentialCheck", "NoSecrets", "SecretSource"]
 
 
 class SecretSource(Protocol):
@@ -36,6 +36,22 @@ class SecretSource(Protocol):
         """The env vars (stdio) or headers (HTTP) carrying ``upstream``'s secrets, and nothing else."""
         ...
 
+    def pooled_upstreams(self) -> frozenset[str]:
+        """The upstreams with a per-principal secret: one connection per principal (mcp_guard.upstream.pool)."""
+        ...
+
+    async def injections_for_principal(self, upstream: str, principal: str) -> Injections:
+        """:meth:`injections_for` of ``principal``'s own connection (raises SecretError if it has no credential)."""
+        ...
+
+
+class CredentialCheck(Protocol):
+    """Whether a principal has its own credential for an upstream (the registry's pools answer it)."""
+
+    async def credential_problem(self, upstream: str, principal: str) -> str | None:
+        """Why ``principal`` has no credential for ``upstream``; None if it has one or needs none."""
+        ...
+
 
 class NoSecrets:
     """The null :class:`SecretSource`: no secrets are configured."""
@@ -50,6 +66,12 @@ class NoSecrets:
         return set()
 
     async def injections_for(self, upstream: str) -> Injections:
+        return Injections()
+
+    def pooled_upstreams(self) -> frozenset[str]:
+        return frozenset()
+
+    async def injections_for_principal(self, upstream: str, principal: str) -> Injections:
         return Injections()
 
     def __repr__(self) -> str:

@@ -15,6 +15,11 @@
   not the key is present (``always``): a decision that grants nothing grants nothing. A value that is
   not a list of strings is ``obligation_invalid``.
 
+  For an upstream with a per-principal secret (one connection per principal, mcp_guard.upstream.pool),
+  a granted call of a principal that has no value of that secret is **denied** with reason code
+  ``credential_missing`` (the reason names the secret and what is missing, never a value): it is not
+  forwarded to anyone else's connection, and no connection is started for it.
+
   Why deny rather than "run without the credential": a stdio upstream receives its secrets as
   environment variables of a long-lived child process and an HTTP upstream as headers of a
   long-lived connection, so a credential cannot be withheld from one call while the next call from
@@ -30,7 +35,7 @@ from typing import Any
 
 from mcp_guard.pipeline.context import CallContext, CallNext, Outcome
 from mcp_guard.pipeline.obligations import ABSENT, Refusal, invalid
-from mcp_guard.pipeline.secret_source import SecretSource
+from mcp_guard.pipeline.secret_source import CredentialCheck, SecretSource
 from mcp_guard.secrets.redact import Scrubber
 from mcp_guard.secrets.shapes import field_kind, mask
 from mcp_guard.types import ReasonCode
@@ -100,8 +105,9 @@ class SecretsObligation:
     name = "secrets"
     always = True  # an upstream that runs with secrets needs the grant even when the decision names none
 
-    def __init__(self, secrets: SecretSource) -> None:
+    def __init__(self, secrets: SecretSource, credentials: CredentialCheck | None = None) -> None:
         self._secrets = secrets
+        self._credentials = credentials
 
     async def enforce(self, ctx: CallContext, value: object) -> Refusal | None:
         granted = set() if value is ABSENT else granted_secrets(value)
@@ -109,11 +115,24 @@ class SecretsObligation:
             return invalid(self.name, "a list of secret names", value)
         missing = self._secrets.secret_names_for(ctx.server) - granted
         if not missing:
-            return None
+            return await self._own_credential(ctx)
         return Refusal(
             ReasonCode.SECRET_NOT_GRANTED,
             f"upstream {ctx.server!r} runs with secret(s) {_names(missing)} that the policy "
             "decision does not grant to this call (obligations.secrets)",
+        )
+
+    async def _own_credential(self, ctx: CallContext) -> Refusal | None:
+        """``credential_missing`` when the upstream needs a per-principal credential the caller does not have."""
+        if self._credentials is None:
+            return None
+        problem = await self._credentials.credential_problem(ctx.server, ctx.principal.id)
+        if problem is None:
+            return None
+        return Refusal(
+            ReasonCode.CREDENTIAL_MISSING,
+            f"upstream {ctx.server!r} runs with a credential of each caller's own, and principal "
+            f"{ctx.principal.id!r} has none: {problem}",
         )
 
 

@@ -26,6 +26,7 @@ import structlog
 from pydantic import SecretStr
 
 from mcp_guard.errors import SecretError
+from mcp_guard.secrets.per_principal import PerPrincipalProvider
 from mcp_guard.secrets.providers import SecretProvider, SecretRef, build_provider
 from mcp_guard.secrets.redact import Scrubber
 from mcp_guard.settings import Settings, UpstreamSettings
@@ -47,10 +48,18 @@ class SecretManager:
         self._providers: dict[str, SecretProvider] = {
             name: build_provider(s, resolve_path=settings.resolve_path, cwd=cwd, scrub=self.scrub_text)
             for name, s in settings.secrets.items()
+            if not s.per_principal
+        }
+        # {principal} in the name: one value per calling principal (mcp_guard.secrets.per_principal).
+        self._per_principal: dict[str, PerPrincipalProvider] = {
+            name: PerPrincipalProvider(s, resolve_path=settings.resolve_path, cwd=cwd, scrub=self.scrub_text)
+            for name, s in settings.secrets.items()
+            if s.per_principal
         }
         if providers:
             self._providers.update(providers)
-        self._values: dict[str, list[str]] = {}  # secret -> values seen, newest last
+        # (secret, principal or None) -> values seen, newest last: every principal's value stays scrubbed.
+        self._values: dict[tuple[str, str | None], list[str]] = {}
         self._min_fragment = settings.redaction.min_fragment_chars
         self._scrubber = Scrubber()
 
@@ -60,30 +69,47 @@ class SecretManager:
         up = self._settings.upstreams.get(upstream)
         return _secret_names(up) if up is not None else set()
 
+    def pooled_upstreams(self) -> frozenset[str]:
+        """The enabled upstreams that run one connection per principal: an injected secret is per principal."""
+        return frozenset(
+            name
+            for name, up in self._settings.upstreams.items()
+            if up.enabled and _secret_names(up) & self._per_principal.keys()
+        )
+
     # ------------------------------------------------------------------ resolving
-    async def resolve(self, secret: str, *, upstream: str | None = None) -> SecretStr:
-        """The current value of one secret. Raises SecretError naming the secret (and upstream)."""
+    async def resolve(self, secret: str, *, upstream: str | None = None, principal: str | None = None) -> SecretStr:
+        """The current value of one secret (``principal``'s own for a per-principal secret). Raises
+        SecretError naming the secret (and upstream)."""
         ref = SecretRef(secret, upstream)
-        provider = self._providers.get(secret)
-        if provider is None:
+        shared = self._providers.get(secret)
+        per_principal = self._per_principal.get(secret)
+        if per_principal is not None and principal is None:
+            raise ref.error("is per principal ({principal} in its name): it has a value only for a calling principal")
+        if shared is None and per_principal is None:
             raise ref.error("no such secret is configured")
         settings = self._settings.secrets.get(secret)
         limit = (settings.timeout_s if settings else 10.0) + _GRACE_S
         with anyio.move_on_after(limit):
-            value = await provider.resolve(ref)
-            self._remember(secret, value.get_secret_value())
+            if per_principal is not None and principal is not None:
+                value = await per_principal.resolve_for(ref, principal)
+                self._remember((secret, principal), value.get_secret_value())
+            else:
+                assert shared is not None
+                value = await shared.resolve(ref)
+                self._remember((secret, None), value.get_secret_value())
             return value
         raise ref.error(f"resolving took longer than {limit:g}s")
 
     async def _resolve_many(
-        self, names: set[str], upstream: str | None
+        self, names: set[str], upstream: str | None, principal: str | None = None
     ) -> tuple[dict[str, SecretStr], dict[str, SecretError]]:
         values: dict[str, SecretStr] = {}
         errors: dict[str, SecretError] = {}
 
         async def one(name: str) -> None:
             try:
-                values[name] = await self.resolve(name, upstream=upstream)
+                values[name] = await self.resolve(name, upstream=upstream, principal=principal)
             except SecretError as e:
                 errors[name] = e
 
@@ -98,10 +124,18 @@ class SecretManager:
         Raises SecretError (naming the secret and the upstream) if one of them cannot be resolved
         or cannot be carried (a NUL in an env value, a line break in a header value).
         """
+        return await self._injections(upstream, None)
+
+    async def injections_for_principal(self, upstream: str, principal: str) -> Injections:
+        """:meth:`injections_for` for ``principal``'s own connection: its value of each per-principal secret
+        (and the shared value of the others). Raises SecretError when ``principal`` has none."""
+        return await self._injections(upstream, principal)
+
+    async def _injections(self, upstream: str, principal: str | None) -> Injections:
         up = self._settings.upstreams.get(upstream)
         if up is None:
             raise SecretError(f"unknown upstream {upstream!r}", upstream=upstream)
-        values, errors = await self._resolve_many(_secret_names(up), upstream)
+        values, errors = await self._resolve_many(_secret_names(up), upstream, principal)
         if errors:
             raise errors[min(errors)]
         env: dict[str, str] = {}
@@ -127,7 +161,12 @@ class SecretManager:
         Each secret is resolved once even if several upstreams use it. Secrets no enabled upstream
         uses are not resolved.
         """
-        wanted = {name: _secret_names(up) for name, up in self._settings.upstreams.items() if up.enabled}
+        # A per-principal secret has no value until a principal calls: it is checked then (credential_missing).
+        wanted = {
+            name: _secret_names(up) - self._per_principal.keys()
+            for name, up in self._settings.upstreams.items()
+            if up.enabled
+        }
         all_names = set().union(*wanted.values()) if wanted else set()
         _, errors = await self._resolve_many(all_names, None)
         problems: dict[str, str] = {}
@@ -152,20 +191,24 @@ class SecretManager:
 
     async def resolve_used(self) -> dict[str, str]:
         """Resolve every secret an enabled upstream injects; ``{secret: problem}`` for those that fail
-        (a reload is refused when one does: an upstream would start without its credential)."""
+        (a reload is refused when one does: an upstream would start without its credential). Per-principal
+        secrets are not among them: each is resolved for its principal when that principal's connection
+        starts (mcp_guard.upstream.pool), and a missing one is that principal's ``credential_missing``."""
         names: set[str] = set()
         for up in self._settings.upstreams.values():
             if up.enabled:
                 names |= _secret_names(up)
+        names -= self._per_principal.keys()
         _, errors = await self._resolve_many(names, None)
         return {name: str(err) for name, err in sorted(errors.items())}
 
     def rotated(self, candidate: SecretManager) -> frozenset[str]:
-        """Secrets whose newest value in ``candidate`` differs from the newest value here."""
+        """Secrets whose newest value in ``candidate`` differs from the newest value here (for a per-principal
+        secret: any principal's)."""
         return frozenset(
-            name
-            for name, values in candidate._values.items()
-            if values and self._values.get(name, [None])[-1] != values[-1]
+            key[0]
+            for key, values in candidate._values.items()
+            if values and self._values.get(key, [None])[-1] != values[-1]
         )
 
     def adopt(self, candidate: SecretManager) -> None:
@@ -173,13 +216,14 @@ class SecretManager:
         secret's old value may still be echoed by a tool), the candidate's are added."""
         self._settings = candidate._settings
         self._providers = dict(candidate._providers)
-        for name, values in candidate._values.items():
+        self._per_principal = dict(candidate._per_principal)
+        for key, values in candidate._values.items():
             for value in values:
-                self._remember(name, value)
+                self._remember(key, value)
 
     # ------------------------------------------------------------------ scrubbing
-    def _remember(self, secret: str, value: str) -> None:
-        seen = self._values.setdefault(secret, [])
+    def _remember(self, key: tuple[str, str | None], value: str) -> None:
+        seen = self._values.setdefault(key, [])
         if seen and seen[-1] == value:
             return
         if value in seen:
@@ -187,7 +231,8 @@ class SecretManager:
         seen.append(value)
         del seen[:-_MAX_OLD_VALUES]
         self._scrubber = Scrubber(
-            ((name, v) for name, vs in sorted(self._values.items()) for v in vs), min_fragment=self._min_fragment
+            ((name, v) for (name, _), vs in sorted(self._values.items(), key=_key_order) for v in vs),
+            min_fragment=self._min_fragment,
         )
         if self._scrubber.skipped:
             log.warning("secrets.too_short_to_scrub", secrets=list(self._scrubber.skipped))
@@ -207,6 +252,11 @@ class SecretManager:
 
     def provider(self, secret: str) -> SecretProvider | None:
         return self._providers.get(secret)
+
+
+def _key_order(item: tuple[tuple[str, str | None], list[str]]) -> tuple[str, str]:
+    (secret, principal), _ = item
+    return secret, principal or ""
 
 
 def _secret_names(up: UpstreamSettings) -> set[str]:

@@ -26,8 +26,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Awaitable, Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol, assert_never, overload
 
@@ -46,11 +46,13 @@ from mcp_guard.channel import (
     log_locally,
     scrub_message,
 )
+from mcp_guard.errors import UpstreamError
 from mcp_guard.pins import PinBackend, scan_tool
 from mcp_guard.settings import Settings, UpstreamSettings
 from mcp_guard.types import EventKind, ToolInfo
 from mcp_guard.upstream.connection import Injections, UpstreamConnection
 from mcp_guard.upstream.naming import Namer
+from mcp_guard.upstream.pool import UpstreamPool
 
 __all__ = [
     "ExposedPrompt",
@@ -175,6 +177,8 @@ class Registry:
         scrub: Callable[[str], str] = lambda s: s,
         scrub_obj: Callable[[Any], Any] = lambda o: o,
         pins: PinBackend | None = None,
+        pooled: Collection[str] = (),
+        principal_injections: Callable[[str, str], Awaitable[Injections]] | None = None,
     ) -> None:
         self.settings = settings
         self.namer = Namer(settings.server.tool_separator)
@@ -192,12 +196,19 @@ class Registry:
         # upstream -> session id -> in-flight record (insertion order = recency of first call)
         self._inflight: dict[str, dict[str, _InFlight]] = {}
         self._injections = injections
+        self._principal_injections = principal_injections
         self._scrub_text = scrub
         # What runs each connection's task, so one can be stopped while the others serve (a config reload).
         self._tg: TaskGroup | None = None
         self._runs: dict[str, _Run] = {}
+        # Upstreams with a per-principal secret: one connection per principal (mcp_guard.upstream.pool).
+        self.pools: dict[str, UpstreamPool] = {}
         for name, up in settings.upstreams.items():
-            if up.enabled:
+            if not up.enabled:
+                continue
+            if name in pooled and principal_injections is not None:
+                self.pools[name] = self._pool(name, up, settings, principal_injections)
+            else:
                 self.connections[name] = self._connection(name, up, settings)
 
     def _connection(self, name: str, up: UpstreamSettings, settings: Settings) -> UpstreamConnection:
@@ -206,11 +217,25 @@ class Registry:
         inj = (lambda: injections(name)) if injections is not None else None
         return UpstreamConnection(name, up, self, injections=inj, scrub=self._scrub_text, cwd=cwd)
 
+    def _pool(
+        self,
+        name: str,
+        up: UpstreamSettings,
+        settings: Settings,
+        principal_injections: Callable[[str, str], Awaitable[Injections]],
+    ) -> UpstreamPool:
+        cwd = str(settings.resolve_path(up.cwd)) if up.cwd else settings.base_dir
+        return UpstreamPool(
+            name, up, self, injections=_bound(principal_injections, name), scrub=self._scrub_text, cwd=cwd
+        )
+
     # ------------------------------------------------------------------ lifecycle
     def start(self, tg: TaskGroup) -> None:
         self._tg = tg
         for conn in self.connections.values():
             self._launch(conn)
+        for pool in self.pools.values():
+            pool.start(tg)
 
     def _launch(self, conn: UpstreamConnection) -> None:
         """Run ``conn`` in the registry's task group under its own cancel scope (stoppable alone)."""
@@ -219,19 +244,26 @@ class Registry:
         conn.attach_task_group(self._tg)
         self._tg.start_soon(run.run, name=f"upstream:{conn.name}")
 
-    async def reconfigure(self, settings: Settings, *, stop: Sequence[str], start: Sequence[str]) -> None:
+    async def reconfigure(
+        self, settings: Settings, *, stop: Sequence[str], start: Sequence[str], pooled: Collection[str] = ()
+    ) -> None:
         """Apply a config reload (:mod:`mcp_guard.config_diff`): the connections of ``stop`` end (their
         in-flight calls fail with "went down"), those of ``start`` are made from ``settings`` and started,
         every other connection — and its sessions and in-flight calls — is left alone.
 
         A stopped connection is waited for (bounded) before its successor starts, so a changed upstream
-        never runs twice at once. Clients are told the catalogue changed.
+        never runs twice at once. Clients are told the catalogue changed. An upstream in ``pooled`` (it injects a
+        per-principal secret under ``settings``) is started as a pool of per-principal connections; a pooled
+        upstream in ``stop`` has every child stopped.
         """
         stopping = [self._runs.pop(n) for n in stop if n in self._runs]
         for n in stop:
             conn = self.connections.pop(n, None)
             if conn is not None:
                 conn.stop()
+            pool = self.pools.pop(n, None)
+            if pool is not None:
+                pool.stop()
         for run in stopping:
             run.scope.cancel()
         with anyio.move_on_after(_STOP_WAIT_S):
@@ -242,6 +274,11 @@ class Registry:
         for n in start:
             up = settings.upstreams.get(n)
             if up is None or not up.enabled:
+                continue
+            if n in pooled and self._principal_injections is not None:
+                pool = self.pools[n] = self._pool(n, up, settings, self._principal_injections)
+                if self._tg is not None:
+                    pool.start(self._tg)
                 continue
             conn = self.connections[n] = self._connection(n, up, settings)
             if self._tg is not None:
@@ -265,6 +302,8 @@ class Registry:
     def stop(self) -> None:
         for conn in self.connections.values():
             conn.stop()
+        for pool in self.pools.values():
+            pool.stop()
 
     # ------------------------------------------------------------------ routing
     def connection(self, upstream: str) -> UpstreamConnection | None:
@@ -286,7 +325,7 @@ class Registry:
         """``(upstream, upstream-local URI)`` for an exposed resource URI, or None if it routes nowhere."""
         split = self.namer.split_uri(exposed)
         if split is not None:
-            return split if split[0] in self.connections else None
+            return split if split[0] in self.connections or split[0] in self.pools else None
         return (self.bare, exposed) if self.bare is not None else None
 
     @contextmanager
@@ -309,7 +348,7 @@ class Registry:
             if rec.count == 0:
                 calls.pop(channel.channel_id, None)
 
-    def _candidates(self, upstream: str) -> list[ClientChannel]:
+    def _candidates(self, upstream: str, principal: str | None = None) -> list[ClientChannel]:
         """The client channels an upstream→client message may belong to.
 
         A bridged 2026-07-28 call that is *parked* (its questions are with the client, between two of its
@@ -319,14 +358,16 @@ class Registry:
         principals.
         """
         channels = [r.channel for r in (self._inflight.get(upstream) or {}).values()]
+        if principal is not None:  # a pooled upstream's connection serves one principal only
+            channels = [c for c in channels if c.principal_id == principal]
         active = [c for c in channels if not c.parked]
         if not active:
             return channels
         served = {c.principal_id for c in active}
         return active + [c for c in channels if c.parked and c.principal_id not in served]
 
-    def _attribute(self, upstream: str, what: str) -> ClientChannel | types.ErrorData:
-        candidates = self._candidates(upstream)
+    def _attribute(self, upstream: str, what: str, principal: str | None = None) -> ClientChannel | types.ErrorData:
+        candidates = self._candidates(upstream, principal)
         if len(candidates) == 1:
             return candidates[0]
         if not candidates:
@@ -338,6 +379,59 @@ class Registry:
             )
         log.warning("upstream.request_unattributed", upstream=upstream, what=what, sessions=len(candidates))
         return types.ErrorData(code=types.INVALID_REQUEST, message=msg)
+
+    # ------------------------------------------------------------------ per-principal connections
+    @asynccontextmanager
+    async def lease(self, upstream: str, principal: str) -> AsyncIterator[UpstreamConnection | None]:
+        """The connection a call of ``principal`` to ``upstream`` goes to (None for an unknown upstream):
+        the shared one, or for a pooled upstream the principal's own, started on demand (UpstreamError if it
+        cannot start)."""
+        pool = self.pools.get(upstream)
+        if pool is None:
+            yield self.connections.get(upstream)
+            return
+        async with pool.lease(principal) as conn:
+            yield conn
+
+    async def find_tool_for(self, exposed: str, principal: str) -> ExposedTool | None:
+        """:meth:`find_tool`, and if the name is unknown while pooled upstreams exist, again once the caller's
+        own children of them are started (their catalogue is unknown until some principal's child listed it)."""
+        found = self.find_tool(exposed)
+        if found is not None or not self.pools:
+            return found
+        await self.prepare_listing(principal)
+        return self.find_tool(exposed)
+
+    async def credential_problem(self, upstream: str, principal: str) -> str | None:
+        """Why ``principal`` has no credential for pooled ``upstream`` (None: it has, or it is not pooled)."""
+        pool = self.pools.get(upstream)
+        return await pool.credential_problem(principal) if pool is not None else None
+
+    async def prepare_listing(self, principal: str) -> None:
+        """Before a listing: start ``principal``'s own connection of each pooled upstream it has a credential
+        for, so the listing holds what its own child offers. A failure only logs: the listing goes on."""
+
+        async def one(pool: UpstreamPool) -> None:
+            if await pool.credential_problem(principal) is not None:
+                return
+            try:
+                await pool.ensure(principal)
+            except UpstreamError as e:
+                log.warning("upstream.pool_unavailable", upstream=pool.name, principal=principal, error=str(e))
+
+        if self.pools:
+            async with anyio.create_task_group() as tg:
+                for pool in self.pools.values():
+                    tg.start_soon(one, pool)
+
+    async def to_client_of(
+        self, upstream: str, principal: str, message: Ask | Notice
+    ) -> dict[str, Any] | types.ErrorData | None:
+        """Upstream→client traffic of ``principal``'s own connection: offered only to that principal's sessions."""
+        if isinstance(message, Ask):
+            return await self.to_client(upstream, message, principal=principal)
+        await self.to_client(upstream, message, principal=principal)
+        return None
 
     # ------------------------------------------------------------------ UpstreamHooks
     async def catalog_changed(self, upstream: str, kinds: frozenset[str]) -> None:
@@ -377,21 +471,25 @@ class Registry:
         await self._listener.upstream_event(upstream, kind, self._scrub_obj(details))
 
     @overload
-    async def to_client(self, upstream: str, message: Ask) -> dict[str, Any] | types.ErrorData: ...
+    async def to_client(
+        self, upstream: str, message: Ask, *, principal: str | None = None
+    ) -> dict[str, Any] | types.ErrorData: ...
     @overload
-    async def to_client(self, upstream: str, message: Notice) -> None: ...
-    async def to_client(self, upstream: str, message: Ask | Notice) -> dict[str, Any] | types.ErrorData | None:
+    async def to_client(self, upstream: str, message: Notice, *, principal: str | None = None) -> None: ...
+    async def to_client(
+        self, upstream: str, message: Ask | Notice, *, principal: str | None = None
+    ) -> dict[str, Any] | types.ErrorData | None:
         """The one way upstream→client traffic leaves the registry: scrubbed here, once, whatever its kind,
         then delivered — a request or a log message to the one client channel it can be attributed to,
         progress to the call that asked for it, a resource update to the subscribed sessions."""
         message = scrub_message(message, self._scrub_obj)
         if isinstance(message, Ask):
-            target = self._attribute(upstream, message.method)
+            target = self._attribute(upstream, message.method, principal)
             if isinstance(target, types.ErrorData):
                 return target
             return await target.request(message.method, message.params)
         if isinstance(message, LogMessage):
-            candidates = self._candidates(upstream)
+            candidates = self._candidates(upstream, principal)
             if len(candidates) != 1:
                 log_locally(message.params, upstream=upstream)  # not attributable to one client
                 return None
@@ -438,7 +536,8 @@ class Registry:
         events: list[PinEvent] = []
         cat = MergedCatalog(version=self.catalog.version + 1)
         # Namespaced upstreams first: a bare (namespace = false) name that equals a namespaced one is hidden.
-        order = sorted(self.connections.items(), key=lambda kv: kv[0] == self.bare)
+        sources: dict[str, UpstreamConnection | UpstreamPool] = {**self.connections, **self.pools}
+        order = sorted(sources.items(), key=lambda kv: kv[0] == self.bare)
         for name, conn in order:
             if conn.state != "ready":
                 continue
@@ -477,6 +576,17 @@ class Registry:
                 cat.prompts[exposed] = ExposedPrompt(name, prompt, prompt.model_copy(update={"name": exposed}))
         self.catalog = cat
         return events
+
+
+def _bound(
+    injections: Callable[[str, str], Awaitable[Injections]], upstream: str
+) -> Callable[[str], Awaitable[Injections]]:
+    """``injections`` of one upstream, by principal."""
+
+    async def of(principal: str) -> Injections:
+        return await injections(upstream, principal)
+
+    return of
 
 
 def _definition(tool: types.Tool) -> dict[str, Any]:
