@@ -559,7 +559,8 @@ class Settings(_Strict):
                 for ref in re.findall(r"\{([^}]*)\}", template):
                     if ref not in self.secrets:
                         raise ValueError(f"upstreams.{name}.inject_headers.{header}: unknown secret {ref!r}")
-            if "pool" in up.model_fields_set and not self._per_principal_injected(up):
+            # (a non-default pool: a dumped and re-parsed config carries the default table, which is harmless)
+            if up.pool != PoolSettings() and not self._per_principal_injected(up):
                 raise ValueError(
                     f"upstreams.{name}.pool: only an upstream that injects a per-principal secret "
                     "({principal} in the secret's name) runs one connection per principal"
