@@ -34,6 +34,7 @@ from mcp_guard.approvals import ApprovalStore, MemoryApprovals, open_approvals
 from mcp_guard.audit import events
 from mcp_guard.errors import AuditError, ConfigError, StateError
 from mcp_guard.frontend.auth import Rejection, http_principal, key_digests, stdio_principal
+from mcp_guard.frontend.console_sessions import ConsoleSessions
 from mcp_guard.frontend.handlers import Handlers
 from mcp_guard.frontend.input_required import InputRequiredBridge
 from mcp_guard.frontend.listing import TOOLS, visible
@@ -54,7 +55,7 @@ from mcp_guard.upstream.registry import Registry
 
 if TYPE_CHECKING:
     from mcp_guard.audit import AuditWriter
-    from mcp_guard.frontend.admin import AdminApi
+    from mcp_guard.frontend.admin import AdminApi, AdminAuth
     from mcp_guard.frontend.http import HttpFront
     from mcp_guard.frontend.ops import OpsSources
     from mcp_guard.policy import BundleWatcher
@@ -114,6 +115,9 @@ class Guard:
         # Re-reads the policy bundle on request (SIGHUP); set by open() when the engine can take a new bundle.
         self.policy_watcher: BundleWatcher | None = None
         self._tg: TaskGroup | None = None
+        # Console logins (in memory: a restart logs out; see frontend/console_sessions.py) and the admin check.
+        self.console_sessions = ConsoleSessions(settings.console.session_ttl_s)
+        self._admin_auth: AdminAuth | None = None
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -275,17 +279,59 @@ class Guard:
             oauth=self.oauth,
             ops=self.ops_sources(),
             admin=self.admin_api(),
+            more_routes=tuple(self.console_routes()),
         )
 
-    def admin_api(self) -> AdminApi:
-        """The ``/admin/api`` routes: approvals, authenticated like ``/mcp`` (``[console]`` roles)."""
-        from mcp_guard.frontend.admin import AdminApi, AdminAuth
+    def admin_auth(self) -> AdminAuth:
+        """The admin check: the same credentials as the MCP endpoint (keys, ``[auth]`` tokens; always required),
+        or a console login's session cookie; then the ``[console]`` roles."""
+        from mcp_guard.frontend.admin import AdminAuth
         from mcp_guard.frontend.auth import BearerAuth
 
-        # The same credential check as the MCP endpoint (keys, [auth] tokens); credentials always required.
-        authn = BearerAuth(_no_app, key_digests(self.settings), on_reject=self._auth_rejected, oauth=self.oauth)
-        auth = AdminAuth(authenticate=authn.authenticate, settings=self.settings, on_reject=self._auth_rejected)
-        return AdminApi(auth=auth, approvals=self.approvals, sink=self.sink)
+        if self._admin_auth is None:
+            authn = BearerAuth(_no_app, key_digests(self.settings), on_reject=self._auth_rejected, oauth=self.oauth)
+            self._admin_auth = AdminAuth(
+                authenticate=authn.authenticate,
+                settings=self.settings,
+                on_reject=self._auth_rejected,
+                sessions=self.console_sessions,
+            )
+        return self._admin_auth
+
+    def admin_api(self) -> AdminApi:
+        """The ``/admin/api`` approvals routes, authenticated like ``/mcp`` (``[console]`` roles)."""
+        from mcp_guard.frontend.admin import AdminApi, AdminAuth
+
+        return AdminApi(auth=self.admin_auth(), approvals=self.approvals, sink=self.sink)
+
+    def console_routes(self) -> list[Any]:
+        """The rest of ``/admin/api`` (events, chain, pins, health) and, unless ``[console] enabled = false``, the
+        console pages under ``/console``."""
+        from mcp_guard.audit import open_reader
+        from mcp_guard.frontend.admin_events import AdminEvents
+        from mcp_guard.frontend.admin_health import AdminHealth
+        from mcp_guard.frontend.admin_pins import AdminPins
+        from mcp_guard.frontend.console import ConsolePages
+        from mcp_guard.frontend.ops import AuditHealth
+
+        auth, sink, settings = self.admin_auth(), self.sink, self.settings
+        events = AdminEvents(
+            auth=auth,
+            open_reader=lambda: open_reader(settings),
+            committed=lambda: sink.stats.committed if isinstance(sink, AuditHealth) else 0,
+            max_streams=settings.console.max_event_streams,
+        )
+        health = AdminHealth(
+            auth=auth,
+            ops=self.ops_sources(),
+            session_principals=lambda: [s.principal.id for s in self.sessions.live.values()],
+            event_streams=lambda: events.open_streams,
+        )
+        pins = AdminPins(auth=auth, pins=self.registry.pins, sink=sink, recheck=self.registry.recheck_pins)
+        routes = [*events.routes(), *pins.routes(), *health.routes()]
+        if settings.console.enabled:
+            routes += ConsolePages(auth=auth, sessions=self.console_sessions).routes()
+        return routes
 
     def ops_sources(self) -> OpsSources:
         """What ``/healthz``, ``/readyz`` and ``/metrics`` read: this Guard's parts, at request time."""

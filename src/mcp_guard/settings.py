@@ -370,6 +370,9 @@ class ConsoleSettings(_Strict):
     operator_role: Annotated[str, Field(min_length=1)] = "operator"
     viewer_role: Annotated[str, Field(min_length=1)] = "viewer"
     base_url: str | None = None
+    enabled: bool = True  # serve the operator console under /console on the HTTP front
+    session_ttl_s: Annotated[float, Field(gt=0, le=7 * 86400)] = 8 * 3600  # a console login lasts this long
+    max_event_streams: Annotated[int, Field(ge=1, le=1000)] = 16  # concurrent GET /admin/api/events streams
 
     @field_validator("base_url")
     @classmethod
