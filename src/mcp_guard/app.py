@@ -300,7 +300,7 @@ class Guard:
 
     def admin_api(self) -> AdminApi:
         """The ``/admin/api`` approvals routes, authenticated like ``/mcp`` (``[console]`` roles)."""
-        from mcp_guard.frontend.admin import AdminApi, AdminAuth
+        from mcp_guard.frontend.admin import AdminApi
 
         return AdminApi(auth=self.admin_auth(), approvals=self.approvals, sink=self.sink)
 

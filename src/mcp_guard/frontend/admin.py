@@ -12,10 +12,10 @@ caller proves who they are exactly as on ``/mcp`` — ``Authorization: Bearer`` 
 token of ``[auth]`` (the same :meth:`~mcp_guard.frontend.auth.BearerAuth.authenticate`) — and their roles,
 ``[principals.<id>]`` merged in, must include ``[console] operator_role`` to act or ``viewer_role`` (or the
 operator role) to read. No or bad credentials → 401 (audited as ``auth.reject``, like ``/mcp``); a known
-principal without the role → 403. Credentials are required here even when ``[server] require_auth = false``. Instead of the header, a
-console login's session cookie (:mod:`mcp_guard.frontend.console_sessions`) will do; a request that acts
-then also needs the session's CSRF token header. The events, chain, pins and health routes are in
-:mod:`mcp_guard.frontend.admin_events`, :mod:`~mcp_guard.frontend.admin_pins` and
+principal without the role → 403. Credentials are required here even when ``[server] require_auth = false``.
+Instead of the header, a console login's session cookie (:mod:`mcp_guard.frontend.console_sessions`) will
+do; a request that acts then also needs the session's CSRF token header. The events, chain, pins and health
+routes are in :mod:`mcp_guard.frontend.admin_events`, :mod:`~mcp_guard.frontend.admin_pins` and
 :mod:`~mcp_guard.frontend.admin_health`.
 
 Approving is :func:`mcp_guard.approvals.decide.decide` with the caller as approver (the approval's

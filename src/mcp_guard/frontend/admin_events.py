@@ -29,6 +29,7 @@ itself releases it, not the generator — which may never start if the client le
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractContextManager
@@ -186,6 +187,7 @@ class AdminEvents:
                 continue
             for row in rows:
                 yield _message(row)
+        position: int = cursor
         seen, idle, quiet = self.committed(), SAFETY_S if behind else 0.0, 0.0
         while True:
             await anyio.sleep(POLL_S)
@@ -198,8 +200,7 @@ class AdminEvents:
                 continue
             seen, idle = now, 0.0
             try:
-                start = cursor
-                cursor, rows, behind = await self._read(lambda r: _after(r, filters, start))
+                position, rows, behind = await self._read(functools.partial(_after, filters=filters, cursor=position))
             except (AuditError, TimeoutError) as e:
                 yield _problem(_why(e))
                 continue
