@@ -94,7 +94,7 @@ api_key_sha256 = "{hashlib.sha256(VERA_KEY.encode()).hexdigest()}"
 def _mcp(url: str, work: Callable[[Client], Any]) -> Any:
     async def run() -> Any:
         http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {API_KEY}"}, timeout=httpx2.Timeout(120.0))
-        client = Client(streamable_http_client(url, http_client=http), mode="legacy", read_timeout_seconds=120.0)  # type: ignore[arg-type]
+        client = Client(streamable_http_client(url, http_client=http), mode="legacy", read_timeout_seconds=120.0)
         async with client:
             return await work(client)
 
@@ -198,7 +198,9 @@ fetch('/console/session').then(r => r.json()).then(s =>
 
 
 def _pending_card(c: Console) -> Any:
-    return c.wait(lambda d: d.find_elements(By.CSS_SELECTOR, "#approvals-list article.approval"), "a pending approval")[0]
+    return c.wait(lambda d: d.find_elements(By.CSS_SELECTOR, "#approvals-list article.approval"), "a pending approval")[
+        0
+    ]
 
 
 # ------------------------------------------------------------------------------------------- the test
@@ -258,14 +260,19 @@ def test_console_live_view_approvals_pins_and_roles_in_chromium(tmp_path: Path, 
         _call(url, "rec__mutate", {"description": "echo, now with a twist"})
         c.wait(lambda d: "rec__echo" not in _tool_names(url), "the changed tool to be hidden")
         c.page("pins")
-        pin = c.wait(lambda d: d.find_elements(By.CSS_SELECTOR, '#pins-pending article[data-tool="rec/echo"]'), "a pin")[0]
+        pin = c.wait(
+            lambda d: d.find_elements(By.CSS_SELECTOR, '#pins-pending article[data-tool="rec/echo"]'), "a pin"
+        )[0]
         assert "now with a twist" in pin.find_element(By.CSS_SELECTOR, ".diff").text
         c.shot("pins")
         pin.find_element(By.CSS_SELECTOR, "button.approve").click()
         c.wait(lambda d: "rec__echo" in _tool_names(url), "the approved tool to be listed again")
 
         c.page("health")
-        c.wait(lambda d: "rec" in d.find_element(By.ID, "health").text and "▲ up" in d.find_element(By.ID, "health").text, "health")
+        c.wait(
+            lambda d: "rec" in d.find_element(By.ID, "health").text and "▲ up" in d.find_element(By.ID, "health").text,
+            "health",
+        )
         c.shot("health")
 
     for html in c.seen:

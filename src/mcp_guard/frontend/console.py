@@ -24,8 +24,9 @@ itself refuses a POST whose ``Origin`` is another site (login CSRF).
 
 **What a page may do.** Every answer here carries a strict Content-Security-Policy (scripts, styles, fetches and
 form targets from this origin only; no inline script or style; no framing), ``X-Frame-Options: DENY``,
-``nosniff``, a referrer only to this origin and ``no-store``. The script writes every value with ``textContent``, never as HTML, so
-an event's arguments or an upstream's tool description cannot inject markup. No page contains a key, a token or a
+``nosniff``, a referrer only to this origin (``no-referrer`` would make Chromium post the login form with
+``Origin: null``) and ``no-store``. The script writes every value with ``textContent``, never as HTML, so an
+event's arguments or an upstream's tool description cannot inject markup. No page contains a key, a token or a
 secret value: the HTML is static, and the data comes from the admin API, which shows the audit copy (secrets
 scrubbed) of everything.
 """

@@ -12,12 +12,15 @@ function el(tag, attrs = {}, ...children) {
     else if (value === true) node.setAttribute(key, "");
     else if (value !== false && value !== null && value !== undefined) node.setAttribute(key, String(value));
   }
-  for (const child of children.flat()) {
+  for (const child of children.flat(Infinity)) {
     if (child === null || child === undefined) continue;
     node.append(child instanceof Node ? child : document.createTextNode(String(child)));
   }
   return node;
 }
+
+// Nodes out of a mix of nodes, arrays of them, nulls and texts (for replaceChildren).
+const nodes = (...items) => el("div", {}, ...items).childNodes;
 
 let session = null; // {principal, roles, can_act, csrf_token, csrf_header}
 
@@ -134,7 +137,7 @@ async function showEvent(seq, row) {
   try {
     const { event, linked, linked_window } = await api(`/admin/api/events/${seq}`);
     const v = verdict(event);
-    detail.replaceChildren(
+    detail.replaceChildren(...nodes(
       el("h3", {}, `Event #${event.seq} — ${event.kind}`),
       el(
         "dl",
@@ -167,7 +170,7 @@ async function showEvent(seq, row) {
             ),
           )
         : el("p", { class: "hint" }, "none"),
-    );
+    ));
     showError(null);
   } catch (error) {
     detail.replaceChildren(el("p", { class: "error" }, `⚠ ${error.message}`));
@@ -317,7 +320,7 @@ function pinCard(change) {
       const done = await api(`/admin/api/pins/${encodeURIComponent(change.server)}/${encodeURIComponent(change.tool)}/approve`, { sha256: change.sha256 });
       outcome.className = "outcome v-ok";
       outcome.textContent = `✔ approved ${short(done.sha256)} by ${done.approved_by}`;
-      setTimeout(refreshPins, 1500);
+      refreshPins();
     } catch (error) {
       outcome.className = "outcome v-deny";
       outcome.textContent = `✖ ${error.status}: ${error.message}`;
