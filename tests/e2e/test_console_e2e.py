@@ -5,7 +5,9 @@ What must hold: a denied call appears in the live view (and its row opens the fu
 viewer sees an approval but cannot act on it (buttons disabled, and the API answers 403 even to a hand-made request
 with the session's CSRF token); an operator's click in the console releases the parked call, which runs; a pin
 approved in the console un-hides the changed tool; no page ever holds a key or a secret value; every answer carries
-the strict CSP. Screenshots of each page are written to docs/console/ (``CONSOLE_SCREENSHOTS=0`` skips them).
+the strict CSP. Screenshots of each page are taken on every run; with ``CONSOLE_SCREENSHOTS=1`` they are written to
+docs/console/ (the README's pictures), else to the test's temporary directory, so a plain test run leaves the
+tracked files alone.
 
 Why Selenium rather than Playwright: the test is a pytest test that also drives MCP clients and the proxy process;
 Selenium drives the system browser from the same Python process through the system chromedriver, with no Node
@@ -152,9 +154,10 @@ def browser() -> Iterator[WebDriver]:
 class Console:
     """One browser on the console; remembers every page's HTML so the test can check none held a secret."""
 
-    def __init__(self, driver: WebDriver, base: str) -> None:
+    def __init__(self, driver: WebDriver, base: str, shots: Path) -> None:
         self.d = driver
         self.base = base
+        self.shots = shots
         self.seen: list[str] = []
 
     def wait(self, condition: Callable[[WebDriver], Any], what: str) -> Any:
@@ -180,9 +183,8 @@ class Console:
 
     def shot(self, name: str) -> None:
         self.keep()
-        if os.environ.get("CONSOLE_SCREENSHOTS", "1") != "0":
-            SHOTS.mkdir(parents=True, exist_ok=True)
-            self.d.save_screenshot(str(SHOTS / f"{name}.png"))
+        self.shots.mkdir(parents=True, exist_ok=True)
+        assert self.d.save_screenshot(str(self.shots / f"{name}.png")), f"no screenshot of {name}"
 
     def fetch(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         """A POST made by the page's own origin, with the session's CSRF token: what a viewer could hand-craft."""
@@ -212,7 +214,7 @@ def test_console_live_view_approvals_pins_and_roles_in_chromium(tmp_path: Path, 
         base = url.removesuffix("/mcp")
         headers = httpx2.get(f"{base}/console/login").headers
         assert "default-src 'self'" in headers["content-security-policy"] and headers["x-frame-options"] == "DENY"
-        c = Console(browser, base)
+        c = Console(browser, base, SHOTS if os.environ.get("CONSOLE_SCREENSHOTS") == "1" else tmp_path / "shots")
 
         # --- a viewer: sees the live view and the approval, cannot act
         c.login(VERA_KEY)

@@ -204,6 +204,11 @@ async def test_the_event_stream_sends_committed_denials_matching_the_filters(tmp
         assert other["linked"][0]["decision_id"] == other["event"]["decision_id"]
         assert (await c.get("/admin/api/events/999999")).status_code == 404
 
+        async with c.stream("GET", "/admin/api/events", headers={"Last-Event-ID": str(denied["seq"] - 1)}) as resumed:
+            with anyio.fail_after(20):
+                [again] = await _messages(resumed, 1)
+        assert again == denied, "a reconnecting EventSource resumes right after the last event it had"
+
         chain = (await c.get("/admin/api/chain")).json()
         assert chain["ok"] and chain["head_seq"] >= denied["seq"] and len(chain["head_hash"]) == 64
         assert (await c.get("/admin/api/events", params={"since": "yesterday"})).status_code == 400

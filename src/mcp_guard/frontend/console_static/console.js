@@ -253,6 +253,7 @@ async function refreshApprovals() {
   let all;
   try {
     all = (await api("/admin/api/approvals")).approvals;
+    showError(null);
   } catch (error) {
     showError(error);
     return;
@@ -342,6 +343,7 @@ async function refreshPins() {
   let data;
   try {
     data = await api("/admin/api/pins");
+    showError(null);
   } catch (error) {
     showError(error);
     return;
@@ -373,6 +375,7 @@ async function refreshHealth() {
   let h;
   try {
     h = await api("/admin/api/health");
+    showError(null);
   } catch (error) {
     showError(error);
     return;
