@@ -50,7 +50,7 @@ from mcp_guard.pipeline.secret_source import NO_SECRETS, SecretSource
 from mcp_guard.pipeline.visibility import Visibility
 from mcp_guard.settings import Settings, changed_keys, load_settings
 from mcp_guard.state import MemoryState, StateStore, open_state
-from mcp_guard.types import AuditEvent, EventKind, Principal, SessionInfo, new_id
+from mcp_guard.types import AuditEvent, EventKind, Principal, SessionInfo, ToolInfo, new_id
 from mcp_guard.upstream.registry import Registry
 
 if TYPE_CHECKING:
@@ -308,6 +308,7 @@ class Guard:
         """The rest of ``/admin/api`` (events, chain, pins, health) and, unless ``[console] enabled = false``, the
         console pages under ``/console``."""
         from mcp_guard.audit import open_reader
+        from mcp_guard.frontend.admin_access import AdminAccess
         from mcp_guard.frontend.admin_events import AdminEvents
         from mcp_guard.frontend.admin_health import AdminHealth
         from mcp_guard.frontend.admin_pins import AdminPins
@@ -328,10 +329,22 @@ class Guard:
             event_streams=lambda: events.open_streams,
         )
         pins = AdminPins(auth=auth, pins=self.registry.pins, sink=sink, recheck=self.registry.recheck_pins)
-        routes = [*events.routes(), *pins.routes(), *health.routes()]
+        access = AdminAccess(
+            auth=auth,
+            settings=settings,
+            engine=self.engine,
+            visible=lambda principal: self.visible_tools(principal),
+            find_tool=self._tool_for_policy,
+        )
+        routes = [*events.routes(), *pins.routes(), *health.routes(), *access.routes()]
         if settings.console.enabled:
             routes += ConsolePages(auth=auth, sessions=self.console_sessions).routes()
         return routes
+
+    def _tool_for_policy(self, exposed: str) -> tuple[str, str, ToolInfo] | None:
+        """An exposed tool name as the policy sees it: (upstream, upstream-local name, tool_info)."""
+        entry = self.registry.find_tool(exposed)
+        return None if entry is None else (entry.upstream, entry.local.name, entry.tool_info())
 
     def ops_sources(self) -> OpsSources:
         """What ``/healthz``, ``/readyz`` and ``/metrics`` read: this Guard's parts, at request time."""

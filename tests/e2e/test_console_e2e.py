@@ -4,7 +4,8 @@ a real ``mcp-guard run --transport http`` with the recorder upstream and real MC
 What must hold: a denied call appears in the live view (and its row opens the full event, arguments scrubbed); a
 viewer sees an approval but cannot act on it (buttons disabled, and the API answers 403 even to a hand-made request
 with the session's CSRF token); an operator's click in the console releases the parked call, which runs; a pin
-approved in the console un-hides the changed tool; no page ever holds a key or a secret value; every answer carries
+approved in the console un-hides the changed tool; "who can see what" lists a principal's tools and tries a call
+against the policy without running it; no page ever holds a key or a secret value; every answer carries
 the strict CSP. Screenshots of each page are taken on every run; with ``CONSOLE_SCREENSHOTS=1`` they are written to
 docs/console/ (the README's pictures), else to the test's temporary directory, so a plain test run leaves the
 tracked files alone.
@@ -269,6 +270,22 @@ def test_console_live_view_approvals_pins_and_roles_in_chromium(tmp_path: Path, 
         c.shot("pins")
         pin.find_element(By.CSS_SELECTOR, "button.approve").click()
         c.wait(lambda d: "rec__echo" in _tool_names(url), "the approved tool to be listed again")
+
+        # --- who can see what: agent's tools, and a call tried against the policy (nothing runs)
+        c.page("access")
+        c.d.find_element(By.CSS_SELECTOR, "#access-form input[name=principal]").send_keys("agent")
+        c.d.find_element(By.CSS_SELECTOR, "#access-form button").click()
+        c.wait(lambda d: "rec__echo" in d.find_element(By.ID, "access-tools").text, "agent's tools")
+        c.d.find_element(By.CSS_SELECTOR, "#try-form input[name=tool]").send_keys("rec__echo")
+        area = c.d.find_element(By.CSS_SELECTOR, "#try-form textarea")
+        area.clear()
+        area.send_keys('{"text": "deny-me, just asking"}')
+        c.d.find_element(By.CSS_SELECTOR, "#try-form button").click()
+        c.wait(lambda d: "DENY" in d.find_element(By.ID, "try-result").text, "the tried decision")
+        assert "deny-me is refused" in c.d.find_element(By.ID, "try-result").text
+        c.shot("access")
+        echoed = [json.loads(line) for line in (tmp_path / "rec.log").read_text().splitlines() if line.strip()]
+        assert not any("just asking" in json.dumps(e) for e in echoed), "a tried call never reaches the upstream"
 
         c.page("health")
         c.wait(

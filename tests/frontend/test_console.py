@@ -38,6 +38,8 @@ ROLES = {"agent": ["dev"], "olga": ["operator"], "vera": ["viewer"], "eve": []}
 
 
 def _decide(inp: PolicyInput) -> Decision:
+    if inp.action == "tools/list" and inp.tool == "add" and inp.principal.id == "vera":
+        return Decision(allow=False, revision="r1")
     if inp.action == "tools/call" and (inp.arguments or {}).get("text") == "no":
         return Decision(allow=False, reasons=("unit: no means no",), revision="r1")
     return Decision(allow=True, revision="r1")
@@ -267,6 +269,34 @@ async def test_health_names_upstreams_sessions_and_counts(tmp_path: Path) -> Non
         assert h["calls"]["deny"] == 1 and h["denials"][0]["tool"] == "echo"
         async with front.browser(Authorization=f"Bearer {KEYS['eve']}") as eve:
             assert (await eve.get("/admin/api/health")).status_code == 403
+
+
+async def test_who_can_see_what_and_a_call_tried_against_the_policy_without_running_it(tmp_path: Path) -> None:
+    async with _front(tmp_path) as front, front.browser(Authorization=f"Bearer {KEYS['vera']}") as c:
+        assert (await c.get("/admin/api/access")).json() == {"principals": sorted(KEYS)}
+        agent = (await c.get("/admin/api/access", params={"principal": "agent"})).json()
+        vera = (await c.get("/admin/api/access", params={"principal": "vera"})).json()
+        assert "rec__add" in [t["name"] for t in agent["tools"]] and agent["roles"] == ROLES["agent"]
+        assert "rec__add" not in [t["name"] for t in vera["tools"]] and vera["total"] == agent["total"] - 1
+        assert (await c.get("/admin/api/access", params={"principal": ""})).status_code == 400
+
+        before = _rows(tmp_path, "SELECT count(*) FROM audit_events WHERE kind LIKE 'call.%'")
+        tried = await c.post(
+            "/admin/api/access/try", json={"principal": "agent", "tool": "rec__echo", "arguments": {"text": "no"}}
+        )
+        assert tried.status_code == 200, tried.text
+        assert tried.json()["decision"]["allow"] is False and tried.json()["decision"]["reasons"] == [
+            "unit: no means no"
+        ]
+        assert tried.json()["input"]["server"] == "rec" and tried.json()["input"]["tool"] == "echo"
+        ok = await c.post("/admin/api/access/try", json={"principal": "agent", "tool": "rec__echo", "arguments": {}})
+        assert ok.json()["decision"]["allow"] is True
+        assert (await c.post("/admin/api/access/try", json={"principal": "agent", "tool": "nope"})).status_code == 404
+        assert (await c.post("/admin/api/access/try", json={"tool": "rec__echo"})).status_code == 400
+        assert _rows(tmp_path, "SELECT count(*) FROM audit_events WHERE kind LIKE 'call.%'") == before, "nothing ran"
+        assert not (tmp_path / "rec.log").exists() or "echo" not in (tmp_path / "rec.log").read_text()
+        async with front.browser(Authorization=f"Bearer {KEYS['eve']}") as eve:
+            assert (await eve.get("/admin/api/access", params={"principal": "agent"})).status_code == 403
 
 
 def test_side_by_side_aligns_changed_added_and_removed_lines() -> None:

@@ -413,9 +413,60 @@ async function refreshHealth() {
   );
 }
 
+// ------------------------------------------------------------------------------------------- who can see what
+async function loadPrincipals() {
+  try {
+    const { principals } = await api("/admin/api/access");
+    $("#principal-ids").replaceChildren(...principals.map((p) => el("option", { value: p })));
+  } catch (error) {
+    showError(error);
+  }
+}
+
+async function showAccess() {
+  const principal = new FormData($("#access-form")).get("principal");
+  try {
+    const access = await api(`/admin/api/access?principal=${encodeURIComponent(principal)}`);
+    $("#access-tools tbody").replaceChildren(
+      ...(access.tools.length
+        ? access.tools.map((t) => el("tr", {}, el("td", { class: "mono" }, t.name), el("td", {}, t.description)))
+        : [el("tr", {}, el("td", { colspan: 2 }, `${access.principal} may list no tool`))]),
+    );
+    $("#tool-names").replaceChildren(...access.tools.map((t) => el("option", { value: t.name })));
+    showError(null);
+  } catch (error) {
+    showError(error);
+  }
+}
+
+async function tryCall() {
+  const form = new FormData($("#try-form"));
+  const out = $("#try-result");
+  let args;
+  try {
+    args = JSON.parse(String(form.get("arguments") || "{}"));
+  } catch (error) {
+    out.replaceChildren(el("p", { class: "error" }, `✖ the arguments are not JSON: ${error.message}`));
+    return;
+  }
+  try {
+    const principal = new FormData($("#access-form")).get("principal");
+    const { decision } = await api("/admin/api/access/try", { principal, tool: form.get("tool"), arguments: args });
+    const v = decision.allow ? { text: "✔ ALLOW", cls: "v-allow" } : { text: "✖ DENY", cls: "v-deny" };
+    out.replaceChildren(...nodes(
+      el("p", { class: `verdict ${v.cls}` }, v.text),
+      el("dl", { class: "meta" }, field("Reasons", decision.reasons.join("; ")), field("Code", decision.code), field("Revision", short(decision.revision, 16))),
+      Object.keys(decision.obligations).length ? [el("h4", {}, "Obligations (shown, not enforced)"), el("pre", {}, json(decision.obligations))] : null,
+      el("p", { class: "hint" }, "As policy eval: no rate-limit usage and no flow are known here."),
+    ));
+  } catch (error) {
+    out.replaceChildren(el("p", { class: "error" }, `✖ ${error.status}: ${error.message}`));
+  }
+}
+
 // ------------------------------------------------------------------------------------------- pages
-const PAGES = ["live", "approvals", "pins", "health"];
-const POLLS = { approvals: [refreshApprovals, 2000], pins: [refreshPins, 3000], health: [refreshHealth, 3000], live: [refreshChain, 10000] };
+const PAGES = ["live", "approvals", "pins", "health", "access"];
+const POLLS = { approvals: [refreshApprovals, 2000], pins: [refreshPins, 3000], health: [refreshHealth, 3000], live: [refreshChain, 10000], access: [loadPrincipals, 30000] };
 let poll = null;
 
 function currentPage() {
@@ -457,6 +508,14 @@ async function main() {
   $("#filters").addEventListener("submit", (submit) => {
     submit.preventDefault();
     startStream();
+  });
+  $("#access-form").addEventListener("submit", (submit) => {
+    submit.preventDefault();
+    showAccess();
+  });
+  $("#try-form").addEventListener("submit", (submit) => {
+    submit.preventDefault();
+    tryCall();
   });
   window.addEventListener("hashchange", show);
   setInterval(tickApprovals, 1000);
