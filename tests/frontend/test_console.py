@@ -17,7 +17,7 @@ import pytest
 from guard_harness import TIMEOUT_S, make_settings, recorder_upstream
 from http_harness import http_client
 from mcp_guard.app import Guard
-from mcp_guard.audit import open_sqlite_sink
+from mcp_guard.audit import open_sink
 from mcp_guard.frontend.admin_pins import side_by_side
 from mcp_guard.frontend.auth import key_digest
 from mcp_guard.frontend.console import SECURITY_HEADERS
@@ -56,16 +56,20 @@ class Front:
 
 
 @asynccontextmanager
-async def _front(tmp_path: Path, **console: Any) -> AsyncIterator[Front]:
+async def _front(tmp_path: Path, *, dsn: str | None = None, **console: Any) -> AsyncIterator[Front]:
+    """A Guard serving HTTP over a real audit log: SQLite in ``tmp_path``, or PostgreSQL at ``dsn``."""
+    audit = {"path": str(tmp_path / "audit.db"), "state_path": str(tmp_path / "state.db")}
+    if dsn is not None:
+        audit |= {"backend": "postgres", "dsn": dsn}
     settings = make_settings(
         {"rec": recorder_upstream(tmp_path / "rec.log")},
         principals={pid: {"api_key_sha256": key_digest(KEYS[pid]), "roles": ROLES[pid]} for pid in KEYS},
-        audit={"path": str(tmp_path / "audit.db"), "state_path": str(tmp_path / "state.db")},
+        audit=audit,
         console=console,
     )
     pins = PinStore(tmp_path / "state.db")
     try:
-        async with open_sqlite_sink(tmp_path / "audit.db") as sink:
+        async with open_sink(settings) as sink:
             guard = Guard(settings, engine=FunctionEngine(_decide), sink=sink, pins=pins)
             async with guard.running():
                 assert not await guard.registry.wait_ready(TIMEOUT_S)
@@ -214,6 +218,18 @@ async def test_the_event_stream_sends_committed_denials_matching_the_filters(tmp
         chain = (await c.get("/admin/api/chain")).json()
         assert chain["ok"] and chain["head_seq"] >= denied["seq"] and len(chain["head_hash"]) == 64
         assert (await c.get("/admin/api/events", params={"since": "yesterday"})).status_code == 400
+
+
+async def test_the_event_stream_and_the_chain_on_postgresql(tmp_path: Path, pg_dsn: str) -> None:
+    async with _front(tmp_path, dsn=pg_dsn) as front, front.browser(Authorization=f"Bearer {KEYS['vera']}") as c:
+        async with c.stream("GET", "/admin/api/events", params={"decision": "deny"}) as stream:
+            await _call(front, "no")
+            with anyio.fail_after(20):
+                [denied] = await _messages(stream, 1)
+        assert denied["tool"] == "echo" and denied["reasons"] == ["unit: no means no"]
+        assert (await c.get(f"/admin/api/events/{denied['seq']}")).json()["event"] == denied
+        chain = (await c.get("/admin/api/chain")).json()
+        assert chain["ok"] and chain["head_seq"] >= denied["seq"]
 
 
 async def test_event_streams_are_bounded_and_give_their_slot_back(tmp_path: Path) -> None:
