@@ -35,6 +35,7 @@ from e2e_support import API_KEY, REPO, http_guard, recorder, write_config
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
@@ -122,6 +123,26 @@ def _in_background(url: str, text: str) -> Iterator[list[types.CallToolResult]]:
     assert results, "the parked call did not return"
 
 
+@contextmanager
+def _traffic(url: str) -> Iterator[None]:
+    """Calls (allowed and denied, one after another) from a thread while the block runs."""
+    stop = threading.Event()
+
+    def run() -> None:
+        n = 0
+        while not stop.is_set():
+            n += 1
+            _call(url, "rec__echo", {"text": f"deny-me {n}" if n % 3 == 0 else f"hello {n}"})
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=60)
+
+
 def _tool_names(url: str) -> list[str]:
     async def names(c: Client) -> list[str]:
         return [t.name for t in (await c.list_tools()).tools]
@@ -162,7 +183,11 @@ class Console:
         self.seen: list[str] = []
 
     def wait(self, condition: Callable[[WebDriver], Any], what: str) -> Any:
-        return WebDriverWait(self.d, DEADLINE_S, poll_frequency=0.05).until(condition, f"timed out waiting for {what}")
+        # The pages redraw what they poll: an element found a moment ago may be gone (stale), so look again.
+        wait = WebDriverWait(
+            self.d, DEADLINE_S, poll_frequency=0.05, ignored_exceptions=(StaleElementReferenceException,)
+        )
+        return wait.until(condition, f"timed out waiting for {what}")
 
     def login(self, key: str) -> None:
         self.d.get(f"{self.base}/console/login")
@@ -292,6 +317,13 @@ def test_console_live_view_approvals_pins_and_roles_in_chromium(tmp_path: Path, 
             lambda d: "rec" in d.find_element(By.ID, "health").text and "▲ up" in d.find_element(By.ID, "health").text,
             "health",
         )
+        with _traffic(url):  # something for the charts to draw
+            c.wait(
+                lambda d: (
+                    len((d.find_element(By.CSS_SELECTOR, ".spark polyline").get_attribute("points") or "").split()) >= 3
+                ),
+                "a chart with three points",
+            )
         c.shot("health")
 
     for html in c.seen:

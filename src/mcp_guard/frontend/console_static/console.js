@@ -339,6 +339,8 @@ function pinCard(change) {
   );
 }
 
+let pinsDrawn = "";
+
 async function refreshPins() {
   let data;
   try {
@@ -350,6 +352,10 @@ async function refreshPins() {
   }
   $("#pins-count").textContent = data.pending.length ? String(data.pending.length) : "";
   if (currentPage() !== "pins") return;
+  // Redraw only when something changed: an operator may be reading (or about to click) a diff.
+  const key = JSON.stringify([data.pending.map((c) => c.sha256), data.pins.map((p) => [p.tool, p.sha256])]);
+  if (key === pinsDrawn) return;
+  pinsDrawn = key;
   $("#pins-pending").replaceChildren(
     ...(data.pending.length ? data.pending.map(pinCard) : [el("p", { class: "hint" }, "✔ No changed tool definitions awaiting approval.")]),
   );
@@ -371,11 +377,68 @@ function table(headers, rows) {
   return el("table", {}, el("thead", {}, el("tr", {}, headers.map((h) => el("th", {}, h)))), el("tbody", {}, rows));
 }
 
+// Small charts: the health poll's numbers over the last few minutes, kept by the page (rates from successive totals).
+const HISTORY = 60;
+const samples = []; // {t, allow, deny, queued}
+
+function remember(h) {
+  samples.push({ t: Date.now(), allow: h.calls.allow || 0, deny: h.calls.deny || 0, queued: h.audit.queued || 0 });
+  while (samples.length > HISTORY + 1) samples.shift();
+}
+
+function rates(key) {
+  const out = [];
+  for (let i = 1; i < samples.length; i++) {
+    const seconds = Math.max(0.001, (samples[i].t - samples[i - 1].t) / 1000);
+    out.push(Math.max(0, samples[i][key] - samples[i - 1][key]) / seconds);
+  }
+  return out;
+}
+
+const SVG = "http://www.w3.org/2000/svg";
+
+function sparkline(label, series) {
+  const width = 240;
+  const height = 48;
+  const top = Math.max(1e-9, ...series.flatMap((s) => s.values));
+  const svg = document.createElementNS(SVG, "svg");
+  svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
+  svg.setAttribute("class", "spark");
+  svg.setAttribute("role", "img");
+  const latest = series.map((s) => `${s.name} ${(s.values.at(-1) ?? 0).toFixed(2)}${s.unit}`).join(", ");
+  svg.setAttribute("aria-label", `${label}: ${latest}`);
+  for (const s of series) {
+    const line = document.createElementNS(SVG, "polyline");
+    const step = width / Math.max(1, s.values.length - 1); // the samples so far span the whole width
+    const offset = 0;
+    line.setAttribute("points", s.values.map((v, i) => `${(offset + i * step).toFixed(1)},${(height - 2 - (v / top) * (height - 4)).toFixed(1)}`).join(" "));
+    line.setAttribute("class", `spark-${s.kind}`);
+    svg.append(line);
+  }
+  return el("figure", { class: "chart" }, svg, el("figcaption", {}, `${label} — now: ${latest}`));
+}
+
+function charts() {
+  return card(
+    "Last minutes",
+    el(
+      "div",
+      { class: "charts" },
+      sparkline("tools/call per second", [
+        { name: "✔ allow", kind: "allow", unit: "/s", values: rates("allow") },
+        { name: "✖ deny", kind: "deny", unit: "/s", values: rates("deny") },
+      ]),
+      sparkline("audit queue", [{ name: "queued", kind: "queue", unit: "", values: samples.slice(1).map((x) => x.queued) }]),
+    ),
+  );
+}
+
 async function refreshHealth() {
   let h;
   try {
     h = await api("/admin/api/health");
     showError(null);
+    remember(h);
   } catch (error) {
     showError(error);
     return;
@@ -397,6 +460,7 @@ async function refreshHealth() {
           : el("p", { class: "hint" }, "none yet"),
       ),
     ),
+    charts(),
     card(
       "Upstreams",
       upstreams.length
@@ -483,6 +547,7 @@ function show() {
     else link.removeAttribute("aria-current");
   }
   if (poll) clearInterval(poll);
+  pinsDrawn = "";
   const [refresh, every] = POLLS[page];
   refresh();
   poll = setInterval(refresh, every);
