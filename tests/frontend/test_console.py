@@ -14,7 +14,7 @@ import anyio
 import httpx2
 import pytest
 
-from guard_harness import TIMEOUT_S, make_settings, recorder_upstream
+from guard_harness import TIMEOUT_S, make_settings, recorder_upstream, running_guard
 from http_harness import http_client
 from mcp_guard.app import Guard
 from mcp_guard.audit import open_sink
@@ -230,6 +230,25 @@ async def test_the_event_stream_and_the_chain_on_postgresql(tmp_path: Path, pg_d
         assert (await c.get(f"/admin/api/events/{denied['seq']}")).json()["event"] == denied
         chain = (await c.get("/admin/api/chain")).json()
         assert chain["ok"] and chain["head_seq"] >= denied["seq"]
+
+
+async def test_a_log_that_cannot_be_read_is_a_problem_event_and_a_503(tmp_path: Path) -> None:
+    settings = make_settings(
+        {},
+        principals={"vera": {"api_key_sha256": key_digest(KEYS["vera"]), "roles": ["viewer"]}},
+        audit={"path": str(tmp_path / "nowhere" / "audit.db")},
+    )
+    async with running_guard(settings) as guard, guard.http_served() as url:
+        headers = {"Authorization": f"Bearer {KEYS['vera']}"}
+        async with httpx2.AsyncClient(base_url=url.removesuffix("/mcp"), headers=headers, timeout=20.0) as c:
+            chain = await c.get("/admin/api/chain")
+            assert chain.status_code == 503 and "no audit database" in chain.json()["error"]
+            assert (await c.get("/admin/api/events/1")).status_code == 503
+            async with c.stream("GET", "/admin/api/events") as stream:
+                with anyio.fail_after(20):
+                    lines = stream.aiter_lines()
+                    assert await anext(lines) == "event: problem"
+                    assert "no audit database" in json.loads((await anext(lines)).removeprefix("data: "))["error"]
 
 
 async def test_event_streams_are_bounded_and_give_their_slot_back(tmp_path: Path) -> None:
