@@ -38,6 +38,7 @@ from selenium import webdriver
 from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
 
@@ -253,7 +254,7 @@ def test_console_live_view_approvals_pins_and_roles_in_chromium(tmp_path: Path, 
             "the denied call in the live view",
         )[0]
         assert "rec/echo" in row.text and "deny-me is refused" in row.text
-        row.click()
+        row.send_keys(Keys.ENTER)  # keyboard: a focused row opens with Enter
         args = c.wait(lambda d: d.find_elements(By.CSS_SELECTOR, "#detail pre.arguments"), "the event detail")[0]
         assert "deny-me" in args.text and SECRET not in args.text, "the arguments are the audit copy"
         c.wait(lambda d: "Chain verified" in d.find_element(By.ID, "chain").text, "the chain status")
