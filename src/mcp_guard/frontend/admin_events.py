@@ -134,8 +134,8 @@ class AdminEvents:
     open_reader: OpenReader
     committed: Callable[[], int]  # this process's committed-event counter: a change means new rows
     max_streams: int = 16
-    _streams: int = 0
-    _chain: _ChainCache = field(default_factory=_ChainCache)
+    _streams: int = field(default=0, init=False)
+    _chain: _ChainCache = field(default_factory=_ChainCache, init=False)
 
     def routes(self) -> list[Route]:
         return [
@@ -176,6 +176,8 @@ class AdminEvents:
         self._streams -= 1
 
     async def _follow(self, filters: Filters, last: int, after: int | None) -> AsyncIterator[bytes]:
+        """The stream's messages: the backlog, then each batch the log grows by (module docstring), until the
+        client leaves (the response cancels this generator) — never ending on its own, a read failure included."""
         cursor: int | None = None
         behind = False
         while cursor is None:  # the backlog, once the log can be read
