@@ -217,7 +217,8 @@ async def test_the_event_stream_sends_committed_denials_matching_the_filters(tmp
 
         chain = (await c.get("/admin/api/chain")).json()
         assert chain["ok"] and chain["head_seq"] >= denied["seq"] and len(chain["head_hash"]) == 64
-        assert (await c.get("/admin/api/events", params={"since": "yesterday"})).status_code == 400
+        for bad in ({"since": "yesterday"}, {"last": "many"}, {"last": "1001"}):
+            assert (await c.get("/admin/api/events", params=bad)).status_code == 400, bad
 
 
 async def test_the_event_stream_and_the_chain_on_postgresql(tmp_path: Path, pg_dsn: str) -> None:
