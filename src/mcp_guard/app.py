@@ -42,6 +42,7 @@ from mcp_guard.frontend.auth import (
     key_digests,
     stdio_principal,
 )
+from mcp_guard.frontend.console_sessions import ConsoleSessions
 from mcp_guard.frontend.handlers import Handlers
 from mcp_guard.frontend.input_required import InputRequiredBridge
 from mcp_guard.frontend.listing import TOOLS, visible
@@ -59,14 +60,14 @@ from mcp_guard.pipeline.visibility import Visibility
 from mcp_guard.settings import Settings, load_settings
 from mcp_guard.state import MemoryState, StateStore, open_state
 from mcp_guard.telemetry import INSTRUMENTATION, open_tracing
-from mcp_guard.types import AuditEvent, EventKind, Principal, SessionInfo, new_id
+from mcp_guard.types import AuditEvent, EventKind, Principal, SessionInfo, ToolInfo, new_id
 from mcp_guard.upstream.registry import Registry
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Tracer
 
     from mcp_guard.audit import AuditWriter
-    from mcp_guard.frontend.admin import AdminApi
+    from mcp_guard.frontend.admin import AdminApi, AdminAuth
     from mcp_guard.frontend.http import HttpFront
     from mcp_guard.frontend.ops import OpsSources
     from mcp_guard.policy import BundleWatcher
@@ -144,6 +145,9 @@ class Guard:
         self._resolvers: dict[str, PrincipalResolver] = {}
         self._reload_lock = anyio.Lock()
         self.reload_counts: dict[tuple[str, ...], int] = {}  # by status, for /metrics
+        # Console logins (in memory: a restart logs out; see frontend/console_sessions.py) and the admin check.
+        self.console_sessions = ConsoleSessions(settings.console.session_ttl_s)
+        self._admin_auth: AdminAuth | None = None
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -380,17 +384,72 @@ class Guard:
             oauth=self.oauth,
             ops=self.ops_sources(),
             admin=self.admin_api(),
+            more_routes=tuple(self.console_routes()),
         )
 
-    def admin_api(self) -> AdminApi:
-        """The ``/admin/api`` routes: approvals, authenticated like ``/mcp`` (``[console]`` roles)."""
-        from mcp_guard.frontend.admin import AdminApi, AdminAuth
+    def admin_auth(self) -> AdminAuth:
+        """The admin check: the same credentials as the MCP endpoint (keys, ``[auth]`` tokens; always required),
+        or a console login's session cookie; then the ``[console]`` roles."""
+        from mcp_guard.frontend.admin import AdminAuth
         from mcp_guard.frontend.auth import BearerAuth
 
-        # The same credential check as the MCP endpoint (keys, [auth] tokens); credentials always required.
-        authn = BearerAuth(_no_app, key_digests(self.settings), on_reject=self._auth_rejected, oauth=self.oauth)
-        auth = AdminAuth(authenticate=authn.authenticate, settings=self.settings, on_reject=self._auth_rejected)
-        return AdminApi(auth=auth, approvals=self.approvals, sink=self.sink)
+        if self._admin_auth is None:
+            authn = BearerAuth(_no_app, self.keys, on_reject=self._auth_rejected, oauth=self.oauth)
+            self._admin_auth = AdminAuth(
+                authenticate=authn.authenticate,
+                settings=self.settings,
+                on_reject=self._auth_rejected,
+                sessions=self.console_sessions,
+            )
+        return self._admin_auth
+
+    def admin_api(self) -> AdminApi:
+        """The ``/admin/api`` approvals routes, authenticated like ``/mcp`` (``[console]`` roles)."""
+        from mcp_guard.frontend.admin import AdminApi
+
+        return AdminApi(auth=self.admin_auth(), approvals=self.approvals, sink=self.sink)
+
+    def console_routes(self) -> list[Any]:
+        """The rest of ``/admin/api`` (events, chain, pins, health) and, unless ``[console] enabled = false``, the
+        console pages under ``/console``."""
+        from mcp_guard.audit import open_reader
+        from mcp_guard.frontend.admin_access import AdminAccess
+        from mcp_guard.frontend.admin_events import AdminEvents
+        from mcp_guard.frontend.admin_health import AdminHealth
+        from mcp_guard.frontend.admin_pins import AdminPins
+        from mcp_guard.frontend.console import ConsolePages
+        from mcp_guard.frontend.ops import AuditHealth
+
+        auth, sink, settings = self.admin_auth(), self.sink, self.settings
+        events = AdminEvents(
+            auth=auth,
+            open_reader=lambda: open_reader(settings),
+            committed=lambda: sink.stats.committed if isinstance(sink, AuditHealth) else 0,
+            max_streams=settings.console.max_event_streams,
+        )
+        health = AdminHealth(
+            auth=auth,
+            ops=self.ops_sources(),
+            session_principals=lambda: [s.principal.id for s in self.sessions.live.values()],
+            event_streams=lambda: events.open_streams,
+        )
+        pins = AdminPins(auth=auth, pins=self.registry.pins, sink=sink, recheck=self.registry.recheck_pins)
+        access = AdminAccess(
+            auth=auth,
+            settings=settings,
+            engine=self.engine,
+            visible=lambda principal: self.visible_tools(principal),
+            find_tool=self._tool_for_policy,
+        )
+        routes = [*events.routes(), *pins.routes(), *health.routes(), *access.routes()]
+        if settings.console.enabled:
+            routes += ConsolePages(auth=auth, sessions=self.console_sessions).routes()
+        return routes
+
+    def _tool_for_policy(self, exposed: str) -> tuple[str, str, ToolInfo] | None:
+        """An exposed tool name as the policy sees it: (upstream, upstream-local name, tool_info)."""
+        entry = self.registry.find_tool(exposed)
+        return None if entry is None else (entry.upstream, entry.local.name, entry.tool_info())
 
     def ops_sources(self) -> OpsSources:
         """What ``/healthz``, ``/readyz`` and ``/metrics`` read: this Guard's parts, at request time."""

@@ -482,11 +482,16 @@ class ConsoleSettings(_Strict):
 
     A principal whose roles include ``operator_role`` acts (approves, denies); ``viewer_role`` only reads.
     ``base_url`` is the public address of this mcp-guard's HTTP front, used in the link a 2026-07-28 client is
-    given to an approval (default: ``http://<[server] host>:<[server] port>``)."""
+    given to an approval (default: ``http://<[server] host>:<[server] port>``). ``enabled`` serves the console
+    under ``/console`` (the admin API is served either way); a console login lasts ``session_ttl_s``; at most
+    ``max_event_streams`` ``GET /admin/api/events`` streams are open at once."""
 
     operator_role: Annotated[str, Field(min_length=1)] = "operator"
     viewer_role: Annotated[str, Field(min_length=1)] = "viewer"
     base_url: str | None = None
+    enabled: bool = True  # serve the operator console under /console on the HTTP front
+    session_ttl_s: Annotated[float, Field(gt=0, le=7 * 86400)] = 8 * 3600  # a console login lasts this long
+    max_event_streams: Annotated[int, Field(ge=1, le=1000)] = 16  # concurrent GET /admin/api/events streams
 
     @field_validator("base_url")
     @classmethod

@@ -13,6 +13,10 @@ token of ``[auth]`` (the same :meth:`~mcp_guard.frontend.auth.BearerAuth.authent
 ``[principals.<id>]`` merged in, must include ``[console] operator_role`` to act or ``viewer_role`` (or the
 operator role) to read. No or bad credentials → 401 (audited as ``auth.reject``, like ``/mcp``); a known
 principal without the role → 403. Credentials are required here even when ``[server] require_auth = false``.
+Instead of the header, a console login's session cookie (:mod:`mcp_guard.frontend.console_sessions`) will
+do; a request that acts then also needs the session's CSRF token header. The events, chain, pins and health
+routes are in :mod:`mcp_guard.frontend.admin_events`, :mod:`~mcp_guard.frontend.admin_pins` and
+:mod:`~mcp_guard.frontend.admin_health`.
 
 Approving is :func:`mcp_guard.approvals.decide.decide` with the caller as approver (the approval's
 ``approvers`` must include them, and the requester may not approve their own call): 200 with the approval,
@@ -36,10 +40,11 @@ from mcp_guard.approvals.base import ApprovalStore, Status, Verdict
 from mcp_guard.approvals.decide import ApprovalNotFound, DecisionRefused, Recorder, decide
 from mcp_guard.errors import AuditError, StateError
 from mcp_guard.frontend.auth import OnReject, Rejection, with_configured
+from mcp_guard.frontend.console_sessions import COOKIE, CSRF_HEADER, ConsoleSessions
 from mcp_guard.settings import Settings
 from mcp_guard.types import AuthFailure, Principal
 
-__all__ = ["PREFIX", "AdminApi", "AdminAuth", "Need"]
+__all__ = ["PREFIX", "AdminApi", "AdminAuth", "Need", "error_response"]
 
 PREFIX = "/admin/api"
 MAX_BODY_BYTES = 16 * 1024
@@ -62,20 +67,43 @@ class AdminAuth:
     authenticate: Authenticate
     settings: Settings
     on_reject: OnReject
+    sessions: ConsoleSessions | None = None  # console logins: a session cookie stands for the header
 
     async def require(self, request: Request, need: Need) -> Principal | Response:
         """The caller, or the 401/403 response to send instead."""
         header = request.headers.get("authorization")
+        if header is None and self.sessions is not None and COOKIE in request.cookies:
+            return self._from_session(request, need)
         result = await self.authenticate(header) if header is not None else Rejection(AuthFailure.MISSING_KEY)
         if isinstance(result, Rejection):
             client = request.client
             self.on_reject(result, f"{client.host}:{client.port}" if client else None)
             return _error(401, "authentication required", headers={"WWW-Authenticate": 'Bearer realm="mcp-guard"'})
-        principal = with_configured(self.settings, result)
+        return self._with_role(with_configured(self.settings, result), need)
+
+    def _from_session(self, request: Request, need: Need) -> Principal | Response:
+        """A console session's principal (resolved at login); an acting request must carry its CSRF token."""
+        assert self.sessions is not None
+        session = self.sessions.get(request.cookies.get(COOKIE))
+        if session is None:
+            return _error(401, "the console session has expired: log in again")
+        if (need is Need.ACT or request.method not in ("GET", "HEAD")) and not session.csrf_ok(
+            request.headers.get(CSRF_HEADER)
+        ):
+            return _error(403, f"a console request that acts needs the session's {CSRF_HEADER} header")
+        return self._with_role(session.principal, need)
+
+    def _allowed(self, need: Need) -> set[str]:
         console = self.settings.console
-        allowed = {console.operator_role} if need is Need.ACT else {console.operator_role, console.viewer_role}
-        if not allowed & set(principal.roles):
-            wanted = " or ".join(sorted(allowed))
+        return {console.operator_role} if need is Need.ACT else {console.operator_role, console.viewer_role}
+
+    def may(self, principal: Principal, need: Need) -> bool:
+        """Whether ``principal`` (roles already merged with ``[principals]``) has a role ``need`` asks for."""
+        return bool(self._allowed(need) & set(principal.roles))
+
+    def _with_role(self, principal: Principal, need: Need) -> Principal | Response:
+        if not self.may(principal, need):
+            wanted = " or ".join(sorted(self._allowed(need)))
             return _error(403, f"{principal.id!r} needs the role {wanted} for this")
         return principal
 
@@ -173,3 +201,6 @@ async def _comment(request: Request) -> str | Response | None:
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
     return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+error_response = _error  # the admin API's error shape, for the routes in sibling modules

@@ -58,6 +58,9 @@ class HttpFront:
     oauth: ResourceServer | None = None
     ops: OpsSources | None = None  # what /healthz, /readyz and /metrics read (none: not served)
     admin: AdminApi | None = None  # the /admin/api routes (none: not served)
+    more_routes: tuple[
+        Any, ...
+    ] = ()  # further routes that authenticate themselves (the rest of the admin API, /console)
 
 
 def _security(s: ServerSettings) -> TransportSecuritySettings:
@@ -80,8 +83,13 @@ def build_http_app(front: HttpFront) -> Any:
 
 
 def _routes(front: HttpFront) -> list[Any] | None:
-    """Routes served beside ``/mcp``: the OAuth metadata (public) and the admin API (authenticates itself)."""
-    routes = [*(front.oauth.routes() if front.oauth else []), *(front.admin.routes() if front.admin else [])]
+    """Routes served beside ``/mcp``: the OAuth metadata (public), the admin API and the console (each
+    authenticates itself)."""
+    routes = [
+        *(front.oauth.routes() if front.oauth else []),
+        *(front.admin.routes() if front.admin else []),
+        *front.more_routes,
+    ]
     return routes or None
 
 
