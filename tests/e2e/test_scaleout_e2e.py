@@ -320,7 +320,7 @@ class Load:
 
 async def _drive(caller: Caller, index: int, load: Load) -> None:
     """Call add without pause: past WARMUP_CALLS answers the client counts as warm (the replica is killed when
-    every client is, mid-traffic), and it stops after AFTER_CALLS answers since the kill."""
+    every client is, mid-traffic), and it stops after AFTER_CALLS answers to calls sent since the kill."""
     n, after, gone_at, warm = 0, 0, None, False
     await caller.initialize()
     while after < AFTER_CALLS:
@@ -330,6 +330,9 @@ async def _drive(caller: Caller, index: int, load: Load) -> None:
             if load.before == len(LOAD_CLIENTS):
                 load.warm.set()
         n += 1
+        # Only a call sent after the kill counts towards AFTER_CALLS: one the victim answered just before dying
+        # can still arrive after `killed` is set.
+        sent_after_kill = load.killed.is_set()
         try:
             await caller.call("rec__add", {"a": index, "b": n})
         except Gone:
@@ -345,7 +348,7 @@ async def _drive(caller: Caller, index: int, load: Load) -> None:
         if gone_at is not None:
             load.reinit.append((gone_at, now))
             gone_at = None
-        if load.killed.is_set():
+        if sent_after_kill:
             after += 1
 
 

@@ -231,7 +231,7 @@ class SqliteHistory:
             return []
         try:
             return db.execute(sql, params).fetchall()
-        except sqlite3.OperationalError as e:
+        except sqlite3.Error as e:  # (DatabaseError too: a state file that is not a database)
             if "no such table" in str(e):
                 return []
             raise PolicyError(f"{self._path}: bundle history unavailable: {e}") from None
