@@ -8,7 +8,8 @@ into ``Mcp-Param-Region``) and the recorder (namespaced; its call log shows what
   the body: HTTP 400, JSON-RPC -32020, and neither the upstream nor the audit trail (so no policy) saw the call;
 - checking ``Mcp-Param-*`` costs no listing: no ``tools.list`` audit row per call;
 - listings are ``cacheScope: private`` with a ``ttlMs`` and sorted by name;
-- ``_meta.traceparent`` reaches the upstream.
+- ``_meta.traceparent`` reaches the upstream;
+- a client hanging up mid-call cancels the upstream request (``notifications/cancelled``).
 """
 
 from __future__ import annotations
@@ -177,3 +178,22 @@ async def test_a_traceparent_in_meta_reaches_the_upstream(proxy: tuple[str, Path
     assert response.status_code == 200, response.text
     [call] = [c for c in _calls(tmp) if c.get("method") == "tools/call"]
     assert call["params"]["_meta"]["traceparent"] == TRACEPARENT
+
+
+async def test_a_client_closing_its_stream_cancels_the_upstream_call(proxy: tuple[str, Path]) -> None:
+    # A stateless client cancels by hanging up: the proxy must pass that on (notifications/cancelled upstream).
+    url, tmp = proxy
+    params = {"name": "rec__hang", "arguments": {}, "_meta": _meta()}
+    body = {"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": params}
+    async with (
+        httpx2.AsyncClient(timeout=httpx2.Timeout(30.0)) as http,
+        http.stream("POST", url, json=body, headers=_headers("tools/call", "rec__hang")) as response,
+    ):
+        assert response.status_code == 200
+        with anyio.fail_after(15):
+            while not any(c.get("name") == "hang" for c in _calls(tmp)):  # noqa: ASYNC110 - another process
+                await anyio.sleep(POLL_S)
+    # the response stream is closed here, mid-call
+    with anyio.fail_after(15):
+        while not any(c.get("event") == "cancelled" for c in _calls(tmp)):  # noqa: ASYNC110 - another process
+            await anyio.sleep(POLL_S)
