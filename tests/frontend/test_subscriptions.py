@@ -15,6 +15,7 @@ from typing import Any
 import anyio
 import mcp_types as types
 import pytest
+from mcp.shared.exceptions import MCPError
 
 from mcp_guard.frontend.subscriptions import Subscriptions
 from mcp_guard.types import Principal, SessionInfo
@@ -139,3 +140,13 @@ async def test_a_resource_update_reaches_streams_that_named_it_and_may_list_it()
     assert s["bob"].methods[1:] == ["notifications/resources/updated"]
     assert s["nobody"].methods == ["notifications/subscriptions/acknowledged"]
     assert subs.open_streams == 0  # closed: every stream ended
+
+
+async def test_one_principal_cannot_take_every_subscription_slot() -> None:
+    subs = Subscriptions(Catalogue("public"), Policy(), max_per_principal=1)  # type: ignore[arg-type]
+    params = types.SubscriptionsListenRequestParams(notifications=types.SubscriptionFilter(tools_list_changed=True))
+    async with listening(subs, "bob"):
+        with pytest.raises(MCPError, match="'bob' has too many open subscriptions"):
+            await subs.listen(Stream("again"), params, Principal("bob"), SessionInfo(id="b2", transport="http"))  # type: ignore[arg-type]
+        async with listening(subs, "alice") as s:  # another principal still gets one
+            assert s["alice"].methods == ["notifications/subscriptions/acknowledged"]

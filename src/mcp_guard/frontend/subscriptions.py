@@ -84,11 +84,18 @@ class Subscriptions:
     """The open ``subscriptions/listen`` streams and the per-principal fan-out of upstream changes into them."""
 
     def __init__(
-        self, registry: Registry, visibility: Visibility, *, max_streams: int = 1024, max_backlog: int = 64
+        self,
+        registry: Registry,
+        visibility: Visibility,
+        *,
+        max_streams: int = 1024,
+        max_per_principal: int = 32,
+        max_backlog: int = 64,
     ) -> None:
         self._registry = registry
         self._visibility = visibility
         self._max_streams = max_streams
+        self._max_per_principal = max_per_principal  # one principal cannot take every slot
         self._max_backlog = max_backlog
         self._streams: set[_Stream] = set()
         self._catalog: dict[tuple[str, str], str] = {}  # (kind, upstream) → digest of all its entries
@@ -110,6 +117,8 @@ class Subscriptions:
             raise MCPError(types.INVALID_REQUEST, "subscriptions/listen requires a request id")
         if len(self._streams) >= self._max_streams:
             raise MCPError(types.INTERNAL_ERROR, "mcp-guard: too many open subscriptions")
+        if sum(1 for s in self._streams if s.principal.id == principal.id) >= self._max_per_principal:
+            raise MCPError(types.INTERNAL_ERROR, f"mcp-guard: {principal.id!r} has too many open subscriptions")
         wanted = params.notifications
         kinds = frozenset(
             kind
