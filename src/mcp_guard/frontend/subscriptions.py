@@ -133,10 +133,7 @@ class Subscriptions:
         meta: dict[str, Any] = {SUBSCRIPTION_ID_META_KEY: ctx.request_id}
         send, recv = anyio.create_memory_object_stream[ServerEvent](self._max_backlog)
         stream = _Stream(principal=principal, session=session, kinds=kinds, uris=uris, send=send)
-        for kind in kinds:  # what it may see now: the baseline a later change is compared with
-            stream.seen.update(await self._visible(kind, principal, session, None))
-        self._remember_catalog()
-        self._streams.add(stream)
+        self._streams.add(stream)  # the slot is taken before the first await (the limits above hold)
         honoured = types.SubscriptionFilter(
             tools_list_changed=True if "tools" in kinds else None,
             prompts_list_changed=True if "prompts" in kinds else None,
@@ -144,7 +141,10 @@ class Subscriptions:
             resource_subscriptions=sorted(uris) or None,
         )
         try:
-            await ctx.session.send_notification(
+            self._remember_catalog()
+            for kind in kinds:  # what it may see now: the baseline a later change is compared with
+                stream.seen.update(await self._visible(kind, principal, session, None))
+            await ctx.session.send_notification(  # the first frame: an event meanwhile waits in the backlog
                 types.SubscriptionsAcknowledgedNotification(
                     params=types.SubscriptionsAcknowledgedNotificationParams(notifications=honoured, _meta=meta)
                 ),
@@ -250,5 +250,5 @@ class Subscriptions:
         """Record the catalogue as it is now, so a later announcement can tell 'changed' from 'announced only'."""
         for kind, (listing, _) in _KINDS.items():
             upstreams = {listing.item(self._registry, e)[0] for e in listing.entries(self._registry.catalog)}
-            for upstream in upstreams:
-                self._catalog.setdefault((kind, upstream), self._catalog_digest(kind, upstream))
+            for upstream in upstreams - {u for k, u in self._catalog if k == kind}:
+                self._catalog[(kind, upstream)] = self._catalog_digest(kind, upstream)
