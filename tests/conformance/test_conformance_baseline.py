@@ -77,3 +77,10 @@ def test_a_baseline_entry_without_a_reason_is_a_setup_error(tmp_path: Path) -> N
         conformance.load_expected(bad, "t")
     with pytest.raises(conformance.SetupError, match=r"no section targets\.other"):
         conformance.load_expected(bad, "other")
+
+
+def test_a_baseline_needs_its_target_and_the_reverse() -> None:
+    for argv in (["--expected-failures", str(BASELINE)], ["--target", "proxy-stdio"]):
+        with pytest.raises(SystemExit) as exit_info:
+            conformance.main(argv)
+        assert exit_info.value.code == 2
