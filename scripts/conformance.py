@@ -23,6 +23,12 @@ CONFORMANCE_PORT / CONFORMANCE_FIXTURE_URL), waited for, and stopped afterwards.
 ``--compare BASELINE.json`` (a summary written by an earlier run, e.g. the direct run against the fixture)
 makes the exit status 1 if any scenario that passed in the baseline does not pass now.
 
+``--expected-failures FILE --target NAME`` checks the run against the committed baseline of known failures
+(tests/conformance/expected-failures.json, section NAME): every failing check must be listed there with why,
+and every listed one must still fail, so the baseline stays honest. An entry ``"<scenario>/<check id>"`` is
+one check; an entry ``"<scenario>"`` is a whole scenario known not to pass (any of its checks may fail, or it
+checks nothing). Mismatches go into the summary's ``baseline`` and make the exit status 1.
+
 Writes a JSON summary (default bench/results/conformance-<label>-<UTC time>.json) and keeps the suite's own
 per-scenario reports (checks.json) in a directory beside it. Exit status: 0 every required scenario passed
 (and nothing regressed against --compare), 1 otherwise, 2 setup error (install, start-up, bad arguments).
@@ -337,6 +343,56 @@ def compare(current: dict[str, Any], baseline: dict[str, Any]) -> list[str]:
     return regressions
 
 
+def failing_keys(version_result: dict[str, Any]) -> dict[str, set[str]]:
+    """Per scenario that does not pass (scored or not): the ids of its failing checks (empty: it checked nothing)."""
+    return {
+        name: {f["id"] for f in res["failures"]}
+        for name, res in version_result["scenarios"].items()
+        if res["status"] != "pass"
+    }
+
+
+def against_baseline(version_result: dict[str, Any], expected: dict[str, str]) -> dict[str, list[str]]:
+    """Compare one spec version's run with its expected failures (key -> why).
+
+    ``unexpected``: failing checks (``scenario/check``) or check-less failing scenarios (``scenario``) that are
+    not listed; ``stale``: listed entries that do not fail any more (a check that passes or did not run, a
+    scenario that passes). Both must be empty for the run to match its baseline.
+    """
+    failing = failing_keys(version_result)
+    whole = {key for key in expected if "/" not in key}
+    unexpected: list[str] = []
+    for scenario, checks in sorted(failing.items()):
+        if scenario in whole:
+            continue
+        if not checks:
+            unexpected.append(scenario)
+        unexpected.extend(f"{scenario}/{c}" for c in sorted(checks) if f"{scenario}/{c}" not in expected)
+    stale = sorted(key for key in expected if not _still_fails(key, failing))
+    return {"unexpected": unexpected, "stale": stale}
+
+
+def _still_fails(key: str, failing: dict[str, set[str]]) -> bool:
+    scenario, _, check = key.partition("/")
+    return scenario in failing and (not check or check in failing[scenario])
+
+
+def load_expected(path: Path, target: str) -> dict[str, dict[str, str]]:
+    """The expected failures of one target (spec version -> key -> why); a missing section is a setup error."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise SetupError(f"{path}: cannot read the expected failures: {exc}") from None
+    section = data.get("targets", {}).get(target)
+    if not isinstance(section, dict):
+        raise SetupError(f"{path}: no section targets.{target}")
+    for version, entries in section.items():
+        for key, why in entries.items():
+            if not isinstance(why, str) or not why.strip():
+                raise SetupError(f"{path}: targets.{target}.{version}.{key} needs a reason (a non-empty string)")
+    return section
+
+
 def print_report(summary: dict[str, Any]) -> None:
     label = summary["target"]["label"]
     print(f"MCP conformance ({summary['suite']['package']} {summary['suite']['version']}) against {label}:")
@@ -358,6 +414,11 @@ def print_report(summary: dict[str, Any]) -> None:
             print(f"    not scored: {len(bad)} do not pass ({', '.join(bad) or '-'})")
     for line in summary.get("regressions", []):
         print(f"  REGRESSION {line}")
+    for version, diff in summary.get("baseline", {}).items():
+        for key in diff["unexpected"]:
+            print(f"  NOT IN BASELINE {version} {key} fails")
+        for key in diff["stale"]:
+            print(f"  STALE BASELINE {version} {key} is listed as failing but does not fail")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -370,12 +431,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--label", help="name of the target in the report (default: fixture / the URL / command)")
     parser.add_argument("--output", type=Path, help="JSON summary path (default bench/results/conformance-...)")
     parser.add_argument("--compare", type=Path, help="baseline summary: fail if a scenario passing there fails now")
+    parser.add_argument("--expected-failures", type=Path, help="baseline of known failing checks (JSON, see above)")
+    parser.add_argument("--target", help="with --expected-failures: the section of the file this run is checked by")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds for one spec version's run")
     parser.add_argument("--startup-timeout", type=float, default=60.0, help="seconds for a started server to answer")
     parser.add_argument("--reinstall", action="store_true", help="run npm ci even if the suite is installed")
     args = parser.parse_args(argv)
     if args.with_fixture and not args.command:
         parser.error("--with-fixture needs --command")
+    if bool(args.expected_failures) != bool(args.target):
+        parser.error("--expected-failures and --target go together")
     versions = args.spec_version or list(SPEC_VERSIONS)
 
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
@@ -387,6 +452,7 @@ def main(argv: list[str] | None = None) -> int:
 
     managed: list[Managed] = []
     try:
+        expected = load_expected(args.expected_failures, args.target) if args.expected_failures else None
         suite = ensure_suite(reinstall=args.reinstall)
         if args.url:
             url = args.url
@@ -434,10 +500,17 @@ def main(argv: list[str] | None = None) -> int:
 
     summary["regressions"] = compare(summary, baseline) if baseline else []
     summary["all_required_pass"] = all(not v["failing"] for v in summary["versions"].values())
+    if expected is not None:
+        summary["baseline"] = {
+            version: against_baseline(res, expected.get(version, {})) for version, res in summary["versions"].items()
+        }
+    baseline_ok = all(not d["unexpected"] and not d["stale"] for d in summary.get("baseline", {}).values())
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     print_report(summary)
     print(f"summary: {output}")
+    if expected is not None:  # a baseline of known failures replaces "every required scenario passes"
+        return 0 if baseline_ok and not summary["regressions"] else 1
     ok = summary["all_required_pass"] and not summary["regressions"]
     return 0 if ok else 1
 

@@ -49,6 +49,7 @@ from mcp_guard.frontend.listing import TOOLS, visible
 from mcp_guard.frontend.oauth import ResourceServer
 from mcp_guard.frontend.server import build_server, initialization_options
 from mcp_guard.frontend.sessions import DownstreamSession, SessionTable
+from mcp_guard.frontend.subscriptions import Subscriptions
 from mcp_guard.pins import PinBackend, open_pins
 from mcp_guard.pipeline.audit import EventSink
 from mcp_guard.pipeline.authorize import Evaluator
@@ -134,6 +135,7 @@ class Guard:
         )
         # Upstream→client requests for 2026-07-28 clients (InputRequiredResult rounds).
         self.bridge = InputRequiredBridge()
+        self.subscriptions = Subscriptions(self.registry, self.visibility)  # 2026-07-28 subscriptions/listen
         # [auth]: the HTTP front as an OAuth resource server (one JWKS cache for every front of this guard).
         self.oauth = ResourceServer(settings.auth) if settings.auth is not None else None
         # Re-reads the policy bundle on request (SIGHUP); set by open() when the engine can take a new bundle.
@@ -251,6 +253,7 @@ class Guard:
             try:
                 yield self
             finally:
+                self.subscriptions.close()  # open listen streams end with their final result
                 self.registry.stop()
                 tg.cancel_scope.cancel()
 
@@ -265,6 +268,7 @@ class Guard:
             transport=transport,
             principal_of=lambda ctx: self._principal_resolver(transport)(ctx),
             bridge=self.bridge,
+            subscriptions=self.subscriptions,
         )
 
     def _principal_resolver(self, transport: str) -> PrincipalResolver:
@@ -515,6 +519,7 @@ class Guard:
                 await conn.send_prompt_list_changed()
 
         await self.sessions.broadcast(send)
+        await self.subscriptions.catalog_changed(upstream, kinds)
 
     async def upstream_event(self, upstream: str, kind: EventKind, details: dict[str, Any]) -> None:
         self.sink.record_nowait(events.upstream_event(kind, upstream, details))
@@ -529,6 +534,7 @@ class Guard:
         for sess in list(self.sessions.live.values()):
             if exposed in sess.subscriptions:
                 await sess.notify(lambda c: c.send_resource_updated(exposed))
+        await self.subscriptions.resource_updated(exposed)
 
     # ------------------------------------------------------------------ sessions
     def _session_started(self, sess: DownstreamSession) -> None:

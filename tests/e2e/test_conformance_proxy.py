@@ -1,15 +1,17 @@
 """The official MCP conformance suite through mcp-guard: the proxy fronting the conformance fixture.
 
 mcp-guard runs as a real process (`python -m mcp_guard run --transport http`) with an allow-all policy bundle,
-no auth, and one upstream, the first-party fixture (tests/conformance/conformance_fixture.py) spawned over stdio
-with ``namespace = false`` so the suite's exact names reach it. `scripts/conformance.py` runs each spec
-version's requirement set against the proxy's URL and writes the summary this test reads.
+no auth, and one upstream, the first-party fixture (tests/conformance/conformance_fixture.py), with
+``namespace = false`` so the suite's exact names reach it — once spawned over stdio, once over streamable HTTP
+(scripts/conformance.py ``--with-fixture`` starts it and substitutes its URL into the config). Both spec
+versions' requirement sets run against the proxy's URL.
 
-Expected: every scenario the fixture passes directly (tests/e2e/test_conformance.py), except the ones listed in
-``CANNOT_PASS_THROUGH_PROXY`` — mcp-guard talks to upstreams on the 2025-11-25 handshake and bridges their
+Every check that fails through the proxy is listed with why in tests/conformance/expected-failures.json
+(sections ``proxy-stdio`` and ``proxy-http``) and every listed one must still fail, so the baseline cannot go
+stale in either direction. mcp-guard talks to upstreams on the 2025-11-25 handshake and bridges their
 server→client requests into InputRequiredResult rounds for 2026-07-28 clients (mcp_guard.frontend.input_required);
-tests/conformance/README.md explains why those few cannot pass that way. If one of them starts passing, the
-test says so, so the list cannot go stale.
+tests/conformance/README.md explains the few checks that cannot pass that way. The score of each run is printed
+in pytest's terminal summary beside the direct one (tests/e2e/test_conformance.py).
 """
 
 from __future__ import annotations
@@ -21,12 +23,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_conformance import EXPECTED_PASSING, run_suite
+from test_conformance import EXPECTED_PASSING, assert_matches_baseline, run_suite, score_line
+
+from conftest import SCORE_PROPERTY
 
 pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parents[2]
 FIXTURE = REPO / "tests" / "conformance" / "conformance_fixture.py"
+URL_MARK = "@FIXTURE_URL@"  # replaced by the fixture's URL when the proxy starts (HTTP upstream)
 
 ALLOW_ALL = """package mcp_guard
 
@@ -35,58 +40,48 @@ import rego.v1
 decision := {"allow": true, "reasons": ["conformance: allow all"], "obligations": {}}
 """
 
-# scenario -> why it cannot pass through a proxy that speaks the handshake era upstream (see the README).
-CANNOT_PASS_THROUGH_PROXY: dict[str, dict[str, str]] = {
-    "2025-11-25": {},
-    "2026-07-28": {
-        "server-stateless": "test_missing_capability: per-request clientCapabilities cannot reach a handshake-era "
-        "upstream, which only knows the capabilities mcp-guard declared at initialize",
-        "input-required-result-basic-elicitation": "the suite requires the upstream's own inputRequests key "
-        "('user_name'); a handshake-era elicitation/create has no key",
-    },
-}
-
 
 def _toml(value: str) -> str:
     return json.dumps(value)  # a JSON string is a valid TOML basic string
 
 
-@pytest.fixture(scope="module")
-def proxy_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    tmp = tmp_path_factory.mktemp("conformance-proxy")
+def _upstream(transport: str) -> str:
+    if transport == "stdio":
+        return (
+            f"[upstreams.conf]\ncommand = {_toml(sys.executable)}\n"
+            f'args = [{_toml(str(FIXTURE))}, "--transport", "stdio"]\nnamespace = false\nforward_roots = true\n'
+        )
+    return f'[upstreams.conf]\ntransport = "http"\nurl = "{URL_MARK}"\nnamespace = false\nforward_roots = true\n'
+
+
+def _proxy_command(transport: str, config: Path) -> tuple[str, ...]:
+    """scripts/conformance.py arguments that start mcp-guard (and, for an HTTP upstream, the fixture first)."""
+    run = shlex.join([sys.executable, "-m", "mcp_guard", "run", "--transport", "http", "--config", str(config)])
+    if transport == "stdio":
+        return ("--command", run + " --port {port}")
+    live = config.with_name("proxy-live.toml")
+    fill = f"sed 's#{URL_MARK}#{{fixture_url}}#' {shlex.quote(str(config))} > {shlex.quote(str(live))}"
+    run = shlex.join([sys.executable, "-m", "mcp_guard", "run", "--transport", "http", "--config", str(live)])
+    return ("--with-fixture", "--command", shlex.join(["sh", "-c", f"{fill} && exec {run} --port {{port}}"]))
+
+
+@pytest.fixture(scope="module", params=["stdio", "http"])
+def proxy_run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    transport: str = request.param
+    tmp = tmp_path_factory.mktemp(f"conformance-proxy-{transport}")
     (tmp / "policy").mkdir()
     (tmp / "policy" / "allow.rego").write_text(ALLOW_ALL, encoding="utf-8")
     config = tmp / "proxy.toml"
     config.write_text(
         '[server]\ntransport = "http"\nrequire_auth = false\n\n'
         f"[policy]\nbundle = {_toml(str(tmp / 'policy'))}\n\n"
-        f"[audit]\npath = {_toml(str(tmp / 'audit.db'))}\n\n"
-        f"[upstreams.conf]\ncommand = {_toml(sys.executable)}\n"
-        f'args = [{_toml(str(FIXTURE))}, "--transport", "stdio"]\nnamespace = false\nforward_roots = true\n',
+        f"[audit]\npath = {_toml(str(tmp / 'audit.db'))}\n\n" + _upstream(transport),
         encoding="utf-8",
     )
-    out = tmp / "proxy.json"
-    command = shlex.join([sys.executable, "-m", "mcp_guard", "run", "--transport", "http", "--config", str(config)])
-    return run_suite(out, "mcp-guard-proxy", "--command", command + " --port {port}")
+    return run_suite(tmp / "proxy.json", f"proxy-{transport}", *_proxy_command(transport, config))
 
 
 @pytest.mark.parametrize("spec_version", sorted(EXPECTED_PASSING))
-def test_proxy_passes_what_the_fixture_passes(proxy_run: dict[str, Any], spec_version: str) -> None:
-    result = proxy_run["versions"][spec_version]
-    assert sorted(result["required"]) == sorted(EXPECTED_PASSING[spec_version]), "the suite's requirement set changed"
-    impossible = CANNOT_PASS_THROUGH_PROXY[spec_version]
-    expected = [name for name in EXPECTED_PASSING[spec_version] if name not in impossible]
-    status = {name: result["scenarios"].get(name, {}).get("status") for name in result["required"]}
-    failing = {
-        name: f"{status[name]} " + json.dumps(result["scenarios"].get(name, {}).get("failures"))[:600]
-        for name in expected
-        if status[name] != "pass"
-    }
-    print(
-        f"{spec_version} through mcp-guard: {result['score']['passed']}/{result['score']['total']} "
-        f"(direct: {len(EXPECTED_PASSING[spec_version])}/{len(EXPECTED_PASSING[spec_version])})"
-    )
-    assert failing == {}
-    now_passing = sorted(name for name in impossible if status.get(name) == "pass")
-    assert now_passing == [], f"listed as impossible through a proxy but passing now: {now_passing}"
-    assert result["score"] == {"passed": len(expected), "total": len(EXPECTED_PASSING[spec_version])}
+def test_proxy_fails_only_its_baseline(proxy_run: dict[str, Any], spec_version: str, record_property: Any) -> None:
+    record_property(SCORE_PROPERTY, score_line(proxy_run, spec_version))
+    assert_matches_baseline(proxy_run, spec_version)

@@ -33,6 +33,7 @@ from mcp_guard.frontend.input_required import InputRequiredBridge
 from mcp_guard.frontend.listing import PROMPTS, RESOURCES, TEMPLATES, TOOLS, Listing, visible
 from mcp_guard.frontend.sessions import DownstreamSession, RequestChannel, SessionTable
 from mcp_guard.frontend.stepup import note_denial
+from mcp_guard.frontend.subscriptions import Subscriptions
 from mcp_guard.pipeline.audit import EventSink
 from mcp_guard.pipeline.context import CallContext, CallNext, Outcome
 from mcp_guard.pipeline.flow import FLOW_META_KEY, correlation_id
@@ -68,6 +69,8 @@ class Handlers:
     principal_of: PrincipalResolver
     # 2026-07-28 clients: upstream→client requests as InputRequiredResult rounds.
     bridge: InputRequiredBridge | None = None
+    # 2026-07-28 clients: subscriptions/listen streams, filtered per principal (None: not served).
+    subscriptions: Subscriptions | None = None
 
     def routes(self) -> dict[str, AsyncHandler]:
         """The route table: each protocol method mcp-guard serves → its handler (the SDK ``Server``'s hooks).
@@ -75,7 +78,9 @@ class Handlers:
         Listings share one path (:meth:`_listed`); requests that reach an upstream share one pipeline run.
         Calls and reads return the upstream's raw result dict, which the SDK passes through unvalidated.
         """
+        listen = {"on_subscriptions_listen": self.listen} if self.subscriptions is not None else {}
         return {
+            **listen,
             "on_list_tools": self.list_tools,
             "on_call_tool": self.call_tool,
             "on_list_resources": self.list_resources,
@@ -457,6 +462,14 @@ class Handlers:
             request=request,
         )
         return self._raise_or_result(ctx, await self._run(call))
+
+    async def listen(
+        self, ctx: ServerRequestContext[Any, Any], params: types.SubscriptionsListenRequestParams
+    ) -> types.SubscriptionsListenResult:
+        """``subscriptions/listen``: one stream of the upstream changes this request's principal may hear of."""
+        assert self.subscriptions is not None  # routed only when served
+        sess = self._session(ctx)
+        return await self.subscriptions.listen(ctx, params, self.principal_of(ctx), sess.info)
 
     async def set_logging_level(
         self, ctx: ServerRequestContext[Any, Any], params: types.SetLevelRequestParams

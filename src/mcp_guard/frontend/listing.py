@@ -5,6 +5,11 @@ those the policy lets the principal see (:class:`~mcp_guard.pipeline.visibility.
 namespaced copies — so they are written once here, driven by a :class:`Listing` row per kind. The
 handlers page and answer them; ``mcp-guard tools`` and ``Guard.visible`` call the same function, so the
 CLI can never show a principal something its client would not see (or the reverse).
+
+Listings are in a fixed order — by exposed name (tools, prompts) or URI (resources, templates) — whatever
+order the upstreams connected or answered in, so two replicas, a restart or a reload list the same catalogue
+the same way and a cursor (an offset) means the same page. Their 2026-07-28 cache hints
+(:data:`CACHE_HINTS`) say ``private``: a listing is filtered for one principal and must never be shared.
 """
 
 from __future__ import annotations
@@ -14,12 +19,13 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 import mcp_types as types
+from mcp.server.caching import CacheableMethod, CacheHint
 
 from mcp_guard.pipeline.visibility import ListItem, Visibility
 from mcp_guard.types import Action, EventKind, Principal, SessionInfo
 from mcp_guard.upstream.registry import ExposedPrompt, ExposedTool, MergedCatalog, Registry
 
-__all__ = ["LISTINGS", "PROMPTS", "RESOURCES", "TEMPLATES", "TOOLS", "Listing", "visible"]
+__all__ = ["CACHE_HINTS", "LISTINGS", "PROMPTS", "RESOURCES", "TEMPLATES", "TOOLS", "Listing", "visible"]
 
 _E = TypeVar("_E")
 
@@ -41,6 +47,7 @@ class Listing(Generic[_E]):
     exposed: Callable[[_E], Any]
     event: EventKind | None = None
     pins: bool = False
+    order: Callable[[Any], str] = lambda exposed: str(exposed.name)  # sort key of an exposed entry
 
 
 def _local_uri(registry: Registry, exposed: str) -> str:
@@ -61,12 +68,14 @@ RESOURCES: Listing[tuple[str, types.Resource]] = Listing(
     entries=lambda cat: cat.resources,
     item=lambda reg, e: (e[0], _local_uri(reg, str(e[1].uri)), None),
     exposed=lambda e: e[1],
+    order=lambda exposed: str(exposed.uri),
 )
 TEMPLATES: Listing[tuple[str, types.ResourceTemplate]] = Listing(
     action="resources/templates/list",
     entries=lambda cat: cat.templates,
     item=lambda reg, e: (e[0], _local_uri(reg, e[1].uri_template), None),
     exposed=lambda e: e[1],
+    order=lambda exposed: str(exposed.uri_template),
 )
 PROMPTS: Listing[ExposedPrompt] = Listing(
     action="prompts/list",
@@ -76,11 +85,24 @@ PROMPTS: Listing[ExposedPrompt] = Listing(
 )
 LISTINGS: tuple[Listing[Any], ...] = (TOOLS, RESOURCES, TEMPLATES, PROMPTS)
 
+# 2026-07-28 cache hints of every listing (the SDK fills them on results that do not set their own): private,
+# because each is filtered for one principal; stale at once, because a reload or an upstream's list_changed
+# can change it any moment and a stateless client has no other way to learn of that.
+_LIST_METHODS: tuple[CacheableMethod, ...] = (
+    "tools/list",
+    "resources/list",
+    "resources/templates/list",
+    "prompts/list",
+)
+CACHE_HINTS: dict[CacheableMethod, CacheHint] = {
+    method: CacheHint(ttl_ms=0, scope="private") for method in _LIST_METHODS
+}
+
 
 async def visible(
     listing: Listing[_E], registry: Registry, visibility: Visibility, principal: Principal, session: SessionInfo
 ) -> list[Any]:
-    """The exposed entries of one kind that ``principal`` may see, in catalogue order."""
+    """The exposed entries of one kind that ``principal`` may see, sorted (:attr:`Listing.order`)."""
     await registry.prepare_listing(principal.id)  # the caller's own connections of pooled upstreams
     if listing.pins:
         await registry.recheck_pins()
@@ -93,4 +115,4 @@ async def visible(
         lambda e: listing.item(registry, e),
         cat.version,
     )
-    return [listing.exposed(e) for e in shown]
+    return sorted((listing.exposed(e) for e in shown), key=listing.order)

@@ -11,6 +11,8 @@ from mcp.shared.exceptions import MCPDeprecationWarning
 
 from mcp_guard import __version__
 from mcp_guard.frontend.handlers import Handlers
+from mcp_guard.frontend.headers import tool_input_schema
+from mcp_guard.frontend.listing import CACHE_HINTS
 
 __all__ = ["build_server", "initialization_options"]
 
@@ -26,6 +28,8 @@ def build_server(h: Handlers) -> Server[Any]:
             version=__version__,
             instructions="mcp-guard: tools of several upstream servers, named '<upstream>"
             f"{h.settings.server.tool_separator}<tool>'. Every call is checked by policy and audited.",
+            get_tool_input_schema=tool_input_schema(h.registry),  # Mcp-Param-* checks without a policy run
+            cache_hints=CACHE_HINTS,  # listings: private, stale at once
             **routes,
         )
     # No OpenTelemetry span per message on the hot path (it is a no-op without an exporter anyway).

@@ -1,0 +1,42 @@
+"""The 2026-07-28 HTTP transport's routing headers, checked before anything of mcp-guard's runs.
+
+A stateless (2026-07-28) request mirrors parts of its JSON-RPC body into HTTP headers so intermediaries can
+route without parsing it: ``MCP-Protocol-Version`` (= ``_meta`` protocol version), ``Mcp-Method`` (= ``method``),
+``Mcp-Name`` (= ``params.name`` / ``params.uri``) and, for a ``tools/call``, one ``Mcp-Param-<token>`` per
+argument the tool's input schema annotates with ``x-mcp-header``. A request whose headers disagree with its body
+is refused with HTTP 400 and JSON-RPC ``-32020`` (``HEADER_MISMATCH``) before it is dispatched (after the HTTP
+front's authentication), so before policy and audit see it: a policy never decides on a request whose headers an
+intermediary in front of mcp-guard may have routed differently from its body.
+
+The SDK's stateless transport does the comparison (``mcp.shared.inbound``); for ``Mcp-Param-*`` it needs the
+called tool's input schema. Left to itself it would list tools through mcp-guard's own ``tools/list`` handler
+for every call — a policy run and an audited listing per call, before the call's own. :func:`tool_input_schema`
+answers from the merged catalogue instead: no policy, no audit, no upstream round trip. Tools hidden by pinning
+are not answered (the call is then refused by the pipeline as usual); ``Mcp-Param-*`` headers no schema declares
+are not checked (the spec leaves them to the receiver).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from mcp_guard.upstream.registry import Registry
+
+__all__ = ["tool_input_schema"]
+
+
+def tool_input_schema(registry: Registry) -> Callable[[str], Mapping[str, Any] | None]:
+    """The input schema of the tool a client calls by its exposed name (None: no such listed tool).
+
+    Read from the live catalogue at call time, so a reload or an upstream's ``list_changed`` is seen at once.
+    The exposed copy's schema is the upstream's (namespacing renames the tool, never its arguments).
+    """
+
+    def lookup(name: str) -> Mapping[str, Any] | None:
+        entry = registry.find_tool(name)
+        if entry is None or entry.hidden:
+            return None
+        return entry.exposed.input_schema
+
+    return lookup
