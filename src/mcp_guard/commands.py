@@ -284,17 +284,7 @@ def _pins(args: argparse.Namespace) -> int:
                         }
                         for p in pins
                     ],
-                    "pending": [
-                        {
-                            "server": c.server,
-                            "tool": c.tool,
-                            "sha256": c.sha256,
-                            "first_seen": c.first_seen,
-                            "approved_sha256": c.approved.sha256 if c.approved else None,
-                            "diff": c.diff(),
-                        }
-                        for c in pending
-                    ],
+                    "pending": [c.to_json() for c in pending],
                 },
                 indent=2,
             )

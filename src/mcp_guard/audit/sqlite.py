@@ -165,12 +165,7 @@ class SqliteBackend:
         self._head = await _read_head(self._db)
         rows, head = chain_rows(self._head, batch)
         first = self._head.seq + 1
-        start = 0
-        while start < len(rows):
-            size = min(1 << ((len(rows) - start).bit_length() - 1), _MAX_CHUNK)
-            chunk = rows[start : start + size]
-            await self._db.execute(_insert_sql(size), [v for row in chunk for v in row])
-            start += size
+        await self._insert_chunks(rows)
         await self._db.execute("COMMIT")
         self._head = head
         self.appended += len(rows)
@@ -233,16 +228,21 @@ class SqliteBackend:
             await self._db.execute(_insert_sql(size), [v for row in rows for v in row])
         else:
             await self._db.execute("BEGIN IMMEDIATE")
-            start = 0
-            while start < len(rows):
-                size = min(1 << ((len(rows) - start).bit_length() - 1), _MAX_CHUNK)
-                chunk = rows[start : start + size]
-                await self._db.execute(_insert_sql(size), [v for row in chunk for v in row])
-                start += size
+            await self._insert_chunks(rows)
             await self._db.execute("COMMIT")
         self._head = head
         self.appended += len(rows)
         return first
+
+    async def _insert_chunks(self, rows: Sequence[Sequence[Any]]) -> None:
+        """Insert chained ``rows`` in power-of-two chunks (few distinct, cached statements), inside the caller's
+        transaction."""
+        start = 0
+        while start < len(rows):
+            size = min(1 << ((len(rows) - start).bit_length() - 1), _MAX_CHUNK)
+            chunk = rows[start : start + size]
+            await self._db.execute(_insert_sql(size), [v for row in chunk for v in row])
+            start += size
 
     async def _rollback(self) -> None:
         try:

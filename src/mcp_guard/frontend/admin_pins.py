@@ -70,15 +70,7 @@ def side_by_side(old: dict[str, Any] | None, new: dict[str, Any]) -> list[dict[s
 
 
 def _pending(c: PendingChange) -> dict[str, Any]:
-    return {
-        "server": c.server,
-        "tool": c.tool,
-        "sha256": c.sha256,
-        "first_seen": c.first_seen,
-        "approved_sha256": c.approved.sha256 if c.approved else None,
-        "diff": c.diff(),
-        "rows": side_by_side(c.approved.definition if c.approved else None, c.definition),
-    }
+    return {**c.to_json(), "rows": side_by_side(c.approved.definition if c.approved else None, c.definition)}
 
 
 @dataclass(frozen=True)

@@ -99,6 +99,17 @@ class PendingChange:
         new = json.dumps(self.definition, indent=2, sort_keys=True).splitlines()
         return "\n".join(difflib.unified_diff(old, new, "approved", "pending", lineterm=""))
 
+    def to_json(self) -> dict[str, Any]:
+        """What `tools pins --json` and the admin API show of a pending change (the definition as a diff)."""
+        return {
+            "server": self.server,
+            "tool": self.tool,
+            "sha256": self.sha256,
+            "first_seen": self.first_seen,
+            "approved_sha256": self.approved.sha256 if self.approved else None,
+            "diff": self.diff(),
+        }
+
 
 class PinStore:
     def __init__(self, path: str | Path) -> None:
