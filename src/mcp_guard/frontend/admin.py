@@ -178,13 +178,36 @@ class AdminApi:
         return JSONResponse(decided.to_dict())
 
 
-async def _comment(request: Request) -> str | Response | None:
-    """The optional ``comment`` of a decision's JSON body (an empty body is no comment)."""
+async def read_body(request: Request) -> bytes | Response:
+    """The request body, at most ``MAX_BODY_BYTES`` (413 beyond): every admin body is a small JSON document, so
+    nothing larger is ever buffered."""
     body = b""
     async for chunk in request.stream():
         body += chunk
         if len(body) > MAX_BODY_BYTES:
             return _error(413, f"the body is larger than {MAX_BODY_BYTES} bytes")
+    return body
+
+
+async def json_object(request: Request) -> dict[str, Any] | Response:
+    """The body as a JSON object (bounded by :func:`read_body`); anything else is a 400."""
+    body = await read_body(request)
+    if isinstance(body, Response):
+        return body
+    try:
+        doc: Any = json.loads(body or b"null")
+    except ValueError:
+        doc = None
+    if not isinstance(doc, dict):
+        return _error(400, "the body must be a JSON object")
+    return doc
+
+
+async def _comment(request: Request) -> str | Response | None:
+    """The optional ``comment`` of a decision's JSON body (an empty body is no comment)."""
+    body = await read_body(request)
+    if isinstance(body, Response):
+        return body
     if not body.strip():
         return None
     try:

@@ -32,7 +32,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from mcp_guard.errors import MCPGuardError
-from mcp_guard.frontend.admin import MAX_BODY_BYTES, PREFIX, AdminAuth, Need, error_response
+from mcp_guard.frontend.admin import PREFIX, AdminAuth, Need, error_response, json_object
 from mcp_guard.frontend.auth import principal_for
 from mcp_guard.pipeline.authorize import Evaluator
 from mcp_guard.secrets.shapes import mask
@@ -87,7 +87,7 @@ class AdminAccess:
         who = await self.auth.require(request, Need.READ)
         if isinstance(who, Response):
             return who
-        body = await _json_body(request)
+        body = await json_object(request)
         if isinstance(body, Response):
             return body
         principal = self._principal(body.get("principal"))
@@ -120,18 +120,3 @@ class AdminAccess:
         shown_input = policy_input.to_dict()
         shown_input["arguments"] = mask(arguments)[0]  # the page shows the masked copy, like the audit log
         return JSONResponse({"decision": json.loads(json.dumps(doc, default=str)), "input": shown_input})
-
-
-async def _json_body(request: Request) -> dict[str, Any] | Response:
-    body = b""
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_BODY_BYTES:
-            return error_response(413, f"the body is larger than {MAX_BODY_BYTES} bytes")
-    try:
-        doc: Any = json.loads(body or b"null")
-    except ValueError:
-        doc = None
-    if not isinstance(doc, dict):
-        return error_response(400, "the body must be a JSON object")
-    return doc

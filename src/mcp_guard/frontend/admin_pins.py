@@ -34,7 +34,7 @@ from starlette.routing import Route
 
 from mcp_guard.audit.events import pin_event
 from mcp_guard.errors import AuditError
-from mcp_guard.frontend.admin import MAX_BODY_BYTES, PREFIX, AdminAuth, Need, error_response
+from mcp_guard.frontend.admin import PREFIX, AdminAuth, Need, error_response, read_body
 from mcp_guard.pins import PinBackend
 from mcp_guard.pins.store import PendingChange
 from mcp_guard.pipeline.audit import EventSink
@@ -150,11 +150,9 @@ class AdminPins:
 
 async def _reviewed_sha(request: Request) -> str | Response:
     """The ``sha256`` of the body: the full hash of the definition the operator reviewed."""
-    body = b""
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_BODY_BYTES:
-            return error_response(413, f"the body is larger than {MAX_BODY_BYTES} bytes")
+    body = await read_body(request)
+    if isinstance(body, Response):
+        return body
     try:
         doc: Any = json.loads(body or b"null")
     except ValueError:
