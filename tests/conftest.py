@@ -3,8 +3,9 @@
 PostgreSQL for the tests that need one (found or started, never skipped): ``pg_server``, ``pg_dsn``
 and ``pg_admin`` from tests/pg_support.py.
 
-Scores a test records with ``record_property(SCORE_PROPERTY, line)`` (the conformance e2e tests) are printed
-in a section of pytest's terminal summary, so ``make test`` shows them without ``-s``.
+Scores a test records with ``record_property(SCORE_PROPERTY, line)`` (the conformance e2e tests; the name is
+in tests/scores.py) are printed in a section of pytest's terminal summary, so ``make test`` shows them without
+``-s``.
 """
 
 from __future__ import annotations
@@ -12,10 +13,10 @@ from __future__ import annotations
 import pytest
 
 from pg_support import pg_admin, pg_dsn, pg_server
+from scores import SCORE_PROPERTY
 
-__all__ = ["SCORE_PROPERTY", "pg_admin", "pg_dsn", "pg_server"]
+__all__ = ["pg_admin", "pg_dsn", "pg_server"]
 
-SCORE_PROPERTY = "mcp_guard_score"
 
 
 @pytest.fixture

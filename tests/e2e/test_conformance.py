@@ -28,7 +28,7 @@ import pytest
 from mcp.client.session import ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
 
-from conftest import SCORE_PROPERTY
+from scores import SCORE_PROPERTY
 
 pytestmark = pytest.mark.e2e
 

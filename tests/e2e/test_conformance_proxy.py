@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 from test_conformance import EXPECTED_PASSING, assert_matches_baseline, run_suite, score_line
 
-from conftest import SCORE_PROPERTY
+from scores import SCORE_PROPERTY
 
 pytestmark = pytest.mark.e2e
 
