@@ -18,7 +18,6 @@ from scores import SCORE_PROPERTY
 __all__ = ["pg_admin", "pg_dsn", "pg_server"]
 
 
-
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
