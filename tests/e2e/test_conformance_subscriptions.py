@@ -55,6 +55,7 @@ def _config(tmp: Path) -> Path:
     for who, key in KEYS.items():
         lines += [f"[principals.{who}]", f'api_key_sha256 = "{hashlib.sha256(key.encode()).hexdigest()}"', ""]
     lines += ["[upstreams.grow]", f"command = {json.dumps(sys.executable)}", f"args = [{json.dumps(str(GROWING))}]"]
+    lines += ['new_tools = "trust"']  # grown tools are listed at once; review of new tools is tested elsewhere
     cfg = tmp / "mcp-guard.toml"
     cfg.write_text("\n".join(lines) + "\n")
     return cfg

@@ -30,8 +30,16 @@ class AllowAll:
         return list(entries)
 
 
+async def _no_pooled_connections(principal: str) -> None:
+    """The registry hook for per-user upstream connections; these fixtures have none."""
+
+
 def _registry(**catalog: Any) -> Any:
-    return SimpleNamespace(catalog=SimpleNamespace(version=1, **catalog), route_uri=lambda uri: None)
+    return SimpleNamespace(
+        catalog=SimpleNamespace(version=1, **catalog),
+        route_uri=lambda uri: None,
+        prepare_listing=_no_pooled_connections,
+    )
 
 
 async def test_prompts_and_resources_are_sorted_by_exposed_name_and_uri() -> None:
