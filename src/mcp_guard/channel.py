@@ -150,8 +150,13 @@ class ClientChannel(Protocol):
         """True while no request of this client is being served (a bridged call between rounds)."""
         ...
 
-    async def request(self, method: ClientMethod, params: dict[str, Any]) -> dict[str, Any] | types.ErrorData:
-        """Ask the client; its raw answer, or an error to hand back to the upstream."""
+    async def request(
+        self, method: ClientMethod, params: dict[str, Any], *, key: str | None = None
+    ) -> dict[str, Any] | types.ErrorData:
+        """Ask the client; its raw answer, or an error to hand back to the upstream.
+
+        ``key``: the upstream's own name for the question (a 2026-07-28 upstream's ``inputRequests`` key),
+        kept where the client sees questions by key."""
         ...
 
     async def notify_log(self, params: types.LoggingMessageNotificationParams) -> None:

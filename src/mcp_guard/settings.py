@@ -459,6 +459,9 @@ class UpstreamSettings(_Strict):
     restart_backoff_max_s: Annotated[float, Field(gt=0)] = 30.0
     # One connection per principal when an injected secret is per principal (set on any other: a config error).
     pool: PoolSettings = PoolSettings()
+    # Which protocol era to speak to it: "auto" probes server/discover (2026-07-28) and falls back to the
+    # 2025-11-25 initialize handshake; a version pins that era (a pinned 2026-07-28 that fails is a start failure).
+    protocol: Literal["auto", "2025-11-25", "2026-07-28"] = "auto"
 
     @model_validator(mode="after")
     def _transport_fields(self) -> UpstreamSettings:

@@ -268,7 +268,7 @@ class _Client:
     principal_id: str = "alice"
     parked: bool = False
 
-    async def request(self, method: ClientMethod, params: dict[str, Any]) -> Any:
+    async def request(self, method: ClientMethod, params: dict[str, Any], *, key: str | None = None) -> Any:
         assert method is ClientMethod.ELICITATION
         self.asked.append(params)
         return await self.answer(params)

@@ -171,7 +171,9 @@ class Channel:
         self.parked = False
         self.requests: list[Any] = []
 
-    async def request(self, method: Any, params: dict[str, Any]) -> dict[str, Any] | types.ErrorData:
+    async def request(
+        self, method: Any, params: dict[str, Any], *, key: str | None = None
+    ) -> dict[str, Any] | types.ErrorData:
         self.requests.append((method, params))
         return {"action": "decline"}
 

@@ -40,7 +40,9 @@ class FakeChannel:
         self.requests: list[tuple[ClientMethod, dict[str, Any]]] = []
         self.logs: list[types.LoggingMessageNotificationParams] = []
 
-    async def request(self, method: ClientMethod, params: dict[str, Any]) -> dict[str, Any] | types.ErrorData:
+    async def request(
+        self, method: ClientMethod, params: dict[str, Any], *, key: str | None = None
+    ) -> dict[str, Any] | types.ErrorData:
         self.requests.append((method, params))
         return {"action": "decline"}
 

@@ -112,12 +112,17 @@ class Handlers:
         return items[start:end], (str(end) if end < len(items) else None)
 
     @staticmethod
-    def _forward_meta(meta: Any) -> types.RequestParamsMeta | None:
-        """The client's ``_meta`` as it may travel upstream (hop-by-hop and credential keys removed)."""
-        if meta is None:
-            return None
+    def _forward_meta(meta: Any, ctx: ServerRequestContext[Any, Any] | None = None) -> types.RequestParamsMeta | None:
+        """The client's ``_meta`` as it may travel upstream (hop-by-hop and credential keys removed).
+
+        With ``ctx``, the client's capabilities (this request's own for a 2026-07-28 client, its session's
+        for a handshake one) ride along under the protocol's key: a 2026-07-28 upstream gets them as the
+        request's own (mcp_guard.upstream.era); the upstream connection drops them for a handshake upstream.
+        """
         raw = (
-            meta.model_dump(by_alias=True, mode="json", exclude_none=True)
+            {}
+            if meta is None
+            else meta.model_dump(by_alias=True, mode="json", exclude_none=True)
             if hasattr(meta, "model_dump")
             else dict(meta)
         )
@@ -126,6 +131,10 @@ class Handlers:
         safe, removed = strip_meta_credentials(kept)
         if removed:
             log.info("meta.credentials_dropped", keys=list(removed))
+        if ctx is not None:
+            caps = ctx.session.client_capabilities
+            dumped = caps.model_dump(by_alias=True, mode="json", exclude_none=True) if caps is not None else {}
+            safe = {**safe, types.CLIENT_CAPABILITIES_META_KEY: dumped}
         return cast("types.RequestParamsMeta", safe) if safe else None
 
     def _context(
@@ -277,7 +286,7 @@ class Handlers:
             params=types.CallToolRequestParams(
                 name=entry.local.name,
                 arguments=arguments,
-                _meta=self._forward_meta(params.meta),
+                _meta=self._forward_meta(params.meta, ctx),
             )
         )
         call = self._context(
@@ -330,7 +339,7 @@ class Handlers:
         sess = self._session(ctx)
         server, local = self._route_uri(params.uri)
         request = types.ReadResourceRequest(
-            params=types.ReadResourceRequestParams(uri=local, _meta=self._forward_meta(params.meta))
+            params=types.ReadResourceRequestParams(uri=local, _meta=self._forward_meta(params.meta, ctx))
         )
         call = self._context(
             ctx,
@@ -415,7 +424,7 @@ class Handlers:
         arguments = dict(params.arguments or {})
         request = types.GetPromptRequest(
             params=types.GetPromptRequestParams(
-                name=local, arguments=arguments or None, _meta=self._forward_meta(params.meta)
+                name=local, arguments=arguments or None, _meta=self._forward_meta(params.meta, ctx)
             )
         )
         call = self._context(
@@ -449,7 +458,7 @@ class Handlers:
             server, local = self._route_uri(ref.uri)
             new_ref = ref.model_copy(update={"uri": local})
         request = types.CompleteRequest(
-            params=params.model_copy(update={"ref": new_ref, "meta": self._forward_meta(params.meta)})
+            params=params.model_copy(update={"ref": new_ref, "meta": self._forward_meta(params.meta, ctx)})
         )
         call = self._context(
             ctx,

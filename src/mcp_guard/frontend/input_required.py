@@ -205,8 +205,10 @@ class BridgedCallChannel(RequestScopedChannel):
     def _carrier(self) -> ServerRequestContext[Any, Any] | None:
         return self._p.ctx
 
-    async def request(self, method: ClientMethod, params: dict[str, Any]) -> _Answer:
-        """Park the question on the call; the answer comes with a retry (or an error when the call ends)."""
+    async def request(self, method: ClientMethod, params: dict[str, Any], *, key: str | None = None) -> _Answer:
+        """Park the question on the call; the answer comes with a retry (or an error when the call ends).
+
+        It is asked under ``key`` (a 2026-07-28 upstream's own) unless an open question of the call has it."""
         p = self._p
         if p.closed or p.final is not None:
             return types.ErrorData(
@@ -214,7 +216,7 @@ class BridgedCallChannel(RequestScopedChannel):
             )
         p.seq += 1
         ask = _Ask(
-            key=f"{_KEY_PREFIX.get(method, 'input')}-{p.seq}",
+            key=key if key and key not in p.asks else f"{_KEY_PREFIX.get(method, 'input')}-{p.seq}",
             method=method,
             params=params,
             missing=missing_capability(method, params, p.caps),

@@ -194,7 +194,9 @@ class RequestChannel(RequestScopedChannel):
     def _log_level(self) -> types.LoggingLevel | None:
         return self._session.log_level
 
-    async def request(self, method: ClientMethod, params: dict[str, Any]) -> dict[str, Any] | types.ErrorData:
+    async def request(
+        self, method: ClientMethod, params: dict[str, Any], *, key: str | None = None
+    ) -> dict[str, Any] | types.ErrorData:
         session = self._ctx.session
         if self._modern or not session.can_send_request:
             return types.ErrorData(

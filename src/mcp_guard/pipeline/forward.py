@@ -22,6 +22,7 @@ from mcp.shared.exceptions import MCPError
 
 from mcp_guard.errors import UpstreamError, UpstreamTimeout
 from mcp_guard.pipeline.context import CallContext, ErrorOrigin, Outcome
+from mcp_guard.pipeline.input_rounds import complete_input_rounds, is_input_required
 from mcp_guard.upstream.registry import Registry
 
 __all__ = [
@@ -101,6 +102,17 @@ class Forward:
                     return Outcome.guard_error(UPSTREAM_UNAVAILABLE, f"unknown upstream {ctx.server!r}")
                 with self._registry.in_flight(ctx.server, ctx.downstream):
                     result = await conn.request(ctx.request, timeout=ctx.timeout_s, on_progress=ctx.progress)
+                    if is_input_required(result):  # a 2026-07-28 upstream's questions (mcp_guard.pipeline.input_rounds)
+
+                        async def send(request: types.ClientRequest) -> dict[str, Any]:
+                            return await conn.request(request, timeout=ctx.timeout_s, on_progress=ctx.progress)
+
+                        final = await complete_input_rounds(
+                            result, ctx.request, send, ctx.downstream, upstream=ctx.server
+                        )
+                        if isinstance(final, types.ErrorData):
+                            return Outcome(error=final, error_origin=ErrorOrigin.GUARD)
+                        result = final
         except UpstreamTimeout as e:
             return Outcome.guard_error(UPSTREAM_TIMEOUT, str(e))
         except UpstreamError as e:

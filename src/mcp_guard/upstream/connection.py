@@ -1,7 +1,8 @@
 """One upstream MCP server: its connection, its catalogue, and its restart loop.
 
-Each :class:`UpstreamConnection` runs in its own task (``run``) and owns one ``ClientSession``
-on the 2025-11-25 handshake. A start failure, crash or hang of one upstream never escapes that
+Each :class:`UpstreamConnection` runs in its own task (``run``) and owns one ``ClientSession``,
+in the protocol era the upstream offers (:mod:`mcp_guard.upstream.era`: 2026-07-28 when it answers
+``server/discover``, else the 2025-11-25 handshake). A start failure, crash or hang of one upstream never escapes that
 task: the connection goes ``down`` with a reason, in-flight calls fail fast, and a stdio child is
 restarted with exponential backoff; once it is back its catalogue is fetched again and the
 registry is told so that clients get ``list_changed``.
@@ -22,6 +23,13 @@ import structlog
 from mcp.client.session import ClientRequestContext, ClientSession
 from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamable_http_client
+from mcp.client.subscriptions import (
+    PromptsListChanged,
+    ResourcesListChanged,
+    ServerEvent,
+    ToolsListChanged,
+    listen,
+)
 from mcp.shared.dispatcher import ProgressFnT
 from mcp.shared.exceptions import MCPError
 from pydantic import BaseModel, TypeAdapter, ValidationError
@@ -42,6 +50,7 @@ from mcp_guard.errors import UpstreamError, UpstreamTimeout
 from mcp_guard.secrets.describe import describe_invalid, is_parse_error
 from mcp_guard.settings import UpstreamSettings
 from mcp_guard.types import EventKind
+from mcp_guard.upstream.era import EnvelopeDispatcher, Era, era_of, negotiate, per_request_capabilities, split_envelope
 from mcp_guard.upstream.stdio import StderrTail, minimal_environment, open_stdio_transport, undecodable_reason
 
 __all__ = ["Catalog", "Injections", "UpstreamConnection", "UpstreamHooks"]
@@ -116,11 +125,17 @@ class UpstreamConnection:
         self.catalog = Catalog()
         self.stderr_tail = StderrTail()  # a stdio child's last stderr lines (why it failed), across restarts
         self._session: ClientSession | None = None
+        self.protocol_version: str | None = None  # negotiated with the upstream (None until it is first ready)
         self._ready = anyio.Event()
         self._settled = anyio.Event()  # set once the first attempt has either succeeded or failed
         self._stop = False
 
     # ------------------------------------------------------------------ public API
+    @property
+    def era(self) -> Era:
+        """The protocol era the upstream is spoken to in (``stateless``: 2026-07-28)."""
+        return era_of(self.protocol_version)
+
     @property
     def session(self) -> ClientSession:
         if self.state != "ready" or self._session is None:
@@ -155,18 +170,20 @@ class UpstreamConnection:
         session = self.session
         t = timeout if timeout is not None else self.settings.timeout_s
         progress = self._progress_relay(on_progress) if on_progress is not None else None
+        request, caps = self._enveloped(request)
         try:
             # Our own deadline (the SDK's timeout error shares its code, -32001, with ordinary upstream
             # errors); cancelling the request makes the SDK send notifications/cancelled upstream.
             with anyio.fail_after(t):
                 # A TypeAdapter of a plain dict keeps the upstream's result as it came (the SDK accepts any
                 # TypeAdapter at run time; its annotation only names BaseModel results).
-                return await session.send_request(
-                    request,
-                    _RAW,
-                    request_read_timeout_seconds=t + 5,  # type: ignore[type-var]
-                    progress_callback=progress,
-                )
+                with per_request_capabilities(caps):
+                    return await session.send_request(
+                        request,
+                        _RAW,
+                        request_read_timeout_seconds=t + 5,  # type: ignore[type-var]
+                        progress_callback=progress,
+                    )
         except TimeoutError:
             raise UpstreamTimeout(f"upstream {self.name!r} did not answer within {t:g}s", upstream=self.name) from None
         except ValidationError as e:
@@ -188,6 +205,21 @@ class UpstreamConnection:
                     upstream=self.name,
                 ) from None
             raise
+
+    def _enveloped(self, request: types.ClientRequest) -> tuple[types.ClientRequest, dict[str, Any] | None]:
+        """The request without the client's hop envelope in ``_meta``, and the client capabilities it named
+        (which a 2026-07-28 upstream gets as this request's own; see mcp_guard.upstream.era)."""
+        params = getattr(request, "params", None)
+        meta = getattr(params, "meta", None) if params is not None else None
+        if not meta:
+            return request, None
+        raw = meta if isinstance(meta, dict) else meta.model_dump(by_alias=True, mode="json", exclude_none=True)
+        kept, caps = split_envelope(raw, self.era)
+        if kept == raw:
+            return request, caps
+        assert params is not None
+        new_params = params.model_copy(update={"meta": kept})
+        return type(request).model_validate({**request.model_dump(exclude={"params"}), "params": new_params}), caps
 
     def _progress_relay(self, on_progress: ProgressRelay) -> ProgressFnT:
         """Progress for the client, on the one way upstream→client traffic takes (mcp_guard.channel)."""
@@ -248,8 +280,7 @@ class UpstreamConnection:
         inj = await self._injections() if self._injections else Injections()
         async with self._open_transport(inj) as (read, write, closed):
             session = ClientSession(
-                read,
-                write,
+                dispatcher=EnvelopeDispatcher(read, write),
                 read_timeout_seconds=max(self.settings.timeout_s, self.settings.startup_timeout_s),
                 sampling_callback=self._on_sampling,
                 elicitation_callback=self._on_elicitation,
@@ -262,13 +293,16 @@ class UpstreamConnection:
             )
             async with session:
                 with anyio.fail_after(self.settings.startup_timeout_s):
-                    init = await session.initialize()
+                    version = await negotiate(session, self.settings.protocol)
+                    capabilities = session.server_capabilities or types.ServerCapabilities()
+                    server_info = session.server_info or types.Implementation(name=self.name, version="unknown")
                     catalog = await self._fetch_catalog(
-                        session, init.capabilities, frozenset({"tools", "resources", "prompts"})
+                        session, capabilities, frozenset({"tools", "resources", "prompts"})
                     )
-                catalog.server_info = init.server_info
-                catalog.capabilities = init.capabilities
+                catalog.server_info = server_info
+                catalog.capabilities = capabilities
                 self.catalog = catalog
+                self.protocol_version = version
                 self._session = session
                 self.state = "ready"
                 self.last_error = None
@@ -277,6 +311,7 @@ class UpstreamConnection:
                 log.info(
                     "upstream.ready",
                     upstream=self.name,
+                    protocol_version=version,
                     tools=len(catalog.tools),
                     resources=len(catalog.resources),
                     prompts=len(catalog.prompts),
@@ -285,14 +320,19 @@ class UpstreamConnection:
                     self.name,
                     EventKind.UPSTREAM_START if first else EventKind.UPSTREAM_RESTART,
                     {
-                        "server_info": init.server_info.model_dump(mode="json", exclude_none=True),
-                        "protocol_version": init.protocol_version,
+                        "server_info": server_info.model_dump(mode="json", exclude_none=True),
+                        "protocol_version": version,
+                        "upstream_protocol": self.era,
                         "tools": len(catalog.tools),
                         "restarts": self.restarts,
                     },
                 )
                 await self._hooks.catalog_changed(self.name, frozenset({"tools", "resources", "prompts"}))
-                await closed.wait()
+                async with anyio.create_task_group() as tg:
+                    if self.era == "stateless":
+                        tg.start_soon(self._listen, session, capabilities)
+                    await closed.wait()
+                    tg.cancel_scope.cancel()
 
     @contextlib.asynccontextmanager
     async def _open_transport(self, inj: Injections) -> AsyncIterator[tuple[Any, Any, anyio.Event]]:
@@ -367,6 +407,38 @@ class UpstreamConnection:
         await self._hooks.catalog_changed(self.name, kinds)
 
     # ------------------------------------------------------------------ upstream → us
+    async def _listen(self, session: ClientSession, caps: types.ServerCapabilities) -> None:
+        """A 2026-07-28 upstream announces list changes only on a ``subscriptions/listen`` stream: keep one open
+        (re-opened after a drop, with the same backoff as restarts) and refresh the catalogue on each event."""
+        tools = bool(caps.tools and caps.tools.list_changed)
+        prompts = bool(caps.prompts and caps.prompts.list_changed)
+        resources = bool(caps.resources and caps.resources.list_changed)
+        if not (tools or prompts or resources):
+            return
+        backoff = self.settings.restart_backoff_s
+        while session is self._session:
+            try:
+                async with listen(
+                    session, tools_list_changed=tools, prompts_list_changed=prompts, resources_list_changed=resources
+                ) as sub:
+                    backoff = self.settings.restart_backoff_s
+                    async for event in sub:
+                        await self._on_event(event)
+            except anyio.get_cancelled_exc_class():
+                raise
+            except Exception as e:
+                log.warning("upstream.listen_lost", upstream=self.name, error=_describe(e))
+            await anyio.sleep(backoff)
+            backoff = min(backoff * 2, self.settings.restart_backoff_max_s)
+
+    async def _on_event(self, event: ServerEvent) -> None:
+        if isinstance(event, ToolsListChanged):
+            await self._on_message(types.ToolListChangedNotification())
+        elif isinstance(event, PromptsListChanged):
+            await self._on_message(types.PromptListChangedNotification())
+        elif isinstance(event, ResourcesListChanged):
+            await self._on_message(types.ResourceListChangedNotification())
+
     async def _on_message(self, message: types.ServerNotification | Exception) -> None:
         if isinstance(message, Exception):
             error = describe_invalid(message) if is_parse_error(message) else self._scrub(str(message))[:_MAX_REASON]
