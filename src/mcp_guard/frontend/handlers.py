@@ -134,7 +134,7 @@ class Handlers:
         if ctx is not None:
             caps = ctx.session.client_capabilities
             dumped = caps.model_dump(by_alias=True, mode="json", exclude_none=True) if caps is not None else {}
-            safe = {**safe, types.CLIENT_CAPABILITIES_META_KEY: dumped}
+            safe = {**(safe or {}), types.CLIENT_CAPABILITIES_META_KEY: dumped}
         return cast("types.RequestParamsMeta", safe) if safe else None
 
     def _context(
