@@ -204,11 +204,20 @@ async def _check_async(settings: Settings, args: argparse.Namespace) -> int:
             # From the merged catalogue, which is scrubbed of injected secrets (a connection's own is raw).
             tools = [e.local.name for e in guard.registry.catalog.tools.values() if e.upstream == name] if ready else []
             stderr = [] if ready else list(conn.stderr_tail)[-STDERR_LINES_SHOWN:]
-            report["upstreams"][name] = {"state": conn.state, "error": problems.get(name), "tools": tools}
+            report["upstreams"][name] = {
+                "state": conn.state,
+                "error": problems.get(name),
+                "tools": tools,
+                "protocol_version": conn.protocol_version,
+            }
             if not ready:
                 report["upstreams"][name]["stderr"] = stderr
             mark = "ok  " if ready else "DOWN"
-            detail = f"{len(tools)} tools: {', '.join(tools)}" if ready else problems.get(name, "")
+            detail = (
+                f"protocol {conn.protocol_version}, {len(tools)} tools: {', '.join(tools)}"
+                if ready
+                else problems.get(name, "")
+            )
             lines.append(f"  [{mark}] {name}: {detail}")
             if stderr:
                 lines.append(f"         last stderr lines of {name}:")

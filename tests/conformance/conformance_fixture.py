@@ -514,39 +514,57 @@ class Fixture:
                 {"requiredCapabilities": {label: {}}},
             )
 
-    async def _tool_test_sampling(self, ctx: Ctx, p: types.CallToolRequestParams) -> types.CallToolResult:
+    async def _tool_test_sampling(
+        self, ctx: Ctx, p: types.CallToolRequestParams
+    ) -> types.CallToolResult | types.InputRequiredResult:
         self._require(ctx, types.ClientCapabilities(sampling=types.SamplingCapability()), "sampling")
         prompt = str((p.arguments or {}).get("prompt", ""))
-        answer = await ctx.session.create_message(
-            messages=[types.SamplingMessage(role="user", content=_text(prompt))],
-            max_tokens=100,
-            related_request_id=ctx.request_id,
-        )
+        if self._modern(ctx):  # no back channel in the 2026-07-28 era: the same question as a multi-round-trip
+            answer = (p.input_responses or {}).get("sampling")
+            if not isinstance(answer, types.CreateMessageResult):
+                return types.InputRequiredResult(input_requests={"sampling": _sample(prompt, 100)})
+        else:
+            answer = await ctx.session.create_message(
+                messages=[types.SamplingMessage(role="user", content=_text(prompt))],
+                max_tokens=100,
+                related_request_id=ctx.request_id,
+            )
         text = answer.content.text if isinstance(answer.content, types.TextContent) else "(non-text answer)"
         return _result(_text(f"LLM response: {text}"))
 
     async def _elicit_legacy(
-        self, ctx: Ctx, message: str, schema: types.ElicitRequestedSchema, label: str
-    ) -> types.CallToolResult:
+        self, ctx: Ctx, p: types.CallToolRequestParams, message: str, schema: types.ElicitRequestedSchema, label: str
+    ) -> types.CallToolResult | types.InputRequiredResult:
+        """A handshake-era elicitation (any action is the tool's answer); in the 2026-07-28 era the same
+        question as a multi-round-trip, so the tool serves a handshake client through a 2026 intermediary."""
         self._require(ctx, types.ClientCapabilities(elicitation=types.ElicitationCapability()), "elicitation")
-        answer = await ctx.session.elicit_form(message, schema, related_request_id=ctx.request_id)
+        if self._modern(ctx):
+            answer = (p.input_responses or {}).get("elicitation")
+            if not isinstance(answer, types.ElicitResult):
+                return types.InputRequiredResult(input_requests={"elicitation": _elicit(message, schema)})
+        else:
+            answer = await ctx.session.elicit_form(message, schema, related_request_id=ctx.request_id)
         content = json.dumps(answer.content or {}, sort_keys=True)
         return _result(_text(f"{label}: action={answer.action}, content={content}"))
 
-    async def _tool_test_elicitation(self, ctx: Ctx, p: types.CallToolRequestParams) -> types.CallToolResult:
+    async def _tool_test_elicitation(
+        self, ctx: Ctx, p: types.CallToolRequestParams
+    ) -> types.CallToolResult | types.InputRequiredResult:
         message = str((p.arguments or {}).get("message", "Please provide your information"))
-        return await self._elicit_legacy(ctx, message, USER_INFO_SCHEMA, "User response")
+        return await self._elicit_legacy(ctx, p, message, USER_INFO_SCHEMA, "User response")
 
     async def _tool_test_elicitation_sep1034_defaults(
         self, ctx: Ctx, p: types.CallToolRequestParams
-    ) -> types.CallToolResult:
-        return await self._elicit_legacy(ctx, "Please provide user information", DEFAULTS_SCHEMA, "Elicitation result")
+    ) -> types.CallToolResult | types.InputRequiredResult:
+        return await self._elicit_legacy(
+            ctx, p, "Please provide user information", DEFAULTS_SCHEMA, "Elicitation result"
+        )
 
     async def _tool_test_elicitation_sep1330_enums(
         self, ctx: Ctx, p: types.CallToolRequestParams
-    ) -> types.CallToolResult:
+    ) -> types.CallToolResult | types.InputRequiredResult:
         return await self._elicit_legacy(
-            ctx, "Please select values using different enum schema types", ENUMS_SCHEMA, "Elicitation completed"
+            ctx, p, "Please select values using different enum schema types", ENUMS_SCHEMA, "Elicitation completed"
         )
 
     async def _tool_test_missing_capability(self, ctx: Ctx, p: types.CallToolRequestParams) -> types.CallToolResult:

@@ -304,6 +304,7 @@ def test_readiness_without_http_lists_what_it_read() -> None:
     class Up:
         def __init__(self, name: str, state: str, error: str | None) -> None:
             self.name, self.state, self.restarts, self.last_error = name, state, 2, error
+            self.protocol_version: str | None = None
 
     src = OpsSources(
         calls=CallMetrics(),

@@ -111,12 +111,14 @@ class Handlers:
         end = start + size
         return items[start:end], (str(end) if end < len(items) else None)
 
-    @staticmethod
-    def _forward_meta(meta: Any, ctx: ServerRequestContext[Any, Any] | None = None) -> types.RequestParamsMeta | None:
+    def _forward_meta(
+        self, meta: Any, ctx: ServerRequestContext[Any, Any] | None = None
+    ) -> types.RequestParamsMeta | None:
         """The client's ``_meta`` as it may travel upstream (hop-by-hop and credential keys removed).
 
         With ``ctx``, the client's capabilities (this request's own for a 2026-07-28 client, its session's
-        for a handshake one) ride along under the protocol's key: a 2026-07-28 upstream gets them as the
+        for a handshake one) and the log level it wants (its request's own, or its session's — every level
+        until it set one) ride along under the protocol's keys: a 2026-07-28 upstream gets them as the
         request's own (mcp_guard.upstream.era); the upstream connection drops them for a handshake upstream.
         """
         raw = (
@@ -135,6 +137,10 @@ class Handlers:
             caps = ctx.session.client_capabilities
             dumped = caps.model_dump(by_alias=True, mode="json", exclude_none=True) if caps is not None else {}
             safe = {**(safe or {}), types.CLIENT_CAPABILITIES_META_KEY: dumped}
+            modern = ctx.protocol_version in MODERN_PROTOCOL_VERSIONS
+            level = raw.get(types.LOG_LEVEL_META_KEY) if modern else (self._session(ctx).log_level or "debug")
+            if level is not None:
+                safe[types.LOG_LEVEL_META_KEY] = level
         return cast("types.RequestParamsMeta", safe) if safe else None
 
     def _context(

@@ -103,6 +103,11 @@ class UpstreamHealth(Protocol):
     @property
     def last_error(self) -> str | None: ...
 
+    @property
+    def protocol_version(self) -> str | None:
+        """The protocol version last negotiated with it (its era: 2026-07-28 or the 2025-11-25 handshake)."""
+        ...
+
 
 @dataclass(frozen=True)
 class OpsSources:
@@ -184,6 +189,8 @@ def _upstream(conn: UpstreamHealth, scrub: Callable[[str], str]) -> dict[str, An
     out: dict[str, Any] = {"state": conn.state, "up": up, "restarts": conn.restarts}
     if not up and conn.last_error:
         out["problem"] = safe_text(conn.last_error, scrub)
+    if conn.protocol_version is not None:
+        out["protocol_version"] = conn.protocol_version
     return out
 
 

@@ -23,13 +23,8 @@ import structlog
 from mcp.client.session import ClientRequestContext, ClientSession
 from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamable_http_client
-from mcp.client.subscriptions import (
-    PromptsListChanged,
-    ResourcesListChanged,
-    ServerEvent,
-    ToolsListChanged,
-    listen,
-)
+from mcp.client.subscriptions import PromptsListChanged, ResourcesListChanged, ServerEvent, ToolsListChanged, listen
+from mcp.client.subscriptions import ResourceUpdated as WatchedResourceUpdated
 from mcp.shared.dispatcher import ProgressFnT
 from mcp.shared.exceptions import MCPError
 from pydantic import BaseModel, TypeAdapter, ValidationError
@@ -126,6 +121,9 @@ class UpstreamConnection:
         self.stderr_tail = StderrTail()  # a stdio child's last stderr lines (why it failed), across restarts
         self._session: ClientSession | None = None
         self.protocol_version: str | None = None  # negotiated with the upstream (None until it is first ready)
+        self._watched: set[str] = set()  # resources clients subscribed to (a 2026-07-28 upstream's listen filter)
+        self._watch_changed = anyio.Event()
+        self._listen_scope: anyio.CancelScope | None = None
         self._ready = anyio.Event()
         self._settled = anyio.Event()  # set once the first attempt has either succeeded or failed
         self._stop = False
@@ -170,6 +168,8 @@ class UpstreamConnection:
         session = self.session
         t = timeout if timeout is not None else self.settings.timeout_s
         progress = self._progress_relay(on_progress) if on_progress is not None else None
+        if self.era == "stateless" and self._watch(request):
+            return {}
         request, caps = self._enveloped(request)
         try:
             # Our own deadline (the SDK's timeout error shares its code, -32001, with ordinary upstream
@@ -408,28 +408,51 @@ class UpstreamConnection:
 
     # ------------------------------------------------------------------ upstream → us
     async def _listen(self, session: ClientSession, caps: types.ServerCapabilities) -> None:
-        """A 2026-07-28 upstream announces list changes only on a ``subscriptions/listen`` stream: keep one open
-        (re-opened after a drop, with the same backoff as restarts) and refresh the catalogue on each event."""
+        """A 2026-07-28 upstream announces changes only on a ``subscriptions/listen`` stream: keep one open
+        (re-opened after a drop with the restarts' backoff, at once when the watched resources change) and
+        refresh the catalogue, or tell the subscribed clients, on each event."""
         tools = bool(caps.tools and caps.tools.list_changed)
         prompts = bool(caps.prompts and caps.prompts.list_changed)
         resources = bool(caps.resources and caps.resources.list_changed)
-        if not (tools or prompts or resources):
-            return
         backoff = self.settings.restart_backoff_s
         while session is self._session:
-            try:
-                async with listen(
-                    session, tools_list_changed=tools, prompts_list_changed=prompts, resources_list_changed=resources
-                ) as sub:
-                    backoff = self.settings.restart_backoff_s
-                    async for event in sub:
-                        await self._on_event(event)
-            except anyio.get_cancelled_exc_class():
-                raise
-            except Exception as e:
-                log.warning("upstream.listen_lost", upstream=self.name, error=_describe(e))
+            if not (tools or prompts or resources or self._watched):
+                await self._watch_changed.wait()
+                continue
+            with anyio.CancelScope() as scope:
+                self._listen_scope = scope
+                try:
+                    async with listen(
+                        session,
+                        tools_list_changed=tools,
+                        prompts_list_changed=prompts,
+                        resources_list_changed=resources,
+                        resource_subscriptions=sorted(self._watched),
+                    ) as sub:
+                        backoff = self.settings.restart_backoff_s
+                        async for event in sub:
+                            await self._on_event(event)
+                except Exception as e:
+                    log.warning("upstream.listen_lost", upstream=self.name, error=_describe(e))
+            if scope.cancelled_caught:
+                continue  # the watched resources changed: listen again with the new filter
             await anyio.sleep(backoff)
             backoff = min(backoff * 2, self.settings.restart_backoff_max_s)
+
+    def _watch(self, request: types.ClientRequest) -> bool:
+        """``resources/(un)subscribe`` for a 2026-07-28 upstream (which has neither): the URI joins or leaves
+        the filter of its listen stream. False: not such a request."""
+        if isinstance(request, types.SubscribeRequest):
+            self._watched.add(request.params.uri)
+        elif isinstance(request, types.UnsubscribeRequest):
+            self._watched.discard(request.params.uri)
+        else:
+            return False
+        if self._listen_scope is not None:
+            self._listen_scope.cancel()
+        self._watch_changed.set()
+        self._watch_changed = anyio.Event()
+        return True
 
     async def _on_event(self, event: ServerEvent) -> None:
         if isinstance(event, ToolsListChanged):
@@ -438,6 +461,8 @@ class UpstreamConnection:
             await self._on_message(types.PromptListChangedNotification())
         elif isinstance(event, ResourcesListChanged):
             await self._on_message(types.ResourceListChangedNotification())
+        elif isinstance(event, WatchedResourceUpdated):
+            await self._hooks.to_client(self.name, ResourceUpdated(event.uri))
 
     async def _on_message(self, message: types.ServerNotification | Exception) -> None:
         if isinstance(message, Exception):

@@ -94,12 +94,15 @@ def _why(e: BaseException) -> str:
 
 
 def split_envelope(meta: Mapping[str, Any] | None, era: Era) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
-    """A forwarded request's ``_meta`` without the protocol's reserved keys, and the client capabilities
-    it carried (for a stateless upstream only: a handshake upstream fixed its capabilities at initialize)."""
+    """A forwarded request's ``_meta`` without the protocol's reserved keys (a stateless upstream keeps the
+    log level), and the client capabilities it carried (for a stateless upstream only: a handshake upstream
+    fixed its capabilities at initialize)."""
     if not meta:
         return None, None
     caps = meta.get(types.CLIENT_CAPABILITIES_META_KEY) if era == "stateless" else None
-    kept = {k: v for k, v in meta.items() if not k.startswith(RESERVED_META_PREFIX)}
+    # The log level a request opts in to is the request's own in the 2026-07-28 era (the SDK keeps it).
+    passed = (types.LOG_LEVEL_META_KEY,) if era == "stateless" else ()
+    kept = {k: v for k, v in meta.items() if not k.startswith(RESERVED_META_PREFIX) or k in passed}
     return (kept or None), (caps if isinstance(caps, dict) else None)
 
 
