@@ -470,8 +470,9 @@ async def test_modern_client_without_sampling_gets_32021(tmp_path: Path) -> None
 CONFORMANCE_FIXTURE = str(Path(__file__).resolve().parents[1] / "conformance" / "conformance_fixture.py")
 
 
-def _fixture_settings() -> Settings:
+def _fixture_settings(protocol: str = "auto") -> Settings:
     up = {
+        "protocol": protocol,
         "command": sys.executable,
         "args": [CONFORMANCE_FIXTURE, "--transport", "stdio"],
         "namespace": False,
@@ -511,13 +512,15 @@ class Answers:
         }
 
 
+@pytest.mark.parametrize("upstream", ["2025-11-25", "2026-07-28"])
 @pytest.mark.parametrize("mode", ["legacy", "2026-07-28"])
-async def test_roots_sampling_and_elicitation_reach_the_client_in_both_eras(mode: str) -> None:
+async def test_roots_sampling_and_elicitation_reach_the_client_in_both_eras(mode: str, upstream: str) -> None:
     # Legacy: forwarded as server→client requests on the call's stream. 2026-07-28: InputRequiredResult rounds,
-    # driven by the SDK client's own retry loop. Either way the handshake-era upstream gets its answers.
+    # driven by the SDK client's own retry loop. Either way the upstream gets its answers: as answers to its
+    # own requests (handshake era), or as the inputResponses of mcp-guard's retries (2026-07-28 era).
     answers = Answers()
     async with (
-        running_guard(_fixture_settings()) as guard,
+        running_guard(_fixture_settings(upstream)) as guard,
         http_front(guard) as url,
         http_client(url, mode=mode, **answers.callbacks()) as client,
     ):
@@ -532,3 +535,41 @@ async def test_roots_sampling_and_elicitation_reach_the_client_in_both_eras(mode
         assert p.messages[0].content.text.startswith("Use the following context:")
         assert answers.asked == ["roots", "elicit", "sample", "roots", "elicit", "elicit", "elicit"]
         assert not guard.bridge.calls
+
+
+@pytest.mark.parametrize(("upstream", "key"), [("2025-11-25", "elicitation-1"), ("2026-07-28", "user_name")])
+async def test_a_2026_upstreams_own_keys_reach_the_client_and_its_state_stays_with_mcp_guard(
+    upstream: str, key: str
+) -> None:
+    answers = Answers()
+    async with (
+        running_guard(_fixture_settings(upstream)) as guard,
+        http_front(guard) as url,
+        http_client(url, mode="2026-07-28", **answers.callbacks()) as client,
+    ):
+        assert guard.registry.connections["conf"].protocol_version == upstream
+        first = await client.session.call_tool("test_input_required_result_elicitation", {}, allow_input_required=True)
+        assert isinstance(first, types.InputRequiredResult)
+        assert list(first.input_requests or {}) == [key]
+        assert first.request_state is not None and first.request_state.startswith("mg1.")  # mcp-guard's own
+        answer = types.ElicitResult(action="accept", content={"name": "Ada"})
+        done = await client.session.call_tool(
+            "test_input_required_result_elicitation",
+            {},
+            input_responses={key: answer},
+            request_state=first.request_state,
+            allow_input_required=True,
+        )
+        assert isinstance(done, types.CallToolResult) and text_of(done) == "Hello, Ada!"
+
+
+async def test_a_2026_upstream_sees_the_clients_own_capabilities() -> None:
+    # The upstream itself refuses a client that did not declare sampling (sep-2575), and serves one that did.
+    async with running_guard(_fixture_settings("2026-07-28")) as guard, http_front(guard) as url:
+        async with http_client(url, mode="2026-07-28") as bare:
+            with pytest.raises(MCPError) as e:
+                await bare.call_tool("test_missing_capability", {})
+            assert e.value.error.code == types.MISSING_REQUIRED_CLIENT_CAPABILITY
+        async with http_client(url, mode="2026-07-28", **Answers().callbacks()) as able:
+            r = await able.call_tool("test_missing_capability", {})
+            assert text_of(r) == "Client declared the sampling capability."

@@ -37,7 +37,9 @@ async def _caps_tool(ctx: ServerRequestContext[Any], params: types.CallToolReque
     return types.CallToolResult(content=[types.TextContent(text=text)])
 
 
-async def _list_tools(ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None) -> types.ListToolsResult:
+async def _list_tools(
+    ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None
+) -> types.ListToolsResult:
     return types.ListToolsResult(tools=[types.Tool(name="caps", input_schema={"type": "object"})])
 
 
@@ -52,9 +54,7 @@ async def _connected(protocol: Any) -> AsyncIterator[tuple[ClientSession, str]]:
         create_client_server_memory_streams() as (client_streams, server_streams),
         anyio.create_task_group() as tg,
     ):
-        tg.start_soon(
-            lambda: server.run(server_streams[0], server_streams[1], server.create_initialization_options())
-        )
+        tg.start_soon(lambda: server.run(server_streams[0], server_streams[1], server.create_initialization_options()))
         session = ClientSession(
             dispatcher=EnvelopeDispatcher(client_streams[0], client_streams[1]),
             read_timeout_seconds=10,
