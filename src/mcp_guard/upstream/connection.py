@@ -23,8 +23,7 @@ import structlog
 from mcp.client.session import ClientRequestContext, ClientSession
 from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamable_http_client
-from mcp.client.subscriptions import PromptsListChanged, ResourcesListChanged, ServerEvent, ToolsListChanged, listen
-from mcp.client.subscriptions import ResourceUpdated as WatchedResourceUpdated
+from mcp.client.subscriptions import listen
 from mcp.shared.dispatcher import ProgressFnT
 from mcp.shared.exceptions import MCPError
 from pydantic import BaseModel, TypeAdapter, ValidationError
@@ -403,20 +402,28 @@ class UpstreamConnection:
         with anyio.fail_after(self.settings.timeout_s):
             new = await self._fetch_catalog(session, self.catalog.capabilities, kinds)
         new.capabilities, new.server_info = self.catalog.capabilities, self.catalog.server_info
+        old_uris = {r.uri for r in self.catalog.resources}
         self.catalog = new
+        if self.era == "stateless" and {r.uri for r in new.resources} != old_uris:
+            self._relisten()
         await self._hooks.catalog_changed(self.name, kinds)
 
     # ------------------------------------------------------------------ upstream → us
     async def _listen(self, session: ClientSession, caps: types.ServerCapabilities) -> None:
         """A 2026-07-28 upstream announces changes only on a ``subscriptions/listen`` stream: keep one open
         (re-opened after a drop with the restarts' backoff, at once when the watched resources change) and
-        refresh the catalogue, or tell the subscribed clients, on each event."""
+        its events reach :meth:`_on_message` like a handshake upstream's notifications.
+
+        Updates are asked for every resource the upstream lists (a downstream listen stream may name any of
+        them; the front filters per stream and principal) and every URI a 2025 client subscribed to."""
         tools = bool(caps.tools and caps.tools.list_changed)
         prompts = bool(caps.prompts and caps.prompts.list_changed)
         resources = bool(caps.resources and caps.resources.list_changed)
+        updates = bool(caps.resources and caps.resources.subscribe)
         backoff = self.settings.restart_backoff_s
         while session is self._session:
-            if not (tools or prompts or resources or self._watched):
+            uris = sorted(self._watched | ({r.uri for r in self.catalog.resources} if updates else set()))
+            if not (tools or prompts or resources or uris):
                 await self._watch_changed.wait()
                 continue
             with anyio.CancelScope() as scope:
@@ -427,11 +434,13 @@ class UpstreamConnection:
                         tools_list_changed=tools,
                         prompts_list_changed=prompts,
                         resources_list_changed=resources,
-                        resource_subscriptions=sorted(self._watched),
+                        resource_subscriptions=uris,
                     ) as sub:
                         backoff = self.settings.restart_backoff_s
-                        async for event in sub:
-                            await self._on_event(event)
+                        # The SDK also hands every event frame to the session's message handler (_on_message),
+                        # which acts on it as on a handshake upstream's notification; here they are only drained.
+                        async for _event in sub:
+                            pass
                 except Exception as e:
                     log.warning("upstream.listen_lost", upstream=self.name, error=_describe(e))
             if scope.cancelled_caught:
@@ -448,21 +457,15 @@ class UpstreamConnection:
             self._watched.discard(request.params.uri)
         else:
             return False
+        self._relisten()
+        return True
+
+    def _relisten(self) -> None:
+        """The listen filter changed: re-open the stream with it (a no-op for a handshake upstream)."""
         if self._listen_scope is not None:
             self._listen_scope.cancel()
         self._watch_changed.set()
         self._watch_changed = anyio.Event()
-        return True
-
-    async def _on_event(self, event: ServerEvent) -> None:
-        if isinstance(event, ToolsListChanged):
-            await self._on_message(types.ToolListChangedNotification())
-        elif isinstance(event, PromptsListChanged):
-            await self._on_message(types.PromptListChangedNotification())
-        elif isinstance(event, ResourcesListChanged):
-            await self._on_message(types.ResourceListChangedNotification())
-        elif isinstance(event, WatchedResourceUpdated):
-            await self._hooks.to_client(self.name, ResourceUpdated(event.uri))
 
     async def _on_message(self, message: types.ServerNotification | Exception) -> None:
         if isinstance(message, Exception):
