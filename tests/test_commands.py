@@ -171,17 +171,21 @@ def test_check_shows_why_an_upstream_failed(
         '[policy]\nbundle = "bundle"\n[audit]\npath = "audit.db"\nstate_path = "state.db"\n'
         '[upstreams.broken]\ncommand = "python"\nargs = ["-m", "no_such_connector_xyz"]\nrestart = false\n'
         f'[upstreams.rec]\ncommand = "python"\nargs = ["{RECORDER}"]\n'
+        f'[upstreams.modern]\ncommand = "python"\nargs = ["{RECORDER}"]\nenv = {{ RECORDER_MODERN = "1" }}\n'
     )
     monkeypatch.chdir(tmp_path)
     assert main(["check", "-c", str(cfg), "--timeout", "20"]) == 1
     out = capsys.readouterr().out
-    assert "[ok  ] rec:" in out and "[DOWN] broken:" in out
+    assert "[ok  ] rec: protocol 2025-11-25," in out and "[DOWN] broken:" in out
+    assert "[ok  ] modern: protocol 2026-07-28," in out  # the era each upstream is spoken to in
     assert "No module named no_such_connector_xyz" in out, out
 
     assert main(["check", "-c", str(cfg), "--timeout", "20", "--json"]) == 1
     report = json.loads(capsys.readouterr().out)
     assert any("No module named no_such_connector_xyz" in line for line in report["upstreams"]["broken"]["stderr"])
     assert "stderr" not in report["upstreams"]["rec"]
+    assert report["upstreams"]["rec"]["protocol_version"] == "2025-11-25"
+    assert report["upstreams"]["modern"]["protocol_version"] == "2026-07-28"
 
 
 def test_tools_lists_what_the_principal_may_see(

@@ -54,3 +54,17 @@ def test_console_section_roles_and_base_url() -> None:
         parse_settings({"console": {"base_url": "guard.example"}}, source="<t>")
     with pytest.raises(ConfigError, match=r"console\.colour"):
         parse_settings({"console": {"colour": "red"}}, source="<t>")
+
+
+def test_an_upstreams_protocol_era_is_validated(tmp_path: Path) -> None:
+    up = {"command": "x"}
+    assert parse_settings({"upstreams": {"a": up}}).upstreams["a"].protocol == "auto"
+    assert (
+        parse_settings({"upstreams": {"a": {**up, "protocol": "2026-07-28"}}}).upstreams["a"].protocol == "2026-07-28"
+    )
+    cfg = tmp_path / "g.toml"
+    cfg.write_text('[upstreams.a]\ncommand = "x"\nprotocol = "2024-11-05"\n')
+    with pytest.raises(ConfigError) as info:
+        load_settings(cfg)
+    message = str(info.value)
+    assert "\n" not in message and message.startswith(f"{cfg}: upstreams.a.protocol: ")

@@ -302,9 +302,9 @@ def test_safe_text_masks_values_shapes_and_url_passwords_and_is_short() -> None:
 
 def test_readiness_without_http_lists_what_it_read() -> None:
     class Up:
-        def __init__(self, name: str, state: str, error: str | None) -> None:
+        def __init__(self, name: str, state: str, error: str | None, version: str | None = None) -> None:
             self.name, self.state, self.restarts, self.last_error = name, state, 2, error
-            self.protocol_version: str | None = None
+            self.protocol_version = version
 
     src = OpsSources(
         calls=CallMetrics(),
@@ -312,7 +312,7 @@ def test_readiness_without_http_lists_what_it_read() -> None:
         engine_name="opa",
         audit=RecordingSink(),
         audit_backend="sqlite",
-        upstreams=lambda: [Up("b", "down", "exit 1"), Up("a", "ready", None)],
+        upstreams=lambda: [Up("b", "down", "exit 1"), Up("a", "ready", None, "2026-07-28")],
         session_transports=lambda: [],
         scrub=lambda s: s,
     )
@@ -320,6 +320,7 @@ def test_readiness_without_http_lists_what_it_read() -> None:
     assert r.ready
     assert list(r.body["upstreams"]) == ["a", "b"]
     assert r.body["upstreams"]["b"] == {"state": "down", "up": False, "restarts": 2, "problem": "exit 1"}
+    assert r.body["upstreams"]["a"]["protocol_version"] == "2026-07-28"  # the era it is spoken to in
     assert json.loads(json.dumps(r.body)) == r.body
 
 
