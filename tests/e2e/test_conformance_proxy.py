@@ -8,10 +8,10 @@ versions' requirement sets run against the proxy's URL.
 
 Every check that fails through the proxy is listed with why in tests/conformance/expected-failures.json
 (sections ``proxy-stdio`` and ``proxy-http``) and every listed one must still fail, so the baseline cannot go
-stale in either direction. mcp-guard talks to upstreams on the 2025-11-25 handshake and bridges their
-server→client requests into InputRequiredResult rounds for 2026-07-28 clients (mcp_guard.frontend.input_required);
-tests/conformance/README.md explains the few checks that cannot pass that way. The score of each run is printed
-in pytest's terminal summary beside the direct one (tests/e2e/test_conformance.py).
+stale in either direction. The fixture answers ``server/discover``, so mcp-guard speaks 2026-07-28 to it (over
+stdio and over HTTP: the second run is the e2e of an HTTP upstream in the 2026 era) and 2025-11-25 clients are
+served through it (mcp_guard.upstream.era, mcp_guard.pipeline.input_rounds; tests/conformance/README.md). The score
+of each run is printed in pytest's terminal summary beside the direct one (tests/e2e/test_conformance.py).
 """
 
 from __future__ import annotations

@@ -88,7 +88,9 @@ async def test_probes_need_no_key_while_mcp_still_does() -> None:
         assert body["status"] == "ready"
         assert body["policy"] == {"ready": True, "engine": "embedded", "revision": "test"}
         assert body["audit"] == {"ready": True, "backend": "sqlite"}  # a test sink reports nothing more
-        assert body["upstreams"] == {"rec": {"state": "ready", "up": True, "restarts": 0}}
+        assert body["upstreams"] == {
+            "rec": {"state": "ready", "up": True, "restarts": 0, "protocol_version": "2025-11-25"}
+        }
         r = await http.get(base + "/metrics")
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain; version=0.0.4")
         families = parse(r.text)
@@ -246,11 +248,12 @@ async def test_a_down_upstream_is_listed_but_does_not_make_the_replica_unready()
 # --------------------------------------------------------------------------- nothing secret
 LEAKY = """
 import json, os, sys
-msg = json.loads(sys.stdin.readline())
 err = {"code": -32000, "message": "bad credentials: " + os.environ["LEAK_TOKEN"] + " for postgres://app:pw123@db/x"}
-sys.stdout.write(json.dumps({"jsonrpc": "2.0", "id": msg["id"], "error": err}) + "\\n")
-sys.stdout.flush()
-sys.stdin.read()
+for line in sys.stdin:  # every request (server/discover, then initialize) is refused the same way
+    msg = json.loads(line)
+    if "id" in msg:
+        sys.stdout.write(json.dumps({"jsonrpc": "2.0", "id": msg["id"], "error": err}) + "\\n")
+        sys.stdout.flush()
 """
 TOKEN = "tok-9f8e7d6c5b4a3210-secret"
 

@@ -2,8 +2,8 @@
 
 Each :class:`UpstreamConnection` runs in its own task (``run``) and owns one ``ClientSession``,
 in the protocol era the upstream offers (:mod:`mcp_guard.upstream.era`: 2026-07-28 when it answers
-``server/discover``, else the 2025-11-25 handshake). A start failure, crash or hang of one upstream never escapes that
-task: the connection goes ``down`` with a reason, in-flight calls fail fast, and a stdio child is
+``server/discover``, else the 2025-11-25 handshake). A start failure, crash or hang of one upstream
+never escapes that task: the connection goes ``down`` with a reason, in-flight calls fail fast, and a stdio child is
 restarted with exponential backoff; once it is back its catalogue is fetched again and the
 registry is told so that clients get ``list_changed``.
 """
@@ -218,7 +218,7 @@ class UpstreamConnection:
             return request, caps
         assert params is not None
         new_params = params.model_copy(update={"meta": kept})
-        return type(request).model_validate({**request.model_dump(exclude={"params"}), "params": new_params}), caps
+        return request.model_copy(update={"params": new_params}), caps
 
     def _progress_relay(self, on_progress: ProgressRelay) -> ProgressFnT:
         """Progress for the client, on the one way upstream→client traffic takes (mcp_guard.channel)."""
