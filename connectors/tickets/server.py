@@ -16,7 +16,10 @@ import mcp_types as types
 from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel import Server
 from mcp.server.session import ServerSession
+from mcp.server.subscriptions import InMemorySubscriptionBus, ListenHandler
 from mcp.shared.exceptions import MCPError
+from mcp.shared.subscriptions import ToolsListChanged
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from connectors._shared import (
     ToolError,
@@ -139,6 +142,10 @@ class TicketsServer:
         self._overrides: dict[str, dict[str, str]] = {}
         self._overrides_sig: tuple[int, int] | None = None
         self._session: ServerSession | None = None
+        # A 2026-07-28 client hears of changes on its subscriptions/listen stream (this bus); a handshake one
+        # as a notification on its session.
+        self.bus = InMemorySubscriptionBus()
+        self.listen = ListenHandler(self.bus)
         self.reload_overrides()
 
     # -- tool definition overrides (demo/test hook: a tool whose definition changes) --------------
@@ -180,9 +187,12 @@ class TicketsServer:
         """Poll the overrides file; on a change, tell the client with notifications/tools/list_changed."""
         while True:
             await anyio.sleep(interval_s)
-            if self.reload_overrides() and self._session is not None:
+            if self.reload_overrides():
                 log.warning("tool definitions changed (TICKETS_TOOL_OVERRIDES); notifying the client")
-                await self._session.send_tool_list_changed()
+                await self.bus.publish(ToolsListChanged())
+                session = self._session
+                if session is not None and session.protocol_version not in MODERN_PROTOCOL_VERSIONS:
+                    await session.send_tool_list_changed()
 
     # -- tool table --------------------------------------------------------------------------------
 
@@ -555,4 +565,5 @@ def build_server(tickets: TicketsServer) -> Server[Any]:
         on_read_resource=tickets.read_resource,
         on_list_prompts=tickets.list_prompts,
         on_get_prompt=tickets.get_prompt,
+        on_subscriptions_listen=tickets.listen,
     )
