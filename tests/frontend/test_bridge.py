@@ -27,7 +27,7 @@ from mcp_guard.frontend.input_required import BridgedCallChannel, InputRequiredB
 from mcp_guard.pipeline.context import CallContext, Outcome
 from mcp_guard.settings import Settings
 from mcp_guard.testing import RecordingSink
-from mcp_guard.types import Principal, SessionInfo
+from mcp_guard.types import EventKind, Principal, SessionInfo
 
 pytestmark = pytest.mark.anyio
 
@@ -541,13 +541,16 @@ async def test_roots_sampling_and_elicitation_reach_the_client_in_both_eras(mode
 async def test_a_2026_upstreams_own_keys_reach_the_client_and_its_state_stays_with_mcp_guard(
     upstream: str, key: str
 ) -> None:
-    answers = Answers()
+    answers, sink = Answers(), RecordingSink()
     async with (
-        running_guard(_fixture_settings(upstream)) as guard,
+        running_guard(_fixture_settings(upstream), sink=sink) as guard,
         http_front(guard) as url,
         http_client(url, mode="2026-07-28", **answers.callbacks()) as client,
     ):
         assert guard.registry.connections["conf"].protocol_version == upstream
+        [start] = [e for e in sink.events if e.kind is EventKind.UPSTREAM_START]
+        assert start.details is not None and start.details["protocol_version"] == upstream
+        assert start.details["upstream_protocol"] == ("stateless" if upstream == "2026-07-28" else "handshake")
         first = await client.session.call_tool("test_input_required_result_elicitation", {}, allow_input_required=True)
         assert isinstance(first, types.InputRequiredResult)
         assert list(first.input_requests or {}) == [key]
@@ -561,6 +564,9 @@ async def test_a_2026_upstreams_own_keys_reach_the_client_and_its_state_stays_wi
             allow_input_required=True,
         )
         assert isinstance(done, types.CallToolResult) and text_of(done) == "Hello, Ada!"
+        # One logical call, however many rounds: one decision row and one outcome row.
+        calls = [e.kind for e in sink.events if e.tool == "test_input_required_result_elicitation"]
+        assert calls == [EventKind.CALL_DECISION, EventKind.CALL_RESULT], calls
 
 
 async def test_a_2026_upstream_sees_the_clients_own_capabilities() -> None:
