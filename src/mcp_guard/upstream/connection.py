@@ -292,7 +292,7 @@ class UpstreamConnection:
             )
             async with session:
                 with anyio.fail_after(self.settings.startup_timeout_s):
-                    version = await negotiate(session, self.settings.protocol)
+                    version = await negotiate(session, self.settings.protocol, upstream=self.name)
                     capabilities = session.server_capabilities or types.ServerCapabilities()
                     server_info = session.server_info or types.Implementation(name=self.name, version="unknown")
                     catalog = await self._fetch_catalog(

@@ -46,7 +46,7 @@ __all__ = [
 log = structlog.get_logger("mcp_guard.upstream")
 
 Era = Literal["handshake", "stateless"]
-Protocol = Literal["auto", "2025-11-25", "2026-07-28"]
+ProtocolSetting = Literal["auto", "2025-11-25", "2026-07-28"]
 RESERVED_META_PREFIX = "io.modelcontextprotocol/"
 """The protocol's own ``_meta`` keys: a 2026 request envelope. They describe one hop, never forwarded as is."""
 
@@ -60,7 +60,7 @@ def era_of(version: str | None) -> Era:
     return "stateless" if version in MODERN_PROTOCOL_VERSIONS else "handshake"
 
 
-async def negotiate(session: ClientSession, protocol: Protocol) -> str:
+async def negotiate(session: ClientSession, protocol: ProtocolSetting, *, upstream: str = "") -> str:
     """Connect ``session`` in the era ``protocol`` asks for; the negotiated version.
 
     ``auto``: one ``server/discover`` probe (the SDK retries once at a mutual version on ``-32022``); an
@@ -75,7 +75,7 @@ async def negotiate(session: ClientSession, protocol: Protocol) -> str:
     try:
         await session.discover()
     except (MCPError, ValidationError, RuntimeError) as e:
-        log.info("upstream.discover_declined", reason=_why(e))
+        log.info("upstream.discover_declined", upstream=upstream, reason=_why(e))
         return (await session.initialize()).protocol_version
     return _version(session)
 
