@@ -33,7 +33,7 @@ from mcp.server.connection import Connection
 from mcp_guard.approvals import ApprovalStore, MemoryApprovals, open_approvals
 from mcp_guard.audit import events
 from mcp_guard.config_diff import ReloadPlan, plan_reload
-from mcp_guard.errors import AuditError, ConfigError, StateError
+from mcp_guard.errors import AuditError, ConfigError, SecretError, StateError
 from mcp_guard.frontend.auth import (
     KeyRing,
     PrincipalResolver,
@@ -58,11 +58,12 @@ from mcp_guard.pipeline.observe import CallMetrics
 from mcp_guard.pipeline.secret_source import NO_SECRETS, SecretSource
 from mcp_guard.pipeline.shadow import ShadowStats
 from mcp_guard.pipeline.visibility import Visibility
-from mcp_guard.settings import Settings, load_settings
+from mcp_guard.settings import Settings, UpstreamSettings, load_settings
 from mcp_guard.state import MemoryState, StateStore, open_state
 from mcp_guard.telemetry import INSTRUMENTATION, open_tracing
 from mcp_guard.types import AuditEvent, EventKind, Principal, SessionInfo, ToolInfo, new_id
 from mcp_guard.upstream.registry import Registry
+from mcp_guard.upstream.token_exchange import TokenExchanger
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Tracer
@@ -108,6 +109,7 @@ class Guard:
             pins=pins,
             pooled=secrets.pooled_upstreams(),
             principal_injections=secrets.injections_for_principal,
+            exchanger_for=self._exchanger,
         )
         self.visibility = Visibility(engine)
         self.sessions = SessionTable(settings, self._session_started, self._session_ended)
@@ -150,6 +152,24 @@ class Guard:
         # Console logins (in memory: a restart logs out; see frontend/console_sessions.py) and the admin check.
         self.console_sessions = ConsoleSessions(settings.console.session_ttl_s)
         self._admin_auth: AdminAuth | None = None
+
+    def _exchanger(self, name: str, up: UpstreamSettings) -> TokenExchanger | None:
+        """The token exchanger of an upstream with ``token_exchange`` (its client secret from the secrets provider,
+        its default token endpoint the current ``[auth]`` issuer's)."""
+        tx = up.token_exchange
+        if tx is None:
+            return None
+        secrets = self.secrets
+
+        async def client_secret() -> str:
+            from mcp_guard.secrets.manager import SecretManager
+
+            if not isinstance(secrets, SecretManager):
+                raise SecretError(f"secret {tx.client_secret!r}: no secrets provider is configured")
+            return (await secrets.resolve(tx.client_secret, upstream=name)).get_secret_value()
+
+        auth = self.settings.auth
+        return TokenExchanger(name, tx, issuer=auth.issuer if auth else None, client_secret=client_secret)
 
     # ------------------------------------------------------------------ construction
     @classmethod

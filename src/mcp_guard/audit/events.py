@@ -153,8 +153,12 @@ def call_decision(
     duration_ms: float | None = None,
     max_arguments_bytes: int | None = None,
     policy: Mapping[str, Any] | None = None,
+    upstream_token: Mapping[str, Any] | None = None,
 ) -> AuditEvent:
     """The row that records what governed a call (allow or deny), with its obligations.
+
+    ``upstream_token`` says who an exchanged token sent with the call is for and what it may do (audience,
+    scopes: ``details.upstream_token``), never the token (mcp_guard.pipeline.exchange).
 
     Arguments over ``max_arguments_bytes`` (``[audit] max_arguments_bytes``) are stored bounded
     (:func:`bound_arguments`); ``None`` stores them as they are. ``policy`` is the policy question and its
@@ -168,6 +172,8 @@ def call_decision(
         details["obligations"] = dict(decision.obligations)
     if policy is not None:
         details[POLICY_KEY] = policy
+    if upstream_token is not None:
+        details["upstream_token"] = dict(upstream_token)
     return AuditEvent(
         kind=EventKind.CALL_DECISION,
         session_id=session_id,

@@ -94,7 +94,12 @@ def _decision_row(
         else None
     )
     return events.call_decision(
-        decision, arguments=arguments, max_arguments_bytes=max_arguments_bytes, policy=policy, **_columns(ctx)
+        decision,
+        arguments=arguments,
+        max_arguments_bytes=max_arguments_bytes,
+        policy=policy,
+        upstream_token=ctx.upstream_token.to_audit() if ctx.upstream_token is not None else None,
+        **_columns(ctx),
     )
 
 

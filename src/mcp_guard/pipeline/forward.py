@@ -100,7 +100,9 @@ class Forward:
                 if conn is None:
                     return Outcome.guard_error(UPSTREAM_UNAVAILABLE, f"unknown upstream {ctx.server!r}")
                 with self._registry.in_flight(ctx.server, ctx.downstream):
-                    result = await conn.request(ctx.request, timeout=ctx.timeout_s, on_progress=ctx.progress)
+                    result = await conn.request(
+                        ctx.request, timeout=ctx.timeout_s, on_progress=ctx.progress, bearer=ctx.upstream_token
+                    )
         except UpstreamTimeout as e:
             return Outcome.guard_error(UPSTREAM_TIMEOUT, str(e))
         except UpstreamError as e:

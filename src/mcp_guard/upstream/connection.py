@@ -43,6 +43,7 @@ from mcp_guard.secrets.describe import describe_invalid, is_parse_error
 from mcp_guard.settings import UpstreamSettings
 from mcp_guard.types import EventKind
 from mcp_guard.upstream.stdio import StderrTail, minimal_environment, open_stdio_transport, undecodable_reason
+from mcp_guard.upstream.token_exchange import UpstreamToken, call_token
 
 __all__ = ["Catalog", "Injections", "UpstreamConnection", "UpstreamHooks"]
 
@@ -103,8 +104,10 @@ class UpstreamConnection:
         injections: Callable[[], Awaitable[Injections]] | None = None,
         scrub: Callable[[str], str] = lambda s: s,
         cwd: str | None = None,
+        auth: httpx2.Auth | None = None,
     ) -> None:
         self.name = name
+        self._auth = auth  # sets Authorization per HTTP request (token_exchange: mcp_guard.upstream.token_exchange)
         self.settings = settings
         self._hooks = hooks
         self._injections = injections
@@ -145,8 +148,12 @@ class UpstreamConnection:
         *,
         timeout: float | None = None,
         on_progress: Callable[[float, float | None, str | None], Awaitable[None]] | None = None,
+        bearer: UpstreamToken | None = None,
     ) -> dict[str, Any]:
         """Forward one request and return the upstream's raw result dict.
+
+        ``bearer`` (an exchanged token, HTTP upstreams with ``token_exchange``) is the Authorization of this
+        request only: :func:`~mcp_guard.upstream.token_exchange.call_token` marks this task's traffic with it.
 
         Raises MCPError for an upstream error response, UpstreamTimeout, or UpstreamError when the
         upstream is down, dies while the call is in flight, or answers with something that is not valid
@@ -158,7 +165,7 @@ class UpstreamConnection:
         try:
             # Our own deadline (the SDK's timeout error shares its code, -32001, with ordinary upstream
             # errors); cancelling the request makes the SDK send notifications/cancelled upstream.
-            with anyio.fail_after(t):
+            with anyio.fail_after(t), call_token(bearer):
                 # A TypeAdapter of a plain dict keeps the upstream's result as it came (the SDK accepts any
                 # TypeAdapter at run time; its annotation only names BaseModel results).
                 return await session.send_request(
@@ -330,7 +337,7 @@ class UpstreamConnection:
             return
         timeout = httpx2.Timeout(s.startup_timeout_s, read=max(s.timeout_s, 300.0))
         async with (
-            httpx2.AsyncClient(headers=headers, timeout=timeout) as http,
+            httpx2.AsyncClient(headers=headers, timeout=timeout, auth=self._auth) as http,
             streamable_http_client(s.url, http_client=http, max_sse_event_size=s.max_response_bytes) as (read, write),
         ):
             yield read, write, anyio.Event()

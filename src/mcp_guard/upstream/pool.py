@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, overload
 
 import anyio
+import httpx2
 import mcp_types as types
 import structlog
 from anyio.abc import TaskGroup
@@ -104,8 +105,10 @@ class UpstreamPool:
         scrub: Callable[[str], str] = lambda s: s,
         cwd: str | None = None,
         clock: Callable[[], float] = time.monotonic,
+        auth: httpx2.Auth | None = None,
     ) -> None:
         self.name = name
+        self._auth = auth
         self.settings = settings
         self.hooks = hooks
         self._injections = injections
@@ -226,6 +229,7 @@ class UpstreamPool:
             injections=lambda: self._injections(principal),
             scrub=self._scrub,
             cwd=self._cwd,
+            auth=self._auth,
         )
         conn.attach_task_group(self._tg)
         child = self._children[principal] = _Child(principal, conn, last_used=self._clock())
