@@ -40,7 +40,11 @@ IDP_SCRIPT = E2E / "oidc_idp.mjs"
 REPORTER = REPO / "tests" / "fixtures" / "token_reporter.py"
 UPSTREAM_AUD = "https://reports.upstream.test/mcp"
 EXCHANGE_GRANT = "urn:ietf:params:oauth:grant-type:token-exchange"
-GATEWAY = {"client_id": "mcp-guard-gw", "client_secret": "gw-secret-7c1e93b04d5a", "grant_types": ["client_credentials", EXCHANGE_GRANT]}
+GATEWAY = {
+    "client_id": "mcp-guard-gw",
+    "client_secret": "gw-secret-7c1e93b04d5a",
+    "grant_types": ["client_credentials", EXCHANGE_GRANT],
+}
 ALICE = {"client_id": "alice-agent", "client_secret": "alice-secret-4e1f0c9a7b", "groups": ["support"]}
 BOB = {"client_id": "bob-agent", "client_secret": "bob-secret-2a8d5f6e1c", "groups": ["support"]}
 CLIENTS = [GATEWAY, ALICE, BOB]
@@ -51,7 +55,9 @@ import rego.v1
 
 default decision := {"allow": true, "reasons": ["allowed"], "obligations": {}}
 
-decision := {"allow": true, "reasons": ["reading needs read only"], "obligations": {"upstream_scopes": ["reports:read"]}} if {
+read_only := {"upstream_scopes": ["reports:read"]}
+
+decision := {"allow": true, "reasons": ["reading needs read only"], "obligations": read_only} if {
 	input.tool == "read_report"
 }
 """
@@ -115,7 +121,16 @@ def _start_idp(resource: str) -> tuple[subprocess.Popen[str], str]:
     if node is None or not (E2E / "node_modules" / "oidc-provider").exists():
         pytest.fail("oidc-provider is missing: run `make peers` (tests/e2e/node_modules)")
     proc = subprocess.Popen(
-        [node, str(IDP_SCRIPT), "--port", str(_free_port()), "--resource", resource, "--upstream-resource", UPSTREAM_AUD],
+        [
+            node,
+            str(IDP_SCRIPT),
+            "--port",
+            str(_free_port()),
+            "--resource",
+            resource,
+            "--upstream-resource",
+            UPSTREAM_AUD,
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
