@@ -93,7 +93,9 @@ def obligation_handlers(
     first (a call refused by a later handler would be counted and then taken back). ``step_up`` belongs on a
     deny (the front turns it into a scope challenge); on an allow its handler refuses the call. ``approval``
     (:func:`pipeline_stages` always gives one) parks the call until a person decides: before ``labels`` and
-    ``rate_limit``, so a call waiting for approval neither labels its flow nor counts against a limit."""
+    ``rate_limit``, so a call waiting for approval neither labels its flow nor counts against a limit.
+    ``upstream_scopes`` (given ``exchangers``) checks the policy's narrowing of a token-exchange upstream's
+    token; the exchange itself is the ``ExchangeToken`` stage's, after every obligation."""
     approvals = [approval] if approval is not None else []
     scopes = [UpstreamScopesObligation(exchangers)] if exchangers is not None else []
     return [
