@@ -13,10 +13,13 @@ from urllib.parse import parse_qs
 import anyio
 import anyio.lowlevel
 import httpx2
+import mcp_types as types
 import pytest
 
-from mcp_guard.settings import TokenExchangeSettings
+from mcp_guard.errors import UpstreamError
+from mcp_guard.settings import TokenExchangeSettings, UpstreamSettings
 from mcp_guard.types import SubjectToken
+from mcp_guard.upstream.connection import UpstreamConnection
 from mcp_guard.upstream.token_exchange import (
     EXCHANGE_GRANT,
     ExchangeError,
@@ -205,10 +208,12 @@ async def test_the_auth_hook_sends_each_calls_own_token_and_the_service_token_ot
 
     async def upstream(request: httpx2.Request) -> httpx2.Response:
         await anyio.lowlevel.checkpoint()  # let the other call interleave
-        seen[request.url.path] = request.headers["authorization"]
+        if "authorization" in request.headers:
+            seen[request.url.path] = request.headers["authorization"]
         return httpx2.Response(200)
 
-    async with httpx2.AsyncClient(auth=ex.auth(), transport=httpx2.MockTransport(upstream)) as http:
+    auth = ex.auth()
+    async with httpx2.AsyncClient(auth=auth, transport=httpx2.MockTransport(upstream)) as http:
 
         async def call(path: str, token: UpstreamToken) -> None:
             with call_token(token):
@@ -218,14 +223,18 @@ async def test_the_auth_hook_sends_each_calls_own_token_and_the_service_token_ot
             tg.start_soon(call, "alice", UpstreamToken("alice-exchanged", AUDIENCE, (), clock.now + 60))
             tg.start_soon(call, "bob", UpstreamToken("bob-exchanged", AUDIENCE, (), clock.now + 60))
         await http.get("https://up.example/listing")  # no call token: the gateway's own
-        elsewhere = UpstreamToken("other", "https://elsewhere.example", (), clock.now + 60)
-        with call_token(elsewhere), pytest.raises(ExchangeError, match="not this upstream"):
-            await http.post("https://up.example/wrong")
+        with call_token(UpstreamToken("other", "https://elsewhere.example", (), clock.now + 60)):
+            await http.post("https://up.example/wrong")  # neither that token nor the gateway's: none
+        clock.now += 3600  # the service token expired, and the IdP is down: none either, nothing raised
+        idp.up = False
+        await http.get("https://up.example/down")
     assert seen == {
         "/alice": "Bearer alice-exchanged",
         "/bob": "Bearer bob-exchanged",
         "/listing": "Bearer issued-1",
     }
+    assert "/wrong" not in seen and "/down" not in seen
+    assert auth.last_problem == "the gateway's own token: the IdP could not be reached (ConnectError)"
     assert (
         idp.forms[-1]["grant_type"] == "client_credentials" and idp.forms[-1]["scope"] == "reports:read reports:write"
     )
@@ -235,3 +244,12 @@ def test_the_subject_token_never_shows_in_a_repr_or_string() -> None:
     subject = SubjectToken("eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.sig")
     assert "eyJ" not in repr(subject) and "eyJ" not in str(subject) and "eyJ" not in json.dumps({"s": str(subject)})
     assert subject.reveal().startswith("eyJ") and len(subject.sha256) == 64
+
+
+async def test_a_connection_that_exchanges_refuses_a_call_without_its_token() -> None:
+    idp, clock = TokenEndpoint(), Clock()
+    settings = UpstreamSettings(transport="http", url="https://up.example/mcp")
+    conn = UpstreamConnection("rep", settings, hooks=None, auth=_exchanger(idp, clock).auth())  # type: ignore[arg-type]
+    request = types.CallToolRequest(params=types.CallToolRequestParams(name="read", arguments={}))
+    with pytest.raises(UpstreamError, match="takes each caller's exchanged token"):
+        await conn.request(request)

@@ -159,6 +159,11 @@ class UpstreamConnection:
         upstream is down, dies while the call is in flight, or answers with something that is not valid
         MCP (said in mcp-guard's own words: the parser's text would quote the answer).
         """
+        if self._auth is not None and bearer is None:  # never sent on the gateway's own token instead
+            raise UpstreamError(
+                f"upstream {self.name!r} takes each caller's exchanged token (token_exchange) and this call has none",
+                upstream=self.name,
+            )
         session = self.session
         t = timeout if timeout is not None else self.settings.timeout_s
         progress = self._progress_relay(on_progress) if on_progress is not None else None

@@ -254,19 +254,41 @@ class TokenExchanger:
 
 
 class ExchangeAuth(httpx2.Auth):
-    """Sets each upstream request's ``Authorization``: the current call's token, else the service token."""
+    """Sets each upstream request's ``Authorization``: the current call's token, else the service token.
+
+    It never raises: an exception here would end the SDK transport's task group, taking every other call in
+    flight on the session down with it. A request it has no right token for goes without ``Authorization``
+    (the upstream answers 401, which the SDK turns into an error for that request alone): the service token
+    cannot be had (the IdP is down), or a call's token is for another audience — never replaced by the
+    gateway's own token, which would act for the caller with the wrong identity. ``last_problem`` keeps why.
+    """
 
     def __init__(self, exchanger: TokenExchanger) -> None:
         self._exchanger = exchanger
+        self.last_problem: str | None = None
 
     async def async_auth_flow(self, request: httpx2.Request) -> AsyncGenerator[httpx2.Request, httpx2.Response]:
-        token = _CALL_TOKEN.get()
+        token = await self._token()
         if token is None:
-            token = await self._exchanger.service_token()
-        elif token.audience != self._exchanger.settings.audience:  # never send a token meant for another upstream
-            raise ExchangeError(f"the call's token is for {token.audience!r}, not this upstream")
-        request.headers["Authorization"] = f"Bearer {token.value}"
+            request.headers.pop("Authorization", None)
+        else:
+            request.headers["Authorization"] = f"Bearer {token.value}"
         yield request
+
+    async def _token(self) -> UpstreamToken | None:
+        upstream = self._exchanger.upstream
+        token = _CALL_TOKEN.get()
+        if token is not None:
+            if token.audience == self._exchanger.settings.audience:
+                return token
+            self.last_problem = f"a call's token is for {token.audience!r}, not this upstream"
+        else:
+            try:
+                return await self._exchanger.service_token()
+            except ExchangeError as e:
+                self.last_problem = f"the gateway's own token: {e}"
+        log.warning("token_exchange.no_token", upstream=upstream, problem=self.last_problem)
+        return None
 
 
 def _form(value: str) -> str:
