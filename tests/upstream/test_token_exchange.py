@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import base64
 import json
+from collections import Counter
 from typing import Any
 from urllib.parse import parse_qs
 
 import anyio
-import anyio.lowlevel
 import httpx2
 import mcp_types as types
 import pytest
@@ -55,6 +55,7 @@ class TokenEndpoint:
         self.body: dict[str, Any] | None = None  # None: a token with the asked scopes
         self.up = True
         self.issued = 0
+        self.gate: anyio.Event | None = None  # set: token requests wait for it
         self.transport = httpx2.MockTransport(self._handle)
 
     async def _handle(self, request: httpx2.Request) -> httpx2.Response:
@@ -64,6 +65,8 @@ class TokenEndpoint:
             self.discoveries += 1
             return httpx2.Response(200, json={"issuer": ISSUER, "token_endpoint": f"{ISSUER}/oauth/token"})
         assert request.url.path == "/oauth/token", request.url
+        if self.gate is not None:
+            await self.gate.wait()
         form = {k: v[0] for k, v in parse_qs(request.content.decode()).items()}
         self.forms.append(form)
         self.basic.append(base64.b64decode(request.headers["authorization"].removeprefix("Basic ")).decode())
@@ -253,3 +256,33 @@ async def test_a_connection_that_exchanges_refuses_a_call_without_its_token() ->
     request = types.CallToolRequest(params=types.CallToolRequestParams(name="read", arguments={}))
     with pytest.raises(UpstreamError, match="takes each caller's exchanged token"):
         await conn.request(request)
+
+
+async def test_concurrent_misses_of_one_key_make_one_request_and_share_its_answer() -> None:
+    idp, clock = TokenEndpoint(), Clock()
+    ex = _exchanger(idp, clock)
+    got: list[str] = []
+    errors: list[str] = []
+
+    async def one(subject: str) -> None:
+        try:
+            got.append((await ex.exchange(SubjectToken(subject), ("reports:read",))).value)
+        except ExchangeError as e:
+            errors.append(str(e))
+
+    async def together(*subjects: str) -> None:
+        idp.gate = anyio.Event()  # the IdP answers once every call is waiting
+        async with anyio.create_task_group() as tg:
+            for subject in subjects:
+                tg.start_soon(one, subject)
+            await anyio.wait_all_tasks_blocked()
+            idp.gate.set()
+
+    await together("alice-at", "alice-at", "alice-at", "bob-at")
+    assert len(idp.forms) == 2 and sorted(Counter(got).values()) == [1, 3]
+
+    idp.status, idp.body = 400, {"error": "invalid_grant"}  # a refusal reaches every waiter, and is not cached
+    await together("carol-at", "carol-at", "carol-at")
+    assert len(idp.forms) == 3 and len(errors) == 3 and all("invalid_grant" in e for e in errors)
+    await together("carol-at")
+    assert len(idp.forms) == 4

@@ -11,6 +11,8 @@ flight) use the gateway's own token from the client-credentials grant (:meth:`To
 
 Caching: a token is kept, keyed by (sha256 of the subject token, audience, scopes), until
 ``refresh_margin_s`` before its expiry, at most :data:`CACHE_SIZE` of them (least recently used dropped).
+Concurrent misses of one key make one request to the IdP (single flight): the others wait for its token,
+or its error; a flight exists only while its request runs, so waiting is bounded by ``timeout_s`` too.
 Every request to the IdP is bounded by ``timeout_s``; a refusal, a timeout, or an answer that is not a
 usable bearer token raises :class:`ExchangeError` with a reason that quotes no token (the IdP's ``error``
 code only, bounded). An IdP that grants more scopes than asked is refused too: downscoping must hold.
@@ -93,6 +95,15 @@ class UpstreamToken:
 CacheKey = tuple[str, str, tuple[str, ...]]
 
 
+@dataclass(eq=False)
+class _Flight:
+    """One request to the IdP in progress for a cache key, and how it ended (neither: it was cancelled)."""
+
+    done: anyio.Event = field(default_factory=anyio.Event)
+    token: UpstreamToken | None = None
+    error: ExchangeError | None = None
+
+
 class TokenCache:
     """Tokens by (subject hash, audience, scopes), each until ``margin_s`` before its expiry; bounded (LRU)."""
 
@@ -153,6 +164,7 @@ class TokenExchanger:
         self._transport = transport
         self._clock = clock
         self._cache = TokenCache(margin_s=settings.refresh_margin_s, size=cache_size, clock=clock)
+        self._flights: dict[CacheKey, _Flight] = {}
         self._token_url = settings.token_url
 
     @property
@@ -165,31 +177,47 @@ class TokenExchanger:
 
     async def exchange(self, subject: SubjectToken, scopes: tuple[str, ...]) -> UpstreamToken:
         """A token for this upstream acting for ``subject``'s owner with ``scopes`` (cached). Raises ExchangeError."""
-        key = (subject.sha256, self.settings.audience, scopes)
-        cached = self._cache.get(key)
-        if cached is not None:
-            return cached
-        token = await self._request(
-            {
-                "grant_type": EXCHANGE_GRANT,
-                "subject_token": subject.reveal(),
-                "subject_token_type": ACCESS_TOKEN_TYPE,
-                "requested_token_type": ACCESS_TOKEN_TYPE,
-            },
-            scopes,
-        )
-        self._cache.put(key, token)
-        return token
+        form = {
+            "grant_type": EXCHANGE_GRANT,
+            "subject_token": subject.reveal(),
+            "subject_token_type": ACCESS_TOKEN_TYPE,
+            "requested_token_type": ACCESS_TOKEN_TYPE,
+        }
+        return await self._cached((subject.sha256, self.settings.audience, scopes), form, scopes)
 
     async def service_token(self) -> UpstreamToken:
         """The gateway's own token for this upstream (client credentials; cached), for what no call sends."""
         key = ("", self.settings.audience, self.scopes)
-        cached = self._cache.get(key)
-        if cached is not None:
-            return cached
-        token = await self._request({"grant_type": "client_credentials"}, self.scopes)
-        self._cache.put(key, token)
-        return token
+        return await self._cached(key, {"grant_type": "client_credentials"}, self.scopes)
+
+    async def _cached(self, key: CacheKey, form: dict[str, str], scopes: tuple[str, ...]) -> UpstreamToken:
+        """The cached token of ``key``, else the one request in flight for it, else a new request."""
+        while True:
+            cached = self._cache.get(key)
+            if cached is not None:
+                return cached
+            flight = self._flights.get(key)
+            if flight is None:
+                return await self._fly(key, form, scopes)
+            await flight.done.wait()  # bounded: the flight's request is under timeout_s
+            if flight.token is not None:
+                return flight.token
+            if flight.error is not None:
+                raise flight.error
+            # that request was cancelled with its caller: try again (this task may fly next)
+
+    async def _fly(self, key: CacheKey, form: dict[str, str], scopes: tuple[str, ...]) -> UpstreamToken:
+        flight = self._flights[key] = _Flight()
+        try:
+            flight.token = await self._request(form, scopes)
+            self._cache.put(key, flight.token)
+            return flight.token
+        except ExchangeError as e:
+            flight.error = e
+            raise
+        finally:
+            del self._flights[key]
+            flight.done.set()
 
     # ------------------------------------------------------------------ the IdP
     async def _request(self, form: dict[str, str], scopes: tuple[str, ...]) -> UpstreamToken:
