@@ -71,6 +71,9 @@ class CallContext:
     # stage (mcp_guard.pipeline.trace) prefers the request's `_meta`.
     trace_context: Mapping[str, str] | None = None
     verdict: PolicyVerdict | None = None  # set by Authorize for the stages inside it (the allow row keeps it)
+    # Told once the allow row is committed, just before the stages that reach the upstream: a task-augmented
+    # call (mcp_guard.frontend.tasks) answers its task handle then, so a denied call is answered at once.
+    admitted: Callable[[], None] | None = None
 
 
 class ErrorOrigin(StrEnum):
