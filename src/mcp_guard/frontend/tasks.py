@@ -261,6 +261,15 @@ def missing_extension() -> MCPError:
     )
 
 
+def _check_name_header(ctx: ServerRequestContext[Any, Any], task_id: str) -> None:
+    """SEP-2663 routes ``tasks/*`` by ``Mcp-Name: <taskId>``: a header that disagrees with the body is ``-32020``
+    (the SDK checks the header for the core methods only). Whitespace around the value is not part of it."""
+    headers = getattr(ctx.request, "headers", None)
+    value = headers.get("mcp-name") if headers is not None else None
+    if value is not None and value.strip() != task_id:
+        raise MCPError(code=types.HEADER_MISMATCH, message="the Mcp-Name header does not match params.taskId")
+
+
 def _unknown(task_id: str) -> MCPError:
     return MCPError(code=types.INVALID_PARAMS, message=f"unknown task {task_id!r}")
 
@@ -339,6 +348,7 @@ class Tasks:
     def _mine(self, ctx: ServerRequestContext[Any, Any], owner: str, params: TaskParams) -> Task:
         if not negotiated(ctx):
             raise missing_extension()
+        _check_name_header(ctx, params.task_id)
         task = self.table.find(params.task_id, owner)
         if task is None:
             raise _unknown(params.task_id)
