@@ -18,6 +18,9 @@ Extras the suite does not call but a proxy test can use:
     test_touch_watched_resource   changes ``test://watched-resource`` and announces it (handshake era:
                                   ``notifications/resources/updated`` to subscribers; 2026-07-28: to
                                   ``subscriptions/listen`` streams that asked for that URI)
+    required_task_job             declares taskSupport "required" (the suite's failing_job is declared optional
+                                  here: a proxy's sorted listing puts it first, where http-header-validation
+                                  calls it without the tasks extension)
     tools/list, resources/list and prompts/list paginate when ``--page-size N`` (or
     ``CONFORMANCE_FIXTURE_PAGE_SIZE``) is set; by default everything is on one page.
 """
@@ -282,8 +285,9 @@ TOOLS: list[types.Tool] = [
     ),
     # The suite wants failing_job declared "required" (tasks-required-task-error), but a proxy that sorts its
     # catalogue lists it first, and http-header-validation calls the first tool without the extension: a required
-    # tool would fail that scored check. So "optional" (the required path is tested in tests/frontend/test_tasks.py).
+    # tool would fail that scored check. So "optional"; required_task_job (an extra) is the required one.
     _tool("failing_job", "Task-supporting: a tool execution error after a moment.", tasks="optional"),
+    _tool("required_task_job", "Task-required (an extra, see above): answers at once.", tasks="required"),
     _tool("protocol_error_job", "Task-supporting: fails with a JSON-RPC (protocol) error.", tasks="optional"),
 ]
 
@@ -742,6 +746,9 @@ class Fixture:
     async def _tool_failing_job(self, ctx: Ctx, p: types.CallToolRequestParams) -> types.CallToolResult:
         await anyio.sleep(STEP_PAUSE_S)
         return _result(_text("failing_job failed, as it always does"), is_error=True)
+
+    async def _tool_required_task_job(self, ctx: Ctx, p: types.CallToolRequestParams) -> types.CallToolResult:
+        return _result(_text("required_task_job done"))
 
     async def _tool_protocol_error_job(self, ctx: Ctx, p: types.CallToolRequestParams) -> types.CallToolResult:
         raise MCPError(types.INTERNAL_ERROR, "protocol_error_job: an internal error, as it always is")

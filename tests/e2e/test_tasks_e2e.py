@@ -8,7 +8,8 @@ every result, and two principals hold keys. Raw 2026-07-28 HTTP requests (no SDK
   passed the result policy (redacted);
 - bob's ``tasks/get`` / ``tasks/cancel`` of alice's task get exactly the unknown-task answer, before and after it
   finished, and change nothing;
-- a denied call is answered at once as a plain denied call (no task);
+- a denied call is answered at once as a plain denied call (no task); without the extension a task-required tool
+  is refused (-32021) and a task-optional one runs synchronously;
 - a cancelled task settles ``cancelled``; the audit holds one decision row and one outcome row per task, found by
   the task's id (``details.call_id``).
 """
@@ -172,6 +173,12 @@ async def test_a_task_started_by_alice_is_hers_alone(proxy: tuple[str, Path]) ->
 async def test_a_denied_call_is_answered_at_once_and_a_cancelled_task_settles(proxy: tuple[str, Path]) -> None:
     url, tmp = proxy
     await _tools(url)
+
+    refused = await _rpc(url, "alice", "tools/call", {"name": "required_task_job", "arguments": {}}, tasks=False)
+    assert refused["error"]["code"] == -32021, "a task-required tool needs the extension"
+    assert refused["error"]["data"]["requiredCapabilities"] == {"extensions": {TASKS: {}}}
+    plain = await _rpc(url, "alice", "tools/call", {"name": "slow_compute", "arguments": {"seconds": 0}}, tasks=False)
+    assert "taskId" not in plain["result"] and _text(plain["result"]).startswith("Computed"), "optional: synchronous"
 
     denied = (await _rpc(url, "alice", "tools/call", {"name": "failing_job", "arguments": {}}))["result"]
     assert "taskId" not in denied and denied["isError"] is True, denied
