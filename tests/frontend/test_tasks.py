@@ -7,7 +7,7 @@ suite through the proxy.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from types import SimpleNamespace
 from typing import Any
@@ -72,9 +72,22 @@ async def _until_finished(tasks: Tasks, task_id: str, owner: str = "alice") -> d
     with anyio.fail_after(10):
         while True:
             got = tasks.get(_ctx(), owner, _p(task_id))
-            if got["status"] != "working":
+            if got["status"] in ("completed", "failed", "cancelled"):
                 return got
             await anyio.sleep(0.005)
+
+
+async def _until(condition: Callable[[], bool]) -> None:
+    with anyio.fail_after(10):
+        while True:
+            if condition():
+                return
+            await anyio.sleep(0.005)
+
+
+def _pending(tasks: Tasks, task_id: str = "t1") -> dict[str, Any]:
+    got: dict[str, Any] = tasks.get(_ctx(), "alice", _p(task_id)).get("inputRequests", {})
+    return got
 
 
 # ---------------------------------------------------------------------------------------------------- the table
@@ -163,7 +176,7 @@ def test_task_support_reads_the_tool_definition() -> None:
 async def test_an_admitted_call_is_answered_with_its_task_and_completes_later() -> None:
     release = anyio.Event()
 
-    async def work() -> TaskEnd:
+    async def work(_channel: TaskChannel) -> TaskEnd:
         admitted.set()
         await release.wait()
         return TaskEnd(result={"content": [{"type": "text", "text": "done"}]})
@@ -180,7 +193,7 @@ async def test_an_admitted_call_is_answered_with_its_task_and_completes_later() 
 
 
 async def test_a_call_refused_before_admission_is_answered_at_once_and_leaves_no_task() -> None:
-    async def work() -> TaskEnd:
+    async def work(_channel: TaskChannel) -> TaskEnd:
         return TaskEnd(result={"content": [{"type": "text", "text": "Denied"}], "isError": True})
 
     async with _tasks() as tasks:
@@ -193,7 +206,7 @@ async def test_a_call_refused_before_admission_is_answered_at_once_and_leaves_no
 
 
 async def test_a_protocol_error_fails_the_task_and_a_tool_error_completes_it() -> None:
-    async def protocol_error() -> TaskEnd:
+    async def protocol_error(_channel: TaskChannel) -> TaskEnd:
         admitted.set()
         return TaskEnd(error=types.ErrorData(code=types.INTERNAL_ERROR, message="upstream broke"))
 
@@ -208,7 +221,7 @@ async def test_a_protocol_error_fails_the_task_and_a_tool_error_completes_it() -
 async def test_cancel_cancels_the_call_and_is_an_empty_ack() -> None:
     cancelled = anyio.Event()
 
-    async def work() -> TaskEnd:
+    async def work(_channel: TaskChannel) -> TaskEnd:
         admitted.set()
         try:
             await anyio.sleep_forever()
@@ -227,7 +240,7 @@ async def test_cancel_cancels_the_call_and_is_an_empty_ack() -> None:
 
 
 async def test_another_principal_gets_the_unknown_task_answer() -> None:
-    async def work() -> TaskEnd:
+    async def work(_channel: TaskChannel) -> TaskEnd:
         admitted.set()
         return TaskEnd(result={"content": []})
 
@@ -258,7 +271,7 @@ async def test_the_methods_need_the_extension_and_a_matching_name_header() -> No
 
 
 async def test_a_principal_with_all_its_tasks_running_is_refused() -> None:
-    async def work() -> TaskEnd:
+    async def work(_channel: TaskChannel) -> TaskEnd:
         admitted.set()
         await anyio.sleep_forever()
         raise AssertionError("unreachable")
@@ -271,8 +284,72 @@ async def test_a_principal_with_all_its_tasks_running_is_refused() -> None:
         assert "too many running tasks" in e.value.error.message
 
 
-async def test_a_tasks_channel_refuses_questions() -> None:
-    channel = TaskChannel("t1", "alice")
-    answer = await channel.request(ClientMethod.ELICITATION, {"message": "name?"})
-    assert isinstance(answer, types.ErrorData) and "task" in answer.message
-    assert channel.principal_id == "alice" and not channel.parked
+async def test_a_question_of_the_call_waits_on_the_task_until_tasks_update_answers_it() -> None:
+    caps = types.ClientCapabilities(elicitation=types.ElicitationCapability())
+    answers: list[Any] = []
+
+    async def work(channel: TaskChannel) -> TaskEnd:
+        admitted.set()
+        async with anyio.create_task_group() as tg:  # an upstream asking two things at once
+
+            async def ask(text: str) -> None:
+                answers.append(await channel.request(ClientMethod.ELICITATION, {"message": text}))
+
+            tg.start_soon(ask, "name?")
+            tg.start_soon(ask, "sure?")
+        return TaskEnd(result={"content": [{"type": "text", "text": "asked"}]})
+
+    async with _tasks() as tasks:
+        admitted = anyio.Event()
+        await tasks.start("t1", "alice", admitted, work, caps)
+        await _until(lambda: len(_pending(tasks)) == 2)
+        got = _pending(tasks)
+        assert tasks.get(_ctx(), "alice", _p("t1"))["status"] == "input_required"
+        first, second = sorted(got)
+        assert {str(q["params"]["message"]) for q in got.values()} == {"name?", "sure?"}
+        assert {q["method"] for q in got.values()} == {"elicitation/create"}
+        update = TaskParams.model_validate(
+            {"taskId": "t1", "inputResponses": {first: {"action": "accept"}, "unknown-key": {"x": 1}}}
+        )
+        assert tasks.update(_ctx(), "alice", update) == {}
+        await _until(lambda: first not in _pending(tasks))
+        assert list(_pending(tasks)) == [second], "only the unanswered question is still pending"
+        with pytest.raises(MCPError):
+            tasks.update(_ctx(), "bob", TaskParams.model_validate({"taskId": "t1", "inputResponses": {second: {}}}))
+        tasks.update(_ctx(), "alice", TaskParams.model_validate({"taskId": "t1", "inputResponses": {second: {}}}))
+        assert (await _until_finished(tasks, "t1"))["status"] == "completed"
+        assert sorted(a.get("action", "-") for a in answers) == ["-", "accept"]
+
+
+async def test_a_question_the_tasks_client_cannot_answer_is_refused_at_once() -> None:
+    async def work(channel: TaskChannel) -> TaskEnd:
+        admitted.set()
+        answer = await channel.request(ClientMethod.SAMPLING, {"messages": [], "maxTokens": 5})
+        assert isinstance(answer, types.ErrorData)
+        return TaskEnd(result={"content": [{"type": "text", "text": str(answer.code)}]})
+
+    async with _tasks() as tasks:
+        admitted = anyio.Event()
+        await tasks.start("t1", "alice", admitted, work, types.ClientCapabilities())
+        done = await _until_finished(tasks, "t1")
+        assert done["result"]["content"][0]["text"] == str(types.MISSING_REQUIRED_CLIENT_CAPABILITY)
+
+
+async def test_a_pending_question_is_released_when_the_task_is_cancelled() -> None:
+    answers: list[Any] = []
+
+    async def work(channel: TaskChannel) -> TaskEnd:
+        admitted.set()
+        with anyio.CancelScope(shield=True):  # as an upstream's callback runs: outside the call's scope
+            answers.append(await channel.request(ClientMethod.ROOTS, {}))
+        return TaskEnd(result={"content": []})
+
+    caps = types.ClientCapabilities(roots=types.RootsCapability())
+    async with _tasks() as tasks:
+        admitted = anyio.Event()
+        await tasks.start("t1", "alice", admitted, work, caps)
+        await _until(lambda: tasks.get(_ctx(), "alice", _p("t1"))["status"] == "input_required")
+        tasks.cancel(_ctx(), "alice", _p("t1"))
+        await _until(lambda: bool(answers))
+        assert isinstance(answers[0], types.ErrorData) and "ended" in answers[0].message
+        assert tasks.get(_ctx(), "alice", _p("t1"))["status"] == "cancelled"

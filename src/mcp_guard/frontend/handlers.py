@@ -335,21 +335,17 @@ class Handlers:
         refused before that (see mcp_guard.frontend.tasks). The task's id is the call's ``call_id``."""
         assert self.tasks is not None
         admitted = anyio.Event()
-        call = replace(
-            call,
-            admitted=admitted.set,
-            downstream=TaskChannel(call.call_id, call.principal.id),
-            progress=None,  # no client request stays open to carry it
-        )
 
-        async def work() -> TaskEnd:
-            outcome = await self._run(call)
+        async def work(channel: TaskChannel) -> TaskEnd:
+            # No client request stays open to carry progress; questions wait on the task (tasks/update).
+            outcome = await self._run(replace(call, admitted=admitted.set, downstream=channel, progress=None))
             try:
                 return TaskEnd(result=self._tool_answer(ctx, outcome))
             except MCPError as e:
                 return TaskEnd(error=e.error)
 
-        started = await self.tasks.start(call.call_id, call.principal.id, admitted, work)
+        caps = ctx.session.client_capabilities
+        started = await self.tasks.start(call.call_id, call.principal.id, admitted, work, caps)
         if isinstance(started, TaskEnd):
             if started.error is not None:
                 raise MCPError.from_error_data(started.error)

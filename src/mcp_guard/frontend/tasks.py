@@ -21,10 +21,15 @@ client would have been answered is kept on the task until it polls it with ``tas
 * **Cancellation** (``tasks/cancel``) cancels the call: the upstream request is abandoned, which makes the SDK send
   ``notifications/cancelled`` upstream, and the pipeline records ``call.cancelled``.
 
-The removed v1 methods ``tasks/result`` and ``tasks/list`` are not served (``-32601``). A task's call cannot ask
-the client anything (``input_required`` tasks are not served yet): an upstream's elicitation or sampling during
-a task is answered with an error. An upstream that itself speaks tasks is called synchronously by mcp-guard;
-relaying its task handles is a follow-up.
+* **Input.** An upstream's question during a task's call (elicitation, sampling, roots — already scrubbed by the
+  registry) is parked on the task: the task reports ``input_required`` with the question under a key of
+  mcp-guard's (``elicitation-1``…) in ``inputRequests``; ``tasks/update`` delivers the client's answers, which
+  go to the waiting upstream request as a handshake-era client's answer would (the connection validates them).
+  A question the creating request's capabilities cannot answer is refused at once; one unanswered for
+  :data:`ANSWER_TIMEOUT_S` is answered with an error.
+
+The removed v1 methods ``tasks/result`` and ``tasks/list`` are not served (``-32601``). An upstream that itself
+speaks tasks is called synchronously by mcp-guard; relaying its task handles is a follow-up.
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import Field
 
 from mcp_guard.channel import ClientMethod
+from mcp_guard.frontend.input_required import missing_capability
 
 __all__ = [
     "MAX_TASKS_PER_PRINCIPAL",
@@ -73,11 +79,15 @@ TTL_S = 3600
 """How long a finished task stays readable (the ``ttlMs`` every task reports)."""
 POLL_INTERVAL_MS = 500
 """The polling pace suggested to clients."""
+ANSWER_TIMEOUT_S = 600.0
+"""How long a task's question waits for ``tasks/update`` before the upstream gets an error instead."""
+_KEY_PREFIX = {ClientMethod.ELICITATION: "elicitation", ClientMethod.SAMPLING: "sampling", ClientMethod.ROOTS: "roots"}
 _CLIENT_CAPABILITIES_META_KEY = "io.modelcontextprotocol/clientCapabilities"
 
 
 class TaskStatus(StrEnum):
     WORKING = "working"
+    INPUT_REQUIRED = "input_required"  # reported, never stored: a working task with questions pending
     COMPLETED = "completed"
     FAILED = "failed"
     CANCELLED = "cancelled"
@@ -92,9 +102,20 @@ class TaskSupport(StrEnum):
 
 
 class TaskParams(types.RequestParams):
-    """``tasks/get`` / ``tasks/cancel`` / ``tasks/update`` params: the task's id (the rest is not read)."""
+    """``tasks/get`` / ``tasks/cancel`` / ``tasks/update`` params: the task's id, and an update's answers."""
 
     task_id: str = Field(alias="taskId")
+    input_responses: dict[str, Any] | None = Field(default=None, alias="inputResponses")
+
+
+@dataclass(eq=False)
+class _Question:
+    """An upstream's question parked on a task, until ``tasks/update`` answers it (or the task ends)."""
+
+    method: ClientMethod
+    params: dict[str, Any]
+    answered: anyio.Event = field(default_factory=anyio.Event)
+    answer: dict[str, Any] | None = None
 
 
 def _iso(ts: float) -> str:
@@ -114,16 +135,24 @@ class Task:
     error: dict[str, Any] | None = None
     scope: anyio.CancelScope | None = None
     expires: float | None = None  # monotonic; set when it finishes
+    caps: types.ClientCapabilities | None = None  # of the request that created it: what its client can answer
+    questions: dict[str, _Question] = field(default_factory=dict)  # pending, by key
+    asked: int = 0  # questions asked so far (their keys' numbers)
 
     @property
     def finished(self) -> bool:
         return self.status is not TaskStatus.WORKING
 
+    @property
+    def reported(self) -> TaskStatus:
+        """The status a client is told: ``input_required`` while a working task waits for answers."""
+        return TaskStatus.INPUT_REQUIRED if self.status is TaskStatus.WORKING and self.questions else self.status
+
     def envelope(self) -> dict[str, Any]:
         """The ``Task`` fields (a ``CreateTaskResult`` is this plus ``resultType: "task"``)."""
         return {
             "taskId": self.id,
-            "status": str(self.status),
+            "status": str(self.reported),
             "createdAt": _iso(self.created),
             "lastUpdatedAt": _iso(self.updated),
             "ttlMs": TTL_S * 1000,
@@ -133,7 +162,9 @@ class Task:
     def detailed(self) -> dict[str, Any]:
         """``tasks/get``'s answer: the envelope, with the result (completed) or the error (failed) inlined."""
         out = self.envelope()
-        if self.status is TaskStatus.COMPLETED and self.result is not None:
+        if self.reported is TaskStatus.INPUT_REQUIRED:
+            out["inputRequests"] = {k: {"method": str(q.method), "params": q.params} for k, q in self.questions.items()}
+        elif self.status is TaskStatus.COMPLETED and self.result is not None:
             out["result"] = self.result
         elif self.status is TaskStatus.FAILED and self.error is not None:
             out["error"] = self.error
@@ -187,6 +218,8 @@ class TaskTable:
         task.status, task.result, task.error = status, result, error
         task.updated = time.time()
         task.expires = self._clock() + self._ttl
+        for question in task.questions.values():  # nobody will answer them now
+            question.answered.set()
 
     def count(self, owner: str) -> int:
         return len(self._purged(owner))
@@ -208,26 +241,51 @@ class TaskEnd:
 
 
 class TaskChannel:
-    """The :class:`~mcp_guard.channel.ClientChannel` of a task's call: no client request is open to carry
-    anything, so questions are refused and log/progress are dropped."""
+    """The :class:`~mcp_guard.channel.ClientChannel` of a task's call: no client request stays open, so a question
+    is parked on the task until ``tasks/update`` answers it; log and progress have nowhere to go and are dropped."""
 
-    parked = False  # a running call: upstream traffic may be attributed to it (and is then refused)
+    parked = False  # a running call: upstream traffic may be attributed to it
 
-    def __init__(self, task_id: str, principal_id: str) -> None:
-        self.channel_id = f"task:{task_id}"
-        self.principal_id = principal_id
+    def __init__(self, task: Task) -> None:
+        self.channel_id = f"task:{task.id}"
+        self.principal_id = task.owner
+        self._task = task
 
     async def request(self, method: ClientMethod, params: dict[str, Any]) -> dict[str, Any] | types.ErrorData:
-        return types.ErrorData(
-            code=types.INVALID_REQUEST,
-            message=f"mcp-guard: {method} cannot reach the client of a task (input_required tasks are not served)",
-        )
+        """Park the question on the task; the client's answer (from ``tasks/update``), or an error."""
+        task = self._task
+        if task.finished:
+            return _no_answer(method, "the task has ended")
+        lacking = missing_capability(method, params, task.caps)
+        if lacking is not None:
+            return types.ErrorData(
+                code=types.MISSING_REQUIRED_CLIENT_CAPABILITY,
+                message=f"mcp-guard: the task's client did not declare what {method} needs",
+                data={"requiredCapabilities": lacking},
+            )
+        task.asked += 1
+        key = f"{_KEY_PREFIX.get(method, 'input')}-{task.asked}"
+        question = task.questions[key] = _Question(method, params)
+        task.updated = time.time()
+        try:
+            with anyio.move_on_after(ANSWER_TIMEOUT_S):
+                await question.answered.wait()
+        finally:
+            task.questions.pop(key, None)
+            task.updated = time.time()
+        if question.answer is None:
+            return _no_answer(method, "no answer came" if not task.finished else "the task has ended")
+        return question.answer
 
     async def notify_log(self, params: types.LoggingMessageNotificationParams) -> None:
         return None
 
     async def progress(self, progress: float, total: float | None, message: str | None) -> None:
         return None
+
+
+def _no_answer(method: ClientMethod, why: str) -> types.ErrorData:
+    return types.ErrorData(code=types.INVALID_REQUEST, message=f"mcp-guard: {method} of a task got no answer: {why}")
 
 
 def task_support(tool: types.Tool) -> TaskSupport:
@@ -274,7 +332,8 @@ def _unknown(task_id: str) -> MCPError:
     return MCPError(code=types.INVALID_PARAMS, message=f"unknown task {task_id!r}")
 
 
-Work = Callable[[], Awaitable[TaskEnd]]
+Work = Callable[[TaskChannel], Awaitable[TaskEnd]]
+"""A task's call: run with the task's client channel, to how it ended."""
 
 
 class Tasks:
@@ -292,8 +351,15 @@ class Tasks:
     def served(self) -> bool:
         return self._tg is not None
 
-    async def start(self, task_id: str, owner: str, admitted: anyio.Event, work: Work) -> Task | TaskEnd:
-        """Run ``work`` as ``owner``'s task ``task_id``.
+    async def start(
+        self,
+        task_id: str,
+        owner: str,
+        admitted: anyio.Event,
+        work: Work,
+        caps: types.ClientCapabilities | None = None,
+    ) -> Task | TaskEnd:
+        """Run ``work`` as ``owner``'s task ``task_id`` (``caps``: what the creating request's client can answer).
 
         Returns the task once ``admitted`` is set (the call's allow row is committed); if ``work`` ends before
         that (a deny, an obligation refused, the audit store down), its end — answered as a plain call — and
@@ -307,6 +373,7 @@ class Tasks:
                 message="mcp-guard: too many running tasks for this principal "
                 f"(at most {self.table.max_per_principal})",
             )
+        task.caps = caps
         done = anyio.Event()
         ended: list[TaskEnd] = []
         self._tg.start_soon(self._drive, task, work, done, ended)
@@ -328,7 +395,7 @@ class Tasks:
         try:
             with anyio.CancelScope() as scope:
                 task.scope = scope
-                end = await work()
+                end = await work(TaskChannel(task))
                 ended.append(end)
                 if end.error is not None:
                     error = end.error.model_dump(mode="json", by_alias=True, exclude_none=True)
@@ -367,6 +434,12 @@ class Tasks:
         return {}
 
     def update(self, ctx: ServerRequestContext[Any, Any], owner: str, params: TaskParams) -> dict[str, Any]:
-        """``tasks/update``: an empty ack. No task of mcp-guard waits for input, so responses are not used."""
-        self._mine(ctx, owner, params)
+        """``tasks/update``: an empty ack; each answer whose key names a pending question goes to it (others, and
+        answers that are not objects, are ignored — the task's next ``tasks/get`` shows what is still pending)."""
+        task = self._mine(ctx, owner, params)
+        for key, answer in (params.input_responses or {}).items():
+            question = task.questions.get(key)
+            if question is not None and isinstance(answer, dict) and not question.answered.is_set():
+                question.answer = answer
+                question.answered.set()
         return {}
