@@ -109,6 +109,10 @@ def _obj(props: dict[str, Any] | None = None, required: Sequence[str] = ()) -> d
 
 _STR = {"type": "string"}
 
+TASK_INPUT_SCHEMA: types.ElicitRequestedSchema = {
+    "type": "object",
+    "properties": {"name": {"type": "string"}, "confirm": {"type": "boolean"}},
+}
 NAME_SCHEMA: types.ElicitRequestedSchema = {
     "type": "object",
     "properties": {"name": {"type": "string", "description": "Your name"}},
@@ -288,6 +292,15 @@ TOOLS: list[types.Tool] = [
     # tool would fail that scored check. So "optional"; required_task_job (an extra) is the required one.
     _tool("failing_job", "Task-supporting: a tool execution error after a moment.", tasks="optional"),
     _tool("required_task_job", "Task-required (an extra, see above): answers at once.", tasks="required"),
+    _tool(
+        "confirm_delete",
+        "Task-supporting: asks the user to confirm (one elicitation), then answers.",
+        _obj({"filename": {"type": "string"}}),
+        tasks="optional",
+    ),
+    _tool(
+        "multi_input", "Task-supporting: asks two things at once (two elicitations), then answers.", tasks="optional"
+    ),
     _tool("protocol_error_job", "Task-supporting: fails with a JSON-RPC (protocol) error.", tasks="optional"),
 ]
 
@@ -746,6 +759,30 @@ class Fixture:
     async def _tool_failing_job(self, ctx: Ctx, p: types.CallToolRequestParams) -> types.CallToolResult:
         await anyio.sleep(STEP_PAUSE_S)
         return _result(_text("failing_job failed, as it always does"), is_error=True)
+
+    async def _tool_confirm_delete(
+        self, ctx: Ctx, p: types.CallToolRequestParams
+    ) -> types.CallToolResult | types.InputRequiredResult:
+        filename = str((p.arguments or {}).get("filename", "file"))
+        content = _accepted((p.input_responses or {}).get("confirm"))
+        if content is None:
+            return types.InputRequiredResult(
+                input_requests={"confirm": _elicit(f"Delete {filename}?", TASK_INPUT_SCHEMA)}
+            )
+        return _result(_text(f"Deleted {filename}" if content.get("confirm") else f"Kept {filename}"))
+
+    async def _tool_multi_input(
+        self, ctx: Ctx, p: types.CallToolRequestParams
+    ) -> types.CallToolResult | types.InputRequiredResult:
+        responses = p.input_responses or {}
+        if {"name", "confirm"} <= responses.keys():
+            return _result(_text(f"Got both inputs: {json.dumps(_accepted(responses['name']), sort_keys=True)}"))
+        return types.InputRequiredResult(
+            input_requests={
+                "name": _elicit("What is your name?", TASK_INPUT_SCHEMA),
+                "confirm": _elicit("Are you sure?", TASK_INPUT_SCHEMA),
+            }
+        )
 
     async def _tool_required_task_job(self, ctx: Ctx, p: types.CallToolRequestParams) -> types.CallToolResult:
         return _result(_text("required_task_job done"))

@@ -10,6 +10,8 @@ every result, and two principals hold keys. Raw 2026-07-28 HTTP requests (no SDK
   finished, and change nothing;
 - a denied call is answered at once as a plain denied call (no task); without the extension a task-required tool
   is refused (-32021) and a task-optional one runs synchronously;
+- a task whose upstream asks the user waits ``input_required`` until its owner's ``tasks/update`` (bob's is
+  refused as unknown);
 - a cancelled task settles ``cancelled``; the audit holds one decision row and one outcome row per task, found by
   the task's id (``details.call_id``).
 """
@@ -86,10 +88,11 @@ def _message(response: httpx2.Response) -> dict[str, Any]:
 
 
 async def _rpc(url: str, who: str, method: str, params: dict[str, Any], *, tasks: bool = True) -> dict[str, Any]:
-    """One 2026-07-28 request as ``who``; declares the tasks extension unless ``tasks`` is false."""
+    """One 2026-07-28 request as ``who``; declares elicitation, and the tasks extension unless ``tasks`` is false."""
+    caps: dict[str, Any] = {"elicitation": {}, **({"extensions": {TASKS: {}}} if tasks else {})}
     meta = {
         "io.modelcontextprotocol/protocolVersion": VERSION,
-        "io.modelcontextprotocol/clientCapabilities": {"extensions": {TASKS: {}}} if tasks else {},
+        "io.modelcontextprotocol/clientCapabilities": caps,
         "io.modelcontextprotocol/clientInfo": {"name": "tasks-e2e", "version": "1"},
     }
     headers = {
@@ -119,8 +122,8 @@ async def _tools(url: str) -> None:
 async def _settled(url: str, task_id: str) -> dict[str, Any]:
     with anyio.fail_after(30):
         while True:
-            got = (await _rpc(url, "alice", "tasks/get", {"taskId": task_id}))["result"]
-            if got["status"] != "working":
+            got: dict[str, Any] = (await _rpc(url, "alice", "tasks/get", {"taskId": task_id}))["result"]
+            if got["status"] in ("completed", "failed", "cancelled"):
                 return got
             await anyio.sleep(POLL_S)
 
@@ -196,3 +199,26 @@ async def test_a_denied_call_is_answered_at_once_and_a_cancelled_task_settles(pr
                 break
             await anyio.sleep(POLL_S)
     assert _rows(tmp, task_id) == [("call.decision", "allow"), ("call.cancelled", None)]
+
+
+async def test_a_task_waiting_for_input_is_answered_by_its_owner_only(proxy: tuple[str, Path]) -> None:
+    url, _tmp = proxy
+    await _tools(url)
+    created = await _rpc(url, "alice", "tools/call", {"name": "confirm_delete", "arguments": {"filename": "a.txt"}})
+    task_id = created["result"]["taskId"]
+    with anyio.fail_after(30):
+        while True:  # the upstream's elicitation is parked on the task
+            got = (await _rpc(url, "alice", "tasks/get", {"taskId": task_id}))["result"]
+            if got["status"] == "input_required":
+                break
+            await anyio.sleep(POLL_S)
+    (key, question), *_ = got["inputRequests"].items()
+    assert question["method"] == "elicitation/create" and "a.txt" in question["params"]["message"]
+    answer = {"inputResponses": {key: {"action": "accept", "content": {"confirm": True}}}}
+    theirs = await _rpc(url, "bob", "tasks/update", {"taskId": task_id, **answer})
+    assert theirs["error"]["code"] == -32602
+    assert (await _rpc(url, "alice", "tasks/get", {"taskId": task_id}))["result"]["status"] == "input_required"
+    ack = await _rpc(url, "alice", "tasks/update", {"taskId": task_id, **answer})
+    assert ack["result"].get("resultType") == "complete"
+    done = await _settled(url, task_id)
+    assert done["status"] == "completed" and _text(done["result"]).startswith("Deleted a.txt"), done
