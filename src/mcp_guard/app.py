@@ -50,6 +50,7 @@ from mcp_guard.frontend.oauth import ResourceServer
 from mcp_guard.frontend.server import build_server, initialization_options
 from mcp_guard.frontend.sessions import DownstreamSession, SessionTable
 from mcp_guard.frontend.subscriptions import Subscriptions
+from mcp_guard.frontend.tasks import Tasks
 from mcp_guard.pins import PinBackend, open_pins
 from mcp_guard.pipeline.audit import EventSink
 from mcp_guard.pipeline.authorize import Evaluator
@@ -138,6 +139,7 @@ class Guard:
         # Upstream→client requests for 2026-07-28 clients (InputRequiredResult rounds).
         self.bridge = InputRequiredBridge()
         self.subscriptions = Subscriptions(self.registry, self.visibility)  # 2026-07-28 subscriptions/listen
+        self.tasks = Tasks()  # the tasks extension (io.modelcontextprotocol/tasks), in memory
         # [auth]: the HTTP front as an OAuth resource server (one JWKS cache for every front of this guard).
         self.oauth = ResourceServer(settings.auth) if settings.auth is not None else None
         # Re-reads the policy bundle on request (SIGHUP); set by open() when the engine can take a new bundle.
@@ -269,6 +271,7 @@ class Guard:
         async with anyio.create_task_group() as tg:
             self._tg = tg
             self.bridge.attach(tg)
+            self.tasks.attach(tg)
             self.registry.start(tg)
             try:
                 yield self
@@ -289,6 +292,7 @@ class Guard:
             principal_of=lambda ctx: self._principal_resolver(transport)(ctx),
             bridge=self.bridge,
             subscriptions=self.subscriptions,
+            tasks=self.tasks,
         )
 
     def _principal_resolver(self, transport: str) -> PrincipalResolver:

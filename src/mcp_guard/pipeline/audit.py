@@ -178,6 +178,8 @@ class RecordDecision:
                     ReasonCode.AUDIT_UNAVAILABLE,
                     "the audit store cannot record this call, so it was not forwarded",
                 )
+            if ctx.admitted is not None:
+                ctx.admitted()  # the call will run: a task's handle may be answered now
             return await call_next(ctx)
         except anyio.get_cancelled_exc_class():
             await self._record_cancelled(ctx, decision)

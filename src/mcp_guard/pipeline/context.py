@@ -75,6 +75,9 @@ class CallContext:
     # The token exchanged for this call (token_exchange upstreams; mcp_guard.pipeline.exchange): sent upstream as
     # this request's Authorization; the allow row records its audience and scopes, never its value.
     upstream_token: UpstreamToken | None = None
+    # Told once the allow row is committed, just before the stages that reach the upstream: a task-augmented
+    # call (mcp_guard.frontend.tasks) answers its task handle then, so a denied call is answered at once.
+    admitted: Callable[[], None] | None = None
 
 
 class ErrorOrigin(StrEnum):
