@@ -436,6 +436,8 @@ class Guard:
             ops=self.ops_sources(),
             session_principals=lambda: [s.principal.id for s in self.sessions.live.values()],
             event_streams=lambda: events.open_streams,
+            conns=lambda: list(self.registry.connections.values()),
+            pools=lambda: list(self.registry.pools.values()),
         )
         pins = AdminPins(auth=auth, pins=self.registry.pins, sink=sink, recheck=self.registry.recheck_pins)
         access = AdminAccess(

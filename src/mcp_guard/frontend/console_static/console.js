@@ -433,6 +433,18 @@ function charts() {
   );
 }
 
+// An upstream's last stderr lines (scrubbed of secrets by the server), in a disclosure kept open across refreshes.
+const openStderr = new Set();
+
+function stderrLines(name, lines) {
+  const box = el("details", { class: "stderr", "data-upstream": name, open: openStderr.has(name) },
+    el("summary", {}, `${name}: last ${lines.length} stderr line${lines.length === 1 ? "" : "s"}`),
+    lines.length ? el("pre", { class: "stderr-lines" }, lines.join("\n")) : el("p", { class: "hint" }, "nothing written to stderr"),
+  );
+  box.addEventListener("toggle", () => (box.open ? openStderr.add(name) : openStderr.delete(name)));
+  return box;
+}
+
 async function refreshHealth() {
   let h;
   try {
@@ -464,8 +476,9 @@ async function refreshHealth() {
     card(
       "Upstreams",
       upstreams.length
-        ? table(["Upstream", "Up", "State", "Restarts", "Problem"], upstreams.map(([name, u]) => el("tr", {}, el("td", {}, name), el("td", { class: `verdict ${u.up ? "up" : "down"}` }, u.up ? "▲ up" : "▼ DOWN"), el("td", {}, u.state), el("td", {}, u.restarts), el("td", {}, u.problem || "—"))))
+        ? table(["Upstream", "Up", "State", "Restarts", "Problem", "Last failure"], upstreams.map(([name, u]) => el("tr", {}, el("td", {}, name, u.pooled ? ` (pooled: ${Object.keys(u.children).length} running)` : ""), el("td", { class: `verdict ${u.up ? "up" : "down"}` }, u.up ? "▲ up" : "▼ DOWN"), el("td", {}, u.state), el("td", {}, u.restarts), el("td", {}, u.problem || "—"), el("td", {}, u.last_failure || "—"))))
         : el("p", { class: "hint" }, "no upstreams"),
+      upstreams.map(([name, u]) => stderrLines(name, u.stderr || [])),
     ),
     el(
       "div",
