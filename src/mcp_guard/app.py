@@ -60,6 +60,7 @@ from mcp_guard.pipeline.shadow import ShadowStats
 from mcp_guard.pipeline.visibility import Visibility
 from mcp_guard.settings import Settings, load_settings
 from mcp_guard.state import MemoryState, StateStore, open_state
+from mcp_guard.state.console_sessions import ConsoleSessionStore, open_console_sessions
 from mcp_guard.telemetry import INSTRUMENTATION, open_tracing
 from mcp_guard.types import AuditEvent, EventKind, Principal, SessionInfo, ToolInfo, new_id
 from mcp_guard.upstream.registry import Registry
@@ -91,6 +92,7 @@ class Guard:
         pins: PinBackend | None = None,
         state: StateStore | None = None,
         approvals: ApprovalStore | None = None,
+        console_store: ConsoleSessionStore | None = None,
         tracer: Tracer | None = None,
         shadow: Evaluator | None = None,
     ) -> None:
@@ -147,8 +149,9 @@ class Guard:
         self._resolvers: dict[str, PrincipalResolver] = {}
         self._reload_lock = anyio.Lock()
         self.reload_counts: dict[tuple[str, ...], int] = {}  # by status, for /metrics
-        # Console logins (in memory: a restart logs out; see frontend/console_sessions.py) and the admin check.
-        self.console_sessions = ConsoleSessions(settings.console.session_ttl_s)
+        # Console logins: the shared session store from Guard.open (every replica); in memory for a Guard built
+        # directly (frontend/console_sessions.py). Then the admin check.
+        self.console_sessions = ConsoleSessions(settings.console.session_ttl_s, console_store)
         self._admin_auth: AdminAuth | None = None
 
     # ------------------------------------------------------------------ construction
@@ -220,6 +223,7 @@ class Guard:
             stack.callback(pins.close)
             state = await stack.enter_async_context(_open_state(settings))
             approvals = await stack.enter_async_context(_open_approvals(settings))
+            console_store = await stack.enter_async_context(_open_console_sessions(settings))
             # The start is kept in the bundle history now that the state store opened (a failed start creates
             # nothing); no bundle: an OPA whose bundle mcp-guard does not hold.
             started: Bundle | None = getattr(engine, "bundle", None)
@@ -236,6 +240,7 @@ class Guard:
                 pins=pins,
                 state=state,
                 approvals=approvals,
+                console_store=console_store,
                 tracer=tracing.get_tracer(INSTRUMENTATION, __version__) if tracing is not None else None,
                 shadow=shadow,
             )
@@ -449,7 +454,9 @@ class Guard:
         )
         routes = [*events.routes(), *pins.routes(), *health.routes(), *access.routes()]
         if settings.console.enabled:
-            routes += ConsolePages(auth=auth, sessions=self.console_sessions).routes()
+            routes += ConsolePages(
+                auth=auth, sessions=self.console_sessions, record=sink.record_nowait, state=self.state
+            ).routes()
         return routes
 
     def _tool_for_policy(self, exposed: str) -> tuple[str, str, ToolInfo] | None:
@@ -659,6 +666,18 @@ async def _open_approvals(settings: Settings) -> AsyncIterator[ApprovalStore]:
             key = "audit.dsn" if settings.audit.backend == "postgres" else "audit.state_path"
             raise ConfigError(f"cannot open the approval store: {e}", file=settings.source, key=key) from None
         yield approvals
+
+
+@contextlib.asynccontextmanager
+async def _open_console_sessions(settings: Settings) -> AsyncIterator[ConsoleSessionStore]:
+    """The console session store (``[audit] state_path`` or ``dsn``); one that cannot be opened is a config error."""
+    async with contextlib.AsyncExitStack() as stack:
+        try:
+            store = await stack.enter_async_context(open_console_sessions(settings))
+        except StateError as e:
+            key = "audit.dsn" if settings.audit.backend == "postgres" else "audit.state_path"
+            raise ConfigError(f"cannot open the console session store: {e}", file=settings.source, key=key) from None
+        yield store
 
 
 async def _no_app(scope: Any, receive: Any, send: Any) -> None:
