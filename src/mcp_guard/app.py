@@ -34,6 +34,7 @@ from mcp_guard.approvals import ApprovalStore, MemoryApprovals, open_approvals
 from mcp_guard.audit import events
 from mcp_guard.config_diff import ReloadPlan, plan_reload
 from mcp_guard.errors import AuditError, ConfigError, StateError
+from mcp_guard.frontend.admin_metrics import MetricsHistory, read_sample
 from mcp_guard.frontend.auth import (
     KeyRing,
     PrincipalResolver,
@@ -54,7 +55,7 @@ from mcp_guard.pins import PinBackend, open_pins
 from mcp_guard.pipeline.audit import EventSink
 from mcp_guard.pipeline.authorize import Evaluator
 from mcp_guard.pipeline.build import build_pipeline
-from mcp_guard.pipeline.observe import CallMetrics
+from mcp_guard.pipeline.observe import CALL_BUCKETS, CallMetrics
 from mcp_guard.pipeline.secret_source import NO_SECRETS, SecretSource
 from mcp_guard.pipeline.shadow import ShadowStats
 from mcp_guard.pipeline.visibility import Visibility
@@ -153,6 +154,8 @@ class Guard:
         # directly (frontend/console_sessions.py). Then the admin check.
         self.console_sessions = ConsoleSessions(settings.console.session_ttl_s, console_store)
         self._admin_auth: AdminAuth | None = None
+        # The console's charts: /metrics' numbers sampled by this process every 2 s (frontend/admin_metrics.py).
+        self.metrics_history = MetricsHistory(lambda: read_sample(self.ops_sources()), CALL_BUCKETS)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -255,6 +258,7 @@ class Guard:
             self._tg = tg
             self.bridge.attach(tg)
             self.registry.start(tg)
+            tg.start_soon(self.metrics_history.run, name="console-metrics")
             try:
                 yield self
             finally:
@@ -425,6 +429,7 @@ class Guard:
         from mcp_guard.frontend.admin_access import AdminAccess
         from mcp_guard.frontend.admin_events import AdminEvents
         from mcp_guard.frontend.admin_health import AdminHealth
+        from mcp_guard.frontend.admin_metrics import AdminMetrics
         from mcp_guard.frontend.admin_pins import AdminPins
         from mcp_guard.frontend.console import ConsolePages
         from mcp_guard.frontend.ops import AuditHealth
@@ -452,7 +457,8 @@ class Guard:
             visible=lambda principal: self.visible_tools(principal),
             find_tool=self._tool_for_policy,
         )
-        routes = [*events.routes(), *pins.routes(), *health.routes(), *access.routes()]
+        metrics = AdminMetrics(auth=auth, history=self.metrics_history)
+        routes = [*events.routes(), *pins.routes(), *health.routes(), *access.routes(), *metrics.routes()]
         if settings.console.enabled:
             routes += ConsolePages(
                 auth=auth, sessions=self.console_sessions, record=sink.record_nowait, state=self.state

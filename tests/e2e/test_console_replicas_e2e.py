@@ -24,7 +24,8 @@ COOKIE = "mcp_guard_console"
 
 def _replica_config(tmp: Path, dsn: str) -> Path:
     tmp.mkdir()
-    operator = f'\n[principals.olga]\nroles = ["operator"]\napi_key_sha256 = "{hashlib.sha256(OPERATOR_KEY.encode()).hexdigest()}"\n'
+    digest = hashlib.sha256(OPERATOR_KEY.encode()).hexdigest()
+    operator = f'\n[principals.olga]\nroles = ["operator"]\napi_key_sha256 = "{digest}"\n'
     cfg = write_config(tmp, {"rec": recorder()}, extra=operator)
     text = cfg.read_text()
     old = f"[audit]\npath = {json.dumps(str(tmp / 'audit.db'))}\n"

@@ -336,6 +336,21 @@ async def test_health_names_upstreams_sessions_and_counts(tmp_path: Path) -> Non
             assert (await eve.get("/admin/api/health")).status_code == 403
 
 
+async def test_the_admin_api_serves_this_replicas_points_after_calls(tmp_path: Path) -> None:
+    async with _front(tmp_path) as front, front.browser(Authorization=f"Bearer {KEYS['vera']}") as c:
+        front.guard.metrics_history.sample()
+        await _call(front, "yes")
+        await _call(front, "no")
+        front.guard.metrics_history.sample()
+        body = (await c.get("/admin/api/metrics")).json()
+        async with front.browser(Authorization=f"Bearer {KEYS['eve']}") as eve:
+            assert (await eve.get("/admin/api/metrics")).status_code == 403
+    assert body["replica"] and body["interval_s"] == 2.0
+    points = body["points"]
+    assert any(p["calls"]["allow"] > 0 for p in points) and any(p["calls"]["deny"] > 0 for p in points)
+    assert any(p["p50_ms"] is not None and p["p99_ms"] >= p["p50_ms"] for p in points)
+
+
 async def test_who_can_see_what_and_a_call_tried_against_the_policy_without_running_it(tmp_path: Path) -> None:
     async with _front(tmp_path) as front, front.browser(Authorization=f"Bearer {KEYS['vera']}") as c:
         assert (await c.get("/admin/api/access")).json() == {"principals": sorted(KEYS)}
