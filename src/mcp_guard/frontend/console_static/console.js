@@ -395,7 +395,7 @@ const SERIES = {
 const SVG = "http://www.w3.org/2000/svg";
 const W = 300;
 const H = 90;
-const PAD = { left: 40, right: 6, top: 8, bottom: 16 };
+const PAD = { left: 56, right: 6, top: 8, bottom: 16 };
 
 function svgEl(tag, attrs = {}, text) {
   const node = document.createElementNS(SVG, tag);
@@ -404,7 +404,7 @@ function svgEl(tag, attrs = {}, text) {
   return node;
 }
 
-const fmt = (v) => (v === null || v === undefined ? "—" : v >= 100 ? v.toFixed(0) : v >= 10 ? v.toFixed(1) : v.toFixed(2));
+const fmt = (v) => (v === null || v === undefined ? "—" : Number.isInteger(v) || v >= 100 ? v.toFixed(0) : v >= 10 ? v.toFixed(1) : v.toFixed(2));
 
 function niceTop(values) {
   const top = Math.max(0, ...values.filter((v) => v !== null));
