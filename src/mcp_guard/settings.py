@@ -521,7 +521,9 @@ class ConsoleSettings(_Strict):
     ``base_url`` is the public address of this mcp-guard's HTTP front, used in the link a 2026-07-28 client is
     given to an approval (default: ``http://<[server] host>:<[server] port>``). ``enabled`` serves the console
     under ``/console`` (the admin API is served either way); a console login lasts ``session_ttl_s``; at most
-    ``max_event_streams`` ``GET /admin/api/events`` streams are open at once."""
+    ``max_event_streams`` ``GET /admin/api/events`` streams are open at once. A client address that failed
+    ``login_failures_max`` console logins within ``login_failures_window_s`` is refused further attempts until
+    the window has room (counted in the shared state store: every replica on one database counts together)."""
 
     operator_role: Annotated[str, Field(min_length=1)] = "operator"
     viewer_role: Annotated[str, Field(min_length=1)] = "viewer"
@@ -529,6 +531,8 @@ class ConsoleSettings(_Strict):
     enabled: bool = True  # serve the operator console under /console on the HTTP front
     session_ttl_s: Annotated[float, Field(gt=0, le=7 * 86400)] = 8 * 3600  # a console login lasts this long
     max_event_streams: Annotated[int, Field(ge=1, le=1000)] = 16  # concurrent GET /admin/api/events streams
+    login_failures_max: Annotated[int, Field(ge=1, le=10_000)] = 10  # failed console logins per client address …
+    login_failures_window_s: Annotated[float, Field(gt=0, le=86400)] = 300  # … within this many seconds
 
     @field_validator("base_url")
     @classmethod

@@ -137,6 +137,9 @@ class EventKind(StrEnum):
     APPROVAL_EXECUTED = "approval.executed"  # the approved call was let through (the approval consumed)
     POLICY_SHADOW_DIFF = "policy.shadow_diff"  # the shadow bundle decided a call differently (never enforced)
     POLICY_ROLLBACK = "policy.rollback"  # an operator pinned an earlier bundle revision (or cleared the pin)
+    CONSOLE_LOGIN = "console.login"  # a console login opened a session (principal, method, role)
+    CONSOLE_LOGIN_FAILED = "console.login_failed"  # a console login was refused (why; never the key or token)
+    CONSOLE_LOGOUT = "console.logout"  # a console session was ended by its holder
 
 
 def new_id() -> str:

@@ -31,6 +31,7 @@ __all__ = [
     "call_result",
     "call_withheld",
     "config_event",
+    "console_event",
     "listing",
     "pin_event",
     "policy_load",
@@ -407,6 +408,22 @@ def auth_reject(reason: str, client: str | None, *, subject: str | None = None, 
         principal=subject,
         decision="deny",
         reasons=(str(reason),),
+        details={"client": client, **details},
+    )
+
+
+def console_event(
+    kind: EventKind, *, principal: str | None, client: str | None, reason: str | None = None, **details: Any
+) -> AuditEvent:
+    """``console.login`` / ``console.login_failed`` / ``console.logout``: who, from where, how (``method``: the
+    API key or an IdP token) and with which console ``role`` — never the key, the token or the session id. A
+    refused login is a deny with its ``reason``; ``principal`` is set only when the credential proved one."""
+    failed = kind is EventKind.CONSOLE_LOGIN_FAILED
+    return AuditEvent(
+        kind=kind,
+        principal=principal,
+        decision="deny" if failed else ("allow" if kind is EventKind.CONSOLE_LOGIN else None),
+        reasons=(reason,) if reason else None,
         details={"client": client, **details},
     )
 

@@ -105,6 +105,7 @@ class UpstreamConnection:
         scrub: Callable[[str], str] = lambda s: s,
         cwd: str | None = None,
         auth: httpx2.Auth | None = None,
+        stderr_tail: StderrTail | None = None,
     ) -> None:
         self.name = name
         self._auth = auth  # sets Authorization per HTTP request (token_exchange: mcp_guard.upstream.token_exchange)
@@ -114,10 +115,13 @@ class UpstreamConnection:
         self._scrub = scrub
         self._cwd = cwd
         self.state: State = "starting"
-        self.last_error: str | None = None
+        self.last_error: str | None = None  # why it is down now (None while ready)
+        self.last_failure: str | None = None  # why it last went down, kept after it recovers (health)
         self.restarts = 0
         self.catalog = Catalog()
-        self.stderr_tail = StderrTail()  # a stdio child's last stderr lines (why it failed), across restarts
+        # A stdio child's last stderr lines (why it failed), scrubbed, across restarts; a pool hands its children
+        # one that also feeds the pool's ring.
+        self.stderr_tail = stderr_tail if stderr_tail is not None else StderrTail()
         self._session: ClientSession | None = None
         self._ready = anyio.Event()
         self._settled = anyio.Event()  # set once the first attempt has either succeeded or failed
@@ -250,7 +254,7 @@ class UpstreamConnection:
 
     def _set_down(self, state: State, reason: str) -> None:
         self.state = state
-        self.last_error = reason
+        self.last_error = self.last_failure = reason
         self._session = None
         if self._ready.is_set():
             self._ready = anyio.Event()
