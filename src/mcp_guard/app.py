@@ -33,7 +33,8 @@ from mcp.server.connection import Connection
 from mcp_guard.approvals import ApprovalStore, MemoryApprovals, open_approvals
 from mcp_guard.audit import events
 from mcp_guard.config_diff import ReloadPlan, plan_reload
-from mcp_guard.errors import AuditError, ConfigError, StateError
+from mcp_guard.errors import AuditError, ConfigError, SecretError, StateError
+from mcp_guard.frontend.admin_metrics import MetricsHistory, read_sample
 from mcp_guard.frontend.auth import (
     KeyRing,
     PrincipalResolver,
@@ -50,19 +51,22 @@ from mcp_guard.frontend.oauth import ResourceServer
 from mcp_guard.frontend.server import build_server, initialization_options
 from mcp_guard.frontend.sessions import DownstreamSession, SessionTable
 from mcp_guard.frontend.subscriptions import Subscriptions
+from mcp_guard.frontend.tasks import Tasks
 from mcp_guard.pins import PinBackend, open_pins
 from mcp_guard.pipeline.audit import EventSink
 from mcp_guard.pipeline.authorize import Evaluator
 from mcp_guard.pipeline.build import build_pipeline
-from mcp_guard.pipeline.observe import CallMetrics
+from mcp_guard.pipeline.observe import CALL_BUCKETS, CallMetrics
 from mcp_guard.pipeline.secret_source import NO_SECRETS, SecretSource
 from mcp_guard.pipeline.shadow import ShadowStats
 from mcp_guard.pipeline.visibility import Visibility
-from mcp_guard.settings import Settings, load_settings
+from mcp_guard.settings import Settings, UpstreamSettings, load_settings
 from mcp_guard.state import MemoryState, StateStore, open_state
+from mcp_guard.state.console_sessions import ConsoleSessionStore, open_console_sessions
 from mcp_guard.telemetry import INSTRUMENTATION, open_tracing
 from mcp_guard.types import AuditEvent, EventKind, Principal, SessionInfo, ToolInfo, new_id
 from mcp_guard.upstream.registry import Registry
+from mcp_guard.upstream.token_exchange import TokenExchanger
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Tracer
@@ -91,6 +95,7 @@ class Guard:
         pins: PinBackend | None = None,
         state: StateStore | None = None,
         approvals: ApprovalStore | None = None,
+        console_store: ConsoleSessionStore | None = None,
         tracer: Tracer | None = None,
         shadow: Evaluator | None = None,
     ) -> None:
@@ -108,6 +113,7 @@ class Guard:
             pins=pins,
             pooled=secrets.pooled_upstreams(),
             principal_injections=secrets.injections_for_principal,
+            exchanger_for=self._exchanger,
         )
         self.visibility = Visibility(engine)
         self.sessions = SessionTable(settings, self._session_started, self._session_ended)
@@ -136,6 +142,7 @@ class Guard:
         # Upstream→client requests for 2026-07-28 clients (InputRequiredResult rounds).
         self.bridge = InputRequiredBridge()
         self.subscriptions = Subscriptions(self.registry, self.visibility)  # 2026-07-28 subscriptions/listen
+        self.tasks = Tasks()  # the tasks extension (io.modelcontextprotocol/tasks), in memory
         # [auth]: the HTTP front as an OAuth resource server (one JWKS cache for every front of this guard).
         self.oauth = ResourceServer(settings.auth) if settings.auth is not None else None
         # Re-reads the policy bundle on request (SIGHUP); set by open() when the engine can take a new bundle.
@@ -147,9 +154,30 @@ class Guard:
         self._resolvers: dict[str, PrincipalResolver] = {}
         self._reload_lock = anyio.Lock()
         self.reload_counts: dict[tuple[str, ...], int] = {}  # by status, for /metrics
-        # Console logins (in memory: a restart logs out; see frontend/console_sessions.py) and the admin check.
-        self.console_sessions = ConsoleSessions(settings.console.session_ttl_s)
+        # Console logins: the shared session store from Guard.open (every replica); in memory for a Guard built
+        # directly (frontend/console_sessions.py). Then the admin check.
+        self.console_sessions = ConsoleSessions(settings.console.session_ttl_s, console_store)
         self._admin_auth: AdminAuth | None = None
+        # The console's charts: /metrics' numbers sampled by this process every 2 s (frontend/admin_metrics.py).
+        self.metrics_history = MetricsHistory(lambda: read_sample(self.ops_sources()), CALL_BUCKETS)
+
+    def _exchanger(self, name: str, up: UpstreamSettings) -> TokenExchanger | None:
+        """The token exchanger of an upstream with ``token_exchange`` (its client secret from the secrets provider,
+        its default token endpoint the current ``[auth]`` issuer's)."""
+        tx = up.token_exchange
+        if tx is None:
+            return None
+        secrets = self.secrets
+
+        async def client_secret() -> str:
+            from mcp_guard.secrets.manager import SecretManager
+
+            if not isinstance(secrets, SecretManager):
+                raise SecretError(f"secret {tx.client_secret!r}: no secrets provider is configured")
+            return (await secrets.resolve(tx.client_secret, upstream=name)).get_secret_value()
+
+        auth = self.settings.auth
+        return TokenExchanger(name, tx, issuer=auth.issuer if auth else None, client_secret=client_secret)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -220,6 +248,7 @@ class Guard:
             stack.callback(pins.close)
             state = await stack.enter_async_context(_open_state(settings))
             approvals = await stack.enter_async_context(_open_approvals(settings))
+            console_store = await stack.enter_async_context(_open_console_sessions(settings))
             # The start is kept in the bundle history now that the state store opened (a failed start creates
             # nothing); no bundle: an OPA whose bundle mcp-guard does not hold.
             started: Bundle | None = getattr(engine, "bundle", None)
@@ -236,6 +265,7 @@ class Guard:
                 pins=pins,
                 state=state,
                 approvals=approvals,
+                console_store=console_store,
                 tracer=tracing.get_tracer(INSTRUMENTATION, __version__) if tracing is not None else None,
                 shadow=shadow,
             )
@@ -249,7 +279,9 @@ class Guard:
         async with anyio.create_task_group() as tg:
             self._tg = tg
             self.bridge.attach(tg)
+            self.tasks.attach(tg)
             self.registry.start(tg)
+            tg.start_soon(self.metrics_history.run, name="console-metrics")
             try:
                 yield self
             finally:
@@ -269,6 +301,7 @@ class Guard:
             principal_of=lambda ctx: self._principal_resolver(transport)(ctx),
             bridge=self.bridge,
             subscriptions=self.subscriptions,
+            tasks=self.tasks,
         )
 
     def _principal_resolver(self, transport: str) -> PrincipalResolver:
@@ -420,6 +453,7 @@ class Guard:
         from mcp_guard.frontend.admin_access import AdminAccess
         from mcp_guard.frontend.admin_events import AdminEvents
         from mcp_guard.frontend.admin_health import AdminHealth
+        from mcp_guard.frontend.admin_metrics import AdminMetrics
         from mcp_guard.frontend.admin_pins import AdminPins
         from mcp_guard.frontend.console import ConsolePages
         from mcp_guard.frontend.ops import AuditHealth
@@ -436,6 +470,8 @@ class Guard:
             ops=self.ops_sources(),
             session_principals=lambda: [s.principal.id for s in self.sessions.live.values()],
             event_streams=lambda: events.open_streams,
+            conns=lambda: list(self.registry.connections.values()),
+            pools=lambda: list(self.registry.pools.values()),
         )
         pins = AdminPins(auth=auth, pins=self.registry.pins, sink=sink, recheck=self.registry.recheck_pins)
         access = AdminAccess(
@@ -445,9 +481,12 @@ class Guard:
             visible=lambda principal: self.visible_tools(principal),
             find_tool=self._tool_for_policy,
         )
-        routes = [*events.routes(), *pins.routes(), *health.routes(), *access.routes()]
+        metrics = AdminMetrics(auth=auth, history=self.metrics_history)
+        routes = [*events.routes(), *pins.routes(), *health.routes(), *access.routes(), *metrics.routes()]
         if settings.console.enabled:
-            routes += ConsolePages(auth=auth, sessions=self.console_sessions).routes()
+            routes += ConsolePages(
+                auth=auth, sessions=self.console_sessions, record=sink.record_nowait, state=self.state
+            ).routes()
         return routes
 
     def _tool_for_policy(self, exposed: str) -> tuple[str, str, ToolInfo] | None:
@@ -657,6 +696,18 @@ async def _open_approvals(settings: Settings) -> AsyncIterator[ApprovalStore]:
             key = "audit.dsn" if settings.audit.backend == "postgres" else "audit.state_path"
             raise ConfigError(f"cannot open the approval store: {e}", file=settings.source, key=key) from None
         yield approvals
+
+
+@contextlib.asynccontextmanager
+async def _open_console_sessions(settings: Settings) -> AsyncIterator[ConsoleSessionStore]:
+    """The console session store (``[audit] state_path`` or ``dsn``); one that cannot be opened is a config error."""
+    async with contextlib.AsyncExitStack() as stack:
+        try:
+            store = await stack.enter_async_context(open_console_sessions(settings))
+        except StateError as e:
+            key = "audit.dsn" if settings.audit.backend == "postgres" else "audit.state_path"
+            raise ConfigError(f"cannot open the console session store: {e}", file=settings.source, key=key) from None
+        yield store
 
 
 async def _no_app(scope: Any, receive: Any, send: Any) -> None:

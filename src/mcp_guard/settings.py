@@ -39,6 +39,7 @@ __all__ = [
     "SigningKey",
     "SigningSettings",
     "TelemetrySettings",
+    "TokenExchangeSettings",
     "UpstreamSettings",
     "changed_keys",
     "find_config",
@@ -427,6 +428,35 @@ class PoolSettings(_Strict):
     idle_s: Annotated[float, Field(gt=0)] = 300.0
 
 
+class TokenExchangeSettings(_Strict):
+    """``[upstreams.X] token_exchange``: each call is sent with a token the IdP issues for this upstream in exchange
+    for the caller's own (RFC 8693; mcp_guard.upstream.token_exchange). ``client_secret`` names a secret of
+    ``[secrets]`` (the gateway's client credential); ``token_url`` defaults to ``[auth] issuer``'s token endpoint."""
+
+    token_url: str | None = None
+    client_id: Annotated[str, Field(min_length=1)]
+    client_secret: Annotated[str, Field(min_length=1)]
+    audience: Annotated[str, Field(min_length=1)]
+    # Every scope a call may be given; a call asks for all of them unless obligations.upstream_scopes narrows it.
+    scopes: list[str] = []
+    # Each request to the IdP is bounded by this; a token is used until this long before its expiry.
+    timeout_s: Annotated[float, Field(gt=0, le=60)] = 5.0
+    refresh_margin_s: Annotated[float, Field(ge=0, le=3600)] = 30.0
+
+    @field_validator("token_url")
+    @classmethod
+    def _token_url(cls, v: str | None) -> str | None:
+        return None if v is None else _http_url(v, what="token_url")
+
+    @field_validator("scopes")
+    @classmethod
+    def _scopes(cls, v: list[str]) -> list[str]:
+        bad = [s for s in v if not s or re.search(r"[\s\"\\]", s)]
+        if bad:
+            raise ValueError(f"a scope is a non-empty string without spaces or quotes, got {bad[0]!r}")
+        return list(dict.fromkeys(v))
+
+
 class UpstreamSettings(_Strict):
     transport: Literal["stdio", "http", "sse"] = "stdio"
     command: str | None = None
@@ -462,6 +492,8 @@ class UpstreamSettings(_Strict):
     # Which protocol era to speak to it: "auto" probes server/discover (2026-07-28) and falls back to the
     # 2025-11-25 initialize handshake; a version pins that era (a pinned 2026-07-28 that fails is a start failure).
     protocol: Literal["auto", "2025-11-25", "2026-07-28"] = "auto"
+    # Send each call with a token exchanged for the caller's (streamable HTTP upstreams only).
+    token_exchange: TokenExchangeSettings | None = None
 
     @model_validator(mode="after")
     def _transport_fields(self) -> UpstreamSettings:
@@ -477,6 +509,11 @@ class UpstreamSettings(_Strict):
                 raise ValueError("'url' must start with http:// or https://")
             if self.command or self.args or self.env or self.inject_env:
                 raise ValueError(f"{self.transport} upstream takes no 'command', 'args', 'env' or 'inject_env'")
+        if self.token_exchange is not None:
+            if self.transport != "http":
+                raise ValueError("token_exchange needs transport = 'http' (streamable HTTP)")
+            if any(h.lower() == "authorization" for h in [*self.headers, *self.inject_headers]):
+                raise ValueError("token_exchange sets Authorization itself: remove it from headers/inject_headers")
         return self
 
 
@@ -487,7 +524,9 @@ class ConsoleSettings(_Strict):
     ``base_url`` is the public address of this mcp-guard's HTTP front, used in the link a 2026-07-28 client is
     given to an approval (default: ``http://<[server] host>:<[server] port>``). ``enabled`` serves the console
     under ``/console`` (the admin API is served either way); a console login lasts ``session_ttl_s``; at most
-    ``max_event_streams`` ``GET /admin/api/events`` streams are open at once."""
+    ``max_event_streams`` ``GET /admin/api/events`` streams are open at once. A client address that failed
+    ``login_failures_max`` console logins within ``login_failures_window_s`` is refused further attempts until
+    the window has room (counted in the shared state store: every replica on one database counts together)."""
 
     operator_role: Annotated[str, Field(min_length=1)] = "operator"
     viewer_role: Annotated[str, Field(min_length=1)] = "viewer"
@@ -495,6 +534,8 @@ class ConsoleSettings(_Strict):
     enabled: bool = True  # serve the operator console under /console on the HTTP front
     session_ttl_s: Annotated[float, Field(gt=0, le=7 * 86400)] = 8 * 3600  # a console login lasts this long
     max_event_streams: Annotated[int, Field(ge=1, le=1000)] = 16  # concurrent GET /admin/api/events streams
+    login_failures_max: Annotated[int, Field(ge=1, le=10_000)] = 10  # failed console logins per client address …
+    login_failures_window_s: Annotated[float, Field(gt=0, le=86400)] = 300  # … within this many seconds
 
     @field_validator("base_url")
     @classmethod
@@ -567,6 +608,7 @@ class Settings(_Strict):
                 for ref in re.findall(r"\{([^}]*)\}", template):
                     if ref not in self.secrets:
                         raise ValueError(f"upstreams.{name}.inject_headers.{header}: unknown secret {ref!r}")
+            self._check_exchange(name, up)
             # (a non-default pool: a dumped and re-parsed config carries the default table, which is harmless)
             if up.pool != PoolSettings() and not self._per_principal_injected(up):
                 raise ValueError(
@@ -574,6 +616,20 @@ class Settings(_Strict):
                     "({principal} in the secret's name) runs one connection per principal"
                 )
         return self
+
+    def _check_exchange(self, name: str, up: UpstreamSettings) -> None:
+        """``token_exchange`` names a shared secret, and has a token endpoint (its own, or ``[auth]``'s issuer)."""
+        tx = up.token_exchange
+        if tx is None:
+            return
+        key = f"upstreams.{name}.token_exchange"
+        secret = self.secrets.get(tx.client_secret)
+        if secret is None:
+            raise ValueError(f"{key}.client_secret: unknown secret {tx.client_secret!r}")
+        if secret.per_principal:
+            raise ValueError(f"{key}.client_secret: the gateway's client secret cannot be per principal")
+        if tx.token_url is None and self.auth is None:
+            raise ValueError(f"{key}.token_url: needed without [auth] (whose issuer's token endpoint is the default)")
 
     def _per_principal_injected(self, up: UpstreamSettings) -> bool:
         names = set(up.inject_env.values())

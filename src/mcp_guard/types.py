@@ -5,6 +5,7 @@ All of them are frozen; a stage that changes a call builds a new value with ``da
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ __all__ = [
     "Principal",
     "ReasonCode",
     "SessionInfo",
+    "SubjectToken",
     "ToolInfo",
     "new_id",
     "utc_now",
@@ -72,6 +74,11 @@ class ReasonCode(StrEnum):
     APPROVAL_USED = "approval_used"  # the approval was consumed by another identical call first
     RESULT_WITHHELD = "result_withheld"  # the result policy denied a tools/call result (the call ran)
     CREDENTIAL_MISSING = "credential_missing"  # a per-principal secret of the upstream has no value for the caller
+    SUBJECT_TOKEN_MISSING = "subject_token_missing"  # a token-exchanging upstream, a caller with no access token
+    TOKEN_EXCHANGE_FAILED = "token_exchange_failed"  # the IdP refused the exchange or could not be reached in time
+    UPSTREAM_SCOPE_NOT_ALLOWED = (
+        "upstream_scope_not_allowed"  # obligations.upstream_scopes outside token_exchange.scopes
+    )
 
 
 class AuthFailure(StrEnum):
@@ -130,6 +137,9 @@ class EventKind(StrEnum):
     APPROVAL_EXECUTED = "approval.executed"  # the approved call was let through (the approval consumed)
     POLICY_SHADOW_DIFF = "policy.shadow_diff"  # the shadow bundle decided a call differently (never enforced)
     POLICY_ROLLBACK = "policy.rollback"  # an operator pinned an earlier bundle revision (or cleared the pin)
+    CONSOLE_LOGIN = "console.login"  # a console login opened a session (principal, method, role)
+    CONSOLE_LOGIN_FAILED = "console.login_failed"  # a console login was refused (why; never the key or token)
+    CONSOLE_LOGOUT = "console.logout"  # a console session was ended by its holder
 
 
 def new_id() -> str:
@@ -147,6 +157,27 @@ def utc_now() -> str:
 AuthMethod = Literal["api_key", "jwt", "stdio", "none"]
 
 
+class SubjectToken:
+    """The caller's validated access token, carried to the token-exchange stage (RFC 8693 ``subject_token``).
+
+    Its text is reachable only through :meth:`reveal`: ``str``/``repr`` say ``<subject token>``, so no log line,
+    error message or dump of a principal can carry it. ``sha256`` keys caches without the token."""
+
+    __slots__ = ("_value", "sha256")
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+        self.sha256 = hashlib.sha256(value.encode()).hexdigest()
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "<subject token>"
+
+    __str__ = __repr__
+
+
 @dataclass(frozen=True, slots=True)
 class AuthInfo:
     """How the principal of a request authenticated (policy input ``principal.auth``).
@@ -160,6 +191,9 @@ class AuthInfo:
     client_id: str | None = None  # the OAuth client the token was issued to (azp, else client_id)
     token_id_sha256: str | None = None
     expires_at: int | None = None  # the token's exp (how long mcp-guard may remember it verified)
+    # The validated access token itself, only as the subject of a token exchange (never policy input, audit or
+    # a log line: see SubjectToken). None for API keys, stdio, and a principal not built by the HTTP front.
+    subject_token: SubjectToken | None = field(default=None, repr=False, compare=False)
 
     def to_policy(self) -> dict[str, Any]:
         return {"method": self.method, "issuer": self.issuer, "client_id": self.client_id}

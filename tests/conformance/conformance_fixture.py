@@ -18,6 +18,9 @@ Extras the suite does not call but a proxy test can use:
     test_touch_watched_resource   changes ``test://watched-resource`` and announces it (handshake era:
                                   ``notifications/resources/updated`` to subscribers; 2026-07-28: to
                                   ``subscriptions/listen`` streams that asked for that URI)
+    required_task_job             declares taskSupport "required" (the suite's failing_job is declared optional
+                                  here: a proxy's sorted listing puts it first, where http-header-validation
+                                  calls it without the tasks extension)
     tools/list, resources/list and prompts/list paginate when ``--page-size N`` (or
     ``CONFORMANCE_FIXTURE_PAGE_SIZE``) is set; by default everything is on one page.
 """
@@ -77,6 +80,9 @@ REQUEST_STATE_KEY = b"mcp-guard conformance fixture requestState key (not a secr
 SIMPLE_TEXT = "This is a simple text response for testing."
 ERROR_TEXT = "This tool intentionally returns an error for testing"
 WATCHED_URI = "test://watched-resource"
+# slow_compute's longest sleep. The suite asks for 60 s to have a task to cancel; a task is cancelled at once, but
+# a direct run (the fixture serves no tasks) would wait for each of those calls synchronously.
+SLOW_CAP_S = 3.0
 TEMPLATE = "test://template/{id}/data"
 
 LOG_LEVELS: tuple[types.LoggingLevel, ...] = (
@@ -103,6 +109,10 @@ def _obj(props: dict[str, Any] | None = None, required: Sequence[str] = ()) -> d
 
 _STR = {"type": "string"}
 
+TASK_INPUT_SCHEMA: types.ElicitRequestedSchema = {
+    "type": "object",
+    "properties": {"name": {"type": "string"}, "confirm": {"type": "boolean"}},
+}
 NAME_SCHEMA: types.ElicitRequestedSchema = {
     "type": "object",
     "properties": {"name": {"type": "string", "description": "Your name"}},
@@ -215,8 +225,15 @@ JSON_SCHEMA_2020_12: dict[str, Any] = {
 }
 
 
-def _tool(name: str, description: str, schema: dict[str, Any] | None = None) -> types.Tool:
-    return types.Tool(name=name, description=description, input_schema=schema or _obj())
+def _tool(
+    name: str,
+    description: str,
+    schema: dict[str, Any] | None = None,
+    *,
+    tasks: Literal["optional", "required"] | None = None,
+) -> types.Tool:
+    execution = types.ToolExecution(task_support=tasks) if tasks is not None else None
+    return types.Tool(name=name, description=description, input_schema=schema or _obj(), execution=execution)
 
 
 TOOLS: list[types.Tool] = [
@@ -261,6 +278,30 @@ TOOLS: list[types.Tool] = [
         "Echoes a region argument that is mirrored into the Mcp-Param-Region header.",
         _obj({"region": {"type": "string", "description": "A region", "x-mcp-header": "Region"}}),
     ),
+    # The tasks extension's fixtures (SEP-2663). The fixture itself runs every tool synchronously and does not
+    # serve tasks; its definitions say which tools may run as tasks, and mcp-guard serves tasks for them.
+    _tool("greet", "Sync only: returns 'Hello, {name}!'.", _obj({"name": {"type": "string"}}, ["name"])),
+    _tool(
+        "slow_compute",
+        f"Task-supporting: sleeps `seconds` (at most {SLOW_CAP_S:g}), then answers.",
+        _obj({"seconds": {"type": "number"}, "label": {"type": "string"}}),
+        tasks="optional",
+    ),
+    # The suite wants failing_job declared "required" (tasks-required-task-error), but a proxy that sorts its
+    # catalogue lists it first, and http-header-validation calls the first tool without the extension: a required
+    # tool would fail that scored check. So "optional"; required_task_job (an extra) is the required one.
+    _tool("failing_job", "Task-supporting: a tool execution error after a moment.", tasks="optional"),
+    _tool("required_task_job", "Task-required (an extra, see above): answers at once.", tasks="required"),
+    _tool(
+        "confirm_delete",
+        "Task-supporting: asks the user to confirm (one elicitation), then answers.",
+        _obj({"filename": {"type": "string"}}),
+        tasks="optional",
+    ),
+    _tool(
+        "multi_input", "Task-supporting: asks two things at once (two elicitations), then answers.", tasks="optional"
+    ),
+    _tool("protocol_error_job", "Task-supporting: fails with a JSON-RPC (protocol) error.", tasks="optional"),
 ]
 
 PROMPTS: list[types.Prompt] = [
@@ -723,6 +764,49 @@ class Fixture:
 
     async def _tool_test_x_mcp_header(self, ctx: Ctx, p: types.CallToolRequestParams) -> types.CallToolResult:
         return _result(_text(f"region={(p.arguments or {}).get('region', '<none>')}"))
+
+    async def _tool_greet(self, ctx: Ctx, p: types.CallToolRequestParams) -> types.CallToolResult:
+        return _result(_text(f"Hello, {(p.arguments or {}).get('name', 'world')}!"))
+
+    async def _tool_slow_compute(self, ctx: Ctx, p: types.CallToolRequestParams) -> types.CallToolResult:
+        args = p.arguments or {}
+        seconds = args.get("seconds", 1)
+        await anyio.sleep(min(float(seconds), SLOW_CAP_S) if isinstance(seconds, int | float) else 0)
+        return _result(_text(f"Computed {args.get('label', 'result')} after {seconds} s"))
+
+    async def _tool_failing_job(self, ctx: Ctx, p: types.CallToolRequestParams) -> types.CallToolResult:
+        await anyio.sleep(STEP_PAUSE_S)
+        return _result(_text("failing_job failed, as it always does"), is_error=True)
+
+    async def _tool_confirm_delete(
+        self, ctx: Ctx, p: types.CallToolRequestParams
+    ) -> types.CallToolResult | types.InputRequiredResult:
+        filename = str((p.arguments or {}).get("filename", "file"))
+        content = _accepted((p.input_responses or {}).get("confirm"))
+        if content is None:
+            return types.InputRequiredResult(
+                input_requests={"confirm": _elicit(f"Delete {filename}?", TASK_INPUT_SCHEMA)}
+            )
+        return _result(_text(f"Deleted {filename}" if content.get("confirm") else f"Kept {filename}"))
+
+    async def _tool_multi_input(
+        self, ctx: Ctx, p: types.CallToolRequestParams
+    ) -> types.CallToolResult | types.InputRequiredResult:
+        responses = p.input_responses or {}
+        if {"name", "confirm"} <= responses.keys():
+            return _result(_text(f"Got both inputs: {json.dumps(_accepted(responses['name']), sort_keys=True)}"))
+        return types.InputRequiredResult(
+            input_requests={
+                "name": _elicit("What is your name?", TASK_INPUT_SCHEMA),
+                "confirm": _elicit("Are you sure?", TASK_INPUT_SCHEMA),
+            }
+        )
+
+    async def _tool_required_task_job(self, ctx: Ctx, p: types.CallToolRequestParams) -> types.CallToolResult:
+        return _result(_text("required_task_job done"))
+
+    async def _tool_protocol_error_job(self, ctx: Ctx, p: types.CallToolRequestParams) -> types.CallToolResult:
+        raise MCPError(types.INTERNAL_ERROR, "protocol_error_job: an internal error, as it always is")
 
     # -- resources ---------------------------------------------------------------------------------------
 

@@ -1,6 +1,6 @@
 // A real OpenID provider for the e2e tests: the npm `oidc-provider` (a certified implementation) on loopback.
 //
-//   node oidc_idp.mjs --port PORT --resource URL [--other-resource URL]
+//   node oidc_idp.mjs --port PORT --resource URL [--other-resource URL] [--upstream-resource URL]
 //
 // * client-credentials clients from $IDP_CLIENTS, a JSON list of
 //   {"client_id", "client_secret", "groups": [...], "scope": "space separated scopes it may ask for"};
@@ -9,13 +9,19 @@
 //   (tools:read, math:write); `--other-resource` is a second resource server, for "a token for another
 //   resource"; any other resource is refused (invalid_target);
 // * each token carries the client's `groups` claim (sub = client_id for client credentials);
-// * its signing key is generated at start and published at the jwks_uri of its discovery document.
+// * its signing key is generated at start and published at the jwks_uri of its discovery document;
+// * a token-exchange grant (RFC 8693, urn:ietf:params:oauth:grant-type:token-exchange) for clients whose
+//   `grant_types` include it (the gateway): the subject_token must be one of this IdP's access tokens for
+//   `--resource`; the new JWT access token has the subject's `sub`, the audience `--upstream-resource`, the
+//   requested scopes (a subset of reports:read reports:write, else invalid_scope; default all) and
+//   `act.sub` = the exchanging client. `--upstream-resource` also takes client-credentials tokens.
 //
 // Prints one line of JSON, {"issuer": "..."}, once it listens; exits on SIGTERM.
 
-import { generateKeyPairSync, randomUUID } from 'node:crypto';
+import { createPublicKey, generateKeyPairSync, randomUUID } from 'node:crypto';
 import { parseArgs } from 'node:util';
 
+import { SignJWT, jwtVerify } from 'jose';
 import Provider, { errors } from 'oidc-provider';
 
 const { values: args } = parseArgs({
@@ -23,6 +29,7 @@ const { values: args } = parseArgs({
     port: { type: 'string' },
     resource: { type: 'string' },
     'other-resource': { type: 'string', default: 'https://api.other.test/mcp' },
+    'upstream-resource': { type: 'string', default: 'https://reports.upstream.test/mcp' },
   },
 });
 const port = Number(args.port);
@@ -33,25 +40,32 @@ const clients = JSON.parse(process.env.IDP_CLIENTS || '[]');
 const groupsOf = new Map(clients.map((c) => [c.client_id, c.groups || []]));
 
 const { privateKey } = generateKeyPairSync('rsa', { modulusLength: 2048 });
+const publicKey = createPublicKey(privateKey);
 const signingKey = { ...privateKey.export({ format: 'jwk' }), kid: `e2e-${randomUUID().slice(0, 8)}`, alg: 'RS256', use: 'sig' };
+
+const UPSTREAM_SCOPES = ['reports:read', 'reports:write'];
+const EXCHANGE = 'urn:ietf:params:oauth:grant-type:token-exchange';
+const ACCESS_TOKEN_TYPE = 'urn:ietf:params:oauth:token-type:access_token';
+const EXCHANGED_TTL = 300;
 
 const resources = {
   [args.resource]: SCOPES.join(' '),
   [args['other-resource']]: 'tools:read',
+  [args['upstream-resource']]: UPSTREAM_SCOPES.join(' '),
 };
 
 const provider = new Provider(issuer, {
   clients: clients.map((c) => ({
     client_id: c.client_id,
     client_secret: c.client_secret,
-    grant_types: ['client_credentials'],
+    grant_types: c.grant_types || ['client_credentials'],
     redirect_uris: [],
     response_types: [],
     token_endpoint_auth_method: 'client_secret_basic',
-    scope: c.scope || SCOPES.join(' '),
+    scope: c.scope || [...SCOPES, ...UPSTREAM_SCOPES].join(' '),
   })),
   jwks: { keys: [signingKey] },
-  scopes: ['openid', ...SCOPES],
+  scopes: ['openid', ...SCOPES, ...UPSTREAM_SCOPES],
   features: {
     devInteractions: { enabled: false },
     clientCredentials: { enabled: true },
@@ -78,6 +92,46 @@ const provider = new Provider(issuer, {
   ttl: { ClientCredentials: 300 },
 });
 provider.on('server_error', (ctx, err) => console.error('idp server_error', err));
+
+// RFC 8693: the authenticated client (ctx.oidc.client) exchanges a user's token for one for the upstream.
+async function tokenExchange(ctx) {
+  const { params, client } = ctx.oidc;
+  if (params.subject_token_type !== ACCESS_TOKEN_TYPE) throw new errors.InvalidRequest('unsupported subject_token_type');
+  let subject;
+  try {
+    ({ payload: subject } = await jwtVerify(params.subject_token, publicKey, {
+      issuer, audience: args.resource, algorithms: ['RS256'],
+    }));
+  } catch {
+    throw new errors.InvalidGrant('subject_token is not a valid access token of this issuer for the gateway');
+  }
+  const target = params.resource || params.audience;
+  if (target !== args['upstream-resource']) throw new errors.InvalidTarget();
+  const asked = (params.scope || UPSTREAM_SCOPES.join(' ')).split(' ').filter(Boolean);
+  const refused = asked.filter((s) => !UPSTREAM_SCOPES.includes(s));
+  if (refused.length) throw new errors.InvalidScope('requested scope is not allowed for this resource', refused.join(' '));
+  const scope = asked.join(' ');
+  const now = Math.floor(Date.now() / 1000);
+  const accessToken = await new SignJWT({ scope, client_id: client.clientId, act: { sub: client.clientId } })
+    .setProtectedHeader({ alg: 'RS256', typ: 'at+jwt', kid: signingKey.kid })
+    .setIssuer(issuer)
+    .setSubject(String(subject.sub))
+    .setAudience(target)
+    .setIssuedAt(now)
+    .setExpirationTime(now + EXCHANGED_TTL)
+    .setJti(randomUUID())
+    .sign(privateKey);
+  ctx.body = {
+    access_token: accessToken,
+    issued_token_type: ACCESS_TOKEN_TYPE,
+    token_type: 'Bearer',
+    expires_in: EXCHANGED_TTL,
+    scope,
+  };
+}
+provider.registerGrantType(EXCHANGE, tokenExchange, [
+  'subject_token', 'subject_token_type', 'requested_token_type', 'resource', 'audience', 'scope',
+]);
 
 const server = provider.listen(port, '127.0.0.1', () => {
   process.stdout.write(`${JSON.stringify({ issuer })}\n`);

@@ -5,10 +5,11 @@ What must hold: a denied call appears in the live view (and its row opens the fu
 viewer sees an approval but cannot act on it (buttons disabled, and the API answers 403 even to a hand-made request
 with the session's CSRF token); an operator's click in the console releases the parked call, which runs; a pin
 approved in the console un-hides the changed tool; "who can see what" lists a principal's tools and tries a call
-against the policy without running it; no page ever holds a key or a secret value; every answer carries
-the strict CSP. Screenshots of each page are taken on every run; with ``CONSOLE_SCREENSHOTS=1`` they are written to
-docs/console/ (the README's pictures), else to the test's temporary directory, so a plain test run leaves the
-tracked files alone.
+against the policy without running it; the health page shows an upstream's last stderr lines with the secret it
+printed redacted, and charts drawn from the replica's sampled /metrics numbers; a console login is an audit row
+in the live view; no page ever holds a key or a secret value; every answer carries the strict CSP. Screenshots of
+each page are taken on every run; with ``CONSOLE_SCREENSHOTS=1`` they are written to docs/console/ (the README's
+pictures), else to the test's temporary directory, so a plain test run leaves the tracked files alone.
 
 Why Selenium rather than Playwright: the test is a pytest test that also drives MCP clients and the proxy process;
 Selenium drives the system browser from the same Python process through the system chromedriver, with no Node
@@ -21,6 +22,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -49,6 +51,7 @@ CHROMEDRIVER = "/usr/bin/chromedriver"
 BOB_KEY = "e2e-console-bob-operator-key-5d1"
 VERA_KEY = "e2e-console-vera-viewer-key-9c3"
 SECRET = "ghp_" + "Q7x" * 12  # a GitHub-token-shaped argument: the audit copy masks it, no page may show it
+LEAK_TOKEN = "tk_live_" + "e2e0f1" * 6  # injected into the leaky upstream, which prints it on stderr
 SHOTS = REPO / "docs" / "console"
 DEADLINE_S = 10.0
 BUNDLE_REGO = """package mcp_guard
@@ -88,9 +91,19 @@ api_key_sha256 = "{hashlib.sha256(BOB_KEY.encode()).hexdigest()}"
 [principals.vera]
 roles = ["viewer"]
 api_key_sha256 = "{hashlib.sha256(VERA_KEY.encode()).hexdigest()}"
+
+[secrets.leak]
+provider = "env"
+name = "MG_CONSOLE_E2E_LEAK"
 """
     rec = {**recorder(tmp / "rec.log"), "pinning": "enforce"}
-    return write_config(tmp, {"rec": rec}, bundle=bundle, extra=extra)
+    leaky = {
+        "command": sys.executable,
+        "args": [str(REPO / "tests" / "fixtures" / "leaky.py")],
+        "env": {"LEAKY_STDERR": "1"},
+        "inject_env": {"LEAK_TOKEN": "leak"},
+    }
+    return write_config(tmp, {"rec": rec, "leaky": leaky}, bundle=bundle, extra=extra)
 
 
 # ------------------------------------------------------------------------------------------- MCP clients
@@ -235,7 +248,10 @@ def _pending_card(c: Console) -> Any:
 # ------------------------------------------------------------------------------------------- the test
 
 
-def test_console_live_view_approvals_pins_and_roles_in_chromium(tmp_path: Path, browser: WebDriver) -> None:
+def test_console_live_view_approvals_pins_and_roles_in_chromium(
+    tmp_path: Path, browser: WebDriver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MG_CONSOLE_E2E_LEAK", LEAK_TOKEN)  # the proxy process inherits it
     cfg = _config(tmp_path)
     with http_guard(cfg, tmp_path / "guard.log") as url:
         base = url.removesuffix("/mcp")
@@ -273,6 +289,13 @@ def test_console_live_view_approvals_pins_and_roles_in_chromium(tmp_path: Path, 
 
             # --- an operator approves in the console: the parked call runs
             c.login(BOB_KEY)
+            login = c.wait(
+                lambda d: [
+                    r for r in d.find_elements(By.CSS_SELECTOR, "#events tbody tr") if "console.login" in r.text
+                ],
+                "the console login in the live view",
+            )[0]
+            assert "bob" in login.text
             c.page("approvals")
             card = _pending_card(c)
             c.shot("approvals")
@@ -318,15 +341,28 @@ def test_console_live_view_approvals_pins_and_roles_in_chromium(tmp_path: Path, 
             lambda d: "rec" in d.find_element(By.ID, "health").text and "▲ up" in d.find_element(By.ID, "health").text,
             "health",
         )
+        stderr = c.wait(lambda d: d.find_elements(By.CSS_SELECTOR, 'details.stderr[data-upstream="leaky"]'), "stderr")[
+            0
+        ]
+        stderr.find_element(By.TAG_NAME, "summary").send_keys(Keys.ENTER)  # keyboard: the disclosure opens
+        lines = c.wait(
+            lambda d: d.find_element(By.CSS_SELECTOR, 'details.stderr[data-upstream="leaky"] pre').text, "stderr lines"
+        )
+        assert "LEAK_TOKEN=[REDACTED:leak]" in lines and LEAK_TOKEN not in lines
         with _traffic(url):  # something for the charts to draw
             c.wait(
                 lambda d: (
-                    len((d.find_element(By.CSS_SELECTOR, ".spark polyline").get_attribute("points") or "").split()) >= 3
+                    float(d.find_element(By.ID, "chart-calls").get_attribute("data-max") or 0) > 0
+                    and d.find_elements(By.CSS_SELECTOR, "#chart-calls polyline.s-allow")
                 ),
-                "a chart with three points",
+                "the calls chart with a rate above zero",
             )
+        for chart in ("chart-calls", "chart-latency", "chart-approvals", "chart-queue"):
+            figure = c.d.find_element(By.ID, chart).find_element(By.XPATH, "..")
+            assert figure.get_attribute("tabindex") == "0" and "now:" in figure.text, "focusable, with words"
+        assert int(c.d.find_element(By.ID, "chart-calls").get_attribute("data-points") or 0) >= 2
         c.shot("health")
 
     for html in c.seen:
-        for secret in (BOB_KEY, VERA_KEY, API_KEY, SECRET):
+        for secret in (BOB_KEY, VERA_KEY, API_KEY, SECRET, LEAK_TOKEN):
             assert secret not in html, "a page held a key or a secret value"

@@ -115,10 +115,35 @@ async def test_login_sets_a_strict_http_only_cookie_and_refuses_bad_keys_roles_a
         assert "secure" not in cookie, "plain http: a Secure cookie would never come back"
         page = await c.get("/console/login", params={"e": "bad"})
         assert "not accepted" in page.text and KEYS["vera"] not in page.text
-        rejected = [
-            json.loads(r) for (r,) in _rows(tmp_path, "SELECT details FROM audit_events WHERE kind = 'auth.reject'")
-        ]
-        assert rejected, "a refused console login is audited like a refused /mcp request"
+        assert (await c.get("/console/session")).status_code == 200
+        c.headers["x-csrf-token"] = (await c.get("/console/session")).json()["csrf_token"]
+        assert (await c.post("/console/logout")).status_code == 204
+    rows = _rows(
+        tmp_path, "SELECT kind, principal, decision, reasons, details FROM audit_events WHERE kind LIKE 'console.%'"
+    )
+    seen = [(k, p, d, json.loads(r) if r else None) for k, p, d, r, _ in rows]
+    assert seen == [
+        ("console.login_failed", None, "deny", ["bad_credentials"]),
+        ("console.login_failed", "eve", "deny", ["no_role"]),
+        ("console.login_failed", None, "deny", ["cross_origin"]),
+        ("console.login", "vera", "allow", None),
+        ("console.logout", "vera", None, None),
+    ]
+    login = json.loads(rows[3][4])
+    assert login["method"] == "api_key" and login["role"] == "viewer" and login["client"].startswith("127.0.0.1:")
+    assert json.loads(rows[0][4])["detail"] == "invalid_key"
+    assert not any(key in json.dumps(rows) for key in KEYS.values()), "never the key"
+
+
+async def test_failed_logins_are_rate_limited_per_client_address(tmp_path: Path) -> None:
+    async with _front(tmp_path, login_failures_max=3, login_failures_window_s=600) as front, front.browser() as c:
+        for _ in range(3):
+            assert (await c.post("/console/login", data={"key": "guess"})).headers["location"].endswith("?e=bad")
+        r = await c.post("/console/login", data={"key": KEYS["vera"]})
+        assert r.headers["location"].endswith("?e=slow") and COOKIE not in r.cookies, "even a good key waits"
+        assert "Too many failed logins" in (await c.get("/console/login", params={"e": "slow"})).text
+    failed = _rows(tmp_path, "SELECT details FROM audit_events WHERE kind = 'console.login_failed'")
+    assert len(failed) == 3 and json.loads(failed[-1][0])["limited"] is True, "refusals while limited: not audited"
 
 
 async def test_the_session_cookie_reads_and_acting_needs_the_csrf_header_and_the_operator_role(tmp_path: Path) -> None:
@@ -162,13 +187,17 @@ async def test_the_console_can_be_turned_off(tmp_path: Path) -> None:
         ).status_code == 200
 
 
-def test_sessions_expire_and_are_bounded() -> None:
+async def test_sessions_expire_and_a_logout_is_final() -> None:
     now = [0.0]
     table = ConsoleSessions(10, clock=lambda: now[0])
-    sid = table.open(Principal(id="p"))
-    assert table.get(sid) is not None and table.get(sid + "x") is None and table.get("") is None
+    sid = await table.open(Principal(id="p", roles=("viewer",)))
+    session = await table.get(sid)
+    assert session is not None and session.principal.roles == ("viewer",)
+    assert await table.get(sid + "x") is None and await table.get("") is None
+    other = await table.open(Principal(id="q"))
+    assert (await table.close(other)) is not None and await table.get(other) is None
     now[0] = 10.0
-    assert table.get(sid) is None and len(table) == 0
+    assert await table.get(sid) is None
 
 
 # ------------------------------------------------------------------------------------------- events and chain
@@ -305,6 +334,21 @@ async def test_health_names_upstreams_sessions_and_counts(tmp_path: Path) -> Non
         assert h["calls"]["deny"] == 1 and h["denials"][0]["tool"] == "echo"
         async with front.browser(Authorization=f"Bearer {KEYS['eve']}") as eve:
             assert (await eve.get("/admin/api/health")).status_code == 403
+
+
+async def test_the_admin_api_serves_this_replicas_points_after_calls(tmp_path: Path) -> None:
+    async with _front(tmp_path) as front, front.browser(Authorization=f"Bearer {KEYS['vera']}") as c:
+        front.guard.metrics_history.sample()
+        await _call(front, "yes")
+        await _call(front, "no")
+        front.guard.metrics_history.sample()
+        body = (await c.get("/admin/api/metrics")).json()
+        async with front.browser(Authorization=f"Bearer {KEYS['eve']}") as eve:
+            assert (await eve.get("/admin/api/metrics")).status_code == 403
+    assert body["replica"] and body["interval_s"] == 2.0
+    points = body["points"]
+    assert any(p["calls"]["allow"] > 0 for p in points) and any(p["calls"]["deny"] > 0 for p in points)
+    assert any(p["p50_ms"] is not None and p["p99_ms"] >= p["p50_ms"] for p in points)
 
 
 async def test_who_can_see_what_and_a_call_tried_against_the_policy_without_running_it(tmp_path: Path) -> None:

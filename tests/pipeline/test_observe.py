@@ -190,6 +190,7 @@ STAGE_NAMES = (
     "PinCheck",
     "Authorize",
     "EnforceObligations",
+    "ExchangeToken",
     "RecordDecision",
     "Redact",
 )

@@ -39,6 +39,7 @@ STAGES = [
     "ShadowPolicy",
     "Authorize",
     "EnforceObligations",
+    "ExchangeToken",
     "RecordDecision",
     "ResultPolicy",
     "Redact",

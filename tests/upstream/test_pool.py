@@ -21,8 +21,9 @@ from mcp_guard.pins import PinStore
 from mcp_guard.settings import UpstreamSettings, parse_settings
 from mcp_guard.types import EventKind
 from mcp_guard.upstream.connection import Injections
-from mcp_guard.upstream.pool import UpstreamPool
+from mcp_guard.upstream.pool import UpstreamPool, _ChildTail
 from mcp_guard.upstream.registry import Registry
+from mcp_guard.upstream.stdio import StderrTail
 
 pytestmark = pytest.mark.anyio
 
@@ -292,3 +293,12 @@ async def test_concurrent_first_calls_of_one_principal_start_one_child() -> None
         assert [d["principal"] for d in hooks.of(EventKind.UPSTREAM_POOL_START)] == ["alice"]
         pool.stop()
         tg.cancel_scope.cancel()
+
+
+def test_a_childs_stderr_lines_also_feed_the_pools_ring_labelled_with_its_principal() -> None:
+    ring = StderrTail(maxlen=3)
+    alice, bob = _ChildTail(ring, "alice"), _ChildTail(ring, "bob")
+    for tail, line in ((alice, "a1"), (bob, "b1"), (alice, "a2"), (bob, "b2")):
+        tail.append(line)
+    assert list(alice) == ["a1", "a2"] and list(bob) == ["b1", "b2"]
+    assert list(ring) == ["[bob] b1", "[alice] a2", "[bob] b2"], "one bounded ring, newest kept"

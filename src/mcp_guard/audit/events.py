@@ -31,6 +31,7 @@ __all__ = [
     "call_result",
     "call_withheld",
     "config_event",
+    "console_event",
     "listing",
     "pin_event",
     "policy_load",
@@ -153,8 +154,12 @@ def call_decision(
     duration_ms: float | None = None,
     max_arguments_bytes: int | None = None,
     policy: Mapping[str, Any] | None = None,
+    upstream_token: Mapping[str, Any] | None = None,
 ) -> AuditEvent:
     """The row that records what governed a call (allow or deny), with its obligations.
+
+    ``upstream_token`` says who an exchanged token sent with the call is for and what it may do (audience,
+    scopes: ``details.upstream_token``), never the token (mcp_guard.pipeline.exchange).
 
     Arguments over ``max_arguments_bytes`` (``[audit] max_arguments_bytes``) are stored bounded
     (:func:`bound_arguments`); ``None`` stores them as they are. ``policy`` is the policy question and its
@@ -168,6 +173,8 @@ def call_decision(
         details["obligations"] = dict(decision.obligations)
     if policy is not None:
         details[POLICY_KEY] = policy
+    if upstream_token is not None:
+        details["upstream_token"] = dict(upstream_token)
     return AuditEvent(
         kind=EventKind.CALL_DECISION,
         session_id=session_id,
@@ -401,6 +408,22 @@ def auth_reject(reason: str, client: str | None, *, subject: str | None = None, 
         principal=subject,
         decision="deny",
         reasons=(str(reason),),
+        details={"client": client, **details},
+    )
+
+
+def console_event(
+    kind: EventKind, *, principal: str | None, client: str | None, reason: str | None = None, **details: Any
+) -> AuditEvent:
+    """``console.login`` / ``console.login_failed`` / ``console.logout``: who, from where, how (``method``: the
+    API key or an IdP token) and with which console ``role`` — never the key, the token or the session id. A
+    refused login is a deny with its ``reason``; ``principal`` is set only when the credential proved one."""
+    failed = kind is EventKind.CONSOLE_LOGIN_FAILED
+    return AuditEvent(
+        kind=kind,
+        principal=principal,
+        decision="deny" if failed else ("allow" if kind is EventKind.CONSOLE_LOGIN else None),
+        reasons=(reason,) if reason else None,
         details={"client": client, **details},
     )
 

@@ -73,7 +73,7 @@ class AdminAuth:
         """The caller, or the 401/403 response to send instead."""
         header = request.headers.get("authorization")
         if header is None and self.sessions is not None and COOKIE in request.cookies:
-            return self._from_session(request, need)
+            return await self._from_session(request, need)
         result = await self.authenticate(header) if header is not None else Rejection(AuthFailure.MISSING_KEY)
         if isinstance(result, Rejection):
             client = request.client
@@ -81,10 +81,10 @@ class AdminAuth:
             return _error(401, "authentication required", headers={"WWW-Authenticate": 'Bearer realm="mcp-guard"'})
         return self._with_role(with_configured(self.settings, result), need)
 
-    def _from_session(self, request: Request, need: Need) -> Principal | Response:
+    async def _from_session(self, request: Request, need: Need) -> Principal | Response:
         """A console session's principal (resolved at login); an acting request must carry its CSRF token."""
         assert self.sessions is not None
-        session = self.sessions.get(request.cookies.get(COOKIE))
+        session = await self.sessions.get(request.cookies.get(COOKIE))
         if session is None:
             return _error(401, "the console session has expired: log in again")
         if (need is Need.ACT or request.method not in ("GET", "HEAD")) and not session.csrf_ok(

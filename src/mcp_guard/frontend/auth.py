@@ -27,7 +27,9 @@ On success the principal rides the ASGI scope as a :class:`PrincipalUser` — an
 the SDK's session manager binds a session to: (client id, issuer, subject) for a token, the principal id for
 a key — so another principal presenting that session's id is answered 404. The client's ``Authorization``
 header never goes further than this check: upstreams are reached through mcp-guard's own client sessions,
-which never copy client headers (no token passthrough).
+which never copy client headers (no token passthrough). A validated JWT is kept on ``principal.auth`` as a
+:class:`~mcp_guard.types.SubjectToken` for one use only: the subject of a token exchange
+(:mod:`mcp_guard.pipeline.exchange`), whose result — never the token itself — goes upstream.
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ from mcp_guard.frontend.oauth import ResourceServer
 from mcp_guard.frontend.stepup import StepUpGate
 from mcp_guard.frontend.tokens import Rejection, looks_like_jwt
 from mcp_guard.settings import Settings
-from mcp_guard.types import AuthFailure, AuthInfo, Principal
+from mcp_guard.types import AuthFailure, AuthInfo, Principal, SubjectToken
 
 __all__ = [
     "ANONYMOUS",
@@ -207,7 +209,11 @@ class BearerAuth:
         if pid is not None:
             return Principal(id=pid, auth=AuthInfo(method="api_key"))
         if self._oauth is not None and looks_like_jwt(value):
-            return await self._oauth.verifier.verify(value)
+            verified = await self._oauth.verifier.verify(value)
+            if isinstance(verified, Rejection):
+                return verified
+            # The validated token rides along only as a token exchange's subject (SubjectToken never shows it).
+            return replace(verified, auth=replace(verified.auth, subject_token=SubjectToken(value)))
         return Rejection(AuthFailure.INVALID_KEY, "api_key")
 
     def _guards(self, path: str) -> bool:

@@ -12,11 +12,20 @@ files::
     POST /console/logout           ends the session (needs the CSRF header)
     GET  /console/static/<file>    console.js, console.css
 
-**Login** authenticates the key exactly as ``/mcp`` would (:meth:`AdminAuth.authenticate`; a refusal is audited
-``auth.reject``), requires the viewer or operator role, and opens a server-side session
-(:mod:`mcp_guard.frontend.console_sessions`). The cookie is ``HttpOnly`` (no script reads it), ``SameSite=Strict``
-(no other site's page sends it) and ``Secure`` when the console is reached over https (the request, or
-``[console] base_url``).
+**Login** authenticates the key exactly as ``/mcp`` would (:meth:`AdminAuth.authenticate`), requires the viewer
+or operator role, and opens a session in the shared session store (:mod:`mcp_guard.frontend.console_sessions`:
+valid on every replica). Every login and logout is an audit row — ``console.login`` (principal, ``method``
+``api_key`` or ``jwt``, ``role`` operator or viewer), ``console.login_failed`` (the reason: ``bad_credentials``
+with the credential check's own reason, ``no_role``, ``cross_origin``, ``store_unavailable``)
+and ``console.logout`` — with the client address, never the key, the token or the session id. **Failed logins
+are rate-limited per client address**: after ``[console] login_failures_max`` failures within
+``login_failures_window_s`` (counted in the shared state store, so replicas count together) the form refuses
+without checking the key. Those refusals are not audited (a flood cannot flood the log); the failure that reaches
+the limit is, with ``limited: true``. The address is the TCP peer's: behind a reverse proxy, every client shares
+the proxy's.
+
+The cookie is ``HttpOnly`` (no script reads it), ``SameSite=Strict`` (no other site's page sends it) and
+``Secure`` when the console is reached over https (the request, or ``[console] base_url``).
 
 **CSRF.** Every acting request of a session must carry the session's token in ``X-CSRF-Token`` — which only a page
 of this origin can read (``/console/session`` has no CORS header) — on top of ``SameSite=Strict``. The login form
@@ -33,9 +42,10 @@ scrubbed) of everything.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
-from typing import Final
+from typing import Any, Final
 from urllib.parse import parse_qs, urlsplit
 
 import structlog
@@ -43,9 +53,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
+from mcp_guard.audit.events import console_event
+from mcp_guard.errors import StateError
 from mcp_guard.frontend.admin import MAX_BODY_BYTES, AdminAuth, Need, error_response
 from mcp_guard.frontend.auth import Rejection, with_configured
 from mcp_guard.frontend.console_sessions import COOKIE, CSRF_HEADER, ConsoleSessions
+from mcp_guard.state import Limit, StateStore
+from mcp_guard.types import AuditEvent, EventKind, Principal
 
 __all__ = ["CONSOLE", "SECURITY_HEADERS", "ConsolePages"]
 
@@ -74,7 +88,15 @@ _LOGIN_MESSAGES: Final = {
     "role": "This principal has neither the operator nor the viewer role.",
     "expired": "Your session has ended: log in again.",
     "origin": "The login form was posted from another site.",
+    "slow": "Too many failed logins from this address: wait a few minutes and try again.",
+    "unavailable": "Logins cannot be recorded right now: try again shortly.",
 }
+_THROTTLE_KEY: Final = "console-login-failed|"
+
+
+def _client(request: Request) -> str | None:
+    client = request.client
+    return f"{client.host}:{client.port}" if client else None
 
 
 def _asset(name: str) -> bytes:
@@ -103,6 +125,8 @@ class ConsolePages:
 
     auth: AdminAuth
     sessions: ConsoleSessions
+    record: Callable[[AuditEvent], None]  # the audit sink's record_nowait (logins and logouts)
+    state: StateStore  # counts failed logins per client address (shared by replicas on one store)
 
     def routes(self) -> list[Route]:
         return [
@@ -119,7 +143,7 @@ class ConsolePages:
         return _see(f"{CONSOLE}/")
 
     async def index(self, request: Request) -> Response:
-        if self.sessions.get(request.cookies.get(COOKIE)) is None:
+        if await self.sessions.get(request.cookies.get(COOKIE)) is None:
             return _see(f"{CONSOLE}/login" + ("?e=expired" if COOKIE in request.cookies else ""))
         return _page(_asset("index.html"), "text/html; charset=utf-8")
 
@@ -135,21 +159,42 @@ class ConsolePages:
         return _page(_asset(name), _STATIC[name])
 
     async def login(self, request: Request) -> Response:
+        limit = self._limit(request)
+        try:
+            throttled = (await self.state.usage([limit.bucket]))[limit.bucket] >= limit.limit
+        except StateError:
+            return self._failed(request, "store_unavailable", "unavailable")
+        if throttled:
+            return _see(f"{CONSOLE}/login?e=slow")
         if not _same_origin(request):
-            return _see(f"{CONSOLE}/login?e=origin")
+            return await self._refused(request, limit, "cross_origin", "origin")
         key = await _form_key(request)
         if not key:
-            return _see(f"{CONSOLE}/login?e=bad")
+            return await self._refused(request, limit, "bad_credentials", "bad", detail="missing_key")
         result = await self.auth.authenticate(f"Bearer {key}")
         if isinstance(result, Rejection):
-            client = request.client
-            self.auth.on_reject(result, f"{client.host}:{client.port}" if client else None)
-            return _see(f"{CONSOLE}/login?e=bad")
+            details = result.details()
+            return await self._refused(request, limit, "bad_credentials", "bad", detail=str(result.reason), **details)
         principal = with_configured(self.auth.settings, result)
         if not self.auth.may(principal, Need.READ):
-            return _see(f"{CONSOLE}/login?e=role")
-        sid = self.sessions.open(principal)
-        log.info("console.login", principal=principal.id, roles=list(principal.roles))
+            return await self._refused(
+                request, limit, "no_role", "role", principal=principal.id, method=principal.auth.method
+            )
+        try:
+            sid = await self.sessions.open(principal)
+        except StateError:
+            return self._failed(request, "store_unavailable", "unavailable", principal=principal.id)
+        role = self._role(principal)
+        log.info("console.login", principal=principal.id, role=role, method=principal.auth.method)
+        self.record(
+            console_event(
+                EventKind.CONSOLE_LOGIN,
+                principal=principal.id,
+                client=_client(request),
+                method=principal.auth.method,
+                role=role,
+            )
+        )
         response = _see(f"{CONSOLE}/")
         response.set_cookie(
             COOKIE,
@@ -162,22 +207,71 @@ class ConsolePages:
         )
         return response
 
+    def _limit(self, request: Request) -> Limit:
+        console = self.auth.settings.console
+        host = request.client.host if request.client else "unknown"
+        return Limit(_THROTTLE_KEY + host, console.login_failures_max, console.login_failures_window_s)
+
+    def _role(self, principal: Principal) -> str:
+        return "operator" if self.auth.may(principal, Need.ACT) else "viewer"
+
+    async def _refused(
+        self, request: Request, limit: Limit, reason: str, code: str, *, principal: str | None = None, **details: Any
+    ) -> Response:
+        """A failed login: counted against the client address, audited (unless the address is now over its
+        limit and was already), and answered with the fixed message ``code``."""
+        try:
+            admission = await self.state.admit([limit])
+        except StateError:
+            admission = None  # not counted, but the failure itself is still recorded
+        if admission is not None and not admission.admitted:
+            return _see(f"{CONSOLE}/login?e=slow")
+        if admission is not None and admission.usage.get(limit.bucket, 0) >= limit.limit:
+            details["limited"] = True
+        return self._failed(request, reason, code, principal=principal, **details)
+
+    def _failed(
+        self, request: Request, reason: str, code: str, *, principal: str | None = None, **details: Any
+    ) -> Response:
+        log.warning("console.login_failed", reason=reason, client=_client(request))
+        self.record(
+            console_event(
+                EventKind.CONSOLE_LOGIN_FAILED, principal=principal, client=_client(request), reason=reason, **details
+            )
+        )
+        return _see(f"{CONSOLE}/login?e={code}")
+
     def _secure(self, request: Request) -> bool:
         base = self.auth.settings.console.base_url or ""
         return request.url.scheme == "https" or base.startswith("https://")
 
     async def logout(self, request: Request) -> Response:
         sid = request.cookies.get(COOKIE)
-        session = self.sessions.get(sid)
+        session = await self.sessions.get(sid)
         if session is not None and not session.csrf_ok(request.headers.get(CSRF_HEADER)):
             return error_response(403, f"logging out needs the session's {CSRF_HEADER} header")
-        self.sessions.close(sid)
+        try:
+            ended = await self.sessions.close(sid)
+        except StateError as e:
+            return error_response(503, f"the session store cannot answer: {e.cause}")
+        if ended is not None:
+            p = ended.principal
+            log.info("console.logout", principal=p.id)
+            self.record(
+                console_event(
+                    EventKind.CONSOLE_LOGOUT,
+                    principal=p.id,
+                    client=_client(request),
+                    method=p.auth.method,
+                    role=self._role(p),
+                )
+            )
         response = Response(status_code=204, headers=SECURITY_HEADERS)
         response.delete_cookie(COOKIE, path="/", secure=self._secure(request), httponly=True, samesite="strict")
         return response
 
     async def session(self, request: Request) -> Response:
-        session = self.sessions.get(request.cookies.get(COOKIE))
+        session = await self.sessions.get(request.cookies.get(COOKIE))
         if session is None:
             return error_response(401, "not logged in")
         p = session.principal

@@ -17,14 +17,16 @@ The upstream's result dict is returned as it came (``_meta`` kept; structuredCon
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar, cast
 
+import anyio
 import mcp_types as types
 import structlog
 from mcp.server.context import ServerRequestContext
 from mcp.shared.exceptions import MCPError
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
+from pydantic import BaseModel
 
 from mcp_guard.audit import events
 from mcp_guard.errors import AuditError
@@ -34,6 +36,17 @@ from mcp_guard.frontend.listing import PROMPTS, RESOURCES, TEMPLATES, TOOLS, Lis
 from mcp_guard.frontend.sessions import DownstreamSession, RequestChannel, SessionTable
 from mcp_guard.frontend.stepup import note_denial
 from mcp_guard.frontend.subscriptions import Subscriptions
+from mcp_guard.frontend.tasks import (
+    TASKS_EXTENSION,
+    TaskChannel,
+    TaskEnd,
+    TaskParams,
+    Tasks,
+    TaskSupport,
+    missing_extension,
+    negotiated,
+    task_support,
+)
 from mcp_guard.pipeline.audit import EventSink
 from mcp_guard.pipeline.context import CallContext, CallNext, Outcome
 from mcp_guard.pipeline.flow import FLOW_META_KEY, correlation_id
@@ -71,6 +84,8 @@ class Handlers:
     bridge: InputRequiredBridge | None = None
     # 2026-07-28 clients: subscriptions/listen streams, filtered per principal (None: not served).
     subscriptions: Subscriptions | None = None
+    # 2026-07-28 clients: the tasks extension, served by mcp-guard for any upstream (None: not served).
+    tasks: Tasks | None = None
 
     def routes(self) -> dict[str, AsyncHandler]:
         """The route table: each protocol method mcp-guard serves → its handler (the SDK ``Server``'s hooks).
@@ -93,6 +108,20 @@ class Handlers:
             "on_completion": self.complete,
             "on_set_logging_level": self.set_logging_level,
         }
+
+    def methods(self) -> dict[str, tuple[type[BaseModel], AsyncHandler]]:
+        """Extension methods mcp-guard serves (method → params model, handler), beside :meth:`routes`."""
+        if self.tasks is None:
+            return {}
+        return {
+            "tasks/get": (TaskParams, self.task_get),
+            "tasks/cancel": (TaskParams, self.task_cancel),
+            "tasks/update": (TaskParams, self.task_update),
+        }
+
+    def extensions(self) -> dict[str, dict[str, Any]]:
+        """The extensions advertised under ``capabilities.extensions`` (those :meth:`methods` serve)."""
+        return {TASKS_EXTENSION: {}} if self.tasks is not None else {}
 
     # ------------------------------------------------------------------ helpers
     def _session(self, ctx: ServerRequestContext[Any, Any]) -> DownstreamSession:
@@ -306,9 +335,40 @@ class Handlers:
             request=request,
             tool_info=entry.tool_info(),
         )
+        if self.tasks is not None and task_support(entry.local) is not TaskSupport.FORBIDDEN:
+            if negotiated(ctx):
+                return await self._call_as_task(ctx, call)
+            if task_support(entry.local) is TaskSupport.REQUIRED:
+                raise missing_extension()
         outcome = await self._run_for(ctx, sess, call, params)
         if isinstance(outcome, dict):
             return outcome
+        return self._tool_answer(ctx, outcome)
+
+    async def _call_as_task(self, ctx: ServerRequestContext[Any, Any], call: CallContext) -> dict[str, Any]:
+        """A task-augmented ``tools/call``: the handle once the call is admitted, or the plain answer of a call
+        refused before that (see mcp_guard.frontend.tasks). The task's id is the call's ``call_id``."""
+        assert self.tasks is not None
+        admitted = anyio.Event()
+
+        async def work(channel: TaskChannel) -> TaskEnd:
+            # No client request stays open to carry progress; questions wait on the task (tasks/update).
+            outcome = await self._run(replace(call, admitted=admitted.set, downstream=channel, progress=None))
+            try:
+                return TaskEnd(result=self._tool_answer(ctx, outcome))
+            except MCPError as e:
+                return TaskEnd(error=e.error)
+
+        caps = ctx.session.client_capabilities
+        started = await self.tasks.start(call.call_id, call.principal.id, admitted, work, caps)
+        if isinstance(started, TaskEnd):
+            if started.error is not None:
+                raise MCPError.from_error_data(started.error)
+            return started.result or {"content": []}
+        return {"resultType": "task", **started.envelope()}
+
+    def _tool_answer(self, ctx: ServerRequestContext[Any, Any], outcome: Outcome) -> dict[str, Any]:
+        """A ``tools/call`` outcome as the client gets it (raises ``MCPError`` for an upstream's own error)."""
         if outcome.denial is not None:
             note_denial(ctx, outcome.denial)
             return _for_client(ctx, self._deny_tool_result(outcome.denial))
@@ -477,6 +537,19 @@ class Handlers:
             request=request,
         )
         return self._raise_or_result(ctx, await self._run(call))
+
+    # ------------------------------------------------------------------ tasks (io.modelcontextprotocol/tasks)
+    async def task_get(self, ctx: ServerRequestContext[Any, Any], params: TaskParams) -> dict[str, Any]:
+        assert self.tasks is not None  # routed only when served
+        return self.tasks.get(ctx, self.principal_of(ctx).id, params)
+
+    async def task_cancel(self, ctx: ServerRequestContext[Any, Any], params: TaskParams) -> dict[str, Any]:
+        assert self.tasks is not None
+        return self.tasks.cancel(ctx, self.principal_of(ctx).id, params)
+
+    async def task_update(self, ctx: ServerRequestContext[Any, Any], params: TaskParams) -> dict[str, Any]:
+        assert self.tasks is not None
+        return self.tasks.update(ctx, self.principal_of(ctx).id, params)
 
     async def listen(
         self, ctx: ServerRequestContext[Any, Any], params: types.SubscriptionsListenRequestParams

@@ -32,6 +32,9 @@ def build_server(h: Handlers) -> Server[Any]:
             cache_hints=CACHE_HINTS,  # listings: private, stale at once
             **routes,
         )
+    for method, (params_type, handler) in h.methods().items():
+        server.add_request_handler(method, params_type, handler)
+    server.extensions = h.extensions()  # advertised under capabilities.extensions
     # No OpenTelemetry span per message on the hot path (it is a no-op without an exporter anyway).
     server.middleware = []
     return server

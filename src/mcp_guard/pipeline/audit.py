@@ -94,7 +94,12 @@ def _decision_row(
         else None
     )
     return events.call_decision(
-        decision, arguments=arguments, max_arguments_bytes=max_arguments_bytes, policy=policy, **_columns(ctx)
+        decision,
+        arguments=arguments,
+        max_arguments_bytes=max_arguments_bytes,
+        policy=policy,
+        upstream_token=ctx.upstream_token.to_audit() if ctx.upstream_token is not None else None,
+        **_columns(ctx),
     )
 
 
@@ -173,6 +178,8 @@ class RecordDecision:
                     ReasonCode.AUDIT_UNAVAILABLE,
                     "the audit store cannot record this call, so it was not forwarded",
                 )
+            if ctx.admitted is not None:
+                ctx.admitted()  # the call will run: a task's handle may be answered now
             return await call_next(ctx)
         except anyio.get_cancelled_exc_class():
             await self._record_cancelled(ctx, decision)

@@ -3,7 +3,7 @@
 Every request that targets an upstream runs through these stages, outermost first::
 
     Observe → InspectArguments → RecordOutcome → TrackFlow → PinCheck → ShadowPolicy → Authorize
-        → EnforceObligations → RecordDecision → ResultPolicy → Redact → Forward
+        → EnforceObligations → ExchangeToken → RecordDecision → ResultPolicy → Redact → Forward
 
 * :class:`~mcp_guard.pipeline.observe.Observe` — counts and times every request as the client is answered
   (``/metrics``); outermost, so every other stage and the upstream call run inside it. The two audit
@@ -28,6 +28,9 @@ Every request that targets an upstream runs through these stages, outermost firs
 * :class:`~mcp_guard.pipeline.obligations.EnforceObligations` — every obligation of the allow is
   enforced by its handler (:func:`obligation_handlers`) or the call is denied; before the allow is
   recorded, so a refused call has a deny row and no allow row.
+* :class:`~mcp_guard.pipeline.exchange.ExchangeToken` — a call to a ``token_exchange`` upstream gets the caller's
+  token exchanged for the upstream's audience and the call's scopes, or is denied (``subject_token_missing``,
+  ``token_exchange_failed``) before its allow is recorded; after the obligations (approval, rate limit).
 * :class:`~mcp_guard.pipeline.audit.RecordDecision` — the allow row is committed before the upstream
   sees the call; if it cannot be, the call is not forwarded (``audit_unavailable``).
 * :class:`~mcp_guard.pipeline.result_policy.ResultPolicy` — a ``tools/call`` result is put to the policy
@@ -53,6 +56,7 @@ from mcp_guard.pipeline.audit import EventSink, RecordDecision, RecordOutcome
 from mcp_guard.pipeline.authorize import Authorize, Evaluator, UsageSource
 from mcp_guard.pipeline.chain import build_chain
 from mcp_guard.pipeline.context import CallNext, Interceptor
+from mcp_guard.pipeline.exchange import Exchangers, ExchangeToken, UpstreamScopesObligation
 from mcp_guard.pipeline.flow import FlowUse, LabelsObligation, TrackFlow
 from mcp_guard.pipeline.forward import Forward
 from mcp_guard.pipeline.obligations import EnforceObligations, ObligationHandler
@@ -80,6 +84,7 @@ def obligation_handlers(
     approval: ObligationHandler | None = None,
     *,
     credentials: CredentialCheck | None = None,
+    exchangers: Exchangers | None = None,
 ) -> list[ObligationHandler]:
     """Every obligation mcp-guard enforces, in the order they run; a key not handled here is a deny.
 
@@ -88,11 +93,15 @@ def obligation_handlers(
     first (a call refused by a later handler would be counted and then taken back). ``step_up`` belongs on a
     deny (the front turns it into a scope challenge); on an allow its handler refuses the call. ``approval``
     (:func:`pipeline_stages` always gives one) parks the call until a person decides: before ``labels`` and
-    ``rate_limit``, so a call waiting for approval neither labels its flow nor counts against a limit."""
+    ``rate_limit``, so a call waiting for approval neither labels its flow nor counts against a limit.
+    ``upstream_scopes`` (given ``exchangers``) checks the policy's narrowing of a token-exchange upstream's
+    token; the exchange itself is the ``ExchangeToken`` stage's, after every obligation."""
     approvals = [approval] if approval is not None else []
+    scopes = [UpstreamScopesObligation(exchangers)] if exchangers is not None else []
     return [
         SecretsObligation(secrets, credentials),
         StepUpObligation(),
+        *scopes,
         *approvals,
         LabelsObligation(state),
         RateLimitObligation(state),
@@ -144,7 +153,8 @@ def pipeline_stages(
         PinCheck(registry),
         ShadowPolicy(shadow, sink, shadow_stats),
         Authorize(engine, usage_source(engine, state)),
-        EnforceObligations(obligation_handlers(secrets, state, approval, credentials=registry)),
+        EnforceObligations(obligation_handlers(secrets, state, approval, credentials=registry, exchangers=registry)),
+        ExchangeToken(registry),
         RecordDecision(audit, max_arguments_bytes=bound),
         ResultPolicy(engine, state, ResultUse(engine, forced=policy.result_policy), max_bytes=policy.result_max_bytes),
         Redact(secrets),

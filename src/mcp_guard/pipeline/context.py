@@ -16,6 +16,7 @@ import mcp_types as types
 from mcp_guard.channel import ClientChannel
 from mcp_guard.state.base import Flow
 from mcp_guard.types import Action, Decision, PolicyInput, Principal, ReasonCode, SessionInfo, ToolInfo, new_id
+from mcp_guard.upstream.token_exchange import UpstreamToken
 
 __all__ = [
     "CallContext",
@@ -71,6 +72,12 @@ class CallContext:
     # stage (mcp_guard.pipeline.trace) prefers the request's `_meta`.
     trace_context: Mapping[str, str] | None = None
     verdict: PolicyVerdict | None = None  # set by Authorize for the stages inside it (the allow row keeps it)
+    # The token exchanged for this call (token_exchange upstreams; mcp_guard.pipeline.exchange): sent upstream as
+    # this request's Authorization; the allow row records its audience and scopes, never its value.
+    upstream_token: UpstreamToken | None = None
+    # Told once the allow row is committed, just before the stages that reach the upstream: a task-augmented
+    # call (mcp_guard.frontend.tasks) answers its task handle then, so a denied call is answered at once.
+    admitted: Callable[[], None] | None = None
 
 
 class ErrorOrigin(StrEnum):

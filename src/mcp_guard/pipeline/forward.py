@@ -101,11 +101,15 @@ class Forward:
                 if conn is None:
                     return Outcome.guard_error(UPSTREAM_UNAVAILABLE, f"unknown upstream {ctx.server!r}")
                 with self._registry.in_flight(ctx.server, ctx.downstream):
-                    result = await conn.request(ctx.request, timeout=ctx.timeout_s, on_progress=ctx.progress)
+                    result = await conn.request(
+                        ctx.request, timeout=ctx.timeout_s, on_progress=ctx.progress, bearer=ctx.upstream_token
+                    )
                     if is_input_required(result):  # a 2026-07-28 upstream's questions (mcp_guard.pipeline.input_rounds)
 
                         async def send(request: types.ClientRequest) -> dict[str, Any]:
-                            return await conn.request(request, timeout=ctx.timeout_s, on_progress=ctx.progress)
+                            return await conn.request(
+                                request, timeout=ctx.timeout_s, on_progress=ctx.progress, bearer=ctx.upstream_token
+                            )
 
                         final = await complete_input_rounds(
                             result, ctx.request, send, ctx.downstream, upstream=ctx.server

@@ -149,8 +149,12 @@ class EnforceObligations:
 
 
 def _not_forwarded(outcome: Outcome) -> bool:
-    """Whether a call the obligations let through was stopped before the upstream (RecordDecision's override)."""
-    return outcome.override is not None and outcome.override.code is ReasonCode.AUDIT_UNAVAILABLE
+    """Whether a call the obligations let through was stopped before the upstream: RecordDecision's override, or
+    a deny made inside this stage before the allow was recorded (the token exchange's, mcp_guard.pipeline.exchange;
+    nothing past RecordDecision returns a denying governing decision)."""
+    if outcome.override is not None and outcome.override.code is ReasonCode.AUDIT_UNAVAILABLE:
+        return True
+    return outcome.override is None and outcome.decision is not None and not outcome.decision.allow
 
 
 async def _undo(undos: Sequence[Undo]) -> None:

@@ -46,6 +46,7 @@ from mcp_guard.settings import UpstreamSettings
 from mcp_guard.types import EventKind
 from mcp_guard.upstream.era import EnvelopeDispatcher, Era, era_of, negotiate, per_request_capabilities, split_envelope
 from mcp_guard.upstream.stdio import StderrTail, minimal_environment, open_stdio_transport, undecodable_reason
+from mcp_guard.upstream.token_exchange import UpstreamToken, call_token
 
 __all__ = ["Catalog", "Injections", "UpstreamConnection", "UpstreamHooks"]
 
@@ -106,18 +107,24 @@ class UpstreamConnection:
         injections: Callable[[], Awaitable[Injections]] | None = None,
         scrub: Callable[[str], str] = lambda s: s,
         cwd: str | None = None,
+        auth: httpx2.Auth | None = None,
+        stderr_tail: StderrTail | None = None,
     ) -> None:
         self.name = name
+        self._auth = auth  # sets Authorization per HTTP request (token_exchange: mcp_guard.upstream.token_exchange)
         self.settings = settings
         self._hooks = hooks
         self._injections = injections
         self._scrub = scrub
         self._cwd = cwd
         self.state: State = "starting"
-        self.last_error: str | None = None
+        self.last_error: str | None = None  # why it is down now (None while ready)
+        self.last_failure: str | None = None  # why it last went down, kept after it recovers (health)
         self.restarts = 0
         self.catalog = Catalog()
-        self.stderr_tail = StderrTail()  # a stdio child's last stderr lines (why it failed), across restarts
+        # A stdio child's last stderr lines (why it failed), scrubbed, across restarts; a pool hands its children
+        # one that also feeds the pool's ring.
+        self.stderr_tail = stderr_tail if stderr_tail is not None else StderrTail()
         self._session: ClientSession | None = None
         self.protocol_version: str | None = None  # negotiated with the upstream (None until it is first ready)
         self._watched: set[str] = set()  # resources clients subscribed to (a 2026-07-28 upstream's listen filter)
@@ -157,13 +164,22 @@ class UpstreamConnection:
         *,
         timeout: float | None = None,
         on_progress: Callable[[float, float | None, str | None], Awaitable[None]] | None = None,
+        bearer: UpstreamToken | None = None,
     ) -> dict[str, Any]:
         """Forward one request and return the upstream's raw result dict.
+
+        ``bearer`` (an exchanged token, HTTP upstreams with ``token_exchange``) is the Authorization of this
+        request only: :func:`~mcp_guard.upstream.token_exchange.call_token` marks this task's traffic with it.
 
         Raises MCPError for an upstream error response, UpstreamTimeout, or UpstreamError when the
         upstream is down, dies while the call is in flight, or answers with something that is not valid
         MCP (said in mcp-guard's own words: the parser's text would quote the answer).
         """
+        if self._auth is not None and bearer is None:  # never sent on the gateway's own token instead
+            raise UpstreamError(
+                f"upstream {self.name!r} takes each caller's exchanged token (token_exchange) and this call has none",
+                upstream=self.name,
+            )
         session = self.session
         t = timeout if timeout is not None else self.settings.timeout_s
         progress = self._progress_relay(on_progress) if on_progress is not None else None
@@ -173,16 +189,15 @@ class UpstreamConnection:
         try:
             # Our own deadline (the SDK's timeout error shares its code, -32001, with ordinary upstream
             # errors); cancelling the request makes the SDK send notifications/cancelled upstream.
-            with anyio.fail_after(t):
+            with anyio.fail_after(t), call_token(bearer), per_request_capabilities(caps):
                 # A TypeAdapter of a plain dict keeps the upstream's result as it came (the SDK accepts any
                 # TypeAdapter at run time; its annotation only names BaseModel results).
-                with per_request_capabilities(caps):
-                    return await session.send_request(
-                        request,
-                        _RAW,
-                        request_read_timeout_seconds=t + 5,  # type: ignore[type-var]
-                        progress_callback=progress,
-                    )
+                return await session.send_request(
+                    request,
+                    _RAW,
+                    request_read_timeout_seconds=t + 5,  # type: ignore[type-var]
+                    progress_callback=progress,
+                )
         except TimeoutError:
             raise UpstreamTimeout(f"upstream {self.name!r} did not answer within {t:g}s", upstream=self.name) from None
         except ValidationError as e:
@@ -269,7 +284,7 @@ class UpstreamConnection:
 
     def _set_down(self, state: State, reason: str) -> None:
         self.state = state
-        self.last_error = reason
+        self.last_error = self.last_failure = reason
         self._session = None
         if self._ready.is_set():
             self._ready = anyio.Event()
@@ -369,7 +384,7 @@ class UpstreamConnection:
             return
         timeout = httpx2.Timeout(s.startup_timeout_s, read=max(s.timeout_s, 300.0))
         async with (
-            httpx2.AsyncClient(headers=headers, timeout=timeout) as http,
+            httpx2.AsyncClient(headers=headers, timeout=timeout, auth=self._auth) as http,
             streamable_http_client(s.url, http_client=http, max_sse_event_size=s.max_response_bytes) as (read, write),
         ):
             yield read, write, anyio.Event()

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, overload
 
 import anyio
+import httpx2
 import mcp_types as types
 import structlog
 from anyio.abc import TaskGroup
@@ -38,6 +39,7 @@ from mcp_guard.errors import SecretError, UpstreamError
 from mcp_guard.settings import UpstreamSettings
 from mcp_guard.types import EventKind
 from mcp_guard.upstream.connection import Catalog, Injections, UpstreamConnection
+from mcp_guard.upstream.stdio import StderrTail
 
 __all__ = ["PoolHooks", "UpstreamPool"]
 
@@ -58,6 +60,23 @@ class PoolHooks(Protocol):
     ) -> dict[str, Any] | types.ErrorData | None:
         """Upstream→client traffic of ``principal``'s child: only that principal's sessions may get it."""
         ...
+
+
+class _ChildTail(StderrTail):
+    """A child's own stderr tail that also feeds its pool's ring, each line there labelled with the principal.
+
+    The pool's ring outlives the children: the lines of a child stopped (idle, evicted, crashed) are still there
+    to explain why. The lines arrive already scrubbed (the transport scrubs before it appends).
+    """
+
+    def __init__(self, pool_tail: StderrTail, principal: str) -> None:
+        super().__init__()
+        self._pool_tail = pool_tail
+        self._principal = principal
+
+    def append(self, line: str) -> None:
+        super().append(line)
+        self._pool_tail.append(f"[{self._principal}] {line}")
 
 
 @dataclass(eq=False)
@@ -104,8 +123,10 @@ class UpstreamPool:
         scrub: Callable[[str], str] = lambda s: s,
         cwd: str | None = None,
         clock: Callable[[], float] = time.monotonic,
+        auth: httpx2.Auth | None = None,
     ) -> None:
         self.name = name
+        self._auth = auth
         self.settings = settings
         self.hooks = hooks
         self._injections = injections
@@ -116,6 +137,11 @@ class UpstreamPool:
         self.state: Literal["starting", "ready"] = "starting"
         self.catalog = Catalog()
         self._children: dict[str, _Child] = {}
+        # The last stderr lines of every child, labelled "[principal] …" (health); restarts and the last error of
+        # children that are gone are folded into the two numbers below, so the pool's totals never go down.
+        self.stderr_tail = StderrTail()
+        self._gone_restarts = 0
+        self._last_failure: str | None = None
         self._lock = anyio.Lock()
         self._tg: TaskGroup | None = None
         self._stopped = False  # stop() ran: the reaper ends
@@ -125,6 +151,21 @@ class UpstreamPool:
     def principals(self) -> tuple[str, ...]:
         """The principals with a running child (for diagnostics and tests)."""
         return tuple(self._children)
+
+    @property
+    def restarts(self) -> int:
+        """Restarts of every child since start (those stopped included)."""
+        return self._gone_restarts + sum(c.conn.restarts for c in self._children.values())
+
+    @property
+    def last_failure(self) -> str | None:
+        """Why a running child last went down, else why a stopped one did (None: never)."""
+        failed = [c.conn.last_failure for c in self._children.values() if c.conn.last_failure]
+        return failed[-1] if failed else self._last_failure
+
+    def children_health(self) -> dict[str, tuple[str, int, str | None]]:
+        """principal → (state, restarts, last failure) of each running child."""
+        return {p: (c.conn.state, c.conn.restarts, c.conn.last_failure) for p, c in self._children.items()}
 
     def child(self, principal: str) -> UpstreamConnection | None:
         c = self._children.get(principal)
@@ -226,6 +267,8 @@ class UpstreamPool:
             injections=lambda: self._injections(principal),
             scrub=self._scrub,
             cwd=self._cwd,
+            auth=self._auth,
+            stderr_tail=_ChildTail(self.stderr_tail, principal),
         )
         conn.attach_task_group(self._tg)
         child = self._children[principal] = _Child(principal, conn, last_used=self._clock())
@@ -251,6 +294,8 @@ class UpstreamPool:
     async def _forget(self, child: _Child, reason: StopReason) -> None:
         if self._children.get(child.principal) is child:
             del self._children[child.principal]
+            self._gone_restarts += child.conn.restarts
+            self._last_failure = child.conn.last_failure or self._last_failure
         log.info("upstream.pool_stop", upstream=self.name, principal=child.principal, reason=reason)
         await self.hooks.state_changed(
             self.name,

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol, assert_never, overload
 
 import anyio
+import httpx2
 import mcp_types as types
 import structlog
 from anyio.abc import TaskGroup
@@ -53,6 +54,7 @@ from mcp_guard.types import EventKind, ToolInfo
 from mcp_guard.upstream.connection import Injections, UpstreamConnection
 from mcp_guard.upstream.naming import Namer
 from mcp_guard.upstream.pool import UpstreamPool
+from mcp_guard.upstream.token_exchange import TokenExchanger
 
 __all__ = [
     "ExposedPrompt",
@@ -179,8 +181,12 @@ class Registry:
         pins: PinBackend | None = None,
         pooled: Collection[str] = (),
         principal_injections: Callable[[str, str], Awaitable[Injections]] | None = None,
+        exchanger_for: Callable[[str, UpstreamSettings], TokenExchanger | None] | None = None,
     ) -> None:
         self.settings = settings
+        # Upstreams with token_exchange: their exchanger (its auth hook sets each request's Authorization).
+        self._exchanger_for = exchanger_for
+        self.exchangers: dict[str, TokenExchanger] = {}
         self.namer = Namer(settings.server.tool_separator)
         self._listener = listener
         self.pins = pins
@@ -215,7 +221,18 @@ class Registry:
         cwd = str(settings.resolve_path(up.cwd)) if up.cwd else settings.base_dir
         injections = self._injections
         inj = (lambda: injections(name)) if injections is not None else None
-        return UpstreamConnection(name, up, self, injections=inj, scrub=self._scrub_text, cwd=cwd)
+        return UpstreamConnection(
+            name, up, self, injections=inj, scrub=self._scrub_text, cwd=cwd, auth=self._exchange_auth(name, up)
+        )
+
+    def _exchange_auth(self, name: str, up: UpstreamSettings) -> httpx2.Auth | None:
+        """The auth hook of an upstream with ``token_exchange`` (its exchanger made anew: a reload may change it)."""
+        self.exchangers.pop(name, None)
+        exchanger = self._exchanger_for(name, up) if self._exchanger_for is not None and up.token_exchange else None
+        if exchanger is None:
+            return None
+        self.exchangers[name] = exchanger
+        return exchanger.auth()
 
     def _pool(
         self,
@@ -226,7 +243,13 @@ class Registry:
     ) -> UpstreamPool:
         cwd = str(settings.resolve_path(up.cwd)) if up.cwd else settings.base_dir
         return UpstreamPool(
-            name, up, self, injections=_bound(principal_injections, name), scrub=self._scrub_text, cwd=cwd
+            name,
+            up,
+            self,
+            injections=_bound(principal_injections, name),
+            scrub=self._scrub_text,
+            cwd=cwd,
+            auth=self._exchange_auth(name, up),
         )
 
     # ------------------------------------------------------------------ lifecycle
@@ -258,6 +281,7 @@ class Registry:
         """
         stopping = [self._runs.pop(n) for n in stop if n in self._runs]
         for n in stop:
+            self.exchangers.pop(n, None)
             conn = self.connections.pop(n, None)
             if conn is not None:
                 conn.stop()

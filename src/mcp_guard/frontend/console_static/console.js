@@ -377,68 +377,115 @@ function table(headers, rows) {
   return el("table", {}, el("thead", {}, el("tr", {}, headers.map((h) => el("th", {}, h)))), el("tbody", {}, rows));
 }
 
-// Small charts: the health poll's numbers over the last few minutes, kept by the page (rates from successive totals).
-const HISTORY = 60;
-const samples = []; // {t, allow, deny, queued}
-
-function remember(h) {
-  samples.push({ t: Date.now(), allow: h.calls.allow || 0, deny: h.calls.deny || 0, queued: h.audit.queued || 0 });
-  while (samples.length > HISTORY + 1) samples.shift();
-}
-
-function rates(key) {
-  const out = [];
-  for (let i = 1; i < samples.length; i++) {
-    const seconds = Math.max(0.001, (samples[i].t - samples[i - 1].t) / 1000);
-    out.push(Math.max(0, samples[i][key] - samples[i - 1][key]) / seconds);
-  }
-  return out;
-}
-
+// ------------------------------------------------------------------------------------------- charts
+// /admin/api/metrics answers the last five minutes of the replica that served the request, sampled by that
+// process every 2 s (rates and quantiles computed there): behind a load balancer, successive polls reach
+// different processes, whose counters a page must not difference. The page only draws the latest answer.
+// Okabe-Ito colours, and never colour alone: each series has its own dash pattern and marker, a legend with
+// its symbol, and the latest values in words; each chart is a focusable figure labelled by its caption.
+const SERIES = {
+  allow: { name: "✔ allow", cls: "s-allow" },
+  deny: { name: "✖ deny", cls: "s-deny" },
+  error: { name: "✖ error", cls: "s-error" },
+  p50: { name: "p50", cls: "s-allow" },
+  p99: { name: "p99", cls: "s-deny" },
+  approvals: { name: "pending", cls: "s-warn" },
+  queue: { name: "queued", cls: "s-neutral" },
+};
 const SVG = "http://www.w3.org/2000/svg";
+const W = 300;
+const H = 90;
+const PAD = { left: 56, right: 6, top: 8, bottom: 16 };
 
-function sparkline(label, series) {
-  const width = 240;
-  const height = 48;
-  const top = Math.max(1e-9, ...series.flatMap((s) => s.values));
-  const svg = document.createElementNS(SVG, "svg");
-  svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
-  svg.setAttribute("class", "spark");
-  svg.setAttribute("role", "img");
-  const latest = series.map((s) => `${s.name} ${(s.values.at(-1) ?? 0).toFixed(2)}${s.unit}`).join(", ");
-  svg.setAttribute("aria-label", `${label}: ${latest}`);
-  for (const s of series) {
-    const line = document.createElementNS(SVG, "polyline");
-    const step = width / Math.max(1, s.values.length - 1); // the samples so far span the whole width
-    const offset = 0;
-    line.setAttribute("points", s.values.map((v, i) => `${(offset + i * step).toFixed(1)},${(height - 2 - (v / top) * (height - 4)).toFixed(1)}`).join(" "));
-    line.setAttribute("class", `spark-${s.kind}`);
-    svg.append(line);
-  }
-  return el("figure", { class: "chart" }, svg, el("figcaption", {}, `${label} — now: ${latest}`));
+function svgEl(tag, attrs = {}, text) {
+  const node = document.createElementNS(SVG, tag);
+  for (const [key, value] of Object.entries(attrs)) node.setAttribute(key, String(value));
+  if (text !== undefined) node.textContent = text;
+  return node;
 }
 
-function charts() {
+const fmt = (v) => (v === null || v === undefined ? "—" : Number.isInteger(v) || v >= 100 ? v.toFixed(0) : v >= 10 ? v.toFixed(1) : v.toFixed(2));
+
+function niceTop(values) {
+  const top = Math.max(0, ...values.filter((v) => v !== null));
+  if (top <= 0) return 1;
+  const step = 10 ** Math.floor(Math.log10(top));
+  return Math.ceil(top / step) * step;
+}
+
+function chart(id, label, unit, times, series) {
+  const all = series.flatMap((s) => s.values);
+  const top = niceTop(all);
+  const t0 = times[0] ?? 0;
+  const span = Math.max(1, (times.at(-1) ?? 1) - t0);
+  const x = (t) => PAD.left + ((t - t0) / span) * (W - PAD.left - PAD.right);
+  const y = (v) => H - PAD.bottom - (v / top) * (H - PAD.top - PAD.bottom);
+  const captionId = `${id}-caption`;
+  const svg = svgEl("svg", { id, viewBox: `0 0 ${W} ${H}`, class: "chart-svg", role: "img", "aria-labelledby": captionId, "data-max": Math.max(0, ...all.filter((v) => v !== null)), "data-points": times.length });
+  svg.append(
+    svgEl("line", { x1: PAD.left, x2: W - PAD.right, y1: y(top), y2: y(top), class: "grid" }),
+    svgEl("line", { x1: PAD.left, x2: W - PAD.right, y1: y(0), y2: y(0), class: "axis" }),
+    svgEl("text", { x: PAD.left - 4, y: y(top) + 4, class: "tick end" }, `${fmt(top)}${unit}`),
+    svgEl("text", { x: PAD.left - 4, y: y(0) + 4, class: "tick end" }, "0"),
+    svgEl("text", { x: PAD.left, y: H - 3, class: "tick" }, `−${Math.round(span / 60) || "<1"} min`),
+    svgEl("text", { x: W - PAD.right, y: H - 3, class: "tick end" }, "now"),
+  );
+  for (const s of series) {
+    let run = [];
+    const flush = () => {
+      if (run.length) svg.append(svgEl("polyline", { points: run.join(" "), class: `line ${s.cls}` }));
+      run = [];
+    };
+    s.values.forEach((v, i) => (v === null ? flush() : run.push(`${x(times[i]).toFixed(1)},${y(v).toFixed(1)}`)));
+    flush();
+    const last = s.values.findLastIndex((v) => v !== null);
+    if (last >= 0) svg.append(svgEl("circle", { cx: x(times[last]).toFixed(1), cy: y(s.values[last]).toFixed(1), r: 3, class: `mark ${s.cls}` }));
+  }
+  const latest = series.map((s) => `${s.name} ${fmt(s.values.findLast((v) => v !== null) ?? null)}${unit}`).join(", ");
+  const legend = el("span", { class: "legend" }, series.map((s) => el("span", { class: `key ${s.cls}` }, s.name)));
+  return el("figure", { class: "chart", tabindex: 0 }, svg, el("figcaption", { id: captionId }, el("strong", {}, label), " — now: ", latest, " ", legend));
+}
+
+function charts(m) {
+  if (!m || !m.points.length) return card("Last minutes", el("p", { class: "hint" }, "sampling… (a point every 2 s)"));
+  const pts = m.points;
+  const times = pts.map((p) => p.t);
+  const decisions = ["allow", "deny", ...(pts.some((p) => p.calls.error) ? ["error"] : [])];
   return card(
-    "Last minutes",
+    `Last ${Math.max(1, Math.round((times.at(-1) - times[0]) / 60))} min — replica ${m.replica}`,
     el(
       "div",
       { class: "charts" },
-      sparkline("tools/call per second", [
-        { name: "✔ allow", kind: "allow", unit: "/s", values: rates("allow") },
-        { name: "✖ deny", kind: "deny", unit: "/s", values: rates("deny") },
+      chart("chart-calls", "tools/call per second", "/s", times, decisions.map((d) => ({ ...SERIES[d], values: pts.map((p) => p.calls[d] ?? 0) }))),
+      chart("chart-latency", "tools/call latency", " ms", times, [
+        { ...SERIES.p50, values: pts.map((p) => p.p50_ms) },
+        { ...SERIES.p99, values: pts.map((p) => p.p99_ms) },
       ]),
-      sparkline("audit queue", [{ name: "queued", kind: "queue", unit: "", values: samples.slice(1).map((x) => x.queued) }]),
+      chart("chart-approvals", "approvals pending", "", times, [{ ...SERIES.approvals, values: pts.map((p) => p.approvals_pending) }]),
+      chart("chart-queue", "audit queue", "", times, [{ ...SERIES.queue, values: pts.map((p) => p.audit_queue) }]),
     ),
+    el("p", { class: "hint" }, "Sampled by the replica that answered (every 2 s, five minutes kept); all replicas: Prometheus on /metrics."),
   );
+}
+
+// An upstream's last stderr lines (scrubbed of secrets by the server), in a disclosure kept open across refreshes.
+const openStderr = new Set();
+
+function stderrLines(name, lines) {
+  const box = el("details", { class: "stderr", "data-upstream": name, open: openStderr.has(name) },
+    el("summary", {}, `${name}: last ${lines.length} stderr line${lines.length === 1 ? "" : "s"}`),
+    lines.length ? el("pre", { class: "stderr-lines" }, lines.join("\n")) : el("p", { class: "hint" }, "nothing written to stderr"),
+  );
+  box.addEventListener("toggle", () => (box.open ? openStderr.add(name) : openStderr.delete(name)));
+  return box;
 }
 
 async function refreshHealth() {
   let h;
+  let metrics;
   try {
-    h = await api("/admin/api/health");
+    [h, metrics] = await Promise.all([api("/admin/api/health"), api("/admin/api/metrics")]);
     showError(null);
-    remember(h);
   } catch (error) {
     showError(error);
     return;
@@ -460,12 +507,13 @@ async function refreshHealth() {
           : el("p", { class: "hint" }, "none yet"),
       ),
     ),
-    charts(),
+    charts(metrics),
     card(
       "Upstreams",
       upstreams.length
-        ? table(["Upstream", "Up", "State", "Restarts", "Problem"], upstreams.map(([name, u]) => el("tr", {}, el("td", {}, name), el("td", { class: `verdict ${u.up ? "up" : "down"}` }, u.up ? "▲ up" : "▼ DOWN"), el("td", {}, u.state), el("td", {}, u.restarts), el("td", {}, u.problem || "—"))))
+        ? table(["Upstream", "Up", "State", "Restarts", "Problem", "Last failure"], upstreams.map(([name, u]) => el("tr", {}, el("td", {}, name, u.pooled ? ` (pooled: ${Object.keys(u.children).length} running)` : ""), el("td", { class: `verdict ${u.up ? "up" : "down"}` }, u.up ? "▲ up" : "▼ DOWN"), el("td", {}, u.state), el("td", {}, u.restarts), el("td", {}, u.problem || "—"), el("td", {}, u.last_failure || "—"))))
         : el("p", { class: "hint" }, "no upstreams"),
+      upstreams.map(([name, u]) => stderrLines(name, u.stderr || [])),
     ),
     el(
       "div",

@@ -1,0 +1,98 @@
+"""Console sessions in SQLite: table ``console_sessions`` in the state file, shared by every process on the host.
+
+Like the approval store: each operation opens its own connection in a worker thread, runs in one transaction
+and closes (console requests are human-paced). Expiry is wall-clock time (``time.time()``), one clock for every
+process on the host.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import anyio
+
+from mcp_guard.errors import StateError
+from mcp_guard.state.console_sessions_sql import DDL, decode, encode, statements
+
+__all__ = ["SQLiteConsoleSessions"]
+
+_T = TypeVar("_T")
+_SQL = statements("?", "LIMIT -1")
+
+
+class SQLiteConsoleSessions:
+    """The console session store in the SQLite state file."""
+
+    def __init__(self, path: str | Path, *, timeout_s: float = 1.0, clock: Callable[[], float] = time.time) -> None:
+        self.path = Path(path)
+        self.timeout_s = timeout_s
+        self._clock = clock
+
+    async def start(self) -> None:
+        def create(db: sqlite3.Connection) -> None:
+            for statement in DDL:
+                db.execute(statement.format(real="REAL"))
+
+        await self._run(create, write=True)
+
+    async def aclose(self) -> None:
+        """Nothing is held between operations."""
+
+    async def put(self, key: str, doc: dict[str, Any], expires_at: float) -> None:
+        now = self._clock()
+
+        def run(db: sqlite3.Connection) -> None:
+            db.execute(_SQL["purge"], (now,))
+            db.execute(_SQL["trim"])
+            db.execute(_SQL["insert"], (key, encode(doc), expires_at))
+
+        await self._run(run, write=True)
+
+    async def get(self, key: str) -> dict[str, Any] | None:
+        now = self._clock()
+
+        def run(db: sqlite3.Connection) -> dict[str, Any] | None:
+            row = db.execute(_SQL["get"], (key, now)).fetchone()
+            return None if row is None else decode(row[0])
+
+        return await self._run(run)
+
+    async def delete(self, key: str) -> dict[str, Any] | None:
+        now = self._clock()
+
+        def run(db: sqlite3.Connection) -> dict[str, Any] | None:
+            rows = db.execute(_SQL["delete"], (key,)).fetchall()
+            return decode(rows[0][0]) if rows and rows[0][1] > now else None
+
+        return await self._run(run, write=True)
+
+    async def _run(self, fn: Callable[[sqlite3.Connection], _T], *, write: bool = False) -> _T:
+        try:
+            with anyio.fail_after(self.timeout_s):
+                return await anyio.to_thread.run_sync(self._in_thread, fn, write, abandon_on_cancel=True)
+        except TimeoutError:
+            ms = f"{self.timeout_s * 1000:.0f} ms"
+            raise StateError(
+                f"console session store {self.path}: timed out after {ms}", cause=f"timed out after {ms}"
+            ) from None
+        except (sqlite3.Error, OSError) as e:
+            raise StateError(f"console session store {self.path}: {e}", cause=str(e)) from None
+
+    def _in_thread(self, fn: Callable[[sqlite3.Connection], _T], write: bool) -> _T:
+        db = sqlite3.connect(self.path, timeout=self.timeout_s, isolation_level=None)
+        try:
+            db.execute("PRAGMA journal_mode = WAL")
+            db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+            try:
+                result = fn(db)
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+            return result
+        finally:
+            db.close()

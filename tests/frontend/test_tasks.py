@@ -1,0 +1,355 @@
+"""The tasks extension as mcp-guard serves it (mcp_guard.frontend.tasks): the table, the background run, the methods.
+
+A fake request context stands in for the SDK's; a task's work is a plain coroutine function (the handlers hand it
+the pipeline run). The real pipeline and front are exercised by tests/e2e/test_tasks_e2e.py and the conformance
+suite through the proxy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from types import SimpleNamespace
+from typing import Any
+
+import anyio
+import mcp_types as types
+import pytest
+from mcp.shared.exceptions import MCPError
+
+from mcp_guard.channel import ClientMethod
+from mcp_guard.frontend.tasks import (
+    TASKS_EXTENSION,
+    TaskChannel,
+    TaskEnd,
+    TaskParams,
+    Tasks,
+    TaskStatus,
+    TaskSupport,
+    TaskTable,
+    negotiated,
+    task_support,
+)
+
+pytestmark = pytest.mark.anyio
+
+MODERN = "2026-07-28"
+WITH_TASKS: dict[str, Any] = {"io.modelcontextprotocol/clientCapabilities": {"extensions": {TASKS_EXTENSION: {}}}}
+
+
+def _ctx(meta: dict[str, Any] | None = None, *, version: str = MODERN, caps: Any = None, headers: Any = None) -> Any:
+    request = SimpleNamespace(headers=headers) if headers is not None else None
+    return SimpleNamespace(
+        protocol_version=version,
+        meta=WITH_TASKS if meta is None else meta,
+        session=SimpleNamespace(client_capabilities=caps),
+        request=request,
+    )
+
+
+def _p(task_id: str) -> TaskParams:
+    return TaskParams.model_validate({"taskId": task_id})
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@asynccontextmanager
+async def _tasks(table: TaskTable | None = None) -> AsyncIterator[Tasks]:
+    tasks = Tasks(table)
+    async with anyio.create_task_group() as tg:
+        tasks.attach(tg)
+        yield tasks
+        tg.cancel_scope.cancel()
+
+
+async def _until_finished(tasks: Tasks, task_id: str, owner: str = "alice") -> dict[str, Any]:
+    with anyio.fail_after(10):
+        while True:
+            got = tasks.get(_ctx(), owner, _p(task_id))
+            if got["status"] in ("completed", "failed", "cancelled"):
+                return got
+            await anyio.sleep(0.005)
+
+
+async def _until(condition: Callable[[], bool]) -> None:
+    with anyio.fail_after(10):
+        while True:
+            if condition():
+                return
+            await anyio.sleep(0.005)
+
+
+def _pending(tasks: Tasks, task_id: str = "t1") -> dict[str, Any]:
+    got: dict[str, Any] = tasks.get(_ctx(), "alice", _p(task_id)).get("inputRequests", {})
+    return got
+
+
+# ---------------------------------------------------------------------------------------------------- the table
+
+
+def test_a_task_is_found_only_by_its_owner() -> None:
+    table = TaskTable()
+    task = table.create("t1", "alice")
+    assert task is not None
+    assert table.find("t1", "alice") is task
+    assert table.find("t1", "bob") is None  # the same answer as an unknown id
+    assert table.find("nope", "alice") is None
+
+
+def test_a_principal_has_room_for_a_bounded_number_of_tasks() -> None:
+    table = TaskTable(max_per_principal=2)
+    first, second = table.create("a", "alice"), table.create("b", "alice")
+    assert first is not None and second is not None
+    assert table.create("c", "alice") is None, "both running: no room"
+    assert table.create("x", "bob") is not None, "the bound is per principal"
+    table.finish(first, TaskStatus.COMPLETED, result={"content": []})
+    assert table.create("c", "alice") is not None, "a finished task makes room"
+    assert table.find("a", "alice") is None, "the oldest finished one was evicted"
+    assert table.count("alice") == 2
+
+
+def test_a_finished_task_is_forgotten_after_its_ttl() -> None:
+    clock = Clock()
+    table = TaskTable(ttl_s=60, clock=clock)
+    task = table.create("t", "alice")
+    assert task is not None
+    clock.now += 3600
+    assert table.find("t", "alice") is task, "a running task does not expire"
+    table.finish(task, TaskStatus.COMPLETED, result={"content": []})
+    clock.now += 59
+    assert table.find("t", "alice") is task
+    clock.now += 2
+    assert table.find("t", "alice") is None
+
+
+def test_a_task_settles_once() -> None:
+    table = TaskTable()
+    task = table.create("t", "alice")
+    assert task is not None
+    table.finish(task, TaskStatus.CANCELLED)
+    table.finish(task, TaskStatus.COMPLETED, result={"content": []})
+    assert task.status is TaskStatus.CANCELLED and task.result is None
+
+
+def test_the_wire_shapes() -> None:
+    table = TaskTable()
+    task = table.create("t", "alice")
+    assert task is not None
+    env = task.envelope()
+    assert env["taskId"] == "t" and env["status"] == "working"
+    assert isinstance(env["ttlMs"], int) and isinstance(env["pollIntervalMs"], int)
+    assert env["createdAt"].endswith("Z") and "result" not in task.detailed()
+    table.finish(task, TaskStatus.FAILED, error={"code": -32603, "message": "boom"})
+    assert task.detailed()["error"] == {"code": -32603, "message": "boom"} and "result" not in task.detailed()
+
+
+# ---------------------------------------------------------------------------------------------------- negotiation
+
+
+def test_negotiation_is_per_request_on_the_2026_era() -> None:
+    assert negotiated(_ctx())
+    assert not negotiated(_ctx({}))
+    caps = types.ClientCapabilities(extensions={TASKS_EXTENSION: {}})
+    assert negotiated(_ctx({}, caps=caps)), "the connection's capabilities count too"
+    assert not negotiated(_ctx(version="2025-11-25")), "handshake-era clients are not offered tasks"
+
+
+def test_task_support_reads_the_tool_definition() -> None:
+    def tool(support: str | None) -> types.Tool:
+        execution = types.ToolExecution(task_support=support) if support else None  # type: ignore[arg-type]
+        return types.Tool(name="t", input_schema={"type": "object"}, execution=execution)
+
+    assert task_support(tool(None)) is TaskSupport.FORBIDDEN
+    assert task_support(tool("optional")) is TaskSupport.OPTIONAL
+    assert task_support(tool("required")) is TaskSupport.REQUIRED
+
+
+# ---------------------------------------------------------------------------------------------------- running
+
+
+async def test_an_admitted_call_is_answered_with_its_task_and_completes_later() -> None:
+    release = anyio.Event()
+
+    async def work(_channel: TaskChannel) -> TaskEnd:
+        admitted.set()
+        await release.wait()
+        return TaskEnd(result={"content": [{"type": "text", "text": "done"}]})
+
+    async with _tasks() as tasks:
+        admitted = anyio.Event()
+        with anyio.fail_after(10):
+            task = await tasks.start("t1", "alice", admitted, work)
+        assert not isinstance(task, TaskEnd)
+        assert tasks.get(_ctx(), "alice", _p("t1"))["status"] == "working"
+        release.set()
+        done = await _until_finished(tasks, "t1")
+        assert done["status"] == "completed" and done["result"]["content"][0]["text"] == "done"
+
+
+async def test_a_call_refused_before_admission_is_answered_at_once_and_leaves_no_task() -> None:
+    async def work(_channel: TaskChannel) -> TaskEnd:
+        return TaskEnd(result={"content": [{"type": "text", "text": "Denied"}], "isError": True})
+
+    async with _tasks() as tasks:
+        with anyio.fail_after(10):
+            end = await tasks.start("t1", "alice", anyio.Event(), work)
+        assert isinstance(end, TaskEnd) and end.result is not None and end.result["isError"] is True
+        with pytest.raises(MCPError) as e:
+            tasks.get(_ctx(), "alice", _p("t1"))
+        assert e.value.error.code == types.INVALID_PARAMS
+
+
+async def test_a_protocol_error_fails_the_task_and_a_tool_error_completes_it() -> None:
+    async def protocol_error(_channel: TaskChannel) -> TaskEnd:
+        admitted.set()
+        return TaskEnd(error=types.ErrorData(code=types.INTERNAL_ERROR, message="upstream broke"))
+
+    async with _tasks() as tasks:
+        admitted = anyio.Event()
+        await tasks.start("t1", "alice", admitted, protocol_error)
+        failed = await _until_finished(tasks, "t1")
+        assert failed["status"] == "failed" and failed["error"]["message"] == "upstream broke"
+        assert "result" not in failed
+
+
+async def test_cancel_cancels_the_call_and_is_an_empty_ack() -> None:
+    cancelled = anyio.Event()
+
+    async def work(_channel: TaskChannel) -> TaskEnd:
+        admitted.set()
+        try:
+            await anyio.sleep_forever()
+        finally:
+            cancelled.set()
+        raise AssertionError("unreachable")
+
+    async with _tasks() as tasks:
+        admitted = anyio.Event()
+        await tasks.start("t1", "alice", admitted, work)
+        assert tasks.cancel(_ctx(), "alice", _p("t1")) == {}
+        with anyio.fail_after(10):
+            await cancelled.wait()
+        assert tasks.get(_ctx(), "alice", _p("t1"))["status"] == "cancelled"
+        assert tasks.cancel(_ctx(), "alice", _p("t1")) == {}, "cancelling a finished task is the same ack"
+
+
+async def test_another_principal_gets_the_unknown_task_answer() -> None:
+    async def work(_channel: TaskChannel) -> TaskEnd:
+        admitted.set()
+        return TaskEnd(result={"content": []})
+
+    async with _tasks() as tasks:
+        admitted = anyio.Event()
+        await tasks.start("t1", "alice", admitted, work)
+        for method in (tasks.get, tasks.cancel, tasks.update):
+            with pytest.raises(MCPError) as theirs:
+                method(_ctx(), "bob", _p("t1"))
+            with pytest.raises(MCPError) as unknown:
+                method(_ctx(), "bob", _p("no-such-task"))
+            assert theirs.value.error.code == unknown.value.error.code == types.INVALID_PARAMS
+        assert (await _until_finished(tasks, "t1"))["status"] == "completed", "bob's cancel did not touch it"
+
+
+async def test_the_methods_need_the_extension_and_a_matching_name_header() -> None:
+    async with _tasks() as tasks:
+        with pytest.raises(MCPError) as e:
+            tasks.get(_ctx({}), "alice", _p("t1"))
+        assert e.value.error.code == types.MISSING_REQUIRED_CLIENT_CAPABILITY
+        assert e.value.error.data == {"requiredCapabilities": {"extensions": {TASKS_EXTENSION: {}}}}
+        with pytest.raises(MCPError) as e:
+            tasks.get(_ctx(headers={"mcp-name": "other"}), "alice", _p("t1"))
+        assert e.value.error.code == types.HEADER_MISMATCH
+        with pytest.raises(MCPError) as e:
+            tasks.get(_ctx(headers={"mcp-name": " t1 "}), "alice", _p("t1"))
+        assert e.value.error.code == types.INVALID_PARAMS, "a matching header (whitespace aside) passes to the lookup"
+
+
+async def test_a_principal_with_all_its_tasks_running_is_refused() -> None:
+    async def work(_channel: TaskChannel) -> TaskEnd:
+        admitted.set()
+        await anyio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    async with _tasks(TaskTable(max_per_principal=1)) as tasks:
+        admitted = anyio.Event()
+        await tasks.start("t1", "alice", admitted, work)
+        with pytest.raises(MCPError) as e:
+            await tasks.start("t2", "alice", anyio.Event(), work)
+        assert "too many running tasks" in e.value.error.message
+
+
+async def test_a_question_of_the_call_waits_on_the_task_until_tasks_update_answers_it() -> None:
+    caps = types.ClientCapabilities(elicitation=types.ElicitationCapability())
+    answers: list[Any] = []
+
+    async def work(channel: TaskChannel) -> TaskEnd:
+        admitted.set()
+        async with anyio.create_task_group() as tg:  # an upstream asking two things at once
+
+            async def ask(text: str) -> None:
+                answers.append(await channel.request(ClientMethod.ELICITATION, {"message": text}))
+
+            tg.start_soon(ask, "name?")
+            tg.start_soon(ask, "sure?")
+        return TaskEnd(result={"content": [{"type": "text", "text": "asked"}]})
+
+    async with _tasks() as tasks:
+        admitted = anyio.Event()
+        await tasks.start("t1", "alice", admitted, work, caps)
+        await _until(lambda: len(_pending(tasks)) == 2)
+        got = _pending(tasks)
+        assert tasks.get(_ctx(), "alice", _p("t1"))["status"] == "input_required"
+        first, second = sorted(got)
+        assert {str(q["params"]["message"]) for q in got.values()} == {"name?", "sure?"}
+        assert {q["method"] for q in got.values()} == {"elicitation/create"}
+        update = TaskParams.model_validate(
+            {"taskId": "t1", "inputResponses": {first: {"action": "accept"}, "unknown-key": {"x": 1}}}
+        )
+        assert tasks.update(_ctx(), "alice", update) == {}
+        await _until(lambda: first not in _pending(tasks))
+        assert list(_pending(tasks)) == [second], "only the unanswered question is still pending"
+        with pytest.raises(MCPError):
+            tasks.update(_ctx(), "bob", TaskParams.model_validate({"taskId": "t1", "inputResponses": {second: {}}}))
+        tasks.update(_ctx(), "alice", TaskParams.model_validate({"taskId": "t1", "inputResponses": {second: {}}}))
+        assert (await _until_finished(tasks, "t1"))["status"] == "completed"
+        assert sorted(a.get("action", "-") for a in answers) == ["-", "accept"]
+
+
+async def test_a_question_the_tasks_client_cannot_answer_is_refused_at_once() -> None:
+    async def work(channel: TaskChannel) -> TaskEnd:
+        admitted.set()
+        answer = await channel.request(ClientMethod.SAMPLING, {"messages": [], "maxTokens": 5})
+        assert isinstance(answer, types.ErrorData)
+        return TaskEnd(result={"content": [{"type": "text", "text": str(answer.code)}]})
+
+    async with _tasks() as tasks:
+        admitted = anyio.Event()
+        await tasks.start("t1", "alice", admitted, work, types.ClientCapabilities())
+        done = await _until_finished(tasks, "t1")
+        assert done["result"]["content"][0]["text"] == str(types.MISSING_REQUIRED_CLIENT_CAPABILITY)
+
+
+async def test_a_pending_question_is_released_when_the_task_is_cancelled() -> None:
+    answers: list[Any] = []
+
+    async def work(channel: TaskChannel) -> TaskEnd:
+        admitted.set()
+        with anyio.CancelScope(shield=True):  # as an upstream's callback runs: outside the call's scope
+            answers.append(await channel.request(ClientMethod.ROOTS, {}))
+        return TaskEnd(result={"content": []})
+
+    caps = types.ClientCapabilities(roots=types.RootsCapability())
+    async with _tasks() as tasks:
+        admitted = anyio.Event()
+        await tasks.start("t1", "alice", admitted, work, caps)
+        await _until(lambda: tasks.get(_ctx(), "alice", _p("t1"))["status"] == "input_required")
+        tasks.cancel(_ctx(), "alice", _p("t1"))
+        await _until(lambda: bool(answers))
+        assert isinstance(answers[0], types.ErrorData) and "ended" in answers[0].message
+        assert tasks.get(_ctx(), "alice", _p("t1"))["status"] == "cancelled"
