@@ -69,7 +69,9 @@ def proxy(tmp_path: Path) -> Iterator[tuple[str, Path]]:
             for who, key in KEYS.items()
         ),
         f"[upstreams.conf]\ncommand = {json.dumps(sys.executable)}\n"
-        f'args = [{json.dumps(str(FIXTURE))}, "--transport", "stdio"]\nnamespace = false\n',
+        f'args = [{json.dumps(str(FIXTURE))}, "--transport", "stdio"]\nnamespace = false\n'
+        # A tool's task support (execution.taskSupport) is a handshake-era field: a 2026-07-28 Tool has none.
+        'protocol = "2025-11-25"\n',
     ]
     cfg = tmp_path / "mcp-guard.toml"
     cfg.write_text("\n".join(lines))
