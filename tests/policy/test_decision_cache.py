@@ -8,14 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from decision_corpus import generated_inputs
 
 from mcp_guard.policy.bundle import load_bundle
 from mcp_guard.policy.cache import CachedEngine
 from mcp_guard.policy.embedded import EmbeddedEngine
 from mcp_guard.settings import DecisionCacheSettings
 from mcp_guard.types import Decision, ReasonCode
-
-from decision_corpus import generated_inputs
 
 pytestmark = pytest.mark.anyio
 
@@ -133,7 +132,9 @@ def test_a_hit_gets_its_own_decision_id_and_obligations(tmp_path: Path) -> None:
 def test_absent_and_null_fields_are_different_keys(tmp_path: Path) -> None:
     engine = _engine(tmp_path, 'decision := {"allow": true, "reasons": [sprintf("%v", [object.get(input, "x", 0)])]}')
     assert not engine.reads.cacheable  # object.get(input, …) passes the whole input
-    engine = _engine(tmp_path, 'decision := {"allow": true, "reasons": ["null"]} if input.x == null\nelse := {"allow": false}')
+    engine = _engine(
+        tmp_path, 'decision := {"allow": true, "reasons": ["null"]} if input.x == null\nelse := {"allow": false}'
+    )
     assert engine.evaluate_sync({"x": None}).allow
     assert not engine.evaluate_sync({}).allow
 

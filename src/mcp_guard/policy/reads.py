@@ -36,7 +36,7 @@ from mcp_guard.errors import PolicyError
 from mcp_guard.policy.builtins import builtin_table
 from mcp_guard.policy.bundle import Bundle
 from mcp_guard.policy.embedded import regorus_message
-from mcp_guard.policy.lint import _Checker, _dotted, _module, _Module, _ref_chain, _tag
+from mcp_guard.policy.lint import _Checker, _dotted, _Module, _module, _ref_chain, _tag
 
 __all__ = ["NONDETERMINISTIC", "InputReads", "input_reads", "input_reads_of_modules"]
 
