@@ -49,6 +49,14 @@ def register(sub: Any) -> None:
     run.add_argument("--port", type=int, help="override [server] port (HTTP; 0 picks a free port)")
     run.add_argument("--principal", help="identity of a stdio client (overrides [server] principal)")
     run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    run.add_argument(
+        "--workers",
+        type=_worker_count,
+        default=1,
+        help="HTTP: serve the port with N worker processes (default 1; see README, Performance)",
+    )
+    run.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)  # set by the supervisor (workers.py)
+    run.add_argument("--worker-fd", type=int, help=argparse.SUPPRESS)  # the inherited listening socket
     run.set_defaults(func=_run)
 
     check = sub.add_parser("check", help="validate config and policies, start upstreams, list their tools")
@@ -80,10 +88,24 @@ def register(sub: Any) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- run
+def _worker_count(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if not 1 <= n <= 64:
+        raise argparse.ArgumentTypeError(f"{text!r}: a number of worker processes from 1 to 64")
+    return n
+
+
 def _run(args: argparse.Namespace) -> int:
     settings = load_config(args)
     configure_logging(args.log_level)
     transport = args.transport or settings.server.transport
+    if args.worker_fd is not None:
+        return _run_worker(settings, args)
+    if args.workers > 1:
+        return _supervise(settings, args, transport)
     # The port is taken before anything else starts: in use, it is a one-line error and nothing is created.
     sock = _listen(settings, args) if transport == "http" else None
     try:
@@ -93,6 +115,35 @@ def _run(args: argparse.Namespace) -> int:
     finally:
         if sock is not None:
             sock.close()
+    return 0
+
+
+def _supervise(settings: Settings, args: argparse.Namespace, transport: str) -> int:
+    """``--workers N``: bind the port here, then run N copies of this command line on it (mcp_guard.workers)."""
+    from mcp_guard.workers import supervise
+
+    if transport != "http":
+        raise ConfigError(
+            "several workers need the HTTP transport (a stdio client talks to one process)", key="--workers"
+        )
+    sock = _listen(settings, args)
+    base = [sys.executable, "-m", "mcp_guard", *sys.argv[1:]]
+    try:
+        with _pid_file(settings):  # held by the supervisor: `mcp-guard reload` signals it, it tells the workers
+            return supervise(
+                sock, lambda i, fd: [*base, "--worker-index", str(i), "--worker-fd", str(fd)], args.workers
+            )
+    finally:
+        sock.close()
+
+
+def _run_worker(settings: Settings, args: argparse.Namespace) -> int:
+    """One worker of ``--workers N``: the HTTP front on the inherited listening socket, no pid file of its own."""
+    sock = socket.socket(fileno=args.worker_fd)
+    try:
+        anyio.run(_serve, settings, "http", args, sock, backend_options={"use_uvloop": _has_uvloop()})
+    finally:
+        sock.close()
     return 0
 
 
@@ -151,7 +202,7 @@ async def _serve(settings: Settings, transport: str, args: argparse.Namespace, s
                 log.warning("upstream.unavailable_at_start", upstream=name, problem=problem)
             _tune_gc()
             if transport == "http":
-                await guard.serve_http(args.host, args.port, sock=sock)
+                await guard.serve_http(args.host, args.port, sock=sock, worker=getattr(args, "worker_index", None))
             else:
                 await guard.serve_stdio()
             tg.cancel_scope.cancel()
