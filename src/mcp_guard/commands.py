@@ -127,7 +127,7 @@ def _supervise(settings: Settings, args: argparse.Namespace, transport: str) -> 
             "several workers need the HTTP transport (a stdio client talks to one process)", key="--workers"
         )
     sock = _listen(settings, args)
-    base = [sys.executable, "-m", "mcp_guard", *sys.argv[1:]]
+    base = _worker_argv(args)
     try:
         with _pid_file(settings):  # held by the supervisor: `mcp-guard reload` signals it, it tells the workers
             return supervise(
@@ -135,6 +135,19 @@ def _supervise(settings: Settings, args: argparse.Namespace, transport: str) -> 
             )
     finally:
         sock.close()
+
+
+def _worker_argv(args: argparse.Namespace) -> list[str]:
+    """This ``run`` command line for a worker (the address is not needed: the worker gets the socket)."""
+    argv = [sys.executable, "-m", "mcp_guard", "run", "--transport", "http", "--log-level", args.log_level]
+    config = getattr(args, "config", None)  # else the worker finds it as this process did ($MCP_GUARD_CONFIG, …)
+    if config is not None:
+        argv += ["--config", str(config)]
+    if args.principal is not None:
+        argv += ["--principal", args.principal]
+    if args.host is not None:  # what the worker reports and checks Host headers against
+        argv += ["--host", args.host]
+    return argv
 
 
 def _run_worker(settings: Settings, args: argparse.Namespace) -> int:
