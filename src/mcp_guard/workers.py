@@ -2,12 +2,14 @@
 
 The proxy is one Python thread, CPU-bound under load, so more calls per second need more processes. The
 supervisor (this module, in the process the operator started) binds the port itself — a port in use is
-still the one-line start-up error — and starts N copies of the same ``mcp-guard run`` command line, each
-handed the listening socket (``--worker-fd``, inherited) and its number (``--worker-index``). The kernel
-gives each new connection to one worker; a worker is a complete proxy: its own upstream processes, policy
-engine, state connection and audit writer on the shared files (SQLite serialises the appends of several
-processes on one chain with ``BEGIN IMMEDIATE``; PostgreSQL with its chain lock), so nothing about the
-audit or rate-limit guarantees changes.
+still the one-line start-up error — N times with SO_REUSEPORT, and starts N copies of the ``mcp-guard run``
+command line, each handed one of the listening sockets (``--worker-fd``, inherited) and its number
+(``--worker-index``). The kernel hashes each new connection to one socket, so to one worker (evenly; one
+shared socket measured ~2:1 between two workers); the supervisor keeps every socket open, so connections
+for a worker being restarted wait in its backlog until it is back. A worker is a complete proxy: its own
+upstream processes, policy engine, state connection and audit writer on the shared files (SQLite
+serialises the appends of several processes on one chain with ``BEGIN IMMEDIATE``; PostgreSQL with its
+chain lock), so nothing about the audit or rate-limit guarantees changes.
 
 What the supervisor does, and nothing else:
 
@@ -65,16 +67,16 @@ def _child_setup() -> None:
 
 
 class _Supervisor:
-    def __init__(self, sock: socket.socket, argv_for: Callable[[int, int], Sequence[str]], n: int) -> None:
-        self._fd = sock.fileno()
+    def __init__(self, socks: Sequence[socket.socket], argv_for: Callable[[int, int], Sequence[str]]) -> None:
+        self._fds = [s.fileno() for s in socks]
         self._argv_for = argv_for
-        self._workers = [_Worker(i) for i in range(n)]
+        self._workers = [_Worker(i) for i in range(len(socks))]
         self._stopping = False
         self._exit = 0
 
     def _start(self, w: _Worker) -> None:
-        argv = list(self._argv_for(w.index, self._fd))
-        w.proc = subprocess.Popen(argv, pass_fds=(self._fd,), preexec_fn=_child_setup)
+        fd = self._fds[w.index]
+        w.proc = subprocess.Popen(list(self._argv_for(w.index, fd)), pass_fds=(fd,), preexec_fn=_child_setup)
         w.started, w.due = time.monotonic(), None
         log.info("workers.started", worker=w.index, pid=w.proc.pid)
 
@@ -145,13 +147,15 @@ class _Supervisor:
             self._signal_all(signal.SIGHUP)
 
 
-def supervise(sock: socket.socket, argv_for: Callable[[int, int], Sequence[str]], n: int) -> int:
-    """Run ``n`` workers on ``sock`` until SIGTERM/SIGINT (or a worker's start-up error); the exit code.
+def supervise(socks: Sequence[socket.socket], argv_for: Callable[[int, int], Sequence[str]]) -> int:
+    """Run one worker per listening socket in ``socks`` until SIGTERM/SIGINT (or a worker's start-up error);
+    the exit code.
 
-    ``argv_for(index, fd)`` is a worker's command line. The signals are blocked in this process and waited
-    for synchronously (``sigtimedwait``): no handler runs between a fork and its bookkeeping."""
+    ``argv_for(index, fd)`` is a worker's command line (``fd``: its socket, inherited). The signals are blocked
+    in this process and waited for synchronously (``sigtimedwait``): no handler runs between a fork and its
+    bookkeeping."""
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
     try:
-        return _Supervisor(sock, argv_for, n).run()
+        return _Supervisor(socks, argv_for).run()
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)

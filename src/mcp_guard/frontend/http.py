@@ -97,7 +97,12 @@ def _routes(front: HttpFront) -> list[Any] | None:
 
 
 def bind_socket(
-    host: str, port: int, *, source: str | None = None, keys: tuple[str, str] = ("server.host", "server.port")
+    host: str,
+    port: int,
+    *,
+    source: str | None = None,
+    keys: tuple[str, str] = ("server.host", "server.port"),
+    reuse_port: bool = False,
 ) -> socket.socket:
     """A listening TCP socket on ``host:port`` (0 picks a free port).
 
@@ -114,6 +119,8 @@ def bind_socket(
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:  # `run --workers N`: one socket per worker on one port, the kernel spreads connections
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         sock.bind(addr)
