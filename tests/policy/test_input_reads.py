@@ -80,6 +80,10 @@ p := input.p
         ('decision := {"allow": object.get(input, "a", 0) == 1}', "whole input"),
         ('decision := {"allow": true} if {\n    a with input.x as 1\n}\na if input.x == 1', "with input"),
         ('decision := {"allow": h}\nh if { t := time.now_ns(); t > 0 }', "time.now_ns"),
+        (
+            'decision := {"allow": true} if {\n    a with f as g\n}\na if f(1)\nf(x) := x\ng(x) := input.secret',
+            "replaces a function",
+        ),
     ],
 )
 def test_what_cannot_be_keyed_is_not_cached(tmp_path: Path, rego: str, why: str) -> None:

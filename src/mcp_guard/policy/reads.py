@@ -18,7 +18,8 @@ for the rule dependency graph:
 A decision is *not* a function of the input and data alone — so it is never cached — when a reachable
 rule calls a builtin whose value changes between evaluations (:data:`NONDETERMINISTIC`: ``time.now_ns``,
 randomness, ``http.send``, DNS, ``opa.runtime``, time-dependent verification), replaces part of the input
-with ``with input… as``, or reads the whole input (which carries the call's time, so no two calls would
+with ``with input… as`` or a function with ``with f as g`` (the check's graph has no edge to ``g``), or
+reads the whole input (which carries the call's time, so no two calls would
 share a key anyway). Anything the walk does not understand falls into one of these: it can only make the
 read set larger or switch the cache off, never smaller.
 """
@@ -124,8 +125,12 @@ class _Walk:
     def _with(self, mods: Iterable[Any], where: str) -> None:
         for mod in mods:
             rtag, rbody = _tag(_ref_chain(mod["refr"])[0])
-            if rtag == "Var" and rbody.get("value") == "input":
+            root = rbody.get("value") if rtag == "Var" else None
+            if root == "input":
                 self.problems.append(f"{where} replaces input with `with input… as`")
+            elif root != "data":
+                # `with f as g`: the dependency graph has no edge to g, so what g reads would be missed
+                self.problems.append(f"{where} replaces a function with `with … as`")
             self.node(mod.get("as"), where)
 
 
