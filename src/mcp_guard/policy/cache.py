@@ -9,6 +9,8 @@ belt and braces:
 
 * the key is the bundle revision plus the exact JSON (what the engine itself is given) of every read
   field, present or absent — never a hash; an input whose key is over ``max_key_bytes`` is not kept;
+* on a miss the engine is asked about the document cut down to the read fields (:func:`project`): by
+  the same argument the decision is the same, and regorus does not parse what no rule reads;
 * a bundle whose decision is not a function of input and data (``time.now_ns``, ``http.send``,
   randomness, ``with input as``, a read of the whole input) is never cached, and says why in the log;
 * only decisions the policy made are kept: fail-closed denies (``engine_error``, ``timeout``,
@@ -25,7 +27,7 @@ from __future__ import annotations
 import json
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -38,7 +40,7 @@ from mcp_guard.policy.reads import InputReads, input_reads
 from mcp_guard.settings import DecisionCacheSettings
 from mcp_guard.types import Decision, PolicyInput, new_id
 
-__all__ = ["CacheStats", "CachedEngine", "decision_key"]
+__all__ = ["CacheStats", "CachedEngine", "decision_key", "project"]
 
 log = structlog.get_logger(__name__)
 
@@ -68,20 +70,38 @@ def _at(document: Mapping[str, Any], path: tuple[str, ...]) -> object:
     return value
 
 
-def decision_key(document: Mapping[str, Any], reads: InputReads, *, max_bytes: int) -> str | None:
-    """The exact key of ``document`` for a bundle reading ``reads``, or None when it cannot be keyed.
+def decision_key(values: Sequence[object], *, max_bytes: int) -> str | None:
+    """The exact key of the read fields' ``values`` (:func:`_at` of each read path), or None when it cannot be
+    keyed.
 
     One entry per read path: ``[]`` when absent, ``[value]`` when present, so an absent field and a
     ``null`` one differ. The JSON is what the engine would see (keys sorted), so equal keys mean inputs
     the decision rule cannot tell apart."""
-    if not reads.cacheable:
-        return None
-    parts = [[] if (v := _at(document, p)) is _MISSING else [v] for p in reads.paths]
+    parts = [[] if v is _MISSING else [v] for v in values]
     try:
         key = json.dumps(parts, sort_keys=True, separators=(",", ":"), allow_nan=False, ensure_ascii=False)
     except (TypeError, ValueError):
         return None  # the engine refuses it too (engine_error); nothing to remember
     return key if len(key) <= max_bytes else None
+
+
+def project(paths: Sequence[tuple[str, ...]], values: Sequence[object]) -> dict[str, Any]:
+    """The input document cut down to the read fields: what the engine is asked on a miss.
+
+    The decision rule observes the input only through these paths (that is what :func:`input_reads`
+    establishes), and the projection has the same value — or the same absence — at each of them, so it
+    gets the same decision as the whole document; regorus is spared parsing what no rule reads (a flow's
+    history, the usage counters, the session). The paths are minimal (none inside another), so no value
+    is overwritten by another path's intermediate object."""
+    out: dict[str, Any] = {}
+    for path, value in zip(paths, values, strict=True):
+        if value is _MISSING:
+            continue
+        node = out
+        for seg in path[:-1]:
+            node = node.setdefault(seg, {})
+        node[path[-1]] = value
+    return out
 
 
 class CachedEngine:
@@ -179,10 +199,14 @@ class CachedEngine:
         if self._inner.bundle is not self._analysed:
             self._analyse()  # reloaded behind our back: never key on the old bundle's read set
         revision = self._inner.revision
-        key = decision_key(document, self._reads, max_bytes=self._max_key)
-        if key is None:
+        if not self._reads.cacheable:
             self.stats.uncacheable += 1
             return self._inner.evaluate_sync(document)
+        values = [_at(document, p) for p in self._reads.paths]
+        key = decision_key(values, max_bytes=self._max_key)
+        if key is None:
+            self.stats.uncacheable += 1
+            return self._inner.evaluate_sync(project(self._reads.paths, values))
         now = self._clock()
         entry = self._entries.get(key)
         if entry is not None and entry.expires > now and entry.decision.revision == revision:
@@ -190,7 +214,7 @@ class CachedEngine:
             self.stats.hits += 1
             return self._fresh(entry)
         self.stats.misses += 1
-        decision = self._inner.evaluate_sync(document)
+        decision = self._inner.evaluate_sync(project(self._reads.paths, values))
         if decision.code is None and decision.revision == revision:
             self._remember(key, decision, now)
         return decision
