@@ -11,7 +11,7 @@ import pytest
 from decision_corpus import generated_inputs
 
 from mcp_guard.policy.bundle import load_bundle
-from mcp_guard.policy.cache import CachedEngine
+from mcp_guard.policy.cache import CachedEngine, _at, decision_key, project
 from mcp_guard.policy.embedded import EmbeddedEngine
 from mcp_guard.settings import DecisionCacheSettings
 from mcp_guard.types import Decision, ReasonCode
@@ -183,3 +183,11 @@ async def test_async_evaluate_goes_through_the_cache(tmp_path: Path) -> None:
     assert (await engine.evaluate_document({"x": 1})).allow
     assert (await engine.evaluate_document({"x": 1})).allow
     assert engine.stats.hits == 1
+
+
+def test_the_projection_keeps_each_read_field_or_its_absence() -> None:
+    paths = (("a",), ("c", "flow", "labels"), ("c", "urls"))
+    doc = {"a": None, "b": 1, "c": {"flow": "tainted", "urls": {"u": {}}, "time": "t"}}
+    values = [_at(doc, p) for p in paths]
+    assert project(paths, values) == {"a": None, "c": {"urls": {"u": {}}}}
+    assert decision_key(values, max_bytes=1000) == '[[null],[],[{"u":{}}]]'
