@@ -23,6 +23,7 @@ Switches (comma-separated):
                      heap frozen out of them (gc.freeze())
 * ``thread-state``   the state store as before issue #19: every operation in its worker thread, no flow cache
 * ``thread-audit``   the audit writer as before issue #19: every batch through aiosqlite's worker thread
+* ``no-decision-cache`` every decision asked of the engine (the decision cache, policy/cache.py, passes through)
 * ``audit-fast-path`` with inline-audit: a record() that finds the writer idle and the queue empty
                      commits its own row in the caller's task (no writer wake-up, no future)
 """
@@ -48,6 +49,7 @@ SWITCHES = (
     "gc-tune",
     "thread-state",
     "thread-audit",
+    "no-decision-cache",
 )
 
 
@@ -188,6 +190,10 @@ def apply(switches: set[str]) -> None:
         from mcp_guard.audit import sqlite as sqlite_backend_mod
 
         setattr(sqlite_backend_mod.SqliteBackend, "append_now", lambda self, batch: None)  # noqa: B010
+    if "no-decision-cache" in switches:
+        from mcp_guard.policy.cache import CachedEngine
+
+        setattr(CachedEngine, "evaluate_sync", lambda self, doc: self.inner.evaluate_sync(doc))  # noqa: B010
     if "gc-tune" in switches:
         import gc
 

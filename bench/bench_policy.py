@@ -173,7 +173,13 @@ async def measure(
 async def bench_engine(
     engine_name: str, workloads: dict[str, list[dict[str, Any]]], n: int, warmup: int, opa_url: str | None
 ) -> list[dict[str, Any]]:
-    policy: dict[str, Any] = {"engine": engine_name, "bundle": str(BUNDLE), "hot_reload": False}
+    # the engine alone: the decision cache (bench_decision_cache.py) would answer the cycled inputs from memory
+    policy: dict[str, Any] = {
+        "engine": engine_name,
+        "bundle": str(BUNDLE),
+        "hot_reload": False,
+        "decision_cache": {"enabled": False},
+    }
     if engine_name == "opa":
         policy.update(opa_url=opa_url, push_bundle=True, timeout_ms=5000)
     settings = parse_settings({"policy": policy})

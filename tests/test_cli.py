@@ -240,3 +240,20 @@ def test_startup_error_is_one_line_exit_2_and_leaves_nothing(case: str, tmp_path
         assert text in lines[-1], (text, lines[-1])
     assert _tree(cwd) == [], "a failed start created files in the working directory"
     assert _tree(config_dir) == before, "a failed start created files beside the config"
+
+
+# ---------------------------------------------------------------------------------------------- --workers
+def test_workers_need_the_http_transport(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[policy]\nbundle = "{BUNDLE}"\n[audit]\npath = "{tmp_path / "a.db"}"\n')
+    assert main(["run", "-c", str(cfg), "--transport", "stdio", "--workers", "2"]) == 2
+    assert "--workers: several workers need the HTTP transport" in capsys.readouterr().err
+    assert not (tmp_path / "a.db").exists()
+
+
+@pytest.mark.parametrize("value", ["0", "65", "two"])
+def test_workers_is_a_count(value: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run", "-c", str(tmp_path / "c.toml"), "--workers", value])
+    assert exit_info.value.code == 2
+    assert "a number of worker processes from 1 to 64" in capsys.readouterr().err

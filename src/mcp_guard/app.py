@@ -530,12 +530,17 @@ class Guard:
         port: int | None = None,
         ready: Callable[[int], None] | None = None,
         sock: socket.socket | None = None,
+        worker: int | None = None,
     ) -> None:
-        """Serve HTTP until cancelled, on ``sock`` if given (bound before start-up), else on host:port."""
+        """Serve HTTP until cancelled, on ``sock`` if given (bound before start-up), else on host:port.
+        ``worker``: this process is worker ``worker`` of ``run --workers N`` (its session ids name it)."""
+        from dataclasses import replace
+
         from mcp_guard.frontend.http import serve_http
 
+        front = self.http_front()
         await serve_http(
-            self.http_front(),
+            front if worker is None else replace(front, worker=worker),
             host or self.settings.server.host,
             self.settings.server.port if port is None else port,
             ready=ready,

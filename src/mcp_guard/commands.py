@@ -49,6 +49,14 @@ def register(sub: Any) -> None:
     run.add_argument("--port", type=int, help="override [server] port (HTTP; 0 picks a free port)")
     run.add_argument("--principal", help="identity of a stdio client (overrides [server] principal)")
     run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    run.add_argument(
+        "--workers",
+        type=_worker_count,
+        default=1,
+        help="HTTP: serve the port with N worker processes (default 1; see README, Performance)",
+    )
+    run.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)  # set by the supervisor (workers.py)
+    run.add_argument("--worker-fd", type=int, help=argparse.SUPPRESS)  # the inherited listening socket
     run.set_defaults(func=_run)
 
     check = sub.add_parser("check", help="validate config and policies, start upstreams, list their tools")
@@ -80,10 +88,24 @@ def register(sub: Any) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- run
+def _worker_count(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if not 1 <= n <= 64:
+        raise argparse.ArgumentTypeError(f"{text!r}: a number of worker processes from 1 to 64")
+    return n
+
+
 def _run(args: argparse.Namespace) -> int:
     settings = load_config(args)
     configure_logging(args.log_level)
     transport = args.transport or settings.server.transport
+    if args.worker_fd is not None:
+        return _run_worker(settings, args)
+    if args.workers > 1:
+        return _supervise(settings, args, transport)
     # The port is taken before anything else starts: in use, it is a one-line error and nothing is created.
     sock = _listen(settings, args) if transport == "http" else None
     try:
@@ -93,6 +115,69 @@ def _run(args: argparse.Namespace) -> int:
     finally:
         if sock is not None:
             sock.close()
+    return 0
+
+
+def _supervise(settings: Settings, args: argparse.Namespace, transport: str) -> int:
+    """``--workers N``: bind the port here, then run N copies of this command line on it (mcp_guard.workers)."""
+    from mcp_guard.workers import supervise
+
+    if transport != "http":
+        raise ConfigError(
+            "several workers need the HTTP transport (a stdio client talks to one process)", key="--workers"
+        )
+    socks = _listen_reuseport(settings, args, args.workers)
+    base = _worker_argv(args)
+    try:
+        with _pid_file(settings):  # held by the supervisor: `mcp-guard reload` signals it, it tells the workers
+            return supervise(socks, lambda i, fd: [*base, "--worker-index", str(i), "--worker-fd", str(fd)])
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def _listen_reuseport(settings: Settings, args: argparse.Namespace, n: int) -> list[socket.socket]:
+    """``n`` listening sockets on one port (SO_REUSEPORT): the kernel hashes each new connection to one of them,
+    so the workers share the load evenly (one shared socket: whichever worker wakes first takes it, ~2:1
+    measured). The supervisor keeps them all open: connections for a worker being restarted wait for it."""
+    from mcp_guard.frontend.http import bind_socket
+
+    from_file = args.host is None and args.port is None
+    host = args.host or settings.server.host
+    port = settings.server.port if args.port is None else args.port
+    keys = ("server.host", "server.port") if from_file else ("--host", "--port")
+    source = settings.source if from_file else None
+    socks = [bind_socket(host, port, source=source, keys=keys, reuse_port=True)]
+    bound = int(socks[0].getsockname()[1])  # port 0: the one the first socket got
+    try:
+        socks += [bind_socket(host, bound, source=source, keys=keys, reuse_port=True) for _ in range(n - 1)]
+    except ConfigError:
+        for sock in socks:
+            sock.close()
+        raise
+    return socks
+
+
+def _worker_argv(args: argparse.Namespace) -> list[str]:
+    """This ``run`` command line for a worker (the address is not needed: the worker gets the socket)."""
+    argv = [sys.executable, "-m", "mcp_guard", "run", "--transport", "http", "--log-level", args.log_level]
+    config = getattr(args, "config", None)  # else the worker finds it as this process did ($MCP_GUARD_CONFIG, …)
+    if config is not None:
+        argv += ["--config", str(config)]
+    if args.principal is not None:
+        argv += ["--principal", args.principal]
+    if args.host is not None:  # what the worker reports and checks Host headers against
+        argv += ["--host", args.host]
+    return argv
+
+
+def _run_worker(settings: Settings, args: argparse.Namespace) -> int:
+    """One worker of ``--workers N``: the HTTP front on the inherited listening socket, no pid file of its own."""
+    sock = socket.socket(fileno=args.worker_fd)
+    try:
+        anyio.run(_serve, settings, "http", args, sock, backend_options={"use_uvloop": _has_uvloop()})
+    finally:
+        sock.close()
     return 0
 
 
@@ -151,7 +236,7 @@ async def _serve(settings: Settings, transport: str, args: argparse.Namespace, s
                 log.warning("upstream.unavailable_at_start", upstream=name, problem=problem)
             _tune_gc()
             if transport == "http":
-                await guard.serve_http(args.host, args.port, sock=sock)
+                await guard.serve_http(args.host, args.port, sock=sock, worker=getattr(args, "worker_index", None))
             else:
                 await guard.serve_stdio()
             tg.cancel_scope.cancel()

@@ -118,6 +118,15 @@ class SigningSettings(_Strict):
         return v
 
 
+class DecisionCacheSettings(_Strict):
+    # [policy.decision_cache]: remember decisions keyed on the input fields the bundle reads (mcp_guard.policy.cache);
+    # a bundle whose decision depends on more than its input and data (time.now_ns, http.send, …) is never cached.
+    enabled: bool = True
+    size: Annotated[int, Field(ge=1, le=1_000_000)] = 4096  # decisions kept (least recently used go first)
+    ttl_s: Annotated[float, Field(gt=0, le=86_400)] = 300.0  # a decision is asked again after this long
+    max_key_bytes: Annotated[int, Field(ge=256, le=1_048_576)] = 16_384  # larger keys (big arguments) are not kept
+
+
 class PolicySettings(_Strict):
     engine: Literal["embedded", "opa"] = "embedded"
     bundle: str = "policies/rego"
@@ -142,6 +151,7 @@ class PolicySettings(_Strict):
     # Signed bundles: when set, a bundle (and a shadow bundle) without a valid signature is refused at start
     # and at reload (mcp_guard.policy.signing).
     signing: SigningSettings | None = None
+    decision_cache: DecisionCacheSettings = DecisionCacheSettings()
 
     @model_validator(mode="after")
     def _signing_needs_a_loaded_bundle(self) -> PolicySettings:

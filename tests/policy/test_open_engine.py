@@ -10,7 +10,7 @@ import pytest
 
 import mcp_guard.policy as policy
 from mcp_guard.errors import PolicyError
-from mcp_guard.policy import EmbeddedEngine, EngineHealth, PolicyEngine, ReloadEvent, open_engine
+from mcp_guard.policy import CachedEngine, EmbeddedEngine, EngineHealth, PolicyEngine, ReloadEvent, open_engine
 from mcp_guard.settings import Settings, parse_settings
 
 pytestmark = pytest.mark.anyio
@@ -65,7 +65,9 @@ class Recorder:
 
 async def test_embedded_engine_from_settings(tmp_path: Path, bundle: Path) -> None:
     async with open_engine(settings(tmp_path, hot_reload=False)) as engine:
-        assert isinstance(engine, EmbeddedEngine) and isinstance(engine, PolicyEngine)
+        # the embedded engine behind the decision cache (on by default)
+        assert isinstance(engine, CachedEngine) and isinstance(engine.inner, EmbeddedEngine)
+        assert isinstance(engine, PolicyEngine)
         d = await engine.evaluate_document({})
         assert d.reasons == ("v1",) and d.revision == engine.revision
 

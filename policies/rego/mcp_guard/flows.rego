@@ -110,12 +110,10 @@ url_failed(p) if is_string(p.error)
 
 # ---------------------------------------------------------------- the trifecta rule
 
-flow := f if {
-	f := input.context.flow
-	is_object(f)
-}
-
-flow_labels := {l | some l in array_or_empty(object.get(flow, "labels", [])); is_string(l)}
+# The flow is read field by field — its labels and who added each one — never as a whole: its history
+# and id change with every call, and a decision cache keys a decision on everything the bundle reads
+# (mcp_guard.policy.reads). A flow that is not an object, or has no list of labels, holds no labels.
+flow_labels := {l | some l in array_or_empty(input.context.flow.labels); is_string(l)}
 
 flow_deny_after := d if {
 	d := object.get(flow_config, "deny_egress_after", null)
@@ -156,7 +154,7 @@ flow_holds_all(combo) if {
 
 # "'private' (decision <id>: tickets get_ticket)"
 labeled_by_text(label) := sprintf("'%s' (decision %s: %s %s)", [label, o.decision_id, o.server, o.tool]) if {
-	o := flow.labeled_by[label]
+	o := input.context.flow.labeled_by[label]
 	is_string(o.decision_id)
 	is_string(o.server)
 	is_string(o.tool)

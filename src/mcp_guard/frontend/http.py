@@ -33,6 +33,7 @@ from mcp_guard.frontend.auth import BearerAuth, KeyRing, OnReject
 from mcp_guard.frontend.oauth import ResourceServer
 from mcp_guard.frontend.ops import OpsSources, with_ops_routes
 from mcp_guard.frontend.slowloris import HeadLimits, guarded_h11
+from mcp_guard.frontend.worker_sessions import WorkerSessions
 from mcp_guard.settings import ServerSettings
 
 __all__ = ["HttpFront", "bind_socket", "build_http_app", "http_served", "serve_http"]
@@ -61,6 +62,7 @@ class HttpFront:
     more_routes: tuple[
         Any, ...
     ] = ()  # further routes that authenticate themselves (the rest of the admin API, /console)
+    worker: int | None = None  # `run --workers N`: this worker's index, named in its session ids (worker_sessions)
 
 
 def _security(s: ServerSettings) -> TransportSecuritySettings:
@@ -78,7 +80,8 @@ def build_http_app(front: HttpFront) -> Any:
         host=s.host,
         custom_starlette_routes=_routes(front),
     )
-    authed = BearerAuth(app, front.digests, on_reject=front.on_reject, required=s.require_auth, oauth=front.oauth)
+    served: Any = app if front.worker is None else WorkerSessions(app, front.worker)
+    authed = BearerAuth(served, front.digests, on_reject=front.on_reject, required=s.require_auth, oauth=front.oauth)
     return with_ops_routes(authed, front.ops, _security(s).allowed_hosts)
 
 
@@ -94,7 +97,12 @@ def _routes(front: HttpFront) -> list[Any] | None:
 
 
 def bind_socket(
-    host: str, port: int, *, source: str | None = None, keys: tuple[str, str] = ("server.host", "server.port")
+    host: str,
+    port: int,
+    *,
+    source: str | None = None,
+    keys: tuple[str, str] = ("server.host", "server.port"),
+    reuse_port: bool = False,
 ) -> socket.socket:
     """A listening TCP socket on ``host:port`` (0 picks a free port).
 
@@ -111,6 +119,8 @@ def bind_socket(
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:  # `run --workers N`: one socket per worker on one port, the kernel spreads connections
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         sock.bind(addr)

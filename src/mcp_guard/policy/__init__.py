@@ -7,7 +7,8 @@
         decision.revision                                # the bundle revision that decided
         engine.ready, engine.problem                     # EngineHealth, for /readyz
 
-``[policy] engine`` picks :class:`EmbeddedEngine` or :class:`OpaEngine`; ``[policy] bundle`` is the
+``[policy] engine`` picks :class:`EmbeddedEngine` (behind the decision cache, :class:`CachedEngine`, unless
+``[policy.decision_cache] enabled = false``) or :class:`OpaEngine`; ``[policy] bundle`` is the
 bundle directory (``.rego`` files and ``data.json``), ``[policy] data_overlay`` the site's JSON merged
 over its data (:mod:`mcp_guard.policy.overlay`). Start-up refuses, with a one-line
 :class:`~mcp_guard.errors.PolicyError` naming the file (and rule, or test):
@@ -48,6 +49,7 @@ from mcp_guard.policy.base import (
     decision_from_result,
 )
 from mcp_guard.policy.bundle import Bundle, load_bundle, rule_ref
+from mcp_guard.policy.cache import CachedEngine
 from mcp_guard.policy.embedded import EmbeddedEngine
 from mcp_guard.policy.history import PinnedSource
 from mcp_guard.policy.opa import OpaEngine, OpaUnavailable, connect
@@ -59,6 +61,7 @@ from mcp_guard.settings import Settings
 __all__ = [
     "Bundle",
     "BundleWatcher",
+    "CachedEngine",
     "EmbeddedEngine",
     "EngineHealth",
     "EngineUnavailable",
@@ -159,11 +162,15 @@ async def _open_engine(
             embedded = EmbeddedEngine(bundle, decision=p.decision, timeout_ms=p.timeout_ms)
             if gate and bundle.tests:
                 gate_tests(bundle)
+            # [policy.decision_cache]: decisions keyed on the input fields the bundle reads (policy/cache.py)
+            local: EmbeddedEngine | CachedEngine = (
+                CachedEngine(embedded, p.decision_cache) if p.decision_cache.enabled else embedded
+            )
 
             async def apply_embedded(new: Bundle) -> None:
-                embedded.reload(new)
+                local.reload(new)
 
-            engine, revision, apply = embedded, bundle.revision, apply_embedded
+            engine, revision, apply = local, bundle.revision, apply_embedded
         else:
             client = await stack.enter_async_context(connect(p.opa_url))
             pushed = load(root) if p.push_bundle else None

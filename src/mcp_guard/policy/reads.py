@@ -1,0 +1,189 @@
+"""Which parts of the input document a bundle's decision can depend on, derived from the bundle itself.
+
+The decision cache (:mod:`mcp_guard.policy.cache`) keys a decision on exactly these parts, so the set must
+cover everything the decision rule can observe — never a hand-kept list. It is computed on the AST
+regorus parses (the same one :mod:`mcp_guard.policy.lint` checks), with the check's own name resolution
+for the rule dependency graph:
+
+1. the rules the decision rule can reach: the check's dependency graph (rule and function references,
+   ``data`` refs, dynamic ``data.pkg[x]`` — which reaches every rule under the prefix), walked from the
+   decision rule; rules nothing reaches (e.g. an unused helper) read nothing;
+2. in every reachable rule, every ref rooted at ``input``: its constant prefix (``input.a.b`` → ``a.b``;
+   ``input.a[x].c`` with a variable ``x`` → the whole ``a``). The value at that path is what the rule
+   reads, *whole* — whatever is done with it next (bound to a variable, passed to a function, walked,
+   iterated with ``some … in``) only sees that subtree, so no alias analysis is needed;
+3. a bare ``input`` (``f(input)``, ``x := input``, ``input[x]``) reads the whole document; an ``import
+   input.…`` reads the imported subtree.
+
+A decision is *not* a function of the input and data alone — so it is never cached — when a reachable
+rule calls a builtin whose value changes between evaluations (:data:`NONDETERMINISTIC`: ``time.now_ns``,
+randomness, ``http.send``, DNS, ``opa.runtime``, time-dependent verification), replaces part of the input
+with ``with input… as`` or a function with ``with f as g`` (the check's graph has no edge to ``g``), or
+reads the whole input (which carries the call's time, so no two calls would
+share a key anyway). Anything the walk does not understand falls into one of these: it can only make the
+read set larger or switch the cache off, never smaller.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import regorus
+
+from mcp_guard.errors import PolicyError
+from mcp_guard.policy.builtins import builtin_table
+from mcp_guard.policy.bundle import Bundle
+from mcp_guard.policy.embedded import regorus_message
+from mcp_guard.policy.lint import _Checker, _dotted, _Module, _module, _ref_chain, _tag
+
+__all__ = ["NONDETERMINISTIC", "InputReads", "input_reads", "input_reads_of_modules"]
+
+Path = tuple[str, ...]
+
+# Builtins whose value is not a function of their arguments (OPA's capabilities mark most of these
+# "nondeterministic"); io.jwt.decode_verify and the x509 verifiers compare against the current time.
+NONDETERMINISTIC = frozenset(
+    {
+        "time.now_ns",
+        "rand.intn",
+        "uuid.rfc4122",
+        "http.send",
+        "net.lookup_ip_addr",
+        "opa.runtime",
+        "io.jwt.decode_verify",
+        "crypto.x509.parse_and_verify_certificates",
+        "crypto.x509.parse_and_verify_certificates_with_options",
+        "providers.aws.sign_req",
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class InputReads:
+    """The input paths a decision depends on (``paths``), or why it cannot be cached (``uncacheable``)."""
+
+    paths: tuple[Path, ...]
+    uncacheable: str | None = None
+
+    @property
+    def cacheable(self) -> bool:
+        return self.uncacheable is None
+
+
+class _Walk:
+    """Collects input paths and reasons not to cache from the AST nodes of the reachable rules."""
+
+    def __init__(self) -> None:
+        self.paths: set[Path] = set()
+        self.problems: list[str] = []
+
+    def node(self, node: Any, where: str) -> None:
+        if isinstance(node, list):
+            for item in node:
+                self.node(item, where)
+            return
+        if not isinstance(node, dict):
+            return
+        if "with_mods" in node:
+            self._with(node["with_mods"] or [], where)
+        tag, body = _tag(node)
+        if tag in ("RefDot", "RefBrack"):
+            self._ref(node, where)
+            return
+        if tag == "Var" and body.get("value") == "input":
+            self.problems.append(f"{where} reads the whole input")
+            return
+        if tag == "Call":
+            name = _dotted(body["fcn"])
+            if name is not None and ".".join(name) in NONDETERMINISTIC:
+                self.problems.append(f"{where} calls {'.'.join(name)}")
+        for key, value in node.items():
+            if key not in ("span", "with_mods"):
+                self.node(value, where)
+
+    def _ref(self, node: Any, where: str) -> None:
+        root, segments = _ref_chain(node)
+        rtag, rbody = _tag(root)
+        if rtag == "Var" and rbody.get("value") == "input":
+            path: list[str] = []
+            for seg, index in segments:
+                if index is not None or not isinstance(seg, str):
+                    break
+                path.append(seg)
+            if not path:
+                self.problems.append(f"{where} reads the whole input")
+            self.paths.add(tuple(path))
+        else:
+            self.node(root, where)
+        for _, index in segments:
+            if index is not None:
+                self.node(index, where)
+
+    def _with(self, mods: Iterable[Any], where: str) -> None:
+        for mod in mods:
+            rtag, rbody = _tag(_ref_chain(mod["refr"])[0])
+            root = rbody.get("value") if rtag == "Var" else None
+            if root == "input":
+                self.problems.append(f"{where} replaces input with `with input… as`")
+            elif root != "data":
+                # `with f as g`: the dependency graph has no edge to g, so what g reads would be missed
+                self.problems.append(f"{where} replaces a function with `with … as`")
+            self.node(mod.get("as"), where)
+
+
+def _reachable(checker: _Checker, root: Path) -> set[Path]:
+    todo = list(checker.rules_under(root))
+    seen: set[Path] = set()
+    while todo:
+        path = todo.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        todo.extend(checker.deps.get(path, ()))
+    return seen
+
+
+def _minimal(paths: Iterable[Path]) -> tuple[Path, ...]:
+    """Drop every path that another one in the set contains (``a`` covers ``a.b``)."""
+    out: list[Path] = []
+    for p in sorted(set(paths)):
+        if not any(p[: len(q)] == q for q in out):
+            out.append(p)
+    return tuple(out)
+
+
+def input_reads_of_modules(raw_modules: Sequence[Mapping[str, Any]], decision: Path) -> InputReads:
+    """:func:`input_reads` on the module list ``regorus.Engine.get_ast_as_json`` returns (decoded)."""
+    modules: list[_Module] = [m for m in (_module(dict(r)) for r in raw_modules) if m is not None]
+    checker = _Checker(modules, embedded=True, table=builtin_table())
+    checker.collect()
+    checker.check_rules()  # fills checker.deps; the findings are the load-time check's business
+    reachable = _reachable(checker, decision)
+    walk = _Walk()
+    for d in checker.defs:
+        if d.static in reachable:
+            walk.node(d.node, f"{d.location} (rule {d.name})")
+    for m in modules:
+        for path in m.imports.values():
+            if path[0] == "input":
+                walk.paths.add(path[1:])
+                if len(path) == 1:
+                    walk.problems.append(f"{m.file} imports the whole input")
+    if walk.problems:
+        return InputReads((), walk.problems[0])
+    return InputReads(_minimal(walk.paths))
+
+
+def input_reads(bundle: Bundle, decision: Path) -> InputReads:
+    """What the rule at ``decision`` (``("mcp_guard", "decision")``) in ``bundle``'s policies can read."""
+    engine = regorus.Engine()
+    engine.set_rego_v0(False)
+    try:
+        for f in bundle.policies:
+            engine.add_policy(str(f.path), f.text)
+    except RuntimeError as e:  # pragma: no cover - the bundle compiled before it got here
+        raise PolicyError(f"policy does not compile: {regorus_message(e)}") from None
+    return input_reads_of_modules(json.loads(engine.get_ast_as_json()), decision)
