@@ -41,6 +41,8 @@ CLIENTS = [
     {"client_id": "carol-agent", "client_secret": "carol-secret-9d2b6e1f3a", "groups": ["analyst"]},
 ]
 SECRET = {c["client_id"]: c["client_secret"] for c in CLIENTS}
+# People who sign in through the authorization-code flow (test_oauth_authcode_e2e.py), with their groups.
+USERS = [{"sub": "alice", "groups": ["support"]}, {"sub": "bob", "groups": ["analyst"]}]
 
 POLICY = """package mcp_guard
 
@@ -130,7 +132,7 @@ def _start_idp(resource: str, port: int) -> tuple[subprocess.Popen[str], str]:
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
-        env={**os.environ, "IDP_CLIENTS": json.dumps(CLIENTS)},
+        env={**os.environ, "IDP_CLIENTS": json.dumps(CLIENTS), "IDP_USERS": json.dumps(USERS)},
     )
     assert proc.stdout is not None
     line = proc.stdout.readline()  # the IdP prints its issuer once it listens (or exits)

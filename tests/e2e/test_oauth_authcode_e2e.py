@@ -1,0 +1,165 @@
+"""A person's agent signs in: the MCP SDK's own OAuth client runs the authorization-code flow with PKCE and a
+resource indicator (RFC 8707) against the real IdP (tests/e2e/oidc_idp.mjs, npm `oidc-provider`) and calls
+tools through `mcp-guard run --transport http`.
+
+The client starts with nothing: mcp-guard's 401 names its protected-resource metadata, that names the IdP,
+the client registers itself there (RFC 7591), sends the user to the authorization endpoint, and exchanges the
+code for a JWT access token whose audience is mcp-guard's /mcp. The "user" is `_Person`: an httpx2 client with
+a cookie jar that follows the authorization URL and submits the IdP's login and consent forms, then hands the
+code, state and issuer from the redirect back to the SDK — what a browser and a person would do.
+
+The stack, policy and recorder upstream are those of test_oauth_e2e.py: group `support` (alice) sees every
+recorder tool, `analyst` (bob) only `echo`; `add` needs the `math:write` scope (a 403 step-up).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from html import unescape
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urljoin, urlsplit
+
+import httpx2
+import pytest
+from mcp import Client
+from mcp.client.auth import OAuthClientProvider
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.auth import AuthorizationCodeResult, OAuthClientMetadata
+from test_oauth_e2e import Stack, _Memory, _recorded_calls, _text, oauth_stack
+
+pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
+
+# Where the IdP sends the browser back to. Nothing listens there: `_Person` reads the redirect instead.
+REDIRECT_URI = "http://127.0.0.1:9/callback"
+MAX_HOPS = 12  # redirects and forms between the authorization URL and the callback; a loop is a failure
+
+_FORM_ACTION = re.compile(r'<form[^>]*\baction="([^"]+)"')
+_PROMPT = re.compile(r'name="prompt"\s+value="([^"]+)"')
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    with oauth_stack(tmp_path_factory.mktemp("authcode")) as s:
+        yield s
+
+
+class _Person:
+    """Plays the user at the IdP for the SDK's redirect and callback handlers: a cookie jar (the IdP's session
+    survives between authorizations, as in a browser), the login form answered with `login`, the consent form
+    accepted. Records every authorization URL the SDK sent it to, to check what the client asked for."""
+
+    def __init__(self, login: str) -> None:
+        self.login = login
+        self.browser = httpx2.AsyncClient(timeout=10, follow_redirects=False)
+        self.authorization_urls: list[str] = []
+        self.forms: list[str] = []  # the prompts answered, in order: "login", "consent"
+        self._result: AuthorizationCodeResult | None = None
+
+    async def redirect(self, authorization_url: str) -> None:
+        self.authorization_urls.append(authorization_url)
+        response = await self.browser.get(authorization_url)
+        for _ in range(MAX_HOPS):
+            if response.is_redirect:
+                target = urljoin(str(response.url), response.headers["location"])
+                if target.startswith(REDIRECT_URI):
+                    self._result = _code_result(target)
+                    return
+                response = await self.browser.get(target)
+            elif response.status_code == 200:
+                response = await self._submit(response)
+            else:
+                raise AssertionError(f"the IdP answered {response.status_code}: {response.text[:300]}")
+        raise AssertionError(f"no redirect to {REDIRECT_URI} within {MAX_HOPS} hops")
+
+    async def _submit(self, page: httpx2.Response) -> httpx2.Response:
+        action, prompt = _FORM_ACTION.search(page.text), _PROMPT.search(page.text)
+        assert action and prompt, f"not a login or consent page: {page.text[:300]}"
+        fields = {"prompt": prompt.group(1)}
+        if fields["prompt"] == "login":
+            fields |= {"login": self.login, "password": "not checked by the dev interactions"}
+        self.forms.append(fields["prompt"])
+        return await self.browser.post(urljoin(str(page.url), unescape(action.group(1))), data=fields)
+
+    async def callback(self) -> AuthorizationCodeResult:
+        result, self._result = self._result, None
+        assert result is not None, "the callback ran before the IdP redirected back"
+        return result
+
+    async def aclose(self) -> None:
+        await self.browser.aclose()
+
+
+def _code_result(redirect: str) -> AuthorizationCodeResult:
+    query = parse_qs(urlsplit(redirect).query)
+    assert "error" not in query, f"the IdP refused: {query}"
+    return AuthorizationCodeResult(code=query["code"][0], state=query["state"][0], iss=query.get("iss", [None])[0])
+
+
+def _signed_in_client(stack: Stack, person: _Person, seen: list[httpx2.Response]) -> tuple[Client, _Memory]:
+    """An MCP client as an agent is built: the SDK's OAuthClientProvider on an httpx2 client, nothing stored."""
+    storage = _Memory()
+    auth = OAuthClientProvider(
+        server_url=stack.url,
+        client_metadata=OAuthClientMetadata(
+            client_name=f"e2e agent of {person.login}",
+            redirect_uris=[REDIRECT_URI],  # type: ignore[list-item]
+            grant_types=["authorization_code"],
+            response_types=["code"],
+            token_endpoint_auth_method="none",
+        ),
+        storage=storage,
+        redirect_handler=person.redirect,
+        callback_handler=person.callback,
+    )
+
+    async def record(r: httpx2.Response) -> None:
+        seen.append(r)
+
+    http = httpx2.AsyncClient(auth=auth, timeout=httpx2.Timeout(30.0), event_hooks={"response": [record]})
+    return Client(streamable_http_client(stack.url, http_client=http), mode="legacy"), storage  # type: ignore[arg-type]
+
+
+def _claims(token: str) -> dict[str, Any]:
+    import base64
+
+    payload = token.split(".")[1]
+    return dict(json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))))
+
+
+async def test_a_user_signs_in_with_pkce_and_calls_through(stack: Stack) -> None:
+    alice = _Person("alice")
+    seen: list[httpx2.Response] = []
+    client, storage = _signed_in_client(stack, alice, seen)
+    try:
+        async with client as c:
+            assert "rec__add" in {t.name for t in (await c.list_tools()).tools}
+            assert _text(await c.call_tool("rec__echo", {"text": "signed in"})) == "signed in"
+    finally:
+        await alice.aclose()
+    assert storage.tokens is not None and storage.client is not None
+    stack.tokens.append(storage.tokens.access_token)
+    # What the client asked the IdP for: a code, PKCE S256, and a token for mcp-guard's resource.
+    asked = parse_qs(urlsplit(alice.authorization_urls[0]).query)
+    assert asked["response_type"] == ["code"] and asked["code_challenge_method"] == ["S256"]
+    assert asked["resource"] == [stack.url] and asked["scope"] == ["tools:read"]
+    assert alice.forms == ["login", "consent"]
+    # What it got: a JWT access token for that resource, for alice, through the client it registered.
+    claims = _claims(storage.tokens.access_token)
+    assert claims["aud"] == stack.url and claims["sub"] == "alice" and claims["iss"] == stack.issuer
+    assert claims["client_id"] == storage.client.client_id and claims["groups"] == ["support"]
+    # The path through mcp-guard: 401, its metadata, the IdP's, registration, the token, then the calls.
+    paths = [(r.request.url.path, r.status_code) for r in seen]
+    assert paths[0] == ("/mcp", 401)
+    assert ("/.well-known/oauth-protected-resource/mcp", 200) in paths
+    assert ("/reg", 201) in paths and ("/token", 200) in paths
+    # Who mcp-guard says called: the user, by the IdP, through the registered client.
+    starts = [json.loads(r["details"]) for r in await stack.wait_rows("session.start") if r["principal"] == "alice"]
+    assert starts, "no session.start row for alice"
+    auth = starts[-1]["auth"]
+    assert auth["method"] == "jwt" and auth["issuer"] == stack.issuer
+    assert auth["client_id"] == storage.client.client_id
+    calls = [r for r in stack.rows("call.decision") if r["tool"] == "echo" and r["principal"] == "alice"]
+    assert calls and calls[-1]["decision"] == "allow"
