@@ -4,6 +4,8 @@
 //
 // * client-credentials clients from $IDP_CLIENTS, a JSON list of
 //   {"client_id", "client_secret", "groups": [...], "scope": "space separated scopes it may ask for"};
+//   an entry with "redirect_uris" and "grant_types": ["authorization_code"] and no secret is a pre-registered
+//   public client (PKCE, token_endpoint_auth_method none);
 // * JWT access tokens (RFC 9068, typ at+jwt, RS256) through resource indicators (RFC 8707): a token
 //   requested with `resource=<--resource>` has that audience and the scopes the resource allows
 //   (tools:read, math:write); `--other-resource` is a second resource server, for "a token for another
@@ -65,9 +67,9 @@ const provider = new Provider(issuer, {
     client_id: c.client_id,
     client_secret: c.client_secret,
     grant_types: c.grant_types || ['client_credentials'],
-    redirect_uris: [],
-    response_types: [],
-    token_endpoint_auth_method: 'client_secret_basic',
+    redirect_uris: c.redirect_uris || [],
+    response_types: c.redirect_uris ? ['code'] : [],
+    token_endpoint_auth_method: c.client_secret ? 'client_secret_basic' : 'none',
     scope: c.scope || [...SCOPES, ...UPSTREAM_SCOPES].join(' '),
   })),
   jwks: { keys: [signingKey] },

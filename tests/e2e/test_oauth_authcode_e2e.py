@@ -27,13 +27,11 @@ import pytest
 from mcp import Client
 from mcp.client.auth import OAuthClientProvider
 from mcp.client.streamable_http import streamable_http_client
-from mcp.shared.auth import AuthorizationCodeResult, OAuthClientMetadata
-from test_oauth_e2e import Stack, _Memory, _recorded_calls, _text, oauth_stack
+from mcp.shared.auth import AuthorizationCodeResult, OAuthClientInformationFull, OAuthClientMetadata
+from test_oauth_e2e import AGENT_APP, REDIRECT_URI, Stack, _Memory, _recorded_calls, _text, oauth_stack
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
 
-# Where the IdP sends the browser back to. Nothing listens there: `_Person` reads the redirect instead.
-REDIRECT_URI = "http://127.0.0.1:9/callback"
 MAX_HOPS = 12  # redirects and forms between the authorization URL and the callback; a loop is a failure
 
 _FORM_ACTION = re.compile(r'<form[^>]*\baction="([^"]+)"')
@@ -56,6 +54,7 @@ class _Person:
         self.browser = httpx2.AsyncClient(timeout=10, follow_redirects=False)
         self.authorization_urls: list[str] = []
         self.forms: list[str] = []  # the prompts answered, in order: "login", "consent"
+        self.refusals: list[dict[str, list[str]]] = []  # error redirects from the IdP, e.g. invalid_scope
         self._result: AuthorizationCodeResult | None = None
 
     async def redirect(self, authorization_url: str) -> None:
@@ -65,7 +64,7 @@ class _Person:
             if response.is_redirect:
                 target = urljoin(str(response.url), response.headers["location"])
                 if target.startswith(REDIRECT_URI):
-                    self._result = _code_result(target)
+                    self._result = self._code_result(target)
                     return
                 response = await self.browser.get(target)
             elif response.status_code == 200:
@@ -83,6 +82,14 @@ class _Person:
         self.forms.append(fields["prompt"])
         return await self.browser.post(urljoin(str(page.url), unescape(action.group(1))), data=fields)
 
+    def _code_result(self, redirect: str) -> AuthorizationCodeResult:
+        query = parse_qs(urlsplit(redirect).query)
+        if "error" in query:
+            self.refusals.append(query)
+            raise _Refused(query["error"][0])
+        iss = query.get("iss", [None])[0]
+        return AuthorizationCodeResult(code=query["code"][0], state=query["state"][0], iss=iss)
+
     async def callback(self) -> AuthorizationCodeResult:
         result, self._result = self._result, None
         assert result is not None, "the callback ran before the IdP redirected back"
@@ -92,15 +99,24 @@ class _Person:
         await self.browser.aclose()
 
 
-def _code_result(redirect: str) -> AuthorizationCodeResult:
-    query = parse_qs(urlsplit(redirect).query)
-    assert "error" not in query, f"the IdP refused: {query}"
-    return AuthorizationCodeResult(code=query["code"][0], state=query["state"][0], iss=query.get("iss", [None])[0])
+class _Refused(Exception):
+    """The IdP redirected back with an error instead of a code."""
 
 
-def _signed_in_client(stack: Stack, person: _Person, seen: list[httpx2.Response]) -> tuple[Client, _Memory]:
-    """An MCP client as an agent is built: the SDK's OAuthClientProvider on an httpx2 client, nothing stored."""
+def _signed_in_client(
+    stack: Stack, person: _Person, seen: list[httpx2.Response], *, preregistered: bool = False
+) -> tuple[Client, _Memory]:
+    """An MCP client as an agent is built: the SDK's OAuthClientProvider on an httpx2 client, no token stored;
+    it registers itself at the IdP, or (`preregistered`) holds the IdP's public client AGENT_APP."""
     storage = _Memory()
+    if preregistered:
+        storage.client = OAuthClientInformationFull(
+            client_id=AGENT_APP["client_id"],
+            redirect_uris=[REDIRECT_URI],  # type: ignore[list-item]
+            grant_types=["authorization_code"],
+            response_types=["code"],
+            token_endpoint_auth_method="none",
+        )
     auth = OAuthClientProvider(
         server_url=stack.url,
         client_metadata=OAuthClientMetadata(
@@ -163,3 +179,101 @@ async def test_a_user_signs_in_with_pkce_and_calls_through(stack: Stack) -> None
     assert auth["client_id"] == storage.client.client_id
     calls = [r for r in stack.rows("call.decision") if r["tool"] == "echo" and r["principal"] == "alice"]
     assert calls and calls[-1]["decision"] == "allow"
+
+
+async def test_two_users_get_their_own_principals_and_the_policy_denies_bob(stack: Stack) -> None:
+    """Two people sign in through their own agents: each call is theirs, with their own groups' tools."""
+    tools: dict[str, set[str]] = {}
+    subjects: dict[str, str] = {}
+    for login in ("alice", "bob"):
+        person = _Person(login)
+        client, storage = _signed_in_client(stack, person, [])
+        try:
+            async with client as c:
+                tools[login] = {t.name for t in (await c.list_tools()).tools}
+                assert _text(await c.call_tool("rec__echo", {"text": f"from {login}"})) == f"from {login}"
+                if login == "bob":
+                    denied = await c.call_tool("rec__add", {"a": 1, "b": 2})
+                    assert denied.is_error and "no group of this principal grants it" in _text(denied)
+        finally:
+            await person.aclose()
+        assert storage.tokens is not None
+        stack.tokens.append(storage.tokens.access_token)
+        subjects[login] = _claims(storage.tokens.access_token)["sub"]
+    assert subjects == {"alice": "alice", "bob": "bob"}
+    assert {"rec__echo", "rec__add"} <= tools["alice"] and tools["bob"] == {"rec__echo"}
+    echoes = [(r["principal"], r["decision"]) for r in stack.rows("call.decision") if r["tool"] == "echo"]
+    assert ("alice", "allow") in echoes and ("bob", "allow") in echoes
+    bobs_add = [r for r in stack.rows("call.decision") if r["tool"] == "add" and r["principal"] == "bob"]
+    assert [r["decision"] for r in bobs_add] == ["deny"]
+    assert "step_up" not in json.loads(bobs_add[0]["details"]).get("obligations", {})  # a plain deny
+    bob_starts = [json.loads(r["details"]) for r in stack.rows("session.start") if r["principal"] == "bob"]
+    assert bob_starts and bob_starts[-1]["roles"] == ["analyst"] and bob_starts[-1]["auth"]["issuer"] == stack.issuer
+
+
+async def test_step_up_reauthorizes_the_user_with_the_larger_scope(stack: Stack) -> None:
+    """`add` needs math:write: the SDK client sees mcp-guard's 403 insufficient_scope, sends the user back to
+    the IdP for tools:read + math:write (the session cookie spares the login: only the new consent), and the
+    retried call goes through — forwarded once, after the step-up. The client is the IdP's pre-registered
+    public app (see the next test for why not a self-registered one)."""
+    alice = _Person("alice")
+    seen: list[httpx2.Response] = []
+    client, storage = _signed_in_client(stack, alice, seen, preregistered=True)
+    before = _recorded_calls(stack).count("add")
+    try:
+        async with client as c:
+            await c.list_tools()
+            first = storage.tokens
+            assert first is not None and first.scope == "tools:read"
+            result = await c.call_tool("rec__add", {"a": 20, "b": 22})
+            assert result.structured_content == {"sum": 42}
+    finally:
+        await alice.aclose()
+    assert storage.tokens is not None
+    stack.tokens += [first.access_token, storage.tokens.access_token]
+    _assert_one_scope_challenge(seen)
+    assert not any(r.request.url.path == "/reg" for r in seen)  # the pre-registered client, as stored
+    assert len(alice.authorization_urls) == 2 and alice.forms == ["login", "consent", "consent"]
+    again = parse_qs(urlsplit(alice.authorization_urls[1]).query)
+    assert set(again["scope"][0].split()) == {"tools:read", "math:write"} and again["resource"] == [stack.url]
+    stepped_up = _claims(storage.tokens.access_token)
+    assert stepped_up["sub"] == "alice" and stepped_up["client_id"] == AGENT_APP["client_id"]
+    assert set(stepped_up["scope"].split()) == {"tools:read", "math:write"}
+    assert _recorded_calls(stack).count("add") == before + 1
+    decisions = [r for r in stack.rows("call.decision") if r["tool"] == "add" and r["principal"] == "alice"]
+    assert [d["decision"] for d in decisions][-2:] == ["deny", "allow"]
+    assert json.loads(decisions[-2]["details"])["obligations"] == {"step_up": {"scopes": ["math:write"]}}
+
+
+async def test_a_self_registered_client_cannot_step_up_past_its_registered_scope(stack: Stack) -> None:
+    """An interop limit, pinned so a change shows: the SDK registers itself (RFC 7591) with the scope of the
+    first 401 challenge (mcp-guard's `required_scopes`), and oidc-provider holds a client to its registered
+    `scope`. So at the 403 step-up the SDK asks for math:write, the IdP answers invalid_scope, and the call
+    fails — still never forwarded. Deployments that step up with self-registering clients leave
+    `required_scopes` unset (the client then asks for all of `scopes_supported` at once) or use an IdP that
+    does not narrow registered clients (README, identity)."""
+    alice = _Person("alice")
+    seen: list[httpx2.Response] = []
+    client, storage = _signed_in_client(stack, alice, seen)
+    before = _recorded_calls(stack).count("add")
+    try:
+        with pytest.raises(Exception):  # noqa: B017 - the SDK's flow error, raised through the client's task group
+            async with client as c:
+                await c.list_tools()
+                await c.call_tool("rec__add", {"a": 1, "b": 1})
+    finally:
+        await alice.aclose()
+    assert storage.tokens is not None and storage.client is not None
+    stack.tokens.append(storage.tokens.access_token)
+    assert storage.client.scope == "tools:read"  # what the SDK registered with
+    _assert_one_scope_challenge(seen)
+    assert [q["error"] for q in alice.refusals] == [["invalid_scope"]]
+    assert alice.refusals[0]["scope"] == ["math:write"]
+    assert _recorded_calls(stack).count("add") == before
+
+
+def _assert_one_scope_challenge(seen: list[httpx2.Response]) -> None:
+    refused = [r for r in seen if r.request.url.path == "/mcp" and r.status_code == 403]
+    assert len(refused) == 1
+    challenge = refused[0].headers["www-authenticate"]
+    assert challenge.startswith('Bearer error="insufficient_scope", scope="math:write", resource_metadata="')
