@@ -18,7 +18,6 @@ import json
 import re
 from collections.abc import Iterator
 from html import unescape
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urljoin, urlsplit
 
@@ -111,7 +110,7 @@ def _signed_in_client(
     storage = _Memory()
     if preregistered:
         storage.client = OAuthClientInformationFull(
-            client_id=AGENT_APP["client_id"],
+            client_id=str(AGENT_APP["client_id"]),
             redirect_uris=[REDIRECT_URI],  # type: ignore[list-item]
             grant_types=["authorization_code"],
             response_types=["code"],
@@ -135,7 +134,7 @@ def _signed_in_client(
         seen.append(r)
 
     http = httpx2.AsyncClient(auth=auth, timeout=httpx2.Timeout(30.0), event_hooks={"response": [record]})
-    return Client(streamable_http_client(stack.url, http_client=http), mode="legacy"), storage  # type: ignore[arg-type]
+    return Client(streamable_http_client(stack.url, http_client=http), mode="legacy"), storage
 
 
 def _claims(token: str) -> dict[str, Any]:
