@@ -14,8 +14,10 @@ recorder tool, `analyst` (bob) only `echo`; `add` needs the `math:write` scope (
 
 from __future__ import annotations
 
+import base64
 import json
 import re
+import sqlite3
 from collections.abc import Iterator
 from html import unescape
 from typing import Any
@@ -138,8 +140,7 @@ def _signed_in_client(
 
 
 def _claims(token: str) -> dict[str, Any]:
-    import base64
-
+    """The payload of a JWT (the test reads what the IdP issued; mcp-guard verifies it)."""
     payload = token.split(".")[1]
     return dict(json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))))
 
@@ -276,3 +277,15 @@ def _assert_one_scope_challenge(seen: list[httpx2.Response]) -> None:
     assert len(refused) == 1
     challenge = refused[0].headers["www-authenticate"]
     assert challenge.startswith('Bearer error="insufficient_scope", scope="math:write", resource_metadata="')
+
+
+async def test_no_signed_in_users_token_reaches_the_audit_or_the_log(stack: Stack) -> None:
+    """Runs after the others in this module: every token the sign-ins above were issued is looked for."""
+    assert len(stack.tokens) >= 5
+    with sqlite3.connect(stack.audit) as db:
+        dump = "\n".join(repr(row) for row in db.execute("SELECT * FROM audit_events"))
+    log = stack.guard_log.read_text()
+    for token in stack.tokens:
+        for part in token.split("."):  # neither the token nor its payload or signature
+            if len(part) > 20:
+                assert part not in dump and part not in log
