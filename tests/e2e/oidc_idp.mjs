@@ -4,11 +4,18 @@
 //
 // * client-credentials clients from $IDP_CLIENTS, a JSON list of
 //   {"client_id", "client_secret", "groups": [...], "scope": "space separated scopes it may ask for"};
+//   an entry with "redirect_uris" and "grant_types": ["authorization_code"] and no secret is a pre-registered
+//   public client (PKCE, token_endpoint_auth_method none);
 // * JWT access tokens (RFC 9068, typ at+jwt, RS256) through resource indicators (RFC 8707): a token
 //   requested with `resource=<--resource>` has that audience and the scopes the resource allows
 //   (tools:read, math:write); `--other-resource` is a second resource server, for "a token for another
 //   resource"; any other resource is refused (invalid_target);
-// * each token carries the client's `groups` claim (sub = client_id for client credentials);
+// * users from $IDP_USERS, a JSON list of {"sub", "groups": [...]}, sign in through the authorization-code
+//   flow (PKCE): oidc-provider's dev interactions (a login form whose login names the user — only the listed
+//   users exist — then a consent form), and public clients may register themselves (RFC 7591, open on
+//   loopback) as an MCP client does;
+// * each token carries the `groups` claim of its user (sub = the user) or, for client credentials, of its
+//   client (sub = client_id);
 // * its signing key is generated at start and published at the jwks_uri of its discovery document;
 // * a token-exchange grant (RFC 8693, urn:ietf:params:oauth:grant-type:token-exchange) for clients whose
 //   `grant_types` include it (the gateway): the subject_token must be one of this IdP's access tokens for
@@ -38,6 +45,7 @@ const SCOPES = ['tools:read', 'math:write'];
 
 const clients = JSON.parse(process.env.IDP_CLIENTS || '[]');
 const groupsOf = new Map(clients.map((c) => [c.client_id, c.groups || []]));
+const users = new Map(JSON.parse(process.env.IDP_USERS || '[]').map((u) => [u.sub, u.groups || []]));
 
 const { privateKey } = generateKeyPairSync('rsa', { modulusLength: 2048 });
 const publicKey = createPublicKey(privateKey);
@@ -59,15 +67,17 @@ const provider = new Provider(issuer, {
     client_id: c.client_id,
     client_secret: c.client_secret,
     grant_types: c.grant_types || ['client_credentials'],
-    redirect_uris: [],
-    response_types: [],
-    token_endpoint_auth_method: 'client_secret_basic',
+    redirect_uris: c.redirect_uris || [],
+    response_types: c.redirect_uris ? ['code'] : [],
+    token_endpoint_auth_method: c.client_secret ? 'client_secret_basic' : 'none',
     scope: c.scope || [...SCOPES, ...UPSTREAM_SCOPES].join(' '),
   })),
   jwks: { keys: [signingKey] },
   scopes: ['openid', ...SCOPES, ...UPSTREAM_SCOPES],
+  findAccount: (ctx, id) => (users.has(id) ? { accountId: id, claims: () => ({ sub: id }) } : undefined),
   features: {
-    devInteractions: { enabled: false },
+    devInteractions: { enabled: true },
+    registration: { enabled: true },
     clientCredentials: { enabled: true },
     introspection: { enabled: false },
     revocation: { enabled: false },
@@ -88,7 +98,9 @@ const provider = new Provider(issuer, {
       },
     },
   },
-  extraTokenClaims: (ctx, token) => ({ groups: groupsOf.get(token.clientId) || [] }),
+  extraTokenClaims: (ctx, token) => ({
+    groups: (token.accountId ? users.get(token.accountId) : groupsOf.get(token.clientId)) || [],
+  }),
   ttl: { ClientCredentials: 300 },
 });
 provider.on('server_error', (ctx, err) => console.error('idp server_error', err));

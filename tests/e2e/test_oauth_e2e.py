@@ -36,11 +36,17 @@ pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
 
 IDP_SCRIPT = E2E / "oidc_idp.mjs"
 OTHER_RESOURCE = "https://api.other.test/mcp"
+# Where the IdP sends a signed-in user's browser back to; nothing listens there (the test reads the redirect).
+REDIRECT_URI = "http://127.0.0.1:9/callback"
 CLIENTS = [
     {"client_id": "alice-agent", "client_secret": "alice-secret-4e1f0c9a7b", "groups": ["support"]},
     {"client_id": "carol-agent", "client_secret": "carol-secret-9d2b6e1f3a", "groups": ["analyst"]},
 ]
+# A pre-registered public client for the authorization-code flow (test_oauth_authcode_e2e.py): PKCE, no secret.
+AGENT_APP = {"client_id": "e2e-agent-app", "grant_types": ["authorization_code"], "redirect_uris": [REDIRECT_URI]}
 SECRET = {c["client_id"]: c["client_secret"] for c in CLIENTS}
+# People who sign in through the authorization-code flow (test_oauth_authcode_e2e.py), with their groups.
+USERS = [{"sub": "alice", "groups": ["support"]}, {"sub": "bob", "groups": ["analyst"]}]
 
 POLICY = """package mcp_guard
 
@@ -130,7 +136,7 @@ def _start_idp(resource: str, port: int) -> tuple[subprocess.Popen[str], str]:
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
-        env={**os.environ, "IDP_CLIENTS": json.dumps(CLIENTS)},
+        env={**os.environ, "IDP_CLIENTS": json.dumps([*CLIENTS, AGENT_APP]), "IDP_USERS": json.dumps(USERS)},
     )
     assert proc.stdout is not None
     line = proc.stdout.readline()  # the IdP prints its issuer once it listens (or exits)

@@ -242,6 +242,21 @@ async def test_required_scopes_are_a_403_scope_challenge(tmp_path: Path) -> None
         assert reject.reasons == ("insufficient_scope",) and reject.principal == "alice"
 
 
+async def test_answers_given_before_the_body_is_read_close_the_connection_and_say_so(tmp_path: Path) -> None:
+    """The 401 and the required-scope 403 are sent before the body is read and the connection is closed after
+    them (slowloris): they announce it, so a client's next request (an OAuth client's discovery right after
+    the 401) goes on a new connection instead of failing on the closing one. The same client then goes on."""
+    async with oauth_front(tmp_path, required_scopes=["mcp:use"]) as f, httpx2.AsyncClient(timeout=20) as http:
+        unauthenticated = await http.post(f.url, json=INIT, headers=HEADERS)
+        assert unauthenticated.status_code == 401 and unauthenticated.headers["connection"] == "close"
+        meta = await http.get(f.url.replace("/mcp", "/.well-known/oauth-protected-resource/mcp"))
+        assert meta.status_code == 200 and meta.headers.get("connection") != "close"  # kept open
+        narrow = await http.post(f.url, json=INIT, headers=f.bearer(f.idp.token(scope="tools:read")))
+        assert narrow.status_code == 403 and narrow.headers["connection"] == "close"
+        ok = await http.post(f.url, json=INIT, headers=f.bearer(f.idp.token(scope="tools:read mcp:use")))
+        assert ok.status_code == 200 and ok.headers.get("connection") != "close"
+
+
 async def test_step_up_deny_is_a_403_and_a_token_with_the_scope_goes_through(tmp_path: Path) -> None:
     async with oauth_front(tmp_path) as f, httpx2.AsyncClient(timeout=20) as http:
         headers = await _open_session(http, f, f.idp.token("alice", scope="tools:read"))

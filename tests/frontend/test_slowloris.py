@@ -111,3 +111,19 @@ async def test_an_unauthenticated_request_with_an_unsent_body_is_closed_after_it
         with anyio.fail_after(10):
             assert (await s.receive()).startswith(b"HTTP/1.1 401")
             assert await closed_by_server(s)
+
+
+async def test_a_401_before_the_body_arrived_announces_the_close(tmp_path: Path) -> None:
+    """Closed after its answer, and the answer says so: a keep-alive client must not send its next request
+    into the closing connection (it would fail with a read error — what an OAuth client's discovery request
+    right after the 401 did, now and then, before the header)."""
+    head = b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n"
+    async with front(tmp_path, http_head_timeout_s=60) as (host, port), await anyio.connect_tcp(host, port) as s:
+        await s.send(head)  # the body ("{}") is not sent: the 401 comes first
+        with anyio.fail_after(10):
+            answer = b""
+            while b"\r\n\r\n" not in answer:
+                answer += await s.receive()
+            response_head = answer.split(b"\r\n\r\n")[0].lower()
+            assert response_head.startswith(b"http/1.1 401") and b"\r\nconnection: close" in response_head
+            assert await closed_by_server(s)

@@ -267,6 +267,12 @@ def _client(scope: Scope) -> str | None:
 
 
 async def _send(send: Send, status: int, message: str, challenge: str) -> None:
+    """Answer before the request body is read, and say the connection ends here (``Connection: close``).
+
+    The body may still be on its way, so the server closes the connection after this answer (see
+    :mod:`mcp_guard.frontend.slowloris`). Unannounced, that close races the client's next request on the
+    same keep-alive connection — an OAuth client's discovery request right after the 401 — which then fails
+    with a read error; announced, the client opens a new connection."""
     body = json.dumps({"jsonrpc": "2.0", "id": None, "error": {"code": -32001, "message": message}}).encode()
     await send(
         {
@@ -276,6 +282,7 @@ async def _send(send: Send, status: int, message: str, challenge: str) -> None:
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(body)).encode()),
                 (b"www-authenticate", challenge.encode()),
+                (b"connection", b"close"),
             ],
         }
     )

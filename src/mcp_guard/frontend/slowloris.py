@@ -11,7 +11,8 @@ headers would hold sockets for ever. :func:`guarded_h11` makes a protocol class 
 
 A connection whose head is complete is the application's: unauthenticated requests are answered 401 at
 once by the bearer-auth layer, and a connection answered before the body it announced arrived is closed
-after the answer (uvicorn would wait for that body for ever), so they do not linger either.
+after the answer (uvicorn would wait for that body for ever), so they do not linger either; that answer
+says ``Connection: close`` so a keep-alive client does not send its next request into the closing socket.
 """
 
 from __future__ import annotations
