@@ -59,7 +59,7 @@ print("ok", " ".join(type(s).__name__ for s in stages))
     assert proc.returncode == 0, proc.stderr[-3000:]
     # Every stage of the real pipeline but Observe, in order.
     expected = (
-        "InspectArguments RecordOutcome TrackFlow PinCheck ShadowPolicy Authorize EnforceObligations RecordDecision"
-        " ResultPolicy Redact"
+        "InspectArguments RecordOutcome TrackFlow PinCheck ShadowPolicy Authorize EnforceObligations ExchangeToken"
+        " RecordDecision ResultPolicy Redact"
     )
     assert proc.stdout.strip() == f"ok {expected}"
