@@ -12,21 +12,18 @@ One connection per store, used under a lock and re-opened after a failure; every
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, TypeVar
+from collections.abc import Sequence
+from typing import Any
 
-import anyio
 import psycopg
 
 from mcp_guard.approvals.base import Approval, ApprovalRequest, Status, Verdict
 from mcp_guard.approvals.sql import Statements, ddl, from_row, insert_params
-from mcp_guard.audit.postgres import connect_args, redact_dsn
-from mcp_guard.errors import StateError
+from mcp_guard.audit.pg_connection import LockedConnection
 from mcp_guard.types import new_id
 
 __all__ = ["PostgresApprovals"]
 
-_T = TypeVar("_T")
 _SQL = Statements(p="%s", now="(EXTRACT(EPOCH FROM now())::float8)")
 _LOCK_KEY = 0x6D63_7061  # advisory lock serialising the table's creation between replicas starting together
 
@@ -35,14 +32,11 @@ class PostgresApprovals:
     """The approval store in PostgreSQL."""
 
     def __init__(self, dsn: str, *, timeout_s: float = 1.0) -> None:
-        self._dsn = dsn
-        self.timeout_s = timeout_s
-        self._conn: psycopg.AsyncConnection[Any] | None = None
-        self._lock = anyio.Lock()
+        self._db = LockedConnection(dsn, what="approval store", timeout_s=timeout_s)
 
     @property
     def location(self) -> str:
-        return redact_dsn(self._dsn)
+        return self._db.location
 
     async def start(self) -> None:
         """Connect and create the table (idempotent)."""
@@ -53,13 +47,10 @@ class PostgresApprovals:
                 for statement in ddl("double precision"):
                     await conn.execute(statement.encode())
 
-        await self._run(create)
+        await self._db.run(create)
 
     async def aclose(self) -> None:
-        if self._conn is not None:
-            conn, self._conn = self._conn, None
-            with anyio.move_on_after(self.timeout_s, shield=True):
-                await conn.close()
+        await self._db.aclose()
 
     # ------------------------------------------------------------------ the protocol
     async def request(self, req: ApprovalRequest) -> tuple[Approval, bool]:
@@ -74,7 +65,7 @@ class PostgresApprovals:
                 assert inserted is not None
                 return from_row(inserted), True
 
-        return await self._run(run)
+        return await self._db.run(run)
 
     async def get(self, approval_id: str) -> Approval | None:
         return await self._one(_SQL.get, (approval_id,))
@@ -85,7 +76,7 @@ class PostgresApprovals:
         async def run(conn: psycopg.AsyncConnection[Any]) -> list[Approval]:
             return [from_row(r) for r in await (await conn.execute(_SQL.list(statuses).encode(), params)).fetchall()]
 
-        return await self._run(run)
+        return await self._db.run(run)
 
     async def decide(self, approval_id: str, verdict: Verdict, by: str, comment: str | None) -> Approval | None:
         return await self._one(_SQL.decide, (str(verdict), by, comment, approval_id))
@@ -97,7 +88,7 @@ class PostgresApprovals:
         async def run(conn: psycopg.AsyncConnection[Any]) -> None:
             await conn.execute(_SQL.restore.encode(), (approval_id,))
 
-        await self._run(run)
+        await self._db.run(run)
 
     async def expire(self, approval_id: str) -> Approval | None:
         return await self._one(_SQL.expire, (approval_id,))
@@ -108,31 +99,4 @@ class PostgresApprovals:
             row = await (await conn.execute(statement.encode(), params)).fetchone()
             return None if row is None else from_row(row)
 
-        return await self._run(run)
-
-    async def _run(self, fn: Callable[[psycopg.AsyncConnection[Any]], Awaitable[_T]]) -> _T:
-        """``fn(connection)`` under the lock, bounded by ``timeout_s``; the connection is dropped after a failure."""
-        try:
-            with anyio.fail_after(self.timeout_s):
-                async with self._lock:
-                    if self._conn is None or self._conn.closed:
-                        self._conn = await psycopg.AsyncConnection.connect(**connect_args(self._dsn, self.timeout_s))
-                    try:
-                        return await fn(self._conn)
-                    except BaseException:
-                        await self._drop()
-                        raise
-        except TimeoutError:
-            ms = f"{self.timeout_s * 1000:.0f} ms"
-            raise StateError(
-                f"approval store {self.location}: timed out after {ms}", cause=f"timed out after {ms}"
-            ) from None
-        except psycopg.Error as e:
-            cause = type(e).__name__
-            raise StateError(f"approval store {self.location}: {cause}: {e}", cause=cause) from None
-
-    async def _drop(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            with anyio.move_on_after(1, shield=True):
-                await conn.close()
+        return await self._db.run(run)

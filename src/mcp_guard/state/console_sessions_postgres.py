@@ -10,19 +10,16 @@ session by that much). The DSN's password never appears in a message.
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from collections.abc import Callable
+from typing import Any
 
-import anyio
 import psycopg
 
-from mcp_guard.audit.postgres import connect_args, redact_dsn
-from mcp_guard.errors import StateError
+from mcp_guard.audit.pg_connection import LockedConnection
 from mcp_guard.state.console_sessions_sql import DDL, decode, encode, statements
 
 __all__ = ["PostgresConsoleSessions"]
 
-_T = TypeVar("_T")
 _SQL = {k: v.encode() for k, v in statements("%s", "LIMIT ALL").items()}
 _LOCK_KEY = 0x6D63_6373  # advisory lock serialising the table's creation between replicas starting together
 
@@ -31,11 +28,8 @@ class PostgresConsoleSessions:
     """The console session store in PostgreSQL."""
 
     def __init__(self, dsn: str, *, timeout_s: float = 1.0, clock: Callable[[], float] = time.time) -> None:
-        self._dsn = dsn
-        self.timeout_s = timeout_s
+        self._db = LockedConnection(dsn, what="console session store", timeout_s=timeout_s)
         self._clock = clock
-        self._conn: psycopg.AsyncConnection[Any] | None = None
-        self._lock = anyio.Lock()
 
     async def start(self) -> None:
         async def create(conn: psycopg.AsyncConnection[Any]) -> None:
@@ -44,10 +38,10 @@ class PostgresConsoleSessions:
                 for statement in DDL:
                     await conn.execute(statement.format(real="double precision").encode())
 
-        await self._run(create)
+        await self._db.run(create)
 
     async def aclose(self) -> None:
-        await self._drop()
+        await self._db.aclose()
 
     async def put(self, key: str, doc: dict[str, Any], expires_at: float) -> None:
         now = self._clock()
@@ -58,7 +52,7 @@ class PostgresConsoleSessions:
                 await conn.execute(_SQL["trim"])
                 await conn.execute(_SQL["insert"], (key, encode(doc), expires_at))
 
-        await self._run(run)
+        await self._db.run(run)
 
     async def get(self, key: str) -> dict[str, Any] | None:
         now = self._clock()
@@ -67,7 +61,7 @@ class PostgresConsoleSessions:
             row = await (await conn.execute(_SQL["get"], (key, now))).fetchone()
             return None if row is None else decode(row[0])
 
-        return await self._run(run)
+        return await self._db.run(run)
 
     async def delete(self, key: str) -> dict[str, Any] | None:
         now = self._clock()
@@ -76,32 +70,4 @@ class PostgresConsoleSessions:
             row = await (await conn.execute(_SQL["delete"], (key,))).fetchone()
             return decode(row[0]) if row is not None and row[1] > now else None
 
-        return await self._run(run)
-
-    async def _run(self, fn: Callable[[psycopg.AsyncConnection[Any]], Awaitable[_T]]) -> _T:
-        """``fn(connection)`` under the lock, bounded by ``timeout_s``; the connection is dropped after a failure."""
-        location = redact_dsn(self._dsn)
-        try:
-            with anyio.fail_after(self.timeout_s):
-                async with self._lock:
-                    if self._conn is None or self._conn.closed:
-                        self._conn = await psycopg.AsyncConnection.connect(**connect_args(self._dsn, self.timeout_s))
-                    try:
-                        return await fn(self._conn)
-                    except BaseException:
-                        await self._drop()
-                        raise
-        except TimeoutError:
-            ms = f"{self.timeout_s * 1000:.0f} ms"
-            raise StateError(
-                f"console session store {location}: timed out after {ms}", cause=f"timed out after {ms}"
-            ) from None
-        except psycopg.Error as e:
-            cause = type(e).__name__
-            raise StateError(f"console session store {location}: {cause}: {e}", cause=cause) from None
-
-    async def _drop(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            with anyio.move_on_after(1, shield=True):
-                await conn.close()
+        return await self._db.run(run)
