@@ -16,11 +16,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-import anyio
-
 from mcp_guard.approvals.base import Approval, ApprovalRequest, Status, Verdict
 from mcp_guard.approvals.sql import Statements, ddl, from_row, insert_params
-from mcp_guard.errors import StateError
+from mcp_guard.state.sqlite_tx import in_transaction
 from mcp_guard.types import new_id
 
 __all__ = ["SQLiteApprovals"]
@@ -82,31 +80,7 @@ class SQLiteApprovals:
 
     # ------------------------------------------------------------------ plumbing
     async def _run(self, fn: Callable[[sqlite3.Connection], _T], *, write: bool = False) -> _T:
-        try:
-            with anyio.fail_after(self.timeout_s):
-                return await anyio.to_thread.run_sync(self._in_thread, fn, write, abandon_on_cancel=True)
-        except TimeoutError:
-            raise StateError(
-                f"approval store {self.path}: timed out after {self.timeout_s * 1000:.0f} ms",
-                cause=f"timed out after {self.timeout_s * 1000:.0f} ms",
-            ) from None
-        except (sqlite3.Error, OSError) as e:
-            raise StateError(f"approval store {self.path}: {e}", cause=str(e)) from None
-
-    def _in_thread(self, fn: Callable[[sqlite3.Connection], _T], write: bool) -> _T:
-        db = sqlite3.connect(self.path, timeout=self.timeout_s, isolation_level=None)
-        try:
-            db.execute("PRAGMA journal_mode = WAL")
-            db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
-            try:
-                result = fn(db)
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
-            return result
-        finally:
-            db.close()
+        return await in_transaction(self.path, fn, write=write, timeout_s=self.timeout_s, what="approval store")
 
 
 def _first(cursor: sqlite3.Cursor) -> Sequence[Any] | None:

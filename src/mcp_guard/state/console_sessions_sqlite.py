@@ -13,10 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-import anyio
-
-from mcp_guard.errors import StateError
 from mcp_guard.state.console_sessions_sql import DDL, decode, encode, statements
+from mcp_guard.state.sqlite_tx import in_transaction
 
 __all__ = ["SQLiteConsoleSessions"]
 
@@ -71,28 +69,4 @@ class SQLiteConsoleSessions:
         return await self._run(run, write=True)
 
     async def _run(self, fn: Callable[[sqlite3.Connection], _T], *, write: bool = False) -> _T:
-        try:
-            with anyio.fail_after(self.timeout_s):
-                return await anyio.to_thread.run_sync(self._in_thread, fn, write, abandon_on_cancel=True)
-        except TimeoutError:
-            ms = f"{self.timeout_s * 1000:.0f} ms"
-            raise StateError(
-                f"console session store {self.path}: timed out after {ms}", cause=f"timed out after {ms}"
-            ) from None
-        except (sqlite3.Error, OSError) as e:
-            raise StateError(f"console session store {self.path}: {e}", cause=str(e)) from None
-
-    def _in_thread(self, fn: Callable[[sqlite3.Connection], _T], write: bool) -> _T:
-        db = sqlite3.connect(self.path, timeout=self.timeout_s, isolation_level=None)
-        try:
-            db.execute("PRAGMA journal_mode = WAL")
-            db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
-            try:
-                result = fn(db)
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
-            return result
-        finally:
-            db.close()
+        return await in_transaction(self.path, fn, write=write, timeout_s=self.timeout_s, what="console session store")
