@@ -22,7 +22,7 @@ import sqlite3
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 import mcp_types as types
@@ -81,6 +81,7 @@ if TYPE_CHECKING:
 __all__ = ["ConfigReload", "Guard"]
 
 log = structlog.get_logger("mcp_guard.app")
+_Store = TypeVar("_Store")
 
 
 class Guard:
@@ -679,39 +680,32 @@ async def _open_audit(settings: Settings) -> AsyncIterator[AuditWriter]:
         yield store
 
 
-@contextlib.asynccontextmanager
-async def _open_state(settings: Settings) -> AsyncIterator[StateStore]:
-    """The shared state store (rate-limit counters); one that cannot be opened is a config error."""
-    async with contextlib.AsyncExitStack() as stack:
-        try:
-            state = await stack.enter_async_context(open_state(settings))
-        except StateError as e:
-            key = "audit.dsn" if settings.audit.backend == "postgres" else "audit.state_path"
-            raise ConfigError(f"cannot open the state store: {e}", file=settings.source, key=key) from None
-        yield state
+def _open_state(settings: Settings) -> contextlib.AbstractAsyncContextManager[StateStore]:
+    """The shared state store (rate-limit counters, flows)."""
+    return _open_shared(open_state(settings), settings, "state store")
+
+
+def _open_approvals(settings: Settings) -> contextlib.AbstractAsyncContextManager[ApprovalStore]:
+    """The approval store."""
+    return _open_shared(open_approvals(settings), settings, "approval store")
+
+
+def _open_console_sessions(settings: Settings) -> contextlib.AbstractAsyncContextManager[ConsoleSessionStore]:
+    """The console session store."""
+    return _open_shared(open_console_sessions(settings), settings, "console session store")
 
 
 @contextlib.asynccontextmanager
-async def _open_approvals(settings: Settings) -> AsyncIterator[ApprovalStore]:
-    """The approval store (``[audit] state_path`` or ``dsn``); one that cannot be opened is a config error."""
+async def _open_shared(
+    opener: contextlib.AbstractAsyncContextManager[_Store], settings: Settings, what: str
+) -> AsyncIterator[_Store]:
+    """A store in ``[audit] state_path`` or ``dsn``; one that cannot be opened is a config error naming that key."""
     async with contextlib.AsyncExitStack() as stack:
         try:
-            approvals = await stack.enter_async_context(open_approvals(settings))
+            store = await stack.enter_async_context(opener)
         except StateError as e:
             key = "audit.dsn" if settings.audit.backend == "postgres" else "audit.state_path"
-            raise ConfigError(f"cannot open the approval store: {e}", file=settings.source, key=key) from None
-        yield approvals
-
-
-@contextlib.asynccontextmanager
-async def _open_console_sessions(settings: Settings) -> AsyncIterator[ConsoleSessionStore]:
-    """The console session store (``[audit] state_path`` or ``dsn``); one that cannot be opened is a config error."""
-    async with contextlib.AsyncExitStack() as stack:
-        try:
-            store = await stack.enter_async_context(open_console_sessions(settings))
-        except StateError as e:
-            key = "audit.dsn" if settings.audit.backend == "postgres" else "audit.state_path"
-            raise ConfigError(f"cannot open the console session store: {e}", file=settings.source, key=key) from None
+            raise ConfigError(f"cannot open the {what}: {e}", file=settings.source, key=key) from None
         yield store
 
 
