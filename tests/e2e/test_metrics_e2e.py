@@ -253,6 +253,11 @@ async def test_a_real_prometheus_scrapes_calls_by_decision(tmp_path: Path, prome
         assert (
             value_of(families, "mcp_guard_calls_total", server="rec", tool="add", decision="deny", reason="policy") == 2
         )
+        # the repeated echo "hi" and add(1, 2) were answered from the decision cache (on by default)
+        assert value_of(families, "mcp_guard_policy_decision_cache_hits_total") >= 2
+        assert value_of(families, "mcp_guard_policy_decision_cache_entries") >= 3
+        (hits,) = prom.query("mcp_guard_policy_decision_cache_hits_total")
+        assert float(hits["value"][1]) >= 2
         promtool = shutil.which("promtool", path=str(Path(prometheus_binary()).parent)) or shutil.which("promtool")
         assert promtool, "promtool ships with the prometheus package"
         with anyio.fail_after(30):

@@ -349,3 +349,42 @@ def test_metrics_show_reloads_stage_times_and_the_approvals_hook() -> None:
     assert value_of(page, "mcp_guard_config_reloads_total", status="ok") == 2
     assert value_of(page, "mcp_guard_config_reloads_total", status="rejected") == 1
     assert value_of(page, "mcp_guard_stage_duration_seconds_count", stage="Authorize") == 1
+
+
+def test_metrics_show_the_decision_cache_when_the_engine_has_one(tmp_path: Path) -> None:
+    from mcp_guard.frontend.ops import metrics_text
+    from mcp_guard.policy.bundle import load_bundle
+    from mcp_guard.policy.cache import CachedEngine
+    from mcp_guard.policy.embedded import EmbeddedEngine
+    from mcp_guard.settings import DecisionCacheSettings
+
+    (tmp_path / "t.rego").write_text('package t\n\nimport rego.v1\n\ndecision := {"allow": input.x > 0}\n')
+    engine = CachedEngine(
+        EmbeddedEngine(load_bundle(tmp_path), decision="t/decision"), DecisionCacheSettings(size=2, ttl_s=60)
+    )
+    for x in (1, 1, 2, 3, 3, 3):  # hits: 1, 3, 3; x=1 pushed out by x=3
+        engine.evaluate_sync({"x": x})
+    engine.evaluate_sync({"x": "a" * 20_000})  # over max_key_bytes: asked, not kept
+    base: dict[str, Any] = {
+        "calls": CallMetrics(),
+        "engine_name": "embedded",
+        "audit": RecordingSink(),
+        "audit_backend": "sqlite",
+        "upstreams": lambda: [],
+        "session_transports": lambda: [],
+        "scrub": lambda s: s,
+    }
+    page = parse(metrics_text(OpsSources(engine=engine, **base)))
+    assert value_of(page, "mcp_guard_policy_decision_cache_hits_total") == 3
+    assert value_of(page, "mcp_guard_policy_decision_cache_misses_total") == 3
+    assert value_of(page, "mcp_guard_policy_decision_cache_uncacheable_total") == 1
+    assert value_of(page, "mcp_guard_policy_decision_cache_removals_total", reason="evicted") == 1
+    assert value_of(page, "mcp_guard_policy_decision_cache_removals_total", reason="expired") == 0
+    assert value_of(page, "mcp_guard_policy_decision_cache_entries") == 2
+    engine.reload(load_bundle(tmp_path))  # the same files: a reload still drops what the old load decided
+    page = parse(metrics_text(OpsSources(engine=engine, **base)))
+    assert value_of(page, "mcp_guard_policy_decision_cache_removals_total", reason="invalidated") == 2
+    assert value_of(page, "mcp_guard_policy_decision_cache_entries") == 0
+    # no cache (an engine without one, or [policy.decision_cache] enabled = false): no family at all
+    without = parse(metrics_text(OpsSources(engine=engine.inner, **base)))
+    assert not any(name.startswith("mcp_guard_policy_decision_cache") for name in without)

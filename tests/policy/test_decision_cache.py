@@ -155,6 +155,23 @@ def test_ttl_and_size_bound_the_cache(tmp_path: Path) -> None:
     now[0] = 11.0
     engine.evaluate_sync({"x": 1})
     assert engine.stats.misses == 5  # expired
+    s = engine.stats
+    # x=2 was pushed out by x=3, then x=3 by x=2; x=1 was found past its TTL (dropped, then asked and kept again)
+    assert (s.evicted, s.expired, s.invalidated, engine.entries) == (2, 1, 0, 2)
+
+
+def test_removals_are_counted_by_why_and_the_size_is_what_is_held(tmp_path: Path) -> None:
+    engine = _engine(tmp_path, 'decision := {"allow": input.x > 0}', size=3)
+    for x in (1, 2, 3, 4, 5):
+        engine.evaluate_sync({"x": x})
+    assert (engine.stats.misses, engine.stats.evicted, engine.entries) == (5, 2, 3)
+    engine.evaluate_sync({"x": 5})
+    assert (engine.stats.hits, engine.entries) == (1, 3)
+    (tmp_path / "t.rego").write_text('package t\n\nimport rego.v1\n\ndecision := {"allow": input.x > 1}\n')
+    engine.reload(load_bundle(tmp_path))  # a new revision: everything held is invalid
+    assert (engine.stats.invalidated, engine.entries) == (3, 0)
+    assert not engine.evaluate_sync({"x": 1}).allow
+    assert (engine.stats.misses, engine.stats.expired, engine.entries) == (6, 0, 1)
 
 
 def test_a_reload_drops_old_decisions_and_reanalyses(tmp_path: Path) -> None:

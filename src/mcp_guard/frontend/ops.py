@@ -50,7 +50,7 @@ from mcp_guard.audit import AuditStats
 from mcp_guard.metrics import CONTENT_TYPE, Page
 from mcp_guard.pipeline.observe import CallMetrics
 from mcp_guard.pipeline.shadow import ShadowStats
-from mcp_guard.policy import EngineHealth
+from mcp_guard.policy import CachedEngine, EngineHealth
 from mcp_guard.policy.replay import Change
 from mcp_guard.secrets.shapes import mask_text
 
@@ -282,7 +282,35 @@ def _policy_metrics(page: Page, src: OpsSources) -> None:
         ("engine", "revision"),
         {(src.engine_name, str(policy["revision"] or "")): 1},
     )
+    if isinstance(src.engine, CachedEngine):
+        _decision_cache_metrics(page, src.engine)
     _shadow_metrics(page, src.shadow)
+
+
+def _decision_cache_metrics(page: Page, cache: CachedEngine) -> None:
+    """``[policy.decision_cache]``: its counters (plain ints the cache bumps) and its size, read now."""
+    stats = cache.stats
+    for name, help, value in (
+        ("mcp_guard_policy_decision_cache_hits_total", "Decisions answered from the decision cache.", stats.hits),
+        (
+            "mcp_guard_policy_decision_cache_misses_total",
+            "Cacheable decisions the engine was asked (not held, or held past its TTL or revision).",
+            stats.misses,
+        ),
+        (
+            "mcp_guard_policy_decision_cache_uncacheable_total",
+            "Decisions that could not be cached (the bundle reads time or the whole input, or the key is too big).",
+            stats.uncacheable,
+        ),
+    ):
+        page.counter(name, help, (), {(): value})
+    page.counter(
+        "mcp_guard_policy_decision_cache_removals_total",
+        "Decisions dropped from the cache: evicted (size), expired (TTL), invalidated (bundle revision changed).",
+        ("reason",),
+        {("evicted",): stats.evicted, ("expired",): stats.expired, ("invalidated",): stats.invalidated},
+    )
+    page.gauge("mcp_guard_policy_decision_cache_entries", "Decisions held by the cache now.", (), {(): cache.entries})
 
 
 def _shadow_metrics(page: Page, shadow: ShadowStats | None) -> None:

@@ -49,9 +49,19 @@ _MISSING = object()
 
 @dataclass(slots=True)
 class CacheStats:
+    """What the cache has done since start, for ``/metrics`` (:mod:`mcp_guard.frontend.ops`).
+
+    Plain integers bumped in place on the evaluation path (one addition each, nothing built per call);
+    a scrape reads them. Every evaluation is exactly one of ``hits``, ``misses`` or ``uncacheable``; every
+    entry that leaves the cache other than by being replaced is one of ``evicted``, ``expired`` or
+    ``invalidated``."""
+
     hits: int = 0
     misses: int = 0
     uncacheable: int = 0  # evaluations the cache could not key (bundle not cacheable, key too large, not JSON)
+    evicted: int = 0  # entries pushed out, least recently used first, to stay within ``size``
+    expired: int = 0  # entries found past their ``ttl_s`` by a lookup (then dropped: the lookup is a miss)
+    invalidated: int = 0  # entries dropped because the bundle revision changed (a reload, a data overlay)
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,8 +180,14 @@ class CachedEngine:
 
     # ----------------------------------------------------------------------------- caching
 
+    @property
+    def entries(self) -> int:
+        """Decisions held right now (at most ``size``)."""
+        return len(self._entries)
+
     def _analyse(self) -> None:
         bundle = self._inner.bundle
+        self.stats.invalidated += len(self._entries)
         self._entries.clear()
         self._reads = input_reads(bundle, tuple(self._inner.rule.split(".")[1:]))
         self._analysed = bundle
@@ -209,15 +225,25 @@ class CachedEngine:
             return self._inner.evaluate_sync(project(self._reads.paths, values))
         now = self._clock()
         entry = self._entries.get(key)
-        if entry is not None and entry.expires > now and entry.decision.revision == revision:
-            self._entries.move_to_end(key)
-            self.stats.hits += 1
-            return self._fresh(entry)
+        if entry is not None:
+            if entry.expires > now and entry.decision.revision == revision:
+                self._entries.move_to_end(key)
+                self.stats.hits += 1
+                return self._fresh(entry)
+            self._drop_stale(key, entry, now)
         self.stats.misses += 1
         decision = self._inner.evaluate_sync(project(self._reads.paths, values))
         if decision.code is None and decision.revision == revision:
             self._remember(key, decision, now)
         return decision
+
+    def _drop_stale(self, key: str, entry: _Entry, now: float) -> None:
+        """Forget an entry a lookup found unusable, counted by why (a revision change wins over age)."""
+        del self._entries[key]
+        if entry.expires <= now and entry.decision.revision == self._inner.revision:
+            self.stats.expired += 1
+        else:
+            self.stats.invalidated += 1
 
     @staticmethod
     def _fresh(entry: _Entry) -> Decision:
@@ -233,3 +259,4 @@ class CachedEngine:
         self._entries.move_to_end(key)
         while len(self._entries) > self._size:
             self._entries.popitem(last=False)
+            self.stats.evicted += 1
