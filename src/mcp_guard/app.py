@@ -538,8 +538,11 @@ class Guard:
         from dataclasses import replace
 
         from mcp_guard.frontend.http import serve_http
+        from mcp_guard.frontend.worker_sessions import session_prefix
 
         front = self.http_front()
+        if worker is not None:
+            self.sessions.id_prefix = session_prefix(worker)  # audited as the client's Mcp-Session-Id reads
         await serve_http(
             front if worker is None else replace(front, worker=worker),
             host or self.settings.server.host,

@@ -123,6 +123,10 @@ async def test_two_workers_share_the_port_and_the_audit_chain(tmp_path: Path) ->
         assert len(answered) == 2 * CLIENTS_PER_ERA * CALLS
         sessions = {s for s, _, _ in answered if s is not None}
         assert len(sessions) == CLIENTS_PER_ERA and all(re.fullmatch(r"w[01]-[0-9a-f]+", s) for s in sessions)
+        # the audit names each session as its client does (a row can be matched to the Mcp-Session-Id); decision
+        # rows are committed before the call is forwarded, so they are all there
+        audited = {r[0] for r in _rows(db, "SELECT DISTINCT session_id FROM audit_events WHERE kind = 'call.decision'")}
+        assert sessions <= audited
 
         # SIGHUP to the supervisor reaches both workers (each audits its reload)
         proc.send_signal(signal.SIGHUP)

@@ -1,13 +1,20 @@
-"""Session ids that name their worker (frontend/worker_sessions.py), on an in-memory ASGI app."""
+"""Session ids that name their worker (frontend/worker_sessions.py), on an in-memory ASGI app, and the audit
+rows of a real HTTP front serving as a worker."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from typing import Any
 
+import anyio
+import httpx2
 import pytest
 
+from guard_harness import TIMEOUT_S, make_settings, recorder_upstream, running_guard
+from http_harness import sse_answer
 from mcp_guard.frontend.worker_sessions import WorkerSessions
+from mcp_guard.testing import RecordingSink
 
 pytestmark = pytest.mark.anyio
 
@@ -68,3 +75,54 @@ async def test_an_id_without_a_worker_prefix_and_other_scopes_pass_through() -> 
     assert status == 200 and inner.seen == [b"w10abc"]
     await app({"type": "lifespan"}, None, None)
     assert inner.lifespan == 1
+
+
+async def test_a_workers_audit_rows_carry_the_session_id_its_client_holds() -> None:
+    """``run --workers N``: the session.start row and each call's decision row name the session as the client's
+    Mcp-Session-Id does (``w<n>-`` and the SDK's id), so a row can be matched to the client's session."""
+    key = "worker-test-key-0123456789"
+    settings = make_settings(
+        {"rec": recorder_upstream()},
+        principals={"alice": {"roles": ["support"], "api_key_sha256": hashlib.sha256(key.encode()).hexdigest()}},
+    )
+    sink = RecordingSink()
+    headers = {
+        "Accept": "application/json, text/event-stream",
+        "Content-Type": "application/json",
+        "Authorization": f"Bearer {key}",
+    }
+    init = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "raw", "version": "0"}},
+    }
+    echo = {"name": "rec__echo", "arguments": {"text": "hi"}}
+    call = {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": echo}
+    port: list[int] = []
+    async with running_guard(settings, sink=sink) as guard, anyio.create_task_group() as tg:
+        listening = anyio.Event()
+
+        def ready(p: int) -> None:
+            port.append(p)
+            listening.set()
+
+        tg.start_soon(lambda: guard.serve_http("127.0.0.1", 0, ready=ready, worker=3))
+        with anyio.fail_after(TIMEOUT_S):
+            await listening.wait()
+        url = f"http://127.0.0.1:{port[0]}/mcp"
+        async with httpx2.AsyncClient(timeout=TIMEOUT_S) as http:
+            r = await http.post(url, json=init, headers=headers)
+            sid = r.headers["mcp-session-id"]
+            assert r.status_code == 200 and sid.startswith("w3-")
+            session = {**headers, "mcp-session-id": sid, "mcp-protocol-version": "2025-11-25"}
+            r = await http.post(url, json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=session)
+            assert r.status_code == 202
+            r = await http.post(url, json=call, headers=session)
+            assert r.status_code == 200 and not sse_answer(r)["result"].get("isError")
+            await http.delete(url, headers=session)
+        tg.cancel_scope.cancel()
+    (start,) = sink.of_kind("session.start")
+    (decision,) = sink.of_kind("call.decision")
+    assert start.session_id == sid and decision.session_id == sid
+    assert all(e.session_id == sid for e in sink.of_kind("session.end"))

@@ -88,6 +88,10 @@ class SessionTable:
         self._on_start = on_start
         self._on_end = on_end
         self.live: dict[str, DownstreamSession] = {}
+        # `run --workers N`: what this worker puts before the SDK's Mcp-Session-Id on the wire
+        # (worker_sessions.session_prefix). A session's id is the one its client sees, so the audit rows, the
+        # logs and the policy input name it as the client does; "" when the ids go out unchanged.
+        self.id_prefix = ""
 
     def for_request(
         self, ctx: ServerRequestContext[Any, Any], transport: str, principal: Principal
@@ -102,7 +106,7 @@ class SessionTable:
         client = params.client_info if params is not None else None
         modern = conn.protocol_version in MODERN_PROTOCOL_VERSIONS
         info = SessionInfo(
-            id=conn.session_id or new_id(),
+            id=self.id_prefix + conn.session_id if conn.session_id else new_id(),
             transport=transport,  # type: ignore[arg-type]
             client_name=client.name if client else None,
             client_version=client.version if client else None,

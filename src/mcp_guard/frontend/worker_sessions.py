@@ -15,7 +15,7 @@ import re
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-__all__ = ["WorkerSessions"]
+__all__ = ["WorkerSessions", "session_prefix"]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -27,13 +27,21 @@ _HEADER = b"mcp-session-id"
 _PREFIX = re.compile(rb"^w(\d+)-")
 
 
+def session_prefix(index: int) -> str:
+    """What worker ``index`` puts before the SDK's session id: the id a client sees is this plus the SDK's.
+
+    The audit records the same (:attr:`~mcp_guard.frontend.sessions.SessionTable.id_prefix`), so an operator
+    can match a row to the ``Mcp-Session-Id`` the client holds."""
+    return f"w{index}-"
+
+
 class WorkerSessions:
     """ASGI middleware: worker ``index`` prefixes the session ids it issues and only accepts its own."""
 
     def __init__(self, app: App, index: int) -> None:
         self._app = app
         self._index = index
-        self._mine = b"w%d-" % index
+        self._mine = session_prefix(index).encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope.get("type") != "http":
