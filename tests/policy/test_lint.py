@@ -21,7 +21,7 @@ from mcp_guard.errors import PolicyError
 from mcp_guard.policy.builtins import builtin_table, probe_embedded_missing
 from mcp_guard.policy.bundle import Bundle, load_bundle
 from mcp_guard.policy.embedded import EmbeddedEngine, compile_bundle
-from mcp_guard.policy.lint import LintCode, PolicyCheckError, lint_ast
+from mcp_guard.policy.lint import LintCode, PolicyCheckError, RuleGraph, lint_ast
 from mcp_guard.policy.runner import run_tests_embedded
 
 REPO = Path(__file__).resolve().parents[2]
@@ -267,3 +267,29 @@ def test_embedded_missing_builtins_match_the_installed_regorus() -> None:
     assert probe_embedded_missing(raw["builtins"]) == sorted(table.embedded_missing)
     assert regorus.__name__ == "regorus" and table.opa_version == "1.4.2"
     assert len(table.builtins) > 150 and "walk" in table.builtins and "print" in table.builtins
+
+
+def test_the_rule_graph_reaches_what_the_decision_references_and_nothing_else(tmp_path: Path) -> None:
+    """RuleGraph: the check's own resolution — a helper rule, a function, a dynamic data ref over a package —
+    and an unused rule that nothing reaches."""
+    bundle = write(
+        tmp_path,
+        {
+            "a.rego": "package a\n\nimport rego.v1\nimport input.x as ix\n\n"
+            'decision := {"allow": allowed}\n\n'
+            "allowed if helper(ix)\n\nallowed if data.b[input.k]\n\n"
+            "helper(v) := v > limit\n\nlimit := 3\n\nunused := input.secret\n",
+            "b.rego": "package b\n\nimport rego.v1\n\nflag if input.y\n",
+        },
+    )
+    graph = RuleGraph(json.loads(compile_bundle(bundle, check=False).get_ast_as_json()))
+    assert graph.reachable(("a", "decision")) == {
+        ("a", "decision"),
+        ("a", "allowed"),
+        ("a", "helper"),
+        ("a", "limit"),
+        ("b", "flag"),
+    }
+    assert {r.path for r in graph.rules} >= {("a", "unused"), ("b", "flag")}
+    assert ("a.rego", ("input", "x")) in {(Path(f).name, p) for f, p in graph.imports}
+    assert all(":" in r.where and "(rule data." in r.where for r in graph.rules)

@@ -35,7 +35,7 @@ OPA re-ordering a body in a cycle. Each finding names ``file:line:col`` and the 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Literal
@@ -47,7 +47,19 @@ from mcp_guard.policy.builtins import Builtin, BuiltinTable, builtin_table
 
 log = structlog.get_logger(__name__)
 
-__all__ = ["Finding", "LintCode", "PolicyCheckError", "check_compiled", "lint_ast", "lint_modules"]
+__all__ = [
+    "Finding",
+    "LintCode",
+    "PolicyCheckError",
+    "RuleGraph",
+    "RuleNode",
+    "ast_tag",
+    "check_compiled",
+    "dotted_ref",
+    "lint_ast",
+    "lint_modules",
+    "ref_chain",
+]
 
 Node = dict[str, Any]
 Severity = Literal["error", "warning"]
@@ -1889,3 +1901,57 @@ def check_compiled(engine: Any, *, embedded: bool = True) -> list[Finding]:
     for f in findings:
         log.warning("policy.check_warning", finding=str(f), code=str(f.code))
     return findings
+
+
+# ------------------------------------------------------------------------------ analysis on the check's model
+
+
+# The AST helpers the check reads nodes with, for analyses over the same AST (policy/reads.py).
+ast_tag = _tag
+ref_chain = _ref_chain
+dotted_ref = _dotted
+
+
+@dataclass(frozen=True, slots=True)
+class RuleNode:
+    """One rule definition, as the check sees it: its static path (package plus the head's constant prefix),
+    where it is (``file:line (rule data.…)``) and its AST node."""
+
+    path: tuple[str, ...]
+    where: str
+    node: Node
+
+
+class RuleGraph:
+    """The check's name resolution of one compilation unit, for analyses that must agree with it.
+
+    The decision cache's read set (:mod:`mcp_guard.policy.reads`) has to follow exactly the rule references
+    the check resolves — a rule, a function, a ``data`` ref, a dynamic ``data.pkg[x]`` that reaches every
+    rule under the prefix — or it could miss a rule the decision depends on. So rather than a second
+    resolver, this runs the check itself (its findings are the load-time check's business and are
+    dropped) and exposes the dependency graph it builds, the rule definitions and the modules' imports.
+    """
+
+    def __init__(
+        self, raw_modules: Sequence[Mapping[str, Any]], *, embedded: bool = True, table: BuiltinTable | None = None
+    ) -> None:
+        modules = [m for m in (_module(dict(r)) for r in raw_modules) if m is not None]
+        checker = _Checker(modules, embedded=embedded, table=table or builtin_table())
+        checker.collect()
+        checker.check_rules()  # fills checker.deps
+        self._checker = checker
+        self.rules = tuple(RuleNode(d.static, f"{d.location} (rule {d.name})", d.node) for d in checker.defs)
+        # (file, imported path) of every ``import data.…`` / ``import input.…``
+        self.imports = tuple((m.file, path) for m in modules for path in m.imports.values())
+
+    def reachable(self, root: Sequence[str]) -> set[tuple[str, ...]]:
+        """Static paths of every rule a reference to ``root`` can reach, directly or through other rules."""
+        todo = list(self._checker.rules_under(root))
+        seen: set[tuple[str, ...]] = set()
+        while todo:
+            path = todo.pop()
+            if path in seen:
+                continue
+            seen.add(path)
+            todo.extend(self._checker.deps.get(path, ()))
+        return seen

@@ -34,10 +34,9 @@ from typing import Any
 import regorus
 
 from mcp_guard.errors import PolicyError
-from mcp_guard.policy.builtins import builtin_table
 from mcp_guard.policy.bundle import Bundle
 from mcp_guard.policy.embedded import regorus_message
-from mcp_guard.policy.lint import _Checker, _dotted, _Module, _module, _ref_chain, _tag
+from mcp_guard.policy.lint import RuleGraph, ast_tag, dotted_ref, ref_chain
 
 __all__ = ["NONDETERMINISTIC", "InputReads", "input_reads", "input_reads_of_modules"]
 
@@ -89,7 +88,7 @@ class _Walk:
             return
         if "with_mods" in node:
             self._with(node["with_mods"] or [], where)
-        tag, body = _tag(node)
+        tag, body = ast_tag(node)
         if tag in ("RefDot", "RefBrack"):
             self._ref(node, where)
             return
@@ -97,7 +96,7 @@ class _Walk:
             self.problems.append(f"{where} reads the whole input")
             return
         if tag == "Call":
-            name = _dotted(body["fcn"])
+            name = dotted_ref(body["fcn"])
             if name is not None and ".".join(name) in NONDETERMINISTIC:
                 self.problems.append(f"{where} calls {'.'.join(name)}")
         for key, value in node.items():
@@ -105,8 +104,8 @@ class _Walk:
                 self.node(value, where)
 
     def _ref(self, node: Any, where: str) -> None:
-        root, segments = _ref_chain(node)
-        rtag, rbody = _tag(root)
+        root, segments = ref_chain(node)
+        rtag, rbody = ast_tag(root)
         if rtag == "Var" and rbody.get("value") == "input":
             path: list[str] = []
             for seg, index in segments:
@@ -124,7 +123,7 @@ class _Walk:
 
     def _with(self, mods: Iterable[Any], where: str) -> None:
         for mod in mods:
-            rtag, rbody = _tag(_ref_chain(mod["refr"])[0])
+            rtag, rbody = ast_tag(ref_chain(mod["refr"])[0])
             root = rbody.get("value") if rtag == "Var" else None
             if root == "input":
                 self.problems.append(f"{where} replaces input with `with input… as`")
@@ -132,18 +131,6 @@ class _Walk:
                 # `with f as g`: the dependency graph has no edge to g, so what g reads would be missed
                 self.problems.append(f"{where} replaces a function with `with … as`")
             self.node(mod.get("as"), where)
-
-
-def _reachable(checker: _Checker, root: Path) -> set[Path]:
-    todo = list(checker.rules_under(root))
-    seen: set[Path] = set()
-    while todo:
-        path = todo.pop()
-        if path in seen:
-            continue
-        seen.add(path)
-        todo.extend(checker.deps.get(path, ()))
-    return seen
 
 
 def _minimal(paths: Iterable[Path]) -> tuple[Path, ...]:
@@ -157,21 +144,17 @@ def _minimal(paths: Iterable[Path]) -> tuple[Path, ...]:
 
 def input_reads_of_modules(raw_modules: Sequence[Mapping[str, Any]], decision: Path) -> InputReads:
     """:func:`input_reads` on the module list ``regorus.Engine.get_ast_as_json`` returns (decoded)."""
-    modules: list[_Module] = [m for m in (_module(dict(r)) for r in raw_modules) if m is not None]
-    checker = _Checker(modules, embedded=True, table=builtin_table())
-    checker.collect()
-    checker.check_rules()  # fills checker.deps; the findings are the load-time check's business
-    reachable = _reachable(checker, decision)
+    graph = RuleGraph(raw_modules)
+    reachable = graph.reachable(decision)
     walk = _Walk()
-    for d in checker.defs:
-        if d.static in reachable:
-            walk.node(d.node, f"{d.location} (rule {d.name})")
-    for m in modules:
-        for path in m.imports.values():
-            if path[0] == "input":
-                walk.paths.add(path[1:])
-                if len(path) == 1:
-                    walk.problems.append(f"{m.file} imports the whole input")
+    for rule in graph.rules:
+        if rule.path in reachable:
+            walk.node(rule.node, rule.where)
+    for file, path in graph.imports:
+        if path[0] == "input":
+            walk.paths.add(path[1:])
+            if len(path) == 1:
+                walk.problems.append(f"{file} imports the whole input")
     if walk.problems:
         return InputReads((), walk.problems[0])
     return InputReads(_minimal(walk.paths))
