@@ -6,7 +6,8 @@ Each client is one keep-alive HTTP/1.1 connection; on the 2025-11-25 era (``--er
 its own MCP session first (initialize + notifications/initialized), on 2026-07-28 (``--era modern``)
 every request is self-contained. Clients call ``tools/call`` back to back with a pre-built body;
 calls that complete during the warm-up are not counted. Prints one JSON object: calls, errors,
-calls/s, p50/p90/p99 latency.
+calls/s, p50/p90/p99 latency, and ``completed`` — every answered call, warm-up included (what the proxy's CPU
+over the whole run is divided by).
 """
 
 from __future__ import annotations
@@ -48,9 +49,10 @@ async def run(
     measure_from = start + warmup
     stop_at = measure_from + duration
     measured_calls = 0
+    completed = 0
 
     async def client(c: HttpClient) -> None:
-        nonlocal measured_calls
+        nonlocal measured_calls, completed
         extra = c.call_headers(template)
         while True:
             t = time.perf_counter()
@@ -65,6 +67,7 @@ async def run(
                     return
                 continue
             done = time.perf_counter()
+            completed += 1
             if t >= measure_from:
                 latencies.append(done - t)
                 measured_calls += 1
@@ -78,6 +81,7 @@ async def run(
         "era": era,
         "seconds": elapsed,
         "calls": len(latencies),
+        "completed": completed,
         "calls_per_s": len(latencies) / elapsed if elapsed > 0 else float("nan"),
         "errors": len(errors),
         "first_error": errors[0] if errors else None,

@@ -60,6 +60,7 @@ def test_throughput_calls_complete_without_errors(report: dict[str, Any]) -> Non
     for r in rows:
         assert r["errors"] == 0, r["first_error"]
         assert r["calls"] > 0
+        assert r["completed"] >= r["calls"] and r["proxy_cpu_us_per_call"] > 0
 
 
 def test_policy_and_audit_benches_exit_cleanly(report: dict[str, Any]) -> None:
