@@ -52,6 +52,7 @@ from pydantic import Field
 
 from mcp_guard.channel import ClientMethod
 from mcp_guard.frontend.input_required import missing_capability
+from mcp_guard.settings import UpstreamSettings
 
 __all__ = [
     "MAX_TASKS_PER_PRINCIPAL",
@@ -65,6 +66,7 @@ __all__ = [
     "TaskSupport",
     "TaskTable",
     "Tasks",
+    "for_upstream",
     "missing_extension",
     "negotiated",
     "task_support",
@@ -293,8 +295,17 @@ def _no_answer(method: ClientMethod, why: str) -> types.ErrorData:
     return types.ErrorData(code=types.INVALID_REQUEST, message=f"mcp-guard: {method} of a task got no answer: {why}")
 
 
-def task_support(tool: types.Tool) -> TaskSupport:
-    """What ``tool``'s definition says about running as a task."""
+def task_support(tool: types.Tool, upstream: UpstreamSettings | None = None) -> TaskSupport:
+    """Whether mcp-guard serves ``tool`` (as its upstream lists it) as a task: ``upstream``'s ``task_tools`` entry
+    for it, else its ``tasks``, else what the definition says (``execution.taskSupport``), else forbidden.
+
+    Why the operator's word comes first: SEP-2663 makes task creation the server's decision, per request, and
+    declares nothing per tool — a 2026-07-28 ``Tool`` has no ``execution``, so a stateless upstream's tools
+    never say. The server a client talks to here is mcp-guard, so its config is the faithful source; a
+    handshake-era upstream's own declaration is the fallback (for such an upstream the definition is its voice)."""
+    configured = upstream.task_tools.get(tool.name, upstream.tasks) if upstream is not None else None
+    if configured is not None:
+        return TaskSupport(configured)
     execution = tool.execution
     value = execution.task_support if execution is not None else None
     return TaskSupport(value) if value is not None else TaskSupport.FORBIDDEN
@@ -313,6 +324,21 @@ def negotiated(ctx: ServerRequestContext[Any, Any]) -> bool:
             return True
     caps = ctx.session.client_capabilities
     return caps is not None and caps.extensions is not None and TASKS_EXTENSION in caps.extensions
+
+
+def for_upstream(caps: dict[str, Any]) -> dict[str, Any]:
+    """A client's capabilities (dumped) as they may be declared to an upstream: without the tasks extension.
+
+    mcp-guard serves tasks at the front and calls every upstream synchronously; declaring the extension upstream
+    would let a 2026-07-28 upstream answer with its own ``CreateTaskResult`` — a handle to a task mcp-guard
+    neither polls nor binds to a principal, whose result would never pass the result policy. Undeclared, the
+    upstream must answer the call itself (or refuse it ``-32021``, which reaches the client as its error)."""
+    extensions = caps.get("extensions")
+    if not isinstance(extensions, Mapping) or TASKS_EXTENSION not in extensions:
+        return caps
+    kept = {k: v for k, v in extensions.items() if k != TASKS_EXTENSION}
+    out = {k: v for k, v in caps.items() if k != "extensions"}
+    return {**out, "extensions": kept} if kept else out
 
 
 def missing_extension() -> MCPError:
