@@ -304,7 +304,9 @@ TOOLS: list[types.Tool] = [
     _tool("protocol_error_job", "Task-supporting: fails with a JSON-RPC (protocol) error.", tasks="optional"),
 ]
 
-TASK_SUPPORT: dict[str, str] = {t.name: t.execution.task_support for t in TOOLS if t.execution and t.execution.task_support}
+TASK_SUPPORT: dict[str, str] = {
+    t.name: t.execution.task_support for t in TOOLS if t.execution is not None and t.execution.task_support
+}
 """The tools that say they may run as tasks (handshake era), and how: what a 2026-era proxy is configured with."""
 
 PROMPTS: list[types.Prompt] = [

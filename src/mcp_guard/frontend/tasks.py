@@ -1,10 +1,11 @@
 """The tasks extension (``io.modelcontextprotocol/tasks``, SEP-2663), served by mcp-guard itself for any upstream.
 
 A 2026-07-28 client that negotiated the extension (in its request's ``clientCapabilities.extensions``) and calls
-a tool whose definition says it supports tasks (``execution.taskSupport`` = ``optional`` or ``required``) gets a
-task handle instead of waiting: the call runs in the background through the same pipeline as any call —
-policy, obligations and approvals, the audit rows, flows, the result policy and redaction — and what the
-client would have been answered is kept on the task until it polls it with ``tasks/get``.
+a tool that may run as a task (:func:`task_support`: the upstream's ``tasks``/``task_tools`` config, else the
+definition's ``execution.taskSupport``) gets a task handle instead of waiting: the call runs in the background
+through the same pipeline as any call — policy, obligations and approvals, the audit rows, flows, the result
+policy and redaction — and what the client would have been answered is kept on the task until it polls it with
+``tasks/get``.
 
 * **Denied at once.** The handle is answered only once the call's allow row is committed
   (``CallContext.admitted``); a call the pipeline refuses before that is answered as a plain call (the deny
@@ -28,8 +29,8 @@ client would have been answered is kept on the task until it polls it with ``tas
   A question the creating request's capabilities cannot answer is refused at once; one unanswered for
   :data:`ANSWER_TIMEOUT_S` is answered with an error.
 
-The removed v1 methods ``tasks/result`` and ``tasks/list`` are not served (``-32601``). An upstream that itself
-speaks tasks is called synchronously by mcp-guard; relaying its task handles is a follow-up.
+The removed v1 methods ``tasks/result`` and ``tasks/list`` are not served (``-32601``). Every upstream is called
+synchronously: the extension is never declared to one (:func:`for_upstream`), so none hands back a task of its own.
 """
 
 from __future__ import annotations
