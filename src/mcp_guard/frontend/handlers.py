@@ -337,7 +337,7 @@ class Handlers:
             request=request,
             tool_info=entry.tool_info(),
         )
-        support = task_support(entry.local, self.settings.upstreams.get(entry.upstream))
+        support = task_support(entry.local, self.registry.settings.upstreams.get(entry.upstream))  # the live table
         if self.tasks is not None and support is not TaskSupport.FORBIDDEN:
             if negotiated(ctx):
                 return await self._call_as_task(ctx, call)
