@@ -10,7 +10,9 @@ Every check that fails through the proxy is listed with why in tests/conformance
 (sections ``proxy-stdio`` and ``proxy-http``) and every listed one must still fail, so the baseline cannot go
 stale in either direction. The fixture answers ``server/discover``, so mcp-guard speaks 2026-07-28 to it (over
 stdio and over HTTP: the second run is the e2e of an HTTP upstream in the 2026 era) and 2025-11-25 clients are
-served through it (mcp_guard.upstream.era, mcp_guard.pipeline.input_rounds; tests/conformance/README.md). The score
+served through it (mcp_guard.upstream.era, mcp_guard.pipeline.input_rounds; tests/conformance/README.md). A
+2026-07-28 Tool declares no task support, so the config's ``task_tools`` (the fixture's own handshake-era
+declarations) says which tools mcp-guard serves as tasks for the suite's ``tasks-*`` scenarios. The score
 of each run is printed in pytest's terminal summary beside the direct one (tests/e2e/test_conformance.py).
 """
 
