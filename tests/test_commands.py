@@ -172,6 +172,8 @@ def test_check_shows_why_an_upstream_failed(
         '[upstreams.broken]\ncommand = "python"\nargs = ["-m", "no_such_connector_xyz"]\nrestart = false\n'
         f'[upstreams.rec]\ncommand = "python"\nargs = ["{RECORDER}"]\n'
         f'[upstreams.modern]\ncommand = "python"\nargs = ["{RECORDER}"]\nenv = {{ RECORDER_MODERN = "1" }}\n'
+        # a 2026-07-28 upstream's tools declare no task support: the config does (with a typo in it)
+        'task_tools = { slow = "optional", hang = "required", slwo = "optional" }\n'
     )
     monkeypatch.chdir(tmp_path)
     assert main(["check", "-c", str(cfg), "--timeout", "20"]) == 1
@@ -179,6 +181,8 @@ def test_check_shows_why_an_upstream_failed(
     assert "[ok  ] rec: protocol 2025-11-25," in out and "[DOWN] broken:" in out
     assert "[ok  ] modern: protocol 2026-07-28," in out  # the era each upstream is spoken to in
     assert "No module named no_such_connector_xyz" in out, out
+    assert "as tasks: hang (required), slow (optional)" in out
+    assert "warning: task_tools names tools it does not list: slwo" in out
 
     assert main(["check", "-c", str(cfg), "--timeout", "20", "--json"]) == 1
     report = json.loads(capsys.readouterr().out)
@@ -186,6 +190,9 @@ def test_check_shows_why_an_upstream_failed(
     assert "stderr" not in report["upstreams"]["rec"]
     assert report["upstreams"]["rec"]["protocol_version"] == "2025-11-25"
     assert report["upstreams"]["modern"]["protocol_version"] == "2026-07-28"
+    assert report["upstreams"]["modern"]["tasks"] == {"slow": "optional", "hang": "required"}
+    assert report["upstreams"]["modern"]["task_tools_unknown"] == ["slwo"]
+    assert report["upstreams"]["rec"]["tasks"] == {}
 
 
 def test_tools_lists_what_the_principal_may_see(

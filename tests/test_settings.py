@@ -68,3 +68,23 @@ def test_an_upstreams_protocol_era_is_validated(tmp_path: Path) -> None:
         load_settings(cfg)
     message = str(info.value)
     assert "\n" not in message and message.startswith(f"{cfg}: upstreams.a.protocol: ")
+
+
+def test_an_upstreams_task_support_is_validated(tmp_path: Path) -> None:
+    up = {"command": "x"}
+    plain = parse_settings({"upstreams": {"a": up}}).upstreams["a"]
+    assert plain.tasks is None and plain.task_tools == {}, "unset: as each tool's definition says"
+    got = parse_settings(
+        {"upstreams": {"a": {**up, "tasks": "optional", "task_tools": {"slow": "required", "quick": "forbidden"}}}}
+    ).upstreams["a"]
+    assert got.tasks == "optional" and got.task_tools == {"slow": "required", "quick": "forbidden"}
+    cfg = tmp_path / "t.toml"
+    cfg.write_text('[upstreams.a]\ncommand = "x"\ntasks = "always"\n')
+    with pytest.raises(ConfigError) as info:
+        load_settings(cfg)
+    message = str(info.value)
+    assert "\n" not in message and message.startswith(f"{cfg}: upstreams.a.tasks: ")
+    cfg.write_text('[upstreams.a]\ncommand = "x"\ntask_tools = { slow = "sometimes" }\n')
+    with pytest.raises(ConfigError) as info:
+        load_settings(cfg)
+    assert str(info.value).startswith(f"{cfg}: upstreams.a.task_tools.slow: ")

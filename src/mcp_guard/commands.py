@@ -25,10 +25,12 @@ import structlog
 from mcp_guard.cli import add_config_arg, config_hint, load_config
 from mcp_guard.errors import ConfigError
 from mcp_guard.logging import configure_logging
-from mcp_guard.settings import Settings
+from mcp_guard.settings import Settings, UpstreamSettings
 from mcp_guard.types import AuditEvent, EventKind
 
 if TYPE_CHECKING:
+    import mcp_types as types
+
     from mcp_guard.app import Guard
     from mcp_guard.audit import AuditWriter
     from mcp_guard.pins import PinBackend
@@ -287,7 +289,8 @@ async def _check_async(settings: Settings, args: argparse.Namespace) -> int:
         for name, conn in guard.registry.connections.items():
             ready = conn.state == "ready"
             # From the merged catalogue, which is scrubbed of injected secrets (a connection's own is raw).
-            tools = [e.local.name for e in guard.registry.catalog.tools.values() if e.upstream == name] if ready else []
+            listed = [e.local for e in guard.registry.catalog.tools.values() if e.upstream == name] if ready else []
+            tools = [t.name for t in listed]
             stderr = [] if ready else list(conn.stderr_tail)[-STDERR_LINES_SHOWN:]
             report["upstreams"][name] = {
                 "state": conn.state,
@@ -304,6 +307,8 @@ async def _check_async(settings: Settings, args: argparse.Namespace) -> int:
                 else problems.get(name, "")
             )
             lines.append(f"  [{mark}] {name}: {detail}")
+            if ready:
+                lines += _task_lines(report["upstreams"][name], listed, settings.upstreams[name])
             if stderr:
                 lines.append(f"         last stderr lines of {name}:")
                 lines += [f"           | {line}" for line in stderr]
@@ -312,6 +317,25 @@ async def _check_async(settings: Settings, args: argparse.Namespace) -> int:
             lines.append(f"  [pool] {name}: one connection per principal, started on its first use (not checked)")
         _print(report, args.json, "\n".join(lines))
         return 1 if problems else 0
+
+
+def _task_lines(report: dict[str, Any], listed: list[types.Tool], upstream: UpstreamSettings) -> list[str]:
+    """Which of an upstream's tools are served as tasks (into ``report``), and a warning for each ``task_tools``
+    name it does not list — a typo there would silently offer no task (not an error: a tool may appear later)."""
+    from mcp_guard.frontend.tasks import TaskSupport, task_support
+
+    served = {
+        t.name: str(s)
+        for t in sorted(listed, key=lambda t: t.name)
+        if (s := task_support(t, upstream)) is not TaskSupport.FORBIDDEN
+    }
+    unknown = sorted(set(upstream.task_tools) - {t.name for t in listed})
+    report["tasks"] = served
+    report["task_tools_unknown"] = unknown
+    lines = [f"         as tasks: {', '.join(f'{n} ({m})' for n, m in served.items())}"] if served else []
+    if unknown:
+        lines.append(f"         warning: task_tools names tools it does not list: {', '.join(unknown)}")
+    return lines
 
 
 # -------------------------------------------------------------------------------------------- tools

@@ -38,6 +38,7 @@ __all__ = [
     "Settings",
     "SigningKey",
     "SigningSettings",
+    "TaskSupportSetting",
     "TelemetrySettings",
     "TokenExchangeSettings",
     "UpstreamSettings",
@@ -467,6 +468,10 @@ class TokenExchangeSettings(_Strict):
         return list(dict.fromkeys(v))
 
 
+TaskSupportSetting = Literal["forbidden", "optional", "required"]
+"""How a tool may run as a task: never, when the client negotiated the extension, only as a task (-32021 without)."""
+
+
 class UpstreamSettings(_Strict):
     transport: Literal["stdio", "http", "sse"] = "stdio"
     command: str | None = None
@@ -504,6 +509,12 @@ class UpstreamSettings(_Strict):
     protocol: Literal["auto", "2025-11-25", "2026-07-28"] = "auto"
     # Send each call with a token exchanged for the caller's (streamable HTTP upstreams only).
     token_exchange: TokenExchangeSettings | None = None
+    # Which of its tools mcp-guard serves as tasks (io.modelcontextprotocol/tasks) to clients that negotiated the
+    # extension: unset = as each tool's definition says (execution.taskSupport, a 2025-11-25 field: a
+    # 2026-07-28 upstream's tools say nothing, so none); set = every tool of this upstream; task_tools names one
+    # tool (its upstream name) and wins over both. The SEP-2663 server alone decides: here, the operator.
+    tasks: TaskSupportSetting | None = None
+    task_tools: dict[Annotated[str, Field(min_length=1)], TaskSupportSetting] = {}
 
     @model_validator(mode="after")
     def _transport_fields(self) -> UpstreamSettings:

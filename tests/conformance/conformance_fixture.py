@@ -18,9 +18,8 @@ Extras the suite does not call but a proxy test can use:
     test_touch_watched_resource   changes ``test://watched-resource`` and announces it (handshake era:
                                   ``notifications/resources/updated`` to subscribers; 2026-07-28: to
                                   ``subscriptions/listen`` streams that asked for that URI)
-    required_task_job             declares taskSupport "required" (the suite's failing_job is declared optional
-                                  here: a proxy's sorted listing puts it first, where http-header-validation
-                                  calls it without the tasks extension)
+    required_task_job             declares taskSupport "required" (answers at once, unlike failing_job)
+    protocol_error_job            declares taskSupport "optional"; fails with a JSON-RPC error
     tools/list, resources/list and prompts/list paginate when ``--page-size N`` (or
     ``CONFORMANCE_FIXTURE_PAGE_SIZE``) is set; by default everything is on one page.
 """
@@ -279,7 +278,9 @@ TOOLS: list[types.Tool] = [
         _obj({"region": {"type": "string", "description": "A region", "x-mcp-header": "Region"}}),
     ),
     # The tasks extension's fixtures (SEP-2663). The fixture itself runs every tool synchronously and does not
-    # serve tasks; its definitions say which tools may run as tasks, and mcp-guard serves tasks for them.
+    # serve tasks; mcp-guard serves tasks for them. Its definitions say which tools may run as tasks only in the
+    # handshake era (a 2026-07-28 Tool has no execution field): a proxy speaking 2026-07-28 to it is configured
+    # with the same table (TASK_SUPPORT; [upstreams.X] task_tools, tests/e2e/test_conformance_proxy.py).
     _tool("greet", "Sync only: returns 'Hello, {name}!'.", _obj({"name": {"type": "string"}}, ["name"])),
     _tool(
         "slow_compute",
@@ -287,11 +288,10 @@ TOOLS: list[types.Tool] = [
         _obj({"seconds": {"type": "number"}, "label": {"type": "string"}}),
         tasks="optional",
     ),
-    # The suite wants failing_job declared "required" (tasks-required-task-error), but a proxy that sorts its
-    # catalogue lists it first, and http-header-validation calls the first tool without the extension: a required
-    # tool would fail that scored check. So "optional"; required_task_job (an extra) is the required one.
-    _tool("failing_job", "Task-supporting: a tool execution error after a moment.", tasks="optional"),
-    _tool("required_task_job", "Task-required (an extra, see above): answers at once.", tasks="required"),
+    # "required", as tasks-required-task-error wants. (http-header-validation calls the first tool listed
+    # without the extension: in a sorted listing that is confirm_delete, which runs synchronously without it.)
+    _tool("failing_job", "Task-required: a tool execution error after a moment.", tasks="required"),
+    _tool("required_task_job", "Task-required (an extra): answers at once.", tasks="required"),
     _tool(
         "confirm_delete",
         "Task-supporting: asks the user to confirm (one elicitation), then answers.",
@@ -303,6 +303,11 @@ TOOLS: list[types.Tool] = [
     ),
     _tool("protocol_error_job", "Task-supporting: fails with a JSON-RPC (protocol) error.", tasks="optional"),
 ]
+
+TASK_SUPPORT: dict[str, str] = {
+    t.name: t.execution.task_support for t in TOOLS if t.execution is not None and t.execution.task_support
+}
+"""The tools that say they may run as tasks (handshake era), and how: what a 2026-era proxy is configured with."""
 
 PROMPTS: list[types.Prompt] = [
     types.Prompt(name="test_simple_prompt", description="A prompt without arguments."),

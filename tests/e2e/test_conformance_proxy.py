@@ -10,12 +10,15 @@ Every check that fails through the proxy is listed with why in tests/conformance
 (sections ``proxy-stdio`` and ``proxy-http``) and every listed one must still fail, so the baseline cannot go
 stale in either direction. The fixture answers ``server/discover``, so mcp-guard speaks 2026-07-28 to it (over
 stdio and over HTTP: the second run is the e2e of an HTTP upstream in the 2026 era) and 2025-11-25 clients are
-served through it (mcp_guard.upstream.era, mcp_guard.pipeline.input_rounds; tests/conformance/README.md). The score
+served through it (mcp_guard.upstream.era, mcp_guard.pipeline.input_rounds; tests/conformance/README.md). A
+2026-07-28 Tool declares no task support, so the config's ``task_tools`` (the fixture's own handshake-era
+declarations) says which tools mcp-guard serves as tasks for the suite's ``tasks-*`` scenarios. The score
 of each run is printed in pytest's terminal summary beside the direct one (tests/e2e/test_conformance.py).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shlex
 import sys
@@ -45,13 +48,26 @@ def _toml(value: str) -> str:
     return json.dumps(value)  # a JSON string is a valid TOML basic string
 
 
+def _task_tools() -> str:
+    """``task_tools`` as the fixture's own (handshake-era) definitions declare them: mcp-guard speaks 2026-07-28
+    to the fixture, whose tools then carry no ``execution.taskSupport``, so the operator's config says it."""
+    spec = importlib.util.spec_from_file_location("conformance_fixture", FIXTURE)
+    assert spec is not None and spec.loader is not None
+    fixture = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fixture)
+    table: dict[str, str] = fixture.TASK_SUPPORT
+    assert table, "the fixture declares no task-supporting tool"
+    return "task_tools = { " + ", ".join(f"{name} = {_toml(mode)}" for name, mode in sorted(table.items())) + " }\n"
+
+
 def _upstream(transport: str) -> str:
+    common = f"namespace = false\nforward_roots = true\n{_task_tools()}"
     if transport == "stdio":
         return (
             f"[upstreams.conf]\ncommand = {_toml(sys.executable)}\n"
-            f'args = [{_toml(str(FIXTURE))}, "--transport", "stdio"]\nnamespace = false\nforward_roots = true\n'
+            f'args = [{_toml(str(FIXTURE))}, "--transport", "stdio"]\n{common}'
         )
-    return f'[upstreams.conf]\ntransport = "http"\nurl = "{URL_MARK}"\nnamespace = false\nforward_roots = true\n'
+    return f'[upstreams.conf]\ntransport = "http"\nurl = "{URL_MARK}"\n{common}'
 
 
 def _proxy_command(transport: str, config: Path) -> tuple[str, ...]:

@@ -1,8 +1,10 @@
 """The tasks extension (io.modelcontextprotocol/tasks) through a real ``mcp-guard run --transport http`` process.
 
-The upstream is the conformance fixture (its ``slow_compute`` and ``failing_job`` say they support tasks; the
-fixture itself runs them synchronously), the policy denies ``failing_job`` and redacts ``secret-…`` words from
-every result, and two principals hold keys. Raw 2026-07-28 HTTP requests (no SDK client fixes anything up):
+The upstream is the conformance fixture (it runs every tool synchronously), spoken to in each era: in 2025-11-25
+its tools' own definitions say which may run as tasks (``execution.taskSupport``); in 2026-07-28 a Tool carries no
+such field, and ``[upstreams.conf] tasks`` / ``task_tools`` say it. The policy denies ``failing_job`` and redacts
+``secret-…`` words from every result, and two principals hold keys. Raw 2026-07-28 HTTP requests (no SDK client
+fixes anything up), the same in both eras:
 
 - alice's task-augmented call is answered with a task at once, polls to ``completed``, and the inlined result has
   passed the result policy (redacted);
@@ -56,8 +58,20 @@ decision := {"allow": true, "reasons": ["result checked"], "obligations": redact
 """
 
 
-@pytest.fixture
-def proxy(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+# How mcp-guard learns which of the fixture's tools run as tasks, per era it speaks to the fixture in.
+ERAS = {
+    # the handshake era: each tool's own definition (execution.taskSupport), no config
+    "2025-11-25": "",
+    # the 2026-07-28 era: a Tool has no execution field, so the operator says it — every tool may run as a task,
+    # except greet; the two the fixture declares required (in the other era) must
+    "2026-07-28": 'tasks = "optional"\n'
+    'task_tools = { greet = "forbidden", failing_job = "required", required_task_job = "required" }\n',
+}
+
+
+@pytest.fixture(params=sorted(ERAS))
+def proxy(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    era: str = request.param
     bundle = tmp_path / "bundle"
     bundle.mkdir()
     (bundle / "tasks.rego").write_text(POLICY)
@@ -70,13 +84,13 @@ def proxy(tmp_path: Path) -> Iterator[tuple[str, Path]]:
         ),
         f"[upstreams.conf]\ncommand = {json.dumps(sys.executable)}\n"
         f'args = [{json.dumps(str(FIXTURE))}, "--transport", "stdio"]\nnamespace = false\n'
-        # A tool's task support (execution.taskSupport) is a handshake-era field: a 2026-07-28 Tool has none.
-        'protocol = "2025-11-25"\n',
+        f"protocol = {json.dumps(era)}\n{ERAS[era]}",
     ]
     cfg = tmp_path / "mcp-guard.toml"
     cfg.write_text("\n".join(lines))
     with http_guard(cfg, tmp_path / "guard.log") as url:
         yield url, tmp_path
+    assert _upstream_version(tmp_path) == era, "the upstream was not spoken to in the era under test"
 
 
 def _message(response: httpx2.Response) -> dict[str, Any]:
@@ -139,6 +153,16 @@ def _rows(tmp: Path, call_id: str) -> list[tuple[str, str | None]]:
     return [(r[0], r[1]) for r in rows]
 
 
+def _upstream_version(tmp: Path) -> str:
+    """The protocol version mcp-guard negotiated with the fixture (its ``upstream.start`` audit row)."""
+    with sqlite3.connect(tmp / "audit.db") as db:
+        row = db.execute(
+            "SELECT json_extract(details, '$.protocol_version') FROM audit_events WHERE kind = 'upstream.start'"
+        ).fetchone()
+    assert row is not None, "no upstream.start row"
+    return str(row[0])
+
+
 def _text(result: dict[str, Any]) -> str:
     return "".join(b.get("text", "") for b in result.get("content", []))
 
@@ -184,6 +208,8 @@ async def test_a_denied_call_is_answered_at_once_and_a_cancelled_task_settles(pr
     assert refused["error"]["data"]["requiredCapabilities"] == {"extensions": {TASKS: {}}}
     plain = await _rpc(url, "alice", "tools/call", {"name": "slow_compute", "arguments": {"seconds": 0}}, tasks=False)
     assert "taskId" not in plain["result"] and _text(plain["result"]).startswith("Computed"), "optional: synchronous"
+    sync = await _rpc(url, "alice", "tools/call", {"name": "greet", "arguments": {"name": "Ada"}})
+    assert "taskId" not in sync["result"] and _text(sync["result"]) == "Hello, Ada!", "forbidden: never a task"
 
     denied = (await _rpc(url, "alice", "tools/call", {"name": "failing_job", "arguments": {}}))["result"]
     assert "taskId" not in denied and denied["isError"] is True, denied

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import mcp_types as types
 import pytest
 
 from guard_harness import client_of, make_settings, read_log, recorder_upstream, running_guard, wait_for
+from mcp_guard.frontend.handlers import Handlers
+from mcp_guard.frontend.tasks import TASKS_EXTENSION
 from mcp_guard.testing import FunctionEngine, RecordingSink
 from mcp_guard.types import Decision, EventKind, PolicyInput
 
@@ -86,3 +89,26 @@ async def test_a_denied_unsubscribe_is_recorded_and_not_forwarded(tmp_path: Path
     assert "resources/subscribe" in methods(log) and "resources/unsubscribe" not in methods(log)
     [row] = decided(sink, "resources/unsubscribe")
     assert row.decision == "deny"
+
+
+def test_the_capabilities_forwarded_upstream_never_declare_the_tasks_extension() -> None:
+    """mcp-guard serves tasks itself: an upstream told the client takes tasks could answer with its own handle."""
+    handlers = Handlers(
+        settings=make_settings({}),
+        registry=None,  # type: ignore[arg-type]
+        chain=None,  # type: ignore[arg-type]
+        visibility=None,  # type: ignore[arg-type]
+        sink=RecordingSink(),
+        sessions=None,  # type: ignore[arg-type]
+        transport="http",
+        principal_of=None,  # type: ignore[arg-type]
+    )
+    caps = types.ClientCapabilities.model_validate(
+        {"elicitation": {}, "extensions": {TASKS_EXTENSION: {}, "example.org/other": {}}}
+    )
+    ctx: Any = SimpleNamespace(protocol_version="2026-07-28", session=SimpleNamespace(client_capabilities=caps))
+    meta = handlers._forward_meta(None, ctx)
+    assert meta is not None
+    forwarded = dict(meta)[types.CLIENT_CAPABILITIES_META_KEY]
+    assert forwarded["extensions"] == {"example.org/other": {}}, "other extensions pass, the tasks one does not"
+    assert "elicitation" in forwarded

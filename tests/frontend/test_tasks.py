@@ -27,9 +27,11 @@ from mcp_guard.frontend.tasks import (
     TaskStatus,
     TaskSupport,
     TaskTable,
+    for_upstream,
     negotiated,
     task_support,
 )
+from mcp_guard.settings import UpstreamSettings
 
 pytestmark = pytest.mark.anyio
 
@@ -168,6 +170,39 @@ def test_task_support_reads_the_tool_definition() -> None:
     assert task_support(tool(None)) is TaskSupport.FORBIDDEN
     assert task_support(tool("optional")) is TaskSupport.OPTIONAL
     assert task_support(tool("required")) is TaskSupport.REQUIRED
+    assert task_support(tool("optional"), _upstream()) is TaskSupport.OPTIONAL, "unset config: as the tool says"
+
+
+def _upstream(**keys: Any) -> UpstreamSettings:
+    return UpstreamSettings(command="srv", **keys)
+
+
+def test_the_upstreams_config_decides_for_tools_that_declare_nothing() -> None:
+    # A 2026-07-28 upstream's Tool has no execution field: only the operator's config can offer its tools as tasks.
+    stateless = types.Tool(name="slow", input_schema={"type": "object"})
+    other = types.Tool(name="quick", input_schema={"type": "object"})
+    assert task_support(stateless, _upstream()) is TaskSupport.FORBIDDEN
+    assert task_support(stateless, _upstream(tasks="optional")) is TaskSupport.OPTIONAL
+    per_tool = _upstream(tasks="optional", task_tools={"slow": "required", "gone": "forbidden"})
+    assert task_support(stateless, per_tool) is TaskSupport.REQUIRED, "a task_tools entry wins over tasks"
+    assert task_support(other, per_tool) is TaskSupport.OPTIONAL, "a tool without an entry gets the upstream's"
+    assert task_support(other, _upstream(task_tools={"slow": "optional"})) is TaskSupport.FORBIDDEN
+
+
+def test_the_config_overrides_a_handshake_tools_own_declaration() -> None:
+    declared = types.Tool(
+        name="job", input_schema={"type": "object"}, execution=types.ToolExecution(task_support="required")
+    )
+    assert task_support(declared, _upstream(tasks="forbidden")) is TaskSupport.FORBIDDEN
+    assert task_support(declared, _upstream(task_tools={"job": "optional"})) is TaskSupport.OPTIONAL
+
+
+def test_the_tasks_extension_is_never_declared_upstream() -> None:
+    # mcp-guard serves tasks at the front; an upstream that could answer with its own task handle must not.
+    caps = {"elicitation": {}, "extensions": {TASKS_EXTENSION: {}, "example.org/other": {"x": 1}}}
+    assert for_upstream(caps) == {"elicitation": {}, "extensions": {"example.org/other": {"x": 1}}}
+    assert for_upstream({"extensions": {TASKS_EXTENSION: {}}}) == {}
+    assert for_upstream({"sampling": {}}) == {"sampling": {}}
 
 
 # ---------------------------------------------------------------------------------------------------- running

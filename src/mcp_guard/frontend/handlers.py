@@ -43,6 +43,7 @@ from mcp_guard.frontend.tasks import (
     TaskParams,
     Tasks,
     TaskSupport,
+    for_upstream,
     missing_extension,
     negotiated,
     task_support,
@@ -165,6 +166,7 @@ class Handlers:
         if ctx is not None:
             caps = ctx.session.client_capabilities
             dumped = caps.model_dump(by_alias=True, mode="json", exclude_none=True) if caps is not None else {}
+            dumped = for_upstream(dumped)  # tasks are served here, never handed back by an upstream
             safe = {**(safe or {}), types.CLIENT_CAPABILITIES_META_KEY: dumped}
             modern = ctx.protocol_version in MODERN_PROTOCOL_VERSIONS
             level = raw.get(types.LOG_LEVEL_META_KEY) if modern else (self._session(ctx).log_level or "debug")
@@ -335,10 +337,11 @@ class Handlers:
             request=request,
             tool_info=entry.tool_info(),
         )
-        if self.tasks is not None and task_support(entry.local) is not TaskSupport.FORBIDDEN:
+        support = task_support(entry.local, self.registry.settings.upstreams.get(entry.upstream))  # the live table
+        if self.tasks is not None and support is not TaskSupport.FORBIDDEN:
             if negotiated(ctx):
                 return await self._call_as_task(ctx, call)
-            if task_support(entry.local) is TaskSupport.REQUIRED:
+            if support is TaskSupport.REQUIRED:
                 raise missing_extension()
         outcome = await self._run_for(ctx, sess, call, params)
         if isinstance(outcome, dict):

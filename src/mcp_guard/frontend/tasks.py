@@ -1,10 +1,11 @@
 """The tasks extension (``io.modelcontextprotocol/tasks``, SEP-2663), served by mcp-guard itself for any upstream.
 
 A 2026-07-28 client that negotiated the extension (in its request's ``clientCapabilities.extensions``) and calls
-a tool whose definition says it supports tasks (``execution.taskSupport`` = ``optional`` or ``required``) gets a
-task handle instead of waiting: the call runs in the background through the same pipeline as any call —
-policy, obligations and approvals, the audit rows, flows, the result policy and redaction — and what the
-client would have been answered is kept on the task until it polls it with ``tasks/get``.
+a tool that may run as a task (:func:`task_support`: the upstream's ``tasks``/``task_tools`` config, else the
+definition's ``execution.taskSupport``) gets a task handle instead of waiting: the call runs in the background
+through the same pipeline as any call — policy, obligations and approvals, the audit rows, flows, the result
+policy and redaction — and what the client would have been answered is kept on the task until it polls it with
+``tasks/get``.
 
 * **Denied at once.** The handle is answered only once the call's allow row is committed
   (``CallContext.admitted``); a call the pipeline refuses before that is answered as a plain call (the deny
@@ -28,8 +29,8 @@ client would have been answered is kept on the task until it polls it with ``tas
   A question the creating request's capabilities cannot answer is refused at once; one unanswered for
   :data:`ANSWER_TIMEOUT_S` is answered with an error.
 
-The removed v1 methods ``tasks/result`` and ``tasks/list`` are not served (``-32601``). An upstream that itself
-speaks tasks is called synchronously by mcp-guard; relaying its task handles is a follow-up.
+The removed v1 methods ``tasks/result`` and ``tasks/list`` are not served (``-32601``). Every upstream is called
+synchronously: the extension is never declared to one (:func:`for_upstream`), so none hands back a task of its own.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ from pydantic import Field
 
 from mcp_guard.channel import ClientMethod
 from mcp_guard.frontend.input_required import missing_capability
+from mcp_guard.settings import UpstreamSettings
 
 __all__ = [
     "MAX_TASKS_PER_PRINCIPAL",
@@ -65,6 +67,7 @@ __all__ = [
     "TaskSupport",
     "TaskTable",
     "Tasks",
+    "for_upstream",
     "missing_extension",
     "negotiated",
     "task_support",
@@ -293,8 +296,17 @@ def _no_answer(method: ClientMethod, why: str) -> types.ErrorData:
     return types.ErrorData(code=types.INVALID_REQUEST, message=f"mcp-guard: {method} of a task got no answer: {why}")
 
 
-def task_support(tool: types.Tool) -> TaskSupport:
-    """What ``tool``'s definition says about running as a task."""
+def task_support(tool: types.Tool, upstream: UpstreamSettings | None = None) -> TaskSupport:
+    """Whether mcp-guard serves ``tool`` (as its upstream lists it) as a task: ``upstream``'s ``task_tools`` entry
+    for it, else its ``tasks``, else what the definition says (``execution.taskSupport``), else forbidden.
+
+    Why the operator's word comes first: SEP-2663 makes task creation the server's decision, per request, and
+    declares nothing per tool — a 2026-07-28 ``Tool`` has no ``execution``, so a stateless upstream's tools
+    never say. The server a client talks to here is mcp-guard, so its config is the faithful source; a
+    handshake-era upstream's own declaration is the fallback (for such an upstream the definition is its voice)."""
+    configured = upstream.task_tools.get(tool.name, upstream.tasks) if upstream is not None else None
+    if configured is not None:
+        return TaskSupport(configured)
     execution = tool.execution
     value = execution.task_support if execution is not None else None
     return TaskSupport(value) if value is not None else TaskSupport.FORBIDDEN
@@ -313,6 +325,21 @@ def negotiated(ctx: ServerRequestContext[Any, Any]) -> bool:
             return True
     caps = ctx.session.client_capabilities
     return caps is not None and caps.extensions is not None and TASKS_EXTENSION in caps.extensions
+
+
+def for_upstream(caps: dict[str, Any]) -> dict[str, Any]:
+    """A client's capabilities (dumped) as they may be declared to an upstream: without the tasks extension.
+
+    mcp-guard serves tasks at the front and calls every upstream synchronously; declaring the extension upstream
+    would let a 2026-07-28 upstream answer with its own ``CreateTaskResult`` — a handle to a task mcp-guard
+    neither polls nor binds to a principal, whose result would never pass the result policy. Undeclared, the
+    upstream must answer the call itself (or refuse it ``-32021``, which reaches the client as its error)."""
+    extensions = caps.get("extensions")
+    if not isinstance(extensions, Mapping) or TASKS_EXTENSION not in extensions:
+        return caps
+    kept = {k: v for k, v in extensions.items() if k != TASKS_EXTENSION}
+    out = {k: v for k, v in caps.items() if k != "extensions"}
+    return {**out, "extensions": kept} if kept else out
 
 
 def missing_extension() -> MCPError:
