@@ -41,7 +41,7 @@ from mcp_guard.pipeline.context import CallContext, CallNext, Outcome, PolicyVer
 from mcp_guard.settings import AuditSettings
 from mcp_guard.types import AuditEvent, Decision, ReasonCode
 
-__all__ = ["CANCEL_RECORD_TIMEOUT_S", "EventSink", "RecordDecision", "RecordOutcome", "outcome_row"]
+__all__ = ["CANCEL_RECORD_TIMEOUT_S", "EventSink", "RecordDecision", "RecordOutcome", "decision_row", "outcome_row"]
 
 log = structlog.get_logger("mcp_guard.audit")
 
@@ -80,25 +80,29 @@ def _columns(ctx: CallContext) -> _CallColumns:
     }
 
 
-def _decision_row(
+def decision_row(
     ctx: CallContext, decision: Decision, max_arguments_bytes: int, verdict: PolicyVerdict | None = None
 ) -> AuditEvent:
     """A ``call.decision`` row; arguments as the audit may hold them (masked by InspectArguments, bounded).
 
     With the policy's ``verdict`` (the policy was asked), the row keeps the question and the policy's own
-    answer for replay (:func:`~mcp_guard.audit.events.policy_record`, bounded by the same limit)."""
+    answer for replay (:func:`~mcp_guard.audit.events.policy_record`, bounded by the same limit); a
+    re-decision's input responses are kept as masked as its arguments (``PolicyVerdict.audit_responses``),
+    and the row says which round it decided (``details.input_round``)."""
     arguments = ctx.audit_arguments if ctx.audit_arguments is not None else ctx.arguments
-    policy = (
-        events.policy_record(verdict.input.to_dict(), verdict.decision, max_arguments_bytes)
-        if verdict is not None
-        else None
-    )
+    policy = None
+    if verdict is not None:
+        document = verdict.input.to_dict()
+        if "input_responses" in document:
+            document["input_responses"] = dict(verdict.audit_responses or {})
+        policy = events.policy_record(document, verdict.decision, max_arguments_bytes)
     return events.call_decision(
         decision,
         arguments=arguments,
         max_arguments_bytes=max_arguments_bytes,
         policy=policy,
         upstream_token=ctx.upstream_token.to_audit() if ctx.upstream_token is not None else None,
+        input_round=verdict.input_round if verdict is not None else None,
         **_columns(ctx),
     )
 
@@ -123,7 +127,7 @@ def outcome_row(ctx: CallContext, outcome: Outcome, max_arguments_bytes: int = _
             **_columns(ctx),
         )
     if denial is not None:
-        return _decision_row(ctx, denial, max_arguments_bytes, outcome.verdict)
+        return decision_row(ctx, denial, max_arguments_bytes, outcome.verdict)
     if outcome.error is not None:
         return events.call_error(
             outcome.decision,
@@ -170,7 +174,7 @@ class RecordDecision:
         assert decision is not None and decision.allow, "RecordDecision runs after an allow"
         try:
             try:
-                await self._sink.record(_decision_row(ctx, decision, self._max_arguments_bytes, ctx.verdict))
+                await self._sink.record(decision_row(ctx, decision, self._max_arguments_bytes, ctx.verdict))
             except AuditError as e:
                 _unavailable(ctx, "decision", e, decision)
                 return Outcome.fail_closed(

@@ -26,10 +26,16 @@ __all__ = [
     "Outcome",
     "PolicyVerdict",
     "ProgressFn",
+    "Redecide",
     "ResultVerdict",
 ]
 
 ProgressFn = Callable[[float, float | None, str | None], Awaitable[None]]
+
+Redecide = Callable[[Mapping[str, dict[str, Any]]], Awaitable[Decision]]
+"""Ask the policy again about an admitted call, now with the client's answers to an upstream's mid-call
+questions (keyed as the upstream keyed them), before a retry carries them upstream. An allow's row is committed
+when it returns; a deny has ended the call's run (:mod:`mcp_guard.pipeline.redecide`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +49,10 @@ class PolicyVerdict:
 
     input: PolicyInput
     decision: Decision
+    input_round: int = 0  # 0: the call's first decision; n: the re-decision on the n-th round of input responses
+    # The round's input responses as the audit may hold them (secrets scrubbed, credential shapes masked), kept in
+    # the row's recorded input in place of the raw ones the policy saw; None when the input has none.
+    audit_responses: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +88,12 @@ class CallContext:
     # Told once the allow row is committed, just before the stages that reach the upstream: a task-augmented
     # call (mcp_guard.frontend.tasks) answers its task handle then, so a denied call is answered at once.
     admitted: Callable[[], None] | None = None
+    # Set by the Redecide stage for the stages inside it: the policy asked again with a round's input responses
+    # before they go upstream (Forward's rounds with a 2026-07-28 upstream). None before the call is admitted.
+    redecide: Redecide | None = None
+    # Told the call's Redecide once it is admitted: the input-required bridge (mcp_guard.frontend.input_required)
+    # re-decides on a client's retry with its inputResponses before delivering them to the waiting upstream.
+    on_redecide: Callable[[Redecide], None] | None = None
 
 
 class ErrorOrigin(StrEnum):

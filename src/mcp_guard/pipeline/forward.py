@@ -23,6 +23,7 @@ from mcp.shared.exceptions import MCPError
 from mcp_guard.errors import UpstreamError, UpstreamTimeout
 from mcp_guard.pipeline.context import CallContext, ErrorOrigin, Outcome
 from mcp_guard.pipeline.input_rounds import complete_input_rounds, is_input_required
+from mcp_guard.types import Decision
 from mcp_guard.upstream.registry import Registry
 
 __all__ = [
@@ -112,10 +113,12 @@ class Forward:
                             )
 
                         final = await complete_input_rounds(
-                            result, ctx.request, send, ctx.downstream, upstream=ctx.server
+                            result, ctx.request, send, ctx.downstream, upstream=ctx.server, redecide=ctx.redecide
                         )
                         if isinstance(final, types.ErrorData):
                             return Outcome(error=final, error_origin=ErrorOrigin.GUARD)
+                        if isinstance(final, Decision):  # the policy refused the answers (Redecide ends the call)
+                            return Outcome(decision=final)
                         result = final
         except UpstreamTimeout as e:
             return Outcome.guard_error(UPSTREAM_TIMEOUT, str(e))
