@@ -575,6 +575,8 @@ async def test_a_2026_upstreams_own_keys_reach_the_client_and_its_state_stays_wi
         assert [e.kind for e in rows] == [EventKind.CALL_DECISION, EventKind.CALL_DECISION, EventKind.CALL_RESULT]
         assert len({e.details["call_id"] for e in rows if e.details}) == 1
         assert rows[1].details is not None and rows[1].details["input_round"] == 1
+        era = "stateless" if upstream == "2026-07-28" else "handshake"
+        assert [(e.details or {}).get("upstream_protocol") for e in rows] == [era, era, era]
         asked = json.loads(rows[1].details["policy"]["input_json"])
         assert asked["input_responses"] == {key: {"action": "accept", "content": {"name": "Ada"}}}
 

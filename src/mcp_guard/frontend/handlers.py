@@ -189,9 +189,10 @@ class Handlers:
         up = self.registry.settings.upstreams.get(server)  # the live table (a config reload replaces it)
         channel = RequestChannel(sess, ctx, timeout_s=up.timeout_s if up else 60.0)
         wants_progress = ctx.meta is not None and ctx.meta.get("progress_token") is not None
+        principal = self.principal_of(ctx)  # this request's credentials (a session may step up its token)
         return CallContext(
             action=action,
-            principal=self.principal_of(ctx),  # this request's credentials (a session may step up its token)
+            principal=principal,
             session=sess.info,
             server=server,
             target=target,
@@ -204,6 +205,7 @@ class Handlers:
             downstream=channel,
             correlation_id=correlation_id(ctx.meta) if sess.modern else None,
             trace_context=_http_trace_context(ctx),
+            upstream_protocol=self.registry.upstream_protocol(server, principal.id),
         )
 
     async def _run(self, call: CallContext) -> Outcome:

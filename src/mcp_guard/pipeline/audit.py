@@ -30,6 +30,7 @@ Rows are built with :mod:`mcp_guard.audit.events` (one constructor per row kind)
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import Protocol, TypedDict
 
 import anyio
@@ -96,7 +97,7 @@ def decision_row(
         if "input_responses" in document:
             document["input_responses"] = dict(verdict.audit_responses or {})
         policy = events.policy_record(document, verdict.decision, max_arguments_bytes)
-    return events.call_decision(
+    row = events.call_decision(
         decision,
         arguments=arguments,
         max_arguments_bytes=max_arguments_bytes,
@@ -105,10 +106,20 @@ def decision_row(
         input_round=verdict.input_round if verdict is not None else None,
         **_columns(ctx),
     )
+    return with_upstream_protocol(row, ctx.upstream_protocol)
+
+
+def with_upstream_protocol(event: AuditEvent, era: str | None) -> AuditEvent:
+    """``event`` with ``details.upstream_protocol`` (the era the call's upstream is spoken to in) when known.
+
+    A details key, like ``call_id``: inside the hashed row, no column and no migration."""
+    if era is None:
+        return event
+    return replace(event, details={**(event.details or {}), "upstream_protocol": era})
 
 
 def outcome_row(ctx: CallContext, outcome: Outcome, max_arguments_bytes: int = _MAX_ARGUMENTS_BYTES) -> AuditEvent:
-    """The row that says how a call ended.
+    """The row that says how a call ended, naming the era of the connection it went out on (else the call's).
 
     A denied call: its ``call.decision`` deny row (for an override, the override — which carries the
     governing decision's id and revision). A call that ran: ``call.error`` or ``call.result`` naming
@@ -116,6 +127,11 @@ def outcome_row(ctx: CallContext, outcome: Outcome, max_arguments_bytes: int = _
     row saying so (:func:`~mcp_guard.audit.events.call_withheld`), not a second ``call.decision`` row —
     the allow row stands, the call did run.
     """
+    era = outcome.upstream_protocol or ctx.upstream_protocol
+    return with_upstream_protocol(_outcome_row(ctx, outcome, max_arguments_bytes), era)
+
+
+def _outcome_row(ctx: CallContext, outcome: Outcome, max_arguments_bytes: int) -> AuditEvent:
     denial = outcome.denial
     judged = outcome.result_verdict
     if denial is not None and judged is not None and judged.withheld is not None:
@@ -193,7 +209,8 @@ class RecordDecision:
         """The ``call.cancelled`` row, written in the cancel path: shielded, and bounded in time."""
         with anyio.move_on_after(CANCEL_RECORD_TIMEOUT_S, shield=True) as scope:
             try:
-                await self._sink.record(events.call_cancelled(decision, **_columns(ctx)))
+                row = events.call_cancelled(decision, **_columns(ctx))
+                await self._sink.record(with_upstream_protocol(row, ctx.upstream_protocol))
             except AuditError as e:
                 _unavailable(ctx, "cancelled", e, decision)
         if scope.cancelled_caught:

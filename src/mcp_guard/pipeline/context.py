@@ -16,6 +16,7 @@ import mcp_types as types
 from mcp_guard.channel import ClientChannel
 from mcp_guard.state.base import Flow
 from mcp_guard.types import Action, Decision, PolicyInput, Principal, ReasonCode, SessionInfo, ToolInfo, new_id
+from mcp_guard.upstream.era import Era
 from mcp_guard.upstream.token_exchange import UpstreamToken
 
 __all__ = [
@@ -94,6 +95,9 @@ class CallContext:
     # Told the call's Redecide once it is admitted: the input-required bridge (mcp_guard.frontend.input_required)
     # re-decides on a client's retry with its inputResponses before delivering them to the waiting upstream.
     on_redecide: Callable[[Redecide], None] | None = None
+    # The era the upstream is spoken to in (``stateless``: 2026-07-28, ``handshake``: 2025-11-25) when the call was
+    # made; None when its connection has not been ready yet. On the call's rows (details.upstream_protocol).
+    upstream_protocol: Era | None = None
 
 
 class ErrorOrigin(StrEnum):
@@ -147,6 +151,7 @@ class Outcome:
     error_origin: ErrorOrigin = ErrorOrigin.UPSTREAM
     result_verdict: ResultVerdict | None = None  # the result policy's verdict (ResultPolicy), when it judged
     verdict: PolicyVerdict | None = None  # the policy's input and own decision, when the policy was asked
+    upstream_protocol: Era | None = None  # the era of the connection Forward sent the call on (None: none reached)
 
     @classmethod
     def guard_error(cls, code: int, message: str) -> Outcome:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from dataclasses import replace
 from typing import Any
 
 import mcp_types as types
@@ -24,6 +25,7 @@ from mcp_guard.errors import UpstreamError, UpstreamTimeout
 from mcp_guard.pipeline.context import CallContext, ErrorOrigin, Outcome
 from mcp_guard.pipeline.input_rounds import complete_input_rounds, is_input_required
 from mcp_guard.types import Decision
+from mcp_guard.upstream.era import Era
 from mcp_guard.upstream.registry import Registry
 
 __all__ = [
@@ -96,11 +98,18 @@ class Forward:
         self._registry = registry
 
     async def __call__(self, ctx: CallContext) -> Outcome:
+        reached: list[Era] = []
+        outcome = await self._forward(ctx, reached)
+        # The era of the connection the call went out on, for its outcome row (details.upstream_protocol).
+        return replace(outcome, upstream_protocol=reached[0]) if reached else outcome
+
+    async def _forward(self, ctx: CallContext, reached: list[Era]) -> Outcome:
         try:
             # The caller's own connection when the upstream runs one per principal (mcp_guard.upstream.pool).
             async with self._registry.lease(ctx.server, ctx.principal.id) as conn:
                 if conn is None:
                     return Outcome.guard_error(UPSTREAM_UNAVAILABLE, f"unknown upstream {ctx.server!r}")
+                reached.append(conn.era)
                 with self._registry.in_flight(ctx.server, ctx.downstream):
                     result = await conn.request(
                         ctx.request, timeout=ctx.timeout_s, on_progress=ctx.progress, bearer=ctx.upstream_token

@@ -52,6 +52,7 @@ from mcp_guard.pins import PinBackend, scan_tool
 from mcp_guard.settings import Settings, UpstreamSettings
 from mcp_guard.types import EventKind, ToolInfo
 from mcp_guard.upstream.connection import Injections, UpstreamConnection
+from mcp_guard.upstream.era import Era
 from mcp_guard.upstream.naming import Namer
 from mcp_guard.upstream.pool import UpstreamPool
 from mcp_guard.upstream.token_exchange import TokenExchanger
@@ -332,6 +333,13 @@ class Registry:
     # ------------------------------------------------------------------ routing
     def connection(self, upstream: str) -> UpstreamConnection | None:
         return self.connections.get(upstream)
+
+    def upstream_protocol(self, upstream: str, principal: str) -> Era | None:
+        """The era ``upstream`` is spoken to in for ``principal``'s calls now (its connection, or the principal's
+        own in a pool); None until that connection has been ready once (a pool child not yet started)."""
+        pool = self.pools.get(upstream)
+        conn = pool.child(principal) if pool is not None else self.connections.get(upstream)
+        return conn.era if conn is not None and conn.protocol_version is not None else None
 
     def find_tool(self, exposed: str) -> ExposedTool | None:
         return self.catalog.tools.get(exposed)
