@@ -55,6 +55,7 @@ from mcp_guard.pipeline.secrets import strip_meta_credentials
 from mcp_guard.pipeline.visibility import Visibility
 from mcp_guard.settings import Settings
 from mcp_guard.types import Action, Decision, ReasonCode, ToolInfo
+from mcp_guard.upstream.param_headers import param_headers_of
 from mcp_guard.upstream.registry import Registry
 
 __all__ = ["Handlers", "PrincipalResolver"]
@@ -206,6 +207,7 @@ class Handlers:
             correlation_id=correlation_id(ctx.meta) if sess.modern else None,
             trace_context=_http_trace_context(ctx),
             upstream_protocol=self.registry.upstream_protocol(server, principal.id),
+            param_headers=_param_headers(ctx) if sess.modern and action == "tools/call" else None,
         )
 
     async def _run(self, call: CallContext) -> Outcome:
@@ -587,6 +589,11 @@ def _for_client(ctx: ServerRequestContext[Any, Any], result: dict[str, Any]) -> 
 
 
 AsyncHandler = Callable[..., Awaitable[Any]]
+
+
+def _param_headers(ctx: ServerRequestContext[Any, Any]) -> dict[str, str] | None:
+    """The ``Mcp-Param-*`` headers of the HTTP request behind ``ctx``, to pass on (None without)."""
+    return param_headers_of(getattr(ctx.request, "headers", None))
 
 
 def _http_trace_context(ctx: ServerRequestContext[Any, Any]) -> dict[str, str] | None:

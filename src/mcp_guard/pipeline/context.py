@@ -98,6 +98,9 @@ class CallContext:
     # The era the upstream is spoken to in (``stateless``: 2026-07-28, ``handshake``: 2025-11-25) when the call was
     # made; None when its connection has not been ready yet. On the call's rows (details.upstream_protocol).
     upstream_protocol: Era | None = None
+    # The client's Mcp-Param-* headers (a 2026-07-28 HTTP tools/call), passed on with this call's requests to a
+    # 2026-07-28 HTTP upstream (mcp_guard.upstream.param_headers); None: it sent none.
+    param_headers: Mapping[str, str] | None = None
 
 
 class ErrorOrigin(StrEnum):

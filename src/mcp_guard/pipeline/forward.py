@@ -112,13 +112,21 @@ class Forward:
                 reached.append(conn.era)
                 with self._registry.in_flight(ctx.server, ctx.downstream):
                     result = await conn.request(
-                        ctx.request, timeout=ctx.timeout_s, on_progress=ctx.progress, bearer=ctx.upstream_token
+                        ctx.request,
+                        timeout=ctx.timeout_s,
+                        on_progress=ctx.progress,
+                        bearer=ctx.upstream_token,
+                        headers=ctx.param_headers,
                     )
                     if is_input_required(result):  # a 2026-07-28 upstream's questions (mcp_guard.pipeline.input_rounds)
 
                         async def send(request: types.ClientRequest) -> dict[str, Any]:
                             return await conn.request(
-                                request, timeout=ctx.timeout_s, on_progress=ctx.progress, bearer=ctx.upstream_token
+                                request,
+                                timeout=ctx.timeout_s,
+                                on_progress=ctx.progress,
+                                bearer=ctx.upstream_token,
+                                headers=ctx.param_headers,
                             )
 
                         final = await complete_input_rounds(
