@@ -44,7 +44,15 @@ from mcp_guard.errors import UpstreamError, UpstreamTimeout
 from mcp_guard.secrets.describe import describe_invalid, is_parse_error
 from mcp_guard.settings import UpstreamSettings
 from mcp_guard.types import EventKind
-from mcp_guard.upstream.era import EnvelopeDispatcher, Era, era_of, negotiate, per_request_capabilities, split_envelope
+from mcp_guard.upstream.era import (
+    EnvelopeDispatcher,
+    Era,
+    EraMemory,
+    era_of,
+    negotiate,
+    per_request_capabilities,
+    split_envelope,
+)
 from mcp_guard.upstream.param_headers import add_call_headers, call_headers
 from mcp_guard.upstream.stdio import StderrTail, minimal_environment, open_stdio_transport, undecodable_reason
 from mcp_guard.upstream.token_exchange import UpstreamToken, call_token
@@ -110,8 +118,11 @@ class UpstreamConnection:
         cwd: str | None = None,
         auth: httpx2.Auth | None = None,
         stderr_tail: StderrTail | None = None,
+        eras: EraMemory | None = None,
     ) -> None:
         self.name = name
+        # What an ``auto`` upstream was found to speak, kept for its restarts (the registry's, shared by name).
+        self._eras = eras if eras is not None else EraMemory()
         self._auth = auth  # sets Authorization per HTTP request (token_exchange: mcp_guard.upstream.token_exchange)
         self.settings = settings
         self._hooks = hooks
@@ -316,7 +327,7 @@ class UpstreamConnection:
             )
             async with session:
                 with anyio.fail_after(self.settings.startup_timeout_s):
-                    version = await negotiate(session, self.settings.protocol, upstream=self.name)
+                    version = await self._negotiate(session)
                     capabilities = session.server_capabilities or types.ServerCapabilities()
                     server_info = session.server_info or types.Implementation(name=self.name, version="unknown")
                     catalog = await self._fetch_catalog(
@@ -356,6 +367,19 @@ class UpstreamConnection:
                         tg.start_soon(self._listen, session, capabilities)
                     await closed.wait()
                     tg.cancel_scope.cancel()
+
+    async def _negotiate(self, session: ClientSession) -> str:
+        """:func:`negotiate`, told (for ``auto``) the version this upstream spoke before, and remembering it."""
+        protocol = self.settings.protocol
+        remembered = self._eras.get(self.name) if protocol == "auto" else None
+        try:
+            version = await negotiate(session, protocol, upstream=self.name, remembered=remembered)
+        except BaseException:
+            self._eras.forget(self.name)  # the next attempt probes afresh
+            raise
+        if protocol == "auto":
+            self._eras.remember(self.name, version)
+        return version
 
     @contextlib.asynccontextmanager
     async def _open_transport(self, inj: Injections) -> AsyncIterator[tuple[Any, Any, anyio.Event]]:
