@@ -11,7 +11,8 @@ import anyio
 import pytest
 from pipeline_kit import call_ctx, pipeline
 
-from mcp_guard.pipeline.context import CallContext, Outcome, Redecide
+from mcp_guard.pipeline.context import CallContext, Outcome, RedecideFn
+from mcp_guard.pipeline.redecide import current_redecide
 from mcp_guard.testing import FunctionEngine, RecordingSink
 from mcp_guard.types import Decision, EventKind, PolicyInput, ReasonCode
 
@@ -33,29 +34,20 @@ def no_mallory(i: PolicyInput) -> Decision:
 
 
 class Upstream:
-    """The end of the chain playing Forward with a 2026-07-28 upstream: one round of answers, each retry put to
-    ``ctx.redecide`` first; ``hang`` plays an upstream request still in flight after a deny."""
+    """The end of the chain playing Forward with a 2026-07-28 upstream: rounds of answers, each retry put to the
+    call's re-decision first (as Forward does, in the call's own task)."""
 
-    def __init__(self, answers: list[dict[str, dict[str, Any]]], *, hang: bool = False) -> None:
+    def __init__(self, answers: list[dict[str, dict[str, Any]]]) -> None:
         self.answers = answers
-        self.hang = hang
         self.sent: list[dict[str, Any]] = []
-        self.decided: list[Decision] = []
-        self.cancelled = False
 
     async def __call__(self, ctx: CallContext) -> Outcome:
-        assert ctx.redecide is not None
+        redecide = current_redecide()
+        assert redecide is not None
         for a in self.answers:
-            decision = await ctx.redecide(a)
-            self.decided.append(decision)
-            if not decision.allow and not self.hang:
-                return Outcome(decision=decision)
+            decision = await redecide(a)
             if not decision.allow:
-                try:
-                    await anyio.sleep_forever()
-                except anyio.get_cancelled_exc_class():
-                    self.cancelled = True
-                    raise
+                return Outcome(decision=decision)
             self.sent.append(a)
         return Outcome(result=OK)
 
@@ -98,24 +90,17 @@ async def test_a_denied_answer_ends_the_call_with_the_deny_as_its_outcome() -> N
     assert outcome.verdict is not None and outcome.verdict.input.input_responses == answer("Mallory")
 
 
-async def test_a_deny_cancels_what_is_still_in_flight_below() -> None:
-    engine, sink = FunctionEngine(no_mallory), RecordingSink()
-    up = Upstream([answer("Mallory")], hang=True)
-    call, _ = pipeline(engine, sink, upstream=up)  # type: ignore[arg-type]
-    with anyio.fail_after(5):
-        outcome = await call(call_ctx())
-    assert up.cancelled and outcome.denied
-    assert EventKind.CALL_CANCELLED not in sink.kinds(), "a call ended by the policy is a deny, not a cancellation"
-
-
 async def test_the_bridge_is_told_the_redecision_and_its_deny_ends_the_run() -> None:
     engine, sink = FunctionEngine(no_mallory), RecordingSink()
-    told: list[Redecide] = []
-    running = anyio.Event()
+    told: list[RedecideFn] = []
+    running, cancelled = anyio.Event(), anyio.Event()
 
     async def in_flight(ctx: CallContext) -> Outcome:
         running.set()
-        await anyio.sleep_forever()
+        try:
+            await anyio.sleep_forever()
+        finally:
+            cancelled.set()
         raise AssertionError("unreachable")
 
     call, _ = pipeline(engine, sink, upstream=in_flight)  # type: ignore[arg-type]
@@ -132,8 +117,11 @@ async def test_the_bridge_is_told_the_redecision_and_its_deny_ends_the_run() -> 
             assert (await redecide(answer("Ada"))).allow
             assert not (await redecide(answer("Mallory"))).allow
     [outcome] = result
+    assert cancelled.is_set(), "the upstream request in flight was cancelled"
     assert outcome.denial is not None and outcome.denial.reasons == ("Mallory may not be named",)
     assert [r[2] for r in rows(sink)] == [None, 1, 2]
+    assert EventKind.CALL_CANCELLED not in sink.kinds(), "a call ended by the policy is a deny, not a cancellation"
+    assert current_redecide() is None, "nothing of the call outlives it"
 
 
 async def test_the_same_answers_are_decided_once() -> None:

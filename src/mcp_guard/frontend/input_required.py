@@ -76,7 +76,7 @@ from pydantic import ValidationError
 
 from mcp_guard.channel import REQUEST_TYPES, ClientMethod
 from mcp_guard.frontend.sessions import DownstreamSession, RequestScopedChannel
-from mcp_guard.pipeline.context import CallContext, CallNext, Outcome, Redecide
+from mcp_guard.pipeline.context import CallContext, CallNext, Outcome, RedecideFn
 from mcp_guard.types import new_id
 
 __all__ = ["BridgedCallChannel", "InputRequiredBridge", "missing_capability"]
@@ -156,14 +156,14 @@ class _Pending:
         self.caps: types.ClientCapabilities | None = None
         self.deadline = math.inf  # when a parked call expires
         self.scope: anyio.CancelScope | None = None
-        self.redecide: Redecide | None = None  # the admitted call's re-decision (None until it is admitted)
+        self.redecide: RedecideFn | None = None  # the admitted call's re-decision (None until it is admitted)
         self.refused = False  # the policy refused a retry's answers: the call is ending, no round is served
         self._changed = anyio.Event()
 
     def changed(self) -> anyio.Event:
         return self._changed
 
-    def bind(self, redecide: Redecide) -> None:
+    def bind(self, redecide: RedecideFn) -> None:
         self.redecide = redecide
 
     def notify(self) -> None:
@@ -371,7 +371,9 @@ class InputRequiredBridge:
             pending.notify()
             raise
         for key, answer in answers.items():
-            pending.asks.pop(key).resolve(answer)
+            ask = pending.asks.pop(key, None)  # gone if the call ended while the policy was asked
+            if ask is not None:
+                ask.resolve(answer)
         if answers:
             pending.notify()
 

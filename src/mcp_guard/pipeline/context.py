@@ -27,13 +27,13 @@ __all__ = [
     "Outcome",
     "PolicyVerdict",
     "ProgressFn",
-    "Redecide",
+    "RedecideFn",
     "ResultVerdict",
 ]
 
 ProgressFn = Callable[[float, float | None, str | None], Awaitable[None]]
 
-Redecide = Callable[[Mapping[str, dict[str, Any]]], Awaitable[Decision]]
+RedecideFn = Callable[[Mapping[str, dict[str, Any]]], Awaitable[Decision]]
 """Ask the policy again about an admitted call, now with the client's answers to an upstream's mid-call
 questions (keyed as the upstream keyed them), before a retry carries them upstream. An allow's row is committed
 when it returns; a deny has ended the call's run (:mod:`mcp_guard.pipeline.redecide`)."""
@@ -89,12 +89,10 @@ class CallContext:
     # Told once the allow row is committed, just before the stages that reach the upstream: a task-augmented
     # call (mcp_guard.frontend.tasks) answers its task handle then, so a denied call is answered at once.
     admitted: Callable[[], None] | None = None
-    # Set by the Redecide stage for the stages inside it: the policy asked again with a round's input responses
-    # before they go upstream (Forward's rounds with a 2026-07-28 upstream). None before the call is admitted.
-    redecide: Redecide | None = None
-    # Told the call's Redecide once it is admitted: the input-required bridge (mcp_guard.frontend.input_required)
-    # re-decides on a client's retry with its inputResponses before delivering them to the waiting upstream.
-    on_redecide: Callable[[Redecide], None] | None = None
+    # Told the call's re-decision once it is admitted (the Redecide stage; Forward, in the call's own task, reads
+    # it with redecide.current_redecide): the input-required bridge (mcp_guard.frontend.input_required) re-decides
+    # on a client's retry with its inputResponses before delivering them to the waiting upstream.
+    on_redecide: Callable[[RedecideFn], None] | None = None
     # The era the upstream is spoken to in (``stateless``: 2026-07-28, ``handshake``: 2025-11-25) when the call was
     # made; None when its connection has not been ready yet. On the call's rows (details.upstream_protocol).
     upstream_protocol: Era | None = None

@@ -24,6 +24,7 @@ from mcp.shared.exceptions import MCPError
 from mcp_guard.errors import UpstreamError, UpstreamTimeout
 from mcp_guard.pipeline.context import CallContext, ErrorOrigin, Outcome
 from mcp_guard.pipeline.input_rounds import complete_input_rounds, is_input_required
+from mcp_guard.pipeline.redecide import current_redecide
 from mcp_guard.types import Decision
 from mcp_guard.upstream.era import Era
 from mcp_guard.upstream.registry import Registry
@@ -130,7 +131,7 @@ class Forward:
                             )
 
                         final = await complete_input_rounds(
-                            result, ctx.request, send, ctx.downstream, upstream=ctx.server, redecide=ctx.redecide
+                            result, ctx.request, send, ctx.downstream, upstream=ctx.server, redecide=current_redecide()
                         )
                         if isinstance(final, types.ErrorData):
                             return Outcome(error=final, error_origin=ErrorOrigin.GUARD)

@@ -10,7 +10,7 @@ mcp-guard's own, made here until the upstream answers with its final result. So:
 * **One logical call, one audit trail, the policy asked again on each round's answers.** The retries happen
   inside the terminal stage of the call's single pipeline run (its allow row before, its outcome row after),
   under one call id. Before a retry carries answers upstream, the policy is asked again with them
-  (``input.input_responses``, keyed as the upstream keyed its requests; ``ctx.redecide``,
+  (``input.input_responses``, keyed as the upstream keyed its requests; ``current_redecide()``,
   :mod:`mcp_guard.pipeline.redecide`): an allow is recorded first, a deny ends the call unsent.
 * **The upstream's ``requestState`` never leaves mcp-guard.** A 2026-07-28 client gets the questions as
   mcp-guard's own ``InputRequiredResult`` round, whose ``requestState`` is the input-required bridge's
@@ -36,7 +36,7 @@ import structlog
 from pydantic import ValidationError
 
 from mcp_guard.channel import REQUEST_TYPES, ClientChannel, ClientMethod
-from mcp_guard.pipeline.context import Redecide
+from mcp_guard.pipeline.context import RedecideFn
 from mcp_guard.types import Decision
 
 __all__ = ["MAX_ROUNDS", "complete_input_rounds", "is_input_required"]
@@ -61,7 +61,7 @@ async def complete_input_rounds(
     channel: ClientChannel | None,
     *,
     upstream: str,
-    redecide: Redecide | None = None,
+    redecide: RedecideFn | None = None,
 ) -> dict[str, Any] | types.ErrorData | Decision:
     """Ask the client what the upstream asks and retry the upstream until it answers finally.
 
