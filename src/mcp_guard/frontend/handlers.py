@@ -357,7 +357,9 @@ class Handlers:
 
         async def work(channel: TaskChannel) -> TaskEnd:
             # No client request stays open to carry progress; questions wait on the task (tasks/update).
-            outcome = await self._run(replace(call, admitted=admitted.set, downstream=channel, progress=None))
+            outcome = await self._run(
+                replace(call, admitted=admitted.set, downstream=channel, progress=None, on_redecide=channel.bind)
+            )
             try:
                 return TaskEnd(result=self._tool_answer(ctx, outcome))
             except MCPError as e:
@@ -553,7 +555,7 @@ class Handlers:
 
     async def task_update(self, ctx: ServerRequestContext[Any, Any], params: TaskParams) -> dict[str, Any]:
         assert self.tasks is not None
-        return self.tasks.update(ctx, self.principal_of(ctx).id, params)
+        return await self.tasks.update(ctx, self.principal_of(ctx).id, params)
 
     async def listen(
         self, ctx: ServerRequestContext[Any, Any], params: types.SubscriptionsListenRequestParams
