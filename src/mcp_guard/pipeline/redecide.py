@@ -3,10 +3,11 @@
 An admitted call may still ask the client things: a 2026-07-28 upstream answers ``InputRequiredResult`` and
 is retried with the answers (:mod:`mcp_guard.pipeline.input_rounds`), a 2026-07-28 client answers the
 questions of any upstream by retrying its request with ``inputResponses``
-(:mod:`mcp_guard.frontend.input_required`), and a task's owner by ``tasks/update`` (:mod:`mcp_guard.frontend.tasks`). The answers are new input the first decision never saw (a path
-typed into a form, a declined confirmation), so before a retry carries them upstream the policy is asked
-again: the call's own input (``PolicyVerdict.input``, the time refreshed) plus ``input_responses``, keyed as
-the upstream keyed its requests.
+(:mod:`mcp_guard.frontend.input_required`), and a task's owner by ``tasks/update``
+(:mod:`mcp_guard.frontend.tasks`). The answers are new input the first decision never saw (a path typed into
+a form, a declined confirmation), so before a retry carries them upstream the policy is asked again: the
+call's own input (``PolicyVerdict.input``, the time refreshed) plus ``input_responses``, keyed as the upstream
+keyed its requests.
 
 * **Allow**: its ``call.decision`` row is committed under the call's ``call_id`` (``details.input_round``:
   which round it decided) before the retry is sent, as the first allow is before the first attempt — one
