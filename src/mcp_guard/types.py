@@ -65,6 +65,9 @@ class ReasonCode(StrEnum):
     SECRET_NOT_GRANTED = "secret_not_granted"  # the upstream's injected credentials are not all granted
     OBLIGATION_UNKNOWN = "obligation_unknown"  # the decision carries an obligation no handler knows
     OBLIGATION_INVALID = "obligation_invalid"  # a known obligation whose value is malformed
+    # A re-decision on an input round's answers (mcp_guard.pipeline.redecide) allows with an obligation the call's
+    # first allow did not carry: obligations are enforced before the call is forwarded, never mid-call.
+    OBLIGATION_MID_CALL = "obligation_mid_call"
     RATE_LIMITED = "rate_limited"  # a limit of obligations.rate_limit has no room ("retry after N s")
     STATE_UNAVAILABLE = "state_unavailable"  # the state store (rate-limit counters, flows) cannot answer
     FLOW_LIMIT = "flow_limit"  # the call's flow cannot take it: too many live flows or labels (state.FlowBounds)
@@ -288,6 +291,10 @@ class PolicyInput:
     # For action "tools/result": {is_error, content, structured_content, truncated} of the upstream's (scrubbed,
     # bounded) result (mcp_guard.pipeline.result_policy); None for every other action.
     result: Mapping[str, Any] | None = None
+    # The client's answers to the questions an upstream asked mid-call (elicitation, sampling, roots results),
+    # keyed as the upstream keyed its requests: set when the policy is asked again before a retry carries them
+    # to the upstream (mcp_guard.pipeline.redecide); None at a call's first decision and for every other action.
+    input_responses: Mapping[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         doc: dict[str, Any] = {
@@ -311,6 +318,8 @@ class PolicyInput:
             doc["tool_info"] = self.tool_info.to_policy()
         if self.result is not None:
             doc["result"] = dict(self.result)
+        if self.input_responses is not None:
+            doc["input_responses"] = dict(self.input_responses)
         return doc
 
 

@@ -60,6 +60,6 @@ print("ok", " ".join(type(s).__name__ for s in stages))
     # Every stage of the real pipeline but Observe, in order.
     expected = (
         "InspectArguments RecordOutcome TrackFlow PinCheck ShadowPolicy Authorize EnforceObligations ExchangeToken"
-        " RecordDecision ResultPolicy Redact"
+        " RecordDecision Redecide ResultPolicy Redact"
     )
     assert proc.stdout.strip() == f"ok {expected}"

@@ -25,6 +25,8 @@ from http_harness import http_client, http_front
 from mcp_guard.channel import ELICITATION, ROOTS, SAMPLING
 from mcp_guard.frontend.input_required import BridgedCallChannel, InputRequiredBridge, missing_capability
 from mcp_guard.pipeline.context import CallContext, Outcome
+from mcp_guard.policy.bundle import load_bundle
+from mcp_guard.policy.embedded import EmbeddedEngine
 from mcp_guard.settings import Settings
 from mcp_guard.testing import RecordingSink
 from mcp_guard.types import EventKind, Principal, SessionInfo
@@ -452,7 +454,10 @@ async def test_modern_client_answers_an_upstream_elicitation_through_the_proxy(t
         assert asked == ["The answer?"]
         assert not guard.bridge.calls
     decisions = [e for e in sink.of_kind("call.decision") if e.tool == "elicit"]
-    assert len(decisions) == 1, "one decision per logical call, however many rounds"
+    # One logical call, one call id: its admission, then the policy asked again on the answered round.
+    assert [e.details.get("input_round") for e in decisions] == [None, 1]
+    assert len({e.details["call_id"] for e in decisions}) == 1
+    assert all(e.decision == "allow" for e in decisions)
 
 
 async def test_modern_client_without_sampling_gets_32021(tmp_path: Path) -> None:
@@ -564,9 +569,16 @@ async def test_a_2026_upstreams_own_keys_reach_the_client_and_its_state_stays_wi
             allow_input_required=True,
         )
         assert isinstance(done, types.CallToolResult) and text_of(done) == "Hello, Ada!"
-        # One logical call, however many rounds: one decision row and one outcome row.
-        calls = [e.kind for e in sink.events if e.tool == "test_input_required_result_elicitation"]
-        assert calls == [EventKind.CALL_DECISION, EventKind.CALL_RESULT], calls
+        # One logical call, one call id: its admission, one re-decision on the answered round (the bridge's
+        # and the upstream retry's are the same answers, decided once), one outcome row.
+        rows = [e for e in sink.events if e.tool == "test_input_required_result_elicitation"]
+        assert [e.kind for e in rows] == [EventKind.CALL_DECISION, EventKind.CALL_DECISION, EventKind.CALL_RESULT]
+        assert len({e.details["call_id"] for e in rows if e.details}) == 1
+        assert rows[1].details is not None and rows[1].details["input_round"] == 1
+        era = "stateless" if upstream == "2026-07-28" else "handshake"
+        assert [(e.details or {}).get("upstream_protocol") for e in rows] == [era, era, era]
+        asked = json.loads(rows[1].details["policy"]["input_json"])
+        assert asked["input_responses"] == {key: {"action": "accept", "content": {"name": "Ada"}}}
 
 
 async def test_a_2026_upstream_sees_the_clients_own_capabilities() -> None:
@@ -579,3 +591,62 @@ async def test_a_2026_upstream_sees_the_clients_own_capabilities() -> None:
         async with http_client(url, mode="2026-07-28", **Answers().callbacks()) as able:
             r = await able.call_tool("test_missing_capability", {})
             assert text_of(r) == "Client declared the sampling capability."
+
+
+NO_MALLORY = """package t
+import rego.v1
+
+# The names a client typed into the forms an upstream asked for during the call (input.input_responses).
+named contains name if {
+	some response in input.input_responses
+	response.action == "accept"
+	name := response.content.name
+}
+
+default decision := {"allow": true}
+
+decision := {"allow": false, "reasons": ["Mallory may not be greeted"]} if "Mallory" in named
+"""
+
+
+class Mallory(Answers):
+    async def elicit(self, context: Any, params: types.ElicitRequestParams) -> types.ElicitResult:
+        self.asked.append("elicit")
+        return types.ElicitResult(action="accept", content={"name": "Mallory"})
+
+
+@pytest.mark.parametrize(
+    ("mode", "upstream"), [("2026-07-28", "2025-11-25"), ("2026-07-28", "2026-07-28"), ("legacy", "2026-07-28")]
+)
+async def test_a_rule_on_the_clients_answer_denies_the_call_before_the_answer_goes_upstream(
+    tmp_path: Path, mode: str, upstream: str
+) -> None:
+    # 2026 client: its retry's inputResponses are put to the policy (the bridge); 2026 upstream: mcp-guard's retry
+    # is (Forward). Either way the rule reads input.input_responses, and its deny is the call's answer and outcome.
+    (tmp_path / "t.rego").write_text(NO_MALLORY)
+    engine = EmbeddedEngine(load_bundle(tmp_path), decision="t/decision", timeout_ms=5000)
+    sink = RecordingSink()
+    async with (
+        running_guard(_fixture_settings(upstream), engine=engine, sink=sink) as guard,
+        http_front(guard) as url,
+    ):
+        async with http_client(url, mode=mode, **Answers().callbacks()) as client:
+            r = await client.call_tool("test_input_required_result_elicitation", {})
+            assert text_of(r) == "Hello, Ada!"
+        async with http_client(url, mode=mode, **Mallory().callbacks()) as client:
+            r = await client.call_tool("test_input_required_result_elicitation", {})
+            assert r.is_error and "Mallory may not be greeted" in text_of(r)
+        assert not guard.bridge.calls
+    rows = [e for e in sink.events if e.tool == "test_input_required_result_elicitation"]
+    allowed, denied = rows[:3], rows[3:]
+    assert [(e.kind, e.decision) for e in allowed] == [
+        (EventKind.CALL_DECISION, "allow"),
+        (EventKind.CALL_DECISION, "allow"),
+        (EventKind.CALL_RESULT, None),
+    ]
+    assert [(e.kind, e.decision) for e in denied] == [
+        (EventKind.CALL_DECISION, "allow"),  # admitted: nothing was answered yet
+        (EventKind.CALL_DECISION, "deny"),  # the outcome: the policy refused the answer
+    ]
+    assert denied[1].reasons == ("Mallory may not be greeted",) and denied[1].details is not None
+    assert denied[1].details["input_round"] == 1 and denied[1].details["call_id"] == denied[0].details["call_id"]

@@ -7,16 +7,22 @@ suite through the proxy.
 
 from __future__ import annotations
 
+import json
+import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import anyio
+import httpx2
 import mcp_types as types
 import pytest
 from mcp.shared.exceptions import MCPError
 
+from guard_harness import POLL_S, make_settings, running_guard
+from http_harness import http_front, sse_answer
 from mcp_guard.channel import ClientMethod
 from mcp_guard.frontend.tasks import (
     TASKS_EXTENSION,
@@ -32,6 +38,8 @@ from mcp_guard.frontend.tasks import (
     task_support,
 )
 from mcp_guard.settings import UpstreamSettings
+from mcp_guard.testing import FunctionEngine, RecordingSink
+from mcp_guard.types import Decision, EventKind, PolicyInput
 
 pytestmark = pytest.mark.anyio
 
@@ -282,12 +290,18 @@ async def test_another_principal_gets_the_unknown_task_answer() -> None:
     async with _tasks() as tasks:
         admitted = anyio.Event()
         await tasks.start("t1", "alice", admitted, work)
-        for method in (tasks.get, tasks.cancel, tasks.update):
+
+        for method in (tasks.get, tasks.cancel):
             with pytest.raises(MCPError) as theirs:
                 method(_ctx(), "bob", _p("t1"))
             with pytest.raises(MCPError) as unknown:
                 method(_ctx(), "bob", _p("no-such-task"))
             assert theirs.value.error.code == unknown.value.error.code == types.INVALID_PARAMS
+        with pytest.raises(MCPError) as theirs:
+            await tasks.update(_ctx(), "bob", _p("t1"))
+        with pytest.raises(MCPError) as unknown:
+            await tasks.update(_ctx(), "bob", _p("no-such-task"))
+        assert theirs.value.error.code == unknown.value.error.code == types.INVALID_PARAMS
         assert (await _until_finished(tasks, "t1"))["status"] == "completed", "bob's cancel did not touch it"
 
 
@@ -346,12 +360,14 @@ async def test_a_question_of_the_call_waits_on_the_task_until_tasks_update_answe
         update = TaskParams.model_validate(
             {"taskId": "t1", "inputResponses": {first: {"action": "accept"}, "unknown-key": {"x": 1}}}
         )
-        assert tasks.update(_ctx(), "alice", update) == {}
+        assert await tasks.update(_ctx(), "alice", update) == {}
         await _until(lambda: first not in _pending(tasks))
         assert list(_pending(tasks)) == [second], "only the unanswered question is still pending"
         with pytest.raises(MCPError):
-            tasks.update(_ctx(), "bob", TaskParams.model_validate({"taskId": "t1", "inputResponses": {second: {}}}))
-        tasks.update(_ctx(), "alice", TaskParams.model_validate({"taskId": "t1", "inputResponses": {second: {}}}))
+            await tasks.update(
+                _ctx(), "bob", TaskParams.model_validate({"taskId": "t1", "inputResponses": {second: {}}})
+            )
+        await tasks.update(_ctx(), "alice", TaskParams.model_validate({"taskId": "t1", "inputResponses": {second: {}}}))
         assert (await _until_finished(tasks, "t1"))["status"] == "completed"
         assert sorted(a.get("action", "-") for a in answers) == ["-", "accept"]
 
@@ -388,3 +404,75 @@ async def test_a_pending_question_is_released_when_the_task_is_cancelled() -> No
         await _until(lambda: bool(answers))
         assert isinstance(answers[0], types.ErrorData) and "ended" in answers[0].message
         assert tasks.get(_ctx(), "alice", _p("t1"))["status"] == "cancelled"
+
+
+# ---------------------------------------------------------------------------------------------------- through the guard
+CONFORMANCE_FIXTURE = str(Path(__file__).resolve().parents[1] / "conformance" / "conformance_fixture.py")
+TASKS_CAPS = {"elicitation": {}, "extensions": {TASKS_EXTENSION: {}}}
+
+
+async def _rpc(url: str, method: str, params: dict[str, Any]) -> dict[str, Any]:
+    meta = {
+        "io.modelcontextprotocol/protocolVersion": MODERN,
+        "io.modelcontextprotocol/clientCapabilities": TASKS_CAPS,
+        "io.modelcontextprotocol/clientInfo": {"name": "tasks-test", "version": "1"},
+    }
+    headers = {
+        "Accept": "application/json, text/event-stream",
+        "MCP-Protocol-Version": MODERN,
+        "Mcp-Method": method,
+        **({"Mcp-Name": params["name"]} if method == "tools/call" else {}),
+    }
+    body = {"jsonrpc": "2.0", "id": 1, "method": method, "params": {**params, "_meta": meta}}
+    async with httpx2.AsyncClient(timeout=httpx2.Timeout(20.0)) as http:
+        return sse_answer(await http.post(url, json=body, headers=headers))
+
+
+def _keeps_files(i: PolicyInput) -> Decision:
+    """Allow, but never a confirmed deletion (a rule reading the answers of a task's question)."""
+    confirmed = any((r.get("content") or {}).get("confirm") is True for r in (i.input_responses or {}).values())
+    return Decision(allow=not confirmed, reasons=("deletions are not confirmed here",))
+
+
+async def _task_when(url: str, task_id: str, ready: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+    """Poll ``tasks/get`` until ``ready`` holds (the task runs in the guard's task group)."""
+    with anyio.fail_after(20):
+        while not ready(got := (await _rpc(url, "tasks/get", {"taskId": task_id}))["result"]):  # noqa: ASYNC110 - polled as a client does
+            await anyio.sleep(POLL_S)
+    return got
+
+
+async def test_a_tasks_update_is_put_to_the_policy_and_its_deny_ends_the_task() -> None:
+    # A handshake-era upstream asks by elicitation/create, parked on the task; tasks/update answers it. (A 2026-07-28
+    # upstream's tools carry no taskSupport, so they are never run as tasks; its rounds are re-decided in Forward.)
+    settings = make_settings(
+        {
+            "conf": {
+                "protocol": "2025-11-25",
+                "command": sys.executable,
+                "args": [CONFORMANCE_FIXTURE, "--transport", "stdio"],
+                "namespace": False,
+                "timeout_s": 10.0,
+                "startup_timeout_s": 15.0,
+            }
+        },
+        server={"require_auth": False},
+    )
+    sink = RecordingSink()
+    engine = FunctionEngine(_keeps_files)
+    async with running_guard(settings, engine=engine, sink=sink) as guard, http_front(guard) as url:
+        for confirm, says in ((False, "Kept a.txt"), (True, "deletions are not confirmed here")):
+            created = await _rpc(url, "tools/call", {"name": "confirm_delete", "arguments": {"filename": "a.txt"}})
+            task_id = created["result"]["taskId"]
+            asked = await _task_when(url, task_id, lambda got: bool(got.get("inputRequests")))
+            [key] = asked["inputRequests"]
+            answer = {key: {"action": "accept", "content": {"confirm": confirm}}}
+            await _rpc(url, "tasks/update", {"taskId": task_id, "inputResponses": answer})
+            done = await _task_when(url, task_id, lambda got: got["status"] != "working")
+            assert done["status"] == "completed" and says in json.dumps(done["result"]), done
+    assert [i.input_responses for i in engine.inputs if i.input_responses] == [
+        {key: {"action": "accept", "content": {"confirm": False}}},
+        {key: {"action": "accept", "content": {"confirm": True}}},
+    ]
+    denied = [e for e in sink.of_kind(EventKind.CALL_DECISION) if e.decision == "deny"]
+    assert [(e.details or {}).get("input_round") for e in denied] == [1]

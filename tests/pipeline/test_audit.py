@@ -7,6 +7,7 @@ the allow row (the call was then not forwarded) — and a result that cannot be 
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 from typing import Any
 
 import anyio
@@ -59,6 +60,27 @@ async def test_an_allowed_call_has_its_allow_row_then_its_result_row() -> None:
     assert (result.decision_id, result.policy_revision) == (made[0].decision_id, REVISION)
     assert result.result == summarize_result(RESULT)
     assert allow.details is not None and result.details == {"action": "tools/call", "call_id": allow.details["call_id"]}
+
+
+async def test_the_calls_rows_name_the_era_its_upstream_is_spoken_to_in() -> None:
+    # The decision row: the era known when the call was made; the outcome row: the era of the connection the call
+    # went out on (Forward's), which a restart between the two may have changed.
+    sink = RecordingSink()
+    up = RecordingUpstream(Outcome(result=RESULT, upstream_protocol="stateless"))
+    call, _ = pipeline(_allowing()[0], sink, upstream=up)
+    await call(replace(call_ctx(), upstream_protocol="handshake"))
+    assert [(e.details or {}).get("upstream_protocol") for e in sink.events] == ["handshake", "stateless"]
+
+    sink = RecordingSink()
+    call, _ = pipeline(FunctionEngine(lambda _i: Decision(allow=False, reasons=("no",))), sink)
+    await call(replace(call_ctx(), upstream_protocol="stateless"))
+    [deny] = sink.events
+    assert deny.details is not None and deny.details["upstream_protocol"] == "stateless"
+
+    sink = RecordingSink()
+    call, _ = pipeline(_allowing()[0], sink)
+    await call(call_ctx())  # an upstream whose connection was never ready: no era to name
+    assert all("upstream_protocol" not in (e.details or {}) for e in sink.events)
 
 
 async def test_an_upstream_error_is_a_call_error_row_naming_the_decision() -> None:

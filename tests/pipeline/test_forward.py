@@ -26,6 +26,8 @@ pytestmark = pytest.mark.anyio
 class FakeConnection:
     """An upstream connection whose request ends with ``ending`` (raised if an exception)."""
 
+    era = "stateless"
+
     def __init__(self, ending: Any) -> None:
         self.ending = ending
 
@@ -52,6 +54,7 @@ async def _forward(ending: Any) -> Outcome:
 async def test_errors_mcp_guard_makes_are_marked_as_its_own(ending: Exception, code: int) -> None:
     outcome = await _forward(ending)
     assert outcome.error is not None and outcome.error.code == code
+    assert outcome.upstream_protocol == "stateless", "the era of the connection the call went out on"
     assert outcome.error_origin is ErrorOrigin.GUARD and is_guard_error(outcome)
 
 
@@ -85,7 +88,7 @@ async def test_an_upstream_error_worded_like_ours_says_whose_it_is(message: str)
 
 async def test_a_result_is_a_result() -> None:
     outcome = await _forward({"content": []})
-    assert outcome == Outcome(result={"content": []}) and not is_guard_error(outcome)
+    assert outcome == Outcome(result={"content": []}, upstream_protocol="stateless") and not is_guard_error(outcome)
 
 
 async def test_an_upstream_result_cannot_carry_our_meta_keys() -> None:

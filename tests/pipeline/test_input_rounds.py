@@ -9,6 +9,7 @@ import pytest
 
 from mcp_guard.channel import ClientMethod
 from mcp_guard.pipeline.input_rounds import MAX_ROUNDS, complete_input_rounds, is_input_required
+from mcp_guard.types import Decision
 
 pytestmark = pytest.mark.anyio
 
@@ -132,3 +133,21 @@ async def test_rounds_are_bounded() -> None:
 def test_is_input_required() -> None:
     assert is_input_required({"resultType": "input_required"})
     assert not is_input_required({"resultType": "complete"}) and not is_input_required({"content": []})
+
+
+async def test_each_retry_is_put_to_the_policy_first_and_a_deny_is_never_sent() -> None:
+    asked: list[dict[str, Any]] = []
+
+    async def redecide(responses: Any) -> Decision:
+        asked.append(dict(responses))
+        name = responses.get("again", {}).get("content", {}).get("name")
+        return Decision(allow=name != "Ada", reasons=("no Ada twice",))
+
+    up, client = Upstream([{"user_name": NAME_Q}, {"again": NAME_Q}]), Client()
+    final = await complete_input_rounds(up.first(), _call(), up.send, client, upstream="conf", redecide=redecide)
+    assert isinstance(final, Decision) and not final.allow and final.reasons == ("no Ada twice",)
+    assert asked == [  # every round's answers, keyed as the upstream keyed them
+        {"user_name": {"action": "accept", "content": {"name": "Ada"}}},
+        {"again": {"action": "accept", "content": {"name": "Ada"}}},
+    ]
+    assert len(up.sent) == 1, "the first round's retry was allowed and sent, the second's never"

@@ -41,6 +41,7 @@ STAGES = [
     "EnforceObligations",
     "ExchangeToken",
     "RecordDecision",
+    "Redecide",
     "ResultPolicy",
     "Redact",
 ]

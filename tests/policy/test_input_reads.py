@@ -23,6 +23,7 @@ def test_default_bundle_reads_the_call_not_its_counters_or_history() -> None:
     paths = {".".join(p) for p in r.paths}
     assert {"action", "arguments", "principal.id", "principal.roles", "server", "tool"} <= paths
     assert {"context.flow.labels", "context.flow.labeled_by", "context.urls", "context.secrets_seen"} <= paths
+    assert "input_responses" in paths  # the argument rules check an accepted form's fields too
     # usage() in limits.rego is never called; the flow's id and history are never read; neither is the time
     assert not any(p.startswith(("context.usage", "context.time", "session")) for p in paths)
     assert "context.flow" not in paths and "context" not in paths

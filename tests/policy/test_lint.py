@@ -191,7 +191,7 @@ def test_a_helper_named_like_a_declared_local_is_refused(tmp_path: Path, helper:
         EmbeddedEngine(bundle)
     [error] = info.value.errors
     assert error.code == LintCode.DIVERGENT_NAME
-    assert error.file.endswith("mcp_guard/arguments.rego") and error.rule == "data.mcp_guard.string_arguments"
+    assert error.file.endswith("mcp_guard/arguments.rego") and error.rule == "data.mcp_guard.named_strings"
     assert "helpers.rego:4" in error.message
 
 

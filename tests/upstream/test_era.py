@@ -17,6 +17,7 @@ from mcp.shared.memory import create_client_server_memory_streams
 
 from mcp_guard.upstream.era import (
     EnvelopeDispatcher,
+    EraMemory,
     era_of,
     negotiate,
     per_request_capabilities,
@@ -119,3 +120,40 @@ def test_split_envelope_lifts_capabilities_for_a_stateless_upstream_only() -> No
     assert caps is None and kept == {"traceparent": "tp"}
     assert split_envelope({CAPS: {}}, "handshake") == (None, None)
     assert split_envelope(None, "stateless") == (None, None)
+
+
+async def test_a_remembered_handshake_skips_the_probe_and_a_remembered_2026_era_still_discovers() -> None:
+    async with _connected_remembering("2025-11-25") as (session, version):
+        assert version == "2025-11-25" and session.discover_result is None, "no server/discover sent"
+    async with _connected_remembering("2026-07-28") as (session, version):
+        assert version == "2026-07-28" and session.discover_result is not None  # the probe is the connect
+
+
+def test_era_memory_remembers_forgets_and_clears() -> None:
+    memory = EraMemory()
+    memory.remember("a", "2025-11-25")
+    memory.remember("b", "2026-07-28")
+    assert (memory.get("a"), memory.get("b"), memory.get("c")) == ("2025-11-25", "2026-07-28", None)
+    memory.forget("a")
+    assert memory.get("a") is None and memory.get("b") == "2026-07-28"
+    memory.clear()
+    assert memory.get("b") is None
+
+
+@asynccontextmanager
+async def _connected_remembering(remembered: str) -> AsyncIterator[tuple[ClientSession, str]]:
+    """An ``auto`` connect to a server that speaks both eras, told what the upstream spoke before."""
+    server: Server[Any] = Server("era-test", on_call_tool=_caps_tool, on_list_tools=_list_tools)
+    async with (
+        create_client_server_memory_streams() as (client_streams, server_streams),
+        anyio.create_task_group() as tg,
+    ):
+        tg.start_soon(lambda: server.run(server_streams[0], server_streams[1], server.create_initialization_options()))
+        session = ClientSession(
+            dispatcher=EnvelopeDispatcher(client_streams[0], client_streams[1]), read_timeout_seconds=10
+        )
+        async with session:
+            with anyio.fail_after(10):
+                version = await negotiate(session, "auto", remembered=remembered)
+            yield session, version
+        tg.cancel_scope.cancel()

@@ -1,7 +1,9 @@
 # Argument rules: paths confined to allowed roots, URLs limited to allowed schemes and hosts, SQL
 # limited to single read-only statements. They look at every string in input.arguments however deeply
 # nested; an argument's name is the nearest object key above the string (so every element of
-# "paths": [...] is checked as "paths").
+# "paths": [...] is checked as "paths"). The forms a client filled in during the call, when an upstream
+# asked (input.input_responses, see answered_forms), are checked the same way: a path typed into a
+# form is a path.
 package mcp_guard
 
 import rego.v1
@@ -12,9 +14,19 @@ import rego.v1
 # in an output position, like walk's [path, leaf], would silently become a reference to any rule or
 # function of the same name added to the package later, switching this rule off. mcp-guard's load-time
 # check rejects such a collision, and tests/policy/test_lint.py keeps this bundle fully declared.
-string_arguments contains [name, leaf] if {
+string_arguments contains pair if {
+	some pair in named_strings(arguments)
+}
+
+# An accepted form's fields count as arguments of the call they were asked for.
+string_arguments contains pair if {
+	some content in answered_forms
+	some pair in named_strings(content)
+}
+
+named_strings(doc) := {[name, leaf] |
 	some path, leaf
-	walk(arguments, [path, leaf])
+	walk(doc, [path, leaf])
 	is_string(leaf)
 	keys := [k | some k in path; is_string(k)]
 	count(keys) > 0

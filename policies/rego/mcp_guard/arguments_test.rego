@@ -11,6 +11,18 @@ test_string_arguments_walks_nested_values if {
 	string_arguments == {["a", "1"], ["c", "2"], ["d", "3"]} with input as inp
 }
 
+# A call within its roots, asked again with the client's answers to the upstream's questions.
+fs_answered(answers) := object.union(fs("bob", "read_text_file", {"path": "/srv/agent-workspace/a.txt"}), {"input_responses": answers})
+
+test_an_accepted_forms_fields_are_checked_as_arguments if {
+	allowed(fs_answered({"file": {"action": "accept", "content": {"path": "/srv/agent-workspace/b.txt"}}}))
+	denied_with(fs_answered({"file": {"action": "accept", "content": {"path": "/etc/shadow"}}}), "'/etc/shadow' is outside the allowed roots")
+
+	# a declined form has no content to check; a sampling or roots answer is no form
+	allowed(fs_answered({"file": {"action": "decline"}}))
+	allowed(fs_answered({"s": {"role": "assistant", "content": {"type": "text", "text": "/etc/shadow"}, "model": "m"}}))
+}
+
 test_non_object_arguments_are_empty if {
 	count(string_arguments) == 0 with input as object.union(call("x", "s", "t", {}), {"arguments": "path=/etc/passwd"})
 }

@@ -81,6 +81,18 @@ arguments := input.arguments if is_object(input.arguments)
 
 else := {}
 
+# The content of every form the client accepted when an upstream asked it something during this call,
+# by the upstream's key. input.input_responses is present only when mcp-guard asks again before the
+# answers go upstream (elicitation, sampling and roots results, as the client gave them).
+answered_forms[key] := content if {
+	is_object(input.input_responses)
+	some key, response in input.input_responses
+	is_object(response)
+	response.action == "accept"
+	content := response.content
+	is_object(content)
+}
+
 suspicious_flags := [f | some f in input.tool_info.suspicious; is_string(f)] if is_array(input.tool_info.suspicious)
 
 else := []

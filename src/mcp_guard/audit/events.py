@@ -155,8 +155,13 @@ def call_decision(
     max_arguments_bytes: int | None = None,
     policy: Mapping[str, Any] | None = None,
     upstream_token: Mapping[str, Any] | None = None,
+    input_round: int | None = None,
 ) -> AuditEvent:
     """The row that records what governed a call (allow or deny), with its obligations.
+
+    ``input_round`` (``details.input_round``) marks a re-decision: the policy asked again, under the same
+    ``call_id``, with the client's answers to the n-th round of an upstream's mid-call questions
+    (mcp_guard.pipeline.redecide); absent on a call's first decision.
 
     ``upstream_token`` says who an exchanged token sent with the call is for and what it may do (audience,
     scopes: ``details.upstream_token``), never the token (mcp_guard.pipeline.exchange).
@@ -175,6 +180,8 @@ def call_decision(
         details[POLICY_KEY] = policy
     if upstream_token is not None:
         details["upstream_token"] = dict(upstream_token)
+    if input_round:
+        details["input_round"] = input_round
     return AuditEvent(
         kind=EventKind.CALL_DECISION,
         session_id=session_id,

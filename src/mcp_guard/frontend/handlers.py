@@ -56,6 +56,7 @@ from mcp_guard.pipeline.secrets import strip_meta_credentials
 from mcp_guard.pipeline.visibility import Visibility
 from mcp_guard.settings import Settings
 from mcp_guard.types import Action, Decision, ReasonCode, ToolInfo
+from mcp_guard.upstream.param_headers import param_headers_of
 from mcp_guard.upstream.registry import Registry
 
 __all__ = ["Handlers", "PrincipalResolver"]
@@ -191,9 +192,10 @@ class Handlers:
         up = self.registry.settings.upstreams.get(server)  # the live table (a config reload replaces it)
         channel = RequestChannel(sess, ctx, timeout_s=up.timeout_s if up else 60.0)
         wants_progress = ctx.meta is not None and ctx.meta.get("progress_token") is not None
+        principal = self.principal_of(ctx)  # this request's credentials (a session may step up its token)
         return CallContext(
             action=action,
-            principal=self.principal_of(ctx),  # this request's credentials (a session may step up its token)
+            principal=principal,
             session=sess.info,
             server=server,
             target=target,
@@ -206,6 +208,8 @@ class Handlers:
             downstream=channel,
             correlation_id=correlation_id(ctx.meta) if sess.modern else None,
             trace_context=_http_trace_context(ctx),
+            upstream_protocol=self.registry.upstream_protocol(server, principal.id),
+            param_headers=_param_headers(ctx) if sess.modern and action == "tools/call" else None,
         )
 
     async def _run(self, call: CallContext) -> Outcome:
@@ -356,7 +360,9 @@ class Handlers:
 
         async def work(channel: TaskChannel) -> TaskEnd:
             # No client request stays open to carry progress; questions wait on the task (tasks/update).
-            outcome = await self._run(replace(call, admitted=admitted.set, downstream=channel, progress=None))
+            outcome = await self._run(
+                replace(call, admitted=admitted.set, downstream=channel, progress=None, on_redecide=channel.bind)
+            )
             try:
                 return TaskEnd(result=self._tool_answer(ctx, outcome))
             except MCPError as e:
@@ -552,7 +558,7 @@ class Handlers:
 
     async def task_update(self, ctx: ServerRequestContext[Any, Any], params: TaskParams) -> dict[str, Any]:
         assert self.tasks is not None
-        return self.tasks.update(ctx, self.principal_of(ctx).id, params)
+        return await self.tasks.update(ctx, self.principal_of(ctx).id, params)
 
     async def listen(
         self, ctx: ServerRequestContext[Any, Any], params: types.SubscriptionsListenRequestParams
@@ -588,6 +594,11 @@ def _for_client(ctx: ServerRequestContext[Any, Any], result: dict[str, Any]) -> 
 
 
 AsyncHandler = Callable[..., Awaitable[Any]]
+
+
+def _param_headers(ctx: ServerRequestContext[Any, Any]) -> dict[str, str] | None:
+    """The ``Mcp-Param-*`` headers of the HTTP request behind ``ctx``, to pass on (None without)."""
+    return param_headers_of(getattr(ctx.request, "headers", None))
 
 
 def _http_trace_context(ctx: ServerRequestContext[Any, Any]) -> dict[str, str] | None:

@@ -13,7 +13,8 @@ called tool's input schema. Left to itself it would list tools through mcp-guard
 for every call — a policy run and an audited listing per call, before the call's own. :func:`tool_input_schema`
 answers from the merged catalogue instead: no policy, no audit, no upstream round trip. Tools hidden by pinning
 are not answered (the call is then refused by the pipeline as usual); ``Mcp-Param-*`` headers no schema declares
-are not checked (the spec leaves them to the receiver).
+are not checked (the spec leaves them to the receiver) and are passed on to a 2026-07-28 HTTP upstream with their
+call (:mod:`mcp_guard.upstream.param_headers`).
 """
 
 from __future__ import annotations

@@ -21,7 +21,12 @@ final result, or more questions (another round)::
            ◄──────────────── result ◄──────────────────────────────────────────── result
 
 Rules
-    * The policy/audit pipeline runs once per logical call, at the first round; retries do not re-run it.
+    * The policy/audit pipeline runs once per logical call, at the first round; a retry resumes it. A retry
+      that answers questions of the admitted call has its answers put to the policy first (the call's
+      ``Redecide``, told to the bridge through ``CallContext.on_redecide``; :mod:`mcp_guard.pipeline.redecide`):
+      the policy input gains ``input_responses`` keyed as the questions were, an allow is recorded under the
+      call's id before the answers reach the upstream, and a deny ends the call: the answers are never
+      delivered, the retry is answered with the deny (recorded as the call's outcome).
     * ``requestState`` is ``mg1.<call id>.<round>.<mac>``: HMAC-SHA256 under a per-process random key over
       the call id, the round, and a digest binding the principal, method, upstream, target and arguments.
       An altered token, one replayed by another principal or for other arguments, an answered (stale)
@@ -71,7 +76,7 @@ from pydantic import ValidationError
 
 from mcp_guard.channel import REQUEST_TYPES, ClientMethod
 from mcp_guard.frontend.sessions import DownstreamSession, RequestScopedChannel
-from mcp_guard.pipeline.context import CallContext, CallNext, Outcome
+from mcp_guard.pipeline.context import CallContext, CallNext, Outcome, RedecideFn
 from mcp_guard.types import new_id
 
 __all__ = ["BridgedCallChannel", "InputRequiredBridge", "missing_capability"]
@@ -151,10 +156,15 @@ class _Pending:
         self.caps: types.ClientCapabilities | None = None
         self.deadline = math.inf  # when a parked call expires
         self.scope: anyio.CancelScope | None = None
+        self.redecide: RedecideFn | None = None  # the admitted call's re-decision (None until it is admitted)
+        self.refused = False  # the policy refused a retry's answers: the call is ending, no round is served
         self._changed = anyio.Event()
 
     def changed(self) -> anyio.Event:
         return self._changed
+
+    def bind(self, redecide: RedecideFn) -> None:
+        self.redecide = redecide
 
     def notify(self) -> None:
         self._changed.set()
@@ -283,7 +293,8 @@ class InputRequiredBridge:
         if params.request_state is None:
             pending = self._start(call, binding, run)
         else:
-            pending = self._resume(params.request_state, binding, params.input_responses)
+            pending, answers = self._resume(params.request_state, binding, params.input_responses)
+            await self._decide_and_deliver(pending, answers)
         return await self._serve_round(pending, ctx)
 
     # ------------------------------------------------------------------ starting and resuming
@@ -303,12 +314,13 @@ class InputRequiredBridge:
             )
         pending = _Pending(new_id(), call.principal.id, binding, call.timeout_s or 60.0)
         channel = BridgedCallChannel(pending)
-        bridged = dataclasses.replace(call, downstream=channel, progress=channel.progress)
+        bridged = dataclasses.replace(call, downstream=channel, progress=channel.progress, on_redecide=pending.bind)
         self.calls[pending.id] = pending
         self._tg.start_soon(self._drive, pending, bridged, run, name=f"bridge:{pending.id}")
         return pending
 
-    def _resume(self, token: str, binding: bytes, responses: Any) -> _Pending:
+    def _resume(self, token: str, binding: bytes, responses: Any) -> tuple[_Pending, dict[str, dict[str, Any]]]:
+        """The pending call a retry resumes, taken (``busy``) for this retry, and its checked answers."""
         parsed = _parse(token)
         if parsed is None:
             raise _bad_state("requestState is malformed or was not issued by this mcp-guard")
@@ -338,30 +350,30 @@ class InputRequiredBridge:
                 code=types.INVALID_REQUEST,
                 message="mcp-guard: another retry of this call is being served; wait for its answer",
             )
-        self._deliver(pending, responses)
-        return pending
+        answers = _answers(pending, responses)
+        pending.busy = True  # no other retry of this call while its answers are decided on
+        return pending, answers
 
-    def _deliver(self, pending: _Pending, responses: Any) -> None:
-        """Check every answer to an open question first, then hand them all to the waiting upstream requests."""
-        if responses is None:
-            return
-        if not isinstance(responses, dict):
-            raise MCPError(code=types.INVALID_PARAMS, message="inputResponses must be an object")
-        answers: dict[str, _Answer] = {}
-        for key, ask in pending.asks.items():
-            if not ask.sent or key not in responses:
-                continue  # unknown keys are ignored; a missing one is asked again next round
-            try:
-                answers[key] = REQUEST_TYPES[ask.method].normalize(responses[key])
-            except ValidationError as e:
-                raise MCPError(
-                    code=types.INVALID_PARAMS,
-                    message=f"inputResponses[{key!r}] is not a valid {ask.method} result: "
-                    f"{e.errors()[0].get('msg', 'invalid')}",
-                    data={"key": key},
-                ) from None
+    async def _decide_and_deliver(self, pending: _Pending, answers: dict[str, dict[str, Any]]) -> None:
+        """Put a retry's answers to the policy (once the call is admitted), then hand them to the waiting
+        upstream requests; refused, they are never delivered and the call ends with the deny."""
+        try:
+            if answers and pending.redecide is not None:
+                decision = await pending.redecide(answers)
+                if not decision.allow:
+                    log.info("bridge.answers_refused", call=pending.id, round=pending.round, keys=sorted(answers))
+                    pending.refused = True
+                    pending.fail_asks("mcp-guard: the policy refused the client's answers; the call has ended")
+                    pending.notify()
+                    return
+        except BaseException:
+            pending.busy = False
+            pending.notify()
+            raise
         for key, answer in answers.items():
-            pending.asks.pop(key).resolve(answer)
+            ask = pending.asks.pop(key, None)  # gone if the call ended while the policy was asked
+            if ask is not None:
+                ask.resolve(answer)
         if answers:
             pending.notify()
 
@@ -429,10 +441,16 @@ class InputRequiredBridge:
         try:
             with anyio.fail_after(pending.timeout_s + 10):
                 while True:
-                    await self._until(pending, lambda: pending.final is not None or bool(pending.asks))
-                    if pending.final is None:
+                    await self._until(
+                        pending, lambda: pending.final is not None or (bool(pending.asks) and not pending.refused)
+                    )
+                    if pending.final is None and not pending.refused:
                         await self._settle(pending)
-                    if pending.final is not None or pending.askable():
+                    if pending.final is not None:
+                        break
+                    if pending.refused:
+                        continue  # the call is ending with the policy's deny: wait for it
+                    if pending.askable():
                         break
                     pending.refuse_held()  # only questions the client cannot answer: refuse, wait for more
         except TimeoutError:
@@ -508,6 +526,28 @@ def _parse(token: Any) -> tuple[str, int, bytes] | None:
     except ValueError:
         return None
     return parts[1], int(parts[2]), mac
+
+
+def _answers(pending: _Pending, responses: Any) -> dict[str, dict[str, Any]]:
+    """A retry's answers to the call's open questions, each checked as its method's result (none if it has none)."""
+    if responses is None:
+        return {}
+    if not isinstance(responses, dict):
+        raise MCPError(code=types.INVALID_PARAMS, message="inputResponses must be an object")
+    answers: dict[str, dict[str, Any]] = {}
+    for key, ask in pending.asks.items():
+        if not ask.sent or key not in responses:
+            continue  # unknown keys are ignored; a missing one is asked again next round
+        try:
+            answers[key] = REQUEST_TYPES[ask.method].normalize(responses[key])
+        except ValidationError as e:
+            raise MCPError(
+                code=types.INVALID_PARAMS,
+                message=f"inputResponses[{key!r}] is not a valid {ask.method} result: "
+                f"{e.errors()[0].get('msg', 'invalid')}",
+                data={"key": key},
+            ) from None
+    return answers
 
 
 def _binding(call: CallContext) -> bytes:

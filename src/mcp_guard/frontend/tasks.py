@@ -25,7 +25,8 @@ policy and redaction — and what the client would have been answered is kept on
 * **Input.** An upstream's question during a task's call (elicitation, sampling, roots — already scrubbed by the
   registry) is parked on the task: the task reports ``input_required`` with the question under a key of
   mcp-guard's (``elicitation-1``…) in ``inputRequests``; ``tasks/update`` delivers the client's answers, which
-  go to the waiting upstream request as a handshake-era client's answer would (the connection validates them).
+  go to the waiting upstream request as a handshake-era client's answer would (the connection validates them),
+  once the policy, asked again with them (``input.input_responses``), allows; its deny ends the call.
   A question the creating request's capabilities cannot answer is refused at once; one unanswered for
   :data:`ANSWER_TIMEOUT_S` is answered with an error.
 
@@ -49,10 +50,11 @@ from anyio.abc import TaskGroup
 from mcp.server.context import ServerRequestContext
 from mcp.shared.exceptions import MCPError
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
-from pydantic import Field
+from pydantic import Field, ValidationError
 
-from mcp_guard.channel import ClientMethod
+from mcp_guard.channel import REQUEST_TYPES, ClientMethod
 from mcp_guard.frontend.input_required import missing_capability
+from mcp_guard.pipeline.context import RedecideFn
 from mcp_guard.settings import UpstreamSettings
 
 __all__ = [
@@ -141,6 +143,7 @@ class Task:
     caps: types.ClientCapabilities | None = None  # of the request that created it: what its client can answer
     questions: dict[str, _Question] = field(default_factory=dict)  # pending, by key
     asked: int = 0  # questions asked so far (their keys' numbers)
+    redecide: RedecideFn | None = None  # the call's re-decision on answers, once it is admitted (tasks/update)
 
     @property
     def finished(self) -> bool:
@@ -254,6 +257,10 @@ class TaskChannel:
         self.principal_id = task.owner
         self._task = task
 
+    def bind(self, redecide: RedecideFn) -> None:
+        """Told the call's re-decision when it is admitted (``CallContext.on_redecide``)."""
+        self._task.redecide = redecide
+
     async def request(
         self, method: ClientMethod, params: dict[str, Any], *, key: str | None = None
     ) -> dict[str, Any] | types.ErrorData:
@@ -290,6 +297,21 @@ class TaskChannel:
 
     async def progress(self, progress: float, total: float | None, message: str | None) -> None:
         return None
+
+
+def _answers(task: Task, responses: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
+    """The answers of a ``tasks/update`` to the task's pending questions: each as its method's result when it is
+    one (the form the policy and the upstream get), as sent otherwise (the upstream's connection refuses it)."""
+    answers: dict[str, dict[str, Any]] = {}
+    for key, answer in (responses or {}).items():
+        question = task.questions.get(key)
+        if question is None or not isinstance(answer, dict) or question.answered.is_set():
+            continue
+        try:
+            answers[key] = REQUEST_TYPES[question.method].normalize(answer)
+        except ValidationError:
+            answers[key] = answer
+    return answers
 
 
 def _no_answer(method: ClientMethod, why: str) -> types.ErrorData:
@@ -465,13 +487,22 @@ class Tasks:
         self.table.finish(task, TaskStatus.CANCELLED)
         return {}
 
-    def update(self, ctx: ServerRequestContext[Any, Any], owner: str, params: TaskParams) -> dict[str, Any]:
+    async def update(self, ctx: ServerRequestContext[Any, Any], owner: str, params: TaskParams) -> dict[str, Any]:
         """``tasks/update``: an empty ack; each answer whose key names a pending question goes to it (others, and
-        answers that are not objects, are ignored — the task's next ``tasks/get`` shows what is still pending)."""
+        answers that are not objects, are ignored — the task's next ``tasks/get`` shows what is still pending).
+
+        The answers are put to the policy first (the call's re-decision, :mod:`mcp_guard.pipeline.redecide`): a
+        deny delivers none of them and ends the task's call with the deny, which ``tasks/get`` then shows."""
         task = self._mine(ctx, owner, params)
-        for key, answer in (params.input_responses or {}).items():
+        answers = _answers(task, params.input_responses)
+        if answers and task.redecide is not None:
+            decision = await task.redecide(answers)
+            if not decision.allow:
+                log.info("task.answers_refused", task_id=task.id, keys=sorted(answers))
+                return {}
+        for key, answer in answers.items():
             question = task.questions.get(key)
-            if question is not None and isinstance(answer, dict) and not question.answered.is_set():
+            if question is not None and not question.answered.is_set():
                 question.answer = answer
                 question.answered.set()
         return {}

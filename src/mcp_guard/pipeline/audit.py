@@ -30,6 +30,7 @@ Rows are built with :mod:`mcp_guard.audit.events` (one constructor per row kind)
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import Protocol, TypedDict
 
 import anyio
@@ -41,7 +42,7 @@ from mcp_guard.pipeline.context import CallContext, CallNext, Outcome, PolicyVer
 from mcp_guard.settings import AuditSettings
 from mcp_guard.types import AuditEvent, Decision, ReasonCode
 
-__all__ = ["CANCEL_RECORD_TIMEOUT_S", "EventSink", "RecordDecision", "RecordOutcome", "outcome_row"]
+__all__ = ["CANCEL_RECORD_TIMEOUT_S", "EventSink", "RecordDecision", "RecordOutcome", "decision_row", "outcome_row"]
 
 log = structlog.get_logger("mcp_guard.audit")
 
@@ -80,31 +81,45 @@ def _columns(ctx: CallContext) -> _CallColumns:
     }
 
 
-def _decision_row(
+def decision_row(
     ctx: CallContext, decision: Decision, max_arguments_bytes: int, verdict: PolicyVerdict | None = None
 ) -> AuditEvent:
     """A ``call.decision`` row; arguments as the audit may hold them (masked by InspectArguments, bounded).
 
     With the policy's ``verdict`` (the policy was asked), the row keeps the question and the policy's own
-    answer for replay (:func:`~mcp_guard.audit.events.policy_record`, bounded by the same limit)."""
+    answer for replay (:func:`~mcp_guard.audit.events.policy_record`, bounded by the same limit); a
+    re-decision's input responses are kept as masked as its arguments (``PolicyVerdict.audit_responses``),
+    and the row says which round it decided (``details.input_round``)."""
     arguments = ctx.audit_arguments if ctx.audit_arguments is not None else ctx.arguments
-    policy = (
-        events.policy_record(verdict.input.to_dict(), verdict.decision, max_arguments_bytes)
-        if verdict is not None
-        else None
-    )
-    return events.call_decision(
+    policy = None
+    if verdict is not None:
+        document = verdict.input.to_dict()
+        if "input_responses" in document:
+            document["input_responses"] = dict(verdict.audit_responses or {})
+        policy = events.policy_record(document, verdict.decision, max_arguments_bytes)
+    row = events.call_decision(
         decision,
         arguments=arguments,
         max_arguments_bytes=max_arguments_bytes,
         policy=policy,
         upstream_token=ctx.upstream_token.to_audit() if ctx.upstream_token is not None else None,
+        input_round=verdict.input_round if verdict is not None else None,
         **_columns(ctx),
     )
+    return with_upstream_protocol(row, ctx.upstream_protocol)
+
+
+def with_upstream_protocol(event: AuditEvent, era: str | None) -> AuditEvent:
+    """``event`` with ``details.upstream_protocol`` (the era the call's upstream is spoken to in) when known.
+
+    A details key, like ``call_id``: inside the hashed row, no column and no migration."""
+    if era is None:
+        return event
+    return replace(event, details={**(event.details or {}), "upstream_protocol": era})
 
 
 def outcome_row(ctx: CallContext, outcome: Outcome, max_arguments_bytes: int = _MAX_ARGUMENTS_BYTES) -> AuditEvent:
-    """The row that says how a call ended.
+    """The row that says how a call ended, naming the era of the connection it went out on (else the call's).
 
     A denied call: its ``call.decision`` deny row (for an override, the override — which carries the
     governing decision's id and revision). A call that ran: ``call.error`` or ``call.result`` naming
@@ -112,6 +127,11 @@ def outcome_row(ctx: CallContext, outcome: Outcome, max_arguments_bytes: int = _
     row saying so (:func:`~mcp_guard.audit.events.call_withheld`), not a second ``call.decision`` row —
     the allow row stands, the call did run.
     """
+    era = outcome.upstream_protocol or ctx.upstream_protocol
+    return with_upstream_protocol(_outcome_row(ctx, outcome, max_arguments_bytes), era)
+
+
+def _outcome_row(ctx: CallContext, outcome: Outcome, max_arguments_bytes: int) -> AuditEvent:
     denial = outcome.denial
     judged = outcome.result_verdict
     if denial is not None and judged is not None and judged.withheld is not None:
@@ -123,7 +143,7 @@ def outcome_row(ctx: CallContext, outcome: Outcome, max_arguments_bytes: int = _
             **_columns(ctx),
         )
     if denial is not None:
-        return _decision_row(ctx, denial, max_arguments_bytes, outcome.verdict)
+        return decision_row(ctx, denial, max_arguments_bytes, outcome.verdict)
     if outcome.error is not None:
         return events.call_error(
             outcome.decision,
@@ -170,7 +190,7 @@ class RecordDecision:
         assert decision is not None and decision.allow, "RecordDecision runs after an allow"
         try:
             try:
-                await self._sink.record(_decision_row(ctx, decision, self._max_arguments_bytes, ctx.verdict))
+                await self._sink.record(decision_row(ctx, decision, self._max_arguments_bytes, ctx.verdict))
             except AuditError as e:
                 _unavailable(ctx, "decision", e, decision)
                 return Outcome.fail_closed(
@@ -189,7 +209,8 @@ class RecordDecision:
         """The ``call.cancelled`` row, written in the cancel path: shielded, and bounded in time."""
         with anyio.move_on_after(CANCEL_RECORD_TIMEOUT_S, shield=True) as scope:
             try:
-                await self._sink.record(events.call_cancelled(decision, **_columns(ctx)))
+                row = events.call_cancelled(decision, **_columns(ctx))
+                await self._sink.record(with_upstream_protocol(row, ctx.upstream_protocol))
             except AuditError as e:
                 _unavailable(ctx, "cancelled", e, decision)
         if scope.cancelled_caught:

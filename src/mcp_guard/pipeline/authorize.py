@@ -73,7 +73,9 @@ class Authorize:
         if decision.allow is not True:
             return Outcome(decision=decision, verdict=verdict)
         outcome = await call_next(replace(ctx, decision=decision, verdict=verdict))
-        # A stage inside may have replaced the allow with its own deny (obligations); that one governs then.
+        # A stage inside may have replaced the allow with its own deny (obligations); that one governs then. A
+        # re-decision's deny (mcp_guard.pipeline.redecide) comes with its own verdict: the question it answered.
+        inner = outcome.verdict if outcome.verdict is not None else verdict
         if outcome.decision is not None:
-            return replace(outcome, verdict=verdict)
-        return replace(outcome, decision=decision, verdict=verdict)
+            return replace(outcome, verdict=inner)
+        return replace(outcome, decision=decision, verdict=inner)

@@ -3,7 +3,7 @@
 Every request that targets an upstream runs through these stages, outermost first::
 
     Observe → InspectArguments → RecordOutcome → TrackFlow → PinCheck → ShadowPolicy → Authorize
-        → EnforceObligations → ExchangeToken → RecordDecision → ResultPolicy → Redact → Forward
+        → EnforceObligations → ExchangeToken → RecordDecision → Redecide → ResultPolicy → Redact → Forward
 
 * :class:`~mcp_guard.pipeline.observe.Observe` — counts and times every request as the client is answered
   (``/metrics``); outermost, so every other stage and the upstream call run inside it. The two audit
@@ -33,6 +33,11 @@ Every request that targets an upstream runs through these stages, outermost firs
   ``token_exchange_failed``) before its allow is recorded; after the obligations (approval, rate limit).
 * :class:`~mcp_guard.pipeline.audit.RecordDecision` — the allow row is committed before the upstream
   sees the call; if it cannot be, the call is not forwarded (``audit_unavailable``).
+* :class:`~mcp_guard.pipeline.redecide.Redecide` — the policy asked again, with the client's answers, before an
+  upstream's mid-call questions are answered by a retry (a 2026-07-28 upstream's ``InputRequiredResult``
+  rounds, a 2026-07-28 client's retry with ``inputResponses``): an allow's row is committed first, a deny
+  ends the call. Inside ``RecordDecision``, so it only re-decides an admitted, recorded call; outside the
+  result policy, so a call it ends has no result to judge.
 * :class:`~mcp_guard.pipeline.result_policy.ResultPolicy` — a ``tools/call`` result is put to the policy
   (``action = "tools/result"``) when the bundle has a result rule: allowed (labels, redaction) or withheld.
   Outside ``Redact``, so the policy never sees an injected secret; inside ``RecordDecision`` and
@@ -64,6 +69,7 @@ from mcp_guard.pipeline.observe import CallMetrics, Observe
 from mcp_guard.pipeline.pins import PinCheck
 from mcp_guard.pipeline.ratelimit import DeclaredUsage, RateLimitObligation, bundle_data_of
 from mcp_guard.pipeline.redact import Redact
+from mcp_guard.pipeline.redecide import Redecide
 from mcp_guard.pipeline.result_policy import ResultPolicy, ResultUse
 from mcp_guard.pipeline.secret_source import CredentialCheck, SecretSource
 from mcp_guard.pipeline.secrets import InspectArguments, SecretsObligation
@@ -156,6 +162,7 @@ def pipeline_stages(
         EnforceObligations(obligation_handlers(secrets, state, approval, credentials=registry, exchangers=registry)),
         ExchangeToken(registry),
         RecordDecision(audit, max_arguments_bytes=bound),
+        Redecide(engine, audit, secrets, max_arguments_bytes=bound),
         ResultPolicy(engine, state, ResultUse(engine, forced=policy.result_policy), max_bytes=policy.result_max_bytes),
         Redact(secrets),
     ]

@@ -16,6 +16,7 @@ import mcp_types as types
 from mcp_guard.channel import ClientChannel
 from mcp_guard.state.base import Flow
 from mcp_guard.types import Action, Decision, PolicyInput, Principal, ReasonCode, SessionInfo, ToolInfo, new_id
+from mcp_guard.upstream.era import Era
 from mcp_guard.upstream.token_exchange import UpstreamToken
 
 __all__ = [
@@ -26,10 +27,16 @@ __all__ = [
     "Outcome",
     "PolicyVerdict",
     "ProgressFn",
+    "RedecideFn",
     "ResultVerdict",
 ]
 
 ProgressFn = Callable[[float, float | None, str | None], Awaitable[None]]
+
+RedecideFn = Callable[[Mapping[str, dict[str, Any]]], Awaitable[Decision]]
+"""Ask the policy again about an admitted call, now with the client's answers to an upstream's mid-call
+questions (keyed as the upstream keyed them), before a retry carries them upstream. An allow's row is committed
+when it returns; a deny has ended the call's run (:mod:`mcp_guard.pipeline.redecide`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +50,10 @@ class PolicyVerdict:
 
     input: PolicyInput
     decision: Decision
+    input_round: int = 0  # 0: the call's first decision; n: the re-decision on the n-th round of input responses
+    # The round's input responses as the audit may hold them (secrets scrubbed, credential shapes masked), kept in
+    # the row's recorded input in place of the raw ones the policy saw; None when the input has none.
+    audit_responses: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +89,16 @@ class CallContext:
     # Told once the allow row is committed, just before the stages that reach the upstream: a task-augmented
     # call (mcp_guard.frontend.tasks) answers its task handle then, so a denied call is answered at once.
     admitted: Callable[[], None] | None = None
+    # Told the call's re-decision once it is admitted (the Redecide stage; Forward, in the call's own task, reads
+    # it with redecide.current_redecide): the input-required bridge (mcp_guard.frontend.input_required) re-decides
+    # on a client's retry with its inputResponses before delivering them to the waiting upstream.
+    on_redecide: Callable[[RedecideFn], None] | None = None
+    # The era the upstream is spoken to in (``stateless``: 2026-07-28, ``handshake``: 2025-11-25) when the call was
+    # made; None when its connection has not been ready yet. On the call's rows (details.upstream_protocol).
+    upstream_protocol: Era | None = None
+    # The client's Mcp-Param-* headers (a 2026-07-28 HTTP tools/call), passed on with this call's requests to a
+    # 2026-07-28 HTTP upstream (mcp_guard.upstream.param_headers); None: it sent none.
+    param_headers: Mapping[str, str] | None = None
 
 
 class ErrorOrigin(StrEnum):
@@ -131,6 +152,7 @@ class Outcome:
     error_origin: ErrorOrigin = ErrorOrigin.UPSTREAM
     result_verdict: ResultVerdict | None = None  # the result policy's verdict (ResultPolicy), when it judged
     verdict: PolicyVerdict | None = None  # the policy's input and own decision, when the policy was asked
+    upstream_protocol: Era | None = None  # the era of the connection Forward sent the call on (None: none reached)
 
     @classmethod
     def guard_error(cls, code: int, message: str) -> Outcome:

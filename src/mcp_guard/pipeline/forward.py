@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from dataclasses import replace
 from typing import Any
 
 import mcp_types as types
@@ -23,6 +24,9 @@ from mcp.shared.exceptions import MCPError
 from mcp_guard.errors import UpstreamError, UpstreamTimeout
 from mcp_guard.pipeline.context import CallContext, ErrorOrigin, Outcome
 from mcp_guard.pipeline.input_rounds import complete_input_rounds, is_input_required
+from mcp_guard.pipeline.redecide import current_redecide
+from mcp_guard.types import Decision
+from mcp_guard.upstream.era import Era
 from mcp_guard.upstream.registry import Registry
 
 __all__ = [
@@ -95,27 +99,44 @@ class Forward:
         self._registry = registry
 
     async def __call__(self, ctx: CallContext) -> Outcome:
+        reached: list[Era] = []
+        outcome = await self._forward(ctx, reached)
+        # The era of the connection the call went out on, for its outcome row (details.upstream_protocol).
+        return replace(outcome, upstream_protocol=reached[0]) if reached else outcome
+
+    async def _forward(self, ctx: CallContext, reached: list[Era]) -> Outcome:
         try:
             # The caller's own connection when the upstream runs one per principal (mcp_guard.upstream.pool).
             async with self._registry.lease(ctx.server, ctx.principal.id) as conn:
                 if conn is None:
                     return Outcome.guard_error(UPSTREAM_UNAVAILABLE, f"unknown upstream {ctx.server!r}")
+                reached.append(conn.era)
                 with self._registry.in_flight(ctx.server, ctx.downstream):
                     result = await conn.request(
-                        ctx.request, timeout=ctx.timeout_s, on_progress=ctx.progress, bearer=ctx.upstream_token
+                        ctx.request,
+                        timeout=ctx.timeout_s,
+                        on_progress=ctx.progress,
+                        bearer=ctx.upstream_token,
+                        headers=ctx.param_headers,
                     )
                     if is_input_required(result):  # a 2026-07-28 upstream's questions (mcp_guard.pipeline.input_rounds)
 
                         async def send(request: types.ClientRequest) -> dict[str, Any]:
                             return await conn.request(
-                                request, timeout=ctx.timeout_s, on_progress=ctx.progress, bearer=ctx.upstream_token
+                                request,
+                                timeout=ctx.timeout_s,
+                                on_progress=ctx.progress,
+                                bearer=ctx.upstream_token,
+                                headers=ctx.param_headers,
                             )
 
                         final = await complete_input_rounds(
-                            result, ctx.request, send, ctx.downstream, upstream=ctx.server
+                            result, ctx.request, send, ctx.downstream, upstream=ctx.server, redecide=current_redecide()
                         )
                         if isinstance(final, types.ErrorData):
                             return Outcome(error=final, error_origin=ErrorOrigin.GUARD)
+                        if isinstance(final, Decision):  # the policy refused the answers (Redecide ends the call)
+                            return Outcome(decision=final)
                         result = final
         except UpstreamTimeout as e:
             return Outcome.guard_error(UPSTREAM_TIMEOUT, str(e))

@@ -7,9 +7,11 @@ the client as is: every question goes to the call's own client channel, the same
 upstream's ``elicitation/create`` does (:mod:`mcp_guard.channel`), and the retries to the upstream are
 mcp-guard's own, made here until the upstream answers with its final result. So:
 
-* **One logical call, one policy decision, one audit trail.** The retries happen inside the terminal
-  stage of the call's single pipeline run (its allow row before, its outcome row after), exactly as a
-  handshake upstream's mid-call questions do: both eras of upstream are governed and audited one way.
+* **One logical call, one audit trail, the policy asked again on each round's answers.** The retries happen
+  inside the terminal stage of the call's single pipeline run (its allow row before, its outcome row after),
+  under one call id. Before a retry carries answers upstream, the policy is asked again with them
+  (``input.input_responses``, keyed as the upstream keyed its requests; ``current_redecide()``,
+  :mod:`mcp_guard.pipeline.redecide`): an allow is recorded first, a deny ends the call unsent.
 * **The upstream's ``requestState`` never leaves mcp-guard.** A 2026-07-28 client gets the questions as
   mcp-guard's own ``InputRequiredResult`` round, whose ``requestState`` is the input-required bridge's
   token (``mcp_guard.frontend.input_required``: an HMAC binding principal, method, upstream, target and
@@ -34,6 +36,8 @@ import structlog
 from pydantic import ValidationError
 
 from mcp_guard.channel import REQUEST_TYPES, ClientChannel, ClientMethod
+from mcp_guard.pipeline.context import RedecideFn
+from mcp_guard.types import Decision
 
 __all__ = ["MAX_ROUNDS", "complete_input_rounds", "is_input_required"]
 
@@ -57,11 +61,14 @@ async def complete_input_rounds(
     channel: ClientChannel | None,
     *,
     upstream: str,
-) -> dict[str, Any] | types.ErrorData:
+    redecide: RedecideFn | None = None,
+) -> dict[str, Any] | types.ErrorData | Decision:
     """Ask the client what the upstream asks and retry the upstream until it answers finally.
 
-    Returns the upstream's final raw result, or the error that ends the call (an unanswerable or refused
-    question, a malformed ``InputRequiredResult``, too many rounds). Upstream errors raise as from ``send``.
+    Before each retry the answers are put to ``redecide`` (the policy, asked again: :mod:`mcp_guard.pipeline.
+    redecide`); its deny is returned and the retry not sent. Returns the upstream's final raw result, or the
+    error that ends the call (an unanswerable or refused question, a malformed ``InputRequiredResult``, too
+    many rounds), or that deny. Upstream errors raise as from ``send``.
     """
     result = first
     for rnd in range(1, MAX_ROUNDS + 1):
@@ -76,6 +83,10 @@ async def complete_input_rounds(
         if isinstance(answers, types.ErrorData):
             return answers
         log.info("upstream.input_round", upstream=upstream, round=rnd, keys=sorted(questions))
+        if redecide is not None and answers:
+            decision = await redecide(answers)
+            if not decision.allow:
+                return decision  # the policy refused these answers: the retry is never sent
         request = _retry(request, answers, result.get("requestState"))
         result = await send(request)
     if is_input_required(result):

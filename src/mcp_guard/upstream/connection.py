@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, TypeVar, overload
 
@@ -44,7 +44,16 @@ from mcp_guard.errors import UpstreamError, UpstreamTimeout
 from mcp_guard.secrets.describe import describe_invalid, is_parse_error
 from mcp_guard.settings import UpstreamSettings
 from mcp_guard.types import EventKind
-from mcp_guard.upstream.era import EnvelopeDispatcher, Era, era_of, negotiate, per_request_capabilities, split_envelope
+from mcp_guard.upstream.era import (
+    EnvelopeDispatcher,
+    Era,
+    EraMemory,
+    era_of,
+    negotiate,
+    per_request_capabilities,
+    split_envelope,
+)
+from mcp_guard.upstream.param_headers import add_call_headers, call_headers
 from mcp_guard.upstream.stdio import StderrTail, minimal_environment, open_stdio_transport, undecodable_reason
 from mcp_guard.upstream.token_exchange import UpstreamToken, call_token
 
@@ -109,8 +118,11 @@ class UpstreamConnection:
         cwd: str | None = None,
         auth: httpx2.Auth | None = None,
         stderr_tail: StderrTail | None = None,
+        eras: EraMemory | None = None,
     ) -> None:
         self.name = name
+        # What an ``auto`` upstream was found to speak, kept for its restarts (the registry's, shared by name).
+        self._eras = eras if eras is not None else EraMemory()
         self._auth = auth  # sets Authorization per HTTP request (token_exchange: mcp_guard.upstream.token_exchange)
         self.settings = settings
         self._hooks = hooks
@@ -165,11 +177,14 @@ class UpstreamConnection:
         timeout: float | None = None,
         on_progress: Callable[[float, float | None, str | None], Awaitable[None]] | None = None,
         bearer: UpstreamToken | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> dict[str, Any]:
         """Forward one request and return the upstream's raw result dict.
 
         ``bearer`` (an exchanged token, HTTP upstreams with ``token_exchange``) is the Authorization of this
         request only: :func:`~mcp_guard.upstream.token_exchange.call_token` marks this task's traffic with it.
+        ``headers`` (the client's ``Mcp-Param-*``) go with this request only, to a 2026-07-28 HTTP upstream
+        (:mod:`mcp_guard.upstream.param_headers`); a handshake-era upstream gets none.
 
         Raises MCPError for an upstream error response, UpstreamTimeout, or UpstreamError when the
         upstream is down, dies while the call is in flight, or answers with something that is not valid
@@ -189,7 +204,12 @@ class UpstreamConnection:
         try:
             # Our own deadline (the SDK's timeout error shares its code, -32001, with ordinary upstream
             # errors); cancelling the request makes the SDK send notifications/cancelled upstream.
-            with anyio.fail_after(t), call_token(bearer), per_request_capabilities(caps):
+            with (
+                anyio.fail_after(t),
+                call_token(bearer),
+                per_request_capabilities(caps),
+                call_headers(headers if self.era == "stateless" else None),
+            ):
                 # A TypeAdapter of a plain dict keeps the upstream's result as it came (the SDK accepts any
                 # TypeAdapter at run time; its annotation only names BaseModel results).
                 return await session.send_request(
@@ -307,7 +327,7 @@ class UpstreamConnection:
             )
             async with session:
                 with anyio.fail_after(self.settings.startup_timeout_s):
-                    version = await negotiate(session, self.settings.protocol, upstream=self.name)
+                    version = await self._negotiate(session)
                     capabilities = session.server_capabilities or types.ServerCapabilities()
                     server_info = session.server_info or types.Implementation(name=self.name, version="unknown")
                     catalog = await self._fetch_catalog(
@@ -348,6 +368,19 @@ class UpstreamConnection:
                     await closed.wait()
                     tg.cancel_scope.cancel()
 
+    async def _negotiate(self, session: ClientSession) -> str:
+        """:func:`negotiate`, told (for ``auto``) the version this upstream spoke before, and remembering it."""
+        protocol = self.settings.protocol
+        remembered = self._eras.get(self.name) if protocol == "auto" else None
+        try:
+            version = await negotiate(session, protocol, upstream=self.name, remembered=remembered)
+        except BaseException:
+            self._eras.forget(self.name)  # the next attempt probes afresh
+            raise
+        if protocol == "auto":
+            self._eras.remember(self.name, version)
+        return version
+
     @contextlib.asynccontextmanager
     async def _open_transport(self, inj: Injections) -> AsyncIterator[tuple[Any, Any, anyio.Event]]:
         s = self.settings
@@ -384,7 +417,9 @@ class UpstreamConnection:
             return
         timeout = httpx2.Timeout(s.startup_timeout_s, read=max(s.timeout_s, 300.0))
         async with (
-            httpx2.AsyncClient(headers=headers, timeout=timeout, auth=self._auth) as http,
+            httpx2.AsyncClient(
+                headers=headers, timeout=timeout, auth=self._auth, event_hooks={"request": [add_call_headers]}
+            ) as http,
             streamable_http_client(s.url, http_client=http, max_sse_event_size=s.max_response_bytes) as (read, write),
         ):
             yield read, write, anyio.Event()

@@ -37,6 +37,7 @@ __all__ = [
     "RESERVED_META_PREFIX",
     "EnvelopeDispatcher",
     "Era",
+    "EraMemory",
     "era_of",
     "negotiate",
     "per_request_capabilities",
@@ -55,18 +56,51 @@ _CAPABILITIES: contextvars.ContextVar[dict[str, Any] | None] = contextvars.Conte
 )
 
 
+class EraMemory:
+    """The version an ``auto`` upstream was last found to speak, by upstream name, for its next restarts.
+
+    A crashed upstream comes back as the same program, so a handshake-era one need not be probed with
+    ``server/discover`` again on every restart (the probe is a refused round trip and a log line each time):
+    :func:`negotiate` goes straight to ``initialize``. A stateless upstream's probe *is* its connect, so
+    remembering changes nothing there. The registry holds one memory for all its upstreams (a pool's
+    children share their upstream's) and clears it on a config reload; a connect with a remembered era that
+    fails forgets it, so the next attempt probes afresh (an upstream upgraded in place is found then).
+    """
+
+    def __init__(self) -> None:
+        self._versions: dict[str, str] = {}
+
+    def get(self, upstream: str) -> str | None:
+        return self._versions.get(upstream)
+
+    def remember(self, upstream: str, version: str) -> None:
+        self._versions[upstream] = version
+
+    def forget(self, upstream: str) -> None:
+        self._versions.pop(upstream, None)
+
+    def clear(self) -> None:
+        self._versions.clear()
+
+
 def era_of(version: str | None) -> Era:
     """The era a negotiated protocol version belongs to."""
     return "stateless" if version in MODERN_PROTOCOL_VERSIONS else "handshake"
 
 
-async def negotiate(session: ClientSession, protocol: ProtocolSetting, *, upstream: str = "") -> str:
+async def negotiate(
+    session: ClientSession, protocol: ProtocolSetting, *, upstream: str = "", remembered: str | None = None
+) -> str:
     """Connect ``session`` in the era ``protocol`` asks for; the negotiated version.
 
     ``auto``: one ``server/discover`` probe (the SDK retries once at a mutual version on ``-32022``); an
     error answer, an unparseable result or no mutual 2026 version falls back to ``initialize``. A network
-    failure is not an era verdict: it propagates (the connection's restart loop handles it).
+    failure is not an era verdict: it propagates (the connection's restart loop handles it). ``remembered``
+    (:class:`EraMemory`: what this upstream spoke before a restart) in the handshake era skips the probe.
     """
+    if protocol == "auto" and remembered is not None and era_of(remembered) == "handshake":
+        log.info("upstream.era_remembered", upstream=upstream, protocol_version=remembered)
+        return (await session.initialize()).protocol_version
     if protocol == "2025-11-25":
         return (await session.initialize()).protocol_version
     if protocol == "2026-07-28":

@@ -39,6 +39,7 @@ from mcp_guard.errors import SecretError, UpstreamError
 from mcp_guard.settings import UpstreamSettings
 from mcp_guard.types import EventKind
 from mcp_guard.upstream.connection import Catalog, Injections, UpstreamConnection
+from mcp_guard.upstream.era import EraMemory
 from mcp_guard.upstream.stdio import StderrTail
 
 __all__ = ["PoolHooks", "UpstreamPool"]
@@ -124,9 +125,11 @@ class UpstreamPool:
         cwd: str | None = None,
         clock: Callable[[], float] = time.monotonic,
         auth: httpx2.Auth | None = None,
+        eras: EraMemory | None = None,
     ) -> None:
         self.name = name
         self._auth = auth
+        self._eras = eras  # shared by the children: what the upstream speaks does not depend on the principal
         self.settings = settings
         self.hooks = hooks
         self._injections = injections
@@ -269,6 +272,7 @@ class UpstreamPool:
             cwd=self._cwd,
             auth=self._auth,
             stderr_tail=_ChildTail(self.stderr_tail, principal),
+            eras=self._eras,
         )
         conn.attach_task_group(self._tg)
         child = self._children[principal] = _Child(principal, conn, last_used=self._clock())

@@ -52,6 +52,7 @@ from mcp_guard.pins import PinBackend, scan_tool
 from mcp_guard.settings import Settings, UpstreamSettings
 from mcp_guard.types import EventKind, ToolInfo
 from mcp_guard.upstream.connection import Injections, UpstreamConnection
+from mcp_guard.upstream.era import Era, EraMemory
 from mcp_guard.upstream.naming import Namer
 from mcp_guard.upstream.pool import UpstreamPool
 from mcp_guard.upstream.token_exchange import TokenExchanger
@@ -194,6 +195,9 @@ class Registry:
         # traffic, life-cycle details) is scrubbed of injected secret values with this.
         self._scrub_obj = scrub_obj
         self.catalog = MergedCatalog()
+        # The era each ``auto`` upstream was found to speak, so a restart does not probe it again; cleared by a
+        # config reload (mcp_guard.upstream.era.EraMemory).
+        self.eras = EraMemory()
         self.connections: dict[str, UpstreamConnection] = {}
         # The one upstream exposed without a namespace, if any (``namespace = false``).
         self.bare: str | None = next((n for n, u in settings.upstreams.items() if u.enabled and not u.namespace), None)
@@ -222,7 +226,14 @@ class Registry:
         injections = self._injections
         inj = (lambda: injections(name)) if injections is not None else None
         return UpstreamConnection(
-            name, up, self, injections=inj, scrub=self._scrub_text, cwd=cwd, auth=self._exchange_auth(name, up)
+            name,
+            up,
+            self,
+            injections=inj,
+            scrub=self._scrub_text,
+            cwd=cwd,
+            auth=self._exchange_auth(name, up),
+            eras=self.eras,
         )
 
     def _exchange_auth(self, name: str, up: UpstreamSettings) -> httpx2.Auth | None:
@@ -250,6 +261,7 @@ class Registry:
             scrub=self._scrub_text,
             cwd=cwd,
             auth=self._exchange_auth(name, up),
+            eras=self.eras,
         )
 
     # ------------------------------------------------------------------ lifecycle
@@ -279,6 +291,7 @@ class Registry:
         per-principal secret under ``settings``) is started as a pool of per-principal connections; a pooled
         upstream in ``stop`` has every child stopped.
         """
+        self.eras.clear()  # a reload is when an operator may have changed what an upstream speaks: probe again
         stopping = [self._runs.pop(n) for n in stop if n in self._runs]
         for n in stop:
             self.exchangers.pop(n, None)
@@ -332,6 +345,13 @@ class Registry:
     # ------------------------------------------------------------------ routing
     def connection(self, upstream: str) -> UpstreamConnection | None:
         return self.connections.get(upstream)
+
+    def upstream_protocol(self, upstream: str, principal: str) -> Era | None:
+        """The era ``upstream`` is spoken to in for ``principal``'s calls now (its connection, or the principal's
+        own in a pool); None until that connection has been ready once (a pool child not yet started)."""
+        pool = self.pools.get(upstream)
+        conn = pool.child(principal) if pool is not None else self.connections.get(upstream)
+        return conn.era if conn is not None and conn.protocol_version is not None else None
 
     def find_tool(self, exposed: str) -> ExposedTool | None:
         return self.catalog.tools.get(exposed)
