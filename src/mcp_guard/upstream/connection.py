@@ -54,6 +54,7 @@ from mcp_guard.upstream.era import (
     split_envelope,
 )
 from mcp_guard.upstream.param_headers import add_call_headers, call_headers
+from mcp_guard.upstream.raw_lane import InvalidAnswer, RawLane
 from mcp_guard.upstream.stdio import StderrTail, minimal_environment, open_stdio_transport, undecodable_reason
 from mcp_guard.upstream.token_exchange import UpstreamToken, call_token
 
@@ -138,6 +139,7 @@ class UpstreamConnection:
         # one that also feeds the pool's ring.
         self.stderr_tail = stderr_tail if stderr_tail is not None else StderrTail()
         self._session: ClientSession | None = None
+        self._lane: RawLane | None = None  # a stdio upstream's lean lane for forwarded requests (raw_lane)
         self.protocol_version: str | None = None  # negotiated with the upstream (None until it is first ready)
         self._watched: set[str] = set()  # resources clients subscribed to (a 2026-07-28 upstream's listen filter)
         self._watch_changed = anyio.Event()
@@ -201,7 +203,14 @@ class UpstreamConnection:
         if self.era == "stateless" and self._watch(request):
             return {}
         request, caps = self._enveloped(request)
+        lane = self._lane
         try:
+            if lane is not None and progress is None and self.era == "handshake":
+                # The lean lane (mcp_guard.upstream.raw_lane): one raw line each way, no SDK session between.
+                params = request.params
+                raw = params.model_dump(by_alias=True, mode="json", exclude_none=True) if params is not None else None
+                with anyio.fail_after(t):
+                    return await lane.request(request.method, raw)
             # Our own deadline (the SDK's timeout error shares its code, -32001, with ordinary upstream
             # errors); cancelling the request makes the SDK send notifications/cancelled upstream.
             with (
@@ -220,6 +229,11 @@ class UpstreamConnection:
                 )
         except TimeoutError:
             raise UpstreamTimeout(f"upstream {self.name!r} did not answer within {t:g}s", upstream=self.name) from None
+        except InvalidAnswer:
+            raise UpstreamError(
+                f"upstream {self.name!r} sent an answer that is not valid JSON-RPC (its text is withheld)",
+                upstream=self.name,
+            ) from None
         except ValidationError as e:
             # The SDK checks the result against the protocol version; its error quotes the result.
             raise UpstreamError(
@@ -306,11 +320,13 @@ class UpstreamConnection:
         self.state = state
         self.last_error = self.last_failure = reason
         self._session = None
+        self._lane = None
         if self._ready.is_set():
             self._ready = anyio.Event()
 
     async def _connect_and_serve(self, *, first: bool) -> None:
         self.state = "starting"
+        self._lane = None
         inj = await self._injections() if self._injections else Injections()
         async with self._open_transport(inj) as (read, write, closed):
             session = ClientSession(
@@ -338,6 +354,8 @@ class UpstreamConnection:
                 self.catalog = catalog
                 self.protocol_version = version
                 self._session = session
+                # The lean lane lives and dies with this session (a stdio transport's; None for HTTP and SSE).
+                self._lane = getattr(read, "lane", None)
                 self.state = "ready"
                 self.last_error = None
                 self._ready.set()

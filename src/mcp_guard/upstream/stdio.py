@@ -37,6 +37,7 @@ from mcp.shared.message import SessionMessage
 from mcp_guard.lineid import ID_SCAN_CHARS, top_level_id
 from mcp_guard.secrets.describe import describe_invalid
 from mcp_guard.streams import LineReadStream, LineWriteStream, encode_line
+from mcp_guard.upstream.raw_lane import RawLane
 
 __all__ = [
     "MINIMAL_ENV_VARS",
@@ -110,6 +111,7 @@ async def open_stdio_transport(
     )
     read_stream = _ChildReadStream(process, name, max_line_bytes)
     write_stream = _ChildWriteStream(process, read_stream)
+    read_stream.lane = RawLane(write_stream.send_bytes)  # forwarded requests, beside the SDK session (raw_lane)
     exit_info = ChildExit()
     tail = stderr_tail if stderr_tail is not None else StderrTail()
     stderr_done = anyio.Event()
@@ -160,7 +162,8 @@ async def open_stdio_transport(
 class _ChildReadStream(LineReadStream):
     """The SDK's ``ReadStream`` over the child's stdout: the session's read loop reads, frames and parses
     in its own task (no reader task, no memory stream in between). A line over ``max_line_bytes`` is
-    discarded and surfaced as a ``ValueError`` item."""
+    discarded and surfaced as a ``ValueError`` item. Each line is offered to ``lane`` first (the answers to
+    requests sent by :class:`~mcp_guard.upstream.raw_lane.RawLane`); the rest is parsed for the session."""
 
     def __init__(self, process: Process, name: str, max_line_bytes: int) -> None:
         assert process.stdout is not None
@@ -171,6 +174,7 @@ class _ChildReadStream(LineReadStream):
         self._pending: deque[SessionMessage | Exception] = deque()
         self._discarding = False
         self._eof = False
+        self.lane: RawLane | None = None
 
     async def receive(self) -> SessionMessage | Exception:
         pending = self._pending
@@ -193,7 +197,7 @@ class _ChildReadStream(LineReadStream):
                 if not self._discarding:
                     buf += chunk[start:]
                     if len(buf) > self._max:
-                        self._pending.append(self._too_large(bytes(buf[:ID_SCAN_CHARS])))
+                        self._emit(self._too_large(bytes(buf[:ID_SCAN_CHARS])))
                         buf.clear()
                         self._discarding = True
                 return
@@ -202,17 +206,31 @@ class _ChildReadStream(LineReadStream):
             elif buf:
                 buf += chunk[start:nl]
                 if len(buf) > self._max:
-                    self._pending.append(self._too_large(bytes(buf[:ID_SCAN_CHARS])))
+                    self._emit(self._too_large(bytes(buf[:ID_SCAN_CHARS])))
                 elif buf.strip():
-                    self._pending.append(_parse(bytes(buf), self._name))
+                    self._line(bytes(buf))
                 buf.clear()
             elif nl - start > self._max:
-                self._pending.append(self._too_large(chunk[start : start + ID_SCAN_CHARS]))
+                self._emit(self._too_large(chunk[start : start + ID_SCAN_CHARS]))
             else:
                 line = chunk[start:nl]
                 if line.strip():
-                    self._pending.append(_parse(line, self._name))
+                    self._line(line)
             start = nl + 1
+
+    def _line(self, line: bytes) -> None:
+        lane = self.lane
+        if lane is None or not lane.take(line):
+            self._emit(_parse(line, self._name))
+
+    def _emit(self, item: SessionMessage | Exception) -> None:
+        """Queue ``item`` for the session, unless it is the transport's error answer to a lane request."""
+        lane = self.lane
+        if lane is not None and isinstance(item, SessionMessage) and isinstance(item.message, types.JSONRPCError):
+            answer = item.message.model_dump(by_alias=True, mode="json", exclude_none=True)
+            if lane.offer(answer):
+                return
+        self._pending.append(item)
 
     def _too_large(self, head: bytes) -> SessionMessage | Exception:
         reason = f"a message larger than {self._max} bytes (max_response_bytes), discarded"
@@ -221,6 +239,8 @@ class _ChildReadStream(LineReadStream):
 
     async def end(self) -> None:
         """No more messages (the child exited or its stdin broke): wake a pending ``receive``."""
+        if self.lane is not None:
+            self.lane.close()
         if not self._eof:
             self._eof = True
             with suppress(Exception):
@@ -248,11 +268,14 @@ class _ChildWriteStream(LineWriteStream):
         self._broken = False
 
     async def send(self, item: SessionMessage) -> None:
+        await self.send_bytes(encode_line(item))
+
+    async def send_bytes(self, data: bytes) -> None:
+        """Write one whole line (already encoded): the session's messages and the raw lane's alike."""
         if self._closed:
             raise anyio.ClosedResourceError
         if self._broken:
             return
-        data = encode_line(item)
         raw = self._raw
         try:
             if raw is None:

@@ -1,0 +1,166 @@
+"""The lean lane to a stdio upstream: a forwarded request as one JSON line, its answer matched by id.
+
+Why: forwarding a ``tools/call`` through the SDK's ``ClientSession`` builds a request model, runs the
+dispatcher, validates the answer line with pydantic into a ``JSONRPCMessage``, routes it through the
+dispatcher's waiters and copies the result through a ``TypeAdapter`` — about 240 µs of CPU per call
+(``bench/``). The same request written as one ``json.dumps`` line, and its answer taken off the read
+stream by its id with one ``json.loads``, costs a fraction of that. The SDK session stays in charge of
+everything else on the same pipes: the handshake, listings, subscriptions, the upstream's own requests
+(elicitation, sampling, roots) and their answers, notifications.
+
+**Which requests.** :meth:`UpstreamConnection.request <mcp_guard.upstream.connection.UpstreamConnection.request>`
+takes the lane for a request to a handshake-era stdio upstream that wants no progress relay; the rest goes
+to the session. Lane ids are short strings (``mcpg:<n>``): the SDK numbers its requests with integers, so the
+two never share an id; and short, so that an answer cut off early still shows whose it is (the transport
+fails that call at once, :func:`~mcp_guard.upstream.stdio.undecodable_reason`).
+
+**Reading.** The upstream transport's read loop offers each line to the lane first (:meth:`RawLane.take`):
+only a line that contains the id prefix is parsed here, and only an answer whose id the lane is waiting for is
+consumed; anything else (a line that merely quotes an id, a request from the upstream) goes on to the SDK
+session as before. An answer the transport could not decode but whose id it could read reaches the lane as
+the transport's own error answer (:meth:`RawLane.offer`), so the call fails at once.
+
+**Cancellation.** A call abandoned before its answer (the caller's timeout, the client's cancel) sends the
+upstream ``notifications/cancelled`` for its id, as the SDK does for its own requests.
+
+Errors a lane request raises (the ones the session path raises, so the connection maps both alike)::
+
+    MCPError
+     ├── the upstream's own JSON-RPC error answer (code, message, data as sent)
+     ├── CONNECTION_CLOSED "Connection closed"  — the upstream went away with the call in flight
+     └── PARSE_ERROR (the transport's undecodable answer, marked)  — an answer that is not JSON-RPC
+    InvalidAnswer  — valid JSON, but not a JSON-RPC answer (no result object, no well-formed error)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import anyio
+import mcp_types as types
+from mcp.shared.exceptions import MCPError
+
+__all__ = ["LANE_ID_PREFIX", "InvalidAnswer", "RawLane"]
+
+LANE_ID_PREFIX = "mcpg:"
+"""Every lane id starts with this; the read loop's cheap test for "maybe ours" looks for it as a JSON string."""
+_MARK = f'"{LANE_ID_PREFIX}'.encode()
+_CANCEL_WRITE_S = 1.0  # how long a cancelled call may spend telling the upstream (never blocks the caller long)
+
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+
+
+class InvalidAnswer(Exception):
+    """The upstream answered a lane request with JSON that is not a JSON-RPC answer (its text withheld)."""
+
+
+class _Waiter:
+    __slots__ = ("answer", "event")
+
+    def __init__(self) -> None:
+        self.event = anyio.Event()
+        self.answer: Mapping[str, Any] | None = None
+
+
+class RawLane:
+    """Requests written as raw lines by ``write``; answers handed over by the transport's read loop."""
+
+    def __init__(self, write: Callable[[bytes], Awaitable[None]]) -> None:
+        self._write = write
+        self._waiting: dict[str, _Waiter] = {}
+        self._next = 0
+        self._closed = False
+        self.requests = 0  # requests sent through the lane (tests and the benchmark read it)
+
+    # ------------------------------------------------------------------ the read loop's side
+    def take(self, line: bytes) -> bool:
+        """Consume ``line`` if it is the answer to a waiting lane request; False leaves it to the session."""
+        if not self._waiting or _MARK not in line:
+            return False
+        try:
+            message = json.loads(line)
+        except (ValueError, RecursionError):
+            return False  # the session path parses it again and reports it
+        return isinstance(message, dict) and self.offer(message)
+
+    def offer(self, message: Mapping[str, Any]) -> bool:
+        """Hand over an answer (already parsed); False if its id is not one the lane waits for."""
+        rid = message.get("id")
+        if type(rid) is not str or "method" in message:
+            return False
+        waiter = self._waiting.pop(rid, None)
+        if waiter is None:
+            return False
+        waiter.answer = message
+        waiter.event.set()
+        return True
+
+    def close(self) -> None:
+        """The upstream is gone: every waiting request ends with CONNECTION_CLOSED; no new one is sent."""
+        self._closed = True
+        waiting, self._waiting = self._waiting, {}
+        for waiter in waiting.values():
+            waiter.event.set()
+
+    # ------------------------------------------------------------------ the caller's side
+    async def request(self, method: str, params: Mapping[str, Any] | None) -> dict[str, Any]:
+        """Send one request and wait for its answer's ``result`` (see the module docstring for errors).
+
+        Unbounded by itself: the caller holds the deadline (``anyio.fail_after``)."""
+        if self._closed:
+            raise _closed()
+        self._next += 1
+        rid = f"{LANE_ID_PREFIX}{self._next}"
+        message: dict[str, Any] = {"jsonrpc": "2.0", "id": rid, "method": method}
+        if params is not None:
+            message["params"] = params
+        line = _encode(message)
+        waiter = _Waiter()
+        self._waiting[rid] = waiter
+        self.requests += 1
+        try:
+            await self._write(line)
+            await waiter.event.wait()
+        except BaseException:
+            if self._waiting.pop(rid, None) is not None:
+                await self._cancelled(rid)
+            raise
+        return _result(waiter.answer)
+
+    async def _cancelled(self, rid: str) -> None:
+        """Tell the upstream a request is abandoned (best effort, shielded and bounded)."""
+        note = {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": rid}}
+        # The upstream may be gone already; the call is over either way.
+        with anyio.CancelScope(shield=True), anyio.move_on_after(_CANCEL_WRITE_S), contextlib.suppress(Exception):
+            await self._write(_encode(note))
+
+
+def _encode(message: Mapping[str, Any]) -> bytes:
+    try:
+        return (_dumps(message) + "\n").encode()
+    except ValueError:  # NaN/Infinity in the arguments: written as Python's json writes them by default
+        return (json.dumps(message, separators=(",", ":"), ensure_ascii=False) + "\n").encode()
+
+
+def _closed() -> MCPError:
+    return MCPError(code=types.CONNECTION_CLOSED, message="Connection closed")
+
+
+def _result(answer: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The answer's result, or the error it carries raised as the session path raises it."""
+    if answer is None:
+        raise _closed()
+    if answer.get("jsonrpc") != "2.0":
+        raise InvalidAnswer("no jsonrpc 2.0 marker")
+    if "result" in answer:
+        result = answer["result"]
+        if isinstance(result, dict) and "error" not in answer:
+            return result
+        raise InvalidAnswer("the result is not an object")
+    error = answer.get("error")
+    if isinstance(error, dict) and type(error.get("code")) is int and isinstance(error.get("message"), str):
+        raise MCPError(code=error["code"], message=error["message"], data=error.get("data"))
+    raise InvalidAnswer("neither a result nor a well-formed error")
