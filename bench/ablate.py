@@ -24,6 +24,8 @@ Switches (comma-separated):
 * ``thread-state``   the state store as before issue #19: every operation in its worker thread, no flow cache
 * ``thread-audit``   the audit writer as before issue #19: every batch through aiosqlite's worker thread
 * ``no-decision-cache`` every decision asked of the engine (the decision cache, policy/cache.py, passes through)
+* ``no-lane``        forwarded requests to stdio upstreams go through the SDK ``ClientSession`` again instead of
+                     the lean lane (``upstream/raw_lane.py``)
 * ``audit-fast-path`` with inline-audit: a record() that finds the writer idle and the queue empty
                      commits its own row in the caller's task (no writer wake-up, no future)
 """
@@ -50,6 +52,7 @@ SWITCHES = (
     "thread-state",
     "thread-audit",
     "no-decision-cache",
+    "no-lane",
 )
 
 
@@ -194,6 +197,10 @@ def apply(switches: set[str]) -> None:
         from mcp_guard.policy.cache import CachedEngine
 
         setattr(CachedEngine, "evaluate_sync", lambda self, doc: self.inner.evaluate_sync(doc))  # noqa: B010
+    if "no-lane" in switches:
+        import mcp_guard.upstream.stdio as upstream_stdio
+
+        setattr(upstream_stdio, "RawLane", lambda write: None)  # noqa: B010 - the read stream then offers nothing
     if "gc-tune" in switches:
         import gc
 
