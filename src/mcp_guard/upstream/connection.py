@@ -186,7 +186,9 @@ class UpstreamConnection:
         ``bearer`` (an exchanged token, HTTP upstreams with ``token_exchange``) is the Authorization of this
         request only: :func:`~mcp_guard.upstream.token_exchange.call_token` marks this task's traffic with it.
         ``headers`` (the client's ``Mcp-Param-*``) go with this request only, to a 2026-07-28 HTTP upstream
-        (:mod:`mcp_guard.upstream.param_headers`); a handshake-era upstream gets none.
+        (:mod:`mcp_guard.upstream.param_headers`); a handshake-era upstream gets none. A handshake-era stdio
+        upstream is sent the request on its lean lane (:mod:`mcp_guard.upstream.raw_lane`) unless progress is
+        relayed; the errors below are the same either way.
 
         Raises MCPError for an upstream error response, UpstreamTimeout, or UpstreamError when the
         upstream is down, dies while the call is in flight, or answers with something that is not valid
