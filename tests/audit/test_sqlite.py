@@ -407,3 +407,30 @@ async def test_reader_reports_missing_triggers(written: Path) -> None:
     tamper(written)
     with open_sqlite_reader(written) as reader:
         assert any("trigger" in w for w in reader.schema_warnings())
+
+
+async def test_opening_a_file_another_process_is_creating_waits_for_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `run --workers N`: another process holds the new file's lock while creating it; the open is retried
+    # instead of failing the start with "database is locked". The holder lets go after the first refusal.
+    path = tmp_path / "audit.db"
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    refusals: list[str] = []
+    once = audit_sqlite._connect_once
+
+    async def attempt(p: Path, busy_timeout: float) -> Any:
+        try:
+            return await once(p, busy_timeout)
+        except audit_sqlite._Locked as e:
+            refusals.append(str(e))
+            if holder.in_transaction:
+                holder.execute("COMMIT")
+            raise
+
+    monkeypatch.setattr(audit_sqlite, "_connect_once", attempt)
+    async with open_sqlite(path, busy_timeout=0.1) as backend:
+        assert refusals and "locked" in refusals[0]
+        assert backend.appended == 0
+    holder.close()

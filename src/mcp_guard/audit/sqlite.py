@@ -77,6 +77,7 @@ _MAX_CHUNK = 512  # rows per INSERT: 512 x 18 parameters stays far below SQLite'
 _HEAD = "SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1"
 _WAL_BACKSTOP_PAGES = 16384  # the writer checkpoints itself only if the checkpointer falls this far behind
 _TRIGGERS = ("audit_events_no_update", "audit_events_no_delete")
+_OPEN_RACE_S = 10.0  # how long opening retries a file another process is creating at the same moment
 _INLINE_MAX_ROWS = 32  # larger batches go to the thread: their insert then overlaps the loop's work
 _INLINE_BACKLOG_ROWS = 50_000  # rows since the last checkpoint past which inline writes stop (see append_now)
 
@@ -329,11 +330,33 @@ def backend_from_settings(settings: Settings) -> AbstractAsyncContextManager[Sql
 
 
 async def _connect(path: Path, busy_timeout: float) -> aiosqlite.Connection:
-    """Open ``path`` in WAL mode (creating its directory) and migrate its schema."""
+    """Open ``path`` in WAL mode (creating its directory) and migrate its schema.
+
+    Processes started together on one file (``run --workers N``) race for it: switching a new file to WAL and
+    creating its schema take locks SQLite refuses at once ("database is locked") rather than waiting out the
+    busy timeout. Such a refusal is retried with a growing pause for :data:`_OPEN_RACE_S`; any other error, or a
+    lock held longer than that, is the start-up error it always was."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise AuditError(f"{path}: cannot create the audit directory: {e.strerror or e}") from None
+    deadline = time.monotonic() + _OPEN_RACE_S
+    pause = 0.02
+    while True:
+        try:
+            return await _connect_once(path, busy_timeout)
+        except _Locked as e:
+            if time.monotonic() + pause > deadline:
+                raise AuditError(f"{path}: cannot open the audit database: {e}") from None
+            await anyio.sleep(pause)
+            pause = min(pause * 2, 0.5)
+
+
+class _Locked(Exception):
+    """Opening the file met another process's lock (see :func:`_connect`)."""
+
+
+async def _connect_once(path: Path, busy_timeout: float) -> aiosqlite.Connection:
     started = time.monotonic()
     try:
         # Autocommit (isolation_level None): the backend opens its transactions itself, and a batch
@@ -354,6 +377,8 @@ async def _connect(path: Path, busy_timeout: float) -> aiosqlite.Connection:
     except BaseException as e:
         with anyio.CancelScope(shield=True):
             await db.close()
+        if isinstance(e, sqlite3.OperationalError) and "locked" in str(e):
+            raise _Locked(str(e)) from None
         if isinstance(e, sqlite3.Error):
             raise AuditError(f"{path}: cannot open the audit database: {e}") from None
         raise

@@ -54,7 +54,7 @@ from mcp_guard.upstream.era import (
     split_envelope,
 )
 from mcp_guard.upstream.param_headers import add_call_headers, call_headers
-from mcp_guard.upstream.raw_lane import InvalidAnswer, RawLane
+from mcp_guard.upstream.raw_lane import InvalidAnswer, RawLane, as_negotiated
 from mcp_guard.upstream.stdio import StderrTail, minimal_environment, open_stdio_transport, undecodable_reason
 from mcp_guard.upstream.token_exchange import UpstreamToken, call_token
 
@@ -212,7 +212,8 @@ class UpstreamConnection:
                 params = request.params
                 raw = params.model_dump(by_alias=True, mode="json", exclude_none=True) if params is not None else None
                 with anyio.fail_after(t):
-                    return await lane.request(request.method, raw)
+                    answer = await lane.request(request.method, raw)
+                return as_negotiated(request.method, self.protocol_version or "2025-11-25", answer)
             # Our own deadline (the SDK's timeout error shares its code, -32001, with ordinary upstream
             # errors); cancelling the request makes the SDK send notifications/cancelled upstream.
             with (

@@ -14,9 +14,11 @@ to the session. Lane ids are short strings (``mcpg:<n>``): the SDK numbers its r
 two never share an id; and short, so that an answer cut off early still shows whose it is (the transport
 fails that call at once, :func:`~mcp_guard.upstream.stdio.undecodable_reason`).
 
-**Reading.** The upstream transport's read loop offers each line to the lane first (:meth:`RawLane.take`):
+**Reading.** The upstream transport's read loop offers each line to the lane first (:meth:`RawLane.claim`):
 only a line that contains the id prefix is parsed here, and only an answer whose id the lane is waiting for is
-consumed; anything else (a line that merely quotes an id, a request from the upstream) goes on to the SDK
+claimed — and handed over in its turn, once the session has taken every message the upstream sent before it (a
+log line or progress the upstream wrote before its answer reaches the client while the call is still in flight,
+as on the session path); anything else (a line that merely quotes an id, a request from the upstream) goes on to the SDK
 session as before. An answer the transport could not decode but whose id it could read reaches the lane as
 the transport's own error answer (:meth:`RawLane.offer`), so the call fails at once.
 
@@ -35,15 +37,21 @@ Errors a lane request raises (the ones the session path raises, so the connectio
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
-from collections.abc import Awaitable, Callable, Mapping
+import types as types_
+import typing
+from collections.abc import Awaitable, Callable, Container, Mapping
 from typing import Any
 
 import anyio
 import mcp_types as types
 from mcp.shared.exceptions import MCPError
+from mcp_types import methods
+from mcp_types.version import KNOWN_PROTOCOL_VERSIONS
+from pydantic import BaseModel
 
-__all__ = ["LANE_ID_PREFIX", "InvalidAnswer", "RawLane"]
+__all__ = ["LANE_ID_PREFIX", "InvalidAnswer", "RawLane", "as_negotiated"]
 
 LANE_ID_PREFIX = "mcpg:"
 """Every lane id starts with this; the read loop's cheap test for "maybe ours" looks for it as a JSON string."""
@@ -78,13 +86,21 @@ class RawLane:
     # ------------------------------------------------------------------ the read loop's side
     def take(self, line: bytes) -> bool:
         """Consume ``line`` if it is the answer to a waiting lane request; False leaves it to the session."""
+        message = self.claim(line)
+        return message is not None and self.offer(message)
+
+    def claim(self, line: bytes) -> Mapping[str, Any] | None:
+        """The parsed answer if ``line`` answers a waiting lane request (not handed over yet: the transport
+        hands it over in its turn, after the messages read before it, with :meth:`offer`); else None."""
         if not self._waiting or _MARK not in line:
-            return False
+            return None
         try:
             message = json.loads(line)
         except (ValueError, RecursionError):
-            return False  # the session path parses it again and reports it
-        return isinstance(message, dict) and self.offer(message)
+            return None  # the session path parses it again and reports it
+        if not isinstance(message, dict) or "method" in message or message.get("id") not in self._waiting:
+            return None
+        return message
 
     def offer(self, message: Mapping[str, Any]) -> bool:
         """Hand over an answer (already parsed); False if its id is not one the lane waits for."""
@@ -97,6 +113,11 @@ class RawLane:
         waiter.answer = message
         waiter.event.set()
         return True
+
+    @property
+    def waiting_ids(self) -> Container[object]:
+        """The ids of the requests waiting for an answer."""
+        return self._waiting
 
     def close(self) -> None:
         """The upstream is gone: every waiting request ends with CONNECTION_CLOSED; no new one is sent."""
@@ -164,3 +185,38 @@ def _result(answer: Mapping[str, Any] | None) -> dict[str, Any]:
     if isinstance(error, dict) and type(error.get("code")) is int and isinstance(error.get("message"), str):
         raise MCPError(code=error["code"], message=error["message"], data=error.get("data"))
     raise InvalidAnswer("neither a result nor a well-formed error")
+
+
+def as_negotiated(method: str, version: str, result: dict[str, Any]) -> dict[str, Any]:
+    """``result`` held to the negotiated protocol version, as the SDK session holds its own results: it must
+    validate as that version's result for ``method`` (pydantic ``ValidationError`` if not; a method the version
+    does not know is let through), and keys only a later revision declares are dropped (they are outside the
+    negotiated contract)."""
+    try:
+        methods.validate_server_result(method, version, result)
+    except KeyError:
+        return result
+    later = _later_keys(method, version)
+    if later.isdisjoint(result):
+        return result
+    return {k: v for k, v in result.items() if k not in later}
+
+
+@functools.cache
+def _later_keys(method: str, version: str) -> frozenset[str]:
+    """Result keys a revision after ``version`` declares for ``method`` and ``version`` does not."""
+    if version not in KNOWN_PROTOCOL_VERSIONS:
+        return frozenset()
+    own = _keys(methods.SERVER_RESULTS.get((method, version)))
+    newer = KNOWN_PROTOCOL_VERSIONS[KNOWN_PROTOCOL_VERSIONS.index(version) + 1 :]
+    return frozenset().union(*(_keys(methods.SERVER_RESULTS.get((method, v))) for v in newer)) - own
+
+
+def _keys(target: Any) -> frozenset[str]:
+    members = typing.get_args(target) if isinstance(target, types_.UnionType) else (target,)
+    return frozenset(
+        field.alias or name
+        for model in members
+        if isinstance(model, type) and issubclass(model, BaseModel)
+        for name, field in model.model_fields.items()
+    )

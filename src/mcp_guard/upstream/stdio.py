@@ -171,23 +171,29 @@ class _ChildReadStream(LineReadStream):
         self._name = name
         self._max = max_line_bytes
         self._buf = bytearray()
-        self._pending: deque[SessionMessage | Exception] = deque()
+        self._pending: deque[SessionMessage | Exception | _LaneAnswer] = deque()
         self._discarding = False
         self._eof = False
         self.lane: RawLane | None = None
 
     async def receive(self) -> SessionMessage | Exception:
         pending = self._pending
-        while not pending:
-            if self._eof:
-                raise anyio.EndOfStream
-            try:
-                chunk = await self._stdout.receive()
-            except (anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError):
-                self._eof = True
-                continue
-            self._feed(chunk)
-        return pending.popleft()
+        while True:
+            while not pending:
+                if self._eof:
+                    raise anyio.EndOfStream
+                try:
+                    chunk = await self._stdout.receive()
+                except (anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError):
+                    self._eof = True
+                    continue
+                self._feed(chunk)
+            item = pending.popleft()
+            if not isinstance(item, _LaneAnswer):
+                return item
+            # The session has taken everything read before this answer: the lane's call may end now.
+            if self.lane is not None:
+                self.lane.offer(item.message)
 
     def _feed(self, chunk: bytes) -> None:
         buf, start = self._buf, 0
@@ -220,15 +226,19 @@ class _ChildReadStream(LineReadStream):
 
     def _line(self, line: bytes) -> None:
         lane = self.lane
-        if lane is None or not lane.take(line):
+        answer = lane.claim(line) if lane is not None else None
+        if answer is not None:
+            self._pending.append(_LaneAnswer(answer))
+        else:
             self._emit(_parse(line, self._name))
 
     def _emit(self, item: SessionMessage | Exception) -> None:
-        """Queue ``item`` for the session, unless it is the transport's error answer to a lane request."""
+        """Queue ``item`` for the session, or the transport's error answer to a lane request for the lane."""
         lane = self.lane
         if lane is not None and isinstance(item, SessionMessage) and isinstance(item.message, types.JSONRPCError):
             answer = item.message.model_dump(by_alias=True, mode="json", exclude_none=True)
-            if lane.offer(answer):
+            if answer.get("id") in lane.waiting_ids:
+                self._pending.append(_LaneAnswer(answer))
                 return
         self._pending.append(item)
 
@@ -248,6 +258,13 @@ class _ChildReadStream(LineReadStream):
 
     async def aclose(self) -> None:
         await self.end()
+
+
+@dataclass(frozen=True, slots=True)
+class _LaneAnswer:
+    """An answer to a lane request, queued in line with the session's messages (handed over when reached)."""
+
+    message: Mapping[str, Any]
 
 
 class _ChildWriteStream(LineWriteStream):
