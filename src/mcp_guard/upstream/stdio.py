@@ -181,6 +181,7 @@ class _ChildReadStream(LineReadStream):
         while True:
             while not pending:
                 if self._eof:
+                    self._close_lane()  # answers read before the end were handed over above
                     raise anyio.EndOfStream
                 try:
                     chunk = await self._stdout.receive()
@@ -249,15 +250,18 @@ class _ChildReadStream(LineReadStream):
 
     async def end(self) -> None:
         """No more messages (the child exited or its stdin broke): wake a pending ``receive``."""
-        if self.lane is not None:
-            self.lane.close()
         if not self._eof:
             self._eof = True
             with suppress(Exception):
                 await self._stdout.aclose()
 
     async def aclose(self) -> None:
+        self._close_lane()  # the session's read loop is over: nothing will hand an answer over any more
         await self.end()
+
+    def _close_lane(self) -> None:
+        if self.lane is not None:
+            self.lane.close()
 
 
 @dataclass(frozen=True, slots=True)
