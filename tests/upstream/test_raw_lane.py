@@ -34,6 +34,12 @@ class Wire:
         self.written.set()
 
 
+def _take(lane: RawLane, line: bytes) -> bool:
+    """What the transport's read loop does with a line: claim it, then hand it over (here at once)."""
+    message = lane.claim(line)
+    return message is not None and lane.offer(message)
+
+
 async def _answered(lane: RawLane, wire: Wire, answer: dict[str, Any], method: str = "tools/call") -> Any:
     """Send one request; once it is on the wire, answer it with ``answer`` (its id filled in) as a raw line."""
     got: list[Any] = []
@@ -49,7 +55,7 @@ async def _answered(lane: RawLane, wire: Wire, answer: dict[str, Any], method: s
         with anyio.fail_after(TIMEOUT_S):
             await wire.written.wait()
         rid = wire.lines[-1]["id"]
-        assert lane.take(json.dumps({**answer, "id": rid}).encode())
+        assert _take(lane, json.dumps({**answer, "id": rid}).encode())
     return got[0]
 
 
@@ -67,18 +73,18 @@ async def test_a_request_is_one_line_with_a_lane_id_and_its_result_comes_back_as
 async def test_lines_that_are_not_a_waiting_answer_are_left_to_the_session() -> None:
     wire = Wire()
     lane = RawLane(wire.write)
-    assert not lane.take(b'{"jsonrpc":"2.0","id":"mcpg:1","result":{}}')  # nothing is waiting
+    assert not _take(lane, b'{"jsonrpc":"2.0","id":"mcpg:1","result":{}}')  # nothing is waiting
     async with anyio.create_task_group() as tg:
         tg.start_soon(lane.request, "tools/call", None)
         with anyio.fail_after(TIMEOUT_S):
             await wire.written.wait()
         rid = wire.lines[0]["id"]
-        assert not lane.take(b'{"jsonrpc":"2.0","id":1,"result":{}}')  # an SDK id
-        assert not lane.take(b'{"jsonrpc":"2.0","id":"mcpg:999","result":{}}')  # an id never sent
+        assert not _take(lane, b'{"jsonrpc":"2.0","id":1,"result":{}}')  # an SDK id
+        assert not _take(lane, b'{"jsonrpc":"2.0","id":"mcpg:999","result":{}}')  # an id never sent
         # A request from the upstream that happens to reuse the id is the session's, not an answer.
-        assert not lane.take(json.dumps({"jsonrpc": "2.0", "id": rid, "method": "roots/list"}).encode())
-        assert not lane.take(b'{"jsonrpc":"2.0","id":"mcpg:' + b"[" * 5000)  # undecodable: the session reports it
-        assert lane.take(json.dumps({"jsonrpc": "2.0", "id": rid, "result": {}}).encode())
+        assert not _take(lane, json.dumps({"jsonrpc": "2.0", "id": rid, "method": "roots/list"}).encode())
+        assert not _take(lane, b'{"jsonrpc":"2.0","id":"mcpg:' + b"[" * 5000)  # undecodable: the session reports it
+        assert _take(lane, json.dumps({"jsonrpc": "2.0", "id": rid, "result": {}}).encode())
         tg.cancel_scope.cancel()
 
 
@@ -133,7 +139,7 @@ async def test_an_abandoned_request_tells_the_upstream_it_is_cancelled() -> None
         await lane.request("tools/call", None)
     sent, cancelled = wire.lines
     assert cancelled == {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": sent["id"]}}
-    assert not lane.take(json.dumps({"jsonrpc": "2.0", "id": sent["id"], "result": {}}).encode())  # a late answer
+    assert not _take(lane, json.dumps({"jsonrpc": "2.0", "id": sent["id"], "result": {}}).encode())  # a late answer
 
 
 # ---------------------------------------------------------------------- through a real stdio upstream

@@ -84,11 +84,6 @@ class RawLane:
         self.requests = 0  # requests sent through the lane (tests and the benchmark read it)
 
     # ------------------------------------------------------------------ the read loop's side
-    def take(self, line: bytes) -> bool:
-        """Consume ``line`` if it is the answer to a waiting lane request; False leaves it to the session."""
-        message = self.claim(line)
-        return message is not None and self.offer(message)
-
     def claim(self, line: bytes) -> Mapping[str, Any] | None:
         """The parsed answer if ``line`` answers a waiting lane request (not handed over yet: the transport
         hands it over in its turn, after the messages read before it, with :meth:`offer`); else None."""

@@ -236,11 +236,14 @@ class _ChildReadStream(LineReadStream):
     def _emit(self, item: SessionMessage | Exception) -> None:
         """Queue ``item`` for the session, or the transport's error answer to a lane request for the lane."""
         lane = self.lane
-        if lane is not None and isinstance(item, SessionMessage) and isinstance(item.message, types.JSONRPCError):
-            answer = item.message.model_dump(by_alias=True, mode="json", exclude_none=True)
-            if answer.get("id") in lane.waiting_ids:
-                self._pending.append(_LaneAnswer(answer))
-                return
+        if (
+            lane is not None
+            and isinstance(item, SessionMessage)
+            and isinstance(item.message, types.JSONRPCError)
+            and item.message.id in lane.waiting_ids
+        ):
+            self._pending.append(_LaneAnswer(item.message.model_dump(by_alias=True, mode="json", exclude_none=True)))
+            return
         self._pending.append(item)
 
     def _too_large(self, head: bytes) -> SessionMessage | Exception:
