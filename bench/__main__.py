@@ -99,7 +99,7 @@ def run_sections(sections: list[str], quick: bool, save: bool) -> dict[str, Any]
                 calls=50,
                 block=25,
                 warmup=10,
-                http_variants=("", "json-response"),
+                http_variants=("", "sse-front"),
             )
             if quick
             else bench_breakdown.run()

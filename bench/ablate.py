@@ -14,7 +14,8 @@ Switches (comma-separated):
 * ``no-metrics``     no Observe stage and no audit-wait timer: calls are not counted (/metrics shows none)
 * ``sdk-front``      the SDK's threaded stdio server transport instead of mcp-guard's asyncio one
 * ``sdk-upstream``   the SDK's ``stdio_client`` (threads, anyio process) for stdio upstreams
-* ``json-response``  the HTTP front answers POSTs with a JSON body instead of an SSE stream
+* ``sse-front``      2025-11-25 sessions get the SDK's own transport again: every request POST answered with an SSE
+                     stream, instead of JSON unless the call streams (``frontend/json_first.py``)
 * ``httptools``      uvicorn parses HTTP with httptools (C) instead of h11 (pure Python); needs httptools
 * ``uvloop``         the event loop is uvloop's; needs uvloop
 * ``inline-audit``   the audit writer commits on the event loop's thread (a plain sqlite3 connection)
@@ -43,7 +44,7 @@ SWITCHES = (
     "no-metrics",
     "sdk-front",
     "sdk-upstream",
-    "json-response",
+    "sse-front",
     "httptools",
     "uvloop",
     "inline-audit",
@@ -206,16 +207,12 @@ def apply(switches: set[str]) -> None:
 
         gc.freeze()
         gc.set_threshold(50_000, 20, 100)
-    if "json-response" in switches:
-        from mcp.server.lowlevel import Server
+    if "sse-front" in switches:
+        from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 
-        original_app = Server.streamable_http_app
+        import mcp_guard.frontend.http as http_front
 
-        def json_app(self: Any, **kw: Any) -> Any:
-            kw["json_response"] = True
-            return original_app(self, **kw)
-
-        setattr(Server, "streamable_http_app", json_app)  # noqa: B010
+        setattr(http_front, "JsonFirstSessionManager", StreamableHTTPSessionManager)  # noqa: B010
     if "httptools" in switches:
         import uvicorn
 

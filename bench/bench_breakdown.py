@@ -2,7 +2,7 @@
 
     python bench/bench_breakdown.py
     python bench/bench_breakdown.py --variants ";sdk-front;sdk-upstream" --http-variants -
-    python bench/bench_breakdown.py --throughput 32 --policy allow-all --variants ";json-response,uvloop"
+    python bench/bench_breakdown.py --throughput 32 --policy allow-all --variants ";sse-front"
 
 Each variant is ``mcp-guard run`` under bench/ablate.py with some switches (see that file: e.g.
 ``no-policy``, ``no-audit``, ``inline-audit``, ``uvloop``); all variants run at once and are called in
@@ -41,11 +41,11 @@ DEFAULT_VARIANTS = (
 )
 HTTP_VARIANTS = (
     "",
-    "json-response",
+    "sse-front",
     "httptools",
     "uvloop",
     "gc-tune",
-    "json-response,httptools,uvloop,inline-audit,audit-fast-path,gc-tune",
+    "sse-front,httptools",
 )
 
 

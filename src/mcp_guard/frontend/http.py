@@ -25,11 +25,15 @@ import anyio
 import structlog
 import uvicorn
 from mcp.server.lowlevel import Server
+from mcp.server.streamable_http_manager import StreamableHTTPASGIApp
 from mcp.server.transport_security import TransportSecuritySettings
+from starlette.applications import Starlette
+from starlette.routing import Route
 
 from mcp_guard.errors import ConfigError
 from mcp_guard.frontend.admin import AdminApi
 from mcp_guard.frontend.auth import BearerAuth, KeyRing, OnReject
+from mcp_guard.frontend.json_first import JsonFirstSessionManager
 from mcp_guard.frontend.oauth import ResourceServer
 from mcp_guard.frontend.ops import OpsSources, with_ops_routes
 from mcp_guard.frontend.slowloris import HeadLimits, guarded_h11
@@ -73,19 +77,24 @@ def _security(s: ServerSettings) -> TransportSecuritySettings:
 
 def build_http_app(front: HttpFront) -> Any:
     s = front.settings
-    app = front.server.streamable_http_app(
-        transport_security=_security(s),
+    manager = JsonFirstSessionManager(
+        app=front.server,
+        security_settings=_security(s),
         max_request_body_size=s.max_request_bytes,
         session_idle_timeout=s.session_idle_timeout_s,
-        host=s.host,
-        custom_starlette_routes=_routes(front),
+    )
+    # What the SDK's ``Server.streamable_http_app`` builds, with the JSON-first session transport
+    # (mcp_guard.frontend.json_first): /mcp, the routes served beside it, the session manager's lifespan.
+    app = Starlette(
+        routes=[Route("/mcp", endpoint=StreamableHTTPASGIApp(manager)), *_routes(front)],
+        lifespan=lambda _app: manager.run(),
     )
     served: Any = app if front.worker is None else WorkerSessions(app, front.worker)
     authed = BearerAuth(served, front.digests, on_reject=front.on_reject, required=s.require_auth, oauth=front.oauth)
     return with_ops_routes(authed, front.ops, _security(s).allowed_hosts)
 
 
-def _routes(front: HttpFront) -> list[Any] | None:
+def _routes(front: HttpFront) -> list[Any]:
     """Routes served beside ``/mcp``: the OAuth metadata (public), the admin API and the console (each
     authenticates itself)."""
     routes = [
@@ -93,7 +102,7 @@ def _routes(front: HttpFront) -> list[Any] | None:
         *(front.admin.routes() if front.admin else []),
         *front.more_routes,
     ]
-    return routes or None
+    return routes
 
 
 def bind_socket(

@@ -1,0 +1,176 @@
+"""JSON responses unless the call streams, for 2025-11-25 (handshake-era) sessions over streamable HTTP.
+
+The SDK's session transport answers every request POST either with an SSE stream (the default: headers at
+once, each message an event, a ping task and a task group per request) or, in its JSON-response mode, with
+one JSON body — which removes the request's back-channel for the whole server: no progress, no
+upstream→client request (elicitation, sampling, roots) in the middle of a call. Neither is what a proxy
+wants. Most calls stream nothing, and for them the SSE machinery is pure cost (about a millisecond of CPU
+per call at 32 clients); a few stream, and they must keep working.
+
+:class:`JsonFirstTransport` decides per request, after the fact — the protocol lets the server answer a POST
+with either content type when the client accepts both (it must, on this era). The request is dispatched
+with its back-channel open, exactly as in SSE mode, and the POST waits for the first message the session
+routes to it:
+
+* the request's own response (result or error, cancellations included) → one ``application/json`` body;
+* anything else first (a progress or log notification related to the call, a server→client request) →
+  ``text/event-stream`` from then on, that message as its first event, as the SDK would have sent it;
+* nothing within :data:`JSON_WINDOW_S` → the same SSE stream, so a long call gets its headers and the
+  stream's keep-alive pings as before (the 2026-07-28 transport of the SDK defers the same way).
+
+Everything else — initialize, notifications and responses the client posts, a body that does not parse or
+validate, an Accept header without both types, a session with an event store (resumable streams start with a
+priming event) — is the SDK's own code path, unchanged.
+
+It leans on these internals of ``mcp.server.streamable_http.StreamableHTTPServerTransport`` (mcp 2.3, pinned
+``<2.4``): ``_handle_post_request`` (overridden), ``_read_stream_writer``, ``_request_streams``,
+``_sse_stream_writers``, ``_event_store``, ``_validate_request_headers``, ``_create_session_message``,
+``_create_json_response``, ``_create_error_response``, ``_run_sse_writer`` and ``_clean_up_memory_streams``;
+and on ``StreamableHTTPSessionManager._admit_session`` / ``_server_instances`` / ``_session_owners``.
+tests/frontend/test_json_first.py pins the behaviour (content type per case, the streamed events), so an SDK
+release that moves them fails there, not in production.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from http import HTTPStatus
+from typing import Any
+from uuid import uuid4
+
+import anyio
+import pydantic_core
+from mcp.server.streamable_http import (
+    CONTENT_TYPE_JSON,
+    CONTENT_TYPE_SSE,
+    MCP_SESSION_ID_HEADER,
+    REQUEST_STREAM_BUFFER_SIZE,
+    EventMessage,
+    StreamableHTTPServerTransport,
+    check_accept_headers,
+)
+from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
+from mcp.shared.inbound import MCP_PROTOCOL_VERSION_HEADER
+from mcp_types import DEFAULT_NEGOTIATED_VERSION, INTERNAL_ERROR, JSONRPCError, JSONRPCRequest, JSONRPCResponse
+from pydantic import ValidationError
+from sse_starlette import EventSourceResponse
+from starlette.requests import Request
+from starlette.types import Receive, Scope, Send
+
+__all__ = ["JSON_WINDOW_S", "JsonFirstSessionManager", "JsonFirstTransport"]
+
+# How long a POST waits for its first message before it commits to SSE (so a slow call's client sees
+# headers and pings instead of silence). The SDK's 2026-07-28 transport uses the same window.
+JSON_WINDOW_S = 15.0
+
+
+class JsonFirstTransport(StreamableHTTPServerTransport):
+    """A session transport that answers a request POST with JSON unless the request streams (module docstring)."""
+
+    async def _handle_post_request(self, scope: Scope, request: Request, receive: Receive, send: Send) -> None:
+        message = await self._deferrable(request)
+        if message is None:
+            await super()._handle_post_request(scope, request, receive, send)
+            return
+        if not await self._validate_request_headers(request, send):  # session id: 400 / 404 as the SDK answers
+            return
+        await self._answer(scope, request, receive, send, message)
+
+    async def _deferrable(self, request: Request) -> JSONRPCRequest | None:
+        """The request this POST carries when it may be answered JSON-first; None leaves it to the SDK.
+
+        Reads the body (Starlette keeps it, so the SDK's path reads the same bytes again); validation errors
+        are not answered here: the SDK's path finds them again and answers them its own way.
+        """
+        if self._event_store is not None or self._read_stream_writer is None:
+            return None
+        has_json, has_sse = check_accept_headers(request)
+        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if not (has_json and has_sse) or content_type != CONTENT_TYPE_JSON:
+            return None
+        try:
+            raw = pydantic_core.from_json(await request.body())
+            message = JSONRPCRequest.model_validate(raw, by_name=False)
+        except (ValueError, ValidationError):
+            return None
+        return None if message.method == "initialize" else message
+
+    async def _answer(
+        self, scope: Scope, request: Request, receive: Receive, send: Send, message: JSONRPCRequest
+    ) -> None:
+        """Dispatch the request with its back-channel open; answer JSON if its response comes first."""
+        writer = self._read_stream_writer
+        assert writer is not None  # checked by _deferrable
+        request_id = str(message.id)
+        version = request.headers.get(MCP_PROTOCOL_VERSION_HEADER, DEFAULT_NEGOTIATED_VERSION)
+        self._request_streams[request_id] = anyio.create_memory_object_stream[EventMessage](REQUEST_STREAM_BUFFER_SIZE)
+        reader = self._request_streams[request_id][1]
+        first: EventMessage | None = None
+        try:
+            await writer.send(self._create_session_message(message, request, request_id, version))
+            with anyio.move_on_after(JSON_WINDOW_S):
+                first = await reader.receive()
+        except (anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError):
+            # The session ended with this request in flight (terminated, idle-expired): no answer will come.
+            await self._clean_up_memory_streams(request_id)
+            error = self._create_error_response(
+                "Session terminated before the request completed", HTTPStatus.INTERNAL_SERVER_ERROR, INTERNAL_ERROR
+            )
+            await error(scope, receive, send)
+            return
+        if first is not None and isinstance(first.message, JSONRPCResponse | JSONRPCError):
+            await self._clean_up_memory_streams(request_id)
+            await self._create_json_response(first.message)(scope, receive, send)
+            return
+        await self._stream(scope, receive, send, request_id, first)
+
+    async def _stream(
+        self, scope: Scope, receive: Receive, send: Send, request_id: str, first: EventMessage | None
+    ) -> None:
+        """The rest of the request as the SDK's SSE response: ``first`` (if any) as its first event."""
+        reader = self._request_streams[request_id][1]
+        sse_writer, sse_reader = anyio.create_memory_object_stream[dict[str, Any]](0)
+        self._sse_stream_writers[request_id] = sse_writer
+        opening = self._create_event_data(first) if first is not None else None
+        headers = {
+            "Cache-Control": "no-cache, no-transform",
+            "Connection": "keep-alive",
+            "Content-Type": CONTENT_TYPE_SSE,
+            **({MCP_SESSION_ID_HEADER: self.mcp_session_id} if self.mcp_session_id else {}),
+        }
+        response = EventSourceResponse(
+            content=sse_reader,
+            data_sender_callable=partial(self._run_sse_writer, request_id, sse_writer, reader, opening),
+            headers=headers,
+        )
+        try:
+            await response(scope, receive, send)
+        finally:
+            await sse_reader.aclose()
+
+
+class JsonFirstSessionManager(StreamableHTTPSessionManager):
+    """The SDK's session manager, whose 2025-11-25 sessions get a :class:`JsonFirstTransport`.
+
+    Session admission is the SDK's (the same limit, id format and owner binding); only the transport class
+    differs. Stateless (2026-07-28) requests never reach a session transport: the SDK's own transport for them
+    already answers JSON unless the call streams.
+    """
+
+    def _admit_session(self, requestor: Any) -> StreamableHTTPServerTransport | None:
+        if self.max_sessions is not None and len(self._server_instances) >= self.max_sessions:
+            return None
+        transport = JsonFirstTransport(
+            mcp_session_id=uuid4().hex,
+            is_json_response_enabled=self.json_response,
+            event_store=self.event_store,
+            security_settings=self.security_settings,
+            retry_interval=self.retry_interval,
+            idle_timeout=self.session_idle_timeout,
+        )
+        session_id = transport.mcp_session_id
+        assert session_id is not None
+        if requestor is not None:
+            self._session_owners[session_id] = requestor
+        self._server_instances[session_id] = transport
+        return transport
