@@ -18,6 +18,7 @@ import anyio
 from mcp_guard.state.base import (
     PURGE_EVERY_S,
     Admission,
+    Applied,
     Bucket,
     Flow,
     FlowBounds,
@@ -27,7 +28,9 @@ from mcp_guard.state.base import (
     FlowTicket,
     LabelOrigin,
     Limit,
+    StateOp,
     Ticket,
+    apply_in_turn,
     buckets_of,
     flow_expired,
     retry_after,
@@ -89,6 +92,10 @@ class MemoryState:
             bisect.insort(hits, (now, hit))
             self._hits[bucket] = hits
         return Admission(True, {b: len(h) for b, h in live.items()}, ticket=Ticket(hit, now, tuple(live)))
+
+    async def apply(self, ops: Sequence[StateOp]) -> Applied:
+        """Op by op, a refusal taking back the ops before it (:func:`~mcp_guard.state.base.apply_in_turn`)."""
+        return await apply_in_turn(self, ops)
 
     async def release(self, ticket: Ticket) -> None:
         await anyio.lowlevel.checkpoint()

@@ -64,6 +64,7 @@ from mcp_guard.errors import StateError
 from mcp_guard.state.base import (
     PURGE_EVERY_S,
     Admission,
+    Applied,
     Bucket,
     Flow,
     FlowBounds,
@@ -73,7 +74,9 @@ from mcp_guard.state.base import (
     FlowTicket,
     LabelOrigin,
     Limit,
+    StateOp,
     Ticket,
+    apply_in_turn,
     buckets_of,
     flow_expired,
     retry_after,
@@ -316,6 +319,10 @@ class PostgresState:
 
     def _now(self) -> float | None:
         return self._clock() if self._clock is not None else None
+
+    # ------------------------------------------------------------------ batches
+    async def apply(self, ops: Sequence[StateOp]) -> Applied:
+        return await apply_in_turn(self, ops)
 
     # ------------------------------------------------------------------ counters
     async def admit(self, limits: Sequence[Limit]) -> Admission:

@@ -1,0 +1,117 @@
+"""What the state store costs a governed call with the shipped bundle: CPU per call and SQL per call.
+
+    python bench/bench_state_batch.py                    # A/B: this tree vs ``--base`` (default: none)
+    python bench/bench_state_batch.py --base /tmp/main/src --pairs 3 --n 3000
+
+One run = one fresh process: the pipeline stages (bench/bench_flow.py's set-up: the embedded engine behind
+the decision cache, as ``mcp-guard run`` has it; a recording upstream; no audit store) on a fresh SQLite
+state file, the shipped bundle with its per-tool rate limit raised, calls alternating
+``tickets__get_ticket`` (labels the flow private) and ``time__get_current_time``. It reports process CPU
+seconds per call and, from ``sqlite3``'s trace callback on the store's connection, SQL statements and
+transactions (``BEGIN``) per call. With ``--base`` the same run is made with another source tree first on
+``sys.path`` (e.g. main's ``src``, unpacked with ``git archive``), alternating, so both share the noise;
+``--ablate per-op-state`` runs this tree with the state batch switched off (bench/ablate.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+_CHILD = r"""
+import asyncio, json, sys, tempfile, time
+from dataclasses import replace
+from pathlib import Path
+sys.path.insert(0, {repo!r})
+if {ablate!r}:
+    from bench.ablate import apply
+    apply(set({ablate!r}.split(",")))
+from bench import bench_flow as bf
+from mcp_guard.policy.bundle import load_bundle
+from mcp_guard.policy.cache import CachedEngine
+from mcp_guard.policy.embedded import EmbeddedEngine
+from mcp_guard.settings import DecisionCacheSettings
+from mcp_guard.state import SQLiteState
+from mcp_guard.types import SessionInfo
+
+async def main():
+    n = {n}
+    with tempfile.TemporaryDirectory() as d:
+        bundle = bf._bundle(Path(d), flows=True)
+        store = SQLiteState(Path(d) / "s.db", timeout_s=30.0)
+        await store.start()
+        engine = CachedEngine(EmbeddedEngine(load_bundle(bundle), timeout_ms=10_000), DecisionCacheSettings())
+        chain = bf._chain(engine, store)
+        seen = []
+        async def one(i):
+            ctx = bf.CALLS[i % 2]
+            out = await chain(replace(ctx, session=SessionInfo(f"s{{i // 200}}", "http")))
+            assert not out.denied, out.denial
+        for i in range(200):
+            await one(i)
+        store._db.set_trace_callback(seen.append)
+        for i in range(200, 400):
+            await one(i)
+        store._db.set_trace_callback(None)
+        stmts, begins = len(seen) / 200, sum(s.startswith("BEGIN") for s in seen) / 200
+        t0 = time.process_time()
+        for i in range(400, 400 + n):
+            await one(i)
+        cpu = (time.process_time() - t0) / n
+        await store.aclose()
+    print(json.dumps({{"cpu_us": cpu * 1e6, "statements": stmts, "transactions": begins,
+                      "sample": seen[:40]}}))
+
+asyncio.run(main())
+"""
+
+
+def run_once(n: int, src: Path | None, ablate: str) -> dict[str, object]:
+    env = dict(os.environ)
+    if src is not None:
+        env["PYTHONPATH"] = f"{src}{os.pathsep}{env.get('PYTHONPATH', '')}"
+    code = _CHILD.format(repo=str(REPO), ablate=ablate, n=n)
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=str(REPO), capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(out.stderr)
+    result: dict[str, object] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n", type=int, default=3000, help="timed calls per run (default 3000)")
+    parser.add_argument("--pairs", type=int, default=3, help="alternating runs per variant (default 3)")
+    parser.add_argument("--base", type=Path, help="another source tree (its src) to compare against")
+    parser.add_argument("--ablate", default="", help="bench/ablate.py switches for a second variant of this tree")
+    parser.add_argument("--show-sql", action="store_true", help="print the statements of the first traced calls")
+    args = parser.parse_args()
+    variants: dict[str, tuple[Path | None, str]] = {"this tree": (None, "")}
+    if args.base is not None:
+        variants["base"] = (args.base, "")
+    if args.ablate:
+        variants[f"ablate {args.ablate}"] = (None, args.ablate)
+    runs: dict[str, list[dict[str, object]]] = {k: [] for k in variants}
+    for _ in range(args.pairs):
+        for name, (src, ablate) in variants.items():
+            runs[name].append(run_once(args.n, src, ablate))
+    for name, rs in runs.items():
+        cpus = [float(str(r["cpu_us"])) for r in rs]
+        print(
+            f"{name:<28} CPU/call {statistics.median(cpus):7.1f} µs (runs {', '.join(f'{c:.0f}' for c in cpus)})"
+            f"  SQL/call {rs[0]['statements']:.2f}  transactions/call {rs[0]['transactions']:.2f}"
+        )
+        if args.show_sql:
+            print("\n".join(f"    {s}" for s in rs[0]["sample"]))  # type: ignore[union-attr]
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
