@@ -28,7 +28,7 @@ from mcp_guard.pipeline.flow import (
     flow_ref,
     parse_labels,
 )
-from mcp_guard.pipeline.obligations import Undo
+from mcp_guard.pipeline.obligations import EnforceObligations
 from mcp_guard.policy.bundle import load_bundle
 from mcp_guard.policy.embedded import EmbeddedEngine
 from mcp_guard.state import Flow, FlowBounds, FlowCall, FlowFull, FlowRef, FlowTicket, MemoryState
@@ -407,10 +407,9 @@ async def test_labels_from_a_bundle_that_does_not_read_flows_are_still_recorded(
     """The handler records any labels obligation, whatever FlowUse guessed (ctx.flow is then None)."""
     state = MemoryState()
     stage = TrackFlow(state, lambda: False)
-    handler = LabelsObligation(state)
+    enforce = EnforceObligations([LabelsObligation(state)])
     ctx = replace(ctx_in(), decision=Decision(allow=True, obligations={"labels": ["private"]}))
-    result = await handler.enforce(ctx, ["private"])
-    assert isinstance(result, Undo)
+    assert not (await enforce(ctx, lambda c: _forwarded(c))).denied
     assert set((await state.flow(flow_ref(ctx).id)).labels) == {"private"}
     assert await stage(ctx_in(), lambda c: _forwarded(c)) == Outcome(result={})
 

@@ -29,6 +29,7 @@ from mcp_guard.policy.bundle import load_bundle
 from mcp_guard.policy.embedded import EmbeddedEngine
 from mcp_guard.state import (
     Admission,
+    Applied,
     Bucket,
     Flow,
     FlowCall,
@@ -38,8 +39,10 @@ from mcp_guard.state import (
     Limit,
     MemoryState,
     SQLiteState,
+    StateOp,
     Ticket,
 )
+from mcp_guard.state.base import apply_in_turn
 from mcp_guard.testing import FunctionEngine, RecordingSink, RecordingUpstream, allow_all
 from mcp_guard.types import Decision, EventKind, PolicyInput, Principal, ReasonCode, SessionInfo
 
@@ -81,6 +84,9 @@ class DownStore:
     async def release(self, ticket: Ticket) -> None:
         self.asked += 1
         raise StateError("down", cause="down")
+
+    async def apply(self, ops: Sequence[StateOp]) -> Applied:
+        return await apply_in_turn(self, ops)
 
     async def usage(self, buckets: Sequence[Bucket]) -> dict[Bucket, int]:
         self.asked += 1

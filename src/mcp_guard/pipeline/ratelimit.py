@@ -9,12 +9,13 @@ are exact sliding logs (the module docstring of :mod:`mcp_guard.state.base` says
 
 * **Keys are the policy's.** mcp-guard never adds the session to a key, so a new MCP session — or a
   2026-07-28 client, each of whose requests is a new session — counts against the same limit.
-* **Only allowed calls count.** The handler runs last among the obligation handlers
-  (:func:`~mcp_guard.pipeline.build.obligation_handlers`), so a call another obligation refuses is never
-  counted; and it returns an :class:`~mcp_guard.pipeline.obligations.Undo`, so a call that is not forwarded
-  after all (the allow row cannot be recorded: ``audit_unavailable``) is taken back. A denied call —
-  by policy, by another stage, or by this limit — counts nothing. A forwarded call counts whatever the
-  upstream answered.
+* **Only allowed calls count.** The handler does not write: it adds its admission to the call's one
+  state batch (:class:`~mcp_guard.pipeline.obligations.StateWrite`), which ``EnforceObligations`` commits
+  once every obligation has let the call through — so a call another obligation refuses is never counted,
+  and one whose flow cannot take it (``flow_limit``, the ``labels`` op of the same batch) is rolled back
+  with it. A call that is not forwarded after all (the allow row cannot be recorded:
+  ``audit_unavailable``) is taken back. A denied call — by policy, by another stage, or by this limit —
+  counts nothing. A forwarded call counts whatever the upstream answered.
 * **The deny** is ``rate_limited`` and says which limits are full and ``retry after N s``
   (``retry_after_s=N``): N is rounded up, so a retry then finds room unless other calls took it.
 * **Fail closed.** If the store cannot answer within ``[audit] state_timeout_ms`` (unwritable file,
@@ -58,8 +59,8 @@ import structlog
 
 from mcp_guard.errors import StateError
 from mcp_guard.pipeline.context import CallContext
-from mcp_guard.pipeline.obligations import Refusal, Undo
-from mcp_guard.state.base import Admission, Bucket, Limit, StateStore, Ticket, whole_seconds
+from mcp_guard.pipeline.obligations import Refusal, StateWrite
+from mcp_guard.state.base import Admission, Admit, Bucket, Limit, OpResult, StateStore, whole_seconds
 from mcp_guard.types import ReasonCode
 
 __all__ = [
@@ -124,36 +125,26 @@ class RateLimitObligation:
     def __init__(self, store: StateStore) -> None:
         self._store = store
 
-    async def enforce(self, ctx: CallContext, value: object) -> Refusal | Undo | None:
+    async def enforce(self, ctx: CallContext, value: object) -> Refusal | StateWrite | None:
         limits = parse_limits(value)
         if isinstance(limits, str):
             return Refusal(ReasonCode.OBLIGATION_INVALID, limits)
         if not limits:
             return None
-        try:
-            admission = await self._store.admit(limits)
-        except StateError as e:
-            log.error("ratelimit.state_unavailable", error=str(e), call_id=ctx.call_id, stage="admit")
-            return Refusal(
-                ReasonCode.STATE_UNAVAILABLE,
-                f"the rate-limit counters cannot be used ({e.cause}), so this call's limits cannot be checked; "
-                "mcp-guard refuses calls it cannot count",
-            )
-        if admission.admitted:
-            assert admission.ticket is not None
-            return Undo(partial(self._release, ctx, admission.ticket))
-        return _limited(admission)
-
-    async def _release(self, ctx: CallContext, ticket: Ticket) -> None:
-        try:
-            await self._store.release(ticket)
-        except StateError as e:  # the call stays counted: an over-count, never an extra call
-            log.warning("ratelimit.release_failed", error=str(e), call_id=ctx.call_id)
-        else:
-            log.info("ratelimit.released", call_id=ctx.call_id, buckets=len(ticket.buckets))
+        return StateWrite(self._store, (Admit(tuple(limits)),), _limited, partial(_unavailable, ctx))
 
 
-def _limited(admission: Admission) -> Refusal:
+def _unavailable(ctx: CallContext, e: StateError) -> Refusal:
+    log.error("ratelimit.state_unavailable", error=str(e), call_id=ctx.call_id, stage="admit")
+    return Refusal(
+        ReasonCode.STATE_UNAVAILABLE,
+        f"the rate-limit counters cannot be used ({e.cause}), so this call's limits cannot be checked; "
+        "mcp-guard refuses calls it cannot count",
+    )
+
+
+def _limited(admission: OpResult) -> Refusal:
+    assert isinstance(admission, Admission) and not admission.admitted, "called for a refused admission"
     seconds = whole_seconds(admission.retry_after_s)
     full = "; ".join(f"{lim.key!r} allows {lim.limit} per {_seconds(lim.window_s)} s" for lim in admission.full)
     return Refusal(

@@ -73,6 +73,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+import structlog
+
+from mcp_guard.errors import StateError
+
 __all__ = [
     "Admission",
     "Admit",
@@ -86,6 +90,7 @@ __all__ = [
     "FlowTicket",
     "LabelOrigin",
     "Limit",
+    "OpFailed",
     "OpResult",
     "Record",
     "Release",
@@ -100,6 +105,8 @@ __all__ = [
     "undo_ops",
     "whole_seconds",
 ]
+
+log = structlog.get_logger("mcp_guard.state")
 
 Bucket = tuple[str, float]
 """A counter's name: ``(key, window_s)``."""
@@ -297,6 +304,14 @@ OpResult = Admission | FlowTicket | FlowFull | None
 ``Release`` and ``Unrecord`` None."""
 
 
+class OpFailed(StateError):
+    """The StateError of :meth:`StateStore.apply` when the backend knows which op failed: ``at``, its index."""
+
+    def __init__(self, message: str, *, cause: str, at: int) -> None:
+        super().__init__(message, cause=cause)
+        self.at = at
+
+
 def is_refusal(result: OpResult) -> bool:
     """Whether an op's answer ends its batch (and rolls it back): a full limit, a full flow."""
     return isinstance(result, FlowFull) or (isinstance(result, Admission) and not result.admitted)
@@ -365,16 +380,30 @@ async def apply_in_turn(store: StateStore, ops: Sequence[StateOp]) -> Applied:
     """:meth:`StateStore.apply` built from the single-op methods: each op its own transaction, and a refusal takes
     back the ops before it (:func:`undo_ops`) — the path the obligations took before batches. The in-memory store
     answers ``apply`` this way (one process, one loop: the end state is the batch's); ``bench/ablate.py
-    per-op-state`` puts it back on SQLite to measure the batch against it."""
+    per-op-state`` puts it back on SQLite to measure the batch against it.
+
+    An op that fails raises :class:`OpFailed` naming it (the ops before it are taken back first); a take-back
+    that fails is logged and leaves its op applied, as the obligations' undo always did (stricter, never looser)."""
     results: list[OpResult] = []
-    for op in ops:
-        result = await _apply_one(store, op)
+    for at, op in enumerate(ops):
+        try:
+            result = await _apply_one(store, op)
+        except StateError as e:
+            await _take_back_in_turn(store, results)
+            raise OpFailed(str(e), cause=e.cause, at=at) from e
         results.append(result)
         if is_refusal(result):
-            for undo in undo_ops(results[:-1]):
-                await _apply_one(store, undo)
+            await _take_back_in_turn(store, results[:-1])
             break
     return Applied(tuple(results))
+
+
+async def _take_back_in_turn(store: StateStore, results: Sequence[OpResult]) -> None:
+    for undo in undo_ops(results):
+        try:
+            await _apply_one(store, undo)
+        except StateError as e:
+            log.warning("state.not_taken_back", op=type(undo).__name__, error=str(e))
 
 
 async def _apply_one(store: StateStore, op: StateOp) -> OpResult:
