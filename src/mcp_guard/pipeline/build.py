@@ -67,7 +67,7 @@ from mcp_guard.pipeline.forward import Forward
 from mcp_guard.pipeline.obligations import EnforceObligations, ObligationHandler
 from mcp_guard.pipeline.observe import CallMetrics, Observe
 from mcp_guard.pipeline.pins import PinCheck
-from mcp_guard.pipeline.ratelimit import DeclaredUsage, RateLimitObligation, bundle_data_of
+from mcp_guard.pipeline.ratelimit import DeclaredUsage, RateLimitObligation, UsageRead, bundle_data_of
 from mcp_guard.pipeline.redact import Redact
 from mcp_guard.pipeline.redecide import Redecide
 from mcp_guard.pipeline.result_policy import ResultPolicy, ResultUse
@@ -114,10 +114,13 @@ def obligation_handlers(
     ]
 
 
-def usage_source(engine: Evaluator, state: StateStore) -> UsageSource | None:
-    """``context.usage`` from the declarations in the engine's bundle; None when the engine holds no bundle."""
+def usage_source(engine: Evaluator, state: StateStore, shadow: Evaluator | None = None) -> UsageSource | None:
+    """``context.usage`` from the declarations in the engine's bundle, read only while the engine's (or the shadow
+    candidate's) decision can read it; None when the engine holds no bundle."""
     data = bundle_data_of(engine)
-    return DeclaredUsage(state, data) if data is not None else None
+    if data is None:
+        return None
+    return DeclaredUsage(state, data, UsageRead(engine, *([shadow] if shadow is not None else [])))
 
 
 def pipeline_stages(
@@ -158,7 +161,7 @@ def pipeline_stages(
         TrackFlow(state, FlowUse(engine)),
         PinCheck(registry),
         ShadowPolicy(shadow, sink, shadow_stats),
-        Authorize(engine, usage_source(engine, state)),
+        Authorize(engine, usage_source(engine, state, shadow)),
         EnforceObligations(obligation_handlers(secrets, state, approval, credentials=registry, exchangers=registry)),
         ExchangeToken(registry),
         RecordDecision(audit, max_arguments_bytes=bound),

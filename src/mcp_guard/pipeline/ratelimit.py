@@ -35,9 +35,12 @@ A declaration's key is its ``name`` and the values of its ``by`` fields (``princ
 ``tool_calls|alice|tickets|create_ticket``; ``actions`` defaults to ``["tools/call"]``. The default
 bundle builds its ``rate_limit`` obligation from the same declarations (policies/rego/mcp_guard/limits.rego),
 so the usage a rule reads is the counter the obligation enforces. :class:`DeclaredUsage` reads them
-before evaluation (one store read per call). Keys a policy builds some other way (from arguments, say)
-are enforced all the same but have no usage entry. With no declarations nothing is read: a bundle
-without limits pays nothing. Declarations are read from the loaded bundle of the embedded engine;
+before evaluation (one store read per call) — but only when the bundle's decision can read
+``context.usage`` at all (:class:`UsageRead`, from the read set the decision cache keys on): the shipped
+bundle declares limits yet never reads usage, so it pays no read; its audited input then carries an
+empty ``context.usage``. Keys a policy builds some other way (from arguments, say) are enforced all the
+same but have no usage entry. With no declarations nothing is read: a bundle without limits pays nothing.
+Declarations are read from the loaded bundle of the embedded engine;
 with the OPA engine mcp-guard does not hold the bundle's data, and ``context.usage`` is empty.
 (Rejected alternative: the usage of the keys this principal's previous decision named. It shows nothing
 on the first call to a tool, after a restart, or for a key shared with other principals, so a tiered
@@ -57,9 +60,11 @@ from typing import Any, Final, Protocol, TypeGuard, runtime_checkable
 
 import structlog
 
-from mcp_guard.errors import StateError
+from mcp_guard.errors import PolicyError, StateError
 from mcp_guard.pipeline.context import CallContext
 from mcp_guard.pipeline.obligations import Refusal, StateWrite
+from mcp_guard.policy.bundle import Bundle
+from mcp_guard.policy.reads import InputReads, input_reads
 from mcp_guard.state.base import Admission, Admit, Bucket, Limit, OpResult, StateStore, whole_seconds
 from mcp_guard.types import ReasonCode
 
@@ -69,9 +74,11 @@ __all__ = [
     "DeclaredUsage",
     "RateDeclaration",
     "RateLimitObligation",
+    "UsageRead",
     "bundle_data_of",
     "declared_rates",
     "parse_limits",
+    "reads_usage",
 ]
 
 log = structlog.get_logger("mcp_guard.ratelimit")
@@ -226,17 +233,64 @@ def bundle_data_of(engine: object) -> Callable[[], Mapping[str, Any]] | None:
     return data
 
 
+_USAGE: Final = ("context", "usage")
+
+
+def reads_usage(reads: InputReads) -> bool:
+    """Whether a decision with this read set can observe ``input.context.usage`` (an uncacheable one — the whole
+    input, a nondeterministic builtin — is assumed to)."""
+    if not reads.cacheable:
+        return True
+    return any(path[: len(_USAGE)] == _USAGE[: len(path)] for path in reads.paths)
+
+
+class UsageRead:
+    """Whether any of ``engines`` can read ``input.context.usage``: the one evaluating the call, and the shadow
+    candidate that is asked the same input. Derived from each loaded bundle's read set
+    (:func:`mcp_guard.policy.reads.input_reads`: what its decision rule can reach — the decision cache's own
+    key, so it is never too small), re-derived after a reload; an engine whose bundle mcp-guard does not hold
+    (OPA, test engines) is assumed to read it."""
+
+    def __init__(self, *engines: object) -> None:
+        self._engines = engines
+        self._analysed: dict[int, tuple[object, bool]] = {}  # id(engine) → (bundle analysed, reads usage)
+
+    def __call__(self) -> bool:
+        return any(self._reads(engine) for engine in self._engines)
+
+    def _reads(self, engine: object) -> bool:
+        own = getattr(engine, "reads", None)
+        if isinstance(own, InputReads):  # the decision cache's analysis of its current bundle
+            return reads_usage(own)
+        bundle, rule = getattr(engine, "bundle", None), getattr(engine, "rule", None)
+        if not isinstance(bundle, Bundle) or not isinstance(rule, str):
+            return True
+        seen = self._analysed.get(id(engine))
+        if seen is None or seen[0] is not bundle:
+            try:
+                uses = reads_usage(input_reads(bundle, tuple(rule.split(".")[1:])))
+            except PolicyError:
+                uses = True
+            seen = self._analysed[id(engine)] = (bundle, uses)
+        return seen[1]
+
+
 class DeclaredUsage:
     """``context.usage`` for the declared keys of this call: ``{key: hits in its window now}``.
 
-    One store read per call when the bundle declares limits for the call's action; none otherwise. A
+    One store read per call when the bundle declares limits for the call's action *and* can read the usage
+    (``reads``: :class:`UsageRead`); none otherwise — the shipped bundle builds its obligation from the
+    declarations but never reads ``context.usage``, so its calls read no counter before the decision. A
     key declared with two windows (two declarations of one name) shows the larger count. May raise
     StateError (Authorize then denies ``state_unavailable``).
     """
 
-    def __init__(self, store: StateStore, data: Callable[[], Mapping[str, Any]]) -> None:
+    def __init__(
+        self, store: StateStore, data: Callable[[], Mapping[str, Any]], reads: Callable[[], bool] = lambda: True
+    ) -> None:
         self._store = store
         self._data = data
+        self._reads = reads
         self._seen: Mapping[str, Any] | None = None
         self._declarations: tuple[RateDeclaration, ...] = ()
 
@@ -255,6 +309,8 @@ class DeclaredUsage:
         return {(d.key(ctx), d.window_s): d.key(ctx) for d in self.declarations() if d.applies_to(ctx.action)}
 
     async def usage(self, ctx: CallContext) -> Mapping[str, int]:
+        if not self._reads():
+            return {}
         wanted = self.buckets(ctx)
         if not wanted:
             return {}
