@@ -6,6 +6,7 @@ Stores run on an injected clock (tests/state/test_state_stores.py checks the win
 from __future__ import annotations
 
 import re
+import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -364,6 +365,7 @@ async def test_usage_that_cannot_be_read_denies_before_the_policy_is_asked() -> 
 
 
 async def test_with_the_default_bundle_a_store_that_is_down_is_a_recorded_deny() -> None:
+    """The shipped bundle never reads ``context.usage``, so no usage is read: the admission meets the broken store."""
     sink = RecordingSink()
     call, upstream = pipeline(EmbeddedEngine(load_bundle(BUNDLE)), sink, state=DownStore())
     ctx = replace(call_ctx(server="tickets", tool="get_ticket", arguments={"id": 1}), principal=Principal("alice"))
@@ -372,12 +374,26 @@ async def test_with_the_default_bundle_a_store_that_is_down_is_a_recorded_deny()
     assert outcome.denial is not None and outcome.denial.code == ReasonCode.STATE_UNAVAILABLE
     (row,) = sink.events
     assert row.decision == "deny" and row.reasons is not None and row.reasons[0] == ReasonCode.STATE_UNAVAILABLE
-    assert "cannot be read (disk I/O error)" in row.reasons[1]
+    assert "rate-limit counters cannot be used (disk I/O error)" in row.reasons[1]
 
 
-async def test_the_default_bundle_end_to_end_limits_and_shows_usage(tmp_path: Path) -> None:
-    """The shipped bundle with its per-tool limit at 2: its obligation and the usage it sees name one key."""
-    bundle = load_bundle(BUNDLE)
+# A rule tiered on usage (never firing): with it the bundle's decision can read context.usage.
+TIERED = """package mcp_guard
+import rego.v1
+deny contains "over a billion" if usage("tool_calls|alice|tickets|get_ticket") > 1000000000
+"""
+
+
+@pytest.mark.parametrize("reads_usage", [False, True])
+async def test_the_default_bundle_end_to_end_limits_and_shows_usage(tmp_path: Path, reads_usage: bool) -> None:
+    """The shipped bundle with its per-tool limit at 2: its obligation and the usage it sees name one key. As
+    shipped it never reads ``context.usage``, so none is read (the policy sees none); with a rule that reads it,
+    the usage is the count the obligation enforces."""
+    root = tmp_path / "bundle"
+    shutil.copytree(BUNDLE, root)
+    if reads_usage:
+        (root / "mcp_guard" / "tiered.rego").write_text(TIERED)
+    bundle = load_bundle(root)
     data: dict[str, Any] = {**bundle.data}
     data["mcp_guard_config"] = {
         **data["mcp_guard_config"],
@@ -402,7 +418,7 @@ async def test_the_default_bundle_end_to_end_limits_and_shows_usage(tmp_path: Pa
 
     assert [r.denied for r in results] == [False, False, True]
     key = "tool_calls|alice|tickets|get_ticket"
-    assert seen == [{key: 0}, {key: 1}, {key: 2}]
+    assert seen == ([{key: 0}, {key: 1}, {key: 2}] if reads_usage else [{}, {}, {}])
     d = results[2].denial
     assert d is not None and d.code == ReasonCode.RATE_LIMITED and re.search(r"retry after \d+ s", d.reasons[1])
     allow_rows = [e for e in sink.of_kind(EventKind.CALL_DECISION) if e.decision == "allow"]
