@@ -22,12 +22,17 @@ from mcp_guard.pipeline.obligations import EnforceObligations, Refusal, Undo
 from mcp_guard.pipeline.ratelimit import (
     DeclaredUsage,
     RateLimitObligation,
+    UsageRead,
     bundle_data_of,
     declared_rates,
     parse_limits,
+    reads_usage,
 )
-from mcp_guard.policy.bundle import load_bundle
+from mcp_guard.policy.bundle import Bundle, load_bundle
+from mcp_guard.policy.cache import CachedEngine
 from mcp_guard.policy.embedded import EmbeddedEngine
+from mcp_guard.policy.reads import InputReads
+from mcp_guard.settings import DecisionCacheSettings
 from mcp_guard.state import (
     Admission,
     Applied,
@@ -430,3 +435,36 @@ def test_only_an_engine_that_holds_its_bundle_gives_declarations() -> None:
     data = bundle_data_of(engine)
     assert data is not None and "limits" in data()["mcp_guard_config"]
     assert bundle_data_of(allow_all()) is None
+
+
+def _bundle_with(tmp_path: Path, extra: str | None) -> Bundle:
+    root = tmp_path / ("tiered" if extra else "shipped")
+    shutil.copytree(BUNDLE, root)
+    if extra:
+        (root / "mcp_guard" / "tiered.rego").write_text(extra)
+    return load_bundle(root)
+
+
+def test_usage_is_read_only_when_a_decision_can_read_it(tmp_path: Path) -> None:
+    shipped, tiered = _bundle_with(tmp_path, None), _bundle_with(tmp_path, TIERED)
+    assert not UsageRead(EmbeddedEngine(shipped))()
+    assert not UsageRead(CachedEngine(EmbeddedEngine(shipped), DecisionCacheSettings()))()  # the cache's read set
+    assert UsageRead(EmbeddedEngine(tiered))()
+    assert UsageRead(EmbeddedEngine(shipped), EmbeddedEngine(tiered))()  # the shadow candidate is asked the same
+    assert UsageRead(allow_all())()  # a bundle mcp-guard does not hold: assumed to read it
+
+
+def test_a_reload_is_analysed_again(tmp_path: Path) -> None:
+    engine = EmbeddedEngine(_bundle_with(tmp_path, None))
+    reads = UsageRead(engine)
+    assert not reads()
+    engine.reload(_bundle_with(tmp_path, TIERED))
+    assert reads()
+
+
+def test_what_counts_as_reading_usage() -> None:
+    assert reads_usage(InputReads((("context", "usage"),)))
+    assert reads_usage(InputReads((("context",),)))  # the whole context holds it
+    assert reads_usage(InputReads((("context", "usage", "k"),)))
+    assert not reads_usage(InputReads((("context", "flow"), ("action",))))
+    assert reads_usage(InputReads((), "reads the whole input"))

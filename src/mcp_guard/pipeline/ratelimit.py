@@ -247,8 +247,8 @@ def reads_usage(reads: InputReads) -> bool:
 class UsageRead:
     """Whether any of ``engines`` can read ``input.context.usage``: the one evaluating the call, and the shadow
     candidate that is asked the same input. Derived from each loaded bundle's read set
-    (:func:`mcp_guard.policy.reads.input_reads`: what its decision rule can reach — the decision cache's own
-    key, so it is never too small), re-derived after a reload; an engine whose bundle mcp-guard does not hold
+    (:func:`mcp_guard.policy.reads.input_reads`: what its decision rule can reach — the analysis the decision
+    cache keys on, so it is never too small), re-derived after a reload; an engine whose bundle mcp-guard does not hold
     (OPA, test engines) is assumed to read it."""
 
     def __init__(self, *engines: object) -> None:
@@ -259,9 +259,7 @@ class UsageRead:
         return any(self._reads(engine) for engine in self._engines)
 
     def _reads(self, engine: object) -> bool:
-        own = getattr(engine, "reads", None)
-        if isinstance(own, InputReads):  # the decision cache's analysis of its current bundle
-            return reads_usage(own)
+        """Analysed per bundle object (the engine's current one, whoever reloaded it): once per load."""
         bundle, rule = getattr(engine, "bundle", None), getattr(engine, "rule", None)
         if not isinstance(bundle, Bundle) or not isinstance(rule, str):
             return True
