@@ -11,6 +11,10 @@ seconds per call and, from ``sqlite3``'s trace callback on the store's connectio
 transactions (``BEGIN``) per call. With ``--base`` the same run is made with another source tree first on
 ``sys.path`` (e.g. main's ``src``, unpacked with ``git archive``), alternating, so both share the noise;
 ``--ablate per-op-state`` runs this tree with the state batch switched off (bench/ablate.py).
+
+``--store-only`` times the state store's share alone, the same way (one process per run): per call the flow
+read and either the one batch (``apply([Record, Admit])``, this tree) or the four operations of before
+(``usage``, ``flow``, ``record_call``, ``admit`` — the calls a base tree without ``apply`` makes).
 """
 
 from __future__ import annotations
@@ -73,11 +77,58 @@ asyncio.run(main())
 """
 
 
-def run_once(n: int, src: Path | None, ablate: str) -> dict[str, object]:
+_STORE_CHILD = r"""
+import asyncio, json, sys, tempfile, time
+from pathlib import Path
+from mcp_guard.state import FlowCall, FlowRef, Limit, SQLiteState
+try:
+    from mcp_guard.state import Admit, Record
+except ImportError:  # a tree from before batches
+    Admit = Record = None
+
+async def main():
+    n = {n}
+    with tempfile.TemporaryDirectory() as d:
+        store = SQLiteState(Path(d) / "s.db", timeout_s=30.0)
+        await store.start()
+        limits = [(Limit(f"tool_calls|a|{{tool}}", 10**9, 60.0),) for tool in ("tickets|get_ticket", "time|now")]
+        seen = []
+        async def one(i):
+            ref = FlowRef(f"f-{{i // 200}}", "a")
+            labels = ("private",) if i % 2 else ()
+            call = FlowCall(f"d{{i}}", "tools/call", "tickets", "t", "allow", labels, "2026-01-01T00:00:00Z")
+            lim = limits[i % 2]
+            if Admit is not None:
+                await store.flow(ref.id)
+                await store.apply([Record(ref, call), Admit(lim)])
+            else:
+                await store.usage([lim[0].bucket])
+                await store.flow(ref.id)
+                await store.record_call(ref, call)
+                await store.admit(list(lim))
+        for i in range(200):
+            await one(i)
+        store._db.set_trace_callback(seen.append)
+        for i in range(200, 400):
+            await one(i)
+        store._db.set_trace_callback(None)
+        stmts, begins = len(seen) / 200, sum(s.startswith("BEGIN") for s in seen) / 200
+        t0 = time.process_time()
+        for i in range(400, 400 + n):
+            await one(i)
+        cpu = (time.process_time() - t0) / n
+        await store.aclose()
+    print(json.dumps({{"cpu_us": cpu * 1e6, "statements": stmts, "transactions": begins, "sample": seen[:20]}}))
+
+asyncio.run(main())
+"""
+
+
+def run_once(n: int, src: Path | None, ablate: str, *, store_only: bool = False) -> dict[str, object]:
     env = dict(os.environ)
     if src is not None:
         env["PYTHONPATH"] = f"{src}{os.pathsep}{env.get('PYTHONPATH', '')}"
-    code = _CHILD.format(repo=str(REPO), ablate=ablate, n=n)
+    code = _STORE_CHILD.format(n=n) if store_only else _CHILD.format(repo=str(REPO), ablate=ablate, n=n)
     out = subprocess.run([sys.executable, "-c", code], env=env, cwd=str(REPO), capture_output=True, text=True)
     if out.returncode != 0:
         raise SystemExit(out.stderr)
@@ -92,6 +143,7 @@ def main() -> int:
     parser.add_argument("--base", type=Path, help="another source tree (its src) to compare against")
     parser.add_argument("--ablate", default="", help="bench/ablate.py switches for a second variant of this tree")
     parser.add_argument("--show-sql", action="store_true", help="print the statements of the first traced calls")
+    parser.add_argument("--store-only", action="store_true", help="time the state store's operations alone")
     args = parser.parse_args()
     variants: dict[str, tuple[Path | None, str]] = {"this tree": (None, "")}
     if args.base is not None:
@@ -101,7 +153,7 @@ def main() -> int:
     runs: dict[str, list[dict[str, object]]] = {k: [] for k in variants}
     for _ in range(args.pairs):
         for name, (src, ablate) in variants.items():
-            runs[name].append(run_once(args.n, src, ablate))
+            runs[name].append(run_once(args.n, src, ablate, store_only=args.store_only))
     for name, rs in runs.items():
         cpus = [float(str(r["cpu_us"])) for r in rs]
         print(
