@@ -2,7 +2,9 @@
 
 The same semantics as the SQLite store (exact sliding logs, all-or-nothing admission; flows with
 counted labels, a bounded history and an idle TTL), kept in dicts.
-Each method runs without awaiting between reading and writing, so on one event loop it is atomic. It
+Each method runs without awaiting between reading and writing, so on one event loop it is atomic; a batch
+(:meth:`MemoryState.apply`) runs op by op and takes back the ops before a refusal, which ends in the same
+state as the other backends' one transaction (another task may see the batch half done meanwhile). It
 is not shared between processes: ``mcp-guard run`` always uses :func:`mcp_guard.state.open_state`.
 """
 

@@ -10,15 +10,19 @@ Tables beside the tool pins (:mod:`mcp_guard.pins.store`), in the same WAL-mode 
     flow_calls  (flow_id, n, decision_id, call)             the history, at most FlowBounds.history rows
 
 ``rate_counts`` makes the admission check O(1) whatever the limit (a bucket of 10⁶ allowed hits is not
-scanned per call); expired hits are deleted as the bucket is next used, so pruning is amortised O(1).
-A flow costs one indexed read (:meth:`SQLiteState.flow`) and one small write per recorded call; rows of
-expired flows are deleted in batches by the writes (at most every ``PURGE_EVERY_S`` seconds). The read
-is usually served from memory: :class:`_FlowCache` keeps the flows this store read or wrote, exact
-because ``PRAGMA data_version`` tells when any other connection has committed (then it starts over).
+scanned per call); expired hits are deleted as the bucket is next used (only when its one read finds
+some), so pruning is amortised O(1). A flow costs one indexed read (:meth:`SQLiteState.flow`) and one
+small write per recorded call; rows of expired flows are deleted in batches by the writes (at most every
+``PURGE_EVERY_S`` seconds). The read is usually served from memory: :class:`_FlowCache` keeps the flows
+this store read or wrote, exact because ``PRAGMA data_version`` tells when any other connection has
+committed (then it starts over). Recording a call of a cached flow reads nothing either: the check is
+made under the write lock, where no one else can commit.
 
-Safety with several processes: every write (:meth:`SQLiteState.admit`, :meth:`SQLiteState.release`) is
-one ``BEGIN IMMEDIATE`` transaction — the file's write lock is taken before the first read, so two
-processes can never both see room for the last slot. Reads (:meth:`SQLiteState.usage`) are one
+Safety with several processes: every write is one ``BEGIN IMMEDIATE`` transaction — a batch
+(:meth:`SQLiteState.apply`: a call's flow record and rate-limit admission together, rolled back whole at
+the first refusal) or a single op (each of :meth:`SQLiteState.admit`, :meth:`SQLiteState.record_call`, …
+is a batch of one). The file's write lock is taken before the first read, so two processes can never
+both see room for the last slot. Reads (:meth:`SQLiteState.usage`) are one
 snapshot. Before each operation the store checks that the path still names the file it has open
 (device and inode): if the file was replaced or removed it re-opens it, so every process counts in the
 same file, and a path that can no longer be opened (made a directory, unreadable) is an error rather
@@ -27,7 +31,8 @@ than a silent private copy.
 Inline first, a worker thread when it would wait. Each operation is one small function over the store's
 one connection, under a lock. It first runs **on the event loop** with SQLite's ``busy_timeout`` at 0: an
 uncontended transaction on a WAL file takes tens of microseconds, far less than the hop to a worker
-thread and back that it used to pay (four per governed call). Whenever it would have to *wait* — another
+thread and back that it used to pay (four per governed call then; two now: the flow read and the batch).
+Whenever it would have to *wait* — another
 process holds the file's write lock (``SQLITE_BUSY``), an operation of this store is still running in a
 thread, the connection must be (re-)opened, or a WAL checkpoint is due — it runs instead in a worker
 thread (``anyio.to_thread``), bounded by ``timeout_s``: the wait for the lock, SQLite's busy timeout and
