@@ -14,7 +14,8 @@ transactions (``BEGIN``) per call. With ``--base`` the same run is made with ano
 
 ``--store-only`` times the state store's share alone, the same way (one process per run): per call the flow
 read and either the one batch (``apply([Record, Admit])``, this tree) or the four operations of before
-(``usage``, ``flow``, ``record_call``, ``admit`` — the calls a base tree without ``apply`` makes).
+(``usage``, ``flow``, ``record_call``, ``admit`` — the calls a base tree without ``apply`` makes);
+``--pg DSN`` runs that on PostgreSQL (wall time per call shows the round trips; SQL counts are SQLite's only).
 """
 
 from __future__ import annotations
@@ -87,14 +88,19 @@ except ImportError:  # a tree from before batches
     Admit = Record = None
 
 async def main():
-    n = {n}
+    n, dsn = {n}, {dsn!r}
     with tempfile.TemporaryDirectory() as d:
-        store = SQLiteState(Path(d) / "s.db", timeout_s=30.0)
+        if dsn:
+            from mcp_guard.state.postgres import PostgresState
+            store = PostgresState(dsn, timeout_s=30.0)
+        else:
+            store = SQLiteState(Path(d) / "s.db", timeout_s=30.0)
         await store.start()
+        run = time.time_ns()
         limits = [(Limit(f"tool_calls|a|{{tool}}", 10**9, 60.0),) for tool in ("tickets|get_ticket", "time|now")]
         seen = []
         async def one(i):
-            ref = FlowRef(f"f-{{i // 200}}", "a")
+            ref = FlowRef(f"f-{{run}}-{{i // 200}}", "a")
             labels = ("private",) if i % 2 else ()
             call = FlowCall(f"d{{i}}", "tools/call", "tickets", "t", "allow", labels, "2026-01-01T00:00:00Z")
             lim = limits[i % 2]
@@ -108,27 +114,31 @@ async def main():
                 await store.admit(list(lim))
         for i in range(200):
             await one(i)
-        store._db.set_trace_callback(seen.append)
+        db = getattr(store, "_db", None)
+        if db is not None:
+            db.set_trace_callback(seen.append)
         for i in range(200, 400):
             await one(i)
-        store._db.set_trace_callback(None)
+        if db is not None:
+            db.set_trace_callback(None)
         stmts, begins = len(seen) / 200, sum(s.startswith("BEGIN") for s in seen) / 200
-        t0 = time.process_time()
+        t0, w0 = time.process_time(), time.perf_counter()
         for i in range(400, 400 + n):
             await one(i)
-        cpu = (time.process_time() - t0) / n
+        cpu, wall = (time.process_time() - t0) / n, (time.perf_counter() - w0) / n
         await store.aclose()
-    print(json.dumps({{"cpu_us": cpu * 1e6, "statements": stmts, "transactions": begins, "sample": seen[:20]}}))
+    print(json.dumps({{"cpu_us": cpu * 1e6, "wall_us": wall * 1e6, "statements": stmts, "transactions": begins,
+                      "sample": seen[:20]}}))
 
 asyncio.run(main())
 """
 
 
-def run_once(n: int, src: Path | None, ablate: str, *, store_only: bool = False) -> dict[str, object]:
+def run_once(n: int, src: Path | None, ablate: str, *, store_only: bool = False, pg: str = "") -> dict[str, object]:
     env = dict(os.environ)
     if src is not None:
         env["PYTHONPATH"] = f"{src}{os.pathsep}{env.get('PYTHONPATH', '')}"
-    code = _STORE_CHILD.format(n=n) if store_only else _CHILD.format(repo=str(REPO), ablate=ablate, n=n)
+    code = _STORE_CHILD.format(n=n, dsn=pg) if store_only else _CHILD.format(repo=str(REPO), ablate=ablate, n=n)
     out = subprocess.run([sys.executable, "-c", code], env=env, cwd=str(REPO), capture_output=True, text=True)
     if out.returncode != 0:
         raise SystemExit(out.stderr)
@@ -144,6 +154,7 @@ def main() -> int:
     parser.add_argument("--ablate", default="", help="bench/ablate.py switches for a second variant of this tree")
     parser.add_argument("--show-sql", action="store_true", help="print the statements of the first traced calls")
     parser.add_argument("--store-only", action="store_true", help="time the state store's operations alone")
+    parser.add_argument("--pg", default="", help="with --store-only: a PostgreSQL DSN instead of a SQLite file")
     args = parser.parse_args()
     variants: dict[str, tuple[Path | None, str]] = {"this tree": (None, "")}
     if args.base is not None:
@@ -153,12 +164,14 @@ def main() -> int:
     runs: dict[str, list[dict[str, object]]] = {k: [] for k in variants}
     for _ in range(args.pairs):
         for name, (src, ablate) in variants.items():
-            runs[name].append(run_once(args.n, src, ablate, store_only=args.store_only))
+            runs[name].append(run_once(args.n, src, ablate, store_only=args.store_only, pg=args.pg))
     for name, rs in runs.items():
         cpus = [float(str(r["cpu_us"])) for r in rs]
+        walls = [float(str(r.get("wall_us", 0.0))) for r in rs]
         print(
             f"{name:<28} CPU/call {statistics.median(cpus):7.1f} µs (runs {', '.join(f'{c:.0f}' for c in cpus)})"
             f"  SQL/call {rs[0]['statements']:.2f}  transactions/call {rs[0]['transactions']:.2f}"
+            + (f"  wall/call {statistics.median(walls):.0f} µs" if any(walls) else "")
         )
         if args.show_sql:
             print("\n".join(f"    {s}" for s in rs[0]["sample"]))  # type: ignore[union-attr]
