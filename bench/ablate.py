@@ -23,6 +23,9 @@ Switches (comma-separated):
 * ``gc-tune``        fewer young-generation collections (gc.set_threshold(50_000, 20, 100)) and the start-up
                      heap frozen out of them (gc.freeze())
 * ``thread-state``   the state store as before issue #19: every operation in its worker thread, no flow cache
+* ``per-op-state``   the obligations' state writes one transaction per op again (labels, then rate_limit, a
+                     refusal undone op by op: ``state.base.apply_in_turn``), and ``context.usage`` read before
+                     every decision whether the bundle reads it or not
 * ``thread-audit``   the audit writer as before issue #19: every batch through aiosqlite's worker thread
 * ``no-decision-cache`` every decision asked of the engine (the decision cache, policy/cache.py, passes through)
 * ``no-lane``        forwarded requests to stdio upstreams go through the SDK ``ClientSession`` again instead of
@@ -51,6 +54,7 @@ SWITCHES = (
     "audit-fast-path",
     "gc-tune",
     "thread-state",
+    "per-op-state",
     "thread-audit",
     "no-decision-cache",
     "no-lane",
@@ -190,6 +194,18 @@ def apply(switches: set[str]) -> None:
             original_state_init(self, *a, **{**kw, "inline": False, "flow_cache": 0})
 
         setattr(SQLiteState, "__init__", threaded_state)  # noqa: B010
+    if "per-op-state" in switches:
+        from mcp_guard.pipeline.ratelimit import UsageRead
+        from mcp_guard.state.base import apply_in_turn
+        from mcp_guard.state.sqlite import SQLiteState
+
+        one_batch = SQLiteState.apply
+
+        def per_op(self: Any, ops: Any) -> Any:  # a single op still goes through the batch (its own transaction)
+            return one_batch(self, ops) if len(ops) <= 1 else apply_in_turn(self, ops)
+
+        setattr(SQLiteState, "apply", per_op)  # noqa: B010
+        setattr(UsageRead, "__call__", lambda self: True)  # noqa: B010
     if "thread-audit" in switches:
         from mcp_guard.audit import sqlite as sqlite_backend_mod
 

@@ -28,10 +28,22 @@ from mcp_guard.pipeline.flow import (
     flow_ref,
     parse_labels,
 )
-from mcp_guard.pipeline.obligations import Undo
+from mcp_guard.pipeline.obligations import EnforceObligations
 from mcp_guard.policy.bundle import load_bundle
+from mcp_guard.policy.cache import CachedEngine
 from mcp_guard.policy.embedded import EmbeddedEngine
-from mcp_guard.state import Flow, FlowBounds, FlowCall, FlowFull, FlowRef, FlowTicket, MemoryState
+from mcp_guard.settings import DecisionCacheSettings
+from mcp_guard.state import (
+    Flow,
+    FlowBounds,
+    FlowCall,
+    FlowFull,
+    FlowRef,
+    FlowTicket,
+    MemoryState,
+    SQLiteState,
+    StateStore,
+)
 from mcp_guard.testing import FunctionEngine, RecordingSink, RecordingUpstream
 from mcp_guard.types import Decision, EventKind, PolicyInput, Principal, ReasonCode, SessionInfo, ToolInfo
 
@@ -247,8 +259,13 @@ async def test_an_idle_flow_expires_after_its_ttl() -> None:
 
 
 # --------------------------------------------------------------------------- only forwarded calls label
-async def test_a_call_the_rate_limit_refuses_adds_no_label() -> None:
-    state = MemoryState()
+@pytest.mark.parametrize("backend", ["memory", "sqlite"])
+async def test_a_call_the_rate_limit_refuses_adds_no_label(backend: str, tmp_path: Path) -> None:
+    """Labels and the admission are one batch: the refused admission rolls the record back (SQLite: one
+    transaction; the in-memory store takes it back op by op)."""
+    state: StateStore = MemoryState() if backend == "memory" else SQLiteState(tmp_path / "s.db")
+    if isinstance(state, SQLiteState):
+        await state.start()
     limit: list[dict[str, Any]] = [{"key": "k", "limit": 1, "window_s": 60}]
     engine = labelling({"get_ticket": ["private"], "fetch": ["untrusted"]}, rate_limit=limit)
     call, upstream = pipeline(engine, RecordingSink(), state=state)
@@ -257,9 +274,35 @@ async def test_a_call_the_rate_limit_refuses_adds_no_label() -> None:
     d = refused.denial
     assert d is not None and d.code == ReasonCode.RATE_LIMITED and len(upstream.seen) == 1
     flow = await state.flow(flow_ref(ctx_in()).id)
-    assert set(flow.labels) == {"private"}  # "untrusted" was recorded, then taken back
+    assert set(flow.labels) == {"private"}  # "untrusted" was recorded, then rolled back with the refused batch
     assert [(c.tool, c.decision, c.decision_id) for c in flow.history][-1] == ("fetch", "deny", d.decision_id)
     assert len(flow.history) == 2
+    await state.aclose()
+
+
+async def test_with_the_shipped_bundle_an_allowed_call_is_one_write_transaction_and_reads_no_usage(
+    tmp_path: Path,
+) -> None:
+    """The decision cache in front (as ``mcp-guard run`` has it): the flow is read (from the store's cache after the
+    first call), the shipped bundle's decision cannot read ``context.usage`` so no counter is read, and the
+    labels record and the rate-limit admission commit in one ``BEGIN IMMEDIATE``."""
+    state = SQLiteState(tmp_path / "s.db")
+    await state.start()
+    engine = CachedEngine(EmbeddedEngine(load_bundle(BUNDLE)), DecisionCacheSettings())
+    call, upstream = pipeline(engine, RecordingSink(), state=state)
+    ctx = replace(call_ctx(server="tickets", tool="get_ticket", arguments={"id": 1}), principal=Principal("alice"))
+    assert not (await call(ctx)).denied
+    assert state._db is not None
+    seen: list[str] = []
+    state._db.set_trace_callback(seen.append)
+    for _ in range(3):
+        assert not (await call(ctx)).denied
+    await state.aclose()
+    assert len(upstream.seen) == 4
+    assert sum(s.startswith("BEGIN") for s in seen) == 3 and all(s == "BEGIN IMMEDIATE" for s in seen if "BEGIN" in s)
+    assert sum(s == "COMMIT" for s in seen) == 3
+    before_write = seen[: seen.index("BEGIN IMMEDIATE")]
+    assert not [s for s in before_write if "rate_" in s]  # no usage read before the decision
 
 
 async def test_a_call_whose_allow_row_cannot_be_written_adds_no_label() -> None:
@@ -407,10 +450,9 @@ async def test_labels_from_a_bundle_that_does_not_read_flows_are_still_recorded(
     """The handler records any labels obligation, whatever FlowUse guessed (ctx.flow is then None)."""
     state = MemoryState()
     stage = TrackFlow(state, lambda: False)
-    handler = LabelsObligation(state)
+    enforce = EnforceObligations([LabelsObligation(state)])
     ctx = replace(ctx_in(), decision=Decision(allow=True, obligations={"labels": ["private"]}))
-    result = await handler.enforce(ctx, ["private"])
-    assert isinstance(result, Undo)
+    assert not (await enforce(ctx, lambda c: _forwarded(c))).denied
     assert set((await state.flow(flow_ref(ctx).id)).labels) == {"private"}
     assert await stage(ctx_in(), lambda c: _forwarded(c)) == Outcome(result={})
 

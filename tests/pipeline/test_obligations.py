@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -9,13 +10,22 @@ from typing import Any
 import pytest
 from pipeline_kit import call_ctx, pipeline
 
+from mcp_guard.errors import StateError
 from mcp_guard.pipeline.build import obligation_handlers
 from mcp_guard.pipeline.context import CallContext, Outcome
-from mcp_guard.pipeline.obligations import ABSENT, EnforceObligations, ObligationHandler, Refusal, Undo, invalid
+from mcp_guard.pipeline.obligations import (
+    ABSENT,
+    EnforceObligations,
+    ObligationHandler,
+    Refusal,
+    StateWrite,
+    Undo,
+    invalid,
+)
 from mcp_guard.pipeline.secret_source import NO_SECRETS
 from mcp_guard.policy.bundle import load_bundle
 from mcp_guard.policy.embedded import EmbeddedEngine
-from mcp_guard.state import MemoryState
+from mcp_guard.state import Admit, Applied, Limit, MemoryState, Release, StateOp, StateStore
 from mcp_guard.testing import FunctionEngine, RecordingSink, RecordingUpstream
 from mcp_guard.types import Decision, EventKind, PolicyInput, Principal, ReasonCode, SessionInfo, ToolInfo
 
@@ -196,3 +206,83 @@ async def test_an_effect_is_taken_back_when_the_allow_cannot_be_recorded() -> No
     not_recorded = Outcome.fail_closed(Decision(allow=True), ReasonCode.AUDIT_UNAVAILABLE, "store down")
     outcome = await EnforceObligations([counts])(_allowed(), RecordingUpstream(not_recorded))
     assert outcome.denied and counts.counted == 0
+
+
+# --------------------------------------------------------------------------- the state batch
+class _Batches(MemoryState):
+    """A memory store that keeps the batches it was given (and can be made to fail)."""
+
+    def __init__(self, *, down: bool = False) -> None:
+        super().__init__()
+        self.batches: list[list[StateOp]] = []
+        self.down = down
+
+    async def apply(self, ops: Sequence[StateOp]) -> Applied:
+        self.batches.append(list(ops))
+        if self.down:
+            raise StateError("the state store cannot answer", cause="disk I/O error")
+        return await super().apply(ops)
+
+
+@dataclass
+class _Writes:
+    """A handler whose condition is a state write: it admits the call against ``limit`` (a new obligation kind
+    plugging into the call's one batch)."""
+
+    store: StateStore
+    name: str
+    limit: int = 5
+    always: bool = True
+
+    async def enforce(self, ctx: CallContext, value: object) -> StateWrite:
+        return StateWrite(
+            self.store,
+            (Admit((Limit(self.name, self.limit, 60.0),)),),
+            lambda _r: Refusal(ReasonCode.RATE_LIMITED, f"{self.name} is full"),
+            lambda e: Refusal(ReasonCode.STATE_UNAVAILABLE, f"{self.name} cannot be counted ({e.cause})"),
+        )
+
+
+async def test_every_state_write_of_a_call_is_one_batch_in_handler_order() -> None:
+    store = _Batches()
+    outcome, upstream = await _run([_Writes(store, "a"), _Handler("n"), _Writes(store, "b")], _allowed(n=1))
+    assert not outcome.denied and len(upstream.seen) == 1
+    assert [[op.limits[0].key for op in batch if isinstance(op, Admit)] for batch in store.batches] == [["a", "b"]]
+
+
+async def test_a_refused_op_rolls_back_the_batch_and_its_handler_refuses() -> None:
+    store = _Batches()
+    await store.admit([Limit("b", 1, 60.0)])
+    outcome, upstream = await _run([_Writes(store, "a"), _Writes(store, "b", limit=1)], _allowed())
+    d = outcome.denial
+    assert d is not None and d.code == ReasonCode.RATE_LIMITED and "b is full" in d.reasons[1] and upstream.seen == []
+    assert await store.usage([("a", 60.0), ("b", 60.0)]) == {("a", 60.0): 0, ("b", 60.0): 1}  # "a" rolled back
+
+
+async def test_a_handler_refusing_before_the_batch_leaves_the_store_untouched() -> None:
+    store = _Batches()
+    outcome, _ = await _run([_Writes(store, "a"), _Handler("n", limit=0)], _allowed(n=1))
+    assert outcome.denied and store.batches == []
+
+
+async def test_a_store_that_cannot_answer_denies_with_the_first_writer_reason() -> None:
+    store = _Batches(down=True)
+    outcome, upstream = await _run([_Writes(store, "a"), _Writes(store, "b")], _allowed())
+    d = outcome.denial
+    assert d is not None and d.code == ReasonCode.STATE_UNAVAILABLE and upstream.seen == []
+    assert "a cannot be counted (disk I/O error)" in d.reasons[1]
+
+
+async def test_a_call_not_forwarded_takes_the_batch_back_as_one_batch() -> None:
+    store = _Batches()
+    not_recorded = Outcome.fail_closed(Decision(allow=True), ReasonCode.AUDIT_UNAVAILABLE, "store down")
+    enforce = EnforceObligations([_Writes(store, "a"), _Writes(store, "b")])
+    outcome = await enforce(_allowed(), RecordingUpstream(not_recorded))
+    assert outcome.denied and len(store.batches) == 2
+    assert [type(op) for op in store.batches[1]] == [Release, Release]
+    assert await store.usage([("a", 60.0), ("b", 60.0)]) == {("a", 60.0): 0, ("b", 60.0): 0}
+
+
+async def test_handlers_writing_to_two_stores_are_a_wiring_error() -> None:
+    with pytest.raises(ValueError, match="different state stores"):
+        await _run([_Writes(_Batches(), "a"), _Writes(_Batches(), "b")], _allowed())

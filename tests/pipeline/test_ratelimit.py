@@ -6,6 +6,7 @@ Stores run on an injected clock (tests/state/test_state_stores.py checks the win
 from __future__ import annotations
 
 import re
+import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -21,14 +22,20 @@ from mcp_guard.pipeline.obligations import EnforceObligations, Refusal, Undo
 from mcp_guard.pipeline.ratelimit import (
     DeclaredUsage,
     RateLimitObligation,
+    UsageRead,
     bundle_data_of,
     declared_rates,
     parse_limits,
+    reads_usage,
 )
-from mcp_guard.policy.bundle import load_bundle
+from mcp_guard.policy.bundle import Bundle, load_bundle
+from mcp_guard.policy.cache import CachedEngine
 from mcp_guard.policy.embedded import EmbeddedEngine
+from mcp_guard.policy.reads import InputReads
+from mcp_guard.settings import DecisionCacheSettings
 from mcp_guard.state import (
     Admission,
+    Applied,
     Bucket,
     Flow,
     FlowCall,
@@ -38,8 +45,10 @@ from mcp_guard.state import (
     Limit,
     MemoryState,
     SQLiteState,
+    StateOp,
     Ticket,
 )
+from mcp_guard.state.base import apply_in_turn
 from mcp_guard.testing import FunctionEngine, RecordingSink, RecordingUpstream, allow_all
 from mcp_guard.types import Decision, EventKind, PolicyInput, Principal, ReasonCode, SessionInfo
 
@@ -81,6 +90,9 @@ class DownStore:
     async def release(self, ticket: Ticket) -> None:
         self.asked += 1
         raise StateError("down", cause="down")
+
+    async def apply(self, ops: Sequence[StateOp]) -> Applied:
+        return await apply_in_turn(self, ops)
 
     async def usage(self, buckets: Sequence[Bucket]) -> dict[Bucket, int]:
         self.asked += 1
@@ -358,6 +370,7 @@ async def test_usage_that_cannot_be_read_denies_before_the_policy_is_asked() -> 
 
 
 async def test_with_the_default_bundle_a_store_that_is_down_is_a_recorded_deny() -> None:
+    """The shipped bundle never reads ``context.usage``, so no usage is read: the admission meets the broken store."""
     sink = RecordingSink()
     call, upstream = pipeline(EmbeddedEngine(load_bundle(BUNDLE)), sink, state=DownStore())
     ctx = replace(call_ctx(server="tickets", tool="get_ticket", arguments={"id": 1}), principal=Principal("alice"))
@@ -366,12 +379,26 @@ async def test_with_the_default_bundle_a_store_that_is_down_is_a_recorded_deny()
     assert outcome.denial is not None and outcome.denial.code == ReasonCode.STATE_UNAVAILABLE
     (row,) = sink.events
     assert row.decision == "deny" and row.reasons is not None and row.reasons[0] == ReasonCode.STATE_UNAVAILABLE
-    assert "cannot be read (disk I/O error)" in row.reasons[1]
+    assert "rate-limit counters cannot be used (disk I/O error)" in row.reasons[1]
 
 
-async def test_the_default_bundle_end_to_end_limits_and_shows_usage(tmp_path: Path) -> None:
-    """The shipped bundle with its per-tool limit at 2: its obligation and the usage it sees name one key."""
-    bundle = load_bundle(BUNDLE)
+# A rule tiered on usage (never firing): with it the bundle's decision can read context.usage.
+TIERED = """package mcp_guard
+import rego.v1
+deny contains "over a billion" if usage("tool_calls|alice|tickets|get_ticket") > 1000000000
+"""
+
+
+@pytest.mark.parametrize("reads_usage", [False, True])
+async def test_the_default_bundle_end_to_end_limits_and_shows_usage(tmp_path: Path, reads_usage: bool) -> None:
+    """The shipped bundle with its per-tool limit at 2: its obligation and the usage it sees name one key. As
+    shipped it never reads ``context.usage``, so none is read (the policy sees none); with a rule that reads it,
+    the usage is the count the obligation enforces."""
+    root = tmp_path / "bundle"
+    shutil.copytree(BUNDLE, root)
+    if reads_usage:
+        (root / "mcp_guard" / "tiered.rego").write_text(TIERED)
+    bundle = load_bundle(root)
     data: dict[str, Any] = {**bundle.data}
     data["mcp_guard_config"] = {
         **data["mcp_guard_config"],
@@ -396,7 +423,7 @@ async def test_the_default_bundle_end_to_end_limits_and_shows_usage(tmp_path: Pa
 
     assert [r.denied for r in results] == [False, False, True]
     key = "tool_calls|alice|tickets|get_ticket"
-    assert seen == [{key: 0}, {key: 1}, {key: 2}]
+    assert seen == ([{key: 0}, {key: 1}, {key: 2}] if reads_usage else [{}, {}, {}])
     d = results[2].denial
     assert d is not None and d.code == ReasonCode.RATE_LIMITED and re.search(r"retry after \d+ s", d.reasons[1])
     allow_rows = [e for e in sink.of_kind(EventKind.CALL_DECISION) if e.decision == "allow"]
@@ -408,3 +435,36 @@ def test_only_an_engine_that_holds_its_bundle_gives_declarations() -> None:
     data = bundle_data_of(engine)
     assert data is not None and "limits" in data()["mcp_guard_config"]
     assert bundle_data_of(allow_all()) is None
+
+
+def _bundle_with(tmp_path: Path, extra: str | None) -> Bundle:
+    root = tmp_path / ("tiered" if extra else "shipped")
+    shutil.copytree(BUNDLE, root)
+    if extra:
+        (root / "mcp_guard" / "tiered.rego").write_text(extra)
+    return load_bundle(root)
+
+
+def test_usage_is_read_only_when_a_decision_can_read_it(tmp_path: Path) -> None:
+    shipped, tiered = _bundle_with(tmp_path, None), _bundle_with(tmp_path, TIERED)
+    assert not UsageRead(EmbeddedEngine(shipped))()
+    assert not UsageRead(CachedEngine(EmbeddedEngine(shipped), DecisionCacheSettings()))()  # the cache's read set
+    assert UsageRead(EmbeddedEngine(tiered))()
+    assert UsageRead(EmbeddedEngine(shipped), EmbeddedEngine(tiered))()  # the shadow candidate is asked the same
+    assert UsageRead(allow_all())()  # a bundle mcp-guard does not hold: assumed to read it
+
+
+def test_a_reload_is_analysed_again(tmp_path: Path) -> None:
+    engine = EmbeddedEngine(_bundle_with(tmp_path, None))
+    reads = UsageRead(engine)
+    assert not reads()
+    engine.reload(_bundle_with(tmp_path, TIERED))
+    assert reads()
+
+
+def test_what_counts_as_reading_usage() -> None:
+    assert reads_usage(InputReads((("context", "usage"),)))
+    assert reads_usage(InputReads((("context",),)))  # the whole context holds it
+    assert reads_usage(InputReads((("context", "usage", "k"),)))
+    assert not reads_usage(InputReads((("context", "flow"), ("action",))))
+    assert reads_usage(InputReads((), "reads the whole input"))

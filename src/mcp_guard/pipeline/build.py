@@ -23,10 +23,11 @@ Every request that targets an upstream runs through these stages, outermost firs
   outside Authorize because only the verdict coming back out of it holds the exact input and the policy's own
   answer for allows and denies alike; never changes the outcome (a pass-through without a candidate).
 * :class:`~mcp_guard.pipeline.authorize.Authorize` — nothing goes further without ``allow: true``; the
-  policy input carries ``context.usage`` for the rate-limit keys the bundle declares
-  (:class:`~mcp_guard.pipeline.ratelimit.DeclaredUsage`).
+  policy input carries ``context.usage`` for the rate-limit keys the bundle declares, read only while the
+  decision (or the shadow candidate's) can read it (:class:`~mcp_guard.pipeline.ratelimit.DeclaredUsage`).
 * :class:`~mcp_guard.pipeline.obligations.EnforceObligations` — every obligation of the allow is
-  enforced by its handler (:func:`obligation_handlers`) or the call is denied; before the allow is
+  enforced by its handler (:func:`obligation_handlers`) or the call is denied; the handlers' state writes
+  (the flow record, the rate-limit admission) commit as one batch, one transaction; before the allow is
   recorded, so a refused call has a deny row and no allow row.
 * :class:`~mcp_guard.pipeline.exchange.ExchangeToken` — a call to a ``token_exchange`` upstream gets the caller's
   token exchanged for the upstream's audience and the call's scopes, or is denied (``subject_token_missing``,
@@ -67,7 +68,7 @@ from mcp_guard.pipeline.forward import Forward
 from mcp_guard.pipeline.obligations import EnforceObligations, ObligationHandler
 from mcp_guard.pipeline.observe import CallMetrics, Observe
 from mcp_guard.pipeline.pins import PinCheck
-from mcp_guard.pipeline.ratelimit import DeclaredUsage, RateLimitObligation, bundle_data_of
+from mcp_guard.pipeline.ratelimit import DeclaredUsage, RateLimitObligation, UsageRead, bundle_data_of
 from mcp_guard.pipeline.redact import Redact
 from mcp_guard.pipeline.redecide import Redecide
 from mcp_guard.pipeline.result_policy import ResultPolicy, ResultUse
@@ -94,14 +95,14 @@ def obligation_handlers(
 ) -> list[ObligationHandler]:
     """Every obligation mcp-guard enforces, in the order they run; a key not handled here is a deny.
 
-    ``labels`` records the allowed call in its flow (taken back if the call is not forwarded after all).
-    ``rate_limit`` stays last: it counts the call, so every other obligation must have let it through
-    first (a call refused by a later handler would be counted and then taken back). ``step_up`` belongs on a
-    deny (the front turns it into a scope challenge); on an allow its handler refuses the call. ``approval``
-    (:func:`pipeline_stages` always gives one) parks the call until a person decides: before ``labels`` and
-    ``rate_limit``, so a call waiting for approval neither labels its flow nor counts against a limit.
-    ``upstream_scopes`` (given ``exchangers``) checks the policy's narrowing of a token-exchange upstream's
-    token; the exchange itself is the ``ExchangeToken`` stage's, after every obligation."""
+    ``labels`` records the allowed call in its flow and ``rate_limit`` counts it: both as ops of the call's one
+    state batch, committed in this order once every handler has let the call through (a full limit rolls the record
+    back; the batch is taken back if the call is not forwarded after all). ``rate_limit`` stays last. ``step_up``
+    belongs on a deny (the front turns it into a scope challenge); on an allow its handler refuses the call.
+    ``approval`` (:func:`pipeline_stages` always gives one) parks the call until a person decides: before ``labels``
+    and ``rate_limit``, so a call waiting for approval neither labels its flow nor counts against a limit.
+    ``upstream_scopes`` (given ``exchangers``) checks the policy's narrowing of a token-exchange upstream's token;
+    the exchange itself is the ``ExchangeToken`` stage's, after every obligation."""
     approvals = [approval] if approval is not None else []
     scopes = [UpstreamScopesObligation(exchangers)] if exchangers is not None else []
     return [
@@ -114,10 +115,13 @@ def obligation_handlers(
     ]
 
 
-def usage_source(engine: Evaluator, state: StateStore) -> UsageSource | None:
-    """``context.usage`` from the declarations in the engine's bundle; None when the engine holds no bundle."""
+def usage_source(engine: Evaluator, state: StateStore, shadow: Evaluator | None = None) -> UsageSource | None:
+    """``context.usage`` from the declarations in the engine's bundle, read only while the engine's (or the shadow
+    candidate's) decision can read it; None when the engine holds no bundle."""
     data = bundle_data_of(engine)
-    return DeclaredUsage(state, data) if data is not None else None
+    if data is None:
+        return None
+    return DeclaredUsage(state, data, UsageRead(engine, *([shadow] if shadow is not None else [])))
 
 
 def pipeline_stages(
@@ -158,7 +162,7 @@ def pipeline_stages(
         TrackFlow(state, FlowUse(engine)),
         PinCheck(registry),
         ShadowPolicy(shadow, sink, shadow_stats),
-        Authorize(engine, usage_source(engine, state)),
+        Authorize(engine, usage_source(engine, state, shadow)),
         EnforceObligations(obligation_handlers(secrets, state, approval, credentials=registry, exchangers=registry)),
         ExchangeToken(registry),
         RecordDecision(audit, max_arguments_bytes=bound),

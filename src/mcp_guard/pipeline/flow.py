@@ -32,10 +32,11 @@ correlation id, not the model: an agent cannot change ``_meta`` through tool arg
 :func:`~mcp_guard.pipeline.build.obligation_handlers` before ``rate_limit``): a list of at most
 :data:`MAX_LABELS` label names (letters, digits and ``_ . : / -``, at most 64 characters, starting
 with a letter or digit); anything else is ``obligation_invalid``. The handler records the allowed call
-in its flow — history entry and labels, one atomic store write — and returns an
-:class:`~mcp_guard.pipeline.obligations.Undo`: if the call is not forwarded after all (``rate_limit``
-refuses it, or its allow row cannot be written) the record is taken back, so **labels stick only to
-calls that were forwarded**. They apply from that moment, before the upstream answers: a call running
+in its flow — history entry and labels — as its op of the call's one state batch
+(:class:`~mcp_guard.pipeline.obligations.StateWrite`: one transaction with the ``rate_limit`` admission):
+if ``rate_limit`` refuses the call the batch is rolled back, and if the call is not forwarded after all
+(its allow row cannot be written) the record is taken back, so **labels stick only to calls that were
+forwarded**. They apply from that moment, before the upstream answers: a call running
 in parallel in the same flow already sees them. The handler is ``always``: when the bundle uses flows,
 every allowed call is recorded in the history, with or without labels.
 
@@ -60,7 +61,9 @@ policies and data once per load for the words ``flow`` or ``labels``; without th
 written. (An over-approximation: a comment mentioning "flow" turns tracking on. A bundle that builds
 the key ``"labels"`` out of pieces is still honoured — the handler records a ``labels`` obligation
 whenever one arrives.) An engine whose bundle mcp-guard does not hold (OPA serving its own policies)
-is assumed to use flows. With flows: one store read before policy, one write per recorded call.
+is assumed to use flows. With flows: one store read before policy (on SQLite usually from memory: the
+store's flow cache), and the record of an allowed call rides in the call's one state batch; a deny is one
+write after the call.
 """
 
 from __future__ import annotations
@@ -77,8 +80,8 @@ import structlog
 
 from mcp_guard.errors import StateError
 from mcp_guard.pipeline.context import CallContext, CallNext, Outcome
-from mcp_guard.pipeline.obligations import ABSENT, Refusal, Undo
-from mcp_guard.state.base import FlowCall, FlowFull, FlowRef, FlowTicket, StateStore
+from mcp_guard.pipeline.obligations import ABSENT, Refusal, StateWrite
+from mcp_guard.state.base import FlowCall, FlowFull, FlowRef, OpResult, Record, StateStore
 from mcp_guard.types import Decision, ReasonCode, utc_now
 
 __all__ = [
@@ -260,7 +263,7 @@ class LabelsObligation:
     def __init__(self, store: StateStore) -> None:
         self._store = store
 
-    async def enforce(self, ctx: CallContext, value: object) -> Refusal | Undo | None:
+    async def enforce(self, ctx: CallContext, value: object) -> Refusal | StateWrite | None:
         if value is ABSENT:
             labels: tuple[str, ...] = ()
         else:
@@ -273,26 +276,21 @@ class LabelsObligation:
         decision = ctx.decision
         assert decision is not None, "obligations run after a decision"
         call = _flow_call(ctx, decision.decision_id, "allow", labels)
-        try:
-            recorded = await self._store.record_call(flow_ref(ctx), call)
-        except StateError as e:
-            log.error("flow.state_unavailable", error=str(e), call_id=ctx.call_id, stage="record")
-            return Refusal(
-                ReasonCode.STATE_UNAVAILABLE,
-                f"the information flow of this call cannot be recorded ({e.cause}); "
-                "mcp-guard refuses calls it cannot record in their flow",
-            )
-        if isinstance(recorded, FlowFull):
-            return Refusal(ReasonCode.FLOW_LIMIT, f"this call's flow cannot take it: {recorded.reason}")
-        return Undo(partial(self._unrecord, ctx, recorded))
+        return StateWrite(self._store, (Record(flow_ref(ctx), call),), _flow_full, partial(_unrecordable, ctx))
 
-    async def _unrecord(self, ctx: CallContext, ticket: FlowTicket) -> None:
-        try:
-            await self._store.unrecord_call(ticket)
-        except StateError as e:  # the labels stay on: stricter, never looser
-            log.warning("flow.unrecord_failed", error=str(e), call_id=ctx.call_id)
-        else:
-            log.info("flow.unrecorded", call_id=ctx.call_id, labels=list(ticket.call.labels))
+
+def _flow_full(result: OpResult) -> Refusal:
+    assert isinstance(result, FlowFull), "called for a refused record"
+    return Refusal(ReasonCode.FLOW_LIMIT, f"this call's flow cannot take it: {result.reason}")
+
+
+def _unrecordable(ctx: CallContext, e: StateError) -> Refusal:
+    log.error("flow.state_unavailable", error=str(e), call_id=ctx.call_id, stage="record")
+    return Refusal(
+        ReasonCode.STATE_UNAVAILABLE,
+        f"the information flow of this call cannot be recorded ({e.cause}); "
+        "mcp-guard refuses calls it cannot record in their flow",
+    )
 
 
 def _type(v: object) -> str:

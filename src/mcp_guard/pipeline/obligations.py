@@ -17,12 +17,28 @@ Handlers run in registration order and the first refusal stops the call. The den
 as the call's governing decision (no allow row was written yet: this stage runs before
 ``RecordDecision``), carries the policy revision, and is recorded by ``RecordOutcome`` like every deny.
 
-A handler that lets the call through *and changes shared state for it* (the rate limiter counts the
-call) returns an :class:`Undo` instead of None. The undos are run, last first, when the call is not
-forwarded after all: a later handler refuses it, or ``RecordDecision`` cannot record the allow
-(its ``audit_unavailable`` override — inside this stage nothing else stops a call before the upstream).
-A call that was forwarded keeps its effects, whatever the upstream answered; so does a cancelled call
-(it may have reached the upstream). An undo never raises: it logs its own failure.
+A handler whose condition is a write to the shared state store (``rate_limit`` counts the call, ``labels``
+records it in its flow) does not write: it returns a :class:`StateWrite` — its ops for the call's **one
+state batch**. Once every handler has let the call through, the stage commits the batch with
+:meth:`~mcp_guard.state.base.StateStore.apply`: one transaction (one ``BEGIN IMMEDIATE`` on SQLite, one
+transaction on PostgreSQL) holding every handler's ops in handler order. Inside it, each op checks and
+writes; the first refused op (a full limit, a full flow) rolls the whole batch back and its handler's
+:attr:`StateWrite.refused` is the call's refusal — so a call refused by its rate limit leaves no flow
+record, and one refused by its flow is not counted. A store that cannot answer (StateError) keeps nothing
+of the batch; the :attr:`StateWrite.failed` of the handler whose op failed (when the store can tell,
+:class:`~mcp_guard.state.base.OpFailed`; else the first contributing handler's) is the refusal
+(``state_unavailable``). A handler refusing before the batch means no state is touched at all. A
+new kind of obligation that needs shared state adds its op to :data:`~mcp_guard.state.base.StateOp`
+and returns a StateWrite: it joins the same transaction.
+
+A handler that lets the call through *and does something else that must be taken back* if the call does
+not go on returns an :class:`Undo`. The undos — and the committed state batch, taken back as one batch
+of inverse ops (:func:`~mcp_guard.state.base.undo_ops`) — are run, last first, when the call is not
+forwarded after all: a later handler refuses it, or ``RecordDecision`` cannot record the allow (its
+``audit_unavailable`` override — inside this stage nothing else stops a call before the upstream). A
+call that was forwarded keeps its effects, whatever the upstream answered; so does a cancelled call (it
+may have reached the upstream). An undo never raises: it logs its own failure (a batch that cannot be
+taken back leaves the call counted and its labels on: stricter, never looser).
 
 Adding an obligation = one small module with a handler class, and one entry in
 :func:`mcp_guard.pipeline.build.obligation_handlers`.
@@ -34,14 +50,17 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
+from functools import partial
 from typing import Final, Protocol
 
 import structlog
 
+from mcp_guard.errors import StateError
 from mcp_guard.pipeline.context import CallContext, CallNext, Outcome
+from mcp_guard.state.base import OpFailed, OpResult, StateOp, StateStore, is_refusal, undo_ops
 from mcp_guard.types import Decision, ReasonCode
 
-__all__ = ["ABSENT", "EnforceObligations", "ObligationHandler", "Refusal", "Undo", "invalid"]
+__all__ = ["ABSENT", "EnforceObligations", "ObligationHandler", "Refusal", "StateWrite", "Undo", "invalid"]
 
 log = structlog.get_logger("mcp_guard.obligations")
 
@@ -70,9 +89,23 @@ class Undo:
     run: Callable[[], Awaitable[None]]
 
 
+@dataclass(frozen=True, slots=True)
+class StateWrite:
+    """A handler lets the call through if ``ops`` can be applied to ``store`` in the call's one state batch.
+
+    ``refused(result)`` is the refusal for one of its ops' refused results (the batch was rolled back);
+    ``failed(error)`` the refusal when the store cannot answer (it logs the error). Both are called at most once."""
+
+    store: StateStore
+    ops: tuple[StateOp, ...]
+    refused: Callable[[OpResult], Refusal]
+    failed: Callable[[StateError], Refusal]
+
+
 class ObligationHandler(Protocol):
-    """Enforces one obligation key. ``enforce`` returns None to let the call go on, an :class:`Undo` to let it
-    go on with an effect to take back if it is not forwarded, or a :class:`Refusal`."""
+    """Enforces one obligation key. ``enforce`` returns None to let the call go on, a :class:`StateWrite` to let it
+    go on if its writes to shared state succeed, an :class:`Undo` to let it go on with an effect to take back if
+    it is not forwarded, or a :class:`Refusal`."""
 
     @property
     def name(self) -> str:
@@ -84,7 +117,7 @@ class ObligationHandler(Protocol):
         """Run even when the key is absent (then ``value`` is :data:`ABSENT`)."""
         ...
 
-    async def enforce(self, ctx: CallContext, value: object) -> Refusal | Undo | None: ...
+    async def enforce(self, ctx: CallContext, value: object) -> Refusal | StateWrite | Undo | None: ...
 
 
 def invalid(name: str, expected: str, value: object) -> Refusal:
@@ -132,6 +165,7 @@ class EnforceObligations:
                 f"the policy decision carries obligation(s) {names} that mcp-guard has no handler for",
             ), []
         undos: list[Undo] = []
+        writes: list[StateWrite] = []
         for handler in self._handlers:
             if handler.name in decision.obligations:
                 value: object = decision.obligations[handler.name]
@@ -143,9 +177,48 @@ class EnforceObligations:
             if isinstance(result, Refusal):
                 await _undo(undos)
                 return result, []
-            if result is not None:
+            if isinstance(result, StateWrite):
+                writes.append(result)
+            elif result is not None:
                 undos.append(result)
+        refusal = await _commit(ctx, writes, undos) if writes else None
+        if refusal is not None:
+            await _undo(undos)
+            return refusal, []
         return None, undos
+
+
+async def _commit(ctx: CallContext, writes: Sequence[StateWrite], undos: list[Undo]) -> Refusal | None:
+    """Apply every handler's ops as one batch (see the module docstring): the refusal of the handler whose op was
+    refused, or whose store failed; else None, with the batch's undo appended to ``undos``."""
+    store = writes[0].store
+    if any(w.store is not store for w in writes):
+        raise ValueError("obligation handlers write to different state stores: one call's writes are one batch")
+    owners = [w for w in writes for _ in w.ops]
+    try:
+        applied = await store.apply([op for w in writes for op in w.ops])
+    except StateError as e:  # the op's own handler answers when the store says which op failed, else the first
+        return (owners[e.at] if isinstance(e, OpFailed) and e.at < len(owners) else writes[0]).failed(e)
+    if not applied.committed:
+        refused = applied.results[-1]
+        assert is_refusal(refused)
+        return owners[len(applied.results) - 1].refused(refused)
+    take_back = undo_ops(applied.results)
+    if take_back:
+        undos.append(Undo(partial(_take_back, ctx, store, take_back)))
+    return None
+
+
+async def _take_back(ctx: CallContext, store: StateStore, ops: Sequence[StateOp]) -> None:
+    """Take a committed batch back, as one batch (an undo never raises: a failure leaves the call counted and its
+    flow labelled — stricter, never looser)."""
+    kinds = [type(op).__name__ for op in ops]
+    try:
+        await store.apply(ops)
+    except StateError as e:
+        log.warning("obligation.state_not_taken_back", error=str(e), call_id=ctx.call_id, ops=kinds)
+    else:
+        log.info("obligation.state_taken_back", call_id=ctx.call_id, ops=kinds)
 
 
 def _not_forwarded(outcome: Outcome) -> bool:

@@ -9,12 +9,13 @@ are exact sliding logs (the module docstring of :mod:`mcp_guard.state.base` says
 
 * **Keys are the policy's.** mcp-guard never adds the session to a key, so a new MCP session — or a
   2026-07-28 client, each of whose requests is a new session — counts against the same limit.
-* **Only allowed calls count.** The handler runs last among the obligation handlers
-  (:func:`~mcp_guard.pipeline.build.obligation_handlers`), so a call another obligation refuses is never
-  counted; and it returns an :class:`~mcp_guard.pipeline.obligations.Undo`, so a call that is not forwarded
-  after all (the allow row cannot be recorded: ``audit_unavailable``) is taken back. A denied call —
-  by policy, by another stage, or by this limit — counts nothing. A forwarded call counts whatever the
-  upstream answered.
+* **Only allowed calls count.** The handler does not write: it adds its admission to the call's one
+  state batch (:class:`~mcp_guard.pipeline.obligations.StateWrite`), which ``EnforceObligations`` commits
+  once every obligation has let the call through — so a call another obligation refuses is never counted,
+  and one whose flow cannot take it (``flow_limit``, the ``labels`` op of the same batch) is rolled back
+  with it. A call that is not forwarded after all (the allow row cannot be recorded:
+  ``audit_unavailable``) is taken back. A denied call — by policy, by another stage, or by this limit —
+  counts nothing. A forwarded call counts whatever the upstream answered.
 * **The deny** is ``rate_limited`` and says which limits are full and ``retry after N s``
   (``retry_after_s=N``): N is rounded up, so a retry then finds room unless other calls took it.
 * **Fail closed.** If the store cannot answer within ``[audit] state_timeout_ms`` (unwritable file,
@@ -34,9 +35,12 @@ A declaration's key is its ``name`` and the values of its ``by`` fields (``princ
 ``tool_calls|alice|tickets|create_ticket``; ``actions`` defaults to ``["tools/call"]``. The default
 bundle builds its ``rate_limit`` obligation from the same declarations (policies/rego/mcp_guard/limits.rego),
 so the usage a rule reads is the counter the obligation enforces. :class:`DeclaredUsage` reads them
-before evaluation (one store read per call). Keys a policy builds some other way (from arguments, say)
-are enforced all the same but have no usage entry. With no declarations nothing is read: a bundle
-without limits pays nothing. Declarations are read from the loaded bundle of the embedded engine;
+before evaluation (one store read per call) — but only when the bundle's decision can read
+``context.usage`` at all (:class:`UsageRead`, from the read set the decision cache keys on): the shipped
+bundle declares limits yet never reads usage, so it pays no read; its audited input then carries an
+empty ``context.usage``. Keys a policy builds some other way (from arguments, say) are enforced all the
+same but have no usage entry. With no declarations nothing is read: a bundle without limits pays nothing.
+Declarations are read from the loaded bundle of the embedded engine;
 with the OPA engine mcp-guard does not hold the bundle's data, and ``context.usage`` is empty.
 (Rejected alternative: the usage of the keys this principal's previous decision named. It shows nothing
 on the first call to a tool, after a restart, or for a key shared with other principals, so a tiered
@@ -56,10 +60,12 @@ from typing import Any, Final, Protocol, TypeGuard, runtime_checkable
 
 import structlog
 
-from mcp_guard.errors import StateError
+from mcp_guard.errors import PolicyError, StateError
 from mcp_guard.pipeline.context import CallContext
-from mcp_guard.pipeline.obligations import Refusal, Undo
-from mcp_guard.state.base import Admission, Bucket, Limit, StateStore, Ticket, whole_seconds
+from mcp_guard.pipeline.obligations import Refusal, StateWrite
+from mcp_guard.policy.bundle import Bundle
+from mcp_guard.policy.reads import InputReads, input_reads
+from mcp_guard.state.base import Admission, Admit, Bucket, Limit, OpResult, StateStore, whole_seconds
 from mcp_guard.types import ReasonCode
 
 __all__ = [
@@ -68,9 +74,11 @@ __all__ = [
     "DeclaredUsage",
     "RateDeclaration",
     "RateLimitObligation",
+    "UsageRead",
     "bundle_data_of",
     "declared_rates",
     "parse_limits",
+    "reads_usage",
 ]
 
 log = structlog.get_logger("mcp_guard.ratelimit")
@@ -124,36 +132,26 @@ class RateLimitObligation:
     def __init__(self, store: StateStore) -> None:
         self._store = store
 
-    async def enforce(self, ctx: CallContext, value: object) -> Refusal | Undo | None:
+    async def enforce(self, ctx: CallContext, value: object) -> Refusal | StateWrite | None:
         limits = parse_limits(value)
         if isinstance(limits, str):
             return Refusal(ReasonCode.OBLIGATION_INVALID, limits)
         if not limits:
             return None
-        try:
-            admission = await self._store.admit(limits)
-        except StateError as e:
-            log.error("ratelimit.state_unavailable", error=str(e), call_id=ctx.call_id, stage="admit")
-            return Refusal(
-                ReasonCode.STATE_UNAVAILABLE,
-                f"the rate-limit counters cannot be used ({e.cause}), so this call's limits cannot be checked; "
-                "mcp-guard refuses calls it cannot count",
-            )
-        if admission.admitted:
-            assert admission.ticket is not None
-            return Undo(partial(self._release, ctx, admission.ticket))
-        return _limited(admission)
-
-    async def _release(self, ctx: CallContext, ticket: Ticket) -> None:
-        try:
-            await self._store.release(ticket)
-        except StateError as e:  # the call stays counted: an over-count, never an extra call
-            log.warning("ratelimit.release_failed", error=str(e), call_id=ctx.call_id)
-        else:
-            log.info("ratelimit.released", call_id=ctx.call_id, buckets=len(ticket.buckets))
+        return StateWrite(self._store, (Admit(tuple(limits)),), _limited, partial(_unavailable, ctx))
 
 
-def _limited(admission: Admission) -> Refusal:
+def _unavailable(ctx: CallContext, e: StateError) -> Refusal:
+    log.error("ratelimit.state_unavailable", error=str(e), call_id=ctx.call_id, stage="admit")
+    return Refusal(
+        ReasonCode.STATE_UNAVAILABLE,
+        f"the rate-limit counters cannot be used ({e.cause}), so this call's limits cannot be checked; "
+        "mcp-guard refuses calls it cannot count",
+    )
+
+
+def _limited(admission: OpResult) -> Refusal:
+    assert isinstance(admission, Admission) and not admission.admitted, "called for a refused admission"
     seconds = whole_seconds(admission.retry_after_s)
     full = "; ".join(f"{lim.key!r} allows {lim.limit} per {_seconds(lim.window_s)} s" for lim in admission.full)
     return Refusal(
@@ -235,17 +233,62 @@ def bundle_data_of(engine: object) -> Callable[[], Mapping[str, Any]] | None:
     return data
 
 
+_USAGE: Final = ("context", "usage")
+
+
+def reads_usage(reads: InputReads) -> bool:
+    """Whether a decision with this read set can observe ``input.context.usage`` (an uncacheable one — the whole
+    input, a nondeterministic builtin — is assumed to)."""
+    if not reads.cacheable:
+        return True
+    return any(path[: len(_USAGE)] == _USAGE[: len(path)] for path in reads.paths)
+
+
+class UsageRead:
+    """Whether any of ``engines`` can read ``input.context.usage``: the one evaluating the call, and the shadow
+    candidate that is asked the same input. Derived from each loaded bundle's read set
+    (:func:`mcp_guard.policy.reads.input_reads`: what its decision rule can reach — the analysis the decision
+    cache keys on, so it is never too small), re-derived after a reload; an engine whose bundle mcp-guard does not hold
+    (OPA, test engines) is assumed to read it."""
+
+    def __init__(self, *engines: object) -> None:
+        self._engines = engines
+        self._analysed: dict[int, tuple[object, bool]] = {}  # id(engine) → (bundle analysed, reads usage)
+
+    def __call__(self) -> bool:
+        return any(self._reads(engine) for engine in self._engines)
+
+    def _reads(self, engine: object) -> bool:
+        """Analysed per bundle object (the engine's current one, whoever reloaded it): once per load."""
+        bundle, rule = getattr(engine, "bundle", None), getattr(engine, "rule", None)
+        if not isinstance(bundle, Bundle) or not isinstance(rule, str):
+            return True
+        seen = self._analysed.get(id(engine))
+        if seen is None or seen[0] is not bundle:
+            try:
+                uses = reads_usage(input_reads(bundle, tuple(rule.split(".")[1:])))
+            except PolicyError:
+                uses = True
+            seen = self._analysed[id(engine)] = (bundle, uses)
+        return seen[1]
+
+
 class DeclaredUsage:
     """``context.usage`` for the declared keys of this call: ``{key: hits in its window now}``.
 
-    One store read per call when the bundle declares limits for the call's action; none otherwise. A
+    One store read per call when the bundle declares limits for the call's action *and* can read the usage
+    (``reads``: :class:`UsageRead`); none otherwise — the shipped bundle builds its obligation from the
+    declarations but never reads ``context.usage``, so its calls read no counter before the decision. A
     key declared with two windows (two declarations of one name) shows the larger count. May raise
     StateError (Authorize then denies ``state_unavailable``).
     """
 
-    def __init__(self, store: StateStore, data: Callable[[], Mapping[str, Any]]) -> None:
+    def __init__(
+        self, store: StateStore, data: Callable[[], Mapping[str, Any]], reads: Callable[[], bool] = lambda: True
+    ) -> None:
         self._store = store
         self._data = data
+        self._reads = reads
         self._seen: Mapping[str, Any] | None = None
         self._declarations: tuple[RateDeclaration, ...] = ()
 
@@ -264,6 +307,8 @@ class DeclaredUsage:
         return {(d.key(ctx), d.window_s): d.key(ctx) for d in self.declarations() if d.applies_to(ctx.action)}
 
     async def usage(self, ctx: CallContext) -> Mapping[str, int]:
+        if not self._reads():
+            return {}
         wanted = self.buckets(ctx)
         if not wanted:
             return {}

@@ -8,8 +8,10 @@
 The backend follows the audit log's: SQLite in ``[audit] state_path`` (the file the tool pins live in)
 with ``[audit] backend = "sqlite"``; PostgreSQL on ``[audit] dsn`` with ``backend = "postgres"``
 (:mod:`mcp_guard.state.postgres`: every replica on that database shares the counters and flows). Flows
-expire after ``[audit] flow_idle_ttl_s``. Every operation is bounded by
-``[audit] state_timeout_ms`` and raises :class:`~mcp_guard.errors.StateError` when it cannot answer.
+expire after ``[audit] flow_idle_ttl_s``. The writes of one call go as one batch
+(``state.apply([Record(ref, call), Admit(limits)])``: one transaction, all or nothing;
+:mod:`mcp_guard.state.base`, Batches). Every operation is bounded by ``[audit] state_timeout_ms`` and
+raises :class:`~mcp_guard.errors.StateError` when it cannot answer.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from contextlib import asynccontextmanager
 from mcp_guard.settings import Settings
 from mcp_guard.state.base import (
     Admission,
+    Admit,
+    Applied,
     Bucket,
     Flow,
     FlowBounds,
@@ -29,14 +33,21 @@ from mcp_guard.state.base import (
     FlowTicket,
     LabelOrigin,
     Limit,
+    OpResult,
+    Record,
+    Release,
+    StateOp,
     StateStore,
     Ticket,
+    Unrecord,
 )
 from mcp_guard.state.memory import MemoryState
 from mcp_guard.state.sqlite import SQLiteState
 
 __all__ = [
     "Admission",
+    "Admit",
+    "Applied",
     "Bucket",
     "Flow",
     "FlowBounds",
@@ -47,9 +58,14 @@ __all__ = [
     "LabelOrigin",
     "Limit",
     "MemoryState",
+    "OpResult",
+    "Record",
+    "Release",
     "SQLiteState",
+    "StateOp",
     "StateStore",
     "Ticket",
+    "Unrecord",
     "open_state",
 ]
 

@@ -45,6 +45,17 @@ keeps, per flow id:
 and adds its labels, atomically (creating the flow, or a fresh one in place of an expired one);
 :meth:`StateStore.unrecord_call` takes a recorded call back (it was not forwarded after all).
 
+Batches
+-------
+The writes one call needs — count it against its limits, record it in its flow — go to the store as one
+batch (:meth:`StateStore.apply`, a list of :data:`StateOp`): one transaction (SQLite: one ``BEGIN
+IMMEDIATE … COMMIT``; PostgreSQL: one transaction, its locks taken together in ascending order). The ops
+run in order; the first one that is *refused* (an :class:`Admission` that is not admitted, a
+:class:`FlowFull`) ends the batch and rolls the whole transaction back, so an op before it leaves no trace
+— all or nothing, the same across processes as a single op. The answer (:class:`Applied`) holds one
+result per op that ran. Each single-op method is that op alone. Taking a committed batch back (the call
+was not forwarded after all) is again one batch: :func:`undo_ops` of its results, newest first.
+
 Bounded size: at most :attr:`FlowBounds.history` calls and :attr:`FlowBounds.labels` distinct labels per
 flow, at most :attr:`FlowBounds.per_principal` live flows per principal. A call that would exceed a
 bound is not recorded: :meth:`StateStore.record_call` answers :class:`FlowFull` (the caller denies).
@@ -62,8 +73,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+import structlog
+
+from mcp_guard.errors import StateError
+
 __all__ = [
     "Admission",
+    "Admit",
+    "Applied",
     "Bucket",
     "Flow",
     "FlowBounds",
@@ -73,12 +90,23 @@ __all__ = [
     "FlowTicket",
     "LabelOrigin",
     "Limit",
+    "OpFailed",
+    "OpResult",
+    "Record",
+    "Release",
+    "StateOp",
     "StateStore",
     "Ticket",
+    "Unrecord",
+    "apply_in_turn",
     "buckets_of",
+    "is_refusal",
     "retry_after",
+    "undo_ops",
     "whole_seconds",
 ]
+
+log = structlog.get_logger("mcp_guard.state")
 
 Bucket = tuple[str, float]
 """A counter's name: ``(key, window_s)``."""
@@ -238,6 +266,80 @@ class FlowFull:
     reason: str
 
 
+# ---------------------------------------------------------------------- batches
+@dataclass(frozen=True, slots=True)
+class Admit:
+    """:meth:`StateStore.admit` as an op of a batch; refused when a limit is full."""
+
+    limits: tuple[Limit, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Release:
+    """:meth:`StateStore.release` as an op of a batch."""
+
+    ticket: Ticket
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """:meth:`StateStore.record_call` as an op of a batch; refused when the flow is full."""
+
+    ref: FlowRef
+    call: FlowCall
+
+
+@dataclass(frozen=True, slots=True)
+class Unrecord:
+    """:meth:`StateStore.unrecord_call` as an op of a batch."""
+
+    ticket: FlowTicket
+
+
+StateOp = Admit | Release | Record | Unrecord
+"""One write of a batch (:meth:`StateStore.apply`). A new kind of shared state adds its op here and to each backend."""
+
+OpResult = Admission | FlowTicket | FlowFull | None
+"""What an op answered: ``Admit`` an :class:`Admission`; ``Record`` a :class:`FlowTicket` or :class:`FlowFull`;
+``Release`` and ``Unrecord`` None."""
+
+
+class OpFailed(StateError):
+    """The StateError of :meth:`StateStore.apply` when the backend knows which op failed: ``at``, its index."""
+
+    def __init__(self, message: str, *, cause: str, at: int) -> None:
+        super().__init__(message, cause=cause)
+        self.at = at
+
+
+def is_refusal(result: OpResult) -> bool:
+    """Whether an op's answer ends its batch (and rolls it back): a full limit, a full flow."""
+    return isinstance(result, FlowFull) or (isinstance(result, Admission) and not result.admitted)
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """The answer of :meth:`StateStore.apply`: one result per op that ran, in order. When the last is a refusal
+    (:attr:`committed` is False) the ops after it did not run and nothing of the batch was kept."""
+
+    results: tuple[OpResult, ...]
+
+    @property
+    def committed(self) -> bool:
+        return not (self.results and is_refusal(self.results[-1]))
+
+
+def undo_ops(results: Sequence[OpResult]) -> list[StateOp]:
+    """The batch that takes back the committed ops behind ``results``: their inverses, newest first."""
+    undo: list[StateOp] = []
+    for result in reversed(results):
+        if isinstance(result, Admission) and result.ticket is not None:
+            undo.append(Release(result.ticket))
+        elif isinstance(result, FlowTicket):
+            undo.append(Unrecord(result))
+    return undo
+
+
 class StateStore(Protocol):
     """The shared state of a deployment (see the module docstring). Every method may raise StateError."""
 
@@ -265,7 +367,55 @@ class StateStore(Protocol):
         """Take a recorded call back: its history entry, and one count of each of its labels."""
         ...
 
+    async def apply(self, ops: Sequence[StateOp]) -> Applied:
+        """Run ``ops`` in order as one transaction; the first refusal ends it and rolls every op back (see Batches).
+
+        On StateError nothing of the batch is kept (but for PostgreSQL's lost-COMMIT case, see its module)."""
+        ...
+
     async def aclose(self) -> None: ...
+
+
+async def apply_in_turn(store: StateStore, ops: Sequence[StateOp]) -> Applied:
+    """:meth:`StateStore.apply` built from the single-op methods: each op its own transaction, and a refusal takes
+    back the ops before it (:func:`undo_ops`) — the path the obligations took before batches. The in-memory store
+    answers ``apply`` this way (one process, one loop: the end state is the batch's); ``bench/ablate.py
+    per-op-state`` puts it back on SQLite to measure the batch against it.
+
+    An op that fails raises :class:`OpFailed` naming it (the ops before it are taken back first); a take-back
+    that fails is logged and leaves its op applied, as the obligations' undo always did (stricter, never looser)."""
+    results: list[OpResult] = []
+    for at, op in enumerate(ops):
+        try:
+            result = await _apply_one(store, op)
+        except StateError as e:
+            await _take_back_in_turn(store, results)
+            raise OpFailed(str(e), cause=e.cause, at=at) from e
+        results.append(result)
+        if is_refusal(result):
+            await _take_back_in_turn(store, results[:-1])
+            break
+    return Applied(tuple(results))
+
+
+async def _take_back_in_turn(store: StateStore, results: Sequence[OpResult]) -> None:
+    for undo in undo_ops(results):
+        try:
+            await _apply_one(store, undo)
+        except StateError as e:
+            log.warning("state.not_taken_back", op=type(undo).__name__, error=str(e))
+
+
+async def _apply_one(store: StateStore, op: StateOp) -> OpResult:
+    if isinstance(op, Admit):
+        return await store.admit(op.limits)
+    if isinstance(op, Record):
+        return await store.record_call(op.ref, op.call)
+    if isinstance(op, Release):
+        await store.release(op.ticket)
+        return None
+    await store.unrecord_call(op.ticket)
+    return None
 
 
 def buckets_of(limits: Sequence[Limit]) -> dict[Bucket, int]:

@@ -2,7 +2,9 @@
 
 The same semantics as the SQLite store (exact sliding logs, all-or-nothing admission; flows with
 counted labels, a bounded history and an idle TTL), kept in dicts.
-Each method runs without awaiting between reading and writing, so on one event loop it is atomic. It
+Each method runs without awaiting between reading and writing, so on one event loop it is atomic; a batch
+(:meth:`MemoryState.apply`) runs op by op and takes back the ops before a refusal, which ends in the same
+state as the other backends' one transaction (another task may see the batch half done meanwhile). It
 is not shared between processes: ``mcp-guard run`` always uses :func:`mcp_guard.state.open_state`.
 """
 
@@ -18,6 +20,7 @@ import anyio
 from mcp_guard.state.base import (
     PURGE_EVERY_S,
     Admission,
+    Applied,
     Bucket,
     Flow,
     FlowBounds,
@@ -27,7 +30,9 @@ from mcp_guard.state.base import (
     FlowTicket,
     LabelOrigin,
     Limit,
+    StateOp,
     Ticket,
+    apply_in_turn,
     buckets_of,
     flow_expired,
     retry_after,
@@ -89,6 +94,10 @@ class MemoryState:
             bisect.insort(hits, (now, hit))
             self._hits[bucket] = hits
         return Admission(True, {b: len(h) for b, h in live.items()}, ticket=Ticket(hit, now, tuple(live)))
+
+    async def apply(self, ops: Sequence[StateOp]) -> Applied:
+        """Op by op, a refusal taking back the ops before it (:func:`~mcp_guard.state.base.apply_in_turn`)."""
+        return await apply_in_turn(self, ops)
 
     async def release(self, ticket: Ticket) -> None:
         await anyio.lowlevel.checkpoint()

@@ -53,6 +53,8 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from functools import partial
 from typing import Any, TypeVar
 
 import anyio
@@ -64,6 +66,8 @@ from mcp_guard.errors import StateError
 from mcp_guard.state.base import (
     PURGE_EVERY_S,
     Admission,
+    Admit,
+    Applied,
     Bucket,
     Flow,
     FlowBounds,
@@ -73,9 +77,16 @@ from mcp_guard.state.base import (
     FlowTicket,
     LabelOrigin,
     Limit,
+    OpResult,
+    Record,
+    Release,
+    StateOp,
     Ticket,
+    Unrecord,
+    apply_in_turn,
     buckets_of,
     flow_expired,
+    is_refusal,
     retry_after,
     take_back_label,
     too_many_flows,
@@ -319,46 +330,37 @@ class PostgresState:
 
     # ------------------------------------------------------------------ counters
     async def admit(self, limits: Sequence[Limit]) -> Admission:
+        params, buckets, hit = self._admit_params(limits, locks=True)
+
+        async def op(conn: Conn) -> Admission:
+            rows = await (await conn.execute(_ADMIT, params)).fetchall()  # one statement: one round trip
+            return _admission(rows, limits, buckets, hit)
+
+        if not buckets:
+            return Admission(True, {}, ticket=Ticket(new_id(), 0.0, ()))
+        return await self._run(op, "count this call")
+
+    def _admit_params(self, limits: Sequence[Limit], *, locks: bool) -> tuple[dict[str, Any], list[Bucket], str]:
+        """The parameters of ``mcp_guard_admit`` (``locks``: let it take the buckets' locks — not in a batch, which
+        holds them already), the buckets in their order, and the new hit's id."""
         tightest = buckets_of(limits)
         buckets = list(tightest)
         hit = new_id()
         params = {
-            "locks": sorted({lock_key("rate", *b) for b in buckets}),  # ascending: no lock cycles
+            "locks": sorted({lock_key("rate", *b) for b in buckets}) if locks else [],  # ascending: no lock cycles
             "keys": [k for k, _ in buckets],
             "windows": [w for _, w in buckets],
             "limits": list(tightest.values()),
             "hit": hit,
             "now": self._now(),
         }
-
-        async def op(conn: Conn) -> Admission:
-            rows = await (await conn.execute(_ADMIT, params)).fetchall()  # one statement: one round trip
-            found = {(str(r[0]), float(r[1])): r for r in rows}
-            now = float(rows[0][2])
-            if rows[0][5]:  # counted in every bucket
-                usage = {b: int(found[b][3]) + 1 for b in buckets}
-                return Admission(True, usage, ticket=Ticket(hit, now, tuple(buckets)))
-            counts = {b: int(found[b][3]) for b in buckets}
-            full = tuple(lim for lim in limits if counts[lim.bucket] >= lim.limit)
-            wait = max(retry_after(float(found[f.bucket][4] or 0.0), f.window_s, now) for f in full)
-            return Admission(False, counts, full, wait)
-
-        if not buckets:
-            return Admission(True, {}, ticket=Ticket(new_id(), 0.0, ()))
-        return await self._run(op, "count this call")
+        return params, buckets, hit
 
     async def release(self, ticket: Ticket) -> None:
-        params = {
-            "keys": [k for k, _ in ticket.buckets],
-            "windows": [w for _, w in ticket.buckets],
-            "ts": ticket.ts,
-            "hit": ticket.hit,
-        }
-
         async def op(conn: Conn) -> None:
             # Under the buckets' locks: an admission computing a count must not overwrite this decrement.
             locks = _locks(lock_key("rate", *b) for b in ticket.buckets)
-            await _script(conn, [(_BEGIN_ASYNC_COMMIT, None), *locks, (_RELEASE, params), ("COMMIT", None)])
+            await _script(conn, [(_BEGIN_ASYNC_COMMIT, None), *locks, *_release(Release(ticket)), ("COMMIT", None)])
 
         if ticket.buckets:
             await self._run(op, "take back a counted call")
@@ -388,39 +390,62 @@ class PostgresState:
         return await self._run(op, "read the flow")
 
     async def record_call(self, ref: FlowRef, call: FlowCall) -> FlowTicket | FlowFull:
-        bounds = self.bounds
-        labels = list(dict.fromkeys(call.labels))
-        params: dict[str, Any] = {"now": self._now(), "id": ref.id, "principal": ref.principal, "idle": bounds.idle_s}
-
         async def op(conn: Conn) -> FlowTicket | FlowFull:
             locks = _locks([lock_key("principal", ref.principal), lock_key("flow", ref.id)])
-            [*_, rows] = await _script(conn, [("BEGIN", None), *locks, (_RECORD_READ, params)])  # round trip 1
-            row = rows[0]  # the LEFT JOIN from `now` always yields one row
-            now = float(row[0])
-            fresh = row[1] is None or flow_expired(float(row[2]), now, bounds)
-            if fresh:
-                generation, n, present = new_id(), 0, set[str]()
-                full = too_many_flows(ref.principal, int(row[4] or 0), bounds)
-            else:
-                generation, n, present = str(row[1]), int(row[3]), {str(x) for x in row[5]}
-                full = None
-            full = full or too_many_labels(len(present), len(set(labels) - present), bounds)
-            if full is not None:
+            [*_, rows] = await _script(conn, [("BEGIN", None), *locks, self._record_read(ref)])  # round trip 1
+            result, writes = self._record_decide(ref, call, rows)
+            if isinstance(result, FlowFull):
                 await conn.execute("COMMIT")
-                return full
-            writes = self._call_writes(ref, call, labels, now=now, generation=generation, n=n, fresh=fresh)
-            results = await _script(conn, [*writes, ("COMMIT", None)])  # round trip 2
-            if len(writes) > 0 and writes[-1][0] == _PURGE and len(results[-2]) >= _PURGE_BATCH:
-                self._purged = 0.0  # a backlog: purge again at the next write, so it drains faster than it grows
-            return FlowTicket(ref.id, generation, call)
+                return result
+            purge = self._purge_due(float(rows[0][0]))
+            results = await _script(conn, [*writes, *purge, ("COMMIT", None)])  # round trip 2
+            if purge:
+                self._purged_batch(results[-2])
+            return result
 
         return await self._run(op, "record the call in its flow")
+
+    def _record_read(self, ref: FlowRef) -> _Statement:
+        params = {"now": self._now(), "id": ref.id, "principal": ref.principal, "idle": self.bounds.idle_s}
+        return (_RECORD_READ, params)
+
+    def _record_decide(
+        self, ref: FlowRef, call: FlowCall, rows: list[tuple[Any, ...]]
+    ) -> tuple[FlowTicket | FlowFull, list[_Statement]]:
+        """From the rows of :data:`_RECORD_READ` (read under the flow's and principal's locks): the ticket and the
+        writes recording ``call``, or why the flow cannot take it."""
+        bounds = self.bounds
+        labels = list(dict.fromkeys(call.labels))
+        row = rows[0]  # the LEFT JOIN from `now` always yields one row
+        now = float(row[0])
+        fresh = row[1] is None or flow_expired(float(row[2]), now, bounds)
+        if fresh:
+            generation, n, present = new_id(), 0, set[str]()
+            full = too_many_flows(ref.principal, int(row[4] or 0), bounds)
+        else:
+            generation, n, present = str(row[1]), int(row[3]), {str(x) for x in row[5]}
+            full = None
+        full = full or too_many_labels(len(present), len(set(labels) - present), bounds)
+        if full is not None:
+            return full, []
+        writes = self._call_writes(ref, call, labels, now=now, generation=generation, n=n, fresh=fresh)
+        return FlowTicket(ref.id, generation, call), writes
+
+    def _purge_due(self, now: float) -> list[_Statement]:
+        """The purge of expired flows, when one is due (at most every PURGE_EVERY_S seconds per replica)."""
+        if now - self._purged < PURGE_EVERY_S:
+            return []
+        self._purged = now
+        return [(_PURGE, {"before": now - self.bounds.idle_s, "batch": _PURGE_BATCH})]
+
+    def _purged_batch(self, deleted: list[tuple[Any, ...]]) -> None:
+        if len(deleted) >= _PURGE_BATCH:
+            self._purged = 0.0  # a backlog: purge again at the next write, so it drains faster than it grows
 
     def _call_writes(
         self, ref: FlowRef, call: FlowCall, labels: list[str], *, now: float, generation: str, n: int, fresh: bool
     ) -> list[_Statement]:
-        """The writes of a recorded call, and — when one is due — the purge of expired flows, last (its rows,
-        the ids it deleted, tell whether a backlog remains)."""
+        """The writes of a recorded call."""
         writes: list[_Statement] = []
         if fresh:  # an expired flow's rows go (cascading to its labels and calls); a fresh one starts
             writes.append(("DELETE FROM flows WHERE id = %(id)s", {"id": ref.id}))
@@ -441,43 +466,171 @@ class PostgresState:
         if labels:
             origin = json.dumps(LabelOrigin.of(call).to_policy())
             writes.append((_ADD_LABELS, {"id": ref.id, "origin": origin, "labels": labels}))
-        if now - self._purged >= PURGE_EVERY_S:
-            self._purged = now
-            writes.append((_PURGE, {"before": now - self.bounds.idle_s, "batch": _PURGE_BATCH}))
         return writes
 
     async def unrecord_call(self, ticket: FlowTicket) -> None:
-        gone = ticket.call.decision_id
-        labels = list(dict.fromkeys(ticket.call.labels))
-
         async def op(conn: Conn) -> None:
-            key = {"id": ticket.flow_id, "gone": gone, "labels": labels}
-            *_, gen, have, hist = await _script(  # round trip 1
-                conn,
-                [
-                    ("BEGIN", None),
-                    *_locks([lock_key("flow", ticket.flow_id)]),
-                    ("SELECT generation FROM flows WHERE id = %(id)s", key),
-                    (
-                        "SELECT label, n, origin, latest FROM flow_labels"
-                        " WHERE flow_id = %(id)s AND label = ANY(%(labels)s::text[])",
-                        key,
-                    ),
-                    ("SELECT call FROM flow_calls WHERE flow_id = %(id)s AND decision_id <> %(gone)s ORDER BY n", key),
-                ],
-            )
-            if not gen or gen[0][0] != ticket.generation:
-                await conn.execute("COMMIT")
-                return
-            history = [FlowCall.from_json(json.loads(r[0])) for r in hist]
-            writes: list[_Statement] = [
-                ("DELETE FROM flow_calls WHERE flow_id = %(id)s AND decision_id = %(gone)s", key)
-            ]
-            for label, n, origin, latest in have:
-                writes.append(_take_back(ticket.flow_id, str(label), int(n), origin, latest, gone, history))
-            await _script(conn, [*writes, ("COMMIT", None)])  # round trip 2
+            locks = _locks([lock_key("flow", ticket.flow_id)])
+            *_, gen, have, hist = await _script(conn, [("BEGIN", None), *locks, *_unrecord_reads(ticket)])  # trip 1
+            await _script(conn, [*_unrecord_writes(ticket, gen, have, hist), ("COMMIT", None)])  # round trip 2
 
         await self._run(op, "take a call back from its flow")
+
+    # ------------------------------------------------------------------ batches
+    async def apply(self, ops: Sequence[StateOp]) -> Applied:
+        """``ops`` as one transaction: round trip 1 begins it, takes every op's advisory locks together (ascending,
+        so batches and single ops never wait in a cycle) and runs every op's reads — the admission runs whole,
+        its hits inserted; round trip 2 sends every op's writes and COMMIT, or ROLLBACK at the first refusal.
+        The transaction commits synchronously when it records a flow (flows are never committed
+        asynchronously), else asynchronously like the counters.
+
+        One op is its single-op method (one transaction already). Ops that touch the same flow or bucket (no
+        pipeline batch does) cannot be read all first: they run in turn (:func:`apply_in_turn`)."""
+        if len(ops) <= 1 or _overlapping(ops):
+            return await apply_in_turn(self, ops)
+        return await self._run(partial(self._batch, ops), _what(ops))
+
+    async def _batch(self, ops: Sequence[StateOp], conn: Conn) -> Applied:
+        plan = [self._plan(op) for op in ops]
+        flows = any(isinstance(op, Record | Unrecord) for op in ops)
+        reads: list[_Statement] = [("BEGIN", None), *_locks(k for p in plan for k in p.locks)]
+        if not flows:
+            reads.append(("SET LOCAL synchronous_commit = off", None))  # counters only: their durability trade
+        starts = []
+        for p in plan:
+            starts.append(len(reads))
+            reads += p.reads
+        if flows:  # after mcp_guard_admit, which turns it off for its transaction: flows commit synchronously
+            reads.append(("SET LOCAL synchronous_commit = on", None))
+        got = await _script(conn, reads)  # round trip 1
+        results: list[OpResult] = []
+        writes: list[_Statement] = []
+        now: float | None = None
+        for p, at in zip(plan, starts, strict=True):
+            rows = got[at : at + len(p.reads)]
+            result, own = p.decide(rows)
+            results.append(result)
+            if is_refusal(result):
+                await conn.execute("ROLLBACK")  # round trip 2: nothing of the batch is kept
+                return Applied(tuple(results))
+            writes += own
+            if p.clocked and now is None:
+                now = float(rows[0][0][0])
+        purge = self._purge_due(now) if now is not None else []
+        done = await _script(conn, [*writes, *purge, ("COMMIT", None)])  # round trip 2
+        if purge:
+            self._purged_batch(done[-2])
+        return Applied(tuple(results))
+
+    def _plan(self, op: StateOp) -> _Plan:
+        """An op's locks, its reads (round trip 1), and how its result and writes follow from what they returned."""
+        if isinstance(op, Admit):
+            params, buckets, hit = self._admit_params(op.limits, locks=False)
+            if not buckets:
+                return _Plan((), (), lambda _rows: (Admission(True, {}, ticket=Ticket(new_id(), 0.0, ())), []))
+            return _Plan(
+                tuple(lock_key("rate", *b) for b in buckets),
+                ((_ADMIT, params),),
+                lambda rows: (_admission(rows[0], op.limits, buckets, hit), []),
+            )
+        if isinstance(op, Release):
+            return _Plan(tuple(lock_key("rate", *b) for b in op.ticket.buckets), (), lambda _r: (None, _release(op)))
+        if isinstance(op, Record):
+            ref, call = op.ref, op.call
+            return _Plan(
+                (lock_key("principal", ref.principal), lock_key("flow", ref.id)),
+                (self._record_read(ref),),
+                lambda rows: self._record_decide(ref, call, rows[0]),
+                clocked=True,
+            )
+        ticket = op.ticket
+        return _Plan(
+            (lock_key("flow", ticket.flow_id),),
+            _unrecord_reads(ticket),
+            lambda rows: (None, _unrecord_writes(ticket, *rows)),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """One op of a batch: its lock keys, its reads, and ``decide(rows of each read) → (result, writes)``.
+    ``clocked``: its first read's first column is the database's now (a record's)."""
+
+    locks: tuple[int, ...]
+    reads: tuple[_Statement, ...]
+    decide: Callable[[list[list[tuple[Any, ...]]]], tuple[OpResult, list[_Statement]]]
+    clocked: bool = False
+
+
+def _overlapping(ops: Sequence[StateOp]) -> bool:
+    """Whether two ops touch the same flow or bucket (then one's reads would miss the other's writes)."""
+    seen: set[object] = set()
+    for op in ops:
+        if isinstance(op, Admit):
+            touched: set[object] = {("rate", b) for b in buckets_of(op.limits)}
+        elif isinstance(op, Release):
+            touched = {("rate", b) for b in op.ticket.buckets}
+        else:
+            touched = {("flow", op.ref.id if isinstance(op, Record) else op.ticket.flow_id)}
+        if touched & seen:
+            return True
+        seen |= touched
+    return False
+
+
+def _what(ops: Sequence[StateOp]) -> str:
+    names = {Admit: "count this call", Release: "take back a counted call", Record: "record the call in its flow"}
+    return " and ".join(dict.fromkeys(names.get(type(op), "take a call back from its flow") for op in ops))
+
+
+def _admission(rows: list[tuple[Any, ...]], limits: Sequence[Limit], buckets: list[Bucket], hit: str) -> Admission:
+    """The answer of ``mcp_guard_admit`` (one row per bucket) as an :class:`Admission`."""
+    found = {(str(r[0]), float(r[1])): r for r in rows}
+    now = float(rows[0][2])
+    if rows[0][5]:  # counted in every bucket
+        usage = {b: int(found[b][3]) + 1 for b in buckets}
+        return Admission(True, usage, ticket=Ticket(hit, now, tuple(buckets)))
+    counts = {b: int(found[b][3]) for b in buckets}
+    full = tuple(lim for lim in limits if counts[lim.bucket] >= lim.limit)
+    wait = max(retry_after(float(found[f.bucket][4] or 0.0), f.window_s, now) for f in full)
+    return Admission(False, counts, full, wait)
+
+
+def _release(op: Release) -> list[_Statement]:
+    t = op.ticket
+    if not t.buckets:
+        return []
+    params = {"keys": [k for k, _ in t.buckets], "windows": [w for _, w in t.buckets], "ts": t.ts, "hit": t.hit}
+    return [(_RELEASE, params)]
+
+
+def _unrecord_reads(ticket: FlowTicket) -> tuple[_Statement, ...]:
+    """Under the flow's lock: its generation, the call's labels as stored, the rest of its history."""
+    key = {"id": ticket.flow_id, "gone": ticket.call.decision_id, "labels": list(dict.fromkeys(ticket.call.labels))}
+    return (
+        ("SELECT generation FROM flows WHERE id = %(id)s", key),
+        (
+            "SELECT label, n, origin, latest FROM flow_labels"
+            " WHERE flow_id = %(id)s AND label = ANY(%(labels)s::text[])",
+            key,
+        ),
+        ("SELECT call FROM flow_calls WHERE flow_id = %(id)s AND decision_id <> %(gone)s ORDER BY n", key),
+    )
+
+
+def _unrecord_writes(
+    ticket: FlowTicket, gen: list[tuple[Any, ...]], have: list[tuple[Any, ...]], hist: list[tuple[Any, ...]]
+) -> list[_Statement]:
+    """The writes taking the call back (none when the flow has since expired and started again)."""
+    if not gen or gen[0][0] != ticket.generation:
+        return []
+    gone = ticket.call.decision_id
+    history = [FlowCall.from_json(json.loads(r[0])) for r in hist]
+    key = {"id": ticket.flow_id, "gone": gone}
+    writes: list[_Statement] = [("DELETE FROM flow_calls WHERE flow_id = %(id)s AND decision_id = %(gone)s", key)]
+    for label, n, origin, latest in have:
+        writes.append(_take_back(ticket.flow_id, str(label), int(n), origin, latest, gone, history))
+    return writes
 
 
 def _take_back(

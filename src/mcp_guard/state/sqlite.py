@@ -10,15 +10,19 @@ Tables beside the tool pins (:mod:`mcp_guard.pins.store`), in the same WAL-mode 
     flow_calls  (flow_id, n, decision_id, call)             the history, at most FlowBounds.history rows
 
 ``rate_counts`` makes the admission check O(1) whatever the limit (a bucket of 10⁶ allowed hits is not
-scanned per call); expired hits are deleted as the bucket is next used, so pruning is amortised O(1).
-A flow costs one indexed read (:meth:`SQLiteState.flow`) and one small write per recorded call; rows of
-expired flows are deleted in batches by the writes (at most every ``PURGE_EVERY_S`` seconds). The read
-is usually served from memory: :class:`_FlowCache` keeps the flows this store read or wrote, exact
-because ``PRAGMA data_version`` tells when any other connection has committed (then it starts over).
+scanned per call); expired hits are deleted as the bucket is next used (only when its one read finds
+some), so pruning is amortised O(1). A flow costs one indexed read (:meth:`SQLiteState.flow`) and one
+small write per recorded call; rows of expired flows are deleted in batches by the writes (at most every
+``PURGE_EVERY_S`` seconds). The read is usually served from memory: :class:`_FlowCache` keeps the flows
+this store read or wrote, exact because ``PRAGMA data_version`` tells when any other connection has
+committed (then it starts over). Recording a call of a cached flow reads nothing either: the check is
+made under the write lock, where no one else can commit.
 
-Safety with several processes: every write (:meth:`SQLiteState.admit`, :meth:`SQLiteState.release`) is
-one ``BEGIN IMMEDIATE`` transaction — the file's write lock is taken before the first read, so two
-processes can never both see room for the last slot. Reads (:meth:`SQLiteState.usage`) are one
+Safety with several processes: every write is one ``BEGIN IMMEDIATE`` transaction — a batch
+(:meth:`SQLiteState.apply`: a call's flow record and rate-limit admission together, rolled back whole at
+the first refusal) or a single op (each of :meth:`SQLiteState.admit`, :meth:`SQLiteState.record_call`, …
+is a batch of one). The file's write lock is taken before the first read, so two processes can never
+both see room for the last slot. Reads (:meth:`SQLiteState.usage`) are one
 snapshot. Before each operation the store checks that the path still names the file it has open
 (device and inode): if the file was replaced or removed it re-opens it, so every process counts in the
 same file, and a path that can no longer be opened (made a directory, unreadable) is an error rather
@@ -27,7 +31,8 @@ than a silent private copy.
 Inline first, a worker thread when it would wait. Each operation is one small function over the store's
 one connection, under a lock. It first runs **on the event loop** with SQLite's ``busy_timeout`` at 0: an
 uncontended transaction on a WAL file takes tens of microseconds, far less than the hop to a worker
-thread and back that it used to pay (four per governed call). Whenever it would have to *wait* — another
+thread and back that it used to pay (four per governed call then; two now: the flow read and the batch).
+Whenever it would have to *wait* — another
 process holds the file's write lock (``SQLITE_BUSY``), an operation of this store is still running in a
 thread, the connection must be (re-)opened, or a WAL checkpoint is due — it runs instead in a worker
 thread (``anyio.to_thread``), bounded by ``timeout_s``: the wait for the lock, SQLite's busy timeout and
@@ -55,8 +60,9 @@ import sqlite3
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TypeVar
 
@@ -67,6 +73,8 @@ from mcp_guard.errors import StateError
 from mcp_guard.state.base import (
     PURGE_EVERY_S,
     Admission,
+    Admit,
+    Applied,
     Bucket,
     Flow,
     FlowBounds,
@@ -76,9 +84,15 @@ from mcp_guard.state.base import (
     FlowTicket,
     LabelOrigin,
     Limit,
+    OpResult,
+    Record,
+    Release,
+    StateOp,
     Ticket,
+    Unrecord,
     buckets_of,
     flow_expired,
+    is_refusal,
     retry_after,
     take_back_label,
     too_many_flows,
@@ -130,10 +144,12 @@ class _Expired(Exception):
 
 @dataclass(frozen=True, slots=True)
 class _CachedFlow:
-    """A flow as this store last read or wrote it: its row's generation and ``seen``, each history call's ``n``."""
+    """A flow as this store last read or wrote it: its row's generation, ``seen`` and ``next_n``, each history
+    call's ``n``."""
 
     generation: str
     seen: float
+    next_n: int
     ns: tuple[int, ...]
     flow: Flow
 
@@ -145,7 +161,19 @@ class _CachedFlow:
         for label in call.labels:
             labels.setdefault(label, LabelOrigin.of(call))
         history = tuple(c for _, c in pairs)
-        return _CachedFlow(self.generation, now, tuple(i for i, _ in pairs), Flow(self.flow.id, labels, history))
+        ns = tuple(i for i, _ in pairs)
+        return _CachedFlow(self.generation, now, n + 1, ns, Flow(self.flow.id, labels, history))
+
+
+@dataclass(frozen=True, slots=True)
+class _Known:
+    """What recording a call must know of its flow: generation, next call number, present label names, and the
+    whole flow when it is known exactly (cached, or fresh) — then no read is needed and the cache stays warm."""
+
+    generation: str
+    next_n: int
+    present: Collection[str]
+    whole: _CachedFlow | None
 
 
 class _FlowCache:
@@ -340,47 +368,59 @@ class SQLiteState:
         cause = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
         return StateError(f"the state store {self.path} cannot {what}: {e}", cause=cause)
 
-    # ------------------------------------------------------------------ counters
-    async def admit(self, limits: Sequence[Limit]) -> Admission:
-        tightest = buckets_of(limits)
+    # ------------------------------------------------------------------ writes: one batch, one transaction
+    async def apply(self, ops: Sequence[StateOp]) -> Applied:
+        """``ops`` in one ``BEGIN IMMEDIATE`` transaction, in order; the first refusal rolls it all back.
 
-        def op(db: sqlite3.Connection, deadline: float) -> Admission:
-            with _immediate(db, deadline):
+        The clock is read once, under the write lock. Flow-cache updates wait for the COMMIT (a rolled-back
+        batch leaves the cache as the file is). An error rolls back too (StateError: nothing was kept)."""
+        if not ops:
+            return Applied(())
+
+        def op(db: sqlite3.Connection, deadline: float) -> Applied:
+            results: list[OpResult] = []
+            committed: list[Callable[[], None]] = []  # cache updates, run once the batch has committed
+            with _immediate(db, deadline) as tx:
                 now = self._clock()  # read under the write lock: hit times follow commit order
-                counts = {b: _prune(db, b, now) for b in tightest}
-                full = tuple(lim for lim in limits if counts[lim.bucket] >= lim.limit)
-                if full:
-                    wait = max(
-                        retry_after(_nth_oldest(db, f.bucket, counts[f.bucket] - f.limit), f.window_s, now)
-                        for f in full
-                    )
-                    return Admission(False, counts, full, wait)
-                hit = new_id()
-                for (key, window_s), n in counts.items():
-                    db.execute(
-                        "INSERT INTO rate_hits (key, window_s, ts, hit) VALUES (?, ?, ?, ?)", (key, window_s, now, hit)
-                    )
-                    _set_count(db, (key, window_s), n + 1)
-                return Admission(True, {b: n + 1 for b, n in counts.items()}, ticket=Ticket(hit, now, tuple(tightest)))
+                for one in ops:
+                    results.append(self._op(db, one, now, committed))
+                    if is_refusal(results[-1]):
+                        tx.roll_back()
+                        return Applied(tuple(results))
+            for update in committed:
+                update()
+            return Applied(tuple(results))
 
-        return await self._run(op, "count this call")
+        return await self._run(op, _what(ops))
+
+    def _op(self, db: sqlite3.Connection, op: StateOp, now: float, committed: list[Callable[[], None]]) -> OpResult:
+        if isinstance(op, Admit):
+            return _admit(db, op.limits, now)
+        if isinstance(op, Record):
+            return self._record(db, op.ref, op.call, now, committed)
+        if isinstance(op, Release):
+            _release(db, op.ticket)
+            return None
+        self._unrecord(db, op.ticket)
+        return None
+
+    async def admit(self, limits: Sequence[Limit]) -> Admission:
+        result = (await self.apply([Admit(tuple(limits))])).results[0]
+        assert isinstance(result, Admission)
+        return result
 
     async def release(self, ticket: Ticket) -> None:
-        def op(db: sqlite3.Connection, deadline: float) -> None:
-            with _immediate(db, deadline):
-                for key, window_s in ticket.buckets:
-                    cur = db.execute(
-                        "DELETE FROM rate_hits WHERE key=? AND window_s=? AND ts=? AND hit=?",
-                        (key, window_s, ticket.ts, ticket.hit),
-                    )
-                    if cur.rowcount:
-                        db.execute(
-                            "UPDATE rate_counts SET n = max(n - ?, 0) WHERE key=? AND window_s=?",
-                            (cur.rowcount, key, window_s),
-                        )
+        await self.apply([Release(ticket)])
 
-        await self._run(op, "take back a counted call")
+    async def record_call(self, ref: FlowRef, call: FlowCall) -> FlowTicket | FlowFull:
+        result = (await self.apply([Record(ref, call)])).results[0]
+        assert isinstance(result, FlowTicket | FlowFull)
+        return result
 
+    async def unrecord_call(self, ticket: FlowTicket) -> None:
+        await self.apply([Unrecord(ticket)])
+
+    # ------------------------------------------------------------------ reads
     async def usage(self, buckets: Sequence[Bucket]) -> dict[Bucket, int]:
         def op(db: sqlite3.Connection, _deadline: float) -> dict[Bucket, int]:
             db.execute("BEGIN")  # one read snapshot for every bucket
@@ -392,7 +432,6 @@ class SQLiteState:
 
         return await self._run(op, "read usage")
 
-    # ------------------------------------------------------------------ flows
     async def flow(self, flow_id: str) -> Flow:
         def op(db: sqlite3.Connection, _deadline: float) -> Flow:
             cached = self._flows.get(db, flow_id)
@@ -401,7 +440,7 @@ class SQLiteState:
                 return Flow(flow_id) if flow_expired(cached.seen, self._clock(), self.bounds) else cached.flow
             db.execute("BEGIN")  # one read snapshot
             try:
-                row = db.execute("SELECT generation, seen FROM flows WHERE id=?", (flow_id,)).fetchone()
+                row = db.execute("SELECT generation, seen, next_n FROM flows WHERE id=?", (flow_id,)).fetchone()
                 if row is None or flow_expired(float(row[1]), self._clock(), self.bounds):
                     return Flow(flow_id)
                 labels = {
@@ -412,109 +451,118 @@ class SQLiteState:
                 }
                 ns, history = _history_with_ns(db, flow_id)
                 flow = Flow(flow_id, labels, history)
-                self._flows.put(flow_id, _CachedFlow(str(row[0]), float(row[1]), ns, flow))
+                self._flows.put(flow_id, _CachedFlow(str(row[0]), float(row[1]), int(row[2]), ns, flow))
                 return flow
             finally:
                 db.execute("COMMIT")
 
         return await self._run(op, "read the flow")
 
-    async def record_call(self, ref: FlowRef, call: FlowCall) -> FlowTicket | FlowFull:
+    # ------------------------------------------------------------------ the ops (inside the batch's transaction)
+    def _record(
+        self, db: sqlite3.Connection, ref: FlowRef, call: FlowCall, now: float, committed: list[Callable[[], None]]
+    ) -> FlowTicket | FlowFull:
+        """Record ``call`` in its flow. Under the write lock the flow cache is exact (no other connection can
+        commit; ``data_version`` says whether one did since), so a cached live flow needs no read at all."""
         bounds = self.bounds
-
-        def op(db: sqlite3.Connection, deadline: float) -> FlowTicket | FlowFull:
-            cached = self._flows.get(db, ref.id)  # inside the lock, before the write: current or None
-            with _immediate(db, deadline):
-                now = self._clock()
-                self._purge(db, now)
-                row = db.execute("SELECT generation, seen, next_n FROM flows WHERE id=?", (ref.id,)).fetchone()
-                if row is None or flow_expired(float(row[1]), now, bounds):
-                    _delete_flows(db, [ref.id])
-                    live = db.execute(
-                        "SELECT count(*) FROM flows WHERE principal=? AND seen > ?",
-                        (ref.principal, now - bounds.idle_s),
-                    ).fetchone()[0]
-                    full = too_many_flows(ref.principal, int(live), bounds)
-                    if full is not None:
-                        return full
-                    generation, n, present = new_id(), 0, set[str]()
-                    cached = _CachedFlow(generation, now, (), Flow(ref.id))  # a fresh flow: fully known
-                else:
-                    generation, n = str(row[0]), int(row[2])
-                    present = {
-                        str(r[0]) for r in db.execute("SELECT label FROM flow_labels WHERE flow_id=?", (ref.id,))
-                    }
-                labels = list(dict.fromkeys(call.labels))
-                full = too_many_labels(len(present), len(set(labels) - present), bounds)
-                if full is not None:
-                    return full
+        self._purge(db, now)
+        cached = self._flows.get(db, ref.id)
+        if cached is not None and flow_expired(cached.seen, now, bounds):
+            cached = None
+        known = _Known(cached.generation, cached.next_n, cached.flow.labels.keys(), cached) if cached else None
+        if known is None:
+            read = self._read_for_record(db, ref, now)
+            if isinstance(read, FlowFull):
+                return read
+            known = read
+        labels = list(dict.fromkeys(call.labels))
+        present = known.present
+        full = too_many_labels(len(present), sum(1 for x in labels if x not in present), bounds)
+        if full is not None:
+            return full
+        generation, n, whole = known.generation, known.next_n, known.whole
+        db.execute(
+            "INSERT INTO flows (id, principal, generation, seen, next_n) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT (id) DO UPDATE SET seen = excluded.seen, next_n = excluded.next_n",
+            (ref.id, ref.principal, generation, now, n + 1),
+        )
+        db.execute(
+            "INSERT INTO flow_calls (flow_id, n, decision_id, call) VALUES (?, ?, ?, ?)",
+            (ref.id, n, call.decision_id, json.dumps(call.to_json())),
+        )
+        if whole is None or (whole.ns and whole.ns[0] <= n - bounds.history):  # else no call has left the history
+            db.execute("DELETE FROM flow_calls WHERE flow_id=? AND n <= ?", (ref.id, n - bounds.history))
+        origin = json.dumps(LabelOrigin.of(call).to_policy())
+        for label in labels:
+            if label in present:
                 db.execute(
-                    "INSERT INTO flows (id, principal, generation, seen, next_n) VALUES (?, ?, ?, ?, ?) "
-                    "ON CONFLICT (id) DO UPDATE SET seen = excluded.seen, next_n = excluded.next_n",
-                    (ref.id, ref.principal, generation, now, n + 1),
+                    "UPDATE flow_labels SET n = n + 1, latest = ? WHERE flow_id=? AND label=?", (origin, ref.id, label)
                 )
-                db.execute(
-                    "INSERT INTO flow_calls (flow_id, n, decision_id, call) VALUES (?, ?, ?, ?)",
-                    (ref.id, n, call.decision_id, json.dumps(call.to_json())),
-                )
-                db.execute("DELETE FROM flow_calls WHERE flow_id=? AND n <= ?", (ref.id, n - bounds.history))
-                origin = json.dumps(LabelOrigin.of(call).to_policy())
-                for label in labels:
-                    if label in present:
-                        db.execute(
-                            "UPDATE flow_labels SET n = n + 1, latest = ? WHERE flow_id=? AND label=?",
-                            (origin, ref.id, label),
-                        )
-                    else:
-                        db.execute(
-                            "INSERT INTO flow_labels (flow_id, label, n, origin, latest) VALUES (?, ?, 1, ?, ?)",
-                            (ref.id, label, origin, origin),
-                        )
-                ticket = FlowTicket(ref.id, generation, call)
-            # Committed: the cached flow (if it is this generation's) plus this call is what the file now holds.
-            if cached is not None and cached.generation == generation:
-                self._flows.put(ref.id, cached.plus(call, n, now, bounds.history))
             else:
-                self._flows.drop(ref.id)
-            return ticket
+                db.execute(
+                    "INSERT INTO flow_labels (flow_id, label, n, origin, latest) VALUES (?, ?, 1, ?, ?)",
+                    (ref.id, label, origin, origin),
+                )
+        # Once committed: the whole flow plus this call is what the file holds; a flow not wholly known is dropped.
+        after = whole.plus(call, n, now, bounds.history) if whole is not None else None
+        committed.append(partial(self._cache_put, ref.id, after))
+        return FlowTicket(ref.id, generation, call)
 
-        return await self._run(op, "record the call in its flow")
+    def _read_for_record(self, db: sqlite3.Connection, ref: FlowRef, now: float) -> _Known | FlowFull:
+        """The flow as :meth:`_record` needs it when the cache does not hold it: a fresh one (the old rows of an
+        expired one deleted) unless its principal has too many; else its row and the names of its labels."""
+        bounds = self.bounds
+        row = db.execute("SELECT generation, seen, next_n FROM flows WHERE id=?", (ref.id,)).fetchone()
+        if row is None or flow_expired(float(row[1]), now, bounds):
+            _delete_flows(db, [ref.id])
+            live = db.execute(
+                "SELECT count(*) FROM flows WHERE principal=? AND seen > ?", (ref.principal, now - bounds.idle_s)
+            ).fetchone()[0]
+            full = too_many_flows(ref.principal, int(live), bounds)
+            if full is not None:
+                return full
+            generation = new_id()
+            return _Known(generation, 0, (), _CachedFlow(generation, now, 0, (), Flow(ref.id)))  # fresh: wholly known
+        present = {str(r[0]) for r in db.execute("SELECT label FROM flow_labels WHERE flow_id=?", (ref.id,))}
+        return _Known(str(row[0]), int(row[2]), present, None)
 
-    async def unrecord_call(self, ticket: FlowTicket) -> None:
-        def op(db: sqlite3.Connection, deadline: float) -> None:
-            self._flows.drop(ticket.flow_id)  # rare: the next read goes to the file
-            with _immediate(db, deadline):
-                row = db.execute("SELECT generation FROM flows WHERE id=?", (ticket.flow_id,)).fetchone()
-                if row is None or row[0] != ticket.generation:
-                    return
-                gone = ticket.call.decision_id
-                db.execute("DELETE FROM flow_calls WHERE flow_id=? AND decision_id=?", (ticket.flow_id, gone))
-                history: list[FlowCall] | None = None
-                for label in dict.fromkeys(ticket.call.labels):
-                    have = db.execute(
-                        "SELECT n, origin, latest FROM flow_labels WHERE flow_id=? AND label=?", (ticket.flow_id, label)
-                    ).fetchone()
-                    if have is None:
-                        continue
-                    if int(have[0]) <= 1:
-                        db.execute("DELETE FROM flow_labels WHERE flow_id=? AND label=?", (ticket.flow_id, label))
-                        continue
-                    if history is None:
-                        history = list(_history(db, ticket.flow_id))
-                    n, origin, latest = take_back_label(
-                        int(have[0]),
-                        LabelOrigin.from_json(json.loads(have[1])),
-                        LabelOrigin.from_json(json.loads(have[2])),
-                        gone,
-                        history,
-                        label,
-                    )
-                    db.execute(
-                        "UPDATE flow_labels SET n = ?, origin = ?, latest = ? WHERE flow_id=? AND label=?",
-                        (n, json.dumps(origin.to_policy()), json.dumps(latest.to_policy()), ticket.flow_id, label),
-                    )
+    def _cache_put(self, flow_id: str, entry: _CachedFlow | None) -> None:
+        if entry is None:
+            self._flows.drop(flow_id)
+        else:
+            self._flows.put(flow_id, entry)
 
-        await self._run(op, "take a call back from its flow")
+    def _unrecord(self, db: sqlite3.Connection, ticket: FlowTicket) -> None:
+        self._flows.drop(ticket.flow_id)  # rare: the next read goes to the file
+        row = db.execute("SELECT generation FROM flows WHERE id=?", (ticket.flow_id,)).fetchone()
+        if row is None or row[0] != ticket.generation:
+            return
+        gone = ticket.call.decision_id
+        db.execute("DELETE FROM flow_calls WHERE flow_id=? AND decision_id=?", (ticket.flow_id, gone))
+        history: list[FlowCall] | None = None
+        for label in dict.fromkeys(ticket.call.labels):
+            have = db.execute(
+                "SELECT n, origin, latest FROM flow_labels WHERE flow_id=? AND label=?", (ticket.flow_id, label)
+            ).fetchone()
+            if have is None:
+                continue
+            if int(have[0]) <= 1:
+                db.execute("DELETE FROM flow_labels WHERE flow_id=? AND label=?", (ticket.flow_id, label))
+                continue
+            if history is None:
+                history = list(_history(db, ticket.flow_id))
+            n, origin, latest = take_back_label(
+                int(have[0]),
+                LabelOrigin.from_json(json.loads(have[1])),
+                LabelOrigin.from_json(json.loads(have[2])),
+                gone,
+                history,
+                label,
+            )
+            db.execute(
+                "UPDATE flow_labels SET n = ?, origin = ?, latest = ? WHERE flow_id=? AND label=?",
+                (n, json.dumps(origin.to_policy()), json.dumps(latest.to_policy()), ticket.flow_id, label),
+            )
 
     def _purge(self, db: sqlite3.Connection, now: float) -> None:
         """Delete a batch of expired flows (inside a write transaction, at most every PURGE_EVERY_S seconds —
@@ -534,21 +582,67 @@ class SQLiteState:
 
 # ---------------------------------------------------------------------- SQL helpers (inside the thread)
 class _immediate:
-    """``BEGIN IMMEDIATE`` … ``COMMIT`` (rolled back on error, or when the caller's deadline has passed)."""
+    """``BEGIN IMMEDIATE`` … ``COMMIT`` (rolled back on error, when the caller's deadline has passed, or when the
+    body asked for it with :meth:`roll_back`)."""
 
     def __init__(self, db: sqlite3.Connection, deadline: float) -> None:
         self._db, self._deadline = db, deadline
+        self._keep = True
 
-    def __enter__(self) -> None:
+    def __enter__(self) -> _immediate:
         self._db.execute("BEGIN IMMEDIATE")
+        return self
+
+    def roll_back(self) -> None:
+        """End the transaction with ROLLBACK: nothing it wrote is kept (a refused batch)."""
+        self._keep = False
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        if exc_type is None and time.monotonic() <= self._deadline:
+        if exc_type is None and self._keep and time.monotonic() <= self._deadline:
             self._db.execute("COMMIT")
             return
         self._db.execute("ROLLBACK")
-        if exc_type is None:
+        if exc_type is None and self._keep:
             raise _Expired
+
+
+def _what(ops: Sequence[StateOp]) -> str:
+    """What a batch does, for the StateError naming it: ``cannot count this call and record …``."""
+    return " and ".join(dict.fromkeys(_WHAT[type(op)] for op in ops))
+
+
+_WHAT: dict[type, str] = {
+    Admit: "count this call",
+    Release: "take back a counted call",
+    Record: "record the call in its flow",
+    Unrecord: "take a call back from its flow",
+}
+
+
+def _admit(db: sqlite3.Connection, limits: Sequence[Limit], now: float) -> Admission:
+    """Count one hit in every limit's bucket iff all have room (inside the batch's write transaction)."""
+    counts = {b: _prune(db, b, now) for b in buckets_of(limits)}
+    full = tuple(lim for lim in limits if counts[lim.bucket] >= lim.limit)
+    if full:
+        wait = max(retry_after(_nth_oldest(db, f.bucket, counts[f.bucket] - f.limit), f.window_s, now) for f in full)
+        return Admission(False, counts, full, wait)
+    hit = new_id()
+    for (key, window_s), n in counts.items():
+        db.execute("INSERT INTO rate_hits (key, window_s, ts, hit) VALUES (?, ?, ?, ?)", (key, window_s, now, hit))
+        _set_count(db, (key, window_s), n + 1)
+    return Admission(True, {b: n + 1 for b, n in counts.items()}, ticket=Ticket(hit, now, tuple(counts)))
+
+
+def _release(db: sqlite3.Connection, ticket: Ticket) -> None:
+    for key, window_s in ticket.buckets:
+        cur = db.execute(
+            "DELETE FROM rate_hits WHERE key=? AND window_s=? AND ts=? AND hit=?",
+            (key, window_s, ticket.ts, ticket.hit),
+        )
+        if cur.rowcount:
+            db.execute(
+                "UPDATE rate_counts SET n = max(n - ?, 0) WHERE key=? AND window_s=?", (cur.rowcount, key, window_s)
+            )
 
 
 def _history_with_ns(db: sqlite3.Connection, flow_id: str) -> tuple[tuple[int, ...], tuple[FlowCall, ...]]:
@@ -580,14 +674,20 @@ def _identity(path: Path) -> tuple[int, int] | None:
 
 
 def _prune(db: sqlite3.Connection, bucket: Bucket, now: float) -> int:
-    """Delete the bucket's hits that left the window; its count of hits in the window."""
+    """The bucket's count of hits in the window; the hits that left it are deleted (and the count kept in step)
+    only when there are some — the one read says how many (an indexed range, like the delete)."""
     key, window_s = bucket
+    n, gone = db.execute(
+        "SELECT coalesce((SELECT n FROM rate_counts WHERE key=?1 AND window_s=?2), 0),"
+        " (SELECT count(*) FROM rate_hits WHERE key=?1 AND window_s=?2 AND ts <= ?3)",
+        (key, window_s, now - window_s),
+    ).fetchone()
+    if not gone:
+        return max(0, int(n))
     pruned = db.execute("DELETE FROM rate_hits WHERE key=? AND window_s=? AND ts <= ?", (key, window_s, now - window_s))
-    row = db.execute("SELECT n FROM rate_counts WHERE key=? AND window_s=?", (key, window_s)).fetchone()
-    n = max(0, (int(row[0]) if row else 0) - pruned.rowcount)
-    if pruned.rowcount:
-        _set_count(db, bucket, n)
-    return n
+    live = max(0, int(n) - pruned.rowcount)
+    _set_count(db, bucket, live)
+    return live
 
 
 def _set_count(db: sqlite3.Connection, bucket: Bucket, n: int) -> None:

@@ -1,0 +1,268 @@
+"""StateStore.apply: a call's writes as one batch, against every backend — all or nothing, in op order, the first
+refusal rolling back what came before it; on SQLite one ``BEGIN IMMEDIATE`` per batch, and exact beside another
+connection writing the same file; on PostgreSQL exact across two replicas racing for the last slot."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import anyio
+import pytest
+
+from mcp_guard.state import (
+    Admission,
+    Admit,
+    FlowBounds,
+    FlowCall,
+    FlowFull,
+    FlowRef,
+    FlowTicket,
+    Limit,
+    MemoryState,
+    Record,
+    Release,
+    SQLiteState,
+    StateStore,
+)
+from mcp_guard.state.base import OpFailed, apply_in_turn, undo_ops
+from mcp_guard.state.postgres import PostgresState
+
+pytestmark = pytest.mark.anyio
+
+BOUNDS = FlowBounds(idle_s=100.0, history=3, labels=2, per_principal=5)
+F1 = FlowRef("f-1", "alice")
+ONE = Limit("k", 1, 60.0)
+BUCKET = ONE.bucket
+
+
+class Clock:
+    def __init__(self, now: float = 1_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[StateStore]:
+    clock = Clock()
+    if request.param == "memory":
+        yield MemoryState(clock=clock, flows=BOUNDS)
+        return
+    if request.param == "postgres":  # a real server (tests/pg_support.py), a fresh database per test
+        pg = PostgresState(request.getfixturevalue("pg_dsn"), timeout_s=5.0, clock=clock, flows=BOUNDS)
+        await pg.start()
+        yield pg
+        await pg.aclose()
+        return
+    sqlite = SQLiteState(tmp_path / "state.db", timeout_s=5.0, clock=clock, flows=BOUNDS)
+    await sqlite.start()
+    yield sqlite
+    await sqlite.aclose()
+
+
+def call(did: str, *labels: str) -> FlowCall:
+    return FlowCall(did, "tools/call", "tickets", "get_ticket", "allow", labels, "2026-01-01T00:00:00Z")
+
+
+async def _dids(store: StateStore, ref: FlowRef = F1) -> list[str]:
+    return [c.decision_id for c in (await store.flow(ref.id)).history]
+
+
+async def test_a_batch_that_fits_records_and_counts(store: StateStore) -> None:
+    applied = await store.apply([Record(F1, call("d1", "private")), Admit((ONE,))])
+    assert applied.committed
+    ticket, admission = applied.results
+    assert isinstance(ticket, FlowTicket) and isinstance(admission, Admission) and admission.admitted
+    assert await _dids(store) == ["d1"] and set((await store.flow(F1.id)).labels) == {"private"}
+    assert await store.usage([BUCKET]) == {BUCKET: 1}
+
+
+async def test_a_refused_admission_leaves_the_record_before_it_unmade(store: StateStore) -> None:
+    assert (await store.apply([Record(F1, call("d1")), Admit((ONE,))])).committed
+    applied = await store.apply([Record(F1, call("d2", "private")), Admit((ONE,))])
+    assert not applied.committed
+    assert isinstance(applied.results[0], FlowTicket)  # it ran, and was rolled back with the batch
+    refused = applied.results[1]
+    assert isinstance(refused, Admission) and not refused.admitted and refused.full == (ONE,)
+    assert await _dids(store) == ["d1"] and (await store.flow(F1.id)).labels == {}
+    assert await store.usage([BUCKET]) == {BUCKET: 1}
+
+
+async def test_a_full_flow_ends_the_batch_before_the_admission(store: StateStore) -> None:
+    applied = await store.apply([Record(F1, call("d1", "a", "b", "c")), Admit((ONE,))])  # 3 labels, at most 2
+    assert not applied.committed and len(applied.results) == 1 and isinstance(applied.results[0], FlowFull)
+    assert await store.usage([BUCKET]) == {BUCKET: 0}  # the admission never ran: nothing counted
+    assert await _dids(store) == []
+
+
+async def test_a_committed_batch_is_taken_back_as_one_batch(store: StateStore) -> None:
+    assert (await store.apply([Record(F1, call("d0", "private")), Admit((Limit("k", 5, 60.0),))])).committed
+    applied = await store.apply([Record(F1, call("d1", "private")), Admit((Limit("k", 5, 60.0),))])
+    undo = undo_ops(applied.results)
+    assert [type(op) for op in undo] == [Release, type(undo[1])] and len(undo) == 2  # newest first
+    assert (await store.apply(undo)).committed
+    assert await _dids(store) == ["d0"] and set((await store.flow(F1.id)).labels) == {"private"}  # d0's stays
+    assert await store.usage([BUCKET]) == {BUCKET: 1}
+
+
+async def test_an_empty_batch_changes_nothing(store: StateStore) -> None:
+    applied = await store.apply([])
+    assert applied.committed and applied.results == ()
+
+
+async def test_ops_on_two_flows_and_two_buckets_in_one_batch(store: StateStore) -> None:
+    f2 = FlowRef("f-2", "alice")
+    applied = await store.apply(
+        [Record(F1, call("d1")), Record(f2, call("d2")), Admit((ONE,)), Admit((Limit("other", 1, 60.0),))]
+    )
+    assert applied.committed and len(applied.results) == 4
+    assert await _dids(store) == ["d1"] and await _dids(store, f2) == ["d2"]
+    assert await store.usage([BUCKET, ("other", 60.0)]) == {BUCKET: 1, ("other", 60.0): 1}
+
+
+async def test_the_history_bound_holds_through_batches(store: StateStore) -> None:
+    for i in range(7):
+        assert (await store.apply([Record(F1, call(f"d{i}", "x")), Admit((Limit("k", 100, 60.0),))])).committed
+    assert await _dids(store) == ["d4", "d5", "d6"]
+
+
+# --------------------------------------------------------------------------- SQLite specifics
+def _traced(store: SQLiteState) -> list[str]:
+    seen: list[str] = []
+    assert store._db is not None
+    store._db.set_trace_callback(seen.append)
+    return seen
+
+
+async def test_sqlite_a_batch_is_one_write_transaction(tmp_path: Path) -> None:
+    store = SQLiteState(tmp_path / "s.db", flows=BOUNDS)
+    await store.start()
+    try:
+        await store.flow(F1.id)
+        seen = _traced(store)
+        assert (await store.apply([Record(F1, call("d1", "private")), Admit((ONE,))])).committed
+        assert [s for s in seen if s.split()[0] in ("BEGIN", "COMMIT", "ROLLBACK")] == ["BEGIN IMMEDIATE", "COMMIT"]
+        seen.clear()
+        assert not (await store.apply([Record(F1, call("d2")), Admit((ONE,))])).committed
+        assert [s for s in seen if s.split()[0] in ("BEGIN", "COMMIT", "ROLLBACK")] == ["BEGIN IMMEDIATE", "ROLLBACK"]
+    finally:
+        await store.aclose()
+
+
+async def test_sqlite_a_cached_flow_is_recorded_without_reading_it(tmp_path: Path) -> None:
+    store = SQLiteState(tmp_path / "s.db", flows=BOUNDS)
+    await store.start()
+    try:
+        await store.record_call(F1, call("d0", "private"))
+        await store.flow(F1.id)  # the cache holds it
+        seen = _traced(store)
+        await store.record_call(F1, call("d1", "private"))
+        assert not [s for s in seen if s.startswith("SELECT")]
+        assert [c.decision_id for c in (await store.flow(F1.id)).history] == ["d0", "d1"]
+    finally:
+        await store.aclose()
+
+
+async def test_sqlite_a_rolled_back_batch_leaves_the_flow_cache_as_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    store = SQLiteState(path, flows=BOUNDS)
+    await store.start()
+    try:
+        assert (await store.apply([Record(F1, call("d1")), Admit((ONE,))])).committed
+        assert not (await store.apply([Record(F1, call("d2", "private")), Admit((ONE,))])).committed
+        assert [c.decision_id for c in (await store.flow(F1.id)).history] == ["d1"]  # from the cache
+        fresh = SQLiteState(path, flows=BOUNDS)
+        await fresh.start()
+        assert await fresh.flow(F1.id) == await store.flow(F1.id)  # the file agrees
+        await fresh.aclose()
+    finally:
+        await store.aclose()
+
+
+async def test_sqlite_another_connection_writing_the_flow_is_seen_by_the_next_batch(tmp_path: Path) -> None:
+    """The cache is trusted only while ``data_version`` (read under the write lock) says no one else committed."""
+    path = tmp_path / "s.db"
+    a, b = SQLiteState(path, flows=BOUNDS), SQLiteState(path, flows=BOUNDS)
+    await a.start()
+    await b.start()
+    try:
+        await a.record_call(F1, call("a1", "x"))
+        await a.flow(F1.id)
+        await b.record_call(F1, call("b1", "y"))  # another process, as far as a's connection can tell
+        assert (await a.apply([Record(F1, call("a2", "x")), Admit((ONE,))])).committed
+        flow = await b.flow(F1.id)
+        assert [c.decision_id for c in flow.history] == ["a1", "b1", "a2"] and set(flow.labels) == {"x", "y"}
+        with sqlite3.connect(path) as db:
+            assert db.execute("SELECT n FROM flow_labels WHERE flow_id=? AND label='x'", (F1.id,)).fetchone() == (2,)
+    finally:
+        await a.aclose()
+        await b.aclose()
+
+
+async def test_sqlite_the_history_rows_are_trimmed_when_the_cache_skips_the_read(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    store = SQLiteState(path, flows=BOUNDS)
+    await store.start()
+    try:
+        for i in range(6):
+            await store.record_call(F1, call(f"d{i}"))
+        with sqlite3.connect(path) as db:
+            assert db.execute("SELECT count(*) FROM flow_calls WHERE flow_id=?", (F1.id,)).fetchone() == (3,)
+    finally:
+        await store.aclose()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+async def test_two_stores_racing_batches_never_pass_the_limit(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """Two stores (two connections, or two replicas' pools) racing 30 batches for 7 slots: exactly 7 commit, and
+    the flow holds exactly their records — a refused admission rolled its record back."""
+
+    async def opened() -> StateStore:
+        bounds = FlowBounds(history=64, labels=4)
+        if backend == "postgres":
+            pg = PostgresState(request.getfixturevalue("pg_dsn"), timeout_s=30.0, flows=bounds)
+            await pg.start()
+            return pg
+        lite = SQLiteState(tmp_path / "s.db", timeout_s=30.0, flows=bounds)
+        await lite.start()
+        return lite
+
+    stores = [await opened(), await opened()]
+    committed: list[str] = []
+
+    async def one(i: int) -> None:
+        applied = await stores[i % 2].apply([Record(F1, call(f"d{i}", "x")), Admit((Limit("race", 7, 3600.0),))])
+        if applied.committed:
+            committed.append(f"d{i}")
+
+    try:
+        async with anyio.create_task_group() as tg:
+            for i in range(30):
+                tg.start_soon(one, i)
+        assert len(committed) == 7
+        assert sorted(await _dids(stores[0])) == sorted(committed)
+        assert await stores[1].usage([("race", 3600.0)]) == {("race", 3600.0): 7}
+    finally:
+        for s in stores:
+            await s.aclose()
+
+
+# --------------------------------------------------------------------------- the op-by-op path
+class _FailsToCount(MemoryState):
+    async def admit(self, limits: object) -> Admission:
+        from mcp_guard.errors import StateError
+
+        raise StateError("the store cannot count", cause="disk I/O error")
+
+
+async def test_in_turn_a_failing_op_takes_back_the_ops_before_it_and_names_itself() -> None:
+    store = _FailsToCount(flows=BOUNDS)
+    with pytest.raises(OpFailed) as failed:
+        await apply_in_turn(store, [Record(F1, call("d1", "private")), Admit((ONE,))])
+    assert failed.value.at == 1 and failed.value.cause == "disk I/O error"
+    assert await _dids(store) == [] and (await store.flow(F1.id)).labels == {}
