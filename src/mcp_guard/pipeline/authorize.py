@@ -1,8 +1,10 @@
 """The authorize stage: nothing reaches an upstream without an explicit allow from policy.
 
 Before asking the policy it reads ``context.usage`` (rate-limit usage of the keys the bundle declares,
-:class:`~mcp_guard.pipeline.ratelimit.DeclaredUsage`); if that read fails the call is denied
-``state_unavailable`` without asking the policy — a tiered rule must not see a usage it does not have.
+:class:`~mcp_guard.pipeline.ratelimit.DeclaredUsage`) — only when the bundle's decision (or the shadow
+candidate's) can read it, by the same read-set analysis as the decision cache; otherwise the input carries
+``{}`` and no state is read. If that read fails the call is denied ``state_unavailable`` without asking the
+policy — a tiered rule must not see a usage it does not have.
 """
 
 from __future__ import annotations
