@@ -43,6 +43,7 @@ import mcp_types as types
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.pipeline_harness import without_metrics
 from mcp_guard.frontend.ops import OpsSources, metrics_text
 from mcp_guard.pipeline.build import pipeline_stages
 from mcp_guard.pipeline.chain import build_chain
@@ -118,11 +119,7 @@ def _pipeline(observe: bool) -> Any:
         metrics=metrics,
     )
     if not observe:  # the no-metrics ablation: no Observe stage, the audit stages write to the bare sink
-        stages = [s for s in stages if not isinstance(s, Observe)]
-        for s in stages:
-            sink = getattr(s, "_sink", None)
-            if isinstance(sink, TimedSink):
-                s._sink = sink._sink  # type: ignore[attr-defined]
+        stages = without_metrics(stages)
     return build_chain(stages, _terminal)
 
 

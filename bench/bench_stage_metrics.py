@@ -31,6 +31,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.bench_metrics import RESULTS, SETTINGS, _ctx, _NullSink, _paired, _terminal
+from bench.pipeline_harness import traces_dropped
 from mcp_guard.pipeline.build import build_pipeline
 from mcp_guard.pipeline.observe import CallMetrics
 from mcp_guard.pipeline.secret_source import NO_SECRETS
@@ -52,19 +53,6 @@ def _chain(*, stage_metrics: bool = False, tracer: Any = None) -> Any:
     return chain
 
 
-def _dropping_tracer() -> Any:
-    from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
-
-    class Drop(SpanExporter):
-        def export(self, spans: Any) -> SpanExportResult:
-            return SpanExportResult.SUCCESS
-
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(Drop()))
-    return provider.get_tracer("bench")
-
-
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     import mcp_guard.pipeline.forward as forward
 
@@ -77,7 +65,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     chains = {
         "off": _chain(),
         "stage_metrics": _chain(stage_metrics=True),
-        "traces": _chain(tracer=_dropping_tracer()),
+        "traces": _chain(tracer=traces_dropped()),
     }
     variants = {name: (lambda c=c: c(ctx)) for name, c in chains.items()}
     return await _paired(variants, args.n, args.blocks)

@@ -1,0 +1,391 @@
+"""What each optional stage of the pipeline costs per call, unused and used (issue #19: "the wave's new stages
+cost nothing when not used and are in the benchmark table when they are").
+
+    python bench/bench_stages.py                 # the full run (about a minute)
+    python bench/bench_stages.py --blocks 2 --calls 20   # a smoke run
+    python -m bench --only stages                # the same, as a section of make bench
+
+The pipeline as ``mcp-guard run`` builds it, in-process, with no network: the real stage list
+(``pipeline_stages``) composed by ``build_chain``, ending in a recording upstream; the embedded engine behind
+the decision cache (``open_engine``: as the app wires it); the SQLite state store and the real SQLite audit
+writer (``open_sink``: both rows of every call committed) in a temporary directory. Principal ``local-agent``
+(role developer) calls ``everything__echo``; the upstream answers a ~200-byte text holding a card number, the
+same for every variant. Variants:
+
+* ``floor: stages removed`` — allow-all one-rule bundle; the stages a call need not have removed: Observe (and
+  the audit commit timer), TrackFlow, ShadowPolicy, ExchangeToken, Redecide, ResultPolicy, the rate-limit
+  usage source of Authorize and the ``labels``/``rate_limit``/``upstream_scopes`` obligation handlers. What is
+  left: InspectArguments, RecordOutcome, PinCheck, Authorize, EnforceObligations, RecordDecision, Redact.
+* ``unused: all stages present`` — the same bundle, the whole list: equal to the floor within noise is the claim.
+* ``Observe removed`` — the whole list without metrics (Observe and the commit timer): metrics are always on.
+* ``rate limit used`` — allow-all plus one declared limit (``limits.rate``: usage read before the policy)
+  and its ``rate_limit`` obligation (counted on every call).
+* ``flows used`` — allow-all plus a ``labels`` obligation and a rule reading ``context.flow``: one flow read
+  before the policy and one record per call.
+* ``result policy used`` — allow-all plus the example result rule (policies/examples/results, with the
+  default bundle's input helpers it uses): every result put to the policy, its card number redacted.
+* ``traces on`` — the whole list with a tracer from the OpenTelemetry SDK (``open_tracing``) whose exporter
+  drops the spans: the spans are made, not shipped.
+* ``default bundle`` — the shipped bundle (its per-tool rate limit raised, calls still counted): flows and a
+  rate limit in use, the real policy.
+
+Every call of every variant must be allowed and answered (asserted), and each "used" variant must show its
+use (counted spans, a redacted result, a labelled flow, a counted limit), so a broken variant cannot pass as
+fast. Blocks of calls are interleaved, variant after variant, so drift in machine load hits them alike; per
+variant the median block is reported: **CPU per call** (this process's CPU time over the block / calls — the
+audit writer's and the state store's threads included — the steady figure on a shared machine) and the
+median wall time of a call in the block. Prints a table and writes JSON to bench/results/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench import common
+from bench.pipeline_harness import dropping_exporter, tools_call, without_metrics
+from mcp_guard.audit import open_sink
+from mcp_guard.logging import configure_logging
+from mcp_guard.pipeline.authorize import Authorize
+from mcp_guard.pipeline.build import pipeline_stages
+from mcp_guard.pipeline.chain import build_chain
+from mcp_guard.pipeline.context import CallContext, CallNext, Interceptor, Outcome
+from mcp_guard.pipeline.exchange import ExchangeToken, UpstreamScopesObligation
+from mcp_guard.pipeline.flow import LabelsObligation, TrackFlow, flow_ref
+from mcp_guard.pipeline.obligations import EnforceObligations
+from mcp_guard.pipeline.ratelimit import RateLimitObligation
+from mcp_guard.pipeline.redecide import Redecide
+from mcp_guard.pipeline.result_policy import ResultPolicy
+from mcp_guard.pipeline.secret_source import NO_SECRETS
+from mcp_guard.pipeline.shadow import ShadowPolicy
+from mcp_guard.policy import open_engine
+from mcp_guard.settings import Settings, parse_settings
+from mcp_guard.state import StateStore, open_state
+from mcp_guard.telemetry import INSTRUMENTATION, open_tracing
+from mcp_guard.testing import RecordingUpstream, idle_registry
+from mcp_guard.types import SessionInfo, new_id
+
+RESULT_TEXT = "Your order 1042 was paid with card 4111 1111 1111 1111 on 2026-11-25; the receipt went out by mail. " * 2
+RATE_KEY = "tool_calls|local-agent|everything|echo"
+RATE_DATA = {
+    "mcp_guard_config": {
+        "limits": {
+            "rate": [{"name": "tool_calls", "by": ["principal", "server", "tool"], "limit": 10**9, "window_s": 60}]
+        }
+    }
+}
+RATE_REGO = """package mcp_guard
+
+import rego.v1
+
+decision := {"allow": true, "reasons": ["bench: allow all, one rate limit"], "obligations": {"rate_limit": [limit]}}
+
+limit := {"key": concat("|", ["tool_calls", input.principal.id, input.server, input.tool]), "limit": 1000000000,
+	"window_s": 60}
+"""
+FLOWS_REGO = """package mcp_guard
+
+import rego.v1
+
+flow_labels := object.get(input, ["context", "flow", "labels"], [])
+
+decision := {"allow": true, "reasons": ["bench: allow all"], "obligations": {"labels": ["private"]}} if {
+	not "untrusted" in flow_labels
+} else := {"allow": false, "reasons": ["bench: an untrusted flow"], "obligations": {}}
+"""
+WITH_RESULTS = "mcp_guard/decision_with_results"
+
+
+# ---------------------------------------------------------------------- bundles
+def _rego_bundle(directory: Path, name: str, rego: str, data: dict[str, Any]) -> Path:
+    root = directory / f"bundle-{name}"
+    root.mkdir(parents=True)
+    (root / "policy.rego").write_text(rego)
+    (root / "data.json").write_text(json.dumps(data))
+    return root
+
+
+def _result_bundle(directory: Path) -> Path:
+    """Allow-all plus the example result rule, which uses the default bundle's input helpers (input.rego)."""
+    root = common.write_bundle(directory / "results", "allow-all")
+    mcp_guard = common.DEFAULT_BUNDLE / "mcp_guard"
+    shutil.copy(mcp_guard / "input.rego", root / "input.rego")
+    shutil.copy(common.REPO / "policies" / "examples" / "results" / "results.rego", root / "results.rego")
+    return root
+
+
+def bundles(directory: Path) -> dict[str, Path]:
+    return {
+        "allow-all": common.write_bundle(directory, "allow-all"),
+        "rate": _rego_bundle(directory, "rate", RATE_REGO, RATE_DATA),
+        "flows": _rego_bundle(directory, "flows", FLOWS_REGO, {}),
+        "results": _result_bundle(directory),
+        "default": common.write_bundle(directory, "default"),
+    }
+
+
+# ---------------------------------------------------------------------- stage lists
+OPTIONAL_STAGES = (TrackFlow, ShadowPolicy, ExchangeToken, Redecide, ResultPolicy)
+OPTIONAL_HANDLERS = (LabelsObligation, RateLimitObligation, UpstreamScopesObligation)
+
+
+def floor(stages: list[Interceptor], engine: Any) -> list[Interceptor]:
+    """``stages`` with every stage a call can do without taken out (the module docstring lists them). The
+    product has no switch for the usage source or the handlers: they are rebuilt here without them (the
+    handler list is read from the stage, which keeps it private)."""
+    out: list[Interceptor] = []
+    for stage in without_metrics(stages):
+        if isinstance(stage, OPTIONAL_STAGES):
+            continue
+        if isinstance(stage, Authorize):
+            stage = Authorize(engine, None)
+        elif isinstance(stage, EnforceObligations):
+            handlers = stage._handlers
+            stage = EnforceObligations([h for h in handlers if not isinstance(h, OPTIONAL_HANDLERS)])
+        out.append(stage)
+    return out
+
+
+def whole(stages: list[Interceptor], engine: Any) -> list[Interceptor]:
+    return stages
+
+
+def no_observe(stages: list[Interceptor], engine: Any) -> list[Interceptor]:
+    return without_metrics(stages)
+
+
+# ---------------------------------------------------------------------- variants
+Shape = Callable[[list[Interceptor], Any], list[Interceptor]]
+FLOOR, UNUSED = "floor: stages removed", "unused: all stages present"
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    bundle: str
+    shape: Shape = whole
+    decision: str = "mcp_guard/decision"
+    traces: bool = False
+    redacts: bool = False  # its answers must come back redacted (the result rule ran), others untouched
+
+
+VARIANTS = (
+    Variant(FLOOR, "allow-all", floor),
+    Variant(UNUSED, "allow-all"),
+    Variant("Observe removed", "allow-all", no_observe),
+    Variant("rate limit used", "rate"),
+    Variant("flows used", "flows"),
+    Variant("result policy used", "results", decision=WITH_RESULTS, redacts=True),
+    Variant("traces on", "allow-all", traces=True),
+    Variant("default bundle", "default"),
+)
+
+
+@dataclass
+class Built:
+    """One variant's chain and what must show that the variant is what it says."""
+
+    variant: Variant
+    chain: CallNext
+    upstream: RecordingUpstream
+    exporter: Any = None
+    calls: int = 0
+
+
+def _settings(directory: Path, bundle: Path | None = None, variant: Variant | None = None) -> Settings:
+    raw: dict[str, Any] = {
+        "audit": {"path": str(directory / "audit.db"), "state_path": str(directory / "state.db")},
+        "upstreams": {"everything": {"command": "never"}},
+    }
+    if bundle is not None and variant is not None:
+        raw["policy"] = {
+            "bundle": str(bundle),
+            "decision": variant.decision,
+            "hot_reload": False,
+            "run_tests_on_start": False,
+        }
+        raw["telemetry"] = {"traces": variant.traces}
+    return parse_settings(raw, source="<bench_stages>")
+
+
+async def _build(
+    stack: AsyncExitStack, variant: Variant, bundle: Path, directory: Path, sink: Any, state: StateStore
+) -> Built:
+    settings = _settings(directory, bundle, variant)
+    engine = await stack.enter_async_context(open_engine(settings, watch=False, run_tests=False))
+    exporter = dropping_exporter() if variant.traces else None
+    provider = stack.enter_context(open_tracing(settings, exporter=exporter)) if variant.traces else None
+    tracer = provider.get_tracer(INSTRUMENTATION) if provider is not None else None
+    registry = idle_registry(settings)
+    stages = pipeline_stages(
+        engine=engine, sink=sink, registry=registry, secrets=NO_SECRETS, state=state, tracer=tracer
+    )
+    upstream = RecordingUpstream(Outcome(result={"content": [{"type": "text", "text": RESULT_TEXT}], "isError": False}))
+    terminal: CallNext = upstream
+    if tracer is not None:  # as build_pipeline wraps Forward: a CLIENT span around the upstream request
+        from mcp_guard.pipeline.trace import traced_forward
+
+        terminal = traced_forward(upstream, tracer)
+    return Built(variant, build_chain(variant.shape(stages, engine), terminal), upstream, exporter)
+
+
+def _check(built: Built, outcome: Outcome) -> None:
+    """Every call allowed and answered; the result redacted exactly when the variant's result rule runs."""
+    assert not outcome.denied and outcome.result is not None, (built.variant.name, outcome.denial)
+    text = outcome.result["content"][0]["text"]
+    assert ("[redacted]" in text) == built.variant.redacts, (built.variant.name, text)
+
+
+async def _block(built: Built, ctx: CallContext, size: int) -> tuple[float, float]:
+    """``size`` calls; (CPU µs per call, median wall µs of a call)."""
+    waits: list[float] = []
+    cpu = time.process_time()
+    for _ in range(size):
+        started = time.perf_counter()
+        outcome = await built.chain(replace(ctx, call_id=new_id(), started=started))
+        waits.append(time.perf_counter() - started)
+        _check(built, outcome)
+    spent = time.process_time() - cpu
+    built.calls += size
+    built.upstream.seen.clear()
+    return spent / size * 1e6, statistics.median(waits) * 1e6
+
+
+async def _used(built: Built, state: StateStore) -> dict[str, Any]:
+    """What shows the variant used its stage (asserted for the variants that claim to)."""
+    name = built.variant.name
+    shown: dict[str, Any] = {}
+    if built.exporter is not None:
+        shown["spans"] = built.exporter.spans
+        assert built.exporter.spans >= built.calls * 10, f"{name}: {built.exporter.spans} spans"
+    if name == "rate limit used":
+        (count,) = (await state.usage([(RATE_KEY, 60)])).values()
+        shown["rate_limit_count"] = count
+        assert count > 0, f"{name}: nothing counted"
+    return shown
+
+
+@asynccontextmanager
+async def _pipelines(directory: Path, variants: tuple[Variant, ...]) -> AsyncIterator[tuple[list[Built], StateStore]]:
+    paths = bundles(directory)
+    base = _settings(directory)
+    async with AsyncExitStack() as stack:
+        state = await stack.enter_async_context(open_state(base))
+        sink = await stack.enter_async_context(open_sink(base))
+        yield [await _build(stack, v, paths[v.bundle], directory, sink, state) for v in variants], state
+
+
+async def measure(directory: Path, *, blocks: int, calls: int, warmup: int) -> dict[str, Any]:
+    base = tools_call("everything", "echo", {"text": "hello"})
+    per: dict[str, list[tuple[float, float]]] = {v.name: [] for v in VARIANTS}
+    async with _pipelines(directory, VARIANTS) as (built, state):
+        for b in built:
+            await _block(b, replace(base, session=SessionInfo(f"warm-{b.variant.name}", "http")), warmup)
+        for k in range(blocks):  # a new session (a new flow) each block, variant after variant
+            for b in built:
+                per[b.variant.name].append(await _block(b, replace(base, session=_session(b, k)), calls))
+        flows = next(b for b in built if b.variant.name == "flows used")
+        flow = await state.flow(_flow_id(flows, blocks - 1))
+        used = {b.variant.name: await _used(b, state) for b in built}
+    assert "private" in flow.labels and flow.history, f"flows used: the last block's flow is {flow!r}"
+    used["flows used"].update(flow_labels=sorted(flow.labels), flow_history=len(flow.history))
+    rows = [_row(name, blocks_, used[name]) for name, blocks_ in per.items()]
+    return {"blocks": blocks, "calls_per_block": calls, "warmup": warmup, "rows": rows}
+
+
+def _session(built: Built, block: int) -> SessionInfo:
+    return SessionInfo(f"b{block}-{built.variant.name}", "http")
+
+
+def _flow_id(built: Built, block: int) -> str:
+    ctx = tools_call("everything", "echo", {})
+    return flow_ref(replace(ctx, session=_session(built, block))).id
+
+
+def _row(name: str, blocks: list[tuple[float, float]], used: dict[str, Any]) -> dict[str, Any]:
+    cpus, walls = [c for c, _ in blocks], [w for _, w in blocks]
+    return {
+        "variant": name,
+        "cpu_us_per_call": statistics.median(cpus),
+        "cpu_us_blocks": [round(c, 1) for c in cpus],
+        "wall_median_us": statistics.median(walls),
+        "used": used,
+    }
+
+
+def run(*, blocks: int = 15, calls: int = 300, warmup: int = 100) -> dict[str, Any]:
+    """The measurement, in a fresh temporary directory; the report ``table`` and ``markdown_rows`` read."""
+    configure_logging("info")  # as `mcp-guard run` logs by default (per-call debug lines are off)
+    with tempfile.TemporaryDirectory(prefix="bench-stages-") as tmp:
+        report = anyio.run(lambda: measure(Path(tmp), blocks=blocks, calls=calls, warmup=warmup))
+    report["loadavg"] = list(os.getloadavg())
+    return report
+
+
+# ---------------------------------------------------------------------- output
+def _deltas(report: dict[str, Any]) -> list[tuple[dict[str, Any], float, float]]:
+    by = {r["variant"]: r["cpu_us_per_call"] for r in report["rows"]}
+    return [(r, r["cpu_us_per_call"] - by[FLOOR], r["cpu_us_per_call"] - by[UNUSED]) for r in report["rows"]]
+
+
+def table(report: dict[str, Any]) -> str:
+    lines = [
+        f"in-process pipeline, SQLite audit + state, median of {report['blocks']} interleaved blocks of "
+        f"{report['calls_per_block']} calls",
+        f"{'variant':<30}{'CPU/call':>12}{'vs floor':>12}{'vs unused':>12}{'wall median':>14}",
+    ]
+    for r, floor_d, unused_d in _deltas(report):
+        lines.append(
+            f"{r['variant']:<30}{r['cpu_us_per_call']:>9.0f} µs{floor_d:>+9.0f} µs{unused_d:>+9.0f} µs"
+            f"{r['wall_median_us']:>11.0f} µs"
+        )
+    return "\n".join(lines)
+
+
+def markdown_rows(report: dict[str, Any]) -> list[str]:
+    """Rows of the ``python -m bench`` summary table (| measure | result | target |)."""
+    out = []
+    for r, floor_d, unused_d in _deltas(report):
+        target = ""
+        if r["variant"] == UNUSED:
+            target = "cost nothing when not used: the floor's within noise"
+        out.append(
+            f"| stages, {r['variant']} (in-process, SQLite) | {r['cpu_us_per_call']:.0f} µs CPU/call "
+            f"({floor_d:+.0f} vs floor, {unused_d:+.0f} vs unused), wall median {r['wall_median_us']:.0f} µs "
+            f"| {target} |"
+        )
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--blocks", type=int, default=15, help="interleaved blocks per variant (default 15)")
+    parser.add_argument("--calls", type=int, default=300, help="calls per block (default 300)")
+    parser.add_argument("--warmup", type=int, default=100, help="calls per variant before measuring")
+    parser.add_argument("--no-save", action="store_true", help="do not write bench/results/*.json")
+    args = parser.parse_args()
+    report = run(blocks=args.blocks, calls=args.calls, warmup=args.warmup)
+    print(table(report))
+    if not args.no_save:
+        print(f"wrote {common.save('bench_stages', {'machine': common.machine_info(), **report})}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
