@@ -305,8 +305,7 @@ async def measure(directory: Path, *, blocks: int, calls: int, warmup: int) -> d
         used = {b.variant.name: await _used(b, state) for b in built}
     assert "private" in flow.labels and flow.history, f"flows used: the last block's flow is {flow!r}"
     used["flows used"].update(flow_labels=sorted(flow.labels), flow_history=len(flow.history))
-    rows = [_row(name, blocks_, used[name]) for name, blocks_ in per.items()]
-    return {"blocks": blocks, "calls_per_block": calls, "warmup": warmup, "rows": rows}
+    return {"blocks": blocks, "calls_per_block": calls, "warmup": warmup, "rows": _rows(per, used)}
 
 
 def _session(built: Built, block: int) -> SessionInfo:
@@ -318,15 +317,34 @@ def _flow_id(built: Built, block: int) -> str:
     return flow_ref(replace(ctx, session=_session(built, block))).id
 
 
-def _row(name: str, blocks: list[tuple[float, float]], used: dict[str, Any]) -> dict[str, Any]:
-    cpus, walls = [c for c, _ in blocks], [w for _, w in blocks]
-    return {
-        "variant": name,
-        "cpu_us_per_call": statistics.median(cpus),
-        "cpu_us_blocks": [round(c, 1) for c in cpus],
-        "wall_median_us": statistics.median(walls),
-        "used": used,
-    }
+def _quartiles(values: list[float]) -> tuple[float, float]:
+    if len(values) < 2:
+        return values[0], values[0]
+    q1, _, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return q1, q3
+
+
+def _paired(cpus: list[float], base: list[float]) -> dict[str, Any]:
+    """The block-by-block difference to another variant (the blocks ran side by side): its median and quartiles."""
+    diffs = [c - b for c, b in zip(cpus, base, strict=True)]
+    q1, q3 = _quartiles(diffs)
+    return {"median_us": statistics.median(diffs), "q1_us": q1, "q3_us": q3}
+
+
+def _rows(per: dict[str, list[tuple[float, float]]], used: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    cpu = {name: [c for c, _ in blocks] for name, blocks in per.items()}
+    return [
+        {
+            "variant": name,
+            "cpu_us_per_call": statistics.median(cpu[name]),
+            "cpu_us_blocks": [round(c, 1) for c in cpu[name]],
+            "vs_floor": _paired(cpu[name], cpu[FLOOR]),
+            "vs_unused": _paired(cpu[name], cpu[UNUSED]),
+            "wall_median_us": statistics.median(w for _, w in blocks),
+            "used": used[name],
+        }
+        for name, blocks in per.items()
+    ]
 
 
 def run(*, blocks: int = 15, calls: int = 300, warmup: int = 100) -> dict[str, Any]:
@@ -339,21 +357,27 @@ def run(*, blocks: int = 15, calls: int = 300, warmup: int = 100) -> dict[str, A
 
 
 # ---------------------------------------------------------------------- output
-def _deltas(report: dict[str, Any]) -> list[tuple[dict[str, Any], float, float]]:
-    by = {r["variant"]: r["cpu_us_per_call"] for r in report["rows"]}
-    return [(r, r["cpu_us_per_call"] - by[FLOOR], r["cpu_us_per_call"] - by[UNUSED]) for r in report["rows"]]
+def within_noise(row: dict[str, Any]) -> bool:
+    """Whether a row equals the floor within the noise of this run: zero lies inside the interquartile range of
+    its block-by-block difference to the floor."""
+    d = row["vs_floor"]
+    return bool(d["q1_us"] <= 0.0 <= d["q3_us"])
+
+
+def _spread(d: dict[str, float]) -> str:
+    return f"{d['median_us']:+.0f} [{d['q1_us']:+.0f}, {d['q3_us']:+.0f}]"
 
 
 def table(report: dict[str, Any]) -> str:
     lines = [
-        f"in-process pipeline, SQLite audit + state, median of {report['blocks']} interleaved blocks of "
-        f"{report['calls_per_block']} calls",
-        f"{'variant':<30}{'CPU/call':>12}{'vs floor':>12}{'vs unused':>12}{'wall median':>14}",
+        f"in-process pipeline, SQLite audit + state; CPU per call: median of {report['blocks']} interleaved "
+        f"blocks of {report['calls_per_block']} calls; vs: median block-by-block difference [quartiles]",
+        f"{'variant':<28}{'CPU/call':>10}{'vs floor':>24}{'vs unused':>24}{'wall median':>13}",
     ]
-    for r, floor_d, unused_d in _deltas(report):
+    for r in report["rows"]:
         lines.append(
-            f"{r['variant']:<30}{r['cpu_us_per_call']:>9.0f} µs{floor_d:>+9.0f} µs{unused_d:>+9.0f} µs"
-            f"{r['wall_median_us']:>11.0f} µs"
+            f"{r['variant']:<28}{r['cpu_us_per_call']:>7.0f} µs"
+            f"{_spread(r['vs_floor']):>24}{_spread(r['vs_unused']):>24}{r['wall_median_us']:>10.0f} µs"
         )
     return "\n".join(lines)
 
@@ -361,14 +385,16 @@ def table(report: dict[str, Any]) -> str:
 def markdown_rows(report: dict[str, Any]) -> list[str]:
     """Rows of the ``python -m bench`` summary table (| measure | result | target |)."""
     out = []
-    for r, floor_d, unused_d in _deltas(report):
+    for r in report["rows"]:
+        f, u = r["vs_floor"], r["vs_unused"]
         target = ""
         if r["variant"] == UNUSED:
-            target = "cost nothing when not used: the floor's within noise"
+            verdict = "met" if within_noise(r) else "**not met**"
+            target = f"unused stages cost nothing: 0 within the difference's quartiles: {verdict}"
         out.append(
-            f"| stages, {r['variant']} (in-process, SQLite) | {r['cpu_us_per_call']:.0f} µs CPU/call "
-            f"({floor_d:+.0f} vs floor, {unused_d:+.0f} vs unused), wall median {r['wall_median_us']:.0f} µs "
-            f"| {target} |"
+            f"| stages, {r['variant']} (in-process pipeline, SQLite audit and state) | "
+            f"{r['cpu_us_per_call']:.0f} µs CPU/call ({f['median_us']:+.0f} µs vs floor, "
+            f"{u['median_us']:+.0f} µs vs unused), wall median {r['wall_median_us']:.0f} µs | {target} |"
         )
     return out
 

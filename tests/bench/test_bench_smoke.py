@@ -39,7 +39,7 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 def test_every_section_ran(report: dict[str, Any]) -> None:
     assert report["failed"] == []
-    for section in ("latency", "throughput", "policy", "audit", "memory", "breakdown"):
+    for section in ("latency", "throughput", "policy", "audit", "stages", "memory", "breakdown"):
         assert "error" not in report[section], report[section]
 
 
@@ -68,6 +68,26 @@ def test_policy_and_audit_benches_exit_cleanly(report: dict[str, Any]) -> None:
     assert "embedded" in report["policy"]["stdout"]
     assert report["audit"]["exit_code"] == 0, report["audit"].get("stderr")
     assert "chain verified: True" in report["audit"]["stdout"]
+
+
+def test_stages_measures_every_variant_and_its_use(report: dict[str, Any]) -> None:
+    stages = report["stages"]
+    rows = {r["variant"]: r for r in stages["rows"]}
+    assert list(rows) == [
+        "floor: stages removed",
+        "unused: all stages present",
+        "Observe removed",
+        "rate limit used",
+        "flows used",
+        "result policy used",
+        "traces on",
+        "default bundle",
+    ]
+    for r in rows.values():
+        assert len(r["cpu_us_blocks"]) == stages["blocks"] and r["cpu_us_per_call"] > 0
+    assert rows["rate limit used"]["used"]["rate_limit_count"] > 0
+    assert rows["flows used"]["used"]["flow_labels"] == ["private"]
+    assert rows["traces on"]["used"]["spans"] > 0
 
 
 def test_memory_reports_rss(report: dict[str, Any]) -> None:
