@@ -102,6 +102,6 @@ def test_breakdown_runs_the_ablated_proxy(report: dict[str, Any]) -> None:
     rows = report["breakdown"]["rows"]
     assert [r["path"] for r in rows] == ["(none: the real proxy)", "no-audit,no-secrets,no-policy"]
     http_rows = report["breakdown"]["http_rows"]
-    assert [r["path"] for r in http_rows] == ["(none: the real proxy)", "json-response"]
+    assert [r["path"] for r in http_rows] == ["(none: the real proxy)", "sse-front"]
     for r in [*rows, *http_rows]:
         assert r["calls"] == report["breakdown"]["calls"]
