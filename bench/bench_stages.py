@@ -29,12 +29,16 @@ same for every variant. Variants:
 * ``default bundle`` — the shipped bundle (its per-tool rate limit raised, calls still counted): flows and a
   rate limit in use, the real policy.
 
-Every call of every variant must be allowed and answered (asserted), and each "used" variant must show its
-use (counted spans, a redacted result, a labelled flow, a counted limit), so a broken variant cannot pass as
-fast. Blocks of calls are interleaved, variant after variant, so drift in machine load hits them alike; per
-variant the median block is reported: **CPU per call** (this process's CPU time over the block / calls — the
-audit writer's and the state store's threads included — the steady figure on a shared machine) and the
-median wall time of a call in the block. Prints a table and writes JSON to bench/results/.
+Every call of every variant must be allowed and answered (asserted), and each variant must show what it
+claims (spans counted, results redacted by the result rule and by no other variant, the flow labelled, the
+limit counted, flow tracking and the result rule on exactly where the bundle uses them), so a broken variant
+cannot pass as fast. (The example result rule can label a flow, so its bundle tracks flows too.)
+
+Blocks of calls are interleaved, variant after variant, the order rotated each round, so drift in machine
+load hits them alike. Per variant: **CPU per call**, this process's CPU time over a block / its calls (the
+audit writer's and the state store's threads included; the steady figure on a shared machine), the median
+block; the block-by-block difference to the floor and to ``unused`` (median and quartiles); the median wall
+time of a call. Prints a table and writes JSON to bench/results/.
 """
 
 from __future__ import annotations
@@ -67,11 +71,11 @@ from mcp_guard.pipeline.build import pipeline_stages
 from mcp_guard.pipeline.chain import build_chain
 from mcp_guard.pipeline.context import CallContext, CallNext, Interceptor, Outcome
 from mcp_guard.pipeline.exchange import ExchangeToken, UpstreamScopesObligation
-from mcp_guard.pipeline.flow import LabelsObligation, TrackFlow, flow_ref
+from mcp_guard.pipeline.flow import FlowUse, LabelsObligation, TrackFlow, flow_ref
 from mcp_guard.pipeline.obligations import EnforceObligations
 from mcp_guard.pipeline.ratelimit import RateLimitObligation
 from mcp_guard.pipeline.redecide import Redecide
-from mcp_guard.pipeline.result_policy import ResultPolicy
+from mcp_guard.pipeline.result_policy import ResultPolicy, ResultUse
 from mcp_guard.pipeline.secret_source import NO_SECRETS
 from mcp_guard.pipeline.shadow import ShadowPolicy
 from mcp_guard.policy import open_engine
@@ -103,7 +107,12 @@ FLOWS_REGO = """package mcp_guard
 
 import rego.v1
 
-flow_labels := object.get(input, ["context", "flow", "labels"], [])
+# read as flows.rego reads it (not through object.get(input, …), which would read the whole input and keep the
+# decision cache out)
+flow_labels := labels if {
+	labels := input.context.flow.labels
+	is_array(labels)
+} else := []
 
 decision := {"allow": true, "reasons": ["bench: allow all"], "obligations": {"labels": ["private"]}} if {
 	not "untrusted" in flow_labels
@@ -182,7 +191,8 @@ class Variant:
     shape: Shape = whole
     decision: str = "mcp_guard/decision"
     traces: bool = False
-    redacts: bool = False  # its answers must come back redacted (the result rule ran), others untouched
+    redacts: bool = False  # a result rule: its answers must come back redacted, every other variant's untouched
+    flows: bool = False  # the bundle uses flows (mcp-guard reads and records the call's flow)
 
 
 VARIANTS = (
@@ -190,10 +200,11 @@ VARIANTS = (
     Variant(UNUSED, "allow-all"),
     Variant("Observe removed", "allow-all", no_observe),
     Variant("rate limit used", "rate"),
-    Variant("flows used", "flows"),
-    Variant("result policy used", "results", decision=WITH_RESULTS, redacts=True),
+    Variant("flows used", "flows", flows=True),
+    # the example rule may label the flow ("CONFIDENTIAL" → private), so the bundle uses flows too
+    Variant("result policy used", "results", decision=WITH_RESULTS, redacts=True, flows=True),
     Variant("traces on", "allow-all", traces=True),
-    Variant("default bundle", "default"),
+    Variant("default bundle", "default", flows=True),
 )
 
 
@@ -202,6 +213,7 @@ class Built:
     """One variant's chain and what must show that the variant is what it says."""
 
     variant: Variant
+    engine: Any
     chain: CallNext
     upstream: RecordingUpstream
     exporter: Any = None
@@ -242,7 +254,7 @@ async def _build(
         from mcp_guard.pipeline.trace import traced_forward
 
         terminal = traced_forward(upstream, tracer)
-    return Built(variant, build_chain(variant.shape(stages, engine), terminal), upstream, exporter)
+    return Built(variant, engine, build_chain(variant.shape(stages, engine), terminal), upstream, exporter)
 
 
 def _check(built: Built, outcome: Outcome) -> None:
@@ -270,7 +282,9 @@ async def _block(built: Built, ctx: CallContext, size: int) -> tuple[float, floa
 async def _used(built: Built, state: StateStore) -> dict[str, Any]:
     """What shows the variant used its stage (asserted for the variants that claim to)."""
     name = built.variant.name
-    shown: dict[str, Any] = {}
+    shown: dict[str, Any] = {"tracks_flows": FlowUse(built.engine)(), "result_rule": ResultUse(built.engine)()}
+    assert shown["tracks_flows"] == built.variant.flows, f"{name}: flow tracking {shown['tracks_flows']}"
+    assert shown["result_rule"] == built.variant.redacts, f"{name}: result rule {shown['result_rule']}"
     if built.exporter is not None:
         shown["spans"] = built.exporter.spans
         assert built.exporter.spans >= built.calls * 10, f"{name}: {built.exporter.spans} spans"
@@ -297,8 +311,8 @@ async def measure(directory: Path, *, blocks: int, calls: int, warmup: int) -> d
     async with _pipelines(directory, VARIANTS) as (built, state):
         for b in built:
             await _block(b, replace(base, session=SessionInfo(f"warm-{b.variant.name}", "http")), warmup)
-        for k in range(blocks):  # a new session (a new flow) each block, variant after variant
-            for b in built:
+        for k in range(blocks):  # a new session (a new flow) each block, variant after variant, the order rotated
+            for b in built[k % len(built) :] + built[: k % len(built)]:  # so no variant always follows the same one
                 per[b.variant.name].append(await _block(b, replace(base, session=_session(b, k)), calls))
         flows = next(b for b in built if b.variant.name == "flows used")
         flow = await state.flow(_flow_id(flows, blocks - 1))
@@ -337,6 +351,7 @@ def _rows(per: dict[str, list[tuple[float, float]]], used: dict[str, dict[str, A
         {
             "variant": name,
             "cpu_us_per_call": statistics.median(cpu[name]),
+            "cpu_us_best_block": min(cpu[name]),
             "cpu_us_blocks": [round(c, 1) for c in cpu[name]],
             "vs_floor": _paired(cpu[name], cpu[FLOOR]),
             "vs_unused": _paired(cpu[name], cpu[UNUSED]),
