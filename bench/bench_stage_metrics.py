@@ -30,8 +30,8 @@ import anyio
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.bench_metrics import RESULTS, SETTINGS, _ctx, _NullSink, _paired, _terminal
-from bench.pipeline_harness import traces_dropped
+from bench.bench_metrics import RESULTS, SETTINGS, _ctx, _paired, _terminal
+from bench.pipeline_harness import NullSink, traces_dropped
 from mcp_guard.pipeline.build import build_pipeline
 from mcp_guard.pipeline.observe import CallMetrics
 from mcp_guard.pipeline.secret_source import NO_SECRETS
@@ -42,7 +42,7 @@ from mcp_guard.testing import allow_all, idle_registry
 def _chain(*, stage_metrics: bool = False, tracer: Any = None) -> Any:
     chain = build_pipeline(
         engine=allow_all(),
-        sink=_NullSink(),
+        sink=NullSink(),
         registry=idle_registry(SETTINGS),
         secrets=NO_SECRETS,
         state=MemoryState(),

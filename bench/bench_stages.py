@@ -28,6 +28,8 @@ same for every variant. Variants:
   drops the spans: the spans are made, not shipped.
 * ``default bundle`` — the shipped bundle (its per-tool rate limit raised, calls still counted): flows and a
   rate limit in use, the real policy.
+* ``floor, no I/O`` / ``unused, no I/O`` — the first two again on the in-memory state store with an audit
+  sink that keeps nothing: the stages' own cost, without the SQLite commits whose noise hides a few µs.
 
 Every call of every variant must be allowed and answered (asserted), and each variant must show what it
 claims (spans counted, results redacted by the result rule and by no other variant, the flow labelled, the
@@ -63,7 +65,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import common
-from bench.pipeline_harness import dropping_exporter, tools_call, without_metrics
+from bench.pipeline_harness import NullSink, dropping_exporter, tools_call, without_metrics
 from mcp_guard.audit import open_sink
 from mcp_guard.logging import configure_logging
 from mcp_guard.pipeline.authorize import Authorize
@@ -80,7 +82,7 @@ from mcp_guard.pipeline.secret_source import NO_SECRETS
 from mcp_guard.pipeline.shadow import ShadowPolicy
 from mcp_guard.policy import open_engine
 from mcp_guard.settings import Settings, parse_settings
-from mcp_guard.state import StateStore, open_state
+from mcp_guard.state import MemoryState, StateStore, open_state
 from mcp_guard.telemetry import INSTRUMENTATION, open_tracing
 from mcp_guard.testing import RecordingUpstream, idle_registry
 from mcp_guard.types import SessionInfo, new_id
@@ -182,6 +184,7 @@ def no_observe(stages: list[Interceptor], engine: Any) -> list[Interceptor]:
 # ---------------------------------------------------------------------- variants
 Shape = Callable[[list[Interceptor], Any], list[Interceptor]]
 FLOOR, UNUSED = "floor: stages removed", "unused: all stages present"
+FLOOR_NO_IO, UNUSED_NO_IO = "floor, no I/O", "unused, no I/O"
 
 
 @dataclass(frozen=True)
@@ -193,6 +196,12 @@ class Variant:
     traces: bool = False
     redacts: bool = False  # a result rule: its answers must come back redacted, every other variant's untouched
     flows: bool = False  # the bundle uses flows (mcp-guard reads and records the call's flow)
+    io: bool = True  # False: in-memory state and an audit sink that keeps nothing (the stages' own cost)
+
+    @property
+    def bases(self) -> tuple[str, str]:
+        """The floor and the unused row this one is compared with (the no-I/O pair with each other)."""
+        return (FLOOR, UNUSED) if self.io else (FLOOR_NO_IO, UNUSED_NO_IO)
 
 
 VARIANTS = (
@@ -205,6 +214,8 @@ VARIANTS = (
     Variant("result policy used", "results", decision=WITH_RESULTS, redacts=True, flows=True),
     Variant("traces on", "allow-all", traces=True),
     Variant("default bundle", "default", flows=True),
+    Variant(FLOOR_NO_IO, "allow-all", floor, io=False),
+    Variant(UNUSED_NO_IO, "allow-all", io=False),
 )
 
 
@@ -302,7 +313,13 @@ async def _pipelines(directory: Path, variants: tuple[Variant, ...]) -> AsyncIte
     async with AsyncExitStack() as stack:
         state = await stack.enter_async_context(open_state(base))
         sink = await stack.enter_async_context(open_sink(base))
-        yield [await _build(stack, v, paths[v.bundle], directory, sink, state) for v in variants], state
+        built = [
+            await _build(
+                stack, v, paths[v.bundle], directory, *((sink, state) if v.io else (NullSink(), MemoryState()))
+            )
+            for v in variants
+        ]
+        yield built, state
 
 
 async def measure(directory: Path, *, blocks: int, calls: int, warmup: int) -> dict[str, Any]:
@@ -347,14 +364,16 @@ def _paired(cpus: list[float], base: list[float]) -> dict[str, Any]:
 
 def _rows(per: dict[str, list[tuple[float, float]]], used: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     cpu = {name: [c for c, _ in blocks] for name, blocks in per.items()}
+    bases = {v.name: v.bases for v in VARIANTS}
     return [
         {
             "variant": name,
+            "io": bases[name][0] == FLOOR,
             "cpu_us_per_call": statistics.median(cpu[name]),
             "cpu_us_best_block": min(cpu[name]),
             "cpu_us_blocks": [round(c, 1) for c in cpu[name]],
-            "vs_floor": _paired(cpu[name], cpu[FLOOR]),
-            "vs_unused": _paired(cpu[name], cpu[UNUSED]),
+            "vs_floor": _paired(cpu[name], cpu[bases[name][0]]),
+            "vs_unused": _paired(cpu[name], cpu[bases[name][1]]),
             "wall_median_us": statistics.median(w for _, w in blocks),
             "used": used[name],
         }
@@ -362,7 +381,7 @@ def _rows(per: dict[str, list[tuple[float, float]]], used: dict[str, dict[str, A
     ]
 
 
-def run(*, blocks: int = 15, calls: int = 300, warmup: int = 100) -> dict[str, Any]:
+def run(*, blocks: int = 30, calls: int = 150, warmup: int = 100) -> dict[str, Any]:
     """The measurement, in a fresh temporary directory; the report ``table`` and ``markdown_rows`` read."""
     configure_logging("info")  # as `mcp-guard run` logs by default (per-call debug lines are off)
     with tempfile.TemporaryDirectory(prefix="bench-stages-") as tmp:
@@ -403,11 +422,11 @@ def markdown_rows(report: dict[str, Any]) -> list[str]:
     for r in report["rows"]:
         f, u = r["vs_floor"], r["vs_unused"]
         target = ""
-        if r["variant"] == UNUSED:
+        if r["variant"] in (UNUSED, UNUSED_NO_IO):
             verdict = "met" if within_noise(r) else "**not met**"
             target = f"unused stages cost nothing: 0 within the difference's quartiles: {verdict}"
         out.append(
-            f"| stages, {r['variant']} (in-process pipeline, SQLite audit and state) | "
+            f"| stages, {r['variant']}{' (SQLite audit and state)' if r.get('io', True) else ''} | "
             f"{r['cpu_us_per_call']:.0f} µs CPU/call ({f['median_us']:+.0f} µs vs floor, "
             f"{u['median_us']:+.0f} µs vs unused), wall median {r['wall_median_us']:.0f} µs | {target} |"
         )
@@ -416,8 +435,8 @@ def markdown_rows(report: dict[str, Any]) -> list[str]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--blocks", type=int, default=15, help="interleaved blocks per variant (default 15)")
-    parser.add_argument("--calls", type=int, default=300, help="calls per block (default 300)")
+    parser.add_argument("--blocks", type=int, default=30, help="interleaved blocks per variant (default 30)")
+    parser.add_argument("--calls", type=int, default=150, help="calls per block (default 150)")
     parser.add_argument("--warmup", type=int, default=100, help="calls per variant before measuring")
     parser.add_argument("--no-save", action="store_true", help="do not write bench/results/*.json")
     args = parser.parse_args()

@@ -17,10 +17,20 @@ from mcp_guard.pipeline.context import CallContext, Interceptor
 from mcp_guard.pipeline.observe import Observe, TimedSink
 from mcp_guard.settings import parse_settings
 from mcp_guard.testing import idle_registry
-from mcp_guard.types import Principal, SessionInfo, ToolInfo
+from mcp_guard.types import AuditEvent, Principal, SessionInfo, ToolInfo
 from mcp_guard.upstream.registry import Registry
 
-__all__ = ["dropping_exporter", "idle_upstreams", "tools_call", "traces_dropped", "without_metrics"]
+__all__ = ["NullSink", "dropping_exporter", "idle_upstreams", "tools_call", "traces_dropped", "without_metrics"]
+
+
+class NullSink:
+    """An audit sink that keeps nothing: no I/O, and no list growing over a million calls."""
+
+    async def record(self, event: AuditEvent) -> int:
+        return 0
+
+    def record_nowait(self, event: AuditEvent) -> None:
+        return None
 
 
 def idle_upstreams(*servers: str) -> Registry:
