@@ -5,12 +5,12 @@ cost nothing when not used and are in the benchmark table when they are").
     python bench/bench_stages.py --blocks 2 --calls 20   # a smoke run
     python -m bench --only stages                # the same, as a section of make bench
 
-The pipeline as ``mcp-guard run`` builds it, in-process, with no network: the real stage list
-(``pipeline_stages``) composed by ``build_chain``, ending in a recording upstream; the embedded engine behind
-the decision cache (``open_engine``: as the app wires it); the SQLite state store and the real SQLite audit
-writer (``open_sink``: both rows of every call committed) in a temporary directory. Principal ``local-agent``
-(role developer) calls ``everything__echo``; the upstream answers a ~200-byte text holding a card number, the
-same for every variant. Variants:
+The pipeline as ``mcp-guard run`` builds it, in-process, with no network (and the collector tuned as it tunes
+it): the real stage list (``pipeline_stages``) composed by ``build_chain``, ending in a recording upstream;
+the embedded engine behind the decision cache (``open_engine``: as the app wires it); the SQLite state store
+and the real SQLite audit writer (``open_sink``: both rows of every call committed) in a temporary directory.
+Principal ``local-agent`` (role developer) calls ``everything__echo``; the upstream answers a ~200-byte text
+holding a card number, the same for every variant. Variants:
 
 * ``floor: stages removed`` — allow-all one-rule bundle; the stages a call need not have removed: Observe (and
   the audit commit timer), TrackFlow, ShadowPolicy, ExchangeToken, Redecide, ResultPolicy, the rate-limit
@@ -31,6 +31,9 @@ same for every variant. Variants:
 * ``floor, no I/O`` / ``unused, no I/O`` — the first two again on the in-memory state store with an audit
   sink that keeps nothing: the stages' own cost, without the SQLite commits whose noise hides a few µs.
 
+Then each optional stage by itself, unused (the allow-all bundle), around a terminal that answers at once, on
+the call as it reached the upstream (decided, allowed): what it adds per call, in interleaved blocks.
+
 Every call of every variant must be allowed and answered (asserted), and each variant must show what it
 claims (spans counted, results redacted by the result rule and by no other variant, the flow labelled, the
 limit counted, flow tracking and the result rule on exactly where the bundle uses them), so a broken variant
@@ -46,6 +49,7 @@ time of a call. Prints a table and writes JSON to bench/results/.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import shutil
@@ -65,16 +69,18 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import common
-from bench.pipeline_harness import NullSink, dropping_exporter, tools_call, without_metrics
+from bench.pipeline_harness import NullSink, dropping_exporter, idle_upstreams, tools_call, without_metrics
 from mcp_guard.audit import open_sink
+from mcp_guard.commands import _tune_gc
 from mcp_guard.logging import configure_logging
 from mcp_guard.pipeline.authorize import Authorize
-from mcp_guard.pipeline.build import pipeline_stages
+from mcp_guard.pipeline.build import pipeline_stages, usage_source
 from mcp_guard.pipeline.chain import build_chain
 from mcp_guard.pipeline.context import CallContext, CallNext, Interceptor, Outcome
 from mcp_guard.pipeline.exchange import ExchangeToken, UpstreamScopesObligation
 from mcp_guard.pipeline.flow import FlowUse, LabelsObligation, TrackFlow, flow_ref
 from mcp_guard.pipeline.obligations import EnforceObligations
+from mcp_guard.pipeline.observe import Observe
 from mcp_guard.pipeline.ratelimit import RateLimitObligation
 from mcp_guard.pipeline.redecide import Redecide
 from mcp_guard.pipeline.result_policy import ResultPolicy, ResultUse
@@ -153,6 +159,7 @@ def bundles(directory: Path) -> dict[str, Path]:
 
 # ---------------------------------------------------------------------- stage lists
 OPTIONAL_STAGES = (TrackFlow, ShadowPolicy, ExchangeToken, Redecide, ResultPolicy)
+UNUSED_STAGES = (Observe, *OPTIONAL_STAGES)  # Observe is never unused (metrics are always on), shown beside them
 OPTIONAL_HANDLERS = (LabelsObligation, RateLimitObligation, UpstreamScopesObligation)
 
 
@@ -325,7 +332,7 @@ async def _pipelines(directory: Path, variants: tuple[Variant, ...]) -> AsyncIte
 async def measure(directory: Path, *, blocks: int, calls: int, warmup: int) -> dict[str, Any]:
     base = tools_call("everything", "echo", {"text": "hello"})
     per: dict[str, list[tuple[float, float]]] = {v.name: [] for v in VARIANTS}
-    async with _pipelines(directory, VARIANTS) as (built, state):
+    async with _pipelines(directory, VARIANTS) as (built, state), _gc_as_run():
         for b in built:
             await _block(b, replace(base, session=SessionInfo(f"warm-{b.variant.name}", "http")), warmup)
         for k in range(blocks):  # a new session (a new flow) each block, variant after variant, the order rotated
@@ -334,9 +341,75 @@ async def measure(directory: Path, *, blocks: int, calls: int, warmup: int) -> d
         flows = next(b for b in built if b.variant.name == "flows used")
         flow = await state.flow(_flow_id(flows, blocks - 1))
         used = {b.variant.name: await _used(b, state) for b in built}
+        unused = next(b for b in built if b.variant.name == UNUSED_NO_IO)
+        alone = await stages_alone(unused, base, blocks=blocks, calls=calls * 10)
     assert "private" in flow.labels and flow.history, f"flows used: the last block's flow is {flow!r}"
     used["flows used"].update(flow_labels=sorted(flow.labels), flow_history=len(flow.history))
-    return {"blocks": blocks, "calls_per_block": calls, "warmup": warmup, "rows": _rows(per, used)}
+    return {"blocks": blocks, "calls_per_block": calls, "warmup": warmup, "rows": _rows(per, used), "alone": alone}
+
+
+@asynccontextmanager
+async def _gc_as_run() -> AsyncIterator[None]:
+    """The collector tuned as ``mcp-guard run`` tunes it once started (start-up objects frozen, young collections
+    rarer): per-call garbage costs what it costs in the proxy. Put back after, for the sections that follow."""
+    threshold = gc.get_threshold()
+    _tune_gc()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*threshold)
+
+
+ALONE = "(the terminal alone)"
+CORE_HANDLERS = "EnforceObligations, core handlers"
+
+
+def _alone_items(built: Built, inner: CallContext, outcome: Outcome) -> list[tuple[str, CallNext, str]]:
+    """(name, chain, what it is compared with): each stage a call can do without, around a terminal that answers
+    at once, as the allow-all bundle leaves it (unused); the usage read and the optional handlers likewise."""
+
+    async def terminal(_ctx: CallContext) -> Outcome:
+        return outcome
+
+    state = MemoryState()
+    stages = pipeline_stages(
+        engine=built.engine, sink=NullSink(), registry=idle_upstreams("everything"), secrets=NO_SECRETS, state=state
+    )
+    enforce = next(s for s in stages if isinstance(s, EnforceObligations))
+    usage = usage_source(built.engine, state)
+    assert usage is not None, "the embedded engine holds its bundle"
+
+    async def read_usage(ctx: CallContext) -> Outcome:
+        await usage.usage(ctx)
+        return outcome
+
+    items: list[tuple[str, CallNext, str]] = [(ALONE, terminal, ALONE)]
+    items += [(type(s).__name__, build_chain([s], terminal), ALONE) for s in stages if isinstance(s, UNUSED_STAGES)]
+    return [
+        *items,
+        ("Authorize's rate-limit usage read", read_usage, ALONE),
+        (CORE_HANDLERS, build_chain(floor([enforce], built.engine), terminal), ALONE),
+        ("labels + rate_limit + upstream_scopes handlers", build_chain([enforce], terminal), CORE_HANDLERS),
+    ]
+
+
+async def stages_alone(built: Built, ctx: CallContext, *, blocks: int, calls: int) -> list[dict[str, Any]]:
+    """ns per call each unused stage adds by itself: interleaved blocks, the median block-by-block difference."""
+    outcome = await built.chain(ctx)
+    inner = built.upstream.seen.pop()  # the call as it reached the upstream: decided, allowed, recorded
+    items = _alone_items(built, inner, outcome)
+    per: dict[str, list[float]] = {name: [] for name, _, _ in items}
+    for _ in range(blocks):
+        for name, chain, _ in items:
+            cpu = time.process_time()
+            for _ in range(calls):
+                await chain(inner)
+            per[name].append((time.process_time() - cpu) / calls * 1e9)
+    return [
+        {"stage": name, "added_ns": statistics.median(a - b for a, b in zip(per[name], per[base], strict=True))}
+        for name, _, base in items[1:]
+    ]
 
 
 def _session(built: Built, block: int) -> SessionInfo:
@@ -413,6 +486,9 @@ def table(report: dict[str, Any]) -> str:
             f"{r['variant']:<28}{r['cpu_us_per_call']:>7.0f} µs"
             f"{_spread(r['vs_floor']):>24}{_spread(r['vs_unused']):>24}{r['wall_median_us']:>10.0f} µs"
         )
+    if report.get("alone"):
+        lines += ["", "each stage alone, as the allow-all bundle leaves it (no I/O; median block-by-block difference)"]
+        lines += [f"{a['stage']:<48}{a['added_ns'] / 1000:>+8.1f} µs" for a in report["alone"]]
     return "\n".join(lines)
 
 
@@ -430,6 +506,9 @@ def markdown_rows(report: dict[str, Any]) -> list[str]:
             f"{r['cpu_us_per_call']:.0f} µs CPU/call ({f['median_us']:+.0f} µs vs floor, "
             f"{u['median_us']:+.0f} µs vs unused), wall median {r['wall_median_us']:.0f} µs | {target} |"
         )
+    if report.get("alone"):
+        each = "; ".join(f"{a['stage']} {a['added_ns'] / 1000:+.1f}" for a in report["alone"])
+        out.append(f"| stages alone, unused (no I/O; µs CPU/call) | {each} | |")
     return out
 
 
