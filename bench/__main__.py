@@ -10,6 +10,7 @@ Sections (each also runs on its own: ``python bench/bench_<name>.py --help``):
   throughput  calls/s and p50/p99 over streamable HTTP at 1, 8, 32, 128 concurrent clients
   policy      policy evaluation alone, both engines (bench/bench_policy.py)
   audit       audit store throughput and commit wait alone (bench/bench_audit.py)
+  stages      the in-process pipeline per optional stage, unused and used: CPU per call (bench/bench_stages.py)
   memory      proxy RSS with 1,000 open HTTP sessions, and with 20 upstreams
   breakdown   (opt-in: --only breakdown, or --all) the stdio path with pipeline parts switched off
 
@@ -29,9 +30,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import bench_breakdown, bench_latency, bench_memory, bench_throughput, common
+from bench import bench_breakdown, bench_latency, bench_memory, bench_stages, bench_throughput, common
 
-SECTIONS = ("latency", "throughput", "policy", "audit", "memory")
+SECTIONS = ("latency", "throughput", "policy", "audit", "stages", "memory")
 OPT_IN = ("breakdown",)
 HERE = Path(__file__).resolve().parent
 
@@ -92,6 +93,7 @@ def run_sections(sections: list[str], quick: bool, save: bool) -> dict[str, Any]
             save and not quick,
             1200,
         ),
+        "stages": lambda: bench_stages.run(blocks=2, calls=20, warmup=5) if quick else bench_stages.run(),
         "memory": lambda: bench_memory.run(n_sessions=20, n_upstreams=2) if quick else bench_memory.run(),
         "breakdown": lambda: (
             bench_breakdown.run(
@@ -132,6 +134,8 @@ def tables(report: dict[str, Any]) -> str:
             out.append(bench_latency.table(section))
         elif name == "throughput":
             out.append(bench_throughput.table(section))
+        elif name == "stages":
+            out.append(bench_stages.table(section))
         elif name == "memory":
             out.append(bench_memory.table(section))
         elif name == "breakdown":
@@ -210,6 +214,8 @@ def markdown(report: dict[str, Any]) -> str:
         if "wait_median_ms" in row:
             parts.append(f"commit wait median {row['wait_median_ms']:.2f} ms, p99 {row['wait_p99_ms']:.2f} ms")
         lines.append(f"| audit, {name} | {', '.join(parts)} | |")
+    if report.get("stages", {}).get("rows"):
+        lines += bench_stages.markdown_rows(report["stages"])
     mem = report.get("memory", {})
     if "sessions" in mem:
         s = mem["sessions"]

@@ -40,21 +40,22 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import mcp_types as types
 
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.pipeline_harness import idle_upstreams, tools_call
 from mcp_guard.pipeline.build import pipeline_stages
 from mcp_guard.pipeline.chain import build_chain
-from mcp_guard.pipeline.context import CallContext, CallNext
+from mcp_guard.pipeline.context import CallNext
 from mcp_guard.pipeline.flow import FlowUse
 from mcp_guard.pipeline.secret_source import NO_SECRETS
 from mcp_guard.policy.bundle import load_bundle
 from mcp_guard.policy.embedded import EmbeddedEngine
-from mcp_guard.settings import parse_settings
 from mcp_guard.state import FlowCall, FlowRef, MemoryState, SQLiteState, StateStore
 from mcp_guard.state.sqlite import FLOW_CACHE_SIZE
-from mcp_guard.testing import RecordingSink, RecordingUpstream, idle_registry
-from mcp_guard.types import Principal, SessionInfo, ToolInfo
-from mcp_guard.upstream.registry import Registry
+from mcp_guard.testing import RecordingSink, RecordingUpstream
+from mcp_guard.types import SessionInfo
 
 RESULTS = Path(__file__).resolve().parent / "results"
 BUNDLE = Path(__file__).resolve().parents[1] / "policies" / "rego"
@@ -119,32 +120,13 @@ def _bundle(tmp: Path, *, flows: bool) -> Path:
     return root
 
 
-def _registry() -> Registry:
-    settings = parse_settings(
-        {"upstreams": {"tickets": {"command": "never"}, "time": {"command": "never"}}}, source="<b>"
-    )
-    return idle_registry(settings)
-
-
-def _ctx(server: str, tool: str, args: dict[str, Any]) -> CallContext:
-    return CallContext(
-        action="tools/call",
-        principal=Principal("local-agent", ("developer",)),
-        session=SessionInfo("bench-session", "http"),
-        server=server,
-        target=tool,
-        exposed=f"{server}__{tool}",
-        arguments=args,
-        request=types.CallToolRequest(params=types.CallToolRequestParams(name=tool, arguments=args)),
-        tool_info=ToolInfo(annotations={"readOnlyHint": True}),
-    )
-
-
-CALLS = (_ctx("tickets", "get_ticket", {"id": 7}), _ctx("time", "get_current_time", {"timezone": "UTC"}))
+CALLS = (tools_call("tickets", "get_ticket", {"id": 7}), tools_call("time", "get_current_time", {"timezone": "UTC"}))
 
 
 def _chain(engine: EmbeddedEngine, state: StateStore) -> CallNext:
-    stages = pipeline_stages(engine=engine, sink=RecordingSink(), registry=_registry(), secrets=NO_SECRETS, state=state)
+    stages = pipeline_stages(
+        engine=engine, sink=RecordingSink(), registry=idle_upstreams("tickets", "time"), secrets=NO_SECRETS, state=state
+    )
     return build_chain(stages, RecordingUpstream())
 
 

@@ -43,6 +43,7 @@ import mcp_types as types
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.pipeline_harness import NullSink, without_metrics
 from mcp_guard.frontend.ops import OpsSources, metrics_text
 from mcp_guard.pipeline.build import pipeline_stages
 from mcp_guard.pipeline.chain import build_chain
@@ -57,16 +58,6 @@ from mcp_guard.types import AuditEvent, Decision, EventKind, Principal, ReasonCo
 RESULTS = Path(__file__).resolve().parent / "results"
 SETTINGS = parse_settings({"upstreams": {"rec": {"command": "never-started"}}}, source="<bench>")
 RESULT = Outcome(result={"content": [{"type": "text", "text": "ok"}], "isError": False}, decision=Decision(allow=True))
-
-
-class _NullSink:
-    """Keeps nothing: the bench must not grow a list for a million calls."""
-
-    async def record(self, event: AuditEvent) -> int:
-        return 0
-
-    def record_nowait(self, event: AuditEvent) -> None:
-        return None
 
 
 def _ctx() -> CallContext:
@@ -111,18 +102,14 @@ def _pipeline(observe: bool) -> Any:
     metrics = CallMetrics()
     stages = pipeline_stages(
         engine=allow_all(),
-        sink=_NullSink(),
+        sink=NullSink(),
         registry=idle_registry(SETTINGS),
         secrets=NO_SECRETS,
         state=MemoryState(),
         metrics=metrics,
     )
     if not observe:  # the no-metrics ablation: no Observe stage, the audit stages write to the bare sink
-        stages = [s for s in stages if not isinstance(s, Observe)]
-        for s in stages:
-            sink = getattr(s, "_sink", None)
-            if isinstance(sink, TimedSink):
-                s._sink = sink._sink  # type: ignore[attr-defined]
+        stages = without_metrics(stages)
     return build_chain(stages, _terminal)
 
 
@@ -197,7 +184,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         {"with": lambda: full(ctx), "without": lambda: stripped(ctx)}, n // 5, blocks
     )
 
-    sink = _NullSink()
+    sink = NullSink()
     timed = TimedSink(sink, CallMetrics().audit_wait)
     event = AuditEvent(kind=EventKind.CONFIG_LOAD)
     results["TimedSink.record"] = await _paired(

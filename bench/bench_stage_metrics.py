@@ -30,7 +30,8 @@ import anyio
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.bench_metrics import RESULTS, SETTINGS, _ctx, _NullSink, _paired, _terminal
+from bench.bench_metrics import RESULTS, SETTINGS, _ctx, _paired, _terminal
+from bench.pipeline_harness import NullSink, traces_dropped
 from mcp_guard.pipeline.build import build_pipeline
 from mcp_guard.pipeline.observe import CallMetrics
 from mcp_guard.pipeline.secret_source import NO_SECRETS
@@ -41,7 +42,7 @@ from mcp_guard.testing import allow_all, idle_registry
 def _chain(*, stage_metrics: bool = False, tracer: Any = None) -> Any:
     chain = build_pipeline(
         engine=allow_all(),
-        sink=_NullSink(),
+        sink=NullSink(),
         registry=idle_registry(SETTINGS),
         secrets=NO_SECRETS,
         state=MemoryState(),
@@ -50,19 +51,6 @@ def _chain(*, stage_metrics: bool = False, tracer: Any = None) -> Any:
         tracer=tracer,
     )
     return chain
-
-
-def _dropping_tracer() -> Any:
-    from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
-
-    class Drop(SpanExporter):
-        def export(self, spans: Any) -> SpanExportResult:
-            return SpanExportResult.SUCCESS
-
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(Drop()))
-    return provider.get_tracer("bench")
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -77,7 +65,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     chains = {
         "off": _chain(),
         "stage_metrics": _chain(stage_metrics=True),
-        "traces": _chain(tracer=_dropping_tracer()),
+        "traces": _chain(tracer=traces_dropped()),
     }
     variants = {name: (lambda c=c: c(ctx)) for name, c in chains.items()}
     return await _paired(variants, args.n, args.blocks)

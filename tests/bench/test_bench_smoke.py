@@ -39,7 +39,7 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 def test_every_section_ran(report: dict[str, Any]) -> None:
     assert report["failed"] == []
-    for section in ("latency", "throughput", "policy", "audit", "memory", "breakdown"):
+    for section in ("latency", "throughput", "policy", "audit", "stages", "memory", "breakdown"):
         assert "error" not in report[section], report[section]
 
 
@@ -70,6 +70,28 @@ def test_policy_and_audit_benches_exit_cleanly(report: dict[str, Any]) -> None:
     assert "chain verified: True" in report["audit"]["stdout"]
 
 
+def test_stages_measures_every_variant_and_its_use(report: dict[str, Any]) -> None:
+    stages = report["stages"]
+    rows = {r["variant"]: r for r in stages["rows"]}
+    assert list(rows) == [
+        "floor: stages removed",
+        "unused: all stages present",
+        "Observe removed",
+        "rate limit used",
+        "flows used",
+        "result policy used",
+        "traces on",
+        "default bundle",
+        "floor, no I/O",
+        "unused, no I/O",
+    ]
+    for r in rows.values():
+        assert len(r["cpu_us_blocks"]) == stages["blocks"] and r["cpu_us_per_call"] > 0
+    assert rows["rate limit used"]["used"]["rate_limit_count"] > 0
+    assert rows["flows used"]["used"]["flow_labels"] == ["private"]
+    assert rows["traces on"]["used"]["spans"] > 0
+
+
 def test_memory_reports_rss(report: dict[str, Any]) -> None:
     sessions, upstreams = report["memory"]["sessions"], report["memory"]["upstreams"]
     assert sessions["open_connections"] == sessions["sessions"] == 20
@@ -82,6 +104,6 @@ def test_breakdown_runs_the_ablated_proxy(report: dict[str, Any]) -> None:
     rows = report["breakdown"]["rows"]
     assert [r["path"] for r in rows] == ["(none: the real proxy)", "no-audit,no-secrets,no-policy"]
     http_rows = report["breakdown"]["http_rows"]
-    assert [r["path"] for r in http_rows] == ["(none: the real proxy)", "json-response"]
+    assert [r["path"] for r in http_rows] == ["(none: the real proxy)", "sse-front"]
     for r in [*rows, *http_rows]:
         assert r["calls"] == report["breakdown"]["calls"]
