@@ -16,7 +16,9 @@ Nothing here knows which database is behind the backend. The guarantees:
   write a batch as a single statement). Load makes transactions bigger, not the queue longer. A
   backend that can commit on the loop without waiting (:class:`~mcp_guard.audit.backend.InlineAppend`,
   SQLite) is offered each batch first: no thread hop, and one writer wake-up per batch, not per event —
-  events recorded while the writer waits for its turn on the loop form the next batch. A
+  events recorded while the writer waits for its turn on the loop form the next batch. A lone
+  record() — the writer idle, nothing queued, no load — commits its own row the same way in the
+  caller's task (:meth:`AuditWriter._commit_now`), skipping the future and the writer's wake-up. A
   record() that finds the queue full (``queue_max``) waits its turn; a record_nowait() is dropped
   and counted.
 * **Ordering.** :meth:`AuditWriter.record` returns only after the transaction holding its event has
