@@ -360,14 +360,21 @@ class AuditWriter:
         backend's :meth:`~mcp_guard.audit.backend.InlineAppend.append_now`, which never waits. The same checks
         as :meth:`_commit` — the backend's problem before and after the write — and the same outcome: the seq once
         committed, else an :class:`AuditError`. Why: a row of a lone call otherwise pays a future, a wake-up of
-        the writer task and two trips through the event loop, more than its insert."""
+        the writer task and two passes of the event loop: about as much CPU as its insert."""
         append_now = self._append_now
         assert append_now is not None
         gone = self.backend.problem()
         if gone is not None:
             self._break(gone)
+            self.stats.failed += 1
             raise AuditError(gone)
-        first = append_now((pending,))
+        try:
+            first = append_now((pending,))
+        except Exception as e:  # a bug in the backend: as in the writer task, the writer stops for good
+            self._broken = f"audit writer failed: {type(e).__name__}: {e}"
+            log.exception("audit.writer_failed")
+            self.stats.failed += 1
+            raise AuditError(self._broken) from e
         if first is None:  # it would have waited (a lock, a stale head…): the thread path takes this row next
             self._thread_next = True
             return None
