@@ -9,7 +9,9 @@ Each call is what ``RecordDecision`` and ``RecordOutcome`` do for a ``tools/call
 One call at a time, so every row is its own batch (the proxy's latency case, the most work per row).
 
 The figure is process CPU time / calls (steady on a shared machine, unlike wall time). Run it with two
-checkouts alternately (old vs new ``src``) for an A/B.
+checkouts alternately (old vs new ``src``) for an A/B, or with ``--ab``: blocks of 250 calls alternate in one
+process between this code and the same code with ``bench/ablate.py audit-writer-task,old-audit-rows`` (the queued
+writer path and the old row building put back), so machine noise hits both alike.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import anyio
 import anyio.lowlevel
@@ -118,11 +121,78 @@ async def run(n: int, path: Path) -> dict[str, float]:
     return {"calls": n, "cpu_us_per_call": cpu / n * 1e6, "wall_us_per_call": wall / n * 1e6}
 
 
+_ABLATED = {"audit-writer-task", "old-audit-rows"}
+
+
+def _switcher() -> Any:
+    """A function that puts the ablated parts in (True) or takes them out again (False)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from bench import ablate
+    from mcp_guard.audit import events, writer
+
+    names = {
+        events: ("event_id", "timestamp", "_RESULT_TEXT"),
+        writer: ("json_text", "fast_json_text", "_reasons_text"),
+    }
+    saved = {(m, a): getattr(m, a) for m, attrs in names.items() for a in attrs}
+    alone = writer.AuditWriter._alone
+
+    def switch(old: bool) -> None:
+        if old:
+            ablate.apply(_ABLATED)
+            return
+        for (module, attr), value in saved.items():
+            setattr(module, attr, value)
+        setattr(writer.AuditWriter, "_alone", alone)  # noqa: B010
+
+    return switch
+
+
+async def run_ab(blocks: int, path: Path) -> dict[str, float]:
+    """``blocks`` pairs of 250-call blocks, new and old in turn (which goes first alternates)."""
+    switch = _switcher()
+    ctx = call_context()
+    decision = ctx.decision
+    assert decision is not None
+    outcome = Outcome(result=RESULT, decision=decision, verdict=ctx.verdict, upstream_protocol="2025-06-18")
+    cpu = {"new": 0.0, "old": 0.0}
+    async with open_sqlite_sink(path) as sink:
+        for _ in range(200):
+            await one_call(sink, ctx, decision, outcome)
+        for block in range(blocks):
+            for variant in ("old", "new") if block % 2 else ("new", "old"):
+                switch(variant == "old")
+                cpu0 = time.process_time()
+                for _ in range(250):
+                    await one_call(sink, ctx, decision, outcome)
+                cpu[variant] += time.process_time() - cpu0
+        switch(False)
+    report = verify_file(path)
+    assert report.ok, report
+    calls = blocks * 250
+    return {
+        "calls_each": calls,
+        "new_cpu_us_per_call": cpu["new"] / calls * 1e6,
+        "old_cpu_us_per_call": cpu["old"] / calls * 1e6,
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=5000, help="calls (two rows each)")
     parser.add_argument("--json", action="store_true", help="print the result as one JSON line")
+    parser.add_argument("--ab", type=int, metavar="BLOCKS", help="interleaved A/B against the ablated old parts")
     args = parser.parse_args()
+    if args.ab:
+        with tempfile.TemporaryDirectory() as tmp:
+            ab = anyio.run(run_ab, args.ab, Path(tmp) / "audit.db")
+        new, old = ab["new_cpu_us_per_call"], ab["old_cpu_us_per_call"]
+        print(
+            json.dumps(ab)
+            if args.json
+            else f"{ab['calls_each']:.0f} calls each: old {old:.1f} / new {new:.1f} µs CPU/call"
+        )
+        return 0
     with tempfile.TemporaryDirectory() as tmp:
         result = anyio.run(run, args.n, Path(tmp) / "audit.db")
     if args.json:
