@@ -31,7 +31,13 @@ Switches (comma-separated):
 * ``no-lane``        forwarded requests to stdio upstreams go through the SDK ``ClientSession`` again instead of
                      the lean lane (``upstream/raw_lane.py``)
 * ``audit-fast-path`` with inline-audit: a record() that finds the writer idle and the queue empty
-                     commits its own row in the caller's task (no writer wake-up, no future)
+                     commits its own row in the caller's task (no writer wake-up, no future) — the writer now
+                     does this itself (``AuditWriter._commit_now``); the switch predates it
+* ``audit-writer-task`` every record() goes through the queue and the writer task, as before the call-row work
+                     (a lone row is no longer committed in the caller's task)
+* ``old-audit-rows`` the call rows built and serialised as before the call-row work: uuid4 ids and datetime
+                     timestamps, the argument text serialised a second time by the writer, reasons serialised per
+                     row, the result digested by ``json.dumps`` (the stored rows are the same)
 """
 
 from __future__ import annotations
@@ -58,6 +64,8 @@ SWITCHES = (
     "thread-audit",
     "no-decision-cache",
     "no-lane",
+    "audit-writer-task",
+    "old-audit-rows",
 )
 
 
@@ -185,6 +193,12 @@ def apply(switches: set[str]) -> None:
                 return int(await slow_record(self, event))
 
             setattr(writer_mod.AuditWriter, "record", fast_record)  # noqa: B010
+    if "audit-writer-task" in switches:
+        from mcp_guard.audit import writer as writer_task_mod
+
+        setattr(writer_task_mod.AuditWriter, "_alone", lambda self: False)  # noqa: B010
+    if "old-audit-rows" in switches:
+        _old_audit_rows()
     if "thread-state" in switches:
         from mcp_guard.state.sqlite import SQLiteState
 
@@ -249,6 +263,35 @@ def apply(switches: set[str]) -> None:
             return original_run(fn, *args, **kw)
 
         setattr(anyio, "run", uvloop_run)  # noqa: B010 - mcp_guard.commands calls anyio.run
+
+
+def _old_audit_rows() -> None:
+    """Put back the per-row work the call-row change removed (see ``old-audit-rows``)."""
+    import json
+
+    from mcp_guard.audit import chain, events
+    from mcp_guard.audit import writer as writer_mod
+    from mcp_guard.types import new_id, utc_now
+
+    setattr(events, "event_id", new_id)  # noqa: B010
+    setattr(events, "timestamp", utc_now)  # noqa: B010
+    plain_json_text = chain.json_text
+
+    def json_text_again(value: Any) -> Any:  # the carried text ignored: serialise the arguments again
+        return plain_json_text(dict(value) if isinstance(value, chain.EncodedJson) else value)
+
+    setattr(writer_mod, "json_text", json_text_again)  # noqa: B010
+
+    def fast_json_text_again(value: Any) -> Any:
+        return chain.fast_json_text(dict(value) if isinstance(value, chain.EncodedJson) else value)
+
+    setattr(writer_mod, "fast_json_text", fast_json_text_again)  # noqa: B010
+    setattr(writer_mod, "_reasons_text", lambda reasons: json_text_again(list(reasons)))  # noqa: B010
+
+    def dumps_text(result: Any) -> str:
+        return json.dumps(result, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+    setattr(events, "_RESULT_TEXT", dumps_text)  # noqa: B010
 
 
 def main() -> int:

@@ -17,10 +17,12 @@ pytestmark = pytest.mark.anyio
 CHILD = str(Path(__file__).with_name("audit_durability_child.py"))
 
 
-@pytest.mark.parametrize("concurrency", [1, 200])
-async def test_sigkill_mid_burst_keeps_every_acknowledged_event(tmp_path: Path, concurrency: int) -> None:
+@pytest.mark.parametrize(("concurrency", "mode"), [(1, ""), (200, ""), (1, "yield")])
+async def test_sigkill_mid_burst_keeps_every_acknowledged_event(tmp_path: Path, concurrency: int, mode: str) -> None:
+    """``yield``: a lone recorder passing through the loop between rows, so record() commits each row itself."""
     db = tmp_path / "audit.db"
-    process = await anyio.open_process([PYTHON, CHILD, str(db), str(concurrency)], env=child_env())
+    command = [PYTHON, CHILD, str(db), str(concurrency), *([mode] if mode else [])]
+    process = await anyio.open_process(command, env=child_env())
     acknowledged: list[int] = []
     buffer = b""
     killed = False

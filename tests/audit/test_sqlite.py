@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import pytest
 from audit_testkit import event, rows, seqs, tamper
 
@@ -197,6 +198,61 @@ async def test_an_uncontended_record_commits_inline_before_it_returns(db: Path) 
             seq = await store.record(event(i))
             assert seqs(db) == list(range(1, seq + 1))  # committed (another connection sees it) before return
         assert backend.inline_batches == store.stats.batches and backend.inline_declined == 0
+    assert verify_file(db).ok
+
+
+async def test_a_lone_record_commits_in_the_callers_task_without_waking_the_writer(
+    db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A row recorded while nothing else is queued is inserted by record() itself: no future, no writer turn."""
+    async with open_sqlite_sink(db) as store:
+        wakeups: list[None] = []
+        enqueue = AuditWriter._enqueue
+
+        def counted(self: AuditWriter, pending: Any) -> None:
+            wakeups.append(None)
+            enqueue(self, pending)
+
+        monkeypatch.setattr(AuditWriter, "_enqueue", counted)
+        for i in range(3):
+            seq = await store.record(event(i))
+            assert seqs(db) == list(range(1, seq + 1))  # committed before record() returned
+            await anyio.lowlevel.checkpoint()  # the call's trip to its upstream
+        assert wakeups == [] and store.stats.batches == 3 and store.stats.committed == 3
+        assert sqlite_backend(store).inline_batches == 3
+    assert verify_file(db).ok
+
+
+async def test_queued_rows_keep_their_order_and_load_keeps_group_commit(db: Path) -> None:
+    """A row never overtakes one queued before it; once the writer commits several rows at a time, lone rows
+    go through the queue too (group commit) until a batch of one says the load is gone."""
+    async with open_sqlite_sink(db) as store:
+        for i in range(5):
+            store.record_nowait(event(i))
+        assert await store.record(event(5)) == 6  # behind the five queued rows, in their batch
+        assert store.stats.largest_batch > 1
+        batches = store.stats.batches
+        assert await store.record(event(6)) == 7  # after a grouped batch: through the writer
+        assert store._inline_turn is False and store.stats.batches == batches + 1
+        await anyio.lowlevel.checkpoint()
+        assert await store.record(event(7)) == 8  # the last batch was one row: inline again
+        assert store._inline_turn is True  # taken by this record() for the rest of this loop pass
+    assert seqs(db) == list(range(1, 9)) and verify_file(db).ok
+
+
+async def test_recorders_of_one_loop_pass_share_a_transaction(db: Path) -> None:
+    """Only the first record() of a pass commits inline; the others of that pass queue and share a batch."""
+    async with open_sqlite_sink(db) as store:
+        got: list[int] = []
+
+        async def one(i: int) -> None:
+            got.append(await store.record(event(i)))
+
+        async with anyio.create_task_group() as tg:
+            for i in range(40):
+                tg.start_soon(one, i)
+        assert sorted(got) == list(range(1, 41))
+        assert store.stats.batches <= 5 and store.stats.largest_batch == 32  # 1 inline, then 32 + 4 + 2 + 1
     assert verify_file(db).ok
 
 

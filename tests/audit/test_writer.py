@@ -7,14 +7,17 @@ from __future__ import annotations
 
 import math
 import sqlite3
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import pytest
 from audit_testkit import MemoryBackend, MemoryReader, event, rows, seqs
 
 from mcp_guard.audit import AuditWriter, open_sqlite_sink
+from mcp_guard.audit.chain import GENESIS, ChainHead, RowBody, chain_rows
 from mcp_guard.audit.verify import verify_chain, verify_file
 from mcp_guard.errors import AuditError
 
@@ -274,3 +277,50 @@ async def test_a_backend_bug_stops_the_writer_and_fails_every_waiter() -> None:
 async def test_writer_limits_must_be_positive() -> None:
     with pytest.raises(ValueError, match="positive"):
         AuditWriter(MemoryBackend(), batch_max=0)
+
+
+class _InlineMemoryBackend(MemoryBackend):
+    """A MemoryBackend that commits on the loop (``InlineAppend``), and can be told to decline or to fail."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inline: list[int] = []
+        self.decline = False
+        self.bug: Exception | None = None
+
+    def append_now(self, batch: Sequence[RowBody]) -> int | None:
+        if self.bug is not None:
+            raise self.bug
+        if self.decline:
+            return None
+        head = ChainHead(self.rows[-1][0], self.rows[-1][-1]) if self.rows else GENESIS
+        rows, _ = chain_rows(head, batch)
+        self.rows.extend(rows)
+        self.inline.append(len(rows))
+        return head.seq + 1
+
+
+async def test_a_lone_record_is_committed_by_the_caller_and_a_declined_one_by_the_thread_path() -> None:
+    backend = _InlineMemoryBackend()
+    async with AuditWriter.running(backend) as writer:
+        assert await writer.record(event(0)) == 1
+        assert backend.inline == [1] and backend.batches == []
+        assert writer._inline_turn and not writer._queue  # committed in record() itself, never queued
+        await anyio.lowlevel.checkpoint()
+        backend.decline = True
+        assert await writer.record(event(1)) == 2  # declined inline: the writer took it to append()
+        assert backend.batches == [1]
+    assert verify_chain(MemoryReader(backend.rows)).ok
+
+
+async def test_a_backend_bug_in_the_callers_commit_breaks_the_writer_loudly() -> None:
+    backend = _InlineMemoryBackend()
+    async with AuditWriter.running(backend) as writer:
+        backend.bug = RuntimeError("boom")
+        with pytest.raises(AuditError, match="boom"):
+            await writer.record(event(0))
+        backend.bug = None
+        with pytest.raises(AuditError, match="boom"):
+            await writer.record(event(1))  # broken for good
+        assert not writer.healthy and writer.stats.failed == 1
+    assert backend.rows == []

@@ -39,6 +39,7 @@ __all__ = [
     "GENESIS",
     "GENESIS_HASH",
     "ChainHead",
+    "EncodedJson",
     "RowBody",
     "canonical_json",
     "chain_rows",
@@ -76,21 +77,22 @@ class RowBody(Protocol):
         ...
 
 
-def _encoder(default: Callable[[Any], Any] | None = None) -> Callable[[Any], str]:
+def _encoder(default: Callable[[Any], Any] | None = None, *, allow_nan: bool = False) -> Callable[[Any], str]:
     """A canonical-JSON encoding function, built once.
 
     ``JSONEncoder.encode`` builds its C encoder again on every call; for the audit hot path (several
     encodes per event) the C encoder is built here once, with exactly the arguments ``encode`` would
     pass, so the output is identical. Without the C accelerator, the public encoder is used.
+    ``allow_nan`` writes NaN/Infinity as ``json.dumps`` does (only for digests that always did so).
     """
     public = json.JSONEncoder(
-        sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=default
+        sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=allow_nan, default=default
     )
     make = getattr(json.encoder, "c_make_encoder", None)
     basestring = getattr(json.encoder, "c_encode_basestring", None)
     if make is None or basestring is None:
         return public.encode
-    c_encode = make(None, public.default, basestring, None, ":", ",", True, False, False)
+    c_encode = make(None, public.default, basestring, None, ":", ",", True, False, allow_nan)
 
     def encode(value: Any) -> str:
         if isinstance(value, str):
@@ -147,6 +149,35 @@ def _sanitize(value: Any) -> Any:
     return _sanitize(_fallback(value))
 
 
+class EncodedJson(dict[str, Any]):
+    """A JSON object that carries its stored form (:func:`json_text`), made once by whoever built it.
+
+    Why: a row's ``arguments`` are serialised to be measured against ``[audit] max_arguments_bytes``
+    (:func:`mcp_guard.audit.events.bound_arguments`); the writer takes the same text for the column and the
+    hashed body instead of serialising the arguments a second time. :func:`json_text` and
+    :func:`fast_json_text` answer :attr:`text` for it, so the stored row is byte-for-byte what they would
+    have made of the object (tests/audit/test_encoding.py compares them).
+
+    The object is a copy that refuses changes at its top level; nested values are the caller's, and a
+    caller must not change them after building it (the row constructors hand it straight to the writer).
+    """
+
+    __slots__ = ("text",)
+
+    def __init__(self, value: Mapping[str, Any], text: str) -> None:
+        super().__init__(value)
+        self.text = text
+
+    def _refuse(self, *_args: Any, **_kwargs: Any) -> Any:
+        raise TypeError("an EncodedJson object cannot be changed (its stored text is made)")
+
+    __setitem__ = __delitem__ = __ior__ = _refuse
+    clear = pop = popitem = setdefault = update = _refuse
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (EncodedJson, (dict(self), self.text))
+
+
 def json_text(value: Any) -> str | None:
     """The stored form of a JSON column: canonical JSON text, or None for an absent value.
 
@@ -156,6 +187,8 @@ def json_text(value: Any) -> str | None:
     """
     if value is None:
         return None
+    if type(value) is EncodedJson:
+        return value.text
     try:
         text = _WITH_FALLBACK(value)
         text.encode("utf-8")  # lone surrogates would only fail later, in the writer
@@ -169,7 +202,11 @@ def fast_json_text(value: Any) -> str | None:
 
     The text may hold lone surrogates (only encoding it, e.g. in :func:`canonical_json`, fails).
     """
-    return None if value is None else _WITH_FALLBACK(value)
+    if value is None:
+        return None
+    if type(value) is EncodedJson:
+        return value.text
+    return _WITH_FALLBACK(value)
 
 
 def row_hash(prev_hash: str, seq: int, body: bytes) -> str:

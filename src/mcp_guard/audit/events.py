@@ -13,11 +13,10 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
-from dataclasses import replace
 from typing import Any, Literal
 
-from mcp_guard.audit.chain import json_text
-from mcp_guard.types import AuditEvent, Decision, EventKind, Principal, SessionInfo
+from mcp_guard.audit.chain import EncodedJson, _encoder, json_text
+from mcp_guard.types import AuditEvent, Decision, EventKind, Principal, SessionInfo, new_id, utc_now
 
 __all__ = [
     "PREVIEW_CHARS",
@@ -63,12 +62,19 @@ def bound_arguments(arguments: Mapping[str, Any] | None, max_bytes: int | None) 
     """
     if arguments is None or max_bytes is None:
         return arguments
+    bounded = _bounded(arguments, max_bytes)
+    return arguments if isinstance(bounded, EncodedJson) else bounded
+
+
+def _bounded(arguments: Mapping[str, Any], max_bytes: int) -> Mapping[str, Any]:
+    """:func:`bound_arguments` for a row: arguments that fit come back as an :class:`EncodedJson` copy
+    holding the text their size was measured on, which the writer then stores and hashes as it is."""
     text = json_text(arguments) or ""
     if len(text) * 4 <= max_bytes:  # a character is at most 4 bytes of UTF-8: cannot be too large
-        return arguments
+        return EncodedJson(arguments, text)
     raw = text.encode("utf-8", "backslashreplace")
     if len(raw) <= max_bytes:
-        return arguments
+        return EncodedJson(arguments, text)
     return {
         TRUNCATED_KEY: {
             "bytes": len(raw),
@@ -131,9 +137,13 @@ def recorded_input(record: Mapping[str, Any]) -> dict[str, Any] | None:
     return doc if isinstance(doc, dict) else None
 
 
+_RESULT_TEXT = _encoder(allow_nan=True)
+"""``json.dumps(result, sort_keys=True, separators=(",", ":"), ensure_ascii=False)``, its C encoder built once."""
+
+
 def summarize_result(result: Mapping[str, Any]) -> dict[str, Any]:
     """is_error, size and sha256 of a result — never its content."""
-    raw = json.dumps(result, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    raw = _RESULT_TEXT(result).encode()
     return {
         "is_error": bool(result.get("isError", False)),
         "bytes": len(raw),
@@ -156,8 +166,12 @@ def call_decision(
     policy: Mapping[str, Any] | None = None,
     upstream_token: Mapping[str, Any] | None = None,
     input_round: int | None = None,
+    upstream_protocol: str | None = None,
 ) -> AuditEvent:
     """The row that records what governed a call (allow or deny), with its obligations.
+
+    ``upstream_protocol`` (``details.upstream_protocol``) is the era the call's upstream is spoken to in, when
+    known (:func:`mcp_guard.pipeline.audit.decision_row`).
 
     ``input_round`` (``details.input_round``) marks a re-decision: the policy asked again, under the same
     ``call_id``, with the client's answers to the n-th round of an upstream's mid-call questions
@@ -182,6 +196,10 @@ def call_decision(
         details["upstream_token"] = dict(upstream_token)
     if input_round:
         details["input_round"] = input_round
+    if upstream_protocol is not None:
+        details["upstream_protocol"] = upstream_protocol
+    if arguments is not None and max_arguments_bytes is not None:
+        arguments = _bounded(arguments, max_arguments_bytes)
     return AuditEvent(
         kind=EventKind.CALL_DECISION,
         session_id=session_id,
@@ -191,10 +209,12 @@ def call_decision(
         tool=tool,
         decision="allow" if decision.allow else "deny",
         reasons=decision.reasons,
-        arguments=bound_arguments(arguments, max_arguments_bytes),
+        arguments=arguments,
         policy_revision=decision.revision,
         duration_ms=duration_ms,
         details=details,
+        event_id=new_id(),
+        ts=utc_now(),
     )
 
 
@@ -210,7 +230,23 @@ def _outcome_row(
     call_id: str | None,
     duration_ms: float | None,
     result: Mapping[str, Any] | None,
+    upstream_protocol: str | None,
+    extra: Mapping[str, Any] | None = None,
+    denial: Decision | None = None,
 ) -> AuditEvent:
+    """An outcome row, built in one go: ``extra`` details beside the call's, and for a withheld result the
+    ``denial`` the client was given (its reasons and revision; ``decision = "deny"``)."""
+    details: dict[str, Any] = {"action": action, "call_id": call_id} if call_id is not None else {"action": action}
+    if extra:
+        details.update(extra)
+    if upstream_protocol is not None:
+        details["upstream_protocol"] = upstream_protocol
+    if denial is not None:
+        verdict: Literal["allow", "deny"] | None = "deny"
+        reasons: tuple[str, ...] | None = denial.reasons
+        revision = denial.revision
+    else:
+        verdict, reasons, revision = None, None, decision.revision if decision else None
     return AuditEvent(
         kind=kind,
         session_id=session_id,
@@ -218,10 +254,14 @@ def _outcome_row(
         principal=principal,
         server=server,
         tool=tool,
+        decision=verdict,
+        reasons=reasons,
         result=result,
         duration_ms=duration_ms,
-        policy_revision=decision.revision if decision else None,
-        details={"action": action, "call_id": call_id} if call_id is not None else {"action": action},
+        policy_revision=revision,
+        details=details,
+        event_id=new_id(),
+        ts=utc_now(),
     )
 
 
@@ -238,6 +278,7 @@ def call_result(
     duration_ms: float | None = None,
     result_decision: Decision | None = None,
     redacted: Mapping[str, int] | None = None,
+    upstream_protocol: str | None = None,
 ) -> AuditEvent:
     """How an allowed call ended with a result: its summary (never its content) and the governing decision.
 
@@ -247,7 +288,7 @@ def call_result(
     summary = summarize_result(result)
     if redacted:
         summary["redacted"] = dict(redacted)
-    row = _outcome_row(
+    return _outcome_row(
         EventKind.CALL_RESULT,
         decision,
         session_id=session_id,
@@ -258,10 +299,9 @@ def call_result(
         call_id=call_id,
         duration_ms=duration_ms,
         result=summary,
+        upstream_protocol=upstream_protocol,
+        extra=None if result_decision is None else {"result_decision": result_decision_doc(result_decision)},
     )
-    if result_decision is None:
-        return row
-    return replace(row, details={**(row.details or {}), "result_decision": result_decision_doc(result_decision)})
 
 
 def call_withheld(
@@ -277,12 +317,13 @@ def call_withheld(
     tool: str | None,
     call_id: str | None = None,
     duration_ms: float | None = None,
+    upstream_protocol: str | None = None,
 ) -> AuditEvent:
     """How an allowed call ended whose result the result policy withheld: a ``call.result`` row with
     ``decision = "deny"``, the reasons the client was given (``denial``), ``result.withheld = true`` beside
     the summary of the withheld result, and the ``tools/result`` decision in ``details.result_decision``.
     ``decision_id`` is the governing (call) decision's, like every outcome row of the call."""
-    row = _outcome_row(
+    return _outcome_row(
         EventKind.CALL_RESULT,
         decision,
         session_id=session_id,
@@ -293,13 +334,9 @@ def call_withheld(
         call_id=call_id,
         duration_ms=duration_ms,
         result={**summary, "withheld": True},
-    )
-    return replace(
-        row,
-        decision="deny",
-        reasons=denial.reasons,
-        policy_revision=denial.revision,
-        details={**(row.details or {}), "result_decision": result_decision_doc(result_decision)},
+        upstream_protocol=upstream_protocol,
+        extra={"result_decision": result_decision_doc(result_decision)},
+        denial=denial,
     )
 
 
@@ -328,9 +365,10 @@ def call_error(
     call_id: str | None = None,
     duration_ms: float | None = None,
     origin: str | None = None,
+    upstream_protocol: str | None = None,
 ) -> AuditEvent:
     """How an allowed call ended with an error; ``origin`` says whose (``"upstream"`` or ``"guard"``)."""
-    row = _outcome_row(
+    return _outcome_row(
         EventKind.CALL_ERROR,
         decision,
         session_id=session_id,
@@ -341,10 +379,9 @@ def call_error(
         call_id=call_id,
         duration_ms=duration_ms,
         result={"code": code, "message": message},
+        upstream_protocol=upstream_protocol,
+        extra=None if origin is None else {"origin": origin},
     )
-    if origin is None:
-        return row
-    return replace(row, details={**(row.details or {}), "origin": origin})
 
 
 def call_cancelled(
@@ -357,6 +394,7 @@ def call_cancelled(
     tool: str | None,
     call_id: str | None = None,
     duration_ms: float | None = None,
+    upstream_protocol: str | None = None,
 ) -> AuditEvent:
     """How an allowed call ended when it was cancelled before it ended otherwise (the client cancelled it,
     its session closed, mcp-guard shut down): the outcome row it would otherwise never get."""
@@ -371,6 +409,7 @@ def call_cancelled(
         call_id=call_id,
         duration_ms=duration_ms,
         result=None,
+        upstream_protocol=upstream_protocol,
     )
 
 

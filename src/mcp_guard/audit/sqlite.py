@@ -203,7 +203,15 @@ class SqliteBackend:
         return first
 
     def problem(self) -> str | None:
-        """None if ``path`` still names the file that was opened; else what happened to it."""
+        """None if ``path`` still names the file that was opened; else what happened to it.
+
+        One ``stat`` of the path (a few µs); the writer asks before and after every transaction — with one row
+        per transaction (a lone call), twice a row. Kept so on purpose: before, because a transaction written
+        into a replaced file appends to the ``-wal`` the new file at the path may share; after, because the rows
+        of a transaction during which the file went are gone with it. No cheaper call answers the same question:
+        ``fstat`` of the open file sees an unlink or a rename *over* it (no links left) but not a rotation by
+        rename (``mv audit.db audit.db.1``: still linked), and a directory's mtime ticks on a coarse clock (two
+        changes in one tick look like none) and does not change when the directory itself is renamed."""
         try:
             current = _file_id(self.path)
         except FileNotFoundError:

@@ -16,7 +16,9 @@ Nothing here knows which database is behind the backend. The guarantees:
   write a batch as a single statement). Load makes transactions bigger, not the queue longer. A
   backend that can commit on the loop without waiting (:class:`~mcp_guard.audit.backend.InlineAppend`,
   SQLite) is offered each batch first: no thread hop, and one writer wake-up per batch, not per event —
-  events recorded while the writer waits for its turn on the loop form the next batch. A
+  events recorded while the writer waits for its turn on the loop form the next batch. A lone
+  record() — the writer idle, nothing queued, no load — commits its own row the same way in the
+  caller's task (:meth:`AuditWriter._commit_now`), skipping the future and the writer's wake-up. A
   record() that finds the queue full (``queue_max``) waits its turn; a record_nowait() is dropped
   and counted.
 * **Ordering.** :meth:`AuditWriter.record` returns only after the transaction holding its event has
@@ -129,13 +131,37 @@ def _values(
         text(event.server),
         text(event.tool),
         event.decision,
-        None if reasons is None else js(list(reasons)),
+        None if reasons is None else _reasons_text(reasons),
         js(event.arguments),
         js(event.result),
         duration,
         text(event.policy_revision),
         js(event.details),
     )
+
+
+_REASONS: dict[tuple[str, ...], str | None] = {}
+_REASONS_MAX = 1024
+
+
+def _reasons_text(reasons: tuple[str, ...]) -> str | None:
+    """The stored ``reasons`` column (:func:`json_text` of the list), remembered by value.
+
+    A bundle gives the same few reason tuples over and over (an allow's grant, a deny's rule), so their text is
+    made once. Only tuples of strings are remembered: ``(1,)``, ``(1.0,)`` and ``(True,)`` are one key but three
+    texts."""
+    try:
+        text = _REASONS.get(reasons)
+    except TypeError:  # an unhashable member: not a reason anyone gave, but stored all the same
+        text = None
+    if text is not None:
+        return text
+    text = json_text(list(reasons))
+    if type(reasons) is tuple and all(isinstance(r, str) for r in reasons):
+        if len(_REASONS) >= _REASONS_MAX:
+            _REASONS.clear()
+        _REASONS[reasons] = text
+    return text
 
 
 def _same(value: str | None) -> str | None:
@@ -155,7 +181,7 @@ def _clean(value: str | None) -> str | None:
 _DECISIONS = frozenset({None, "allow", "deny"})
 
 
-def _prepare(event: AuditEvent, done: asyncio.Future[None] | None, deadline: float = math.inf) -> _Pending:
+def _prepare(event: AuditEvent, done: asyncio.Future[None] | None = None, deadline: float = math.inf) -> _Pending:
     """Turn an event into the exact values its row will hold, and their canonical JSON body."""
     if event.decision not in _DECISIONS:
         raise AuditError(f"audit event {event.kind!r}: decision must be 'allow', 'deny' or None")
@@ -196,6 +222,9 @@ class AuditWriter:
         self.backend = backend
         # Offered every batch first (a commit on the loop, no thread hop); None: always backend.append.
         self._append_now = backend.append_now if isinstance(backend, InlineAppend) else None
+        self._thread_next = False  # the next batch skips append_now (record() just saw it decline)
+        self._inline_turn = False  # a record() committed its own row in this pass of the loop (see _alone)
+        self._grouping = False  # the writer's last batch held several rows: load, so rows share transactions
         self._batch_max = batch_max
         self._queue_max = queue_max
         self._record_timeout = record_timeout
@@ -278,15 +307,23 @@ class AuditWriter:
         still written.
         """
         self._raise_if_unwritable()
-        deadline = time.monotonic() + self._record_timeout  # cheaper than anyio.current_time()
         try:
-            # A bare future rather than anyio.Event: a third of the per-event cost of record() at
-            # saturation, and aiosqlite ties the SQLite backend to asyncio anyway.
-            pending = _prepare(event, asyncio.get_running_loop().create_future(), deadline)
+            pending = _prepare(event, None)
         except AuditError:
             raise
         except Exception as e:  # an event that cannot be serialised must not pass unrecorded
             raise AuditError(f"audit event {event.kind!r} cannot be serialised: {e}") from e
+        loop = asyncio.get_running_loop()
+        if self._alone() and self._append_now is not None:
+            self._inline_turn = True  # the other record() calls of this loop pass group up in the queue
+            loop.call_soon(self._end_inline_turn)
+            seq = self._commit_now(pending)
+            if seq is not None:
+                return seq
+        # A bare future rather than anyio.Event: a third of the per-event cost of record() at
+        # saturation, and aiosqlite ties the SQLite backend to asyncio anyway.
+        pending.done = loop.create_future()
+        pending.deadline = time.monotonic() + self._record_timeout  # cheaper than anyio.current_time()
         if self._overflow or len(self._queue) >= self._queue_max:
             self._overflow.append(pending)
         else:
@@ -297,6 +334,63 @@ class AuditWriter:
         if pending.error is not None:
             raise pending.error
         return pending.seq
+
+    def _alone(self) -> bool:
+        """Whether a record() may commit its row itself (:meth:`_commit_now`): the writer is idle with nothing
+        queued, no other record() did so in this pass of the event loop, and the writer's last batch was a lone
+        row. Under concurrent load rows keep going through the queue, where they share transactions (group
+        commit); one commit per row would cost more than the wake-ups it saves."""
+        return (
+            self._writer_idle
+            and not self._inline_turn
+            and not self._grouping
+            and not self._queue
+            and not self._overflow
+        )
+
+    def _end_inline_turn(self) -> None:
+        self._inline_turn = False
+
+    def _commit_now(self, pending: _Pending) -> int | None:
+        """Commit ``pending`` in the caller's task, as the writer would commit a batch of one: its ``seq``, or None
+        when the backend declined (nothing committed; the event then takes the queue, like any other).
+
+        Only while the writer is idle with nothing queued (so no batch is in flight and none is due: the row
+        takes its place in the order of ``record`` calls as it would through the queue) and only through the
+        backend's :meth:`~mcp_guard.audit.backend.InlineAppend.append_now`, which never waits. The same checks
+        as :meth:`_commit` — the backend's problem before and after the write — and the same outcome: the seq once
+        committed, else an :class:`AuditError`. Why: a row of a lone call otherwise pays a future, a wake-up of
+        the writer task and two passes of the event loop: about as much CPU as its insert."""
+        append_now = self._append_now
+        assert append_now is not None
+        gone = self.backend.problem()
+        if gone is not None:
+            self._break(gone)
+            self.stats.failed += 1
+            raise AuditError(gone)
+        try:
+            first = append_now((pending,))
+        except Exception as e:  # a bug in the backend: as in the writer task, the writer stops for good
+            self._broken = f"audit writer failed: {type(e).__name__}: {e}"
+            log.exception("audit.writer_failed")
+            self.stats.failed += 1
+            raise AuditError(self._broken) from e
+        if first is None:  # it would have waited (a lock, a stale head…): the thread path takes this row next
+            self._thread_next = True
+            return None
+        pending.seq = first
+        gone = self.backend.problem()
+        if gone is not None:  # removed while the row was written: it went with the file
+            self._break(gone)
+            self.stats.failed += 1
+            raise AuditError(gone)
+        self._last_error = None
+        stats = self.stats
+        stats.committed += 1
+        stats.batches += 1
+        if stats.largest_batch < 1:
+            stats.largest_batch = 1
+        return first
 
     def record_nowait(self, event: AuditEvent) -> None:
         """Queue ``event`` without waiting. Never raises: a refused event is logged and counted."""
@@ -413,7 +507,10 @@ class AuditWriter:
             self._fail(batch, self._broken)
             return
         try:
-            first = self._append_now(batch) if self._append_now is not None else None
+            # Not inline again straight after record() found it declined: it would decline once more.
+            inline_ok = self._append_now is not None and not self._thread_next
+            self._thread_next = False
+            first = self._append_now(batch) if inline_ok and self._append_now is not None else None
             inline = first is not None
             if first is None:
                 first = await self.backend.append(batch)
@@ -432,6 +529,7 @@ class AuditWriter:
             self._fail(batch, gone)
             return
         self._last_error = None
+        self._grouping = len(batch) > 1
         stats = self.stats
         stats.committed += len(batch)
         stats.batches += 1

@@ -30,7 +30,6 @@ Rows are built with :mod:`mcp_guard.audit.events` (one constructor per row kind)
 from __future__ import annotations
 
 import time
-from dataclasses import replace
 from typing import Protocol, TypedDict
 
 import anyio
@@ -82,14 +81,20 @@ def _columns(ctx: CallContext) -> _CallColumns:
 
 
 def decision_row(
-    ctx: CallContext, decision: Decision, max_arguments_bytes: int, verdict: PolicyVerdict | None = None
+    ctx: CallContext,
+    decision: Decision,
+    max_arguments_bytes: int,
+    verdict: PolicyVerdict | None = None,
+    upstream_protocol: str | None = None,
 ) -> AuditEvent:
     """A ``call.decision`` row; arguments as the audit may hold them (masked by InspectArguments, bounded).
 
     With the policy's ``verdict`` (the policy was asked), the row keeps the question and the policy's own
     answer for replay (:func:`~mcp_guard.audit.events.policy_record`, bounded by the same limit); a
     re-decision's input responses are kept as masked as its arguments (``PolicyVerdict.audit_responses``),
-    and the row says which round it decided (``details.input_round``)."""
+    and the row says which round it decided (``details.input_round``). ``details.upstream_protocol`` names the era
+    the call's upstream is spoken to in, when known (``upstream_protocol``, else the context's): a details key,
+    like ``call_id`` — inside the hashed row, no column and no migration."""
     arguments = ctx.audit_arguments if ctx.audit_arguments is not None else ctx.arguments
     policy = None
     if verdict is not None:
@@ -97,25 +102,16 @@ def decision_row(
         if "input_responses" in document:
             document["input_responses"] = dict(verdict.audit_responses or {})
         policy = events.policy_record(document, verdict.decision, max_arguments_bytes)
-    row = events.call_decision(
+    return events.call_decision(
         decision,
         arguments=arguments,
         max_arguments_bytes=max_arguments_bytes,
         policy=policy,
         upstream_token=ctx.upstream_token.to_audit() if ctx.upstream_token is not None else None,
         input_round=verdict.input_round if verdict is not None else None,
+        upstream_protocol=upstream_protocol or ctx.upstream_protocol,
         **_columns(ctx),
     )
-    return with_upstream_protocol(row, ctx.upstream_protocol)
-
-
-def with_upstream_protocol(event: AuditEvent, era: str | None) -> AuditEvent:
-    """``event`` with ``details.upstream_protocol`` (the era the call's upstream is spoken to in) when known.
-
-    A details key, like ``call_id``: inside the hashed row, no column and no migration."""
-    if era is None:
-        return event
-    return replace(event, details={**(event.details or {}), "upstream_protocol": era})
 
 
 def outcome_row(ctx: CallContext, outcome: Outcome, max_arguments_bytes: int = _MAX_ARGUMENTS_BYTES) -> AuditEvent:
@@ -128,10 +124,6 @@ def outcome_row(ctx: CallContext, outcome: Outcome, max_arguments_bytes: int = _
     the allow row stands, the call did run.
     """
     era = outcome.upstream_protocol or ctx.upstream_protocol
-    return with_upstream_protocol(_outcome_row(ctx, outcome, max_arguments_bytes), era)
-
-
-def _outcome_row(ctx: CallContext, outcome: Outcome, max_arguments_bytes: int) -> AuditEvent:
     denial = outcome.denial
     judged = outcome.result_verdict
     if denial is not None and judged is not None and judged.withheld is not None:
@@ -140,16 +132,18 @@ def _outcome_row(ctx: CallContext, outcome: Outcome, max_arguments_bytes: int) -
             judged.withheld,
             denial=denial,
             result_decision=judged.decision,
+            upstream_protocol=era,
             **_columns(ctx),
         )
     if denial is not None:
-        return decision_row(ctx, denial, max_arguments_bytes, outcome.verdict)
+        return decision_row(ctx, denial, max_arguments_bytes, outcome.verdict, era)
     if outcome.error is not None:
         return events.call_error(
             outcome.decision,
             outcome.error.code,
             outcome.error.message,
             origin=outcome.error_origin,
+            upstream_protocol=era,
             **_columns(ctx),
         )
     if judged is not None:
@@ -158,9 +152,10 @@ def _outcome_row(ctx: CallContext, outcome: Outcome, max_arguments_bytes: int) -
             outcome.result or {},
             result_decision=judged.decision,
             redacted=judged.redacted,
+            upstream_protocol=era,
             **_columns(ctx),
         )
-    return events.call_result(outcome.decision, outcome.result or {}, **_columns(ctx))
+    return events.call_result(outcome.decision, outcome.result or {}, upstream_protocol=era, **_columns(ctx))
 
 
 def _unavailable(ctx: CallContext, stage: str, error: AuditError, decision: Decision | None) -> None:
@@ -209,8 +204,8 @@ class RecordDecision:
         """The ``call.cancelled`` row, written in the cancel path: shielded, and bounded in time."""
         with anyio.move_on_after(CANCEL_RECORD_TIMEOUT_S, shield=True) as scope:
             try:
-                row = events.call_cancelled(decision, **_columns(ctx))
-                await self._sink.record(with_upstream_protocol(row, ctx.upstream_protocol))
+                row = events.call_cancelled(decision, upstream_protocol=ctx.upstream_protocol, **_columns(ctx))
+                await self._sink.record(row)
             except AuditError as e:
                 _unavailable(ctx, "cancelled", e, decision)
         if scope.cancelled_caught:

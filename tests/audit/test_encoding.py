@@ -1,0 +1,393 @@
+"""The row encoding of the writer, byte for byte against the encoder it replaced.
+
+``reference_row`` below is the writer's serialisation as it was before the call-row work (a plain
+``json.JSONEncoder`` per column, the clean-up path on any error): the oracle. Every event of a varied corpus —
+unicode, floats, nested details, large and odd arguments, values that need cleaning — must give the same stored
+values, the same hashed body and so the same chain hashes through today's writer (prebuilt C encoder, argument
+text carried from ``bound_arguments``, remembered reasons text).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import math
+import pickle
+import random
+from collections.abc import Mapping
+from typing import Any
+
+import pytest
+
+from mcp_guard.audit import events, writer
+from mcp_guard.audit.chain import GENESIS, EncodedJson, chain_rows, json_text
+from mcp_guard.types import AuditEvent, Decision, EventKind, ReasonCode
+
+# ------------------------------------------------------------------------------------------------ the oracle
+
+
+def _fallback(obj: object) -> Any:
+    if isinstance(obj, Mapping):
+        return dict(obj)
+    if isinstance(obj, (set, frozenset)):
+        return sorted(obj, key=repr)
+    if isinstance(obj, bytes):
+        return obj.decode("utf-8", "backslashreplace")
+    return str(obj)
+
+
+def _dumps(value: Any, default: Any = None) -> str:
+    return json.JSONEncoder(
+        sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=default
+    ).encode(value)
+
+
+def _clean_text(text: str) -> str:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
+def _sanitize(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, str):
+        return _clean_text(value)
+    if isinstance(value, Mapping):
+        return {_clean_text(str(k)): _sanitize(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_sanitize(v) for v in value]
+    if value is None or isinstance(value, (bool, int)):
+        return value
+    return _sanitize(_fallback(value))
+
+
+def _ref_json_text(value: Any) -> str | None:
+    if value is None:
+        return None
+    try:
+        text = _dumps(value, _fallback)
+        text.encode("utf-8")
+    except (ValueError, TypeError):
+        text = _dumps(_sanitize(value))
+    return text
+
+
+def _ref_fast(value: Any) -> str | None:
+    return None if value is None else _dumps(value, _fallback)
+
+
+def _ref_same(value: Any) -> str | None:
+    if value is None or isinstance(value, str):
+        if value and "\x00" in value:
+            raise ValueError("NUL")
+        return value
+    return _ref_same(str(value))
+
+
+def _ref_clean(value: Any) -> str | None:
+    if value is None:
+        return None
+    return _clean_text(value if isinstance(value, str) else str(value)).replace("\x00", "\\x00")
+
+
+def _ref_values(event: AuditEvent, text: Any, js: Any) -> tuple[Any, ...]:
+    duration = event.duration_ms
+    if duration is not None:
+        duration = float(duration)
+        if not math.isfinite(duration):
+            duration = None
+    plain = dict(event.arguments) if isinstance(event.arguments, EncodedJson) else event.arguments
+    return (
+        text(event.event_id),
+        text(event.ts),
+        text(event.kind),
+        text(event.session_id),
+        text(event.decision_id),
+        text(event.principal),
+        text(event.server),
+        text(event.tool),
+        event.decision,
+        None if event.reasons is None else js(list(event.reasons)),
+        js(plain),
+        js(event.result),
+        duration,
+        text(event.policy_revision),
+        js(event.details),
+    )
+
+
+def reference_row(event: AuditEvent) -> tuple[tuple[Any, ...], bytes]:
+    """The stored values and hashed body the writer made before (the oracle)."""
+    try:
+        values = _ref_values(event, _ref_same, _ref_fast)
+        body = _dumps(values).encode("utf-8")
+    except (ValueError, TypeError):
+        values = _ref_values(event, _ref_clean, _ref_json_text)
+        body = _dumps(values).encode("utf-8")
+    return values, body
+
+
+# ------------------------------------------------------------------------------------------------ the corpus
+
+_TEXTS = [
+    "plain",
+    "",
+    'quote " backslash \\ slash / tab \t newline \n cr \r',
+    "control \x01\x1f \x7f bell \x07",
+    "Grüße aus Köln — naïve café",
+    "日本語のテキスト、中文、한국어",
+    "emoji 🚀🔥 and a ZWJ family 👩‍👩‍👧",
+    "line sep \u2028 para sep \u2029 bom \ufeff",
+    "combining e\u0301 and rtl \u05e9\u05dc\u05d5\u05dd",
+    "</script><!-- html -->",
+]
+_NUMBERS: list[Any] = [
+    0,
+    -1,
+    2**53 + 1,
+    2**70,
+    -(2**64),
+    0.1,
+    -0.0,
+    1.5,
+    1e16,
+    1e-7,
+    123456789.123456789,
+    1.7976931348623157e308,
+    5e-324,
+    True,
+    False,
+    None,
+]
+
+
+def _value(rng: random.Random, depth: int) -> Any:
+    pick = rng.random()
+    if depth <= 0 or pick < 0.45:
+        return rng.choice(_TEXTS + _NUMBERS)
+    if pick < 0.75:
+        return {rng.choice(_TEXTS) + str(i): _value(rng, depth - 1) for i in range(rng.randint(0, 5))}
+    return [_value(rng, depth - 1) for _ in range(rng.randint(0, 5))]
+
+
+def _document(rng: random.Random) -> dict[str, Any]:
+    return {f"k{i}-{rng.choice(_TEXTS)}": _value(rng, 4) for i in range(rng.randint(1, 6))}
+
+
+def _decision(rng: random.Random) -> Decision:
+    return Decision(
+        allow=rng.random() < 0.7,
+        reasons=tuple(rng.sample(_TEXTS, rng.randint(0, 3))),
+        obligations=_document(rng) if rng.random() < 0.5 else {},
+        revision=rng.choice([None, "rev-1", "b1946ac92492d2347c6235b4d2611184"]),
+    )
+
+
+def _columns(rng: random.Random) -> dict[str, Any]:
+    return {
+        "session_id": rng.choice([None, "s1", "sessión-ü"]),
+        "principal": rng.choice(["alice", "bób", "agent 🚀"]),
+        "action": "tools/call",
+        "server": rng.choice([None, "tickets", "文件"]),
+        "tool": rng.choice([None, "create_ticket", "grep ☃"]),
+        "call_id": rng.choice([None, "c1"]),
+        "duration_ms": rng.choice([None, 0.0, 1.234, 12.5, 1e-3]),
+    }
+
+
+def _call_rows(rng: random.Random) -> list[AuditEvent]:
+    """The rows the pipeline writes for a call, through the constructors it uses."""
+    decision = _decision(rng)
+    arguments = _document(rng)
+    if rng.random() < 0.15:
+        arguments["blob"] = "x" * rng.choice([3000, 200_000]) + rng.choice(_TEXTS)  # truncated beyond the limit
+    policy = events.policy_record(_document(rng), decision, rng.choice([None, 512, 4096, 65536]))
+    era = rng.choice([None, "2025-06-18", "2026-07-28"])
+    columns = _columns(rng)
+    result = {"content": [{"type": "text", "text": rng.choice(_TEXTS)}], "isError": rng.random() < 0.2}
+    return [
+        events.call_decision(
+            decision,
+            arguments=arguments,
+            max_arguments_bytes=rng.choice([None, 1024, 4096, 65536]),
+            policy=policy,
+            upstream_token={"audience": "api", "scopes": ["a", "b"]} if rng.random() < 0.2 else None,
+            input_round=rng.choice([None, 0, 2]),
+            upstream_protocol=era,
+            **columns,
+        ),
+        events.call_result(
+            decision,
+            result,
+            result_decision=_decision(rng) if rng.random() < 0.3 else None,
+            redacted={"email": 2} if rng.random() < 0.3 else None,
+            upstream_protocol=era,
+            **columns,
+        ),
+        events.call_error(decision, -32000, rng.choice(_TEXTS), origin="upstream", upstream_protocol=era, **columns),
+        events.call_withheld(
+            decision,
+            events.summarize_result(result),
+            denial=Decision.deny(ReasonCode.AUDIT_UNAVAILABLE, "withheld"),
+            result_decision=_decision(rng),
+            upstream_protocol=era,
+            **columns,
+        ),
+        events.call_cancelled(decision, upstream_protocol=era, **columns),
+    ]
+
+
+def _odd_rows() -> list[AuditEvent]:
+    """Values the writer must clean up (its slow path) or store by their string form."""
+    base = AuditEvent(kind=EventKind.CALL_DECISION, principal="alice", decision="deny", reasons=("x",))
+    return [
+        dataclasses.replace(base, arguments={"nan": float("nan"), "inf": [float("inf"), -float("inf")]}),
+        dataclasses.replace(base, arguments={"lone": "\ud800 surrogate"}, details={"also": "\udfff"}),
+        dataclasses.replace(base, principal="nul \x00 inside", tool="a\x00b"),
+        dataclasses.replace(base, principal="lone \ud83d surrogate"),
+        dataclasses.replace(base, details={"set": {3, 1, 2}, "bytes": b"\xff\x00ok", "tuple": (1, "2")}),
+        dataclasses.replace(base, details={1: "int key", 2.5: "float key", None: "null key", False: "bool key"}),
+        dataclasses.replace(base, details={"mixed": {1: "a", "b": 2}}),  # keys of mixed types: cannot sort
+        dataclasses.replace(base, duration_ms=float("nan")),
+        dataclasses.replace(base, duration_ms=3),
+        dataclasses.replace(base, reasons=("nan", "\ud800")),
+        dataclasses.replace(base, reasons=()),
+        dataclasses.replace(base, reasons=None, arguments={}, result={}, details={}),
+    ]
+
+
+def _corpus() -> list[AuditEvent]:
+    rng = random.Random(19)
+    rows = [row for _ in range(300) for row in _call_rows(rng)]
+    return rows + _odd_rows()
+
+
+CORPUS = _corpus()
+
+
+# ------------------------------------------------------------------------------------------------ the tests
+
+
+def test_the_corpus_has_what_it_claims() -> None:
+    """The corpus reaches both paths of the writer and the carried argument text, truncated and not."""
+    carried = [e for e in CORPUS if isinstance(e.arguments, EncodedJson)]
+    truncated = [e for e in CORPUS if e.arguments is not None and events.TRUNCATED_KEY in e.arguments]
+    assert len(carried) > 100 and len(truncated) > 10
+    slow = 0
+    for e in CORPUS:
+        try:
+            _dumps(_ref_values(e, _ref_same, _ref_fast)).encode("utf-8")
+        except (ValueError, TypeError):
+            slow += 1
+    assert slow >= 7
+
+
+def test_rows_are_byte_identical_to_the_old_encoder() -> None:
+    mismatched = []
+    for index, event in enumerate(CORPUS):
+        values, body = reference_row(event)
+        pending = writer._prepare(event)
+        if pending.values != values or pending.body != body:
+            mismatched.append(index)
+    assert mismatched == []
+
+
+def test_the_chain_hashes_are_those_of_the_old_encoder() -> None:
+    new_rows, new_head = chain_rows(GENESIS, [writer._prepare(e) for e in CORPUS])
+
+    class _Old:
+        def __init__(self, event: AuditEvent) -> None:
+            self.values, self.body = reference_row(event)
+
+    old_rows, old_head = chain_rows(GENESIS, [_Old(e) for e in CORPUS])
+    assert new_rows == old_rows and new_head == old_head
+
+
+def test_carried_argument_text_is_what_serialising_the_arguments_makes() -> None:
+    """An EncodedJson's text is json_text of the same object: taking it is the same as serialising again."""
+    for event in CORPUS:
+        if isinstance(event.arguments, EncodedJson):
+            assert event.arguments.text == _ref_json_text(dict(event.arguments))
+            plain = dataclasses.replace(event, arguments=dict(event.arguments))
+            assert writer._prepare(plain).body == writer._prepare(event).body
+
+
+def test_an_encoded_object_refuses_changes_and_survives_a_copy() -> None:
+    encoded = EncodedJson({"a": 1}, '{"a":1}')
+    for change in (
+        lambda: encoded.__setitem__("b", 2),
+        lambda: encoded.update(b=2),
+        lambda: encoded.pop("a"),
+        lambda: encoded.clear(),
+        lambda: encoded.setdefault("b", 2),
+        lambda: encoded.__delitem__("a"),
+    ):
+        with pytest.raises(TypeError):
+            change()
+    assert encoded == {"a": 1}
+    clone = dataclasses.replace(AuditEvent(kind=EventKind.CALL_DECISION, arguments=encoded))
+    assert json_text(clone.arguments) == '{"a":1}'
+    assert pickle.loads(pickle.dumps(encoded)).text == '{"a":1}'
+    assert copy.deepcopy(encoded).text == '{"a":1}'
+
+
+def test_bound_arguments_still_hands_back_the_callers_object() -> None:
+    arguments = {"text": "hi"}
+    assert events.bound_arguments(arguments, 4096) is arguments
+    assert events.bound_arguments(arguments, None) is arguments
+
+
+def test_remembered_reasons_text_is_the_serialised_text() -> None:
+    for reasons in [("a", "b"), ("ü", "🚀"), (), ("\ud800",)]:
+        for _ in range(2):  # the first serialises, the second remembers
+            assert writer._reasons_text(reasons) == _ref_json_text(list(reasons))
+    # Equal tuples that serialise differently are never answered from memory.
+    assert writer._reasons_text((1,)) == "[1]"  # type: ignore[arg-type]
+    assert writer._reasons_text((1.0,)) == "[1.0]"  # type: ignore[arg-type]
+    assert writer._reasons_text((True,)) == "[true]"  # type: ignore[arg-type]
+    assert writer._reasons_text(([1], "x")) == '[[1],"x"]'  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "result",
+    [
+        {"content": [{"type": "text", "text": t}], "isError": False}
+        for t in ["plain", "Grüße 🚀", 'quote " \\ \n \x01', "\u2028"]
+    ]
+    + [{"structuredContent": {"n": v}} for v in (0.1, 1e16, 2**70, float("nan"), float("inf"), None, True)],
+)
+def test_result_summary_digests_what_json_dumps_made(result: dict[str, Any]) -> None:
+    raw = json.dumps(result, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    summary = events.summarize_result(result)
+    assert summary["bytes"] == len(raw) and summary["sha256"] == hashlib.sha256(raw).hexdigest()
+
+
+def test_call_rows_carry_their_era_without_copies() -> None:
+    decision = Decision(allow=True, reasons=("ok",), revision="r")
+    cols = _columns(random.Random(1)) | {"call_id": "c1"}
+    row = events.call_decision(decision, arguments={"a": 1}, max_arguments_bytes=4096, upstream_protocol="e", **cols)
+    assert row.details == {"action": "tools/call", "call_id": "c1", "upstream_protocol": "e"}
+    withheld = events.call_withheld(
+        decision,
+        {"bytes": 1},
+        denial=Decision(allow=False, reasons=("no",), revision="r2"),
+        result_decision=decision,
+        upstream_protocol="e",
+        **cols,
+    )
+    assert (withheld.decision, withheld.reasons, withheld.policy_revision) == ("deny", ("no",), "r2")
+    assert withheld.result == {"bytes": 1, "withheld": True}
+    assert withheld.details is not None and set(withheld.details) == {
+        "action",
+        "call_id",
+        "result_decision",
+        "upstream_protocol",
+    }
+    error = events.call_error(decision, 1, "m", origin="guard", **cols)
+    assert error.details == {"action": "tools/call", "call_id": "c1", "origin": "guard"}
+    assert (error.decision, error.reasons, error.policy_revision) == (None, None, "r")
