@@ -3,7 +3,7 @@
 uvicorn's protocols time out an idle keep-alive connection only until its first byte arrives, and nothing
 bounds a request head sent one byte at a time, so a few dozen connections that never finish their headers
 would hold sockets for ever. A :class:`HeadWatch` per connection (both HTTP parsers' protocol classes use
-it: :func:`guarded_h11` here, :func:`mcp_guard.frontend.llhttp.guarded_httptools`)
+it: :func:`guarded_h11` here, :func:`mcp_guard.frontend.httptools_protocol.guarded_httptools`)
 
 * closes a connection whose request head is not complete ``head_timeout_s`` after the connection opened
   or after its previous response ended (so idle keep-alive time counts too), and
