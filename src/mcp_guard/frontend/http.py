@@ -58,7 +58,7 @@ MAX_HEAD_BYTES = 2 * 1024 * 1024
 
 
 def http_protocol(limits: HeadLimits) -> type[asyncio.Protocol]:
-    """The one place the request parser is chosen: httptools (C, ~0.27 ms less CPU per call) when it is
+    """The one place the request parser is chosen: httptools (C, ~0.2–0.5 ms less CPU per call) when it is
     importable, h11 otherwise; either way with the slowloris guards and the head cap.
 
     (``bench/ablate.py h11`` puts h11 back here, to measure the difference.)

@@ -1,7 +1,8 @@
 """The HTTP front's protocol on httptools (llhttp, C), held to what h11 guarantees the application.
 
-httptools parses a request for ~0.27 ms less CPU than h11, but uvicorn's protocol over it differs from the
-h11 one in ways the front depends on. :func:`guarded_httptools` makes a subclass that closes those gaps:
+httptools parses a request for ~0.2 ms less CPU than h11 (README §Benchmarks), but uvicorn's protocol over it
+differs from the h11 one in ways the front depends on. :func:`guarded_httptools` makes a subclass that closes
+those gaps:
 
 * **Header values** lose their optional whitespace (SP / HTAB) at both ends, as h11 does (RFC 9110 §5.5):
   llhttp keeps trailing whitespace, which made a ``Mcp-Name: tool `` header disagree with its body.
