@@ -16,7 +16,8 @@ Switches (comma-separated):
 * ``sdk-upstream``   the SDK's ``stdio_client`` (threads, anyio process) for stdio upstreams
 * ``sse-front``      2025-11-25 sessions get the SDK's own transport again: every request POST answered with an SSE
                      stream, instead of JSON unless the call streams (``frontend/json_first.py``)
-* ``httptools``      uvicorn parses HTTP with httptools (C) instead of h11 (pure Python); needs httptools
+* ``h11``            the HTTP front parses requests with h11 (pure Python, the front before issue #19's
+                     httptools protocol) instead of httptools (C); same slowloris guards and head cap
 * ``uvloop``         the event loop is uvloop's; needs uvloop
 * ``inline-audit``   the audit writer commits on the event loop's thread (a plain sqlite3 connection)
                      instead of a trip through aiosqlite's worker thread
@@ -54,7 +55,7 @@ SWITCHES = (
     "sdk-front",
     "sdk-upstream",
     "sse-front",
-    "httptools",
+    "h11",
     "uvloop",
     "inline-audit",
     "audit-fast-path",
@@ -243,16 +244,11 @@ def apply(switches: set[str]) -> None:
         import mcp_guard.frontend.http as http_front
 
         setattr(http_front, "JsonFirstSessionManager", StreamableHTTPSessionManager)  # noqa: B010
-    if "httptools" in switches:
-        import uvicorn
+    if "h11" in switches:
+        import mcp_guard.frontend.http as http_front
+        from mcp_guard.frontend.slowloris import guarded_h11
 
-        original_config = uvicorn.Config.__init__
-
-        def httptools_config(self: Any, *a: Any, **kw: Any) -> None:
-            kw["http"] = "httptools"
-            original_config(self, *a, **kw)
-
-        setattr(uvicorn.Config, "__init__", httptools_config)  # noqa: B010
+        setattr(http_front, "http_protocol", guarded_h11)  # noqa: B010 - serve_http looks it up at serve time
     if "uvloop" in switches:
         import anyio
 

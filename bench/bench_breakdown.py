@@ -42,10 +42,10 @@ DEFAULT_VARIANTS = (
 HTTP_VARIANTS = (
     "",
     "sse-front",
-    "httptools",
+    "h11",
     "uvloop",
     "gc-tune",
-    "sse-front,httptools",
+    "sse-front,h11",
 )
 
 

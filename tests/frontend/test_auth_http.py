@@ -242,6 +242,7 @@ async def test_required_scopes_are_a_403_scope_challenge(tmp_path: Path) -> None
         assert reject.reasons == ("insufficient_scope",) and reject.principal == "alice"
 
 
+@pytest.mark.usefixtures("http_parser")  # the closing is the protocol's: on httptools and on h11
 async def test_answers_given_before_the_body_is_read_close_the_connection_and_say_so(tmp_path: Path) -> None:
     """The 401 and the required-scope 403 are sent before the body is read and the connection is closed after
     them (slowloris): they announce it, so a client's next request (an OAuth client's discovery right after

@@ -1,4 +1,7 @@
-"""Slowloris on the HTTP front: half-sent request heads are closed, and there can only be so many at once."""
+"""Slowloris on the HTTP front: half-sent request heads are closed, and there can only be so many at once.
+
+Every test runs on both request parsers the front can be served on (``http_parser``, tests/frontend/conftest.py).
+"""
 
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ from anyio.abc import SocketStream
 from guard_harness import make_settings, recorder_upstream, running_guard
 from http_harness import http_front
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("http_parser")]  # each test on httptools and on h11
 
 PARTIAL = b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"  # no blank line: unfinished
 HEALTH = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
