@@ -264,13 +264,15 @@ def apply(switches: set[str]) -> None:
 def _old_audit_rows() -> None:
     """Put back the per-row work the call-row change removed (see ``old-audit-rows``)."""
     import json
+    import uuid
+    from datetime import UTC, datetime
 
     from mcp_guard.audit import chain, events
     from mcp_guard.audit import writer as writer_mod
-    from mcp_guard.types import new_id, utc_now
 
-    setattr(events, "event_id", new_id)  # noqa: B010
-    setattr(events, "timestamp", utc_now)  # noqa: B010
+    # the ids and times rows were made with before (types.new_id / utc_now as they were)
+    setattr(events, "new_id", lambda: uuid.uuid4().hex)  # noqa: B010
+    setattr(events, "utc_now", lambda: datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"))  # noqa: B010
     plain_json_text = chain.json_text
 
     def json_text_again(value: Any) -> Any:  # the carried text ignored: serialise the arguments again

@@ -131,7 +131,7 @@ def _switcher() -> Any:
     from mcp_guard.audit import events, writer
 
     names = {
-        events: ("event_id", "timestamp", "_RESULT_TEXT"),
+        events: ("new_id", "utc_now", "_RESULT_TEXT"),
         writer: ("json_text", "fast_json_text", "_reasons_text"),
     }
     saved = {(m, a): getattr(m, a) for m, attrs in names.items() for a in attrs}
