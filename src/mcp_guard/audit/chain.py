@@ -44,6 +44,7 @@ __all__ = [
     "canonical_json",
     "chain_rows",
     "clean_text",
+    "digest_text",
     "fast_json_text",
     "json_text",
     "row_hash",
@@ -132,6 +133,10 @@ def _fallback(obj: object) -> Any:
 
 
 _WITH_FALLBACK = _encoder(_fallback)
+
+digest_text = _encoder(allow_nan=True)
+"""``json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)`` — NaN and Infinity written as it
+writes them — with its C encoder built once: the text a result's digest (``events.summarize_result``) is taken of."""
 
 
 def _sanitize(value: Any) -> Any:

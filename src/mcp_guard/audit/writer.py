@@ -363,11 +363,7 @@ class AuditWriter:
         the writer task and two passes of the event loop: about as much CPU as its insert."""
         append_now = self._append_now
         assert append_now is not None
-        gone = self.backend.problem()
-        if gone is not None:
-            self._break(gone)
-            self.stats.failed += 1
-            raise AuditError(gone)
+        self._raise_if_gone()
         try:
             first = append_now((pending,))
         except Exception as e:  # a bug in the backend: as in the writer task, the writer stops for good
@@ -379,18 +375,27 @@ class AuditWriter:
             self._thread_next = True
             return None
         pending.seq = first
+        self._raise_if_gone()  # removed while the row was written: it went with the file
+        self._committed(1)
+        return first
+
+    def _raise_if_gone(self) -> None:
+        """:meth:`_commit_now`'s check of the backend, before and after its write: a file that went breaks the
+        writer for good (as in :meth:`_commit`) and fails this row."""
         gone = self.backend.problem()
-        if gone is not None:  # removed while the row was written: it went with the file
+        if gone is not None:
             self._break(gone)
             self.stats.failed += 1
             raise AuditError(gone)
+
+    def _committed(self, rows: int) -> None:
+        """The bookkeeping of every committed transaction, inline or not: ``rows`` rows in one batch."""
         self._last_error = None
+        self._grouping = rows > 1
         stats = self.stats
-        stats.committed += 1
+        stats.committed += rows
         stats.batches += 1
-        if stats.largest_batch < 1:
-            stats.largest_batch = 1
-        return first
+        stats.largest_batch = max(stats.largest_batch, rows)
 
     def record_nowait(self, event: AuditEvent) -> None:
         """Queue ``event`` without waiting. Never raises: a refused event is logged and counted."""
@@ -528,12 +533,7 @@ class AuditWriter:
             self._break(gone)
             self._fail(batch, gone)
             return
-        self._last_error = None
-        self._grouping = len(batch) > 1
-        stats = self.stats
-        stats.committed += len(batch)
-        stats.batches += 1
-        stats.largest_batch = max(stats.largest_batch, len(batch))
+        self._committed(len(batch))
         for i, p in enumerate(batch):
             p.seq = first + i
             if p.done is not None and not p.done.done():
