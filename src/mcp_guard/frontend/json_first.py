@@ -24,8 +24,9 @@ priming event) — is the SDK's own code path, unchanged.
 
 It leans on these internals of ``mcp.server.streamable_http.StreamableHTTPServerTransport`` (mcp 2.3, pinned
 ``<2.4``): ``_handle_post_request`` (overridden), ``_read_stream_writer``, ``_request_streams``,
-``_sse_stream_writers``, ``_event_store``, ``_validate_request_headers``, ``_create_session_message``,
-``_create_json_response``, ``_create_error_response``, ``_run_sse_writer`` and ``_clean_up_memory_streams``;
+``_sse_stream_writers``, ``_event_store``, ``_check_content_type``, ``_validate_request_headers``,
+``_create_session_message``, ``_create_json_response``, ``_create_error_response``, ``_run_sse_writer`` and
+``_clean_up_memory_streams``;
 and on ``StreamableHTTPSessionManager._admit_session`` / ``_server_instances`` / ``_session_owners``.
 tests/frontend/test_json_first.py pins the behaviour (content type per case, the streamed events), so an SDK
 release that moves them fails there, not in production.
@@ -41,7 +42,6 @@ from uuid import uuid4
 import anyio
 import pydantic_core
 from mcp.server.streamable_http import (
-    CONTENT_TYPE_JSON,
     CONTENT_TYPE_SSE,
     MCP_SESSION_ID_HEADER,
     REQUEST_STREAM_BUFFER_SIZE,
@@ -85,8 +85,7 @@ class JsonFirstTransport(StreamableHTTPServerTransport):
         if self._event_store is not None or self._read_stream_writer is None:
             return None
         has_json, has_sse = check_accept_headers(request)
-        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if not (has_json and has_sse) or content_type != CONTENT_TYPE_JSON:
+        if not (has_json and has_sse) or not self._check_content_type(request):
             return None
         try:
             raw = pydantic_core.from_json(await request.body())
