@@ -78,11 +78,14 @@ class ServerSettings(_Strict):
     # `mcp-guard run` writes its process id here while it serves (removed at exit; a file naming another
     # live process is a start-up error); `mcp-guard reload` signals that process. Relative to the config file.
     pid_file: str | None = None
-    # Slowloris bounds on the HTTP front: a connection must finish its request head within this many seconds
-    # of opening (or of its previous response); at most this many connections may be mid-head at once (one
-    # more closes the oldest).
+    # Slowloris bounds on the HTTP front (mcp_guard.frontend.slowloris): a connection must finish its request
+    # head within http_head_timeout_s of opening (or of its previous response), idle time included; at most
+    # http_max_pending_heads connections may be partway through a head (one more closes the one whose head began
+    # longest ago); at most http_max_idle_connections may wait without a byte of a request sent yet, new and
+    # keep-alive ones alike (one more closes the one idle longest). Keep the sum well below `ulimit -n`.
     http_head_timeout_s: Annotated[float, Field(gt=0)] = 10.0
     http_max_pending_heads: Annotated[int, Field(gt=0)] = 64
+    http_max_idle_connections: Annotated[int, Field(gt=0)] = 512
 
     @field_validator("tool_separator")
     @classmethod

@@ -60,7 +60,7 @@ async def served(app: Any) -> AsyncIterator[int]:
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     sock.listen(64)
-    protocol = http.http_protocol(HeadLimits(head_timeout_s=30, max_pending=64))
+    protocol = http.http_protocol(HeadLimits(head_timeout_s=30, max_pending=64, max_idle=512))
     config = uvicorn.Config(
         app,
         http=protocol,

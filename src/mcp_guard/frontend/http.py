@@ -3,7 +3,8 @@
 Host and Origin checks stay on whatever the bind address: the allowed values are the loopback names on
 the configured port plus ``[server] allowed_hosts`` / ``allowed_origins``. Request bodies are capped at
 ``[server] max_request_bytes``; idle sessions close after ``session_idle_timeout_s``; a request head must
-arrive within ``http_head_timeout_s`` and at most ``http_max_pending_heads`` connections may be mid-head
+arrive within ``http_head_timeout_s``, at most ``http_max_pending_heads`` connections may be mid-head and at
+most ``http_max_idle_connections`` may wait for their first byte or their next request
 (:mod:`mcp_guard.frontend.slowloris`). Requests are parsed by httptools when it is installed (it is a
 dependency; :mod:`mcp_guard.frontend.httptools_protocol` holds it to h11's parsing), else by h11. ``/healthz``,
 ``/readyz`` and ``/metrics`` are answered in front of all that (:mod:`mcp_guard.frontend.ops`).
@@ -195,7 +196,11 @@ async def serve_http(
     if sock is None:
         sock = bind_socket(host, port)
     app = build_http_app(front)
-    limits = HeadLimits(front.settings.http_head_timeout_s, front.settings.http_max_pending_heads)
+    limits = HeadLimits(
+        front.settings.http_head_timeout_s,
+        front.settings.http_max_pending_heads,
+        front.settings.http_max_idle_connections,
+    )
     config = uvicorn.Config(
         app,
         host=host,

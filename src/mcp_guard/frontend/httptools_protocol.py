@@ -22,7 +22,8 @@ those gaps:
 * An ``Upgrade`` or ``CONNECT`` request that is not a WebSocket upgrade is answered and the connection then
   closed: llhttp stops parsing after it, so anything the client sent next would be dropped unanswered.
 * **Slowloris**: the same :class:`~mcp_guard.frontend.slowloris.HeadWatch` as the h11 protocol (head
-  timeout incl. idle keep-alive, a cap on pending heads, close after an answer given before the body).
+  timeout incl. idle keep-alive, a cap on partial heads and another on idle connections, close after an
+  answer given before the body).
 """
 
 from __future__ import annotations
@@ -73,13 +74,15 @@ def guarded_httptools(limits: HeadLimits, max_head_bytes: int) -> type[HttpTools
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
             self._watch = HeadWatch(limits, self.loop, transport)
-            self._watch.await_head()
+            self._watch.await_head(started=False)
 
         def data_received(self, data: bytes) -> None:
             self._unparsed += len(data)
             super().data_received(data)
             if self._unparsed > max_head_bytes and not self.transport.is_closing():
                 self._refuse_oversized()
+            if self._watch.awaiting:  # bytes came and the head is not complete (that ends the wait): pending now
+                self._watch.head_started()
 
         def _refuse_oversized(self) -> None:
             if self.cycle is None or self.cycle.response_complete:
@@ -123,6 +126,7 @@ def guarded_httptools(limits: HeadLimits, max_head_bytes: int) -> type[HttpTools
                 body_unread=unread is not None and unread.response_complete,
                 finish=super().on_response_complete,
                 idle=lambda: self.cycle is None or self.cycle.response_complete,
+                started=lambda: self._in_head,  # a pipelined head begun in an earlier read
             )
 
         def connection_lost(self, exc: Exception | None) -> None:
