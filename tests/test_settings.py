@@ -88,3 +88,10 @@ def test_an_upstreams_task_support_is_validated(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_settings(cfg)
     assert str(info.value).startswith(f"{cfg}: upstreams.a.task_tools.slow: ")
+
+
+def test_the_http_fronts_idle_connection_cap_is_validated() -> None:
+    assert parse_settings({}).server.http_max_idle_connections == 512
+    assert parse_settings({"server": {"http_max_idle_connections": 2}}).server.http_max_idle_connections == 2
+    with pytest.raises(ConfigError, match=r"^g\.toml: server\.http_max_idle_connections: .*greater than 0"):
+        parse_settings({"server": {"http_max_idle_connections": 0}}, source="g.toml")
