@@ -16,6 +16,9 @@ Switches (comma-separated):
 * ``sdk-upstream``   the SDK's ``stdio_client`` (threads, anyio process) for stdio upstreams
 * ``sse-front``      2025-11-25 sessions get the SDK's own transport again: every request POST answered with an SSE
                      stream, instead of JSON unless the call streams (``frontend/json_first.py``)
+* ``sdk-dispatch``   a 2025-11-25 session's ``tools/call`` goes through the session's SDK dispatcher again (its read
+                     loop, a task per request, the write stream and the transport's router) instead of running in
+                     its POST's own task (``frontend/direct_call.py``)
 * ``h11``            the HTTP front parses requests with h11 (pure Python, the front before issue #19's
                      httptools protocol) instead of httptools (C); same slowloris guards and head cap
 * ``uvloop``         the event loop is uvloop's; needs uvloop
@@ -55,6 +58,7 @@ SWITCHES = (
     "sdk-front",
     "sdk-upstream",
     "sse-front",
+    "sdk-dispatch",
     "h11",
     "uvloop",
     "inline-audit",
@@ -243,7 +247,14 @@ def apply(switches: set[str]) -> None:
 
         import mcp_guard.frontend.http as http_front
 
-        setattr(http_front, "JsonFirstSessionManager", StreamableHTTPSessionManager)  # noqa: B010
+        def sdk_manager(app: Any, *, connections: Any = None, **kwargs: Any) -> Any:
+            return StreamableHTTPSessionManager(app, **kwargs)  # the SDK's: no direct calls either
+
+        setattr(http_front, "JsonFirstSessionManager", sdk_manager)  # noqa: B010
+    if "sdk-dispatch" in switches:
+        from mcp_guard.frontend.direct_call import DirectCalls
+
+        setattr(DirectCalls, "ready", lambda *_args: None)  # noqa: B010 - every request to the SDK's dispatcher
     if "h11" in switches:
         import mcp_guard.frontend.http as http_front
         from mcp_guard.frontend.slowloris import guarded_h11

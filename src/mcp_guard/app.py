@@ -423,6 +423,7 @@ class Guard:
             ops=self.ops_sources(),
             admin=self.admin_api(),
             more_routes=tuple(self.console_routes()),
+            connections=self.sessions,
         )
 
     def admin_auth(self) -> AdminAuth:

@@ -4,13 +4,16 @@ Raw HTTP, so the content type each case gets is visible: a plain call is one JSO
 progress, or whose upstream asks the client something mid-call, or that outlasts the JSON window is an SSE
 stream whose events are exactly what the SDK's transport would have sent; what the transport does not
 defer (initialize, notifications, malformed bodies, an Accept without SSE) is answered as before.
+
+Every case runs twice: with ``tools/call`` run in the POST's own task (frontend/direct_call.py; the session makes
+a listing first, so the front knows it) and through the SDK's dispatcher (``sdk``): the answers must not differ.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -21,11 +24,30 @@ import pytest
 from guard_harness import make_settings, recorder_upstream, running_guard
 from http_harness import http_client, http_front
 from mcp_guard.frontend import json_first
+from mcp_guard.frontend.direct_call import DirectCalls
 
 pytestmark = pytest.mark.anyio
 
 KEY = "alice-json-first-key-0123456789"
 ACCEPT_BOTH = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+
+
+@pytest.fixture(params=["direct", "sdk"], autouse=True)
+def direct_runs(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str] | None]:
+    """The methods run directly in this test (None: the SDK path was forced for every request)."""
+    if request.param == "sdk":
+        monkeypatch.setattr(DirectCalls, "ready", lambda *_args: None)
+        yield None
+        return
+    runs: list[str] = []
+    real = DirectCalls.run
+
+    async def counted(*args: Any) -> Any:
+        runs.append(args[1].method)
+        return await real(*args)
+
+    monkeypatch.setattr(DirectCalls, "run", staticmethod(counted))
+    yield runs
 
 
 def _settings():  # type: ignore[no-untyped-def]
@@ -61,6 +83,8 @@ async def _session(
         headers = {**auth, "mcp-session-id": r.headers["mcp-session-id"], "mcp-protocol-version": "2025-11-25"}
         r = await http.post(url, json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=headers)
         assert r.status_code == 202
+        r = await http.post(url, json={"jsonrpc": "2.0", "id": 100, "method": "tools/list"}, headers=headers)
+        assert r.status_code == 200  # through the SDK's path: from now on the front knows the session
         yield http, url, headers
 
 
@@ -80,7 +104,7 @@ def _events(body: str) -> list[dict[str, Any]]:
     return out
 
 
-async def test_a_call_that_streams_nothing_is_one_json_body() -> None:
+async def test_a_call_that_streams_nothing_is_one_json_body(direct_runs: list[str] | None) -> None:
     async with _session() as (http, url, headers):
         r = await http.post(url, json=_call(1, "rec__echo", {"text": "plain"}), headers=headers)
         assert r.status_code == 200
@@ -92,9 +116,10 @@ async def test_a_call_that_streams_nothing_is_one_json_body() -> None:
         r = await http.post(url, json={"jsonrpc": "2.0", "id": 2, "method": "no/such"}, headers=headers)
         assert r.headers["content-type"].startswith("application/json")
         assert r.json()["id"] == 2 and r.json()["error"]["code"] == -32601
+        assert direct_runs is None or direct_runs == ["tools/call"]
 
 
-async def test_a_call_reporting_progress_is_an_sse_stream() -> None:
+async def test_a_call_reporting_progress_is_an_sse_stream(direct_runs: list[str] | None) -> None:
     async with _session() as (http, url, headers):
         call = _call(3, "rec__slow", {"seconds": 0.05, "steps": 3}, meta={"progressToken": "p-1"})
         r = await http.post(url, json=call, headers=headers)
@@ -105,9 +130,12 @@ async def test_a_call_reporting_progress_is_an_sse_stream() -> None:
         assert [p["params"]["progress"] for p in progress] == [1, 2, 3]
         assert all(p["params"]["progressToken"] == "p-1" for p in progress)
         assert events[-1]["id"] == 3 and "result" in events[-1]  # the response ends the stream
+        assert direct_runs is None or direct_runs == ["tools/call"]
 
 
-async def test_an_upstream_request_mid_call_streams_and_its_answer_completes_the_call() -> None:
+async def test_an_upstream_request_mid_call_streams_and_its_answer_completes_the_call(
+    direct_runs: list[str] | None,
+) -> None:
     async with _session({"elicitation": {"form": {}}}) as (http, url, headers):
         call = _call(4, "rec__elicit", {"message": "Which colour?"})
         async with http.stream("POST", url, json=call, headers=headers) as r:
@@ -132,10 +160,11 @@ async def test_an_upstream_request_mid_call_streams_and_its_answer_completes_the
         assert "Which colour?" in seen[0]["params"]["message"]
         final = seen[-1]
         assert final["id"] == 4 and "teal" in json.dumps(final["result"])
+        assert direct_runs is None or direct_runs == ["tools/call"]
 
 
 async def test_a_call_outlasting_the_json_window_gets_headers_and_its_answer_as_sse(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, direct_runs: list[str] | None
 ) -> None:
     monkeypatch.setattr(json_first, "JSON_WINDOW_S", 0.01)
     async with _session() as (http, url, headers):
@@ -143,6 +172,7 @@ async def test_a_call_outlasting_the_json_window_gets_headers_and_its_answer_as_
         assert r.headers["content-type"].startswith("text/event-stream")
         events = _events(r.text)
         assert [e["id"] for e in events] == [5] and "result" in events[0]
+        assert direct_runs is None or direct_runs == ["tools/call"]
 
 
 async def test_what_is_not_deferred_is_answered_as_the_sdk_answers_it() -> None:

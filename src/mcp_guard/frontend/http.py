@@ -36,6 +36,7 @@ from starlette.routing import Route
 from mcp_guard.errors import ConfigError
 from mcp_guard.frontend.admin import AdminApi
 from mcp_guard.frontend.auth import BearerAuth, KeyRing, OnReject
+from mcp_guard.frontend.direct_call import SessionConnections
 from mcp_guard.frontend.json_first import JsonFirstSessionManager
 from mcp_guard.frontend.oauth import ResourceServer
 from mcp_guard.frontend.ops import OpsSources, with_ops_routes
@@ -86,6 +87,9 @@ class HttpFront:
         Any, ...
     ] = ()  # further routes that authenticate themselves (the rest of the admin API, /console)
     worker: int | None = None  # `run --workers N`: this worker's index, named in its session ids (worker_sessions)
+    # The live sessions' SDK connections: with them, a 2025-11-25 session's tools/call runs in its POST's own task
+    # (mcp_guard.frontend.direct_call); None: every request takes the SDK's dispatcher.
+    connections: SessionConnections | None = None
 
 
 def _security(s: ServerSettings) -> TransportSecuritySettings:
@@ -101,6 +105,7 @@ def build_http_app(front: HttpFront) -> Any:
         security_settings=_security(s),
         max_request_body_size=s.max_request_bytes,
         session_idle_timeout=s.session_idle_timeout_s,
+        connections=front.connections,
     )
     # What the SDK's ``Server.streamable_http_app`` builds, with the JSON-first session transport
     # (mcp_guard.frontend.json_first): /mcp, the routes served beside it, the session manager's lifespan.

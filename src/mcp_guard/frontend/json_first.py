@@ -22,18 +22,26 @@ Everything else — initialize, notifications and responses the client posts, a 
 validate, an Accept header without both types, a session with an event store (resumable streams start with a
 priming event) — is the SDK's own code path, unchanged.
 
+A ``tools/call`` of an established session skips the session's dispatcher as well: :meth:`_answer_direct` runs it
+in the POST's own task (:mod:`mcp_guard.frontend.direct_call`) and answers it the same way — one JSON body unless
+the call sends the client something first or outlasts the window, then the same SSE stream.
+
 It leans on these internals of ``mcp.server.streamable_http.StreamableHTTPServerTransport`` (mcp 2.3, pinned
 ``<2.4``): ``_handle_post_request`` (overridden), ``_read_stream_writer``, ``_request_streams``,
 ``_sse_stream_writers``, ``_event_store``, ``_check_content_type``, ``_validate_request_headers``,
 ``_create_session_message``, ``_create_json_response``, ``_create_error_response``, ``_run_sse_writer`` and
-``_clean_up_memory_streams``;
-and on ``StreamableHTTPSessionManager._admit_session`` / ``_server_instances`` / ``_session_owners``.
+``_clean_up_memory_streams``, ``_write_stream``, ``terminate``;
+and on ``StreamableHTTPSessionManager._admit_session`` / ``_server_instances`` / ``_session_owners`` /
+``_lifespan_state``.
 tests/frontend/test_json_first.py pins the behaviour (content type per case, the streamed events), so an SDK
 release that moves them fails there, not in production.
 """
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 from http import HTTPStatus
 from typing import Any
@@ -41,9 +49,11 @@ from uuid import uuid4
 
 import anyio
 import pydantic_core
+from mcp.server.lowlevel import Server
 from mcp.server.streamable_http import (
     CONTENT_TYPE_SSE,
     MCP_SESSION_ID_HEADER,
+    REQUEST_CANCELLED,
     REQUEST_STREAM_BUFFER_SIZE,
     EventMessage,
     StreamableHTTPServerTransport,
@@ -51,11 +61,21 @@ from mcp.server.streamable_http import (
 )
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.shared.inbound import MCP_PROTOCOL_VERSION_HEADER
-from mcp_types import DEFAULT_NEGOTIATED_VERSION, INTERNAL_ERROR, JSONRPCError, JSONRPCRequest, JSONRPCResponse
+from mcp.shared.message import ServerMessageMetadata, SessionMessage
+from mcp_types import (
+    DEFAULT_NEGOTIATED_VERSION,
+    INTERNAL_ERROR,
+    ErrorData,
+    JSONRPCError,
+    JSONRPCRequest,
+    JSONRPCResponse,
+)
 from pydantic import ValidationError
 from sse_starlette import EventSourceResponse
 from starlette.requests import Request
 from starlette.types import Receive, Scope, Send
+
+from mcp_guard.frontend.direct_call import DirectCalls, Outcome, Ready, SessionConnections, Settled
 
 __all__ = ["JSON_WINDOW_S", "JsonFirstSessionManager", "JsonFirstTransport"]
 
@@ -64,8 +84,20 @@ __all__ = ["JSON_WINDOW_S", "JsonFirstSessionManager", "JsonFirstTransport"]
 JSON_WINDOW_S = 15.0
 
 
+@dataclass(frozen=True, slots=True)
+class _Direct:
+    """What a session transport needs to run calls directly: the front's :class:`DirectCalls` and the lifespan
+    state the session manager hands its runners."""
+
+    calls: DirectCalls
+    lifespan_state: Callable[[], Any]
+
+
 class JsonFirstTransport(StreamableHTTPServerTransport):
     """A session transport that answers a request POST with JSON unless the request streams (module docstring)."""
+
+    _direct: _Direct | None = None  # set by JsonFirstSessionManager when the front runs calls directly
+    _direct_scopes: set[anyio.CancelScope]  # the direct calls in flight (cancelled when the session ends)
 
     async def _handle_post_request(self, scope: Scope, request: Request, receive: Receive, send: Send) -> None:
         message = await self._deferrable(request)
@@ -74,7 +106,19 @@ class JsonFirstTransport(StreamableHTTPServerTransport):
             return
         if not await self._validate_request_headers(request, send):  # session id: 400 / 404 as the SDK answers
             return
-        await self._answer(scope, request, receive, send, message)
+        direct = self._direct
+        ready = None
+        if direct is not None and self.mcp_session_id is not None:
+            ready = direct.calls.ready(self.mcp_session_id, message, direct.lifespan_state())
+        if ready is not None:
+            await self._answer_direct(scope, request, receive, send, message, ready)
+        else:
+            await self._answer(scope, request, receive, send, message)
+
+    async def terminate(self) -> None:
+        for call in list(getattr(self, "_direct_scopes", ())):
+            call.cancel()  # as the session's dispatcher cancels its handlers when the session ends
+        await super().terminate()
 
     async def _deferrable(self, request: Request) -> JSONRPCRequest | None:
         """The request this POST carries when it may be answered JSON-first; None leaves it to the SDK.
@@ -123,6 +167,70 @@ class JsonFirstTransport(StreamableHTTPServerTransport):
             return
         await self._stream(scope, receive, send, request_id, first)
 
+    async def _answer_direct(
+        self, scope: Scope, request: Request, receive: Receive, send: Send, message: JSONRPCRequest, ready: Ready
+    ) -> None:
+        """Run the request in this task (:mod:`mcp_guard.frontend.direct_call`); answer JSON unless it streams.
+
+        The request's stream is registered as :meth:`_answer` registers it, but read only once the answer turns
+        into an SSE stream: when the call first sends the client something (before that message is routed here)
+        or when :data:`JSON_WINDOW_S` passes. Then its answer goes through the session's ordered write channel,
+        behind what was sent before it, and the stream writer ends the response with it.
+        """
+        request_id = str(message.id)
+        version = request.headers.get(MCP_PROTOCOL_VERSION_HEADER, DEFAULT_NEGOTIATED_VERSION)
+        metadata = self._create_session_message(message, request, request_id, version).metadata
+        assert isinstance(metadata, ServerMessageMetadata)  # the transport frames every message with its own
+        self._request_streams[request_id] = anyio.create_memory_object_stream[EventMessage](REQUEST_STREAM_BUFFER_SIZE)
+        if not hasattr(self, "_direct_scopes"):
+            self._direct_scopes = set()
+        call = anyio.CancelScope()
+        self._direct_scopes.add(call)
+        streaming = False
+        try:
+            async with anyio.create_task_group() as tg:
+
+                def stream() -> None:
+                    nonlocal streaming
+                    if not streaming:
+                        streaming = True
+                        tg.start_soon(self._stream, scope, receive, send, request_id, None)
+
+                window = asyncio.get_running_loop().call_later(JSON_WINDOW_S, stream)
+                try:
+                    outcome = await DirectCalls.run(ready, message, metadata, call, stream)
+                finally:
+                    window.cancel()
+                if streaming:
+                    await self._end_stream(outcome, metadata)
+                else:
+                    await self._clean_up_memory_streams(request_id)
+                    await self._respond(outcome, message)(scope, receive, send)
+        finally:
+            self._direct_scopes.discard(call)
+
+    async def _end_stream(self, outcome: Outcome, metadata: ServerMessageMetadata) -> None:
+        """End a streamed direct answer through the ordered channel (what follows it in the stream ends it)."""
+        try:
+            if outcome.settled is Settled.ANSWERED and outcome.message is not None and self._write_stream is not None:
+                await self._write_stream.send(SessionMessage(outcome.message))
+            elif outcome.settled is Settled.UNANSWERED and metadata.on_request_unanswered is not None:
+                await metadata.on_request_unanswered()  # REQUEST_CANCELLED, as for any cancelled request
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            pass  # the session ended meanwhile: its streams (and this response's) are closed
+        # Settled.CLOSED: the session's streams are closed, which ends the stream writer.
+
+    def _respond(self, outcome: Outcome, message: JSONRPCRequest) -> Any:
+        """The JSON answer of a direct request that sent nothing before it (the ASGI response to send)."""
+        if outcome.settled is Settled.ANSWERED and outcome.message is not None:
+            return self._create_json_response(outcome.message)
+        if outcome.settled is Settled.UNANSWERED:  # what the transport answers a cancelled request with
+            error = ErrorData(code=REQUEST_CANCELLED, message="Request cancelled")
+            return self._create_json_response(JSONRPCError(jsonrpc="2.0", id=message.id, error=error))
+        return self._create_error_response(
+            "Session terminated before the request completed", HTTPStatus.INTERNAL_SERVER_ERROR, INTERNAL_ERROR
+        )
+
     async def _stream(
         self, scope: Scope, receive: Receive, send: Send, request_id: str, first: EventMessage | None
     ) -> None:
@@ -156,6 +264,12 @@ class JsonFirstSessionManager(StreamableHTTPSessionManager):
     already answers JSON unless the call streams.
     """
 
+    def __init__(self, app: Server[Any], *, connections: SessionConnections | None = None, **kwargs: Any) -> None:
+        super().__init__(app, **kwargs)
+        self._direct = (
+            _Direct(DirectCalls(app, connections), lambda: self._lifespan_state) if connections is not None else None
+        )
+
     def _admit_session(self, requestor: Any) -> StreamableHTTPServerTransport | None:
         if self.max_sessions is not None and len(self._server_instances) >= self.max_sessions:
             return None
@@ -167,6 +281,8 @@ class JsonFirstSessionManager(StreamableHTTPSessionManager):
             retry_interval=self.retry_interval,
             idle_timeout=self.session_idle_timeout,
         )
+        transport._direct = self._direct
+        transport._direct_scopes = set()
         session_id = transport.mcp_session_id
         assert session_id is not None
         if requestor is not None:

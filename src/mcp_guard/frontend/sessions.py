@@ -121,6 +121,12 @@ class SessionTable:
             self._on_start(sess)
         return sess
 
+    def connection_of(self, sdk_session_id: str) -> Connection | None:
+        """The SDK connection of the live session the SDK named ``sdk_session_id`` (the direct call path's lookup,
+        mcp_guard.frontend.direct_call); None until the session has made a request through the handlers."""
+        sess = self.live.get(self.id_prefix + sdk_session_id)
+        return sess.connection if sess is not None else None
+
     def _end(self, sess: DownstreamSession) -> None:
         self.live.pop(sess.id, None)
         self._on_end(sess)
