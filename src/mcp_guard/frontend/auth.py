@@ -139,7 +139,7 @@ def http_principal(settings: Settings) -> PrincipalResolver:
     def resolve(ctx: ServerRequestContext[Any, Any]) -> Principal:
         request = ctx.request
         user = getattr(request, "scope", {}).get("user") if request is not None else None
-        return with_configured(settings, user.principal) if isinstance(user, PrincipalUser) else anonymous
+        return user.configured(settings) if isinstance(user, PrincipalUser) else anonymous
 
     return resolve
 
@@ -161,6 +161,15 @@ class PrincipalUser(AuthenticatedUser):
             )
         )
         self.principal = principal
+        self._configured: tuple[Settings, Principal] | None = None
+
+    def configured(self, settings: Settings) -> Principal:
+        """:func:`with_configured` of this principal, made once per request and settings: a call asks for its
+        principal several times (its session, its policy input, its upstream), and a reload brings new settings."""
+        made = self._configured
+        if made is None or made[0] is not settings:
+            made = self._configured = (settings, with_configured(settings, self.principal))
+        return made[1]
 
 
 class BearerAuth:
