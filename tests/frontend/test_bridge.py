@@ -7,6 +7,7 @@ guard: a recorder upstream on the handshake era, an SDK client on 2026-07-28 ove
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -116,6 +117,26 @@ async def _round(
 
 
 POLL_S = 0.005  # interval of condition polls (always under a deadline)
+
+
+@pytest.mark.parametrize("asked", [True, False])
+async def test_progress_is_relayed_only_when_the_call_asked_for_it(asked: bool) -> None:
+    """A call whose request carried no progress token asks its upstream for none (and may take the lean lane)."""
+    seen: list[Any] = []
+
+    async def run(call: CallContext) -> Outcome:
+        seen.append(call.progress)
+        return Outcome(result=_text_result("done"))
+
+    async def relay(progress: float, total: float | None, message: str | None) -> None:
+        return None
+
+    call = dataclasses.replace(_call(), progress=relay if asked else None)
+    async with _bridge() as bridge:
+        with anyio.fail_after(10):
+            await bridge.run(_ctx(), None, call, _params(), run)  # type: ignore[arg-type]
+    assert len(seen) == 1
+    assert (seen[0] is not None) is asked  # the bridge's own relay (the round's request carries it), or none
 
 
 async def _until(condition: Callable[[], bool]) -> None:

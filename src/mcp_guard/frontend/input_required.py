@@ -199,7 +199,7 @@ class BridgedCallChannel(RequestScopedChannel):
     """The :class:`~mcp_guard.channel.ClientChannel` of one bridged call: questions wait for a round.
 
     Log and progress ride the round being served (dropped between rounds, when no client request of the
-    call is open).
+    call is open); progress only for a call whose first request carried a progress token.
     """
 
     def __init__(self, pending: _Pending) -> None:
@@ -314,7 +314,11 @@ class InputRequiredBridge:
             )
         pending = _Pending(new_id(), call.principal.id, binding, call.timeout_s or 60.0)
         channel = BridgedCallChannel(pending)
-        bridged = dataclasses.replace(call, downstream=channel, progress=channel.progress, on_redecide=pending.bind)
+        # Progress is relayed when the request that started the call asked for it (a progress token), as on the
+        # handshake era: the upstream is asked for progress only then, and a call without it can take the lean
+        # lane to a stdio upstream (mcp_guard.upstream.raw_lane) instead of an SDK session.
+        progress = channel.progress if call.progress is not None else None
+        bridged = dataclasses.replace(call, downstream=channel, progress=progress, on_redecide=pending.bind)
         self.calls[pending.id] = pending
         self._tg.start_soon(self._drive, pending, bridged, run, name=f"bridge:{pending.id}")
         return pending
