@@ -80,6 +80,10 @@ def _at(document: Mapping[str, Any], path: tuple[str, ...]) -> object:
     return value
 
 
+# json.dumps with these arguments, its encoder built once (json.dumps builds one per call when given arguments).
+_KEY_TEXT = json.JSONEncoder(sort_keys=True, separators=(",", ":"), allow_nan=False, ensure_ascii=False).encode
+
+
 def decision_key(values: Sequence[object], *, max_bytes: int) -> str | None:
     """The exact key of the read fields' ``values`` (:func:`_at` of each read path), or None when it cannot be
     keyed.
@@ -89,7 +93,7 @@ def decision_key(values: Sequence[object], *, max_bytes: int) -> str | None:
     the decision rule cannot tell apart."""
     parts = [[] if v is _MISSING else [v] for v in values]
     try:
-        key = json.dumps(parts, sort_keys=True, separators=(",", ":"), allow_nan=False, ensure_ascii=False)
+        key = _KEY_TEXT(parts)
     except (TypeError, ValueError):
         return None  # the engine refuses it too (engine_error); nothing to remember
     return key if len(key) <= max_bytes else None
@@ -205,37 +209,42 @@ class CachedEngine:
         return await self.evaluate_document(input.to_dict())
 
     async def evaluate_document(self, document: Mapping[str, Any]) -> Decision:
-        decision = self.evaluate_sync(document)
-        await anyio.lowlevel.checkpoint()
-        return decision
+        decision, asked = self._answer(document)
+        if asked:  # the engine ran (hundreds of µs, synchronously): let the loop serve others before going on
+            await anyio.lowlevel.checkpoint()
+        return decision  # a remembered answer took µs: no loop turn for it (the call awaits I/O soon enough)
 
     def evaluate_sync(self, document: Mapping[str, Any]) -> Decision:
         """Answer from memory when the key is known and fresh, else ask the engine (and remember a policy-made
         decision). Never raises for a policy problem, like the engine."""
+        return self._answer(document)[0]
+
+    def _answer(self, document: Mapping[str, Any]) -> tuple[Decision, bool]:
+        """:meth:`evaluate_sync`, and whether the engine was asked (False: the answer came from memory)."""
         if self._inner.bundle is not self._analysed:
             self._analyse()  # reloaded behind our back: never key on the old bundle's read set
         revision = self._inner.revision
         if not self._reads.cacheable:
             self.stats.uncacheable += 1
-            return self._inner.evaluate_sync(document)
+            return self._inner.evaluate_sync(document), True
         values = [_at(document, p) for p in self._reads.paths]
         key = decision_key(values, max_bytes=self._max_key)
         if key is None:
             self.stats.uncacheable += 1
-            return self._inner.evaluate_sync(project(self._reads.paths, values))
+            return self._inner.evaluate_sync(project(self._reads.paths, values)), True
         now = self._clock()
         entry = self._entries.get(key)
         if entry is not None:
             if entry.expires > now and entry.decision.revision == revision:
                 self._entries.move_to_end(key)
                 self.stats.hits += 1
-                return self._fresh(entry)
+                return self._fresh(entry), False
             self._drop_stale(key, entry, now)
         self.stats.misses += 1
         decision = self._inner.evaluate_sync(project(self._reads.paths, values))
         if decision.code is None and decision.revision == revision:
             self._remember(key, decision, now)
-        return decision
+        return decision, True
 
     def _drop_stale(self, key: str, entry: _Entry, now: float) -> None:
         """Forget an entry a lookup found unusable, counted by why (a revision change wins over age)."""
