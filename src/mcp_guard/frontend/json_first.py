@@ -96,8 +96,10 @@ class _Direct:
 class JsonFirstTransport(StreamableHTTPServerTransport):
     """A session transport that answers a request POST with JSON unless the request streams (module docstring)."""
 
-    _direct: _Direct | None = None  # set by JsonFirstSessionManager when the front runs calls directly
-    _direct_scopes: set[anyio.CancelScope]  # the direct calls in flight (cancelled when the session ends)
+    def __init__(self, *args: Any, direct: _Direct | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._direct = direct  # None: every request through the session's dispatcher
+        self._direct_scopes: set[anyio.CancelScope] = set()  # the direct calls in flight (cancelled at the end)
 
     async def _handle_post_request(self, scope: Scope, request: Request, receive: Receive, send: Send) -> None:
         message = await self._deferrable(request)
@@ -116,7 +118,7 @@ class JsonFirstTransport(StreamableHTTPServerTransport):
             await self._answer(scope, request, receive, send, message)
 
     async def terminate(self) -> None:
-        for call in list(getattr(self, "_direct_scopes", ())):
+        for call in list(self._direct_scopes):
             call.cancel()  # as the session's dispatcher cancels its handlers when the session ends
         await super().terminate()
 
@@ -182,8 +184,6 @@ class JsonFirstTransport(StreamableHTTPServerTransport):
         metadata = self._create_session_message(message, request, request_id, version).metadata
         assert isinstance(metadata, ServerMessageMetadata)  # the transport frames every message with its own
         self._request_streams[request_id] = anyio.create_memory_object_stream[EventMessage](REQUEST_STREAM_BUFFER_SIZE)
-        if not hasattr(self, "_direct_scopes"):
-            self._direct_scopes = set()
         call = anyio.CancelScope()
         self._direct_scopes.add(call)
         streaming = False
@@ -280,9 +280,8 @@ class JsonFirstSessionManager(StreamableHTTPSessionManager):
             security_settings=self.security_settings,
             retry_interval=self.retry_interval,
             idle_timeout=self.session_idle_timeout,
+            direct=self._direct,
         )
-        transport._direct = self._direct
-        transport._direct_scopes = set()
         session_id = transport.mcp_session_id
         assert session_id is not None
         if requestor is not None:
