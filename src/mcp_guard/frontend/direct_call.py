@@ -59,7 +59,7 @@ from mcp.shared.transport_context import TransportContext
 from mcp_types import ErrorData, JSONRPCError, JSONRPCRequest, JSONRPCResponse
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
-__all__ = ["DIRECT_METHODS", "DirectCalls", "DirectContext", "Ready", "SessionConnections", "Settled"]
+__all__ = ["DIRECT_METHODS", "DirectCalls", "DirectContext", "Ready", "SessionConnections", "Settled", "Settlement"]
 
 log = structlog.get_logger("mcp_guard.frontend")
 
@@ -107,13 +107,15 @@ class DirectContext(_JSONRPCDispatchContext[TransportContext]):
 class Settled(Enum):
     """How a direct request ended (the transport answers each its own way)."""
 
-    ANSWERED = "answered"  # a result or an error for the client: :attr:`Outcome.message`
+    ANSWERED = "answered"  # a result or an error for the client: :attr:`Settlement.message`
     UNANSWERED = "unanswered"  # the client cancelled it: it gets the transport's REQUEST_CANCELLED
     CLOSED = "closed"  # the session ended under it
 
 
 @dataclass(frozen=True, slots=True)
-class Outcome:
+class Settlement:
+    """How a direct request ended, and its answer when it has one."""
+
     settled: Settled
     message: JSONRPCResponse | JSONRPCError | None = None
 
@@ -155,7 +157,7 @@ class DirectCalls:
         metadata: ServerMessageMetadata,
         scope: anyio.CancelScope,
         on_send: Callable[[], None],
-    ) -> Outcome:
+    ) -> Settlement:
         """Run ``message`` as the dispatcher runs a request (``JSONRPCDispatcher._handle_request``), in this task.
 
         ``scope`` is the request's cancel scope: the dispatcher cancels it for the client's
@@ -181,13 +183,13 @@ class DirectCalls:
                     if (entry := dispatcher._in_flight.get(key)) is not None and entry.dctx is dctx:
                         del dispatcher._in_flight[key]
                 if not dctx.cancel_requested.is_set():
-                    return Outcome(Settled.ANSWERED, JSONRPCResponse(jsonrpc="2.0", id=message.id, result=result))
+                    return Settlement(Settled.ANSWERED, JSONRPCResponse(jsonrpc="2.0", id=message.id, result=result))
         except Exception as e:
             if not dctx.cancel_requested.is_set():
-                return Outcome(Settled.ANSWERED, JSONRPCError(jsonrpc="2.0", id=message.id, error=_error_of(e)))
+                return Settlement(Settled.ANSWERED, JSONRPCError(jsonrpc="2.0", id=message.id, error=_error_of(e)))
         if dctx.cancel_requested.is_set():
-            return Outcome(Settled.UNANSWERED)
-        return Outcome(Settled.CLOSED)  # the scope was cancelled, and not by the client: the session ended
+            return Settlement(Settled.UNANSWERED)
+        return Settlement(Settled.CLOSED)  # the scope was cancelled, and not by the client: the session ended
 
 
 def _error_of(e: Exception) -> ErrorData:

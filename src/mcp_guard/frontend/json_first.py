@@ -75,7 +75,7 @@ from sse_starlette import EventSourceResponse
 from starlette.requests import Request
 from starlette.types import Receive, Scope, Send
 
-from mcp_guard.frontend.direct_call import DirectCalls, Outcome, Ready, SessionConnections, Settled
+from mcp_guard.frontend.direct_call import DirectCalls, Ready, SessionConnections, Settled, Settlement
 
 __all__ = ["JSON_WINDOW_S", "JsonFirstSessionManager", "JsonFirstTransport"]
 
@@ -209,7 +209,7 @@ class JsonFirstTransport(StreamableHTTPServerTransport):
         finally:
             self._direct_scopes.discard(call)
 
-    async def _end_stream(self, outcome: Outcome, metadata: ServerMessageMetadata) -> None:
+    async def _end_stream(self, outcome: Settlement, metadata: ServerMessageMetadata) -> None:
         """End a streamed direct answer through the ordered channel (what follows it in the stream ends it)."""
         try:
             if outcome.settled is Settled.ANSWERED and outcome.message is not None and self._write_stream is not None:
@@ -220,7 +220,7 @@ class JsonFirstTransport(StreamableHTTPServerTransport):
             pass  # the session ended meanwhile: its streams (and this response's) are closed
         # Settled.CLOSED: the session's streams are closed, which ends the stream writer.
 
-    def _respond(self, outcome: Outcome, message: JSONRPCRequest) -> Any:
+    def _respond(self, outcome: Settlement, message: JSONRPCRequest) -> Any:
         """The JSON answer of a direct request that sent nothing before it (the ASGI response to send)."""
         if outcome.settled is Settled.ANSWERED and outcome.message is not None:
             return self._create_json_response(outcome.message)
