@@ -6,7 +6,8 @@ or mcp-guard fronting the fixture spawned over stdio (``proxy-stdio``) or reache
 for ~3 s of CPU: the unscored tasks scenarios wait on ``slow_compute``), so the three are started at once, each a
 separate process with its own free ports, temporary directory, audit database and JSON summary, and each target's
 summary is then checked on its own (tests/e2e/test_conformance.py, tests/e2e/test_conformance_proxy.py): a target
-that cannot run fails only its own tests.
+that cannot run fails only its own tests. Under pytest-xdist (``make test``) the two modules may land on different
+workers; the runs still happen once (``run_once_per_session``).
 
 The proxy runs' configuration: an allow-all policy bundle, no auth, and one upstream, the fixture, with
 ``namespace = false`` so the suite's exact names reach it.
@@ -14,18 +15,17 @@ The proxy runs' configuration: an allow-all policy bundle, no auth, and one upst
 
 from __future__ import annotations
 
+import fcntl
 import importlib.util
 import json
 import shlex
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import IO, Any
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts" / "conformance.py"
@@ -33,7 +33,9 @@ FIXTURE = REPO / "tests" / "conformance" / "conformance_fixture.py"
 BASELINE = REPO / "tests" / "conformance" / "expected-failures.json"
 TARGETS = ("fixture-direct", "proxy-stdio", "proxy-http")
 SUITE_TIMEOUT_S = 900  # npm ci on a cold machine (~20 s here) plus two runs of a few seconds each
-STOP_TIMEOUT_S = 15  # a run still going when the session ends (a failed test) is terminated, then killed
+STOP_TIMEOUT_S = 15  # a run still going at its deadline is terminated, then killed
+LOCK_WAIT_S = SUITE_TIMEOUT_S + 120  # another pytest-xdist worker runs the suite meanwhile (see run_once_per_session)
+LOCK_POLL_S = 0.2
 URL_MARK = "@FIXTURE_URL@"  # replaced by the fixture's URL when the proxy starts (HTTP upstream)
 
 ALLOW_ALL = """package mcp_guard
@@ -152,9 +154,16 @@ def _start(target: str, tmp: Path) -> SuiteRun:
     return SuiteRun(target, summary, stdout, stderr, proc)
 
 
-@contextmanager
-def all_runs(tmp: Path) -> Iterator[dict[str, SuiteRun]]:
-    """Every target's run, started together and finished; any still going on exit is stopped."""
+@dataclass
+class Outcome:
+    """What a run left: its summary, or why there is none."""
+
+    summary: dict[str, Any] | None
+    failure: str | None
+
+
+def run_all(tmp: Path) -> dict[str, Outcome]:
+    """Every target's run, started together and waited for; any still going at the end is stopped."""
     _load(SCRIPT, "conformance_script_e2e").ensure_suite()  # npm ci once, here, not by three runs at a time
     runs: dict[str, SuiteRun] = {}
     try:
@@ -163,14 +172,39 @@ def all_runs(tmp: Path) -> Iterator[dict[str, SuiteRun]]:
         deadline = time.monotonic() + SUITE_TIMEOUT_S
         for run in runs.values():
             run.finish(deadline)
-        yield runs
     finally:
         for run in runs.values():
             run.stop()
+    return {target: Outcome(run.summary, run.failure) for target, run in runs.items()}
 
 
-def summary_of(runs: dict[str, SuiteRun], target: str) -> dict[str, Any]:
+def _lock(lock: IO[str], deadline: float) -> None:
+    """An exclusive lock on ``lock`` before ``deadline`` (monotonic), or TimeoutError."""
+    while True:
+        try:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{lock.name}: still locked after {LOCK_WAIT_S}s") from None
+            time.sleep(LOCK_POLL_S)
+
+
+def run_once_per_session(shared: Path) -> dict[str, Outcome]:
+    """Under pytest-xdist, whose workers each have their own session: the first worker that asks runs the
+    suite and writes the outcomes to ``shared`` (a directory every worker sees); the others wait for the
+    lock, then read them. The lock is a file lock, so a worker that dies releases it."""
+    done = shared / "conformance-outcomes.json"
+    with (shared / "conformance.lock").open("w") as lock:
+        _lock(lock, time.monotonic() + LOCK_WAIT_S)
+        if not done.exists():
+            outcomes = run_all(shared / "conformance")
+            done.write_text(json.dumps({t: asdict(o) for t, o in outcomes.items()}), encoding="utf-8")
+        return {t: Outcome(**o) for t, o in json.loads(done.read_text(encoding="utf-8")).items()}
+
+
+def summary_of(outcomes: dict[str, Outcome], target: str) -> dict[str, Any]:
     """``target``'s summary; the test fails with why if that run produced none."""
-    run = runs[target]
-    assert run.summary is not None, run.failure
-    return run.summary
+    outcome = outcomes[target]
+    assert outcome.summary is not None, outcome.failure
+    return outcome.summary

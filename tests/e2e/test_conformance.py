@@ -25,7 +25,7 @@ from typing import Any
 import anyio
 import mcp_types as types
 import pytest
-from conformance_runs import BASELINE, SuiteRun, summary_of
+from conformance_runs import BASELINE, Outcome, summary_of
 from mcp.client.session import ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
 
@@ -143,7 +143,7 @@ def assert_matches_baseline(summary: dict[str, Any], spec_version: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def direct_run(conformance_runs: dict[str, SuiteRun]) -> dict[str, Any]:
+def direct_run(conformance_runs: dict[str, Outcome]) -> dict[str, Any]:
     return summary_of(conformance_runs, "fixture-direct")
 
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from conformance_runs import SuiteRun, summary_of
+from conformance_runs import Outcome, summary_of
 from test_conformance import EXPECTED_PASSING, assert_matches_baseline, score_line
 
 from scores import SCORE_PROPERTY
@@ -32,7 +32,7 @@ pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module", params=["stdio", "http"])
-def proxy_run(request: pytest.FixtureRequest, conformance_runs: dict[str, SuiteRun]) -> dict[str, Any]:
+def proxy_run(request: pytest.FixtureRequest, conformance_runs: dict[str, Outcome]) -> dict[str, Any]:
     return summary_of(conformance_runs, f"proxy-{request.param}")
 
 
