@@ -7,6 +7,10 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 PY     := $(BIN)/python
 E2E    := tests/e2e
+# pytest-xdist: two worker processes (this machine's two cores; most tests wait on real processes), whole
+# files per worker so module-scoped fixtures are built once (README, "Development").
+PYTEST_WORKERS ?= 2
+XDIST  := -n $(PYTEST_WORKERS) --dist loadfile
 
 .PHONY: setup venv peers opa demo test lint typecheck unit e2e bench clean
 
@@ -45,13 +49,13 @@ typecheck: venv
 	$(BIN)/mypy
 
 unit: venv
-	$(BIN)/pytest -q -m "not e2e"
+	$(BIN)/pytest -q $(XDIST) -m "not e2e"
 
 e2e: setup
-	$(BIN)/pytest -q -m e2e
+	$(BIN)/pytest -q $(XDIST) -m e2e
 
 test: setup lint typecheck
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q $(XDIST)
 
 bench: setup
 	$(PY) -m bench

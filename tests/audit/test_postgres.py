@@ -367,7 +367,11 @@ async def test_a_connection_cut_by_the_server_fails_one_batch_then_reconnects(
 ) -> None:
     async with open_postgres(pg_dsn) as backend, AuditWriter.running(backend) as store:
         assert await store.record(event(1)) == 1
-        pg_admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'mcp-guard'")
+        # only this test's database: the server may be shared (other tests, other checkouts' suites)
+        pg_admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE application_name = 'mcp-guard' AND datname = current_database()"
+        )
         with anyio.fail_after(5), pytest.raises(AuditError, match="audit write failed"):
             await store.record(event(2))
         with anyio.fail_after(5):

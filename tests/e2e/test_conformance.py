@@ -9,7 +9,8 @@ shows up here instead of silently changing the denominator.
 Every check that fails must be listed, with why, in tests/conformance/expected-failures.json (section
 ``fixture-direct``: the tasks extension scenarios the suite runs but does not score), and every listed one must
 still fail: scripts/conformance.py ``--expected-failures`` compares. The score is printed in pytest's terminal
-summary (tests/conftest.py).
+summary (tests/conftest.py). The run is started together with test_conformance_proxy.py's two, for the session
+(tests/e2e/conformance_runs.py, fixture ``conformance_runs`` in tests/e2e/conftest.py).
 
 A stdio smoke test covers the fixture's other transport (the one a proxy uses to spawn it as an upstream).
 """
@@ -17,7 +18,6 @@ A stdio smoke test covers the fixture's other transport (the one a proxy uses to
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,7 @@ from typing import Any
 import anyio
 import mcp_types as types
 import pytest
+from conformance_runs import BASELINE, Outcome, summary_of
 from mcp.client.session import ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
 
@@ -33,10 +34,7 @@ from scores import SCORE_PROPERTY
 pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parents[2]
-SCRIPT = REPO / "scripts" / "conformance.py"
 FIXTURE = REPO / "tests" / "conformance" / "conformance_fixture.py"
-BASELINE = REPO / "tests" / "conformance" / "expected-failures.json"
-SUITE_TIMEOUT_S = 900  # npm ci on a cold machine (~20 s here) plus two runs of a few seconds each
 
 EXPECTED_PASSING: dict[str, list[str]] = {
     "2025-11-25": [
@@ -120,27 +118,6 @@ EXPECTED_NOT_SCORED_PASSING: dict[str, list[str]] = {
 }
 
 
-def _baseline_args(target: str) -> list[str]:
-    return ["--expected-failures", str(BASELINE), "--target", target]
-
-
-def run_suite(out: Path, target: str, *extra: str) -> dict[str, Any]:
-    """Run scripts/conformance.py (both spec versions) checked against ``target``'s expected failures."""
-    proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--label", target, "--output", str(out), *_baseline_args(target), *extra],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=SUITE_TIMEOUT_S,
-        check=False,
-    )
-    print(proc.stdout)  # the full report (shown with -s); the score line goes to the terminal summary
-    assert proc.returncode in (0, 1), f"conformance.py could not run (exit {proc.returncode}):\n{proc.stderr}"
-    assert out.exists(), proc.stderr
-    summary: dict[str, Any] = json.loads(out.read_text(encoding="utf-8"))
-    return summary
-
-
 def score_line(summary: dict[str, Any], spec_version: str) -> str:
     """One line for the terminal summary: required scenarios and checks, and how the failures stand."""
     result = summary["versions"][spec_version]
@@ -166,8 +143,8 @@ def assert_matches_baseline(summary: dict[str, Any], spec_version: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def direct_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    return run_suite(tmp_path_factory.mktemp("conformance") / "direct.json", "fixture-direct")
+def direct_run(conformance_runs: dict[str, Outcome]) -> dict[str, Any]:
+    return summary_of(conformance_runs, "fixture-direct")
 
 
 @pytest.mark.parametrize("spec_version", sorted(EXPECTED_PASSING))

@@ -148,7 +148,11 @@ async def test_a_connection_cut_by_the_server_fails_one_operation_then_reconnect
     await store.start()
     try:
         assert (await store.admit([Limit("k", 5, 60.0)])).admitted
-        pg_admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'mcp-guard'")
+        # only this test's database: the server may be shared (other tests, other checkouts' suites)
+        pg_admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE application_name = 'mcp-guard' AND datname = current_database()"
+        )
         with pytest.raises(StateError, match="cannot count this call"):
             await store.admit([Limit("k", 5, 60.0)])
         assert (await store.admit([Limit("k", 5, 60.0)])).admitted
