@@ -3,6 +3,7 @@ changed definition pending until approved, approvals by prefix, and several proc
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from mcp_guard.pins import PinBackend, PinStore, open_pins
+from mcp_guard.pins import store as store_module
 from mcp_guard.pins.postgres import PostgresPinStore
 from mcp_guard.pins.store import ApprovalRefused
 from mcp_guard.settings import parse_settings
@@ -189,3 +191,47 @@ def test_postgres_replicas_starting_together_create_the_tables_once(pg_dsn: str)
     finally:
         for store in opened:
             store.close()
+
+
+def test_opening_waits_out_another_process_switching_the_new_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two workers starting on one new state file: the one that meets the other's write lock while switching the file
+    to WAL is refused at once by SQLite ("database is locked", no busy wait); it tries again instead of failing."""
+    path = tmp_path / "state.db"
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    other.execute("CREATE TABLE x (a)")  # a file in rollback-journal mode, as a new one is
+    other.execute("BEGIN IMMEDIATE")  # the other process, mid-switch, holds the write lock
+    pauses: list[float] = []
+
+    def pause(seconds: float) -> None:  # the first refusal: the other process finishes
+        pauses.append(seconds)
+        if other.in_transaction:
+            other.execute("COMMIT")
+
+    monkeypatch.setattr(store_module, "_pause", pause)
+    pins = PinStore(path)
+    try:
+        assert pauses, "the first attempt met the lock"
+        assert pins.observe("up", "tool", "a" * 64, {"name": "tool"}).new  # the tables are there: pinned on first use
+    finally:
+        pins.close()
+        other.close()
+
+
+def test_a_lock_that_outlasts_the_deadline_is_still_an_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "state.db"
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("CREATE TABLE x (a)")
+    other.execute("BEGIN IMMEDIATE")
+    clock = [0.0]
+
+    def pause(seconds: float) -> None:
+        clock[0] += seconds
+
+    monkeypatch.setattr(store_module, "_pause", pause)
+    monkeypatch.setattr(store_module.time, "monotonic", lambda: clock[0])
+    with pytest.raises(sqlite3.OperationalError, match="locked"):
+        PinStore(path)
+    assert clock[0] <= store_module.OPEN_DEADLINE_S
+    other.close()

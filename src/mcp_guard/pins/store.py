@@ -15,6 +15,7 @@ from __future__ import annotations
 import difflib
 import json
 import sqlite3
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -111,14 +112,44 @@ class PendingChange:
         }
 
 
+OPEN_DEADLINE_S = 10.0
+"""How long opening the file may keep meeting another process's lock (``run --workers N`` opens it N times at once)."""
+
+_pause = time.sleep  # between attempts (a name of this module's own, so a test can take the wait's place)
+
+
+def _open(path: Path) -> sqlite3.Connection:
+    """The state file opened in WAL mode with the pin tables, retried while another process holds it.
+
+    Switching a new file to WAL needs an exclusive lock, and SQLite answers "database is locked" at once, without
+    waiting out the busy timeout, when another connection holds a write lock it would have to wait for while holding
+    its own read lock (two workers starting on one new file). A fresh attempt after a pause gets through.
+    """
+    deadline = time.monotonic() + OPEN_DEADLINE_S
+    pause = 0.01
+    while True:
+        db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=5.0)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            for stmt in _SCHEMA:
+                db.execute(stmt)
+            return db
+        except sqlite3.OperationalError as e:
+            db.close()
+            if "locked" not in str(e) or time.monotonic() + pause > deadline:
+                raise
+        except BaseException:
+            db.close()
+            raise
+        _pause(pause)
+        pause = min(pause * 2, 0.5)
+
+
 class PinStore:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=5.0)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        for stmt in _SCHEMA:
-            self._db.execute(stmt)
+        self._db = _open(self.path)
 
     def close(self) -> None:
         self._db.close()
