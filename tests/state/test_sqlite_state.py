@@ -13,6 +13,7 @@ from pathlib import Path
 import anyio
 import pytest
 
+from guard_harness import wait_for
 from mcp_guard.errors import StateError
 from mcp_guard.pins import PinStore
 from mcp_guard.settings import parse_settings
@@ -135,6 +136,38 @@ async def test_an_uncontended_store_answers_on_the_loop_and_checkpoints_in_the_t
     assert store.stats["thread"] == 2 and store.stats["checkpoints"] == 1
     assert (await store.admit([Limit("k", 100, 60.0)])).admitted  # back on the loop
     assert store.stats["inline"] == 10
+    await store.aclose()
+
+
+async def test_operations_meeting_one_in_the_thread_wait_for_it_and_answer_on_the_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under concurrent load the operation that runs in the thread (every CHECKPOINT_EVERY, with the checkpoint)
+    must not drag the ones arriving meanwhile into the thread after it: they wait on the loop, then run inline."""
+    monkeypatch.setattr(state_sqlite, "CHECKPOINT_EVERY", 10)
+    loop_thread = threading.current_thread()
+    entered, gate = threading.Event(), threading.Event()
+
+    def clock() -> float:  # read under the write lock: the thread's operation holds the connection here
+        if threading.current_thread() is not loop_thread:
+            entered.set()
+            gate.wait(10)
+        return time.time()
+
+    store = SQLiteState(tmp_path / "state.db", clock=clock, timeout_s=10.0)
+    await store.start()  # a thread operation that reads no clock
+    for _ in range(9):
+        assert (await store.admit([Limit("k", 100, 60.0)])).admitted
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(store.admit, [Limit("k", 100, 60.0)])  # the tenth: the thread's, and it holds on
+        await anyio.to_thread.run_sync(entered.wait, 10)
+        for _ in range(5):
+            tg.start_soon(store.admit, [Limit("k", 100, 60.0)])
+        await wait_for(lambda: store.stats["waited"] >= 5)
+        gate.set()
+    assert store.stats["thread"] == 2 and store.stats["checkpoints"] == 1  # the start and the tenth, no more
+    assert store.stats["inline"] == 9 + 5
+    assert await store.usage([("k", 60.0)]) == {("k", 60.0): 15}
     await store.aclose()
 
 

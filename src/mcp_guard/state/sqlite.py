@@ -135,7 +135,8 @@ class _Wait:
     """The answer of an inline attempt that would have had to wait (see :meth:`SQLiteState._try_inline`)."""
 
 
-_WAIT = _Wait()
+_WAIT = _Wait()  # the file, not this process: another process's lock, a (re-)open — the worker thread waits it out
+_HELD = _Wait()  # this store's own operation in the worker thread holds the connection: it ends soon
 
 
 class _Expired(Exception):
@@ -244,7 +245,8 @@ class SQLiteState:
         self._busy_ms = -1  # the connection's busy_timeout as last set (-1: unknown)
         self._inline = inline  # False: every operation in the worker thread (tests of the thread path)
         self._since_checkpoint = 0
-        self.stats = {"inline": 0, "thread": 0, "busy": 0, "checkpoints": 0, "flow_hits": 0}
+        self._thread_done: anyio.Event | None = None  # set when the operation now in the worker thread returns
+        self.stats = {"inline": 0, "thread": 0, "busy": 0, "checkpoints": 0, "flow_hits": 0, "waited": 0}
         self._flows = _FlowCache(flow_cache)
 
     # ------------------------------------------------------------------ lifecycle
@@ -283,17 +285,42 @@ class SQLiteState:
 
     # ------------------------------------------------------------------ running one operation
     async def _run(self, op: Callable[[sqlite3.Connection, float], _T], what: str) -> _T:
-        if self._inline and self._since_checkpoint < CHECKPOINT_EVERY:
-            value = self._try_inline(op, what)
-            if not isinstance(value, _Wait):
-                return value
-        deadline = time.monotonic() + self.timeout_s
+        """``op`` inline when it can finish without waiting, else in the worker thread (bounded by ``timeout_s``).
+
+        Every CHECKPOINT_EVERY operations one runs in the thread, and the checkpoint after it. An attempt that
+        meets this store's own operation in the thread (it holds the connection, or it is the one that will
+        checkpoint) waits on the loop for it to return and tries inline again. It used to follow it into the
+        thread, and under steady concurrent load the operations arriving meanwhile kept finding the connection
+        held: the store stayed on the thread path, several thread hops per call."""
         try:
             with anyio.fail_after(self.timeout_s):
-                return await anyio.to_thread.run_sync(self._locked, op, deadline, what, abandon_on_cancel=True)
+                while self._inline:
+                    done = self._thread_done
+                    if self._since_checkpoint < CHECKPOINT_EVERY:
+                        value = self._try_inline(op, what)
+                        if not isinstance(value, _Wait):
+                            return value
+                        if value is not _HELD:
+                            break  # the file makes it wait: the thread waits it out
+                    if done is None:
+                        break  # none of ours in the thread (an abandoned one may still hold it): queue behind
+                    self.stats["waited"] += 1
+                    await done.wait()
+                return await self._in_thread(op, what)
         except TimeoutError:
             cause = f"no answer within {self.timeout_s * 1000:.0f} ms"
             raise StateError(f"the state store {self.path} cannot {what}: {cause}", cause=cause) from None
+
+    async def _in_thread(self, op: Callable[[sqlite3.Connection, float], _T], what: str) -> _T:
+        """``op`` in the worker thread (:meth:`_locked`); inline attempts meanwhile wait for it (:meth:`_run`)."""
+        done = self._thread_done = anyio.Event()
+        try:
+            deadline = time.monotonic() + self.timeout_s
+            return await anyio.to_thread.run_sync(self._locked, op, deadline, what, abandon_on_cancel=True)
+        finally:
+            done.set()
+            if self._thread_done is done:
+                self._thread_done = None
 
     def _try_inline(self, op: Callable[[sqlite3.Connection, float], _T], what: str) -> _T | _Wait:
         """Run ``op`` on the event loop if it can finish without waiting: its value; else :data:`_WAIT`
@@ -303,7 +330,7 @@ class SQLiteState:
         connection must be (re-)opened, or when another process holds the file's lock (SQLITE_BUSY
         at busy_timeout 0: the attempt is rolled back). Any other error is the operation's answer."""
         if not self._lock.acquire(blocking=False):
-            return _WAIT
+            return _HELD
         try:
             db = self._db
             if db is None or self._ident != _identity(self.path):
