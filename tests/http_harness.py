@@ -1,4 +1,5 @@
-"""Serve a Guard's HTTP front in-process on a free port, and build SDK clients for it."""
+"""Serve a Guard's HTTP front in-process on a free port, and build SDK clients for it; switch the front's direct
+tools/call path (frontend/direct_call.py) off, or count what it runs."""
 
 from __future__ import annotations
 
@@ -7,10 +8,12 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import httpx2
+import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
 from mcp_guard.app import Guard
+from mcp_guard.frontend.direct_call import DirectCalls
 
 
 def http_front(guard: Guard) -> AbstractAsyncContextManager[str]:
@@ -33,3 +36,21 @@ def http_client(url: str, key: str | None = None, *, mode: str = "legacy", **kwa
     http = httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(20.0))
     kwargs.setdefault("read_timeout_seconds", 20.0)
     return Client(streamable_http_client(url, http_client=http), mode=mode, **kwargs)  # type: ignore[arg-type]
+
+
+def counted_direct_runs(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The methods run directly from now on, as they run (the direct path stays on)."""
+    runs: list[str] = []
+    real = DirectCalls.run
+
+    async def counted(*args: Any) -> Any:
+        runs.append(args[1].method)
+        return await real(*args)
+
+    monkeypatch.setattr(DirectCalls, "run", staticmethod(counted))
+    return runs
+
+
+def sdk_dispatch_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """From now on every request takes the SDK's dispatcher (the direct path is off)."""
+    monkeypatch.setattr(DirectCalls, "ready", lambda *_args: None)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -20,8 +20,7 @@ import httpx2
 import pytest
 
 from guard_harness import make_settings, read_log, recorder_upstream, running_guard, wait_for
-from http_harness import http_front
-from mcp_guard.frontend.direct_call import DirectCalls
+from http_harness import counted_direct_runs, http_front, sdk_dispatch_only
 from mcp_guard.testing import RecordingSink
 from mcp_guard.types import EventKind
 
@@ -33,24 +32,6 @@ HEADERS = {
     "Content-Type": "application/json",
     "Authorization": f"Bearer {KEY}",
 }
-
-
-@pytest.fixture(params=["direct", "sdk"])
-def direct_runs(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str] | None]:
-    """The methods run directly (None: the direct path is off and every request takes the SDK's dispatcher)."""
-    if request.param == "sdk":
-        monkeypatch.setattr(DirectCalls, "ready", lambda *_args: None)
-        yield None
-        return
-    runs: list[str] = []
-    real = DirectCalls.run
-
-    async def counted(*args: Any) -> Any:
-        runs.append(args[1].method)
-        return await real(*args)
-
-    monkeypatch.setattr(DirectCalls, "run", staticmethod(counted))
-    yield runs
 
 
 @asynccontextmanager
@@ -120,17 +101,10 @@ async def _answers(log: Path) -> tuple[list[dict[str, Any]], list[str]]:
 
 
 async def test_every_answer_is_the_sdk_paths_answer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    runs: list[str] = []
-    real = DirectCalls.run
-
-    async def counted(*args: Any) -> Any:
-        runs.append(args[1].method)
-        return await real(*args)
-
-    monkeypatch.setattr(DirectCalls, "run", staticmethod(counted))
+    runs = counted_direct_runs(monkeypatch)
     direct, direct_rows = await _answers(tmp_path / "direct.log")
     assert runs == ["tools/call"] * len(CASES)
-    monkeypatch.setattr(DirectCalls, "ready", lambda *_args: None)
+    sdk_dispatch_only(monkeypatch)
     sdk, sdk_rows = await _answers(tmp_path / "sdk.log")
     assert runs == ["tools/call"] * len(CASES)  # none more: the SDK's dispatcher ran the second set
     assert direct == sdk
@@ -155,44 +129,46 @@ async def test_a_log_message_mid_call_turns_the_answer_into_a_stream(
     assert direct_runs is None or direct_runs == ["tools/call"]
 
 
-async def test_a_cancelled_call_is_answered_request_cancelled_and_audited(
-    tmp_path: Path, direct_runs: list[str] | None
-) -> None:
+async def _hung_call(
+    tmp_path: Path, rid: int, end: Callable[[httpx2.AsyncClient, str, dict[str, str]], Awaitable[httpx2.Response]]
+) -> tuple[httpx2.Response, RecordingSink]:
+    """``rec__hang`` called as ``rid``; once the upstream has it, ``end`` ends it: the call's answer, the audit."""
     log, sink = tmp_path / "rec.log", RecordingSink()
     async with _session(log, sink) as (http, url, headers):
         answer: list[httpx2.Response] = []
 
         async def call() -> None:
-            answer.append(await http.post(url, json=_call(8, "rec__hang", {}), headers=headers))
+            answer.append(await http.post(url, json=_call(rid, "rec__hang", {}), headers=headers))
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(call)
             await wait_for(lambda: any(e.get("name") == "hang" for e in read_log(log)))
-            cancel = {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 8}}
-            r = await http.post(url, json=cancel, headers=headers)
-            assert r.status_code == 202
+            ended = await end(http, url, headers)
+            assert ended.status_code in (200, 202), ended.text
         await wait_for(lambda: bool(sink.of_kind(EventKind.CALL_CANCELLED)))
-    assert answer[0].status_code == 200 and answer[0].json()["error"]["code"] == -32800  # REQUEST_CANCELLED
-    assert answer[0].json()["id"] == 8
+    return answer[0], sink
+
+
+async def test_a_cancelled_call_is_answered_request_cancelled_and_audited(
+    tmp_path: Path, direct_runs: list[str] | None
+) -> None:
+    async def cancel(http: httpx2.AsyncClient, url: str, headers: dict[str, str]) -> httpx2.Response:
+        note = {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 8}}
+        return await http.post(url, json=note, headers=headers)
+
+    answer, sink = await _hung_call(tmp_path, 8, cancel)
+    assert answer.status_code == 200 and answer.json()["error"]["code"] == -32800  # REQUEST_CANCELLED
+    assert answer.json()["id"] == 8
     assert not sink.of_kind(EventKind.CALL_RESULT)
     assert direct_runs is None or direct_runs == ["tools/call"]
 
 
 async def test_a_session_ending_mid_call_ends_the_call(tmp_path: Path, direct_runs: list[str] | None) -> None:
-    log, sink = tmp_path / "rec.log", RecordingSink()
-    async with _session(log, sink) as (http, url, headers):
-        answer: list[httpx2.Response] = []
+    async def end_session(http: httpx2.AsyncClient, url: str, headers: dict[str, str]) -> httpx2.Response:
+        return await http.delete(url, headers=headers)
 
-        async def call() -> None:
-            answer.append(await http.post(url, json=_call(9, "rec__hang", {}), headers=headers))
-
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(call)
-            await wait_for(lambda: any(e.get("name") == "hang" for e in read_log(log)))
-            r = await http.delete(url, headers=headers)
-            assert r.status_code == 200
-        await wait_for(lambda: bool(sink.of_kind(EventKind.CALL_CANCELLED)))
-    assert answer[0].status_code == 500 and "Session terminated" in answer[0].text
+    answer, _sink = await _hung_call(tmp_path, 9, end_session)
+    assert answer.status_code == 500 and "Session terminated" in answer.text
     assert direct_runs is None or direct_runs == ["tools/call"]
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -24,30 +24,11 @@ import pytest
 from guard_harness import make_settings, recorder_upstream, running_guard
 from http_harness import http_client, http_front
 from mcp_guard.frontend import json_first
-from mcp_guard.frontend.direct_call import DirectCalls
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("direct_runs")]
 
 KEY = "alice-json-first-key-0123456789"
 ACCEPT_BOTH = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
-
-
-@pytest.fixture(params=["direct", "sdk"], autouse=True)
-def direct_runs(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str] | None]:
-    """The methods run directly in this test (None: the SDK path was forced for every request)."""
-    if request.param == "sdk":
-        monkeypatch.setattr(DirectCalls, "ready", lambda *_args: None)
-        yield None
-        return
-    runs: list[str] = []
-    real = DirectCalls.run
-
-    async def counted(*args: Any) -> Any:
-        runs.append(args[1].method)
-        return await real(*args)
-
-    monkeypatch.setattr(DirectCalls, "run", staticmethod(counted))
-    yield runs
 
 
 def _settings():  # type: ignore[no-untyped-def]
