@@ -9,8 +9,8 @@ CPU per call — more than the policy decision, both audit rows or the state tra
 
 :class:`DirectCalls` does the dispatcher's part for one request in the POST's own task and runs the SDK's own
 ``ServerRunner.on_request`` for it: the same validation, the same ``ServerRequestContext`` (its session is the
-SDK's ``ServerSession`` on a dispatch context of the session's own dispatcher), the same handler and middleware
-list, the same result shaping and error mapping. What the request does is unchanged; only the hops go:
+SDK's ``ServerSession`` on a dispatch context of the session's own dispatcher), the same handler, the same result
+shaping and error mapping. What the request does is unchanged; only the hops go:
 
 * The back-channel is the SDK's: a log or progress notification for the call, or a request to the client
   (elicitation, sampling, roots) goes through the session's dispatcher and is routed to this POST by the
@@ -26,7 +26,8 @@ list, the same result shaping and error mapping. What the request does is unchan
 Which requests (:meth:`DirectCalls.ready`): ``tools/call`` on a session whose SDK connection is known to
 mcp-guard (it has made a request through the SDK path before: the session table holds it), has finished its
 handshake, speaks the handshake era and is driven by the SDK's ``JSONRPCDispatcher``, on a server without SDK
-middleware. Everything else takes the SDK's path (:mod:`mcp_guard.frontend.json_first`).
+middleware (mcp-guard's has none; one added later, such as the SDK's OpenTelemetry span, is kept on the path it was
+written for). Everything else takes the SDK's path (:mod:`mcp_guard.frontend.json_first`).
 
 SDK internals it leans on (mcp 2.3, pinned ``<2.4``): ``mcp.shared.jsonrpc_dispatcher._JSONRPCDispatchContext``
 (subclassed, so the request context is the SDK's own), ``_InFlight`` and ``JSONRPCDispatcher._in_flight``.
