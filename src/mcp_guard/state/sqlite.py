@@ -291,21 +291,29 @@ class SQLiteState:
         meets this store's own operation in the thread (it holds the connection, or it is the one that will
         checkpoint) waits on the loop for it to return and tries inline again. It used to follow it into the
         thread, and under steady concurrent load the operations arriving meanwhile kept finding the connection
-        held: the store stayed on the thread path, several thread hops per call."""
+        held: the store stayed on the thread path, several thread hops per call.
+
+        The common case — inline at the first attempt — enters no timeout scope (it cannot wait)."""
+        value: _T | _Wait = _WAIT  # not inline, or the file makes it wait: the thread waits it out
+        if self._inline:
+            if self._since_checkpoint < CHECKPOINT_EVERY:
+                value = self._try_inline(op, what)
+                if not isinstance(value, _Wait):
+                    return value
+            else:
+                value = _HELD  # a checkpoint is due: the operation in the thread (if any) runs it; wait for that one
         try:
             with anyio.fail_after(self.timeout_s):
-                while self._inline:
+                while value is _HELD:
                     done = self._thread_done
-                    if self._since_checkpoint < CHECKPOINT_EVERY:
-                        value = self._try_inline(op, what)
-                        if not isinstance(value, _Wait):
-                            return value
-                        if value is not _HELD:
-                            break  # the file makes it wait: the thread waits it out
                     if done is None:
                         break  # none of ours in the thread (an abandoned one may still hold it): queue behind
                     self.stats["waited"] += 1
                     await done.wait()
+                    if self._since_checkpoint < CHECKPOINT_EVERY:
+                        value = self._try_inline(op, what)
+                        if not isinstance(value, _Wait):
+                            return value
                 return await self._in_thread(op, what)
         except TimeoutError:
             cause = f"no answer within {self.timeout_s * 1000:.0f} ms"
