@@ -31,6 +31,36 @@ def sse_answer(r: httpx2.Response) -> dict[str, Any]:
     raise AssertionError(f"no JSON-RPC response in the body: {r.text[:500]}")
 
 
+ACCEPT_BOTH = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+
+
+async def raw_session(
+    http: httpx2.AsyncClient, url: str, key: str, *, capabilities: dict[str, Any] | None = None, listed: bool = True
+) -> dict[str, str]:
+    """Open a 2025-11-25 session over raw HTTP (initialize, initialized; ``listed``: then a ``tools/list``, through
+    the SDK's path, so the front knows the session); the headers every request of the session carries."""
+    auth = {**ACCEPT_BOTH, "Authorization": f"Bearer {key}"}
+    client = {"name": "raw", "version": "0"}
+    params = {"protocolVersion": "2025-11-25", "capabilities": capabilities or {}, "clientInfo": client}
+    r = await http.post(url, json={"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": params}, headers=auth)
+    assert r.status_code == 200, r.text
+    headers = {**auth, "mcp-session-id": r.headers["mcp-session-id"], "mcp-protocol-version": "2025-11-25"}
+    r = await http.post(url, json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=headers)
+    assert r.status_code == 202
+    if listed:
+        r = await http.post(url, json={"jsonrpc": "2.0", "id": 100, "method": "tools/list"}, headers=headers)
+        assert r.status_code == 200
+    return headers
+
+
+def tools_call_body(rid: int, tool: str, arguments: Any, meta: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A ``tools/call`` request as a raw client posts it."""
+    params: dict[str, Any] = {"name": tool, "arguments": arguments}
+    if meta is not None:
+        params["_meta"] = meta
+    return {"jsonrpc": "2.0", "id": rid, "method": "tools/call", "params": params}
+
+
 def http_client(url: str, key: str | None = None, *, mode: str = "legacy", **kwargs: Any) -> Client:
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     http = httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(20.0))

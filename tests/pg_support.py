@@ -216,6 +216,15 @@ def pg_admin(pg_dsn: str) -> Iterator[psycopg.Connection[Any]]:
         yield conn
 
 
+def cut_guard_connections(admin: psycopg.Connection[Any]) -> None:
+    """Terminate every mcp-guard connection to ``admin``'s database — only that one: the server may be shared
+    (other tests, other workers, other checkouts' suites)."""
+    admin.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+        " WHERE application_name = 'mcp-guard' AND datname = current_database()"
+    )
+
+
 class HangingProxy:
     """A TCP forwarder in front of the server that can stop passing bytes: a PostgreSQL that hangs.
 

@@ -33,7 +33,7 @@ from mcp_guard.audit.postgres import (
 from mcp_guard.audit.verify import verify_chain
 from mcp_guard.errors import AuditError, ConfigError
 from mcp_guard.settings import load_settings
-from pg_support import PgServer, hanging_proxy, start_cluster
+from pg_support import PgServer, cut_guard_connections, hanging_proxy, start_cluster
 
 pytestmark = pytest.mark.anyio
 
@@ -367,11 +367,7 @@ async def test_a_connection_cut_by_the_server_fails_one_batch_then_reconnects(
 ) -> None:
     async with open_postgres(pg_dsn) as backend, AuditWriter.running(backend) as store:
         assert await store.record(event(1)) == 1
-        # only this test's database: the server may be shared (other tests, other checkouts' suites)
-        pg_admin.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-            " WHERE application_name = 'mcp-guard' AND datname = current_database()"
-        )
+        cut_guard_connections(pg_admin)
         with anyio.fail_after(5), pytest.raises(AuditError, match="audit write failed"):
             await store.record(event(2))
         with anyio.fail_after(5):

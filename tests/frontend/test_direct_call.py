@@ -20,18 +20,13 @@ import httpx2
 import pytest
 
 from guard_harness import make_settings, read_log, recorder_upstream, running_guard, wait_for
-from http_harness import counted_direct_runs, http_front, sdk_dispatch_only
+from http_harness import counted_direct_runs, http_front, raw_session, sdk_dispatch_only, tools_call_body
 from mcp_guard.testing import RecordingSink
 from mcp_guard.types import EventKind
 
 pytestmark = pytest.mark.anyio
 
 KEY = "alice-direct-call-key-0123456789"
-HEADERS = {
-    "Accept": "application/json, text/event-stream",
-    "Content-Type": "application/json",
-    "Authorization": f"Bearer {KEY}",
-}
 
 
 @asynccontextmanager
@@ -48,29 +43,8 @@ async def _session(
         http_front(guard) as url,
         httpx2.AsyncClient(timeout=20) as http,
     ):
-        init = {
-            "jsonrpc": "2.0",
-            "id": 0,
-            "method": "initialize",
-            "params": {
-                "protocolVersion": "2025-11-25",
-                "capabilities": {},
-                "clientInfo": {"name": "raw", "version": "0"},
-            },
-        }
-        r = await http.post(url, json=init, headers=HEADERS)
-        assert r.status_code == 200, r.text
-        headers = {**HEADERS, "mcp-session-id": r.headers["mcp-session-id"], "mcp-protocol-version": "2025-11-25"}
-        r = await http.post(url, json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=headers)
-        assert r.status_code == 202
-        if listed:
-            r = await http.post(url, json={"jsonrpc": "2.0", "id": 100, "method": "tools/list"}, headers=headers)
-            assert r.status_code == 200
+        headers = await raw_session(http, url, KEY, listed=listed)
         yield http, url, headers
-
-
-def _call(rid: int, tool: str, arguments: Any) -> dict[str, Any]:
-    return {"jsonrpc": "2.0", "id": rid, "method": "tools/call", "params": {"name": tool, "arguments": arguments}}
 
 
 def _without_ids(body: dict[str, Any]) -> dict[str, Any]:
@@ -94,7 +68,7 @@ async def _answers(log: Path) -> tuple[list[dict[str, Any]], list[str]]:
     answers = []
     async with _session(log, sink) as (http, url, headers):
         for i, (tool, arguments) in enumerate(CASES, start=1):
-            r = await http.post(url, json=_call(i, tool, arguments), headers=headers)
+            r = await http.post(url, json=tools_call_body(i, tool, arguments), headers=headers)
             assert r.status_code == 200 and r.headers["content-type"].startswith("application/json"), r.text
             answers.append(_without_ids(r.json()))
     return answers, [e.kind for e in sink.events if e.kind.startswith("call.")]
@@ -121,7 +95,9 @@ async def test_a_log_message_mid_call_turns_the_answer_into_a_stream(
     tmp_path: Path, direct_runs: list[str] | None
 ) -> None:
     async with _session(tmp_path / "rec.log", RecordingSink()) as (http, url, headers):
-        r = await http.post(url, json=_call(7, "rec__log", {"level": "warning", "message": "halfway"}), headers=headers)
+        r = await http.post(
+            url, json=tools_call_body(7, "rec__log", {"level": "warning", "message": "halfway"}), headers=headers
+        )
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
         events = [json.loads(line[5:]) for line in r.text.splitlines() if line.startswith("data:") and line[5:].strip()]
         assert events[0]["method"] == "notifications/message" and "halfway" in json.dumps(events[0])
@@ -138,7 +114,7 @@ async def _hung_call(
         answer: list[httpx2.Response] = []
 
         async def call() -> None:
-            answer.append(await http.post(url, json=_call(rid, "rec__hang", {}), headers=headers))
+            answer.append(await http.post(url, json=tools_call_body(rid, "rec__hang", {}), headers=headers))
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(call)
@@ -176,7 +152,7 @@ async def test_a_session_the_front_does_not_know_yet_takes_the_sdk_path(
     tmp_path: Path, direct_runs: list[str] | None
 ) -> None:
     async with _session(tmp_path / "rec.log", RecordingSink(), listed=False) as (http, url, headers):
-        first = await http.post(url, json=_call(1, "rec__echo", {"text": "a"}), headers=headers)
-        second = await http.post(url, json=_call(2, "rec__echo", {"text": "b"}), headers=headers)
+        first = await http.post(url, json=tools_call_body(1, "rec__echo", {"text": "a"}), headers=headers)
+        second = await http.post(url, json=tools_call_body(2, "rec__echo", {"text": "b"}), headers=headers)
     assert first.json()["result"]["content"][0]["text"] == "a" and second.json()["result"]["content"][0]["text"] == "b"
     assert direct_runs is None or direct_runs == ["tools/call"]  # the first made the session known; the second ran

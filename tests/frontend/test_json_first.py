@@ -22,13 +22,12 @@ import httpx2
 import pytest
 
 from guard_harness import make_settings, recorder_upstream, running_guard
-from http_harness import http_client, http_front
+from http_harness import http_client, http_front, raw_session, tools_call_body
 from mcp_guard.frontend import json_first
 
 pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("direct_runs")]
 
 KEY = "alice-json-first-key-0123456789"
-ACCEPT_BOTH = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
 
 
 def _settings():  # type: ignore[no-untyped-def]
@@ -48,32 +47,8 @@ async def _session(
         http_front(guard) as url,
         httpx2.AsyncClient(timeout=20) as http,
     ):
-        auth = {**ACCEPT_BOTH, "Authorization": f"Bearer {KEY}"}
-        init = {
-            "jsonrpc": "2.0",
-            "id": 0,
-            "method": "initialize",
-            "params": {
-                "protocolVersion": "2025-11-25",
-                "capabilities": capabilities or {},
-                "clientInfo": {"name": "raw", "version": "0"},
-            },
-        }
-        r = await http.post(url, json=init, headers=auth)
-        assert r.status_code == 200, r.text
-        headers = {**auth, "mcp-session-id": r.headers["mcp-session-id"], "mcp-protocol-version": "2025-11-25"}
-        r = await http.post(url, json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=headers)
-        assert r.status_code == 202
-        r = await http.post(url, json={"jsonrpc": "2.0", "id": 100, "method": "tools/list"}, headers=headers)
-        assert r.status_code == 200  # through the SDK's path: from now on the front knows the session
+        headers = await raw_session(http, url, KEY, capabilities=capabilities)
         yield http, url, headers
-
-
-def _call(rid: int, tool: str, arguments: dict[str, Any], meta: dict[str, Any] | None = None) -> dict[str, Any]:
-    params: dict[str, Any] = {"name": tool, "arguments": arguments}
-    if meta is not None:
-        params["_meta"] = meta
-    return {"jsonrpc": "2.0", "id": rid, "method": "tools/call", "params": params}
 
 
 def _events(body: str) -> list[dict[str, Any]]:
@@ -87,7 +62,7 @@ def _events(body: str) -> list[dict[str, Any]]:
 
 async def test_a_call_that_streams_nothing_is_one_json_body(direct_runs: list[str] | None) -> None:
     async with _session() as (http, url, headers):
-        r = await http.post(url, json=_call(1, "rec__echo", {"text": "plain"}), headers=headers)
+        r = await http.post(url, json=tools_call_body(1, "rec__echo", {"text": "plain"}), headers=headers)
         assert r.status_code == 200
         assert r.headers["content-type"].startswith("application/json")
         assert r.headers["mcp-session-id"] == headers["mcp-session-id"]
@@ -102,7 +77,7 @@ async def test_a_call_that_streams_nothing_is_one_json_body(direct_runs: list[st
 
 async def test_a_call_reporting_progress_is_an_sse_stream(direct_runs: list[str] | None) -> None:
     async with _session() as (http, url, headers):
-        call = _call(3, "rec__slow", {"seconds": 0.05, "steps": 3}, meta={"progressToken": "p-1"})
+        call = tools_call_body(3, "rec__slow", {"seconds": 0.05, "steps": 3}, meta={"progressToken": "p-1"})
         r = await http.post(url, json=call, headers=headers)
         assert r.status_code == 200
         assert r.headers["content-type"].startswith("text/event-stream")
@@ -118,7 +93,7 @@ async def test_an_upstream_request_mid_call_streams_and_its_answer_completes_the
     direct_runs: list[str] | None,
 ) -> None:
     async with _session({"elicitation": {"form": {}}}) as (http, url, headers):
-        call = _call(4, "rec__elicit", {"message": "Which colour?"})
+        call = tools_call_body(4, "rec__elicit", {"message": "Which colour?"})
         async with http.stream("POST", url, json=call, headers=headers) as r:
             assert r.headers["content-type"].startswith("text/event-stream")
             seen: list[dict[str, Any]] = []
@@ -149,7 +124,7 @@ async def test_a_call_outlasting_the_json_window_gets_headers_and_its_answer_as_
 ) -> None:
     monkeypatch.setattr(json_first, "JSON_WINDOW_S", 0.01)
     async with _session() as (http, url, headers):
-        r = await http.post(url, json=_call(5, "rec__slow", {"seconds": 0.2, "steps": 1}), headers=headers)
+        r = await http.post(url, json=tools_call_body(5, "rec__slow", {"seconds": 0.2, "steps": 1}), headers=headers)
         assert r.headers["content-type"].startswith("text/event-stream")
         events = _events(r.text)
         assert [e["id"] for e in events] == [5] and "result" in events[0]
@@ -160,16 +135,16 @@ async def test_what_is_not_deferred_is_answered_as_the_sdk_answers_it() -> None:
     async with _session() as (http, url, headers):
         # no text/event-stream in Accept: refused, as before
         only_json = {**headers, "Accept": "application/json"}
-        r = await http.post(url, json=_call(6, "rec__echo", {"text": "x"}), headers=only_json)
+        r = await http.post(url, json=tools_call_body(6, "rec__echo", {"text": "x"}), headers=only_json)
         assert r.status_code == 406
         # a body that is not JSON, and a batch: the SDK's 400s
         r = await http.post(url, content=b"{not json", headers=headers)
         assert r.status_code == 400 and r.json()["error"]["code"] == -32700
-        r = await http.post(url, json=[_call(7, "rec__echo", {"text": "x"})], headers=headers)
+        r = await http.post(url, json=[tools_call_body(7, "rec__echo", {"text": "x"})], headers=headers)
         assert r.status_code == 400
         # no session id: 400, an unknown one: 404 (the manager's), and the call never ran
         r = await http.post(
-            url, json=_call(8, "rec__echo", {"text": "x"}), headers={**headers, "mcp-session-id": "nope"}
+            url, json=tools_call_body(8, "rec__echo", {"text": "x"}), headers={**headers, "mcp-session-id": "nope"}
         )
         assert r.status_code == 404
 

@@ -17,7 +17,7 @@ from mcp_guard.errors import StateError
 from mcp_guard.settings import parse_settings
 from mcp_guard.state import FlowBounds, FlowCall, FlowFull, FlowRef, FlowTicket, Limit, open_state
 from mcp_guard.state.postgres import PostgresState, lock_key
-from pg_support import hanging_proxy
+from pg_support import cut_guard_connections, hanging_proxy
 
 pytestmark = pytest.mark.anyio
 
@@ -148,11 +148,7 @@ async def test_a_connection_cut_by_the_server_fails_one_operation_then_reconnect
     await store.start()
     try:
         assert (await store.admit([Limit("k", 5, 60.0)])).admitted
-        # only this test's database: the server may be shared (other tests, other checkouts' suites)
-        pg_admin.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-            " WHERE application_name = 'mcp-guard' AND datname = current_database()"
-        )
+        cut_guard_connections(pg_admin)
         with pytest.raises(StateError, match="cannot count this call"):
             await store.admit([Limit("k", 5, 60.0)])
         assert (await store.admit([Limit("k", 5, 60.0)])).admitted

@@ -146,22 +146,17 @@ class JsonFirstTransport(StreamableHTTPServerTransport):
         """Dispatch the request with its back-channel open; answer JSON if its response comes first."""
         writer = self._read_stream_writer
         assert writer is not None  # checked by _deferrable
-        request_id = str(message.id)
-        version = request.headers.get(MCP_PROTOCOL_VERSION_HEADER, DEFAULT_NEGOTIATED_VERSION)
-        self._request_streams[request_id] = anyio.create_memory_object_stream[EventMessage](REQUEST_STREAM_BUFFER_SIZE)
+        request_id, framed = self._open_request(message, request)
         reader = self._request_streams[request_id][1]
         first: EventMessage | None = None
         try:
-            await writer.send(self._create_session_message(message, request, request_id, version))
+            await writer.send(framed)
             with anyio.move_on_after(JSON_WINDOW_S):
                 first = await reader.receive()
         except (anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError):
             # The session ended with this request in flight (terminated, idle-expired): no answer will come.
             await self._clean_up_memory_streams(request_id)
-            error = self._create_error_response(
-                "Session terminated before the request completed", HTTPStatus.INTERNAL_SERVER_ERROR, INTERNAL_ERROR
-            )
-            await error(scope, receive, send)
+            await self._session_ended_answer()(scope, receive, send)
             return
         if first is not None and isinstance(first.message, JSONRPCResponse | JSONRPCError):
             await self._clean_up_memory_streams(request_id)
@@ -179,11 +174,9 @@ class JsonFirstTransport(StreamableHTTPServerTransport):
         or when :data:`JSON_WINDOW_S` passes. Then its answer goes through the session's ordered write channel,
         behind what was sent before it, and the stream writer ends the response with it.
         """
-        request_id = str(message.id)
-        version = request.headers.get(MCP_PROTOCOL_VERSION_HEADER, DEFAULT_NEGOTIATED_VERSION)
-        metadata = self._create_session_message(message, request, request_id, version).metadata
+        request_id, framed = self._open_request(message, request)
+        metadata = framed.metadata
         assert isinstance(metadata, ServerMessageMetadata)  # the transport frames every message with its own
-        self._request_streams[request_id] = anyio.create_memory_object_stream[EventMessage](REQUEST_STREAM_BUFFER_SIZE)
         call = anyio.CancelScope()
         self._direct_scopes.add(call)
         streaming = False
@@ -198,38 +191,51 @@ class JsonFirstTransport(StreamableHTTPServerTransport):
 
                 window = asyncio.get_running_loop().call_later(JSON_WINDOW_S, stream)
                 try:
-                    outcome = await DirectCalls.run(ready, message, metadata, call, stream)
+                    settlement = await DirectCalls.run(ready, message, metadata, call, stream)
                 finally:
                     window.cancel()
                 if streaming:
-                    await self._end_stream(outcome, metadata)
+                    await self._end_stream(settlement, metadata)
                 else:
                     await self._clean_up_memory_streams(request_id)
-                    await self._respond(outcome, message)(scope, receive, send)
+                    await self._respond(settlement, message)(scope, receive, send)
         finally:
             self._direct_scopes.discard(call)
 
-    async def _end_stream(self, outcome: Settlement, metadata: ServerMessageMetadata) -> None:
+    def _open_request(self, message: JSONRPCRequest, request: Request) -> tuple[str, SessionMessage]:
+        """The request's stream id and the message framed as the SDK frames it, its stream registered (so the
+        router routes what the session sends for it there)."""
+        request_id = str(message.id)
+        version = request.headers.get(MCP_PROTOCOL_VERSION_HEADER, DEFAULT_NEGOTIATED_VERSION)
+        self._request_streams[request_id] = anyio.create_memory_object_stream[EventMessage](REQUEST_STREAM_BUFFER_SIZE)
+        return request_id, self._create_session_message(message, request, request_id, version)
+
+    def _session_ended_answer(self) -> Any:
+        """The answer to a request whose session ended before it was answered (the ASGI response to send)."""
+        return self._create_error_response(
+            "Session terminated before the request completed", HTTPStatus.INTERNAL_SERVER_ERROR, INTERNAL_ERROR
+        )
+
+    async def _end_stream(self, settlement: Settlement, metadata: ServerMessageMetadata) -> None:
         """End a streamed direct answer through the ordered channel (what follows it in the stream ends it)."""
         try:
-            if outcome.settled is Settled.ANSWERED and outcome.message is not None and self._write_stream is not None:
-                await self._write_stream.send(SessionMessage(outcome.message))
-            elif outcome.settled is Settled.UNANSWERED and metadata.on_request_unanswered is not None:
+            answer = settlement.message
+            if settlement.settled is Settled.ANSWERED and answer is not None and self._write_stream is not None:
+                await self._write_stream.send(SessionMessage(answer))
+            elif settlement.settled is Settled.UNANSWERED and metadata.on_request_unanswered is not None:
                 await metadata.on_request_unanswered()  # REQUEST_CANCELLED, as for any cancelled request
         except (anyio.BrokenResourceError, anyio.ClosedResourceError):
             pass  # the session ended meanwhile: its streams (and this response's) are closed
         # Settled.CLOSED: the session's streams are closed, which ends the stream writer.
 
-    def _respond(self, outcome: Settlement, message: JSONRPCRequest) -> Any:
+    def _respond(self, settlement: Settlement, message: JSONRPCRequest) -> Any:
         """The JSON answer of a direct request that sent nothing before it (the ASGI response to send)."""
-        if outcome.settled is Settled.ANSWERED and outcome.message is not None:
-            return self._create_json_response(outcome.message)
-        if outcome.settled is Settled.UNANSWERED:  # what the transport answers a cancelled request with
+        if settlement.settled is Settled.ANSWERED and settlement.message is not None:
+            return self._create_json_response(settlement.message)
+        if settlement.settled is Settled.UNANSWERED:  # what the transport answers a cancelled request with
             error = ErrorData(code=REQUEST_CANCELLED, message="Request cancelled")
             return self._create_json_response(JSONRPCError(jsonrpc="2.0", id=message.id, error=error))
-        return self._create_error_response(
-            "Session terminated before the request completed", HTTPStatus.INTERNAL_SERVER_ERROR, INTERNAL_ERROR
-        )
+        return self._session_ended_answer()
 
     async def _stream(
         self, scope: Scope, receive: Receive, send: Send, request_id: str, first: EventMessage | None
