@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import select
 import shutil
 import subprocess
 import sys
@@ -142,3 +143,35 @@ def _wait_for_url(proc: subprocess.Popen[bytes], log_file: Path, within: float =
                 return str(json.loads(line)["url"])
         time.sleep(POLL_S)
     raise AssertionError(f"mcp-guard did not start listening:\n{log_file.read_text()[-3000:]}")
+
+
+IDP_START_S = 30.0  # a real IdP prints its issuer within a second or two
+
+
+def start_oidc_idp(args: list[str], env: dict[str, str]) -> tuple[subprocess.Popen[str], str]:
+    """tests/e2e/oidc_idp.mjs (npm oidc-provider) on ``args``: the process and the issuer it prints once it listens.
+
+    The line is awaited at most IDP_START_S: a node process that neither listens nor exits (seen once in a full
+    run: no socket, no output) is killed and started once more, so one stuck start is not a suite that hangs;
+    a second failure is the test's error."""
+    node = shutil.which("node")
+    if node is None or not (E2E / "node_modules" / "oidc-provider").exists():
+        pytest.fail("oidc-provider is missing: run `make peers` (tests/e2e/node_modules)")
+    problem = ""
+    for _attempt in range(2):
+        proc = subprocess.Popen(
+            [node, str(E2E / "oidc_idp.mjs"), *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,  # a long-lived process: a pipe nobody reads would fill and stall it
+            text=True,
+            env={**os.environ, **env},
+        )
+        assert proc.stdout is not None
+        ready, _, _ = select.select([proc.stdout], [], [], IDP_START_S)
+        line = proc.stdout.readline() if ready else ""
+        if line:
+            return proc, str(json.loads(line)["issuer"])
+        problem = f"exited ({proc.poll()}) before listening" if ready else f"no issuer within {IDP_START_S:g} s"
+        proc.kill()
+        proc.wait(10)
+    raise AssertionError(f"the IdP did not start ({problem})")

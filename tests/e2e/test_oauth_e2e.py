@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import socket
 import sqlite3
 import subprocess
@@ -25,7 +24,7 @@ import anyio
 import httpx2
 import mcp_types as types
 import pytest
-from e2e_support import E2E, POLL_S, REPO, _wait_for_url, guard_argv, recorder, write_config
+from e2e_support import POLL_S, REPO, _wait_for_url, guard_argv, recorder, start_oidc_idp, write_config
 from mcp import Client
 from mcp.client.auth import TokenStorage
 from mcp.client.auth.extensions.client_credentials import ClientCredentialsOAuthProvider
@@ -34,7 +33,6 @@ from mcp.shared.auth import OAuthClientInformationFull, OAuthToken
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
 
-IDP_SCRIPT = E2E / "oidc_idp.mjs"
 OTHER_RESOURCE = "https://api.other.test/mcp"
 # Where the IdP sends a signed-in user's browser back to; nothing listens there (the test reads the redirect).
 REDIRECT_URI = "http://127.0.0.1:9/callback"
@@ -128,21 +126,8 @@ class Stack:
 
 
 def _start_idp(resource: str, port: int) -> tuple[subprocess.Popen[str], str]:
-    node = shutil.which("node")
-    if node is None or not (E2E / "node_modules" / "oidc-provider").exists():
-        pytest.fail("oidc-provider is missing: run `make peers` (tests/e2e/node_modules)")
-    proc = subprocess.Popen(
-        [node, str(IDP_SCRIPT), "--port", str(port), "--resource", resource, "--other-resource", OTHER_RESOURCE],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        env={**os.environ, "IDP_CLIENTS": json.dumps([*CLIENTS, AGENT_APP]), "IDP_USERS": json.dumps(USERS)},
-    )
-    assert proc.stdout is not None
-    line = proc.stdout.readline()  # the IdP prints its issuer once it listens (or exits)
-    if not line:
-        raise AssertionError(f"the IdP did not start (exit {proc.wait(10)})")
-    return proc, str(json.loads(line)["issuer"])
+    args = ["--port", str(port), "--resource", resource, "--other-resource", OTHER_RESOURCE]
+    return start_oidc_idp(args, {"IDP_CLIENTS": json.dumps([*CLIENTS, AGENT_APP]), "IDP_USERS": json.dumps(USERS)})
 
 
 @contextmanager

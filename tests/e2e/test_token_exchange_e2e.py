@@ -16,7 +16,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import shutil
 import socket
 import sqlite3
 import subprocess
@@ -30,13 +29,12 @@ from typing import Any
 import httpx2
 import mcp_types as types
 import pytest
-from e2e_support import API_KEY, E2E, REPO, _wait_for_url, guard_argv, write_config
+from e2e_support import API_KEY, REPO, _wait_for_url, guard_argv, start_oidc_idp, write_config
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
 
-IDP_SCRIPT = E2E / "oidc_idp.mjs"
 REPORTER = REPO / "tests" / "fixtures" / "token_reporter.py"
 UPSTREAM_AUD = "https://reports.upstream.test/mcp"
 EXCHANGE_GRANT = "urn:ietf:params:oauth:grant-type:token-exchange"
@@ -117,30 +115,8 @@ class Stack:
 
 
 def _start_idp(resource: str) -> tuple[subprocess.Popen[str], str]:
-    node = shutil.which("node")
-    if node is None or not (E2E / "node_modules" / "oidc-provider").exists():
-        pytest.fail("oidc-provider is missing: run `make peers` (tests/e2e/node_modules)")
-    proc = subprocess.Popen(
-        [
-            node,
-            str(IDP_SCRIPT),
-            "--port",
-            str(_free_port()),
-            "--resource",
-            resource,
-            "--upstream-resource",
-            UPSTREAM_AUD,
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        env={**os.environ, "IDP_CLIENTS": json.dumps(CLIENTS)},
-    )
-    assert proc.stdout is not None
-    line = proc.stdout.readline()  # the IdP prints its issuer once it listens (or exits)
-    if not line:
-        raise AssertionError(f"the IdP did not start (exit {proc.wait(10)})")
-    return proc, str(json.loads(line)["issuer"])
+    args = ["--port", str(_free_port()), "--resource", resource, "--upstream-resource", UPSTREAM_AUD]
+    return start_oidc_idp(args, {"IDP_CLIENTS": json.dumps(CLIENTS)})
 
 
 def _start_upstream(issuer: str, log: Path) -> tuple[subprocess.Popen[str], str]:
