@@ -44,6 +44,7 @@ def main() -> int:
         except KeyboardInterrupt:
             pass
         finally:
+            prof.dump_stats(args.out.with_suffix(".pstats"))  # for pstats' callers/callees views
             with args.out.open("w") as f:
                 stats = pstats.Stats(prof, stream=f)
                 stats.sort_stats("cumulative").print_stats(80)

@@ -17,7 +17,7 @@ The upstream's result dict is returned as it came (``_meta`` kept; structuredCon
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
 import anyio
@@ -48,6 +48,7 @@ from mcp_guard.frontend.tasks import (
     negotiated,
     task_support,
 )
+from mcp_guard.frozen import evolve
 from mcp_guard.pipeline.audit import EventSink
 from mcp_guard.pipeline.context import CallContext, CallNext, Outcome
 from mcp_guard.pipeline.flow import FLOW_META_KEY, correlation_id
@@ -361,7 +362,7 @@ class Handlers:
         async def work(channel: TaskChannel) -> TaskEnd:
             # No client request stays open to carry progress; questions wait on the task (tasks/update).
             outcome = await self._run(
-                replace(call, admitted=admitted.set, downstream=channel, progress=None, on_redecide=channel.bind)
+                evolve(call, admitted=admitted.set, downstream=channel, progress=None, on_redecide=channel.bind)
             )
             try:
                 return TaskEnd(result=self._tool_answer(ctx, outcome))

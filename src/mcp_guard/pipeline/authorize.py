@@ -10,12 +10,12 @@ policy — a tiered rule must not see a usage it does not have.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import replace
 from typing import Protocol
 
 import structlog
 
 from mcp_guard.errors import StateError
+from mcp_guard.frozen import evolve
 from mcp_guard.pipeline.context import CallContext, CallNext, Outcome, PolicyVerdict
 from mcp_guard.types import Decision, PolicyInput, ReasonCode
 
@@ -74,10 +74,10 @@ class Authorize:
         verdict = PolicyVerdict(asked, decision)
         if decision.allow is not True:
             return Outcome(decision=decision, verdict=verdict)
-        outcome = await call_next(replace(ctx, decision=decision, verdict=verdict))
+        outcome = await call_next(evolve(ctx, decision=decision, verdict=verdict))
         # A stage inside may have replaced the allow with its own deny (obligations); that one governs then. A
         # re-decision's deny (mcp_guard.pipeline.redecide) comes with its own verdict: the question it answered.
         inner = outcome.verdict if outcome.verdict is not None else verdict
         if outcome.decision is not None:
-            return replace(outcome, verdict=inner)
-        return replace(outcome, decision=decision, verdict=inner)
+            return evolve(outcome, verdict=inner)
+        return evolve(outcome, decision=decision, verdict=inner)

@@ -25,11 +25,11 @@ rate-limited call costs the IdP nothing.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import replace
 from typing import Protocol
 
 import structlog
 
+from mcp_guard.frozen import evolve
 from mcp_guard.pipeline.context import CallContext, CallNext, Outcome
 from mcp_guard.pipeline.obligations import ABSENT, Refusal, invalid
 from mcp_guard.types import Decision, ReasonCode
@@ -115,7 +115,7 @@ class ExchangeToken:
         except ExchangeError as e:
             log.warning("token_exchange.failed", upstream=ctx.server, principal=ctx.principal.id, reason=str(e))
             return _deny(decision, ReasonCode.TOKEN_EXCHANGE_FAILED, f"upstream {ctx.server!r}: token exchange: {e}")
-        return await call_next(replace(ctx, upstream_token=token))
+        return await call_next(evolve(ctx, upstream_token=token))
 
 
 def _deny(allow: Decision, code: ReasonCode, detail: str) -> Outcome:

@@ -72,13 +72,13 @@ import hashlib
 import json
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import replace
 from functools import partial
 from typing import Any, Final, Literal, Protocol, runtime_checkable
 
 import structlog
 
 from mcp_guard.errors import StateError
+from mcp_guard.frozen import evolve
 from mcp_guard.pipeline.context import CallContext, CallNext, Outcome
 from mcp_guard.pipeline.obligations import ABSENT, Refusal, StateWrite
 from mcp_guard.state.base import FlowCall, FlowFull, FlowRef, OpResult, Record, StateStore
@@ -204,7 +204,7 @@ class TrackFlow:
                 "mcp-guard refuses calls whose flow it cannot check"
             )
             return Outcome(decision=Decision.deny(ReasonCode.STATE_UNAVAILABLE, detail))
-        outcome = await call_next(replace(ctx, flow=flow))
+        outcome = await call_next(evolve(ctx, flow=flow))
         denial = outcome.denial
         if denial is not None and denial.code not in _UNRECORDABLE:
             await self._record_deny(ctx, ref, denial)

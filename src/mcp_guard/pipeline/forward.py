@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from dataclasses import replace
 from typing import Any
 
 import mcp_types as types
 from mcp.shared.exceptions import MCPError
 
 from mcp_guard.errors import UpstreamError, UpstreamTimeout
+from mcp_guard.frozen import evolve
 from mcp_guard.pipeline.context import CallContext, ErrorOrigin, Outcome
 from mcp_guard.pipeline.input_rounds import complete_input_rounds, is_input_required
 from mcp_guard.pipeline.redecide import current_redecide
@@ -102,7 +102,7 @@ class Forward:
         reached: list[Era] = []
         outcome = await self._forward(ctx, reached)
         # The era of the connection the call went out on, for its outcome row (details.upstream_protocol).
-        return replace(outcome, upstream_protocol=reached[0]) if reached else outcome
+        return evolve(outcome, upstream_protocol=reached[0]) if reached else outcome
 
     async def _forward(self, ctx: CallContext, reached: list[Era]) -> Outcome:
         try:

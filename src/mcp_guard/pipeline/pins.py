@@ -14,10 +14,9 @@ have said about an unpinned tool.
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import structlog
 
+from mcp_guard.frozen import evolve
 from mcp_guard.pipeline.context import CallContext, CallNext, Outcome
 from mcp_guard.types import Decision, ReasonCode
 from mcp_guard.upstream.registry import Registry
@@ -43,7 +42,7 @@ class PinCheck:
         if await self._registry.recheck_pins():
             entry = self._registry.find_tool(ctx.exposed)
             if entry is not None and not entry.hidden:
-                return await call_next(replace(ctx, tool_info=entry.tool_info()))
+                return await call_next(evolve(ctx, tool_info=entry.tool_info()))
         sha = (info.definition_sha256 or "")[:12]
         entry = self._registry.find_tool(ctx.exposed)
         what = (

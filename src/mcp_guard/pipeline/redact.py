@@ -17,12 +17,12 @@ that is not rendered yet it renders it itself so the traceback text is scrubbed 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, MutableMapping
-from dataclasses import replace
 from typing import Any, Protocol
 
 import mcp_types as types
 import structlog
 
+from mcp_guard.frozen import evolve
 from mcp_guard.pipeline.context import CallContext, CallNext, Outcome
 from mcp_guard.secrets.redact import Scrubber
 from mcp_guard.secrets.shapes import mask, mask_text
@@ -56,7 +56,7 @@ def redact_outcome(outcome: Outcome, scrubber: Scrubber) -> Outcome:
     error = scrub_error(outcome.error, scrubber) if outcome.error is not None else None
     if result is outcome.result and error is outcome.error:
         return outcome
-    return replace(outcome, result=result, error=error)
+    return evolve(outcome, result=result, error=error)
 
 
 class Redact:

@@ -52,13 +52,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Final, Protocol, runtime_checkable
 
 import structlog
 
 from mcp_guard.audit.events import summarize_result
 from mcp_guard.errors import StateError
+from mcp_guard.frozen import evolve
 from mcp_guard.pipeline.authorize import Evaluator
 from mcp_guard.pipeline.context import CallContext, CallNext, Outcome, ResultVerdict
 from mcp_guard.pipeline.flow import flow_ref, parse_labels
@@ -287,10 +288,10 @@ class ResultPolicy:
         if refusal is not None:
             return self._withhold(ctx, governing, decision, result, refusal.code, (refusal.detail,))
         if not plan.redact:
-            return replace(outcome, result_verdict=ResultVerdict(decision))
+            return evolve(outcome, result_verdict=ResultVerdict(decision))
         redaction = redact_result(result, plan.redact)
         log.debug("result.redacted", call_id=ctx.call_id, result_decision_id=decision.decision_id, **redaction.counts())
-        return replace(
+        return evolve(
             outcome, result=redaction.result, result_verdict=ResultVerdict(decision, redacted=redaction.counts())
         )
 

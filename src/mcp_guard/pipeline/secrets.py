@@ -30,9 +30,9 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import replace
 from typing import Any
 
+from mcp_guard.frozen import evolve
 from mcp_guard.pipeline.context import CallContext, CallNext, Outcome
 from mcp_guard.pipeline.obligations import ABSENT, Refusal, invalid
 from mcp_guard.pipeline.secret_source import CredentialCheck, SecretSource
@@ -70,7 +70,7 @@ class InspectArguments:
     async def __call__(self, ctx: CallContext, call_next: CallNext) -> Outcome:
         audit, kinds = inspect_arguments(dict(ctx.arguments), self._secrets.scrubber)
         seen = tuple(sorted(set(ctx.secrets_seen) | set(kinds)))
-        return await call_next(replace(ctx, audit_arguments=audit, secrets_seen=seen))
+        return await call_next(evolve(ctx, audit_arguments=audit, secrets_seen=seen))
 
 
 def strip_meta_credentials(meta: Mapping[str, Any] | None) -> tuple[dict[str, Any] | None, tuple[str, ...]]:

@@ -28,12 +28,13 @@ import json
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import anyio.lowlevel
 import structlog
 
+from mcp_guard.frozen import evolve
 from mcp_guard.policy.bundle import Bundle
 from mcp_guard.policy.embedded import EmbeddedEngine
 from mcp_guard.policy.reads import InputReads, input_reads
@@ -257,7 +258,7 @@ class CachedEngine:
     @staticmethod
     def _fresh(entry: _Entry) -> Decision:
         obligations = json.loads(entry.obligations_json) if entry.obligations_json is not None else {}
-        return replace(entry.decision, decision_id=new_id(), obligations=obligations)
+        return evolve(entry.decision, decision_id=new_id(), obligations=obligations)
 
     def _remember(self, key: str, decision: Decision, now: float) -> None:
         try:
