@@ -59,6 +59,7 @@ import os
 import sqlite3
 import threading
 import time
+from bisect import bisect_right
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
@@ -157,12 +158,17 @@ class _CachedFlow:
     def plus(self, call: FlowCall, n: int, now: float, keep: int) -> _CachedFlow:
         """The flow after ``call`` was recorded as number ``n`` — the same rows record_call leaves in the file:
         calls numbered above ``n - keep`` stay, a label not yet present gets ``call`` as its origin."""
-        pairs = [(i, c) for i, c in zip((*self.ns, n), (*self.flow.history, call), strict=True) if i > n - keep]
-        labels = dict(self.flow.labels)
-        for label in call.labels:
-            labels.setdefault(label, LabelOrigin.of(call))
-        history = tuple(c for _, c in pairs)
-        ns = tuple(i for i, _ in pairs)
+        # The numbers ascend (each call gets the flow's next_n), so what goes is a prefix: one slice, not a walk.
+        if keep > 0:
+            start = bisect_right(self.ns, n - keep)
+            ns, history = (*self.ns[start:], n), (*self.flow.history[start:], call)
+        else:
+            ns, history = (), ()
+        labels = self.flow.labels
+        if any(label not in labels for label in call.labels):
+            labels = dict(labels)
+            for label in call.labels:
+                labels.setdefault(label, LabelOrigin.of(call))
         return _CachedFlow(self.generation, now, n + 1, ns, Flow(self.flow.id, labels, history))
 
 
