@@ -23,7 +23,8 @@ import pytest
 
 from mcp_guard.audit import events, writer
 from mcp_guard.audit.chain import GENESIS, EncodedJson, chain_rows, json_text
-from mcp_guard.types import AuditEvent, Decision, EventKind, ReasonCode
+from mcp_guard.state.base import Flow, FlowCall, FlowHistory, LabelOrigin
+from mcp_guard.types import AuditEvent, Decision, EventKind, PolicyInput, Principal, ReasonCode, SessionInfo, ToolInfo
 
 # ------------------------------------------------------------------------------------------------ the oracle
 
@@ -391,3 +392,74 @@ def test_call_rows_carry_their_era_without_copies() -> None:
     error = events.call_error(decision, 1, "m", origin="guard", **cols)
     assert error.details == {"action": "tools/call", "call_id": "c1", "origin": "guard"}
     assert (error.decision, error.reasons, error.policy_revision) == (None, None, "r")
+
+
+# ------------------------------------------------------------------------------------------------ flow history splice
+
+_ODD = ["lone \ud800 surrogate", "nan", "NUL \x00 inside"]
+
+
+def _flow_call(rng: random.Random, i: int) -> FlowCall:
+    return FlowCall(
+        decision_id=f"d-{i}",
+        action="tools/call",
+        server=rng.choice(_TEXTS + _ODD),
+        tool=rng.choice(_TEXTS),
+        decision=rng.choice(["allow", "deny"]),
+        labels=tuple(rng.sample(_TEXTS + _ODD, rng.randint(0, 2))),
+        time=f"2026-12-01T00:00:{i % 60:02d}Z",
+    )
+
+
+def _policy_document(rng: random.Random, calls: tuple[FlowCall, ...]) -> dict[str, Any]:
+    """A policy input as Authorize builds it (PolicyInput.to_dict), with a flow of ``calls`` and odd values."""
+    labels = {c.labels[0]: LabelOrigin.of(c) for c in calls if c.labels}
+    flow = Flow(rng.choice(_TEXTS), labels, calls).to_policy()
+    tool_info = ToolInfo(annotations={"x": rng.choice([float("nan"), 1.5, "\ud800", None])})
+    return PolicyInput(
+        action=rng.choice(["tools/call", "resources/read"]),
+        principal=Principal(id=rng.choice(_TEXTS), roles=("dev",), attributes=_document(rng)),
+        session=SessionInfo(id=rng.choice(_TEXTS), transport="stdio"),
+        server=rng.choice(_TEXTS),
+        tool=rng.choice(_TEXTS),
+        tool_info=tool_info if rng.random() < 0.5 else None,
+        usage={"k": rng.randint(0, 9)} if rng.random() < 0.5 else {},
+        flow=flow,
+    ).to_dict()
+
+
+def test_a_flow_history_is_spliced_in_as_the_whole_document_would_encode() -> None:
+    """events.input_text (the decision row's replay input) against the oracle, for flows of 0 to 40 calls whose
+    calls are shared from one document to the next (as a flow's cached history is), odd values included; the
+    splice must actually be taken for every document with a history."""
+    rng = random.Random(20261201)
+    calls: tuple[FlowCall, ...] = ()
+    spliced = 0
+    for i in range(400):
+        calls = (*calls, _flow_call(rng, i))[-rng.randint(0, 40) :] if rng.random() < 0.9 else ()
+        document = {k: v for k, v in _policy_document(rng, calls).items() if k != "arguments"}
+        assert events.input_text(document) == _ref_json_text(document), i
+        spliced += events._spliced(document) is not None
+    assert spliced > 300  # the history took the splice, not the whole-document fallback
+
+
+def test_other_shapes_are_encoded_whole() -> None:
+    history = FlowHistory((FlowCall("d", "tools/call", "s", "t", "allow", (), "T"),))
+    for document in (
+        {"context": {"flow": {"history": history}}},  # no action
+        {"action": "tools/call", "context": {"flow": {"history": list(history)}}},  # a plain list
+        {"action": "tools/call", "context": {"flow": {"history": FlowHistory(())}}},  # empty
+        {"action": "tools/call", "context": {"flow": None}},
+        {"action": "tools/call", "context": {"flow": {"history": history}}, "aa": 1},  # a key before "action"
+    ):
+        assert events._spliced(document) is None
+        assert events.input_text(document) == _ref_json_text(document)
+
+
+def test_a_flow_history_cannot_be_changed_and_copies_are_plain_lists() -> None:
+    history = FlowHistory((FlowCall("d", "tools/call", "s", "t", "allow", ("x",), "T"),))
+    for change in (lambda: history.append({}), lambda: history.__setitem__(0, {}), lambda: history.clear()):
+        with pytest.raises(TypeError):
+            change()
+    assert type(copy.deepcopy(history)) is list and copy.deepcopy(history) == history
+    assert type(pickle.loads(pickle.dumps(history))) is list

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from typing import Any, Literal
 
 from mcp_guard.audit.chain import EncodedJson, digest_text, json_text
+from mcp_guard.state.base import FlowCall, FlowHistory
 from mcp_guard.types import AuditEvent, Decision, EventKind, Principal, SessionInfo, new_id, utc_now
 
 __all__ = [
@@ -109,7 +110,7 @@ def policy_record(document: Mapping[str, Any], decision: Decision, max_bytes: in
     record: dict[str, Any] = {"allow": decision.allow, "reasons": list(decision.reasons)}
     if decision.allow and decision.obligations:
         record["obligations"] = dict(decision.obligations)
-    text = json_text({k: v for k, v in document.items() if k != "arguments"}) or "{}"
+    text = input_text({k: v for k, v in document.items() if k != "arguments"})
     if max_bytes is None or len(text) * 4 <= max_bytes:
         record[INPUT_KEY] = text
         return record
@@ -123,6 +124,54 @@ def policy_record(document: Mapping[str, Any], decision: Decision, max_bytes: in
             "sha256": hashlib.sha256(raw).hexdigest(),
         }
     return record
+
+
+def input_text(document: Mapping[str, Any]) -> str:
+    """The canonical JSON text of a policy input ``document`` (:func:`json_text`; ``"{}"`` for nothing).
+
+    A flow's history (:class:`~mcp_guard.state.base.FlowHistory`) is spliced in from its calls' texts, each
+    encoded once (:func:`_call_text`), instead of encoded again on every call of the flow. The splice is exact
+    because canonical JSON sorts keys: ``action`` then ``context`` at the top, ``flow`` first in ``context`` and
+    ``history`` first in ``flow``, so the document encoded with an empty history begins with a prefix known in
+    advance, ending in that ``[]``. Any other shape (or that prefix missing) is encoded whole."""
+    spliced = _spliced(document)
+    if spliced is not None:
+        return spliced
+    return json_text(document) or "{}"
+
+
+def _spliced(document: Mapping[str, Any]) -> str | None:
+    context = document.get("context")
+    flow = context.get("flow") if isinstance(context, dict) else None
+    history = flow.get("history") if isinstance(flow, dict) else None
+    action = document.get("action")
+    if type(history) is not FlowHistory or not history or not isinstance(action, str):
+        return None
+    assert isinstance(context, dict) and isinstance(flow, dict)
+    text = json_text({**document, "context": {**context, "flow": {**flow, "history": []}}}) or ""
+    head = f'{{"action":{json_text(action)},"context":{{"flow":{{"history":[]'
+    if not text.startswith(head):
+        return None
+    entries = ",".join(_call_text(call, entry) for call, entry in zip(history.calls, history, strict=True))
+    return f"{head[:-1]}{entries}{text[len(head) - 1 :]}"
+
+
+_CALL_TEXTS: dict[int, tuple[FlowCall, str]] = {}
+_CALL_TEXTS_MAX = 8192
+
+
+def _call_text(call: FlowCall, entry: Mapping[str, Any]) -> str:
+    """``json_text(entry)`` for the history entry of ``call``, remembered by the call's identity: a flow keeps its
+    :class:`FlowCall` values (the state store's cache hands the same ones out again), so each is encoded once.
+    The cache holds the call itself, so its id cannot be reused while the entry lives."""
+    hit = _CALL_TEXTS.get(id(call))
+    if hit is not None and hit[0] is call:
+        return hit[1]
+    text = json_text(entry) or "null"
+    if len(_CALL_TEXTS) >= _CALL_TEXTS_MAX:
+        _CALL_TEXTS.clear()
+    _CALL_TEXTS[id(call)] = (call, text)
+    return text
 
 
 def recorded_input(record: Mapping[str, Any]) -> dict[str, Any] | None:

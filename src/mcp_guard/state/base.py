@@ -86,6 +86,7 @@ __all__ = [
     "FlowBounds",
     "FlowCall",
     "FlowFull",
+    "FlowHistory",
     "FlowRef",
     "FlowTicket",
     "LabelOrigin",
@@ -243,8 +244,34 @@ class Flow:
             "id": self.id,
             "labels": sorted(self.labels),
             "labeled_by": {label: origin.to_policy() for label, origin in sorted(self.labels.items())},
-            "history": [c.to_policy() for c in self.history],
+            "history": FlowHistory(self.history),
         }
+
+
+class FlowHistory(list[dict[str, Any]]):
+    """``context.flow.history`` as the policy sees it — a plain JSON list of :meth:`FlowCall.to_policy` objects —
+    that remembers the calls it was made of (:attr:`calls`).
+
+    Why: a call's decision row keeps the whole policy input, and a long flow's history is most of it (32 calls:
+    ~40 µs of canonical JSON per row, the same calls encoded again on every call of the flow). The audit
+    encoder (:func:`mcp_guard.audit.events.policy_record`) takes each call's text from its cache of the
+    :class:`FlowCall` values it has seen instead. The list refuses changes, so it always holds what ``calls``
+    says; its objects are fresh for each list, as before."""
+
+    __slots__ = ("calls",)
+
+    def __init__(self, calls: tuple[FlowCall, ...]) -> None:
+        super().__init__([c.to_policy() for c in calls])
+        self.calls = calls
+
+    def _refuse(self, *_args: Any, **_kwargs: Any) -> Any:
+        raise TypeError("a flow history cannot be changed (it is the flow's record)")
+
+    __setitem__ = __delitem__ = __iadd__ = __imul__ = _refuse
+    append = extend = insert = pop = remove = clear = sort = reverse = _refuse
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (list, (list(self),))  # a copy (pickle, deepcopy) is a plain list: it no longer names the calls
 
 
 @dataclass(frozen=True, slots=True)
