@@ -284,3 +284,36 @@ async def test_open_state_on_an_unusable_path_is_a_state_error(tmp_path: Path) -
     with pytest.raises(StateError, match=r"state\.db"):
         async with open_state(settings):
             pass
+
+
+async def test_the_stored_counts_stay_the_number_of_stored_hits(tmp_path: Path) -> None:
+    """``rate_counts.n`` is the bucket's number of ``rate_hits`` rows (live or expired and not yet pruned) after
+    every admission, refusal and release — one count write per admission, none left out when hits expire."""
+    import random
+
+    now = [1_000.0]
+    store = SQLiteState(tmp_path / "state.db", clock=lambda: now[0])
+    await store.start()
+    rng = random.Random(7)
+    limits = [Limit("a", 3, 10.0), Limit("b", 5, 30.0)]
+    tickets = []
+    try:
+        for _ in range(600):
+            roll = rng.random()
+            if roll < 0.6:
+                admission = await store.admit(rng.sample(limits, rng.randint(1, 2)))
+                if admission.admitted and admission.ticket is not None:
+                    tickets.append(admission.ticket)
+            elif roll < 0.75 and tickets:
+                await store.release(tickets.pop(rng.randrange(len(tickets))))
+            else:
+                now[0] += rng.choice((0.5, 3.0, 11.0))
+            db = sqlite3.connect(tmp_path / "state.db")
+            try:
+                stored = dict(db.execute("SELECT key, n FROM rate_counts").fetchall())
+                hits = dict(db.execute("SELECT key, count(*) FROM rate_hits GROUP BY key").fetchall())
+            finally:
+                db.close()
+            assert {k: n for k, n in stored.items() if n} == hits
+    finally:
+        await store.aclose()

@@ -715,8 +715,10 @@ def _identity(path: Path) -> tuple[int, int] | None:
 
 
 def _prune(db: sqlite3.Connection, bucket: Bucket, now: float) -> int:
-    """The bucket's count of hits in the window; the hits that left it are deleted (and the count kept in step)
-    only when there are some — the one read says how many (an indexed range, like the delete)."""
+    """The bucket's count of hits in the window; the hits that left it are deleted only when there are some — the
+    one read says how many (an indexed range, like the delete). The stored count is left to the caller: an
+    admitted hit writes it once, counted in (:func:`_admit`), and a refusal rolls the batch back (the delete
+    with it) — one write a call, not two."""
     key, window_s = bucket
     n, gone = db.execute(
         "SELECT coalesce((SELECT n FROM rate_counts WHERE key=?1 AND window_s=?2), 0),"
@@ -726,9 +728,7 @@ def _prune(db: sqlite3.Connection, bucket: Bucket, now: float) -> int:
     if not gone:
         return max(0, int(n))
     pruned = db.execute("DELETE FROM rate_hits WHERE key=? AND window_s=? AND ts <= ?", (key, window_s, now - window_s))
-    live = max(0, int(n) - pruned.rowcount)
-    _set_count(db, bucket, live)
-    return live
+    return max(0, int(n) - pruned.rowcount)
 
 
 def _set_count(db: sqlite3.Connection, bucket: Bucket, n: int) -> None:
