@@ -24,6 +24,11 @@ those gaps:
 * **Slowloris**: the same :class:`~mcp_guard.frontend.slowloris.HeadWatch` as the h11 protocol (head
   timeout incl. idle keep-alive, a cap on partial heads and another on idle connections, close after an
   answer given before the body).
+
+One addition, for speed: a response with a ``Content-Length`` (every JSON answer) goes out in one write, head and
+body together (:class:`_HeadWithBody`), where uvicorn writes the head and then the body — two ``send`` calls,
+two segments and two wake-ups of the client for each answer. Streams (chunked, SSE) write their head at once, as
+before.
 """
 
 from __future__ import annotations
@@ -59,6 +64,55 @@ def _check_head(headers: list[tuple[bytes, bytes]], http_version: str) -> None:
         raise RefusedRequest("a request needs exactly one Host header")
     if encodings and (len(encodings) > 1 or encodings[0].lower() != b"chunked"):
         raise RefusedRequest("only Transfer-Encoding: chunked is supported")
+
+
+class _HeadWithBody:
+    """The transport one request's :class:`RequestResponseCycle` writes to: the head of a response with a
+    ``Content-Length`` (and a body to come) is held and written with the body's first piece, in one write.
+
+    Everything else passes straight through: a ``100 Continue`` (written before the response starts), the head of
+    a chunked or empty response, a HEAD request's head, every later write. A cycle that closes the connection with
+    the head still held (its application failed after starting the answer) writes the head first, as it would
+    have been written before."""
+
+    __slots__ = ("_cycle", "_head", "_headed", "_transport")
+
+    def __init__(self, transport: asyncio.Transport, cycle: RequestResponseCycle) -> None:
+        self._transport = transport
+        self._cycle = cycle
+        self._head: bytes | None = None
+        self._headed = False  # the head went through write() (held or not)
+
+    def write(self, data: bytes) -> None:
+        head = self._head
+        if head is not None:
+            self._head = None
+            self._transport.write(head + data)
+            return
+        cycle = self._cycle
+        if not self._headed and cycle.response_started:
+            self._headed = True
+            if (
+                cycle.chunked_encoding is False
+                and cycle.expected_content_length > 0
+                and cycle.scope["method"] != "HEAD"
+            ):
+                self._head = data
+                return
+        self._transport.write(data)
+
+    def close(self) -> None:
+        head = self._head
+        if head is not None:
+            self._head = None
+            self._transport.write(head)
+        self._transport.close()
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._transport, name)
 
 
 def guarded_httptools(limits: HeadLimits, max_head_bytes: int) -> type[HttpToolsProtocol]:
@@ -108,6 +162,7 @@ def guarded_httptools(limits: HeadLimits, max_head_bytes: int) -> type[HttpTools
             if self.cycle is before:  # upgraded to a WebSocket: the connection is no longer ours
                 return
             self._unread = self.cycle
+            self.cycle.transport = _HeadWithBody(self.transport, self.cycle)  # type: ignore[assignment]
             if self.parser.should_upgrade():  # an Upgrade / CONNECT answered as a plain request
                 self.cycle.keep_alive = False
 
