@@ -31,8 +31,9 @@ holding a card number, the same for every variant. Variants:
   drops the spans: the spans are made, not shipped.
 * ``default bundle`` — the shipped bundle (its per-tool rate limit raised, calls still counted): flows and a
   rate limit in use, the real policy.
-* ``floor, no I/O`` / ``unused, no I/O`` — the first two again on the in-memory state store with an audit
-  sink that keeps nothing: the stages' own cost, without the SQLite commits whose noise hides a few µs.
+* ``floor, no I/O`` / ``unused, no I/O`` / ``Observe removed, no I/O`` — the first three again on the in-memory
+  state store with an audit sink that keeps nothing: the stages' own cost, without the SQLite commits whose
+  noise hides a few µs (the last one shows what of ``unused`` is metrics).
 
 Then each optional stage by itself, unused (the allow-all bundle), around a terminal that answers at once, on
 the call as it reached the upstream (decided, allowed): what it would add per call if it were composed (the
@@ -230,6 +231,7 @@ VARIANTS = (
     Variant("default bundle", "default", flows=True),
     Variant(FLOOR_NO_IO, "allow-all", floor, io=False),
     Variant(UNUSED_NO_IO, "allow-all", io=False),
+    Variant("Observe removed, no I/O", "allow-all", no_observe, io=False),
 )
 
 

@@ -84,6 +84,7 @@ def test_stages_measures_every_variant_and_its_use(report: dict[str, Any]) -> No
         "default bundle",
         "floor, no I/O",
         "unused, no I/O",
+        "Observe removed, no I/O",
     ]
     for r in rows.values():
         assert len(r["cpu_us_blocks"]) == stages["blocks"] and r["cpu_us_per_call"] > 0
