@@ -4,6 +4,7 @@ it off drops the stage — and, with stages dropped, the same outcomes and audit
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import fields, replace
 from pathlib import Path
@@ -16,7 +17,7 @@ from pipeline_kit import SETTINGS, call_ctx, registry
 
 from mcp_guard.pipeline.build import build_pipeline, pipeline_stages
 from mcp_guard.pipeline.chain import build_chain
-from mcp_guard.pipeline.context import CallContext, CallNext, Outcome
+from mcp_guard.pipeline.context import CallContext, CallNext, Interceptor, Outcome
 from mcp_guard.pipeline.exchange import ExchangeToken
 from mcp_guard.pipeline.flow import LabelsObligation, TrackFlow, flow_ref
 from mcp_guard.pipeline.in_use import InUsePipeline
@@ -114,6 +115,50 @@ async def test_a_reload_that_adds_a_result_rule_judges_the_next_result_and_one_t
     assert len(up.seen) == 3  # the withheld call ran too
 
 
+USAGE = HEAD + (
+    'key := concat("|", ["tool_calls", input.principal.id, input.server, input.tool])\n'
+    'decision := {"allow": false, "reasons": ["used already"], "obligations": {}} if input.context.usage[key] >= 1\n'
+    'else := {"allow": true, "reasons": ["ok"], "obligations": {"rate_limit": [{"key": key, "limit": 9, '
+    '"window_s": 60}]}}\n'
+)
+LIMITS = {
+    "mcp_guard_config": {
+        "limits": {"rate": [{"name": "tool_calls", "by": ["principal", "server", "tool"], "limit": 9, "window_s": 60}]}
+    }
+}
+
+
+async def test_a_reload_that_declares_a_limit_the_policy_reads_gives_the_next_call_its_usage(tmp_path: Path) -> None:
+    engine = EmbeddedEngine(load_bundle(_bundle(tmp_path, "allow", ALLOW)))
+    pipe, _ = _composed(engine, MemoryState())
+    assert _authorize(pipe)._usage is None  # type: ignore[attr-defined]
+    root = _bundle(tmp_path, "usage", USAGE)
+    (root / "data.json").write_text(json.dumps(LIMITS))
+    engine.reload(load_bundle(root))
+    assert not (await pipe(call_ctx())).denied  # usage 0, then counted
+    second = await pipe(call_ctx())
+    assert second.denial is not None and second.denial.reasons == ("used already",)  # the count was read
+    assert _authorize(pipe)._usage is not None  # type: ignore[attr-defined]
+
+
+def _authorize(pipe: InUsePipeline) -> Interceptor:
+    return next(s for s in pipe.stages if type(s).__name__ == "Authorize")
+
+
+def test_a_shadow_candidate_is_composed_and_none_is_not() -> None:
+    for shadow in (allow_all(), None):
+        pipe = build_pipeline(
+            engine=allow_all(),
+            sink=RecordingSink(),
+            registry=registry(),
+            secrets=NO_SECRETS,
+            state=MemoryState(),
+            shadow=shadow,
+            terminal=RecordingUpstream(),
+        )
+        assert ("ShadowPolicy" in _names(pipe)) is (shadow is not None)
+
+
 # --------------------------------------------------------------------------- a config reload adds token exchange
 AUDIENCE = "https://rep.example/mcp"
 REP = {
@@ -192,8 +237,7 @@ def test_with_nothing_in_use_only_the_core_stages_are_composed(tmp_path: Path) -
         "Redecide",
         "Redact",
     ]
-    authorize = next(s for s in pipe.stages if type(s).__name__ == "Authorize")
-    assert authorize._usage is None  # type: ignore[attr-defined]  # no declared limit: no usage source
+    assert _authorize(pipe)._usage is None  # type: ignore[attr-defined]  # no declared limit: no usage source
 
 
 def test_an_engine_whose_bundle_is_not_held_keeps_flows_and_leaves_results_out() -> None:
