@@ -16,24 +16,25 @@ stages or features. A stage without ``as_used`` is always kept as it is.
 
 **What decides, and why a per-call check rather than pushed rebuilds.** Every answer depends only on
 
-* the engine's loaded bundle — by identity: the embedded engine swaps its ``bundle`` object on every
-  activation (SIGHUP and ``mcp-guard reload``, the bundle watcher, ``policy rollback`` and ``--clear``, a
-  console activation), and ``FlowUse``, ``ResultUse`` and ``DeclaredUsage`` already key on it;
+* the engine's loaded bundle — by identity: the engine swaps its ``bundle`` object on every activation
+  (``BundleWatcher.check``: SIGHUP and ``mcp-guard reload``, the watcher's poll, a ``policy rollback`` or
+  ``--clear`` pin once the watcher sees it; the embedded engine's ``reload``, OPA's ``install`` with
+  ``push_bundle``), and ``FlowUse``, ``ResultUse`` and ``DeclaredUsage`` already key on it;
 * whether any upstream exchanges tokens (``Registry.exchangers``, changed by a config reload that adds,
   removes or changes a ``token_exchange`` upstream);
 * settings fixed for the Guard's life (the shadow candidate, ``[policy] result_policy``: a config reload
   applies only ``[upstreams]``, ``[principals]`` and ``[secrets]``, :mod:`mcp_guard.config_diff`).
 
-Pushing a rebuild from every path that changes the first two would need a hook in the engine, the watcher,
-the history's rollback, the console and the registry — and a path added later without one would leave a
-stale chain silently: a bundle that now reads ``context.flow`` deciding on a missing flow. Checking at each
+Pushing a rebuild from every path that changes the first two would need a hook in both engines, the watcher
+and the registry — and a path added later without one (or a test swapping a bundle) would leave a stale chain
+silently: a bundle that now reads ``context.flow`` deciding on a missing flow. Checking at each
 call instead costs one property read and two identity compares (``bundle is seen``, ``bool is seen``), and
 cannot miss a path: whoever swapped the bundle or the exchangers, the next call composes anew. The
 composition itself (a few ``as_used()`` calls and ``build_chain``) runs once per change.
 
 An engine whose bundle mcp-guard does not hold (OPA serving its own policy, test engines) has no bundle to
-watch: its stages answer as they always have (flows assumed used, results assumed absent unless forced,
-usage assumed read), so nothing that engine could need is dropped.
+watch: its stages answer as they always have (flows assumed used, results assumed absent unless forced; no
+declarations to read usage for), so nothing that engine could need is dropped.
 
 A call keeps the chain it entered: a reload during a call takes effect at the next one, as a stage that
 checked its feature at the call's start already did. (One window widens with that: a config reload that
