@@ -6,7 +6,7 @@ cost nothing when not used and are in the benchmark table when they are").
     python -m bench --only stages                # the same, as a section of make bench
 
 The pipeline as ``mcp-guard run`` builds it, in-process, with no network (and the collector tuned as it tunes
-it): the real stage list (``pipeline_stages``) composed by ``build_chain``, ending in a recording upstream;
+it): ``build_pipeline`` — the stages in use (:mod:`mcp_guard.pipeline.in_use`) — ending in a recording upstream;
 the embedded engine behind the decision cache (``open_engine``: as the app wires it); the SQLite state store
 and the real SQLite audit writer (``open_sink``: both rows of every call committed) in a temporary directory.
 Principal ``local-agent`` (role developer) calls ``everything__echo``; the upstream answers a ~200-byte text
@@ -16,8 +16,11 @@ holding a card number, the same for every variant. Variants:
   the audit commit timer), TrackFlow, ShadowPolicy, ExchangeToken, Redecide, ResultPolicy, the rate-limit
   usage source of Authorize and the ``labels``/``rate_limit``/``upstream_scopes`` obligation handlers. What is
   left: InspectArguments, RecordOutcome, PinCheck, Authorize, EnforceObligations, RecordDecision, Redact.
-* ``unused: all stages present`` — the same bundle, the whole list: equal to the floor within noise is the claim.
-* ``Observe removed`` — the whole list without metrics (Observe and the commit timer): metrics are always on.
+* ``unused: as composed`` — the same bundle through the product's composition (``build_pipeline``: the stages
+  and handlers not in use left out, as ``mcp-guard run`` runs it); checked to hold none of the optional stages.
+  Equal to the floor within noise is the claim; what it keeps beyond the floor is Observe (metrics are always
+  on) and Redecide (any allowed call may get an input round).
+* ``Observe removed`` — the composed list without metrics (Observe and the commit timer): metrics are always on.
 * ``rate limit used`` — allow-all plus one declared limit (``limits.rate``: usage read before the policy)
   and its ``rate_limit`` obligation (counted on every call).
 * ``flows used`` — allow-all plus a ``labels`` obligation and a rule reading ``context.flow``: one flow read
@@ -28,16 +31,19 @@ holding a card number, the same for every variant. Variants:
   drops the spans: the spans are made, not shipped.
 * ``default bundle`` — the shipped bundle (its per-tool rate limit raised, calls still counted): flows and a
   rate limit in use, the real policy.
-* ``floor, no I/O`` / ``unused, no I/O`` — the first two again on the in-memory state store with an audit
-  sink that keeps nothing: the stages' own cost, without the SQLite commits whose noise hides a few µs.
+* ``floor, no I/O`` / ``unused, no I/O`` / ``Observe removed, no I/O`` — the first three again on the in-memory
+  state store with an audit sink that keeps nothing: the stages' own cost, without the SQLite commits whose
+  noise hides a few µs (the last one shows what of ``unused`` is metrics).
 
 Then each optional stage by itself, unused (the allow-all bundle), around a terminal that answers at once, on
-the call as it reached the upstream (decided, allowed): what it adds per call, in interleaved blocks.
+the call as it reached the upstream (decided, allowed): what it would add per call if it were composed (the
+composition leaves it out), and the composition's own per-call check, in interleaved blocks.
 
 Every call of every variant must be allowed and answered (asserted), and each variant must show what it
 claims (spans counted, results redacted by the result rule and by no other variant, the flow labelled, the
-limit counted, flow tracking and the result rule on exactly where the bundle uses them), so a broken variant
-cannot pass as fast. (The example result rule can label a flow, so its bundle tracks flows too.)
+limit counted, flow tracking and the result rule on exactly where the bundle uses them, and the composed
+stages holding exactly the optional stages the bundle uses), so a broken variant cannot pass as fast. (The
+example result rule can label a flow, so its bundle tracks flows too.)
 
 Blocks of calls are interleaved, variant after variant, the order rotated each round, so drift in machine
 load hits them alike. Per variant: **CPU per call**, this process's CPU time over a block / its calls (the
@@ -74,11 +80,12 @@ from mcp_guard.audit import open_sink
 from mcp_guard.commands import _tune_gc
 from mcp_guard.logging import configure_logging
 from mcp_guard.pipeline.authorize import Authorize
-from mcp_guard.pipeline.build import pipeline_stages, usage_source
+from mcp_guard.pipeline.build import build_pipeline, pipeline_stages, usage_source
 from mcp_guard.pipeline.chain import build_chain
 from mcp_guard.pipeline.context import CallContext, CallNext, Interceptor, Outcome
 from mcp_guard.pipeline.exchange import ExchangeToken, UpstreamScopesObligation
 from mcp_guard.pipeline.flow import FlowUse, LabelsObligation, TrackFlow, flow_ref
+from mcp_guard.pipeline.in_use import InUsePipeline
 from mcp_guard.pipeline.obligations import EnforceObligations
 from mcp_guard.pipeline.observe import Observe
 from mcp_guard.pipeline.ratelimit import RateLimitObligation
@@ -181,6 +188,7 @@ def floor(stages: list[Interceptor], engine: Any) -> list[Interceptor]:
 
 
 def whole(stages: list[Interceptor], engine: Any) -> list[Interceptor]:
+    """The composed pipeline itself (``build_pipeline``): ``_build`` uses it as it is, not this list."""
     return stages
 
 
@@ -190,7 +198,7 @@ def no_observe(stages: list[Interceptor], engine: Any) -> list[Interceptor]:
 
 # ---------------------------------------------------------------------- variants
 Shape = Callable[[list[Interceptor], Any], list[Interceptor]]
-FLOOR, UNUSED = "floor: stages removed", "unused: all stages present"
+FLOOR, UNUSED = "floor: stages removed", "unused: as composed"
 FLOOR_NO_IO, UNUSED_NO_IO = "floor, no I/O", "unused, no I/O"
 
 
@@ -223,6 +231,7 @@ VARIANTS = (
     Variant("default bundle", "default", flows=True),
     Variant(FLOOR_NO_IO, "allow-all", floor, io=False),
     Variant(UNUSED_NO_IO, "allow-all", io=False),
+    Variant("Observe removed, no I/O", "allow-all", no_observe, io=False),
 )
 
 
@@ -235,6 +244,7 @@ class Built:
     chain: CallNext
     upstream: RecordingUpstream
     exporter: Any = None
+    composed: InUsePipeline | None = None
     calls: int = 0
 
 
@@ -257,22 +267,27 @@ def _settings(directory: Path, bundle: Path | None = None, variant: Variant | No
 async def _build(
     stack: AsyncExitStack, variant: Variant, bundle: Path, directory: Path, sink: Any, state: StateStore
 ) -> Built:
+    """The variant's pipeline: the product's composition (``build_pipeline``) ending in a recording upstream; a
+    variant with another shape composes its shape of the stages (the floor: of every stage, the rest: of the ones
+    in use) with ``build_chain``."""
     settings = _settings(directory, bundle, variant)
     engine = await stack.enter_async_context(open_engine(settings, watch=False, run_tests=False))
     exporter = dropping_exporter() if variant.traces else None
     provider = stack.enter_context(open_tracing(settings, exporter=exporter)) if variant.traces else None
     tracer = provider.get_tracer(INSTRUMENTATION) if provider is not None else None
     registry = idle_registry(settings)
-    stages = pipeline_stages(
-        engine=engine, sink=sink, registry=registry, secrets=NO_SECRETS, state=state, tracer=tracer
-    )
     upstream = RecordingUpstream(Outcome(result={"content": [{"type": "text", "text": RESULT_TEXT}], "isError": False}))
-    terminal: CallNext = upstream
-    if tracer is not None:  # as build_pipeline wraps Forward: a CLIENT span around the upstream request
-        from mcp_guard.pipeline.trace import traced_forward
-
-        terminal = traced_forward(upstream, tracer)
-    return Built(variant, engine, build_chain(variant.shape(stages, engine), terminal), upstream, exporter)
+    composed = build_pipeline(
+        engine=engine, sink=sink, registry=registry, secrets=NO_SECRETS, state=state, tracer=tracer, terminal=upstream
+    )
+    chain: CallNext = composed
+    if variant.shape is floor:
+        every = pipeline_stages(engine=engine, sink=sink, registry=registry, secrets=NO_SECRETS, state=state)
+        chain = build_chain(floor(every, engine), upstream)
+    elif variant.shape is not whole:
+        assert tracer is None, "a shaped variant is composed without the tracing stages"
+        chain = build_chain(variant.shape(composed.stages, engine), upstream)
+    return Built(variant, engine, chain, upstream, exporter, composed=composed)
 
 
 def _check(built: Built, outcome: Outcome) -> None:
@@ -303,6 +318,11 @@ async def _used(built: Built, state: StateStore) -> dict[str, Any]:
     shown: dict[str, Any] = {"tracks_flows": FlowUse(built.engine)(), "result_rule": ResultUse(built.engine)()}
     assert shown["tracks_flows"] == built.variant.flows, f"{name}: flow tracking {shown['tracks_flows']}"
     assert shown["result_rule"] == built.variant.redacts, f"{name}: result rule {shown['result_rule']}"
+    if built.composed is not None and built.variant.shape is whole:  # what the composition kept, as claimed
+        kept = [type(s).__name__ for s in built.composed.stages if isinstance(s, OPTIONAL_STAGES)]
+        expected = [n for n, on in (("TrackFlow", built.variant.flows), ("ResultPolicy", built.variant.redacts)) if on]
+        shown["optional_stages"] = kept
+        assert sorted(kept) == sorted([*expected, "Redecide"]), f"{name}: composed with {kept}"
     if built.exporter is not None:
         shown["spans"] = built.exporter.spans
         assert built.exporter.spans >= built.calls * 10, f"{name}: {built.exporter.spans} spans"
@@ -367,15 +387,15 @@ CORE_HANDLERS = "EnforceObligations, core handlers"
 
 def _alone_items(built: Built, inner: CallContext, outcome: Outcome) -> list[tuple[str, CallNext, str]]:
     """(name, chain, what it is compared with): each stage a call can do without, around a terminal that answers
-    at once, as the allow-all bundle leaves it (unused); the usage read and the optional handlers likewise."""
+    at once, as it would cost if it were composed with the allow-all bundle (unused: the composition leaves it
+    out); the usage read and the optional handlers likewise; and the composition's own per-call check."""
 
     async def terminal(_ctx: CallContext) -> Outcome:
         return outcome
 
     state = MemoryState()
-    stages = pipeline_stages(
-        engine=built.engine, sink=NullSink(), registry=idle_upstreams("everything"), secrets=NO_SECRETS, state=state
-    )
+    registry = idle_upstreams("everything")
+    stages = pipeline_stages(engine=built.engine, sink=NullSink(), registry=registry, secrets=NO_SECRETS, state=state)
     enforce = next(s for s in stages if isinstance(s, EnforceObligations))
     usage = usage_source(built.engine, state)
     assert usage is not None, "the embedded engine holds its bundle"
@@ -384,7 +404,8 @@ def _alone_items(built: Built, inner: CallContext, outcome: Outcome) -> list[tup
         await usage.usage(ctx)
         return outcome
 
-    items: list[tuple[str, CallNext, str]] = [(ALONE, terminal, ALONE)]
+    check = InUsePipeline([], terminal, engine=built.engine, exchangers=registry)  # only its per-call check
+    items: list[tuple[str, CallNext, str]] = [(ALONE, terminal, ALONE), ("the in-use check", check, ALONE)]
     items += [(type(s).__name__, build_chain([s], terminal), ALONE) for s in stages if isinstance(s, UNUSED_STAGES)]
     return [
         *items,

@@ -75,7 +75,7 @@ def test_stages_measures_every_variant_and_its_use(report: dict[str, Any]) -> No
     rows = {r["variant"]: r for r in stages["rows"]}
     assert list(rows) == [
         "floor: stages removed",
-        "unused: all stages present",
+        "unused: as composed",
         "Observe removed",
         "rate limit used",
         "flows used",
@@ -84,12 +84,15 @@ def test_stages_measures_every_variant_and_its_use(report: dict[str, Any]) -> No
         "default bundle",
         "floor, no I/O",
         "unused, no I/O",
+        "Observe removed, no I/O",
     ]
     for r in rows.values():
         assert len(r["cpu_us_blocks"]) == stages["blocks"] and r["cpu_us_per_call"] > 0
     assert rows["rate limit used"]["used"]["rate_limit_count"] > 0
     assert rows["flows used"]["used"]["flow_labels"] == ["private"]
     assert rows["traces on"]["used"]["spans"] > 0
+    assert rows["unused: as composed"]["used"]["optional_stages"] == ["Redecide"]  # what the composition left in
+    assert sorted(rows["flows used"]["used"]["optional_stages"]) == ["Redecide", "TrackFlow"]
 
 
 def test_memory_reports_rss(report: dict[str, Any]) -> None:

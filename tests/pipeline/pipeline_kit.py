@@ -1,4 +1,5 @@
-"""The real stage order (pipeline_stages) ending in a RecordingUpstream instead of a live upstream."""
+"""The real pipeline (build_pipeline: the stages in use, in their order) ending in a RecordingUpstream instead of a
+live upstream."""
 
 from __future__ import annotations
 
@@ -9,8 +10,7 @@ import mcp_types as types
 
 from mcp_guard.pipeline.audit import EventSink
 from mcp_guard.pipeline.authorize import Evaluator
-from mcp_guard.pipeline.build import pipeline_stages
-from mcp_guard.pipeline.chain import build_chain
+from mcp_guard.pipeline.build import build_pipeline
 from mcp_guard.pipeline.context import CallContext, CallNext
 from mcp_guard.pipeline.secret_source import NO_SECRETS, SecretSource
 from mcp_guard.settings import Settings, parse_settings
@@ -36,12 +36,17 @@ def pipeline(
     upstream: RecordingUpstream | None = None,
     state: StateStore | None = None,
 ) -> tuple[CallNext, RecordingUpstream]:
-    """``(call, upstream)``: every stage build_pipeline uses, in its order, in front of ``upstream``."""
+    """``(call, upstream)``: the pipeline build_pipeline composes, in front of ``upstream``."""
     up = upstream or RecordingUpstream()
-    stages = pipeline_stages(
-        engine=engine, sink=sink, registry=registry(settings), secrets=secrets, state=state or MemoryState()
+    call = build_pipeline(
+        engine=engine,
+        sink=sink,
+        registry=registry(settings),
+        secrets=secrets,
+        state=state or MemoryState(),
+        terminal=up,
     )
-    return build_chain(stages, up), up
+    return call, up
 
 
 def call_ctx(server: str = "rec", tool: str = "echo", arguments: Mapping[str, Any] | None = None) -> CallContext:

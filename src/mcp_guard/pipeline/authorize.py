@@ -33,6 +33,10 @@ class UsageSource(Protocol):
 
     async def usage(self, ctx: CallContext) -> Mapping[str, int]: ...
 
+    def in_use(self) -> bool:
+        """Whether any call could get a usage now (False: every call's ``context.usage`` would be ``{}``)."""
+        ...
+
 
 def policy_input(ctx: CallContext, usage: Mapping[str, int] | None = None) -> PolicyInput:
     return PolicyInput(
@@ -61,6 +65,12 @@ class Authorize:
     def __init__(self, engine: Evaluator, usage: UsageSource | None = None) -> None:
         self._engine = engine
         self._usage = usage
+
+    def as_used(self) -> Authorize:
+        """Without the usage source while it would read nothing for any call (:mod:`mcp_guard.pipeline.in_use`)."""
+        if self._usage is None or self._usage.in_use():
+            return self
+        return Authorize(self._engine, None)
 
     async def __call__(self, ctx: CallContext, call_next: CallNext) -> Outcome:
         try:

@@ -21,7 +21,7 @@ Every request that targets an upstream runs through these stages, outermost firs
 * :class:`~mcp_guard.pipeline.shadow.ShadowPolicy` — asks the ``[policy] shadow_bundle`` candidate the
   question ``Authorize`` asked, after the call, and audits a disagreement (``policy.shadow_diff``); right
   outside Authorize because only the verdict coming back out of it holds the exact input and the policy's own
-  answer for allows and denies alike; never changes the outcome (a pass-through without a candidate).
+  answer for allows and denies alike; never changes the outcome (left out without a candidate).
 * :class:`~mcp_guard.pipeline.authorize.Authorize` — nothing goes further without ``allow: true``; the
   policy input carries ``context.usage`` for the rate-limit keys the bundle declares, read only while the
   decision (or the shadow candidate's) can read it (:class:`~mcp_guard.pipeline.ratelimit.DeclaredUsage`).
@@ -49,10 +49,20 @@ Every request that targets an upstream runs through these stages, outermost firs
 
 Each stage's docstring states what runs inside its ``call_next``; :class:`~mcp_guard.pipeline.context.Outcome`
 documents what comes back out.
+
+**A call runs through the stages in use** (:mod:`mcp_guard.pipeline.in_use`): :func:`pipeline_stages` is every
+stage in the order above, :func:`build_pipeline` composes those in use, in that order, and composes again when
+the loaded bundle or the token-exchange upstreams change. Left out while not in use: ``TrackFlow`` (the bundle
+does not use flows), ``ShadowPolicy`` (no candidate), ``ExchangeToken`` (no ``token_exchange`` upstream),
+``ResultPolicy`` (no result rule, not forced); narrowed: ``Authorize`` without its usage source (no declared
+limit it can read), ``EnforceObligations`` running the ``labels`` handler only for a present key (no flows).
+Always there: the rest, ``Observe`` (metrics are always on) and ``Redecide`` (an input round is known only when
+the upstream answers). Each stage says for itself whether it is in use (its ``as_used()``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from mcp_guard.approvals.base import ApprovalStore
@@ -60,11 +70,11 @@ from mcp_guard.approvals.memory import MemoryApprovals
 from mcp_guard.pipeline.approval import ApprovalObligation
 from mcp_guard.pipeline.audit import EventSink, RecordDecision, RecordOutcome
 from mcp_guard.pipeline.authorize import Authorize, Evaluator, UsageSource
-from mcp_guard.pipeline.chain import build_chain
 from mcp_guard.pipeline.context import CallNext, Interceptor
 from mcp_guard.pipeline.exchange import Exchangers, ExchangeToken, UpstreamScopesObligation
 from mcp_guard.pipeline.flow import FlowUse, LabelsObligation, TrackFlow
 from mcp_guard.pipeline.forward import Forward
+from mcp_guard.pipeline.in_use import InUsePipeline
 from mcp_guard.pipeline.obligations import EnforceObligations, ObligationHandler
 from mcp_guard.pipeline.observe import CallMetrics, Observe
 from mcp_guard.pipeline.pins import PinCheck
@@ -92,6 +102,7 @@ def obligation_handlers(
     *,
     credentials: CredentialCheck | None = None,
     exchangers: Exchangers | None = None,
+    flows: FlowUse | None = None,
 ) -> list[ObligationHandler]:
     """Every obligation mcp-guard enforces, in the order they run; a key not handled here is a deny.
 
@@ -102,7 +113,9 @@ def obligation_handlers(
     ``approval`` (:func:`pipeline_stages` always gives one) parks the call until a person decides: before ``labels``
     and ``rate_limit``, so a call waiting for approval neither labels its flow nor counts against a limit.
     ``upstream_scopes`` (given ``exchangers``) checks the policy's narrowing of a token-exchange upstream's token;
-    the exchange itself is the ``ExchangeToken`` stage's, after every obligation."""
+    the exchange itself is the ``ExchangeToken`` stage's, after every obligation. ``flows`` (the bundle's
+    :class:`~mcp_guard.pipeline.flow.FlowUse`) lets the composed pipeline run ``labels`` only when asked for while
+    the bundle does not use flows; without it ``labels`` runs on every allowed call."""
     approvals = [approval] if approval is not None else []
     scopes = [UpstreamScopesObligation(exchangers)] if exchangers is not None else []
     return [
@@ -110,7 +123,7 @@ def obligation_handlers(
         StepUpObligation(),
         *scopes,
         *approvals,
-        LabelsObligation(state),
+        LabelsObligation(state, flows),
         RateLimitObligation(state),
     ]
 
@@ -143,8 +156,37 @@ def pipeline_stages(
     ``approvals`` is where parked calls wait (the Guard's shared store); without one, in memory.
     ``tracer`` (traces on, mcp_guard.telemetry) adds the tracing stage: see :func:`traced_stages`.
     ``stage_metrics`` (``[telemetry] stage_metrics``) times every stage but ``Observe`` into ``metrics.stages``.
-    ``shadow`` is the ``[policy] shadow_bundle`` candidate (None: none), counted in ``shadow_stats``."""
+    ``shadow`` is the ``[policy] shadow_bundle`` candidate (None: none), counted in ``shadow_stats``.
+
+    Every stage, in use or not: :func:`build_pipeline` composes the ones in use (:mod:`mcp_guard.pipeline.in_use`)."""
     metrics = metrics if metrics is not None else CallMetrics()
+    stages = _stages(
+        engine=engine,
+        sink=sink,
+        registry=registry,
+        secrets=secrets,
+        state=state,
+        metrics=metrics,
+        approvals=approvals,
+        shadow=shadow,
+        shadow_stats=shadow_stats,
+    )
+    return _wrapping(metrics, tracer, stage_metrics)(stages)
+
+
+def _stages(
+    *,
+    engine: Evaluator,
+    sink: EventSink,
+    registry: Registry,
+    secrets: SecretSource,
+    state: StateStore,
+    metrics: CallMetrics,
+    approvals: ApprovalStore | None,
+    shadow: Evaluator | None,
+    shadow_stats: ShadowStats | None,
+) -> list[Interceptor]:
+    """The stages, unwrapped (no timers, no spans), in the module docstring's order."""
     audit = metrics.timed(sink)
     bound = registry.settings.audit.max_arguments_bytes
     approval = ApprovalObligation(
@@ -155,24 +197,37 @@ def pipeline_stages(
         metrics=metrics,
     )
     policy = registry.settings.policy
-    stages: list[Interceptor] = [
+    flows = FlowUse(engine)
+    return [
         Observe(metrics),
         InspectArguments(secrets),
         RecordOutcome(audit, max_arguments_bytes=bound),
-        TrackFlow(state, FlowUse(engine)),
+        TrackFlow(state, flows),
         PinCheck(registry),
         ShadowPolicy(shadow, sink, shadow_stats),
         Authorize(engine, usage_source(engine, state, shadow)),
-        EnforceObligations(obligation_handlers(secrets, state, approval, credentials=registry, exchangers=registry)),
+        EnforceObligations(
+            obligation_handlers(secrets, state, approval, credentials=registry, exchangers=registry, flows=flows)
+        ),
         ExchangeToken(registry),
         RecordDecision(audit, max_arguments_bytes=bound),
         Redecide(engine, audit, secrets, max_arguments_bytes=bound),
         ResultPolicy(engine, state, ResultUse(engine, forced=policy.result_policy), max_bytes=policy.result_max_bytes),
         Redact(secrets),
     ]
-    if stage_metrics:
-        stages = [stages[0], *(metrics.time_stage(s) for s in stages[1:])]
-    return stages if tracer is None else traced_stages(stages, tracer)
+
+
+def _wrapping(
+    metrics: CallMetrics, tracer: Tracer | None, stage_metrics: bool
+) -> Callable[[list[Interceptor]], list[Interceptor]]:
+    """What wraps a stage list: every stage but ``Observe`` timed (``stage_metrics``), then the tracing stages."""
+
+    def wrap(stages: list[Interceptor]) -> list[Interceptor]:
+        if stage_metrics:
+            stages = [stages[0], *(metrics.time_stage(s) for s in stages[1:])]
+        return stages if tracer is None else traced_stages(stages, tracer)
+
+    return wrap
 
 
 def traced_stages(stages: list[Interceptor], tracer: Tracer) -> list[Interceptor]:
@@ -197,11 +252,14 @@ def build_pipeline(
     stage_metrics: bool = False,
     shadow: Evaluator | None = None,
     shadow_stats: ShadowStats | None = None,
-) -> CallNext:
-    """The whole pipeline: :func:`pipeline_stages` ending in :class:`~mcp_guard.pipeline.forward.Forward`
-    (inside a CLIENT span that hands the upstream its trace context, when traces are on)."""
+    terminal: CallNext | None = None,
+) -> InUsePipeline:
+    """The whole pipeline: the stages of :func:`pipeline_stages` that are in use now
+    (:class:`~mcp_guard.pipeline.in_use.InUsePipeline`, recomposed when the bundle or the token-exchange upstreams
+    change) ending in :class:`~mcp_guard.pipeline.forward.Forward` (inside a CLIENT span that hands the upstream
+    its trace context, when traces are on). ``terminal`` replaces Forward (benchmarks: a recording upstream)."""
     metrics = metrics if metrics is not None else CallMetrics()
-    stages = pipeline_stages(
+    stages = _stages(
         engine=engine,
         sink=sink,
         registry=registry,
@@ -209,16 +267,16 @@ def build_pipeline(
         state=state,
         metrics=metrics,
         approvals=approvals,
-        tracer=tracer,
-        stage_metrics=stage_metrics,
         shadow=shadow,
         shadow_stats=shadow_stats,
     )
-    forward: CallNext = Forward(registry)
+    forward: CallNext = terminal if terminal is not None else Forward(registry)
     if stage_metrics:
         forward = metrics.time_forward(forward)
     if tracer is not None:
         from mcp_guard.pipeline.trace import traced_forward
 
         forward = traced_forward(forward, tracer)
-    return build_chain(stages, forward)
+    return InUsePipeline(
+        stages, forward, engine=engine, exchangers=registry, wrap=_wrapping(metrics, tracer, stage_metrics)
+    )

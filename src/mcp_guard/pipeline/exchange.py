@@ -93,6 +93,10 @@ class ExchangeToken:
     def __init__(self, exchangers: Exchangers) -> None:
         self._exchangers = exchangers
 
+    def as_used(self) -> ExchangeToken | None:
+        """Left out of the pipeline while no upstream exchanges tokens (:mod:`mcp_guard.pipeline.in_use`)."""
+        return self if self._exchangers.exchangers else None
+
     async def __call__(self, ctx: CallContext, call_next: CallNext) -> Outcome:
         exchanger = self._exchangers.exchangers.get(ctx.server)
         if exchanger is None:

@@ -58,10 +58,11 @@ appended to the history is only logged (the call was refused anyway).
 
 **Cost.** A bundle that never mentions flows pays nothing: :class:`FlowUse` scans the loaded bundle's
 policies and data once per load for the words ``flow`` or ``labels``; without them no flow is read or
-written. (An over-approximation: a comment mentioning "flow" turns tracking on. A bundle that builds
-the key ``"labels"`` out of pieces is still honoured — the handler records a ``labels`` obligation
-whenever one arrives.) An engine whose bundle mcp-guard does not hold (OPA serving its own policies)
-is assumed to use flows. With flows: one store read before policy (on SQLite usually from memory: the
+written, and the composed pipeline leaves :class:`TrackFlow` out (:mod:`mcp_guard.pipeline.in_use`; the next
+call after a reload that turns flows on has it). (An over-approximation: a comment mentioning "flow" turns
+tracking on. A bundle that builds the key ``"labels"`` out of pieces is still honoured — the handler records a
+``labels`` obligation whenever one arrives.) An engine whose bundle mcp-guard does not hold (OPA serving its
+own policies) is assumed to use flows. With flows: one store read before policy (on SQLite usually from memory: the
 store's flow cache), and the record of an allowed call rides in the call's one state batch; a deny is one
 write after the call.
 """
@@ -191,6 +192,10 @@ class TrackFlow:
         self._store = store
         self._uses = uses
 
+    def as_used(self) -> TrackFlow | None:
+        """Left out of the pipeline while the bundle does not use flows (:mod:`mcp_guard.pipeline.in_use`)."""
+        return self if self._uses() else None
+
     async def __call__(self, ctx: CallContext, call_next: CallNext) -> Outcome:
         if not self._uses():
             return await call_next(ctx)
@@ -256,13 +261,21 @@ class LabelsObligation:
     """The ``labels`` obligation: record the allowed call (and its labels) in its flow, or deny.
 
     ``always``: with the bundle using flows every allowed call is recorded in its flow's history; with
-    it not using them (``ctx.flow`` is None) only a call that carries labels is."""
+    it not using them (``ctx.flow`` is None) only a call that carries labels is — so while ``uses`` (the
+    bundle's :class:`FlowUse`) says no, :meth:`as_used` is a copy that runs only for a ``labels`` key: for an
+    absent one it would let the call through doing nothing."""
 
     name = "labels"
-    always = True
 
-    def __init__(self, store: StateStore) -> None:
+    def __init__(self, store: StateStore, uses: Callable[[], bool] | None = None, *, always: bool = True) -> None:
         self._store = store
+        self._flows = uses
+        self.always = always
+
+    def as_used(self) -> LabelsObligation:
+        """Run on every allowed call while flows are used (or cannot be known), else only when asked for."""
+        always = self._flows is None or self._flows()
+        return self if always == self.always else LabelsObligation(self._store, self._flows, always=always)
 
     async def enforce(self, ctx: CallContext, value: object) -> Refusal | StateWrite | None:
         if value is ABSENT:

@@ -51,7 +51,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from functools import partial
-from typing import Final, Protocol
+from typing import Final, Protocol, runtime_checkable
 
 import structlog
 
@@ -120,6 +120,11 @@ class ObligationHandler(Protocol):
     async def enforce(self, ctx: CallContext, value: object) -> Refusal | StateWrite | Undo | None: ...
 
 
+@runtime_checkable
+class _AsUsed(Protocol):
+    def as_used(self) -> ObligationHandler: ...
+
+
 def invalid(name: str, expected: str, value: object) -> Refusal:
     """The refusal for a malformed obligation value (a policy bug: fail closed and say what was expected)."""
     return Refusal(ReasonCode.OBLIGATION_INVALID, f"obligations.{name} must be {expected}, got {type(value).__name__}")
@@ -136,6 +141,15 @@ class EnforceObligations:
             raise ValueError(f"obligation handlers registered twice: {', '.join(twice)}")
         self._handlers = tuple(handlers)
         self._known = frozenset(h.name for h in handlers)
+
+    def as_used(self) -> EnforceObligations:
+        """The stage with each handler as the current bundle needs it (:mod:`mcp_guard.pipeline.in_use`): a handler
+        may stop running for an absent key (``labels`` without flows). None is ever left out — a key without
+        its handler would become ``obligation_unknown`` — and a key that arrives is handled as before."""
+        handlers = tuple(h.as_used() if isinstance(h, _AsUsed) else h for h in self._handlers)
+        if all(a is b for a, b in zip(handlers, self._handlers, strict=True)):
+            return self
+        return EnforceObligations(handlers)
 
     async def __call__(self, ctx: CallContext, call_next: CallNext) -> Outcome:
         decision = ctx.decision

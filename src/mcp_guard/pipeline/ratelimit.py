@@ -302,6 +302,10 @@ class DeclaredUsage:
                 log.warning("ratelimit.declaration_skipped", problem=problem)
         return self._declarations
 
+    def in_use(self) -> bool:
+        """Whether any call could read a counter: the bundle declares limits and its decision can read usage."""
+        return bool(self.declarations()) and self._reads()
+
     def buckets(self, ctx: CallContext) -> dict[Bucket, str]:
         """The buckets declared for this call, each with the key the policy sees."""
         return {(d.key(ctx), d.window_s): d.key(ctx) for d in self.declarations() if d.applies_to(ctx.action)}

@@ -44,8 +44,8 @@ way, and a rule about them would need its own action name (not part of the contr
 **Cost.** Off unless the loaded bundle mentions ``"tools/result"`` in a policy or data file
 (:class:`ResultUse`, checked once per loaded bundle, so a hot reload turns it on or off), or ``[policy]
 result_policy = true`` (needed when OPA serves policies mcp-guard does not hold: it cannot look). Off, the
-stage is one function call and a comparison per call. On: one more policy evaluation per ``tools/call``,
-plus the redaction when asked for.
+stage is left out of the composed pipeline (:mod:`mcp_guard.pipeline.in_use`): nothing per call. On: one
+more policy evaluation per ``tools/call``, plus the redaction when asked for.
 """
 
 from __future__ import annotations
@@ -263,6 +263,10 @@ class ResultPolicy:
         self._store = store
         self._uses = uses
         self._max_bytes = max_bytes
+
+    def as_used(self) -> ResultPolicy | None:
+        """Left out of the pipeline while results do not go to the policy (:mod:`mcp_guard.pipeline.in_use`)."""
+        return self if self._uses() else None
 
     async def __call__(self, ctx: CallContext, call_next: CallNext) -> Outcome:
         outcome = await call_next(ctx)

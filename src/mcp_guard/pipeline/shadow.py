@@ -15,8 +15,9 @@ the candidate the same question. So:
   without waiting (``record_nowait``): a shadow row must not hold a call up or fail it.
 
 Calls denied before the policy was asked (``tool_changed``, ``state_unavailable``) carry no verdict and
-are not shadowed. With no shadow bundle (``candidate=None``) the stage passes every call through, so the
-stage list never branches on configuration.
+are not shadowed. With no shadow bundle (``candidate=None``) the stage passes every call through, and the
+composed pipeline leaves it out (:mod:`mcp_guard.pipeline.in_use`): the stage list never branches on
+configuration.
 """
 
 from __future__ import annotations
@@ -63,6 +64,10 @@ class ShadowPolicy:
         self.stats = stats if stats is not None else ShadowStats()
         self.stats.enabled = candidate is not None
         self.stats.revision = getattr(candidate, "revision", None)
+
+    def as_used(self) -> ShadowPolicy | None:
+        """Left out of the pipeline without a candidate (:mod:`mcp_guard.pipeline.in_use`)."""
+        return self if self._candidate is not None else None
 
     async def __call__(self, ctx: CallContext, call_next: CallNext) -> Outcome:
         outcome = await call_next(ctx)
