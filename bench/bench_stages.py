@@ -17,9 +17,11 @@ holding a card number, the same for every variant. Variants:
   usage source of Authorize and the ``labels``/``rate_limit``/``upstream_scopes`` obligation handlers. What is
   left: InspectArguments, RecordOutcome, PinCheck, Authorize, EnforceObligations, RecordDecision, Redact.
 * ``unused: as composed`` — the same bundle through the product's composition (``build_pipeline``: the stages
-  and handlers not in use left out, as ``mcp-guard run`` runs it); checked to hold none of the optional stages.
+  and handlers not in use left out, as ``mcp-guard run`` runs it); checked to hold only the optional stages it
+  must always keep.
   Equal to the floor within noise is the claim; what it keeps beyond the floor is Observe (metrics are always
-  on) and Redecide (any allowed call may get an input round).
+  on), ExchangeToken (a reload may add token exchange while a call waits) and Redecide (any allowed call may get
+  an input round).
 * ``Observe removed`` — the composed list without metrics (Observe and the commit timer): metrics are always on.
 * ``rate limit used`` — allow-all plus one declared limit (``limits.rate``: usage read before the policy)
   and its ``rate_limit`` obligation (counted on every call).
@@ -322,7 +324,7 @@ async def _used(built: Built, state: StateStore) -> dict[str, Any]:
         kept = [type(s).__name__ for s in built.composed.stages if isinstance(s, OPTIONAL_STAGES)]
         expected = [n for n, on in (("TrackFlow", built.variant.flows), ("ResultPolicy", built.variant.redacts)) if on]
         shown["optional_stages"] = kept
-        assert sorted(kept) == sorted([*expected, "Redecide"]), f"{name}: composed with {kept}"
+        assert sorted(kept) == sorted([*expected, "ExchangeToken", "Redecide"]), f"{name}: composed with {kept}"
     if built.exporter is not None:
         shown["spans"] = built.exporter.spans
         assert built.exporter.spans >= built.calls * 10, f"{name}: {built.exporter.spans} spans"
@@ -404,7 +406,7 @@ def _alone_items(built: Built, inner: CallContext, outcome: Outcome) -> list[tup
         await usage.usage(ctx)
         return outcome
 
-    check = InUsePipeline([], terminal, engine=built.engine, exchangers=registry)  # only its per-call check
+    check = InUsePipeline([], terminal, engine=built.engine)  # only its per-call check
     items: list[tuple[str, CallNext, str]] = [(ALONE, terminal, ALONE), ("the in-use check", check, ALONE)]
     items += [(type(s).__name__, build_chain([s], terminal), ALONE) for s in stages if isinstance(s, UNUSED_STAGES)]
     return [

@@ -1,5 +1,5 @@
-"""The composed pipeline (mcp_guard.pipeline.in_use): only the stages in use, recomposed when the bundle or the
-token-exchange upstreams change — a reload that turns a feature on takes effect on the next call, one that turns
+"""The composed pipeline (mcp_guard.pipeline.in_use): only the stages in use, recomposed when the bundle
+changes — a reload that turns a feature on takes effect on the next call, one that turns
 it off drops the stage — and, with stages dropped, the same outcomes and audit rows as the whole stage list."""
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
+import anyio
 import httpx2
 import pytest
 from pipeline_kit import SETTINGS, call_ctx, registry
@@ -204,20 +205,48 @@ def _jwt_call(server: str) -> CallContext:
     return replace(ctx, principal=Principal("alice", ("support",), auth=auth))
 
 
-async def test_a_config_reload_that_adds_a_token_exchange_upstream_exchanges_its_next_call() -> None:
-    reg = Registry(SETTINGS, NullListener(), exchanger_for=_exchanger_for)
-    pipe, up = _composed(allow_all(), MemoryState(), reg)
-    assert "ExchangeToken" not in _names(pipe)
+class _Gated:
+    """allow_all(), whose first decision waits until the test opens the gate: a call held inside the pipeline."""
 
-    added = _with_rep(SETTINGS)
-    await reg.reconfigure(added, stop=[], start=["rep"])  # as Guard._apply_config does (no task group: not run)
-    assert not (await pipe(_jwt_call("rep"))).denied
-    (seen,) = up.seen
-    assert seen.upstream_token is not None and seen.upstream_token.audience == AUDIENCE
+    def __init__(self) -> None:
+        self._inner = allow_all()
+        self.waiting = anyio.Event()
+        self.gate = anyio.Event()
+
+    async def evaluate(self, input: Any) -> Any:
+        if not self.gate.is_set():
+            self.waiting.set()
+            await self.gate.wait()
+        return await self._inner.evaluate(input)
+
+
+async def test_a_config_reload_that_adds_a_token_exchange_upstream_exchanges_a_call_already_inside() -> None:
+    """ExchangeToken is composed with no token-exchange upstream at all, so a call that entered the pipeline
+    before the reload (here held at its decision; in the product, parked for approval) still gets the caller's
+    exchanged token — and the next one too."""
+    reg = Registry(SETTINGS, NullListener(), exchanger_for=_exchanger_for)
+    engine = _Gated()
+    up = RecordingUpstream()
+    pipe = build_pipeline(
+        engine=engine, sink=RecordingSink(), registry=reg, secrets=NO_SECRETS, state=MemoryState(), terminal=up
+    )
     assert "ExchangeToken" in _names(pipe)
+    outcomes: list[Outcome] = []
+
+    async def call() -> None:
+        outcomes.append(await pipe(_jwt_call("rep")))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(call)
+        with anyio.fail_after(10):
+            await engine.waiting.wait()  # inside the pipeline, before the stage
+        await reg.reconfigure(_with_rep(SETTINGS), stop=[], start=["rep"])  # as Guard._apply_config does
+        engine.gate.set()
+    assert not outcomes[0].denied
+    assert not (await pipe(_jwt_call("rep"))).denied
+    assert [s.upstream_token.audience if s.upstream_token else None for s in up.seen] == [AUDIENCE, AUDIENCE]
 
     await reg.reconfigure(SETTINGS, stop=["rep"], start=[])
-    assert "ExchangeToken" not in _names(pipe)
     assert not (await pipe(_jwt_call("rec"))).denied
     assert up.seen[-1].upstream_token is None
 
@@ -233,6 +262,7 @@ def test_with_nothing_in_use_only_the_core_stages_are_composed(tmp_path: Path) -
         "PinCheck",
         "Authorize",
         "EnforceObligations",
+        "ExchangeToken",
         "RecordDecision",
         "Redecide",
         "Redact",
@@ -244,7 +274,8 @@ def test_an_engine_whose_bundle_is_not_held_keeps_flows_and_leaves_results_out()
     pipe, _ = _composed(allow_all(), MemoryState())
     names = _names(pipe)
     assert "TrackFlow" in names and "ResultPolicy" not in names
-    assert not any(isinstance(s, ShadowPolicy | ExchangeToken | ResultPolicy) for s in pipe.stages)
+    assert not any(isinstance(s, ShadowPolicy | ResultPolicy) for s in pipe.stages)
+    assert any(isinstance(s, ExchangeToken) for s in pipe.stages)
     enforce = next(s for s in pipe.stages if isinstance(s, EnforceObligations))
     assert next(h for h in enforce._handlers if isinstance(h, LabelsObligation)).always
     assert any(isinstance(s, TrackFlow) for s in pipe.stages)

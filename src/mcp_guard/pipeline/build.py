@@ -52,12 +52,13 @@ documents what comes back out.
 
 **A call runs through the stages in use** (:mod:`mcp_guard.pipeline.in_use`): :func:`pipeline_stages` is every
 stage in the order above, :func:`build_pipeline` composes those in use, in that order, and composes again when
-the loaded bundle or the token-exchange upstreams change. Left out while not in use: ``TrackFlow`` (the bundle
-does not use flows), ``ShadowPolicy`` (no candidate), ``ExchangeToken`` (no ``token_exchange`` upstream),
-``ResultPolicy`` (no result rule, not forced); narrowed: ``Authorize`` without its usage source (no declared
-limit it can read), ``EnforceObligations`` running the ``labels`` handler only for a present key (no flows).
-Always there: the rest, ``Observe`` (metrics are always on) and ``Redecide`` (an input round is known only when
-the upstream answers). Each stage says for itself whether it is in use (its ``as_used()``).
+the loaded bundle changes. Left out while not in use: ``TrackFlow`` (the bundle does not use flows),
+``ShadowPolicy`` (no candidate), ``ResultPolicy`` (no result rule, not forced); narrowed: ``Authorize`` without
+its usage source (no declared limit it can read), ``EnforceObligations`` running the ``labels`` handler only for a
+present key (no flows). Always there: the rest, ``Observe`` (metrics are always on), ``ExchangeToken`` (a config
+reload can add a ``token_exchange`` upstream while a call waits for approval: the stage asks when the call
+reaches it) and ``Redecide`` (an input round is known only when the upstream answers).
+Each stage says for itself whether it is in use (its ``as_used()``).
 """
 
 from __future__ import annotations
@@ -278,5 +279,5 @@ def build_pipeline(
 
         forward = traced_forward(forward, tracer)
     return InUsePipeline(
-        stages, forward, engine=engine, exchangers=registry, wrap=_wrapping(metrics, tracer, stage_metrics)
+        stages, forward, engine=engine, wrap=_wrapping(metrics, tracer, stage_metrics)
     )

@@ -88,14 +88,15 @@ class UpstreamScopesObligation:
 
 class ExchangeToken:
     """Inside ``call_next``: ``RecordDecision`` → … → ``Forward``, given the call's exchanged token (if its upstream
-    exchanges tokens; any other call passes through untouched)."""
+    exchanges tokens; any other call passes through untouched).
+
+    Always composed, even while no upstream exchanges tokens (:mod:`mcp_guard.pipeline.in_use` could leave it out):
+    the question is asked when the call gets here, so a call that entered the pipeline before a config reload made
+    its upstream a ``token_exchange`` one — one parked for approval for minutes, say — is still forwarded with the
+    caller's exchanged token, never with what the upstream was given before. It costs a dict lookup."""
 
     def __init__(self, exchangers: Exchangers) -> None:
         self._exchangers = exchangers
-
-    def as_used(self) -> ExchangeToken | None:
-        """Left out of the pipeline while no upstream exchanges tokens (:mod:`mcp_guard.pipeline.in_use`)."""
-        return self if self._exchangers.exchangers else None
 
     async def __call__(self, ctx: CallContext, call_next: CallNext) -> Outcome:
         exchanger = self._exchangers.exchangers.get(ctx.server)

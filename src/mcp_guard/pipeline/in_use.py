@@ -1,7 +1,7 @@
 """Which stages a call runs through now: only the ones in use, recomposed when what decides that changes.
 
 Several stages are pass-throughs unless a feature is in use (``TrackFlow``: the bundle uses flows;
-``ShadowPolicy``: a ``[policy] shadow_bundle`` candidate; ``ExchangeToken``: an upstream with ``token_exchange``;
+``ShadowPolicy``: a ``[policy] shadow_bundle`` candidate;
 ``ResultPolicy``: the bundle has a ``tools/result`` rule or ``[policy] result_policy`` forces it) or can be
 narrowed (``Authorize`` without its usage source when no declared limit can be read; ``EnforceObligations``
 with the ``labels`` handler not run on every call when the bundle does not use flows). A pass-through is not
@@ -11,7 +11,7 @@ use, and composes it again when that may have changed.
 
 **Each stage answers for itself** (:class:`AsUsed`): ``as_used()`` is the stage as the current bundle and
 upstreams need it — itself, a narrower copy, or None (not needed). The reasons live with the stages (their
-``FlowUse``, ``ResultUse``, ``DeclaredUsage``, the candidate, the exchangers), so this module keeps no list of
+``FlowUse``, ``ResultUse``, ``DeclaredUsage``, the candidate), so this module keeps no list of
 stages or features. A stage without ``as_used`` is always kept as it is.
 
 **What decides, and why a per-call check rather than pushed rebuilds.** Every answer depends only on
@@ -20,26 +20,24 @@ stages or features. A stage without ``as_used`` is always kept as it is.
   (``BundleWatcher.check``: SIGHUP and ``mcp-guard reload``, the watcher's poll, a ``policy rollback`` or
   ``--clear`` pin once the watcher sees it; the embedded engine's ``reload``, OPA's ``install`` with
   ``push_bundle``), and ``FlowUse``, ``ResultUse`` and ``DeclaredUsage`` already key on it;
-* whether any upstream exchanges tokens (``Registry.exchangers``, changed by a config reload that adds,
-  removes or changes a ``token_exchange`` upstream);
 * settings fixed for the Guard's life (the shadow candidate, ``[policy] result_policy``: a config reload
   applies only ``[upstreams]``, ``[principals]`` and ``[secrets]``, :mod:`mcp_guard.config_diff`).
 
-Pushing a rebuild from every path that changes the first two would need a hook in both engines, the watcher
-and the registry — and a path added later without one (or a test swapping a bundle) would leave a stale chain
-silently: a bundle that now reads ``context.flow`` deciding on a missing flow. Checking at each
-call instead costs one property read and two identity compares (``bundle is seen``, ``bool is seen``), and
-cannot miss a path: whoever swapped the bundle or the exchangers, the next call composes anew. The
-composition itself (a few ``as_used()`` calls and ``build_chain``) runs once per change.
+Pushing a rebuild from every path that changes the bundle would need a hook in both engines and the watcher —
+and a path added later without one (or a test swapping a bundle) would leave a stale chain silently: a bundle
+that now reads ``context.flow`` deciding on a missing flow. Checking at each call instead costs one property
+read and an identity compare (``bundle is seen``), and cannot miss a path: whoever swapped the bundle, the next
+call composes anew. The composition itself (a few ``as_used()`` calls and ``build_chain``) runs once per change.
 
 An engine whose bundle mcp-guard does not hold (OPA serving its own policy, test engines) has no bundle to
 watch: its stages answer as they always have (flows assumed used, results assumed absent unless forced; no
 declarations to read usage for), so nothing that engine could need is dropped.
 
 A call keeps the chain it entered: a reload during a call takes effect at the next one, as a stage that
-checked its feature at the call's start already did. (One window widens with that: a config reload that
-turns an upstream into a ``token_exchange`` one while a call to it is past the pipeline's entry but not yet
-forwarded — the call goes out without an exchanged token, as one past ``ExchangeToken`` already could.)
+checked its feature at the call's start already did. ``ExchangeToken`` is therefore not left out at all (a
+config reload can make an upstream a ``token_exchange`` one while a call to it waits, e.g. for approval; the
+stage asks when the call reaches it), nor is ``Redecide`` (whether a call has input rounds is known only when
+its upstream answers).
 """
 
 from __future__ import annotations
@@ -51,7 +49,6 @@ import structlog
 
 from mcp_guard.pipeline.chain import build_chain
 from mcp_guard.pipeline.context import CallContext, CallNext, Interceptor, Outcome
-from mcp_guard.pipeline.exchange import Exchangers
 
 __all__ = ["AsUsed", "InUsePipeline", "stages_in_use"]
 
@@ -85,8 +82,8 @@ def stages_in_use(stages: Sequence[Interceptor]) -> list[Interceptor]:
 
 class InUsePipeline:
     """The pipeline as a ``CallNext``: :func:`stages_in_use` of ``stages``, wrapped by ``wrap`` (stage timers,
-    tracing), ending in ``terminal`` — composed again before a call when the engine's bundle or the
-    exchangers' presence changed (the module docstring says why that is all that can change)."""
+    tracing), ending in ``terminal`` — composed again before a call when the engine's bundle changed (the module
+    docstring says why that is all that can change)."""
 
     def __init__(
         self,
@@ -94,7 +91,6 @@ class InUsePipeline:
         terminal: CallNext,
         *,
         engine: object,
-        exchangers: Exchangers,
         wrap: Callable[[list[Interceptor]], list[Interceptor]] = list,
     ) -> None:
         self._all = tuple(stages)
@@ -102,9 +98,7 @@ class InUsePipeline:
         self._wrap = wrap
         # Asked once: an isinstance against a runtime-checkable Protocol costs microseconds.
         self._holder = engine if isinstance(engine, _HasBundle) else None
-        self._exchangers = exchangers
         self._bundle: object = None
-        self._no_exchange = True
         self._stages: list[Interceptor] = []
         self._chain: CallNext = terminal
         self._compose(logged=False)  # the first composition: flow.tracking and result_policy.enabled say what is on
@@ -124,14 +118,11 @@ class InUsePipeline:
 
     def _stale(self) -> bool:
         holder = self._holder
-        if holder is not None and holder.bundle is not self._bundle:
-            return True
-        return (not self._exchangers.exchangers) is not self._no_exchange
+        return holder is not None and holder.bundle is not self._bundle
 
     def _compose(self, *, logged: bool = True) -> None:
         # What is read first is what the composition answers for: a change after it is seen by the next call.
         self._bundle = self._holder.bundle if self._holder is not None else None
-        self._no_exchange = not self._exchangers.exchangers
         self._stages = stages_in_use(self._all)
         self._chain = build_chain(self._wrap(list(self._stages)), self._terminal)
         if logged:
