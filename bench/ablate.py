@@ -19,6 +19,9 @@ Switches (comma-separated):
 * ``sdk-dispatch``   a 2025-11-25 session's ``tools/call`` goes through the session's SDK dispatcher again (its read
                      loop, a task per request, the write stream and the transport's router) instead of running in
                      its POST's own task (``frontend/direct_call.py``)
+* ``sdk-modern``     a 2026-07-28 ``tools/call`` goes through the SDK's modern entry again (``handle_modern_request``:
+                     a task group, a handler task, a disconnect-watcher task and a memory stream per request)
+                     instead of being answered in its POST's own task (``frontend/modern_direct.py``)
 * ``h11``            the HTTP front parses requests with h11 (pure Python, the front before issue #19's
                      httptools protocol) instead of httptools (C); same slowloris guards and head cap
 * ``uvloop``         the event loop is uvloop's; needs uvloop
@@ -59,6 +62,7 @@ SWITCHES = (
     "sdk-upstream",
     "sse-front",
     "sdk-dispatch",
+    "sdk-modern",
     "h11",
     "uvloop",
     "inline-audit",
@@ -255,6 +259,10 @@ def apply(switches: set[str]) -> None:
         from mcp_guard.frontend.direct_call import DirectCalls
 
         setattr(DirectCalls, "ready", lambda *_args: None)  # noqa: B010 - every request to the SDK's dispatcher
+    if "sdk-modern" in switches:
+        from mcp_guard.frontend.modern_direct import ModernDirect
+
+        setattr(ModernDirect, "takes", lambda *_args: False)  # noqa: B010 - every stateless request to the SDK's entry
     if "h11" in switches:
         import mcp_guard.frontend.http as http_front
         from mcp_guard.frontend.slowloris import guarded_h11
