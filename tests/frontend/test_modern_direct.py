@@ -99,7 +99,11 @@ async def _cases(log: Path) -> tuple[list[tuple[int, str, Any]], list[Any]]:
     )
     sink = RecordingSink()
     answers = []
-    async with running_guard(settings, sink=sink) as guard, http_front(guard) as url, httpx2.AsyncClient(timeout=20) as h:
+    async with (
+        running_guard(settings, sink=sink) as guard,
+        http_front(guard) as url,
+        httpx2.AsyncClient(timeout=20) as h,
+    ):
 
         async def post(body: Any, headers: dict[str, str]) -> httpx2.Response:
             return await h.post(url, content=json.dumps(body), headers=headers)
