@@ -158,6 +158,7 @@ class _Pending:
         self.scope: anyio.CancelScope | None = None
         self.redecide: RedecideFn | None = None  # the admitted call's re-decision (None until it is admitted)
         self.refused = False  # the policy refused a retry's answers: the call is ending, no round is served
+        self.watched = False  # its expiry (InputRequiredBridge._watch) runs: started when it first parks
         self._changed = anyio.Event()
 
     def changed(self) -> anyio.Event:
@@ -383,29 +384,40 @@ class InputRequiredBridge:
 
     # ------------------------------------------------------------------ the background call
     async def _drive(self, pending: _Pending, call: CallContext, run: CallNext) -> None:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(self._watch, pending)
-            with anyio.CancelScope() as scope:
-                pending.scope = scope
-                try:
-                    outcome = await run(call)
-                except Exception as e:  # the pipeline's stages turn failures into outcomes; this is a bug
-                    log.exception("bridge.call_failed", call=pending.id)
-                    outcome = Outcome(
-                        error=types.ErrorData(
-                            code=types.INTERNAL_ERROR, message=f"mcp-guard internal error: {type(e).__name__}"
-                        )
-                    )
-            if scope.cancelled_caught:
+        """Run the call's pipeline once; its outcome is the call's final result.
+
+        Its expiry (:meth:`_watch`) is not started here but when the call first parks (:meth:`_park`): until
+        then a request of the call is being served and there is nothing to expire — and most calls never park,
+        so they cost one task, not a task group and two.
+        """
+        with anyio.CancelScope() as scope:
+            pending.scope = scope
+            try:
+                outcome = await run(call)
+            except Exception as e:  # the pipeline's stages turn failures into outcomes; this is a bug
+                log.exception("bridge.call_failed", call=pending.id)
                 outcome = Outcome(
                     error=types.ErrorData(
-                        code=types.INTERNAL_ERROR,
-                        message="mcp-guard: the call was cancelled after its client stopped answering",
+                        code=types.INTERNAL_ERROR, message=f"mcp-guard internal error: {type(e).__name__}"
                     )
                 )
-            pending.final = outcome
-            pending.fail_asks("mcp-guard: the call ended before the client answered")
-            pending.notify()
+        if scope.cancelled_caught:
+            outcome = Outcome(
+                error=types.ErrorData(
+                    code=types.INTERNAL_ERROR,
+                    message="mcp-guard: the call was cancelled after its client stopped answering",
+                )
+            )
+        pending.final = outcome
+        pending.fail_asks("mcp-guard: the call ended before the client answered")
+        pending.notify()
+
+    def _park(self, pending: _Pending) -> None:
+        """The call waits for its client's next request (a round answered with questions, or its request gone):
+        its expiry runs from now on (started once per call)."""
+        if not pending.watched and self._tg is not None:
+            pending.watched = True
+            self._tg.start_soon(self._watch, pending, name=f"bridge-expiry:{pending.id}")
 
     async def _watch(self, pending: _Pending) -> None:
         """Expire the call if its client does not come back within ``pending_ttl_s`` of its last round."""
@@ -442,6 +454,7 @@ class InputRequiredBridge:
         pending.busy, pending.ctx, pending.deadline = True, ctx, math.inf
         pending.caps = ctx.session.client_capabilities
         pending.notify()
+        finishing = False  # the round returns the call's final result (it is closed next, nothing to expire)
         try:
             with anyio.fail_after(pending.timeout_s + 10):
                 while True:
@@ -457,6 +470,7 @@ class InputRequiredBridge:
                     if pending.askable():
                         break
                     pending.refuse_held()  # only questions the client cannot answer: refuse, wait for more
+            finishing = pending.final is not None
         except TimeoutError:
             raise MCPError(
                 code=types.INTERNAL_ERROR,
@@ -467,6 +481,8 @@ class InputRequiredBridge:
             pending.busy, pending.ctx = False, None
             if not pending.closed:
                 pending.deadline = self._clock() + self.pending_ttl_s
+                if not finishing:
+                    self._park(pending)
             pending.notify()
         if pending.final is not None:
             self._close(pending)
