@@ -141,10 +141,11 @@ class _Ask:
 class _Pending:
     """One bridged logical call: the background pipeline run, its open questions, and its rounds."""
 
-    def __init__(self, call_id: str, principal: str, binding: bytes, timeout_s: float) -> None:
+    def __init__(self, call_id: str, principal: str, call: CallContext, timeout_s: float) -> None:
         self.id = call_id
         self.principal = principal
-        self.binding = binding
+        self._call = call  # what its requestState is bound to (:attr:`binding`)
+        self._binding: bytes | None = None
         self.timeout_s = timeout_s
         self.round = 0  # rounds answered with an InputRequiredResult so far
         self.asks: dict[str, _Ask] = {}  # open (unanswered) questions, in arrival order
@@ -159,17 +160,28 @@ class _Pending:
         self.redecide: RedecideFn | None = None  # the admitted call's re-decision (None until it is admitted)
         self.refused = False  # the policy refused a retry's answers: the call is ending, no round is served
         self.watched = False  # its expiry (InputRequiredBridge._watch) runs: started when it first parks
-        self._changed = anyio.Event()
+        self._changed: anyio.Event | None = None  # made when someone waits for a change (most notices find none)
+
+    @property
+    def binding(self) -> bytes:
+        """The digest its requestState is bound to, computed when first needed: most calls never issue one."""
+        if self._binding is None:
+            self._binding = _binding(self._call)
+        return self._binding
 
     def changed(self) -> anyio.Event:
+        """Set at the next :meth:`notify`."""
+        if self._changed is None:
+            self._changed = anyio.Event()
         return self._changed
 
     def bind(self, redecide: RedecideFn) -> None:
         self.redecide = redecide
 
     def notify(self) -> None:
-        self._changed.set()
-        self._changed = anyio.Event()
+        if self._changed is not None:
+            self._changed.set()
+            self._changed = None
 
     def askable(self) -> list[_Ask]:
         """Open questions the client declared it can answer."""
@@ -271,6 +283,7 @@ class InputRequiredBridge:
         self._clock = clock
         self._tg: TaskGroup | None = None
         self.calls: dict[str, _Pending] = {}
+        self._per_principal: dict[str, int] = {}  # pending calls per principal (max_per_principal)
 
     def attach(self, tg: TaskGroup) -> None:
         """The task group bridged calls run in (the guard's; cancelled on shutdown)."""
@@ -290,16 +303,15 @@ class InputRequiredBridge:
         ``params`` are the request's params (``request_state`` / ``input_responses`` read from them);
         ``run`` is the pipeline. A retry (``request_state`` set) resumes its pending call instead.
         """
-        binding = _binding(call)
         if params.request_state is None:
-            pending = self._start(call, binding, run)
+            pending = self._start(call, run)
         else:
-            pending, answers = self._resume(params.request_state, binding, params.input_responses)
+            pending, answers = self._resume(params.request_state, _binding(call), params.input_responses)
             await self._decide_and_deliver(pending, answers)
         return await self._serve_round(pending, ctx)
 
     # ------------------------------------------------------------------ starting and resuming
-    def _start(self, call: CallContext, binding: bytes, run: CallNext) -> _Pending:
+    def _start(self, call: CallContext, run: CallNext) -> _Pending:
         if self._tg is None:
             raise MCPError(code=types.INTERNAL_ERROR, message="mcp-guard: the input-required bridge is not running")
         if len(self.calls) >= self.max_pending:
@@ -307,13 +319,13 @@ class InputRequiredBridge:
                 code=types.INTERNAL_ERROR,
                 message=f"mcp-guard: too many calls waiting for client input ({self.max_pending}); retry later",
             )
-        if sum(1 for p in self.calls.values() if p.principal == call.principal.id) >= self.max_per_principal:
+        if self._per_principal.get(call.principal.id, 0) >= self.max_per_principal:
             raise MCPError(
                 code=types.INTERNAL_ERROR,
                 message=f"mcp-guard: principal {call.principal.id!r} has {self.max_per_principal} calls "
                 "waiting for input already; answer or abandon some first",
             )
-        pending = _Pending(new_id(), call.principal.id, binding, call.timeout_s or 60.0)
+        pending = _Pending(new_id(), call.principal.id, call, call.timeout_s or 60.0)
         channel = BridgedCallChannel(pending)
         # Progress is relayed when the request that started the call asked for it (a progress token), as on the
         # handshake era: the upstream is asked for progress only then, and a call without it can take the lean
@@ -321,6 +333,7 @@ class InputRequiredBridge:
         progress = channel.progress if call.progress is not None else None
         bridged = dataclasses.replace(call, downstream=channel, progress=progress, on_redecide=pending.bind)
         self.calls[pending.id] = pending
+        self._per_principal[pending.principal] = self._per_principal.get(pending.principal, 0) + 1
         self._tg.start_soon(self._drive, pending, bridged, run, name=f"bridge:{pending.id}")
         return pending
 
@@ -446,7 +459,12 @@ class InputRequiredBridge:
 
     def _close(self, pending: _Pending) -> None:
         pending.closed = True
-        self.calls.pop(pending.id, None)
+        if self.calls.pop(pending.id, None) is not None:
+            left = self._per_principal[pending.principal] - 1
+            if left:
+                self._per_principal[pending.principal] = left
+            else:
+                del self._per_principal[pending.principal]
         pending.notify()
 
     # ------------------------------------------------------------------ rounds
