@@ -20,9 +20,11 @@ import anyio
 import httpx2
 import mcp_types as types
 import pytest
+from mcp.server import _streamable_http_modern
 
 from guard_harness import make_settings, read_log, recorder_upstream, running_guard, wait_for
 from http_harness import http_front
+from mcp_guard.frontend import modern_direct
 from mcp_guard.frontend.modern_direct import ModernDirect
 from mcp_guard.testing import RecordingSink
 from mcp_guard.types import EventKind
@@ -208,3 +210,25 @@ async def test_a_client_that_disconnects_ends_its_round(
     sink = RecordingSink()
     await _hang_then_disconnect(tmp_path / "rec.log", sink)
     assert not sink.of_kind(EventKind.CALL_RESULT)
+
+
+@pytest.mark.parametrize("path", ["direct", "sdk"])
+async def test_a_call_outlasting_the_window_is_an_sse_stream_with_keep_alives(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, path: str
+) -> None:
+    # The window and the keep-alive interval shortened on both paths (the SDK reads its own at each wait).
+    monkeypatch.setattr(modern_direct, "PING_INTERVAL_S", 0.02)
+    monkeypatch.setattr(_streamable_http_modern, "_SSE_PING_INTERVAL", 0.02)
+    if path == "sdk":
+        monkeypatch.setattr(ModernDirect, "takes", lambda *_a: False)
+    settings = make_settings(
+        {"rec": recorder_upstream(tmp_path / "rec.log")},
+        principals={"alice": {"roles": ["support"], "api_key_sha256": hashlib.sha256(KEY.encode()).hexdigest()}},
+    )
+    async with running_guard(settings) as guard, http_front(guard) as url, httpx2.AsyncClient(timeout=20) as http:
+        body, headers = _call(3, "rec__slow", {"seconds": 0.3, "steps": 1})
+        r = await http.post(url, content=json.dumps(body), headers=headers)
+    assert r.status_code == 200 and r.headers["content-type"].split(";")[0] == "text/event-stream"
+    assert ": ping" in r.text  # the keep-alive comment, sent while the call was silent
+    events = [json.loads(line[5:]) for line in r.text.splitlines() if line.startswith("data:")]
+    assert [e["id"] for e in events] == [3] and "result" in events[0]
