@@ -19,6 +19,12 @@ Switches (comma-separated):
 * ``sdk-dispatch``   a 2025-11-25 session's ``tools/call`` goes through the session's SDK dispatcher again (its read
                      loop, a task per request, the write stream and the transport's router) instead of running in
                      its POST's own task (``frontend/direct_call.py``)
+* ``sdk-modern``     a 2026-07-28 ``tools/call`` goes through the SDK's modern entry again (``handle_modern_request``:
+                     a task group, a handler task, a disconnect-watcher task and a memory stream per request)
+                     instead of being answered in its POST's own task (``frontend/modern_direct.py``)
+* ``bridge-watch-task`` every bridged 2026-07-28 call gets its expiry watcher at once (a task group and a second
+                     task per call, as before issue #19's modern work) instead of when it first parks between
+                     InputRequiredResult rounds (``frontend/input_required.py``, ``_park``)
 * ``h11``            the HTTP front parses requests with h11 (pure Python, the front before issue #19's
                      httptools protocol) instead of httptools (C); same slowloris guards and head cap
 * ``uvloop``         the event loop is uvloop's; needs uvloop
@@ -59,6 +65,8 @@ SWITCHES = (
     "sdk-upstream",
     "sse-front",
     "sdk-dispatch",
+    "sdk-modern",
+    "bridge-watch-task",
     "h11",
     "uvloop",
     "inline-audit",
@@ -255,6 +263,24 @@ def apply(switches: set[str]) -> None:
         from mcp_guard.frontend.direct_call import DirectCalls
 
         setattr(DirectCalls, "ready", lambda *_args: None)  # noqa: B010 - every request to the SDK's dispatcher
+    if "sdk-modern" in switches:
+        from mcp_guard.frontend.modern_direct import ModernDirect
+
+        setattr(ModernDirect, "takes", lambda *_args: False)  # noqa: B010 - every stateless request to the SDK's entry
+    if "bridge-watch-task" in switches:
+        import anyio
+
+        from mcp_guard.frontend.input_required import InputRequiredBridge
+
+        lean_drive = InputRequiredBridge._drive
+
+        async def eager_watch(self: Any, pending: Any, call: Any, run: Any) -> None:
+            pending.watched = True
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._watch, pending)
+                await lean_drive(self, pending, call, run)
+
+        setattr(InputRequiredBridge, "_drive", eager_watch)  # noqa: B010 - a monkeypatch, on purpose
     if "h11" in switches:
         import mcp_guard.frontend.http as http_front
         from mcp_guard.frontend.slowloris import guarded_h11

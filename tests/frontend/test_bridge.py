@@ -222,6 +222,40 @@ async def test_questions_asked_together_share_one_round() -> None:
         assert isinstance(final, Outcome) and final.result == _text_result("Ada Hello 1")
 
 
+async def test_the_expiry_watch_starts_when_a_call_first_parks_and_only_then(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A call answered in its first round never starts an expiry watcher (most calls: one task, not three); a call
+    that parks starts one, once, however many rounds it takes."""
+    watched: list[str] = []
+    real = InputRequiredBridge._watch
+
+    async def counted(self: InputRequiredBridge, pending: Any) -> None:
+        watched.append(pending.id)
+        await real(self, pending)
+
+    monkeypatch.setattr(InputRequiredBridge, "_watch", counted)
+
+    async def done(d: BridgedCallChannel) -> dict[str, Any]:
+        return _text_result("done")
+
+    async def two_questions(d: BridgedCallChannel) -> dict[str, Any]:
+        await ELICITATION.ask(d.request, ELICIT)
+        return await ask_name(d)
+
+    async with _bridge() as bridge:
+        await _round(bridge, Runs(done))
+        await anyio.wait_all_tasks_blocked()
+        assert watched == []
+        runs = Runs(two_questions)
+        r1 = await _round(bridge, runs)
+        assert isinstance(r1, dict)
+        r2 = await _round(bridge, runs, state=r1["requestState"], responses={"elicitation-1": ACCEPT})
+        assert isinstance(r2, dict)
+        final = await _round(bridge, runs, state=r2["requestState"], responses={"elicitation-2": ACCEPT})
+        assert isinstance(final, Outcome) and final.result == _text_result("hello Ada")
+        await anyio.wait_all_tasks_blocked()
+        assert len(watched) == 1 and not bridge.calls
+
+
 async def test_sequential_questions_take_one_round_each_with_a_new_state() -> None:
     async def body(d: BridgedCallChannel) -> dict[str, Any]:
         first = await ELICITATION.ask(d.request, ELICIT)

@@ -141,10 +141,11 @@ class _Ask:
 class _Pending:
     """One bridged logical call: the background pipeline run, its open questions, and its rounds."""
 
-    def __init__(self, call_id: str, principal: str, binding: bytes, timeout_s: float) -> None:
+    def __init__(self, call_id: str, principal: str, call: CallContext, timeout_s: float) -> None:
         self.id = call_id
         self.principal = principal
-        self.binding = binding
+        self._call = call  # what its requestState is bound to (:attr:`binding`)
+        self._binding: bytes | None = None
         self.timeout_s = timeout_s
         self.round = 0  # rounds answered with an InputRequiredResult so far
         self.asks: dict[str, _Ask] = {}  # open (unanswered) questions, in arrival order
@@ -158,17 +159,29 @@ class _Pending:
         self.scope: anyio.CancelScope | None = None
         self.redecide: RedecideFn | None = None  # the admitted call's re-decision (None until it is admitted)
         self.refused = False  # the policy refused a retry's answers: the call is ending, no round is served
-        self._changed = anyio.Event()
+        self.watched = False  # its expiry (InputRequiredBridge._watch) runs: started when it first parks
+        self._changed: anyio.Event | None = None  # made when someone waits for a change (most notices find none)
+
+    @property
+    def binding(self) -> bytes:
+        """The digest its requestState is bound to, computed when first needed: most calls never issue one."""
+        if self._binding is None:
+            self._binding = _binding(self._call)
+        return self._binding
 
     def changed(self) -> anyio.Event:
+        """Set at the next :meth:`notify`."""
+        if self._changed is None:
+            self._changed = anyio.Event()
         return self._changed
 
     def bind(self, redecide: RedecideFn) -> None:
         self.redecide = redecide
 
     def notify(self) -> None:
-        self._changed.set()
-        self._changed = anyio.Event()
+        if self._changed is not None:
+            self._changed.set()
+            self._changed = None
 
     def askable(self) -> list[_Ask]:
         """Open questions the client declared it can answer."""
@@ -270,6 +283,7 @@ class InputRequiredBridge:
         self._clock = clock
         self._tg: TaskGroup | None = None
         self.calls: dict[str, _Pending] = {}
+        self._per_principal: dict[str, int] = {}  # pending calls per principal (max_per_principal)
 
     def attach(self, tg: TaskGroup) -> None:
         """The task group bridged calls run in (the guard's; cancelled on shutdown)."""
@@ -289,16 +303,15 @@ class InputRequiredBridge:
         ``params`` are the request's params (``request_state`` / ``input_responses`` read from them);
         ``run`` is the pipeline. A retry (``request_state`` set) resumes its pending call instead.
         """
-        binding = _binding(call)
         if params.request_state is None:
-            pending = self._start(call, binding, run)
+            pending = self._start(call, run)
         else:
-            pending, answers = self._resume(params.request_state, binding, params.input_responses)
+            pending, answers = self._resume(params.request_state, _binding(call), params.input_responses)
             await self._decide_and_deliver(pending, answers)
         return await self._serve_round(pending, ctx)
 
     # ------------------------------------------------------------------ starting and resuming
-    def _start(self, call: CallContext, binding: bytes, run: CallNext) -> _Pending:
+    def _start(self, call: CallContext, run: CallNext) -> _Pending:
         if self._tg is None:
             raise MCPError(code=types.INTERNAL_ERROR, message="mcp-guard: the input-required bridge is not running")
         if len(self.calls) >= self.max_pending:
@@ -306,13 +319,13 @@ class InputRequiredBridge:
                 code=types.INTERNAL_ERROR,
                 message=f"mcp-guard: too many calls waiting for client input ({self.max_pending}); retry later",
             )
-        if sum(1 for p in self.calls.values() if p.principal == call.principal.id) >= self.max_per_principal:
+        if self._per_principal.get(call.principal.id, 0) >= self.max_per_principal:
             raise MCPError(
                 code=types.INTERNAL_ERROR,
                 message=f"mcp-guard: principal {call.principal.id!r} has {self.max_per_principal} calls "
                 "waiting for input already; answer or abandon some first",
             )
-        pending = _Pending(new_id(), call.principal.id, binding, call.timeout_s or 60.0)
+        pending = _Pending(new_id(), call.principal.id, call, call.timeout_s or 60.0)
         channel = BridgedCallChannel(pending)
         # Progress is relayed when the request that started the call asked for it (a progress token), as on the
         # handshake era: the upstream is asked for progress only then, and a call without it can take the lean
@@ -320,6 +333,7 @@ class InputRequiredBridge:
         progress = channel.progress if call.progress is not None else None
         bridged = dataclasses.replace(call, downstream=channel, progress=progress, on_redecide=pending.bind)
         self.calls[pending.id] = pending
+        self._per_principal[pending.principal] = self._per_principal.get(pending.principal, 0) + 1
         self._tg.start_soon(self._drive, pending, bridged, run, name=f"bridge:{pending.id}")
         return pending
 
@@ -383,29 +397,40 @@ class InputRequiredBridge:
 
     # ------------------------------------------------------------------ the background call
     async def _drive(self, pending: _Pending, call: CallContext, run: CallNext) -> None:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(self._watch, pending)
-            with anyio.CancelScope() as scope:
-                pending.scope = scope
-                try:
-                    outcome = await run(call)
-                except Exception as e:  # the pipeline's stages turn failures into outcomes; this is a bug
-                    log.exception("bridge.call_failed", call=pending.id)
-                    outcome = Outcome(
-                        error=types.ErrorData(
-                            code=types.INTERNAL_ERROR, message=f"mcp-guard internal error: {type(e).__name__}"
-                        )
-                    )
-            if scope.cancelled_caught:
+        """Run the call's pipeline once; its outcome is the call's final result.
+
+        Its expiry (:meth:`_watch`) is not started here but when the call first parks (:meth:`_park`): until
+        then a request of the call is being served and there is nothing to expire — and most calls never park,
+        so they cost one task, not a task group and two.
+        """
+        with anyio.CancelScope() as scope:
+            pending.scope = scope
+            try:
+                outcome = await run(call)
+            except Exception as e:  # the pipeline's stages turn failures into outcomes; this is a bug
+                log.exception("bridge.call_failed", call=pending.id)
                 outcome = Outcome(
                     error=types.ErrorData(
-                        code=types.INTERNAL_ERROR,
-                        message="mcp-guard: the call was cancelled after its client stopped answering",
+                        code=types.INTERNAL_ERROR, message=f"mcp-guard internal error: {type(e).__name__}"
                     )
                 )
-            pending.final = outcome
-            pending.fail_asks("mcp-guard: the call ended before the client answered")
-            pending.notify()
+        if scope.cancelled_caught:
+            outcome = Outcome(
+                error=types.ErrorData(
+                    code=types.INTERNAL_ERROR,
+                    message="mcp-guard: the call was cancelled after its client stopped answering",
+                )
+            )
+        pending.final = outcome
+        pending.fail_asks("mcp-guard: the call ended before the client answered")
+        pending.notify()
+
+    def _park(self, pending: _Pending) -> None:
+        """The call waits for its client's next request (a round answered with questions, or its request gone):
+        its expiry runs from now on (started once per call)."""
+        if not pending.watched and self._tg is not None:
+            pending.watched = True
+            self._tg.start_soon(self._watch, pending, name=f"bridge-expiry:{pending.id}")
 
     async def _watch(self, pending: _Pending) -> None:
         """Expire the call if its client does not come back within ``pending_ttl_s`` of its last round."""
@@ -434,7 +459,12 @@ class InputRequiredBridge:
 
     def _close(self, pending: _Pending) -> None:
         pending.closed = True
-        self.calls.pop(pending.id, None)
+        if self.calls.pop(pending.id, None) is not None:
+            left = self._per_principal[pending.principal] - 1
+            if left:
+                self._per_principal[pending.principal] = left
+            else:
+                del self._per_principal[pending.principal]
         pending.notify()
 
     # ------------------------------------------------------------------ rounds
@@ -442,6 +472,7 @@ class InputRequiredBridge:
         pending.busy, pending.ctx, pending.deadline = True, ctx, math.inf
         pending.caps = ctx.session.client_capabilities
         pending.notify()
+        finishing = False  # the round returns the call's final result (it is closed next, nothing to expire)
         try:
             with anyio.fail_after(pending.timeout_s + 10):
                 while True:
@@ -457,6 +488,7 @@ class InputRequiredBridge:
                     if pending.askable():
                         break
                     pending.refuse_held()  # only questions the client cannot answer: refuse, wait for more
+            finishing = pending.final is not None
         except TimeoutError:
             raise MCPError(
                 code=types.INTERNAL_ERROR,
@@ -467,6 +499,8 @@ class InputRequiredBridge:
             pending.busy, pending.ctx = False, None
             if not pending.closed:
                 pending.deadline = self._clock() + self.pending_ttl_s
+                if not finishing:
+                    self._park(pending)
             pending.notify()
         if pending.final is not None:
             self._close(pending)

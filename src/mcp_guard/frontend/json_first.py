@@ -76,6 +76,7 @@ from starlette.requests import Request
 from starlette.types import Receive, Scope, Send
 
 from mcp_guard.frontend.direct_call import DirectCalls, Ready, SessionConnections, Settled, Settlement
+from mcp_guard.frontend.modern_direct import ModernDirect
 
 __all__ = ["JSON_WINDOW_S", "JsonFirstSessionManager", "JsonFirstTransport"]
 
@@ -266,8 +267,9 @@ class JsonFirstSessionManager(StreamableHTTPSessionManager):
     """The SDK's session manager, whose 2025-11-25 sessions get a :class:`JsonFirstTransport`.
 
     Session admission is the SDK's (the same limit, id format and owner binding); only the transport class
-    differs. Stateless (2026-07-28) requests never reach a session transport: the SDK's own transport for them
-    already answers JSON unless the call streams.
+    differs. Stateless (2026-07-28) requests never reach a session transport: the SDK's own entry for them
+    already answers JSON unless the call streams; with ``connections`` (the direct paths on), their
+    ``tools/call`` is answered in its POST's task instead (:mod:`mcp_guard.frontend.modern_direct`).
     """
 
     def __init__(self, app: Server[Any], *, connections: SessionConnections | None = None, **kwargs: Any) -> None:
@@ -275,6 +277,17 @@ class JsonFirstSessionManager(StreamableHTTPSessionManager):
         self._direct = (
             _Direct(DirectCalls(app, connections), lambda: self._lifespan_state) if connections is not None else None
         )
+        self._modern = (
+            ModernDirect(app, self.security_settings, lambda: self._lifespan_state)
+            if connections is not None and not self.json_response
+            else None
+        )
+
+    async def _handle_request(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self._modern is not None and self._task_group is not None and self._modern.takes(scope):
+            await self._modern.handle(scope, receive, send)
+            return
+        await super()._handle_request(scope, receive, send)
 
     def _admit_session(self, requestor: Any) -> StreamableHTTPServerTransport | None:
         if self.max_sessions is not None and len(self._server_instances) >= self.max_sessions:
