@@ -278,6 +278,4 @@ def build_pipeline(
         from mcp_guard.pipeline.trace import traced_forward
 
         forward = traced_forward(forward, tracer)
-    return InUsePipeline(
-        stages, forward, engine=engine, wrap=_wrapping(metrics, tracer, stage_metrics)
-    )
+    return InUsePipeline(stages, forward, engine=engine, wrap=_wrapping(metrics, tracer, stage_metrics))
