@@ -256,9 +256,9 @@ def build_pipeline(
     terminal: CallNext | None = None,
 ) -> InUsePipeline:
     """The whole pipeline: the stages of :func:`pipeline_stages` that are in use now
-    (:class:`~mcp_guard.pipeline.in_use.InUsePipeline`, recomposed when the bundle or the token-exchange upstreams
-    change) ending in :class:`~mcp_guard.pipeline.forward.Forward` (inside a CLIENT span that hands the upstream
-    its trace context, when traces are on). ``terminal`` replaces Forward (benchmarks: a recording upstream)."""
+    (:class:`~mcp_guard.pipeline.in_use.InUsePipeline`, recomposed when the loaded bundle changes) ending in
+    :class:`~mcp_guard.pipeline.forward.Forward` (inside a CLIENT span that hands the upstream its trace context,
+    when traces are on). ``terminal`` replaces Forward (benchmarks: a recording upstream)."""
     metrics = metrics if metrics is not None else CallMetrics()
     stages = _stages(
         engine=engine,
