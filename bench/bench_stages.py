@@ -20,8 +20,9 @@ holding a card number, the same for every variant. Variants:
   and handlers not in use left out, as ``mcp-guard run`` runs it); checked to hold only the optional stages it
   must always keep.
   Equal to the floor within noise is the claim; what it keeps beyond the floor is Observe (metrics are always
-  on), ExchangeToken (a reload may add token exchange while a call waits) and Redecide (any allowed call may get
-  an input round).
+  on) and the stages that ask later in a call: ExchangeToken (a reload may add token exchange while a call
+  waits), ResultPolicy (a result rule may be activated while a call is out) and Redecide (any allowed call may
+  get an input round).
 * ``Observe removed`` — the composed list without metrics (Observe and the commit timer): metrics are always on.
 * ``rate limit used`` — allow-all plus one declared limit (``limits.rate``: usage read before the policy)
   and its ``rate_limit`` obligation (counted on every call).
@@ -322,9 +323,10 @@ async def _used(built: Built, state: StateStore) -> dict[str, Any]:
     assert shown["result_rule"] == built.variant.redacts, f"{name}: result rule {shown['result_rule']}"
     if built.composed is not None and built.variant.shape is whole:  # what the composition kept, as claimed
         kept = [type(s).__name__ for s in built.composed.stages if isinstance(s, OPTIONAL_STAGES)]
-        expected = [n for n, on in (("TrackFlow", built.variant.flows), ("ResultPolicy", built.variant.redacts)) if on]
+        expected = ["TrackFlow"] if built.variant.flows else []
         shown["optional_stages"] = kept
-        assert sorted(kept) == sorted([*expected, "ExchangeToken", "Redecide"]), f"{name}: composed with {kept}"
+        always = ["ExchangeToken", "Redecide", "ResultPolicy"]
+        assert sorted(kept) == sorted([*expected, *always]), f"{name}: composed with {kept}"
     if built.exporter is not None:
         shown["spans"] = built.exporter.spans
         assert built.exporter.spans >= built.calls * 10, f"{name}: {built.exporter.spans} spans"

@@ -91,11 +91,9 @@ def test_stages_measures_every_variant_and_its_use(report: dict[str, Any]) -> No
     assert rows["rate limit used"]["used"]["rate_limit_count"] > 0
     assert rows["flows used"]["used"]["flow_labels"] == ["private"]
     assert rows["traces on"]["used"]["spans"] > 0
-    assert rows["unused: as composed"]["used"]["optional_stages"] == [
-        "ExchangeToken",
-        "Redecide",
-    ]  # what it always keeps
-    assert sorted(rows["flows used"]["used"]["optional_stages"]) == ["ExchangeToken", "Redecide", "TrackFlow"]
+    always = ["ExchangeToken", "Redecide", "ResultPolicy"]  # the stages that ask later in a call: always composed
+    assert rows["unused: as composed"]["used"]["optional_stages"] == always
+    assert sorted(rows["flows used"]["used"]["optional_stages"]) == [*always, "TrackFlow"]
 
 
 def test_memory_reports_rss(report: dict[str, Any]) -> None:

@@ -23,7 +23,6 @@ from mcp_guard.pipeline.exchange import ExchangeToken
 from mcp_guard.pipeline.flow import LabelsObligation, TrackFlow, flow_ref
 from mcp_guard.pipeline.in_use import InUsePipeline
 from mcp_guard.pipeline.obligations import EnforceObligations
-from mcp_guard.pipeline.result_policy import ResultPolicy
 from mcp_guard.pipeline.secret_source import NO_SECRETS
 from mcp_guard.pipeline.shadow import ShadowPolicy
 from mcp_guard.policy.bundle import load_bundle
@@ -97,23 +96,50 @@ async def test_a_reload_that_turns_flows_on_tracks_the_next_call_and_one_that_tu
     assert len(up.seen) == 3
 
 
-async def test_a_reload_that_adds_a_result_rule_judges_the_next_result_and_one_that_removes_it_drops_the_stage(
-    tmp_path: Path,
-) -> None:
-    engine = EmbeddedEngine(load_bundle(_bundle(tmp_path, "allow", ALLOW)))
-    pipe, up = _composed(engine, MemoryState())
-    assert "ResultPolicy" not in _names(pipe)
-    assert not (await pipe(call_ctx())).denied
+class _HeldUpstream(RecordingUpstream):
+    """A recording upstream that holds its first call until the test lets it answer: a call that is out."""
 
-    engine.reload(load_bundle(_bundle(tmp_path, "results", RESULTS)))
+    def __init__(self) -> None:
+        super().__init__()
+        self.out = anyio.Event()
+        self.answer = anyio.Event()
+
+    async def __call__(self, ctx: CallContext) -> Outcome:
+        if not self.answer.is_set():
+            self.out.set()
+            await self.answer.wait()
+        return await super().__call__(ctx)
+
+
+async def test_a_result_rule_activated_while_a_call_is_out_judges_its_result_and_the_next(tmp_path: Path) -> None:
+    """ResultPolicy stays composed with no result rule loaded and asks when the result arrives (as it always did):
+    a bundle with a result rule activated while a call is out withholds that call's result, and the next one's;
+    removed again, results pass."""
+    engine = EmbeddedEngine(load_bundle(_bundle(tmp_path, "allow", ALLOW)))
+    up = _HeldUpstream()
+    pipe = build_pipeline(
+        engine=engine, sink=RecordingSink(), registry=registry(), secrets=NO_SECRETS, state=MemoryState(), terminal=up
+    )
+    assert "ResultPolicy" in _names(pipe)
+    outcomes: list[Outcome] = []
+
+    async def call() -> None:
+        outcomes.append(await pipe(call_ctx()))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(call)
+        with anyio.fail_after(10):
+            await up.out.wait()  # decided under the bundle without a result rule, now at the upstream
+        engine.reload(load_bundle(_bundle(tmp_path, "results", RESULTS)))
+        up.answer.set()
+    (held,) = outcomes
+    assert held.denial is not None and held.denial.code is ReasonCode.RESULT_WITHHELD
     withheld = await pipe(call_ctx())
     assert withheld.denial is not None and withheld.denial.code is ReasonCode.RESULT_WITHHELD
-    assert "ResultPolicy" in _names(pipe)
 
     engine.reload(load_bundle(_bundle(tmp_path, "allow-again", ALLOW)))
     assert not (await pipe(call_ctx())).denied
-    assert "ResultPolicy" not in _names(pipe)
-    assert len(up.seen) == 3  # the withheld call ran too
+    assert len(up.seen) == 3  # the withheld calls ran too
 
 
 USAGE = HEAD + (
@@ -265,6 +291,7 @@ def test_with_nothing_in_use_only_the_core_stages_are_composed(tmp_path: Path) -
         "ExchangeToken",
         "RecordDecision",
         "Redecide",
+        "ResultPolicy",
         "Redact",
     ]
     assert _authorize(pipe)._usage is None  # type: ignore[attr-defined]  # no declared limit: no usage source
@@ -273,8 +300,8 @@ def test_with_nothing_in_use_only_the_core_stages_are_composed(tmp_path: Path) -
 def test_an_engine_whose_bundle_is_not_held_keeps_flows_and_leaves_results_out() -> None:
     pipe, _ = _composed(allow_all(), MemoryState())
     names = _names(pipe)
-    assert "TrackFlow" in names and "ResultPolicy" not in names
-    assert not any(isinstance(s, ShadowPolicy | ResultPolicy) for s in pipe.stages)
+    assert "TrackFlow" in names and "ResultPolicy" in names
+    assert not any(isinstance(s, ShadowPolicy) for s in pipe.stages)
     assert any(isinstance(s, ExchangeToken) for s in pipe.stages)
     enforce = next(s for s in pipe.stages if isinstance(s, EnforceObligations))
     assert next(h for h in enforce._handlers if isinstance(h, LabelsObligation)).always

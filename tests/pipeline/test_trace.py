@@ -31,7 +31,7 @@ TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 CLIENT_SPAN = "00f067aa0ba902b7"
 TRACEPARENT = f"00-{TRACE_ID}-{CLIENT_SPAN}-01"
 # The stages in use with a test engine and no shadow candidate or token-exchange upstream (mcp_guard.pipeline.in_use):
-# flows are assumed used (TrackFlow), results absent (no ResultPolicy); no ShadowPolicy; ExchangeToken always.
+# flows are assumed used (TrackFlow); no ShadowPolicy; ExchangeToken and ResultPolicy always.
 STAGES = [
     "Observe",
     "InspectArguments",
@@ -43,6 +43,7 @@ STAGES = [
     "ExchangeToken",
     "RecordDecision",
     "Redecide",
+    "ResultPolicy",
     "Redact",
 ]
 
@@ -96,7 +97,7 @@ async def test_a_call_is_one_server_span_under_the_clients_context_with_a_span_p
         parent = span
     forward = _by_name(spans, "forward rec")
     assert forward.kind == SpanKind.CLIENT
-    assert not [s for s in spans if s.name in ("ShadowPolicy", "ResultPolicy")]
+    assert not [s for s in spans if s.name == "ShadowPolicy"]
 
     # The upstream was handed the Forward span's context, not the client's.
     (logged,) = read_log(tmp_path / "rec.log")

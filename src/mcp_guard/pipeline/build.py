@@ -53,11 +53,12 @@ documents what comes back out.
 **A call runs through the stages in use** (:mod:`mcp_guard.pipeline.in_use`): :func:`pipeline_stages` is every
 stage in the order above, :func:`build_pipeline` composes those in use, in that order, and composes again when
 the loaded bundle changes. Left out while not in use: ``TrackFlow`` (the bundle does not use flows),
-``ShadowPolicy`` (no candidate), ``ResultPolicy`` (no result rule, not forced); narrowed: ``Authorize`` without
-its usage source (no declared limit it can read), ``EnforceObligations`` running the ``labels`` handler only for a
-present key (no flows). Always there: the rest, ``Observe`` (metrics are always on), ``ExchangeToken`` (a config
-reload can add a ``token_exchange`` upstream while a call waits for approval: the stage asks when the call
-reaches it) and ``Redecide`` (an input round is known only when the upstream answers).
+``ShadowPolicy`` (no candidate); narrowed: ``Authorize`` without its usage source (no declared limit it can read),
+``EnforceObligations`` running the ``labels`` handler only for a present key (no flows) — each decided at the
+call's start, as the stage itself decided. Always there: the rest, ``Observe`` (metrics are always on), and the
+stages that ask later in the call: ``ExchangeToken`` (a config reload can add a ``token_exchange`` upstream while a
+call waits for approval), ``ResultPolicy`` (a result rule activated while a call is out judges its result) and
+``Redecide`` (an input round is known only when the upstream answers).
 Each stage says for itself whether it is in use (its ``as_used()``).
 """
 

@@ -1,17 +1,16 @@
 """Which stages a call runs through now: only the ones in use, recomposed when what decides that changes.
 
 Several stages are pass-throughs unless a feature is in use (``TrackFlow``: the bundle uses flows;
-``ShadowPolicy``: a ``[policy] shadow_bundle`` candidate;
-``ResultPolicy``: the bundle has a ``tools/result`` rule or ``[policy] result_policy`` forces it) or can be
-narrowed (``Authorize`` without its usage source when no declared limit can be read; ``EnforceObligations``
-with the ``labels`` handler not run on every call when the bundle does not use flows). A pass-through is not
-free: every stage is a frame and an awaitable per call. So the pipeline (:class:`InUsePipeline`) composes the
-full stage list (:func:`mcp_guard.pipeline.build.pipeline_stages`, in its documented order) down to what is in
-use, and composes it again when that may have changed.
+``ShadowPolicy``: a ``[policy] shadow_bundle`` candidate) or can be narrowed (``Authorize`` without its usage
+source when no declared limit can be read; ``EnforceObligations`` with the ``labels`` handler not run on every
+call when the bundle does not use flows). A pass-through is not free: every stage is a frame and an awaitable
+per call. So the pipeline (:class:`InUsePipeline`) composes the full stage list
+(:func:`mcp_guard.pipeline.build.pipeline_stages`, in its documented order) down to what is in use, and composes
+it again when that may have changed.
 
 **Each stage answers for itself** (:class:`AsUsed`): ``as_used()`` is the stage as the current bundle and
 upstreams need it — itself, a narrower copy, or None (not needed). The reasons live with the stages (their
-``FlowUse``, ``ResultUse``, ``DeclaredUsage``, the candidate), so this module keeps no list of
+``FlowUse``, ``DeclaredUsage``, the candidate), so this module keeps no list of
 stages or features. A stage without ``as_used`` is always kept as it is.
 
 **What decides, and why a per-call check rather than pushed rebuilds.** Every answer depends only on
@@ -34,10 +33,11 @@ watch: its stages answer as they always have (flows assumed used, results assume
 declarations to read usage for), so nothing that engine could need is dropped.
 
 A call keeps the chain it entered: a reload during a call takes effect at the next one, as a stage that
-checked its feature at the call's start already did. ``ExchangeToken`` is therefore not left out at all (a
-config reload can make an upstream a ``token_exchange`` one while a call to it waits, e.g. for approval; the
-stage asks when the call reaches it), nor is ``Redecide`` (whether a call has input rounds is known only when
-its upstream answers).
+checked its feature at the call's start already did. So only a stage that answers at the call's start may be
+left out; one that asks later stays composed and asks then: ``ExchangeToken`` (a config reload can make an
+upstream a ``token_exchange`` one while a call to it waits, e.g. for approval), ``ResultPolicy`` (a bundle with a
+result rule can be activated while a call is out: its result is judged by it), ``Redecide`` (whether a call has
+input rounds is known only when its upstream answers).
 """
 
 from __future__ import annotations
