@@ -59,7 +59,7 @@ class RawSession:
         self.lines.append(_scrubbed(line))
         return dict(json.loads(line))
 
-    async def answer_of(self, rid: int) -> dict[str, Any]:
+    async def answer_of(self, rid: int | str) -> dict[str, Any]:
         """Read until the answer to ``rid`` (what comes before it is kept in :attr:`lines` too)."""
         while True:
             message = await self.read()
@@ -86,29 +86,31 @@ async def _session(tmp_path: Path, name: str) -> AsyncIterator[Run]:
     log, sink = tmp_path / f"{name}.log", RecordingSink()
     to_server, server_reads = anyio.create_memory_object_stream[SessionMessage](32)
     server_writes, from_server = anyio.create_memory_object_stream[SessionMessage](32)
-    async with running_guard(make_settings({"rec": recorder_upstream(log)}), sink=sink) as guard:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(guard.serve_streams, server_reads, server_writes, "stdio")
-            session = RawSession(to_server, from_server)
-            await session.write(
-                {
-                    "jsonrpc": "2.0",
-                    "id": "init",
-                    "method": "initialize",
-                    "params": {
-                        "protocolVersion": "2025-11-25",
-                        "capabilities": {"sampling": {}},
-                        "clientInfo": {"name": "raw", "version": "1"},
-                    },
-                }
-            )
-            await session.answer_of("init")  # type: ignore[arg-type]
-            await session.write({"jsonrpc": "2.0", "method": "notifications/initialized"})
-            await session.write({"jsonrpc": "2.0", "id": "list", "method": "tools/list"})
-            await session.answer_of("list")  # type: ignore[arg-type]
-            session.lines.clear()
-            yield Run(session, sink, log)
-            tg.cancel_scope.cancel()
+    async with (
+        running_guard(make_settings({"rec": recorder_upstream(log)}), sink=sink) as guard,
+        anyio.create_task_group() as tg,
+    ):
+        tg.start_soon(guard.serve_streams, server_reads, server_writes, "stdio")
+        session = RawSession(to_server, from_server)
+        await session.write(
+            {
+                "jsonrpc": "2.0",
+                "id": "init",
+                "method": "initialize",
+                "params": {
+                    "protocolVersion": "2025-11-25",
+                    "capabilities": {"sampling": {}},
+                    "clientInfo": {"name": "raw", "version": "1"},
+                },
+            }
+        )
+        await session.answer_of("init")
+        await session.write({"jsonrpc": "2.0", "method": "notifications/initialized"})
+        await session.write({"jsonrpc": "2.0", "id": "list", "method": "tools/list"})
+        await session.answer_of("list")
+        session.lines.clear()
+        yield Run(session, sink, log)
+        tg.cancel_scope.cancel()
 
 
 def _rows(sink: RecordingSink) -> list[tuple[Any, ...]]:
@@ -190,7 +192,7 @@ async def test_an_enveloped_call_is_refused_by_the_sdks_legacy_loop(
         await run.session.call(1, "rec__echo", {"text": "x"}, meta=meta)
         await run.session.answer_of(1)
 
-    (lines, _rows_), taken = await _both(tmp_path, monkeypatch, scenario)
+    (lines, _), taken = await _both(tmp_path, monkeypatch, scenario)
     assert taken == []
     assert json.loads(lines[0])["error"]["code"] == -32600  # INVALID_REQUEST
 
@@ -202,7 +204,7 @@ async def test_progress_and_log_lines_come_before_the_answer(tmp_path: Path, mon
         await run.session.call(2, "rec__log", {"level": "warning", "message": "halfway"})
         await run.session.answer_of(2)
 
-    (lines, _rows_), taken = await _both(tmp_path, monkeypatch, scenario)
+    (lines, _), taken = await _both(tmp_path, monkeypatch, scenario)
     assert taken == ["tools/call", "tools/call"]
     methods = [json.loads(line).get("method") for line in lines]
     assert methods == [*["notifications/progress"] * 3, None, "notifications/message", None]
@@ -260,6 +262,6 @@ async def test_a_stream_that_ends_mid_call_answers_connection_closed(
             async for item in run.session.receive:  # nothing more, and the server closes its end
                 run.session.lines.append(_scrubbed(encode_line(item).decode()))
 
-    (lines, _rows_), taken = await _both(tmp_path, monkeypatch, scenario)
+    (lines, _), taken = await _both(tmp_path, monkeypatch, scenario)
     assert taken == ["tools/call"]
     assert [json.loads(line)["error"]["code"] for line in lines] == [types.CONNECTION_CLOSED]
