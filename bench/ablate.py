@@ -19,6 +19,9 @@ Switches (comma-separated):
 * ``sdk-dispatch``   a 2025-11-25 session's ``tools/call`` goes through the session's SDK dispatcher again (its read
                      loop, a task per request, the write stream and the transport's router) instead of running in
                      its POST's own task (``frontend/direct_call.py``)
+* ``sdk-stdio-dispatch`` a stdio session's ``tools/call`` goes through the SDK's era loop again (its relay task and
+                     memory stream, the dispatcher's read loop, an anyio task per request) instead of being started
+                     as its line is read (``frontend/stdio_direct.py``)
 * ``sdk-modern``     a 2026-07-28 ``tools/call`` goes through the SDK's modern entry again (``handle_modern_request``:
                      a task group, a handler task, a disconnect-watcher task and a memory stream per request)
                      instead of being answered in its POST's own task (``frontend/modern_direct.py``)
@@ -65,6 +68,7 @@ SWITCHES = (
     "sdk-upstream",
     "sse-front",
     "sdk-dispatch",
+    "sdk-stdio-dispatch",
     "sdk-modern",
     "bridge-watch-task",
     "h11",
@@ -263,6 +267,10 @@ def apply(switches: set[str]) -> None:
         from mcp_guard.frontend.direct_call import DirectCalls
 
         setattr(DirectCalls, "ready", lambda *_args: None)  # noqa: B010 - every request to the SDK's dispatcher
+    if "sdk-stdio-dispatch" in switches:
+        from mcp_guard.frontend.stdio_direct import StdioDirect
+
+        setattr(StdioDirect, "take", lambda *_args: False)  # noqa: B010 - every message to the SDK's era loop
     if "sdk-modern" in switches:
         from mcp_guard.frontend.modern_direct import ModernDirect
 

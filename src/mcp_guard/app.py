@@ -400,8 +400,23 @@ class Guard:
 
     # ------------------------------------------------------------------ serving
     async def serve_streams(self, read: Any, write: Any, transport: str = "stdio") -> None:
+        """Serve one client over a stream pair: the SDK's ``Server.run`` (its lifespan, then its era loop), with a
+        ``tools/call`` started as it is read (:mod:`mcp_guard.frontend.stdio_direct`)."""
+        from mcp.server.runner import serve_dual_era_loop
+
+        from mcp_guard.frontend.stdio_direct import DirectReads, DirectWrites, StdioDirect
+
         server = self.server(transport)
-        await server.run(read, write, initialization_options(server))
+        writes = DirectWrites(write)
+        async with server.lifespan(server) as lifespan_state:
+            writes.direct = direct = StdioDirect(server, self.sessions, writes, lifespan_state)
+            await serve_dual_era_loop(
+                server,
+                DirectReads(read, direct),
+                writes,
+                lifespan_state=lifespan_state,
+                init_options=initialization_options(server),
+            )
 
     async def serve_stdio(self) -> None:
         from mcp_guard.frontend.stdio import stdio_transport

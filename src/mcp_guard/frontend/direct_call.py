@@ -55,12 +55,21 @@ from mcp.shared.jsonrpc_dispatcher import (
     handler_exception_to_error_data,
     progress_token_from_params,
 )
-from mcp.shared.message import ServerMessageMetadata
+from mcp.shared.message import MessageMetadata, ServerMessageMetadata
 from mcp.shared.transport_context import TransportContext
 from mcp_types import ErrorData, JSONRPCError, JSONRPCRequest, JSONRPCResponse
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
-__all__ = ["DIRECT_METHODS", "DirectCalls", "DirectContext", "Ready", "SessionConnections", "Settled", "Settlement"]
+__all__ = [
+    "DIRECT_METHODS",
+    "DirectCalls",
+    "DirectContext",
+    "Ready",
+    "SessionConnections",
+    "Settled",
+    "Settlement",
+    "Started",
+]
 
 log = structlog.get_logger("mcp_guard.frontend")
 
@@ -155,7 +164,7 @@ class DirectCalls:
     async def run(
         ready: Ready,
         message: JSONRPCRequest,
-        metadata: ServerMessageMetadata,
+        metadata: MessageMetadata,
         scope: anyio.CancelScope,
         on_send: Callable[[], None],
     ) -> Settlement:
@@ -164,9 +173,22 @@ class DirectCalls:
         ``scope`` is the request's cancel scope: the dispatcher cancels it for the client's
         ``notifications/cancelled``, the transport when the session ends.
         """
+        return await DirectCalls.start(ready, message, metadata, scope, on_send).finish()
+
+    @staticmethod
+    def start(
+        ready: Ready,
+        message: JSONRPCRequest,
+        metadata: MessageMetadata,
+        scope: anyio.CancelScope,
+        on_send: Callable[[], None],
+    ) -> Started:
+        """Register ``message`` in the dispatcher's in-flight table now (as the dispatcher does when it reads it,
+        before it reads the next message: a ``notifications/cancelled`` behind it finds it); :meth:`Started.finish`
+        runs it."""
         dispatcher = ready.dispatcher
         dctx = DirectContext(
-            transport=TransportContext(kind="jsonrpc", can_send_request=metadata.can_send_request),
+            transport=TransportContext(kind="jsonrpc", can_send_request=_can_send_request(metadata)),
             _dispatcher=dispatcher,
             _request_id=message.id,
             message_metadata=metadata,
@@ -175,10 +197,26 @@ class DirectCalls:
         )
         key = coerce_request_id(message.id)
         dispatcher._in_flight[key] = _InFlight(scope=scope, dctx=dctx)
+        return Started(ready, message, scope, dctx)
+
+
+@dataclass(slots=True)
+class Started:
+    """A direct request registered in its dispatcher's in-flight table, not yet run."""
+
+    ready: Ready
+    message: JSONRPCRequest
+    scope: anyio.CancelScope
+    dctx: DirectContext
+
+    async def finish(self) -> Settlement:
+        """Run the request to its settlement (the dispatcher's ``_handle_request``, less its writes)."""
+        dispatcher, message, dctx = self.ready.dispatcher, self.message, self.dctx
+        key = coerce_request_id(message.id)
         try:
-            with scope:
+            with self.scope:
                 try:
-                    result = await ready.runner.on_request(dctx, message.method, message.params)
+                    result = await self.ready.runner.on_request(dctx, message.method, message.params)
                 finally:
                     dctx.close()  # the back-channel ends with the handler, as the dispatcher ends it
                     if (entry := dispatcher._in_flight.get(key)) is not None and entry.dctx is dctx:
@@ -191,6 +229,12 @@ class DirectCalls:
         if dctx.cancel_requested.is_set():
             return Settlement(Settled.UNANSWERED)
         return Settlement(Settled.CLOSED)  # the scope was cancelled, and not by the client: the session ended
+
+
+def _can_send_request(metadata: MessageMetadata) -> bool:
+    """Whether the request's transport has room for a request to the client: the SDK's default transport builder's
+    rule (a duplex pipe unless the transport's metadata says otherwise)."""
+    return metadata.can_send_request if isinstance(metadata, ServerMessageMetadata) else True
 
 
 def _error_of(e: Exception) -> ErrorData:
