@@ -1,0 +1,34 @@
+"""The side-by-side benches run to the end with every call answered: bench_trees.py (the repo against itself, stdio
+and HTTP), bench_modern_plumbing.py and bench_stdio_plumbing.py (both paths, in-process). No timing is asserted
+(speed is shown by the benches); each checks its own calls (``check_result``, the loadgen's error count)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _run(*argv: str) -> str:
+    proc = subprocess.run([sys.executable, *argv], cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+def test_trees_stdio_compares_two_trees_block_by_block() -> None:
+    out = _run("bench/bench_trees.py", ".", ".", "--blocks", "2", "--calls", "20", "--no-save")
+    assert out.count("µs CPU/call") == 2 and "later lower in" in out and "/2" in out, out
+
+
+def test_trees_http_answers_every_call_in_both_trees() -> None:
+    argv = ["bench/bench_trees.py", ".", ".", "--path", "http", "--rounds", "1", "--seconds", "1", "--clients", "4"]
+    out = _run(*argv, "--no-save")
+    summary = [line for line in out.splitlines() if "(medians of the runs)" in line]
+    assert len(summary) == 2 and all(", 0 errors" in line for line in summary), out
+
+
+def test_the_plumbing_benches_run_both_paths() -> None:
+    assert _run("bench/bench_modern_plumbing.py", "--requests", "64", "--blocks", "2").strip()
+    assert _run("bench/bench_stdio_plumbing.py", "--calls", "50", "--blocks", "2").strip()
