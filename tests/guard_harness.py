@@ -29,6 +29,17 @@ TIMEOUT_S = 20.0
 POLL_S = 0.02  # interval of condition polls (always under a deadline)
 
 
+RECORDER_CALLS: list[tuple[str, Any]] = [
+    ("rec__echo", {"text": "plain"}),  # a result
+    ("rec__fail", {}),  # a tool error (isError)
+    ("rec__raise_error", {}),  # the upstream's own JSON-RPC error, passed on
+    ("rec__nope", {}),  # an unknown tool: mcp-guard's deny result
+    ("rec__echo", "not an object"),  # invalid params: the SDK's validation
+]
+"""``tools/call`` cases of the recorder upstream (served as ``rec``) that each end differently: the direct-path tests
+run them on both paths (tests/frontend/test_direct_call.py, test_stdio_direct.py)."""
+
+
 def recorder_upstream(log: Path | None = None, **env: str) -> dict[str, Any]:
     """An [upstreams.*] table that runs the recorder fixture."""
     e = {k: str(v) for k, v in env.items()}

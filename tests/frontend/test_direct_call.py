@@ -19,7 +19,7 @@ import anyio
 import httpx2
 import pytest
 
-from guard_harness import make_settings, read_log, recorder_upstream, running_guard, wait_for
+from guard_harness import RECORDER_CALLS, make_settings, read_log, recorder_upstream, running_guard, wait_for
 from http_harness import counted_direct_runs, http_front, raw_session, sdk_dispatch_only, tools_call_body
 from mcp_guard.testing import RecordingSink
 from mcp_guard.types import EventKind
@@ -53,13 +53,7 @@ def _without_ids(body: dict[str, Any]) -> dict[str, Any]:
 
 
 # What each call is answered on the SDK's path (recorded from it: the direct path must give the same bodies).
-CASES: list[tuple[str, Any]] = [
-    ("rec__echo", {"text": "plain"}),  # a result
-    ("rec__fail", {}),  # a tool error (isError)
-    ("rec__raise_error", {}),  # the upstream's own JSON-RPC error, passed on
-    ("rec__nope", {}),  # an unknown tool: mcp-guard's deny result
-    ("rec__echo", "not an object"),  # invalid params: the SDK's validation
-]
+CASES = RECORDER_CALLS  # one case for each way a call ends
 
 
 async def _answers(log: Path) -> tuple[list[dict[str, Any]], list[str]]:

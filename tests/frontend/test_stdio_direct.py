@@ -24,7 +24,15 @@ import pytest
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from mcp.shared.message import SessionMessage
 
-from guard_harness import TIMEOUT_S, make_settings, read_log, recorder_upstream, running_guard, wait_for
+from guard_harness import (
+    RECORDER_CALLS,
+    TIMEOUT_S,
+    make_settings,
+    read_log,
+    recorder_upstream,
+    running_guard,
+    wait_for,
+)
 from mcp_guard.frontend.stdio_direct import StdioDirect
 from mcp_guard.streams import encode_line
 from mcp_guard.testing import RecordingSink
@@ -158,13 +166,7 @@ async def _both(
     return outcomes[0], taken
 
 
-CASES: list[tuple[str, Any]] = [
-    ("rec__echo", {"text": "plain"}),  # a result
-    ("rec__fail", {}),  # a tool error (isError)
-    ("rec__raise_error", {}),  # the upstream's own JSON-RPC error, passed on
-    ("rec__nope", {}),  # an unknown tool: mcp-guard's deny result
-    ("rec__echo", "not an object"),  # invalid params: the SDK's validation
-]
+CASES = RECORDER_CALLS  # one case for each way a call ends
 
 
 async def test_every_answer_is_the_sdk_paths_answer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
