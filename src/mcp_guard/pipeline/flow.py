@@ -74,7 +74,7 @@ import json
 import re
 from collections.abc import Callable, Mapping
 from functools import partial
-from typing import Any, Final, Literal, Protocol, runtime_checkable
+from typing import Final, Literal
 
 import structlog
 
@@ -82,6 +82,7 @@ from mcp_guard.errors import StateError
 from mcp_guard.frozen import evolve
 from mcp_guard.pipeline.context import CallContext, CallNext, Outcome
 from mcp_guard.pipeline.obligations import ABSENT, Refusal, StateWrite
+from mcp_guard.policy.base import BundleHolder
 from mcp_guard.state.base import FlowCall, FlowFull, FlowRef, OpResult, Record, StateStore
 from mcp_guard.types import Decision, ReasonCode, utc_now
 
@@ -150,12 +151,6 @@ def bundle_uses_flows(files: Mapping[str, str]) -> bool:
     return any(_FLOW_WORDS.search(text) for text in files.values())
 
 
-@runtime_checkable
-class _HasBundle(Protocol):
-    @property
-    def bundle(self) -> Any: ...
-
-
 class FlowUse:
     """Whether calls need their flow: the loaded bundle's :func:`bundle_uses_flows`, re-checked after a reload.
 
@@ -164,7 +159,7 @@ class FlowUse:
 
     def __init__(self, engine: object) -> None:
         # Asked once: an isinstance against a runtime-checkable Protocol costs ~10 µs, and this runs per call.
-        self._engine = engine if isinstance(engine, _HasBundle) else None
+        self._engine = engine if isinstance(engine, BundleHolder) else None
         self._seen: object = None
         self._uses = True
 

@@ -43,12 +43,13 @@ input rounds is known only when its upstream answers).
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import structlog
 
 from mcp_guard.pipeline.chain import build_chain
 from mcp_guard.pipeline.context import CallContext, CallNext, Interceptor, Outcome
+from mcp_guard.policy.base import BundleHolder
 
 __all__ = ["AsUsed", "InUsePipeline", "stages_in_use"]
 
@@ -62,12 +63,6 @@ class AsUsed(Protocol):
     def as_used(self) -> Interceptor | None:
         """The stage as calls need it now: itself, a narrower copy, or None (not needed at all)."""
         ...
-
-
-@runtime_checkable
-class _HasBundle(Protocol):
-    @property
-    def bundle(self) -> Any: ...
 
 
 def stages_in_use(stages: Sequence[Interceptor]) -> list[Interceptor]:
@@ -97,7 +92,7 @@ class InUsePipeline:
         self._terminal = terminal
         self._wrap = wrap
         # Asked once: an isinstance against a runtime-checkable Protocol costs microseconds.
-        self._holder = engine if isinstance(engine, _HasBundle) else None
+        self._holder = engine if isinstance(engine, BundleHolder) else None
         self._bundle: object = None
         self._stages: list[Interceptor] = []
         self._chain: CallNext = terminal

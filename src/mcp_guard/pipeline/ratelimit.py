@@ -56,13 +56,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from functools import partial
-from typing import Any, Final, Protocol, TypeGuard, runtime_checkable
+from typing import Any, Final, TypeGuard
 
 import structlog
 
 from mcp_guard.errors import PolicyError, StateError
 from mcp_guard.pipeline.context import CallContext
 from mcp_guard.pipeline.obligations import Refusal, StateWrite
+from mcp_guard.policy.base import BundleHolder
 from mcp_guard.policy.bundle import Bundle
 from mcp_guard.policy.reads import InputReads, input_reads
 from mcp_guard.state.base import Admission, Admit, Bucket, Limit, OpResult, StateStore, whole_seconds
@@ -214,16 +215,10 @@ def _declaration(d: object) -> RateDeclaration | str:
     return RateDeclaration(name, tuple(by), float(window), tuple(actions))
 
 
-@runtime_checkable
-class _HasBundle(Protocol):
-    @property
-    def bundle(self) -> Any: ...
-
-
 def bundle_data_of(engine: object) -> Callable[[], Mapping[str, Any]] | None:
     """Where the declarations are read: the data of the bundle an embedded engine has loaded (re-read after a
     hot reload), or None for an engine that does not hold its bundle (OPA, test engines)."""
-    if not isinstance(engine, _HasBundle):
+    if not isinstance(engine, BundleHolder):
         return None
 
     def data() -> Mapping[str, Any]:

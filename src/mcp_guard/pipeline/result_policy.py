@@ -53,7 +53,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Final, Protocol, runtime_checkable
+from typing import Any, Final
 
 import structlog
 
@@ -65,6 +65,7 @@ from mcp_guard.pipeline.context import CallContext, CallNext, Outcome, ResultVer
 from mcp_guard.pipeline.flow import flow_ref, parse_labels
 from mcp_guard.pipeline.obligations import Refusal
 from mcp_guard.pipeline.result_redact import RedactSpec, parse_redact, redact_result
+from mcp_guard.policy.base import BundleHolder
 from mcp_guard.state.base import FlowCall, FlowFull, StateStore
 from mcp_guard.types import Decision, PolicyInput, ReasonCode, utc_now
 
@@ -92,12 +93,6 @@ def bundle_uses_results(files: Mapping[str, str]) -> bool:
     return any(RESULT_ACTION in text for text in files.values())
 
 
-@runtime_checkable
-class _HasBundle(Protocol):
-    @property
-    def bundle(self) -> Any: ...
-
-
 class ResultUse:
     """Whether results go to the policy: ``forced`` (``[policy] result_policy``), or the loaded bundle
     mentions ``tools/result`` (:func:`bundle_uses_results`), re-checked when the engine's bundle changes.
@@ -109,7 +104,7 @@ class ResultUse:
 
     def __init__(self, engine: object, *, forced: bool = False) -> None:
         # Checked once: isinstance against a runtime-checkable protocol costs microseconds, too much per call.
-        self._holder = engine if isinstance(engine, _HasBundle) else None
+        self._holder = engine if isinstance(engine, BundleHolder) else None
         self._forced = forced
         self._seen: object = None
         self._uses = False

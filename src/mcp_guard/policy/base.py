@@ -15,6 +15,7 @@ from mcp_guard.types import Decision, PolicyInput, ReasonCode
 
 __all__ = [
     "DENY_OBLIGATIONS",
+    "BundleHolder",
     "EngineHealth",
     "EngineUnavailable",
     "PolicyEngine",
@@ -51,6 +52,17 @@ class RegoEngine(PolicyEngine, Protocol):
     """A :class:`PolicyEngine` that also takes a raw input document (``policy eval``, tests, bench)."""
 
     async def evaluate_document(self, document: Mapping[str, Any]) -> Decision: ...
+
+
+@runtime_checkable
+class BundleHolder(Protocol):
+    """An engine that holds the bundle it evaluates (the embedded engine; OPA fed by ``push_bundle``): ``bundle`` is
+    replaced by a new object on every activation, so what was derived from it is re-derived when it is not the
+    same object. An engine without one (OPA serving its own policies, test engines) cannot be looked into.
+    (``isinstance`` against it costs microseconds: ask once, not per call.)"""
+
+    @property
+    def bundle(self) -> Any: ...
 
 
 @runtime_checkable
