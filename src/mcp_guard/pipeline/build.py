@@ -162,33 +162,6 @@ def pipeline_stages(
 
     Every stage, in use or not: :func:`build_pipeline` composes the ones in use (:mod:`mcp_guard.pipeline.in_use`)."""
     metrics = metrics if metrics is not None else CallMetrics()
-    stages = _stages(
-        engine=engine,
-        sink=sink,
-        registry=registry,
-        secrets=secrets,
-        state=state,
-        metrics=metrics,
-        approvals=approvals,
-        shadow=shadow,
-        shadow_stats=shadow_stats,
-    )
-    return _wrapping(metrics, tracer, stage_metrics)(stages)
-
-
-def _stages(
-    *,
-    engine: Evaluator,
-    sink: EventSink,
-    registry: Registry,
-    secrets: SecretSource,
-    state: StateStore,
-    metrics: CallMetrics,
-    approvals: ApprovalStore | None,
-    shadow: Evaluator | None,
-    shadow_stats: ShadowStats | None,
-) -> list[Interceptor]:
-    """The stages, unwrapped (no timers, no spans), in the module docstring's order."""
     audit = metrics.timed(sink)
     bound = registry.settings.audit.max_arguments_bytes
     approval = ApprovalObligation(
@@ -200,7 +173,7 @@ def _stages(
     )
     policy = registry.settings.policy
     flows = FlowUse(engine)
-    return [
+    stages: list[Interceptor] = [
         Observe(metrics),
         InspectArguments(secrets),
         RecordOutcome(audit, max_arguments_bytes=bound),
@@ -217,6 +190,7 @@ def _stages(
         ResultPolicy(engine, state, ResultUse(engine, forced=policy.result_policy), max_bytes=policy.result_max_bytes),
         Redact(secrets),
     ]
+    return _wrapping(metrics, tracer, stage_metrics)(stages)
 
 
 def _wrapping(
@@ -261,7 +235,8 @@ def build_pipeline(
     :class:`~mcp_guard.pipeline.forward.Forward` (inside a CLIENT span that hands the upstream its trace context,
     when traces are on). ``terminal`` replaces Forward (benchmarks: a recording upstream)."""
     metrics = metrics if metrics is not None else CallMetrics()
-    stages = _stages(
+    # Unwrapped (no tracer, no stage timers): the pipeline wraps what it composes, each time it composes.
+    stages = pipeline_stages(
         engine=engine,
         sink=sink,
         registry=registry,
