@@ -46,6 +46,7 @@ from mcp.server.auth.provider import AccessToken
 from mcp.server.context import ServerRequestContext
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from mcp_guard.frontend.asgi_headers import first_header
 from mcp_guard.frontend.oauth import ResourceServer
 from mcp_guard.frontend.stepup import StepUpGate
 from mcp_guard.frontend.tokens import Rejection, looks_like_jwt
@@ -232,9 +233,7 @@ class BearerAuth:
         if scope["type"] != "http" or not self._guards(scope.get("path", "")):
             await self.app(scope, receive, send)
             return
-        header = next(
-            (v.decode("latin-1") for k, v in scope.get("headers") or [] if k.lower() == b"authorization"), None
-        )
+        header = first_header(scope, b"authorization")
         result = await self.authenticate(header)
         if isinstance(result, Rejection):
             self._on_reject(result, _client(scope))

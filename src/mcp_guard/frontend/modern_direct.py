@@ -93,6 +93,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from mcp_guard.frontend.asgi_headers import first_header
+
 __all__ = ["DIRECT_MODERN_METHODS", "PING_INTERVAL_S", "ModernDirect"]
 
 DIRECT_MODERN_METHODS = frozenset({"tools/call"})
@@ -159,10 +161,6 @@ class _DirectDispatchContext(_SingleExchangeDispatchContext):
         await self.response.event(_sse_event(JSONRPCNotification(jsonrpc="2.0", method=method, params=body)))
 
 
-def _header(scope: Scope, name: bytes) -> str | None:
-    return next((v.decode("latin-1") for k, v in scope["headers"] if k == name), None)
-
-
 class ModernDirect:
     """The direct path of one HTTP front for stateless requests: which it takes, and answering one."""
 
@@ -177,10 +175,10 @@ class ModernDirect:
         """Whether this request is answered here (module docstring); False leaves it to the SDK's modern entry."""
         if scope.get("method") != "POST":
             return False
-        version = _header(scope, _VERSION_HEADER)
+        version = first_header(scope, _VERSION_HEADER)
         if version is None or version in HANDSHAKE_PROTOCOL_VERSIONS:
             return False
-        return _header(scope, _METHOD_HEADER) in DIRECT_MODERN_METHODS
+        return first_header(scope, _METHOD_HEADER) in DIRECT_MODERN_METHODS
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         """``handle_modern_request`` for a POST :meth:`takes` accepted (SSE mode), in this task."""

@@ -47,6 +47,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from mcp_guard import __version__
 from mcp_guard.audit import AuditStats
+from mcp_guard.frontend.asgi_headers import first_header
 from mcp_guard.metrics import CONTENT_TYPE, Page
 from mcp_guard.pipeline.observe import CallMetrics
 from mcp_guard.pipeline.shadow import ShadowStats
@@ -448,13 +449,6 @@ def _host_allowed(host: str | None, allowed: Sequence[str]) -> bool:
     return any(host == p or (p.endswith(":*") and host.startswith(p[:-1])) for p in allowed)
 
 
-def _header(scope: Scope, name: bytes) -> str | None:
-    for k, v in scope.get("headers") or []:
-        if k.lower() == name:
-            return str(v.decode("latin-1"))
-    return None
-
-
 async def _respond(
     send: Send,
     status: int,
@@ -508,7 +502,7 @@ class OpsRoutes:
                 send, 405, b"Method Not Allowed", "text/plain; charset=utf-8", extra=[(b"allow", b"GET, HEAD")]
             )
             return
-        if not _host_allowed(_header(scope, b"host"), self._hosts):
+        if not _host_allowed(first_header(scope, b"host"), self._hosts):
             await _respond(send, 421, b"Invalid Host header", "text/plain; charset=utf-8")
             return
         head = method == "HEAD"
