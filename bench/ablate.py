@@ -141,13 +141,13 @@ def apply(switches: set[str]) -> None:
         import mcp_guard.pipeline.build as build_mod
         from mcp_guard.pipeline.observe import CallMetrics, Observe
 
-        original_stages = build_mod._stages  # what build_pipeline composes from
+        original_stages = build_mod.pipeline_stages  # what build_pipeline composes from
 
         def without_metrics(**kw: Any) -> Any:
             return [s for s in original_stages(**kw) if not isinstance(s, Observe)]
 
         setattr(CallMetrics, "timed", lambda self, sink: sink)  # noqa: B010 - the audit stages get the bare sink
-        setattr(build_mod, "_stages", without_metrics)  # noqa: B010
+        setattr(build_mod, "pipeline_stages", without_metrics)  # noqa: B010
     if "sdk-front" in switches:
         from mcp.server.stdio import stdio_server
 
