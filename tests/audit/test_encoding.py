@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from mcp_guard.audit import events, writer
-from mcp_guard.audit.chain import GENESIS, EncodedJson, chain_rows, json_text
+from mcp_guard.audit.chain import GENESIS, EncodedJson, chain_rows, json_string, json_text
 from mcp_guard.state.base import Flow, FlowCall, FlowHistory, LabelOrigin
 from mcp_guard.types import AuditEvent, Decision, EventKind, PolicyInput, Principal, ReasonCode, SessionInfo, ToolInfo
 
@@ -463,3 +463,58 @@ def test_a_flow_history_cannot_be_changed_and_copies_are_plain_lists() -> None:
             change()
     assert type(copy.deepcopy(history)) is list and copy.deepcopy(history) == history
     assert type(pickle.loads(pickle.dumps(history))) is list
+
+
+def _flow_decision_rows() -> list[AuditEvent]:
+    """Decision rows whose replay input holds a flow history (the spliced ``details``), odd values and all; a few
+    with an obligation keyed ``input_json`` (the splice must step aside) and inputs over the bound."""
+    rng = random.Random(20261202)
+    calls: tuple[FlowCall, ...] = ()
+    rows = []
+    for i in range(300):
+        calls = (*calls, _flow_call(rng, i))[-rng.randint(1, 40) :]
+        decision = _decision(rng)
+        if i % 25 == 0:
+            decision = dataclasses.replace(decision, allow=True, obligations={"x": {events.INPUT_KEY: ""}})
+        document = _policy_document(rng, calls)
+        policy = events.policy_record(document, decision, rng.choice([None, 65536, 65536, 2048]))
+        rows.append(events.call_decision(decision, arguments=_document(rng), policy=policy, **_columns(rng)))
+    return rows
+
+
+FLOW_ROWS = _flow_decision_rows()
+
+
+def test_decision_rows_with_a_flow_are_byte_identical_to_the_old_encoder() -> None:
+    """The spliced ``details`` text and the row body made from its literal (chain.canonical_json_quoted_last) are
+    what encoding the row whole makes: values, body and so the chain hashes; the splice is taken for most rows,
+    and stands aside for an obligation that has the input's key."""
+    mismatched = [i for i, event in enumerate(FLOW_ROWS) if _stored(writer._prepare(event)) != reference_row(event)]
+    assert mismatched == []
+    rows, _ = chain_rows(GENESIS, [writer._prepare(e) for e in FLOW_ROWS])
+    reference, _ = chain_rows(GENESIS, [_as_pending(e) for e in FLOW_ROWS])
+    assert rows == reference
+    spliced = [e for e in FLOW_ROWS if isinstance(e.details, EncodedJson) and e.details.quoted is not None]
+    assert len(spliced) > 200
+    blocked = [e for e in FLOW_ROWS if "x" in e.details.get("obligations", {})]
+    assert blocked and not any(isinstance(e.details, EncodedJson) for e in blocked)
+
+
+def _as_pending(event: AuditEvent) -> writer._Pending:
+    values, body = reference_row(event)
+    return writer._Pending(values=values, body=body, done=None)
+
+
+def _stored(pending: writer._Pending) -> tuple[tuple[Any, ...], bytes]:
+    return pending.values, pending.body
+
+
+def test_a_text_escapes_piece_by_piece() -> None:
+    """What the splice rests on: the JSON string literal of a concatenation is its pieces' literals joined."""
+    pieces = [*_TEXTS, *_ODD, '"', "\\", "\n\t\x01", ""]
+    rng = random.Random(7)
+    for _ in range(200):
+        chosen = rng.sample(pieces, rng.randint(1, 6))
+        whole = json_string("".join(chosen))
+        assert whole == '"' + "".join(json_string(p)[1:-1] for p in chosen) + '"'
+        assert whole == json.dumps("".join(chosen), ensure_ascii=False)

@@ -42,10 +42,12 @@ __all__ = [
     "EncodedJson",
     "RowBody",
     "canonical_json",
+    "canonical_json_quoted_last",
     "chain_rows",
     "clean_text",
     "digest_text",
     "fast_json_text",
+    "json_string",
     "json_text",
     "row_hash",
 ]
@@ -111,6 +113,31 @@ def canonical_json(value: Any) -> bytes:
     return _CANONICAL(value).encode("utf-8")
 
 
+def canonical_json_quoted_last(values: tuple[Any, ...], quoted: str) -> bytes:
+    """``canonical_json(values)`` for a tuple whose last value is a text with the JSON string literal ``quoted``
+    (:func:`json_string` of it, made by whoever built the text — see :class:`EncodedJson`).
+
+    Why: a decision row's ``details`` text is ~7 KB (its replay input, a flow's history) and encoding it into the
+    row body escapes it once more — as long as encoding the whole row. The literal is made from pieces escaped
+    once each instead (:func:`mcp_guard.audit.events.call_decision`); the rest of the row is encoded as ever.
+    The bytes are those of ``canonical_json(values)`` (tests/audit/test_encoding.py compares them)."""
+    assert len(values) >= 2, "a row body has more than one value"
+    head = _CANONICAL(values[:-1])  # "[v1,…,vn-1]": its closing bracket gives way to the last value
+    return f"{head[:-1]},{quoted}]".encode()
+
+
+def _string_quoter() -> Callable[[str], str]:
+    quote = getattr(json.encoder, "c_encode_basestring", None)
+    return quote if quote is not None else json.encoder.py_encode_basestring
+
+
+json_string: Callable[[str], str] = _string_quoter()
+"""The JSON string literal of a text (quotes included), exactly as every canonical encoder here writes a string:
+the same function the encoders call. JSON escapes character by character, so the literal of a concatenation is
+the concatenation of the pieces' literals, quotes aside — what lets a long text be escaped from remembered
+pieces (:func:`canonical_json_quoted_last`)."""
+
+
 def clean_text(text: str) -> str:
     """``text`` made storable: lone surrogates (not encodable as UTF-8) become backslash escapes."""
     try:
@@ -161,17 +188,20 @@ class EncodedJson(dict[str, Any]):
     (:func:`mcp_guard.audit.events.bound_arguments`); the writer takes the same text for the column and the
     hashed body instead of serialising the arguments a second time. :func:`json_text` and
     :func:`fast_json_text` answer :attr:`text` for it, so the stored row is byte-for-byte what they would
-    have made of the object (tests/audit/test_encoding.py compares them).
+    have made of the object (tests/audit/test_encoding.py compares them). A decision row's ``details`` carry
+    their text the same way, and with it :attr:`quoted`, the text's own JSON string literal, which the row body
+    needs (:func:`canonical_json_quoted_last`; made by :func:`mcp_guard.audit.events.call_decision`).
 
     The object is a copy that refuses changes at its top level; nested values are the caller's, and a
     caller must not change them after building it (the row constructors hand it straight to the writer).
     """
 
-    __slots__ = ("text",)
+    __slots__ = ("quoted", "text")
 
-    def __init__(self, value: Mapping[str, Any], text: str) -> None:
+    def __init__(self, value: Mapping[str, Any], text: str, quoted: str | None = None) -> None:
         super().__init__(value)
         self.text = text
+        self.quoted = quoted  # json_string(text) when its maker knew it cheaply, else None
 
     def _refuse(self, *_args: Any, **_kwargs: Any) -> Any:
         raise TypeError("an EncodedJson object cannot be changed (its stored text is made)")
@@ -180,7 +210,7 @@ class EncodedJson(dict[str, Any]):
     clear = pop = popitem = setdefault = update = _refuse
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (EncodedJson, (dict(self), self.text))
+        return (EncodedJson, (dict(self), self.text, self.quoted))
 
 
 def json_text(value: Any) -> str | None:

@@ -15,7 +15,7 @@ import json
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from mcp_guard.audit.chain import EncodedJson, digest_text, json_text
+from mcp_guard.audit.chain import EncodedJson, digest_text, json_string, json_text
 from mcp_guard.state.base import FlowCall, FlowHistory
 from mcp_guard.types import AuditEvent, Decision, EventKind, Principal, SessionInfo, new_id, utc_now
 
@@ -130,7 +130,7 @@ def input_text(document: Mapping[str, Any]) -> str:
     """The canonical JSON text of a policy input ``document`` (:func:`json_text`; ``"{}"`` for nothing).
 
     A flow's history (:class:`~mcp_guard.state.base.FlowHistory`) is spliced in from its calls' texts, each
-    encoded once (:func:`_call_text`), instead of encoded again on every call of the flow. The splice is exact
+    encoded once (:func:`_call_texts`), instead of encoded again on every call of the flow. The splice is exact
     because canonical JSON sorts keys: ``action`` then ``context`` at the top, ``flow`` first in ``context`` and
     ``history`` first in ``flow``, so the document encoded with an empty history begins with a prefix known in
     advance, ending in that ``[]``. Any other shape (or that prefix missing) is encoded whole."""
@@ -140,7 +140,24 @@ def input_text(document: Mapping[str, Any]) -> str:
     return json_text(document) or "{}"
 
 
-def _spliced(document: Mapping[str, Any]) -> str | None:
+class InputText(str):
+    """A replay input's text (:func:`input_text`) spliced from its flow's calls, with the text as it reads inside
+    one JSON string (:attr:`escaped`) and inside two (:attr:`escaped_twice`: the row body holds ``details`` as a
+    string, and ``details`` holds this text as a string).
+
+    Why: made from the calls' remembered pieces at the cost of a join, where escaping the finished ~6 KB text for
+    ``details`` and again for the row body cost as much as encoding the rest of the row twice. The value is the
+    text itself (a ``str`` to every reader); :func:`call_decision` uses the escapes."""
+
+    escaped: str
+    escaped_twice: str
+
+
+def _escaped(text: str) -> str:
+    return json_string(text)[1:-1]
+
+
+def _spliced(document: Mapping[str, Any]) -> InputText | None:
     context = document.get("context")
     flow = context.get("flow") if isinstance(context, dict) else None
     history = flow.get("history") if isinstance(flow, dict) else None
@@ -152,26 +169,58 @@ def _spliced(document: Mapping[str, Any]) -> str | None:
     head = f'{{"action":{json_text(action)},"context":{{"flow":{{"history":[]'
     if not text.startswith(head):
         return None
-    entries = ",".join(_call_text(call, entry) for call, entry in zip(history.calls, history, strict=True))
-    return f"{head[:-1]}{entries}{text[len(head) - 1 :]}"
+    pieces = [_call_texts(call, entry) for call, entry in zip(history.calls, history, strict=True)]
+    texts, escaped, twice = zip(*pieces, strict=True)
+    before, after = head[:-1], text[len(head) - 1 :]
+    spliced = InputText(f"{before}{','.join(texts)}{after}")
+    once_before, once_after = _escaped(before), _escaped(after)
+    spliced.escaped = f"{once_before}{','.join(escaped)}{once_after}"
+    spliced.escaped_twice = f"{_escaped(once_before)}{','.join(twice)}{_escaped(once_after)}"
+    return spliced
 
 
-_CALL_TEXTS: dict[int, tuple[FlowCall, str]] = {}
+_CALL_TEXTS: dict[int, tuple[FlowCall, str, str, str]] = {}
 _CALL_TEXTS_MAX = 8192
 
 
-def _call_text(call: FlowCall, entry: Mapping[str, Any]) -> str:
-    """``json_text(entry)`` for the history entry of ``call``, remembered by the call's identity: a flow keeps its
-    :class:`FlowCall` values (the state store's cache hands the same ones out again), so each is encoded once.
-    The cache holds the call itself, so its id cannot be reused while the entry lives."""
+def _call_texts(call: FlowCall, entry: Mapping[str, Any]) -> tuple[str, str, str]:
+    """``json_text(entry)`` for the history entry of ``call``, and that text escaped once and twice (see
+    :class:`InputText`), remembered by the call's identity: a flow keeps its :class:`FlowCall` values (the state
+    store's cache hands the same ones out again), so each is encoded once. The cache holds the call itself, so its
+    id cannot be reused while the entry lives."""
     hit = _CALL_TEXTS.get(id(call))
     if hit is not None and hit[0] is call:
-        return hit[1]
+        return hit[1:]
     text = json_text(entry) or "null"
+    escaped = _escaped(text)
     if len(_CALL_TEXTS) >= _CALL_TEXTS_MAX:
         _CALL_TEXTS.clear()
-    _CALL_TEXTS[id(call)] = (call, text)
-    return text
+    entry_texts = (text, escaped, _escaped(escaped))
+    _CALL_TEXTS[id(call)] = (call, *entry_texts)
+    return entry_texts
+
+
+_BLANK_INPUT = f'"{INPUT_KEY}":""'
+
+
+def _with_input_text(details: dict[str, Any], text: InputText) -> Mapping[str, Any]:
+    """``details`` (whose ``policy`` record holds ``text``) as an :class:`EncodedJson` carrying its stored text and
+    that text's JSON string literal, both spliced from ``text``'s own escapes (:class:`InputText`) — the row body
+    then takes the literal instead of escaping the whole text again
+    (:func:`mcp_guard.audit.chain.canonical_json_quoted_last`).
+
+    The rest of ``details`` is encoded with the input blanked; its one ``"input_json":""`` is where the text goes.
+    Keys are sorted and every quote inside a string is escaped, so that sequence appears once unless an
+    obligation has the same key — then ``details`` is left as it is, to be encoded whole."""
+    policy = details[POLICY_KEY]
+    around = json_text({**details, POLICY_KEY: {**policy, INPUT_KEY: ""}}) or ""
+    if around.count(_BLANK_INPUT) != 1:
+        return details
+    at = around.index(_BLANK_INPUT) + len(_BLANK_INPUT) - 2  # the blank string's opening quote
+    before, after = around[:at], around[at + 2 :]
+    stored = f'{before}"{text.escaped}"{after}'
+    quoted = f'"{_escaped(before)}\\"{text.escaped_twice}\\"{_escaped(after)}"'
+    return EncodedJson(details, stored, quoted)
 
 
 def recorded_input(record: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -248,6 +297,7 @@ def call_decision(
         details["upstream_protocol"] = upstream_protocol
     if arguments is not None and max_arguments_bytes is not None:
         arguments = _bounded(arguments, max_arguments_bytes)
+    replayed = policy.get(INPUT_KEY) if policy is not None else None
     return AuditEvent(
         kind=EventKind.CALL_DECISION,
         session_id=session_id,
@@ -260,7 +310,7 @@ def call_decision(
         arguments=arguments,
         policy_revision=decision.revision,
         duration_ms=duration_ms,
-        details=details,
+        details=_with_input_text(details, replayed) if type(replayed) is InputText else details,
         event_id=new_id(),
         ts=utc_now(),
     )

@@ -54,7 +54,14 @@ from anyio.abc import TaskStatus
 
 from mcp_guard.audit import schema
 from mcp_guard.audit.backend import AuditBackend, InlineAppend
-from mcp_guard.audit.chain import canonical_json, clean_text, fast_json_text, json_text
+from mcp_guard.audit.chain import (
+    EncodedJson,
+    canonical_json,
+    canonical_json_quoted_last,
+    clean_text,
+    fast_json_text,
+    json_text,
+)
 from mcp_guard.errors import AuditError
 from mcp_guard.types import AuditEvent
 
@@ -189,7 +196,9 @@ def _prepare(event: AuditEvent, done: asyncio.Future[None] | None = None, deadli
         raise AuditError(f"audit event {event.kind!r}: kind, event_id and ts are required")  # not fail a batch
     try:  # the fast path: plain JSON-able values and valid text
         values = _values(event, _same, fast_json_text)
-        body = canonical_json(values)
+        details = event.details
+        quoted = details.quoted if type(details) is EncodedJson else None  # its text's literal, made in pieces
+        body = canonical_json(values) if quoted is None else canonical_json_quoted_last(values, quoted)
     except (ValueError, TypeError):  # NaN/Infinity, lone surrogates, odd keys: record them cleaned up
         values = _values(event, _clean, json_text)
         body = canonical_json(values)

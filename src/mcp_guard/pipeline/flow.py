@@ -69,6 +69,7 @@ write after the call.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -140,8 +141,10 @@ def flow_ref(ctx: CallContext) -> FlowRef:
     return FlowRef(_digest("stateless", ctx.principal.id, client, ctx.correlation_id or ""), ctx.principal.id)
 
 
+@functools.lru_cache(maxsize=4096)
 def _digest(*parts: str) -> str:
-    """An opaque, fixed-length id: the parts cannot be read back or run into each other."""
+    """An opaque, fixed-length id: the parts cannot be read back or run into each other. Remembered for the
+    sessions most recently seen: every call of a flow asks twice (its read and its record), with the same parts."""
     return "f-" + hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:32]
 
 
