@@ -307,6 +307,50 @@ async def test_sqlite_a_one_bucket_usage_read_is_one_statement(tmp_path: Path) -
         await store.aclose()
 
 
+async def test_sqlite_no_operation_leaves_a_read_snapshot_open(tmp_path: Path) -> None:
+    """Every statement runs on one cursor (state/sqlite: SQLiteState._connection), so each must be read to its end:
+    a statement left stepping would hold its snapshot past the operation — stale reads, and a WAL that no
+    checkpoint can reset. After each kind of operation another connection's TRUNCATE checkpoint must find no
+    reader (busy 0)."""
+    path = tmp_path / "s.db"
+    store = SQLiteState(path, flows=BOUNDS)
+    await store.start()
+    other = sqlite3.connect(path, timeout=0, isolation_level=None)
+    other.execute("CREATE TABLE scratch (x)")
+
+    def no_reader() -> None:
+        other.execute("INSERT INTO scratch VALUES (1)")  # a frame no snapshot of the store's can have seen
+        assert other.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0] == 0
+
+    try:
+        no_reader()
+        ticket = await store.record_call(F1, call("d0", "x"))  # a fresh flow: read, then written
+        no_reader()
+        await store.flow(FlowRef("f-2", "alice").id)  # not in the cache: read from the file
+        no_reader()
+        await store.flow(F1.id)  # the foreign write emptied the cache: read, cached again
+        hits = store.stats["flow_hits"]
+        await store.flow(F1.id)  # from the cache, after data_version
+        assert store.stats["flow_hits"] == hits + 1
+        no_reader()
+        admitted = await store.admit([ONE])
+        no_reader()
+        assert not (await store.apply([Record(F1, call("d1")), Admit((ONE,))])).committed  # refused: ROLLBACK
+        no_reader()
+        assert await store.usage([BUCKET]) == {BUCKET: 1}
+        no_reader()
+        assert await store.usage([BUCKET, ("j", 60.0)]) == {BUCKET: 1, ("j", 60.0): 0}
+        no_reader()
+        assert isinstance(ticket, FlowTicket) and admitted.ticket is not None
+        await store.apply([Release(admitted.ticket)])
+        no_reader()
+        await store.unrecord_call(ticket)
+        no_reader()
+    finally:
+        other.close()
+        await store.aclose()
+
+
 @pytest.mark.parametrize("backend", ["sqlite", "postgres"])
 async def test_two_stores_racing_batches_never_pass_the_limit(
     backend: str, tmp_path: Path, request: pytest.FixtureRequest

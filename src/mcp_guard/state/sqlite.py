@@ -200,7 +200,7 @@ class _FlowCache:
         self._entries: OrderedDict[str, _CachedFlow] = OrderedDict()
         self._version: int | None = None
 
-    def get(self, db: sqlite3.Connection, flow_id: str) -> _CachedFlow | None:
+    def get(self, db: sqlite3.Cursor, flow_id: str) -> _CachedFlow | None:
         if self._size <= 0:
             return None
         version = int(db.execute("PRAGMA data_version").fetchone()[0])
@@ -243,12 +243,14 @@ class SQLiteState:
         flow_cache: int = FLOW_CACHE_SIZE,
     ) -> None:
         self.path = Path(path)
+        self._file = str(self.path)  # what os.stat is given before every operation (no Path → str each time)
         self.timeout_s = timeout_s
         self._clock = clock
         self.bounds = flows or FlowBounds()
         self._purged = 0.0
         self._lock = threading.Lock()
         self._db: sqlite3.Connection | None = None
+        self._cur: sqlite3.Cursor | None = None  # the one cursor every operation runs its statements on
         self._ident: tuple[int, int] | None = None
         self._busy_ms = -1  # the connection's busy_timeout as last set (-1: unknown)
         self._inline = inline  # False: every operation in the worker thread (tests of the thread path)
@@ -269,13 +271,17 @@ class SQLiteState:
     def _close(self) -> None:
         if self._db is not None:
             self._db.close()
-        self._db, self._ident, self._busy_ms = None, None, -1
+        self._db, self._cur, self._ident, self._busy_ms = None, None, None, -1
         self._flows.clear()
 
-    def _connection(self) -> sqlite3.Connection:
-        """The open connection, re-opened if the path no longer names the file it has open."""
-        if self._db is not None and self._ident == _identity(self.path):
-            return self._db
+    def _connection(self) -> sqlite3.Cursor:
+        """The open connection's cursor, re-opened if the path no longer names the file it has open.
+
+        One cursor for every statement: ``Connection.execute`` makes (and registers) a new cursor per statement.
+        Every statement's rows are read to the end (one row, ``fetchall``, or iterated out) before the next is
+        run, so sharing it never holds a read snapshot open past the statement."""
+        if self._cur is not None and self._ident == _identity(self._file):
+            return self._cur
         self._close()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -288,11 +294,11 @@ class SQLiteState:
         except BaseException:
             db.close()
             raise
-        self._db, self._ident = db, _identity(self.path)
-        return db
+        self._db, self._cur, self._ident = db, db.cursor(), _identity(self._file)
+        return self._cur
 
     # ------------------------------------------------------------------ running one operation
-    async def _run(self, op: Callable[[sqlite3.Connection, float], _T], what: str) -> _T:
+    async def _run(self, op: Callable[[sqlite3.Cursor, float], _T], what: _Said) -> _T:
         """``op`` inline when it can finish without waiting, else in the worker thread (bounded by ``timeout_s``).
 
         Every CHECKPOINT_EVERY operations one runs in the thread, and the checkpoint after it. An attempt that
@@ -325,9 +331,9 @@ class SQLiteState:
                 return await self._in_thread(op, what)
         except TimeoutError:
             cause = f"no answer within {self.timeout_s * 1000:.0f} ms"
-            raise StateError(f"the state store {self.path} cannot {what}: {cause}", cause=cause) from None
+            raise StateError(f"the state store {self.path} cannot {_said(what)}: {cause}", cause=cause) from None
 
-    async def _in_thread(self, op: Callable[[sqlite3.Connection, float], _T], what: str) -> _T:
+    async def _in_thread(self, op: Callable[[sqlite3.Cursor, float], _T], what: _Said) -> _T:
         """``op`` in the worker thread (:meth:`_locked`); inline attempts meanwhile wait for it (:meth:`_run`)."""
         done = self._thread_done = anyio.Event()
         try:
@@ -338,7 +344,7 @@ class SQLiteState:
             if self._thread_done is done:
                 self._thread_done = None
 
-    def _try_inline(self, op: Callable[[sqlite3.Connection, float], _T], what: str) -> _T | _Wait:
+    def _try_inline(self, op: Callable[[sqlite3.Cursor, float], _T], what: _Said) -> _T | _Wait:
         """Run ``op`` on the event loop if it can finish without waiting: its value; else :data:`_WAIT`
         with nothing changed, and the caller runs it in the worker thread.
 
@@ -348,8 +354,8 @@ class SQLiteState:
         if not self._lock.acquire(blocking=False):
             return _HELD
         try:
-            db = self._db
-            if db is None or self._ident != _identity(self.path):
+            db = self._cur
+            if db is None or self._ident != _identity(self._file):
                 return _WAIT
             if self._busy_ms != 0:
                 db.execute("PRAGMA busy_timeout = 0")
@@ -359,7 +365,7 @@ class SQLiteState:
             except sqlite3.OperationalError as e:
                 if (getattr(e, "sqlite_errorcode", 0) & 0xFF) not in _BUSY_CODES:
                     raise
-                if db.in_transaction:
+                if db.connection.in_transaction:
                     db.execute("ROLLBACK")
                 self.stats["busy"] += 1
                 return _WAIT
@@ -368,15 +374,15 @@ class SQLiteState:
             return value
         except _Expired:
             cause = f"no answer within {self.timeout_s * 1000:.0f} ms"
-            raise StateError(f"the state store {self.path} cannot {what}: {cause}", cause=cause) from None
+            raise StateError(f"the state store {self.path} cannot {_said(what)}: {cause}", cause=cause) from None
         except (sqlite3.Error, OSError) as e:
             raise self._failed(e, what) from e
         finally:
             self._lock.release()
 
-    def _locked(self, op: Callable[[sqlite3.Connection, float], _T], deadline: float, what: str) -> _T:
+    def _locked(self, op: Callable[[sqlite3.Cursor, float], _T], deadline: float, what: _Said) -> _T:
         if not self._lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
-            raise StateError(f"the state store {self.path} cannot {what}: busy", cause="busy")
+            raise StateError(f"the state store {self.path} cannot {_said(what)}: busy", cause="busy")
         try:
             db = self._connection()
             self._busy_ms = max(1, int((deadline - time.monotonic()) * 1000))
@@ -387,13 +393,13 @@ class SQLiteState:
             return value
         except _Expired:
             cause = f"no answer within {self.timeout_s * 1000:.0f} ms"
-            raise StateError(f"the state store {self.path} cannot {what}: {cause}", cause=cause) from None
+            raise StateError(f"the state store {self.path} cannot {_said(what)}: {cause}", cause=cause) from None
         except (sqlite3.Error, OSError) as e:
             raise self._failed(e, what) from e
         finally:
             self._lock.release()
 
-    def _checkpoint(self, db: sqlite3.Connection) -> None:
+    def _checkpoint(self, db: sqlite3.Cursor) -> None:
         """Every CHECKPOINT_EVERY operations (in the thread, after an operation): copy the WAL back into the
         file. PASSIVE: it never waits for readers or writers; a failure only lets the WAL grow until the next."""
         self._since_checkpoint += 1
@@ -406,10 +412,10 @@ class SQLiteState:
         except sqlite3.Error as e:
             log.warning("state.checkpoint_failed", path=str(self.path), error=str(e))
 
-    def _failed(self, e: sqlite3.Error | OSError, what: str) -> StateError:
+    def _failed(self, e: sqlite3.Error | OSError, what: _Said) -> StateError:
         self._close()  # re-open next time: the file may have been repaired or replaced
         cause = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
-        return StateError(f"the state store {self.path} cannot {what}: {e}", cause=cause)
+        return StateError(f"the state store {self.path} cannot {_said(what)}: {e}", cause=cause)
 
     # ------------------------------------------------------------------ writes: one batch, one transaction
     async def apply(self, ops: Sequence[StateOp]) -> Applied:
@@ -420,7 +426,7 @@ class SQLiteState:
         if not ops:
             return Applied(())
 
-        def op(db: sqlite3.Connection, deadline: float) -> Applied:
+        def op(db: sqlite3.Cursor, deadline: float) -> Applied:
             results: list[OpResult] = []
             committed: list[Callable[[], None]] = []  # cache updates, run once the batch has committed
             with _immediate(db, deadline) as tx:
@@ -434,9 +440,9 @@ class SQLiteState:
                 update()
             return Applied(tuple(results))
 
-        return await self._run(op, _what(ops))
+        return await self._run(op, partial(_what, ops))  # named only if it fails
 
-    def _op(self, db: sqlite3.Connection, op: StateOp, now: float, committed: list[Callable[[], None]]) -> OpResult:
+    def _op(self, db: sqlite3.Cursor, op: StateOp, now: float, committed: list[Callable[[], None]]) -> OpResult:
         if isinstance(op, Admit):
             return _admit(db, op.limits, now)
         if isinstance(op, Record):
@@ -465,7 +471,7 @@ class SQLiteState:
 
     # ------------------------------------------------------------------ reads
     async def usage(self, buckets: Sequence[Bucket]) -> dict[Bucket, int]:
-        def op(db: sqlite3.Connection, _deadline: float) -> dict[Bucket, int]:
+        def op(db: sqlite3.Cursor, _deadline: float) -> dict[Bucket, int]:
             if len(buckets) == 1:  # one statement is one snapshot already: no BEGIN … COMMIT around it
                 return {buckets[0]: _live_count(db, buckets[0], self._clock())}
             db.execute("BEGIN")  # one read snapshot for every bucket
@@ -478,7 +484,7 @@ class SQLiteState:
         return await self._run(op, "read usage")
 
     async def flow(self, flow_id: str) -> Flow:
-        def op(db: sqlite3.Connection, _deadline: float) -> Flow:
+        def op(db: sqlite3.Cursor, _deadline: float) -> Flow:
             cached = self._flows.get(db, flow_id)
             if cached is not None:
                 self.stats["flow_hits"] += 1
@@ -505,7 +511,7 @@ class SQLiteState:
 
     # ------------------------------------------------------------------ the ops (inside the batch's transaction)
     def _record(
-        self, db: sqlite3.Connection, ref: FlowRef, call: FlowCall, now: float, committed: list[Callable[[], None]]
+        self, db: sqlite3.Cursor, ref: FlowRef, call: FlowCall, now: float, committed: list[Callable[[], None]]
     ) -> FlowTicket | FlowFull:
         """Record ``call`` in its flow. Under the write lock the flow cache is exact (no other connection can
         commit; ``data_version`` says whether one did since), so a cached live flow needs no read at all."""
@@ -546,7 +552,7 @@ class SQLiteState:
         committed.append(partial(self._cache_put, ref.id, after))
         return FlowTicket(ref.id, generation, call)
 
-    def _read_for_record(self, db: sqlite3.Connection, ref: FlowRef, now: float) -> _Known | FlowFull:
+    def _read_for_record(self, db: sqlite3.Cursor, ref: FlowRef, now: float) -> _Known | FlowFull:
         """The flow as :meth:`_record` needs it when the cache does not hold it: a fresh one (the old rows of an
         expired one deleted) unless its principal has too many; else its row and the names of its labels."""
         bounds = self.bounds
@@ -571,7 +577,7 @@ class SQLiteState:
         else:
             self._flows.put(flow_id, entry)
 
-    def _unrecord(self, db: sqlite3.Connection, ticket: FlowTicket) -> None:
+    def _unrecord(self, db: sqlite3.Cursor, ticket: FlowTicket) -> None:
         self._flows.drop(ticket.flow_id)  # rare: the next read goes to the file
         row = db.execute("SELECT generation FROM flows WHERE id=?", (ticket.flow_id,)).fetchone()
         if row is None or row[0] != ticket.generation:
@@ -603,7 +609,7 @@ class SQLiteState:
                 (n, json.dumps(origin.to_policy()), json.dumps(latest.to_policy()), ticket.flow_id, label),
             )
 
-    def _purge(self, db: sqlite3.Connection, now: float) -> None:
+    def _purge(self, db: sqlite3.Cursor, now: float) -> None:
         """Delete a batch of expired flows (inside a write transaction, at most every PURGE_EVERY_S seconds —
         or at the next write again while batches come back full, so a backlog drains faster than flows can
         be created: each write creates at most one)."""
@@ -624,7 +630,7 @@ class _immediate:
     """``BEGIN IMMEDIATE`` … ``COMMIT`` (rolled back on error, when the caller's deadline has passed, or when the
     body asked for it with :meth:`roll_back`)."""
 
-    def __init__(self, db: sqlite3.Connection, deadline: float) -> None:
+    def __init__(self, db: sqlite3.Cursor, deadline: float) -> None:
         self._db, self._deadline = db, deadline
         self._keep = True
 
@@ -645,6 +651,13 @@ class _immediate:
             raise _Expired
 
 
+_Said = str | Callable[[], str]  # what an operation does, for its StateError (a batch's is put into words only then)
+
+
+def _said(what: _Said) -> str:
+    return what if isinstance(what, str) else what()
+
+
 def _what(ops: Sequence[StateOp]) -> str:
     """What a batch does, for the StateError naming it: ``cannot count this call and record …``."""
     return " and ".join(dict.fromkeys(_WHAT[type(op)] for op in ops))
@@ -658,7 +671,7 @@ _WHAT: dict[type, str] = {
 }
 
 
-def _admit(db: sqlite3.Connection, limits: Sequence[Limit], now: float) -> Admission:
+def _admit(db: sqlite3.Cursor, limits: Sequence[Limit], now: float) -> Admission:
     """Count one hit in every limit's bucket iff all have room (inside the batch's write transaction)."""
     pruned = {b: _prune(db, b, now) for b in buckets_of(limits)}
     counts = {b: n for b, (n, _stored) in pruned.items()}
@@ -673,7 +686,7 @@ def _admit(db: sqlite3.Connection, limits: Sequence[Limit], now: float) -> Admis
     return Admission(True, {b: n + 1 for b, n in counts.items()}, ticket=Ticket(hit, now, tuple(counts)))
 
 
-def _release(db: sqlite3.Connection, ticket: Ticket) -> None:
+def _release(db: sqlite3.Cursor, ticket: Ticket) -> None:
     for key, window_s in ticket.buckets:
         cur = db.execute(
             "DELETE FROM rate_hits WHERE key=? AND window_s=? AND ts=? AND hit=?",
@@ -685,20 +698,20 @@ def _release(db: sqlite3.Connection, ticket: Ticket) -> None:
             )
 
 
-def _history_with_ns(db: sqlite3.Connection, flow_id: str) -> tuple[tuple[int, ...], tuple[FlowCall, ...]]:
+def _history_with_ns(db: sqlite3.Cursor, flow_id: str) -> tuple[tuple[int, ...], tuple[FlowCall, ...]]:
     """The flow's history and each call's ``n`` (numbers can have gaps where a call was taken back)."""
     rows = db.execute("SELECT n, call FROM flow_calls WHERE flow_id=? ORDER BY n", (flow_id,)).fetchall()
     docs = json.loads("[" + ",".join(r[1] for r in rows) + "]")
     return tuple(int(r[0]) for r in rows), tuple(FlowCall.from_json(d) for d in docs)
 
 
-def _history(db: sqlite3.Connection, flow_id: str) -> tuple[FlowCall, ...]:
+def _history(db: sqlite3.Cursor, flow_id: str) -> tuple[FlowCall, ...]:
     rows = db.execute("SELECT call FROM flow_calls WHERE flow_id=? ORDER BY n", (flow_id,)).fetchall()
     docs = json.loads("[" + ",".join(r[0] for r in rows) + "]")  # one parse for the whole history
     return tuple(FlowCall.from_json(d) for d in docs)
 
 
-def _write_flow_row(db: sqlite3.Connection, ref: FlowRef, generation: str, now: float, n: int, exists: bool) -> None:
+def _write_flow_row(db: sqlite3.Cursor, ref: FlowRef, generation: str, now: float, n: int, exists: bool) -> None:
     """The flow's row once its call number ``n`` is recorded: ``seen`` now, ``next_n`` n + 1. A row known to be
     in the file (a cached flow, or one just read) is updated in place: one search of the table, where an upsert
     first tries the insert. Should it be missing after all, the upsert writes it as before."""
@@ -711,9 +724,7 @@ def _write_flow_row(db: sqlite3.Connection, ref: FlowRef, generation: str, now: 
     )
 
 
-def _write_call(
-    db: sqlite3.Connection, flow_id: str, call: FlowCall, n: int, keep: int, whole: _CachedFlow | None
-) -> None:
+def _write_call(db: sqlite3.Cursor, flow_id: str, call: FlowCall, n: int, keep: int, whole: _CachedFlow | None) -> None:
     """Add ``call`` to the flow's history as number ``n``; the calls numbered ``n - keep`` or below leave it.
 
     When the flow is wholly known its numbers say what leaves without a look: nothing (the insert alone), or
@@ -760,14 +771,14 @@ def _origin_json(call: FlowCall) -> str:
     )
 
 
-def _delete_flows(db: sqlite3.Connection, ids: Sequence[str]) -> None:
+def _delete_flows(db: sqlite3.Cursor, ids: Sequence[str]) -> None:
     for flow_id in ids:
         db.execute("DELETE FROM flow_calls WHERE flow_id=?", (flow_id,))
         db.execute("DELETE FROM flow_labels WHERE flow_id=?", (flow_id,))
         db.execute("DELETE FROM flows WHERE id=?", (flow_id,))
 
 
-def _identity(path: Path) -> tuple[int, int] | None:
+def _identity(path: str) -> tuple[int, int] | None:
     try:
         st = os.stat(path)
     except FileNotFoundError:
@@ -775,7 +786,7 @@ def _identity(path: Path) -> tuple[int, int] | None:
     return (st.st_dev, st.st_ino)
 
 
-def _prune(db: sqlite3.Connection, bucket: Bucket, now: float) -> tuple[int, bool]:
+def _prune(db: sqlite3.Cursor, bucket: Bucket, now: float) -> tuple[int, bool]:
     """The bucket's count of hits in the window, and whether its count row exists; the hits that left the window
     are deleted only when there are some — the one read says how many (an indexed range, like the delete). The
     stored count is left to the caller: an admitted hit writes it once, counted in (:func:`_admit`), and a refusal
@@ -794,7 +805,7 @@ def _prune(db: sqlite3.Connection, bucket: Bucket, now: float) -> tuple[int, boo
     return max(0, n - pruned.rowcount), stored
 
 
-def _set_count(db: sqlite3.Connection, bucket: Bucket, n: int, stored: bool) -> None:
+def _set_count(db: sqlite3.Cursor, bucket: Bucket, n: int, stored: bool) -> None:
     """Store the bucket's count: an UPDATE of the row the admission read (one search of the table, where an
     upsert first tries the insert), the upsert for a bucket's first hit."""
     if stored and db.execute("UPDATE rate_counts SET n = ? WHERE key=? AND window_s=?", (n, *bucket)).rowcount:
@@ -806,7 +817,7 @@ def _set_count(db: sqlite3.Connection, bucket: Bucket, n: int, stored: bool) -> 
     )
 
 
-def _nth_oldest(db: sqlite3.Connection, bucket: Bucket, n: int) -> float:
+def _nth_oldest(db: sqlite3.Cursor, bucket: Bucket, n: int) -> float:
     """The time of the bucket's ``n``-th oldest hit (0 = oldest); the hit whose expiry makes room."""
     row = db.execute(
         "SELECT ts FROM rate_hits WHERE key=? AND window_s=? ORDER BY ts LIMIT 1 OFFSET ?", (*bucket, max(0, n))
@@ -814,7 +825,7 @@ def _nth_oldest(db: sqlite3.Connection, bucket: Bucket, n: int) -> float:
     return float(row[0]) if row else 0.0
 
 
-def _live_count(db: sqlite3.Connection, bucket: Bucket, now: float) -> int:
+def _live_count(db: sqlite3.Cursor, bucket: Bucket, now: float) -> int:
     """Hits in the window now: the bucket's count less its expired hits not yet pruned (one statement)."""
     row = db.execute(
         "SELECT coalesce((SELECT n FROM rate_counts WHERE key=?1 AND window_s=?2), 0)"
