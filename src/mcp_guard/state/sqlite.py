@@ -729,32 +729,28 @@ def _write_call(db: sqlite3.Cursor, flow_id: str, call: FlowCall, n: int, keep: 
 
     When the flow is wholly known its numbers say what leaves without a look: nothing (the insert alone), or
     exactly the oldest call — a long flow's steady state — whose row then becomes the new call's (one UPDATE
-    instead of an INSERT and a DELETE; the file ends the same). Otherwise the insert and a range delete."""
+    instead of an INSERT and a DELETE; the file ends the same). Otherwise, or should that row be missing after
+    all, the insert and a range delete."""
     text, cutoff = _call_json(call), n - keep
-    if whole is not None and keep > 0:
-        ns = whole.ns
-        if ns and ns[0] <= cutoff and (len(ns) == 1 or ns[1] > cutoff):
-            db.execute(
-                "UPDATE flow_calls SET n = ?, decision_id = ?, call = ? WHERE flow_id=? AND n=?",
-                (n, call.decision_id, text, flow_id, ns[0]),
-            )
-            return
-        if not ns or ns[0] > cutoff:
-            db.execute(
-                "INSERT INTO flow_calls (flow_id, n, decision_id, call) VALUES (?, ?, ?, ?)",
-                (flow_id, n, call.decision_id, text),
-            )
+    ns = whole.ns if whole is not None and keep > 0 else None  # None: what leaves is not known
+    if ns and ns[0] <= cutoff and (len(ns) == 1 or ns[1] > cutoff):
+        moved = db.execute(
+            "UPDATE flow_calls SET n = ?, decision_id = ?, call = ? WHERE flow_id=? AND n=?",
+            (n, call.decision_id, text, flow_id, ns[0]),
+        )
+        if moved.rowcount:
             return
     db.execute(
         "INSERT INTO flow_calls (flow_id, n, decision_id, call) VALUES (?, ?, ?, ?)",
         (flow_id, n, call.decision_id, text),
     )
-    db.execute("DELETE FROM flow_calls WHERE flow_id=? AND n <= ?", (flow_id, cutoff))
+    if ns is None or (ns and ns[0] <= cutoff):
+        db.execute("DELETE FROM flow_calls WHERE flow_id=? AND n <= ?", (flow_id, cutoff))
 
 
 def _call_json(call: FlowCall) -> str:
     """``json.dumps(call.to_json())`` — the same text, written directly (a third of the cost: no dict, no
-    encoder built per call). tests/state/test_sqlite_state.py holds it to json.dumps, awkward strings included."""
+    encoder built per call). tests/state/test_state_batches.py holds it to json.dumps, awkward strings included."""
     labels = ", ".join(map(_q, call.labels))
     return (
         f'{{"server": {_q(call.server)}, "tool": {_q(call.tool)}, "action": {_q(call.action)}, '
