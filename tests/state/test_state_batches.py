@@ -4,6 +4,7 @@ connection writing the same file; on PostgreSQL exact across two replicas racing
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -19,6 +20,7 @@ from mcp_guard.state import (
     FlowFull,
     FlowRef,
     FlowTicket,
+    LabelOrigin,
     Limit,
     MemoryState,
     Record,
@@ -212,6 +214,140 @@ async def test_sqlite_the_history_rows_are_trimmed_when_the_cache_skips_the_read
         with sqlite3.connect(path) as db:
             assert db.execute("SELECT count(*) FROM flow_calls WHERE flow_id=?", (F1.id,)).fetchone() == (3,)
     finally:
+        await store.aclose()
+
+
+async def test_sqlite_a_full_cached_flow_turns_its_oldest_call_row_into_the_new_one(tmp_path: Path) -> None:
+    """The steady state of a long flow: exactly its oldest call leaves the history, so that row is rewritten as the
+    new call (no INSERT and DELETE); the flow's and the bucket's rows, known to exist, are updated (no upsert).
+    The file ends as it did before: what a fresh store reads equals what the cache answers."""
+    path, lim = tmp_path / "s.db", Limit("k", 100, 60.0)
+    store = SQLiteState(path, flows=BOUNDS)
+    await store.start()
+    try:
+        for i in range(4):
+            assert (await store.apply([Record(F1, call(f"d{i}", "x")), Admit((lim,))])).committed
+        await store.flow(F1.id)
+        seen = _traced(store)
+        assert (await store.apply([Record(F1, call("d4", "x")), Admit((lim,))])).committed
+        assert not [s for s in seen if s.startswith("DELETE") or "ON CONFLICT" in s], seen
+        assert [s.split()[1] for s in seen if s.startswith("UPDATE")] == [
+            "flows",
+            "flow_calls",
+            "flow_labels",
+            "rate_counts",
+        ]
+        fresh = SQLiteState(path, flows=BOUNDS)
+        await fresh.start()
+        assert await fresh.flow(F1.id) == await store.flow(F1.id)
+        assert [c.decision_id for c in (await fresh.flow(F1.id)).history] == ["d2", "d3", "d4"]
+        assert (await fresh.usage([lim.bucket]))[lim.bucket] == 5
+        await fresh.aclose()
+        with sqlite3.connect(path) as db:
+            assert db.execute("SELECT n FROM flow_calls WHERE flow_id=? ORDER BY n", (F1.id,)).fetchall() == [
+                (2,),
+                (3,),
+                (4,),
+            ]
+    finally:
+        await store.aclose()
+
+
+async def test_sqlite_a_cached_flow_keeping_no_history_leaves_no_call_rows(tmp_path: Path) -> None:
+    """``history=0``: the cache says the history is empty, and so must the file (the cached path used to insert
+    each call and never delete it, so a second process read calls the first one's cache did not have)."""
+    path = tmp_path / "s.db"
+    bounds = FlowBounds(idle_s=100.0, history=0, labels=2, per_principal=5)
+    store = SQLiteState(path, flows=bounds)
+    await store.start()
+    try:
+        for i in range(3):
+            await store.record_call(F1, call(f"d{i}", "x"))
+        fresh = SQLiteState(path, flows=bounds)
+        await fresh.start()
+        assert (await fresh.flow(F1.id)).history == () == (await store.flow(F1.id)).history
+        await fresh.aclose()
+    finally:
+        await store.aclose()
+
+
+async def test_sqlite_the_stored_call_and_origin_text_is_json_dumps(tmp_path: Path) -> None:
+    """The rows' JSON is written without json.dumps (state/sqlite._call_json); it must be the very text json.dumps
+    gives, whatever the strings hold (quotes, backslashes, control characters, non-ASCII, astral characters)."""
+    path = tmp_path / "s.db"
+    odd = 'a"b\\c\n\t\x00\x1f\u00e9\u2028\U0001f600/'
+    awkward = FlowCall(f"d{odd}", f"tools/{odd}", f"s{odd}", f"t{odd}", "allow", (odd, ""), f"T{odd}")
+    store = SQLiteState(path, flows=BOUNDS)
+    await store.start()
+    try:
+        await store.record_call(F1, awkward)
+        await store.record_call(F1, call("plain"))  # no labels: an empty list
+    finally:
+        await store.aclose()
+    with sqlite3.connect(path) as db:
+        rows = [r[0] for r in db.execute("SELECT call FROM flow_calls ORDER BY n")]
+        origins = {r[0] for r in db.execute("SELECT origin FROM flow_labels")}
+    assert rows == [json.dumps(awkward.to_json()), json.dumps(call("plain").to_json())]
+    assert origins == {json.dumps(LabelOrigin.of(awkward).to_policy())}
+
+
+async def test_sqlite_a_one_bucket_usage_read_is_one_statement(tmp_path: Path) -> None:
+    """One bucket: one SELECT, its own snapshot (no BEGIN … COMMIT around it); several: one snapshot for all."""
+    store = SQLiteState(tmp_path / "s.db")
+    await store.start()
+    try:
+        await store.admit([Limit("k", 10, 60.0), Limit("j", 10, 60.0)])
+        seen = _traced(store)
+        assert await store.usage([("k", 60.0)]) == {("k", 60.0): 1}
+        assert [s.split()[0] for s in seen] == ["SELECT"]
+        seen.clear()
+        assert await store.usage([("k", 60.0), ("j", 60.0)]) == {("k", 60.0): 1, ("j", 60.0): 1}
+        assert [s.split()[0] for s in seen] == ["BEGIN", "SELECT", "SELECT", "COMMIT"]
+    finally:
+        await store.aclose()
+
+
+async def test_sqlite_no_operation_leaves_a_read_snapshot_open(tmp_path: Path) -> None:
+    """Every statement runs on one cursor (state/sqlite: SQLiteState._connection), so each must be read to its end:
+    a statement left stepping would hold its snapshot past the operation — stale reads, and a WAL that no
+    checkpoint can reset. After each kind of operation another connection's TRUNCATE checkpoint must find no
+    reader (busy 0)."""
+    path = tmp_path / "s.db"
+    store = SQLiteState(path, flows=BOUNDS)
+    await store.start()
+    other = sqlite3.connect(path, timeout=0, isolation_level=None)
+    other.execute("CREATE TABLE scratch (x)")
+
+    def no_reader() -> None:
+        other.execute("INSERT INTO scratch VALUES (1)")  # a frame no snapshot of the store's can have seen
+        assert other.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0] == 0
+
+    try:
+        no_reader()
+        ticket = await store.record_call(F1, call("d0", "x"))  # a fresh flow: read, then written
+        no_reader()
+        await store.flow(FlowRef("f-2", "alice").id)  # not in the cache: read from the file
+        no_reader()
+        await store.flow(F1.id)  # the foreign write emptied the cache: read, cached again
+        hits = store.stats["flow_hits"]
+        await store.flow(F1.id)  # from the cache, after data_version
+        assert store.stats["flow_hits"] == hits + 1
+        no_reader()
+        admitted = await store.admit([ONE])
+        no_reader()
+        assert not (await store.apply([Record(F1, call("d1")), Admit((ONE,))])).committed  # refused: ROLLBACK
+        no_reader()
+        assert await store.usage([BUCKET]) == {BUCKET: 1}
+        no_reader()
+        assert await store.usage([BUCKET, ("j", 60.0)]) == {BUCKET: 1, ("j", 60.0): 0}
+        no_reader()
+        assert isinstance(ticket, FlowTicket) and admitted.ticket is not None
+        await store.apply([Release(admitted.ticket)])
+        no_reader()
+        await store.unrecord_call(ticket)
+        no_reader()
+    finally:
+        other.close()
         await store.aclose()
 
 

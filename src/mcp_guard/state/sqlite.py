@@ -64,6 +64,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from functools import partial
+from json.encoder import encode_basestring_ascii as _q  # a str as json.dumps writes it (quoted, ASCII-escaped)
 from pathlib import Path
 from typing import TypeVar
 
@@ -181,6 +182,7 @@ class _Known:
     next_n: int
     present: Collection[str]
     whole: _CachedFlow | None
+    exists: bool = True  # the flow's row is in the file (False: a fresh flow, its row not yet written)
 
 
 class _FlowCache:
@@ -198,7 +200,7 @@ class _FlowCache:
         self._entries: OrderedDict[str, _CachedFlow] = OrderedDict()
         self._version: int | None = None
 
-    def get(self, db: sqlite3.Connection, flow_id: str) -> _CachedFlow | None:
+    def get(self, db: sqlite3.Cursor, flow_id: str) -> _CachedFlow | None:
         if self._size <= 0:
             return None
         version = int(db.execute("PRAGMA data_version").fetchone()[0])
@@ -241,12 +243,14 @@ class SQLiteState:
         flow_cache: int = FLOW_CACHE_SIZE,
     ) -> None:
         self.path = Path(path)
+        self._file = str(self.path)  # what os.stat is given before every operation (no Path → str each time)
         self.timeout_s = timeout_s
         self._clock = clock
         self.bounds = flows or FlowBounds()
         self._purged = 0.0
         self._lock = threading.Lock()
         self._db: sqlite3.Connection | None = None
+        self._cur: sqlite3.Cursor | None = None  # the one cursor every operation runs its statements on
         self._ident: tuple[int, int] | None = None
         self._busy_ms = -1  # the connection's busy_timeout as last set (-1: unknown)
         self._inline = inline  # False: every operation in the worker thread (tests of the thread path)
@@ -267,13 +271,17 @@ class SQLiteState:
     def _close(self) -> None:
         if self._db is not None:
             self._db.close()
-        self._db, self._ident, self._busy_ms = None, None, -1
+        self._db, self._cur, self._ident, self._busy_ms = None, None, None, -1
         self._flows.clear()
 
-    def _connection(self) -> sqlite3.Connection:
-        """The open connection, re-opened if the path no longer names the file it has open."""
-        if self._db is not None and self._ident == _identity(self.path):
-            return self._db
+    def _connection(self) -> sqlite3.Cursor:
+        """The open connection's cursor, re-opened if the path no longer names the file it has open.
+
+        One cursor for every statement: ``Connection.execute`` makes (and registers) a new cursor per statement.
+        Every statement's rows are read to the end (one row, ``fetchall``, or iterated out) before the next is
+        run, so sharing it never holds a read snapshot open past the statement."""
+        if self._cur is not None and self._ident == _identity(self._file):
+            return self._cur
         self._close()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -286,11 +294,11 @@ class SQLiteState:
         except BaseException:
             db.close()
             raise
-        self._db, self._ident = db, _identity(self.path)
-        return db
+        self._db, self._cur, self._ident = db, db.cursor(), _identity(self._file)
+        return self._cur
 
     # ------------------------------------------------------------------ running one operation
-    async def _run(self, op: Callable[[sqlite3.Connection, float], _T], what: str) -> _T:
+    async def _run(self, op: Callable[[sqlite3.Cursor, float], _T], what: _Said) -> _T:
         """``op`` inline when it can finish without waiting, else in the worker thread (bounded by ``timeout_s``).
 
         Every CHECKPOINT_EVERY operations one runs in the thread, and the checkpoint after it. An attempt that
@@ -323,9 +331,9 @@ class SQLiteState:
                 return await self._in_thread(op, what)
         except TimeoutError:
             cause = f"no answer within {self.timeout_s * 1000:.0f} ms"
-            raise StateError(f"the state store {self.path} cannot {what}: {cause}", cause=cause) from None
+            raise StateError(f"the state store {self.path} cannot {_said(what)}: {cause}", cause=cause) from None
 
-    async def _in_thread(self, op: Callable[[sqlite3.Connection, float], _T], what: str) -> _T:
+    async def _in_thread(self, op: Callable[[sqlite3.Cursor, float], _T], what: _Said) -> _T:
         """``op`` in the worker thread (:meth:`_locked`); inline attempts meanwhile wait for it (:meth:`_run`)."""
         done = self._thread_done = anyio.Event()
         try:
@@ -336,7 +344,7 @@ class SQLiteState:
             if self._thread_done is done:
                 self._thread_done = None
 
-    def _try_inline(self, op: Callable[[sqlite3.Connection, float], _T], what: str) -> _T | _Wait:
+    def _try_inline(self, op: Callable[[sqlite3.Cursor, float], _T], what: _Said) -> _T | _Wait:
         """Run ``op`` on the event loop if it can finish without waiting: its value; else :data:`_WAIT`
         with nothing changed, and the caller runs it in the worker thread.
 
@@ -346,8 +354,8 @@ class SQLiteState:
         if not self._lock.acquire(blocking=False):
             return _HELD
         try:
-            db = self._db
-            if db is None or self._ident != _identity(self.path):
+            db = self._cur
+            if db is None or self._ident != _identity(self._file):
                 return _WAIT
             if self._busy_ms != 0:
                 db.execute("PRAGMA busy_timeout = 0")
@@ -357,7 +365,7 @@ class SQLiteState:
             except sqlite3.OperationalError as e:
                 if (getattr(e, "sqlite_errorcode", 0) & 0xFF) not in _BUSY_CODES:
                     raise
-                if db.in_transaction:
+                if db.connection.in_transaction:
                     db.execute("ROLLBACK")
                 self.stats["busy"] += 1
                 return _WAIT
@@ -366,15 +374,15 @@ class SQLiteState:
             return value
         except _Expired:
             cause = f"no answer within {self.timeout_s * 1000:.0f} ms"
-            raise StateError(f"the state store {self.path} cannot {what}: {cause}", cause=cause) from None
+            raise StateError(f"the state store {self.path} cannot {_said(what)}: {cause}", cause=cause) from None
         except (sqlite3.Error, OSError) as e:
             raise self._failed(e, what) from e
         finally:
             self._lock.release()
 
-    def _locked(self, op: Callable[[sqlite3.Connection, float], _T], deadline: float, what: str) -> _T:
+    def _locked(self, op: Callable[[sqlite3.Cursor, float], _T], deadline: float, what: _Said) -> _T:
         if not self._lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
-            raise StateError(f"the state store {self.path} cannot {what}: busy", cause="busy")
+            raise StateError(f"the state store {self.path} cannot {_said(what)}: busy", cause="busy")
         try:
             db = self._connection()
             self._busy_ms = max(1, int((deadline - time.monotonic()) * 1000))
@@ -385,13 +393,13 @@ class SQLiteState:
             return value
         except _Expired:
             cause = f"no answer within {self.timeout_s * 1000:.0f} ms"
-            raise StateError(f"the state store {self.path} cannot {what}: {cause}", cause=cause) from None
+            raise StateError(f"the state store {self.path} cannot {_said(what)}: {cause}", cause=cause) from None
         except (sqlite3.Error, OSError) as e:
             raise self._failed(e, what) from e
         finally:
             self._lock.release()
 
-    def _checkpoint(self, db: sqlite3.Connection) -> None:
+    def _checkpoint(self, db: sqlite3.Cursor) -> None:
         """Every CHECKPOINT_EVERY operations (in the thread, after an operation): copy the WAL back into the
         file. PASSIVE: it never waits for readers or writers; a failure only lets the WAL grow until the next."""
         self._since_checkpoint += 1
@@ -404,10 +412,10 @@ class SQLiteState:
         except sqlite3.Error as e:
             log.warning("state.checkpoint_failed", path=str(self.path), error=str(e))
 
-    def _failed(self, e: sqlite3.Error | OSError, what: str) -> StateError:
+    def _failed(self, e: sqlite3.Error | OSError, what: _Said) -> StateError:
         self._close()  # re-open next time: the file may have been repaired or replaced
         cause = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
-        return StateError(f"the state store {self.path} cannot {what}: {e}", cause=cause)
+        return StateError(f"the state store {self.path} cannot {_said(what)}: {e}", cause=cause)
 
     # ------------------------------------------------------------------ writes: one batch, one transaction
     async def apply(self, ops: Sequence[StateOp]) -> Applied:
@@ -418,7 +426,7 @@ class SQLiteState:
         if not ops:
             return Applied(())
 
-        def op(db: sqlite3.Connection, deadline: float) -> Applied:
+        def op(db: sqlite3.Cursor, deadline: float) -> Applied:
             results: list[OpResult] = []
             committed: list[Callable[[], None]] = []  # cache updates, run once the batch has committed
             with _immediate(db, deadline) as tx:
@@ -432,9 +440,9 @@ class SQLiteState:
                 update()
             return Applied(tuple(results))
 
-        return await self._run(op, _what(ops))
+        return await self._run(op, partial(_what, ops))  # named only if it fails
 
-    def _op(self, db: sqlite3.Connection, op: StateOp, now: float, committed: list[Callable[[], None]]) -> OpResult:
+    def _op(self, db: sqlite3.Cursor, op: StateOp, now: float, committed: list[Callable[[], None]]) -> OpResult:
         if isinstance(op, Admit):
             return _admit(db, op.limits, now)
         if isinstance(op, Record):
@@ -463,7 +471,9 @@ class SQLiteState:
 
     # ------------------------------------------------------------------ reads
     async def usage(self, buckets: Sequence[Bucket]) -> dict[Bucket, int]:
-        def op(db: sqlite3.Connection, _deadline: float) -> dict[Bucket, int]:
+        def op(db: sqlite3.Cursor, _deadline: float) -> dict[Bucket, int]:
+            if len(buckets) == 1:  # one statement is one snapshot already: no BEGIN … COMMIT around it
+                return {buckets[0]: _live_count(db, buckets[0], self._clock())}
             db.execute("BEGIN")  # one read snapshot for every bucket
             try:
                 now = self._clock()
@@ -474,7 +484,7 @@ class SQLiteState:
         return await self._run(op, "read usage")
 
     async def flow(self, flow_id: str) -> Flow:
-        def op(db: sqlite3.Connection, _deadline: float) -> Flow:
+        def op(db: sqlite3.Cursor, _deadline: float) -> Flow:
             cached = self._flows.get(db, flow_id)
             if cached is not None:
                 self.stats["flow_hits"] += 1
@@ -501,7 +511,7 @@ class SQLiteState:
 
     # ------------------------------------------------------------------ the ops (inside the batch's transaction)
     def _record(
-        self, db: sqlite3.Connection, ref: FlowRef, call: FlowCall, now: float, committed: list[Callable[[], None]]
+        self, db: sqlite3.Cursor, ref: FlowRef, call: FlowCall, now: float, committed: list[Callable[[], None]]
     ) -> FlowTicket | FlowFull:
         """Record ``call`` in its flow. Under the write lock the flow cache is exact (no other connection can
         commit; ``data_version`` says whether one did since), so a cached live flow needs no read at all."""
@@ -522,34 +532,27 @@ class SQLiteState:
         if full is not None:
             return full
         generation, n, whole = known.generation, known.next_n, known.whole
-        db.execute(
-            "INSERT INTO flows (id, principal, generation, seen, next_n) VALUES (?, ?, ?, ?, ?) "
-            "ON CONFLICT (id) DO UPDATE SET seen = excluded.seen, next_n = excluded.next_n",
-            (ref.id, ref.principal, generation, now, n + 1),
-        )
-        db.execute(
-            "INSERT INTO flow_calls (flow_id, n, decision_id, call) VALUES (?, ?, ?, ?)",
-            (ref.id, n, call.decision_id, json.dumps(call.to_json())),
-        )
-        if whole is None or (whole.ns and whole.ns[0] <= n - bounds.history):  # else no call has left the history
-            db.execute("DELETE FROM flow_calls WHERE flow_id=? AND n <= ?", (ref.id, n - bounds.history))
-        origin = json.dumps(LabelOrigin.of(call).to_policy())
-        for label in labels:
-            if label in present:
-                db.execute(
-                    "UPDATE flow_labels SET n = n + 1, latest = ? WHERE flow_id=? AND label=?", (origin, ref.id, label)
-                )
-            else:
-                db.execute(
-                    "INSERT INTO flow_labels (flow_id, label, n, origin, latest) VALUES (?, ?, 1, ?, ?)",
-                    (ref.id, label, origin, origin),
-                )
+        _write_flow_row(db, ref, generation, now, n, known.exists)
+        _write_call(db, ref.id, call, n, bounds.history, whole)
+        if labels:
+            origin = _origin_json(call)
+            for label in labels:
+                if label in present:
+                    db.execute(
+                        "UPDATE flow_labels SET n = n + 1, latest = ? WHERE flow_id=? AND label=?",
+                        (origin, ref.id, label),
+                    )
+                else:
+                    db.execute(
+                        "INSERT INTO flow_labels (flow_id, label, n, origin, latest) VALUES (?, ?, 1, ?, ?)",
+                        (ref.id, label, origin, origin),
+                    )
         # Once committed: the whole flow plus this call is what the file holds; a flow not wholly known is dropped.
         after = whole.plus(call, n, now, bounds.history) if whole is not None else None
         committed.append(partial(self._cache_put, ref.id, after))
         return FlowTicket(ref.id, generation, call)
 
-    def _read_for_record(self, db: sqlite3.Connection, ref: FlowRef, now: float) -> _Known | FlowFull:
+    def _read_for_record(self, db: sqlite3.Cursor, ref: FlowRef, now: float) -> _Known | FlowFull:
         """The flow as :meth:`_record` needs it when the cache does not hold it: a fresh one (the old rows of an
         expired one deleted) unless its principal has too many; else its row and the names of its labels."""
         bounds = self.bounds
@@ -563,7 +566,8 @@ class SQLiteState:
             if full is not None:
                 return full
             generation = new_id()
-            return _Known(generation, 0, (), _CachedFlow(generation, now, 0, (), Flow(ref.id)))  # fresh: wholly known
+            fresh = _CachedFlow(generation, now, 0, (), Flow(ref.id))  # wholly known: nothing recorded yet
+            return _Known(generation, 0, (), fresh, exists=False)
         present = {str(r[0]) for r in db.execute("SELECT label FROM flow_labels WHERE flow_id=?", (ref.id,))}
         return _Known(str(row[0]), int(row[2]), present, None)
 
@@ -573,7 +577,7 @@ class SQLiteState:
         else:
             self._flows.put(flow_id, entry)
 
-    def _unrecord(self, db: sqlite3.Connection, ticket: FlowTicket) -> None:
+    def _unrecord(self, db: sqlite3.Cursor, ticket: FlowTicket) -> None:
         self._flows.drop(ticket.flow_id)  # rare: the next read goes to the file
         row = db.execute("SELECT generation FROM flows WHERE id=?", (ticket.flow_id,)).fetchone()
         if row is None or row[0] != ticket.generation:
@@ -605,7 +609,7 @@ class SQLiteState:
                 (n, json.dumps(origin.to_policy()), json.dumps(latest.to_policy()), ticket.flow_id, label),
             )
 
-    def _purge(self, db: sqlite3.Connection, now: float) -> None:
+    def _purge(self, db: sqlite3.Cursor, now: float) -> None:
         """Delete a batch of expired flows (inside a write transaction, at most every PURGE_EVERY_S seconds —
         or at the next write again while batches come back full, so a backlog drains faster than flows can
         be created: each write creates at most one)."""
@@ -626,7 +630,7 @@ class _immediate:
     """``BEGIN IMMEDIATE`` … ``COMMIT`` (rolled back on error, when the caller's deadline has passed, or when the
     body asked for it with :meth:`roll_back`)."""
 
-    def __init__(self, db: sqlite3.Connection, deadline: float) -> None:
+    def __init__(self, db: sqlite3.Cursor, deadline: float) -> None:
         self._db, self._deadline = db, deadline
         self._keep = True
 
@@ -647,6 +651,13 @@ class _immediate:
             raise _Expired
 
 
+_Said = str | Callable[[], str]  # what an operation does, for its StateError (a batch's is put into words only then)
+
+
+def _said(what: _Said) -> str:
+    return what if isinstance(what, str) else what()
+
+
 def _what(ops: Sequence[StateOp]) -> str:
     """What a batch does, for the StateError naming it: ``cannot count this call and record …``."""
     return " and ".join(dict.fromkeys(_WHAT[type(op)] for op in ops))
@@ -660,21 +671,22 @@ _WHAT: dict[type, str] = {
 }
 
 
-def _admit(db: sqlite3.Connection, limits: Sequence[Limit], now: float) -> Admission:
+def _admit(db: sqlite3.Cursor, limits: Sequence[Limit], now: float) -> Admission:
     """Count one hit in every limit's bucket iff all have room (inside the batch's write transaction)."""
-    counts = {b: _prune(db, b, now) for b in buckets_of(limits)}
+    pruned = {b: _prune(db, b, now) for b in buckets_of(limits)}
+    counts = {b: n for b, (n, _stored) in pruned.items()}
     full = tuple(lim for lim in limits if counts[lim.bucket] >= lim.limit)
     if full:
         wait = max(retry_after(_nth_oldest(db, f.bucket, counts[f.bucket] - f.limit), f.window_s, now) for f in full)
         return Admission(False, counts, full, wait)
     hit = new_id()
-    for (key, window_s), n in counts.items():
+    for (key, window_s), (n, stored) in pruned.items():
         db.execute("INSERT INTO rate_hits (key, window_s, ts, hit) VALUES (?, ?, ?, ?)", (key, window_s, now, hit))
-        _set_count(db, (key, window_s), n + 1)
+        _set_count(db, (key, window_s), n + 1, stored)
     return Admission(True, {b: n + 1 for b, n in counts.items()}, ticket=Ticket(hit, now, tuple(counts)))
 
 
-def _release(db: sqlite3.Connection, ticket: Ticket) -> None:
+def _release(db: sqlite3.Cursor, ticket: Ticket) -> None:
     for key, window_s in ticket.buckets:
         cur = db.execute(
             "DELETE FROM rate_hits WHERE key=? AND window_s=? AND ts=? AND hit=?",
@@ -686,27 +698,83 @@ def _release(db: sqlite3.Connection, ticket: Ticket) -> None:
             )
 
 
-def _history_with_ns(db: sqlite3.Connection, flow_id: str) -> tuple[tuple[int, ...], tuple[FlowCall, ...]]:
+def _history_with_ns(db: sqlite3.Cursor, flow_id: str) -> tuple[tuple[int, ...], tuple[FlowCall, ...]]:
     """The flow's history and each call's ``n`` (numbers can have gaps where a call was taken back)."""
     rows = db.execute("SELECT n, call FROM flow_calls WHERE flow_id=? ORDER BY n", (flow_id,)).fetchall()
     docs = json.loads("[" + ",".join(r[1] for r in rows) + "]")
     return tuple(int(r[0]) for r in rows), tuple(FlowCall.from_json(d) for d in docs)
 
 
-def _history(db: sqlite3.Connection, flow_id: str) -> tuple[FlowCall, ...]:
+def _history(db: sqlite3.Cursor, flow_id: str) -> tuple[FlowCall, ...]:
     rows = db.execute("SELECT call FROM flow_calls WHERE flow_id=? ORDER BY n", (flow_id,)).fetchall()
     docs = json.loads("[" + ",".join(r[0] for r in rows) + "]")  # one parse for the whole history
     return tuple(FlowCall.from_json(d) for d in docs)
 
 
-def _delete_flows(db: sqlite3.Connection, ids: Sequence[str]) -> None:
+def _write_flow_row(db: sqlite3.Cursor, ref: FlowRef, generation: str, now: float, n: int, exists: bool) -> None:
+    """The flow's row once its call number ``n`` is recorded: ``seen`` now, ``next_n`` n + 1. A row known to be
+    in the file (a cached flow, or one just read) is updated in place: one search of the table, where an upsert
+    first tries the insert. Should it be missing after all, the upsert writes it as before."""
+    if exists and db.execute("UPDATE flows SET seen = ?, next_n = ? WHERE id=?", (now, n + 1, ref.id)).rowcount:
+        return
+    db.execute(
+        "INSERT INTO flows (id, principal, generation, seen, next_n) VALUES (?, ?, ?, ?, ?) "
+        "ON CONFLICT (id) DO UPDATE SET seen = excluded.seen, next_n = excluded.next_n",
+        (ref.id, ref.principal, generation, now, n + 1),
+    )
+
+
+def _write_call(db: sqlite3.Cursor, flow_id: str, call: FlowCall, n: int, keep: int, whole: _CachedFlow | None) -> None:
+    """Add ``call`` to the flow's history as number ``n``; the calls numbered ``n - keep`` or below leave it.
+
+    When the flow is wholly known its numbers say what leaves without a look: nothing (the insert alone), or
+    exactly the oldest call — a long flow's steady state — whose row then becomes the new call's (one UPDATE
+    instead of an INSERT and a DELETE; the file ends the same). Otherwise, or should that row be missing after
+    all, the insert and a range delete."""
+    text, cutoff = _call_json(call), n - keep
+    ns = whole.ns if whole is not None and keep > 0 else None  # None: what leaves is not known
+    if ns and ns[0] <= cutoff and (len(ns) == 1 or ns[1] > cutoff):
+        moved = db.execute(
+            "UPDATE flow_calls SET n = ?, decision_id = ?, call = ? WHERE flow_id=? AND n=?",
+            (n, call.decision_id, text, flow_id, ns[0]),
+        )
+        if moved.rowcount:
+            return
+    db.execute(
+        "INSERT INTO flow_calls (flow_id, n, decision_id, call) VALUES (?, ?, ?, ?)",
+        (flow_id, n, call.decision_id, text),
+    )
+    if ns is None or (ns and ns[0] <= cutoff):
+        db.execute("DELETE FROM flow_calls WHERE flow_id=? AND n <= ?", (flow_id, cutoff))
+
+
+def _call_json(call: FlowCall) -> str:
+    """``json.dumps(call.to_json())`` — the same text, written directly (a third of the cost: no dict, no
+    encoder built per call). tests/state/test_state_batches.py holds it to json.dumps, awkward strings included."""
+    labels = ", ".join(map(_q, call.labels))
+    return (
+        f'{{"server": {_q(call.server)}, "tool": {_q(call.tool)}, "action": {_q(call.action)}, '
+        f'"decision": {_q(call.decision)}, "labels": [{labels}], "decision_id": {_q(call.decision_id)}, '
+        f'"time": {_q(call.time)}}}'
+    )
+
+
+def _origin_json(call: FlowCall) -> str:
+    """``json.dumps(LabelOrigin.of(call).to_policy())``, written directly like :func:`_call_json`."""
+    return (
+        f'{{"decision_id": {_q(call.decision_id)}, "server": {_q(call.server)}, "tool": {_q(call.tool)}, '
+        f'"time": {_q(call.time)}}}'
+    )
+
+
+def _delete_flows(db: sqlite3.Cursor, ids: Sequence[str]) -> None:
     for flow_id in ids:
         db.execute("DELETE FROM flow_calls WHERE flow_id=?", (flow_id,))
         db.execute("DELETE FROM flow_labels WHERE flow_id=?", (flow_id,))
         db.execute("DELETE FROM flows WHERE id=?", (flow_id,))
 
 
-def _identity(path: Path) -> tuple[int, int] | None:
+def _identity(path: str) -> tuple[int, int] | None:
     try:
         st = os.stat(path)
     except FileNotFoundError:
@@ -714,24 +782,30 @@ def _identity(path: Path) -> tuple[int, int] | None:
     return (st.st_dev, st.st_ino)
 
 
-def _prune(db: sqlite3.Connection, bucket: Bucket, now: float) -> int:
-    """The bucket's count of hits in the window; the hits that left it are deleted only when there are some — the
-    one read says how many (an indexed range, like the delete). The stored count is left to the caller: an
-    admitted hit writes it once, counted in (:func:`_admit`), and a refusal rolls the batch back (the delete
-    with it) — one write a call, not two."""
+def _prune(db: sqlite3.Cursor, bucket: Bucket, now: float) -> tuple[int, bool]:
+    """The bucket's count of hits in the window, and whether its count row exists; the hits that left the window
+    are deleted only when there are some — the one read says how many (an indexed range, like the delete). The
+    stored count is left to the caller: an admitted hit writes it once, counted in (:func:`_admit`), and a refusal
+    rolls the batch back (the delete with it) — one write a call, not two."""
     key, window_s = bucket
     n, gone = db.execute(
-        "SELECT coalesce((SELECT n FROM rate_counts WHERE key=?1 AND window_s=?2), 0),"
+        "SELECT (SELECT n FROM rate_counts WHERE key=?1 AND window_s=?2),"
         " (SELECT count(*) FROM rate_hits WHERE key=?1 AND window_s=?2 AND ts <= ?3)",
         (key, window_s, now - window_s),
     ).fetchone()
+    stored = n is not None
+    n = int(n) if stored else 0
     if not gone:
-        return max(0, int(n))
+        return max(0, n), stored
     pruned = db.execute("DELETE FROM rate_hits WHERE key=? AND window_s=? AND ts <= ?", (key, window_s, now - window_s))
-    return max(0, int(n) - pruned.rowcount)
+    return max(0, n - pruned.rowcount), stored
 
 
-def _set_count(db: sqlite3.Connection, bucket: Bucket, n: int) -> None:
+def _set_count(db: sqlite3.Cursor, bucket: Bucket, n: int, stored: bool) -> None:
+    """Store the bucket's count: an UPDATE of the row the admission read (one search of the table, where an
+    upsert first tries the insert), the upsert for a bucket's first hit."""
+    if stored and db.execute("UPDATE rate_counts SET n = ? WHERE key=? AND window_s=?", (n, *bucket)).rowcount:
+        return
     db.execute(
         "INSERT INTO rate_counts (key, window_s, n) VALUES (?, ?, ?) "
         "ON CONFLICT (key, window_s) DO UPDATE SET n = excluded.n",
@@ -739,7 +813,7 @@ def _set_count(db: sqlite3.Connection, bucket: Bucket, n: int) -> None:
     )
 
 
-def _nth_oldest(db: sqlite3.Connection, bucket: Bucket, n: int) -> float:
+def _nth_oldest(db: sqlite3.Cursor, bucket: Bucket, n: int) -> float:
     """The time of the bucket's ``n``-th oldest hit (0 = oldest); the hit whose expiry makes room."""
     row = db.execute(
         "SELECT ts FROM rate_hits WHERE key=? AND window_s=? ORDER BY ts LIMIT 1 OFFSET ?", (*bucket, max(0, n))
@@ -747,7 +821,7 @@ def _nth_oldest(db: sqlite3.Connection, bucket: Bucket, n: int) -> float:
     return float(row[0]) if row else 0.0
 
 
-def _live_count(db: sqlite3.Connection, bucket: Bucket, now: float) -> int:
+def _live_count(db: sqlite3.Cursor, bucket: Bucket, now: float) -> int:
     """Hits in the window now: the bucket's count less its expired hits not yet pruned (one statement)."""
     row = db.execute(
         "SELECT coalesce((SELECT n FROM rate_counts WHERE key=?1 AND window_s=?2), 0)"
