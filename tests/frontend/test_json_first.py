@@ -161,3 +161,41 @@ async def test_the_sdk_client_works_against_json_answers(tmp_path: Path) -> None
 
         await client.call_tool("rec__slow", {"seconds": 0.05, "steps": 2}, progress_callback=on_progress)
         assert seen == [1, 2]
+
+
+@pytest.mark.parametrize("session_id", ["0123abcd", None])
+@pytest.mark.parametrize(
+    "answer",
+    [
+        {"result": {"content": [{"type": "text", "text": "é ☃"}], "isError": False}},
+        {"error": {"code": -32602, "message": "bad", "data": {"x": 1}}},
+    ],
+)
+async def test_a_direct_json_answer_is_the_sdks_json_response(answer: dict[str, Any], session_id: str | None) -> None:
+    """The direct path writes its JSON answer itself: the same ASGI messages as the SDK's ``_create_json_response``."""
+    from mcp_types import JSONRPCError, JSONRPCRequest, JSONRPCResponse
+
+    from mcp_guard.frontend.direct_call import Settled, Settlement
+
+    message = (JSONRPCResponse if "result" in answer else JSONRPCError).model_validate(
+        {"jsonrpc": "2.0", "id": 7, **answer}
+    )
+    transport = json_first.JsonFirstTransport(mcp_session_id=session_id, is_json_response_enabled=False)
+    scope = {"type": "http", "method": "POST", "headers": []}
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.disconnect"}
+
+    sdk: list[Any] = []
+    ours: list[Any] = []
+
+    async def to(out: list[Any]) -> Any:
+        async def send(m: dict[str, Any]) -> None:
+            out.append(m)
+
+        return send
+
+    await transport._create_json_response(message)(scope, receive, await to(sdk))
+    request = JSONRPCRequest(jsonrpc="2.0", id=7, method="tools/call")
+    await transport._send_json(Settlement(Settled.ANSWERED, message), request, scope, receive, await to(ours))
+    assert ours == sdk

@@ -56,7 +56,7 @@ from mcp_guard.pipeline.forward import DENIED, is_guard_error
 from mcp_guard.pipeline.secrets import strip_meta_credentials
 from mcp_guard.pipeline.visibility import Visibility
 from mcp_guard.settings import Settings
-from mcp_guard.types import Action, Decision, ReasonCode, ToolInfo
+from mcp_guard.types import Action, Decision, Principal, ReasonCode, ToolInfo
 from mcp_guard.upstream.param_headers import param_headers_of
 from mcp_guard.upstream.registry import Registry
 
@@ -128,7 +128,9 @@ class Handlers:
 
     # ------------------------------------------------------------------ helpers
     def _session(self, ctx: ServerRequestContext[Any, Any]) -> DownstreamSession:
-        return self.sessions.for_request(ctx, self.transport, self.principal_of(ctx))
+        """The request's client session; the principal (who opens a new one) is resolved only for a new one."""
+        sess = self.sessions.existing(ctx)
+        return sess if sess is not None else self.sessions.for_request(ctx, self.transport, self.principal_of(ctx))
 
     def _page(self, items: list[_T], params: types.PaginatedRequestParams | None) -> tuple[list[_T], str | None]:
         size = self.settings.server.page_size
@@ -188,12 +190,15 @@ class Handlers:
         arguments: dict[str, Any],
         request: types.ClientRequest,
         tool_info: ToolInfo | None = None,
+        principal: Principal | None = None,
     ) -> CallContext:
+        """The call's context. ``principal``: this request's, when the caller has resolved it already."""
         sess.calls += 1
         up = self.registry.settings.upstreams.get(server)  # the live table (a config reload replaces it)
         channel = RequestChannel(sess, ctx, timeout_s=up.timeout_s if up else 60.0)
         wants_progress = ctx.meta is not None and ctx.meta.get("progress_token") is not None
-        principal = self.principal_of(ctx)  # this request's credentials (a session may step up its token)
+        if principal is None:
+            principal = self.principal_of(ctx)  # this request's credentials (a session may step up its token)
         return CallContext(
             action=action,
             principal=principal,
@@ -318,7 +323,8 @@ class Handlers:
         sess = self._session(ctx)
         # A pooled upstream's tools are known once some principal's child listed them: a first call (no
         # listing before it) starts the caller's own child and looks again.
-        entry = await self.registry.find_tool_for(params.name, self.principal_of(ctx).id)
+        principal = self.principal_of(ctx)  # this request's credentials (a session may step up its token)
+        entry = await self.registry.find_tool_for(params.name, principal.id)
         if entry is None:
             return _for_client(
                 ctx, self._deny_tool_result(await self._unknown(sess, "tools/call", params.name, "tool"))
@@ -341,6 +347,7 @@ class Handlers:
             arguments=arguments,
             request=request,
             tool_info=entry.tool_info(),
+            principal=principal,
         )
         support = task_support(entry.local, self.registry.settings.upstreams.get(entry.upstream))  # the live table
         if self.tasks is not None and support is not TaskSupport.FORBIDDEN:

@@ -25,22 +25,29 @@ those gaps:
   timeout incl. idle keep-alive, a cap on partial heads and another on idle connections, close after an
   answer given before the body).
 
-One addition, for speed: a response with a ``Content-Length`` (every JSON answer) goes out in one write, head and
-body together (:class:`_HeadWithBody`), where uvicorn writes the head and then the body — two ``send`` calls,
-two segments and two wake-ups of the client for each answer. Streams (chunked, SSE) write their head at once, as
-before.
+Two additions, for speed:
+
+* A response with a ``Content-Length`` (every JSON answer) goes out in one write, head and body together
+  (:class:`_HeadWithBody`), where uvicorn writes the head and then the body — two ``send`` calls, two segments and
+  two wake-ups of the client for each answer. Streams (chunked, SSE) write their head at once, as before.
+* Each request's scope carries a :class:`LostHook` (``scope["extensions"][DISCONNECT_HOOK]``): the
+  application can have a callback called when the request's client goes away, where an ASGI application otherwise
+  keeps a task waiting on ``receive()`` for ``http.disconnect`` (the 2026-07-28 direct path did, one task per call).
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from typing import Any
 
 # (imports httptools: without it this module does not import, and the front runs on h11)
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
+from mcp_guard.frontend.modern_direct import DISCONNECT_HOOK
 from mcp_guard.frontend.slowloris import HeadLimits, HeadWatch
 
-__all__ = ["guarded_httptools"]
+__all__ = ["LostHook", "guarded_httptools"]
 
 _OWS = b" \t"
 
@@ -115,6 +122,53 @@ class _HeadWithBody:
         return getattr(self._transport, name)
 
 
+class LostHook:
+    """The :class:`~mcp_guard.frontend.modern_direct.DisconnectHook` of one connection: tells one of its requests
+    that its client went away, without a task waiting on ``receive()``.
+
+    One per connection, in every request's scope. :meth:`arm` registers a callback for the request whose scope it is
+    given; it is called once, when the connection is lost with that request unanswered — exactly when uvicorn's
+    ``receive()`` would return ``http.disconnect`` to a task waiting on it. :meth:`arm` refuses (False: wait on
+    ``receive()`` as before) what it cannot watch the same way: a request that is not the connection's latest (a
+    pipelined one behind it has arrived; uvicorn's disconnect reaches only the latest) or one already answered or
+    disconnected.
+    """
+
+    __slots__ = ("_armed", "_protocol")
+
+    def __init__(self, protocol: HttpToolsProtocol) -> None:
+        self._protocol = protocol
+        self._armed: tuple[RequestResponseCycle, Callable[[], None]] | None = None
+
+    def arm(self, scope: Any, on_disconnect: Callable[[], None]) -> bool:
+        """Call ``on_disconnect`` when the client of the request ``scope`` belongs to goes away (until :meth:`disarm`).
+
+        ``scope`` may be a middleware's copy of the request's scope: they share its ``extensions``.
+        """
+        cycle = self._protocol.cycle
+        if (
+            cycle is None
+            or cycle.scope.get("extensions") is not scope.get("extensions")
+            or cycle.response_complete
+            or cycle.disconnected
+        ):
+            return False
+        self._armed = (cycle, on_disconnect)
+        cycle.flow.resume_reading()  # as receive() does before it waits: a paused read would never see the close
+        return True
+
+    def disarm(self) -> None:
+        """No callback any more (the request is answered, or its application no longer cares)."""
+        self._armed = None
+
+    def lost(self) -> None:
+        """The connection is lost: the armed request's callback, if uvicorn marked that request disconnected."""
+        armed = self._armed
+        self._armed = None
+        if armed is not None and armed[0].disconnected:
+            armed[1]()
+
+
 def guarded_httptools(limits: HeadLimits, max_head_bytes: int) -> type[HttpToolsProtocol]:
     """An :class:`HttpToolsProtocol` subclass that enforces ``limits`` and ``max_head_bytes`` and parses
     as h11 does (one class per served front)."""
@@ -124,11 +178,13 @@ def guarded_httptools(limits: HeadLimits, max_head_bytes: int) -> type[HttpTools
         _unparsed = 0  # bytes read since the last head end, body piece or message end
         _in_head = False  # headers being read (after them come the body and, chunked, the trailers)
         _unread: RequestResponseCycle | None = None  # the request whose body is still arriving
+        _hook: LostHook
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
             self._watch = HeadWatch(limits, self.loop, transport)
             self._watch.await_head(started=False)
+            self._hook = LostHook(self)
 
         def data_received(self, data: bytes) -> None:
             self._unparsed += len(data)
@@ -147,6 +203,8 @@ def guarded_httptools(limits: HeadLimits, max_head_bytes: int) -> type[HttpTools
         def on_message_begin(self) -> None:
             super().on_message_begin()
             self._in_head = True
+            scope: dict[str, Any] = self.scope  # type: ignore[assignment]  # (uvicorn types extensions narrowly)
+            scope.setdefault("extensions", {})[DISCONNECT_HOOK] = self._hook
 
         def on_header(self, name: bytes, value: bytes) -> None:
             if self._in_head:  # (after the head: a trailer, dropped)
@@ -187,5 +245,6 @@ def guarded_httptools(limits: HeadLimits, max_head_bytes: int) -> type[HttpTools
         def connection_lost(self, exc: Exception | None) -> None:
             self._watch.head_done()
             super().connection_lost(exc)
+            self._hook.lost()
 
     return GuardedHttpToolsProtocol

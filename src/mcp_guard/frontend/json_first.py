@@ -51,6 +51,7 @@ import anyio
 import pydantic_core
 from mcp.server.lowlevel import Server
 from mcp.server.streamable_http import (
+    CONTENT_TYPE_JSON,
     CONTENT_TYPE_SSE,
     MCP_SESSION_ID_HEADER,
     REQUEST_CANCELLED,
@@ -83,6 +84,14 @@ __all__ = ["JSON_WINDOW_S", "JsonFirstSessionManager", "JsonFirstTransport"]
 # How long a POST waits for its first message before it commits to SSE (so a slow call's client sees
 # headers and pings instead of silence). The SDK's 2026-07-28 transport uses the same window.
 JSON_WINDOW_S = 15.0
+
+# The headers of a direct request's JSON answer, as Starlette's Response renders the SDK's (lowercased, latin-1).
+_JSON_CONTENT_TYPE = (b"content-type", CONTENT_TYPE_JSON.encode("latin-1"))
+_SESSION_ID_HEADER = MCP_SESSION_ID_HEADER.lower().encode("latin-1")
+
+# (Accept, Content-Type) → whether a POST with them may be answered JSON-first (JsonFirstTransport._json_both_ways).
+_JSON_BOTH_WAYS: dict[tuple[str, str], bool] = {}
+_JSON_BOTH_WAYS_MAX = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,8 +140,7 @@ class JsonFirstTransport(StreamableHTTPServerTransport):
         """
         if self._event_store is not None or self._read_stream_writer is None:
             return None
-        has_json, has_sse = check_accept_headers(request)
-        if not (has_json and has_sse) or not self._check_content_type(request):
+        if not self._json_both_ways(request):
             return None
         try:
             raw = pydantic_core.from_json(await request.body())
@@ -140,6 +148,19 @@ class JsonFirstTransport(StreamableHTTPServerTransport):
         except (ValueError, ValidationError):
             return None
         return None if message.method == "initialize" else message
+
+    def _json_both_ways(self, request: Request) -> bool:
+        """Whether the POST accepts JSON and SSE and carries JSON (the SDK's own checks), remembered per pair of header
+        values: a client sends the same two on every request, and the checks are pure functions of them."""
+        headers = request.headers
+        key = (headers.get("accept", ""), headers.get("content-type", ""))
+        verdict = _JSON_BOTH_WAYS.get(key)
+        if verdict is None:
+            has_json, has_sse = check_accept_headers(request)
+            verdict = has_json and has_sse and self._check_content_type(request)
+            if len(_JSON_BOTH_WAYS) < _JSON_BOTH_WAYS_MAX:  # (clients' values are few; a flood of new ones is not kept)
+                _JSON_BOTH_WAYS[key] = verdict
+        return verdict
 
     async def _answer(
         self, scope: Scope, request: Request, receive: Receive, send: Send, message: JSONRPCRequest
@@ -170,46 +191,62 @@ class JsonFirstTransport(StreamableHTTPServerTransport):
     ) -> None:
         """Run the request in this task (:mod:`mcp_guard.frontend.direct_call`); answer JSON unless it streams.
 
-        The request's stream is registered as :meth:`_answer` registers it, but read only once the answer turns
-        into an SSE stream: when the call first sends the client something (before that message is routed here)
-        or when :data:`JSON_WINDOW_S` passes. Then its answer goes through the session's ordered write channel,
-        behind what was sent before it, and the stream writer ends the response with it.
+        The request's stream is registered, and the SSE answer started in a task of its own, only once the answer
+        turns into a stream: when the call first sends the client something (before that message is routed here:
+        everything the call sends goes through its dispatch context, which says so first) or when
+        :data:`JSON_WINDOW_S` passes. Then its answer goes through the session's ordered write channel, behind what
+        was sent before it, and the stream writer ends the response with it. A call that streams nothing — nearly
+        every call — pays for neither the stream nor a task group (whose exit alone costs a turn of the event loop).
         """
-        request_id, framed = self._open_request(message, request)
+        request_id = str(message.id)
+        framed = self._frame(message, request, request_id)
         metadata = framed.metadata
         assert isinstance(metadata, ServerMessageMetadata)  # the transport frames every message with its own
         call = anyio.CancelScope()
         self._direct_scopes.add(call)
-        streaming = False
+        streamer: asyncio.Task[None] | None = None
+
+        def stream() -> None:
+            nonlocal streamer
+            if streamer is None:
+                self._register(request_id)
+                streamer = asyncio.get_running_loop().create_task(self._stream(scope, receive, send, request_id, None))
+
+        window = asyncio.get_running_loop().call_later(JSON_WINDOW_S, stream)
         try:
-            async with anyio.create_task_group() as tg:
-
-                def stream() -> None:
-                    nonlocal streaming
-                    if not streaming:
-                        streaming = True
-                        tg.start_soon(self._stream, scope, receive, send, request_id, None)
-
-                window = asyncio.get_running_loop().call_later(JSON_WINDOW_S, stream)
-                try:
-                    settlement = await DirectCalls.run(ready, message, metadata, call, stream)
-                finally:
-                    window.cancel()
-                if streaming:
-                    await self._end_stream(settlement, metadata)
-                else:
-                    await self._clean_up_memory_streams(request_id)
-                    await self._respond(settlement, message)(scope, receive, send)
+            try:
+                settlement = await DirectCalls.run(ready, message, metadata, call, stream)
+            finally:
+                window.cancel()
+            if streamer is None:
+                await self._send_json(settlement, message, scope, receive, send)
+            else:
+                await self._end_stream(settlement, metadata)
+                await streamer  # the stream ends with the answer (or with the session)
         finally:
             self._direct_scopes.discard(call)
+            if streamer is not None and not streamer.done():  # this POST was cancelled or failed: its stream ends too
+                streamer.cancel()
+                with anyio.CancelScope(shield=True):
+                    await asyncio.wait((streamer,))
+                if not streamer.cancelled():
+                    streamer.exception()  # (retrieved: the POST's own exception is the one that propagates)
 
     def _open_request(self, message: JSONRPCRequest, request: Request) -> tuple[str, SessionMessage]:
         """The request's stream id and the message framed as the SDK frames it, its stream registered (so the
         router routes what the session sends for it there)."""
         request_id = str(message.id)
-        version = request.headers.get(MCP_PROTOCOL_VERSION_HEADER, DEFAULT_NEGOTIATED_VERSION)
+        self._register(request_id)
+        return request_id, self._frame(message, request, request_id)
+
+    def _register(self, request_id: str) -> None:
+        """Register the request's stream: the router routes what the session sends for the request there."""
         self._request_streams[request_id] = anyio.create_memory_object_stream[EventMessage](REQUEST_STREAM_BUFFER_SIZE)
-        return request_id, self._create_session_message(message, request, request_id, version)
+
+    def _frame(self, message: JSONRPCRequest, request: Request, request_id: str) -> SessionMessage:
+        """The message framed as the SDK frames it (its metadata: the HTTP request, the unanswered-request hook)."""
+        version = request.headers.get(MCP_PROTOCOL_VERSION_HEADER, DEFAULT_NEGOTIATED_VERSION)
+        return self._create_session_message(message, request, request_id, version)
 
     def _session_ended_answer(self) -> Any:
         """The answer to a request whose session ended before it was answered (the ASGI response to send)."""
@@ -228,6 +265,27 @@ class JsonFirstTransport(StreamableHTTPServerTransport):
         except (anyio.BrokenResourceError, anyio.ClosedResourceError):
             pass  # the session ended meanwhile: its streams (and this response's) are closed
         # Settled.CLOSED: the session's streams are closed, which ends the stream writer.
+
+    async def _send_json(
+        self, settlement: Settlement, message: JSONRPCRequest, scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        """The JSON answer of a direct request that sent nothing before it.
+
+        A result or error is sent as the two ASGI messages the SDK's ``_create_json_response`` would send (the
+        same status, headers in the same order, the same body) without building a Starlette response for it;
+        the rare answers (cancelled, session ended) are the SDK's own responses.
+        """
+        answer = settlement.message
+        if settlement.settled is not Settled.ANSWERED or answer is None:
+            await self._respond(settlement, message)(scope, receive, send)
+            return
+        body = answer.model_dump_json(by_alias=True, exclude_unset=True).encode()
+        headers = [_JSON_CONTENT_TYPE]
+        if self.mcp_session_id:
+            headers.append((_SESSION_ID_HEADER, self.mcp_session_id.encode("latin-1")))
+        headers.append((b"content-length", str(len(body)).encode("latin-1")))
+        await send({"type": "http.response.start", "status": HTTPStatus.OK, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
 
     def _respond(self, settlement: Settlement, message: JSONRPCRequest) -> Any:
         """The JSON answer of a direct request that sent nothing before it (the ASGI response to send)."""

@@ -19,9 +19,11 @@ status) or its ``_sse_event`` frames. What differs is only where things wait:
   one commits ``text/event-stream`` with the SDK's headers, later ones and the answer follow as events. A call
   silent for :data:`PING_INTERVAL_S` commits the same stream and gets the SDK's keep-alive comment every interval
   of silence (a timer starts that writer only then).
-* Client disconnect: one plain asyncio task waits on ``receive()`` for ``http.disconnect`` and cancels the
-  handler's scope, as the SDK's watcher cancels its task group (a 2026-07-28 client cancels a call by closing the
-  stream); nothing more is sent then. The task is cancelled as soon as the handler returns.
+* Client disconnect: the handler's scope is cancelled when the client goes away, as the SDK's watcher cancels its
+  task group (a 2026-07-28 client cancels a call by closing the stream); nothing more is sent then. The front's
+  httptools protocol says so with a callback (its :class:`~mcp_guard.frontend.httptools_protocol.DisconnectHook`,
+  called when ``receive()`` would return ``http.disconnect``); where it cannot (h11, a pipelined request) one plain
+  asyncio task waits on ``receive()`` for ``http.disconnect``, cancelled as soon as the handler returns.
 * The per-request back-channel stays closed (``send_raw_request`` raises ``NoBackChannelError``): upstream
   questions become ``InputRequiredResult`` rounds in the handler, unchanged.
 
@@ -46,7 +48,8 @@ import json
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from functools import partial
+from typing import Any, Protocol
 
 import anyio
 from mcp.server._streamable_http_modern import (
@@ -95,13 +98,31 @@ from starlette.types import Receive, Scope, Send
 
 from mcp_guard.frontend.asgi_headers import first_header
 
-__all__ = ["DIRECT_MODERN_METHODS", "PING_INTERVAL_S", "ModernDirect"]
+__all__ = ["DIRECT_MODERN_METHODS", "DISCONNECT_HOOK", "PING_INTERVAL_S", "DisconnectHook", "ModernDirect"]
 
 DIRECT_MODERN_METHODS = frozenset({"tools/call"})
 """The methods answered directly: the hot path. Listings, reads and ``server/discover`` keep the SDK's entry."""
 
 PING_INTERVAL_S = _SSE_PING_INTERVAL
 """Silence after which a call's answer commits to SSE, and between its keep-alive comments (the SDK's value)."""
+
+DISCONNECT_HOOK = "mcp_guard.disconnect_hook"
+"""The key, in a request's ``scope["extensions"]``, of the front's :class:`DisconnectHook` (where it offers one)."""
+
+
+class DisconnectHook(Protocol):
+    """What a front offers to tell a request that its client went away without a task waiting on ``receive()``
+    (the httptools front's: :class:`mcp_guard.frontend.httptools_protocol.LostHook`)."""
+
+    def arm(self, scope: Scope, on_disconnect: Callable[[], None]) -> bool:
+        """Call ``on_disconnect`` once when ``receive()`` would return ``http.disconnect`` to the request of
+        ``scope`` (until :meth:`disarm`); False when it cannot watch this request so (then wait on ``receive()``)."""
+        ...
+
+    def disarm(self) -> None:
+        """No callback any more."""
+        ...
+
 
 _PING = b": ping\r\n\r\n"
 _VERSION_HEADER = MCP_PROTOCOL_VERSION_HEADER.encode("ascii")
@@ -247,23 +268,27 @@ class ModernDirect:
             response=response,
         )
         call = serve_one(self._app, dctx, req.method, req.params, connection=connection, lifespan_state=lifespan_state)
-        answer = await _until_disconnect(_to_jsonrpc_response(req.id, call), receive, response)
+        answer = await _until_disconnect(_to_jsonrpc_response(req.id, call), scope, receive, response)
         if answer is not None:
             await response.finish(answer, scope, receive)
 
 
 async def _until_disconnect(
-    answering: Any, receive: Receive, response: _Response
+    answering: Any, request_scope: Scope, receive: Receive, response: _Response
 ) -> JSONRPCResponse | JSONRPCError | None:
     """Await ``answering`` (the call and its error mapping); None when the client disconnected first.
 
-    The SDK's watcher (a task in the request's task group) becomes one plain asyncio task that cancels the call's
-    scope on ``http.disconnect``; the keep-alive writer is a task started by a timer only once the call has been
-    silent for :data:`PING_INTERVAL_S`. Both end with the call.
+    The SDK's watcher (a task in the request's task group) becomes the front's disconnect callback, or where the front
+    offers none one plain asyncio task waiting on ``receive()``; either cancels the call's scope. The keep-alive writer
+    is a task started by a timer only once the call has been silent for :data:`PING_INTERVAL_S`. All end with the call.
     """
     loop = asyncio.get_running_loop()
     scope = anyio.CancelScope()
-    watcher = loop.create_task(_watch_disconnect(receive, scope, response))
+    hook: DisconnectHook | None = (request_scope.get("extensions") or {}).get(DISCONNECT_HOOK)
+    watchers: list[asyncio.Task[None]] = []
+    if hook is None or not hook.arm(request_scope, partial(_disconnected, scope, response)):
+        hook = None
+        watchers.append(loop.create_task(_watch_disconnect(receive, scope, response)))
     pinger: list[asyncio.Task[None]] = []
 
     def start_pinging() -> None:
@@ -276,9 +301,13 @@ async def _until_disconnect(
             answer = await answering
     finally:
         timer.cancel()
-        for task in (watcher, *pinger):
+        if hook is not None:
+            hook.disarm()
+        tasks = (*watchers, *pinger)
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(watcher, *pinger, return_exceptions=True)
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
     return None if scope.cancelled_caught else answer
 
 
@@ -286,6 +315,11 @@ async def _watch_disconnect(receive: Receive, scope: anyio.CancelScope, response
     """Cancel the call when its client goes away (the SDK's ``watch_disconnect``)."""
     while (await receive()).get("type") != "http.disconnect":
         pass
+    _disconnected(scope, response)
+
+
+def _disconnected(scope: anyio.CancelScope, response: _Response) -> None:
+    """The client went away: nothing more is sent, and the call is cancelled."""
     response.closed = True
     scope.cancel()
 

@@ -97,11 +97,18 @@ class SessionTable:
         self, ctx: ServerRequestContext[Any, Any], transport: str, principal: Principal
     ) -> DownstreamSession:
         """The client session ``ctx`` belongs to, opened by ``principal`` if it is new."""
-        conn = _connection_of(ctx)
-        existing = conn.state.get(_STATE_KEY)
-        if existing is not None:
-            sess: DownstreamSession = existing
-            return sess
+        sess = self.existing(ctx)
+        return sess if sess is not None else self._open(_connection_of(ctx), transport, principal)
+
+    @staticmethod
+    def existing(ctx: ServerRequestContext[Any, Any]) -> DownstreamSession | None:
+        """The client session ``ctx`` belongs to once :meth:`for_request` has opened it (None before): a request of a
+        known session needs no principal to find it."""
+        sess: DownstreamSession | None = _connection_of(ctx).state.get(_STATE_KEY)
+        return sess
+
+    def _open(self, conn: Connection, transport: str, principal: Principal) -> DownstreamSession:
+        """A new client session on ``conn``, kept on its per-connection state (and, handshake era, in the table)."""
         params = conn.client_params
         client = params.client_info if params is not None else None
         modern = conn.protocol_version in MODERN_PROTOCOL_VERSIONS
