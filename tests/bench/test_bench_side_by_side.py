@@ -1,5 +1,6 @@
 """The side-by-side benches run to the end with every call answered: bench_trees.py (the repo against itself, stdio
-and HTTP), bench_modern_plumbing.py and bench_stdio_plumbing.py (both paths, in-process). No timing is asserted
+and HTTP), bench_modern_plumbing.py and bench_stdio_plumbing.py (both paths, in-process), bench_http_plumbing.py (the
+session manager's path, in-process). No timing is asserted
 (speed is shown by the benches); each checks its own calls (``check_result``, the loadgen's error count)."""
 
 from __future__ import annotations
@@ -32,3 +33,4 @@ def test_trees_http_answers_every_call_in_both_trees() -> None:
 def test_the_plumbing_benches_run_both_paths() -> None:
     assert _run("bench/bench_modern_plumbing.py", "--requests", "64", "--blocks", "2").strip()
     assert _run("bench/bench_stdio_plumbing.py", "--calls", "50", "--blocks", "2").strip()
+    assert _run("bench/bench_http_plumbing.py", "--calls", "50", "--blocks", "2").strip()
