@@ -76,13 +76,19 @@ async def _tried(app: Any) -> None:
         await app.tried.wait()
 
 
-async def test_a_lost_connection_calls_the_armed_request_once() -> None:
+async def _one_armed_request() -> tuple[Any, Any, list[bool], list[str]]:
+    """A protocol whose one request's application has armed the hook: (app, protocol, armed, called)."""
     armed: list[bool] = []
     called: list[str] = []
     app = _arming_app(armed, called)
     protocol = _protocol(app)
     protocol.data_received(REQUEST)
     await _tried(app)
+    return app, protocol, armed, called
+
+
+async def test_a_lost_connection_calls_the_armed_request_once() -> None:
+    _app, protocol, armed, called = await _one_armed_request()
     assert armed == [True] and called == []
     protocol.connection_lost(None)
     await _settled(protocol)
@@ -90,12 +96,7 @@ async def test_a_lost_connection_calls_the_armed_request_once() -> None:
 
 
 async def test_a_disarmed_request_is_not_called() -> None:
-    armed: list[bool] = []
-    called: list[str] = []
-    app = _arming_app(armed, called)
-    protocol = _protocol(app)
-    protocol.data_received(REQUEST)
-    await _tried(app)
+    app, protocol, _armed, called = await _one_armed_request()
     protocol.scope["extensions"][DISCONNECT_HOOK].disarm()
     protocol.connection_lost(None)
     app.stop.set()
