@@ -21,9 +21,10 @@ status) or its ``_sse_event`` frames. What differs is only where things wait:
   of silence (a timer starts that writer only then).
 * Client disconnect: the handler's scope is cancelled when the client goes away, as the SDK's watcher cancels its
   task group (a 2026-07-28 client cancels a call by closing the stream); nothing more is sent then. The front's
-  httptools protocol says so with a callback (its :class:`~mcp_guard.frontend.httptools_protocol.DisconnectHook`,
-  called when ``receive()`` would return ``http.disconnect``); where it cannot (h11, a pipelined request) one plain
-  asyncio task waits on ``receive()`` for ``http.disconnect``, cancelled as soon as the handler returns.
+  httptools protocol says so with a callback (a :class:`DisconnectHook`: its
+  :class:`~mcp_guard.frontend.httptools_protocol.LostHook`, called when ``receive()`` would return
+  ``http.disconnect``); where it cannot (h11, a pipelined request) one plain asyncio task waits on ``receive()``
+  for ``http.disconnect``, cancelled as soon as the handler returns.
 * The per-request back-channel stays closed (``send_raw_request`` raises ``NoBackChannelError``): upstream
   questions become ``InputRequiredResult`` rounds in the handler, unchanged.
 
