@@ -8,10 +8,12 @@ import json
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
 
+from mcp_guard.errors import StateError
 from mcp_guard.state import (
     Admission,
     Admit,
@@ -28,6 +30,7 @@ from mcp_guard.state import (
     SQLiteState,
     StateStore,
 )
+from mcp_guard.state import sqlite as state_sqlite
 from mcp_guard.state.base import OpFailed, apply_in_turn, undo_ops
 from mcp_guard.state.postgres import PostgresState
 
@@ -402,3 +405,99 @@ async def test_in_turn_a_failing_op_takes_back_the_ops_before_it_and_names_itsel
         await apply_in_turn(store, [Record(F1, call("d1", "private")), Admit((ONE,))])
     assert failed.value.at == 1 and failed.value.cause == "disk I/O error"
     assert await _dids(store) == [] and (await store.flow(F1.id)).labels == {}
+
+
+# ---------------------------------------------------------------------- SQLite group commit (concurrent batches)
+async def _concurrently(store: SQLiteState, batches: list[list[object]]) -> list[object]:
+    """``batches`` applied by as many tasks, all started in one turn of the event loop (as concurrent calls are);
+    each task's Applied, or the exception it raised."""
+    out: list[object] = [None] * len(batches)
+
+    async def one(i: int) -> None:
+        try:
+            out[i] = await store.apply(batches[i])  # type: ignore[arg-type]
+        except Exception as e:
+            out[i] = e
+
+    async with anyio.create_task_group() as tg:
+        for i in range(len(batches)):
+            tg.start_soon(one, i)
+    return out
+
+
+async def test_sqlite_concurrent_batches_share_one_transaction_and_stay_exact(tmp_path: Path) -> None:
+    """Eight calls' batches in one turn: the first alone, the other seven in one group transaction — each in its own
+    savepoint, every one applied (the same flow's history numbered in order, every hit counted), and what the cache
+    says is what a fresh connection reads."""
+    store = SQLiteState(tmp_path / "s.db", flows=FlowBounds(idle_s=100.0, history=32, labels=4, per_principal=5))
+    await store.start()
+    try:
+        await store.flow(F1.id)
+        seen = _traced(store)
+        many = Limit("k", 100, 60.0)
+        results = await _concurrently(store, [[Record(F1, call(f"d{i}")), Admit((many,))] for i in range(8)])
+        assert all(getattr(r, "committed", False) for r in results), results
+        assert [s for s in seen if s.startswith("BEGIN")] == ["BEGIN IMMEDIATE"] * 2  # one alone, one group
+        assert sum(1 for s in seen if s.startswith("SAVEPOINT")) == 7
+        cached = await store.flow(F1.id)
+        assert sorted(c.decision_id for c in cached.history) == [f"d{i}" for i in range(8)]
+        assert await store.usage([many.bucket]) == {many.bucket: 8}
+    finally:
+        await store.aclose()
+    fresh = SQLiteState(tmp_path / "s.db", flows=FlowBounds(idle_s=100.0, history=32, labels=4, per_principal=5))
+    await fresh.start()
+    try:
+        assert (await fresh.flow(F1.id)).history == cached.history
+    finally:
+        await fresh.aclose()
+
+
+async def test_sqlite_a_refused_batch_in_a_group_is_rolled_back_alone(tmp_path: Path) -> None:
+    """A limit of three, five concurrent batches (record, then admit): three are applied and two refused — a refused
+    batch's record rolled back with it (its savepoint), the others' kept."""
+    store = SQLiteState(tmp_path / "s.db", flows=FlowBounds(idle_s=100.0, history=32, labels=4, per_principal=5))
+    await store.start()
+    try:
+        three = Limit("k", 3, 60.0)
+        results = await _concurrently(store, [[Record(F1, call(f"d{i}")), Admit((three,))] for i in range(5)])
+        kept = [i for i, r in enumerate(results) if getattr(r, "committed", False)]
+        refused = [r for i, r in enumerate(results) if i not in kept]
+        assert len(kept) == 3 and all(getattr(r, "committed", None) is False for r in refused), results
+        assert sorted(c.decision_id for c in (await store.flow(F1.id)).history) == [f"d{i}" for i in kept]
+        assert await store.usage([three.bucket]) == {three.bucket: 3}
+    finally:
+        await store.aclose()
+
+
+async def test_sqlite_a_group_that_cannot_commit_fails_every_batch_and_keeps_the_cache_exact(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The group's transaction reaches its deadline before COMMIT (injected into the first transaction that used a
+    savepoint: rolled back, as ``_immediate`` does past the deadline): every batch of the group gets the StateError,
+    nothing of it is in the file, and the flow cache — which followed each batch as its savepoint was released — is
+    emptied, so the next read is the file's. The batch that ran alone is kept."""
+    store = SQLiteState(tmp_path / "s.db", flows=FlowBounds(idle_s=100.0, history=32, labels=4, per_principal=5))
+    await store.start()
+    seen = _traced(store)
+    exit_transaction = state_sqlite._immediate.__exit__
+    armed = [True]
+
+    def failing_commit(self: Any, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is None and armed[0] and any(sql.startswith("SAVEPOINT") for sql in seen):
+            armed[0] = False
+            self._db.execute("ROLLBACK")
+            raise state_sqlite._Expired
+        exit_transaction(self, exc_type, exc, tb)
+
+    monkeypatch.setattr(state_sqlite._immediate, "__exit__", failing_commit)
+    try:
+        await store.record_call(F1, call("d-before"))
+        await store.flow(F1.id)  # cached
+        many = Limit("k", 100, 60.0)
+        results = await _concurrently(store, [[Record(F1, call(f"d{i}")), Admit((many,))] for i in range(4)])
+        assert getattr(results[0], "committed", False)  # alone, before the group
+        assert all(isinstance(r, StateError) for r in results[1:]), results
+        assert [c.decision_id for c in (await store.flow(F1.id)).history] == ["d-before", "d0"]
+        assert await store.usage([many.bucket]) == {many.bucket: 1}
+    finally:
+        await store.aclose()

@@ -54,6 +54,7 @@ Durability: ``synchronous = NORMAL`` in WAL mode — a power loss may forget the
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import sqlite3
@@ -66,7 +67,7 @@ from dataclasses import dataclass
 from functools import partial
 from json.encoder import encode_basestring_ascii as _q  # a str as json.dumps writes it (quoted, ASCII-escaped)
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import anyio
 import structlog
@@ -258,6 +259,10 @@ class SQLiteState:
         self._thread_done: anyio.Event | None = None  # set when the operation now in the worker thread returns
         self.stats = {"inline": 0, "thread": 0, "busy": 0, "checkpoints": 0, "flow_hits": 0, "waited": 0}
         self._flows = _FlowCache(flow_cache)
+        # the task whose batch ran at once in this turn of the event loop (apply: group commit); None: none did
+        self._turn_task: asyncio.Task[Any] | None = None
+        self._group: _Group | None = None  # the batches waiting for the next group transaction
+        self._group_tasks: set[asyncio.Task[None]] = set()
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -265,6 +270,8 @@ class SQLiteState:
         await self._run(lambda _db, _deadline: None, "open")
 
     async def aclose(self) -> None:
+        if self._group_tasks:  # a group on its way: its callers get their answers before the file closes
+            await asyncio.wait(set(self._group_tasks))
         with self._lock:
             self._close()
 
@@ -422,9 +429,34 @@ class SQLiteState:
         """``ops`` in one ``BEGIN IMMEDIATE`` transaction, in order; the first refusal rolls it all back.
 
         The clock is read once, under the write lock. Flow-cache updates wait for the COMMIT (a rolled-back
-        batch leaves the cache as the file is). An error rolls back too (StateError: nothing was kept)."""
+        batch leaves the cache as the file is). An error rolls back too (StateError: nothing was kept).
+
+        Group commit: the first batch of a turn of the event loop runs at once, as it always did (a lone call pays
+        nothing, nor a caller applying several batches in a row); batches other tasks bring in the same turn —
+        concurrent calls — share one transaction, run by one task on the next turn, each inside a savepoint of its
+        own (:meth:`_apply_group`): a refusal or an error rolls back only its batch, and one COMMIT writes the
+        pages they share once. A grouped batch, like one abandoned in the worker thread, may still be applied when
+        its caller is cancelled while it waits."""
         if not ops:
             return Applied(())
+        group, task = self._group, asyncio.current_task()
+        if group is None and (self._turn_task is None or self._turn_task is task):  # alone, or the same caller again
+            if self._turn_task is None:
+                asyncio.get_running_loop().call_soon(self._end_turn)
+            self._turn_task = task
+            return await self._apply_one(ops)
+        if group is None:
+            group = self._group = _Group()
+            task = asyncio.get_running_loop().create_task(self._apply_group(group))
+            self._group_tasks.add(task)
+            task.add_done_callback(self._group_tasks.discard)
+        return await group.join(ops)
+
+    def _end_turn(self) -> None:
+        self._turn_task = None
+
+    async def _apply_one(self, ops: Sequence[StateOp]) -> Applied:
+        """One batch in its own transaction (:meth:`apply`)."""
 
         def op(db: sqlite3.Cursor, deadline: float) -> Applied:
             results: list[OpResult] = []
@@ -441,6 +473,60 @@ class SQLiteState:
             return Applied(tuple(results))
 
         return await self._run(op, partial(_what, ops))  # named only if it fails
+
+    async def _apply_group(self, group: _Group) -> None:
+        """The batches that joined ``group`` until now, in one ``BEGIN IMMEDIATE``, each in a savepoint: a refused
+        batch (or one that failed) is rolled back to its savepoint alone. The flow cache follows each batch as it
+        is released — a later batch of the group may record into the same flow and must see it — and is emptied
+        if the COMMIT does not happen (the cache may then be ahead of the file; empty, it is exact again)."""
+        self._group = None  # from here on, new batches start a new group
+        batches = group.batches
+
+        def op(db: sqlite3.Cursor, deadline: float) -> list[Applied | StateError]:
+            outcomes: list[Applied | StateError] = []
+            done = False
+            try:
+                with _immediate(db, deadline):
+                    now = self._clock()  # read under the write lock: hit times follow commit order
+                    for ops in batches:
+                        outcomes.append(self._in_savepoint(db, ops, now))
+                done = True
+            finally:
+                if not done:
+                    self._flows.clear()
+            return outcomes
+
+        try:
+            outcomes = await self._run(op, partial(_what, batches[0]))
+        except Exception as e:  # the whole group failed (StateError): every caller gets it
+            group.fail(e)
+            return
+        except BaseException:  # cancelled (the loop is closing): the callers fail closed
+            group.fail(StateError(f"the state store {self.path} closed", cause="closed"))
+            raise
+        group.settle(outcomes)
+
+    def _in_savepoint(self, db: sqlite3.Cursor, ops: Sequence[StateOp], now: float) -> Applied | StateError:
+        """One batch of a group inside ``SAVEPOINT``: its results, or the StateError that rolled it back alone."""
+        results: list[OpResult] = []
+        committed: list[Callable[[], None]] = []
+        db.execute("SAVEPOINT batch")
+        try:
+            for one in ops:
+                results.append(self._op(db, one, now, committed))
+                if is_refusal(results[-1]):
+                    db.execute("ROLLBACK TO batch")
+                    committed.clear()
+                    break
+        except sqlite3.Error as e:
+            db.execute("ROLLBACK TO batch")
+            db.execute("RELEASE batch")
+            cause = str(e)
+            return StateError(f"the state store {self.path} cannot {_what(ops)}: {e}", cause=cause)
+        db.execute("RELEASE batch")
+        for update in committed:  # this batch's cache updates, before the next batch reads the cache
+            update()
+        return Applied(tuple(results))
 
     def _op(self, db: sqlite3.Cursor, op: StateOp, now: float, committed: list[Callable[[], None]]) -> OpResult:
         if isinstance(op, Admit):
@@ -649,6 +735,36 @@ class _immediate:
         self._db.execute("ROLLBACK")
         if exc_type is None and self._keep:
             raise _Expired
+
+
+class _Group:
+    """Batches of one group transaction (:meth:`SQLiteState._apply_group`), each with its caller's future."""
+
+    __slots__ = ("batches", "futures")
+
+    def __init__(self) -> None:
+        self.batches: list[Sequence[StateOp]] = []
+        self.futures: list[asyncio.Future[Applied]] = []
+
+    async def join(self, ops: Sequence[StateOp]) -> Applied:
+        future: asyncio.Future[Applied] = asyncio.get_running_loop().create_future()
+        self.batches.append(ops)
+        self.futures.append(future)
+        return await future  # cancelled: the batch may still be applied (as one abandoned in the thread may)
+
+    def settle(self, outcomes: list[Applied | StateError]) -> None:
+        for future, outcome in zip(self.futures, outcomes, strict=True):
+            if future.done():
+                continue
+            if isinstance(outcome, StateError):
+                future.set_exception(outcome)
+            else:
+                future.set_result(outcome)
+
+    def fail(self, error: Exception) -> None:
+        for future in self.futures:
+            if not future.done():
+                future.set_exception(error)
 
 
 _Said = str | Callable[[], str]  # what an operation does, for its StateError (a batch's is put into words only then)
