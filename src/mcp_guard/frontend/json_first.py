@@ -269,15 +269,19 @@ class JsonFirstTransport(StreamableHTTPServerTransport):
     async def _send_json(
         self, settlement: Settlement, message: JSONRPCRequest, scope: Scope, receive: Receive, send: Send
     ) -> None:
-        """The JSON answer of a direct request that sent nothing before it.
+        """The JSON answer of a direct request that sent nothing before it: its result or error, or the transport's
+        REQUEST_CANCELLED error for a request the client cancelled; a request whose session ended gets the SDK's
+        answer for that.
 
-        A result or error is sent as the two ASGI messages the SDK's ``_create_json_response`` would send (the
-        same status, headers in the same order, the same body) without building a Starlette response for it;
-        the rare answers (cancelled, session ended) are the SDK's own responses.
+        Sent as the two ASGI messages the SDK's ``_create_json_response`` would send (the same status, headers in
+        the same order, the same body) without building a Starlette response for it.
         """
-        answer = settlement.message
-        if settlement.settled is not Settled.ANSWERED or answer is None:
-            await self._respond(settlement, message)(scope, receive, send)
+        answer = settlement.message if settlement.settled is Settled.ANSWERED else None
+        if settlement.settled is Settled.UNANSWERED:  # what the transport answers a cancelled request with
+            error = ErrorData(code=REQUEST_CANCELLED, message="Request cancelled")
+            answer = JSONRPCError(jsonrpc="2.0", id=message.id, error=error)
+        if answer is None:
+            await self._session_ended_answer()(scope, receive, send)
             return
         body = answer.model_dump_json(by_alias=True, exclude_unset=True).encode()
         headers = [_JSON_CONTENT_TYPE]
@@ -286,15 +290,6 @@ class JsonFirstTransport(StreamableHTTPServerTransport):
         headers.append((b"content-length", str(len(body)).encode("latin-1")))
         await send({"type": "http.response.start", "status": HTTPStatus.OK, "headers": headers})
         await send({"type": "http.response.body", "body": body})
-
-    def _respond(self, settlement: Settlement, message: JSONRPCRequest) -> Any:
-        """The JSON answer of a direct request that sent nothing before it (the ASGI response to send)."""
-        if settlement.settled is Settled.ANSWERED and settlement.message is not None:
-            return self._create_json_response(settlement.message)
-        if settlement.settled is Settled.UNANSWERED:  # what the transport answers a cancelled request with
-            error = ErrorData(code=REQUEST_CANCELLED, message="Request cancelled")
-            return self._create_json_response(JSONRPCError(jsonrpc="2.0", id=message.id, error=error))
-        return self._session_ended_answer()
 
     async def _stream(
         self, scope: Scope, receive: Receive, send: Send, request_id: str, first: EventMessage | None
