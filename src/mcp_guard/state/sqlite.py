@@ -337,8 +337,7 @@ class SQLiteState:
                             return value
                 return await self._in_thread(op, what)
         except TimeoutError:
-            cause = f"no answer within {self.timeout_s * 1000:.0f} ms"
-            raise StateError(f"the state store {self.path} cannot {_said(what)}: {cause}", cause=cause) from None
+            raise self._timed_out(what) from None
 
     async def _in_thread(self, op: Callable[[sqlite3.Cursor, float], _T], what: _Said) -> _T:
         """``op`` in the worker thread (:meth:`_locked`); inline attempts meanwhile wait for it (:meth:`_run`)."""
@@ -380,8 +379,7 @@ class SQLiteState:
             self.stats["inline"] += 1
             return value
         except _Expired:
-            cause = f"no answer within {self.timeout_s * 1000:.0f} ms"
-            raise StateError(f"the state store {self.path} cannot {_said(what)}: {cause}", cause=cause) from None
+            raise self._timed_out(what) from None
         except (sqlite3.Error, OSError) as e:
             raise self._failed(e, what) from e
         finally:
@@ -389,7 +387,7 @@ class SQLiteState:
 
     def _locked(self, op: Callable[[sqlite3.Cursor, float], _T], deadline: float, what: _Said) -> _T:
         if not self._lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
-            raise StateError(f"the state store {self.path} cannot {_said(what)}: busy", cause="busy")
+            raise self._error(what, "busy", "busy")
         try:
             db = self._connection()
             self._busy_ms = max(1, int((deadline - time.monotonic()) * 1000))
@@ -399,8 +397,7 @@ class SQLiteState:
             self._checkpoint(db)
             return value
         except _Expired:
-            cause = f"no answer within {self.timeout_s * 1000:.0f} ms"
-            raise StateError(f"the state store {self.path} cannot {_said(what)}: {cause}", cause=cause) from None
+            raise self._timed_out(what) from None
         except (sqlite3.Error, OSError) as e:
             raise self._failed(e, what) from e
         finally:
@@ -421,8 +418,15 @@ class SQLiteState:
 
     def _failed(self, e: sqlite3.Error | OSError, what: _Said) -> StateError:
         self._close()  # re-open next time: the file may have been repaired or replaced
-        cause = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
-        return StateError(f"the state store {self.path} cannot {_said(what)}: {e}", cause=cause)
+        return self._error(what, str(e), e.strerror if isinstance(e, OSError) and e.strerror else str(e))
+
+    def _timed_out(self, what: _Said) -> StateError:
+        cause = f"no answer within {self.timeout_s * 1000:.0f} ms"
+        return self._error(what, cause, cause)
+
+    def _error(self, what: _Said, problem: str, cause: str) -> StateError:
+        """The StateError of an operation: ``the state store PATH cannot WHAT: PROBLEM`` (``cause``: for clients)."""
+        return StateError(f"the state store {self.path} cannot {_said(what)}: {problem}", cause=cause)
 
     # ------------------------------------------------------------------ writes: one batch, one transaction
     async def apply(self, ops: Sequence[StateOp]) -> Applied:
@@ -459,18 +463,16 @@ class SQLiteState:
         """One batch in its own transaction (:meth:`apply`)."""
 
         def op(db: sqlite3.Cursor, deadline: float) -> Applied:
-            results: list[OpResult] = []
             committed: list[Callable[[], None]] = []  # cache updates, run once the batch has committed
             with _immediate(db, deadline) as tx:
                 now = self._clock()  # read under the write lock: hit times follow commit order
-                for one in ops:
-                    results.append(self._op(db, one, now, committed))
-                    if is_refusal(results[-1]):
-                        tx.roll_back()
-                        return Applied(tuple(results))
+                results = self._batch(db, ops, now, committed)
+                if not results.committed:
+                    tx.roll_back()
+                    return results
             for update in committed:
                 update()
-            return Applied(tuple(results))
+            return results
 
         return await self._run(op, partial(_what, ops))  # named only if it fails
 
@@ -508,24 +510,32 @@ class SQLiteState:
 
     def _in_savepoint(self, db: sqlite3.Cursor, ops: Sequence[StateOp], now: float) -> Applied | StateError:
         """One batch of a group inside ``SAVEPOINT``: its results, or the StateError that rolled it back alone."""
-        results: list[OpResult] = []
         committed: list[Callable[[], None]] = []
         db.execute("SAVEPOINT batch")
         try:
-            for one in ops:
-                results.append(self._op(db, one, now, committed))
-                if is_refusal(results[-1]):
-                    db.execute("ROLLBACK TO batch")
-                    committed.clear()
-                    break
+            results = self._batch(db, ops, now, committed)
+            if not results.committed:
+                db.execute("ROLLBACK TO batch")
+                committed.clear()
         except sqlite3.Error as e:
             db.execute("ROLLBACK TO batch")
             db.execute("RELEASE batch")
-            cause = str(e)
-            return StateError(f"the state store {self.path} cannot {_what(ops)}: {e}", cause=cause)
+            return self._error(_what(ops), str(e), str(e))
         db.execute("RELEASE batch")
         for update in committed:  # this batch's cache updates, before the next batch reads the cache
             update()
+        return results
+
+    def _batch(
+        self, db: sqlite3.Cursor, ops: Sequence[StateOp], now: float, committed: list[Callable[[], None]]
+    ) -> Applied:
+        """``ops`` in order inside the caller's transaction, up to the first refusal (the caller rolls back then:
+        ``committed`` is False)."""
+        results: list[OpResult] = []
+        for one in ops:
+            results.append(self._op(db, one, now, committed))
+            if is_refusal(results[-1]):
+                break
         return Applied(tuple(results))
 
     def _op(self, db: sqlite3.Cursor, op: StateOp, now: float, committed: list[Callable[[], None]]) -> OpResult:
