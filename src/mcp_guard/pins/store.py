@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mcp_guard.state.sqlite_file import use_wal
 from mcp_guard.types import utc_now
 
 __all__ = ["MIN_SHA_PREFIX", "ApprovalRefused", "PendingChange", "Pin", "PinState", "PinStore", "reviewed"]
@@ -130,7 +131,7 @@ def _open(path: Path) -> sqlite3.Connection:
     while True:
         db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=5.0)
         try:
-            db.execute("PRAGMA journal_mode=WAL")
+            use_wal(db)
             for stmt in _SCHEMA:
                 db.execute(stmt)
             return db

@@ -101,6 +101,7 @@ from mcp_guard.state.base import (
     too_many_flows,
     too_many_labels,
 )
+from mcp_guard.state.sqlite_file import use_wal
 from mcp_guard.types import new_id
 
 __all__ = ["SQLiteState"]
@@ -293,7 +294,7 @@ class SQLiteState:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         try:
-            db.execute("PRAGMA journal_mode=WAL")
+            use_wal(db)
             db.execute("PRAGMA synchronous=NORMAL")
             db.execute("PRAGMA wal_autocheckpoint=0")  # checkpoints run in the thread (_locked), never inline
             for stmt in _SCHEMA:

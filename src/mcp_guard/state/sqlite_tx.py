@@ -17,6 +17,7 @@ from typing import TypeVar
 import anyio
 
 from mcp_guard.errors import StateError
+from mcp_guard.state.sqlite_file import use_wal
 
 __all__ = ["in_transaction"]
 
@@ -40,7 +41,7 @@ async def in_transaction(
 def _in_thread(path: str | Path, fn: Callable[[sqlite3.Connection], _T], write: bool, timeout_s: float) -> _T:
     db = sqlite3.connect(path, timeout=timeout_s, isolation_level=None)
     try:
-        db.execute("PRAGMA journal_mode = WAL")
+        use_wal(db)
         db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
         try:
             result = fn(db)
