@@ -60,6 +60,40 @@ async def test_reopen_continues_the_chain(db: Path) -> None:
     assert result.ok and result.head_seq == 30
 
 
+def _pragma(path: Path, name: str) -> Any:
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute(f"PRAGMA {name}").fetchone()[0]
+    finally:
+        conn.close()
+
+
+async def test_a_new_file_gets_small_pages_and_a_backstop_of_the_same_bytes(db: Path) -> None:
+    async with open_sqlite(db) as backend:
+        assert await backend.append([_body(1)]) == 1
+        # the thread connection's automatic checkpoint: 64 MiB of WAL, whatever the page size
+        backstop = int(next(iter(await backend._db.execute_fetchall("PRAGMA wal_autocheckpoint")))[0])
+    assert _pragma(db, "page_size") == 1024
+    assert backstop == 64 * 1024 * 1024 // 1024
+    assert verify_file(db).ok
+
+
+async def test_a_file_made_with_other_pages_keeps_them(db: Path) -> None:
+    db.parent.mkdir(parents=True)
+    conn = sqlite3.connect(db)
+    conn.execute("PRAGMA page_size = 4096")
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("CREATE TABLE earlier (x)")  # made (by an earlier version, say) before the audit opens it
+    conn.close()
+    for i in range(2):
+        async with open_sqlite(db) as backend:
+            assert await backend.append([_body(i)]) == i + 1
+            backstop = int(next(iter(await backend._db.execute_fetchall("PRAGMA wal_autocheckpoint")))[0])
+        assert backstop == 64 * 1024 * 1024 // 4096
+    assert _pragma(db, "page_size") == 4096
+    assert seqs(db) == [1, 2] and verify_file(db).ok
+
+
 async def test_two_writers_on_one_file_keep_one_chain(db: Path) -> None:
     async with open_sqlite_sink(db) as a, open_sqlite_sink(db) as b:
         for i in range(20):
