@@ -4,6 +4,7 @@ connection writing the same file; on PostgreSQL exact across two replicas racing
 
 from __future__ import annotations
 
+import itertools
 import json
 import sqlite3
 from collections.abc import AsyncIterator
@@ -234,10 +235,11 @@ async def test_sqlite_a_full_cached_flow_turns_its_oldest_call_row_into_the_new_
         seen = _traced(store)
         assert (await store.apply([Record(F1, call("d4", "x")), Admit((lim,))])).committed
         assert not [s for s in seen if s.startswith("DELETE") or "ON CONFLICT" in s], seen
-        assert [s.split()[1] for s in seen if s.startswith("UPDATE")] == [
-            "flows",
+        # (the trace repeats a statement whose triggers run — the flow's version bump — so repeats are folded)
+        assert [table for table, _ in itertools.groupby(s.split()[1] for s in seen if s.startswith("UPDATE"))] == [
             "flow_calls",
             "flow_labels",
+            "flows",  # last: the version it returns counts the call's own changes
             "rate_counts",
         ]
         fresh = SQLiteState(path, flows=BOUNDS)

@@ -119,7 +119,7 @@ _SCHEMA = (
         PRIMARY KEY (key, window_s)) WITHOUT ROWID""",
     """CREATE TABLE IF NOT EXISTS flows (
         id TEXT NOT NULL PRIMARY KEY, principal TEXT NOT NULL, generation TEXT NOT NULL, seen REAL NOT NULL,
-        next_n INTEGER NOT NULL) WITHOUT ROWID""",
+        next_n INTEGER NOT NULL, version INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID""",
     "CREATE INDEX IF NOT EXISTS flows_by_principal ON flows (principal, seen)",
     "CREATE INDEX IF NOT EXISTS flows_by_seen ON flows (seen)",
     """CREATE TABLE IF NOT EXISTS flow_labels (
@@ -128,6 +128,14 @@ _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS flow_calls (
         flow_id TEXT NOT NULL, n INTEGER NOT NULL, decision_id TEXT NOT NULL, call TEXT NOT NULL,
         PRIMARY KEY (flow_id, n)) WITHOUT ROWID""",
+)
+# A flow's version counts every change to its calls and labels, whoever makes it (see _FlowCache): kept by the file
+# itself, so another process — an older mcp-guard among them — or any other connection bumps it too.
+_VERSION_TRIGGERS = tuple(
+    f"""CREATE TRIGGER IF NOT EXISTS {table}_{event.lower()}_bumps_flow AFTER {event} ON {table}
+        BEGIN UPDATE flows SET version = version + 1 WHERE id IN ({rows}); END"""
+    for table in ("flow_calls", "flow_labels")
+    for event, rows in (("INSERT", "NEW.flow_id"), ("UPDATE", "OLD.flow_id, NEW.flow_id"), ("DELETE", "OLD.flow_id"))
 )
 _PURGE_BATCH = 1000  # expired flows deleted per purge (the rest wait for the next one)
 FLOW_CACHE_SIZE = 1024  # flows kept in memory per store (see _FlowCache)
@@ -149,18 +157,20 @@ class _Expired(Exception):
 
 @dataclass(frozen=True, slots=True)
 class _CachedFlow:
-    """A flow as this store last read or wrote it: its row's generation, ``seen`` and ``next_n``, each history
-    call's ``n``."""
+    """A flow as this store last read or wrote it: its row's generation, ``seen``, ``next_n`` and ``version``, each
+    history call's ``n``."""
 
     generation: str
     seen: float
     next_n: int
+    version: int
     ns: tuple[int, ...]
     flow: Flow
 
-    def plus(self, call: FlowCall, n: int, now: float, keep: int) -> _CachedFlow:
+    def plus(self, call: FlowCall, n: int, now: float, keep: int, version: int) -> _CachedFlow:
         """The flow after ``call`` was recorded as number ``n`` — the same rows record_call leaves in the file:
-        calls numbered above ``n - keep`` stay, a label not yet present gets ``call`` as its origin."""
+        calls numbered above ``n - keep`` stay, a label not yet present gets ``call`` as its origin — and the
+        flow row's ``version`` after it."""
         # The numbers ascend (each call gets the flow's next_n), so what goes is a prefix: one slice, not a walk.
         if keep > 0:
             start = bisect_right(self.ns, n - keep)
@@ -172,7 +182,7 @@ class _CachedFlow:
             labels = dict(labels)
             for label in call.labels:
                 labels.setdefault(label, LabelOrigin.of(call))
-        return _CachedFlow(self.generation, now, n + 1, ns, Flow(self.flow.id, labels, history))
+        return _CachedFlow(self.generation, now, n + 1, version, ns, Flow(self.flow.id, labels, history))
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,46 +198,70 @@ class _Known:
 
 
 class _FlowCache:
-    """The flows this process read or wrote, valid while no other connection has written the file.
+    """The flows this process read or wrote, each checked against its row in the file once another connection has
+    written the file.
 
-    Why it is exact: ``PRAGMA data_version`` changes whenever another connection (another process, the
-    pin store) commits to the file, and only then; every write of this store's own connection updates
-    or drops the entries it touches after it committed. So while the version is the one the entries
-    were taken at, an entry is what the file holds — and at the first different version every entry
-    is dropped. Expiry is still checked against the clock on every read. Bounded: least recently used
+    Why it is exact: ``PRAGMA data_version`` changes whenever another connection (another process, the pin store)
+    commits to the file, and only then; every write of this store's own connection updates or drops the entries it
+    touches after it committed. So while the version is the one an entry was taken or last checked at, the entry
+    is what the file holds. At a different version the entry is checked before it is used: its flow's row —
+    ``generation``, ``seen``, ``next_n`` and ``version`` — read again (one indexed row) and compared. Every change
+    to a flow's calls or labels bumps its ``version`` (triggers of the file, so whoever writes), the others are
+    the row's own fields; the entry and those four were read in one snapshot (or written in one transaction). So
+    equal fields mean the entry is still what the file holds, and a different or missing row drops it.
+
+    Why per entry (before, a different version dropped every entry): with ``run --workers N`` on one file another
+    worker commits between any two calls, so every flow read missed and re-read its history — and every decision
+    row re-encoded it. Expiry is still checked against the clock on every read. Bounded: least recently used
     entries beyond ``size`` are dropped (0 turns the cache off). Used only under the store's lock."""
 
     def __init__(self, size: int) -> None:
         self._size = size
         self._entries: OrderedDict[str, _CachedFlow] = OrderedDict()
+        self._checked: dict[str, int] = {}  # flow id → the data_version its entry was taken or last checked at
         self._version: int | None = None
+        self.kept = 0  # entries checked against their row after another connection's commit, and still exact
 
     def get(self, db: sqlite3.Cursor, flow_id: str) -> _CachedFlow | None:
         if self._size <= 0:
             return None
         version = int(db.execute("PRAGMA data_version").fetchone()[0])
-        if version != self._version:
-            self._entries.clear()
-            self._version = version
-            return None
+        self._version = version
         entry = self._entries.get(flow_id)
-        if entry is not None:
-            self._entries.move_to_end(flow_id)
+        if entry is None:
+            return None
+        if self._checked[flow_id] != version:
+            row = db.execute("SELECT generation, seen, next_n, version FROM flows WHERE id=?", (flow_id,)).fetchone()
+            if row is None or (str(row[0]), float(row[1]), int(row[2]), int(row[3])) != (
+                entry.generation,
+                entry.seen,
+                entry.next_n,
+                entry.version,
+            ):
+                self.drop(flow_id)
+                return None
+            self._checked[flow_id] = version
+            self.kept += 1
+        self._entries.move_to_end(flow_id)
         return entry
 
     def put(self, flow_id: str, entry: _CachedFlow) -> None:
         if self._size <= 0 or self._version is None:
             return
         self._entries[flow_id] = entry
+        self._checked[flow_id] = self._version
         self._entries.move_to_end(flow_id)
         while len(self._entries) > self._size:
-            self._entries.popitem(last=False)
+            gone, _ = self._entries.popitem(last=False)
+            del self._checked[gone]
 
     def drop(self, flow_id: str) -> None:
         self._entries.pop(flow_id, None)
+        self._checked.pop(flow_id, None)
 
     def clear(self) -> None:
         self._entries.clear()
+        self._checked.clear()
         self._version = None
 
 
@@ -299,6 +333,7 @@ class SQLiteState:
             db.execute("PRAGMA wal_autocheckpoint=0")  # checkpoints run in the thread (_locked), never inline
             for stmt in _SCHEMA:
                 db.execute(stmt)
+            _add_flow_versions(db)
         except BaseException:
             db.close()
             raise
@@ -588,7 +623,9 @@ class SQLiteState:
                 return Flow(flow_id) if flow_expired(cached.seen, self._clock(), self.bounds) else cached.flow
             db.execute("BEGIN")  # one read snapshot
             try:
-                row = db.execute("SELECT generation, seen, next_n FROM flows WHERE id=?", (flow_id,)).fetchone()
+                row = db.execute(
+                    "SELECT generation, seen, next_n, version FROM flows WHERE id=?", (flow_id,)
+                ).fetchone()
                 if row is None or flow_expired(float(row[1]), self._clock(), self.bounds):
                     return Flow(flow_id)
                 labels = {
@@ -599,7 +636,7 @@ class SQLiteState:
                 }
                 ns, history = _history_with_ns(db, flow_id)
                 flow = Flow(flow_id, labels, history)
-                self._flows.put(flow_id, _CachedFlow(str(row[0]), float(row[1]), int(row[2]), ns, flow))
+                self._flows.put(flow_id, _CachedFlow(str(row[0]), float(row[1]), int(row[2]), int(row[3]), ns, flow))
                 return flow
             finally:
                 db.execute("COMMIT")
@@ -629,7 +666,6 @@ class SQLiteState:
         if full is not None:
             return full
         generation, n, whole = known.generation, known.next_n, known.whole
-        _write_flow_row(db, ref, generation, now, n, known.exists)
         _write_call(db, ref.id, call, n, bounds.history, whole)
         if labels:
             origin = _origin_json(call)
@@ -644,8 +680,10 @@ class SQLiteState:
                         "INSERT INTO flow_labels (flow_id, label, n, origin, latest) VALUES (?, ?, 1, ?, ?)",
                         (ref.id, label, origin, origin),
                     )
+        # Last, so that the version it returns counts this call's own changes (the triggers have run).
+        version = _write_flow_row(db, ref, generation, now, n, known.exists)
         # Once committed: the whole flow plus this call is what the file holds; a flow not wholly known is dropped.
-        after = whole.plus(call, n, now, bounds.history) if whole is not None else None
+        after = whole.plus(call, n, now, bounds.history, version) if whole is not None else None
         committed.append(partial(self._cache_put, ref.id, after))
         return FlowTicket(ref.id, generation, call)
 
@@ -663,7 +701,7 @@ class SQLiteState:
             if full is not None:
                 return full
             generation = new_id()
-            fresh = _CachedFlow(generation, now, 0, (), Flow(ref.id))  # wholly known: nothing recorded yet
+            fresh = _CachedFlow(generation, now, 0, 0, (), Flow(ref.id))  # wholly known: nothing recorded yet
             return _Known(generation, 0, (), fresh, exists=False)
         present = {str(r[0]) for r in db.execute("SELECT label FROM flow_labels WHERE flow_id=?", (ref.id,))}
         return _Known(str(row[0]), int(row[2]), present, None)
@@ -838,17 +876,22 @@ def _history(db: sqlite3.Cursor, flow_id: str) -> tuple[FlowCall, ...]:
     return tuple(FlowCall.from_json(d) for d in docs)
 
 
-def _write_flow_row(db: sqlite3.Cursor, ref: FlowRef, generation: str, now: float, n: int, exists: bool) -> None:
-    """The flow's row once its call number ``n`` is recorded: ``seen`` now, ``next_n`` n + 1. A row known to be
-    in the file (a cached flow, or one just read) is updated in place: one search of the table, where an upsert
-    first tries the insert. Should it be missing after all, the upsert writes it as before."""
-    if exists and db.execute("UPDATE flows SET seen = ?, next_n = ? WHERE id=?", (now, n + 1, ref.id)).rowcount:
-        return
-    db.execute(
+def _write_flow_row(db: sqlite3.Cursor, ref: FlowRef, generation: str, now: float, n: int, exists: bool) -> int:
+    """The flow's row once its call number ``n`` is recorded: ``seen`` now, ``next_n`` n + 1; its ``version`` after
+    it. A row known to be in the file (a cached flow, or one just read) is updated in place: one search of the
+    table, where an upsert first tries the insert. Should it be missing after all, the upsert writes it as before."""
+    if exists:
+        row = db.execute(
+            "UPDATE flows SET seen = ?, next_n = ? WHERE id=? RETURNING version", (now, n + 1, ref.id)
+        ).fetchone()
+        if row is not None:
+            return int(row[0])
+    row = db.execute(
         "INSERT INTO flows (id, principal, generation, seen, next_n) VALUES (?, ?, ?, ?, ?) "
-        "ON CONFLICT (id) DO UPDATE SET seen = excluded.seen, next_n = excluded.next_n",
+        "ON CONFLICT (id) DO UPDATE SET seen = excluded.seen, next_n = excluded.next_n RETURNING version",
         (ref.id, ref.principal, generation, now, n + 1),
-    )
+    ).fetchone()
+    return int(row[0])
 
 
 def _write_call(db: sqlite3.Cursor, flow_id: str, call: FlowCall, n: int, keep: int, whole: _CachedFlow | None) -> None:
@@ -894,11 +937,25 @@ def _origin_json(call: FlowCall) -> str:
     )
 
 
+def _add_flow_versions(db: sqlite3.Connection) -> None:
+    """Give a state file made before flow versions existed its ``flows.version`` column (0 for every flow), and
+    any file the triggers that keep it. Two processes opening one old file at once may both try the column: the
+    second finds it there."""
+    if not any(row[1] == "version" for row in db.execute("PRAGMA table_info(flows)")):
+        try:
+            db.execute("ALTER TABLE flows ADD COLUMN version INTEGER NOT NULL DEFAULT 0")
+        except sqlite3.OperationalError as e:
+            if "duplicate column" not in str(e):
+                raise
+    for stmt in _VERSION_TRIGGERS:
+        db.execute(stmt)
+
+
 def _delete_flows(db: sqlite3.Cursor, ids: Sequence[str]) -> None:
-    for flow_id in ids:
+    for flow_id in ids:  # the flow's row first: the version triggers then find no row to bump
+        db.execute("DELETE FROM flows WHERE id=?", (flow_id,))
         db.execute("DELETE FROM flow_calls WHERE flow_id=?", (flow_id,))
         db.execute("DELETE FROM flow_labels WHERE flow_id=?", (flow_id,))
-        db.execute("DELETE FROM flows WHERE id=?", (flow_id,))
 
 
 def _identity(path: str) -> tuple[int, int] | None:
