@@ -5,7 +5,8 @@ Tables beside the tool pins (:mod:`mcp_guard.pins.store`), in the same WAL-mode 
 
     rate_hits   (key, window_s, ts, hit)   one row per counted hit; primary key (key, window_s, ts, hit)
     rate_counts (key, window_s, n)         n = rows of the bucket in rate_hits, kept in the same transactions
-    flows       (id, principal, generation, seen, next_n)   one row per flow; seen = its last recorded call
+    flows       (id, principal, generation, seen, next_n, version)   one row per flow; seen = its last recorded
+                call; version = changes to its calls and labels (bumped by triggers, see _FlowCache)
     flow_labels (flow_id, label, n, origin, latest)         n = recorded calls that added the label
     flow_calls  (flow_id, n, decision_id, call)             the history, at most FlowBounds.history rows
 
@@ -15,8 +16,8 @@ some), so pruning is amortised O(1). A flow costs one indexed read (:meth:`SQLit
 small write per recorded call; rows of expired flows are deleted in batches by the writes (at most every
 ``PURGE_EVERY_S`` seconds). The read is usually served from memory: :class:`_FlowCache` keeps the flows
 this store read or wrote, exact because ``PRAGMA data_version`` tells when any other connection has
-committed (then it starts over). Recording a call of a cached flow reads nothing either: the check is
-made under the write lock, where no one else can commit.
+committed (then each entry is checked against its flow's row and version before it is used). Recording a call
+of a cached flow reads nothing more: the check is made under the write lock, where no one else can commit.
 
 Safety with several processes: every write is one ``BEGIN IMMEDIATE`` transaction — a batch
 (:meth:`SQLiteState.apply`: a call's flow record and rate-limit admission together, rolled back whole at

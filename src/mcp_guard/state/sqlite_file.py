@@ -27,9 +27,8 @@ PAGE_SIZE = 1024
 """Bytes per page of a state file made from now on (see the module docstring)."""
 
 
-def use_wal(db: sqlite3.Connection) -> str:
+def use_wal(db: sqlite3.Connection) -> None:
     """Set up a fresh connection to the state file: the page size (taken only by a new, empty file), then WAL
-    journaling. The journal mode SQLite reports (``"wal"`` unless the file cannot use it)."""
+    journaling."""
     db.execute(f"PRAGMA page_size = {PAGE_SIZE}")
-    row = db.execute("PRAGMA journal_mode = WAL").fetchone()
-    return str(row[0]) if row else ""
+    db.execute("PRAGMA journal_mode = WAL")
