@@ -65,6 +65,8 @@ async def main():
         for i in range(200, 400):
             await one(i)
         store._db.set_trace_callback(None)
+        # sqlite3's trace reports a statement again for each trigger it runs (a flow's version bump): once each
+        seen[:] = [s for i, s in enumerate(seen) if i == 0 or s != seen[i - 1]]
         stmts, begins = len(seen) / 200, sum(s.startswith("BEGIN") for s in seen) / 200
         t0 = time.process_time()
         for i in range(400, 400 + n):
@@ -121,6 +123,8 @@ async def main():
             await one(i)
         if db is not None:
             db.set_trace_callback(None)
+        # sqlite3's trace reports a statement again for each trigger it runs (a flow's version bump): once each
+        seen[:] = [s for i, s in enumerate(seen) if i == 0 or s != seen[i - 1]]
         stmts, begins = len(seen) / 200, sum(s.startswith("BEGIN") for s in seen) / 200
         t0, w0 = time.process_time(), time.perf_counter()
         for i in range(400, 400 + n):
