@@ -232,13 +232,7 @@ class _FlowCache:
         if entry is None:
             return None
         if self._checked[flow_id] != version:
-            row = db.execute("SELECT generation, seen, next_n, version FROM flows WHERE id=?", (flow_id,)).fetchone()
-            if row is None or (str(row[0]), float(row[1]), int(row[2]), int(row[3])) != (
-                entry.generation,
-                entry.seen,
-                entry.next_n,
-                entry.version,
-            ):
+            if _flow_row(db, flow_id) != (entry.generation, entry.seen, entry.next_n, entry.version):
                 self.drop(flow_id)
                 return None
             self._checked[flow_id] = version
@@ -624,10 +618,8 @@ class SQLiteState:
                 return Flow(flow_id) if flow_expired(cached.seen, self._clock(), self.bounds) else cached.flow
             db.execute("BEGIN")  # one read snapshot
             try:
-                row = db.execute(
-                    "SELECT generation, seen, next_n, version FROM flows WHERE id=?", (flow_id,)
-                ).fetchone()
-                if row is None or flow_expired(float(row[1]), self._clock(), self.bounds):
+                row = _flow_row(db, flow_id)
+                if row is None or flow_expired(row[1], self._clock(), self.bounds):
                     return Flow(flow_id)
                 labels = {
                     str(label): LabelOrigin.from_json(json.loads(origin))
@@ -637,7 +629,7 @@ class SQLiteState:
                 }
                 ns, history = _history_with_ns(db, flow_id)
                 flow = Flow(flow_id, labels, history)
-                self._flows.put(flow_id, _CachedFlow(str(row[0]), float(row[1]), int(row[2]), int(row[3]), ns, flow))
+                self._flows.put(flow_id, _CachedFlow(*row, ns, flow))
                 return flow
             finally:
                 db.execute("COMMIT")
@@ -692,8 +684,8 @@ class SQLiteState:
         """The flow as :meth:`_record` needs it when the cache does not hold it: a fresh one (the old rows of an
         expired one deleted) unless its principal has too many; else its row and the names of its labels."""
         bounds = self.bounds
-        row = db.execute("SELECT generation, seen, next_n FROM flows WHERE id=?", (ref.id,)).fetchone()
-        if row is None or flow_expired(float(row[1]), now, bounds):
+        row = _flow_row(db, ref.id)
+        if row is None or flow_expired(row[1], now, bounds):
             _delete_flows(db, [ref.id])
             live = db.execute(
                 "SELECT count(*) FROM flows WHERE principal=? AND seen > ?", (ref.principal, now - bounds.idle_s)
@@ -705,7 +697,7 @@ class SQLiteState:
             fresh = _CachedFlow(generation, now, 0, 0, (), Flow(ref.id))  # wholly known: nothing recorded yet
             return _Known(generation, 0, (), fresh, exists=False)
         present = {str(r[0]) for r in db.execute("SELECT label FROM flow_labels WHERE flow_id=?", (ref.id,))}
-        return _Known(str(row[0]), int(row[2]), present, None)
+        return _Known(row[0], row[2], present, None)
 
     def _cache_put(self, flow_id: str, entry: _CachedFlow | None) -> None:
         if entry is None:
@@ -872,9 +864,13 @@ def _history_with_ns(db: sqlite3.Cursor, flow_id: str) -> tuple[tuple[int, ...],
 
 
 def _history(db: sqlite3.Cursor, flow_id: str) -> tuple[FlowCall, ...]:
-    rows = db.execute("SELECT call FROM flow_calls WHERE flow_id=? ORDER BY n", (flow_id,)).fetchall()
-    docs = json.loads("[" + ",".join(r[0] for r in rows) + "]")  # one parse for the whole history
-    return tuple(FlowCall.from_json(d) for d in docs)
+    return _history_with_ns(db, flow_id)[1]
+
+
+def _flow_row(db: sqlite3.Cursor, flow_id: str) -> tuple[str, float, int, int] | None:
+    """The flow's row as the cache keeps it — ``generation``, ``seen``, ``next_n``, ``version`` — or None."""
+    row = db.execute("SELECT generation, seen, next_n, version FROM flows WHERE id=?", (flow_id,)).fetchone()
+    return None if row is None else (str(row[0]), float(row[1]), int(row[2]), int(row[3]))
 
 
 def _write_flow_row(db: sqlite3.Cursor, ref: FlowRef, generation: str, now: float, n: int, exists: bool) -> int:
