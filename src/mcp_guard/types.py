@@ -314,6 +314,9 @@ class PolicyInput:
     # keyed as the upstream keyed its requests: set when the policy is asked again before a retry carries them
     # to the upstream (mcp_guard.pipeline.redecide); None at a call's first decision and for every other action.
     input_responses: Mapping[str, Any] | None = None
+    # Input paths left out because no decision can read them (dotted: "context.flow.history"); not part of the
+    # document — the decision row lists them, so a replay knows what the row cannot answer (mcp_guard.policy.replay).
+    omitted: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         doc: dict[str, Any] = {

@@ -7,6 +7,7 @@ Stores run on an injected clock (tests/state/test_flows.py checks the store cont
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
@@ -21,6 +22,7 @@ from mcp_guard.pipeline.context import CallContext, Outcome
 from mcp_guard.pipeline.flow import (
     FLOW_META_KEY,
     FlowUse,
+    HistoryRead,
     LabelsObligation,
     TrackFlow,
     bundle_uses_flows,
@@ -516,3 +518,52 @@ async def test_the_default_bundle_lets_one_leg_of_the_trifecta_through() -> None
     call, _ = pipeline(EmbeddedEngine(load_bundle(BUNDLE)), RecordingSink(), state=MemoryState())
     assert not (await call(_agent_call("s1", *READ))).denied
     assert not (await call(_agent_call("s1", *POST))).denied  # private only: a post may go out
+
+
+# A rule (never firing) that reads the flow's history: with it the bundle's decision can see the history.
+READS_HISTORY = """package mcp_guard
+import rego.v1
+deny contains "a long flow" if count(input.context.flow.history) > 1000000
+"""
+
+
+def _shipped_with(tmp: Path, extra: str | None) -> EmbeddedEngine:
+    root = tmp / ("extra" if extra else "shipped")
+    shutil.copytree(BUNDLE, root)
+    if extra:
+        (root / "mcp_guard" / "extra.rego").write_text(extra)
+    return EmbeddedEngine(load_bundle(root))
+
+
+def test_the_history_is_read_only_when_a_decision_can_read_it(tmp_path: Path) -> None:
+    shipped, reading = _shipped_with(tmp_path, None), _shipped_with(tmp_path, READS_HISTORY)
+    assert not HistoryRead(shipped)()
+    assert not HistoryRead(CachedEngine(shipped, DecisionCacheSettings()))()  # the cache's read set
+    assert HistoryRead(reading)()
+    assert HistoryRead(shipped, reading)()  # the shadow candidate is asked the same input
+    assert HistoryRead(FunctionEngine(lambda _i: Decision(allow=True)))()  # a bundle not held: assumed read
+    shipped.reload(reading.bundle)  # re-derived for the engine's new bundle
+    assert HistoryRead(shipped)()
+
+
+@pytest.mark.parametrize("reads", [False, True])
+async def test_the_shipped_bundle_gets_no_history_and_its_rows_say_so(tmp_path: Path, reads: bool) -> None:
+    """The shipped bundle reads a flow's labels, never its history: its decisions get ``history: []``, their rows
+    name the history omitted (and stay small), and the store still records every call — a bundle that reads the
+    history gets it whole, and its rows omit nothing."""
+    engine = _shipped_with(tmp_path, READS_HISTORY if reads else None)
+    state, sink = MemoryState(), RecordingSink()
+    call, _ = pipeline(engine, sink, state=state)
+    ctx = replace(call_ctx(server="tickets", tool="get_ticket", arguments={"id": 1}), principal=Principal("alice"))
+    for _ in range(3):
+        assert not (await call(ctx)).denied
+    rows = [e for e in sink.of_kind(EventKind.CALL_DECISION) if e.decision == "allow"]
+    records = [e.details["policy"] for e in rows]
+    histories = [json.loads(r["input_json"])["context"]["flow"]["history"] for r in records]
+    labels = [json.loads(r["input_json"])["context"]["flow"]["labels"] for r in records]
+    assert labels == [[], ["private"], ["private"]]  # get_ticket labels its flow private
+    if reads:
+        assert [len(h) for h in histories] == [0, 1, 2] and all("omitted" not in r for r in records)
+    else:
+        assert histories == [[], [], []] and all(r["omitted"] == ["context.flow.history"] for r in records)
+    assert len((await state.flow(flow_ref(ctx).id)).history) == 3  # recorded either way

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from mcp_guard.policy.bundle import load_bundle
-from mcp_guard.policy.reads import InputReads, input_reads
+from mcp_guard.policy.reads import InputReads, input_reads, reads_path
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -99,3 +99,14 @@ def test_an_import_of_input_reads_the_imported_subtree(tmp_path: Path) -> None:
     )
     r = input_reads(load_bundle(tmp_path), ("t", "decision"))
     assert r.paths == (("principal",),)
+
+
+def test_a_path_is_read_by_a_read_of_it_of_inside_it_or_around_it() -> None:
+    history = ("context", "flow", "history")
+    assert reads_path(InputReads((("context", "flow", "history"),)), history)
+    assert reads_path(InputReads((("context", "flow", "history", "0"),)), history)  # inside it
+    assert reads_path(InputReads((("context", "flow"),)), history)  # around it: the whole flow
+    assert reads_path(InputReads(((),)), history)  # the whole input
+    assert not reads_path(InputReads((("context", "flow", "labels"), ("context", "usage"), ("tool",))), history)
+    assert not reads_path(InputReads(()), history)
+    assert reads_path(InputReads((), "reads the whole input"), history)  # uncacheable: assumed to read it

@@ -11,7 +11,14 @@ import mcp_types as types
 import pytest
 
 from mcp_guard.audit import Filters, open_reader, open_sink, open_sqlite_sink, row_to_dict
-from mcp_guard.audit.events import POLICY_KEY, TRUNCATED_KEY, UNREPLAYABLE_KEY, policy_record, recorded_input
+from mcp_guard.audit.events import (
+    OMITTED_KEY,
+    POLICY_KEY,
+    TRUNCATED_KEY,
+    UNREPLAYABLE_KEY,
+    policy_record,
+    recorded_input,
+)
 from mcp_guard.audit.sqlite import open_sqlite_reader
 from mcp_guard.audit.verify import verify_chain
 from mcp_guard.cli import main
@@ -24,6 +31,7 @@ from mcp_guard.policy.embedded import EmbeddedEngine
 from mcp_guard.policy.replay import Change, Skip, compare, replay_rows
 from mcp_guard.settings import Settings, parse_settings
 from mcp_guard.state import MemoryState
+from mcp_guard.state.base import FLOW_HISTORY
 from mcp_guard.testing import RecordingUpstream, idle_registry
 from mcp_guard.types import Decision, EventKind, Principal, SessionInfo
 
@@ -230,3 +238,74 @@ async def test_replay_reads_a_postgresql_audit_log_and_it_verifies(tmp_path: Pat
         Change.REASONS,
         Change.ALLOW_TO_DENY,
     ]
+
+
+# Labels every "read" private and denies "post" in a private flow: it reads the flow's labels, never its history.
+LABELLING = """package t
+import rego.v1
+default decision := {"allow": false, "reasons": ["no"]}
+decision := {"allow": true, "obligations": {"labels": ["private"]}} if input.tool == "read"
+decision := {"allow": true} if { input.tool != "read"; not private }
+decision := {"allow": false, "reasons": ["private flow"]} if { input.tool != "read"; private }
+private if "private" in input.context.flow.labels
+"""
+# Denies a third call in a row (labels aside): it reads the history.
+COUNTING = """package t
+import rego.v1
+default decision := {"allow": false, "reasons": ["no"]}
+busy if count(input.context.flow.history) >= 2
+decision := {"allow": true} if not busy
+decision := {"allow": false, "reasons": ["busy"]} if busy
+"""
+
+
+async def record_with_shadow(db: Path, current: Path, shadow: Path | None) -> None:
+    async with open_sqlite_sink(db) as sink:
+        stages = pipeline_stages(
+            engine=engine(current),
+            sink=sink,
+            registry=idle_registry(SETTINGS),
+            secrets=NO_SECRETS,
+            state=MemoryState(),
+            shadow=engine(shadow) if shadow is not None else None,
+        )
+        chain = build_chain(stages, RecordingUpstream())
+        for tool in ("echo", "echo", "echo"):
+            await chain(call_ctx(tool, {}))
+
+
+async def test_a_history_no_decision_reads_is_left_out_and_replay_says_so(tmp_path: Path) -> None:
+    """The bundle reads a flow's labels, not its history: the rows' inputs carry ``history: []`` and name it
+    omitted, so a candidate that reads the history is not replayed on them (counted ``history_not_recorded``) —
+    one that does not read it is. With that candidate as the shadow bundle, the history is recorded whole."""
+    current, counting = bundle(tmp_path / "cur", LABELLING), bundle(tmp_path / "cnt", COUNTING)
+    db = tmp_path / "audit.db"
+    await record_with_shadow(db, current, None)
+    recorded = rows(db)
+    assert len(recorded) == 3
+    for row in recorded:
+        record = row["details"][POLICY_KEY]
+        assert record[OMITTED_KEY] == [FLOW_HISTORY]
+        flow = json.loads(record["input_json"])["context"]["flow"]
+        assert flow["history"] == [] and flow["labels"] == []
+    skipped = replay_rows(recorded, engine(counting))
+    assert skipped.replayed == 0 and dict(skipped.skipped) == {Skip.HISTORY_NOT_RECORDED: 3}
+    same = replay_rows(recorded, engine(current))
+    assert same.replayed == 3 and same.unchanged == 3
+    assert verify_chain_ok(db)
+
+    shadowed = tmp_path / "shadowed.db"
+    await record_with_shadow(shadowed, current, counting)
+    histories = [
+        json.loads(row["details"][POLICY_KEY]["input_json"])["context"]["flow"]["history"] for row in rows(shadowed)
+    ]
+    assert [len(h) for h in histories] == [0, 1, 2]
+    assert all(OMITTED_KEY not in row["details"][POLICY_KEY] for row in rows(shadowed))
+    report = replay_rows(rows(shadowed), engine(counting))
+    assert report.replayed == 3 and [c.change for c in report.changed] == [Change.ALLOW_TO_DENY]
+    assert report.changed[0].candidate["reasons"] == ["busy"]
+
+
+def verify_chain_ok(db: Path) -> bool:
+    with open_sqlite_reader(db) as reader:
+        return verify_chain(reader).ok

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 from mcp_guard.audit.chain import EncodedJson, digest_text, json_string, json_text
@@ -90,10 +90,14 @@ POLICY_KEY = "policy"
 INPUT_KEY = "input_json"
 """In that record: the input document without ``arguments``, as canonical JSON text (see :func:`policy_record`)."""
 UNREPLAYABLE_KEY = "unreplayable"
+OMITTED_KEY = "omitted"
+"""In that record: the input paths left out of the input because no decision could read them (dotted)."""
 """Set in that record instead of the input when the input was over the bound (its size and digest are kept)."""
 
 
-def policy_record(document: Mapping[str, Any], decision: Decision, max_bytes: int | None) -> dict[str, Any]:
+def policy_record(
+    document: Mapping[str, Any], decision: Decision, max_bytes: int | None, *, omitted: Sequence[str] = ()
+) -> dict[str, Any]:
     """What a decision row keeps of the policy question (``details.policy``), for ``mcp-guard policy replay``.
 
     The policy's own verdict (``allow``, ``reasons``, ``obligations`` of an allow — before any stage replaced
@@ -106,10 +110,16 @@ def policy_record(document: Mapping[str, Any], decision: Decision, max_bytes: in
     The input is kept as canonical JSON *text* (``input_json``; :func:`recorded_input` reads it back): its
     size must be measured by serialising it anyway, and the writer then stores a string at the cost of an
     escape instead of serialising the whole document a second time on the call's path.
+
+    ``omitted`` names the input paths the proxy left out because no decision could read them (a flow's history:
+    :class:`~mcp_guard.state.base.Flow`); kept as ``omitted``, so a replay of a candidate that reads one of them
+    counts the row as not replayable instead of deciding on what was never recorded.
     """
     record: dict[str, Any] = {"allow": decision.allow, "reasons": list(decision.reasons)}
     if decision.allow and decision.obligations:
         record["obligations"] = dict(decision.obligations)
+    if omitted:
+        record[OMITTED_KEY] = list(omitted)
     text = input_text({k: v for k, v in document.items() if k != "arguments"})
     if max_bytes is None or len(text) * 4 <= max_bytes:
         record[INPUT_KEY] = text

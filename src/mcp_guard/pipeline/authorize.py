@@ -50,6 +50,7 @@ def policy_input(ctx: CallContext, usage: Mapping[str, int] | None = None) -> Po
         secrets_seen=ctx.secrets_seen,
         usage=usage or {},
         flow=ctx.flow.to_policy() if ctx.flow is not None else None,
+        omitted=ctx.flow.omitted if ctx.flow is not None else (),
     )
 
 

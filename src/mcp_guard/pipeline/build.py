@@ -74,7 +74,7 @@ from mcp_guard.pipeline.audit import EventSink, RecordDecision, RecordOutcome
 from mcp_guard.pipeline.authorize import Authorize, Evaluator, UsageSource
 from mcp_guard.pipeline.context import CallNext, Interceptor
 from mcp_guard.pipeline.exchange import Exchangers, ExchangeToken, UpstreamScopesObligation
-from mcp_guard.pipeline.flow import FlowUse, LabelsObligation, TrackFlow
+from mcp_guard.pipeline.flow import FlowUse, HistoryRead, LabelsObligation, TrackFlow
 from mcp_guard.pipeline.forward import Forward
 from mcp_guard.pipeline.in_use import InUsePipeline
 from mcp_guard.pipeline.obligations import EnforceObligations, ObligationHandler
@@ -177,7 +177,7 @@ def pipeline_stages(
         Observe(metrics),
         InspectArguments(secrets),
         RecordOutcome(audit, max_arguments_bytes=bound),
-        TrackFlow(state, flows),
+        TrackFlow(state, flows, HistoryRead(engine, *([shadow] if shadow is not None else []))),
         PinCheck(registry),
         ShadowPolicy(shadow, sink, shadow_stats),
         Authorize(engine, usage_source(engine, state, shadow)),

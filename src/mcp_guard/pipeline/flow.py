@@ -84,13 +84,15 @@ from mcp_guard.frozen import evolve
 from mcp_guard.pipeline.context import CallContext, CallNext, Outcome
 from mcp_guard.pipeline.obligations import ABSENT, Refusal, StateWrite
 from mcp_guard.policy.base import BundleHolder
-from mcp_guard.state.base import FlowCall, FlowFull, FlowRef, OpResult, Record, StateStore
+from mcp_guard.policy.reads import PathRead
+from mcp_guard.state.base import FLOW_HISTORY_PATH, FlowCall, FlowFull, FlowRef, OpResult, Record, StateStore
 from mcp_guard.types import Decision, ReasonCode, utc_now
 
 __all__ = [
     "FLOW_META_KEY",
     "MAX_LABELS",
     "FlowUse",
+    "HistoryRead",
     "LabelsObligation",
     "TrackFlow",
     "bundle_uses_flows",
@@ -179,16 +181,34 @@ class FlowUse:
         return self._uses
 
 
+class HistoryRead(PathRead):
+    """Whether any of ``engines`` can read ``input.context.flow.history``: the one evaluating the call (its result
+    too: one decision rule answers both) and the shadow candidate asked the same input
+    (:class:`~mcp_guard.policy.reads.PathRead`)."""
+
+    def __init__(self, *engines: object) -> None:
+        super().__init__(FLOW_HISTORY_PATH, *engines)
+
+
 # ---------------------------------------------------------------------- the stage
 class TrackFlow:
     """Inside ``call_next``: pin check, authorize, obligations, the allow row and the upstream — reached with
     ``ctx.flow`` set to the call's flow as the store holds it now (when the bundle uses flows). A call that
     ends in a deny is appended to the flow's history after ``call_next`` returns; an allowed one was
-    recorded by :class:`LabelsObligation`."""
+    recorded by :class:`LabelsObligation`.
 
-    def __init__(self, store: StateStore, uses: Callable[[], bool]) -> None:
+    ``history`` says whether any decision asked about the call can read ``input.context.flow.history``
+    (:class:`~mcp_guard.policy.reads.PathRead` over the engine and the shadow candidate). While none can, the
+    flow reaches them without it (:meth:`~mcp_guard.state.base.Flow.without_history`: ``history: []``, and the
+    decision row lists it as omitted): the shipped bundle reads the labels but never the history, and a 32-call
+    history was most of every decision row. The history itself is recorded in the store as always, so a bundle
+    that reads it finds it whole from its first call. Decided at the call's start, like the rest of this stage:
+    a reload during the call takes effect at the next one."""
+
+    def __init__(self, store: StateStore, uses: Callable[[], bool], history: Callable[[], bool] = lambda: True) -> None:
         self._store = store
         self._uses = uses
+        self._history = history
 
     def as_used(self) -> TrackFlow | None:
         """Left out of the pipeline while the bundle does not use flows (:mod:`mcp_guard.pipeline.in_use`)."""
@@ -207,6 +227,8 @@ class TrackFlow:
                 "mcp-guard refuses calls whose flow it cannot check"
             )
             return Outcome(decision=Decision.deny(ReasonCode.STATE_UNAVAILABLE, detail))
+        if not self._history():
+            flow = flow.without_history()
         outcome = await call_next(evolve(ctx, flow=flow))
         denial = outcome.denial
         if denial is not None and denial.code not in _UNRECORDABLE:

@@ -60,12 +60,11 @@ from typing import Any, Final, TypeGuard
 
 import structlog
 
-from mcp_guard.errors import PolicyError, StateError
+from mcp_guard.errors import StateError
 from mcp_guard.pipeline.context import CallContext
 from mcp_guard.pipeline.obligations import Refusal, StateWrite
 from mcp_guard.policy.base import BundleHolder
-from mcp_guard.policy.bundle import Bundle
-from mcp_guard.policy.reads import InputReads, input_reads
+from mcp_guard.policy.reads import InputReads, PathRead, reads_path
 from mcp_guard.state.base import Admission, Admit, Bucket, Limit, OpResult, StateStore, whole_seconds
 from mcp_guard.types import ReasonCode
 
@@ -232,40 +231,16 @@ _USAGE: Final = ("context", "usage")
 
 
 def reads_usage(reads: InputReads) -> bool:
-    """Whether a decision with this read set can observe ``input.context.usage`` (an uncacheable one — the whole
-    input, a nondeterministic builtin — is assumed to)."""
-    if not reads.cacheable:
-        return True
-    return any(path[: len(_USAGE)] == _USAGE[: len(path)] for path in reads.paths)
+    """Whether a decision with this read set can observe ``input.context.usage`` (:func:`reads_path`)."""
+    return reads_path(reads, _USAGE)
 
 
-class UsageRead:
+class UsageRead(PathRead):
     """Whether any of ``engines`` can read ``input.context.usage``: the one evaluating the call, and the shadow
-    candidate that is asked the same input. Derived from each loaded bundle's read set
-    (:func:`mcp_guard.policy.reads.input_reads`: what its decision rule can reach — the analysis the decision
-    cache keys on, so it is never too small), re-derived after a reload; an engine whose bundle mcp-guard does not hold
-    (OPA, test engines) is assumed to read it."""
+    candidate that is asked the same input (:class:`~mcp_guard.policy.reads.PathRead`)."""
 
     def __init__(self, *engines: object) -> None:
-        self._engines = engines
-        self._analysed: dict[int, tuple[object, bool]] = {}  # id(engine) → (bundle analysed, reads usage)
-
-    def __call__(self) -> bool:
-        return any(self._reads(engine) for engine in self._engines)
-
-    def _reads(self, engine: object) -> bool:
-        """Analysed per bundle object (the engine's current one, whoever reloaded it): once per load."""
-        bundle, rule = getattr(engine, "bundle", None), getattr(engine, "rule", None)
-        if not isinstance(bundle, Bundle) or not isinstance(rule, str):
-            return True
-        seen = self._analysed.get(id(engine))
-        if seen is None or seen[0] is not bundle:
-            try:
-                uses = reads_usage(input_reads(bundle, tuple(rule.split(".")[1:])))
-            except PolicyError:
-                uses = True
-            seen = self._analysed[id(engine)] = (bundle, uses)
-        return seen[1]
+        super().__init__(_USAGE, *engines)
 
 
 class DeclaredUsage:

@@ -209,6 +209,7 @@ def result_input(ctx: CallContext, result: Mapping[str, Any], max_bytes: int) ->
         tool_info=ctx.tool_info,
         secrets_seen=ctx.secrets_seen,
         flow=ctx.flow.to_policy() if ctx.flow is not None else None,
+        omitted=ctx.flow.omitted if ctx.flow is not None else (),
         result=result_document(result, max_bytes),
     )
 

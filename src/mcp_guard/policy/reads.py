@@ -38,7 +38,15 @@ from mcp_guard.policy.bundle import Bundle
 from mcp_guard.policy.embedded import regorus_message
 from mcp_guard.policy.lint import RuleGraph, ast_tag, dotted_ref, ref_chain
 
-__all__ = ["NONDETERMINISTIC", "InputReads", "input_reads", "input_reads_of_modules"]
+__all__ = [
+    "NONDETERMINISTIC",
+    "InputReads",
+    "PathRead",
+    "bundle_reads_path",
+    "input_reads",
+    "input_reads_of_modules",
+    "reads_path",
+]
 
 Path = tuple[str, ...]
 
@@ -170,3 +178,50 @@ def input_reads(bundle: Bundle, decision: Path) -> InputReads:
     except RuntimeError as e:  # pragma: no cover - the bundle compiled before it got here
         raise PolicyError(f"policy does not compile: {regorus_message(e)}") from None
     return input_reads_of_modules(json.loads(engine.get_ast_as_json()), decision)
+
+
+def reads_path(reads: InputReads, path: Path) -> bool:
+    """Whether a decision with this read set can observe the input at ``path`` (``("context", "usage")``): a read
+    of it, of something inside it, or of something around it (``input.context`` reads the usage too). An
+    uncacheable read set — the whole input, a nondeterministic builtin — is assumed to."""
+    if not reads.cacheable:
+        return True
+    return any(read[: len(path)] == path[: len(read)] for read in reads.paths)
+
+
+class PathRead:
+    """Whether any of ``engines`` can read the input at ``path``: the engine deciding calls, and the shadow candidate
+    asked the same input. Derived from each engine's loaded bundle (:func:`input_reads` of its decision rule: the
+    analysis the decision cache keys on, so never too small), again after every reload — per bundle object, so
+    whoever swapped it, the next call sees the new answer. An engine whose bundle mcp-guard does not hold (OPA
+    serving its own policies, test engines), or whose bundle cannot be analysed, is assumed to read it.
+
+    Why: a part of the input no decision can read costs a call its gathering and its decision row its bytes, and no
+    decision can tell it is missing (``context.usage``: :mod:`mcp_guard.pipeline.ratelimit`; a flow's history:
+    :mod:`mcp_guard.pipeline.flow`)."""
+
+    def __init__(self, path: Path, *engines: object) -> None:
+        self._path = path
+        self._engines = engines
+        self._analysed: dict[int, tuple[object, bool]] = {}  # id(engine) → (bundle analysed, reads the path)
+
+    def __call__(self) -> bool:
+        return any(self._reads(engine) for engine in self._engines)
+
+    def _reads(self, engine: object) -> bool:
+        bundle, rule = getattr(engine, "bundle", None), getattr(engine, "rule", None)
+        if not isinstance(bundle, Bundle) or not isinstance(rule, str):
+            return True
+        seen = self._analysed.get(id(engine))
+        if seen is None or seen[0] is not bundle:
+            seen = self._analysed[id(engine)] = (bundle, bundle_reads_path(bundle, rule, self._path))
+        return seen[1]
+
+
+def bundle_reads_path(bundle: Bundle, rule: str, path: Path) -> bool:
+    """Whether the decision rule ``rule`` (``data.mcp_guard.decision``) of ``bundle`` can read the input at ``path``
+    (:func:`reads_path`); a bundle that cannot be analysed is assumed to."""
+    try:
+        return reads_path(input_reads(bundle, tuple(rule.split(".")[1:])), path)
+    except PolicyError:
+        return True

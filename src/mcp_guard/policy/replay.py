@@ -12,7 +12,10 @@ A row that cannot be replayed is counted under why, never dropped silently (:cla
 * ``no_input`` — the policy was never asked (a deny made before it: ``tool_changed``, ``unknown_target``,
   ``state_unavailable`` …) or the row predates input recording;
 * ``input_too_large`` — the input was over ``[audit] max_arguments_bytes``, only its digest was kept;
-* ``arguments_truncated`` — the arguments were, likewise.
+* ``arguments_truncated`` — the arguments were, likewise;
+* ``history_not_recorded`` — the candidate can read ``input.context.flow.history``, and the row's input went
+  without it: the bundle deciding it (and the shadow candidate, if any) could not read it, so the proxy left it
+  out (the row lists it under ``omitted``). Run such a candidate as the shadow bundle first to have it recorded.
 
 Limits: the candidate sees the audit copy of the arguments, so a rule that looks at a secret value or a
 credential-shaped string sees it masked; a rule reading something the input does not carry (the clock,
@@ -28,8 +31,10 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from mcp_guard.audit.events import POLICY_KEY, TRUNCATED_KEY, UNREPLAYABLE_KEY, recorded_input
+from mcp_guard.audit.events import OMITTED_KEY, POLICY_KEY, TRUNCATED_KEY, UNREPLAYABLE_KEY, recorded_input
 from mcp_guard.policy.embedded import EmbeddedEngine
+from mcp_guard.policy.reads import bundle_reads_path
+from mcp_guard.state.base import FLOW_HISTORY, FLOW_HISTORY_PATH
 from mcp_guard.types import Decision
 
 __all__ = ["REPLAY_TIMEOUT_MS", "Change", "ReplayReport", "Skip", "compare", "replay_rows"]
@@ -52,6 +57,7 @@ class Skip(StrEnum):
     NO_INPUT = "no_input"
     INPUT_TOO_LARGE = "input_too_large"
     ARGUMENTS_TRUNCATED = "arguments_truncated"
+    HISTORY_NOT_RECORDED = "history_not_recorded"
 
 
 def compare(
@@ -130,8 +136,11 @@ def _verdict(decision: Decision) -> dict[str, Any]:
     return out
 
 
-def _input_of(row: Mapping[str, Any]) -> tuple[dict[str, Any] | None, Mapping[str, Any] | None, Skip | None]:
-    """The input document to replay and the recorded policy answer, or why there is none."""
+def _input_of(
+    row: Mapping[str, Any], reads_history: bool
+) -> tuple[dict[str, Any] | None, Mapping[str, Any] | None, Skip | None]:
+    """The input document to replay and the recorded policy answer, or why there is none (``reads_history``:
+    whether the candidate can read the flow's history)."""
     details = row.get("details")
     record = details.get(POLICY_KEY) if isinstance(details, dict) else None
     if not isinstance(record, dict) or not isinstance(record.get("allow"), bool):
@@ -142,6 +151,9 @@ def _input_of(row: Mapping[str, Any]) -> tuple[dict[str, Any] | None, Mapping[st
     arguments = row.get("arguments")
     if isinstance(arguments, dict) and TRUNCATED_KEY in arguments:
         return None, record, Skip.ARGUMENTS_TRUNCATED
+    omitted = record.get(OMITTED_KEY)
+    if reads_history and isinstance(omitted, list) and FLOW_HISTORY in omitted:
+        return None, record, Skip.HISTORY_NOT_RECORDED
     document = recorded
     document["arguments"] = arguments if isinstance(arguments, dict) else {}
     return document, record, None
@@ -150,6 +162,7 @@ def _input_of(row: Mapping[str, Any]) -> tuple[dict[str, Any] | None, Mapping[st
 def replay_rows(rows: Iterable[Mapping[str, Any]], engine: EmbeddedEngine) -> ReplayReport:
     """Replay decoded ``call.decision`` rows (``reader.row_to_dict``) in order with ``engine``."""
     report = ReplayReport(candidate_revision=engine.revision)
+    reads_history = bundle_reads_path(engine.bundle, engine.rule, FLOW_HISTORY_PATH)
     seen: set[str] = set()
     for row in rows:
         decision_id = row.get("decision_id")
@@ -158,7 +171,7 @@ def replay_rows(rows: Iterable[Mapping[str, Any]], engine: EmbeddedEngine) -> Re
                 continue
             seen.add(decision_id)
         report.rows += 1
-        document, record, skip = _input_of(row)
+        document, record, skip = _input_of(row, reads_history)
         if skip is not None or document is None or record is None:
             report.skipped[str(skip or Skip.NO_INPUT)] += 1
             continue

@@ -71,13 +71,15 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Final, Literal, Protocol
 
 import structlog
 
 from mcp_guard.errors import StateError
 
 __all__ = [
+    "FLOW_HISTORY",
+    "FLOW_HISTORY_PATH",
     "Admission",
     "Admit",
     "Applied",
@@ -231,13 +233,32 @@ class LabelOrigin:
         return cls(str(doc["decision_id"]), str(doc["server"]), str(doc["tool"]), str(doc["time"]))
 
 
+FLOW_HISTORY_PATH: Final = ("context", "flow", "history")
+FLOW_HISTORY: Final = ".".join(FLOW_HISTORY_PATH)
+"""Where a flow's history is in the policy input: ``input.context.flow.history``."""
+
+
 @dataclass(frozen=True, slots=True)
 class Flow:
-    """A flow as the policy sees it (``input.context.flow``): an unknown or expired flow is empty."""
+    """A flow as the policy sees it (``input.context.flow``): an unknown or expired flow is empty.
+
+    ``history_omitted``: the history was left out of the input because no decision can read it
+    (:meth:`without_history`; :mod:`mcp_guard.pipeline.flow`) — the input then shows ``history: []`` and the
+    decision row says so (:attr:`omitted`), so a replay of a candidate that reads it knows the row cannot answer."""
 
     id: str
     labels: Mapping[str, LabelOrigin] = field(default_factory=dict)  # label → the first call that added it
     history: tuple[FlowCall, ...] = ()  # oldest first, at most FlowBounds.history
+    history_omitted: bool = False
+
+    def without_history(self) -> Flow:
+        """This flow as a decision that cannot read its history is given it."""
+        return Flow(self.id, self.labels, (), history_omitted=True)
+
+    @property
+    def omitted(self) -> tuple[str, ...]:
+        """The input paths left out of this flow's part of the input (dotted, as a decision row lists them)."""
+        return (FLOW_HISTORY,) if self.history_omitted else ()
 
     def to_policy(self) -> dict[str, Any]:
         return {
