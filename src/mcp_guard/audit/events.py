@@ -90,9 +90,9 @@ POLICY_KEY = "policy"
 INPUT_KEY = "input_json"
 """In that record: the input document without ``arguments``, as canonical JSON text (see :func:`policy_record`)."""
 UNREPLAYABLE_KEY = "unreplayable"
+"""Set in that record instead of the input when the input was over the bound (its size and digest are kept)."""
 OMITTED_KEY = "omitted"
 """In that record: the input paths left out of the input because no decision could read them (dotted)."""
-"""Set in that record instead of the input when the input was over the bound (its size and digest are kept)."""
 
 
 def policy_record(
