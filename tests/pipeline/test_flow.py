@@ -549,8 +549,8 @@ def test_the_history_is_read_only_when_a_decision_can_read_it(tmp_path: Path) ->
 @pytest.mark.parametrize("reads", [False, True])
 async def test_the_shipped_bundle_gets_no_history_and_its_rows_say_so(tmp_path: Path, reads: bool) -> None:
     """The shipped bundle reads a flow's labels, never its history: its decisions get ``history: []``, their rows
-    name the history omitted (and stay small), and the store still records every call — a bundle that reads the
-    history gets it whole, and its rows omit nothing."""
+    name the history omitted, and the store still records every call — a bundle that reads the history gets it
+    whole, and its rows omit nothing."""
     engine = _shipped_with(tmp_path, READS_HISTORY if reads else None)
     state, sink = MemoryState(), RecordingSink()
     call, _ = pipeline(engine, sink, state=state)
