@@ -6,8 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from mcp_guard.policy.bundle import load_bundle
+from mcp_guard.pipeline.flow import HistoryRead
+from mcp_guard.pipeline.ratelimit import UsageRead
+from mcp_guard.policy import reads
+from mcp_guard.policy.bundle import Bundle, load_bundle
+from mcp_guard.policy.cache import CachedEngine
+from mcp_guard.policy.embedded import EmbeddedEngine
 from mcp_guard.policy.reads import InputReads, input_reads, reads_path
+from mcp_guard.settings import DecisionCacheSettings
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -110,3 +116,26 @@ def test_a_path_is_read_by_a_read_of_it_of_inside_it_or_around_it() -> None:
     assert not reads_path(InputReads((("context", "flow", "labels"), ("context", "usage"), ("tool",))), history)
     assert not reads_path(InputReads(()), history)
     assert reads_path(InputReads((), "reads the whole input"), history)  # uncacheable: assumed to read it
+
+
+def test_a_bundle_is_analysed_once_for_the_cache_the_usage_and_the_history(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The decision cache, the usage read and the history read ask the same question of the active bundle: one
+    analysis (a compile of the bundle, ~50 ms) answers all three, and a reload's new bundle is analysed anew."""
+    analysed: list[object] = []
+    real = reads.input_reads
+
+    def counting(bundle: Bundle, decision: tuple[str, ...]) -> InputReads:
+        analysed.append(bundle)
+        return real(bundle, decision)
+
+    monkeypatch.setattr(reads, "input_reads", counting)
+    bundle = load_bundle(REPO / "policies" / "rego")
+    engine = CachedEngine(EmbeddedEngine(bundle), DecisionCacheSettings())
+    assert not UsageRead(engine)() and not HistoryRead(engine)()
+    assert analysed == [bundle]
+    again = load_bundle(REPO / "policies" / "rego")
+    engine.reload(again)
+    assert not UsageRead(engine)() and not HistoryRead(engine)()
+    assert analysed == [bundle, again]

@@ -37,7 +37,7 @@ import structlog
 from mcp_guard.frozen import evolve
 from mcp_guard.policy.bundle import Bundle
 from mcp_guard.policy.embedded import EmbeddedEngine
-from mcp_guard.policy.reads import InputReads, input_reads
+from mcp_guard.policy.reads import InputReads, rule_reads
 from mcp_guard.settings import DecisionCacheSettings
 from mcp_guard.types import Decision, PolicyInput, new_id
 
@@ -194,7 +194,7 @@ class CachedEngine:
         bundle = self._inner.bundle
         self.stats.invalidated += len(self._entries)
         self._entries.clear()
-        self._reads = input_reads(bundle, tuple(self._inner.rule.split(".")[1:]))
+        self._reads = rule_reads(bundle, tuple(self._inner.rule.split(".")[1:]))
         self._analysed = bundle
         if self._reads.cacheable:
             log.info(
