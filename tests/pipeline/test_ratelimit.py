@@ -26,12 +26,11 @@ from mcp_guard.pipeline.ratelimit import (
     bundle_data_of,
     declared_rates,
     parse_limits,
-    reads_usage,
 )
 from mcp_guard.policy.bundle import Bundle, load_bundle
 from mcp_guard.policy.cache import CachedEngine
 from mcp_guard.policy.embedded import EmbeddedEngine
-from mcp_guard.policy.reads import InputReads
+from mcp_guard.policy.reads import InputReads, reads_path
 from mcp_guard.settings import DecisionCacheSettings
 from mcp_guard.state import (
     Admission,
@@ -463,8 +462,9 @@ def test_a_reload_is_analysed_again(tmp_path: Path) -> None:
 
 
 def test_what_counts_as_reading_usage() -> None:
-    assert reads_usage(InputReads((("context", "usage"),)))
-    assert reads_usage(InputReads((("context",),)))  # the whole context holds it
-    assert reads_usage(InputReads((("context", "usage", "k"),)))
-    assert not reads_usage(InputReads((("context", "flow"), ("action",))))
-    assert reads_usage(InputReads((), "reads the whole input"))
+    usage = ("context", "usage")
+    assert reads_path(InputReads((("context", "usage"),)), usage)
+    assert reads_path(InputReads((("context",),)), usage)  # the whole context holds it
+    assert reads_path(InputReads((("context", "usage", "k"),)), usage)
+    assert not reads_path(InputReads((("context", "flow"), ("action",))), usage)
+    assert reads_path(InputReads((), "reads the whole input"), usage)

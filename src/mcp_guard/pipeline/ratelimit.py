@@ -64,7 +64,7 @@ from mcp_guard.errors import StateError
 from mcp_guard.pipeline.context import CallContext
 from mcp_guard.pipeline.obligations import Refusal, StateWrite
 from mcp_guard.policy.base import BundleHolder
-from mcp_guard.policy.reads import InputReads, PathRead, reads_path
+from mcp_guard.policy.reads import PathRead
 from mcp_guard.state.base import Admission, Admit, Bucket, Limit, OpResult, StateStore, whole_seconds
 from mcp_guard.types import ReasonCode
 
@@ -78,7 +78,6 @@ __all__ = [
     "bundle_data_of",
     "declared_rates",
     "parse_limits",
-    "reads_usage",
 ]
 
 log = structlog.get_logger("mcp_guard.ratelimit")
@@ -228,11 +227,6 @@ def bundle_data_of(engine: object) -> Callable[[], Mapping[str, Any]] | None:
 
 
 _USAGE: Final = ("context", "usage")
-
-
-def reads_usage(reads: InputReads) -> bool:
-    """Whether a decision with this read set can observe ``input.context.usage`` (:func:`reads_path`)."""
-    return reads_path(reads, _USAGE)
 
 
 class UsageRead(PathRead):

@@ -194,7 +194,7 @@ class CachedEngine:
         bundle = self._inner.bundle
         self.stats.invalidated += len(self._entries)
         self._entries.clear()
-        self._reads = rule_reads(bundle, tuple(self._inner.rule.split(".")[1:]))
+        self._reads = rule_reads(bundle, self._inner.rule)
         self._analysed = bundle
         if self._reads.cacheable:
             log.info(

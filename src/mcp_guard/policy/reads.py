@@ -183,21 +183,22 @@ def input_reads(bundle: Bundle, decision: Path) -> InputReads:
 
 
 _REMEMBERED = 4  # bundles whose analysis is kept (the active one, a shadow candidate, the one just replaced)
-_ANALYSED: OrderedDict[tuple[int, Path], tuple[Bundle, InputReads]] = OrderedDict()
+_ANALYSED: OrderedDict[tuple[int, str], tuple[Bundle, InputReads]] = OrderedDict()
 
 
-def rule_reads(bundle: Bundle, decision: Path) -> InputReads:
-    """:func:`input_reads`, remembered for the last few bundle objects (by identity).
+def rule_reads(bundle: Bundle, rule: str) -> InputReads:
+    """:func:`input_reads` of the decision rule ``rule`` (an engine's ``rule``: ``data.mcp_guard.decision``),
+    remembered for the last few bundle objects (by identity).
 
     Why: the analysis compiles the bundle again (~50 ms for the shipped one, on the event loop), and three parts ask
     it of every bundle that becomes active — the decision cache, the usage read and the history read — so a reload
     would block calls three times as long. A new bundle object (every load makes one) is analysed anew."""
-    key = (id(bundle), decision)
+    key = (id(bundle), rule)
     hit = _ANALYSED.get(key)
     if hit is not None and hit[0] is bundle:
         _ANALYSED.move_to_end(key)
         return hit[1]
-    reads = input_reads(bundle, decision)
+    reads = input_reads(bundle, tuple(rule.split(".")[1:]))
     _ANALYSED[key] = (bundle, reads)
     while len(_ANALYSED) > _REMEMBERED:
         _ANALYSED.popitem(last=False)
@@ -246,6 +247,6 @@ def bundle_reads_path(bundle: Bundle, rule: str, path: Path) -> bool:
     """Whether the decision rule ``rule`` (``data.mcp_guard.decision``) of ``bundle`` can read the input at ``path``
     (:func:`reads_path`); a bundle that cannot be analysed is assumed to."""
     try:
-        return reads_path(rule_reads(bundle, tuple(rule.split(".")[1:])), path)
+        return reads_path(rule_reads(bundle, rule), path)
     except PolicyError:
         return True
