@@ -13,6 +13,8 @@ Sections (each also runs on its own: ``python bench/bench_<name>.py --help``):
   stages      the in-process pipeline per optional stage, unused and used: CPU per call (bench/bench_stages.py)
   memory      proxy RSS with 1,000 open HTTP sessions, and with 20 upstreams
   breakdown   (opt-in: --only breakdown, or --all) the stdio path with pipeline parts switched off
+  instructions (opt-in: --only instructions, or --all) instructions per stdio call under valgrind's callgrind,
+              default bundle and allow-all: the count the machine's load does not move (bench_instructions.py)
 
 Prints the tables, a markdown summary against the targets of issue #19 (and issue 8's memory target), and
 writes everything as JSON (plus the markdown) to bench/results/.
@@ -30,10 +32,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import bench_breakdown, bench_latency, bench_memory, bench_stages, bench_throughput, common
+from bench import (
+    bench_breakdown,
+    bench_instructions,
+    bench_latency,
+    bench_memory,
+    bench_stages,
+    bench_throughput,
+    common,
+)
 
 SECTIONS = ("latency", "throughput", "policy", "audit", "stages", "memory")
-OPT_IN = ("breakdown",)
+OPT_IN = ("breakdown", "instructions")
 HERE = Path(__file__).resolve().parent
 
 # Issue #19's targets: stdio → stdio tools/call with the default bundle and audit on ...
@@ -64,6 +74,14 @@ def _sub_bench(script: str, args: list[str], pattern: str, save: bool, timeout: 
             result["json_file"] = str(newest)
             result["report"] = json.loads(newest.read_text())
     return result
+
+
+def _instructions(quick: bool) -> dict[str, Any]:
+    """bench_instructions on this tree, the default bundle and allow-all."""
+    calls, warmup = (5, 3) if quick else (200, 100)
+    return {
+        policy: bench_instructions.run([common.REPO], policy, "", calls, warmup) for policy in ("default", "allow-all")
+    }
 
 
 def run_sections(sections: list[str], quick: bool, save: bool) -> dict[str, Any]:
@@ -106,6 +124,7 @@ def run_sections(sections: list[str], quick: bool, save: bool) -> dict[str, Any]
             if quick
             else bench_breakdown.run()
         ),
+        "instructions": lambda: _instructions(quick),
     }
     failed: list[str] = []
     for name in sections:
@@ -140,6 +159,8 @@ def tables(report: dict[str, Any]) -> str:
             out.append(bench_memory.table(section))
         elif name == "breakdown":
             out.append(bench_breakdown.table(section))
+        elif name == "instructions":
+            out.extend(bench_instructions.table(part) for part in section.values())
         else:
             out.append(section.get("stdout", "").rstrip())
             if section.get("exit_code"):

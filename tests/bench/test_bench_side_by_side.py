@@ -34,3 +34,10 @@ def test_the_plumbing_benches_run_both_paths() -> None:
     assert _run("bench/bench_modern_plumbing.py", "--requests", "64", "--blocks", "2").strip()
     assert _run("bench/bench_stdio_plumbing.py", "--calls", "50", "--blocks", "2").strip()
     assert _run("bench/bench_http_plumbing.py", "--calls", "50", "--blocks", "2").strip()
+
+
+def test_instructions_counts_two_trees_under_callgrind() -> None:
+    """Needs Debian's valgrind (.ci/run installs it): a missing tool fails here, it is not skipped."""
+    out = _run("bench/bench_instructions.py", ".", ".", "--calls", "3", "--warmup", "2", "--no-save")
+    rows = [line for line in out.splitlines() if "K " in line and line.strip().split()[1].endswith("K")]
+    assert len(rows) == 2 and "later − earlier:" in out, out

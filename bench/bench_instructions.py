@@ -1,0 +1,225 @@
+"""Instructions per stdio ``tools/call`` of the whole proxy, counted by valgrind's callgrind: a figure the machine's
+load does not move.
+
+    python bench/bench_instructions.py                          # this tree, default bundle, 200 calls
+    python bench/bench_instructions.py /tmp/before .            # two trees (checkouts or git worktrees)
+    python bench/bench_instructions.py --policy allow-all --ablate no-audit    # a variant (bench/ablate.py)
+    python -m bench --only instructions                         # default bundle and allow-all
+
+Why: CPU per call on this machine moves by ±40 % from hour to hour with the host's load, so a step worth 2 % needs
+dozens of interleaved blocks to show (bench_trees.py) and still comes with wide quartiles. The instructions a
+call executes in user space are counted exactly: the same tree gives the same count within ~0.5 % (run to run:
+the cache TTLs and collector passes that fall into the window), whatever else the machine is doing. They are not
+time — a cache miss, a syscall's work in the kernel (callgrind counts user space only: a ``pwrite`` of the WAL is
+one instruction here) and waiting are not in them — so they complement the CPU benches and never replace them;
+the split by library says where the instructions go (the interpreter, SQLite, JSON, pydantic, hashing, libc).
+
+How: each proxy is ``mcp-guard run`` (stdio front, the recorder over stdio, default bundle unless ``--policy``,
+audit on), the tree's ``src`` first on ``PYTHONPATH``, run under ``valgrind --tool=callgrind --instr-atstart=no``
+with ``PYTHONHASHSEED=0``; one sequential client makes ``--warmup`` calls, switches collection on
+(``callgrind_control -i on``), makes ``--calls`` calls, switches it off and dumps. The policy and state budgets are
+raised for the run (the program runs ~50× slower under valgrind; a 250 ms policy budget would deny calls). Needs
+Debian's ``valgrind`` package (``callgrind_control``, ``callgrind_annotate``). Prints a table and writes JSON to
+bench/results/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench import common
+from bench.rawclient import CallTemplate, StdioClient, check_result
+
+TOOLS = ("valgrind", "callgrind_control", "callgrind_annotate")
+# The libraries the split names (the object file's name starts so); everything else is "other".
+LIBRARIES = (
+    ("python", "libpython"),
+    ("sqlite", "libsqlite3"),
+    ("json", "_json."),
+    ("pydantic", "_pydantic_core"),
+    ("crypto", "libcrypto"),
+    ("libc", "libc."),
+    ("uvloop", "loop."),
+)
+_BUDGETS = {"[policy]": "timeout_ms = 60000", "[audit]": "state_timeout_ms = 60000"}
+_ANNOTATED = re.compile(r"^\s*([\d,]+)\s+\(\s*[\d.]+%\)\s+.*\[(?P<object>[^\]]+)\]\s*$")
+_CONTROL_TIMEOUT_S = 120.0  # a callgrind_control request waits for the program's next basic block
+
+
+def missing_tools() -> list[str]:
+    return [tool for tool in TOOLS if shutil.which(tool) is None]
+
+
+def _config(directory: Path, policy: str) -> Path:
+    """The bench's usual config, with the budgets a program under valgrind needs."""
+    cfg = common.write_config(directory, {common.UPSTREAM: common.recorder_upstream()}, policy=policy)
+    lines = []
+    for line in cfg.read_text().splitlines():
+        lines.append(line)
+        if line in _BUDGETS:
+            lines.append(_BUDGETS[line])
+    cfg.write_text("\n".join(lines) + "\n")
+    return cfg
+
+
+def _control(*argv: str) -> None:
+    subprocess.run(["callgrind_control", *argv], check=True, capture_output=True, timeout=_CONTROL_TIMEOUT_S)
+
+
+async def _count(tree: Path, directory: Path, policy: str, ablate: str, calls: int, warmup: int) -> None:
+    """One proxy of ``tree`` under callgrind, its ``calls`` calls counted into ``directory`` (:func:`_read`)."""
+    cfg = _config(directory, policy)
+    out = directory / "callgrind.out"
+    program = [str(common.REPO / "bench" / "ablate.py"), ablate, "--"] if ablate else ["-m", "mcp_guard"]
+    argv = [
+        "valgrind",
+        "--tool=callgrind",
+        "--instr-atstart=no",
+        f"--callgrind-out-file={out}",
+        sys.executable,
+        *program,
+        "run",
+        "--config",
+        str(cfg),
+        "--log-level",
+        "warning",
+    ]
+    env = common.child_env(PYTHONPATH=str(tree / "src"), PYTHONHASHSEED="0")
+    with (directory / "proxy.log").open("w") as err:
+        client = await StdioClient.spawn(argv, env=env, cwd=str(tree), stderr=err)
+    template = CallTemplate(f"{common.UPSTREAM}__echo", {"text": "hello from the benchmark"})
+    try:
+        await client.initialize()
+        for _ in range(warmup):
+            check_result(await client.call(template))
+        pid = str(client.proc.pid)
+        await asyncio.to_thread(_control, "-i", "on", pid)
+        for _ in range(calls):
+            check_result(await client.call(template))
+        await asyncio.to_thread(_control, "-i", "off", pid)
+        await asyncio.to_thread(_control, "-d", pid)
+    finally:
+        await client.close(timeout=300)
+
+
+def _read(tree: Path, directory: Path, calls: int) -> dict[str, Any]:
+    """The counts :func:`_count` left in ``directory``: instructions per call, split by library."""
+    dumps = sorted(p for p in directory.glob("callgrind.out*") if p.stat().st_size > 0)
+    counted = [(_total(p), p) for p in dumps]
+    total, dump = max(counted, default=(0, None))
+    if dump is None or total == 0:
+        raise RuntimeError(f"{tree}: callgrind wrote no counts ({[p.name for p in dumps]})")
+    split = _split(dump)
+    return {
+        "tree": str(tree),
+        "instructions_per_call": total / calls,
+        "by_library_per_call": {k: v / calls for k, v in split.items()},
+    }
+
+
+def _total(dump: Path) -> int:
+    """The dump's event total: the larger of its ``summary:`` and ``totals:`` lines (a dump may give 0 in one)."""
+    found = [
+        int(line.split()[1])
+        for line in dump.read_text(errors="replace").splitlines()
+        if line.startswith(("summary:", "totals:"))
+    ]
+    return max(found, default=0)
+
+
+def _split(dump: Path) -> dict[str, int]:
+    """Instructions of ``dump`` by library (:data:`LIBRARIES`), from callgrind_annotate's per-function listing."""
+    listing = subprocess.run(
+        ["callgrind_annotate", "--threshold=100", str(dump)], capture_output=True, text=True, check=True, timeout=300
+    ).stdout
+    split: Counter[str] = Counter()
+    for line in listing.splitlines():
+        m = _ANNOTATED.match(line)
+        if m is None:
+            continue
+        name = os.path.basename(m.group("object"))
+        lib = next((label for label, prefix in LIBRARIES if name.startswith(prefix)), "other")
+        split[lib] += int(m.group(1).replace(",", ""))
+    return dict(split)
+
+
+def run(trees: list[Path], policy: str, ablate: str, calls: int, warmup: int) -> dict[str, Any]:
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench-instructions-") as tmp:
+        for i, tree in enumerate(trees):
+            where = Path(tmp) / f"tree{i}"
+            where.mkdir()
+            asyncio.run(_count(tree, where, policy, ablate, calls, warmup))
+            rows.append(_read(tree, where, calls))
+    report: dict[str, Any] = {"policy": policy, "ablate": ablate or None, "calls": calls, "trees": rows}
+    if len(rows) == 2:
+        before, after = rows[0]["instructions_per_call"], rows[1]["instructions_per_call"]
+        report["difference_per_call"] = after - before
+        report["difference_percent"] = 100 * (after - before) / before
+    return report
+
+
+def table(report: dict[str, Any]) -> str:
+    labels = [label for label, _ in LIBRARIES] + ["other"]
+    head = f"{'tree':<28} {'instr/call':>11} " + " ".join(f"{label:>9}" for label in labels)
+    lines = [
+        f"instructions per tools/call ({report['policy']} bundle"
+        + (f", ablate {report['ablate']}" if report["ablate"] else "")
+        + f", {report['calls']} calls counted; K = thousand)",
+        head,
+    ]
+    for row in report["trees"]:
+        split = row["by_library_per_call"]
+        cells = " ".join(f"{split.get(label, 0) / 1000:>8.0f}K" for label in labels)
+        lines.append(f"{row['tree'][-28:]:<28} {row['instructions_per_call'] / 1000:>10,.0f}K {cells}")
+    if "difference_per_call" in report:
+        lines.append(
+            f"later − earlier: {report['difference_per_call'] / 1000:+,.1f}K instructions per call "
+            f"({report['difference_percent']:+.1f} %)"
+        )
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("trees", type=Path, nargs="*", help="zero (this tree), one or two source trees")
+    parser.add_argument("--policy", choices=("default", "allow-all"), default="default")
+    parser.add_argument("--ablate", default="", help="bench/ablate.py switches for every proxy (comma-separated)")
+    parser.add_argument("--calls", type=int, default=200, help="calls counted")
+    parser.add_argument("--warmup", type=int, default=100, help="calls before counting")
+    parser.add_argument("--no-save", action="store_true")
+    args = parser.parse_args()
+    trees = [t.resolve() for t in args.trees] or [common.REPO]
+    if len(trees) > 2:
+        parser.error("at most two trees")
+    for tree in trees:
+        if not (tree / "src" / "mcp_guard").is_dir():
+            parser.error(f"{tree}: not an mcp-guard source tree (no src/mcp_guard)")
+    if args.calls < 1 or args.warmup < 0:
+        parser.error("--calls must be at least 1 and --warmup not negative")
+    missing = missing_tools()
+    if missing:
+        print(f"bench_instructions: {', '.join(missing)} not found (Debian's valgrind package)", file=sys.stderr)
+        return 2
+    report = {"machine": common.machine_info(), **run(trees, args.policy, args.ablate, args.calls, args.warmup)}
+    print(table(report))
+    if not args.no_save:
+        print(f"wrote {common.save('instructions', report)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
