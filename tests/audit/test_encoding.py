@@ -518,3 +518,67 @@ def test_a_text_escapes_piece_by_piece() -> None:
         whole = json_string("".join(chosen))
         assert whole == '"' + "".join(json_string(p)[1:-1] for p in chosen) + '"'
         assert whole == json.dumps("".join(chosen), ensure_ascii=False)
+
+
+# ------------------------------------------------------------------------------------------------ the unchanging tail
+
+
+def _tail_inputs(rng: random.Random, n: int) -> list[PolicyInput]:
+    """Policy inputs as Authorize builds them, without a flow history, drawn from a few principal, session and tool
+    info objects (as the calls of a few sessions and tools reuse them), odd values included; some with input
+    responses (a head key) or a result (a tail key that changes: no splice)."""
+    principals = [
+        Principal(id=rng.choice(_TEXTS), roles=("dev",), attributes=_document(rng) if i % 2 else {}) for i in range(4)
+    ]
+    principals.append(Principal(id="odd", attributes={"x": "\ud800 lone", "n": float("nan")}))
+    sessions = [SessionInfo(id=rng.choice(_TEXTS), transport="stdio", client_name=rng.choice(_TEXTS)) for _ in range(3)]
+    infos: list[ToolInfo | None] = [None, ToolInfo(annotations={"readOnlyHint": True})]
+    infos += [ToolInfo(suspicious=("\u200b",)), ToolInfo(annotations={"x": float("nan")})]
+    made = []
+    for _ in range(n):
+        made.append(
+            PolicyInput(
+                action=rng.choice(["tools/call", "tools/call", "resources/read"]),
+                principal=rng.choice(principals),
+                session=rng.choice(sessions),
+                server=rng.choice(["tickets", "文件"]),
+                tool=rng.choice(["create", "grep ☃"]),
+                tool_info=rng.choice(infos),
+                usage={"k": rng.randint(0, 9)} if rng.random() < 0.5 else {},
+                flow=Flow(rng.choice(_TEXTS), {}, ()).without_history().to_policy(),
+                secrets_seen=("aws",) if rng.random() < 0.2 else (),
+                input_responses={"q": _document(rng)} if rng.random() < 0.1 else None,
+                result={"is_error": False} if rng.random() < 0.05 else None,
+            )
+        )
+    return made
+
+
+def test_a_calls_unchanging_tail_is_spliced_in_as_the_whole_document_would_encode() -> None:
+    """events.input_text with the input it was made from, against the oracle: the same text, and escapes that are
+    the text's own; the remembered tail is taken for most inputs, never for one with a ``result``, and a value that
+    needs cleaning (a lone surrogate, NaN) sends the document whole to json_text as before."""
+    rng = random.Random(20261202)
+    spliced = 0
+    for i, source in enumerate(_tail_inputs(rng, 600)):
+        document = {k: v for k, v in source.to_dict().items() if k != "arguments"}
+        text = events.input_text(document, source)
+        assert text == _ref_json_text(document), i
+        if isinstance(text, events.InputText):
+            spliced += 1
+            assert "result" not in document
+            assert text.escaped == json_string(text)[1:-1]
+            assert text.escaped_twice == json_string(text.escaped)[1:-1]
+        assert events.input_text(document) == text  # without the source: encoded whole, the same text
+    assert spliced > 300
+
+
+def test_decision_rows_with_a_remembered_tail_are_byte_identical_to_the_old_encoder() -> None:
+    rng = random.Random(20261203)
+    rows = []
+    for source in _tail_inputs(rng, 300):
+        decision = _decision(rng)
+        policy = events.policy_record(source.to_dict(), decision, rng.choice([None, 65536, 1024]), source=source)
+        rows.append(events.call_decision(decision, arguments=_document(rng), policy=policy, **_columns(rng)))
+    assert [i for i, e in enumerate(rows) if _stored(writer._prepare(e)) != reference_row(e)] == []
+    assert sum(isinstance(e.details, EncodedJson) and e.details.quoted is not None for e in rows) > 100

@@ -15,9 +15,9 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
-from mcp_guard.audit.chain import EncodedJson, digest_text, json_string, json_text
+from mcp_guard.audit.chain import EncodedJson, digest_text, fast_json_text, json_string, json_text
 from mcp_guard.state.base import FlowCall, FlowHistory
-from mcp_guard.types import AuditEvent, Decision, EventKind, Principal, SessionInfo, new_id, utc_now
+from mcp_guard.types import AuditEvent, Decision, EventKind, PolicyInput, Principal, SessionInfo, new_id, utc_now
 
 __all__ = [
     "PREVIEW_CHARS",
@@ -96,7 +96,12 @@ OMITTED_KEY = "omitted"
 
 
 def policy_record(
-    document: Mapping[str, Any], decision: Decision, max_bytes: int | None, *, omitted: Sequence[str] = ()
+    document: Mapping[str, Any],
+    decision: Decision,
+    max_bytes: int | None,
+    *,
+    omitted: Sequence[str] = (),
+    source: PolicyInput | None = None,
 ) -> dict[str, Any]:
     """What a decision row keeps of the policy question (``details.policy``), for ``mcp-guard policy replay``.
 
@@ -114,13 +119,16 @@ def policy_record(
     ``omitted`` names the input paths the proxy left out because no decision could read them (a flow's history:
     :class:`~mcp_guard.state.base.Flow`); kept as ``omitted``, so a replay of a candidate that reads one of them
     counts the row as not replayable instead of deciding on what was never recorded.
+
+    ``source``: the :class:`~mcp_guard.types.PolicyInput` whose ``to_dict()`` ``document`` is (its keys before
+    ``principal`` may differ): the text's unchanging part is then remembered (:func:`input_text`).
     """
     record: dict[str, Any] = {"allow": decision.allow, "reasons": list(decision.reasons)}
     if decision.allow and decision.obligations:
         record["obligations"] = dict(decision.obligations)
     if omitted:
         record[OMITTED_KEY] = list(omitted)
-    text = input_text({k: v for k, v in document.items() if k != "arguments"})
+    text = input_text({k: v for k, v in document.items() if k != "arguments"}, source)
     if max_bytes is None or len(text) * 4 <= max_bytes:
         record[INPUT_KEY] = text
         return record
@@ -136,15 +144,23 @@ def policy_record(
     return record
 
 
-def input_text(document: Mapping[str, Any]) -> str:
+def input_text(document: Mapping[str, Any], source: PolicyInput | None = None) -> str:
     """The canonical JSON text of a policy input ``document`` (:func:`json_text`; ``"{}"`` for nothing).
 
     A flow's history (:class:`~mcp_guard.state.base.FlowHistory`) is spliced in from its calls' texts, each
     encoded once (:func:`_call_texts`), instead of encoded again on every call of the flow. The splice is exact
     because canonical JSON sorts keys: ``action`` then ``context`` at the top, ``flow`` first in ``context`` and
     ``history`` first in ``flow``, so the document encoded with an empty history begins with a prefix known in
-    advance, ending in that ``[]``. Any other shape (or that prefix missing) is encoded whole."""
+    advance, ending in that ``[]``. Any other shape (or that prefix missing) is encoded whole.
+
+    Without a history (the shipped bundle reads none, so the proxy leaves it out: :class:`~mcp_guard.state.base.Flow`)
+    and ``source``, the :class:`~mcp_guard.types.PolicyInput` the document was made from, the document's *tail* —
+    ``principal``, ``server``, ``session``, ``tool``, ``tool_info``: the keys that sort after ``context``, the same
+    call after call of one session and tool, two thirds of the text — is taken from memory with its escapes
+    (:func:`_tail_spliced`); only ``action`` and ``context`` are encoded per call."""
     spliced = _spliced(document)
+    if spliced is None and source is not None:
+        spliced = _tail_spliced(document, source)
     if spliced is not None:
         return spliced
     return json_text(document) or "{}"
@@ -187,6 +203,80 @@ def _spliced(document: Mapping[str, Any]) -> InputText | None:
     spliced.escaped = f"{once_before}{','.join(escaped)}{once_after}"
     spliced.escaped_twice = f"{_escaped(once_before)}{','.join(twice)}{_escaped(once_after)}"
     return spliced
+
+
+_TAIL_KEYS = frozenset({"principal", "server", "session", "tool", "tool_info"})
+"""The keys of a call's input document that sort after ``context`` (a ``tools/result`` input also has ``result``)."""
+_TAILS: dict[tuple[int, int, int, str | None, str | None], tuple[Any, Any, Any, str, str, str]] = {}
+_TAILS_MAX = 4096
+
+
+def _tail_spliced(document: Mapping[str, Any], source: PolicyInput) -> InputText | None:
+    """:func:`input_text` of ``document`` — made by ``source.to_dict()``, keys before ``principal`` changed at
+    most — with the text and escapes of its *tail* (the keys from ``principal`` on: :data:`_TAIL_KEYS`) remembered
+    by the objects they are made of; None for any other shape.
+
+    Canonical JSON sorts keys, so the text is the head's members (``action``, ``context``, ``input_responses``),
+    a comma, then the tail's — and JSON escapes character by character, so the text's escapes are the head's
+    followed by the tail's. The tail is made of ``source``'s principal, session and tool info (frozen values, the
+    same objects call after call of one stdio session and tool: ``ExposedTool.tool_info``), server and tool; a
+    remembered tail holds those objects, so it is used again only for them."""
+    head: dict[str, Any] = {}
+    tail_keys = 0
+    for key, value in document.items():
+        if not isinstance(key, str):
+            return None
+        if key < "principal":
+            head[key] = value
+        elif key in _TAIL_KEYS:
+            tail_keys += 1
+        else:
+            return None  # ``result``: not the same call after call
+    if not head or tail_keys != 4 + (source.tool_info is not None):
+        return None
+    texts = _tail_texts(document, source)
+    if texts is None:
+        return None
+    try:
+        head_text = _exact_text(head)
+    except (ValueError, TypeError):  # a value json_text would clean up: encoded whole, as before
+        return None
+    tail_text, tail_escaped, tail_twice = texts
+    before = f"{head_text[:-1]},"  # "{…head members," — the tail's text goes on without its opening brace
+    spliced = InputText(before + tail_text)
+    once = _escaped(before)
+    spliced.escaped = once + tail_escaped
+    spliced.escaped_twice = _escaped(once) + tail_twice
+    return spliced
+
+
+def _tail_texts(document: Mapping[str, Any], source: PolicyInput) -> tuple[str, str, str] | None:
+    """The tail's text without its opening brace, escaped once and twice; None if it cannot be encoded as it is."""
+    principal, session, tool_info = source.principal, source.session, source.tool_info
+    key = (id(principal), id(session), id(tool_info), source.server, source.tool)
+    hit = _TAILS.get(key)
+    if hit is not None and hit[0] is principal and hit[1] is session and hit[2] is tool_info:
+        return hit[3:]
+    try:
+        text = _exact_text({k: v for k, v in document.items() if k in _TAIL_KEYS})[1:]
+    except (ValueError, TypeError):
+        return None
+    escaped = _escaped(text)
+    texts = (text, escaped, _escaped(escaped))
+    if len(_TAILS) >= _TAILS_MAX:
+        _TAILS.clear()
+    _TAILS[key] = (principal, session, tool_info, *texts)  # holding them: their ids are not reused meanwhile
+    return texts
+
+
+def _exact_text(value: dict[str, Any]) -> str:
+    """:func:`json_text` of ``value`` when it needs none of its clean-ups; else ValueError or TypeError (the whole
+    document is then encoded by json_text, which cleans the whole)."""
+    text = fast_json_text(value)
+    if text is None:
+        raise TypeError("nothing to encode")
+    text.encode("utf-8")  # lone surrogates: json_text would clean them
+    return text
 
 
 _CALL_TEXTS: dict[int, tuple[FlowCall, str, str, str]] = {}

@@ -101,7 +101,9 @@ def decision_row(
         document = verdict.input.to_dict()
         if "input_responses" in document:
             document["input_responses"] = dict(verdict.audit_responses or {})
-        policy = events.policy_record(document, verdict.decision, max_arguments_bytes, omitted=verdict.input.omitted)
+        policy = events.policy_record(
+            document, verdict.decision, max_arguments_bytes, omitted=verdict.input.omitted, source=verdict.input
+        )
     return events.call_decision(
         decision,
         arguments=arguments,

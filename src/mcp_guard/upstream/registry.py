@@ -109,21 +109,29 @@ class ExposedTool:
     suspicious: tuple[str, ...] = ()  # invisible/control characters found in the definition
     hidden: bool = False  # changed under pinning = "enforce": not listed, calls denied (tool_changed)
     new: bool = False  # never approved: appeared after its upstream's first catalogue (new_tools = "review")
+    # tool_info(), made on first use: every field it reads is this frozen entry's own (a changed pin or definition
+    # is a new entry), so every call of the tool gets the same value — and the same object, which the audit's
+    # replay-input text is remembered by (mcp_guard.audit.events.input_text).
+    _info: ToolInfo | None = field(default=None, init=False, repr=False, compare=False)
 
     def tool_info(self) -> ToolInfo:
-        """What the policy is told about this tool."""
-        annotations: dict[str, Any] = (
-            self.local.annotations.model_dump(mode="json", by_alias=True, exclude_none=True)
-            if self.local.annotations is not None
-            else {}
-        )
-        return ToolInfo(
-            annotations=annotations,
-            definition_sha256=self.sha256,
-            pinned=self.pinned,
-            suspicious=self.suspicious,
-            changed=self.changed,
-        )
+        """What the policy is told about this tool (one value per entry)."""
+        info = self._info
+        if info is None:
+            annotations: dict[str, Any] = (
+                self.local.annotations.model_dump(mode="json", by_alias=True, exclude_none=True)
+                if self.local.annotations is not None
+                else {}
+            )
+            info = ToolInfo(
+                annotations=annotations,
+                definition_sha256=self.sha256,
+                pinned=self.pinned,
+                suspicious=self.suspicious,
+                changed=self.changed,
+            )
+            object.__setattr__(self, "_info", info)
+        return info
 
 
 @dataclass(frozen=True, slots=True)
