@@ -10,6 +10,7 @@ import mcp_types as types
 import pytest
 
 from guard_harness import client_of, make_settings, read_log, recorder_upstream, running_guard, wait_for
+from mcp_guard.frontend import handlers as handlers_module
 from mcp_guard.frontend.handlers import Handlers
 from mcp_guard.frontend.tasks import TASKS_EXTENSION
 from mcp_guard.testing import FunctionEngine, RecordingSink
@@ -112,3 +113,15 @@ def test_the_capabilities_forwarded_upstream_never_declare_the_tasks_extension()
     forwarded = dict(meta)[types.CLIENT_CAPABILITIES_META_KEY]
     assert forwarded["extensions"] == {"example.org/other": {}}, "other extensions pass, the tasks one does not"
     assert "elicitation" in forwarded
+
+
+def test_a_sessions_capabilities_are_dumped_once_and_another_objects_again() -> None:
+    """The dump is remembered by the capabilities object (a handshake session's is one object): the same object
+    gives the same dump without dumping again; a different object — another session, or a 2026-07-28 request's
+    own — gets its own, so nothing of one client's capabilities reaches another's upstream requests."""
+    first = types.ClientCapabilities.model_validate({"elicitation": {}, "extensions": {TASKS_EXTENSION: {}}})
+    second = types.ClientCapabilities.model_validate({"sampling": {}})
+    dumped = handlers_module._caps_for_upstream(first)
+    assert dumped == {"elicitation": {}} and handlers_module._caps_for_upstream(first) is dumped
+    assert handlers_module._caps_for_upstream(second) == {"sampling": {}}
+    assert handlers_module._caps_for_upstream(None) == {}

@@ -180,3 +180,36 @@ def test_life_cycle_reasons_are_bounded_and_do_not_quote_parse_errors() -> None:
     assert len(_describe(long)) < 600
     sdk = MCPError(code=types.PARSE_ERROR, message=f"Failed to parse JSON response: {TOKEN}")
     assert TOKEN not in _describe(sdk)
+
+
+def _call(meta: Any) -> types.CallToolRequest:
+    return types.CallToolRequest(params=types.CallToolRequestParams(name="echo", arguments={"text": "é"}, _meta=meta))
+
+
+CAPS_KEY = types.CLIENT_CAPABILITIES_META_KEY
+LANE_METAS: list[Any] = [
+    None,
+    {},
+    {"progressToken": 7},
+    {CAPS_KEY: {"sampling": {}}},  # reserved keys only: the lane sends no _meta at all
+    {CAPS_KEY: {"sampling": {}}, types.LOG_LEVEL_META_KEY: "debug", "trace": "t-1", "progressToken": "p"},
+    {"io.modelcontextprotocol/other": 1, "x": {"nested": [1, None]}},
+    {CAPS_KEY: {}, "foo": None},  # a null the dump leaves out
+    {CAPS_KEY: {}, "foo": None, "bar": 1},
+    {"foo": None},
+    types.RequestParamsMeta(progressToken=3),
+]
+
+
+@pytest.mark.parametrize("era", ["2025-11-25", "2026-07-28"])
+@pytest.mark.parametrize("meta", LANE_METAS, ids=range(len(LANE_METAS)))
+def test_the_lanes_params_are_what_the_enveloped_request_dumps_to(meta: Any, era: str) -> None:
+    """The lane takes the envelope off the dumped params; the session path off copies of the models: the same
+    params either way, for every shape of ``_meta`` (none, empty, reserved keys only, mixed, a model)."""
+    conn = _connection(Hooks({}))
+    conn.protocol_version = era
+    request = _call(meta)
+    enveloped, _ = conn._enveloped(request)
+    assert enveloped.params is not None
+    assert conn._lane_params(request) == enveloped.params.model_dump(by_alias=True, mode="json", exclude_none=True)
+    assert conn._lane_params(types.PingRequest()) is None

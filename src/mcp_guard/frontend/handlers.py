@@ -73,6 +73,26 @@ _META_DROP = frozenset({"progressToken", "progress_token", FLOW_META_KEY})
 _META_RESERVED_PREFIX = "io.modelcontextprotocol/"
 
 
+_CAPS: dict[int, tuple[types.ClientCapabilities, dict[str, Any]]] = {}
+_CAPS_MAX = 1024
+
+
+def _caps_for_upstream(caps: types.ClientCapabilities | None) -> dict[str, Any]:
+    """A client's capabilities as the upstream may be told them (dumped, without the tasks extension: tasks are
+    served here, never handed back by an upstream), remembered by the capabilities object: a handshake session's
+    is one object for all its requests, so it is dumped once, not on every call. The dict is shared: its readers
+    (the request model's dump, the upstream connection's envelope split and ``EnvelopeDispatcher``) copy, never
+    change it."""
+    if caps is None:
+        return {}
+    hit = _CAPS.get(id(caps))
+    if hit is None or hit[0] is not caps:
+        if len(_CAPS) >= _CAPS_MAX:
+            _CAPS.clear()
+        hit = _CAPS[id(caps)] = (caps, for_upstream(caps.model_dump(by_alias=True, mode="json", exclude_none=True)))
+    return hit[1]
+
+
 @dataclass
 class Handlers:
     settings: Settings
@@ -168,10 +188,8 @@ class Handlers:
         if removed:
             log.info("meta.credentials_dropped", keys=list(removed))
         if ctx is not None:
-            caps = ctx.session.client_capabilities
-            dumped = caps.model_dump(by_alias=True, mode="json", exclude_none=True) if caps is not None else {}
-            dumped = for_upstream(dumped)  # tasks are served here, never handed back by an upstream
-            safe = {**(safe or {}), types.CLIENT_CAPABILITIES_META_KEY: dumped}
+            caps = _caps_for_upstream(ctx.session.client_capabilities)
+            safe = {**(safe or {}), types.CLIENT_CAPABILITIES_META_KEY: caps}
             modern = ctx.protocol_version in MODERN_PROTOCOL_VERSIONS
             level = raw.get(types.LOG_LEVEL_META_KEY) if modern else (self._session(ctx).log_level or "debug")
             if level is not None:

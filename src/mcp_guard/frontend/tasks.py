@@ -357,7 +357,7 @@ def for_upstream(caps: dict[str, Any]) -> dict[str, Any]:
     neither polls nor binds to a principal, whose result would never pass the result policy. Undeclared, the
     upstream must answer the call itself (or refuse it ``-32021``, which reaches the client as its error)."""
     extensions = caps.get("extensions")
-    if not isinstance(extensions, Mapping) or TASKS_EXTENSION not in extensions:
+    if extensions is None or not isinstance(extensions, Mapping) or TASKS_EXTENSION not in extensions:
         return caps
     kept = {k: v for k, v in extensions.items() if k != TASKS_EXTENSION}
     out = {k: v for k, v in caps.items() if k != "extensions"}

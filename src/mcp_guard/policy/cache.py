@@ -75,7 +75,8 @@ class _Entry:
 def _at(document: Mapping[str, Any], path: tuple[str, ...]) -> object:
     value: object = document
     for seg in path:
-        if not isinstance(value, Mapping) or seg not in value:
+        # A plain dict (every object of an input document PolicyInput builds) skips the Mapping ABC's check.
+        if not (type(value) is dict or isinstance(value, Mapping)) or seg not in value:
             return _MISSING
         value = value[seg]
     return value

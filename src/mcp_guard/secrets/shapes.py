@@ -212,7 +212,7 @@ def _walk(obj: Any, fkind: str | None, kinds: set[str]) -> Any:
             kinds.add("high_entropy")
             return _marker("high_entropy")
         return text
-    if isinstance(obj, Mapping):
+    if type(obj) is dict or isinstance(obj, Mapping):  # a plain dict skips the Mapping ABC's (costly) check
         return {k: _walk(v, field_kind(k) if isinstance(k, str) else None, kinds) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
         items = [_walk(v, fkind, kinds) for v in obj]

@@ -204,13 +204,14 @@ class UpstreamConnection:
         progress = self._progress_relay(on_progress) if on_progress is not None else None
         if self.era == "stateless" and self._watch(request):
             return {}
-        request, caps = self._enveloped(request)
-        lane = self._lane
+        lane = self._lane if progress is None and self.era == "handshake" else None
+        caps = None
+        if lane is None:
+            request, caps = self._enveloped(request)
         try:
-            if lane is not None and progress is None and self.era == "handshake":
+            if lane is not None:
                 # The lean lane (mcp_guard.upstream.raw_lane): one raw line each way, no SDK session between.
-                params = request.params
-                raw = params.model_dump(by_alias=True, mode="json", exclude_none=True) if params is not None else None
+                raw = self._lane_params(request)
                 with anyio.fail_after(t):
                     answer = await lane.request(request.method, raw)
                 return as_negotiated(request.method, self.protocol_version or "2025-11-25", answer)
@@ -271,6 +272,27 @@ class UpstreamConnection:
         assert params is not None
         new_params = params.model_copy(update={"meta": kept})
         return request.model_copy(update={"params": new_params}), caps
+
+    def _lane_params(self, request: types.ClientRequest) -> dict[str, Any] | None:
+        """The params the lane sends: what :meth:`_enveloped`'s request dumps to, the envelope taken off the dumped
+        ``_meta`` instead of off copies of the request's models (two ``model_copy`` and a dump of ``_meta`` saved
+        on every call; tests/upstream/test_connection_lane.py holds the two to the same params)."""
+        params = getattr(request, "params", None)
+        if params is None:
+            return None
+        raw: dict[str, Any] = params.model_dump(by_alias=True, mode="json", exclude_none=True)
+        meta = getattr(params, "meta", None)
+        if not meta:
+            return raw
+        given = meta if isinstance(meta, dict) else meta.model_dump(by_alias=True, mode="json", exclude_none=True)
+        kept, _ = split_envelope(given, self.era)
+        if kept == given:
+            return raw
+        if kept is None:
+            raw.pop("_meta", None)
+        else:  # the same keys taken off the dumped _meta (declared fields under their wire names, nulls left out)
+            raw["_meta"] = split_envelope(raw.get("_meta"), self.era)[0] or {}
+        return raw
 
     def _progress_relay(self, on_progress: ProgressRelay) -> ProgressFnT:
         """Progress for the client, on the one way upstream→client traffic takes (mcp_guard.channel)."""
