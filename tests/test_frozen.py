@@ -53,6 +53,23 @@ def test_unknown_field_is_a_type_error_naming_it() -> None:
         evolve(_call(), nope=1)
 
 
+def test_a_copy_holds_the_same_objects_and_its_original_is_untouched() -> None:
+    old = _call()
+    got = evolve(old, timeout_s=3.0)
+    assert all(
+        getattr(got, f.name) is getattr(old, f.name) for f in dataclasses.fields(CallContext) if f.name != "timeout_s"
+    )
+    assert got.timeout_s == 3.0 and old.timeout_s is None
+
+
+def test_the_pipeline_values_get_a_copier_written_for_their_class() -> None:
+    for cls in (CallContext, Outcome, Decision):
+        plan = _plan_for(cls)
+        assert plan is not None and plan.cls is cls, cls
+        assert plan.copy.__code__.co_names.count("_new") == 1  # one line per field, no loop
+        assert set(plan.copy.__code__.co_names) >= {f.name for f in dataclasses.fields(cls)}
+
+
 def test_the_copy_stays_frozen() -> None:
     got = evolve(Outcome(), result={})
     with pytest.raises(dataclasses.FrozenInstanceError):
