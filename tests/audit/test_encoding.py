@@ -251,6 +251,8 @@ def _odd_rows() -> list[AuditEvent]:
         dataclasses.replace(base, arguments={"lone": "\ud800 surrogate"}, details={"also": "\udfff"}),
         dataclasses.replace(base, principal="nul \x00 inside", tool="a\x00b"),
         dataclasses.replace(base, principal="lone \ud83d surrogate"),
+        dataclasses.replace(base, principal=42, tool=0, policy_revision=False),  # type: ignore[arg-type]  # str()
+        dataclasses.replace(base, session_id="", server=""),  # empty texts are texts
         dataclasses.replace(base, details={"set": {3, 1, 2}, "bytes": b"\xff\x00ok", "tuple": (1, "2")}),
         dataclasses.replace(base, details={1: "int key", 2.5: "float key", None: "null key", False: "bool key"}),
         dataclasses.replace(base, details={"mixed": {1: "a", "b": 2}}),  # keys of mixed types: cannot sort

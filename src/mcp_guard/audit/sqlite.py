@@ -38,6 +38,7 @@ mode they neither block the writer nor wait for it.
 from __future__ import annotations
 
 import functools
+import itertools
 import os
 import sqlite3
 import time
@@ -94,6 +95,11 @@ _INLINE_BACKLOG_ROWS = 50_000  # rows since the last checkpoint past which inlin
 def _insert_sql(rows: int) -> str:
     """An INSERT of ``rows`` rows in one statement."""
     return _INSERT_INTO + ", ".join([_ROW_PARAMS] * rows)
+
+
+def _flat(rows: Sequence[Sequence[Any]]) -> Sequence[Any]:
+    """The parameters of a multi-row INSERT: the rows' values one after the other (a lone row is its own tuple)."""
+    return rows[0] if len(rows) == 1 else list(itertools.chain.from_iterable(rows))
 
 
 def _file_id(path: Path) -> tuple[int, int]:
@@ -199,7 +205,7 @@ class SqliteBackend:
         first = self._head.seq + 1
         rows, head = chain_rows(self._head, batch)
         try:
-            fast.execute(_insert_sql(size), [v for row in rows for v in row])
+            fast.execute(_insert_sql(size), _flat(rows))
         except sqlite3.Error:
             if fast.in_transaction:  # not expected for one autocommit statement; never leave one open
                 fast.rollback()
@@ -242,7 +248,7 @@ class SqliteBackend:
         # inside an explicit transaction.
         size = len(rows)
         if size & (size - 1) == 0 and size <= _MAX_CHUNK:
-            await self._db.execute(_insert_sql(size), [v for row in rows for v in row])
+            await self._db.execute(_insert_sql(size), _flat(rows))
         else:
             await self._db.execute("BEGIN IMMEDIATE")
             await self._insert_chunks(rows)
@@ -258,7 +264,7 @@ class SqliteBackend:
         while start < len(rows):
             size = min(1 << ((len(rows) - start).bit_length() - 1), _MAX_CHUNK)
             chunk = rows[start : start + size]
-            await self._db.execute(_insert_sql(size), [v for row in chunk for v in row])
+            await self._db.execute(_insert_sql(size), _flat(chunk))
             start += size
 
     async def _rollback(self) -> None:

@@ -43,7 +43,7 @@ import asyncio
 import math
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -118,31 +118,46 @@ _VALUE_ORDER = (
 assert _VALUE_ORDER == schema.BODY_COLUMNS, "writer._values() is out of step with schema.BODY_COLUMNS"
 
 
-def _values(
-    event: AuditEvent, text: Callable[[str | None], str | None], js: Callable[[Any], str | None]
-) -> tuple[Any, ...]:
-    """The stored values of ``event``'s row body, in BODY_COLUMNS order."""
+def _texts(event: AuditEvent) -> tuple[Any, ...]:
+    """The event's text columns as given, in BODY_COLUMNS order (``policy_revision`` last)."""
+    return (
+        event.event_id,
+        event.ts,
+        event.kind,
+        event.session_id,
+        event.decision_id,
+        event.principal,
+        event.server,
+        event.tool,
+        event.policy_revision,
+    )
+
+
+def _values(event: AuditEvent, texts: Sequence[Any], js: Callable[[Any], str | None]) -> tuple[Any, ...]:
+    """The stored values of ``event``'s row body, in BODY_COLUMNS order, its text columns ``texts`` as stored
+    (:func:`_texts`, each made storable by the caller)."""
     duration = event.duration_ms
     if duration is not None:
         duration = float(duration)
         if not math.isfinite(duration):
             duration = None  # a database would store NaN as NULL (or refuse it): hash what is stored
     reasons = event.reasons
+    event_id, ts, kind, session_id, decision_id, principal, server, tool, revision = texts
     return (
-        text(event.event_id),
-        text(event.ts),
-        text(event.kind),
-        text(event.session_id),
-        text(event.decision_id),
-        text(event.principal),
-        text(event.server),
-        text(event.tool),
+        event_id,
+        ts,
+        kind,
+        session_id,
+        decision_id,
+        principal,
+        server,
+        tool,
         event.decision,
         None if reasons is None else _reasons_text(reasons),
         js(event.arguments),
         js(event.result),
         duration,
-        text(event.policy_revision),
+        revision,
         js(event.details),
     )
 
@@ -171,6 +186,19 @@ def _reasons_text(reasons: tuple[str, ...]) -> str | None:
     return text
 
 
+def _plain_texts(texts: tuple[Any, ...]) -> tuple[Any, ...]:
+    """``texts`` as :func:`_same` stores each, checked at once: one join (which refuses anything that is not text)
+    and one search for NUL, where ``_same`` was a call per column (nine a row). A column that is not text takes the
+    per-column path, which stores its ``str``; NUL raises ValueError as there (the caller then cleans the row)."""
+    try:
+        joined = "".join([t for t in texts if t is not None])
+    except TypeError:
+        return tuple(map(_same, texts))
+    if "\x00" in joined:  # PostgreSQL text cannot hold NUL (see _same)
+        raise ValueError("NUL in a text column")
+    return texts
+
+
 def _same(value: str | None) -> str | None:
     if value is None or isinstance(value, str):
         if value and "\x00" in value:  # PostgreSQL text cannot hold NUL: one such value would fail
@@ -195,12 +223,12 @@ def _prepare(event: AuditEvent, done: asyncio.Future[None] | None = None, deadli
     if not (event.kind and event.event_id and event.ts):  # NOT NULL columns: one bad event must
         raise AuditError(f"audit event {event.kind!r}: kind, event_id and ts are required")  # not fail a batch
     try:  # the fast path: plain JSON-able values and valid text
-        values = _values(event, _same, fast_json_text)
+        values = _values(event, _plain_texts(_texts(event)), fast_json_text)
         details = event.details
         quoted = details.quoted if type(details) is EncodedJson else None  # its text's literal, made in pieces
         body = canonical_json(values) if quoted is None else canonical_json_quoted_last(values, quoted)
     except (ValueError, TypeError):  # NaN/Infinity, lone surrogates, odd keys: record them cleaned up
-        values = _values(event, _clean, json_text)
+        values = _values(event, tuple(map(_clean, _texts(event))), json_text)
         body = canonical_json(values)
     return _Pending(values=values, body=body, done=done, deadline=deadline)
 
