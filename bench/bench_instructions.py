@@ -7,12 +7,12 @@ load does not move.
     python -m bench --only instructions                         # default bundle and allow-all
 
 Why: CPU per call on this machine moves by ±40 % from hour to hour with the host's load, so a step worth 2 % needs
-dozens of interleaved blocks to show (bench_trees.py) and still comes with wide quartiles. The instructions a
-call executes in user space are counted exactly: the same tree gives the same count within ~0.5 % (run to run:
-the cache TTLs and collector passes that fall into the window), whatever else the machine is doing. They are not
-time — a cache miss, a syscall's work in the kernel (callgrind counts user space only: a ``pwrite`` of the WAL is
-one instruction here) and waiting are not in them — so they complement the CPU benches and never replace them;
-the split by library says where the instructions go (the interpreter, SQLite, JSON, pydantic, hashing, libc).
+dozens of interleaved blocks to show (bench_trees.py) and still comes with wide quartiles. The instructions a call
+executes in user space are counted exactly: the same tree gives the same count within ~1 % (run to run: a SQLite
+checkpoint, a cache TTL or a collector pass falls into the window or not), whatever else the machine is doing. They
+are not time — a cache miss, a syscall's work in the kernel (callgrind counts user space only: a ``pwrite`` of the
+WAL is one instruction here) and waiting are not in them — so they complement the CPU benches and never replace
+them; the split by library says where the instructions go (the interpreter, SQLite, JSON, pydantic, hashing, libc).
 
 How: each proxy is ``mcp-guard run`` (stdio front, the recorder over stdio, default bundle unless ``--policy``,
 audit on), the tree's ``src`` first on ``PYTHONPATH``, run under ``valgrind --tool=callgrind --instr-atstart=no``
@@ -63,8 +63,8 @@ def missing_tools() -> list[str]:
     return [tool for tool in TOOLS if shutil.which(tool) is None]
 
 
-def _config(directory: Path, policy: str) -> Path:
-    """The bench's usual config, with the budgets a program under valgrind needs."""
+def slow_config(directory: Path, policy: str) -> Path:
+    """The bench's usual config, with the budgets a proxy slowed ~20-50× (valgrind, a tracer) needs."""
     cfg = common.write_config(directory, {common.UPSTREAM: common.recorder_upstream()}, policy=policy)
     lines = []
     for line in cfg.read_text().splitlines():
@@ -81,7 +81,7 @@ def _control(*argv: str) -> None:
 
 async def _count(tree: Path, directory: Path, policy: str, ablate: str, calls: int, warmup: int) -> None:
     """One proxy of ``tree`` under callgrind, its ``calls`` calls counted into ``directory`` (:func:`_read`)."""
-    cfg = _config(directory, policy)
+    cfg = slow_config(directory, policy)
     out = directory / "callgrind.out"
     program = [str(common.REPO / "bench" / "ablate.py"), ablate, "--"] if ablate else ["-m", "mcp_guard"]
     argv = [

@@ -41,3 +41,11 @@ def test_instructions_counts_two_trees_under_callgrind() -> None:
     out = _run("bench/bench_instructions.py", ".", ".", "--calls", "3", "--warmup", "2", "--no-save")
     rows = [line for line in out.splitlines() if "K " in line and line.strip().split()[1].endswith("K")]
     assert len(rows) == 2 and "later − earlier:" in out, out
+
+
+def test_opcodes_counts_a_calls_bytecodes_by_function() -> None:
+    out = _run("bench/bench_opcodes.py", "--calls", "3", "--warmup", "2", "--top", "5", "--no-save")
+    head, *rows = out.strip().splitlines()
+    assert head.startswith("bytecodes per tools/call (default bundle, 3 calls counted): "), out
+    assert float(head.rsplit(": ", 1)[1].replace(",", "")) > 1000, out  # a call runs thousands of them
+    assert any("mcp_guard/" in row for row in rows), out  # the proxy's own code is named
