@@ -208,7 +208,7 @@ def _spliced(document: Mapping[str, Any]) -> InputText | None:
 _TAIL_KEYS = frozenset({"principal", "server", "session", "tool", "tool_info"})
 """The keys of a call's input document that sort after ``context`` (a ``tools/result`` input also has ``result``)."""
 _TAILS: dict[tuple[int, int, int, str | None, str | None], tuple[Any, Any, Any, str, str, str]] = {}
-_TAILS_MAX = 4096
+_TAILS_MAX = 1024  # an HTTP request brings its own principal object: at most this many held, then forgotten
 
 
 def _tail_spliced(document: Mapping[str, Any], source: PolicyInput) -> InputText | None:
