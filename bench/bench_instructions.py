@@ -34,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +42,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import common
-from bench.rawclient import CallTemplate, StdioClient, check_result
+from bench.rawclient import CallTemplate, HttpClient, StdioClient, check_result
 
 TOOLS = ("valgrind", "callgrind_control", "callgrind_annotate")
 # The libraries the split names (the object file's name starts so); everything else is "other".
@@ -57,6 +58,8 @@ LIBRARIES = (
 _BUDGETS = {"[policy]": "timeout_ms = 60000", "[audit]": "state_timeout_ms = 60000"}
 _ANNOTATED = re.compile(r"^\s*([\d,]+)\s+\(\s*[\d.]+%\)\s+.*\[(?P<object>[^\]]+)\]\s*$")
 _CONTROL_TIMEOUT_S = 120.0  # a callgrind_control request waits for the program's next basic block
+_START_WITHIN_S = 300.0  # an HTTP proxy under valgrind takes tens of seconds to listen
+TEMPLATE = CallTemplate(f"{common.UPSTREAM}__echo", {"text": "hello from the benchmark"})
 
 
 def missing_tools() -> list[str]:
@@ -79,40 +82,91 @@ def _control(*argv: str) -> None:
     subprocess.run(["callgrind_control", *argv], check=True, capture_output=True, timeout=_CONTROL_TIMEOUT_S)
 
 
-async def _count(tree: Path, directory: Path, policy: str, ablate: str, calls: int, warmup: int) -> None:
-    """One proxy of ``tree`` under callgrind, its ``calls`` calls counted into ``directory`` (:func:`_read`)."""
-    cfg = slow_config(directory, policy)
-    out = directory / "callgrind.out"
+def _argv(directory: Path, cfg: Path, ablate: str, *front: str) -> list[str]:
     program = [str(common.REPO / "bench" / "ablate.py"), ablate, "--"] if ablate else ["-m", "mcp_guard"]
-    argv = [
+    return [
         "valgrind",
         "--tool=callgrind",
         "--instr-atstart=no",
-        f"--callgrind-out-file={out}",
+        f"--callgrind-out-file={directory / 'callgrind.out'}",
         sys.executable,
         *program,
         "run",
         "--config",
         str(cfg),
-        "--log-level",
-        "warning",
+        *front,
     ]
-    env = common.child_env(PYTHONPATH=str(tree / "src"), PYTHONHASHSEED="0")
+
+
+async def _counted(pid: int, calls: int, call: Callable[[], Awaitable[None]]) -> None:
+    """``calls`` calls with collection on, then the counts dumped."""
+    await asyncio.to_thread(_control, "-i", "on", str(pid))
+    for _ in range(calls):
+        await call()
+    await asyncio.to_thread(_control, "-i", "off", str(pid))
+    await asyncio.to_thread(_control, "-d", str(pid))
+
+
+async def _count_stdio(
+    tree: Path, directory: Path, cfg: Path, ablate: str, env: dict[str, str], calls: int, warmup: int
+) -> None:
+    """The stdio front: one sequential client over the proxy's stdin/stdout."""
     with (directory / "proxy.log").open("w") as err:
+        argv = _argv(directory, cfg, ablate, "--log-level", "warning")
         client = await StdioClient.spawn(argv, env=env, cwd=str(tree), stderr=err)
-    template = CallTemplate(f"{common.UPSTREAM}__echo", {"text": "hello from the benchmark"})
+
+    async def one() -> None:
+        check_result(await client.call(TEMPLATE))
+
     try:
         await client.initialize()
         for _ in range(warmup):
-            check_result(await client.call(template))
-        pid = str(client.proc.pid)
-        await asyncio.to_thread(_control, "-i", "on", pid)
-        for _ in range(calls):
-            check_result(await client.call(template))
-        await asyncio.to_thread(_control, "-i", "off", pid)
-        await asyncio.to_thread(_control, "-d", pid)
+            await one()
+        await _counted(client.proc.pid, calls, one)
     finally:
         await client.close(timeout=300)
+
+
+def _count_http(
+    tree: Path, directory: Path, cfg: Path, ablate: str, env: dict[str, str], calls: int, warmup: int
+) -> None:
+    """The HTTP front: one sequential 2025-11-25 client on one keep-alive connection."""
+    log = directory / "proxy.log"
+    argv = _argv(directory, cfg, ablate, "--log-level", "info", "--transport", "http", "--port", "0")
+    with log.open("w") as err:
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err, cwd=tree, env=env
+        )
+    try:
+        url = common.wait_for_log_url(proc, log, '"http.listening"', _START_WITHIN_S)
+
+        async def calls_over_http() -> None:
+            client = HttpClient(url, api_key=common.API_KEY)
+            await client.connect()
+            await client.initialize()
+            headers = client.call_headers(TEMPLATE)
+
+            async def one() -> None:
+                check_result(await client.call(TEMPLATE, headers))
+
+            for _ in range(warmup):
+                await one()
+            await _counted(proc.pid, calls, one)
+            await client.close()
+
+        asyncio.run(calls_over_http())
+    finally:
+        common.stop_process(proc, timeout=300)
+
+
+def _count(tree: Path, directory: Path, policy: str, ablate: str, calls: int, warmup: int, path: str) -> None:
+    """One proxy of ``tree`` under callgrind, its ``calls`` calls counted into ``directory`` (:func:`_read`)."""
+    cfg = slow_config(directory, policy)
+    env = common.child_env(PYTHONPATH=str(tree / "src"), PYTHONHASHSEED="0")
+    if path == "http":
+        _count_http(tree, directory, cfg, ablate, env, calls, warmup)
+    else:
+        asyncio.run(_count_stdio(tree, directory, cfg, ablate, env, calls, warmup))
 
 
 def _read(tree: Path, directory: Path, calls: int) -> dict[str, Any]:
@@ -156,15 +210,15 @@ def _split(dump: Path) -> dict[str, int]:
     return dict(split)
 
 
-def run(trees: list[Path], policy: str, ablate: str, calls: int, warmup: int) -> dict[str, Any]:
+def run(trees: list[Path], policy: str, ablate: str, calls: int, warmup: int, path: str = "stdio") -> dict[str, Any]:
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-instructions-") as tmp:
         for i, tree in enumerate(trees):
             where = Path(tmp) / f"tree{i}"
             where.mkdir()
-            asyncio.run(_count(tree, where, policy, ablate, calls, warmup))
+            _count(tree, where, policy, ablate, calls, warmup, path)
             rows.append(_read(tree, where, calls))
-    report: dict[str, Any] = {"policy": policy, "ablate": ablate or None, "calls": calls, "trees": rows}
+    report: dict[str, Any] = {"path": path, "policy": policy, "ablate": ablate or None, "calls": calls, "trees": rows}
     if len(rows) == 2:
         before, after = rows[0]["instructions_per_call"], rows[1]["instructions_per_call"]
         report["difference_per_call"] = after - before
@@ -176,7 +230,7 @@ def table(report: dict[str, Any]) -> str:
     labels = [label for label, _ in LIBRARIES] + ["other"]
     head = f"{'tree':<28} {'instr/call':>11} " + " ".join(f"{label:>9}" for label in labels)
     lines = [
-        f"instructions per tools/call ({report['policy']} bundle"
+        f"instructions per tools/call ({report.get('path', 'stdio')} front, {report['policy']} bundle"
         + (f", ablate {report['ablate']}" if report["ablate"] else "")
         + f", {report['calls']} calls counted; K = thousand)",
         head,
@@ -196,6 +250,7 @@ def table(report: dict[str, Any]) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("trees", type=Path, nargs="*", help="zero (this tree), one or two source trees")
+    parser.add_argument("--path", choices=("stdio", "http"), default="stdio", help="the front: stdio, or HTTP")
     parser.add_argument("--policy", choices=("default", "allow-all"), default="default")
     parser.add_argument("--ablate", default="", help="bench/ablate.py switches for every proxy (comma-separated)")
     parser.add_argument("--calls", type=int, default=200, help="calls counted")
@@ -214,7 +269,10 @@ def main() -> int:
     if missing:
         print(f"bench_instructions: {', '.join(missing)} not found (Debian's valgrind package)", file=sys.stderr)
         return 2
-    report = {"machine": common.machine_info(), **run(trees, args.policy, args.ablate, args.calls, args.warmup)}
+    report = {
+        "machine": common.machine_info(),
+        **run(trees, args.policy, args.ablate, args.calls, args.warmup, args.path),
+    }
     print(table(report))
     if not args.no_save:
         print(f"wrote {common.save('instructions', report)}")

@@ -19,10 +19,11 @@ from mcp.client.streamable_http import streamable_http_client
 from guard_harness import make_settings, read_log, recorder_upstream, running_guard, text_of
 from http_harness import sse_answer
 from mcp_guard.app import Guard
-from mcp_guard.frontend.auth import BearerAuth
+from mcp_guard.frontend import auth as auth_module
+from mcp_guard.frontend.auth import BearerAuth, PrincipalUser
 from mcp_guard.frontend.oauth import ResourceServer
 from mcp_guard.testing import FunctionEngine, RecordingSink
-from mcp_guard.types import Decision, PolicyInput
+from mcp_guard.types import AuthInfo, Decision, PolicyInput, Principal
 from oauth_harness import ISSUER, FakeIdP, auth_settings, rsa_key, rsa_public_pem, unsigned
 
 pytestmark = pytest.mark.anyio
@@ -365,3 +366,24 @@ async def test_no_token_reaches_the_log(tmp_path: Path, capsys: pytest.CaptureFi
     out = capsys.readouterr()
     for t in (good, bad):
         assert t.split(".")[1] not in out.err + out.out
+
+
+async def test_a_keys_principal_is_one_object_across_requests_and_so_is_its_configured_value() -> None:
+    """An API key's principal (and the anonymous one) is one object for every request, and its configured value one
+    per settings: the audit remembers a call's unchanging policy-input text by these objects. A reload's new
+    settings configure it anew; a JWT's principal carries its token and is made per request, never remembered."""
+    key = "k-" + "x" * 20
+    auth = BearerAuth(None, {"alice": hashlib.sha256(key.encode()).hexdigest()}, on_reject=lambda *_: None)  # type: ignore[arg-type]
+    first, second = await auth.authenticate(f"Bearer {key}"), await auth.authenticate(f"Bearer {key}")
+    assert isinstance(first, Principal) and first is second and first.auth.method == "api_key"
+    settings = make_settings({}, principals={"alice": {"roles": ["support"], "attributes": {"team": "t"}}})
+    configured = PrincipalUser(first).configured(settings)
+    assert configured.roles == ("support",) and configured.attributes == {"team": "t"}
+    assert PrincipalUser(second).configured(settings) is configured  # the next request: the same value
+    reloaded = make_settings({}, principals={"alice": {"roles": ["admin"]}})
+    assert PrincipalUser(second).configured(reloaded).roles == ("admin",)
+    open_auth = BearerAuth(None, {}, on_reject=lambda *_: None, required=False)  # type: ignore[arg-type]
+    assert await open_auth.authenticate(None) is await open_auth.authenticate(None)
+    token = Principal(id="bob", auth=AuthInfo(method="jwt"))
+    assert PrincipalUser(token).configured(settings) is token  # not configured: passed through, not remembered
+    assert all(held.auth.method != "jwt" for _, held, _ in auth_module._CONFIGURED.values())

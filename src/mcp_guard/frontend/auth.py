@@ -51,7 +51,7 @@ from mcp_guard.frontend.oauth import ResourceServer
 from mcp_guard.frontend.stepup import StepUpGate
 from mcp_guard.frontend.tokens import Rejection, looks_like_jwt
 from mcp_guard.settings import Settings
-from mcp_guard.types import AuthFailure, AuthInfo, Principal, SubjectToken
+from mcp_guard.types import AuthFailure, AuthInfo, AuthMethod, Principal, SubjectToken
 
 __all__ = [
     "ANONYMOUS",
@@ -169,8 +169,31 @@ class PrincipalUser(AuthenticatedUser):
         principal several times (its session, its policy input, its upstream), and a reload brings new settings."""
         made = self._configured
         if made is None or made[0] is not settings:
-            made = self._configured = (settings, with_configured(settings, self.principal))
+            made = self._configured = (settings, _configured(settings, self.principal))
         return made[1]
+
+
+_CONFIGURED: dict[tuple[int, int], tuple[Settings, Principal, Principal]] = {}
+_CONFIGURED_MAX = 1024
+
+
+def _configured(settings: Settings, principal: Principal) -> Principal:
+    """:func:`with_configured`, one object per settings and authenticated principal object across requests — for
+    the principals :class:`BearerAuth` hands out as one object per key (API keys, the anonymous one): the audit
+    keeps a call's unchanging policy-input text by the objects it is made of (mcp_guard.audit.events), and every
+    request used to bring a fresh copy. A token's principal (a JWT: it carries the token) is made per request and
+    not kept here."""
+    if principal.auth.method == "jwt":
+        return with_configured(settings, principal)
+    key = (id(settings), id(principal))
+    hit = _CONFIGURED.get(key)
+    if hit is not None and hit[0] is settings and hit[1] is principal:
+        return hit[2]
+    made = with_configured(settings, principal)
+    if len(_CONFIGURED) >= _CONFIGURED_MAX:
+        _CONFIGURED.clear()
+    _CONFIGURED[key] = (settings, principal, made)  # holding both: their ids are not reused meanwhile
+    return made
 
 
 class BearerAuth:
@@ -200,16 +223,27 @@ class BearerAuth:
         self._oauth = oauth
         self._path = mcp_path.rstrip("/")
         self._max_header = oauth.settings.max_token_bytes + len("Bearer ") if oauth else DEFAULT_MAX_HEADER_BYTES
+        # (principal id, method) -> the one Principal of an API key or the anonymous one (_keyed); bounded by the
+        # configured keys: a reload that drops a key leaves one small value behind.
+        self._principals: dict[tuple[str, AuthMethod | None], Principal] = {}
 
     def _match(self, key: str) -> str | None:
         return self._keys.match(key)
+
+    def _keyed(self, principal_id: str, method: AuthMethod | None) -> Principal:
+        """The principal of an API key (or the anonymous one): one object per id, the same for every request."""
+        made = self._principals.get((principal_id, method))
+        if made is None:
+            auth = AuthInfo(method=method) if method is not None else AuthInfo()
+            made = self._principals[(principal_id, method)] = Principal(id=principal_id, auth=auth)
+        return made
 
     async def authenticate(self, header: str | None) -> Principal | Rejection:
         """The principal an ``Authorization`` header value proves, or why it proves none."""
         if header is None:
             if self._required:
                 return Rejection(AuthFailure.MISSING_KEY)
-            return Principal(id=self._anonymous)
+            return self._keyed(self._anonymous, None)
         if len(header) > self._max_header:
             return Rejection(AuthFailure.OVERSIZED)
         value = header[7:].strip() if header[:7].lower() == "bearer " else ""
@@ -217,7 +251,7 @@ class BearerAuth:
             return Rejection(AuthFailure.MALFORMED_AUTHORIZATION)
         pid = self._match(value)
         if pid is not None:
-            return Principal(id=pid, auth=AuthInfo(method="api_key"))
+            return self._keyed(pid, "api_key")
         if self._oauth is not None and looks_like_jwt(value):
             verified = await self._oauth.verifier.verify(value)
             if isinstance(verified, Rejection):
