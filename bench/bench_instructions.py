@@ -4,6 +4,7 @@ load does not move.
     python bench/bench_instructions.py                          # this tree, default bundle, 200 calls
     python bench/bench_instructions.py /tmp/before .            # two trees (checkouts or git worktrees)
     python bench/bench_instructions.py --policy allow-all --ablate no-audit    # a variant (bench/ablate.py)
+    python bench/bench_instructions.py /tmp/before . --path http             # the HTTP front, one client
     python -m bench --only instructions                         # default bundle and allow-all
 
 Why: CPU per call on this machine moves by ±40 % from hour to hour with the host's load, so a step worth 2 % needs
@@ -14,7 +15,8 @@ are not time — a cache miss, a syscall's work in the kernel (callgrind counts 
 WAL is one instruction here) and waiting are not in them — so they complement the CPU benches and never replace
 them; the split by library says where the instructions go (the interpreter, SQLite, JSON, pydantic, hashing, libc).
 
-How: each proxy is ``mcp-guard run`` (stdio front, the recorder over stdio, default bundle unless ``--policy``,
+How: each proxy is ``mcp-guard run`` (stdio front — or with ``--path http`` the HTTP front and one sequential
+2025-11-25 client on one keep-alive connection — the recorder over stdio, default bundle unless ``--policy``,
 audit on), the tree's ``src`` first on ``PYTHONPATH``, run under ``valgrind --tool=callgrind --instr-atstart=no``
 with ``PYTHONHASHSEED=0``; one sequential client makes ``--warmup`` calls, switches collection on
 (``callgrind_control -i on``), makes ``--calls`` calls, switches it off and dumps. The policy and state budgets are
