@@ -1,5 +1,5 @@
-"""Instructions per stdio ``tools/call`` of the whole proxy, counted by valgrind's callgrind: a figure the machine's
-load does not move.
+"""Instructions per ``tools/call`` of the whole proxy (stdio or HTTP front), counted by valgrind's callgrind: a figure
+the machine's load does not move.
 
     python bench/bench_instructions.py                          # this tree, default bundle, 200 calls
     python bench/bench_instructions.py /tmp/before .            # two trees (checkouts or git worktrees)
