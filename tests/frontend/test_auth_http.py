@@ -382,8 +382,9 @@ async def test_a_keys_principal_is_one_object_across_requests_and_so_is_its_conf
     assert PrincipalUser(second).configured(settings) is configured  # the next request: the same value
     reloaded = make_settings({}, principals={"alice": {"roles": ["admin"]}})
     assert PrincipalUser(second).configured(reloaded).roles == ("admin",)
+    assert auth_module._Configured.settings is reloaded  # only the live settings' are held, not the old ones
     open_auth = BearerAuth(None, {}, on_reject=lambda *_: None, required=False)  # type: ignore[arg-type]
     assert await open_auth.authenticate(None) is await open_auth.authenticate(None)
     token = Principal(id="bob", auth=AuthInfo(method="jwt"))
     assert PrincipalUser(token).configured(settings) is token  # not configured: passed through, not remembered
-    assert all(held.auth.method != "jwt" for _, held, _ in auth_module._CONFIGURED.values())
+    assert all(held.auth.method != "jwt" for held, _ in auth_module._Configured.made.values())

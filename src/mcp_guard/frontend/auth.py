@@ -173,26 +173,34 @@ class PrincipalUser(AuthenticatedUser):
         return made[1]
 
 
-_CONFIGURED: dict[tuple[int, int], tuple[Settings, Principal, Principal]] = {}
+class _Configured:
+    """The configured principals of the live settings, by authenticated principal object (:func:`_configured`)."""
+
+    settings: Settings | None = None  # the settings they were configured with: another settings object clears them
+    made: dict[int, tuple[Principal, Principal]] = {}  # id(principal) -> (principal, configured); held, so ids stay
+
+
 _CONFIGURED_MAX = 1024
 
 
 def _configured(settings: Settings, principal: Principal) -> Principal:
-    """:func:`with_configured`, one object per settings and authenticated principal object across requests — for
-    the principals :class:`BearerAuth` hands out as one object per key (API keys, the anonymous one): the audit
-    keeps a call's unchanging policy-input text by the objects it is made of (mcp_guard.audit.events), and every
-    request used to bring a fresh copy. A token's principal (a JWT: it carries the token) is made per request and
-    not kept here."""
+    """:func:`with_configured`, one object per authenticated principal object across requests — for the principals
+    :class:`BearerAuth` hands out as one object per key (API keys, the anonymous one): the audit keeps a call's
+    unchanging policy-input text by the objects it is made of (mcp_guard.audit.events), and every request used to
+    bring a fresh copy. Only the live settings' are kept (a reload's new settings start afresh, and the old ones
+    are not held). A token's principal (a JWT: it carries the token) is made per request and not kept here."""
     if principal.auth.method == "jwt":
         return with_configured(settings, principal)
-    key = (id(settings), id(principal))
-    hit = _CONFIGURED.get(key)
-    if hit is not None and hit[0] is settings and hit[1] is principal:
-        return hit[2]
+    if _Configured.settings is not settings:
+        _Configured.made = {}
+        _Configured.settings = settings
+    hit = _Configured.made.get(id(principal))
+    if hit is not None and hit[0] is principal:
+        return hit[1]
     made = with_configured(settings, principal)
-    if len(_CONFIGURED) >= _CONFIGURED_MAX:
-        _CONFIGURED.clear()
-    _CONFIGURED[key] = (settings, principal, made)  # holding both: their ids are not reused meanwhile
+    if len(_Configured.made) >= _CONFIGURED_MAX:
+        _Configured.made = {}
+    _Configured.made[id(principal)] = (principal, made)
     return made
 
 

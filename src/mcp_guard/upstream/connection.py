@@ -276,7 +276,7 @@ class UpstreamConnection:
     def _lane_params(self, request: types.ClientRequest) -> dict[str, Any] | None:
         """The params the lane sends: what :meth:`_enveloped`'s request dumps to, the envelope taken off the dumped
         ``_meta`` instead of off copies of the request's models (two ``model_copy`` and a dump of ``_meta`` saved
-        on every call; tests/upstream/test_connection_lane.py holds the two to the same params)."""
+        on every call; tests/upstream/test_connection.py holds the two to the same params)."""
         params = getattr(request, "params", None)
         if params is None:
             return None
