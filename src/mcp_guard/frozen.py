@@ -10,7 +10,7 @@ the generated ``__init__``, whose frozen guard sets each field through ``object.
 ``__init__``): a new instance, then one line per field, ``set_<field>(new, old.<field>)`` through the slot's own
 descriptor — no loop, no keyword arguments, no frozen guard. A loop over the descriptors took ~490 bytecodes per
 CallContext copy (counted per function with an opcode trace; three such copies a call); the written-out copy
-takes the instructions of the reads and writes alone (bench/bench_instructions.py: −2.5 % of a default call).
+takes the instructions of the reads and writes alone (bench/bench_instructions.py: −1.7 to −2.5 % of a default call).
 
 It takes what ``replace`` takes for these classes and refuses what it cannot copy the same way: a class that is
 not a slotted dataclass, a field with ``init=False``, or a ``__post_init__`` (which ``replace`` would run again)
