@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from mcp_guard.secrets import shapes
 from mcp_guard.secrets.shapes import field_kind, looks_random, mask, mask_text
 
 # Well-formed but fake credentials (documentation examples or random, never real).
@@ -132,3 +133,18 @@ def test_field_names_and_randomness() -> None:
     assert looks_random("q8Zr2LpX0vN7cKt4Wm9B")
     assert not looks_random("abcdefghijklmnop")  # letters only
     assert not looks_random("2024-01-01T00:00:00")  # few distinct characters
+
+
+def test_field_kind_remembered_is_the_judged_kind(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The memo answers as judging does, for names asked again, after it was emptied for being full, and for a
+    # name too long to keep (judged every time, never stored).
+    monkeypatch.setattr(shapes, "_KIND_OF", {})
+    monkeypatch.setattr(shapes, "_KIND_OF_MAX", 8)
+    names = ["password", "apiKey", "token_type", "text", "x" * 300 + "_token", "nextPageToken", "Authorization"]
+    names += [f"field{i}" for i in range(20)] + [f"secret{i}" for i in range(5)]
+    for _ in range(3):
+        for name in names:
+            assert field_kind(name) == shapes._judge(name), name
+            assert len(shapes._KIND_OF) <= 8
+    assert not any(len(k) > shapes._KIND_OF_KEY_CHARS for k in shapes._KIND_OF)
+    assert field_kind("db_password") == "password" and shapes._KIND_OF["db_password"] == "password"

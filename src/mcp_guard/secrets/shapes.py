@@ -145,8 +145,30 @@ def _words(key: str) -> list[str]:
     return [w.lower() for w in _WORD.findall(key)]
 
 
+_KIND_OF: dict[str, str | None] = {}
+_KIND_OF_MAX = 4096  # names remembered (a client chooses its argument names: bounded, emptied when full)
+_KIND_OF_KEY_CHARS = 256  # a longer name is judged every time, not remembered
+_UNJUDGED = "unjudged"  # not a kind: the memo has no answer for the name yet
+
+
 def field_kind(key: str) -> str | None:
-    """``"password"`` or ``"credential"`` if a field of that name holds a secret, else ``None``."""
+    """``"password"`` or ``"credential"`` if a field of that name holds a secret, else ``None``.
+
+    Remembered by name: a tool's argument names repeat on every call, and judging one (split into words, each
+    compared with the lists above) was ~200 bytecodes a name, on every call's audit copy of its arguments."""
+    kind = _KIND_OF.get(key, _UNJUDGED)
+    if kind is not _UNJUDGED:
+        return kind
+    kind = _judge(key)
+    if len(key) <= _KIND_OF_KEY_CHARS:
+        if len(_KIND_OF) >= _KIND_OF_MAX:
+            _KIND_OF.clear()
+        _KIND_OF[key] = kind
+    return kind
+
+
+def _judge(key: str) -> str | None:
+    """:func:`field_kind`, worked out."""
     words = _words(key)
     if not words or words[-1] in _NOT_VALUE_SUFFIXES or any(w in _NOT_VALUE_WORDS for w in words):
         return None
