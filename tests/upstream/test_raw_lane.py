@@ -142,6 +142,116 @@ async def test_an_abandoned_request_tells_the_upstream_it_is_cancelled() -> None
     assert not _take(lane, json.dumps({"jsonrpc": "2.0", "id": sent["id"], "result": {}}).encode())  # a late answer
 
 
+async def test_a_request_past_its_deadline_times_out_and_is_cancelled_upstream() -> None:
+    wire = Wire()
+    lane = RawLane(wire.write)
+    with pytest.raises(TimeoutError):
+        await lane.request("tools/call", None, timeout=0.05)
+    sent, cancelled = wire.lines
+    assert cancelled == {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": sent["id"]}}
+    assert not _take(lane, json.dumps({"jsonrpc": "2.0", "id": sent["id"], "result": {}}).encode())  # a late answer
+    assert lane._timer is None  # nothing left to watch: the timer is not armed again
+
+
+async def test_one_timer_serves_every_deadline_in_order() -> None:
+    # A long request is waiting when a short one comes: the short one's earlier deadline re-arms the lane's one
+    # timer; it times out alone, and the long one is answered after it.
+    wire = Wire()
+    lane = RawLane(wire.write)
+    got: dict[str, Any] = {}
+    short_done = anyio.Event()
+
+    async def ask(name: str, timeout: float) -> None:
+        try:
+            got[name] = await lane.request("tools/call", {"name": name}, timeout=timeout)
+        except TimeoutError as e:
+            got[name] = e
+        if name == "short":
+            short_done.set()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(ask, "long", TIMEOUT_S)
+        with anyio.fail_after(TIMEOUT_S):
+            while len(wire.lines) < 1:
+                await wire.written.wait()
+                wire.written = anyio.Event()
+        long_at = lane._timer_at
+        tg.start_soon(ask, "short", 0.05)
+        with anyio.fail_after(TIMEOUT_S):
+            await short_done.wait()
+        assert isinstance(got["short"], TimeoutError)
+        assert lane._timer_at == long_at  # armed again for the long request's deadline
+        long_id = next(line["id"] for line in wire.lines if line.get("params", {}).get("name") == "long")
+        assert _take(lane, json.dumps({"jsonrpc": "2.0", "id": long_id, "result": {"ok": True}}).encode())
+    assert got["long"] == {"ok": True}
+    cancelled = [line["params"]["requestId"] for line in wire.lines if line.get("method") == "notifications/cancelled"]
+    short_id = next(line["id"] for line in wire.lines if line.get("params", {}).get("name") == "short")
+    assert cancelled == [short_id]
+
+
+async def test_closing_disarms_the_timer() -> None:
+    wire = Wire()
+    lane = RawLane(wire.write)
+    got: list[BaseException] = []
+
+    async def ask() -> None:
+        try:
+            await lane.request("tools/call", None, timeout=TIMEOUT_S)
+        except MCPError as e:
+            got.append(e)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(ask)
+        with anyio.fail_after(TIMEOUT_S):
+            await wire.written.wait()
+        assert lane._timer is not None
+        lane.close()
+    assert lane._timer is None and isinstance(got[0], MCPError)
+
+
+async def test_a_line_the_transport_takes_at_once_is_not_written_again() -> None:
+    wire = Wire()
+    taken: list[bytes] = []
+    handed = anyio.Event()
+
+    def nowait(data: bytes) -> bool:
+        taken.append(data)
+        handed.set()
+        return True
+
+    lane = RawLane(wire.write, nowait)
+    got: list[Any] = []
+
+    async def ask() -> None:
+        got.append(await lane.request("tools/call", {"name": "x"}, timeout=TIMEOUT_S))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(ask)
+        with anyio.fail_after(TIMEOUT_S):
+            await handed.wait()
+        assert wire.lines == []  # the awaited write was not used
+        rid = json.loads(taken[0])["id"]
+        assert _take(lane, json.dumps({"jsonrpc": "2.0", "id": rid, "result": {}}).encode())
+    assert got == [{}]
+
+
+async def test_a_write_held_up_by_back_pressure_is_bounded_by_the_deadline() -> None:
+    # The transport cannot take the line now (write_nowait says so) and the awaited write never finishes (an
+    # upstream that stopped reading): the request still ends at its deadline.
+    never = anyio.Event()
+    lines: list[bytes] = []
+
+    async def stuck(data: bytes) -> None:
+        lines.append(data)
+        if len(lines) == 1:
+            await never.wait()
+
+    lane = RawLane(stuck, lambda data: False)
+    with anyio.fail_after(TIMEOUT_S), pytest.raises(TimeoutError):
+        await lane.request("tools/call", None, timeout=0.05)
+    assert json.loads(lines[-1])["method"] == "notifications/cancelled"  # told, once the write gave way
+
+
 # ---------------------------------------------------------------------- through a real stdio upstream
 class _Hooks:
     async def catalog_changed(self, upstream: str, kinds: frozenset[str]) -> None: ...

@@ -83,3 +83,26 @@ async def test_an_oversized_or_malformed_answer_fails_its_call_at_once(tool: str
             assert r.is_error and text_of(r).startswith("mcp-guard: ") and says in text_of(r), text_of(r)
             assert "x" * 100 not in text_of(r) and "[[[[" not in text_of(r)  # the answer's text is withheld
             assert text_of(await client.call_tool("rogue__ok", {"text": "still fine"})) == "still fine"
+
+
+async def test_a_line_is_written_at_once_until_the_child_stops_reading() -> None:
+    # send_nowait hands lines to the pipe while the child reads them; once a child that does not read lets the
+    # pipe and the transport's queue fill, it declines (nothing written) and send_bytes, which waits, must take
+    # the line; after the stream is closed it declines too.
+    sleeper = "import sys, time; sys.stdout.write('ready\\n'); sys.stdout.flush(); time.sleep(60)"
+    async with open_stdio_transport(sys.executable, ["-c", sleeper], env=minimal_environment()) as (
+        _read,
+        write,
+        _exit,
+        proc,
+    ):
+        assert write.send_nowait(b'{"jsonrpc":"2.0","method":"notifications/initialized"}\n')
+        line = b"x" * 60_000 + b"\n"
+        written = 0
+        while write.send_nowait(line):  # the pipe (64 KiB) fills, then the transport queues one line
+            written += 1
+            assert written < 100, "a child that reads nothing cannot take 6 MB"
+        assert written >= 1 and write._raw.transport.get_write_buffer_size() > 0
+        proc.kill()
+    await write.aclose()
+    assert not write.send_nowait(b"{}\n")

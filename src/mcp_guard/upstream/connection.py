@@ -212,8 +212,7 @@ class UpstreamConnection:
             if lane is not None:
                 # The lean lane (mcp_guard.upstream.raw_lane): one raw line each way, no SDK session between.
                 raw = self._lane_params(request)
-                with anyio.fail_after(t):
-                    answer = await lane.request(request.method, raw)
+                answer = await lane.request(request.method, raw, timeout=t)  # the lane keeps the deadline
                 return as_negotiated(request.method, self.protocol_version or "2025-11-25", answer)
             # Our own deadline (the SDK's timeout error shares its code, -32001, with ordinary upstream
             # errors); cancelling the request makes the SDK send notifications/cancelled upstream.

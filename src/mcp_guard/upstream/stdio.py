@@ -111,7 +111,8 @@ async def open_stdio_transport(
     )
     read_stream = _ChildReadStream(process, name, max_line_bytes)
     write_stream = _ChildWriteStream(process, read_stream)
-    read_stream.lane = RawLane(write_stream.send_bytes)  # forwarded requests, beside the SDK session (raw_lane)
+    # Forwarded requests, beside the SDK session (raw_lane).
+    read_stream.lane = RawLane(write_stream.send_bytes, write_stream.send_nowait)
     exit_info = ChildExit()
     tail = stderr_tail if stderr_tail is not None else StderrTail()
     stderr_done = anyio.Event()
@@ -313,6 +314,23 @@ class _ChildWriteStream(LineWriteStream):
         except (anyio.ClosedResourceError, anyio.BrokenResourceError, OSError, RuntimeError):
             self._broken = True
             await self._reader.end()
+
+    def send_nowait(self, data: bytes) -> bool:
+        """Hand one whole line to the pipe's transport when that needs no wait: True when written; False when
+        nothing was written (closed, broken, a transport without a writer we can reach, or output still queued
+        from earlier writes: back-pressure) and :meth:`send_bytes` must take it. A line the transport has to
+        buffer is not waited for here; the next write then finds the queue and waits in :meth:`send_bytes`."""
+        raw = self._raw
+        if self._closed or self._broken or raw is None:
+            return False
+        transport = raw.transport
+        if transport.is_closing() or transport.get_write_buffer_size():
+            return False
+        try:
+            raw.write(data)
+        except (OSError, RuntimeError):  # nothing written: send_bytes meets the same error and ends the stream
+            return False
+        return True
 
     async def aclose(self) -> None:
         self._closed = True
