@@ -299,3 +299,44 @@ async def test_forwarded_calls_take_the_lane_and_a_call_with_progress_the_sessio
 
 def _lines(path: Path) -> list[str]:
     return path.read_text().splitlines() if path.exists() else []
+
+
+_RESULTS: list[Any] = [
+    {"content": []},
+    {"content": [{"type": "text", "text": "hi"}], "isError": False, "_meta": {"k": 1}},
+    {"content": [{"type": "text", "text": "hi"}], "structuredContent": {"a": [1, 2]}},
+    {"content": [{"type": "image", "data": "aGk=", "mimeType": "image/png"}]},
+    {"content": [{"type": "resource_link", "uri": "file:///x", "name": "x"}]},
+    {"content": [{"type": "resource", "resource": {"uri": "file:///x", "text": "t"}}]},
+    {"content": [{"type": "text"}]},  # no text
+    {"content": [{"type": "nope", "text": "x"}]},
+    {"content": "not a list"},
+    {"content": [{"type": "text", "text": 5}]},
+    {"isError": "yes", "content": []},
+    {},
+    {"tools": []},
+    {"content": [], "resultType": "complete"},
+]
+
+
+@pytest.mark.parametrize("method", ["tools/call", "tools/list", "resources/read", "prompts/get", "ping", "x/unknown"])
+@pytest.mark.parametrize("version", ["2025-11-25", "2026-07-28", "2025-06-18", "1999-01-01"])
+def test_the_lane_checks_a_result_as_validate_server_result_does(method: str, version: str) -> None:
+    # Validating without the dump validate_server_result makes (and drops) gives the same verdict on every result.
+    from mcp_types import methods
+    from pydantic import ValidationError
+
+    from mcp_guard.upstream.raw_lane import as_negotiated
+
+    for result in _RESULTS:
+        expected: type[Exception] | None = None
+        try:
+            methods.validate_server_result(method, version, result)
+        except (KeyError, ValidationError, ValueError) as e:
+            expected = type(e)
+        got: type[Exception] | None = None
+        try:
+            as_negotiated(method, version, dict(result))
+        except (ValidationError, ValueError) as e:
+            got = type(e)
+        assert got == (None if expected is KeyError else expected), (method, version, result)
