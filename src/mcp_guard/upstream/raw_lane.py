@@ -294,7 +294,8 @@ def _validator(method: str, version: str) -> Callable[[dict[str, Any]], object] 
     target = methods.SERVER_RESULTS.get((method, version))
     if target is None:
         return None
-    return functools.partial(TypeAdapter(target).validate_python, by_name=False)
+    adapter: TypeAdapter[Any] = TypeAdapter(target)  # type: ignore[arg-type]  # a model or a union of models
+    return functools.partial(adapter.validate_python, by_name=False)
 
 
 @functools.cache
