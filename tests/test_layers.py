@@ -27,6 +27,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "mcp_guard",
             "mcp_guard.types",
             "mcp_guard.frozen",
+            "mcp_guard.memo",
             "mcp_guard.errors",
             "mcp_guard.logging",
             "mcp_guard.streams",

@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 from mcp_guard.audit.chain import EncodedJson, digest_text, fast_json_text, json_string, json_text
+from mcp_guard.memo import ByIdentity
 from mcp_guard.state.base import FlowCall, FlowHistory
 from mcp_guard.types import AuditEvent, Decision, EventKind, PolicyInput, Principal, SessionInfo, new_id, utc_now
 
@@ -207,8 +208,9 @@ def _spliced(document: Mapping[str, Any]) -> InputText | None:
 
 _TAIL_KEYS = frozenset({"principal", "server", "session", "tool", "tool_info"})
 """The keys of a call's input document that sort after ``context`` (a ``tools/result`` input also has ``result``)."""
-_TAILS: dict[tuple[int, int, int, str | None, str | None], tuple[Any, Any, Any, str, str, str]] = {}
-_TAILS_MAX = 1024  # an HTTP request brings its own principal object: at most this many held, then forgotten
+# The tail's text and escapes by the principal, session, tool info, server and tool they are made of (an HTTP
+# request with a token brings its own principal object: at most this many held, then forgotten).
+_TAILS: ByIdentity[tuple[str, str, str]] = ByIdentity(1024)
 
 
 def _tail_spliced(document: Mapping[str, Any], source: PolicyInput) -> InputText | None:
@@ -252,21 +254,16 @@ def _tail_spliced(document: Mapping[str, Any], source: PolicyInput) -> InputText
 
 def _tail_texts(document: Mapping[str, Any], source: PolicyInput) -> tuple[str, str, str] | None:
     """The tail's text without its opening brace, escaped once and twice; None if it cannot be encoded as it is."""
-    principal, session, tool_info = source.principal, source.session, source.tool_info
-    key = (id(principal), id(session), id(tool_info), source.server, source.tool)
-    hit = _TAILS.get(key)
-    if hit is not None and hit[0] is principal and hit[1] is session and hit[2] is tool_info:
-        return hit[3:]
+    sources = (source.principal, source.session, source.tool_info, source.server, source.tool)
+    hit = _TAILS.get_from(sources)
+    if hit is not None:
+        return hit
     try:
         text = _exact_text({k: v for k, v in document.items() if k in _TAIL_KEYS})[1:]
     except (ValueError, TypeError):
         return None
     escaped = _escaped(text)
-    texts = (text, escaped, _escaped(escaped))
-    if len(_TAILS) >= _TAILS_MAX:
-        _TAILS.clear()
-    _TAILS[key] = (principal, session, tool_info, *texts)  # holding them: their ids are not reused meanwhile
-    return texts
+    return _TAILS.put_from((text, escaped, _escaped(escaped)), sources)
 
 
 def _exact_text(value: dict[str, Any]) -> str:
@@ -279,25 +276,19 @@ def _exact_text(value: dict[str, Any]) -> str:
     return text
 
 
-_CALL_TEXTS: dict[int, tuple[FlowCall, str, str, str]] = {}
-_CALL_TEXTS_MAX = 8192
+_CALL_TEXTS: ByIdentity[tuple[str, str, str]] = ByIdentity(8192)
 
 
 def _call_texts(call: FlowCall, entry: Mapping[str, Any]) -> tuple[str, str, str]:
     """``json_text(entry)`` for the history entry of ``call``, and that text escaped once and twice (see
     :class:`InputText`), remembered by the call's identity: a flow keeps its :class:`FlowCall` values (the state
-    store's cache hands the same ones out again), so each is encoded once. The cache holds the call itself, so its
-    id cannot be reused while the entry lives."""
-    hit = _CALL_TEXTS.get(id(call))
-    if hit is not None and hit[0] is call:
-        return hit[1:]
+    store's cache hands the same ones out again), so each is encoded once (:class:`~mcp_guard.memo.ByIdentity`)."""
+    hit = _CALL_TEXTS.get(call)
+    if hit is not None:
+        return hit
     text = json_text(entry) or "null"
     escaped = _escaped(text)
-    if len(_CALL_TEXTS) >= _CALL_TEXTS_MAX:
-        _CALL_TEXTS.clear()
-    entry_texts = (text, escaped, _escaped(escaped))
-    _CALL_TEXTS[id(call)] = (call, *entry_texts)
-    return entry_texts
+    return _CALL_TEXTS.put((text, escaped, _escaped(escaped)), call)
 
 
 _BLANK_INPUT = f'"{INPUT_KEY}":""'

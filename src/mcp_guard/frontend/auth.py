@@ -50,6 +50,7 @@ from mcp_guard.frontend.asgi_headers import first_header
 from mcp_guard.frontend.oauth import ResourceServer
 from mcp_guard.frontend.stepup import StepUpGate
 from mcp_guard.frontend.tokens import Rejection, looks_like_jwt
+from mcp_guard.memo import ByIdentity
 from mcp_guard.settings import Settings
 from mcp_guard.types import AuthFailure, AuthInfo, AuthMethod, Principal, SubjectToken
 
@@ -177,10 +178,7 @@ class _Configured:
     """The configured principals of the live settings, by authenticated principal object (:func:`_configured`)."""
 
     settings: Settings | None = None  # the settings they were configured with: another settings object clears them
-    made: dict[int, tuple[Principal, Principal]] = {}  # id(principal) -> (principal, configured); held, so ids stay
-
-
-_CONFIGURED_MAX = 1024
+    made: ByIdentity[Principal] = ByIdentity(1024)  # the configured principal by the authenticated one
 
 
 def _configured(settings: Settings, principal: Principal) -> Principal:
@@ -192,16 +190,12 @@ def _configured(settings: Settings, principal: Principal) -> Principal:
     if principal.auth.method == "jwt":
         return with_configured(settings, principal)
     if _Configured.settings is not settings:
-        _Configured.made = {}
+        _Configured.made.clear()
         _Configured.settings = settings
-    hit = _Configured.made.get(id(principal))
-    if hit is not None and hit[0] is principal:
-        return hit[1]
-    made = with_configured(settings, principal)
-    if len(_Configured.made) >= _CONFIGURED_MAX:
-        _Configured.made = {}
-    _Configured.made[id(principal)] = (principal, made)
-    return made
+    hit = _Configured.made.get(principal)
+    if hit is not None:
+        return hit
+    return _Configured.made.put(with_configured(settings, principal), principal)
 
 
 class BearerAuth:

@@ -49,6 +49,7 @@ from mcp_guard.frontend.tasks import (
     task_support,
 )
 from mcp_guard.frozen import evolve
+from mcp_guard.memo import ByIdentity
 from mcp_guard.pipeline.audit import EventSink
 from mcp_guard.pipeline.context import CallContext, CallNext, Outcome
 from mcp_guard.pipeline.flow import FLOW_META_KEY, correlation_id
@@ -73,8 +74,7 @@ _META_DROP = frozenset({"progressToken", "progress_token", FLOW_META_KEY})
 _META_RESERVED_PREFIX = "io.modelcontextprotocol/"
 
 
-_CAPS: dict[int, tuple[types.ClientCapabilities, dict[str, Any]]] = {}
-_CAPS_MAX = 1024
+_CAPS: ByIdentity[dict[str, Any]] = ByIdentity(1024)
 
 
 def _caps_for_upstream(caps: types.ClientCapabilities | None) -> dict[str, Any]:
@@ -85,12 +85,10 @@ def _caps_for_upstream(caps: types.ClientCapabilities | None) -> dict[str, Any]:
     change it."""
     if caps is None:
         return {}
-    hit = _CAPS.get(id(caps))
-    if hit is None or hit[0] is not caps:
-        if len(_CAPS) >= _CAPS_MAX:
-            _CAPS.clear()
-        hit = _CAPS[id(caps)] = (caps, for_upstream(caps.model_dump(by_alias=True, mode="json", exclude_none=True)))
-    return hit[1]
+    hit = _CAPS.get(caps)
+    if hit is not None:
+        return hit
+    return _CAPS.put(for_upstream(caps.model_dump(by_alias=True, mode="json", exclude_none=True)), caps)
 
 
 @dataclass
