@@ -248,7 +248,7 @@ def apply(switches: set[str]) -> None:
     if "no-lane" in switches:
         import mcp_guard.upstream.stdio as upstream_stdio
 
-        setattr(upstream_stdio, "RawLane", lambda write: None)  # noqa: B010 - the read stream then offers nothing
+        setattr(upstream_stdio, "RawLane", lambda *writes: None)  # noqa: B010 - the read stream then offers nothing
     if "gc-tune" in switches:
         import gc
 
