@@ -111,6 +111,17 @@ async def test_a_request_is_never_guessed_between_two_sessions() -> None:
     assert one.requests == two.requests == []
 
 
+async def test_a_call_that_raises_is_no_longer_in_flight() -> None:
+    registry = _registry()
+    channel = FakeChannel("s1")
+    with pytest.raises(RuntimeError), registry.in_flight("up", channel):
+        assert registry._inflight["up"]["s1"].count == 1
+        raise RuntimeError("the call failed")
+    assert registry._inflight["up"] == {}
+    with registry.in_flight("up", None):  # a call with no client channel is not counted
+        assert registry._inflight["up"] == {}
+
+
 async def test_calls_of_one_session_count_once_and_the_latest_stream_is_used() -> None:
     registry = _registry()
     first, latest = FakeChannel("s1"), FakeChannel("s1")
