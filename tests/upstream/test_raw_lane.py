@@ -118,7 +118,7 @@ async def test_closing_ends_the_waiting_requests_and_refuses_new_ones() -> None:
 
     async def ask() -> None:
         try:
-            await lane.request("tools/call", None)
+            await lane.request("tools/call", None, timeout=TIMEOUT_S)
         except MCPError as e:
             got.append(e)
 
@@ -126,8 +126,10 @@ async def test_closing_ends_the_waiting_requests_and_refuses_new_ones() -> None:
         tg.start_soon(ask)
         with anyio.fail_after(TIMEOUT_S):
             await wire.written.wait()
+        assert lane._timer is not None  # armed for the request's deadline
         lane.close()
     assert isinstance(got[0], MCPError) and got[0].error.code == types.CONNECTION_CLOSED
+    assert lane._timer is None  # disarmed: nothing is left to time out
     with pytest.raises(MCPError, match="Connection closed"):
         await lane.request("tools/call", None)
 
@@ -187,26 +189,6 @@ async def test_one_timer_serves_every_deadline_in_order() -> None:
     cancelled = [line["params"]["requestId"] for line in wire.lines if line.get("method") == "notifications/cancelled"]
     short_id = next(line["id"] for line in wire.lines if line.get("params", {}).get("name") == "short")
     assert cancelled == [short_id]
-
-
-async def test_closing_disarms_the_timer() -> None:
-    wire = Wire()
-    lane = RawLane(wire.write)
-    got: list[BaseException] = []
-
-    async def ask() -> None:
-        try:
-            await lane.request("tools/call", None, timeout=TIMEOUT_S)
-        except MCPError as e:
-            got.append(e)
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(ask)
-        with anyio.fail_after(TIMEOUT_S):
-            await wire.written.wait()
-        assert lane._timer is not None
-        lane.close()
-    assert lane._timer is None and isinstance(got[0], MCPError)
 
 
 async def test_a_line_the_transport_takes_at_once_is_not_written_again() -> None:
