@@ -5,6 +5,7 @@ the machine's load does not move.
     python bench/bench_instructions.py /tmp/before .            # two trees (checkouts or git worktrees)
     python bench/bench_instructions.py --policy allow-all --ablate no-audit    # a variant (bench/ablate.py)
     python bench/bench_instructions.py /tmp/before . --path http             # the HTTP front, one client
+    python bench/bench_instructions.py --path http --era modern              # ... a 2026-07-28 (stateless) one
     python -m bench --only instructions                         # default bundle and allow-all
 
 Why: CPU per call on this machine moves by ±40 % from hour to hour with the host's load, so a step worth 2 % needs
@@ -44,7 +45,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import common
-from bench.rawclient import CallTemplate, HttpClient, StdioClient, check_result
+from bench.rawclient import CallTemplate, HttpClient, StdioClient, check_result, modern_meta
 
 TOOLS = ("valgrind", "callgrind_control", "callgrind_annotate")
 # The libraries the split names (the object file's name starts so); everything else is "other".
@@ -62,6 +63,8 @@ _ANNOTATED = re.compile(r"^\s*([\d,]+)\s+\(\s*[\d.]+%\)\s+.*\[(?P<object>[^\]]+)
 _CONTROL_TIMEOUT_S = 120.0  # a callgrind_control request waits for the program's next basic block
 _START_WITHIN_S = 300.0  # an HTTP proxy under valgrind takes tens of seconds to listen
 TEMPLATE = CallTemplate(f"{common.UPSTREAM}__echo", {"text": "hello from the benchmark"})
+# The same call as a 2026-07-28 request: self-contained, its envelope in its own _meta.
+MODERN_TEMPLATE = CallTemplate(f"{common.UPSTREAM}__echo", {"text": "hello from the benchmark"}, meta=modern_meta())
 
 
 def missing_tools() -> list[str]:
@@ -130,9 +133,10 @@ async def _count_stdio(
 
 
 def _count_http(
-    tree: Path, directory: Path, cfg: Path, ablate: str, env: dict[str, str], calls: int, warmup: int
+    tree: Path, directory: Path, cfg: Path, ablate: str, env: dict[str, str], calls: int, warmup: int, era: str
 ) -> None:
-    """The HTTP front: one sequential 2025-11-25 client on one keep-alive connection."""
+    """The HTTP front: one sequential client on one keep-alive connection, a 2025-11-25 session (``legacy``) or
+    self-contained 2026-07-28 requests (``modern``)."""
     log = directory / "proxy.log"
     argv = _argv(directory, cfg, ablate, "--log-level", "info", "--transport", "http", "--port", "0")
     with log.open("w") as err:
@@ -143,13 +147,14 @@ def _count_http(
         url = common.wait_for_log_url(proc, log, '"http.listening"', _START_WITHIN_S)
 
         async def calls_over_http() -> None:
-            client = HttpClient(url, api_key=common.API_KEY)
+            client = HttpClient(url, era=era, api_key=common.API_KEY)
             await client.connect()
             await client.initialize()
-            headers = client.call_headers(TEMPLATE)
+            template = MODERN_TEMPLATE if era == "modern" else TEMPLATE
+            headers = client.call_headers(template)
 
             async def one() -> None:
-                check_result(await client.call(TEMPLATE, headers))
+                check_result(await client.call(template, headers))
 
             for _ in range(warmup):
                 await one()
@@ -161,12 +166,14 @@ def _count_http(
         common.stop_process(proc, timeout=300)
 
 
-def _count(tree: Path, directory: Path, policy: str, ablate: str, calls: int, warmup: int, path: str) -> None:
+def _count(
+    tree: Path, directory: Path, policy: str, ablate: str, calls: int, warmup: int, path: str, era: str = "legacy"
+) -> None:
     """One proxy of ``tree`` under callgrind, its ``calls`` calls counted into ``directory`` (:func:`_read`)."""
     cfg = slow_config(directory, policy)
     env = common.child_env(PYTHONPATH=str(tree / "src"), PYTHONHASHSEED="0")
     if path == "http":
-        _count_http(tree, directory, cfg, ablate, env, calls, warmup)
+        _count_http(tree, directory, cfg, ablate, env, calls, warmup, era)
     else:
         asyncio.run(_count_stdio(tree, directory, cfg, ablate, env, calls, warmup))
 
@@ -212,15 +219,19 @@ def _split(dump: Path) -> dict[str, int]:
     return dict(split)
 
 
-def run(trees: list[Path], policy: str, ablate: str, calls: int, warmup: int, path: str = "stdio") -> dict[str, Any]:
+def run(
+    trees: list[Path], policy: str, ablate: str, calls: int, warmup: int, path: str = "stdio", era: str = "legacy"
+) -> dict[str, Any]:
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-instructions-") as tmp:
         for i, tree in enumerate(trees):
             where = Path(tmp) / f"tree{i}"
             where.mkdir()
-            _count(tree, where, policy, ablate, calls, warmup, path)
+            _count(tree, where, policy, ablate, calls, warmup, path, era)
             rows.append(_read(tree, where, calls))
     report: dict[str, Any] = {"path": path, "policy": policy, "ablate": ablate or None, "calls": calls, "trees": rows}
+    if path == "http":
+        report["era"] = era
     if len(rows) == 2:
         before, after = rows[0]["instructions_per_call"], rows[1]["instructions_per_call"]
         report["difference_per_call"] = after - before
@@ -232,7 +243,9 @@ def table(report: dict[str, Any]) -> str:
     labels = [label for label, _ in LIBRARIES] + ["other"]
     head = f"{'tree':<28} {'instr/call':>11} " + " ".join(f"{label:>9}" for label in labels)
     lines = [
-        f"instructions per tools/call ({report.get('path', 'stdio')} front, {report['policy']} bundle"
+        f"instructions per tools/call ({report.get('path', 'stdio')} front"
+        + (f" ({report['era']} era)" if report.get("era") else "")
+        + f", {report['policy']} bundle"
         + (f", ablate {report['ablate']}" if report["ablate"] else "")
         + f", {report['calls']} calls counted; K = thousand)",
         head,
@@ -253,6 +266,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("trees", type=Path, nargs="*", help="zero (this tree), one or two source trees")
     parser.add_argument("--path", choices=("stdio", "http"), default="stdio", help="the front: stdio, or HTTP")
+    parser.add_argument(
+        "--era", choices=("legacy", "modern"), default="legacy", help="HTTP: 2025-11-25 session or 2026-07-28 requests"
+    )
     parser.add_argument("--policy", choices=("default", "allow-all"), default="default")
     parser.add_argument("--ablate", default="", help="bench/ablate.py switches for every proxy (comma-separated)")
     parser.add_argument("--calls", type=int, default=200, help="calls counted")
@@ -273,7 +289,7 @@ def main() -> int:
         return 2
     report = {
         "machine": common.machine_info(),
-        **run(trees, args.policy, args.ablate, args.calls, args.warmup, args.path),
+        **run(trees, args.policy, args.ablate, args.calls, args.warmup, args.path, args.era),
     }
     print(table(report))
     if not args.no_save:
