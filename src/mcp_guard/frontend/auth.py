@@ -50,6 +50,7 @@ from mcp_guard.frontend.asgi_headers import first_header
 from mcp_guard.frontend.oauth import ResourceServer
 from mcp_guard.frontend.stepup import StepUpGate
 from mcp_guard.frontend.tokens import Rejection, looks_like_jwt
+from mcp_guard.frozen import evolve
 from mcp_guard.memo import ByIdentity
 from mcp_guard.settings import Settings
 from mcp_guard.types import AuthFailure, AuthInfo, AuthMethod, Principal, SubjectToken
@@ -115,7 +116,7 @@ def with_configured(settings: Settings, principal: Principal) -> Principal:
     if p is None:
         return principal
     roles = tuple(dict.fromkeys([*p.roles, *principal.roles]))
-    return replace(principal, roles=roles, attributes={**principal.attributes, **p.attributes})
+    return evolve(principal, roles=roles, attributes={**principal.attributes, **p.attributes})
 
 
 def principal_for(settings: Settings, principal_id: str, *, auth: AuthInfo | None = None) -> Principal:

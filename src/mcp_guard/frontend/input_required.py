@@ -76,6 +76,7 @@ from pydantic import ValidationError
 
 from mcp_guard.channel import REQUEST_TYPES, ClientMethod
 from mcp_guard.frontend.sessions import DownstreamSession, RequestScopedChannel
+from mcp_guard.frozen import evolve
 from mcp_guard.pipeline.context import CallContext, CallNext, Outcome, RedecideFn
 from mcp_guard.types import new_id
 
@@ -331,7 +332,7 @@ class InputRequiredBridge:
         # handshake era: the upstream is asked for progress only then, and a call without it can take the lean
         # lane to a stdio upstream (mcp_guard.upstream.raw_lane) instead of an SDK session.
         progress = channel.progress if call.progress is not None else None
-        bridged = dataclasses.replace(call, downstream=channel, progress=progress, on_redecide=pending.bind)
+        bridged = evolve(call, downstream=channel, progress=progress, on_redecide=pending.bind)
         self.calls[pending.id] = pending
         self._per_principal[pending.principal] = self._per_principal.get(pending.principal, 0) + 1
         self._tg.start_soon(self._drive, pending, bridged, run, name=f"bridge:{pending.id}")
