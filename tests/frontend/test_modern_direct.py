@@ -232,3 +232,21 @@ async def test_a_call_outlasting_the_window_is_an_sse_stream_with_keep_alives(
     assert ": ping" in r.text  # the keep-alive comment, sent while the call was silent
     events = [json.loads(line[5:]) for line in r.text.splitlines() if line.startswith("data:")]
     assert [e["id"] for e in events] == [3] and "result" in events[0]
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        [],
+        [(b"mcp-method", b"tools/call"), (b"accept", b"application/json")],
+        [(b"accept", b"text/event-stream"), (b"x-dup", b"first"), (b"accept", b"application/json"), (b"x-dup", b"2")],
+        [(b"mcp-name", b"caf\xe9"), (b"host", b"h"), (b"mcp-name", b"second")],
+    ],
+)
+def test_the_headers_the_ladder_gets_are_what_dict_of_starlettes_headers_gives(raw: list[tuple[bytes, bytes]]) -> None:
+    # First value per name, names in order of first appearance, latin-1 decoded: exactly dict(request.headers).
+    from starlette.datastructures import Headers
+
+    headers = Headers(raw=raw)
+    got = modern_direct._first_values(headers.items())
+    assert got == dict(headers) and list(got) == list(dict(headers))
