@@ -542,7 +542,10 @@ def _tail_inputs(rng: random.Random, n: int) -> list[PolicyInput]:
             PolicyInput(
                 action=rng.choice(["tools/call", "tools/call", "resources/read"]),
                 principal=rng.choice(principals),
-                session=rng.choice(sessions),
+                # A 2026-07-28 request is a session of its own: a new, stateless SessionInfo each time.
+                session=rng.choice(sessions)
+                if rng.random() < 0.7
+                else SessionInfo(id=rng.choice(_TEXTS), transport="http", client_name="c", stateless=True),
                 server=rng.choice(["tickets", "文件"]),
                 tool=rng.choice(["create", "grep ☃"]),
                 tool_info=rng.choice(infos),
@@ -561,18 +564,21 @@ def test_a_calls_unchanging_tail_is_spliced_in_as_the_whole_document_would_encod
     the text's own; the remembered tail is taken for most inputs, never for one with a ``result``, and a value that
     needs cleaning (a lone surrogate, NaN) sends the document whole to json_text as before."""
     rng = random.Random(20261202)
-    spliced = 0
+    spliced = stateless = 0
     for i, source in enumerate(_tail_inputs(rng, 600)):
         document = {k: v for k, v in source.to_dict().items() if k != "arguments"}
         text = events.input_text(document, source)
         assert text == _ref_json_text(document), i
         if isinstance(text, events.InputText):
             spliced += 1
+            stateless += source.session.stateless
             assert "result" not in document
             assert text.escaped == json_string(text)[1:-1]
             assert text.escaped_twice == json_string(text.escaped)[1:-1]
         assert events.input_text(document) == text  # without the source: encoded whole, the same text
-    assert spliced > 300
+    assert spliced > 300 and stateless > 60  # a stateless call's tail is made of remembered pieces
+    held = [sources for sources, _ in events._TAILS._entries.values()]
+    assert not any(session.stateless for _, session, *_ in held)  # and is not remembered whole
 
 
 def test_decision_rows_with_a_remembered_tail_are_byte_identical_to_the_old_encoder() -> None:

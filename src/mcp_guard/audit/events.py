@@ -253,17 +253,51 @@ def _tail_spliced(document: Mapping[str, Any], source: PolicyInput) -> InputText
 
 
 def _tail_texts(document: Mapping[str, Any], source: PolicyInput) -> tuple[str, str, str] | None:
-    """The tail's text without its opening brace, escaped once and twice; None if it cannot be encoded as it is."""
+    """The tail's text without its opening brace, escaped once and twice; None if it cannot be encoded as it is.
+
+    Remembered whole by the objects it is made of; made, on a miss, of three pieces of its own: the members before
+    ``session`` (``principal``, ``server``) and after it (``tool``, ``tool_info``), each remembered by their objects,
+    and ``session`` encoded for the call. Canonical JSON sorts the members and writes them joined by commas, so the
+    pieces joined by commas are the whole. Why: a 2026-07-28 client's every request is a session of its own, so its
+    whole tail is never met again, while its principal and tool are — they were encoded anew on every call. Such a
+    call's tail is not remembered whole (it would only push out the others)."""
     sources = (source.principal, source.session, source.tool_info, source.server, source.tool)
     hit = _TAILS.get_from(sources)
     if hit is not None:
         return hit
     try:
-        text = _exact_text({k: v for k, v in document.items() if k in _TAIL_KEYS})[1:]
+        before = _members(_TAIL_HEADS, (source.principal, source.server), document, ("principal", "server"))
+        session = _members(None, (), document, ("session",))
+        after = _members(_TAIL_TOOLS, (source.tool, source.tool_info), document, ("tool", "tool_info"))
     except (ValueError, TypeError):
         return None
+    texts = (
+        f"{before[0]},{session[0]},{after[0]}}}",
+        f"{before[1]},{session[1]},{after[1]}}}",  # commas and braces escape to themselves
+        f"{before[2]},{session[2]},{after[2]}}}",
+    )
+    return texts if source.session.stateless else _TAILS.put_from(texts, sources)
+
+
+_TAIL_HEADS: ByIdentity[tuple[str, str, str]] = ByIdentity(1024)  # "principal":…,"server":… by their objects
+_TAIL_TOOLS: ByIdentity[tuple[str, str, str]] = ByIdentity(1024)  # "tool":…,"tool_info":… by their objects
+
+
+def _members(
+    memo: ByIdentity[tuple[str, str, str]] | None,
+    sources: tuple[object, ...],
+    document: Mapping[str, Any],
+    keys: tuple[str, ...],
+) -> tuple[str, str, str]:
+    """The members ``keys`` of ``document`` (those present) as canonical JSON writes them inside an object — no
+    braces — escaped once and twice; remembered in ``memo`` by ``sources``, the objects their values are made of."""
+    hit = memo.get_from(sources) if memo is not None else None
+    if hit is not None:
+        return hit
+    text = _exact_text({k: document[k] for k in keys if k in document})[1:-1]
     escaped = _escaped(text)
-    return _TAILS.put_from((text, escaped, _escaped(escaped)), sources)
+    texts = (text, escaped, _escaped(escaped))
+    return memo.put_from(texts, sources) if memo is not None else texts
 
 
 def _exact_text(value: dict[str, Any]) -> str:
