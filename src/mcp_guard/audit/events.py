@@ -211,6 +211,8 @@ _TAIL_KEYS = frozenset({"principal", "server", "session", "tool", "tool_info"})
 # The tail's text and escapes by the principal, session, tool info, server and tool they are made of (an HTTP
 # request with a token brings its own principal object: at most this many held, then forgotten).
 _TAILS: ByIdentity[tuple[str, str, str]] = ByIdentity(1024)
+_TAIL_HEADS: ByIdentity[tuple[str, str, str]] = ByIdentity(1024)  # "principal":…,"server":… by their objects
+_TAIL_TOOLS: ByIdentity[tuple[str, str, str]] = ByIdentity(1024)  # "tool":…,"tool_info":… by their objects
 
 
 def _tail_spliced(document: Mapping[str, Any], source: PolicyInput) -> InputText | None:
@@ -265,10 +267,11 @@ def _tail_texts(document: Mapping[str, Any], source: PolicyInput) -> tuple[str, 
     hit = _TAILS.get_from(sources)
     if hit is not None:
         return hit
+    heads, tools = (source.principal, source.server), (source.tool, source.tool_info)
     try:
-        before = _members(_TAIL_HEADS, (source.principal, source.server), document, ("principal", "server"))
-        session = _members(None, (), document, ("session",))
-        after = _members(_TAIL_TOOLS, (source.tool, source.tool_info), document, ("tool", "tool_info"))
+        before = _TAIL_HEADS.get_from(heads) or _TAIL_HEADS.put_from(_members(document, "principal", "server"), heads)
+        session = _members(document, "session")
+        after = _TAIL_TOOLS.get_from(tools) or _TAIL_TOOLS.put_from(_members(document, "tool", "tool_info"), tools)
     except (ValueError, TypeError):
         return None
     texts = (
@@ -279,25 +282,12 @@ def _tail_texts(document: Mapping[str, Any], source: PolicyInput) -> tuple[str, 
     return texts if source.session.stateless else _TAILS.put_from(texts, sources)
 
 
-_TAIL_HEADS: ByIdentity[tuple[str, str, str]] = ByIdentity(1024)  # "principal":…,"server":… by their objects
-_TAIL_TOOLS: ByIdentity[tuple[str, str, str]] = ByIdentity(1024)  # "tool":…,"tool_info":… by their objects
-
-
-def _members(
-    memo: ByIdentity[tuple[str, str, str]] | None,
-    sources: tuple[object, ...],
-    document: Mapping[str, Any],
-    keys: tuple[str, ...],
-) -> tuple[str, str, str]:
+def _members(document: Mapping[str, Any], *keys: str) -> tuple[str, str, str]:
     """The members ``keys`` of ``document`` (those present) as canonical JSON writes them inside an object — no
-    braces — escaped once and twice; remembered in ``memo`` by ``sources``, the objects their values are made of."""
-    hit = memo.get_from(sources) if memo is not None else None
-    if hit is not None:
-        return hit
+    braces — escaped once and twice."""
     text = _exact_text({k: document[k] for k in keys if k in document})[1:-1]
     escaped = _escaped(text)
-    texts = (text, escaped, _escaped(escaped))
-    return memo.put_from(texts, sources) if memo is not None else texts
+    return text, escaped, _escaped(escaped)
 
 
 def _exact_text(value: dict[str, Any]) -> str:
