@@ -181,7 +181,7 @@ class _InFlight:
 class _Flight:
     """:meth:`Registry.in_flight`'s block: the call counted on its channel's record while it runs. A class, not a
     generator-based context manager: it is entered on every forwarded call (the generator, its wrapper and their
-    ``next``/``throw`` were ~0.3 % of a call's instructions, with :class:`_Shared`)."""
+    ``next``/``throw`` were ~21 K of a call's ~2.6 M instructions, with :class:`_Shared`; bench_instructions.py)."""
 
     __slots__ = ("_calls", "_channel", "_rec")
 
