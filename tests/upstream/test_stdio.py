@@ -89,8 +89,8 @@ async def test_a_line_is_written_at_once_until_the_child_stops_reading() -> None
     # send_nowait hands lines to the pipe while the child reads them; once a child that does not read lets the
     # pipe and the transport's queue fill, it declines (nothing written) and send_bytes, which waits, must take
     # the line; after the stream is closed it declines too.
-    sleeper = "import sys, time; sys.stdout.write('ready\\n'); sys.stdout.flush(); time.sleep(60)"
-    async with open_stdio_transport(sys.executable, ["-c", sleeper], env=minimal_environment()) as (
+    idle = "import signal; signal.pause()"  # reads nothing and waits until killed
+    async with open_stdio_transport(sys.executable, ["-c", idle], env=minimal_environment()) as (
         _read,
         write,
         _exit,
