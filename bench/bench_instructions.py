@@ -17,13 +17,13 @@ WAL is one instruction here) and waiting are not in them — so they complement 
 them; the split by library says where the instructions go (the interpreter, SQLite, JSON, pydantic, hashing, libc).
 
 How: each proxy is ``mcp-guard run`` (stdio front — or with ``--path http`` the HTTP front and one sequential
-2025-11-25 client on one keep-alive connection — the recorder over stdio, default bundle unless ``--policy``,
-audit on), the tree's ``src`` first on ``PYTHONPATH``, run under ``valgrind --tool=callgrind --instr-atstart=no``
-with ``PYTHONHASHSEED=0``; one sequential client makes ``--warmup`` calls, switches collection on
-(``callgrind_control -i on``), makes ``--calls`` calls, switches it off and dumps. The policy and state budgets are
-raised for the run (the program runs ~50× slower under valgrind; a 250 ms policy budget would deny calls). Needs
-Debian's ``valgrind`` package (``callgrind_control``, ``callgrind_annotate``). Prints a table and writes JSON to
-bench/results/.
+client on one keep-alive connection, a 2025-11-25 session or with ``--era modern`` 2026-07-28 requests — the recorder
+over stdio, default bundle unless ``--policy``, audit on), the tree's ``src`` first on ``PYTHONPATH``, run under
+``valgrind --tool=callgrind --instr-atstart=no`` with ``PYTHONHASHSEED=0``; one sequential client makes
+``--warmup`` calls, switches collection on (``callgrind_control -i on``), makes ``--calls`` calls, switches it off
+and dumps. The policy and state budgets are raised for the run (the program runs ~50× slower under valgrind; a
+250 ms policy budget would deny calls). Needs Debian's ``valgrind`` package (``callgrind_control``,
+``callgrind_annotate``). Prints a table and writes JSON to bench/results/.
 """
 
 from __future__ import annotations
