@@ -244,7 +244,8 @@ def apply(switches: set[str]) -> None:
     if "no-decision-cache" in switches:
         from mcp_guard.policy.cache import CachedEngine
 
-        setattr(CachedEngine, "evaluate_sync", lambda self, doc: self.inner.evaluate_sync(doc))  # noqa: B010
+        # _answer is what evaluate_document and evaluate_sync both go through: every call asks the engine.
+        setattr(CachedEngine, "_answer", lambda self, doc: (self.inner.evaluate_sync(doc), True))  # noqa: B010
     if "no-lane" in switches:
         import mcp_guard.upstream.stdio as upstream_stdio
 
