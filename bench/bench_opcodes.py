@@ -2,6 +2,7 @@
 
     python bench/bench_opcodes.py                        # default bundle, 100 calls, the top 40 functions
     python bench/bench_opcodes.py --policy allow-all --calls 50 --top 60
+    python bench/bench_opcodes.py --path http --era modern   # the HTTP front, one 2026-07-28 client
 
 Why: the interpreter executes ~60 % of a call's instructions (bench_instructions.py), and neither callgrind (it
 sees one C function, the eval loop) nor a sampling profiler (it sees time, moved by the host's load and by cold
@@ -11,12 +12,13 @@ in ``frozen.evolve`` and 25 ``Mapping`` checks a call in the decision cache were
 eighteenth step). Bytecodes are not instructions (a C call inside one can be large: a SQLite statement, a JSON
 encode), so read it beside bench_instructions.py.
 
-How: the proxy (stdio front, the recorder over stdio, audit on) runs under this script's ``--proxy`` mode, which
-installs a ``sys.settrace`` with opcode events on the main thread — the event loop's — when told (SIGUSR1) and
-writes the counts when told again (SIGUSR2); one sequential client makes ``--warmup`` calls, then the counted
-ones. Frames of the ``__init__`` and copiers that ``dataclasses`` and ``frozen.evolve`` write at run time share one
-file name, so they are told apart by their class. Tracing slows the proxy ~20×: the policy and state budgets are
-raised as bench_instructions.py raises them.
+How: the proxy (stdio front — or with ``--path http`` the HTTP front and one sequential client on one keep-alive
+connection, a 2025-11-25 session or with ``--era modern`` 2026-07-28 requests; the recorder over stdio, audit on) runs
+under this script's ``--proxy`` mode, which installs a ``sys.settrace`` with opcode events on the main thread — the
+event loop's — when told (SIGUSR1) and writes the counts when told again (SIGUSR2); the client makes ``--warmup``
+calls, then the counted ones. Frames of the ``__init__`` and copiers that ``dataclasses`` and ``frozen.evolve`` write
+at run time share one file name, so they are told apart by their class. Tracing slows the proxy ~20×: the policy and
+state budgets are raised as bench_instructions.py raises them.
 """
 
 from __future__ import annotations
@@ -26,10 +28,12 @@ import asyncio
 import json
 import os
 import signal
+import subprocess
 import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -38,10 +42,11 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import common
-from bench.bench_instructions import slow_config
-from bench.rawclient import CallTemplate, StdioClient, check_result
+from bench.bench_instructions import MODERN_TEMPLATE, TEMPLATE, slow_config
+from bench.rawclient import HttpClient, StdioClient, check_result
 
 _WRITE_WITHIN_S = 60.0  # how long the client waits for the proxy to write its counts
+_START_WITHIN_S = 120.0  # an HTTP proxy under the tracer takes seconds to listen
 _SELF = Path(__file__).resolve()
 
 
@@ -97,36 +102,92 @@ def _wait_for(out: Path) -> None:
         time.sleep(0.05)
 
 
-async def _count(directory: Path, policy: str, calls: int, warmup: int) -> dict[str, int]:
+def _count(directory: Path, policy: str, calls: int, warmup: int, path: str, era: str) -> dict[str, int]:
     cfg = slow_config(directory, policy)
     out = directory / "opcodes.json"
     argv = [sys.executable, str(_SELF), "--proxy", str(out), "--"]
-    argv += ["run", "--config", str(cfg), "--log-level", "warning"]
-    with (directory / "proxy.log").open("w") as err:
-        client = await StdioClient.spawn(argv, env=common.child_env(), cwd=str(common.REPO), stderr=err)
-    template = CallTemplate(f"{common.UPSTREAM}__echo", {"text": "hello from the benchmark"})
-    try:
-        await client.initialize()
-        for _ in range(warmup):
-            check_result(await client.call(template))
-        os.kill(client.proc.pid, signal.SIGUSR1)
-        for _ in range(calls):
-            check_result(await client.call(template))
-        os.kill(client.proc.pid, signal.SIGUSR2)
-        await asyncio.to_thread(_wait_for, out)
-    finally:
-        await client.close(timeout=120)
+    argv += ["run", "--config", str(cfg)]
+    if path == "http":
+        _count_http(directory, argv, out, calls, warmup, era)
+    else:
+        asyncio.run(_count_stdio(directory, argv, out, calls, warmup))
     counted: dict[str, int] = json.loads(out.read_text())
     return counted
 
 
-def run(policy: str, calls: int, warmup: int) -> dict[str, Any]:
+async def _counted(pid: int, out: Path, calls: int, call: Callable[[], Awaitable[None]]) -> None:
+    """``calls`` calls with the counter on, then the counts written to ``out``."""
+    os.kill(pid, signal.SIGUSR1)
+    for _ in range(calls):
+        await call()
+    os.kill(pid, signal.SIGUSR2)
+    await asyncio.to_thread(_wait_for, out)
+
+
+async def _count_stdio(directory: Path, argv: list[str], out: Path, calls: int, warmup: int) -> None:
+    """The stdio front: one sequential client over the proxy's stdin/stdout."""
+    with (directory / "proxy.log").open("w") as err:
+        client = await StdioClient.spawn(
+            [*argv, "--log-level", "warning"], env=common.child_env(), cwd=str(common.REPO), stderr=err
+        )
+
+    async def one() -> None:
+        check_result(await client.call(TEMPLATE))
+
+    try:
+        await client.initialize()
+        for _ in range(warmup):
+            await one()
+        await _counted(client.proc.pid, out, calls, one)
+    finally:
+        await client.close(timeout=120)
+
+
+def _count_http(directory: Path, argv: list[str], out: Path, calls: int, warmup: int, era: str) -> None:
+    """The HTTP front: one sequential client on one keep-alive connection, a 2025-11-25 session (``legacy``) or
+    self-contained 2026-07-28 requests (``modern``), as bench_instructions.py makes them."""
+    log = directory / "proxy.log"
+    argv = [*argv, "--log-level", "info", "--transport", "http", "--port", "0"]
+    with log.open("w") as err:
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            cwd=str(common.REPO),
+            env=common.child_env(),
+        )
+    try:
+        url = common.wait_for_log_url(proc, log, '"http.listening"', _START_WITHIN_S)
+
+        async def calls_over_http() -> None:
+            client = HttpClient(url, era=era, api_key=common.API_KEY)
+            await client.connect()
+            await client.initialize()
+            template = MODERN_TEMPLATE if era == "modern" else TEMPLATE
+            headers = client.call_headers(template)
+
+            async def one() -> None:
+                check_result(await client.call(template, headers))
+
+            for _ in range(warmup):
+                await one()
+            await _counted(proc.pid, out, calls, one)
+            await client.close()
+
+        asyncio.run(calls_over_http())
+    finally:
+        common.stop_process(proc, timeout=120)
+
+
+def run(policy: str, calls: int, warmup: int, path: str = "stdio", era: str = "legacy") -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bench-opcodes-") as tmp:
-        counts = asyncio.run(_count(Path(tmp), policy, calls, warmup))
+        counts = _count(Path(tmp), policy, calls, warmup, path, era)
     by_file: Counter[str] = Counter()
     for where, n in counts.items():
         by_file[where.split(":")[0]] += n
     return {
+        "path": path if path == "stdio" else f"http ({era} era)",
         "policy": policy,
         "calls": calls,
         "bytecodes_per_call": sum(counts.values()) / calls,
@@ -137,7 +198,10 @@ def run(policy: str, calls: int, warmup: int) -> dict[str, Any]:
 
 def table(report: dict[str, Any], top: int) -> str:
     total = report["bytecodes_per_call"]
-    lines = [f"bytecodes per tools/call ({report['policy']} bundle, {report['calls']} calls counted): {total:,.0f}"]
+    lines = [
+        f"bytecodes per tools/call ({report.get('path', 'stdio')} front, {report['policy']} bundle, "
+        f"{report['calls']} calls counted): {total:,.0f}"
+    ]
     lines.append(f"{'per call':>9} {'share':>6}  function")
     for where, n in list(report["functions_per_call"].items())[:top]:
         lines.append(f"{n:>9,.0f} {100 * n / total:>5.1f}%  {where}")
@@ -152,6 +216,10 @@ def main() -> int:
         rest = sys.argv[3:]
         return _serve(Path(sys.argv[2]), rest[1:] if rest[:1] == ["--"] else rest)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--path", choices=("stdio", "http"), default="stdio", help="the front: stdio, or HTTP")
+    parser.add_argument(
+        "--era", choices=("legacy", "modern"), default="legacy", help="with --path http: 2025-11-25 or 2026-07-28"
+    )
     parser.add_argument("--policy", choices=("default", "allow-all"), default="default")
     parser.add_argument("--calls", type=int, default=100, help="calls counted")
     parser.add_argument("--warmup", type=int, default=100, help="calls before counting")
@@ -160,7 +228,7 @@ def main() -> int:
     args = parser.parse_args()
     if args.calls < 1 or args.warmup < 0 or args.top < 1:
         parser.error("--calls and --top must be at least 1 and --warmup not negative")
-    report = {"machine": common.machine_info(), **run(args.policy, args.calls, args.warmup)}
+    report = {"machine": common.machine_info(), **run(args.policy, args.calls, args.warmup, args.path, args.era)}
     print(table(report, args.top))
     if not args.no_save:
         print(f"wrote {common.save('opcodes', report)}")
