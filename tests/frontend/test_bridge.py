@@ -457,6 +457,53 @@ async def test_a_stuck_upstream_is_cancelled_after_the_grace_period() -> None:
         assert not bridge.calls
 
 
+async def test_a_round_with_neither_a_result_nor_a_question_fails_at_its_deadline() -> None:
+    """The round waits the call's timeout_s and round_slack_s for news, then answers with an error; the call stays
+    pending (parked), so it can still expire or be resumed."""
+    release = anyio.Event()
+
+    async def body(d: BridgedCallChannel) -> dict[str, Any]:
+        await release.wait()  # an upstream that neither answers nor asks
+        return _text_result("late")
+
+    call = dataclasses.replace(_call(), timeout_s=0.05)
+    async with _bridge(round_slack_s=0.05) as bridge:
+        runs = Runs(body)
+        with pytest.raises(MCPError) as e:
+            await _round(bridge, runs, call=call)
+        assert "neither answered nor asked anything within 0.1s" in e.value.error.message
+        assert len(bridge.calls) == 1  # parked, not lost
+        release.set()
+        with anyio.fail_after(10):
+            await runs.ended.wait()
+
+
+async def test_shutdown_cancels_bridged_calls_and_waits_for_their_shielded_work() -> None:
+    """A bridged call runs in its own task, outside the guard's task group; stopping the group still cancels it
+    through its run's cancel scope — shielded work (an audit row, a state write) finishes — and waits for it."""
+    cleaned: list[str] = []
+
+    async def body(d: BridgedCallChannel) -> dict[str, Any]:
+        try:
+            await ELICITATION.ask(d.request, ELICIT)
+            await anyio.sleep_forever()
+        finally:
+            with anyio.CancelScope(shield=True):  # a write that takes many turns of the loop
+                for _ in range(100):
+                    await anyio.lowlevel.checkpoint()  # a cancelled await would raise here without the shield
+                cleaned.append("written")
+        raise AssertionError
+
+    runs = Runs(body)
+    async with _bridge() as bridge:
+        assert isinstance(await _round(bridge, runs), dict)  # parked with its question
+        assert runs.count == 1 and not runs.ended.is_set()
+    assert cleaned == ["written"] and runs.ended.is_set()  # the group's exit waited for the call
+    with pytest.raises(MCPError) as e:
+        await bridge.run(_ctx(), None, _call(), _params(), runs)  # type: ignore[arg-type]
+    assert "not running" in e.value.error.message
+
+
 async def test_pending_calls_are_bounded_per_principal() -> None:
     async with _bridge(max_per_principal=1) as bridge:
         assert isinstance(await _round(bridge, Runs(ask_name)), dict)

@@ -56,6 +56,7 @@ deployment needs sticky routing of retries to the replica that issued the state.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import dataclasses
 import hashlib
@@ -88,6 +89,7 @@ _TOKEN_PREFIX = "mg1"
 _MAC_CONTEXT = b"mcp-guard/request-state/v1\x00"
 _KEY_PREFIX = {ClientMethod.ELICITATION: "elicitation", ClientMethod.SAMPLING: "sampling", ClientMethod.ROOTS: "roots"}
 _Answer = dict[str, Any] | types.ErrorData
+_STOP_WAIT_S = 10.0  # how long shutdown waits for the cancelled calls' shielded writes
 
 
 def missing_capability(
@@ -157,11 +159,14 @@ class _Pending:
         self.ctx: ServerRequestContext[Any, Any] | None = None
         self.caps: types.ClientCapabilities | None = None
         self.deadline = math.inf  # when a parked call expires
-        self.scope: anyio.CancelScope | None = None
+        self.scope = anyio.CancelScope()  # the background run's: expiry and shutdown cancel it (entered by _drive)
+        self.overdue = False  # the round being served passed its deadline (InputRequiredBridge._serve_round)
         self.redecide: RedecideFn | None = None  # the admitted call's re-decision (None until it is admitted)
         self.refused = False  # the policy refused a retry's answers: the call is ending, no round is served
         self.watched = False  # its expiry (InputRequiredBridge._watch) runs: started when it first parks
-        self._changed: anyio.Event | None = None  # made when someone waits for a change (most notices find none)
+        # Made when someone waits for a change (most notices find none). asyncio's Event, not anyio's: anyio's looks
+        # its backend up on every creation, and a bridged call makes one per wait (the loop is asyncio's anyway).
+        self._changed: asyncio.Event | None = None
 
     @property
     def binding(self) -> bytes:
@@ -170,10 +175,10 @@ class _Pending:
             self._binding = _binding(self._call)
         return self._binding
 
-    def changed(self) -> anyio.Event:
+    def changed(self) -> asyncio.Event:
         """Set at the next :meth:`notify`."""
         if self._changed is None:
-            self._changed = anyio.Event()
+            self._changed = asyncio.Event()
         return self._changed
 
     def bind(self, redecide: RedecideFn) -> None:
@@ -269,6 +274,7 @@ class InputRequiredBridge:
         settle_max_s: float = 0.2,
         pending_ttl_s: float = 300.0,
         grace_s: float = 10.0,
+        round_slack_s: float = 10.0,
         max_pending: int = 1024,
         max_per_principal: int = 64,
         key: bytes | None = None,
@@ -278,17 +284,41 @@ class InputRequiredBridge:
         self.settle_max_s = settle_max_s
         self.pending_ttl_s = pending_ttl_s
         self.grace_s = grace_s
+        self.round_slack_s = round_slack_s  # a round waits the call's timeout_s and this long for news, then fails
         self.max_pending = max_pending
         self.max_per_principal = max_per_principal
         self._key = key if key is not None else secrets.token_bytes(32)
         self._clock = clock
         self._tg: TaskGroup | None = None
+        self._driving: dict[asyncio.Task[None], _Pending] = {}  # the background runs (see _keep)
+        self._stopping = False
         self.calls: dict[str, _Pending] = {}
         self._per_principal: dict[str, int] = {}  # pending calls per principal (max_per_principal)
 
     def attach(self, tg: TaskGroup) -> None:
-        """The task group bridged calls run in (the guard's; cancelled on shutdown)."""
+        """The guard's task group: it holds the bridge's keeper (:meth:`_keep`, which ends the bridged calls when
+        the group is cancelled on shutdown) and the expiry of parked calls."""
         self._tg = tg
+        tg.start_soon(self._keep, name="bridge-keeper")
+
+    async def _keep(self) -> None:
+        """Until the guard stops; then cancel every bridged call's run and wait for them (bounded).
+
+        Why a keeper rather than each call's run in the guard's task group: an anyio task costs a task handle, its
+        own cancel scope, an event and the group's bookkeeping — with the run's own scope, ~180 K instructions of a
+        2026-07-28 call's ~3,750 K (bench_instructions.py --era modern). A plain asyncio task per call, cancelled
+        through its run's cancel scope (so shielded audit and state writes finish as under the group's cancel),
+        keeps the shutdown guarantee at the price of this one task."""
+        try:
+            await anyio.sleep_forever()
+        finally:
+            self._stopping = True
+            for pending in self._driving.values():
+                pending.scope.cancel()
+            running = list(self._driving)
+            if running:
+                with anyio.CancelScope(shield=True), anyio.move_on_after(_STOP_WAIT_S):
+                    await asyncio.wait(running)
 
     # ------------------------------------------------------------------ entry point
     async def run(
@@ -313,7 +343,7 @@ class InputRequiredBridge:
 
     # ------------------------------------------------------------------ starting and resuming
     def _start(self, call: CallContext, run: CallNext) -> _Pending:
-        if self._tg is None:
+        if self._tg is None or self._stopping:
             raise MCPError(code=types.INTERNAL_ERROR, message="mcp-guard: the input-required bridge is not running")
         if len(self.calls) >= self.max_pending:
             raise MCPError(
@@ -335,8 +365,13 @@ class InputRequiredBridge:
         bridged = evolve(call, downstream=channel, progress=progress, on_redecide=pending.bind)
         self.calls[pending.id] = pending
         self._per_principal[pending.principal] = self._per_principal.get(pending.principal, 0) + 1
-        self._tg.start_soon(self._drive, pending, bridged, run, name=f"bridge:{pending.id}")
+        task = asyncio.get_running_loop().create_task(self._drive(pending, bridged, run), name=f"bridge:{pending.id}")
+        self._driving[task] = pending
+        task.add_done_callback(self._driven)
         return pending
+
+    def _driven(self, task: asyncio.Task[None]) -> None:
+        del self._driving[task]
 
     def _resume(self, token: str, binding: bytes, responses: Any) -> tuple[_Pending, dict[str, dict[str, Any]]]:
         """The pending call a retry resumes, taken (``busy``) for this retry, and its checked answers."""
@@ -398,14 +433,14 @@ class InputRequiredBridge:
 
     # ------------------------------------------------------------------ the background call
     async def _drive(self, pending: _Pending, call: CallContext, run: CallNext) -> None:
-        """Run the call's pipeline once; its outcome is the call's final result.
+        """Run the call's pipeline once (a plain asyncio task, see :meth:`_keep`); its outcome is the call's final
+        result.
 
         Its expiry (:meth:`_watch`) is not started here but when the call first parks (:meth:`_park`): until
         then a request of the call is being served and there is nothing to expire — and most calls never park,
         so they cost one task, not a task group and two.
         """
-        with anyio.CancelScope() as scope:
-            pending.scope = scope
+        with pending.scope as scope:
             try:
                 outcome = await run(call)
             except Exception as e:  # the pipeline's stages turn failures into outcomes; this is a bug
@@ -416,11 +451,9 @@ class InputRequiredBridge:
                     )
                 )
         if scope.cancelled_caught:
+            why = "mcp-guard is shutting down" if self._stopping else "its client stopped answering"
             outcome = Outcome(
-                error=types.ErrorData(
-                    code=types.INTERNAL_ERROR,
-                    message="mcp-guard: the call was cancelled after its client stopped answering",
-                )
+                error=types.ErrorData(code=types.INTERNAL_ERROR, message=f"mcp-guard: the call was cancelled: {why}")
             )
         pending.final = outcome
         pending.fail_asks("mcp-guard: the call ended before the client answered")
@@ -454,7 +487,7 @@ class InputRequiredBridge:
         )
         self._close(pending)
         pending.fail_asks(f"mcp-guard: the client did not answer within {self.pending_ttl_s:g}s")
-        if pending.final is None and pending.scope is not None:
+        if pending.final is None:
             pending.scope.deadline = self._clock() + self.grace_s
         pending.notify()
 
@@ -474,29 +507,37 @@ class InputRequiredBridge:
         pending.caps = ctx.session.client_capabilities
         pending.notify()
         finishing = False  # the round returns the call's final result (it is closed next, nothing to expire)
+        # The round's deadline is a timer that marks the call overdue and wakes the round, not a cancel scope: the
+        # round only ever waits on the call's changes, and a scope with a deadline (a timer handle in the loop's
+        # heap, two context managers) cost most of a bridged call's overhead after its task (see _keep).
+        pending.overdue = False
+        limit = pending.timeout_s + self.round_slack_s
+        timer = asyncio.get_running_loop().call_later(limit, self._overdue, pending)
         try:
-            with anyio.fail_after(pending.timeout_s + 10):
-                while True:
-                    await self._until(
-                        pending, lambda: pending.final is not None or (bool(pending.asks) and not pending.refused)
+            while True:
+                await self._until(
+                    pending,
+                    lambda: (
+                        pending.overdue or pending.final is not None or (bool(pending.asks) and not pending.refused)
+                    ),
+                )
+                if pending.final is None and not pending.refused and not pending.overdue:
+                    await self._settle(pending)
+                if pending.final is not None:
+                    break
+                if pending.overdue:
+                    raise MCPError(
+                        code=types.INTERNAL_ERROR,
+                        message=f"mcp-guard: the upstream neither answered nor asked anything within {limit:g}s",
                     )
-                    if pending.final is None and not pending.refused:
-                        await self._settle(pending)
-                    if pending.final is not None:
-                        break
-                    if pending.refused:
-                        continue  # the call is ending with the policy's deny: wait for it
-                    if pending.askable():
-                        break
-                    pending.refuse_held()  # only questions the client cannot answer: refuse, wait for more
+                if pending.refused:
+                    continue  # the call is ending with the policy's deny: wait for it
+                if pending.askable():
+                    break
+                pending.refuse_held()  # only questions the client cannot answer: refuse, wait for more
             finishing = pending.final is not None
-        except TimeoutError:
-            raise MCPError(
-                code=types.INTERNAL_ERROR,
-                message=f"mcp-guard: the upstream neither answered nor asked anything within "
-                f"{pending.timeout_s + 10:g}s",
-            ) from None
         finally:
+            timer.cancel()
             pending.busy, pending.ctx = False, None
             if not pending.closed:
                 pending.deadline = self._clock() + self.pending_ttl_s
@@ -522,6 +563,11 @@ class InputRequiredBridge:
             "inputRequests": {ask.key: ask.wire() for ask in asks},
             "requestState": self._seal(pending),
         }
+
+    @staticmethod
+    def _overdue(pending: _Pending) -> None:
+        pending.overdue = True
+        pending.notify()
 
     @staticmethod
     async def _until(pending: _Pending, condition: Callable[[], bool]) -> None:
