@@ -22,22 +22,43 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from mcp.shared.inbound import x_mcp_header_map
+
+from mcp_guard.memo import ByIdentity
 from mcp_guard.upstream.registry import Registry
 
 __all__ = ["tool_input_schema"]
 
 
 def tool_input_schema(registry: Registry) -> Callable[[str], Mapping[str, Any] | None]:
-    """The input schema of the tool a client calls by its exposed name (None: no such listed tool).
+    """The input schema of the tool a client calls by its exposed name, for the SDK's ``Mcp-Param-*`` check (None:
+    nothing to check — no such listed tool, or a schema that annotates no property with ``x-mcp-header``).
 
     Read from the live catalogue at call time, so a reload or an upstream's ``list_changed`` is seen at once.
     The exposed copy's schema is the upstream's (namespacing renames the tool, never its arguments).
+
+    A schema with no annotated property is answered None: the SDK's check compares a header with its argument
+    only at annotated positions, so it cannot refuse such a call whatever its headers and arguments (held to that
+    in tests/frontend/test_headers.py) — and it walks the whole schema twice per call to find that out (~700
+    bytecodes). Whether a schema annotates anything is remembered by the schema object.
     """
 
     def lookup(name: str) -> Mapping[str, Any] | None:
         entry = registry.find_tool(name)
         if entry is None or entry.hidden:
             return None
-        return entry.exposed.input_schema
+        schema = entry.exposed.input_schema
+        return schema if _annotates(schema) else None
 
     return lookup
+
+
+_ANNOTATES: ByIdentity[bool] = ByIdentity(4096)
+
+
+def _annotates(schema: Mapping[str, Any]) -> bool:
+    """Whether ``schema`` declares an ``Mcp-Param-*`` header (an ``x-mcp-header`` the SDK's check would look at)."""
+    known = _ANNOTATES.get(schema)
+    if known is None:
+        known = _ANNOTATES.put(bool(x_mcp_header_map(schema)), schema)
+    return known
