@@ -24,12 +24,21 @@ from mcp_guard.upstream.param_headers import MAX_PARAM_HEADERS, add_call_headers
 pytestmark = pytest.mark.anyio
 
 
-def test_only_mcp_param_headers_are_taken_lower_cased_and_bounded() -> None:
-    headers = {"Mcp-Param-Tenant": "acme", "mcp-method": "tools/call", "Authorization": "Bearer x"}
-    assert param_headers_of(headers) == {"mcp-param-tenant": "acme"}
-    assert param_headers_of({"Accept": "*/*"}) is None and param_headers_of(None) is None
+def _asgi(headers: dict[str, str]) -> list[tuple[bytes, bytes]]:
+    """An ASGI header list: names lower-case, latin-1 bytes."""
+    return [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+
+
+def test_only_mcp_param_headers_are_taken_and_bounded() -> None:
+    headers = {"Mcp-Param-Tenant": "acmé", "mcp-method": "tools/call", "Authorization": "Bearer x"}
+    assert param_headers_of(_asgi(headers)) == {"mcp-param-tenant": "acmé"}
+    assert param_headers_of(_asgi({"Accept": "*/*"})) is None and param_headers_of(None) is None
     many = {f"Mcp-Param-H{i:03d}": str(i) for i in range(MAX_PARAM_HEADERS + 10)}
-    assert len(param_headers_of(many) or {}) == MAX_PARAM_HEADERS
+    assert param_headers_of(_asgi(many)) == dict(sorted(_first(_asgi(many)).items())[:MAX_PARAM_HEADERS])
+
+
+def _first(raw: list[tuple[bytes, bytes]]) -> dict[str, str]:
+    return {k.decode("latin-1"): v.decode("latin-1") for k, v in raw}
 
 
 async def test_each_task_sends_its_own_headers_and_never_overrides_the_requests_own() -> None:

@@ -622,7 +622,7 @@ AsyncHandler = Callable[..., Awaitable[Any]]
 
 def _param_headers(ctx: ServerRequestContext[Any, Any]) -> dict[str, str] | None:
     """The ``Mcp-Param-*`` headers of the HTTP request behind ``ctx``, to pass on (None without)."""
-    return param_headers_of(getattr(ctx.request, "headers", None))
+    return param_headers_of(getattr(getattr(ctx.request, "headers", None), "raw", None))
 
 
 def _http_trace_context(ctx: ServerRequestContext[Any, Any]) -> dict[str, str] | None:

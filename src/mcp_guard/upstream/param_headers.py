@@ -20,7 +20,7 @@ the 2026-07-28 transport's.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextvars import ContextVar
 
 import httpx2
@@ -28,17 +28,22 @@ import httpx2
 __all__ = ["MAX_PARAM_HEADERS", "PARAM_PREFIX", "add_call_headers", "call_headers", "param_headers_of"]
 
 PARAM_PREFIX = "mcp-param-"
+_PREFIX = PARAM_PREFIX.encode("ascii")
 MAX_PARAM_HEADERS = 64
 """At most this many are passed on per call (a schema declares a handful; the HTTP server bounds their size)."""
 
 _CALL_HEADERS: ContextVar[Mapping[str, str] | None] = ContextVar("mcp_guard_upstream_param_headers", default=None)
 
 
-def param_headers_of(headers: Mapping[str, str] | None) -> dict[str, str] | None:
-    """The ``Mcp-Param-*`` headers of a client's HTTP request (names lower-cased), None if it has none."""
-    if headers is None:
+def param_headers_of(raw: Iterable[tuple[bytes, bytes]] | None) -> dict[str, str] | None:
+    """The ``Mcp-Param-*`` headers of a client's HTTP request, from its ASGI header list (names lower-case, as
+    ASGI servers give them and Starlette's lookups assume); None if it has none.
+
+    Only the matching headers are decoded: a request carries a dozen others, and every 2026-07-28 ``tools/call``
+    asks."""
+    if raw is None:
         return None
-    found = {k.lower(): v for k, v in headers.items() if k.lower().startswith(PARAM_PREFIX)}
+    found = {k.decode("latin-1"): v.decode("latin-1") for k, v in raw if k.startswith(_PREFIX)}
     if not found:
         return None
     return dict(sorted(found.items())[:MAX_PARAM_HEADERS])
