@@ -6,6 +6,7 @@ the machine's load does not move.
     python bench/bench_instructions.py --policy allow-all --ablate no-audit    # a variant (bench/ablate.py)
     python bench/bench_instructions.py /tmp/before . --path http             # the HTTP front, one client
     python bench/bench_instructions.py --path http --era modern              # ... a 2026-07-28 (stateless) one
+    python bench/bench_instructions.py --path http --era modern-asking       # ... one that can be asked (bridged)
     python -m bench --only instructions                         # default bundle and allow-all
 
 Why: CPU per call on this machine moves by ±40 % from hour to hour with the host's load, so a step worth 2 % needs
@@ -16,14 +17,15 @@ are not time — a cache miss, a syscall's work in the kernel (callgrind counts 
 WAL is one instruction here) and waiting are not in them — so they complement the CPU benches and never replace
 them; the split by library says where the instructions go (the interpreter, SQLite, JSON, pydantic, hashing, libc).
 
-How: each proxy is ``mcp-guard run`` (stdio front — or with ``--path http`` the HTTP front and one sequential
-client on one keep-alive connection, a 2025-11-25 session or with ``--era modern`` 2026-07-28 requests — the recorder
+How: each proxy is ``mcp-guard run`` (stdio front — or with ``--path http`` the HTTP front and one sequential client
+on one keep-alive connection, a 2025-11-25 session or with ``--era modern`` 2026-07-28 requests (``modern-asking``: of
+a client that declares sampling, elicitation and roots, whose calls the input-required bridge takes) — the recorder
 over stdio, default bundle unless ``--policy``, audit on), the tree's ``src`` first on ``PYTHONPATH``, run under
-``valgrind --tool=callgrind --instr-atstart=no`` with ``PYTHONHASHSEED=0``; one sequential client makes
-``--warmup`` calls, switches collection on (``callgrind_control -i on``), makes ``--calls`` calls, switches it off
-and dumps. The policy and state budgets are raised for the run (the program runs ~50× slower under valgrind; a
-250 ms policy budget would deny calls). Needs Debian's ``valgrind`` package (``callgrind_control``,
-``callgrind_annotate``). Prints a table and writes JSON to bench/results/.
+``valgrind --tool=callgrind --instr-atstart=no`` with ``PYTHONHASHSEED=0``; one sequential client makes ``--warmup``
+calls, switches collection on (``callgrind_control -i on``), makes ``--calls`` calls, switches it off and dumps. The
+policy and state budgets are raised for the run (the program runs ~50× slower under valgrind; a 250 ms policy budget
+would deny calls). Needs Debian's ``valgrind`` package (``callgrind_control``, ``callgrind_annotate``). Prints a table
+and writes JSON to bench/results/.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import common
-from bench.rawclient import CallTemplate, HttpClient, StdioClient, check_result, modern_meta
+from bench.rawclient import ASKING_CAPABILITIES, CallTemplate, HttpClient, StdioClient, check_result, modern_meta
 
 TOOLS = ("valgrind", "callgrind_control", "callgrind_annotate")
 # The libraries the split names (the object file's name starts so); everything else is "other".
@@ -65,6 +67,16 @@ _START_WITHIN_S = 300.0  # an HTTP proxy under valgrind takes tens of seconds to
 TEMPLATE = CallTemplate(f"{common.UPSTREAM}__echo", {"text": "hello from the benchmark"})
 # The same call as a 2026-07-28 request: self-contained, its envelope in its own _meta.
 MODERN_TEMPLATE = CallTemplate(f"{common.UPSTREAM}__echo", {"text": "hello from the benchmark"}, meta=modern_meta())
+# ... from a client that declares sampling, elicitation and roots: the input-required bridge takes its calls.
+ASKING_TEMPLATE = CallTemplate(
+    f"{common.UPSTREAM}__echo", {"text": "hello from the benchmark"}, meta=modern_meta(ASKING_CAPABILITIES)
+)
+ERAS = ("legacy", "modern", "modern-asking")
+
+
+def template_for(era: str) -> CallTemplate:
+    """The counted call of an era (:data:`ERAS`)."""
+    return {"legacy": TEMPLATE, "modern": MODERN_TEMPLATE, "modern-asking": ASKING_TEMPLATE}[era]
 
 
 def missing_tools() -> list[str]:
@@ -147,10 +159,10 @@ def _count_http(
         url = common.wait_for_log_url(proc, log, '"http.listening"', _START_WITHIN_S)
 
         async def calls_over_http() -> None:
-            client = HttpClient(url, era=era, api_key=common.API_KEY)
+            client = HttpClient(url, era="legacy" if era == "legacy" else "modern", api_key=common.API_KEY)
             await client.connect()
             await client.initialize()
-            template = MODERN_TEMPLATE if era == "modern" else TEMPLATE
+            template = template_for(era)
             headers = client.call_headers(template)
 
             async def one() -> None:
@@ -267,7 +279,11 @@ def main() -> int:
     parser.add_argument("trees", type=Path, nargs="*", help="zero (this tree), one or two source trees")
     parser.add_argument("--path", choices=("stdio", "http"), default="stdio", help="the front: stdio, or HTTP")
     parser.add_argument(
-        "--era", choices=("legacy", "modern"), default="legacy", help="HTTP: 2025-11-25 session or 2026-07-28 requests"
+        "--era",
+        choices=ERAS,
+        default="legacy",
+        help="HTTP: a 2025-11-25 session, 2026-07-28 requests of a client that declares no capability (modern), "
+        "or of one that declares sampling, elicitation and roots (modern-asking: bridged)",
     )
     parser.add_argument("--policy", choices=("default", "allow-all"), default="default")
     parser.add_argument("--ablate", default="", help="bench/ablate.py switches for every proxy (comma-separated)")

@@ -42,7 +42,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import common
-from bench.bench_instructions import MODERN_TEMPLATE, TEMPLATE, slow_config
+from bench.bench_instructions import ERAS, slow_config, template_for
 from bench.rawclient import HttpClient, StdioClient, check_result
 
 _WRITE_WITHIN_S = 60.0  # how long the client waits for the proxy to write its counts
@@ -132,7 +132,7 @@ async def _count_stdio(directory: Path, argv: list[str], out: Path, calls: int, 
         )
 
     async def one() -> None:
-        check_result(await client.call(TEMPLATE))
+        check_result(await client.call(template_for("legacy")))
 
     try:
         await client.initialize()
@@ -161,10 +161,10 @@ def _count_http(directory: Path, argv: list[str], out: Path, calls: int, warmup:
         url = common.wait_for_log_url(proc, log, '"http.listening"', _START_WITHIN_S)
 
         async def calls_over_http() -> None:
-            client = HttpClient(url, era=era, api_key=common.API_KEY)
+            client = HttpClient(url, era="legacy" if era == "legacy" else "modern", api_key=common.API_KEY)
             await client.connect()
             await client.initialize()
-            template = MODERN_TEMPLATE if era == "modern" else TEMPLATE
+            template = template_for(era)
             headers = client.call_headers(template)
 
             async def one() -> None:
@@ -217,9 +217,7 @@ def main() -> int:
         return _serve(Path(sys.argv[2]), rest[1:] if rest[:1] == ["--"] else rest)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--path", choices=("stdio", "http"), default="stdio", help="the front: stdio, or HTTP")
-    parser.add_argument(
-        "--era", choices=("legacy", "modern"), default="legacy", help="with --path http: 2025-11-25 or 2026-07-28"
-    )
+    parser.add_argument("--era", choices=ERAS, default="legacy", help="with --path http (bench_instructions.py)")
     parser.add_argument("--policy", choices=("default", "allow-all"), default="default")
     parser.add_argument("--calls", type=int, default=100, help="calls counted")
     parser.add_argument("--warmup", type=int, default=100, help="calls before counting")

@@ -50,11 +50,16 @@ class CallTemplate:
         return self._head + str(request_id).encode() + self._tail
 
 
-def modern_meta() -> dict[str, Any]:
+ASKING_CAPABILITIES: dict[str, Any] = {"sampling": {}, "elicitation": {}, "roots": {}}
+"""What a 2026-07-28 client declares when it can answer an upstream's questions (its calls are then bridged)."""
+
+
+def modern_meta(capabilities: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A 2026-07-28 request's envelope; by default a client that declares no capability (it can be asked nothing)."""
     return {
         "io.modelcontextprotocol/protocolVersion": MODERN_VERSION,
         "io.modelcontextprotocol/clientInfo": CLIENT_INFO,
-        "io.modelcontextprotocol/clientCapabilities": {},
+        "io.modelcontextprotocol/clientCapabilities": capabilities or {},
     }
 
 

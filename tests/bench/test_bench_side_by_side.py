@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -43,9 +45,16 @@ def test_instructions_counts_two_trees_under_callgrind() -> None:
     assert len(rows) == 2 and "later − earlier:" in out, out
 
 
-def test_opcodes_counts_a_calls_bytecodes_by_function() -> None:
-    out = _run("bench/bench_opcodes.py", "--calls", "3", "--warmup", "2", "--top", "5", "--no-save")
+@pytest.mark.parametrize(
+    ("front", "argv"),
+    [("stdio front", []), ("http (modern-asking era) front", ["--path", "http", "--era", "modern-asking"])],
+    ids=["stdio", "http-2026-bridged"],
+)
+def test_opcodes_counts_a_calls_bytecodes_by_function(front: str, argv: list[str]) -> None:
+    out = _run("bench/bench_opcodes.py", *argv, "--calls", "3", "--warmup", "2", "--top", "60", "--no-save")
     head, *rows = out.strip().splitlines()
-    assert head.startswith("bytecodes per tools/call (default bundle, 3 calls counted): "), out
+    assert head.startswith(f"bytecodes per tools/call ({front}, default bundle, 3 calls counted): "), out
     assert float(head.rsplit(": ", 1)[1].replace(",", "")) > 1000, out  # a call runs thousands of them
     assert any("mcp_guard/" in row for row in rows), out  # the proxy's own code is named
+    if argv:  # the client declared what it can answer: its calls went through the input-required bridge
+        assert any("input_required.py" in row for row in rows), out
