@@ -16,7 +16,9 @@ report progress, or say that a subscribed resource changed. That traffic takes o
   ``Registry._candidates``) and delivered;
 * a :class:`ClientChannel` delivers it: on the handshake era as a request on the client's own request
   stream (``mcp_guard.frontend.sessions.RequestChannel``); on the 2026-07-28 era as a question of an
-  ``InputRequiredResult`` round (``mcp_guard.frontend.input_required.BridgedCallChannel``).
+  ``InputRequiredResult`` round (``mcp_guard.frontend.input_required.BridgedCallChannel``), or, for a client
+  that declared no capability to answer anything (:func:`answers_nothing`), refused at once with ``-32021``
+  (:func:`capability_refusal`) by its request's ``RequestChannel``.
 
 List-changed notifications carry nothing to the client but the fact (the catalogue they make the registry
 fetch is scrubbed when it is merged).
@@ -26,6 +28,7 @@ This module sits below ``upstream`` and ``frontend`` (it imports neither), so bo
 
 from __future__ import annotations
 
+import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, fields, replace
 from enum import StrEnum
@@ -52,7 +55,10 @@ __all__ = [
     "ResourceUpdated",
     "SendToClient",
     "ToClient",
+    "answers_nothing",
+    "capability_refusal",
     "log_locally",
+    "missing_capability",
     "scrub_message",
 ]
 
@@ -217,6 +223,54 @@ ROOTS: ClientRequestType[types.ListRootsResult] = ClientRequestType(
     ClientMethod.ROOTS, "roots", TypeAdapter(types.ListRootsResult)
 )
 REQUEST_TYPES: dict[ClientMethod, ClientRequestType[Any]] = {t.method: t for t in (SAMPLING, ELICITATION, ROOTS)}
+
+
+def missing_capability(
+    method: str, params: dict[str, Any], caps: types.ClientCapabilities | None
+) -> dict[str, Any] | None:
+    """The ``requiredCapabilities`` a client lacks to answer ``method`` with ``params`` (None: it can).
+
+    For every method it is not None when the client declared none of ``sampling``, ``elicitation`` and ``roots``
+    (:func:`answers_nothing`)."""
+    if method == "sampling/createMessage":
+        sampling = caps.sampling if caps is not None else None
+        if sampling is None:
+            return {"sampling": {}}
+        if (params.get("tools") or params.get("toolChoice")) and sampling.tools is None:
+            return {"sampling": {"tools": {}}}
+        if params.get("includeContext") not in (None, "none") and sampling.context is None:
+            return {"sampling": {"context": {}}}
+        return None
+    if method == "elicitation/create":
+        elicitation = caps.elicitation if caps is not None else None
+        if elicitation is None:
+            return {"elicitation": {}}
+        if params.get("mode") == "url":
+            return {"elicitation": {"url": {}}} if elicitation.url is None else None
+        # An empty elicitation capability means form mode; one that names only url does not include it.
+        if elicitation.form is None and elicitation.url is not None:
+            return {"elicitation": {"form": {}}}
+        return None
+    if method == "roots/list":
+        return {"roots": {}} if caps is None or caps.roots is None else None
+    return {method: {}}
+
+
+def answers_nothing(caps: types.ClientCapabilities | None) -> bool:
+    """Whether a client with these capabilities can answer no question at all (:func:`missing_capability` is not
+    None for any method and params): it declared none of ``sampling``, ``elicitation`` and ``roots``."""
+    return caps is None or (caps.sampling is None and caps.elicitation is None and caps.roots is None)
+
+
+def capability_refusal(method: str, missing: dict[str, Any]) -> types.ErrorData:
+    """The answer an upstream gets for a question the client did not declare it can answer: ``-32021`` with the
+    capability it lacks in ``data.requiredCapabilities`` (:func:`missing_capability`)."""
+    return types.ErrorData(
+        code=types.MISSING_REQUIRED_CLIENT_CAPABILITY,
+        message=f"The client did not declare the capability {method} needs: "
+        f"{json.dumps(missing, separators=(',', ':'))}",
+        data={"requiredCapabilities": missing},
+    )
 
 
 def log_locally(params: types.LoggingMessageNotificationParams, **where: Any) -> None:

@@ -23,8 +23,8 @@ from mcp.shared.exceptions import MCPError
 
 from guard_harness import make_settings, recorder_upstream, running_guard, text_of
 from http_harness import http_client, http_front
-from mcp_guard.channel import ELICITATION, ROOTS, SAMPLING
-from mcp_guard.frontend.input_required import BridgedCallChannel, InputRequiredBridge, missing_capability
+from mcp_guard.channel import ELICITATION, ROOTS, SAMPLING, missing_capability
+from mcp_guard.frontend.input_required import BridgedCallChannel, InputRequiredBridge
 from mcp_guard.pipeline.context import CallContext, Outcome
 from mcp_guard.policy.bundle import load_bundle
 from mcp_guard.policy.embedded import EmbeddedEngine
@@ -504,6 +504,44 @@ async def test_shutdown_cancels_bridged_calls_and_waits_for_their_shielded_work(
     assert "not running" in e.value.error.message
 
 
+@pytest.mark.parametrize(
+    "caps",
+    [None, types.ClientCapabilities(), types.ClientCapabilities(experimental={"x": {}})],
+    ids=["no-capabilities", "empty", "experimental-only"],
+)
+async def test_a_call_whose_client_can_answer_nothing_runs_in_its_requests_task(
+    caps: types.ClientCapabilities | None,
+) -> None:
+    """No question could be put to such a client (each is refused with -32021 by its own channel, as a round
+    would): the call is not bridged — no pending call, no background run, the request's own call and task."""
+    seen: list[tuple[CallContext, Any, int]] = []
+    call = _call()
+
+    async def run(c: CallContext) -> Outcome:
+        seen.append((c, anyio.get_current_task().id, len(bridge.calls)))
+        return Outcome(result=_text_result("done"))
+
+    async with _bridge() as bridge:
+        with anyio.fail_after(10):
+            out = await bridge.run(_ctx(caps), None, call, _params(), run)  # type: ignore[arg-type]
+        assert isinstance(out, Outcome) and out.result == _text_result("done")
+        assert seen == [(call, anyio.get_current_task().id, 0)]
+
+
+async def test_a_client_that_can_answer_one_kind_of_question_is_bridged() -> None:
+    seen: list[Any] = []
+
+    async def run(c: CallContext) -> Outcome:
+        seen.append(c.downstream)
+        return Outcome(result=_text_result("done"))
+
+    async with _bridge() as bridge:
+        caps = types.ClientCapabilities(roots=types.RootsCapability())
+        with anyio.fail_after(10):
+            await bridge.run(_ctx(caps), None, _call(), _params(), run)  # type: ignore[arg-type]
+    assert len(seen) == 1 and isinstance(seen[0], BridgedCallChannel)
+
+
 async def test_pending_calls_are_bounded_per_principal() -> None:
     async with _bridge(max_per_principal=1) as bridge:
         assert isinstance(await _round(bridge, Runs(ask_name)), dict)
@@ -572,6 +610,37 @@ async def test_modern_client_without_sampling_gets_32021(tmp_path: Path) -> None
             await client.call_tool("rec__sample", {"prompt": "hi"})
         assert e.value.error.code == types.MISSING_REQUIRED_CLIENT_CAPABILITY
         assert not guard.bridge.calls
+
+
+async def test_a_question_is_refused_alike_with_and_without_the_bridge(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client that declared nothing it could answer is served without the bridge (its request's channel refuses
+    the upstream's question); one that declared elicitation is bridged (a round refuses it). Same refusal."""
+    started: list[str] = []
+    real_start = InputRequiredBridge._start
+
+    def counting_start(self: InputRequiredBridge, call: CallContext, run: Any) -> Any:
+        started.append(call.target)
+        return real_start(self, call, run)
+
+    monkeypatch.setattr(InputRequiredBridge, "_start", counting_start)
+
+    async def on_elicit(context: Any, params: types.ElicitRequestParams) -> types.ElicitResult:
+        raise AssertionError("not asked")
+
+    errors: list[types.ErrorData] = []
+    async with running_guard(_settings(tmp_path)) as guard, http_front(guard) as url:
+        for callbacks in ({}, {"elicitation_callback": on_elicit}):
+            async with http_client(url, mode="2026-07-28", **callbacks) as client:
+                with pytest.raises(MCPError) as e:
+                    await client.call_tool("rec__sample", {"prompt": "hi"})
+                errors.append(e.value.error)
+        assert not guard.bridge.calls
+    assert started == ["sample"]  # only the client that declared elicitation was bridged
+    bare, bridged = errors
+    assert bare.code == bridged.code == types.MISSING_REQUIRED_CLIENT_CAPABILITY
+    assert (bare.message, bare.data) == (bridged.message, bridged.data)
 
 
 CONFORMANCE_FIXTURE = str(Path(__file__).resolve().parents[1] / "conformance" / "conformance_fixture.py")

@@ -23,7 +23,7 @@ from mcp.server.session import ServerSession
 from mcp.shared.memory import create_client_server_memory_streams
 
 from guard_harness import make_settings
-from mcp_guard.channel import ClientMethod
+from mcp_guard.channel import ClientMethod, capability_refusal
 from mcp_guard.frontend.sessions import DownstreamSession, RequestChannel, SessionTable
 from mcp_guard.types import Principal, SessionInfo
 
@@ -118,15 +118,20 @@ async def test_log_and_progress_ride_the_request() -> None:
     assert reported == [(1, 2, "half")]
 
 
-def _fake_request(*, modern: bool, can_send_request: bool) -> RequestChannel:
+SAMPLING_CAPS = types.ClientCapabilities(sampling=types.SamplingCapability())
+
+
+def _fake_request(
+    *, modern: bool, can_send_request: bool, caps: types.ClientCapabilities | None = SAMPLING_CAPS
+) -> RequestChannel:
     session = DownstreamSession(
         info=SessionInfo(id="s1", transport="http"),
         principal=Principal(id="alice"),
         connection=SimpleNamespace(),  # type: ignore[arg-type]
         modern=modern,
     )
-    ctx = SimpleNamespace(session=SimpleNamespace(can_send_request=can_send_request), request_id=1)
-    return RequestChannel(session, ctx, timeout_s=1.0)  # type: ignore[arg-type]
+    outbound = SimpleNamespace(can_send_request=can_send_request, client_capabilities=caps)
+    return RequestChannel(session, SimpleNamespace(session=outbound, request_id=1), timeout_s=1.0)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(("modern", "can_send_request"), [(True, True), (False, False)])
@@ -137,6 +142,18 @@ async def test_no_back_channel_is_a_refusal_for_the_upstream(modern: bool, can_s
         message="mcp-guard: the client's connection cannot carry sampling/createMessage (no back channel on this "
         "protocol era/transport)",
     )
+
+
+@pytest.mark.parametrize("caps", [None, types.ClientCapabilities(elicitation=types.ElicitationCapability())])
+async def test_a_2026_clients_missing_capability_is_refused_as_a_round_refuses_it(
+    caps: types.ClientCapabilities | None,
+) -> None:
+    """A 2026-07-28 call the bridge left in its request (its client can answer nothing) meets this channel: the
+    upstream's question is refused with -32021 naming what the client lacks, as the bridge's round refuses it."""
+    answer = await _fake_request(modern=True, can_send_request=False, caps=caps).request(ClientMethod.SAMPLING, {})
+    assert answer == capability_refusal("sampling/createMessage", {"sampling": {}})
+    assert isinstance(answer, types.ErrorData) and answer.code == types.MISSING_REQUIRED_CLIENT_CAPABILITY
+    assert answer.data == {"requiredCapabilities": {"sampling": {}}}
 
 
 class CannedOutbound:

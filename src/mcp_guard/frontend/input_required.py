@@ -8,8 +8,11 @@ the server, an opaque ``requestState``); the client fulfils the requests and *re
 request with ``inputResponses`` and the echoed ``requestState``.
 
 :class:`InputRequiredBridge` joins the two. A modern client's ``tools/call`` / ``prompts/get`` /
-``resources/read`` runs through the pipeline in a background task (the guard's task group), with a
-:class:`BridgedCallChannel` as its client channel (see :mod:`mcp_guard.channel`). When the upstream asks
+``resources/read`` runs through the pipeline in a background task (a plain asyncio task the bridge ends on
+shutdown), with a :class:`BridgedCallChannel` as its client channel (see :mod:`mcp_guard.channel`) — unless the
+client declared none of ``sampling``, ``elicitation`` and ``roots``: no question could then be put to it, so the
+call runs in its request's own task, and its request's channel refuses an upstream's question with ``-32021`` as
+a round would (:func:`mcp_guard.channel.answers_nothing`). When the upstream asks
 the client something, the question is parked on the pending call instead of being sent; the client's
 request is answered with an ``InputRequiredResult`` carrying every question asked so far, and the retry
 delivers the answers to the upstream requests still waiting for them, then waits for the next event: the
@@ -75,13 +78,13 @@ from mcp.server.context import ServerRequestContext
 from mcp.shared.exceptions import MCPError
 from pydantic import ValidationError
 
-from mcp_guard.channel import REQUEST_TYPES, ClientMethod
+from mcp_guard.channel import REQUEST_TYPES, ClientMethod, answers_nothing, capability_refusal, missing_capability
 from mcp_guard.frontend.sessions import DownstreamSession, RequestScopedChannel
 from mcp_guard.frozen import evolve
 from mcp_guard.pipeline.context import CallContext, CallNext, Outcome, RedecideFn
 from mcp_guard.types import new_id
 
-__all__ = ["BridgedCallChannel", "InputRequiredBridge", "missing_capability"]
+__all__ = ["BridgedCallChannel", "InputRequiredBridge"]
 
 log = structlog.get_logger("mcp_guard.frontend")
 
@@ -90,34 +93,6 @@ _MAC_CONTEXT = b"mcp-guard/request-state/v1\x00"
 _KEY_PREFIX = {ClientMethod.ELICITATION: "elicitation", ClientMethod.SAMPLING: "sampling", ClientMethod.ROOTS: "roots"}
 _Answer = dict[str, Any] | types.ErrorData
 _STOP_WAIT_S = 10.0  # how long shutdown waits for the cancelled calls' shielded writes
-
-
-def missing_capability(
-    method: str, params: dict[str, Any], caps: types.ClientCapabilities | None
-) -> dict[str, Any] | None:
-    """The ``requiredCapabilities`` a client lacks to answer ``method`` with ``params`` (None: it can)."""
-    if method == "sampling/createMessage":
-        sampling = caps.sampling if caps is not None else None
-        if sampling is None:
-            return {"sampling": {}}
-        if (params.get("tools") or params.get("toolChoice")) and sampling.tools is None:
-            return {"sampling": {"tools": {}}}
-        if params.get("includeContext") not in (None, "none") and sampling.context is None:
-            return {"sampling": {"context": {}}}
-        return None
-    if method == "elicitation/create":
-        elicitation = caps.elicitation if caps is not None else None
-        if elicitation is None:
-            return {"elicitation": {}}
-        if params.get("mode") == "url":
-            return {"elicitation": {"url": {}}} if elicitation.url is None else None
-        # An empty elicitation capability means form mode; one that names only url does not include it.
-        if elicitation.form is None and elicitation.url is not None:
-            return {"elicitation": {"form": {}}}
-        return None
-    if method == "roots/list":
-        return {"roots": {}} if caps is None or caps.roots is None else None
-    return {method: {}}
 
 
 @dataclasses.dataclass(eq=False)
@@ -195,17 +170,10 @@ class _Pending:
 
     def refuse_held(self) -> None:
         """Refuse the questions the client cannot answer (``-32021`` to the upstream)."""
-        for ask in [a for a in self.asks.values() if a.missing is not None]:
+        for ask, missing in [(a, a.missing) for a in self.asks.values() if a.missing is not None]:
             del self.asks[ask.key]
-            log.info("bridge.capability_missing", call=self.id, method=ask.method, required=ask.missing)
-            ask.resolve(
-                types.ErrorData(
-                    code=types.MISSING_REQUIRED_CLIENT_CAPABILITY,
-                    message=f"The client did not declare the capability {ask.method} needs: "
-                    f"{json.dumps(ask.missing, separators=(',', ':'))}",
-                    data={"requiredCapabilities": ask.missing},
-                )
-            )
+            log.info("bridge.capability_missing", call=self.id, method=ask.method, required=missing)
+            ask.resolve(capability_refusal(ask.method, missing))
         self.notify()
 
     def fail_asks(self, message: str) -> None:
@@ -335,6 +303,11 @@ class InputRequiredBridge:
         ``run`` is the pipeline. A retry (``request_state`` set) resumes its pending call instead.
         """
         if params.request_state is None:
+            if answers_nothing(ctx.session.client_capabilities):
+                # No question of this call could ever be put to its client (each would be refused with -32021,
+                # as a round would refuse it): no round, so no background run — the call runs in this request's
+                # task with its own channel, which refuses questions so (sessions.RequestChannel).
+                return await run(call)
             pending = self._start(call, run)
         else:
             pending, answers = self._resume(params.request_state, _binding(call), params.input_responses)

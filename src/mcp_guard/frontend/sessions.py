@@ -29,7 +29,14 @@ from mcp.shared.message import ServerMessageMetadata
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import RootModel, ValidationError
 
-from mcp_guard.channel import NOTIFY_TIMEOUT_S, REQUEST_TYPES, ClientMethod, log_locally
+from mcp_guard.channel import (
+    NOTIFY_TIMEOUT_S,
+    REQUEST_TYPES,
+    ClientMethod,
+    capability_refusal,
+    log_locally,
+    missing_capability,
+)
 from mcp_guard.frontend.auth import principal_for
 from mcp_guard.settings import Settings
 from mcp_guard.types import Principal, SessionInfo, new_id
@@ -215,6 +222,14 @@ class RequestChannel(RequestScopedChannel):
         self, method: ClientMethod, params: dict[str, Any], *, key: str | None = None
     ) -> dict[str, Any] | types.ErrorData:
         session = self._ctx.session
+        if self._modern:
+            # A 2026-07-28 request has no back channel. It meets this channel only when its client declared no
+            # capability to answer anything (the input-required bridge then runs the call here, see
+            # InputRequiredBridge.run): the question is refused as a round would refuse it.
+            missing = missing_capability(method, params, session.client_capabilities)
+            if missing is not None:
+                log.info("bridge.capability_missing", call=self.channel_id, method=method, required=missing)
+                return capability_refusal(method, missing)
         if self._modern or not session.can_send_request:
             return types.ErrorData(
                 code=types.INVALID_REQUEST,

@@ -52,8 +52,7 @@ from mcp.shared.exceptions import MCPError
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import Field, ValidationError
 
-from mcp_guard.channel import REQUEST_TYPES, ClientMethod
-from mcp_guard.frontend.input_required import missing_capability
+from mcp_guard.channel import REQUEST_TYPES, ClientMethod, missing_capability
 from mcp_guard.pipeline.context import RedecideFn
 from mcp_guard.settings import UpstreamSettings
 
