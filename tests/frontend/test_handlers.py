@@ -125,3 +125,41 @@ def test_a_sessions_capabilities_are_dumped_once_and_another_objects_again() -> 
     assert dumped == {"elicitation": {}} and handlers_module._caps_for_upstream(first) is dumped
     assert handlers_module._caps_for_upstream(second) == {"sampling": {}}
     assert handlers_module._caps_for_upstream(None) == {}
+
+
+STAMP_RESULTS: list[dict[str, Any]] = [
+    {"content": []},
+    {"content": [], "_meta": None},
+    {"content": [], "_meta": {"mcp-guard/error": {"code": 1}}},
+    {"content": [], "_meta": {types.SERVER_INFO_META_KEY: None, "x": 1}},
+    {"content": [], "_meta": {types.SERVER_INFO_META_KEY: {"name": "upstream's own"}}},
+    {"content": [], "_meta": "not an object"},
+    {"content": [], "_meta": ["a", "list"]},
+]
+
+
+@pytest.mark.parametrize("result", STAMP_RESULTS)
+def test_a_2026_result_is_stamped_with_server_info_as_the_sdks_runner_stamps_it(result: dict[str, Any]) -> None:
+    """The handlers stamp a 2026-07-28 result so the runner does not (it deep-copies its dump per answer); held to
+    the runner's own stamping, which then leaves the result as it is."""
+    from copy import deepcopy
+
+    from mcp.server.lowlevel import Server
+    from mcp.server.runner import ServerRunner
+
+    server: Server[Any] = Server("guard", version="9.9")
+    stamp = handlers_module.flat_stamp(server.server_info_stamp)
+    assert stamp == {"name": "guard", "version": "9.9"}
+    runner: Any = SimpleNamespace(server=server)  # what _stamp_server_info reads
+    ours, theirs = deepcopy(result), deepcopy(result)
+    handlers_module._stamped(ours, stamp)
+    expected = ServerRunner._stamp_server_info(runner, "2026-07-28", theirs)
+    assert ours == expected
+    assert ServerRunner._stamp_server_info(runner, "2026-07-28", deepcopy(ours)) == ours  # the runner adds nothing
+    if isinstance(ours.get("_meta"), dict) and ours["_meta"].get(types.SERVER_INFO_META_KEY) == stamp:
+        assert ours["_meta"][types.SERVER_INFO_META_KEY] is not stamp  # each answer owns its copy
+
+
+def test_a_stamp_with_nested_values_is_left_to_the_sdk() -> None:
+    assert handlers_module.flat_stamp({"name": "g", "version": "1", "icons": [{"src": "x"}]}) is None
+    assert handlers_module.flat_stamp({"name": "g", "version": "1", "title": None}) is not None

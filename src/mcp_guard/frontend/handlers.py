@@ -25,6 +25,7 @@ import mcp_types as types
 import structlog
 from mcp.server.context import ServerRequestContext
 from mcp.shared.exceptions import MCPError
+from mcp_types import SERVER_INFO_META_KEY
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import BaseModel
 
@@ -107,6 +108,9 @@ class Handlers:
     subscriptions: Subscriptions | None = None
     # 2026-07-28 clients: the tasks extension, served by mcp-guard for any upstream (None: not served).
     tasks: Tasks | None = None
+    # 2026-07-28 results: the server-info stamp (the SDK's, taken once by build_server), copied into each result as
+    # the SDK would stamp it; None: the SDK stamps it (a deep copy of its own per result).
+    server_info_stamp: dict[str, Any] | None = None
 
     def routes(self) -> dict[str, AsyncHandler]:
         """The route table: each protocol method mcp-guard serves → its handler (the SDK ``Server``'s hooks).
@@ -293,7 +297,7 @@ class Handlers:
             raise self._deny_error(outcome.denial)
         if outcome.error is not None:
             raise MCPError.from_error_data(outcome.error)
-        return _for_client(ctx, outcome.result or {})
+        return self._for_client(ctx, outcome.result or {})
 
     # ------------------------------------------------------------------ listings
     async def _listed(
@@ -342,7 +346,7 @@ class Handlers:
         principal = self.principal_of(ctx)  # this request's credentials (a session may step up its token)
         entry = await self.registry.find_tool_for(params.name, principal.id)
         if entry is None:
-            return _for_client(
+            return self._for_client(
                 ctx, self._deny_tool_result(await self._unknown(sess, "tools/call", params.name, "tool"))
             )
         arguments = dict(params.arguments or {})
@@ -404,12 +408,14 @@ class Handlers:
         """A ``tools/call`` outcome as the client gets it (raises ``MCPError`` for an upstream's own error)."""
         if outcome.denial is not None:
             note_denial(ctx, outcome.denial)
-            return _for_client(ctx, self._deny_tool_result(outcome.denial))
+            return self._for_client(ctx, self._deny_tool_result(outcome.denial))
         if outcome.error is not None:
             if is_guard_error(outcome):  # by its provenance marker: an upstream's error never reads as ours
                 text = f"mcp-guard: {outcome.error.message}"
                 marker = {"mcp-guard/error": {"code": outcome.error.code, "origin": outcome.error_origin}}
-                return _for_client(ctx, {"content": [{"type": "text", "text": text}], "isError": True, "_meta": marker})
+                return self._for_client(
+                    ctx, {"content": [{"type": "text", "text": text}], "isError": True, "_meta": marker}
+                )
             raise MCPError.from_error_data(outcome.error)
         result = outcome.result or {"content": []}
         if outcome.decision is not None:
@@ -419,7 +425,7 @@ class Handlers:
                 **(meta if isinstance(meta, dict) else {}),
                 "mcp-guard/decision_id": outcome.decision.decision_id,
             }
-        return _for_client(ctx, result)
+        return self._for_client(ctx, result)
 
     # ------------------------------------------------------------------ resources
     def _route_uri(self, uri: str) -> tuple[str, str]:
@@ -592,6 +598,23 @@ class Handlers:
         sess = self._session(ctx)
         return await self.subscriptions.listen(ctx, params, self.principal_of(ctx), sess.info)
 
+    def _for_client(self, ctx: ServerRequestContext[Any, Any], result: dict[str, Any]) -> dict[str, Any]:
+        """An upstream (handshake-era) result, shaped for the client's era.
+
+        2026-07-28 requires ``resultType``, and a cacheable ``resources/read`` result its cache hints: mcp-guard
+        answers per principal, so ``private`` and no lifetime unless the upstream said otherwise. It also carries the
+        server-info stamp, which the SDK's runner adds to a result without one by deep-copying its own dump on every
+        answer (~300 bytecodes a call): put here as the runner puts it (see :func:`_stamped`), the runner leaves it.
+        """
+        if ctx.protocol_version in MODERN_PROTOCOL_VERSIONS:
+            result.setdefault("resultType", "complete")
+            if ctx.method == "resources/read":
+                result.setdefault("ttlMs", 0)
+                result.setdefault("cacheScope", "private")
+            if self.server_info_stamp is not None:
+                _stamped(result, self.server_info_stamp)
+        return result
+
     async def set_logging_level(
         self, ctx: ServerRequestContext[Any, Any], params: types.SetLevelRequestParams
     ) -> types.EmptyResult:
@@ -601,20 +624,6 @@ class Handlers:
         to decide or record."""
         self._session(ctx).log_level = params.level
         return types.EmptyResult()
-
-
-def _for_client(ctx: ServerRequestContext[Any, Any], result: dict[str, Any]) -> dict[str, Any]:
-    """An upstream (handshake-era) result, shaped for the client's era.
-
-    2026-07-28 requires ``resultType``, and a cacheable ``resources/read`` result its cache hints: mcp-guard
-    answers per principal, so ``private`` and no lifetime unless the upstream said otherwise.
-    """
-    if ctx.protocol_version in MODERN_PROTOCOL_VERSIONS:
-        result.setdefault("resultType", "complete")
-        if ctx.method == "resources/read":
-            result.setdefault("ttlMs", 0)
-            result.setdefault("cacheScope", "private")
-    return result
 
 
 AsyncHandler = Callable[..., Awaitable[Any]]
@@ -633,3 +642,20 @@ def _http_trace_context(ctx: ServerRequestContext[Any, Any]) -> dict[str, str] |
         return None
     state = headers.get("tracestate") if headers is not None else None
     return {"traceparent": parent, "tracestate": state} if state else {"traceparent": parent}
+
+
+def _stamped(result: dict[str, Any], stamp: dict[str, Any]) -> None:
+    """``result`` with a copy of ``stamp`` under ``_meta``'s server-info key, as the SDK's runner stamps a 2026-07-28
+    result: a value already there wins (an explicit null does not); a ``_meta`` that is not an object is left alone;
+    ``_meta`` is replaced, not written into (it may be the upstream's object). ``stamp`` holds only scalars
+    (:func:`flat_stamp`), so ``dict()`` copies it whole."""
+    meta = result.get("_meta")
+    if meta is None:
+        result["_meta"] = {SERVER_INFO_META_KEY: dict(stamp)}
+    elif isinstance(meta, dict) and meta.get(SERVER_INFO_META_KEY) is None:
+        result["_meta"] = {**meta, SERVER_INFO_META_KEY: dict(stamp)}
+
+
+def flat_stamp(stamp: dict[str, Any]) -> dict[str, Any] | None:
+    """``stamp`` if every value in it is a scalar (a shallow copy is then a whole one), else None (the SDK stamps)."""
+    return stamp if all(v is None or isinstance(v, str | int | float | bool) for v in stamp.values()) else None

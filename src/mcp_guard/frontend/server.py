@@ -10,7 +10,7 @@ from mcp.server.models import InitializationOptions
 from mcp.shared.exceptions import MCPDeprecationWarning
 
 from mcp_guard import __version__
-from mcp_guard.frontend.handlers import Handlers
+from mcp_guard.frontend.handlers import Handlers, flat_stamp
 from mcp_guard.frontend.headers import tool_input_schema
 from mcp_guard.frontend.listing import CACHE_HINTS
 
@@ -35,6 +35,7 @@ def build_server(h: Handlers) -> Server[Any]:
     for method, (params_type, handler) in h.methods().items():
         server.add_request_handler(method, params_type, handler)
     server.extensions = h.extensions()  # advertised under capabilities.extensions
+    h.server_info_stamp = flat_stamp(server.server_info_stamp)  # 2026-07-28 results stamped by the handlers
     # No OpenTelemetry span per message on the hot path (it is a no-op without an exporter anyway).
     server.middleware = []
     return server
