@@ -168,7 +168,12 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=4, help="http: runs per tree")
     parser.add_argument("--clients", type=int, default=32, help="http: concurrent clients")
     parser.add_argument("--seconds", type=float, default=6.0, help="http: seconds per run")
-    parser.add_argument("--era", choices=("legacy", "modern"), default="legacy", help="http: protocol era")
+    parser.add_argument(
+        "--era",
+        choices=("legacy", "modern", "modern-asking"),
+        default="legacy",
+        help="http: protocol era (modern-asking: a 2026-07-28 client that declares sampling, elicitation and roots)",
+    )
     parser.add_argument("--no-save", action="store_true")
     args = parser.parse_args()
     trees = [args.earlier.resolve(), args.later.resolve()]

@@ -2,12 +2,13 @@
 
     python bench/loadgen.py --url http://127.0.0.1:8765/mcp --clients 32 --duration 10 --api-key KEY
 
-Each client is one keep-alive HTTP/1.1 connection; on the 2025-11-25 era (``--era legacy``) it opens
-its own MCP session first (initialize + notifications/initialized), on 2026-07-28 (``--era modern``)
-every request is self-contained. Clients call ``tools/call`` back to back with a pre-built body;
-calls that complete during the warm-up are not counted. Prints one JSON object: calls, errors,
-calls/s, p50/p90/p99 latency, and ``completed`` — every answered call, warm-up included (what the proxy's CPU
-over the whole run is divided by).
+Each client is one keep-alive HTTP/1.1 connection; on the 2025-11-25 era (``--era legacy``) it opens its own MCP
+session first (initialize + notifications/initialized), on 2026-07-28 (``--era modern``) every request is
+self-contained (from a client that declares no capability; ``--era modern-asking``: one that declares sampling,
+elicitation and roots, so its calls go through the input-required bridge). Clients call ``tools/call`` back to back
+with a pre-built body; calls that complete during the warm-up are not counted. Prints one JSON object: calls,
+errors, calls/s, p50/p90/p99 latency, and ``completed`` — every answered call, warm-up included (what the proxy's
+CPU over the whole run is divided by).
 """
 
 from __future__ import annotations
@@ -24,7 +25,14 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import raise_fd_limit, summary_ms
-from bench.rawclient import CallTemplate, HttpClient, ProtocolError, check_result, modern_meta
+from bench.rawclient import (
+    ASKING_CAPABILITIES,
+    CallTemplate,
+    HttpClient,
+    ProtocolError,
+    check_result,
+    modern_meta,
+)
 
 
 async def run(
@@ -38,10 +46,11 @@ async def run(
     api_key: str | None,
     max_calls: int | None,
 ) -> dict[str, Any]:
-    template = CallTemplate(tool, {"text": text}, meta=modern_meta() if era == "modern" else None)
+    meta = {"legacy": None, "modern": modern_meta(), "modern-asking": modern_meta(ASKING_CAPABILITIES)}[era]
+    template = CallTemplate(tool, {"text": text}, meta=meta)
     latencies: list[float] = []
     errors: list[str] = []
-    conns = [HttpClient(url, era=era, api_key=api_key) for _ in range(clients)]
+    conns = [HttpClient(url, era="legacy" if era == "legacy" else "modern", api_key=api_key) for _ in range(clients)]
     setup_started = time.perf_counter()
     await asyncio.gather(*(c.initialize() for c in conns))
     setup_s = time.perf_counter() - setup_started
@@ -93,7 +102,7 @@ async def run(
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--url", required=True)
-    parser.add_argument("--era", choices=("legacy", "modern"), default="legacy")
+    parser.add_argument("--era", choices=("legacy", "modern", "modern-asking"), default="legacy")
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--duration", type=float, default=10.0, help="measured seconds")
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds before measuring")
