@@ -195,7 +195,11 @@ def markdown(report: dict[str, Any]) -> str:
         )
     tp = report.get("throughput", {})
     for row in tp.get("rows", []):
-        era = "2025-11-25 sessions" if row["era"] == "legacy" else "2026-07-28 stateless"
+        era = {
+            "legacy": "2025-11-25 sessions",
+            "modern": "2026-07-28 stateless, a client that declares no capability",
+            "modern-asking": "2026-07-28 stateless, a client that declares what it can answer: bridged",
+        }[row["era"]]
         target = ""
         cpu = row.get("proxy_cpu_us_per_call", float("nan"))
         if row["clients"] == 32 and row["era"] == "legacy":

@@ -7,7 +7,9 @@
 real pipeline (embedded Rego on the default bundle, both audit commits). The load comes from
 bench/loadgen.py in a separate process: raw keep-alive HTTP/1.1 clients, one MCP session each on the
 2025-11-25 era (initialize, then ``mcp-session-id`` on every call), each calling back to back
-(closed loop). Also reported: the same at 32 clients on the stateless 2026-07-28 era, the proxy's and
+(closed loop). Also reported: the same at 32 clients on the stateless 2026-07-28 era — from a client that declares
+no capability (the input-required bridge leaves its calls in their request) and from one that declares sampling,
+elicitation and roots (its calls bridged: "2026 asking") — the proxy's and
 upstream's CPU use during each level, and the proxy's CPU per call (its CPU over the level's whole load run
 divided by every call answered in it, warm-up included; the clients' handshakes are in the CPU, not in the
 calls, so the figure errs high by a little).
@@ -33,6 +35,9 @@ from bench import common
 
 LEVELS = (1, 8, 32, 128)
 LOADGEN = Path(__file__).resolve().parent / "loadgen.py"
+ERA_LABELS = {"legacy": "2025-11-25", "modern": "2026-07-28", "modern-asking": "2026 asking"}
+"""The table's name for each loadgen era (``modern-asking``: a 2026-07-28 client that declares sampling, elicitation
+and roots, so the input-required bridge takes its calls; ``modern`` declares none and is not bridged)."""
 
 
 def load(
@@ -103,8 +108,8 @@ def run(
         with common.http_proxy(cfg, Path(tmp) / "proxy.log") as (proc, url):
             upstream_pids = common.children_of(proc.pid)
             plan = [("legacy", c) for c in levels]
-            if modern_at is not None:
-                plan.append(("modern", modern_at))
+            if modern_at is not None:  # a client that declares no capability, and one whose calls are bridged
+                plan += [("modern", modern_at), ("modern-asking", modern_at)]
             for era, clients in plan:
                 before = (_cpu([proc.pid]), _cpu(upstream_pids), time.perf_counter())
                 row = load(url, clients, duration, warmup, era=era, max_calls=max_calls)
@@ -126,7 +131,7 @@ def table(result: dict[str, Any]) -> str:
         f"{'proxy CPU':>10} {'upstream CPU':>13} {'CPU/call':>10}"
     ]
     for r in result["rows"]:
-        era = "2025-11-25" if r["era"] == "legacy" else "2026-07-28"
+        era = ERA_LABELS[r["era"]]
         lines.append(
             f"{r['clients']:>8} {era:>11} {r['calls_per_s']:>9.0f} {r['median_ms']:>7.2f} ms "
             f"{r['p90_ms']:>7.2f} ms {r['p99_ms']:>7.2f} ms {r['errors']:>7} {r['proxy_cpu_pct']:>9.0f}% "

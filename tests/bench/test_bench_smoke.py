@@ -56,7 +56,12 @@ def test_latency_measures_direct_and_proxied_paths(report: dict[str, Any]) -> No
 
 def test_throughput_calls_complete_without_errors(report: dict[str, Any]) -> None:
     rows = report["throughput"]["rows"]
-    assert [(r["era"], r["clients"]) for r in rows] == [("legacy", 1), ("legacy", 8), ("modern", 8)]
+    assert [(r["era"], r["clients"]) for r in rows] == [
+        ("legacy", 1),
+        ("legacy", 8),
+        ("modern", 8),
+        ("modern-asking", 8),
+    ]
     for r in rows:
         assert r["errors"] == 0, r["first_error"]
         assert r["calls"] > 0
