@@ -21,6 +21,9 @@ from mcp_guard.channel import (
     Progress,
     ResourceUpdated,
     ToClient,
+    answers_nothing,
+    capability_refusal,
+    missing_capability,
     scrub_message,
 )
 
@@ -117,3 +120,36 @@ def test_scrub_message_passes_every_field_the_upstream_wrote_and_nothing_else() 
 def test_every_kind_of_upstream_to_client_message_is_a_to_client_member() -> None:
     """A kind added to ToClient is scrubbed by scrub_message with no change there (it walks the fields)."""
     assert set(typing.get_args(ToClient)) == {Ask, LogMessage, Progress, ResourceUpdated}
+
+
+QUESTIONS: list[tuple[str, dict[str, Any]]] = [
+    ("sampling/createMessage", {}),
+    ("sampling/createMessage", {"tools": [{"name": "t"}], "includeContext": "thisServer"}),
+    ("elicitation/create", {}),
+    ("elicitation/create", {"mode": "url", "url": "https://x"}),
+    ("roots/list", {}),
+    ("something/else", {}),
+]
+CAPABILITIES: list[types.ClientCapabilities | None] = [
+    None,
+    types.ClientCapabilities(),
+    types.ClientCapabilities(experimental={"x": {}}),
+    types.ClientCapabilities(sampling=types.SamplingCapability()),
+    types.ClientCapabilities(elicitation=types.ElicitationCapability()),
+    types.ClientCapabilities(elicitation=types.ElicitationCapability(url=types.UrlElicitationCapability())),
+    types.ClientCapabilities(roots=types.RootsCapability()),
+]
+
+
+@pytest.mark.parametrize("caps", CAPABILITIES)
+def test_a_client_answers_nothing_exactly_when_every_question_lacks_a_capability(
+    caps: types.ClientCapabilities | None,
+) -> None:
+    """What lets the bridge leave a call in its request: for such a client no question is answerable."""
+    lacking = [missing_capability(method, params, caps) for method, params in QUESTIONS]
+    assert answers_nothing(caps) == all(m is not None for m in lacking)
+    for (method, _), missing in zip(QUESTIONS, lacking, strict=True):
+        if missing is not None:
+            refusal = capability_refusal(method, missing)
+            assert refusal.code == types.MISSING_REQUIRED_CLIENT_CAPABILITY
+            assert refusal.data == {"requiredCapabilities": missing} and method in refusal.message

@@ -273,8 +273,9 @@ class InputRequiredBridge:
         """Until the guard stops; then cancel every bridged call's run and wait for them (bounded).
 
         Why a keeper rather than each call's run in the guard's task group: an anyio task costs a task handle, its
-        own cancel scope, an event and the group's bookkeeping — with the run's own scope, ~180 K instructions of a
-        2026-07-28 call's ~3,750 K (bench_instructions.py --era modern). A plain asyncio task per call, cancelled
+        own cancel scope, an event and the group's bookkeeping — with the round's ``fail_after`` (now a timer, see
+        :meth:`_serve_round`), ~140 K instructions of a bridged call's ~3,740 K (bench_instructions.py). A plain
+        asyncio task per call, cancelled
         through its run's cancel scope (so shielded audit and state writes finish as under the group's cancel),
         keeps the shutdown guarantee at the price of this one task."""
         try:
