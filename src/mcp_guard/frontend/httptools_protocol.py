@@ -80,15 +80,19 @@ class _HeadWithBody:
     Everything else passes straight through: a ``100 Continue`` (written before the response starts), the head of
     a chunked or empty response, a HEAD request's head, every later write. A cycle that closes the connection with
     the head still held (its application failed after starting the answer) writes the head first, as it would
-    have been written before."""
+    have been written before.
 
-    __slots__ = ("_cycle", "_head", "_headed", "_transport")
+    It lets go of its cycle once the head has gone through :meth:`write`: the cycle holds it as its transport, so
+    holding the cycle for longer made each request a reference cycle that only the garbage collector could free —
+    with the scope, its headers and the request's user, ~20 objects a request, collected in pauses of 20–75 ms
+    every ~2,000 requests at 32 clients (a p99 ~20 ms higher)."""
+
+    __slots__ = ("_cycle", "_head", "_transport")
 
     def __init__(self, transport: asyncio.Transport, cycle: RequestResponseCycle) -> None:
         self._transport = transport
-        self._cycle = cycle
+        self._cycle: RequestResponseCycle | None = cycle  # None once the head went through write() (held or not)
         self._head: bytes | None = None
-        self._headed = False  # the head went through write() (held or not)
 
     def write(self, data: bytes) -> None:
         head = self._head
@@ -97,8 +101,8 @@ class _HeadWithBody:
             self._transport.write(head + data)
             return
         cycle = self._cycle
-        if not self._headed and cycle.response_started:
-            self._headed = True
+        if cycle is not None and cycle.response_started:
+            self._cycle = None
             if (
                 cycle.chunked_encoding is False
                 and cycle.expected_content_length > 0

@@ -467,6 +467,10 @@ class InputRequiredBridge:
 
     def _close(self, pending: _Pending) -> None:
         pending.closed = True
+        # Its re-decision is the run's (Redecide's rounds, which hold the bridged call, whose channel holds this
+        # pending call): no retry can resume a closed call, so let go — else every bridged call is a reference cycle
+        # of ~100 objects (the request and its context among them) left to the garbage collector.
+        pending.redecide = None
         if self.calls.pop(pending.id, None) is not None:
             left = self._per_principal[pending.principal] - 1
             if left:

@@ -128,7 +128,11 @@ class SessionTable:
         )
         sess = DownstreamSession(info=info, principal=principal, connection=conn, modern=modern)
         conn.state[_STATE_KEY] = sess
-        if not modern:
+        if modern:
+            # The session and its connection hold each other: let go when the request's connection closes, or each
+            # request would leave a reference cycle (with the SDK's connection, ~18 objects) for the collector.
+            conn.exit_stack.callback(conn.state.pop, _STATE_KEY, None)
+        else:
             # Stateless requests are sessions of one request: not worth a start/end pair each.
             self.live[sess.id] = sess
             conn.exit_stack.callback(self._end, sess)
