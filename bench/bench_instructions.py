@@ -157,25 +157,33 @@ def _count_http(
         )
     try:
         url = common.wait_for_log_url(proc, log, '"http.listening"', _START_WITHIN_S)
-
-        async def calls_over_http() -> None:
-            client = HttpClient(url, era="legacy" if era == "legacy" else "modern", api_key=common.API_KEY)
-            await client.connect()
-            await client.initialize()
-            template = template_for(era)
-            headers = client.call_headers(template)
-
-            async def one() -> None:
-                check_result(await client.call(template, headers))
-
-            for _ in range(warmup):
-                await one()
-            await _counted(proc.pid, calls, one)
-            await client.close()
-
-        asyncio.run(calls_over_http())
+        http_calls(url, era, warmup, lambda one: _counted(proc.pid, calls, one))
     finally:
         common.stop_process(proc, timeout=300)
+
+
+def http_calls(
+    url: str, era: str, warmup: int, counted: Callable[[Callable[[], Awaitable[None]]], Awaitable[None]]
+) -> None:
+    """One sequential client on one keep-alive connection to ``url`` (a 2025-11-25 session, or 2026-07-28 requests:
+    :func:`template_for`): ``warmup`` calls, then ``counted(one)`` — the caller's counting around its calls."""
+
+    async def calls_over_http() -> None:
+        client = HttpClient(url, era="legacy" if era == "legacy" else "modern", api_key=common.API_KEY)
+        await client.connect()
+        await client.initialize()
+        template = template_for(era)
+        headers = client.call_headers(template)
+
+        async def one() -> None:
+            check_result(await client.call(template, headers))
+
+        for _ in range(warmup):
+            await one()
+        await counted(one)
+        await client.close()
+
+    asyncio.run(calls_over_http())
 
 
 def _count(

@@ -42,8 +42,8 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import common
-from bench.bench_instructions import ERAS, slow_config, template_for
-from bench.rawclient import HttpClient, StdioClient, check_result
+from bench.bench_instructions import ERAS, http_calls, slow_config, template_for
+from bench.rawclient import StdioClient, check_result
 
 _WRITE_WITHIN_S = 60.0  # how long the client waits for the proxy to write its counts
 _START_WITHIN_S = 120.0  # an HTTP proxy under the tracer takes seconds to listen
@@ -159,23 +159,7 @@ def _count_http(directory: Path, argv: list[str], out: Path, calls: int, warmup:
         )
     try:
         url = common.wait_for_log_url(proc, log, '"http.listening"', _START_WITHIN_S)
-
-        async def calls_over_http() -> None:
-            client = HttpClient(url, era="legacy" if era == "legacy" else "modern", api_key=common.API_KEY)
-            await client.connect()
-            await client.initialize()
-            template = template_for(era)
-            headers = client.call_headers(template)
-
-            async def one() -> None:
-                check_result(await client.call(template, headers))
-
-            for _ in range(warmup):
-                await one()
-            await _counted(proc.pid, out, calls, one)
-            await client.close()
-
-        asyncio.run(calls_over_http())
+        http_calls(url, era, warmup, lambda one: _counted(proc.pid, out, calls, one))
     finally:
         common.stop_process(proc, timeout=120)
 
