@@ -44,10 +44,13 @@ transaction, with the same all-or-nothing guarantee. On timeout the await gives 
 committing once past the deadline, so a call reported as failed is (but for a microsecond race) not
 counted either.
 
-The loop never fsyncs: the connection's automatic WAL checkpoint is off, and every
+The loop never checkpoints: the connection's automatic WAL checkpoint is off, and every
 ``CHECKPOINT_EVERY`` operations one runs in the worker thread followed by a passive checkpoint. What
-the loop can still wait on is the page cache (a WAL append without fsync); a disk so stalled that
-even that blocks would stall the thread path's callers as well.
+the loop can still wait on is the page cache (a WAL append without fsync) and one sync: after a checkpoint
+has copied the whole WAL back, the next write starts the WAL from its beginning, and SQLite syncs the WAL's
+header then (``synchronous = NORMAL`` does) — on the loop when that write is inline (measured with strace: 0.3–0.5
+ms, about once per 500 calls of the default bundle). A disk so stalled that a page-cache write blocks would stall
+the thread path's callers as well.
 
 Durability: ``synchronous = NORMAL`` in WAL mode — a power loss may forget the last few counted hits
 (never admit a call twice); a crash of the process loses nothing.
