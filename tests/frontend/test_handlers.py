@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from copy import deepcopy
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import mcp_types as types
 import pytest
+from mcp.server.lowlevel import Server
+from mcp.server.runner import ServerRunner
 
 from guard_harness import client_of, make_settings, read_log, recorder_upstream, running_guard, wait_for
 from mcp_guard.frontend import handlers as handlers_module
@@ -142,11 +145,6 @@ STAMP_RESULTS: list[dict[str, Any]] = [
 def test_a_2026_result_is_stamped_with_server_info_as_the_sdks_runner_stamps_it(result: dict[str, Any]) -> None:
     """The handlers stamp a 2026-07-28 result so the runner does not (it deep-copies its dump per answer); held to
     the runner's own stamping, which then leaves the result as it is."""
-    from copy import deepcopy
-
-    from mcp.server.lowlevel import Server
-    from mcp.server.runner import ServerRunner
-
     server: Server[Any] = Server("guard", version="9.9")
     stamp = handlers_module.flat_stamp(server.server_info_stamp)
     assert stamp == {"name": "guard", "version": "9.9"}

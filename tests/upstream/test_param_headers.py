@@ -34,11 +34,8 @@ def test_only_mcp_param_headers_are_taken_and_bounded() -> None:
     assert param_headers_of(_asgi(headers)) == {"mcp-param-tenant": "acmé"}
     assert param_headers_of(_asgi({"Accept": "*/*"})) is None and param_headers_of(None) is None
     many = {f"Mcp-Param-H{i:03d}": str(i) for i in range(MAX_PARAM_HEADERS + 10)}
-    assert param_headers_of(_asgi(many)) == dict(sorted(_first(_asgi(many)).items())[:MAX_PARAM_HEADERS])
-
-
-def _first(raw: list[tuple[bytes, bytes]]) -> dict[str, str]:
-    return {k.decode("latin-1"): v.decode("latin-1") for k, v in raw}
+    kept = {f"mcp-param-h{i:03d}": str(i) for i in range(MAX_PARAM_HEADERS)}  # the first names in sorted order
+    assert param_headers_of(_asgi(many)) == kept
 
 
 async def test_each_task_sends_its_own_headers_and_never_overrides_the_requests_own() -> None:
