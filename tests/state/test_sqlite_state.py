@@ -239,18 +239,26 @@ async def test_a_lock_held_by_another_process_moves_the_call_to_the_thread_which
 
 
 async def test_past_the_deadline_the_worker_rolls_back_instead_of_counting(tmp_path: Path) -> None:
-    """The await gives up at the timeout; the worker thread, still inside the transaction, must not commit."""
+    """The await gives up at the timeout; the worker thread, still inside the transaction, must not commit.
+
+    The store is warmed first (connection open, worker thread started) and the timeout is a full second, so
+    the worker reaches the clock inside the transaction well before the await gives up even on a loaded
+    machine (CI once took over 200 ms to get a cold worker that far)."""
     release = threading.Event()
     entered = threading.Event()
+    block = threading.Event()
 
     def slow_clock() -> float:
-        if not release.is_set():
+        if block.is_set() and not release.is_set():
             entered.set()
             release.wait(30)
         return time.time()
 
-    store = SQLiteState(tmp_path / "state.db", timeout_s=0.2, clock=slow_clock, inline=False)
+    store = SQLiteState(tmp_path / "state.db", timeout_s=30.0, clock=slow_clock, inline=False)
     await store.start()
+    assert (await store.admit([Limit("warm", 5, 60.0)])).admitted
+    store.timeout_s = 1.0
+    block.set()
     release_after_timeout = anyio.Event()
 
     async def let_go() -> None:
@@ -261,7 +269,7 @@ async def test_past_the_deadline_the_worker_rolls_back_instead_of_counting(tmp_p
         tg.start_soon(let_go)
         with pytest.raises(StateError) as err:
             await store.admit([Limit("k", 5, 60.0)])
-        assert entered.is_set() and err.value.cause == "no answer within 200 ms"
+        assert entered.is_set() and err.value.cause == "no answer within 1000 ms"
         release_after_timeout.set()
     # usage waits for the abandoned worker (one connection, one lock), then sees nothing counted
     store.timeout_s = 30.0
