@@ -47,6 +47,7 @@ lint: venv
 
 typecheck: venv
 	$(BIN)/mypy
+	$(BIN)/mypy bench
 
 unit: venv
 	$(BIN)/pytest -q $(XDIST) -m "not e2e"

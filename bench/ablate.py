@@ -192,7 +192,7 @@ def apply(switches: set[str]) -> None:
             conn.execute("COMMIT")
             self._head = head
             self.appended += len(rows)
-            return first
+            return int(first)
 
         async def insert(self: Any, batch: Any) -> int:
             return inline_insert(self, batch)

@@ -36,6 +36,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +46,7 @@ import anyio.lowlevel
 from mcp_guard.audit import AuditWriter, open_sqlite_sink
 from mcp_guard.audit.verify import verify_chain, verify_file
 from mcp_guard.errors import AuditError
-from mcp_guard.types import AuditEvent
+from mcp_guard.types import AuditEvent, EventKind
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -53,7 +54,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 def make_events(n: int) -> list[AuditEvent]:
     return [
         AuditEvent(
-            kind="call.decision" if i % 2 == 0 else "call.result",
+            kind=EventKind.CALL_DECISION if i % 2 == 0 else EventKind.CALL_RESULT,
             session_id=f"session-{i % 50}",
             decision_id=f"decision-{i // 2}",
             principal=f"agent-{i % 7}",
@@ -213,7 +214,7 @@ async def run(args: argparse.Namespace, directory: Path) -> dict[str, Any]:
     """
     n = args.n
     events = make_events(n)
-    scenarios: list[tuple[str, str, Callable[[Path], Any]]] = [
+    scenarios: list[tuple[str, str, Callable[[Path | str], Any]]] = [
         (
             f"throughput record() C={args.concurrency}",
             "events_per_s",
@@ -231,7 +232,7 @@ async def run(args: argparse.Namespace, directory: Path) -> dict[str, Any]:
             (
                 f"latency open loop {rate:g}/s",
                 "wait_median_ms",
-                lambda p, rate=rate, k=open_n: open_loop(p, events[:k], rate, args.batch_max),
+                partial(open_loop, events=events[:open_n], rate=rate, batch_max=args.batch_max),
             )
         )
     for c in (1, 16, 64):
@@ -239,7 +240,7 @@ async def run(args: argparse.Namespace, directory: Path) -> dict[str, Any]:
             (
                 f"latency closed loop C={c}",
                 "wait_median_ms",
-                lambda p, c=c: closed_loop(p, events[: max(1, n // 4)], c, args.batch_max),
+                partial(closed_loop, events=events[: max(1, n // 4)], concurrency=c, batch_max=args.batch_max),
             )
         )
     results: dict[str, Any] = {}

@@ -92,7 +92,7 @@ def call_context() -> CallContext:
         decision=decision,
         audit_arguments=dict(ARGUMENTS),
         verdict=PolicyVerdict(policy_input, decision),
-        upstream_protocol="2025-06-18",
+        upstream_protocol="handshake",
     )
 
 
@@ -108,7 +108,7 @@ async def run(n: int, path: Path) -> dict[str, float]:
     ctx = call_context()
     decision = ctx.decision
     assert decision is not None
-    outcome = Outcome(result=RESULT, decision=decision, verdict=ctx.verdict, upstream_protocol="2025-06-18")
+    outcome = Outcome(result=RESULT, decision=decision, verdict=ctx.verdict, upstream_protocol="handshake")
     async with open_sqlite_sink(path) as sink:
         for _ in range(200):  # warm up: statement cache, allocator
             await one_call(sink, ctx, decision, outcome)
@@ -154,7 +154,7 @@ async def run_ab(blocks: int, path: Path) -> dict[str, float]:
     ctx = call_context()
     decision = ctx.decision
     assert decision is not None
-    outcome = Outcome(result=RESULT, decision=decision, verdict=ctx.verdict, upstream_protocol="2025-06-18")
+    outcome = Outcome(result=RESULT, decision=decision, verdict=ctx.verdict, upstream_protocol="handshake")
     cpu = {"new": 0.0, "old": 0.0}
     async with open_sqlite_sink(path) as sink:
         for _ in range(200):

@@ -19,6 +19,7 @@ import json
 import statistics
 import sys
 import time
+from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +62,9 @@ async def _call_tool(ctx: Any, params: types.CallToolRequestParams) -> dict[str,
 
 
 def _app() -> tuple[JsonFirstSessionManager, StreamableHTTPASGIApp]:
-    server: Server[Any] = Server("plumbing", on_list_tools=_list_tools, on_call_tool=_call_tool)
+    # Passed as mcp-guard passes its handlers (frontend/handlers.py): a raw result dict, relayed unvalidated.
+    handlers: dict[str, Any] = {"on_list_tools": _list_tools, "on_call_tool": _call_tool}
+    server: Server[Any] = Server("plumbing", **handlers)
     server.middleware = []
     security = TransportSecuritySettings(
         enable_dns_rebinding_protection=True, allowed_hosts=["127.0.0.1:*"], allowed_origins=["http://127.0.0.1:*"]
@@ -78,7 +81,7 @@ _HEADERS = {
 }
 
 
-async def _post(app: StreamableHTTPASGIApp, headers: dict[str, str], body: dict[str, Any]) -> list[dict[str, Any]]:
+async def _post(app: StreamableHTTPASGIApp, headers: dict[str, str], body: dict[str, Any]) -> list[MutableMapping[str, Any]]:
     raw = json.dumps(body).encode()
     scope = {
         "type": "http",
@@ -96,7 +99,7 @@ async def _post(app: StreamableHTTPASGIApp, headers: dict[str, str], body: dict[
         "state": {},
     }
     pending = [{"type": "http.request", "body": raw, "more_body": False}]
-    out: list[dict[str, Any]] = []
+    out: list[MutableMapping[str, Any]] = []
 
     async def receive() -> dict[str, Any]:
         if pending:
@@ -104,7 +107,7 @@ async def _post(app: StreamableHTTPASGIApp, headers: dict[str, str], body: dict[
         await anyio.sleep_forever()
         raise AssertionError("unreachable")
 
-    async def send(message: dict[str, Any]) -> None:
+    async def send(message: MutableMapping[str, Any]) -> None:
         out.append(message)
 
     await app(scope, receive, send)

@@ -47,7 +47,7 @@ from bench.pipeline_harness import NullSink, without_metrics
 from mcp_guard.frontend.ops import OpsSources, metrics_text
 from mcp_guard.pipeline.build import pipeline_stages
 from mcp_guard.pipeline.chain import build_chain
-from mcp_guard.pipeline.context import CallContext, Interceptor, Outcome
+from mcp_guard.pipeline.context import CallContext, CallNext, Interceptor, Outcome
 from mcp_guard.pipeline.observe import CallMetrics, Observe, TimedSink
 from mcp_guard.pipeline.secret_source import NO_SECRETS
 from mcp_guard.settings import parse_settings
@@ -78,7 +78,7 @@ async def _terminal(_ctx: CallContext) -> Outcome:
     return RESULT
 
 
-async def _passthrough(ctx: CallContext, call_next: Any) -> Outcome:
+async def _passthrough(ctx: CallContext, call_next: CallNext) -> Outcome:
     """A stage that does nothing: what any stage costs (one more await in the chain)."""
     return await call_next(ctx)
 

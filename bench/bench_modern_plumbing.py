@@ -17,6 +17,7 @@ import json
 import statistics
 import sys
 import time
+from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -94,7 +95,7 @@ async def _post(manager: JsonFirstSessionManager) -> None:
         "root_path": "",
     }
     done = anyio.Event()
-    sent: list[dict[str, Any]] = []
+    sent: list[MutableMapping[str, Any]] = []
     fed = False
 
     async def receive() -> dict[str, Any]:
@@ -105,7 +106,7 @@ async def _post(manager: JsonFirstSessionManager) -> None:
         await done.wait()
         return {"type": "http.disconnect"}
 
-    async def send(message: dict[str, Any]) -> None:
+    async def send(message: MutableMapping[str, Any]) -> None:
         sent.append(message)
         if message["type"] == "http.response.body" and not message.get("more_body", False):
             done.set()

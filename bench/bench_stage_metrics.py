@@ -21,7 +21,9 @@ import argparse
 import json
 import platform
 import sys
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -61,13 +63,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     async def answer(self: Any, c: Any) -> Any:
         return await _terminal(c)
 
-    forward.Forward.__call__ = answer  # type: ignore[method-assign]  # no upstream: the pipeline's own cost
+    forward.Forward.__call__ = answer  # type: ignore[method-assign,assignment]  # no upstream: the pipeline's own cost
     chains = {
         "off": _chain(),
         "stage_metrics": _chain(stage_metrics=True),
         "traces": _chain(tracer=traces_dropped()),
     }
-    variants = {name: (lambda c=c: c(ctx)) for name, c in chains.items()}
+    variants: dict[str, Callable[[], Awaitable[object]]] = {name: partial(c, ctx) for name, c in chains.items()}
     return await _paired(variants, args.n, args.blocks)
 
 

@@ -178,7 +178,9 @@ def main() -> int:
             + (f"  wall/call {statistics.median(walls):.0f} µs" if any(walls) else "")
         )
         if args.show_sql:
-            print("\n".join(f"    {s}" for s in rs[0]["sample"]))  # type: ignore[union-attr]
+            sample = rs[0]["sample"]
+            assert isinstance(sample, list)
+            print("\n".join(f"    {s}" for s in sample))
     return 0
 
 
