@@ -81,7 +81,9 @@ _HEADERS = {
 }
 
 
-async def _post(app: StreamableHTTPASGIApp, headers: dict[str, str], body: dict[str, Any]) -> list[MutableMapping[str, Any]]:
+async def _post(
+    app: StreamableHTTPASGIApp, headers: dict[str, str], body: dict[str, Any]
+) -> list[MutableMapping[str, Any]]:
     raw = json.dumps(body).encode()
     scope = {
         "type": "http",

@@ -58,3 +58,31 @@ def test_opcodes_counts_a_calls_bytecodes_by_function(front: str, argv: list[str
     assert any("mcp_guard/" in row for row in rows), out  # the proxy's own code is named
     if argv:  # the client declared what it can answer: its calls went through the input-required bridge
         assert any("input_required.py" in row for row in rows), out
+
+
+def test_timeline_times_each_point_of_a_call_in_order() -> None:
+    """Every wrapped point is reached, in a call's order (the default bundle reads and records its flow, so each
+    point is on the path): a renamed internal, or a point no call reaches any more, fails here."""
+    out = _run("bench/bench_timeline.py", "--calls", "6", "--warmup", "2", "--no-save")
+    head, _columns, *rows = out.strip().splitlines()
+    assert head.startswith("a stdio tools/call through the proxy, default bundle: ") and " of 5 timed calls" in head, (
+        out
+    )
+    assert [row.rsplit(None, 3)[0] for row in rows] == [
+        "line taken >",
+        "line taken <",
+        "flow read >",
+        "flow read <",
+        "state batch >",
+        "state batch <",
+        "audit row >",
+        "audit row <",
+        "to upstream >",
+        "to upstream <",
+        "upstream answer >",
+        "upstream answer <",
+        "audit row >",
+        "audit row <",
+        "answer written >",
+        "answer written <",
+    ], out
