@@ -25,6 +25,7 @@ import argparse
 import asyncio
 import functools
 import importlib
+import inspect
 import json
 import os
 import signal
@@ -63,7 +64,7 @@ _FIRST = POINTS[0][3]
 
 def _wrapped(method: Callable[..., Any], name: str, marks: list[tuple[str, int]]) -> Callable[..., Any]:
     clock, add = time.perf_counter_ns, marks.append
-    if asyncio.iscoroutinefunction(method):
+    if inspect.iscoroutinefunction(method):
 
         @functools.wraps(method)
         async def timed_async(*args: Any, **kwargs: Any) -> Any:
