@@ -31,7 +31,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -93,15 +92,6 @@ def _serve(out: Path, argv: list[str]) -> int:
     return guard_main(argv)
 
 
-def _wait_for(out: Path) -> None:
-    """Until the proxy has written its counts (at its next bytecode after SIGUSR2); bounded, polled."""
-    deadline = time.monotonic() + _WRITE_WITHIN_S
-    while not out.exists():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"the proxy wrote no counts within {_WRITE_WITHIN_S:.0f}s")
-        time.sleep(0.05)
-
-
 def _count(directory: Path, policy: str, calls: int, warmup: int, path: str, era: str) -> dict[str, int]:
     cfg = slow_config(directory, policy)
     out = directory / "opcodes.json"
@@ -121,7 +111,8 @@ async def _counted(pid: int, out: Path, calls: int, call: Callable[[], Awaitable
     for _ in range(calls):
         await call()
     os.kill(pid, signal.SIGUSR2)
-    await asyncio.to_thread(_wait_for, out)
+    # the proxy writes its counts at its next bytecode after SIGUSR2
+    await asyncio.to_thread(common.wait_for_file, out, _WRITE_WITHIN_S, "counts")
 
 
 async def _count_stdio(directory: Path, argv: list[str], out: Path, calls: int, warmup: int) -> None:

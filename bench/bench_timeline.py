@@ -159,19 +159,11 @@ async def _time_stdio(directory: Path, policy: str, calls: int, warmup: int) -> 
         for _ in range(calls):
             check_result(await client.call(template))
         os.kill(client.proc.pid, signal.SIGUSR2)
-        await asyncio.to_thread(_wait_for, out)
+        await asyncio.to_thread(common.wait_for_file, out, _WRITE_WITHIN_S, "marks")
     finally:
         await client.close(timeout=60)
     marks: list[tuple[str, int]] = [(str(p), int(t)) for p, t in json.loads(out.read_text())]
     return marks
-
-
-def _wait_for(out: Path) -> None:
-    deadline = time.monotonic() + _WRITE_WITHIN_S
-    while not out.exists():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"the proxy wrote no marks within {_WRITE_WITHIN_S:.0f}s")
-        time.sleep(0.05)
 
 
 def run(policy: str, calls: int, warmup: int) -> dict[str, Any]:

@@ -210,6 +210,16 @@ def child_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def wait_for_file(path: Path, within_s: float, what: str) -> None:
+    """Until a process told by a signal has written ``path`` (it writes a temporary file and renames it, so the path
+    appears whole); polled, bounded: RuntimeError naming ``what`` after ``within_s`` seconds."""
+    deadline = time.monotonic() + within_s
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the proxy wrote no {what} within {within_s:.0f}s")
+        time.sleep(0.05)
+
+
 def stop_process(proc: subprocess.Popen[Any], timeout: float = 10.0) -> None:
     """SIGTERM, then SIGKILL, the process we started (only that one)."""
     if proc.poll() is not None:
