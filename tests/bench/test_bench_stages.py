@@ -4,10 +4,11 @@ that every call is allowed and that each "used" variant used its stage."""
 
 from __future__ import annotations
 
-import importlib
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -16,10 +17,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def stages() -> Any:
-    if str(REPO) not in sys.path:  # bench/ is a top-level package of the repository, not of the wheel
-        sys.path.insert(0, str(REPO))
-    return importlib.import_module("bench.bench_stages")
+def stages(bench_module: Callable[[str], ModuleType]) -> Any:
+    return bench_module("bench_stages")
 
 
 def test_the_stages_bench_runs_and_prints_every_variant(stages: Any) -> None:

@@ -6,21 +6,16 @@ missed by a row just outside it on any one of its measures.
 
 from __future__ import annotations
 
-import importlib
-import sys
-from pathlib import Path
+from collections.abc import Callable
+from types import ModuleType
 from typing import Any
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-
 
 @pytest.fixture(scope="module")
-def summary() -> Any:
-    if str(REPO) not in sys.path:  # bench/ is a top-level package of the repository, not of the wheel
-        sys.path.insert(0, str(REPO))
-    return importlib.import_module("bench.__main__").markdown
+def summary(bench_module: Callable[[str], ModuleType]) -> Any:
+    return bench_module("__main__").markdown
 
 
 def _report(*, p50: float, p99: float, calls_per_s: float, http_p99: float, cpu_us: float | None) -> dict[str, Any]:

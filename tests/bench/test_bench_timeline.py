@@ -3,21 +3,15 @@ consecutive points over the calls that share the most common sequence."""
 
 from __future__ import annotations
 
-import importlib
-import sys
-from pathlib import Path
+from collections.abc import Callable
 from types import ModuleType
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-
 
 @pytest.fixture(scope="module")
-def timeline() -> ModuleType:
-    if str(REPO) not in sys.path:  # bench/ is a top-level package of the repository, not of the wheel
-        sys.path.insert(0, str(REPO))
-    return importlib.import_module("bench.bench_timeline")
+def timeline(bench_module: Callable[[str], ModuleType]) -> ModuleType:
+    return bench_module("bench_timeline")
 
 
 def _call(start: int, steps: list[tuple[str, int]]) -> list[tuple[str, int]]:
